@@ -1,0 +1,23 @@
+//! Patroni-compatible configuration for Praetor.
+//!
+//! One YAML file describes a node, the way Patroni's `patroni.yml` does (same keys, same meaning), so a
+//! team moving from Patroni keeps its files. The layout of this crate:
+//!
+//! - [`model`]: the serde model of the YAML file ([`Config`] and its sections).
+//! - [`dynamic`]: the cluster-wide dynamic configuration ([`DynamicConfig`]) that `bootstrap.dcs` seeds
+//!   into the DCS `config` key, with Patroni's defaults and the rule `loop_wait + 2*retry_timeout <= ttl`.
+//! - [`load`]: reading a file, collecting warnings for unknown keys and errors that name the key path
+//!   (`bootstrap.dcs.ttl: invalid type ...`), and the per-role checks ([`Config::validate_agent`]).
+//! - [`value`]: small value types shared by the model (PostgreSQL parameter values, host:port
+//!   addresses, lenient integers).
+#![warn(missing_docs)]
+
+pub mod dynamic;
+pub mod load;
+pub mod model;
+pub mod value;
+
+pub use dynamic::{DynamicConfig, SyncMode};
+pub use load::{load_file, parse_str, ConfigError, Loaded};
+pub use model::*;
+pub use value::{Address, ParamValue, Parameters};

@@ -1,0 +1,283 @@
+//! Reading a configuration file: unknown keys become warnings, bad values errors, both naming the key
+//! path.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::model::Config;
+
+/// A configuration that parsed, with a warning for every key Praetor does not know.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The parsed configuration.
+    pub config: Config,
+    /// Human-readable warnings, one per unknown key: `unknown key bootstrap.dcs.tll (ignored)`.
+    pub warnings: Vec<String>,
+}
+
+/// Why a configuration cannot be used. `Display` starts with the key path where there is one, so the
+/// operator sees at once which line to fix. The binary exits with code 2 on any of these, before it
+/// starts anything.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A value has the wrong type or shape, or the YAML is malformed.
+    #[error("{key}: {message}")]
+    Parse {
+        /// Dotted key path (`bootstrap.dcs.ttl`), or `.` for the document itself.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A key the current role needs is absent.
+    #[error("{key}: missing required key{}", if hint.is_empty() { String::new() } else { format!(" ({hint})") })]
+    Missing {
+        /// Dotted key path.
+        key: String,
+        /// How to fix it, possibly empty.
+        hint: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key path the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Io { .. } => None,
+            ConfigError::Parse { key, .. }
+            | ConfigError::Missing { key, .. }
+            | ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+/// Reads and parses a configuration file. See [`parse_str`].
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text)
+}
+
+/// Parses YAML text into a [`Config`].
+///
+/// Unknown keys are collected as warnings naming their path; a wrong type is a
+/// [`ConfigError::Parse`] naming the path (`bootstrap.dcs.ttl: invalid value: string "abc", expected an
+/// integer`). Timings in `bootstrap.dcs` are checked against Patroni's rule and adjusted with a warning.
+pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let result: Result<Config, serde_yaml::Error> = {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
+        serde_ignored::deserialize(tracked, |path| {
+            warnings.push(format!("unknown key {} (ignored)", dotted(&path.to_string())));
+        })
+    };
+    let mut config = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let path = dotted(&track.path().to_string());
+            let message = strip_path_prefix(&e.to_string(), &path);
+            return Err(ConfigError::Parse { key: path, message });
+        }
+    };
+    for w in config.bootstrap.dcs.adjust_timings() {
+        warnings.push(format!("bootstrap.dcs: {w}"));
+    }
+    Ok(Loaded { config, warnings })
+}
+
+/// serde_path_to_error prints `?` for an unknown path and `.` for the root; keep the dotted form.
+fn dotted(path: &str) -> String {
+    if path.is_empty() || path == "?" {
+        ".".to_string()
+    } else {
+        path.to_string()
+    }
+}
+
+/// serde_yaml prefixes nested errors with part of the key path (`postgresql: expected ...`); the error
+/// already names the full path, so drop that prefix. The " at line L column C" suffix stays: it helps.
+fn strip_path_prefix(msg: &str, key: &str) -> String {
+    match msg.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => rest.to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+scope: demo
+namespace: /service/
+name: pg01
+restapi:
+  listen: 127.0.0.1:8008
+  connect_address: 127.0.0.1:8008
+etcd3:
+  hosts: 127.0.0.1:2379,127.0.0.1:2380
+bootstrap:
+  dcs:
+    ttl: 6
+    loop_wait: 1
+    retry_timeout: 2
+    maximum_lag_on_failover: 1048576
+    master_start_timeout: 300
+    synchronous_mode: false
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        wal_level: replica
+        hot_standby: "on"
+        max_wal_senders: 10
+        wal_log_hints: "on"
+  initdb:
+  - encoding: UTF8
+  - data-checksums
+  pg_hba:
+  - host replication repl 127.0.0.1/32 md5
+  - host all all 0.0.0.0/0 md5
+  users:
+    admin:
+      password: admin
+      options: [createrole, createdb]
+postgresql:
+  listen: 0.0.0.0:5432
+  connect_address: 127.0.0.1:5432
+  data_dir: /var/lib/pgsql/data
+  bin_dir: /usr/lib/postgresql/15/bin
+  pgpass: /tmp/pgpass0
+  authentication:
+    replication:
+      username: repl
+      password: "123456"
+    superuser:
+      username: postgres
+      password: "123456"
+  parameters:
+    unix_socket_directories: '.'
+tags:
+  nofailover: false
+  noloadbalance: false
+  clonefrom: false
+  nosync: false
+"#;
+
+    #[test]
+    fn full_example_parses_without_warnings() {
+        let l = parse_str(GOOD).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let s = l.config.validate_agent().unwrap();
+        assert_eq!(s.name, "pg01");
+        assert_eq!(s.pg_listen.port, 5432);
+        assert_eq!(
+            s.dcs,
+            crate::DcsEndpoints::Etcd(vec![
+                "http://127.0.0.1:2379".into(),
+                "http://127.0.0.1:2380".into()
+            ])
+        );
+        let c = &l.config;
+        assert_eq!(c.bootstrap.dcs.ttl, 6);
+        assert!(c.bootstrap.dcs.postgresql.use_pg_rewind);
+        assert_eq!(
+            c.bootstrap.initdb[0].to_args(),
+            vec!["--encoding=UTF8".to_string()]
+        );
+        assert_eq!(
+            c.bootstrap.initdb[1].to_args(),
+            vec!["--data-checksums".to_string()]
+        );
+        assert_eq!(c.bootstrap.users["admin"].options, vec!["createrole", "createdb"]);
+    }
+
+    #[test]
+    fn unknown_key_is_a_warning_naming_the_path() {
+        let text = GOOD.replace("    loop_wait: 1\n", "    loop_wait: 1\n    loop_wiat: 3\n");
+        let l = parse_str(&text).unwrap();
+        assert_eq!(
+            l.warnings,
+            vec!["unknown key bootstrap.dcs.loop_wiat (ignored)".to_string()]
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_an_error_naming_the_path() {
+        let text = GOOD.replace("ttl: 6", "ttl: six");
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!(e.key(), Some("bootstrap.dcs.ttl"), "{e}");
+        assert!(e.to_string().starts_with("bootstrap.dcs.ttl: "), "{e}");
+
+        let text = GOOD.replace("use_slots: true", "use_slots: [1]");
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!(e.key(), Some("bootstrap.dcs.postgresql.use_slots"), "{e}");
+
+        let text = GOOD.replace("listen: 0.0.0.0:5432", "listen: nowhere");
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!(e.key(), Some("postgresql.listen"), "{e}");
+    }
+
+    #[test]
+    fn missing_data_dir_is_an_error_naming_the_path() {
+        let text = GOOD.replace("  data_dir: /var/lib/pgsql/data\n", "");
+        let l = parse_str(&text).unwrap();
+        let e = l.config.validate_agent().unwrap_err();
+        assert_eq!(e.to_string(), "postgresql.data_dir: missing required key");
+    }
+
+    #[test]
+    fn two_dcs_sections_are_refused_naming_both() {
+        let text = format!("{GOOD}zookeeper:\n  hosts: [127.0.0.1:2181]\n");
+        let l = parse_str(&text).unwrap();
+        let e = l.config.validate_agent().unwrap_err();
+        assert!(e.to_string().contains("etcd3 and zookeeper"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error() {
+        let e = parse_str("scope: [unclosed\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    }
+
+    #[test]
+    fn etcd_is_an_alias_of_etcd3_and_host_is_accepted() {
+        let text = GOOD.replace(
+            "etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.1:2380\n",
+            "etcd:\n  host: 10.0.0.1:2379\n",
+        );
+        let l = parse_str(&text).unwrap();
+        assert_eq!(
+            l.config.dcs_endpoints().unwrap(),
+            crate::DcsEndpoints::Etcd(vec!["http://10.0.0.1:2379".into()])
+        );
+    }
+
+    #[test]
+    fn custom_tags_are_kept() {
+        let text = GOOD.replace("  nosync: false\n", "  nosync: false\n  zone: eu-1\n");
+        let l = parse_str(&text).unwrap();
+        assert!(l.warnings.is_empty());
+        assert_eq!(l.config.tags.custom["zone"], serde_json::json!("eu-1"));
+    }
+}

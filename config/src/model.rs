@@ -1,0 +1,534 @@
+//! The YAML model: Patroni's `patroni.yml` keys, plus Praetor's own under `praetor:`.
+//!
+//! Every section is optional at parse time so that the agent, the proxy and ctl can share one file
+//! format; each role then checks what it needs ([`Config::validate_agent`], [`Config::validate_proxy`])
+//! and names the missing key path.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dynamic::DynamicConfig;
+use crate::value::{lenient_bool, lenient_opt_int, list_or_csv, Address, Parameters};
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Cluster name; the second level of the DCS path (`/<namespace>/<scope>/`). Required.
+    pub scope: Option<String>,
+    /// First level of the DCS path; Patroni's default `/service/`.
+    pub namespace: Option<String>,
+    /// This member's name, unique in the cluster (agent only).
+    pub name: Option<String>,
+    /// The agent's REST API.
+    pub restapi: RestApi,
+    /// etcd v3 endpoints (Patroni's `etcd3` section).
+    pub etcd3: Option<Etcd>,
+    /// Accepted as an alias of `etcd3` (Patroni's v2 `etcd` section; Praetor speaks v3 to it).
+    pub etcd: Option<Etcd>,
+    /// ZooKeeper ensemble.
+    pub zookeeper: Option<ZooKeeper>,
+    /// Settings used only when this node bootstraps a new cluster.
+    pub bootstrap: Bootstrap,
+    /// The local PostgreSQL instance.
+    pub postgresql: Postgresql,
+    /// Member tags (`nofailover`, `noloadbalance`, `clonefrom`, `nosync`, custom ones).
+    pub tags: Tags,
+    /// The operator CLI's settings.
+    pub ctl: Option<serde_yaml::Value>,
+    /// Logging.
+    pub log: Log,
+    /// Hardware/software watchdog (issue: HA loop complete).
+    pub watchdog: Option<serde_yaml::Value>,
+    /// Praetor-only settings.
+    pub praetor: Praetor,
+}
+
+/// `restapi`: the agent's HTTP API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RestApi {
+    /// Address to listen on (`0.0.0.0:8008`). Required for the agent.
+    pub listen: Option<Address>,
+    /// Address other members and ctl use to reach this API (`10.0.0.1:8008`). Required for the agent.
+    pub connect_address: Option<Address>,
+    /// Basic-auth credentials protecting unsafe methods.
+    pub authentication: Option<Credentials>,
+    /// TLS certificate (PEM path).
+    pub certfile: Option<PathBuf>,
+    /// TLS private key (PEM path).
+    pub keyfile: Option<PathBuf>,
+    /// CA for client certificates (PEM path).
+    pub cafile: Option<PathBuf>,
+    /// Client certificate policy (`none`, `optional`, `required`).
+    pub verify_client: Option<String>,
+    /// Hosts or networks allowed to call unsafe methods.
+    pub allowlist: Option<Vec<String>>,
+    /// Also allow the cluster's members' hosts.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub allowlist_include_members: bool,
+}
+
+/// A user name and password (`username`, `password`).
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Credentials {
+    /// Role or user name.
+    pub username: String,
+    /// Password; never logged (the `Debug` output masks it).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .finish()
+    }
+}
+
+/// `etcd3` / `etcd`: where the etcd cluster is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Etcd {
+    /// One endpoint, `host:port`.
+    pub host: Option<String>,
+    /// Several endpoints, as a list or a comma-separated string.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub hosts: Vec<String>,
+    /// `http` (default) or `https`.
+    pub protocol: Option<String>,
+    /// etcd user name.
+    pub username: Option<String>,
+    /// etcd password.
+    pub password: Option<String>,
+}
+
+impl Etcd {
+    /// Endpoint URLs (`http://host:port`) from `host` and `hosts`.
+    pub fn endpoints(&self) -> Vec<String> {
+        let scheme = self.protocol.as_deref().unwrap_or("http");
+        self.host
+            .iter()
+            .chain(self.hosts.iter())
+            .map(|h| {
+                if h.contains("://") {
+                    h.clone()
+                } else {
+                    format!("{scheme}://{h}")
+                }
+            })
+            .collect()
+    }
+}
+
+/// `zookeeper`: the ensemble.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ZooKeeper {
+    /// `host:port` of each server, as a list or a comma-separated string.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub hosts: Vec<String>,
+}
+
+/// Which DCS a configuration points at, after the `etcd3`/`etcd`/`zookeeper` sections are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DcsEndpoints {
+    /// etcd v3 endpoint URLs (`http://127.0.0.1:2379`).
+    Etcd(Vec<String>),
+    /// ZooKeeper servers (`127.0.0.1:2181`).
+    ZooKeeper(Vec<String>),
+}
+
+/// `bootstrap`: used once, by the member that initializes the cluster.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Bootstrap {
+    /// Seeds the DCS `config` key.
+    pub dcs: DynamicConfig,
+    /// initdb options: `- data-checksums` (a switch) or `- encoding: UTF8` (an option with a value).
+    pub initdb: Vec<InitdbOption>,
+    /// pg_hba.conf lines written after initdb.
+    pub pg_hba: Vec<String>,
+    /// Extra roles created after initdb.
+    pub users: BTreeMap<String, BootstrapUser>,
+    /// A command run after the cluster is created, given the connection URL (Patroni's `post_init`,
+    /// alias `post_bootstrap`).
+    #[serde(alias = "post_bootstrap")]
+    pub post_init: Option<String>,
+}
+
+/// One item of `bootstrap.initdb`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum InitdbOption {
+    /// A switch such as `data-checksums` → `--data-checksums`.
+    Flag(String),
+    /// An option with a value such as `encoding: UTF8` → `--encoding=UTF8`.
+    Value(BTreeMap<String, String>),
+}
+
+impl InitdbOption {
+    /// The initdb command-line arguments for this item.
+    pub fn to_args(&self) -> Vec<String> {
+        match self {
+            InitdbOption::Flag(f) => vec![format!("--{}", f.trim_start_matches('-'))],
+            InitdbOption::Value(m) => m
+                .iter()
+                .map(|(k, v)| format!("--{}={}", k.trim_start_matches('-'), v))
+                .collect(),
+        }
+    }
+}
+
+/// A role from `bootstrap.users`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct BootstrapUser {
+    /// Password; never logged.
+    pub password: Option<String>,
+    /// Role options such as `createrole`, `createdb`.
+    pub options: Vec<String>,
+}
+
+impl std::fmt::Debug for BootstrapUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapUser")
+            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// `postgresql`: the local instance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Postgresql {
+    /// Addresses and port PostgreSQL listens on (`0.0.0.0:5432`). Required for the agent.
+    pub listen: Option<Address>,
+    /// Address others connect to (`10.0.0.1:5432`); goes into `conn_url`. Required for the agent.
+    pub connect_address: Option<Address>,
+    /// The data directory. Required for the agent.
+    pub data_dir: Option<PathBuf>,
+    /// Directory of PostgreSQL's programs (initdb, pg_ctl, postgres, pg_basebackup, pg_rewind);
+    /// default: found on PATH, then /usr/lib/postgresql/<newest>/bin.
+    pub bin_dir: Option<PathBuf>,
+    /// Where the agent writes the password file it hands to libpq programs (mode 0600).
+    pub pgpass: Option<PathBuf>,
+    /// Roles the agent uses.
+    pub authentication: Authentication,
+    /// Local PostgreSQL parameters (override the dynamic ones except the cluster-wide set).
+    pub parameters: Parameters,
+    /// pg_hba.conf lines (override `bootstrap.pg_hba` and the dynamic ones).
+    pub pg_hba: Option<Vec<String>>,
+    /// Callback scripts by event (`on_start`, `on_stop`, `on_restart`, `on_reload`, `on_role_change`).
+    pub callbacks: BTreeMap<String, String>,
+    /// pg_basebackup options, as a list like `initdb` or a map (`max-rate: 100M`, `checkpoint: fast`).
+    pub basebackup: Option<serde_yaml::Value>,
+    /// Connect to the local PostgreSQL over its unix socket.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub use_unix_socket: bool,
+    /// Seconds pg_ctl-like operations wait (default 60).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub pg_ctl_timeout: Option<u32>,
+    /// When a rewind fails, remove the data directory and clone again.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub remove_data_directory_on_rewind_failure: bool,
+    /// When timelines diverged and rewind is not possible, remove the data directory and clone again.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub remove_data_directory_on_diverged_timelines: bool,
+    /// Where postgresql.conf is, when not in the data directory.
+    pub config_dir: Option<PathBuf>,
+    /// Replica creation methods (only `basebackup` is supported).
+    pub create_replica_methods: Option<Vec<String>>,
+    /// Extra recovery settings.
+    pub recovery_conf: Option<Parameters>,
+}
+
+/// `postgresql.authentication`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Authentication {
+    /// The superuser the agent connects as. Required for the agent.
+    pub superuser: Option<Credentials>,
+    /// The role replicas stream and clone with. Required for the agent.
+    pub replication: Option<Credentials>,
+    /// A role for pg_rewind (defaults to the superuser).
+    pub rewind: Option<Credentials>,
+}
+
+/// `tags`: how a member takes part in the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Tags {
+    /// Never promote this member.
+    #[serde(deserialize_with = "lenient_bool", skip_serializing_if = "is_false")]
+    pub nofailover: bool,
+    /// Keep this member out of read load balancing (`/replica` answers 503, the proxy skips it).
+    #[serde(deserialize_with = "lenient_bool", skip_serializing_if = "is_false")]
+    pub noloadbalance: bool,
+    /// Prefer this member as the source when cloning a new replica.
+    #[serde(deserialize_with = "lenient_bool", skip_serializing_if = "is_false")]
+    pub clonefrom: bool,
+    /// Never choose this member as a synchronous standby.
+    #[serde(deserialize_with = "lenient_bool", skip_serializing_if = "is_false")]
+    pub nosync: bool,
+    /// Do not stream (WAL from archive only).
+    #[serde(deserialize_with = "lenient_bool", skip_serializing_if = "is_false")]
+    pub nostream: bool,
+    /// Failover priority: 0 never, higher wins ties.
+    #[serde(
+        deserialize_with = "lenient_opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failover_priority: Option<i64>,
+    /// Stream from this member instead of the leader (cascading replication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicatefrom: Option<String>,
+    /// Any other tag, kept and published as given.
+    #[serde(flatten)]
+    pub custom: BTreeMap<String, serde_json::Value>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `log`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    /// Level: `DEBUG`, `INFO` (default), `WARNING`, `ERROR`.
+    pub level: Option<String>,
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+    /// Directory for log files; unset logs to stderr.
+    pub dir: Option<PathBuf>,
+}
+
+/// `praetor`: settings Patroni does not have.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Praetor {
+    /// The proxy (`praetor proxy`).
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// `praetor.proxy`: the proxy's listeners.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ProxyConfig {
+    /// The read-write listener: every connection goes to the leader.
+    pub read_write: Option<Listener>,
+    /// The read-only listener: connections round-robin over healthy replicas.
+    pub read_only: Option<Listener>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Option<Listener>,
+    /// Seconds to wait for a backend TCP connection before answering the client with an error
+    /// (default 5).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub connect_timeout: Option<u32>,
+}
+
+/// One listener of the proxy.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listener {
+    /// `host:port` to listen on.
+    pub listen: Address,
+}
+
+/// The validated settings the agent needs, with required keys resolved.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// `scope`.
+    pub scope: String,
+    /// `namespace`, normalized to start and end with `/`.
+    pub namespace: String,
+    /// `name`.
+    pub name: String,
+    /// `restapi.listen`.
+    pub api_listen: Address,
+    /// `restapi.connect_address`.
+    pub api_connect: Address,
+    /// `postgresql.listen`.
+    pub pg_listen: Address,
+    /// `postgresql.connect_address`.
+    pub pg_connect: Address,
+    /// `postgresql.data_dir`.
+    pub data_dir: PathBuf,
+    /// `postgresql.authentication.superuser`.
+    pub superuser: Credentials,
+    /// `postgresql.authentication.replication`.
+    pub replication: Credentials,
+    /// The DCS to use.
+    pub dcs: DcsEndpoints,
+}
+
+impl Config {
+    /// `namespace` normalized to `/<name>/` (Patroni default `/service/`).
+    pub fn namespace(&self) -> String {
+        normalize_namespace(self.namespace.as_deref().unwrap_or("/service/"))
+    }
+
+    /// Resolves the `etcd3` / `etcd` / `zookeeper` sections into one DCS.
+    ///
+    /// Errors: none configured, more than one configured (naming both), or no hosts.
+    pub fn dcs_endpoints(&self) -> Result<DcsEndpoints, crate::ConfigError> {
+        let given: Vec<&str> = [
+            ("etcd3", self.etcd3.is_some()),
+            ("etcd", self.etcd.is_some()),
+            ("zookeeper", self.zookeeper.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(n, _)| *n)
+        .collect();
+        match given.as_slice() {
+            [] => Err(crate::ConfigError::Missing {
+                key: "etcd3".to_string(),
+                hint: "configure a DCS: etcd3.hosts or zookeeper.hosts".to_string(),
+            }),
+            [_] => {
+                if let Some(z) = &self.zookeeper {
+                    return non_empty("zookeeper.hosts", z.hosts.clone())
+                        .map(DcsEndpoints::ZooKeeper);
+                }
+                let (key, e) = match (&self.etcd3, &self.etcd) {
+                    (Some(e), _) => ("etcd3", e),
+                    (None, Some(e)) => ("etcd", e),
+                    (None, None) => unreachable!("one section is set"),
+                };
+                non_empty(&format!("{key}.hosts"), e.endpoints()).map(DcsEndpoints::Etcd)
+            }
+            many => Err(crate::ConfigError::Invalid {
+                key: many.join(", "),
+                message: format!(
+                    "sections {} are mutually exclusive: configure exactly one DCS",
+                    many.join(" and ")
+                ),
+            }),
+        }
+    }
+
+    /// Checks everything the agent needs and returns it resolved. Errors name the missing key path
+    /// (`postgresql.data_dir`).
+    pub fn validate_agent(&self) -> Result<AgentSettings, crate::ConfigError> {
+        use crate::ConfigError::Missing;
+        fn need<T: Clone>(v: &Option<T>, key: &str) -> Result<T, crate::ConfigError> {
+            v.clone().ok_or_else(|| Missing {
+                key: key.to_string(),
+                hint: String::new(),
+            })
+        }
+        let scope = need(&self.scope, "scope")?;
+        let name = need(&self.name, "name")?;
+        let api_listen = need(&self.restapi.listen, "restapi.listen")?;
+        let api_connect = self
+            .restapi
+            .connect_address
+            .clone()
+            .unwrap_or_else(|| api_listen.clone());
+        let pg_listen = need(&self.postgresql.listen, "postgresql.listen")?;
+        let pg_connect = need(
+            &self.postgresql.connect_address,
+            "postgresql.connect_address",
+        )?;
+        let data_dir = need(&self.postgresql.data_dir, "postgresql.data_dir")?;
+        let superuser = need(
+            &self.postgresql.authentication.superuser,
+            "postgresql.authentication.superuser",
+        )?;
+        let replication = need(
+            &self.postgresql.authentication.replication,
+            "postgresql.authentication.replication",
+        )?;
+        for (key, c) in [
+            ("postgresql.authentication.superuser.username", &superuser),
+            ("postgresql.authentication.replication.username", &replication),
+        ] {
+            if c.username.is_empty() {
+                return Err(Missing {
+                    key: key.to_string(),
+                    hint: String::new(),
+                });
+            }
+        }
+        if scope.is_empty() {
+            return Err(crate::ConfigError::Invalid {
+                key: "scope".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        if name.is_empty() || name.contains('/') {
+            return Err(crate::ConfigError::Invalid {
+                key: "name".into(),
+                message: "must be a non-empty name without '/'".into(),
+            });
+        }
+        Ok(AgentSettings {
+            scope,
+            namespace: self.namespace(),
+            name,
+            api_listen,
+            api_connect,
+            pg_listen,
+            pg_connect,
+            data_dir,
+            superuser,
+            replication,
+            dcs: self.dcs_endpoints()?,
+        })
+    }
+
+    /// Checks what the proxy needs: `scope`, a DCS, and at least one of `praetor.proxy.read_write` /
+    /// `praetor.proxy.read_only`.
+    pub fn validate_proxy(&self) -> Result<ProxyConfig, crate::ConfigError> {
+        self.validate_dcs_client()?;
+        let p = self.praetor.proxy.clone().ok_or(crate::ConfigError::Missing {
+            key: "praetor.proxy".into(),
+            hint: "give praetor.proxy.read_write.listen and/or praetor.proxy.read_only.listen"
+                .into(),
+        })?;
+        if p.read_write.is_none() && p.read_only.is_none() {
+            return Err(crate::ConfigError::Missing {
+                key: "praetor.proxy.read_write".into(),
+                hint: "give praetor.proxy.read_write.listen and/or praetor.proxy.read_only.listen"
+                    .into(),
+            });
+        }
+        Ok(p)
+    }
+
+    /// Checks what a DCS client (ctl, proxy) needs: `scope` and exactly one DCS section.
+    pub fn validate_dcs_client(&self) -> Result<(String, DcsEndpoints), crate::ConfigError> {
+        let scope = self.scope.clone().ok_or(crate::ConfigError::Missing {
+            key: "scope".into(),
+            hint: String::new(),
+        })?;
+        Ok((scope, self.dcs_endpoints()?))
+    }
+}
+
+/// Normalizes a namespace to `/<name>/` (`service` → `/service/`).
+pub fn normalize_namespace(ns: &str) -> String {
+    let trimmed = ns.trim_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{trimmed}/")
+    }
+}
+
+fn non_empty(key: &str, v: Vec<String>) -> Result<Vec<String>, crate::ConfigError> {
+    if v.is_empty() {
+        Err(crate::ConfigError::Missing {
+            key: key.to_string(),
+            hint: "list at least one host:port".into(),
+        })
+    } else {
+        Ok(v)
+    }
+}

@@ -1,0 +1,150 @@
+//! The distributed configuration store (DCS) as Praetor sees it.
+//!
+//! The DCS is the single source of truth of a cluster: who holds the leader lock, which members exist
+//! and how they are doing, the dynamic configuration, the timeline history, pending switchovers. Praetor
+//! keeps Patroni's key layout under `/<namespace>/<scope>/` and Patroni's JSON values, so Patroni tools
+//! read a Praetor cluster and vice versa.
+//!
+//! - [`keys`]: the key layout ([`Keys`]) and which key a path is ([`KeyKind`]).
+//! - [`model`]: the values ([`MemberData`], [`Failover`], [`HistoryEntry`], [`Status`], [`SyncState`]) and
+//!   the whole-cluster view ([`Cluster`]) the agent decides from.
+//! - [`Dcs`]: the trait every backend implements; every write is compare-and-set ([`Expect`]).
+//! - [`etcd`]: the etcd v3 backend (leases for `leader` and `members/*`).
+//! - [`connect`]: opens the backend a configuration names.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod etcd;
+pub mod keys;
+pub mod model;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use error::DcsError;
+pub use keys::{KeyKind, Keys};
+pub use model::*;
+
+/// The precondition of a compare-and-set write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist (create-if-absent).
+    Absent,
+    /// The key must exist with exactly this [`Version`] (as read in a [`Cluster`]).
+    Version(Version),
+}
+
+/// A change seen by a DCS watch. Consumers reload the cluster view; the kind lets them react at once
+/// to what matters (the agent wakes its loop on [`KeyKind::Leader`], the proxy re-routes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DcsEvent {
+    /// Which key changed. [`KeyKind::Resync`] after the watch reconnected: anything may have changed.
+    pub key: KeyKind,
+}
+
+/// Who is talking to the DCS: the cluster and, for an agent, the member (which owns `members/<name>` and
+/// may hold `leader`).
+#[derive(Debug, Clone)]
+pub struct DcsIdentity {
+    /// `/<namespace>/` (normalized, with slashes).
+    pub namespace: String,
+    /// Cluster name.
+    pub scope: String,
+    /// Member name; `None` for read-mostly clients (proxy, ctl), which cannot take the leader lock.
+    pub member: Option<String>,
+    /// Lease / session TTL in seconds for `leader` and `members/<name>`.
+    pub ttl_secs: u32,
+    /// Seconds one DCS request may take before it fails with [`DcsError::Unavailable`].
+    pub request_timeout_secs: u32,
+}
+
+/// A DCS backend. Implementations: [`etcd::EtcdDcs`] (and ZooKeeper, later).
+///
+/// Rules every backend keeps (design.md, rule 2):
+/// - every write is compare-and-set: on a failed precondition the call returns
+///   [`DcsError::CasConflict`] and changes nothing;
+/// - `leader` and `members/<name>` live on this client's lease (etcd) or session (ZooKeeper) of
+///   `ttl_secs`, so they vanish when the holder stops renewing;
+/// - only the holder renews or releases `leader`, by compare-and-set on its own name;
+/// - a request that does not complete within `request_timeout_secs` fails with
+///   [`DcsError::Unavailable`].
+#[async_trait]
+pub trait Dcs: Send + Sync {
+    /// Reads the whole cluster under `/<namespace>/<scope>/` in one consistent read.
+    async fn load(&self) -> Result<Cluster, DcsError>;
+
+    /// Creates `initialize` with `value` if it does not exist. `Ok(true)`: this call created it (won the
+    /// bootstrap race); `Ok(false)`: it already existed.
+    async fn create_initialize(&self, value: &str) -> Result<bool, DcsError>;
+
+    /// Replaces `initialize` by `value` if it currently holds `expected` (the bootstrap winner writes the
+    /// database system identifier over the empty placeholder). Conflict: [`DcsError::CasConflict`].
+    async fn update_initialize(&self, expected: &str, value: &str) -> Result<(), DcsError>;
+
+    /// Deletes `initialize` if it still holds `expected` (a failed bootstrap gives the race back).
+    async fn cancel_initialize(&self, expected: &str) -> Result<(), DcsError>;
+
+    /// Creates `leader` = this member's name on this client's lease, only if absent. `Ok(true)`: this
+    /// member now holds the lock. Requires [`DcsIdentity::member`].
+    async fn acquire_leader(&self) -> Result<bool, DcsError>;
+
+    /// Renews the lock: refreshes the lease and rewrites `leader` if it still names this member.
+    /// `Ok(false)`: the lock is held by someone else or gone (the caller must demote).
+    async fn renew_leader(&self) -> Result<bool, DcsError>;
+
+    /// Deletes `leader` if it names this member. `Ok(false)`: it did not.
+    async fn release_leader(&self) -> Result<bool, DcsError>;
+
+    /// Writes `members/<name>` on this client's lease (refreshing the lease).
+    async fn touch_member(&self, data: &MemberData) -> Result<(), DcsError>;
+
+    /// Deletes `members/<name>` of this member.
+    async fn delete_member(&self) -> Result<(), DcsError>;
+
+    /// Writes the dynamic configuration (`config`, JSON) under `expect`.
+    async fn set_config(&self, value: &serde_json::Value, expect: Expect) -> Result<(), DcsError>;
+
+    /// Writes `failover` under `expect`.
+    async fn set_failover(&self, value: &Failover, expect: Expect) -> Result<(), DcsError>;
+
+    /// Deletes `failover` if it still has `version`.
+    async fn delete_failover(&self, version: Version) -> Result<(), DcsError>;
+
+    /// Writes `history` under `expect`.
+    async fn set_history(&self, value: &[HistoryEntry], expect: Expect) -> Result<(), DcsError>;
+
+    /// Writes `status` (leader optime, slots), only while this member holds `leader`.
+    async fn set_status(&self, value: &Status) -> Result<(), DcsError>;
+
+    /// Writes `sync` under `expect`.
+    async fn set_sync(&self, value: &SyncState, expect: Expect) -> Result<(), DcsError>;
+
+    /// Changes the TTL of the lease/session used from now on (dynamic `ttl` changed).
+    async fn set_ttl(&self, ttl_secs: u32) -> Result<(), DcsError>;
+
+    /// Subscribes to changes under the cluster prefix. The backend keeps one watch running, reconnecting
+    /// after errors and sending [`KeyKind::Resync`] when it does.
+    fn watch(&self) -> broadcast::Receiver<DcsEvent>;
+
+    /// Revokes this client's lease/session (its `leader` and `members/<name>` vanish at once). Used on
+    /// clean shutdown after PostgreSQL is stopped.
+    async fn close(&self) -> Result<(), DcsError>;
+}
+
+/// Opens the backend named by `endpoints` for `identity`.
+///
+/// Errors: [`DcsError::Unavailable`] when no endpoint answers within the request timeout, or
+/// [`DcsError::Unsupported`] for a backend this build does not have.
+pub async fn connect(
+    endpoints: &praetor_config::DcsEndpoints,
+    identity: DcsIdentity,
+) -> Result<std::sync::Arc<dyn Dcs>, DcsError> {
+    match endpoints {
+        praetor_config::DcsEndpoints::Etcd(urls) => {
+            Ok(std::sync::Arc::new(etcd::EtcdDcs::connect(urls, identity).await?))
+        }
+        praetor_config::DcsEndpoints::ZooKeeper(_) => Err(DcsError::Unsupported(
+            "the ZooKeeper backend is not built yet; use etcd3".into(),
+        )),
+    }
+}
