@@ -1,1 +1,19 @@
-//! placeholder
+//! The Praetor agent: one per PostgreSQL node.
+//!
+//! It runs Patroni's HA loop: bootstraps the cluster or clones from the leader, holds or watches the
+//! leader lock in the DCS, promotes, demotes, rewinds, follows; it publishes the member's state in the
+//! DCS and serves a Patroni-compatible REST API.
+//!
+//! Layout (design.md rule 1: the decisions are a pure function, I/O lives in thin shells):
+//! - [`ha`]: the pure decision core, `decide(view, local, config, now) -> Decision`.
+//! - [`postgres`]: PostgreSQL process control, configuration files, queries, basebackup, rewind.
+//! - [`api`]: the REST API (health checks, `/patroni`, `/cluster`, ...).
+//! - [`peers`]: asking other members' REST APIs for their WAL position during a leader race.
+//! - [`runner`]: the loop that reads state, calls `decide`, executes the actions.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod ha;
+pub mod peers;
+pub mod postgres;
+pub mod runner;

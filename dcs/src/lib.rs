@@ -9,6 +9,7 @@
 //! - [`model`]: the values ([`MemberData`], [`Failover`], [`HistoryEntry`], [`Status`], [`SyncState`]) and
 //!   the whole-cluster view ([`Cluster`]) the agent decides from.
 //! - [`Dcs`]: the trait every backend implements; every write is compare-and-set ([`Expect`]).
+//! - [`summary`]: the per-member rows of `GET /cluster` and `ctl list`.
 //! - [`etcd`]: the etcd v3 backend (leases for `leader` and `members/*`).
 //! - [`connect`]: opens the backend a configuration names.
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ pub mod error;
 pub mod etcd;
 pub mod keys;
 pub mod model;
+pub mod summary;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;

@@ -8,9 +8,12 @@
 //! - [`Process`]: a child in its own process group, killed with its whole group on drop, its output in a
 //!   log file.
 //! - [`Etcd`]: a single-member etcd in a directory.
+//! - [`postgres::Postgres`]: a standalone PostgreSQL (initdb + postgres, trust auth) on a free port.
 //! - [`WorkDir`], [`postgres_ids`], [`as_postgres`], [`install_binary`]: PostgreSQL refuses to run as root,
 //!   so when the tests run as root the agents run as the `postgres` user from a directory it can read.
 #![warn(missing_docs)]
+
+pub mod postgres;
 
 use std::collections::HashSet;
 use std::fs;
@@ -154,6 +157,10 @@ pub struct Etcd {
     /// Client port.
     pub port: u16,
     process: Process,
+    /// The directory given to [`Etcd::start`] (data and log), kept for [`Etcd::restart`].
+    dir: PathBuf,
+    /// Peer port, kept for [`Etcd::restart`].
+    peer_port: u16,
 }
 
 impl Etcd {
@@ -180,6 +187,8 @@ impl Etcd {
             endpoint: client,
             port,
             process,
+            dir: dir.to_path_buf(),
+            peer_port: peer,
         };
         let addr = format!("127.0.0.1:{port}");
         wait_for("etcd to answer /health", Duration::from_secs(20), || {
@@ -197,6 +206,47 @@ impl Etcd {
     /// The etcd process (to stop or freeze it in tests).
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
+    }
+
+    /// Kills etcd (SIGKILL to its process group) and reaps it; its data directory stays, so
+    /// [`Etcd::restart`] brings the same member back with its keys and leases.
+    pub fn stop(&mut self) {
+        self.process.kill_group();
+    }
+
+    /// Stops etcd if it runs, then starts a new etcd process as the same member: same name, client
+    /// and peer ports, data directory and log file. Waits (up to 20 s) until `/health` answers.
+    ///
+    /// Errors: etcd cannot be spawned, exits, or does not answer in time (the message carries its log).
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let data = self.dir.join("etcd-data");
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(etcd_binary());
+        cmd.args(["--name", "n1", "--data-dir"])
+            .arg(&data)
+            .args(["--listen-client-urls", &self.endpoint])
+            .args(["--advertise-client-urls", &self.endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("n1={peer_url}")])
+            .args(["--log-level", "warn"]);
+        let fresh = Process::spawn("etcd", cmd, &self.dir.join("etcd.log"))
+            .map_err(|e| format!("cannot start etcd ({}): {e}", etcd_binary().display()))?;
+        // The old process is already killed and reaped; dropping it would signal its (possibly
+        // reused) process group again.
+        std::mem::forget(std::mem::replace(&mut self.process, fresh));
+        let addr = format!("127.0.0.1:{}", self.port);
+        wait_for("etcd to answer /health", Duration::from_secs(20), || {
+            let addr = addr.clone();
+            async move { http_get(&addr, "/health").await.map(|_| ()) }
+        })
+        .await
+        .map_err(|e| format!("{e}\netcd log:\n{}", self.process.log()))?;
+        if !self.process.is_running() {
+            return Err(format!("etcd exited:\n{}", self.process.log()));
+        }
+        Ok(())
     }
 }
 

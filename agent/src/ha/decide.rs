@@ -1,0 +1,459 @@
+//! `decide`: one HA loop's decision (Patroni's `_run_cycle`, as a pure function).
+
+use praetor_dcs::{Cluster, Failover, Versioned};
+
+use super::election::is_healthiest;
+use super::rejoin::{rejoin_plan, RejoinPlan};
+use super::{
+    slot_name, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres,
+    Reason, Running, StartAs, StopMode,
+};
+
+/// Decides what this member does now.
+///
+/// `view` is the cluster as just read from the DCS, `None` when the DCS could not be read. The rules, in
+/// the order Patroni applies them:
+/// 1. a background task runs: only keep the lock fresh;
+/// 2. DCS unreachable: a leader demotes once it could not renew for `retry_timeout`, a primary without
+///    the lock demotes, replicas do nothing;
+/// 3. data directory empty: race for `initialize` and bootstrap, or clone from the leader (prefer a
+///    member tagged `clonefrom`); system identifier mismatch is fatal;
+/// 4. PostgreSQL stopped: the lock holder restarts it as primary; others start it as a replica of the
+///    leader (crash recovery / pg_rewind first when their timeline diverged) or read-only when there is
+///    no leader;
+/// 5. PostgreSQL running and this member holds the lock: renew it, publish `status`, keep slots and
+///    `history`, promote if still a replica, carry out a switchover that names it;
+/// 6. another member holds the lock: demote if primary, else follow it;
+/// 7. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]).
+pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
+    let me = cfg.name.as_str();
+    if let Some(task) = local.task {
+        let actions = if view.is_some_and(|v| holds_lock(v, me)) {
+            vec![Action::RenewLeader]
+        } else {
+            vec![]
+        };
+        return decision(actions, Reason::TaskInProgress { task });
+    }
+    let Some(view) = view else {
+        return dcs_unreachable(local, cfg, now);
+    };
+    match &local.data {
+        DataDir::Empty => return empty_data_dir(view, cfg),
+        DataDir::Initialized { sysid } => match view.initialize.as_deref() {
+            Some(s) if !s.is_empty() && s != sysid => {
+                let reason = Reason::SysidMismatch {
+                    local: sysid.clone(),
+                    cluster: s.to_string(),
+                };
+                return decision(vec![Action::Fatal(reason.to_string())], reason);
+            }
+            Some("") if local.won_initialize => {
+                return decision(
+                    vec![
+                        Action::PublishInitialize {
+                            sysid: sysid.clone(),
+                        },
+                        Action::AcquireLeader,
+                        Action::WriteStatus,
+                    ],
+                    Reason::InitializedNewCluster,
+                );
+            }
+            Some("") => return decision(vec![], Reason::WaitingForLeaderToBootstrap),
+            None => {
+                return decision(
+                    vec![Action::CreateInitialize {
+                        sysid: sysid.clone(),
+                    }],
+                    Reason::PublishedSystemIdentifier,
+                )
+            }
+            Some(_) => {}
+        },
+    }
+    match &local.postgres {
+        Postgres::Starting => {
+            let actions = if holds_lock(view, me) {
+                vec![Action::RenewLeader]
+            } else {
+                vec![]
+            };
+            decision(actions, Reason::WaitingForPostgres)
+        }
+        Postgres::Stopped { control } => stopped(view, cfg, control.as_ref()),
+        Postgres::Running(r) => {
+            if holds_lock(view, me) {
+                leader(view, local, cfg, r, now)
+            } else if let Some(l) = view.leader.as_ref() {
+                follower(view, r, &l.name, cfg)
+            } else {
+                election(view, local, cfg, r)
+            }
+        }
+    }
+}
+
+fn decision(actions: Vec<Action>, reason: Reason) -> Decision {
+    Decision { actions, reason }
+}
+
+fn holds_lock(view: &Cluster, me: &str) -> bool {
+    view.leader.as_ref().is_some_and(|l| l.name == me)
+}
+
+fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
+    let Some(r) = local.postgres.running() else {
+        return decision(vec![], Reason::DcsInaccessible);
+    };
+    if !r.is_primary {
+        return decision(vec![], Reason::DcsInaccessible);
+    }
+    match local.lock_renewed_ms {
+        // Patroni's rule loop_wait + 2*retry_timeout <= ttl leaves room to stop before the lease ends.
+        Some(at) if now.mono_ms.saturating_sub(at) <= u64::from(cfg.dynamic.retry_timeout) * 1000 => {
+            decision(vec![Action::RenewLeader], Reason::DcsInaccessible)
+        }
+        _ => decision(
+            vec![Action::Stop(StopMode::Immediate)],
+            Reason::DemotingDcsInaccessible,
+        ),
+    }
+}
+
+fn empty_data_dir(view: &Cluster, cfg: &HaConfig) -> Decision {
+    if view.initialize.is_none() {
+        if cfg.tags.nofailover {
+            return decision(vec![], Reason::WaitingForLeaderToBootstrap);
+        }
+        return decision(
+            vec![Action::RaceInitialize, Action::Bootstrap],
+            Reason::BootstrappingNewCluster,
+        );
+    }
+    let Some(leader) = view.leader_member() else {
+        return decision(vec![], Reason::WaitingForLeaderToBootstrap);
+    };
+    let Some(leader_up) = upstream_of(view, &leader.name) else {
+        return decision(vec![], Reason::WaitingForLeaderToBootstrap);
+    };
+    // Prefer a running replica tagged clonefrom, to spare the leader the copy.
+    let source = view
+        .members
+        .iter()
+        .filter(|m| m.name != cfg.name && m.data.tags.clonefrom)
+        .filter(|m| m.data.state == praetor_dcs::MemberState::Running)
+        .find_map(|m| upstream_of(view, &m.name))
+        .unwrap_or_else(|| leader_up.clone());
+    decision(
+        vec![Action::Clone {
+            source: source.clone(),
+            leader: leader_up,
+        }],
+        Reason::BootstrapFromLeader {
+            source: source.member,
+        },
+    )
+}
+
+fn stopped(
+    view: &Cluster,
+    cfg: &HaConfig,
+    control: Option<&super::ControlData>,
+) -> Decision {
+    let me = cfg.name.as_str();
+    if holds_lock(view, me) {
+        return decision(
+            vec![Action::RenewLeader, Action::Start(StartAs::Primary)],
+            Reason::StartingPrimaryAfterFailure,
+        );
+    }
+    let Some(leader) = view.leader.as_ref() else {
+        return decision(
+            vec![Action::Start(StartAs::Replica { upstream: None })],
+            Reason::StartingAsSecondary,
+        );
+    };
+    let Some(up) = upstream_of(view, &leader.name) else {
+        return decision(
+            vec![],
+            Reason::LeaderNotReachable {
+                leader: leader.name.clone(),
+            },
+        );
+    };
+    let leader_tl = view.member(&leader.name).and_then(|m| m.data.timeline);
+    let history = view
+        .history
+        .as_ref()
+        .map(|h| h.value.as_slice())
+        .unwrap_or(&[]);
+    match rejoin_plan(
+        control,
+        leader_tl,
+        history,
+        cfg.dynamic.postgresql.use_pg_rewind,
+    ) {
+        RejoinPlan::StartAsReplica => decision(
+            vec![Action::Start(StartAs::Replica {
+                upstream: Some(up),
+            })],
+            Reason::StartingAsReplicaOf {
+                leader: leader.name.clone(),
+            },
+        ),
+        RejoinPlan::CrashRecoveryFirst => decision(vec![Action::CrashRecovery], Reason::CrashRecovery),
+        RejoinPlan::Rewind => decision(
+            vec![Action::Rewind(up)],
+            Reason::Rewinding {
+                leader: leader.name.clone(),
+            },
+        ),
+        RejoinPlan::Diverged {
+            local_lsn,
+            switch_lsn,
+            timeline,
+        } => decision(
+            vec![],
+            Reason::DivergedNoRewind {
+                local_lsn,
+                switch_lsn,
+                timeline,
+            },
+        ),
+        RejoinPlan::WaitForHistory => decision(vec![], Reason::WaitingForHistory),
+    }
+}
+
+/// This member holds the lock and PostgreSQL runs.
+fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: Now) -> Decision {
+    let me = cfg.name.as_str();
+    if !r.is_primary {
+        let mut actions = vec![Action::RenewLeader, Action::Promote];
+        actions.extend(slot_actions(view, cfg));
+        return decision(actions, Reason::PromotedBecauseHadLock);
+    }
+    if let Some(req) = view.failover_request() {
+        if asks_me_to_step_down(&req.value, me) {
+            return switchover_from_leader(view, local, cfg, r, req, now);
+        }
+    }
+    let mut actions = vec![Action::RenewLeader, Action::WriteStatus];
+    actions.extend(slot_actions(view, cfg));
+    if needs_history(view, r) {
+        actions.push(Action::UpdateHistory);
+    }
+    let mut reason = Reason::LeaderWithLock { me: me.to_string() };
+    if let Some(req) = view.failover_request() {
+        // A request that does not ask this leader to step down is done (it names this member as the
+        // candidate, or an old leader that is gone): clean it up as Patroni does.
+        actions.push(Action::ClearFailover(req.version));
+        reason = Reason::ClearedFailoverKey;
+    }
+    decision(actions, reason)
+}
+
+fn asks_me_to_step_down(req: &Failover, me: &str) -> bool {
+    let leader_matches = req.leader.as_deref().is_none_or(|l| l == me);
+    leader_matches && req.member.as_deref() != Some(me)
+}
+
+fn needs_history(view: &Cluster, r: &Running) -> bool {
+    if r.timeline <= 1 {
+        return false;
+    }
+    let ended = r.timeline - 1;
+    !view
+        .history
+        .as_ref()
+        .is_some_and(|h| h.value.iter().any(|e| e.timeline == ended))
+}
+
+fn slot_actions(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
+    if !cfg.dynamic.postgresql.use_slots {
+        return None;
+    }
+    let mut slots: Vec<String> = view
+        .members
+        .iter()
+        .filter(|m| m.name != cfg.name && !m.data.tags.nostream)
+        .map(|m| slot_name(&m.name))
+        .collect();
+    slots.sort();
+    slots.dedup();
+    Some(Action::EnsureSlots(slots))
+}
+
+/// A switchover (or a failover with a candidate) asks this leader to step down.
+fn switchover_from_leader(
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    r: &Running,
+    req: &Versioned<Failover>,
+    now: Now,
+) -> Decision {
+    let me = cfg.name.as_str();
+    let keep_leading = || vec![Action::RenewLeader, Action::WriteStatus];
+    if let Some(at) = &req.value.scheduled_at {
+        match parse_iso8601(at) {
+            Some(t) if t > now.unix_secs => {
+                return decision(keep_leading(), Reason::ManualFailoverScheduled { at: at.clone() })
+            }
+            Some(_) => {}
+            None => {
+                return impossible(
+                    keep_leading(),
+                    req,
+                    format!("scheduled_at {at:?} is not an ISO 8601 time"),
+                )
+            }
+        }
+    }
+    let peers = local.peers.as_deref().unwrap_or(&[]);
+    let max_lag = cfg.dynamic.maximum_lag_on_failover;
+    let healthy = |p: &&super::PeerStatus| {
+        p.name != me
+            && p.is_eligible()
+            && !p.is_running_primary
+            && view.member(&p.name).is_some()
+            && r.wal_position.saturating_sub(p.wal_position) <= max_lag
+    };
+    let candidate = match req.value.member.as_deref() {
+        Some(c) => match peers.iter().find(|p| p.name == c) {
+            Some(p) if healthy(&p) => p,
+            Some(_) => {
+                return impossible(
+                    keep_leading(),
+                    req,
+                    format!("candidate {c} is not healthy (not running, not allowed to promote, or lagging)"),
+                )
+            }
+            None => {
+                return impossible(keep_leading(), req, format!("candidate {c} did not answer"))
+            }
+        },
+        None => match peers
+            .iter()
+            .filter(healthy)
+            .max_by_key(|p| (p.wal_position, p.failover_priority))
+        {
+            Some(p) => p,
+            None => {
+                return impossible(keep_leading(), req, "no healthy members found".to_string())
+            }
+        },
+    };
+    decision(
+        vec![Action::Stop(StopMode::Fast), Action::ReleaseLeader],
+        Reason::ManualFailoverDemoting {
+            candidate: candidate.name.clone(),
+        },
+    )
+}
+
+fn impossible(mut actions: Vec<Action>, req: &Versioned<Failover>, why: String) -> Decision {
+    actions.push(Action::ClearFailover(req.version));
+    decision(actions, Reason::ManualFailoverImpossible { why })
+}
+
+/// Another member holds the lock and PostgreSQL runs here.
+fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decision {
+    if r.is_primary {
+        return decision(
+            vec![Action::Stop(StopMode::Immediate)],
+            Reason::DemotingNoLock {
+                leader: Some(leader.to_string()),
+            },
+        );
+    }
+    let Some(up) = upstream_of(view, leader) else {
+        return decision(
+            vec![],
+            Reason::LeaderNotReachable {
+                leader: leader.to_string(),
+            },
+        );
+    };
+    if r.upstream.as_ref() != Some(&(up.host.clone(), up.port)) {
+        return decision(
+            vec![Action::Follow(up)],
+            Reason::ChangingPrimaryConninfo {
+                leader: leader.to_string(),
+            },
+        );
+    }
+    decision(
+        vec![],
+        Reason::Following {
+            me: cfg.name.clone(),
+            leader: leader.to_string(),
+        },
+    )
+}
+
+/// Nobody holds the lock and PostgreSQL runs here: race if this member is the healthiest.
+fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> Decision {
+    let me = cfg.name.as_str();
+    let not_racing = |reason: Reason| {
+        // A primary that may not (or need not) lead must not stay writable without the lock.
+        if r.is_primary {
+            decision(
+                vec![Action::Stop(StopMode::Immediate)],
+                Reason::DemotingNoLock { leader: None },
+            )
+        } else {
+            decision(vec![], reason)
+        }
+    };
+    let peers = local.peers.as_deref().unwrap_or(&[]);
+    let mut exclude = None;
+    let mut i_am_candidate = false;
+    if let Some(req) = view.failover_request() {
+        match req.value.member.as_deref() {
+            Some(c) if c == me => i_am_candidate = true,
+            Some(c) => {
+                if peers.iter().any(|p| p.name == c && p.is_eligible()) {
+                    return not_racing(Reason::WaitingForCandidate {
+                        candidate: c.to_string(),
+                    });
+                }
+                exclude = Some(c);
+            }
+            None => {}
+        }
+    }
+    let priority = cfg.tags.failover_priority.unwrap_or(1);
+    if cfg.tags.nofailover || priority <= 0 {
+        return not_racing(Reason::NotAllowedToPromote);
+    }
+    if !i_am_candidate {
+        if let Some(optime) = view.leader_optime() {
+            if optime > r.wal_position.saturating_add(cfg.dynamic.maximum_lag_on_failover) {
+                return not_racing(Reason::NotHealthyEnough {
+                    wal_position: r.wal_position,
+                    leader_optime: optime,
+                });
+            }
+        }
+        if let Err(reason) = is_healthiest(me, r.wal_position, priority, peers, exclude) {
+            return not_racing(reason);
+        }
+    }
+    if r.is_primary {
+        return decision(
+            vec![Action::AcquireLeader, Action::WriteStatus],
+            Reason::AcquiredLockAsLeader,
+        );
+    }
+    let mut actions = vec![Action::AcquireLeader, Action::Promote];
+    actions.extend(slot_actions(view, cfg));
+    decision(actions, Reason::PromotedByAcquiringLock)
+}
+
+/// Seconds since the epoch of an ISO 8601 / RFC 3339 time (`2026-11-24T10:00:00+00:00`).
+pub(crate) fn parse_iso8601(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}

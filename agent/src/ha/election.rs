@@ -1,0 +1,130 @@
+//! The leader race: is this member the healthiest one?
+
+use super::Reason;
+
+/// Another member's state as its REST API (`GET /patroni`) reported it this loop. Members that did not
+/// answer are simply absent: an unreachable member cannot be promoted anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Member name.
+    pub name: String,
+    /// It says it is a running primary (then nobody races: "a member that answers 'I am still
+    /// primary' stops the race").
+    pub is_running_primary: bool,
+    /// PostgreSQL is running.
+    pub is_running: bool,
+    /// Its best WAL position: max(received, replayed) for a replica (bytes).
+    pub wal_position: u64,
+    /// Its timeline.
+    pub timeline: u32,
+    /// Tagged `nofailover` (or `failover_priority: 0`): never promoted.
+    pub nofailover: bool,
+    /// `failover_priority` (default 1): higher wins ties.
+    pub failover_priority: i64,
+}
+
+impl PeerStatus {
+    /// True when this peer may become leader.
+    pub fn is_eligible(&self) -> bool {
+        self.is_running && !self.nofailover && self.failover_priority > 0
+    }
+}
+
+/// Decides whether a member at `my_position` with `my_priority` is the healthiest among `peers`
+/// (Patroni's `is_healthiest_node` comparison, after the lag check): nobody still runs as primary, and no
+/// eligible peer has a higher WAL position, or the same position and a higher `failover_priority`.
+/// Peers named in `exclude` are ignored (a switchover candidate that is being skipped).
+///
+/// Returns `Err(Reason::NotHealthiest)` naming the better member.
+pub fn is_healthiest(
+    me: &str,
+    my_position: u64,
+    my_priority: i64,
+    peers: &[PeerStatus],
+    exclude: Option<&str>,
+) -> Result<(), Reason> {
+    for p in peers {
+        if p.name == me || exclude == Some(p.name.as_str()) {
+            continue;
+        }
+        if p.is_running_primary {
+            return Err(Reason::NotHealthiest {
+                better: format!("{} (still running as primary)", p.name),
+            });
+        }
+        if !p.is_eligible() {
+            continue;
+        }
+        if p.wal_position > my_position
+            || (p.wal_position == my_position && p.failover_priority > my_priority)
+        {
+            return Err(Reason::NotHealthiest {
+                better: p.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, pos: u64, prio: i64) -> PeerStatus {
+        PeerStatus {
+            name: name.into(),
+            is_running_primary: false,
+            is_running: true,
+            wal_position: pos,
+            timeline: 1,
+            nofailover: false,
+            failover_priority: prio,
+        }
+    }
+
+    #[test]
+    fn healthiest_by_position_then_priority() {
+        struct Case {
+            name: &'static str,
+            my_pos: u64,
+            my_prio: i64,
+            peers: Vec<PeerStatus>,
+            healthiest: bool,
+        }
+        let primary = PeerStatus {
+            is_running_primary: true,
+            ..peer("old", 0, 1)
+        };
+        let nofailover = PeerStatus {
+            nofailover: true,
+            ..peer("nf", 500, 1)
+        };
+        let stopped = PeerStatus {
+            is_running: false,
+            ..peer("down", 500, 1)
+        };
+        let cases = [
+            Case { name: "alone", my_pos: 10, my_prio: 1, peers: vec![], healthiest: true },
+            Case { name: "ahead of everyone", my_pos: 10, my_prio: 1, peers: vec![peer("b", 9, 1), peer("c", 5, 9)], healthiest: true },
+            Case { name: "someone ahead", my_pos: 10, my_prio: 1, peers: vec![peer("b", 11, 1)], healthiest: false },
+            Case { name: "tie, equal priority: both race", my_pos: 10, my_prio: 1, peers: vec![peer("b", 10, 1)], healthiest: true },
+            Case { name: "tie, higher priority wins", my_pos: 10, my_prio: 1, peers: vec![peer("b", 10, 2)], healthiest: false },
+            Case { name: "tie, my priority higher", my_pos: 10, my_prio: 3, peers: vec![peer("b", 10, 2)], healthiest: true },
+            Case { name: "a primary still runs", my_pos: 10, my_prio: 1, peers: vec![primary.clone()], healthiest: false },
+            Case { name: "nofailover peer ahead is ignored", my_pos: 10, my_prio: 1, peers: vec![nofailover.clone()], healthiest: true },
+            Case { name: "priority 0 peer ahead is ignored", my_pos: 10, my_prio: 1, peers: vec![peer("z", 99, 0)], healthiest: true },
+            Case { name: "stopped peer ahead is ignored", my_pos: 10, my_prio: 1, peers: vec![stopped.clone()], healthiest: true },
+        ];
+        for c in cases {
+            let r = is_healthiest("me", c.my_pos, c.my_prio, &c.peers, None);
+            assert_eq!(r.is_ok(), c.healthiest, "{}: {r:?}", c.name);
+        }
+    }
+
+    #[test]
+    fn excluded_peer_is_ignored_and_self_is_skipped() {
+        let peers = vec![peer("cand", 99, 1), peer("me", 99, 1)];
+        assert!(is_healthiest("me", 10, 1, &peers, Some("cand")).is_ok());
+        assert!(is_healthiest("me", 10, 1, &peers, None).is_err());
+    }
+}

@@ -1,0 +1,348 @@
+//! The HA decision core: a pure function from what the agent knows to what it must do.
+//!
+//! [`decide`] is to the agent what etcd's `RawNode` is to raft: no I/O, no clock, no randomness. The
+//! runner gathers a [`Cluster`] view from the DCS, a [`LocalState`] from PostgreSQL and its own memory,
+//! the [`HaConfig`] and the time, calls [`decide`], and executes the returned [`Action`]s in order.
+//! Every rule of Patroni's HA loop (reference/patroni.md section 6) and every row of its failure table
+//! (section 7) that applies is a case of `decide`, tested in `tests.rs` by table.
+//!
+//! Execution contract for [`Decision::actions`]: actions run in order; an action that fails or loses
+//! a race (a compare-and-set, the lock) ends the list: the next loop decides again from fresh state.
+//! Actions marked *background* start a task and end the list; while it runs, [`LocalState::task`] is
+//! set and `decide` only keeps the DCS fresh.
+
+mod decide;
+mod election;
+mod reason;
+mod rejoin;
+#[cfg(test)]
+mod tests;
+
+pub use decide::decide;
+pub use election::{is_healthiest, PeerStatus};
+pub use reason::Reason;
+pub use rejoin::{rejoin_plan, RejoinPlan};
+
+use praetor_config::{DynamicConfig, Tags};
+pub use praetor_dcs::Cluster;
+
+/// The settings `decide` reads: this member's identity and tags and the cluster's dynamic
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// This member's name.
+    pub name: String,
+    /// This member's tags.
+    pub tags: Tags,
+    /// The dynamic configuration in force (DCS `config`, else `bootstrap.dcs`).
+    pub dynamic: DynamicConfig,
+}
+
+/// The time as `decide` sees it, supplied by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds (any origin), for durations.
+    pub mono_ms: u64,
+    /// Wall-clock seconds since the Unix epoch, for `scheduled_at`.
+    pub unix_secs: i64,
+}
+
+/// What is in the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    /// Missing or empty: this node must bootstrap or clone.
+    Empty,
+    /// A PostgreSQL data directory with this database system identifier.
+    Initialized {
+        /// `Database system identifier` from pg_controldata.
+        sysid: String,
+    },
+}
+
+/// `Database cluster state` from pg_controldata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// `shut down`: a primary stopped cleanly.
+    ShutDown,
+    /// `shut down in recovery`: a replica stopped cleanly.
+    ShutDownInRecovery,
+    /// `in production`: a primary running, or crashed.
+    InProduction,
+    /// `in archive recovery`: a replica running, or crashed.
+    InArchiveRecovery,
+    /// `in crash recovery`: crashed during crash recovery.
+    InCrashRecovery,
+    /// `shutting down`: crashed during shutdown.
+    ShuttingDown,
+    /// `starting up` or anything else.
+    Other,
+}
+
+impl ClusterState {
+    /// True when the last run ended with a clean shutdown (a checkpoint that pg_rewind accepts).
+    pub fn is_clean_shutdown(self) -> bool {
+        matches!(self, ClusterState::ShutDown | ClusterState::ShutDownInRecovery)
+    }
+
+    /// True when the data directory was last used as a primary (not in recovery).
+    pub fn was_primary(self) -> bool {
+        matches!(
+            self,
+            ClusterState::ShutDown | ClusterState::InProduction | ClusterState::ShuttingDown
+        )
+    }
+}
+
+/// What pg_controldata says about a stopped instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlData {
+    /// How the last run ended.
+    pub state: ClusterState,
+    /// `Latest checkpoint's TimeLineID`.
+    pub timeline: u32,
+    /// `Latest checkpoint location` (bytes).
+    pub checkpoint_lsn: u64,
+    /// `Minimum recovery ending location` (bytes; 0 when unset).
+    pub min_recovery_end_lsn: u64,
+}
+
+/// Where a replica streams from: a member and the host/port of its `conn_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Member name (also the name of this replica's slot there is *our* name, not this).
+    pub member: String,
+    /// Host of the member's `conn_url`.
+    pub host: String,
+    /// Port of the member's `conn_url`.
+    pub port: u16,
+}
+
+/// PostgreSQL as observed this loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Postgres {
+    /// No postmaster. `control` is pg_controldata's view when the data directory exists.
+    Stopped {
+        /// pg_controldata, when readable.
+        control: Option<ControlData>,
+    },
+    /// A postmaster exists but does not accept connections yet (starting, crash recovery).
+    Starting,
+    /// Accepting connections.
+    Running(Running),
+}
+
+/// A running PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// `pg_is_in_recovery()` is false.
+    pub is_primary: bool,
+    /// Current timeline.
+    pub timeline: u32,
+    /// Primary: current WAL write position. Replica: max(received, replayed). Bytes.
+    pub wal_position: u64,
+    /// Replica: host and port of `primary_conninfo` (whom it is told to follow).
+    pub upstream: Option<(String, u16)>,
+}
+
+impl Postgres {
+    /// The running instance, if any.
+    pub fn running(&self) -> Option<&Running> {
+        match self {
+            Postgres::Running(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// A long operation the runner executes in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// initdb, configuration, start as primary, users.
+    Bootstrap,
+    /// pg_basebackup from a member, then start as replica.
+    Clone,
+    /// pg_rewind from the leader, then start as replica.
+    Rewind,
+    /// Single-user crash recovery, to learn where a crashed primary's WAL ends.
+    CrashRecovery,
+    /// Starting PostgreSQL and waiting until it accepts connections.
+    Start,
+}
+
+/// Everything about this node `decide` needs: the data directory, PostgreSQL, and the runner's
+/// memory of earlier loops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalState {
+    /// The data directory.
+    pub data: DataDir,
+    /// PostgreSQL.
+    pub postgres: Postgres,
+    /// A background task still running.
+    pub task: Option<Task>,
+    /// This agent created `initialize` (won the bootstrap race) and has not yet published the system
+    /// identifier.
+    pub won_initialize: bool,
+    /// Monotonic ms of this member's last successful lock acquisition or renewal, while it believes it
+    /// holds the lock; `None` when it does not.
+    pub lock_renewed_ms: Option<u64>,
+    /// Other members' answers from their REST APIs, fetched when a leader race or a switchover needs
+    /// them (see [`needs_peers`]); `None` when not fetched this loop.
+    pub peers: Option<Vec<PeerStatus>>,
+}
+
+/// The decision of one loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// What to do, in order (see the module docs for the execution contract).
+    pub actions: Vec<Action>,
+    /// Why, in Patroni's words (logged when it changes, shown by the REST API).
+    pub reason: Reason,
+}
+
+/// How to stop PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGINT: roll back sessions, checkpoint, and wait until streaming replicas received all WAL.
+    Fast,
+    /// SIGQUIT: stop at once without a checkpoint (crash recovery on next start).
+    Immediate,
+}
+
+/// How to start PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAs {
+    /// Read-write primary (no standby.signal).
+    Primary,
+    /// Standby following `upstream` (or nobody yet: read-only, waiting for a leader).
+    Replica {
+        /// Whom to stream from.
+        upstream: Option<Upstream>,
+    },
+}
+
+/// One step the runner executes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create `initialize` = "" (the bootstrap race). Lost race ends the list.
+    RaceInitialize,
+    /// *Background*: initdb with `bootstrap.initdb`, write configuration and pg_hba, start as primary,
+    /// create the superuser/replication roles and `bootstrap.users`. Needs `RaceInitialize` won.
+    Bootstrap,
+    /// Create `initialize` = `sysid` if absent (data exists but the key does not). Lost race ends the
+    /// list.
+    CreateInitialize {
+        /// The database system identifier.
+        sysid: String,
+    },
+    /// Replace the bootstrap placeholder "" in `initialize` by `sysid`.
+    PublishInitialize {
+        /// The database system identifier.
+        sysid: String,
+    },
+    /// Create `leader` = this member (create-if-absent). Lost race ends the list.
+    AcquireLeader,
+    /// Renew `leader` (CAS on this member's name). Lost lock ends the list.
+    RenewLeader,
+    /// Delete `leader` if it names this member. PostgreSQL must already be stopped or read-only.
+    ReleaseLeader,
+    /// `pg_promote()` and wait for it; PostgreSQL must be a running replica and this member must hold
+    /// the lock.
+    Promote,
+    /// Stop PostgreSQL and wait for it to exit.
+    Stop(StopMode),
+    /// *Background*: write the configuration for `StartAs` and start PostgreSQL.
+    Start(StartAs),
+    /// Point a running replica at `upstream`: rewrite primary_conninfo / primary_slot_name and reload.
+    Follow(Upstream),
+    /// *Background*: pg_basebackup from `source` into the empty data directory, then start as a
+    /// replica of `leader`.
+    Clone {
+        /// The member to copy from.
+        source: Upstream,
+        /// The leader to stream from afterwards.
+        leader: Upstream,
+    },
+    /// *Background*: pg_rewind from the leader, then start as its replica.
+    Rewind(Upstream),
+    /// *Background*: single-user crash recovery of a primary that did not shut down cleanly, so that
+    /// pg_controldata tells where its WAL ends.
+    CrashRecovery,
+    /// Leader: create a physical replication slot for each of these members if missing.
+    EnsureSlots(Vec<String>),
+    /// Leader: write `status` with the current WAL position.
+    WriteStatus,
+    /// Leader: append the promotion that started the current timeline to `history`.
+    UpdateHistory,
+    /// Delete the `failover` key (request done or impossible) if it still has this version.
+    ClearFailover(praetor_dcs::Version),
+    /// Stop the agent with an error (e.g. system identifier mismatch): never join the wrong cluster.
+    Fatal(String),
+}
+
+impl Action {
+    /// True for actions that start a background task (and so end the list).
+    pub fn is_background(&self) -> bool {
+        matches!(
+            self,
+            Action::Bootstrap
+                | Action::Start(_)
+                | Action::Clone { .. }
+                | Action::Rewind(_)
+                | Action::CrashRecovery
+        )
+    }
+
+    /// The task a background action runs.
+    pub fn task(&self) -> Option<Task> {
+        Some(match self {
+            Action::Bootstrap => Task::Bootstrap,
+            Action::Start(_) => Task::Start,
+            Action::Clone { .. } => Task::Clone,
+            Action::Rewind(_) => Task::Rewind,
+            Action::CrashRecovery => Task::CrashRecovery,
+            _ => return None,
+        })
+    }
+}
+
+/// True when `decide` will want other members' REST status this loop: there is no leader (a race may
+/// follow), or this member leads and a switchover asks it to step down for a candidate.
+pub fn needs_peers(view: Option<&Cluster>, name: &str) -> bool {
+    let Some(view) = view else { return false };
+    match &view.leader {
+        None => view.initialize.is_some(),
+        Some(l) if l.name == name => view
+            .failover_request()
+            .is_some_and(|f| f.value.leader.as_deref() == Some(name)),
+        Some(_) => false,
+    }
+}
+
+/// The slot name of a member: lower-case, characters other than `[a-z0-9_]` replaced by `_`, at most
+/// 63 bytes (Patroni's `slot_name_from_member_name`; PostgreSQL's slot name rules).
+pub fn slot_name(member: &str) -> String {
+    let mut s: String = member
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s
+}
+
+/// The upstream for member `name` of `view`: its `conn_url` host and port.
+pub fn upstream_of(view: &Cluster, name: &str) -> Option<Upstream> {
+    let m = view.member(name)?;
+    let (host, port) = m.data.conn_host_port()?;
+    Some(Upstream {
+        member: name.to_string(),
+        host,
+        port,
+    })
+}

@@ -1,0 +1,246 @@
+//! Why `decide` chose what it chose. `Display` gives Patroni's log messages (operators grep for them).
+
+use std::fmt;
+
+/// The outcome of one HA loop, as a value. `me` and member names are carried so `Display` can write
+/// Patroni's sentences verbatim in meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// Leader holding the lock, nothing to do.
+    LeaderWithLock {
+        /// This member.
+        me: String,
+    },
+    /// Replica following the leader, nothing to do.
+    Following {
+        /// This member.
+        me: String,
+        /// The leader.
+        leader: String,
+    },
+    /// Won the `initialize` race, running initdb.
+    BootstrappingNewCluster,
+    /// Bootstrap finished: published the system identifier and took the lock.
+    InitializedNewCluster,
+    /// Someone else is bootstrapping, or no leader to clone from yet.
+    WaitingForLeaderToBootstrap,
+    /// Cloning from a member.
+    BootstrapFromLeader {
+        /// The source member.
+        source: String,
+    },
+    /// A background task is still running.
+    TaskInProgress {
+        /// What it is.
+        task: super::Task,
+    },
+    /// The data directory belongs to another cluster.
+    SysidMismatch {
+        /// Local system identifier.
+        local: String,
+        /// The cluster's (`initialize`).
+        cluster: String,
+    },
+    /// `initialize` was missing; published the local system identifier.
+    PublishedSystemIdentifier,
+    /// Took the free lock and promoted (or already was primary).
+    PromotedByAcquiringLock,
+    /// Held the lock while a replica: promoted.
+    PromotedBecauseHadLock,
+    /// Took the free lock as a running primary.
+    AcquiredLockAsLeader,
+    /// Another member holds the lock while PostgreSQL here is a primary.
+    DemotingNoLock {
+        /// The new leader, if any.
+        leader: Option<String>,
+    },
+    /// The lock could not be renewed for longer than `retry_timeout`.
+    DemotingDcsInaccessible,
+    /// The DCS is unreachable; nothing to do (replica).
+    DcsInaccessible,
+    /// A switchover asks this leader to step down for `candidate`.
+    ManualFailoverDemoting {
+        /// The candidate.
+        candidate: String,
+    },
+    /// A switchover request cannot be carried out; it is removed.
+    ManualFailoverImpossible {
+        /// Why.
+        why: String,
+    },
+    /// A scheduled switchover is not due yet.
+    ManualFailoverScheduled {
+        /// When (as written in the request).
+        at: String,
+    },
+    /// Cleared a finished or moot switchover request.
+    ClearedFailoverKey,
+    /// PostgreSQL is stopped and there is no leader: started read-only.
+    StartingAsSecondary,
+    /// The lock holder's PostgreSQL is down: restarting it as primary.
+    StartingPrimaryAfterFailure,
+    /// PostgreSQL is stopped; starting it as a replica of the leader.
+    StartingAsReplicaOf {
+        /// The leader.
+        leader: String,
+    },
+    /// Re-pointed a running replica at the leader.
+    ChangingPrimaryConninfo {
+        /// The new upstream.
+        leader: String,
+    },
+    /// Not eligible for the leader race (tags).
+    NotAllowedToPromote,
+    /// Lagging too far behind the last known leader position.
+    NotHealthyEnough {
+        /// This member's position (bytes).
+        wal_position: u64,
+        /// The last known leader position (bytes).
+        leader_optime: u64,
+    },
+    /// Another member is ahead (or equally ahead with a higher priority, or still primary).
+    NotHealthiest {
+        /// Who.
+        better: String,
+    },
+    /// A switchover candidate other than this member is healthy; waiting for it.
+    WaitingForCandidate {
+        /// The candidate.
+        candidate: String,
+    },
+    /// Running pg_rewind against the leader.
+    Rewinding {
+        /// The leader.
+        leader: String,
+    },
+    /// Running single-user crash recovery before deciding whether to rewind.
+    CrashRecovery,
+    /// The local timeline diverged from the leader's and rewind is off: staying stopped.
+    DivergedNoRewind {
+        /// Local end of WAL (bytes).
+        local_lsn: u64,
+        /// Where the leader's timeline forked (bytes).
+        switch_lsn: u64,
+        /// Local timeline.
+        timeline: u32,
+    },
+    /// The leader's timeline history does not say where our timeline ended yet.
+    WaitingForHistory,
+    /// PostgreSQL is starting; waiting.
+    WaitingForPostgres,
+    /// The leader published no `conn_url`: nothing to follow yet.
+    LeaderNotReachable {
+        /// The leader.
+        leader: String,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Reason::*;
+        match self {
+            LeaderWithLock { me } => write!(f, "no action. I am ({me}), the leader with the lock"),
+            Following { me, leader } => write!(
+                f,
+                "no action. I am ({me}), a secondary, and following a leader ({leader})"
+            ),
+            BootstrappingNewCluster => f.write_str("trying to bootstrap a new cluster"),
+            InitializedNewCluster => f.write_str("initialized a new cluster"),
+            WaitingForLeaderToBootstrap => f.write_str("waiting for leader to bootstrap"),
+            BootstrapFromLeader { source } => {
+                write!(f, "trying to bootstrap from leader '{source}'")
+            }
+            TaskInProgress { task } => write!(f, "{} in progress", task_name(*task)),
+            SysidMismatch { local, cluster } => write!(
+                f,
+                "system ID mismatch, node belongs to a different cluster: {local} != {cluster}"
+            ),
+            PublishedSystemIdentifier => {
+                f.write_str("initialize key was missing: published the system identifier")
+            }
+            PromotedByAcquiringLock => {
+                f.write_str("promoted self to leader by acquiring session lock")
+            }
+            PromotedBecauseHadLock => {
+                f.write_str("promoted self to leader because I had the session lock")
+            }
+            AcquiredLockAsLeader => f.write_str("acquired session lock as a leader"),
+            DemotingNoLock { leader: Some(l) } => write!(
+                f,
+                "demoting self because I do not have the lock and I was a leader (new leader: {l})"
+            ),
+            DemotingNoLock { leader: None } => {
+                f.write_str("demoting self because I do not have the lock and I was a leader")
+            }
+            DemotingDcsInaccessible => {
+                f.write_str("demoting self because DCS is not accessible and I was a leader")
+            }
+            DcsInaccessible => f.write_str("DCS is not accessible"),
+            ManualFailoverDemoting { candidate } => {
+                write!(f, "manual failover: demoting myself in favour of {candidate}")
+            }
+            ManualFailoverImpossible { why } => {
+                write!(f, "manual failover: {why}, failover is not possible")
+            }
+            ManualFailoverScheduled { at } => {
+                write!(f, "awaiting the scheduled switchover at {at}")
+            }
+            ClearedFailoverKey => f.write_str("cleaning up failover key"),
+            StartingAsSecondary => f.write_str("starting as a secondary"),
+            StartingPrimaryAfterFailure => f.write_str("starting primary after failure"),
+            StartingAsReplicaOf { leader } => {
+                write!(f, "starting as a secondary following {leader}")
+            }
+            ChangingPrimaryConninfo { leader } => write!(
+                f,
+                "changing primary_conninfo and reloading to follow the new leader ({leader})"
+            ),
+            NotAllowedToPromote => f.write_str(
+                "following a different leader because I am not allowed to promote",
+            ),
+            NotHealthyEnough {
+                wal_position,
+                leader_optime,
+            } => write!(
+                f,
+                "not healthy enough for leader race (wal position {wal_position}, leader optime {leader_optime})"
+            ),
+            NotHealthiest { better } => write!(
+                f,
+                "following a different leader because I am not the healthiest node ({better} is healthier)"
+            ),
+            WaitingForCandidate { candidate } => {
+                write!(f, "waiting for the switchover candidate {candidate} to take over")
+            }
+            Rewinding { leader } => write!(f, "running pg_rewind from {leader}"),
+            CrashRecovery => f.write_str("doing crash recovery in a single user mode"),
+            DivergedNoRewind {
+                local_lsn,
+                switch_lsn,
+                timeline,
+            } => write!(
+                f,
+                "cannot rejoin: timeline {timeline} diverged from the leader's (local end of WAL {} >= switch point {}) and use_pg_rewind is off; staying stopped, the data directory is kept",
+                crate::postgres::format_lsn(*local_lsn),
+                crate::postgres::format_lsn(*switch_lsn)
+            ),
+            WaitingForHistory => {
+                f.write_str("waiting for the leader's timeline history to decide about rewind")
+            }
+            WaitingForPostgres => f.write_str("waiting for postgres to start"),
+            LeaderNotReachable { leader } => {
+                write!(f, "leader {leader} has no connection address yet")
+            }
+        }
+    }
+}
+
+fn task_name(t: super::Task) -> &'static str {
+    match t {
+        super::Task::Bootstrap => "bootstrap",
+        super::Task::Clone => "replica creation (basebackup)",
+        super::Task::Rewind => "pg_rewind",
+        super::Task::CrashRecovery => "crash recovery",
+        super::Task::Start => "postgres start",
+    }
+}

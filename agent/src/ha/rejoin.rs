@@ -1,0 +1,118 @@
+//! Can a stopped node start as a replica of the leader as it is, or must it be rewound first?
+//!
+//! A former primary whose timeline ended after the point where the leader's timeline forked off holds
+//! WAL the leader never saw: started as a replica it would not stream ("requested timeline is not a
+//! child of this server's history"). pg_rewind repairs that; without it the node must stay stopped
+//! (never delete data to "fix" state). The rule compares pg_controldata's last checkpoint with the
+//! switch point recorded in the DCS `history` (Patroni does the same with the leader's timeline
+//! history file).
+
+use praetor_dcs::HistoryEntry;
+
+use super::ControlData;
+
+/// What a stopped node must do before it can follow the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejoinPlan {
+    /// Start as a replica as it is.
+    StartAsReplica,
+    /// A former primary did not shut down cleanly: run crash recovery to learn where its WAL ends.
+    CrashRecoveryFirst,
+    /// Run pg_rewind from the leader (diverged, or unknown and pg_rewind will tell).
+    Rewind,
+    /// Diverged and pg_rewind is off: stay stopped.
+    Diverged {
+        /// Local last checkpoint (bytes).
+        local_lsn: u64,
+        /// Where the leader's history says our timeline ended (bytes).
+        switch_lsn: u64,
+        /// Our timeline.
+        timeline: u32,
+    },
+    /// The leader's `history` does not cover our timeline yet (it is written right after promotion).
+    WaitForHistory,
+}
+
+/// Plans the rejoin of a stopped node with pg_controldata `control` to a leader on `leader_timeline`
+/// whose DCS `history` is `history`.
+pub fn rejoin_plan(
+    control: Option<&ControlData>,
+    leader_timeline: Option<u32>,
+    history: &[HistoryEntry],
+    use_pg_rewind: bool,
+) -> RejoinPlan {
+    let (Some(cd), Some(leader_tl)) = (control, leader_timeline) else {
+        return RejoinPlan::StartAsReplica;
+    };
+    if cd.timeline >= leader_tl || !cd.state.was_primary() {
+        return RejoinPlan::StartAsReplica;
+    }
+    if !cd.state.is_clean_shutdown() {
+        // pg_rewind (PostgreSQL 13+) runs crash recovery itself and then finds out whether a rewind
+        // is needed; without it we must recover first to read a trustworthy end of WAL.
+        return if use_pg_rewind {
+            RejoinPlan::Rewind
+        } else {
+            RejoinPlan::CrashRecoveryFirst
+        };
+    }
+    match history.iter().find(|e| e.timeline == cd.timeline) {
+        // A clean shutdown checkpoint the new leader replayed lies before the switch point (which is
+        // the end of the last record replayed); at or after it, this node wrote WAL the leader lacks.
+        Some(e) if cd.checkpoint_lsn < e.lsn => RejoinPlan::StartAsReplica,
+        Some(_) if use_pg_rewind => RejoinPlan::Rewind,
+        Some(e) => RejoinPlan::Diverged {
+            local_lsn: cd.checkpoint_lsn,
+            switch_lsn: e.lsn,
+            timeline: cd.timeline,
+        },
+        None if use_pg_rewind => RejoinPlan::Rewind,
+        None => RejoinPlan::WaitForHistory,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::ClusterState::{self, *};
+
+    fn cd(state: ClusterState, timeline: u32, checkpoint_lsn: u64) -> ControlData {
+        ControlData {
+            state,
+            timeline,
+            checkpoint_lsn,
+            min_recovery_end_lsn: 0,
+        }
+    }
+
+    fn hist(timeline: u32, lsn: u64) -> HistoryEntry {
+        HistoryEntry {
+            timeline,
+            lsn,
+            reason: "no recovery target specified".into(),
+            timestamp: None,
+            new_leader: None,
+        }
+    }
+
+    #[test]
+    fn rejoin_table() {
+        use RejoinPlan::*;
+        let h = vec![hist(1, 1000)];
+        let cases: Vec<(&str, Option<ControlData>, Option<u32>, bool, RejoinPlan)> = vec![
+            ("no controldata", None, Some(2), false, StartAsReplica),
+            ("same timeline", Some(cd(ShutDown, 2, 5000)), Some(2), false, StartAsReplica),
+            ("replica shut down in recovery", Some(cd(ShutDownInRecovery, 1, 5000)), Some(2), false, StartAsReplica),
+            ("switchover: clean stop before switch point", Some(cd(ShutDown, 1, 900)), Some(2), false, StartAsReplica),
+            ("clean stop after switch point, rewind on", Some(cd(ShutDown, 1, 1000)), Some(2), true, Rewind),
+            ("clean stop after switch point, rewind off", Some(cd(ShutDown, 1, 1500)), Some(2), false, Diverged { local_lsn: 1500, switch_lsn: 1000, timeline: 1 }),
+            ("crashed primary, rewind on", Some(cd(InProduction, 1, 10)), Some(2), true, Rewind),
+            ("crashed primary, rewind off", Some(cd(InProduction, 1, 10)), Some(2), false, CrashRecoveryFirst),
+            ("history missing, rewind on", Some(cd(ShutDown, 3, 10)), Some(4), true, Rewind),
+            ("history missing, rewind off", Some(cd(ShutDown, 3, 10)), Some(4), false, WaitForHistory),
+        ];
+        for (name, c, tl, rewind, want) in cases {
+            assert_eq!(rejoin_plan(c.as_ref(), tl, &h, rewind), want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Table-driven tests of `decide`: one row per Patroni rule (reference/patroni.md §6) and failure-table
+//! row (§7) that this version implements. Each row builds a cluster view and local state with the
+//! small builders below and states the expected actions and reason.
+
+use praetor_config::{DynamicConfig, Tags};
+use praetor_dcs::{
+    Cluster, Failover, HistoryEntry, Leader, Member, MemberData, MemberState, Role, Status,
+    Versioned,
+};
+
+use super::*;
+
+const ME: &str = "pg1";
+
+fn member(name: &str, role: Role, port: u16, timeline: u32, xlog: u64) -> Member {
+    Member {
+        name: name.into(),
+        data: MemberData {
+            conn_url: Some(format!("postgres://127.0.0.1:{port}/postgres")),
+            api_url: Some(format!("http://127.0.0.1:{}/patroni", port + 1000)),
+            state: MemberState::Running,
+            role,
+            timeline: Some(timeline),
+            xlog_location: Some(xlog),
+            ..Default::default()
+        },
+        version: 1,
+    }
+}
+
+fn up(name: &str, port: u16) -> Upstream {
+    Upstream {
+        member: name.into(),
+        host: "127.0.0.1".into(),
+        port,
+    }
+}
+
+/// A three-member cluster: pg1 (me, port 5431), pg2 (5432), pg3 (5433); `leader` names the lock holder.
+fn cluster(leader: Option<&str>) -> Cluster {
+    let role = |n: &str| {
+        if Some(n) == leader {
+            Role::Primary
+        } else {
+            Role::Replica
+        }
+    };
+    Cluster {
+        initialize: Some("7000".into()),
+        config: None,
+        leader: leader.map(|l| Leader {
+            name: l.into(),
+            version: 7,
+        }),
+        members: vec![
+            member("pg1", role("pg1"), 5431, 1, 1000),
+            member("pg2", role("pg2"), 5432, 1, 1000),
+            member("pg3", role("pg3"), 5433, 1, 1000),
+        ],
+        failover: None,
+        history: None,
+        sync: None,
+        status: Some(Status {
+            optime: 1000,
+            ..Default::default()
+        }),
+        failsafe: None,
+    }
+}
+
+fn running(is_primary: bool, wal: u64, upstream: Option<u16>) -> Postgres {
+    Postgres::Running(Running {
+        is_primary,
+        timeline: 1,
+        wal_position: wal,
+        upstream: upstream.map(|p| ("127.0.0.1".to_string(), p)),
+    })
+}
+
+fn local(postgres: Postgres) -> LocalState {
+    LocalState {
+        data: DataDir::Initialized {
+            sysid: "7000".into(),
+        },
+        postgres,
+        task: None,
+        won_initialize: false,
+        lock_renewed_ms: None,
+        peers: None,
+    }
+}
+
+fn peer(name: &str, wal: u64) -> PeerStatus {
+    PeerStatus {
+        name: name.into(),
+        is_running_primary: false,
+        is_running: true,
+        wal_position: wal,
+        timeline: 1,
+        nofailover: false,
+        failover_priority: 1,
+    }
+}
+
+fn cfg() -> HaConfig {
+    HaConfig {
+        name: ME.into(),
+        tags: Tags::default(),
+        dynamic: DynamicConfig {
+            ttl: 6,
+            loop_wait: 1,
+            retry_timeout: 2,
+            ..Default::default()
+        },
+    }
+}
+
+const NOW: Now = Now {
+    mono_ms: 100_000,
+    unix_secs: 1_800_000_000,
+};
+
+fn slots_for_others() -> Action {
+    Action::EnsureSlots(vec!["pg2".into(), "pg3".into()])
+}
+
+fn failover(leader: Option<&str>, member: Option<&str>) -> Option<Versioned<Failover>> {
+    Some(Versioned {
+        value: Failover {
+            leader: leader.map(str::to_string),
+            member: member.map(str::to_string),
+            scheduled_at: None,
+        },
+        version: 42,
+    })
+}
+
+struct Row {
+    name: &'static str,
+    view: Option<Cluster>,
+    local: LocalState,
+    cfg: HaConfig,
+    actions: Vec<Action>,
+    reason: fn(&Reason) -> bool,
+}
+
+fn row(name: &'static str, view: Option<Cluster>, local: LocalState) -> Row {
+    Row {
+        name,
+        view,
+        local,
+        cfg: cfg(),
+        actions: vec![],
+        reason: |_| true,
+    }
+}
+
+impl Row {
+    fn cfg(mut self, f: impl FnOnce(&mut HaConfig)) -> Row {
+        f(&mut self.cfg);
+        self
+    }
+    fn expect(mut self, actions: Vec<Action>, reason: fn(&Reason) -> bool) -> Row {
+        self.actions = actions;
+        self.reason = reason;
+        self
+    }
+}
+
+fn with<T>(mut v: T, f: impl FnOnce(&mut T)) -> T {
+    f(&mut v);
+    v
+}
+
+fn rows() -> Vec<Row> {
+    use Action::*;
+    let empty = |l: LocalState| LocalState {
+        data: DataDir::Empty,
+        postgres: Postgres::Stopped { control: None },
+        ..l
+    };
+    let stopped_with = |state, timeline, lsn| {
+        local(Postgres::Stopped {
+            control: Some(ControlData {
+                state,
+                timeline,
+                checkpoint_lsn: lsn,
+                min_recovery_end_lsn: 0,
+            }),
+        })
+    };
+    let on_tl2 = |mut c: Cluster| {
+        for m in &mut c.members {
+            m.data.timeline = Some(2);
+        }
+        c.history = Some(Versioned {
+            value: vec![HistoryEntry {
+                timeline: 1,
+                lsn: 5000,
+                reason: "no recovery target specified".into(),
+                timestamp: None,
+                new_leader: Some("pg2".into()),
+            }],
+            version: 3,
+        });
+        c
+    };
+    vec![
+        // --- §6: data directory empty ------------------------------------------------------------
+        row("empty data dir, no cluster: race for initialize and bootstrap",
+            Some(Cluster::default()), empty(local(running(false, 0, None))))
+            .expect(vec![RaceInitialize, Bootstrap], |r| *r == Reason::BootstrappingNewCluster),
+        row("empty data dir, no cluster, nofailover: do not bootstrap",
+            Some(Cluster::default()), empty(local(running(false, 0, None))))
+            .cfg(|c| c.tags.nofailover = true)
+            .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
+        row("empty data dir, cluster with leader: clone from the leader",
+            Some(cluster(Some("pg2"))), empty(local(running(false, 0, None))))
+            .expect(vec![Clone { source: up("pg2", 5432), leader: up("pg2", 5432) }],
+                    |r| matches!(r, Reason::BootstrapFromLeader { source } if source == "pg2")),
+        row("empty data dir: prefer a running member tagged clonefrom",
+            Some(with(cluster(Some("pg2")), |c| c.members[2].data.tags.clonefrom = true)),
+            empty(local(running(false, 0, None))))
+            .expect(vec![Clone { source: up("pg3", 5433), leader: up("pg2", 5432) }], |_| true),
+        row("empty data dir, bootstrap under way elsewhere: wait",
+            Some(with(cluster(None), |c| c.initialize = Some(String::new()))),
+            empty(local(running(false, 0, None))))
+            .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
+        row("system identifier differs from initialize: fatal, never join the wrong cluster",
+            Some(with(cluster(Some("pg2")), |c| c.initialize = Some("9999".into()))),
+            local(running(false, 1000, Some(5432))))
+            .expect(vec![Fatal("system ID mismatch, node belongs to a different cluster: 7000 != 9999".into())],
+                    |r| matches!(r, Reason::SysidMismatch { .. })),
+        row("bootstrap winner finished: publish sysid and take the lock",
+            Some(with(cluster(None), |c| c.initialize = Some(String::new()))),
+            with(local(running(true, 100, None)), |l| l.won_initialize = true))
+            .expect(vec![PublishInitialize { sysid: "7000".into() }, AcquireLeader, WriteStatus],
+                    |r| *r == Reason::InitializedNewCluster),
+        row("data exists but initialize key is missing: publish our sysid",
+            Some(with(cluster(None), |c| c.initialize = None)),
+            local(running(false, 1000, None)))
+            .expect(vec![CreateInitialize { sysid: "7000".into() }], |_| true),
+        // --- background tasks ----------------------------------------------------------------------
+        row("task in progress while holding the lock: keep the lock only",
+            Some(cluster(Some(ME))), with(local(Postgres::Starting), |l| l.task = Some(Task::Start)))
+            .expect(vec![RenewLeader], |r| matches!(r, Reason::TaskInProgress { .. })),
+        row("task in progress as a replica: nothing",
+            Some(cluster(Some("pg2"))), with(local(Postgres::Starting), |l| l.task = Some(Task::Clone)))
+            .expect(vec![], |r| matches!(r, Reason::TaskInProgress { .. })),
+        row("postgres starting while holding the lock: keep the lock",
+            Some(cluster(Some(ME))), local(Postgres::Starting))
+            .expect(vec![RenewLeader], |r| *r == Reason::WaitingForPostgres),
+        // --- §6: leader ----------------------------------------------------------------------------
+        row("healthy leader: renew, publish status, keep slots",
+            Some(cluster(Some(ME))), local(running(true, 1000, None)))
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others()],
+                    |r| r.to_string() == "no action. I am (pg1), the leader with the lock"),
+        row("healthy leader without use_slots: no slots",
+            Some(cluster(Some(ME))), local(running(true, 1000, None)))
+            .cfg(|c| c.dynamic.postgresql.use_slots = false)
+            .expect(vec![RenewLeader, WriteStatus], |_| true),
+        row("leader on a new timeline without history: record it",
+            Some(cluster(Some(ME))),
+            local(Postgres::Running(Running { is_primary: true, timeline: 2, wal_position: 1000, upstream: None })))
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), UpdateHistory], |_| true),
+        row("lock holder is still a replica: promote",
+            Some(cluster(Some(ME))), local(running(false, 1000, Some(5432))))
+            .expect(vec![RenewLeader, Promote, slots_for_others()], |r| *r == Reason::PromotedBecauseHadLock),
+        row("§7 primary: PostgreSQL stops: lock holder restarts it as primary",
+            Some(cluster(Some(ME))), local(Postgres::Stopped { control: None }))
+            .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| *r == Reason::StartingPrimaryAfterFailure),
+        // --- §6: replica ---------------------------------------------------------------------------
+        row("replica following the leader: no action",
+            Some(cluster(Some("pg2"))), local(running(false, 1000, Some(5432))))
+            .expect(vec![], |r| r.to_string() == "no action. I am (pg1), a secondary, and following a leader (pg2)"),
+        row("replica following someone else: re-point at the leader",
+            Some(cluster(Some("pg2"))), local(running(false, 1000, Some(5433))))
+            .expect(vec![Follow(up("pg2", 5432))], |r| matches!(r, Reason::ChangingPrimaryConninfo { .. })),
+        row("§7 replica: not leader but PostgreSQL is a primary: demote",
+            Some(cluster(Some("pg2"))), local(running(true, 1000, None)))
+            .expect(vec![Stop(StopMode::Immediate)], |r| matches!(r, Reason::DemotingNoLock { leader: Some(_) })),
+        row("§7 replica: PostgreSQL stops: start it again following the leader",
+            Some(cluster(Some("pg2"))), stopped_with(ClusterState::ShutDownInRecovery, 1, 900))
+            .expect(vec![Start(StartAs::Replica { upstream: Some(up("pg2", 5432)) })], |_| true),
+        row("stopped, no leader: start read-only and join the race next loop",
+            Some(cluster(None)), local(Postgres::Stopped { control: None }))
+            .expect(vec![Start(StartAs::Replica { upstream: None })], |r| *r == Reason::StartingAsSecondary),
+        row("former primary stopped cleanly before the switch point: start as replica",
+            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 4000))
+            .expect(vec![Start(StartAs::Replica { upstream: Some(up("pg2", 5432)) })], |_| true),
+        row("former primary diverged, use_pg_rewind on: rewind",
+            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
+            .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+            .expect(vec![Rewind(up("pg2", 5432))], |_| true),
+        row("former primary diverged, use_pg_rewind off: stay stopped and say why",
+            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
+            .expect(vec![], |r| matches!(r, Reason::DivergedNoRewind { .. })),
+        row("crashed former primary, rewind off: crash recovery first",
+            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::InProduction, 1, 100))
+            .expect(vec![CrashRecovery], |_| true),
+        // --- §6: no leader (race) ------------------------------------------------------------------
+        row("no leader, healthiest replica: take the lock and promote",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
+            .expect(vec![AcquireLeader, Promote, slots_for_others()], |r| *r == Reason::PromotedByAcquiringLock),
+        row("no leader, another replica is ahead: do not race",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1001)])))
+            .expect(vec![], |r| matches!(r, Reason::NotHealthiest { better } if better == "pg3")),
+        row("no leader, lagging more than maximum_lag_on_failover: do not race",
+            Some(with(cluster(None), |c| c.status = Some(Status { optime: 5_000_000, ..Default::default() }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .expect(vec![], |r| matches!(r, Reason::NotHealthyEnough { .. })),
+        row("no leader, nofailover: do not race",
+            Some(cluster(None)), with(local(running(false, 1000, None)), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.tags.nofailover = true)
+            .expect(vec![], |r| *r == Reason::NotAllowedToPromote),
+        row("no leader, failover_priority 0: do not race",
+            Some(cluster(None)), with(local(running(false, 1000, None)), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.tags.failover_priority = Some(0))
+            .expect(vec![], |r| *r == Reason::NotAllowedToPromote),
+        row("no leader, a member still answers as primary: do not race",
+            Some(cluster(None)),
+            with(local(running(false, 1000, None)), |l| l.peers = Some(vec![PeerStatus { is_running_primary: true, ..peer("pg2", 0) }])))
+            .expect(vec![], |r| matches!(r, Reason::NotHealthiest { .. })),
+        row("no leader, running primary and healthiest: take the lock back without restart",
+            Some(cluster(None)), with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 900)])))
+            .expect(vec![AcquireLeader, WriteStatus], |r| *r == Reason::AcquiredLockAsLeader),
+        row("no leader, primary that may not lead: demote (no writable primary without the lock)",
+            Some(cluster(None)), with(local(running(true, 1000, None)), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.tags.nofailover = true)
+            .expect(vec![Stop(StopMode::Immediate)], |r| matches!(r, Reason::DemotingNoLock { leader: None })),
+        // --- §7: DCS loss --------------------------------------------------------------------------
+        row("§7 primary cannot reach the DCS, within retry_timeout: keep trying to renew",
+            None, with(local(running(true, 1000, None)), |l| l.lock_renewed_ms = Some(NOW.mono_ms - 1500)))
+            .expect(vec![RenewLeader], |r| *r == Reason::DcsInaccessible),
+        row("§7 primary cannot reach the DCS for longer than retry_timeout: demote",
+            None, with(local(running(true, 1000, None)), |l| l.lock_renewed_ms = Some(NOW.mono_ms - 2500)))
+            .expect(vec![Stop(StopMode::Immediate)], |r| *r == Reason::DemotingDcsInaccessible),
+        row("§7 replica cannot reach the DCS: nothing",
+            None, local(running(false, 1000, Some(5432))))
+            .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        // --- switchover ----------------------------------------------------------------------------
+        row("switchover to a healthy candidate: stop fast, then release the lock",
+            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])))
+            .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2")),
+        row("switchover without candidate: step down for the healthiest",
+            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), None))),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 900), peer("pg3", 1000)])))
+            .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg3")),
+        row("switchover to a lagging candidate: refused, request removed",
+            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
+            with(local(running(true, 50_000_000, None)), |l| l.peers = Some(vec![peer("pg2", 1000)])))
+            .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| matches!(r, Reason::ManualFailoverImpossible { .. })),
+        row("switchover to a candidate that does not answer: refused",
+            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![])))
+            .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| matches!(r, Reason::ManualFailoverImpossible { .. })),
+        row("scheduled switchover not due yet: keep leading",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"));
+                c.failover.as_mut().unwrap().value.scheduled_at = Some("2099-01-01T00:00:00+00:00".into());
+            })),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000)])))
+            .expect(vec![RenewLeader, WriteStatus], |r| matches!(r, Reason::ManualFailoverScheduled { .. })),
+        row("switchover done (I am the candidate and leader): clear the request",
+            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some("pg2"), Some(ME)))),
+            local(running(true, 1000, None)))
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), ClearFailover(42)], |r| *r == Reason::ClearedFailoverKey),
+        row("no leader, switchover names me: race even if not the healthiest",
+            Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some(ME)))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
+            .expect(vec![AcquireLeader, Promote, slots_for_others()], |_| true),
+        row("no leader, switchover names a healthy other member: wait for it",
+            Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some("pg3")))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
+            .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { .. })),
+        row("no leader, switchover candidate is unreachable: normal race without it",
+            Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some("pg3")))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .expect(vec![AcquireLeader, Promote, slots_for_others()], |_| true),
+    ]
+}
+
+#[test]
+fn decide_table() {
+    let mut failures = Vec::new();
+    for r in rows() {
+        let d = decide(r.view.as_ref(), &r.local, &r.cfg, NOW);
+        if d.actions != r.actions || !(r.reason)(&d.reason) {
+            failures.push(format!(
+                "{}:\n   got {:?} / {}\n  want {:?}",
+                r.name, d.actions, d.reason, r.actions
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn needs_peers_only_for_a_race_or_a_switchover() {
+    assert!(needs_peers(Some(&cluster(None)), ME));
+    assert!(!needs_peers(Some(&cluster(Some("pg2"))), ME));
+    assert!(!needs_peers(Some(&cluster(Some(ME))), ME));
+    let sw = with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")));
+    assert!(needs_peers(Some(&sw), ME));
+    assert!(!needs_peers(None, ME));
+}
+
+#[test]
+fn slot_names_follow_postgres_rules() {
+    assert_eq!(slot_name("PG-01.east"), "pg_01_east");
+    assert_eq!(slot_name(&"x".repeat(80)).len(), 63);
+}
+
+/// Every background action is last in its list (the runner starts it and ends the list).
+#[test]
+fn background_actions_end_their_list() {
+    for r in rows() {
+        let d = decide(r.view.as_ref(), &r.local, &r.cfg, NOW);
+        if let Some(pos) = d.actions.iter().position(Action::is_background) {
+            assert_eq!(pos, d.actions.len() - 1, "{}", r.name);
+        }
+    }
+}

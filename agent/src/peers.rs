@@ -1,0 +1,107 @@
+//! Asking other members' REST APIs how they are (Patroni's `fetch_nodes_statuses`).
+//!
+//! During a leader race every candidate asks every other member for its WAL position over
+//! `GET <api_url>` (Patroni's `/patroni`), all at once with a short timeout: a member that does not
+//! answer cannot be promoted and does not block the race.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use praetor_dcs::Cluster;
+use serde_json::Value;
+
+use crate::ha::PeerStatus;
+
+/// GETs `url` and parses the body as JSON, whatever the status code (health endpoints answer 503 with
+/// a useful body). Errors are strings for logs.
+pub async fn get_json(url: &str, timeout: Duration) -> Result<(u16, Value), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let fut = async {
+        let resp = client.get(uri).await.map_err(|e| format!("GET {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .to_bytes();
+        let json = serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))?;
+        Ok((status, json))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
+}
+
+/// Reads a peer's `/patroni` answer into what the leader race needs.
+pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
+    let xlog = &v["xlog"];
+    let position = ["location", "received_location", "replayed_location"]
+        .iter()
+        .filter_map(|k| xlog[*k].as_u64())
+        .max()
+        .unwrap_or(0);
+    let tags = &v["tags"];
+    let running = v["state"].as_str() == Some("running");
+    let role = v["role"].as_str().unwrap_or("");
+    PeerStatus {
+        name: name.to_string(),
+        is_running_primary: running && (role == "primary" || role == "master"),
+        is_running: running,
+        wal_position: position,
+        timeline: v["timeline"].as_u64().unwrap_or(0) as u32,
+        nofailover: tags["nofailover"].as_bool().unwrap_or(false),
+        failover_priority: tags["failover_priority"].as_i64().unwrap_or(1),
+    }
+}
+
+/// Asks every member of `view` except `me` for its status, concurrently, each within `timeout`.
+/// Members that do not answer are left out.
+pub async fn fetch_peers(view: &Cluster, me: &str, timeout: Duration) -> Vec<PeerStatus> {
+    let asks = view
+        .members
+        .iter()
+        .filter(|m| m.name != me)
+        .filter_map(|m| Some((m.name.clone(), m.data.api_url.clone()?)))
+        .map(|(name, url)| async move {
+            match get_json(&url, timeout).await {
+                Ok((_, v)) => Some(peer_status_from_json(&name, &v)),
+                Err(e) => {
+                    tracing::debug!(member = %name, "peer did not answer: {e}");
+                    None
+                }
+            }
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_and_primary_answers_parse() {
+        let replica = serde_json::json!({
+            "state": "running", "role": "replica", "timeline": 3,
+            "xlog": {"received_location": 500, "replayed_location": 400, "paused": false},
+            "tags": {"failover_priority": 5}
+        });
+        let p = peer_status_from_json("pg2", &replica);
+        assert_eq!(p.wal_position, 500);
+        assert_eq!(p.failover_priority, 5);
+        assert!(p.is_running && !p.is_running_primary && !p.nofailover);
+        let primary = serde_json::json!({"state": "running", "role": "master", "xlog": {"location": 9}});
+        assert!(peer_status_from_json("pg1", &primary).is_running_primary);
+        let stopped = serde_json::json!({"state": "stopped", "role": "replica", "tags": {"nofailover": true}});
+        let s = peer_status_from_json("pg3", &stopped);
+        assert!(!s.is_eligible());
+    }
+}

@@ -1,0 +1,803 @@
+//! The local PostgreSQL instance: programs run, files written, queries asked.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use praetor_config::{Address, Bootstrap, Credentials, DynamicConfig, InitdbOption, Parameters};
+use thiserror::Error;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+use super::files::{
+    conninfo, conninfo_host_port, merge_parameters, parse_controldata,
+    parse_postmaster_pid, parse_timeline_history, pgpass_line, render_postgresql_conf,
+    HistoryLine, PostmasterPid, StandbySettings,
+};
+use crate::ha::{slot_name, ControlData, DataDir, StartAs, StopMode, Upstream};
+
+/// How to start PostgreSQL (the HA core's [`StartAs`]).
+pub type StartRole = StartAs;
+
+/// Why a PostgreSQL operation failed.
+#[derive(Debug, Error)]
+pub enum PgError {
+    /// A program could not be run or exited with an error.
+    #[error("{program} failed: {message}")]
+    Command {
+        /// The program (`initdb`, `pg_basebackup`, ...).
+        program: String,
+        /// Exit status and the tail of its output.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A query failed or the server could not be reached.
+    #[error("query failed: {0}")]
+    Query(String),
+    /// Waiting for the server timed out.
+    #[error("timed out after {0:?}: {1}")]
+    Timeout(Duration, String),
+    /// Something PostgreSQL reported does not make sense.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
+    move |source| PgError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Everything the instance needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    /// Member name (application_name, slot name).
+    pub name: String,
+    /// Cluster name (`cluster_name`).
+    pub scope: String,
+    /// Directory of initdb, postgres, pg_basebackup, pg_rewind, pg_controldata.
+    pub bin_dir: PathBuf,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// `postgresql.listen`.
+    pub listen: Address,
+    /// `postgresql.connect_address`.
+    pub connect_address: Address,
+    /// The superuser the agent connects as.
+    pub superuser: Credentials,
+    /// The replication role.
+    pub replication: Credentials,
+    /// The role pg_rewind connects as (default: the superuser).
+    pub rewind: Option<Credentials>,
+    /// The .pgpass file the agent writes for libpq programs.
+    pub pgpass: PathBuf,
+    /// `postgresql.parameters` (local).
+    pub parameters: Parameters,
+    /// `postgresql.pg_hba` (local override).
+    pub pg_hba: Option<Vec<String>>,
+    /// Extra pg_basebackup arguments (`--max-rate=100M`).
+    pub basebackup_args: Vec<String>,
+    /// Seconds to wait for start/stop/promote (pg_ctl_timeout, default 60).
+    pub ctl_timeout: Duration,
+}
+
+/// What a running server reports about itself (one round trip).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// Current timeline.
+    pub timeline: u32,
+    /// Primary: `pg_current_wal_lsn()` (bytes).
+    pub current_lsn: Option<u64>,
+    /// Replica: `pg_last_wal_receive_lsn()` (bytes).
+    pub received_lsn: Option<u64>,
+    /// Replica: `pg_last_wal_replay_lsn()` (bytes).
+    pub replayed_lsn: Option<u64>,
+    /// Replica: `pg_last_xact_replay_timestamp()` as text.
+    pub replay_timestamp: Option<String>,
+    /// Replica: replay paused.
+    pub replay_paused: bool,
+    /// Replica: the WAL receiver is streaming.
+    pub streaming: bool,
+    /// Replica: host and port of `primary_conninfo`.
+    pub upstream: Option<(String, u16)>,
+    /// `server_version_num` (150004).
+    pub server_version: i32,
+    /// `pg_postmaster_start_time()` as text.
+    pub postmaster_start_time: String,
+    /// Database system identifier.
+    pub system_identifier: String,
+    /// Primary: `pg_stat_replication` rows.
+    pub replication: Vec<ReplicationRow>,
+}
+
+impl ServerStatus {
+    /// Primary: current position. Replica: max(received, replayed). Bytes.
+    pub fn wal_position(&self) -> u64 {
+        [self.current_lsn, self.received_lsn, self.replayed_lsn]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// One row of `pg_stat_replication` (field names as Patroni's `/patroni` `replication` list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicationRow {
+    /// Role name.
+    pub usename: String,
+    /// The standby's application_name (its member name).
+    pub application_name: String,
+    /// Client address.
+    pub client_addr: Option<String>,
+    /// `streaming`, `catchup`, ...
+    pub state: String,
+    /// `async`, `sync`, `quorum`, `potential`.
+    pub sync_state: String,
+    /// Priority in synchronous_standby_names.
+    pub sync_priority: i32,
+}
+
+/// The local PostgreSQL instance.
+pub struct Instance {
+    s: InstanceSettings,
+    client: Mutex<Option<tokio_postgres::Client>>,
+    child: Mutex<Option<Child>>,
+}
+
+impl Instance {
+    /// An instance with these settings. Nothing is started.
+    pub fn new(settings: InstanceSettings) -> Instance {
+        Instance {
+            s: settings,
+            client: Mutex::new(None),
+            child: Mutex::new(None),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &InstanceSettings {
+        &self.s
+    }
+
+    fn bin(&self, program: &str) -> PathBuf {
+        self.s.bin_dir.join(program)
+    }
+
+    fn data(&self, file: &str) -> PathBuf {
+        self.s.data_dir.join(file)
+    }
+
+    /// Whether the data directory is empty or holds a cluster (and which, by system identifier).
+    pub async fn data_dir_state(&self) -> Result<DataDir, PgError> {
+        let has_files = match std::fs::read_dir(&self.s.data_dir) {
+            Ok(mut d) => d.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_err(&self.s.data_dir)(e)),
+        };
+        if !has_files || !self.data("global/pg_control").exists() {
+            return Ok(DataDir::Empty);
+        }
+        let (sysid, _) = self.controldata().await?;
+        Ok(DataDir::Initialized { sysid })
+    }
+
+    /// Runs pg_controldata: (system identifier, control data).
+    pub async fn controldata(&self) -> Result<(String, ControlData), PgError> {
+        let out = self
+            .run_capture("pg_controldata", &[self.s.data_dir.as_os_str()])
+            .await?;
+        parse_controldata(&out).map_err(PgError::Unexpected)
+    }
+
+    /// The running postmaster, from `postmaster.pid`, if its PID is alive.
+    pub fn postmaster(&self) -> Option<PostmasterPid> {
+        let text = std::fs::read_to_string(self.data("postmaster.pid")).ok()?;
+        let pm = parse_postmaster_pid(&text)?;
+        // kill(pid, 0) succeeds for a zombie child too; reap our own child first.
+        if let Ok(mut guard) = self.child.try_lock() {
+            if let Some(child) = guard.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    *guard = None;
+                    return None;
+                }
+            }
+        }
+        kill(Pid::from_raw(pm.pid), None).ok().map(|_| pm)
+    }
+
+    /// Writes the .pgpass file (mode 0600) with the replication, superuser and rewind credentials, for
+    /// pg_basebackup, pg_rewind and walreceiver connections.
+    pub fn write_pgpass(&self) -> Result<(), PgError> {
+        let mut lines = Vec::new();
+        for c in [
+            Some(&self.s.replication),
+            Some(&self.s.superuser),
+            self.s.rewind.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(pw) = &c.password {
+                lines.push(pgpass_line("*", "*", "*", &c.username, pw));
+            }
+        }
+        write_private(&self.s.pgpass, &(lines.join("\n") + "\n"))
+    }
+
+    /// Runs initdb into the (empty) data directory with `options` and the superuser's name and
+    /// password, then moves initdb's postgresql.conf to postgresql.base.conf (included by ours).
+    pub async fn initdb(&self, options: &[InitdbOption]) -> Result<(), PgError> {
+        let pwfile = self.s.data_dir.with_extension("pwfile");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-D".into(),
+            self.s.data_dir.clone().into(),
+            format!("--username={}", self.s.superuser.username).into(),
+        ];
+        if let Some(pw) = &self.s.superuser.password {
+            write_private(&pwfile, pw)?;
+            args.push(format!("--pwfile={}", pwfile.display()).into());
+        }
+        for o in options {
+            args.extend(o.to_args().into_iter().map(Into::into));
+        }
+        let arg_refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let result = self.run_capture("initdb", &arg_refs).await;
+        let _ = std::fs::remove_file(&pwfile);
+        result?;
+        let base = self.data("postgresql.base.conf");
+        if !base.exists() {
+            std::fs::rename(self.data("postgresql.conf"), &base).map_err(io_err(&base))?;
+        }
+        Ok(())
+    }
+
+    /// Writes pg_hba.conf from `lines`.
+    pub fn write_pg_hba(&self, lines: &[String]) -> Result<(), PgError> {
+        let path = self.data("pg_hba.conf");
+        let text = format!(
+            "# Written by praetor from its configuration.\n{}\n",
+            lines.join("\n")
+        );
+        write_private(&path, &text)
+    }
+
+    /// The primary_conninfo for streaming from `up`.
+    pub fn primary_conninfo(&self, up: &Upstream) -> String {
+        let port = up.port.to_string();
+        conninfo(&[
+            ("host", Some(&up.host)),
+            ("port", Some(&port)),
+            ("user", Some(&self.s.replication.username)),
+            ("passfile", self.s.pgpass.to_str()),
+            ("application_name", Some(&self.s.name)),
+            ("sslmode", Some("prefer")),
+            ("gssencmode", Some("disable")),
+            ("channel_binding", Some("prefer")),
+        ])
+    }
+
+    /// Writes postgresql.conf, pg_hba.conf (when configured) and standby.signal for `role`.
+    /// Returns the local parameter names that were ignored (cluster-wide or agent-managed).
+    pub fn write_config(
+        &self,
+        dynamic: &DynamicConfig,
+        role: &StartRole,
+    ) -> Result<Vec<String>, PgError> {
+        let agent = [
+            ("listen_addresses", self.s.listen.host.clone()),
+            ("port", self.s.listen.port.to_string()),
+            ("cluster_name", self.s.scope.clone()),
+            ("hot_standby", "on".to_string()),
+        ];
+        let (params, ignored) =
+            merge_parameters(&dynamic.postgresql.parameters, &self.s.parameters, &agent);
+        let standby = match role {
+            StartAs::Primary => None,
+            StartAs::Replica { upstream } => Some(StandbySettings {
+                primary_conninfo: upstream.as_ref().map(|u| self.primary_conninfo(u)),
+                primary_slot_name: upstream
+                    .as_ref()
+                    .filter(|_| dynamic.postgresql.use_slots)
+                    .map(|_| slot_name(&self.s.name)),
+            }),
+        };
+        let conf = self.data("postgresql.conf");
+        write_private(&conf, &render_postgresql_conf(&params, standby.as_ref()))?;
+        if let Some(hba) = self.s.pg_hba.as_ref().or(dynamic.postgresql.pg_hba.as_ref()) {
+            self.write_pg_hba(hba)?;
+        }
+        let signal = self.data("standby.signal");
+        match role {
+            StartAs::Primary => remove_if_exists(&signal)?,
+            StartAs::Replica { .. } => write_private(&signal, "")?,
+        }
+        remove_if_exists(&self.data("recovery.signal"))?;
+        self.write_pgpass()?;
+        Ok(ignored)
+    }
+
+    /// Writes the configuration for `role`, starts the postmaster in its own process group (so a
+    /// signal to the agent's group does not reach it), and waits until it accepts connections.
+    pub async fn start(&self, dynamic: &DynamicConfig, role: &StartRole) -> Result<(), PgError> {
+        if self.postmaster().is_some() {
+            return Err(PgError::Unexpected(
+                "postgres is already running".to_string(),
+            ));
+        }
+        let ignored = self.write_config(dynamic, role)?;
+        if !ignored.is_empty() {
+            tracing::warn!(parameters = ?ignored, "local postgresql.parameters ignored: cluster-wide ones come from the dynamic configuration, agent-managed ones from the agent");
+        }
+        // A stale lock file of a dead postmaster makes postgres refuse to start only when its PID
+        // belongs to a live process; PostgreSQL handles the rest itself.
+        let mut cmd = Command::new(self.bin("postgres"));
+        cmd.arg("-D")
+            .arg(&self.s.data_dir)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = cmd.spawn().map_err(|e| PgError::Command {
+            program: "postgres".into(),
+            message: e.to_string(),
+        })?;
+        *self.child.lock().await = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&self) -> Result<(), PgError> {
+        let deadline = Instant::now() + self.s.ctl_timeout;
+        loop {
+            {
+                let mut guard = self.child.lock().await;
+                if let Some(child) = guard.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        *guard = None;
+                        return Err(PgError::Command {
+                            program: "postgres".into(),
+                            message: format!("exited during start-up: {status}"),
+                        });
+                    }
+                }
+            }
+            if let Some(pm) = self.postmaster() {
+                if (pm.status == "ready" || pm.status == "standby") && self.status().await.is_ok()
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(PgError::Timeout(
+                    self.s.ctl_timeout,
+                    "postgres did not accept connections".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the postmaster with `mode` and waits until it exited. After `timeout` (when set) a fast
+    /// stop is escalated to immediate. Ok when it was not running.
+    pub async fn stop(&self, mode: StopMode, timeout: Option<Duration>) -> Result<(), PgError> {
+        *self.client.lock().await = None;
+        let Some(pm) = self.postmaster() else {
+            return Ok(());
+        };
+        let signal = match mode {
+            StopMode::Fast => Signal::SIGINT,
+            StopMode::Immediate => Signal::SIGQUIT,
+        };
+        let pid = Pid::from_raw(pm.pid);
+        kill(pid, signal).map_err(|e| PgError::Unexpected(format!("kill {pid}: {e}")))?;
+        let started = Instant::now();
+        let mut escalated = mode == StopMode::Immediate;
+        loop {
+            if self.postmaster().is_none() {
+                return Ok(());
+            }
+            if !escalated && timeout.is_some_and(|t| started.elapsed() >= t) {
+                tracing::warn!("postgres did not stop within {timeout:?}: stopping it immediately");
+                let _ = kill(pid, Signal::SIGQUIT);
+                escalated = true;
+            }
+            if started.elapsed() > self.s.ctl_timeout + timeout.unwrap_or_default() {
+                return Err(PgError::Timeout(
+                    self.s.ctl_timeout,
+                    "postgres did not stop".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGHUP to the postmaster (configuration reload).
+    pub fn reload(&self) -> Result<(), PgError> {
+        let pm = self
+            .postmaster()
+            .ok_or_else(|| PgError::Unexpected("postgres is not running".into()))?;
+        kill(Pid::from_raw(pm.pid), Signal::SIGHUP)
+            .map_err(|e| PgError::Unexpected(format!("kill -HUP {}: {e}", pm.pid)))
+    }
+
+    /// Promotes a running replica and waits (up to ctl_timeout) until it is out of recovery.
+    pub async fn promote(&self) -> Result<(), PgError> {
+        let secs = self.s.ctl_timeout.as_secs().clamp(1, i32::MAX as u64) as i32;
+        let rows = self.query("SELECT pg_promote(true, $1)", &[&secs]).await?;
+        let done = rows.first().is_some_and(|r| r.get::<_, bool>(0));
+        if done {
+            Ok(())
+        } else {
+            Err(PgError::Timeout(
+                self.s.ctl_timeout,
+                "pg_promote did not finish".into(),
+            ))
+        }
+    }
+
+    /// Points a running replica at `up` (PostgreSQL 13+ applies primary_conninfo on reload).
+    pub fn follow(&self, dynamic: &DynamicConfig, up: &Upstream) -> Result<(), PgError> {
+        self.write_config(
+            dynamic,
+            &StartAs::Replica {
+                upstream: Some(up.clone()),
+            },
+        )?;
+        self.reload()
+    }
+
+    /// Clones the data directory from `from` with pg_basebackup (WAL streamed, fast checkpoint).
+    pub async fn basebackup(&self, from: &Upstream) -> Result<(), PgError> {
+        self.write_pgpass()?;
+        if let Some(parent) = self.s.data_dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        let port = from.port.to_string();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-D".into(),
+            self.s.data_dir.clone().into(),
+            "-X".into(),
+            "stream".into(),
+            "-c".into(),
+            "fast".into(),
+            "-h".into(),
+            from.host.clone().into(),
+            "-p".into(),
+            port.into(),
+            "-U".into(),
+            self.s.replication.username.clone().into(),
+            "--no-password".into(),
+        ];
+        args.extend(self.s.basebackup_args.iter().map(Into::into));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        self.run_capture("pg_basebackup", &refs).await.map(|_| ())
+    }
+
+    /// Rewinds the stopped data directory to `from` with pg_rewind (which runs crash recovery itself
+    /// when the last shutdown was not clean).
+    pub async fn rewind(&self, from: &Upstream) -> Result<(), PgError> {
+        self.write_pgpass()?;
+        // Single-user crash recovery (run by pg_rewind) refuses standby mode.
+        remove_if_exists(&self.data("standby.signal"))?;
+        let who = self.s.rewind.as_ref().unwrap_or(&self.s.superuser);
+        let port = from.port.to_string();
+        let source = conninfo(&[
+            ("host", Some(&from.host)),
+            ("port", Some(&port)),
+            ("user", Some(&who.username)),
+            ("dbname", Some("postgres")),
+            ("passfile", self.s.pgpass.to_str()),
+        ]);
+        let args: Vec<std::ffi::OsString> = vec![
+            "-D".into(),
+            self.s.data_dir.clone().into(),
+            format!("--source-server={source}").into(),
+        ];
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = self.run_capture("pg_rewind", &refs).await?;
+        tracing::info!(output = %out.trim(), "pg_rewind finished");
+        Ok(())
+    }
+
+    /// Runs single-user crash recovery on a stopped data directory whose last shutdown was not clean,
+    /// leaving it cleanly shut down (pg_controldata then tells where its WAL ends).
+    pub async fn crash_recovery(&self) -> Result<(), PgError> {
+        remove_if_exists(&self.data("standby.signal"))?;
+        let args: Vec<std::ffi::OsString> = vec![
+            "--single".into(),
+            "-F".into(),
+            "-D".into(),
+            self.s.data_dir.clone().into(),
+            "-c".into(),
+            "archive_mode=off".into(),
+            "template1".into(),
+        ];
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        self.run_capture("postgres", &refs).await.map(|_| ())
+    }
+
+    /// Creates the replication role and `bootstrap.users` (after bootstrap, as the superuser).
+    pub async fn create_roles(&self, bootstrap: &Bootstrap) -> Result<(), PgError> {
+        let mut statements = Vec::new();
+        let repl = &self.s.replication;
+        if repl.username != self.s.superuser.username {
+            statements.push(role_sql(
+                &repl.username,
+                repl.password.as_deref(),
+                &["REPLICATION".to_string()],
+            ));
+        }
+        for (name, user) in &bootstrap.users {
+            let opts: Vec<String> = user.options.iter().map(|o| o.to_uppercase()).collect();
+            statements.push(role_sql(name, user.password.as_deref(), &opts));
+        }
+        for sql in statements {
+            self.query(&sql, &[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates a physical replication slot (reserving WAL at once) for each name that lacks one.
+    pub async fn ensure_slots(&self, names: &[String]) -> Result<(), PgError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .query(
+                "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical'",
+                &[],
+            )
+            .await?;
+        let existing: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        for name in names.iter().filter(|n| !existing.contains(n)) {
+            self.query(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[name],
+            )
+            .await?;
+            tracing::info!(slot = %name, "created physical replication slot");
+        }
+        Ok(())
+    }
+
+    /// Reads `pg_wal/<timeline>.history` (the history of how `timeline` came to be).
+    pub fn timeline_history(&self, timeline: u32) -> Result<Vec<HistoryLine>, PgError> {
+        let path = self.data(&format!("pg_wal/{timeline:08X}.history"));
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        Ok(parse_timeline_history(&text))
+    }
+
+    /// Asks the running server for its state (one query, plus pg_stat_replication on a primary).
+    pub async fn status(&self) -> Result<ServerStatus, PgError> {
+        const SQL: &str = "SELECT pg_is_in_recovery(),
+            CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - '0/0')::bigint END,
+            (pg_last_wal_receive_lsn() - '0/0')::bigint,
+            (pg_last_wal_replay_lsn() - '0/0')::bigint,
+            CASE WHEN pg_is_in_recovery()
+                 THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                               (SELECT timeline_id FROM pg_control_checkpoint()))
+                 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+            COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false),
+            current_setting('primary_conninfo'),
+            current_setting('server_version_num')::int,
+            pg_postmaster_start_time()::text,
+            (SELECT system_identifier FROM pg_control_system())::text,
+            pg_last_xact_replay_timestamp()::text,
+            CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
+        let rows = self.query(SQL, &[]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| PgError::Unexpected("status query returned no row".into()))?;
+        let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
+        let in_recovery: bool = row.get(0);
+        let conninfo_text: String = row.get(6);
+        let mut st = ServerStatus {
+            in_recovery,
+            current_lsn: lsn(1),
+            received_lsn: lsn(2),
+            replayed_lsn: lsn(3),
+            timeline: row.get::<_, Option<i32>>(4).unwrap_or(0).max(0) as u32,
+            streaming: row.get(5),
+            upstream: if in_recovery {
+                conninfo_host_port(&conninfo_text)
+            } else {
+                None
+            },
+            server_version: row.get(7),
+            postmaster_start_time: row.get(8),
+            system_identifier: row.get(9),
+            replay_timestamp: row.get(10),
+            replay_paused: row.get(11),
+            replication: vec![],
+        };
+        if !in_recovery {
+            let rows = self
+                .query(
+                    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority
+                     FROM pg_stat_replication ORDER BY application_name",
+                    &[],
+                )
+                .await?;
+            st.replication = rows
+                .iter()
+                .map(|r| ReplicationRow {
+                    usename: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                    application_name: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    client_addr: r.get(2),
+                    state: r.get::<_, Option<String>>(3).unwrap_or_default(),
+                    sync_state: r.get::<_, Option<String>>(4).unwrap_or_default(),
+                    sync_priority: r.get::<_, Option<i32>>(5).unwrap_or(0),
+                })
+                .collect();
+        }
+        Ok(st)
+    }
+
+    /// Runs a query on the local server over a cached connection, reconnecting once when the cached
+    /// one turns out to be broken (the server restarted).
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, PgError> {
+        let mut guard = self.client.lock().await;
+        for attempt in 0..2 {
+            if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                *guard = Some(self.connect().await?);
+            }
+            let client = guard.as_ref().expect("connected just above");
+            match tokio::time::timeout(self.s.ctl_timeout, client.query(sql, params)).await {
+                Ok(Ok(rows)) => return Ok(rows),
+                Ok(Err(e)) if client.is_closed() && attempt == 0 => {
+                    tracing::debug!("local connection broken ({e}), reconnecting");
+                    *guard = None;
+                }
+                Ok(Err(e)) => return Err(PgError::Query(db_error_text(&e))),
+                Err(_) => {
+                    *guard = None;
+                    return Err(PgError::Timeout(self.s.ctl_timeout, sql.to_string()));
+                }
+            }
+        }
+        Err(PgError::Query("the local connection keeps breaking".into()))
+    }
+
+    async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        let host = self.s.listen.local_connect_host();
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&host)
+            .port(self.s.listen.port)
+            .user(&self.s.superuser.username)
+            .dbname("postgres")
+            .application_name("praetor")
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(pw) = &self.s.superuser.password {
+            cfg.password(pw);
+        }
+        let (client, conn) = tokio::time::timeout(
+            Duration::from_secs(5),
+            cfg.connect(tokio_postgres::NoTls),
+        )
+        .await
+        .map_err(|_| PgError::Query("connect timed out".into()))?
+        .map_err(|e| PgError::Query(db_error_text(&e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs one of PostgreSQL's programs with `LC_ALL=C` and PGPASSFILE set; returns stdout, or an
+    /// error with the exit status and the last lines of stderr.
+    async fn run_capture(
+        &self,
+        program: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<String, PgError> {
+        let mut cmd = Command::new(self.bin(program));
+        cmd.args(args)
+            .env("LC_ALL", "C")
+            .env("PGPASSFILE", &self.s.pgpass)
+            .env("PGAPPNAME", &self.s.name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = cmd.output().await.map_err(|e| PgError::Command {
+            program: program.into(),
+            message: e.to_string(),
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(PgError::Command {
+                program: program.into(),
+                message: format!("{}: {}", out.status, tail.join(" | ")),
+            });
+        }
+        if !stderr.trim().is_empty() {
+            tracing::debug!(program, stderr = %stderr.trim(), "program output");
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The message of a database error (with SQLSTATE) or the error's text.
+fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// `CREATE ROLE` with LOGIN, an optional password and options, quoting the name as an identifier and
+/// the password as a literal.
+fn role_sql(name: &str, password: Option<&str>, options: &[String]) -> String {
+    let mut sql = format!("CREATE ROLE {} WITH LOGIN", quote_ident(name));
+    for o in options {
+        if o.chars().all(|c| c.is_ascii_alphabetic()) {
+            sql.push(' ');
+            sql.push_str(o);
+        }
+    }
+    if let Some(pw) = password {
+        sql.push_str(&format!(" PASSWORD {}", quote_literal(pw)));
+    }
+    sql
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("praetor-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), PgError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_sql_quotes() {
+        assert_eq!(
+            role_sql("rep\"l", Some("it's"), &["REPLICATION".into(), "X; DROP".into()]),
+            "CREATE ROLE \"rep\"\"l\" WITH LOGIN REPLICATION PASSWORD 'it''s'"
+        );
+    }
+}

@@ -1,0 +1,837 @@
+//! The agent's loop: read state, call [`decide`], execute the actions, publish.
+//!
+//! This is the only place with `select!` (style.md: the loop is raft's `node.run`). One cycle:
+//! 1. read the cluster from the DCS (failure → `view = None`);
+//! 2. observe PostgreSQL (postmaster.pid, one status query, or pg_controldata when stopped);
+//! 3. ask the other members' REST APIs when a leader race or a switchover needs them;
+//! 4. [`decide`], log the reason when it changes;
+//! 5. execute the actions in order, stopping at the first that fails or loses a race; background
+//!    actions (bootstrap, clone, rewind, start) run as a task the next cycles wait for;
+//! 6. publish `members/<name>` and the REST API snapshot.
+//!
+//! Cycles run every `loop_wait` seconds, and at once when the leader or failover key changes or a
+//! task finishes. SIGTERM (the `shutdown` token) stops PostgreSQL, releases the lock if held and
+//! revokes the DCS lease, so a replica takes over at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use praetor_config::{AgentSettings, Config, DynamicConfig};
+use praetor_dcs::{
+    Cluster, Dcs, DcsIdentity, Expect, HistoryEntry, KeyKind, MemberData, MemberState, Role,
+    Status,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, NodeStatus};
+use crate::ha::{
+    self, decide, needs_peers, Action, DataDir, HaConfig, LocalState, Now, Postgres, Running,
+    StartAs, Task,
+};
+use crate::peers::fetch_peers;
+use crate::postgres::{Instance, InstanceSettings, ServerStatus};
+
+/// Runs the agent for `config` until `shutdown` is cancelled (SIGTERM/SIGINT), then stops PostgreSQL,
+/// releases the lock and leaves the DCS. Errors: the configuration is unusable, the REST port cannot
+/// be bound, or a fatal condition (system identifier mismatch, failed bootstrap).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = config.validate_agent()?;
+    let mut dynamic = config.bootstrap.dcs.clone();
+    for w in dynamic.adjust_timings() {
+        tracing::warn!("bootstrap.dcs: {w}");
+    }
+    let instance = Instance::new(instance_settings(&config, &settings));
+    let identity = DcsIdentity {
+        namespace: settings.namespace.clone(),
+        scope: settings.scope.clone(),
+        member: Some(settings.name.clone()),
+        ttl_secs: dynamic.ttl,
+        request_timeout_secs: dynamic.retry_timeout.max(1),
+    };
+    let dcs = praetor_dcs::connect(&settings.dcs, identity)
+        .await
+        .context("cannot open the DCS")?;
+    let listener = tokio::net::TcpListener::bind((
+        settings.api_listen.local_bind_host().as_str(),
+        settings.api_listen.port,
+    ))
+    .await
+    .with_context(|| format!("cannot listen on restapi.listen {}", settings.api_listen))?;
+    let (status_tx, status_rx) = watch::channel(Arc::new(NodeStatus {
+        scope: settings.scope.clone(),
+        name: settings.name.clone(),
+        tags: config.tags.clone(),
+        ttl: dynamic.ttl,
+        ..Default::default()
+    }));
+    let api_shutdown = CancellationToken::new();
+    let api_task = tokio::spawn(api::serve(listener, status_rx, api_shutdown.clone()));
+    let mut runner = Runner {
+        settings,
+        config,
+        dcs,
+        pg: Arc::new(instance),
+        dynamic,
+        won_initialize: false,
+        lock_renewed_ms: None,
+        task: None,
+        failed_task: None,
+        task_done: Arc::new(tokio::sync::Notify::new()),
+        status_tx,
+        started: Instant::now(),
+        last_reason: String::new(),
+        last_view: None,
+        dcs_last_seen: None,
+    };
+    let result = runner.run_loop(&shutdown).await;
+    runner.shut_down().await;
+    api_shutdown.cancel();
+    let _ = api_task.await;
+    result
+}
+
+fn instance_settings(config: &Config, s: &AgentSettings) -> InstanceSettings {
+    let pg = &config.postgresql;
+    InstanceSettings {
+        name: s.name.clone(),
+        scope: s.scope.clone(),
+        bin_dir: pg.bin_dir.clone().unwrap_or_else(default_bin_dir),
+        data_dir: s.data_dir.clone(),
+        listen: s.pg_listen.clone(),
+        connect_address: s.pg_connect.clone(),
+        superuser: s.superuser.clone(),
+        replication: s.replication.clone(),
+        rewind: pg.authentication.rewind.clone(),
+        pgpass: pg.pgpass.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("pgpass.{}.{}", s.scope, s.name))
+        }),
+        parameters: pg.parameters.clone(),
+        pg_hba: pg.pg_hba.clone(),
+        basebackup_args: basebackup_args(pg.basebackup.as_ref()),
+        ctl_timeout: Duration::from_secs(u64::from(pg.pg_ctl_timeout.unwrap_or(60))),
+    }
+}
+
+/// PostgreSQL's programs: the directory of `postgres` on PATH, else the newest
+/// /usr/lib/postgresql/<major>/bin (Debian's layout).
+fn default_bin_dir() -> PathBuf {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("postgres").is_file() && dir.join("pg_basebackup").is_file() {
+                return dir;
+            }
+        }
+    }
+    let mut majors: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    majors.sort_unstable();
+    PathBuf::from(format!(
+        "/usr/lib/postgresql/{}/bin",
+        majors.last().copied().unwrap_or(15)
+    ))
+}
+
+/// `postgresql.basebackup` as pg_basebackup arguments: a list like initdb's (`- verbose`,
+/// `- max-rate: 100M`) or a map (`max-rate: 100M`).
+fn basebackup_args(v: Option<&serde_yaml::Value>) -> Vec<String> {
+    let arg = |k: &str, v: &serde_yaml::Value| match v {
+        serde_yaml::Value::String(s) => format!("--{k}={s}"),
+        serde_yaml::Value::Number(n) => format!("--{k}={n}"),
+        _ => format!("--{k}"),
+    };
+    match v {
+        Some(serde_yaml::Value::Sequence(items)) => items
+            .iter()
+            .flat_map(|i| match i {
+                serde_yaml::Value::String(s) => vec![format!("--{s}")],
+                serde_yaml::Value::Mapping(m) => m
+                    .iter()
+                    .filter_map(|(k, v)| Some(arg(k.as_str()?, v)))
+                    .collect(),
+                _ => vec![],
+            })
+            .collect(),
+        Some(serde_yaml::Value::Mapping(m)) => m
+            .iter()
+            .filter_map(|(k, v)| Some(arg(k.as_str()?, v)))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+trait BindHost {
+    fn local_bind_host(&self) -> String;
+}
+
+impl BindHost for praetor_config::Address {
+    /// The address to bind: `*` means all IPv4 interfaces.
+    fn local_bind_host(&self) -> String {
+        match self.host.as_str() {
+            "*" | "" => "0.0.0.0".to_string(),
+            h => h.to_string(),
+        }
+    }
+}
+
+struct RunningTask {
+    kind: Task,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+struct Runner {
+    settings: AgentSettings,
+    config: Config,
+    dcs: Arc<dyn Dcs>,
+    pg: Arc<Instance>,
+    dynamic: DynamicConfig,
+    won_initialize: bool,
+    lock_renewed_ms: Option<u64>,
+    task: Option<RunningTask>,
+    /// The last background task that failed, and when: the same task is not retried for a while.
+    failed_task: Option<(Task, Instant)>,
+    task_done: Arc<tokio::sync::Notify>,
+    status_tx: watch::Sender<Arc<NodeStatus>>,
+    started: Instant,
+    last_reason: String,
+    last_view: Option<Arc<Cluster>>,
+    dcs_last_seen: Option<i64>,
+}
+
+/// What the cycle saw of the local node.
+struct Observation {
+    data: Option<DataDir>,
+    postgres: Postgres,
+    server: Option<ServerStatus>,
+}
+
+const TASK_RETRY_AFTER: Duration = Duration::from_secs(15);
+
+impl Runner {
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            unix_secs: time::OffsetDateTime::now_utc().unix_timestamp(),
+        }
+    }
+
+    fn me(&self) -> &str {
+        &self.settings.name
+    }
+
+    async fn run_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut events = self.dcs.watch();
+        loop {
+            self.cycle().await?;
+            let wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
+            let deadline = tokio::time::Instant::now() + wait;
+            let task_done = self.task_done.clone();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = task_done.notified() => break,
+                    ev = events.recv() => match ev {
+                        Ok(ev) if wakes_loop(&ev.key) => break,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            events = self.dcs.watch();
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    async fn cycle(&mut self) -> anyhow::Result<()> {
+        self.collect_task().await?;
+        let view = match self.dcs.load().await {
+            Ok(c) => {
+                self.dcs_last_seen = Some(self.now().unix_secs);
+                self.apply_dynamic_config(&c).await;
+                Some(Arc::new(c))
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the DCS: {e}");
+                None
+            }
+        };
+        if let Some(v) = &view {
+            self.last_view = Some(v.clone());
+            let holds = v.leader.as_ref().is_some_and(|l| l.name == self.me());
+            if !holds {
+                self.lock_renewed_ms = None;
+            }
+        }
+        let mut obs = self.observe().await;
+        let Some(data) = obs.data.clone() else {
+            self.publish(view.as_deref(), &obs).await;
+            return Ok(());
+        };
+        let peers = if needs_peers(view.as_deref(), self.me()) {
+            let timeout = Duration::from_secs(u64::from(self.dynamic.retry_timeout.clamp(1, 2)));
+            Some(fetch_peers(view.as_deref().expect("needs_peers implies a view"), self.me(), timeout).await)
+        } else {
+            None
+        };
+        let local = LocalState {
+            data,
+            postgres: obs.postgres.clone(),
+            task: self.task.as_ref().map(|t| t.kind),
+            won_initialize: self.won_initialize,
+            lock_renewed_ms: self.lock_renewed_ms,
+            peers,
+        };
+        let cfg = HaConfig {
+            name: self.settings.name.clone(),
+            tags: self.config.tags.clone(),
+            dynamic: self.dynamic.clone(),
+        };
+        let d = decide(view.as_deref(), &local, &cfg, self.now());
+        let reason = d.reason.to_string();
+        if reason != self.last_reason {
+            tracing::info!("{reason}");
+            self.last_reason = reason;
+        }
+        if !d.actions.is_empty() {
+            tracing::debug!(actions = ?d.actions, "executing");
+            self.execute(d.actions, view.as_deref(), &obs).await?;
+            obs = self.observe().await;
+        }
+        self.publish(view.as_deref(), &obs).await;
+        Ok(())
+    }
+
+    /// Picks up a finished background task's result.
+    async fn collect_task(&mut self) -> anyhow::Result<()> {
+        let Some(t) = self.task.as_ref() else {
+            return Ok(());
+        };
+        if !t.handle.is_finished() {
+            return Ok(());
+        }
+        let t = self.task.take().expect("checked above");
+        let result = t
+            .handle
+            .await
+            .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
+        match result {
+            Ok(()) => {
+                tracing::info!(task = ?t.kind, "finished");
+                self.failed_task = None;
+            }
+            Err(e) if t.kind == Task::Bootstrap => {
+                // Give the race back so a fixed configuration (or another node) can bootstrap.
+                if let Err(ce) = self.dcs.cancel_initialize("").await {
+                    tracing::warn!("cannot remove the initialize key: {ce}");
+                }
+                self.won_initialize = false;
+                bail!("bootstrap failed: {e}");
+            }
+            Err(e) => {
+                tracing::error!(task = ?t.kind, "failed: {e}");
+                self.failed_task = Some((t.kind, Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_dynamic_config(&mut self, view: &Cluster) {
+        let Some(raw) = &view.config else { return };
+        let mut parsed = match DynamicConfig::from_json(&raw.value) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("ignoring the DCS config key: {e}");
+                return;
+            }
+        };
+        let warnings = parsed.adjust_timings();
+        if parsed != self.dynamic {
+            for w in warnings {
+                tracing::warn!("config: {w}");
+            }
+            if parsed.ttl != self.dynamic.ttl {
+                if let Err(e) = self.dcs.set_ttl(parsed.ttl).await {
+                    tracing::warn!("cannot change the DCS lease TTL: {e}");
+                }
+            }
+            tracing::info!("dynamic configuration changed");
+            self.dynamic = parsed;
+        }
+    }
+
+    async fn observe(&self) -> Observation {
+        if self.task.is_some() {
+            return Observation {
+                data: Some(DataDir::Empty),
+                postgres: Postgres::Starting,
+                server: None,
+            };
+        }
+        if self.pg.postmaster().is_some() {
+            return match self.pg.status().await {
+                Ok(s) => Observation {
+                    data: Some(DataDir::Initialized {
+                        sysid: s.system_identifier.clone(),
+                    }),
+                    postgres: Postgres::Running(Running {
+                        is_primary: !s.in_recovery,
+                        timeline: s.timeline,
+                        wal_position: s.wal_position(),
+                        upstream: s.upstream.clone(),
+                    }),
+                    server: Some(s),
+                },
+                Err(e) => {
+                    tracing::debug!("postgres is not accepting queries: {e}");
+                    let data = match self.pg.data_dir_state().await {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            tracing::warn!("{e}");
+                            None
+                        }
+                    };
+                    Observation {
+                        data,
+                        postgres: Postgres::Starting,
+                        server: None,
+                    }
+                }
+            };
+        }
+        match self.pg.data_dir_state().await {
+            Ok(DataDir::Empty) => Observation {
+                data: Some(DataDir::Empty),
+                postgres: Postgres::Stopped { control: None },
+                server: None,
+            },
+            Ok(d) => {
+                let control = self.pg.controldata().await.ok().map(|(_, c)| c);
+                Observation {
+                    data: Some(d),
+                    postgres: Postgres::Stopped { control },
+                    server: None,
+                }
+            }
+            Err(e) => {
+                if self.last_reason != e.to_string() {
+                    tracing::error!("cannot use the data directory: {e}");
+                }
+                Observation {
+                    data: None,
+                    postgres: Postgres::Stopped { control: None },
+                    server: None,
+                }
+            }
+        }
+    }
+
+    /// Executes `actions` in order; stops at the first that fails or loses a race.
+    async fn execute(
+        &mut self,
+        actions: Vec<Action>,
+        view: Option<&Cluster>,
+        obs: &Observation,
+    ) -> anyhow::Result<()> {
+        for action in actions {
+            let name = format!("{action:?}");
+            match self.execute_one(action, view, obs).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!("{name}: not done, ending this cycle's actions");
+                    break;
+                }
+                Err(e) if e.is::<Fatal>() => return Err(e),
+                Err(e) => {
+                    tracing::error!("{name} failed: {e:#}");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes one action. `Ok(false)`: not done (lost race, background task started, backoff).
+    async fn execute_one(
+        &mut self,
+        action: Action,
+        view: Option<&Cluster>,
+        obs: &Observation,
+    ) -> anyhow::Result<bool> {
+        let now_ms = self.now().mono_ms;
+        if let Some(kind) = action.task() {
+            if let Some((failed, at)) = self.failed_task {
+                if failed == kind && at.elapsed() < TASK_RETRY_AFTER {
+                    return Ok(false);
+                }
+            }
+            self.spawn_task(kind, action);
+            return Ok(false);
+        }
+        match action {
+            Action::RaceInitialize => {
+                let won = self.dcs.create_initialize("").await?;
+                if won {
+                    self.won_initialize = true;
+                    let seed = serde_json::to_value(&self.config.bootstrap.dcs)?;
+                    match self.dcs.set_config(&seed, Expect::Absent).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_cas_conflict() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(won)
+            }
+            Action::CreateInitialize { sysid } => Ok(self.dcs.create_initialize(&sysid).await?),
+            Action::PublishInitialize { sysid } => {
+                self.dcs.update_initialize("", &sysid).await?;
+                self.won_initialize = false;
+                Ok(true)
+            }
+            Action::AcquireLeader => {
+                let got = self.dcs.acquire_leader().await?;
+                if got {
+                    self.lock_renewed_ms = Some(now_ms);
+                    tracing::info!("acquired the leader lock");
+                }
+                Ok(got)
+            }
+            Action::RenewLeader => {
+                let kept = self.dcs.renew_leader().await?;
+                self.lock_renewed_ms = kept.then_some(now_ms);
+                if !kept {
+                    tracing::warn!("lost the leader lock");
+                }
+                Ok(kept)
+            }
+            Action::ReleaseLeader => {
+                let released = self.dcs.release_leader().await?;
+                self.lock_renewed_ms = None;
+                Ok(released)
+            }
+            Action::Promote => {
+                self.pg.promote().await?;
+                tracing::info!("promoted postgres to primary");
+                Ok(true)
+            }
+            Action::Stop(mode) => {
+                let timeout = match self.dynamic.primary_stop_timeout {
+                    0 => None,
+                    s => Some(Duration::from_secs(u64::from(s))),
+                };
+                self.pg.stop(mode, timeout).await?;
+                tracing::info!(?mode, "stopped postgres");
+                Ok(true)
+            }
+            Action::Follow(up) => {
+                self.pg.follow(&self.dynamic, &up)?;
+                Ok(true)
+            }
+            Action::EnsureSlots(names) => {
+                if let Err(e) = self.pg.ensure_slots(&names).await {
+                    tracing::warn!("cannot create replication slots: {e}");
+                }
+                Ok(true)
+            }
+            Action::WriteStatus => {
+                let optime = obs.server.as_ref().map(ServerStatus::wal_position).unwrap_or(0);
+                self.dcs
+                    .set_status(&Status {
+                        optime,
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(true)
+            }
+            Action::UpdateHistory => {
+                self.update_history(view, obs).await?;
+                Ok(true)
+            }
+            Action::ClearFailover(version) => {
+                match self.dcs.delete_failover(version).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_cas_conflict() => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(true)
+            }
+            Action::Fatal(msg) => Err(anyhow!(Fatal(msg))),
+            Action::Bootstrap
+            | Action::Start(_)
+            | Action::Clone { .. }
+            | Action::Rewind(_)
+            | Action::CrashRecovery => unreachable!("background actions are spawned above"),
+        }
+    }
+
+    fn spawn_task(&mut self, kind: Task, action: Action) {
+        let pg = self.pg.clone();
+        let dynamic = self.dynamic.clone();
+        let bootstrap = self.config.bootstrap.clone();
+        let local_hba = self.config.postgresql.pg_hba.clone();
+        let conn_url = self.conn_url();
+        let done = self.task_done.clone();
+        let fut = async move {
+            match action {
+                Action::Bootstrap => bootstrap_task(&pg, &dynamic, &bootstrap, local_hba, &conn_url).await,
+                Action::Start(role) => pg.start(&dynamic, &role).await.map_err(|e| e.to_string()),
+                Action::Clone { source, leader } => {
+                    pg.basebackup(&source).await.map_err(|e| e.to_string())?;
+                    let role = StartAs::Replica {
+                        upstream: Some(leader),
+                    };
+                    pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
+                }
+                Action::Rewind(up) => {
+                    pg.rewind(&up).await.map_err(|e| e.to_string())?;
+                    let role = StartAs::Replica { upstream: Some(up) };
+                    pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
+                }
+                Action::CrashRecovery => pg.crash_recovery().await.map_err(|e| e.to_string()),
+                other => Err(format!("{other:?} is not a background action")),
+            }
+        };
+        let fut = async move {
+            let result = fut.await;
+            done.notify_one();
+            result
+        };
+        tracing::info!(task = ?kind, "starting");
+        self.task = Some(RunningTask {
+            kind,
+            handle: tokio::spawn(fut),
+        });
+    }
+
+    /// Appends the promotion that started the current timeline to `history`, from the timeline
+    /// history file PostgreSQL wrote at promotion.
+    async fn update_history(&self, view: Option<&Cluster>, obs: &Observation) -> anyhow::Result<()> {
+        let Some(view) = view else { return Ok(()) };
+        let Some(server) = &obs.server else { return Ok(()) };
+        let lines = self.pg.timeline_history(server.timeline)?;
+        let mut entries: Vec<HistoryEntry> = view
+            .history
+            .as_ref()
+            .map(|h| h.value.clone())
+            .unwrap_or_default();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        for l in lines {
+            if entries.iter().any(|e| e.timeline == l.timeline) {
+                continue;
+            }
+            let is_latest = l.timeline + 1 == server.timeline;
+            entries.push(HistoryEntry {
+                timeline: l.timeline,
+                lsn: l.lsn,
+                reason: l.reason,
+                timestamp: Some(now.clone()),
+                new_leader: is_latest.then(|| self.me().to_string()),
+            });
+        }
+        entries.sort_by_key(|e| e.timeline);
+        let expect = match &view.history {
+            Some(h) => Expect::Version(h.version),
+            None => Expect::Absent,
+        };
+        self.dcs.set_history(&entries, expect).await?;
+        Ok(())
+    }
+
+    fn conn_url(&self) -> String {
+        format!("postgres://{}/postgres", self.settings.pg_connect)
+    }
+
+    fn member_data(&self, obs: &Observation, view: Option<&Cluster>) -> MemberData {
+        let holds = view
+            .and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| l.name == self.me());
+        let state = match (self.task.as_ref().map(|t| t.kind), &obs.postgres) {
+            (Some(Task::Bootstrap), _) => MemberState::InitializingNewCluster,
+            (Some(Task::Clone), _) => MemberState::CreatingReplica,
+            (Some(Task::Rewind), _) => MemberState::Rewinding,
+            (Some(_), _) | (None, Postgres::Starting) => MemberState::Starting,
+            (None, Postgres::Running(_)) => MemberState::Running,
+            (None, Postgres::Stopped { .. }) => MemberState::Stopped,
+        };
+        let role = match (&obs.server, &obs.data) {
+            (Some(s), _) if !s.in_recovery => Role::Primary,
+            (Some(_), _) => Role::Replica,
+            (None, Some(DataDir::Empty)) if self.task.is_none() => Role::Uninitialized,
+            (None, _) if holds => Role::Primary,
+            (None, _) => Role::Replica,
+        };
+        let mut d = MemberData {
+            conn_url: Some(self.conn_url()),
+            api_url: Some(format!(
+                "http://{}/patroni",
+                self.settings.api_connect
+            )),
+            state,
+            role,
+            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            tags: self.config.tags.clone(),
+            pause: self.dynamic.pause,
+            ..Default::default()
+        };
+        if let Some(s) = &obs.server {
+            d.timeline = Some(s.timeline);
+            d.xlog_location = Some(s.wal_position());
+            if s.in_recovery {
+                d.receive_lsn = s.received_lsn;
+                d.replay_lsn = s.replayed_lsn;
+                d.replication_state = Some(
+                    if s.streaming {
+                        "streaming"
+                    } else {
+                        "in archive recovery"
+                    }
+                    .to_string(),
+                );
+            }
+        }
+        d
+    }
+
+    async fn publish(&mut self, view: Option<&Cluster>, obs: &Observation) {
+        let data = self.member_data(obs, view);
+        if view.is_some() {
+            if let Err(e) = self.dcs.touch_member(&data).await {
+                tracing::warn!("cannot update the member key: {e}");
+            }
+        }
+        let status = NodeStatus {
+            scope: self.settings.scope.clone(),
+            name: self.settings.name.clone(),
+            cluster: self.last_view.clone(),
+            dcs_last_seen: self.dcs_last_seen,
+            state: data.state,
+            role: data.role,
+            server: obs.server.clone(),
+            tags: self.config.tags.clone(),
+            last_loop: Some(self.now().unix_secs),
+            ttl: self.dynamic.ttl,
+            last_decision: self.last_reason.clone(),
+            pause: self.dynamic.pause,
+        };
+        self.status_tx.send_replace(Arc::new(status));
+    }
+
+    /// Clean shutdown: stop a running task, stop PostgreSQL (fast: streaming replicas receive all WAL
+    /// first), release the lock if held, revoke the lease.
+    async fn shut_down(&mut self) {
+        tracing::info!("shutting down");
+        if let Some(t) = self.task.take() {
+            t.handle.abort();
+        }
+        let timeout = match self.dynamic.primary_stop_timeout {
+            0 => None,
+            s => Some(Duration::from_secs(u64::from(s))),
+        };
+        if let Err(e) = self.pg.stop(ha::StopMode::Fast, timeout).await {
+            tracing::error!("cannot stop postgres: {e}");
+        }
+        match self.dcs.release_leader().await {
+            Ok(true) => tracing::info!("released the leader lock"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot release the leader lock: {e}"),
+        }
+        if let Err(e) = self.dcs.close().await {
+            tracing::warn!("cannot leave the DCS: {e}");
+        }
+    }
+}
+
+/// A condition the agent must not continue from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Fatal(String);
+
+/// Which DCS changes wake the loop at once (member and status updates do not: every member writes
+/// them every loop).
+fn wakes_loop(key: &KeyKind) -> bool {
+    matches!(
+        key,
+        KeyKind::Leader | KeyKind::Failover | KeyKind::Initialize | KeyKind::Config | KeyKind::Resync
+    )
+}
+
+/// Bootstrap a new cluster: initdb, pg_hba, configuration, start as primary, roles, post_init.
+/// On failure the data directory this task created is removed (it held nothing but the failed
+/// initdb) and the `initialize` key given back, so the error can be fixed and the agent restarted.
+async fn bootstrap_task(
+    pg: &Instance,
+    dynamic: &DynamicConfig,
+    bootstrap: &praetor_config::Bootstrap,
+    local_hba: Option<Vec<String>>,
+    conn_url: &str,
+) -> Result<(), String> {
+    let result = async {
+        pg.initdb(&bootstrap.initdb).await.map_err(|e| e.to_string())?;
+        let hba = local_hba
+            .or_else(|| dynamic.postgresql.pg_hba.clone())
+            .or_else(|| (!bootstrap.pg_hba.is_empty()).then(|| bootstrap.pg_hba.clone()));
+        if let Some(lines) = hba {
+            pg.write_pg_hba(&lines).map_err(|e| e.to_string())?;
+        }
+        pg.start(dynamic, &StartAs::Primary)
+            .await
+            .map_err(|e| e.to_string())?;
+        pg.create_roles(bootstrap).await.map_err(|e| e.to_string())?;
+        if let Some(script) = &bootstrap.post_init {
+            let status = tokio::process::Command::new(script)
+                .arg(conn_url)
+                .status()
+                .await
+                .map_err(|e| format!("post_init {script}: {e}"))?;
+            if !status.success() {
+                return Err(format!("post_init {script} exited with {status}"));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = &result {
+        tracing::error!("bootstrap failed: {e}; removing the data directory it created");
+        let _ = pg.stop(ha::StopMode::Immediate, None).await;
+        let dir = &pg.settings().data_dir;
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!("cannot remove {}: {e}", dir.display());
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basebackup_options_as_list_or_map() {
+        let list: serde_yaml::Value =
+            serde_yaml::from_str("- verbose\n- max-rate: 100M\n").unwrap();
+        assert_eq!(
+            basebackup_args(Some(&list)),
+            vec!["--verbose", "--max-rate=100M"]
+        );
+        let map: serde_yaml::Value = serde_yaml::from_str("checkpoint: fast\n").unwrap();
+        assert_eq!(basebackup_args(Some(&map)), vec!["--checkpoint=fast"]);
+    }
+
+    #[test]
+    fn only_leader_and_failover_changes_wake_the_loop() {
+        assert!(wakes_loop(&KeyKind::Leader));
+        assert!(wakes_loop(&KeyKind::Failover));
+        assert!(!wakes_loop(&KeyKind::Member("x".into())));
+        assert!(!wakes_loop(&KeyKind::Status));
+    }
+}
