@@ -13,6 +13,7 @@
 //!   so when the tests run as root the agents run as the `postgres` user from a directory it can read.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod postgres;
 
 use std::collections::HashSet;

@@ -1,0 +1,459 @@
+//! A whole Praetor cluster on 127.0.0.1: one etcd, N agents each with its PostgreSQL, and a proxy.
+//!
+//! Used by the acceptance tests, the benchmarks and `praetor demo`. Each node lives in its own
+//! directory (config, data, agent log); agents run as `postgres` when this process is root, from a
+//! copy of the binary the `postgres` user can execute. Dropping a [`LocalCluster`] kills every agent,
+//! postmaster, proxy and etcd it started.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::{
+    as_postgres, free_port, http_get, install_binary, pg_bin_dir, wait_for, write_file, Etcd,
+    Process, WorkDir,
+};
+
+/// The superuser every node is bootstrapped with.
+pub const SUPERUSER: &str = "postgres";
+/// Its password.
+pub const SUPERUSER_PASSWORD: &str = "praetor";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Cluster name (`scope`).
+    pub scope: String,
+    /// Number of agents (members).
+    pub nodes: usize,
+    /// Leader lock TTL, seconds.
+    pub ttl: u32,
+    /// Loop period, seconds.
+    pub loop_wait: u32,
+    /// DCS retry timeout, seconds.
+    pub retry_timeout: u32,
+    /// `bootstrap.dcs.postgresql.use_pg_rewind`.
+    pub use_pg_rewind: bool,
+    /// Start a proxy too.
+    pub proxy: bool,
+    /// Extra YAML lines appended under `tags:` for node `i` (0-based), e.g. `nofailover: true`.
+    pub tags: Vec<(usize, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            scope: "demo".into(),
+            nodes: 3,
+            ttl: 6,
+            loop_wait: 1,
+            retry_timeout: 2,
+            use_pg_rewind: true,
+            proxy: true,
+            tags: vec![],
+        }
+    }
+}
+
+/// One member: its directory, ports and agent process.
+pub struct Node {
+    /// Member name (`pg1`, `pg2`, ...).
+    pub name: String,
+    /// The node's directory (config, data, logs, socket).
+    pub dir: PathBuf,
+    /// PostgreSQL port.
+    pub pg_port: u16,
+    /// REST API port.
+    pub api_port: u16,
+    /// The agent's configuration file.
+    pub config: PathBuf,
+    agent: Option<Process>,
+}
+
+impl Node {
+    /// `127.0.0.1:<api_port>`.
+    pub fn api_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    /// A libpq key=value string to this node's PostgreSQL as the superuser.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=3",
+            self.pg_port
+        )
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The agent's log (which also holds its PostgreSQL's output).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// The agent's log contents.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The postmaster's PID from `postmaster.pid`, if the file exists and the process is alive.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        nix::sys::signal::kill(Pid::from_raw(pid), None)
+            .ok()
+            .map(|_| pid)
+    }
+
+    /// Starts (or restarts) the agent with `binary`.
+    pub fn start_agent(&mut self, binary: &Path) -> Result<(), String> {
+        let mut cmd = Command::new(binary);
+        cmd.arg("agent").arg("-c").arg(&self.config);
+        cmd.env("RUST_LOG", std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        as_postgres(&mut cmd);
+        let p = Process::spawn(&self.name, cmd, &self.log_path())
+            .map_err(|e| format!("{}: cannot start the agent: {e}", self.name))?;
+        self.agent = Some(p);
+        Ok(())
+    }
+
+    /// The agent's PID, while it runs.
+    pub fn agent_pid(&mut self) -> Option<u32> {
+        let p = self.agent.as_mut()?;
+        p.is_running().then(|| p.pid())
+    }
+
+    /// Sends `signal` to the agent process only (SIGKILL leaves its PostgreSQL running, as in
+    /// production).
+    pub fn signal_agent(&self, signal: Signal) {
+        if let Some(p) = &self.agent {
+            p.signal(signal);
+        }
+    }
+
+    /// SIGKILLs the agent and forgets it (its PostgreSQL keeps running).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut p) = self.agent.take() {
+            p.signal(Signal::SIGKILL);
+            let _ = p.wait_exit_blocking();
+        }
+    }
+
+    /// SIGTERMs the agent and waits (up to `timeout`) for it to exit; returns its exit code.
+    pub async fn stop_agent(&mut self, timeout: Duration) -> Result<Option<i32>, String> {
+        let Some(p) = self.agent.as_mut() else {
+            return Ok(Some(0));
+        };
+        p.signal(Signal::SIGTERM);
+        let code = p.wait_exit(timeout).await;
+        if code.is_ok() {
+            self.agent = None;
+        }
+        code
+    }
+
+    /// SIGKILLs the postmaster and its whole process group (every backend): a crash.
+    pub fn kill_postmaster(&self) {
+        if let Some(pid) = self.postmaster_pid() {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Process {
+    /// Reaps the child after it was killed (blocking, bounded by the kill).
+    fn wait_exit_blocking(&mut self) -> std::io::Result<()> {
+        self.child.wait().map(|_| ())
+    }
+}
+
+/// The proxy process and its ports.
+pub struct Proxy {
+    /// Read-write port.
+    pub rw_port: u16,
+    /// Read-only port.
+    pub ro_port: u16,
+    /// Metrics port.
+    pub metrics_port: u16,
+    /// Its configuration file.
+    pub config: PathBuf,
+    process: Process,
+}
+
+impl Proxy {
+    /// The proxy's log.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// The process (to signal it).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+/// etcd, the agents and (optionally) the proxy.
+pub struct LocalCluster {
+    /// Options it was started with.
+    pub options: ClusterOptions,
+    /// The members.
+    pub nodes: Vec<Node>,
+    /// The proxy, when started.
+    pub proxy: Option<Proxy>,
+    /// The DCS.
+    pub etcd: Etcd,
+    /// The praetor binary the agents run (a copy the `postgres` user can execute).
+    pub binary: PathBuf,
+    /// The cluster's directory (kept on drop with PRAETOR_KEEP_TMP).
+    pub work: WorkDir,
+}
+
+impl LocalCluster {
+    /// Starts etcd and every agent (and the proxy), without waiting for the cluster to form.
+    /// `binary` is the praetor executable (copied so the `postgres` user can run it).
+    pub async fn start(binary: &Path, options: ClusterOptions) -> Result<LocalCluster, String> {
+        let work = WorkDir::new(&options.scope).map_err(|e| e.to_string())?;
+        let etcd = Etcd::start(work.path()).await?;
+        let binary = install_binary(binary, work.path()).map_err(|e| e.to_string())?;
+        let mut nodes = Vec::new();
+        for i in 0..options.nodes {
+            let name = format!("pg{}", i + 1);
+            let dir = work.subdir(&name, 0o755).map_err(|e| e.to_string())?;
+            let node = Node {
+                pg_port: free_port(),
+                api_port: free_port(),
+                config: dir.join("praetor.yml"),
+                name,
+                dir,
+                agent: None,
+            };
+            let tags: Vec<&str> = options
+                .tags
+                .iter()
+                .filter(|(n, _)| *n == i)
+                .map(|(_, t)| t.as_str())
+                .collect();
+            write_file(&node.config, &agent_yaml(&options, &node, etcd.port, &tags))
+                .map_err(|e| e.to_string())?;
+            nodes.push(node);
+        }
+        let mut cluster = LocalCluster {
+            options,
+            nodes,
+            proxy: None,
+            etcd,
+            binary,
+            work,
+        };
+        for i in 0..cluster.nodes.len() {
+            let bin = cluster.binary.clone();
+            cluster.nodes[i].start_agent(&bin)?;
+        }
+        if cluster.options.proxy {
+            cluster.start_proxy()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts the proxy on free ports.
+    pub fn start_proxy(&mut self) -> Result<(), String> {
+        let (rw_port, ro_port, metrics_port) = (free_port(), free_port(), free_port());
+        let config = self.work.path().join("proxy.yml");
+        let yaml = format!(
+            "scope: {scope}\nnamespace: /service/\netcd3:\n  hosts: 127.0.0.1:{etcd}\npraetor:\n  proxy:\n    read_write:\n      listen: 127.0.0.1:{rw_port}\n    read_only:\n      listen: 127.0.0.1:{ro_port}\n    metrics:\n      listen: 127.0.0.1:{metrics_port}\n    connect_timeout: 5\n",
+            scope = self.options.scope,
+            etcd = self.etcd.port,
+        );
+        write_file(&config, &yaml).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("proxy").arg("-c").arg(&config);
+        cmd.env("RUST_LOG", std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        let process = Process::spawn("proxy", cmd, &self.work.path().join("proxy.log"))
+            .map_err(|e| format!("cannot start the proxy: {e}"))?;
+        self.proxy = Some(Proxy {
+            rw_port,
+            ro_port,
+            metrics_port,
+            config,
+            process,
+        });
+        Ok(())
+    }
+
+    /// The member named `name`.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .expect("a member of this cluster")
+    }
+
+    /// The member named `name`, mutably.
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("a member of this cluster")
+    }
+
+    /// `GET /cluster` from the first member that answers.
+    pub async fn cluster_json(&self) -> Result<serde_json::Value, String> {
+        let mut last = String::from("no member answered");
+        for n in &self.nodes {
+            match http_get(&n.api_addr(), "/cluster").await {
+                Ok((_, body)) => {
+                    return serde_json::from_str(&body).map_err(|e| format!("/cluster: {e}"))
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The current leader's name according to `/cluster`, if there is one.
+    pub async fn leader(&self) -> Option<String> {
+        let c = self.cluster_json().await.ok()?;
+        c["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["role"] == "leader" && m["state"] == "running")
+            .and_then(|m| m["name"].as_str().map(str::to_string))
+    }
+
+    /// Waits until one member leads and `replicas` members stream from it, all on one timeline;
+    /// returns the leader's name.
+    pub async fn wait_healthy(&self, replicas: usize, timeout: Duration) -> Result<String, String> {
+        wait_for("a leader and streaming replicas", timeout, || async {
+            let c = self.cluster_json().await?;
+            let members = c["members"].as_array().cloned().unwrap_or_default();
+            let leader = members
+                .iter()
+                .find(|m| m["role"] == "leader" && m["state"] == "running")
+                .ok_or_else(|| format!("no running leader in {c}"))?;
+            let tl = &leader["timeline"];
+            let streaming = members
+                .iter()
+                .filter(|m| m["role"] != "leader" && m["state"] == "streaming" && &m["timeline"] == tl)
+                .count();
+            if streaming < replicas {
+                return Err(format!("{streaming} of {replicas} replicas streaming: {c}"));
+            }
+            Ok(leader["name"].as_str().unwrap_or_default().to_string())
+        })
+        .await
+    }
+
+    /// SIGTERMs every agent (replicas first, so the leader does not hand over on the way out) and the
+    /// proxy, waiting for each; then kills what is left.
+    pub async fn shutdown(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            p.process.signal(Signal::SIGTERM);
+            let _ = p.process.wait_exit(Duration::from_secs(10)).await;
+        }
+        let leader = self.leader().await;
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        order.sort_by_key(|i| Some(&self.nodes[*i].name) == leader.as_ref());
+        for i in order {
+            let _ = self.nodes[i].stop_agent(Duration::from_secs(60)).await;
+        }
+        self.kill_all();
+    }
+
+    fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut p) = n.agent.take() {
+                p.kill_group();
+            }
+            n.kill_postmaster();
+        }
+        if let Some(mut p) = self.proxy.take() {
+            p.process.kill_group();
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// The agent configuration of `node`: Patroni's layout, short timings, rewind and slots on,
+/// scram-sha-256 for everything over TCP.
+fn agent_yaml(o: &ClusterOptions, node: &Node, etcd_port: u16, tags: &[&str]) -> String {
+    let dir = node.dir.display();
+    let bin = pg_bin_dir();
+    let mut tag_lines = String::new();
+    for t in tags {
+        tag_lines.push_str(&format!("  {t}\n"));
+    }
+    if tag_lines.is_empty() {
+        tag_lines.push_str("  nofailover: false\n");
+    }
+    format!(
+        r#"scope: {scope}
+namespace: /service/
+name: {name}
+restapi:
+  listen: 127.0.0.1:{api}
+  connect_address: 127.0.0.1:{api}
+etcd3:
+  hosts: 127.0.0.1:{etcd_port}
+bootstrap:
+  dcs:
+    ttl: {ttl}
+    loop_wait: {loop_wait}
+    retry_timeout: {retry}
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: {rewind}
+      use_slots: true
+      parameters:
+        wal_keep_size: 256MB
+        max_connections: 100
+  initdb:
+  - encoding: UTF8
+  - locale: C
+  - data-checksums
+  pg_hba:
+  - local all all trust
+  - host replication replicator 127.0.0.1/32 scram-sha-256
+  - host all all 127.0.0.1/32 scram-sha-256
+postgresql:
+  listen: 127.0.0.1:{pg}
+  connect_address: 127.0.0.1:{pg}
+  data_dir: {dir}/data
+  bin_dir: {bin}
+  pgpass: {dir}/pgpass
+  authentication:
+    superuser:
+      username: {SUPERUSER}
+      password: {SUPERUSER_PASSWORD}
+    replication:
+      username: replicator
+      password: rep-pass
+  parameters:
+    unix_socket_directories: '{dir}'
+    shared_buffers: 32MB
+    logging_collector: 'off'
+tags:
+{tag_lines}"#,
+        scope = o.scope,
+        name = node.name,
+        api = node.api_port,
+        pg = node.pg_port,
+        ttl = o.ttl,
+        loop_wait = o.loop_wait,
+        retry = o.retry_timeout,
+        rewind = o.use_pg_rewind,
+        bin = bin.display(),
+    )
+}
