@@ -1,40 +1,1029 @@
-//! The etcd v3 backend (placeholder; implemented in a follow-up step).
+//! The etcd v3 backend: Patroni's key layout on etcd, with `leader` and `members/<name>` on a lease.
+//!
+//! How the [`Dcs`] operations map onto etcd (Patroni's `etcd3` scheme: keys with a TTL on a lease,
+//! conditions as transaction compares):
+//! - one lease per [`EtcdDcs`], granted with `ttl_secs` the first time it is needed
+//!   ([`Dcs::acquire_leader`], [`Dcs::renew_leader`], [`Dcs::touch_member`]) and refreshed by those calls
+//!   with one keep-alive round trip. When etcd reports the lease gone, a new one is granted and the
+//!   member key is written again on it, but `leader` never is: a lost lock stays lost;
+//! - every write is a transaction whose compare is the caller's precondition ([`Expect::Absent`]:
+//!   `create_revision == 0`, [`Expect::Version`]: `mod_revision == v`, the lock: `value == me`);
+//! - [`Dcs::load`] is one range read over the cluster prefix, so the view is one revision;
+//! - one background task watches the prefix and fans changes out on a broadcast channel.
+//!
+//! Every request is bounded by `request_timeout_secs`; a timeout or transport failure is
+//! [`DcsError::Unavailable`]. The gRPC channel reconnects by itself, so an [`EtcdDcs`] survives etcd
+//! restarts without being rebuilt.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnResponse,
+    WatchOptions, WatchStream,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot, Mutex};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
-use crate::{Cluster, Dcs, DcsError, DcsEvent, DcsIdentity, Expect, Failover, HistoryEntry, MemberData, Status, SyncState, Version};
+use crate::{
+    Cluster, Dcs, DcsError, DcsEvent, DcsIdentity, Expect, Failover, HistoryEntry, KeyKind, Keys,
+    Leader, Member, MemberData, Status, SyncState, Version, Versioned,
+};
 
-/// etcd v3 backend.
+/// How many watch events a slow subscriber may fall behind before it sees
+/// [`broadcast::error::RecvError::Lagged`].
+const EVENT_CAPACITY: usize = 1024;
+/// First wait before re-opening a broken watch.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between attempts to re-open a watch.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// HTTP/2 ping interval on the gRPC connection. etcd's server answers pings sent more often than every
+/// 5 s (`--grpc-keepalive-min-time`) with GOAWAY `too_many_pings`, so this must stay above that.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The etcd v3 backend of [`Dcs`].
+///
+/// Holds one gRPC client (cheap to clone, reconnecting by itself), this client's lease and the watch
+/// task. Dropping it stops the watch task; the lease then expires after its TTL unless
+/// [`Dcs::close`] revoked it first.
 pub struct EtcdDcs {
-    _identity: DcsIdentity,
+    client: Client,
+    keys: Keys,
+    member: Option<String>,
+    request_timeout: Duration,
+    /// The TTL (seconds) new leases get; changed by [`Dcs::set_ttl`].
+    ttl_secs: AtomicU32,
+    /// Serializes every operation that grants, refreshes or replaces the lease.
+    lease: Mutex<LeaseState>,
+    events: broadcast::Sender<DcsEvent>,
+    watch_cancel: CancellationToken,
+}
+
+/// This client's lease, as far as it knows.
+#[derive(Debug, Default)]
+struct LeaseState {
+    /// The lease id; `None` before the first grant and after [`Dcs::close`].
+    id: Option<i64>,
+    /// The TTL (seconds) the lease was requested with (etcd may grant more: its minimum TTL).
+    ttl_secs: u32,
+    /// The last value written to `members/<name>`, written again when the lease is replaced.
+    member_json: Option<String>,
+}
+
+/// Why an etcd request failed, keeping apart the one failure some operations recover from.
+#[derive(Debug)]
+enum Failure {
+    /// etcd does not know the lease (it expired or was revoked).
+    LeaseGone,
+    /// Anything else.
+    Dcs(DcsError),
+}
+
+impl From<Failure> for DcsError {
+    fn from(f: Failure) -> DcsError {
+        match f {
+            Failure::LeaseGone => DcsError::Unavailable("etcd lease not found".into()),
+            Failure::Dcs(e) => e,
+        }
+    }
+}
+
+impl From<DcsError> for Failure {
+    fn from(e: DcsError) -> Failure {
+        Failure::Dcs(e)
+    }
+}
+
+/// gRPC's `NOT_FOUND` status code (etcd-client does not re-export tonic's `Code`).
+const GRPC_NOT_FOUND: i32 = 5;
+
+/// True when `e` says the lease is unknown to etcd: a keep-alive answered with TTL 0, or a put on a
+/// lease that does not exist (gRPC `NOT_FOUND`, "etcdserver: requested lease not found"; etcd uses that
+/// code for nothing else).
+fn is_lease_gone(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == GRPC_NOT_FOUND,
+        _ => false,
+    }
+}
+
+/// Converts an etcd-client error into a [`Failure`], naming what was attempted.
+fn failure(what: &str, e: etcd_client::Error) -> Failure {
+    if is_lease_gone(&e) {
+        Failure::LeaseGone
+    } else {
+        Failure::Dcs(DcsError::Unavailable(format!("{what}: {e}")))
+    }
+}
+
+/// The compare that makes a write conditional on `expect` for `key`.
+fn expect_compare(key: &str, expect: Expect) -> Compare {
+    match expect {
+        Expect::Absent => Compare::create_revision(key, CompareOp::Equal, 0),
+        Expect::Version(v) => Compare::mod_revision(key, CompareOp::Equal, v),
+    }
+}
+
+/// Compact JSON (no spaces, as Patroni writes it) of the value for `key`.
+fn to_json<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<String, DcsError> {
+    serde_json::to_string(value).map_err(|e| DcsError::Malformed {
+        key: key.to_string(),
+        message: format!("cannot encode: {e}"),
+    })
+}
+
+/// The wait after `current` before the next attempt to open the watch: doubling, capped at
+/// [`WATCH_BACKOFF_MAX`].
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).clamp(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
+}
+
+fn utf8(value: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(value).map_err(|e| format!("not UTF-8: {e}"))
+}
+
+fn json<T: DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(value).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// Decodes one key of the cluster into `cluster`. Errors describe what is wrong with the value.
+fn apply_entry(
+    cluster: &mut Cluster,
+    kind: KeyKind,
+    value: &[u8],
+    version: Version,
+) -> Result<(), String> {
+    match kind {
+        // Patroni writes the system identifier as plain text, not JSON.
+        KeyKind::Initialize => cluster.initialize = Some(utf8(value)?.to_string()),
+        KeyKind::Config => {
+            cluster.config = Some(Versioned {
+                value: json(value)?,
+                version,
+            })
+        }
+        KeyKind::Leader => {
+            let name = utf8(value)?;
+            if name.is_empty() {
+                return Err("empty leader name".into());
+            }
+            cluster.leader = Some(Leader {
+                name: name.to_string(),
+                version,
+            });
+        }
+        KeyKind::Member(name) => cluster.members.push(Member {
+            name,
+            data: json(value)?,
+            version,
+        }),
+        KeyKind::History => {
+            cluster.history = Some(Versioned {
+                value: json(value)?,
+                version,
+            })
+        }
+        KeyKind::Sync => {
+            cluster.sync = Some(Versioned {
+                value: json(value)?,
+                version,
+            })
+        }
+        KeyKind::Failover => {
+            cluster.failover = Some(Versioned {
+                value: json(value)?,
+                version,
+            })
+        }
+        KeyKind::Status => cluster.status = Some(json(value)?),
+        KeyKind::Failsafe => cluster.failsafe = Some(json::<BTreeMap<String, String>>(value)?),
+        KeyKind::Other(_) | KeyKind::Resync => {}
+    }
+    Ok(())
+}
+
+/// Builds the cluster view from `(key, value, mod_revision)` triples read under `keys.base()`.
+///
+/// A key or value that cannot be decoded is logged (`warn`) and skipped; members come out sorted by
+/// name.
+fn decode_cluster<'a>(
+    keys: &Keys,
+    entries: impl IntoIterator<Item = (&'a [u8], &'a [u8], Version)>,
+) -> Cluster {
+    let mut cluster = Cluster::default();
+    for (key, value, version) in entries {
+        let Ok(key) = std::str::from_utf8(key) else {
+            warn!(key = %String::from_utf8_lossy(key), "skipping a DCS key that is not UTF-8");
+            continue;
+        };
+        let Some(kind) = keys.classify(key) else {
+            continue;
+        };
+        if let Err(message) = apply_entry(&mut cluster, kind, value, version) {
+            warn!(key, %message, "skipping a malformed DCS value");
+        }
+    }
+    cluster.members.sort_by(|a, b| a.name.cmp(&b.name));
+    cluster
 }
 
 impl EtcdDcs {
-    /// Connects to `endpoints` (`http://host:port`).
-    pub async fn connect(_endpoints: &[String], identity: DcsIdentity) -> Result<Self, DcsError> {
-        Ok(EtcdDcs { _identity: identity })
+    /// Connects to `endpoints` (`http://host:port`, or `host:port`) for `identity`, checks that etcd
+    /// answers and starts the watch task (waiting up to the request timeout for the watch to be
+    /// established, so changes made after this returns reach [`Dcs::watch`] subscribers).
+    ///
+    /// Needs a tokio runtime. `identity.request_timeout_secs` bounds every request (at least 1 s);
+    /// `identity.ttl_secs` is the lease TTL (at least 1 s; etcd raises TTLs below its own minimum,
+    /// 2 s with default election settings).
+    ///
+    /// Errors: [`DcsError::Unavailable`] when the endpoints are invalid or etcd does not answer
+    /// within the request timeout.
+    pub async fn connect(endpoints: &[String], identity: DcsIdentity) -> Result<Self, DcsError> {
+        if endpoints.is_empty() {
+            return Err(DcsError::Unavailable("no etcd endpoints configured".into()));
+        }
+        let request_timeout = Duration::from_secs(u64::from(identity.request_timeout_secs.max(1)));
+        let options = ConnectOptions::new()
+            .with_connect_timeout(request_timeout)
+            .with_timeout(request_timeout)
+            .with_keep_alive(HTTP2_KEEPALIVE_INTERVAL, request_timeout)
+            // Pings without an open stream count as abuse for etcd (PermitWithoutStream = false);
+            // the watch stream is always open, so pings still flow.
+            .with_keep_alive_while_idle(false)
+            // Fail (and cancel watches) on an etcd member cut off from its cluster's leader,
+            // instead of serving from it.
+            .with_require_leader(true);
+        let client =
+            match tokio::time::timeout(request_timeout, Client::connect(endpoints, Some(options)))
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    return Err(DcsError::Unavailable(format!(
+                        "connect to etcd {endpoints:?}: {e}"
+                    )))
+                }
+                Err(_) => {
+                    return Err(DcsError::Unavailable(format!(
+                        "connect to etcd {endpoints:?}: no answer within {request_timeout:?}"
+                    )))
+                }
+            };
+        let keys = Keys::new(&identity.namespace, &identity.scope);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let dcs = EtcdDcs {
+            client,
+            keys,
+            member: identity.member,
+            request_timeout,
+            ttl_secs: AtomicU32::new(identity.ttl_secs.max(1)),
+            lease: Mutex::new(LeaseState::default()),
+            events,
+            watch_cancel: CancellationToken::new(),
+        };
+        dcs.request(
+            "reach etcd",
+            dcs.client
+                .kv_client()
+                .get(dcs.keys.leader(), Some(GetOptions::new().with_count_only())),
+        )
+        .await?;
+
+        let (created_tx, created_rx) = oneshot::channel();
+        let task = WatchTask {
+            client: dcs.client.clone(),
+            prefix: dcs.keys.base().to_string(),
+            keys: dcs.keys.clone(),
+            events: dcs.events.clone(),
+            cancel: dcs.watch_cancel.clone(),
+            request_timeout,
+        };
+        tokio::spawn(task.run(created_tx));
+        if !matches!(
+            tokio::time::timeout(request_timeout, created_rx).await,
+            Ok(Ok(()))
+        ) {
+            warn!(
+                prefix = dcs.keys.base(),
+                "the etcd watch is not established yet; it keeps retrying and sends Resync when it is"
+            );
+        }
+        Ok(dcs)
+    }
+
+    /// The member name, for operations only an agent may perform.
+    fn member_name(&self, what: &str) -> Result<&str, DcsError> {
+        self.member.as_deref().ok_or_else(|| {
+            DcsError::Unsupported(format!(
+                "{what} needs a member name; this DCS client has none"
+            ))
+        })
+    }
+
+    /// Runs one etcd request within the request timeout.
+    async fn request<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(failure(what, e)),
+            Err(_) => Err(Failure::Dcs(DcsError::Unavailable(format!(
+                "{what}: etcd did not answer within {:?}",
+                self.request_timeout
+            )))),
+        }
+    }
+
+    /// Runs one transaction.
+    async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse, Failure> {
+        self.request(what, self.client.kv_client().txn(txn)).await
+    }
+
+    /// Writes `value` at `key` if `expect` holds; [`DcsError::CasConflict`] otherwise.
+    async fn cas_put(&self, key: String, value: String, expect: Expect) -> Result<(), DcsError> {
+        let txn = Txn::new()
+            .when([expect_compare(&key, expect)])
+            .and_then([TxnOp::put(key.as_str(), value, None)]);
+        let resp = self.txn(&format!("write {key}"), txn).await?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(DcsError::CasConflict { key })
+        }
+    }
+
+    /// Runs a transaction `compare` → `op` and reports a failed compare as a conflict on `key`.
+    async fn cas_op(&self, key: String, compare: Compare, op: TxnOp) -> Result<(), DcsError> {
+        let txn = Txn::new().when([compare]).and_then([op]);
+        let resp = self.txn(&format!("change {key}"), txn).await?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(DcsError::CasConflict { key })
+        }
+    }
+
+    /// Grants a lease of `ttl_secs`; returns its id.
+    async fn grant(&self, ttl_secs: u32) -> Result<i64, DcsError> {
+        let resp = self
+            .request(
+                "grant a lease",
+                self.client.lease_client().grant(i64::from(ttl_secs), None),
+            )
+            .await?;
+        debug!(
+            lease = resp.id(),
+            ttl_secs = resp.ttl(),
+            "granted an etcd lease"
+        );
+        Ok(resp.id())
+    }
+
+    /// One keep-alive round trip for lease `id`.
+    async fn keep_alive(&self, id: i64) -> Result<(), Failure> {
+        // etcd-client's keep_alive sends one request and reads one response (TTL 0 is an error);
+        // dropping the keeper and the stream closes the RPC.
+        self.request(
+            "refresh the lease",
+            self.client.lease_client().keep_alive(id),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Revokes lease `id`; an unknown lease counts as revoked.
+    async fn revoke(&self, id: i64) -> Result<(), DcsError> {
+        match self
+            .request("revoke the lease", self.client.lease_client().revoke(id))
+            .await
+        {
+            Ok(_) | Err(Failure::LeaseGone) => Ok(()),
+            Err(Failure::Dcs(e)) => Err(e),
+        }
+    }
+
+    /// Writes the cached member value on lease `id` (after the lease was replaced).
+    async fn put_member_on(&self, st: &LeaseState, id: i64) -> Result<(), DcsError> {
+        let (Some(me), Some(json)) = (self.member.as_deref(), st.member_json.as_deref()) else {
+            return Ok(());
+        };
+        let key = self.keys.member(me);
+        self.request(
+            "write the member key",
+            self.client
+                .kv_client()
+                .put(key.as_str(), json, Some(PutOptions::new().with_lease(id))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Grants a new lease after the old one was lost; writes the member again on it when
+    /// `restore_member` (never the leader: a lost lock stays lost).
+    async fn replace_lost_lease(
+        &self,
+        st: &mut LeaseState,
+        restore_member: bool,
+    ) -> Result<i64, DcsError> {
+        let ttl = self.ttl_secs.load(Ordering::Relaxed);
+        let id = self.grant(ttl).await?;
+        st.id = Some(id);
+        st.ttl_secs = ttl;
+        if restore_member {
+            self.put_member_on(st, id).await?;
+        }
+        Ok(id)
+    }
+
+    /// Makes sure this client has a live lease with the current TTL, refreshed now; returns its id.
+    ///
+    /// - no lease yet: grants one;
+    /// - TTL changed ([`Dcs::set_ttl`]): grants a lease with the new TTL, moves the member key and
+    ///   (if it still names this member) the leader key onto it, revokes the old one;
+    /// - otherwise one keep-alive; if etcd no longer knows the lease, grants a new one (and writes the
+    ///   member key again on it when `restore_member`).
+    async fn refresh_lease(
+        &self,
+        st: &mut LeaseState,
+        restore_member: bool,
+    ) -> Result<i64, DcsError> {
+        let want = self.ttl_secs.load(Ordering::Relaxed);
+        let Some(old) = st.id else {
+            return self.replace_lost_lease(st, restore_member).await;
+        };
+        if st.ttl_secs != want {
+            return self.move_to_new_lease(st, old, want).await;
+        }
+        match self.keep_alive(old).await {
+            Ok(()) => Ok(old),
+            Err(Failure::LeaseGone) => {
+                warn!(
+                    lease = old,
+                    "the etcd lease expired; granting a new one (keys on the old one are gone)"
+                );
+                st.id = None;
+                self.replace_lost_lease(st, restore_member).await
+            }
+            Err(Failure::Dcs(e)) => Err(e),
+        }
+    }
+
+    /// Replaces lease `old` by one of `ttl_secs`, moving this member's keys onto it.
+    async fn move_to_new_lease(
+        &self,
+        st: &mut LeaseState,
+        old: i64,
+        ttl_secs: u32,
+    ) -> Result<i64, DcsError> {
+        let new = self.grant(ttl_secs).await?;
+        // From here on the new lease is the one refreshed. Should a move below fail, the old lease is
+        // left to expire instead of revoked, and the next touch_member/renew_leader moves the key.
+        st.id = Some(new);
+        st.ttl_secs = ttl_secs;
+        self.put_member_on(st, new).await?;
+        if let Some(me) = self.member.as_deref() {
+            let key = self.keys.leader();
+            let txn = Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, me)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    me,
+                    Some(PutOptions::new().with_lease(new)),
+                )]);
+            self.txn("move the leader key to the new lease", txn)
+                .await?;
+        }
+        if let Err(e) = self.revoke(old).await {
+            warn!(lease = old, error = %e, "cannot revoke the old etcd lease; it will expire");
+        }
+        info!(
+            old,
+            new, ttl_secs, "moved to an etcd lease with the new TTL"
+        );
+        Ok(new)
+    }
+}
+
+impl Drop for EtcdDcs {
+    fn drop(&mut self) {
+        self.watch_cancel.cancel();
     }
 }
 
 #[async_trait]
 impl Dcs for EtcdDcs {
-    async fn load(&self) -> Result<Cluster, DcsError> { todo!() }
-    async fn create_initialize(&self, _value: &str) -> Result<bool, DcsError> { todo!() }
-    async fn update_initialize(&self, _expected: &str, _value: &str) -> Result<(), DcsError> { todo!() }
-    async fn cancel_initialize(&self, _expected: &str) -> Result<(), DcsError> { todo!() }
-    async fn acquire_leader(&self) -> Result<bool, DcsError> { todo!() }
-    async fn renew_leader(&self) -> Result<bool, DcsError> { todo!() }
-    async fn release_leader(&self) -> Result<bool, DcsError> { todo!() }
-    async fn touch_member(&self, _data: &MemberData) -> Result<(), DcsError> { todo!() }
-    async fn delete_member(&self) -> Result<(), DcsError> { todo!() }
-    async fn set_config(&self, _value: &serde_json::Value, _expect: Expect) -> Result<(), DcsError> { todo!() }
-    async fn set_failover(&self, _value: &Failover, _expect: Expect) -> Result<(), DcsError> { todo!() }
-    async fn delete_failover(&self, _version: Version) -> Result<(), DcsError> { todo!() }
-    async fn set_history(&self, _value: &[HistoryEntry], _expect: Expect) -> Result<(), DcsError> { todo!() }
-    async fn set_status(&self, _value: &Status) -> Result<(), DcsError> { todo!() }
-    async fn set_sync(&self, _value: &SyncState, _expect: Expect) -> Result<(), DcsError> { todo!() }
-    async fn set_ttl(&self, _ttl_secs: u32) -> Result<(), DcsError> { todo!() }
-    fn watch(&self) -> broadcast::Receiver<DcsEvent> { todo!() }
-    async fn close(&self) -> Result<(), DcsError> { todo!() }
+    /// One range read of every key under `/<namespace>/<scope>/` (one revision). Values that do not
+    /// decode are logged and skipped. Errors: [`DcsError::Unavailable`].
+    async fn load(&self) -> Result<Cluster, DcsError> {
+        let resp = self
+            .request(
+                "read the cluster",
+                self.client
+                    .kv_client()
+                    .get(self.keys.base(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        Ok(decode_cluster(
+            &self.keys,
+            resp.kvs()
+                .iter()
+                .map(|kv| (kv.key(), kv.value(), kv.mod_revision())),
+        ))
+    }
+
+    async fn create_initialize(&self, value: &str) -> Result<bool, DcsError> {
+        match self
+            .cas_put(self.keys.initialize(), value.to_string(), Expect::Absent)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_cas_conflict() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update_initialize(&self, expected: &str, value: &str) -> Result<(), DcsError> {
+        let key = self.keys.initialize();
+        let compare = Compare::value(key.as_str(), CompareOp::Equal, expected);
+        let op = TxnOp::put(key.as_str(), value, None);
+        self.cas_op(key, compare, op).await
+    }
+
+    async fn cancel_initialize(&self, expected: &str) -> Result<(), DcsError> {
+        let key = self.keys.initialize();
+        let compare = Compare::value(key.as_str(), CompareOp::Equal, expected);
+        let op = TxnOp::delete(key.as_str(), None);
+        self.cas_op(key, compare, op).await
+    }
+
+    async fn acquire_leader(&self) -> Result<bool, DcsError> {
+        let me = self.member_name("acquire_leader")?;
+        let key = self.keys.leader();
+        let mut st = self.lease.lock().await;
+        let mut retried = false;
+        loop {
+            let lease = self.refresh_lease(&mut st, true).await?;
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    me,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            match self.txn("acquire the leader lock", txn).await {
+                Ok(resp) => return Ok(resp.succeeded()),
+                // The lease expired between the refresh and the put: take a new one, once.
+                Err(Failure::LeaseGone) if !retried => {
+                    retried = true;
+                    st.id = None;
+                }
+                Err(f) => return Err(f.into()),
+            }
+        }
+    }
+
+    async fn renew_leader(&self) -> Result<bool, DcsError> {
+        let me = self.member_name("renew_leader")?;
+        let key = self.keys.leader();
+        let mut st = self.lease.lock().await;
+        let mut retried = false;
+        loop {
+            let lease = self.refresh_lease(&mut st, true).await?;
+            // Re-attaches the key to the current lease; if the key vanished with a lost lease the
+            // compare fails and the lock stays lost.
+            let txn = Txn::new()
+                .when([Compare::value(key.as_str(), CompareOp::Equal, me)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    me,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            match self.txn("renew the leader lock", txn).await {
+                Ok(resp) => return Ok(resp.succeeded()),
+                Err(Failure::LeaseGone) if !retried => {
+                    retried = true;
+                    st.id = None;
+                }
+                Err(f) => return Err(f.into()),
+            }
+        }
+    }
+
+    async fn release_leader(&self) -> Result<bool, DcsError> {
+        let me = self.member_name("release_leader")?;
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::value(key.as_str(), CompareOp::Equal, me)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        Ok(self.txn("release the leader lock", txn).await?.succeeded())
+    }
+
+    async fn touch_member(&self, data: &MemberData) -> Result<(), DcsError> {
+        let me = self.member_name("touch_member")?;
+        let key = self.keys.member(me);
+        let json = to_json(&key, data)?;
+        let mut st = self.lease.lock().await;
+        st.member_json = Some(json.clone());
+        let mut retried = false;
+        loop {
+            let lease = self.refresh_lease(&mut st, false).await?;
+            let mut kv = self.client.kv_client();
+            let put = kv.put(
+                key.as_str(),
+                json.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            );
+            match self.request("write the member key", put).await {
+                Ok(_) => return Ok(()),
+                Err(Failure::LeaseGone) if !retried => {
+                    retried = true;
+                    st.id = None;
+                }
+                Err(f) => return Err(f.into()),
+            }
+        }
+    }
+
+    async fn delete_member(&self) -> Result<(), DcsError> {
+        let me = self.member_name("delete_member")?;
+        let key = self.keys.member(me);
+        let mut st = self.lease.lock().await;
+        st.member_json = None;
+        self.request(
+            "delete the member key",
+            self.client.kv_client().delete(key.as_str(), None),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn set_config(&self, value: &serde_json::Value, expect: Expect) -> Result<(), DcsError> {
+        let key = self.keys.config();
+        let json = to_json(&key, value)?;
+        self.cas_put(key, json, expect).await
+    }
+
+    async fn set_failover(&self, value: &Failover, expect: Expect) -> Result<(), DcsError> {
+        let key = self.keys.failover();
+        let json = to_json(&key, value)?;
+        self.cas_put(key, json, expect).await
+    }
+
+    async fn delete_failover(&self, version: Version) -> Result<(), DcsError> {
+        let key = self.keys.failover();
+        let compare = expect_compare(&key, Expect::Version(version));
+        let op = TxnOp::delete(key.as_str(), None);
+        self.cas_op(key, compare, op).await
+    }
+
+    async fn set_history(&self, value: &[HistoryEntry], expect: Expect) -> Result<(), DcsError> {
+        let key = self.keys.history();
+        let json = to_json(&key, value)?;
+        self.cas_put(key, json, expect).await
+    }
+
+    /// Writes `status` if `leader` names this member; otherwise [`DcsError::CasConflict`] on the
+    /// leader key.
+    async fn set_status(&self, value: &Status) -> Result<(), DcsError> {
+        let me = self.member_name("set_status")?;
+        let status_key = self.keys.status();
+        let json = to_json(&status_key, value)?;
+        let leader_key = self.keys.leader();
+        let compare = Compare::value(leader_key.as_str(), CompareOp::Equal, me);
+        let op = TxnOp::put(status_key.as_str(), json, None);
+        self.cas_op(leader_key, compare, op).await
+    }
+
+    async fn set_sync(&self, value: &SyncState, expect: Expect) -> Result<(), DcsError> {
+        let key = self.keys.sync();
+        let json = to_json(&key, value)?;
+        self.cas_put(key, json, expect).await
+    }
+
+    /// Stores the TTL (seconds, at least 1); the next lease refresh ([`Dcs::acquire_leader`],
+    /// [`Dcs::renew_leader`], [`Dcs::touch_member`]) moves this member's keys to a lease of that TTL.
+    /// Never fails.
+    async fn set_ttl(&self, ttl_secs: u32) -> Result<(), DcsError> {
+        self.ttl_secs.store(ttl_secs.max(1), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A new subscriber of the watch task. A subscriber that falls more than 1024 events behind gets
+    /// [`broadcast::error::RecvError::Lagged`] and should treat it like [`KeyKind::Resync`].
+    fn watch(&self) -> broadcast::Receiver<DcsEvent> {
+        self.events.subscribe()
+    }
+
+    async fn close(&self) -> Result<(), DcsError> {
+        let mut st = self.lease.lock().await;
+        st.member_json = None;
+        if let Some(id) = st.id {
+            self.revoke(id).await?;
+            st.id = None;
+        }
+        Ok(())
+    }
+}
+
+/// The background task behind [`Dcs::watch`]: one etcd watch over the cluster prefix, re-opened after
+/// errors.
+struct WatchTask {
+    client: Client,
+    prefix: String,
+    keys: Keys,
+    events: broadcast::Sender<DcsEvent>,
+    cancel: CancellationToken,
+    request_timeout: Duration,
+}
+
+/// Why a watch stream stopped.
+enum WatchEnd {
+    Cancelled,
+    Broken(String),
+}
+
+impl WatchTask {
+    /// Runs until cancelled. `created` learns when the first watch is established; every later watch
+    /// (a reconnection, or a first one `connect` stopped waiting for) is announced with
+    /// [`KeyKind::Resync`].
+    async fn run(self, created: oneshot::Sender<()>) {
+        let mut created = Some(created);
+        let mut backoff = WATCH_BACKOFF_MIN;
+        loop {
+            let end = match self.open().await {
+                Ok(stream) => {
+                    backoff = WATCH_BACKOFF_MIN;
+                    let announced = match created.take() {
+                        Some(tx) => tx.send(()).is_ok(),
+                        None => false,
+                    };
+                    // Nobody can subscribe before `connect` returns, so while it still waits for
+                    // this signal there is nothing to resync; any later watch is a reconnection.
+                    if !announced {
+                        debug!(prefix = %self.prefix, "etcd watch re-established");
+                        let _ = self.events.send(DcsEvent {
+                            key: KeyKind::Resync,
+                        });
+                    }
+                    self.pump(stream).await
+                }
+                Err(end) => end,
+            };
+            match end {
+                WatchEnd::Cancelled => return,
+                WatchEnd::Broken(message) => {
+                    warn!(prefix = %self.prefix, %message, retry_in = ?backoff, "etcd watch broken");
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = next_backoff(backoff);
+        }
+    }
+
+    /// Opens the watch and waits for etcd to confirm it.
+    async fn open(&self) -> Result<WatchStream, WatchEnd> {
+        let open = async {
+            let mut stream = self
+                .client
+                .watch_client()
+                .watch(
+                    self.prefix.as_str(),
+                    Some(WatchOptions::new().with_prefix()),
+                )
+                .await
+                .map_err(|e| format!("open: {e}"))?;
+            match stream.message().await {
+                Ok(Some(resp)) if resp.created() && !resp.canceled() => Ok(stream),
+                Ok(Some(resp)) => Err(format!(
+                    "not created (canceled: {}, reason: {:?})",
+                    resp.canceled(),
+                    resp.cancel_reason()
+                )),
+                Ok(None) => Err("closed before it was created".to_string()),
+                Err(e) => Err(format!("create: {e}")),
+            }
+        };
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(WatchEnd::Cancelled),
+            r = tokio::time::timeout(self.request_timeout, open) => match r {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(message)) => Err(WatchEnd::Broken(message)),
+                Err(_) => Err(WatchEnd::Broken(format!(
+                    "not created within {:?}",
+                    self.request_timeout
+                ))),
+            },
+        }
+    }
+
+    /// Forwards every changed key of `stream` to the subscribers until the stream ends.
+    async fn pump(&self, mut stream: WatchStream) -> WatchEnd {
+        loop {
+            let msg = tokio::select! {
+                _ = self.cancel.cancelled() => return WatchEnd::Cancelled,
+                m = stream.message() => m,
+            };
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return WatchEnd::Broken("stream ended".into()),
+                Err(e) => return WatchEnd::Broken(e.to_string()),
+            };
+            if resp.canceled() {
+                return WatchEnd::Broken(format!("canceled by etcd: {:?}", resp.cancel_reason()));
+            }
+            // Only the key matters (event_type() panics on types it does not know).
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let Ok(key) = std::str::from_utf8(kv.key()) else {
+                    continue;
+                };
+                if let Some(kind) = self.keys.classify(key) {
+                    // No subscriber is not an error.
+                    let _ = self.events.send(DcsEvent { key: kind });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new("/service/", "pg")
+    }
+
+    fn entry<'a>(k: &'a str, v: &'a str, rev: i64) -> (&'a [u8], &'a [u8], Version) {
+        (k.as_bytes(), v.as_bytes(), rev)
+    }
+
+    #[test]
+    fn decode_reads_every_key_of_a_patroni_cluster() {
+        let c = decode_cluster(
+            &keys(),
+            [
+                entry("/service/pg/config", r#"{"ttl":30,"loop_wait":10}"#, 3),
+                entry("/service/pg/failover", "{}", 4),
+                entry(
+                    "/service/pg/history",
+                    r#"[[1,50332624,"no recovery target specified","2023-07-27T14:24:04.400493+08:00","pg01"]]"#,
+                    5,
+                ),
+                entry("/service/pg/initialize", "7260332825476436099", 6),
+                entry("/service/pg/leader", "pg01", 7),
+                entry(
+                    "/service/pg/members/pg02",
+                    r#"{"state":"running","role":"replica"}"#,
+                    9,
+                ),
+                entry(
+                    "/service/pg/members/pg01",
+                    r#"{"state":"running","role":"master"}"#,
+                    8,
+                ),
+                entry("/service/pg/status", r#"{"optime":207469224}"#, 10),
+                entry(
+                    "/service/pg/sync",
+                    r#"{"leader":"pg01","sync_standby":"pg03"}"#,
+                    11,
+                ),
+                entry(
+                    "/service/pg/failsafe",
+                    r#"{"pg01":"http://h:8008/patroni"}"#,
+                    12,
+                ),
+                entry("/service/pg/praetor/x", "anything", 13),
+            ],
+        );
+        assert_eq!(c.initialize.as_deref(), Some("7260332825476436099"));
+        assert_eq!(c.config.as_ref().unwrap().value["ttl"], 30);
+        assert_eq!(c.config.as_ref().unwrap().version, 3);
+        assert_eq!(
+            c.leader,
+            Some(Leader {
+                name: "pg01".into(),
+                version: 7
+            })
+        );
+        let names: Vec<_> = c.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["pg01", "pg02"], "members sorted by name");
+        assert_eq!(c.members[0].version, 8);
+        assert_eq!(c.members[0].data.role, crate::Role::Primary);
+        assert!(c.failover.as_ref().unwrap().value.is_empty());
+        assert_eq!(c.history.as_ref().unwrap().value[0].timeline, 1);
+        assert_eq!(c.status.as_ref().unwrap().optime, 207469224);
+        assert_eq!(c.sync.as_ref().unwrap().value.members(), ["pg03"]);
+        assert_eq!(c.sync.as_ref().unwrap().version, 11);
+        assert_eq!(
+            c.failsafe.as_ref().unwrap()["pg01"],
+            "http://h:8008/patroni"
+        );
+    }
+
+    #[test]
+    fn decode_skips_malformed_values_and_keeps_the_rest() {
+        let c = decode_cluster(
+            &keys(),
+            [
+                entry("/service/pg/members/bad", "not json", 2),
+                entry("/service/pg/members/good", r#"{"state":"running"}"#, 3),
+                entry("/service/pg/config", "{", 4),
+                entry("/service/pg/history", r#"[["x"]]"#, 5),
+                entry("/service/pg/leader", "", 6),
+                entry("/service/pg/sync", "null", 7),
+                (
+                    b"/service/pg/initialize".as_slice(),
+                    b"\xff\xfe".as_slice(),
+                    8,
+                ),
+                (b"/service/pg/\xff".as_slice(), b"x".as_slice(), 9),
+            ],
+        );
+        assert_eq!(c.members.len(), 1);
+        assert_eq!(c.members[0].name, "good");
+        assert!(c.config.is_none());
+        assert!(c.history.is_none());
+        assert!(c.leader.is_none());
+        assert!(c.sync.is_none());
+        assert!(c.initialize.is_none());
+    }
+
+    #[test]
+    fn decode_ignores_other_clusters() {
+        let c = decode_cluster(&keys(), [entry("/service/pg2/leader", "x", 1)]);
+        assert_eq!(c, Cluster::default());
+    }
+
+    #[test]
+    fn empty_initialize_means_bootstrap_in_progress() {
+        let c = decode_cluster(&keys(), [entry("/service/pg/initialize", "", 1)]);
+        assert_eq!(c.initialize.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_two_seconds() {
+        let mut b = WATCH_BACKOFF_MIN;
+        let mut seen = vec![b];
+        for _ in 0..6 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        let ms: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [200, 400, 800, 1600, 2000, 2000, 2000]);
+    }
+
+    #[test]
+    fn expectations_compare_the_right_revision() {
+        let absent = format!("{:?}", expect_compare("/k", Expect::Absent));
+        assert!(absent.contains("CreateRevision(0)"), "{absent}");
+        let version = format!("{:?}", expect_compare("/k", Expect::Version(42)));
+        assert!(version.contains("ModRevision(42)"), "{version}");
+    }
+
+    #[test]
+    fn only_lease_errors_count_as_lease_gone() {
+        assert!(is_lease_gone(&etcd_client::Error::LeaseKeepAliveError(
+            "lease not found".into()
+        )));
+        assert!(!is_lease_gone(&etcd_client::Error::WatchError(
+            "failed to create lease keeper".into()
+        )));
+        assert!(is_lease_gone(&etcd_client::Error::GRpcStatus(
+            tonic::Status::not_found("etcdserver: requested lease not found")
+        )));
+        assert!(!is_lease_gone(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("etcdserver: leader changed")
+        )));
+        assert!(matches!(
+            failure("x", etcd_client::Error::InvalidArgs("bad".into())),
+            Failure::Dcs(DcsError::Unavailable(m)) if m.contains("x: ")
+        ));
+    }
+
+    #[test]
+    fn json_is_compact() {
+        let s = to_json(
+            "k",
+            &SyncState {
+                leader: Some("a".into()),
+                sync_standby: None,
+                quorum: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(s, r#"{"leader":"a","sync_standby":null}"#);
+    }
 }

@@ -142,9 +142,9 @@ pub async fn connect(
     identity: DcsIdentity,
 ) -> Result<std::sync::Arc<dyn Dcs>, DcsError> {
     match endpoints {
-        praetor_config::DcsEndpoints::Etcd(urls) => {
-            Ok(std::sync::Arc::new(etcd::EtcdDcs::connect(urls, identity).await?))
-        }
+        praetor_config::DcsEndpoints::Etcd(urls) => Ok(std::sync::Arc::new(
+            etcd::EtcdDcs::connect(urls, identity).await?,
+        )),
         praetor_config::DcsEndpoints::ZooKeeper(_) => Err(DcsError::Unsupported(
             "the ZooKeeper backend is not built yet; use etcd3".into(),
         )),

@@ -181,7 +181,10 @@ impl MemberData {
 pub fn parse_url_host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?']).next()?;
-    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let hostport = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     if let Some(v6) = hostport.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
         let port = match after.strip_prefix(':') {
@@ -224,11 +227,7 @@ pub struct Failover {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
     /// The candidate to promote; `None` lets the healthiest member win.
-    #[serde(
-        default,
-        alias = "candidate",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, alias = "candidate", skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
     /// ISO 8601 time at which to act; `None`: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -405,10 +404,7 @@ mod tests {
         assert_eq!(m.state, MemberState::Running);
         assert!(m.tags.nofailover && m.tags.noloadbalance && m.tags.nosync);
         assert_eq!(m.timeline, Some(10));
-        assert_eq!(
-            m.conn_host_port(),
-            Some(("172.1.1.198".to_string(), 5432))
-        );
+        assert_eq!(m.conn_host_port(), Some(("172.1.1.198".to_string(), 5432)));
         let primary: MemberData =
             serde_json::from_str(r#"{"state":"running","role":"master"}"#).unwrap();
         assert_eq!(primary.role, Role::Primary);
