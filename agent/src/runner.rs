@@ -81,6 +81,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         task: None,
         failed_task: None,
         task_done: Arc::new(tokio::sync::Notify::new()),
+        checkpoint_after_promote: Arc::new(std::sync::Mutex::new(None)),
         status_tx,
         started: Instant::now(),
         last_reason: String::new(),
@@ -198,6 +199,9 @@ struct Runner {
     /// The last background task that failed, and when: the same task is not retried for a while.
     failed_task: Option<(Task, Instant)>,
     task_done: Arc<tokio::sync::Notify>,
+    /// After this member promoted: `false` while its CHECKPOINT runs, `true` once done (published as
+    /// `checkpoint_after_promote`); `None` when it did not promote in this run.
+    checkpoint_after_promote: Arc<std::sync::Mutex<Option<bool>>>,
     status_tx: watch::Sender<Arc<NodeStatus>>,
     started: Instant,
     last_reason: String,
@@ -220,6 +224,20 @@ impl Runner {
             mono_ms: self.started.elapsed().as_millis() as u64,
             unix_secs: time::OffsetDateTime::now_utc().unix_timestamp(),
         }
+    }
+
+    /// Bounds a DCS call by `retry_timeout`: a backend call may make several requests, and the
+    /// leader's demotion deadline counts from its last successful renewal.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, praetor_dcs::DcsError>>,
+    ) -> Result<T, praetor_dcs::DcsError> {
+        let limit = Duration::from_secs(u64::from(self.dynamic.retry_timeout.max(1)));
+        tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(praetor_dcs::DcsError::Unavailable(format!(
+                "no answer within retry_timeout ({limit:?})"
+            )))
+        })
     }
 
     fn me(&self) -> &str {
@@ -253,7 +271,7 @@ impl Runner {
 
     async fn cycle(&mut self) -> anyhow::Result<()> {
         self.collect_task().await?;
-        let view = match self.dcs.load().await {
+        let view = match self.bounded(self.dcs.load()).await {
             Ok(c) => {
                 self.dcs_last_seen = Some(self.now().unix_secs);
                 self.apply_dynamic_config(&c).await;
@@ -296,15 +314,21 @@ impl Runner {
             dynamic: self.dynamic.clone(),
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
-        let reason = d.reason.to_string();
-        if reason != self.last_reason {
-            tracing::info!("{reason}");
-            self.last_reason = reason;
-        }
+        let mut message = d.reason.to_string();
         if !d.actions.is_empty() {
             tracing::debug!(actions = ?d.actions, "executing");
-            self.execute(d.actions, view.as_deref(), &obs).await?;
+            match self.execute(d.actions, view.as_deref(), &obs).await? {
+                Outcome::Done => {}
+                Outcome::LostLockRace => {
+                    message = "following new leader after trying and failing to obtain lock".into()
+                }
+                Outcome::Stopped(what) => message = format!("{message} (stopped at {what})"),
+            }
             obs = self.observe().await;
+        }
+        if message != self.last_reason {
+            tracing::info!("{message}");
+            self.last_reason = message;
         }
         self.publish(view.as_deref(), &obs).await;
         Ok(())
@@ -440,23 +464,24 @@ impl Runner {
         actions: Vec<Action>,
         view: Option<&Cluster>,
         obs: &Observation,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Outcome> {
         for action in actions {
+            let background = action.is_background();
+            let lock_race = action == Action::AcquireLeader;
             let name = format!("{action:?}");
             match self.execute_one(action, view, obs).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    tracing::debug!("{name}: not done, ending this cycle's actions");
-                    break;
-                }
+                Ok(false) if background => return Ok(Outcome::Done),
+                Ok(false) if lock_race => return Ok(Outcome::LostLockRace),
+                Ok(false) => return Ok(Outcome::Stopped(format!("{name}: not done"))),
                 Err(e) if e.is::<Fatal>() => return Err(e),
                 Err(e) => {
                     tracing::error!("{name} failed: {e:#}");
-                    break;
+                    return Ok(Outcome::Stopped(format!("{name}: failed")));
                 }
             }
         }
-        Ok(())
+        Ok(Outcome::Done)
     }
 
     /// Executes one action. `Ok(false)`: not done (lost race, background task started, backoff).
@@ -497,7 +522,7 @@ impl Runner {
                 Ok(true)
             }
             Action::AcquireLeader => {
-                let got = self.dcs.acquire_leader().await?;
+                let got = self.bounded(self.dcs.acquire_leader()).await?;
                 if got {
                     self.lock_renewed_ms = Some(now_ms);
                     tracing::info!("acquired the leader lock");
@@ -505,7 +530,7 @@ impl Runner {
                 Ok(got)
             }
             Action::RenewLeader => {
-                let kept = self.dcs.renew_leader().await?;
+                let kept = self.bounded(self.dcs.renew_leader()).await?;
                 self.lock_renewed_ms = kept.then_some(now_ms);
                 if !kept {
                     tracing::warn!("lost the leader lock");
@@ -520,6 +545,7 @@ impl Runner {
             Action::Promote => {
                 self.pg.promote().await?;
                 tracing::info!("promoted postgres to primary");
+                self.checkpoint_after_promote();
                 Ok(true)
             }
             Action::Stop(mode) => {
@@ -570,6 +596,21 @@ impl Runner {
             | Action::Rewind(_)
             | Action::CrashRecovery => unreachable!("background actions are spawned above"),
         }
+    }
+
+    /// Requests a CHECKPOINT in the background after promotion and publishes
+    /// `checkpoint_after_promote` (false until it completes), so that members about to pg_rewind
+    /// from this node wait until its pg_control shows the new timeline.
+    fn checkpoint_after_promote(&self) {
+        let flag = self.checkpoint_after_promote.clone();
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(false);
+        let pg = self.pg.clone();
+        tokio::spawn(async move {
+            match pg.checkpoint().await {
+                Ok(()) => *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(true),
+                Err(e) => tracing::warn!("checkpoint after promote failed: {e}"),
+            }
+        });
     }
 
     fn spawn_task(&mut self, kind: Task, action: Action) {
@@ -683,6 +724,17 @@ impl Runner {
             pause: self.dynamic.pause,
             ..Default::default()
         };
+        let is_primary = obs.server.as_ref().is_some_and(|s| !s.in_recovery);
+        let mut checkpoint = self
+            .checkpoint_after_promote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if is_primary {
+            d.checkpoint_after_promote = *checkpoint;
+        } else if obs.server.is_some() {
+            *checkpoint = None;
+        }
+        drop(checkpoint);
         if let Some(s) = &obs.server {
             d.timeline = Some(s.timeline);
             d.xlog_location = Some(s.wal_position());
@@ -749,6 +801,16 @@ impl Runner {
             tracing::warn!("cannot leave the DCS: {e}");
         }
     }
+}
+
+/// How far a cycle's actions went.
+enum Outcome {
+    /// All done (or a background task started).
+    Done,
+    /// Another member won the race for the leader lock.
+    LostLockRace,
+    /// Stopped at an action that failed or was not done.
+    Stopped(String),
 }
 
 /// A condition the agent must not continue from.

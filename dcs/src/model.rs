@@ -152,6 +152,11 @@ pub struct MemberData {
     /// The member is in maintenance mode.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause: bool,
+    /// A leader after promotion: `false` until the CHECKPOINT it requested completed, `true` after.
+    /// pg_rewind against a just-promoted source would read its old timeline from pg_control and
+    /// wrongly find nothing to rewind, so members wait for `true` (Patroni's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_after_promote: Option<bool>,
     /// Fields written by other tools or newer versions, kept as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,

@@ -203,6 +203,13 @@ fn stopped(
             },
         ),
         RejoinPlan::CrashRecoveryFirst => decision(vec![Action::CrashRecovery], Reason::CrashRecovery),
+        RejoinPlan::Rewind
+            if view
+                .member(&leader.name)
+                .is_some_and(|m| m.data.checkpoint_after_promote == Some(false)) =>
+        {
+            decision(vec![], Reason::WaitingForLeaderCheckpoint)
+        }
         RejoinPlan::Rewind => decision(
             vec![Action::Rewind(up)],
             Reason::Rewinding {
@@ -229,8 +236,9 @@ fn stopped(
 fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: Now) -> Decision {
     let me = cfg.name.as_str();
     if !r.is_primary {
-        let mut actions = vec![Action::RenewLeader, Action::Promote];
+        let mut actions = vec![Action::RenewLeader];
         actions.extend(slot_actions(view, cfg));
+        actions.push(Action::Promote);
         return decision(actions, Reason::PromotedBecauseHadLock);
     }
     if let Some(req) = view.failover_request() {
@@ -446,8 +454,11 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
             Reason::AcquiredLockAsLeader,
         );
     }
-    let mut actions = vec![Action::AcquireLeader, Action::Promote];
+    // Slots first (PostgreSQL creates physical slots on a standby too): replicas re-pointed at the new
+    // leader find theirs at once instead of retrying for wal_retrieve_retry_interval.
+    let mut actions = vec![Action::AcquireLeader];
     actions.extend(slot_actions(view, cfg));
+    actions.push(Action::Promote);
     decision(actions, Reason::PromotedByAcquiringLock)
 }
 

@@ -128,6 +128,8 @@ pub enum Reason {
     WaitingForHistory,
     /// PostgreSQL is starting; waiting.
     WaitingForPostgres,
+    /// The new leader has not finished its checkpoint after promotion; pg_rewind must wait for it.
+    WaitingForLeaderCheckpoint,
     /// The leader published no `conn_url`: nothing to follow yet.
     LeaderNotReachable {
         /// The leader.
@@ -228,6 +230,9 @@ impl fmt::Display for Reason {
                 f.write_str("waiting for the leader's timeline history to decide about rewind")
             }
             WaitingForPostgres => f.write_str("waiting for postgres to start"),
+            WaitingForLeaderCheckpoint => {
+                f.write_str("waiting for the leader to finish its checkpoint after promote")
+            }
             LeaderNotReachable { leader } => {
                 write!(f, "leader {leader} has no connection address yet")
             }

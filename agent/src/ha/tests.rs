@@ -265,7 +265,7 @@ fn rows() -> Vec<Row> {
             .expect(vec![RenewLeader, WriteStatus, slots_for_others(), UpdateHistory], |_| true),
         row("lock holder is still a replica: promote",
             Some(cluster(Some(ME))), local(running(false, 1000, Some(5432))))
-            .expect(vec![RenewLeader, Promote, slots_for_others()], |r| *r == Reason::PromotedBecauseHadLock),
+            .expect(vec![RenewLeader, slots_for_others(), Promote], |r| *r == Reason::PromotedBecauseHadLock),
         row("§7 primary: PostgreSQL stops: lock holder restarts it as primary",
             Some(cluster(Some(ME))), local(Postgres::Stopped { control: None }))
             .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| *r == Reason::StartingPrimaryAfterFailure),
@@ -295,6 +295,11 @@ fn rows() -> Vec<Row> {
         row("former primary diverged, use_pg_rewind off: stay stopped and say why",
             Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
             .expect(vec![], |r| matches!(r, Reason::DivergedNoRewind { .. })),
+        row("new leader still checkpointing after promote: wait before pg_rewind",
+            Some(with(on_tl2(cluster(Some("pg2"))), |c| c.members[1].data.checkpoint_after_promote = Some(false))),
+            stopped_with(ClusterState::InProduction, 1, 100))
+            .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+            .expect(vec![], |r| *r == Reason::WaitingForLeaderCheckpoint),
         row("crashed former primary, rewind off: crash recovery first",
             Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::InProduction, 1, 100))
             .expect(vec![CrashRecovery], |_| true),
@@ -302,7 +307,7 @@ fn rows() -> Vec<Row> {
         row("no leader, healthiest replica: take the lock and promote",
             Some(cluster(None)),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
-            .expect(vec![AcquireLeader, Promote, slots_for_others()], |r| *r == Reason::PromotedByAcquiringLock),
+            .expect(vec![AcquireLeader, slots_for_others(), Promote], |r| *r == Reason::PromotedByAcquiringLock),
         row("no leader, another replica is ahead: do not race",
             Some(cluster(None)),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1001)])))
@@ -371,7 +376,7 @@ fn rows() -> Vec<Row> {
         row("no leader, switchover names me: race even if not the healthiest",
             Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some(ME)))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
-            .expect(vec![AcquireLeader, Promote, slots_for_others()], |_| true),
+            .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
         row("no leader, switchover names a healthy other member: wait for it",
             Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some("pg3")))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
@@ -379,7 +384,7 @@ fn rows() -> Vec<Row> {
         row("no leader, switchover candidate is unreachable: normal race without it",
             Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some("pg3")))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
-            .expect(vec![AcquireLeader, Promote, slots_for_others()], |_| true),
+            .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
     ]
 }
 

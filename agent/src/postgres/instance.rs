@@ -446,6 +446,16 @@ impl Instance {
         }
     }
 
+    /// Runs CHECKPOINT on its own connection (so the agent's status queries are not held up), as a
+    /// new primary does right after promotion so that pg_control shows the new timeline.
+    pub async fn checkpoint(&self) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| PgError::Query(db_error_text(&e)))
+    }
+
     /// Points a running replica at `up` (PostgreSQL 13+ applies primary_conninfo on reload).
     pub fn follow(&self, dynamic: &DynamicConfig, up: &Upstream) -> Result<(), PgError> {
         self.write_config(
@@ -505,8 +515,8 @@ impl Instance {
             format!("--source-server={source}").into(),
         ];
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let out = self.run_capture("pg_rewind", &refs).await?;
-        tracing::info!(output = %out.trim(), "pg_rewind finished");
+        let (_, stderr) = self.run_capture_both("pg_rewind", &refs).await?;
+        tracing::info!("pg_rewind: {}", stderr.trim().replace('\n', " | "));
         Ok(())
     }
 
@@ -705,6 +715,15 @@ impl Instance {
         program: &str,
         args: &[&std::ffi::OsStr],
     ) -> Result<String, PgError> {
+        self.run_capture_both(program, args).await.map(|(out, _)| out)
+    }
+
+    /// Like [`Instance::run_capture`], returning stdout and stderr.
+    async fn run_capture_both(
+        &self,
+        program: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<(String, String), PgError> {
         let mut cmd = Command::new(self.bin(program));
         cmd.args(args)
             .env("LC_ALL", "C")
@@ -712,7 +731,8 @@ impl Instance {
             .env("PGAPPNAME", &self.s.name)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let out = cmd.output().await.map_err(|e| PgError::Command {
             program: program.into(),
             message: e.to_string(),
@@ -729,7 +749,10 @@ impl Instance {
         if !stderr.trim().is_empty() {
             tracing::debug!(program, stderr = %stderr.trim(), "program output");
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr.into_owned(),
+        ))
     }
 }
 
