@@ -99,6 +99,9 @@ fn main() -> ExitCode {
                     .validate_agent()
                     .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
                 if validate_config {
+                    for w in &loaded.warnings {
+                        eprintln!("warning: {}: {w}", path.display());
+                    }
                     println!("{}: configuration is valid", path.display());
                     return Ok(());
                 }
