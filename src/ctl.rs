@@ -22,7 +22,13 @@ use crate::{config_err, Failure};
 #[derive(Args)]
 pub struct CtlArgs {
     /// Configuration file naming the DCS and the cluster (the agent's or the proxy's YAML).
-    #[arg(short = 'c', long = "config-file", alias = "config", value_name = "FILE", global = true)]
+    #[arg(
+        short = 'c',
+        long = "config-file",
+        alias = "config",
+        value_name = "FILE",
+        global = true
+    )]
     config: Option<PathBuf>,
     /// The DCS, when no configuration file is given: etcd3://host:port (or etcd://host:port).
     #[arg(long = "dcs-url", alias = "dcs", value_name = "URL", global = true)]
@@ -99,7 +105,9 @@ pub async fn run(args: CtlArgs) -> Result<(), Failure> {
         CtlCommand::Version => None,
     };
     let scope = cluster_arg.or(config_scope).ok_or_else(|| {
-        config_err("name the cluster: praetor ctl --dcs-url URL <command> CLUSTER_NAME, or use -c FILE")
+        config_err(
+            "name the cluster: praetor ctl --dcs-url URL <command> CLUSTER_NAME, or use -c FILE",
+        )
     })?;
     let identity = DcsIdentity {
         namespace,
@@ -152,7 +160,9 @@ fn dcs_target(args: &CtlArgs) -> Result<(Option<String>, String, DcsEndpoints), 
         .or_else(|| std::env::var_os("PRAETOR_CTL_CONFIG_FILE").map(PathBuf::from))
         .or_else(|| std::env::var_os("PATRONICTL_CONFIG_FILE").map(PathBuf::from))
         .ok_or_else(|| {
-            config_err("give the DCS: -c FILE, --dcs-url etcd3://host:port, or PRAETOR_CTL_CONFIG_FILE")
+            config_err(
+                "give the DCS: -c FILE, --dcs-url etcd3://host:port, or PRAETOR_CTL_CONFIG_FILE",
+            )
         })?;
     let loaded = crate::load_config(&path)?;
     let endpoints = loaded
@@ -247,7 +257,11 @@ pub fn render_list(scope: &str, cluster: &Cluster, format: Format, extended: boo
                 lag_mb(m),
             ];
             if any_pending || extended {
-                r.push(if m.pending_restart { "*".into() } else { String::new() });
+                r.push(if m.pending_restart {
+                    "*".into()
+                } else {
+                    String::new()
+                });
             }
             if any_tags || extended {
                 r.push(tags_text(m));
@@ -385,14 +399,18 @@ async fn switchover(
         .leader
         .as_ref()
         .map(|l| l.name.clone())
-        .ok_or_else(|| anyhow!("cluster {scope} has no leader: a switchover needs one (use failover)"))?;
+        .ok_or_else(|| {
+            anyhow!("cluster {scope} has no leader: a switchover needs one (use failover)")
+        })?;
     let leader_given = match leader_arg {
         Some(l) => l,
         None if force => leader.clone(),
         None => prompt("Primary", Some(&leader))?,
     };
     if leader_given != leader {
-        bail!("Member {leader_given} is not the leader of cluster {scope} (the leader is {leader})");
+        bail!(
+            "Member {leader_given} is not the leader of cluster {scope} (the leader is {leader})"
+        );
     }
     let others: Vec<String> = cluster
         .members
@@ -412,17 +430,27 @@ async fn switchover(
         if *c == leader {
             bail!("Member {c} is already the leader of cluster {scope}");
         }
-        let m = cluster
-            .member(c)
-            .ok_or_else(|| anyhow!("Member {c} does not exist in cluster {scope} (members: {})", others.join(", ")))?;
+        let m = cluster.member(c).ok_or_else(|| {
+            anyhow!(
+                "Member {c} does not exist in cluster {scope} (members: {})",
+                others.join(", ")
+            )
+        })?;
         if m.data.tags.nofailover || m.data.tags.failover_priority == Some(0) {
-            bail!("Member {c} is tagged nofailover (or failover_priority 0) and cannot be promoted");
+            bail!(
+                "Member {c} is tagged nofailover (or failover_priority 0) and cannot be promoted"
+            );
         }
         if m.data.state != praetor_dcs::MemberState::Running {
-            bail!("Member {c} is not running (state: {}): it cannot be promoted", m.data.state);
+            bail!(
+                "Member {c} is not running (state: {}): it cannot be promoted",
+                m.data.state
+            );
         }
     } else if !cluster.members.iter().any(|m| {
-        m.name != leader && !m.data.tags.nofailover && m.data.state == praetor_dcs::MemberState::Running
+        m.name != leader
+            && !m.data.tags.nofailover
+            && m.data.state == praetor_dcs::MemberState::Running
     }) {
         bail!("no running member of cluster {scope} can be promoted");
     }
@@ -430,7 +458,9 @@ async fn switchover(
         None | Some("now") => None,
         Some(s) => {
             let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| anyhow!("--scheduled {s:?} is not an ISO 8601 time with offset: {e}"))?;
+                .map_err(|e| {
+                    anyhow!("--scheduled {s:?} is not an ISO 8601 time with offset: {e}")
+                })?;
             if t <= time::OffsetDateTime::now_utc() {
                 bail!("Can't schedule switchover in the past ({s})");
             }
@@ -513,7 +543,9 @@ mod tests {
             parse_dcs_url("etcd3://127.0.0.1:2379"),
             Ok(DcsEndpoints::Etcd(v)) if v == vec!["http://127.0.0.1:2379".to_string()]
         ));
-        assert!(matches!(parse_dcs_url("zk://a:2181,b:2181"), Ok(DcsEndpoints::ZooKeeper(v)) if v.len() == 2));
+        assert!(
+            matches!(parse_dcs_url("zk://a:2181,b:2181"), Ok(DcsEndpoints::ZooKeeper(v)) if v.len() == 2)
+        );
         assert!(parse_dcs_url("127.0.0.1:2379").is_err());
         assert!(parse_dcs_url("ftp://x").is_err());
     }
@@ -535,9 +567,18 @@ mod tests {
         };
         let c = Cluster {
             initialize: Some("7711591983046744147".into()),
-            leader: Some(Leader { name: "pg1".into(), version: 1 }),
-            members: vec![m("pg1", Role::Primary, 5432, 5 << 20), m("pg2", Role::Replica, 5433, 3 << 20)],
-            status: Some(Status { optime: 5 << 20, ..Default::default() }),
+            leader: Some(Leader {
+                name: "pg1".into(),
+                version: 1,
+            }),
+            members: vec![
+                m("pg1", Role::Primary, 5432, 5 << 20),
+                m("pg2", Role::Replica, 5433, 3 << 20),
+            ],
+            status: Some(Status {
+                optime: 5 << 20,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let out = render_list("demo", &c, Format::Pretty, false);

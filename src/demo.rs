@@ -53,7 +53,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         retry_timeout: ((args.ttl.max(4) - 1) / 3).clamp(1, 10),
         ..Default::default()
     };
-    println!("Starting etcd, {} PostgreSQL nodes and the proxy ...", args.nodes);
+    println!(
+        "Starting etcd, {} PostgreSQL nodes and the proxy ...",
+        args.nodes
+    );
     let mut cluster = LocalCluster::start(&exe, options)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -66,7 +69,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Err(e) => {
             cluster.work.keep();
             cluster.shutdown().await;
-            bail!("the cluster did not come up: {e}\nlogs are in {}", dir.display());
+            bail!(
+                "the cluster did not come up: {e}\nlogs are in {}",
+                dir.display()
+            );
         }
     };
     let proxy = cluster
@@ -74,8 +80,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| (p.rw_port, p.ro_port, p.metrics_port))
         .unwrap_or_default();
-    let url = |port: u16| format!("postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres");
-    let ctl = format!("{} ctl -c {}", exe.display(), cluster.nodes[0].config.display());
+    let url = |port: u16| {
+        format!("postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres")
+    };
+    let ctl = format!(
+        "{} ctl -c {}",
+        exe.display(),
+        cluster.nodes[0].config.display()
+    );
     println!();
     println!(
         "Praetor demo cluster \"demo\" is up: {} members, leader {leader}, etcd at {}",
@@ -86,9 +98,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  read-only (replicas):    {}", url(proxy.1));
     println!();
     println!("Try:");
-    println!("  psql '{}' -c 'CREATE TABLE t (x int); INSERT INTO t VALUES (1)'", url(proxy.0));
-    println!("  psql '{}' -c 'SELECT pg_is_in_recovery(), * FROM t'", url(proxy.1));
-    println!("  pgbench -i -s 5 '{}' && pgbench -S -T 10 '{}'", url(proxy.0), url(proxy.0));
+    println!(
+        "  psql '{}' -c 'CREATE TABLE t (x int); INSERT INTO t VALUES (1)'",
+        url(proxy.0)
+    );
+    println!(
+        "  psql '{}' -c 'SELECT pg_is_in_recovery(), * FROM t'",
+        url(proxy.1)
+    );
+    println!(
+        "  pgbench -i -s 5 '{}' && pgbench -S -T 10 '{}'",
+        url(proxy.0),
+        url(proxy.0)
+    );
     println!("  {ctl} list");
     println!("  {ctl} switchover --force");
     println!("  kill -9 the leader's agent and postgres (see list), and watch the proxy follow the new leader");

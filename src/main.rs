@@ -42,7 +42,12 @@ enum Command {
     /// PostgreSQL cleanly and hands the lock over. Exit code 2: bad configuration (nothing started).
     Agent {
         /// Configuration file (Patroni's patroni.yml format).
-        #[arg(short = 'c', long = "config", value_name = "FILE", env = "PRAETOR_CONFIG_FILE")]
+        #[arg(
+            short = 'c',
+            long = "config",
+            value_name = "FILE",
+            env = "PRAETOR_CONFIG_FILE"
+        )]
         config: Option<PathBuf>,
         /// Configuration file, as a positional argument (`praetor agent /etc/patroni.yml`).
         #[arg(value_name = "CONFIG", conflicts_with = "config")]
@@ -109,7 +114,8 @@ fn main() -> ExitCode {
                 for w in &loaded.warnings {
                     tracing::warn!("{}: {w}", path.display());
                 }
-                let span = tracing::info_span!("agent", scope = %settings.scope, member = %settings.name);
+                let span =
+                    tracing::info_span!("agent", scope = %settings.scope, member = %settings.name);
                 let _entered = span.enter();
                 let shutdown = shutdown_on_signals();
                 praetor_agent::runner::run(loaded.config, shutdown)
@@ -132,14 +138,9 @@ fn main() -> ExitCode {
                 for w in &loaded.warnings {
                     tracing::warn!("{}: {w}", config.display());
                 }
-                run_proxy(
-                    settings,
-                    scope,
-                    loaded.config.namespace(),
-                    endpoints,
-                )
-                .await
-                .map_err(Failure::Other)
+                run_proxy(settings, scope, loaded.config.namespace(), endpoints)
+                    .await
+                    .map_err(Failure::Other)
             }
             Command::Ctl(args) => {
                 init_logging(Some("warn"));

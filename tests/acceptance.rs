@@ -31,33 +31,61 @@ async fn three_nodes_bootstrap_with_one_leader_and_two_streaming_replicas() {
         assert_eq!(in_recovery, !is_leader, "{}", n.name);
         if is_leader {
             let slots: Vec<String> = client
-                .query("SELECT slot_name::text FROM pg_replication_slots WHERE active ORDER BY 1", &[])
+                .query(
+                    "SELECT slot_name::text FROM pg_replication_slots WHERE active ORDER BY 1",
+                    &[],
+                )
                 .await
                 .unwrap()
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let others: Vec<String> = c.nodes.iter().filter(|o| o.name != n.name).map(|o| o.name.clone()).collect();
-            assert_eq!(slots, others, "every replica streams through its own active slot");
+            let others: Vec<String> = c
+                .nodes
+                .iter()
+                .filter(|o| o.name != n.name)
+                .map(|o| o.name.clone())
+                .collect();
+            assert_eq!(
+                slots, others,
+                "every replica streams through its own active slot"
+            );
         }
     }
 }
 
 #[tokio::test]
-async fn rows_written_through_the_read_write_port_are_read_from_a_replica_through_the_read_only_port() {
+async fn rows_written_through_the_read_write_port_are_read_from_a_replica_through_the_read_only_port(
+) {
     let c = healthy_cluster(ClusterOptions::default()).await;
     let proxy = c.proxy.as_ref().expect("proxy");
     let rw = connect_retry(proxy.rw_port, Duration::from_secs(30)).await;
-    let in_recovery: bool = rw.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    let in_recovery: bool = rw
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(!in_recovery, "the read-write port reaches the primary");
     let acked = insert_rows(&rw, 0, 1000).await;
     let ro = connect_retry(proxy.ro_port, Duration::from_secs(30)).await;
-    let in_recovery: bool = ro.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    let in_recovery: bool = ro
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(in_recovery, "the read-only port reaches a replica");
-    let ids = wait_for("the replica to replay 1000 rows", Duration::from_secs(30), || async {
-        let ids = read_ids(&ro).await;
-        if ids.len() == acked.len() { Ok(ids) } else { Err(format!("{} rows", ids.len())) }
-    })
+    let ids = wait_for(
+        "the replica to replay 1000 rows",
+        Duration::from_secs(30),
+        || async {
+            let ids = read_ids(&ro).await;
+            if ids.len() == acked.len() {
+                Ok(ids)
+            } else {
+                Err(format!("{} rows", ids.len()))
+            }
+        },
+    )
     .await
     .unwrap();
     assert_eq!(ids, acked);
@@ -67,17 +95,32 @@ async fn rows_written_through_the_read_write_port_are_read_from_a_replica_throug
 /// leader cannot lose an acknowledged row to asynchronous replication.
 async fn wait_replicas_caught_up(c: &LocalCluster, leader: &str) {
     let lc = connect(c.node(leader).pg_port).await.expect("leader");
-    let lsn: String = lc.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let lsn: String = lc
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     for n in c.nodes.iter().filter(|n| n.name != leader) {
         let client = connect(n.pg_port).await.expect("replica");
-        wait_for(&format!("{} to replay {lsn}", n.name), Duration::from_secs(30), || async {
-            let done: bool = client
-                .query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn])
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            if done { Ok(()) } else { Err("behind".to_string()) }
-        })
+        wait_for(
+            &format!("{} to replay {lsn}", n.name),
+            Duration::from_secs(30),
+            || async {
+                let done: bool = client
+                    .query_one(
+                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                        &[&lsn],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                if done {
+                    Ok(())
+                } else {
+                    Err("behind".to_string())
+                }
+            },
+        )
         .await
         .unwrap();
     }
@@ -100,7 +143,8 @@ async fn first_acknowledged_write(port: u16, id: i32, timeout: Duration) -> Dura
 }
 
 #[tokio::test]
-async fn kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins_on_the_new_timeline() {
+async fn kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins_on_the_new_timeline(
+) {
     let mut c = healthy_cluster(ClusterOptions::default()).await;
     let old = c.leader().await.expect("leader");
     let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
@@ -128,7 +172,10 @@ async fn kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins
     let client = connect_retry(proxy_rw, Duration::from_secs(10)).await;
     let ids = read_ids(&client).await;
     for id in &acked {
-        assert!(ids.contains(id), "acknowledged row {id} lost in the failover");
+        assert!(
+            ids.contains(id),
+            "acknowledged row {id} lost in the failover"
+        );
     }
     assert!(ids.contains(&100_000));
 
@@ -145,9 +192,16 @@ async fn kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins
     let leader = members.iter().find(|m| m["role"] == "leader").unwrap();
     assert_eq!(me["state"], "streaming", "{cluster}");
     assert_eq!(me["timeline"], leader["timeline"], "{cluster}");
-    assert!(leader["timeline"].as_u64().unwrap() > old_timeline, "{cluster}");
+    assert!(
+        leader["timeline"].as_u64().unwrap() > old_timeline,
+        "{cluster}"
+    );
     let back = connect(c.node(&old).pg_port).await.unwrap();
-    let in_recovery: bool = back.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    let in_recovery: bool = back
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(in_recovery);
 }
 
@@ -158,13 +212,24 @@ async fn ctl_switchover_moves_the_leader_and_the_proxy_follows() {
     let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
     let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
     let before = connect_retry(proxy_rw, Duration::from_secs(30)).await;
-    let port: i32 = before.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+    let port: i32 = before
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(port as u16, c.node(&old).pg_port);
 
     let out = std::process::Command::new(binary())
         .args(["ctl", "-c"])
         .arg(&c.nodes[0].config)
-        .args(["switchover", "--leader", &old, "--candidate", &candidate, "--force"])
+        .args([
+            "switchover",
+            "--leader",
+            &old,
+            "--candidate",
+            &candidate,
+            "--force",
+        ])
         .output()
         .expect("run ctl");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -172,16 +237,32 @@ async fn ctl_switchover_moves_the_leader_and_the_proxy_follows() {
     if !out.status.success() {
         dump_logs(&c);
     }
-    assert!(out.status.success(), "ctl switchover failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains(&format!("Successfully switched over to \"{candidate}\"")), "{stdout}");
+    assert!(
+        out.status.success(),
+        "ctl switchover failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("Successfully switched over to \"{candidate}\"")),
+        "{stdout}"
+    );
 
     // The proxy closed the connection to the former leader (fencing) ...
-    assert!(before.query_one("SELECT 1", &[]).await.is_err(), "connection to the old leader must be closed");
+    assert!(
+        before.query_one("SELECT 1", &[]).await.is_err(),
+        "connection to the old leader must be closed"
+    );
     // ... and new connections reach the new leader, writable.
     let after = connect_retry(proxy_rw, Duration::from_secs(30)).await;
-    let port: i32 = after.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+    let port: i32 = after
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(port as u16, c.node(&candidate).pg_port);
-    after.batch_execute("CREATE TABLE after_switchover (x int)").await.unwrap();
+    after
+        .batch_execute("CREATE TABLE after_switchover (x int)")
+        .await
+        .unwrap();
     // The former leader follows the new one.
     if let Err(e) = c.wait_healthy(2, Duration::from_secs(60)).await {
         dump_logs(&c);
@@ -224,12 +305,20 @@ async fn sigterm_of_the_leader_agent_hands_over_without_losing_a_committed_row()
         })
     };
     wait_for("some writes", Duration::from_secs(10), || async {
-        if acked.lock().unwrap().len() > 20 { Ok(()) } else { Err("few".into()) }
+        if acked.lock().unwrap().len() > 20 {
+            Ok(())
+        } else {
+            Err("few".into())
+        }
     })
     .await
     .unwrap();
 
-    let code = c.node_mut(&old).stop_agent(Duration::from_secs(60)).await.expect("agent exits");
+    let code = c
+        .node_mut(&old)
+        .stop_agent(Duration::from_secs(60))
+        .await
+        .expect("agent exits");
     assert_eq!(code, Some(0), "the agent exits cleanly on SIGTERM");
     let new = wait_for("a new leader", Duration::from_secs(30), || async {
         match c.leader().await {
@@ -241,7 +330,11 @@ async fn sigterm_of_the_leader_agent_hands_over_without_losing_a_committed_row()
     .unwrap();
     let count_at_handover = acked.lock().unwrap().len();
     wait_for("writes to resume", Duration::from_secs(30), || async {
-        if acked.lock().unwrap().len() > count_at_handover + 20 { Ok(()) } else { Err("not yet".into()) }
+        if acked.lock().unwrap().len() > count_at_handover + 20 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     })
     .await
     .unwrap();

@@ -53,7 +53,10 @@ fn an_unknown_key_is_a_warning_naming_its_path() {
     let config = GOOD.replace("    loop_wait: 1\n", "    loop_wait: 1\n    loop_wiat: 1\n");
     let (code, stdout, stderr) = praetor(&["agent", "--validate-config"], &config);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stderr.contains("unknown key bootstrap.dcs.loop_wiat"), "{stderr}");
+    assert!(
+        stderr.contains("unknown key bootstrap.dcs.loop_wiat"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -61,7 +64,10 @@ fn a_wrong_type_exits_2_naming_the_key_path() {
     let config = GOOD.replace("  listen: 127.0.0.1:5432\n", "  listen: [1, 2]\n");
     let (code, _, stderr) = praetor(&["agent"], &config);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("postgresql.listen: invalid type: sequence"), "{stderr}");
+    assert!(
+        stderr.contains("postgresql.listen: invalid type: sequence"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -69,7 +75,10 @@ fn a_missing_data_dir_exits_2_naming_the_key_path() {
     let config = GOOD.replace("  data_dir: /nonexistent/praetor-cli-test/data\n", "");
     let (code, _, stderr) = praetor(&["agent"], &config);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("postgresql.data_dir: missing required key"), "{stderr}");
+    assert!(
+        stderr.contains("postgresql.data_dir: missing required key"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -95,7 +104,10 @@ fn two_dcs_sections_exit_2_naming_both() {
 fn the_proxy_needs_its_listeners() {
     let (code, _, stderr) = praetor(&["proxy"], "scope: demo\netcd3:\n  host: 127.0.0.1:2379\n");
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("praetor.proxy: missing required key"), "{stderr}");
+    assert!(
+        stderr.contains("praetor.proxy: missing required key"),
+        "{stderr}"
+    );
 }
 
 #[test]

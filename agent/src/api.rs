@@ -147,7 +147,10 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match (bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+            b'%' => match (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h * 16 + l);
                     i += 2;
@@ -250,14 +253,16 @@ pub fn respond(
 
 fn health(path: &str, q: &Query, st: &NodeStatus, now_unix: i64) -> bool {
     let tags_match = || {
-        q.iter().filter_map(|(k, v)| Some((k.strip_prefix("tag_")?, v))).all(|(k, v)| {
-            let tags = serde_json::to_value(&st.tags).unwrap_or(Value::Null);
-            match &tags[k] {
-                Value::String(s) => s == v,
-                Value::Null => v.eq_ignore_ascii_case("false"),
-                other => other.to_string().eq_ignore_ascii_case(v),
-            }
-        })
+        q.iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("tag_")?, v)))
+            .all(|(k, v)| {
+                let tags = serde_json::to_value(&st.tags).unwrap_or(Value::Null);
+                match &tags[k] {
+                    Value::String(s) => s == v,
+                    Value::Null => v.eq_ignore_ascii_case("false"),
+                    other => other.to_string().eq_ignore_ascii_case(v),
+                }
+            })
     };
     let lag_ok = || match q.get("lag").map(|l| parse_lag(l)) {
         None => true,
@@ -267,10 +272,13 @@ fn health(path: &str, q: &Query, st: &NodeStatus, now_unix: i64) -> bool {
     let replication_state_ok = || match q.get("replication_state") {
         None => true,
         Some(want) => {
-            let actual = st
-                .server
-                .as_ref()
-                .map(|s| if s.streaming { "streaming" } else { "in archive recovery" });
+            let actual = st.server.as_ref().map(|s| {
+                if s.streaming {
+                    "streaming"
+                } else {
+                    "in archive recovery"
+                }
+            });
             actual == Some(want.as_str())
         }
     };
@@ -306,9 +314,7 @@ fn health(path: &str, q: &Query, st: &NodeStatus, now_unix: i64) -> bool {
         }
         "/readiness" => {
             (st.holds_lock() && st.is_primary())
-                || (st.is_replica()
-                    && st.server.as_ref().is_some_and(|s| s.streaming)
-                    && lag_ok())
+                || (st.is_replica() && st.server.as_ref().is_some_and(|s| s.streaming) && lag_ok())
         }
         "/sync" | "/synchronous" => replica_ok() && sync_members().contains(&st.name),
         "/async" | "/asynchronous" => replica_ok() && !sync_members().contains(&st.name),
@@ -333,7 +339,10 @@ fn cluster_json(st: &NodeStatus) -> Value {
     v
 }
 
-async fn handle(State(rx): State<watch::Receiver<Arc<NodeStatus>>>, req: Request<Body>) -> Response {
+async fn handle(
+    State(rx): State<watch::Receiver<Arc<NodeStatus>>>,
+    req: Request<Body>,
+) -> Response {
     let st = rx.borrow().clone();
     let query = parse_query(req.uri().query());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -399,7 +408,11 @@ mod tests {
             name: name.into(),
             cluster: Some(Arc::new(cluster)),
             state: MemberState::Running,
-            role: if in_recovery { Role::Replica } else { Role::Primary },
+            role: if in_recovery {
+                Role::Replica
+            } else {
+                Role::Primary
+            },
             server: Some(server(in_recovery, pos)),
             ttl: 30,
             last_loop: Some(1000),
@@ -408,7 +421,9 @@ mod tests {
     }
 
     fn code(method: Method, path: &str, q: &str, st: &NodeStatus) -> u16 {
-        respond(&method, path, &parse_query(Some(q)), st, 1005).0.as_u16()
+        respond(&method, path, &parse_query(Some(q)), st, 1005)
+            .0
+            .as_u16()
     }
 
     #[test]
@@ -448,7 +463,12 @@ mod tests {
             ("/standby-leader", "", &leader, 503),
         ];
         for (path, q, st, want) in rows {
-            assert_eq!(code(Method::GET, path, q, st), want, "GET {path}?{q} as {}", st.name);
+            assert_eq!(
+                code(Method::GET, path, q, st),
+                want,
+                "GET {path}?{q} as {}",
+                st.name
+            );
         }
     }
 

@@ -21,7 +21,10 @@ pub async fn get_json(url: &str, timeout: Duration) -> Result<(u16, Value), Stri
     let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let fut = async {
-        let resp = client.get(uri).await.map_err(|e| format!("GET {url}: {e}"))?;
+        let resp = client
+            .get(uri)
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
@@ -98,7 +101,8 @@ mod tests {
         assert_eq!(p.wal_position, 500);
         assert_eq!(p.failover_priority, 5);
         assert!(p.is_running && !p.is_running_primary && !p.nofailover);
-        let primary = serde_json::json!({"state": "running", "role": "master", "xlog": {"location": 9}});
+        let primary =
+            serde_json::json!({"state": "running", "role": "master", "xlog": {"location": 9}});
         assert!(peer_status_from_json("pg1", &primary).is_running_primary);
         let stopped = serde_json::json!({"state": "stopped", "role": "replica", "tags": {"nofailover": true}});
         let s = peer_status_from_json("pg3", &stopped);

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use praetor_config::{AgentSettings, Config, DynamicConfig};
 use praetor_dcs::{
-    Cluster, Dcs, DcsIdentity, Expect, HistoryEntry, KeyKind, MemberData, MemberState, Role,
-    Status,
+    Cluster, Dcs, DcsIdentity, Expect, HistoryEntry, KeyKind, MemberData, MemberState, Role, Status,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -107,9 +106,10 @@ fn instance_settings(config: &Config, s: &AgentSettings) -> InstanceSettings {
         superuser: s.superuser.clone(),
         replication: s.replication.clone(),
         rewind: pg.authentication.rewind.clone(),
-        pgpass: pg.pgpass.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("pgpass.{}.{}", s.scope, s.name))
-        }),
+        pgpass: pg
+            .pgpass
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("pgpass.{}.{}", s.scope, s.name))),
         parameters: pg.parameters.clone(),
         pg_hba: pg.pg_hba.clone(),
         basebackup_args: basebackup_args(pg.basebackup.as_ref()),
@@ -296,7 +296,14 @@ impl Runner {
         };
         let peers = if needs_peers(view.as_deref(), self.me()) {
             let timeout = Duration::from_secs(u64::from(self.dynamic.retry_timeout.clamp(1, 2)));
-            Some(fetch_peers(view.as_deref().expect("needs_peers implies a view"), self.me(), timeout).await)
+            Some(
+                fetch_peers(
+                    view.as_deref().expect("needs_peers implies a view"),
+                    self.me(),
+                    timeout,
+                )
+                .await,
+            )
         } else {
             None
         };
@@ -568,7 +575,11 @@ impl Runner {
                 Ok(true)
             }
             Action::WriteStatus => {
-                let optime = obs.server.as_ref().map(ServerStatus::wal_position).unwrap_or(0);
+                let optime = obs
+                    .server
+                    .as_ref()
+                    .map(ServerStatus::wal_position)
+                    .unwrap_or(0);
                 self.dcs
                     .set_status(&Status {
                         optime,
@@ -622,7 +633,9 @@ impl Runner {
         let done = self.task_done.clone();
         let fut = async move {
             match action {
-                Action::Bootstrap => bootstrap_task(&pg, &dynamic, &bootstrap, local_hba, &conn_url).await,
+                Action::Bootstrap => {
+                    bootstrap_task(&pg, &dynamic, &bootstrap, local_hba, &conn_url).await
+                }
                 Action::Start(role) => pg.start(&dynamic, &role).await.map_err(|e| e.to_string()),
                 Action::Clone { source, leader } => {
                     pg.basebackup(&source).await.map_err(|e| e.to_string())?;
@@ -654,9 +667,15 @@ impl Runner {
 
     /// Appends the promotion that started the current timeline to `history`, from the timeline
     /// history file PostgreSQL wrote at promotion.
-    async fn update_history(&self, view: Option<&Cluster>, obs: &Observation) -> anyhow::Result<()> {
+    async fn update_history(
+        &self,
+        view: Option<&Cluster>,
+        obs: &Observation,
+    ) -> anyhow::Result<()> {
         let Some(view) = view else { return Ok(()) };
-        let Some(server) = &obs.server else { return Ok(()) };
+        let Some(server) = &obs.server else {
+            return Ok(());
+        };
         let lines = self.pg.timeline_history(server.timeline)?;
         let mut entries: Vec<HistoryEntry> = view
             .history
@@ -713,10 +732,7 @@ impl Runner {
         };
         let mut d = MemberData {
             conn_url: Some(self.conn_url()),
-            api_url: Some(format!(
-                "http://{}/patroni",
-                self.settings.api_connect
-            )),
+            api_url: Some(format!("http://{}/patroni", self.settings.api_connect)),
             state,
             role,
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
@@ -823,7 +839,11 @@ struct Fatal(String);
 fn wakes_loop(key: &KeyKind) -> bool {
     matches!(
         key,
-        KeyKind::Leader | KeyKind::Failover | KeyKind::Initialize | KeyKind::Config | KeyKind::Resync
+        KeyKind::Leader
+            | KeyKind::Failover
+            | KeyKind::Initialize
+            | KeyKind::Config
+            | KeyKind::Resync
     )
 }
 
@@ -838,7 +858,9 @@ async fn bootstrap_task(
     conn_url: &str,
 ) -> Result<(), String> {
     let result = async {
-        pg.initdb(&bootstrap.initdb).await.map_err(|e| e.to_string())?;
+        pg.initdb(&bootstrap.initdb)
+            .await
+            .map_err(|e| e.to_string())?;
         let hba = local_hba
             .or_else(|| dynamic.postgresql.pg_hba.clone())
             .or_else(|| (!bootstrap.pg_hba.is_empty()).then(|| bootstrap.pg_hba.clone()));
@@ -848,7 +870,9 @@ async fn bootstrap_task(
         pg.start(dynamic, &StartAs::Primary)
             .await
             .map_err(|e| e.to_string())?;
-        pg.create_roles(bootstrap).await.map_err(|e| e.to_string())?;
+        pg.create_roles(bootstrap)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(script) = &bootstrap.post_init {
             let status = tokio::process::Command::new(script)
                 .arg(conn_url)

@@ -88,7 +88,10 @@ pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
         let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
         serde_ignored::deserialize(tracked, |path| {
-            warnings.push(format!("unknown key {} (ignored)", dotted(&path.to_string())));
+            warnings.push(format!(
+                "unknown key {} (ignored)",
+                dotted(&path.to_string())
+            ));
         })
     };
     let mut config = match result {
@@ -118,7 +121,9 @@ fn dotted(path: &str) -> String {
 /// already names the full path, so drop that prefix. The " at line L column C" suffix stays: it helps.
 fn strip_path_prefix(msg: &str, key: &str) -> String {
     match msg.split_once(": ") {
-        Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => rest.to_string(),
+        Some((prefix, rest)) if !prefix.contains(' ') && key.starts_with(prefix) => {
+            rest.to_string()
+        }
         _ => msg.to_string(),
     }
 }
@@ -209,7 +214,10 @@ tags:
             c.bootstrap.initdb[1].to_args(),
             vec!["--data-checksums".to_string()]
         );
-        assert_eq!(c.bootstrap.users["admin"].options, vec!["createrole", "createdb"]);
+        assert_eq!(
+            c.bootstrap.users["admin"].options,
+            vec!["createrole", "createdb"]
+        );
     }
 
     #[test]

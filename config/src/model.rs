@@ -447,7 +447,10 @@ impl Config {
         )?;
         for (key, c) in [
             ("postgresql.authentication.superuser.username", &superuser),
-            ("postgresql.authentication.replication.username", &replication),
+            (
+                "postgresql.authentication.replication.username",
+                &replication,
+            ),
         ] {
             if c.username.is_empty() {
                 return Err(Missing {
@@ -487,11 +490,15 @@ impl Config {
     /// `praetor.proxy.read_only`.
     pub fn validate_proxy(&self) -> Result<ProxyConfig, crate::ConfigError> {
         self.validate_dcs_client()?;
-        let p = self.praetor.proxy.clone().ok_or(crate::ConfigError::Missing {
-            key: "praetor.proxy".into(),
-            hint: "give praetor.proxy.read_write.listen and/or praetor.proxy.read_only.listen"
-                .into(),
-        })?;
+        let p = self
+            .praetor
+            .proxy
+            .clone()
+            .ok_or(crate::ConfigError::Missing {
+                key: "praetor.proxy".into(),
+                hint: "give praetor.proxy.read_write.listen and/or praetor.proxy.read_only.listen"
+                    .into(),
+            })?;
         if p.read_write.is_none() && p.read_only.is_none() {
             return Err(crate::ConfigError::Missing {
                 key: "praetor.proxy.read_write".into(),

@@ -116,7 +116,10 @@ impl Node {
     pub fn start_agent(&mut self, binary: &Path) -> Result<(), String> {
         let mut cmd = Command::new(binary);
         cmd.arg("agent").arg("-c").arg(&self.config);
-        cmd.env("RUST_LOG", std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         as_postgres(&mut cmd);
         let p = Process::spawn(&self.name, cmd, &self.log_path())
             .map_err(|e| format!("{}: cannot start the agent: {e}", self.name))?;
@@ -275,7 +278,10 @@ impl LocalCluster {
         write_file(&config, &yaml).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("proxy").arg("-c").arg(&config);
-        cmd.env("RUST_LOG", std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let process = Process::spawn("proxy", cmd, &self.work.path().join("proxy.log"))
             .map_err(|e| format!("cannot start the proxy: {e}"))?;
         self.proxy = Some(Proxy {
@@ -341,7 +347,9 @@ impl LocalCluster {
             let tl = &leader["timeline"];
             let streaming = members
                 .iter()
-                .filter(|m| m["role"] != "leader" && m["state"] == "streaming" && &m["timeline"] == tl)
+                .filter(|m| {
+                    m["role"] != "leader" && m["state"] == "streaming" && &m["timeline"] == tl
+                })
                 .count();
             if streaming < replicas {
                 return Err(format!("{streaming} of {replicas} replicas streaming: {c}"));

@@ -79,10 +79,7 @@ pub struct Process {
 impl Process {
     /// Spawns `cmd` in a new process group with output appended to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> std::io::Result<Process> {
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
@@ -281,13 +278,10 @@ pub fn pg_bin_dir() -> PathBuf {
 /// without pulling an HTTP client into the harness.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .map_err(|_| format!("connect {addr}: timed out"))?
-    .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect {addr}: timed out"))?
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes())
         .await

@@ -21,7 +21,10 @@ pub async fn healthy_cluster(options: ClusterOptions) -> LocalCluster {
         .expect("cluster processes start");
     if let Err(e) = c.wait_healthy(replicas, Duration::from_secs(120)).await {
         let kept = c.work.keep();
-        panic!("cluster did not become healthy: {e}\nlogs kept in {}", kept.display());
+        panic!(
+            "cluster did not become healthy: {e}\nlogs kept in {}",
+            kept.display()
+        );
     }
     c
 }
@@ -55,7 +58,9 @@ pub async fn connect_retry(port: u16, timeout: Duration) -> tokio_postgres::Clie
 /// committed, acknowledged write). Returns the ids acknowledged.
 pub async fn insert_rows(client: &tokio_postgres::Client, from: i32, to: i32) -> Vec<i32> {
     client
-        .batch_execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, at timestamptz DEFAULT now())")
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, at timestamptz DEFAULT now())",
+        )
         .await
         .expect("create table");
     let mut acked = Vec::new();

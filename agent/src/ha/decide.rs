@@ -5,8 +5,8 @@ use praetor_dcs::{Cluster, Failover, Versioned};
 use super::election::is_healthiest;
 use super::rejoin::{rejoin_plan, RejoinPlan};
 use super::{
-    slot_name, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres,
-    Reason, Running, StartAs, StopMode,
+    slot_name, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres, Reason,
+    Running, StartAs, StopMode,
 };
 
 /// Decides what this member does now.
@@ -111,7 +111,9 @@ fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     }
     match local.lock_renewed_ms {
         // Patroni's rule loop_wait + 2*retry_timeout <= ttl leaves room to stop before the lease ends.
-        Some(at) if now.mono_ms.saturating_sub(at) <= u64::from(cfg.dynamic.retry_timeout) * 1000 => {
+        Some(at)
+            if now.mono_ms.saturating_sub(at) <= u64::from(cfg.dynamic.retry_timeout) * 1000 =>
+        {
             decision(vec![Action::RenewLeader], Reason::DcsInaccessible)
         }
         _ => decision(
@@ -156,11 +158,7 @@ fn empty_data_dir(view: &Cluster, cfg: &HaConfig) -> Decision {
     )
 }
 
-fn stopped(
-    view: &Cluster,
-    cfg: &HaConfig,
-    control: Option<&super::ControlData>,
-) -> Decision {
+fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>) -> Decision {
     let me = cfg.name.as_str();
     if holds_lock(view, me) {
         return decision(
@@ -195,14 +193,14 @@ fn stopped(
         cfg.dynamic.postgresql.use_pg_rewind,
     ) {
         RejoinPlan::StartAsReplica => decision(
-            vec![Action::Start(StartAs::Replica {
-                upstream: Some(up),
-            })],
+            vec![Action::Start(StartAs::Replica { upstream: Some(up) })],
             Reason::StartingAsReplicaOf {
                 leader: leader.name.clone(),
             },
         ),
-        RejoinPlan::CrashRecoveryFirst => decision(vec![Action::CrashRecovery], Reason::CrashRecovery),
+        RejoinPlan::CrashRecoveryFirst => {
+            decision(vec![Action::CrashRecovery], Reason::CrashRecovery)
+        }
         RejoinPlan::Rewind
             if view
                 .member(&leader.name)
@@ -306,7 +304,10 @@ fn switchover_from_leader(
     if let Some(at) = &req.value.scheduled_at {
         match parse_iso8601(at) {
             Some(t) if t > now.unix_secs => {
-                return decision(keep_leading(), Reason::ManualFailoverScheduled { at: at.clone() })
+                return decision(
+                    keep_leading(),
+                    Reason::ManualFailoverScheduled { at: at.clone() },
+                )
             }
             Some(_) => {}
             None => {
@@ -437,7 +438,10 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     }
     if !i_am_candidate {
         if let Some(optime) = view.leader_optime() {
-            if optime > r.wal_position.saturating_add(cfg.dynamic.maximum_lag_on_failover) {
+            if optime
+                > r.wal_position
+                    .saturating_add(cfg.dynamic.maximum_lag_on_failover)
+            {
                 return not_racing(Reason::NotHealthyEnough {
                     wal_position: r.wal_position,
                     leader_optime: optime,

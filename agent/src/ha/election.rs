@@ -104,16 +104,76 @@ mod tests {
             ..peer("down", 500, 1)
         };
         let cases = [
-            Case { name: "alone", my_pos: 10, my_prio: 1, peers: vec![], healthiest: true },
-            Case { name: "ahead of everyone", my_pos: 10, my_prio: 1, peers: vec![peer("b", 9, 1), peer("c", 5, 9)], healthiest: true },
-            Case { name: "someone ahead", my_pos: 10, my_prio: 1, peers: vec![peer("b", 11, 1)], healthiest: false },
-            Case { name: "tie, equal priority: both race", my_pos: 10, my_prio: 1, peers: vec![peer("b", 10, 1)], healthiest: true },
-            Case { name: "tie, higher priority wins", my_pos: 10, my_prio: 1, peers: vec![peer("b", 10, 2)], healthiest: false },
-            Case { name: "tie, my priority higher", my_pos: 10, my_prio: 3, peers: vec![peer("b", 10, 2)], healthiest: true },
-            Case { name: "a primary still runs", my_pos: 10, my_prio: 1, peers: vec![primary.clone()], healthiest: false },
-            Case { name: "nofailover peer ahead is ignored", my_pos: 10, my_prio: 1, peers: vec![nofailover.clone()], healthiest: true },
-            Case { name: "priority 0 peer ahead is ignored", my_pos: 10, my_prio: 1, peers: vec![peer("z", 99, 0)], healthiest: true },
-            Case { name: "stopped peer ahead is ignored", my_pos: 10, my_prio: 1, peers: vec![stopped.clone()], healthiest: true },
+            Case {
+                name: "alone",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![],
+                healthiest: true,
+            },
+            Case {
+                name: "ahead of everyone",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![peer("b", 9, 1), peer("c", 5, 9)],
+                healthiest: true,
+            },
+            Case {
+                name: "someone ahead",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![peer("b", 11, 1)],
+                healthiest: false,
+            },
+            Case {
+                name: "tie, equal priority: both race",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![peer("b", 10, 1)],
+                healthiest: true,
+            },
+            Case {
+                name: "tie, higher priority wins",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![peer("b", 10, 2)],
+                healthiest: false,
+            },
+            Case {
+                name: "tie, my priority higher",
+                my_pos: 10,
+                my_prio: 3,
+                peers: vec![peer("b", 10, 2)],
+                healthiest: true,
+            },
+            Case {
+                name: "a primary still runs",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![primary.clone()],
+                healthiest: false,
+            },
+            Case {
+                name: "nofailover peer ahead is ignored",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![nofailover.clone()],
+                healthiest: true,
+            },
+            Case {
+                name: "priority 0 peer ahead is ignored",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![peer("z", 99, 0)],
+                healthiest: true,
+            },
+            Case {
+                name: "stopped peer ahead is ignored",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![stopped.clone()],
+                healthiest: true,
+            },
         ];
         for c in cases {
             let r = is_healthiest("me", c.my_pos, c.my_prio, &c.peers, None);

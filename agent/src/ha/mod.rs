@@ -81,7 +81,10 @@ pub enum ClusterState {
 impl ClusterState {
     /// True when the last run ended with a clean shutdown (a checkpoint that pg_rewind accepts).
     pub fn is_clean_shutdown(self) -> bool {
-        matches!(self, ClusterState::ShutDown | ClusterState::ShutDownInRecovery)
+        matches!(
+            self,
+            ClusterState::ShutDown | ClusterState::ShutDownInRecovery
+        )
     }
 
     /// True when the data directory was last used as a primary (not in recovery).

@@ -99,17 +99,77 @@ mod tests {
     fn rejoin_table() {
         use RejoinPlan::*;
         let h = vec![hist(1, 1000)];
-        let cases: Vec<(&str, Option<ControlData>, Option<u32>, bool, RejoinPlan)> = vec![
+        // (case, pg_controldata, leader timeline, use_pg_rewind, expected plan)
+        type Case = (&'static str, Option<ControlData>, Option<u32>, bool, RejoinPlan);
+        let cases: Vec<Case> = vec![
             ("no controldata", None, Some(2), false, StartAsReplica),
-            ("same timeline", Some(cd(ShutDown, 2, 5000)), Some(2), false, StartAsReplica),
-            ("replica shut down in recovery", Some(cd(ShutDownInRecovery, 1, 5000)), Some(2), false, StartAsReplica),
-            ("switchover: clean stop before switch point", Some(cd(ShutDown, 1, 900)), Some(2), false, StartAsReplica),
-            ("clean stop after switch point, rewind on", Some(cd(ShutDown, 1, 1000)), Some(2), true, Rewind),
-            ("clean stop after switch point, rewind off", Some(cd(ShutDown, 1, 1500)), Some(2), false, Diverged { local_lsn: 1500, switch_lsn: 1000, timeline: 1 }),
-            ("crashed primary, rewind on", Some(cd(InProduction, 1, 10)), Some(2), true, Rewind),
-            ("crashed primary, rewind off", Some(cd(InProduction, 1, 10)), Some(2), false, CrashRecoveryFirst),
-            ("history missing, rewind on", Some(cd(ShutDown, 3, 10)), Some(4), true, Rewind),
-            ("history missing, rewind off", Some(cd(ShutDown, 3, 10)), Some(4), false, WaitForHistory),
+            (
+                "same timeline",
+                Some(cd(ShutDown, 2, 5000)),
+                Some(2),
+                false,
+                StartAsReplica,
+            ),
+            (
+                "replica shut down in recovery",
+                Some(cd(ShutDownInRecovery, 1, 5000)),
+                Some(2),
+                false,
+                StartAsReplica,
+            ),
+            (
+                "switchover: clean stop before switch point",
+                Some(cd(ShutDown, 1, 900)),
+                Some(2),
+                false,
+                StartAsReplica,
+            ),
+            (
+                "clean stop after switch point, rewind on",
+                Some(cd(ShutDown, 1, 1000)),
+                Some(2),
+                true,
+                Rewind,
+            ),
+            (
+                "clean stop after switch point, rewind off",
+                Some(cd(ShutDown, 1, 1500)),
+                Some(2),
+                false,
+                Diverged {
+                    local_lsn: 1500,
+                    switch_lsn: 1000,
+                    timeline: 1,
+                },
+            ),
+            (
+                "crashed primary, rewind on",
+                Some(cd(InProduction, 1, 10)),
+                Some(2),
+                true,
+                Rewind,
+            ),
+            (
+                "crashed primary, rewind off",
+                Some(cd(InProduction, 1, 10)),
+                Some(2),
+                false,
+                CrashRecoveryFirst,
+            ),
+            (
+                "history missing, rewind on",
+                Some(cd(ShutDown, 3, 10)),
+                Some(4),
+                true,
+                Rewind,
+            ),
+            (
+                "history missing, rewind off",
+                Some(cd(ShutDown, 3, 10)),
+                Some(4),
+                false,
+                WaitForHistory,
+            ),
         ];
         for (name, c, tl, rewind, want) in cases {
             assert_eq!(rejoin_plan(c.as_ref(), tl, &h, rewind), want, "{name}");

@@ -207,184 +207,459 @@ fn rows() -> Vec<Row> {
     };
     vec![
         // --- §6: data directory empty ------------------------------------------------------------
-        row("empty data dir, no cluster: race for initialize and bootstrap",
-            Some(Cluster::default()), empty(local(running(false, 0, None))))
-            .expect(vec![RaceInitialize, Bootstrap], |r| *r == Reason::BootstrappingNewCluster),
-        row("empty data dir, no cluster, nofailover: do not bootstrap",
-            Some(Cluster::default()), empty(local(running(false, 0, None))))
-            .cfg(|c| c.tags.nofailover = true)
-            .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
-        row("empty data dir, cluster with leader: clone from the leader",
-            Some(cluster(Some("pg2"))), empty(local(running(false, 0, None))))
-            .expect(vec![Clone { source: up("pg2", 5432), leader: up("pg2", 5432) }],
-                    |r| matches!(r, Reason::BootstrapFromLeader { source } if source == "pg2")),
-        row("empty data dir: prefer a running member tagged clonefrom",
-            Some(with(cluster(Some("pg2")), |c| c.members[2].data.tags.clonefrom = true)),
-            empty(local(running(false, 0, None))))
-            .expect(vec![Clone { source: up("pg3", 5433), leader: up("pg2", 5432) }], |_| true),
-        row("empty data dir, bootstrap under way elsewhere: wait",
+        row(
+            "empty data dir, no cluster: race for initialize and bootstrap",
+            Some(Cluster::default()),
+            empty(local(running(false, 0, None))),
+        )
+        .expect(vec![RaceInitialize, Bootstrap], |r| {
+            *r == Reason::BootstrappingNewCluster
+        }),
+        row(
+            "empty data dir, no cluster, nofailover: do not bootstrap",
+            Some(Cluster::default()),
+            empty(local(running(false, 0, None))),
+        )
+        .cfg(|c| c.tags.nofailover = true)
+        .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
+        row(
+            "empty data dir, cluster with leader: clone from the leader",
+            Some(cluster(Some("pg2"))),
+            empty(local(running(false, 0, None))),
+        )
+        .expect(
+            vec![Clone {
+                source: up("pg2", 5432),
+                leader: up("pg2", 5432),
+            }],
+            |r| matches!(r, Reason::BootstrapFromLeader { source } if source == "pg2"),
+        ),
+        row(
+            "empty data dir: prefer a running member tagged clonefrom",
+            Some(with(cluster(Some("pg2")), |c| {
+                c.members[2].data.tags.clonefrom = true
+            })),
+            empty(local(running(false, 0, None))),
+        )
+        .expect(
+            vec![Clone {
+                source: up("pg3", 5433),
+                leader: up("pg2", 5432),
+            }],
+            |_| true,
+        ),
+        row(
+            "empty data dir, bootstrap under way elsewhere: wait",
             Some(with(cluster(None), |c| c.initialize = Some(String::new()))),
-            empty(local(running(false, 0, None))))
-            .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
-        row("system identifier differs from initialize: fatal, never join the wrong cluster",
-            Some(with(cluster(Some("pg2")), |c| c.initialize = Some("9999".into()))),
-            local(running(false, 1000, Some(5432))))
-            .expect(vec![Fatal("system ID mismatch, node belongs to a different cluster: 7000 != 9999".into())],
-                    |r| matches!(r, Reason::SysidMismatch { .. })),
-        row("bootstrap winner finished: publish sysid and take the lock",
+            empty(local(running(false, 0, None))),
+        )
+        .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
+        row(
+            "system identifier differs from initialize: fatal, never join the wrong cluster",
+            Some(with(cluster(Some("pg2")), |c| {
+                c.initialize = Some("9999".into())
+            })),
+            local(running(false, 1000, Some(5432))),
+        )
+        .expect(
+            vec![Fatal(
+                "system ID mismatch, node belongs to a different cluster: 7000 != 9999".into(),
+            )],
+            |r| matches!(r, Reason::SysidMismatch { .. }),
+        ),
+        row(
+            "bootstrap winner finished: publish sysid and take the lock",
             Some(with(cluster(None), |c| c.initialize = Some(String::new()))),
-            with(local(running(true, 100, None)), |l| l.won_initialize = true))
-            .expect(vec![PublishInitialize { sysid: "7000".into() }, AcquireLeader, WriteStatus],
-                    |r| *r == Reason::InitializedNewCluster),
-        row("data exists but initialize key is missing: publish our sysid",
+            with(local(running(true, 100, None)), |l| l.won_initialize = true),
+        )
+        .expect(
+            vec![
+                PublishInitialize {
+                    sysid: "7000".into(),
+                },
+                AcquireLeader,
+                WriteStatus,
+            ],
+            |r| *r == Reason::InitializedNewCluster,
+        ),
+        row(
+            "data exists but initialize key is missing: publish our sysid",
             Some(with(cluster(None), |c| c.initialize = None)),
-            local(running(false, 1000, None)))
-            .expect(vec![CreateInitialize { sysid: "7000".into() }], |_| true),
+            local(running(false, 1000, None)),
+        )
+        .expect(
+            vec![CreateInitialize {
+                sysid: "7000".into(),
+            }],
+            |_| true,
+        ),
         // --- background tasks ----------------------------------------------------------------------
-        row("task in progress while holding the lock: keep the lock only",
-            Some(cluster(Some(ME))), with(local(Postgres::Starting), |l| l.task = Some(Task::Start)))
-            .expect(vec![RenewLeader], |r| matches!(r, Reason::TaskInProgress { .. })),
-        row("task in progress as a replica: nothing",
-            Some(cluster(Some("pg2"))), with(local(Postgres::Starting), |l| l.task = Some(Task::Clone)))
-            .expect(vec![], |r| matches!(r, Reason::TaskInProgress { .. })),
-        row("postgres starting while holding the lock: keep the lock",
-            Some(cluster(Some(ME))), local(Postgres::Starting))
-            .expect(vec![RenewLeader], |r| *r == Reason::WaitingForPostgres),
-        // --- §6: leader ----------------------------------------------------------------------------
-        row("healthy leader: renew, publish status, keep slots",
-            Some(cluster(Some(ME))), local(running(true, 1000, None)))
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others()],
-                    |r| r.to_string() == "no action. I am (pg1), the leader with the lock"),
-        row("healthy leader without use_slots: no slots",
-            Some(cluster(Some(ME))), local(running(true, 1000, None)))
-            .cfg(|c| c.dynamic.postgresql.use_slots = false)
-            .expect(vec![RenewLeader, WriteStatus], |_| true),
-        row("leader on a new timeline without history: record it",
+        row(
+            "task in progress while holding the lock: keep the lock only",
             Some(cluster(Some(ME))),
-            local(Postgres::Running(Running { is_primary: true, timeline: 2, wal_position: 1000, upstream: None })))
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), UpdateHistory], |_| true),
-        row("lock holder is still a replica: promote",
-            Some(cluster(Some(ME))), local(running(false, 1000, Some(5432))))
-            .expect(vec![RenewLeader, slots_for_others(), Promote], |r| *r == Reason::PromotedBecauseHadLock),
-        row("§7 primary: PostgreSQL stops: lock holder restarts it as primary",
-            Some(cluster(Some(ME))), local(Postgres::Stopped { control: None }))
-            .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| *r == Reason::StartingPrimaryAfterFailure),
+            with(local(Postgres::Starting), |l| l.task = Some(Task::Start)),
+        )
+        .expect(vec![RenewLeader], |r| {
+            matches!(r, Reason::TaskInProgress { .. })
+        }),
+        row(
+            "task in progress as a replica: nothing",
+            Some(cluster(Some("pg2"))),
+            with(local(Postgres::Starting), |l| l.task = Some(Task::Clone)),
+        )
+        .expect(vec![], |r| matches!(r, Reason::TaskInProgress { .. })),
+        row(
+            "postgres starting while holding the lock: keep the lock",
+            Some(cluster(Some(ME))),
+            local(Postgres::Starting),
+        )
+        .expect(vec![RenewLeader], |r| *r == Reason::WaitingForPostgres),
+        // --- §6: leader ----------------------------------------------------------------------------
+        row(
+            "healthy leader: renew, publish status, keep slots",
+            Some(cluster(Some(ME))),
+            local(running(true, 1000, None)),
+        )
+        .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |r| {
+            r.to_string() == "no action. I am (pg1), the leader with the lock"
+        }),
+        row(
+            "healthy leader without use_slots: no slots",
+            Some(cluster(Some(ME))),
+            local(running(true, 1000, None)),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_slots = false)
+        .expect(vec![RenewLeader, WriteStatus], |_| true),
+        row(
+            "leader on a new timeline without history: record it",
+            Some(cluster(Some(ME))),
+            local(Postgres::Running(Running {
+                is_primary: true,
+                timeline: 2,
+                wal_position: 1000,
+                upstream: None,
+            })),
+        )
+        .expect(
+            vec![RenewLeader, WriteStatus, slots_for_others(), UpdateHistory],
+            |_| true,
+        ),
+        row(
+            "lock holder is still a replica: promote",
+            Some(cluster(Some(ME))),
+            local(running(false, 1000, Some(5432))),
+        )
+        .expect(vec![RenewLeader, slots_for_others(), Promote], |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "§7 primary: PostgreSQL stops: lock holder restarts it as primary",
+            Some(cluster(Some(ME))),
+            local(Postgres::Stopped { control: None }),
+        )
+        .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| {
+            *r == Reason::StartingPrimaryAfterFailure
+        }),
         // --- §6: replica ---------------------------------------------------------------------------
-        row("replica following the leader: no action",
-            Some(cluster(Some("pg2"))), local(running(false, 1000, Some(5432))))
-            .expect(vec![], |r| r.to_string() == "no action. I am (pg1), a secondary, and following a leader (pg2)"),
-        row("replica following someone else: re-point at the leader",
-            Some(cluster(Some("pg2"))), local(running(false, 1000, Some(5433))))
-            .expect(vec![Follow(up("pg2", 5432))], |r| matches!(r, Reason::ChangingPrimaryConninfo { .. })),
-        row("§7 replica: not leader but PostgreSQL is a primary: demote",
-            Some(cluster(Some("pg2"))), local(running(true, 1000, None)))
-            .expect(vec![Stop(StopMode::Immediate)], |r| matches!(r, Reason::DemotingNoLock { leader: Some(_) })),
-        row("§7 replica: PostgreSQL stops: start it again following the leader",
-            Some(cluster(Some("pg2"))), stopped_with(ClusterState::ShutDownInRecovery, 1, 900))
-            .expect(vec![Start(StartAs::Replica { upstream: Some(up("pg2", 5432)) })], |_| true),
-        row("stopped, no leader: start read-only and join the race next loop",
-            Some(cluster(None)), local(Postgres::Stopped { control: None }))
-            .expect(vec![Start(StartAs::Replica { upstream: None })], |r| *r == Reason::StartingAsSecondary),
-        row("former primary stopped cleanly before the switch point: start as replica",
-            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 4000))
-            .expect(vec![Start(StartAs::Replica { upstream: Some(up("pg2", 5432)) })], |_| true),
-        row("former primary diverged, use_pg_rewind on: rewind",
-            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
-            .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
-            .expect(vec![Rewind(up("pg2", 5432))], |_| true),
-        row("former primary diverged, use_pg_rewind off: stay stopped and say why",
-            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
-            .expect(vec![], |r| matches!(r, Reason::DivergedNoRewind { .. })),
-        row("new leader still checkpointing after promote: wait before pg_rewind",
-            Some(with(on_tl2(cluster(Some("pg2"))), |c| c.members[1].data.checkpoint_after_promote = Some(false))),
-            stopped_with(ClusterState::InProduction, 1, 100))
-            .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
-            .expect(vec![], |r| *r == Reason::WaitingForLeaderCheckpoint),
-        row("crashed former primary, rewind off: crash recovery first",
-            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::InProduction, 1, 100))
-            .expect(vec![CrashRecovery], |_| true),
+        row(
+            "replica following the leader: no action",
+            Some(cluster(Some("pg2"))),
+            local(running(false, 1000, Some(5432))),
+        )
+        .expect(vec![], |r| {
+            r.to_string() == "no action. I am (pg1), a secondary, and following a leader (pg2)"
+        }),
+        row(
+            "replica following someone else: re-point at the leader",
+            Some(cluster(Some("pg2"))),
+            local(running(false, 1000, Some(5433))),
+        )
+        .expect(vec![Follow(up("pg2", 5432))], |r| {
+            matches!(r, Reason::ChangingPrimaryConninfo { .. })
+        }),
+        row(
+            "§7 replica: not leader but PostgreSQL is a primary: demote",
+            Some(cluster(Some("pg2"))),
+            local(running(true, 1000, None)),
+        )
+        .expect(vec![Stop(StopMode::Immediate)], |r| {
+            matches!(r, Reason::DemotingNoLock { leader: Some(_) })
+        }),
+        row(
+            "§7 replica: PostgreSQL stops: start it again following the leader",
+            Some(cluster(Some("pg2"))),
+            stopped_with(ClusterState::ShutDownInRecovery, 1, 900),
+        )
+        .expect(
+            vec![Start(StartAs::Replica {
+                upstream: Some(up("pg2", 5432)),
+            })],
+            |_| true,
+        ),
+        row(
+            "stopped, no leader: start read-only and join the race next loop",
+            Some(cluster(None)),
+            local(Postgres::Stopped { control: None }),
+        )
+        .expect(vec![Start(StartAs::Replica { upstream: None })], |r| {
+            *r == Reason::StartingAsSecondary
+        }),
+        row(
+            "former primary stopped cleanly before the switch point: start as replica",
+            Some(on_tl2(cluster(Some("pg2")))),
+            stopped_with(ClusterState::ShutDown, 1, 4000),
+        )
+        .expect(
+            vec![Start(StartAs::Replica {
+                upstream: Some(up("pg2", 5432)),
+            })],
+            |_| true,
+        ),
+        row(
+            "former primary diverged, use_pg_rewind on: rewind",
+            Some(on_tl2(cluster(Some("pg2")))),
+            stopped_with(ClusterState::ShutDown, 1, 6000),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![Rewind(up("pg2", 5432))], |_| true),
+        row(
+            "former primary diverged, use_pg_rewind off: stay stopped and say why",
+            Some(on_tl2(cluster(Some("pg2")))),
+            stopped_with(ClusterState::ShutDown, 1, 6000),
+        )
+        .expect(vec![], |r| matches!(r, Reason::DivergedNoRewind { .. })),
+        row(
+            "new leader still checkpointing after promote: wait before pg_rewind",
+            Some(with(on_tl2(cluster(Some("pg2"))), |c| {
+                c.members[1].data.checkpoint_after_promote = Some(false)
+            })),
+            stopped_with(ClusterState::InProduction, 1, 100),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![], |r| *r == Reason::WaitingForLeaderCheckpoint),
+        row(
+            "crashed former primary, rewind off: crash recovery first",
+            Some(on_tl2(cluster(Some("pg2")))),
+            stopped_with(ClusterState::InProduction, 1, 100),
+        )
+        .expect(vec![CrashRecovery], |_| true),
         // --- §6: no leader (race) ------------------------------------------------------------------
-        row("no leader, healthiest replica: take the lock and promote",
+        row(
+            "no leader, healthiest replica: take the lock and promote",
             Some(cluster(None)),
-            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
-            .expect(vec![AcquireLeader, slots_for_others(), Promote], |r| *r == Reason::PromotedByAcquiringLock),
-        row("no leader, another replica is ahead: do not race",
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), Promote], |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "no leader, another replica is ahead: do not race",
             Some(cluster(None)),
-            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1001)])))
-            .expect(vec![], |r| matches!(r, Reason::NotHealthiest { better } if better == "pg3")),
-        row("no leader, lagging more than maximum_lag_on_failover: do not race",
-            Some(with(cluster(None), |c| c.status = Some(Status { optime: 5_000_000, ..Default::default() }))),
-            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
-            .expect(vec![], |r| matches!(r, Reason::NotHealthyEnough { .. })),
-        row("no leader, nofailover: do not race",
-            Some(cluster(None)), with(local(running(false, 1000, None)), |l| l.peers = Some(vec![])))
-            .cfg(|c| c.tags.nofailover = true)
-            .expect(vec![], |r| *r == Reason::NotAllowedToPromote),
-        row("no leader, failover_priority 0: do not race",
-            Some(cluster(None)), with(local(running(false, 1000, None)), |l| l.peers = Some(vec![])))
-            .cfg(|c| c.tags.failover_priority = Some(0))
-            .expect(vec![], |r| *r == Reason::NotAllowedToPromote),
-        row("no leader, a member still answers as primary: do not race",
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 1001)])
+            }),
+        )
+        .expect(
+            vec![],
+            |r| matches!(r, Reason::NotHealthiest { better } if better == "pg3"),
+        ),
+        row(
+            "no leader, lagging more than maximum_lag_on_failover: do not race",
+            Some(with(cluster(None), |c| {
+                c.status = Some(Status {
+                    optime: 5_000_000,
+                    ..Default::default()
+                })
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![])
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::NotHealthyEnough { .. })),
+        row(
+            "no leader, nofailover: do not race",
             Some(cluster(None)),
-            with(local(running(false, 1000, None)), |l| l.peers = Some(vec![PeerStatus { is_running_primary: true, ..peer("pg2", 0) }])))
-            .expect(vec![], |r| matches!(r, Reason::NotHealthiest { .. })),
-        row("no leader, running primary and healthiest: take the lock back without restart",
-            Some(cluster(None)), with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 900)])))
-            .expect(vec![AcquireLeader, WriteStatus], |r| *r == Reason::AcquiredLockAsLeader),
-        row("no leader, primary that may not lead: demote (no writable primary without the lock)",
-            Some(cluster(None)), with(local(running(true, 1000, None)), |l| l.peers = Some(vec![])))
-            .cfg(|c| c.tags.nofailover = true)
-            .expect(vec![Stop(StopMode::Immediate)], |r| matches!(r, Reason::DemotingNoLock { leader: None })),
+            with(local(running(false, 1000, None)), |l| {
+                l.peers = Some(vec![])
+            }),
+        )
+        .cfg(|c| c.tags.nofailover = true)
+        .expect(vec![], |r| *r == Reason::NotAllowedToPromote),
+        row(
+            "no leader, failover_priority 0: do not race",
+            Some(cluster(None)),
+            with(local(running(false, 1000, None)), |l| {
+                l.peers = Some(vec![])
+            }),
+        )
+        .cfg(|c| c.tags.failover_priority = Some(0))
+        .expect(vec![], |r| *r == Reason::NotAllowedToPromote),
+        row(
+            "no leader, a member still answers as primary: do not race",
+            Some(cluster(None)),
+            with(local(running(false, 1000, None)), |l| {
+                l.peers = Some(vec![PeerStatus {
+                    is_running_primary: true,
+                    ..peer("pg2", 0)
+                }])
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::NotHealthiest { .. })),
+        row(
+            "no leader, running primary and healthiest: take the lock back without restart",
+            Some(cluster(None)),
+            with(local(running(true, 1000, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 900)])
+            }),
+        )
+        .expect(vec![AcquireLeader, WriteStatus], |r| {
+            *r == Reason::AcquiredLockAsLeader
+        }),
+        row(
+            "no leader, primary that may not lead: demote (no writable primary without the lock)",
+            Some(cluster(None)),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![])),
+        )
+        .cfg(|c| c.tags.nofailover = true)
+        .expect(vec![Stop(StopMode::Immediate)], |r| {
+            matches!(r, Reason::DemotingNoLock { leader: None })
+        }),
         // --- §7: DCS loss --------------------------------------------------------------------------
-        row("§7 primary cannot reach the DCS, within retry_timeout: keep trying to renew",
-            None, with(local(running(true, 1000, None)), |l| l.lock_renewed_ms = Some(NOW.mono_ms - 1500)))
-            .expect(vec![RenewLeader], |r| *r == Reason::DcsInaccessible),
-        row("§7 primary cannot reach the DCS for longer than retry_timeout: demote",
-            None, with(local(running(true, 1000, None)), |l| l.lock_renewed_ms = Some(NOW.mono_ms - 2500)))
-            .expect(vec![Stop(StopMode::Immediate)], |r| *r == Reason::DemotingDcsInaccessible),
-        row("§7 replica cannot reach the DCS: nothing",
-            None, local(running(false, 1000, Some(5432))))
-            .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        row(
+            "§7 primary cannot reach the DCS, within retry_timeout: keep trying to renew",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 1500)
+            }),
+        )
+        .expect(vec![RenewLeader], |r| *r == Reason::DcsInaccessible),
+        row(
+            "§7 primary cannot reach the DCS for longer than retry_timeout: demote",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 2500)
+            }),
+        )
+        .expect(vec![Stop(StopMode::Immediate)], |r| {
+            *r == Reason::DemotingDcsInaccessible
+        }),
+        row(
+            "§7 replica cannot reach the DCS: nothing",
+            None,
+            local(running(false, 1000, Some(5432))),
+        )
+        .expect(vec![], |r| *r == Reason::DcsInaccessible),
         // --- switchover ----------------------------------------------------------------------------
-        row("switchover to a healthy candidate: stop fast, then release the lock",
-            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
-            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])))
-            .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2")),
-        row("switchover without candidate: step down for the healthiest",
-            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), None))),
-            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 900), peer("pg3", 1000)])))
-            .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg3")),
-        row("switchover to a lagging candidate: refused, request removed",
-            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
-            with(local(running(true, 50_000_000, None)), |l| l.peers = Some(vec![peer("pg2", 1000)])))
-            .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| matches!(r, Reason::ManualFailoverImpossible { .. })),
-        row("switchover to a candidate that does not answer: refused",
-            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
-            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![])))
-            .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| matches!(r, Reason::ManualFailoverImpossible { .. })),
-        row("scheduled switchover not due yet: keep leading",
+        row(
+            "switchover to a healthy candidate: stop fast, then release the lock",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(local(running(true, 1000, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
+            }),
+        )
+        .expect(
+            vec![Stop(StopMode::Fast), ReleaseLeader],
+            |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2"),
+        ),
+        row(
+            "switchover without candidate: step down for the healthiest",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), None)
+            })),
+            with(local(running(true, 1000, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 900), peer("pg3", 1000)])
+            }),
+        )
+        .expect(
+            vec![Stop(StopMode::Fast), ReleaseLeader],
+            |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg3"),
+        ),
+        row(
+            "switchover to a lagging candidate: refused, request removed",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(local(running(true, 50_000_000, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000)])
+            }),
+        )
+        .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| {
+            matches!(r, Reason::ManualFailoverImpossible { .. })
+        }),
+        row(
+            "switchover to a candidate that does not answer: refused",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![])),
+        )
+        .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| {
+            matches!(r, Reason::ManualFailoverImpossible { .. })
+        }),
+        row(
+            "scheduled switchover not due yet: keep leading",
             Some(with(cluster(Some(ME)), |c| {
                 c.failover = failover(Some(ME), Some("pg2"));
-                c.failover.as_mut().unwrap().value.scheduled_at = Some("2099-01-01T00:00:00+00:00".into());
+                c.failover.as_mut().unwrap().value.scheduled_at =
+                    Some("2099-01-01T00:00:00+00:00".into());
             })),
-            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000)])))
-            .expect(vec![RenewLeader, WriteStatus], |r| matches!(r, Reason::ManualFailoverScheduled { .. })),
-        row("switchover done (I am the candidate and leader): clear the request",
-            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some("pg2"), Some(ME)))),
-            local(running(true, 1000, None)))
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), ClearFailover(42)], |r| *r == Reason::ClearedFailoverKey),
-        row("no leader, switchover names me: race even if not the healthiest",
-            Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some(ME)))),
-            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
-            .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
-        row("no leader, switchover names a healthy other member: wait for it",
-            Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some("pg3")))),
-            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
-            .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { .. })),
-        row("no leader, switchover candidate is unreachable: normal race without it",
-            Some(with(cluster(None), |c| c.failover = failover(Some("pg2"), Some("pg3")))),
-            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
-            .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
+            with(local(running(true, 1000, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000)])
+            }),
+        )
+        .expect(vec![RenewLeader, WriteStatus], |r| {
+            matches!(r, Reason::ManualFailoverScheduled { .. })
+        }),
+        row(
+            "switchover done (I am the candidate and leader): clear the request",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some("pg2"), Some(ME))
+            })),
+            local(running(true, 1000, None)),
+        )
+        .expect(
+            vec![
+                RenewLeader,
+                WriteStatus,
+                slots_for_others(),
+                ClearFailover(42),
+            ],
+            |r| *r == Reason::ClearedFailoverKey,
+        ),
+        row(
+            "no leader, switchover names me: race even if not the healthiest",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some(ME))
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 2000)])
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
+        row(
+            "no leader, switchover names a healthy other member: wait for it",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"))
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { .. })),
+        row(
+            "no leader, switchover candidate is unreachable: normal race without it",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"))
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![])
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
     ]
 }
 
@@ -408,7 +683,9 @@ fn needs_peers_only_for_a_race_or_a_switchover() {
     assert!(needs_peers(Some(&cluster(None)), ME));
     assert!(!needs_peers(Some(&cluster(Some("pg2"))), ME));
     assert!(!needs_peers(Some(&cluster(Some(ME))), ME));
-    let sw = with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")));
+    let sw = with(cluster(Some(ME)), |c| {
+        c.failover = failover(Some(ME), Some("pg2"))
+    });
     assert!(needs_peers(Some(&sw), ME));
     assert!(!needs_peers(None, ME));
 }

@@ -67,9 +67,15 @@ pub fn parse_postmaster_pid(text: &str) -> Option<PostmasterPid> {
     let pid = lines.first()?.trim().parse().ok()?;
     Some(PostmasterPid {
         pid,
-        start_time: lines.get(2).and_then(|l| l.trim().parse().ok()).unwrap_or(0),
+        start_time: lines
+            .get(2)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0),
         port: lines.get(3).and_then(|l| l.trim().parse().ok()),
-        status: lines.get(7).map(|l| l.trim().to_string()).unwrap_or_default(),
+        status: lines
+            .get(7)
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default(),
     })
 }
 
@@ -364,7 +370,10 @@ Minimum recovery ending location:     0/0
             ("password", Some("it's")),
             ("sslmode", None),
         ]);
-        assert_eq!(c, r"host=127.0.0.1 port=5433 user='rep user' password='it\'s'");
+        assert_eq!(
+            c,
+            r"host=127.0.0.1 port=5433 user='rep user' password='it\'s'"
+        );
         assert_eq!(
             conninfo_host_port(&c),
             Some(("127.0.0.1".to_string(), 5433))
@@ -378,10 +387,8 @@ Minimum recovery ending location:     0/0
 
     #[test]
     fn parameters_merge_in_patronis_precedence() {
-        let dynamic: praetor_config::Parameters = serde_yaml::from_str(
-            "max_connections: 200\nwork_mem: 8MB\nport: 1\n",
-        )
-        .unwrap();
+        let dynamic: praetor_config::Parameters =
+            serde_yaml::from_str("max_connections: 200\nwork_mem: 8MB\nport: 1\n").unwrap();
         let local: praetor_config::Parameters =
             serde_yaml::from_str("work_mem: 16MB\nmax_connections: 5\nshared_buffers: 64MB\n")
                 .unwrap();
@@ -414,6 +421,9 @@ Minimum recovery ending location:     0/0
 
     #[test]
     fn pgpass_escapes() {
-        assert_eq!(pgpass_line("h", "5432", "*", "u", "a:b\\c"), r"h:5432:*:u:a\:b\\c");
+        assert_eq!(
+            pgpass_line("h", "5432", "*", "u", "a:b\\c"),
+            r"h:5432:*:u:a\:b\\c"
+        );
     }
 }

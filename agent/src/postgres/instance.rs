@@ -12,9 +12,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use super::files::{
-    conninfo, conninfo_host_port, merge_parameters, parse_controldata,
-    parse_postmaster_pid, parse_timeline_history, pgpass_line, render_postgresql_conf,
-    HistoryLine, PostmasterPid, StandbySettings,
+    conninfo, conninfo_host_port, merge_parameters, parse_controldata, parse_postmaster_pid,
+    parse_timeline_history, pgpass_line, render_postgresql_conf, HistoryLine, PostmasterPid,
+    StandbySettings,
 };
 use crate::ha::{slot_name, ControlData, DataDir, StartAs, StopMode, Upstream};
 
@@ -316,7 +316,12 @@ impl Instance {
         };
         let conf = self.data("postgresql.conf");
         write_private(&conf, &render_postgresql_conf(&params, standby.as_ref()))?;
-        if let Some(hba) = self.s.pg_hba.as_ref().or(dynamic.postgresql.pg_hba.as_ref()) {
+        if let Some(hba) = self
+            .s
+            .pg_hba
+            .as_ref()
+            .or(dynamic.postgresql.pg_hba.as_ref())
+        {
             self.write_pg_hba(hba)?;
         }
         let signal = self.data("standby.signal");
@@ -373,8 +378,7 @@ impl Instance {
                 }
             }
             if let Some(pm) = self.postmaster() {
-                if (pm.status == "ready" || pm.status == "standby") && self.status().await.is_ok()
-                {
+                if (pm.status == "ready" || pm.status == "standby") && self.status().await.is_ok() {
                     return Ok(());
                 }
             }
@@ -695,13 +699,11 @@ impl Instance {
         if let Some(pw) = &self.s.superuser.password {
             cfg.password(pw);
         }
-        let (client, conn) = tokio::time::timeout(
-            Duration::from_secs(5),
-            cfg.connect(tokio_postgres::NoTls),
-        )
-        .await
-        .map_err(|_| PgError::Query("connect timed out".into()))?
-        .map_err(|e| PgError::Query(db_error_text(&e)))?;
+        let (client, conn) =
+            tokio::time::timeout(Duration::from_secs(5), cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| PgError::Query("connect timed out".into()))?
+                .map_err(|e| PgError::Query(db_error_text(&e)))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -715,7 +717,9 @@ impl Instance {
         program: &str,
         args: &[&std::ffi::OsStr],
     ) -> Result<String, PgError> {
-        self.run_capture_both(program, args).await.map(|(out, _)| out)
+        self.run_capture_both(program, args)
+            .await
+            .map(|(out, _)| out)
     }
 
     /// Like [`Instance::run_capture`], returning stdout and stderr.
@@ -819,7 +823,11 @@ mod tests {
     #[test]
     fn role_sql_quotes() {
         assert_eq!(
-            role_sql("rep\"l", Some("it's"), &["REPLICATION".into(), "X; DROP".into()]),
+            role_sql(
+                "rep\"l",
+                Some("it's"),
+                &["REPLICATION".into(), "X; DROP".into()]
+            ),
             "CREATE ROLE \"rep\"\"l\" WITH LOGIN REPLICATION PASSWORD 'it''s'"
         );
     }
