@@ -1,1 +1,33 @@
-//! placeholder
+//! Sans-I/O PostgreSQL wire protocol handling for the Praetor proxy.
+//!
+//! Bytes in, events out, and the few messages the proxy writes itself; no sockets, no runtime, no clock,
+//! so everything here is tested on recorded byte traces fed split at every offset. The proxy's async
+//! tasks read into a `BytesMut`, call these decoders, and act.
+//!
+//! - [`startup`]: a client's first packets (SSLRequest, GSSENCRequest, CancelRequest, StartupMessage)
+//!   with PostgreSQL's 10000-byte limit, and [`StartupPhase`], which allows each encryption request once.
+//! - [`backend`]: framing of server messages ([`FrameHeader::peek`] in place, [`split_frame`] without
+//!   copying) and decoding of BackendKeyData ([`CancelKey`]), ReadyForQuery ([`TxStatus`]) and
+//!   ErrorResponse ([`ErrorFields`]).
+//! - [`response`]: the ErrorResponse the proxy sends when it cannot serve a client ([`error_response`]).
+//! - [`ProtocolError`]: what is wrong with bytes that can never decode. "Need more bytes" is `Ok(None)`.
+//!
+//! Message codecs come from `pgwire` where its types fit (request codes, the ErrorResponse and
+//! CancelRequest encoders, transaction status bytes); decoding of untrusted input is written here, with
+//! explicit bounds, so no byte sequence makes it panic or read past a message.
+#![warn(missing_docs)]
+
+pub mod backend;
+mod error;
+pub mod response;
+pub mod startup;
+#[cfg(test)]
+mod traces;
+
+pub use backend::{split_frame, BackendFrame, ErrorFields, FrameHeader, TxStatus};
+pub use error::ProtocolError;
+pub use response::{encode_error_response, error_response, Severity, SqlState};
+pub use startup::{
+    decode_startup_packet, CancelKey, ProtocolVersion, StartupMessage, StartupPacket, StartupPhase,
+    ENCRYPTION_REFUSED, MAX_STARTUP_PACKET_LEN,
+};

@@ -1,1 +1,50 @@
-//! placeholder
+//! The Praetor proxy: the application's endpoint to a PostgreSQL HA cluster.
+//!
+//! Clients connect to a read-write port, whose connections go to the cluster leader, or a read-only
+//! port, whose connections round-robin over running replicas (the leader when there is none). The proxy
+//! follows the DCS and never guesses (design.md, rule 3): a backend is routable only as the DCS
+//! describes it, and when the leader key moves every connection to the former leader is closed at once
+//! (fencing).
+//!
+//! The pieces, from the DCS to the socket:
+//! - [`topology`]: [`topology_from_cluster`], the pure function from a DCS cluster view to a
+//!   [`Topology`] (leader and replicas as [`Backend`]s).
+//! - [`feed`]: [`spawn_dcs_feed`], which follows the DCS and publishes topologies on a
+//!   `tokio::sync::watch` channel (tests and benchmarks feed a channel of their own instead).
+//! - `router`: picks a backend per client and owns the per-backend fence tokens.
+//! - `conn`: one task per client: startup phase (via `praetor-protocol`), connect, authentication
+//!   relay watching for BackendKeyData, then a plain byte relay.
+//! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
+//! - [`metrics`]: Prometheus metrics in a registry owned by the proxy, served at `GET /metrics`.
+//! - [`Proxy`]: binds the listeners ([`Proxy::bind`]) and serves until shutdown ([`Proxy::serve`]).
+//!
+//! Wiring, as `praetor proxy` does it:
+//!
+//! ```no_run
+//! # async fn run(config: praetor_config::ProxyConfig, dcs: std::sync::Arc<dyn praetor_dcs::Dcs>)
+//! # -> Result<(), praetor_proxy::ProxyError> {
+//! use praetor_proxy::{spawn_dcs_feed, Proxy, ProxySettings};
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let proxy = Proxy::bind(ProxySettings::from_config(&config)?).await?;
+//! let feed = spawn_dcs_feed(dcs, shutdown.clone());
+//! proxy.serve(feed, shutdown).await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod cancel;
+mod conn;
+mod error;
+pub mod feed;
+pub mod metrics;
+mod router;
+mod server;
+mod settings;
+pub mod topology;
+
+pub use error::ProxyError;
+pub use feed::spawn_dcs_feed;
+pub use metrics::{ListenerKind, RoutingError};
+pub use server::{Proxy, SHUTDOWN_GRACE};
+pub use settings::{ProxySettings, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_STARTUP_TIMEOUT};
+pub use topology::{topology_from_cluster, Backend, DcsClock, Topology};

@@ -1,0 +1,466 @@
+//! Picks a backend for each new client and fences the former leader.
+//!
+//! The router keeps the current [`Topology`] and, per backend with open connections, the [`Fence`] of
+//! each of them. Picking a backend and registering the connection's fence happen under the same lock
+//! as applying a new topology, so a connection either picked the old leader before the change (and is
+//! fenced with it) or sees the new topology: no connection can slip through to a former leader
+//! unfenced.
+//!
+//! A [`Fence`] is an atomic flag and a waker, one per connection: the relay checks it on every wakeup
+//! with one atomic load (a `CancellationToken` would take two mutexes shared by every connection to the
+//! backend, on every poll).
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::metrics::ListenerKind;
+use crate::topology::{Backend, Topology};
+
+/// The role the chosen backend plays, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackendRole {
+    Leader,
+    Replica,
+}
+
+impl BackendRole {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendRole::Leader => "leader",
+            BackendRole::Replica => "replica",
+        }
+    }
+}
+
+/// The shared half of a connection's fence: set once, never cleared.
+#[derive(Default)]
+struct FenceSignal {
+    fenced: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl FenceSignal {
+    fn fence(&self) {
+        self.fenced.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// One connection's fence: resolves when its backend is fenced (lost the leader key) or the proxy
+/// shuts down. Polling it costs one atomic load unless the task's waker changed.
+pub(crate) struct Fence {
+    signal: Arc<FenceSignal>,
+    registered: Option<Waker>,
+}
+
+impl Fence {
+    fn new() -> (Fence, Arc<FenceSignal>) {
+        let signal = Arc::new(FenceSignal::default());
+        (
+            Fence {
+                signal: signal.clone(),
+                registered: None,
+            },
+            signal,
+        )
+    }
+
+    /// True once fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.signal.fenced.load(Ordering::Acquire)
+    }
+
+    fn poll_fenced(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_fenced() {
+            return Poll::Ready(());
+        }
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let waker = cx.waker().clone();
+            *self.signal.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
+            self.registered = Some(waker);
+            // A fence between the check above and the registration found no waker to wake.
+            if self.is_fenced() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Resolves when fenced.
+    pub async fn fenced(&mut self) {
+        poll_fn(|cx| self.poll_fenced(cx)).await
+    }
+}
+
+/// A backend chosen for one client; dropping it unregisters the connection's fence.
+pub(crate) struct Route {
+    pub backend: Backend,
+    pub role: BackendRole,
+    /// Resolves when the backend is fenced or the proxy shuts down.
+    pub fence: Fence,
+    _lease: Lease,
+}
+
+/// What applying a topology did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// The routable leader changed (not counted for the first topology).
+    pub leader_changed: bool,
+    /// The former leader whose connections were closed, and how many were open.
+    pub fenced: Option<(Backend, usize)>,
+}
+
+struct State {
+    topology: Arc<Topology>,
+    initialized: bool,
+    /// The fences of the open connections, per backend and connection id.
+    fences: HashMap<Backend, HashMap<u64, Arc<FenceSignal>>>,
+    /// Set by [`Router::fence_all`]: every later route is fenced at once.
+    shut_down: bool,
+}
+
+pub(crate) struct Router {
+    state: Arc<Mutex<State>>,
+    /// Bumped after every applied topology; clients waiting for a backend watch it.
+    version: watch::Sender<u64>,
+    round_robin: AtomicUsize,
+    next_connection: AtomicU64,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves consistent data (every update is a single assignment or
+    // map operation), so a poisoned lock is still usable.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Lease {
+    state: Arc<Mutex<State>>,
+    backend: Backend,
+    connection: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut st = lock(&self.state);
+        if let Some(open) = st.fences.get_mut(&self.backend) {
+            // After a fence the entry is gone or new: removing an absent id is a no-op.
+            open.remove(&self.connection);
+            if open.is_empty() {
+                st.fences.remove(&self.backend);
+            }
+        }
+    }
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router {
+            state: Arc::new(Mutex::new(State {
+                topology: Arc::new(Topology::default()),
+                initialized: false,
+                fences: HashMap::new(),
+                shut_down: false,
+            })),
+            version: watch::channel(0).0,
+            round_robin: AtomicUsize::new(0),
+            next_connection: AtomicU64::new(0),
+        }
+    }
+
+    /// Fences every connection, now and later (shutdown).
+    pub fn fence_all(&self) -> usize {
+        let mut st = lock(&self.state);
+        st.shut_down = true;
+        let mut closed = 0;
+        for (_, open) in st.fences.drain() {
+            closed += open.len();
+            open.values().for_each(|s| s.fence());
+        }
+        closed
+    }
+
+    /// The topology in force.
+    pub fn topology(&self) -> Arc<Topology> {
+        lock(&self.state).topology.clone()
+    }
+
+    /// Makes `new` the topology in force. When the leader changes from A to anything else, every
+    /// connection to A (either listener) is closed at once.
+    pub fn apply(&self, new: Arc<Topology>) -> Applied {
+        let mut applied = Applied::default();
+        {
+            let mut st = lock(&self.state);
+            let old = std::mem::replace(&mut st.topology, new.clone());
+            if old.leader != new.leader {
+                applied.leader_changed = st.initialized;
+                if let Some(former) = &old.leader {
+                    if let Some(open) = st.fences.remove(former) {
+                        open.values().for_each(|s| s.fence());
+                        applied.fenced = Some((former.clone(), open.len()));
+                    }
+                }
+            }
+            st.initialized = true;
+        }
+        self.version.send_modify(|v| *v += 1);
+        applied
+    }
+
+    /// A backend for a new client on `listener` now, if there is one.
+    pub fn try_route(&self, listener: ListenerKind) -> Option<Route> {
+        let mut st = lock(&self.state);
+        let topology = &st.topology;
+        let (backend, role) = match listener {
+            ListenerKind::ReadWrite => (topology.leader.clone()?, BackendRole::Leader),
+            ListenerKind::ReadOnly if !topology.replicas.is_empty() => {
+                let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % topology.replicas.len();
+                (topology.replicas[i].clone(), BackendRole::Replica)
+            }
+            ListenerKind::ReadOnly => (topology.leader.clone()?, BackendRole::Leader),
+        };
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (fence, signal) = Fence::new();
+        if st.shut_down {
+            signal.fence();
+        } else {
+            st.fences
+                .entry(backend.clone())
+                .or_default()
+                .insert(connection, signal);
+        }
+        Some(Route {
+            backend: backend.clone(),
+            role,
+            fence,
+            _lease: Lease {
+                state: self.state.clone(),
+                backend,
+                connection,
+            },
+        })
+    }
+
+    /// A backend for a new client on `listener`, waiting up to `wait` for one to appear (a switchover
+    /// leaves no routable leader for a moment: waiting beats failing). `None` when none appeared.
+    pub async fn route(&self, listener: ListenerKind, wait: Duration) -> Option<Route> {
+        // Subscribed before the first try, so a topology applied in between wakes the wait below.
+        let mut changes = self.version.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(route) = self.try_route(listener) {
+                return Some(route);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Open connections per backend (for tests and logs).
+    #[cfg(test)]
+    fn live(&self, backend: &Backend) -> usize {
+        lock(&self.state).fences.get(backend).map_or(0, |e| e.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str, port: u16) -> Backend {
+        Backend {
+            member: name.into(),
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    fn topo(leader: Option<&Backend>, replicas: &[&Backend]) -> Arc<Topology> {
+        Arc::new(Topology::new(
+            leader.cloned(),
+            replicas.iter().map(|b| (*b).clone()).collect(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn read_write_goes_to_the_leader_and_read_only_round_robins_over_replicas() {
+        let (a, b, c) = (backend("a", 1), backend("b", 2), backend("c", 3));
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[&b, &c]));
+        let rw = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(
+            (rw.backend.clone(), rw.role),
+            (a.clone(), BackendRole::Leader)
+        );
+        let picks: Vec<String> = read_only_picks(&router, 4).await;
+        assert_eq!(picks, ["b", "c", "b", "c"]);
+        router.apply(topo(Some(&a), &[]));
+        let ro = router
+            .route(ListenerKind::ReadOnly, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!((ro.backend, ro.role), (a, BackendRole::Leader));
+    }
+
+    async fn read_only_picks(router: &Router, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let r = router
+                .route(ListenerKind::ReadOnly, Duration::ZERO)
+                .await
+                .unwrap();
+            out.push(r.backend.member.clone());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_leader_change_fences_every_connection_to_the_former_leader_only() {
+        let (a, b, c) = (backend("a", 1), backend("b", 2), backend("c", 3));
+        let router = Router::new();
+        assert_eq!(router.apply(topo(Some(&a), &[&b])), Applied::default());
+        let rw1 = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        let rw2 = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        let ro = router
+            .route(ListenerKind::ReadOnly, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(router.live(&a), 2);
+
+        // Same leader, new replica: nothing fenced.
+        let applied = router.apply(topo(Some(&a), &[&b, &c]));
+        assert_eq!(applied, Applied::default());
+        assert!(!rw1.fence.is_fenced());
+
+        let applied = router.apply(topo(Some(&b), &[&c]));
+        assert!(applied.leader_changed);
+        assert_eq!(applied.fenced, Some((a.clone(), 2)));
+        assert!(rw1.fence.is_fenced() && rw2.fence.is_fenced());
+        assert!(!ro.fence.is_fenced(), "replica connections are left alone");
+        drop((rw1, rw2));
+        assert_eq!(router.live(&a), 0);
+
+        // A new connection to b, then b loses the lock with no successor.
+        let rw3 = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!rw3.fence.is_fenced());
+        let applied = router.apply(topo(None, &[&c]));
+        assert_eq!(
+            applied.fenced,
+            Some((b.clone(), 2)),
+            "rw3 and the replica-era ro"
+        );
+        assert!(rw3.fence.is_fenced() && ro.fence.is_fenced());
+    }
+
+    #[tokio::test]
+    async fn a_former_leader_back_as_replica_gets_fresh_tokens() {
+        let (a, b) = (backend("a", 1), backend("b", 2));
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[]));
+        let old = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        router.apply(topo(Some(&b), &[&a]));
+        assert!(old.fence.is_fenced());
+        let ro = router
+            .route(ListenerKind::ReadOnly, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(ro.backend, a);
+        assert!(!ro.fence.is_fenced());
+        drop(old); // the stale lease must not touch the new entry
+        assert_eq!(router.live(&a), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_waits_for_a_leader_up_to_the_timeout() {
+        let a = backend("a", 1);
+        let router = Arc::new(Router::new());
+        assert!(router
+            .route(ListenerKind::ReadWrite, Duration::from_secs(1))
+            .await
+            .is_none());
+
+        let waiting = tokio::spawn({
+            let router = router.clone();
+            async move {
+                router
+                    .route(ListenerKind::ReadWrite, Duration::from_secs(5))
+                    .await
+                    .map(|r| r.backend)
+            }
+        });
+        tokio::task::yield_now().await;
+        router.apply(topo(None, &[]));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        router.apply(topo(Some(&a), &[]));
+        assert_eq!(waiting.await.unwrap(), Some(a));
+    }
+
+    #[tokio::test]
+    async fn fence_all_fences_open_and_later_connections() {
+        let router = Router::new();
+        router.apply(topo(Some(&backend("a", 1)), &[&backend("b", 2)]));
+        let rw = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        let ro = router
+            .route(ListenerKind::ReadOnly, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(router.fence_all(), 2);
+        assert!(rw.fence.is_fenced() && ro.fence.is_fenced());
+        let late = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(late.fence.is_fenced());
+    }
+
+    #[tokio::test]
+    async fn a_task_waiting_on_its_fence_wakes_when_fenced() {
+        let router = Arc::new(Router::new());
+        router.apply(topo(Some(&backend("a", 1)), &[]));
+        let mut route = router
+            .route(ListenerKind::ReadWrite, Duration::ZERO)
+            .await
+            .unwrap();
+        let waiter = tokio::spawn(async move {
+            route.fence.fenced().await;
+        });
+        tokio::task::yield_now().await;
+        router.apply(topo(None, &[]));
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+}

@@ -1,0 +1,350 @@
+//! Where connections may go, as read from the DCS: the routable leader and the routable replicas.
+//!
+//! [`topology_from_cluster`] is a pure function of the cluster view, so every routing rule is a row of
+//! a table-driven test. The proxy never guesses: a member is routable only as the DCS describes it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use praetor_dcs::{Cluster, Member, MemberState, Role};
+
+/// A PostgreSQL server connections can be sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// The member's name in the DCS (the `backend` label of the metrics).
+    pub member: String,
+    /// Host from the member's `conn_url`.
+    pub host: String,
+    /// Port from the member's `conn_url`.
+    pub port: u16,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{} at [{}]:{}", self.member, self.host, self.port)
+        } else {
+            write!(f, "{} at {}:{}", self.member, self.host, self.port)
+        }
+    }
+}
+
+/// The routing view: where read-write and read-only connections go.
+///
+/// Equality compares `leader` and `replicas` only (not the clock).
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    /// The member holding the leader key, when it publishes role `primary` and a `conn_url`.
+    pub leader: Option<Backend>,
+    /// Running replicas with a `conn_url` and without `noloadbalance`, the leader excluded, sorted
+    /// by member name.
+    pub replicas: Vec<Backend>,
+    /// When the feed that published this topology last read the DCS successfully (shared by all
+    /// topologies of one feed; a hand-made topology gets a fresh clock that was never read).
+    pub dcs_clock: DcsClock,
+}
+
+impl PartialEq for Topology {
+    fn eq(&self, other: &Topology) -> bool {
+        self.leader == other.leader && self.replicas == other.replicas
+    }
+}
+
+impl Eq for Topology {}
+
+impl Topology {
+    /// A topology with `leader` and `replicas` and a fresh clock (for static feeds and tests).
+    pub fn new(leader: Option<Backend>, replicas: Vec<Backend>) -> Topology {
+        Topology {
+            leader,
+            replicas,
+            dcs_clock: DcsClock::new(),
+        }
+    }
+}
+
+/// The time of the last successful DCS read, shared between a feed and the topologies it publishes
+/// (the feed publishes only changes; the clock moves on every read). Monotonic.
+#[derive(Debug, Clone)]
+pub struct DcsClock(Arc<ClockInner>);
+
+#[derive(Debug)]
+struct ClockInner {
+    origin: Instant,
+    /// Nanoseconds after `origin` of the last successful read; `u64::MAX` = never.
+    last_read_nanos: AtomicU64,
+}
+
+impl Default for DcsClock {
+    fn default() -> DcsClock {
+        DcsClock::new()
+    }
+}
+
+impl DcsClock {
+    /// A clock that has seen no read yet.
+    pub fn new() -> DcsClock {
+        DcsClock(Arc::new(ClockInner {
+            origin: Instant::now(),
+            last_read_nanos: AtomicU64::new(u64::MAX),
+        }))
+    }
+
+    /// Records a successful DCS read now.
+    pub fn record_read(&self) {
+        self.record_read_at(Instant::now());
+    }
+
+    /// Records a successful DCS read at `at`.
+    pub fn record_read_at(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.0.origin).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.0.last_read_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// When the DCS was last read successfully, if ever.
+    pub fn last_read(&self) -> Option<Instant> {
+        match self.0.last_read_nanos.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(self.0.origin + Duration::from_nanos(n)),
+        }
+    }
+
+    /// Time since the last successful read at `now`; since the clock was created when there was none
+    /// (so the value grows from the start and alerts fire on a feed that never reached the DCS).
+    pub fn elapsed_since_read(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_read().unwrap_or(self.0.origin))
+    }
+}
+
+fn backend_of(m: &Member) -> Option<Backend> {
+    let (host, port) = m.data.conn_host_port()?;
+    Some(Backend {
+        member: m.name.clone(),
+        host,
+        port,
+    })
+}
+
+/// Derives the routing view from a cluster as read from the DCS.
+///
+/// - leader: the member named by the `leader` key, only if its member key exists with role
+///   `primary` and a `conn_url` (a lock holder still being promoted is not routable yet);
+/// - replicas: members with role `replica`, state `running`, no `noloadbalance` tag and a `conn_url`,
+///   excluding the lock holder, in member-name order.
+pub fn topology_from_cluster(c: &Cluster) -> Topology {
+    let lock_holder = c.leader.as_ref().map(|l| l.name.as_str());
+    let leader = c
+        .leader_member()
+        .filter(|m| m.data.role == Role::Primary)
+        .and_then(backend_of);
+    let mut replicas: Vec<Backend> = c
+        .members
+        .iter()
+        .filter(|m| Some(m.name.as_str()) != lock_holder)
+        .filter(|m| m.data.role == Role::Replica && m.data.state == MemberState::Running)
+        .filter(|m| !m.data.tags.noloadbalance)
+        .filter_map(backend_of)
+        .collect();
+    replicas.sort_by(|a, b| a.member.cmp(&b.member));
+    Topology {
+        leader,
+        replicas,
+        dcs_clock: DcsClock::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use praetor_dcs::{Leader, MemberData};
+
+    fn member(name: &str, role: Role, state: MemberState, port: Option<u16>) -> Member {
+        Member {
+            name: name.into(),
+            data: MemberData {
+                conn_url: port.map(|p| format!("postgres://10.0.0.1:{p}/postgres")),
+                role,
+                state,
+                ..Default::default()
+            },
+            version: 1,
+        }
+    }
+
+    fn no_lb(mut m: Member) -> Member {
+        m.data.tags.noloadbalance = true;
+        m
+    }
+
+    fn cluster(leader: Option<&str>, members: Vec<Member>) -> Cluster {
+        Cluster {
+            leader: leader.map(|l| Leader {
+                name: l.into(),
+                version: 1,
+            }),
+            members,
+            ..Default::default()
+        }
+    }
+
+    use MemberState::{Running, Starting, Stopped};
+    use Role::{Demoted, Primary, Replica, StandbyLeader, Uninitialized};
+
+    #[test]
+    fn routing_rules() {
+        struct Case {
+            name: &'static str,
+            cluster: Cluster,
+            leader: Option<&'static str>,
+            replicas: &'static [&'static str],
+        }
+        let cases = vec![
+            Case {
+                name: "healthy cluster: primary leads, running replicas read",
+                cluster: cluster(
+                    Some("a"),
+                    vec![
+                        member("a", Primary, Running, Some(5432)),
+                        member("b", Replica, Running, Some(5433)),
+                        member("c", Replica, Running, Some(5434)),
+                    ],
+                ),
+                leader: Some("a"),
+                replicas: &["b", "c"],
+            },
+            Case {
+                name: "no leader key: no leader, replicas still readable",
+                cluster: cluster(
+                    None,
+                    vec![
+                        member("a", Primary, Running, Some(5432)),
+                        member("b", Replica, Running, Some(5433)),
+                    ],
+                ),
+                leader: None,
+                replicas: &["b"],
+            },
+            Case {
+                name: "lock holder still a replica (being promoted): not routable, not a replica",
+                cluster: cluster(
+                    Some("b"),
+                    vec![
+                        member("a", Demoted, Running, Some(5432)),
+                        member("b", Replica, Running, Some(5433)),
+                        member("c", Replica, Running, Some(5434)),
+                    ],
+                ),
+                leader: None,
+                replicas: &["c"],
+            },
+            Case {
+                name: "lock holder without a member key: no leader",
+                cluster: cluster(Some("gone"), vec![member("b", Replica, Running, Some(5433))]),
+                leader: None,
+                replicas: &["b"],
+            },
+            Case {
+                name: "primary without conn_url: not routable",
+                cluster: cluster(Some("a"), vec![member("a", Primary, Running, None)]),
+                leader: None,
+                replicas: &[],
+            },
+            Case {
+                name: "primary that does not hold the lock: not the leader, not a replica",
+                cluster: cluster(
+                    Some("b"),
+                    vec![
+                        member("a", Primary, Running, Some(5432)),
+                        member("b", Primary, Running, Some(5433)),
+                    ],
+                ),
+                leader: Some("b"),
+                replicas: &[],
+            },
+            Case {
+                name: "standby leader of a standby cluster is not a read-write leader",
+                cluster: cluster(Some("s"), vec![member("s", StandbyLeader, Running, Some(5432))]),
+                leader: None,
+                replicas: &[],
+            },
+            Case {
+                name: "replicas that are not running, tagged noloadbalance or without conn_url are skipped",
+                cluster: cluster(
+                    Some("a"),
+                    vec![
+                        member("a", Primary, Running, Some(5432)),
+                        member("b", Replica, Starting, Some(5433)),
+                        member("c", Replica, Stopped, Some(5434)),
+                        no_lb(member("d", Replica, Running, Some(5435))),
+                        member("e", Replica, Running, None),
+                        member("f", Uninitialized, Running, Some(5436)),
+                        member("g", Replica, Running, Some(5437)),
+                    ],
+                ),
+                leader: Some("a"),
+                replicas: &["g"],
+            },
+            Case {
+                name: "leader's role or state does not matter beyond primary: a primary leader is routable",
+                cluster: cluster(Some("a"), vec![member("a", Primary, Starting, Some(5432))]),
+                leader: Some("a"),
+                replicas: &[],
+            },
+            Case {
+                name: "empty cluster",
+                cluster: Cluster::default(),
+                leader: None,
+                replicas: &[],
+            },
+        ];
+        for case in cases {
+            let t = topology_from_cluster(&case.cluster);
+            assert_eq!(
+                t.leader.as_ref().map(|b| b.member.as_str()),
+                case.leader,
+                "{}: leader",
+                case.name
+            );
+            let replicas: Vec<&str> = t.replicas.iter().map(|b| b.member.as_str()).collect();
+            assert_eq!(replicas, case.replicas, "{}: replicas", case.name);
+        }
+    }
+
+    #[test]
+    fn backends_carry_host_and_port_from_conn_url() {
+        let mut m = member("a", Primary, Running, None);
+        m.data.conn_url = Some("postgres://u@[::1]:6432/db".into());
+        let t = topology_from_cluster(&cluster(Some("a"), vec![m]));
+        let leader = t.leader.unwrap();
+        assert_eq!((leader.host.as_str(), leader.port), ("::1", 6432));
+        assert_eq!(leader.to_string(), "a at [::1]:6432");
+    }
+
+    #[test]
+    fn equality_ignores_the_clock() {
+        let a = Topology::new(None, vec![]);
+        let b = Topology::new(None, vec![]);
+        b.dcs_clock.record_read();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn clock_reports_time_since_last_read_or_since_creation() {
+        let clock = DcsClock::new();
+        let start = clock.0.origin;
+        assert_eq!(clock.last_read(), None);
+        assert_eq!(
+            clock.elapsed_since_read(start + Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
+        clock.record_read_at(start + Duration::from_secs(10));
+        assert_eq!(
+            clock.elapsed_since_read(start + Duration::from_secs(12)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(clock.elapsed_since_read(start), Duration::ZERO);
+    }
+}
