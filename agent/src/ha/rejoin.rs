@@ -100,7 +100,13 @@ mod tests {
         use RejoinPlan::*;
         let h = vec![hist(1, 1000)];
         // (case, pg_controldata, leader timeline, use_pg_rewind, expected plan)
-        type Case = (&'static str, Option<ControlData>, Option<u32>, bool, RejoinPlan);
+        type Case = (
+            &'static str,
+            Option<ControlData>,
+            Option<u32>,
+            bool,
+            RejoinPlan,
+        );
         let cases: Vec<Case> = vec![
             ("no controldata", None, Some(2), false, StartAsReplica),
             (
