@@ -389,9 +389,10 @@ async fn load_round_trips_every_key_and_skips_garbage() {
     let mut data_a = member_data(MemberState::Running, Role::Primary);
     data_a.tags.nofailover = true;
     data_a.pending_restart = true;
+    data_a.checkpoint_after_promote = Some(true);
     data_a
         .extra
-        .insert("checkpoint_after_promote".into(), json!(true));
+        .insert("a_future_field".into(), json!({"kept": true}));
     let data_b = MemberData {
         receive_lsn: Some(50332624),
         replay_lsn: Some(50332600),
