@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Cluster, Dcs, DcsError, DcsEvent, DcsIdentity, Expect, Failover, HistoryEntry, KeyKind, Keys,
-    Leader, Member, MemberData, Status, SyncState, Version, Versioned,
+    Leader, Member, MemberData, ProxyState, Status, SyncState, Version, Versioned,
 };
 
 /// How many watch events a slow subscriber may fall behind before it sees
@@ -204,6 +204,9 @@ fn apply_entry(
         }
         KeyKind::Status => cluster.status = Some(json(value)?),
         KeyKind::Failsafe => cluster.failsafe = Some(json::<BTreeMap<String, String>>(value)?),
+        KeyKind::Proxy(id) => {
+            cluster.proxies.insert(id, json(value)?);
+        }
         KeyKind::Other(_) | KeyKind::Resync => {}
     }
     Ok(())
@@ -643,6 +646,30 @@ impl Dcs for EtcdDcs {
                 Some(PutOptions::new().with_lease(lease)),
             );
             match self.request("write the member key", put).await {
+                Ok(_) => return Ok(()),
+                Err(Failure::LeaseGone) if !retried => {
+                    retried = true;
+                    st.id = None;
+                }
+                Err(f) => return Err(f.into()),
+            }
+        }
+    }
+
+    async fn set_proxy_state(&self, id: &str, state: &ProxyState) -> Result<(), DcsError> {
+        let key = self.keys.proxy(id);
+        let json = to_json(&key, state)?;
+        let mut st = self.lease.lock().await;
+        let mut retried = false;
+        loop {
+            let lease = self.refresh_lease(&mut st, false).await?;
+            let mut kv = self.client.kv_client();
+            let put = kv.put(
+                key.as_str(),
+                json.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            );
+            match self.request("write the proxy key", put).await {
                 Ok(_) => return Ok(()),
                 Err(Failure::LeaseGone) if !retried => {
                     retried = true;

@@ -28,7 +28,9 @@ pub enum KeyKind {
     Status,
     /// `failsafe`: members confirming failsafe mode.
     Failsafe,
-    /// Anything else under the prefix (other tools' keys, Praetor's `praetor/...`).
+    /// `praetor/proxies/<id>`: which leader a proxy routes writes to (Praetor's fencing handshake).
+    Proxy(String),
+    /// Anything else under the prefix (other tools' keys).
     Other(String),
     /// Not a key: the watch reconnected and anything may have changed.
     Resync,
@@ -88,6 +90,10 @@ impl Keys {
     pub fn failsafe(&self) -> String {
         format!("{}failsafe", self.base)
     }
+    /// `…/praetor/proxies/<id>`.
+    pub fn proxy(&self, id: &str) -> String {
+        format!("{}praetor/proxies/{id}", self.base)
+    }
 
     /// Classifies a full key path; `None` when it is not under this cluster's prefix.
     pub fn classify(&self, key: &str) -> Option<KeyKind> {
@@ -101,12 +107,19 @@ impl Keys {
             "failover" => KeyKind::Failover,
             "status" => KeyKind::Status,
             "failsafe" => KeyKind::Failsafe,
-            other => match other.strip_prefix("members/") {
-                Some(name) if !name.is_empty() && !name.contains('/') => {
-                    KeyKind::Member(name.to_string())
+            other => {
+                if let Some(name) = other.strip_prefix("members/") {
+                    if !name.is_empty() && !name.contains('/') {
+                        return Some(KeyKind::Member(name.to_string()));
+                    }
                 }
-                _ => KeyKind::Other(other.to_string()),
-            },
+                if let Some(id) = other.strip_prefix("praetor/proxies/") {
+                    if !id.is_empty() && !id.contains('/') {
+                        return Some(KeyKind::Proxy(id.to_string()));
+                    }
+                }
+                KeyKind::Other(other.to_string())
+            }
         })
     }
 }
@@ -134,7 +147,11 @@ mod tests {
         assert_eq!(k.classify("/service/other/leader"), None);
         assert_eq!(
             k.classify("/service/pgsql/praetor/proxies/a"),
-            Some(KeyKind::Other("praetor/proxies/a".into()))
+            Some(KeyKind::Proxy("a".into()))
+        );
+        assert_eq!(
+            k.classify("/service/pgsql/praetor/other"),
+            Some(KeyKind::Other("praetor/other".into()))
         );
     }
 }

@@ -121,6 +121,9 @@ pub trait Dcs: Send + Sync {
     /// Writes `sync` under `expect`.
     async fn set_sync(&self, value: &SyncState, expect: Expect) -> Result<(), DcsError>;
 
+    /// Writes `praetor/proxies/<id>` on this client's lease/session (a proxy publishing its route).
+    async fn set_proxy_state(&self, id: &str, state: &ProxyState) -> Result<(), DcsError>;
+
     /// Changes the TTL of the lease/session used from now on (dynamic `ttl` changed).
     async fn set_ttl(&self, ttl_secs: u32) -> Result<(), DcsError>;
 

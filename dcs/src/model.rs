@@ -345,6 +345,20 @@ impl SyncState {
     }
 }
 
+/// `praetor/proxies/<id>`: a live proxy's routing, on the proxy's lease (Praetor's fencing handshake,
+/// not a Patroni key). A proxy rewrites it each time its leader route changes, after it has closed
+/// every connection to the former leader; agents read it to know no proxy still routes to a leader
+/// that stepped down.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyState {
+    /// The member this proxy routes writes to; `None`: none (waiting for a leader).
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// When the route last changed (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+}
+
 /// Everything stored for one cluster, read at one point in time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cluster {
@@ -368,6 +382,8 @@ pub struct Cluster {
     pub status: Option<Status>,
     /// `failsafe`: member name → api_url.
     pub failsafe: Option<BTreeMap<String, String>>,
+    /// `praetor/proxies/*`: live proxies by id.
+    pub proxies: BTreeMap<String, ProxyState>,
 }
 
 impl Cluster {

@@ -324,6 +324,13 @@ mod tests {
         async fn set_ttl(&self, _: u32) -> Result<(), DcsError> {
             unimplemented!("not used by the proxy")
         }
+        async fn set_proxy_state(
+            &self,
+            _: &str,
+            _: &praetor_dcs::ProxyState,
+        ) -> Result<(), DcsError> {
+            Ok(())
+        }
         async fn close(&self) -> Result<(), DcsError> {
             unimplemented!("not used by the proxy")
         }
