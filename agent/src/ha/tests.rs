@@ -65,6 +65,7 @@ fn cluster(leader: Option<&str>) -> Cluster {
             ..Default::default()
         }),
         failsafe: None,
+        proxies: Default::default(),
     }
 }
 
