@@ -347,3 +347,34 @@ async fn sigterm_of_the_leader_agent_hands_over_without_losing_a_committed_row()
     let lost: Vec<_> = acked.iter().filter(|id| !ids.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
 }
+
+#[tokio::test]
+async fn switchover_without_candidate_promotes_exactly_one_member_and_the_old_leader_stays_out_of_the_race(
+) {
+    let c = healthy_cluster(ClusterOptions::default()).await;
+    let old = c.leader().await.expect("leader");
+    let out = std::process::Command::new(binary())
+        .args(["ctl", "-c"])
+        .arg(&c.nodes[0].config)
+        .args(["switchover", "--force"])
+        .output()
+        .expect("run ctl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(60)).await {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    let cluster = c.cluster_json().await.unwrap();
+    let members = cluster["members"].as_array().unwrap();
+    let leader = members.iter().find(|m| m["role"] == "leader").unwrap();
+    assert_ne!(leader["name"], old.as_str(), "{cluster}");
+    // One promotion: timeline 1 → 2 on every member, never a second fork.
+    for m in members {
+        assert_eq!(m["timeline"], 2, "{cluster}");
+    }
+}

@@ -560,7 +560,11 @@ impl Runner {
                     0 => None,
                     s => Some(Duration::from_secs(u64::from(s))),
                 };
+                // Peers deciding a leader race ask our REST API: it must not report a running primary
+                // once the stop has begun.
+                self.set_api_state(MemberState::Stopping);
                 self.pg.stop(mode, timeout).await?;
+                self.set_api_state(MemberState::Stopped);
                 tracing::info!(?mode, "stopped postgres");
                 Ok(true)
             }
@@ -768,6 +772,18 @@ impl Runner {
             }
         }
         d
+    }
+
+    /// Changes the PostgreSQL state the REST API reports, at once (not at the end of the cycle).
+    fn set_api_state(&self, state: MemberState) {
+        self.status_tx.send_modify(|st| {
+            let mut next = (**st).clone();
+            next.state = state;
+            if state != MemberState::Running {
+                next.server = None;
+            }
+            *st = Arc::new(next);
+        });
     }
 
     async fn publish(&mut self, view: Option<&Cluster>, obs: &Observation) {

@@ -419,6 +419,16 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     let mut exclude = None;
     let mut i_am_candidate = false;
     if let Some(req) = view.failover_request() {
+        // The leader that stepped down for a switchover does not race back for the lock while any
+        // other member can take it (Patroni's manual_failover_process_no_leader).
+        if req.value.leader.as_deref() == Some(me)
+            && req.value.member.as_deref() != Some(me)
+            && peers
+                .iter()
+                .any(|p| p.name != me && p.is_eligible() && !p.is_running_primary)
+        {
+            return not_racing(Reason::SteppedDownForSwitchover);
+        }
         match req.value.member.as_deref() {
             Some(c) if c == me => i_am_candidate = true,
             Some(c) => {
@@ -448,7 +458,8 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
                 });
             }
         }
-        if let Err(reason) = is_healthiest(me, r.wal_position, priority, peers, exclude) {
+        if let Err(reason) = is_healthiest(me, r.timeline, r.wal_position, priority, peers, exclude)
+        {
             return not_racing(reason);
         }
     }

@@ -30,14 +30,17 @@ impl PeerStatus {
     }
 }
 
-/// Decides whether a member at `my_position` with `my_priority` is the healthiest among `peers`
-/// (Patroni's `is_healthiest_node` comparison, after the lag check): nobody still runs as primary, and no
-/// eligible peer has a higher WAL position, or the same position and a higher `failover_priority`.
+/// Decides whether a member on `my_timeline` at `my_position` with `my_priority` is the healthiest among
+/// `peers` (Patroni's `is_healthiest_node` comparison, after the lag check): nobody still runs as primary,
+/// and no eligible peer is ahead: on a higher timeline, or on the same timeline at a higher WAL position,
+/// or at the same position with a higher `failover_priority`. Comparing timelines first means a member
+/// that saw a promotion is never overtaken by one that did not (whose WAL would fork from it).
 /// Peers named in `exclude` are ignored (a switchover candidate that is being skipped).
 ///
 /// Returns `Err(Reason::NotHealthiest)` naming the better member.
 pub fn is_healthiest(
     me: &str,
+    my_timeline: u32,
     my_position: u64,
     my_priority: i64,
     peers: &[PeerStatus],
@@ -55,9 +58,9 @@ pub fn is_healthiest(
         if !p.is_eligible() {
             continue;
         }
-        if p.wal_position > my_position
-            || (p.wal_position == my_position && p.failover_priority > my_priority)
-        {
+        let theirs = (p.timeline, p.wal_position);
+        let mine = (my_timeline, my_position);
+        if theirs > mine || (theirs == mine && p.failover_priority > my_priority) {
             return Err(Reason::NotHealthiest {
                 better: p.name.clone(),
             });
@@ -176,7 +179,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let r = is_healthiest("me", c.my_pos, c.my_prio, &c.peers, None);
+            let r = is_healthiest("me", 1, c.my_pos, c.my_prio, &c.peers, None);
             assert_eq!(r.is_ok(), c.healthiest, "{}: {r:?}", c.name);
         }
     }
@@ -184,7 +187,18 @@ mod tests {
     #[test]
     fn excluded_peer_is_ignored_and_self_is_skipped() {
         let peers = vec![peer("cand", 99, 1), peer("me", 99, 1)];
-        assert!(is_healthiest("me", 10, 1, &peers, Some("cand")).is_ok());
-        assert!(is_healthiest("me", 10, 1, &peers, None).is_err());
+        assert!(is_healthiest("me", 1, 10, 1, &peers, Some("cand")).is_ok());
+        assert!(is_healthiest("me", 1, 10, 1, &peers, None).is_err());
+    }
+
+    #[test]
+    fn a_higher_timeline_wins_over_a_higher_position() {
+        let ahead = PeerStatus {
+            timeline: 2,
+            ..peer("promoted", 5, 1)
+        };
+        assert!(is_healthiest("me", 1, 10, 1, &[ahead.clone()], None).is_err());
+        assert!(is_healthiest("me", 2, 4, 1, &[ahead.clone()], None).is_err());
+        assert!(is_healthiest("me", 3, 0, 1, &[ahead], None).is_ok());
     }
 }

@@ -103,6 +103,8 @@ pub enum Reason {
         /// Who.
         better: String,
     },
+    /// This member stepped down for a switchover: it leaves the lock to the other members.
+    SteppedDownForSwitchover,
     /// A switchover candidate other than this member is healthy; waiting for it.
     WaitingForCandidate {
         /// The candidate.
@@ -211,6 +213,9 @@ impl fmt::Display for Reason {
                 f,
                 "following a different leader because I am not the healthiest node ({better} is healthier)"
             ),
+            SteppedDownForSwitchover => {
+                f.write_str("stepped down for a switchover: leaving the leader race to the others")
+            }
             WaitingForCandidate { candidate } => {
                 write!(f, "waiting for the switchover candidate {candidate} to take over")
             }
