@@ -197,8 +197,8 @@ mod tests {
             timeline: 2,
             ..peer("promoted", 5, 1)
         };
-        assert!(is_healthiest("me", 1, 10, 1, &[ahead.clone()], None).is_err());
-        assert!(is_healthiest("me", 2, 4, 1, &[ahead.clone()], None).is_err());
+        assert!(is_healthiest("me", 1, 10, 1, std::slice::from_ref(&ahead), None).is_err());
+        assert!(is_healthiest("me", 2, 4, 1, std::slice::from_ref(&ahead), None).is_err());
         assert!(is_healthiest("me", 3, 0, 1, &[ahead], None).is_ok());
     }
 }
