@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use praetor_dcs::{summary, Cluster, MemberState, Role, Tags};
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::postgres::ServerStatus;
@@ -120,6 +120,41 @@ impl NodeStatus {
         }
         v
     }
+}
+
+/// A request from the REST API to the HA loop (the loop owns PostgreSQL; the API never touches it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentCommand {
+    /// Restart PostgreSQL in its current role (Patroni's `POST /restart`).
+    Restart,
+    /// Rewrite the configuration files and reload PostgreSQL (`POST /reload`).
+    Reload,
+    /// Remove this replica's data directory and clone it again (`POST /reinitialize`); refused on the
+    /// leader.
+    Reinitialize {
+        /// Also when PostgreSQL is running (stopped first).
+        force: bool,
+        /// Clone from the leader rather than a `clonefrom` member.
+        from_leader: bool,
+    },
+}
+
+/// An [`AgentCommand`] with the channel its answer goes back on: `Ok(message)` or `Err(why)`.
+#[derive(Debug)]
+pub struct CommandRequest {
+    /// What to do.
+    pub command: AgentCommand,
+    /// Where the loop answers.
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// What the REST API reaches: the loop's latest snapshot and its command channel.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The latest [`NodeStatus`], published by the loop after every cycle.
+    pub status: watch::Receiver<Arc<NodeStatus>>,
+    /// Commands to the loop.
+    pub commands: mpsc::Sender<CommandRequest>,
 }
 
 /// A query string as `key → value`.
@@ -339,11 +374,51 @@ fn cluster_json(st: &NodeStatus) -> Value {
     v
 }
 
-async fn handle(
-    State(rx): State<watch::Receiver<Arc<NodeStatus>>>,
-    req: Request<Body>,
-) -> Response {
-    let st = rx.borrow().clone();
+/// Sends `command` to the loop and waits (up to 60 s) for its answer: 200 with the message, or 503
+/// with the reason.
+async fn run_command(ctx: &ApiContext, command: AgentCommand) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if ctx
+        .commands
+        .send(CommandRequest { command, reply })
+        .await
+        .is_err()
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the HA loop is not running",
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(60), answer).await {
+        Ok(Ok(Ok(msg))) => (StatusCode::OK, msg).into_response(),
+        Ok(Ok(Err(why))) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer from the HA loop",
+        )
+            .into_response(),
+    }
+}
+
+async fn handle(State(ctx): State<ApiContext>, req: Request<Body>) -> Response {
+    if req.method() == Method::POST {
+        let query = parse_query(req.uri().query());
+        let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
+        let command = match req.uri().path() {
+            "/restart" => Some(AgentCommand::Restart),
+            "/reload" => Some(AgentCommand::Reload),
+            "/reinitialize" => Some(AgentCommand::Reinitialize {
+                force: flag("force"),
+                from_leader: flag("from_leader"),
+            }),
+            _ => None,
+        };
+        if let Some(c) = command {
+            return run_command(&ctx, c).await;
+        }
+    }
+    let st = ctx.status.borrow().clone();
     let query = parse_query(req.uri().query());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let (code, body) = respond(req.method(), req.uri().path(), &query, &st, now);
@@ -356,10 +431,10 @@ async fn handle(
 /// Serves the API on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    status: watch::Receiver<Arc<NodeStatus>>,
+    ctx: ApiContext,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new().fallback(handle).with_state(status);
+    let app = Router::new().fallback(handle).with_state(ctx);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -68,7 +68,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ..Default::default()
     }));
     let api_shutdown = CancellationToken::new();
-    let api_task = tokio::spawn(api::serve(listener, status_rx, api_shutdown.clone()));
+    let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
+    let ctx = api::ApiContext {
+        status: status_rx,
+        commands: commands_tx,
+    };
+    let api_task = tokio::spawn(api::serve(listener, ctx, api_shutdown.clone()));
     let mut runner = Runner {
         settings,
         config,
@@ -87,7 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         last_view: None,
         dcs_last_seen: None,
     };
-    let result = runner.run_loop(&shutdown).await;
+    let result = runner.run_loop(&shutdown, commands).await;
     runner.shut_down().await;
     api_shutdown.cancel();
     let _ = api_task.await;
@@ -244,7 +249,11 @@ impl Runner {
         &self.settings.name
     }
 
-    async fn run_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn run_loop(
+        &mut self,
+        shutdown: &CancellationToken,
+        mut commands: tokio::sync::mpsc::Receiver<api::CommandRequest>,
+    ) -> anyhow::Result<()> {
         let mut events = self.dcs.watch();
         loop {
             self.cycle().await?;
@@ -256,6 +265,11 @@ impl Runner {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = task_done.notified() => break,
+                    Some(req) = commands.recv() => {
+                        let answer = self.command(req.command).await;
+                        let _ = req.reply.send(answer);
+                        break;
+                    }
                     ev = events.recv() => match ev {
                         Ok(ev) if wakes_loop(&ev.key) => break,
                         Ok(_) => continue,
@@ -339,6 +353,72 @@ impl Runner {
         }
         self.publish(view.as_deref(), &obs).await;
         Ok(())
+    }
+
+    /// Carries out a REST API command between cycles (the next cycle runs at once after it).
+    async fn command(&mut self, command: api::AgentCommand) -> Result<String, String> {
+        if self.task.is_some() {
+            return Err("a background task is running (bootstrap, clone, rewind or start)".into());
+        }
+        let holds = self
+            .last_view
+            .as_ref()
+            .and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| l.name == self.me());
+        match command {
+            api::AgentCommand::Reload => {
+                let role = if holds {
+                    StartAs::Primary
+                } else {
+                    let upstream = self
+                        .last_view
+                        .as_ref()
+                        .and_then(|v| ha::upstream_of(v, &v.leader.as_ref()?.name));
+                    StartAs::Replica { upstream }
+                };
+                if self.pg.postmaster().is_none() {
+                    return Err("postgres is not running".into());
+                }
+                self.pg
+                    .write_config(&self.dynamic, &role)
+                    .map_err(|e| e.to_string())?;
+                self.pg.reload().map_err(|e| e.to_string())?;
+                Ok("reloaded configuration".into())
+            }
+            api::AgentCommand::Restart => {
+                if self.pg.postmaster().is_none() {
+                    return Err("postgres is not running".into());
+                }
+                // Stop here; the next cycle starts it again in the role the cluster gives it
+                // (the lock holder as primary), exactly as after a crash.
+                self.set_api_state(MemberState::Stopping);
+                self.pg
+                    .stop(ha::StopMode::Fast, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.set_api_state(MemberState::Stopped);
+                Ok("restarting postgres".into())
+            }
+            api::AgentCommand::Reinitialize { force, .. } => {
+                if holds {
+                    return Err("I am the leader, can not reinitialize".into());
+                }
+                if self.pg.postmaster().is_some() {
+                    if !force {
+                        return Err("postgres is running; use force to stop it first".into());
+                    }
+                    self.pg
+                        .stop(ha::StopMode::Immediate, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let dir = self.pg.settings().data_dir.clone();
+                // The operator asked for it: the one case where the agent removes a data directory.
+                tracing::warn!("reinitialize requested: removing {}", dir.display());
+                std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                Ok("reinitialize started".into())
+            }
+        }
     }
 
     /// Picks up a finished background task's result.
