@@ -8,11 +8,13 @@
 //! - [`ha`]: the pure decision core, `decide(view, local, config, now) -> Decision`.
 //! - [`postgres`]: PostgreSQL process control, configuration files, queries, basebackup, rewind.
 //! - [`api`]: the REST API (health checks, `/patroni`, `/cluster`, ...).
+//! - [`callbacks`]: operator scripts run on start, stop, role change (`postgresql.callbacks`).
 //! - [`peers`]: asking other members' REST APIs for their WAL position during a leader race.
 //! - [`runner`]: the loop that reads state, calls `decide`, executes the actions.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod callbacks;
 pub mod ha;
 pub mod peers;
 pub mod postgres;

@@ -74,6 +74,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         commands: commands_tx,
     };
     let api_task = tokio::spawn(api::serve(listener, ctx, api_shutdown.clone()));
+    let callbacks =
+        crate::callbacks::Callbacks::new(config.postgresql.callbacks.clone(), &settings.scope);
     let mut runner = Runner {
         settings,
         config,
@@ -86,6 +88,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         failed_task: None,
         task_done: Arc::new(tokio::sync::Notify::new()),
         checkpoint_after_promote: Arc::new(std::sync::Mutex::new(None)),
+        primary_start_began_ms: None,
+        former_leader: None,
+        fencing_since: None,
+        last_role: None,
+        callbacks,
         status_tx,
         started: Instant::now(),
         last_reason: String::new(),
@@ -207,6 +214,15 @@ struct Runner {
     /// After this member promoted: `false` while its CHECKPOINT runs, `true` once done (published as
     /// `checkpoint_after_promote`); `None` when it did not promote in this run.
     checkpoint_after_promote: Arc<std::sync::Mutex<Option<bool>>>,
+    /// When the lock holder began restarting its stopped PostgreSQL as primary (monotonic ms).
+    primary_start_began_ms: Option<u64>,
+    /// The last leader seen other than this member (the primary to fence before promoting).
+    former_leader: Option<ha::Upstream>,
+    /// The former primary being fenced and since when (monotonic ms): the wait is bounded by ttl.
+    fencing_since: Option<((String, u16), u64)>,
+    /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
+    last_role: Option<Role>,
+    callbacks: crate::callbacks::Callbacks,
     status_tx: watch::Sender<Arc<NodeStatus>>,
     started: Instant,
     last_reason: String,
@@ -301,6 +317,12 @@ impl Runner {
             let holds = v.leader.as_ref().is_some_and(|l| l.name == self.me());
             if !holds {
                 self.lock_renewed_ms = None;
+                self.primary_start_began_ms = None;
+            }
+            if let Some(l) = v.leader.as_ref().filter(|l| l.name != self.me()) {
+                if let Some(up) = ha::upstream_of(v, &l.name) {
+                    self.former_leader = Some(up);
+                }
             }
         }
         let mut obs = self.observe().await;
@@ -328,11 +350,17 @@ impl Runner {
             won_initialize: self.won_initialize,
             lock_renewed_ms: self.lock_renewed_ms,
             peers,
+            primary_start_began_ms: self.primary_start_began_ms,
+            former_leader: self.former_leader.clone(),
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
             tags: self.config.tags.clone(),
             dynamic: self.dynamic.clone(),
+            remove_data_on_diverged: self
+                .config
+                .postgresql
+                .remove_data_directory_on_diverged_timelines,
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
         let mut message = d.reason.to_string();
@@ -438,6 +466,14 @@ impl Runner {
             Ok(()) => {
                 tracing::info!(task = ?t.kind, "finished");
                 self.failed_task = None;
+                if t.kind != Task::CrashRecovery {
+                    let role = if self.pg.status().await.is_ok_and(|s| !s.in_recovery) {
+                        Role::Primary
+                    } else {
+                        Role::Replica
+                    };
+                    self.callbacks.fire(crate::callbacks::Event::OnStart, role);
+                }
             }
             Err(e) if t.kind == Task::Bootstrap => {
                 // Give the race back so a fixed configuration (or another node) can bootstrap.
@@ -585,6 +621,9 @@ impl Runner {
                     return Ok(false);
                 }
             }
+            if action == Action::Start(StartAs::Primary) && self.primary_start_began_ms.is_none() {
+                self.primary_start_began_ms = Some(now_ms);
+            }
             self.spawn_task(kind, action);
             return Ok(false);
         }
@@ -632,6 +671,7 @@ impl Runner {
             Action::Promote => {
                 self.pg.promote().await?;
                 tracing::info!("promoted postgres to primary");
+                self.fencing_since = None;
                 self.checkpoint_after_promote();
                 Ok(true)
             }
@@ -646,10 +686,37 @@ impl Runner {
                 self.pg.stop(mode, timeout).await?;
                 self.set_api_state(MemberState::Stopped);
                 tracing::info!(?mode, "stopped postgres");
+                self.callbacks.fire(
+                    crate::callbacks::Event::OnStop,
+                    self.last_role.unwrap_or(Role::Replica),
+                );
                 Ok(true)
             }
             Action::Follow(up) => {
-                self.pg.follow(&self.dynamic, &up)?;
+                self.pg.follow(&self.dynamic, up.as_ref())?;
+                Ok(true)
+            }
+            Action::FencePrimary { host, port } => Ok(self.fence(host, port).await),
+            Action::AbortTask => {
+                if let Some(t) = self.task.take() {
+                    t.handle.abort();
+                    tracing::warn!(task = ?t.kind, "aborted");
+                }
+                Ok(true)
+            }
+            Action::RemoveDataDirectory => {
+                if self.pg.postmaster().is_some() {
+                    return Err(anyhow!(
+                        "postgres is running: not removing its data directory"
+                    ));
+                }
+                let dir = self.pg.settings().data_dir.clone();
+                tracing::warn!(
+                    "removing the data directory {} (remove_data_directory_on_diverged_timelines)",
+                    dir.display()
+                );
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("remove {}", dir.display()))?;
                 Ok(true)
             }
             Action::EnsureSlots(names) => {
@@ -693,6 +760,40 @@ impl Runner {
         }
     }
 
+    /// Fences the former primary at `host:port` before this member promotes (see
+    /// [`crate::postgres::fence`]). `false` (wait, decide again next cycle) while it can be neither
+    /// stopped nor proven down, for at most `ttl` seconds since the first attempt.
+    async fn fence(&mut self, host: String, port: u16) -> bool {
+        use crate::postgres::fence::{fence_primary, FenceOutcome};
+        let now = self.now().mono_ms;
+        let key = (host.clone(), port);
+        let since = match &self.fencing_since {
+            Some((k, t)) if *k == key => *t,
+            _ => {
+                self.fencing_since = Some((key, now));
+                now
+            }
+        };
+        let timeout = Duration::from_secs(u64::from(self.dynamic.retry_timeout.clamp(1, 2)));
+        match fence_primary(&host, port, &self.settings.superuser, timeout).await {
+            FenceOutcome::Stopped => {
+                tracing::warn!("the former primary at {host}:{port} was still running as a primary: stopped it before promoting");
+                true
+            }
+            FenceOutcome::NotPrimary | FenceOutcome::Down => true,
+            FenceOutcome::Unknown(why) => {
+                let waited = now.saturating_sub(since);
+                if waited >= u64::from(self.dynamic.ttl) * 1000 {
+                    tracing::warn!("cannot fence the former primary at {host}:{port} ({why}) for ttl: promoting anyway; its agent demotes it when it cannot renew its lock");
+                    true
+                } else {
+                    tracing::warn!("cannot fence the former primary at {host}:{port} yet ({why}); not promoting");
+                    false
+                }
+            }
+        }
+    }
+
     /// Requests a CHECKPOINT in the background after promotion and publishes
     /// `checkpoint_after_promote` (false until it completes), so that members about to pg_rewind
     /// from this node wait until its pg_control shows the new timeline.
@@ -715,6 +816,10 @@ impl Runner {
         let local_hba = self.config.postgresql.pg_hba.clone();
         let conn_url = self.conn_url();
         let done = self.task_done.clone();
+        let remove_on_rewind_failure = self
+            .config
+            .postgresql
+            .remove_data_directory_on_rewind_failure;
         let fut = async move {
             match action {
                 Action::Bootstrap => {
@@ -729,7 +834,18 @@ impl Runner {
                     pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
                 }
                 Action::Rewind(up) => {
-                    pg.rewind(&up).await.map_err(|e| e.to_string())?;
+                    if let Err(e) = pg.rewind(&up).await {
+                        if !remove_on_rewind_failure {
+                            return Err(format!("{e}; the data directory is kept (set postgresql.remove_data_directory_on_rewind_failure to re-clone instead)"));
+                        }
+                        let dir = &pg.settings().data_dir;
+                        tracing::warn!(
+                            "pg_rewind failed ({e}): removing {} to clone again (remove_data_directory_on_rewind_failure)",
+                            dir.display()
+                        );
+                        return std::fs::remove_dir_all(dir)
+                            .map_err(|e| format!("cannot remove {}: {e}", dir.display()));
+                    }
                     let role = StartAs::Replica { upstream: Some(up) };
                     pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
                 }
@@ -868,6 +984,21 @@ impl Runner {
 
     async fn publish(&mut self, view: Option<&Cluster>, obs: &Observation) {
         let data = self.member_data(obs, view);
+        if let Some(s) = &obs.server {
+            let role = if s.in_recovery {
+                Role::Replica
+            } else {
+                Role::Primary
+            };
+            if !s.in_recovery {
+                self.primary_start_began_ms = None;
+            }
+            if self.last_role.is_some_and(|r| r != role) {
+                self.callbacks
+                    .fire(crate::callbacks::Event::OnRoleChange, role);
+            }
+            self.last_role = Some(role);
+        }
         if view.is_some() {
             if let Err(e) = self.dcs.touch_member(&data).await {
                 tracing::warn!("cannot update the member key: {e}");

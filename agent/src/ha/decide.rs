@@ -6,7 +6,7 @@ use super::election::is_healthiest;
 use super::rejoin::{rejoin_plan, RejoinPlan};
 use super::{
     slot_name, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres, Reason,
-    Running, StartAs, StopMode,
+    Running, StartAs, StopMode, Upstream,
 };
 
 /// Decides what this member does now.
@@ -26,14 +26,63 @@ use super::{
 /// 6. another member holds the lock: demote if primary, else follow it;
 /// 7. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]).
 pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
+    let d = decide_unpaused(view, local, cfg, now);
+    if !cfg.dynamic.pause {
+        return d;
+    }
+    paused(d, view, local, cfg)
+}
+
+/// Maintenance mode (`pause`): no automatic start, stop, promote or failover. The decision is cut at
+/// the first action that would do one, unless a manual switchover/failover involving this member is
+/// under way (those still work). The lock and the member key stay fresh.
+fn paused(d: Decision, view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig) -> Decision {
+    let me = cfg.name.as_str();
+    let manual = view.and_then(|v| v.failover_request()).is_some_and(|f| {
+        f.value.leader.as_deref() == Some(me) || f.value.member.as_deref() == Some(me)
+    });
+    if manual {
+        return d;
+    }
+    let is_primary = local.postgres.running().is_some_and(|r| r.is_primary);
+    let allowed = |a: &Action| match a {
+        Action::Start(_)
+        | Action::Stop(_)
+        | Action::Promote
+        | Action::FencePrimary { .. }
+        | Action::Rewind(_)
+        | Action::CrashRecovery
+        | Action::AbortTask
+        | Action::RemoveDataDirectory
+        | Action::ReleaseLeader => false,
+        // Re-taking an expired lock as the running primary is not a failover.
+        Action::AcquireLeader => is_primary,
+        _ => true,
+    };
+    let actions: Vec<Action> = d.actions.into_iter().take_while(allowed).collect();
+    Decision {
+        actions,
+        reason: Reason::Paused {
+            inner: Box::new(d.reason),
+        },
+    }
+}
+
+fn decide_unpaused(
+    view: Option<&Cluster>,
+    local: &LocalState,
+    cfg: &HaConfig,
+    now: Now,
+) -> Decision {
     let me = cfg.name.as_str();
     if let Some(task) = local.task {
-        let actions = if view.is_some_and(|v| holds_lock(v, me)) {
-            vec![Action::RenewLeader]
-        } else {
-            vec![]
-        };
-        return decision(actions, Reason::TaskInProgress { task });
+        if !view.is_some_and(|v| holds_lock(v, me)) {
+            return decision(vec![], Reason::TaskInProgress { task });
+        }
+        if let Some(d) = primary_start_timed_out(local, cfg, now) {
+            return d;
+        }
+        return decision(vec![Action::RenewLeader], Reason::TaskInProgress { task });
     }
     let Some(view) = view else {
         return dcs_unreachable(local, cfg, now);
@@ -74,12 +123,11 @@ pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: N
     }
     match &local.postgres {
         Postgres::Starting => {
-            let actions = if holds_lock(view, me) {
-                vec![Action::RenewLeader]
-            } else {
-                vec![]
-            };
-            decision(actions, Reason::WaitingForPostgres)
+            if !holds_lock(view, me) {
+                return decision(vec![], Reason::WaitingForPostgres);
+            }
+            primary_start_timed_out(local, cfg, now)
+                .unwrap_or_else(|| decision(vec![Action::RenewLeader], Reason::WaitingForPostgres))
         }
         Postgres::Stopped { control } => stopped(view, cfg, control.as_ref()),
         Postgres::Running(r) => {
@@ -96,6 +144,62 @@ pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: N
 
 fn decision(actions: Vec<Action>, reason: Reason) -> Decision {
     Decision { actions, reason }
+}
+
+/// The lock holder has been (re)starting its PostgreSQL for longer than `primary_start_timeout`:
+/// stop trying and give the lock to a replica (Patroni's master_start_timeout).
+fn primary_start_timed_out(local: &LocalState, cfg: &HaConfig, now: Now) -> Option<Decision> {
+    let began = local.primary_start_began_ms?;
+    let timeout = cfg.dynamic.primary_start_timeout;
+    if now.mono_ms.saturating_sub(began) < u64::from(timeout) * 1000 {
+        return None;
+    }
+    let mut actions = vec![];
+    if local.task.is_some() {
+        actions.push(Action::AbortTask);
+    }
+    actions.extend([Action::Stop(StopMode::Immediate), Action::ReleaseLeader]);
+    Some(decision(
+        actions,
+        Reason::PrimaryStartTimedOut {
+            timeout_secs: timeout,
+        },
+    ))
+}
+
+/// Whom this member streams from when `leader` leads: its `replicatefrom` member when that one is
+/// running and reachable (cascading replication), else the leader; nobody with `nostream`.
+fn upstream_for(view: &Cluster, cfg: &HaConfig, leader: &str) -> Option<Upstream> {
+    if cfg.tags.nostream {
+        return None;
+    }
+    if let Some(from) = cfg.tags.replicatefrom.as_deref() {
+        let usable = from != cfg.name
+            && view
+                .member(from)
+                .is_some_and(|m| m.data.state == praetor_dcs::MemberState::Running);
+        if usable {
+            if let Some(up) = upstream_of(view, from) {
+                return Some(up);
+            }
+        }
+    }
+    upstream_of(view, leader)
+}
+
+/// The member a member named `name` streams from: its `replicatefrom` when that member exists and
+/// runs, else the leader (mirrors [`upstream_for`] from the outside, for slot placement).
+fn streams_from<'a>(view: &'a Cluster, name: &str, leader: &'a str) -> &'a str {
+    let Some(m) = view.member(name) else {
+        return leader;
+    };
+    match m.data.tags.replicatefrom.as_deref() {
+        Some(from) if from != name => match view.member(from) {
+            Some(up) if up.data.state == praetor_dcs::MemberState::Running => &up.name,
+            _ => leader,
+        },
+        _ => leader,
+    }
 }
 
 fn holds_lock(view: &Cluster, me: &str) -> bool {
@@ -161,6 +265,12 @@ fn empty_data_dir(view: &Cluster, cfg: &HaConfig) -> Decision {
 fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>) -> Decision {
     let me = cfg.name.as_str();
     if holds_lock(view, me) {
+        if cfg.dynamic.primary_start_timeout == 0 {
+            return decision(
+                vec![Action::ReleaseLeader],
+                Reason::ReleasingLockPrimaryStopped,
+            );
+        }
         return decision(
             vec![Action::RenewLeader, Action::Start(StartAs::Primary)],
             Reason::StartingPrimaryAfterFailure,
@@ -172,7 +282,7 @@ fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>)
             Reason::StartingAsSecondary,
         );
     };
-    let Some(up) = upstream_of(view, &leader.name) else {
+    let Some(leader_up) = upstream_of(view, &leader.name) else {
         return decision(
             vec![],
             Reason::LeaderNotReachable {
@@ -180,6 +290,7 @@ fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>)
             },
         );
     };
+    let up = upstream_for(view, cfg, &leader.name);
     let leader_tl = view.member(&leader.name).and_then(|m| m.data.timeline);
     let history = view
         .history
@@ -193,7 +304,7 @@ fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>)
         cfg.dynamic.postgresql.use_pg_rewind,
     ) {
         RejoinPlan::StartAsReplica => decision(
-            vec![Action::Start(StartAs::Replica { upstream: Some(up) })],
+            vec![Action::Start(StartAs::Replica { upstream: up })],
             Reason::StartingAsReplicaOf {
                 leader: leader.name.clone(),
             },
@@ -209,11 +320,22 @@ fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>)
             decision(vec![], Reason::WaitingForLeaderCheckpoint)
         }
         RejoinPlan::Rewind => decision(
-            vec![Action::Rewind(up)],
+            vec![Action::Rewind(leader_up)],
             Reason::Rewinding {
                 leader: leader.name.clone(),
             },
         ),
+        RejoinPlan::Diverged {
+            local_lsn,
+            switch_lsn,
+            timeline,
+        } if cfg.remove_data_on_diverged => {
+            let _ = (local_lsn, switch_lsn, timeline);
+            decision(
+                vec![Action::RemoveDataDirectory],
+                Reason::RemovingDivergedDataDirectory,
+            )
+        }
         RejoinPlan::Diverged {
             local_lsn,
             switch_lsn,
@@ -226,6 +348,13 @@ fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>)
                 timeline,
             },
         ),
+        RejoinPlan::NotRewindable { .. } if cfg.remove_data_on_diverged => decision(
+            vec![Action::RemoveDataDirectory],
+            Reason::RemovingDivergedDataDirectory,
+        ),
+        RejoinPlan::NotRewindable { timeline } => {
+            decision(vec![], Reason::NotRewindable { timeline })
+        }
         RejoinPlan::WaitForHistory => decision(vec![], Reason::WaitingForHistory),
     }
 }
@@ -236,6 +365,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     if !r.is_primary {
         let mut actions = vec![Action::RenewLeader];
         actions.extend(slot_actions(view, cfg));
+        actions.extend(fence_former_primary(local, r));
         actions.push(Action::Promote);
         return decision(actions, Reason::PromotedBecauseHadLock);
     }
@@ -259,6 +389,17 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     decision(actions, reason)
 }
 
+/// Before a replica promotes, the former primary must accept no more writes: a primary whose agent
+/// died or froze keeps running (Patroni's "two primaries" row), so the new leader stops it first. The
+/// former primary is the last leader this member saw, else the upstream it was streaming from.
+fn fence_former_primary(local: &LocalState, r: &Running) -> Option<Action> {
+    let (host, port) = match &local.former_leader {
+        Some(l) => (l.host.clone(), l.port),
+        None => r.upstream.clone()?,
+    };
+    Some(Action::FencePrimary { host, port })
+}
+
 fn asks_me_to_step_down(req: &Failover, me: &str) -> bool {
     let leader_matches = req.leader.as_deref().is_none_or(|l| l == me);
     leader_matches && req.member.as_deref() != Some(me)
@@ -279,15 +420,33 @@ fn slot_actions(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
     if !cfg.dynamic.postgresql.use_slots {
         return None;
     }
+    // The leader keeps a slot for every member that streams from it; a cascading replica keeps the
+    // slots of the members that stream from it (see `cascade_slot_actions`).
     let mut slots: Vec<String> = view
         .members
         .iter()
         .filter(|m| m.name != cfg.name && !m.data.tags.nostream)
+        .filter(|m| streams_from(view, &m.name, &cfg.name) == cfg.name)
         .map(|m| slot_name(&m.name))
         .collect();
     slots.sort();
     slots.dedup();
     Some(Action::EnsureSlots(slots))
+}
+
+/// A replica keeps slots for the members that stream from it (`replicatefrom` naming it).
+fn cascade_slot_actions(view: &Cluster, cfg: &HaConfig, leader: &str) -> Option<Action> {
+    if !cfg.dynamic.postgresql.use_slots {
+        return None;
+    }
+    let slots: Vec<String> = view
+        .members
+        .iter()
+        .filter(|m| m.name != cfg.name && !m.data.tags.nostream)
+        .filter(|m| streams_from(view, &m.name, leader) == cfg.name)
+        .map(|m| slot_name(&m.name))
+        .collect();
+    (!slots.is_empty()).then_some(Action::EnsureSlots(slots))
 }
 
 /// A switchover (or a failover with a candidate) asks this leader to step down.
@@ -376,15 +535,17 @@ fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decisi
             },
         );
     }
-    let Some(up) = upstream_of(view, leader) else {
+    if upstream_of(view, leader).is_none() {
         return decision(
             vec![],
             Reason::LeaderNotReachable {
                 leader: leader.to_string(),
             },
         );
-    };
-    if r.upstream.as_ref() != Some(&(up.host.clone(), up.port)) {
+    }
+    let up = upstream_for(view, cfg, leader);
+    let want = up.as_ref().map(|u| (u.host.clone(), u.port));
+    if r.upstream != want {
         return decision(
             vec![Action::Follow(up)],
             Reason::ChangingPrimaryConninfo {
@@ -392,8 +553,11 @@ fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decisi
             },
         );
     }
+    let actions = cascade_slot_actions(view, cfg, leader)
+        .into_iter()
+        .collect();
     decision(
-        vec![],
+        actions,
         Reason::Following {
             me: cfg.name.clone(),
             leader: leader.to_string(),
@@ -473,6 +637,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     // leader find theirs at once instead of retrying for wal_retrieve_retry_interval.
     let mut actions = vec![Action::AcquireLeader];
     actions.extend(slot_actions(view, cfg));
+    actions.extend(fence_former_primary(local, r));
     actions.push(Action::Promote);
     decision(actions, Reason::PromotedByAcquiringLock)
 }

@@ -36,6 +36,9 @@ pub struct HaConfig {
     pub tags: Tags,
     /// The dynamic configuration in force (DCS `config`, else `bootstrap.dcs`).
     pub dynamic: DynamicConfig,
+    /// `postgresql.remove_data_directory_on_diverged_timelines`: re-clone a member whose timeline
+    /// diverged when it cannot be rewound (otherwise it stays stopped).
+    pub remove_data_on_diverged: bool,
 }
 
 /// The time as `decide` sees it, supplied by the caller.
@@ -107,6 +110,8 @@ pub struct ControlData {
     pub checkpoint_lsn: u64,
     /// `Minimum recovery ending location` (bytes; 0 when unset).
     pub min_recovery_end_lsn: u64,
+    /// Data checksums or `wal_log_hints` are on, as pg_rewind requires.
+    pub rewindable: bool,
 }
 
 /// Where a replica streams from: a member and the host/port of its `conn_url`.
@@ -191,6 +196,12 @@ pub struct LocalState {
     /// Other members' answers from their REST APIs, fetched when a leader race or a switchover needs
     /// them (see [`needs_peers`]); `None` when not fetched this loop.
     pub peers: Option<Vec<PeerStatus>>,
+    /// Monotonic ms when this member, holding the lock, began (re)starting its PostgreSQL as primary
+    /// after it stopped; `None` otherwise (for `primary_start_timeout`).
+    pub primary_start_began_ms: Option<u64>,
+    /// The last leader this member saw (other than itself), with its PostgreSQL address: the primary
+    /// to fence before promoting when its lock expired.
+    pub former_leader: Option<Upstream>,
 }
 
 /// The decision of one loop.
@@ -248,6 +259,15 @@ pub enum Action {
     RenewLeader,
     /// Delete `leader` if it names this member. PostgreSQL must already be stopped or read-only.
     ReleaseLeader,
+    /// Make sure the former primary at this address accepts no more writes before this member
+    /// promotes: if it still runs as a primary, stop it (over SQL, as its superuser). Not done (ends
+    /// the list) while it can be neither stopped nor proven down; the runner bounds that wait by ttl.
+    FencePrimary {
+        /// Host of the former primary (this replica's upstream).
+        host: String,
+        /// Its port.
+        port: u16,
+    },
     /// `pg_promote()` and wait for it; PostgreSQL must be a running replica and this member must hold
     /// the lock.
     Promote,
@@ -255,8 +275,9 @@ pub enum Action {
     Stop(StopMode),
     /// *Background*: write the configuration for `StartAs` and start PostgreSQL.
     Start(StartAs),
-    /// Point a running replica at `upstream`: rewrite primary_conninfo / primary_slot_name and reload.
-    Follow(Upstream),
+    /// Point a running replica at `upstream` (`None`: stream from nobody, `nostream`): rewrite
+    /// primary_conninfo / primary_slot_name and reload.
+    Follow(Option<Upstream>),
     /// *Background*: pg_basebackup from `source` into the empty data directory, then start as a
     /// replica of `leader`.
     Clone {
@@ -270,6 +291,11 @@ pub enum Action {
     /// *Background*: single-user crash recovery of a primary that did not shut down cleanly, so that
     /// pg_controldata tells where its WAL ends.
     CrashRecovery,
+    /// Stop the running background task (a primary start that exceeded `primary_start_timeout`).
+    AbortTask,
+    /// Remove the data directory so the next loop clones again. Only decided when the configuration
+    /// asks for it (`remove_data_directory_on_diverged_timelines`); PostgreSQL is stopped.
+    RemoveDataDirectory,
     /// Leader: create a physical replication slot for each of these members if missing.
     EnsureSlots(Vec<String>),
     /// Leader: write `status` with the current WAL position.

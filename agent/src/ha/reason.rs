@@ -130,6 +130,25 @@ pub enum Reason {
     WaitingForHistory,
     /// PostgreSQL is starting; waiting.
     WaitingForPostgres,
+    /// Maintenance mode: what would have been done is not (Patroni prefixes `PAUSE: `).
+    Paused {
+        /// The decision without maintenance mode.
+        inner: Box<Reason>,
+    },
+    /// The lock holder's PostgreSQL did not start within `primary_start_timeout`: giving up the lock.
+    PrimaryStartTimedOut {
+        /// The timeout in seconds.
+        timeout_secs: u32,
+    },
+    /// `primary_start_timeout` is 0: a stopped primary fails over at once.
+    ReleasingLockPrimaryStopped,
+    /// pg_rewind is configured but the data directory has neither data checksums nor wal_log_hints.
+    NotRewindable {
+        /// Our timeline.
+        timeline: u32,
+    },
+    /// Diverged, no rewind, and `remove_data_directory_on_diverged_timelines`: re-cloning.
+    RemovingDivergedDataDirectory,
     /// The new leader has not finished its checkpoint after promotion; pg_rewind must wait for it.
     WaitingForLeaderCheckpoint,
     /// The leader published no `conn_url`: nothing to follow yet.
@@ -235,6 +254,21 @@ impl fmt::Display for Reason {
                 f.write_str("waiting for the leader's timeline history to decide about rewind")
             }
             WaitingForPostgres => f.write_str("waiting for postgres to start"),
+            Paused { inner } => write!(f, "PAUSE: {inner}"),
+            PrimaryStartTimedOut { timeout_secs } => write!(
+                f,
+                "primary start has timed out after {timeout_secs} s (primary_start_timeout): stopping it and releasing the leader lock"
+            ),
+            ReleasingLockPrimaryStopped => f.write_str(
+                "postgres of the leader is not running and primary_start_timeout is 0: releasing the leader lock for a failover",
+            ),
+            NotRewindable { timeline } => write!(
+                f,
+                "cannot rejoin: timeline {timeline} diverged and use_pg_rewind is set, but the data directory has neither data checksums nor wal_log_hints (pg_rewind needs one); staying stopped, the data directory is kept"
+            ),
+            RemovingDivergedDataDirectory => f.write_str(
+                "timeline diverged and pg_rewind is not possible: removing the data directory to clone again (remove_data_directory_on_diverged_timelines)",
+            ),
             WaitingForLeaderCheckpoint => {
                 f.write_str("waiting for the leader to finish its checkpoint after promote")
             }

@@ -31,11 +31,31 @@ pub enum RejoinPlan {
     },
     /// The leader's `history` does not cover our timeline yet (it is written right after promotion).
     WaitForHistory,
+    /// Rewind would be needed (or cannot be ruled out) and `use_pg_rewind` is set, but the data
+    /// directory has neither data checksums nor wal_log_hints.
+    NotRewindable {
+        /// Our timeline.
+        timeline: u32,
+    },
 }
 
 /// Plans the rejoin of a stopped node with pg_controldata `control` to a leader on `leader_timeline`
 /// whose DCS `history` is `history`.
 pub fn rejoin_plan(
+    control: Option<&ControlData>,
+    leader_timeline: Option<u32>,
+    history: &[HistoryEntry],
+    use_pg_rewind: bool,
+) -> RejoinPlan {
+    match plan(control, leader_timeline, history, use_pg_rewind) {
+        RejoinPlan::Rewind if control.is_some_and(|c| !c.rewindable) => RejoinPlan::NotRewindable {
+            timeline: control.map(|c| c.timeline).unwrap_or_default(),
+        },
+        other => other,
+    }
+}
+
+fn plan(
     control: Option<&ControlData>,
     leader_timeline: Option<u32>,
     history: &[HistoryEntry],
@@ -82,6 +102,7 @@ mod tests {
             timeline,
             checkpoint_lsn,
             min_recovery_end_lsn: 0,
+            rewindable: true,
         }
     }
 
@@ -180,5 +201,26 @@ mod tests {
         for (name, c, tl, rewind, want) in cases {
             assert_eq!(rejoin_plan(c.as_ref(), tl, &h, rewind), want, "{name}");
         }
+    }
+
+    #[test]
+    fn rewind_needs_checksums_or_wal_log_hints() {
+        let c = ControlData {
+            rewindable: false,
+            ..cd(ShutDown, 1, 1500)
+        };
+        assert_eq!(
+            rejoin_plan(Some(&c), Some(2), &[hist(1, 1000)], true),
+            RejoinPlan::NotRewindable { timeline: 1 }
+        );
+        // Not diverged: no rewind needed, so none is attempted.
+        let c = ControlData {
+            rewindable: false,
+            ..cd(ShutDown, 1, 900)
+        };
+        assert_eq!(
+            rejoin_plan(Some(&c), Some(2), &[hist(1, 1000)], true),
+            RejoinPlan::StartAsReplica
+        );
     }
 }

@@ -88,6 +88,8 @@ fn local(postgres: Postgres) -> LocalState {
         won_initialize: false,
         lock_renewed_ms: None,
         peers: None,
+        primary_start_began_ms: None,
+        former_leader: None,
     }
 }
 
@@ -113,13 +115,21 @@ fn cfg() -> HaConfig {
             retry_timeout: 2,
             ..Default::default()
         },
+        remove_data_on_diverged: false,
     }
 }
 
 const NOW: Now = Now {
-    mono_ms: 100_000,
+    mono_ms: 1_000_000,
     unix_secs: 1_800_000_000,
 };
+
+fn fence(port: u16) -> Action {
+    Action::FencePrimary {
+        host: "127.0.0.1".into(),
+        port,
+    }
+}
 
 fn slots_for_others() -> Action {
     Action::EnsureSlots(vec!["pg2".into(), "pg3".into()])
@@ -187,6 +197,7 @@ fn rows() -> Vec<Row> {
                 timeline,
                 checkpoint_lsn: lsn,
                 min_recovery_end_lsn: 0,
+                rewindable: true,
             }),
         })
     };
@@ -350,7 +361,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             local(running(false, 1000, Some(5432))),
         )
-        .expect(vec![RenewLeader, slots_for_others(), Promote], |r| {
+        .expect(vec![RenewLeader, slots_for_others(), fence(5432), Promote], |r| {
             *r == Reason::PromotedBecauseHadLock
         }),
         row(
@@ -375,7 +386,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some("pg2"))),
             local(running(false, 1000, Some(5433))),
         )
-        .expect(vec![Follow(up("pg2", 5432))], |r| {
+        .expect(vec![Follow(Some(up("pg2", 5432)))], |r| {
             matches!(r, Reason::ChangingPrimaryConninfo { .. })
         }),
         row(
@@ -452,7 +463,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 900)])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), Promote], |r| {
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |r| {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
@@ -640,7 +651,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 2000)])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |_| true),
         row(
             "no leader, switchover names a healthy other member: wait for it",
             Some(with(cluster(None), |c| {
@@ -660,7 +671,97 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), Promote], |_| true),
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |_| true),
+        // --- fencing the former primary --------------------------------------------------------------
+        row(
+            "race winner fences the last leader it saw (not just its upstream) before promoting",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5433))), |l| {
+                l.peers = Some(vec![]);
+                l.former_leader = Some(up("pg2", 5432));
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |_| true),
+        // --- maintenance mode (pause) ----------------------------------------------------------------
+        row("pause: healthy leader keeps its lock fresh",
+            Some(cluster(Some(ME))), local(running(true, 1000, None)))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others()],
+                    |r| r.to_string() == "PAUSE: no action. I am (pg1), the leader with the lock"),
+        row("pause: the leader's PostgreSQL stopped: keep the lock, do not start it",
+            Some(cluster(Some(ME))), local(Postgres::Stopped { control: None }))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![RenewLeader], |r| matches!(r, Reason::Paused { .. })),
+        row("pause: no leader: no failover",
+            Some(cluster(None)), with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![], |r| matches!(r, Reason::Paused { .. })),
+        row("pause: the running primary may take its expired lock back",
+            Some(cluster(None)), with(local(running(true, 1000, None)), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![AcquireLeader, WriteStatus], |_| true),
+        row("pause: a primary without the lock is not demoted",
+            Some(cluster(Some("pg2"))), local(running(true, 1000, None)))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![], |r| matches!(r, Reason::Paused { .. })),
+        row("pause: a manual switchover still works",
+            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000)])))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |_| true),
+        // --- primary_start_timeout ---------------------------------------------------------------------
+        row("§7 primary: PostgreSQL does not come back within primary_start_timeout: fail over",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| l.primary_start_began_ms = Some(NOW.mono_ms - 301_000)))
+            .expect(vec![Stop(StopMode::Immediate), ReleaseLeader],
+                    |r| matches!(r, Reason::PrimaryStartTimedOut { timeout_secs: 300 })),
+        row("primary start still running past the timeout: abort it, stop, release",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.primary_start_began_ms = Some(NOW.mono_ms - 301_000);
+            }))
+            .expect(vec![AbortTask, Stop(StopMode::Immediate), ReleaseLeader], |_| true),
+        row("primary start within the timeout: keep the lock and wait",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| l.primary_start_began_ms = Some(NOW.mono_ms - 5_000)))
+            .expect(vec![RenewLeader], |r| *r == Reason::WaitingForPostgres),
+        row("primary_start_timeout 0: a stopped primary releases the lock at once",
+            Some(cluster(Some(ME))), local(Postgres::Stopped { control: None }))
+            .cfg(|c| c.dynamic.primary_start_timeout = 0)
+            .expect(vec![ReleaseLeader], |r| *r == Reason::ReleasingLockPrimaryStopped),
+        // --- tags: replicatefrom, nostream -------------------------------------------------------------
+        row("replicatefrom a running member: stream from it (cascading)",
+            Some(cluster(Some("pg2"))), local(running(false, 1000, Some(5432))))
+            .cfg(|c| c.tags.replicatefrom = Some("pg3".into()))
+            .expect(vec![Follow(Some(up("pg3", 5433)))], |_| true),
+        row("replicatefrom a stopped member: stream from the leader",
+            Some(with(cluster(Some("pg2")), |c| c.members[2].data.state = MemberState::Stopped)),
+            local(running(false, 1000, Some(5432))))
+            .cfg(|c| c.tags.replicatefrom = Some("pg3".into()))
+            .expect(vec![], |r| matches!(r, Reason::Following { .. })),
+        row("nostream: stream from nobody",
+            Some(cluster(Some("pg2"))), local(running(false, 1000, Some(5432))))
+            .cfg(|c| c.tags.nostream = true)
+            .expect(vec![Follow(None)], |_| true),
+        row("a replica keeps the slots of the members cascading from it",
+            Some(with(cluster(Some("pg2")), |c| c.members[2].data.tags.replicatefrom = Some(ME.into()))),
+            local(running(false, 1000, Some(5432))))
+            .expect(vec![EnsureSlots(vec!["pg3".into()])], |r| matches!(r, Reason::Following { .. })),
+        row("the leader has no slot for a member cascading from another",
+            Some(with(cluster(Some(ME)), |c| c.members[2].data.tags.replicatefrom = Some("pg2".into()))),
+            local(running(true, 1000, None)))
+            .expect(vec![RenewLeader, WriteStatus, EnsureSlots(vec!["pg2".into()])], |_| true),
+        // --- rewind preconditions ----------------------------------------------------------------------
+        row("diverged, use_pg_rewind on, but neither checksums nor wal_log_hints: stay stopped, say why",
+            Some(on_tl2(cluster(Some("pg2")))),
+            local(Postgres::Stopped { control: Some(ControlData { state: ClusterState::ShutDown, timeline: 1, checkpoint_lsn: 6000, min_recovery_end_lsn: 0, rewindable: false }) }))
+            .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+            .expect(vec![], |r| matches!(r, Reason::NotRewindable { timeline: 1 })),
+        row("diverged, no rewind, remove_data_directory_on_diverged_timelines: re-clone",
+            Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
+            .cfg(|c| c.remove_data_on_diverged = true)
+            .expect(vec![RemoveDataDirectory], |r| *r == Reason::RemovingDivergedDataDirectory),
     ]
 }
 

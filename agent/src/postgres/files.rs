@@ -44,6 +44,12 @@ pub fn parse_controldata(text: &str) -> Result<(String, ControlData), String> {
             timeline,
             checkpoint_lsn: lsn("Latest checkpoint location")?,
             min_recovery_end_lsn: lsn("Minimum recovery ending location").unwrap_or(0),
+            rewindable: fields
+                .get("Data page checksum version")
+                .is_some_and(|v| *v != "0")
+                || fields
+                    .get("wal_log_hints setting")
+                    .is_some_and(|v| *v == "on"),
         },
     ))
 }
@@ -328,6 +334,8 @@ Latest checkpoint location:           0/1500718
 Latest checkpoint's REDO location:    0/1500718
 Latest checkpoint's TimeLineID:       3
 Minimum recovery ending location:     0/0
+wal_log_hints setting:                off
+Data page checksum version:           1
 ";
 
     #[test]
@@ -337,6 +345,7 @@ Minimum recovery ending location:     0/0
         assert_eq!(cd.state, ClusterState::ShutDown);
         assert_eq!(cd.timeline, 3);
         assert_eq!(cd.checkpoint_lsn, 0x1500718);
+        assert!(cd.rewindable, "data checksums are on");
         assert!(parse_controldata("garbage").is_err());
     }
 

@@ -460,12 +460,13 @@ impl Instance {
             .map_err(|e| PgError::Query(db_error_text(&e)))
     }
 
-    /// Points a running replica at `up` (PostgreSQL 13+ applies primary_conninfo on reload).
-    pub fn follow(&self, dynamic: &DynamicConfig, up: &Upstream) -> Result<(), PgError> {
+    /// Points a running replica at `up`, or at nobody (PostgreSQL 13+ applies primary_conninfo on
+    /// reload).
+    pub fn follow(&self, dynamic: &DynamicConfig, up: Option<&Upstream>) -> Result<(), PgError> {
         self.write_config(
             dynamic,
             &StartAs::Replica {
-                upstream: Some(up.clone()),
+                upstream: up.cloned(),
             },
         )?;
         self.reload()

@@ -2,9 +2,11 @@
 //!
 //! - [`files`]: pure parsers and renderers (pg_controldata output, `postmaster.pid`, timeline history
 //!   files, postgresql.conf, primary_conninfo, .pgpass). Unit-tested without PostgreSQL.
+//! - [`fence`]: stopping a former primary before a replica promotes.
 //! - [`instance`]: the [`Instance`] that runs initdb, starts/stops/promotes the postmaster, runs
 //!   pg_basebackup and pg_rewind, and queries the server's state.
 
+pub mod fence;
 pub mod files;
 pub mod instance;
 

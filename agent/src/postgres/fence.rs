@@ -1,0 +1,144 @@
+//! Fencing a former primary before promoting a replica.
+//!
+//! Patroni's known hole: when the primary's agent dies (kill -9) or freezes, its PostgreSQL keeps
+//! accepting writes after another member is promoted, and those writes are lost when it rejoins.
+//! Praetor's race winner closes the hole before it promotes: it connects to the former primary as
+//! the superuser and, if that server still runs as a primary, stops it at once (immediate shutdown of
+//! its postmaster, run on the old node through `COPY ... TO PROGRAM`, a superuser's right). Only when
+//! the former primary is stopped, or provably not a primary (connection refused, in recovery,
+//! shutting down), does the winner promote. An unreachable former primary (timeout, network
+//! partition) cannot be proven down: the runner then waits at most `ttl` more before promoting —
+//! by then the former primary's own agent, unable to renew its lock, has demoted it (design.md rule
+//! 2), and the proxies have stopped routing to it.
+
+use std::time::Duration;
+
+use praetor_config::Credentials;
+
+/// What fencing found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceOutcome {
+    /// It was a running primary and is now stopped.
+    Stopped,
+    /// It runs, but not as a primary (in recovery): nothing to fence.
+    NotPrimary,
+    /// Nothing accepts connections there (refused, or the server is starting/stopping).
+    Down,
+    /// Neither stopped nor proven down (timeout, authentication refused, ...).
+    Unknown(String),
+}
+
+impl FenceOutcome {
+    /// True when the former primary can no longer acknowledge writes.
+    pub fn is_safe(&self) -> bool {
+        !matches!(self, FenceOutcome::Unknown(_))
+    }
+}
+
+/// Fences the PostgreSQL at `host:port` using `superuser`, each step bounded by `timeout`.
+pub async fn fence_primary(
+    host: &str,
+    port: u16,
+    superuser: &Credentials,
+    timeout: Duration,
+) -> FenceOutcome {
+    let client = match connect(host, port, superuser, timeout).await {
+        Ok(c) => c,
+        Err(outcome) => return outcome,
+    };
+    let in_recovery =
+        match tokio::time::timeout(timeout, client.query_one("SELECT pg_is_in_recovery()", &[]))
+            .await
+        {
+            Ok(Ok(row)) => row.get::<_, bool>(0),
+            Ok(Err(e)) => return classify(&e),
+            Err(_) => return FenceOutcome::Unknown("query timed out".into()),
+        };
+    if in_recovery {
+        return FenceOutcome::NotPrimary;
+    }
+    // The postmaster's PID is the first line of postmaster.pid; SIGQUIT is an immediate shutdown:
+    // no new connection, every session ends, nothing more is acknowledged.
+    let stop = "DO $$ DECLARE pid text := split_part(pg_read_file('postmaster.pid'), E'\\n', 1); \
+                BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'kill -QUIT ' || pid); END $$";
+    let result = tokio::time::timeout(timeout, client.batch_execute(stop)).await;
+    drop(client);
+    if let Ok(Err(e)) = &result {
+        // Killing the postmaster also ends our own session: an error here may be the success.
+        tracing::debug!("fencing statement ended with: {e}");
+    }
+    // Verify: the former primary must now refuse connections (or not be a primary).
+    let deadline = tokio::time::Instant::now() + timeout * 3;
+    loop {
+        match connect(host, port, superuser, timeout).await {
+            Err(FenceOutcome::Down) => return FenceOutcome::Stopped,
+            Err(other) => return other,
+            Ok(c) => {
+                if let Ok(Ok(row)) =
+                    tokio::time::timeout(timeout, c.query_one("SELECT pg_is_in_recovery()", &[]))
+                        .await
+                {
+                    if row.get::<_, bool>(0) {
+                        return FenceOutcome::NotPrimary;
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return FenceOutcome::Unknown(
+                "the former primary still accepts connections after the fencing attempt".into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connect(
+    host: &str,
+    port: u16,
+    superuser: &Credentials,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, FenceOutcome> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host)
+        .port(port)
+        .user(&superuser.username)
+        .dbname("postgres")
+        .application_name("praetor-fence")
+        .connect_timeout(timeout);
+    if let Some(pw) = &superuser.password {
+        cfg.password(pw);
+    }
+    match tokio::time::timeout(timeout, cfg.connect(tokio_postgres::NoTls)).await {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(classify(&e)),
+        Err(_) => Err(FenceOutcome::Unknown(format!(
+            "{host}:{port}: no answer within {timeout:?}"
+        ))),
+    }
+}
+
+/// Maps a connection or query error to what it proves.
+fn classify(e: &tokio_postgres::Error) -> FenceOutcome {
+    if let Some(db) = e.as_db_error() {
+        // 57P03 cannot_connect_now: starting up, shutting down, or in recovery without hot standby;
+        // 57P01/57P02/57P03 admin/crash shutdown: the server is going away.
+        return match db.code().code() {
+            "57P01" | "57P02" | "57P03" => FenceOutcome::Down,
+            code => FenceOutcome::Unknown(format!("{code}: {}", db.message())),
+        };
+    }
+    let refused = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+    if refused || e.is_closed() {
+        FenceOutcome::Down
+    } else {
+        FenceOutcome::Unknown(e.to_string())
+    }
+}
