@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         former_leader: None,
         fencing_since: None,
         last_role: None,
+        pending_restart: Default::default(),
         callbacks,
         status_tx,
         started: Instant::now(),
@@ -222,6 +223,8 @@ struct Runner {
     fencing_since: Option<((String, u16), u64)>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
     last_role: Option<Role>,
+    /// Parameters waiting for a restart: name → (running value, configured value).
+    pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
     status_tx: watch::Sender<Arc<NodeStatus>>,
     started: Instant,
@@ -326,6 +329,7 @@ impl Runner {
             }
         }
         let mut obs = self.observe().await;
+        self.apply_parameters(&obs).await;
         let Some(data) = obs.data.clone() else {
             self.publish(view.as_deref(), &obs).await;
             return Ok(());
@@ -760,6 +764,52 @@ impl Runner {
         }
     }
 
+    /// Applies dynamic and local configuration changes to a running PostgreSQL: rewrites the files when
+    /// their contents change and reloads; records which restart-only parameters wait for a restart
+    /// (published as `pending_restart` with the reason).
+    async fn apply_parameters(&mut self, obs: &Observation) {
+        let Some(server) = &obs.server else {
+            self.pending_restart.clear();
+            return;
+        };
+        let role = if server.in_recovery {
+            StartAs::Replica {
+                upstream: server.upstream.clone().map(|(host, port)| ha::Upstream {
+                    member: String::new(),
+                    host,
+                    port,
+                }),
+            }
+        } else {
+            StartAs::Primary
+        };
+        match self.pg.write_config(&self.dynamic, &role) {
+            Ok(w) if w.changed => match self.pg.reload() {
+                Ok(()) => {
+                    tracing::info!("configuration changed: reloaded postgres");
+                    let r = if server.in_recovery {
+                        Role::Replica
+                    } else {
+                        Role::Primary
+                    };
+                    self.callbacks.fire(crate::callbacks::Event::OnReload, r);
+                }
+                Err(e) => tracing::warn!("cannot reload postgres: {e}"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot write the postgres configuration: {e}"),
+        }
+        match self.pg.pending_restart(&self.dynamic).await {
+            Ok(p) => {
+                if p != self.pending_restart && !p.is_empty() {
+                    tracing::info!(parameters = ?p.keys().collect::<Vec<_>>(), "restart pending");
+                }
+                self.pending_restart = p;
+            }
+            Err(e) => tracing::debug!("cannot read pending_restart: {e}"),
+        }
+    }
+
     /// Fences the former primary at `host:port` before this member promotes (see
     /// [`crate::postgres::fence`]). `false` (wait, decide again next cycle) while it can be neither
     /// stopped nor proven down, for at most `ttl` seconds since the first attempt.
@@ -940,6 +990,20 @@ impl Runner {
             pause: self.dynamic.pause,
             ..Default::default()
         };
+        if !self.pending_restart.is_empty() {
+            d.pending_restart = true;
+            d.pending_restart_reason = Some(serde_json::Value::Object(
+                self.pending_restart
+                    .iter()
+                    .map(|(k, (old, new))| {
+                        (
+                            k.clone(),
+                            serde_json::json!({"old_value": old, "new_value": new}),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
         let is_primary = obs.server.as_ref().is_some_and(|s| !s.in_recovery);
         let mut checkpoint = self
             .checkpoint_after_promote

@@ -8,16 +8,18 @@
 //!   into the DCS `config` key, with Patroni's defaults and the rule `loop_wait + 2*retry_timeout <= ttl`.
 //! - [`load`]: reading a file, collecting warnings for unknown keys and errors that name the key path
 //!   (`bootstrap.dcs.ttl: invalid type ...`), and the per-role checks ([`Config::validate_agent`]).
+//! - [`env`]: `PATRONI_*` / `PRAETOR_*` environment variables overriding YAML keys.
 //! - [`value`]: small value types shared by the model (PostgreSQL parameter values, host:port
 //!   addresses, lenient integers).
 #![warn(missing_docs)]
 
 pub mod dynamic;
+pub mod env;
 pub mod load;
 pub mod model;
 pub mod value;
 
 pub use dynamic::{DynamicConfig, SyncMode};
-pub use load::{load_file, parse_str, ConfigError, Loaded};
+pub use load::{load_file, parse_str, parse_str_with_env, ConfigError, Loaded};
 pub use model::*;
 pub use value::{Address, ParamValue, Parameters};

@@ -67,13 +67,34 @@ impl ConfigError {
     }
 }
 
-/// Reads and parses a configuration file. See [`parse_str`].
+/// Reads and parses a configuration file, with `PATRONI_*` / `PRAETOR_*` environment variables
+/// overriding its keys (see [`crate::env`]). See [`parse_str`].
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_str(&text)
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("PATRONI_") || k.starts_with("PRAETOR_"))
+        .collect();
+    parse_str_with_env(&text, &env)
+}
+
+/// Like [`parse_str`], with environment overrides `env` (name, value) applied first.
+pub fn parse_str_with_env(text: &str, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    if env.is_empty() {
+        return parse_str(text);
+    }
+    let mut doc: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        // Report YAML syntax errors with their position, as without overrides.
+        Err(_) => return parse_str(text),
+    };
+    let applied = crate::env::apply_overrides(&mut doc, env);
+    if applied.is_empty() {
+        return parse_str(text);
+    }
+    parse_with(doc)
 }
 
 /// Parses YAML text into a [`Config`].
@@ -82,10 +103,17 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 /// [`ConfigError::Parse`] naming the path (`bootstrap.dcs.ttl: invalid value: string "abc", expected an
 /// integer`). Timings in `bootstrap.dcs` are checked against Patroni's rule and adjusted with a warning.
 pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
+    parse_with(serde_yaml::Deserializer::from_str(text))
+}
+
+/// Parses with any YAML deserializer (text keeps line numbers in messages, a `Value` does not).
+fn parse_with<'de, D>(de: D) -> Result<Loaded, ConfigError>
+where
+    D: serde::Deserializer<'de, Error = serde_yaml::Error>,
+{
     let mut warnings = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let result: Result<Config, serde_yaml::Error> = {
-        let de = serde_yaml::Deserializer::from_str(text);
         let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
         serde_ignored::deserialize(tracked, |path| {
             warnings.push(format!(
@@ -94,14 +122,13 @@ pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
             ));
         })
     };
-    let mut config = match result {
-        Ok(c) => c,
-        Err(e) => {
-            let path = dotted(&track.path().to_string());
-            let message = strip_path_prefix(&e.to_string(), &path);
-            return Err(ConfigError::Parse { key: path, message });
+    let mut config = result.map_err(|e| {
+        let key = dotted(&track.path().to_string());
+        ConfigError::Parse {
+            message: strip_path_prefix(&e.to_string(), &key),
+            key,
         }
-    };
+    })?;
     for w in config.bootstrap.dcs.adjust_timings() {
         warnings.push(format!("bootstrap.dcs: {w}"));
     }
@@ -279,6 +306,26 @@ tags:
             l.config.dcs_endpoints().unwrap(),
             crate::DcsEndpoints::Etcd(vec!["http://10.0.0.1:2379".into()])
         );
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_names_the_path_on_bad_values() {
+        let env = vec![
+            ("PATRONI_NAME".to_string(), "pg99".to_string()),
+            (
+                "PRAETOR_POSTGRESQL_DATA_DIR".to_string(),
+                "/data/pg99".to_string(),
+            ),
+        ];
+        let l = parse_str_with_env(GOOD, &env).unwrap();
+        assert_eq!(l.config.name.as_deref(), Some("pg99"));
+        assert_eq!(
+            l.config.postgresql.data_dir.as_deref(),
+            Some(std::path::Path::new("/data/pg99"))
+        );
+        let env = vec![("PATRONI_RESTAPI_LISTEN".to_string(), "nowhere".to_string())];
+        let e = parse_str_with_env(GOOD, &env).unwrap_err();
+        assert_eq!(e.key(), Some("restapi.listen"), "{e}");
     }
 
     #[test]

@@ -248,6 +248,25 @@ pub const CLUSTER_WIDE_PARAMETERS: &[&str] = &[
 /// Parameters the agent sets itself; user values are ignored.
 pub const AGENT_PARAMETERS: &[&str] = &["listen_addresses", "port", "cluster_name", "hot_standby"];
 
+/// Parameters passed on the postmaster's command line rather than in postgresql.conf (Patroni's
+/// CMDLINE_OPTIONS): the restart-only cluster-wide ones and the agent's own. On the command line they
+/// win over postgresql.auto.conf, so `ALTER SYSTEM` cannot make members disagree on them.
+pub const CMDLINE_PARAMETERS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "cluster_name",
+    "hot_standby",
+    "wal_level",
+    "max_connections",
+    "max_wal_senders",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+    "track_commit_timestamp",
+    "max_replication_slots",
+    "max_worker_processes",
+    "wal_log_hints",
+];
+
 /// Recovery parameters the agent writes for a replica; user values in `parameters` are ignored.
 pub const RECOVERY_PARAMETERS: &[&str] = &[
     "primary_conninfo",
@@ -285,6 +304,35 @@ pub fn merge_parameters(
         out.insert(k.to_string(), v.clone());
     }
     (out, ignored)
+}
+
+/// Splits merged parameters into (postgresql.conf ones, command-line ones).
+pub fn split_cmdline(
+    params: BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    params
+        .into_iter()
+        .partition(|(k, _)| !CMDLINE_PARAMETERS.contains(&k.as_str()))
+}
+
+/// True when PostgreSQL's `setting` (from pg_settings) and a configured value mean the same:
+/// booleans in any spelling, integers by value, `wal_level`'s old names (`archive`, `hot_standby`
+/// are `replica` since 9.6), otherwise case-insensitive text.
+pub fn same_setting(name: &str, setting: &str, configured: &str) -> bool {
+    fn norm(name: &str, v: &str) -> String {
+        let v = v.trim().trim_matches('\'').to_ascii_lowercase();
+        match v.as_str() {
+            "on" | "true" | "yes" | "1" if name != "max_connections" => return "on".into(),
+            "off" | "false" | "no" | "0" if !name.starts_with("max_") => return "off".into(),
+            "archive" | "hot_standby" if name == "wal_level" => return "replica".into(),
+            _ => {}
+        }
+        match v.parse::<i64>() {
+            Ok(i) => i.to_string(),
+            Err(_) => v,
+        }
+    }
+    norm(name, setting) == norm(name, configured)
 }
 
 /// What a replica's recovery settings say.
@@ -426,6 +474,30 @@ Data page checksum version:           1
         assert!(conf.contains("log_line_prefix = '%m [%p] it''s '\n"));
         assert!(conf.contains("primary_slot_name = 'pg2'\n"));
         assert!(conf.contains("recovery_target_timeline = 'latest'\n"));
+    }
+
+    #[test]
+    fn cmdline_parameters_are_split_out() {
+        let mut p = BTreeMap::new();
+        p.insert("max_connections".to_string(), "100".to_string());
+        p.insert("work_mem".to_string(), "8MB".to_string());
+        p.insert("port".to_string(), "5432".to_string());
+        let (conf, cmdline) = split_cmdline(p);
+        assert_eq!(conf.keys().collect::<Vec<_>>(), vec!["work_mem"]);
+        assert_eq!(
+            cmdline.keys().collect::<Vec<_>>(),
+            vec!["max_connections", "port"]
+        );
+    }
+
+    #[test]
+    fn settings_compare_by_meaning() {
+        assert!(same_setting("wal_log_hints", "on", "true"));
+        assert!(same_setting("track_commit_timestamp", "off", "0"));
+        assert!(same_setting("max_connections", "100", " 100 "));
+        assert!(!same_setting("max_connections", "100", "200"));
+        assert!(same_setting("wal_level", "replica", "hot_standby"));
+        assert!(!same_setting("wal_level", "replica", "logical"));
     }
 
     #[test]

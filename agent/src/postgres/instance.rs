@@ -1,5 +1,6 @@
 //! The local PostgreSQL instance: programs run, files written, queries asked.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -13,8 +14,8 @@ use tokio::sync::Mutex;
 
 use super::files::{
     conninfo, conninfo_host_port, merge_parameters, parse_controldata, parse_postmaster_pid,
-    parse_timeline_history, pgpass_line, render_postgresql_conf, HistoryLine, PostmasterPid,
-    StandbySettings,
+    parse_timeline_history, pgpass_line, render_postgresql_conf, same_setting, split_cmdline,
+    HistoryLine, PostmasterPid, StandbySettings,
 };
 use crate::ha::{slot_name, ControlData, DataDir, StartAs, StopMode, Upstream};
 
@@ -266,12 +267,7 @@ impl Instance {
 
     /// Writes pg_hba.conf from `lines`.
     pub fn write_pg_hba(&self, lines: &[String]) -> Result<(), PgError> {
-        let path = self.data("pg_hba.conf");
-        let text = format!(
-            "# Written by praetor from its configuration.\n{}\n",
-            lines.join("\n")
-        );
-        write_private(&path, &text)
+        write_private(&self.data("pg_hba.conf"), &hba_text(lines))
     }
 
     /// The primary_conninfo for streaming from `up`.
@@ -289,13 +285,16 @@ impl Instance {
         ])
     }
 
-    /// Writes postgresql.conf, pg_hba.conf (when configured) and standby.signal for `role`.
-    /// Returns the local parameter names that were ignored (cluster-wide or agent-managed).
-    pub fn write_config(
+    /// The parameters for this member: merged (defaults < dynamic < local < agent's) and split into
+    /// postgresql.conf ones and command-line ones; plus the local keys that were ignored.
+    pub fn parameters(
         &self,
         dynamic: &DynamicConfig,
-        role: &StartRole,
-    ) -> Result<Vec<String>, PgError> {
+    ) -> (
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+        Vec<String>,
+    ) {
         let agent = [
             ("listen_addresses", self.s.listen.host.clone()),
             ("port", self.s.listen.port.to_string()),
@@ -304,6 +303,19 @@ impl Instance {
         ];
         let (params, ignored) =
             merge_parameters(&dynamic.postgresql.parameters, &self.s.parameters, &agent);
+        let (conf, cmdline) = split_cmdline(params);
+        (conf, cmdline, ignored)
+    }
+
+    /// Writes postgresql.conf, pg_hba.conf (when configured) and standby.signal for `role`, each file
+    /// only when its contents change. Returns whether postgresql.conf or pg_hba.conf changed (a
+    /// running server needs a reload) and the local parameter names that were ignored.
+    pub fn write_config(
+        &self,
+        dynamic: &DynamicConfig,
+        role: &StartRole,
+    ) -> Result<ConfigWrite, PgError> {
+        let (params, _, ignored) = self.parameters(dynamic);
         let standby = match role {
             StartAs::Primary => None,
             StartAs::Replica { upstream } => Some(StandbySettings {
@@ -314,24 +326,62 @@ impl Instance {
                     .map(|_| slot_name(&self.s.name)),
             }),
         };
-        let conf = self.data("postgresql.conf");
-        write_private(&conf, &render_postgresql_conf(&params, standby.as_ref()))?;
+        let mut changed = write_if_changed(
+            &self.data("postgresql.conf"),
+            &render_postgresql_conf(&params, standby.as_ref()),
+        )?;
         if let Some(hba) = self
             .s
             .pg_hba
             .as_ref()
             .or(dynamic.postgresql.pg_hba.as_ref())
         {
-            self.write_pg_hba(hba)?;
+            changed |= write_if_changed(&self.data("pg_hba.conf"), &hba_text(hba))?;
         }
         let signal = self.data("standby.signal");
         match role {
             StartAs::Primary => remove_if_exists(&signal)?,
-            StartAs::Replica { .. } => write_private(&signal, "")?,
+            StartAs::Replica { .. } => {
+                if !signal.exists() {
+                    write_private(&signal, "")?;
+                }
+            }
         }
         remove_if_exists(&self.data("recovery.signal"))?;
         self.write_pgpass()?;
-        Ok(ignored)
+        Ok(ConfigWrite { changed, ignored })
+    }
+
+    /// Parameters whose new value waits for a restart: name → (running value, configured value).
+    /// PostgreSQL reports the postgresql.conf ones (`pending_restart`); the command-line ones are
+    /// compared here with what the server runs with.
+    pub async fn pending_restart(
+        &self,
+        dynamic: &DynamicConfig,
+    ) -> Result<BTreeMap<String, (String, String)>, PgError> {
+        let (conf, cmdline, _) = self.parameters(dynamic);
+        let names: Vec<String> = cmdline.keys().cloned().collect();
+        let rows = self
+            .query(
+                "SELECT name, setting, pending_restart FROM pg_settings WHERE pending_restart OR name = ANY($1)",
+                &[&names],
+            )
+            .await?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let name: String = r.get(0);
+            let setting: String = r.get::<_, Option<String>>(1).unwrap_or_default();
+            let pending: bool = r.get(2);
+            if let Some(want) = cmdline.get(&name) {
+                if !same_setting(&name, &setting, want) {
+                    out.insert(name, (setting, want.clone()));
+                }
+            } else if pending {
+                let want = conf.get(&name).cloned().unwrap_or_else(|| "?".into());
+                out.insert(name, (setting, want));
+            }
+        }
+        Ok(out)
     }
 
     /// Writes the configuration for `role`, starts the postmaster in its own process group (so a
@@ -342,16 +392,19 @@ impl Instance {
                 "postgres is already running".to_string(),
             ));
         }
-        let ignored = self.write_config(dynamic, role)?;
+        let ignored = self.write_config(dynamic, role)?.ignored;
         if !ignored.is_empty() {
             tracing::warn!(parameters = ?ignored, "local postgresql.parameters ignored: cluster-wide ones come from the dynamic configuration, agent-managed ones from the agent");
         }
         // A stale lock file of a dead postmaster makes postgres refuse to start only when its PID
         // belongs to a live process; PostgreSQL handles the rest itself.
+        let (_, cmdline, _) = self.parameters(dynamic);
         let mut cmd = Command::new(self.bin("postgres"));
-        cmd.arg("-D")
-            .arg(&self.s.data_dir)
-            .stdin(Stdio::null())
+        cmd.arg("-D").arg(&self.s.data_dir);
+        for (k, v) in &cmdline {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(false);
         let child = cmd.spawn().map_err(|e| PgError::Command {
@@ -791,6 +844,33 @@ fn quote_ident(s: &str) -> String {
 
 fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// pg_hba.conf contents for `lines`.
+fn hba_text(lines: &[String]) -> String {
+    format!(
+        "# Written by praetor from its configuration.\n{}\n",
+        lines.join("\n")
+    )
+}
+
+/// What [`Instance::write_config`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWrite {
+    /// postgresql.conf or pg_hba.conf changed: a running server needs a reload.
+    pub changed: bool,
+    /// Local parameters that were ignored (cluster-wide or agent-managed).
+    pub ignored: Vec<String>,
+}
+
+/// Writes `text` to `path` (mode 0600, atomically) unless it already holds exactly that; returns
+/// whether it wrote.
+fn write_if_changed(path: &Path, text: &str) -> Result<bool, PgError> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    write_private(path, text)?;
+    Ok(true)
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
