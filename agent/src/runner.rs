@@ -93,6 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         fencing_since: None,
         last_role: None,
         pending_restart: Default::default(),
+        sync_catchup_lsn: 0,
         callbacks,
         status_tx,
         started: Instant::now(),
@@ -223,6 +224,8 @@ struct Runner {
     fencing_since: Option<((String, u16), u64)>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
     last_role: Option<Role>,
+    /// The WAL position when `synchronous_standby_names` last changed (bytes).
+    sync_catchup_lsn: u64,
     /// Parameters waiting for a restart: name → (running value, configured value).
     pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
@@ -356,6 +359,7 @@ impl Runner {
             peers,
             primary_start_began_ms: self.primary_start_began_ms,
             former_leader: self.former_leader.clone(),
+            sync_catchup_lsn: self.sync_catchup_lsn,
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -538,6 +542,17 @@ impl Runner {
                         timeline: s.timeline,
                         wal_position: s.wal_position(),
                         upstream: s.upstream.clone(),
+                        standbys: s
+                            .replication
+                            .iter()
+                            .map(|r| ha::sync::Standby {
+                                name: r.application_name.clone(),
+                                state: r.state.clone(),
+                                sync_state: r.sync_state.clone(),
+                                flush_lsn: r.flush_lsn,
+                            })
+                            .collect(),
+                        sync_standby_names: s.sync_standby_names.clone(),
                     }),
                     server: Some(s),
                 },
@@ -701,6 +716,46 @@ impl Runner {
                 Ok(true)
             }
             Action::FencePrimary { host, port } => Ok(self.fence(host, port).await),
+            Action::SetSyncStandbyNames(names) => {
+                let lsn = match self.pg.status().await {
+                    Ok(s) => s.wal_position(),
+                    Err(_) => obs
+                        .server
+                        .as_ref()
+                        .map(ServerStatus::wal_position)
+                        .unwrap_or(0),
+                };
+                tracing::info!(synchronous_standby_names = %names, "changing synchronous replication");
+                self.pg.set_sync_standby_names(Some(names));
+                let role = if obs.server.as_ref().is_some_and(|s| s.in_recovery) {
+                    StartAs::Replica {
+                        upstream: obs.server.as_ref().and_then(|s| s.upstream.clone()).map(
+                            |(host, port)| ha::Upstream {
+                                member: String::new(),
+                                host,
+                                port,
+                            },
+                        ),
+                    }
+                } else {
+                    StartAs::Primary
+                };
+                self.pg.write_config(&self.dynamic, &role)?;
+                self.pg.reload()?;
+                self.sync_catchup_lsn = lsn;
+                Ok(true)
+            }
+            Action::WriteSync(state) => {
+                let expect = match view.and_then(|v| v.sync.as_ref()) {
+                    Some(s) => Expect::Version(s.version),
+                    None => Expect::Absent,
+                };
+                match self.dcs.set_sync(&state, expect).await {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.is_cas_conflict() => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Action::AbortTask => {
                 if let Some(t) = self.task.take() {
                     t.handle.abort();
@@ -772,6 +827,11 @@ impl Runner {
             self.pending_restart.clear();
             return;
         };
+        if server.in_recovery {
+            // Synchronous replication is the leader's business; a replica keeps no override (a
+            // strict-mode promotion sets '*' right before promoting, in the same cycle).
+            self.pg.set_sync_standby_names(None);
+        }
         let role = if server.in_recovery {
             StartAs::Replica {
                 upstream: server.upstream.clone().map(|(host, port)| ha::Upstream {

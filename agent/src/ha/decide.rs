@@ -4,6 +4,7 @@ use praetor_dcs::{Cluster, Failover, Versioned};
 
 use super::election::is_healthiest;
 use super::rejoin::{rejoin_plan, RejoinPlan};
+use super::sync;
 use super::{
     slot_name, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres, Reason,
     Running, StartAs, StopMode, Upstream,
@@ -366,6 +367,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         let mut actions = vec![Action::RenewLeader];
         actions.extend(slot_actions(view, cfg));
         actions.extend(fence_former_primary(local, r));
+        actions.extend(strict_sync_before_promote(cfg));
         actions.push(Action::Promote);
         return decision(actions, Reason::PromotedBecauseHadLock);
     }
@@ -379,6 +381,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     if needs_history(view, r) {
         actions.push(Action::UpdateHistory);
     }
+    actions.extend(sync::sync_actions(view, r, cfg, local.sync_catchup_lsn));
     let mut reason = Reason::LeaderWithLock { me: me.to_string() };
     if let Some(req) = view.failover_request() {
         // A request that does not ask this leader to step down is done (it names this member as the
@@ -387,6 +390,14 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         reason = Reason::ClearedFailoverKey;
     }
     decision(actions, reason)
+}
+
+/// With `synchronous_mode_strict`, a promoted member must not acknowledge a single commit before a
+/// standby confirmed it: it promotes with `synchronous_standby_names = '*'`, narrowed by the next loop.
+fn strict_sync_before_promote(cfg: &HaConfig) -> Option<Action> {
+    (cfg.dynamic.synchronous_mode != praetor_config::SyncMode::Off
+        && cfg.dynamic.synchronous_mode_strict)
+        .then(|| Action::SetSyncStandbyNames("*".into()))
 }
 
 /// Before a replica promotes, the former primary must accept no more writes: a primary whose agent
@@ -480,12 +491,20 @@ fn switchover_from_leader(
     }
     let peers = local.peers.as_deref().unwrap_or(&[]);
     let max_lag = cfg.dynamic.maximum_lag_on_failover;
+    let sync_listed: Option<Vec<String>> =
+        (cfg.dynamic.synchronous_mode != praetor_config::SyncMode::Off).then(|| {
+            view.sync
+                .as_ref()
+                .map(|s| s.value.members())
+                .unwrap_or_default()
+        });
     let healthy = |p: &&super::PeerStatus| {
         p.name != me
             && p.is_eligible()
             && !p.is_running_primary
             && view.member(&p.name).is_some()
             && r.wal_position.saturating_sub(p.wal_position) <= max_lag
+            && sync_listed.as_ref().is_none_or(|l| l.contains(&p.name))
     };
     let candidate = match req.value.member.as_deref() {
         Some(c) => match peers.iter().find(|p| p.name == c) {
@@ -610,6 +629,30 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     if cfg.tags.nofailover || priority <= 0 {
         return not_racing(Reason::NotAllowedToPromote);
     }
+    // Under synchronous replication only the standbys listed in `sync` hold every acknowledged
+    // commit: only they race, and only against each other.
+    let sync_listed: Option<Vec<String>> =
+        (cfg.dynamic.synchronous_mode != praetor_config::SyncMode::Off).then(|| {
+            view.sync
+                .as_ref()
+                .map(|s| s.value.members())
+                .unwrap_or_default()
+        });
+    let peers_in_race: Vec<super::PeerStatus> = match &sync_listed {
+        Some(listed) => peers
+            .iter()
+            .filter(|p| listed.contains(&p.name) || p.is_running_primary)
+            .cloned()
+            .collect(),
+        None => peers.to_vec(),
+    };
+    let answering = sync_listed
+        .as_ref()
+        .map(|l| peers.iter().filter(|p| l.contains(&p.name)).count())
+        .unwrap_or(0);
+    if !sync::may_promote(view, cfg, answering) {
+        return not_racing(Reason::NotSynchronousStandby);
+    }
     if !i_am_candidate {
         if let Some(optime) = view.leader_optime() {
             if optime
@@ -622,8 +665,14 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
                 });
             }
         }
-        if let Err(reason) = is_healthiest(me, r.timeline, r.wal_position, priority, peers, exclude)
-        {
+        if let Err(reason) = is_healthiest(
+            me,
+            r.timeline,
+            r.wal_position,
+            priority,
+            &peers_in_race,
+            exclude,
+        ) {
             return not_racing(reason);
         }
     }
@@ -638,6 +687,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     let mut actions = vec![Action::AcquireLeader];
     actions.extend(slot_actions(view, cfg));
     actions.extend(fence_former_primary(local, r));
+    actions.extend(strict_sync_before_promote(cfg));
     actions.push(Action::Promote);
     decision(actions, Reason::PromotedByAcquiringLock)
 }

@@ -15,6 +15,7 @@ mod decide;
 mod election;
 mod reason;
 mod rejoin;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -150,6 +151,10 @@ pub struct Running {
     pub wal_position: u64,
     /// Replica: host and port of `primary_conninfo` (whom it is told to follow).
     pub upstream: Option<(String, u16)>,
+    /// Primary: its standbys as `pg_stat_replication` shows them.
+    pub standbys: Vec<sync::Standby>,
+    /// The current `synchronous_standby_names`.
+    pub sync_standby_names: String,
 }
 
 impl Postgres {
@@ -202,6 +207,9 @@ pub struct LocalState {
     /// The last leader this member saw (other than itself), with its PostgreSQL address: the primary
     /// to fence before promoting when its lock expired.
     pub former_leader: Option<Upstream>,
+    /// The leader's WAL position when it last changed `synchronous_standby_names` (bytes): a standby
+    /// joins the `sync` key only once it confirmed that far.
+    pub sync_catchup_lsn: u64,
 }
 
 /// The decision of one loop.
@@ -300,6 +308,11 @@ pub enum Action {
     EnsureSlots(Vec<String>),
     /// Leader: write `status` with the current WAL position.
     WriteStatus,
+    /// Leader: set `synchronous_standby_names` (rewrite postgresql.conf and reload); the runner notes
+    /// the WAL position at that moment for [`LocalState::sync_catchup_lsn`].
+    SetSyncStandbyNames(String),
+    /// Leader: write the `sync` key.
+    WriteSync(praetor_dcs::SyncState),
     /// Leader: append the promotion that started the current timeline to `history`.
     UpdateHistory,
     /// Delete the `failover` key (request done or impossible) if it still has this version.

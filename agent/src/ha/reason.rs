@@ -91,6 +91,9 @@ pub enum Reason {
     },
     /// Not eligible for the leader race (tags).
     NotAllowedToPromote,
+    /// Synchronous replication is on and this member is not a listed synchronous standby (or, in
+    /// quorum mode, too few listed members answered).
+    NotSynchronousStandby,
     /// Lagging too far behind the last known leader position.
     NotHealthyEnough {
         /// This member's position (bytes).
@@ -217,6 +220,9 @@ impl fmt::Display for Reason {
             ChangingPrimaryConninfo { leader } => write!(
                 f,
                 "changing primary_conninfo and reloading to follow the new leader ({leader})"
+            ),
+            NotSynchronousStandby => f.write_str(
+                "not promoting: synchronous replication is on and I am not a synchronous standby (or too few of them answered)",
             ),
             NotAllowedToPromote => f.write_str(
                 "following a different leader because I am not allowed to promote",

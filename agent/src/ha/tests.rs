@@ -2,10 +2,10 @@
 //! row (§7) that this version implements. Each row builds a cluster view and local state with the
 //! small builders below and states the expected actions and reason.
 
-use praetor_config::{DynamicConfig, Tags};
+use praetor_config::{DynamicConfig, SyncMode, Tags};
 use praetor_dcs::{
     Cluster, Failover, HistoryEntry, Leader, Member, MemberData, MemberState, Role, Status,
-    Versioned,
+    SyncState, Versioned,
 };
 
 use super::*;
@@ -75,6 +75,8 @@ fn running(is_primary: bool, wal: u64, upstream: Option<u16>) -> Postgres {
         timeline: 1,
         wal_position: wal,
         upstream: upstream.map(|p| ("127.0.0.1".to_string(), p)),
+        standbys: vec![],
+        sync_standby_names: String::new(),
     })
 }
 
@@ -90,6 +92,7 @@ fn local(postgres: Postgres) -> LocalState {
         peers: None,
         primary_start_began_ms: None,
         former_leader: None,
+        sync_catchup_lsn: 0,
     }
 }
 
@@ -123,6 +126,37 @@ const NOW: Now = Now {
     mono_ms: 1_000_000,
     unix_secs: 1_800_000_000,
 };
+
+fn primary_with(standbys: &[(&str, &str, u64)], guc: &str) -> Postgres {
+    Postgres::Running(Running {
+        is_primary: true,
+        timeline: 1,
+        wal_position: 1000,
+        upstream: None,
+        standbys: standbys
+            .iter()
+            .map(|(n, s, flush)| sync::Standby {
+                name: n.to_string(),
+                state: "streaming".into(),
+                sync_state: s.to_string(),
+                flush_lsn: *flush,
+            })
+            .collect(),
+        sync_standby_names: guc.into(),
+    })
+}
+
+fn sync_value(members: &[&str]) -> SyncState {
+    SyncState {
+        leader: Some(ME.into()),
+        sync_standby: (!members.is_empty()).then(|| members.join(",")),
+        quorum: None,
+    }
+}
+
+fn sync_key(members: &[&str]) -> Action {
+    Action::WriteSync(sync_value(members))
+}
 
 fn fence(port: u16) -> Action {
     Action::FencePrimary {
@@ -350,6 +384,8 @@ fn rows() -> Vec<Row> {
                 timeline: 2,
                 wal_position: 1000,
                 upstream: None,
+                standbys: vec![],
+                sync_standby_names: String::new(),
             })),
         )
         .expect(
@@ -758,6 +794,66 @@ fn rows() -> Vec<Row> {
             local(Postgres::Stopped { control: Some(ControlData { state: ClusterState::ShutDown, timeline: 1, checkpoint_lsn: 6000, min_recovery_end_lsn: 0, rewindable: false }) }))
             .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
             .expect(vec![], |r| matches!(r, Reason::NotRewindable { timeline: 1 })),
+        // --- synchronous replication --------------------------------------------------------------
+        row("sync on: the leader first writes a sync key of its own",
+            Some(cluster(Some(ME))), local(primary_with(&[("pg2", "async", 1000)], "")))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), sync_key(&[])], |_| true),
+        row("sync on: adding a standby sets the GUC first",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
+            local(primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], "")))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(),
+                         SetSyncStandbyNames(r#"FIRST 1 ("pg2")"#.into())], |_| true),
+        row("sync on: ... and the key once the standby is synchronous and caught up",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
+            with(local(primary_with(&[("pg2", "sync", 1000), ("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)),
+                 |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), sync_key(&["pg2"])], |_| true),
+        row("sync on: a standby not yet caught up stays out of the key",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
+            with(local(primary_with(&[("pg2", "sync", 900)], r#"FIRST 1 ("pg2")"#)),
+                 |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+        row("sync on: a synchronous standby that left is removed from the key first",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&["pg2"]), version: 9 }))),
+            local(primary_with(&[("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), sync_key(&[])], |_| true),
+        row("sync strict without standbys: commits wait for any standby",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
+            local(primary_with(&[], "")))
+            .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), SetSyncStandbyNames("*".into())], |_| true),
+        row("sync on: a nosync standby is never synchronous",
+            Some(with(cluster(Some(ME)), |c| {
+                c.sync = Some(Versioned { value: sync_value(&[]), version: 9 });
+                c.members[1].data.tags.nosync = true;
+            })),
+            local(primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], "")))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(),
+                         SetSyncStandbyNames(r#"FIRST 1 ("pg3")"#.into())], |_| true),
+        row("§7 sync: no synchronous standby listed: no automatic failover",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: None, quorum: None }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
+        row("sync strict: the listed synchronous standby promotes with synchronous_standby_names '*'",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some(ME.into()), quorum: None }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
+            .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
+            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames("*".into()), Promote], |_| true),
+        row("sync on: switchover to an asynchronous standby is refused",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg3"));
+                c.sync = Some(Versioned { value: sync_value(&["pg2"]), version: 9 });
+            })),
+            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| matches!(r, Reason::ManualFailoverImpossible { .. })),
         row("diverged, no rewind, remove_data_directory_on_diverged_timelines: re-clone",
             Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
             .cfg(|c| c.remove_data_on_diverged = true)

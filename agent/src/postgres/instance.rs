@@ -121,6 +121,8 @@ pub struct ServerStatus {
     pub system_identifier: String,
     /// Primary: `pg_stat_replication` rows.
     pub replication: Vec<ReplicationRow>,
+    /// `synchronous_standby_names` in force.
+    pub sync_standby_names: String,
 }
 
 impl ServerStatus {
@@ -149,11 +151,16 @@ pub struct ReplicationRow {
     pub sync_state: String,
     /// Priority in synchronous_standby_names.
     pub sync_priority: i32,
+    /// WAL position the standby confirmed flushed (bytes); not part of Patroni's JSON.
+    #[serde(skip)]
+    pub flush_lsn: u64,
 }
 
 /// The local PostgreSQL instance.
 pub struct Instance {
     s: InstanceSettings,
+    /// `synchronous_standby_names` as the HA loop manages it (synchronous mode), over any configured.
+    sync_names: std::sync::Mutex<Option<String>>,
     client: Mutex<Option<tokio_postgres::Client>>,
     child: Mutex<Option<Child>>,
 }
@@ -163,6 +170,7 @@ impl Instance {
     pub fn new(settings: InstanceSettings) -> Instance {
         Instance {
             s: settings,
+            sync_names: std::sync::Mutex::new(None),
             client: Mutex::new(None),
             child: Mutex::new(None),
         }
@@ -301,10 +309,24 @@ impl Instance {
             ("cluster_name", self.s.scope.clone()),
             ("hot_standby", "on".to_string()),
         ];
-        let (params, ignored) =
+        let (mut params, ignored) =
             merge_parameters(&dynamic.postgresql.parameters, &self.s.parameters, &agent);
+        if let Some(names) = self
+            .sync_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            params.insert("synchronous_standby_names".into(), names);
+        }
         let (conf, cmdline) = split_cmdline(params);
         (conf, cmdline, ignored)
+    }
+
+    /// Sets the `synchronous_standby_names` the HA loop manages (written with the next
+    /// [`Instance::write_config`]); `None` leaves the configured value.
+    pub fn set_sync_standby_names(&self, names: Option<String>) {
+        *self.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = names;
     }
 
     /// Writes postgresql.conf, pg_hba.conf (when configured) and standby.signal for `role`, each file
@@ -662,7 +684,8 @@ impl Instance {
             pg_postmaster_start_time()::text,
             (SELECT system_identifier FROM pg_control_system())::text,
             pg_last_xact_replay_timestamp()::text,
-            CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END";
+            CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
+            current_setting('synchronous_standby_names')";
         let rows = self.query(SQL, &[]).await?;
         let row = rows
             .first()
@@ -687,12 +710,14 @@ impl Instance {
             system_identifier: row.get(9),
             replay_timestamp: row.get(10),
             replay_paused: row.get(11),
+            sync_standby_names: row.get(12),
             replication: vec![],
         };
         if !in_recovery {
             let rows = self
                 .query(
-                    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority
+                    "SELECT usename::text, application_name, client_addr::text, state, sync_state, sync_priority,
+                            (flush_lsn - '0/0')::bigint
                      FROM pg_stat_replication ORDER BY application_name",
                     &[],
                 )
@@ -706,6 +731,7 @@ impl Instance {
                     state: r.get::<_, Option<String>>(3).unwrap_or_default(),
                     sync_state: r.get::<_, Option<String>>(4).unwrap_or_default(),
                     sync_priority: r.get::<_, Option<i32>>(5).unwrap_or(0),
+                    flush_lsn: r.get::<_, Option<i64>>(6).unwrap_or(0).max(0) as u64,
                 })
                 .collect();
         }
