@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::dynamic::DynamicConfig;
-use crate::value::{lenient_bool, lenient_opt_int, list_or_csv, Address, Parameters};
+use crate::value::{lenient_bool, lenient_int, lenient_opt_int, list_or_csv, Address, Parameters};
 
 /// A whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,8 +40,10 @@ pub struct Config {
     pub ctl: Option<serde_yaml::Value>,
     /// Logging.
     pub log: Log,
-    /// Hardware/software watchdog (issue: HA loop complete).
-    pub watchdog: Option<serde_yaml::Value>,
+    /// The watchdog armed while this member is leader (`watchdog.{mode,device,safety_margin}`).
+    /// Absent or empty: Patroni's default, `mode: automatic` on `/dev/watchdog`.
+    #[serde(deserialize_with = "null_as_default")]
+    pub watchdog: Watchdog,
     /// Praetor-only settings.
     pub praetor: Praetor,
 }
@@ -309,6 +311,144 @@ pub struct Log {
     pub dir: Option<PathBuf>,
 }
 
+/// `watchdog`: the device that resets this node when its agent stops sending keepalives while it
+/// holds the leader lock (Patroni's `watchdog` section, local to each member).
+///
+/// While leader, the agent arms the device with a timeout of `ttl - safety_margin` seconds and sends
+/// a keepalive after every successful lock renewal, so a frozen agent gets its node reset before the
+/// lock expires and another member promotes. See the README section "Watchdog".
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Watchdog {
+    /// `off`, `automatic` (default) or `required`.
+    pub mode: WatchdogMode,
+    /// The Linux watchdog device (default `/dev/watchdog`).
+    pub device: PathBuf,
+    /// Seconds between the watchdog firing and the leader lock expiring (default 5); `-1` sets the
+    /// watchdog timeout to `ttl / 2` instead (Patroni's spelling).
+    #[serde(deserialize_with = "safety_margin")]
+    pub safety_margin: i64,
+}
+
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog {
+            mode: WatchdogMode::Automatic,
+            device: PathBuf::from(Watchdog::DEFAULT_DEVICE),
+            safety_margin: 5,
+        }
+    }
+}
+
+impl Watchdog {
+    /// Patroni's default device.
+    pub const DEFAULT_DEVICE: &'static str = "/dev/watchdog";
+
+    /// The watchdog timeout for a leader lock of `ttl_secs`: `ttl - safety_margin`, or `ttl / 2` when
+    /// `safety_margin` is -1. `None` when that leaves less than one second.
+    pub fn timeout_secs(&self, ttl_secs: u32) -> Option<u32> {
+        let ttl = i64::from(ttl_secs);
+        let timeout = if self.safety_margin == -1 {
+            ttl / 2
+        } else {
+            ttl - self.safety_margin
+        };
+        u32::try_from(timeout).ok().filter(|t| *t >= 1)
+    }
+}
+
+/// `watchdog.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchdogMode {
+    /// Never touch a watchdog (`off`, `disable`, `disabled`, YAML `false`).
+    Off,
+    /// Arm the watchdog while leader when it can be opened; otherwise warn and lead without it
+    /// (`automatic`, `auto`; Patroni's default).
+    #[default]
+    Automatic,
+    /// Never take the leader lock without an armed watchdog whose timeout expires before the lock
+    /// (`required`, `require`).
+    Required,
+}
+
+impl WatchdogMode {
+    /// Patroni's name of the mode: `off`, `automatic`, `required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchdogMode::Off => "off",
+            WatchdogMode::Automatic => "automatic",
+            WatchdogMode::Required => "required",
+        }
+    }
+}
+
+impl std::fmt::Display for WatchdogMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WatchdogMode {
+    type Err = String;
+
+    /// Patroni's spellings, case-insensitive; `false`/`no` also mean `off` (as written in an
+    /// environment variable). Unlike Patroni, which disables the watchdog with a warning, anything
+    /// else is an error: a typo in `required` must not silently remove the protection.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" | "disable" | "disabled" | "false" | "no" => Ok(WatchdogMode::Off),
+            "automatic" | "auto" => Ok(WatchdogMode::Automatic),
+            "required" | "require" => Ok(WatchdogMode::Required),
+            _ => Err(format!(
+                "expected off, automatic or required, got {:?}",
+                s.trim()
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WatchdogMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Bool(false)) => Ok(WatchdogMode::Off),
+            Ok(Raw::Bool(true)) => Err(serde::de::Error::custom(
+                "expected off, automatic or required, got true (which one is meant?)",
+            )),
+            Ok(Raw::Str(s)) => s.parse().map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected off, automatic or required",
+            )),
+        }
+    }
+}
+
+/// `watchdog.safety_margin`: a lenient integer, at least -1.
+fn safety_margin<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let v: i64 = lenient_int(d)?;
+    if v < -1 {
+        return Err(serde::de::Error::custom(format!(
+            "must be a number of seconds >= 0, or -1 for ttl/2; got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+/// A section written but left empty (`watchdog:` alone is YAML null) means its defaults, as in
+/// Patroni (`config.get("watchdog") or {...}`).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 /// `praetor`: settings Patroni does not have.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -537,5 +677,95 @@ fn non_empty(key: &str, v: Vec<String>) -> Result<Vec<String>, crate::ConfigErro
         })
     } else {
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_str;
+
+    fn watchdog(yaml: &str) -> Result<Watchdog, crate::ConfigError> {
+        parse_str(yaml).map(|l| {
+            assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+            l.config.watchdog
+        })
+    }
+
+    #[test]
+    fn watchdog_defaults_are_patronis() {
+        for yaml in [
+            "scope: x\n",
+            "scope: x\nwatchdog:\n",
+            "scope: x\nwatchdog: {}\n",
+        ] {
+            let w = watchdog(yaml).unwrap();
+            assert_eq!(w.mode, WatchdogMode::Automatic, "{yaml}");
+            assert_eq!(w.device, PathBuf::from("/dev/watchdog"));
+            assert_eq!(w.safety_margin, 5);
+            assert_eq!(w.timeout_secs(30), Some(25));
+        }
+    }
+
+    #[test]
+    fn watchdog_mode_accepts_patronis_spellings() {
+        for (text, mode) in [
+            ("off", WatchdogMode::Off),
+            ("'off'", WatchdogMode::Off),
+            ("false", WatchdogMode::Off),
+            ("disable", WatchdogMode::Off),
+            ("Disabled", WatchdogMode::Off),
+            ("auto", WatchdogMode::Automatic),
+            ("automatic", WatchdogMode::Automatic),
+            ("require", WatchdogMode::Required),
+            ("REQUIRED", WatchdogMode::Required),
+        ] {
+            let w = watchdog(&format!("watchdog:\n  mode: {text}\n")).unwrap();
+            assert_eq!(w.mode, mode, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_watchdog_mode_is_an_error_naming_watchdog_mode() {
+        for text in ["requird", "true", "[required]", "1"] {
+            let e = watchdog(&format!("watchdog:\n  mode: {text}\n")).unwrap_err();
+            assert_eq!(e.key(), Some("watchdog.mode"), "{text}: {e}");
+            assert!(e.to_string().contains("off, automatic or required"), "{e}");
+        }
+    }
+
+    #[test]
+    fn watchdog_device_and_lenient_safety_margin() {
+        let w = watchdog(
+            "watchdog:\n  mode: required\n  device: /dev/watchdog1\n  safety_margin: '3'\n",
+        )
+        .unwrap();
+        assert_eq!(w.mode, WatchdogMode::Required);
+        assert_eq!(w.device, PathBuf::from("/dev/watchdog1"));
+        assert_eq!(w.safety_margin, 3);
+        assert_eq!(w.timeout_secs(10), Some(7));
+    }
+
+    #[test]
+    fn bad_safety_margin_is_an_error_naming_it() {
+        for text in ["-2", "five"] {
+            let e = watchdog(&format!("watchdog:\n  safety_margin: {text}\n")).unwrap_err();
+            assert_eq!(e.key(), Some("watchdog.safety_margin"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn watchdog_timeout_is_ttl_minus_margin_or_half_ttl() {
+        let mut w = Watchdog::default();
+        assert_eq!(w.timeout_secs(30), Some(25));
+        assert_eq!(w.timeout_secs(6), Some(1));
+        assert_eq!(w.timeout_secs(5), None);
+        assert_eq!(w.timeout_secs(0), None);
+        w.safety_margin = -1;
+        assert_eq!(w.timeout_secs(30), Some(15));
+        assert_eq!(w.timeout_secs(5), Some(2));
+        assert_eq!(w.timeout_secs(1), None);
+        w.safety_margin = 0;
+        assert_eq!(w.timeout_secs(30), Some(30));
     }
 }

@@ -169,7 +169,7 @@ pub fn may_promote(view: &Cluster, cfg: &HaConfig, listed_peers_answering: usize
         return false;
     };
     let listed = sync.value.members();
-    if !listed.iter().any(|m| *m == cfg.name) {
+    if !listed.contains(&cfg.name) {
         return false;
     }
     match (cfg.dynamic.synchronous_mode, sync.value.quorum) {
