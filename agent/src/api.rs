@@ -129,6 +129,12 @@ pub enum AgentCommand {
     Restart,
     /// Rewrite the configuration files and reload PostgreSQL (`POST /reload`).
     Reload,
+    /// A leader, cut off from the DCS in `failsafe_mode`, asks this member to confirm it
+    /// (`POST /failsafe`).
+    Failsafe {
+        /// The leader asking.
+        leader: String,
+    },
     /// Remove this replica's data directory and clone it again (`POST /reinitialize`); refused on the
     /// leader.
     Reinitialize {
@@ -402,6 +408,23 @@ async fn run_command(ctx: &ApiContext, command: AgentCommand) -> Response {
 }
 
 async fn handle(State(ctx): State<ApiContext>, req: Request<Body>) -> Response {
+    if req.method() == Method::POST && req.uri().path() == "/failsafe" {
+        let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
+            Ok(b) => b,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        };
+        let leader = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["name"].as_str().map(str::to_string));
+        let Some(leader) = leader else {
+            return (
+                StatusCode::BAD_REQUEST,
+                "expected a JSON body with \"name\"",
+            )
+                .into_response();
+        };
+        return run_command(&ctx, AgentCommand::Failsafe { leader }).await;
+    }
     if req.method() == Method::POST {
         let query = parse_query(req.uri().query());
         let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");

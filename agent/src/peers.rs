@@ -40,6 +40,26 @@ pub async fn get_json(url: &str, timeout: Duration) -> Result<(u16, Value), Stri
         .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
 }
 
+/// POSTs `body` as JSON to `url`; returns the status code.
+pub async fn post_json(url: &str, body: &Value, timeout: Duration) -> Result<u16, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
+    let req = hyper::Request::post(uri)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        Ok(resp.status().as_u16())
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| format!("POST {url}: timed out after {timeout:?}"))?
+}
+
 /// Reads a peer's `/patroni` answer into what the leader race needs.
 pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
     let xlog = &v["xlog"];

@@ -360,6 +360,7 @@ impl Runner {
             primary_start_began_ms: self.primary_start_began_ms,
             former_leader: self.former_leader.clone(),
             sync_catchup_lsn: self.sync_catchup_lsn,
+            failsafe_confirmed: self.failsafe_check(view.as_deref(), &obs).await,
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -434,6 +435,16 @@ impl Runner {
                     .map_err(|e| e.to_string())?;
                 self.set_api_state(MemberState::Stopped);
                 Ok("restarting postgres".into())
+            }
+            api::AgentCommand::Failsafe { leader } => {
+                // Confirm a leader that keeps running while the DCS is away, unless this member
+                // runs a primary itself.
+                match self.pg.status().await {
+                    Ok(s) if !s.in_recovery && leader != self.me() => Err(format!(
+                        "I am running as a primary myself; not confirming {leader}"
+                    )),
+                    _ => Ok("Accepted".into()),
+                }
             }
             api::AgentCommand::Reinitialize { force, .. } => {
                 if holds {
@@ -745,6 +756,11 @@ impl Runner {
                 self.sync_catchup_lsn = lsn;
                 Ok(true)
             }
+            Action::WriteFailsafe(members) => match self.dcs.set_failsafe(&members).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_cas_conflict() => Ok(false),
+                Err(e) => Err(e.into()),
+            },
             Action::WriteSync(state) => {
                 let expect = match view.and_then(|v| v.sync.as_ref()) {
                     Some(s) => Expect::Version(s.version),
@@ -868,6 +884,46 @@ impl Runner {
             }
             Err(e) => tracing::debug!("cannot read pending_restart: {e}"),
         }
+    }
+
+    /// With the DCS unreachable, `failsafe_mode` on and this member a running primary that held the
+    /// lock: asks every other member of the last known `failsafe` key to confirm it (`POST
+    /// /failsafe`). `Some(true)` only when all of them answered 200. `None` when not applicable.
+    async fn failsafe_check(&self, view: Option<&Cluster>, obs: &Observation) -> Option<bool> {
+        if view.is_some() || !self.dynamic.failsafe_mode {
+            return None;
+        }
+        if obs.server.as_ref().is_none_or(|s| s.in_recovery) {
+            return None;
+        }
+        let last = self.last_view.as_ref()?;
+        if last.leader.as_ref().map(|l| l.name.as_str()) != Some(self.me()) {
+            return None;
+        }
+        let members = last.failsafe.as_ref()?;
+        let timeout = Duration::from_secs(u64::from(self.dynamic.retry_timeout.clamp(1, 2)));
+        let body = serde_json::json!({"name": self.me(), "conn_url": self.conn_url()});
+        let asks = members
+            .iter()
+            .filter(|(name, _)| name.as_str() != self.me())
+            .map(|(name, api)| {
+                let url = format!("{}/failsafe", api.trim_end_matches("/patroni"));
+                let body = body.clone();
+                async move {
+                    let ok = crate::peers::post_json(&url, &body, timeout)
+                        .await
+                        .is_ok_and(|code| code == 200);
+                    if !ok {
+                        tracing::warn!(member = %name, "failsafe: member did not confirm");
+                    }
+                    ok
+                }
+            });
+        let all = futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .all(|ok| ok);
+        Some(all)
     }
 
     /// Fences the former primary at `host:port` before this member promotes (see

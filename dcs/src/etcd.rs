@@ -730,6 +730,19 @@ impl Dcs for EtcdDcs {
         self.cas_op(leader_key, compare, op).await
     }
 
+    async fn set_failsafe(&self, members: &BTreeMap<String, String>) -> Result<(), DcsError> {
+        let me = self.member_name("set_failsafe")?;
+        let key = self.keys.failsafe();
+        let leader_key = self.keys.leader();
+        let compare = Compare::value(leader_key.as_str(), CompareOp::Equal, me);
+        let op = if members.is_empty() {
+            TxnOp::delete(key.as_str(), None)
+        } else {
+            TxnOp::put(key.as_str(), to_json(&key, members)?, None)
+        };
+        self.cas_op(leader_key, compare, op).await
+    }
+
     async fn set_sync(&self, value: &SyncState, expect: Expect) -> Result<(), DcsError> {
         let key = self.keys.sync();
         let json = to_json(&key, value)?;

@@ -118,6 +118,13 @@ pub trait Dcs: Send + Sync {
     /// Writes `status` (leader optime, slots), only while this member holds `leader`.
     async fn set_status(&self, value: &Status) -> Result<(), DcsError>;
 
+    /// Writes `failsafe` (member name → api_url), only while this member holds `leader`; an empty map
+    /// deletes the key (failsafe mode off).
+    async fn set_failsafe(
+        &self,
+        members: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), DcsError>;
+
     /// Writes `sync` under `expect`.
     async fn set_sync(&self, value: &SyncState, expect: Expect) -> Result<(), DcsError>;
 

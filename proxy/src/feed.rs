@@ -324,6 +324,12 @@ mod tests {
         async fn set_ttl(&self, _: u32) -> Result<(), DcsError> {
             unimplemented!("not used by the proxy")
         }
+        async fn set_failsafe(
+            &self,
+            _: &std::collections::BTreeMap<String, String>,
+        ) -> Result<(), DcsError> {
+            unimplemented!("not used by the proxy")
+        }
         async fn set_proxy_state(
             &self,
             _: &str,

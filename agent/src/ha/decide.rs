@@ -214,6 +214,9 @@ fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     if !r.is_primary {
         return decision(vec![], Reason::DcsInaccessible);
     }
+    if cfg.dynamic.failsafe_mode && local.failsafe_confirmed == Some(true) {
+        return decision(vec![], Reason::FailsafeKeepsLeader);
+    }
     match local.lock_renewed_ms {
         // Patroni's rule loop_wait + 2*retry_timeout <= ttl leaves room to stop before the lease ends.
         Some(at)
@@ -382,6 +385,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         actions.push(Action::UpdateHistory);
     }
     actions.extend(sync::sync_actions(view, r, cfg, local.sync_catchup_lsn));
+    actions.extend(failsafe_action(view, cfg));
     let mut reason = Reason::LeaderWithLock { me: me.to_string() };
     if let Some(req) = view.failover_request() {
         // A request that does not ask this leader to step down is done (it names this member as the
@@ -390,6 +394,23 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         reason = Reason::ClearedFailoverKey;
     }
     decision(actions, reason)
+}
+
+/// The leader keeps the `failsafe` key listing every member (with its api_url) while `failsafe_mode`
+/// is on, and removes it when off: these are the members that must confirm it when the DCS is gone.
+fn failsafe_action(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
+    if !cfg.dynamic.failsafe_mode {
+        return view
+            .failsafe
+            .is_some()
+            .then(|| Action::WriteFailsafe(Default::default()));
+    }
+    let members: std::collections::BTreeMap<String, String> = view
+        .members
+        .iter()
+        .filter_map(|m| Some((m.name.clone(), m.data.api_url.clone()?)))
+        .collect();
+    (view.failsafe.as_ref() != Some(&members)).then_some(Action::WriteFailsafe(members))
 }
 
 /// With `synchronous_mode_strict`, a promoted member must not acknowledge a single commit before a

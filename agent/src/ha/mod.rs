@@ -210,6 +210,9 @@ pub struct LocalState {
     /// The leader's WAL position when it last changed `synchronous_standby_names` (bytes): a standby
     /// joins the `sync` key only once it confirmed that far.
     pub sync_catchup_lsn: u64,
+    /// With the DCS unreachable and `failsafe_mode` on: whether every member of the last known
+    /// `failsafe` key confirmed this leader over `POST /failsafe` this loop (`None`: not asked).
+    pub failsafe_confirmed: Option<bool>,
 }
 
 /// The decision of one loop.
@@ -313,6 +316,8 @@ pub enum Action {
     SetSyncStandbyNames(String),
     /// Leader: write the `sync` key.
     WriteSync(praetor_dcs::SyncState),
+    /// Leader: write the `failsafe` key (member → api_url); empty deletes it.
+    WriteFailsafe(std::collections::BTreeMap<String, String>),
     /// Leader: append the promotion that started the current timeline to `history`.
     UpdateHistory,
     /// Delete the `failover` key (request done or impossible) if it still has this version.

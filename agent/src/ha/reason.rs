@@ -58,6 +58,8 @@ pub enum Reason {
     DemotingDcsInaccessible,
     /// The DCS is unreachable; nothing to do (replica).
     DcsInaccessible,
+    /// The DCS is unreachable but every member confirmed this leader (`failsafe_mode`).
+    FailsafeKeepsLeader,
     /// A switchover asks this leader to step down for `candidate`.
     ManualFailoverDemoting {
         /// The candidate.
@@ -202,6 +204,9 @@ impl fmt::Display for Reason {
                 f.write_str("demoting self because DCS is not accessible and I was a leader")
             }
             DcsInaccessible => f.write_str("DCS is not accessible"),
+            FailsafeKeepsLeader => f.write_str(
+                "continue to run as a leader because failsafe mode is enabled and all members are accessible",
+            ),
             ManualFailoverDemoting { candidate } => {
                 write!(f, "manual failover: demoting myself in favour of {candidate}")
             }

@@ -93,6 +93,7 @@ fn local(postgres: Postgres) -> LocalState {
         primary_start_began_ms: None,
         former_leader: None,
         sync_catchup_lsn: 0,
+        failsafe_confirmed: None,
     }
 }
 
