@@ -94,6 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         last_role: None,
         pending_restart: Default::default(),
         sync_catchup_lsn: 0,
+        member_seen: Default::default(),
         callbacks,
         status_tx,
         started: Instant::now(),
@@ -224,6 +225,8 @@ struct Runner {
     fencing_since: Option<((String, u16), u64)>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
     last_role: Option<Role>,
+    /// When each member was last seen in the DCS (monotonic ms), for `member_slots_ttl`.
+    member_seen: std::collections::HashMap<String, u64>,
     /// The WAL position when `synchronous_standby_names` last changed (bytes).
     sync_catchup_lsn: u64,
     /// Parameters waiting for a restart: name → (running value, configured value).
@@ -361,6 +364,7 @@ impl Runner {
             former_leader: self.former_leader.clone(),
             sync_catchup_lsn: self.sync_catchup_lsn,
             failsafe_confirmed: self.failsafe_check(view.as_deref(), &obs).await,
+            retained_members: self.retained_members(view.as_deref()),
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -564,6 +568,15 @@ impl Runner {
                             })
                             .collect(),
                         sync_standby_names: s.sync_standby_names.clone(),
+                        slots: s
+                            .slots
+                            .iter()
+                            .map(|sl| ha::slots::Slot {
+                                name: sl.name.clone(),
+                                physical: sl.physical,
+                                restart_lsn: sl.restart_lsn,
+                            })
+                            .collect(),
                     }),
                     server: Some(s),
                 },
@@ -800,6 +813,24 @@ impl Runner {
                 }
                 Ok(true)
             }
+            Action::DropSlots(names) => {
+                for name in names {
+                    match self.pg.drop_slot(&name).await {
+                        Ok(true) => tracing::info!(slot = %name, "dropped replication slot"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(slot = %name, "cannot drop replication slot: {e}"),
+                    }
+                }
+                Ok(true)
+            }
+            Action::AdvanceSlots(positions) => {
+                for (name, lsn) in positions {
+                    if let Err(e) = self.pg.advance_slot(&name, lsn).await {
+                        tracing::debug!(slot = %name, "cannot advance replication slot: {e}");
+                    }
+                }
+                Ok(true)
+            }
             Action::WriteStatus => {
                 let optime = obs
                     .server
@@ -884,6 +915,32 @@ impl Runner {
             }
             Err(e) => tracing::debug!("cannot read pending_restart: {e}"),
         }
+    }
+
+    /// Members absent from `view` that were seen less than `member_slots_ttl` ago (or are named in the
+    /// leader's `status.retain_slots`, first seen when this agent started): their slots are kept.
+    fn retained_members(&mut self, view: Option<&Cluster>) -> Vec<String> {
+        let Some(view) = view else { return vec![] };
+        let now = self.now().mono_ms;
+        for m in &view.members {
+            self.member_seen.insert(m.name.clone(), now);
+        }
+        if let Some(retain) = view.status.as_ref().and_then(|s| s.retain_slots.as_ref()) {
+            for name in retain {
+                self.member_seen.entry(name.clone()).or_insert(now);
+            }
+        }
+        let ttl_ms = u64::from(self.dynamic.member_slots_ttl) * 1000;
+        self.member_seen
+            .retain(|_, seen| now.saturating_sub(*seen) < ttl_ms);
+        let mut out: Vec<String> = self
+            .member_seen
+            .keys()
+            .filter(|n| view.member(n).is_none())
+            .cloned()
+            .collect();
+        out.sort();
+        out
     }
 
     /// With the DCS unreachable, `failsafe_mode` on and this member a running primary that held the

@@ -4,6 +4,8 @@
 //! is the truth and every agent applies it each loop (Patroni: "dynamic configuration", reference
 //! section 4). Field names and defaults are Patroni's.
 
+use std::collections::BTreeMap;
+
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -62,8 +64,51 @@ pub struct DynamicConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub maximum_lag_on_syncnode: Option<i64>,
+    /// Permanent replication slots (`slots`): name → `{type: physical}` (or logical, with `database`
+    /// and `plugin`). The leader keeps them; replicas keep copies advanced to the leader's position so
+    /// they survive a failover. Only physical slots are managed by this version.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub slots: BTreeMap<String, SlotSpec>,
+    /// Slots the agent never drops (`ignore_slots`): each entry matches on the fields it gives
+    /// (`name`, `type`, `database`, `plugin`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignore_slots: Vec<BTreeMap<String, String>>,
     /// The `postgresql` section of the dynamic configuration.
     pub postgresql: DynamicPostgresql,
+}
+
+/// One permanent slot of `slots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct SlotSpec {
+    /// `physical` (default) or `logical`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub slot_type: Option<String>,
+    /// Logical slots: the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Logical slots: the output plugin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+}
+
+impl SlotSpec {
+    /// True for a physical slot (the default type).
+    pub fn is_physical(&self) -> bool {
+        self.slot_type.as_deref().is_none_or(|t| t == "physical")
+    }
+}
+
+/// True when the physical slot `name` matches an `ignore_slots` entry.
+pub fn slot_is_ignored(ignore: &[BTreeMap<String, String>], name: &str) -> bool {
+    ignore.iter().any(|m| {
+        !m.is_empty()
+            && m.iter().all(|(k, v)| match k.as_str() {
+                "name" => v == name,
+                "type" => v == "physical",
+                _ => false,
+            })
+    })
 }
 
 impl Default for DynamicConfig {
@@ -83,6 +128,8 @@ impl Default for DynamicConfig {
             check_timeline: false,
             member_slots_ttl: 1800,
             maximum_lag_on_syncnode: None,
+            slots: BTreeMap::new(),
+            ignore_slots: Vec::new(),
             postgresql: DynamicPostgresql::default(),
         }
     }
@@ -243,6 +290,19 @@ mod tests {
                 DynamicConfig::from_json(&serde_json::json!({ "synchronous_mode": v })).unwrap();
             assert_eq!(d.synchronous_mode, want);
         }
+    }
+
+    #[test]
+    fn permanent_and_ignored_slots() {
+        let d = DynamicConfig::from_json(&serde_json::json!({
+            "slots": {"archiver": {"type": "physical"}, "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"}},
+            "ignore_slots": [{"name": "backup_tool"}, {"type": "logical"}]
+        }))
+        .unwrap();
+        assert!(d.slots["archiver"].is_physical());
+        assert!(!d.slots["cdc"].is_physical());
+        assert!(slot_is_ignored(&d.ignore_slots, "backup_tool"));
+        assert!(!slot_is_ignored(&d.ignore_slots, "other"));
     }
 
     #[test]

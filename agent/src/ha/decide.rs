@@ -4,10 +4,10 @@ use praetor_dcs::{Cluster, Failover, Versioned};
 
 use super::election::is_healthiest;
 use super::rejoin::{rejoin_plan, RejoinPlan};
-use super::sync;
+use super::{slots, sync};
 use super::{
-    slot_name, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres, Reason,
-    Running, StartAs, StopMode, Upstream,
+    upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres, Reason, Running,
+    StartAs, StopMode, Upstream,
 };
 
 /// Decides what this member does now.
@@ -188,21 +188,6 @@ fn upstream_for(view: &Cluster, cfg: &HaConfig, leader: &str) -> Option<Upstream
     upstream_of(view, leader)
 }
 
-/// The member a member named `name` streams from: its `replicatefrom` when that member exists and
-/// runs, else the leader (mirrors [`upstream_for`] from the outside, for slot placement).
-fn streams_from<'a>(view: &'a Cluster, name: &str, leader: &'a str) -> &'a str {
-    let Some(m) = view.member(name) else {
-        return leader;
-    };
-    match m.data.tags.replicatefrom.as_deref() {
-        Some(from) if from != name => match view.member(from) {
-            Some(up) if up.data.state == praetor_dcs::MemberState::Running => &up.name,
-            _ => leader,
-        },
-        _ => leader,
-    }
-}
-
 fn holds_lock(view: &Cluster, me: &str) -> bool {
     view.leader.as_ref().is_some_and(|l| l.name == me)
 }
@@ -368,7 +353,13 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     let me = cfg.name.as_str();
     if !r.is_primary {
         let mut actions = vec![Action::RenewLeader];
-        actions.extend(slot_actions(view, cfg));
+        actions.extend(slots::slot_actions(
+            view,
+            cfg,
+            r,
+            me,
+            &local.retained_members,
+        ));
         actions.extend(fence_former_primary(local, r));
         actions.extend(strict_sync_before_promote(cfg));
         actions.push(Action::Promote);
@@ -380,7 +371,13 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         }
     }
     let mut actions = vec![Action::RenewLeader, Action::WriteStatus];
-    actions.extend(slot_actions(view, cfg));
+    actions.extend(slots::slot_actions(
+        view,
+        cfg,
+        r,
+        me,
+        &local.retained_members,
+    ));
     if needs_history(view, r) {
         actions.push(Action::UpdateHistory);
     }
@@ -446,39 +443,6 @@ fn needs_history(view: &Cluster, r: &Running) -> bool {
         .history
         .as_ref()
         .is_some_and(|h| h.value.iter().any(|e| e.timeline == ended))
-}
-
-fn slot_actions(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
-    if !cfg.dynamic.postgresql.use_slots {
-        return None;
-    }
-    // The leader keeps a slot for every member that streams from it; a cascading replica keeps the
-    // slots of the members that stream from it (see `cascade_slot_actions`).
-    let mut slots: Vec<String> = view
-        .members
-        .iter()
-        .filter(|m| m.name != cfg.name && !m.data.tags.nostream)
-        .filter(|m| streams_from(view, &m.name, &cfg.name) == cfg.name)
-        .map(|m| slot_name(&m.name))
-        .collect();
-    slots.sort();
-    slots.dedup();
-    Some(Action::EnsureSlots(slots))
-}
-
-/// A replica keeps slots for the members that stream from it (`replicatefrom` naming it).
-fn cascade_slot_actions(view: &Cluster, cfg: &HaConfig, leader: &str) -> Option<Action> {
-    if !cfg.dynamic.postgresql.use_slots {
-        return None;
-    }
-    let slots: Vec<String> = view
-        .members
-        .iter()
-        .filter(|m| m.name != cfg.name && !m.data.tags.nostream)
-        .filter(|m| streams_from(view, &m.name, leader) == cfg.name)
-        .map(|m| slot_name(&m.name))
-        .collect();
-    (!slots.is_empty()).then_some(Action::EnsureSlots(slots))
 }
 
 /// A switchover (or a failover with a candidate) asks this leader to step down.
@@ -593,9 +557,7 @@ fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decisi
             },
         );
     }
-    let actions = cascade_slot_actions(view, cfg, leader)
-        .into_iter()
-        .collect();
+    let actions = slots::slot_actions(view, cfg, r, leader, &[]);
     decision(
         actions,
         Reason::Following {
@@ -706,7 +668,13 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     // Slots first (PostgreSQL creates physical slots on a standby too): replicas re-pointed at the new
     // leader find theirs at once instead of retrying for wal_retrieve_retry_interval.
     let mut actions = vec![Action::AcquireLeader];
-    actions.extend(slot_actions(view, cfg));
+    actions.extend(slots::slot_actions(
+        view,
+        cfg,
+        r,
+        me,
+        &local.retained_members,
+    ));
     actions.extend(fence_former_primary(local, r));
     actions.extend(strict_sync_before_promote(cfg));
     actions.push(Action::Promote);

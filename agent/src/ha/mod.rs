@@ -15,6 +15,7 @@ mod decide;
 mod election;
 mod reason;
 mod rejoin;
+pub mod slots;
 pub mod sync;
 #[cfg(test)]
 mod tests;
@@ -155,6 +156,8 @@ pub struct Running {
     pub standbys: Vec<sync::Standby>,
     /// The current `synchronous_standby_names`.
     pub sync_standby_names: String,
+    /// Its replication slots.
+    pub slots: Vec<slots::Slot>,
 }
 
 impl Postgres {
@@ -210,6 +213,8 @@ pub struct LocalState {
     /// The leader's WAL position when it last changed `synchronous_standby_names` (bytes): a standby
     /// joins the `sync` key only once it confirmed that far.
     pub sync_catchup_lsn: u64,
+    /// Members that left the cluster less than `member_slots_ttl` ago: the leader keeps their slots.
+    pub retained_members: Vec<String>,
     /// With the DCS unreachable and `failsafe_mode` on: whether every member of the last known
     /// `failsafe` key confirmed this leader over `POST /failsafe` this loop (`None`: not asked).
     pub failsafe_confirmed: Option<bool>,
@@ -307,8 +312,12 @@ pub enum Action {
     /// Remove the data directory so the next loop clones again. Only decided when the configuration
     /// asks for it (`remove_data_directory_on_diverged_timelines`); PostgreSQL is stopped.
     RemoveDataDirectory,
-    /// Leader: create a physical replication slot for each of these members if missing.
+    /// Create these physical replication slots (reserving WAL at once).
     EnsureSlots(Vec<String>),
+    /// Drop these physical replication slots (inactive ones; an active slot is left for next time).
+    DropSlots(Vec<String>),
+    /// Replica: advance these copies of permanent slots to these positions (bytes).
+    AdvanceSlots(Vec<(String, u64)>),
     /// Leader: write `status` with the current WAL position.
     WriteStatus,
     /// Leader: set `synchronous_standby_names` (rewrite postgresql.conf and reload); the runner notes

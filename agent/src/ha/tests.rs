@@ -77,6 +77,7 @@ fn running(is_primary: bool, wal: u64, upstream: Option<u16>) -> Postgres {
         upstream: upstream.map(|p| ("127.0.0.1".to_string(), p)),
         standbys: vec![],
         sync_standby_names: String::new(),
+        slots: vec![],
     })
 }
 
@@ -94,6 +95,7 @@ fn local(postgres: Postgres) -> LocalState {
         former_leader: None,
         sync_catchup_lsn: 0,
         failsafe_confirmed: None,
+        retained_members: vec![],
     }
 }
 
@@ -144,6 +146,7 @@ fn primary_with(standbys: &[(&str, &str, u64)], guc: &str) -> Postgres {
             })
             .collect(),
         sync_standby_names: guc.into(),
+        slots: vec![],
     })
 }
 
@@ -387,6 +390,7 @@ fn rows() -> Vec<Row> {
                 upstream: None,
                 standbys: vec![],
                 sync_standby_names: String::new(),
+                slots: vec![],
             })),
         )
         .expect(

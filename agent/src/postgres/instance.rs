@@ -123,6 +123,19 @@ pub struct ServerStatus {
     pub replication: Vec<ReplicationRow>,
     /// `synchronous_standby_names` in force.
     pub sync_standby_names: String,
+    /// Replication slots.
+    pub slots: Vec<SlotRow>,
+}
+
+/// One row of `pg_replication_slots`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotRow {
+    /// Slot name.
+    pub name: String,
+    /// Physical (not logical).
+    pub physical: bool,
+    /// `restart_lsn` (bytes; 0 when unset).
+    pub restart_lsn: u64,
 }
 
 impl ServerStatus {
@@ -661,6 +674,29 @@ impl Instance {
         Ok(())
     }
 
+    /// Drops an inactive replication slot; `Ok(false)` when it is in use (dropped another time) or
+    /// gone.
+    pub async fn drop_slot(&self, name: &str) -> Result<bool, PgError> {
+        let rows = self
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[&name],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Advances a slot to `lsn` (bytes), as replicas do with their copies of permanent slots.
+    pub async fn advance_slot(&self, name: &str, lsn: u64) -> Result<(), PgError> {
+        let text = super::format_lsn(lsn);
+        self.query(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&name, &text],
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Reads `pg_wal/<timeline>.history` (the history of how `timeline` came to be).
     pub fn timeline_history(&self, timeline: u32) -> Result<Vec<HistoryLine>, PgError> {
         let path = self.data(&format!("pg_wal/{timeline:08X}.history"));
@@ -711,8 +747,22 @@ impl Instance {
             replay_timestamp: row.get(10),
             replay_paused: row.get(11),
             sync_standby_names: row.get(12),
+            slots: vec![],
             replication: vec![],
         };
+        st.slots = self
+            .query(
+                "SELECT slot_name::text, slot_type = 'physical', COALESCE((restart_lsn - '0/0')::bigint, 0) FROM pg_replication_slots",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| SlotRow {
+                name: r.get(0),
+                physical: r.get(1),
+                restart_lsn: r.get::<_, i64>(2).max(0) as u64,
+            })
+            .collect();
         if !in_recovery {
             let rows = self
                 .query(
