@@ -11,6 +11,7 @@
 //! - [`callbacks`]: operator scripts run on start, stop, role change (`postgresql.callbacks`).
 //! - [`peers`]: asking other members' REST APIs for their WAL position during a leader race.
 //! - [`runner`]: the loop that reads state, calls `decide`, executes the actions.
+//! - [`watchdog`]: `/dev/watchdog`, armed while leader so a frozen agent's node resets in time.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -19,3 +20,4 @@ pub mod ha;
 pub mod peers;
 pub mod postgres;
 pub mod runner;
+pub mod watchdog;

@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let api_task = tokio::spawn(api::serve(listener, ctx, api_shutdown.clone()));
     let callbacks =
         crate::callbacks::Callbacks::new(config.postgresql.callbacks.clone(), &settings.scope);
+    let watchdog = crate::watchdog::Watchdog::new(&config.watchdog);
     let mut runner = Runner {
         settings,
         config,
@@ -96,6 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sync_catchup_lsn: 0,
         member_seen: Default::default(),
         callbacks,
+        watchdog,
         status_tx,
         started: Instant::now(),
         last_reason: String::new(),
@@ -232,6 +234,8 @@ struct Runner {
     /// Parameters waiting for a restart: name → (running value, configured value).
     pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
+    /// The watchdog, armed while this member leads.
+    watchdog: crate::watchdog::Watchdog,
     status_tx: watch::Sender<Arc<NodeStatus>>,
     started: Instant,
     last_reason: String,
@@ -528,6 +532,13 @@ impl Runner {
             for w in warnings {
                 tracing::warn!("config: {w}");
             }
+            if self.watchdog.is_active()
+                && (parsed.ttl != self.dynamic.ttl || parsed.loop_wait != self.dynamic.loop_wait)
+            {
+                if let Err(e) = self.watchdog.activate(parsed.ttl, parsed.loop_wait) {
+                    tracing::warn!("watchdog: {e}");
+                }
+            }
             if parsed.ttl != self.dynamic.ttl {
                 if let Err(e) = self.dcs.set_ttl(parsed.ttl).await {
                     tracing::warn!("cannot change the DCS lease TTL: {e}");
@@ -691,15 +702,41 @@ impl Runner {
                 Ok(true)
             }
             Action::AcquireLeader => {
+                let (ttl, loop_wait) = (self.dynamic.ttl, self.dynamic.loop_wait);
+                if !self.dynamic.pause && !self.watchdog.may_take_lock(ttl, loop_wait) {
+                    tracing::warn!("not promoting self because watchdog could not be activated");
+                    return Ok(false);
+                }
                 let got = self.bounded(self.dcs.acquire_leader()).await?;
                 if got {
                     self.lock_renewed_ms = Some(now_ms);
                     tracing::info!("acquired the leader lock");
+                    if let Err(e) = self.watchdog.keepalive() {
+                        tracing::warn!("watchdog keepalive failed: {e}");
+                    }
                 }
                 Ok(got)
             }
             Action::RenewLeader => {
+                let (ttl, loop_wait) = (self.dynamic.ttl, self.dynamic.loop_wait);
+                if !self.dynamic.pause
+                    && !self.watchdog.is_active()
+                    && !self.watchdog.may_take_lock(ttl, loop_wait)
+                {
+                    // Required watchdog unavailable while leading: a frozen agent could not be
+                    // stopped in time, so step down (stop first, then give the lock back).
+                    tracing::error!("demoting self because watchdog could not be activated");
+                    self.pg.stop(ha::StopMode::Immediate, None).await?;
+                    self.dcs.release_leader().await?;
+                    self.lock_renewed_ms = None;
+                    return Ok(false);
+                }
                 let kept = self.bounded(self.dcs.renew_leader()).await?;
+                if kept {
+                    if let Err(e) = self.watchdog.keepalive() {
+                        tracing::warn!("watchdog keepalive failed: {e}");
+                    }
+                }
                 self.lock_renewed_ms = kept.then_some(now_ms);
                 if !kept {
                     tracing::warn!("lost the leader lock");
@@ -729,6 +766,7 @@ impl Runner {
                 self.pg.stop(mode, timeout).await?;
                 self.set_api_state(MemberState::Stopped);
                 tracing::info!(?mode, "stopped postgres");
+                self.disable_watchdog();
                 self.callbacks.fire(
                     crate::callbacks::Event::OnStop,
                     self.last_role.unwrap_or(Role::Replica),
@@ -1219,7 +1257,24 @@ impl Runner {
         });
     }
 
+    fn disable_watchdog(&mut self) {
+        if let Err(e) = self.watchdog.disable() {
+            tracing::warn!("cannot disarm the watchdog: {e}");
+        }
+    }
+
     async fn publish(&mut self, view: Option<&Cluster>, obs: &Observation) {
+        let holds = view
+            .and_then(|v| v.leader.as_ref())
+            .is_some_and(|l| l.name == self.me());
+        let primary = obs.server.as_ref().is_some_and(|s| !s.in_recovery);
+        // Disarm when neither leading nor primary, or paused; never merely because a renewal failed
+        // (that is exactly when the watchdog must fire if the agent freezes).
+        if self.watchdog.is_active()
+            && ((view.is_some() && !holds && !primary) || self.dynamic.pause)
+        {
+            self.disable_watchdog();
+        }
         let data = self.member_data(obs, view);
         if let Some(s) = &obs.server {
             let role = if s.in_recovery {
@@ -1269,8 +1324,9 @@ impl Runner {
             0 => None,
             s => Some(Duration::from_secs(u64::from(s))),
         };
-        if let Err(e) = self.pg.stop(ha::StopMode::Fast, timeout).await {
-            tracing::error!("cannot stop postgres: {e}");
+        match self.pg.stop(ha::StopMode::Fast, timeout).await {
+            Ok(()) => self.disable_watchdog(),
+            Err(e) => tracing::error!("cannot stop postgres: {e}"),
         }
         match self.dcs.release_leader().await {
             Ok(true) => tracing::info!("released the leader lock"),

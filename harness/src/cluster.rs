@@ -42,6 +42,11 @@ pub struct ClusterOptions {
     pub proxy: bool,
     /// Extra YAML lines appended under `tags:` for node `i` (0-based), e.g. `nofailover: true`.
     pub tags: Vec<(usize, String)>,
+    /// Extra lines under `bootstrap.dcs:` (e.g. `synchronous_mode: true`), for every node.
+    pub dcs_extra: Vec<String>,
+    /// Put each agent's DCS connection behind its own [`crate::relay::Relay`], so a test can cut one
+    /// node off the DCS ([`LocalCluster::relay`]).
+    pub dcs_relay: bool,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +60,8 @@ impl Default for ClusterOptions {
             use_pg_rewind: true,
             proxy: true,
             tags: vec![],
+            dcs_extra: vec![],
+            dcs_relay: false,
         }
     }
 }
@@ -215,6 +222,8 @@ pub struct LocalCluster {
     pub etcd: Etcd,
     /// The praetor binary the agents run (a copy the `postgres` user can execute).
     pub binary: PathBuf,
+    /// Per-node DCS relays, by member name (with [`ClusterOptions::dcs_relay`]).
+    pub relays: Vec<(String, crate::relay::Relay)>,
     /// The cluster's directory (kept on drop with PRAETOR_KEEP_TMP).
     pub work: WorkDir,
 }
@@ -227,6 +236,7 @@ impl LocalCluster {
         let etcd = Etcd::start(work.path()).await?;
         let binary = install_binary(binary, work.path()).map_err(|e| e.to_string())?;
         let mut nodes = Vec::new();
+        let mut relays = Vec::new();
         for i in 0..options.nodes {
             let name = format!("pg{}", i + 1);
             let dir = work.subdir(&name, 0o755).map_err(|e| e.to_string())?;
@@ -244,7 +254,18 @@ impl LocalCluster {
                 .filter(|(n, _)| *n == i)
                 .map(|(_, t)| t.as_str())
                 .collect();
-            write_file(&node.config, &agent_yaml(&options, &node, etcd.port, &tags))
+            let dcs_port = if options.dcs_relay {
+                let target = std::net::SocketAddr::from(([127, 0, 0, 1], etcd.port));
+                let relay = crate::relay::Relay::start(target)
+                    .await
+                    .map_err(|e| format!("relay: {e}"))?;
+                let port = relay.port;
+                relays.push((node.name.clone(), relay));
+                port
+            } else {
+                etcd.port
+            };
+            write_file(&node.config, &agent_yaml(&options, &node, dcs_port, &tags))
                 .map_err(|e| e.to_string())?;
             nodes.push(node);
         }
@@ -254,6 +275,7 @@ impl LocalCluster {
             proxy: None,
             etcd,
             binary,
+            relays,
             work,
         };
         for i in 0..cluster.nodes.len() {
@@ -292,6 +314,16 @@ impl LocalCluster {
             process,
         });
         Ok(())
+    }
+
+    /// The DCS relay of member `name` (needs [`ClusterOptions::dcs_relay`]).
+    pub fn relay(&self, name: &str) -> &crate::relay::Relay {
+        &self
+            .relays
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("started with dcs_relay")
+            .1
     }
 
     /// The member named `name`.
@@ -399,6 +431,7 @@ impl Drop for LocalCluster {
 fn agent_yaml(o: &ClusterOptions, node: &Node, etcd_port: u16, tags: &[&str]) -> String {
     let dir = node.dir.display();
     let bin = pg_bin_dir();
+    let dcs_extra: String = o.dcs_extra.iter().map(|l| format!("    {l}\n")).collect();
     let mut tag_lines = String::new();
     for t in tags {
         tag_lines.push_str(&format!("  {t}\n"));
@@ -421,7 +454,7 @@ bootstrap:
     loop_wait: {loop_wait}
     retry_timeout: {retry}
     maximum_lag_on_failover: 1048576
-    postgresql:
+{dcs_extra}    postgresql:
       use_pg_rewind: {rewind}
       use_slots: true
       parameters:
@@ -452,6 +485,8 @@ postgresql:
     unix_socket_directories: '{dir}'
     shared_buffers: 32MB
     logging_collector: 'off'
+watchdog:
+  mode: 'off'
 tags:
 {tag_lines}"#,
         scope = o.scope,

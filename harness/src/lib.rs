@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod postgres;
+pub mod relay;
 
 use std::collections::HashSet;
 use std::fs;

@@ -130,7 +130,7 @@ fn decide_unpaused(
             primary_start_timed_out(local, cfg, now)
                 .unwrap_or_else(|| decision(vec![Action::RenewLeader], Reason::WaitingForPostgres))
         }
-        Postgres::Stopped { control } => stopped(view, cfg, control.as_ref()),
+        Postgres::Stopped { control } => stopped(view, local, cfg, control.as_ref(), now),
         Postgres::Running(r) => {
             if holds_lock(view, me) {
                 leader(view, local, cfg, r, now)
@@ -251,7 +251,13 @@ fn empty_data_dir(view: &Cluster, cfg: &HaConfig) -> Decision {
     )
 }
 
-fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>) -> Decision {
+fn stopped(
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    control: Option<&super::ControlData>,
+    now: Now,
+) -> Decision {
     let me = cfg.name.as_str();
     if holds_lock(view, me) {
         if cfg.dynamic.primary_start_timeout == 0 {
@@ -259,6 +265,15 @@ fn stopped(view: &Cluster, cfg: &HaConfig, control: Option<&super::ControlData>)
                 vec![Action::ReleaseLeader],
                 Reason::ReleasingLockPrimaryStopped,
             );
+        }
+        if let Some(d) = primary_start_timed_out(local, cfg, now) {
+            // Start attempts failed for primary_start_timeout: PostgreSQL is already down.
+            let actions = d
+                .actions
+                .into_iter()
+                .filter(|a| *a == Action::ReleaseLeader)
+                .collect();
+            return decision(actions, d.reason);
         }
         return decision(
             vec![Action::RenewLeader, Action::Start(StartAs::Primary)],

@@ -767,6 +767,10 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             with(local(Postgres::Starting), |l| l.primary_start_began_ms = Some(NOW.mono_ms - 5_000)))
             .expect(vec![RenewLeader], |r| *r == Reason::WaitingForPostgres),
+        row("start attempts failed for primary_start_timeout: release the lock (postgres is down)",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Stopped { control: None }), |l| l.primary_start_began_ms = Some(NOW.mono_ms - 301_000)))
+            .expect(vec![ReleaseLeader], |r| matches!(r, Reason::PrimaryStartTimedOut { .. })),
         row("primary_start_timeout 0: a stopped primary releases the lock at once",
             Some(cluster(Some(ME))), local(Postgres::Stopped { control: None }))
             .cfg(|c| c.dynamic.primary_start_timeout = 0)
