@@ -255,6 +255,15 @@ impl fmt::Display for Reason {
                 local_lsn,
                 switch_lsn,
                 timeline,
+            } if *switch_lsn == 0 => write!(
+                f,
+                "cannot rejoin: this node is on timeline {timeline}, which the leader never had (last checkpoint {}), and use_pg_rewind is off; staying stopped, the data directory is kept",
+                crate::postgres::format_lsn(*local_lsn),
+            ),
+            DivergedNoRewind {
+                local_lsn,
+                switch_lsn,
+                timeline,
             } => write!(
                 f,
                 "cannot rejoin: timeline {timeline} diverged from the leader's (local end of WAL {} >= switch point {}) and use_pg_rewind is off; staying stopped, the data directory is kept",

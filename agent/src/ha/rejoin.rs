@@ -64,7 +64,20 @@ fn plan(
     let (Some(cd), Some(leader_tl)) = (control, leader_timeline) else {
         return RejoinPlan::StartAsReplica;
     };
-    if cd.timeline >= leader_tl || !cd.state.was_primary() {
+    if cd.timeline > leader_tl {
+        // This node is on a timeline the leader never had (it was promoted by hand, or was a leader
+        // whose promotion the others did not follow): it diverged for sure.
+        return if use_pg_rewind {
+            RejoinPlan::Rewind
+        } else {
+            RejoinPlan::Diverged {
+                local_lsn: cd.checkpoint_lsn,
+                switch_lsn: 0,
+                timeline: cd.timeline,
+            }
+        };
+    }
+    if cd.timeline == leader_tl || !cd.state.was_primary() {
         return RejoinPlan::StartAsReplica;
     }
     if !cd.state.is_clean_shutdown() {

@@ -1,0 +1,935 @@
+//! Acceptance tests of the HA rules (issue: the HA loop, complete): each row of the operators'
+//! failure table (reference/patroni.md section 7) and the rules of section 6, on real etcd, real
+//! PostgreSQL 15, three agents and the proxy on 127.0.0.1. Run one at a time (`--test-threads=1`).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use praetor_dcs::{Dcs, DcsIdentity, Expect};
+
+/// A DCS client of the cluster (not a member), for reading keys and changing the dynamic config.
+async fn dcs(c: &LocalCluster) -> Arc<dyn Dcs> {
+    praetor_dcs::connect(
+        &praetor_config::DcsEndpoints::Etcd(vec![c.etcd.endpoint.clone()]),
+        DcsIdentity {
+            namespace: "/service/".into(),
+            scope: c.options.scope.clone(),
+            member: None,
+            ttl_secs: 30,
+            request_timeout_secs: 5,
+        },
+    )
+    .await
+    .expect("connect to etcd")
+}
+
+/// Changes the dynamic configuration (the DCS `config` key) with `f`, by compare-and-set.
+async fn edit_config(c: &LocalCluster, f: impl Fn(&mut serde_json::Value)) {
+    let d = dcs(c).await;
+    wait_for("the config edit", Duration::from_secs(10), || async {
+        let cluster = d.load().await.map_err(|e| e.to_string())?;
+        let cfg = cluster.config.ok_or("no config key")?;
+        let mut value = cfg.value.clone();
+        f(&mut value);
+        d.set_config(&value, Expect::Version(cfg.version))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+}
+
+async fn in_recovery(port: u16) -> Result<bool, String> {
+    let c = connect(port).await.map_err(|e| e.to_string())?;
+    c.query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+fn replicas_of(c: &LocalCluster, leader: &str) -> Vec<String> {
+    c.nodes
+        .iter()
+        .filter(|n| n.name != leader)
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Writes a row directly to `port` every 10 ms (reconnecting after errors), recording when each
+/// write was acknowledged, until `stop`.
+fn direct_writer(
+    port: u16,
+    table: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Arc<Mutex<Vec<Instant>>>, tokio::task::JoinHandle<()>) {
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let a = acks.clone();
+    let h = tokio::spawn(async move {
+        let mut client = None;
+        while !stop.is_cancelled() {
+            if client.is_none() {
+                client = connect(port).await.ok();
+            }
+            if let Some(cl) = &client {
+                let sql = format!("INSERT INTO {table} DEFAULT VALUES");
+                match cl.execute(sql.as_str(), &[]).await {
+                    Ok(_) => a.lock().unwrap().push(Instant::now()),
+                    Err(_) => client = None,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    (acks, h)
+}
+
+/// The instant of the first write acknowledged through `port` (new connection per try).
+async fn first_write_through(port: u16, table: &str, timeout: Duration) -> Instant {
+    wait_for("a write through the proxy", timeout, || async {
+        let cl = connect(port).await.map_err(|e| e.to_string())?;
+        cl.execute(format!("INSERT INTO {table} DEFAULT VALUES").as_str(), &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Instant::now())
+    })
+    .await
+    .unwrap()
+}
+
+async fn new_leader_other_than(c: &LocalCluster, old: &str, timeout: Duration) -> String {
+    wait_for("a new leader", timeout, || async {
+        match c.leader().await {
+            Some(l) if l != old => Ok(l),
+            other => Err(format!("leader: {other:?}")),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn healthy_again(c: &LocalCluster) {
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(120)).await {
+        dump_logs(c);
+        panic!("{e}");
+    }
+}
+
+// --- §7 replica rows ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn replica_postgres_stop_is_restarted_by_its_agent() {
+    let c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    let r = c.node(&replicas_of(&c, &leader)[0]);
+    let before = r.postmaster_pid().expect("replica postmaster");
+    r.kill_postmaster();
+    wait_for("a new postmaster", Duration::from_secs(60), || async {
+        match r.postmaster_pid() {
+            Some(pid) if pid != before => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    healthy_again(&c).await;
+}
+
+#[tokio::test]
+async fn replica_agent_sigterm_stops_its_postgres() {
+    let mut c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    let name = replicas_of(&c, &leader)[0].clone();
+    assert!(c.node(&name).postmaster_pid().is_some());
+    let code = c
+        .node_mut(&name)
+        .stop_agent(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        c.node(&name).postmaster_pid().is_none(),
+        "postgres stopped with its agent"
+    );
+    assert_eq!(
+        c.leader().await.as_deref(),
+        Some(leader.as_str()),
+        "no failover"
+    );
+}
+
+#[tokio::test]
+async fn replica_agent_kill_9_leaves_postgres_streaming() {
+    let mut c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    let name = replicas_of(&c, &leader)[0].clone();
+    let pid = c.node(&name).postmaster_pid().unwrap();
+    c.node_mut(&name).kill_agent();
+    let lc = connect(c.node(&leader).pg_port).await.unwrap();
+    lc.batch_execute("CREATE TABLE after_kill AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let rc = connect_retry(c.node(&name).pg_port, Duration::from_secs(10)).await;
+    wait_for(
+        "the replica to replay the new table",
+        Duration::from_secs(30),
+        || async {
+            rc.query_one("SELECT x FROM after_kill", &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.node(&name).postmaster_pid(), Some(pid), "same postmaster");
+}
+
+#[tokio::test]
+async fn replica_that_cannot_reach_the_dcs_keeps_streaming() {
+    let c = healthy_cluster(ClusterOptions {
+        dcs_relay: true,
+        ..Default::default()
+    })
+    .await;
+    let leader = c.leader().await.unwrap();
+    let name = replicas_of(&c, &leader)[0].clone();
+    c.relay(&name).cut();
+    // The DCS forgets the replica (its member key expires) ...
+    let d = dcs(&c).await;
+    wait_for(
+        "the replica's member key to expire",
+        Duration::from_secs(30),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            if cl.member(&name).is_none() {
+                Ok(())
+            } else {
+                Err("still there".into())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // ... but its PostgreSQL keeps streaming and nothing else changes.
+    let lc = connect(c.node(&leader).pg_port).await.unwrap();
+    lc.batch_execute("CREATE TABLE while_cut AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let rc = connect(c.node(&name).pg_port).await.unwrap();
+    wait_for(
+        "the cut-off replica to replay",
+        Duration::from_secs(30),
+        || async {
+            rc.query_one("SELECT x FROM while_cut", &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
+    c.relay(&name).restore();
+    healthy_again(&c).await;
+}
+
+#[tokio::test]
+async fn stray_primary_without_the_lock_is_turned_back_into_a_replica() {
+    let mut c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    let name = replicas_of(&c, &leader)[0].clone();
+    c.node_mut(&name).kill_agent();
+    // Someone promotes the replica by hand: now there are two primaries...
+    let rc = connect(c.node(&name).pg_port).await.unwrap();
+    rc.query_one("SELECT pg_promote(true, 60)", &[])
+        .await
+        .unwrap();
+    rc.batch_execute("CREATE TABLE stray_write (x int)")
+        .await
+        .unwrap();
+    assert!(!in_recovery(c.node(&name).pg_port).await.unwrap());
+    // ... until its agent comes back: it demotes it and it rejoins (rewound) as a replica.
+    let bin = c.binary.clone();
+    c.node_mut(&name).start_agent(&bin).unwrap();
+    healthy_again(&c).await;
+    let port = c.node(&name).pg_port;
+    wait_for(
+        "the stray primary to run as a replica",
+        Duration::from_secs(60),
+        || async {
+            match in_recovery(port).await {
+                Ok(true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
+}
+
+// --- §7 primary rows ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn primary_postgres_crash_is_restarted_in_place_without_failover() {
+    let c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    let before = c.node(&leader).postmaster_pid().unwrap();
+    c.node(&leader).kill_postmaster();
+    wait_for(
+        "the primary to be restarted",
+        Duration::from_secs(60),
+        || async {
+            match c.node(&leader).postmaster_pid() {
+                Some(pid) if pid != before => {}
+                _ => return Err("not yet".to_string()),
+            }
+            if in_recovery(c.node(&leader).pg_port).await? {
+                return Err("in recovery".into());
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    healthy_again(&c).await;
+    assert_eq!(
+        c.leader().await.as_deref(),
+        Some(leader.as_str()),
+        "crash recovery before failover"
+    );
+}
+
+#[tokio::test]
+async fn primary_that_cannot_restart_fails_over_after_primary_start_timeout() {
+    let c = healthy_cluster(ClusterOptions {
+        dcs_extra: vec!["primary_start_timeout: 3".into()],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.leader().await.unwrap();
+    let port = c.node(&leader).pg_port;
+    c.node(&leader).kill_postmaster();
+    // Take its port so that it cannot start again.
+    let squatter = wait_for("the port to be free", Duration::from_secs(10), || async {
+        std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    let new = new_leader_other_than(&c, &leader, Duration::from_secs(90)).await;
+    assert_ne!(new, leader);
+    drop(squatter);
+}
+
+#[tokio::test]
+async fn primary_agent_kill_9_the_old_primary_accepts_no_write_after_the_new_leader_does() {
+    let mut c = healthy_cluster(ClusterOptions::default()).await;
+    let old = c.leader().await.unwrap();
+    let old_port = c.node(&old).pg_port;
+    let setup = connect(old_port).await.unwrap();
+    setup.batch_execute("CREATE TABLE fence_w (id serial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())").await.unwrap();
+    wait_for_replicas_to_have_table(&c, &old, "fence_w").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (old_acks, writer) = direct_writer(old_port, "fence_w", stop.clone());
+    wait_for("direct writes", Duration::from_secs(10), || async {
+        if old_acks.lock().unwrap().len() > 10 {
+            Ok(())
+        } else {
+            Err("few".into())
+        }
+    })
+    .await
+    .unwrap();
+
+    // Only the agent dies: its PostgreSQL keeps running and accepting direct writes.
+    c.node_mut(&old).kill_agent();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    let rw = c.proxy.as_ref().unwrap().rw_port;
+    let first_new = first_write_through(rw, "fence_w", Duration::from_secs(60)).await;
+    wait_for(
+        "the old primary to refuse writes",
+        Duration::from_secs(30),
+        || async {
+            match connect(old_port).await {
+                Err(_) => Ok(()),
+                Ok(cl) => match cl.execute("INSERT INTO fence_w DEFAULT VALUES", &[]).await {
+                    Err(_) => Ok(()),
+                    Ok(_) => Err("still writable".into()),
+                },
+            }
+        },
+    )
+    .await
+    .unwrap();
+    stop.cancel();
+    writer.await.unwrap();
+    let late: Vec<_> = old_acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > first_new)
+        .copied()
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} writes acknowledged by the old primary after {new} accepted writes",
+        late.len()
+    );
+    // The old node comes back as a replica of the new leader.
+    let bin = c.binary.clone();
+    c.node_mut(&old).start_agent(&bin).unwrap();
+    healthy_again(&c).await;
+}
+
+#[tokio::test]
+async fn primary_agent_frozen_past_ttl_the_old_primary_accepts_no_write_after_the_new_leader_does()
+{
+    let c = healthy_cluster(ClusterOptions::default()).await;
+    let old = c.leader().await.unwrap();
+    let old_port = c.node(&old).pg_port;
+    let setup = connect(old_port).await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE frozen_w (id serial PRIMARY KEY)")
+        .await
+        .unwrap();
+    wait_for_replicas_to_have_table(&c, &old, "frozen_w").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (old_acks, writer) = direct_writer(old_port, "frozen_w", stop.clone());
+    c.node(&old).signal_agent(Signal::SIGSTOP);
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    let rw = c.proxy.as_ref().unwrap().rw_port;
+    let first_new = first_write_through(rw, "frozen_w", Duration::from_secs(60)).await;
+    // Let the direct writer keep trying for a while after the new leader's first write.
+    wait_for(
+        "the writer to try after the failover",
+        Duration::from_secs(10),
+        || async {
+            if first_new.elapsed() > Duration::from_secs(1) {
+                Ok(())
+            } else {
+                Err("wait".into())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    stop.cancel();
+    writer.await.unwrap();
+    let late = old_acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > first_new)
+        .count();
+    assert_eq!(
+        late, 0,
+        "writes acknowledged by the frozen leader's postgres after {new} accepted writes"
+    );
+    // The agent wakes up, finds another leader and rejoins.
+    c.node(&old).signal_agent(Signal::SIGCONT);
+    healthy_again(&c).await;
+}
+
+#[tokio::test]
+async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promotes() {
+    let c = healthy_cluster(ClusterOptions {
+        dcs_relay: true,
+        ..Default::default()
+    })
+    .await;
+    let old = c.leader().await.unwrap();
+    let old_port = c.node(&old).pg_port;
+    let setup = connect(old_port).await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE dcs_w (id serial PRIMARY KEY)")
+        .await
+        .unwrap();
+    wait_for_replicas_to_have_table(&c, &old, "dcs_w").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (old_acks, writer) = direct_writer(old_port, "dcs_w", stop.clone());
+    c.relay(&old).cut();
+    wait_for(
+        "the cut-off primary to stop accepting writes",
+        Duration::from_secs(30),
+        || async {
+            match in_recovery(old_port).await {
+                Ok(false) => Err("still primary".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    let rw = c.proxy.as_ref().unwrap().rw_port;
+    let first_new = first_write_through(rw, "dcs_w", Duration::from_secs(60)).await;
+    stop.cancel();
+    writer.await.unwrap();
+    let late = old_acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > first_new)
+        .count();
+    assert_eq!(
+        late, 0,
+        "the old primary acknowledged writes after {new} did"
+    );
+    c.relay(&old).restore();
+    healthy_again(&c).await;
+}
+
+#[tokio::test]
+async fn whole_dcs_down_demotes_the_primary_and_it_recovers_when_the_dcs_is_back() {
+    let mut c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    c.etcd.stop();
+    wait_for(
+        "the primary to be demoted",
+        Duration::from_secs(30),
+        || async {
+            match in_recovery(c.node(&leader).pg_port).await {
+                Ok(false) => Err("still primary".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    c.etcd.restart().await.unwrap();
+    healthy_again(&c).await;
+}
+
+#[tokio::test]
+async fn whole_dcs_down_with_failsafe_mode_keeps_the_primary_while_every_member_confirms() {
+    let mut c = healthy_cluster(ClusterOptions {
+        dcs_extra: vec!["failsafe_mode: true".into()],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.leader().await.unwrap();
+    let d = dcs(&c).await;
+    wait_for("the failsafe key", Duration::from_secs(30), || async {
+        let cl = d.load().await.map_err(|e| e.to_string())?;
+        match cl.failsafe {
+            Some(f) if f.len() == 3 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    c.etcd.stop();
+    // Observe for three TTLs: the primary must stay writable the whole time.
+    let until = Instant::now() + Duration::from_secs(18);
+    let lc = connect(c.node(&leader).pg_port).await.unwrap();
+    lc.batch_execute("CREATE TABLE failsafe_w (id serial)")
+        .await
+        .unwrap();
+    while Instant::now() < until {
+        lc.execute("INSERT INTO failsafe_w DEFAULT VALUES", &[])
+            .await
+            .expect("the primary keeps accepting writes in failsafe mode");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(c
+        .node(&leader)
+        .log()
+        .contains("failsafe mode is enabled and all members are accessible"));
+    c.etcd.restart().await.unwrap();
+    healthy_again(&c).await;
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
+}
+
+// --- synchronous replication ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn synchronous_mode_strict_loses_no_acknowledged_write_when_the_primary_dies_under_load() {
+    let mut c = healthy_cluster(ClusterOptions {
+        dcs_extra: vec![
+            "synchronous_mode: true".into(),
+            "synchronous_mode_strict: true".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let old = c.leader().await.unwrap();
+    let d = dcs(&c).await;
+    let sync_member = wait_for(
+        "a synchronous standby in the sync key",
+        Duration::from_secs(60),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            let s = cl.sync.ok_or("no sync key")?;
+            s.value
+                .members()
+                .first()
+                .cloned()
+                .ok_or_else(|| "nobody listed".to_string())
+        },
+    )
+    .await
+    .unwrap();
+    let rw = c.proxy.as_ref().unwrap().rw_port;
+    let setup = connect_retry(rw, Duration::from_secs(10)).await;
+    setup
+        .batch_execute("CREATE TABLE sync_w (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut id = 0;
+            let mut client = None;
+            while !stop.is_cancelled() {
+                if client.is_none() {
+                    client = connect(rw).await.ok();
+                }
+                if let Some(cl) = &client {
+                    id += 1;
+                    match cl.execute("INSERT INTO sync_w VALUES ($1)", &[&id]).await {
+                        Ok(_) => acked.lock().unwrap().push(id),
+                        Err(_) => client = None,
+                    }
+                }
+            }
+        })
+    };
+    wait_for("writes under way", Duration::from_secs(10), || async {
+        if acked.lock().unwrap().len() > 50 {
+            Ok(())
+        } else {
+            Err("few".into())
+        }
+    })
+    .await
+    .unwrap();
+    let node = c.node_mut(&old);
+    node.kill_agent();
+    node.kill_postmaster();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    assert_eq!(
+        new, sync_member,
+        "only the synchronous standby may be promoted"
+    );
+    let count = acked.lock().unwrap().len();
+    wait_for("writes to resume", Duration::from_secs(60), || async {
+        if acked.lock().unwrap().len() > count + 20 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    writer.await.unwrap();
+    let nc = connect(c.node(&new).pg_port).await.unwrap();
+    let ids: std::collections::HashSet<i32> = nc
+        .query("SELECT id FROM sync_w", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<_> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|i| !ids.contains(i))
+        .copied()
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+// --- maintenance mode, tags, parameters ---------------------------------------------------------------
+
+#[tokio::test]
+async fn paused_cluster_does_not_fail_over_when_the_primary_stops() {
+    let c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    edit_config(&c, |v| v["pause"] = serde_json::json!(true)).await;
+    let d = dcs(&c).await;
+    wait_for(
+        "every member to report pause",
+        Duration::from_secs(30),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            if cl.members.iter().all(|m| m.data.pause) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    c.node(&leader).kill_postmaster();
+    wait_for(
+        "the leader to report postgres stopped",
+        Duration::from_secs(30),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            let m = cl.member(&leader).ok_or("no member key")?;
+            if m.data.state == praetor_dcs::MemberState::Stopped
+                && c.node(&leader).postmaster_pid().is_none()
+            {
+                Ok(())
+            } else {
+                Err(format!("state {}", m.data.state))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Observe for two TTLs: the lock stays, nothing restarts or promotes.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        let cl = d.load().await.unwrap();
+        assert_eq!(
+            cl.leader.as_ref().map(|l| l.name.as_str()),
+            Some(leader.as_str())
+        );
+        assert!(
+            c.node(&leader).postmaster_pid().is_none(),
+            "no automatic start while paused"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    edit_config(&c, |v| v["pause"] = serde_json::json!(false)).await;
+    healthy_again(&c).await;
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
+}
+
+/// Makes `name` the leader with a switchover (the bootstrap winner is whoever won the race).
+async fn make_leader(c: &LocalCluster, name: &str) {
+    let leader = c.leader().await.unwrap();
+    if leader == name {
+        return;
+    }
+    let out = std::process::Command::new(binary())
+        .args(["ctl", "-c"])
+        .arg(&c.nodes[0].config)
+        .args([
+            "switchover",
+            "--force",
+            "--leader",
+            &leader,
+            "--candidate",
+            name,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    healthy_again(c).await;
+}
+
+#[tokio::test]
+async fn failover_priority_decides_between_equally_advanced_replicas() {
+    let mut c = healthy_cluster(ClusterOptions {
+        tags: vec![(2, "failover_priority: 5".into())],
+        ..Default::default()
+    })
+    .await;
+    make_leader(&c, "pg1").await;
+    wait_replicas_caught_up(&c, "pg1").await;
+    let node = c.node_mut("pg1");
+    node.kill_agent();
+    node.kill_postmaster();
+    let new = new_leader_other_than(&c, "pg1", Duration::from_secs(60)).await;
+    assert_eq!(new, "pg3", "the higher failover_priority wins a tie");
+}
+
+#[tokio::test]
+async fn nofailover_member_is_never_promoted() {
+    let mut c = healthy_cluster(ClusterOptions {
+        tags: vec![(1, "nofailover: true".into())],
+        ..Default::default()
+    })
+    .await;
+    make_leader(&c, "pg1").await;
+    wait_replicas_caught_up(&c, "pg1").await;
+    let node = c.node_mut("pg1");
+    node.kill_agent();
+    node.kill_postmaster();
+    let new = new_leader_other_than(&c, "pg1", Duration::from_secs(60)).await;
+    assert_eq!(new, "pg3", "pg2 is tagged nofailover");
+}
+
+#[tokio::test]
+async fn cascading_replica_streams_from_its_replicatefrom_member() {
+    let c = healthy_cluster(ClusterOptions {
+        tags: vec![
+            (2, "replicatefrom: pg2".into()),
+            (1, "nofailover: true".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    make_leader(&c, "pg1").await;
+    let names = |port: u16| async move {
+        let cl = connect(port).await.map_err(|e| e.to_string())?;
+        let rows = cl
+            .query("SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<Vec<String>, String>(rows.iter().map(|r| r.get(0)).collect())
+    };
+    let pg2 = c.node("pg2").pg_port;
+    let pg1 = c.node("pg1").pg_port;
+    wait_for(
+        "pg3 to stream from pg2 and not from the leader",
+        Duration::from_secs(60),
+        || async {
+            let from_pg2 = names(pg2).await?;
+            let from_pg1 = names(pg1).await?;
+            if from_pg2 == vec!["pg3".to_string()] && from_pg1 == vec!["pg2".to_string()] {
+                Ok(())
+            } else {
+                Err(format!("pg1 feeds {from_pg1:?}, pg2 feeds {from_pg2:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_max_connections_sets_pending_restart_until_the_member_restarts() {
+    let c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    edit_config(&c, |v| {
+        v["postgresql"]["parameters"]["max_connections"] = serde_json::json!(150)
+    })
+    .await;
+    let d = dcs(&c).await;
+    wait_for(
+        "pending_restart on every member",
+        Duration::from_secs(30),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            let all = cl.members.iter().all(|m| {
+                m.data.pending_restart
+                    && m.data
+                        .pending_restart_reason
+                        .as_ref()
+                        .is_some_and(|r| r["max_connections"]["new_value"] == "150")
+            });
+            if all {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?}",
+                    cl.members
+                        .iter()
+                        .map(|m| (&m.name, m.data.pending_restart))
+                        .collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Restart one replica through its REST API: its flag clears and it runs with the new value.
+    let r = c.node(&replicas_of(&c, &leader)[0]);
+    let addr = r.api_addr();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .arg(format!("http://{addr}/restart"))
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let name = r.name.clone();
+    let port = r.pg_port;
+    wait_for(
+        "the restarted member to clear pending_restart",
+        Duration::from_secs(60),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            let m = cl.member(&name).ok_or("member gone")?;
+            if m.data.pending_restart {
+                return Err("still pending".into());
+            }
+            let conn = connect(port).await.map_err(|e| e.to_string())?;
+            let v: String = conn
+                .query_one("SHOW max_connections", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if v == "150" {
+                Ok(())
+            } else {
+                Err(format!("max_connections {v}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until every replica of `leader` has table `t`.
+async fn wait_for_replicas_to_have_table(c: &LocalCluster, leader: &str, t: &str) {
+    for n in c.nodes.iter().filter(|n| n.name != leader) {
+        let cl = connect_retry(n.pg_port, Duration::from_secs(10)).await;
+        let sql = format!("SELECT 1 FROM {t} LIMIT 1");
+        wait_for(
+            &format!("{} to have {t}", n.name),
+            Duration::from_secs(30),
+            || async {
+                cl.query(sql.as_str(), &[])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// Waits until every replica replayed the leader's current WAL position.
+async fn wait_replicas_caught_up(c: &LocalCluster, leader: &str) {
+    let lc = connect(c.node(leader).pg_port).await.unwrap();
+    let lsn: String = lc
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for n in c.nodes.iter().filter(|n| n.name != leader) {
+        let cl = connect(n.pg_port).await.unwrap();
+        wait_for(
+            &format!("{} to replay {lsn}", n.name),
+            Duration::from_secs(30),
+            || async {
+                let done: bool = cl
+                    .query_one(
+                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                        &[&lsn],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                if done {
+                    Ok(())
+                } else {
+                    Err("behind".into())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
