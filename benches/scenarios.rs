@@ -1,0 +1,265 @@
+//! Failure-scenario benchmark: for each row of the operators' failure table that interrupts writes,
+//! the time from the fault to the first write acknowledged through the proxy again, and the number of
+//! acknowledged writes missing afterwards, over N runs (median and max). A client writes through the
+//! proxy's read-write port every 10 ms during each run.
+//!
+//! Run: `cargo build --release && cargo bench --bench scenarios` (`PRAETOR_BENCH_RUNS`, default 5;
+//! `PRAETOR_BENCH_ONLY=<substring>` to run some scenarios). Timings are printed, never asserted.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use praetor_harness::cluster::{ClusterOptions, LocalCluster, SUPERUSER, SUPERUSER_PASSWORD};
+use praetor_harness::wait_for;
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    dir.join("praetor")
+}
+
+async fn connect(port: u16) -> Result<tokio_postgres::Client, String> {
+    let dsn = format!("host=127.0.0.1 port={port} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2");
+    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(c)
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    KillAgent,
+    KillNode,
+    CrashPostgres,
+    StopAgent,
+    Switchover,
+    CutDcs,
+    KillNodeSyncStrict,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillAgent => "primary agent kill -9 (postgres keeps running)",
+            Fault::KillNode => "primary node dies (agent + postgres kill -9)",
+            Fault::CrashPostgres => "primary postgres crash (restarted in place)",
+            Fault::StopAgent => "primary agent SIGTERM (graceful handover)",
+            Fault::Switchover => "planned switchover (ctl)",
+            Fault::CutDcs => "primary cut off from the DCS",
+            Fault::KillNodeSyncStrict => "primary node dies, synchronous_mode_strict",
+        }
+    }
+}
+
+struct Outcome {
+    recover: Duration,
+    lost: usize,
+    errors: usize,
+}
+
+async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
+    let mut opts = ClusterOptions {
+        scope: "scenarios".into(),
+        ttl: 5,
+        loop_wait: 1,
+        retry_timeout: 2,
+        dcs_relay: matches!(fault, Fault::CutDcs),
+        ..Default::default()
+    };
+    if matches!(fault, Fault::KillNodeSyncStrict) {
+        opts.dcs_extra = vec![
+            "synchronous_mode: true".into(),
+            "synchronous_mode_strict: true".into(),
+        ];
+    }
+    let mut c = LocalCluster::start(bin, opts).await?;
+    let leader = c.wait_healthy(2, Duration::from_secs(120)).await?;
+    let rw = c.proxy.as_ref().ok_or("no proxy")?.rw_port;
+    let setup = wait_for("proxy", Duration::from_secs(30), || connect(rw)).await?;
+    setup
+        .batch_execute("CREATE TABLE w (id int PRIMARY KEY)")
+        .await
+        .map_err(|e| e.to_string())?;
+    if matches!(fault, Fault::KillNodeSyncStrict) {
+        wait_for("a synchronous standby", Duration::from_secs(60), || async {
+            let v = c.cluster_json().await?;
+            let any = v["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["role"] == "sync_standby"));
+            if any { Ok(()) } else { Err("none yet".into()) }
+        })
+        .await?;
+    }
+    let acked = Arc::new(Mutex::new(Vec::<(i32, Instant)>::new()));
+    let errors = Arc::new(Mutex::new(0usize));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (acked, errors, stop) = (acked.clone(), errors.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut id = 0;
+            let mut client = None;
+            while !stop.is_cancelled() {
+                if client.is_none() {
+                    client = connect(rw).await.ok();
+                    if client.is_none() {
+                        *errors.lock().unwrap() += 1;
+                    }
+                }
+                if let Some(cl) = &client {
+                    id += 1;
+                    match cl.execute("INSERT INTO w VALUES ($1)", &[&id]).await {
+                        Ok(_) => acked.lock().unwrap().push((id, Instant::now())),
+                        Err(_) => {
+                            *errors.lock().unwrap() += 1;
+                            client = None;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    wait_for("writes", Duration::from_secs(10), || async {
+        if acked.lock().unwrap().len() > 30 { Ok(()) } else { Err("few".into()) }
+    })
+    .await?;
+    let started = Instant::now();
+    match fault {
+        Fault::KillAgent => c.node_mut(&leader).kill_agent(),
+        Fault::KillNode | Fault::KillNodeSyncStrict => {
+            let n = c.node_mut(&leader);
+            n.kill_agent();
+            n.kill_postmaster();
+        }
+        Fault::CrashPostgres => c.node(&leader).kill_postmaster(),
+        Fault::StopAgent => c.node(&leader).signal_agent(Signal::SIGTERM),
+        Fault::Switchover => {
+            let out = std::process::Command::new(bin)
+                .args(["ctl", "-c"])
+                .arg(&c.nodes[0].config)
+                .args(["switchover", "--force"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+        }
+        Fault::CutDcs => c.relay(&leader).cut(),
+    }
+    // Recovered: a write acknowledged after the fault, following an interruption (or none at all).
+    wait_for("writes to resume", Duration::from_secs(90), || async {
+        let last = acked.lock().unwrap().last().map(|(_, t)| *t);
+        match last {
+            Some(t) if t > started && t.duration_since(started) > Duration::from_millis(50) => Ok(()),
+            _ => Err("not yet".into()),
+        }
+    })
+    .await?;
+    // Let the writer run on a little so the longest gap after the fault is complete.
+    let settle = Instant::now();
+    wait_for("settle", Duration::from_secs(5), || async {
+        if settle.elapsed() > Duration::from_secs(2) { Ok(()) } else { Err("wait".into()) }
+    })
+    .await?;
+    stop.cancel();
+    writer.await.map_err(|e| e.to_string())?;
+    let acks = acked.lock().unwrap().clone();
+    // The outage: the longest gap between acknowledgements that spans or follows the fault.
+    let recover = acks
+        .windows(2)
+        .filter(|w| w[1].1 > started)
+        .map(|w| w[1].1.duration_since(w[0].1.max(started)))
+        .max()
+        .unwrap_or_default();
+    let new_leader = wait_for("a leader", Duration::from_secs(60), || async {
+        c.leader().await.ok_or_else(|| "none".to_string())
+    })
+    .await?;
+    let nc = connect(c.node(&new_leader).pg_port).await?;
+    let present: std::collections::HashSet<i32> = nc
+        .query("SELECT id FROM w", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost = acks.iter().filter(|(id, _)| !present.contains(id)).count();
+    let errors = *errors.lock().unwrap();
+    c.shutdown().await;
+    Ok(Outcome {
+        recover,
+        lost,
+        errors,
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let runs: usize = std::env::var("PRAETOR_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let only = std::env::var("PRAETOR_BENCH_ONLY").unwrap_or_default();
+    let bin = binary();
+    assert!(bin.exists(), "{} missing: cargo build --release first", bin.display());
+    let faults = [
+        Fault::KillAgent,
+        Fault::KillNode,
+        Fault::CrashPostgres,
+        Fault::StopAgent,
+        Fault::Switchover,
+        Fault::CutDcs,
+        Fault::KillNodeSyncStrict,
+    ];
+    let mut table = vec![];
+    for f in faults {
+        if !only.is_empty() && !f.name().contains(&only) {
+            continue;
+        }
+        let mut outcomes = vec![];
+        for i in 0..runs {
+            match run(&bin, f).await {
+                Ok(o) => {
+                    println!(
+                        "{} run {}: writes resumed after {:.2} s, {} acknowledged writes lost, {} client errors",
+                        f.name(),
+                        i + 1,
+                        o.recover.as_secs_f64(),
+                        o.lost,
+                        o.errors
+                    );
+                    outcomes.push(o);
+                }
+                Err(e) => println!("{} run {}: failed: {e}", f.name(), i + 1),
+            }
+        }
+        if outcomes.is_empty() {
+            continue;
+        }
+        let mut t: Vec<Duration> = outcomes.iter().map(|o| o.recover).collect();
+        t.sort();
+        let lost_max = outcomes.iter().map(|o| o.lost).max().unwrap_or(0);
+        let mut errs: Vec<usize> = outcomes.iter().map(|o| o.errors).collect();
+        errs.sort();
+        table.push((f.name(), t[t.len() / 2], *t.last().unwrap(), lost_max, errs[errs.len() / 2], outcomes.len()));
+    }
+    println!();
+    println!("ttl 5 s, loop_wait 1 s, retry_timeout 2 s; client writes through the proxy every 10 ms");
+    println!("| scenario | write outage median | max | acknowledged writes lost (max) | client errors (median) | runs |");
+    println!("|---|---|---|---|---|---|");
+    for (name, med, max, lost, errs, n) in table {
+        println!(
+            "| {name} | {:.2} s | {:.2} s | {lost} | {errs} | {n} |",
+            med.as_secs_f64(),
+            max.as_secs_f64()
+        );
+    }
+}
