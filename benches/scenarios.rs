@@ -154,11 +154,26 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
         }
         Fault::CutDcs => c.relay(&leader).cut(),
     }
-    // Recovered: a write acknowledged after the fault, following an interruption (or none at all).
+    // Recovered: for a fault that moves the leader, a write acknowledged after the new leader is
+    // known; for a crash restarted in place, a write acknowledged after the first failed one.
+    let resumed_after = if matches!(fault, Fault::CrashPostgres) {
+        wait_for("a failed write", Duration::from_secs(30), || async {
+            if *errors.lock().unwrap() > 0 { Ok(Instant::now()) } else { Err("none".into()) }
+        })
+        .await?
+    } else {
+        wait_for("a new leader", Duration::from_secs(90), || async {
+            match c.leader().await {
+                Some(l) if l != leader => Ok(Instant::now()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?
+    };
     wait_for("writes to resume", Duration::from_secs(90), || async {
         let last = acked.lock().unwrap().last().map(|(_, t)| *t);
         match last {
-            Some(t) if t > started && t.duration_since(started) > Duration::from_millis(50) => Ok(()),
+            Some(t) if t > resumed_after => Ok(()),
             _ => Err("not yet".into()),
         }
     })
