@@ -94,7 +94,11 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
             let any = v["members"]
                 .as_array()
                 .is_some_and(|m| m.iter().any(|m| m["role"] == "sync_standby"));
-            if any { Ok(()) } else { Err("none yet".into()) }
+            if any {
+                Ok(())
+            } else {
+                Err("none yet".into())
+            }
         })
         .await?;
     }
@@ -128,7 +132,11 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
         })
     };
     wait_for("writes", Duration::from_secs(10), || async {
-        if acked.lock().unwrap().len() > 30 { Ok(()) } else { Err("few".into()) }
+        if acked.lock().unwrap().len() > 30 {
+            Ok(())
+        } else {
+            Err("few".into())
+        }
     })
     .await?;
     let started = Instant::now();
@@ -158,7 +166,11 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
     // known; for a crash restarted in place, a write acknowledged after the first failed one.
     let resumed_after = if matches!(fault, Fault::CrashPostgres) {
         wait_for("a failed write", Duration::from_secs(30), || async {
-            if *errors.lock().unwrap() > 0 { Ok(Instant::now()) } else { Err("none".into()) }
+            if *errors.lock().unwrap() > 0 {
+                Ok(Instant::now())
+            } else {
+                Err("none".into())
+            }
         })
         .await?
     } else {
@@ -181,7 +193,11 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
     // Let the writer run on a little so the longest gap after the fault is complete.
     let settle = Instant::now();
     wait_for("settle", Duration::from_secs(5), || async {
-        if settle.elapsed() > Duration::from_secs(2) { Ok(()) } else { Err("wait".into()) }
+        if settle.elapsed() > Duration::from_secs(2) {
+            Ok(())
+        } else {
+            Err("wait".into())
+        }
     })
     .await?;
     stop.cancel();
@@ -224,7 +240,11 @@ async fn main() {
         .unwrap_or(5);
     let only = std::env::var("PRAETOR_BENCH_ONLY").unwrap_or_default();
     let bin = binary();
-    assert!(bin.exists(), "{} missing: cargo build --release first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release first",
+        bin.display()
+    );
     let faults = [
         Fault::KillAgent,
         Fault::KillNode,
@@ -264,10 +284,19 @@ async fn main() {
         let lost_max = outcomes.iter().map(|o| o.lost).max().unwrap_or(0);
         let mut errs: Vec<usize> = outcomes.iter().map(|o| o.errors).collect();
         errs.sort();
-        table.push((f.name(), t[t.len() / 2], *t.last().unwrap(), lost_max, errs[errs.len() / 2], outcomes.len()));
+        table.push((
+            f.name(),
+            t[t.len() / 2],
+            *t.last().unwrap(),
+            lost_max,
+            errs[errs.len() / 2],
+            outcomes.len(),
+        ));
     }
     println!();
-    println!("ttl 5 s, loop_wait 1 s, retry_timeout 2 s; client writes through the proxy every 10 ms");
+    println!(
+        "ttl 5 s, loop_wait 1 s, retry_timeout 2 s; client writes through the proxy every 10 ms"
+    );
     println!("| scenario | write outage median | max | acknowledged writes lost (max) | client errors (median) | runs |");
     println!("|---|---|---|---|---|---|");
     for (name, med, max, lost, errs, n) in table {

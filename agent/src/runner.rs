@@ -1042,7 +1042,11 @@ impl Runner {
                 true
             }
             FenceOutcome::NotPrimary | FenceOutcome::Down => true,
-            FenceOutcome::Unknown(why) => {
+            outcome @ (FenceOutcome::ShuttingDown | FenceOutcome::Unknown(_)) => {
+                let why = match outcome {
+                    FenceOutcome::Unknown(why) => why,
+                    _ => "it is still shutting down".to_string(),
+                };
                 let waited = now.saturating_sub(since);
                 if waited >= u64::from(self.dynamic.ttl) * 1000 {
                     tracing::warn!("cannot fence the former primary at {host}:{port} ({why}) for ttl: promoting anyway; its agent demotes it when it cannot renew its lock");

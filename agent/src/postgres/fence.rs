@@ -3,10 +3,12 @@
 //! Patroni's known hole: when the primary's agent dies (kill -9) or freezes, its PostgreSQL keeps
 //! accepting writes after another member is promoted, and those writes are lost when it rejoins.
 //! Praetor's race winner closes the hole before it promotes: it connects to the former primary as
-//! the superuser and, if that server still runs as a primary, stops it at once (immediate shutdown of
-//! its postmaster, run on the old node through `COPY ... TO PROGRAM`, a superuser's right). Only when
-//! the former primary is stopped, or provably not a primary (connection refused, in recovery,
-//! shutting down), does the winner promote. An unreachable former primary (timeout, network
+//! the superuser and, if that server still runs as a primary, stops it (a fast shutdown of its
+//! postmaster, run on the old node through `COPY ... TO PROGRAM`, a superuser's right). A fast
+//! shutdown refuses new connections and ends every session at once, then sends all remaining WAL to
+//! the connected standbys before it exits: the winner, still streaming from it, receives every commit
+//! the old primary acknowledged. Only when the former primary is gone (connection refused), or
+//! provably not a primary (in recovery), does the winner promote. An unreachable former primary (timeout, network
 //! partition) cannot be proven down: the runner then waits at most `ttl` more before promoting —
 //! by then the former primary's own agent, unable to renew its lock, has demoted it (design.md rule
 //! 2), and the proxies have stopped routing to it.
@@ -22,16 +24,21 @@ pub enum FenceOutcome {
     Stopped,
     /// It runs, but not as a primary (in recovery): nothing to fence.
     NotPrimary,
-    /// Nothing accepts connections there (refused, or the server is starting/stopping).
+    /// Nothing accepts connections there (refused, or the server is starting up).
     Down,
+    /// It is shutting down (it acknowledges no more writes, but may still be sending WAL).
+    ShuttingDown,
     /// Neither stopped nor proven down (timeout, authentication refused, ...).
     Unknown(String),
 }
 
 impl FenceOutcome {
-    /// True when the former primary can no longer acknowledge writes.
+    /// True when the former primary can no longer acknowledge writes and has finished sending WAL.
     pub fn is_safe(&self) -> bool {
-        !matches!(self, FenceOutcome::Unknown(_))
+        matches!(
+            self,
+            FenceOutcome::Stopped | FenceOutcome::NotPrimary | FenceOutcome::Down
+        )
     }
 }
 
@@ -42,36 +49,39 @@ pub async fn fence_primary(
     superuser: &Credentials,
     timeout: Duration,
 ) -> FenceOutcome {
-    let client = match connect(host, port, superuser, timeout).await {
-        Ok(c) => c,
-        Err(outcome) => return outcome,
-    };
-    let in_recovery =
-        match tokio::time::timeout(timeout, client.query_one("SELECT pg_is_in_recovery()", &[]))
+    match connect(host, port, superuser, timeout).await {
+        Ok(client) => {
+            let in_recovery = match tokio::time::timeout(
+                timeout,
+                client.query_one("SELECT pg_is_in_recovery()", &[]),
+            )
             .await
-        {
-            Ok(Ok(row)) => row.get::<_, bool>(0),
-            Ok(Err(e)) => return classify(&e),
-            Err(_) => return FenceOutcome::Unknown("query timed out".into()),
-        };
-    if in_recovery {
-        return FenceOutcome::NotPrimary;
+            {
+                Ok(Ok(row)) => row.get::<_, bool>(0),
+                Ok(Err(e)) => return classify(&e),
+                Err(_) => return FenceOutcome::Unknown("query timed out".into()),
+            };
+            if in_recovery {
+                return FenceOutcome::NotPrimary;
+            }
+            // The postmaster's PID is the first line of postmaster.pid; SIGINT is a fast shutdown.
+            let stop = "DO $$ DECLARE pid text := split_part(pg_read_file('postmaster.pid'), E'\\n', 1); \
+                        BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'kill -INT ' || pid); END $$";
+            if let Ok(Err(e)) = tokio::time::timeout(timeout, client.batch_execute(stop)).await {
+                // The shutdown also ends our own session: an error here may be the success.
+                tracing::debug!("fencing statement ended with: {e}");
+            }
+        }
+        Err(FenceOutcome::ShuttingDown) => {}
+        Err(other) => return other,
     }
-    // The postmaster's PID is the first line of postmaster.pid; SIGQUIT is an immediate shutdown:
-    // no new connection, every session ends, nothing more is acknowledged.
-    let stop = "DO $$ DECLARE pid text := split_part(pg_read_file('postmaster.pid'), E'\\n', 1); \
-                BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'kill -QUIT ' || pid); END $$";
-    let result = tokio::time::timeout(timeout, client.batch_execute(stop)).await;
-    drop(client);
-    if let Ok(Err(e)) = &result {
-        // Killing the postmaster also ends our own session: an error here may be the success.
-        tracing::debug!("fencing statement ended with: {e}");
-    }
-    // Verify: the former primary must now refuse connections (or not be a primary).
-    let deadline = tokio::time::Instant::now() + timeout * 3;
+    // Wait until it is gone (refuses connections): a shutting-down primary may still be sending the
+    // WAL our standby needs before promoting.
+    let deadline = tokio::time::Instant::now() + timeout * 5;
     loop {
         match connect(host, port, superuser, timeout).await {
             Err(FenceOutcome::Down) => return FenceOutcome::Stopped,
+            Err(FenceOutcome::ShuttingDown) | Err(FenceOutcome::Unknown(_)) => {}
             Err(other) => return other,
             Ok(c) => {
                 if let Ok(Ok(row)) =
@@ -86,7 +96,7 @@ pub async fn fence_primary(
         }
         if tokio::time::Instant::now() >= deadline {
             return FenceOutcome::Unknown(
-                "the former primary still accepts connections after the fencing attempt".into(),
+                "the former primary did not finish shutting down in time".into(),
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -127,9 +137,11 @@ async fn connect(
 fn classify(e: &tokio_postgres::Error) -> FenceOutcome {
     if let Some(db) = e.as_db_error() {
         // 57P03 cannot_connect_now: starting up, shutting down, or in recovery without hot standby;
-        // 57P01/57P02/57P03 admin/crash shutdown: the server is going away.
+        // 57P01/57P02 admin/crash shutdown: the server is going away.
         return match db.code().code() {
-            "57P01" | "57P02" | "57P03" => FenceOutcome::Down,
+            "57P03" if db.message().contains("shutting down") => FenceOutcome::ShuttingDown,
+            "57P01" => FenceOutcome::ShuttingDown,
+            "57P02" | "57P03" => FenceOutcome::Down,
             code => FenceOutcome::Unknown(format!("{code}: {}", db.message())),
         };
     }
