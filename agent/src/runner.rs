@@ -392,10 +392,9 @@ impl Runner {
             }
             obs = self.observe().await;
         }
-        if message != self.last_reason {
-            tracing::info!("{message}");
-            self.last_reason = message;
-        }
+        // Once per loop, in Patroni's words: operators grep for "no action. I am (pg1), ...".
+        tracing::info!("{message}");
+        self.last_reason = message;
         self.publish(view.as_deref(), &obs).await;
         Ok(())
     }

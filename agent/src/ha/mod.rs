@@ -367,9 +367,12 @@ pub fn needs_peers(view: Option<&Cluster>, name: &str) -> bool {
     let Some(view) = view else { return false };
     match &view.leader {
         None => view.initialize.is_some(),
-        Some(l) if l.name == name => view
-            .failover_request()
-            .is_some_and(|f| f.value.leader.as_deref() == Some(name)),
+        // A switchover or a failover with a candidate asks the leader to step down when it names
+        // this leader or no leader at all, and a candidate other than itself (see decide).
+        Some(l) if l.name == name => view.failover_request().is_some_and(|f| {
+            f.value.leader.as_deref().is_none_or(|l| l == name)
+                && f.value.member.as_deref() != Some(name)
+        }),
         Some(_) => false,
     }
 }
