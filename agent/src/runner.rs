@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, NodeStatus};
+
+mod hooks;
 use crate::ha::{
     self, decide, needs_peers, Action, DataDir, HaConfig, LocalState, Now, Postgres, Running,
     StartAs, Task,
@@ -54,6 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let dcs = praetor_dcs::connect(&settings.dcs, identity)
         .await
         .context("cannot open the DCS")?;
+    let (dcs, metrics) = hooks::metered(dcs, &settings.scope, &settings.name);
     let listener = tokio::net::TcpListener::bind((
         settings.api_listen.local_bind_host().as_str(),
         settings.api_listen.port,
@@ -69,11 +72,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }));
     let api_shutdown = CancellationToken::new();
     let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
-    let ctx = api::ApiContext {
-        status: status_rx,
-        commands: commands_tx,
-    };
-    let api_task = tokio::spawn(api::serve(listener, ctx, api_shutdown.clone()));
+    let (api_task, ops) = hooks::start_api(
+        &config,
+        listener,
+        status_rx,
+        commands_tx,
+        dcs.clone(),
+        metrics,
+        api_shutdown.clone(),
+    )
+    .await?;
     let mut runner = Runner {
         settings,
         config,
@@ -91,6 +99,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         last_reason: String::new(),
         last_view: None,
         dcs_last_seen: None,
+        ops,
     };
     let result = runner.run_loop(&shutdown, commands).await;
     runner.shut_down().await;
@@ -212,6 +221,8 @@ struct Runner {
     last_reason: String,
     last_view: Option<Arc<Cluster>>,
     dcs_last_seen: Option<i64>,
+    /// The operator surface's state (metrics, scheduled restart, systemd notification).
+    ops: hooks::Ops,
 }
 
 /// What the cycle saw of the local node.
@@ -256,7 +267,9 @@ impl Runner {
     ) -> anyhow::Result<()> {
         let mut events = self.dcs.watch();
         loop {
+            let started = Instant::now();
             self.cycle().await?;
+            self.after_cycle(started);
             let wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
             let deadline = tokio::time::Instant::now() + wait;
             let task_done = self.task_done.clone();
@@ -385,20 +398,7 @@ impl Runner {
                 self.pg.reload().map_err(|e| e.to_string())?;
                 Ok("reloaded configuration".into())
             }
-            api::AgentCommand::Restart => {
-                if self.pg.postmaster().is_none() {
-                    return Err("postgres is not running".into());
-                }
-                // Stop here; the next cycle starts it again in the role the cluster gives it
-                // (the lock holder as primary), exactly as after a crash.
-                self.set_api_state(MemberState::Stopping);
-                self.pg
-                    .stop(ha::StopMode::Fast, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.set_api_state(MemberState::Stopped);
-                Ok("restarting postgres".into())
-            }
+            api::AgentCommand::Restart => self.restart_command().await,
             api::AgentCommand::Reinitialize { force, .. } => {
                 if holds {
                     return Err("I am the leader, can not reinitialize".into());
@@ -867,7 +867,8 @@ impl Runner {
     }
 
     async fn publish(&mut self, view: Option<&Cluster>, obs: &Observation) {
-        let data = self.member_data(obs, view);
+        let mut data = self.member_data(obs, view);
+        self.decorate_member(&mut data);
         if view.is_some() {
             if let Err(e) = self.dcs.touch_member(&data).await {
                 tracing::warn!("cannot update the member key: {e}");
@@ -886,6 +887,9 @@ impl Runner {
             ttl: self.dynamic.ttl,
             last_decision: self.last_reason.clone(),
             pause: self.dynamic.pause,
+            pending_restart: data.pending_restart,
+            loop_wait: self.dynamic.loop_wait,
+            failsafe_active: false,
         };
         self.status_tx.send_replace(Arc::new(status));
     }

@@ -1,220 +1,12 @@
-//! The REST API: Patroni's paths, status codes and JSON fields (reference/patroni.md section 2), so
-//! HAProxy checks, patronictl and dashboards written for Patroni work unchanged.
-//!
-//! The loop publishes a [`NodeStatus`] snapshot after every cycle; requests are answered from the
-//! latest snapshot by the pure [`respond`], never by touching PostgreSQL or the DCS.
+//! The read-only surface: health checks, `/patroni`, `/cluster`, `/history`, `/config`, answered
+//! by the pure [`respond`] from a [`NodeStatus`] snapshot (every code is tested without a server).
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{Method, Request, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
-use praetor_dcs::{summary, Cluster, MemberState, Role, Tags};
+use axum::http::{Method, StatusCode};
+use praetor_dcs::summary;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
 
-use crate::postgres::ServerStatus;
-
-/// Everything the API answers from: the latest state of this node, as of the last HA loop.
-#[derive(Debug, Clone, Default)]
-pub struct NodeStatus {
-    /// Cluster name.
-    pub scope: String,
-    /// This member.
-    pub name: String,
-    /// The cluster as last read from the DCS (`None` before the first successful read).
-    pub cluster: Option<Arc<Cluster>>,
-    /// Unix seconds of the last successful DCS read.
-    pub dcs_last_seen: Option<i64>,
-    /// PostgreSQL state as published in the member key.
-    pub state: MemberState,
-    /// PostgreSQL role as published in the member key.
-    pub role: Role,
-    /// What the running server reported, if running.
-    pub server: Option<ServerStatus>,
-    /// This member's tags.
-    pub tags: Tags,
-    /// Unix seconds of the end of the last HA loop.
-    pub last_loop: Option<i64>,
-    /// Leader lock TTL in force (seconds), for `/liveness`.
-    pub ttl: u32,
-    /// The last decision's reason.
-    pub last_decision: String,
-    /// Maintenance mode.
-    pub pause: bool,
-}
-
-impl NodeStatus {
-    fn holds_lock(&self) -> bool {
-        self.cluster
-            .as_ref()
-            .and_then(|c| c.leader.as_ref())
-            .is_some_and(|l| l.name == self.name)
-    }
-
-    fn is_running(&self) -> bool {
-        self.state == MemberState::Running && self.server.is_some()
-    }
-
-    fn is_primary(&self) -> bool {
-        self.is_running() && self.server.as_ref().is_some_and(|s| !s.in_recovery)
-    }
-
-    fn is_replica(&self) -> bool {
-        self.is_running() && self.server.as_ref().is_some_and(|s| s.in_recovery)
-    }
-
-    fn wal_position(&self) -> Option<u64> {
-        self.server.as_ref().map(ServerStatus::wal_position)
-    }
-
-    /// Bytes this member lags behind the leader's last known position.
-    fn lag(&self) -> Option<u64> {
-        let optime = self.cluster.as_ref()?.leader_optime()?;
-        Some(optime.saturating_sub(self.wal_position()?))
-    }
-
-    /// Patroni's `/patroni` document.
-    pub fn patroni_json(&self) -> Value {
-        let mut v = json!({
-            "state": self.state.to_string(),
-            "role": self.role.to_string(),
-            "cluster_unlocked": self.cluster.as_ref().is_none_or(|c| c.leader.is_none()),
-            "tags": self.tags,
-            "patroni": {"version": env!("CARGO_PKG_VERSION"), "scope": self.scope, "name": self.name},
-        });
-        if let Some(s) = &self.server {
-            v["postmaster_start_time"] = json!(s.postmaster_start_time);
-            v["server_version"] = json!(s.server_version);
-            v["timeline"] = json!(s.timeline);
-            v["database_system_identifier"] = json!(s.system_identifier);
-            if s.in_recovery {
-                v["xlog"] = json!({
-                    "received_location": s.received_lsn.or(s.replayed_lsn),
-                    "replayed_location": s.replayed_lsn,
-                    "replayed_timestamp": s.replay_timestamp,
-                    "paused": s.replay_paused,
-                });
-                v["replication_state"] = json!(if s.streaming {
-                    "streaming"
-                } else {
-                    "in archive recovery"
-                });
-            } else {
-                v["xlog"] = json!({ "location": s.current_lsn });
-                if !s.replication.is_empty() {
-                    v["replication"] = json!(s.replication);
-                }
-            }
-        }
-        if let Some(t) = self.dcs_last_seen {
-            v["dcs_last_seen"] = json!(t);
-        }
-        if self.pause {
-            v["pause"] = json!(true);
-        }
-        v
-    }
-}
-
-/// A request from the REST API to the HA loop (the loop owns PostgreSQL; the API never touches it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentCommand {
-    /// Restart PostgreSQL in its current role (Patroni's `POST /restart`).
-    Restart,
-    /// Rewrite the configuration files and reload PostgreSQL (`POST /reload`).
-    Reload,
-    /// Remove this replica's data directory and clone it again (`POST /reinitialize`); refused on the
-    /// leader.
-    Reinitialize {
-        /// Also when PostgreSQL is running (stopped first).
-        force: bool,
-        /// Clone from the leader rather than a `clonefrom` member.
-        from_leader: bool,
-    },
-}
-
-/// An [`AgentCommand`] with the channel its answer goes back on: `Ok(message)` or `Err(why)`.
-#[derive(Debug)]
-pub struct CommandRequest {
-    /// What to do.
-    pub command: AgentCommand,
-    /// Where the loop answers.
-    pub reply: oneshot::Sender<Result<String, String>>,
-}
-
-/// What the REST API reaches: the loop's latest snapshot and its command channel.
-#[derive(Clone)]
-pub struct ApiContext {
-    /// The latest [`NodeStatus`], published by the loop after every cycle.
-    pub status: watch::Receiver<Arc<NodeStatus>>,
-    /// Commands to the loop.
-    pub commands: mpsc::Sender<CommandRequest>,
-}
-
-/// A query string as `key → value`.
-pub type Query = BTreeMap<String, String>;
-
-/// Parses `a=1&b=2` (percent-decoding `%XX` and `+`).
-pub fn parse_query(q: Option<&str>) -> Query {
-    q.unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|b| hex(*b)),
-                bytes.get(i + 2).and_then(|b| hex(*b)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses a lag like Patroni's `?lag=`: bytes, or with a unit `kB`, `MB`, `GB`, `TB` (powers of 1024).
-pub fn parse_lag(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" | "k" => 1 << 10,
-        "mb" | "m" => 1 << 20,
-        "gb" | "g" => 1 << 30,
-        "tb" | "t" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
+use super::NodeStatus;
+use super::{parse_lag, Query};
 
 /// Health paths: each answers 200 or 503 with the status body; HEAD and OPTIONS answer the status only.
 const HEALTH_PATHS: &[&str] = &[
@@ -282,6 +74,10 @@ pub fn respond(
             Some(c) => (StatusCode::OK, Some(c.value.clone())),
             None => (StatusCode::BAD_GATEWAY, None),
         },
+        "/failsafe" => match st.cluster.as_ref().and_then(|c| c.failsafe.as_ref()) {
+            Some(f) => (StatusCode::OK, Some(json!(f))),
+            None => (StatusCode::BAD_GATEWAY, None),
+        },
         _ => (StatusCode::NOT_FOUND, None),
     }
 }
@@ -336,7 +132,9 @@ fn health(path: &str, q: &Query, st: &NodeStatus, now_unix: i64) -> bool {
     match path {
         "/" | "/primary" | "/master" | "/read-write" => leader_ok(),
         "/leader" => st.holds_lock() && tags_match(),
-        "/standby-leader" | "/standby_leader" => false,
+        "/standby-leader" | "/standby_leader" => {
+            st.holds_lock() && st.role == praetor_dcs::Role::StandbyLeader && tags_match()
+        }
         "/replica" => replica_ok(),
         "/read-only" => leader_ok() || replica_ok(),
         "/health" => st.is_running(),
@@ -357,11 +155,27 @@ fn health(path: &str, q: &Query, st: &NodeStatus, now_unix: i64) -> bool {
     }
 }
 
-fn cluster_json(st: &NodeStatus) -> Value {
+/// Patroni's `GET /cluster` document.
+pub fn cluster_json(st: &NodeStatus) -> Value {
     let Some(c) = &st.cluster else {
         return json!({"members": []});
     };
-    let mut v = json!({ "members": summary::summarize(c) });
+    let mut members = serde_json::to_value(summary::summarize(c)).unwrap_or_else(|_| json!([]));
+    if let Some(list) = members.as_array_mut() {
+        for m in list {
+            let name = m["name"].as_str().unwrap_or_default().to_string();
+            let Some(member) = c.member(&name) else {
+                continue;
+            };
+            if let Some(r) = member.data.extra.get("scheduled_restart") {
+                m["scheduled_restart"] = r.clone();
+            }
+            if let Some(r) = &member.data.pending_restart_reason {
+                m["pending_restart_reason"] = r.clone();
+            }
+        }
+    }
+    let mut v = json!({ "members": members, "scope": st.scope });
     if st.pause {
         v["pause"] = json!(true);
     }
@@ -374,79 +188,13 @@ fn cluster_json(st: &NodeStatus) -> Value {
     v
 }
 
-/// Sends `command` to the loop and waits (up to 60 s) for its answer: 200 with the message, or 503
-/// with the reason.
-async fn run_command(ctx: &ApiContext, command: AgentCommand) -> Response {
-    let (reply, answer) = oneshot::channel();
-    if ctx
-        .commands
-        .send(CommandRequest { command, reply })
-        .await
-        .is_err()
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the HA loop is not running",
-        )
-            .into_response();
-    }
-    match tokio::time::timeout(std::time::Duration::from_secs(60), answer).await {
-        Ok(Ok(Ok(msg))) => (StatusCode::OK, msg).into_response(),
-        Ok(Ok(Err(why))) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no answer from the HA loop",
-        )
-            .into_response(),
-    }
-}
-
-async fn handle(State(ctx): State<ApiContext>, req: Request<Body>) -> Response {
-    if req.method() == Method::POST {
-        let query = parse_query(req.uri().query());
-        let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
-        let command = match req.uri().path() {
-            "/restart" => Some(AgentCommand::Restart),
-            "/reload" => Some(AgentCommand::Reload),
-            "/reinitialize" => Some(AgentCommand::Reinitialize {
-                force: flag("force"),
-                from_leader: flag("from_leader"),
-            }),
-            _ => None,
-        };
-        if let Some(c) = command {
-            return run_command(&ctx, c).await;
-        }
-    }
-    let st = ctx.status.borrow().clone();
-    let query = parse_query(req.uri().query());
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let (code, body) = respond(req.method(), req.uri().path(), &query, &st, now);
-    match body {
-        Some(b) => (code, axum::Json(b)).into_response(),
-        None => code.into_response(),
-    }
-}
-
-/// Serves the API on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    ctx: ApiContext,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new().fallback(handle).with_state(ctx);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::parse_query;
     use super::*;
-    use praetor_dcs::{Leader, Member, MemberData, Status};
+    use crate::postgres::ServerStatus;
+    use praetor_dcs::{Cluster, Leader, Member, MemberData, MemberState, Role, Status};
+    use std::sync::Arc;
 
     fn server(in_recovery: bool, pos: u64) -> ServerStatus {
         ServerStatus {
