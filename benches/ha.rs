@@ -1,4 +1,7 @@
-//! HA benchmark on real clusters (etcd + 3 agents + proxy on 127.0.0.1), printed as a table.
+//! HA benchmark on real clusters (a DCS + 3 agents + proxy on 127.0.0.1), printed as a table.
+//!
+//! The DCS is one etcd, or one ZooKeeper with `PRAETOR_BENCH_DCS=zookeeper` (same ttl and loop_wait,
+//! so the two can be compared run for run).
 //!
 //! For each of N runs (default 5, `PRAETOR_BENCH_RUNS`):
 //! - switchover gap: a client writes through the proxy's read-write port every 10 ms (one connection,
@@ -17,7 +20,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use praetor_harness::cluster::{ClusterOptions, LocalCluster, SUPERUSER, SUPERUSER_PASSWORD};
+use praetor_harness::cluster::{
+    ClusterOptions, DcsKind, LocalCluster, SUPERUSER, SUPERUSER_PASSWORD,
+};
 use praetor_harness::wait_for;
 
 fn binary() -> PathBuf {
@@ -200,11 +205,17 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let bin = binary();
+    let dcs = match std::env::var("PRAETOR_BENCH_DCS").as_deref() {
+        Err(_) | Ok("") | Ok("etcd") => DcsKind::Etcd,
+        Ok("zookeeper") | Ok("zk") => DcsKind::ZooKeeper,
+        Ok(other) => panic!("PRAETOR_BENCH_DCS={other}: use etcd (default) or zookeeper"),
+    };
     let opts = ClusterOptions {
         scope: "bench".into(),
         ttl: 5,
         loop_wait: 1,
         retry_timeout: 2,
+        dcs,
         ..Default::default()
     };
     let mut gaps = vec![];
@@ -229,7 +240,8 @@ async fn main() {
         let (fm, fx) = stats(failovers);
         println!();
         println!(
-            "ttl {} s, loop_wait {} s, {} runs",
+            "DCS {}, ttl {} s, loop_wait {} s, {} runs",
+            opts.dcs.family(),
             opts.ttl,
             opts.loop_wait,
             errors.len()

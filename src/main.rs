@@ -66,7 +66,9 @@ enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Operate a cluster: list its members, switch over (like patronictl).
+    /// Operate a cluster like patronictl: list, topology, switchover, failover, edit-config,
+    /// show-config, restart, reload, reinit, remove, pause, resume, history, query, dsn, flush,
+    /// version.
     Ctl(ctl::CtlArgs),
     /// Start a three-node demo cluster (etcd, three agents with PostgreSQL, the proxy) under a
     /// temporary directory on 127.0.0.1, print how to connect, and stop everything on Ctrl-C.
@@ -110,14 +112,14 @@ fn main() -> ExitCode {
                     println!("{}: configuration is valid", path.display());
                     return Ok(());
                 }
-                init_logging(loaded.config.log.level.as_deref());
+                let logging = init_logging(&loaded.config.log, "praetor.log")?;
                 for w in &loaded.warnings {
                     tracing::warn!("{}: {w}", path.display());
                 }
                 let span =
                     tracing::info_span!("agent", scope = %settings.scope, member = %settings.name);
                 let _entered = span.enter();
-                let shutdown = shutdown_on_signals();
+                let shutdown = shutdown_on_signals(Some(reload_log_level(logging, path.clone())));
                 praetor_agent::runner::run(loaded.config, shutdown)
                     .await
                     .map_err(Failure::Other)
@@ -134,20 +136,28 @@ fn main() -> ExitCode {
                     .map_err(|e| config_err(format!("{}: {e}", config.display())))?;
                 let settings = praetor_proxy::ProxySettings::from_config(&proxy_cfg)
                     .map_err(|e| config_err(format!("{}: {e}", config.display())))?;
-                init_logging(loaded.config.log.level.as_deref());
+                let logging = init_logging(&loaded.config.log, "praetor-proxy.log")?;
                 for w in &loaded.warnings {
                     tracing::warn!("{}: {w}", config.display());
                 }
-                run_proxy(settings, scope, loaded.config.namespace(), endpoints)
-                    .await
-                    .map_err(Failure::Other)
+                let on_hup = reload_log_level(logging, config.clone());
+                run_proxy(
+                    settings,
+                    scope,
+                    loaded.config.namespace(),
+                    endpoints,
+                    on_hup,
+                    config,
+                )
+                .await
+                .map_err(Failure::Other)
             }
             Command::Ctl(args) => {
-                init_logging(Some("warn"));
+                quiet_logging();
                 ctl::run(args).await
             }
             Command::Demo(args) => {
-                init_logging(Some("warn"));
+                quiet_logging();
                 demo::run(args).await.map_err(Failure::Other)
             }
         }
@@ -193,14 +203,63 @@ pub fn load_config(path: &std::path::Path) -> Result<praetor_config::Loaded, Fai
     })
 }
 
-fn init_logging(level: Option<&str>) {
-    let default = match level.map(|l| l.to_ascii_lowercase()) {
-        Some(l) if l == "warning" => "warn".to_string(),
-        Some(l) if l == "critical" => "error".to_string(),
-        Some(l) => l,
-        None => "info".to_string(),
+/// The installed logger; its level can be changed while running (SIGHUP).
+struct Logging {
+    filter: tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+}
+
+/// Installs the logger of `log.{level,format,dir}`: level from `log.level`, else `RUST_LOG`, else
+/// info; text or JSON lines; to stderr, or appended to `<log.dir>/<file>`. Errors (exit 2): an
+/// unknown level or format, a directory that cannot be written.
+fn init_logging(log: &praetor_config::Log, file: &str) -> Result<Logging, Failure> {
+    use tracing_subscriber::prelude::*;
+    let filter = match &log.level {
+        Some(_) => EnvFilter::new(
+            log.filter_directive()
+                .map_err(|e| config_err(e.to_string()))?,
+        ),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let format = log.line_format().map_err(|e| config_err(e.to_string()))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let writer = match &log.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| config_err(format!("log.dir: {}: {e}", dir.display())))?;
+            let path = dir.join(file);
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| config_err(format!("log.dir: {}: {e}", path.display())))?;
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(f))
+        }
+        None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let ansi = log.dir.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt_layer = match format {
+        praetor_config::LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
+        praetor_config::LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .try_init();
+    Ok(Logging { filter: handle })
+}
+
+/// Warnings and errors only, to stderr (ctl, demo).
+fn quiet_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -208,9 +267,37 @@ fn init_logging(level: Option<&str>) {
         .try_init();
 }
 
-/// A token cancelled on SIGTERM or SIGINT (only `main` installs signal handlers). SIGHUP is logged:
-/// configuration reload is not implemented yet, restart the agent to apply local changes.
-fn shutdown_on_signals() -> CancellationToken {
+/// What SIGHUP does: read `path` again and apply its `log.level` (the rest of the file needs a
+/// restart; PostgreSQL's configuration is reloaded with `ctl reload` / `POST /reload`).
+fn reload_log_level(logging: Logging, path: PathBuf) -> Box<dyn Fn() + Send> {
+    Box::new(move || {
+        let loaded = match praetor_config::load_file(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    "SIGHUP: cannot read {}: {e}; nothing changed",
+                    path.display()
+                );
+                return;
+            }
+        };
+        let directive = match loaded.config.log.filter_directive() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("SIGHUP: {}: {e}; log level unchanged", path.display());
+                return;
+            }
+        };
+        match logging.filter.reload(EnvFilter::new(&directive)) {
+            Ok(()) => tracing::warn!("SIGHUP: log level is now {directive}"),
+            Err(e) => tracing::warn!("SIGHUP: cannot change the log level: {e}"),
+        }
+    })
+}
+
+/// A token cancelled on SIGTERM or SIGINT (only `main` installs signal handlers); SIGHUP calls
+/// `on_hup` (reload the log level).
+fn shutdown_on_signals(on_hup: Option<Box<dyn Fn() + Send>>) -> CancellationToken {
     use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let t = token.clone();
@@ -227,9 +314,10 @@ fn shutdown_on_signals() -> CancellationToken {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM received"); break }
                 _ = int.recv() => { tracing::info!("SIGINT received"); break }
-                _ = hup.recv() => {
-                    tracing::warn!("SIGHUP received: configuration reload is not supported yet; restart to apply local changes");
-                }
+                _ = hup.recv() => match &on_hup {
+                    Some(f) => f(),
+                    None => tracing::info!("SIGHUP received: nothing to reload"),
+                },
             }
         }
         t.cancel();
@@ -237,11 +325,16 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Runs the proxy until SIGTERM/SIGINT: follows the DCS, acknowledges its routes there
+/// (`praetor/proxies/<id>`, the fencing handshake), and on SIGHUP re-reads `config` (log level, and
+/// every proxy setting but the listeners) without dropping connections.
 async fn run_proxy(
     settings: praetor_proxy::ProxySettings,
     scope: String,
     namespace: String,
     endpoints: praetor_config::DcsEndpoints,
+    on_hup: Box<dyn Fn() + Send>,
+    config: PathBuf,
 ) -> anyhow::Result<()> {
     let identity = praetor_dcs::DcsIdentity {
         namespace,
@@ -253,16 +346,52 @@ async fn run_proxy(
     let dcs = praetor_dcs::connect(&endpoints, identity)
         .await
         .context("cannot open the DCS")?;
-    let proxy = praetor_proxy::Proxy::bind(settings).await?;
+    let configured_id = settings.id.clone();
+    let path = config.clone();
+    let reload: praetor_proxy::ReloadFn = std::sync::Arc::new(move || {
+        let loaded = praetor_config::load_file(&path).map_err(|e| e.to_string())?;
+        let proxy = loaded.config.validate_proxy().map_err(|e| e.to_string())?;
+        praetor_proxy::ProxySettings::from_config(&proxy).map_err(|e| e.to_string())
+    });
+    let proxy = praetor_proxy::Proxy::bind(settings)
+        .await?
+        .with_reload(reload);
+    let id = configured_id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "proxy".into());
+        let port = [proxy.rw_addr(), proxy.auto_addr(), proxy.ro_addr()]
+            .into_iter()
+            .flatten()
+            .next()
+            .map_or(0, |a| a.port());
+        format!("{host}-{port}")
+    });
     tracing::info!(
         scope = %scope,
+        %id,
         read_write = ?proxy.rw_addr(),
         read_only = ?proxy.ro_addr(),
+        auto = ?proxy.auto_addr(),
+        admin = ?proxy.admin_addr(),
         metrics = ?proxy.metrics_addr(),
         "proxy listening"
     );
-    let shutdown = shutdown_on_signals();
-    let feed = praetor_proxy::spawn_dcs_feed(dcs, shutdown.clone());
-    proxy.serve(feed, shutdown).await?;
+    let reloader = proxy.reloader();
+    let on_hup: Box<dyn Fn() + Send> = Box::new(move || {
+        on_hup();
+        match reloader.reload() {
+            Ok(notes) => {
+                for n in notes {
+                    tracing::warn!("reload: {n}");
+                }
+                tracing::info!("SIGHUP: proxy configuration reloaded");
+            }
+            Err(e) => tracing::error!("SIGHUP: cannot reload the proxy configuration: {e}"),
+        }
+    });
+    let shutdown = shutdown_on_signals(Some(on_hup));
+    let feed = praetor_proxy::spawn_dcs_feed(dcs.clone(), shutdown.clone());
+    proxy.with_dcs(dcs, id).serve(feed, shutdown).await?;
     Ok(())
 }

@@ -935,7 +935,8 @@ async fn wait_replicas_caught_up(c: &LocalCluster, leader: &str) {
 }
 
 #[tokio::test]
-async fn synchronous_mode_without_an_eligible_standby_falls_back_to_async_and_no_automatic_failover() {
+async fn synchronous_mode_without_an_eligible_standby_falls_back_to_async_and_no_automatic_failover(
+) {
     // Both replicas are tagged nosync: synchronous mode (not strict) finds nobody to wait for.
     let mut c = healthy_cluster(ClusterOptions {
         dcs_extra: vec!["synchronous_mode: true".into()],
@@ -945,37 +946,64 @@ async fn synchronous_mode_without_an_eligible_standby_falls_back_to_async_and_no
     .await;
     let leader = c.leader().await.unwrap();
     let d = dcs(&c).await;
-    wait_for("a sync key listing nobody", Duration::from_secs(30), || async {
-        let cl = d.load().await.map_err(|e| e.to_string())?;
-        match cl.sync {
-            Some(s) if s.value.leader.as_deref() == Some(leader.as_str()) && s.value.members().is_empty() => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_for(
+        "a sync key listing nobody",
+        Duration::from_secs(30),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            match cl.sync {
+                Some(s)
+                    if s.value.leader.as_deref() == Some(leader.as_str())
+                        && s.value.members().is_empty() =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await
     .unwrap();
     // Writes are acknowledged without a synchronous standby (asynchronous fallback).
     let lc = connect(c.node(&leader).pg_port).await.unwrap();
-    let guc: String = lc.query_one("SHOW synchronous_standby_names", &[]).await.unwrap().get(0);
-    assert_eq!(guc, "");
-    tokio::time::timeout(Duration::from_secs(5), lc.batch_execute("CREATE TABLE async_w AS SELECT 1 AS x"))
+    let guc: String = lc
+        .query_one("SHOW synchronous_standby_names", &[])
         .await
-        .expect("commit does not wait")
-        .unwrap();
+        .unwrap()
+        .get(0);
+    assert_eq!(guc, "");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        lc.batch_execute("CREATE TABLE async_w AS SELECT 1 AS x"),
+    )
+    .await
+    .expect("commit does not wait")
+    .unwrap();
     // The leader dies: nobody holds every acknowledged commit, so nobody is promoted automatically.
     let node = c.node_mut(&leader);
     node.kill_agent();
     node.kill_postmaster();
-    wait_for("the leader key to expire", Duration::from_secs(30), || async {
-        let cl = d.load().await.map_err(|e| e.to_string())?;
-        if cl.leader.is_none() { Ok(()) } else { Err("still held".into()) }
-    })
+    wait_for(
+        "the leader key to expire",
+        Duration::from_secs(30),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            if cl.leader.is_none() {
+                Ok(())
+            } else {
+                Err("still held".into())
+            }
+        },
+    )
     .await
     .unwrap();
     let until = Instant::now() + Duration::from_secs(12);
     while Instant::now() < until {
         let cl = d.load().await.unwrap();
-        assert!(cl.leader.is_none(), "no automatic failover without a synchronous standby");
+        assert!(
+            cl.leader.is_none(),
+            "no automatic failover without a synchronous standby"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

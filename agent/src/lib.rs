@@ -7,8 +7,10 @@
 //! Layout (design.md rule 1: the decisions are a pure function, I/O lives in thin shells):
 //! - [`ha`]: the pure decision core, `decide(view, local, config, now) -> Decision`.
 //! - [`postgres`]: PostgreSQL process control, configuration files, queries, basebackup, rewind.
-//! - [`api`]: the REST API (health checks, `/patroni`, `/cluster`, ...).
 //! - [`callbacks`]: operator scripts run on start, stop, role change (`postgresql.callbacks`).
+//! - [`api`]: the REST API (health checks, `/patroni`, `/cluster`, switchover, config, restart, ...)
+//!   with access control and TLS.
+//! - [`metrics`]: the agent's Prometheus registry (Patroni's metric names plus `praetor_*`).
 //! - [`peers`]: asking other members' REST APIs for their WAL position during a leader race.
 //! - [`runner`]: the loop that reads state, calls `decide`, executes the actions.
 //! - [`watchdog`]: `/dev/watchdog`, armed while leader so a frozen agent's node resets in time.
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod callbacks;
 pub mod ha;
+pub mod metrics;
 pub mod peers;
 pub mod postgres;
 pub mod runner;

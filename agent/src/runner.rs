@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, NodeStatus};
+
+mod hooks;
 use crate::ha::{
     self, decide, needs_peers, Action, DataDir, HaConfig, LocalState, Now, Postgres, Running,
     StartAs, Task,
@@ -54,6 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let dcs = praetor_dcs::connect(&settings.dcs, identity)
         .await
         .context("cannot open the DCS")?;
+    let (dcs, metrics) = hooks::metered(dcs, &settings.scope, &settings.name);
     let listener = tokio::net::TcpListener::bind((
         settings.api_listen.local_bind_host().as_str(),
         settings.api_listen.port,
@@ -69,11 +72,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }));
     let api_shutdown = CancellationToken::new();
     let (commands_tx, commands) = tokio::sync::mpsc::channel(8);
-    let ctx = api::ApiContext {
-        status: status_rx,
-        commands: commands_tx,
-    };
-    let api_task = tokio::spawn(api::serve(listener, ctx, api_shutdown.clone()));
+    let (api_task, ops) = hooks::start_api(
+        &config,
+        listener,
+        status_rx,
+        commands_tx,
+        dcs.clone(),
+        metrics,
+        api_shutdown.clone(),
+    )
+    .await?;
     let callbacks =
         crate::callbacks::Callbacks::new(config.postgresql.callbacks.clone(), &settings.scope);
     let watchdog = crate::watchdog::Watchdog::new(&config.watchdog);
@@ -95,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         last_role: None,
         pending_restart: Default::default(),
         sync_catchup_lsn: 0,
+        failsafe_active: false,
         member_seen: Default::default(),
         callbacks,
         watchdog,
@@ -103,6 +112,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         last_reason: String::new(),
         last_view: None,
         dcs_last_seen: None,
+        ops,
     };
     let result = runner.run_loop(&shutdown, commands).await;
     runner.shut_down().await;
@@ -231,6 +241,8 @@ struct Runner {
     member_seen: std::collections::HashMap<String, u64>,
     /// The WAL position when `synchronous_standby_names` last changed (bytes).
     sync_catchup_lsn: u64,
+    /// The last loop ran without the DCS and every failsafe member confirmed this leader.
+    failsafe_active: bool,
     /// Parameters waiting for a restart: name → (running value, configured value).
     pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
@@ -241,6 +253,8 @@ struct Runner {
     last_reason: String,
     last_view: Option<Arc<Cluster>>,
     dcs_last_seen: Option<i64>,
+    /// The operator surface's state (metrics, scheduled restart, systemd notification).
+    ops: hooks::Ops,
 }
 
 /// What the cycle saw of the local node.
@@ -285,7 +299,9 @@ impl Runner {
     ) -> anyhow::Result<()> {
         let mut events = self.dcs.watch();
         loop {
+            let started = Instant::now();
             self.cycle().await?;
+            self.after_cycle(started);
             let wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
             let deadline = tokio::time::Instant::now() + wait;
             let task_done = self.task_done.clone();
@@ -357,6 +373,8 @@ impl Runner {
         } else {
             None
         };
+        let failsafe_confirmed = self.failsafe_check(view.as_deref(), &obs).await;
+        self.failsafe_active = failsafe_confirmed == Some(true);
         let local = LocalState {
             data,
             postgres: obs.postgres.clone(),
@@ -367,7 +385,7 @@ impl Runner {
             primary_start_began_ms: self.primary_start_began_ms,
             former_leader: self.former_leader.clone(),
             sync_catchup_lsn: self.sync_catchup_lsn,
-            failsafe_confirmed: self.failsafe_check(view.as_deref(), &obs).await,
+            failsafe_confirmed,
             retained_members: self.retained_members(view.as_deref()),
         };
         let cfg = HaConfig {
@@ -429,30 +447,7 @@ impl Runner {
                 self.pg.reload().map_err(|e| e.to_string())?;
                 Ok("reloaded configuration".into())
             }
-            api::AgentCommand::Restart => {
-                if self.pg.postmaster().is_none() {
-                    return Err("postgres is not running".into());
-                }
-                // Stop here; the next cycle starts it again in the role the cluster gives it
-                // (the lock holder as primary), exactly as after a crash.
-                self.set_api_state(MemberState::Stopping);
-                self.pg
-                    .stop(ha::StopMode::Fast, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.set_api_state(MemberState::Stopped);
-                Ok("restarting postgres".into())
-            }
-            api::AgentCommand::Failsafe { leader } => {
-                // Confirm a leader that keeps running while the DCS is away, unless this member
-                // runs a primary itself.
-                match self.pg.status().await {
-                    Ok(s) if !s.in_recovery && leader != self.me() => Err(format!(
-                        "I am running as a primary myself; not confirming {leader}"
-                    )),
-                    _ => Ok("Accepted".into()),
-                }
-            }
+            api::AgentCommand::Restart => self.restart_command().await,
             api::AgentCommand::Reinitialize { force, .. } => {
                 if holds {
                     return Err("I am the leader, can not reinitialize".into());
@@ -1278,7 +1273,8 @@ impl Runner {
         {
             self.disable_watchdog();
         }
-        let data = self.member_data(obs, view);
+        let mut data = self.member_data(obs, view);
+        self.decorate_member(&mut data);
         if let Some(s) = &obs.server {
             let role = if s.in_recovery {
                 Role::Replica
@@ -1312,6 +1308,9 @@ impl Runner {
             ttl: self.dynamic.ttl,
             last_decision: self.last_reason.clone(),
             pause: self.dynamic.pause,
+            pending_restart: data.pending_restart,
+            loop_wait: self.dynamic.loop_wait,
+            failsafe_active: self.failsafe_active,
         };
         self.status_tx.send_replace(Arc::new(status));
     }

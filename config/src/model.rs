@@ -36,8 +36,8 @@ pub struct Config {
     pub postgresql: Postgresql,
     /// Member tags (`nofailover`, `noloadbalance`, `clonefrom`, `nosync`, custom ones).
     pub tags: Tags,
-    /// The operator CLI's settings.
-    pub ctl: Option<serde_yaml::Value>,
+    /// The operator CLI's settings (`ctl.{certfile,keyfile,cacert,insecure,authentication}`).
+    pub ctl: Ctl,
     /// Logging.
     pub log: Log,
     /// The watchdog armed while this member is leader (`watchdog.{mode,device,safety_margin}`).
@@ -71,6 +71,23 @@ pub struct RestApi {
     /// Also allow the cluster's members' hosts.
     #[serde(deserialize_with = "lenient_bool")]
     pub allowlist_include_members: bool,
+}
+
+/// `ctl`: how `praetor ctl` reaches the agents' REST APIs (Patroni's `ctl` section).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Ctl {
+    /// Skip verification of the agents' TLS certificates.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub insecure: bool,
+    /// CA that signed the agents' certificates (PEM path); default: `restapi.cafile`.
+    pub cacert: Option<PathBuf>,
+    /// Client certificate presented to agents that verify clients (PEM path).
+    pub certfile: Option<PathBuf>,
+    /// The client certificate's private key (PEM path).
+    pub keyfile: Option<PathBuf>,
+    /// Basic-auth credentials for unsafe REST calls; default: `restapi.authentication`.
+    pub authentication: Option<Credentials>,
 }
 
 /// A user name and password (`username`, `password`).
@@ -303,11 +320,12 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Log {
-    /// Level: `DEBUG`, `INFO` (default), `WARNING`, `ERROR`.
+    /// Level: `DEBUG`, `INFO` (default), `WARNING`, `ERROR`, `CRITICAL`. Changed at runtime by
+    /// SIGHUP after editing the file.
     pub level: Option<String>,
-    /// `text` (default) or `json`.
+    /// `text` (default) or `json` (one JSON object per line).
     pub format: Option<String>,
-    /// Directory for log files; unset logs to stderr.
+    /// Directory for the log file (`<dir>/praetor.log`, appended); unset logs to stderr.
     pub dir: Option<PathBuf>,
 }
 
@@ -336,6 +354,49 @@ impl Default for Watchdog {
             mode: WatchdogMode::Automatic,
             device: PathBuf::from(Watchdog::DEFAULT_DEVICE),
             safety_margin: 5,
+        }
+    }
+}
+
+/// The log line format of `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Log {
+    /// The level as a `tracing` filter directive (`warning` → `warn`, `critical` → `error`); `info`
+    /// when unset. Errors name the key for anything else.
+    pub fn filter_directive(&self) -> Result<String, crate::ConfigError> {
+        let level = self.level.as_deref().unwrap_or("INFO").to_ascii_lowercase();
+        match level.as_str() {
+            "trace" | "debug" | "info" | "error" => Ok(level),
+            "warn" | "warning" => Ok("warn".into()),
+            "critical" | "fatal" => Ok("error".into()),
+            other => Err(crate::ConfigError::Invalid {
+                key: "log.level".into(),
+                message: format!("unknown level {other:?} (DEBUG, INFO, WARNING, ERROR, CRITICAL)"),
+            }),
+        }
+    }
+
+    /// `log.format`, `text` when unset. Errors name the key.
+    pub fn line_format(&self) -> Result<LogFormat, crate::ConfigError> {
+        match self
+            .format
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("text") | Some("plain") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => Err(crate::ConfigError::Invalid {
+                key: "log.format".into(),
+                message: format!("unknown format {other:?} (text, json)"),
+            }),
         }
     }
 }
@@ -449,6 +510,42 @@ where
     Option::<T>::deserialize(d).map(Option::unwrap_or_default)
 }
 
+/// `restapi.verify_client`: whether the REST API asks TLS clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyClient {
+    /// No client certificates.
+    None,
+    /// Ask for one; unsafe methods then require it (Patroni: 403 without).
+    Optional,
+    /// Refuse TLS connections without a valid client certificate.
+    Required,
+}
+
+impl RestApi {
+    /// `verify_client` parsed (`none` when unset). Errors name the key.
+    pub fn verify_client(&self) -> Result<VerifyClient, crate::ConfigError> {
+        match self
+            .verify_client
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("none") | Some("") => Ok(VerifyClient::None),
+            Some("optional") => Ok(VerifyClient::Optional),
+            Some("required") => Ok(VerifyClient::Required),
+            Some(other) => Err(crate::ConfigError::Invalid {
+                key: "restapi.verify_client".into(),
+                message: format!("unknown value {other:?} (none, optional, required)"),
+            }),
+        }
+    }
+
+    /// True when `certfile` is set: the API speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.certfile.is_some()
+    }
+}
+
 /// `praetor`: settings Patroni does not have.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -457,7 +554,11 @@ pub struct Praetor {
     pub proxy: Option<ProxyConfig>,
 }
 
-/// `praetor.proxy`: the proxy's listeners.
+/// `praetor.proxy`: the proxy's listeners, routing and limits.
+///
+/// Keys added after the first release (all optional): `auto`, `admin`, `id`, `tls`, `backend_tls`,
+/// `max_replica_lag`, `max_replica_lag_seconds`, `reads_on_leader`, `max_message_size`,
+/// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
@@ -465,12 +566,83 @@ pub struct ProxyConfig {
     pub read_write: Option<Listener>,
     /// The read-only listener: connections round-robin over healthy replicas.
     pub read_only: Option<Listener>,
+    /// The auto listener: each transaction goes to a replica when it only reads, to the leader
+    /// otherwise.
+    pub auto: Option<Listener>,
+    /// The admin console (`psql -p <port> praetor`: `SHOW SERVERS`, `SHOW CLIENTS`, `SHOW STATS`,
+    /// `RELOAD`). Bind it to a loopback or management address: it asks for no password.
+    pub admin: Option<Listener>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Option<Listener>,
     /// Seconds to wait for a backend TCP connection before answering the client with an error
     /// (default 5).
     #[serde(deserialize_with = "lenient_opt_int")]
     pub connect_timeout: Option<u32>,
+    /// This proxy's name in the DCS (`praetor/proxies/<id>`); default `<hostname>-<first port>`.
+    pub id: Option<String>,
+    /// TLS towards clients.
+    pub tls: Option<ProxyTls>,
+    /// TLS towards PostgreSQL.
+    pub backend_tls: Option<BackendTls>,
+    /// Replicas further behind the leader than this many bytes get no new reads (`16MB` style
+    /// sizes accepted, as in Patroni's `/replica?lag=`). Unset: no byte limit.
+    #[serde(deserialize_with = "lenient_opt_size")]
+    pub max_replica_lag: Option<u64>,
+    /// Replicas further behind than this many seconds get no new reads. Unset: no time limit.
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub max_replica_lag_seconds: Option<u32>,
+    /// When no replica is fresh enough, reads go to the leader (default true); false refuses them.
+    pub reads_on_leader: Option<bool>,
+    /// The largest message a client may send on the auto port, in bytes or as a size (`64MB`);
+    /// default 1 GiB like PostgreSQL.
+    #[serde(deserialize_with = "lenient_opt_size")]
+    pub max_message_size: Option<u64>,
+    /// Seconds a shutdown waits for clients to finish before closing them (default 10).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub shutdown_timeout: Option<u32>,
+    /// Functions (besides the built-in list) the auto port may send to a replica.
+    pub read_only_functions: Vec<String>,
+    /// Per-database settings of the auto port, by database name.
+    pub databases: BTreeMap<String, ProxyDatabase>,
+    /// Idle server connections the auto port keeps per server, user and database (default 20).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub pool_size: Option<u32>,
+    /// Milliseconds an auto-port client may stay idle before its server connections return to the
+    /// pool (default 1000).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub idle_release_ms: Option<u32>,
+}
+
+/// `praetor.proxy.tls`: TLS towards clients.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ProxyTls {
+    /// Certificate chain (PEM path).
+    pub certfile: Option<PathBuf>,
+    /// Private key (PEM path).
+    pub keyfile: Option<PathBuf>,
+    /// Refuse clients that do not ask for TLS.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub required: bool,
+}
+
+/// `praetor.proxy.backend_tls`: TLS towards PostgreSQL.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct BackendTls {
+    /// `disable` (default), `prefer`, `require` (encrypt, do not verify) or `verify-full`.
+    pub mode: Option<String>,
+    /// CA certificates to verify servers with (PEM path; `verify-full`).
+    pub cafile: Option<PathBuf>,
+}
+
+/// `praetor.proxy.databases.<name>`: settings of one database on the auto port.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ProxyDatabase {
+    /// `primary`, `replica` or `any` (the default): where this database's transactions go, unless a
+    /// client's `options=-c praetor.target=...` says otherwise.
+    pub target: Option<String>,
 }
 
 /// One listener of the proxy.
@@ -478,6 +650,42 @@ pub struct ProxyConfig {
 pub struct Listener {
     /// `host:port` to listen on.
     pub listen: Address,
+}
+
+/// A byte count as an integer or a size with a unit (`16MB`, `512kB`, `1GB`; 1024-based, units
+/// `B`, `kB`, `MB`, `GB`, `TB`, case-insensitive), as Patroni's `lag=` accepts.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let number: u64 = t[..digits].parse().ok()?;
+    let unit = t[digits..].trim().to_ascii_lowercase();
+    let scale: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+fn lenient_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Int(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Int(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => parse_size(&t).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {t:?}: give bytes or a number with B, kB, MB, GB or TB"
+            ))
+        }),
+    }
 }
 
 /// The validated settings the agent needs, with required keys resolved.
@@ -639,10 +847,10 @@ impl Config {
                 hint: "give praetor.proxy.read_write.listen and/or praetor.proxy.read_only.listen"
                     .into(),
             })?;
-        if p.read_write.is_none() && p.read_only.is_none() {
+        if p.read_write.is_none() && p.read_only.is_none() && p.auto.is_none() {
             return Err(crate::ConfigError::Missing {
                 key: "praetor.proxy.read_write".into(),
-                hint: "give praetor.proxy.read_write.listen and/or praetor.proxy.read_only.listen"
+                hint: "give praetor.proxy.read_write.listen, praetor.proxy.read_only.listen and/or praetor.proxy.auto.listen"
                     .into(),
             });
         }
@@ -767,5 +975,61 @@ mod tests {
         assert_eq!(w.timeout_secs(1), None);
         w.safety_margin = 0;
         assert_eq!(w.timeout_secs(30), Some(30));
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+
+    fn proxy(yaml: &str) -> Result<ProxyConfig, String> {
+        let loaded = crate::parse_str(yaml).map_err(|e| e.to_string())?;
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        loaded.config.validate_proxy().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn proxy_keys_parse_with_sizes_and_per_database_targets() {
+        let p = proxy(
+            "scope: s\netcd3: {hosts: '127.0.0.1:2379'}\npraetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    admin: {listen: '127.0.0.1:6432'}\n    id: proxy-a\n    tls: {certfile: /c.pem, keyfile: /k.pem, required: 'on'}\n    backend_tls: {mode: require}\n    max_replica_lag: 16MB\n    max_replica_lag_seconds: 10\n    reads_on_leader: false\n    max_message_size: 1048576\n    shutdown_timeout: 3\n    read_only_functions: [report]\n    databases:\n      reporting: {target: replica}\n    pool_size: 5\n    idle_release_ms: 0\n",
+        )
+        .unwrap();
+        assert_eq!(p.auto.unwrap().listen.port, 5002);
+        assert_eq!(p.admin.unwrap().listen.port, 6432);
+        assert_eq!(p.id.as_deref(), Some("proxy-a"));
+        let tls = p.tls.unwrap();
+        assert!(tls.required && tls.certfile.is_some());
+        assert_eq!(p.backend_tls.unwrap().mode.as_deref(), Some("require"));
+        assert_eq!(p.max_replica_lag, Some(16 << 20));
+        assert_eq!(p.max_replica_lag_seconds, Some(10));
+        assert_eq!(p.reads_on_leader, Some(false));
+        assert_eq!(p.max_message_size, Some(1 << 20));
+        assert_eq!(p.shutdown_timeout, Some(3));
+        assert_eq!(p.read_only_functions, ["report"]);
+        assert_eq!(p.databases["reporting"].target.as_deref(), Some("replica"));
+        assert_eq!((p.pool_size, p.idle_release_ms), (Some(5), Some(0)));
+    }
+
+    #[test]
+    fn sizes_accept_patroni_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("512kB"), Some(512 << 10));
+        assert_eq!(parse_size("1gb"), Some(1 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("100 B"), Some(100));
+        assert_eq!(parse_size("MB"), None);
+        assert_eq!(parse_size("1PB"), None);
+        assert_eq!(parse_size("99999999999TB"), None, "overflow");
+        let err = proxy(
+            "scope: s\netcd3: {hosts: 'h:1'}\npraetor:\n  proxy:\n    auto: {listen: '127.0.0.1:1'}\n    max_replica_lag: lots\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("max_replica_lag"), "{err}");
+    }
+
+    #[test]
+    fn an_auto_listener_alone_is_enough() {
+        assert!(proxy("scope: s\netcd3: {hosts: 'h:1'}\npraetor:\n  proxy:\n    auto: {listen: '127.0.0.1:1'}\n").is_ok());
+        assert!(proxy("scope: s\netcd3: {hosts: 'h:1'}\npraetor:\n  proxy:\n    admin: {listen: '127.0.0.1:1'}\n").is_err());
     }
 }

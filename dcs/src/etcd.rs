@@ -25,15 +25,14 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnResponse,
     WatchOptions, WatchStream,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::{broadcast, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::codec::{decode_cluster, to_json};
 use crate::{
     Cluster, Dcs, DcsError, DcsEvent, DcsIdentity, Expect, Failover, HistoryEntry, KeyKind, Keys,
-    Leader, Member, MemberData, ProxyState, Status, SyncState, Version, Versioned,
+    MemberData, ProxyState, Status, SyncState, Version,
 };
 
 /// How many watch events a slow subscriber may fall behind before it sees
@@ -57,6 +56,8 @@ pub struct EtcdDcs {
     keys: Keys,
     member: Option<String>,
     request_timeout: Duration,
+    /// More than one endpoint: a request that cannot connect to one is sent again (to another).
+    several_endpoints: bool,
     /// The TTL (seconds) new leases get; changed by [`Dcs::set_ttl`].
     ttl_secs: AtomicU32,
     /// Serializes every operation that grants, refreshes or replaces the lease.
@@ -102,6 +103,21 @@ impl From<DcsError> for Failure {
 
 /// gRPC's `NOT_FOUND` status code (etcd-client does not re-export tonic's `Code`).
 const GRPC_NOT_FOUND: i32 = 5;
+/// gRPC's `UNAVAILABLE` status code.
+const GRPC_UNAVAILABLE: i32 = 14;
+/// Pause before sending again a request that could not connect to an endpoint.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// True when `e` says the request could not connect to the endpoint it was routed to (tonic's
+/// "tcp connect error", gRPC `UNAVAILABLE`): it never reached etcd.
+fn is_connect_failure(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            i32::from(s.code()) == GRPC_UNAVAILABLE && s.message().contains("connect error")
+        }
+        _ => false,
+    }
+}
 
 /// True when `e` says the lease is unknown to etcd: a keep-alive answered with TTL 0, or a put on a
 /// lease that does not exist (gRPC `NOT_FOUND`, "etcdserver: requested lease not found"; etcd uses that
@@ -131,110 +147,10 @@ fn expect_compare(key: &str, expect: Expect) -> Compare {
     }
 }
 
-/// Compact JSON (no spaces, as Patroni writes it) of the value for `key`.
-fn to_json<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<String, DcsError> {
-    serde_json::to_string(value).map_err(|e| DcsError::Malformed {
-        key: key.to_string(),
-        message: format!("cannot encode: {e}"),
-    })
-}
-
 /// The wait after `current` before the next attempt to open the watch: doubling, capped at
 /// [`WATCH_BACKOFF_MAX`].
 fn next_backoff(current: Duration) -> Duration {
     (current * 2).clamp(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
-}
-
-fn utf8(value: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(value).map_err(|e| format!("not UTF-8: {e}"))
-}
-
-fn json<T: DeserializeOwned>(value: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(value).map_err(|e| format!("invalid JSON: {e}"))
-}
-
-/// Decodes one key of the cluster into `cluster`. Errors describe what is wrong with the value.
-fn apply_entry(
-    cluster: &mut Cluster,
-    kind: KeyKind,
-    value: &[u8],
-    version: Version,
-) -> Result<(), String> {
-    match kind {
-        // Patroni writes the system identifier as plain text, not JSON.
-        KeyKind::Initialize => cluster.initialize = Some(utf8(value)?.to_string()),
-        KeyKind::Config => {
-            cluster.config = Some(Versioned {
-                value: json(value)?,
-                version,
-            })
-        }
-        KeyKind::Leader => {
-            let name = utf8(value)?;
-            if name.is_empty() {
-                return Err("empty leader name".into());
-            }
-            cluster.leader = Some(Leader {
-                name: name.to_string(),
-                version,
-            });
-        }
-        KeyKind::Member(name) => cluster.members.push(Member {
-            name,
-            data: json(value)?,
-            version,
-        }),
-        KeyKind::History => {
-            cluster.history = Some(Versioned {
-                value: json(value)?,
-                version,
-            })
-        }
-        KeyKind::Sync => {
-            cluster.sync = Some(Versioned {
-                value: json(value)?,
-                version,
-            })
-        }
-        KeyKind::Failover => {
-            cluster.failover = Some(Versioned {
-                value: json(value)?,
-                version,
-            })
-        }
-        KeyKind::Status => cluster.status = Some(json(value)?),
-        KeyKind::Failsafe => cluster.failsafe = Some(json::<BTreeMap<String, String>>(value)?),
-        KeyKind::Proxy(id) => {
-            cluster.proxies.insert(id, json(value)?);
-        }
-        KeyKind::Other(_) | KeyKind::Resync => {}
-    }
-    Ok(())
-}
-
-/// Builds the cluster view from `(key, value, mod_revision)` triples read under `keys.base()`.
-///
-/// A key or value that cannot be decoded is logged (`warn`) and skipped; members come out sorted by
-/// name.
-fn decode_cluster<'a>(
-    keys: &Keys,
-    entries: impl IntoIterator<Item = (&'a [u8], &'a [u8], Version)>,
-) -> Cluster {
-    let mut cluster = Cluster::default();
-    for (key, value, version) in entries {
-        let Ok(key) = std::str::from_utf8(key) else {
-            warn!(key = %String::from_utf8_lossy(key), "skipping a DCS key that is not UTF-8");
-            continue;
-        };
-        let Some(kind) = keys.classify(key) else {
-            continue;
-        };
-        if let Err(message) = apply_entry(&mut cluster, kind, value, version) {
-            warn!(key, %message, "skipping a malformed DCS value");
-        }
-    }
-    cluster.members.sort_by(|a, b| a.name.cmp(&b.name));
-    cluster
 }
 
 impl EtcdDcs {
@@ -286,17 +202,18 @@ impl EtcdDcs {
             keys,
             member: identity.member,
             request_timeout,
+            several_endpoints: endpoints.len() > 1,
             ttl_secs: AtomicU32::new(identity.ttl_secs.max(1)),
             lease: Mutex::new(LeaseState::default()),
             events,
             watch_cancel: CancellationToken::new(),
         };
-        dcs.request(
-            "reach etcd",
-            dcs.client
-                .kv_client()
-                .get(dcs.keys.leader(), Some(GetOptions::new().with_count_only())),
-        )
+        let (client, leader) = (&dcs.client, dcs.keys.leader());
+        let leader = leader.as_str();
+        dcs.request("reach etcd", move || async move {
+            let options = GetOptions::new().with_count_only();
+            client.kv_client().get(leader, Some(options)).await
+        })
         .await?;
 
         let (created_tx, created_rx) = oneshot::channel();
@@ -330,25 +247,47 @@ impl EtcdDcs {
         })
     }
 
-    /// Runs one etcd request within the request timeout.
-    async fn request<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, Failure> {
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(failure(what, e)),
-            Err(_) => Err(Failure::Dcs(DcsError::Unavailable(format!(
-                "{what}: etcd did not answer within {:?}",
-                self.request_timeout
-            )))),
+    /// Runs one etcd request (`send` builds it) within the request timeout.
+    ///
+    /// With several endpoints, a request that could not connect to the endpoint the client routed it
+    /// to (that member is down: the client's balancer still picks it) is sent again, to the endpoint
+    /// picked next, until the timeout. It never reached etcd, so sending it again is safe for writes
+    /// too.
+    async fn request<T, F, Fut>(&self, what: &str, send: F) -> Result<T, Failure>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, send()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e))
+                    if self.several_endpoints
+                        && is_connect_failure(&e)
+                        && tokio::time::Instant::now() + CONNECT_RETRY_PAUSE < deadline =>
+                {
+                    debug!(what, error = %e, "an etcd endpoint is unreachable; sending the request again");
+                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+                }
+                Ok(Err(e)) => return Err(failure(what, e)),
+                Err(_) => {
+                    return Err(Failure::Dcs(DcsError::Unavailable(format!(
+                        "{what}: etcd did not answer within {:?}",
+                        self.request_timeout
+                    ))))
+                }
+            }
         }
     }
 
     /// Runs one transaction.
     async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse, Failure> {
-        self.request(what, self.client.kv_client().txn(txn)).await
+        let (client, txn) = (&self.client, &txn);
+        self.request(what, move || async move {
+            client.kv_client().txn(txn.clone()).await
+        })
+        .await
     }
 
     /// Writes `value` at `key` if `expect` holds; [`DcsError::CasConflict`] otherwise.
@@ -377,11 +316,11 @@ impl EtcdDcs {
 
     /// Grants a lease of `ttl_secs`; returns its id.
     async fn grant(&self, ttl_secs: u32) -> Result<i64, DcsError> {
+        let client = &self.client;
         let resp = self
-            .request(
-                "grant a lease",
-                self.client.lease_client().grant(i64::from(ttl_secs), None),
-            )
+            .request("grant a lease", move || async move {
+                client.lease_client().grant(i64::from(ttl_secs), None).await
+            })
             .await?;
         debug!(
             lease = resp.id(),
@@ -395,18 +334,21 @@ impl EtcdDcs {
     async fn keep_alive(&self, id: i64) -> Result<(), Failure> {
         // etcd-client's keep_alive sends one request and reads one response (TTL 0 is an error);
         // dropping the keeper and the stream closes the RPC.
-        self.request(
-            "refresh the lease",
-            self.client.lease_client().keep_alive(id),
-        )
+        let client = &self.client;
+        self.request("refresh the lease", move || async move {
+            client.lease_client().keep_alive(id).await
+        })
         .await
         .map(|_| ())
     }
 
     /// Revokes lease `id`; an unknown lease counts as revoked.
     async fn revoke(&self, id: i64) -> Result<(), DcsError> {
+        let client = &self.client;
         match self
-            .request("revoke the lease", self.client.lease_client().revoke(id))
+            .request("revoke the lease", move || async move {
+                client.lease_client().revoke(id).await
+            })
             .await
         {
             Ok(_) | Err(Failure::LeaseGone) => Ok(()),
@@ -420,14 +362,25 @@ impl EtcdDcs {
             return Ok(());
         };
         let key = self.keys.member(me);
-        self.request(
-            "write the member key",
-            self.client
-                .kv_client()
-                .put(key.as_str(), json, Some(PutOptions::new().with_lease(id))),
-        )
-        .await?;
+        self.put_on_lease("write the member key", &key, json, id)
+            .await?;
         Ok(())
+    }
+
+    /// Writes `value` at `key` on lease `lease`.
+    async fn put_on_lease(
+        &self,
+        what: &str,
+        key: &str,
+        value: &str,
+        lease: i64,
+    ) -> Result<etcd_client::PutResponse, Failure> {
+        let client = &self.client;
+        self.request(what, move || async move {
+            let options = PutOptions::new().with_lease(lease);
+            client.kv_client().put(key, value, Some(options)).await
+        })
+        .await
     }
 
     /// Grants a new lease after the old one was lost; writes the member again on it when
@@ -527,13 +480,12 @@ impl Dcs for EtcdDcs {
     /// One range read of every key under `/<namespace>/<scope>/` (one revision). Values that do not
     /// decode are logged and skipped. Errors: [`DcsError::Unavailable`].
     async fn load(&self) -> Result<Cluster, DcsError> {
+        let (client, base) = (&self.client, self.keys.base());
         let resp = self
-            .request(
-                "read the cluster",
-                self.client
-                    .kv_client()
-                    .get(self.keys.base(), Some(GetOptions::new().with_prefix())),
-            )
+            .request("read the cluster", move || async move {
+                let options = GetOptions::new().with_prefix();
+                client.kv_client().get(base, Some(options)).await
+            })
             .await?;
         Ok(decode_cluster(
             &self.keys,
@@ -639,13 +591,8 @@ impl Dcs for EtcdDcs {
         let mut retried = false;
         loop {
             let lease = self.refresh_lease(&mut st, false).await?;
-            let mut kv = self.client.kv_client();
-            let put = kv.put(
-                key.as_str(),
-                json.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            );
-            match self.request("write the member key", put).await {
+            let put = self.put_on_lease("write the member key", &key, &json, lease);
+            match put.await {
                 Ok(_) => return Ok(()),
                 Err(Failure::LeaseGone) if !retried => {
                     retried = true;
@@ -663,13 +610,8 @@ impl Dcs for EtcdDcs {
         let mut retried = false;
         loop {
             let lease = self.refresh_lease(&mut st, false).await?;
-            let mut kv = self.client.kv_client();
-            let put = kv.put(
-                key.as_str(),
-                json.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            );
-            match self.request("write the proxy key", put).await {
+            let put = self.put_on_lease("write the proxy key", &key, &json, lease);
+            match put.await {
                 Ok(_) => return Ok(()),
                 Err(Failure::LeaseGone) if !retried => {
                     retried = true;
@@ -680,15 +622,25 @@ impl Dcs for EtcdDcs {
         }
     }
 
+    async fn delete_cluster(&self) -> Result<(), DcsError> {
+        let (client, base) = (&self.client, self.keys.base());
+        self.request("delete the cluster's keys", move || async move {
+            let options = etcd_client::DeleteOptions::new().with_prefix();
+            client.kv_client().delete(base, Some(options)).await
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn delete_member(&self) -> Result<(), DcsError> {
         let me = self.member_name("delete_member")?;
         let key = self.keys.member(me);
         let mut st = self.lease.lock().await;
         st.member_json = None;
-        self.request(
-            "delete the member key",
-            self.client.kv_client().delete(key.as_str(), None),
-        )
+        let (client, key) = (&self.client, key.as_str());
+        self.request("delete the member key", move || async move {
+            client.kv_client().delete(key, None).await
+        })
         .await?;
         Ok(())
     }
@@ -902,117 +854,6 @@ impl WatchTask {
 mod tests {
     use super::*;
 
-    fn keys() -> Keys {
-        Keys::new("/service/", "pg")
-    }
-
-    fn entry<'a>(k: &'a str, v: &'a str, rev: i64) -> (&'a [u8], &'a [u8], Version) {
-        (k.as_bytes(), v.as_bytes(), rev)
-    }
-
-    #[test]
-    fn decode_reads_every_key_of_a_patroni_cluster() {
-        let c = decode_cluster(
-            &keys(),
-            [
-                entry("/service/pg/config", r#"{"ttl":30,"loop_wait":10}"#, 3),
-                entry("/service/pg/failover", "{}", 4),
-                entry(
-                    "/service/pg/history",
-                    r#"[[1,50332624,"no recovery target specified","2023-07-27T14:24:04.400493+08:00","pg01"]]"#,
-                    5,
-                ),
-                entry("/service/pg/initialize", "7260332825476436099", 6),
-                entry("/service/pg/leader", "pg01", 7),
-                entry(
-                    "/service/pg/members/pg02",
-                    r#"{"state":"running","role":"replica"}"#,
-                    9,
-                ),
-                entry(
-                    "/service/pg/members/pg01",
-                    r#"{"state":"running","role":"master"}"#,
-                    8,
-                ),
-                entry("/service/pg/status", r#"{"optime":207469224}"#, 10),
-                entry(
-                    "/service/pg/sync",
-                    r#"{"leader":"pg01","sync_standby":"pg03"}"#,
-                    11,
-                ),
-                entry(
-                    "/service/pg/failsafe",
-                    r#"{"pg01":"http://h:8008/patroni"}"#,
-                    12,
-                ),
-                entry("/service/pg/praetor/x", "anything", 13),
-            ],
-        );
-        assert_eq!(c.initialize.as_deref(), Some("7260332825476436099"));
-        assert_eq!(c.config.as_ref().unwrap().value["ttl"], 30);
-        assert_eq!(c.config.as_ref().unwrap().version, 3);
-        assert_eq!(
-            c.leader,
-            Some(Leader {
-                name: "pg01".into(),
-                version: 7
-            })
-        );
-        let names: Vec<_> = c.members.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["pg01", "pg02"], "members sorted by name");
-        assert_eq!(c.members[0].version, 8);
-        assert_eq!(c.members[0].data.role, crate::Role::Primary);
-        assert!(c.failover.as_ref().unwrap().value.is_empty());
-        assert_eq!(c.history.as_ref().unwrap().value[0].timeline, 1);
-        assert_eq!(c.status.as_ref().unwrap().optime, 207469224);
-        assert_eq!(c.sync.as_ref().unwrap().value.members(), ["pg03"]);
-        assert_eq!(c.sync.as_ref().unwrap().version, 11);
-        assert_eq!(
-            c.failsafe.as_ref().unwrap()["pg01"],
-            "http://h:8008/patroni"
-        );
-    }
-
-    #[test]
-    fn decode_skips_malformed_values_and_keeps_the_rest() {
-        let c = decode_cluster(
-            &keys(),
-            [
-                entry("/service/pg/members/bad", "not json", 2),
-                entry("/service/pg/members/good", r#"{"state":"running"}"#, 3),
-                entry("/service/pg/config", "{", 4),
-                entry("/service/pg/history", r#"[["x"]]"#, 5),
-                entry("/service/pg/leader", "", 6),
-                entry("/service/pg/sync", "null", 7),
-                (
-                    b"/service/pg/initialize".as_slice(),
-                    b"\xff\xfe".as_slice(),
-                    8,
-                ),
-                (b"/service/pg/\xff".as_slice(), b"x".as_slice(), 9),
-            ],
-        );
-        assert_eq!(c.members.len(), 1);
-        assert_eq!(c.members[0].name, "good");
-        assert!(c.config.is_none());
-        assert!(c.history.is_none());
-        assert!(c.leader.is_none());
-        assert!(c.sync.is_none());
-        assert!(c.initialize.is_none());
-    }
-
-    #[test]
-    fn decode_ignores_other_clusters() {
-        let c = decode_cluster(&keys(), [entry("/service/pg2/leader", "x", 1)]);
-        assert_eq!(c, Cluster::default());
-    }
-
-    #[test]
-    fn empty_initialize_means_bootstrap_in_progress() {
-        let c = decode_cluster(&keys(), [entry("/service/pg/initialize", "", 1)]);
-        assert_eq!(c.initialize.as_deref(), Some(""));
-    }
-
     #[test]
     fn backoff_doubles_up_to_two_seconds() {
         let mut b = WATCH_BACKOFF_MIN;
@@ -1047,23 +888,15 @@ mod tests {
         assert!(!is_lease_gone(&etcd_client::Error::GRpcStatus(
             tonic::Status::unavailable("etcdserver: leader changed")
         )));
+        assert!(is_connect_failure(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("tcp connect error")
+        )));
+        assert!(!is_connect_failure(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("etcdserver: leader changed")
+        )));
         assert!(matches!(
             failure("x", etcd_client::Error::InvalidArgs("bad".into())),
             Failure::Dcs(DcsError::Unavailable(m)) if m.contains("x: ")
         ));
-    }
-
-    #[test]
-    fn json_is_compact() {
-        let s = to_json(
-            "k",
-            &SyncState {
-                leader: Some("a".into()),
-                sync_standby: None,
-                quorum: None,
-            },
-        )
-        .unwrap();
-        assert_eq!(s, r#"{"leader":"a","sync_standby":null}"#);
     }
 }

@@ -90,6 +90,10 @@ impl Keys {
     pub fn failsafe(&self) -> String {
         format!("{}failsafe", self.base)
     }
+    /// `…/praetor/proxies/` (prefix of every proxy key).
+    pub fn proxies(&self) -> String {
+        format!("{}praetor/proxies/", self.base)
+    }
     /// `…/praetor/proxies/<id>`.
     pub fn proxy(&self, id: &str) -> String {
         format!("{}praetor/proxies/{id}", self.base)

@@ -11,14 +11,17 @@
 //! - [`Dcs`]: the trait every backend implements; every write is compare-and-set ([`Expect`]).
 //! - [`summary`]: the per-member rows of `GET /cluster` and `ctl list`.
 //! - [`etcd`]: the etcd v3 backend (leases for `leader` and `members/*`).
+//! - [`zookeeper`]: the ZooKeeper backend (ephemeral znodes of a session for `leader` and `members/*`).
 //! - [`connect`]: opens the backend a configuration names.
 #![warn(missing_docs)]
 
+mod codec;
 pub mod error;
 pub mod etcd;
 pub mod keys;
 pub mod model;
 pub mod summary;
+pub mod zookeeper;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -60,7 +63,7 @@ pub struct DcsIdentity {
     pub request_timeout_secs: u32,
 }
 
-/// A DCS backend. Implementations: [`etcd::EtcdDcs`] (and ZooKeeper, later).
+/// A DCS backend. Implementations: [`etcd::EtcdDcs`], [`zookeeper::ZooKeeperDcs`].
 ///
 /// Rules every backend keeps (design.md, rule 2):
 /// - every write is compare-and-set: on a failed precondition the call returns
@@ -131,12 +134,22 @@ pub trait Dcs: Send + Sync {
     /// Writes `praetor/proxies/<id>` on this client's lease/session (a proxy publishing its route).
     async fn set_proxy_state(&self, id: &str, state: &ProxyState) -> Result<(), DcsError>;
 
-    /// Changes the TTL of the lease/session used from now on (dynamic `ttl` changed).
+    /// Changes the TTL of the lease/session used from now on (dynamic `ttl` changed). etcd: the next
+    /// lease refresh moves this member's keys to a lease of the new TTL; ZooKeeper: the next session
+    /// gets it (a live session's timeout cannot change, and ending it would drop the lock).
     async fn set_ttl(&self, ttl_secs: u32) -> Result<(), DcsError>;
 
     /// Subscribes to changes under the cluster prefix. The backend keeps one watch running, reconnecting
     /// after errors and sending [`KeyKind::Resync`] when it does.
     fn watch(&self) -> broadcast::Receiver<DcsEvent>;
+
+    /// Deletes every key of the cluster under `/<namespace>/<scope>/` (`ctl remove`, after the
+    /// operator confirmed). Backends without it answer [`DcsError::Unsupported`].
+    async fn delete_cluster(&self) -> Result<(), DcsError> {
+        Err(DcsError::Unsupported(
+            "removing a cluster is not supported by this DCS backend".into(),
+        ))
+    }
 
     /// Revokes this client's lease/session (its `leader` and `members/<name>` vanish at once). Used on
     /// clean shutdown after PostgreSQL is stopped.
@@ -145,8 +158,7 @@ pub trait Dcs: Send + Sync {
 
 /// Opens the backend named by `endpoints` for `identity`.
 ///
-/// Errors: [`DcsError::Unavailable`] when no endpoint answers within the request timeout, or
-/// [`DcsError::Unsupported`] for a backend this build does not have.
+/// Errors: [`DcsError::Unavailable`] when no endpoint answers within the request timeout.
 pub async fn connect(
     endpoints: &praetor_config::DcsEndpoints,
     identity: DcsIdentity,
@@ -155,8 +167,8 @@ pub async fn connect(
         praetor_config::DcsEndpoints::Etcd(urls) => Ok(std::sync::Arc::new(
             etcd::EtcdDcs::connect(urls, identity).await?,
         )),
-        praetor_config::DcsEndpoints::ZooKeeper(_) => Err(DcsError::Unsupported(
-            "the ZooKeeper backend is not built yet; use etcd3".into(),
+        praetor_config::DcsEndpoints::ZooKeeper(hosts) => Ok(std::sync::Arc::new(
+            zookeeper::ZooKeeperDcs::connect(hosts, identity).await?,
         )),
     }
 }

@@ -402,6 +402,32 @@ impl Cluster {
         self.failover.as_ref().filter(|f| !f.value.is_empty())
     }
 
+    /// The proxy fencing handshake, agent side: true when no live proxy still routes writes to
+    /// `old_leader`, so the candidate of a switchover may promote.
+    ///
+    /// Every live proxy holds `praetor/proxies/<id>` on its own lease (TTL = the cluster's `ttl`)
+    /// and rewrites it with the leader it routes to *before* it routes any connection there, and
+    /// after every connection to the previous leader is closed. So once no key names `old_leader`,
+    /// no statement from a proxy can reach it any more. A proxy that cannot reach the DCS stops
+    /// serving before its lease can expire (after `ttl` minus a margin without a successful write),
+    /// so its key vanishing (lease expiry) also means it no longer routes anywhere.
+    ///
+    /// Use it with a bound: wait at most `ttl` (by then a partitioned proxy's key has expired and
+    /// the function turns true by itself). A cluster without proxies is trivially fenced.
+    pub fn proxies_fenced_from(&self, old_leader: &str) -> bool {
+        self.proxies_routing_to(old_leader).is_empty()
+    }
+
+    /// The ids of the live proxies whose route for writes is `member` (for logs while an agent waits
+    /// on [`Cluster::proxies_fenced_from`]).
+    pub fn proxies_routing_to(&self, member: &str) -> Vec<&str> {
+        self.proxies
+            .iter()
+            .filter(|(_, p)| p.leader.as_deref() == Some(member))
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
     /// The leader's last known WAL position: `status.optime`, else the leader member's `xlog_location`.
     pub fn leader_optime(&self) -> Option<u64> {
         self.status
@@ -466,6 +492,31 @@ mod tests {
         let f: Failover = serde_json::from_str(r#"{"leader":"a","candidate":"b"}"#).unwrap();
         assert_eq!(f.member.as_deref(), Some("b"));
         assert!(serde_json::from_str::<Failover>("{}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn proxies_are_fenced_from_a_leader_once_no_live_proxy_routes_to_it() {
+        let mut c = Cluster::default();
+        assert!(
+            c.proxies_fenced_from("a"),
+            "no proxies: nothing to wait for"
+        );
+        let route = |leader: Option<&str>| ProxyState {
+            leader: leader.map(str::to_string),
+            since: Some(1),
+        };
+        c.proxies.insert("p1".into(), route(Some("a")));
+        c.proxies.insert("p2".into(), route(None));
+        assert!(!c.proxies_fenced_from("a"));
+        assert_eq!(c.proxies_routing_to("a"), ["p1"]);
+        assert!(c.proxies_fenced_from("b"));
+        c.proxies.insert("p1".into(), route(Some("b")));
+        assert!(c.proxies_fenced_from("a"));
+        // A proxy whose lease expired has no key any more.
+        c.proxies.remove("p1");
+        assert!(c.proxies_fenced_from("b"));
+        let json = serde_json::to_string(&route(Some("a"))).unwrap();
+        assert_eq!(json, r#"{"leader":"a","since":1}"#);
     }
 
     #[test]

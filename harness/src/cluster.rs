@@ -1,9 +1,10 @@
-//! A whole Praetor cluster on 127.0.0.1: one etcd, N agents each with its PostgreSQL, and a proxy.
+//! A whole Praetor cluster on 127.0.0.1: a DCS (one etcd by default; see [`DcsKind`]), N agents each
+//! with its PostgreSQL, and a proxy.
 //!
 //! Used by the acceptance tests, the benchmarks and `praetor demo`. Each node lives in its own
 //! directory (config, data, agent log); agents run as `postgres` when this process is root, from a
 //! copy of the binary the `postgres` user can execute. Dropping a [`LocalCluster`] kills every agent,
-//! postmaster, proxy and etcd it started.
+//! postmaster, proxy and DCS server it started.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,11 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+pub use crate::dcs::DcsKind;
+use crate::dcs::LocalDcs;
 use crate::{
-    as_postgres, free_port, http_get, install_binary, pg_bin_dir, wait_for, write_file, Etcd,
-    Process, WorkDir,
+    as_postgres, free_port, http_get, install_binary, pg_bin_dir, wait_for, write_file, Process,
+    WorkDir,
 };
 
 /// The superuser every node is bootstrapped with.
@@ -44,9 +47,12 @@ pub struct ClusterOptions {
     pub tags: Vec<(usize, String)>,
     /// Extra lines under `bootstrap.dcs:` (e.g. `synchronous_mode: true`), for every node.
     pub dcs_extra: Vec<String>,
-    /// Put each agent's DCS connection behind its own [`crate::relay::Relay`], so a test can cut one
+    /// Put each agent's DCS connection behind its own [`crate::relay::TcpRelay`], so a test can cut one
     /// node off the DCS ([`LocalCluster::relay`]).
     pub dcs_relay: bool,
+    /// The DCS to start (one etcd by default); the agents and the proxy get its `etcd3:` or
+    /// `zookeeper:` section.
+    pub dcs: DcsKind,
 }
 
 impl Default for ClusterOptions {
@@ -62,6 +68,7 @@ impl Default for ClusterOptions {
             tags: vec![],
             dcs_extra: vec![],
             dcs_relay: false,
+            dcs: DcsKind::Etcd,
         }
     }
 }
@@ -210,7 +217,7 @@ impl Proxy {
     }
 }
 
-/// etcd, the agents and (optionally) the proxy.
+/// The DCS, the agents and (optionally) the proxy.
 pub struct LocalCluster {
     /// Options it was started with.
     pub options: ClusterOptions,
@@ -218,22 +225,24 @@ pub struct LocalCluster {
     pub nodes: Vec<Node>,
     /// The proxy, when started.
     pub proxy: Option<Proxy>,
-    /// The DCS.
-    pub etcd: Etcd,
+    /// The DCS servers, whichever [`ClusterOptions::dcs`] chose (the field keeps the name it had when
+    /// etcd was the only DCS; [`LocalCluster::dcs`] is the same). `etcd.endpoint` is how clients
+    /// reach it.
+    pub etcd: LocalDcs,
     /// The praetor binary the agents run (a copy the `postgres` user can execute).
     pub binary: PathBuf,
     /// Per-node DCS relays, by member name (with [`ClusterOptions::dcs_relay`]).
-    pub relays: Vec<(String, crate::relay::Relay)>,
+    pub relays: Vec<(String, crate::relay::TcpRelay)>,
     /// The cluster's directory (kept on drop with PRAETOR_KEEP_TMP).
     pub work: WorkDir,
 }
 
 impl LocalCluster {
-    /// Starts etcd and every agent (and the proxy), without waiting for the cluster to form.
+    /// Starts the DCS and every agent (and the proxy), without waiting for the cluster to form.
     /// `binary` is the praetor executable (copied so the `postgres` user can run it).
     pub async fn start(binary: &Path, options: ClusterOptions) -> Result<LocalCluster, String> {
         let work = WorkDir::new(&options.scope).map_err(|e| e.to_string())?;
-        let etcd = Etcd::start(work.path()).await?;
+        let etcd = LocalDcs::start(options.dcs, work.path()).await?;
         let binary = install_binary(binary, work.path()).map_err(|e| e.to_string())?;
         let mut nodes = Vec::new();
         let mut relays = Vec::new();
@@ -254,19 +263,22 @@ impl LocalCluster {
                 .filter(|(n, _)| *n == i)
                 .map(|(_, t)| t.as_str())
                 .collect();
-            let dcs_port = if options.dcs_relay {
-                let target = std::net::SocketAddr::from(([127, 0, 0, 1], etcd.port));
-                let relay = crate::relay::Relay::start(target)
+            let dcs_section = if options.dcs_relay {
+                let (section, hosts) = etcd.section_and_hosts();
+                let relay = crate::relay::TcpRelay::start(&hosts[0])
                     .await
                     .map_err(|e| format!("relay: {e}"))?;
-                let port = relay.port;
+                let section = format!("{section}:\n  hosts: 127.0.0.1:{}\n", relay.port);
                 relays.push((node.name.clone(), relay));
-                port
+                section
             } else {
-                etcd.port
+                etcd.yaml_section()
             };
-            write_file(&node.config, &agent_yaml(&options, &node, dcs_port, &tags))
-                .map_err(|e| e.to_string())?;
+            write_file(
+                &node.config,
+                &agent_yaml(&options, &node, &dcs_section, &tags),
+            )
+            .map_err(|e| e.to_string())?;
             nodes.push(node);
         }
         let mut cluster = LocalCluster {
@@ -293,9 +305,9 @@ impl LocalCluster {
         let (rw_port, ro_port, metrics_port) = (free_port(), free_port(), free_port());
         let config = self.work.path().join("proxy.yml");
         let yaml = format!(
-            "scope: {scope}\nnamespace: /service/\netcd3:\n  hosts: 127.0.0.1:{etcd}\npraetor:\n  proxy:\n    read_write:\n      listen: 127.0.0.1:{rw_port}\n    read_only:\n      listen: 127.0.0.1:{ro_port}\n    metrics:\n      listen: 127.0.0.1:{metrics_port}\n    connect_timeout: 5\n",
+            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    read_write:\n      listen: 127.0.0.1:{rw_port}\n    read_only:\n      listen: 127.0.0.1:{ro_port}\n    metrics:\n      listen: 127.0.0.1:{metrics_port}\n    connect_timeout: 5\n",
             scope = self.options.scope,
-            etcd = self.etcd.port,
+            dcs = self.etcd.yaml_section(),
         );
         write_file(&config, &yaml).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&self.binary);
@@ -317,13 +329,18 @@ impl LocalCluster {
     }
 
     /// The DCS relay of member `name` (needs [`ClusterOptions::dcs_relay`]).
-    pub fn relay(&self, name: &str) -> &crate::relay::Relay {
+    pub fn relay(&self, name: &str) -> &crate::relay::TcpRelay {
         &self
             .relays
             .iter()
             .find(|(n, _)| n == name)
             .expect("started with dcs_relay")
             .1
+    }
+
+    /// The DCS servers (to stop, restart or freeze them).
+    pub fn dcs(&mut self) -> &mut LocalDcs {
+        &mut self.etcd
     }
 
     /// The member named `name`.
@@ -428,7 +445,7 @@ impl Drop for LocalCluster {
 
 /// The agent configuration of `node`: Patroni's layout, short timings, rewind and slots on,
 /// scram-sha-256 for everything over TCP.
-fn agent_yaml(o: &ClusterOptions, node: &Node, etcd_port: u16, tags: &[&str]) -> String {
+fn agent_yaml(o: &ClusterOptions, node: &Node, dcs_section: &str, tags: &[&str]) -> String {
     let dir = node.dir.display();
     let bin = pg_bin_dir();
     let dcs_extra: String = o.dcs_extra.iter().map(|l| format!("    {l}\n")).collect();
@@ -446,9 +463,7 @@ name: {name}
 restapi:
   listen: 127.0.0.1:{api}
   connect_address: 127.0.0.1:{api}
-etcd3:
-  hosts: 127.0.0.1:{etcd_port}
-bootstrap:
+{dcs_section}bootstrap:
   dcs:
     ttl: {ttl}
     loop_wait: {loop_wait}

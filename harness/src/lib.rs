@@ -8,14 +8,23 @@
 //! - [`Process`]: a child in its own process group, killed with its whole group on drop, its output in a
 //!   log file.
 //! - [`Etcd`]: a single-member etcd in a directory.
+//! - [`dcs`]: a standalone [`ZooKeeper`], a [`ZooKeeperEnsemble`], an [`EtcdCluster`] of several
+//!   members, and [`LocalDcs`]: whichever DCS a [`cluster::LocalCluster`] runs on ([`DcsKind`]).
+//! - [`TcpRelay`]: a TCP relay a test can cut, to partition one client from a server.
 //! - [`postgres::Postgres`]: a standalone PostgreSQL (initdb + postgres, trust auth) on a free port.
+//! - [`proxy::FullProxy`]: a proxy process with every listener for a [`cluster::LocalCluster`].
 //! - [`WorkDir`], [`postgres_ids`], [`as_postgres`], [`install_binary`]: PostgreSQL refuses to run as root,
 //!   so when the tests run as root the agents run as the `postgres` user from a directory it can read.
 #![warn(missing_docs)]
 
 pub mod cluster;
+pub mod dcs;
 pub mod postgres;
+pub mod proxy;
 pub mod relay;
+
+pub use dcs::{DcsKind, EtcdCluster, LocalDcs, ZooKeeper, ZooKeeperEnsemble};
+pub use relay::TcpRelay;
 
 use std::collections::HashSet;
 use std::fs;

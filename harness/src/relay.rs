@@ -1,82 +1,74 @@
-//! A TCP relay that can be cut: puts one process's connections to a service (one agent's to etcd)
-//! behind a switch, to simulate a network partition of a single node on one machine.
+//! A TCP relay on 127.0.0.1 that a test can cut, to put one client behind a network partition while
+//! the server and every other client carry on.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io;
 
+use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::free_port;
-
-/// Forwards `127.0.0.1:<port>` to a target; [`Relay::cut`] drops every open connection and refuses
-/// new ones (accepted and closed at once) until [`Relay::restore`].
-pub struct Relay {
+/// Forwards connections from `127.0.0.1:port` to a target address.
+///
+/// [`TcpRelay::cut`] closes every relayed connection and leaves new ones hanging without an answer
+/// (as packets dropped by a partition would); [`TcpRelay::restore`] forwards again (connections held
+/// while cut are closed then, so clients reconnect). Dropping the relay stops it and closes everything.
+pub struct TcpRelay {
     /// The port clients connect to.
     pub port: u16,
-    up: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
+    cut: watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
-impl Relay {
-    /// Starts relaying a free port on 127.0.0.1 to `target`.
-    pub async fn start(target: SocketAddr) -> std::io::Result<Relay> {
-        let port = free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, gen_rx) = watch::channel(0u64);
-        let up2 = up.clone();
+impl TcpRelay {
+    /// Starts relaying a free port to `target` (`host:port`).
+    pub async fn start(target: &str) -> io::Result<TcpRelay> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (cut, cut_rx) = watch::channel(false);
+        let target = target.to_string();
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let mut cut = gen_rx.clone();
-                let born = *cut.borrow_and_update();
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut c, mut s) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut c, &mut s) => {}
-                        _ = async {
-                            while cut.changed().await.is_ok() {
-                                if *cut.borrow() != born { break; }
-                            }
-                        } => {}
-                    }
-                });
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, target.clone(), cut_rx.clone()));
             }
         });
-        Ok(Relay {
-            port,
-            up,
-            generation,
-            task,
-        })
+        Ok(TcpRelay { port, cut, task })
     }
 
-    /// Cuts the link: open connections are closed, new ones refused.
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts the link: relayed connections close, new ones get no answer.
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
+        self.cut.send_replace(true);
     }
 
-    /// Restores the link.
+    /// Forwards again.
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.cut.send_replace(false);
     }
 }
 
-impl Drop for Relay {
+impl Drop for TcpRelay {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Relays one connection until either side closes, the link is cut or the relay is dropped.
+async fn relay(mut client: TcpStream, target: String, mut cut: watch::Receiver<bool>) {
+    if *cut.borrow_and_update() {
+        // Hold the connection unanswered until the link is restored (or the relay dropped).
+        let _ = cut.wait_for(|c| !*c).await;
+        return;
+    }
+    let Ok(mut server) = TcpStream::connect(&target).await else {
+        return;
+    };
+    tokio::select! {
+        _ = copy_bidirectional(&mut client, &mut server) => {}
+        _ = cut.wait_for(|c| *c) => {}
     }
 }

@@ -66,7 +66,18 @@ pub enum ProtocolError {
         /// The announced length in bytes (the length field itself included, the tag not).
         len: u32,
     },
-    /// A backend message whose body does not match its type's layout.
+    /// A message announced a length above the configured limit
+    /// (`praetor.proxy.max_message_size`).
+    #[error("message {tag:?} of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// The message type byte, as a character.
+        tag: char,
+        /// The announced length in bytes.
+        len: u32,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// A message whose body does not match its type's layout.
     #[error("malformed {message}: {reason}")]
     MalformedMessage {
         /// The message type (`BackendKeyData`, `ReadyForQuery`, `ErrorResponse`).
@@ -83,11 +94,13 @@ impl ProtocolError {
     }
 
     /// The SQLSTATE PostgreSQL reports for this error when it can still answer the client:
-    /// `0A000` (feature_not_supported) for an unsupported protocol version, `08P01`
-    /// (protocol_violation) for everything else.
+    /// `0A000` (feature_not_supported) for an unsupported protocol version, `54000`
+    /// (program_limit_exceeded) for an oversized message, `08P01` (protocol_violation) for
+    /// everything else.
     pub fn sqlstate(&self) -> SqlState {
         match self {
             ProtocolError::UnsupportedProtocol { .. } => SqlState::FEATURE_NOT_SUPPORTED,
+            ProtocolError::MessageTooLarge { .. } => SqlState::PROGRAM_LIMIT_EXCEEDED,
             _ => SqlState::PROTOCOL_VIOLATION,
         }
     }

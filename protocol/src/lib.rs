@@ -9,23 +9,39 @@
 //! - [`backend`]: framing of server messages ([`FrameHeader::peek`] in place, [`split_frame`] without
 //!   copying) and decoding of BackendKeyData ([`CancelKey`]), ReadyForQuery ([`TxStatus`]) and
 //!   ErrorResponse ([`ErrorFields`]).
+//! - [`frontend`]: framing of client messages with a size limit ([`FrontendHeader::peek`]), decoding of
+//!   Query/Parse/Bind/Describe/Close, and encoders for what the proxy writes itself (to a client it
+//!   answers, to a server it authenticates to), including the removal of channel binding from a
+//!   server's SASL offer.
+//! - [`classify`]: where a statement may run ([`Classifier`]): a lexer for the common cases,
+//!   PostgreSQL's own parser (`pg_query`) for the rest.
+//! - [`auth`]: the client side of cleartext, MD5 and SCRAM-SHA-256 authentication ([`PasswordAuth`]).
 //! - [`response`]: the ErrorResponse the proxy sends when it cannot serve a client ([`error_response`]).
 //! - [`ProtocolError`]: what is wrong with bytes that can never decode. "Need more bytes" is `Ok(None)`.
 //!
-//! Message codecs come from `pgwire` where its types fit (request codes, the ErrorResponse and
+//! Message codecs come from `pgwire` where its types fit (and `postgres-protocol` for the client side of
+//! authentication) (request codes, the ErrorResponse and
 //! CancelRequest encoders, transaction status bytes); decoding of untrusted input is written here, with
 //! explicit bounds, so no byte sequence makes it panic or read past a message.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
+pub mod classify;
 mod error;
+pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod response;
 pub mod startup;
 #[cfg(test)]
 mod traces;
 
+pub use auth::{AuthError, AuthProgress, AuthRequest, PasswordAuth};
 pub use backend::{split_frame, BackendFrame, ErrorFields, FrameHeader, TxStatus};
+pub use classify::{Class, Classifier, PinReason};
 pub use error::ProtocolError;
+pub use frontend::{FrontendHeader, DEFAULT_MAX_MESSAGE_LEN};
 pub use response::{encode_error_response, error_response, Severity, SqlState};
 pub use startup::{
     decode_startup_packet, CancelKey, ProtocolVersion, StartupMessage, StartupPacket, StartupPhase,

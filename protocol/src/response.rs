@@ -25,8 +25,20 @@ impl SqlState {
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     /// `57P01` admin_shutdown: the proxy is shutting down.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
-    /// `57P03` cannot_connect_now.
+    /// `57P03` cannot_connect_now (also what a server that is shutting down answers).
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    /// `54000` program_limit_exceeded: a message above the size limit.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    /// `28000` invalid_authorization_specification: e.g. TLS required.
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
+    /// `28P01` invalid_password.
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    /// `42601` syntax_error (the admin console's unknown commands).
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    /// `22023` invalid_parameter_value (a bad `praetor.target`).
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// `25006` read_only_sql_transaction.
+    pub const READ_ONLY_SQL_TRANSACTION: SqlState = SqlState("25006");
 
     /// The code, e.g. `"08006"`.
     pub fn code(&self) -> &'static str {

@@ -126,6 +126,96 @@ impl StartupMessage {
             _ => self.user(),
         }
     }
+
+    /// The settings under `prefix` (`praetor.`) given in the `options` parameter
+    /// (`-c praetor.target=replica` or `--praetor.target=replica`), as `(name without prefix, value)`,
+    /// and the `options` text without them.
+    pub fn take_options(&self, prefix: &str) -> (Vec<(String, String)>, String) {
+        let Some(options) = self.parameter("options") else {
+            return (Vec::new(), String::new());
+        };
+        let words = split_options(options);
+        let mut taken = Vec::new();
+        let mut kept: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < words.len() {
+            let w = &words[i];
+            let (setting, consumed) = if w == "-c" {
+                (words.get(i + 1).map(String::as_str), 2)
+            } else if let Some(rest) = w.strip_prefix("-c") {
+                (Some(rest), 1)
+            } else if let Some(rest) = w.strip_prefix("--") {
+                (Some(rest), 1)
+            } else {
+                (None, 1)
+            };
+            match setting.and_then(|s| s.split_once('=')) {
+                Some((name, value)) if name.starts_with(prefix) => {
+                    taken.push((name[prefix.len()..].to_string(), value.to_string()));
+                }
+                _ => kept.extend(words[i..(i + consumed).min(words.len())].iter().cloned()),
+            }
+            i += consumed;
+        }
+        let kept = kept
+            .iter()
+            .map(|w| w.replace('\\', "\\\\").replace(' ', "\\ "))
+            .collect::<Vec<_>>()
+            .join(" ");
+        (taken, kept)
+    }
+
+    /// This StartupMessage re-encoded with `options` replaced (dropped when empty).
+    pub fn encode_with_options(&self, options: &str) -> Bytes {
+        let mut body = BytesMut::new();
+        body.put_u32(u32::from(self.version.major) << 16 | u32::from(self.version.minor));
+        for (k, v) in &self.parameters {
+            let v = if k == "options" {
+                if options.is_empty() {
+                    continue;
+                }
+                options
+            } else {
+                v.as_str()
+            };
+            body.put_slice(k.as_bytes());
+            body.put_u8(0);
+            body.put_slice(v.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut out = BytesMut::with_capacity(body.len() + 4);
+        out.put_u32((body.len() + 4) as u32);
+        out.put_slice(&body);
+        out.freeze()
+    }
+}
+
+/// Splits a libpq `options` value into words: whitespace separates, a backslash makes the next
+/// character literal (PostgreSQL's `pg_split_opts`).
+fn split_options(options: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    current.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !current.is_empty() {
+                    words.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
 }
 
 /// One decoded startup-phase packet.
@@ -436,6 +526,49 @@ mod tests {
         };
         assert_eq!(m.version.to_string(), "3.2");
         assert_eq!(m.database(), "alice");
+    }
+
+    #[test]
+    fn praetor_options_are_taken_out_and_the_rest_kept() {
+        let mut buf = BytesMut::new();
+        let body = b"user\0alice\0options\0-c praetor.target=replica --search_path=a\\ b -cpraetor.x=1\0application_name\0app\0\0";
+        buf.put_u32((8 + body.len()) as u32);
+        buf.put_u32(0x0003_0000);
+        buf.put_slice(body);
+        let Ok(Some(StartupPacket::Startup(m))) = decode_startup_packet(&mut buf) else {
+            panic!()
+        };
+        let (taken, kept) = m.take_options("praetor.");
+        assert_eq!(
+            taken,
+            vec![
+                ("target".to_string(), "replica".to_string()),
+                ("x".to_string(), "1".to_string())
+            ]
+        );
+        assert_eq!(kept, "--search_path=a\\ b");
+        let again = m.encode_with_options(&kept);
+        let Ok(Some(StartupPacket::Startup(m2))) =
+            decode_startup_packet(&mut BytesMut::from(&again[..]))
+        else {
+            panic!()
+        };
+        assert_eq!(m2.parameter("options"), Some("--search_path=a\\ b"));
+        assert_eq!(m2.parameter("application_name"), Some("app"));
+        let without = m.encode_with_options("");
+        let Ok(Some(StartupPacket::Startup(m3))) =
+            decode_startup_packet(&mut BytesMut::from(&without[..]))
+        else {
+            panic!()
+        };
+        assert_eq!(m3.parameter("options"), None);
+        assert_eq!(m3.user(), "alice");
+        let plain = StartupMessage {
+            version: m.version,
+            parameters: vec![("user".into(), "u".into())],
+            raw: Bytes::new(),
+        };
+        assert_eq!(plain.take_options("praetor."), (vec![], String::new()));
     }
 
     #[test]

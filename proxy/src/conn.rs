@@ -2,37 +2,51 @@
 //! (what the client sent), the [`Router`] (where it goes) and the connection's [`Fence`] (when it must stop);
 //! this module only moves bytes between them.
 //!
-//! 1. Startup phase: decode the client's packets with [`StartupPhase`]; answer SSLRequest and
-//!    GSSENCRequest with `N`; forward a CancelRequest to the backend that issued its key; stop at the
-//!    StartupMessage. Garbage or an oversized packet closes this client with an ErrorResponse.
+//! 1. Startup phase: decode the client's packets with [`StartupPhase`]; answer SSLRequest with `S`
+//!    and a TLS handshake when TLS is configured (`N` otherwise) and GSSENCRequest with `N`; forward a
+//!    CancelRequest to the backend that issued its key; stop at the StartupMessage. Garbage or an
+//!    oversized packet closes this client with an ErrorResponse. Auto-port clients continue in
+//!    `session`; the read-write and read-only ports go on here.
 //! 2. Route and connect: pick a backend (waiting up to `connect_timeout` for one), connect with
 //!    `connect_timeout` and TCP_NODELAY; on failure answer `FATAL 08006` naming the backend.
 //! 3. Backend startup: forward the StartupMessage unchanged, relay authentication both ways, watch the
 //!    server's messages for BackendKeyData (registered for cancel requests) until the first
-//!    ReadyForQuery.
+//!    ReadyForQuery. A server that answers "not accepting connections" (57P03: shutting down or
+//!    starting up, as during a switchover) before anything reached the client holds the client and
+//!    retries, up to `connect_timeout`.
 //! 4. Relay: copy bytes both ways with no parsing, one buffer per direction, until either side closes,
 //!    the backend is fenced or the proxy shuts down.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use praetor_protocol::backend::{BACKEND_KEY_DATA, READY_FOR_QUERY};
+use praetor_protocol::backend::{
+    AUTHENTICATION, BACKEND_KEY_DATA, ERROR_RESPONSE, READY_FOR_QUERY,
+};
+use praetor_protocol::frontend::strip_channel_binding;
 use praetor_protocol::startup::check_truncated;
 use praetor_protocol::{
-    encode_error_response, CancelKey, FrameHeader, Severity, SqlState, StartupMessage,
-    StartupPacket, StartupPhase, ENCRYPTION_REFUSED,
+    encode_error_response, CancelKey, Classifier, ErrorFields, FrameHeader, Severity, SqlState,
+    StartupMessage, StartupPacket, StartupPhase, ENCRYPTION_REFUSED,
 };
 use prometheus::{IntCounter, IntGauge};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cancel::{CancelRegistry, Registration};
+use crate::clients::{ClientInfo, Clients};
+use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
+use crate::pool::Pool;
 use crate::router::{Fence, Route, Router};
+use crate::settings::{ProxySettings, Target};
+use crate::stream::{client_tls, BackendTls, ClientStream, ClientTls, ServerStream};
 
 /// Capacity of each relay buffer (one per direction), in bytes: large enough that a big result set
 /// moves in few reads, small enough for thousands of connections.
@@ -47,13 +61,135 @@ const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many times a client whose backend was fenced while connecting is routed again.
 const MAX_ROUTE_ATTEMPTS: usize = 3;
 
+/// How often a client held by a server that is not accepting connections (57P03) retries, at most.
+const NOT_READY_RETRY: Duration = Duration::from_millis(200);
+
+/// The settings a reload can change, in the form connections use them. Connections take the
+/// current one when they start.
+pub(crate) struct Runtime {
+    pub connect_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub tls: Option<ClientTls>,
+    pub backend_tls: BackendTls,
+    pub max_message_size: usize,
+    pub classifier: Arc<Classifier>,
+    pub database_targets: HashMap<String, Target>,
+    pub pool_size: usize,
+    pub idle_release: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl Runtime {
+    /// Loads certificates and builds the classifier. Errors name the configuration key.
+    pub fn from_settings(s: &ProxySettings) -> Result<Runtime, ProxyError> {
+        let tls = match &s.tls {
+            Some((cert, key, required)) => Some(client_tls(cert, key, *required)?),
+            None => None,
+        };
+        Ok(Runtime {
+            connect_timeout: s.connect_timeout,
+            startup_timeout: s.startup_timeout,
+            tls,
+            backend_tls: BackendTls::from_config(
+                s.backend_tls.0.as_deref(),
+                s.backend_tls.1.as_deref(),
+            )?,
+            max_message_size: s.max_message_size,
+            classifier: Arc::new(Classifier::new(&s.read_only_functions)),
+            database_targets: s.database_targets.clone(),
+            pool_size: s.pool_size,
+            idle_release: s.idle_release,
+            shutdown_timeout: s.shutdown_timeout,
+        })
+    }
+}
+
+/// Re-reads the configuration for `RELOAD` and SIGHUP.
+pub type ReloadFn = Arc<dyn Fn() -> Result<ProxySettings, String> + Send + Sync>;
+
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub router: Router,
     pub cancels: CancelRegistry,
     pub metrics: Metrics,
-    pub connect_timeout: Duration,
-    pub startup_timeout: Duration,
+    pub clients: Arc<Clients>,
+    pub pool: Pool,
+    runtime: RwLock<Arc<Runtime>>,
+    /// Cancelled when a graceful shutdown starts: auto-port sessions close at their next idle point.
+    pub draining: CancellationToken,
+    pub reload: Option<ReloadFn>,
+    /// The settings the proxy was bound with (listeners cannot change on reload).
+    pub settings: RwLock<ProxySettings>,
+}
+
+impl Shared {
+    pub fn new(
+        metrics: Metrics,
+        runtime: Runtime,
+        settings: ProxySettings,
+        reload: Option<ReloadFn>,
+    ) -> Shared {
+        let router = Router::new();
+        router.set_policy(settings.lag);
+        Shared {
+            router,
+            cancels: CancelRegistry::default(),
+            pool: Pool::new(metrics.pool_idle.clone()),
+            metrics,
+            clients: Arc::new(Clients::default()),
+            runtime: RwLock::new(Arc::new(runtime)),
+            draining: CancellationToken::new(),
+            reload,
+            settings: RwLock::new(settings),
+        }
+    }
+
+    /// The runtime settings in force.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies new settings (reload): everything but the listener addresses takes effect for new
+    /// connections and transactions; open connections are not touched. Errors leave the old
+    /// settings in force.
+    pub fn apply_settings(&self, new: ProxySettings) -> Result<Vec<String>, ProxyError> {
+        let runtime = Runtime::from_settings(&new)?;
+        let mut notes = Vec::new();
+        {
+            let old = self.settings.read().unwrap_or_else(|p| p.into_inner());
+            for (name, a, b) in [
+                ("read_write", &old.read_write, &new.read_write),
+                ("read_only", &old.read_only, &new.read_only),
+                ("auto", &old.auto, &new.auto),
+                ("admin", &old.admin, &new.admin),
+                ("metrics", &old.metrics, &new.metrics),
+            ] {
+                if a.as_ref().map(|x| x.to_string()) != b.as_ref().map(|x| x.to_string()) {
+                    notes.push(format!(
+                        "praetor.proxy.{name}.listen changed: restart the proxy to apply it"
+                    ));
+                }
+            }
+        }
+        self.router.set_policy(new.lag);
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(notes)
+    }
+
+    /// Reloads the configuration through the reload hook; returns notes for the operator.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let Some(hook) = &self.reload else {
+            return Err("this proxy has no configuration file to reload".into());
+        };
+        let result = hook().and_then(|s| self.apply_settings(s).map_err(|e| e.to_string()));
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.reloads_total.with_label_values(&[label]).inc();
+        result
+    }
 }
 
 /// How a client's first packets ended.
@@ -72,6 +208,9 @@ enum End {
     Io(io::Error),
     /// The server sent bytes that are not the protocol during the startup phase.
     Protocol(praetor_protocol::ProtocolError),
+    /// The server is not accepting connections now (57P03), before anything reached the client:
+    /// the ErrorResponse, to send if waiting does not help.
+    NotReady(bytes::Bytes),
 }
 
 /// A client refused a backend: the metric reason and the text of its `FATAL 08006`.
@@ -94,108 +233,198 @@ impl Drop for GaugeGuard {
 pub(crate) async fn handle_client(
     shared: Arc<Shared>,
     listener: ListenerKind,
-    mut client: TcpStream,
+    socket: TcpStream,
+    peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    if let Err(e) = client.set_nodelay(true) {
+    if let Err(e) = socket.set_nodelay(true) {
         debug!(error = %e, "cannot set TCP_NODELAY on the client socket");
     }
+    let client_gauge = shared
+        .metrics
+        .client_connections
+        .with_label_values(&[listener.as_str()]);
+    client_gauge.inc();
+    let _client_gauge = GaugeGuard(client_gauge);
+    let registered = shared.clients.register(listener, peer);
+    let rt = shared.runtime();
     let mut buf = BytesMut::with_capacity(STARTUP_BUFFER_BYTES);
-    let start = tokio::select! {
-        _ = shutdown.cancelled() => {
-            send_fatal(&mut client, SqlState::ADMIN_SHUTDOWN, "the proxy is shutting down").await;
-            return;
-        }
-        r = tokio::time::timeout(shared.startup_timeout, read_startup(&mut client, &mut buf)) => match r {
-            Ok(Some(start)) => start,
-            Ok(None) => return,
+    let negotiated = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = tokio::time::timeout(rt.startup_timeout, negotiate(&shared, &rt, listener, socket, &mut buf)) => match r {
+            Ok(n) => n,
             Err(_) => {
-                debug!(timeout = ?shared.startup_timeout, "client sent no complete startup packet in time");
-                return;
+                debug!(timeout = ?rt.startup_timeout, "client sent no complete startup packet in time");
+                shared.metrics.client_error(listener, "startup_timeout");
+                None
             }
         },
     };
+    let Some((mut client, start)) = negotiated else {
+        return;
+    };
     let startup = match start {
         ClientStart::Cancel(key) => {
-            forward_cancel(&shared.cancels, key, shared.connect_timeout).await;
+            forward_cancel(&shared.cancels, key, rt.connect_timeout).await;
             return;
         }
         ClientStart::Startup(m) => m,
     };
-    debug!(user = startup.user(), database = startup.database(), version = %startup.version, "startup");
-
-    let (mut route, mut server) = match connect_backend(&shared, listener).await {
-        Ok(connected) => connected,
-        Err(refusal) => {
-            shared.metrics.routing_error(listener, refusal.reason);
-            warn!(
-                listener = listener.as_str(),
-                reason = refusal.reason.as_str(),
-                "{}",
-                refusal.message
-            );
-            send_fatal(&mut client, SqlState::CONNECTION_FAILURE, &refusal.message).await;
-            return;
-        }
-    };
-    let backend = route.backend.member.clone();
-    tracing::Span::current().record("backend", backend.as_str());
-    let _gauge = GaugeGuard(shared.metrics.connection_opened(listener, &backend));
-    let (c2s, s2c) = shared.metrics.byte_counters(listener);
-
-    // The StartupMessage unchanged, then whatever the client already sent after it.
-    let sent = async {
-        server.write_all(&startup.raw).await?;
-        if !buf.is_empty() {
-            server.write_all(&buf).await?;
-            buf.clear();
-        }
-        io::Result::Ok(())
-    }
-    .await;
-    if let Err(e) = sent {
-        let message = format!(
-            "lost the connection to {} {} while sending the startup packet: {e}",
-            route.role.as_str(),
-            route.backend
-        );
-        warn!("{message}");
-        send_fatal(&mut client, SqlState::CONNECTION_FAILURE, &message).await;
+    debug!(user = startup.user(), database = startup.database(), version = %startup.version, tls = client.is_tls(), "startup");
+    let tls = client.is_tls();
+    registered.info.update(|st| {
+        st.user = startup.user().to_string();
+        st.database = startup.database().to_string();
+        st.tls = tls;
+    });
+    if listener == ListenerKind::Auto {
+        crate::session::run(
+            shared.clone(),
+            rt,
+            client,
+            startup,
+            buf,
+            registered.info.clone(),
+            shutdown,
+        )
+        .await;
         return;
     }
-    c2s.inc_by(startup.raw.len() as u64);
-
-    let mut client_buf = buf;
-    client_buf.reserve(RELAY_BUFFER_BYTES);
-    let mut server_buf = BytesMut::with_capacity(RELAY_BUFFER_BYTES);
-    let registration = match relay_backend_startup(
-        &shared.cancels,
-        &mut route,
+    relay_session(
+        &shared,
+        &rt,
+        listener,
         &mut client,
-        &mut server,
-        &mut client_buf,
-        &mut server_buf,
-        (&c2s, &s2c),
-    )
-    .await
-    {
-        Ok(registration) => registration,
-        Err(end) => {
-            log_end(&end, &route, &shutdown, "during authentication");
-            return;
-        }
-    };
-    let end = relay(
-        &mut client,
-        &mut server,
-        &mut client_buf,
-        &mut server_buf,
-        (&c2s, &s2c),
-        &mut route.fence,
+        startup,
+        buf,
+        &registered.info,
+        &shutdown,
     )
     .await;
-    drop(registration);
-    log_end(&end, &route, &shutdown, "");
+}
+
+/// The read-write and read-only ports: one server connection, bytes relayed as they are.
+#[allow(clippy::too_many_arguments)]
+async fn relay_session(
+    shared: &Shared,
+    rt: &Runtime,
+    listener: ListenerKind,
+    client: &mut ClientStream,
+    startup: StartupMessage,
+    buf: BytesMut,
+    info: &ClientInfo,
+    shutdown: &CancellationToken,
+) {
+    let deadline = Instant::now() + rt.connect_timeout;
+    let mut client_buf = buf;
+    let (c2s, s2c) = shared.metrics.byte_counters(listener);
+    loop {
+        let (mut route, mut server) = match connect_backend(shared, rt, listener).await {
+            Ok(connected) => connected,
+            Err(refusal) => {
+                shared.metrics.routing_error(listener, refusal.reason);
+                warn!(
+                    listener = listener.as_str(),
+                    reason = refusal.reason.as_str(),
+                    "{}",
+                    refusal.message
+                );
+                send_fatal(client, SqlState::CONNECTION_FAILURE, &refusal.message).await;
+                return;
+            }
+        };
+        let backend = route.backend.member.clone();
+        tracing::Span::current().record("backend", backend.as_str());
+        let gauge = GaugeGuard(shared.metrics.connection_opened(
+            listener,
+            &backend,
+            route.role.as_str(),
+        ));
+        info.update(|st| {
+            st.servers = vec![(backend.clone(), route.role.as_str())];
+            st.status = "active";
+        });
+
+        // The StartupMessage unchanged, then whatever the client already sent after it.
+        let sent = async {
+            server.write_all(&startup.raw).await?;
+            if !client_buf.is_empty() {
+                server.write_all(&client_buf).await?;
+            }
+            io::Result::Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            let message = format!(
+                "lost the connection to {} {} while sending the startup packet: {e}",
+                route.role.as_str(),
+                route.backend
+            );
+            warn!("{message}");
+            send_fatal(client, SqlState::CONNECTION_FAILURE, &message).await;
+            return;
+        }
+        let pending_client_bytes = client_buf.len();
+        client_buf.clear();
+        c2s.inc_by(startup.raw.len() as u64);
+
+        client_buf.reserve(RELAY_BUFFER_BYTES);
+        let mut server_buf = BytesMut::with_capacity(RELAY_BUFFER_BYTES);
+        let registration = match relay_backend_startup(
+            &shared.cancels,
+            &mut route,
+            client,
+            &mut server,
+            &mut client_buf,
+            &mut server_buf,
+            (&c2s, &s2c),
+        )
+        .await
+        {
+            Ok(registration) => registration,
+            Err(End::NotReady(error)) if Instant::now() < deadline && pending_client_bytes == 0 => {
+                debug!(backend = %route.backend, "the server is not accepting connections yet; holding the client");
+                drop(server);
+                drop(route);
+                drop(gauge);
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(NOT_READY_RETRY);
+                shared.router.changed(wait).await;
+                drop(error);
+                continue;
+            }
+            Err(End::NotReady(error)) => {
+                let _ = client.write_all(&error).await;
+                log_end(
+                    &End::ServerClosed,
+                    &route,
+                    shutdown,
+                    "during authentication",
+                );
+                return;
+            }
+            Err(end) => {
+                log_end(&end, &route, shutdown, "during authentication");
+                return;
+            }
+        };
+        let end = relay(
+            client,
+            &mut server,
+            &mut client_buf,
+            &mut server_buf,
+            (&c2s, &s2c),
+            &mut route.fence,
+        )
+        .await;
+        drop(registration);
+        // The socket closes before the route records the close (the fencing handshake waits on it).
+        drop(server);
+        log_end(&end, &route, shutdown, "");
+        drop(gauge);
+        return;
+    }
 }
 
 fn log_end(end: &End, route: &Route, shutdown: &CancellationToken, phase: &str) {
@@ -210,23 +439,77 @@ fn log_end(end: &End, route: &Route, shutdown: &CancellationToken, phase: &str) 
         End::Protocol(e) => {
             warn!(backend = %route.backend, error = %e, "backend broke the protocol {phase}")
         }
+        End::NotReady(_) => debug!("server not accepting connections {phase}"),
     }
 }
 
-/// Reads the client's startup-phase packets, answering encryption requests with `N`. `None` when the
-/// client went away or sent garbage (answered with an ErrorResponse).
-async fn read_startup(client: &mut TcpStream, buf: &mut BytesMut) -> Option<ClientStart> {
+/// Reads the client's startup-phase packets: answers SSLRequest with `S` and a TLS handshake when
+/// TLS is configured (`N` otherwise) and GSSENCRequest with `N`. `None` when the client went away,
+/// sent garbage (answered with an ErrorResponse) or must use TLS and did not.
+async fn negotiate(
+    shared: &Shared,
+    rt: &Runtime,
+    listener: ListenerKind,
+    socket: TcpStream,
+    buf: &mut BytesMut,
+) -> Option<(ClientStream, ClientStart)> {
     let mut phase = StartupPhase::new();
+    let mut client = ClientStream::Plain(socket);
     loop {
         match phase.decode(buf) {
-            Ok(Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
+            Ok(Some(StartupPacket::SslRequest)) => match (&rt.tls, client) {
+                (Some(tls), ClientStream::Plain(tcp)) => {
+                    if !buf.is_empty() {
+                        // Bytes sent after the SSLRequest, before the handshake, would be
+                        // plaintext injected into the encrypted session (CVE-2021-23214).
+                        info!("client sent data after SSLRequest before the TLS handshake");
+                        shared.metrics.client_error(listener, "protocol");
+                        return None;
+                    }
+                    let mut tcp = tcp;
+                    if let Err(e) = tcp.write_all(b"S").await {
+                        debug!(error = %e, "cannot answer an SSLRequest");
+                        return None;
+                    }
+                    match tls.acceptor.accept(tcp).await {
+                        Ok(stream) => client = ClientStream::Tls(Box::new(stream)),
+                        Err(e) => {
+                            info!(error = %e, "TLS handshake with the client failed");
+                            shared.metrics.client_error(listener, "tls");
+                            return None;
+                        }
+                    }
+                }
+                (_, mut other) => {
+                    if let Err(e) = other.write_all(&[ENCRYPTION_REFUSED]).await {
+                        debug!(error = %e, "cannot answer an encryption request");
+                        return None;
+                    }
+                    client = other;
+                }
+            },
+            Ok(Some(StartupPacket::GssEncRequest)) => {
                 if let Err(e) = client.write_all(&[ENCRYPTION_REFUSED]).await {
                     debug!(error = %e, "cannot answer an encryption request");
                     return None;
                 }
             }
-            Ok(Some(StartupPacket::CancelRequest(key))) => return Some(ClientStart::Cancel(key)),
-            Ok(Some(StartupPacket::Startup(m))) => return Some(ClientStart::Startup(m)),
+            Ok(Some(StartupPacket::CancelRequest(key))) => {
+                return Some((client, ClientStart::Cancel(key)))
+            }
+            Ok(Some(StartupPacket::Startup(m))) => {
+                if rt.tls.as_ref().is_some_and(|t| t.required) && !client.is_tls() {
+                    shared.metrics.client_error(listener, "tls_required");
+                    send_fatal(
+                        &mut client,
+                        SqlState::INVALID_AUTHORIZATION,
+                        "the proxy accepts only TLS connections: connect with sslmode=require",
+                    )
+                    .await;
+                    return None;
+                }
+                return Some((client, ClientStart::Startup(m)));
+            }
             Ok(None) => match client.read_buf(buf).await {
                 Ok(0) => {
                     if let Err(e) = check_truncated(buf) {
@@ -242,7 +525,8 @@ async fn read_startup(client: &mut TcpStream, buf: &mut BytesMut) -> Option<Clie
             },
             Err(e) => {
                 info!(error = %e, "invalid startup packet; closing the client");
-                send_fatal(client, e.sqlstate(), &e.to_string()).await;
+                shared.metrics.client_error(listener, "protocol");
+                send_fatal(&mut client, e.sqlstate(), &e.to_string()).await;
                 return None;
             }
         }
@@ -250,7 +534,11 @@ async fn read_startup(client: &mut TcpStream, buf: &mut BytesMut) -> Option<Clie
 }
 
 /// Sends `FATAL <code> <message>` and gives up after a second (the client may not be reading).
-async fn send_fatal(client: &mut TcpStream, code: SqlState, message: &str) {
+pub(crate) async fn send_fatal<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    code: SqlState,
+    message: &str,
+) {
     let mut out = BytesMut::with_capacity(64 + message.len());
     encode_error_response(&mut out, Severity::Fatal, code, message);
     let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, async {
@@ -260,13 +548,14 @@ async fn send_fatal(client: &mut TcpStream, code: SqlState, message: &str) {
     .await;
 }
 
-/// Routes the client and opens the backend connection. A backend fenced while we connect to it is
-/// dropped and the client routed again (a switchover in progress).
+/// Routes the client and opens the backend connection (TLS as `backend_tls` says). A backend
+/// fenced while we connect to it is dropped and the client routed again (a switchover in progress).
 async fn connect_backend(
     shared: &Shared,
+    rt: &Runtime,
     listener: ListenerKind,
-) -> Result<(Route, TcpStream), Refusal> {
-    let timeout = shared.connect_timeout;
+) -> Result<(Route, ServerStream), Refusal> {
+    let timeout = rt.connect_timeout;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -288,33 +577,41 @@ async fn connect_backend(
         };
         let Some(mut route) = route else {
             let wanted = match listener {
-                ListenerKind::ReadWrite => "no leader is available for read-write connections",
+                ListenerKind::ReadWrite | ListenerKind::Auto => {
+                    "no leader is available for read-write connections"
+                }
                 ListenerKind::ReadOnly => {
                     "no replica or leader is available for read-only connections"
                 }
             };
+            let suspended = if shared.router.is_suspended() {
+                " (the proxy lost contact with the DCS and stopped serving)"
+            } else {
+                ""
+            };
             return Err(Refusal {
                 reason: RoutingError::NoBackend,
-                message: format!("{wanted} (waited {timeout:?})"),
+                message: format!("{wanted} (waited {timeout:?}){suspended}"),
             });
         };
         let addr = (route.backend.host.as_str(), route.backend.port);
+        let host = route.backend.host.clone();
         let connected = tokio::select! {
             biased;
             _ = route.fence.fenced() => None,
-            r = tokio::time::timeout(timeout, TcpStream::connect(addr)) => Some(r),
+            r = tokio::time::timeout(timeout, async {
+                let tcp = TcpStream::connect(addr).await?;
+                if let Err(e) = tcp.set_nodelay(true) {
+                    debug!(error = %e, "cannot set TCP_NODELAY on the server socket");
+                }
+                rt.backend_tls.connect(tcp, &host).await
+            }) => Some(r),
         };
         let described = || format!("{} {}", route.role.as_str(), route.backend);
         match connected {
-            Some(Ok(Ok(server))) => {
-                if let Err(e) = server.set_nodelay(true) {
-                    debug!(error = %e, "cannot set TCP_NODELAY on the server socket");
-                }
-                // Fenced between connect and here counts as fenced while connecting.
-                if !route.fence.is_fenced() {
-                    return Ok((route, server));
-                }
-            }
+            Some(Ok(Ok(server))) if !route.fence.is_fenced() => return Ok((route, server)),
+            // Fenced between connect and here counts as fenced while connecting.
+            Some(Ok(Ok(_))) => {}
             Some(Ok(Err(e))) => {
                 return Err(Refusal {
                     reason: RoutingError::ConnectFailed,
@@ -345,17 +642,21 @@ async fn connect_backend(
 
 /// Relays the authentication exchange and the server's startup messages, registering the session's
 /// BackendKeyData, until the first ReadyForQuery has been forwarded. Client bytes pass through
-/// unparsed (passwords, SASL). Returns the cancel registration, if the server sent a key.
+/// unparsed (passwords, SASL). The server's SASL offer loses `SCRAM-SHA-256-PLUS` (channel binding
+/// cannot survive a proxy). A first message that says the server is not accepting connections
+/// (57P03) is not forwarded: [`End::NotReady`] lets the caller hold the client and retry. Returns
+/// the cancel registration, if the server sent a key.
 async fn relay_backend_startup(
     cancels: &CancelRegistry,
     route: &mut Route,
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &mut ClientStream,
+    server: &mut ServerStream,
     client_buf: &mut BytesMut,
     server_buf: &mut BytesMut,
     (c2s, s2c): (&IntCounter, &IntCounter),
 ) -> Result<Option<Registration>, End> {
     let mut registration = None;
+    let mut forwarded_any = false;
     loop {
         tokio::select! {
             biased;
@@ -376,12 +677,32 @@ async fn relay_backend_startup(
                     let _ = client.write_all(server_buf).await;
                     return Err(End::ServerClosed);
                 }
-                // Find the complete messages in the buffer, decoding only K and Z.
+                // Find the complete messages in the buffer, decoding only R, E, K and Z.
                 let mut end = 0;
                 let mut ready = false;
                 while let Some(h) = FrameHeader::peek(&server_buf[end..]).map_err(End::Protocol)? {
                     let Some(body) = h.body(&server_buf[end..]) else { break };
                     match h.tag {
+                        ERROR_RESPONSE if !forwarded_any && end == 0 => {
+                            let fields = ErrorFields::parse(body).unwrap_or_default();
+                            if fields.code() == Some(SqlState::CANNOT_CONNECT_NOW.code()) {
+                                return Err(End::NotReady(server_buf.split_to(h.frame_len).freeze()));
+                            }
+                        }
+                        AUTHENTICATION => {
+                            if let Some(stripped) = strip_channel_binding(body) {
+                                // Forward what precedes, then the rewritten offer.
+                                if end > 0 {
+                                    client.write_all(&server_buf[..end]).await.map_err(End::Io)?;
+                                }
+                                client.write_all(&stripped).await.map_err(End::Io)?;
+                                server_buf.advance(end + h.frame_len);
+                                s2c.inc_by((end + stripped.len()) as u64);
+                                forwarded_any = true;
+                                end = 0;
+                                continue;
+                            }
+                        }
                         BACKEND_KEY_DATA => {
                             let key = CancelKey::from_backend_key_data(body).map_err(End::Protocol)?;
                             registration = Some(cancels.register(key, route.backend.clone()));
@@ -402,6 +723,7 @@ async fn relay_backend_startup(
                     client.write_all(&server_buf[..end]).await.map_err(End::Io)?;
                     server_buf.advance(end);
                     s2c.inc_by(end as u64);
+                    forwarded_any = true;
                 }
                 if ready {
                     return Ok(registration);
@@ -413,25 +735,54 @@ async fn relay_backend_startup(
 
 /// Copies bytes both ways until a side closes, an I/O error, or `fence` resolves. The hot path:
 /// one buffer per direction reused for every read, one write per read, one counter increment per
-/// read, no parsing, no locks, no allocation.
+/// read, no parsing, no locks, no allocation. Plain TCP on both sides splits the sockets without a
+/// lock; TLS on either side goes through `tokio::io::split`.
 ///
 /// When the client closes its side, the server's write side is shut down and the server's remaining
 /// output is still relayed until it closes (PostgreSQL ends the session on end-of-file); when the
 /// server closes, the session is over.
 async fn relay(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &mut ClientStream,
+    server: &mut ServerStream,
+    client_buf: &mut BytesMut,
+    server_buf: &mut BytesMut,
+    counters: (&IntCounter, &IntCounter),
+    fence: &mut Fence,
+) -> End {
+    // Leftover capacity lost to earlier `advance` calls is reclaimed here, once.
+    client_buf.reserve(RELAY_BUFFER_BYTES);
+    server_buf.reserve(RELAY_BUFFER_BYTES);
+    match (client, server) {
+        (ClientStream::Plain(c), ServerStream::Plain(s)) => {
+            let (cr, cw) = c.split();
+            let (sr, sw) = s.split();
+            relay_halves(cr, cw, sr, sw, client_buf, server_buf, counters, fence).await
+        }
+        (c, s) => {
+            let (cr, cw) = tokio::io::split(c);
+            let (sr, sw) = tokio::io::split(s);
+            relay_halves(cr, cw, sr, sw, client_buf, server_buf, counters, fence).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_halves<CR, CW, SR, SW>(
+    mut client_rd: CR,
+    mut client_wr: CW,
+    mut server_rd: SR,
+    mut server_wr: SW,
     client_buf: &mut BytesMut,
     server_buf: &mut BytesMut,
     (c2s, s2c): (&IntCounter, &IntCounter),
     fence: &mut Fence,
-) -> End {
-    let (mut client_rd, mut client_wr) = client.split();
-    let (mut server_rd, mut server_wr) = server.split();
-    // Leftover capacity lost to earlier `advance` calls is reclaimed here, once.
-    client_buf.reserve(RELAY_BUFFER_BYTES);
-    server_buf.reserve(RELAY_BUFFER_BYTES);
-
+) -> End
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
     let client_to_server = async {
         loop {
             let n = client_rd.read_buf(client_buf).await?;
@@ -473,11 +824,13 @@ async fn relay(
     }
 }
 
-/// Forwards a CancelRequest to the backend that issued `key` and waits (up to `timeout`) until that
-/// backend closes the connection, as libpq does, so the client's own wait for end-of-file means the
-/// request was delivered. An unknown key is dropped silently, like PostgreSQL does.
+/// Forwards a CancelRequest to the backend that issued `key` (for an auto-port session: to the
+/// server running its current transaction, with that server's key) and waits (up to `timeout`)
+/// until that backend closes the connection, as libpq does, so the client's own wait for
+/// end-of-file means the request was delivered. An unknown key is dropped silently, like PostgreSQL
+/// does.
 async fn forward_cancel(cancels: &CancelRegistry, key: CancelKey, timeout: Duration) {
-    let Some(backend) = cancels.lookup(&key) else {
+    let Some((backend, server_key)) = cancels.lookup(&key) else {
         debug!(
             pid = key.pid,
             "cancel request for an unknown session; ignored"
@@ -488,7 +841,7 @@ async fn forward_cancel(cancels: &CancelRegistry, key: CancelKey, timeout: Durat
         let mut server = TcpStream::connect((backend.host.as_str(), backend.port)).await?;
         server.set_nodelay(true)?;
         let mut packet = BytesMut::with_capacity(16);
-        key.encode_cancel_request(&mut packet);
+        server_key.encode_cancel_request(&mut packet);
         server.write_all(&packet).await?;
         let mut sink = [0u8; 64];
         while server.read(&mut sink).await? > 0 {}

@@ -6,8 +6,9 @@
 //! the DCS cannot be read. The decisions (publish or not, how long to wait) are [`FeedState`], a plain
 //! value tested without a DCS; the task around it only does I/O.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use praetor_dcs::{Cluster, Dcs};
 use tokio::sync::{broadcast, watch};
@@ -26,11 +27,16 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest retry delay after failed loads.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How many leader WAL positions the feed remembers to estimate replicas' lag in seconds.
+const LSN_HISTORY: usize = 4_096;
+
 /// The feed's decisions, without I/O.
 #[derive(Debug, Default)]
 pub struct FeedState {
     published: Topology,
     failures: u32,
+    /// `(when first seen, leader WAL position)`, increasing positions, oldest first.
+    leader_lsns: VecDeque<(Instant, u64)>,
 }
 
 impl FeedState {
@@ -39,10 +45,50 @@ impl FeedState {
         FeedState::default()
     }
 
-    /// A successful load: the topology to publish when it differs from the last one published.
-    pub fn on_cluster(&mut self, cluster: &Cluster) -> Option<Topology> {
+    /// A successful load at `now`: the topology to publish when it differs from the last one
+    /// published.
+    ///
+    /// Replica lag in seconds is estimated from the leader's positions seen so far: a replica that
+    /// replayed up to `r` is as far behind as the time since the feed first saw the leader beyond
+    /// `r` (0 when it has caught up). Its resolution is the agents' update period (`loop_wait`).
+    pub fn on_cluster(&mut self, cluster: &Cluster, now: Instant) -> Option<Topology> {
         self.failures = 0;
-        let topology = topology_from_cluster(cluster);
+        let mut topology = topology_from_cluster(cluster);
+        match cluster.leader.as_ref().and(cluster.leader_optime()) {
+            Some(lsn) => {
+                if self.leader_lsns.back().is_none_or(|(_, last)| lsn > *last) {
+                    if self.leader_lsns.back().is_some_and(|(_, last)| lsn < *last) {
+                        self.leader_lsns.clear();
+                    }
+                    self.leader_lsns.push_back((now, lsn));
+                    if self.leader_lsns.len() > LSN_HISTORY {
+                        self.leader_lsns.pop_front();
+                    }
+                } else if self.leader_lsns.back().is_some_and(|(_, last)| lsn < *last) {
+                    // A new leader on a new timeline: positions start over.
+                    self.leader_lsns.clear();
+                    self.leader_lsns.push_back((now, lsn));
+                }
+            }
+            None => self.leader_lsns.clear(),
+        }
+        for (name, lag) in topology.lag.iter_mut() {
+            let replayed = cluster
+                .member(name)
+                .and_then(|m| m.data.replay_lsn.or(m.data.xlog_location));
+            lag.seconds = match (replayed, self.leader_lsns.back()) {
+                (Some(r), Some((_, newest))) if r >= *newest => Some(0.0),
+                (Some(r), Some(_)) => self
+                    .leader_lsns
+                    .iter()
+                    .find(|(_, l)| *l > r)
+                    .map(|(at, _)| now.saturating_duration_since(*at).as_secs_f64()),
+                _ => None,
+            };
+            // Seconds are only published in whole steps, so that a steady lag does not publish a
+            // new topology on every load.
+            lag.seconds = lag.seconds.map(f64::floor);
+        }
         if topology == self.published {
             return None;
         }
@@ -117,9 +163,13 @@ async fn run_feed(
                 if state.failures() > 0 {
                     info!(failures = state.failures(), "the DCS is readable again");
                 }
-                if let Some(topology) = state.on_cluster(&cluster) {
-                    let (leader, replicas) = describe(&topology);
-                    info!(%leader, %replicas, "topology changed");
+                if let Some(topology) = state.on_cluster(&cluster, Instant::now()) {
+                    if tx.borrow().routes_differ(&topology) {
+                        let (leader, replicas) = describe(&topology);
+                        info!(%leader, %replicas, "topology changed");
+                    } else {
+                        debug!(lag = ?topology.lag, "replica lag changed");
+                    }
                     tx.send_replace(Arc::new(Topology {
                         dcs_clock: clock.clone(),
                         ..topology
@@ -205,8 +255,9 @@ mod tests {
     #[test]
     fn publishes_only_changes() {
         let mut state = FeedState::new();
+        let now = Instant::now();
         assert_eq!(
-            state.on_cluster(&Cluster::default()),
+            state.on_cluster(&Cluster::default(), now),
             None,
             "empty = initial"
         );
@@ -214,18 +265,57 @@ mod tests {
             Some("a"),
             &[("a", Role::Primary, 1), ("b", Role::Replica, 2)],
         );
-        let t1 = state.on_cluster(&c1).expect("first real topology");
+        let t1 = state.on_cluster(&c1, now).expect("first real topology");
         assert_eq!(t1.leader.as_ref().map(|b| b.member.as_str()), Some("a"));
-        assert_eq!(state.on_cluster(&c1), None, "same cluster again");
-        // A change that does not affect routing (a member's WAL position) publishes nothing.
+        assert_eq!(state.on_cluster(&c1, now), None, "same cluster again");
+        // A change that does not affect routing (the leader's timeline) publishes nothing.
         let mut c1b = c1.clone();
-        c1b.members[1].data.xlog_location = Some(42);
-        assert_eq!(state.on_cluster(&c1b), None);
+        c1b.members[0].data.timeline = Some(3);
+        assert_eq!(state.on_cluster(&c1b, now), None);
         let c2 = cluster(
             Some("b"),
             &[("a", Role::Replica, 1), ("b", Role::Primary, 2)],
         );
-        assert!(state.on_cluster(&c2).is_some());
+        assert!(state.on_cluster(&c2, now).is_some());
+    }
+
+    #[test]
+    fn replica_lag_in_seconds_is_the_time_since_the_leader_passed_its_position() {
+        let mut state = FeedState::new();
+        let t0 = Instant::now();
+        let mut c = cluster(
+            Some("a"),
+            &[("a", Role::Primary, 1), ("b", Role::Replica, 2)],
+        );
+        let at = |c: &mut Cluster, leader: u64, replica: u64| {
+            c.members[0].data.xlog_location = Some(leader);
+            c.members[1].data.replay_lsn = Some(replica);
+        };
+        at(&mut c, 100, 100);
+        let t = state.on_cluster(&c, t0).unwrap();
+        assert_eq!(t.lag["b"].seconds, Some(0.0));
+        assert_eq!(t.lag["b"].bytes, Some(0));
+        // The leader moves on at t0+1 s; the replica stops replaying at 100.
+        at(&mut c, 200, 100);
+        let t = state.on_cluster(&c, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(t.lag["b"].seconds, Some(0.0));
+        at(&mut c, 300, 100);
+        let t = state
+            .on_cluster(&c, t0 + Duration::from_millis(4_500))
+            .unwrap();
+        assert_eq!(t.lag["b"].seconds, Some(3.0), "behind since t0+1s");
+        assert_eq!(t.lag["b"].bytes, Some(200));
+        // It catches up to 200: behind since the leader passed 200 (at t0+4.5 s).
+        at(&mut c, 300, 200);
+        let t = state
+            .on_cluster(&c, t0 + Duration::from_millis(6_600))
+            .unwrap();
+        assert_eq!(t.lag["b"].seconds, Some(2.0));
+        at(&mut c, 300, 300);
+        let t = state.on_cluster(&c, t0 + Duration::from_secs(7)).unwrap();
+        assert_eq!(t.lag["b"].seconds, Some(0.0));
+        // A lag that stays the same publishes nothing new.
+        assert_eq!(state.on_cluster(&c, t0 + Duration::from_secs(8)), None);
     }
 
     #[test]
@@ -236,7 +326,7 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(state.on_error(), MAX_BACKOFF);
         }
-        state.on_cluster(&Cluster::default());
+        state.on_cluster(&Cluster::default(), Instant::now());
         assert_eq!(state.failures(), 0);
         assert_eq!(state.on_error(), MIN_BACKOFF);
     }

@@ -1,22 +1,31 @@
 //! The Praetor proxy: the application's endpoint to a PostgreSQL HA cluster.
 //!
-//! Clients connect to a read-write port, whose connections go to the cluster leader, or a read-only
-//! port, whose connections round-robin over running replicas (the leader when there is none). The proxy
-//! follows the DCS and never guesses (design.md, rule 3): a backend is routable only as the DCS
+//! Clients connect to a read-write port, whose connections go to the cluster leader, a read-only
+//! port, whose connections round-robin over fresh replicas (the leader when there is none), or the
+//! auto port, which routes each transaction: reads to a replica, everything else to the leader. The
+//! proxy follows the DCS and never guesses (design.md, rule 3): a backend is routable only as the DCS
 //! describes it, and when the leader key moves every connection to the former leader is closed at once
-//! (fencing).
+//! (fencing), acknowledged in the DCS before the new leader gets any (the fencing handshake, see
+//! [`Proxy`]'s module).
 //!
 //! The pieces, from the DCS to the socket:
 //! - [`topology`]: [`topology_from_cluster`], the pure function from a DCS cluster view to a
 //!   [`Topology`] (leader and replicas as [`Backend`]s).
 //! - [`feed`]: [`spawn_dcs_feed`], which follows the DCS and publishes topologies on a
 //!   `tokio::sync::watch` channel (tests and benchmarks feed a channel of their own instead).
-//! - `router`: picks a backend per client and owns the per-backend fence tokens.
-//! - `conn`: one task per client: startup phase (via `praetor-protocol`), connect, authentication
-//!   relay watching for BackendKeyData, then a plain byte relay.
+//! - `router`: picks a backend per client (replicas within the lag limit) and owns the per-backend
+//!   fence tokens.
+//! - `stream`: client and server connections, plain or TLS (rustls), and their configuration.
+//! - `conn`: one task per client: startup phase (via `praetor-protocol`, TLS), then for the
+//!   read-write and read-only ports: connect, authentication relay watching for BackendKeyData, and a
+//!   plain byte relay.
+//! - `session`: the auto port's per-transaction routing; `pool`: its server connections.
 //! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
+//! - `admin`: the admin console (`SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `RELOAD`); `clients`:
+//!   what it shows.
 //! - [`metrics`]: Prometheus metrics in a registry owned by the proxy, served at `GET /metrics`.
-//! - [`Proxy`]: binds the listeners ([`Proxy::bind`]) and serves until shutdown ([`Proxy::serve`]).
+//! - [`Proxy`]: binds the listeners ([`Proxy::bind`]) and serves until shutdown ([`Proxy::serve`]),
+//!   with the fencing handshake when given the DCS ([`Proxy::with_dcs`]).
 //!
 //! Wiring, as `praetor proxy` does it:
 //!
@@ -32,19 +41,28 @@
 //! ```
 #![warn(missing_docs)]
 
+mod admin;
 mod cancel;
+mod clients;
 mod conn;
 mod error;
 pub mod feed;
 pub mod metrics;
+mod pool;
 mod router;
 mod server;
+mod session;
 mod settings;
+mod stream;
 pub mod topology;
 
+pub use conn::ReloadFn;
 pub use error::ProxyError;
 pub use feed::spawn_dcs_feed;
 pub use metrics::{ListenerKind, RoutingError};
-pub use server::{Proxy, SHUTDOWN_GRACE};
-pub use settings::{ProxySettings, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_STARTUP_TIMEOUT};
-pub use topology::{topology_from_cluster, Backend, DcsClock, Topology};
+pub use server::{Proxy, Reloader, SHUTDOWN_GRACE};
+pub use settings::{
+    LagPolicy, ProxySettings, Target, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_STARTUP_TIMEOUT,
+};
+pub use topology::{topology_from_cluster, Backend, DcsClock, ReplicaLag, Topology};

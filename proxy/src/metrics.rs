@@ -2,8 +2,17 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `praetor_proxy_connections` | gauge: client connections relayed now | `listener`, `backend` |
-//! | `praetor_proxy_connections_total` | counter: client connections given a backend | `listener`, `backend` |
+//! | `praetor_proxy_connections` | gauge: server connections open now | `listener`, `backend`, `role` |
+//! | `praetor_proxy_connections_total` | counter: server connections opened | `listener`, `backend`, `role` |
+//! | `praetor_proxy_client_connections` | gauge: client connections open now | `listener` |
+//! | `praetor_proxy_transactions_total` | counter: transactions (or autocommit statements) routed on the auto port | `target` (`leader`, `replica`) |
+//! | `praetor_proxy_transaction_duration_seconds` | histogram: auto-port transactions, first message to the ReadyForQuery that ends them | `target` |
+//! | `praetor_proxy_pinned_sessions_total` | counter: auto-port sessions pinned to the leader | `reason` |
+//! | `praetor_proxy_client_errors_total` | counter: clients closed for an error of theirs or of their session | `listener`, `reason` |
+//! | `praetor_proxy_fencing_acks_total` | counter: routes acknowledged in the DCS (`praetor/proxies/<id>`) | |
+//! | `praetor_proxy_serving` | gauge: 1 while serving, 0 while stopped for lack of DCS contact | |
+//! | `praetor_proxy_pool_idle_connections` | gauge: idle server connections in the auto port's pool | |
+//! | `praetor_proxy_reloads_total` | counter: configuration reloads | `result` (`ok`, `error`) |
 //! | `praetor_proxy_bytes_total` | counter: bytes relayed (counted per read) | `listener`, `direction` |
 //! | `praetor_proxy_routing_errors_total` | counter: clients refused | `listener`, `reason` |
 //! | `praetor_proxy_fenced_connections_total` | counter: connections closed because their backend lost the leader key | |
@@ -11,11 +20,12 @@
 //! | `praetor_proxy_leader_changes_total` | counter: changes of the routable leader | |
 //! | `praetor_proxy_waiting_clients` | gauge: clients waiting for a routable backend (during a switchover) | `listener` |
 //!
-//! `listener` is `read_write` or `read_only`; `direction` is `client_to_server` or
-//! `server_to_client`; `reason` is a [`RoutingError`].
+//! `listener` is `read_write`, `read_only` or `auto`; `direction` is `client_to_server` or
+//! `server_to_client`; `role` is `leader` or `replica`; the routing `reason` is a [`RoutingError`].
 
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::error::ProxyError;
@@ -27,6 +37,8 @@ pub enum ListenerKind {
     ReadWrite,
     /// Connections go to a replica (round-robin), or to the leader when there is none.
     ReadOnly,
+    /// Transactions are routed one by one: reads to a replica, the rest to the leader.
+    Auto,
 }
 
 impl ListenerKind {
@@ -35,6 +47,7 @@ impl ListenerKind {
         match self {
             ListenerKind::ReadWrite => "read_write",
             ListenerKind::ReadOnly => "read_only",
+            ListenerKind::Auto => "auto",
         }
     }
 }
@@ -73,6 +86,15 @@ pub(crate) struct Metrics {
     pub seconds_since_last_dcs_event: Gauge,
     pub leader_changes_total: IntCounter,
     pub waiting_clients: IntGaugeVec,
+    pub client_connections: IntGaugeVec,
+    pub transactions_total: IntCounterVec,
+    pub transaction_seconds: HistogramVec,
+    pub pinned_total: IntCounterVec,
+    pub client_errors_total: IntCounterVec,
+    pub fencing_acks_total: IntCounter,
+    pub serving: IntGauge,
+    pub pool_idle: IntGauge,
+    pub reloads_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -81,16 +103,70 @@ impl Metrics {
         let connections = IntGaugeVec::new(
             Opts::new(
                 "praetor_proxy_connections",
-                "Client connections currently relayed to a backend.",
+                "Server connections currently open, by client listener.",
             ),
-            &["listener", "backend"],
+            &["listener", "backend", "role"],
         )?;
         let connections_total = IntCounterVec::new(
             Opts::new(
                 "praetor_proxy_connections_total",
-                "Client connections given a backend since start.",
+                "Server connections opened since start.",
             ),
-            &["listener", "backend"],
+            &["listener", "backend", "role"],
+        )?;
+        let client_connections = IntGaugeVec::new(
+            Opts::new(
+                "praetor_proxy_client_connections",
+                "Client connections currently open.",
+            ),
+            &["listener"],
+        )?;
+        let transactions_total = IntCounterVec::new(
+            Opts::new(
+                "praetor_proxy_transactions_total",
+                "Transactions (or autocommit statements) routed on the auto port, by target.",
+            ),
+            &["target"],
+        )?;
+        let transaction_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "praetor_proxy_transaction_duration_seconds",
+                "Auto-port transactions from the first message to the ReadyForQuery that ends them.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["target"],
+        )?;
+        let pinned_total = IntCounterVec::new(
+            Opts::new(
+                "praetor_proxy_pinned_sessions_total",
+                "Auto-port sessions pinned to the leader because they hold session state.",
+            ),
+            &["reason"],
+        )?;
+        let client_errors_total = IntCounterVec::new(
+            Opts::new(
+                "praetor_proxy_client_errors_total",
+                "Client connections closed for an error (protocol, TLS, size limit, authentication, lost server).",
+            ),
+            &["listener", "reason"],
+        )?;
+        let fencing_acks_total = IntCounter::new(
+            "praetor_proxy_fencing_acks_total",
+            "Routes written to the DCS after fencing (praetor/proxies/<id>).",
+        )?;
+        let serving = IntGauge::new(
+            "praetor_proxy_serving",
+            "1 while the proxy serves, 0 while it stopped for lack of DCS contact.",
+        )?;
+        let pool_idle = IntGauge::new(
+            "praetor_proxy_pool_idle_connections",
+            "Idle server connections in the auto port's pool.",
+        )?;
+        let reloads_total = IntCounterVec::new(
+            Opts::new("praetor_proxy_reloads_total", "Configuration reloads."),
+            &["result"],
         )?;
         let bytes_total = IntCounterVec::new(
             Opts::new("praetor_proxy_bytes_total", "Bytes relayed."),
@@ -130,8 +206,29 @@ impl Metrics {
         registry.register(Box::new(fenced_connections_total.clone()))?;
         registry.register(Box::new(seconds_since_last_dcs_event.clone()))?;
         registry.register(Box::new(leader_changes_total.clone()))?;
+        registry.register(Box::new(client_connections.clone()))?;
+        registry.register(Box::new(transactions_total.clone()))?;
+        registry.register(Box::new(transaction_seconds.clone()))?;
+        registry.register(Box::new(pinned_total.clone()))?;
+        registry.register(Box::new(client_errors_total.clone()))?;
+        registry.register(Box::new(fencing_acks_total.clone()))?;
+        registry.register(Box::new(serving.clone()))?;
+        registry.register(Box::new(pool_idle.clone()))?;
+        registry.register(Box::new(reloads_total.clone()))?;
+        serving.set(1);
+        for t in ["leader", "replica"] {
+            transactions_total.with_label_values(&[t]);
+        }
+        for r in ["ok", "error"] {
+            reloads_total.with_label_values(&[r]);
+        }
         // Label sets known in advance exist from the start (a zero is more useful than no series).
-        for l in [ListenerKind::ReadWrite, ListenerKind::ReadOnly] {
+        for l in [
+            ListenerKind::ReadWrite,
+            ListenerKind::ReadOnly,
+            ListenerKind::Auto,
+        ] {
+            client_connections.with_label_values(&[l.as_str()]);
             waiting_clients.with_label_values(&[l.as_str()]);
             for d in ["client_to_server", "server_to_client"] {
                 bytes_total.with_label_values(&[l.as_str(), d]);
@@ -154,7 +251,24 @@ impl Metrics {
             seconds_since_last_dcs_event,
             leader_changes_total,
             waiting_clients,
+            client_connections,
+            transactions_total,
+            transaction_seconds,
+            pinned_total,
+            client_errors_total,
+            fencing_acks_total,
+            serving,
+            pool_idle,
+            reloads_total,
         })
+    }
+
+    /// Counts a client closed for `reason` (`protocol`, `tls`, `message_too_large`, `auth`,
+    /// `server_lost`, `tls_required`).
+    pub fn client_error(&self, listener: ListenerKind, reason: &str) {
+        self.client_errors_total
+            .with_label_values(&[listener.as_str(), reason])
+            .inc();
     }
 
     /// The two byte counters of a connection on `listener`: (client→server, server→client).
@@ -173,14 +287,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a connection given `backend`; the returned gauge is decremented by the caller's guard.
-    pub fn connection_opened(&self, listener: ListenerKind, backend: &str) -> IntGauge {
+    /// Counts a server connection to `backend` in `role`; the returned gauge is decremented by the
+    /// caller's guard.
+    pub fn connection_opened(&self, listener: ListenerKind, backend: &str, role: &str) -> IntGauge {
         self.connections_total
-            .with_label_values(&[listener.as_str(), backend])
+            .with_label_values(&[listener.as_str(), backend, role])
             .inc();
         let gauge = self
             .connections
-            .with_label_values(&[listener.as_str(), backend]);
+            .with_label_values(&[listener.as_str(), backend, role]);
         gauge.inc();
         gauge
     }

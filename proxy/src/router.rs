@@ -8,7 +8,12 @@
 //!
 //! A [`Fence`] is an atomic flag and a waker, one per connection: the relay checks it on every wakeup
 //! with one atomic load (a `CancellationToken` would take two mutexes shared by every connection to the
-//! backend, on every poll).
+//! backend, on every poll). Each fence also records when its connection is gone (its [`Route`]
+//! dropped, after the socket), so the fencing handshake can wait until every connection to a former
+//! leader is really closed before it tells the DCS ([`Closing::wait`]).
+//!
+//! While the proxy has lost the DCS for too long ([`Router::suspend`]) every connection is fenced and
+//! no new one is routed.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -17,9 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::metrics::ListenerKind;
+use crate::settings::LagPolicy;
 use crate::topology::{Backend, Topology};
 
 /// The role the chosen backend plays, for messages.
@@ -40,8 +46,10 @@ impl BackendRole {
 
 /// The shared half of a connection's fence: set once, never cleared.
 #[derive(Default)]
-struct FenceSignal {
+pub(crate) struct FenceSignal {
     fenced: AtomicBool,
+    /// The connection is gone (its route dropped).
+    closed: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
@@ -115,12 +123,89 @@ pub(crate) struct Route {
 }
 
 /// What applying a topology did.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub(crate) struct Applied {
     /// The routable leader changed (not counted for the first topology).
     pub leader_changed: bool,
     /// The former leader whose connections were closed, and how many were open.
     pub fenced: Option<(Backend, usize)>,
+    /// The fenced connections, to wait until they are closed.
+    pub closing: Closing,
+}
+
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied")
+            .field("leader_changed", &self.leader_changed)
+            .field("fenced", &self.fenced)
+            .finish()
+    }
+}
+
+impl PartialEq for Applied {
+    fn eq(&self, other: &Applied) -> bool {
+        self.leader_changed == other.leader_changed && self.fenced == other.fenced
+    }
+}
+
+/// Fenced connections that may still be closing.
+#[derive(Default)]
+pub(crate) struct Closing {
+    signals: Vec<Arc<FenceSignal>>,
+    notify: Option<Arc<Notify>>,
+}
+
+impl Closing {
+    /// Waits until every fenced connection is closed, at most `timeout`; true when they all are.
+    pub async fn wait(self, timeout: Duration) -> bool {
+        let Some(notify) = self.notify else {
+            return true;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = notify.notified();
+            if self
+                .signals
+                .iter()
+                .all(|s| s.closed.load(Ordering::Acquire))
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self
+                    .signals
+                    .iter()
+                    .all(|s| s.closed.load(Ordering::Acquire));
+            }
+        }
+    }
+
+    /// How many connections are still open.
+    #[cfg(test)]
+    pub fn open(&self) -> usize {
+        self.signals
+            .iter()
+            .filter(|s| !s.closed.load(Ordering::Acquire))
+            .count()
+    }
+}
+
+/// What a client wants a backend for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// The leader (writes).
+    Leader,
+    /// A fresh replica, round-robin; the leader when none is fresh and the policy allows.
+    Read,
+}
+
+/// Why no backend was routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NoRoute {
+    /// None is routable now (no leader, no fresh replica).
+    NoBackend,
+    /// The proxy stopped serving (lost the DCS); the reason.
+    Suspended(String),
 }
 
 struct State {
@@ -130,6 +215,10 @@ struct State {
     fences: HashMap<Backend, HashMap<u64, Arc<FenceSignal>>>,
     /// Set by [`Router::fence_all`]: every later route is fenced at once.
     shut_down: bool,
+    /// Set by [`Router::suspend`]: nothing is routed.
+    suspended: Option<String>,
+    /// Which replicas get reads.
+    policy: LagPolicy,
 }
 
 pub(crate) struct Router {
@@ -138,6 +227,15 @@ pub(crate) struct Router {
     version: watch::Sender<u64>,
     round_robin: AtomicUsize,
     next_connection: AtomicU64,
+    /// Woken whenever a connection's route is dropped.
+    closed: Arc<Notify>,
+}
+
+fn want_of(listener: ListenerKind) -> Want {
+    match listener {
+        ListenerKind::ReadWrite | ListenerKind::Auto => Want::Leader,
+        ListenerKind::ReadOnly => Want::Read,
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -150,18 +248,24 @@ struct Lease {
     state: Arc<Mutex<State>>,
     backend: Backend,
     connection: u64,
+    signal: Arc<FenceSignal>,
+    closed: Arc<Notify>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut st = lock(&self.state);
-        if let Some(open) = st.fences.get_mut(&self.backend) {
-            // After a fence the entry is gone or new: removing an absent id is a no-op.
-            open.remove(&self.connection);
-            if open.is_empty() {
-                st.fences.remove(&self.backend);
+        {
+            let mut st = lock(&self.state);
+            if let Some(open) = st.fences.get_mut(&self.backend) {
+                // After a fence the entry is gone or new: removing an absent id is a no-op.
+                open.remove(&self.connection);
+                if open.is_empty() {
+                    st.fences.remove(&self.backend);
+                }
             }
         }
+        self.signal.closed.store(true, Ordering::Release);
+        self.closed.notify_waiters();
     }
 }
 
@@ -173,11 +277,23 @@ impl Router {
                 initialized: false,
                 fences: HashMap::new(),
                 shut_down: false,
+                suspended: None,
+                policy: LagPolicy {
+                    reads_on_leader: true,
+                    ..LagPolicy::default()
+                },
             })),
             version: watch::channel(0).0,
             round_robin: AtomicUsize::new(0),
             next_connection: AtomicU64::new(0),
+            closed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Sets which replicas get reads (reload).
+    pub fn set_policy(&self, policy: LagPolicy) {
+        lock(&self.state).policy = policy;
+        self.version.send_modify(|v| *v += 1);
     }
 
     /// Fences every connection, now and later (shutdown).
@@ -190,6 +306,42 @@ impl Router {
             open.values().for_each(|s| s.fence());
         }
         closed
+    }
+
+    /// Stops serving: fences every connection and routes nothing until [`Router::resume`]. Returns
+    /// the connections fenced (to wait for) and whether this call suspended (false: already was).
+    pub fn suspend(&self, reason: &str) -> (Closing, bool) {
+        let mut st = lock(&self.state);
+        let first = st.suspended.is_none();
+        st.suspended = Some(reason.to_string());
+        let mut signals = Vec::new();
+        for (_, open) in st.fences.drain() {
+            for s in open.into_values() {
+                s.fence();
+                signals.push(s);
+            }
+        }
+        (
+            Closing {
+                signals,
+                notify: Some(self.closed.clone()),
+            },
+            first,
+        )
+    }
+
+    /// Serves again after [`Router::suspend`]; true when it was suspended.
+    pub fn resume(&self) -> bool {
+        let was = lock(&self.state).suspended.take().is_some();
+        if was {
+            self.version.send_modify(|v| *v += 1);
+        }
+        was
+    }
+
+    /// True while suspended.
+    pub fn is_suspended(&self) -> bool {
+        lock(&self.state).suspended.is_some()
     }
 
     /// The topology in force.
@@ -210,6 +362,10 @@ impl Router {
                     if let Some(open) = st.fences.remove(former) {
                         open.values().for_each(|s| s.fence());
                         applied.fenced = Some((former.clone(), open.len()));
+                        applied.closing = Closing {
+                            signals: open.into_values().collect(),
+                            notify: Some(self.closed.clone()),
+                        };
                     }
                 }
             }
@@ -221,15 +377,36 @@ impl Router {
 
     /// A backend for a new client on `listener` now, if there is one.
     pub fn try_route(&self, listener: ListenerKind) -> Option<Route> {
+        self.try_route_want(want_of(listener)).ok()
+    }
+
+    /// A backend for `want` now.
+    pub fn try_route_want(&self, want: Want) -> Result<Route, NoRoute> {
         let mut st = lock(&self.state);
+        if let Some(reason) = &st.suspended {
+            return Err(NoRoute::Suspended(reason.clone()));
+        }
         let topology = &st.topology;
-        let (backend, role) = match listener {
-            ListenerKind::ReadWrite => (topology.leader.clone()?, BackendRole::Leader),
-            ListenerKind::ReadOnly if !topology.replicas.is_empty() => {
-                let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % topology.replicas.len();
-                (topology.replicas[i].clone(), BackendRole::Replica)
+        let (backend, role) = match want {
+            Want::Leader => (
+                topology.leader.clone().ok_or(NoRoute::NoBackend)?,
+                BackendRole::Leader,
+            ),
+            Want::Read => {
+                let fresh: Vec<&Backend> = topology.fresh_replicas(&st.policy).collect();
+                if fresh.is_empty() {
+                    if !st.policy.reads_on_leader {
+                        return Err(NoRoute::NoBackend);
+                    }
+                    (
+                        topology.leader.clone().ok_or(NoRoute::NoBackend)?,
+                        BackendRole::Leader,
+                    )
+                } else {
+                    let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % fresh.len();
+                    (fresh[i].clone(), BackendRole::Replica)
+                }
             }
-            ListenerKind::ReadOnly => (topology.leader.clone()?, BackendRole::Leader),
         };
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let (fence, signal) = Fence::new();
@@ -239,9 +416,9 @@ impl Router {
             st.fences
                 .entry(backend.clone())
                 .or_default()
-                .insert(connection, signal);
+                .insert(connection, signal.clone());
         }
-        Some(Route {
+        Ok(Route {
             backend: backend.clone(),
             role,
             fence,
@@ -249,25 +426,82 @@ impl Router {
                 state: self.state.clone(),
                 backend,
                 connection,
+                signal,
+                closed: self.closed.clone(),
             },
         })
+    }
+
+    /// True when `backend` is still a backend `want` may use: the leader for [`Want::Leader`], a
+    /// fresh replica (or the leader, when reads fall back to it) for [`Want::Read`].
+    pub fn is_routable(&self, backend: &Backend, want: Want) -> bool {
+        let st = lock(&self.state);
+        if st.suspended.is_some() {
+            return false;
+        }
+        let t = &st.topology;
+        let is_leader = t.leader.as_ref() == Some(backend);
+        match want {
+            Want::Leader => is_leader,
+            Want::Read => {
+                let mut fresh = t.fresh_replicas(&st.policy);
+                if fresh.any(|r| r == backend) {
+                    return true;
+                }
+                is_leader
+                    && st.policy.reads_on_leader
+                    && t.fresh_replicas(&st.policy).next().is_none()
+            }
+        }
     }
 
     /// A backend for a new client on `listener`, waiting up to `wait` for one to appear (a switchover
     /// leaves no routable leader for a moment: waiting beats failing). `None` when none appeared.
     pub async fn route(&self, listener: ListenerKind, wait: Duration) -> Option<Route> {
+        self.route_want(want_of(listener), wait).await.ok()
+    }
+
+    /// A backend for `want`, waiting up to `wait` for one to appear.
+    pub async fn route_want(&self, want: Want, wait: Duration) -> Result<Route, NoRoute> {
         // Subscribed before the first try, so a topology applied in between wakes the wait below.
         let mut changes = self.version.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(route) = self.try_route(listener) {
-                return Some(route);
-            }
+            let last = match self.try_route_want(want) {
+                Ok(route) => return Ok(route),
+                Err(e) => e,
+            };
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => return None,
+                Ok(Err(_)) | Err(_) => return Err(last),
             }
         }
+    }
+
+    /// Waits until the next topology is applied (or `wait` passes); false on timeout.
+    pub async fn changed(&self, wait: Duration) -> bool {
+        let mut changes = self.version.subscribe();
+        matches!(
+            tokio::time::timeout(wait, changes.changed()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Open connections per backend, as `(backend, count)` (admin console).
+    pub fn open_connections(&self) -> Vec<(Backend, usize)> {
+        let st = lock(&self.state);
+        let mut v: Vec<(Backend, usize)> = st
+            .fences
+            .iter()
+            .map(|(b, m)| (b.clone(), m.len()))
+            .collect();
+        v.sort_by(|a, b| a.0.member.cmp(&b.0.member));
+        v
+    }
+
+    /// The lag policy in force.
+    pub fn policy(&self) -> LagPolicy {
+        lock(&self.state).policy
     }
 
     /// Open connections per backend (for tests and logs).
@@ -422,6 +656,98 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         router.apply(topo(Some(&a), &[]));
         assert_eq!(waiting.await.unwrap(), Some(a));
+    }
+
+    #[tokio::test]
+    async fn reads_skip_stale_replicas_and_fall_back_to_the_leader_only_if_allowed() {
+        let (a, b, c) = (backend("a", 1), backend("b", 2), backend("c", 3));
+        let router = Router::new();
+        let mut t = Topology::new(Some(a.clone()), vec![b.clone(), c.clone()]);
+        t.lag.insert(
+            "b".into(),
+            crate::topology::ReplicaLag {
+                bytes: Some(10_000_000),
+                seconds: None,
+            },
+        );
+        router.apply(Arc::new(t));
+        router.set_policy(LagPolicy {
+            max_bytes: Some(1_000_000),
+            max_seconds: None,
+            reads_on_leader: true,
+        });
+        for _ in 0..4 {
+            let r = router.try_route_want(Want::Read).unwrap();
+            assert_eq!(r.backend, c, "b is too far behind");
+        }
+        assert!(router.is_routable(&c, Want::Read));
+        assert!(!router.is_routable(&b, Want::Read));
+        assert!(
+            !router.is_routable(&a, Want::Read),
+            "a fresh replica exists"
+        );
+        assert!(router.is_routable(&a, Want::Leader));
+        // c goes away: reads go to the leader, or nowhere.
+        let mut t = Topology::new(Some(a.clone()), vec![b.clone()]);
+        t.lag.insert(
+            "b".into(),
+            crate::topology::ReplicaLag {
+                bytes: Some(10_000_000),
+                seconds: None,
+            },
+        );
+        router.apply(Arc::new(t));
+        assert_eq!(router.try_route_want(Want::Read).unwrap().backend, a);
+        assert!(router.is_routable(&a, Want::Read));
+        router.set_policy(LagPolicy {
+            max_bytes: Some(1_000_000),
+            max_seconds: None,
+            reads_on_leader: false,
+        });
+        assert_eq!(
+            router.try_route_want(Want::Read).err(),
+            Some(NoRoute::NoBackend)
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_resolves_once_every_fenced_route_is_dropped() {
+        let (a, b) = (backend("a", 1), backend("b", 2));
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[]));
+        let r1 = router.try_route_want(Want::Leader).unwrap();
+        let r2 = router.try_route_want(Want::Leader).unwrap();
+        let applied = router.apply(topo(Some(&b), &[]));
+        assert_eq!(applied.closing.open(), 2);
+        let waiter = tokio::spawn(applied.closing.wait(Duration::from_secs(30)));
+        drop(r1);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(r2);
+        assert!(waiter.await.unwrap());
+        assert!(Closing::default().wait(Duration::ZERO).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspended_router_fences_everything_and_routes_nothing_until_resumed() {
+        let a = backend("a", 1);
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[]));
+        let r = router.try_route_want(Want::Leader).unwrap();
+        let (closing, first) = router.suspend("no DCS contact for 6 s");
+        assert!(first && r.fence.is_fenced());
+        assert!(!router.suspend("again").1);
+        assert!(matches!(
+            router
+                .route_want(Want::Leader, Duration::from_secs(1))
+                .await,
+            Err(NoRoute::Suspended(_))
+        ));
+        drop(r);
+        assert!(closing.wait(Duration::from_secs(1)).await);
+        assert!(router.resume());
+        assert!(!router.resume());
+        assert!(router.try_route_want(Want::Leader).is_ok());
     }
 
     #[tokio::test]

@@ -1,10 +1,29 @@
 //! [`Proxy`]: binds the listeners, then serves until shutdown.
 //!
-//! `serve` runs, all tracked by one [`TaskTracker`]: a task applying each topology from the feed to the
-//! router (and fencing), one accept loop per listening socket spawning a task per client, and the
-//! metrics HTTP server. Shutdown: stop accepting, close every client connection (clients still in the
-//! startup phase watch the shutdown token, relayed ones are fenced), then wait for the tasks, at most
-//! [`SHUTDOWN_GRACE`].
+//! `serve` runs, all tracked by one [`TaskTracker`]: the topology task (applies each topology from the
+//! feed to the router, fences, and, with a DCS, runs the fencing handshake and the DCS-contact
+//! check), one accept loop per listening socket spawning a task per client, the admin console and
+//! the metrics HTTP server.
+//!
+//! Shutdown drains: stop accepting, let clients finish for up to `shutdown_timeout` (auto-port
+//! sessions close at their next idle point, read-write and read-only sessions when their clients
+//! leave), then close every connection and wait for the tasks, at most [`SHUTDOWN_GRACE`].
+//!
+//! ## The fencing handshake (proxy side)
+//!
+//! With a DCS ([`Proxy::with_dcs`]) the proxy owns `praetor/proxies/<id>` on its own lease, whose TTL
+//! is the cluster's `ttl`. When the leader it routes writes to changes from A to B (B may be none):
+//! 1. it stops routing to A and fences every connection to A (both ports, and pooled ones);
+//! 2. it waits until those connections are closed (sockets dropped);
+//! 3. it writes `{"leader": "B"}` (or `null`) to its key;
+//! 4. only then does it route writes to B.
+//!
+//! It rewrites the key every `ttl / 3` (refreshing its lease). If no write has succeeded for
+//! `ttl - margin` since it started, it stops serving: every connection is fenced and new clients are
+//! refused until a write succeeds again. Its lease cannot expire before that moment, so an agent
+//! that sees no key naming A (`Cluster::proxies_fenced_from`) knows no statement from this proxy can
+//! reach A any more. Limit: a proxy partitioned from the DCS keeps serving its current routes for up
+//! to `ttl - margin`; agents must wait up to `ttl` for its key to expire before treating it as gone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,20 +34,19 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use praetor_config::Address;
+use praetor_dcs::{Dcs, ProxyState};
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::cancel::CancelRegistry;
-use crate::conn::{handle_client, Shared};
+use crate::conn::{handle_client, ReloadFn, Runtime, Shared};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics};
-use crate::router::Router;
 use crate::settings::ProxySettings;
-use crate::topology::Topology;
+use crate::topology::{Backend, Topology};
 
 /// How long shutdown waits for connection tasks to finish after closing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -36,13 +54,35 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long an accept loop pauses after an accept error (out of file descriptors) before retrying.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long the handshake waits for fenced connections to close before it acknowledges anyway
+/// (their tasks were told to stop; a task that does not is stuck writing to a client, not to the
+/// server).
+const FENCE_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The TTL assumed until the cluster's configuration is read.
+const DEFAULT_TTL_SECS: u32 = 30;
+
 /// A bound proxy, ready to [`serve`](Proxy::serve).
 pub struct Proxy {
     read_write: Vec<TcpListener>,
     read_only: Vec<TcpListener>,
+    auto: Vec<TcpListener>,
+    admin: Vec<TcpListener>,
     metrics_listener: Option<TcpListener>,
-    settings: ProxySettings,
-    metrics: Metrics,
+    shared: Arc<Shared>,
+    dcs: Option<(Arc<dyn Dcs>, String)>,
+}
+
+/// Re-reads the configuration of a running proxy (SIGHUP; the admin console's `RELOAD`).
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl Reloader {
+    /// Reloads through the hook given to [`Proxy::with_reload`]; returns notes for the operator
+    /// (settings that need a restart). Open connections are not touched.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        self.0.reload()
+    }
 }
 
 /// Binds `address` (each host of a comma-separated list; `*` is every IPv4 interface; names resolve to
@@ -85,29 +125,61 @@ fn first_addr(listeners: &[TcpListener]) -> Option<SocketAddr> {
     listeners.first().and_then(|l| l.local_addr().ok())
 }
 
+async fn bind_opt(
+    name: &'static str,
+    address: &Option<Address>,
+) -> Result<Vec<TcpListener>, ProxyError> {
+    match address {
+        Some(a) => bind_all(name, a).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 impl Proxy {
-    /// Binds every configured listener (port 0 picks a free port; see [`Proxy::rw_addr`]) and
-    /// creates the metrics registry. Errors: [`ProxyError::Bind`] naming the listener.
+    /// Binds every configured listener (port 0 picks a free port; see [`Proxy::rw_addr`]), loads
+    /// the TLS certificate and creates the metrics registry. Errors: [`ProxyError::Bind`] naming the
+    /// listener, [`ProxyError::Config`] for an unusable certificate.
     pub async fn bind(settings: ProxySettings) -> Result<Proxy, ProxyError> {
-        let read_write = match &settings.read_write {
-            Some(a) => bind_all("read_write", a).await?,
-            None => Vec::new(),
-        };
-        let read_only = match &settings.read_only {
-            Some(a) => bind_all("read_only", a).await?,
-            None => Vec::new(),
-        };
-        let metrics_listener = match &settings.metrics {
-            Some(a) => bind_all("metrics", a).await?.into_iter().next(),
-            None => None,
-        };
+        let runtime = Runtime::from_settings(&settings)?;
+        let read_write = bind_opt("read_write", &settings.read_write).await?;
+        let read_only = bind_opt("read_only", &settings.read_only).await?;
+        let auto = bind_opt("auto", &settings.auto).await?;
+        let admin = bind_opt("admin", &settings.admin).await?;
+        let metrics_listener = bind_opt("metrics", &settings.metrics)
+            .await?
+            .into_iter()
+            .next();
+        let metrics = Metrics::new()?;
         Ok(Proxy {
             read_write,
             read_only,
+            auto,
+            admin,
             metrics_listener,
-            settings,
-            metrics: Metrics::new()?,
+            shared: Arc::new(Shared::new(metrics, runtime, settings, None)),
+            dcs: None,
         })
+    }
+
+    /// Runs the fencing handshake and the DCS-contact check against `dcs` as proxy `id` (see the
+    /// module documentation). Without it the proxy follows its feed only (tests, benchmarks).
+    pub fn with_dcs(mut self, dcs: Arc<dyn Dcs>, id: impl Into<String>) -> Proxy {
+        self.dcs = Some((dcs, id.into()));
+        self
+    }
+
+    /// Makes `reload` the way to re-read the configuration (SIGHUP, `RELOAD`).
+    pub fn with_reload(mut self, reload: ReloadFn) -> Proxy {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.reload = Some(reload),
+            None => warn!("with_reload called after a reloader was handed out; ignored"),
+        }
+        self
+    }
+
+    /// A handle to reload this proxy's configuration while it serves.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
     }
 
     /// The read-write listener's address (the first, when the host lists several).
@@ -120,6 +192,16 @@ impl Proxy {
         first_addr(&self.read_only)
     }
 
+    /// The auto listener's address.
+    pub fn auto_addr(&self) -> Option<SocketAddr> {
+        first_addr(&self.auto)
+    }
+
+    /// The admin console's address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        first_addr(&self.admin)
+    }
+
     /// The metrics listener's address.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
@@ -129,60 +211,45 @@ impl Proxy {
 
     /// The registry holding the proxy's metrics (served at `GET /metrics`).
     pub fn registry(&self) -> &Registry {
-        &self.metrics.registry
+        &self.shared.metrics.registry
     }
 
     /// Serves clients, routing by the topologies `feed` publishes, until `shutdown` is cancelled; then
-    /// stops accepting, closes every client connection and waits (at most [`SHUTDOWN_GRACE`]) for
-    /// their tasks.
+    /// drains (see the module documentation) and returns.
     ///
-    /// The topology in `feed` when called is in force at once. When the feed's sender goes away, the
-    /// last topology stays in force.
+    /// The topology in `feed` when called is in force at once (after the handshake, with a DCS).
+    /// When the feed's sender goes away, the last topology stays in force.
     pub async fn serve(
         self,
-        mut feed: watch::Receiver<Arc<Topology>>,
+        feed: watch::Receiver<Arc<Topology>>,
         shutdown: CancellationToken,
     ) -> Result<(), ProxyError> {
-        let shared = Arc::new(Shared {
-            router: Router::new(),
-            cancels: CancelRegistry::default(),
-            metrics: self.metrics,
-            connect_timeout: self.settings.connect_timeout,
-            startup_timeout: self.settings.startup_timeout,
-        });
-        apply_topology(&shared, feed.borrow_and_update().clone());
+        let shared = self.shared;
         let tracker = TaskTracker::new();
+        // Connections are closed by `stop`, after the drain; the listeners by `shutdown`.
+        let stop = CancellationToken::new();
 
-        tracker.spawn({
-            let shared = shared.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        r = feed.changed() => if r.is_err() {
-                            warn!("the topology feed ended; keeping the last topology");
-                            return;
-                        },
-                    }
-                    let topology = feed.borrow_and_update().clone();
-                    apply_topology(&shared, topology);
-                }
-            }
-        });
+        tracker.spawn(topology_task(
+            shared.clone(),
+            feed,
+            self.dcs.clone(),
+            stop.clone(),
+        ));
 
         let listeners = self
             .read_write
             .into_iter()
-            .map(|l| (ListenerKind::ReadWrite, l))
+            .map(|l| (Some(ListenerKind::ReadWrite), l))
             .chain(
                 self.read_only
                     .into_iter()
-                    .map(|l| (ListenerKind::ReadOnly, l)),
-            );
+                    .map(|l| (Some(ListenerKind::ReadOnly), l)),
+            )
+            .chain(self.auto.into_iter().map(|l| (Some(ListenerKind::Auto), l)))
+            .chain(self.admin.into_iter().map(|l| (None, l)));
         for (kind, listener) in listeners {
             if let Ok(addr) = listener.local_addr() {
-                info!(listener = kind.as_str(), %addr, "accepting clients");
+                info!(listener = kind.map_or("admin", |k| k.as_str()), %addr, "accepting clients");
             }
             tracker.spawn(accept_loop(
                 listener,
@@ -190,6 +257,7 @@ impl Proxy {
                 shared.clone(),
                 tracker.clone(),
                 shutdown.clone(),
+                stop.clone(),
             ));
         }
 
@@ -200,7 +268,7 @@ impl Proxy {
             let app = axum::Router::new()
                 .route("/metrics", get(metrics_handler))
                 .with_state(shared.clone());
-            let stop = shutdown.clone();
+            let stop = stop.clone();
             tracker.spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -212,8 +280,25 @@ impl Proxy {
         }
 
         shutdown.cancelled().await;
+        // Drain: no new clients (accept loops stop on `shutdown`); auto sessions leave at their next
+        // idle point; others until they finish or the timeout.
+        shared.draining.cancel();
+        let timeout = shared.runtime().shutdown_timeout;
+        let clients = shared.clients.len();
+        if clients > 0 {
+            info!(clients, timeout = ?timeout, "shutting down: waiting for clients to finish");
+            let deadline = tokio::time::Instant::now() + timeout;
+            while shared.clients.len() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let closed = shared.router.fence_all();
-        info!(closed, "shutting down: closed client connections");
+        shared.pool.clear();
+        stop.cancel();
+        info!(
+            closed,
+            "shutting down: closed the remaining client connections"
+        );
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await
@@ -224,12 +309,19 @@ impl Proxy {
                 "tasks still running after the shutdown grace period"
             );
         }
+        if let Some((dcs, id)) = &self.dcs {
+            // Revoking the lease removes our key at once: agents need not wait for it.
+            if let Err(e) = dcs.close().await {
+                debug!(%id, error = %e, "cannot revoke the proxy's DCS lease; it will expire");
+            }
+        }
         Ok(())
     }
 }
 
-/// Applies a topology from the feed: counts leader changes, logs and counts fencing.
-fn apply_topology(shared: &Shared, topology: Arc<Topology>) {
+/// Applies a topology: counts leader changes, logs and counts fencing, drops fenced pooled
+/// connections. Returns the fenced connections still closing.
+fn apply_topology(shared: &Shared, topology: Arc<Topology>) -> crate::router::Closing {
     let applied = shared.router.apply(topology.clone());
     if applied.leader_changed {
         shared.metrics.leader_changes_total.inc();
@@ -238,21 +330,226 @@ fn apply_topology(shared: &Shared, topology: Arc<Topology>) {
             None => warn!("no routable leader; read-write clients wait up to connect_timeout"),
         }
     }
-    if let Some((former, closed)) = applied.fenced {
+    if let Some((former, closed)) = &applied.fenced {
         shared
             .metrics
             .fenced_connections_total
-            .inc_by(closed as u64);
+            .inc_by(*closed as u64);
         warn!(former = %former, closed, "fenced the former leader: closed its connections");
+    }
+    let pooled = shared.pool.purge_fenced();
+    if pooled > 0 {
+        debug!(pooled, "closed fenced pooled connections");
+    }
+    applied.closing
+}
+
+/// What the handshake has acknowledged in the DCS.
+struct Handshake {
+    dcs: Arc<dyn Dcs>,
+    id: String,
+    /// The leader route last written (`Some(None)`: none); `None`: nothing written yet, or must be
+    /// written again.
+    acked: Option<Option<Backend>>,
+    /// When the last successful write started.
+    last_ok: Option<Instant>,
+    /// When the proxy started (the DCS-contact check counts from here before the first write).
+    started: Instant,
+    ttl_secs: u32,
+    ttl_set: bool,
+}
+
+impl Handshake {
+    fn deadline(&self) -> Duration {
+        let ttl = Duration::from_secs(self.ttl_secs.into());
+        let margin = (ttl / 5).max(Duration::from_secs(1)).min(ttl / 2);
+        ttl - margin
+    }
+
+    fn interval(&self) -> Duration {
+        (Duration::from_secs(self.ttl_secs.into()) / 3).max(Duration::from_millis(500))
+    }
+
+    /// Writes the route `leader`; records success.
+    async fn write(&mut self, leader: &Option<Backend>) -> bool {
+        let started = Instant::now();
+        let state = ProxyState {
+            leader: leader.as_ref().map(|b| b.member.clone()),
+            since: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs() as i64),
+        };
+        // Never past the moment the proxy must stop serving: that check must not wait on a write.
+        let limit = self
+            .suspend_at()
+            .saturating_duration_since(started)
+            .clamp(Duration::from_millis(100), self.interval());
+        let written = tokio::time::timeout(limit, self.dcs.set_proxy_state(&self.id, &state)).await;
+        match written {
+            Ok(Ok(())) => {
+                self.last_ok = Some(started);
+                true
+            }
+            Ok(Err(e)) => {
+                debug!(id = %self.id, error = %e, "cannot write the proxy's route to the DCS");
+                false
+            }
+            Err(_) => {
+                debug!(id = %self.id, "writing the proxy's route to the DCS timed out");
+                false
+            }
+        }
+    }
+
+    /// When the proxy must stop serving unless a write succeeds first.
+    fn suspend_at(&self) -> Instant {
+        self.last_ok.unwrap_or(self.started) + self.deadline()
+    }
+
+    /// True when the proxy has been without a successful write for too long.
+    fn out_of_contact(&self, now: Instant) -> bool {
+        now >= self.suspend_at()
+    }
+}
+
+/// Follows the feed; with a DCS, acknowledges each leader change after fencing, heartbeats, and
+/// stops serving when out of contact.
+async fn topology_task(
+    shared: Arc<Shared>,
+    mut feed: watch::Receiver<Arc<Topology>>,
+    dcs: Option<(Arc<dyn Dcs>, String)>,
+    stop: CancellationToken,
+) {
+    let Some((dcs, id)) = dcs else {
+        apply_topology(&shared, feed.borrow_and_update().clone());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = feed.changed() => if r.is_err() {
+                    warn!("the topology feed ended; keeping the last topology");
+                    return;
+                },
+            }
+            let topology = feed.borrow_and_update().clone();
+            apply_topology(&shared, topology);
+        }
+    };
+    let mut hs = Handshake {
+        dcs,
+        id,
+        acked: None,
+        last_ok: None,
+        started: Instant::now(),
+        ttl_secs: DEFAULT_TTL_SECS,
+        ttl_set: false,
+    };
+    // Nothing is routed until the first route is acknowledged.
+    apply_topology(
+        &shared,
+        Arc::new(Topology {
+            leader: None,
+            ..(**feed.borrow()).clone()
+        }),
+    );
+    let mut feed_open = true;
+    let mut next_heartbeat = tokio::time::Instant::now();
+    loop {
+        let topology = feed.borrow_and_update().clone();
+        if let Some(ttl) = topology.ttl_secs {
+            if ttl != hs.ttl_secs || !hs.ttl_set {
+                hs.ttl_secs = ttl.max(2);
+                hs.ttl_set = true;
+                if let Err(e) = hs.dcs.set_ttl(hs.ttl_secs).await {
+                    debug!(error = %e, "cannot change the proxy's lease TTL");
+                }
+                hs.acked = None; // rewrite on the new lease
+            }
+        }
+        let routed = shared.router.topology();
+        if hs.acked.as_ref() != Some(&topology.leader) {
+            // Steps 1 and 2: stop routing to the former leader and wait for its connections.
+            if routed.leader.is_some() && routed.leader != topology.leader {
+                let closing = apply_topology(
+                    &shared,
+                    Arc::new(Topology {
+                        leader: None,
+                        ..(*topology).clone()
+                    }),
+                );
+                if !closing.wait(FENCE_CLOSE_TIMEOUT).await {
+                    error!("fenced connections did not close within {FENCE_CLOSE_TIMEOUT:?}");
+                }
+            }
+            // Step 3: acknowledge.
+            if hs.write(&topology.leader).await {
+                shared.metrics.fencing_acks_total.inc();
+                info!(id = %hs.id, leader = ?topology.leader.as_ref().map(|b| b.member.as_str()), "acknowledged the route in the DCS");
+                hs.acked = Some(topology.leader.clone());
+                if shared.router.resume() {
+                    info!("DCS contact is back; serving again");
+                    shared.metrics.serving.set(1);
+                }
+                // Step 4.
+                apply_topology(&shared, topology.clone());
+            } else if routed.leader == topology.leader {
+                // Same route, failed rewrite (lease change): keep serving it.
+                apply_topology(&shared, topology.clone());
+            }
+            next_heartbeat = tokio::time::Instant::now() + hs.interval();
+        } else if *routed != *topology {
+            apply_topology(&shared, topology.clone());
+        }
+
+        if hs.out_of_contact(Instant::now()) && !shared.router.is_suspended() {
+            let (closing, _) = shared
+                .router
+                .suspend(&format!("no DCS contact for {:?}", hs.deadline()));
+            shared.pool.purge_fenced();
+            shared.metrics.serving.set(0);
+            error!(deadline = ?hs.deadline(), "lost contact with the DCS: stopped serving");
+            if !closing.wait(FENCE_CLOSE_TIMEOUT).await {
+                error!("connections did not close within {FENCE_CLOSE_TIMEOUT:?}");
+            }
+            hs.acked = None;
+        }
+
+        let retry = if hs.acked.is_none() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(3600)
+        };
+        let mut wake_at = next_heartbeat.min(tokio::time::Instant::now() + retry);
+        if !shared.router.is_suspended() {
+            wake_at = wake_at.min(tokio::time::Instant::from_std(hs.suspend_at()));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = feed.changed(), if feed_open => if r.is_err() {
+                warn!("the topology feed ended; keeping the last topology");
+                feed_open = false;
+            },
+            _ = tokio::time::sleep_until(wake_at) => {
+                if tokio::time::Instant::now() >= next_heartbeat {
+                    next_heartbeat = tokio::time::Instant::now() + hs.interval();
+                    if let Some(leader) = hs.acked.clone() {
+                        if !hs.write(&leader).await {
+                            warn!(id = %hs.id, "cannot refresh the proxy's route in the DCS");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    kind: ListenerKind,
+    kind: Option<ListenerKind>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -260,20 +557,31 @@ async fn accept_loop(
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((socket, peer)) => {
-                let span = info_span!(
-                    "client",
-                    listener = kind.as_str(),
-                    %peer,
-                    backend = tracing::field::Empty
-                );
-                tracker.spawn(
-                    handle_client(shared.clone(), kind, socket, shutdown.clone()).instrument(span),
-                );
-            }
+            Ok((socket, peer)) => match kind {
+                Some(kind) => {
+                    let span = info_span!(
+                        "client",
+                        listener = kind.as_str(),
+                        %peer,
+                        backend = tracing::field::Empty
+                    );
+                    tracker.spawn(
+                        handle_client(shared.clone(), kind, socket, peer, stop.clone())
+                            .instrument(span),
+                    );
+                }
+                None => {
+                    tracker.spawn(crate::admin::serve_admin(
+                        shared.clone(),
+                        socket,
+                        peer,
+                        stop.clone(),
+                    ));
+                }
+            },
             Err(e) => {
                 // Typically out of file descriptors: pause rather than spin.
-                warn!(listener = kind.as_str(), error = %e, "cannot accept a connection");
+                warn!(listener = kind.map_or("admin", |k| k.as_str()), error = %e, "cannot accept a connection");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}

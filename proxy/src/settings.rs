@@ -1,8 +1,11 @@
 //! The proxy's settings, resolved from `praetor.proxy` in the configuration file.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use praetor_config::{Address, ProxyConfig};
+use praetor_protocol::DEFAULT_MAX_MESSAGE_LEN;
 
 use crate::error::ProxyError;
 
@@ -12,6 +15,53 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u32 = 5;
 /// How long a client may take to send its startup packet (PostgreSQL's `authentication_timeout`
 /// default): a client that stalls longer is dropped.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default of `praetor.proxy.shutdown_timeout`: how long a shutdown lets clients finish.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the auto port sends a session's transactions (`praetor.target`, per-database `target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Everything to the leader.
+    Primary,
+    /// Everything to a replica (the leader when none is fresh and `reads_on_leader`).
+    Replica,
+    /// Per transaction: reads to a replica, the rest to the leader.
+    #[default]
+    Any,
+}
+
+impl Target {
+    /// `primary` (or `master`, `leader`, `read-write`), `replica` (`standby`, `read-only`), `any`.
+    pub fn parse(s: &str) -> Option<Target> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "primary" | "master" | "leader" | "read-write" | "read_write" => Some(Target::Primary),
+            "replica" | "standby" | "read-only" | "read_only" => Some(Target::Replica),
+            "any" | "auto" => Some(Target::Any),
+            _ => None,
+        }
+    }
+
+    /// `primary`, `replica`, `any`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Replica => "replica",
+            Target::Any => "any",
+        }
+    }
+}
+
+/// How fresh a replica must be to get reads (`max_replica_lag`, `max_replica_lag_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LagPolicy {
+    /// Bytes behind the leader's WAL position; `None`: no limit.
+    pub max_bytes: Option<u64>,
+    /// Seconds behind; `None`: no limit.
+    pub max_seconds: Option<f64>,
+    /// When no replica qualifies, reads go to the leader (`reads_on_leader`, default true).
+    pub reads_on_leader: bool,
+}
 
 /// What [`crate::Proxy::bind`] needs. Listener addresses are `host:port` as in the YAML file; `host` may
 /// be an IP address, a name, `*` (all IPv4 interfaces) or a comma-separated list of those; port 0 picks a
@@ -23,6 +73,10 @@ pub struct ProxySettings {
     /// `praetor.proxy.read_only.listen`: connections round-robin over running replicas, falling back
     /// to the leader when there is none.
     pub read_only: Option<Address>,
+    /// `praetor.proxy.auto.listen`: transactions routed one by one.
+    pub auto: Option<Address>,
+    /// `praetor.proxy.admin.listen`: the admin console.
+    pub admin: Option<Address>,
     /// `praetor.proxy.metrics.listen`: Prometheus metrics at `GET /metrics`.
     pub metrics: Option<Address>,
     /// `praetor.proxy.connect_timeout`: how long a client waits for a routable backend, and then how
@@ -30,30 +84,67 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// How long a client may take to send its startup packet (not in the YAML file; 60 s).
     pub startup_timeout: Duration,
+    /// `praetor.proxy.id`: the proxy's name in the DCS; `None`: `<hostname>-<first port>`.
+    pub id: Option<String>,
+    /// `praetor.proxy.tls`: certificate, key, and whether clients must use TLS.
+    pub tls: Option<(PathBuf, PathBuf, bool)>,
+    /// `praetor.proxy.backend_tls`: mode and CA file.
+    pub backend_tls: (Option<String>, Option<PathBuf>),
+    /// Which replicas get reads.
+    pub lag: LagPolicy,
+    /// `praetor.proxy.max_message_size` (auto port), bytes.
+    pub max_message_size: usize,
+    /// `praetor.proxy.shutdown_timeout`.
+    pub shutdown_timeout: Duration,
+    /// `praetor.proxy.read_only_functions`.
+    pub read_only_functions: Vec<String>,
+    /// `praetor.proxy.databases.<db>.target`.
+    pub database_targets: HashMap<String, Target>,
+    /// `praetor.proxy.pool_size`: idle server connections kept per server, user and database.
+    pub pool_size: usize,
+    /// `praetor.proxy.idle_release_ms`: idle time after which an auto-port client's server
+    /// connections return to the pool.
+    pub idle_release: Duration,
 }
 
 impl Default for ProxySettings {
-    /// No listeners, 5 s connect timeout, 60 s startup timeout.
+    /// No listeners, 5 s connect timeout, 60 s startup timeout, no TLS, no lag limit (reads fall back
+    /// to the leader), 1 GiB messages, 10 s shutdown, pool of 20, release after 1 s.
     fn default() -> ProxySettings {
         ProxySettings {
             read_write: None,
             read_only: None,
+            auto: None,
+            admin: None,
             metrics: None,
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS.into()),
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            id: None,
+            tls: None,
+            backend_tls: (None, None),
+            lag: LagPolicy {
+                reads_on_leader: true,
+                ..LagPolicy::default()
+            },
+            max_message_size: DEFAULT_MAX_MESSAGE_LEN,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            read_only_functions: Vec::new(),
+            database_targets: HashMap::new(),
+            pool_size: 20,
+            idle_release: Duration::from_millis(1000),
         }
     }
 }
 
 impl ProxySettings {
-    /// Resolves `praetor.proxy`. Errors: no `read_write` and no `read_only` listener, or a
-    /// `connect_timeout` of 0.
+    /// Resolves `praetor.proxy`. Errors: no client listener, a `connect_timeout` of 0, TLS without a
+    /// certificate or key, an unknown database target.
     pub fn from_config(c: &ProxyConfig) -> Result<ProxySettings, ProxyError> {
-        if c.read_write.is_none() && c.read_only.is_none() {
+        if c.read_write.is_none() && c.read_only.is_none() && c.auto.is_none() {
             return Err(ProxyError::Config {
                 key: "praetor.proxy.read_write",
                 reason:
-                    "give praetor.proxy.read_write.listen and/or praetor.proxy.read_only.listen"
+                    "give praetor.proxy.read_write.listen, praetor.proxy.read_only.listen and/or praetor.proxy.auto.listen"
                         .into(),
             });
         }
@@ -64,11 +155,65 @@ impl ProxySettings {
                 reason: "must be at least 1 (seconds)".into(),
             });
         }
+        let tls = match &c.tls {
+            None => None,
+            Some(t) => match (&t.certfile, &t.keyfile) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone(), t.required)),
+                _ => {
+                    return Err(ProxyError::Config {
+                        key: "praetor.proxy.tls",
+                        reason: "give both certfile and keyfile".into(),
+                    })
+                }
+            },
+        };
+        let mut database_targets = HashMap::new();
+        for (db, d) in &c.databases {
+            if let Some(t) = &d.target {
+                let target = Target::parse(t).ok_or_else(|| ProxyError::Config {
+                    key: "praetor.proxy.databases",
+                    reason: format!("{db}.target: {t:?} is not primary, replica or any"),
+                })?;
+                database_targets.insert(db.clone(), target);
+            }
+        }
+        let max_message_size = match c.max_message_size {
+            None => DEFAULT_MAX_MESSAGE_LEN,
+            Some(n) if n < 1024 => {
+                return Err(ProxyError::Config {
+                    key: "praetor.proxy.max_message_size",
+                    reason: "must be at least 1kB".into(),
+                })
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
         Ok(ProxySettings {
             read_write: c.read_write.as_ref().map(|l| l.listen.clone()),
             read_only: c.read_only.as_ref().map(|l| l.listen.clone()),
+            auto: c.auto.as_ref().map(|l| l.listen.clone()),
+            admin: c.admin.as_ref().map(|l| l.listen.clone()),
             metrics: c.metrics.as_ref().map(|l| l.listen.clone()),
             connect_timeout: Duration::from_secs(secs.into()),
+            id: c.id.clone(),
+            tls,
+            backend_tls: c
+                .backend_tls
+                .as_ref()
+                .map(|b| (b.mode.clone(), b.cafile.clone()))
+                .unwrap_or_default(),
+            lag: LagPolicy {
+                max_bytes: c.max_replica_lag,
+                max_seconds: c.max_replica_lag_seconds.map(f64::from),
+                reads_on_leader: c.reads_on_leader.unwrap_or(true),
+            },
+            max_message_size,
+            shutdown_timeout: c
+                .shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |s| Duration::from_secs(s.into())),
+            read_only_functions: c.read_only_functions.clone(),
+            database_targets,
+            pool_size: c.pool_size.map_or(20, |n| n as usize),
+            idle_release: Duration::from_millis(c.idle_release_ms.unwrap_or(1000).into()),
             ..ProxySettings::default()
         })
     }
@@ -110,6 +255,42 @@ mod tests {
             err.to_string().starts_with("praetor.proxy.connect_timeout"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn new_keys_resolve_and_bad_targets_are_refused() {
+        let c = config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    max_replica_lag: 1MB\n    max_replica_lag_seconds: 5\n    reads_on_leader: false\n    databases: {reports: {target: standby}}\n    idle_release_ms: 0\n",
+        );
+        let s = ProxySettings::from_config(&c).unwrap();
+        assert_eq!(s.auto.unwrap().port, 5002);
+        assert_eq!(
+            s.lag,
+            LagPolicy {
+                max_bytes: Some(1 << 20),
+                max_seconds: Some(5.0),
+                reads_on_leader: false
+            }
+        );
+        assert_eq!(s.database_targets["reports"], Target::Replica);
+        assert_eq!(s.idle_release, Duration::ZERO);
+        assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_LEN);
+        let bad = config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    databases: {x: {target: sideways}}\n",
+        );
+        assert!(ProxySettings::from_config(&bad).is_err());
+        let no_key = config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    tls: {certfile: /c}\n",
+        );
+        assert!(ProxySettings::from_config(&no_key).is_err());
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(Target::parse("PRIMARY"), Some(Target::Primary));
+        assert_eq!(Target::parse("replica"), Some(Target::Replica));
+        assert_eq!(Target::parse("any"), Some(Target::Any));
+        assert_eq!(Target::parse("x"), None);
     }
 
     #[test]

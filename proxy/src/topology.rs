@@ -3,12 +3,15 @@
 //! [`topology_from_cluster`] is a pure function of the cluster view, so every routing rule is a row of
 //! a table-driven test. The proxy never guesses: a member is routable only as the DCS describes it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use praetor_dcs::{Cluster, Member, MemberState, Role};
+
+use crate::settings::LagPolicy;
 
 /// A PostgreSQL server connections can be sent to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,9 +34,35 @@ impl fmt::Display for Backend {
     }
 }
 
+/// How far a replica is behind the leader, as far as the DCS tells.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ReplicaLag {
+    /// The leader's WAL position minus the replica's replayed position; `None` when either is
+    /// unknown.
+    pub bytes: Option<u64>,
+    /// Seconds since the leader's WAL position first passed the replica's replayed position, as
+    /// observed by the feed; `None` when unknown.
+    pub seconds: Option<f64>,
+}
+
+impl ReplicaLag {
+    /// True when within `policy` (an unknown lag is within any limit: the DCS cannot say better).
+    pub fn is_fresh(&self, policy: &LagPolicy) -> bool {
+        let bytes_ok = match (policy.max_bytes, self.bytes) {
+            (Some(max), Some(b)) => b <= max,
+            _ => true,
+        };
+        let seconds_ok = match (policy.max_seconds, self.seconds) {
+            (Some(max), Some(s)) => s <= max,
+            _ => true,
+        };
+        bytes_ok && seconds_ok
+    }
+}
+
 /// The routing view: where read-write and read-only connections go.
 ///
-/// Equality compares `leader` and `replicas` only (not the clock).
+/// Equality compares `leader`, `replicas`, `lag` and `ttl_secs` (not the clock).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     /// The member holding the leader key, when it publishes role `primary` and a `conn_url`.
@@ -41,6 +70,11 @@ pub struct Topology {
     /// Running replicas with a `conn_url` and without `noloadbalance`, the leader excluded, sorted
     /// by member name.
     pub replicas: Vec<Backend>,
+    /// Each replica's lag, by member name (missing: unknown).
+    pub lag: BTreeMap<String, ReplicaLag>,
+    /// The cluster's `ttl` from the dynamic configuration, when known: the proxy's DCS lease and
+    /// how long it may serve without DCS contact.
+    pub ttl_secs: Option<u32>,
     /// When the feed that published this topology last read the DCS successfully (shared by all
     /// topologies of one feed; a hand-made topology gets a fresh clock that was never read).
     pub dcs_clock: DcsClock,
@@ -48,11 +82,12 @@ pub struct Topology {
 
 impl PartialEq for Topology {
     fn eq(&self, other: &Topology) -> bool {
-        self.leader == other.leader && self.replicas == other.replicas
+        self.leader == other.leader
+            && self.replicas == other.replicas
+            && self.lag == other.lag
+            && self.ttl_secs == other.ttl_secs
     }
 }
-
-impl Eq for Topology {}
 
 impl Topology {
     /// A topology with `leader` and `replicas` and a fresh clock (for static feeds and tests).
@@ -60,8 +95,28 @@ impl Topology {
         Topology {
             leader,
             replicas,
-            dcs_clock: DcsClock::new(),
+            ..Topology::default()
         }
+    }
+
+    /// The lag of `replica` (unknown when not reported).
+    pub fn lag_of(&self, replica: &Backend) -> ReplicaLag {
+        self.lag.get(&replica.member).copied().unwrap_or_default()
+    }
+
+    /// The replicas within `policy`, in member-name order.
+    pub fn fresh_replicas<'a>(
+        &'a self,
+        policy: &'a LagPolicy,
+    ) -> impl Iterator<Item = &'a Backend> + 'a {
+        self.replicas
+            .iter()
+            .filter(move |r| self.lag_of(r).is_fresh(policy))
+    }
+
+    /// True when routing (leader, replica set) differs: lag and ttl changes do not count.
+    pub fn routes_differ(&self, other: &Topology) -> bool {
+        self.leader != other.leader || self.replicas != other.replicas
     }
 }
 
@@ -149,9 +204,36 @@ pub fn topology_from_cluster(c: &Cluster) -> Topology {
         .filter_map(backend_of)
         .collect();
     replicas.sort_by(|a, b| a.member.cmp(&b.member));
+    let leader_lsn = c.leader.as_ref().and(c.leader_optime());
+    let lag = replicas
+        .iter()
+        .filter_map(|r| {
+            let m = c.member(&r.member)?;
+            let replayed = m.data.replay_lsn.or(m.data.xlog_location);
+            let bytes = match (leader_lsn, replayed) {
+                (Some(l), Some(r)) => Some(l.saturating_sub(r)),
+                _ => None,
+            };
+            Some((
+                r.member.clone(),
+                ReplicaLag {
+                    bytes,
+                    seconds: None,
+                },
+            ))
+        })
+        .collect();
+    let ttl_secs = c
+        .config
+        .as_ref()
+        .and_then(|v| v.value.get("ttl"))
+        .and_then(|t| t.as_u64().or_else(|| t.as_str()?.parse().ok()))
+        .and_then(|t| u32::try_from(t).ok());
     Topology {
         leader,
         replicas,
+        lag,
+        ttl_secs,
         dcs_clock: DcsClock::new(),
     }
 }
@@ -311,6 +393,49 @@ mod tests {
             let replicas: Vec<&str> = t.replicas.iter().map(|b| b.member.as_str()).collect();
             assert_eq!(replicas, case.replicas, "{}: replicas", case.name);
         }
+    }
+
+    #[test]
+    fn replica_lag_is_the_leaders_position_minus_the_replayed_one() {
+        let mut a = member("a", Primary, Running, Some(1));
+        a.data.xlog_location = Some(5_000);
+        let mut b = member("b", Replica, Running, Some(2));
+        b.data.xlog_location = Some(4_900);
+        b.data.replay_lsn = Some(1_000);
+        let mut c = member("c", Replica, Running, Some(3));
+        c.data.xlog_location = Some(6_000);
+        let d = member("d", Replica, Running, Some(4));
+        let mut cl = cluster(Some("a"), vec![a, b, c, d]);
+        cl.config = Some(praetor_dcs::Versioned {
+            value: serde_json::json!({"ttl": 6}),
+            version: 1,
+        });
+        let t = topology_from_cluster(&cl);
+        assert_eq!(t.lag["b"].bytes, Some(4_000), "replayed, not received");
+        assert_eq!(t.lag["c"].bytes, Some(0), "ahead of a stale leader report");
+        assert_eq!(t.lag["d"].bytes, None);
+        assert_eq!(t.ttl_secs, Some(6));
+        let strict = LagPolicy {
+            max_bytes: Some(100),
+            ..LagPolicy::default()
+        };
+        let fresh: Vec<&str> = t
+            .fresh_replicas(&strict)
+            .map(|b| b.member.as_str())
+            .collect();
+        assert_eq!(fresh, ["c", "d"], "unknown lag counts as fresh");
+        assert_eq!(t.fresh_replicas(&LagPolicy::default()).count(), 3);
+        let timed = ReplicaLag {
+            bytes: Some(0),
+            seconds: Some(11.0),
+        };
+        assert!(!timed.is_fresh(&LagPolicy {
+            max_seconds: Some(10.0),
+            ..LagPolicy::default()
+        }));
+        // No leader key: no reference position, so no lag.
+        let no_leader = topology_from_cluster(&cluster(None, cl.members.clone()));
+        assert_eq!(no_leader.lag["b"].bytes, None);
     }
 
     #[test]

@@ -59,36 +59,59 @@ fn topology(leader: Option<&Backend>, replicas: &[&Backend]) -> Arc<Topology> {
     ))
 }
 
-/// A proxy serving on 127.0.0.1 (all three listeners on free ports), fed by `feed`.
+/// A proxy serving on 127.0.0.1 (every listener on a free port), fed by `feed`.
 struct TestProxy {
     rw: SocketAddr,
     ro: SocketAddr,
+    auto: SocketAddr,
+    admin: SocketAddr,
     metrics: SocketAddr,
     feed: watch::Sender<Arc<Topology>>,
     shutdown: CancellationToken,
     served: Option<JoinHandle<Result<(), praetor_proxy::ProxyError>>>,
 }
 
+fn local() -> Option<Address> {
+    Some(Address {
+        host: "127.0.0.1".into(),
+        port: 0,
+    })
+}
+
+/// Settings with every listener on 127.0.0.1:0 and a short drain.
+fn test_settings(connect_timeout: Duration) -> ProxySettings {
+    ProxySettings {
+        read_write: local(),
+        read_only: local(),
+        auto: local(),
+        admin: local(),
+        metrics: local(),
+        connect_timeout,
+        shutdown_timeout: Duration::from_secs(1),
+        ..ProxySettings::default()
+    }
+}
+
 impl TestProxy {
     async fn start(initial: Arc<Topology>, connect_timeout: Duration) -> TestProxy {
+        TestProxy::start_with(initial, test_settings(connect_timeout), None).await
+    }
+
+    async fn start_with(
+        initial: Arc<Topology>,
+        settings: ProxySettings,
+        reload: Option<praetor_proxy::ReloadFn>,
+    ) -> TestProxy {
         init_tracing();
-        let local = || {
-            Some(Address {
-                host: "127.0.0.1".into(),
-                port: 0,
-            })
-        };
-        let settings = ProxySettings {
-            read_write: local(),
-            read_only: local(),
-            metrics: local(),
-            connect_timeout,
-            ..ProxySettings::default()
-        };
-        let proxy = Proxy::bind(settings).await.expect("bind on 127.0.0.1:0");
-        let (rw, ro, metrics) = (
+        let mut proxy = Proxy::bind(settings).await.expect("bind on 127.0.0.1:0");
+        if let Some(r) = reload {
+            proxy = proxy.with_reload(r);
+        }
+        let (rw, ro, auto, admin, metrics) = (
             proxy.rw_addr().unwrap(),
             proxy.ro_addr().unwrap(),
+            proxy.auto_addr().unwrap(),
+            proxy.admin_addr().unwrap(),
             proxy.metrics_addr().unwrap(),
         );
         let (feed, rx) = watch::channel(initial);
@@ -97,6 +120,8 @@ impl TestProxy {
         TestProxy {
             rw,
             ro,
+            auto,
+            admin,
             metrics,
             feed,
             shutdown,
@@ -704,7 +729,9 @@ async fn metrics_endpoint_serves_the_proxy_metrics() {
     let c = connect(proxy.rw).await.unwrap();
     server_port(&c).await.unwrap();
     proxy
-        .wait_metric(r#"praetor_proxy_connections{backend="a",listener="read_write"} 1"#)
+        .wait_metric(
+            r#"praetor_proxy_connections{backend="a",listener="read_write",role="leader"} 1"#,
+        )
         .await;
     let body = proxy.metrics().await;
     for name in [
@@ -722,9 +749,9 @@ async fn metrics_endpoint_serves_the_proxy_metrics() {
             "{name} missing from:\n{body}"
         );
     }
-    assert!(
-        body.contains(r#"praetor_proxy_connections_total{backend="a",listener="read_write"} 1"#)
-    );
+    assert!(body.contains(
+        r#"praetor_proxy_connections_total{backend="a",listener="read_write",role="leader"} 1"#
+    ));
     let bytes_in = body
         .lines()
         .find(|l| {
@@ -738,7 +765,9 @@ async fn metrics_endpoint_serves_the_proxy_metrics() {
 
     drop(c);
     proxy
-        .wait_metric(r#"praetor_proxy_connections{backend="a",listener="read_write"} 0"#)
+        .wait_metric(
+            r#"praetor_proxy_connections{backend="a",listener="read_write",role="leader"} 0"#,
+        )
         .await;
 }
 
@@ -773,4 +802,948 @@ async fn shutdown_closes_clients_and_serve_returns() {
         TcpStream::connect(proxy.rw).await.is_err(),
         "no longer listening"
     );
+}
+
+/// Runs `psql` with a libpq connection string and `args`, returning (success, stdout, stderr).
+async fn psql<const N: usize>(conninfo: String, args: [&str; N]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("psql")
+            .arg(conninfo)
+            .args(["-X", "-A", "-t"])
+            .args(&args)
+            .env("PGCONNECT_TIMEOUT", "20")
+            .output()
+            .expect("run psql")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// A self-signed certificate and key for `localhost` in `dir` (openssl).
+fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("proxy.crt"), dir.join("proxy.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "{out:?}");
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_connect_with_sslmode_require_and_plain_clients_are_refused_when_required() {
+    let dir = WorkDir::new("proxy-tls").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let (cert, key) = self_signed_cert(dir.path());
+    let settings = ProxySettings {
+        tls: Some((cert.clone(), key.clone(), false)),
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    for port in [proxy.rw.port(), proxy.auto.port()] {
+        let (ok, out, err) = psql(
+            format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require"),
+            ["-c", "SELECT current_setting('port')"],
+        )
+        .await;
+        assert!(ok, "port {port}: {err}");
+        assert_eq!(out, pg.port().to_string());
+    }
+    // Plain clients still work while TLS is optional.
+    let c = connect(proxy.rw).await.unwrap();
+    assert_eq!(server_port(&c).await.unwrap(), pg.port());
+    drop(proxy);
+
+    // tls.required: plain clients get 28000, TLS clients go through.
+    let settings = ProxySettings {
+        tls: Some((cert, key, true)),
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    let err = connect(proxy.rw).await.expect_err("plain refused");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{err}"
+    );
+    let (ok, _, stderr) = psql(
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+            proxy.rw.port()
+        ),
+        ["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(!ok && stderr.contains("sslmode=require"), "{stderr}");
+    let (ok, out, err) = psql(
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
+            proxy.rw.port()
+        ),
+        ["-c", "SELECT 1"],
+    )
+    .await;
+    assert!(ok && out == "1", "{err}");
+    proxy
+        .wait_metric(
+            r#"praetor_proxy_client_errors_total{listener="read_write",reason="tls_required"} 2"#,
+        )
+        .await;
+}
+
+/// Creates the md5 and SCRAM users on `pg` and lets them in with passwords over TCP.
+async fn password_users(pg: &Postgres) {
+    let admin = connect(SocketAddr::from(([127, 0, 0, 1], pg.port())))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5secret';
+             SET password_encryption = 'scram-sha-256'; CREATE ROLE scramuser LOGIN PASSWORD 'scramsecret';
+             GRANT pg_read_all_settings TO md5user, scramuser;",
+        )
+        .await
+        .unwrap();
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all md5user 127.0.0.1/32 md5\nhost all scramuser 127.0.0.1/32 scram-sha-256\n{original}"
+        ),
+    )
+    .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    wait_for("pg_hba.conf to be reloaded", DEADLINE, || async {
+        let mut c = conn_config(SocketAddr::from(([127, 0, 0, 1], pg.port())));
+        c.user("md5user").password("wrong");
+        match c.connect(NoTls).await {
+            Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => Ok(()),
+            _ => Err("a wrong password is still accepted".to_string()),
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// The port of the server that ran `sql`'s first column (a simple query).
+async fn port_of(client: &Client, sql: &str) -> u16 {
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_routes_reads_to_the_replica_and_everything_else_to_the_leader() {
+    let dir = WorkDir::new("proxy-auto").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    for pg in [&pg_a, &pg_b] {
+        let c = connect(SocketAddr::from(([127, 0, 0, 1], pg.port())))
+            .await
+            .unwrap();
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, port int)")
+            .await
+            .unwrap();
+    }
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let (leader, replica) = (pg_a.port(), pg_b.port());
+    let c = connect(proxy.auto).await.unwrap();
+
+    assert_eq!(port_of(&c, "SELECT current_setting('port')").await, replica);
+    assert_eq!(
+        port_of(&c, "SELECT current_setting('port')::int + 0, 1").await,
+        replica
+    );
+    assert_eq!(
+        port_of(
+            &c,
+            "INSERT INTO t VALUES (1, current_setting('port')::int) RETURNING port"
+        )
+        .await,
+        leader
+    );
+    assert_eq!(
+        port_of(&c, "SELECT current_setting('port') FROM t FOR UPDATE").await,
+        leader
+    );
+    // A function the proxy does not know might write: the leader.
+    assert_eq!(
+        port_of(
+            &c,
+            "SELECT txid_current() * 0 + current_setting('port')::int"
+        )
+        .await,
+        leader
+    );
+    // A read-write transaction stays on the leader from BEGIN to COMMIT.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(port_of(&c, "SELECT current_setting('port')").await, leader);
+    c.batch_execute("INSERT INTO t VALUES (2, 0)")
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    // A read-only transaction goes to the replica.
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    assert_eq!(port_of(&c, "SELECT current_setting('port')").await, replica);
+    c.batch_execute("COMMIT").await.unwrap();
+    // Extended protocol with the unnamed statement: classified too.
+    let row = c
+        .query_typed("SELECT current_setting('port')::int", &[])
+        .await
+        .unwrap();
+    assert_eq!(row[0].get::<_, i32>(0) as u16, replica);
+    // A session SET is replayed on the other server.
+    c.batch_execute("SET application_name = 'praetor-test'")
+        .await
+        .unwrap();
+    let rows = c
+        .simple_query("SELECT current_setting('application_name'), current_setting('port')")
+        .await
+        .unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(r) = &rows[1] else {
+        panic!("{rows:?}")
+    };
+    assert_eq!(
+        (r.get(0), r.get(1)),
+        (Some("praetor-test"), Some(replica.to_string().as_str()))
+    );
+    // The leader saw one INSERT (id 1) and the transaction's (id 2); the replica none.
+    let on_b = connect(SocketAddr::from(([127, 0, 0, 1], replica)))
+        .await
+        .unwrap();
+    let n: i64 = on_b
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+
+    // A temporary table pins the session to the leader.
+    c.batch_execute("CREATE TEMP TABLE scratch (x int)")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&c, "SELECT current_setting('port')").await, leader);
+    // tokio-postgres' named prepared statements pin too (on the leader).
+    let c2 = connect(proxy.auto).await.unwrap();
+    let port: String = c2
+        .query_one("SELECT current_setting('port')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, leader.to_string());
+
+    // praetor.target in the startup options.
+    let mut cfg = conn_config(proxy.auto);
+    cfg.options("-c praetor.target=replica");
+    let (on_replica, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        port_of(
+            &on_replica,
+            "SELECT 1 FROM t LIMIT 0 FOR UPDATE; SELECT current_setting('port')"
+        )
+        .await,
+        replica
+    );
+    let mut cfg = conn_config(proxy.auto);
+    cfg.options("-c praetor.target=primary");
+    let (on_leader, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        port_of(&on_leader, "SELECT current_setting('port')").await,
+        leader
+    );
+    let mut cfg = conn_config(proxy.auto);
+    cfg.options("-c praetor.target=sideways");
+    let err = cfg.connect(NoTls).await.err().expect("bad target");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE),
+        "{err}"
+    );
+
+    proxy
+        .wait_metric(r#"praetor_proxy_pinned_sessions_total{reason="temporary object"} 1"#)
+        .await;
+    let body = proxy.metrics().await;
+    assert!(
+        body.lines().any(|l| l
+            .starts_with(r#"praetor_proxy_transactions_total{target="replica"}"#)
+            && !l.ends_with(" 0")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_logs_in_with_trust_md5_and_scram_and_reuses_the_password_for_replicas() {
+    let dir = WorkDir::new("proxy-auto-auth").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    password_users(&pg_a).await;
+    password_users(&pg_b).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    for (user, password) in [("md5user", "md5secret"), ("scramuser", "scramsecret")] {
+        let mut cfg = conn_config(proxy.auto);
+        cfg.user(user).password(password);
+        let (c, conn) = cfg
+            .connect(NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        tokio::spawn(conn);
+        // Logged in on the leader; reads on the replica with the same password.
+        assert_eq!(
+            port_of(&c, "SELECT current_setting('port')").await,
+            pg_b.port(),
+            "{user}"
+        );
+        let who = c.simple_query("SELECT current_user").await.unwrap();
+        assert!(
+            matches!(&who[1], tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(user))
+        );
+        let mut wrong = conn_config(proxy.auto);
+        wrong.user(user).password("wrong");
+        let err = wrong.connect(NoTls).await.err().expect("wrong password");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{user}: {err}"
+        );
+    }
+    // psql (libpq) with SCRAM through the read-write and auto ports.
+    for port in [proxy.rw.port(), proxy.auto.port()] {
+        let (ok, out, err) = psql(
+            format!("host=127.0.0.1 port={port} user=scramuser password=scramsecret dbname=postgres sslmode=disable"),
+            ["-c", "SELECT current_user"],
+        )
+        .await;
+        assert!(ok && out == "scramuser", "{port}: {err}");
+    }
+    proxy
+        .wait_metric(r#"praetor_proxy_client_errors_total{listener="auto",reason="auth"} 2"#)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_cancels_reach_the_server_of_the_current_transaction() {
+    let dir = WorkDir::new("proxy-auto-cancel").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let proxy = TestProxy::start(
+        topology(Some(&backend("a", &pg_a)), &[&backend("b", &pg_b)]),
+        Duration::from_secs(5),
+    )
+    .await;
+    let c = Arc::new(connect(proxy.auto).await.unwrap());
+    let sleeper = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) })
+    };
+    let observer = connect(SocketAddr::from(([127, 0, 0, 1], pg_b.port())))
+        .await
+        .unwrap();
+    wait_for("pg_sleep on the replica", DEADLINE, || async {
+        let n: i64 = observer
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if n == 1 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await
+    .unwrap();
+    c.cancel_token().cancel_query(NoTls).await.unwrap();
+    let err = tokio::time::timeout(DEADLINE, sleeper)
+        .await
+        .expect("cancelled")
+        .unwrap()
+        .expect_err("cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    assert_eq!(
+        port_of(&c, "SELECT current_setting('port')").await,
+        pg_b.port()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_refuses_oversized_messages_and_survives_stalled_clients() {
+    let dir = WorkDir::new("proxy-auto-limits").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let settings = ProxySettings {
+        max_message_size: 4096,
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    let c = connect(proxy.auto).await.unwrap();
+    let big = format!("SELECT '{}'", "x".repeat(10_000));
+    let err = c.simple_query(&big).await.expect_err("too large");
+    assert!(
+        err.is_closed() || err.code() == Some(&SqlState::PROGRAM_LIMIT_EXCEEDED),
+        "{err}"
+    );
+    proxy
+        .wait_metric(
+            r#"praetor_proxy_client_errors_total{listener="auto",reason="message_too_large"} 1"#,
+        )
+        .await;
+
+    // A client that stops in the middle of a Query message.
+    let stalled = connect(proxy.auto).await.unwrap();
+    drop(stalled);
+    let mut raw = TcpStream::connect(proxy.auto).await.unwrap();
+    let mut startup = BytesMut::new();
+    let body = b"user\0postgres\0database\0postgres\0\0";
+    startup.extend_from_slice(&((8 + body.len()) as u32).to_be_bytes());
+    startup.extend_from_slice(&[0, 3, 0, 0]);
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    let mut got = Vec::new();
+    wait_for("the login to finish", DEADLINE, || {
+        let mut buf = [0u8; 4096];
+        let r = raw.try_read(&mut buf);
+        if let Ok(n) = r {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let done = got.ends_with(&[b'Z', 0, 0, 0, 5, b'I']);
+        async move {
+            if done {
+                Ok(())
+            } else {
+                Err("waiting".to_string())
+            }
+        }
+    })
+    .await
+    .unwrap();
+    raw.write_all(&[b'Q', 0, 0, 0, 100, b'S', b'E'])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let other = connect(proxy.auto).await.unwrap();
+        assert_eq!(
+            port_of(&other, "SELECT current_setting('port')").await,
+            pg.port()
+        );
+    }
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(raw.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connects_in_a_burst_are_each_answered_and_others_are_served() {
+    let dir = WorkDir::new("proxy-burst").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let proxy = TestProxy::start(
+        topology(Some(&backend("a", &pg)), &[]),
+        Duration::from_secs(5),
+    )
+    .await;
+    let session = connect(proxy.rw).await.unwrap();
+    let limit = Arc::new(tokio::sync::Semaphore::new(2_000));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10_000u32 {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let addr = if i % 2 == 0 { proxy.rw } else { proxy.auto };
+        tasks.spawn(async move {
+            let _permit = permit;
+            let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            // A startup packet with a bad parameter list: answered with FATAL 08P01, then closed.
+            s.write_all(&[0, 0, 0, 13, 0, 3, 0, 0, b'u', 0, b'x', b'y', b'z'])
+                .await
+                .map_err(|e| e.to_string())?;
+            let (_, fields) = read_until_closed(&mut s).await;
+            match fields.and_then(|f| f.code().map(str::to_string)) {
+                Some(code) if code == "08P01" => Ok(()),
+                other => Err(format!("got {other:?}")),
+            }
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.unwrap() {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(server_port(&session).await.unwrap(), pg.port());
+    let fresh = connect(proxy.auto).await.unwrap();
+    assert_eq!(
+        port_of(&fresh, "SELECT current_setting('port')").await,
+        pg.port()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console_shows_clients_servers_stats_topology_and_reloads() {
+    let dir = WorkDir::new("proxy-admin").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let reloads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = reloads.clone();
+    let reload: praetor_proxy::ReloadFn = Arc::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(ProxySettings {
+            lag: praetor_proxy::LagPolicy {
+                max_bytes: Some(0),
+                max_seconds: None,
+                reads_on_leader: true,
+            },
+            ..test_settings(Duration::from_secs(5))
+        })
+    });
+    let mut t = Topology::new(Some(backend("a", &pg_a)), vec![backend("b", &pg_b)]);
+    t.lag.insert(
+        "b".into(),
+        praetor_proxy::ReplicaLag {
+            bytes: Some(4096),
+            seconds: Some(1.0),
+        },
+    );
+    let proxy = TestProxy::start_with(
+        Arc::new(t),
+        test_settings(Duration::from_secs(5)),
+        Some(reload),
+    )
+    .await;
+    let rw = connect(proxy.rw).await.unwrap();
+    server_port(&rw).await.unwrap();
+    let auto = connect(proxy.auto).await.unwrap();
+    assert_eq!(
+        port_of(&auto, "SELECT current_setting('port')").await,
+        pg_b.port()
+    );
+    let admin = |sql: &'static str| {
+        psql(
+            format!(
+                "host=127.0.0.1 port={} user=admin dbname=praetor sslmode=disable",
+                proxy.admin.port()
+            ),
+            ["-F", "|", "-c", sql],
+        )
+    };
+    let (ok, clients, err) = admin("SHOW CLIENTS").await;
+    assert!(ok, "{err}");
+    assert!(
+        clients
+            .lines()
+            .any(|l| l.contains("|read_write|") && l.contains("|postgres|")),
+        "{clients}"
+    );
+    assert!(clients.lines().any(|l| l.contains("|auto|")), "{clients}");
+    let (ok, servers, _) = admin("SHOW SERVERS").await;
+    assert!(
+        ok && servers
+            .lines()
+            .any(|l| l.starts_with("a|leader|read_write|")),
+        "{servers}"
+    );
+    let (ok, stats, _) = admin("SHOW STATS").await;
+    assert!(
+        ok && stats.lines().any(|l| l.starts_with("auto|1|")),
+        "{stats}"
+    );
+    let (ok, topo, _) = admin("SHOW TOPOLOGY").await;
+    assert!(
+        ok && topo
+            .lines()
+            .any(|l| l.starts_with("b|replica|") && l.ends_with("|4096|1|reads")),
+        "{topo}"
+    );
+    let (ok, _, err) = admin("NONSENSE").await;
+    assert!(!ok && err.contains("SHOW HELP"), "{err}");
+    // RELOAD applies the new lag limit without dropping anyone.
+    let (ok, out, err) = admin("RELOAD").await;
+    assert!(ok, "{out} {err}");
+    assert_eq!(reloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let (_, topo, _) = admin("SHOW TOPOLOGY").await;
+    assert!(
+        topo.lines()
+            .any(|l| l.starts_with("b|replica|") && l.ends_with("too far behind")),
+        "{topo}"
+    );
+    assert_eq!(
+        server_port(&rw).await.unwrap(),
+        pg_a.port(),
+        "the session survived"
+    );
+    let again = connect(proxy.auto).await.unwrap();
+    assert_eq!(
+        port_of(&again, "SELECT current_setting('port')").await,
+        pg_a.port(),
+        "reads on the leader"
+    );
+    proxy
+        .wait_metric(r#"praetor_proxy_reloads_total{result="ok"} 1"#)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sessions_move_to_a_new_leader_between_transactions_and_wait_for_one() {
+    let dir = WorkDir::new("proxy-auto-move").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[]), Duration::from_secs(30)).await;
+    let c = connect(proxy.auto).await.unwrap();
+    assert_eq!(
+        port_of(&c, "SELECT current_setting('port')").await,
+        pg_a.port()
+    );
+    let in_tx = connect(proxy.auto).await.unwrap();
+    in_tx.batch_execute("BEGIN").await.unwrap();
+
+    // The leader key moves away: nobody leads for a moment. An idle session's next write waits.
+    proxy.set(topology(None, &[]));
+    wait_for(
+        "the transaction on the former leader to be closed",
+        DEADLINE,
+        || async {
+            if in_tx.is_closed() {
+                Ok(())
+            } else {
+                Err("open".to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let pending = {
+        let c = Arc::new(c);
+        let c2 = c.clone();
+        (
+            c,
+            tokio::spawn(async move {
+                port_of(
+                    &c2,
+                    "SELECT txid_current() * 0 + current_setting('port')::int",
+                )
+                .await
+            }),
+        )
+    };
+    proxy
+        .wait_metric(r#"praetor_proxy_connections{backend="a",listener="auto",role="leader"} 0"#)
+        .await;
+    assert!(!pending.1.is_finished());
+    proxy.set(topology(Some(&b), &[]));
+    let port = tokio::time::timeout(DEADLINE, pending.1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        port,
+        pg_b.port(),
+        "the idle session moved to the new leader"
+    );
+    assert!(!pending.0.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_through_the_read_write_and_auto_ports() {
+    let dir = WorkDir::new("proxy-pgbench").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let proxy = TestProxy::start(
+        topology(Some(&backend("a", &pg)), &[]),
+        Duration::from_secs(5),
+    )
+    .await;
+    let run = |port: u16, args: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || {
+            Command::new("pgbench")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .args(args)
+                .arg("postgres")
+                .output()
+                .expect("run pgbench")
+        })
+    };
+    let init = run(proxy.auto.port(), &["-i", "-q", "-s", "1"])
+        .await
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    for port in [proxy.rw.port(), proxy.auto.port()] {
+        for args in [
+            &["-n", "-c", "4", "-j", "2", "-t", "50"][..],
+            &["-n", "-S", "-C", "-c", "2", "-t", "50"][..],
+            &["-n", "-M", "extended", "-c", "2", "-t", "50"][..],
+        ] {
+            let out = run(port, args).await.unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{port} {args:?}: {out:?}");
+            assert!(text.contains("number of failed transactions: 0"), "{text}");
+        }
+    }
+}
+
+/// A DCS that only takes the proxy's route writes, failing them while `down` is set.
+struct AckDcs {
+    down: std::sync::atomic::AtomicBool,
+    written: std::sync::Mutex<Vec<Option<String>>>,
+    events: tokio::sync::broadcast::Sender<praetor_dcs::DcsEvent>,
+}
+
+#[async_trait::async_trait]
+impl praetor_dcs::Dcs for AckDcs {
+    async fn load(&self) -> Result<praetor_dcs::Cluster, praetor_dcs::DcsError> {
+        Err(praetor_dcs::DcsError::Unavailable("not used".into()))
+    }
+    async fn set_proxy_state(
+        &self,
+        _: &str,
+        state: &praetor_dcs::ProxyState,
+    ) -> Result<(), praetor_dcs::DcsError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(praetor_dcs::DcsError::Unavailable("partitioned".into()));
+        }
+        self.written.lock().unwrap().push(state.leader.clone());
+        Ok(())
+    }
+    async fn set_ttl(&self, _: u32) -> Result<(), praetor_dcs::DcsError> {
+        Ok(())
+    }
+    async fn close(&self) -> Result<(), praetor_dcs::DcsError> {
+        Ok(())
+    }
+    fn watch(&self) -> tokio::sync::broadcast::Receiver<praetor_dcs::DcsEvent> {
+        self.events.subscribe()
+    }
+    async fn create_initialize(&self, _: &str) -> Result<bool, praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn update_initialize(&self, _: &str, _: &str) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn cancel_initialize(&self, _: &str) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn acquire_leader(&self) -> Result<bool, praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn renew_leader(&self) -> Result<bool, praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn release_leader(&self) -> Result<bool, praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn touch_member(&self, _: &praetor_dcs::MemberData) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn delete_member(&self) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn set_config(
+        &self,
+        _: &serde_json::Value,
+        _: praetor_dcs::Expect,
+    ) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn set_failover(
+        &self,
+        _: &praetor_dcs::Failover,
+        _: praetor_dcs::Expect,
+    ) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn delete_failover(&self, _: praetor_dcs::Version) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn set_history(
+        &self,
+        _: &[praetor_dcs::HistoryEntry],
+        _: praetor_dcs::Expect,
+    ) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn set_status(&self, _: &praetor_dcs::Status) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn set_sync(
+        &self,
+        _: &praetor_dcs::SyncState,
+        _: praetor_dcs::Expect,
+    ) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+    async fn set_failsafe(
+        &self,
+        _: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), praetor_dcs::DcsError> {
+        unimplemented!("not used by the proxy")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fencing_handshake_acknowledges_routes_and_a_proxy_without_dcs_contact_stops_serving() {
+    let dir = WorkDir::new("proxy-handshake").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let dcs = Arc::new(AckDcs {
+        down: std::sync::atomic::AtomicBool::new(false),
+        written: std::sync::Mutex::new(Vec::new()),
+        events: tokio::sync::broadcast::channel(4).0,
+    });
+    init_tracing();
+    let proxy = Proxy::bind(test_settings(Duration::from_secs(2)))
+        .await
+        .unwrap()
+        .with_dcs(dcs.clone(), "test");
+    let (rw, metrics) = (proxy.rw_addr().unwrap(), proxy.metrics_addr().unwrap());
+    let with_ttl = |leader: &Backend| {
+        let mut t = Topology::new(Some(leader.clone()), vec![]);
+        t.ttl_secs = Some(3);
+        Arc::new(t)
+    };
+    let (feed, rx) = watch::channel(with_ttl(&a));
+    let shutdown = CancellationToken::new();
+    let _served = tokio::spawn(proxy.serve(rx, shutdown.clone()));
+    let _stop = scopeguard(shutdown);
+
+    let old = connect(rw).await.unwrap();
+    assert_eq!(server_port(&old).await.unwrap(), pg_a.port());
+    assert_eq!(dcs.written.lock().unwrap().first(), Some(&Some("a".into())));
+
+    // Leader change: the connection to a is closed before b is acknowledged, then routed.
+    feed.send_replace(with_ttl(&b));
+    wait_for("b acknowledged", DEADLINE, || async {
+        if dcs.written.lock().unwrap().contains(&Some("b".into())) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", dcs.written.lock().unwrap()))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(old.is_closed() || old.simple_query("SELECT 1").await.is_err());
+    let on_b = connect(rw).await.unwrap();
+    assert_eq!(server_port(&on_b).await.unwrap(), pg_b.port());
+
+    // The DCS becomes unreachable: after ttl minus the margin (2 s of 3) the proxy stops serving.
+    dcs.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for("the proxy to stop serving", DEADLINE, || async {
+        let body = http_get(&metrics.to_string(), "/metrics").await?.1;
+        if body.lines().any(|l| l == "praetor_proxy_serving 0") {
+            Ok(())
+        } else {
+            Err("still serving".to_string())
+        }
+    })
+    .await
+    .unwrap();
+    wait_for("its sessions to be closed", DEADLINE, || async {
+        if on_b.is_closed() {
+            Ok(())
+        } else {
+            Err("open".to_string())
+        }
+    })
+    .await
+    .unwrap();
+    let Err(err) = connect(rw).await else {
+        panic!("connected while out of contact");
+    };
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("lost contact with the DCS"),
+        "{err}"
+    );
+
+    // Contact is back: it acknowledges again and serves.
+    dcs.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let c = wait_for("serving again", DEADLINE, || async {
+        connect(rw).await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(server_port(&c).await.unwrap(), pg_b.port());
+}
+
+/// Cancels `token` on drop.
+fn scopeguard(token: CancellationToken) -> impl Drop {
+    struct Guard(CancellationToken);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.cancel();
+        }
+    }
+    Guard(token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_running_queries_and_closes_idle_auto_sessions_first() {
+    let dir = WorkDir::new("proxy-drain").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let settings = ProxySettings {
+        shutdown_timeout: Duration::from_secs(120),
+        ..test_settings(Duration::from_secs(5))
+    };
+    let mut proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    let idle_auto = connect(proxy.auto).await.unwrap();
+    assert_eq!(
+        port_of(&idle_auto, "SELECT current_setting('port')").await,
+        pg.port()
+    );
+    let busy = Arc::new(connect(proxy.rw).await.unwrap());
+    let running = {
+        let busy = busy.clone();
+        tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(2)").await.map(|_| ()) })
+    };
+    proxy.shutdown.cancel();
+    // The idle auto-port session is closed at once; the running query finishes.
+    wait_for("the idle auto session to be closed", DEADLINE, || async {
+        if idle_auto.is_closed() {
+            Ok(())
+        } else {
+            Err("open".to_string())
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .expect("the query ends")
+        .unwrap()
+        .expect("the running query completes during the drain");
+    assert!(
+        TcpStream::connect(proxy.rw).await.is_err(),
+        "no new clients during the drain"
+    );
+    // The drain ends when the last client leaves, long before shutdown_timeout.
+    drop(busy);
+    let served = proxy.served.take().unwrap();
+    tokio::time::timeout(DEADLINE, served)
+        .await
+        .expect("serve returns once the clients are gone")
+        .unwrap()
+        .unwrap();
 }

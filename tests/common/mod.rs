@@ -99,3 +99,272 @@ pub fn dump_logs(c: &LocalCluster) {
         eprintln!("===== proxy =====\n{}", p.log());
     }
 }
+
+/// What a `praetor` run printed: exit code, stdout, stderr.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code (-1 when killed).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `praetor ctl -c <first node's config> ARGS` with `stdin` as input (bounded by 180 s).
+pub async fn ctl(c: &LocalCluster, args: &[&str], stdin: &str) -> Output {
+    ctl_with(&c.nodes[0].config, args, stdin, &[]).await
+}
+
+/// Runs `praetor ctl -c CONFIG ARGS` with `stdin` and extra environment variables.
+pub async fn ctl_with(
+    config: &std::path::Path,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(binary());
+    cmd.arg("ctl")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn praetor ctl");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let data = stdin.to_string();
+    tokio::spawn(async move {
+        let _ = input.write_all(data.as_bytes()).await;
+    });
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("praetor ctl {args:?} did not finish within 180 s"))
+        .expect("praetor ctl output");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A REST client without TLS or credentials.
+pub fn api() -> praetor_agent::api::client::ApiClient {
+    praetor_agent::api::client::ApiClient::plain(Duration::from_secs(120))
+}
+
+/// `METHOD http://127.0.0.1:<node's api port>PATH` with an optional JSON body (raw text, sent as is).
+pub async fn call(
+    node: &praetor_harness::cluster::Node,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    raw_call(&node.api_addr(), method, path, body, None).await
+}
+
+/// An HTTP/1.1 request with a raw body (so malformed JSON can be sent) and optional basic auth.
+pub async fn raw_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<(&str, &str)>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the REST API");
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some((u, p)) = auth {
+        req.push_str(&format!(
+            "Authorization: Basic {}\r\n",
+            praetor_agent::api::access::basic_key(u, p)
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(150), s.read_to_end(&mut buf))
+        .await
+        .expect("REST answer in time")
+        .expect("read answer");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The cluster read straight from the DCS named in the first node's configuration.
+pub async fn dcs_cluster(c: &LocalCluster) -> praetor_dcs::Cluster {
+    let loaded = praetor_config::load_file(&c.nodes[0].config).expect("node config");
+    let endpoints = loaded.config.dcs_endpoints().expect("DCS in node config");
+    let identity = praetor_dcs::DcsIdentity {
+        namespace: "/service/".into(),
+        scope: c.options.scope.clone(),
+        member: None,
+        ttl_secs: 30,
+        request_timeout_secs: 5,
+    };
+    let dcs = praetor_dcs::connect(&endpoints, identity)
+        .await
+        .expect("open DCS");
+    dcs.load().await.expect("read DCS")
+}
+
+/// Waits until `name` leads (holds the lock, runs) and the other members stream from it.
+pub async fn wait_leader(c: &LocalCluster, name: &str) {
+    let replicas = c.nodes.len() - 1;
+    let got = c
+        .wait_healthy(replicas, Duration::from_secs(120))
+        .await
+        .expect("healthy cluster");
+    if got != name {
+        wait_for(
+            &format!("{name} to lead"),
+            Duration::from_secs(120),
+            || async {
+                match c.wait_healthy(replicas, Duration::from_secs(5)).await {
+                    Ok(l) if l == name => Ok(()),
+                    Ok(l) => Err(format!("{l} leads")),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await
+        .expect("new leader");
+    }
+}
+
+/// The names of the members other than `leader`, sorted.
+pub fn others(c: &LocalCluster, leader: &str) -> Vec<String> {
+    c.nodes
+        .iter()
+        .filter(|n| n.name != leader)
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+// ---- DCS-neutral helpers for the ZooKeeper acceptance tests and the DCS outage tests ----
+
+/// Waits until every replica has replayed the leader's current WAL position (so killing the leader
+/// cannot lose an acknowledged row to asynchronous replication).
+pub async fn replicas_caught_up(c: &LocalCluster, leader: &str) {
+    let lc = connect(c.node(leader).pg_port).await.expect("leader");
+    let lsn: String = lc
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("leader LSN")
+        .get(0);
+    for n in c.nodes.iter().filter(|n| n.name != leader) {
+        let client = connect(n.pg_port).await.expect("replica");
+        wait_for(
+            &format!("{} to replay {lsn}", n.name),
+            Duration::from_secs(60),
+            || async {
+                let done: bool = client
+                    .query_one(
+                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                        &[&lsn],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                if done {
+                    Ok(())
+                } else {
+                    Err("behind".to_string())
+                }
+            },
+        )
+        .await
+        .expect("replica catches up");
+    }
+}
+
+/// Tries `INSERT INTO t (id) VALUES (id)` through `port` (a new connection each time) until one is
+/// acknowledged; returns how long that took.
+pub async fn first_write_through(port: u16, id: i32, timeout: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    wait_for("a write through the proxy to succeed", timeout, || async {
+        let client = connect(port).await.map_err(|e| e.to_string())?;
+        client
+            .execute("INSERT INTO t (id) VALUES ($1)", &[&id])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await
+    .expect("a write goes through");
+    start.elapsed()
+}
+
+/// `Some(true)` when the PostgreSQL on `port` accepts writes (not in recovery), `Some(false)` when it
+/// is in recovery, `None` when it cannot be reached.
+pub async fn is_primary(port: u16) -> Option<bool> {
+    let client = connect(port).await.ok()?;
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .ok()?
+        .get(0);
+    Some(!in_recovery)
+}
+
+/// The `dcs_last_seen` (Unix seconds) the agent of `node` reports on `GET /patroni`: when it last read
+/// the DCS.
+pub async fn dcs_last_seen(node: &praetor_harness::cluster::Node) -> Option<i64> {
+    let (_, body) = praetor_harness::http_get(&node.api_addr(), "/patroni")
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["dcs_last_seen"].as_i64()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// The timeline `/cluster` reports for member `name`.
+pub async fn member_timeline(c: &LocalCluster, name: &str) -> Option<u64> {
+    let cluster = c.cluster_json().await.ok()?;
+    cluster["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)?["timeline"]
+        .as_u64()
+}

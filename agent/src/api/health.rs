@@ -1,0 +1,347 @@
+//! The read-only surface: health checks, `/patroni`, `/cluster`, `/history`, `/config`, answered
+//! by the pure [`respond`] from a [`NodeStatus`] snapshot (every code is tested without a server).
+
+use axum::http::{Method, StatusCode};
+use praetor_dcs::summary;
+use serde_json::{json, Value};
+
+use super::NodeStatus;
+use super::{parse_lag, Query};
+
+/// Health paths: each answers 200 or 503 with the status body; HEAD and OPTIONS answer the status only.
+const HEALTH_PATHS: &[&str] = &[
+    "/",
+    "/primary",
+    "/master",
+    "/read-write",
+    "/leader",
+    "/standby-leader",
+    "/standby_leader",
+    "/replica",
+    "/read-only",
+    "/health",
+    "/liveness",
+    "/readiness",
+    "/sync",
+    "/synchronous",
+    "/async",
+    "/asynchronous",
+];
+
+/// Answers one request: status code and JSON body (`None` for no body). Pure: the whole REST
+/// surface is tested through this function.
+pub fn respond(
+    method: &Method,
+    path: &str,
+    query: &Query,
+    st: &NodeStatus,
+    now_unix: i64,
+) -> (StatusCode, Option<Value>) {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    if HEALTH_PATHS.contains(&path) {
+        if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return (StatusCode::METHOD_NOT_ALLOWED, None);
+        }
+        let ok = health(path, query, st, now_unix);
+        let code = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = (*method == Method::GET).then(|| st.patroni_json());
+        return (code, body);
+    }
+    if *method != Method::GET && *method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, None);
+    }
+    match path {
+        "/patroni" => (StatusCode::OK, Some(st.patroni_json())),
+        "/cluster" => (StatusCode::OK, Some(cluster_json(st))),
+        "/history" => {
+            let h = st
+                .cluster
+                .as_ref()
+                .and_then(|c| c.history.as_ref())
+                .map(|h| json!(h.value))
+                .unwrap_or_else(|| json!([]));
+            (StatusCode::OK, Some(h))
+        }
+        "/config" => match st.cluster.as_ref().and_then(|c| c.config.as_ref()) {
+            Some(c) => (StatusCode::OK, Some(c.value.clone())),
+            None => (StatusCode::BAD_GATEWAY, None),
+        },
+        "/failsafe" => match st.cluster.as_ref().and_then(|c| c.failsafe.as_ref()) {
+            Some(f) => (StatusCode::OK, Some(json!(f))),
+            None => (StatusCode::BAD_GATEWAY, None),
+        },
+        _ => (StatusCode::NOT_FOUND, None),
+    }
+}
+
+fn health(path: &str, q: &Query, st: &NodeStatus, now_unix: i64) -> bool {
+    let tags_match = || {
+        q.iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("tag_")?, v)))
+            .all(|(k, v)| {
+                let tags = serde_json::to_value(&st.tags).unwrap_or(Value::Null);
+                match &tags[k] {
+                    Value::String(s) => s == v,
+                    Value::Null => v.eq_ignore_ascii_case("false"),
+                    other => other.to_string().eq_ignore_ascii_case(v),
+                }
+            })
+    };
+    let lag_ok = || match q.get("lag").map(|l| parse_lag(l)) {
+        None => true,
+        Some(None) => false,
+        Some(Some(max)) => st.lag().is_some_and(|lag| lag <= max),
+    };
+    let replication_state_ok = || match q.get("replication_state") {
+        None => true,
+        Some(want) => {
+            let actual = st.server.as_ref().map(|s| {
+                if s.streaming {
+                    "streaming"
+                } else {
+                    "in archive recovery"
+                }
+            });
+            actual == Some(want.as_str())
+        }
+    };
+    let sync_members = || {
+        st.cluster
+            .as_ref()
+            .and_then(|c| c.sync.as_ref())
+            .map(|s| s.value.members())
+            .unwrap_or_default()
+    };
+    let replica_ok = || {
+        st.is_replica()
+            && !st.holds_lock()
+            && !st.tags.noloadbalance
+            && lag_ok()
+            && replication_state_ok()
+            && tags_match()
+    };
+    let leader_ok = || st.holds_lock() && st.is_primary() && tags_match();
+    match path {
+        "/" | "/primary" | "/master" | "/read-write" => leader_ok(),
+        "/leader" => st.holds_lock() && tags_match(),
+        "/standby-leader" | "/standby_leader" => {
+            st.holds_lock() && st.role == praetor_dcs::Role::StandbyLeader && tags_match()
+        }
+        "/replica" => replica_ok(),
+        "/read-only" => leader_ok() || replica_ok(),
+        "/health" => st.is_running(),
+        "/liveness" => {
+            let limit = if st.holds_lock() { st.ttl } else { st.ttl * 2 };
+            st.pause
+                || st
+                    .last_loop
+                    .is_some_and(|t| now_unix - t <= i64::from(limit.max(1)))
+        }
+        "/readiness" => {
+            (st.holds_lock() && st.is_primary())
+                || (st.is_replica() && st.server.as_ref().is_some_and(|s| s.streaming) && lag_ok())
+        }
+        "/sync" | "/synchronous" => replica_ok() && sync_members().contains(&st.name),
+        "/async" | "/asynchronous" => replica_ok() && !sync_members().contains(&st.name),
+        _ => false,
+    }
+}
+
+/// Patroni's `GET /cluster` document.
+pub fn cluster_json(st: &NodeStatus) -> Value {
+    let Some(c) = &st.cluster else {
+        return json!({"members": []});
+    };
+    let mut members = serde_json::to_value(summary::summarize(c)).unwrap_or_else(|_| json!([]));
+    if let Some(list) = members.as_array_mut() {
+        for m in list {
+            let name = m["name"].as_str().unwrap_or_default().to_string();
+            let Some(member) = c.member(&name) else {
+                continue;
+            };
+            if let Some(r) = member.data.extra.get("scheduled_restart") {
+                m["scheduled_restart"] = r.clone();
+            }
+            if let Some(r) = &member.data.pending_restart_reason {
+                m["pending_restart_reason"] = r.clone();
+            }
+        }
+    }
+    let mut v = json!({ "members": members, "scope": st.scope });
+    if st.pause {
+        v["pause"] = json!(true);
+    }
+    if let Some(f) = c.failover_request() {
+        if let Some(at) = &f.value.scheduled_at {
+            v["scheduled_switchover"] =
+                json!({"at": at, "from": f.value.leader, "to": f.value.member});
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse_query;
+    use super::*;
+    use crate::postgres::ServerStatus;
+    use praetor_dcs::{Cluster, Leader, Member, MemberData, MemberState, Role, Status};
+    use std::sync::Arc;
+
+    fn server(in_recovery: bool, pos: u64) -> ServerStatus {
+        ServerStatus {
+            in_recovery,
+            timeline: 1,
+            current_lsn: (!in_recovery).then_some(pos),
+            received_lsn: in_recovery.then_some(pos),
+            replayed_lsn: in_recovery.then_some(pos),
+            streaming: in_recovery,
+            server_version: 150000,
+            ..Default::default()
+        }
+    }
+
+    fn node(name: &str, leader: &str, in_recovery: bool, pos: u64) -> NodeStatus {
+        let cluster = Cluster {
+            leader: Some(Leader {
+                name: leader.into(),
+                version: 1,
+            }),
+            members: vec![Member {
+                name: leader.into(),
+                data: MemberData::default(),
+                version: 1,
+            }],
+            status: Some(Status {
+                optime: 100 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        NodeStatus {
+            scope: "demo".into(),
+            name: name.into(),
+            cluster: Some(Arc::new(cluster)),
+            state: MemberState::Running,
+            role: if in_recovery {
+                Role::Replica
+            } else {
+                Role::Primary
+            },
+            server: Some(server(in_recovery, pos)),
+            ttl: 30,
+            last_loop: Some(1000),
+            ..Default::default()
+        }
+    }
+
+    fn code(method: Method, path: &str, q: &str, st: &NodeStatus) -> u16 {
+        respond(&method, path, &parse_query(Some(q)), st, 1005)
+            .0
+            .as_u16()
+    }
+
+    #[test]
+    fn health_codes_table() {
+        let leader = node("a", "a", false, 100 << 20);
+        let replica = node("b", "a", true, 99 << 20);
+        let mut noload = node("c", "a", true, 100 << 20);
+        noload.tags.noloadbalance = true;
+        let mut stopped = node("d", "a", true, 0);
+        stopped.state = MemberState::Stopped;
+        stopped.server = None;
+        let rows: Vec<(&str, &str, &NodeStatus, u16)> = vec![
+            ("/primary", "", &leader, 200),
+            ("/", "", &leader, 200),
+            ("/read-write", "", &leader, 200),
+            ("/primary", "", &replica, 503),
+            ("/leader", "", &leader, 200),
+            ("/leader", "", &replica, 503),
+            ("/replica", "", &replica, 200),
+            ("/replica", "", &leader, 503),
+            ("/replica", "", &noload, 503),
+            ("/replica", "", &stopped, 503),
+            ("/replica", "lag=2MB", &replica, 200),
+            ("/replica", "lag=512kB", &replica, 503),
+            ("/replica", "replication_state=streaming", &replica, 200),
+            ("/replica", "tag_noloadbalance=false", &replica, 200),
+            ("/read-only", "", &leader, 200),
+            ("/read-only", "", &replica, 200),
+            ("/read-only", "", &noload, 503),
+            ("/health", "", &replica, 200),
+            ("/health", "", &stopped, 503),
+            ("/liveness", "", &leader, 200),
+            ("/readiness", "", &replica, 200),
+            ("/readiness", "", &stopped, 503),
+            ("/async", "", &replica, 200),
+            ("/sync", "", &replica, 503),
+            ("/standby-leader", "", &leader, 503),
+        ];
+        for (path, q, st, want) in rows {
+            assert_eq!(
+                code(Method::GET, path, q, st),
+                want,
+                "GET {path}?{q} as {}",
+                st.name
+            );
+        }
+    }
+
+    #[test]
+    fn head_and_options_answer_the_status_without_body() {
+        let leader = node("a", "a", false, 1);
+        for m in [Method::HEAD, Method::OPTIONS] {
+            let (c, body) = respond(&m, "/primary", &Query::new(), &leader, 1005);
+            assert_eq!(c, StatusCode::OK);
+            assert!(body.is_none());
+        }
+        let replica = node("b", "a", true, 1);
+        assert_eq!(code(Method::OPTIONS, "/primary", "", &replica), 503);
+    }
+
+    #[test]
+    fn patroni_document_has_patronis_fields() {
+        let r = node("b", "a", true, 42);
+        let v = r.patroni_json();
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["role"], "replica");
+        assert_eq!(v["xlog"]["received_location"], 42);
+        assert_eq!(v["replication_state"], "streaming");
+        assert_eq!(v["patroni"]["scope"], "demo");
+        let l = node("a", "a", false, 7);
+        assert_eq!(l.patroni_json()["xlog"]["location"], 7);
+        assert_eq!(l.patroni_json()["role"], "primary");
+    }
+
+    #[test]
+    fn info_paths() {
+        let l = node("a", "a", false, 7);
+        assert_eq!(code(Method::GET, "/cluster", "", &l), 200);
+        assert_eq!(code(Method::GET, "/history", "", &l), 200);
+        assert_eq!(code(Method::GET, "/config", "", &l), 502);
+        assert_eq!(code(Method::GET, "/nope", "", &l), 404);
+        assert_eq!(code(Method::POST, "/patroni", "", &l), 405);
+    }
+
+    #[test]
+    fn lag_units() {
+        assert_eq!(parse_lag("16MB"), Some(16 << 20));
+        assert_eq!(parse_lag("10kB"), Some(10 << 10));
+        assert_eq!(parse_lag("123"), Some(123));
+        assert_eq!(parse_lag("x"), None);
+        assert_eq!(parse_query(Some("lag=16%4DB&a+b=c")), {
+            let mut q = Query::new();
+            q.insert("lag".into(), "16MB".into());
+            q.insert("a b".into(), "c".into());
+            q
+        });
+    }
+}

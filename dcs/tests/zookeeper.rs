@@ -1,0 +1,291 @@
+//! ZooKeeper-specific checks of the ZooKeeper backend against a real ZooKeeper on 127.0.0.1: which
+//! znodes are ephemeral and whose, a session expiring behind a partition, znodes left by another
+//! session, `set_ttl` and the server's bounds, and a 3-node ensemble losing the node serving the
+//! client. The behaviour every backend shares is in `conformance.rs`.
+
+mod support;
+
+use std::time::Duration;
+
+use praetor_dcs::zookeeper::ZooKeeperDcs;
+use praetor_dcs::{Dcs, Expect, KeyKind, Keys, MemberData, MemberState, ProxyState, Role};
+use praetor_harness::{wait_for, ZooKeeper, ZooKeeperEnsemble};
+use serde_json::json;
+use support::*;
+use zookeeper_client as zk;
+
+async fn client(
+    dcs: &mut TestDcs,
+    scope: &str,
+    member: Option<&str>,
+    ttl_secs: u32,
+) -> ZooKeeperDcs {
+    let endpoint = dcs.zookeeper().endpoint.clone();
+    ZooKeeperDcs::connect(&[endpoint], identity(scope, member, ttl_secs))
+        .await
+        .expect("connect to ZooKeeper")
+}
+
+/// The session owning `path` (0: a persistent znode), or `None` when it does not exist. Retries
+/// while the raw client's own connection moves to another server.
+async fn owner(raw: &zk::Client, path: &str) -> Option<i64> {
+    wait_for(
+        &format!("the stat of {path}"),
+        Duration::from_secs(30),
+        || async { raw.check_stat(path).await.map_err(|e| e.to_string()) },
+    )
+    .await
+    .expect("stat")
+    .map(|stat| stat.ephemeral_owner)
+}
+
+/// The negotiated timeout (ms) of session `sid` on `server`, from the `cons` four-letter word.
+async fn session_timeout_ms(server: &ZooKeeper, sid: i64) -> Result<u64, String> {
+    let cons = server.four_letter_word("cons").await?;
+    let needle = format!("sid={:#x},", sid);
+    let line = cons
+        .lines()
+        .find(|l| l.contains(&needle))
+        .ok_or_else(|| format!("no connection of session {sid:#x} in:\n{cons}"))?;
+    line.split(['(', ',', ')'])
+        .find_map(|f| f.strip_prefix("to="))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("no timeout in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_member_and_proxy_are_ephemeral_znodes_of_one_session_and_the_rest_persistent() {
+    let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
+    let a = client(&mut dcs, "ephemeral", Some("a"), 10).await;
+    let keys = Keys::new("/service/", "ephemeral");
+    a.touch_member(&MemberData::default()).await.unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    a.set_proxy_state("p", &ProxyState::default())
+        .await
+        .unwrap();
+    a.set_config(&json!({"ttl": 10}), Expect::Absent)
+        .await
+        .unwrap();
+    assert!(a.create_initialize("1").await.unwrap());
+
+    let raw = raw_zk(dcs.zookeeper()).await;
+    let session = owner(&raw, &keys.leader()).await.unwrap();
+    assert_ne!(session, 0);
+    assert_eq!(owner(&raw, &keys.member("a")).await, Some(session));
+    assert_eq!(owner(&raw, &keys.proxy("p")).await, Some(session));
+    assert_eq!(owner(&raw, &keys.config()).await, Some(0));
+    assert_eq!(owner(&raw, &keys.initialize()).await, Some(0));
+    // The session timeout is the ttl.
+    let server = dcs.zookeeper();
+    assert_eq!(session_timeout_ms(server, session).await, Ok(10_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_is_replaced_the_member_restored_and_the_lock_not_recreated() {
+    const TTL: u32 = 2;
+    let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
+    let keys = Keys::new("/service/", "expired");
+    let relay = dcs.relay().await;
+    let a = dcs.client_via(&relay, "expired", Some("a"), TTL).await;
+    a.touch_member(&member_data(MemberState::Running, Role::Primary))
+        .await
+        .unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    let raw = raw_zk(dcs.zookeeper()).await;
+    let old = owner(&raw, &keys.leader()).await.unwrap();
+
+    // Cut off, the session expires on the server (its znodes go) while the client cannot tell.
+    relay.cut();
+    wait_for(
+        "the server to expire the session",
+        Duration::from_secs(30),
+        || async {
+            match (
+                owner(&raw, &keys.leader()).await,
+                owner(&raw, &keys.member("a")).await,
+            ) {
+                (None, None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    relay.restore();
+
+    // The client learns of the expiry, opens a new session and writes its member key on it, but
+    // never the lock.
+    wait_for(
+        "a renewal to report the lock lost",
+        Duration::from_secs(30),
+        || async {
+            match a.renew_leader().await {
+                Ok(false) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let new = wait_for(
+        "the member key on a new session",
+        Duration::from_secs(30),
+        || async {
+            match owner(&raw, &keys.member("a")).await {
+                Some(s) if s != old && s != 0 => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(owner(&raw, &keys.leader()).await, None);
+    let c = a.load().await.unwrap();
+    assert_eq!(c.member("a").unwrap().data.role, Role::Primary);
+    assert!(c.leader.is_none());
+    // Taking the lock again is an explicit acquire, on the new session.
+    assert!(a.acquire_leader().await.unwrap());
+    assert_eq!(owner(&raw, &keys.leader()).await, Some(new));
+    assert!(a.renew_leader().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn znodes_left_by_another_session_are_replaced_by_touch_member_and_are_not_the_lock() {
+    let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
+    let keys = Keys::new("/service/", "stale");
+    // As a former session of this member (or an operator) left them: persistent, same name.
+    dcs.raw_put(&keys.member("a"), br#"{"state":"stopped"}"#)
+        .await;
+    dcs.raw_put(&keys.leader(), b"a").await;
+    let a = client(&mut dcs, "stale", Some("a"), 10).await;
+    let raw = raw_zk(dcs.zookeeper()).await;
+
+    assert!(
+        !a.renew_leader().await.unwrap(),
+        "a leader znode of another session is not this session's lock"
+    );
+    assert!(!a.acquire_leader().await.unwrap());
+    a.touch_member(&member_data(MemberState::Running, Role::Replica))
+        .await
+        .unwrap();
+    let session = owner(&raw, &keys.member("a")).await.unwrap();
+    assert_ne!(session, 0, "replaced by an ephemeral znode of the session");
+    assert_eq!(
+        a.load().await.unwrap().member("a").unwrap().data.role,
+        Role::Replica
+    );
+    // Releasing by name still works (an operator's way out), and then the lock is this session's.
+    assert!(a.release_leader().await.unwrap());
+    assert!(a.acquire_leader().await.unwrap());
+    assert_eq!(owner(&raw, &keys.leader()).await, Some(session));
+    assert!(a.renew_leader().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_ttl_applies_to_the_next_session_within_the_servers_bounds() {
+    let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
+    let keys = Keys::new("/service/", "ttl");
+    let a = client(&mut dcs, "ttl", Some("a"), 30).await;
+    a.touch_member(&MemberData::default()).await.unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    let raw = raw_zk(dcs.zookeeper()).await;
+    let first = owner(&raw, &keys.leader()).await.unwrap();
+    assert_eq!(session_timeout_ms(dcs.zookeeper(), first).await, Ok(30_000));
+
+    // A live session keeps its timeout (changing it would need a new session and lose the lock).
+    a.set_ttl(7).await.unwrap();
+    assert!(a.renew_leader().await.unwrap());
+    a.touch_member(&MemberData::default()).await.unwrap();
+    assert_eq!(owner(&raw, &keys.leader()).await, Some(first));
+    assert_eq!(session_timeout_ms(dcs.zookeeper(), first).await, Ok(30_000));
+
+    // The next session gets it.
+    a.close().await.unwrap();
+    a.touch_member(&MemberData::default()).await.unwrap();
+    let second = owner(&raw, &keys.member("a")).await.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(session_timeout_ms(dcs.zookeeper(), second).await, Ok(7_000));
+
+    // Beyond the server's maxSessionTimeout (60 s here) the server grants its bound.
+    a.set_ttl(100).await.unwrap();
+    a.close().await.unwrap();
+    a.touch_member(&MemberData::default()).await.unwrap();
+    let third = owner(&raw, &keys.member("a")).await.unwrap();
+    assert_eq!(session_timeout_ms(dcs.zookeeper(), third).await, Ok(60_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_and_the_watch_survive_the_loss_of_the_ensemble_member_serving_them() {
+    let dir = tempfile::Builder::new()
+        .prefix("praetor-dcs-zk3-")
+        .tempdir()
+        .expect("temp dir");
+    let mut ensemble = ZooKeeperEnsemble::start(dir.path(), 3)
+        .await
+        .expect("ZooKeeper ensemble");
+    let hosts = ensemble.hosts();
+    let keys = Keys::new("/service/", "three");
+    let a = ZooKeeperDcs::connect(&hosts, identity("three", Some("a"), 10))
+        .await
+        .expect("connect");
+    let observer = ZooKeeperDcs::connect(&hosts, identity("three", None, 10))
+        .await
+        .expect("connect");
+    let mut rx = observer.watch();
+    a.touch_member(&MemberData::default()).await.unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    let raw = zk::Client::connect(&hosts.join(","))
+        .await
+        .expect("raw client");
+    let session = owner(&raw, &keys.leader()).await.unwrap();
+
+    for round in 0..2 {
+        // Stop whichever member serves the lock holder's session.
+        let mut serving = None;
+        for (i, m) in ensemble.members.iter().enumerate() {
+            if session_timeout_ms(m, session).await.is_ok() {
+                serving = Some(i);
+            }
+        }
+        let serving = serving.expect("a member serves the session");
+        ensemble.stop_member(serving);
+
+        // The session moves to another member: same session, lock kept, watch delivering.
+        wait_for(
+            &format!("round {round}: a renewal after member {serving} stopped"),
+            Duration::from_secs(30),
+            || async {
+                match a.renew_leader().await {
+                    Ok(true) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(owner(&raw, &keys.leader()).await, Some(session));
+        drain(&mut rx);
+        wait_for("a member write", Duration::from_secs(30), || async {
+            a.touch_member(&MemberData {
+                xlog_location: Some(round),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+        wait_for_event_or_resync(
+            &mut rx,
+            KeyKind::Member("a".into()),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        ensemble.start_member(serving).unwrap();
+        ensemble
+            .wait_serving(Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,95 @@
+//! A `praetor proxy` process with every listener (read-write, read-only, auto, admin, metrics) for a
+//! [`LocalCluster`], with extra `praetor.proxy` settings: what the proxy's cluster tests and the
+//! benchmarks need beyond [`LocalCluster::start_proxy`].
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cluster::LocalCluster;
+use crate::{free_port, wait_for, write_file, Process};
+
+/// A running proxy process and its ports; killed (with its process group) on drop.
+pub struct FullProxy {
+    /// Read-write port.
+    pub rw_port: u16,
+    /// Read-only port.
+    pub ro_port: u16,
+    /// Auto (per-transaction) port.
+    pub auto_port: u16,
+    /// Admin console port.
+    pub admin_port: u16,
+    /// Metrics port.
+    pub metrics_port: u16,
+    /// `praetor.proxy.id`: its key in the DCS is `praetor/proxies/<id>`.
+    pub id: String,
+    process: Process,
+}
+
+impl FullProxy {
+    /// Starts `praetor proxy` for `cluster` as `id`, with `extra` YAML lines appended under
+    /// `praetor.proxy:` (each indented by four spaces, e.g. `"    max_replica_lag: 1MB\n"`), and waits
+    /// until its metrics endpoint answers.
+    pub async fn start(cluster: &LocalCluster, id: &str, extra: &str) -> Result<FullProxy, String> {
+        let (rw, ro, auto, admin, metrics) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let config = cluster.work.path().join(format!("proxy-{id}.yml"));
+        let yaml = format!(
+            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    id: {id}\n    read_write: {{listen: '127.0.0.1:{rw}'}}\n    read_only: {{listen: '127.0.0.1:{ro}'}}\n    auto: {{listen: '127.0.0.1:{auto}'}}\n    admin: {{listen: '127.0.0.1:{admin}'}}\n    metrics: {{listen: '127.0.0.1:{metrics}'}}\n    connect_timeout: 10\n    shutdown_timeout: 2\n{extra}",
+            scope = cluster.options.scope,
+            dcs = cluster.etcd.yaml_section(),
+        );
+        write_file(&config, &yaml).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&cluster.binary);
+        cmd.arg("proxy").arg("-c").arg(&config);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let log = cluster.work.path().join(format!("proxy-{id}.log"));
+        let process = Process::spawn(&format!("proxy-{id}"), cmd, &log)
+            .map_err(|e| format!("cannot start the proxy: {e}"))?;
+        let proxy = FullProxy {
+            rw_port: rw,
+            ro_port: ro,
+            auto_port: auto,
+            admin_port: admin,
+            metrics_port: metrics,
+            id: id.to_string(),
+            process,
+        };
+        let addr = format!("127.0.0.1:{metrics}");
+        wait_for(
+            "the proxy's metrics endpoint",
+            Duration::from_secs(30),
+            || {
+                let addr = addr.clone();
+                async move { crate::http_get(&addr, "/metrics").await.map(|_| ()) }
+            },
+        )
+        .await
+        .map_err(|e| format!("{e}\nproxy log:\n{}", proxy.log()))?;
+        Ok(proxy)
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// The process (to signal it).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// The metrics text.
+    pub async fn metrics(&self) -> Result<String, String> {
+        crate::http_get(&format!("127.0.0.1:{}", self.metrics_port), "/metrics")
+            .await
+            .map(|(_, body)| body)
+    }
+}

@@ -1,0 +1,393 @@
+//! Server connections of the auto port: opening one (TCP, TLS, startup, authentication with the
+//! client's password), and the pool idle ones wait in between transactions.
+//!
+//! A [`ServerConn`] carries its [`Route`], so the router fences it like any other connection: a
+//! pooled connection to a former leader is dropped by [`Pool::purge_fenced`] right after the
+//! topology changes, and a fenced connection is never handed out. Connections are pooled per server
+//! and per StartupMessage (user, database, options), and only when they carry no session state.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use praetor_protocol::backend::{
+    AUTHENTICATION, BACKEND_KEY_DATA, ERROR_RESPONSE, NEGOTIATE_PROTOCOL_VERSION, NOTICE_RESPONSE,
+    PARAMETER_STATUS, READY_FOR_QUERY,
+};
+use praetor_protocol::frontend::{encode_query, encode_terminate};
+use praetor_protocol::{AuthProgress, CancelKey, ErrorFields, FrameHeader, PasswordAuth, SqlState};
+use prometheus::IntGauge;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::router::Route;
+use crate::stream::{BackendTls, ServerStream};
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Initial capacity of a server connection's read buffer.
+const SERVER_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Decrements a gauge on drop.
+pub(crate) struct GaugeGuard(pub IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One server connection of the auto port, past its startup phase.
+pub(crate) struct ServerConn {
+    pub stream: ServerStream,
+    /// Bytes read from the server and not yet handled.
+    pub buf: BytesMut,
+    /// The server's BackendKeyData.
+    pub key: Option<CancelKey>,
+    /// How many of the session's replayed `SET`s this connection has run.
+    pub applied_sets: usize,
+    /// Bytes of a server message still to forward (the message was started in an earlier read).
+    pub remaining: usize,
+    /// The server let this connection in without asking for a password, and sent these startup
+    /// messages (ParameterStatus...): a new client with the same StartupMessage would be let in
+    /// the same way, so it may log in on this connection when it is pooled.
+    pub trusted_login: Option<Bytes>,
+    /// Declared last: the socket above closes before the route's fence records the close.
+    pub route: Route,
+    _gauge: GaugeGuard,
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        // A polite Terminate when it fits in the socket buffer, so the server does not log an
+        // unexpected end of file; the socket closes right after either way.
+        if let ServerStream::Plain(s) = &self.stream {
+            let mut t = BytesMut::with_capacity(5);
+            encode_terminate(&mut t);
+            let _ = s.try_write(&t);
+        }
+    }
+}
+
+/// Why opening a server connection failed.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// TCP or TLS failed, or timed out.
+    Connect(String),
+    /// The server is not accepting connections now (57P03: starting up or shutting down).
+    NotReady(String),
+    /// The server refused the login (the ErrorResponse, to pass on).
+    Refused(Bytes, ErrorFields),
+    /// The server asked for a password and the proxy has none (yet).
+    NeedPassword,
+    /// The proxy cannot authenticate (unsupported method) or the server broke the protocol.
+    Failed(String),
+}
+
+/// What a server sent during its startup phase besides authentication.
+#[derive(Default)]
+pub(crate) struct StartupOutput {
+    /// ParameterStatus, NoticeResponse and NegotiateProtocolVersion messages, as sent.
+    pub messages: BytesMut,
+}
+
+/// Connects to `route`'s server (TCP with `timeout`, TLS as configured), sends `startup` and
+/// authenticates with `auth`. Returns the connection, ready for queries, and the server's startup
+/// messages for the client.
+pub(crate) async fn open(
+    route: Route,
+    gauge: IntGauge,
+    tls: &BackendTls,
+    timeout: Duration,
+    startup: &[u8],
+    auth: &mut PasswordAuth,
+) -> Result<(ServerConn, StartupOutput), OpenError> {
+    let addr = (route.backend.host.as_str(), route.backend.port);
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(OpenError::Connect(e.to_string())),
+        Err(_) => return Err(OpenError::Connect(format!("timed out after {timeout:?}"))),
+    };
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(timeout, tls.connect(tcp, &route.backend.host)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(OpenError::Connect(format!("TLS: {e}"))),
+        Err(_) => return Err(OpenError::Connect("TLS handshake timed out".into())),
+    };
+    gauge.inc();
+    let mut conn = ServerConn {
+        stream,
+        buf: BytesMut::with_capacity(SERVER_BUFFER_BYTES),
+        key: None,
+        applied_sets: 0,
+        remaining: 0,
+        trusted_login: None,
+        route,
+        _gauge: GaugeGuard(gauge),
+    };
+    let (out, asked_password) = tokio::time::timeout(timeout, conn.startup(startup, auth))
+        .await
+        .map_err(|_| {
+            OpenError::Connect(format!("no answer to the startup within {timeout:?}"))
+        })??;
+    if !asked_password {
+        conn.trusted_login = Some(Bytes::copy_from_slice(&out.messages));
+    }
+    Ok((conn, out))
+}
+
+impl ServerConn {
+    async fn startup(
+        &mut self,
+        startup: &[u8],
+        auth: &mut PasswordAuth,
+    ) -> Result<(StartupOutput, bool), OpenError> {
+        let io_err = |e: io::Error| OpenError::Connect(e.to_string());
+        self.stream.write_all(startup).await.map_err(io_err)?;
+        let mut out = StartupOutput::default();
+        let mut answer = BytesMut::new();
+        let mut asked_password = false;
+        loop {
+            let frame = self.next_frame().await?;
+            let body = &frame[5..];
+            if frame[0] == AUTHENTICATION && body.get(..4) != Some(&[0, 0, 0, 0]) {
+                asked_password = true;
+            }
+            match frame[0] {
+                AUTHENTICATION => match auth.step(body, &mut answer) {
+                    Ok(AuthProgress::Done) => {}
+                    Ok(AuthProgress::Continue) => {
+                        if !answer.is_empty() {
+                            self.stream.write_all(&answer).await.map_err(io_err)?;
+                            answer.clear();
+                        }
+                    }
+                    Err(praetor_protocol::AuthError::NoPassword) => {
+                        return Err(OpenError::NeedPassword)
+                    }
+                    Err(e) => return Err(OpenError::Failed(e.to_string())),
+                },
+                ERROR_RESPONSE => {
+                    let fields = ErrorFields::parse(body).unwrap_or_default();
+                    if fields.code() == Some(SqlState::CANNOT_CONNECT_NOW.code()) {
+                        return Err(OpenError::NotReady(
+                            fields
+                                .message()
+                                .unwrap_or("not accepting connections")
+                                .into(),
+                        ));
+                    }
+                    return Err(OpenError::Refused(frame, fields));
+                }
+                BACKEND_KEY_DATA => {
+                    self.key = CancelKey::from_backend_key_data(body).ok();
+                }
+                PARAMETER_STATUS | NOTICE_RESPONSE | NEGOTIATE_PROTOCOL_VERSION => {
+                    out.messages.extend_from_slice(&frame);
+                }
+                READY_FOR_QUERY => return Ok((out, asked_password)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads one whole message (at most 1 MB here: only startup and replies to the proxy's own
+    /// queries are read this way).
+    pub async fn next_frame(&mut self) -> Result<Bytes, OpenError> {
+        loop {
+            match FrameHeader::peek(&self.buf) {
+                Ok(Some(h)) if h.frame_len > 1 << 20 => {
+                    return Err(OpenError::Failed(format!(
+                        "server message {:?} of {} bytes during startup",
+                        h.tag as char, h.frame_len
+                    )))
+                }
+                Ok(Some(h)) if self.buf.len() >= h.frame_len => {
+                    return Ok(self.buf.split_to(h.frame_len).freeze());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(OpenError::Failed(e.to_string())),
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return Err(OpenError::Connect(
+                        "the server closed the connection".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(OpenError::Connect(e.to_string())),
+            }
+        }
+    }
+
+    /// Runs `statements` (one simple query) and discards the replies up to ReadyForQuery; an
+    /// ErrorResponse fails. Used to replay a session's `SET`s.
+    pub async fn run_quietly(&mut self, statements: &str) -> Result<(), OpenError> {
+        let mut q = BytesMut::new();
+        encode_query(&mut q, statements);
+        self.stream
+            .write_all(&q)
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        let mut error = None;
+        loop {
+            let frame = self.next_frame().await?;
+            match frame[0] {
+                ERROR_RESPONSE => error = Some(ErrorFields::parse(&frame[5..]).unwrap_or_default()),
+                READY_FOR_QUERY => {
+                    return match error {
+                        None => Ok(()),
+                        Some(e) => Err(OpenError::Failed(format!(
+                            "replaying the session's settings failed: {}",
+                            e.message().unwrap_or("error")
+                        ))),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A cheap check that an idle connection is still usable: nothing arrived (no FATAL, no end of
+    /// file) while it was idle.
+    pub fn looks_alive(&mut self) -> bool {
+        if !self.buf.is_empty() || self.remaining != 0 || self.route.fence.is_fenced() {
+            return false;
+        }
+        match &self.stream {
+            ServerStream::Plain(s) => {
+                let mut probe = [0u8; 1];
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            ServerStream::Tls(_) => true,
+        }
+    }
+}
+
+type PoolKey = (crate::topology::Backend, Bytes);
+
+/// Idle server connections, per server and StartupMessage.
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<(ServerConn, Instant)>>>,
+    gauge: IntGauge,
+}
+
+impl Pool {
+    pub fn new(gauge: IntGauge) -> Pool {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            gauge,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<(ServerConn, Instant)>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle connection to `backend` made with `startup` that the server let in without a
+    /// password, to log a new client in on it.
+    pub fn take_trusted(
+        &self,
+        backend: &crate::topology::Backend,
+        startup: &Bytes,
+    ) -> Option<ServerConn> {
+        let found = {
+            let mut idle = self.lock();
+            let list = idle.get_mut(&(backend.clone(), startup.clone()))?;
+            let i = list.iter().rposition(|(c, since)| {
+                c.trusted_login.is_some() && since.elapsed() < POOL_IDLE_LIFETIME
+            })?;
+            list.swap_remove(i).0
+        };
+        self.gauge.dec();
+        let mut conn = found;
+        conn.looks_alive().then_some(conn)
+    }
+
+    /// An idle connection to `backend` made with `startup`, if one is alive.
+    pub fn take(&self, backend: &crate::topology::Backend, startup: &Bytes) -> Option<ServerConn> {
+        let mut dropped = Vec::new();
+        let found = {
+            let mut idle = self.lock();
+            let list = idle.get_mut(&(backend.clone(), startup.clone()))?;
+            let mut found = None;
+            while let Some((mut conn, since)) = list.pop() {
+                if since.elapsed() < POOL_IDLE_LIFETIME && conn.looks_alive() {
+                    found = Some(conn);
+                    break;
+                }
+                dropped.push(conn);
+            }
+            found
+        };
+        self.gauge
+            .sub(dropped.len() as i64 + i64::from(found.is_some()));
+        drop(dropped);
+        found
+    }
+
+    /// Returns `conn` (made with `startup`) to the pool, or closes it when the pool for its server
+    /// holds `limit` already or it is fenced.
+    pub fn put(&self, conn: ServerConn, startup: &Bytes, limit: usize) {
+        if conn.route.fence.is_fenced() || conn.remaining != 0 || !conn.buf.is_empty() {
+            return;
+        }
+        let mut idle = self.lock();
+        let list = idle
+            .entry((conn.route.backend.clone(), startup.clone()))
+            .or_default();
+        if list.len() >= limit {
+            return;
+        }
+        list.push((conn, Instant::now()));
+        self.gauge.inc();
+    }
+
+    /// Closes fenced and expired connections; returns how many.
+    pub fn purge_fenced(&self) -> usize {
+        let mut closed = Vec::new();
+        {
+            let mut idle = self.lock();
+            for list in idle.values_mut() {
+                let mut i = 0;
+                while i < list.len() {
+                    if list[i].0.route.fence.is_fenced()
+                        || list[i].1.elapsed() >= POOL_IDLE_LIFETIME
+                    {
+                        closed.push(list.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            idle.retain(|_, l| !l.is_empty());
+        }
+        self.gauge.sub(closed.len() as i64);
+        closed.len()
+    }
+
+    /// Closes every pooled connection (shutdown).
+    pub fn clear(&self) {
+        let all: Vec<_> = self.lock().drain().collect();
+        self.gauge.set(0);
+        drop(all);
+    }
+
+    /// `(member, role, idle count)` per server (admin console).
+    pub fn summary(&self) -> Vec<(String, &'static str, usize)> {
+        let idle = self.lock();
+        let mut by: HashMap<(String, &'static str), usize> = HashMap::new();
+        for ((b, _), list) in idle.iter() {
+            if let Some((c, _)) = list.first() {
+                *by.entry((b.member.clone(), c.route.role.as_str()))
+                    .or_default() += list.len();
+            }
+        }
+        let mut v: Vec<_> = by.into_iter().map(|((m, r), n)| (m, r, n)).collect();
+        v.sort();
+        v
+    }
+}

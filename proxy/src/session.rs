@@ -1,0 +1,1302 @@
+//! The auto port: one client session routed transaction by transaction.
+//!
+//! The session authenticates its client against the first server it opens (the leader, or a
+//! replica for `praetor.target=replica`): trust passes through; for a password method the proxy asks
+//! the client for its password in clear text (over TLS when configured) and answers the server
+//! itself, so that it can open more server connections later with the same credentials
+//! ([`praetor_protocol::PasswordAuth`]). The client gets the server's ParameterStatus messages and a
+//! cancel key issued by the proxy.
+//!
+//! Then, at every *idle point* (the servers answered everything and the last ReadyForQuery said
+//! `I`), the first message of the next unit decides where the unit goes:
+//! - a Query is classified ([`praetor_protocol::Classifier`]); reads (`SELECT`, `SHOW`, `BEGIN READ
+//!   ONLY`) go to a fresh replica, everything else to the leader;
+//! - an extended-protocol unit goes to a replica only when it is wholly in the buffer (up to Sync)
+//!   and every Parse in it reads; a unit without Parse goes where the previous unit went;
+//! - a session-level `SET`/`RESET`/`DISCARD` runs on the leader and is replayed on every other
+//!   server connection before its next use; anything else that creates session state (named
+//!   prepared statements, temporary tables, `LISTEN`, session advisory locks, cursors `WITH HOLD`)
+//!   pins the session to the server it runs on for the rest of the session.
+//!
+//! Within a unit (and a transaction) every message goes to the same server. Messages of a next unit
+//! that the client pipelines before the current one is answered follow it when that server can run
+//! them; otherwise the session stops reading the client until the current unit is over.
+//!
+//! Server connections of a session without session state return to a shared pool after
+//! `idle_release` of idleness. When the leader changes, an idle session simply loses its connection
+//! to the former leader and opens one to the new leader at its next write: the move is invisible to
+//! the client. A session in the middle of a transaction on the former leader, or pinned to it, is
+//! closed. With no routable leader a write waits up to `connect_timeout` for one.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use praetor_protocol::backend::{
+    ERROR_RESPONSE, NOTICE_RESPONSE, PARAMETER_STATUS, READY_FOR_QUERY,
+};
+use praetor_protocol::frontend::{
+    cleartext_password, encode_auth_cleartext, encode_auth_ok, encode_backend_key_data,
+    encode_ready_for_query, query_text, Bind, Parse, BIND, FUNCTION_CALL, PARSE, PASSWORD, QUERY,
+    SYNC, TERMINATE,
+};
+use praetor_protocol::{
+    encode_error_response, Class, FrameHeader, FrontendHeader, PasswordAuth, PinReason, Severity,
+    SqlState, StartupMessage, TxStatus,
+};
+use prometheus::IntCounter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cancel::SessionCancel;
+use crate::clients::ClientInfo;
+use crate::conn::{send_fatal, Runtime, Shared};
+use crate::metrics::ListenerKind;
+use crate::pool::{open, OpenError, ServerConn};
+use crate::router::{BackendRole, NoRoute, Want};
+use crate::settings::Target;
+use crate::stream::ClientStream;
+
+/// Capacity of the client read buffer.
+const CLIENT_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Which of the session's two server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Leader,
+    Replica,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Side::Leader => "leader",
+            Side::Replica => "replica",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    ClientClosed,
+    /// The client said Terminate.
+    Terminated,
+    Io(std::io::Error),
+    /// The client broke the protocol (answered with a FATAL with this SQLSTATE).
+    Protocol(SqlState, String),
+    /// A server connection the session depended on was fenced or lost.
+    ServerLost(String),
+    /// Shutdown or drain.
+    Shutdown,
+}
+
+/// Where the next unit goes.
+struct Decision {
+    side: Side,
+    class: Class,
+    pin: Option<PinReason>,
+}
+
+/// The state of one session.
+struct Session<'a> {
+    shared: &'a Shared,
+    rt: Arc<Runtime>,
+    info: Arc<ClientInfo>,
+    user: String,
+    password: Option<Vec<u8>>,
+    /// The StartupMessage servers get (the client's, without `praetor.*` options).
+    startup: Bytes,
+    target: Target,
+    leader: Option<ServerConn>,
+    replica: Option<ServerConn>,
+    /// The side running the current unit, if any.
+    current: Option<Side>,
+    /// Queries and Syncs sent and not yet answered with ReadyForQuery.
+    outstanding: usize,
+    tx: TxStatus,
+    /// The client has sent the message that ends its current unit (Query or Sync).
+    unit_closed: bool,
+    unit_class: Class,
+    unit_started: Instant,
+    unit_error: bool,
+    last_side: Option<Side>,
+    pinned: Option<(Side, PinReason)>,
+    /// Session-level SET statements to replay on other connections.
+    sets: Vec<String>,
+    /// The SET text of the current unit, recorded when it succeeds.
+    pending_set: Option<String>,
+    /// Bytes of the client's current message still to stream to the server.
+    client_remaining: usize,
+    /// Client messages are being discarded up to the next Sync (a unit that could not be routed).
+    discard_until_sync: bool,
+    cancel: SessionCancel,
+    idle_since: Option<Instant>,
+    c2s: IntCounter,
+    s2c: IntCounter,
+}
+
+/// Serves one client of the auto port until it ends.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    mut client: ClientStream,
+    startup: StartupMessage,
+    leftover: BytesMut,
+    info: Arc<ClientInfo>,
+    shutdown: CancellationToken,
+) {
+    let (options, kept) = startup.take_options("praetor.");
+    let mut target = rt
+        .database_targets
+        .get(startup.database())
+        .copied()
+        .unwrap_or_default();
+    for (name, value) in &options {
+        if name == "target" {
+            match Target::parse(value) {
+                Some(t) => target = t,
+                None => {
+                    send_fatal(
+                        &mut client,
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        &format!(
+                            "invalid value for parameter \"praetor.target\": \"{value}\" (use primary, replica or any)"
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+    let server_startup = if options.is_empty() {
+        startup.raw.clone()
+    } else {
+        startup.encode_with_options(&kept)
+    };
+    let (c2s, s2c) = shared.metrics.byte_counters(ListenerKind::Auto);
+    let mut s = Session {
+        shared: &shared,
+        rt,
+        info,
+        user: startup.user().to_string(),
+        password: None,
+        startup: server_startup,
+        target,
+        leader: None,
+        replica: None,
+        current: None,
+        outstanding: 0,
+        tx: TxStatus::Idle,
+        unit_closed: true,
+        unit_class: Class::Read,
+        unit_started: Instant::now(),
+        unit_error: false,
+        last_side: None,
+        pinned: None,
+        sets: Vec::new(),
+        pending_set: None,
+        client_remaining: 0,
+        discard_until_sync: false,
+        cancel: SessionCancel::default(),
+        idle_since: None,
+        c2s,
+        s2c,
+    };
+    let (key, _registration) = shared.cancels.register_session(s.cancel.clone());
+    let mut cbuf = leftover;
+    cbuf.reserve(CLIENT_BUFFER_BYTES);
+    if let Err(end) = s.login(&mut client, &mut cbuf, &key).await {
+        s.log_end(&end, "during login");
+        return;
+    }
+    s.info.update(|st| st.status = "idle");
+    let end = s.serve(&mut client, &mut cbuf, &shutdown).await;
+    if let End::Protocol(code, message) = &end {
+        send_fatal(&mut client, *code, message).await;
+    }
+    if matches!(end, End::Shutdown) {
+        send_fatal(
+            &mut client,
+            SqlState::ADMIN_SHUTDOWN,
+            "terminating connection: the proxy is shutting down",
+        )
+        .await;
+    }
+    s.log_end(&end, "");
+    s.release_all(true);
+}
+
+impl Session<'_> {
+    fn log_end(&self, end: &End, phase: &str) {
+        match end {
+            End::ClientClosed | End::Terminated => debug!("client closed the session {phase}"),
+            End::Io(e) => debug!(error = %e, "session failed {phase}"),
+            End::Protocol(_, m) => {
+                self.shared
+                    .metrics
+                    .client_error(ListenerKind::Auto, "protocol");
+                info!("closing the client: {m}");
+            }
+            End::ServerLost(m) => {
+                self.shared
+                    .metrics
+                    .client_error(ListenerKind::Auto, "server_lost");
+                info!("closing the client: {m}");
+            }
+            End::Shutdown => debug!("closed: the proxy is shutting down"),
+        }
+    }
+
+    fn conn(&mut self, side: Side) -> &mut Option<ServerConn> {
+        match side {
+            Side::Leader => &mut self.leader,
+            Side::Replica => &mut self.replica,
+        }
+    }
+
+    /// Authenticates the client against the first server and sends it the startup replies.
+    async fn login(
+        &mut self,
+        client: &mut ClientStream,
+        cbuf: &mut BytesMut,
+        key: &praetor_protocol::CancelKey,
+    ) -> Result<(), End> {
+        let side = match self.target {
+            Target::Replica => Side::Replica,
+            _ => Side::Leader,
+        };
+        let deadline = Instant::now() + self.rt.connect_timeout;
+        loop {
+            let want = match side {
+                Side::Leader => Want::Leader,
+                Side::Replica => Want::Read,
+            };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let route = match self.shared.router.route_want(want, wait).await {
+                Ok(r) => r,
+                Err(NoRoute::NoBackend) if side == Side::Leader && self.target == Target::Any => {
+                    // No leader: a read-only session is better than none.
+                    match self.shared.router.try_route_want(Want::Read) {
+                        Ok(r) => r,
+                        Err(e) => return Err(self.refuse(client, e).await),
+                    }
+                }
+                Err(e) => return Err(self.refuse(client, e).await),
+            };
+            let side = if route.role == BackendRole::Leader {
+                Side::Leader
+            } else {
+                Side::Replica
+            };
+            let gauge = self.shared.metrics.connections.with_label_values(&[
+                ListenerKind::Auto.as_str(),
+                &route.backend.member,
+                route.role.as_str(),
+            ]);
+            self.shared
+                .metrics
+                .connections_total
+                .with_label_values(&[
+                    ListenerKind::Auto.as_str(),
+                    &route.backend.member,
+                    route.role.as_str(),
+                ])
+                .inc();
+            let described = format!("{} {}", route.role.as_str(), route.backend);
+            // A pooled connection the server let in without a password serves this client too:
+            // same StartupMessage, same server, same answer.
+            if let Some(conn) = self.shared.pool.take_trusted(&route.backend, &self.startup) {
+                let messages = conn.trusted_login.clone().unwrap_or_default();
+                drop(route);
+                let mut out = BytesMut::with_capacity(512);
+                encode_auth_ok(&mut out);
+                out.extend_from_slice(&messages);
+                encode_backend_key_data(&mut out, key);
+                encode_ready_for_query(&mut out, TxStatus::Idle);
+                client.write_all(&out).await.map_err(End::Io)?;
+                let member = conn.route.backend.member.clone();
+                self.info.update(|st| {
+                    st.user = self.user.clone();
+                    st.servers = vec![(member, side.as_str())];
+                });
+                *self.conn(side) = Some(conn);
+                self.last_side = Some(side);
+                self.idle_since = Some(Instant::now());
+                return Ok(());
+            }
+            let mut auth = PasswordAuth::new(&self.user, self.password.as_deref());
+            let opened = open(
+                route,
+                gauge,
+                &self.rt.backend_tls,
+                self.rt.connect_timeout,
+                &self.startup,
+                &mut auth,
+            )
+            .await;
+            match opened {
+                Err(OpenError::NeedPassword) if self.password.is_none() => {
+                    // The server wants a password: ask the client once, then log in again with it.
+                    let mut login = LoginAuth {
+                        client: &mut *client,
+                        cbuf: &mut *cbuf,
+                    };
+                    self.password = Some(login.ask_password().await?);
+                }
+                Ok((conn, startup_messages)) => {
+                    let mut out = BytesMut::with_capacity(512);
+                    encode_auth_ok(&mut out);
+                    out.extend_from_slice(&startup_messages.messages);
+                    encode_backend_key_data(&mut out, key);
+                    encode_ready_for_query(&mut out, TxStatus::Idle);
+                    client.write_all(&out).await.map_err(End::Io)?;
+                    let member = conn.route.backend.member.clone();
+                    self.info.update(|st| {
+                        st.user = self.user.clone();
+                        st.servers = vec![(member, side.as_str())];
+                    });
+                    *self.conn(side) = Some(conn);
+                    self.last_side = Some(side);
+                    self.idle_since = Some(Instant::now());
+                    return Ok(());
+                }
+                Err(OpenError::NotReady(m)) if Instant::now() < deadline => {
+                    debug!(backend = %described, "{m}; waiting for the cluster");
+                    let wait = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(std::time::Duration::from_millis(200));
+                    self.shared.router.changed(wait).await;
+                }
+                Err(OpenError::Refused(frame, fields)) => {
+                    if fields.code() == Some(SqlState::INVALID_PASSWORD.code()) {
+                        self.shared.metrics.client_error(ListenerKind::Auto, "auth");
+                    }
+                    let _ = client.write_all(&frame).await;
+                    return Err(End::ServerLost(format!(
+                        "{described} refused the login: {}",
+                        fields.message().unwrap_or("")
+                    )));
+                }
+                Err(OpenError::NotReady(m)) | Err(OpenError::Connect(m)) => {
+                    let message = format!("could not connect to {described}: {m}");
+                    self.shared
+                        .metrics
+                        .routing_error(ListenerKind::Auto, crate::RoutingError::ConnectFailed);
+                    send_fatal(client, SqlState::CONNECTION_FAILURE, &message).await;
+                    return Err(End::ServerLost(message));
+                }
+                Err(OpenError::Failed(m)) => {
+                    let message = format!("cannot log in to {described}: {m}");
+                    send_fatal(client, SqlState::INVALID_AUTHORIZATION, &message).await;
+                    return Err(End::ServerLost(message));
+                }
+                Err(OpenError::NeedPassword) => {
+                    let message =
+                        format!("cannot log in to {described}: the client gave no password");
+                    send_fatal(client, SqlState::INVALID_PASSWORD, &message).await;
+                    return Err(End::ServerLost(message));
+                }
+            }
+        }
+    }
+
+    async fn refuse(&self, client: &mut ClientStream, e: NoRoute) -> End {
+        let message = match e {
+            NoRoute::NoBackend => format!(
+                "no server is available for this session (waited {:?})",
+                self.rt.connect_timeout
+            ),
+            NoRoute::Suspended(reason) => format!("the proxy is not serving: {reason}"),
+        };
+        self.shared
+            .metrics
+            .routing_error(ListenerKind::Auto, crate::RoutingError::NoBackend);
+        send_fatal(client, SqlState::CONNECTION_FAILURE, &message).await;
+        End::ServerLost(message)
+    }
+
+    /// The session's main loop.
+    async fn serve(
+        &mut self,
+        client: &mut ClientStream,
+        cbuf: &mut BytesMut,
+        shutdown: &CancellationToken,
+    ) -> End {
+        let draining = self.shared.draining.clone();
+        loop {
+            // Handle what the client sent so far; `blocked`: the next message waits for the
+            // current unit to end.
+            let blocked = match self.handle_client(client, cbuf).await {
+                Ok(b) => b,
+                Err(end) => return end,
+            };
+            let idle = self.current.is_none() && self.client_remaining == 0;
+            if idle && draining.is_cancelled() {
+                return End::Shutdown;
+            }
+            let release_at = match (idle, self.idle_since) {
+                (true, Some(since))
+                    if self.pinned.is_none()
+                        && self.sets.is_empty()
+                        && (self.leader.is_some() || self.replica.is_some()) =>
+                {
+                    Some(tokio::time::Instant::from_std(since + self.rt.idle_release))
+                }
+                _ => None,
+            };
+            enum Wake {
+                Fenced(Side),
+                Client(std::io::Result<usize>),
+                Server(Side, std::io::Result<usize>),
+                Release,
+                Shutdown,
+                Drain,
+            }
+            let wake = {
+                let leader = conn_event(&mut self.leader);
+                let replica = conn_event(&mut self.replica);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Wake::Shutdown,
+                    _ = draining.cancelled(), if idle => Wake::Drain,
+                    e = leader => match e {
+                        ConnEvent::Fenced => Wake::Fenced(Side::Leader),
+                        ConnEvent::Read(r) => Wake::Server(Side::Leader, r),
+                    },
+                    e = replica => match e {
+                        ConnEvent::Fenced => Wake::Fenced(Side::Replica),
+                        ConnEvent::Read(r) => Wake::Server(Side::Replica, r),
+                    },
+                    r = client.read_buf(cbuf), if !blocked => Wake::Client(r),
+                    _ = async {
+                        match release_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => Wake::Release,
+                }
+            };
+            match wake {
+                Wake::Shutdown | Wake::Drain => return End::Shutdown,
+                Wake::Release => {
+                    self.release_all(false);
+                    self.idle_since = None;
+                }
+                Wake::Fenced(side) => {
+                    let busy = self.current == Some(side);
+                    let pinned = self.pinned.map(|(s, _)| s) == Some(side);
+                    let conn = self.conn(side).take();
+                    let backend = conn
+                        .as_ref()
+                        .map(|c| c.route.backend.to_string())
+                        .unwrap_or_default();
+                    drop(conn);
+                    self.update_servers();
+                    if busy || pinned {
+                        return End::ServerLost(format!(
+                            "{} {backend} lost the leader key during a transaction or while the session was pinned to it",
+                            side.as_str()
+                        ));
+                    }
+                    debug!(%backend, "fenced an idle server connection; the session moves on");
+                }
+                Wake::Client(Ok(0)) => return End::ClientClosed,
+                Wake::Client(Ok(n)) => self.c2s.inc_by(n as u64),
+                Wake::Client(Err(e)) => return End::Io(e),
+                Wake::Server(side, r) => {
+                    let lost = match r {
+                        Ok(0) => Some("closed the connection".to_string()),
+                        Ok(_) => None,
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Err(end) = self.handle_server(client, side, lost).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn update_servers(&self) {
+        let servers: Vec<(String, &'static str)> =
+            [(Side::Leader, &self.leader), (Side::Replica, &self.replica)]
+                .into_iter()
+                .filter_map(|(s, c)| {
+                    c.as_ref()
+                        .map(|c| (c.route.backend.member.clone(), s.as_str()))
+                })
+                .collect();
+        let status = if self.current.is_some() {
+            "active"
+        } else {
+            "idle"
+        };
+        let pinned = self.pinned.map(|(_, r)| r.to_string());
+        self.info.update(|st| {
+            st.servers = servers;
+            st.status = status;
+            st.pinned = pinned;
+        });
+    }
+
+    /// Returns the session's server connections to the pool (`closing`: the session ends; pool them
+    /// only when clean).
+    fn release_all(&mut self, closing: bool) {
+        let clean = self.pinned.is_none()
+            && self.sets.is_empty()
+            && self.current.is_none()
+            && self.tx == TxStatus::Idle;
+        for side in [Side::Leader, Side::Replica] {
+            if let Some(conn) = self.conn(side).take() {
+                if clean {
+                    self.shared.pool.put(conn, &self.startup, self.rt.pool_size);
+                }
+            }
+        }
+        self.cancel.set(None);
+        if !closing {
+            self.update_servers();
+        }
+    }
+
+    /// Handles server bytes read on `side` (or its loss).
+    async fn handle_server(
+        &mut self,
+        client: &mut ClientStream,
+        side: Side,
+        lost: Option<String>,
+    ) -> Result<(), End> {
+        let is_current = self.current == Some(side);
+        let pinned_here = self.pinned.map(|(s, _)| s) == Some(side);
+        if !is_current {
+            // An idle connection spoke: a notice, a parameter change, a notification, or a FATAL
+            // before the server closes it. Pinned sessions get it; others drop the connection when
+            // it is not a harmless message.
+            let mut keep = lost.is_none();
+            let mut forward = BytesMut::new();
+            if let Some(conn) = self.conn(side).as_mut() {
+                while let Ok(Some(h)) = FrameHeader::peek(&conn.buf) {
+                    if conn.buf.len() < h.frame_len {
+                        break;
+                    }
+                    let frame = conn.buf.split_to(h.frame_len);
+                    match h.tag {
+                        NOTICE_RESPONSE | PARAMETER_STATUS | b'A' if pinned_here => {
+                            forward.extend_from_slice(&frame)
+                        }
+                        NOTICE_RESPONSE | PARAMETER_STATUS | b'A' => {}
+                        ERROR_RESPONSE if pinned_here => {
+                            forward.extend_from_slice(&frame);
+                            keep = false;
+                        }
+                        _ => keep = false,
+                    }
+                }
+                if FrameHeader::peek(&conn.buf).is_err() {
+                    keep = false;
+                }
+            }
+            if !forward.is_empty() {
+                client.write_all(&forward).await.map_err(End::Io)?;
+                self.s2c.inc_by(forward.len() as u64);
+            }
+            if !keep {
+                let conn = self.conn(side).take();
+                let backend = conn.as_ref().map(|c| c.route.backend.to_string());
+                drop(conn);
+                self.update_servers();
+                if pinned_here {
+                    return Err(End::ServerLost(format!(
+                        "the server of a pinned session ({}) closed its connection",
+                        backend.unwrap_or_default()
+                    )));
+                }
+                debug!(backend = ?backend, "an idle server connection went away; dropped it");
+            }
+            return Ok(());
+        }
+        let Some(conn) = self.conn(side).as_mut() else {
+            return Ok(());
+        };
+        // Stream complete and partial messages to the client, watching tags for ReadyForQuery and
+        // ErrorResponse.
+        let mut i = 0;
+        let mut readies: Vec<TxStatus> = Vec::new();
+        let mut error = false;
+        let mut protocol_error = None;
+        loop {
+            if conn.remaining > 0 {
+                let n = conn.remaining.min(conn.buf.len() - i);
+                i += n;
+                conn.remaining -= n;
+                if conn.remaining > 0 {
+                    break;
+                }
+                continue;
+            }
+            match FrameHeader::peek(&conn.buf[i..]) {
+                Ok(None) => break,
+                Err(e) => {
+                    protocol_error = Some(e.to_string());
+                    break;
+                }
+                Ok(Some(h)) => {
+                    if h.tag == READY_FOR_QUERY {
+                        if conn.buf.len() - i < h.frame_len {
+                            break;
+                        }
+                        match TxStatus::from_ready_for_query(&conn.buf[i + 5..i + h.frame_len]) {
+                            Ok(s) => readies.push(s),
+                            Err(e) => {
+                                protocol_error = Some(e.to_string());
+                                break;
+                            }
+                        }
+                        i += h.frame_len;
+                        continue;
+                    }
+                    if h.tag == ERROR_RESPONSE {
+                        error = true;
+                    }
+                    conn.remaining = h.frame_len;
+                }
+            }
+        }
+        if i > 0 {
+            let result = client.write_all(&conn.buf[..i]).await;
+            conn.buf.advance(i);
+            self.s2c.inc_by(i as u64);
+            result.map_err(End::Io)?;
+        }
+        if error {
+            self.unit_error = true;
+        }
+        if let Some(e) = protocol_error {
+            return Err(End::ServerLost(format!(
+                "the server broke the protocol: {e}"
+            )));
+        }
+        for status in readies {
+            self.outstanding = self.outstanding.saturating_sub(1);
+            self.tx = status;
+        }
+        if let Some(reason) = lost {
+            self.conn(side).take();
+            return Err(End::ServerLost(format!(
+                "the {} server {reason} during a transaction",
+                side.as_str()
+            )));
+        }
+        if self.outstanding == 0
+            && self.tx == TxStatus::Idle
+            && self.unit_closed
+            && self.client_remaining == 0
+        {
+            self.end_unit(side);
+        }
+        Ok(())
+    }
+
+    /// The current unit is over (idle point).
+    fn end_unit(&mut self, side: Side) {
+        let target = match side {
+            Side::Leader => "leader",
+            Side::Replica => "replica",
+        };
+        self.shared
+            .metrics
+            .transaction_seconds
+            .with_label_values(&[target])
+            .observe(self.unit_started.elapsed().as_secs_f64());
+        if let Some(set) = self.pending_set.take() {
+            if !self.unit_error {
+                self.sets.push(set);
+                let n = self.sets.len();
+                if let Some(c) = self.conn(side).as_mut() {
+                    c.applied_sets = n;
+                }
+            }
+        }
+        self.current = None;
+        self.last_side = Some(side);
+        self.idle_since = Some(Instant::now());
+        self.cancel.set(None);
+        self.update_servers();
+    }
+
+    /// Handles the client's buffered messages. `Ok(true)`: stop reading the client until the current
+    /// unit ends.
+    async fn handle_client(
+        &mut self,
+        client: &mut ClientStream,
+        cbuf: &mut BytesMut,
+    ) -> Result<bool, End> {
+        loop {
+            // The tail of a message being streamed through.
+            if self.client_remaining > 0 {
+                if cbuf.is_empty() {
+                    return Ok(false);
+                }
+                let n = self.client_remaining.min(cbuf.len());
+                let chunk = cbuf.split_to(n);
+                self.client_remaining -= n;
+                if !self.discard_until_sync {
+                    self.write_current(&chunk).await?;
+                }
+                continue;
+            }
+            let h = match FrontendHeader::peek(cbuf, self.rt.max_message_size) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    if matches!(e, praetor_protocol::ProtocolError::MessageTooLarge { .. }) {
+                        self.shared
+                            .metrics
+                            .client_error(ListenerKind::Auto, "message_too_large");
+                    }
+                    return Err(End::Protocol(e.sqlstate(), e.to_string()));
+                }
+            };
+            if self.discard_until_sync {
+                if h.tag == SYNC {
+                    if cbuf.len() < h.frame_len {
+                        return Ok(false);
+                    }
+                    cbuf.advance(h.frame_len);
+                    self.discard_until_sync = false;
+                    let mut out = BytesMut::new();
+                    encode_ready_for_query(&mut out, TxStatus::Idle);
+                    client.write_all(&out).await.map_err(End::Io)?;
+                } else {
+                    let n = h.frame_len.min(cbuf.len());
+                    cbuf.advance(n);
+                    self.client_remaining = h.frame_len - n;
+                }
+                continue;
+            }
+            if h.tag == TERMINATE {
+                return Err(End::Terminated);
+            }
+            if h.tag == PASSWORD {
+                return Err(End::Protocol(
+                    SqlState::PROTOCOL_VIOLATION,
+                    "unexpected password message".into(),
+                ));
+            }
+            let needs_whole = matches!(h.tag, QUERY | PARSE);
+            let complete = cbuf.len() >= h.frame_len;
+            if needs_whole && !complete {
+                cbuf.reserve(h.frame_len - cbuf.len());
+                return Ok(false);
+            }
+
+            if let Some(side) = self.current {
+                // A unit is running on `side`.
+                let starts_next = self.unit_closed && self.tx == TxStatus::Idle;
+                if starts_next && self.pinned.is_none() {
+                    // The client pipelines the next unit: it follows when `side` can run it.
+                    let decision = self.decide(cbuf, h);
+                    if decision.side != side
+                        || decision.pin.is_some()
+                        || decision.class == Class::SessionSet
+                    {
+                        // Runs at the next idle point, where it is routed (and recorded) properly.
+                        return Ok(true);
+                    }
+                    self.begin_unit_stats(&decision);
+                } else if !starts_next {
+                    self.watch_in_transaction(cbuf, h, side);
+                }
+                self.forward_message(cbuf, h).await?;
+                continue;
+            }
+
+            // An idle point: route the unit.
+            let decision = if let Some((side, _)) = self.pinned {
+                Decision {
+                    side,
+                    class: Class::Write,
+                    pin: None,
+                }
+            } else {
+                self.decide(cbuf, h)
+            };
+            match self.ensure_conn(decision.side).await {
+                Ok(side) => {
+                    self.start_unit(side, &decision, cbuf, h);
+                    self.forward_message(cbuf, h).await?;
+                }
+                Err(message) => {
+                    // Answer the unit with an error and go on.
+                    let mut out = BytesMut::new();
+                    encode_error_response(
+                        &mut out,
+                        Severity::Error,
+                        SqlState::CONNECTION_FAILURE,
+                        &message,
+                    );
+                    if h.tag == QUERY {
+                        cbuf.advance(h.frame_len);
+                        encode_ready_for_query(&mut out, self.tx);
+                    } else {
+                        self.discard_until_sync = true;
+                    }
+                    client.write_all(&out).await.map_err(End::Io)?;
+                    if self.pinned.is_some() {
+                        return Err(End::ServerLost(message));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards the message at the front of `cbuf` (whole, or what is there of it) to the current
+    /// side, counting what it ends.
+    async fn forward_message(&mut self, cbuf: &mut BytesMut, h: FrontendHeader) -> Result<(), End> {
+        match h.tag {
+            QUERY | SYNC | FUNCTION_CALL => {
+                self.outstanding += 1;
+                self.unit_closed = true;
+            }
+            // Parse, Bind, Describe, Execute, Close open an extended-protocol unit that a Sync
+            // closes; COPY data and Flush leave the unit as it is.
+            PARSE | BIND | b'D' | b'E' | b'C' => self.unit_closed = false,
+            _ => {}
+        }
+        let n = h.frame_len.min(cbuf.len());
+        let chunk = cbuf.split_to(n);
+        self.client_remaining = h.frame_len - n;
+        self.write_current(&chunk).await
+    }
+
+    async fn write_current(&mut self, bytes: &[u8]) -> Result<(), End> {
+        let Some(side) = self.current else {
+            return Ok(());
+        };
+        let Some(conn) = self.conn(side).as_mut() else {
+            return Err(End::ServerLost(
+                "no server connection for the transaction".into(),
+            ));
+        };
+        if let Err(e) = conn.stream.write_all(bytes).await {
+            self.conn(side).take();
+            return Err(End::ServerLost(format!(
+                "lost the {} server during a transaction: {e}",
+                side.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    fn begin_unit_stats(&mut self, decision: &Decision) {
+        self.shared
+            .metrics
+            .transactions_total
+            .with_label_values(&[decision.side.as_str()])
+            .inc();
+    }
+
+    fn start_unit(&mut self, side: Side, decision: &Decision, cbuf: &BytesMut, h: FrontendHeader) {
+        self.current = Some(side);
+        self.unit_started = Instant::now();
+        self.unit_error = false;
+        self.unit_class = decision.class;
+        self.begin_unit_stats(&Decision {
+            side,
+            class: decision.class,
+            pin: decision.pin,
+        });
+        self.pending_set = None;
+        if decision.class == Class::SessionSet && h.tag == QUERY {
+            self.pending_set = query_text(&cbuf[5..h.frame_len]).ok().map(str::to_string);
+        }
+        if let Some(reason) = decision.pin {
+            self.pin(side, reason);
+        }
+        let key = self
+            .conn(side)
+            .as_ref()
+            .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
+        self.cancel.set(key);
+        self.idle_since = None;
+        self.update_servers();
+    }
+
+    fn pin(&mut self, side: Side, reason: PinReason) {
+        if self.pinned.is_none() {
+            self.pinned = Some((side, reason));
+            self.shared
+                .metrics
+                .pinned_total
+                .with_label_values(&[&reason.to_string()])
+                .inc();
+            debug!(%reason, side = side.as_str(), "session pinned");
+            // The other connection is of no use any more.
+            let other = match side {
+                Side::Leader => Side::Replica,
+                Side::Replica => Side::Leader,
+            };
+            if let Some(c) = self.conn(other).take() {
+                if self.sets.is_empty() {
+                    self.shared.pool.put(c, &self.startup, self.rt.pool_size);
+                }
+            }
+        }
+    }
+
+    /// Inside a transaction: notices statements that create session state.
+    fn watch_in_transaction(&mut self, cbuf: &BytesMut, h: FrontendHeader, side: Side) {
+        if cbuf.len() < h.frame_len {
+            return;
+        }
+        let body = &cbuf[5..h.frame_len];
+        let reason = match h.tag {
+            QUERY => match query_text(body).map(|q| self.rt.classifier.classify(q)) {
+                Ok(Class::Pin(r)) => Some(r),
+                Ok(Class::SessionSet) => Some(PinReason::SetInTransaction),
+                _ => None,
+            },
+            PARSE => match Parse::decode(body) {
+                Ok(p) if !p.name.is_empty() => Some(PinReason::PreparedStatement),
+                Ok(p) => match self.rt.classifier.classify(p.query) {
+                    Class::Pin(r) => Some(r),
+                    Class::SessionSet => Some(PinReason::SetInTransaction),
+                    _ => None,
+                },
+                Err(_) => None,
+            },
+            FUNCTION_CALL => Some(PinReason::Protocol),
+            _ => None,
+        };
+        if let Some(r) = reason {
+            self.pin(side, r);
+        }
+    }
+
+    /// Decides where the unit starting with the message at the front of `cbuf` goes.
+    fn decide(&self, cbuf: &BytesMut, h: FrontendHeader) -> Decision {
+        let leader = |class: Class, pin: Option<PinReason>| Decision {
+            side: Side::Leader,
+            class,
+            pin,
+        };
+        let body = || cbuf.get(5..h.frame_len).unwrap_or(&[]);
+        let class = match h.tag {
+            QUERY => match query_text(body()) {
+                Ok(q) => self.rt.classifier.classify(q),
+                Err(_) => Class::Write,
+            },
+            PARSE => return self.decide_extended(cbuf),
+            FUNCTION_CALL => return leader(Class::Write, Some(PinReason::Protocol)),
+            BIND => {
+                // A Bind without its Parse: the statement lives where the last unit ran.
+                if let Ok(b) = Bind::decode(body()) {
+                    if !b.statement.is_empty() {
+                        return leader(Class::Write, Some(PinReason::PreparedStatement));
+                    }
+                }
+                return self.sticky();
+            }
+            _ => return self.sticky(),
+        };
+        let side = match (self.target, class) {
+            (Target::Primary, _) => Side::Leader,
+            (Target::Replica, _) => Side::Replica,
+            (Target::Any, c) if c.is_read() => Side::Replica,
+            (Target::Any, Class::TxControl) => return self.sticky(),
+            _ => Side::Leader,
+        };
+        let pin = match class {
+            Class::Pin(r) => Some(r),
+            _ => None,
+        };
+        Decision { side, class, pin }
+    }
+
+    fn sticky(&self) -> Decision {
+        let side = match self.last_side {
+            Some(s) if self.conn_ref(s).is_some() => s,
+            _ => Side::Leader,
+        };
+        Decision {
+            side,
+            class: Class::TxControl,
+            pin: None,
+        }
+    }
+
+    fn conn_ref(&self, side: Side) -> Option<&ServerConn> {
+        match side {
+            Side::Leader => self.leader.as_ref(),
+            Side::Replica => self.replica.as_ref(),
+        }
+    }
+
+    /// An extended-protocol unit: a replica only when the whole unit (through Sync) is buffered and
+    /// every statement in it reads.
+    fn decide_extended(&self, cbuf: &BytesMut) -> Decision {
+        let leader = |pin| Decision {
+            side: if self.target == Target::Replica {
+                Side::Replica
+            } else {
+                Side::Leader
+            },
+            class: Class::Write,
+            pin,
+        };
+        let mut at = 0;
+        let mut all_read = true;
+        loop {
+            let Ok(Some(h)) = FrontendHeader::peek(&cbuf[at..], self.rt.max_message_size) else {
+                return leader(None); // the unit is not all here
+            };
+            let Some(body) = h.body(&cbuf[at..]) else {
+                return leader(None);
+            };
+            match h.tag {
+                PARSE => match Parse::decode(body) {
+                    Ok(p) if !p.name.is_empty() => {
+                        return leader(Some(PinReason::PreparedStatement))
+                    }
+                    Ok(p) => match self.rt.classifier.classify(p.query) {
+                        Class::Read => {}
+                        Class::Pin(r) => return leader(Some(r)),
+                        Class::SessionSet => return leader(Some(PinReason::SetInTransaction)),
+                        _ => all_read = false,
+                    },
+                    Err(_) => return leader(None),
+                },
+                BIND => {
+                    if matches!(Bind::decode(body), Ok(b) if !b.statement.is_empty()) {
+                        return leader(Some(PinReason::PreparedStatement));
+                    }
+                }
+                SYNC => break,
+                FUNCTION_CALL => return leader(Some(PinReason::Protocol)),
+                _ => {}
+            }
+            at += h.frame_len;
+        }
+        let side = match self.target {
+            Target::Primary => Side::Leader,
+            Target::Replica => Side::Replica,
+            Target::Any if all_read => Side::Replica,
+            Target::Any => Side::Leader,
+        };
+        Decision {
+            side,
+            class: if all_read { Class::Read } else { Class::Write },
+            pin: None,
+        }
+    }
+
+    /// Makes sure the session has a usable connection for `side`; returns the side actually used
+    /// (reads fall back to the leader when no replica is fresh). Waits up to `connect_timeout` for a
+    /// routable server. `Err`: the message for the client.
+    async fn ensure_conn(&mut self, side: Side) -> Result<Side, String> {
+        let want = match side {
+            Side::Leader => Want::Leader,
+            Side::Replica => Want::Read,
+        };
+        // Keep the connection we have while it is still a good choice.
+        if let Some(c) = self.conn_ref(side) {
+            if self.shared.router.is_routable(&c.route.backend, want)
+                || self.pinned.map(|(s, _)| s) == Some(side)
+            {
+                return self.catch_up(side).await.map(|_| side);
+            }
+            debug!(backend = %c.route.backend, "the server is no longer routable for this session");
+            if let Some(c) = self.conn(side).take() {
+                if self.sets.is_empty() {
+                    self.shared.pool.put(c, &self.startup, self.rt.pool_size);
+                }
+            }
+        }
+        if side == Side::Replica {
+            if let Some(l) = &self.leader {
+                // Reads on the leader connection when the leader is where reads go now.
+                if self.shared.router.is_routable(&l.route.backend, Want::Read) {
+                    return self.catch_up(Side::Leader).await.map(|_| Side::Leader);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.rt.connect_timeout;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                return Err(format!(
+                    "no {} is available (waited {:?})",
+                    side.as_str(),
+                    self.rt.connect_timeout
+                ));
+            }
+            let route = match self.shared.router.route_want(want, wait).await {
+                Ok(r) => r,
+                Err(NoRoute::NoBackend) => {
+                    return Err(format!(
+                        "no {} is available (waited {:?})",
+                        side.as_str(),
+                        self.rt.connect_timeout
+                    ))
+                }
+                Err(NoRoute::Suspended(r)) => return Err(format!("the proxy is not serving: {r}")),
+            };
+            let actual = if route.role == BackendRole::Leader {
+                Side::Leader
+            } else {
+                Side::Replica
+            };
+            if actual != side && self.conn_ref(actual).is_some() {
+                return self.catch_up(actual).await.map(|_| actual);
+            }
+            if let Some(conn) = self.shared.pool.take(&route.backend, &self.startup) {
+                *self.conn(actual) = Some(conn);
+                self.update_servers();
+                return self.catch_up(actual).await.map(|_| actual);
+            }
+            let described = format!("{} {}", route.role.as_str(), route.backend);
+            let gauge = self.shared.metrics.connections.with_label_values(&[
+                ListenerKind::Auto.as_str(),
+                &route.backend.member,
+                route.role.as_str(),
+            ]);
+            self.shared
+                .metrics
+                .connections_total
+                .with_label_values(&[
+                    ListenerKind::Auto.as_str(),
+                    &route.backend.member,
+                    route.role.as_str(),
+                ])
+                .inc();
+            let mut auth = PasswordAuth::new(&self.user, self.password.as_deref());
+            match open(
+                route,
+                gauge,
+                &self.rt.backend_tls,
+                self.rt.connect_timeout,
+                &self.startup,
+                &mut auth,
+            )
+            .await
+            {
+                Ok((conn, _)) => {
+                    *self.conn(actual) = Some(conn);
+                    self.update_servers();
+                    return self.catch_up(actual).await.map(|_| actual);
+                }
+                Err(OpenError::NotReady(m)) => {
+                    debug!(backend = %described, "{m}; waiting for the cluster");
+                    let wait = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(std::time::Duration::from_millis(200));
+                    self.shared.router.changed(wait).await;
+                }
+                Err(OpenError::Connect(m) | OpenError::Failed(m)) => {
+                    warn!(backend = %described, "cannot open a server connection: {m}");
+                    return Err(format!("could not connect to {described}: {m}"));
+                }
+                Err(OpenError::NeedPassword) => {
+                    return Err(format!(
+                        "{described} asks for a password the client did not give"
+                    ))
+                }
+                Err(OpenError::Refused(_, f)) => {
+                    return Err(format!(
+                        "{described} refused the connection: {}",
+                        f.message().unwrap_or("")
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Replays the session's SETs the connection on `side` has not run yet.
+    async fn catch_up(&mut self, side: Side) -> Result<(), String> {
+        let n = self.sets.len();
+        let missing = match self.conn_ref(side) {
+            Some(c) if c.applied_sets < n => self.sets[c.applied_sets..].join(";"),
+            _ => return Ok(()),
+        };
+        let Some(conn) = self.conn(side).as_mut() else {
+            return Ok(());
+        };
+        match conn.run_quietly(&missing).await {
+            Ok(()) => {
+                conn.applied_sets = n;
+                Ok(())
+            }
+            Err(e) => {
+                self.conn(side).take();
+                Err(match e {
+                    OpenError::Failed(m) | OpenError::Connect(m) | OpenError::NotReady(m) => m,
+                    OpenError::Refused(_, f) => f.message().unwrap_or("refused").to_string(),
+                    OpenError::NeedPassword => "the server asks for a password".to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// What happened on one of the session's server connections.
+enum ConnEvent {
+    Fenced,
+    Read(std::io::Result<usize>),
+}
+
+/// Waits for the fence or bytes on `conn` (forever when there is no connection).
+async fn conn_event(conn: &mut Option<ServerConn>) -> ConnEvent {
+    let Some(c) = conn.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ServerConn {
+        stream, buf, route, ..
+    } = c;
+    tokio::select! {
+        biased;
+        _ = route.fence.fenced() => ConnEvent::Fenced,
+        r = stream.read_buf(buf) => ConnEvent::Read(r),
+    }
+}
+
+/// The client half of the auto port's login: asks the client for its password when a server wants
+/// one.
+struct LoginAuth<'a> {
+    client: &'a mut ClientStream,
+    cbuf: &'a mut BytesMut,
+}
+
+impl LoginAuth<'_> {
+    /// Sends AuthenticationCleartextPassword and reads the client's PasswordMessage.
+    async fn ask_password(&mut self) -> Result<Vec<u8>, End> {
+        let mut out = BytesMut::new();
+        encode_auth_cleartext(&mut out);
+        self.client.write_all(&out).await.map_err(End::Io)?;
+        loop {
+            match FrontendHeader::peek(self.cbuf, praetor_protocol::MAX_STARTUP_PACKET_LEN) {
+                Ok(Some(h)) if self.cbuf.len() >= h.frame_len => {
+                    let frame = self.cbuf.split_to(h.frame_len);
+                    if h.tag != PASSWORD {
+                        return Err(End::Protocol(
+                            SqlState::PROTOCOL_VIOLATION,
+                            format!("expected a password message, got {:?}", h.tag as char),
+                        ));
+                    }
+                    return cleartext_password(&frame[5..])
+                        .map(|p| p.as_bytes().to_vec())
+                        .map_err(|e| End::Protocol(e.sqlstate(), e.to_string()));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(End::Protocol(e.sqlstate(), e.to_string())),
+            }
+            match self.client.read_buf(self.cbuf).await {
+                Ok(0) => return Err(End::ClientClosed),
+                Ok(_) => {}
+                Err(e) => return Err(End::Io(e)),
+            }
+        }
+    }
+}

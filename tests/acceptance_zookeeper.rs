@@ -1,0 +1,211 @@
+//! The acceptance scenarios of `acceptance.rs` on ZooKeeper: a real standalone ZooKeeper 3.8, real
+//! PostgreSQL, three agents and the proxy on 127.0.0.1, configured with `zookeeper: hosts:` instead
+//! of `etcd3:`. Run one at a time (`--test-threads=1`): each starts a whole cluster and fails over on
+//! short timings (ttl 6, loop_wait 1, retry_timeout 2; the ZooKeeper session timeout is the ttl).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use praetor_harness::DcsKind;
+
+fn zookeeper_cluster(scope: &str) -> ClusterOptions {
+    ClusterOptions {
+        scope: scope.into(),
+        dcs: DcsKind::ZooKeeper,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn zookeeper_three_nodes_bootstrap_with_one_leader_and_two_streaming_replicas() {
+    let c = healthy_cluster(zookeeper_cluster("zkboot")).await;
+    let cluster = c.cluster_json().await.expect("/cluster");
+    let members = cluster["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{cluster}");
+    let leaders: Vec<_> = members.iter().filter(|m| m["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{cluster}");
+    let leader = leaders[0]["name"].as_str().unwrap().to_string();
+    let streaming = members.iter().filter(|m| m["state"] == "streaming").count();
+    assert_eq!(streaming, 2, "{cluster}");
+
+    // The cluster lives in ZooKeeper under Patroni's layout.
+    let view = dcs_cluster(&c).await;
+    assert_eq!(
+        view.leader.as_ref().map(|l| l.name.as_str()),
+        Some(leader.as_str())
+    );
+    assert_eq!(view.members.len(), 3, "{view:?}");
+    let sysid = view.initialize.clone().expect("initialize");
+    assert!(
+        !sysid.is_empty() && sysid.chars().all(|c| c.is_ascii_digit()),
+        "{sysid}"
+    );
+    assert!(
+        view.config.is_some(),
+        "bootstrap.dcs seeded the config znode"
+    );
+
+    // The leader really is a primary, the others really are replicas, each with its own slot.
+    for n in &c.nodes {
+        let client = connect(n.pg_port).await.expect("connect to member");
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(in_recovery, n.name != leader, "{}", n.name);
+        if n.name == leader {
+            let slots: Vec<String> = client
+                .query(
+                    "SELECT slot_name::text FROM pg_replication_slots WHERE active ORDER BY 1",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(slots, others(&c, &leader), "one active slot per replica");
+        }
+    }
+
+    // Writes through the proxy reach the replicas through the read-only port.
+    let proxy = c.proxy.as_ref().expect("proxy");
+    let rw = connect_retry(proxy.rw_port, Duration::from_secs(30)).await;
+    let acked = insert_rows(&rw, 0, 100).await;
+    let ro = connect_retry(proxy.ro_port, Duration::from_secs(30)).await;
+    let ids = wait_for(
+        "a replica to replay 100 rows",
+        Duration::from_secs(30),
+        || async {
+            let ids = read_ids(&ro).await;
+            if ids.len() == acked.len() {
+                Ok(ids)
+            } else {
+                Err(format!("{} rows", ids.len()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids, acked);
+}
+
+#[tokio::test]
+async fn zookeeper_kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins_on_the_new_timeline(
+) {
+    let mut c = healthy_cluster(zookeeper_cluster("zkfailover")).await;
+    let old = c.leader().await.expect("leader");
+    let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
+    let rw = connect_retry(proxy_rw, Duration::from_secs(30)).await;
+    let acked = insert_rows(&rw, 0, 1000).await;
+    replicas_caught_up(&c, &old).await;
+    let old_timeline = member_timeline(&c, &old).await.expect("timeline");
+
+    // The whole primary node dies: agent and postmaster together. Its ZooKeeper session expires
+    // after ttl, and with it the leader znode.
+    let node = c.node_mut(&old);
+    node.kill_agent();
+    node.kill_postmaster();
+    let took = first_write_through(proxy_rw, 100_000, Duration::from_secs(90)).await;
+    eprintln!("ZooKeeper: kill -9 of the leader: first write through the proxy after {took:?}");
+
+    let new = c.leader().await.expect("a new leader");
+    assert_ne!(new, old);
+    let client = connect_retry(proxy_rw, Duration::from_secs(10)).await;
+    let ids = read_ids(&client).await;
+    for id in &acked {
+        assert!(
+            ids.contains(id),
+            "acknowledged row {id} lost in the failover"
+        );
+    }
+    assert!(ids.contains(&100_000));
+
+    // The old node comes back and rejoins as a replica on the new timeline.
+    let bin = c.binary.clone();
+    c.node_mut(&old).start_agent(&bin).unwrap();
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(120)).await {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    let cluster = c.cluster_json().await.unwrap();
+    let members = cluster["members"].as_array().unwrap();
+    let me = members.iter().find(|m| m["name"] == old.as_str()).unwrap();
+    let leader = members.iter().find(|m| m["role"] == "leader").unwrap();
+    assert_eq!(me["state"], "streaming", "{cluster}");
+    assert_eq!(me["timeline"], leader["timeline"], "{cluster}");
+    assert!(
+        leader["timeline"].as_u64().unwrap() > old_timeline,
+        "{cluster}"
+    );
+    assert_eq!(is_primary(c.node(&old).pg_port).await, Some(false));
+}
+
+#[tokio::test]
+async fn zookeeper_ctl_switchover_moves_the_leader_and_the_proxy_follows() {
+    let c = healthy_cluster(zookeeper_cluster("zkswitch")).await;
+    let old = c.leader().await.expect("leader");
+    let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
+    let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
+    let before = connect_retry(proxy_rw, Duration::from_secs(30)).await;
+    let port: i32 = before
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port as u16, c.node(&old).pg_port);
+
+    // ctl reads the `zookeeper:` section of the node's configuration and writes the failover znode.
+    let out = ctl(
+        &c,
+        &[
+            "switchover",
+            "--leader",
+            &old,
+            "--candidate",
+            &candidate,
+            "--force",
+        ],
+        "",
+    )
+    .await;
+    if out.code != 0 {
+        dump_logs(&c);
+    }
+    assert_eq!(out.code, 0, "ctl switchover failed:\n{out}");
+    assert!(
+        out.stdout
+            .contains(&format!("Successfully switched over to \"{candidate}\"")),
+        "{out}"
+    );
+
+    // The proxy closed the connection to the former leader (fencing) ...
+    assert!(
+        before.query_one("SELECT 1", &[]).await.is_err(),
+        "connection to the old leader must be closed"
+    );
+    // ... and new connections reach the new leader, writable.
+    let after = connect_retry(proxy_rw, Duration::from_secs(30)).await;
+    let port: i32 = after
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port as u16, c.node(&candidate).pg_port);
+    after
+        .batch_execute("CREATE TABLE after_switchover (x int)")
+        .await
+        .unwrap();
+    // The former leader follows the new one.
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(60)).await {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    assert_eq!(c.leader().await.as_deref(), Some(candidate.as_str()));
+    let out = ctl(&c, &["list"], "").await;
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains(&candidate), "{out}");
+}

@@ -1,0 +1,283 @@
+//! What the agents do when the DCS misbehaves, on etcd and on ZooKeeper (real servers, real
+//! PostgreSQL, three agents on 127.0.0.1). Run one at a time (`--test-threads=1`).
+//!
+//! - a DCS restart shorter than `retry_timeout` must not disturb the leader (no demotion, no
+//!   PostgreSQL restart, same timeline);
+//! - a DCS unreachable for longer than `ttl` makes the leader demote (Patroni: "demoting self
+//!   because DCS is not accessible and I was a leader"), and nobody else promotes meanwhile;
+//! - with a 3-member etcd cluster / 3-node ZooKeeper ensemble, losing one DCS member disturbs
+//!   nothing, losing the quorum demotes the primary, and the cluster recovers when the DCS does.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use praetor_harness::dcs::{DcsServers, LocalDcs};
+use praetor_harness::DcsKind;
+
+/// What must stay put while the DCS has trouble that the cluster should ride out.
+#[derive(Debug, PartialEq)]
+struct Undisturbed {
+    leader: String,
+    postmaster: Option<i32>,
+    timeline: Option<u64>,
+}
+
+async fn undisturbed(c: &LocalCluster, leader: &str) -> Undisturbed {
+    Undisturbed {
+        leader: leader.to_string(),
+        postmaster: c.node(leader).postmaster_pid(),
+        timeline: member_timeline(c, leader).await,
+    }
+}
+
+/// Fails unless the leader still holds the lock (per the DCS), runs the same postmaster as
+/// writable primary on the same timeline.
+async fn assert_undisturbed(c: &LocalCluster, before: &Undisturbed, when: &str) {
+    let leader = &before.leader;
+    let pid = c.node(leader).postmaster_pid();
+    let primary = is_primary(c.node(leader).pg_port).await;
+    let view = dcs_cluster(c).await;
+    if pid != before.postmaster
+        || primary != Some(true)
+        || view.leader.as_ref().map(|l| &l.name) != Some(leader)
+    {
+        dump_logs(c);
+        panic!(
+            "{when}: the leader was disturbed: before {before:?}, now postmaster {pid:?}, primary {primary:?}, DCS leader {:?}",
+            view.leader
+        );
+    }
+    assert_eq!(
+        member_timeline(c, leader).await,
+        before.timeline,
+        "{when}: timeline"
+    );
+}
+
+/// Waits until every agent has read the DCS at or after `since` (Unix seconds): they all went
+/// through full HA cycles on the DCS as it is now.
+async fn wait_agents_saw_dcs_since(c: &LocalCluster, since: i64) {
+    wait_for(
+        "every agent to read the DCS again",
+        Duration::from_secs(120),
+        || async {
+            for n in &c.nodes {
+                match dcs_last_seen(n).await {
+                    Some(t) if t >= since => {}
+                    other => {
+                        return Err(format!(
+                            "{}: dcs_last_seen {other:?} (want >= {since})",
+                            n.name
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until no member runs a writable primary; returns how long that took.
+async fn wait_no_primary(c: &LocalCluster, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    let r = wait_for(
+        "every PostgreSQL to be read-only or stopped",
+        timeout,
+        || async {
+            for n in &c.nodes {
+                if is_primary(n.pg_port).await == Some(true) {
+                    return Err(format!("{} is still a writable primary", n.name));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = r {
+        dump_logs(c);
+        panic!("{e}");
+    }
+    started.elapsed()
+}
+
+/// Restarts every DCS server and waits for a healthy cluster again.
+async fn recover(c: &mut LocalCluster) -> String {
+    c.dcs().set_frozen(false);
+    match c.wait_healthy(2, Duration::from_secs(180)).await {
+        Ok(l) => l,
+        Err(e) => {
+            dump_logs(c);
+            panic!("the cluster did not recover: {e}");
+        }
+    }
+}
+
+// ---- A DCS restart shorter than retry_timeout ----
+
+async fn dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(dcs: DcsKind) {
+    // retry_timeout 10 s leaves a restart (a JVM start for ZooKeeper) well inside it; the session /
+    // lease TTL of 30 s keeps the lock alive on the servers meanwhile.
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: format!("{}restart", dcs.family()),
+        dcs,
+        ttl: 30,
+        loop_wait: 1,
+        retry_timeout: 10,
+        ..Default::default()
+    })
+    .await;
+    let leader = c.leader().await.expect("leader");
+    let before = undisturbed(&c, &leader).await;
+
+    let stopped = Instant::now();
+    c.dcs().stop();
+    c.dcs().restart().await.expect("the DCS restarts");
+    let outage = stopped.elapsed();
+    eprintln!(
+        "{}: DCS down for {outage:?} (retry_timeout 10 s)",
+        dcs.family()
+    );
+
+    // Every agent goes through cycles on the restarted DCS; the leader was never demoted.
+    wait_agents_saw_dcs_since(&c, unix_now() + 2).await;
+    assert_undisturbed(&c, &before, "after the DCS restart").await;
+    let replicas = c.wait_healthy(2, Duration::from_secs(60)).await;
+    assert_eq!(replicas.as_deref(), Ok(leader.as_str()));
+    // And it still takes writes.
+    let client = connect(c.node(&leader).pg_port).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE written_after_the_dcs_restart (x int)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn etcd_restart_shorter_than_retry_timeout_does_not_disturb_the_leader() {
+    dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(DcsKind::Etcd).await;
+}
+
+#[tokio::test]
+async fn zookeeper_restart_shorter_than_retry_timeout_does_not_disturb_the_leader() {
+    dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(DcsKind::ZooKeeper).await;
+}
+
+// ---- The DCS unreachable for longer than ttl ----
+
+async fn dcs_unreachable_longer_than_ttl_demotes_the_leader(dcs: DcsKind) {
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: format!("{}frozen", dcs.family()),
+        dcs,
+        ..Default::default()
+    })
+    .await;
+    let ttl = c.options.ttl;
+    let leader = c.leader().await.expect("leader");
+    assert_eq!(is_primary(c.node(&leader).pg_port).await, Some(true));
+
+    // The DCS stops answering (frozen, as behind a partition), for longer than ttl.
+    c.dcs().set_frozen(true);
+    let took = wait_no_primary(&c, Duration::from_secs(u64::from(ttl) + 60)).await;
+    eprintln!(
+        "{}: DCS unreachable; the leader {leader} stopped being a writable primary after {took:?} (ttl {ttl} s)",
+        dcs.family()
+    );
+
+    // Back: one leader again, and every member streams from it.
+    let after = recover(&mut c).await;
+    eprintln!("{}: after the DCS came back, {after} leads", dcs.family());
+}
+
+#[tokio::test]
+async fn etcd_unreachable_longer_than_ttl_demotes_the_leader() {
+    dcs_unreachable_longer_than_ttl_demotes_the_leader(DcsKind::Etcd).await;
+}
+
+#[tokio::test]
+async fn zookeeper_unreachable_longer_than_ttl_demotes_the_leader() {
+    dcs_unreachable_longer_than_ttl_demotes_the_leader(DcsKind::ZooKeeper).await;
+}
+
+// ---- A DCS of three: one member lost, then the quorum ----
+
+/// The index of the DCS member whose loss hurts most: the ZooKeeper ensemble leader, etcd member 0.
+async fn member_to_stop(dcs: &LocalDcs) -> usize {
+    match &dcs.servers {
+        DcsServers::ZooKeeperEnsemble(z) => z.leader_index().await.unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn stop_member(dcs: &mut LocalDcs, i: usize) {
+    match &mut dcs.servers {
+        DcsServers::EtcdCluster(e) => e.stop_member(i),
+        DcsServers::ZooKeeperEnsemble(z) => z.stop_member(i),
+        _ => panic!("not a DCS of three"),
+    }
+}
+
+async fn losing_one_dcs_member_disturbs_nothing_and_losing_the_quorum_demotes_the_primary(
+    dcs: DcsKind,
+) {
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: format!("{}three", dcs.family()),
+        dcs,
+        ..Default::default()
+    })
+    .await;
+    let ttl = c.options.ttl;
+    let leader = c.leader().await.expect("leader");
+    let before = undisturbed(&c, &leader).await;
+
+    // One member lost: for three TTLs, nothing changes.
+    let first = member_to_stop(c.dcs()).await;
+    stop_member(c.dcs(), first);
+    let stopped = Instant::now();
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    while stopped.elapsed() < Duration::from_secs(u64::from(3 * ttl)) {
+        every_second.tick().await;
+        let when = format!("DCS member {first} down for {:?}", stopped.elapsed());
+        assert_undisturbed(&c, &before, &when).await;
+    }
+    wait_agents_saw_dcs_since(&c, unix_now()).await;
+    assert_eq!(
+        c.wait_healthy(2, Duration::from_secs(60)).await.as_deref(),
+        Ok(leader.as_str())
+    );
+
+    // A second member lost: no quorum, the primary demotes.
+    let second = (first + 1) % 3;
+    stop_member(c.dcs(), second);
+    let took = wait_no_primary(&c, Duration::from_secs(u64::from(ttl) + 60)).await;
+    eprintln!(
+        "{}: DCS quorum lost; {leader} stopped being a writable primary after {took:?} (ttl {ttl} s)",
+        dcs.family()
+    );
+
+    // The DCS comes back whole: the cluster recovers.
+    c.dcs().restart().await.expect("the DCS restarts");
+    let after = recover(&mut c).await;
+    eprintln!(
+        "{}: after the quorum came back, {after} leads",
+        dcs.family()
+    );
+}
+
+#[tokio::test]
+async fn etcd_cluster_of_three_loses_one_member_undisturbed_and_demotes_without_quorum() {
+    losing_one_dcs_member_disturbs_nothing_and_losing_the_quorum_demotes_the_primary(
+        DcsKind::EtcdCluster3,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn zookeeper_ensemble_of_three_loses_one_member_undisturbed_and_demotes_without_quorum() {
+    losing_one_dcs_member_disturbs_nothing_and_losing_the_quorum_demotes_the_primary(
+        DcsKind::ZooKeeperEnsemble3,
+    )
+    .await;
+}

@@ -1,0 +1,375 @@
+//! The proxy on a real replicated cluster: etcd, two agents (a leader and a streaming replica) and a
+//! `praetor proxy` process with every listener. Run one at a time like the acceptance tests
+//! (`--test-threads=1`).
+//!
+//! - the auto port sends reads to the replica and writes, `SELECT ... FOR UPDATE` and read-write
+//!   transactions to the leader, over SCRAM;
+//! - a replica whose replay is paused falls behind `max_replica_lag` and stops getting reads, then
+//!   gets them again once it catches up;
+//! - a switchover leaves no proxy connection to the old leader, the proxy acknowledges the new route
+//!   in the DCS, idle auto-port sessions move to the new leader, and no acknowledged write is lost
+//!   or lands on the old leader after the new one took writes.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use praetor_harness::proxy::FullProxy;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A two-member cluster (leader and one streaming replica) without the default proxy.
+async fn pair() -> LocalCluster {
+    healthy_cluster(ClusterOptions {
+        nodes: 2,
+        proxy: false,
+        scope: "proxytest".into(),
+        ..ClusterOptions::default()
+    })
+    .await
+}
+
+/// The first column of the first row of a simple query.
+async fn first(client: &Client, sql: &str) -> Result<String, String> {
+    let rows = client.simple_query(sql).await.map_err(|e| e.to_string())?;
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{sql}: no row"))
+}
+
+/// The cluster as the DCS holds it.
+async fn dcs_cluster(c: &LocalCluster) -> Result<praetor_dcs::Cluster, String> {
+    let yaml = format!("scope: proxytest\n{}", c.etcd.yaml_section());
+    let loaded = praetor_config::parse_str(&yaml).map_err(|e| e.to_string())?;
+    let endpoints = loaded.config.dcs_endpoints().map_err(|e| e.to_string())?;
+    let dcs = praetor_dcs::connect(
+        &endpoints,
+        praetor_dcs::DcsIdentity {
+            namespace: "/service/".into(),
+            scope: "proxytest".into(),
+            member: None,
+            ttl_secs: 10,
+            request_timeout_secs: 3,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    dcs.load().await.map_err(|e| e.to_string())
+}
+
+async fn admin(proxy: &FullProxy, sql: &str) -> String {
+    let client = connect(proxy.admin_port).await.expect("admin console");
+    let rows = client.simple_query(sql).await.expect("admin command");
+    rows.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn auto_port_splits_reads_from_writes_and_a_paused_replica_stops_getting_reads() {
+    let c = pair().await;
+    let leader = c.leader().await.expect("leader");
+    let replica = c.nodes.iter().find(|n| n.name != leader).unwrap();
+    let proxy = FullProxy::start(&c, "split", "    max_replica_lag: 1MB\n")
+        .await
+        .unwrap();
+    let auto = connect_retry(proxy.auto_port, DEADLINE).await;
+    wait_for("reads on the replica", DEADLINE, || async {
+        match first(&auto, "SELECT pg_is_in_recovery()").await?.as_str() {
+            "t" => Ok(()),
+            other => Err(format!("pg_is_in_recovery = {other}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(first(&auto, "SELECT 1").await.unwrap(), "1");
+    auto.batch_execute("CREATE TABLE big (id int PRIMARY KEY, pad text)")
+        .await
+        .unwrap();
+    assert_eq!(
+        first(
+            &auto,
+            "INSERT INTO big VALUES (0, '') RETURNING pg_is_in_recovery()"
+        )
+        .await
+        .unwrap(),
+        "f",
+        "INSERT on the leader"
+    );
+    assert_eq!(
+        first(&auto, "SELECT pg_is_in_recovery() FROM big FOR UPDATE")
+            .await
+            .unwrap(),
+        "f",
+        "SELECT ... FOR UPDATE on the leader"
+    );
+    auto.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        first(&auto, "SELECT pg_is_in_recovery()").await.unwrap(),
+        "f",
+        "a read-write transaction runs on the leader from its first statement"
+    );
+    auto.batch_execute("INSERT INTO big VALUES (1, 'x'); COMMIT")
+        .await
+        .unwrap();
+
+    // Pause replay on the replica and write 3 MB: it falls behind max_replica_lag (1 MB).
+    let direct = connect(replica.pg_port).await.unwrap();
+    direct
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    auto.batch_execute(
+        "INSERT INTO big SELECT g, repeat('x', 1000) FROM generate_series(2, 3000) g",
+    )
+    .await
+    .unwrap();
+    wait_for("the replica to be too far behind", DEADLINE, || async {
+        let topology = admin(&proxy, "SHOW TOPOLOGY").await;
+        if topology.contains("too far behind") {
+            Ok(())
+        } else {
+            Err(topology)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        first(&auto, "SELECT pg_is_in_recovery()").await.unwrap(),
+        "f",
+        "reads fall back to the leader"
+    );
+    let fresh = connect_retry(proxy.ro_port, DEADLINE).await;
+    assert_eq!(
+        first(&fresh, "SELECT pg_is_in_recovery()").await.unwrap(),
+        "f",
+        "the read-only port too"
+    );
+
+    direct
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    wait_for("reads on the replica again", DEADLINE, || async {
+        match first(&auto, "SELECT pg_is_in_recovery()").await?.as_str() {
+            "t" => Ok(()),
+            other => Err(format!("pg_is_in_recovery = {other}")),
+        }
+    })
+    .await
+    .unwrap();
+    // Within the lag limit the replica may still miss the last rows; it catches up.
+    wait_for("the replica to replay every row", DEADLINE, || async {
+        match first(&auto, "SELECT count(*) FROM big").await?.as_str() {
+            "3001" => Ok(()),
+            n => Err(format!("{n} rows")),
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_switchover_fences_the_old_leader_acknowledges_in_the_dcs_and_loses_no_write() {
+    let c = pair().await;
+    let old = c.leader().await.expect("leader");
+    let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
+    let old_port = c.node(&old).pg_port;
+    let new_port = c.node(&candidate).pg_port;
+    let proxy = FullProxy::start(&c, "fence", "").await.unwrap();
+
+    // The proxy acknowledges its route before using it.
+    wait_for("the proxy's route in the DCS", DEADLINE, || async {
+        let cluster = dcs_cluster(&c).await?;
+        match cluster.proxies.get("fence") {
+            Some(p) if p.leader.as_deref() == Some(old.as_str()) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!dcs_cluster(&c).await.unwrap().proxies_fenced_from(&old));
+
+    let setup = connect_retry(proxy.rw_port, DEADLINE).await;
+    setup
+        .batch_execute("CREATE TABLE w (id int PRIMARY KEY, port int)")
+        .await
+        .unwrap();
+    let rw_session = connect_retry(proxy.rw_port, DEADLINE).await;
+    let idle_auto = connect_retry(proxy.auto_port, DEADLINE).await;
+    assert_eq!(
+        first(&idle_auto, "SELECT txid_current() * 0 + inet_server_port()")
+            .await
+            .unwrap(),
+        old_port.to_string()
+    );
+
+    // A writer through the auto port: one autocommit INSERT after another, each recording the
+    // server that ran it. `acked` holds the ids acknowledged, in order; `errors` what failed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
+        let port = proxy.auto_port;
+        tokio::spawn(async move {
+            let mut client = connect_retry(port, DEADLINE).await;
+            let mut id = 0;
+            while !stop.load(Ordering::SeqCst) {
+                id += 1;
+                let sql = format!("INSERT INTO w VALUES ({id}, inet_server_port())");
+                match client.simple_query(&sql).await {
+                    Ok(_) => acked.lock().unwrap().push(id),
+                    Err(e) => {
+                        errors.lock().unwrap().push(e.to_string());
+                        if e.is_closed() {
+                            client = connect_retry(port, DEADLINE).await;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    wait_for("writes through the auto port", DEADLINE, || async {
+        let n = acked.lock().unwrap().len();
+        if n >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    })
+    .await
+    .unwrap();
+
+    let out = std::process::Command::new(binary())
+        .args(["ctl", "-c"])
+        .arg(&c.nodes[0].config)
+        .args([
+            "switchover",
+            "--leader",
+            &old,
+            "--candidate",
+            &candidate,
+            "--force",
+        ])
+        .output()
+        .expect("run ctl");
+    if !out.status.success() {
+        dump_logs(&c);
+        eprintln!("===== proxy =====\n{}", proxy.log());
+    }
+    assert!(out.status.success(), "{out:?}");
+
+    // The proxy moved its route to the new leader in the DCS and holds no connection to the old
+    // leader as leader; the old leader has no session from the proxy's read-write port left.
+    wait_for("the proxy's new route in the DCS", DEADLINE, || async {
+        let cluster = dcs_cluster(&c).await?;
+        match cluster.proxies.get("fence") {
+            Some(p) if p.leader.as_deref() == Some(candidate.as_str()) => {
+                if cluster.proxies_fenced_from(&old) {
+                    Ok(())
+                } else {
+                    Err("still routing to the old leader".to_string())
+                }
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    let metrics = proxy.metrics().await.unwrap();
+    for l in metrics.lines().filter(|l| {
+        l.starts_with("praetor_proxy_connections{")
+            && l.contains(&format!("backend=\"{old}\""))
+            && l.contains("role=\"leader\"")
+    }) {
+        assert!(l.ends_with(" 0"), "{l}");
+    }
+    assert!(
+        rw_session.simple_query("SELECT 1").await.is_err(),
+        "the read-write session to the old leader was closed"
+    );
+
+    // Writes go on, on the new leader; the idle auto session moved there without an error.
+    let before = acked.lock().unwrap().len();
+    wait_for("writes on the new leader", DEADLINE, || async {
+        let n = acked.lock().unwrap().len();
+        if n >= before + 20 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{n} acknowledged, errors: {:?}",
+                errors.lock().unwrap()
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    assert_eq!(
+        first(&idle_auto, "SELECT txid_current() * 0 + inet_server_port()")
+            .await
+            .unwrap(),
+        new_port.to_string(),
+        "the idle auto-port session moved to the new leader"
+    );
+
+    // No acknowledged write was lost, and none reached the old leader after the new one took
+    // writes: by id, every row on the old leader comes before every row on the new one.
+    let new_leader = connect(new_port).await.unwrap();
+    let rows = new_leader
+        .query("SELECT id, port FROM w ORDER BY id", &[])
+        .await
+        .unwrap();
+    let stored: Vec<(i32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let stored_ids: std::collections::BTreeSet<i32> = stored.iter().map(|(i, _)| *i).collect();
+    for id in acked.lock().unwrap().iter() {
+        assert!(stored_ids.contains(id), "acknowledged write {id} was lost");
+    }
+    let last_on_old = stored
+        .iter()
+        .filter(|(_, p)| *p == i32::from(old_port))
+        .map(|(i, _)| *i)
+        .max();
+    let first_on_new = stored
+        .iter()
+        .filter(|(_, p)| *p == i32::from(new_port))
+        .map(|(i, _)| *i)
+        .min();
+    if let (Some(old_max), Some(new_min)) = (last_on_old, first_on_new) {
+        assert!(
+            old_max < new_min,
+            "a write reached the old leader after the new one took writes"
+        );
+    }
+    let errors = errors.lock().unwrap().clone();
+    eprintln!(
+        "switchover through the auto port: {} writes acknowledged, {} client-visible errors: {errors:?}",
+        stored.len(),
+        errors.len(),
+    );
+    proxy
+        .metrics()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("praetor_proxy_fencing_acks_total"))
+        .for_each(|l| assert!(!l.ends_with(" 0"), "{l}"));
+}
