@@ -100,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         primary_start_began_ms: None,
         former_leader: None,
         fencing_since: None,
+        proxies_wait_since: None,
         last_role: None,
         pending_restart: Default::default(),
         sync_catchup_lsn: 0,
@@ -235,6 +236,8 @@ struct Runner {
     former_leader: Option<ha::Upstream>,
     /// The former primary being fenced and since when (monotonic ms): the wait is bounded by ttl.
     fencing_since: Option<((String, u16), u64)>,
+    /// Since when (monotonic ms) this member waits for the proxies to leave this former leader.
+    proxies_wait_since: Option<(String, u64)>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
     last_role: Option<Role>,
     /// When each member was last seen in the DCS (monotonic ms), for `member_slots_ttl`.
@@ -746,6 +749,7 @@ impl Runner {
                 self.pg.promote().await?;
                 tracing::info!("promoted postgres to primary");
                 self.fencing_since = None;
+                self.proxies_wait_since = None;
                 self.checkpoint_after_promote();
                 Ok(true)
             }
@@ -772,6 +776,7 @@ impl Runner {
                 Ok(true)
             }
             Action::FencePrimary { host, port } => Ok(self.fence(host, port).await),
+            Action::AwaitProxies { former } => Ok(self.await_proxies(former).await),
             Action::SetSyncStandbyNames(names) => {
                 let lsn = match self.pg.status().await {
                     Ok(s) => s.wal_position(),
@@ -1050,6 +1055,55 @@ impl Runner {
                     false
                 }
             }
+        }
+    }
+
+    /// The agent side of the proxies' fencing handshake: re-reads the DCS every 50 ms until no live
+    /// proxy routes writes to `former`. True (go on promoting) once none does, or once a proxy's
+    /// contact deadline has passed since the wait began (a proxy that has not answered by then has
+    /// stopped serving on its own). Waits at most `loop_wait` per loop, then false: the next loop
+    /// renews the lock and asks again.
+    async fn await_proxies(&mut self, former: String) -> bool {
+        let now = self.now().mono_ms;
+        let since = match &self.proxies_wait_since {
+            Some((f, t)) if *f == former => *t,
+            _ => {
+                self.proxies_wait_since = Some((former.clone(), now));
+                now
+            }
+        };
+        let limit = praetor_dcs::ProxyState::contact_deadline(self.dynamic.ttl);
+        let this_loop = Duration::from_secs(u64::from(self.dynamic.loop_wait.max(1)));
+        let started = tokio::time::Instant::now();
+        loop {
+            let pending: Vec<String> = match self.dcs.load().await {
+                Ok(c) => c
+                    .proxies_routing_to(&former)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+                Err(e) => vec![format!("(DCS unreadable: {e})")],
+            };
+            let waited = Duration::from_millis(self.now().mono_ms.saturating_sub(since));
+            if pending.is_empty() {
+                tracing::info!(
+                    waited_ms = waited.as_millis() as u64,
+                    "every proxy stopped routing to {former}"
+                );
+                return true;
+            }
+            if waited >= limit {
+                tracing::warn!(
+                    ?pending,
+                    "proxies did not acknowledge the leader change within {limit:?}: promoting (a proxy without DCS contact has stopped serving by now)"
+                );
+                return true;
+            }
+            if started.elapsed() >= this_loop {
+                tracing::info!(?pending, "waiting for proxies to stop routing to {former}");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

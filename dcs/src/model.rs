@@ -359,6 +359,19 @@ pub struct ProxyState {
     pub since: Option<i64>,
 }
 
+impl ProxyState {
+    /// How long a proxy keeps serving without a successful write of its key: `ttl` less a margin of
+    /// ttl/5 (at least 1 s, at most ttl/2). A proxy cut off from the DCS stops serving by then, so an
+    /// agent waiting this long for a proxy's acknowledgement knows that proxy routes nowhere.
+    pub fn contact_deadline(ttl_secs: u32) -> std::time::Duration {
+        let ttl = std::time::Duration::from_secs(ttl_secs.into());
+        let margin = (ttl / 5)
+            .max(std::time::Duration::from_secs(1))
+            .min(ttl / 2);
+        ttl - margin
+    }
+}
+
 /// Everything stored for one cluster, read at one point in time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cluster {

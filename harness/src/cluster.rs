@@ -359,28 +359,42 @@ impl LocalCluster {
             .expect("a member of this cluster")
     }
 
-    /// `GET /cluster` from the first member that answers.
+    /// `/cluster` as most members see it: every member is asked, and the answer of the largest group
+    /// agreeing on the running leader wins, so a member cut off from the DCS (whose view is stale)
+    /// cannot outvote the others.
     pub async fn cluster_json(&self) -> Result<serde_json::Value, String> {
         let mut last = String::from("no member answered");
+        let mut views: Vec<(Option<String>, serde_json::Value)> = Vec::new();
+        // All at once, each bounded: a frozen agent accepts the connection but never answers.
+        let mut asks = tokio::task::JoinSet::new();
         for n in &self.nodes {
-            match http_get(&n.api_addr(), "/cluster").await {
-                Ok((_, body)) => {
-                    return serde_json::from_str(&body).map_err(|e| format!("/cluster: {e}"))
-                }
+            let addr = n.api_addr();
+            asks.spawn(async move {
+                tokio::time::timeout(Duration::from_secs(2), http_get(&addr, "/cluster"))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("GET {addr}/cluster: timed out")))
+            });
+        }
+        while let Some(answer) = asks.join_next().await {
+            match answer.map_err(|e| e.to_string()).and_then(|a| a) {
+                Ok((_, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+                    Ok(v) => views.push((running_leader(&v), v)),
+                    Err(e) => last = format!("/cluster: {e}"),
+                },
                 Err(e) => last = e,
             }
         }
-        Err(last)
+        let votes = |leader: &Option<String>| views.iter().filter(|(l, _)| l == leader).count();
+        views
+            .iter()
+            .max_by_key(|(l, _)| votes(l))
+            .map(|(_, v)| v.clone())
+            .ok_or(last)
     }
 
     /// The current leader's name according to `/cluster`, if there is one.
     pub async fn leader(&self) -> Option<String> {
-        let c = self.cluster_json().await.ok()?;
-        c["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["role"] == "leader" && m["state"] == "running")
-            .and_then(|m| m["name"].as_str().map(str::to_string))
+        running_leader(&self.cluster_json().await.ok()?)
     }
 
     /// Waits until one member leads and `replicas` members stream from it, all on one timeline;
@@ -441,6 +455,15 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.kill_all();
     }
+}
+
+/// The member a `/cluster` document shows as the running leader.
+fn running_leader(cluster: &serde_json::Value) -> Option<String> {
+    cluster["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == "leader" && m["state"] == "running")
+        .and_then(|m| m["name"].as_str().map(str::to_string))
 }
 
 /// The agent configuration of `node`: Patroni's layout, short timings, rewind and slots on,

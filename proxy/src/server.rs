@@ -361,9 +361,7 @@ struct Handshake {
 
 impl Handshake {
     fn deadline(&self) -> Duration {
-        let ttl = Duration::from_secs(self.ttl_secs.into());
-        let margin = (ttl / 5).max(Duration::from_secs(1)).min(ttl / 2);
-        ttl - margin
+        ProxyState::contact_deadline(self.ttl_secs)
     }
 
     fn interval(&self) -> Duration {

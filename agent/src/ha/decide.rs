@@ -51,6 +51,7 @@ fn paused(d: Decision, view: Option<&Cluster>, local: &LocalState, cfg: &HaConfi
         | Action::Stop(_)
         | Action::Promote
         | Action::FencePrimary { .. }
+        | Action::AwaitProxies { .. }
         | Action::Rewind(_)
         | Action::CrashRecovery
         | Action::AbortTask
@@ -376,6 +377,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
             &local.retained_members,
         ));
         actions.extend(fence_former_primary(local, r));
+        actions.extend(await_proxies(view, local, cfg));
         actions.extend(strict_sync_before_promote(cfg));
         actions.push(Action::Promote);
         return decision(actions, Reason::PromotedBecauseHadLock);
@@ -442,6 +444,18 @@ fn fence_former_primary(local: &LocalState, r: &Running) -> Option<Action> {
         None => r.upstream.clone()?,
     };
     Some(Action::FencePrimary { host, port })
+}
+
+/// Before promoting, every live proxy must have stopped routing to the leader this member replaces
+/// (issue: fencing handshake): otherwise a statement could still reach the old primary after the new
+/// one accepts writes. Only when some proxy's key, as read this loop, still names that leader.
+fn await_proxies(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option<Action> {
+    let former = &local.former_leader.as_ref()?.member;
+    (former != &cfg.name && !view.proxies_routing_to(former).is_empty()).then(|| {
+        Action::AwaitProxies {
+            former: former.clone(),
+        }
+    })
 }
 
 fn asks_me_to_step_down(req: &Failover, me: &str) -> bool {
@@ -691,6 +705,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
         &local.retained_members,
     ));
     actions.extend(fence_former_primary(local, r));
+    actions.extend(await_proxies(view, local, cfg));
     actions.extend(strict_sync_before_promote(cfg));
     actions.push(Action::Promote);
     decision(actions, Reason::PromotedByAcquiringLock)

@@ -284,6 +284,15 @@ pub enum Action {
         /// Its port.
         port: u16,
     },
+    /// The fencing handshake with the proxies: wait until no live proxy's `praetor/proxies/<id>` key
+    /// routes writes to `former` (the leader this member replaces), re-reading the DCS. Ends the
+    /// list (no promotion this loop) after `loop_wait` without every acknowledgement; goes on once
+    /// [`praetor_dcs::ProxyState::contact_deadline`] has passed since the first wait (by then a
+    /// proxy that did not answer has stopped serving).
+    AwaitProxies {
+        /// The former leader's member name.
+        former: String,
+    },
     /// `pg_promote()` and wait for it; PostgreSQL must be a running replica and this member must hold
     /// the lock.
     Promote,

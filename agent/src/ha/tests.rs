@@ -508,6 +508,48 @@ fn rows() -> Vec<Row> {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
+            "no leader, a proxy still routes to the former leader: wait for its acknowledgement",
+            Some(with(cluster(None), |c| {
+                c.proxies.insert(
+                    "proxy-a".into(),
+                    praetor_dcs::ProxyState {
+                        leader: Some("pg2".into()),
+                        since: None,
+                    },
+                );
+                c.proxies.insert("proxy-b".into(), Default::default());
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+                l.former_leader = Some(up("pg2", 5432));
+            }),
+        )
+        .expect(
+            vec![
+                AcquireLeader,
+                slots_for_others(),
+                fence(5432),
+                AwaitProxies {
+                    former: "pg2".into(),
+                },
+                Promote,
+            ],
+            |r| *r == Reason::PromotedByAcquiringLock,
+        ),
+        row(
+            "no leader, every proxy already left the former leader: no wait",
+            Some(with(cluster(None), |c| {
+                c.proxies.insert("proxy-b".into(), Default::default());
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+                l.former_leader = Some(up("pg2", 5432));
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
             "no leader, another replica is ahead: do not race",
             Some(cluster(None)),
             with(local(running(false, 1000, Some(5432))), |l| {
