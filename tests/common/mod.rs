@@ -236,10 +236,15 @@ pub async fn dcs_cluster(c: &LocalCluster) -> praetor_dcs::Cluster {
         ttl_secs: 30,
         request_timeout_secs: 5,
     };
-    let dcs = praetor_dcs::connect(&endpoints, identity)
-        .await
-        .expect("open DCS");
-    dcs.load().await.expect("read DCS")
+    // Retried: a DCS of three answers "leader changed" for a moment after losing its leader.
+    wait_for("a read of the DCS", Duration::from_secs(20), || async {
+        let dcs = praetor_dcs::connect(&endpoints, identity.clone())
+            .await
+            .map_err(|e| format!("open DCS: {e}"))?;
+        dcs.load().await.map_err(|e| format!("read DCS: {e}"))
+    })
+    .await
+    .unwrap()
 }
 
 /// Waits until `name` leads (holds the lock, runs) and the other members stream from it.
