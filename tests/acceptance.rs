@@ -1,24 +1,50 @@
-//! Acceptance tests: real etcd, real PostgreSQL 15, three agents and the proxy on 127.0.0.1.
-//! Run one at a time (`--test-threads=1`): each starts a whole cluster and fails over on short timings
-//! (ttl 6, loop_wait 1, retry_timeout 2).
+//! Acceptance tests: real PostgreSQL 15, three agents and the proxy on 127.0.0.1, on a real etcd and
+//! (the `zookeeper_*` tests, the same scenarios) on a real ZooKeeper configured with `zookeeper:
+//! hosts:` instead of `etcd3:`. Run one at a time (`--test-threads=1`): each starts a whole cluster
+//! and fails over on short timings (ttl 6, loop_wait 1, retry_timeout 2; the ZooKeeper session
+//! timeout is the ttl).
 
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
+use praetor_harness::DcsKind;
 
-#[tokio::test]
-async fn three_nodes_bootstrap_with_one_leader_and_two_streaming_replicas() {
-    let c = healthy_cluster(ClusterOptions::default()).await;
+fn on(dcs: DcsKind, scope: &str) -> ClusterOptions {
+    ClusterOptions {
+        scope: scope.into(),
+        dcs,
+        ..Default::default()
+    }
+}
+
+async fn bootstrap(dcs: DcsKind) {
+    let c = healthy_cluster(on(dcs, &format!("{}boot", dcs.family()))).await;
     let cluster = c.cluster_json().await.expect("/cluster");
     let members = cluster["members"].as_array().expect("members");
     assert_eq!(members.len(), 3, "{cluster}");
     let leaders: Vec<_> = members.iter().filter(|m| m["role"] == "leader").collect();
     assert_eq!(leaders.len(), 1, "{cluster}");
+    let leader = leaders[0]["name"].as_str().unwrap().to_string();
     let streaming = members.iter().filter(|m| m["state"] == "streaming").count();
     assert_eq!(streaming, 2, "{cluster}");
+
+    // The cluster lives in the DCS under Patroni's layout.
+    let view = dcs_cluster(&c).await;
+    assert_eq!(
+        view.leader.as_ref().map(|l| l.name.as_str()),
+        Some(leader.as_str())
+    );
+    assert_eq!(view.members.len(), 3, "{view:?}");
+    let sysid = view.initialize.clone().expect("initialize");
+    assert!(
+        !sysid.is_empty() && sysid.chars().all(|c| c.is_ascii_digit()),
+        "{sysid}"
+    );
+    assert!(view.config.is_some(), "bootstrap.dcs seeded the config key");
+
     // The leader really is a primary, the others really are replicas, each with its own slot.
     for n in &c.nodes {
         let client = connect(n.pg_port).await.expect("connect to member");
@@ -27,9 +53,8 @@ async fn three_nodes_bootstrap_with_one_leader_and_two_streaming_replicas() {
             .await
             .unwrap()
             .get(0);
-        let is_leader = leaders[0]["name"] == n.name.as_str();
-        assert_eq!(in_recovery, !is_leader, "{}", n.name);
-        if is_leader {
+        assert_eq!(in_recovery, n.name != leader, "{}", n.name);
+        if n.name == leader {
             let slots: Vec<String> = client
                 .query(
                     "SELECT slot_name::text FROM pg_replication_slots WHERE active ORDER BY 1",
@@ -40,18 +65,179 @@ async fn three_nodes_bootstrap_with_one_leader_and_two_streaming_replicas() {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let others: Vec<String> = c
-                .nodes
-                .iter()
-                .filter(|o| o.name != n.name)
-                .map(|o| o.name.clone())
-                .collect();
-            assert_eq!(
-                slots, others,
-                "every replica streams through its own active slot"
-            );
+            assert_eq!(slots, others(&c, &leader), "one active slot per replica");
         }
     }
+
+    // Writes through the proxy reach the replicas through the read-only port.
+    let proxy = c.proxy.as_ref().expect("proxy");
+    let rw = connect_retry(proxy.rw_port, Duration::from_secs(30)).await;
+    let acked = insert_rows(&rw, 0, 100).await;
+    let ro = connect_retry(proxy.ro_port, Duration::from_secs(30)).await;
+    let ids = wait_for(
+        "a replica to replay 100 rows",
+        Duration::from_secs(30),
+        || async {
+            let ids = read_ids(&ro).await;
+            if ids.len() == acked.len() {
+                Ok(ids)
+            } else {
+                Err(format!("{} rows", ids.len()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids, acked);
+}
+
+async fn kill_9(dcs: DcsKind) {
+    let mut c = healthy_cluster(on(dcs, &format!("{}failover", dcs.family()))).await;
+    let old = c.leader().await.expect("leader");
+    let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
+    let rw = connect_retry(proxy_rw, Duration::from_secs(30)).await;
+    let acked = insert_rows(&rw, 0, 1000).await;
+    replicas_caught_up(&c, &old).await;
+    let old_timeline = member_timeline(&c, &old).await.expect("timeline");
+
+    // The whole primary node dies: agent and postmaster together. Its lease (etcd) or session
+    // (ZooKeeper) expires after ttl, and with it the leader key.
+    let node = c.node_mut(&old);
+    node.kill_agent();
+    node.kill_postmaster();
+    let took = first_write_through(proxy_rw, 100_000, Duration::from_secs(90)).await;
+    eprintln!(
+        "{}: kill -9 of the leader: first write through the proxy after {took:?}",
+        dcs.family()
+    );
+
+    let new = c.leader().await.expect("a new leader");
+    assert_ne!(new, old);
+    let client = connect_retry(proxy_rw, Duration::from_secs(10)).await;
+    let ids = read_ids(&client).await;
+    for id in &acked {
+        assert!(
+            ids.contains(id),
+            "acknowledged row {id} lost in the failover"
+        );
+    }
+    assert!(ids.contains(&100_000));
+
+    // The old node comes back and rejoins as a replica on the new timeline.
+    let bin = c.binary.clone();
+    c.node_mut(&old).start_agent(&bin).unwrap();
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(120)).await {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    let cluster = c.cluster_json().await.unwrap();
+    let members = cluster["members"].as_array().unwrap();
+    let me = members.iter().find(|m| m["name"] == old.as_str()).unwrap();
+    let leader = members.iter().find(|m| m["role"] == "leader").unwrap();
+    assert_eq!(me["state"], "streaming", "{cluster}");
+    assert_eq!(me["timeline"], leader["timeline"], "{cluster}");
+    assert!(
+        leader["timeline"].as_u64().unwrap() > old_timeline,
+        "{cluster}"
+    );
+    assert_eq!(is_primary(c.node(&old).pg_port).await, Some(false));
+}
+
+async fn ctl_switchover(dcs: DcsKind) {
+    let c = healthy_cluster(on(dcs, &format!("{}switch", dcs.family()))).await;
+    let old = c.leader().await.expect("leader");
+    let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
+    let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
+    let before = connect_retry(proxy_rw, Duration::from_secs(30)).await;
+    let port: i32 = before
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port as u16, c.node(&old).pg_port);
+
+    // ctl reads the DCS section of the node's configuration and writes the failover key.
+    let out = ctl(
+        &c,
+        &[
+            "switchover",
+            "--leader",
+            &old,
+            "--candidate",
+            &candidate,
+            "--force",
+        ],
+        "",
+    )
+    .await;
+    if out.code != 0 {
+        dump_logs(&c);
+    }
+    assert_eq!(out.code, 0, "ctl switchover failed:\n{out}");
+    assert!(
+        out.stdout
+            .contains(&format!("Successfully switched over to \"{candidate}\"")),
+        "{out}"
+    );
+
+    // The proxy closed the connection to the former leader (fencing) ...
+    assert!(
+        before.query_one("SELECT 1", &[]).await.is_err(),
+        "connection to the old leader must be closed"
+    );
+    // ... and new connections reach the new leader, writable.
+    let after = connect_retry(proxy_rw, Duration::from_secs(30)).await;
+    let port: i32 = after
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port as u16, c.node(&candidate).pg_port);
+    after
+        .batch_execute("CREATE TABLE after_switchover (x int)")
+        .await
+        .unwrap();
+    // The former leader follows the new one.
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(60)).await {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    assert_eq!(c.leader().await.as_deref(), Some(candidate.as_str()));
+    let out = ctl(&c, &["list"], "").await;
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains(&candidate), "{out}");
+}
+
+#[tokio::test]
+async fn three_nodes_bootstrap_with_one_leader_and_two_streaming_replicas() {
+    bootstrap(DcsKind::Etcd).await;
+}
+
+#[tokio::test]
+async fn zookeeper_three_nodes_bootstrap_with_one_leader_and_two_streaming_replicas() {
+    bootstrap(DcsKind::ZooKeeper).await;
+}
+
+#[tokio::test]
+async fn kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins_on_the_new_timeline(
+) {
+    kill_9(DcsKind::Etcd).await;
+}
+
+#[tokio::test]
+async fn zookeeper_kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins_on_the_new_timeline(
+) {
+    kill_9(DcsKind::ZooKeeper).await;
+}
+
+#[tokio::test]
+async fn ctl_switchover_moves_the_leader_and_the_proxy_follows() {
+    ctl_switchover(DcsKind::Etcd).await;
+}
+
+#[tokio::test]
+async fn zookeeper_ctl_switchover_moves_the_leader_and_the_proxy_follows() {
+    ctl_switchover(DcsKind::ZooKeeper).await;
 }
 
 #[tokio::test]
@@ -89,186 +275,6 @@ async fn rows_written_through_the_read_write_port_are_read_from_a_replica_throug
     .await
     .unwrap();
     assert_eq!(ids, acked);
-}
-
-/// Waits until every replica has replayed the leader's current WAL position, so that a kill of the
-/// leader cannot lose an acknowledged row to asynchronous replication.
-async fn wait_replicas_caught_up(c: &LocalCluster, leader: &str) {
-    let lc = connect(c.node(leader).pg_port).await.expect("leader");
-    let lsn: String = lc
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    for n in c.nodes.iter().filter(|n| n.name != leader) {
-        let client = connect(n.pg_port).await.expect("replica");
-        wait_for(
-            &format!("{} to replay {lsn}", n.name),
-            Duration::from_secs(30),
-            || async {
-                let done: bool = client
-                    .query_one(
-                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                        &[&lsn],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                if done {
-                    Ok(())
-                } else {
-                    Err("behind".to_string())
-                }
-            },
-        )
-        .await
-        .unwrap();
-    }
-}
-
-/// Tries an INSERT through `port` (new connection each time) until one is acknowledged.
-async fn first_acknowledged_write(port: u16, id: i32, timeout: Duration) -> Duration {
-    let start = Instant::now();
-    wait_for("a write through the proxy to succeed", timeout, || async {
-        let client = connect(port).await.map_err(|e| e.to_string())?;
-        client
-            .execute("INSERT INTO t (id) VALUES ($1)", &[&id])
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    })
-    .await
-    .unwrap();
-    start.elapsed()
-}
-
-#[tokio::test]
-async fn kill_9_of_the_leader_fails_over_loses_no_row_and_the_old_leader_rejoins_on_the_new_timeline(
-) {
-    let mut c = healthy_cluster(ClusterOptions::default()).await;
-    let old = c.leader().await.expect("leader");
-    let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
-    let rw = connect_retry(proxy_rw, Duration::from_secs(30)).await;
-    let acked = insert_rows(&rw, 0, 1000).await;
-    wait_replicas_caught_up(&c, &old).await;
-    let old_timeline = c.cluster_json().await.unwrap()["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == old.as_str())
-        .unwrap()["timeline"]
-        .as_u64()
-        .unwrap();
-
-    // The whole primary node dies: agent and postmaster together.
-    let node = c.node_mut(&old);
-    node.kill_agent();
-    node.kill_postmaster();
-    let took = first_acknowledged_write(proxy_rw, 100_000, Duration::from_secs(60)).await;
-    eprintln!("kill -9 of the leader: first write through the proxy after {took:?}");
-
-    let new = c.leader().await.expect("a new leader");
-    assert_ne!(new, old);
-    let client = connect_retry(proxy_rw, Duration::from_secs(10)).await;
-    let ids = read_ids(&client).await;
-    for id in &acked {
-        assert!(
-            ids.contains(id),
-            "acknowledged row {id} lost in the failover"
-        );
-    }
-    assert!(ids.contains(&100_000));
-
-    // The old node comes back and rejoins as a replica on the new timeline.
-    let bin = c.binary.clone();
-    c.node_mut(&old).start_agent(&bin).unwrap();
-    if let Err(e) = c.wait_healthy(2, Duration::from_secs(120)).await {
-        dump_logs(&c);
-        panic!("{e}");
-    }
-    let cluster = c.cluster_json().await.unwrap();
-    let members = cluster["members"].as_array().unwrap();
-    let me = members.iter().find(|m| m["name"] == old.as_str()).unwrap();
-    let leader = members.iter().find(|m| m["role"] == "leader").unwrap();
-    assert_eq!(me["state"], "streaming", "{cluster}");
-    assert_eq!(me["timeline"], leader["timeline"], "{cluster}");
-    assert!(
-        leader["timeline"].as_u64().unwrap() > old_timeline,
-        "{cluster}"
-    );
-    let back = connect(c.node(&old).pg_port).await.unwrap();
-    let in_recovery: bool = back
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(in_recovery);
-}
-
-#[tokio::test]
-async fn ctl_switchover_moves_the_leader_and_the_proxy_follows() {
-    let c = healthy_cluster(ClusterOptions::default()).await;
-    let old = c.leader().await.expect("leader");
-    let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
-    let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
-    let before = connect_retry(proxy_rw, Duration::from_secs(30)).await;
-    let port: i32 = before
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(port as u16, c.node(&old).pg_port);
-
-    let out = std::process::Command::new(binary())
-        .args(["ctl", "-c"])
-        .arg(&c.nodes[0].config)
-        .args([
-            "switchover",
-            "--leader",
-            &old,
-            "--candidate",
-            &candidate,
-            "--force",
-        ])
-        .output()
-        .expect("run ctl");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        dump_logs(&c);
-    }
-    assert!(
-        out.status.success(),
-        "ctl switchover failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains(&format!("Successfully switched over to \"{candidate}\"")),
-        "{stdout}"
-    );
-
-    // The proxy closed the connection to the former leader (fencing) ...
-    assert!(
-        before.query_one("SELECT 1", &[]).await.is_err(),
-        "connection to the old leader must be closed"
-    );
-    // ... and new connections reach the new leader, writable.
-    let after = connect_retry(proxy_rw, Duration::from_secs(30)).await;
-    let port: i32 = after
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(port as u16, c.node(&candidate).pg_port);
-    after
-        .batch_execute("CREATE TABLE after_switchover (x int)")
-        .await
-        .unwrap();
-    // The former leader follows the new one.
-    if let Err(e) = c.wait_healthy(2, Duration::from_secs(60)).await {
-        dump_logs(&c);
-        panic!("{e}");
-    }
-    assert_eq!(c.leader().await.as_deref(), Some(candidate.as_str()));
 }
 
 #[tokio::test]

@@ -368,19 +368,10 @@ fn stopped(
 fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: Now) -> Decision {
     let me = cfg.name.as_str();
     if !r.is_primary {
-        let mut actions = vec![Action::RenewLeader];
-        actions.extend(slots::slot_actions(
-            view,
-            cfg,
-            r,
-            me,
-            &local.retained_members,
-        ));
-        actions.extend(fence_former_primary(local, r));
-        actions.extend(await_proxies(view, local, cfg));
-        actions.extend(strict_sync_before_promote(cfg));
-        actions.push(Action::Promote);
-        return decision(actions, Reason::PromotedBecauseHadLock);
+        return decision(
+            promotion(Action::RenewLeader, view, local, cfg, r),
+            Reason::PromotedBecauseHadLock,
+        );
     }
     if let Some(req) = view.failover_request() {
         if asks_me_to_step_down(&req.value, me) {
@@ -694,21 +685,36 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
             Reason::AcquiredLockAsLeader,
         );
     }
-    // Slots first (PostgreSQL creates physical slots on a standby too): replicas re-pointed at the new
-    // leader find theirs at once instead of retrying for wal_retrieve_retry_interval.
-    let mut actions = vec![Action::AcquireLeader];
+    decision(
+        promotion(Action::AcquireLeader, view, local, cfg, r),
+        Reason::PromotedByAcquiringLock,
+    )
+}
+
+/// Promoting a replica that holds (`RenewLeader`) or takes (`AcquireLeader`) the lock: slots first
+/// (PostgreSQL creates physical slots on a standby too, so replicas re-pointed at the new leader find
+/// theirs at once instead of retrying for wal_retrieve_retry_interval), then the former primary is
+/// fenced and the proxies acknowledge, then strict synchronous replication is armed, then promote.
+fn promotion(
+    lock: Action,
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    r: &Running,
+) -> Vec<Action> {
+    let mut actions = vec![lock];
     actions.extend(slots::slot_actions(
         view,
         cfg,
         r,
-        me,
+        &cfg.name,
         &local.retained_members,
     ));
     actions.extend(fence_former_primary(local, r));
     actions.extend(await_proxies(view, local, cfg));
     actions.extend(strict_sync_before_promote(cfg));
     actions.push(Action::Promote);
-    decision(actions, Reason::PromotedByAcquiringLock)
+    actions
 }
 
 /// Seconds since the epoch of an ISO 8601 / RFC 3339 time (`2026-11-24T10:00:00+00:00`).
