@@ -739,10 +739,11 @@ async fn make_leader(c: &LocalCluster, name: &str) {
     healthy_again(c).await;
 }
 
-#[tokio::test]
-async fn failover_priority_decides_between_equally_advanced_replicas() {
+/// Starts a cluster with `tags`, makes pg1 the leader, lets the replicas catch up, kills pg1's agent
+/// and postmaster, and returns the member that takes over.
+async fn winner_after_pg1_dies(tags: Vec<(usize, String)>) -> String {
     let mut c = healthy_cluster(ClusterOptions {
-        tags: vec![(2, "failover_priority: 5".into())],
+        tags,
         ..Default::default()
     })
     .await;
@@ -751,23 +752,18 @@ async fn failover_priority_decides_between_equally_advanced_replicas() {
     let node = c.node_mut("pg1");
     node.kill_agent();
     node.kill_postmaster();
-    let new = new_leader_other_than(&c, "pg1", Duration::from_secs(60)).await;
+    new_leader_other_than(&c, "pg1", Duration::from_secs(60)).await
+}
+
+#[tokio::test]
+async fn failover_priority_decides_between_equally_advanced_replicas() {
+    let new = winner_after_pg1_dies(vec![(2, "failover_priority: 5".into())]).await;
     assert_eq!(new, "pg3", "the higher failover_priority wins a tie");
 }
 
 #[tokio::test]
 async fn nofailover_member_is_never_promoted() {
-    let mut c = healthy_cluster(ClusterOptions {
-        tags: vec![(1, "nofailover: true".into())],
-        ..Default::default()
-    })
-    .await;
-    make_leader(&c, "pg1").await;
-    replicas_caught_up(&c, "pg1").await;
-    let node = c.node_mut("pg1");
-    node.kill_agent();
-    node.kill_postmaster();
-    let new = new_leader_other_than(&c, "pg1", Duration::from_secs(60)).await;
+    let new = winner_after_pg1_dies(vec![(1, "nofailover: true".into())]).await;
     assert_eq!(new, "pg3", "pg2 is tagged nofailover");
 }
 
