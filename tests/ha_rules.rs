@@ -905,14 +905,16 @@ async fn wait_for_replicas_to_have_table(c: &LocalCluster, leader: &str, t: &str
 #[tokio::test]
 async fn synchronous_mode_without_an_eligible_standby_falls_back_to_async_and_no_automatic_failover(
 ) {
-    // Both replicas are tagged nosync: synchronous mode (not strict) finds nobody to wait for.
+    // pg2 and pg3 are tagged nosync: with pg1 leading, synchronous mode (not strict) finds nobody to
+    // wait for.
     let mut c = healthy_cluster(ClusterOptions {
         dcs_extra: vec!["synchronous_mode: true".into()],
         tags: vec![(1, "nosync: true".into()), (2, "nosync: true".into())],
         ..Default::default()
     })
     .await;
-    let leader = c.leader().await.unwrap();
+    make_leader(&c, "pg1").await;
+    let leader = "pg1".to_string();
     let d = dcs(&c).await;
     wait_for(
         "a sync key listing nobody",
