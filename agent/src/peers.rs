@@ -4,61 +4,11 @@
 //! `GET <api_url>` (Patroni's `/patroni`), all at once with a short timeout: a member that does not
 //! answer cannot be promoted and does not block the race.
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use praetor_dcs::Cluster;
 use serde_json::Value;
 
+use crate::api::client::ApiClient;
 use crate::ha::PeerStatus;
-
-/// GETs `url` and parses the body as JSON, whatever the status code (health endpoints answer 503 with
-/// a useful body). Errors are strings for logs.
-pub async fn get_json(url: &str, timeout: Duration) -> Result<(u16, Value), String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let fut = async {
-        let resp = client
-            .get(uri)
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?
-            .to_bytes();
-        let json = serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))?;
-        Ok((status, json))
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
-}
-
-/// POSTs `body` as JSON to `url`; returns the status code.
-pub async fn post_json(url: &str, body: &Value, timeout: Duration) -> Result<u16, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
-    let req = hyper::Request::post(uri)
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let fut = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
-        Ok(resp.status().as_u16())
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| format!("POST {url}: timed out after {timeout:?}"))?
-}
 
 /// Reads a peer's `/patroni` answer into what the leader race needs.
 pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
@@ -82,17 +32,22 @@ pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
     }
 }
 
-/// Asks every member of `view` except `me` for its status, concurrently, each within `timeout`.
-/// Members that do not answer are left out.
-pub async fn fetch_peers(view: &Cluster, me: &str, timeout: Duration) -> Vec<PeerStatus> {
+/// Asks every member of `view` except `me` for its status, concurrently, with `client` (its TLS
+/// settings, credentials and timeout). Members that do not answer are left out.
+pub async fn fetch_peers(view: &Cluster, me: &str, client: &ApiClient) -> Vec<PeerStatus> {
     let asks = view
         .members
         .iter()
         .filter(|m| m.name != me)
         .filter_map(|m| Some((m.name.clone(), m.data.api_url.clone()?)))
         .map(|(name, url)| async move {
-            match get_json(&url, timeout).await {
-                Ok((_, v)) => Some(peer_status_from_json(&name, &v)),
+            // Whatever the status code: health endpoints answer 503 with a useful body.
+            match client
+                .request("GET", &url, None)
+                .await
+                .and_then(|r| r.json())
+            {
+                Ok(v) => Some(peer_status_from_json(&name, &v)),
                 Err(e) => {
                     tracing::debug!(member = %name, "peer did not answer: {e}");
                     None

@@ -369,7 +369,7 @@ impl Runner {
                 fetch_peers(
                     view.as_deref().expect("needs_peers implies a view"),
                     self.me(),
-                    timeout,
+                    &self.ops.client.with_timeout(timeout),
                 )
                 .await,
             )
@@ -1001,12 +1001,14 @@ impl Runner {
             .iter()
             .filter(|(name, _)| name.as_str() != self.me())
             .map(|(name, api)| {
-                let url = format!("{}/failsafe", api.trim_end_matches("/patroni"));
+                let url = format!("{}/failsafe", api::client::api_base(api));
                 let body = body.clone();
+                let client = self.ops.client.with_timeout(timeout);
                 async move {
-                    let ok = crate::peers::post_json(&url, &body, timeout)
+                    let ok = client
+                        .request("POST", &url, Some(&body))
                         .await
-                        .is_ok_and(|code| code == 200);
+                        .is_ok_and(|r| r.status == 200);
                     if !ok {
                         tracing::warn!(member = %name, "failsafe: member did not confirm");
                     }

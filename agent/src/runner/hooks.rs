@@ -33,6 +33,9 @@ pub(super) struct Ops {
     pub ready_sent: bool,
     /// systemd's watchdog is on: ping it every cycle.
     pub watchdog: bool,
+    /// How this agent calls other members' REST APIs (TLS, credentials): the leader race's peer
+    /// checks and failsafe confirmations.
+    pub client: api::client::ApiClient,
 }
 
 /// Wraps the DCS so its requests, errors and lock renewals are counted, and creates the metrics.
@@ -95,6 +98,7 @@ pub(super) async fn start_api(
     ctx.metrics = Some(metrics.clone());
     let tls = ctx.tls.is_some();
     let restarts = ctx.restarts.clone();
+    let client = ctx.client.clone();
     tokio::spawn(api::schedule::run_scheduler(ctx.clone(), shutdown.clone()));
     let task = tokio::spawn(api::serve(listener, ctx, shutdown));
     Ok((
@@ -105,6 +109,7 @@ pub(super) async fn start_api(
             tls,
             ready_sent: false,
             watchdog: sd_notify::watchdog_enabled().is_some(),
+            client,
         },
     ))
 }
