@@ -65,6 +65,9 @@ enum Command {
         /// Configuration file with scope, namespace, etcd3 and praetor.proxy.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
+        /// Worker threads relaying client traffic (default: one per CPU).
+        #[arg(long, value_name = "N", env = "PRAETOR_PROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
     },
     /// Operate a cluster like patronictl: list, topology, switchover, failover, edit-config,
     /// show-config, restart, reload, reinit, remove, pause, resume, history, query, dsn, flush,
@@ -77,8 +80,19 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The agent, ctl and the demo wait on I/O and need little CPU; the proxy relays every byte of
+    // client traffic and gets one worker per CPU unless told otherwise.
+    let workers = match &cli.command {
+        Command::Proxy {
+            threads: Some(n), ..
+        } => usize::from(*n),
+        Command::Proxy { threads: None, .. } => std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2),
+        _ => 2,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -124,7 +138,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(Failure::Other)
             }
-            Command::Proxy { config } => {
+            Command::Proxy { config, .. } => {
                 let loaded = load_config(&config)?;
                 let proxy_cfg = loaded
                     .config

@@ -60,6 +60,7 @@ conformance!(
     history_appends_keep_every_entry_under_concurrent_writers,
     failover_key_is_set_and_cleared,
     sync_key_round_trips_and_is_compare_and_set,
+    failsafe_key_is_written_only_by_the_lock_holder_and_deleted_when_empty,
     proxy_keys_are_listed_and_vanish_with_their_client,
     close_removes_member_leader_and_proxy_at_once,
     delete_member_removes_only_that_member,
@@ -762,6 +763,39 @@ async fn failover_key_is_set_and_cleared(dcs: TestDcs) {
     assert_eq!(f.value, failover);
     agent.delete_failover(f.version).await.unwrap();
     assert!(ctl.load().await.unwrap().failover.is_none());
+}
+
+async fn failsafe_key_is_written_only_by_the_lock_holder_and_deleted_when_empty(dcs: TestDcs) {
+    let a = dcs.client("failsafe", Some("a"), 10).await;
+    let b = dcs.client("failsafe", Some("b"), 10).await;
+    let members: std::collections::BTreeMap<String, String> = [
+        ("a".to_string(), "http://127.0.0.1:8008/patroni".to_string()),
+        ("b".to_string(), "http://127.0.0.1:8009/patroni".to_string()),
+    ]
+    .into();
+    // Nobody holds the lock: nobody may write it.
+    assert!(a
+        .set_failsafe(&members)
+        .await
+        .unwrap_err()
+        .is_cas_conflict());
+    assert!(a.acquire_leader().await.unwrap());
+    a.set_failsafe(&members).await.unwrap();
+    assert_eq!(b.load().await.unwrap().failsafe, Some(members.clone()));
+    // Another member cannot overwrite it.
+    assert!(b
+        .set_failsafe(&Default::default())
+        .await
+        .unwrap_err()
+        .is_cas_conflict());
+    // The holder rewrites it, then removes it with an empty map (twice: absent is fine).
+    let one: std::collections::BTreeMap<String, String> =
+        [("a".to_string(), "http://127.0.0.1:8008/patroni".to_string())].into();
+    a.set_failsafe(&one).await.unwrap();
+    assert_eq!(b.load().await.unwrap().failsafe, Some(one));
+    a.set_failsafe(&Default::default()).await.unwrap();
+    a.set_failsafe(&Default::default()).await.unwrap();
+    assert_eq!(b.load().await.unwrap().failsafe, None);
 }
 
 async fn sync_key_round_trips_and_is_compare_and_set(dcs: TestDcs) {

@@ -69,6 +69,13 @@ enum Side {
 }
 
 impl Side {
+    fn of(role: BackendRole) -> Side {
+        match role {
+            BackendRole::Leader => Side::Leader,
+            BackendRole::Replica => Side::Replica,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Side::Leader => "leader",
@@ -230,6 +237,18 @@ pub(crate) async fn run(
 }
 
 impl Session<'_> {
+    /// Counts a new auto-port server connection on `route` and returns its `connections` gauge.
+    fn count_connection(&self, route: &crate::router::Route) -> prometheus::IntGauge {
+        let labels = [
+            ListenerKind::Auto.as_str(),
+            route.backend.member.as_str(),
+            route.role.as_str(),
+        ];
+        let metrics = &self.shared.metrics;
+        metrics.connections_total.with_label_values(&labels).inc();
+        metrics.connections.with_label_values(&labels)
+    }
+
     fn log_end(&self, end: &End, phase: &str) {
         match end {
             End::ClientClosed | End::Terminated => debug!("client closed the session {phase}"),
@@ -286,25 +305,8 @@ impl Session<'_> {
                 }
                 Err(e) => return Err(self.refuse(client, e).await),
             };
-            let side = if route.role == BackendRole::Leader {
-                Side::Leader
-            } else {
-                Side::Replica
-            };
-            let gauge = self.shared.metrics.connections.with_label_values(&[
-                ListenerKind::Auto.as_str(),
-                &route.backend.member,
-                route.role.as_str(),
-            ]);
-            self.shared
-                .metrics
-                .connections_total
-                .with_label_values(&[
-                    ListenerKind::Auto.as_str(),
-                    &route.backend.member,
-                    route.role.as_str(),
-                ])
-                .inc();
+            let side = Side::of(route.role);
+            let gauge = self.count_connection(&route);
             let described = format!("{} {}", route.role.as_str(), route.backend);
             // A pooled connection the server let in without a password serves this client too:
             // same StartupMessage, same server, same answer.
@@ -1144,11 +1146,7 @@ impl Session<'_> {
                 }
                 Err(NoRoute::Suspended(r)) => return Err(format!("the proxy is not serving: {r}")),
             };
-            let actual = if route.role == BackendRole::Leader {
-                Side::Leader
-            } else {
-                Side::Replica
-            };
+            let actual = Side::of(route.role);
             if actual != side && self.conn_ref(actual).is_some() {
                 return self.catch_up(actual).await.map(|_| actual);
             }
@@ -1158,20 +1156,7 @@ impl Session<'_> {
                 return self.catch_up(actual).await.map(|_| actual);
             }
             let described = format!("{} {}", route.role.as_str(), route.backend);
-            let gauge = self.shared.metrics.connections.with_label_values(&[
-                ListenerKind::Auto.as_str(),
-                &route.backend.member,
-                route.role.as_str(),
-            ]);
-            self.shared
-                .metrics
-                .connections_total
-                .with_label_values(&[
-                    ListenerKind::Auto.as_str(),
-                    &route.backend.member,
-                    route.role.as_str(),
-                ])
-                .inc();
+            let gauge = self.count_connection(&route);
             let mut auth = PasswordAuth::new(&self.user, self.password.as_deref());
             match open(
                 route,

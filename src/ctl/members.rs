@@ -181,17 +181,7 @@ pub async fn restart(ctx: &Ctx, a: RestartArgs) -> anyhow::Result<()> {
                     m.name
                 )
             }
-            Ok(r) => {
-                failed = true;
-                println!(
-                    "Failed: restart for member {}, status code={}, ({})",
-                    m.name, r.status, r.body
-                )
-            }
-            Err(e) => {
-                failed = true;
-                println!("Failed: restart for member {}, ({e})", m.name)
-            }
+            other => failed |= !report(other, &m.name, "restart"),
         }
     }
     if failed {
@@ -248,17 +238,7 @@ pub async fn reload(
                 "Reload request received for member {} and will be processed within {loop_wait} seconds",
                 m.name
             ),
-            Ok(r) => {
-                failed = true;
-                println!(
-                    "Failed: reload for member {}, status code={}, ({})",
-                    m.name, r.status, r.body
-                )
-            }
-            Err(e) => {
-                failed = true;
-                println!("Failed: reload for member {}, ({e})", m.name)
-            }
+            other => failed |= !report(other, &m.name, "reload"),
         }
     }
     if failed {

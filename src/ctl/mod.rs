@@ -70,49 +70,35 @@ pub enum RoleFilter {
     Any,
 }
 
+/// What `list` and `topology` take.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Cluster name (default: the configuration's scope).
+    cluster_name: Option<String>,
+    /// Output format.
+    #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+    format: Format,
+    /// Show every column, even when empty.
+    #[arg(short = 'e', long = "extended")]
+    extended: bool,
+    /// Print a timestamp first.
+    #[arg(short = 't', long = "timestamp")]
+    timestamp: bool,
+    /// Refresh every 2 seconds until interrupted.
+    #[arg(short = 'W')]
+    watch_default: bool,
+    /// Refresh every N seconds until interrupted.
+    #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
+    watch: Option<f64>,
+}
+
 #[derive(Subcommand)]
 enum CtlCommand {
     /// List the members: Member, Host, Role, State, TL, Lag in MB [, Pending restart, Scheduled
     /// restart, Tags].
-    List {
-        /// Cluster name (default: the configuration's scope).
-        cluster_name: Option<String>,
-        /// Output format.
-        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
-        format: Format,
-        /// Show every column, even when empty.
-        #[arg(short = 'e', long = "extended")]
-        extended: bool,
-        /// Print a timestamp first.
-        #[arg(short = 't', long = "timestamp")]
-        timestamp: bool,
-        /// Refresh every 2 seconds until interrupted.
-        #[arg(short = 'W')]
-        watch_default: bool,
-        /// Refresh every N seconds until interrupted.
-        #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
-        watch: Option<f64>,
-    },
+    List(ListArgs),
     /// The members as a tree: who streams from whom (cascading replication).
-    Topology {
-        /// Cluster name.
-        cluster_name: Option<String>,
-        /// Output format.
-        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
-        format: Format,
-        /// Show every column.
-        #[arg(short = 'e', long = "extended")]
-        extended: bool,
-        /// Print a timestamp first.
-        #[arg(short = 't', long = "timestamp")]
-        timestamp: bool,
-        /// Refresh every 2 seconds until interrupted.
-        #[arg(short = 'W')]
-        watch_default: bool,
-        /// Refresh every N seconds until interrupted.
-        #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
-        watch: Option<f64>,
-    },
+    Topology(ListArgs),
     /// Switch the leader role over to another member (planned, nothing lost), now or at
     /// --scheduled. Asks for what is not given unless --force; refuses with the reason when not
     /// possible.
@@ -390,8 +376,8 @@ pub async fn run(args: CtlArgs) -> Result<(), Failure> {
     }
     let (config, namespace, endpoints) = dcs_target(&args)?;
     let cluster_arg = match &args.command {
-        CtlCommand::List { cluster_name, .. }
-        | CtlCommand::Topology { cluster_name, .. }
+        CtlCommand::List(ListArgs { cluster_name, .. })
+        | CtlCommand::Topology(ListArgs { cluster_name, .. })
         | CtlCommand::Switchover { cluster_name, .. }
         | CtlCommand::Failover { cluster_name, .. }
         | CtlCommand::EditConfig { cluster_name, .. }
@@ -438,42 +424,8 @@ pub async fn run(args: CtlArgs) -> Result<(), Failure> {
 
 async fn run_command(ctx: &Ctx, command: CtlCommand) -> anyhow::Result<()> {
     match command {
-        CtlCommand::List {
-            format,
-            extended,
-            timestamp,
-            watch_default,
-            watch,
-            ..
-        } => {
-            list(
-                ctx,
-                format,
-                extended,
-                timestamp,
-                watch_of(watch_default, watch),
-                false,
-            )
-            .await
-        }
-        CtlCommand::Topology {
-            format,
-            extended,
-            timestamp,
-            watch_default,
-            watch,
-            ..
-        } => {
-            list(
-                ctx,
-                format,
-                extended,
-                timestamp,
-                watch_of(watch_default, watch),
-                true,
-            )
-            .await
-        }
+        CtlCommand::List(l) => list(ctx, l, false).await,
+        CtlCommand::Topology(l) => list(ctx, l, true).await,
         CtlCommand::Switchover {
             leader,
             candidate,
@@ -650,14 +602,16 @@ pub(crate) fn timestamp() -> String {
         .unwrap_or_default()
 }
 
-async fn list(
-    ctx: &Ctx,
-    format: Format,
-    extended: bool,
-    with_timestamp: bool,
-    watch: Option<Duration>,
-    tree: bool,
-) -> anyhow::Result<()> {
+async fn list(ctx: &Ctx, args: ListArgs, tree: bool) -> anyhow::Result<()> {
+    let ListArgs {
+        format,
+        extended,
+        timestamp: with_timestamp,
+        watch_default,
+        watch,
+        ..
+    } = args;
+    let watch = watch_of(watch_default, watch);
     loop {
         let c = ctx.cluster().await?;
         let mut out = String::new();
