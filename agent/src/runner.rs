@@ -267,7 +267,16 @@ struct Observation {
     server: Option<ServerStatus>,
 }
 
-const TASK_RETRY_AFTER: Duration = Duration::from_secs(15);
+/// How long a failed background task of `kind` is not tried again. Starts are retried soon: the
+/// usual cause is the children of a crashed postmaster still holding its shared memory for a moment,
+/// and every second of a primary not running is an outage (primary_start_timeout bounds the whole
+/// attempt anyway). Bootstrap, clone and rewind are heavy and wait longer.
+fn task_retry_after(kind: Task) -> Duration {
+    match kind {
+        Task::Start | Task::CrashRecovery => Duration::from_secs(2),
+        Task::Bootstrap | Task::Clone | Task::Rewind => Duration::from_secs(15),
+    }
+}
 
 impl Runner {
     fn now(&self) -> Now {
@@ -668,7 +677,7 @@ impl Runner {
         let now_ms = self.now().mono_ms;
         if let Some(kind) = action.task() {
             if let Some((failed, at)) = self.failed_task {
-                if failed == kind && at.elapsed() < TASK_RETRY_AFTER {
+                if failed == kind && at.elapsed() < task_retry_after(kind) {
                     return Ok(false);
                 }
             }

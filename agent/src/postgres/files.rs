@@ -215,8 +215,14 @@ pub fn pgpass_line(host: &str, port: &str, db: &str, user: &str, password: &str)
     )
 }
 
-/// Parameters Patroni sets unless the dynamic configuration says otherwise (PostgreSQL 12+).
+/// Parameters Patroni sets unless the dynamic configuration says otherwise (PostgreSQL 12+), plus one
+/// of Praetor's: `wal_retrieve_retry_interval` 1 s (PostgreSQL's default is 5 s). A replica whose
+/// primary died retries its connection only that often, even after the agent re-points it at the
+/// new leader; under `synchronous_mode_strict` the new leader's commits wait for that reconnection,
+/// so the default alone added ~5 s to every such failover (benches/scenarios.rs). Any value in the
+/// configuration wins.
 pub const DEFAULT_PARAMETERS: &[(&str, &str)] = &[
+    ("wal_retrieve_retry_interval", "1s"),
     ("max_connections", "100"),
     ("max_locks_per_transaction", "64"),
     ("max_worker_processes", "8"),
