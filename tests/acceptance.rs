@@ -74,21 +74,7 @@ async fn bootstrap(dcs: DcsKind) {
     let rw = connect_retry(proxy.rw_port, Duration::from_secs(30)).await;
     let acked = insert_rows(&rw, 0, 100).await;
     let ro = connect_retry(proxy.ro_port, Duration::from_secs(30)).await;
-    let ids = wait_for(
-        "a replica to replay 100 rows",
-        Duration::from_secs(30),
-        || async {
-            let ids = read_ids(&ro).await;
-            if ids.len() == acked.len() {
-                Ok(ids)
-            } else {
-                Err(format!("{} rows", ids.len()))
-            }
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(ids, acked);
+    replica_has_rows(&ro, &acked).await;
 }
 
 async fn kill_9(dcs: DcsKind) {
@@ -260,21 +246,7 @@ async fn rows_written_through_the_read_write_port_are_read_from_a_replica_throug
         .unwrap()
         .get(0);
     assert!(in_recovery, "the read-only port reaches a replica");
-    let ids = wait_for(
-        "the replica to replay 1000 rows",
-        Duration::from_secs(30),
-        || async {
-            let ids = read_ids(&ro).await;
-            if ids.len() == acked.len() {
-                Ok(ids)
-            } else {
-                Err(format!("{} rows", ids.len()))
-            }
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(ids, acked);
+    replica_has_rows(&ro, &acked).await;
 }
 
 #[tokio::test]

@@ -173,18 +173,7 @@ async fn replica_agent_kill_9_leaves_postgres_streaming() {
         .await
         .unwrap();
     let rc = connect_retry(c.node(&name).pg_port, Duration::from_secs(10)).await;
-    wait_for(
-        "the replica to replay the new table",
-        Duration::from_secs(30),
-        || async {
-            rc.query_one("SELECT x FROM after_kill", &[])
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await
-    .unwrap();
+    table_readable(&rc, "after_kill").await;
     assert_eq!(c.node(&name).postmaster_pid(), Some(pid), "same postmaster");
 }
 
@@ -220,18 +209,7 @@ async fn replica_that_cannot_reach_the_dcs_keeps_streaming() {
         .await
         .unwrap();
     let rc = connect(c.node(&name).pg_port).await.unwrap();
-    wait_for(
-        "the cut-off replica to replay",
-        Duration::from_secs(30),
-        || async {
-            rc.query_one("SELECT x FROM while_cut", &[])
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await
-    .unwrap();
+    table_readable(&rc, "while_cut").await;
     assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
     c.relay(&name).restore();
     healthy_again(&c).await;
@@ -886,19 +864,7 @@ async fn a_changed_max_connections_sets_pending_restart_until_the_member_restart
 async fn wait_for_replicas_to_have_table(c: &LocalCluster, leader: &str, t: &str) {
     for n in c.nodes.iter().filter(|n| n.name != leader) {
         let cl = connect_retry(n.pg_port, Duration::from_secs(10)).await;
-        let sql = format!("SELECT 1 FROM {t} LIMIT 1");
-        wait_for(
-            &format!("{} to have {t}", n.name),
-            Duration::from_secs(30),
-            || async {
-                cl.query(sql.as_str(), &[])
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await
-        .unwrap();
+        table_readable(&cl, t).await;
     }
 }
 

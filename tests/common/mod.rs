@@ -85,6 +85,43 @@ pub async fn read_ids(client: &tokio_postgres::Client) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until `client` (a replica) has replayed exactly the rows `acked`, and asserts it.
+pub async fn replica_has_rows(client: &tokio_postgres::Client, acked: &[i32]) {
+    let ids = wait_for(
+        &format!("a replica to replay {} rows", acked.len()),
+        Duration::from_secs(30),
+        || async {
+            let ids = read_ids(client).await;
+            if ids.len() == acked.len() {
+                Ok(ids)
+            } else {
+                Err(format!("{} rows", ids.len()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids, acked);
+}
+
+/// Waits until the server on `client` can read `table` (a replica replayed its creation).
+pub async fn table_readable(client: &tokio_postgres::Client, table: &str) {
+    let sql = format!("SELECT 1 FROM {table} LIMIT 1");
+    wait_for(
+        &format!("{table} to be readable"),
+        Duration::from_secs(30),
+        || async {
+            client
+                .query(sql.as_str(), &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// Prints each node's log tail when a test fails (call in a failure path).
 pub fn dump_logs(c: &LocalCluster) {
     for n in &c.nodes {
