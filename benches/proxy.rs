@@ -13,7 +13,8 @@
 //!
 //! Nothing is asserted: speed is measured, not tested. Environment: `PRAETOR_BENCH_SECS` (10),
 //! `PRAETOR_BENCH_CLIENTS` (8), `PRAETOR_BENCH_THREADS` (2), `PRAETOR_BENCH_ROUNDS` (1),
-//! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000).
+//! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000), `PRAETOR_BENCH_MODES` (a comma-separated
+//! subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`; all when unset).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -306,12 +307,16 @@ fn main() {
             ("haproxy", haproxy_port),
             ("pgbouncer", bouncer_port),
         ];
+        let only = std::env::var("PRAETOR_BENCH_MODES").unwrap_or_default();
         let modes: Vec<(&str, Vec<&str>)> = vec![
             ("select-only", vec!["-S"]),
             ("select-only -C", vec!["-S", "-C"]),
             ("tpcb-like", vec![]),
             ("tpcb-like -C", vec!["-C"]),
-        ];
+        ]
+        .into_iter()
+        .filter(|(name, _)| only.is_empty() || only.split(',').any(|m| m.trim() == *name))
+        .collect();
         let mut results: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
         for round in 0..rounds {
             for (mi, (mode, extra)) in modes.iter().enumerate() {

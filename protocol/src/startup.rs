@@ -304,10 +304,14 @@ pub fn decode_startup_packet(buf: &mut BytesMut) -> Result<Option<StartupPacket>
                 });
             }
             let parameters = parse_parameters(&buf[8..len])?;
+            // A copy, not a split of `buf`: a session keeps its StartupMessage for its lifetime
+            // and a split would keep the whole read buffer allocated with it.
+            let raw = Bytes::copy_from_slice(&buf[..len]);
+            buf.advance(len);
             StartupPacket::Startup(StartupMessage {
                 version,
                 parameters,
-                raw: buf.split_to(len).freeze(),
+                raw,
             })
         }
     };

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cancel::{CancelRegistry, Registration};
-use crate::clients::{ClientInfo, Clients};
+use crate::clients::{ClientGuard, Clients};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
 use crate::pool::Pool;
@@ -219,8 +219,8 @@ struct Refusal {
     message: String,
 }
 
-/// Decrements the connection gauge when the connection ends.
-struct GaugeGuard(IntGauge);
+/// Decrements a connection gauge on drop (when the connection ends).
+pub(crate) struct GaugeGuard(pub IntGauge);
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
@@ -228,8 +228,25 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// A client past its startup phase: what the session that serves it needs.
+pub(crate) struct Accepted {
+    pub rt: Arc<Runtime>,
+    pub client: ClientStream,
+    pub startup: StartupMessage,
+    /// What the client sent after its StartupMessage.
+    pub leftover: BytesMut,
+    /// The console's entry for this client (unregistered on drop).
+    pub registered: ClientGuard,
+    /// The `client_connections` gauge, decremented on drop.
+    pub gauge: GaugeGuard,
+}
+
 /// Serves one client connection on `listener` until it ends. Never fails: every outcome is logged
 /// (at debug level for ordinary ones) and counted.
+///
+/// A task's future is as large as its largest state, for as long as the task lives; the startup
+/// phase and the read-write port's relay are boxed so that an idle auto-port session carries
+/// neither (benches/proxy.rs measures the memory per idle client).
 pub(crate) async fn handle_client(
     shared: Arc<Shared>,
     listener: ListenerKind,
@@ -237,6 +254,25 @@ pub(crate) async fn handle_client(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    let Some(accepted) = Box::pin(accept(&shared, listener, socket, peer, &shutdown)).await else {
+        return;
+    };
+    if listener == ListenerKind::Auto {
+        crate::session::run(shared, accepted, shutdown).await;
+    } else {
+        Box::pin(relay_session(&shared, listener, *accepted, &shutdown)).await;
+    }
+}
+
+/// The startup phase: negotiation (TLS), then the StartupMessage. Cancel requests are forwarded
+/// here. `None` when the client is done.
+async fn accept(
+    shared: &Arc<Shared>,
+    listener: ListenerKind,
+    socket: TcpStream,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<Box<Accepted>> {
     if let Err(e) = socket.set_nodelay(true) {
         debug!(error = %e, "cannot set TCP_NODELAY on the client socket");
     }
@@ -245,13 +281,13 @@ pub(crate) async fn handle_client(
         .client_connections
         .with_label_values(&[listener.as_str()]);
     client_gauge.inc();
-    let _client_gauge = GaugeGuard(client_gauge);
+    let gauge = GaugeGuard(client_gauge);
     let registered = shared.clients.register(listener, peer);
     let rt = shared.runtime();
     let mut buf = BytesMut::with_capacity(STARTUP_BUFFER_BYTES);
     let negotiated = tokio::select! {
         _ = shutdown.cancelled() => None,
-        r = tokio::time::timeout(rt.startup_timeout, negotiate(&shared, &rt, listener, socket, &mut buf)) => match r {
+        r = tokio::time::timeout(rt.startup_timeout, negotiate(shared, &rt, listener, socket, &mut buf)) => match r {
             Ok(n) => n,
             Err(_) => {
                 debug!(timeout = ?rt.startup_timeout, "client sent no complete startup packet in time");
@@ -260,13 +296,11 @@ pub(crate) async fn handle_client(
             }
         },
     };
-    let Some((mut client, start)) = negotiated else {
-        return;
-    };
+    let (client, start) = negotiated?;
     let startup = match start {
         ClientStart::Cancel(key) => {
             forward_cancel(&shared.cancels, key, rt.connect_timeout).await;
-            return;
+            return None;
         }
         ClientStart::Startup(m) => m,
     };
@@ -277,44 +311,32 @@ pub(crate) async fn handle_client(
         st.database = startup.database().to_string();
         st.tls = tls;
     });
-    if listener == ListenerKind::Auto {
-        crate::session::run(
-            shared.clone(),
-            rt,
-            client,
-            startup,
-            buf,
-            registered.info.clone(),
-            shutdown,
-        )
-        .await;
-        return;
-    }
-    relay_session(
-        &shared,
-        &rt,
-        listener,
-        &mut client,
+    Some(Box::new(Accepted {
+        rt,
+        client,
         startup,
-        buf,
-        &registered.info,
-        &shutdown,
-    )
-    .await;
+        leftover: buf,
+        registered,
+        gauge,
+    }))
 }
 
 /// The read-write and read-only ports: one server connection, bytes relayed as they are.
-#[allow(clippy::too_many_arguments)]
 async fn relay_session(
     shared: &Shared,
-    rt: &Runtime,
     listener: ListenerKind,
-    client: &mut ClientStream,
-    startup: StartupMessage,
-    buf: BytesMut,
-    info: &ClientInfo,
+    accepted: Accepted,
     shutdown: &CancellationToken,
 ) {
+    let Accepted {
+        rt,
+        mut client,
+        startup,
+        leftover: buf,
+        registered,
+        gauge: _gauge,
+    } = accepted;
+    let (rt, client, info) = (&*rt, &mut client, &*registered.info);
     let deadline = Instant::now() + rt.connect_timeout;
     let mut client_buf = buf;
     let (c2s, s2c) = shared.metrics.byte_counters(listener);

@@ -22,6 +22,7 @@ use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::conn::GaugeGuard;
 use crate::router::Route;
 use crate::stream::{BackendTls, ServerStream};
 
@@ -30,15 +31,6 @@ const POOL_IDLE_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Initial capacity of a server connection's read buffer.
 const SERVER_BUFFER_BYTES: usize = 8 * 1024;
-
-/// Decrements a gauge on drop.
-pub(crate) struct GaugeGuard(pub IntGauge);
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
 
 /// One server connection of the auto port, past its startup phase.
 pub(crate) struct ServerConn {
@@ -104,7 +96,7 @@ pub(crate) async fn open(
     timeout: Duration,
     startup: &[u8],
     auth: &mut PasswordAuth,
-) -> Result<(ServerConn, StartupOutput), OpenError> {
+) -> Result<(Box<ServerConn>, StartupOutput), OpenError> {
     let addr = (route.backend.host.as_str(), route.backend.port);
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -118,7 +110,8 @@ pub(crate) async fn open(
         Err(_) => return Err(OpenError::Connect("TLS handshake timed out".into())),
     };
     gauge.inc();
-    let mut conn = ServerConn {
+    // Boxed: a session keeps two optional connections and most sessions hold none while idle.
+    let mut conn = Box::new(ServerConn {
         stream,
         buf: BytesMut::with_capacity(SERVER_BUFFER_BYTES),
         key: None,
@@ -127,7 +120,7 @@ pub(crate) async fn open(
         trusted_login: None,
         route,
         _gauge: GaugeGuard(gauge),
-    };
+    });
     let (out, asked_password) = tokio::time::timeout(timeout, conn.startup(startup, auth))
         .await
         .map_err(|_| {
@@ -269,9 +262,12 @@ impl ServerConn {
 
 type PoolKey = (crate::topology::Backend, Bytes);
 
+/// Idle connections per key, each with the time it was returned.
+type IdleConns = HashMap<PoolKey, Vec<(Box<ServerConn>, Instant)>>;
+
 /// Idle server connections, per server and StartupMessage.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<(ServerConn, Instant)>>>,
+    idle: Mutex<IdleConns>,
     gauge: IntGauge,
 }
 
@@ -283,7 +279,7 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<(ServerConn, Instant)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleConns> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -293,7 +289,7 @@ impl Pool {
         &self,
         backend: &crate::topology::Backend,
         startup: &Bytes,
-    ) -> Option<ServerConn> {
+    ) -> Option<Box<ServerConn>> {
         let found = {
             let mut idle = self.lock();
             let list = idle.get_mut(&(backend.clone(), startup.clone()))?;
@@ -308,7 +304,11 @@ impl Pool {
     }
 
     /// An idle connection to `backend` made with `startup`, if one is alive.
-    pub fn take(&self, backend: &crate::topology::Backend, startup: &Bytes) -> Option<ServerConn> {
+    pub fn take(
+        &self,
+        backend: &crate::topology::Backend,
+        startup: &Bytes,
+    ) -> Option<Box<ServerConn>> {
         let mut dropped = Vec::new();
         let found = {
             let mut idle = self.lock();
@@ -331,7 +331,7 @@ impl Pool {
 
     /// Returns `conn` (made with `startup`) to the pool, or closes it when the pool for its server
     /// holds `limit` already or it is fenced.
-    pub fn put(&self, conn: ServerConn, startup: &Bytes, limit: usize) {
+    pub fn put(&self, conn: Box<ServerConn>, startup: &Bytes, limit: usize) {
         if conn.route.fence.is_fenced() || conn.remaining != 0 || !conn.buf.is_empty() {
             return;
         }

@@ -28,6 +28,7 @@
 //! the client. A session in the middle of a transaction on the former leader, or pinned to it, is
 //! closed. With no routable leader a write waits up to `connect_timeout` for one.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,16 +43,16 @@ use praetor_protocol::frontend::{
 };
 use praetor_protocol::{
     encode_error_response, Class, FrameHeader, FrontendHeader, PasswordAuth, PinReason, Severity,
-    SqlState, StartupMessage, TxStatus,
+    SqlState, TxStatus,
 };
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cancel::SessionCancel;
-use crate::clients::ClientInfo;
-use crate::conn::{send_fatal, Runtime, Shared};
+use crate::cancel::{Registration, SessionCancel};
+use crate::clients::{ClientGuard, ClientInfo};
+use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
 use crate::metrics::ListenerKind;
 use crate::pool::{open, OpenError, ServerConn};
 use crate::router::{BackendRole, NoRoute, Want};
@@ -59,8 +60,7 @@ use crate::settings::Target;
 use crate::stream::ClientStream;
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
-/// Small because most auto-port clients sit idle between transactions and every idle client keeps
-/// its buffer: 16 KiB cost 11.5 KiB RSS per idle client, 1 KiB costs 8.5 KiB (benches/proxy.rs).
+/// An idle session gives its buffer back (see `read_client`).
 const CLIENT_BUFFER_BYTES: usize = 1024;
 
 /// Which of the session's two server connections.
@@ -118,8 +118,8 @@ struct Session<'a> {
     /// The StartupMessage servers get (the client's, without `praetor.*` options).
     startup: Bytes,
     target: Target,
-    leader: Option<ServerConn>,
-    replica: Option<ServerConn>,
+    leader: Option<Box<ServerConn>>,
+    replica: Option<Box<ServerConn>>,
     /// The side running the current unit, if any.
     current: Option<Side>,
     /// Queries and Syncs sent and not yet answered with ReadyForQuery.
@@ -142,20 +142,54 @@ struct Session<'a> {
     discard_until_sync: bool,
     cancel: SessionCancel,
     idle_since: Option<Instant>,
+    /// Fires `idle_release` after the session went idle holding server connections. Boxed and
+    /// only while armed: most idle sessions hold no server connection.
+    release_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     c2s: IntCounter,
     s2c: IntCounter,
 }
 
+/// A logged-in session and what it owns, in one allocation.
+struct Live<'a> {
+    session: Session<'a>,
+    client: ClientStream,
+    cbuf: BytesMut,
+    _registration: Registration,
+    _registered: ClientGuard,
+    _gauge: GaugeGuard,
+}
+
 /// Serves one client of the auto port until it ends.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    rt: Arc<Runtime>,
-    mut client: ClientStream,
-    startup: StartupMessage,
-    leftover: BytesMut,
-    info: Arc<ClientInfo>,
-    shutdown: CancellationToken,
-) {
+///
+/// Memory: the task of an idle session holds this future for as long as the client stays
+/// connected, and a future is as large as its largest state. So the session lives in one box
+/// ([`Live`]), login and finish are boxed futures, and `serve` boxes the handling of each wake-up:
+/// what remains while idle is the wait for the next event.
+pub(crate) async fn run(shared: Arc<Shared>, accepted: Box<Accepted>, shutdown: CancellationToken) {
+    let Some(mut live) = Box::pin(start(&shared, *accepted)).await else {
+        return;
+    };
+    let Live {
+        session,
+        client,
+        cbuf,
+        ..
+    } = &mut *live;
+    let end = session.serve(client, cbuf, &shutdown).await;
+    Box::pin(finish(live, end)).await;
+}
+
+/// Reads the session's options, registers its cancel key and logs the client in. `None` when the
+/// session ended there (answered and logged).
+async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
+    let Accepted {
+        rt,
+        mut client,
+        startup,
+        leftover,
+        registered,
+        gauge,
+    } = accepted;
     let (options, kept) = startup.take_options("praetor.");
     let mut target = rt
         .database_targets
@@ -175,7 +209,7 @@ pub(crate) async fn run(
                         ),
                     )
                     .await;
-                    return;
+                    return None;
                 }
             }
         }
@@ -186,49 +220,71 @@ pub(crate) async fn run(
         startup.encode_with_options(&kept)
     };
     let (c2s, s2c) = shared.metrics.byte_counters(ListenerKind::Auto);
-    let mut s = Session {
-        shared: &shared,
-        rt,
-        info,
-        user: startup.user().to_string(),
-        password: None,
-        startup: server_startup,
-        target,
-        leader: None,
-        replica: None,
-        current: None,
-        outstanding: 0,
-        tx: TxStatus::Idle,
-        unit_closed: true,
-        unit_class: Class::Read,
-        unit_started: Instant::now(),
-        unit_error: false,
-        last_side: None,
-        pinned: None,
-        sets: Vec::new(),
-        pending_set: None,
-        client_remaining: 0,
-        discard_until_sync: false,
-        cancel: SessionCancel::default(),
-        idle_since: None,
-        c2s,
-        s2c,
-    };
-    let (key, _registration) = shared.cancels.register_session(s.cancel.clone());
-    let mut cbuf = leftover;
+    let cancel = SessionCancel::default();
+    let (key, registration) = shared.cancels.register_session(cancel.clone());
+    let mut live = Box::new(Live {
+        session: Session {
+            shared,
+            rt,
+            info: registered.info.clone(),
+            user: startup.user().to_string(),
+            password: None,
+            startup: server_startup,
+            target,
+            leader: None,
+            replica: None,
+            current: None,
+            outstanding: 0,
+            tx: TxStatus::Idle,
+            unit_closed: true,
+            unit_class: Class::Read,
+            unit_started: Instant::now(),
+            unit_error: false,
+            last_side: None,
+            pinned: None,
+            sets: Vec::new(),
+            pending_set: None,
+            client_remaining: 0,
+            discard_until_sync: false,
+            cancel,
+            idle_since: None,
+            release_timer: None,
+            c2s,
+            s2c,
+        },
+        client,
+        cbuf: leftover,
+        _registration: registration,
+        _registered: registered,
+        _gauge: gauge,
+    });
+    let Live {
+        session: s,
+        client,
+        cbuf,
+        ..
+    } = &mut *live;
     cbuf.reserve(CLIENT_BUFFER_BYTES);
-    if let Err(end) = s.login(&mut client, &mut cbuf, &key).await {
+    if let Err(end) = s.login(client, cbuf, &key).await {
         s.log_end(&end, "during login");
-        return;
+        return None;
     }
     s.info.update(|st| st.status = "idle");
-    let end = s.serve(&mut client, &mut cbuf, &shutdown).await;
+    Some(live)
+}
+
+/// Tells the client why its session ends, when it should know, and returns the server
+/// connections.
+async fn finish(mut live: Box<Live<'_>>, end: End) {
+    let Live {
+        session: s, client, ..
+    } = &mut *live;
     if let End::Protocol(code, message) = &end {
-        send_fatal(&mut client, *code, message).await;
+        send_fatal(client, *code, message).await;
     }
     if matches!(end, End::Shutdown) {
         send_fatal(
-            &mut client,
+            client,
             SqlState::ADMIN_SHUTDOWN,
             "terminating connection: the proxy is shutting down",
         )
@@ -271,7 +327,7 @@ impl Session<'_> {
         }
     }
 
-    fn conn(&mut self, side: Side) -> &mut Option<ServerConn> {
+    fn conn(&mut self, side: Side) -> &mut Option<Box<ServerConn>> {
         match side {
             Side::Leader => &mut self.leader,
             Side::Replica => &mut self.replica,
@@ -433,7 +489,7 @@ impl Session<'_> {
         loop {
             // Handle what the client sent so far; `blocked`: the next message waits for the
             // current unit to end.
-            let blocked = match self.handle_client(client, cbuf).await {
+            let blocked = match Box::pin(self.handle_client(client, cbuf)).await {
                 Ok(b) => b,
                 Err(end) => return end,
             };
@@ -451,6 +507,19 @@ impl Session<'_> {
                 }
                 _ => None,
             };
+            match release_at {
+                Some(at) => match &mut self.release_timer {
+                    Some(timer) if timer.deadline() == at => {}
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => self.release_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                },
+                None if idle => self.release_timer = None,
+                None => {}
+            }
+            if idle && cbuf.is_empty() {
+                // An idle client keeps no read buffer; `read_client` gets one when bytes arrive.
+                *cbuf = BytesMut::new();
+            }
             enum Wake {
                 Fenced(Side),
                 Client(std::io::Result<usize>),
@@ -462,6 +531,7 @@ impl Session<'_> {
             let wake = {
                 let leader = conn_event(&mut self.leader);
                 let replica = conn_event(&mut self.replica);
+                let release_timer = &mut self.release_timer;
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => Wake::Shutdown,
@@ -474,13 +544,13 @@ impl Session<'_> {
                         ConnEvent::Fenced => Wake::Fenced(Side::Replica),
                         ConnEvent::Read(r) => Wake::Server(Side::Replica, r),
                     },
-                    r = client.read_buf(cbuf), if !blocked => Wake::Client(r),
+                    r = read_client(client, cbuf), if !blocked => Wake::Client(r),
                     _ = async {
-                        match release_at {
-                            Some(at) => tokio::time::sleep_until(at).await,
+                        match release_timer {
+                            Some(timer) => timer.await,
                             None => std::future::pending().await,
                         }
-                    } => Wake::Release,
+                    }, if release_at.is_some() => Wake::Release,
                 }
             };
             match wake {
@@ -488,6 +558,7 @@ impl Session<'_> {
                 Wake::Release => {
                     self.release_all(false);
                     self.idle_since = None;
+                    self.release_timer = None;
                 }
                 Wake::Fenced(side) => {
                     let busy = self.current == Some(side);
@@ -516,7 +587,7 @@ impl Session<'_> {
                         Ok(_) => None,
                         Err(e) => Some(e.to_string()),
                     };
-                    if let Err(end) = self.handle_server(client, side, lost).await {
+                    if let Err(end) = Box::pin(self.handle_server(client, side, lost)).await {
                         return end;
                     }
                 }
@@ -1034,8 +1105,8 @@ impl Session<'_> {
 
     fn conn_ref(&self, side: Side) -> Option<&ServerConn> {
         match side {
-            Side::Leader => self.leader.as_ref(),
-            Side::Replica => self.replica.as_ref(),
+            Side::Leader => self.leader.as_deref(),
+            Side::Replica => self.replica.as_deref(),
         }
     }
 
@@ -1234,14 +1305,34 @@ enum ConnEvent {
     Read(std::io::Result<usize>),
 }
 
+/// Reads the client into `cbuf`. A buffer an idle session gave back (no capacity) is allocated
+/// only once bytes are there: a plain TCP client is waited for with `readable()` first.
+async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut) -> std::io::Result<usize> {
+    if cbuf.capacity() == 0 {
+        if let ClientStream::Plain(tcp) = client {
+            loop {
+                // `poll_read_ready` rather than `readable()`: no waiter state to store.
+                std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
+                cbuf.reserve(CLIENT_BUFFER_BYTES);
+                match tcp.try_read_buf(cbuf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            }
+        }
+        cbuf.reserve(CLIENT_BUFFER_BYTES);
+    }
+    client.read_buf(cbuf).await
+}
+
 /// Waits for the fence or bytes on `conn` (forever when there is no connection).
-async fn conn_event(conn: &mut Option<ServerConn>) -> ConnEvent {
+async fn conn_event(conn: &mut Option<Box<ServerConn>>) -> ConnEvent {
     let Some(c) = conn.as_mut() else {
         return std::future::pending().await;
     };
     let ServerConn {
         stream, buf, route, ..
-    } = c;
+    } = &mut **c;
     tokio::select! {
         biased;
         _ = route.fence.fenced() => ConnEvent::Fenced,
