@@ -8,7 +8,8 @@
 //!   gets them again once it catches up;
 //! - a switchover leaves no proxy connection to the old leader, the proxy acknowledges the new route
 //!   in the DCS, idle auto-port sessions move to the new leader, and no acknowledged write is lost
-//!   or lands on the old leader after the new one took writes.
+//!   or lands on the old leader after the new one took writes (by row order, and by WAL: the old
+//!   leader streams the new timeline from a point not past its fork).
 
 mod common;
 
@@ -359,9 +360,50 @@ async fn a_switchover_fences_the_old_leader_acknowledges_in_the_dcs_and_loses_no
             "a write reached the old leader after the new one took writes"
         );
     }
+    // The old leader's WAL did not advance past the point where the new leader's timeline forked:
+    // it streams the new timeline from where its own WAL ended, which PostgreSQL allows only when
+    // that end is not past the fork (otherwise the walreceiver refuses and a rewind is needed).
+    let timeline = first(
+        &new_leader,
+        "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+    )
+    .await
+    .unwrap();
+    let history = first(
+        &new_leader,
+        &format!("SELECT pg_read_file('pg_wal/{timeline}.history')"),
+    )
+    .await
+    .unwrap();
+    let timeline = i64::from_str_radix(&timeline, 16).unwrap();
+    let fork_lsn = history
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .and_then(|l| l.split('\t').nth(1))
+        .unwrap_or_else(|| panic!("no fork point in the timeline history: {history:?}"))
+        .to_string();
+    let old_leader = connect_retry(old_port, DEADLINE).await;
+    wait_for("the old leader streaming the new timeline", DEADLINE, || async {
+        let state = first(
+            &old_leader,
+            &format!(
+                "SELECT status || ' ' || received_tli || ' ' || (receive_start_lsn <= '{fork_lsn}') \
+                 FROM pg_stat_wal_receiver"
+            ),
+        )
+        .await?;
+        if state == format!("streaming {timeline} true") {
+            Ok(())
+        } else {
+            Err(format!("{state} (fork at {fork_lsn} on the way to timeline {timeline})"))
+        }
+    })
+    .await
+    .unwrap();
+
     let errors = errors.lock().unwrap().clone();
     eprintln!(
-        "switchover through the auto port: {} writes acknowledged, {} client-visible errors: {errors:?}",
+        "switchover through the auto port: {} writes acknowledged, {} client-visible errors: {errors:?}; timeline {timeline} forked at {fork_lsn}",
         stored.len(),
         errors.len(),
     );
