@@ -14,7 +14,9 @@
 //! Nothing is asserted: speed is measured, not tested. Environment: `PRAETOR_BENCH_SECS` (10),
 //! `PRAETOR_BENCH_CLIENTS` (8), `PRAETOR_BENCH_THREADS` (2), `PRAETOR_BENCH_ROUNDS` (1),
 //! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000), `PRAETOR_BENCH_MODES` (a comma-separated
-//! subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`; all when unset).
+//! subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`; all when unset),
+//! `PRAETOR_BENCH_PIN` (`1`: PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1, which
+//! measures what a proxy adds when it does not take CPU from the database; unset: no pinning).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,10 +38,41 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The CPU a process of `kind` runs on under `PRAETOR_BENCH_PIN=1`: PostgreSQL and pgbench share
+/// CPU 0 and every proxy gets CPU 1 to itself, as when the proxy runs on its own cores or host.
+/// `None` (no pinning) by default: everything shares every CPU.
+fn pinned_cpu(kind: Kind) -> Option<&'static str> {
+    std::env::var("PRAETOR_BENCH_PIN").ok().filter(|v| v == "1")?;
+    Some(match kind {
+        Kind::Database => "0",
+        Kind::Proxy => "1",
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// PostgreSQL and its client, pgbench.
+    Database,
+    /// Any proxy under test.
+    Proxy,
+}
+
+/// `program`, started on the CPU `kind` is pinned to, if any (`taskset`).
+fn command(program: impl AsRef<std::ffi::OsStr>, kind: Kind) -> Command {
+    match pinned_cpu(kind) {
+        Some(cpu) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", cpu]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Runs pgbench with `args` against `port`; TPS excluding initial connection time (with `-C`, the
 /// figure including connections, which is the point of `-C`).
 fn pgbench(port: u16, args: &[String]) -> Result<f64, String> {
-    let out = Command::new("pgbench")
+    let out = command("pgbench", Kind::Database)
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
         .args(args)
         .arg("postgres")
@@ -174,7 +207,7 @@ async fn start_proxy(
         ),
     )
     .expect("write the proxy config");
-    let mut cmd = Command::new(binary);
+    let mut cmd = command(binary, Kind::Proxy);
     cmd.arg("proxy").arg("-c").arg(&config);
     cmd.env("RUST_LOG", "warn");
     let process = Process::spawn(name, cmd, &dir.path().join(format!("{name}.log")))
@@ -227,6 +260,17 @@ fn main() {
             .await
             .expect("start PostgreSQL");
         let port = pg.port();
+        if let Some(cpu) = pinned_cpu(Kind::Database) {
+            // Backends are forked by the postmaster and inherit its CPU set.
+            let pid = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
+                .expect("postmaster.pid");
+            let pid = pid.lines().next().expect("postmaster pid").trim().to_string();
+            let ok = Command::new("taskset")
+                .args(["-a", "-p", "-c", cpu, &pid])
+                .output()
+                .expect("run taskset");
+            assert!(ok.status.success(), "{ok:?}");
+        }
         eprintln!("pgbench -i -s {scale} on port {port} ...");
         let init = Command::new("pgbench")
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
@@ -270,7 +314,7 @@ fn main() {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new("haproxy");
+        let mut cmd = command("haproxy", Kind::Proxy);
         cmd.arg("-db").arg("-f").arg(&haproxy_cfg);
         let haproxy = Process::spawn("haproxy", cmd, &dir.path().join("haproxy.log"))
             .expect("start haproxy (scripts/setup installs it)");
@@ -289,7 +333,7 @@ fn main() {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new("pgbouncer");
+        let mut cmd = command("pgbouncer", Kind::Proxy);
         cmd.arg(bouncer_dir.join("pgbouncer.ini"));
         as_postgres(&mut cmd);
         let pgbouncer = Process::spawn("pgbouncer", cmd, &dir.path().join("pgbouncer.out"))
@@ -363,8 +407,13 @@ fn main() {
 
         println!();
         println!(
-            "pgbench -c {clients} -j {threads} -T {secs}, scale {scale}, medians of {rounds} round(s), {} CPUs, one PostgreSQL 15",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            "pgbench -c {clients} -j {threads} -T {secs}, scale {scale}, medians of {rounds} round(s), {} CPUs, one PostgreSQL 15{}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            if pinned_cpu(Kind::Proxy).is_some() {
+                "; PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1"
+            } else {
+                "; every process on every CPU"
+            }
         );
         print!("| {:<15} |", "mode");
         for (name, _) in &targets {
