@@ -42,7 +42,9 @@ fn env_or(name: &str, default: u64) -> u64 {
 /// CPU 0 and every proxy gets CPU 1 to itself, as when the proxy runs on its own cores or host.
 /// `None` (no pinning) by default: everything shares every CPU.
 fn pinned_cpu(kind: Kind) -> Option<&'static str> {
-    std::env::var("PRAETOR_BENCH_PIN").ok().filter(|v| v == "1")?;
+    std::env::var("PRAETOR_BENCH_PIN")
+        .ok()
+        .filter(|v| v == "1")?;
     Some(match kind {
         Kind::Database => "0",
         Kind::Proxy => "1",

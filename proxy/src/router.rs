@@ -87,7 +87,9 @@ impl Fence {
         self.signal.fenced.load(Ordering::Acquire)
     }
 
-    fn poll_fenced(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once the backend is fenced (or the proxy shuts down); registers `cx`'s waker
+    /// otherwise. For poll functions; [`Fence::fenced`] is the future.
+    pub fn poll_fenced(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.is_fenced() {
             return Poll::Ready(());
         }

@@ -28,8 +28,10 @@
 //! the client. A session in the middle of a transaction on the former leader, or pinned to it, is
 //! closed. With no routable leader a write waits up to `connect_timeout` for one.
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -526,21 +528,25 @@ impl Session<'_> {
                 Server(Side, std::io::Result<usize>),
                 Release,
                 Shutdown,
-                Drain,
             }
             let wake = {
-                let leader = conn_event(&mut self.leader);
-                let replica = conn_event(&mut self.replica);
+                let (leader, replica) = (&mut self.leader, &mut self.replica);
                 let release_timer = &mut self.release_timer;
+                // The proxy drains (idle sessions leave) before it stops (every session leaves):
+                // an idle session waits for the first, a busy one for the second.
+                let stop = if idle {
+                    draining.cancelled()
+                } else {
+                    shutdown.cancelled()
+                };
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => Wake::Shutdown,
-                    _ = draining.cancelled(), if idle => Wake::Drain,
-                    e = leader => match e {
+                    _ = stop => Wake::Shutdown,
+                    e = poll_fn(|cx| poll_conn(leader, cx)) => match e {
                         ConnEvent::Fenced => Wake::Fenced(Side::Leader),
                         ConnEvent::Read(r) => Wake::Server(Side::Leader, r),
                     },
-                    e = replica => match e {
+                    e = poll_fn(|cx| poll_conn(replica, cx)) => match e {
                         ConnEvent::Fenced => Wake::Fenced(Side::Replica),
                         ConnEvent::Read(r) => Wake::Server(Side::Replica, r),
                     },
@@ -554,7 +560,7 @@ impl Session<'_> {
                 }
             };
             match wake {
-                Wake::Shutdown | Wake::Drain => return End::Shutdown,
+                Wake::Shutdown => return End::Shutdown,
                 Wake::Release => {
                     self.release_all(false);
                     self.idle_since = None;
@@ -1325,19 +1331,19 @@ async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut) -> std::io:
     client.read_buf(cbuf).await
 }
 
-/// Waits for the fence or bytes on `conn` (forever when there is no connection).
-async fn conn_event(conn: &mut Option<Box<ServerConn>>) -> ConnEvent {
+/// Polls `conn` for its fence or bytes (pending forever when there is no connection). A poll
+/// function rather than an async fn: the idle session's wait stores no future for it.
+fn poll_conn(conn: &mut Option<Box<ServerConn>>, cx: &mut Context<'_>) -> Poll<ConnEvent> {
     let Some(c) = conn.as_mut() else {
-        return std::future::pending().await;
+        return Poll::Pending;
     };
     let ServerConn {
         stream, buf, route, ..
     } = &mut **c;
-    tokio::select! {
-        biased;
-        _ = route.fence.fenced() => ConnEvent::Fenced,
-        r = stream.read_buf(buf) => ConnEvent::Read(r),
+    if route.fence.poll_fenced(cx).is_ready() {
+        return Poll::Ready(ConnEvent::Fenced);
     }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf).map(ConnEvent::Read)
 }
 
 /// The client half of the auto port's login: asks the client for its password when a server wants
