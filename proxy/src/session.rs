@@ -373,21 +373,7 @@ impl Session<'_> {
             if let Some(conn) = self.shared.pool.take_trusted(&route.backend, &self.startup) {
                 let messages = conn.trusted_login.clone().unwrap_or_default();
                 drop(route);
-                let mut out = BytesMut::with_capacity(512);
-                encode_auth_ok(&mut out);
-                out.extend_from_slice(&messages);
-                encode_backend_key_data(&mut out, key);
-                encode_ready_for_query(&mut out, TxStatus::Idle);
-                client.write_all(&out).await.map_err(End::Io)?;
-                let member = conn.route.backend.member.clone();
-                self.info.update(|st| {
-                    st.user = self.user.clone();
-                    st.servers = vec![(member, side.as_str())];
-                });
-                *self.conn(side) = Some(conn);
-                self.last_side = Some(side);
-                self.idle_since = Some(Instant::now());
-                return Ok(());
+                return self.logged_in(client, key, side, conn, &messages).await;
             }
             let mut auth = PasswordAuth::new(&self.user, self.password.as_deref());
             let opened = open(
@@ -409,21 +395,9 @@ impl Session<'_> {
                     self.password = Some(login.ask_password().await?);
                 }
                 Ok((conn, startup_messages)) => {
-                    let mut out = BytesMut::with_capacity(512);
-                    encode_auth_ok(&mut out);
-                    out.extend_from_slice(&startup_messages.messages);
-                    encode_backend_key_data(&mut out, key);
-                    encode_ready_for_query(&mut out, TxStatus::Idle);
-                    client.write_all(&out).await.map_err(End::Io)?;
-                    let member = conn.route.backend.member.clone();
-                    self.info.update(|st| {
-                        st.user = self.user.clone();
-                        st.servers = vec![(member, side.as_str())];
-                    });
-                    *self.conn(side) = Some(conn);
-                    self.last_side = Some(side);
-                    self.idle_since = Some(Instant::now());
-                    return Ok(());
+                    return self
+                        .logged_in(client, key, side, conn, &startup_messages.messages)
+                        .await;
                 }
                 Err(OpenError::NotReady(m)) if Instant::now() < deadline => {
                     debug!(backend = %described, "{m}; waiting for the cluster");
@@ -463,6 +437,34 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Completes the client's login on `conn` (the session's first server, on `side`): sends
+    /// AuthenticationOk, the server's startup `messages` (ParameterStatus...), the proxy's cancel
+    /// `key` and ReadyForQuery.
+    async fn logged_in(
+        &mut self,
+        client: &mut ClientStream,
+        key: &praetor_protocol::CancelKey,
+        side: Side,
+        conn: Box<ServerConn>,
+        messages: &[u8],
+    ) -> Result<(), End> {
+        let mut out = BytesMut::with_capacity(512);
+        encode_auth_ok(&mut out);
+        out.extend_from_slice(messages);
+        encode_backend_key_data(&mut out, key);
+        encode_ready_for_query(&mut out, TxStatus::Idle);
+        client.write_all(&out).await.map_err(End::Io)?;
+        let member = conn.route.backend.member.clone();
+        self.info.update(|st| {
+            st.user = self.user.clone();
+            st.servers = vec![(member, side.as_str())];
+        });
+        *self.conn(side) = Some(conn);
+        self.last_side = Some(side);
+        self.idle_since = Some(Instant::now());
+        Ok(())
     }
 
     async fn refuse(&self, client: &mut ClientStream, e: NoRoute) -> End {
