@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, NoTlsStream, TlsConnect};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 /// Generous deadline for conditions that normally hold within milliseconds.
@@ -1153,6 +1154,49 @@ async fn auto_port_cancels_reach_the_server_of_the_current_transaction() {
         port_of(&c, "SELECT current_setting('port')").await,
         pg_b.port()
     );
+}
+
+/// An idle auto-port session gives its read buffer back and its server connection to the pool
+/// (`idle_release` 0): each next unit, however large, starts from nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_sessions_go_idle_between_large_queries_and_results() {
+    let dir = WorkDir::new("proxy-auto-large").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let settings = ProxySettings {
+        idle_release: Duration::ZERO,
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    let c = connect(proxy.auto).await.unwrap();
+    for round in 0..3usize {
+        // A simple query far larger than the buffer an idle session starts from.
+        let n = 200_000 + round;
+        let rows = c
+            .simple_query(&format!("SELECT length('{}')", "x".repeat(n)))
+            .await
+            .unwrap();
+        let length = rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(length, Some(n.to_string()));
+        // A large result, extended protocol.
+        let row = c
+            .query_one("SELECT repeat('y', $1)", &[&1_000_000i32])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0).len(), 1_000_000);
+        // Two units pipelined, the second with a large parameter.
+        let (big, small) = ("z".repeat(50_000), 41i32);
+        let (p1, p2): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) = (&[&small], &[&big]);
+        let (a, b) = tokio::join!(
+            c.query_one("SELECT $1::int + 1", p1),
+            c.query_one("SELECT length($1::text)", p2)
+        );
+        assert_eq!(a.unwrap().get::<_, i32>(0), 42);
+        assert_eq!(b.unwrap().get::<_, i32>(0), 50_000);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
