@@ -493,9 +493,15 @@ impl Session<'_> {
         loop {
             // Handle what the client sent so far; `blocked`: the next message waits for the
             // current unit to end.
-            let blocked = match Box::pin(self.handle_client(client, cbuf)).await {
-                Ok(b) => b,
-                Err(end) => return end,
+            // With nothing buffered there is nothing to handle: no boxed future on a server's
+            // wake-up.
+            let blocked = if cbuf.is_empty() {
+                false
+            } else {
+                match Box::pin(self.handle_client(client, cbuf)).await {
+                    Ok(b) => b,
+                    Err(end) => return end,
+                }
             };
             let idle = self.current.is_none() && self.client_remaining == 0;
             if idle && draining.is_cancelled() {
@@ -1314,7 +1320,7 @@ enum ConnEvent {
 }
 
 /// Reads the client into `cbuf`. A buffer an idle session gave back (no capacity) is allocated
-/// only once bytes are there: a plain TCP client is waited for with `readable()` first.
+/// only once bytes are there: a plain TCP client is waited for with `poll_read_ready` first.
 async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut) -> std::io::Result<usize> {
     if cbuf.capacity() == 0 {
         if let ClientStream::Plain(tcp) = client {
