@@ -258,12 +258,12 @@ fn show_clients(shared: &Shared, out: &mut BytesMut) {
                 Some(c.id.to_string()),
                 Some(c.listener.as_str().to_string()),
                 Some(c.peer.to_string()),
-                Some(st.user),
-                Some(st.database),
+                Some(st.user().to_string()),
+                Some(st.database().to_string()),
                 Some(st.tls.to_string()),
                 Some(st.status.to_string()),
                 Some(servers),
-                st.pinned,
+                st.pinned.map(|r| r.to_string()),
                 Some(age_secs(c.since)),
             ]
         })

@@ -18,97 +18,106 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use praetor_protocol::CancelKey;
 
+use crate::clients::ClientInfo;
 use crate::topology::Backend;
 
-/// Where a registered key's cancel goes.
+/// The server running an auto-port session's current transaction, and its cancel key: kept in
+/// the client's [`ClientInfo`] (no allocation of its own per session).
 #[derive(Clone)]
-enum Target {
-    /// The server that issued the key.
-    Backend(Backend),
-    /// An auto-port session: its current server and that server's key.
-    Session(SessionCancel),
-}
-
-impl PartialEq for Target {
-    fn eq(&self, other: &Target) -> bool {
-        match (self, other) {
-            (Target::Backend(a), Target::Backend(b)) => a == b,
-            (Target::Session(a), Target::Session(b)) => Arc::ptr_eq(&a.0, &b.0),
-            _ => false,
-        }
-    }
-}
-
-/// The server running an auto-port session's current transaction, and its cancel key.
-#[derive(Clone, Default)]
-pub(crate) struct SessionCancel(Arc<Mutex<Option<(Backend, CancelKey)>>>);
+pub(crate) struct SessionCancel(Arc<ClientInfo>);
 
 impl SessionCancel {
+    /// Cancels of `client`'s session.
+    pub fn new(client: Arc<ClientInfo>) -> SessionCancel {
+        SessionCancel(client)
+    }
+
     /// The session now runs on `backend`, whose key is `key` (`None`: on no server).
     pub fn set(&self, current: Option<(Backend, CancelKey)>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = current;
+        *lock(&self.0.current_server) = current.map(Box::new);
     }
 
     fn get(&self) -> Option<(Backend, CancelKey)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.0.current_server).as_deref().cloned()
     }
 }
 
-type Keys = HashMap<CancelKey, Target>;
+/// Keys servers issued, for the read-write and read-only ports' relayed sessions.
+type BackendKeys = HashMap<CancelKey, Backend>;
+
+/// Keys the proxy issued to auto-port sessions, as `pid << 32 | secret` (the proxy's secrets are
+/// 4 bytes): 16 bytes an entry, so that thousands of idle clients cost little.
+type SessionKeys = HashMap<u64, SessionCancel>;
 
 /// The keys of the open sessions.
 #[derive(Clone, Default)]
 pub(crate) struct CancelRegistry {
-    keys: Arc<Mutex<Keys>>,
+    backends: Arc<Mutex<BackendKeys>>,
+    sessions: Arc<Mutex<SessionKeys>>,
     issued: Arc<AtomicU64>,
     hasher: Arc<RandomState>,
 }
 
-/// A registered key; dropping it unregisters the key.
+/// A registered server key; dropping it unregisters the key.
 pub(crate) struct Registration {
-    keys: Arc<Mutex<Keys>>,
+    backends: Arc<Mutex<BackendKeys>>,
     key: CancelKey,
-    target: Target,
+    backend: Backend,
 }
 
-fn lock(m: &Mutex<Keys>) -> MutexGuard<'_, Keys> {
+/// A key the proxy issued to an auto-port session; dropping it unregisters the key.
+pub(crate) struct SessionRegistration {
+    sessions: Arc<Mutex<SessionKeys>>,
+    key: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update is one map operation: a poisoned lock still holds consistent data.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The session-map key of `key`, when it can be one the proxy issued (a 4-byte secret).
+fn session_key(key: &CancelKey) -> Option<u64> {
+    let secret: [u8; 4] = key.secret.as_ref().try_into().ok()?;
+    Some(u64::from(key.pid as u32) << 32 | u64::from(u32::from_be_bytes(secret)))
 }
 
 impl CancelRegistry {
     /// Remembers that `backend` issued `key`, until the registration is dropped.
     pub fn register(&self, key: CancelKey, backend: Backend) -> Registration {
-        let target = Target::Backend(backend);
-        lock(&self.keys).insert(key.clone(), target.clone());
+        lock(&self.backends).insert(key.clone(), backend.clone());
         Registration {
-            keys: self.keys.clone(),
+            backends: self.backends.clone(),
             key,
-            target,
+            backend,
         }
     }
 
     /// Issues a key of the proxy's own for an auto-port session (unpredictable: the secret comes
     /// from a hasher seeded by the OS's random source), forwarding its cancels through `session`.
-    pub fn register_session(&self, session: SessionCancel) -> (CancelKey, Registration) {
+    /// Its pid has bit 30 set, far above any real pid (Linux's `pid_max` is at most 2^22), so it
+    /// never shadows a server's key.
+    pub fn register_session(&self, session: SessionCancel) -> (CancelKey, SessionRegistration) {
         loop {
             let n = self.issued.fetch_add(1, Ordering::Relaxed);
             let r = self.hasher.hash_one(n);
-            let pid = (r >> 33) as i32 | 1 << 30; // positive, far from real pids
-            let secret = Bytes::copy_from_slice(&(r as u32).to_be_bytes());
-            let key = CancelKey { pid, secret };
-            let mut keys = lock(&self.keys);
-            if keys.contains_key(&key) {
+            let pid = (r >> 33) as i32 | 1 << 30;
+            let secret = r as u32;
+            let map_key = u64::from(pid as u32) << 32 | u64::from(secret);
+            let mut sessions = lock(&self.sessions);
+            if sessions.contains_key(&map_key) {
                 continue;
             }
-            let target = Target::Session(session.clone());
-            keys.insert(key.clone(), target.clone());
+            sessions.insert(map_key, session);
+            let key = CancelKey {
+                pid,
+                secret: Bytes::copy_from_slice(&secret.to_be_bytes()),
+            };
             return (
-                key.clone(),
-                Registration {
-                    keys: self.keys.clone(),
-                    key,
-                    target,
+                key,
+                SessionRegistration {
+                    sessions: self.sessions.clone(),
+                    key: map_key,
                 },
             );
         }
@@ -117,26 +126,34 @@ impl CancelRegistry {
     /// Where a cancel with `key` goes: the server and the key to send it, if the session is open
     /// (and, for an auto-port session, running on a server).
     pub fn lookup(&self, key: &CancelKey) -> Option<(Backend, CancelKey)> {
-        let target = lock(&self.keys).get(key).cloned()?;
-        match target {
-            Target::Backend(b) => Some((b, key.clone())),
-            Target::Session(s) => s.get(),
+        if let Some(session) = session_key(key).and_then(|k| lock(&self.sessions).get(&k).cloned())
+        {
+            return session.get();
         }
+        let backend = lock(&self.backends).get(key).cloned()?;
+        Some((backend, key.clone()))
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        lock(&self.keys).len()
+        lock(&self.backends).len() + lock(&self.sessions).len()
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut keys = lock(&self.keys);
+        let mut backends = lock(&self.backends);
         // Only our own entry: two backends could (very rarely) issue the same key.
-        if keys.get(&self.key) == Some(&self.target) {
-            keys.remove(&self.key);
+        if backends.get(&self.key) == Some(&self.backend) {
+            backends.remove(&self.key);
         }
+    }
+}
+
+impl Drop for SessionRegistration {
+    fn drop(&mut self) {
+        // Issued keys are unique among the open sessions: the entry is ours.
+        lock(&self.sessions).remove(&self.key);
     }
 }
 
@@ -182,9 +199,15 @@ mod tests {
     #[test]
     fn session_keys_are_distinct_and_follow_the_current_server() {
         let reg = CancelRegistry::default();
-        let session = SessionCancel::default();
+        let clients = Arc::new(crate::clients::Clients::default());
+        let peer = "127.0.0.1:5555".parse().unwrap();
+        let (a, b) = (
+            clients.register(crate::metrics::ListenerKind::Auto, peer),
+            clients.register(crate::metrics::ListenerKind::Auto, peer),
+        );
+        let session = SessionCancel::new(a.info.clone());
         let (k1, r1) = reg.register_session(session.clone());
-        let (k2, _r2) = reg.register_session(SessionCancel::default());
+        let (k2, _r2) = reg.register_session(SessionCancel::new(b.info.clone()));
         assert_ne!(k1, k2);
         assert!(k1.pid > 0 && k1.secret.len() == 4);
         assert_eq!(reg.lookup(&k1), None, "not on a server yet");

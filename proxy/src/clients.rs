@@ -10,20 +10,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use praetor_protocol::PinReason;
+
+use praetor_protocol::CancelKey;
+
 use crate::metrics::ListenerKind;
+use crate::topology::Backend;
 
 /// What a client connection is doing, as shown by the admin console.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ClientState {
-    pub user: String,
-    pub database: String,
+    /// `user\0database`: one allocation (thousands of idle clients each keep one).
+    names: Box<str>,
     pub tls: bool,
-    /// `startup`, `idle`, `active`, `waiting`.
+    /// `startup`, `idle`, `active`, `waiting`, `parked`.
     pub status: &'static str,
     /// Server connections: `(member, role)`.
     pub servers: Vec<(String, &'static str)>,
     /// Why the session is pinned to the leader, if it is.
-    pub pinned: Option<String>,
+    pub pinned: Option<PinReason>,
+}
+
+impl ClientState {
+    /// The user name from the StartupMessage (empty before it).
+    pub fn user(&self) -> &str {
+        self.names.split('\0').next().unwrap_or("")
+    }
+
+    /// The database name from the StartupMessage (empty before it).
+    pub fn database(&self) -> &str {
+        self.names.split('\0').nth(1).unwrap_or("")
+    }
+
+    /// Records the StartupMessage's user and database.
+    pub fn set_names(&mut self, user: &str, database: &str) {
+        self.names = format!("{user}\0{database}").into_boxed_str();
+    }
 }
 
 /// One client connection.
@@ -33,12 +55,20 @@ pub(crate) struct ClientInfo {
     pub peer: SocketAddr,
     pub since: SystemTime,
     state: Mutex<ClientState>,
+    /// An auto-port session's current server and that server's cancel key
+    /// ([`crate::cancel::SessionCancel`]); boxed: most sessions are on no server.
+    pub(crate) current_server: Mutex<Option<Box<(Backend, CancelKey)>>>,
 }
 
 impl ClientInfo {
     /// Changes the state under the lock.
     pub fn update(&self, f: impl FnOnce(&mut ClientState)) {
         f(&mut self.lock());
+    }
+
+    /// The client's user name (empty before its StartupMessage).
+    pub fn user(&self) -> String {
+        self.lock().user().to_string()
     }
 
     /// A copy of the state.
@@ -87,6 +117,7 @@ impl Clients {
                 status: "startup",
                 ..ClientState::default()
             }),
+            current_server: Mutex::new(None),
         });
         self.open
             .lock()
@@ -125,12 +156,13 @@ mod tests {
         let a = clients.register(ListenerKind::Auto, peer);
         let b = clients.register(ListenerKind::ReadWrite, peer);
         a.info.update(|s| {
-            s.user = "alice".into();
+            s.set_names("alice", "db");
             s.status = "idle";
         });
         let snap = clients.snapshot();
         assert_eq!(snap.len(), 2);
-        assert_eq!(snap[0].state().user, "alice");
+        assert_eq!(snap[0].state().user(), "alice");
+        assert_eq!(snap[0].state().database(), "db");
         assert!(snap[0].id < snap[1].id);
         drop(a);
         assert_eq!(clients.len(), 1);

@@ -120,6 +120,9 @@ pub(crate) struct Shared {
     pub reload: Option<ReloadFn>,
     /// The settings the proxy was bound with (listeners cannot change on reload).
     pub settings: RwLock<ProxySettings>,
+    /// Where idle auto-port sessions wait (set while the proxy serves; without it they stay in
+    /// their tasks).
+    pub parking: std::sync::OnceLock<Arc<crate::park::ParkingLot>>,
 }
 
 impl Shared {
@@ -141,6 +144,7 @@ impl Shared {
             draining: CancellationToken::new(),
             reload,
             settings: RwLock::new(settings),
+            parking: std::sync::OnceLock::new(),
         }
     }
 
@@ -307,8 +311,7 @@ async fn accept(
     debug!(user = startup.user(), database = startup.database(), version = %startup.version, tls = client.is_tls(), "startup");
     let tls = client.is_tls();
     registered.info.update(|st| {
-        st.user = startup.user().to_string();
-        st.database = startup.database().to_string();
+        st.set_names(startup.user(), startup.database());
         st.tls = tls;
     });
     Some(Box::new(Accepted {

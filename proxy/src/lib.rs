@@ -48,6 +48,7 @@ mod conn;
 mod error;
 pub mod feed;
 pub mod metrics;
+mod park;
 mod pool;
 mod router;
 mod server;

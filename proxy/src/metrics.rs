@@ -12,6 +12,7 @@
 //! | `praetor_proxy_fencing_acks_total` | counter: routes acknowledged in the DCS (`praetor/proxies/<id>`) | |
 //! | `praetor_proxy_serving` | gauge: 1 while serving, 0 while stopped for lack of DCS contact | |
 //! | `praetor_proxy_pool_idle_connections` | gauge: idle server connections in the auto port's pool | |
+//! | `praetor_proxy_parked_clients` | gauge: idle auto-port clients parked out of their tasks (computed at scrape) | |
 //! | `praetor_proxy_reloads_total` | counter: configuration reloads | `result` (`ok`, `error`) |
 //! | `praetor_proxy_bytes_total` | counter: bytes relayed (counted per read) | `listener`, `direction` |
 //! | `praetor_proxy_routing_errors_total` | counter: clients refused | `listener`, `reason` |
@@ -94,6 +95,7 @@ pub(crate) struct Metrics {
     pub fencing_acks_total: IntCounter,
     pub serving: IntGauge,
     pub pool_idle: IntGauge,
+    pub parked_clients: IntGauge,
     pub reloads_total: IntCounterVec,
 }
 
@@ -164,6 +166,10 @@ impl Metrics {
             "praetor_proxy_pool_idle_connections",
             "Idle server connections in the auto port's pool.",
         )?;
+        let parked_clients = IntGauge::new(
+            "praetor_proxy_parked_clients",
+            "Idle auto-port clients parked out of their tasks (no server connection held).",
+        )?;
         let reloads_total = IntCounterVec::new(
             Opts::new("praetor_proxy_reloads_total", "Configuration reloads."),
             &["result"],
@@ -214,6 +220,7 @@ impl Metrics {
         registry.register(Box::new(fencing_acks_total.clone()))?;
         registry.register(Box::new(serving.clone()))?;
         registry.register(Box::new(pool_idle.clone()))?;
+        registry.register(Box::new(parked_clients.clone()))?;
         registry.register(Box::new(reloads_total.clone()))?;
         serving.set(1);
         for t in ["leader", "replica"] {
@@ -259,6 +266,7 @@ impl Metrics {
             fencing_acks_total,
             serving,
             pool_idle,
+            parked_clients,
             reloads_total,
         })
     }

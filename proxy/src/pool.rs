@@ -260,10 +260,10 @@ impl ServerConn {
     }
 }
 
-type PoolKey = (crate::topology::Backend, Bytes);
-
-/// Idle connections per key, each with the time it was returned.
-type IdleConns = HashMap<PoolKey, Vec<(Box<ServerConn>, Instant)>>;
+/// Idle connections per server, then per StartupMessage, each with the time it was returned.
+/// Nested rather than keyed by a pair: a lookup borrows the session's server and bytes instead of
+/// cloning them (this runs at every unit of every auto-port session).
+type IdleConns = HashMap<crate::topology::Backend, HashMap<Bytes, Vec<(Box<ServerConn>, Instant)>>>;
 
 /// Idle server connections, per server and StartupMessage.
 pub(crate) struct Pool {
@@ -292,7 +292,7 @@ impl Pool {
     ) -> Option<Box<ServerConn>> {
         let found = {
             let mut idle = self.lock();
-            let list = idle.get_mut(&(backend.clone(), startup.clone()))?;
+            let list = idle.get_mut(backend)?.get_mut(startup.as_ref())?;
             let i = list.iter().rposition(|(c, since)| {
                 c.trusted_login.is_some() && since.elapsed() < POOL_IDLE_LIFETIME
             })?;
@@ -312,7 +312,7 @@ impl Pool {
         let mut dropped = Vec::new();
         let found = {
             let mut idle = self.lock();
-            let list = idle.get_mut(&(backend.clone(), startup.clone()))?;
+            let list = idle.get_mut(backend)?.get_mut(startup.as_ref())?;
             let mut found = None;
             while let Some((mut conn, since)) = list.pop() {
                 if since.elapsed() < POOL_IDLE_LIFETIME && conn.looks_alive() {
@@ -336,9 +336,20 @@ impl Pool {
             return;
         }
         let mut idle = self.lock();
-        let list = idle
-            .entry((conn.route.backend.clone(), startup.clone()))
-            .or_default();
+        if !idle.contains_key(&conn.route.backend) {
+            idle.insert(conn.route.backend.clone(), HashMap::new());
+        }
+        let Some(by_startup) = idle.get_mut(&conn.route.backend) else {
+            return;
+        };
+        if !by_startup.contains_key(startup.as_ref()) {
+            // A copy: a clone would make the session's own bytes shared (one more allocation
+            // each session keeps).
+            by_startup.insert(Bytes::copy_from_slice(startup), Vec::new());
+        }
+        let Some(list) = by_startup.get_mut(startup.as_ref()) else {
+            return;
+        };
         if list.len() >= limit {
             return;
         }
@@ -351,7 +362,7 @@ impl Pool {
         let mut closed = Vec::new();
         {
             let mut idle = self.lock();
-            for list in idle.values_mut() {
+            for list in idle.values_mut().flat_map(|m| m.values_mut()) {
                 let mut i = 0;
                 while i < list.len() {
                     if list[i].0.route.fence.is_fenced()
@@ -363,7 +374,10 @@ impl Pool {
                     }
                 }
             }
-            idle.retain(|_, l| !l.is_empty());
+            for by_startup in idle.values_mut() {
+                by_startup.retain(|_, l| !l.is_empty());
+            }
+            idle.retain(|_, m| !m.is_empty());
         }
         self.gauge.sub(closed.len() as i64);
         closed.len()
@@ -380,7 +394,10 @@ impl Pool {
     pub fn summary(&self) -> Vec<(String, &'static str, usize)> {
         let idle = self.lock();
         let mut by: HashMap<(String, &'static str), usize> = HashMap::new();
-        for ((b, _), list) in idle.iter() {
+        for (b, list) in idle
+            .iter()
+            .flat_map(|(b, m)| m.values().map(move |l| (b, l)))
+        {
             if let Some((c, _)) = list.first() {
                 *by.entry((b.member.clone(), c.route.role.as_str()))
                     .or_default() += list.len();

@@ -40,6 +40,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::park::{ParkingLot, Resume};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::conn::{handle_client, ReloadFn, Runtime, Shared};
@@ -229,6 +231,8 @@ impl Proxy {
         // Connections are closed by `stop`, after the drain; the listeners by `shutdown`.
         let stop = CancellationToken::new();
 
+        let parking = start_parking(&shared, &tracker, &stop);
+
         tracker.spawn(topology_task(
             shared.clone(),
             feed,
@@ -283,6 +287,12 @@ impl Proxy {
         // Drain: no new clients (accept loops stop on `shutdown`); auto sessions leave at their next
         // idle point; others until they finish or the timeout.
         shared.draining.cancel();
+        if let Some(lot) = parking.as_deref() {
+            let closed = lot.drain();
+            if closed > 0 {
+                info!(closed, "shutting down: closed the parked idle clients");
+            }
+        }
         let timeout = shared.runtime().shutdown_timeout;
         let clients = shared.clients.len();
         if clients > 0 {
@@ -541,6 +551,56 @@ async fn topology_task(
     }
 }
 
+/// Starts the parking lot for idle auto-port sessions ([`crate::park`]); a session it gives back
+/// runs again as a task of `tracker`. Without it (the epoll instance or thread cannot be created)
+/// idle sessions stay in their tasks.
+fn start_parking(
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Option<LotGuard> {
+    let resume: Resume = {
+        let (shared, tracker, stop) = (shared.clone(), tracker.clone(), stop.clone());
+        let runtime = tokio::runtime::Handle::current();
+        Box::new(move |client, dormant| {
+            let span = dormant.span();
+            tracker.spawn_on(
+                crate::session::resume(shared.clone(), client, dormant, stop.clone())
+                    .instrument(span),
+                &runtime,
+            );
+        })
+    };
+    match ParkingLot::start(resume) {
+        Ok(lot) => {
+            let _ = shared.parking.set(lot.clone());
+            Some(LotGuard(lot))
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot start the parking lot: idle sessions stay in their tasks");
+            None
+        }
+    }
+}
+
+/// Stops the parking lot's thread when `serve` ends, however it ends (the thread holds the
+/// proxy's shared state).
+struct LotGuard(Arc<ParkingLot>);
+
+impl std::ops::Deref for LotGuard {
+    type Target = ParkingLot;
+
+    fn deref(&self) -> &ParkingLot {
+        &self.0
+    }
+}
+
+impl Drop for LotGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     kind: Option<ListenerKind>,
@@ -599,6 +659,8 @@ async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse
         .metrics
         .seconds_since_last_dcs_event
         .set(since.as_secs_f64());
+    let parked = shared.parking.get().map_or(0, |lot| lot.len());
+    shared.metrics.parked_clients.set(parked as i64);
     debug!("metrics scraped");
     (
         [(

@@ -27,6 +27,9 @@
 //! to the former leader and opens one to the new leader at its next write: the move is invisible to
 //! the client. A session in the middle of a transaction on the former leader, or pinned to it, is
 //! closed. With no routable leader a write waits up to `connect_timeout` for one.
+//!
+//! A session idle with no server connection and no session state parks out of its task
+//! ([`crate::park`], [`Dormant`]) and resumes, in a new task, when its client speaks.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -52,7 +55,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cancel::{Registration, SessionCancel};
+use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
 use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
 use crate::metrics::ListenerKind;
@@ -101,6 +104,9 @@ enum End {
     ServerLost(String),
     /// Shutdown or drain.
     Shutdown,
+    /// Idle with nothing but the client to wait for: the session leaves its task
+    /// ([`crate::park`]).
+    Park,
 }
 
 /// Where the next unit goes.
@@ -156,7 +162,7 @@ struct Live<'a> {
     session: Session<'a>,
     client: ClientStream,
     cbuf: BytesMut,
-    _registration: Registration,
+    _registration: SessionRegistration,
     _registered: ClientGuard,
     _gauge: GaugeGuard,
 }
@@ -168,17 +174,197 @@ struct Live<'a> {
 /// ([`Live`]), login and finish are boxed futures, and `serve` boxes the handling of each wake-up:
 /// what remains while idle is the wait for the next event.
 pub(crate) async fn run(shared: Arc<Shared>, accepted: Box<Accepted>, shutdown: CancellationToken) {
-    let Some(mut live) = Box::pin(start(&shared, *accepted)).await else {
+    let Some(live) = Box::pin(start(&shared, *accepted)).await else {
         return;
     };
-    let Live {
-        session,
-        client,
-        cbuf,
-        ..
-    } = &mut *live;
-    let end = session.serve(client, cbuf, &shutdown).await;
-    Box::pin(finish(live, end)).await;
+    drive(&shared, live, &shutdown, true).await;
+}
+
+/// Goes on with a session the parking lot gives back because its `client` spoke.
+pub(crate) async fn resume(
+    shared: Arc<Shared>,
+    client: std::net::TcpStream,
+    dormant: Box<Dormant>,
+    shutdown: CancellationToken,
+) {
+    let client = match tokio::net::TcpStream::from_std(client) {
+        Ok(c) => ClientStream::Plain(c),
+        Err(e) => {
+            debug!(error = %e, "cannot resume a parked session");
+            return;
+        }
+    };
+    let live = Live::assemble(&shared, client, BytesMut::new(), *dormant);
+    live.session.info.update(|st| st.status = "idle");
+    // Not straight back to the lot: first read what woke the session.
+    drive(&shared, live, &shutdown, false).await;
+}
+
+/// Serves the session until it ends or parks (`may_park`: at its first idle point already).
+async fn drive(
+    shared: &Shared,
+    mut live: Box<Live<'_>>,
+    shutdown: &CancellationToken,
+    mut may_park: bool,
+) {
+    loop {
+        let end = {
+            let Live {
+                session,
+                client,
+                cbuf,
+                ..
+            } = &mut *live;
+            session.serve(client, cbuf, shutdown, may_park).await
+        };
+        let (End::Park, Some(lot)) = (&end, shared.parking.get()) else {
+            Box::pin(finish(live, end)).await;
+            return;
+        };
+        let (client, dormant) = match live.into_dormant() {
+            Ok(parts) => parts,
+            Err(e) => {
+                debug!(error = %e, "cannot park an idle session; closing it");
+                return;
+            }
+        };
+        // Refused only when the lot's thread failed: go on here, without parking.
+        let Err((client, dormant)) = lot.park(client, dormant) else {
+            return;
+        };
+        let client = match tokio::net::TcpStream::from_std(client) {
+            Ok(c) => ClientStream::Plain(c),
+            Err(e) => {
+                debug!(error = %e, "cannot take back an idle session");
+                return;
+            }
+        };
+        live = Live::assemble(shared, client, BytesMut::new(), *dormant);
+        may_park = false;
+    }
+}
+
+/// What a parked session keeps: enough to log in to servers again and to answer the admin console
+/// and cancel requests (~200 bytes, boxed).
+pub(crate) struct Dormant {
+    rt: Arc<Runtime>,
+    /// The user name waits in `registered` (the admin console's copy).
+    password: Option<Vec<u8>>,
+    startup: Bytes,
+    target: Target,
+    last_side: Option<Side>,
+    cancel: SessionCancel,
+    registration: SessionRegistration,
+    registered: ClientGuard,
+    gauge: GaugeGuard,
+    /// The connection's span, for the task that resumes it (only when enabled: a span is 40
+    /// bytes).
+    span: Option<Box<tracing::Span>>,
+}
+
+impl Dormant {
+    /// The connection's span (disabled when logs do not record it).
+    pub fn span(&self) -> tracing::Span {
+        self.span
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(tracing::Span::none)
+    }
+}
+
+impl<'a> Live<'a> {
+    /// A session at an idle point, holding no server connection.
+    fn assemble(
+        shared: &'a Shared,
+        client: ClientStream,
+        cbuf: BytesMut,
+        dormant: Dormant,
+    ) -> Box<Live<'a>> {
+        let Dormant {
+            rt,
+            password,
+            startup,
+            target,
+            last_side,
+            cancel,
+            registration,
+            registered,
+            gauge,
+            span: _,
+        } = dormant;
+        let (c2s, s2c) = shared.metrics.byte_counters(ListenerKind::Auto);
+        Box::new(Live {
+            session: Session {
+                shared,
+                rt,
+                info: registered.info.clone(),
+                user: registered.info.user(),
+                password,
+                startup,
+                target,
+                leader: None,
+                replica: None,
+                current: None,
+                outstanding: 0,
+                tx: TxStatus::Idle,
+                unit_closed: true,
+                unit_class: Class::Read,
+                unit_started: Instant::now(),
+                unit_error: false,
+                last_side,
+                pinned: None,
+                sets: Vec::new(),
+                pending_set: None,
+                client_remaining: 0,
+                discard_until_sync: false,
+                cancel,
+                idle_since: None,
+                release_timer: None,
+                c2s,
+                s2c,
+            },
+            client,
+            cbuf,
+            _registration: registration,
+            _registered: registered,
+            _gauge: gauge,
+        })
+    }
+
+    /// Takes the session out of its task: the client's socket (out of tokio's reactor) and the
+    /// state to resume with. Only at a point where `Session::parkable` holds.
+    fn into_dormant(self: Box<Self>) -> std::io::Result<(std::net::TcpStream, Box<Dormant>)> {
+        let Live {
+            session,
+            client,
+            _registration,
+            _registered,
+            _gauge,
+            ..
+        } = *self;
+        let ClientStream::Plain(client) = client else {
+            return Err(std::io::Error::other("a TLS session cannot park"));
+        };
+        let client = client.into_std()?;
+        session.info.update(|st| st.status = "parked");
+        Ok((
+            client,
+            Box::new(Dormant {
+                rt: session.rt,
+                password: session.password,
+                startup: session.startup,
+                target: session.target,
+                last_side: session.last_side,
+                cancel: session.cancel,
+                registration: _registration,
+                registered: _registered,
+                gauge: _gauge,
+                span: Some(tracing::Span::current())
+                    .filter(|s| !s.is_disabled())
+                    .map(Box::new),
+            }),
+        ))
+    }
 }
 
 /// Reads the session's options, registers its cancel key and logs the client in. `None` when the
@@ -217,49 +403,31 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
         }
     }
     let server_startup = if options.is_empty() {
-        startup.raw.clone()
+        // Moved, not cloned: a clone of these bytes would allocate a shared header per session.
+        let mut startup = startup;
+        std::mem::take(&mut startup.raw)
     } else {
         startup.encode_with_options(&kept)
     };
-    let (c2s, s2c) = shared.metrics.byte_counters(ListenerKind::Auto);
-    let cancel = SessionCancel::default();
+    let cancel = SessionCancel::new(registered.info.clone());
     let (key, registration) = shared.cancels.register_session(cancel.clone());
-    let mut live = Box::new(Live {
-        session: Session {
-            shared,
+    let mut live = Live::assemble(
+        shared,
+        client,
+        leftover,
+        Dormant {
             rt,
-            info: registered.info.clone(),
-            user: startup.user().to_string(),
             password: None,
             startup: server_startup,
             target,
-            leader: None,
-            replica: None,
-            current: None,
-            outstanding: 0,
-            tx: TxStatus::Idle,
-            unit_closed: true,
-            unit_class: Class::Read,
-            unit_started: Instant::now(),
-            unit_error: false,
             last_side: None,
-            pinned: None,
-            sets: Vec::new(),
-            pending_set: None,
-            client_remaining: 0,
-            discard_until_sync: false,
             cancel,
-            idle_since: None,
-            release_timer: None,
-            c2s,
-            s2c,
+            registration,
+            registered,
+            gauge,
+            span: None,
         },
-        client,
-        cbuf: leftover,
-        _registration: registration,
-        _registered: registered,
-        _gauge: gauge,
-    });
+    );
     let Live {
         session: s,
         client,
@@ -326,6 +494,7 @@ impl Session<'_> {
                 info!("closing the client: {m}");
             }
             End::Shutdown => debug!("closed: the proxy is shutting down"),
+            End::Park => debug!("parked"),
         }
     }
 
@@ -457,10 +626,8 @@ impl Session<'_> {
         encode_ready_for_query(&mut out, TxStatus::Idle);
         client.write_all(&out).await.map_err(End::Io)?;
         let member = conn.route.backend.member.clone();
-        self.info.update(|st| {
-            st.user = self.user.clone();
-            st.servers = vec![(member, side.as_str())];
-        });
+        self.info
+            .update(|st| st.servers = vec![(member, side.as_str())]);
         *self.conn(side) = Some(conn);
         self.last_side = Some(side);
         self.idle_since = Some(Instant::now());
@@ -483,11 +650,16 @@ impl Session<'_> {
     }
 
     /// The session's main loop.
+    ///
+    /// Returns [`End::Park`] at an idle point where the session can park (see `parkable`), unless
+    /// `may_park` is false: then not before the first wake-up (a resumed session first reads what
+    /// woke it).
     async fn serve(
         &mut self,
         client: &mut ClientStream,
         cbuf: &mut BytesMut,
         shutdown: &CancellationToken,
+        mut may_park: bool,
     ) -> End {
         let draining = self.shared.draining.clone();
         loop {
@@ -507,6 +679,10 @@ impl Session<'_> {
             if idle && draining.is_cancelled() {
                 return End::Shutdown;
             }
+            if idle && may_park && cbuf.is_empty() && self.parkable(client) {
+                return End::Park;
+            }
+            may_park = true;
             let release_at = match (idle, self.idle_since) {
                 (true, Some(since))
                     if self.pinned.is_none()
@@ -609,6 +785,20 @@ impl Session<'_> {
         }
     }
 
+    /// Whether the session, idle, can leave its task: it holds no server connection and no session
+    /// state, its client is plain TCP (TLS state lives in the stream) and the parking lot takes
+    /// sessions.
+    fn parkable(&self, client: &ClientStream) -> bool {
+        self.leader.is_none()
+            && self.replica.is_none()
+            && self.pinned.is_none()
+            && self.sets.is_empty()
+            && !self.discard_until_sync
+            && self.tx == TxStatus::Idle
+            && !client.is_tls()
+            && self.shared.parking.get().is_some_and(|lot| lot.is_open())
+    }
+
     fn update_servers(&self) {
         let servers: Vec<(String, &'static str)> =
             [(Side::Leader, &self.leader), (Side::Replica, &self.replica)]
@@ -623,7 +813,7 @@ impl Session<'_> {
         } else {
             "idle"
         };
-        let pinned = self.pinned.map(|(_, r)| r.to_string());
+        let pinned = self.pinned.map(|(_, r)| r);
         self.info.update(|st| {
             st.servers = servers;
             st.status = status;

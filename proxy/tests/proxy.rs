@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, NoTlsStream, TlsConnect};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
@@ -1197,6 +1197,73 @@ async fn auto_port_sessions_go_idle_between_large_queries_and_results() {
         assert_eq!(a.unwrap().get::<_, i32>(0), 42);
         assert_eq!(b.unwrap().get::<_, i32>(0), 50_000);
     }
+}
+
+/// Idle auto-port sessions without server connections park out of their tasks (benches/proxy.rs
+/// measures what that saves); a parked client's next query resumes its session unchanged, a parked
+/// client that leaves is forgotten, and a drain closes the parked ones with the shutdown FATAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_auto_port_sessions_park_and_resume_on_their_next_query() {
+    let dir = WorkDir::new("proxy-auto-park").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let settings = ProxySettings {
+        idle_release: Duration::ZERO,
+        shutdown_timeout: Duration::from_secs(120),
+        ..test_settings(Duration::from_secs(5))
+    };
+    let mut proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    // Unnamed statements only: a named prepared statement pins a session (it stays in its task).
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(connect(proxy.auto).await.unwrap());
+    }
+    proxy.wait_metric("praetor_proxy_parked_clients 20").await;
+    // Every session comes back for its next query (simple and extended protocol), and parks again.
+    for (i, c) in clients.iter().enumerate() {
+        let rows = c
+            .query_typed("SELECT $1::int * 2", &[(&(i as i32), Type::INT4)])
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<_, i32>(0), 2 * i as i32);
+        let rows = c.simple_query("SELECT 'back'").await.unwrap();
+        assert!(rows
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("back"))));
+    }
+    proxy.wait_metric("praetor_proxy_parked_clients 20").await;
+    // A session with session state stays in its task.
+    clients[0]
+        .simple_query("SET application_name = 'pinned'")
+        .await
+        .unwrap();
+    proxy.wait_metric("praetor_proxy_parked_clients 19").await;
+    // Parked clients that leave are gone from the lot and the connection gauge.
+    clients.truncate(10);
+    proxy.wait_metric("praetor_proxy_parked_clients 9").await;
+    proxy
+        .wait_metric(r#"praetor_proxy_client_connections{listener="auto"} 10"#)
+        .await;
+    // A drain closes parked sessions at once, with the FATAL idle sessions get.
+    proxy.shutdown.cancel();
+    for c in &clients[1..] {
+        wait_for("a parked session to be closed", DEADLINE, || async {
+            if c.is_closed() {
+                Ok(())
+            } else {
+                Err("open".to_string())
+            }
+        })
+        .await
+        .unwrap();
+    }
+    drop(clients);
+    let served = proxy.served.take().unwrap();
+    tokio::time::timeout(DEADLINE, served)
+        .await
+        .expect("serve returns once the clients are gone")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
