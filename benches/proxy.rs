@@ -444,10 +444,10 @@ fn main() {
         println!("| {idle} idle client connections | RSS before | RSS after | per connection |");
         println!("|---|---|---|---|");
         println!(
-            "| praetor proxy (auto port, server connections pooled) | {p_before} KiB | {p_after} KiB | {p_per:.1} KiB |"
+            "| praetor proxy (auto port, server connections pooled) | {p_before} KiB | {p_after} KiB | {p_per:.2} KiB |"
         );
         println!(
-            "| PgBouncer (transaction pooling) | {b_before} KiB | {b_after} KiB | {b_per:.1} KiB |"
+            "| PgBouncer (transaction pooling) | {b_before} KiB | {b_after} KiB | {b_per:.2} KiB |"
         );
         idle_proxy.kill_group();
         drop(haproxy);

@@ -693,6 +693,12 @@ impl Session<'_> {
                 }
                 _ => None,
             };
+            if release_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                // Due already (`idle_release` 0): no timer, and the connections are back in the
+                // pool before the next login looks there.
+                self.release_idle();
+                continue;
+            }
             match release_at {
                 Some(at) => match &mut self.release_timer {
                     Some(timer) if timer.deadline() == at => {}
@@ -745,11 +751,7 @@ impl Session<'_> {
             };
             match wake {
                 Wake::Shutdown => return End::Shutdown,
-                Wake::Release => {
-                    self.release_all(false);
-                    self.idle_since = None;
-                    self.release_timer = None;
-                }
+                Wake::Release => self.release_idle(),
                 Wake::Fenced(side) => {
                     let busy = self.current == Some(side);
                     let pinned = self.pinned.map(|(s, _)| s) == Some(side);
@@ -819,6 +821,13 @@ impl Session<'_> {
             st.status = status;
             st.pinned = pinned;
         });
+    }
+
+    /// An idle session's `idle_release` is over: its server connections go back to the pool.
+    fn release_idle(&mut self) {
+        self.release_all(false);
+        self.idle_since = None;
+        self.release_timer = None;
     }
 
     /// Returns the session's server connections to the pool (`closing`: the session ends; pool them
