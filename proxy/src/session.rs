@@ -187,14 +187,9 @@ pub(crate) async fn resume(
     dormant: Box<Dormant>,
     shutdown: CancellationToken,
 ) {
-    let client = match tokio::net::TcpStream::from_std(client) {
-        Ok(c) => ClientStream::Plain(c),
-        Err(e) => {
-            debug!(error = %e, "cannot resume a parked session");
-            return;
-        }
+    let Some(live) = unparked(&shared, client, *dormant) else {
+        return;
     };
-    let live = Live::assemble(&shared, client, BytesMut::new(), *dormant);
     live.session.info.update(|st| st.status = "idle");
     // Not straight back to the lot: first read what woke the session.
     drive(&shared, live, &shutdown, false).await;
@@ -232,23 +227,40 @@ async fn drive(
         let Err((client, dormant)) = lot.park(client, dormant) else {
             return;
         };
-        let client = match tokio::net::TcpStream::from_std(client) {
-            Ok(c) => ClientStream::Plain(c),
-            Err(e) => {
-                debug!(error = %e, "cannot take back an idle session");
-                return;
-            }
+        let Some(taken_back) = unparked(shared, client, *dormant) else {
+            return;
         };
-        live = Live::assemble(shared, client, BytesMut::new(), *dormant);
+        live = taken_back;
         may_park = false;
     }
 }
 
+/// A parked session back in a task, its socket in tokio's reactor again. `None` (logged) when
+/// tokio cannot take the socket.
+fn unparked<'a>(
+    shared: &'a Shared,
+    client: std::net::TcpStream,
+    dormant: Dormant,
+) -> Option<Box<Live<'a>>> {
+    match tokio::net::TcpStream::from_std(client) {
+        Ok(c) => Some(Live::assemble(
+            shared,
+            ClientStream::Plain(c),
+            BytesMut::new(),
+            dormant,
+        )),
+        Err(e) => {
+            debug!(error = %e, "cannot take a parked session back");
+            None
+        }
+    }
+}
+
 /// What a parked session keeps: enough to log in to servers again and to answer the admin console
-/// and cancel requests (~200 bytes, boxed).
+/// and cancel requests (~130 bytes, boxed; the user name waits in `registered`, the console's
+/// copy).
 pub(crate) struct Dormant {
     rt: Arc<Runtime>,
-    /// The user name waits in `registered` (the admin console's copy).
     password: Option<Vec<u8>>,
     startup: Bytes,
     target: Target,
