@@ -76,10 +76,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The session-map key of a proxy-issued `(pid, secret)`.
+fn session_map_key(pid: i32, secret: u32) -> u64 {
+    u64::from(pid as u32) << 32 | u64::from(secret)
+}
+
 /// The session-map key of `key`, when it can be one the proxy issued (a 4-byte secret).
 fn session_key(key: &CancelKey) -> Option<u64> {
     let secret: [u8; 4] = key.secret.as_ref().try_into().ok()?;
-    Some(u64::from(key.pid as u32) << 32 | u64::from(u32::from_be_bytes(secret)))
+    Some(session_map_key(key.pid, u32::from_be_bytes(secret)))
 }
 
 impl CancelRegistry {
@@ -103,7 +108,7 @@ impl CancelRegistry {
             let r = self.hasher.hash_one(n);
             let pid = (r >> 33) as i32 | 1 << 30;
             let secret = r as u32;
-            let map_key = u64::from(pid as u32) << 32 | u64::from(secret);
+            let map_key = session_map_key(pid, secret);
             let mut sessions = lock(&self.sessions);
             if sessions.contains_key(&map_key) {
                 continue;

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use praetor_protocol::PinReason;
-
-use praetor_protocol::CancelKey;
+use praetor_protocol::{CancelKey, PinReason};
 
 use crate::metrics::ListenerKind;
 use crate::topology::Backend;

@@ -147,14 +147,7 @@ impl ParkingLot {
 
     /// Stops parking and closes every parked session with the shutdown FATAL. Returns how many.
     pub fn drain(&self) -> usize {
-        let parked: Vec<_> = {
-            let mut slots = self.slots();
-            slots.state = State::Draining;
-            self.open.store(false, Ordering::Relaxed);
-            slots.free.clear();
-            slots.len = 0;
-            std::mem::take(&mut slots.parked)
-        };
+        let parked = self.take_all(State::Draining);
         let mut closed = 0;
         for (mut client, dormant) in parked.into_iter().flatten() {
             let _ = self.registry.deregister(&mut client);
@@ -171,6 +164,16 @@ impl ParkingLot {
         if let Err(e) = self.waker.wake() {
             warn!(error = %e, "cannot wake the parking thread");
         }
+    }
+
+    /// Closes the lot to new sessions (`state`) and takes every parked one out.
+    fn take_all(&self, state: State) -> Vec<Option<(mio::net::TcpStream, Box<Dormant>)>> {
+        let mut slots = self.slots();
+        slots.state = state;
+        self.open.store(false, Ordering::Relaxed);
+        slots.free.clear();
+        slots.len = 0;
+        std::mem::take(&mut slots.parked)
     }
 
     /// Takes the session parked at `index` out of the lot (its socket no longer watched).
@@ -195,14 +198,7 @@ impl ParkingLot {
                     continue;
                 }
                 warn!(error = %e, "the parking thread cannot wait for clients; resuming them all");
-                let parked = {
-                    let mut slots = self.slots();
-                    slots.state = State::Broken;
-                    self.open.store(false, Ordering::Relaxed);
-                    slots.free.clear();
-                    slots.len = 0;
-                    std::mem::take(&mut slots.parked)
-                };
+                let parked = self.take_all(State::Broken);
                 for (client, dormant) in parked.into_iter().flatten() {
                     resume(client.into(), dormant);
                 }

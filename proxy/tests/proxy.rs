@@ -171,6 +171,19 @@ impl Drop for TestProxy {
     }
 }
 
+/// Waits until the proxy has closed `client`'s connection (`what` names it in the timeout).
+async fn wait_closed(client: &tokio_postgres::Client, what: &str) {
+    wait_for(what, DEADLINE, || async {
+        if client.is_closed() {
+            Ok(())
+        } else {
+            Err("open".to_string())
+        }
+    })
+    .await
+    .unwrap();
+}
+
 fn conn_config(addr: SocketAddr) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
     c.host("127.0.0.1")
@@ -760,15 +773,7 @@ async fn shutdown_closes_clients_and_serve_returns() {
         .expect("serve returns")
         .unwrap()
         .unwrap();
-    wait_for("the client to see the close", DEADLINE, || async {
-        if c.is_closed() {
-            Ok(())
-        } else {
-            Err("open".to_string())
-        }
-    })
-    .await
-    .unwrap();
+    wait_closed(&c, "the client to see the close").await;
     assert!(
         TcpStream::connect(proxy.rw).await.is_err(),
         "no longer listening"
@@ -1247,15 +1252,7 @@ async fn idle_auto_port_sessions_park_and_resume_on_their_next_query() {
     // A drain closes parked sessions at once, with the FATAL idle sessions get.
     proxy.shutdown.cancel();
     for c in &clients[1..] {
-        wait_for("a parked session to be closed", DEADLINE, || async {
-            if c.is_closed() {
-                Ok(())
-            } else {
-                Err("open".to_string())
-            }
-        })
-        .await
-        .unwrap();
+        wait_closed(c, "a parked session to be closed").await;
     }
     drop(clients);
     let served = proxy.served.take().unwrap();
@@ -1501,19 +1498,7 @@ async fn auto_sessions_move_to_a_new_leader_between_transactions_and_wait_for_on
 
     // The leader key moves away: nobody leads for a moment. An idle session's next write waits.
     proxy.set(topology(None, &[]));
-    wait_for(
-        "the transaction on the former leader to be closed",
-        DEADLINE,
-        || async {
-            if in_tx.is_closed() {
-                Ok(())
-            } else {
-                Err("open".to_string())
-            }
-        },
-    )
-    .await
-    .unwrap();
+    wait_closed(&in_tx, "the transaction on the former leader to be closed").await;
     let pending = {
         let c = Arc::new(c);
         let c2 = c.clone();
@@ -1737,15 +1722,7 @@ async fn the_fencing_handshake_acknowledges_routes_and_a_proxy_without_dcs_conta
     })
     .await
     .unwrap();
-    wait_for("its sessions to be closed", DEADLINE, || async {
-        if on_b.is_closed() {
-            Ok(())
-        } else {
-            Err("open".to_string())
-        }
-    })
-    .await
-    .unwrap();
+    wait_closed(&on_b, "its sessions to be closed").await;
     let Err(err) = connect(rw).await else {
         panic!("connected while out of contact");
     };
@@ -1801,15 +1778,7 @@ async fn shutdown_drains_running_queries_and_closes_idle_auto_sessions_first() {
     };
     proxy.shutdown.cancel();
     // The idle auto-port session is closed at once; the running query finishes.
-    wait_for("the idle auto session to be closed", DEADLINE, || async {
-        if idle_auto.is_closed() {
-            Ok(())
-        } else {
-            Err("open".to_string())
-        }
-    })
-    .await
-    .unwrap();
+    wait_closed(&idle_auto, "the idle auto session to be closed").await;
     tokio::time::timeout(DEADLINE, running)
         .await
         .expect("the query ends")
