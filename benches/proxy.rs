@@ -15,6 +15,10 @@
 //! `PRAETOR_BENCH_CLIENTS` (8), `PRAETOR_BENCH_THREADS` (2), `PRAETOR_BENCH_ROUNDS` (1),
 //! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000), `PRAETOR_BENCH_MODES` (a comma-separated
 //! subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`; all when unset),
+//! `PRAETOR_BENCH_TARGETS` (a comma-separated subset of `proxy rw`, `proxy auto`, `haproxy`,
+//! `pgbouncer`; all when unset; `direct` always runs), `PRAETOR_BENCH_IDLE=0` skips the memory part,
+//! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads`; one per CPU when unset),
+//! `PRAETOR_BENCH_PROTOCOL` (pgbench's `-M`: `simple`, the default, `extended` or `prepared`),
 //! `PRAETOR_BENCH_PIN` (`1`: PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1, which
 //! measures what a proxy adds when it does not take CPU from the database; unset: no pinning).
 
@@ -211,6 +215,9 @@ async fn start_proxy(
     .expect("write the proxy config");
     let mut cmd = command(binary, Kind::Proxy);
     cmd.arg("proxy").arg("-c").arg(&config);
+    if let Ok(threads) = std::env::var("PRAETOR_BENCH_PROXY_THREADS") {
+        cmd.arg("--threads").arg(threads);
+    }
     cmd.env("RUST_LOG", "warn");
     let process = Process::spawn(name, cmd, &dir.path().join(format!("{name}.log")))
         .expect("start praetor proxy");
@@ -248,6 +255,7 @@ fn main() {
     let rounds = env_or("PRAETOR_BENCH_ROUNDS", 1).max(1);
     let scale = env_or("PRAETOR_BENCH_SCALE", 10);
     let idle = env_or("PRAETOR_BENCH_IDLE", 5000) as usize;
+    let protocol = std::env::var("PRAETOR_BENCH_PROTOCOL").unwrap_or_else(|_| "simple".into());
     let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -353,6 +361,14 @@ fn main() {
             ("haproxy", haproxy_port),
             ("pgbouncer", bouncer_port),
         ];
+        let wanted = std::env::var("PRAETOR_BENCH_TARGETS").unwrap_or_default();
+        let targets: Vec<(&str, u16)> = targets
+            .into_iter()
+            .filter(|(name, _)| {
+                // `direct` is the baseline every ratio divides by, so it always runs.
+                *name == "direct" || wanted.is_empty() || wanted.split(',').any(|t| t.trim() == *name)
+            })
+            .collect();
         let only = std::env::var("PRAETOR_BENCH_MODES").unwrap_or_default();
         let modes: Vec<(&str, Vec<&str>)> = vec![
             ("select-only", vec!["-S"]),
@@ -374,6 +390,8 @@ fn main() {
                     threads.to_string(),
                     "-T".into(),
                     secs.to_string(),
+                    "-M".into(),
+                    protocol.clone(),
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
                 for k in 0..targets.len() {
@@ -390,26 +408,10 @@ fn main() {
             }
         }
 
-        // Memory per idle client connection: a proxy that pools server connections at once
-        // (idle_release_ms: 0) against PgBouncer.
         drop(proxy);
-        let (mut idle_proxy, _, idle_auto) = start_proxy(
-            &binary,
-            &dir,
-            "idle-proxy",
-            etcd.port,
-            "    idle_release_ms: 0\n    pool_size: 20\n",
-        )
-        .await;
-        let proxy_pid = idle_proxy.pid();
-        eprintln!("opening {idle} idle connections to the proxy's auto port ...");
-        let (p_before, p_after, p_per) = idle_cost(proxy_pid, idle_auto, idle).await;
-        eprintln!("opening {idle} idle connections to PgBouncer ...");
-        let (b_before, b_after, b_per) = idle_cost(pgbouncer.pid(), bouncer_port, idle).await;
-
         println!();
         println!(
-            "pgbench -c {clients} -j {threads} -T {secs}, scale {scale}, medians of {rounds} round(s), {} CPUs, one PostgreSQL 15{}",
+            "pgbench -c {clients} -j {threads} -T {secs} -M {protocol}, scale {scale}, medians of {rounds} round(s), {} CPUs, one PostgreSQL 15{}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             if pinned_cpu(Kind::Proxy).is_some() {
                 "; PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1"
@@ -440,16 +442,34 @@ fn main() {
             }
             println!();
         }
-        println!();
-        println!("| {idle} idle client connections | RSS before | RSS after | per connection |");
-        println!("|---|---|---|---|");
-        println!(
-            "| praetor proxy (auto port, server connections pooled) | {p_before} KiB | {p_after} KiB | {p_per:.2} KiB |"
-        );
-        println!(
-            "| PgBouncer (transaction pooling) | {b_before} KiB | {b_after} KiB | {b_per:.2} KiB |"
-        );
-        idle_proxy.kill_group();
+        if idle > 0 {
+            // Memory per idle client connection: a proxy that pools server connections at once
+            // (idle_release_ms: 0) against PgBouncer.
+            let (mut idle_proxy, _, idle_auto) = start_proxy(
+                &binary,
+                &dir,
+                "idle-proxy",
+                etcd.port,
+                "    idle_release_ms: 0\n    pool_size: 20\n",
+            )
+            .await;
+            let proxy_pid = idle_proxy.pid();
+            eprintln!("opening {idle} idle connections to the proxy's auto port ...");
+            let (p_before, p_after, p_per) = idle_cost(proxy_pid, idle_auto, idle).await;
+            eprintln!("opening {idle} idle connections to PgBouncer ...");
+            let (b_before, b_after, b_per) = idle_cost(pgbouncer.pid(), bouncer_port, idle).await;
+
+            println!();
+            println!("| {idle} idle client connections | RSS before | RSS after | per connection |");
+            println!("|---|---|---|---|");
+            println!(
+                "| praetor proxy (auto port, server connections pooled) | {p_before} KiB | {p_after} KiB | {p_per:.2} KiB |"
+            );
+            println!(
+                "| PgBouncer (transaction pooling) | {b_before} KiB | {b_after} KiB | {b_per:.2} KiB |"
+            );
+            idle_proxy.kill_group();
+        }
         drop(haproxy);
         drop(pgbouncer);
         drop(dcs);

@@ -25,8 +25,8 @@
 //! `server_to_client`; `role` is `leader` or `replica`; the routing `reason` is a [`RoutingError`].
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::ProxyError;
@@ -89,7 +89,9 @@ pub(crate) struct Metrics {
     pub waiting_clients: IntGaugeVec,
     pub client_connections: IntGaugeVec,
     pub transactions_total: IntCounterVec,
-    pub transaction_seconds: HistogramVec,
+    /// `transactions_total` and `transaction_seconds` of the targets `leader` and `replica`,
+    /// resolved once: the auto port counts every unit, and a label lookup hashes and locks.
+    pub units: [(IntCounter, Histogram); 2],
     pub pinned_total: IntCounterVec,
     pub client_errors_total: IntCounterVec,
     pub fencing_acks_total: IntCounter,
@@ -223,9 +225,12 @@ impl Metrics {
         registry.register(Box::new(parked_clients.clone()))?;
         registry.register(Box::new(reloads_total.clone()))?;
         serving.set(1);
-        for t in ["leader", "replica"] {
-            transactions_total.with_label_values(&[t]);
-        }
+        let units = ["leader", "replica"].map(|t| {
+            (
+                transactions_total.with_label_values(&[t]),
+                transaction_seconds.with_label_values(&[t]),
+            )
+        });
         for r in ["ok", "error"] {
             reloads_total.with_label_values(&[r]);
         }
@@ -260,7 +265,7 @@ impl Metrics {
             waiting_clients,
             client_connections,
             transactions_total,
-            transaction_seconds,
+            units,
             pinned_total,
             client_errors_total,
             fencing_acks_total,

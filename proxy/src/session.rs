@@ -68,6 +68,10 @@ use crate::stream::ClientStream;
 /// An idle session gives its buffer back (see `read_client`).
 const CLIENT_BUFFER_BYTES: usize = 1024;
 
+/// Client messages below this size are gathered into one write to the server per read of the
+/// client; larger chunks are written as they are (bytes).
+const GATHER_LIMIT_BYTES: usize = 8 * 1024;
+
 /// Which of the session's two server connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -87,6 +91,14 @@ impl Side {
         match self {
             Side::Leader => "leader",
             Side::Replica => "replica",
+        }
+    }
+
+    /// The side's unit metrics (`Metrics::units` is in `leader`, `replica` order).
+    fn unit_metrics(self, m: &crate::metrics::Metrics) -> &(IntCounter, prometheus::Histogram) {
+        match self {
+            Side::Leader => &m.units[0],
+            Side::Replica => &m.units[1],
         }
     }
 }
@@ -155,6 +167,9 @@ struct Session<'a> {
     release_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     c2s: IntCounter,
     s2c: IntCounter,
+    /// Client bytes for the current side's server, gathered while one read's messages are handled
+    /// and written when they are (empty between wake-ups).
+    to_server: BytesMut,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -334,6 +349,7 @@ impl<'a> Live<'a> {
                 release_timer: None,
                 c2s,
                 s2c,
+                to_server: BytesMut::new(),
             },
             client,
             cbuf,
@@ -682,7 +698,13 @@ impl Session<'_> {
             let blocked = if cbuf.is_empty() {
                 false
             } else {
-                match Box::pin(self.handle_client(client, cbuf)).await {
+                let handled = Box::pin(async {
+                    let blocked = self.handle_client(client, cbuf).await?;
+                    self.flush_current().await?;
+                    Ok::<bool, End>(blocked)
+                })
+                .await;
+                match handled {
                     Ok(b) => b,
                     Err(end) => return end,
                 }
@@ -723,6 +745,7 @@ impl Session<'_> {
             if idle && cbuf.is_empty() {
                 // An idle client keeps no read buffer; `read_client` gets one when bytes arrive.
                 *cbuf = BytesMut::new();
+                self.to_server = BytesMut::new();
             }
             enum Wake {
                 Fenced(Side),
@@ -814,14 +837,12 @@ impl Session<'_> {
     }
 
     fn update_servers(&self) {
-        let servers: Vec<(String, &'static str)> =
-            [(Side::Leader, &self.leader), (Side::Replica, &self.replica)]
-                .into_iter()
-                .filter_map(|(s, c)| {
-                    c.as_ref()
-                        .map(|c| (c.route.backend.member.clone(), s.as_str()))
-                })
-                .collect();
+        // Called twice per unit: the list is rebuilt (allocated) only when it changed.
+        let servers: [Option<(&str, &'static str)>; 2] =
+            [(Side::Leader, &self.leader), (Side::Replica, &self.replica)].map(|(s, c)| {
+                c.as_ref()
+                    .map(|c| (c.route.backend.member.as_str(), s.as_str()))
+            });
         let status = if self.current.is_some() {
             "active"
         } else {
@@ -829,7 +850,14 @@ impl Session<'_> {
         };
         let pinned = self.pinned.map(|(_, r)| r);
         self.info.update(|st| {
-            st.servers = servers;
+            let now = servers.iter().flatten().copied();
+            if !st.servers.iter().map(|(m, r)| (m.as_str(), *r)).eq(now) {
+                st.servers = servers
+                    .iter()
+                    .flatten()
+                    .map(|(m, r)| (m.to_string(), *r))
+                    .collect();
+            }
             st.status = status;
             st.pinned = pinned;
         });
@@ -1002,14 +1030,8 @@ impl Session<'_> {
 
     /// The current unit is over (idle point).
     fn end_unit(&mut self, side: Side) {
-        let target = match side {
-            Side::Leader => "leader",
-            Side::Replica => "replica",
-        };
-        self.shared
-            .metrics
-            .transaction_seconds
-            .with_label_values(&[target])
+        side.unit_metrics(&self.shared.metrics)
+            .1
             .observe(self.unit_started.elapsed().as_secs_f64());
         if let Some(set) = self.pending_set.take() {
             if !self.unit_error {
@@ -1172,7 +1194,39 @@ impl Session<'_> {
         self.write_current(&chunk).await
     }
 
+    /// Queues `bytes` for the current side's server; [`Session::flush_current`] writes them. Small
+    /// messages are gathered so that a client's batch (an extended-protocol Parse, Bind, Describe,
+    /// Execute, Sync in one packet) costs one write to the server, not one per message; a large
+    /// chunk is written at once after what is queued, without a copy.
     async fn write_current(&mut self, bytes: &[u8]) -> Result<(), End> {
+        if self.current.is_none() {
+            return Ok(());
+        }
+        if bytes.len() < GATHER_LIMIT_BYTES {
+            self.to_server.extend_from_slice(bytes);
+            return Ok(());
+        }
+        self.flush_current().await?;
+        self.write_server(bytes).await
+    }
+
+    /// Writes what [`Session::write_current`] queued for the current side.
+    async fn flush_current(&mut self) -> Result<(), End> {
+        if self.to_server.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.to_server);
+        let result = self.write_server(&queued).await;
+        // The buffer is kept for the next batch (cleared, its capacity reused) unless it grew
+        // large; an idle session drops it.
+        if queued.capacity() <= GATHER_LIMIT_BYTES {
+            self.to_server = queued;
+            self.to_server.clear();
+        }
+        result
+    }
+
+    async fn write_server(&mut self, bytes: &[u8]) -> Result<(), End> {
         let Some(side) = self.current else {
             return Ok(());
         };
@@ -1192,11 +1246,7 @@ impl Session<'_> {
     }
 
     fn begin_unit_stats(&mut self, decision: &Decision) {
-        self.shared
-            .metrics
-            .transactions_total
-            .with_label_values(&[decision.side.as_str()])
-            .inc();
+        decision.side.unit_metrics(&self.shared.metrics).0.inc();
     }
 
     fn start_unit(&mut self, side: Side, decision: &Decision, cbuf: &BytesMut, h: FrontendHeader) {
@@ -1535,15 +1585,20 @@ enum ConnEvent {
 async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut) -> std::io::Result<usize> {
     if cbuf.capacity() == 0 {
         if let ClientStream::Plain(tcp) = client {
-            loop {
-                // `poll_read_ready` rather than `readable()`: no waiter state to store.
-                std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
+            // A poll function rather than `readable()`: no waiter state to store. The read goes
+            // through `poll_read`, which, unlike `try_read`, forgets the socket's readiness after a
+            // short read, so the next wait does not begin with a read that finds nothing.
+            return std::future::poll_fn(|cx| {
+                std::task::ready!(tcp.poll_read_ready(cx))?;
                 cbuf.reserve(CLIENT_BUFFER_BYTES);
-                match tcp.try_read_buf(cbuf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    r => return r,
+                let read = tokio_util::io::poll_read_buf(Pin::new(&mut *tcp), cx, cbuf);
+                if read.is_pending() {
+                    // The readiness was stale: wait without a buffer again.
+                    *cbuf = BytesMut::new();
                 }
-            }
+                read
+            })
+            .await;
         }
         cbuf.reserve(CLIENT_BUFFER_BYTES);
     }
