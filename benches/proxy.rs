@@ -19,6 +19,7 @@
 //! `pgbouncer`; all when unset; `direct` always runs), `PRAETOR_BENCH_IDLE=0` skips the memory part,
 //! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads`; one per CPU when unset),
 //! `PRAETOR_BENCH_PROTOCOL` (pgbench's `-M`: `simple`, the default, `extended` or `prepared`),
+//! `PRAETOR_BENCH_IDLE_RELEASE_MS` (the TPS proxy's `idle_release_ms`; its default when unset),
 //! `PRAETOR_BENCH_PIN` (`1`: PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1, which
 //! measures what a proxy adds when it does not take CPU from the database; unset: no pinning).
 
@@ -313,7 +314,11 @@ fn main() {
         .expect("write the member");
         assert!(dcs.acquire_leader().await.expect("take the leader key"));
 
-        let (proxy, rw, auto) = start_proxy(&binary, &dir, "proxy", etcd.port, "").await;
+        let tps_extra = match std::env::var("PRAETOR_BENCH_IDLE_RELEASE_MS") {
+            Ok(ms) => format!("    idle_release_ms: {ms}\n"),
+            Err(_) => String::new(),
+        };
+        let (proxy, rw, auto) = start_proxy(&binary, &dir, "proxy", etcd.port, &tps_extra).await;
 
         let haproxy_port = free_port();
         let haproxy_cfg = dir.path().join("haproxy.cfg");

@@ -35,7 +35,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use praetor_protocol::backend::{
@@ -71,6 +71,12 @@ const CLIENT_BUFFER_BYTES: usize = 1024;
 /// Client messages below this size are gathered into one write to the server per read of the
 /// client; larger chunks are written as they are (bytes).
 const GATHER_LIMIT_BYTES: usize = 8 * 1024;
+
+/// How long a session stays in its task, idle without server connections, after a unit before it
+/// parks. Parking and resuming cost two `epoll_ctl` calls, a task spawn and a small record each way:
+/// around every unit of a busy client that was ~30% of the auto port's select-only TPS with
+/// `idle_release_ms: 0` (benches/proxy.rs, `PRAETOR_BENCH_IDLE_RELEASE_MS=0`).
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Which of the session's two server connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,9 +168,12 @@ struct Session<'a> {
     discard_until_sync: bool,
     cancel: SessionCancel,
     idle_since: Option<Instant>,
-    /// Fires `idle_release` after the session went idle holding server connections. Boxed and
-    /// only while armed: most idle sessions hold no server connection.
-    release_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the session's last unit ended (since it logged in or was resumed).
+    unit_ended: Option<Instant>,
+    /// Fires `idle_release` after the session went idle holding server connections, or
+    /// `PARK_AFTER` after its last unit when it holds none. Boxed and only while armed: most idle
+    /// sessions are parked.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     c2s: IntCounter,
     s2c: IntCounter,
     /// Client bytes for the current side's server, gathered while one read's messages are handled
@@ -346,7 +355,8 @@ impl<'a> Live<'a> {
                 discard_until_sync: false,
                 cancel,
                 idle_since: None,
-                release_timer: None,
+                unit_ended: None,
+                idle_timer: None,
                 c2s,
                 s2c,
                 to_server: BytesMut::new(),
@@ -600,7 +610,7 @@ impl Session<'_> {
                     debug!(backend = %described, "{m}; waiting for the cluster");
                     let wait = deadline
                         .saturating_duration_since(Instant::now())
-                        .min(std::time::Duration::from_millis(200));
+                        .min(Duration::from_millis(200));
                     self.shared.router.changed(wait).await;
                 }
                 Err(OpenError::Refused(frame, fields)) => {
@@ -713,9 +723,21 @@ impl Session<'_> {
             if idle && draining.is_cancelled() {
                 return End::Shutdown;
             }
-            if idle && may_park && cbuf.is_empty() && self.parkable(client) {
-                return End::Park;
-            }
+            // Parks at once after login (or a wake-up without a unit); after a unit only once the
+            // client has been quiet for `PARK_AFTER`, so that a busy client of a transaction-pooling
+            // proxy (`idle_release` 0) does not leave and re-enter its task around every unit.
+            let park_at = if idle && may_park && cbuf.is_empty() && self.parkable(client) {
+                match self
+                    .unit_ended
+                    .map(|t| tokio::time::Instant::from_std(t + PARK_AFTER))
+                {
+                    // The same clock as the timer's: once it fired, this is due.
+                    Some(at) if at > tokio::time::Instant::now() => Some(at),
+                    _ => return End::Park,
+                }
+            } else {
+                None
+            };
             may_park = true;
             let release_at = match (idle, self.idle_since) {
                 (true, Some(since))
@@ -733,13 +755,15 @@ impl Session<'_> {
                 self.release_idle();
                 continue;
             }
-            match release_at {
-                Some(at) => match &mut self.release_timer {
+            // Exclusive: releasing needs a server connection, parking needs none.
+            let timer_at = release_at.or(park_at);
+            match timer_at {
+                Some(at) => match &mut self.idle_timer {
                     Some(timer) if timer.deadline() == at => {}
                     Some(timer) => timer.as_mut().reset(at),
-                    None => self.release_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                    None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(at))),
                 },
-                None if idle => self.release_timer = None,
+                None if idle => self.idle_timer = None,
                 None => {}
             }
             if idle && cbuf.is_empty() {
@@ -751,12 +775,12 @@ impl Session<'_> {
                 Fenced(Side),
                 Client(std::io::Result<usize>),
                 Server(Side, std::io::Result<usize>),
-                Release,
+                Timer,
                 Shutdown,
             }
             let wake = {
                 let (leader, replica) = (&mut self.leader, &mut self.replica);
-                let release_timer = &mut self.release_timer;
+                let idle_timer = &mut self.idle_timer;
                 // The proxy drains (idle sessions leave) before it stops (every session leaves):
                 // an idle session waits for the first, a busy one for the second.
                 let stop = if idle {
@@ -777,16 +801,18 @@ impl Session<'_> {
                     },
                     r = read_client(client, cbuf), if !blocked => Wake::Client(r),
                     _ = async {
-                        match release_timer {
+                        match idle_timer {
                             Some(timer) => timer.await,
                             None => std::future::pending().await,
                         }
-                    }, if release_at.is_some() => Wake::Release,
+                    }, if timer_at.is_some() => Wake::Timer,
                 }
             };
             match wake {
                 Wake::Shutdown => return End::Shutdown,
-                Wake::Release => self.release_idle(),
+                // When it was the park timer, the next pass parks.
+                Wake::Timer if release_at.is_some() => self.release_idle(),
+                Wake::Timer => {}
                 Wake::Fenced(side) => {
                     let busy = self.current == Some(side);
                     let pinned = self.pinned.map(|(s, _)| s) == Some(side);
@@ -867,7 +893,7 @@ impl Session<'_> {
     fn release_idle(&mut self) {
         self.release_all(false);
         self.idle_since = None;
-        self.release_timer = None;
+        self.idle_timer = None;
     }
 
     /// Returns the session's server connections to the pool (`closing`: the session ends; pool them
@@ -1044,7 +1070,9 @@ impl Session<'_> {
         }
         self.current = None;
         self.last_side = Some(side);
-        self.idle_since = Some(Instant::now());
+        let now = Instant::now();
+        self.idle_since = Some(now);
+        self.unit_ended = Some(now);
         self.cancel.set(None);
         self.update_servers();
     }

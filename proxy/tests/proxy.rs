@@ -1207,6 +1207,8 @@ async fn auto_port_sessions_go_idle_between_large_queries_and_results() {
 /// Idle auto-port sessions without server connections park out of their tasks (benches/proxy.rs
 /// measures what that saves); a parked client's next query resumes its session unchanged, a parked
 /// client that leaves is forgotten, and a drain closes the parked ones with the shutdown FATAL.
+/// (After a unit a session parks only once it has been quiet for a second: the waits below allow
+/// for it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_auto_port_sessions_park_and_resume_on_their_next_query() {
     let dir = WorkDir::new("proxy-auto-park").unwrap();
