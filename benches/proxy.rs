@@ -249,6 +249,13 @@ async fn start_proxy(
     (process, rw, auto)
 }
 
+/// Whether `name` is in the comma-separated list in the environment variable `var` (everything is
+/// when the variable is unset or empty).
+fn selected(var: &str, name: &str) -> bool {
+    let list = std::env::var(var).unwrap_or_default();
+    list.trim().is_empty() || list.split(',').any(|item| item.trim() == name)
+}
+
 fn main() {
     let secs = env_or("PRAETOR_BENCH_SECS", 10);
     let clients = env_or("PRAETOR_BENCH_CLIENTS", 8);
@@ -366,15 +373,11 @@ fn main() {
             ("haproxy", haproxy_port),
             ("pgbouncer", bouncer_port),
         ];
-        let wanted = std::env::var("PRAETOR_BENCH_TARGETS").unwrap_or_default();
+        // `direct` is the baseline every ratio divides by, so it always runs.
         let targets: Vec<(&str, u16)> = targets
             .into_iter()
-            .filter(|(name, _)| {
-                // `direct` is the baseline every ratio divides by, so it always runs.
-                *name == "direct" || wanted.is_empty() || wanted.split(',').any(|t| t.trim() == *name)
-            })
+            .filter(|(name, _)| *name == "direct" || selected("PRAETOR_BENCH_TARGETS", name))
             .collect();
-        let only = std::env::var("PRAETOR_BENCH_MODES").unwrap_or_default();
         let modes: Vec<(&str, Vec<&str>)> = vec![
             ("select-only", vec!["-S"]),
             ("select-only -C", vec!["-S", "-C"]),
@@ -382,7 +385,7 @@ fn main() {
             ("tpcb-like -C", vec!["-C"]),
         ]
         .into_iter()
-        .filter(|(name, _)| only.is_empty() || only.split(',').any(|m| m.trim() == *name))
+        .filter(|(name, _)| selected("PRAETOR_BENCH_MODES", name))
         .collect();
         let mut results: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
         for round in 0..rounds {

@@ -89,9 +89,9 @@ pub(crate) struct Metrics {
     pub waiting_clients: IntGaugeVec,
     pub client_connections: IntGaugeVec,
     pub transactions_total: IntCounterVec,
-    /// `transactions_total` and `transaction_seconds` of the targets `leader` and `replica`,
-    /// resolved once: the auto port counts every unit, and a label lookup hashes and locks.
-    pub units: [(IntCounter, Histogram); 2],
+    /// The unit metrics of the targets `leader` and `replica`, in that order, resolved once: the
+    /// auto port counts every unit, and a label lookup hashes and locks.
+    pub units: [UnitMetrics; 2],
     pub pinned_total: IntCounterVec,
     pub client_errors_total: IntCounterVec,
     pub fencing_acks_total: IntCounter,
@@ -99,6 +99,15 @@ pub(crate) struct Metrics {
     pub pool_idle: IntGauge,
     pub parked_clients: IntGauge,
     pub reloads_total: IntCounterVec,
+}
+
+/// The auto port's series for one target: `praetor_proxy_transactions_total` and
+/// `praetor_proxy_transaction_duration_seconds` (seconds from a unit's first message to the
+/// ReadyForQuery that ends it).
+#[derive(Clone)]
+pub(crate) struct UnitMetrics {
+    pub transactions: IntCounter,
+    pub seconds: Histogram,
 }
 
 impl Metrics {
@@ -225,11 +234,9 @@ impl Metrics {
         registry.register(Box::new(parked_clients.clone()))?;
         registry.register(Box::new(reloads_total.clone()))?;
         serving.set(1);
-        let units = ["leader", "replica"].map(|t| {
-            (
-                transactions_total.with_label_values(&[t]),
-                transaction_seconds.with_label_values(&[t]),
-            )
+        let units = ["leader", "replica"].map(|t| UnitMetrics {
+            transactions: transactions_total.with_label_values(&[t]),
+            seconds: transaction_seconds.with_label_values(&[t]),
         });
         for r in ["ok", "error"] {
             reloads_total.with_label_values(&[r]);

@@ -101,7 +101,7 @@ impl Side {
     }
 
     /// The side's unit metrics (`Metrics::units` is in `leader`, `replica` order).
-    fn unit_metrics(self, m: &crate::metrics::Metrics) -> &(IntCounter, prometheus::Histogram) {
+    fn unit_metrics(self, m: &crate::metrics::Metrics) -> &crate::metrics::UnitMetrics {
         match self {
             Side::Leader => &m.units[0],
             Side::Replica => &m.units[1],
@@ -1057,7 +1057,7 @@ impl Session<'_> {
     /// The current unit is over (idle point).
     fn end_unit(&mut self, side: Side) {
         side.unit_metrics(&self.shared.metrics)
-            .1
+            .seconds
             .observe(self.unit_started.elapsed().as_secs_f64());
         if let Some(set) = self.pending_set.take() {
             if !self.unit_error {
@@ -1274,7 +1274,11 @@ impl Session<'_> {
     }
 
     fn begin_unit_stats(&mut self, decision: &Decision) {
-        decision.side.unit_metrics(&self.shared.metrics).0.inc();
+        decision
+            .side
+            .unit_metrics(&self.shared.metrics)
+            .transactions
+            .inc();
     }
 
     fn start_unit(&mut self, side: Side, decision: &Decision, cbuf: &BytesMut, h: FrontendHeader) {
