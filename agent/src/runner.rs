@@ -267,6 +267,10 @@ struct Observation {
     server: Option<ServerStatus>,
 }
 
+/// The least time a leader's DCS call gets once its demotion deadline is (nearly) reached: one
+/// last read or renewal on a DCS that answers, before it demotes.
+const LAST_ATTEMPT: Duration = Duration::from_millis(200);
+
 /// How long a failed background task of `kind` is not tried again. Starts are retried soon: the
 /// usual cause is the children of a crashed postmaster still holding its shared memory for a moment,
 /// and every second of a primary not running is an outage (primary_start_timeout bounds the whole
@@ -286,16 +290,38 @@ impl Runner {
         }
     }
 
-    /// Bounds a DCS call by `retry_timeout`: a backend call may make several requests, and the
-    /// leader's demotion deadline counts from its last successful renewal.
+    /// The monotonic ms by which this member, believing it leads, must have demoted if it cannot
+    /// renew its lock (see [`ha::demote_deadline_ms`]); `None` when it does not lead.
+    fn demote_deadline_ms(&self) -> Option<u64> {
+        ha::demote_deadline_ms(
+            self.lock_renewed_ms,
+            &self.dynamic,
+            self.watchdog.timeout_secs(),
+        )
+    }
+
+    /// The time left until the demotion deadline, at least [`LAST_ATTEMPT`]; `None` when not
+    /// leading.
+    fn until_demote_deadline(&self) -> Option<Duration> {
+        let deadline = self.demote_deadline_ms()?;
+        let left = Duration::from_millis(deadline.saturating_sub(self.now().mono_ms));
+        Some(left.max(LAST_ATTEMPT))
+    }
+
+    /// Bounds a DCS call by `retry_timeout` (a backend call may make several requests), and a
+    /// leader's call also by its demotion deadline: a request hanging on a DCS member that died
+    /// must not carry the decision to demote past it.
     async fn bounded<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, praetor_dcs::DcsError>>,
     ) -> Result<T, praetor_dcs::DcsError> {
-        let limit = Duration::from_secs(u64::from(self.dynamic.retry_timeout.max(1)));
+        let mut limit = Duration::from_secs(u64::from(self.dynamic.retry_timeout.max(1)));
+        if let Some(left) = self.until_demote_deadline() {
+            limit = limit.min(left);
+        }
         tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
             Err(praetor_dcs::DcsError::Unavailable(format!(
-                "no answer within retry_timeout ({limit:?})"
+                "no answer within {limit:?} (retry_timeout, or the leader's demotion deadline)"
             )))
         })
     }
@@ -314,7 +340,11 @@ impl Runner {
             let started = Instant::now();
             self.cycle().await?;
             self.after_cycle(started);
-            let wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
+            // A leader that could not renew runs its next cycle no later than its demotion deadline.
+            let mut wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
+            if let Some(left) = self.until_demote_deadline() {
+                wait = wait.min(left);
+            }
             let deadline = tokio::time::Instant::now() + wait;
             let task_done = self.task_done.clone();
             loop {
@@ -393,6 +423,7 @@ impl Runner {
             task: self.task.as_ref().map(|t| t.kind),
             won_initialize: self.won_initialize,
             lock_renewed_ms: self.lock_renewed_ms,
+            watchdog_timeout_secs: self.watchdog.timeout_secs(),
             peers,
             primary_start_began_ms: self.primary_start_began_ms,
             former_leader: self.former_leader.clone(),

@@ -4,19 +4,20 @@ use praetor_dcs::{Cluster, Failover, Versioned};
 
 use super::election::is_healthiest;
 use super::rejoin::{rejoin_plan, RejoinPlan};
-use super::{slots, sync};
 use super::{
-    upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now, Postgres, Reason, Running,
-    StartAs, StopMode, Upstream,
+    demote_deadline_ms, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now,
+    Postgres, Reason, Running, StartAs, StopMode, Upstream,
 };
+use super::{slots, sync};
 
 /// Decides what this member does now.
 ///
 /// `view` is the cluster as just read from the DCS, `None` when the DCS could not be read. The rules, in
 /// the order Patroni applies them:
 /// 1. a background task runs: only keep the lock fresh;
-/// 2. DCS unreachable: a leader demotes once it could not renew for `retry_timeout`, a primary without
-///    the lock demotes, replicas do nothing;
+/// 2. DCS unreachable: a leader keeps retrying until [`demote_deadline_ms`] (`loop_wait +
+///    retry_timeout` after its last renewal) and then demotes, a primary without the lock demotes,
+///    replicas do nothing;
 /// 3. data directory empty: race for `initialize` and bootstrap, or clone from the leader (prefer a
 ///    member tagged `clonefrom`); system identifier mismatch is fatal;
 /// 4. PostgreSQL stopped: the lock holder restarts it as primary; others start it as a replica of the
@@ -203,11 +204,12 @@ fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     if cfg.dynamic.failsafe_mode && local.failsafe_confirmed == Some(true) {
         return decision(vec![], Reason::FailsafeKeepsLeader);
     }
-    match local.lock_renewed_ms {
-        // Patroni's rule loop_wait + 2*retry_timeout <= ttl leaves room to stop before the lease ends.
-        Some(at)
-            if now.mono_ms.saturating_sub(at) <= u64::from(cfg.dynamic.retry_timeout) * 1000 =>
-        {
+    match demote_deadline_ms(
+        local.lock_renewed_ms,
+        &cfg.dynamic,
+        local.watchdog_timeout_secs,
+    ) {
+        Some(deadline) if now.mono_ms < deadline => {
             decision(vec![Action::RenewLeader], Reason::DcsInaccessible)
         }
         _ => decision(

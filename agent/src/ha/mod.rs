@@ -198,9 +198,12 @@ pub struct LocalState {
     /// This agent created `initialize` (won the bootstrap race) and has not yet published the system
     /// identifier.
     pub won_initialize: bool,
-    /// Monotonic ms of this member's last successful lock acquisition or renewal, while it believes it
-    /// holds the lock; `None` when it does not.
+    /// Monotonic ms of this member's last successful lock acquisition or renewal (taken before the
+    /// request was sent), while it believes it holds the lock; `None` when it does not.
     pub lock_renewed_ms: Option<u64>,
+    /// The armed watchdog's timeout in seconds; `None` when no watchdog is armed. A leader that
+    /// cannot renew demotes before it would fire (see [`demote_deadline_ms`]).
+    pub watchdog_timeout_secs: Option<u32>,
     /// Other members' answers from their REST APIs, fetched when a leader race or a switchover needs
     /// them (see [`needs_peers`]); `None` when not fetched this loop.
     pub peers: Option<Vec<PeerStatus>>,
@@ -368,6 +371,29 @@ impl Action {
             _ => return None,
         })
     }
+}
+
+/// The monotonic ms by which a leader that cannot renew its lock must have demoted; `None` when this
+/// member does not believe it holds the lock.
+///
+/// Patroni's window: one HA cycle (`loop_wait`) after the last renewal, then `retry_timeout` of
+/// retries. Its rule `loop_wait + 2 * retry_timeout <= ttl` leaves another `retry_timeout` to stop
+/// PostgreSQL before the lease can expire. The window is one second shorter than an armed watchdog's
+/// timeout when that is tighter (`ttl - safety_margin` with a large margin), so a DCS outage stops
+/// PostgreSQL rather than resetting the node. The runner bounds its DCS calls by this deadline, so a
+/// hung request cannot carry the decision past it.
+///
+/// `lock_renewed_ms` and `watchdog_timeout_secs` as in [`LocalState`].
+pub fn demote_deadline_ms(
+    lock_renewed_ms: Option<u64>,
+    dynamic: &DynamicConfig,
+    watchdog_timeout_secs: Option<u32>,
+) -> Option<u64> {
+    let mut window_secs = dynamic.loop_wait + dynamic.retry_timeout;
+    if let Some(t) = watchdog_timeout_secs {
+        window_secs = window_secs.min(t.saturating_sub(1));
+    }
+    lock_renewed_ms.map(|at| at + u64::from(window_secs) * 1000)
 }
 
 /// True when `decide` will want other members' REST status this loop: there is no leader (a race may

@@ -54,7 +54,8 @@ pub enum Reason {
         /// The new leader, if any.
         leader: Option<String>,
     },
-    /// The lock could not be renewed for longer than `retry_timeout`.
+    /// The lock could not be renewed within `loop_wait + retry_timeout` (see
+    /// [`demote_deadline_ms`](super::demote_deadline_ms)).
     DemotingDcsInaccessible,
     /// The DCS is unreachable; nothing to do (replica).
     DcsInaccessible,

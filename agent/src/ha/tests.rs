@@ -90,6 +90,7 @@ fn local(postgres: Postgres) -> LocalState {
         task: None,
         won_initialize: false,
         lock_renewed_ms: None,
+        watchdog_timeout_secs: None,
         peers: None,
         primary_start_began_ms: None,
         former_leader: None,
@@ -623,18 +624,29 @@ fn rows() -> Vec<Row> {
         }),
         // --- §7: DCS loss --------------------------------------------------------------------------
         row(
-            "§7 primary cannot reach the DCS, within retry_timeout: keep trying to renew",
+            "§7 primary cannot reach the DCS, within loop_wait + retry_timeout: keep trying to renew",
             None,
             with(local(running(true, 1000, None)), |l| {
-                l.lock_renewed_ms = Some(NOW.mono_ms - 1500)
+                l.lock_renewed_ms = Some(NOW.mono_ms - 2900)
             }),
         )
         .expect(vec![RenewLeader], |r| *r == Reason::DcsInaccessible),
         row(
-            "§7 primary cannot reach the DCS for longer than retry_timeout: demote",
+            "§7 primary cannot reach the DCS for loop_wait + retry_timeout: demote",
             None,
             with(local(running(true, 1000, None)), |l| {
-                l.lock_renewed_ms = Some(NOW.mono_ms - 2500)
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3000)
+            }),
+        )
+        .expect(vec![Stop(StopMode::Immediate)], |r| {
+            *r == Reason::DemotingDcsInaccessible
+        }),
+        row(
+            "§7 primary cannot reach the DCS, armed watchdog tighter than the window: demote before it fires",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 2000);
+                l.watchdog_timeout_secs = Some(3);
             }),
         )
         .expect(vec![Stop(StopMode::Immediate)], |r| {
