@@ -967,3 +967,30 @@ fn background_actions_end_their_list() {
         }
     }
 }
+
+#[test]
+fn demote_deadline_is_loop_wait_plus_retry_timeout_after_the_renewal_unless_a_watchdog_is_tighter()
+{
+    let dynamic = cfg().dynamic; // loop_wait 1, retry_timeout 2
+    assert_eq!(demote_deadline_ms(None, &dynamic, None), None);
+    assert_eq!(
+        demote_deadline_ms(Some(10_000), &dynamic, None),
+        Some(13_000)
+    );
+    // Patroni's defaults with safety_margin 5: the 25 s watchdog is looser than the 20 s window.
+    let defaults = DynamicConfig {
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        demote_deadline_ms(Some(0), &defaults, Some(25)),
+        Some(20_000)
+    );
+    // A large safety_margin: demote a second before the watchdog would reset the node.
+    assert_eq!(
+        demote_deadline_ms(Some(0), &defaults, Some(15)),
+        Some(14_000)
+    );
+}
