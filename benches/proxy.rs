@@ -17,7 +17,8 @@
 //! subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`; all when unset),
 //! `PRAETOR_BENCH_TARGETS` (a comma-separated subset of `proxy rw`, `proxy auto`, `haproxy`,
 //! `pgbouncer`; all when unset; `direct` always runs), `PRAETOR_BENCH_IDLE=0` skips the memory part,
-//! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads`; one per CPU when unset),
+//! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads` and HAProxy's `nbthread`; both run one
+//! thread per CPU when unset; PgBouncer always runs one),
 //! `PRAETOR_BENCH_PROTOCOL` (pgbench's `-M`: `simple`, the default, `extended` or `prepared`),
 //! `PRAETOR_BENCH_IDLE_RELEASE_MS` (the TPS proxy's `idle_release_ms`; its default when unset),
 //! `PRAETOR_BENCH_PIN` (`1`: PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1, which
@@ -329,10 +330,14 @@ fn main() {
 
         let haproxy_port = free_port();
         let haproxy_cfg = dir.path().join("haproxy.cfg");
+        // HAProxy runs one thread per CPU by default, like the proxy; the same override for both.
+        let nbthread = std::env::var("PRAETOR_BENCH_PROXY_THREADS")
+            .map(|n| format!("  nbthread {n}\n"))
+            .unwrap_or_default();
         write_file(
             &haproxy_cfg,
             &format!(
-                "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten pg\n  bind 127.0.0.1:{haproxy_port}\n  server pg 127.0.0.1:{port}\n"
+                "global\n  maxconn 8000\n{nbthread}defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten pg\n  bind 127.0.0.1:{haproxy_port}\n  server pg 127.0.0.1:{port}\n"
             ),
         )
         .unwrap();

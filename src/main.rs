@@ -65,7 +65,9 @@ enum Command {
         /// Configuration file with scope, namespace, etcd3 and praetor.proxy.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
-        /// Worker threads relaying client traffic (default: one per CPU).
+        /// Threads relaying client traffic, each serving its share of the client sessions on a
+        /// single-threaded event loop (default: one per CPU). On a host shared with PostgreSQL,
+        /// fewer threads than CPUs leave it more CPU.
         #[arg(long, value_name = "N", env = "PRAETOR_PROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
     },
@@ -80,22 +82,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The agent, ctl and the demo wait on I/O and need little CPU; the proxy relays every byte of
-    // client traffic and gets one worker per CPU unless told otherwise.
-    let workers = match &cli.command {
-        Command::Proxy {
-            threads: Some(n), ..
-        } => usize::from(*n),
-        Command::Proxy { threads: None, .. } => std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(2),
-        _ => 2,
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    // Everything but the proxy's client sessions waits on I/O and needs little CPU; the sessions
+    // get threads of their own (`--threads`, see Proxy::with_workers).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2);
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("praetor: cannot start the async runtime: {e}");
@@ -138,7 +129,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(Failure::Other)
             }
-            Command::Proxy { config, .. } => {
+            Command::Proxy { config, threads } => {
                 let loaded = load_config(&config)?;
                 let proxy_cfg = loaded
                     .config
@@ -155,8 +146,13 @@ fn main() -> ExitCode {
                     tracing::warn!("{}: {w}", config.display());
                 }
                 let on_hup = reload_log_level(logging, config.clone());
+                let threads = threads.map_or_else(
+                    || std::thread::available_parallelism().map_or(2, usize::from),
+                    usize::from,
+                );
                 run_proxy(
                     settings,
+                    threads,
                     scope,
                     loaded.config.namespace(),
                     endpoints,
@@ -344,6 +340,7 @@ fn shutdown_on_signals(on_hup: Option<Box<dyn Fn() + Send>>) -> CancellationToke
 /// every proxy setting but the listeners) without dropping connections.
 async fn run_proxy(
     settings: praetor_proxy::ProxySettings,
+    threads: usize,
     scope: String,
     namespace: String,
     endpoints: praetor_config::DcsEndpoints,
@@ -369,7 +366,8 @@ async fn run_proxy(
     });
     let proxy = praetor_proxy::Proxy::bind(settings)
         .await?
-        .with_reload(reload);
+        .with_reload(reload)
+        .with_workers(threads);
     let id = configured_id.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())

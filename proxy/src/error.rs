@@ -25,6 +25,9 @@ pub enum ProxyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The session threads could not be started (see [`Proxy::with_workers`](crate::Proxy::with_workers)).
+    #[error("cannot start the session threads: {0}")]
+    Workers(#[source] io::Error),
     /// A metric could not be registered (a name registered twice).
     #[error("cannot register metric: {0}")]
     Metrics(#[from] prometheus::Error),

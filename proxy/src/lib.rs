@@ -56,6 +56,7 @@ mod session;
 mod settings;
 mod stream;
 pub mod topology;
+mod workers;
 
 pub use conn::ReloadFn;
 pub use error::ProxyError;

@@ -49,6 +49,7 @@ use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics};
 use crate::settings::ProxySettings;
 use crate::topology::{Backend, Topology};
+use crate::workers::Workers;
 
 /// How long shutdown waits for connection tasks to finish after closing them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -73,6 +74,8 @@ pub struct Proxy {
     metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
     dcs: Option<(Arc<dyn Dcs>, String)>,
+    /// Session threads to start in `serve`; 0: sessions run on the caller's runtime.
+    workers: usize,
 }
 
 /// Re-reads the configuration of a running proxy (SIGHUP; the admin console's `RELOAD`).
@@ -160,7 +163,17 @@ impl Proxy {
             metrics_listener,
             shared: Arc::new(Shared::new(metrics, runtime, settings, None)),
             dcs: None,
+            workers: 0,
         })
+    }
+
+    /// Runs client sessions on `n` threads of their own, each with a single-threaded runtime (see
+    /// the `workers` module: fewer wake-ups per relayed round trip than tokio's multi-threaded
+    /// scheduler). Without it, or with 0, sessions are tasks of the runtime that calls `serve`.
+    /// `praetor proxy --threads N` sets it (default: one per CPU).
+    pub fn with_workers(mut self, n: usize) -> Proxy {
+        self.workers = n;
+        self
     }
 
     /// Runs the fencing handshake and the DCS-contact check against `dcs` as proxy `id` (see the
@@ -230,8 +243,12 @@ impl Proxy {
         let tracker = TaskTracker::new();
         // Connections are closed by `stop`, after the drain; the listeners by `shutdown`.
         let stop = CancellationToken::new();
+        let workers = match self.workers {
+            0 => None,
+            n => Some(Arc::new(Workers::start(n).map_err(ProxyError::Workers)?)),
+        };
 
-        let parking = start_parking(&shared, &tracker, &stop);
+        let parking = start_parking(&shared, &tracker, &stop, workers.clone());
 
         tracker.spawn(topology_task(
             shared.clone(),
@@ -260,6 +277,7 @@ impl Proxy {
                 kind,
                 shared.clone(),
                 tracker.clone(),
+                workers.clone(),
                 shutdown.clone(),
                 stop.clone(),
             ));
@@ -325,6 +343,9 @@ impl Proxy {
                 debug!(%id, error = %e, "cannot revoke the proxy's DCS lease; it will expire");
             }
         }
+        // The parking lot's resume hook holds the workers too; it is closed by now.
+        drop(parking);
+        drop(workers);
         Ok(())
     }
 }
@@ -558,16 +579,18 @@ fn start_parking(
     shared: &Arc<Shared>,
     tracker: &TaskTracker,
     stop: &CancellationToken,
+    workers: Option<Arc<Workers>>,
 ) -> Option<LotGuard> {
     let resume: Resume = {
         let (shared, tracker, stop) = (shared.clone(), tracker.clone(), stop.clone());
         let runtime = tokio::runtime::Handle::current();
         Box::new(move |client, dormant| {
             let span = dormant.span();
+            let runtime = workers.as_ref().map_or(&runtime, |w| w.next());
             tracker.spawn_on(
                 crate::session::resume(shared.clone(), client, dormant, stop.clone())
                     .instrument(span),
-                &runtime,
+                runtime,
             );
         })
     };
@@ -606,6 +629,7 @@ async fn accept_loop(
     kind: Option<ListenerKind>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
+    workers: Option<Arc<Workers>>,
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -623,10 +647,34 @@ async fn accept_loop(
                         %peer,
                         backend = tracing::field::Empty
                     );
-                    tracker.spawn(
-                        handle_client(shared.clone(), kind, socket, peer, stop.clone())
-                            .instrument(span),
-                    );
+                    let (shared, stop) = (shared.clone(), stop.clone());
+                    match &workers {
+                        None => {
+                            tracker.spawn(
+                                handle_client(shared, kind, socket, peer, stop).instrument(span),
+                            );
+                        }
+                        // The socket moves to the session's thread: out of this runtime's epoll,
+                        // into that one's.
+                        Some(workers) => match socket.into_std() {
+                            Ok(socket) => {
+                                let session = async move {
+                                    match tokio::net::TcpStream::from_std(socket) {
+                                        Ok(socket) => {
+                                            handle_client(shared, kind, socket, peer, stop).await
+                                        }
+                                        Err(e) => {
+                                            warn!(error = %e, "cannot register a client connection")
+                                        }
+                                    }
+                                };
+                                tracker.spawn_on(session.instrument(span), workers.next());
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "cannot hand a client connection to a session thread")
+                            }
+                        },
+                    }
                 }
                 None => {
                     tracker.spawn(crate::admin::serve_admin(

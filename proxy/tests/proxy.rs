@@ -104,7 +104,11 @@ impl TestProxy {
         reload: Option<praetor_proxy::ReloadFn>,
     ) -> TestProxy {
         init_tracing();
-        let mut proxy = Proxy::bind(settings).await.expect("bind on 127.0.0.1:0");
+        // Sessions on two threads of their own, as `praetor proxy` runs them on a 2-CPU host.
+        let mut proxy = Proxy::bind(settings)
+            .await
+            .expect("bind on 127.0.0.1:0")
+            .with_workers(2);
         if let Some(r) = reload {
             proxy = proxy.with_reload(r);
         }
