@@ -7,8 +7,8 @@
 //! two tiny writes, and the work-stealing scheduler adds cross-thread wake-ups (an idle worker is
 //! woken to look for work whenever another gets some) to each. A session bound to one thread is
 //! woken by that thread's epoll only. benches/proxy.rs, select-only through the read-write port on
-//! this 2-CPU machine: 0.71-0.79x direct on one such thread against 0.60-0.72x with the
-//! multi-threaded scheduler (5 paired runs).
+//! a 2-CPU machine shared with PostgreSQL and pgbench: 0.69-0.75x direct with one session thread,
+//! 0.64-0.73x with two, 0.62-0.68x with the multi-threaded scheduler (paired runs, 2 rounds each).
 //!
 //! A session stays on its thread for its whole life (a parked auto-port session resumes on the next
 //! thread in turn). Pooled server connections may be used by sessions of any thread: tokio I/O
