@@ -1369,8 +1369,10 @@ impl WatchTask {
                         if back.is_terminated() {
                             return self.session_end(back).await;
                         }
-                        self.send(KeyKind::Resync);
                     }
+                    // Also when the state watcher shows only the latest state: a disconnection
+                    // and the reconnection that followed it can reach it as one change.
+                    self.send(KeyKind::Resync);
                 }
             }
         }
@@ -1428,9 +1430,12 @@ mod tests {
         assert!(conflict("/k").into_dcs("w").is_cas_conflict());
     }
 
+    /// Waits up to 30 s, the session timeout: after a server restart zookeeper-client reconnects
+    /// with a backoff that doubles from 100 ms per failed attempt, so a slow restart can delay the
+    /// reconnection (and the Resync) by several seconds.
     async fn wait_for_event(rx: &mut broadcast::Receiver<DcsEvent>, kind: KeyKind) {
         let mut seen = Vec::new();
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 match rx.recv().await {
                     Ok(ev) if ev.key == kind => return,
