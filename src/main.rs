@@ -84,9 +84,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Everything but the proxy's client sessions waits on I/O and needs little CPU; the sessions
     // get threads of their own (`--threads`, see Proxy::with_workers).
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2);
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("praetor: cannot start the async runtime: {e}");

@@ -36,7 +36,7 @@ use axum::routing::get;
 use praetor_config::Address;
 use praetor_dcs::{Dcs, ProxyState};
 use prometheus::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -343,9 +343,6 @@ impl Proxy {
                 debug!(%id, error = %e, "cannot revoke the proxy's DCS lease; it will expire");
             }
         }
-        // The parking lot's resume hook holds the workers too; it is closed by now.
-        drop(parking);
-        drop(workers);
         Ok(())
     }
 }
@@ -648,33 +645,9 @@ async fn accept_loop(
                         backend = tracing::field::Empty
                     );
                     let (shared, stop) = (shared.clone(), stop.clone());
-                    match &workers {
-                        None => {
-                            tracker.spawn(
-                                handle_client(shared, kind, socket, peer, stop).instrument(span),
-                            );
-                        }
-                        // The socket moves to the session's thread: out of this runtime's epoll,
-                        // into that one's.
-                        Some(workers) => match socket.into_std() {
-                            Ok(socket) => {
-                                let session = async move {
-                                    match tokio::net::TcpStream::from_std(socket) {
-                                        Ok(socket) => {
-                                            handle_client(shared, kind, socket, peer, stop).await
-                                        }
-                                        Err(e) => {
-                                            warn!(error = %e, "cannot register a client connection")
-                                        }
-                                    }
-                                };
-                                tracker.spawn_on(session.instrument(span), workers.next());
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "cannot hand a client connection to a session thread")
-                            }
-                        },
-                    }
+                    spawn_session(&tracker, workers.as_deref(), socket, span, move |socket| {
+                        handle_client(shared, kind, socket, peer, stop)
+                    });
                 }
                 None => {
                     tracker.spawn(crate::admin::serve_admin(
@@ -695,6 +668,34 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Spawns the session `serve` makes of a client's socket: on the caller's runtime, or on the next
+/// session thread, to which the socket moves (out of this runtime's epoll, into that thread's).
+fn spawn_session<F>(
+    tracker: &TaskTracker,
+    workers: Option<&Workers>,
+    socket: TcpStream,
+    span: tracing::Span,
+    serve: impl FnOnce(TcpStream) -> F + Send + 'static,
+) where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(workers) = workers else {
+        tracker.spawn(serve(socket).instrument(span));
+        return;
+    };
+    let socket = match socket.into_std() {
+        Ok(socket) => socket,
+        Err(e) => return warn!(error = %e, "cannot hand a client connection to a session thread"),
+    };
+    let session = async move {
+        match TcpStream::from_std(socket) {
+            Ok(socket) => serve(socket).await,
+            Err(e) => warn!(error = %e, "cannot register a client connection"),
+        }
+    };
+    tracker.spawn_on(session.instrument(span), workers.next());
 }
 
 async fn metrics_handler(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
