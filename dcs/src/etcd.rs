@@ -553,6 +553,18 @@ impl Dcs for EtcdDcs {
         let mut retried = false;
         loop {
             let lease = self.refresh_lease(&mut st, true).await?;
+            // The keep-alive above is the renewal. While the key still names this member on this
+            // lease nothing is written: a read-only transaction adds no revision and wakes no watcher
+            // (Patroni's etcd3 `update_leader` likewise only re-puts the key when its lease changed).
+            let held = Txn::new().when([
+                Compare::value(key.as_str(), CompareOp::Equal, me),
+                Compare::lease(key.as_str(), CompareOp::Equal, lease),
+            ]);
+            match self.txn("check the leader lock", held).await {
+                Ok(resp) if resp.succeeded() => return Ok(true),
+                Ok(_) => {}
+                Err(f) => return Err(f.into()),
+            }
             // Re-attaches the key to the current lease; if the key vanished with a lost lease the
             // compare fails and the lock stays lost.
             let txn = Txn::new()
@@ -591,8 +603,19 @@ impl Dcs for EtcdDcs {
         let mut retried = false;
         loop {
             let lease = self.refresh_lease(&mut st, false).await?;
-            let put = self.put_on_lease("write the member key", &key, &json, lease);
-            match put.await {
+            // Written only when its value or lease differs: an unchanged member key costs a read,
+            // not a revision and a watch event for every client of the cluster.
+            let txn = Txn::new()
+                .when([
+                    Compare::value(key.as_str(), CompareOp::Equal, json.as_str()),
+                    Compare::lease(key.as_str(), CompareOp::Equal, lease),
+                ])
+                .or_else([TxnOp::put(
+                    key.as_str(),
+                    json.as_str(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            match self.txn("write the member key", txn).await {
                 Ok(_) => return Ok(()),
                 Err(Failure::LeaseGone) if !retried => {
                     retried = true;

@@ -380,7 +380,8 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
             return switchover_from_leader(view, local, cfg, r, req, now);
         }
     }
-    let mut actions = vec![Action::RenewLeader, Action::WriteStatus];
+    let mut actions = vec![Action::RenewLeader];
+    actions.extend(write_status(view, r));
     actions.extend(slots::slot_actions(
         view,
         cfg,
@@ -401,6 +402,12 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         reason = Reason::ClearedFailoverKey;
     }
     decision(actions, reason)
+}
+
+/// The leader publishes its WAL position in `status` when it differs from what the key holds: an
+/// idle cluster then writes nothing, so no revision is added and no watcher is woken per cycle.
+fn write_status(view: &Cluster, r: &Running) -> Option<Action> {
+    (view.status.as_ref().map(|s| s.optime) != Some(r.wal_position)).then_some(Action::WriteStatus)
 }
 
 /// The leader keeps the `failsafe` key listing every member (with its api_url) while `failsafe_mode`
@@ -477,7 +484,11 @@ fn switchover_from_leader(
     now: Now,
 ) -> Decision {
     let me = cfg.name.as_str();
-    let keep_leading = || vec![Action::RenewLeader, Action::WriteStatus];
+    let keep_leading = || {
+        let mut actions = vec![Action::RenewLeader];
+        actions.extend(write_status(view, r));
+        actions
+    };
     if let Some(at) = &req.value.scheduled_at {
         match parse_iso8601(at) {
             Some(t) if t > now.unix_secs => {

@@ -60,8 +60,9 @@ fn cluster(leader: Option<&str>) -> Cluster {
         failover: None,
         history: None,
         sync: None,
+        // Behind the leader's WAL position (1000), so a leader's row publishes it (WriteStatus).
         status: Some(Status {
-            optime: 1000,
+            optime: 900,
             ..Default::default()
         }),
         failsafe: None,
@@ -374,6 +375,17 @@ fn rows() -> Vec<Row> {
         .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |r| {
             r.to_string() == "no action. I am (pg1), the leader with the lock"
         }),
+        row(
+            "idle leader whose status already holds its WAL position: renew only, write nothing",
+            Some(with(cluster(Some(ME)), |c| {
+                c.status = Some(Status {
+                    optime: 1000,
+                    ..Default::default()
+                })
+            })),
+            local(running(true, 1000, None)),
+        )
+        .expect(vec![RenewLeader, slots_for_others()], |_| true),
         row(
             "healthy leader without use_slots: no slots",
             Some(cluster(Some(ME))),
