@@ -225,7 +225,7 @@ struct Runner {
     lock_renewed_ms: Option<u64>,
     task: Option<RunningTask>,
     /// The last background task that failed, and when: the same task is not retried for a while.
-    failed_task: Option<(Task, Instant)>,
+    failed_task: Option<(Task, u64)>,
     task_done: Arc<tokio::sync::Notify>,
     /// After this member promoted: `false` while its CHECKPOINT runs, `true` once done (published as
     /// `checkpoint_after_promote`); `None` when it did not promote in this run.
@@ -270,17 +270,6 @@ struct Observation {
 /// The least time a leader's DCS call gets once its demotion deadline is (nearly) reached: one
 /// last read or renewal on a DCS that answers, before it demotes.
 const LAST_ATTEMPT: Duration = Duration::from_millis(200);
-
-/// How long a failed background task of `kind` is not tried again. Starts are retried soon: the
-/// usual cause is the children of a crashed postmaster still holding its shared memory for a moment,
-/// and every second of a primary not running is an outage (primary_start_timeout bounds the whole
-/// attempt anyway). Bootstrap, clone and rewind are heavy and wait longer.
-fn task_retry_after(kind: Task) -> Duration {
-    match kind {
-        Task::Start | Task::CrashRecovery => Duration::from_secs(2),
-        Task::Bootstrap | Task::Clone | Task::Rewind => Duration::from_secs(15),
-    }
-}
 
 impl Runner {
     fn now(&self) -> Now {
@@ -429,6 +418,7 @@ impl Runner {
             former_leader: self.former_leader.clone(),
             sync_catchup_lsn: self.sync_catchup_lsn,
             failsafe_confirmed,
+            failed_task: self.failed_task,
             retained_members: self.retained_members(view.as_deref()),
         };
         let cfg = HaConfig {
@@ -549,7 +539,7 @@ impl Runner {
             }
             Err(e) => {
                 tracing::error!(task = ?t.kind, "failed: {e}");
-                self.failed_task = Some((t.kind, Instant::now()));
+                self.failed_task = Some((t.kind, self.now().mono_ms));
             }
         }
         Ok(())
@@ -707,11 +697,6 @@ impl Runner {
     ) -> anyhow::Result<bool> {
         let now_ms = self.now().mono_ms;
         if let Some(kind) = action.task() {
-            if let Some((failed, at)) = self.failed_task {
-                if failed == kind && at.elapsed() < task_retry_after(kind) {
-                    return Ok(false);
-                }
-            }
             if action == Action::Start(StartAs::Primary) && self.primary_start_began_ms.is_none() {
                 self.primary_start_began_ms = Some(now_ms);
             }
@@ -1204,7 +1189,9 @@ impl Runner {
                     let role = StartAs::Replica { upstream: Some(up) };
                     pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
                 }
-                Action::CrashRecovery => pg.crash_recovery().await.map_err(|e| e.to_string()),
+                Action::CrashRecovery => {
+                    pg.crash_recovery(&dynamic).await.map_err(|e| e.to_string())
+                }
                 other => Err(format!("{other:?} is not a background action")),
             }
         };

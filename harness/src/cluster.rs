@@ -53,6 +53,12 @@ pub struct ClusterOptions {
     /// The DCS to start (one etcd by default); the agents and the proxy get its `etcd3:` or
     /// `zookeeper:` section.
     pub dcs: DcsKind,
+    /// initdb with `--data-checksums` (true by default). Without it the cluster runs with
+    /// `wal_log_hints: on` instead, as seeds 001 and 002 do, which is what pg_rewind then needs.
+    pub data_checksums: bool,
+    /// Name a dedicated pg_rewind role in `postgresql.authentication.rewind` (`rewind_user` /
+    /// `rewind-pass`), as Patroni's example YAML and seed 002 do.
+    pub rewind_user: bool,
 }
 
 impl Default for ClusterOptions {
@@ -69,6 +75,8 @@ impl Default for ClusterOptions {
             dcs_extra: vec![],
             dcs_relay: false,
             dcs: DcsKind::Etcd,
+            data_checksums: true,
+            rewind_user: false,
         }
     }
 }
@@ -498,11 +506,10 @@ restapi:
       parameters:
         wal_keep_size: 256MB
         max_connections: 100
-  initdb:
+{hints}  initdb:
   - encoding: UTF8
   - locale: C
-  - data-checksums
-  pg_hba:
+{checksums}  pg_hba:
   - local all all trust
   - host replication replicator 127.0.0.1/32 scram-sha-256
   - host all all 127.0.0.1/32 scram-sha-256
@@ -519,7 +526,7 @@ postgresql:
     replication:
       username: replicator
       password: rep-pass
-  parameters:
+{rewind_role}  parameters:
     unix_socket_directories: '{dir}'
     shared_buffers: 32MB
     logging_collector: 'off'
@@ -536,5 +543,20 @@ tags:
         retry = o.retry_timeout,
         rewind = o.use_pg_rewind,
         bin = bin.display(),
+        hints = if o.data_checksums {
+            ""
+        } else {
+            "        wal_log_hints: 'on'\n"
+        },
+        checksums = if o.data_checksums {
+            "  - data-checksums\n"
+        } else {
+            ""
+        },
+        rewind_role = if o.rewind_user {
+            "    rewind:\n      username: rewind_user\n      password: rewind-pass\n"
+        } else {
+            ""
+        },
     )
 }

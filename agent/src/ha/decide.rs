@@ -29,10 +29,37 @@ use super::{slots, sync};
 /// 7. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]).
 pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     let d = decide_unpaused(view, local, cfg, now);
-    if !cfg.dynamic.pause {
+    let d = if cfg.dynamic.pause {
+        paused(d, view, local, cfg)
+    } else {
+        d
+    };
+    pace_failed_task(d, local, cfg, now)
+}
+
+/// A background task that failed is not started again before [`task_retry_after_ms`]: the decision is
+/// cut before it (what comes first, such as renewing the lock, still runs), never a tight loop.
+fn pace_failed_task(d: Decision, local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
+    let Some((failed, at_ms)) = local.failed_task else {
+        return d;
+    };
+    let Some(i) = d.actions.iter().position(|a| a.task() == Some(failed)) else {
+        return d;
+    };
+    let due = at_ms.saturating_add(super::task_retry_after_ms(failed, &cfg.dynamic));
+    if now.mono_ms >= due {
         return d;
     }
-    paused(d, view, local, cfg)
+    let mut actions = d.actions;
+    actions.truncate(i);
+    decision(
+        actions,
+        Reason::RetryingTaskLater {
+            task: failed,
+            in_ms: due - now.mono_ms,
+            inner: Box::new(d.reason),
+        },
+    )
 }
 
 /// Maintenance mode (`pause`): no automatic start, stop, promote or failover. The decision is cut at

@@ -218,6 +218,9 @@ pub struct LocalState {
     pub sync_catchup_lsn: u64,
     /// Members that left the cluster less than `member_slots_ttl` ago: the leader keeps their slots.
     pub retained_members: Vec<String>,
+    /// The last background task that failed and when (monotonic ms), until one succeeds: `decide`
+    /// paces its retries (see [`task_retry_after_ms`]).
+    pub failed_task: Option<(Task, u64)>,
     /// With the DCS unreachable and `failsafe_mode` on: whether every member of the last known
     /// `failsafe` key confirmed this leader over `POST /failsafe` this loop (`None`: not asked).
     pub failsafe_confirmed: Option<bool>,
@@ -394,6 +397,20 @@ pub fn demote_deadline_ms(
         window_secs = window_secs.min(t.saturating_sub(1));
     }
     lock_renewed_ms.map(|at| at + u64::from(window_secs) * 1000)
+}
+
+/// How long after a failed background task of `kind` `decide` starts it again (ms): never more often
+/// than once per `loop_wait` (a failing pg_rewind once restarted ~90 times a second). Starts and crash
+/// recovery come back after one `loop_wait` (at least 1 s), since every second of a primary not running
+/// is an outage and `primary_start_timeout` bounds the attempts anyway; bootstrap, clone and rewind
+/// are heavy and wait at least 15 s.
+pub fn task_retry_after_ms(kind: Task, dynamic: &DynamicConfig) -> u64 {
+    let loop_wait = u64::from(dynamic.loop_wait.max(1));
+    let secs = match kind {
+        Task::Start | Task::CrashRecovery => loop_wait,
+        Task::Bootstrap | Task::Clone | Task::Rewind => loop_wait.max(15),
+    };
+    secs * 1000
 }
 
 /// True when `decide` will want other members' REST status this loop: there is no leader (a race may

@@ -34,6 +34,16 @@ pub enum Reason {
         /// What it is.
         task: super::Task,
     },
+    /// A background task failed lately: it is not started again before its retry pace allows (see
+    /// [`task_retry_after_ms`](super::task_retry_after_ms)); `inner` is what it would do.
+    RetryingTaskLater {
+        /// The task that failed.
+        task: super::Task,
+        /// Milliseconds until it may run again.
+        in_ms: u64,
+        /// The decision it would otherwise carry out now.
+        inner: Box<Reason>,
+    },
     /// The data directory belongs to another cluster.
     SysidMismatch {
         /// Local system identifier.
@@ -180,6 +190,12 @@ impl fmt::Display for Reason {
                 write!(f, "trying to bootstrap from leader '{source}'")
             }
             TaskInProgress { task } => write!(f, "{} in progress", task_name(*task)),
+            RetryingTaskLater { task, in_ms, inner } => write!(
+                f,
+                "{inner} (the last {} failed: next attempt in {:.1}s)",
+                task_name(*task),
+                *in_ms as f64 / 1000.0
+            ),
             SysidMismatch { local, cluster } => write!(
                 f,
                 "system ID mismatch, node belongs to a different cluster: {local} != {cluster}"

@@ -81,13 +81,12 @@ fn plan(
         return RejoinPlan::StartAsReplica;
     }
     if !cd.state.is_clean_shutdown() {
-        // pg_rewind (PostgreSQL 13+) runs crash recovery itself and then finds out whether a rewind
-        // is needed; without it we must recover first to read a trustworthy end of WAL.
-        return if use_pg_rewind {
-            RejoinPlan::Rewind
-        } else {
-            RejoinPlan::CrashRecoveryFirst
-        };
+        // Recover first, with the node's own parameters, to read a trustworthy end of WAL. pg_rewind
+        // (PostgreSQL 13+) could run crash recovery itself, but it starts the server without the
+        // parameters the agent passes on the command line: without data checksums that run has
+        // wal_log_hints off, and pg_rewind then refuses the target (Patroni's rewind.py likewise
+        // runs `postgres --single` with the server's parameters before pg_rewind).
+        return RejoinPlan::CrashRecoveryFirst;
     }
     match history.iter().find(|e| e.timeline == cd.timeline) {
         // A clean shutdown checkpoint the new leader replayed lies before the switch point (which is
@@ -183,11 +182,11 @@ mod tests {
                 },
             ),
             (
-                "crashed primary, rewind on",
+                "crashed primary, rewind on: recover first (pg_rewind's own recovery lacks the node's parameters)",
                 Some(cd(InProduction, 1, 10)),
                 Some(2),
                 true,
-                Rewind,
+                CrashRecoveryFirst,
             ),
             (
                 "crashed primary, rewind off",

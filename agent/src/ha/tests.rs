@@ -97,6 +97,7 @@ fn local(postgres: Postgres) -> LocalState {
         former_leader: None,
         sync_catchup_lsn: 0,
         failsafe_confirmed: None,
+        failed_task: None,
         retained_members: vec![],
     }
 }
@@ -499,7 +500,7 @@ fn rows() -> Vec<Row> {
             Some(with(on_tl2(cluster(Some("pg2"))), |c| {
                 c.members[1].data.checkpoint_after_promote = Some(false)
             })),
-            stopped_with(ClusterState::InProduction, 1, 100),
+            stopped_with(ClusterState::ShutDown, 1, 5000),
         )
         .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
         .expect(vec![], |r| *r == Reason::WaitingForLeaderCheckpoint),
@@ -507,6 +508,66 @@ fn rows() -> Vec<Row> {
             "crashed former primary, rewind off: crash recovery first",
             Some(on_tl2(cluster(Some("pg2")))),
             stopped_with(ClusterState::InProduction, 1, 100),
+        )
+        .expect(vec![CrashRecovery], |_| true),
+        row(
+            "crashed former primary, rewind on: crash recovery (with the node's parameters) first",
+            Some(on_tl2(cluster(Some("pg2")))),
+            stopped_with(ClusterState::InProduction, 1, 100),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![CrashRecovery], |_| true),
+        // --- failed background tasks: retried at a bounded pace, never in a tight loop ----------
+        row(
+            "rewind failed 2 s ago (loop_wait 1): not started again yet",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.failed_task = Some((Task::Rewind, NOW.mono_ms - 2_000))
+            }),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![], |r| {
+            matches!(r, Reason::RetryingTaskLater { task: Task::Rewind, in_ms: 13_000, .. })
+        }),
+        row(
+            "rewind failed 15 s ago: started again",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.failed_task = Some((Task::Rewind, NOW.mono_ms - 15_000))
+            }),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![Rewind(up("pg2", 5432))], |_| true),
+        row(
+            "rewind failed lately, loop_wait 30: waits a whole loop_wait",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.failed_task = Some((Task::Rewind, NOW.mono_ms - 20_000))
+            }),
+        )
+        .cfg(|c| {
+            c.dynamic.postgresql.use_pg_rewind = true;
+            c.dynamic.loop_wait = 30;
+        })
+        .expect(vec![], |r| {
+            matches!(r, Reason::RetryingTaskLater { in_ms: 10_000, .. })
+        }),
+        row(
+            "primary start failed 0.5 s ago: keep the lock, start again after loop_wait",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Stopped { control: None }), |l| {
+                l.failed_task = Some((Task::Start, NOW.mono_ms - 500))
+            }),
+        )
+        .expect(vec![RenewLeader], |r| {
+            matches!(r, Reason::RetryingTaskLater { task: Task::Start, in_ms: 500, .. })
+        }),
+        row(
+            "another task failed: a different one is not held back",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::InProduction, 1, 100), |l| {
+                l.failed_task = Some((Task::Rewind, NOW.mono_ms - 1_000))
+            }),
         )
         .expect(vec![CrashRecovery], |_| true),
         // --- §6: no leader (race) ------------------------------------------------------------------

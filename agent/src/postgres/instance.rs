@@ -614,18 +614,23 @@ impl Instance {
     }
 
     /// Runs single-user crash recovery on a stopped data directory whose last shutdown was not clean,
-    /// leaving it cleanly shut down (pg_controldata then tells where its WAL ends).
-    pub async fn crash_recovery(&self) -> Result<(), PgError> {
+    /// leaving it cleanly shut down (pg_controldata then tells where its WAL ends, and pg_rewind
+    /// accepts it). It runs with the parameters the agent passes on the command line
+    /// (`dynamic`'s cluster-wide ones such as `wal_log_hints`), as a normal start would: the end of
+    /// recovery records them in pg_control, where pg_rewind checks `wal_log_hints`.
+    pub async fn crash_recovery(&self, dynamic: &DynamicConfig) -> Result<(), PgError> {
         remove_if_exists(&self.data("standby.signal"))?;
-        let args: Vec<std::ffi::OsString> = vec![
+        let (_, cmdline, _) = self.parameters(dynamic);
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--single".into(),
-            "-F".into(),
             "-D".into(),
             self.s.data_dir.clone().into(),
-            "-c".into(),
-            "archive_mode=off".into(),
-            "template1".into(),
         ];
+        for (k, v) in &cmdline {
+            args.push("-c".into());
+            args.push(format!("{k}={v}").into());
+        }
+        args.extend(["-c".into(), "archive_mode=off".into(), "template1".into()]);
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         self.run_capture("postgres", &refs).await.map(|_| ())
     }
@@ -640,6 +645,12 @@ impl Instance {
                 repl.password.as_deref(),
                 &["REPLICATION".to_string()],
             ));
+        }
+        if let Some(rw) = &self.s.rewind {
+            if rw.username != self.s.superuser.username {
+                statements.push(role_sql(&rw.username, rw.password.as_deref(), &[]));
+                statements.extend(rewind_grants(&rw.username));
+            }
         }
         for (name, user) in &bootstrap.users {
             let opts: Vec<String> = user.options.iter().map(|o| o.to_uppercase()).collect();
@@ -914,6 +925,29 @@ fn role_sql(name: &str, password: Option<&str>, options: &[String]) -> String {
     sql
 }
 
+/// The functions pg_rewind calls on its source server, which a role without superuser needs the right
+/// to execute (PostgreSQL's pg_rewind documentation; Patroni's bootstrap grants the same to
+/// `authentication.rewind`).
+const REWIND_FUNCTIONS: [&str; 4] = [
+    "pg_ls_dir(text, boolean, boolean)",
+    "pg_stat_file(text, boolean)",
+    "pg_read_binary_file(text)",
+    "pg_read_binary_file(text, bigint, bigint, boolean)",
+];
+
+/// `GRANT EXECUTE` on each of [`REWIND_FUNCTIONS`] to `role`.
+fn rewind_grants(role: &str) -> Vec<String> {
+    REWIND_FUNCTIONS
+        .iter()
+        .map(|f| {
+            format!(
+                "GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {}",
+                quote_ident(role)
+            )
+        })
+        .collect()
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -976,6 +1010,17 @@ fn remove_if_exists(path: &Path) -> Result<(), PgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewind_role_gets_the_functions_pg_rewind_calls() {
+        let grants = rewind_grants("rewind\"user");
+        assert_eq!(grants.len(), 4);
+        assert_eq!(
+            grants[0],
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO \"rewind\"\"user\""
+        );
+        assert!(grants[3].contains("pg_read_binary_file(text, bigint, bigint, boolean)"));
+    }
 
     #[test]
     fn role_sql_quotes() {
