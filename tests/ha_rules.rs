@@ -418,6 +418,68 @@ async fn primary_agent_frozen_past_ttl_the_old_primary_accepts_no_write_after_th
     healthy_again(&c).await;
 }
 
+/// A frozen primary node (agent, postmaster and backends SIGSTOPped: connections hang instead of
+/// being refused) is failed over without waiting a second ttl for its fence to answer, and once it is
+/// thawed, its agent stops PostgreSQL before anything else. Seen before the fix (issue 13): the
+/// winner waited a whole ttl for the silent fence, and the thawed former primary acknowledged
+/// direct writes for 1.6 s.
+#[tokio::test]
+async fn frozen_primary_node_is_failed_over_and_acknowledges_nothing_once_thawed() {
+    let c = healthy_cluster(ClusterOptions {
+        scope: "frozen-node".into(),
+        ..Default::default()
+    })
+    .await;
+    let old = c.leader().await.unwrap();
+    let old_port = c.node(&old).pg_port;
+    let setup = connect(old_port).await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE frozen_node_w (id serial PRIMARY KEY)")
+        .await
+        .unwrap();
+    wait_for_replicas_to_have_table(&c, &old, "frozen_node_w").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (old_acks, writer) = direct_writer(old_port, "frozen_node_w", stop.clone());
+    let pm = c.node(&old).freeze();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    let rw = c.proxy.as_ref().unwrap().rw_port;
+    let first_new = first_write_through(rw, "frozen_node_w", Duration::from_secs(60)).await;
+    let frozen_acks = old_acks.lock().unwrap().len();
+    c.node(&old).thaw(pm);
+    wait_for(
+        "the thawed former primary to refuse writes",
+        Duration::from_secs(30),
+        || async {
+            match in_recovery(old_port).await {
+                Ok(false) => Err("still a primary".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    stop.cancel();
+    writer.await.unwrap();
+    let late = old_acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > first_new)
+        .count();
+    // The statement in flight when the host froze completes when it thaws: no HA tool can take that
+    // one back without synchronous replication. Nothing after it may be acknowledged.
+    assert!(
+        late <= 1,
+        "the thawed former primary acknowledged {late} writes after {new} accepted writes ({frozen_acks} before the freeze)"
+    );
+    let log = c.node(&old).log();
+    assert!(
+        log.contains("past the demotion deadline"),
+        "the thawed agent did not stop postgres first:\n{log}"
+    );
+    healthy_again(&c).await;
+}
+
 #[tokio::test]
 async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promotes() {
     let c = healthy_cluster(ClusterOptions {

@@ -85,6 +85,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let callbacks =
         crate::callbacks::Callbacks::new(config.postgresql.callbacks.clone(), &settings.scope);
     let watchdog = crate::watchdog::Watchdog::new(&config.watchdog);
+    let fence_timeout_ms = u64::from(
+        config
+            .praetor
+            .fence_timeout_ms
+            .unwrap_or(praetor_config::DEFAULT_FENCE_TIMEOUT_MS),
+    );
     let mut runner = Runner {
         settings,
         config,
@@ -99,7 +105,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         checkpoint_after_promote: Arc::new(std::sync::Mutex::new(None)),
         primary_start_began_ms: None,
         former_leader: None,
-        fencing_since: None,
+        unfenced: Default::default(),
+        fencer: None,
+        fence_timeout_ms,
         proxies_wait_since: None,
         last_role: None,
         pending_restart: Default::default(),
@@ -234,8 +242,13 @@ struct Runner {
     primary_start_began_ms: Option<u64>,
     /// The last leader seen other than this member (the primary to fence before promoting).
     former_leader: Option<ha::Upstream>,
-    /// The former primary being fenced and since when (monotonic ms): the wait is bounded by ttl.
-    fencing_since: Option<((String, u16), u64)>,
+    /// A former primary promoted over without being fenced (it did not answer): host and port, until
+    /// the background fence proves it down (shared with that task).
+    unfenced: Arc<std::sync::Mutex<Option<(String, u16)>>>,
+    /// The background fence of `unfenced`, while it runs.
+    fencer: Option<tokio::task::JoinHandle<()>>,
+    /// `praetor.fence_timeout_ms`.
+    fence_timeout_ms: u64,
     /// Since when (monotonic ms) this member waits for the proxies to leave this former leader.
     proxies_wait_since: Option<(String, u64)>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
@@ -329,10 +342,11 @@ impl Runner {
             let started = Instant::now();
             self.cycle().await?;
             self.after_cycle(started);
-            // A leader that could not renew runs its next cycle no later than its demotion deadline.
+            // A leader that could not renew runs its next cycle early enough for one last attempt
+            // (LAST_ATTEMPT) to end by its demotion deadline.
             let mut wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
             if let Some(left) = self.until_demote_deadline() {
-                wait = wait.min(left);
+                wait = wait.min(left.saturating_sub(LAST_ATTEMPT));
             }
             let deadline = tokio::time::Instant::now() + wait;
             let task_done = self.task_done.clone();
@@ -360,6 +374,14 @@ impl Runner {
     }
 
     async fn cycle(&mut self) -> anyhow::Result<()> {
+        if ha::past_demote_deadline(
+            self.lock_renewed_ms,
+            &self.dynamic,
+            self.watchdog.timeout_secs(),
+            self.now().mono_ms,
+        ) {
+            self.stop_overdue_primary().await;
+        }
         self.collect_task().await?;
         let view = match self.bounded(self.dcs.load()).await {
             Ok(c) => {
@@ -405,6 +427,11 @@ impl Runner {
             None
         };
         let failsafe_confirmed = self.failsafe_check(view.as_deref(), &obs).await;
+        let unfenced = self
+            .unfenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.failsafe_active = failsafe_confirmed == Some(true);
         let local = LocalState {
             data,
@@ -419,6 +446,7 @@ impl Runner {
             sync_catchup_lsn: self.sync_catchup_lsn,
             failsafe_confirmed,
             failed_task: self.failed_task,
+            unfenced,
             retained_members: self.retained_members(view.as_deref()),
         };
         let cfg = HaConfig {
@@ -429,6 +457,7 @@ impl Runner {
                 .config
                 .postgresql
                 .remove_data_directory_on_diverged_timelines,
+            fence_timeout_ms: self.fence_timeout_ms,
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
         let mut message = d.reason.to_string();
@@ -448,6 +477,26 @@ impl Runner {
         self.last_reason = message;
         self.publish(view.as_deref(), &obs).await;
         Ok(())
+    }
+
+    /// This member thought it led but its demotion deadline passed before it could act (it was
+    /// frozen, or the DCS stalled a call): stop PostgreSQL at once, before any DCS call (see
+    /// [`ha::past_demote_deadline`]). It no longer counts itself the lock holder; should the DCS show
+    /// that it still is, the next decision starts PostgreSQL again as primary.
+    async fn stop_overdue_primary(&mut self) {
+        self.lock_renewed_ms = None;
+        if self.pg.postmaster().is_none() {
+            return;
+        }
+        tracing::error!(
+            "past the demotion deadline (loop_wait + retry_timeout after the last lock renewal; was this process frozen?): stopping postgres before anything else"
+        );
+        self.set_api_state(MemberState::Stopping);
+        match self.pg.stop(ha::StopMode::Immediate, None).await {
+            Ok(()) => self.set_api_state(MemberState::Stopped),
+            Err(e) => tracing::error!("cannot stop postgres: {e}"),
+        }
+        self.disable_watchdog();
     }
 
     /// Carries out a REST API command between cycles (the next cycle runs at once after it).
@@ -773,7 +822,6 @@ impl Runner {
             Action::Promote => {
                 self.pg.promote().await?;
                 tracing::info!("promoted postgres to primary");
-                self.fencing_since = None;
                 self.proxies_wait_since = None;
                 self.checkpoint_after_promote();
                 Ok(true)
@@ -800,7 +848,16 @@ impl Runner {
                 self.pg.follow(&self.dynamic, up.as_ref())?;
                 Ok(true)
             }
-            Action::FencePrimary { host, port } => Ok(self.fence(host, port).await),
+            Action::FencePrimary {
+                host,
+                port,
+                answer_ms,
+                shutdown_ms,
+            } => Ok(self.fence(host, port, answer_ms, shutdown_ms).await),
+            Action::FenceInBackground { host, port } => {
+                self.fence_in_background(host, port);
+                Ok(true)
+            }
             Action::AwaitProxies { former } => Ok(self.await_proxies(former).await),
             Action::SetSyncStandbyNames(names) => {
                 let lsn = match self.pg.status().await {
@@ -1048,41 +1105,52 @@ impl Runner {
     }
 
     /// Fences the former primary at `host:port` before this member promotes (see
-    /// [`crate::postgres::fence`]). `false` (wait, decide again next cycle) while it can be neither
-    /// stopped nor proven down, for at most `ttl` seconds since the first attempt.
-    async fn fence(&mut self, host: String, port: u16) -> bool {
+    /// [`crate::postgres::fence`] and [`Action::FencePrimary`] for the bounds). Always true: once it
+    /// is stopped, down or not a primary; or, when it gave no answer or did not finish shutting down
+    /// in time, after recording it in `unfenced` for the leader's background fence.
+    async fn fence(&mut self, host: String, port: u16, answer_ms: u64, shutdown_ms: u64) -> bool {
         use crate::postgres::fence::{fence_primary, FenceOutcome};
-        let now = self.now().mono_ms;
-        let key = (host.clone(), port);
-        let since = match &self.fencing_since {
-            Some((k, t)) if *k == key => *t,
-            _ => {
-                self.fencing_since = Some((key, now));
-                now
-            }
-        };
-        let timeout = Duration::from_secs(u64::from(self.dynamic.retry_timeout.clamp(1, 2)));
-        match fence_primary(&host, port, &self.settings.superuser, timeout).await {
+        let answer = Duration::from_millis(answer_ms.max(1));
+        let shutdown = Duration::from_millis(shutdown_ms.max(1));
+        let su = &self.settings.superuser;
+        match fence_primary(&host, port, su, answer, shutdown).await {
             FenceOutcome::Stopped => {
                 tracing::warn!("the former primary at {host}:{port} was still running as a primary: stopped it before promoting");
-                true
             }
-            FenceOutcome::NotPrimary | FenceOutcome::Down => true,
-            outcome @ (FenceOutcome::ShuttingDown | FenceOutcome::Unknown(_)) => {
-                let why = match outcome {
-                    FenceOutcome::Unknown(why) => why,
-                    _ => "it is still shutting down".to_string(),
-                };
-                let waited = now.saturating_sub(since);
-                if waited >= u64::from(self.dynamic.ttl) * 1000 {
-                    tracing::warn!("cannot fence the former primary at {host}:{port} ({why}) for ttl: promoting anyway; its agent demotes it when it cannot renew its lock");
-                    true
-                } else {
-                    tracing::warn!("cannot fence the former primary at {host}:{port} yet ({why}); not promoting");
-                    false
-                }
+            FenceOutcome::NotPrimary | FenceOutcome::Down => {}
+            FenceOutcome::ShuttingDown | FenceOutcome::Unknown(_) => {
+                tracing::warn!("cannot fence the former primary at {host}:{port} within {answer:?}: promoting (a live agent there stopped it at its demotion deadline); fencing it in the background until it is provably down");
+                *self.unfenced.lock().unwrap_or_else(|p| p.into_inner()) = Some((host, port));
             }
         }
+        true
+    }
+
+    /// Keeps fencing `host:port` in a task of its own (one bounded attempt a second) until it is
+    /// stopped, down or not a primary, then clears `unfenced`. One such task at a time; it ends with
+    /// the agent, or when this member stops leading (the next leader fences for itself).
+    fn fence_in_background(&mut self, host: String, port: u16) {
+        use crate::postgres::fence::fence_primary;
+        if self.fencer.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let su = self.settings.superuser.clone();
+        let unfenced = self.unfenced.clone();
+        let attempt = Duration::from_millis(self.fence_timeout_ms.max(1));
+        self.fencer = Some(tokio::spawn(async move {
+            loop {
+                let outcome = fence_primary(&host, port, &su, attempt, attempt * 5).await;
+                if outcome.is_safe() {
+                    tracing::info!(?outcome, "the former primary at {host}:{port} is fenced");
+                    let mut u = unfenced.lock().unwrap_or_else(|p| p.into_inner());
+                    if u.as_ref() == Some(&(host.clone(), port)) {
+                        *u = None;
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
     }
 
     /// The agent side of the proxies' fencing handshake: re-reads the DCS every 50 ms until no live
@@ -1374,7 +1442,9 @@ impl Runner {
             self.last_role = Some(role);
         }
         if view.is_some() {
-            if let Err(e) = self.dcs.touch_member(&data).await {
+            // Bounded like every DCS call: after a failed renewal it must not carry the cycle past
+            // the demotion deadline.
+            if let Err(e) = self.bounded(self.dcs.touch_member(&data)).await {
                 tracing::warn!("cannot update the member key: {e}");
             }
         }

@@ -552,7 +552,19 @@ impl RestApi {
 pub struct Praetor {
     /// The proxy (`praetor proxy`).
     pub proxy: Option<ProxyConfig>,
+    /// `praetor.fence_timeout_ms`: how long a member about to promote waits for the former primary to
+    /// answer the fence (connect, `pg_is_in_recovery()`) before it promotes anyway (milliseconds;
+    /// default [`DEFAULT_FENCE_TIMEOUT_MS`]). A silent former primary (a frozen host, a dead network)
+    /// never answers: its live agent stopped PostgreSQL at its demotion deadline, before the lock
+    /// expired, and the new leader keeps fencing it in the background until it is provably down.
+    #[serde(default, deserialize_with = "crate::value::lenient_opt_int")]
+    pub fence_timeout_ms: Option<u32>,
 }
+
+/// Default of [`Praetor::fence_timeout_ms`]: a PostgreSQL that is up answers a connection and one
+/// query in milliseconds; a longer wait only delays the failover of a silent host (issue 13: the
+/// failover of a frozen node within `ttl + loop_wait + 1 s`).
+pub const DEFAULT_FENCE_TIMEOUT_MS: u32 = 1000;
 
 /// `praetor.proxy`: the proxy's listeners, routing and limits.
 ///

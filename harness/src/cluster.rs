@@ -163,6 +163,27 @@ impl Node {
         }
     }
 
+    /// Freezes the whole node as a hung VM or a host whose network died would look: SIGSTOP to the
+    /// agent and to the postmaster's process group (every backend). Connections to it then hang
+    /// instead of being refused. Returns the postmaster's PID, for [`Node::thaw`].
+    pub fn freeze(&self) -> Option<i32> {
+        self.signal_agent(Signal::SIGSTOP);
+        let pm = self.postmaster_pid();
+        if let Some(pid) = pm {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGSTOP);
+        }
+        pm
+    }
+
+    /// Thaws a node frozen by [`Node::freeze`]: PostgreSQL first, then the agent (the order in which
+    /// a thawed primary is most likely to acknowledge something before its agent can act).
+    pub fn thaw(&self, postmaster: Option<i32>) {
+        if let Some(pid) = postmaster {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        self.signal_agent(Signal::SIGCONT);
+    }
+
     /// SIGKILLs the agent and forgets it (its PostgreSQL keeps running).
     pub fn kill_agent(&mut self) {
         if let Some(mut p) = self.agent.take() {

@@ -421,6 +421,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     }
     actions.extend(sync::sync_actions(view, r, cfg, local.sync_catchup_lsn));
     actions.extend(failsafe_action(view, cfg));
+    actions.extend(keep_fencing(local));
     let mut reason = Reason::LeaderWithLock { me: me.to_string() };
     if let Some(req) = view.failover_request() {
         // A request that does not ask this leader to step down is done (it names this member as the
@@ -465,12 +466,30 @@ fn strict_sync_before_promote(cfg: &HaConfig) -> Option<Action> {
 /// Before a replica promotes, the former primary must accept no more writes: a primary whose agent
 /// died or froze keeps running (Patroni's "two primaries" row), so the new leader stops it first. The
 /// former primary is the last leader this member saw, else the upstream it was streaming from.
-fn fence_former_primary(local: &LocalState, r: &Running) -> Option<Action> {
+///
+/// The waits are bounded by the lease this member just took (ttl from now): an answer within
+/// `praetor.fence_timeout_ms` but at most a quarter of the ttl (a silent host never answers; its live
+/// agent already stopped PostgreSQL at its own demotion deadline, which is shorter than ttl), and a
+/// shutdown that began within half the ttl, which leaves the rest of the lease for the proxies'
+/// acknowledgements and the renewal right before `pg_promote()`.
+fn fence_former_primary(local: &LocalState, cfg: &HaConfig, r: &Running) -> Option<Action> {
     let (host, port) = match &local.former_leader {
         Some(l) => (l.host.clone(), l.port),
         None => r.upstream.clone()?,
     };
-    Some(Action::FencePrimary { host, port })
+    let ttl_ms = u64::from(cfg.dynamic.ttl) * 1000;
+    Some(Action::FencePrimary {
+        host,
+        port,
+        answer_ms: cfg.fence_timeout_ms.min(ttl_ms / 4),
+        shutdown_ms: ttl_ms / 2,
+    })
+}
+
+/// While a former primary could not be fenced before this member promoted, the leader keeps at it.
+fn keep_fencing(local: &LocalState) -> Option<Action> {
+    let (host, port) = local.unfenced.clone()?;
+    Some(Action::FenceInBackground { host, port })
 }
 
 /// Before promoting, every live proxy must have stopped routing to the leader this member replaces
@@ -750,9 +769,12 @@ fn promotion(
         &cfg.name,
         &local.retained_members,
     ));
-    actions.extend(fence_former_primary(local, r));
+    actions.extend(fence_former_primary(local, cfg, r));
     actions.extend(await_proxies(view, local, cfg));
     actions.extend(strict_sync_before_promote(cfg));
+    // The waits above may have taken a good part of the lease: confirm the lock right before the
+    // point of no return, or go back to the race (a failed renewal ends the list).
+    actions.push(Action::RenewLeader);
     actions.push(Action::Promote);
     actions
 }

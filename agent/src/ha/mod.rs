@@ -41,6 +41,9 @@ pub struct HaConfig {
     /// `postgresql.remove_data_directory_on_diverged_timelines`: re-clone a member whose timeline
     /// diverged when it cannot be rewound (otherwise it stays stopped).
     pub remove_data_on_diverged: bool,
+    /// `praetor.fence_timeout_ms`: how long a promotion waits for a silent former primary to answer
+    /// the fence (ms).
+    pub fence_timeout_ms: u64,
 }
 
 /// The time as `decide` sees it, supplied by the caller.
@@ -218,6 +221,11 @@ pub struct LocalState {
     pub sync_catchup_lsn: u64,
     /// Members that left the cluster less than `member_slots_ttl` ago: the leader keeps their slots.
     pub retained_members: Vec<String>,
+    /// A former primary this member promoted without being able to fence it (it did not answer
+    /// within the fence timeout): host and port, until the background fence proves it down. The
+    /// leader keeps fencing it ([`Action::FenceInBackground`]) so that a host that wakes up
+    /// acknowledges nothing.
+    pub unfenced: Option<(String, u16)>,
     /// The last background task that failed and when (monotonic ms), until one succeeds: `decide`
     /// paces its retries (see [`task_retry_after_ms`]).
     pub failed_task: Option<(Task, u64)>,
@@ -282,10 +290,27 @@ pub enum Action {
     /// Delete `leader` if it names this member. PostgreSQL must already be stopped or read-only.
     ReleaseLeader,
     /// Make sure the former primary at this address accepts no more writes before this member
-    /// promotes: if it still runs as a primary, stop it (over SQL, as its superuser). Not done (ends
-    /// the list) while it can be neither stopped nor proven down; the runner bounds that wait by ttl.
+    /// promotes: if it still runs as a primary, stop it (over SQL, as its superuser) and wait until
+    /// it is gone (a fast shutdown first sends its remaining WAL to this standby). Done once it is
+    /// stopped, down or not a primary. A former primary that does not answer within `answer_ms` (a
+    /// silent host) is left to the background fence: the runner records it in
+    /// [`LocalState::unfenced`] and goes on; one that answered and is shutting down is waited for up
+    /// to `shutdown_ms`, then likewise. Both bounds come from the lease (see `decide::promotion`).
     FencePrimary {
         /// Host of the former primary (this replica's upstream).
+        host: String,
+        /// Its port.
+        port: u16,
+        /// How long to wait for an answer at all (ms).
+        answer_ms: u64,
+        /// How long to wait for a primary that answered to finish shutting down (ms).
+        shutdown_ms: u64,
+    },
+    /// Leader: keep fencing a former primary that could not be fenced before promoting, in the
+    /// background (one attempt a second, each bounded), until it is stopped, down or not a primary;
+    /// the runner then clears [`LocalState::unfenced`]. Never ends the list.
+    FenceInBackground {
+        /// Host of the former primary.
         host: String,
         /// Its port.
         port: u16,
@@ -411,6 +436,20 @@ pub fn task_retry_after_ms(kind: Task, dynamic: &DynamicConfig) -> u64 {
         Task::Bootstrap | Task::Clone | Task::Rewind => loop_wait.max(15),
     };
     secs * 1000
+}
+
+/// True when this member believed it held the lock and its demotion deadline ([`demote_deadline_ms`])
+/// has passed: the agent was frozen (SIGSTOP, a hung VM, a stalled disk) or a DCS call outlived its
+/// bound. Its first act on waking is then to stop PostgreSQL, before any DCS call or query, since the
+/// lease may have expired and another member may lead: a thawed primary acknowledges nothing.
+pub fn past_demote_deadline(
+    lock_renewed_ms: Option<u64>,
+    dynamic: &DynamicConfig,
+    watchdog_timeout_secs: Option<u32>,
+    now_ms: u64,
+) -> bool {
+    demote_deadline_ms(lock_renewed_ms, dynamic, watchdog_timeout_secs)
+        .is_some_and(|deadline| now_ms >= deadline)
 }
 
 /// True when `decide` will want other members' REST status this loop: there is no leader (a race may

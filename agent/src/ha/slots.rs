@@ -149,6 +149,7 @@ mod tests {
             tags: Default::default(),
             dynamic: Default::default(),
             remove_data_on_diverged: false,
+            fence_timeout_ms: 1000,
         }
     }
 

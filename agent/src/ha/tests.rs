@@ -98,6 +98,7 @@ fn local(postgres: Postgres) -> LocalState {
         sync_catchup_lsn: 0,
         failsafe_confirmed: None,
         failed_task: None,
+        unfenced: None,
         retained_members: vec![],
     }
 }
@@ -125,6 +126,7 @@ fn cfg() -> HaConfig {
             ..Default::default()
         },
         remove_data_on_diverged: false,
+        fence_timeout_ms: u64::from(praetor_config::DEFAULT_FENCE_TIMEOUT_MS),
     }
 }
 
@@ -165,10 +167,14 @@ fn sync_key(members: &[&str]) -> Action {
     Action::WriteSync(sync_value(members))
 }
 
+/// The fence before promoting, with the bounds `cfg()` gives: the default fence timeout (1 s, under
+/// a quarter of ttl 6) for an answer, half the ttl for a shutdown.
 fn fence(port: u16) -> Action {
     Action::FencePrimary {
         host: "127.0.0.1".into(),
         port,
+        answer_ms: 1000,
+        shutdown_ms: 3000,
     }
 }
 
@@ -388,6 +394,48 @@ fn rows() -> Vec<Row> {
         )
         .expect(vec![RenewLeader, slots_for_others()], |_| true),
         row(
+            "leader that promoted over a silent former primary: keeps fencing it in the background",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| {
+                l.unfenced = Some(("127.0.0.1".into(), 5432))
+            }),
+        )
+        .expect(
+            vec![
+                RenewLeader,
+                WriteStatus,
+                slots_for_others(),
+                FenceInBackground {
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                },
+            ],
+            |_| true,
+        ),
+        row(
+            "promotion: the fence's answer wait is bounded by a quarter of the lease",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .cfg(|c| c.fence_timeout_ms = 60_000)
+        .expect(
+            vec![
+                AcquireLeader,
+                slots_for_others(),
+                FencePrimary {
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                    answer_ms: 1500,
+                    shutdown_ms: 3000,
+                },
+                RenewLeader,
+                Promote,
+            ],
+            |_| true,
+        ),
+        row(
             "healthy leader without use_slots: no slots",
             Some(cluster(Some(ME))),
             local(running(true, 1000, None)),
@@ -416,7 +464,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             local(running(false, 1000, Some(5432))),
         )
-        .expect(vec![RenewLeader, slots_for_others(), fence(5432), Promote], |r| {
+        .expect(vec![RenewLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
             *r == Reason::PromotedBecauseHadLock
         }),
         row(
@@ -578,7 +626,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 900)])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |r| {
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
@@ -606,6 +654,7 @@ fn rows() -> Vec<Row> {
                 AwaitProxies {
                     former: "pg2".into(),
                 },
+                RenewLeader,
                 Promote,
             ],
             |r| *r == Reason::PromotedByAcquiringLock,
@@ -620,7 +669,7 @@ fn rows() -> Vec<Row> {
                 l.former_leader = Some(up("pg2", 5432));
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |r| {
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
@@ -819,7 +868,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 2000)])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |_| true),
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
         row(
             "no leader, switchover names a healthy other member: wait for it",
             Some(with(cluster(None), |c| {
@@ -839,7 +888,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |_| true),
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
         // --- fencing the former primary --------------------------------------------------------------
         row(
             "race winner fences the last leader it saw (not just its upstream) before promoting",
@@ -849,7 +898,7 @@ fn rows() -> Vec<Row> {
                 l.former_leader = Some(up("pg2", 5432));
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), Promote], |_| true),
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
         // --- maintenance mode (pause) ----------------------------------------------------------------
         row("pause: healthy leader keeps its lock fresh",
             Some(cluster(Some(ME))), local(running(true, 1000, None)))
@@ -981,7 +1030,7 @@ fn rows() -> Vec<Row> {
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some(ME.into()), quorum: None }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
             .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
-            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames("*".into()), Promote], |_| true),
+            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames("*".into()), RenewLeader, Promote], |_| true),
         row("sync on: switchover to an asynchronous standby is refused",
             Some(with(cluster(Some(ME)), |c| {
                 c.failover = failover(Some(ME), Some("pg3"));
@@ -1066,4 +1115,44 @@ fn demote_deadline_is_loop_wait_plus_retry_timeout_after_the_renewal_unless_a_wa
         demote_deadline_ms(Some(0), &defaults, Some(15)),
         Some(14_000)
     );
+}
+
+#[test]
+fn a_leader_past_its_demotion_deadline_stops_postgres_first() {
+    let d = DynamicConfig {
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        ..Default::default()
+    };
+    // (case, last renewal, armed watchdog timeout, now, past the deadline)
+    let rows: [(&str, Option<u64>, Option<u32>, u64, bool); 6] = [
+        ("not leading", None, None, 1_000_000, false),
+        ("renewed 19.9 s ago", Some(100_000), None, 119_900, false),
+        (
+            "renewed loop_wait + retry_timeout ago",
+            Some(100_000),
+            None,
+            120_000,
+            true,
+        ),
+        ("frozen for a minute", Some(100_000), None, 160_000, true),
+        (
+            "a 15 s watchdog: deadline 14 s",
+            Some(100_000),
+            Some(15),
+            114_000,
+            true,
+        ),
+        (
+            "a 25 s watchdog does not move it",
+            Some(100_000),
+            Some(25),
+            119_000,
+            false,
+        ),
+    ];
+    for (case, renewed, wd, now, want) in rows {
+        assert_eq!(past_demote_deadline(renewed, &d, wd, now), want, "{case}");
+    }
 }

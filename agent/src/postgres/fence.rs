@@ -8,10 +8,13 @@
 //! shutdown refuses new connections and ends every session at once, then sends all remaining WAL to
 //! the connected standbys before it exits: the winner, still streaming from it, receives every commit
 //! the old primary acknowledged. Only when the former primary is gone (connection refused), or
-//! provably not a primary (in recovery), does the winner promote. An unreachable former primary (timeout, network
-//! partition) cannot be proven down: the runner then waits at most `ttl` more before promoting —
-//! by then the former primary's own agent, unable to renew its lock, has demoted it (design.md rule
-//! 2), and the proxies have stopped routing to it.
+//! provably not a primary (in recovery), does the winner promote. A former primary that does not
+//! answer at all within `praetor.fence_timeout_ms` (a frozen or cut-off host) cannot be proven down:
+//! the winner promotes anyway, since a live agent there stopped its PostgreSQL at its demotion
+//! deadline (`loop_wait + retry_timeout`, shorter than the ttl that had to expire first), and keeps
+//! fencing it in the background until it is provably down, so that a host that wakes up is stopped
+//! by whichever comes first: its own agent or the new leader. What remains open (a dead agent on a
+//! host the members cannot reach but clients can, without a watchdog) is the watchdog's to close.
 
 use std::time::Duration;
 
@@ -42,12 +45,15 @@ impl FenceOutcome {
     }
 }
 
-/// Fences the PostgreSQL at `host:port` using `superuser`, each step bounded by `timeout`.
+/// Fences the PostgreSQL at `host:port` using `superuser`: each connection and query is bounded by
+/// `timeout` (no answer by then: [`FenceOutcome::Unknown`]), and the wait for a primary that was
+/// told to stop (or was already shutting down) to be gone by `shutdown`.
 pub async fn fence_primary(
     host: &str,
     port: u16,
     superuser: &Credentials,
     timeout: Duration,
+    shutdown: Duration,
 ) -> FenceOutcome {
     match connect(host, port, superuser, timeout).await {
         Ok(client) => {
@@ -77,7 +83,7 @@ pub async fn fence_primary(
     }
     // Wait until it is gone (refuses connections): a shutting-down primary may still be sending the
     // WAL our standby needs before promoting.
-    let deadline = tokio::time::Instant::now() + timeout * 5;
+    let deadline = tokio::time::Instant::now() + shutdown;
     loop {
         match connect(host, port, superuser, timeout).await {
             Err(FenceOutcome::Down) => return FenceOutcome::Stopped,
@@ -136,19 +142,22 @@ async fn connect(
 /// Maps a connection or query error to what it proves.
 fn classify(e: &tokio_postgres::Error) -> FenceOutcome {
     if let Some(db) = e.as_db_error() {
-        // 57P03 cannot_connect_now: starting up, shutting down, or in recovery without hot standby;
-        // 57P01/57P02 admin/crash shutdown: the server is going away.
+        // 57P03 cannot_connect_now: shutting down, or starting up / in recovery mode; 57P01 admin
+        // shutdown: the server is going away. Starting up proves nothing: a primary restarting after
+        // a crash (restart_after_crash) comes back as a primary; 57P02 (crash of another backend)
+        // announces exactly that restart.
         return match db.code().code() {
             "57P03" if db.message().contains("shutting down") => FenceOutcome::ShuttingDown,
             "57P01" => FenceOutcome::ShuttingDown,
-            "57P02" | "57P03" => FenceOutcome::Down,
             code => FenceOutcome::Unknown(format!("{code}: {}", db.message())),
         };
     }
+    // Only a refused connection proves that no postmaster listens there; a connection that closed
+    // may be a server restarting.
     let refused = std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
-    if refused || e.is_closed() {
+    if refused {
         FenceOutcome::Down
     } else {
         FenceOutcome::Unknown(e.to_string())
