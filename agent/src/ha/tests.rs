@@ -1125,8 +1125,9 @@ fn a_leader_past_its_demotion_deadline_stops_postgres_first() {
         retry_timeout: 10,
         ..Default::default()
     };
-    // (case, last renewal, armed watchdog timeout, now, past the deadline)
-    let rows: [(&str, Option<u64>, Option<u32>, u64, bool); 6] = [
+    /// (case, last renewal, armed watchdog timeout, now, past the deadline)
+    type Row = (&'static str, Option<u64>, Option<u32>, u64, bool);
+    let rows: [Row; 6] = [
         ("not leading", None, None, 1_000_000, false),
         ("renewed 19.9 s ago", Some(100_000), None, 119_900, false),
         (
