@@ -101,7 +101,11 @@ pub fn parse_str_with_env(text: &str, env: &[(String, String)]) -> Result<Loaded
 ///
 /// Unknown keys are collected as warnings naming their path; a wrong type is a
 /// [`ConfigError::Parse`] naming the path (`bootstrap.dcs.ttl: invalid value: string "abc", expected an
-/// integer`). Timings in `bootstrap.dcs` are checked against Patroni's rule and adjusted with a warning.
+/// integer`). Dangerous values are errors naming the path too: recovery settings, invalid names and
+/// values with line breaks in either `parameters` ([`crate::guc`]), timings out of range
+/// ([`crate::dynamic::TTL_MIN`], [`crate::dynamic::TIMING_MAX`]), an `etcd` (v2) section. Timings in
+/// `bootstrap.dcs` that break Patroni's rule `loop_wait + 2*retry_timeout <= ttl` are adjusted with a
+/// warning, as Patroni does.
 pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
     parse_with(serde_yaml::Deserializer::from_str(text))
 }
