@@ -225,6 +225,25 @@ async fn list_topology_configuration_dsn_query_and_version() {
     assert!(bad.stderr.contains("passwords do not belong"), "{bad}");
     let bad_type = ctl(&c, &["edit-config", "-s", "loop_wait=soon", "--force"], "").await;
     assert_ne!(bad_type.code, 0, "{bad_type}");
+    // Recovery settings and timings no loop can honour are refused naming the key path.
+    for (args, reason) in [
+        (
+            &["edit-config", "-p", "promote_trigger_file=/tmp/go", "--force"][..],
+            "postgresql.parameters.promote_trigger_file: promote_trigger_file is managed by the agent",
+        ),
+        (
+            &["edit-config", "-p", "recovery_target=immediate", "--force"],
+            "postgresql.parameters.recovery_target: recovery_target is a recovery setting",
+        ),
+        (
+            &["edit-config", "-s", "ttl=2", "--force"],
+            "ttl: 2 is out of range: give 3 to 86400 seconds",
+        ),
+    ] {
+        let refused = ctl(&c, args, "").await;
+        assert_ne!(refused.code, 0, "{args:?}: {refused}");
+        assert!(refused.stderr.contains(reason), "{args:?}: {refused}");
+    }
     assert_eq!(
         dcs_cluster(&c).await.config.unwrap(),
         before,

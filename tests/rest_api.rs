@@ -191,6 +191,38 @@ async fn config_patch_merges_null_deletes_and_bad_input_changes_nothing() {
         let (code, answer) = call(n, method, "/config", Some(body)).await;
         assert_eq!(code, want, "{method} /config {body:?}: {answer}");
     }
+    // Settings that must never be applied: 400 with the reason, naming the key path.
+    for (method, body, reason) in [
+        (
+            "PATCH",
+            r#"{"postgresql":{"parameters":{"promote_trigger_file":"/tmp/go"}}}"#,
+            "invalid configuration: postgresql.parameters.promote_trigger_file: promote_trigger_file is managed by the agent",
+        ),
+        (
+            "PATCH",
+            r#"{"postgresql":{"parameters":{"recovery_target_time":"2026-01-01"}}}"#,
+            "invalid configuration: postgresql.parameters.recovery_target_time: recovery_target_time is a recovery setting",
+        ),
+        (
+            "PATCH",
+            r#"{"postgresql":{"parameters":{"a=b":"1"}}}"#,
+            "invalid configuration: postgresql.parameters: \"a=b\" is not a valid parameter name",
+        ),
+        (
+            "PATCH",
+            r#"{"retry_timeout":2147483648}"#,
+            "invalid configuration: retry_timeout: 2147483648 is out of range: give 0 to 86400 seconds",
+        ),
+        (
+            "PUT",
+            r#"{"ttl":2}"#,
+            "invalid configuration: ttl: 2 is out of range: give 3 to 86400 seconds",
+        ),
+    ] {
+        let (code, answer) = call(n, method, "/config", Some(body)).await;
+        assert_eq!(code, 400, "{method} /config {body:?}: {answer}");
+        assert!(answer.starts_with(reason), "{method} {body}: {answer}\nwanted: {reason}");
+    }
     let after = dcs_cluster(&c).await.config.unwrap();
     assert_eq!(after, before, "refused requests changed nothing");
     // PUT replaces the whole document.
@@ -202,6 +234,98 @@ async fn config_patch_merges_null_deletes_and_bad_input_changes_nothing() {
     let (code, body) = call(n, "GET", "/config", None).await;
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), whole);
+
+    // A bad configuration written to the DCS by another tool changes nothing either: every agent
+    // keeps its last good one, says why once, and applies the next good one.
+    for node in &c.nodes {
+        wait_for(
+            &format!("{} to apply work_mem 8MB", node.name),
+            Duration::from_secs(30),
+            || async {
+                let v = show(node, "work_mem").await;
+                (v == "8MB").then_some(()).ok_or(v)
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut bad = whole.clone();
+    bad["postgresql"]["parameters"]["work_mem"] = json!("16MB");
+    bad["postgresql"]["parameters"]["promote_trigger_file"] = json!("/tmp/praetor-go");
+    write_config_behind_the_agents_back(&c, &bad).await;
+    let refusal = "not applying the DCS config key, keeping the last good configuration: \
+                   postgresql.parameters.promote_trigger_file: promote_trigger_file is managed by the agent";
+    for node in &c.nodes {
+        wait_for(
+            &format!("{} to refuse the DCS config key", node.name),
+            Duration::from_secs(30),
+            || async {
+                node.log()
+                    .contains(refusal)
+                    .then_some(())
+                    .ok_or_else(|| "not logged yet".to_string())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+        assert_eq!(show(node, "work_mem").await, "8MB", "{}", node.name);
+        assert_eq!(
+            show(node, "promote_trigger_file").await,
+            "",
+            "{}",
+            node.name
+        );
+    }
+    let mut good = bad.clone();
+    good["postgresql"]["parameters"]
+        .as_object_mut()
+        .unwrap()
+        .remove("promote_trigger_file");
+    write_config_behind_the_agents_back(&c, &good).await;
+    for node in &c.nodes {
+        wait_for(
+            &format!("{} to apply work_mem 16MB", node.name),
+            Duration::from_secs(30),
+            || async {
+                let v = show(node, "work_mem").await;
+                (v == "16MB").then_some(()).ok_or(v)
+            },
+        )
+        .await
+        .unwrap();
+        // Loops ran between the two writes: the refusal was logged once, not once per loop.
+        assert_eq!(node.log().matches(refusal).count(), 1, "{}", node.name);
+    }
+}
+
+/// `SHOW name` on `node`'s PostgreSQL.
+async fn show(node: &praetor_harness::cluster::Node, name: &str) -> String {
+    let client = connect(node.pg_port).await.expect("connect");
+    let row = client
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .expect("SHOW");
+    row.get(0)
+}
+
+/// Writes `value` as the DCS `config` key directly, as another tool could, past the REST API's
+/// checks.
+async fn write_config_behind_the_agents_back(c: &LocalCluster, value: &Value) {
+    let current = dcs_cluster(c).await.config.expect("config");
+    let loaded = praetor_config::load_file(&c.nodes[0].config).expect("node config");
+    let identity = praetor_dcs::DcsIdentity {
+        namespace: "/service/".into(),
+        scope: c.options.scope.clone(),
+        member: None,
+        ttl_secs: 30,
+        request_timeout_secs: 5,
+    };
+    let dcs = praetor_dcs::connect(&loaded.config.dcs_endpoints().unwrap(), identity)
+        .await
+        .expect("open the DCS");
+    dcs.set_config(value, praetor_dcs::Expect::Version(current.version))
+        .await
+        .expect("write the config key");
 }
 
 /// Sends SIGSTOP/SIGCONT to the walreceiver of the PostgreSQL at `port`.

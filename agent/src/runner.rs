@@ -97,6 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         dcs,
         pg: Arc::new(instance),
         dynamic,
+        refused_config: None,
         won_initialize: false,
         lock_renewed_ms: None,
         task: None,
@@ -229,6 +230,8 @@ struct Runner {
     dcs: Arc<dyn Dcs>,
     pg: Arc<Instance>,
     dynamic: DynamicConfig,
+    /// The DCS `config` value last refused (its reason was logged once; `dynamic` stayed as it was).
+    refused_config: Option<serde_json::Value>,
     won_initialize: bool,
     lock_renewed_ms: Option<u64>,
     task: Option<RunningTask>,
@@ -596,13 +599,21 @@ impl Runner {
 
     async fn apply_dynamic_config(&mut self, view: &Cluster) {
         let Some(raw) = &view.config else { return };
+        // from_json refuses what must never be applied (recovery settings in parameters, timings
+        // out of range...), whoever wrote the key: keep the last good configuration.
         let mut parsed = match DynamicConfig::from_json(&raw.value) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!("ignoring the DCS config key: {e}");
+                if self.refused_config.as_ref() != Some(&raw.value) {
+                    tracing::error!(
+                        "not applying the DCS config key, keeping the last good configuration: {e}"
+                    );
+                    self.refused_config = Some(raw.value.clone());
+                }
                 return;
             }
         };
+        self.refused_config = None;
         let warnings = parsed.adjust_timings();
         if parsed != self.dynamic {
             for w in warnings {

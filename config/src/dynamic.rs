@@ -19,13 +19,16 @@ use crate::value::{lenient_bool, lenient_int, lenient_opt_int, Parameters};
 #[serde(default)]
 pub struct DynamicConfig {
     /// Leader lock TTL in seconds (Patroni default 30). The lock expires when not renewed for this long.
-    #[serde(deserialize_with = "lenient_int")]
+    /// Accepted: [`TTL_MIN`] to [`TIMING_MAX`].
+    #[serde(deserialize_with = "ttl_secs")]
     pub ttl: u32,
     /// Seconds between HA loop runs when nothing wakes the loop earlier (Patroni default 10).
-    #[serde(deserialize_with = "lenient_int")]
+    /// Accepted: 0 (read as 1) to [`TIMING_MAX`].
+    #[serde(deserialize_with = "timing_secs")]
     pub loop_wait: u32,
     /// Seconds a DCS or PostgreSQL operation is retried before it counts as failed (Patroni default 10).
-    #[serde(deserialize_with = "lenient_int")]
+    /// Accepted: 0 (read as 1) to [`TIMING_MAX`].
+    #[serde(deserialize_with = "timing_secs")]
     pub retry_timeout: u32,
     /// A replica lagging more than this many bytes behind the leader's last known position is not
     /// eligible for failover (Patroni default 1048576).
@@ -138,7 +141,11 @@ impl Default for DynamicConfig {
 impl DynamicConfig {
     /// Parses the DCS `config` key (JSON). Unknown keys are ignored here; callers keep the raw value.
     ///
-    /// Errors name the field path (`postgresql.use_slots: invalid type ...`).
+    /// Errors name the field path (`postgresql.use_slots: invalid type ...`). Besides wrong types, it
+    /// refuses what must never be applied: a ttl, loop_wait or retry_timeout out of range
+    /// ([`TTL_MIN`], [`TIMING_MAX`]), and in `postgresql.parameters` recovery and promotion settings,
+    /// invalid names and values with line breaks ([`crate::guc`]). Callers that apply the result
+    /// (the agent, `PATCH`/`PUT /config`, `ctl edit-config`) therefore never see such a value.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -146,15 +153,20 @@ impl DynamicConfig {
         })
     }
 
-    /// Applies Patroni's timing rule `loop_wait + 2 * retry_timeout <= ttl`, and the lower bounds
-    /// (ttl >= 2, loop_wait >= 1, retry_timeout >= 1), adjusting values that break it. Returns one
-    /// warning per adjustment. Patroni additionally refuses ttl < 20; Praetor allows short TTLs (its
-    /// aim is an outage of ttl + 1 s with ttl as low as 5 s).
+    /// Applies Patroni's timing rule `loop_wait + 2 * retry_timeout <= ttl` and the lower bounds
+    /// (loop_wait >= 1, retry_timeout >= 1), adjusting values that break it the way Patroni does:
+    /// keep ttl, shrink the others. Returns one warning per adjustment.
+    ///
+    /// Parsing has already refused a ttl below [`TTL_MIN`] (no loop_wait and retry_timeout satisfy
+    /// the rule then) and any timing above [`TIMING_MAX`]; a value built in code with a smaller ttl
+    /// gets ttl [`TTL_MIN`] and a warning. The sums are computed in u64, so nothing overflows.
+    /// Patroni additionally refuses ttl < 20; Praetor allows short TTLs (its aim is an outage of
+    /// ttl + 1 s with ttl as low as 5 s).
     pub fn adjust_timings(&mut self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.ttl < 2 {
-            warnings.push(format!("ttl {} is too small, using 2", self.ttl));
-            self.ttl = 2;
+        if self.ttl < TTL_MIN {
+            warnings.push(format!("ttl {} is too small, using {TTL_MIN}", self.ttl));
+            self.ttl = TTL_MIN;
         }
         if self.loop_wait < 1 {
             warnings.push("loop_wait 0 is too small, using 1".to_string());
@@ -164,17 +176,64 @@ impl DynamicConfig {
             warnings.push("retry_timeout 0 is too small, using 1".to_string());
             self.retry_timeout = 1;
         }
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl {
-            // Patroni's fix: keep ttl, shrink the others.
+        if u64::from(self.loop_wait) + 2 * u64::from(self.retry_timeout) > u64::from(self.ttl) {
+            // Patroni's fix: keep ttl, shrink the others. ttl >= 3 leaves retry_timeout >= 1 and
+            // loop_wait = ttl - 2*retry_timeout >= 1.
             let old = (self.loop_wait, self.retry_timeout);
             self.retry_timeout = ((self.ttl - 1) / 3).max(1);
-            self.loop_wait = (self.ttl - 2 * self.retry_timeout).clamp(1, old.0.max(1));
+            self.loop_wait = (self.ttl - 2 * self.retry_timeout).clamp(1, old.0);
             warnings.push(format!(
                 "loop_wait ({}) + 2*retry_timeout ({}) > ttl ({}): using loop_wait {} and retry_timeout {}",
                 old.0, old.1, self.ttl, self.loop_wait, self.retry_timeout
             ));
         }
         warnings
+    }
+}
+
+/// The smallest ttl accepted, in seconds: with loop_wait and retry_timeout at least 1 s, the rule
+/// `loop_wait + 2*retry_timeout <= ttl` needs a ttl of 3.
+pub const TTL_MIN: u32 = 3;
+
+/// The largest ttl, loop_wait and retry_timeout accepted, in seconds (one day). Far beyond any useful
+/// value, and small enough that no sum or product the agent computes from them (`loop_wait +
+/// 2*retry_timeout`, `3*ttl`, milliseconds) can overflow.
+pub const TIMING_MAX: u32 = 86_400;
+
+/// `ttl`: a lenient integer from [`TTL_MIN`] to [`TIMING_MAX`] seconds.
+fn ttl_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    secs_in_range(
+        d,
+        TTL_MIN,
+        "below 3, no loop_wait and retry_timeout of at least 1 s satisfy loop_wait + 2*retry_timeout <= ttl",
+    )
+}
+
+/// `loop_wait`, `retry_timeout`: a lenient integer from 0 (read as 1) to [`TIMING_MAX`] seconds.
+fn timing_secs<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    secs_in_range(d, 0, "")
+}
+
+/// A lenient integer from `min` to [`TIMING_MAX`]; out of range, the error gives the range, and
+/// `why_min` when the value is below `min`.
+fn secs_in_range<'de, D: Deserializer<'de>>(
+    d: D,
+    min: u32,
+    why_min: &str,
+) -> Result<u32, D::Error> {
+    let v: i128 = lenient_int(d)?;
+    match u32::try_from(v) {
+        Ok(secs) if (min..=TIMING_MAX).contains(&secs) => Ok(secs),
+        _ => {
+            let why = if v < i128::from(min) && !why_min.is_empty() {
+                format!(" ({why_min})")
+            } else {
+                String::new()
+            };
+            Err(de::Error::custom(format!(
+                "{v} is out of range: give {min} to {TIMING_MAX} seconds{why}"
+            )))
+        }
     }
 }
 
@@ -234,7 +293,9 @@ pub struct DynamicPostgresql {
     /// Give each replica a physical replication slot on the leader (Patroni default true).
     #[serde(deserialize_with = "lenient_bool")]
     pub use_slots: bool,
-    /// PostgreSQL parameters applied on every member.
+    /// PostgreSQL parameters applied on every member. Refused while parsing: invalid names, values
+    /// with line breaks, recovery and promotion settings ([`crate::guc::checked_parameters`]).
+    #[serde(deserialize_with = "crate::guc::checked_parameters")]
     pub parameters: Parameters,
     /// pg_hba.conf lines written on every member, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,5 +380,115 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert!(d.loop_wait + 2 * d.retry_timeout <= d.ttl);
         assert!(d.loop_wait >= 1 && d.retry_timeout >= 1);
+    }
+
+    #[test]
+    fn timing_arithmetic_cannot_overflow() {
+        // 2147483648 fits a u32, but loop_wait + 2*retry_timeout did not.
+        let e = DynamicConfig::from_json(&serde_json::json!({"retry_timeout": 2147483648u64}))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "retry_timeout: 2147483648 is out of range: give 0 to 86400 seconds"
+        );
+        let e =
+            DynamicConfig::from_json(&serde_json::json!({"loop_wait": "4294967295"})).unwrap_err();
+        assert!(
+            e.starts_with("loop_wait: 4294967295 is out of range"),
+            "{e}"
+        );
+        let e = DynamicConfig::from_json(&serde_json::json!({"ttl": 86401})).unwrap_err();
+        assert_eq!(e, "ttl: 86401 is out of range: give 3 to 86400 seconds");
+        let mut d = DynamicConfig::from_json(&serde_json::json!({
+            "ttl": 86400, "loop_wait": 86400, "retry_timeout": 86400
+        }))
+        .unwrap();
+        assert_eq!(d.adjust_timings().len(), 1);
+        assert!(u64::from(d.loop_wait) + 2 * u64::from(d.retry_timeout) <= u64::from(d.ttl));
+    }
+
+    #[test]
+    fn a_ttl_no_timing_can_satisfy_is_refused() {
+        for ttl in [
+            serde_json::json!(2),
+            serde_json::json!(0),
+            serde_json::json!("1"),
+        ] {
+            let e = DynamicConfig::from_json(&serde_json::json!({ "ttl": ttl })).unwrap_err();
+            assert!(
+                e.ends_with(
+                    "is out of range: give 3 to 86400 seconds (below 3, no loop_wait and \
+                     retry_timeout of at least 1 s satisfy loop_wait + 2*retry_timeout <= ttl)"
+                ),
+                "{e}"
+            );
+        }
+        let mut d = DynamicConfig::from_json(&serde_json::json!({"ttl": 3})).unwrap();
+        d.adjust_timings();
+        assert_eq!((d.ttl, d.loop_wait, d.retry_timeout), (3, 1, 1));
+    }
+
+    #[test]
+    fn negative_timings_are_refused_with_the_range() {
+        for key in ["ttl", "loop_wait", "retry_timeout"] {
+            let e = DynamicConfig::from_json(&serde_json::json!({ key: -1 })).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{key}: -1 is out of range: give ")),
+                "{e}"
+            );
+        }
+        let e = DynamicConfig::from_json(&serde_json::json!({"member_slots_ttl": -5})).unwrap_err();
+        assert_eq!(
+            e,
+            "member_slots_ttl: integer -5 out of range: give 0 to 4294967295"
+        );
+    }
+
+    #[test]
+    fn zero_loop_wait_and_retry_timeout_are_still_adjusted_as_patroni_does() {
+        let mut d = DynamicConfig::from_json(&serde_json::json!({
+            "ttl": 10, "loop_wait": 0, "retry_timeout": 0
+        }))
+        .unwrap();
+        assert_eq!(d.adjust_timings().len(), 2);
+        assert_eq!((d.loop_wait, d.retry_timeout), (1, 1));
+    }
+
+    #[test]
+    fn recovery_settings_and_bad_parameters_are_refused_naming_the_key() {
+        let cases = [
+            (
+                serde_json::json!({"promote_trigger_file": "/tmp/promote"}),
+                "postgresql.parameters.promote_trigger_file: promote_trigger_file is managed by the agent",
+            ),
+            (
+                serde_json::json!({"recovery_target_time": "2026-01-01"}),
+                "postgresql.parameters.recovery_target_time: recovery_target_time is a recovery setting",
+            ),
+            (
+                serde_json::json!({"hot_standby": "off"}),
+                "postgresql.parameters.hot_standby: hot_standby is managed by the agent",
+            ),
+            (
+                serde_json::json!({"work_mem\nrestore_command": "x"}),
+                "postgresql.parameters: \"work_mem\\nrestore_command\" is not a valid parameter name",
+            ),
+            (
+                serde_json::json!({"log_line_prefix": "%m\nrestore_command = 'x'"}),
+                "postgresql.parameters.log_line_prefix: the value contains a line break",
+            ),
+        ];
+        for (params, want) in cases {
+            let e = DynamicConfig::from_json(
+                &serde_json::json!({"postgresql": {"parameters": params}}),
+            )
+            .unwrap_err();
+            assert!(e.starts_with(want), "{e}\nwanted: {want}");
+        }
+        let d = DynamicConfig::from_json(&serde_json::json!({"postgresql": {"parameters": {
+            "hot_standby": "on", "auto_explain.log_min_duration": "1s"
+        }}}))
+        .unwrap();
+        assert_eq!(d.postgresql.parameters.len(), 2);
     }
 }

@@ -32,6 +32,8 @@ const OVERRIDES: &[(&str, &[&str])] = &[
     ("ETCD3_PROTOCOL", &["etcd3", "protocol"]),
     ("ETCD3_USERNAME", &["etcd3", "username"]),
     ("ETCD3_PASSWORD", &["etcd3", "password"]),
+    // Patroni's etcd v2 section: mapped so that setting them is refused like the YAML section, with
+    // the error naming `etcd` and saying to use PATRONI_ETCD3_HOSTS, rather than silently ignored.
     ("ETCD_HOST", &["etcd", "host"]),
     ("ETCD_HOSTS", &["etcd", "hosts"]),
     ("ZOOKEEPER_HOSTS", &["zookeeper", "hosts"]),

@@ -8,6 +8,8 @@
 //!   into the DCS `config` key, with Patroni's defaults and the rule `loop_wait + 2*retry_timeout <= ttl`.
 //! - [`load`]: reading a file, collecting warnings for unknown keys and errors that name the key path
 //!   (`bootstrap.dcs.ttl: invalid type ...`), and the per-role checks ([`Config::validate_agent`]).
+//! - [`guc`]: PostgreSQL parameter names and values, and the recovery settings refused in
+//!   `parameters`.
 //! - [`env`]: `PATRONI_*` / `PRAETOR_*` environment variables overriding YAML keys.
 //! - [`value`]: small value types shared by the model (PostgreSQL parameter values, host:port
 //!   addresses, lenient integers).
@@ -15,6 +17,7 @@
 
 pub mod dynamic;
 pub mod env;
+pub mod guc;
 pub mod load;
 pub mod model;
 pub mod value;

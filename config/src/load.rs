@@ -101,7 +101,11 @@ pub fn parse_str_with_env(text: &str, env: &[(String, String)]) -> Result<Loaded
 ///
 /// Unknown keys are collected as warnings naming their path; a wrong type is a
 /// [`ConfigError::Parse`] naming the path (`bootstrap.dcs.ttl: invalid value: string "abc", expected an
-/// integer`). Timings in `bootstrap.dcs` are checked against Patroni's rule and adjusted with a warning.
+/// integer`). Dangerous values are errors naming the path too: recovery settings, invalid names and
+/// values with line breaks in either `parameters` ([`crate::guc`]), timings out of range
+/// ([`crate::dynamic::TTL_MIN`], [`crate::dynamic::TIMING_MAX`]), an `etcd` (v2) section. Timings in
+/// `bootstrap.dcs` that break Patroni's rule `loop_wait + 2*retry_timeout <= ttl` are adjusted with a
+/// warning, as Patroni does.
 pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
     parse_with(serde_yaml::Deserializer::from_str(text))
 }
@@ -296,16 +300,136 @@ tags:
     }
 
     #[test]
-    fn etcd_is_an_alias_of_etcd3_and_host_is_accepted() {
+    fn etcd_v2_section_is_refused_saying_to_write_etcd3() {
         let text = GOOD.replace(
             "etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.1:2380\n",
             "etcd:\n  host: 10.0.0.1:2379\n",
         );
-        let l = parse_str(&text).unwrap();
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!(e.key(), Some("etcd"), "{e}");
+        assert!(e.to_string().contains("write etcd3: instead"), "{e}");
+        // etcd3 with host (not hosts) is accepted.
+        let text = GOOD.replace(
+            "etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.1:2380\n",
+            "etcd3:\n  host: 10.0.0.1:2379\n",
+        );
         assert_eq!(
-            l.config.dcs_endpoints().unwrap(),
+            parse_str(&text).unwrap().config.dcs_endpoints().unwrap(),
             crate::DcsEndpoints::Etcd(vec!["http://10.0.0.1:2379".into()])
         );
+    }
+
+    #[test]
+    fn patroni_etcd_environment_variables_are_refused_like_the_section() {
+        for var in ["PATRONI_ETCD_HOSTS", "PATRONI_ETCD_HOST"] {
+            let env = vec![(var.to_string(), "10.0.0.1:2379".to_string())];
+            let e = parse_str_with_env(GOOD, &env).unwrap_err();
+            assert_eq!(e.key(), Some("etcd"), "{var}: {e}");
+            assert!(e.to_string().contains("PATRONI_ETCD3_HOSTS"), "{e}");
+        }
+    }
+
+    /// Each bad setting, where it is refused (key path) and the start of the message.
+    const BAD_SETTINGS: &[(&str, &str, &str, &str)] = &[
+        (
+            "  parameters:\n    unix_socket_directories: '.'\n",
+            "  parameters:\n    unix_socket_directories: '.'\n    promote_trigger_file: /tmp/promote\n",
+            "postgresql.parameters.promote_trigger_file",
+            "promote_trigger_file is managed by the agent",
+        ),
+        (
+            "        wal_log_hints: \"on\"\n",
+            "        wal_log_hints: \"on\"\n        recovery_target_time: '2026-01-01 00:00:00'\n",
+            "bootstrap.dcs.postgresql.parameters.recovery_target_time",
+            "recovery_target_time is a recovery setting",
+        ),
+        (
+            "        wal_log_hints: \"on\"\n",
+            "        wal_log_hints: \"on\"\n        primary_conninfo: host=elsewhere\n",
+            "bootstrap.dcs.postgresql.parameters.primary_conninfo",
+            "primary_conninfo is managed by the agent",
+        ),
+        (
+            "        hot_standby: \"on\"\n",
+            "        hot_standby: \"off\"\n",
+            "bootstrap.dcs.postgresql.parameters.hot_standby",
+            "hot_standby is managed by the agent",
+        ),
+        (
+            "    unix_socket_directories: '.'\n",
+            "    unix_socket_directories: '.'\n    \"work_mem = 1\": 2\n",
+            "postgresql.parameters",
+            "\"work_mem = 1\" is not a valid parameter name",
+        ),
+        (
+            "    unix_socket_directories: '.'\n",
+            "    unix_socket_directories: \".\\nrestore_command = 'x'\"\n",
+            "postgresql.parameters.unix_socket_directories",
+            "the value contains a line break",
+        ),
+        (
+            "    retry_timeout: 2\n",
+            "    retry_timeout: 2147483648\n",
+            "bootstrap.dcs.retry_timeout",
+            "2147483648 is out of range: give 0 to 86400 seconds",
+        ),
+        (
+            "    ttl: 6\n",
+            "    ttl: 2\n",
+            "bootstrap.dcs.ttl",
+            "2 is out of range: give 3 to 86400 seconds (below 3, no loop_wait",
+        ),
+        (
+            "    loop_wait: 1\n",
+            "    loop_wait: -1\n",
+            "bootstrap.dcs.loop_wait",
+            "-1 is out of range: give 0 to 86400 seconds",
+        ),
+        (
+            "    maximum_lag_on_failover: 1048576\n",
+            "    maximum_lag_on_failover: -1\n",
+            "bootstrap.dcs.maximum_lag_on_failover",
+            "integer -1 out of range: give 0 to 18446744073709551615",
+        ),
+    ];
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_key_path() {
+        for (from, to, key, message) in BAD_SETTINGS {
+            assert!(GOOD.contains(from), "{from}");
+            let text = GOOD.replacen(from, to, 1);
+            let e = parse_str(&text).unwrap_err();
+            assert_eq!(e.key(), Some(*key), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("{key}: {message}")),
+                "{e}\nwanted: {key}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn hot_standby_on_and_extension_parameters_are_accepted() {
+        let text = GOOD.replace(
+            "    unix_socket_directories: '.'\n",
+            "    unix_socket_directories: '.'\n    hot_standby: on\n    auto_explain.log_min_duration: 1s\n",
+        );
+        let l = parse_str(&text).unwrap();
+        assert_eq!(l.config.postgresql.parameters.len(), 3);
+    }
+
+    #[test]
+    fn scope_must_be_a_non_empty_name_without_slash() {
+        for (scope, want) in [
+            ("''", "scope: must not be empty"),
+            ("a/b", "scope: \"a/b\" contains '/'"),
+        ] {
+            let text = GOOD.replace("scope: demo", &format!("scope: {scope}"));
+            let config = parse_str(&text).unwrap().config;
+            let e = config.validate_agent().unwrap_err();
+            assert!(e.to_string().starts_with(want), "{e}");
+            let e = config.validate_dcs_client().unwrap_err();
+            assert!(e.to_string().starts_with(want), "{e}");
+        }
     }
 
     #[test]

@@ -26,8 +26,13 @@ pub struct Config {
     pub restapi: RestApi,
     /// etcd v3 endpoints (Patroni's `etcd3` section).
     pub etcd3: Option<Etcd>,
-    /// Accepted as an alias of `etcd3` (Patroni's v2 `etcd` section; Praetor speaks v3 to it).
-    pub etcd: Option<Etcd>,
+    /// Patroni's `etcd` section, for etcd's v2 API: refused while parsing, with an error saying to
+    /// write `etcd3` ([`refuse_etcd_v2`]). Praetor speaks only the v3 API, whose keys are not the
+    /// v2 ones: read as `etcd3`, the same file would put a Patroni node and a Praetor node in two
+    /// different clusters.
+    #[serde(rename = "etcd", deserialize_with = "refuse_etcd_v2")]
+    #[allow(dead_code)] // Never set: its presence is an error.
+    etcd_v2: Option<std::convert::Infallible>,
     /// ZooKeeper ensemble.
     pub zookeeper: Option<ZooKeeper>,
     /// Settings used only when this node bootstraps a new cluster.
@@ -109,7 +114,7 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// `etcd3` / `etcd`: where the etcd cluster is.
+/// `etcd3`: where the etcd cluster is.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Etcd {
@@ -153,7 +158,7 @@ pub struct ZooKeeper {
     pub hosts: Vec<String>,
 }
 
-/// Which DCS a configuration points at, after the `etcd3`/`etcd`/`zookeeper` sections are resolved.
+/// Which DCS a configuration points at, after the `etcd3`/`zookeeper` sections are resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DcsEndpoints {
     /// etcd v3 endpoint URLs (`http://127.0.0.1:2379`).
@@ -239,7 +244,10 @@ pub struct Postgresql {
     pub pgpass: Option<PathBuf>,
     /// Roles the agent uses.
     pub authentication: Authentication,
-    /// Local PostgreSQL parameters (override the dynamic ones except the cluster-wide set).
+    /// Local PostgreSQL parameters (override the dynamic ones except the cluster-wide set). Refused
+    /// while parsing: invalid names, values with line breaks, recovery and promotion settings
+    /// ([`crate::guc::checked_parameters`]).
+    #[serde(deserialize_with = "crate::guc::checked_parameters")]
     pub parameters: Parameters,
     /// pg_hba.conf lines (override `bootstrap.pg_hba` and the dynamic ones).
     pub pg_hba: Option<Vec<String>>,
@@ -733,13 +741,13 @@ impl Config {
         normalize_namespace(self.namespace.as_deref().unwrap_or("/service/"))
     }
 
-    /// Resolves the `etcd3` / `etcd` / `zookeeper` sections into one DCS.
+    /// Resolves the `etcd3` / `zookeeper` sections into one DCS (an `etcd` section was refused while
+    /// parsing).
     ///
-    /// Errors: none configured, more than one configured (naming both), or no hosts.
+    /// Errors: none configured, both configured (naming both), or no hosts.
     pub fn dcs_endpoints(&self) -> Result<DcsEndpoints, crate::ConfigError> {
         let given: Vec<&str> = [
             ("etcd3", self.etcd3.is_some()),
-            ("etcd", self.etcd.is_some()),
             ("zookeeper", self.zookeeper.is_some()),
         ]
         .iter()
@@ -756,12 +764,8 @@ impl Config {
                     return non_empty("zookeeper.hosts", z.hosts.clone())
                         .map(DcsEndpoints::ZooKeeper);
                 }
-                let (key, e) = match (&self.etcd3, &self.etcd) {
-                    (Some(e), _) => ("etcd3", e),
-                    (None, Some(e)) => ("etcd", e),
-                    (None, None) => unreachable!("one section is set"),
-                };
-                non_empty(&format!("{key}.hosts"), e.endpoints()).map(DcsEndpoints::Etcd)
+                let e = self.etcd3.as_ref().expect("the one section set is etcd3");
+                non_empty("etcd3.hosts", e.endpoints()).map(DcsEndpoints::Etcd)
             }
             many => Err(crate::ConfigError::Invalid {
                 key: many.join(", "),
@@ -819,12 +823,10 @@ impl Config {
                 });
             }
         }
-        if scope.is_empty() {
-            return Err(crate::ConfigError::Invalid {
-                key: "scope".into(),
-                message: "must not be empty".into(),
-            });
-        }
+        check_scope(&scope).map_err(|message| crate::ConfigError::Invalid {
+            key: "scope".into(),
+            message,
+        })?;
         if name.is_empty() || name.contains('/') {
             return Err(crate::ConfigError::Invalid {
                 key: "name".into(),
@@ -869,14 +871,52 @@ impl Config {
         Ok(p)
     }
 
-    /// Checks what a DCS client (ctl, proxy) needs: `scope` and exactly one DCS section.
+    /// Checks what a DCS client (ctl, proxy) needs: a valid `scope` ([`check_scope`]) and exactly
+    /// one DCS section.
     pub fn validate_dcs_client(&self) -> Result<(String, DcsEndpoints), crate::ConfigError> {
         let scope = self.scope.clone().ok_or(crate::ConfigError::Missing {
             key: "scope".into(),
             hint: String::new(),
         })?;
+        check_scope(&scope).map_err(|message| crate::ConfigError::Invalid {
+            key: "scope".into(),
+            message,
+        })?;
         Ok((scope, self.dcs_endpoints()?))
     }
+}
+
+/// Checks a cluster name (`scope`, or the cluster named on ctl's command line): it must be non-empty
+/// and contain no `/`, since it is a component of every DCS key (`/<namespace>/<scope>/leader`). An
+/// empty scope puts the cluster's keys under `/<namespace>//`; one with a `/` nests them inside
+/// another cluster's (`a/b` under `a`), whose removal would take them along. Errors: the message,
+/// for the caller to put after the key it read the name from.
+pub fn check_scope(scope: &str) -> Result<(), String> {
+    if scope.is_empty() {
+        Err(
+            "must not be empty: it names the cluster in every DCS key (/<namespace>/<scope>/...)"
+                .into(),
+        )
+    } else if scope.contains('/') {
+        Err(format!(
+            "{scope:?} contains '/': the cluster name is one component of every DCS key \
+             (/<namespace>/<scope>/...), so give a name without '/'"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Deserializes an `etcd` section into an error (see [`Config`]'s `etcd` key): Patroni reads it with
+/// etcd's v2 API, which Praetor does not speak.
+fn refuse_etcd_v2<'de, D: serde::Deserializer<'de>>(
+    _: D,
+) -> Result<Option<std::convert::Infallible>, D::Error> {
+    Err(serde::de::Error::custom(
+        "Patroni's etcd section speaks etcd's v2 API, which Praetor does not: write etcd3: \
+         instead, with the same keys (a Patroni node must use etcd3 too, to see the same \
+         cluster); in the environment, PATRONI_ETCD3_HOSTS instead of PATRONI_ETCD_HOSTS",
+    ))
 }
 
 /// Normalizes a namespace to `/<name>/` (`service` → `/service/`).

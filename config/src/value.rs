@@ -206,43 +206,69 @@ impl<'de> Deserialize<'de> for Address {
     }
 }
 
+/// An integer type [`lenient_int`] reads, with its range for error messages that say what is
+/// accepted.
+pub trait IntRange: TryFrom<i128> {
+    /// The smallest value.
+    const MIN: i128;
+    /// The largest value.
+    const MAX: i128;
+}
+
+macro_rules! int_range {
+    ($($t:ty),*) => {$(
+        impl IntRange for $t {
+            const MIN: i128 = <$t>::MIN as i128;
+            const MAX: i128 = <$t>::MAX as i128;
+        }
+    )*};
+}
+int_range!(u16, u32, u64, usize, i32, i64, i128);
+
 /// Deserializes an integer that may also be written as a decimal string (`30` or `"30"`), as Patroni
-/// accepts; anything else is an error naming what was expected.
+/// accepts; anything else is an error naming what was expected. A value that does not fit `T` (a
+/// negative count, a number past `T`'s maximum) is an error giving the accepted range.
 pub fn lenient_int<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
-    T: TryFrom<i64>,
+    T: IntRange,
 {
     struct V;
     impl Visitor<'_> for V {
-        type Value = i64;
+        type Value = i128;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("an integer")
         }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
-            Ok(v)
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i128, E> {
+            Ok(v.into())
         }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
-            i64::try_from(v).map_err(|_| E::custom("integer out of range"))
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i128, E> {
+            Ok(v.into())
         }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<i128, E> {
             v.trim()
                 .parse()
                 .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
         }
     }
     let v = d.deserialize_any(V)?;
-    T::try_from(v).map_err(|_| de::Error::custom(format!("integer {v} out of range")))
+    T::try_from(v).map_err(|_| {
+        de::Error::custom(format!(
+            "integer {v} out of range: give {} to {}",
+            T::MIN,
+            T::MAX
+        ))
+    })
 }
 
 /// Like [`lenient_int`] for an optional field.
 pub fn lenient_opt_int<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
-    T: TryFrom<i64>,
+    T: IntRange,
 {
     #[derive(Deserialize)]
-    struct Wrap<T: TryFrom<i64>>(#[serde(deserialize_with = "lenient_int")] T);
+    struct Wrap<T: IntRange>(#[serde(deserialize_with = "lenient_int")] T);
     Option::<Wrap<T>>::deserialize(d).map(|o| o.map(|w| w.0))
 }
 

@@ -43,7 +43,7 @@ pub struct CtlArgs {
         value_name = "FILE"
     )]
     config: Option<PathBuf>,
-    /// The DCS, when no configuration file is given: etcd3://host:port (or etcd://, zk://).
+    /// The DCS, when no configuration file is given: etcd3://host:port or zk://host:port.
     #[arg(long = "dcs-url", alias = "dcs", value_name = "URL")]
     dcs_url: Option<String>,
     /// Accept any TLS certificate from the agents' REST APIs.
@@ -395,11 +395,19 @@ pub async fn run(args: CtlArgs) -> Result<(), Failure> {
         CtlCommand::Flush { args, .. } => (args.len() > 1).then(|| args[0].clone()),
     };
     let config_scope = config.as_ref().and_then(|c| c.scope.clone());
+    let named_by = if cluster_arg.is_some() {
+        "cluster name"
+    } else {
+        "scope"
+    };
     let scope = cluster_arg.or(config_scope).ok_or_else(|| {
         config_err(
             "name the cluster: praetor ctl --dcs-url URL <command> CLUSTER_NAME, or use -c FILE",
         )
     })?;
+    // Before the DCS is opened: an empty name would address `/<namespace>//`, and `remove ''`
+    // would ask to remove it.
+    praetor_config::check_scope(&scope).map_err(|e| config_err(format!("{named_by}: {e}")))?;
     let client = api_client(config.as_ref(), args.insecure)?;
     let identity = DcsIdentity {
         namespace,
@@ -861,7 +869,8 @@ fn api_client(config: Option<&Config>, insecure: bool) -> Result<ApiClient, Fail
     ))
 }
 
-/// Parses `etcd3://host:port[,host:port]`, `etcd://...` or `zk://host:port`.
+/// Parses `etcd3://host:port[,host:port]` or `zk://host:port`. `etcd://` is refused: for patronictl
+/// it means etcd's v2 API, which Praetor does not speak (as the YAML's `etcd` section is refused).
 fn parse_dcs_url(url: &str) -> Result<DcsEndpoints, Failure> {
     let (scheme, rest) = url
         .split_once("://")
@@ -875,7 +884,10 @@ fn parse_dcs_url(url: &str) -> Result<DcsEndpoints, Failure> {
         return Err(config_err(format!("--dcs-url {url}: no host")));
     }
     match scheme {
-        "etcd3" | "etcd" | "http" => Ok(DcsEndpoints::Etcd(
+        "etcd" => Err(config_err(format!(
+            "--dcs-url {url}: etcd:// is etcd's v2 API, which Praetor does not speak: write etcd3://"
+        ))),
+        "etcd3" | "http" => Ok(DcsEndpoints::Etcd(
             hosts.into_iter().map(|h| format!("http://{h}")).collect(),
         )),
         "https" => Ok(DcsEndpoints::Etcd(
@@ -883,7 +895,7 @@ fn parse_dcs_url(url: &str) -> Result<DcsEndpoints, Failure> {
         )),
         "zk" | "zookeeper" => Ok(DcsEndpoints::ZooKeeper(hosts)),
         other => Err(config_err(format!(
-            "--dcs-url {url}: unknown scheme {other:?} (etcd3, etcd, zk)"
+            "--dcs-url {url}: unknown scheme {other:?} (etcd3, zk)"
         ))),
     }
 }
@@ -903,6 +915,7 @@ mod tests {
         );
         assert!(parse_dcs_url("127.0.0.1:2379").is_err());
         assert!(parse_dcs_url("ftp://x").is_err());
+        assert!(parse_dcs_url("etcd://127.0.0.1:2379").is_err());
     }
 
     #[test]

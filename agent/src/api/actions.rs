@@ -1155,6 +1155,43 @@ mod tests {
         assert_eq!(r.code, StatusCode::OK, "{r:?}");
     }
 
+    /// The DCS of `conflicting_ctx` refuses every write with 409: a 400 shows the request was refused
+    /// before anything was written.
+    #[tokio::test]
+    async fn recovery_settings_and_impossible_timings_answer_400_before_writing() {
+        let ctx = conflicting_ctx();
+        for (body, reason) in [
+            (
+                r#"{"postgresql":{"parameters":{"promote_trigger_file":"/tmp/go"}}}"#,
+                "invalid configuration: postgresql.parameters.promote_trigger_file: promote_trigger_file is managed by the agent",
+            ),
+            (
+                r#"{"postgresql":{"parameters":{"recovery_target_lsn":"0/3000000"}}}"#,
+                "invalid configuration: postgresql.parameters.recovery_target_lsn: recovery_target_lsn is a recovery setting",
+            ),
+            (
+                r#"{"postgresql":{"parameters":{"work_mem":"1MB\nfsync = off"}}}"#,
+                "invalid configuration: postgresql.parameters.work_mem: the value contains a line break",
+            ),
+            (
+                r#"{"retry_timeout":2147483648}"#,
+                "invalid configuration: retry_timeout: 2147483648 is out of range: give 0 to 86400 seconds",
+            ),
+            (r#"{"ttl":2}"#, "invalid configuration: ttl: 2 is out of range: give 3 to 86400 seconds"),
+        ] {
+            for r in [
+                patch_config(&ctx, &Bytes::from(body)).await,
+                put_config(&ctx, &Bytes::from(body)).await,
+            ] {
+                assert_eq!(r.code, StatusCode::BAD_REQUEST, "{body}: {r:?}");
+                let crate::api::ReplyBody::Text(text) = &r.body else {
+                    panic!("{body}: {r:?}")
+                };
+                assert!(text.starts_with(reason), "{body}: {text}\nwanted: {reason}");
+            }
+        }
+    }
+
     #[test]
     fn passwords_are_refused_and_masked() {
         let v = json!({"postgresql": {"authentication": {"superuser": {"password": "x"}}}});
