@@ -3,8 +3,15 @@
 //! acknowledged writes missing afterwards, over N runs (median and max). A client writes through the
 //! proxy's read-write port every 10 ms during each run.
 //!
+//! The frozen-node scenario (agent, postmaster and backends SIGSTOPped, so connections hang instead
+//! of being refused, then thawed once writes resumed) runs on a cluster configured as Patroni's
+//! example YAML is (a pg_rewind role, no data checksums) and also reports the writes its thawed
+//! former primary acknowledged to a direct client after the new leader's first write, and the time
+//! from the thaw until it streams from the new leader again (crash recovery, pg_rewind, start).
+//!
 //! Run: `cargo build --release && cargo bench --bench scenarios` (`PRAETOR_BENCH_RUNS`, default 5;
-//! `PRAETOR_BENCH_ONLY=<substring>` to run some scenarios). Timings are printed, never asserted.
+//! `PRAETOR_BENCH_ONLY=<substring>[,<substring>...]` to run some scenarios; `PRAETOR_BENCH_TTL`,
+//! default 5, with loop_wait 1 and retry_timeout 2). Timings are printed, never asserted.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -43,6 +50,7 @@ enum Fault {
     Switchover,
     CutDcs,
     KillNodeSyncStrict,
+    FreezeNode,
 }
 
 impl Fault {
@@ -55,6 +63,7 @@ impl Fault {
             Fault::Switchover => "planned switchover (ctl)",
             Fault::CutDcs => "primary cut off from the DCS",
             Fault::KillNodeSyncStrict => "primary node dies, synchronous_mode_strict",
+            Fault::FreezeNode => "primary node frozen (SIGSTOP), thawed after failover",
         }
     }
 }
@@ -63,15 +72,21 @@ struct Outcome {
     recover: Duration,
     lost: usize,
     errors: usize,
+    /// Frozen node: writes its thawed PostgreSQL acknowledged to a direct client after the new
+    /// leader's first write, and the time from the thaw until it streamed from the new leader.
+    thawed: Option<(usize, Duration)>,
 }
 
-async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
+async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
+    let freeze = matches!(fault, Fault::FreezeNode);
     let mut opts = ClusterOptions {
         scope: "scenarios".into(),
-        ttl: 5,
+        ttl,
         loop_wait: 1,
         retry_timeout: 2,
         dcs_relay: matches!(fault, Fault::CutDcs),
+        rewind_user: freeze,
+        data_checksums: !freeze,
         ..Default::default()
     };
     if matches!(fault, Fault::KillNodeSyncStrict) {
@@ -139,8 +154,35 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
         }
     })
     .await?;
+    // A client writing straight to the primary, as applications that bypass the proxy do: what its
+    // PostgreSQL acknowledges once thawed is lost.
+    let direct: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let direct_writer = freeze.then(|| {
+        let (acks, stop) = (direct.clone(), stop.clone());
+        let port = c.node(&leader).pg_port;
+        tokio::spawn(async move {
+            let mut client = None;
+            while !stop.is_cancelled() {
+                if client.is_none() {
+                    client = connect(port).await.ok();
+                }
+                if let Some(cl) = &client {
+                    match cl
+                        .execute("INSERT INTO w VALUES (-1) ON CONFLICT DO NOTHING", &[])
+                        .await
+                    {
+                        Ok(_) => acks.lock().unwrap().push(Instant::now()),
+                        Err(_) => client = None,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    });
+    let mut frozen_postmaster = None;
     let started = Instant::now();
     match fault {
+        Fault::FreezeNode => frozen_postmaster = Some(c.node(&leader).freeze()),
         Fault::KillAgent => c.node_mut(&leader).kill_agent(),
         Fault::KillNode | Fault::KillNodeSyncStrict => {
             let n = c.node_mut(&leader);
@@ -190,6 +232,27 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
         }
     })
     .await?;
+    let mut thawed = None;
+    if let Some(pm) = frozen_postmaster {
+        let first_new = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, t)| *t > resumed_after)
+            .map(|(_, t)| *t)
+            .ok_or("no write after the failover")?;
+        let thaw = Instant::now();
+        c.node(&leader).thaw(pm);
+        c.wait_healthy(2, Duration::from_secs(120)).await?;
+        let rejoin = thaw.elapsed();
+        let late = direct
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t > first_new)
+            .count();
+        thawed = Some((late, rejoin));
+    }
     // Let the writer run on a little so the longest gap after the fault is complete.
     let settle = Instant::now();
     wait_for("settle", Duration::from_secs(5), || async {
@@ -202,6 +265,9 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
     .await?;
     stop.cancel();
     writer.await.map_err(|e| e.to_string())?;
+    if let Some(h) = direct_writer {
+        h.await.map_err(|e| e.to_string())?;
+    }
     let acks = acked.lock().unwrap().clone();
     // The outage: the longest gap between acknowledgements that spans or follows the fault.
     let recover = acks
@@ -229,6 +295,7 @@ async fn run(bin: &PathBuf, fault: Fault) -> Result<Outcome, String> {
         recover,
         lost,
         errors,
+        thawed,
     })
 }
 
@@ -239,6 +306,11 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let only = std::env::var("PRAETOR_BENCH_ONLY").unwrap_or_default();
+    let only: Vec<&str> = only.split(',').filter(|s| !s.is_empty()).collect();
+    let ttl: u32 = std::env::var("PRAETOR_BENCH_TTL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let bin = binary();
     assert!(
         bin.exists(),
@@ -253,18 +325,25 @@ async fn main() {
         Fault::Switchover,
         Fault::CutDcs,
         Fault::KillNodeSyncStrict,
+        Fault::FreezeNode,
     ];
     let mut table = vec![];
     for f in faults {
-        if !only.is_empty() && !f.name().contains(&only) {
+        if !only.is_empty() && !only.iter().any(|o| f.name().contains(o)) {
             continue;
         }
         let mut outcomes = vec![];
         for i in 0..runs {
-            match run(&bin, f).await {
+            match run(&bin, f, ttl).await {
                 Ok(o) => {
+                    let thawed = o.thawed.map_or(String::new(), |(late, rejoin)| {
+                        format!(
+                            "; thawed: {late} direct writes acknowledged after the new leader's first, streaming again {:.2} s after the thaw",
+                            rejoin.as_secs_f64()
+                        )
+                    });
                     println!(
-                        "{} run {}: writes resumed after {:.2} s, {} acknowledged writes lost, {} client errors",
+                        "{} run {}: writes resumed after {:.2} s, {} acknowledged writes lost, {} client errors{thawed}",
                         f.name(),
                         i + 1,
                         o.recover.as_secs_f64(),
@@ -284,6 +363,26 @@ async fn main() {
         let lost_max = outcomes.iter().map(|o| o.lost).max().unwrap_or(0);
         let mut errs: Vec<usize> = outcomes.iter().map(|o| o.errors).collect();
         errs.sort();
+        let mut late: Vec<usize> = outcomes
+            .iter()
+            .filter_map(|o| o.thawed.map(|t| t.0))
+            .collect();
+        late.sort();
+        let mut rejoin: Vec<Duration> = outcomes
+            .iter()
+            .filter_map(|o| o.thawed.map(|t| t.1))
+            .collect();
+        rejoin.sort();
+        let thawed = if late.is_empty() {
+            "".to_string()
+        } else {
+            format!(
+                "{} (max {}) | {:.2} s",
+                late[late.len() / 2],
+                late.last().unwrap(),
+                rejoin[rejoin.len() / 2].as_secs_f64()
+            )
+        };
         table.push((
             f.name(),
             t[t.len() / 2],
@@ -291,17 +390,23 @@ async fn main() {
             lost_max,
             errs[errs.len() / 2],
             outcomes.len(),
+            thawed,
         ));
     }
     println!();
     println!(
-        "ttl 5 s, loop_wait 1 s, retry_timeout 2 s; client writes through the proxy every 10 ms"
+        "ttl {ttl} s, loop_wait 1 s, retry_timeout 2 s; client writes through the proxy every 10 ms"
     );
-    println!("| scenario | write outage median | max | acknowledged writes lost (max) | client errors (median) | runs |");
-    println!("|---|---|---|---|---|---|");
-    for (name, med, max, lost, errs, n) in table {
+    println!("| scenario | write outage median | max | acknowledged writes lost (max) | client errors (median) | runs | thawed: late direct acks, median (max) | thawed: rejoin, median |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, med, max, lost, errs, n, thawed) in table {
+        let thawed = if thawed.is_empty() {
+            " | ".to_string()
+        } else {
+            thawed
+        };
         println!(
-            "| {name} | {:.2} s | {:.2} s | {lost} | {errs} | {n} |",
+            "| {name} | {:.2} s | {:.2} s | {lost} | {errs} | {n} | {thawed} |",
             med.as_secs_f64(),
             max.as_secs_f64()
         );
