@@ -480,6 +480,65 @@ async fn frozen_primary_node_is_failed_over_and_acknowledges_nothing_once_thawed
     healthy_again(&c).await;
 }
 
+/// A leader whose PostgreSQL runs but refuses its agent's queries (here: the superuser may no
+/// longer log in) cannot tell whether it is still a primary; cut off from the DCS as well, it must
+/// stop that PostgreSQL at its demotion deadline like an observable primary. Seen before the fix:
+/// "postgres is not accepting queries" was taken for "starting", and a leader without the DCS left it
+/// running as a primary while another member promoted.
+#[tokio::test]
+async fn unobservable_primary_cut_off_from_the_dcs_is_stopped_at_the_deadline() {
+    let c = healthy_cluster(ClusterOptions {
+        scope: "unobservable".into(),
+        dcs_relay: true,
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    let old = c.leader().await.unwrap();
+    let admin = connect(c.node(&old).pg_port).await.unwrap();
+    // The agent's next query needs a new connection, which is refused.
+    admin
+        .batch_execute(
+            "ALTER ROLE postgres NOLOGIN; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'praetor' AND pid <> pg_backend_pid();",
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the agent to lose sight of its postgres",
+        Duration::from_secs(30),
+        || async {
+            if c.node(&old)
+                .log()
+                .contains("role \"postgres\" is not permitted to log in")
+            {
+                Ok(())
+            } else {
+                Err("still observing".to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    c.relay(&old).cut();
+    let stopped = wait_for(
+        "the unobservable primary to be stopped",
+        Duration::from_secs(30),
+        || async {
+            match c.node(&old).postmaster_pid() {
+                None => Ok(()),
+                Some(pid) => Err(format!("postmaster {pid} still runs")),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = stopped {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+}
+
 #[tokio::test]
 async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promotes() {
     let c = healthy_cluster(ClusterOptions {

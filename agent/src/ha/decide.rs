@@ -106,6 +106,11 @@ fn decide_unpaused(
 ) -> Decision {
     let me = cfg.name.as_str();
     if let Some(task) = local.task {
+        if view.is_none() && local.lock_renewed_ms.is_some() {
+            // A leader starting its primary when the DCS went away: the start must not outlive
+            // the demotion deadline (it could come up as a primary after the lease expired).
+            return dcs_unreachable(local, cfg, now);
+        }
         if !view.is_some_and(|v| holds_lock(v, me)) {
             return decision(vec![], Reason::TaskInProgress { task });
         }
@@ -221,11 +226,18 @@ fn holds_lock(view: &Cluster, me: &str) -> bool {
     view.leader.as_ref().is_some_and(|l| l.name == me)
 }
 
+/// The DCS cannot be read. What may still be, or become, a writable primary is stopped at the
+/// demotion deadline: a running primary, and, while this member believes it leads, a PostgreSQL that
+/// does not answer queries (credentials refused, connection slots full: unobservable is not safe) or
+/// a start as primary still under way (aborted first).
 fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
-    let Some(r) = local.postgres.running() else {
-        return decision(vec![], Reason::DcsInaccessible);
+    let leading = local.lock_renewed_ms.is_some();
+    let may_be_primary = match &local.postgres {
+        Postgres::Running(r) => r.is_primary,
+        Postgres::Starting => leading,
+        Postgres::Stopped { .. } => leading && local.task.is_some(),
     };
-    if !r.is_primary {
+    if !may_be_primary {
         return decision(vec![], Reason::DcsInaccessible);
     }
     if cfg.dynamic.failsafe_mode && local.failsafe_confirmed == Some(true) {
@@ -239,10 +251,14 @@ fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
         Some(deadline) if now.mono_ms < deadline => {
             decision(vec![Action::RenewLeader], Reason::DcsInaccessible)
         }
-        _ => decision(
-            vec![Action::Stop(StopMode::Immediate)],
-            Reason::DemotingDcsInaccessible,
-        ),
+        _ => {
+            let mut actions = vec![];
+            if local.task.is_some() {
+                actions.push(Action::AbortTask);
+            }
+            actions.push(Action::Stop(StopMode::Immediate));
+            decision(actions, Reason::DemotingDcsInaccessible)
+        }
     }
 }
 

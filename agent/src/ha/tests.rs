@@ -775,6 +775,41 @@ fn rows() -> Vec<Row> {
             *r == Reason::DemotingDcsInaccessible
         }),
         row(
+            "unobservable leader (postmaster up, queries refused) without the DCS, past the deadline: stop it",
+            None,
+            with(local(Postgres::Starting), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3000)
+            }),
+        )
+        .expect(vec![Stop(StopMode::Immediate)], |r| {
+            *r == Reason::DemotingDcsInaccessible
+        }),
+        row(
+            "unobservable leader without the DCS, within the window: keep trying to renew",
+            None,
+            with(local(Postgres::Starting), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 1000)
+            }),
+        )
+        .expect(vec![RenewLeader], |r| *r == Reason::DcsInaccessible),
+        row(
+            "unobservable postgres of a non-leader without the DCS: nothing (it is no primary of ours)",
+            None,
+            local(Postgres::Starting),
+        )
+        .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        row(
+            "leader starting its primary when the DCS went away, past the deadline: abort, stop",
+            None,
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3500)
+            }),
+        )
+        .expect(vec![AbortTask, Stop(StopMode::Immediate)], |r| {
+            *r == Reason::DemotingDcsInaccessible
+        }),
+        row(
             "§7 replica cannot reach the DCS: nothing",
             None,
             local(running(false, 1000, Some(5432))),
