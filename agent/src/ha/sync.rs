@@ -2,15 +2,19 @@
 //! writes that keep "no acknowledged write is lost" true (Patroni's `synchronous_mode`).
 //!
 //! The leader keeps two things in step: the `synchronous_standby_names` GUC (which standbys a commit
-//! waits for) and the DCS `sync` key (which standbys may be promoted). Adding a standby: the GUC first,
-//! then the key once the standby has confirmed every WAL byte written before the GUC took effect (so a
-//! promoted member never lacks an acknowledged commit). Removing: the key first, then the GUC.
+//! waits for) and the DCS `sync` key (which standbys may be promoted). In `on` mode, adding a
+//! standby: the GUC first, then the key once the standby has confirmed every WAL byte written before
+//! the GUC took effect (so a promoted member never lacks an acknowledged commit). Removing: the key
+//! first, then the GUC.
 //! With no eligible standby, `synchronous_mode_strict` sets the GUC to `*` (commits wait for any
 //! standby); otherwise replication falls back to asynchronous and, the key listing nobody, no automatic
 //! failover happens until a synchronous standby is back (reference/patroni.md section 7, last row).
 //!
 //! Quorum mode (`synchronous_mode: quorum`) follows other rules, Patroni's `QuorumStateResolver`
-//! (patroni/quorum.py): see [`quorum_plan`] for the ordering and [`may_promote`] for the election.
+//! (patroni/quorum.py): the GUC is `ANY numsync (standbys)`, the key lists voters and a `quorum`, and
+//! any `numsync` standbys that acknowledged a commit meet any `quorum + 1` voters that elect a new
+//! leader. See [`quorum_plan`] for the ordering, [`may_promote`] for the election and
+//! [`before_promote`] for the promoted member's first GUC.
 
 use std::collections::BTreeSet;
 
