@@ -273,18 +273,19 @@ pub fn sync_actions(view: &Cluster, r: &Running, cfg: &HaConfig, catchup_lsn: u6
         .sync
         .as_ref()
         .is_some_and(|s| s.value.leader.as_deref() == Some(me));
-    let write_key = |members: Vec<String>, quorum: Option<u32>| {
+    // `on` and `off` keep no quorum (Patroni reads a missing one as 0).
+    let write_key = |members: Vec<String>| {
         Action::WriteSync(SyncState {
             leader: Some(me.to_string()),
             sync_standby: (!members.is_empty()).then(|| members.join(",")),
-            quorum,
+            quorum: None,
         })
     };
     let mode = cfg.dynamic.synchronous_mode;
     if mode == SyncMode::Off {
         let mut actions = vec![];
         if !key.is_empty() {
-            actions.push(write_key(vec![], None));
+            actions.push(write_key(vec![]));
         }
         if !r.sync_standby_names.trim().is_empty() {
             actions.push(Action::SetSyncStandbyNames(String::new()));
@@ -298,7 +299,6 @@ pub fn sync_actions(view: &Cluster, r: &Running, cfg: &HaConfig, catchup_lsn: u6
     let count = cfg.dynamic.synchronous_node_count.max(1);
     let mut desired = candidates(view, r, cfg, &key);
     desired.truncate(count as usize);
-    let quorum = None;
     // Removing: the key first.
     let kept: Vec<String> = key
         .iter()
@@ -306,7 +306,7 @@ pub fn sync_actions(view: &Cluster, r: &Running, cfg: &HaConfig, catchup_lsn: u6
         .cloned()
         .collect();
     if kept.len() != key.len() || !key_exists_for_me {
-        return vec![write_key(kept, quorum)];
+        return vec![write_key(kept)];
     }
     let guc = render_guc(mode, count, &desired, strict);
     if r.sync_standby_names.trim() != guc {
@@ -330,7 +330,7 @@ pub fn sync_actions(view: &Cluster, r: &Running, cfg: &HaConfig, catchup_lsn: u6
     }
     let mut members = key;
     members.extend(caught_up);
-    vec![write_key(members, quorum)]
+    vec![write_key(members)]
 }
 
 /// Quorum mode, the leader's part: take the `sync` key over after a failover, then follow
