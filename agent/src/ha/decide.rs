@@ -471,14 +471,6 @@ fn failsafe_action(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
     (view.failsafe.as_ref() != Some(&members)).then_some(Action::WriteFailsafe(members))
 }
 
-/// With `synchronous_mode_strict`, a promoted member must not acknowledge a single commit before a
-/// standby confirmed it: it promotes with `synchronous_standby_names = '*'`, narrowed by the next loop.
-fn strict_sync_before_promote(cfg: &HaConfig) -> Option<Action> {
-    (cfg.dynamic.synchronous_mode != praetor_config::SyncMode::Off
-        && cfg.dynamic.synchronous_mode_strict)
-        .then(|| Action::SetSyncStandbyNames("*".into()))
-}
-
 /// Before a replica promotes, the former primary must accept no more writes: a primary whose agent
 /// died or froze keeps running (Patroni's "two primaries" row), so the new leader stops it first. The
 /// former primary is the last leader this member saw, else the upstream it was streaming from.
@@ -707,10 +699,11 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     if cfg.tags.nofailover || priority <= 0 {
         return not_racing(Reason::NotAllowedToPromote);
     }
-    // Under synchronous replication only the standbys listed in `sync` hold every acknowledged
-    // commit: only they race, and only against each other.
+    // Under synchronous replication (`on`) only the standbys listed in `sync` hold every
+    // acknowledged commit: only they race, and only against each other. In quorum mode every member
+    // races, one that gathers enough votes from the key's members (see `sync::may_promote`).
     let sync_listed: Option<Vec<String>> =
-        (cfg.dynamic.synchronous_mode != praetor_config::SyncMode::Off).then(|| {
+        (cfg.dynamic.synchronous_mode == praetor_config::SyncMode::On).then(|| {
             view.sync
                 .as_ref()
                 .map(|s| s.value.members())
@@ -724,12 +717,8 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
             .collect(),
         None => peers.to_vec(),
     };
-    let answering = sync_listed
-        .as_ref()
-        .map(|l| peers.iter().filter(|p| l.contains(&p.name)).count())
-        .unwrap_or(0);
-    if !sync::may_promote(view, cfg, answering) {
-        return not_racing(Reason::NotSynchronousStandby);
+    if let Err(reason) = sync::may_promote(view, cfg, r.wal_position, peers) {
+        return not_racing(reason);
     }
     if !i_am_candidate {
         if let Some(optime) = view.leader_optime() {
@@ -769,7 +758,8 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
 /// Promoting a replica that holds (`RenewLeader`) or takes (`AcquireLeader`) the lock: slots first
 /// (PostgreSQL creates physical slots on a standby too, so replicas re-pointed at the new leader find
 /// theirs at once instead of retrying for wal_retrieve_retry_interval), then the former primary is
-/// fenced and the proxies acknowledge, then strict synchronous replication is armed, then promote.
+/// fenced and the proxies acknowledge, then synchronous replication is armed
+/// ([`sync::before_promote`]: strict mode, quorum mode), then promote.
 fn promotion(
     lock: Action,
     view: &Cluster,
@@ -787,7 +777,7 @@ fn promotion(
     ));
     actions.extend(fence_former_primary(local, cfg, r));
     actions.extend(await_proxies(view, local, cfg));
-    actions.extend(strict_sync_before_promote(cfg));
+    actions.extend(sync::before_promote(view, cfg));
     // The waits above may have taken a good part of the lease: confirm the lock right before the
     // point of no return, or go back to the race (a failed renewal ends the list).
     actions.push(Action::RenewLeader);

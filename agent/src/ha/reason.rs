@@ -104,9 +104,17 @@ pub enum Reason {
     },
     /// Not eligible for the leader race (tags).
     NotAllowedToPromote,
-    /// Synchronous replication is on and this member is not a listed synchronous standby (or, in
-    /// quorum mode, too few listed members answered).
+    /// Synchronous replication is on and this member is not a listed synchronous standby (in quorum
+    /// mode: the `sync` key lists no voter).
     NotSynchronousStandby,
+    /// Quorum mode: too few of the `sync` key's members answered at or behind this member's WAL
+    /// position to show it holds every acknowledged commit.
+    QuorumNotReached {
+        /// Votes needed (the key's `quorum`, one more for a member that is not a voter).
+        needed: u32,
+        /// The key's members that voted.
+        voters: Vec<String>,
+    },
     /// Lagging too far behind the last known leader position.
     NotHealthyEnough {
         /// This member's position (bytes).
@@ -244,7 +252,13 @@ impl fmt::Display for Reason {
                 "changing primary_conninfo and reloading to follow the new leader ({leader})"
             ),
             NotSynchronousStandby => f.write_str(
-                "not promoting: synchronous replication is on and I am not a synchronous standby (or too few of them answered)",
+                "not promoting: synchronous replication is on and I am not a synchronous standby",
+            ),
+            QuorumNotReached { needed, voters } => write!(
+                f,
+                "not promoting: quorum commit needs {needed} vote(s) from the sync key's members, got {} ({})",
+                voters.len(),
+                voters.join(", ")
             ),
             NotAllowedToPromote => f.write_str(
                 "following a different leader because I am not allowed to promote",

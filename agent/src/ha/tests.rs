@@ -163,6 +163,15 @@ fn sync_value(members: &[&str]) -> SyncState {
     }
 }
 
+/// A `sync` key written by this member in quorum mode: `voters` comma-separated, `quorum`.
+fn quorum_value(voters: &str, quorum: u32) -> SyncState {
+    SyncState {
+        leader: Some(ME.into()),
+        sync_standby: Some(voters.into()),
+        quorum: Some(quorum),
+    }
+}
+
 fn sync_key(members: &[&str]) -> Action {
     Action::WriteSync(sync_value(members))
 }
@@ -1074,6 +1083,63 @@ fn rows() -> Vec<Row> {
             with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
             .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| matches!(r, Reason::ManualFailoverImpossible { .. })),
+        // --- quorum commit (synchronous_mode: quorum; Patroni's quorum.py), one row per step ---
+        row("quorum: a second standby joins the sync key (quorum 1) before synchronous_standby_names widens",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2", 0), version: 9 }))),
+            with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "async", 1000)], r#"ANY 1 ("pg2")"#)),
+                 |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2,pg3", 1)),
+                         SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())], |_| true),
+        row("quorum: a standby that left leaves synchronous_standby_names before the sync key",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(primary_with(&[("pg2", "quorum", 1000)], r#"ANY 1 ("pg2","pg3")"#)), |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), SetSyncStandbyNames(r#"ANY 1 ("pg2")"#.into())], |_| true),
+        row("quorum: ... then the sync key shrinks (quorum 0) once the remaining standby confirmed",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(primary_with(&[("pg2", "quorum", 1000)], r#"ANY 1 ("pg2")"#)), |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2", 0))], |_| true),
+        row("quorum: ... not before (it may lack a commit only the gone standby acknowledged)",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(primary_with(&[("pg2", "quorum", 900)], r#"ANY 1 ("pg2")"#)), |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+        row("quorum: synchronous_node_count 1 -> 2: ANY 2 first",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "quorum", 1000)], r#"ANY 1 ("pg2","pg3")"#)),
+                 |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::Quorum; c.dynamic.synchronous_node_count = 2; })
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), SetSyncStandbyNames(r#"ANY 2 ("pg2","pg3")"#.into())], |_| true),
+        row("quorum: synchronous_node_count 1 -> 2: then quorum rewritten 1 -> 0 once both standbys confirmed",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "quorum", 1000)], r#"ANY 2 ("pg2","pg3")"#)),
+                 |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::Quorum; c.dynamic.synchronous_node_count = 2; })
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2,pg3", 0))], |_| true),
+        row("quorum: synchronous_node_count 2 -> 1: quorum rewritten 0 -> 1 before ANY 1",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 0), version: 9 }))),
+            with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "quorum", 1000)], r#"ANY 2 ("pg2","pg3")"#)),
+                 |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2,pg3", 1)),
+                         SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())], |_| true),
+        row("quorum: a voter seeing `quorum` key members at or behind it promotes, synchronous to the others",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into()), RenewLeader, Promote], |_| true),
+        row("quorum: a voter that cannot see `quorum` key members does not promote",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| r.to_string().contains("quorum commit needs 1 vote(s)")),
+        row("quorum: a member outside the key promotes with quorum + 1 votes",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg3".into()), quorum: Some(0) }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames(r#"ANY 2 ("pg2","pg3")"#.into()), RenewLeader, Promote], |_| true),
         row("diverged, no rewind, remove_data_directory_on_diverged_timelines: re-clone",
             Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
             .cfg(|c| c.remove_data_on_diverged = true)
