@@ -847,6 +847,10 @@ impl Runner {
                 self.set_api_state(MemberState::Stopping);
                 self.pg.stop(mode, timeout).await?;
                 self.set_api_state(MemberState::Stopped);
+                // Every decision that stops PostgreSQL ends this member's leadership (it releases
+                // the lock, or cannot renew it): no demotion deadline runs any more, so a read-only
+                // restart is not taken for a primary past its deadline.
+                self.lock_renewed_ms = None;
                 tracing::info!(?mode, "stopped postgres");
                 self.disable_watchdog();
                 self.callbacks.fire(

@@ -449,6 +449,29 @@ impl Cluster {
             .filter(|o| *o > 0)
             .or_else(|| self.leader_member().and_then(|m| m.data.xlog_location))
     }
+
+    /// The leader member's timeline, when its member key says.
+    pub fn leader_timeline(&self) -> Option<u32> {
+        self.leader_member().and_then(|m| m.data.timeline)
+    }
+
+    /// True when a member on `timeline` is on another timeline than the leader (both known): its WAL
+    /// position does not compare with the leader's, since a replica still on a former timeline may
+    /// hold WAL past the fork that the leader never had.
+    pub fn off_leader_timeline(&self, timeline: Option<u32>) -> bool {
+        matches!((timeline, self.leader_timeline()), (Some(t), Some(l)) if t != l)
+    }
+
+    /// Bytes a member at WAL `position` on `timeline` is behind the leader's last known position
+    /// ([`Cluster::leader_optime`]); `None` when unknown: a position is missing, or the member is
+    /// on another timeline ([`Cluster::off_leader_timeline`]), where a difference of positions would
+    /// read 0 for a replica ahead of the fork.
+    pub fn lag_behind_leader(&self, position: Option<u64>, timeline: Option<u32>) -> Option<u64> {
+        if self.off_leader_timeline(timeline) {
+            return None;
+        }
+        Some(self.leader_optime()?.saturating_sub(position?))
+    }
 }
 
 #[cfg(test)]

@@ -61,7 +61,6 @@ pub fn summarize(cluster: &Cluster) -> Vec<MemberSummary> {
         .as_ref()
         .map(|s| s.value.members())
         .unwrap_or_default();
-    let optime = cluster.leader_optime();
     let mut out: Vec<MemberSummary> = cluster
         .members
         .iter()
@@ -94,10 +93,7 @@ pub fn summarize(cluster: &Cluster) -> Vec<MemberSummary> {
             let lag = if is_leader {
                 None
             } else {
-                match (optime, d.wal_position()) {
-                    (Some(o), Some(p)) => Some(o.saturating_sub(p)),
-                    _ => None,
-                }
+                cluster.lag_behind_leader(d.wal_position(), d.timeline)
             };
             MemberSummary {
                 name: m.name.clone(),
@@ -161,5 +157,10 @@ mod tests {
         assert_eq!(s[1].state, "streaming");
         assert_eq!(s[1].lag, Some(2000));
         assert_eq!(s[1].host.as_deref(), Some("10.0.0.1"));
+        // A replica left on a former timeline, past the leader's position: its lag is unknown, never 0.
+        let mut stale = c.clone();
+        stale.members[0].data.timeline = Some(1);
+        stale.members[0].data.xlog_location = Some(4000);
+        assert_eq!(summarize(&stale)[1].lag, None);
     }
 }

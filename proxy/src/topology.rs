@@ -188,7 +188,8 @@ fn backend_of(m: &Member) -> Option<Backend> {
 /// - leader: the member named by the `leader` key, only if its member key exists with role
 ///   `primary` and a `conn_url` (a lock holder still being promoted is not routable yet);
 /// - replicas: members with role `replica`, state `running`, no `noloadbalance` tag and a `conn_url`,
-///   excluding the lock holder, in member-name order.
+///   excluding the lock holder and members on another timeline than the leader (one still on a
+///   former timeline may hold WAL the leader never had), in member-name order.
 pub fn topology_from_cluster(c: &Cluster) -> Topology {
     let lock_holder = c.leader.as_ref().map(|l| l.name.as_str());
     let leader = c
@@ -201,6 +202,7 @@ pub fn topology_from_cluster(c: &Cluster) -> Topology {
         .filter(|m| Some(m.name.as_str()) != lock_holder)
         .filter(|m| m.data.role == Role::Replica && m.data.state == MemberState::Running)
         .filter(|m| !m.data.tags.noloadbalance)
+        .filter(|m| !c.off_leader_timeline(m.data.timeline))
         .filter_map(backend_of)
         .collect();
     replicas.sort_by(|a, b| a.member.cmp(&b.member));
@@ -436,6 +438,22 @@ mod tests {
         // No leader key: no reference position, so no lag.
         let no_leader = topology_from_cluster(&cluster(None, cl.members.clone()));
         assert_eq!(no_leader.lag["b"].bytes, None);
+    }
+
+    #[test]
+    fn a_replica_on_a_former_timeline_gets_no_reads() {
+        let mut a = member("a", Primary, Running, Some(1));
+        a.data.timeline = Some(3);
+        a.data.xlog_location = Some(5_000);
+        let mut b = member("b", Replica, Running, Some(2));
+        b.data.timeline = Some(3);
+        let mut c = member("c", Replica, Running, Some(3));
+        // Still on timeline 2 and past the leader's position: WAL the leader never had.
+        c.data.timeline = Some(2);
+        c.data.xlog_location = Some(6_000);
+        let t = topology_from_cluster(&cluster(Some("a"), vec![a, b, c]));
+        let replicas: Vec<&str> = t.replicas.iter().map(|r| r.member.as_str()).collect();
+        assert_eq!(replicas, ["b"]);
     }
 
     #[test]

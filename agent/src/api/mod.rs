@@ -121,10 +121,14 @@ impl NodeStatus {
         self.server.as_ref().map(ServerStatus::wal_position)
     }
 
-    /// Bytes this member lags behind the leader's last known position.
+    /// Bytes this member lags behind the leader's last known position; `None` when unknown, also
+    /// when it runs on another timeline than the leader (see [`Cluster::lag_behind_leader`]), so a
+    /// health check with `?lag=` fails for a replica left on a former timeline.
     pub fn lag(&self) -> Option<u64> {
-        let optime = self.cluster.as_ref()?.leader_optime()?;
-        Some(optime.saturating_sub(self.wal_position()?))
+        let timeline = self.server.as_ref().map(|s| s.timeline);
+        self.cluster
+            .as_ref()?
+            .lag_behind_leader(self.wal_position(), timeline)
     }
 
     /// This member is listed in the `sync` key.

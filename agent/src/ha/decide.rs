@@ -252,11 +252,15 @@ fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
             decision(vec![Action::RenewLeader], Reason::DcsInaccessible)
         }
         _ => {
+            // Stopped at once (a fast stop's checkpoint could outlast the rest of the lease), then
+            // started again read-only with nobody to follow, as Patroni's demotion when the DCS is
+            // gone does: reads go on, writes wait for the DCS.
             let mut actions = vec![];
             if local.task.is_some() {
                 actions.push(Action::AbortTask);
             }
             actions.push(Action::Stop(StopMode::Immediate));
+            actions.push(Action::Start(StartAs::Replica { upstream: None }));
             decision(actions, Reason::DemotingDcsInaccessible)
         }
     }
@@ -326,7 +330,25 @@ fn stopped(
             Reason::StartingPrimaryAfterFailure,
         );
     }
+    let history = view
+        .history
+        .as_ref()
+        .map(|h| h.value.as_slice())
+        .unwrap_or(&[]);
     let Some(leader) = view.leader.as_ref() else {
+        // Read-only without a leader, unless it holds WAL the cluster abandoned: started as a
+        // replica it would serve reads nobody else has and then "follow" a leader forever without
+        // streaming.
+        if let Some(switch_lsn) = control.and_then(|cd| super::rejoin::diverged_at(cd, history)) {
+            return decision(
+                vec![],
+                Reason::Diverged {
+                    timeline: control.map(|c| c.timeline).unwrap_or_default(),
+                    switch_lsn,
+                    stopping: false,
+                },
+            );
+        }
         return decision(
             vec![Action::Start(StartAs::Replica { upstream: None })],
             Reason::StartingAsSecondary,
@@ -342,11 +364,6 @@ fn stopped(
     };
     let up = upstream_for(view, cfg, &leader.name);
     let leader_tl = view.member(&leader.name).and_then(|m| m.data.timeline);
-    let history = view
-        .history
-        .as_ref()
-        .map(|h| h.value.as_slice())
-        .unwrap_or(&[]);
     match rejoin_plan(
         control,
         leader_tl,
@@ -634,6 +651,9 @@ fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decisi
             },
         );
     }
+    if let Some(d) = running_diverged(view, r, leader) {
+        return d;
+    }
     let up = upstream_for(view, cfg, leader);
     let want = up.as_ref().map(|u| (u.host.clone(), u.port));
     if r.upstream != want {
@@ -652,6 +672,32 @@ fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decisi
             leader: leader.to_string(),
         },
     )
+}
+
+/// A running replica on a timeline the leader left, holding WAL past the switch point (DCS
+/// `history`): it can never stream from the leader as it is. Stop it (fast: a clean restartpoint),
+/// so the stopped-node rules rewind it.
+fn running_diverged(view: &Cluster, r: &Running, leader: &str) -> Option<Decision> {
+    let leader_tl = view.member(leader).and_then(|m| m.data.timeline)?;
+    if r.timeline >= leader_tl {
+        return None;
+    }
+    let e = view
+        .history
+        .as_ref()?
+        .value
+        .iter()
+        .find(|e| e.timeline == r.timeline)?;
+    (r.wal_position > e.lsn).then(|| {
+        decision(
+            vec![Action::Stop(StopMode::Fast)],
+            Reason::Diverged {
+                timeline: r.timeline,
+                switch_lsn: e.lsn,
+                stopping: true,
+            },
+        )
+    })
 }
 
 /// Nobody holds the lock and PostgreSQL runs here: race if this member is the healthiest.

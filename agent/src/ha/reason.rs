@@ -152,6 +152,16 @@ pub enum Reason {
     },
     /// The leader's timeline history does not say where our timeline ended yet.
     WaitingForHistory,
+    /// This member holds WAL past the point where the cluster left its timeline (DCS `history`):
+    /// it is not started (nor kept running) as a replica until it can be rewound from a leader.
+    Diverged {
+        /// Its timeline.
+        timeline: u32,
+        /// Where the cluster left that timeline (bytes).
+        switch_lsn: u64,
+        /// Whether it is stopping a running replica for that (else waiting for a leader).
+        stopping: bool,
+    },
     /// PostgreSQL is starting; waiting.
     WaitingForPostgres,
     /// Maintenance mode: what would have been done is not (Patroni prefixes `PAUSE: `).
@@ -300,6 +310,20 @@ impl fmt::Display for Reason {
                 "cannot rejoin: timeline {timeline} diverged from the leader's (local end of WAL {} >= switch point {}) and use_pg_rewind is off; staying stopped, the data directory is kept",
                 crate::postgres::format_lsn(*local_lsn),
                 crate::postgres::format_lsn(*switch_lsn)
+            ),
+            Diverged {
+                timeline,
+                switch_lsn,
+                stopping,
+            } => write!(
+                f,
+                "holds WAL past {} on timeline {timeline}, where the cluster moved to a new timeline: {}",
+                crate::postgres::format_lsn(*switch_lsn),
+                if *stopping {
+                    "stopping to rewind from the leader"
+                } else {
+                    "not starting until a leader can rewind it"
+                }
             ),
             WaitingForHistory => {
                 f.write_str("waiting for the leader's timeline history to decide about rewind")

@@ -55,6 +55,27 @@ pub fn rejoin_plan(
     }
 }
 
+/// How far a stopped data directory's WAL goes, as pg_controldata tells: its last checkpoint, or
+/// for a replica the minimum recovery ending location when that is later (how far it replayed).
+fn replayed(cd: &ControlData) -> u64 {
+    cd.checkpoint_lsn.max(cd.min_recovery_end_lsn)
+}
+
+/// The switch point (bytes) past which a stopped data directory on a former timeline holds WAL the
+/// cluster's later timelines do not have, from the DCS `history`; `None` when it did not diverge or
+/// `history` does not tell. A former primary's shutdown checkpoint at or after the switch point is
+/// its own WAL (the new leader replayed up to, not including, the switch point); a replica diverged
+/// when it replayed beyond it.
+pub fn diverged_at(cd: &ControlData, history: &[HistoryEntry]) -> Option<u64> {
+    let e = history.iter().find(|e| e.timeline == cd.timeline)?;
+    let diverged = if cd.state.was_primary() {
+        cd.checkpoint_lsn >= e.lsn
+    } else {
+        replayed(cd) > e.lsn
+    };
+    diverged.then_some(e.lsn)
+}
+
 fn plan(
     control: Option<&ControlData>,
     leader_timeline: Option<u32>,
@@ -77,8 +98,24 @@ fn plan(
             }
         };
     }
-    if cd.timeline == leader_tl || !cd.state.was_primary() {
+    if cd.timeline == leader_tl {
         return RejoinPlan::StartAsReplica;
+    }
+    if !cd.state.was_primary() {
+        // A replica on a former timeline that replayed past the switch point holds WAL from the
+        // former primary that the leader never had: it cannot follow without a rewind.
+        return match diverged_at(cd, history) {
+            Some(switch_lsn) if use_pg_rewind => {
+                let _ = switch_lsn;
+                RejoinPlan::Rewind
+            }
+            Some(switch_lsn) => RejoinPlan::Diverged {
+                local_lsn: replayed(cd),
+                switch_lsn,
+                timeline: cd.timeline,
+            },
+            None => RejoinPlan::StartAsReplica,
+        };
     }
     if !cd.state.is_clean_shutdown() {
         // Recover first, with the node's own parameters, to read a trustworthy end of WAL. pg_rewind
@@ -150,11 +187,32 @@ mod tests {
                 StartAsReplica,
             ),
             (
-                "replica shut down in recovery",
-                Some(cd(ShutDownInRecovery, 1, 5000)),
+                "replica shut down in recovery before the switch point",
+                Some(cd(ShutDownInRecovery, 1, 900)),
                 Some(2),
                 false,
                 StartAsReplica,
+            ),
+            (
+                "replica on a former timeline that replayed past the switch point, rewind on",
+                Some(cd(ShutDownInRecovery, 1, 5000)),
+                Some(2),
+                true,
+                Rewind,
+            ),
+            (
+                "replica past the switch point (crashed in recovery), rewind off: diverged",
+                Some(ControlData {
+                    min_recovery_end_lsn: 1200,
+                    ..cd(InArchiveRecovery, 1, 900)
+                }),
+                Some(2),
+                false,
+                Diverged {
+                    local_lsn: 1200,
+                    switch_lsn: 1000,
+                    timeline: 1,
+                },
             ),
             (
                 "switchover: clean stop before switch point",

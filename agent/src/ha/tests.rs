@@ -187,6 +187,11 @@ fn fence(port: u16) -> Action {
     }
 }
 
+/// A read-only start with nobody to follow.
+fn read_only() -> Action {
+    Action::Start(StartAs::Replica { upstream: None })
+}
+
 fn slots_for_others() -> Action {
     Action::EnsureSlots(vec!["pg2".into(), "pg3".into()])
 }
@@ -509,6 +514,44 @@ fn rows() -> Vec<Row> {
         .expect(vec![Stop(StopMode::Immediate)], |r| {
             matches!(r, Reason::DemotingNoLock { leader: Some(_) })
         }),
+        // --- item 11: a member that diverged is rewound, never served as a replica as it is ----------
+        row(
+            "no leader, stopped data directory past the cluster's switch point: not started read-only",
+            Some(with(on_tl2(cluster(None)), |c| c.members.retain(|m| m.name != "pg2"))),
+            stopped_with(ClusterState::ShutDownInRecovery, 1, 6000),
+        )
+        .expect(vec![], |r| {
+            matches!(r, Reason::Diverged { timeline: 1, switch_lsn: 5000, stopping: false })
+        }),
+        row(
+            "no leader, stopped replica before the switch point: started read-only",
+            Some(on_tl2(cluster(None))),
+            stopped_with(ClusterState::ShutDownInRecovery, 1, 4000),
+        )
+        .expect(vec![Start(StartAs::Replica { upstream: None })], |r| {
+            *r == Reason::StartingAsSecondary
+        }),
+        row(
+            "running replica left on a former timeline past the switch point: stop it to rewind",
+            Some(on_tl2(cluster(Some("pg2")))),
+            local(running(false, 6000, Some(5432))),
+        )
+        .expect(vec![Stop(StopMode::Fast)], |r| {
+            matches!(r, Reason::Diverged { timeline: 1, switch_lsn: 5000, stopping: true })
+        }),
+        row(
+            "running replica on a former timeline before the switch point: follow",
+            Some(on_tl2(cluster(Some("pg2")))),
+            local(running(false, 4000, Some(5432))),
+        )
+        .expect(vec![], |r| matches!(r, Reason::Following { .. })),
+        row(
+            "stopped replica that replayed past the switch point, leader on timeline 2: rewind",
+            Some(on_tl2(cluster(Some("pg2")))),
+            stopped_with(ClusterState::ShutDownInRecovery, 1, 6000),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![Rewind(up("pg2", 5432))], |_| true),
         row(
             "§7 replica: PostgreSQL stops: start it again following the leader",
             Some(cluster(Some("pg2"))),
@@ -769,7 +812,7 @@ fn rows() -> Vec<Row> {
                 l.lock_renewed_ms = Some(NOW.mono_ms - 3000)
             }),
         )
-        .expect(vec![Stop(StopMode::Immediate)], |r| {
+        .expect(vec![Stop(StopMode::Immediate), read_only()], |r| {
             *r == Reason::DemotingDcsInaccessible
         }),
         row(
@@ -780,7 +823,7 @@ fn rows() -> Vec<Row> {
                 l.watchdog_timeout_secs = Some(3);
             }),
         )
-        .expect(vec![Stop(StopMode::Immediate)], |r| {
+        .expect(vec![Stop(StopMode::Immediate), read_only()], |r| {
             *r == Reason::DemotingDcsInaccessible
         }),
         row(
@@ -790,7 +833,7 @@ fn rows() -> Vec<Row> {
                 l.lock_renewed_ms = Some(NOW.mono_ms - 3000)
             }),
         )
-        .expect(vec![Stop(StopMode::Immediate)], |r| {
+        .expect(vec![Stop(StopMode::Immediate), read_only()], |r| {
             *r == Reason::DemotingDcsInaccessible
         }),
         row(
@@ -815,7 +858,7 @@ fn rows() -> Vec<Row> {
                 l.lock_renewed_ms = Some(NOW.mono_ms - 3500)
             }),
         )
-        .expect(vec![AbortTask, Stop(StopMode::Immediate)], |r| {
+        .expect(vec![AbortTask, Stop(StopMode::Immediate), read_only()], |r| {
             *r == Reason::DemotingDcsInaccessible
         }),
         row(
