@@ -601,10 +601,27 @@ async fn restart_reload_reinit_pause_resume_flush_and_remove() {
     assert_ne!(out.code, 0, "{out}");
     assert!(
         out.stdout.contains(&format!(
-            "Failed: reinitialize for member {leader}, status code=503"
+            "Failed: reinitialize for member {leader}, status code=412, (I am the leader, can not reinitialize)"
         )),
         "{out}"
     );
+    // Without --force it asks; "n" changes nothing (the agent answers only after it stopped
+    // PostgreSQL and removed the data directory, so a request sent would show at once).
+    let before = c.node(&replica).postmaster_pid();
+    assert!(before.is_some());
+    let out = ctl(&c, &["reinit", "ctl-ops", &replica], "n\n").await;
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stdout.contains(&format!(
+            "Are you sure you want to reinitialize members {replica}? [y/N]"
+        )),
+        "{out}"
+    );
+    assert!(out.stderr.contains("Aborted reinitialize"), "{out}");
+    assert!(!out.stdout.contains("reinitialize for member"), "{out}");
+    assert_eq!(c.node(&replica).postmaster_pid(), before, "{out}");
+    assert!(c.node(&replica).data_dir().join("PG_VERSION").exists());
+    assert!(!c.node(&replica).log().contains("reinitialize requested"));
     let out = ctl(
         &c,
         &["reinit", "ctl-ops", &replica, "--force", "--wait"],

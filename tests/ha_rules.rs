@@ -161,6 +161,67 @@ async fn replica_agent_sigterm_stops_its_postgres() {
     );
 }
 
+/// Issue 13 item 7: after a crash (or a reboot) postmaster.pid names a PID that now belongs to
+/// another process. The agent must not take it for PostgreSQL nor signal it, and must start
+/// PostgreSQL again despite the stale lock file. Two strangers: a `sleep` owned by root, whose
+/// working directory the agent (user `postgres`) cannot read, and one owned by `postgres`, which
+/// PostgreSQL's own lock check would take for a live postmaster (the agent passes
+/// PG_GRANDPARENT_PID).
+#[tokio::test]
+async fn a_stale_postmaster_pid_naming_another_process_is_never_signalled_and_postgres_starts() {
+    let mut c = healthy_cluster(ClusterOptions::default()).await;
+    let leader = c.leader().await.unwrap();
+    let name = replicas_of(&c, &leader)[0].clone();
+    for owner in ["postgres", "root"] {
+        let crashed = c.node(&name).postmaster_pid().unwrap();
+        c.node_mut(&name).kill_agent();
+        c.node(&name).kill_postmaster();
+        wait_for("the postmaster to die", Duration::from_secs(30), || async {
+            match c.node(&name).postmaster_pid() {
+                None => Ok(()),
+                Some(pid) => Err(pid.to_string()),
+            }
+        })
+        .await
+        .unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600").current_dir("/tmp");
+        if owner == "postgres" {
+            praetor_harness::as_postgres(&mut cmd);
+        }
+        let mut stranger = cmd.spawn().expect("spawn sleep");
+        let pid_file = c.node(&name).data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file).expect("stale postmaster.pid");
+        let (_, rest) = text.split_once('\n').unwrap();
+        std::fs::write(&pid_file, format!("{}\n{rest}", stranger.id())).unwrap();
+        c.node_mut(&name).start_agent(&binary()).unwrap();
+        wait_for("a new postmaster", Duration::from_secs(60), || async {
+            match c.node(&name).postmaster_pid() {
+                Some(pid) if pid != crashed && pid != stranger.id() as i32 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            dump_logs(&c);
+            panic!("{owner}'s stranger: {e}")
+        });
+        healthy_again(&c).await;
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "{owner}'s process named by the stale postmaster.pid was signalled"
+        );
+        assert!(
+            c.node(&name)
+                .log()
+                .contains(&format!("process {} from postmaster.pid", stranger.id())),
+            "the agent said why"
+        );
+        stranger.kill().unwrap();
+        stranger.wait().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn replica_agent_kill_9_leaves_postgres_streaming() {
     let mut c = healthy_cluster(ClusterOptions::default()).await;

@@ -573,9 +573,10 @@ async fn switchover_failover_restart_reload_and_refusals_over_rest() {
         call(rn, "POST", "/reload", None).await,
         (202, "reload scheduled".into())
     );
-    let (code, answer) = call(ln, "POST", "/reinitialize", None).await;
-    assert_eq!(code, 503, "{answer}");
-    assert!(answer.contains("leader"), "{answer}");
+    assert_eq!(
+        call(ln, "POST", "/reinitialize", None).await,
+        (412, "I am the leader, can not reinitialize".into())
+    );
     assert_eq!(
         call(rn, "POST", "/failsafe", Some(r#"{"name":"x"}"#)).await,
         (200, "Accepted".into())
@@ -706,6 +707,110 @@ fn make_certs(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     files
+}
+
+/// A file the test drops into a member's data directory: still there afterwards means the directory
+/// was not removed. Named after the member, since pg_basebackup copies the leader's.
+fn canary(node: &praetor_harness::cluster::Node) -> std::path::PathBuf {
+    node.data_dir()
+        .join(format!("praetor-test-canary-{}", node.name))
+}
+
+fn drop_canary(node: &praetor_harness::cluster::Node) {
+    std::fs::write(canary(node), "kept").expect("write the canary");
+}
+
+/// Asserts that `node`'s data directory and postmaster are as they were: same postmaster PID (the
+/// agent stops PostgreSQL before removing anything), PG_VERSION and the canary in place.
+fn untouched(node: &praetor_harness::cluster::Node, postmaster: Option<i32>, what: &str) {
+    assert_eq!(node.postmaster_pid(), postmaster, "{what}: postmaster");
+    assert!(
+        node.data_dir().join("PG_VERSION").exists(),
+        "{what}: PG_VERSION"
+    );
+    assert!(canary(node).exists(), "{what}: canary");
+}
+
+/// Issue 13 items 6 and 7 on a real cluster. pg2 and pg3 are tagged nofailover, so pg1 bootstraps
+/// and leads, and nobody takes over once its agent is gone: the "no leader" case.
+#[tokio::test]
+async fn reinitialize_is_refused_on_the_leader_and_without_a_leader_and_reclones_a_healthy_replica()
+{
+    let mut c = healthy_cluster(ClusterOptions {
+        tags: vec![
+            (1, "nofailover: true".into()),
+            (2, "nofailover: true".into()),
+        ],
+        ..opts("api-reinit")
+    })
+    .await;
+    assert_eq!(c.leader().await.as_deref(), Some("pg1"));
+    // Item 7: the agent's postmaster.pid check recognises a real postmaster (started by an agent
+    // running as `postgres`, judged here as root).
+    for n in &c.nodes {
+        let pid = n.postmaster_pid().expect("postmaster running");
+        match praetor_agent::postgres::postmaster::inspect(&n.data_dir()) {
+            praetor_agent::postgres::postmaster::PidFile::Ours(pm) => assert_eq!(pm.pid, pid),
+            other => panic!("{}: {other:?}", n.name),
+        }
+    }
+    let body = Some(r#"{"force": true}"#);
+
+    // The leader: refused, nothing removed, still the leader.
+    let leader = c.node("pg1");
+    drop_canary(leader);
+    let before = leader.postmaster_pid();
+    assert_eq!(
+        call(leader, "POST", "/reinitialize", body).await,
+        (412, "I am the leader, can not reinitialize".into())
+    );
+    untouched(leader, before, "leader after a refused reinitialize");
+    assert_eq!(c.leader().await.as_deref(), Some("pg1"));
+
+    // A healthy replica: its data directory is removed and cloned again.
+    let replica = c.node("pg3");
+    drop_canary(replica);
+    let before = replica.postmaster_pid();
+    assert_eq!(
+        call(replica, "POST", "/reinitialize", body).await,
+        (200, "reinitialize started".into())
+    );
+    c.wait_healthy(2, Duration::from_secs(120))
+        .await
+        .expect("healthy after reinitialize");
+    assert_ne!(c.node("pg3").postmaster_pid(), before, "a new postmaster");
+    assert!(
+        !canary(c.node("pg3")).exists(),
+        "the data directory was cloned again"
+    );
+
+    // No leader: pg1's agent dies and its lock expires; pg2 and pg3 may not take over.
+    c.node_mut("pg1").kill_agent();
+    wait_for(
+        "the leader lock to expire",
+        Duration::from_secs(60),
+        || async {
+            match dcs_cluster(&c).await.leader {
+                None => Ok(()),
+                Some(l) => Err(l.name),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let replica = c.node("pg2");
+    drop_canary(replica);
+    let before = replica.postmaster_pid();
+    assert!(before.is_some(), "pg2 still runs");
+    assert_eq!(
+        call(replica, "POST", "/reinitialize", body).await,
+        (412, "Cluster has no leader, can not reinitialize".into())
+    );
+    untouched(
+        replica,
+        before,
+        "replica after a reinitialize refused for want of a leader",
+    );
 }
 
 #[tokio::test]

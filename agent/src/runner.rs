@@ -503,7 +503,7 @@ impl Runner {
     }
 
     /// Carries out a REST API command between cycles (the next cycle runs at once after it).
-    async fn command(&mut self, command: api::AgentCommand) -> Result<String, String> {
+    async fn command(&mut self, command: api::AgentCommand) -> Result<String, api::CommandError> {
         if self.task.is_some() {
             return Err("a background task is running (bootstrap, clone, rewind or start)".into());
         }
@@ -532,15 +532,32 @@ impl Runner {
                 self.pg.reload().map_err(|e| e.to_string())?;
                 Ok("reloaded configuration".into())
             }
-            api::AgentCommand::Restart => self.restart_command().await,
+            api::AgentCommand::Restart => self.restart_command().await.map_err(Into::into),
             api::AgentCommand::Reinitialize { force, .. } => {
-                if holds {
-                    return Err("I am the leader, can not reinitialize".into());
-                }
-                if self.pg.postmaster().is_some() {
-                    if !force {
-                        return Err("postgres is running; use force to stop it first".into());
+                // The last view may be a loop old: decide on a fresh DCS read and on PostgreSQL as
+                // it runs now, right before removing anything.
+                let fresh = match self.bounded(self.dcs.load()).await {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!("reinitialize: cannot read the DCS: {e}");
+                        None
                     }
+                };
+                let live = self.observe().await.postgres;
+                let standby_signal = self.pg.settings().data_dir.join("standby.signal").exists();
+                ha::guards::reinitialize(
+                    fresh.as_ref(),
+                    self.me(),
+                    holds || self.lock_renewed_ms.is_some(),
+                    &live,
+                    standby_signal,
+                    force,
+                )
+                .map_err(|why| {
+                    tracing::warn!("reinitialize refused: {why}");
+                    api::CommandError::Refused(why)
+                })?;
+                if self.pg.postmaster().is_some() {
                     self.pg
                         .stop(ha::StopMode::Immediate, None)
                         .await

@@ -18,7 +18,10 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
 use super::schedule::{format_iso, parse_schedule, RestartFilter, ScheduledRestart};
-use super::{AgentCommand, ApiContext, CommandRequest, FailsafeContact, NodeStatus, Query, Reply};
+use super::{
+    AgentCommand, ApiContext, CommandError, CommandRequest, FailsafeContact, NodeStatus, Query,
+    Reply,
+};
 
 /// Reads a JSON object body. An empty body is `{}` when `optional`; anything that is not a JSON
 /// object is 400.
@@ -166,12 +169,12 @@ pub fn restart_matches(f: &RestartFilter, st: &NodeStatus) -> Result<(), &'stati
 }
 
 /// Sends `command` to the loop and waits (up to 60 s) for its answer.
-pub async fn send_command(ctx: &ApiContext, command: AgentCommand) -> Result<String, String> {
+pub async fn send_command(ctx: &ApiContext, command: AgentCommand) -> Result<String, CommandError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     ctx.commands
         .send(CommandRequest { command, reply })
         .await
-        .map_err(|_| "the HA loop is not running".to_string())?;
+        .map_err(|_| CommandError::from("the HA loop is not running"))?;
     match tokio::time::timeout(Duration::from_secs(60), answer).await {
         Ok(Ok(r)) => r,
         _ => Err("no answer from the HA loop".into()),
@@ -268,11 +271,14 @@ pub fn delete_restart(ctx: &ApiContext) -> Reply {
 pub async fn reload(ctx: &ApiContext) -> Reply {
     match send_command(ctx, AgentCommand::Reload).await {
         Ok(_) => Reply::text(StatusCode::ACCEPTED, "reload scheduled"),
-        Err(e) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
-/// `POST /reinitialize {force, from_leader}` (also as query parameters).
+/// `POST /reinitialize {force, from_leader}` (also as query parameters): 200 "reinitialize
+/// started" once the data directory is removed (the loop clones it again); 412 with the reason when
+/// [`crate::ha::guards::reinitialize`] refuses (Patroni answers these with 503; its words are kept);
+/// 503 when the loop is busy or the removal failed.
 pub async fn reinitialize(ctx: &ApiContext, body: &Bytes, query: &Query) -> Reply {
     let req = match read_json(body, true) {
         Ok(r) => r,
@@ -290,7 +296,8 @@ pub async fn reinitialize(ctx: &ApiContext, body: &Bytes, query: &Query) -> Repl
     };
     match send_command(ctx, command).await {
         Ok(_) => Reply::text(StatusCode::OK, "reinitialize started"),
-        Err(e) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(CommandError::Refused(why)) => Reply::text(StatusCode::PRECONDITION_FAILED, why),
+        Err(CommandError::Failed(why)) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

@@ -199,8 +199,8 @@ pub enum AgentCommand {
     Restart,
     /// Rewrite the configuration files and reload PostgreSQL (`POST /reload`).
     Reload,
-    /// Remove this replica's data directory and clone it again (`POST /reinitialize`); refused on the
-    /// leader.
+    /// Remove this replica's data directory and clone it again (`POST /reinitialize`); refused as
+    /// [`crate::ha::guards::reinitialize`] says (no leader, this member leads, PostgreSQL primary).
     Reinitialize {
         /// Also when PostgreSQL is running (stopped first).
         force: bool,
@@ -209,13 +209,43 @@ pub enum AgentCommand {
     },
 }
 
-/// An [`AgentCommand`] with the channel its answer goes back on: `Ok(message)` or `Err(why)`.
+/// Why the loop did not carry out an [`AgentCommand`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// A guard refused it: not possible in the cluster's or PostgreSQL's current state (for
+    /// example [`crate::ha::guards::reinitialize`]). The API answers 412 with the reason.
+    Refused(String),
+    /// It was tried and failed, or the loop was busy or unreachable. The API answers 503.
+    Failed(String),
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::Refused(why) | CommandError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for CommandError {
+    fn from(why: String) -> Self {
+        CommandError::Failed(why)
+    }
+}
+
+impl From<&str> for CommandError {
+    fn from(why: &str) -> Self {
+        CommandError::Failed(why.to_string())
+    }
+}
+
+/// An [`AgentCommand`] with the channel its answer goes back on: `Ok(message)` or why not.
 #[derive(Debug)]
 pub struct CommandRequest {
     /// What to do.
     pub command: AgentCommand,
     /// Where the loop answers.
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub reply: oneshot::Sender<Result<String, CommandError>>,
 }
 
 /// The last `POST /failsafe` from the leader (failsafe mode): when, and what it sent.

@@ -13,6 +13,7 @@
 
 mod decide;
 mod election;
+pub mod guards;
 mod reason;
 mod rejoin;
 pub mod slots;

@@ -13,10 +13,11 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use super::files::{
-    conninfo, conninfo_host_port, merge_parameters, parse_controldata, parse_postmaster_pid,
-    parse_timeline_history, pgpass_line, render_postgresql_conf, same_setting, split_cmdline,
-    HistoryLine, PostmasterPid, StandbySettings,
+    conninfo, conninfo_host_port, merge_parameters, parse_controldata, parse_timeline_history,
+    pgpass_line, render_postgresql_conf, same_setting, split_cmdline, HistoryLine, PostmasterPid,
+    StandbySettings,
 };
+use super::postmaster::{self, PidFile};
 use crate::ha::{slot_name, ControlData, DataDir, StartAs, StopMode, Upstream};
 
 /// How to start PostgreSQL (the HA core's [`StartAs`]).
@@ -176,6 +177,8 @@ pub struct Instance {
     sync_names: std::sync::Mutex<Option<String>>,
     client: Mutex<Option<tokio_postgres::Client>>,
     child: Mutex<Option<Child>>,
+    /// The last reason logged for a `postmaster.pid` naming another process (logged once per change).
+    stranger_logged: std::sync::Mutex<Option<String>>,
 }
 
 impl Instance {
@@ -186,6 +189,7 @@ impl Instance {
             sync_names: std::sync::Mutex::new(None),
             client: Mutex::new(None),
             child: Mutex::new(None),
+            stranger_logged: std::sync::Mutex::new(None),
         }
     }
 
@@ -224,20 +228,40 @@ impl Instance {
         parse_controldata(&out).map_err(PgError::Unexpected)
     }
 
-    /// The running postmaster, from `postmaster.pid`, if its PID is alive.
+    /// The running postmaster, from `postmaster.pid`: its PID is alive *and* is a postmaster of this
+    /// data directory ([`postmaster::judge`]: start time and data directory match the file). A PID
+    /// that a reboot or a crash handed to another process is not ours: `None`, and nothing signals
+    /// it (stop, reload and the start-up checks all go through here).
     pub fn postmaster(&self) -> Option<PostmasterPid> {
-        let text = std::fs::read_to_string(self.data("postmaster.pid")).ok()?;
-        let pm = parse_postmaster_pid(&text)?;
-        // kill(pid, 0) succeeds for a zombie child too; reap our own child first.
+        match self.pid_file() {
+            PidFile::Ours(pm) => Some(pm),
+            PidFile::Absent | PidFile::Stranger(..) => None,
+        }
+    }
+
+    fn pid_file(&self) -> PidFile {
+        // A zombie child still has a /proc entry; reap our own child first.
         if let Ok(mut guard) = self.child.try_lock() {
             if let Some(child) = guard.as_mut() {
                 if let Ok(Some(_)) = child.try_wait() {
                     *guard = None;
-                    return None;
+                    return PidFile::Absent;
                 }
             }
         }
-        kill(Pid::from_raw(pm.pid), None).ok().map(|_| pm)
+        let found = postmaster::inspect(&self.s.data_dir);
+        if let PidFile::Stranger(_, why) = &found {
+            // Called every loop and while waiting: say it once per change, not every poll.
+            let mut last = self
+                .stranger_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.as_deref() != Some(why.reason.as_str()) {
+                tracing::warn!("{}; not treating it as PostgreSQL", why.reason);
+                *last = Some(why.reason.clone());
+            }
+        }
+        found
     }
 
     /// Writes the .pgpass file (mode 0600) with the replication, superuser and rewind credentials, for
@@ -422,11 +446,15 @@ impl Instance {
     /// Writes the configuration for `role`, starts the postmaster in its own process group (so a
     /// signal to the agent's group does not reach it), and waits until it accepts connections.
     pub async fn start(&self, dynamic: &DynamicConfig, role: &StartRole) -> Result<(), PgError> {
-        if self.postmaster().is_some() {
-            return Err(PgError::Unexpected(
-                "postgres is already running".to_string(),
-            ));
-        }
+        let stale_pid = match self.pid_file() {
+            PidFile::Ours(_) => {
+                return Err(PgError::Unexpected(
+                    "postgres is already running".to_string(),
+                ))
+            }
+            PidFile::Stranger(pm, why) if why.elsewhere => Some(pm.pid),
+            PidFile::Stranger(..) | PidFile::Absent => None,
+        };
         let ignored = self.write_config(dynamic, role)?.ignored;
         if !ignored.is_empty() {
             tracing::warn!(parameters = ?ignored, "local postgresql.parameters ignored: cluster-wide ones come from the dynamic configuration, agent-managed ones from the agent");
@@ -438,6 +466,17 @@ impl Instance {
         cmd.arg("-D").arg(&self.s.data_dir);
         for (k, v) in &cmdline {
             cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        if let Some(pid) = stale_pid {
+            // postmaster.pid names a live process that works in another directory (its PID was
+            // reused after a reboot or crash). PostgreSQL refuses to start while the file's PID is
+            // alive, unless it is its parent or `PG_GRANDPARENT_PID`; Patroni passes that
+            // variable for the same reason (postgresql/postmaster.py `start`). Its shared memory
+            // interlock still guards against a second postmaster on this directory.
+            tracing::info!(
+                "telling postgres that it is safe to ignore postmaster.pid naming process {pid}"
+            );
+            cmd.env("PG_GRANDPARENT_PID", pid.to_string());
         }
         cmd.stdin(Stdio::null())
             .process_group(0)
@@ -1010,6 +1049,79 @@ fn remove_if_exists(path: &Path) -> Result<(), PgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn instance_in(data_dir: &Path) -> Instance {
+        let address = Address {
+            host: "127.0.0.1".into(),
+            port: 5432,
+        };
+        Instance::new(InstanceSettings {
+            name: "pg1".into(),
+            scope: "test".into(),
+            bin_dir: "/usr/lib/postgresql/15/bin".into(),
+            data_dir: data_dir.to_path_buf(),
+            listen: address.clone(),
+            connect_address: address,
+            superuser: Credentials::default(),
+            replication: Credentials::default(),
+            rewind: None,
+            pgpass: data_dir.join("pgpass"),
+            parameters: Parameters::default(),
+            pg_hba: None,
+            basebackup_args: vec![],
+            ctl_timeout: Duration::from_secs(5),
+        })
+    }
+
+    fn postmaster_pid_file(pid: u32, data_dir: &Path, start_time: i64) -> String {
+        format!(
+            "{pid}\n{}\n{start_time}\n5432\n/tmp\n127.0.0.1\n  5432001  12345\nready   \n",
+            data_dir.display()
+        )
+    }
+
+    /// After a reboot or a crash, the PID in a stale postmaster.pid may belong to another process:
+    /// the agent must neither take it for its postmaster nor signal it, whether or not its start
+    /// time happens to match the file's.
+    #[tokio::test]
+    async fn a_reused_pid_is_not_our_postmaster_and_is_never_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let pg = instance_in(dir.path());
+        // (start time in the file, why the PID is not ours)
+        for (start_time, case) in [
+            (now, "same start time, another data directory"),
+            (now - 3600, "start time an hour off"),
+            (0, "no start time"),
+        ] {
+            std::fs::write(
+                dir.path().join("postmaster.pid"),
+                postmaster_pid_file(sleep.id(), dir.path(), start_time),
+            )
+            .unwrap();
+            assert_eq!(pg.postmaster(), None, "{case}");
+            pg.stop(StopMode::Immediate, None)
+                .await
+                .expect("nothing to stop");
+            pg.stop(StopMode::Fast, None)
+                .await
+                .expect("nothing to stop");
+            assert!(pg.reload().is_err(), "{case}: reload has nothing to signal");
+            assert!(
+                sleep.try_wait().unwrap().is_none(),
+                "{case}: the process named by postmaster.pid was signalled"
+            );
+        }
+        sleep.kill().unwrap();
+        sleep.wait().unwrap();
+    }
 
     #[test]
     fn rewind_role_gets_the_functions_pg_rewind_calls() {

@@ -3,12 +3,15 @@
 //! - [`files`]: pure parsers and renderers (pg_controldata output, `postmaster.pid`, timeline history
 //!   files, postgresql.conf, primary_conninfo, .pgpass). Unit-tested without PostgreSQL.
 //! - [`fence`]: stopping a former primary before a replica promotes.
+//! - [`postmaster`]: whether the PID in `postmaster.pid` is our postmaster (start time and data
+//!   directory), so that a reused PID is never signalled.
 //! - [`instance`]: the [`Instance`] that runs initdb, starts/stops/promotes the postmaster, runs
 //!   pg_basebackup and pg_rewind, and queries the server's state.
 
 pub mod fence;
 pub mod files;
 pub mod instance;
+pub mod postmaster;
 
 pub use instance::{Instance, InstanceSettings, PgError, ServerStatus, StartRole};
 
