@@ -3,11 +3,16 @@
 //! SIGINT or SIGQUIT) would kill something that is not ours, and taking it for a running PostgreSQL
 //! would hide that PostgreSQL is down.
 //!
-//! A PID is ours only when the process's start time matches the file's start-time line (within
-//! Patroni's slack, `postgresql/postmaster.py` `_is_postmaster_process`: under 3 s) *and* its data
-//! directory is ours (its working directory, where the postmaster `chdir`s at start, or else the
-//! `-D` of its command line). The matching is [`judge`], a pure function; [`read_process`] is the
-//! thin shell over `/proc`.
+//! A PID is ours when the process works in our data directory (its working directory, where the
+//! postmaster `chdir`s at start, when we can read it). Only when we cannot (another user's process,
+//! so none we started) do its command line's `-D` and its start time both have to match: the start
+//! time within Patroni's slack (`postgresql/postmaster.py` `_is_postmaster_process`: under 3 s) of
+//! the file's start-time line. A readable working directory is not checked against the start time
+//! on purpose: the file's start time is wall-clock, and a clock stepped by more than 3 s after
+//! PostgreSQL started (NTP at boot, a resumed VM) would otherwise make the agent lose sight of its
+//! own running primary, fail to start another one (PostgreSQL's lock), give the lock up after
+//! `primary_start_timeout` and leave two primaries. The matching is [`judge`], a pure function;
+//! [`read_process`] is the thin shell over `/proc`.
 
 use std::path::{Path, PathBuf};
 
@@ -45,35 +50,27 @@ pub struct NotOurs {
     pub elsewhere: bool,
 }
 
-/// Decides whether `process` is the postmaster `file` names for `data_dir` (canonical). Ok when
-/// both its start time (within [`START_TIME_SLACK_MS`]) and its data directory match; a file
-/// without a start time never matches.
-///
-/// The data directory is the process's working directory when readable (the postmaster `chdir`s
-/// into it at start); only when that cannot be read does the command line's `-D` decide. A process
-/// whose working directory we cannot read belongs to another user, so it is no postmaster this
-/// agent started; its command line is still checked so that the rule does not depend on who we run
-/// as.
+/// Decides whether `process` is the postmaster `file` names for `data_dir` (canonical): Ok when its
+/// working directory is `data_dir`; when that cannot be read, Ok only when its command line's `-D` is
+/// `data_dir` and its start time matches the file's (within [`START_TIME_SLACK_MS`]; a file
+/// without a start time never matches). See the module docs for why a readable working directory
+/// decides alone.
 pub fn judge(file: &PostmasterPid, process: &ProcessFacts, data_dir: &Path) -> Result<(), NotOurs> {
     let pid = file.pid;
-    let dir = match (&process.cwd, &process.cmdline_data_dir) {
-        (Some(cwd), _) => Some(("working directory", cwd)),
-        (None, Some(d)) => Some(("command line's -D", d)),
-        (None, None) => None,
+    let elsewhere = |what: &str, d: &Path| NotOurs {
+        reason: format!(
+            "process {pid} from postmaster.pid is not a postmaster of {}: its {what} is {}",
+            data_dir.display(),
+            d.display()
+        ),
+        elsewhere: true,
     };
-    match dir {
-        Some((_, d)) if d == data_dir => {}
-        Some((what, d)) => {
-            return Err(NotOurs {
-                reason: format!(
-                    "process {pid} from postmaster.pid is not a postmaster of {}: its {what} is {}",
-                    data_dir.display(),
-                    d.display()
-                ),
-                elsewhere: true,
-            })
-        }
-        None => {
+    match (&process.cwd, &process.cmdline_data_dir) {
+        (Some(cwd), _) if cwd == data_dir => return Ok(()),
+        (Some(cwd), _) => return Err(elsewhere("working directory", cwd)),
+        (None, Some(d)) if d != data_dir => return Err(elsewhere("command line's -D", d)),
+        (None, Some(_)) => {}
+        (None, None) => {
             return Err(NotOurs {
                 reason: format!(
                     "process {pid} from postmaster.pid is not a postmaster of {}: its working directory is unreadable and its command line has no -D",
@@ -218,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_is_ours_only_when_start_time_and_data_directory_match() {
+    fn a_pid_is_ours_when_it_works_in_our_data_directory_else_by_command_line_and_start_time() {
         let ms = STARTED_S * 1000;
         // (case, file's start time, process facts, Ok, or Err(elsewhere))
         let rows: Vec<(&str, i64, ProcessFacts, Result<(), bool>)> = vec![
@@ -229,39 +226,51 @@ mod tests {
                 Ok(()),
             ),
             (
-                "rounding: 2.9 s early",
+                "cwd unreadable, -D ours, rounding: 2.9 s early",
                 STARTED_S,
-                facts(Some(ms - 2900), Some("/pg/data"), None),
+                facts(Some(ms - 2900), None, Some("/pg/data")),
                 Ok(()),
             ),
             (
-                "rounding: 2.9 s late",
+                "cwd unreadable, -D ours, rounding: 2.9 s late",
                 STARTED_S,
-                facts(Some(ms + 2900), Some("/pg/data"), None),
+                facts(Some(ms + 2900), None, Some("/pg/data")),
                 Ok(()),
             ),
             (
-                "3 s off: not ours (Patroni: < 3)",
+                "working in our data directory, clock stepped 3 s since: ours",
                 STARTED_S,
                 facts(Some(ms + 3000), Some("/pg/data"), None),
-                Err(false),
+                Ok(()),
             ),
             (
-                "reused pid after a reboot, same dir",
-                STARTED_S,
-                facts(Some(ms + 86_400_000), Some("/pg/data"), None),
-                Err(false),
-            ),
-            (
-                "start time unknown",
+                "working in our data directory, start time unknown: ours",
                 STARTED_S,
                 facts(None, Some("/pg/data"), None),
+                Ok(()),
+            ),
+            (
+                "cwd unreadable, -D ours, 3 s off: not ours (Patroni: < 3)",
+                STARTED_S,
+                facts(Some(ms + 3000), None, Some("/pg/data")),
                 Err(false),
             ),
             (
-                "file without start time",
+                "cwd unreadable, -D ours, reused pid after a reboot",
+                STARTED_S,
+                facts(Some(ms + 86_400_000), None, Some("/pg/data")),
+                Err(false),
+            ),
+            (
+                "cwd unreadable, -D ours, start time unknown",
+                STARTED_S,
+                facts(None, None, Some("/pg/data")),
+                Err(false),
+            ),
+            (
+                "cwd unreadable, -D ours, file without start time",
                 0,
-                facts(Some(0), Some("/pg/data"), None),
+                facts(Some(0), None, Some("/pg/data")),
                 Err(false),
             ),
             (
