@@ -116,6 +116,9 @@ pub struct ControlData {
     pub checkpoint_lsn: u64,
     /// `Minimum recovery ending location` (bytes; 0 when unset).
     pub min_recovery_end_lsn: u64,
+    /// `Min recovery ending loc's timeline` (0 when unset): a replica that already replays a later
+    /// timeline than its last checkpoint's followed the switch.
+    pub min_recovery_end_timeline: u32,
     /// Data checksums or `wal_log_hints` are on, as pg_rewind requires.
     pub rewindable: bool,
 }

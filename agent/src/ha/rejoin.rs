@@ -55,10 +55,15 @@ pub fn rejoin_plan(
     }
 }
 
-/// How far a stopped data directory's WAL goes, as pg_controldata tells: its last checkpoint, or
-/// for a replica the minimum recovery ending location when that is later (how far it replayed).
+/// How far a stopped data directory's WAL goes on its checkpoint's timeline, as pg_controldata
+/// tells: its last checkpoint, or for a replica the minimum recovery ending location when that is
+/// later (how far it replayed) and on the same timeline.
 fn replayed(cd: &ControlData) -> u64 {
-    cd.checkpoint_lsn.max(cd.min_recovery_end_lsn)
+    if cd.min_recovery_end_timeline == 0 || cd.min_recovery_end_timeline == cd.timeline {
+        cd.checkpoint_lsn.max(cd.min_recovery_end_lsn)
+    } else {
+        cd.checkpoint_lsn
+    }
 }
 
 /// The switch point (bytes) past which a stopped data directory on a former timeline holds WAL the
@@ -70,6 +75,10 @@ pub fn diverged_at(cd: &ControlData, history: &[HistoryEntry]) -> Option<u64> {
     let e = history.iter().find(|e| e.timeline == cd.timeline)?;
     let diverged = if cd.state.was_primary() {
         cd.checkpoint_lsn >= e.lsn
+    } else if cd.min_recovery_end_timeline > cd.timeline {
+        // It already replays a later timeline (it followed the switch, or pg_rewind rewound it
+        // there): no restartpoint on it yet, but nothing of the old timeline past the fork either.
+        false
     } else {
         replayed(cd) > e.lsn
     };
@@ -151,6 +160,7 @@ mod tests {
             timeline,
             checkpoint_lsn,
             min_recovery_end_lsn: 0,
+            min_recovery_end_timeline: 0,
             rewindable: true,
         }
     }
@@ -199,6 +209,17 @@ mod tests {
                 Some(2),
                 true,
                 Rewind,
+            ),
+            (
+                "replica that followed the switch, no restartpoint on the new timeline yet",
+                Some(ControlData {
+                    min_recovery_end_lsn: 7000,
+                    min_recovery_end_timeline: 2,
+                    ..cd(ShutDownInRecovery, 1, 900)
+                }),
+                Some(2),
+                true,
+                StartAsReplica,
             ),
             (
                 "replica past the switch point (crashed in recovery), rewind off: diverged",

@@ -258,6 +258,7 @@ fn rows() -> Vec<Row> {
                 timeline,
                 checkpoint_lsn: lsn,
                 min_recovery_end_lsn: 0,
+                min_recovery_end_timeline: 0,
                 rewindable: true,
             }),
         })
@@ -1063,7 +1064,7 @@ fn rows() -> Vec<Row> {
         // --- rewind preconditions ----------------------------------------------------------------------
         row("diverged, use_pg_rewind on, but neither checksums nor wal_log_hints: stay stopped, say why",
             Some(on_tl2(cluster(Some("pg2")))),
-            local(Postgres::Stopped { control: Some(ControlData { state: ClusterState::ShutDown, timeline: 1, checkpoint_lsn: 6000, min_recovery_end_lsn: 0, rewindable: false }) }))
+            local(Postgres::Stopped { control: Some(ControlData { state: ClusterState::ShutDown, timeline: 1, checkpoint_lsn: 6000, min_recovery_end_lsn: 0, min_recovery_end_timeline: 0, rewindable: false }) }))
             .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
             .expect(vec![], |r| matches!(r, Reason::NotRewindable { timeline: 1 })),
         // --- synchronous replication --------------------------------------------------------------

@@ -44,6 +44,10 @@ pub fn parse_controldata(text: &str) -> Result<(String, ControlData), String> {
             timeline,
             checkpoint_lsn: lsn("Latest checkpoint location")?,
             min_recovery_end_lsn: lsn("Minimum recovery ending location").unwrap_or(0),
+            min_recovery_end_timeline: fields
+                .get("Min recovery ending loc's timeline")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             rewindable: fields
                 .get("Data page checksum version")
                 .is_some_and(|v| *v != "0")
@@ -388,6 +392,7 @@ Latest checkpoint location:           0/1500718
 Latest checkpoint's REDO location:    0/1500718
 Latest checkpoint's TimeLineID:       3
 Minimum recovery ending location:     0/0
+Min recovery ending loc's timeline:   2
 wal_log_hints setting:                off
 Data page checksum version:           1
 ";
@@ -399,6 +404,7 @@ Data page checksum version:           1
         assert_eq!(cd.state, ClusterState::ShutDown);
         assert_eq!(cd.timeline, 3);
         assert_eq!(cd.checkpoint_lsn, 0x1500718);
+        assert_eq!(cd.min_recovery_end_timeline, 2);
         assert!(cd.rewindable, "data checksums are on");
         assert!(parse_controldata("garbage").is_err());
     }
