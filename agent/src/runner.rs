@@ -221,7 +221,8 @@ impl BindHost for praetor_config::Address {
 
 struct RunningTask {
     kind: Task,
-    handle: JoinHandle<Result<(), String>>,
+    /// On failure: the step that failed (a rewind's start fails as [`Task::Start`]) and why.
+    handle: JoinHandle<Result<(), (Task, String)>>,
 }
 
 struct Runner {
@@ -461,6 +462,10 @@ impl Runner {
                 .postgresql
                 .remove_data_directory_on_diverged_timelines,
             fence_timeout_ms: self.fence_timeout_ms,
+            remove_data_on_rewind_failure: self
+                .config
+                .postgresql
+                .remove_data_directory_on_rewind_failure,
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
         let mut message = d.reason.to_string();
@@ -584,7 +589,7 @@ impl Runner {
         let result = t
             .handle
             .await
-            .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
+            .unwrap_or_else(|e| Err((t.kind, format!("task panicked: {e}"))));
         match result {
             Ok(()) => {
                 tracing::info!(task = ?t.kind, "finished");
@@ -598,7 +603,7 @@ impl Runner {
                     self.callbacks.fire(crate::callbacks::Event::OnStart, role);
                 }
             }
-            Err(e) if t.kind == Task::Bootstrap => {
+            Err((_, e)) if t.kind == Task::Bootstrap => {
                 // Give the race back so a fixed configuration (or another node) can bootstrap.
                 if let Err(ce) = self.dcs.cancel_initialize("").await {
                     tracing::warn!("cannot remove the initialize key: {ce}");
@@ -606,9 +611,9 @@ impl Runner {
                 self.won_initialize = false;
                 bail!("bootstrap failed: {e}");
             }
-            Err(e) => {
-                tracing::error!(task = ?t.kind, "failed: {e}");
-                self.failed_task = Some((t.kind, self.now().mono_ms));
+            Err((step, e)) => {
+                tracing::error!(task = ?t.kind, ?step, "failed: {e}");
+                self.failed_task = Some((step, self.now().mono_ms));
             }
         }
         Ok(())
@@ -1256,44 +1261,39 @@ impl Runner {
         let local_hba = self.config.postgresql.pg_hba.clone();
         let conn_url = self.conn_url();
         let done = self.task_done.clone();
-        let remove_on_rewind_failure = self
-            .config
-            .postgresql
-            .remove_data_directory_on_rewind_failure;
         let fut = async move {
-            match action {
+            if let Action::Rewind(up) = action {
+                // Which step failed matters: a failed pg_rewind may lead decide() to re-clone
+                // (remove_data_directory_on_rewind_failure), a failed start after it must not.
+                pg.rewind(&up)
+                    .await
+                    .map_err(|e| (Task::Rewind, format!("pg_rewind: {e}")))?;
+                let role = StartAs::Replica { upstream: Some(up) };
+                return pg
+                    .start(&dynamic, &role)
+                    .await
+                    .map_err(|e| (Task::Start, e.to_string()));
+            }
+            let result = match action {
                 Action::Bootstrap => {
                     bootstrap_task(&pg, &dynamic, &bootstrap, local_hba, &conn_url).await
                 }
                 Action::Start(role) => pg.start(&dynamic, &role).await.map_err(|e| e.to_string()),
-                Action::Clone { source, leader } => {
-                    pg.basebackup(&source).await.map_err(|e| e.to_string())?;
-                    let role = StartAs::Replica {
-                        upstream: Some(leader),
-                    };
-                    pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
-                }
-                Action::Rewind(up) => {
-                    if let Err(e) = pg.rewind(&up).await {
-                        if !remove_on_rewind_failure {
-                            return Err(format!("{e}; the data directory is kept (set postgresql.remove_data_directory_on_rewind_failure to re-clone instead)"));
-                        }
-                        let dir = &pg.settings().data_dir;
-                        tracing::warn!(
-                            "pg_rewind failed ({e}): removing {} to clone again (remove_data_directory_on_rewind_failure)",
-                            dir.display()
-                        );
-                        return std::fs::remove_dir_all(dir)
-                            .map_err(|e| format!("cannot remove {}: {e}", dir.display()));
+                Action::Clone { source, leader } => match pg.basebackup(&source).await {
+                    Ok(()) => {
+                        let role = StartAs::Replica {
+                            upstream: Some(leader),
+                        };
+                        pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
                     }
-                    let role = StartAs::Replica { upstream: Some(up) };
-                    pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
-                }
+                    Err(e) => Err(e.to_string()),
+                },
                 Action::CrashRecovery => {
                     pg.crash_recovery(&dynamic).await.map_err(|e| e.to_string())
                 }
                 other => Err(format!("{other:?} is not a background action")),
-            }
+            };
+            result.map_err(|e| (kind, e))
         };
         let fut = async move {
             let result = fut.await;

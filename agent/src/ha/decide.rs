@@ -386,6 +386,17 @@ fn stopped(
         {
             decision(vec![], Reason::WaitingForLeaderCheckpoint)
         }
+        RejoinPlan::Rewind
+            if cfg.remove_data_on_rewind_failure
+                && local
+                    .failed_task
+                    .is_some_and(|(t, _)| t == super::Task::Rewind) =>
+        {
+            decision(
+                vec![Action::RemoveDataDirectory],
+                Reason::RemovingDataDirectoryAfterRewindFailure,
+            )
+        }
         RejoinPlan::Rewind => decision(
             vec![Action::Rewind(leader_up)],
             Reason::Rewinding {

@@ -45,6 +45,10 @@ pub struct HaConfig {
     /// `praetor.fence_timeout_ms`: how long a promotion waits for a silent former primary to answer
     /// the fence (ms).
     pub fence_timeout_ms: u64,
+    /// `postgresql.remove_data_directory_on_rewind_failure`: after pg_rewind failed, remove the data
+    /// directory so the member clones again (otherwise it retries the rewind at the failed-task
+    /// pace and stays stopped meanwhile).
+    pub remove_data_on_rewind_failure: bool,
 }
 
 /// The time as `decide` sees it, supplied by the caller.

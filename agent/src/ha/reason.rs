@@ -152,6 +152,8 @@ pub enum Reason {
     },
     /// The leader's timeline history does not say where our timeline ended yet.
     WaitingForHistory,
+    /// pg_rewind failed and `remove_data_directory_on_rewind_failure` is set: clone again.
+    RemovingDataDirectoryAfterRewindFailure,
     /// This member holds WAL past the point where the cluster left its timeline (DCS `history`):
     /// it is not started (nor kept running) as a replica until it can be rewound from a leader.
     Diverged {
@@ -324,6 +326,9 @@ impl fmt::Display for Reason {
                 } else {
                     "not starting until a leader can rewind it"
                 }
+            ),
+            RemovingDataDirectoryAfterRewindFailure => f.write_str(
+                "pg_rewind failed: removing the data directory to clone again (remove_data_directory_on_rewind_failure)",
             ),
             WaitingForHistory => {
                 f.write_str("waiting for the leader's timeline history to decide about rewind")

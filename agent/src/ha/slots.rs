@@ -150,6 +150,7 @@ mod tests {
             dynamic: Default::default(),
             remove_data_on_diverged: false,
             fence_timeout_ms: 1000,
+            remove_data_on_rewind_failure: false,
         }
     }
 

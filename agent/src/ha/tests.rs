@@ -127,6 +127,7 @@ fn cfg() -> HaConfig {
         },
         remove_data_on_diverged: false,
         fence_timeout_ms: u64::from(praetor_config::DEFAULT_FENCE_TIMEOUT_MS),
+        remove_data_on_rewind_failure: false,
     }
 }
 
@@ -630,6 +631,32 @@ fn rows() -> Vec<Row> {
         .expect(vec![], |r| {
             matches!(r, Reason::RetryingTaskLater { task: Task::Rewind, in_ms: 13_000, .. })
         }),
+        row(
+            "rewind failed, remove_data_directory_on_rewind_failure: remove the data directory to clone",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.failed_task = Some((Task::Rewind, NOW.mono_ms - 1_000))
+            }),
+        )
+        .cfg(|c| {
+            c.dynamic.postgresql.use_pg_rewind = true;
+            c.remove_data_on_rewind_failure = true;
+        })
+        .expect(vec![RemoveDataDirectory], |r| {
+            *r == Reason::RemovingDataDirectoryAfterRewindFailure
+        }),
+        row(
+            "the start after a rewind failed: the data directory is kept, the start retried",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.failed_task = Some((Task::Start, NOW.mono_ms - 1_000))
+            }),
+        )
+        .cfg(|c| {
+            c.dynamic.postgresql.use_pg_rewind = true;
+            c.remove_data_on_rewind_failure = true;
+        })
+        .expect(vec![Rewind(up("pg2", 5432))], |_| true),
         row(
             "rewind failed 15 s ago: started again",
             Some(on_tl2(cluster(Some("pg2")))),
