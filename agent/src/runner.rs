@@ -382,6 +382,7 @@ impl Runner {
             self.lock_renewed_ms,
             &self.dynamic,
             self.watchdog.timeout_secs(),
+            self.failsafe_active,
             self.now().mono_ms,
         ) {
             self.stop_overdue_primary().await;

@@ -450,14 +450,18 @@ pub fn task_retry_after_ms(kind: Task, dynamic: &DynamicConfig) -> u64 {
 /// has passed: the agent was frozen (SIGSTOP, a hung VM, a stalled disk) or a DCS call outlived its
 /// bound. Its first act on waking is then to stop PostgreSQL, before any DCS call or query, since the
 /// lease may have expired and another member may lead: a thawed primary acknowledges nothing.
+/// Not while failsafe mode kept the primary on its last cycle (`failsafe_kept`: every member
+/// confirmed it without the DCS); that cycle's confirmation is asked again before anything else.
 pub fn past_demote_deadline(
     lock_renewed_ms: Option<u64>,
     dynamic: &DynamicConfig,
     watchdog_timeout_secs: Option<u32>,
+    failsafe_kept: bool,
     now_ms: u64,
 ) -> bool {
-    demote_deadline_ms(lock_renewed_ms, dynamic, watchdog_timeout_secs)
-        .is_some_and(|deadline| now_ms >= deadline)
+    !failsafe_kept
+        && demote_deadline_ms(lock_renewed_ms, dynamic, watchdog_timeout_secs)
+            .is_some_and(|deadline| now_ms >= deadline)
 }
 
 /// True when `decide` will want other members' REST status this loop: there is no leader (a race may

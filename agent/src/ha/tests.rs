@@ -1326,6 +1326,14 @@ fn a_leader_past_its_demotion_deadline_stops_postgres_first() {
         ),
     ];
     for (case, renewed, wd, now, want) in rows {
-        assert_eq!(past_demote_deadline(renewed, &d, wd, now), want, "{case}");
+        assert_eq!(
+            past_demote_deadline(renewed, &d, wd, false, now),
+            want,
+            "{case}"
+        );
     }
+    assert!(
+        !past_demote_deadline(Some(100_000), &d, None, true, 160_000),
+        "failsafe mode kept the primary last cycle: ask the members again first"
+    );
 }
