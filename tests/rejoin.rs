@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use nix::sys::signal::Signal;
 
 /// A cluster of three without a proxy, with `rewind_user` and without data checksums.
 fn patroni_like(scope: &str) -> ClusterOptions {
@@ -143,4 +144,122 @@ async fn leader_cut_off_from_the_dcs_past_ttl_rejoins_without_checksums() {
         attempts <= 1,
         "{old} started pg_rewind {attempts} times to rejoin once"
     );
+}
+
+/// Issue 13 item 11: a former primary that holds WAL the cluster abandoned is never started as a
+/// replica while there is no leader (before: started read-only "in archive recovery" past the fork,
+/// then "following" the next leader forever without streaming), and is rewound once there is one.
+#[tokio::test]
+async fn diverged_former_primary_waits_for_a_leader_then_is_rewound() {
+    let mut c = healthy_cluster(ClusterOptions {
+        tags: vec![(2, "nofailover: true".into())],
+        ..patroni_like("rejoin-diverged")
+    })
+    .await;
+    let old = c.leader().await.unwrap();
+    let writer = connect(c.node(&old).pg_port).await.unwrap();
+    let acked = insert_rows(&writer, 0, 10).await;
+    for n in c.nodes.iter().filter(|n| n.name != old) {
+        let cl = connect_retry(n.pg_port, Duration::from_secs(10)).await;
+        wait_for(
+            "the rows on every replica",
+            Duration::from_secs(30),
+            || async {
+                if read_ids(&cl).await.len() >= acked.len() {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // Replication stalls (its WAL senders frozen) while the primary acknowledges more: WAL nobody
+    // else has. Then the whole node dies.
+    let senders: Vec<i32> = writer
+        .query("SELECT pid FROM pg_stat_replication", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!senders.is_empty());
+    for pid in &senders {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGSTOP).unwrap();
+    }
+    insert_rows(&writer, 10, 20).await;
+    c.node_mut(&old).kill_agent();
+    c.node(&old).kill_postmaster();
+    let new = wait_for("a new leader", Duration::from_secs(60), || async {
+        match c.leader().await {
+            Some(l) if l != old => Ok(l),
+            other => Err(format!("leader: {other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    writable(c.node(&new).pg_port).await;
+    wait_for(
+        "the history of timeline 1",
+        Duration::from_secs(30),
+        || async {
+            let h = dcs_cluster(&c)
+                .await
+                .history
+                .map(|h| h.value)
+                .unwrap_or_default();
+            if h.iter().any(|e| e.timeline == 1) {
+                Ok(())
+            } else {
+                Err(format!("{h:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The new leader dies too; the third member may not be promoted: no leader at all.
+    c.node_mut(&new).kill_agent();
+    c.node(&new).kill_postmaster();
+    wait_for(
+        "the leader key to expire",
+        Duration::from_secs(60),
+        || async {
+            match c.leader().await {
+                None => Ok(()),
+                Some(l) => Err(format!("leader {l}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let bin = c.binary.clone();
+    c.node_mut(&old).start_agent(&bin).unwrap();
+    let waited = wait_for(
+        "the diverged member to refuse to start",
+        Duration::from_secs(60),
+        || async {
+            if c.node(&old)
+                .log()
+                .contains("not starting until a leader can rewind it")
+            {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
+    if let Err(e) = waited {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    assert_eq!(
+        c.node(&old).postmaster_pid(),
+        None,
+        "{old} started its diverged data directory while there was no leader"
+    );
+    // The member on the new timeline comes back, leads again, and the diverged one is rewound.
+    c.node_mut(&new).start_agent(&bin).unwrap();
+    rejoined_with_rows(&c, &old, &acked).await;
 }

@@ -339,6 +339,15 @@ fn stopped(
         // Read-only without a leader, unless it holds WAL the cluster abandoned: started as a
         // replica it would serve reads nobody else has and then "follow" a leader forever without
         // streaming.
+        // A crashed former primary's last checkpoint does not tell where its WAL ends: when the
+        // cluster has left its timeline, recover first (with the node's parameters), then judge.
+        if control.is_some_and(|cd| {
+            cd.state.was_primary()
+                && !cd.state.is_clean_shutdown()
+                && history.iter().any(|e| e.timeline == cd.timeline)
+        }) {
+            return decision(vec![Action::CrashRecovery], Reason::CrashRecovery);
+        }
         if let Some(switch_lsn) = control.and_then(|cd| super::rejoin::diverged_at(cd, history)) {
             return decision(
                 vec![],

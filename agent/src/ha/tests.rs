@@ -526,6 +526,18 @@ fn rows() -> Vec<Row> {
             matches!(r, Reason::Diverged { timeline: 1, switch_lsn: 5000, stopping: false })
         }),
         row(
+            "no leader, crashed former primary on a timeline the cluster left: crash recovery first",
+            Some(on_tl2(cluster(None))),
+            stopped_with(ClusterState::InProduction, 1, 4000),
+        )
+        .expect(vec![CrashRecovery], |_| true),
+        row(
+            "no leader, crashed primary on the latest timeline: started read-only (recovers itself)",
+            Some(cluster(None)),
+            stopped_with(ClusterState::InProduction, 1, 4000),
+        )
+        .expect(vec![Start(StartAs::Replica { upstream: None })], |_| true),
+        row(
             "no leader, stopped replica before the switch point: started read-only",
             Some(on_tl2(cluster(None))),
             stopped_with(ClusterState::ShutDownInRecovery, 1, 4000),
