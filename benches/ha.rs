@@ -26,19 +26,7 @@ use praetor_harness::cluster::{
 use praetor_harness::wait_for;
 
 fn binary() -> PathBuf {
-    // `cargo bench` builds the binary into the same profile directory as this bench.
-    let exe = std::env::current_exe().expect("bench executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = dir.join("praetor");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo build --release` first (scripts/bench does)",
-        bin.display()
-    );
-    bin
+    praetor_harness::praetor_beside_current_exe()
 }
 
 fn dsn(port: u16) -> String {

@@ -16,12 +16,7 @@ use std::time::{Duration, Instant};
 use praetor_harness::cluster::{ClusterOptions, LocalCluster};
 
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    dir.join("praetor")
+    praetor_harness::praetor_beside_current_exe()
 }
 
 /// CPU time (user + system) of process `pid` so far, in seconds, from /proc/<pid>/stat.

@@ -22,12 +22,7 @@ use praetor_harness::cluster::{ClusterOptions, LocalCluster, SUPERUSER, SUPERUSE
 use praetor_harness::wait_for;
 
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    dir.join("praetor")
+    praetor_harness::praetor_beside_current_exe()
 }
 
 async fn connect(port: u16) -> Result<tokio_postgres::Client, String> {
@@ -312,11 +307,6 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let bin = binary();
-    assert!(
-        bin.exists(),
-        "{} missing: cargo build --release first",
-        bin.display()
-    );
     let faults = [
         Fault::KillAgent,
         Fault::KillNode,

@@ -87,6 +87,49 @@ fn direct_writer(
     (acks, h)
 }
 
+/// A client writing straight to the leader's port every 10 ms (into `table`, which every replica
+/// already has), as applications that bypass the proxy do: what a fault test then checks the former
+/// primary acknowledged.
+struct DirectWrites {
+    leader: String,
+    port: u16,
+    stop: tokio_util::sync::CancellationToken,
+    acks: Arc<Mutex<Vec<Instant>>>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+async fn writes_to_the_leader(c: &LocalCluster, table: &'static str) -> DirectWrites {
+    let leader = c.leader().await.unwrap();
+    let port = c.node(&leader).pg_port;
+    let setup = connect(port).await.unwrap();
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id serial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())"
+        ))
+        .await
+        .unwrap();
+    wait_for_replicas_to_have_table(c, &leader, table).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (acks, writer) = direct_writer(port, table, stop.clone());
+    DirectWrites {
+        leader,
+        port,
+        stop,
+        acks,
+        writer,
+    }
+}
+
+impl DirectWrites {
+    /// Stops the writer; the number of writes the former primary acknowledged after `t`.
+    async fn stop_and_count_after(self, t: Instant) -> usize {
+        self.stop.cancel();
+        self.writer.await.unwrap();
+        let acks = self.acks.lock().unwrap();
+        acks.iter().filter(|a| **a > t).count()
+    }
+}
+
 /// The instant of the first write acknowledged through `port` (new connection per try).
 async fn first_write_through(port: u16, table: &str, timeout: Duration) -> Instant {
     wait_for("a write through the proxy", timeout, || async {
@@ -95,17 +138,6 @@ async fn first_write_through(port: u16, table: &str, timeout: Duration) -> Insta
             .await
             .map_err(|e| e.to_string())?;
         Ok(Instant::now())
-    })
-    .await
-    .unwrap()
-}
-
-async fn new_leader_other_than(c: &LocalCluster, old: &str, timeout: Duration) -> String {
-    wait_for("a new leader", timeout, || async {
-        match c.leader().await {
-            Some(l) if l != old => Ok(l),
-            other => Err(format!("leader: {other:?}")),
-        }
     })
     .await
     .unwrap()
@@ -367,13 +399,9 @@ async fn primary_that_cannot_restart_fails_over_after_primary_start_timeout() {
 #[tokio::test]
 async fn primary_agent_kill_9_the_old_primary_accepts_no_write_after_the_new_leader_does() {
     let mut c = healthy_cluster(ClusterOptions::default()).await;
-    let old = c.leader().await.unwrap();
-    let old_port = c.node(&old).pg_port;
-    let setup = connect(old_port).await.unwrap();
-    setup.batch_execute("CREATE TABLE fence_w (id serial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())").await.unwrap();
-    wait_for_replicas_to_have_table(&c, &old, "fence_w").await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (old_acks, writer) = direct_writer(old_port, "fence_w", stop.clone());
+    let w = writes_to_the_leader(&c, "fence_w").await;
+    let (old, old_port) = (w.leader.clone(), w.port);
+    let old_acks = w.acks.clone();
     wait_for("direct writes", Duration::from_secs(10), || async {
         if old_acks.lock().unwrap().len() > 10 {
             Ok(())
@@ -404,19 +432,10 @@ async fn primary_agent_kill_9_the_old_primary_accepts_no_write_after_the_new_lea
     )
     .await
     .unwrap();
-    stop.cancel();
-    writer.await.unwrap();
-    let late: Vec<_> = old_acks
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| **t > first_new)
-        .copied()
-        .collect();
-    assert!(
-        late.is_empty(),
-        "{} writes acknowledged by the old primary after {new} accepted writes",
-        late.len()
+    let late = w.stop_and_count_after(first_new).await;
+    assert_eq!(
+        late, 0,
+        "writes acknowledged by the old primary after {new} accepted writes"
     );
     // The old node comes back as a replica of the new leader; the failover is in the history.
     let bin = c.binary.clone();
@@ -434,16 +453,8 @@ async fn primary_agent_kill_9_the_old_primary_accepts_no_write_after_the_new_lea
 async fn primary_agent_frozen_past_ttl_the_old_primary_accepts_no_write_after_the_new_leader_does()
 {
     let c = healthy_cluster(ClusterOptions::default()).await;
-    let old = c.leader().await.unwrap();
-    let old_port = c.node(&old).pg_port;
-    let setup = connect(old_port).await.unwrap();
-    setup
-        .batch_execute("CREATE TABLE frozen_w (id serial PRIMARY KEY)")
-        .await
-        .unwrap();
-    wait_for_replicas_to_have_table(&c, &old, "frozen_w").await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (old_acks, writer) = direct_writer(old_port, "frozen_w", stop.clone());
+    let w = writes_to_the_leader(&c, "frozen_w").await;
+    let old = w.leader.clone();
     c.node(&old).signal_agent(Signal::SIGSTOP);
     let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
     let rw = c.proxy.as_ref().unwrap().rw_port;
@@ -462,14 +473,7 @@ async fn primary_agent_frozen_past_ttl_the_old_primary_accepts_no_write_after_th
     )
     .await
     .unwrap();
-    stop.cancel();
-    writer.await.unwrap();
-    let late = old_acks
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| **t > first_new)
-        .count();
+    let late = w.stop_and_count_after(first_new).await;
     assert_eq!(
         late, 0,
         "writes acknowledged by the frozen leader's postgres after {new} accepted writes"
@@ -491,21 +495,13 @@ async fn frozen_primary_node_is_failed_over_and_acknowledges_nothing_once_thawed
         ..Default::default()
     })
     .await;
-    let old = c.leader().await.unwrap();
-    let old_port = c.node(&old).pg_port;
-    let setup = connect(old_port).await.unwrap();
-    setup
-        .batch_execute("CREATE TABLE frozen_node_w (id serial PRIMARY KEY)")
-        .await
-        .unwrap();
-    wait_for_replicas_to_have_table(&c, &old, "frozen_node_w").await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (old_acks, writer) = direct_writer(old_port, "frozen_node_w", stop.clone());
+    let w = writes_to_the_leader(&c, "frozen_node_w").await;
+    let (old, old_port) = (w.leader.clone(), w.port);
     let pm = c.node(&old).freeze();
     let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
     let rw = c.proxy.as_ref().unwrap().rw_port;
     let first_new = first_write_through(rw, "frozen_node_w", Duration::from_secs(60)).await;
-    let frozen_acks = old_acks.lock().unwrap().len();
+    let frozen_acks = w.acks.lock().unwrap().len();
     c.node(&old).thaw(pm);
     wait_for(
         "the thawed former primary to refuse writes",
@@ -519,14 +515,7 @@ async fn frozen_primary_node_is_failed_over_and_acknowledges_nothing_once_thawed
     )
     .await
     .unwrap();
-    stop.cancel();
-    writer.await.unwrap();
-    let late = old_acks
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| **t > first_new)
-        .count();
+    let late = w.stop_and_count_after(first_new).await;
     // The statement in flight when the host froze completes when it thaws: no HA tool can take that
     // one back without synchronous replication. Nothing after it may be acknowledged.
     assert!(
@@ -607,16 +596,8 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
         ..Default::default()
     })
     .await;
-    let old = c.leader().await.unwrap();
-    let old_port = c.node(&old).pg_port;
-    let setup = connect(old_port).await.unwrap();
-    setup
-        .batch_execute("CREATE TABLE dcs_w (id serial PRIMARY KEY)")
-        .await
-        .unwrap();
-    wait_for_replicas_to_have_table(&c, &old, "dcs_w").await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (old_acks, writer) = direct_writer(old_port, "dcs_w", stop.clone());
+    let w = writes_to_the_leader(&c, "dcs_w").await;
+    let (old, old_port) = (w.leader.clone(), w.port);
     c.relay(&old).cut();
     wait_for(
         "the cut-off primary to stop accepting writes",
@@ -633,14 +614,7 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
     let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
     let rw = c.proxy.as_ref().unwrap().rw_port;
     let first_new = first_write_through(rw, "dcs_w", Duration::from_secs(60)).await;
-    stop.cancel();
-    writer.await.unwrap();
-    let late = old_acks
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| **t > first_new)
-        .count();
+    let late = w.stop_and_count_after(first_new).await;
     assert_eq!(
         late, 0,
         "the old primary acknowledged writes after {new} did"

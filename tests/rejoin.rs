@@ -92,14 +92,7 @@ async fn former_primary_killed_rejoins_with_a_rewind_role_and_without_checksums(
     // crash recovery, and pg_rewind, before it can follow).
     c.node_mut(&old).kill_agent();
     c.node(&old).kill_postmaster();
-    let new = wait_for("a new leader", Duration::from_secs(60), || async {
-        match c.leader().await {
-            Some(l) if l != old => Ok(l),
-            other => Err(format!("leader: {other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
     let client = writable(c.node(&new).pg_port).await;
     acked.extend(insert_rows(&client, 50, 100).await);
     let bin = c.binary.clone();
@@ -123,14 +116,7 @@ async fn leader_cut_off_from_the_dcs_past_ttl_rejoins_without_checksums() {
     let writer = connect(c.node(&old).pg_port).await.unwrap();
     let mut acked = insert_rows(&writer, 0, 50).await;
     c.relay(&old).cut();
-    let new = wait_for("a new leader", Duration::from_secs(60), || async {
-        match c.leader().await {
-            Some(l) if l != old => Ok(l),
-            other => Err(format!("leader: {other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
     let client = writable(c.node(&new).pg_port).await;
     acked.extend(insert_rows(&client, 50, 100).await);
     // ttl + 10 s cut off, as the report that found this: the former leader stopped its PostgreSQL
@@ -191,14 +177,7 @@ async fn diverged_former_primary_waits_for_a_leader_then_is_rewound() {
     insert_rows(&writer, 10, 20).await;
     c.node_mut(&old).kill_agent();
     c.node(&old).kill_postmaster();
-    let new = wait_for("a new leader", Duration::from_secs(60), || async {
-        match c.leader().await {
-            Some(l) if l != old => Ok(l),
-            other => Err(format!("leader: {other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
     writable(c.node(&new).pg_port).await;
     wait_for(
         "the history of timeline 1",

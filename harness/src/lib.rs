@@ -415,3 +415,21 @@ pub fn write_file(path: &Path, contents: &str) -> std::io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
     chown_to_postgres(path)
 }
+
+/// The `praetor` binary cargo built into the same profile directory as the running executable (a
+/// benchmark's `target/<profile>/deps/<bench>` → `target/<profile>/praetor`). Panics with what to run
+/// when it is missing.
+pub fn praetor_beside_current_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running executable");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join("praetor");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --release` first",
+        bin.display()
+    );
+    bin
+}

@@ -410,3 +410,15 @@ pub async fn member_timeline(c: &LocalCluster, name: &str) -> Option<u64> {
         .find(|m| m["name"] == name)?["timeline"]
         .as_u64()
 }
+
+/// Waits (up to `timeout`) until a member other than `old` holds the leader key; its name.
+pub async fn new_leader_other_than(c: &LocalCluster, old: &str, timeout: Duration) -> String {
+    wait_for("a new leader", timeout, || async {
+        match c.leader().await {
+            Some(l) if l != old => Ok(l),
+            other => Err(format!("leader: {other:?}")),
+        }
+    })
+    .await
+    .unwrap()
+}
