@@ -163,25 +163,37 @@ impl Node {
         }
     }
 
-    /// Freezes the whole node as a hung VM or a host whose network died would look: SIGSTOP to the
-    /// agent and to the postmaster's process group (every backend). Connections to it then hang
-    /// instead of being refused. Returns the postmaster's PID, for [`Node::thaw`].
-    pub fn freeze(&self) -> Option<i32> {
+    /// Freezes the whole node as a hung VM would look: SIGSTOP to the agent, the postmaster and every
+    /// child of the postmaster (backends, WAL senders, checkpointer...: PostgreSQL puts each child in
+    /// a session of its own, so a signal to the postmaster's process group reaches none of them).
+    /// Connections to it then hang instead of being refused, and open ones get no answer. Returns
+    /// what was stopped, for [`Node::thaw`].
+    pub fn freeze(&self) -> Vec<i32> {
         self.signal_agent(Signal::SIGSTOP);
-        let pm = self.postmaster_pid();
-        if let Some(pid) = pm {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGSTOP);
+        let pids = self.postgres_pids();
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGSTOP);
         }
-        pm
+        pids
     }
 
     /// Thaws a node frozen by [`Node::freeze`]: PostgreSQL first, then the agent (the order in which
     /// a thawed primary is most likely to acknowledge something before its agent can act).
-    pub fn thaw(&self, postmaster: Option<i32>) {
-        if let Some(pid) = postmaster {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGCONT);
+    pub fn thaw(&self, postgres: Vec<i32>) {
+        for pid in postgres {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
         }
         self.signal_agent(Signal::SIGCONT);
+    }
+
+    /// The postmaster and its children (from /proc), postmaster first; empty when not running.
+    pub fn postgres_pids(&self) -> Vec<i32> {
+        let Some(pm) = self.postmaster_pid() else {
+            return vec![];
+        };
+        let mut pids = vec![pm];
+        pids.extend(crate::children_of(pm));
+        pids
     }
 
     /// SIGKILLs the agent and forgets it (its PostgreSQL keeps running).
@@ -205,9 +217,10 @@ impl Node {
         code
     }
 
-    /// SIGKILLs the postmaster and its whole process group (every backend): a crash.
+    /// SIGKILLs the postmaster and every child of it (a node that dies takes its backends with
+    /// it; a frozen child would otherwise keep the shared memory and block the next start).
     pub fn kill_postmaster(&self) {
-        if let Some(pid) = self.postmaster_pid() {
+        for pid in self.postgres_pids() {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
