@@ -864,9 +864,13 @@ impl Runner {
                 port,
                 answer_ms,
                 shutdown_ms,
-            } => Ok(self.fence(host, port, answer_ms, shutdown_ms).await),
+            } => {
+                let sysid = cluster_sysid(view, obs);
+                Ok(self.fence(host, port, sysid, answer_ms, shutdown_ms).await)
+            }
             Action::FenceInBackground { host, port } => {
-                self.fence_in_background(host, port);
+                let sysid = cluster_sysid(view, obs);
+                self.fence_in_background(host, port, sysid);
                 Ok(true)
             }
             Action::AwaitProxies { former } => Ok(self.await_proxies(former).await),
@@ -1118,15 +1122,26 @@ impl Runner {
     /// Fences the former primary at `host:port` before this member promotes (see
     /// [`crate::postgres::fence`] and [`Action::FencePrimary`] for the bounds). Always true: once it
     /// is stopped, down or not a primary; or, when it gave no answer or did not finish shutting down
-    /// in time, after recording it in `unfenced` for the leader's background fence.
-    async fn fence(&mut self, host: String, port: u16, answer_ms: u64, shutdown_ms: u64) -> bool {
+    /// in time, after recording it in `unfenced` for the leader's background fence. A server of
+    /// another cluster at that address (system identifier other than `sysid`) is left running.
+    async fn fence(
+        &mut self,
+        host: String,
+        port: u16,
+        sysid: Option<String>,
+        answer_ms: u64,
+        shutdown_ms: u64,
+    ) -> bool {
         use crate::postgres::fence::{fence_primary, FenceOutcome};
         let answer = Duration::from_millis(answer_ms.max(1));
         let shutdown = Duration::from_millis(shutdown_ms.max(1));
         let su = &self.settings.superuser;
-        match fence_primary(&host, port, su, answer, shutdown).await {
+        match fence_primary(&host, port, su, sysid.as_deref(), answer, shutdown).await {
             FenceOutcome::Stopped => {
                 tracing::warn!("the former primary at {host}:{port} was still running as a primary: stopped it before promoting");
+            }
+            FenceOutcome::OtherCluster { found } => {
+                tracing::warn!("the server at {host}:{port} (the former primary's address) belongs to another cluster (system identifier {found}, ours {}): left running; no former primary of ours is there", sysid.as_deref().unwrap_or("?"));
             }
             FenceOutcome::NotPrimary | FenceOutcome::Down => {}
             FenceOutcome::ShuttingDown | FenceOutcome::Unknown(_) => {
@@ -1140,7 +1155,7 @@ impl Runner {
     /// Keeps fencing `host:port` in a task of its own (one bounded attempt a second) until it is
     /// stopped, down or not a primary, then clears `unfenced`. One such task at a time; it ends with
     /// the agent, or when this member stops leading (the next leader fences for itself).
-    fn fence_in_background(&mut self, host: String, port: u16) {
+    fn fence_in_background(&mut self, host: String, port: u16, sysid: Option<String>) {
         use crate::postgres::fence::fence_primary;
         if self.fencer.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
@@ -1150,7 +1165,8 @@ impl Runner {
         let attempt = Duration::from_millis(self.fence_timeout_ms.max(1));
         self.fencer = Some(tokio::spawn(async move {
             loop {
-                let outcome = fence_primary(&host, port, &su, attempt, attempt * 5).await;
+                let outcome =
+                    fence_primary(&host, port, &su, sysid.as_deref(), attempt, attempt * 5).await;
                 if outcome.is_safe() {
                     tracing::info!(?outcome, "the former primary at {host}:{port} is fenced");
                     let mut u = unfenced.lock().unwrap_or_else(|p| p.into_inner());
@@ -1581,6 +1597,18 @@ async fn bootstrap_task(
         }
     }
     result
+}
+
+/// The cluster's database system identifier, for the fence: the DCS `initialize` key, or, while it
+/// holds none (the bootstrap placeholder, an unreadable DCS), this member's own `pg_control`: a
+/// replica of this cluster has the identifier of its primary.
+fn cluster_sysid(view: Option<&Cluster>, obs: &Observation) -> Option<String> {
+    view.and_then(|v| v.initialize.clone())
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| match &obs.data {
+            Some(DataDir::Initialized { sysid }) => Some(sysid.clone()),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
