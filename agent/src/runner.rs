@@ -91,6 +91,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .fence_timeout_ms
             .unwrap_or(praetor_config::DEFAULT_FENCE_TIMEOUT_MS),
     );
+    // The fence target of a replica whose agent restarted while the leader key was gone.
+    let former_leader = crate::former_leader::load(&settings.data_dir, &settings.name);
+    if let Some(l) = &former_leader {
+        tracing::info!(
+            "former leader from the data directory: {} at {}:{}",
+            l.member,
+            l.host,
+            l.port
+        );
+    }
     let mut runner = Runner {
         settings,
         config,
@@ -105,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         task_done: Arc::new(tokio::sync::Notify::new()),
         checkpoint_after_promote: Arc::new(std::sync::Mutex::new(None)),
         primary_start_began_ms: None,
-        former_leader: None,
+        former_leader,
         unfenced: Default::default(),
         fencer: None,
         fence_timeout_ms,
@@ -406,7 +416,7 @@ impl Runner {
             }
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != self.me()) {
                 if let Some(up) = ha::upstream_of(v, &l.name) {
-                    self.former_leader = Some(up);
+                    self.remember_former_leader(up);
                 }
             }
         }
@@ -1117,6 +1127,26 @@ impl Runner {
             .into_iter()
             .all(|ok| ok);
         Some(all)
+    }
+
+    /// Records `leader` as the fence target, in memory and, when it changed, in the data directory
+    /// ([`crate::former_leader`]) so that it survives an agent restart. Not while a background task
+    /// (bootstrap, clone, rewind) may be writing the data directory.
+    fn remember_former_leader(&mut self, leader: ha::Upstream) {
+        if self.former_leader.as_ref() == Some(&leader) {
+            return;
+        }
+        if self.task.is_none() {
+            let dir = &self.pg.settings().data_dir;
+            if let Err(e) = crate::former_leader::store(dir, self.me(), &leader) {
+                tracing::warn!(
+                    "cannot record the former leader {} in {}: {e} (it is kept in memory only)",
+                    leader.member,
+                    dir.display()
+                );
+            }
+        }
+        self.former_leader = Some(leader);
     }
 
     /// Fences the former primary at `host:port` before this member promotes (see
