@@ -1224,7 +1224,11 @@ impl Runner {
                 now
             }
         };
-        let limit = praetor_dcs::ProxyState::contact_deadline(self.dynamic.ttl);
+        // A proxy stops serving before its key's session (as the DCS granted it) can expire.
+        let limit = praetor_dcs::ProxyState::contact_deadline_within(
+            self.dynamic.ttl,
+            self.dcs.granted_ttl(),
+        );
         let this_loop = Duration::from_secs(u64::from(self.dynamic.loop_wait.max(1)));
         let started = tokio::time::Instant::now();
         loop {

@@ -19,7 +19,8 @@
 //! 4. only then does it route writes to B.
 //!
 //! It rewrites the key every `ttl / 3` (refreshing its lease). If no write has succeeded for
-//! `ttl - margin` since it started, it stops serving: every connection is fenced and new clients are
+//! `ttl - margin` since it started (computed from the session the DCS granted instead when that is
+//! shorter: ZooKeeper clamps session timeouts to its `maxSessionTimeout`), it stops serving: every connection is fenced and new clients are
 //! refused until a write succeeds again. Its lease cannot expire before that moment, so an agent
 //! that sees no key naming A (`Cluster::proxies_fenced_from`) knows no statement from this proxy can
 //! reach A any more. Limit: a proxy partitioned from the DCS keeps serving its current routes for up
@@ -388,8 +389,10 @@ struct Handshake {
 }
 
 impl Handshake {
+    /// How long the proxy serves without a successful write: from the ttl, or from the session the
+    /// DCS granted when that is shorter (its key must not expire while it still serves).
     fn deadline(&self) -> Duration {
-        ProxyState::contact_deadline(self.ttl_secs)
+        ProxyState::contact_deadline_within(self.ttl_secs, self.dcs.granted_ttl())
     }
 
     fn interval(&self) -> Duration {
