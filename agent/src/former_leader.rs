@@ -115,8 +115,9 @@ mod tests {
     #[test]
     fn the_former_leader_reads_back_only_for_the_member_that_wrote_it() {
         let text = render("pg2", &up("pg1", 5432));
-        // (reader, text, result)
-        let rows: [(&str, &str, Result<Option<Upstream>, ()>); 5] = [
+        // (reader, text, what it reads: None when it is not its own; Err when malformed)
+        type Row<'a> = (&'a str, &'a str, Result<Option<Upstream>, ()>);
+        let rows: [Row; 5] = [
             ("pg2", &text, Ok(Some(up("pg1", 5432)))),
             // Copied from pg2's data directory by pg_basebackup / pg_rewind.
             ("pg3", &text, Ok(None)),
