@@ -7,6 +7,7 @@
 //! Layout (design.md rule 1: the decisions are a pure function, I/O lives in thin shells):
 //! - [`ha`]: the pure decision core, `decide(view, local, config, now) -> Decision`.
 //! - [`postgres`]: PostgreSQL process control, configuration files, queries, basebackup, rewind.
+//! - [`former_leader`]: the fence target (the last leader seen), kept across agent restarts.
 //! - [`callbacks`]: operator scripts run on start, stop, role change (`postgresql.callbacks`).
 //! - [`api`]: the REST API (health checks, `/patroni`, `/cluster`, switchover, config, restart, ...)
 //!   with access control and TLS.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod callbacks;
+pub mod former_leader;
 pub mod ha;
 pub mod metrics;
 pub mod peers;

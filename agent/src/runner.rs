@@ -91,6 +91,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .fence_timeout_ms
             .unwrap_or(praetor_config::DEFAULT_FENCE_TIMEOUT_MS),
     );
+    // The fence target of a replica whose agent restarted while the leader key was gone.
+    let former_leader = crate::former_leader::load(&settings.data_dir, &settings.name);
+    if let Some(l) = &former_leader {
+        tracing::info!(
+            "former leader from the data directory: {} at {}:{}",
+            l.member,
+            l.host,
+            l.port
+        );
+    }
     let mut runner = Runner {
         settings,
         config,
@@ -105,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         task_done: Arc::new(tokio::sync::Notify::new()),
         checkpoint_after_promote: Arc::new(std::sync::Mutex::new(None)),
         primary_start_began_ms: None,
-        former_leader: None,
+        former_leader,
         unfenced: Default::default(),
         fencer: None,
         fence_timeout_ms,
@@ -408,7 +418,7 @@ impl Runner {
             }
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != self.me()) {
                 if let Some(up) = ha::upstream_of(v, &l.name) {
-                    self.former_leader = Some(up);
+                    self.remember_former_leader(up);
                 }
             }
         }
@@ -891,9 +901,13 @@ impl Runner {
                 port,
                 answer_ms,
                 shutdown_ms,
-            } => Ok(self.fence(host, port, answer_ms, shutdown_ms).await),
+            } => {
+                let sysid = cluster_sysid(view, obs);
+                Ok(self.fence(host, port, sysid, answer_ms, shutdown_ms).await)
+            }
             Action::FenceInBackground { host, port } => {
-                self.fence_in_background(host, port);
+                let sysid = cluster_sysid(view, obs);
+                self.fence_in_background(host, port, sysid);
                 Ok(true)
             }
             Action::AwaitProxies { former } => Ok(self.await_proxies(former).await),
@@ -1142,18 +1156,49 @@ impl Runner {
         Some(all)
     }
 
+    /// Records `leader` as the fence target, in memory and, when it changed, in the data directory
+    /// ([`crate::former_leader`]) so that it survives an agent restart. Not while a background task
+    /// (bootstrap, clone, rewind) may be writing the data directory.
+    fn remember_former_leader(&mut self, leader: ha::Upstream) {
+        if self.former_leader.as_ref() == Some(&leader) {
+            return;
+        }
+        if self.task.is_none() {
+            let dir = &self.pg.settings().data_dir;
+            if let Err(e) = crate::former_leader::store(dir, self.me(), &leader) {
+                tracing::warn!(
+                    "cannot record the former leader {} in {}: {e} (it is kept in memory only)",
+                    leader.member,
+                    dir.display()
+                );
+            }
+        }
+        self.former_leader = Some(leader);
+    }
+
     /// Fences the former primary at `host:port` before this member promotes (see
     /// [`crate::postgres::fence`] and [`Action::FencePrimary`] for the bounds). Always true: once it
     /// is stopped, down or not a primary; or, when it gave no answer or did not finish shutting down
-    /// in time, after recording it in `unfenced` for the leader's background fence.
-    async fn fence(&mut self, host: String, port: u16, answer_ms: u64, shutdown_ms: u64) -> bool {
+    /// in time, after recording it in `unfenced` for the leader's background fence. A server of
+    /// another cluster at that address (system identifier other than `sysid`) is left running.
+    async fn fence(
+        &mut self,
+        host: String,
+        port: u16,
+        sysid: Option<String>,
+        answer_ms: u64,
+        shutdown_ms: u64,
+    ) -> bool {
         use crate::postgres::fence::{fence_primary, FenceOutcome};
         let answer = Duration::from_millis(answer_ms.max(1));
         let shutdown = Duration::from_millis(shutdown_ms.max(1));
         let su = &self.settings.superuser;
-        match fence_primary(&host, port, su, answer, shutdown).await {
+        match fence_primary(&host, port, su, sysid.as_deref(), answer, shutdown).await {
             FenceOutcome::Stopped => {
                 tracing::warn!("the former primary at {host}:{port} was still running as a primary: stopped it before promoting");
+            }
+            FenceOutcome::OtherCluster { found } => {
+                tracing::warn!("the server at {host}:{port} (the former primary's address) belongs to another cluster (system identifier {found}, ours {}): left running; no former primary of ours is there", sysid.as_deref().unwrap_or("?"));
             }
             FenceOutcome::NotPrimary | FenceOutcome::Down => {}
             FenceOutcome::ShuttingDown | FenceOutcome::Unknown(_) => {
@@ -1167,7 +1212,7 @@ impl Runner {
     /// Keeps fencing `host:port` in a task of its own (one bounded attempt a second) until it is
     /// stopped, down or not a primary, then clears `unfenced`. One such task at a time; it ends with
     /// the agent, or when this member stops leading (the next leader fences for itself).
-    fn fence_in_background(&mut self, host: String, port: u16) {
+    fn fence_in_background(&mut self, host: String, port: u16, sysid: Option<String>) {
         use crate::postgres::fence::fence_primary;
         if self.fencer.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
@@ -1177,7 +1222,8 @@ impl Runner {
         let attempt = Duration::from_millis(self.fence_timeout_ms.max(1));
         self.fencer = Some(tokio::spawn(async move {
             loop {
-                let outcome = fence_primary(&host, port, &su, attempt, attempt * 5).await;
+                let outcome =
+                    fence_primary(&host, port, &su, sysid.as_deref(), attempt, attempt * 5).await;
                 if outcome.is_safe() {
                     tracing::info!(?outcome, "the former primary at {host}:{port} is fenced");
                     let mut u = unfenced.lock().unwrap_or_else(|p| p.into_inner());
@@ -1205,7 +1251,11 @@ impl Runner {
                 now
             }
         };
-        let limit = praetor_dcs::ProxyState::contact_deadline(self.dynamic.ttl);
+        // A proxy stops serving before its key's session (as the DCS granted it) can expire.
+        let limit = praetor_dcs::ProxyState::contact_deadline_within(
+            self.dynamic.ttl,
+            self.dcs.granted_ttl(),
+        );
         let this_loop = Duration::from_secs(u64::from(self.dynamic.loop_wait.max(1)));
         let started = tokio::time::Instant::now();
         loop {
@@ -1603,6 +1653,18 @@ async fn bootstrap_task(
         }
     }
     result
+}
+
+/// The cluster's database system identifier, for the fence: the DCS `initialize` key, or, while it
+/// holds none (the bootstrap placeholder, an unreadable DCS), this member's own `pg_control`: a
+/// replica of this cluster has the identifier of its primary.
+fn cluster_sysid(view: Option<&Cluster>, obs: &Observation) -> Option<String> {
+    view.and_then(|v| v.initialize.clone())
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| match &obs.data {
+            Some(DataDir::Initialized { sysid }) => Some(sysid.clone()),
+            _ => None,
+        })
 }
 
 #[cfg(test)]

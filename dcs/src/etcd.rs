@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -60,6 +60,9 @@ pub struct EtcdDcs {
     several_endpoints: bool,
     /// The TTL (seconds) new leases get; changed by [`Dcs::set_ttl`].
     ttl_secs: AtomicU32,
+    /// The TTL (seconds) etcd granted the last lease (more than asked below its minimum); 0 before
+    /// the first grant.
+    granted_secs: AtomicU64,
     /// Serializes every operation that grants, refreshes or replaces the lease.
     lease: Mutex<LeaseState>,
     events: broadcast::Sender<DcsEvent>,
@@ -204,6 +207,7 @@ impl EtcdDcs {
             request_timeout,
             several_endpoints: endpoints.len() > 1,
             ttl_secs: AtomicU32::new(identity.ttl_secs.max(1)),
+            granted_secs: AtomicU64::new(0),
             lease: Mutex::new(LeaseState::default()),
             events,
             watch_cancel: CancellationToken::new(),
@@ -327,6 +331,8 @@ impl EtcdDcs {
             ttl_secs = resp.ttl(),
             "granted an etcd lease"
         );
+        self.granted_secs
+            .store(resp.ttl().max(0) as u64, Ordering::Relaxed);
         Ok(resp.id())
     }
 
@@ -722,6 +728,15 @@ impl Dcs for EtcdDcs {
         let key = self.keys.sync();
         let json = to_json(&key, value)?;
         self.cas_put(key, json, expect).await
+    }
+
+    /// The TTL etcd granted the last lease this client obtained (etcd raises a TTL below its minimum);
+    /// `None` before the first grant.
+    fn granted_ttl(&self) -> Option<Duration> {
+        match self.granted_secs.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        }
     }
 
     /// Stores the TTL (seconds, at least 1); the next lease refresh ([`Dcs::acquire_leader`],

@@ -139,6 +139,15 @@ pub trait Dcs: Send + Sync {
     /// gets it (a live session's timeout cannot change, and ending it would drop the lock).
     async fn set_ttl(&self, ttl_secs: u32) -> Result<(), DcsError>;
 
+    /// The TTL the server granted to this client's current lease (etcd) or session (ZooKeeper): what
+    /// `leader`, `members/<name>` and `praetor/proxies/<id>` of this client actually live on after its
+    /// last contact. It differs from the `ttl_secs` asked for when the server bounds it: ZooKeeper
+    /// clamps a session timeout to `minSessionTimeout..maxSessionTimeout` (by default 2..20
+    /// tickTime), etcd raises a lease TTL to its minimum. `None` before the first lease or session
+    /// (and for backends that do not know).
+    fn granted_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Subscribes to changes under the cluster prefix. The backend keeps one watch running, reconnecting
     /// after errors and sending [`KeyKind::Resync`] when it does.
     fn watch(&self) -> broadcast::Receiver<DcsEvent>;

@@ -364,11 +364,29 @@ impl ProxyState {
     /// ttl/5 (at least 1 s, at most ttl/2). A proxy cut off from the DCS stops serving by then, so an
     /// agent waiting this long for a proxy's acknowledgement knows that proxy routes nowhere.
     pub fn contact_deadline(ttl_secs: u32) -> std::time::Duration {
-        let ttl = std::time::Duration::from_secs(ttl_secs.into());
-        let margin = (ttl / 5)
+        Self::contact_deadline_of(std::time::Duration::from_secs(ttl_secs.into()))
+    }
+
+    /// [`ProxyState::contact_deadline`] for a session of this length (ms precision).
+    pub fn contact_deadline_of(session: std::time::Duration) -> std::time::Duration {
+        let margin = (session / 5)
             .max(std::time::Duration::from_secs(1))
-            .min(ttl / 2);
-        ttl - margin
+            .min(session / 2);
+        session - margin
+    }
+
+    /// The contact deadline when the DCS granted `granted` (see [`crate::Dcs::granted_ttl`]) for a
+    /// requested `ttl_secs`: computed from the shorter of the two. A proxy's key lives on its session
+    /// for the granted time only, so a proxy must stop serving before *that* expires (ZooKeeper grants
+    /// at most `maxSessionTimeout`, which can be less than the ttl); and since every client of the
+    /// same DCS is granted the same for the same ttl, an agent waiting this long for a proxy that does
+    /// not answer waits as long as that proxy keeps serving, not longer. `granted` `None`: `ttl_secs`.
+    pub fn contact_deadline_within(
+        ttl_secs: u32,
+        granted: Option<std::time::Duration>,
+    ) -> std::time::Duration {
+        let ttl = std::time::Duration::from_secs(ttl_secs.into());
+        Self::contact_deadline_of(granted.map_or(ttl, |g| g.min(ttl)))
     }
 }
 
@@ -477,6 +495,31 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_contact_deadline_follows_the_granted_session_when_it_is_shorter() {
+        let s = std::time::Duration::from_secs;
+        let ms = std::time::Duration::from_millis;
+        // (ttl requested, granted, deadline)
+        let rows = [
+            (30, None, s(24)),
+            (30, Some(s(30)), s(24)),
+            // ZooKeeper's maxSessionTimeout (20 tickTime = 40 s by default) below the ttl: the
+            // proxy's key expires after 40 s, so it must stop serving before then.
+            (60, Some(s(40)), s(32)),
+            // Granted more than asked (ZooKeeper's minSessionTimeout, etcd's minimum TTL): the
+            // proxy still stops at the ttl's deadline, and so does the agent's wait.
+            (3, Some(s(4)), s(2)),
+            (10, Some(ms(7_500)), ms(6_000)),
+        ];
+        for (ttl, granted, deadline) in rows {
+            assert_eq!(
+                ProxyState::contact_deadline_within(ttl, granted),
+                deadline,
+                "ttl {ttl}, granted {granted:?}"
+            );
+        }
+    }
 
     #[test]
     fn member_json_from_a_real_patroni_cluster_decodes() {

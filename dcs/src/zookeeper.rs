@@ -36,7 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,8 @@ struct Shared {
     request_timeout: Duration,
     /// The session timeout (seconds) new sessions ask for; changed by [`Dcs::set_ttl`].
     ttl_secs: AtomicU32,
+    /// The timeout (ms) the servers granted the last session opened; 0 before the first.
+    granted_ms: AtomicU64,
     /// Serializes opening and closing sessions; held only briefly otherwise.
     slot: Mutex<SessionSlot>,
     /// Counts the sessions opened; the watch task waits on it after [`Dcs::close`].
@@ -488,6 +490,8 @@ impl Shared {
             Err(_) => return Err(self.timed_out("open a ZooKeeper session").into()),
         };
         let granted = client.session_timeout();
+        self.granted_ms
+            .store(granted.as_millis() as u64, Ordering::Relaxed);
         if granted != requested {
             warn!(
                 session = %client.session_id(),
@@ -657,6 +661,7 @@ impl ZooKeeperDcs {
             member: identity.member,
             request_timeout,
             ttl_secs: AtomicU32::new(identity.ttl_secs.max(1)),
+            granted_ms: AtomicU64::new(0),
             slot: Mutex::new(SessionSlot::default()),
             opened,
             events,
@@ -1004,6 +1009,15 @@ impl Dcs for ZooKeeperDcs {
             .ttl_secs
             .store(ttl_secs.max(1), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The timeout the servers granted the last session this client opened (the ttl clamped to
+    /// `minSessionTimeout`..`maxSessionTimeout`); `None` before the first session.
+    fn granted_ttl(&self) -> Option<Duration> {
+        match self.shared.granted_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     /// Deletes the cluster's znode and everything under it, deepest first (ephemeral znodes of live

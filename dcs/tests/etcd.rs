@@ -120,6 +120,7 @@ async fn set_ttl_moves_keys_to_a_lease_with_the_new_ttl() {
             .granted_ttl(),
         30
     );
+    assert_eq!(a.granted_ttl(), Some(Duration::from_secs(30)));
 
     a.set_ttl(7).await.unwrap();
     assert!(a.renew_leader().await.unwrap());
@@ -133,6 +134,7 @@ async fn set_ttl_moves_keys_to_a_lease_with_the_new_ttl() {
             .granted_ttl(),
         7
     );
+    assert_eq!(a.granted_ttl(), Some(Duration::from_secs(7)));
     assert_eq!(
         raw.lease_time_to_live(old, None).await.unwrap().ttl(),
         -1,

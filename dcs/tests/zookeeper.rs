@@ -191,6 +191,7 @@ async fn set_ttl_applies_to_the_next_session_within_the_servers_bounds() {
     let raw = raw_zk(dcs.zookeeper()).await;
     let first = owner(&raw, &keys.leader()).await.unwrap();
     assert_eq!(session_timeout_ms(dcs.zookeeper(), first).await, Ok(30_000));
+    assert_eq!(a.granted_ttl(), Some(Duration::from_secs(30)));
 
     // A live session keeps its timeout (changing it would need a new session and lose the lock).
     a.set_ttl(7).await.unwrap();
@@ -205,6 +206,7 @@ async fn set_ttl_applies_to_the_next_session_within_the_servers_bounds() {
     let second = owner(&raw, &keys.member("a")).await.unwrap();
     assert_ne!(second, first);
     assert_eq!(session_timeout_ms(dcs.zookeeper(), second).await, Ok(7_000));
+    assert_eq!(a.granted_ttl(), Some(Duration::from_secs(7)));
 
     // Beyond the server's maxSessionTimeout (60 s here) the server grants its bound.
     a.set_ttl(100).await.unwrap();
@@ -212,6 +214,12 @@ async fn set_ttl_applies_to_the_next_session_within_the_servers_bounds() {
     a.touch_member(&MemberData::default()).await.unwrap();
     let third = owner(&raw, &keys.member("a")).await.unwrap();
     assert_eq!(session_timeout_ms(dcs.zookeeper(), third).await, Ok(60_000));
+    // What the proxies' contact deadline is computed from.
+    assert_eq!(a.granted_ttl(), Some(Duration::from_secs(60)));
+    assert_eq!(
+        ProxyState::contact_deadline_within(100, a.granted_ttl()),
+        Duration::from_secs(48)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

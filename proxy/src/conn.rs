@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -358,6 +359,8 @@ async fn relay_session(
                 return;
             }
         };
+        // Declared after `server`, so dropped before it on every path (see `SocketGuard`).
+        let socket = route.watch_socket(server.as_raw_fd());
         let backend = route.backend.member.clone();
         tracing::Span::current().record("backend", backend.as_str());
         let gauge = GaugeGuard(shared.metrics.connection_opened(
@@ -409,6 +412,7 @@ async fn relay_session(
             Ok(registration) => registration,
             Err(End::NotReady(error)) if Instant::now() < deadline && pending_client_bytes == 0 => {
                 debug!(backend = %route.backend, "the server is not accepting connections yet; holding the client");
+                drop(socket);
                 drop(server);
                 drop(route);
                 drop(gauge);
@@ -445,6 +449,7 @@ async fn relay_session(
         .await;
         drop(registration);
         // The socket closes before the route records the close (the fencing handshake waits on it).
+        drop(socket);
         drop(server);
         log_end(&end, &route, shutdown, "");
         drop(gauge);

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::conn::GaugeGuard;
-use crate::router::Route;
+use crate::router::{Route, SocketGuard};
 use crate::stream::{BackendTls, ServerStream};
 
 /// How long an idle pooled connection is kept.
@@ -34,6 +35,8 @@ const SERVER_BUFFER_BYTES: usize = 8 * 1024;
 
 /// One server connection of the auto port, past its startup phase.
 pub(crate) struct ServerConn {
+    /// Declared first: unregistered before the socket below closes (see `SocketGuard`).
+    _socket: SocketGuard,
     pub stream: ServerStream,
     /// Bytes read from the server and not yet handled.
     pub buf: BytesMut,
@@ -112,6 +115,7 @@ pub(crate) async fn open(
     gauge.inc();
     // Boxed: a session keeps two optional connections and most sessions hold none while idle.
     let mut conn = Box::new(ServerConn {
+        _socket: route.watch_socket(stream.as_raw_fd()),
         stream,
         buf: BytesMut::with_capacity(SERVER_BUFFER_BYTES),
         key: None,

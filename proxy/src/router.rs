@@ -10,13 +10,15 @@
 //! with one atomic load (a `CancellationToken` would take two mutexes shared by every connection to the
 //! backend, on every poll). Each fence also records when its connection is gone (its [`Route`]
 //! dropped, after the socket), so the fencing handshake can wait until every connection to a former
-//! leader is really closed before it tells the DCS ([`Closing::wait`]).
+//! leader is really closed before it tells the DCS ([`Closing::close`]); past a deadline it shuts
+//! down by force the server sockets of connections that did not close (their tasks are stuck).
 //!
 //! While the proxy has lost the DCS for too long ([`Router::suspend`]) every connection is fenced and
 //! no new one is routed.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -27,6 +29,10 @@ use tokio::sync::{watch, Notify};
 use crate::metrics::ListenerKind;
 use crate::settings::LagPolicy;
 use crate::topology::{Backend, Topology};
+
+/// How often [`Closing::close`] looks again, past its deadline, for fenced connections still
+/// connecting.
+const FORCE_RECHECK: Duration = Duration::from_millis(50);
 
 /// The role the chosen backend plays, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,9 +57,35 @@ pub(crate) struct FenceSignal {
     /// The connection is gone (its route dropped).
     closed: AtomicBool,
     waker: Mutex<Option<Waker>>,
+    /// The server socket's descriptor while it is open ([`SocketGuard`]), for a forced close. The
+    /// lock is held while shutting it down and while unregistering it (right before the socket
+    /// closes), so a descriptor number reused by another socket is never touched.
+    socket: Mutex<Option<RawFd>>,
+    /// The server socket was shut down by force ([`Closing::close`]).
+    forced: AtomicBool,
 }
 
 impl FenceSignal {
+    /// Shuts the server socket down both ways if it is still open (the connection's task did not
+    /// close it in time: it is stuck writing to its client). Nothing more can be sent to the server
+    /// through it, and its reads see end-of-file. False when no socket is registered.
+    fn force_close(&self) -> bool {
+        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fd) = *socket else {
+            return false;
+        };
+        // SAFETY: `fd` is open: it is unregistered (under this lock) before its socket closes.
+        // shutdown(2) neither closes nor frees the descriptor; the owner still does that.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        self.forced.store(true, Ordering::Release);
+        true
+    }
+
+    /// Closed by its task, or shut down by force.
+    fn is_done(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.forced.load(Ordering::Acquire)
+    }
+
     fn fence(&self) {
         self.fenced.store(true, Ordering::Release);
         let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -115,6 +147,16 @@ impl Fence {
     }
 }
 
+/// Registers a server socket for a forced close ([`Route::watch_socket`]) until dropped; it must be
+/// dropped before the socket closes (declare it after the stream, or drop it first).
+pub(crate) struct SocketGuard(Arc<FenceSignal>);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        *self.0.socket.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// A backend chosen for one client; dropping it unregisters the connection's fence.
 pub(crate) struct Route {
     pub backend: Backend,
@@ -122,6 +164,20 @@ pub(crate) struct Route {
     /// Resolves when the backend is fenced or the proxy shuts down.
     pub fence: Fence,
     _lease: Lease,
+}
+
+impl Route {
+    /// Registers the server socket `fd` of this route's connection, so that a fence whose
+    /// connection does not close in time can shut it down by force ([`Closing::close`]).
+    pub fn watch_socket(&self, fd: RawFd) -> SocketGuard {
+        *self
+            .fence
+            .signal
+            .socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(fd);
+        SocketGuard(self.fence.signal.clone())
+    }
 }
 
 /// What applying a topology did.
@@ -158,37 +214,43 @@ pub(crate) struct Closing {
 }
 
 impl Closing {
-    /// Waits until every fenced connection is closed, at most `timeout`; true when they all are.
-    pub async fn wait(self, timeout: Duration) -> bool {
+    /// Returns once every fenced connection is closed: waits up to `timeout` for their tasks to
+    /// close them, then shuts down by force the server sockets still open (a task stuck writing to
+    /// a client that does not read). A connection whose socket is not registered yet (TCP or TLS
+    /// handshake under way, bounded by the connect timeout) is waited for, and shut down as soon as
+    /// it registers. Returns how many were shut down by force.
+    pub async fn close(self, timeout: Duration) -> usize {
         let Some(notify) = self.notify else {
-            return true;
+            return 0;
         };
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut forced = 0;
         loop {
             let notified = notify.notified();
-            if self
-                .signals
-                .iter()
-                .all(|s| s.closed.load(Ordering::Acquire))
-            {
-                return true;
+            if self.signals.iter().all(|s| s.is_done()) {
+                return forced;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self
+            if tokio::time::Instant::now() >= deadline {
+                forced += self
                     .signals
                     .iter()
-                    .all(|s| s.closed.load(Ordering::Acquire));
+                    .filter(|s| !s.is_done() && s.force_close())
+                    .count();
+                if self.signals.iter().all(|s| s.is_done()) {
+                    return forced;
+                }
+                // Still connecting: check again shortly (registration does not notify).
+                let _ = tokio::time::timeout(FORCE_RECHECK, notified).await;
+                continue;
             }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
 
     /// How many connections are still open.
     #[cfg(test)]
     pub fn open(&self) -> usize {
-        self.signals
-            .iter()
-            .filter(|s| !s.closed.load(Ordering::Acquire))
-            .count()
+        self.signals.iter().filter(|s| !s.is_done()).count()
     }
 }
 
@@ -721,13 +783,38 @@ mod tests {
         let r2 = router.try_route_want(Want::Leader).unwrap();
         let applied = router.apply(topo(Some(&b), &[]));
         assert_eq!(applied.closing.open(), 2);
-        let waiter = tokio::spawn(applied.closing.wait(Duration::from_secs(30)));
+        let waiter = tokio::spawn(applied.closing.close(Duration::from_secs(30)));
         drop(r1);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         drop(r2);
-        assert!(waiter.await.unwrap());
-        assert!(Closing::default().wait(Duration::ZERO).await);
+        assert_eq!(waiter.await.unwrap(), 0, "none shut down by force");
+        assert_eq!(Closing::default().close(Duration::ZERO).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_connection_still_open_at_the_deadline_is_shut_down_by_force() {
+        use std::os::fd::AsRawFd;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_side = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server_side, _) = listener.accept().await.unwrap();
+        let (a, b) = (backend("a", 1), backend("b", 2));
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[]));
+        // A connection whose task never reacts to its fence: route and socket stay alive.
+        let stuck = router.try_route_want(Want::Leader).unwrap();
+        let _guard = stuck.watch_socket(proxy_side.as_raw_fd());
+        let applied = router.apply(topo(Some(&b), &[]));
+        assert_eq!(applied.closing.close(Duration::from_millis(100)).await, 1);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), server_side.read(&mut buf))
+            .await
+            .expect("the server sees the connection end");
+        assert_eq!(read.unwrap(), 0, "end-of-file at the server");
+        drop((stuck, proxy_side));
     }
 
     #[tokio::test(start_paused = true)]
@@ -746,7 +833,7 @@ mod tests {
             Err(NoRoute::Suspended(_))
         ));
         drop(r);
-        assert!(closing.wait(Duration::from_secs(1)).await);
+        assert_eq!(closing.close(Duration::from_secs(1)).await, 0);
         assert!(router.resume());
         assert!(!router.resume());
         assert!(router.try_route_want(Want::Leader).is_ok());

@@ -14,12 +14,14 @@
 //! With a DCS ([`Proxy::with_dcs`]) the proxy owns `praetor/proxies/<id>` on its own lease, whose TTL
 //! is the cluster's `ttl`. When the leader it routes writes to changes from A to B (B may be none):
 //! 1. it stops routing to A and fences every connection to A (both ports, and pooled ones);
-//! 2. it waits until those connections are closed (sockets dropped);
+//! 2. it waits until those connections are closed (sockets dropped), at most `FENCE_CLOSE_TIMEOUT`,
+//!    then shuts down by force the server sockets still open;
 //! 3. it writes `{"leader": "B"}` (or `null`) to its key;
 //! 4. only then does it route writes to B.
 //!
 //! It rewrites the key every `ttl / 3` (refreshing its lease). If no write has succeeded for
-//! `ttl - margin` since it started, it stops serving: every connection is fenced and new clients are
+//! `ttl - margin` since it started (computed from the session the DCS granted instead when that is
+//! shorter: ZooKeeper clamps session timeouts to its `maxSessionTimeout`), it stops serving: every connection is fenced and new clients are
 //! refused until a write succeeds again. Its lease cannot expire before that moment, so an agent
 //! that sees no key naming A (`Cluster::proxies_fenced_from`) knows no statement from this proxy can
 //! reach A any more. Limit: a proxy partitioned from the DCS keeps serving its current routes for up
@@ -57,9 +59,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long an accept loop pauses after an accept error (out of file descriptors) before retrying.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// How long the handshake waits for fenced connections to close before it acknowledges anyway
-/// (their tasks were told to stop; a task that does not is stuck writing to a client, not to the
-/// server).
+/// How long the handshake waits for the tasks of fenced connections to close them before it shuts
+/// their server sockets down by force (a task that does not is stuck writing to a client that does
+/// not read); the acknowledgement is written only after that.
 const FENCE_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The TTL assumed until the cluster's configuration is read.
@@ -388,8 +390,10 @@ struct Handshake {
 }
 
 impl Handshake {
+    /// How long the proxy serves without a successful write: from the ttl, or from the session the
+    /// DCS granted when that is shorter (its key must not expire while it still serves).
     fn deadline(&self) -> Duration {
-        ProxyState::contact_deadline(self.ttl_secs)
+        ProxyState::contact_deadline_within(self.ttl_secs, self.dcs.granted_ttl())
     }
 
     fn interval(&self) -> Duration {
@@ -503,8 +507,9 @@ async fn topology_task(
                         ..(*topology).clone()
                     }),
                 );
-                if !closing.wait(FENCE_CLOSE_TIMEOUT).await {
-                    error!("fenced connections did not close within {FENCE_CLOSE_TIMEOUT:?}");
+                let forced = closing.close(FENCE_CLOSE_TIMEOUT).await;
+                if forced > 0 {
+                    warn!(forced, "fenced connections to the former leader did not close within {FENCE_CLOSE_TIMEOUT:?}: shut their server sockets down by force");
                 }
             }
             // Step 3: acknowledge.
@@ -534,8 +539,9 @@ async fn topology_task(
             shared.pool.purge_fenced();
             shared.metrics.serving.set(0);
             error!(deadline = ?hs.deadline(), "lost contact with the DCS: stopped serving");
-            if !closing.wait(FENCE_CLOSE_TIMEOUT).await {
-                error!("connections did not close within {FENCE_CLOSE_TIMEOUT:?}");
+            let forced = closing.close(FENCE_CLOSE_TIMEOUT).await;
+            if forced > 0 {
+                warn!(forced, "connections did not close within {FENCE_CLOSE_TIMEOUT:?}: shut their server sockets down by force");
             }
             hs.acked = None;
         }

@@ -106,6 +106,16 @@ macro_rules! delegate_io {
 delegate_io!(ClientStream);
 delegate_io!(ServerStream);
 
+impl std::os::fd::AsRawFd for ServerStream {
+    /// The TCP socket's descriptor (under TLS too): for a forced shutdown of a fenced connection.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            ServerStream::Plain(s) => s.as_raw_fd(),
+            ServerStream::Tls(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
 /// TLS towards clients: the acceptor, and whether clients must use it.
 #[derive(Clone)]
 pub(crate) struct ClientTls {

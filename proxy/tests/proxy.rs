@@ -1578,6 +1578,23 @@ struct AckDcs {
     down: std::sync::atomic::AtomicBool,
     written: std::sync::Mutex<Vec<Option<String>>>,
     events: tokio::sync::broadcast::Sender<praetor_dcs::DcsEvent>,
+    /// Run at each write; its result is kept with the route written, in `probed`.
+    probe: std::sync::Mutex<Option<Probe>>,
+    probed: std::sync::Mutex<Vec<(Option<String>, String)>>,
+}
+
+type Probe = Box<dyn Fn() -> String + Send>;
+
+impl AckDcs {
+    fn new() -> AckDcs {
+        AckDcs {
+            down: std::sync::atomic::AtomicBool::new(false),
+            written: std::sync::Mutex::new(Vec::new()),
+            events: tokio::sync::broadcast::channel(4).0,
+            probe: std::sync::Mutex::new(None),
+            probed: std::sync::Mutex::new(Vec::new()),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -1592,6 +1609,13 @@ impl praetor_dcs::Dcs for AckDcs {
     ) -> Result<(), praetor_dcs::DcsError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(praetor_dcs::DcsError::Unavailable("partitioned".into()));
+        }
+        if let Some(probe) = self.probe.lock().unwrap().as_ref() {
+            let seen = probe();
+            self.probed
+                .lock()
+                .unwrap()
+                .push((state.leader.clone(), seen));
         }
         self.written.lock().unwrap().push(state.leader.clone());
         Ok(())
@@ -1676,11 +1700,7 @@ async fn the_fencing_handshake_acknowledges_routes_and_a_proxy_without_dcs_conta
     let dir = WorkDir::new("proxy-handshake").unwrap();
     let (pg_a, pg_b) = start_pair(&dir).await;
     let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
-    let dcs = Arc::new(AckDcs {
-        down: std::sync::atomic::AtomicBool::new(false),
-        written: std::sync::Mutex::new(Vec::new()),
-        events: tokio::sync::broadcast::channel(4).0,
-    });
+    let dcs = Arc::new(AckDcs::new());
     init_tracing();
     let proxy = Proxy::bind(test_settings(Duration::from_secs(2)))
         .await
@@ -1749,6 +1769,182 @@ async fn the_fencing_handshake_acknowledges_routes_and_a_proxy_without_dcs_conta
     .await
     .unwrap();
     assert_eq!(server_port(&c).await.unwrap(), pg_b.port());
+}
+
+/// The state of the TCP connection from 127.0.0.1:`local` to 127.0.0.1:`remote` as
+/// /proc/net/tcp shows it (`01`: established; `04`/`05`: FIN-WAIT after this side shut down), or
+/// `gone`.
+fn tcp_state(local: u16, remote: u16) -> String {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let (l, r) = (
+        format!("0100007F:{local:04X}"),
+        format!("0100007F:{remote:04X}"),
+    );
+    table
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&r.as_str()))
+                .then(|| f[3].to_string())
+        })
+        .unwrap_or_else(|| "gone".into())
+}
+
+/// A StartupMessage (protocol 3.0) for user and database `postgres`.
+fn startup_message() -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for s in ["user", "postgres", "database", "postgres", ""] {
+        body.extend_from_slice(s.as_bytes());
+        body.push(0);
+    }
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend(body);
+    msg
+}
+
+/// A simple Query message.
+fn query_message(sql: &str) -> Vec<u8> {
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_a_new_leader_only_once_busy_and_stuck_connections_to_the_former_are_closed() {
+    let dir = WorkDir::new("proxy-stuck-fence").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let dcs = Arc::new(AckDcs::new());
+    init_tracing();
+    let proxy = Proxy::bind(test_settings(Duration::from_secs(2)))
+        .await
+        .unwrap()
+        .with_dcs(dcs.clone(), "test");
+    let (auto, rw) = (proxy.auto_addr().unwrap(), proxy.rw_addr().unwrap());
+    let with_ttl = |leader: &Backend| {
+        let mut t = Topology::new(Some(leader.clone()), vec![]);
+        t.ttl_secs = Some(3);
+        Arc::new(t)
+    };
+    let (feed, rx) = watch::channel(with_ttl(&a));
+    let shutdown = CancellationToken::new();
+    let _served = tokio::spawn(proxy.serve(rx, shutdown.clone()));
+    let _stop = scopeguard(shutdown);
+
+    // A client on the auto port asks a's leader for a huge result and never reads it: its session
+    // is stuck writing to the client, so it never sees its fence, and a's backend waits in
+    // ClientWrite on the proxy's socket.
+    let mut stuck = TcpStream::connect(auto).await.unwrap();
+    stuck.write_all(&startup_message()).await.unwrap();
+    let mut buf = BytesMut::new();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            while let Some(frame) = split_frame(&mut buf).unwrap() {
+                assert_ne!(frame.tag, ERROR_RESPONSE, "login refused");
+                if frame.tag == b'Z' {
+                    return;
+                }
+            }
+            assert!(
+                stuck.read_buf(&mut buf).await.unwrap() > 0,
+                "closed at login"
+            );
+        }
+    })
+    .await
+    .expect("logged in through the auto port");
+    stuck
+        .write_all(&query_message(
+            "SELECT repeat('x', 1048576) FROM generate_series(1, 100000)",
+        ))
+        .await
+        .unwrap();
+    let (observer, conn) = tokio_postgres::connect(&pg_a.conn_str("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let proxy_port = wait_for(
+        "a's backend blocked writing to the proxy",
+        DEADLINE,
+        || async {
+            let rows = observer
+                .query(
+                    "SELECT client_port FROM pg_stat_activity \
+                 WHERE query LIKE 'SELECT repeat(%' AND wait_event = 'ClientWrite' \
+                 AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match rows.first() {
+                Some(r) => Ok(r.get::<_, i32>(0) as u16),
+                None => Err("not yet".to_string()),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // And a busy client on the read-write port: a statement running on a.
+    let sleeper = connect(rw).await.unwrap();
+    let sleeping = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(30)").await });
+    let sleeper_port = wait_for("the pg_sleep running on a", DEADLINE, || async {
+        let rows = observer
+            .query(
+                "SELECT client_port FROM pg_stat_activity \
+                 WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match rows.first() {
+            Some(r) => Ok(r.get::<_, i32>(0) as u16),
+            None => Err("not yet".to_string()),
+        }
+    })
+    .await
+    .unwrap();
+    let pg_a_port = pg_a.port();
+    let states = move || {
+        [proxy_port, sleeper_port]
+            .map(|p| tcp_state(p, pg_a_port))
+            .join(" ")
+    };
+    assert_eq!(states(), "01 01", "both established");
+    *dcs.probe.lock().unwrap() = Some(Box::new(states));
+
+    // a loses the leader key: the route to b is acknowledged only once the proxy's connections to a
+    // are closed (the stuck one shut down by force, since its session does not react).
+    feed.send_replace(with_ttl(&b));
+    wait_for("b acknowledged", DEADLINE, || async {
+        if dcs.written.lock().unwrap().contains(&Some("b".into())) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", dcs.written.lock().unwrap()))
+        }
+    })
+    .await
+    .unwrap();
+    let at_ack = dcs
+        .probed
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(leader, _)| leader.as_deref() == Some("b"))
+        .map(|(_, state)| state.clone())
+        .unwrap();
+    assert!(
+        !at_ack.split(' ').any(|state| state == "01"),
+        "a connection of the proxy to the former leader was still established when it acknowledged b \
+         (stuck, sleeping: {at_ack})"
+    );
+    assert!(
+        sleeping.await.unwrap().is_err(),
+        "the statement's connection was closed"
+    );
+    drop(stuck);
 }
 
 /// Cancels `token` on drop.

@@ -15,6 +15,12 @@
 //! fencing it in the background until it is provably down, so that a host that wakes up is stopped
 //! by whichever comes first: its own agent or the new leader. What remains open (a dead agent on a
 //! host the members cannot reach but clients can, without a watchdog) is the watchdog's to close.
+//!
+//! The fence stops only a server of this cluster: an address can be reused (a rebuilt host, a test
+//! box), so before anything else it reads the target's database system identifier
+//! (`pg_control_system()`) and compares it with the cluster's (the DCS `initialize` key). A server of
+//! another cluster is left running ([`FenceOutcome::OtherCluster`], see [`judge`]): it cannot
+//! acknowledge writes of this cluster, so it does not stand in the way of the promotion either.
 
 use std::time::Duration;
 
@@ -31,6 +37,12 @@ pub enum FenceOutcome {
     Down,
     /// It is shutting down (it acknowledges no more writes, but may still be sending WAL).
     ShuttingDown,
+    /// It runs, but belongs to another cluster (its system identifier is `found`, not ours): left
+    /// running, and no former primary of ours is there.
+    OtherCluster {
+        /// The target's database system identifier.
+        found: String,
+    },
     /// Neither stopped nor proven down (timeout, authentication refused, ...).
     Unknown(String),
 }
@@ -40,35 +52,75 @@ impl FenceOutcome {
     pub fn is_safe(&self) -> bool {
         matches!(
             self,
-            FenceOutcome::Stopped | FenceOutcome::NotPrimary | FenceOutcome::Down
+            FenceOutcome::Stopped
+                | FenceOutcome::NotPrimary
+                | FenceOutcome::Down
+                | FenceOutcome::OtherCluster { .. }
         )
     }
 }
 
-/// Fences the PostgreSQL at `host:port` using `superuser`: each connection and query is bounded by
-/// `timeout` (no answer by then: [`FenceOutcome::Unknown`]), and the wait for a primary that was
-/// told to stop (or was already shutting down) to be gone by `shutdown`.
+/// What to do with a server that answered the fence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Ours and a primary: stop it.
+    Stop,
+    /// Ours (or not checkable) and in recovery: nothing to do.
+    NotPrimary,
+    /// Not ours: never stop it, whatever its role.
+    OtherCluster {
+        /// The target's database system identifier.
+        found: String,
+    },
+}
+
+/// The fence's decision for a server that answered: its system identifier `found` and
+/// `pg_is_in_recovery()`, against the cluster's system identifier `expected` (the DCS `initialize`
+/// key, or this member's own `pg_control` when the key holds none). A different identifier wins over
+/// everything: a server of another cluster is never stopped. `expected` `None` or empty (no
+/// identifier known, e.g. during bootstrap) skips the check: the fence then behaves as it did before
+/// the check existed.
+pub fn judge(expected: Option<&str>, found: &str, in_recovery: bool) -> Verdict {
+    match expected.map(str::trim).filter(|e| !e.is_empty()) {
+        Some(e) if e != found.trim() => Verdict::OtherCluster {
+            found: found.trim().to_string(),
+        },
+        _ if in_recovery => Verdict::NotPrimary,
+        _ => Verdict::Stop,
+    }
+}
+
+/// Fences the PostgreSQL at `host:port` using `superuser`, if it belongs to the cluster whose
+/// system identifier is `sysid` (see [`judge`]): each connection and query is bounded by `timeout`
+/// (no answer by then: [`FenceOutcome::Unknown`]), and the wait for a primary that was told to stop
+/// (or was already shutting down) to be gone by `shutdown`.
 pub async fn fence_primary(
     host: &str,
     port: u16,
     superuser: &Credentials,
+    sysid: Option<&str>,
     timeout: Duration,
     shutdown: Duration,
 ) -> FenceOutcome {
     match connect(host, port, superuser, timeout).await {
         Ok(client) => {
-            let in_recovery = match tokio::time::timeout(
+            let (found, in_recovery) = match tokio::time::timeout(
                 timeout,
-                client.query_one("SELECT pg_is_in_recovery()", &[]),
+                client.query_one(
+                    "SELECT system_identifier::text, pg_is_in_recovery() FROM pg_control_system()",
+                    &[],
+                ),
             )
             .await
             {
-                Ok(Ok(row)) => row.get::<_, bool>(0),
+                Ok(Ok(row)) => (row.get::<_, String>(0), row.get::<_, bool>(1)),
                 Ok(Err(e)) => return classify(&e),
                 Err(_) => return FenceOutcome::Unknown("query timed out".into()),
             };
-            if in_recovery {
-                return FenceOutcome::NotPrimary;
+            match judge(sysid, &found, in_recovery) {
+                Verdict::OtherCluster { found } => return FenceOutcome::OtherCluster { found },
+                Verdict::NotPrimary => return FenceOutcome::NotPrimary,
+                Verdict::Stop => {}
             }
             // The postmaster's PID is the first line of postmaster.pid; SIGINT is a fast shutdown.
             let stop = "DO $$ DECLARE pid text := split_part(pg_read_file('postmaster.pid'), E'\\n', 1); \
@@ -161,5 +213,44 @@ fn classify(e: &tokio_postgres::Error) -> FenceOutcome {
         FenceOutcome::Down
     } else {
         FenceOutcome::Unknown(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_server_of_this_cluster_is_stopped() {
+        let other = |found: &str| Verdict::OtherCluster {
+            found: found.into(),
+        };
+        // (expected sysid, found sysid, in recovery, verdict)
+        let rows = [
+            (Some("7711"), "7711", false, Verdict::Stop),
+            (Some("7711"), "7711", true, Verdict::NotPrimary),
+            (Some("7711"), "9999", false, other("9999")),
+            (Some("7711"), "9999", true, other("9999")),
+            (Some(" 7711\n"), "7711", false, Verdict::Stop),
+            // No identifier known (bootstrap placeholder, or none): the role alone decides.
+            (Some(""), "9999", false, Verdict::Stop),
+            (None, "9999", false, Verdict::Stop),
+            (None, "9999", true, Verdict::NotPrimary),
+        ];
+        for (expected, found, in_recovery, verdict) in rows {
+            assert_eq!(
+                judge(expected, found, in_recovery),
+                verdict,
+                "expected {expected:?}, found {found}, in recovery {in_recovery}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_cluster_does_not_stand_in_the_way_of_the_promotion() {
+        assert!(FenceOutcome::OtherCluster {
+            found: "9999".into()
+        }
+        .is_safe());
     }
 }
