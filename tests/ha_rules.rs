@@ -684,6 +684,178 @@ async fn whole_dcs_down_with_failsafe_mode_keeps_the_primary_while_every_member_
     assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
 }
 
+/// Waits until the `failsafe` key lists every member (the leader writes it once `failsafe_mode` is on).
+async fn failsafe_key_lists_everyone(c: &LocalCluster) {
+    let d = dcs(c).await;
+    let n = c.nodes.len();
+    wait_for("the failsafe key", Duration::from_secs(30), || async {
+        let cl = d.load().await.map_err(|e| e.to_string())?;
+        match cl.failsafe {
+            Some(f) if f.len() == n => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn failsafe_mode_does_not_keep_a_primary_cut_off_alone_from_the_dcs() {
+    let c = healthy_cluster(ClusterOptions {
+        dcs_relay: true,
+        dcs_extra: vec!["failsafe_mode: true".into()],
+        ..Default::default()
+    })
+    .await;
+    failsafe_key_lists_everyone(&c).await;
+    let old = c.leader().await.unwrap();
+    let old_port = c.node(&old).pg_port;
+    let setup = connect(old_port).await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE fs_alone_w (id serial PRIMARY KEY)")
+        .await
+        .unwrap();
+    wait_for_replicas_to_have_table(&c, &old, "fs_alone_w").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (old_acks, writer) = direct_writer(old_port, "fs_alone_w", stop.clone());
+    c.relay(&old).cut();
+    // The others still read the DCS: once the lock expired there they refuse to confirm the old
+    // leader, which demotes itself at its deadline; one of them leads.
+    let demoted = wait_for(
+        "the cut-off primary to stop accepting writes",
+        Duration::from_secs(60),
+        || async {
+            match in_recovery(old_port).await {
+                Ok(false) => Err("still primary".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = demoted {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    let rw = c.proxy.as_ref().unwrap().rw_port;
+    let first_new = first_write_through(rw, "fs_alone_w", Duration::from_secs(60)).await;
+    stop.cancel();
+    writer.await.unwrap();
+    let late = old_acks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > first_new)
+        .count();
+    assert_eq!(
+        late, 0,
+        "the old primary acknowledged writes after {new} did"
+    );
+    let log = c.node(&old).log();
+    assert!(
+        log.contains("demoting self because DCS is not accessible and I was a leader"),
+        "the cut-off leader demoted itself (not stopped by the new leader's fence)"
+    );
+    assert!(
+        log.contains("failsafe: member did not confirm"),
+        "a member that reads the DCS refused to confirm it"
+    );
+    c.relay(&old).restore();
+    healthy_again(&c).await;
+}
+
+#[tokio::test]
+async fn failsafe_mode_keeps_the_primary_while_no_member_reaches_the_dcs_and_it_retakes_the_expired_lock(
+) {
+    let c = healthy_cluster(ClusterOptions {
+        dcs_relay: true,
+        dcs_extra: vec!["failsafe_mode: true".into()],
+        ..Default::default()
+    })
+    .await;
+    failsafe_key_lists_everyone(&c).await;
+    let leader = c.leader().await.unwrap();
+    let node = c.node(&leader);
+    let postmaster = node.postmaster_pid().expect("the primary's postmaster");
+    let lc = connect(node.pg_port).await.unwrap();
+    lc.batch_execute("CREATE TABLE fs_all_w (id serial)")
+        .await
+        .unwrap();
+    // Every agent loses the DCS while etcd runs on: the leases expire there, the leader key too.
+    for n in &c.nodes {
+        c.relay(&n.name).cut();
+    }
+    let d = dcs(&c).await;
+    let write = || async {
+        lc.execute("INSERT INTO fs_all_w DEFAULT VALUES", &[])
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("the primary stopped accepting writes: {e}"))
+    };
+    let expired = wait_for(
+        "the leader key to expire",
+        Duration::from_secs(60),
+        || async {
+            write().await.map_err(|e| format!("FATAL {e}"))?;
+            match d.load().await.map_err(|e| e.to_string())?.leader {
+                None => Ok(()),
+                Some(l) => Err(format!("leader key still names {}", l.name)),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = expired {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    // A loop or more after the lease expired: the primary still takes writes, in failsafe mode.
+    wait_for(
+        "failsafe mode reported active",
+        Duration::from_secs(10),
+        || async {
+            write().await?;
+            let (_, body) = call(node, "GET", "/patroni", None).await;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if v["failsafe_mode_is_active"] == serde_json::Value::Bool(true) {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    write().await.unwrap();
+    for n in &c.nodes {
+        c.relay(&n.name).restore();
+    }
+    // Back on the DCS, the race includes the failsafe key's members: the running primary is the
+    // healthiest and takes the lock again; no replica promotes over it.
+    let back = wait_for(
+        "the same leader in the DCS",
+        Duration::from_secs(60),
+        || async {
+            match d.load().await.map_err(|e| e.to_string())?.leader {
+                Some(l) if l.name == leader => Ok(()),
+                other => Err(format!("leader: {other:?}")),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = back {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    healthy_again(&c).await;
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
+    assert_eq!(
+        c.node(&leader).postmaster_pid(),
+        Some(postmaster),
+        "the primary ran through the outage without a restart, demotion or rewind"
+    );
+    write().await.unwrap();
+}
+
 // --- synchronous replication ------------------------------------------------------------------------
 
 #[tokio::test]

@@ -33,13 +33,16 @@ pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
 }
 
 /// Asks every member of `view` except `me` for its status, concurrently, with `client` (its TLS
-/// settings, credentials and timeout). Members that do not answer are left out.
-pub async fn fetch_peers(view: &Cluster, me: &str, client: &ApiClient) -> Vec<PeerStatus> {
-    let asks = view
-        .members
-        .iter()
-        .filter(|m| m.name != me)
-        .filter_map(|m| Some((m.name.clone(), m.data.api_url.clone()?)))
+/// settings, credentials and timeout): the members whose keys [`crate::ha::failsafe::race_contacts`]
+/// names, the `failsafe` key's too with `failsafe_mode` on. Members that do not answer are left out.
+pub async fn fetch_peers(
+    view: &Cluster,
+    me: &str,
+    failsafe_mode: bool,
+    client: &ApiClient,
+) -> Vec<PeerStatus> {
+    let asks = crate::ha::failsafe::race_contacts(view, me, failsafe_mode)
+        .into_iter()
         .map(|(name, url)| async move {
             // Whatever the status code: health endpoints answer 503 with a useful body.
             match client

@@ -124,6 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pending_restart: Default::default(),
         sync_catchup_lsn: 0,
         failsafe_active: false,
+        failsafe_asked_ms: None,
         member_seen: Default::default(),
         callbacks,
         watchdog,
@@ -273,6 +274,8 @@ struct Runner {
     sync_catchup_lsn: u64,
     /// The last loop ran without the DCS and every failsafe member confirmed this leader.
     failsafe_active: bool,
+    /// Monotonic ms when the last failsafe confirmation round began (see `failsafe_check`).
+    failsafe_asked_ms: Option<u64>,
     /// Parameters waiting for a restart: name → (running value, configured value).
     pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
@@ -434,6 +437,7 @@ impl Runner {
                 fetch_peers(
                     view.as_deref().expect("needs_peers implies a view"),
                     self.me(),
+                    self.dynamic.failsafe_mode,
                     &self.ops.client.with_timeout(timeout),
                 )
                 .await,
@@ -940,6 +944,11 @@ impl Runner {
                 self.sync_catchup_lsn = lsn;
                 Ok(true)
             }
+            Action::KeepLeadingInFailsafe => {
+                self.lock_renewed_ms =
+                    keep_leading_in_failsafe(&mut self.watchdog, self.failsafe_asked_ms);
+                Ok(true)
+            }
             Action::WriteFailsafe(members) => match self.dcs.set_failsafe(&members).await {
                 Ok(()) => Ok(true),
                 Err(e) if e.is_cas_conflict() => Ok(false),
@@ -1116,8 +1125,11 @@ impl Runner {
 
     /// With the DCS unreachable, `failsafe_mode` on and this member a running primary that held the
     /// lock: asks every other member of the last known `failsafe` key to confirm it (`POST
-    /// /failsafe`). `Some(true)` only when all of them answered 200. `None` when not applicable.
-    async fn failsafe_check(&self, view: Option<&Cluster>, obs: &Observation) -> Option<bool> {
+    /// /failsafe`, see [`ha::failsafe::members_to_ask`]). `Some(true)` only when all of them
+    /// answered 200 `Accepted`; `Some(false)` also when the key does not list this member. `None`
+    /// when not applicable. Notes in `failsafe_asked_ms` when it began asking: a confirmation
+    /// renews from that instant ([`Action::KeepLeadingInFailsafe`]).
+    async fn failsafe_check(&mut self, view: Option<&Cluster>, obs: &Observation) -> Option<bool> {
         if view.is_some() || !self.dynamic.failsafe_mode {
             return None;
         }
@@ -1128,27 +1140,34 @@ impl Runner {
         if last.leader.as_ref().map(|l| l.name.as_str()) != Some(self.me()) {
             return None;
         }
-        let members = last.failsafe.as_ref()?;
+        self.failsafe_asked_ms = Some(self.now().mono_ms);
+        let Some(members) = ha::failsafe::members_to_ask(last, self.me()) else {
+            tracing::warn!("failsafe: this member is not in the failsafe key it last read");
+            return Some(false);
+        };
         let timeout = Duration::from_secs(u64::from(self.dynamic.retry_timeout.clamp(1, 2)));
-        let body = serde_json::json!({"name": self.me(), "conn_url": self.conn_url()});
-        let asks = members
-            .iter()
-            .filter(|(name, _)| name.as_str() != self.me())
-            .map(|(name, api)| {
-                let url = format!("{}/failsafe", api::client::api_base(api));
-                let body = body.clone();
-                let client = self.ops.client.with_timeout(timeout);
-                async move {
-                    let ok = client
-                        .request("POST", &url, Some(&body))
-                        .await
-                        .is_ok_and(|r| r.status == 200);
-                    if !ok {
-                        tracing::warn!(member = %name, "failsafe: member did not confirm");
-                    }
-                    ok
+        let body = serde_json::json!({
+            "name": self.me(),
+            "conn_url": self.conn_url(),
+            "api_url": format!("http://{}/patroni", self.settings.api_connect),
+        });
+        let asks = members.into_iter().map(|(name, api)| {
+            let url = format!("{}/failsafe", api::client::api_base(&api));
+            let body = body.clone();
+            let client = self.ops.client.with_timeout(timeout);
+            async move {
+                let answer = client.request("POST", &url, Some(&body)).await;
+                let ok = answer.as_ref().is_ok_and(|r| r.status == 200);
+                if !ok {
+                    let why = match &answer {
+                        Ok(r) => format!("{} {}", r.status, r.body),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::warn!(member = %name, "failsafe: member did not confirm: {why}");
                 }
-            });
+                ok
+            }
+        });
         let all = futures::future::join_all(asks)
             .await
             .into_iter()
@@ -1547,6 +1566,7 @@ impl Runner {
             pending_restart: data.pending_restart,
             loop_wait: self.dynamic.loop_wait,
             failsafe_active: self.failsafe_active,
+            failsafe_mode: self.dynamic.failsafe_mode,
         };
         self.status_tx.send_replace(Arc::new(status));
     }
@@ -1667,6 +1687,20 @@ fn cluster_sysid(view: Option<&Cluster>, obs: &Observation) -> Option<String> {
         })
 }
 
+/// Carries out [`Action::KeepLeadingInFailsafe`]: every member confirmed this leader in the round
+/// that began at `asked_ms`, which counts as a lock renewal at that instant (the new
+/// `lock_renewed_ms`, returned), and the watchdog is fed as after a renewal: failsafe mode keeps the
+/// primary running, and a frozen agent must still be reset before anyone could take over.
+fn keep_leading_in_failsafe(
+    watchdog: &mut crate::watchdog::Watchdog,
+    asked_ms: Option<u64>,
+) -> Option<u64> {
+    if let Err(e) = watchdog.keepalive() {
+        tracing::warn!("watchdog keepalive failed: {e}");
+    }
+    asked_ms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1689,5 +1723,82 @@ mod tests {
         assert!(wakes_loop(&KeyKind::Failover));
         assert!(!wakes_loop(&KeyKind::Member("x".into())));
         assert!(!wakes_loop(&KeyKind::Status));
+    }
+
+    /// Failsafe mode keeping the primary without the DCS: what `decide` asks for, executed as the
+    /// runner does, feeds the armed watchdog (a device double) and moves the demotion deadline on
+    /// from the confirmation round, so the primary is neither stopped at the old deadline nor the
+    /// node reset.
+    #[test]
+    fn failsafe_keeping_the_primary_feeds_the_watchdog_and_renews_from_the_confirmation() {
+        use crate::watchdog::{DeviceDouble, Watchdog};
+        let dynamic = praetor_config::DynamicConfig {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
+            failsafe_mode: true,
+            ..Default::default()
+        };
+        let dev = DeviceDouble::new();
+        let mut wd = Watchdog::with_opener(
+            &praetor_config::Watchdog {
+                mode: praetor_config::WatchdogMode::Required,
+                device: "/dev/watchdog-test".into(),
+                safety_margin: 5,
+            },
+            dev.opener(),
+        );
+        assert!(wd.may_take_lock(dynamic.ttl, dynamic.loop_wait));
+        let renewed = 100_000;
+        let deadline = ha::demote_deadline_ms(Some(renewed), &dynamic, wd.timeout_secs()).unwrap();
+        // The DCS went away; at the old deadline every member accepted the round begun then.
+        let asked = deadline;
+        let local = LocalState {
+            data: DataDir::Initialized { sysid: "1".into() },
+            postgres: Postgres::Running(ha::Running {
+                is_primary: true,
+                timeline: 1,
+                wal_position: 1,
+                upstream: None,
+                standbys: vec![],
+                sync_standby_names: String::new(),
+                slots: vec![],
+            }),
+            task: None,
+            won_initialize: false,
+            lock_renewed_ms: Some(renewed),
+            watchdog_timeout_secs: wd.timeout_secs(),
+            peers: None,
+            primary_start_began_ms: None,
+            former_leader: None,
+            sync_catchup_lsn: 0,
+            retained_members: vec![],
+            unfenced: None,
+            failed_task: None,
+            failsafe_confirmed: Some(true),
+        };
+        let cfg = HaConfig {
+            name: "pg1".into(),
+            tags: Default::default(),
+            dynamic: dynamic.clone(),
+            remove_data_on_diverged: false,
+            fence_timeout_ms: 1000,
+            remove_data_on_rewind_failure: false,
+        };
+        let now = Now {
+            mono_ms: asked + 50,
+            unix_secs: 0,
+        };
+        let d = decide(None, &local, &cfg, now);
+        assert_eq!(d.actions, vec![Action::KeepLeadingInFailsafe], "{d:?}");
+        let fed_before = dev.keepalives();
+        let renewed = keep_leading_in_failsafe(&mut wd, Some(asked));
+        assert_eq!(dev.keepalives(), fed_before + 1, "the watchdog is fed");
+        assert!(dev.is_armed(), "and stays armed");
+        assert_eq!(renewed, Some(asked));
+        assert!(
+            !ha::past_demote_deadline(renewed, &dynamic, wd.timeout_secs(), false, now.mono_ms),
+            "the confirmation moved the demotion deadline on"
+        );
     }
 }

@@ -802,21 +802,44 @@ pub async fn put_config(ctx: &ApiContext, body: &Bytes) -> Reply {
     )
 }
 
-/// `POST /failsafe`: the leader's heartbeat while the DCS is down (failsafe mode).
+/// `POST /failsafe`: the leader's heartbeat while the DCS is down (failsafe mode). Answers 200
+/// `Accepted` only when this member's own last view agrees (see [`crate::ha::failsafe::answer`]):
+/// 502 when `failsafe_mode` is off, 500 with the reason otherwise (Patroni's `do_POST_failsafe`),
+/// 400 when the body has no `name`. An accepted contact is kept for the loop.
 pub fn post_failsafe(ctx: &ApiContext, body: &Bytes) -> Reply {
     let req = match read_json(body, false) {
         Ok(r) => r,
         Err(reply) => return reply,
     };
+    let Some(caller) = req.get("name").and_then(Value::as_str).map(str::to_string) else {
+        return Reply::text(
+            StatusCode::BAD_REQUEST,
+            "name: the calling leader's member name (a string) is required",
+        );
+    };
     let st = ctx.snapshot();
-    if st.is_primary() {
-        return Reply::text(StatusCode::INTERNAL_SERVER_ERROR, "Running as a leader");
+    let last_leader = st
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.as_ref())
+        .map(|l| l.name.as_str());
+    match crate::ha::failsafe::answer(st.failsafe_mode, st.is_primary(), last_leader, &caller) {
+        crate::ha::failsafe::FailsafeAnswer::Accepted => {
+            *ctx.failsafe.lock().unwrap_or_else(|p| p.into_inner()) = Some(FailsafeContact {
+                at: std::time::Instant::now(),
+                body: Value::Object(req),
+            });
+            Reply::text(StatusCode::OK, "Accepted")
+        }
+        crate::ha::failsafe::FailsafeAnswer::Disabled => Reply::text(
+            StatusCode::BAD_GATEWAY,
+            "failsafe_mode is not enabled in the dynamic configuration",
+        ),
+        crate::ha::failsafe::FailsafeAnswer::Refused(why) => {
+            tracing::warn!("refused the failsafe confirmation asked by {caller}: {why}");
+            Reply::text(StatusCode::INTERNAL_SERVER_ERROR, why)
+        }
     }
-    *ctx.failsafe.lock().unwrap_or_else(|p| p.into_inner()) = Some(FailsafeContact {
-        at: std::time::Instant::now(),
-        body: Value::Object(req),
-    });
-    Reply::text(StatusCode::OK, "Accepted")
 }
 
 #[cfg(test)]
@@ -1213,5 +1236,46 @@ mod tests {
         );
         assert!(validate_config(&json!({"ttl": 30, "pause": true})).is_ok());
         assert!(validate_config(&json!({"ttl": "soon"})).is_err());
+    }
+
+    /// A replica of `cluster(..)` (leader `a`) with `failsafe_mode` on, whose last view has no
+    /// leader key when `leader_key` is false (it reads the DCS and the key expired).
+    fn failsafe_ctx(failsafe_mode: bool, leader_key: bool) -> ApiContext {
+        let mut c = cluster(None, false);
+        if !leader_key {
+            c.leader = None;
+        }
+        let st = NodeStatus {
+            cluster: Some(std::sync::Arc::new(c)),
+            failsafe_mode,
+            ..node(true, 150004, false)
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(st));
+        let (cmd, _) = tokio::sync::mpsc::channel(1);
+        ApiContext::new(rx, cmd)
+    }
+
+    #[test]
+    fn post_failsafe_accepts_only_the_leader_of_the_last_view() {
+        let body = |name: &str| Bytes::from(format!(r#"{{"name":"{name}","conn_url":"x"}}"#));
+        let text = |r: &Reply| match &r.body {
+            crate::api::ReplyBody::Text(t) => t.clone(),
+            other => panic!("{other:?}"),
+        };
+        let ctx = failsafe_ctx(true, true);
+        let r = post_failsafe(&ctx, &body("a"));
+        assert_eq!((r.code, text(&r)), (StatusCode::OK, "Accepted".into()));
+        assert!(ctx.failsafe.lock().unwrap().is_some(), "contact kept");
+        let r = post_failsafe(&ctx, &body("b"));
+        assert_eq!(r.code, StatusCode::INTERNAL_SERVER_ERROR, "{r:?}");
+        assert!(text(&r).contains("the leader key names a, not b"), "{r:?}");
+        let r = post_failsafe(&failsafe_ctx(true, false), &body("a"));
+        assert_eq!(r.code, StatusCode::INTERNAL_SERVER_ERROR, "{r:?}");
+        assert!(text(&r).contains("no leader key"), "{r:?}");
+        let r = post_failsafe(&failsafe_ctx(false, true), &body("a"));
+        assert_eq!(r.code, StatusCode::BAD_GATEWAY, "{r:?}");
+        let r = post_failsafe(&ctx, &Bytes::from_static(b"{\"conn_url\":\"x\"}"));
+        assert_eq!(r.code, StatusCode::BAD_REQUEST, "{r:?}");
+        assert!(text(&r).starts_with("name:"), "{r:?}");
     }
 }

@@ -79,6 +79,8 @@ pub struct NodeStatus {
     pub loop_wait: u32,
     /// Failsafe mode keeps this leader running while the DCS is unreachable.
     pub failsafe_active: bool,
+    /// `failsafe_mode` in force (dynamic configuration): `POST /failsafe` answers 502 without it.
+    pub failsafe_mode: bool,
 }
 
 impl NodeStatus {

@@ -8,7 +8,7 @@ use super::{
     demote_deadline_ms, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now,
     Postgres, Reason, Running, StartAs, StopMode, Upstream,
 };
-use super::{slots, sync};
+use super::{failsafe, slots, sync};
 
 /// Decides what this member does now.
 ///
@@ -17,7 +17,8 @@ use super::{slots, sync};
 /// 1. a background task runs: only keep the lock fresh;
 /// 2. DCS unreachable: a leader keeps retrying until [`demote_deadline_ms`] (`loop_wait +
 ///    retry_timeout` after its last renewal) and then demotes, a primary without the lock demotes,
-///    replicas do nothing;
+///    replicas do nothing; with `failsafe_mode` a leader every member confirmed keeps leading (see
+///    [`super::failsafe`]);
 /// 3. data directory empty: race for `initialize` and bootstrap, or clone from the leader (prefer a
 ///    member tagged `clonefrom`); system identifier mismatch is fatal;
 /// 4. PostgreSQL stopped: the lock holder restarts it as primary; others start it as a replica of the
@@ -26,7 +27,8 @@ use super::{slots, sync};
 /// 5. PostgreSQL running and this member holds the lock: renew it, publish `status`, keep slots and
 ///    `history`, promote if still a replica, carry out a switchover that names it;
 /// 6. another member holds the lock: demote if primary, else follow it;
-/// 7. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]).
+/// 7. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]), and with
+///    `failsafe_mode` only if the `failsafe` key lists it.
 pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     let d = decide_unpaused(view, local, cfg, now);
     let d = if cfg.dynamic.pause {
@@ -241,7 +243,12 @@ fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
         return decision(vec![], Reason::DcsInaccessible);
     }
     if cfg.dynamic.failsafe_mode && local.failsafe_confirmed == Some(true) {
-        return decision(vec![], Reason::FailsafeKeepsLeader);
+        // Every member's own last view names this leader: nobody else can take the lock, so the
+        // confirmation renews like the lock would (and feeds the watchdog).
+        return decision(
+            vec![Action::KeepLeadingInFailsafe],
+            Reason::FailsafeKeepsLeader,
+        );
     }
     match demote_deadline_ms(
         local.lock_renewed_ms,
@@ -764,6 +771,9 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
     let priority = cfg.tags.failover_priority.unwrap_or(1);
     if cfg.tags.nofailover || priority <= 0 {
         return not_racing(Reason::NotAllowedToPromote);
+    }
+    if !i_am_candidate && !failsafe::may_race(view, me, cfg.dynamic.failsafe_mode) {
+        return not_racing(Reason::NotInFailsafeKey);
     }
     // Under synchronous replication (`on`) only the standbys listed in `sync` hold every
     // acknowledged commit: only they race, and only against each other. In quorum mode every member

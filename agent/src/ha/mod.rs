@@ -13,6 +13,7 @@
 
 mod decide;
 mod election;
+pub mod failsafe;
 pub mod guards;
 mod reason;
 mod rejoin;
@@ -210,7 +211,9 @@ pub struct LocalState {
     /// identifier.
     pub won_initialize: bool,
     /// Monotonic ms of this member's last successful lock acquisition or renewal (taken before the
-    /// request was sent), while it believes it holds the lock; `None` when it does not.
+    /// request was sent), or of its last failsafe confirmation round that every member accepted
+    /// ([`Action::KeepLeadingInFailsafe`]), while it believes it holds the lock; `None` when it
+    /// does not.
     pub lock_renewed_ms: Option<u64>,
     /// The armed watchdog's timeout in seconds; `None` when no watchdog is armed. A leader that
     /// cannot renew demotes before it would fire (see [`demote_deadline_ms`]).
@@ -373,6 +376,13 @@ pub enum Action {
     SetSyncStandbyNames(String),
     /// Leader: write the `sync` key.
     WriteSync(praetor_dcs::SyncState),
+    /// The DCS is unreachable and every member of the last `failsafe` key accepted this leader
+    /// (`POST /failsafe`) this loop: the confirmation counts as a lock renewal. The runner sets
+    /// [`LocalState::lock_renewed_ms`] to the instant it began asking (the demotion deadline moves
+    /// on from there) and feeds the watchdog, as Patroni's `_handle_dcs_error` calls
+    /// `set_is_leader(True)` and `watchdog.keepalive()`. Without it the primary kept running would
+    /// be stopped at the old deadline, or the node reset by its watchdog.
+    KeepLeadingInFailsafe,
     /// Leader: write the `failsafe` key (member → api_url); empty deletes it.
     WriteFailsafe(std::collections::BTreeMap<String, String>),
     /// Leader: append the promotion that started the current timeline to `history`.

@@ -71,6 +71,9 @@ pub enum Reason {
     DcsInaccessible,
     /// The DCS is unreachable but every member confirmed this leader (`failsafe_mode`).
     FailsafeKeepsLeader,
+    /// `failsafe_mode` is on and this member is missing from the non-empty `failsafe` key: it may
+    /// not take the lock (see [`super::failsafe::may_race`]).
+    NotInFailsafeKey,
     /// A switchover asks this leader to step down for `candidate`.
     ManualFailoverDemoting {
         /// The candidate.
@@ -241,6 +244,9 @@ impl fmt::Display for Reason {
                 f.write_str("demoting self because DCS is not accessible and I was a leader")
             }
             DcsInaccessible => f.write_str("DCS is not accessible"),
+            NotInFailsafeKey => f.write_str(
+                "not racing for the leader lock: failsafe mode is enabled and I am not in the failsafe key",
+            ),
             FailsafeKeepsLeader => f.write_str(
                 "continue to run as a leader because failsafe mode is enabled and all members are accessible",
             ),

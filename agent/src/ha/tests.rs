@@ -193,6 +193,20 @@ fn read_only() -> Action {
     Action::Start(StartAs::Replica { upstream: None })
 }
 
+/// A `failsafe` key listing `names` with the api_urls `member()` gives them.
+fn failsafe_key(names: &[&str]) -> std::collections::BTreeMap<String, String> {
+    names
+        .iter()
+        .map(|n| {
+            let port = 5430 + n[2..].parse::<u16>().unwrap();
+            (
+                n.to_string(),
+                format!("http://127.0.0.1:{}/patroni", port + 1000),
+            )
+        })
+        .collect()
+}
+
 fn slots_for_others() -> Action {
     Action::EnsureSlots(vec!["pg2".into(), "pg3".into()])
 }
@@ -907,6 +921,94 @@ fn rows() -> Vec<Row> {
             local(running(false, 1000, Some(5432))),
         )
         .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        // --- failsafe mode (Patroni's DCS failsafe mode) ----------------------------------------------
+        row(
+            "failsafe: DCS unreachable, every member accepted this leader: keep leading, past the old deadline too (renewal, watchdog fed)",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3500);
+                l.failsafe_confirmed = Some(true);
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![KeepLeadingInFailsafe], |r| {
+            *r == Reason::FailsafeKeepsLeader
+        }),
+        row(
+            "failsafe: a member refused (it reads the DCS and the lock expired), past the deadline: demote",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3000);
+                l.failsafe_confirmed = Some(false);
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![Stop(StopMode::Immediate), read_only()], |r| {
+            *r == Reason::DemotingDcsInaccessible
+        }),
+        row(
+            "failsafe: a member refused, within the window: keep trying to renew",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 1000);
+                l.failsafe_confirmed = Some(false);
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![RenewLeader], |r| *r == Reason::DcsInaccessible),
+        row(
+            "failsafe: confirmations do not count with failsafe_mode off",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3000);
+                l.failsafe_confirmed = Some(true);
+            }),
+        )
+        .expect(vec![Stop(StopMode::Immediate), read_only()], |r| {
+            *r == Reason::DemotingDcsInaccessible
+        }),
+        row(
+            "failsafe: back from an outage that expired the lock, the primary kept running is the healthiest: it takes the lock again",
+            Some(with(cluster(None), |c| {
+                c.failsafe = Some(failsafe_key(&["pg1", "pg2", "pg3"]))
+            })),
+            with(local(running(true, 1500, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1500), peer("pg3", 1400)])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![AcquireLeader, WriteStatus], |r| {
+            *r == Reason::AcquiredLockAsLeader
+        }),
+        row(
+            "failsafe: back from an outage, the former leader (asked through the failsafe key) still runs as primary: a replica does not race",
+            Some(with(cluster(None), |c| {
+                c.members.retain(|m| m.name != "pg2");
+                c.failsafe = Some(failsafe_key(&["pg1", "pg2", "pg3"]))
+            })),
+            with(local(running(false, 1500, Some(5432))), |l| {
+                l.peers = Some(vec![
+                    PeerStatus {
+                        is_running_primary: true,
+                        ..peer("pg2", 1500)
+                    },
+                    peer("pg3", 1400),
+                ])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![], |r| matches!(r, Reason::NotHealthiest { .. })),
+        row(
+            "failsafe: a member missing from the failsafe key does not race",
+            Some(with(cluster(None), |c| {
+                c.failsafe = Some(failsafe_key(&["pg2", "pg3"]))
+            })),
+            with(local(running(false, 2000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![], |r| *r == Reason::NotInFailsafeKey),
         // --- switchover ----------------------------------------------------------------------------
         row(
             "switchover to a healthy candidate: stop fast, then release the lock",
