@@ -466,6 +466,12 @@ impl Runner {
             failsafe_confirmed,
             failed_task: self.failed_task,
             unfenced,
+            proxies_wait_began_ms: self
+                .proxies_wait_since
+                .as_ref()
+                .filter(|(f, _)| self.former_leader.as_ref().is_some_and(|l| l.member == *f))
+                .map(|(_, t)| *t),
+            granted_ttl: self.dcs.granted_ttl(),
             retained_members: self.retained_members(view.as_deref()),
         };
         let cfg = HaConfig {
@@ -914,7 +920,9 @@ impl Runner {
                 self.fence_in_background(host, port, sysid);
                 Ok(true)
             }
-            Action::AwaitProxies { former } => Ok(self.await_proxies(former).await),
+            Action::AwaitProxies { former, wait_ms } => Ok(self
+                .await_proxies(former, Duration::from_millis(wait_ms))
+                .await),
             Action::SetSyncStandbyNames(names) => {
                 let lsn = match self.pg.status().await {
                     Ok(s) => s.wal_position(),
@@ -1256,26 +1264,15 @@ impl Runner {
         }));
     }
 
-    /// The agent side of the proxies' fencing handshake: re-reads the DCS every 50 ms until no live
-    /// proxy routes writes to `former`. True (go on promoting) once none does, or once a proxy's
-    /// contact deadline has passed since the wait began (a proxy that has not answered by then has
-    /// stopped serving on its own). Waits at most `loop_wait` per loop, then false: the next loop
-    /// renews the lock and asks again.
-    async fn await_proxies(&mut self, former: String) -> bool {
+    /// The agent side of the proxies' fencing handshake ([`Action::AwaitProxies`]): re-reads the DCS
+    /// every 50 ms until no live proxy routes writes to `former` (true), or `wait` has passed (false:
+    /// the next cycle renews the lock and `decide` says whether to wait on). Records when the wait
+    /// for this former leader began, for `decide`'s contact deadline.
+    async fn await_proxies(&mut self, former: String, wait: Duration) -> bool {
         let now = self.now().mono_ms;
-        let since = match &self.proxies_wait_since {
-            Some((f, t)) if *f == former => *t,
-            _ => {
-                self.proxies_wait_since = Some((former.clone(), now));
-                now
-            }
-        };
-        // A proxy stops serving before its key's session (as the DCS granted it) can expire.
-        let limit = praetor_dcs::ProxyState::contact_deadline_within(
-            self.dynamic.ttl,
-            self.dcs.granted_ttl(),
-        );
-        let this_loop = Duration::from_secs(u64::from(self.dynamic.loop_wait.max(1)));
+        if !matches!(&self.proxies_wait_since, Some((f, _)) if *f == former) {
+            self.proxies_wait_since = Some((former.clone(), now));
+        }
         let started = tokio::time::Instant::now();
         loop {
             let pending: Vec<String> = match self.dcs.load().await {
@@ -1286,22 +1283,14 @@ impl Runner {
                     .collect(),
                 Err(e) => vec![format!("(DCS unreadable: {e})")],
             };
-            let waited = Duration::from_millis(self.now().mono_ms.saturating_sub(since));
             if pending.is_empty() {
                 tracing::info!(
-                    waited_ms = waited.as_millis() as u64,
+                    waited_ms = started.elapsed().as_millis() as u64,
                     "every proxy stopped routing to {former}"
                 );
                 return true;
             }
-            if waited >= limit {
-                tracing::warn!(
-                    ?pending,
-                    "proxies did not acknowledge the leader change within {limit:?}: promoting (a proxy without DCS contact has stopped serving by now)"
-                );
-                return true;
-            }
-            if started.elapsed() >= this_loop {
+            if started.elapsed() >= wait {
                 tracing::info!(?pending, "waiting for proxies to stop routing to {former}");
                 return false;
             }
@@ -1774,6 +1763,8 @@ mod tests {
             sync_catchup_lsn: 0,
             retained_members: vec![],
             unfenced: None,
+            proxies_wait_began_ms: None,
+            granted_ttl: None,
             failed_task: None,
             failsafe_confirmed: Some(true),
         };

@@ -173,7 +173,7 @@ fn decide_unpaused(
             } else if let Some(l) = view.leader.as_ref() {
                 follower(view, r, &l.name, cfg)
             } else {
-                election(view, local, cfg, r)
+                election(view, local, cfg, r, now)
             }
         }
     }
@@ -458,7 +458,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     let me = cfg.name.as_str();
     if !r.is_primary {
         return decision(
-            promotion(Action::RenewLeader, view, local, cfg, r),
+            promotion(Action::RenewLeader, view, local, cfg, r, now),
             Reason::PromotedBecauseHadLock,
         );
     }
@@ -546,13 +546,28 @@ fn keep_fencing(local: &LocalState) -> Option<Action> {
 
 /// Before promoting, every live proxy must have stopped routing to the leader this member replaces
 /// (issue: fencing handshake): otherwise a statement could still reach the old primary after the new
-/// one accepts writes. Only when some proxy's key, as read this loop, still names that leader.
-fn await_proxies(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option<Action> {
+/// one accepts writes. Only when some proxy's key, as read this loop, still names that leader, and
+/// only until the proxies' contact deadline has passed since the first wait: a proxy that has not
+/// acknowledged by then has lost the DCS and stopped serving on its own. Each cycle waits at most
+/// `loop_wait` (the next one renews the lock first).
+fn await_proxies(view: &Cluster, local: &LocalState, cfg: &HaConfig, now: Now) -> Option<Action> {
     let former = &local.former_leader.as_ref()?.member;
-    (former != &cfg.name && !view.proxies_routing_to(former).is_empty()).then(|| {
-        Action::AwaitProxies {
-            former: former.clone(),
-        }
+    if former == &cfg.name || view.proxies_routing_to(former).is_empty() {
+        return None;
+    }
+    let deadline =
+        praetor_dcs::ProxyState::contact_deadline_within(cfg.dynamic.ttl, local.granted_ttl);
+    let deadline_ms = deadline.as_millis() as u64;
+    let waited_ms = local
+        .proxies_wait_began_ms
+        .map_or(0, |began| now.mono_ms.saturating_sub(began));
+    if waited_ms >= deadline_ms {
+        return None;
+    }
+    let loop_ms = u64::from(cfg.dynamic.loop_wait.max(1)) * 1000;
+    Some(Action::AwaitProxies {
+        former: former.clone(),
+        wait_ms: loop_ms.min(deadline_ms - waited_ms),
     })
 }
 
@@ -728,7 +743,7 @@ fn running_diverged(view: &Cluster, r: &Running, leader: &str) -> Option<Decisio
 }
 
 /// Nobody holds the lock and PostgreSQL runs here: race if this member is the healthiest.
-fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> Decision {
+fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: Now) -> Decision {
     let me = cfg.name.as_str();
     let not_racing = |reason: Reason| {
         // A primary that may not (or need not) lead must not stay writable without the lock.
@@ -826,7 +841,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running) -> 
         );
     }
     decision(
-        promotion(Action::AcquireLeader, view, local, cfg, r),
+        promotion(Action::AcquireLeader, view, local, cfg, r, now),
         Reason::PromotedByAcquiringLock,
     )
 }
@@ -842,6 +857,7 @@ fn promotion(
     local: &LocalState,
     cfg: &HaConfig,
     r: &Running,
+    now: Now,
 ) -> Vec<Action> {
     let mut actions = vec![lock];
     actions.extend(slots::slot_actions(
@@ -852,7 +868,7 @@ fn promotion(
         &local.retained_members,
     ));
     actions.extend(fence_former_primary(local, cfg, r));
-    actions.extend(await_proxies(view, local, cfg));
+    actions.extend(await_proxies(view, local, cfg, now));
     actions.extend(sync::before_promote(view, cfg));
     // The waits above may have taken a good part of the lease: confirm the lock right before the
     // point of no return, or go back to the race (a failed renewal ends the list).

@@ -243,6 +243,12 @@ pub struct LocalState {
     /// With the DCS unreachable and `failsafe_mode` on: whether every member of the last known
     /// `failsafe` key confirmed this leader over `POST /failsafe` this loop (`None`: not asked).
     pub failsafe_confirmed: Option<bool>,
+    /// Monotonic ms when this member first waited for the proxies to leave its `former_leader` (the
+    /// runner keeps it while that former leader stays the same); `None` before the first wait.
+    pub proxies_wait_began_ms: Option<u64>,
+    /// The session or lease TTL the DCS granted this member ([`praetor_dcs::Dcs::granted_ttl`]), which
+    /// bounds how long a proxy keeps serving without DCS contact; `None`: as requested (`ttl`).
+    pub granted_ttl: Option<std::time::Duration>,
 }
 
 /// The decision of one loop.
@@ -327,13 +333,16 @@ pub enum Action {
         port: u16,
     },
     /// The fencing handshake with the proxies: wait until no live proxy's `praetor/proxies/<id>` key
-    /// routes writes to `former` (the leader this member replaces), re-reading the DCS. Ends the
-    /// list (no promotion this loop) after `loop_wait` without every acknowledgement; goes on once
-    /// [`praetor_dcs::ProxyState::contact_deadline`] has passed since the first wait (by then a
-    /// proxy that did not answer has stopped serving).
+    /// routes writes to `former` (the leader this member replaces), re-reading the DCS. Done once
+    /// none does; ends the list (no promotion this loop) after `wait_ms`. `decide` stops asking
+    /// once the proxies' contact deadline ([`praetor_dcs::ProxyState::contact_deadline_within`])
+    /// has passed since the first wait ([`LocalState::proxies_wait_began_ms`]): by then a proxy that
+    /// did not answer has stopped serving.
     AwaitProxies {
         /// The former leader's member name.
         former: String,
+        /// How long to wait this cycle (ms): `loop_wait`, or what is left to the contact deadline.
+        wait_ms: u64,
     },
     /// `pg_promote()` and wait for it; PostgreSQL must be a running replica and this member must hold
     /// the lock.

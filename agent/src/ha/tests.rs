@@ -99,6 +99,8 @@ fn local(postgres: Postgres) -> LocalState {
         failsafe_confirmed: None,
         failed_task: None,
         unfenced: None,
+        proxies_wait_began_ms: None,
+        granted_ttl: None,
         retained_members: vec![],
     }
 }
@@ -759,11 +761,65 @@ fn rows() -> Vec<Row> {
                 fence(5432),
                 AwaitProxies {
                     former: "pg2".into(),
+                    wait_ms: 1000,
                 },
                 RenewLeader,
                 Promote,
             ],
             |r| *r == Reason::PromotedByAcquiringLock,
+        ),
+        row(
+            "no leader, a proxy still routes to the former leader past its contact deadline: promote",
+            Some(with(cluster(None), |c| {
+                c.proxies.insert(
+                    "px".into(),
+                    praetor_dcs::ProxyState {
+                        leader: Some("pg2".into()),
+                        ..Default::default()
+                    },
+                );
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+                l.former_leader = Some(up("pg2", 5432));
+                // ttl 6: the contact deadline is 6 s less a 1.2 s margin.
+                l.proxies_wait_began_ms = Some(NOW.mono_ms - 4_800);
+            }),
+        )
+        .expect(
+            vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
+            |_| true,
+        ),
+        row(
+            "no leader, a proxy still routes to the former leader, 4.5 s into the wait: wait the rest",
+            Some(with(cluster(None), |c| {
+                c.proxies.insert(
+                    "px".into(),
+                    praetor_dcs::ProxyState {
+                        leader: Some("pg2".into()),
+                        ..Default::default()
+                    },
+                );
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+                l.former_leader = Some(up("pg2", 5432));
+                l.proxies_wait_began_ms = Some(NOW.mono_ms - 4_500);
+            }),
+        )
+        .expect(
+            vec![
+                AcquireLeader,
+                slots_for_others(),
+                fence(5432),
+                AwaitProxies {
+                    former: "pg2".into(),
+                    wait_ms: 300,
+                },
+                RenewLeader,
+                Promote,
+            ],
+            |_| true,
         ),
         row(
             "no leader, every proxy already left the former leader: no wait",
