@@ -101,11 +101,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             l.port
         );
     }
+    let (deadline_tx, deadline_rx) = watch::channel(None);
+    let guard_failsafe = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let pg = Arc::new(instance);
+    let guard = tokio::spawn(deadline_guard(
+        deadline_rx,
+        pg.clone(),
+        started,
+        guard_failsafe.clone(),
+    ));
     let mut runner = Runner {
         settings,
         config,
         dcs,
-        pg: Arc::new(instance),
+        pg,
         dynamic,
         refused_config: None,
         won_initialize: false,
@@ -119,6 +129,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         unfenced: Default::default(),
         fencer: None,
         fence_timeout_ms,
+        deadline_tx,
+        guard_failsafe,
         proxies_wait_since: None,
         last_role: None,
         pending_restart: Default::default(),
@@ -129,13 +141,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         callbacks,
         watchdog,
         status_tx,
-        started: Instant::now(),
+        started,
         last_reason: String::new(),
         last_view: None,
         dcs_last_seen: None,
         ops,
     };
     let result = runner.run_loop(&shutdown, commands).await;
+    guard.abort();
     runner.shut_down().await;
     api_shutdown.cancel();
     let _ = api_task.await;
@@ -264,6 +277,12 @@ struct Runner {
     fencer: Option<tokio::task::JoinHandle<()>>,
     /// `praetor.fence_timeout_ms`.
     fence_timeout_ms: u64,
+    /// The demotion deadline (monotonic ms) for the [`deadline_guard`] task; `None`: not leading.
+    deadline_tx: watch::Sender<Option<u64>>,
+    /// Whether `failsafe_mode` is on, for the deadline guard (which then leaves the deadline to the
+    /// loop: a failsafe round that confirms the leader moves it, possibly only after a DCS request
+    /// that hung until the deadline).
+    guard_failsafe: Arc<std::sync::atomic::AtomicBool>,
     /// Since when (monotonic ms) this member waits for the proxies to leave this former leader.
     proxies_wait_since: Option<(String, u64)>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
@@ -319,6 +338,28 @@ impl Runner {
         )
     }
 
+    /// Records the last lock renewal (`None`: not leading) and hands the resulting demotion deadline
+    /// to the deadline guard at once (see [`deadline_guard`]).
+    fn set_lock_renewed(&mut self, at: Option<u64>) {
+        self.lock_renewed_ms = at;
+        self.publish_deadline();
+    }
+
+    /// Hands the current demotion deadline to the deadline guard (it moves with a renewal, a change
+    /// of `loop_wait`/`retry_timeout`, or the watchdog being armed).
+    fn publish_deadline(&self) {
+        let deadline = self.demote_deadline_ms();
+        self.deadline_tx.send_if_modified(|d| {
+            let changed = *d != deadline;
+            *d = deadline;
+            changed
+        });
+        self.guard_failsafe.store(
+            self.dynamic.failsafe_mode,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// The time left until the demotion deadline, at least [`LAST_ATTEMPT`]; `None` when not
     /// leading.
     fn until_demote_deadline(&self) -> Option<Duration> {
@@ -359,6 +400,7 @@ impl Runner {
             let started = Instant::now();
             self.cycle().await?;
             self.after_cycle(started);
+            self.publish_deadline();
             // A leader that could not renew runs its next cycle early enough for one last attempt
             // (LAST_ATTEMPT) to end by its demotion deadline.
             let mut wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
@@ -416,7 +458,7 @@ impl Runner {
             self.last_view = Some(v.clone());
             let holds = v.leader.as_ref().is_some_and(|l| l.name == self.me());
             if !holds {
-                self.lock_renewed_ms = None;
+                self.set_lock_renewed(None);
                 self.primary_start_began_ms = None;
             }
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != self.me()) {
@@ -513,7 +555,7 @@ impl Runner {
     /// [`ha::past_demote_deadline`]). It no longer counts itself the lock holder; should the DCS show
     /// that it still is, the next decision starts PostgreSQL again as primary.
     async fn stop_overdue_primary(&mut self) {
-        self.lock_renewed_ms = None;
+        self.set_lock_renewed(None);
         if self.pg.postmaster().is_none() {
             return;
         }
@@ -834,7 +876,7 @@ impl Runner {
                 }
                 let got = self.bounded(self.dcs.acquire_leader()).await?;
                 if got {
-                    self.lock_renewed_ms = Some(now_ms);
+                    self.set_lock_renewed(Some(now_ms));
                     tracing::info!("acquired the leader lock");
                     if let Err(e) = self.watchdog.keepalive() {
                         tracing::warn!("watchdog keepalive failed: {e}");
@@ -853,7 +895,7 @@ impl Runner {
                     tracing::error!("demoting self because watchdog could not be activated");
                     self.pg.stop(ha::StopMode::Immediate, None).await?;
                     self.dcs.release_leader().await?;
-                    self.lock_renewed_ms = None;
+                    self.set_lock_renewed(None);
                     return Ok(false);
                 }
                 let kept = self.bounded(self.dcs.renew_leader()).await?;
@@ -862,7 +904,7 @@ impl Runner {
                         tracing::warn!("watchdog keepalive failed: {e}");
                     }
                 }
-                self.lock_renewed_ms = kept.then_some(now_ms);
+                self.set_lock_renewed(kept.then_some(now_ms));
                 if !kept {
                     tracing::warn!("lost the leader lock");
                 }
@@ -870,7 +912,7 @@ impl Runner {
             }
             Action::ReleaseLeader => {
                 let released = self.dcs.release_leader().await?;
-                self.lock_renewed_ms = None;
+                self.set_lock_renewed(None);
                 Ok(released)
             }
             Action::Promote => {
@@ -893,7 +935,7 @@ impl Runner {
                 // Every decision that stops PostgreSQL ends this member's leadership (it releases
                 // the lock, or cannot renew it): no demotion deadline runs any more, so a read-only
                 // restart is not taken for a primary past its deadline.
-                self.lock_renewed_ms = None;
+                self.set_lock_renewed(None);
                 tracing::info!(?mode, "stopped postgres");
                 self.disable_watchdog();
                 self.callbacks.fire(
@@ -953,8 +995,8 @@ impl Runner {
                 Ok(true)
             }
             Action::KeepLeadingInFailsafe => {
-                self.lock_renewed_ms =
-                    keep_leading_in_failsafe(&mut self.watchdog, self.failsafe_asked_ms);
+                let renewed = keep_leading_in_failsafe(&mut self.watchdog, self.failsafe_asked_ms);
+                self.set_lock_renewed(renewed);
                 Ok(true)
             }
             Action::WriteFailsafe(members) => match self.dcs.set_failsafe(&members).await {
@@ -1582,6 +1624,51 @@ impl Runner {
         }
         if let Err(e) = self.dcs.close().await {
             tracing::warn!("cannot leave the DCS: {e}");
+        }
+    }
+}
+
+/// Stops PostgreSQL the moment the demotion deadline (`deadline`, monotonic ms since `started`)
+/// passes without a renewal, whatever the HA loop is doing: a DCS request it waits on, or, in a
+/// process thawed after a freeze, the middle of the request it was frozen in. The loop's own check
+/// ([`ha::past_demote_deadline`] at a cycle's start, `decide` at the deadline) comes later in those
+/// cases, and every millisecond a thawed primary runs past its lease it may acknowledge writes. Not
+/// with `failsafe_mode` on (`failsafe`): the loop's failsafe round may keep the primary, and it can
+/// only run after the DCS request that hung until the deadline; the loop's own checks apply then.
+async fn deadline_guard(
+    mut deadline: watch::Receiver<Option<u64>>,
+    pg: Arc<Instance>,
+    started: Instant,
+    failsafe: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        let current = *deadline.borrow_and_update();
+        let Some(ms) = current else {
+            if deadline.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let at = tokio::time::Instant::from_std(started + Duration::from_millis(ms));
+        tokio::select! {
+            changed = deadline.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(at) => {
+                let kept = failsafe.load(std::sync::atomic::Ordering::Relaxed);
+                if *deadline.borrow() == Some(ms) && !kept && pg.postmaster().is_some() {
+                    tracing::error!("the demotion deadline passed without a lock renewal while the HA loop was busy (or frozen): stopping postgres now");
+                    if let Err(e) = pg.stop(ha::StopMode::Immediate, None).await {
+                        tracing::error!("cannot stop postgres: {e}");
+                    }
+                }
+                // Act once per deadline: wait for the next one.
+                if deadline.changed().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
