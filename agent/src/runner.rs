@@ -129,6 +129,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         unfenced: Default::default(),
         fencer: None,
         fence_timeout_ms,
+        watchdog_refused: false,
         deadline_tx,
         guard_failsafe,
         proxies_wait_since: None,
@@ -277,6 +278,8 @@ struct Runner {
     fencer: Option<tokio::task::JoinHandle<()>>,
     /// `praetor.fence_timeout_ms`.
     fence_timeout_ms: u64,
+    /// The last [`Action::ArmWatchdog`] failed (`required` mode).
+    watchdog_refused: bool,
     /// The demotion deadline (monotonic ms) for the [`deadline_guard`] task; `None`: not leading.
     deadline_tx: watch::Sender<Option<u64>>,
     /// Whether `failsafe_mode` is on, for the deadline guard (which then leaves the deadline to the
@@ -336,6 +339,19 @@ impl Runner {
             &self.dynamic,
             self.watchdog.timeout_secs(),
         )
+    }
+
+    /// The watchdog for `decide`: off, armed, not armed, or refused by the last arming.
+    fn watchdog_state(&self) -> ha::WatchdogState {
+        if self.config.watchdog.mode == praetor_config::WatchdogMode::Off {
+            ha::WatchdogState::Off
+        } else if self.watchdog.is_active() {
+            ha::WatchdogState::Armed
+        } else if self.watchdog_refused {
+            ha::WatchdogState::Refused
+        } else {
+            ha::WatchdogState::NotArmed
+        }
     }
 
     /// Records the last lock renewal (`None`: not leading) and hands the resulting demotion deadline
@@ -501,6 +517,7 @@ impl Runner {
             won_initialize: self.won_initialize,
             lock_renewed_ms: self.lock_renewed_ms,
             watchdog_timeout_secs: self.watchdog.timeout_secs(),
+            watchdog: self.watchdog_state(),
             peers,
             primary_start_began_ms: self.primary_start_began_ms,
             former_leader: self.former_leader.clone(),
@@ -868,12 +885,16 @@ impl Runner {
                 self.won_initialize = false;
                 Ok(true)
             }
-            Action::AcquireLeader => {
+            Action::ArmWatchdog => {
                 let (ttl, loop_wait) = (self.dynamic.ttl, self.dynamic.loop_wait);
-                if !self.dynamic.pause && !self.watchdog.may_take_lock(ttl, loop_wait) {
-                    tracing::warn!("not promoting self because watchdog could not be activated");
-                    return Ok(false);
+                let armed = self.watchdog.may_take_lock(ttl, loop_wait);
+                if !armed {
+                    tracing::warn!("not taking or keeping the leader lock: the watchdog could not be activated");
                 }
+                self.watchdog_refused = !armed;
+                Ok(armed)
+            }
+            Action::AcquireLeader => {
                 let got = self.bounded(self.dcs.acquire_leader()).await?;
                 if got {
                     self.set_lock_renewed(Some(now_ms));
@@ -885,19 +906,6 @@ impl Runner {
                 Ok(got)
             }
             Action::RenewLeader => {
-                let (ttl, loop_wait) = (self.dynamic.ttl, self.dynamic.loop_wait);
-                if !self.dynamic.pause
-                    && !self.watchdog.is_active()
-                    && !self.watchdog.may_take_lock(ttl, loop_wait)
-                {
-                    // Required watchdog unavailable while leading: a frozen agent could not be
-                    // stopped in time, so step down (stop first, then give the lock back).
-                    tracing::error!("demoting self because watchdog could not be activated");
-                    self.pg.stop(ha::StopMode::Immediate, None).await?;
-                    self.dcs.release_leader().await?;
-                    self.set_lock_renewed(None);
-                    return Ok(false);
-                }
                 let kept = self.bounded(self.dcs.renew_leader()).await?;
                 if kept {
                     if let Err(e) = self.watchdog.keepalive() {
@@ -1844,6 +1852,7 @@ mod tests {
             won_initialize: false,
             lock_renewed_ms: Some(renewed),
             watchdog_timeout_secs: wd.timeout_secs(),
+            watchdog: ha::WatchdogState::Armed,
             peers: None,
             primary_start_began_ms: None,
             former_leader: None,

@@ -25,8 +25,7 @@
 //!
 //! | when | call |
 //! |---|---|
-//! | right before the agent tries to take the leader lock (`Action::AcquireLeader`, also the first lock after bootstrap), unless paused | `if !wd.may_take_lock(ttl, loop_wait) { do not acquire }`: this arms the device |
-//! | right before renewing the lock (`Action::RenewLeader`) while `!wd.is_active()` (the agent restarted while leader, or `automatic` found no device last time), unless paused | `wd.may_take_lock(ttl, loop_wait)`; `false` (only in `required` mode) means demote, as Patroni's "Demoting self because watchdog could not be activated": an input for `decide`, never a skipped renewal |
+//! | `Action::ArmWatchdog`, which `decide` puts right before taking the lock (`AcquireLeader`, also the first lock after bootstrap) and before renewing it while not armed (the agent restarted while leader, or `automatic` found no device last time), unless paused | `wd.may_take_lock(ttl, loop_wait)`: this arms the device; `false` (only in `required` mode) ends the decision and is `WatchdogState::Refused` for the next one, where a leader steps down as Patroni's "Demoting self because watchdog could not be activated" |
 //! | right after a successful acquire or renewal of the lock (`AcquireLeader`/`RenewLeader` returned true) | `wd.keepalive()` (log an `Err`) |
 //! | when failsafe mode keeps the primary running without the DCS | `wd.keepalive()` |
 //! | after PostgreSQL stopped (`Action::Stop` returned Ok: demotion, DCS loss, switchover) | `wd.disable()` |

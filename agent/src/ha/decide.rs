@@ -36,7 +36,39 @@ pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: N
     } else {
         d
     };
-    pace_failed_task(d, local, cfg, now)
+    let d = pace_failed_task(d, local, cfg, now);
+    with_watchdog(d, local, cfg)
+}
+
+/// The watchdog comes before the lock (Patroni's `watchdog.activate()` before taking it): the
+/// decision arms it right before taking the lock, and before renewing it while not armed (an agent
+/// restarted as leader, or `automatic` mode that found no device). A leader whose `required`
+/// watchdog refused to arm steps down (stop first, then give the lock back): a frozen agent could
+/// not be stopped in time. Not while paused.
+fn with_watchdog(d: Decision, local: &LocalState, cfg: &HaConfig) -> Decision {
+    use super::WatchdogState::*;
+    if cfg.dynamic.pause || local.watchdog == Off {
+        return d;
+    }
+    // A decision that keeps the lock starts by renewing it.
+    let keeps_lock = d.actions.first() == Some(&Action::RenewLeader);
+    if local.watchdog == Refused && keeps_lock {
+        return decision(
+            vec![Action::Stop(StopMode::Immediate), Action::ReleaseLeader],
+            Reason::DemotingWatchdogUnavailable,
+        );
+    }
+    let needs_arming = |a: &Action| match a {
+        Action::AcquireLeader => true,
+        Action::RenewLeader => local.watchdog != Armed,
+        _ => false,
+    };
+    let Some(i) = d.actions.iter().position(needs_arming) else {
+        return d;
+    };
+    let mut actions = d.actions;
+    actions.insert(i, Action::ArmWatchdog);
+    decision(actions, d.reason)
 }
 
 /// A background task that failed is not started again before [`task_retry_after_ms`]: the decision is

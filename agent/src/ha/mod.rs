@@ -218,6 +218,8 @@ pub struct LocalState {
     /// The armed watchdog's timeout in seconds; `None` when no watchdog is armed. A leader that
     /// cannot renew demotes before it would fire (see [`demote_deadline_ms`]).
     pub watchdog_timeout_secs: Option<u32>,
+    /// Where the watchdog stands (see [`WatchdogState`]).
+    pub watchdog: WatchdogState,
     /// Other members' answers from their REST APIs, fetched when a leader race or a switchover needs
     /// them (see [`needs_peers`]); `None` when not fetched this loop.
     pub peers: Option<Vec<PeerStatus>>,
@@ -249,6 +251,20 @@ pub struct LocalState {
     /// The session or lease TTL the DCS granted this member ([`praetor_dcs::Dcs::granted_ttl`]), which
     /// bounds how long a proxy keeps serving without DCS contact; `None`: as requested (`ttl`).
     pub granted_ttl: Option<std::time::Duration>,
+}
+
+/// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchdogState {
+    /// `mode: off`: no watchdog.
+    #[default]
+    Off,
+    /// Armed (this member leads with it).
+    Armed,
+    /// Configured but not armed: arm it before taking or renewing the lock.
+    NotArmed,
+    /// The last attempt to arm it failed in `required` mode: no lock may be taken or kept.
+    Refused,
 }
 
 /// The decision of one loop.
@@ -306,6 +322,9 @@ pub enum Action {
     RenewLeader,
     /// Delete `leader` if it names this member. PostgreSQL must already be stopped or read-only.
     ReleaseLeader,
+    /// Arm the watchdog for the leader lock (`ttl - safety_margin`); in `required` mode a refusal is
+    /// not done (ends the list), and the runner reports [`WatchdogState::Refused`] next cycle.
+    ArmWatchdog,
     /// Make sure the former primary at this address accepts no more writes before this member
     /// promotes: if it still runs as a primary, stop it (over SQL, as its superuser) and wait until
     /// it is gone (a fast shutdown first sends its remaining WAL to this standby). Done once it is

@@ -155,6 +155,8 @@ pub enum Reason {
     },
     /// The leader's timeline history does not say where our timeline ended yet.
     WaitingForHistory,
+    /// A `required` watchdog could not be armed while this member leads.
+    DemotingWatchdogUnavailable,
     /// pg_rewind failed and `remove_data_directory_on_rewind_failure` is set: clone again.
     RemovingDataDirectoryAfterRewindFailure,
     /// This member holds WAL past the point where the cluster left its timeline (DCS `history`):
@@ -336,6 +338,9 @@ impl fmt::Display for Reason {
             RemovingDataDirectoryAfterRewindFailure => f.write_str(
                 "pg_rewind failed: removing the data directory to clone again (remove_data_directory_on_rewind_failure)",
             ),
+            DemotingWatchdogUnavailable => {
+                f.write_str("demoting self because watchdog could not be activated")
+            }
             WaitingForHistory => {
                 f.write_str("waiting for the leader's timeline history to decide about rewind")
             }

@@ -92,6 +92,7 @@ fn local(postgres: Postgres) -> LocalState {
         won_initialize: false,
         lock_renewed_ms: None,
         watchdog_timeout_secs: None,
+        watchdog: WatchdogState::Off,
         peers: None,
         primary_start_began_ms: None,
         former_leader: None,
@@ -906,6 +907,58 @@ fn rows() -> Vec<Row> {
         .expect(vec![Stop(StopMode::Immediate)], |r| {
             matches!(r, Reason::DemotingNoLock { leader: None })
         }),
+        // --- watchdog: armed before the lock is taken or renewed unarmed; required and refused: step down
+        row(
+            "watchdog configured: armed right before taking the lock",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+                l.watchdog = WatchdogState::NotArmed;
+            }),
+        )
+        .expect(
+            vec![ArmWatchdog, AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
+            |_| true,
+        ),
+        row(
+            "armed watchdog: a leader renews without arming again",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| l.watchdog = WatchdogState::Armed),
+        )
+        .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+        row(
+            "leader restarted with an unarmed watchdog: arm it before renewing",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| l.watchdog = WatchdogState::NotArmed),
+        )
+        .expect(vec![ArmWatchdog, RenewLeader, WriteStatus, slots_for_others()], |_| true),
+        row(
+            "leader whose required watchdog refused to arm: stop, then release the lock",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| l.watchdog = WatchdogState::Refused),
+        )
+        .expect(vec![Stop(StopMode::Immediate), ReleaseLeader], |r| {
+            *r == Reason::DemotingWatchdogUnavailable
+        }),
+        row(
+            "refused watchdog, no leader: the candidate tries to arm it again before the race",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+                l.watchdog = WatchdogState::Refused;
+            }),
+        )
+        .expect(
+            vec![ArmWatchdog, AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
+            |_| true,
+        ),
+        row(
+            "paused: the watchdog is not required",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| l.watchdog = WatchdogState::Refused),
+        )
+        .cfg(|c| c.dynamic.pause = true)
+        .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
         // --- §7: DCS loss --------------------------------------------------------------------------
         row(
             "§7 primary cannot reach the DCS, within loop_wait + retry_timeout: keep trying to renew",
