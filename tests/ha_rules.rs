@@ -1015,24 +1015,34 @@ async fn make_leader(c: &LocalCluster, name: &str) {
     if leader == name {
         return;
     }
-    let out = std::process::Command::new(binary())
-        .args(["ctl", "-c"])
-        .arg(&c.nodes[0].config)
-        .args([
-            "switchover",
-            "--force",
-            "--leader",
-            &leader,
-            "--candidate",
-            name,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // In synchronous mode the candidate must first be listed in `sync` (the leader adds it once it
+    // streams and has caught up): a 412 "not a synchronous standby" until then is not a failure.
+    wait_for(
+        "a switchover to the chosen leader",
+        Duration::from_secs(60),
+        || async {
+            let out = std::process::Command::new(binary())
+                .args(["ctl", "-c"])
+                .arg(&c.nodes[0].config)
+                .args([
+                    "switchover",
+                    "--force",
+                    "--leader",
+                    &leader,
+                    "--candidate",
+                    name,
+                ])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        },
+    )
+    .await
+    .unwrap();
     healthy_again(c).await;
 }
 
