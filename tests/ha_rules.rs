@@ -51,6 +51,18 @@ async fn in_recovery(port: u16) -> Result<bool, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Waits (up to `timeout`) until PostgreSQL at `port` no longer runs as a primary (stopped, or in
+/// recovery).
+async fn no_longer_primary(port: u16, what: &str, timeout: Duration) -> Result<(), String> {
+    wait_for(what, timeout, || async {
+        match in_recovery(port).await {
+            Ok(false) => Err("still a primary".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await
+}
+
 fn replicas_of(c: &LocalCluster, leader: &str) -> Vec<String> {
     c.nodes
         .iter()
@@ -503,15 +515,10 @@ async fn frozen_primary_node_is_failed_over_and_acknowledges_nothing_once_thawed
     let first_new = first_write_through(rw, "frozen_node_w", Duration::from_secs(60)).await;
     let frozen_acks = w.acks.lock().unwrap().len();
     c.node(&old).thaw(pm);
-    wait_for(
+    no_longer_primary(
+        old_port,
         "the thawed former primary to refuse writes",
         Duration::from_secs(30),
-        || async {
-            match in_recovery(old_port).await {
-                Ok(false) => Err("still a primary".to_string()),
-                _ => Ok(()),
-            }
-        },
     )
     .await
     .unwrap();
@@ -602,15 +609,10 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
     let w = writes_to_the_leader(&c, "dcs_w").await;
     let (old, old_port) = (w.leader.clone(), w.port);
     c.relay(&old).cut();
-    wait_for(
+    no_longer_primary(
+        old_port,
         "the cut-off primary to stop accepting writes",
         Duration::from_secs(30),
-        || async {
-            match in_recovery(old_port).await {
-                Ok(false) => Err("still primary".to_string()),
-                _ => Ok(()),
-            }
-        },
     )
     .await
     .unwrap();
@@ -716,15 +718,10 @@ async fn failsafe_mode_does_not_keep_a_primary_cut_off_alone_from_the_dcs() {
     c.relay(&old).cut();
     // The others still read the DCS: once the lock expired there they refuse to confirm the old
     // leader, which demotes itself at its deadline; one of them leads.
-    let demoted = wait_for(
+    let demoted = no_longer_primary(
+        old_port,
         "the cut-off primary to stop accepting writes",
         Duration::from_secs(60),
-        || async {
-            match in_recovery(old_port).await {
-                Ok(false) => Err("still primary".to_string()),
-                _ => Ok(()),
-            }
-        },
     )
     .await;
     if let Err(e) = demoted {

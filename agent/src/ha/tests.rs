@@ -191,6 +191,29 @@ fn fence(port: u16) -> Action {
     }
 }
 
+/// No leader, and proxy `px` still routes writes to the former leader pg2.
+fn proxy_on_former_leader() -> Cluster {
+    with(cluster(None), |c| {
+        c.proxies.insert(
+            "px".into(),
+            praetor_dcs::ProxyState {
+                leader: Some("pg2".into()),
+                ..Default::default()
+            },
+        );
+    })
+}
+
+/// A healthiest replica racing for the lock after leader pg2, which has waited `ms` for the
+/// proxies to leave pg2.
+fn racing_replica_waiting_since(ms: u64) -> LocalState {
+    with(local(running(false, 1000, Some(5432))), |l| {
+        l.peers = Some(vec![peer("pg3", 900)]);
+        l.former_leader = Some(up("pg2", 5432));
+        l.proxies_wait_began_ms = Some(NOW.mono_ms - ms);
+    })
+}
+
 /// A read-only start with nobody to follow.
 fn read_only() -> Action {
     Action::Start(StartAs::Replica { upstream: None })
@@ -771,21 +794,9 @@ fn rows() -> Vec<Row> {
         ),
         row(
             "no leader, a proxy still routes to the former leader past its contact deadline: promote",
-            Some(with(cluster(None), |c| {
-                c.proxies.insert(
-                    "px".into(),
-                    praetor_dcs::ProxyState {
-                        leader: Some("pg2".into()),
-                        ..Default::default()
-                    },
-                );
-            })),
-            with(local(running(false, 1000, Some(5432))), |l| {
-                l.peers = Some(vec![peer("pg3", 900)]);
-                l.former_leader = Some(up("pg2", 5432));
-                // ttl 6: the contact deadline is 6 s less a 1.2 s margin.
-                l.proxies_wait_began_ms = Some(NOW.mono_ms - 4_800);
-            }),
+            // ttl 6: the contact deadline is 6 s less a 1.2 s margin.
+            Some(proxy_on_former_leader()),
+            racing_replica_waiting_since(4_800),
         )
         .expect(
             vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
@@ -793,20 +804,8 @@ fn rows() -> Vec<Row> {
         ),
         row(
             "no leader, a proxy still routes to the former leader, 4.5 s into the wait: wait the rest",
-            Some(with(cluster(None), |c| {
-                c.proxies.insert(
-                    "px".into(),
-                    praetor_dcs::ProxyState {
-                        leader: Some("pg2".into()),
-                        ..Default::default()
-                    },
-                );
-            })),
-            with(local(running(false, 1000, Some(5432))), |l| {
-                l.peers = Some(vec![peer("pg3", 900)]);
-                l.former_leader = Some(up("pg2", 5432));
-                l.proxies_wait_began_ms = Some(NOW.mono_ms - 4_500);
-            }),
+            Some(proxy_on_former_leader()),
+            racing_replica_waiting_since(4_500),
         )
         .expect(
             vec![
