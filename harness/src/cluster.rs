@@ -178,12 +178,23 @@ impl Node {
     }
 
     /// Thaws a node frozen by [`Node::freeze`]: PostgreSQL first, then the agent (the order in which
-    /// a thawed primary is most likely to acknowledge something before its agent can act).
+    /// a thawed primary is most likely to acknowledge something before its agent can act: the
+    /// benchmark's worst case, where the CPU scheduler decides how many).
     pub fn thaw(&self, postgres: Vec<i32>) {
         for pid in postgres {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
         }
         self.signal_agent(Signal::SIGCONT);
+    }
+
+    /// Thaws a node frozen by [`Node::freeze`]: the agent first, then PostgreSQL, so that what
+    /// PostgreSQL does after the thaw depends on the agent's reaction, not on which process the
+    /// scheduler runs first.
+    pub fn thaw_agent_first(&self, postgres: Vec<i32>) {
+        self.signal_agent(Signal::SIGCONT);
+        for pid in postgres {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
     }
 
     /// The postmaster and its children (from /proc), postmaster first; empty when not running.
