@@ -1334,3 +1334,63 @@ async fn idle_cluster_runs_one_cycle_per_loop_wait_and_writes_nothing() {
         );
     }
 }
+
+/// Issue 13 item 2: a promotion whose waits outlast `loop_wait` keeps its lease. A proxy that never
+/// acknowledges the leader change (its key keeps naming the dead leader) holds the winner in
+/// `AwaitProxies` until the proxies' contact deadline; the winner renews its lock every cycle
+/// meanwhile and confirms it right before `pg_promote()`, so exactly one member ends up primary,
+/// holding the lock.
+#[tokio::test]
+async fn a_promotion_that_waits_for_a_silent_proxy_keeps_its_lease_and_promotes_once() {
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: "lease-wait".into(),
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    let old = c.leader().await.unwrap();
+    replicas_caught_up(&c, &old).await;
+    // A proxy that routes to the leader and will not answer: its key lives on this client's lease.
+    let stuck = dcs(&c).await;
+    stuck
+        .set_proxy_state(
+            "stuck-proxy",
+            &praetor_dcs::ProxyState {
+                leader: Some(old.clone()),
+                since: None,
+            },
+        )
+        .await
+        .unwrap();
+    let node = c.node_mut(&old);
+    node.kill_agent();
+    node.kill_postmaster();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    // The winner promotes only after the proxies' contact deadline (ttl 6: 4.8 s), having waited
+    // over several cycles.
+    let winner = connect_retry(c.node(&new).pg_port, Duration::from_secs(10)).await;
+    wait_for("the winner to promote", Duration::from_secs(60), || async {
+        let r = winner.query_one("SELECT pg_is_in_recovery()", &[]).await;
+        match r.map(|r| r.get::<_, bool>(0)) {
+            Ok(false) => Ok(()),
+            other => Err(format!("in recovery: {other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    let log = c.node(&new).log();
+    assert!(
+        log.contains("waiting for proxies to stop routing to"),
+        "the winner did not wait for the silent proxy:\n{log}"
+    );
+    // Exactly one primary, and it holds the lock.
+    let mut primaries = vec![];
+    for n in c.nodes.iter().filter(|n| n.name != old) {
+        if let Ok(false) = in_recovery(n.pg_port).await {
+            primaries.push(n.name.clone());
+        }
+    }
+    assert_eq!(primaries, vec![new.clone()]);
+    assert_eq!(c.leader().await.as_deref(), Some(new.as_str()));
+    drop(stuck);
+}
