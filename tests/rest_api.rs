@@ -83,7 +83,21 @@ async fn health_checks_information_endpoints_and_metrics_answer_with_patronis_co
     assert_eq!(l["role"], "primary");
     assert!(l["xlog"]["location"].as_u64().is_some(), "{l}");
     assert_eq!(l["cluster_unlocked"], false);
-    assert_eq!(l["replication"].as_array().map(Vec::len), Some(2), "{l}");
+    // The REST API answers from the HA loop's last snapshot, taken once per loop_wait: the second
+    // standby may connect after it.
+    wait_for(
+        "both standbys in the leader's /patroni",
+        Duration::from_secs(10),
+        || async {
+            let l = json_of(leader, "/patroni").await;
+            match l["replication"].as_array().map(Vec::len) {
+                Some(2) => Ok(()),
+                other => Err(format!("{other:?} standbys: {l}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
     let cl = json_of(replica, "/cluster").await;
     assert_eq!(cl["scope"], "api-read");
     let members = cl["members"].as_array().expect("members");
