@@ -82,6 +82,17 @@ async fn writable(port: u16) -> tokio_postgres::Client {
     client
 }
 
+/// [`rejoined_with_rows`], and pg_rewind was started at most once to get there (a failed rewind is
+/// retried at a bounded pace, never in a loop).
+async fn rejoined_with_one_rewind(c: &LocalCluster, old: &str, acked: &[i32]) {
+    rejoined_with_rows(c, old, acked).await;
+    let attempts = rewind_attempts(c, old);
+    assert!(
+        attempts <= 1,
+        "{old} started pg_rewind {attempts} times to rejoin once"
+    );
+}
+
 #[tokio::test]
 async fn former_primary_killed_rejoins_with_a_rewind_role_and_without_checksums() {
     let mut c = healthy_cluster(patroni_like("rejoin-kill")).await;
@@ -97,12 +108,7 @@ async fn former_primary_killed_rejoins_with_a_rewind_role_and_without_checksums(
     acked.extend(insert_rows(&client, 50, 100).await);
     let bin = c.binary.clone();
     c.node_mut(&old).start_agent(&bin).unwrap();
-    rejoined_with_rows(&c, &old, &acked).await;
-    let attempts = rewind_attempts(&c, &old);
-    assert!(
-        attempts <= 1,
-        "{old} started pg_rewind {attempts} times to rejoin once"
-    );
+    rejoined_with_one_rewind(&c, &old, &acked).await;
 }
 
 #[tokio::test]
@@ -124,12 +130,7 @@ async fn leader_cut_off_from_the_dcs_past_ttl_rejoins_without_checksums() {
     let ttl = Duration::from_secs(u64::from(c.options.ttl));
     tokio::time::sleep(ttl + Duration::from_secs(10)).await;
     c.relay(&old).restore();
-    rejoined_with_rows(&c, &old, &acked).await;
-    let attempts = rewind_attempts(&c, &old);
-    assert!(
-        attempts <= 1,
-        "{old} started pg_rewind {attempts} times to rejoin once"
-    );
+    rejoined_with_one_rewind(&c, &old, &acked).await;
 }
 
 /// Issue 13 item 11: a former primary that holds WAL the cluster abandoned is never started as a

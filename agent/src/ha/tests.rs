@@ -204,11 +204,16 @@ fn proxy_on_former_leader() -> Cluster {
     })
 }
 
-/// A healthiest replica racing for the lock after leader pg2, which has waited `ms` for the
-/// proxies to leave pg2.
-fn racing_replica_waiting_since(ms: u64) -> LocalState {
+/// The healthiest replica (pg3 answers behind it), racing for a free lock.
+fn racing_replica() -> LocalState {
     with(local(running(false, 1000, Some(5432))), |l| {
-        l.peers = Some(vec![peer("pg3", 900)]);
+        l.peers = Some(vec![peer("pg3", 900)])
+    })
+}
+
+/// [`racing_replica`] after leader pg2, having waited `ms` for the proxies to leave pg2.
+fn racing_replica_waiting_since(ms: u64) -> LocalState {
+    with(racing_replica(), |l| {
         l.former_leader = Some(up("pg2", 5432));
         l.proxies_wait_began_ms = Some(NOW.mono_ms - ms);
     })
@@ -910,10 +915,7 @@ fn rows() -> Vec<Row> {
         row(
             "watchdog configured: armed right before taking the lock",
             Some(cluster(None)),
-            with(local(running(false, 1000, Some(5432))), |l| {
-                l.peers = Some(vec![peer("pg3", 900)]);
-                l.watchdog = WatchdogState::NotArmed;
-            }),
+            with(racing_replica(), |l| l.watchdog = WatchdogState::NotArmed),
         )
         .expect(
             vec![ArmWatchdog, AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
@@ -942,10 +944,7 @@ fn rows() -> Vec<Row> {
         row(
             "refused watchdog, no leader: the candidate tries to arm it again before the race",
             Some(cluster(None)),
-            with(local(running(false, 1000, Some(5432))), |l| {
-                l.peers = Some(vec![peer("pg3", 900)]);
-                l.watchdog = WatchdogState::Refused;
-            }),
+            with(racing_replica(), |l| l.watchdog = WatchdogState::Refused),
         )
         .expect(
             vec![ArmWatchdog, AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
