@@ -220,7 +220,28 @@ fn namespaces_work_and_faults_are_silent() {
     let err = from_b(addr.clone()).expect_err("one way");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     net.heal().expect("heal");
-    assert_eq!(from_b(addr).expect("healed"), "ok");
+    assert_eq!(from_b(addr.clone()).expect("healed"), "ok");
+
+    // A slow link: a relay on the gateway that delays each chunk by 300 ms each way (a lower bound
+    // on the answer's time, which is what the relay guarantees; nothing here is a Praetor timing).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = rt
+        .block_on(praetor_harness::TcpRelay::start_on(&net.gateway(), &addr))
+        .expect("relay");
+    relay.set_delay(Duration::from_millis(300));
+    let via = relay.addr();
+    let t = Instant::now();
+    assert_eq!(from_b(via.clone()).expect("through the slow relay"), "ok");
+    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    relay.set_delay(Duration::ZERO);
+    relay.set_loss(1.0);
+    let t = Instant::now();
+    assert_eq!(from_b(via).expect("through the lossy relay"), "ok");
+    assert!(
+        t.elapsed() >= praetor_harness::relay::LOSS_PENALTY,
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 /// [`namespaces_work_and_faults_are_silent`]'s client, for use inside a host's thread.
@@ -278,6 +299,11 @@ async fn primary_partitioned_from_the_dcs_but_not_from_clients_stops_writes_befo
         .map(|a| a.end)
         .max()
         .expect("the old primary acknowledged writes before the fault");
+    eprintln!(
+        "{old} acknowledged its last write {:?} before {} acknowledged its first",
+        first_new.start.saturating_duration_since(last_old),
+        first_new.member
+    );
     assert!(
         last_old < first_new.start,
         "the old primary {old} still acknowledged a write {:?} after {} started taking writes",

@@ -254,6 +254,13 @@ impl Node {
         code
     }
 
+    /// Kills the whole node as a power loss would: SIGKILL to the agent and to PostgreSQL (the
+    /// postmaster and every child). Its data stays; [`Node::start_agent`] brings it back.
+    pub fn kill(&mut self) {
+        self.kill_agent();
+        self.kill_postmaster();
+    }
+
     /// SIGKILLs the postmaster and every child of it (a node that dies takes its backends with
     /// it; a frozen child would otherwise keep the shared memory and block the next start).
     pub fn kill_postmaster(&self) {

@@ -5,10 +5,10 @@
 //! Layout of one [`Network`] (every name unique per test process and network):
 //!
 //! ```text
-//!   test process (root namespace)                 bridge namespace pr-<pid>-<n>-br
-//!   prn<k>: 198.18.X.1/24  <--- veth --->  gw ─┐
-//!                                              br0 ── h1 <--- veth ---> eth0 in pr-<pid>-<n>-pg1: 198.18.X.10
-//!                                                  ── h2 <--- veth ---> eth0 in pr-<pid>-<n>-pg2: 198.18.X.11 ...
+//!   test process (root namespace)       bridge namespace praetor-<pid>-<n>-br
+//!   prn<k>: 198.18.X.1/24 <-- veth --> gw --+
+//!                                           br0 -- h1 <-- veth --> eth0 of praetor-<pid>-<n>-e1: 198.18.X.10
+//!                                               -- h2 <-- veth --> eth0 of praetor-<pid>-<n>-e2: 198.18.X.11 ...
 //! ```
 //!
 //! Addresses come from 198.18.0.0/15 (RFC 2544, reserved for benchmark networks); slot `k` (0..512)
@@ -43,8 +43,8 @@ use nix::unistd::Uid;
 
 /// Where slot claims live (one file per claimed /24, holding the claimant's PID).
 const CLAIMS: &str = "/run/praetor-netns";
-/// Prefix of every namespace this module creates: `pr-<pid>-<n>-<host>`.
-const PREFIX: &str = "pr-";
+/// Prefix of every namespace this module creates: `praetor-<pid>-<n>-<host>`.
+const PREFIX: &str = "praetor-";
 /// Number of /24 networks in 198.18.0.0/15.
 const SLOTS: u32 = 512;
 
@@ -135,7 +135,7 @@ pub fn enter(cmd: &mut Command, netns: &str, as_postgres: bool) {
 
 /// A bridge in a namespace of its own, the hosts on it and the test process's veth into it.
 pub struct Network {
-    /// Namespace prefix of this network, `pr-<pid>-<n>`.
+    /// Namespace prefix of this network, `praetor-<pid>-<n>`.
     prefix: String,
     /// The /24's first three octets, e.g. `198.18.7`.
     subnet: String,
@@ -463,7 +463,7 @@ fn alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// Deletes namespaces `pr-<pid>-...` whose test process is gone (a test killed before its drop).
+/// Deletes namespaces `praetor-<pid>-...` whose test process is gone (a test killed before its drop).
 fn clean_stale() {
     let Ok(dir) = fs::read_dir("/run/netns") else {
         return;
