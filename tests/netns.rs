@@ -115,6 +115,23 @@ impl Writers {
         .expect("another member takes writes")
     }
 
+    /// Waits for a write `member` acknowledged that started after `since`.
+    async fn acks_from_since(&self, member: &str, since: Instant) {
+        wait_for(
+            &format!("a write acknowledged by {member}"),
+            Duration::from_secs(60),
+            || async {
+                self.acks()
+                    .into_iter()
+                    .find(|a| a.member == member && a.start > since)
+                    .map(|_| ())
+                    .ok_or_else(|| "none yet".to_string())
+            },
+        )
+        .await
+        .expect("the leader keeps taking writes");
+    }
+
     async fn stop(self) -> Vec<Ack> {
         self.stop.cancel();
         for t in self.tasks {
@@ -232,7 +249,11 @@ fn namespaces_work_and_faults_are_silent() {
     let via = relay.addr();
     let t = Instant::now();
     assert_eq!(from_b(via.clone()).expect("through the slow relay"), "ok");
-    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     relay.set_delay(Duration::ZERO);
     relay.set_loss(1.0);
     let t = Instant::now();
@@ -362,6 +383,16 @@ async fn one_way_partitions_end_in_one_writable_leader() {
     c.wait_healthy(2, Duration::from_secs(120))
         .await
         .expect("healthy after healing");
+
+    // 3. One etcd member down (stopped, then back): the quorum holds, the leader stays.
+    c.stop_dcs_member(0);
+    let down = Instant::now();
+    writers
+        .acks_from_since(&leader, down + Duration::from_secs(8))
+        .await;
+    c.start_dcs_member(0).expect("etcd e1 starts again");
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
+
     let acks = writers.stop().await;
     assert!(
         acks.iter()
