@@ -229,6 +229,10 @@ pub const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("postgresql.pg_ident", "pg_ident.conf is left as it is"),
     ("postgresql.before_stop", "not implemented"),
     (
+        "postgresql.use_pg_rewind",
+        "set it in bootstrap.dcs.postgresql (the dynamic configuration)",
+    ),
+    (
         "postgresql.authentication.*.sslmode",
         "the agent's connections use sslmode=prefer",
     ),

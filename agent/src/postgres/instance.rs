@@ -696,6 +696,18 @@ impl Instance {
             };
             match result {
                 Ok(()) => {
+                    // PostgreSQL refuses a data directory others can read (0700, or 0750 with
+                    // group access); a script, or an earlier method, may have created it 0755.
+                    use std::os::unix::fs::PermissionsExt;
+                    let dir = &self.s.data_dir;
+                    let mode = std::fs::metadata(dir)
+                        .map_err(io_err(dir))?
+                        .permissions()
+                        .mode();
+                    if mode & 0o777 != 0o700 && mode & 0o777 != 0o750 {
+                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                            .map_err(io_err(dir))?;
+                    }
                     tracing::info!("replica has been created using {}", method.name);
                     return Ok(method.name.clone());
                 }
