@@ -54,7 +54,7 @@ fn an_unknown_key_is_a_warning_naming_its_path() {
     let (code, stdout, stderr) = praetor(&["agent", "--validate-config"], &config);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stderr.contains("unknown key bootstrap.dcs.loop_wiat"),
+        stderr.contains("bootstrap.dcs.loop_wiat: unknown key, it has no effect"),
         "{stderr}"
     );
 }

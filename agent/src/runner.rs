@@ -175,6 +175,9 @@ fn instance_settings(config: &Config, s: &AgentSettings) -> InstanceSettings {
         parameters: pg.parameters.clone(),
         pg_hba: pg.pg_hba.clone(),
         basebackup_args: basebackup_args(pg.basebackup.as_ref()),
+        recovery_conf: pg.recovery_conf.clone(),
+        use_unix_socket: pg.use_unix_socket,
+        replica_methods: pg.replica_methods.clone(),
         ctl_timeout: Duration::from_secs(u64::from(pg.pg_ctl_timeout.unwrap_or(60))),
     }
 }
@@ -546,6 +549,12 @@ impl Runner {
                 .config
                 .postgresql
                 .remove_data_directory_on_rewind_failure,
+            clone_without_leader: self
+                .config
+                .postgresql
+                .replica_methods
+                .iter()
+                .any(|m| m.works_without_leader()),
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
         let mut message = d.reason.to_string();
@@ -1099,6 +1108,7 @@ impl Runner {
             Action::Bootstrap
             | Action::Start(_)
             | Action::Clone { .. }
+            | Action::CloneWithoutLeader
             | Action::Rewind(_)
             | Action::CrashRecovery => unreachable!("background actions are spawned above"),
         }
@@ -1388,11 +1398,18 @@ impl Runner {
                     bootstrap_task(&pg, &dynamic, &bootstrap, local_hba, &conn_url).await
                 }
                 Action::Start(role) => pg.start(&dynamic, &role).await.map_err(|e| e.to_string()),
-                Action::Clone { source, leader } => match pg.basebackup(&source).await {
-                    Ok(()) => {
+                Action::Clone { source, leader } => match pg.create_replica(Some(&source)).await {
+                    Ok(_) => {
                         let role = StartAs::Replica {
                             upstream: Some(leader),
                         };
+                        pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Action::CloneWithoutLeader => match pg.create_replica(None).await {
+                    Ok(_) => {
+                        let role = StartAs::Replica { upstream: None };
                         pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
                     }
                     Err(e) => Err(e.to_string()),
@@ -1871,6 +1888,7 @@ mod tests {
             remove_data_on_diverged: false,
             fence_timeout_ms: 1000,
             remove_data_on_rewind_failure: false,
+            clone_without_leader: false,
         };
         let now = Now {
             mono_ms: asked + 50,

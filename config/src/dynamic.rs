@@ -300,6 +300,14 @@ pub struct DynamicPostgresql {
     /// pg_hba.conf lines written on every member, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pg_hba: Option<Vec<String>>,
+    /// Recovery settings every replica gets (`restore_command`, ...), under the local
+    /// `postgresql.recovery_conf` ones (Patroni's `postgresql.recovery_conf`); checked by
+    /// [`crate::guc::checked_recovery_conf`].
+    #[serde(
+        deserialize_with = "crate::guc::checked_recovery_conf",
+        skip_serializing_if = "Parameters::is_empty"
+    )]
+    pub recovery_conf: Parameters,
 }
 
 impl Default for DynamicPostgresql {
@@ -309,6 +317,7 @@ impl Default for DynamicPostgresql {
             use_slots: true,
             parameters: Parameters::new(),
             pg_hba: None,
+            recovery_conf: Parameters::new(),
         }
     }
 }

@@ -85,8 +85,8 @@ pub fn refusal(name: &str, value: &ParamValue) -> Option<String> {
     if RECOVERY_PARAMETERS.contains(&lower.as_str()) {
         return Some(format!(
             "{name} is a recovery setting: in parameters it would apply to every start of every \
-             member, the primary's included; Patroni takes it from postgresql.recovery_conf \
-             (which this version of Praetor does not apply): remove it from parameters"
+             member, the primary's included: move it to postgresql.recovery_conf, which applies \
+             to replicas only (as in Patroni), and remove it from parameters"
         ));
     }
     if lower == "hot_standby" && value.as_bool() != Some(true) {
@@ -147,6 +147,64 @@ pub fn checked_parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Parameters,
         }
     }
     d.deserialize_any(Params)
+}
+
+/// Deserializes `recovery_conf` (Patroni's extra recovery settings of a replica: `restore_command`,
+/// `recovery_min_apply_delay`, ...): names as [`is_valid_name`], values on one line, and none of the
+/// settings the agent writes itself (`primary_conninfo`, `primary_slot_name`,
+/// `recovery_target_timeline`, trigger files, `standby_mode`), which it would override without a word.
+/// `recovery_conf:` alone (null) is an empty map.
+pub fn checked_recovery_conf<'de, D: Deserializer<'de>>(d: D) -> Result<Parameters, D::Error> {
+    struct Recovery;
+    impl<'de> Visitor<'de> for Recovery {
+        type Value = Parameters;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of recovery setting names to values")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Parameters, E> {
+            Ok(Parameters::new())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parameters, A::Error> {
+            let mut out = Parameters::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if !is_valid_name(&name) {
+                    return Err(de::Error::custom(invalid_name(&name)));
+                }
+                let value = map.next_value_seed(RecoverySetting { name: &name })?;
+                out.insert(name, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Recovery)
+}
+
+/// One `recovery_conf` value, checked against its name.
+struct RecoverySetting<'a> {
+    name: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for RecoverySetting<'_> {
+    type Value = ParamValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ParamValue, D::Error> {
+        let value = ParamValue::deserialize(d)?;
+        if AGENT_MANAGED.contains(&self.name.to_ascii_lowercase().as_str()) {
+            return Err(de::Error::custom(format!(
+                "{} is written by the agent for each replica (its upstream and timeline), as by \
+                 Patroni: remove it from recovery_conf",
+                self.name
+            )));
+        }
+        if let ParamValue::Text(text) = &value {
+            if text.contains(['\n', '\r', '\0']) {
+                return Err(de::Error::custom(
+                    "the value contains a line break or a NUL character, which postgresql.conf \
+                     cannot carry",
+                ));
+            }
+        }
+        Ok(value)
+    }
 }
 
 /// One parameter's value, checked against its name.

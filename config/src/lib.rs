@@ -10,6 +10,10 @@
 //!   (`bootstrap.dcs.ttl: invalid type ...`), and the per-role checks ([`Config::validate_agent`]).
 //! - [`guc`]: PostgreSQL parameter names and values, and the recovery settings refused in
 //!   `parameters`.
+//! - [`keys`]: repeated keys (the last wins, as in Patroni) and the treatment of keys Praetor does not
+//!   act on (a warning naming the key and saying it has no effect, or an error where ignoring it
+//!   would change what the cluster does).
+//! - [`replica`]: replica creation methods (`create_replica_methods`).
 //! - [`env`]: `PATRONI_*` / `PRAETOR_*` environment variables overriding YAML keys.
 //! - [`value`]: small value types shared by the model (PostgreSQL parameter values, host:port
 //!   addresses, lenient integers).
@@ -18,8 +22,10 @@
 pub mod dynamic;
 pub mod env;
 pub mod guc;
+pub mod keys;
 pub mod load;
 pub mod model;
+pub mod replica;
 pub mod value;
 
 pub use dynamic::{DynamicConfig, SyncMode};

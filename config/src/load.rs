@@ -12,7 +12,9 @@ use crate::model::Config;
 pub struct Loaded {
     /// The parsed configuration.
     pub config: Config,
-    /// Human-readable warnings, one per unknown key: `unknown key bootstrap.dcs.tll (ignored)`.
+    /// Human-readable warnings, each naming a key path: a key with no effect
+    /// (`bootstrap.dcs.tll: unknown key, it has no effect`), a repeated key whose earlier values are
+    /// overridden, a timing adjusted ([`crate::keys`]).
     pub warnings: Vec<String>,
 }
 
@@ -82,19 +84,17 @@ pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
 
 /// Like [`parse_str`], with environment overrides `env` (name, value) applied first.
 pub fn parse_str_with_env(text: &str, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
-    if env.is_empty() {
-        return parse_str(text);
-    }
-    let mut doc: serde_yaml::Value = match serde_yaml::from_str(text) {
-        Ok(v) => v,
-        // Report YAML syntax errors with their position, as without overrides.
-        Err(_) => return parse_str(text),
-    };
+    let (mut doc, repeated) =
+        crate::keys::parse_last_wins(text).map_err(|e| ConfigError::Parse {
+            key: ".".into(),
+            message: e.to_string(),
+        })?;
     let applied = crate::env::apply_overrides(&mut doc, env);
-    if applied.is_empty() {
-        return parse_str(text);
+    if applied.is_empty() && repeated.is_empty() {
+        // Deserialize from the text, so that errors say at which line.
+        return parse_with(serde_yaml::Deserializer::from_str(text), &doc, &repeated);
     }
-    parse_with(doc)
+    parse_with(doc.clone(), &doc, &repeated)
 }
 
 /// Parses YAML text into a [`Config`].
@@ -107,24 +107,29 @@ pub fn parse_str_with_env(text: &str, env: &[(String, String)]) -> Result<Loaded
 /// `bootstrap.dcs` that break Patroni's rule `loop_wait + 2*retry_timeout <= ttl` are adjusted with a
 /// warning, as Patroni does.
 pub fn parse_str(text: &str) -> Result<Loaded, ConfigError> {
-    parse_with(serde_yaml::Deserializer::from_str(text))
+    parse_str_with_env(text, &[])
 }
 
 /// Parses with any YAML deserializer (text keeps line numbers in messages, a `Value` does not).
-fn parse_with<'de, D>(de: D) -> Result<Loaded, ConfigError>
+/// `doc` is the same document as a value (repeated keys resolved, environment applied), for the checks
+/// that look at raw keys; `repeated` the paths of the repeated keys.
+fn parse_with<'de, D>(
+    de: D,
+    doc: &serde_yaml::Value,
+    repeated: &[String],
+) -> Result<Loaded, ConfigError>
 where
     D: serde::Deserializer<'de, Error = serde_yaml::Error>,
 {
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = repeated
+        .iter()
+        .map(|p| crate::keys::repeated_key_warning(p))
+        .collect();
+    let mut unused = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let result: Result<Config, serde_yaml::Error> = {
         let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-        serde_ignored::deserialize(tracked, |path| {
-            warnings.push(format!(
-                "unknown key {} (ignored)",
-                dotted(&path.to_string())
-            ));
-        })
+        serde_ignored::deserialize(tracked, |path| unused.push(dotted(&path.to_string())))
     };
     let mut config = result.map_err(|e| {
         let key = dotted(&track.path().to_string());
@@ -133,6 +138,24 @@ where
             key,
         }
     })?;
+    crate::keys::check_raw(doc)?;
+    config.postgresql.replica_methods = crate::replica::methods_from(doc, &config.postgresql)?;
+    let method_sections: Vec<String> = config
+        .postgresql
+        .replica_methods
+        .iter()
+        .map(|m| format!("postgresql.{}", m.name))
+        .collect();
+    warnings.extend(
+        unused
+            .iter()
+            .filter(|p| {
+                !method_sections
+                    .iter()
+                    .any(|m| *p == m || p.starts_with(&format!("{m}.")))
+            })
+            .map(|p| crate::keys::unused_key_warning(p)),
+    );
     for w in config.bootstrap.dcs.adjust_timings() {
         warnings.push(format!("bootstrap.dcs: {w}"));
     }
@@ -257,7 +280,7 @@ tags:
         let l = parse_str(&text).unwrap();
         assert_eq!(
             l.warnings,
-            vec!["unknown key bootstrap.dcs.loop_wiat (ignored)".to_string()]
+            vec!["bootstrap.dcs.loop_wiat: unknown key, it has no effect".to_string()]
         );
     }
 
@@ -458,5 +481,138 @@ tags:
         let l = parse_str(&text).unwrap();
         assert!(l.warnings.is_empty());
         assert_eq!(l.config.tags.custom["zone"], serde_json::json!("eu-1"));
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_last_with_a_warning_naming_each() {
+        let text = format!(
+            "{GOOD}bootstrap:\n  dcs:\n    ttl: 29\n    ttl: 31\n    postgresql:\n      parameters:\n        work_mem: 1MB\n        work_mem: 2MB\n"
+        );
+        let l = parse_str(&text).unwrap();
+        assert_eq!(l.config.bootstrap.dcs.ttl, 31);
+        assert_eq!(
+            l.config.bootstrap.dcs.postgresql.parameters["work_mem"].as_pg_text(),
+            "2MB"
+        );
+        // The second bootstrap replaced the first whole, as in Patroni.
+        assert!(l.config.bootstrap.initdb.is_empty());
+        let named: Vec<&str> = l
+            .warnings
+            .iter()
+            .map(|w| w.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "bootstrap.dcs.ttl",
+                "bootstrap.dcs.postgresql.parameters.work_mem",
+                "bootstrap"
+            ],
+            "{:?}",
+            l.warnings
+        );
+        assert!(
+            l.warnings[0].contains("the last one is used"),
+            "{:?}",
+            l.warnings
+        );
+        // With environment overrides too.
+        let env = vec![("PATRONI_NAME".to_string(), "pg9".to_string())];
+        let l = parse_str_with_env(&text, &env).unwrap();
+        assert_eq!(
+            (l.config.bootstrap.dcs.ttl, l.config.name.as_deref()),
+            (31, Some("pg9"))
+        );
+    }
+
+    #[test]
+    fn patroni_keys_praetor_lacks_are_warnings_saying_they_have_no_effect() {
+        let text = GOOD.replace(
+            "  pgpass: /tmp/pgpass0\n",
+            "  pgpass: /tmp/pgpass0\n  pg_ident: ['a b c']\n  custom_conf: /etc/pg.conf\n",
+        );
+        let l = parse_str(&text).unwrap();
+        assert_eq!(l.warnings.len(), 2, "{:?}", l.warnings);
+        for (w, key) in l
+            .warnings
+            .iter()
+            .zip(["postgresql.pg_ident", "postgresql.custom_conf"])
+        {
+            assert!(
+                w.starts_with(&format!(
+                    "{key}: Patroni key not implemented by Praetor, it has no effect"
+                )),
+                "{w}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_misspelled_callback_is_an_error_naming_it() {
+        let ok = GOOD.replace(
+            "  pgpass: /tmp/pgpass0\n",
+            "  pgpass: /tmp/pgpass0\n  callbacks:\n    on_start: /bin/true\n    on_role_change: /bin/true\n",
+        );
+        assert_eq!(parse_str(&ok).unwrap().config.postgresql.callbacks.len(), 2);
+        let bad = ok.replace("on_role_change", "on_role_chnage");
+        let e = parse_str(&bad).unwrap_err();
+        assert_eq!(e.key(), Some("postgresql.callbacks.on_role_chnage"), "{e}");
+        assert!(e.to_string().contains("unknown callback event: the events are on_reload, on_restart, on_role_change, on_start, on_stop"), "{e}");
+    }
+
+    /// Keys whose being ignored would change what the cluster does: (added text, key path refused).
+    const REFUSED_KEYS: &[(&str, &str)] = &[
+        ("bootstrap:\n  method: pgbackrest\n", "bootstrap.method"),
+        (
+            "bootstrap:\n  dcs:\n    standby_cluster:\n      host: 10.0.0.9\n",
+            "bootstrap.dcs.standby_cluster",
+        ),
+        (
+            "zookeeper:\n  hosts: [h:2181]\n  use_ssl: true\n",
+            "zookeeper.use_ssl",
+        ),
+        (
+            "zookeeper:\n  hosts: [h:2181]\n  auth_data: [x]\n",
+            "zookeeper.auth_data",
+        ),
+        (
+            "postgresql:\n  data_dir: /d\n  config_dir: /etc/pg\n",
+            "postgresql.config_dir",
+        ),
+        (
+            "postgresql:\n  recovery_conf:\n    primary_conninfo: host=x\n",
+            "postgresql.recovery_conf.primary_conninfo",
+        ),
+    ];
+
+    #[test]
+    fn keys_that_cannot_be_ignored_safely_are_refused_naming_the_key() {
+        for (text, key) in REFUSED_KEYS {
+            let e = parse_str(text).unwrap_err();
+            assert_eq!(e.key(), Some(*key), "{text}: {e}");
+        }
+        // The accepted spellings of the same keys.
+        for text in [
+            "bootstrap:\n  method: initdb\n",
+            "zookeeper:\n  hosts: [h:2181]\n  use_ssl: false\n",
+            "postgresql:\n  data_dir: /d/data\n  config_dir: /d/data/\n",
+        ] {
+            let l = parse_str(text).unwrap();
+            assert!(l.warnings.is_empty(), "{text}: {:?}", l.warnings);
+        }
+    }
+
+    #[test]
+    fn recovery_conf_is_read_from_the_local_and_the_dynamic_sections() {
+        let l = parse_str(
+            "postgresql:\n  recovery_conf:\n    restore_command: cp /a/%f %p\n    recovery_min_apply_delay: 5min\nbootstrap:\n  dcs:\n    postgresql:\n      recovery_conf:\n        archive_cleanup_command: 'true'\n",
+        )
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        assert_eq!(l.config.postgresql.recovery_conf.len(), 2);
+        assert_eq!(
+            l.config.bootstrap.dcs.postgresql.recovery_conf["archive_cleanup_command"].as_pg_text(),
+            "true"
+        );
     }
 }

@@ -156,6 +156,10 @@ pub struct ZooKeeper {
     /// `host:port` of each server, as a list or a comma-separated string.
     #[serde(deserialize_with = "list_or_csv")]
     pub hosts: Vec<String>,
+    /// TLS towards ZooKeeper: only `false` is accepted (TLS is refused while parsing,
+    /// [`crate::keys::check_raw`]).
+    #[serde(deserialize_with = "lenient_bool")]
+    pub use_ssl: bool,
 }
 
 /// Which DCS a configuration points at, after the `etcd3`/`zookeeper` sections are resolved.
@@ -173,6 +177,9 @@ pub enum DcsEndpoints {
 pub struct Bootstrap {
     /// Seeds the DCS `config` key.
     pub dcs: DynamicConfig,
+    /// How the cluster is created: only `initdb` (Patroni's default); another method is refused
+    /// while parsing ([`crate::keys::check_raw`]).
+    pub method: Option<String>,
     /// initdb options: `- data-checksums` (a switch) or `- encoding: UTF8` (an option with a value).
     pub initdb: Vec<InitdbOption>,
     /// pg_hba.conf lines written after initdb.
@@ -251,7 +258,8 @@ pub struct Postgresql {
     pub parameters: Parameters,
     /// pg_hba.conf lines (override `bootstrap.pg_hba` and the dynamic ones).
     pub pg_hba: Option<Vec<String>>,
-    /// Callback scripts by event (`on_start`, `on_stop`, `on_restart`, `on_reload`, `on_role_change`).
+    /// Callback scripts by event (`on_start`, `on_stop`, `on_restart`, `on_reload`, `on_role_change`);
+    /// any other event name is refused while parsing ([`crate::keys::check_raw`]).
     pub callbacks: BTreeMap<String, String>,
     /// pg_basebackup options, as a list like `initdb` or a map (`max-rate: 100M`, `checkpoint: fast`).
     pub basebackup: Option<serde_yaml::Value>,
@@ -267,12 +275,22 @@ pub struct Postgresql {
     /// When timelines diverged and rewind is not possible, remove the data directory and clone again.
     #[serde(deserialize_with = "lenient_bool")]
     pub remove_data_directory_on_diverged_timelines: bool,
-    /// Where postgresql.conf is, when not in the data directory.
+    /// Where postgresql.conf is. Only the data directory itself is accepted (Patroni files often
+    /// repeat it here); another directory is refused while parsing ([`crate::keys::check_raw`]).
     pub config_dir: Option<PathBuf>,
-    /// Replica creation methods (only `basebackup` is supported).
+    /// Replica creation methods, tried in order (default `[basebackup]`); each other name has its
+    /// section `postgresql.<name>` (`command`, `keep_data`, `no_leader`, options). Resolved into
+    /// [`Postgresql::replica_methods`].
     pub create_replica_methods: Option<Vec<String>>,
-    /// Extra recovery settings.
-    pub recovery_conf: Option<Parameters>,
+    /// The methods of `create_replica_methods` with their sections ([`crate::replica`]), set while
+    /// parsing.
+    #[serde(skip)]
+    pub replica_methods: Vec<crate::replica::ReplicaMethod>,
+    /// Extra recovery settings of a replica (`restore_command`, `recovery_min_apply_delay`, ...),
+    /// written to its postgresql.conf over the dynamic `postgresql.recovery_conf`; never on a primary.
+    /// Checked by [`crate::guc::checked_recovery_conf`].
+    #[serde(deserialize_with = "crate::guc::checked_recovery_conf")]
+    pub recovery_conf: Parameters,
 }
 
 /// `postgresql.authentication`.

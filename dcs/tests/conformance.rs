@@ -622,6 +622,7 @@ async fn config_round_trips_every_field_of_the_dynamic_configuration(dcs: TestDc
             use_slots: false,
             parameters,
             pg_hba: Some(vec!["host all all 0.0.0.0/0 scram-sha-256".into()]),
+            recovery_conf: [("restore_command".to_string(), "cp /a/%f %p".into())].into(),
         },
     };
     assert_ne!(dynamic, DynamicConfig::default());

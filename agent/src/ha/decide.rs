@@ -316,6 +316,17 @@ fn empty_data_dir(view: &Cluster, cfg: &HaConfig) -> Decision {
         );
     }
     let Some(leader) = view.leader_member() else {
+        // Patroni: with no leader, a method that needs none (a restore from backup) may create the
+        // replica, unless a bootstrap is under way (`initialize` still empty).
+        if cfg.clone_without_leader
+            && view.leader.is_none()
+            && view.initialize.as_deref().is_some_and(|i| !i.is_empty())
+        {
+            return decision(
+                vec![Action::CloneWithoutLeader],
+                Reason::BootstrapWithoutLeader,
+            );
+        }
         return decision(vec![], Reason::WaitingForLeaderToBootstrap);
     };
     let Some(leader_up) = upstream_of(view, &leader.name) else {
@@ -855,6 +866,18 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                 });
             }
         }
+        // Patroni's `check_timeline` (ha.py `_is_healthiest_node`): a member on a timeline older
+        // than the cluster's last known one (the history key's last timeline + 1) missed a
+        // promotion; its WAL may fork from the cluster's, so it does not race.
+        if cfg.dynamic.check_timeline {
+            let cluster = cluster_timeline(view);
+            if r.timeline < cluster {
+                return not_racing(Reason::TimelineBehind {
+                    mine: r.timeline,
+                    cluster,
+                });
+            }
+        }
         if let Err(reason) = is_healthiest(
             me,
             r.timeline,
@@ -914,4 +937,13 @@ pub(crate) fn parse_iso8601(s: &str) -> Option<i64> {
     time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
         .ok()
         .map(|t| t.unix_timestamp())
+}
+
+/// The cluster's last known timeline, as Patroni's `Cluster.timeline`: the last timeline of the
+/// `history` key plus one, 1 for an empty history, 0 (nothing known) without the key.
+pub(super) fn cluster_timeline(view: &praetor_dcs::Cluster) -> u32 {
+    match &view.history {
+        Some(h) => h.value.last().map_or(1, |e| e.timeline.saturating_add(1)),
+        None => 0,
+    }
 }

@@ -50,6 +50,10 @@ pub struct HaConfig {
     /// directory so the member clones again (otherwise it retries the rewind at the failed-task
     /// pace and stays stopped meanwhile).
     pub remove_data_on_rewind_failure: bool,
+    /// A replica creation method of `create_replica_methods` works without a leader (`no_leader`):
+    /// an empty member of an initialized cluster with no leader clones with it instead of waiting
+    /// (Patroni: "bootstrap (without leader)").
+    pub clone_without_leader: bool,
 }
 
 /// The time as `decide` sees it, supplied by the caller.
@@ -381,6 +385,10 @@ pub enum Action {
         /// The leader to stream from afterwards.
         leader: Upstream,
     },
+    /// *Background*: with no leader, create the data directory with the replica creation methods
+    /// that need none (`no_leader`, a restore from backup), then start as a replica streaming from
+    /// nobody until a leader appears.
+    CloneWithoutLeader,
     /// *Background*: pg_rewind from the leader, then start as its replica.
     Rewind(Upstream),
     /// *Background*: single-user crash recovery of a primary that did not shut down cleanly, so that
@@ -429,6 +437,7 @@ impl Action {
             Action::Bootstrap
                 | Action::Start(_)
                 | Action::Clone { .. }
+                | Action::CloneWithoutLeader
                 | Action::Rewind(_)
                 | Action::CrashRecovery
         )
@@ -439,7 +448,7 @@ impl Action {
         Some(match self {
             Action::Bootstrap => Task::Bootstrap,
             Action::Start(_) => Task::Start,
-            Action::Clone { .. } => Task::Clone,
+            Action::Clone { .. } | Action::CloneWithoutLeader => Task::Clone,
             Action::Rewind(_) => Task::Rewind,
             Action::CrashRecovery => Task::CrashRecovery,
             _ => return None,

@@ -29,6 +29,9 @@ pub enum Reason {
         /// The source member.
         source: String,
     },
+    /// No leader, cloning with a replica creation method that needs none (a restore from backup,
+    /// `no_leader`).
+    BootstrapWithoutLeader,
     /// A background task is still running.
     TaskInProgress {
         /// What it is.
@@ -125,6 +128,13 @@ pub enum Reason {
         /// The last known leader position (bytes).
         leader_optime: u64,
     },
+    /// `check_timeline`: this member's timeline is older than the cluster's last known one.
+    TimelineBehind {
+        /// This member's timeline.
+        mine: u32,
+        /// The history key's last timeline + 1.
+        cluster: u32,
+    },
     /// Another member is ahead (or equally ahead with a higher priority, or still primary).
     NotHealthiest {
         /// Who.
@@ -214,6 +224,7 @@ impl fmt::Display for Reason {
             BootstrapFromLeader { source } => {
                 write!(f, "trying to bootstrap from leader '{source}'")
             }
+            BootstrapWithoutLeader => f.write_str("trying to bootstrap (without leader)"),
             TaskInProgress { task } => write!(f, "{} in progress", task_name(*task)),
             RetryingTaskLater { task, in_ms, inner } => write!(
                 f,
@@ -289,6 +300,10 @@ impl fmt::Display for Reason {
             } => write!(
                 f,
                 "not healthy enough for leader race (wal position {wal_position}, leader optime {leader_optime})"
+            ),
+            TimelineBehind { mine, cluster } => write!(
+                f,
+                "not healthy enough for leader race (my timeline {mine} is behind last known cluster timeline {cluster})"
             ),
             NotHealthiest { better } => write!(
                 f,

@@ -151,6 +151,7 @@ mod tests {
             remove_data_on_diverged: false,
             fence_timeout_ms: 1000,
             remove_data_on_rewind_failure: false,
+            clone_without_leader: false,
         }
     }
 

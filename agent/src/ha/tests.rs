@@ -131,6 +131,7 @@ fn cfg() -> HaConfig {
         remove_data_on_diverged: false,
         fence_timeout_ms: u64::from(praetor_config::DEFAULT_FENCE_TIMEOUT_MS),
         remove_data_on_rewind_failure: false,
+        clone_without_leader: false,
     }
 }
 
@@ -368,6 +369,28 @@ fn rows() -> Vec<Row> {
             }],
             |_| true,
         ),
+        row(
+            "empty data dir, no leader: wait for one",
+            Some(cluster(None)),
+            empty(local(running(false, 0, None))),
+        )
+        .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
+        row(
+            "empty data dir, no leader, a no_leader replica method: clone without leader",
+            Some(cluster(None)),
+            empty(local(running(false, 0, None))),
+        )
+        .cfg(|c| c.clone_without_leader = true)
+        .expect(vec![CloneWithoutLeader], |r| {
+            *r == Reason::BootstrapWithoutLeader
+        }),
+        row(
+            "empty data dir, bootstrap under way, a no_leader replica method: wait",
+            Some(with(cluster(None), |c| c.initialize = Some(String::new()))),
+            empty(local(running(false, 0, None))),
+        )
+        .cfg(|c| c.clone_without_leader = true)
+        .expect(vec![], |r| *r == Reason::WaitingForLeaderToBootstrap),
         row(
             "empty data dir, bootstrap under way elsewhere: wait",
             Some(with(cluster(None), |c| c.initialize = Some(String::new()))),
@@ -763,6 +786,50 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 900)])
             }),
         )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "no leader, check_timeline, my timeline behind the history key's: do not race",
+            Some(on_tl2(cluster(None))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .cfg(|c| c.dynamic.check_timeline = true)
+        .expect(vec![], |r| {
+            *r == Reason::TimelineBehind {
+                mine: 1,
+                cluster: 2,
+            }
+        }),
+        row(
+            "no leader, check_timeline off, timeline behind the history key's: race as before",
+            Some(on_tl2(cluster(None))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "no leader, check_timeline, on the history key's timeline: race",
+            Some(on_tl2(cluster(None))),
+            with(
+                local(Postgres::Running(Running {
+                    is_primary: false,
+                    timeline: 2,
+                    wal_position: 1000,
+                    upstream: Some(("127.0.0.1".to_string(), 5432)),
+                    standbys: vec![],
+                    sync_standby_names: String::new(),
+                    slots: vec![],
+                })),
+                |l| l.peers = Some(vec![peer("pg3", 900)]),
+            ),
+        )
+        .cfg(|c| c.dynamic.check_timeline = true)
         .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
             *r == Reason::PromotedByAcquiringLock
         }),

@@ -352,6 +352,8 @@ pub struct StandbySettings {
     pub primary_conninfo: Option<String>,
     /// Physical slot on the upstream.
     pub primary_slot_name: Option<String>,
+    /// Extra recovery settings (`postgresql.recovery_conf`, local over dynamic): name → value.
+    pub recovery_conf: BTreeMap<String, String>,
 }
 
 /// Renders postgresql.conf: a header, an include of the initdb-written `postgresql.base.conf`, every
@@ -376,6 +378,9 @@ pub fn render_postgresql_conf(
         }
         if let Some(slot) = &s.primary_slot_name {
             out.push_str(&format!("primary_slot_name = {}\n", quote_conf(slot)));
+        }
+        for (k, v) in &s.recovery_conf {
+            out.push_str(&format!("{k} = {}\n", quote_conf(v)));
         }
     }
     out
@@ -480,7 +485,13 @@ Data page checksum version:           1
             Some(&StandbySettings {
                 primary_conninfo: Some("host=h port=1".into()),
                 primary_slot_name: Some("pg2".into()),
+                recovery_conf: [("restore_command".to_string(), "cp /a/%f '%p'".to_string())]
+                    .into(),
             }),
+        );
+        assert!(
+            conf.contains("restore_command = 'cp /a/%f ''%p'''\n"),
+            "{conf}"
         );
         assert!(conf.contains("port = '5433'\n"));
         assert!(conf.contains("log_line_prefix = '%m [%p] it''s '\n"));

@@ -53,6 +53,22 @@ pub enum PgError {
     Unexpected(String),
 }
 
+/// The directory of the socket the agent connects to with `use_unix_socket`: the first entry of
+/// `unix_socket_directories` (relative to the data directory, as PostgreSQL reads it), or
+/// PostgreSQL's default when unset or empty: `/var/run/postgresql` where it exists (Debian's
+/// packages), else `/tmp` (PostgreSQL's own default).
+pub fn unix_socket_dir(dirs: Option<&str>, data_dir: &Path) -> PathBuf {
+    let first = dirs
+        .and_then(|d| d.split(',').map(str::trim).find(|d| !d.is_empty()))
+        .map(PathBuf::from);
+    match first {
+        Some(d) if d.is_absolute() => d,
+        Some(d) => data_dir.join(d),
+        None if Path::new("/var/run/postgresql").is_dir() => PathBuf::from("/var/run/postgresql"),
+        None => PathBuf::from("/tmp"),
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
     move |source| PgError::Io {
         path: path.to_path_buf(),
@@ -89,6 +105,13 @@ pub struct InstanceSettings {
     pub pg_hba: Option<Vec<String>>,
     /// Extra pg_basebackup arguments (`--max-rate=100M`).
     pub basebackup_args: Vec<String>,
+    /// `postgresql.recovery_conf`: recovery settings of a replica, over the dynamic ones.
+    pub recovery_conf: Parameters,
+    /// `postgresql.create_replica_methods` resolved (default: basebackup alone).
+    pub replica_methods: Vec<praetor_config::replica::ReplicaMethod>,
+    /// `postgresql.use_unix_socket`: the agent's own connections go through the first directory of
+    /// `unix_socket_directories` instead of TCP (as Patroni's).
+    pub use_unix_socket: bool,
     /// Seconds to wait for start/stop/promote (pg_ctl_timeout, default 60).
     pub ctl_timeout: Duration,
 }
@@ -179,6 +202,8 @@ pub struct Instance {
     child: Mutex<Option<Child>>,
     /// The last reason logged for a `postmaster.pid` naming another process (logged once per change).
     stranger_logged: std::sync::Mutex<Option<String>>,
+    /// `unix_socket_directories` as last written to postgresql.conf (for `use_unix_socket`).
+    socket_dirs: std::sync::Mutex<Option<String>>,
 }
 
 impl Instance {
@@ -190,6 +215,7 @@ impl Instance {
             client: Mutex::new(None),
             child: Mutex::new(None),
             stranger_logged: std::sync::Mutex::new(None),
+            socket_dirs: std::sync::Mutex::new(None),
         }
     }
 
@@ -375,6 +401,8 @@ impl Instance {
         role: &StartRole,
     ) -> Result<ConfigWrite, PgError> {
         let (params, _, ignored) = self.parameters(dynamic);
+        *self.socket_dirs.lock().unwrap_or_else(|p| p.into_inner()) =
+            params.get("unix_socket_directories").cloned();
         let standby = match role {
             StartAs::Primary => None,
             StartAs::Replica { upstream } => Some(StandbySettings {
@@ -383,6 +411,13 @@ impl Instance {
                     .as_ref()
                     .filter(|_| dynamic.postgresql.use_slots)
                     .map(|_| slot_name(&self.s.name)),
+                recovery_conf: dynamic
+                    .postgresql
+                    .recovery_conf
+                    .iter()
+                    .chain(self.s.recovery_conf.iter())
+                    .map(|(k, v)| (k.clone(), v.as_pg_text()))
+                    .collect(),
             }),
         };
         let mut changed = write_if_changed(
@@ -624,6 +659,133 @@ impl Instance {
         args.extend(self.s.basebackup_args.iter().map(Into::into));
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         self.run_capture("pg_basebackup", &refs).await.map(|_| ())
+    }
+
+    /// Creates this replica's data directory with the methods of `create_replica_methods`, in order
+    /// until one succeeds ([`praetor_config::replica::next_method`]): pg_basebackup from `from`, or an
+    /// operator's command given Patroni's arguments. With no member to clone from (`from` `None`),
+    /// only the methods marked `no_leader` run. Returns the name of the method that worked; the error
+    /// of the last one otherwise.
+    ///
+    /// The data directory is empty when a clone starts (decide() clones only then), so what a failed
+    /// method left behind is removed before the next one runs (unless it keeps data, `keep_data`).
+    pub async fn create_replica(&self, from: Option<&Upstream>) -> Result<String, PgError> {
+        use praetor_config::replica::next_method;
+        let methods = &self.s.replica_methods;
+        let mut last = PgError::Unexpected(if from.is_some() {
+            "no replica creation method configured".into()
+        } else {
+            "no leader to clone from and no replica creation method with no_leader".into()
+        });
+        for failed in 0.. {
+            let Some(method) = next_method(methods, from.is_some(), failed) else {
+                return Err(last);
+            };
+            let result = match (method.is_basebackup(), from) {
+                (true, Some(up)) => {
+                    self.empty_data_dir()?;
+                    self.basebackup(up).await
+                }
+                (true, None) => continue, // next_method never offers it without a source.
+                (false, _) => {
+                    if !method.keep_data {
+                        self.empty_data_dir()?;
+                    }
+                    self.run_replica_method(method, from).await
+                }
+            };
+            match result {
+                Ok(()) => {
+                    // PostgreSQL refuses a data directory others can read (0700, or 0750 with
+                    // group access); a script, or an earlier method, may have created it 0755.
+                    use std::os::unix::fs::PermissionsExt;
+                    let dir = &self.s.data_dir;
+                    let mode = std::fs::metadata(dir)
+                        .map_err(io_err(dir))?
+                        .permissions()
+                        .mode();
+                    if mode & 0o777 != 0o700 && mode & 0o777 != 0o750 {
+                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                            .map_err(io_err(dir))?;
+                    }
+                    tracing::info!("replica has been created using {}", method.name);
+                    return Ok(method.name.clone());
+                }
+                Err(e) => {
+                    tracing::error!("error creating replica using method {}: {e}", method.name);
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Removes what is inside the data directory (the directory itself stays: it may be a mount
+    /// point). Only called while cloning, into a directory that was empty when the clone started.
+    fn empty_data_dir(&self) -> Result<(), PgError> {
+        let dir = &self.s.data_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(dir)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err(dir))?.path();
+            let removed = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(io_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Runs an operator's replica creation command ([`praetor_config::replica::ReplicaMethod::argv`])
+    /// with PGPASSFILE set to the agent's password file, as Patroni does; its output is logged.
+    async fn run_replica_method(
+        &self,
+        method: &praetor_config::replica::ReplicaMethod,
+        from: Option<&Upstream>,
+    ) -> Result<(), PgError> {
+        self.write_pgpass()?;
+        let connstring = from.map_or(String::new(), |up| {
+            let port = up.port.to_string();
+            conninfo(&[
+                ("dbname", Some("postgres")),
+                ("user", Some(&self.s.replication.username)),
+                ("host", Some(&up.host)),
+                ("port", Some(&port)),
+            ])
+        });
+        let argv = method
+            .argv(
+                &self.s.scope,
+                &self.s.data_dir.to_string_lossy(),
+                &connstring,
+            )
+            .map_err(PgError::Unexpected)?;
+        let out = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("PGPASSFILE", &self.s.pgpass)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| PgError::Command {
+                program: argv[0].clone(),
+                message: e.to_string(),
+            })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(PgError::Command {
+                program: argv[0].clone(),
+                message: format!("{}: {}", out.status, tail.join(" | ")),
+            });
+        }
+        Ok(())
     }
 
     /// Rewinds the stopped data directory to `from` with pg_rewind (which runs crash recovery itself
@@ -868,10 +1030,26 @@ impl Instance {
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
-        let host = self.s.listen.local_connect_host();
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&host)
-            .port(self.s.listen.port)
+        if self.s.use_unix_socket {
+            let dirs = self
+                .socket_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                // Before the first write (an agent restarted next to a running server): the local
+                // setting, the usual place for it.
+                .or_else(|| {
+                    self.s
+                        .parameters
+                        .get("unix_socket_directories")
+                        .map(|v| v.as_pg_text())
+                });
+            cfg.host_path(unix_socket_dir(dirs.as_deref(), &self.s.data_dir));
+        } else {
+            cfg.host(self.s.listen.local_connect_host());
+        }
+        cfg.port(self.s.listen.port)
             .user(&self.s.superuser.username)
             .dbname("postgres")
             .application_name("praetor")
@@ -1069,6 +1247,9 @@ mod tests {
             parameters: Parameters::default(),
             pg_hba: None,
             basebackup_args: vec![],
+            recovery_conf: Default::default(),
+            use_unix_socket: false,
+            replica_methods: vec![praetor_config::replica::ReplicaMethod::basebackup()],
             ctl_timeout: Duration::from_secs(5),
         })
     }
