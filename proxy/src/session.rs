@@ -46,6 +46,7 @@ use praetor_protocol::frontend::{
     encode_ready_for_query, query_text, Bind, Parse, BIND, FUNCTION_CALL, PARSE, PASSWORD, QUERY,
     SYNC, TERMINATE,
 };
+use praetor_protocol::unit::{between_units, BetweenUnits};
 use praetor_protocol::{
     encode_error_response, Class, FrameHeader, FrontendHeader, PasswordAuth, PinReason, Severity,
     SqlState, TxStatus,
@@ -1141,6 +1142,45 @@ impl Session<'_> {
             if needs_whole && !complete {
                 cbuf.reserve(h.frame_len - cbuf.len());
                 return Ok(false);
+            }
+
+            // Between units (at an idle point, or after the client closed the running unit): a
+            // message that opens no unit must not hold the session on a server.
+            let running = self.current.is_some();
+            if !running || (self.unit_closed && self.tx == TxStatus::Idle) {
+                match between_units(h.tag, running) {
+                    BetweenUnits::StartsUnit => {}
+                    BetweenUnits::FollowCurrent => {
+                        self.forward_message(cbuf, h).await?;
+                        continue;
+                    }
+                    BetweenUnits::Drop if running => {
+                        // Only Flush: the unit's Query or Sync makes the server flush anyway.
+                        if !complete {
+                            return Ok(false);
+                        }
+                        cbuf.advance(h.frame_len);
+                        continue;
+                    }
+                    BetweenUnits::Drop => {
+                        // With no current side, `write_current` drops the message's tail too.
+                        let n = h.frame_len.min(cbuf.len());
+                        cbuf.advance(n);
+                        self.client_remaining = h.frame_len - n;
+                        continue;
+                    }
+                    BetweenUnits::AnswerReady => {
+                        if !complete {
+                            return Ok(false);
+                        }
+                        cbuf.advance(h.frame_len);
+                        let mut out = BytesMut::new();
+                        encode_ready_for_query(&mut out, self.tx);
+                        client.write_all(&out).await.map_err(End::Io)?;
+                        self.s2c.inc_by(out.len() as u64);
+                        continue;
+                    }
+                }
             }
 
             if let Some(side) = self.current {

@@ -1999,3 +1999,155 @@ async fn shutdown_drains_running_queries_and_closes_idle_auto_sessions_first() {
         .unwrap()
         .unwrap();
 }
+
+/// A client speaking raw protocol bytes, for what drivers do that tokio-postgres does not.
+struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    /// Connects to `addr` as `postgres` and reads the login through its ReadyForQuery.
+    async fn login(addr: SocketAddr) -> RawClient {
+        let mut c = RawClient {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        };
+        c.send(&startup_message()).await;
+        let login = c.until_ready().await;
+        assert!(login.iter().any(|(t, _)| *t == b'K'), "BackendKeyData");
+        c
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The messages (tag, body) up to and including the next ReadyForQuery; fails after
+    /// `DEADLINE` (the session hangs) or when the proxy closes.
+    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                while let Some(f) = split_frame(&mut self.buf).unwrap() {
+                    got.push((f.tag, f.body().to_vec()));
+                    if f.tag == b'Z' {
+                        return;
+                    }
+                }
+                assert!(
+                    self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                    "closed; got {got:?}"
+                );
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no ReadyForQuery within {DEADLINE:?}: the session hangs"));
+        got
+    }
+
+    /// The first column of the first DataRow of a simple query's answer.
+    async fn query_value(&mut self, sql: &str) -> String {
+        self.send(&query_message(sql)).await;
+        let reply = self.until_ready().await;
+        first_value(&reply).unwrap_or_else(|| panic!("{sql}: {reply:?}"))
+    }
+}
+
+/// The first column of the first DataRow among `messages`.
+fn first_value(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, row) = messages.iter().find(|(t, _)| *t == b'D')?;
+    let len = i32::from_be_bytes(row[2..6].try_into().unwrap());
+    Some(String::from_utf8(row[6..6 + len as usize].to_vec()).unwrap())
+}
+
+/// A message with no body (Flush `H`, Sync `S`, CopyDone `c`).
+fn bare(tag: u8) -> [u8; 5] {
+    [tag, 0, 0, 0, 4]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_flush_sync_and_copy_messages_between_units_never_hold_the_session() {
+    let dir = WorkDir::new("proxy-idle-messages").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let (leader, replica) = (pg_a.port().to_string(), pg_b.port().to_string());
+    let port = "SELECT current_setting('port')";
+
+    // Issue 17's hang: login, Flush, SELECT: the Flush opened a unit on the leader that nothing
+    // ended, and the read waited for it forever.
+    let mut c = RawClient::login(proxy.auto).await;
+    c.send(&bare(b'H')).await;
+    assert_eq!(c.query_value(port).await, replica);
+    // A pipeline's trailing "Sync, Flush" after its unit ended, then a read and a write.
+    let mut parse = vec![b'P'];
+    let body = [b"\0".as_slice(), port.as_bytes(), b"\0\0\0"].concat();
+    parse.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    parse.extend_from_slice(&body);
+    let bind = [b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0];
+    let execute = [b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
+    c.send(&[&parse[..], &bind, &execute, &bare(b'S')].concat())
+        .await;
+    let reply = c.until_ready().await;
+    assert_eq!(first_value(&reply).as_deref(), Some(replica.as_str()));
+    c.send(&[bare(b'S'), bare(b'H')].concat()).await;
+    // The Sync at the idle point is answered like the server would: ReadyForQuery, idle.
+    assert_eq!(c.until_ready().await, vec![(b'Z', b"I".to_vec())]);
+    assert_eq!(c.query_value(port).await, replica);
+    assert_eq!(
+        c.query_value("SELECT current_setting('port') WHERE txid_current() > 0")
+            .await,
+        leader
+    );
+    // COPY messages outside COPY are ignored, as the server ignores them.
+    let copy_data = [b'd', 0, 0, 0, 7, b'x', b'y', b'z'];
+    c.send(&[&copy_data[..], &bare(b'c'), &bare(b'H')].concat())
+        .await;
+    assert_eq!(c.query_value(port).await, replica);
+    // COPY FROM STDIN on the leader still gets its data, Flushes in between, and its Sync.
+    c.query_value("SELECT 1 WHERE txid_current() > 0").await;
+    c.send(&query_message("CREATE TABLE IF NOT EXISTS copied (x text)"))
+        .await;
+    c.until_ready().await;
+    c.send(&query_message("COPY copied FROM STDIN")).await;
+    let mut got = BytesMut::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !got.starts_with(b"G") {
+            c.stream.read_buf(&mut got).await.unwrap();
+        }
+    })
+    .await
+    .expect("CopyInResponse");
+    c.send(
+        &[
+            &copy_data[..],
+            &bare(b'H'),
+            &b"d\0\0\0\x05\n"[..],
+            &bare(b'c'),
+        ]
+        .concat(),
+    )
+    .await;
+    let reply = c.until_ready().await;
+    assert!(
+        reply
+            .iter()
+            .any(|(t, body)| *t == b'C' && body.starts_with(b"COPY 1")),
+        "{reply:?}"
+    );
+
+    // An idle session that last sent a Flush leaves at once when the proxy drains.
+    c.send(&bare(b'H')).await;
+    let mut idle = RawClient::login(proxy.auto).await;
+    idle.send(&bare(b'H')).await;
+    proxy.shutdown.cancel();
+    for s in [&mut c.stream, &mut idle.stream] {
+        let (_, fields) = read_until_closed(s).await;
+        assert_eq!(
+            fields.as_ref().and_then(|f| f.code()),
+            Some("57P01"),
+            "{fields:?}"
+        );
+    }
+}
