@@ -69,6 +69,8 @@ pub enum ReplicaReply {
     RetryOnLeader {
         /// Bytes of the reply, through its ReadyForQuery.
         reply_len: usize,
+        /// The error's SQLSTATE (one of [`RETRY_ON_LEADER`]).
+        sqlstate: &'static str,
     },
 }
 
@@ -82,7 +84,7 @@ pub enum ReplicaReply {
 /// reach the client as they would from a direct connection.
 pub fn replica_reply(buf: &[u8], limit: usize) -> ReplicaReply {
     let mut at = 0;
-    let mut retriable = None;
+    let mut retriable: Option<&'static str> = None;
     loop {
         let h = match FrameHeader::peek(&buf[at..]) {
             Ok(Some(h)) if buf.len() - at >= h.frame_len => h,
@@ -94,9 +96,12 @@ pub fn replica_reply(buf: &[u8], limit: usize) -> ReplicaReply {
         at += h.frame_len;
         match (retriable, h.tag) {
             // After the error the server skips to the Sync: ReadyForQuery ends the reply.
-            (Some(_), READY_FOR_QUERY) => {
+            (Some(sqlstate), READY_FOR_QUERY) => {
                 return match TxStatus::from_ready_for_query(body) {
-                    Ok(TxStatus::Idle) => ReplicaReply::RetryOnLeader { reply_len: at },
+                    Ok(TxStatus::Idle) => ReplicaReply::RetryOnLeader {
+                        reply_len: at,
+                        sqlstate,
+                    },
                     _ => ReplicaReply::Stream,
                 };
             }
@@ -104,14 +109,14 @@ pub fn replica_reply(buf: &[u8], limit: usize) -> ReplicaReply {
             (Some(_), _) => return ReplicaReply::Stream,
             (None, ERROR_RESPONSE) => {
                 // `V` is the severity never translated (PostgreSQL 9.6+); `S` may be.
-                let retry = ErrorFields::parse(body).is_ok_and(|f| {
-                    f.get(b'V').or(f.severity()) == Some("ERROR")
-                        && f.code().is_some_and(|c| RETRY_ON_LEADER.contains(&c))
+                let retry = ErrorFields::parse(body).ok().and_then(|f| {
+                    let code = f.code()?;
+                    let known = RETRY_ON_LEADER.iter().find(|c| **c == code)?;
+                    (f.get(b'V').or(f.severity()) == Some("ERROR")).then_some(*known)
                 });
-                if retry {
-                    retriable = Some(());
-                } else {
-                    return ReplicaReply::Stream;
+                match retry {
+                    Some(code) => retriable = Some(code),
+                    None => return ReplicaReply::Stream,
                 }
             }
             (
@@ -199,7 +204,8 @@ mod tests {
         assert_eq!(
             replica_reply(&reply, 8192),
             ReplicaReply::RetryOnLeader {
-                reply_len: reply.len()
+                reply_len: reply.len(),
+                sqlstate: "0A000"
             }
         );
         // Extended protocol: ParseComplete, then the planner's error at Bind, then the Sync's answer.
@@ -207,7 +213,8 @@ mod tests {
         assert_eq!(
             replica_reply(&reply, 8192),
             ReplicaReply::RetryOnLeader {
-                reply_len: reply.len()
+                reply_len: reply.len(),
+                sqlstate: "40001"
             }
         );
         let reply = [error("ERROR", "25006"), ready(b'I')].concat();

@@ -2105,11 +2105,12 @@ async fn auto_port_flush_sync_and_copy_messages_between_units_never_hold_the_ses
     c.send(&[&copy_data[..], &bare(b'c'), &bare(b'H')].concat())
         .await;
     assert_eq!(c.query_value(port).await, replica);
-    // COPY FROM STDIN on the leader still gets its data, Flushes in between, and its Sync.
-    c.query_value("SELECT 1 WHERE txid_current() > 0").await;
+    // COPY FROM STDIN on the leader right after a read on the replica still gets its data, with
+    // Flushes in between (its data once waited for the COPY to end, routed where the read went).
     c.send(&query_message("CREATE TABLE IF NOT EXISTS copied (x text)"))
         .await;
     c.until_ready().await;
+    assert_eq!(c.query_value(port).await, replica);
     c.send(&query_message("COPY copied FROM STDIN")).await;
     let mut got = BytesMut::new();
     tokio::time::timeout(DEADLINE, async {
@@ -2150,4 +2151,84 @@ async fn auto_port_flush_sync_and_copy_messages_between_units_never_hold_the_ses
             "{fields:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_reads_a_replica_refuses_as_a_standby_run_again_on_the_leader() {
+    let dir = WorkDir::new("proxy-retry-leader").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (leader, replica) = (pg_a.port(), pg_b.port());
+    // The same view on both servers: on the leader it reads; on the stand-in replica it fails the
+    // way a hot standby fails a read the leader runs (unlogged tables: 0A000; a conflict with
+    // recovery: 40001; a misjudged write: 25006), or with an error the leader would give too.
+    let on_a = connect(SocketAddr::from(([127, 0, 0, 1], leader)))
+        .await
+        .unwrap();
+    on_a.batch_execute(
+        "CREATE VIEW v0a000 AS SELECT current_setting('port')::int AS port;
+         CREATE VIEW v40001 AS SELECT current_setting('port')::int AS port;
+         CREATE VIEW v25006 AS SELECT current_setting('port')::int AS port;
+         CREATE VIEW v22012 AS SELECT 1 / 0 AS port;",
+    )
+    .await
+    .unwrap();
+    let on_b = connect(SocketAddr::from(([127, 0, 0, 1], replica)))
+        .await
+        .unwrap();
+    on_b.batch_execute(
+        "CREATE FUNCTION standby_refuses(code text) RETURNS int LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'refused as a standby would' USING ERRCODE = code; END $$;
+         CREATE VIEW v0a000 AS SELECT standby_refuses('0A000') AS port;
+         CREATE VIEW v40001 AS SELECT standby_refuses('40001') AS port;
+         CREATE VIEW v25006 AS SELECT standby_refuses('25006') AS port;
+         CREATE VIEW v22012 AS SELECT standby_refuses('22012') AS port;
+         ALTER DATABASE postgres SET default_transaction_read_only = on;",
+    )
+    .await
+    .unwrap();
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let c = connect(proxy.auto).await.unwrap();
+    assert_eq!(port_of(&c, "SELECT current_setting('port')").await, replica);
+
+    // Outside a transaction, before any result: the leader answers, simple and extended protocol.
+    for code in ["0a000", "40001", "25006"] {
+        let sql = format!("SELECT port FROM v{code}");
+        assert_eq!(port_of(&c, &sql).await, leader, "{sql}");
+        let rows = c.query_typed(&sql, &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i32>(0) as u16, leader, "{sql} (extended)");
+        // The session goes on reading on the replica.
+        assert_eq!(port_of(&c, "SELECT current_setting('port')").await, replica);
+    }
+    // An error the leader would give too reaches the client from the replica.
+    let err = c.simple_query("SELECT port FROM v22012").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO), "{err}");
+    // In a transaction the client sees the replica's error: its transaction is the replica's.
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let err = c.simple_query("SELECT port FROM v0a000").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // After rows were sent nothing is run again (the replica's view errors before any row here,
+    // so a query with a row first shows it): a multi-statement query whose first result went out.
+    let err = c
+        .simple_query("SELECT 1; SELECT port FROM v0a000")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+
+    // The replica's sessions are read-only; the leader's answer is what the client gets.
+    for sql in [
+        "SHOW transaction_read_only",
+        "SELECT current_setting('transaction_read_only')",
+    ] {
+        let rows = c.simple_query(sql).await.unwrap();
+        let value = rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        });
+        assert_eq!(value, Some("off"), "{sql}");
+    }
+    proxy
+        .wait_metric(r#"praetor_proxy_leader_retries_total{sqlstate="0A000"} 2"#)
+        .await;
 }
