@@ -11,7 +11,12 @@
 use crate::backend::{
     ErrorFields, FrameHeader, ERROR_RESPONSE, NOTICE_RESPONSE, PARAMETER_STATUS, READY_FOR_QUERY,
 };
-use crate::frontend::{COPY_DATA, COPY_DONE, COPY_FAIL, FLUSH, SYNC};
+use bytes::BytesMut;
+
+use crate::frontend::{
+    encode_message, encode_query, query_text, Parse, COPY_DATA, COPY_DONE, COPY_FAIL, FLUSH, PARSE,
+    QUERY, SYNC,
+};
 use crate::TxStatus;
 
 /// What the auto port does with a client message that arrives between units.
@@ -128,6 +133,80 @@ pub fn replica_reply(buf: &[u8], limit: usize) -> ReplicaReply {
         if at > limit {
             return ReplicaReply::Stream;
         }
+    }
+}
+
+/// Whether `sql` is the statement `SELECT pg_backend_pid()` alone (any case and spacing, with
+/// `pg_catalog.`, an optional `;`): what pools and drivers run to learn their session's PID.
+pub fn asks_backend_pid(sql: &str) -> bool {
+    if sql.len() > 80 {
+        return false;
+    }
+    let squeezed: String = sql
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let squeezed = squeezed.strip_suffix(';').unwrap_or(&squeezed);
+    matches!(
+        squeezed,
+        "selectpg_backend_pid()" | "selectpg_catalog.pg_backend_pid()"
+    )
+}
+
+/// The auto port's answer to [`asks_backend_pid`]: the Query or Parse message `frame` (whole,
+/// tag included) rewritten so that the statement returns `pid`, the PID the client was given in
+/// BackendKeyData, as a column `pg_backend_pid` of type integer, like the function's own result.
+/// `None` when `frame` is another message or statement (it goes as it is).
+pub fn translate_backend_pid(frame: &[u8], pid: i32) -> Option<BytesMut> {
+    let tag = *frame.first()?;
+    let body = frame.get(5..)?;
+    let answer = format!("SELECT {pid}::integer AS pg_backend_pid");
+    let mut out = BytesMut::new();
+    match tag {
+        QUERY => {
+            let sql = query_text(body).ok()?;
+            if !asks_backend_pid(sql) {
+                return None;
+            }
+            encode_query(&mut out, &answer);
+        }
+        PARSE => {
+            let parse = Parse::decode(body).ok()?;
+            if !asks_backend_pid(parse.query) {
+                return None;
+            }
+            // The parameter type list follows the two strings unchanged.
+            let rest = &body[parse.name.len() + 1 + parse.query.len() + 1..];
+            encode_message(&mut out, PARSE, |b| {
+                b.extend_from_slice(parse.name.as_bytes());
+                b.extend_from_slice(&[0]);
+                b.extend_from_slice(answer.as_bytes());
+                b.extend_from_slice(&[0]);
+                b.extend_from_slice(rest);
+            });
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// Tag of NotificationResponse (`A`: pid i32, channel, payload).
+pub const NOTIFICATION_RESPONSE: u8 = b'A';
+
+/// Rewrites a NotificationResponse `frame` (whole) sent by the session's own server backend
+/// `server_pid` (the session's own NOTIFY) to carry `client_pid`, the PID the client knows, so
+/// that a client can tell its own notifications apart. Notifications of other backends keep their
+/// PID. Other messages are left alone.
+pub fn translate_notification_pid(frame: &mut [u8], server_pid: i32, client_pid: i32) {
+    if frame.first() != Some(&NOTIFICATION_RESPONSE) {
+        return;
+    }
+    let Some(pid) = frame.get_mut(5..9) else {
+        return;
+    };
+    if *pid == server_pid.to_be_bytes() {
+        pid.copy_from_slice(&client_pid.to_be_bytes());
     }
 }
 
@@ -259,5 +338,61 @@ mod tests {
         // A frame never completes within the limit.
         let big = frame(b'T', &[0; 1000]);
         assert_eq!(replica_reply(&big[..300], 256), ReplicaReply::Stream);
+    }
+
+    #[test]
+    fn the_backend_pid_statement_answers_the_pid_the_client_was_given() {
+        for sql in [
+            "SELECT pg_backend_pid()",
+            "select pg_backend_pid();",
+            "  SELECT pg_catalog.pg_backend_pid ( ) ; ",
+        ] {
+            assert!(asks_backend_pid(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT pg_backend_pid(), 1",
+            "SELECT * FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pg_backend_pid())",
+        ] {
+            assert!(!asks_backend_pid(sql), "{sql}");
+        }
+        let mut query = BytesMut::new();
+        encode_query(&mut query, "SELECT pg_backend_pid()");
+        let mut want = BytesMut::new();
+        encode_query(&mut want, "SELECT 1073741999::integer AS pg_backend_pid");
+        assert_eq!(translate_backend_pid(&query, 1_073_741_999), Some(want));
+        // Parse keeps its statement name and parameter types.
+        let parse = frame(b'P', b"s1\0SELECT pg_backend_pid()\0\0\x01\0\0\0\x17");
+        let got = translate_backend_pid(&parse, 7).unwrap();
+        assert_eq!(
+            &got[..],
+            &frame(
+                b'P',
+                b"s1\0SELECT 7::integer AS pg_backend_pid\0\0\x01\0\0\0\x17"
+            )[..]
+        );
+        let mut other = BytesMut::new();
+        encode_query(&mut other, "SELECT 1");
+        assert_eq!(translate_backend_pid(&other, 7), None);
+        assert_eq!(translate_backend_pid(&frame(b'S', &[]), 7), None);
+    }
+
+    #[test]
+    fn the_sessions_own_notifications_carry_its_pid() {
+        let body = [&42i32.to_be_bytes()[..], b"ch\0hi\0"].concat();
+        let mut own = frame(b'A', &body);
+        translate_notification_pid(&mut own, 42, 1 << 30);
+        assert_eq!(&own[5..9], &(1i32 << 30).to_be_bytes());
+        assert_eq!(&own[9..], b"ch\0hi\0");
+        let mut others = frame(b'A', &body);
+        translate_notification_pid(&mut others, 43, 1 << 30);
+        assert_eq!(
+            &others[5..9],
+            &42i32.to_be_bytes(),
+            "another backend's PID stays"
+        );
+        let mut short = vec![b'A', 0, 0, 0, 4];
+        translate_notification_pid(&mut short, 0, 1);
+        assert_eq!(short, [b'A', 0, 0, 0, 4]);
     }
 }

@@ -46,7 +46,10 @@ use praetor_protocol::frontend::{
     encode_ready_for_query, query_text, Bind, Parse, BIND, FUNCTION_CALL, PARSE, PASSWORD, QUERY,
     SYNC, TERMINATE,
 };
-use praetor_protocol::unit::{between_units, replica_reply, BetweenUnits, ReplicaReply};
+use praetor_protocol::unit::{
+    between_units, replica_reply, translate_backend_pid, translate_notification_pid, BetweenUnits,
+    ReplicaReply, NOTIFICATION_RESPONSE,
+};
 use praetor_protocol::{
     encode_error_response, Class, FrameHeader, FrontendHeader, PasswordAuth, PinReason, Severity,
     SqlState, TxStatus,
@@ -151,6 +154,8 @@ struct Session<'a> {
     shared: &'a Shared,
     rt: Arc<Runtime>,
     info: Arc<ClientInfo>,
+    /// The PID the client got in BackendKeyData (the proxy's, see [`crate::cancel`]).
+    client_pid: i32,
     user: String,
     password: Option<Vec<u8>>,
     /// The StartupMessage servers get (the client's, without `praetor.*` options).
@@ -358,6 +363,7 @@ impl<'a> Live<'a> {
                 shared,
                 rt,
                 info: registered.info.clone(),
+                client_pid: registration.pid(),
                 user: registered.info.user(),
                 password,
                 startup,
@@ -956,12 +962,16 @@ impl Session<'_> {
             // it is not a harmless message.
             let mut keep = lost.is_none();
             let mut forward = BytesMut::new();
+            let client_pid = self.client_pid;
             if let Some(conn) = self.conn(side).as_mut() {
                 while let Ok(Some(h)) = FrameHeader::peek(&conn.buf) {
                     if conn.buf.len() < h.frame_len {
                         break;
                     }
-                    let frame = conn.buf.split_to(h.frame_len);
+                    let mut frame = conn.buf.split_to(h.frame_len);
+                    if let Some(key) = &conn.key {
+                        translate_notification_pid(&mut frame, key.pid, client_pid);
+                    }
                     match h.tag {
                         NOTICE_RESPONSE | PARAMETER_STATUS | b'A' if pinned_here => {
                             forward.extend_from_slice(&frame)
@@ -1003,6 +1013,7 @@ impl Session<'_> {
                 Held::Stream => {}
             }
         }
+        let client_pid = self.client_pid;
         let Some(conn) = self.conn(side).as_mut() else {
             return Ok(());
         };
@@ -1039,6 +1050,18 @@ impl Session<'_> {
                                 protocol_error = Some(e.to_string());
                                 break;
                             }
+                        }
+                        i += h.frame_len;
+                        continue;
+                    }
+                    if h.tag == NOTIFICATION_RESPONSE {
+                        // Whole, to give the session's own notifications the client's PID.
+                        if conn.buf.len() - i < h.frame_len {
+                            break;
+                        }
+                        if let Some(key) = &conn.key {
+                            let frame = &mut conn.buf[i..i + h.frame_len];
+                            translate_notification_pid(frame, key.pid, client_pid);
                         }
                         i += h.frame_len;
                         continue;
@@ -1229,6 +1252,17 @@ impl Session<'_> {
             if needs_whole && !complete {
                 cbuf.reserve(h.frame_len - cbuf.len());
                 return Ok(false);
+            }
+            if needs_whole {
+                if let Some(answer) = translate_backend_pid(&cbuf[..h.frame_len], self.client_pid) {
+                    // `SELECT pg_backend_pid()` answers the PID the client knows: the message is
+                    // replaced in the buffer and read again.
+                    let rest = cbuf.split_off(h.frame_len);
+                    let mut replaced = answer;
+                    replaced.extend_from_slice(&rest);
+                    *cbuf = replaced;
+                    continue;
+                }
             }
 
             // Between units (at an idle point, or after the client closed the running unit): a

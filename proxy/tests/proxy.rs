@@ -2009,14 +2009,23 @@ struct RawClient {
 impl RawClient {
     /// Connects to `addr` as `postgres` and reads the login through its ReadyForQuery.
     async fn login(addr: SocketAddr) -> RawClient {
+        RawClient::login_with_pid(addr).await.0
+    }
+
+    /// [`RawClient::login`], and the PID the client got in BackendKeyData.
+    async fn login_with_pid(addr: SocketAddr) -> (RawClient, i32) {
         let mut c = RawClient {
             stream: TcpStream::connect(addr).await.unwrap(),
             buf: BytesMut::new(),
         };
         c.send(&startup_message()).await;
         let login = c.until_ready().await;
-        assert!(login.iter().any(|(t, _)| *t == b'K'), "BackendKeyData");
-        c
+        let (_, key) = login
+            .iter()
+            .find(|(t, _)| *t == b'K')
+            .expect("BackendKeyData");
+        let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
+        (c, pid)
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -2231,4 +2240,82 @@ async fn auto_port_reads_a_replica_refuses_as_a_standby_run_again_on_the_leader(
     proxy
         .wait_metric(r#"praetor_proxy_leader_retries_total{sqlstate="0A000"} 2"#)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_backend_pid_and_own_notifications_carry_the_pid_the_client_was_given() {
+    let dir = WorkDir::new("proxy-backend-pid").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let (mut c, pid) = RawClient::login_with_pid(proxy.auto).await;
+    let pid = pid.to_string();
+
+    // Simple and extended protocol, on whichever server runs them, in and out of transactions.
+    assert_eq!(c.query_value("SELECT pg_backend_pid()").await, pid);
+    c.send(&query_message("BEGIN")).await;
+    c.until_ready().await;
+    assert_eq!(
+        c.query_value("select pg_catalog.pg_backend_pid();").await,
+        pid
+    );
+    c.send(&query_message("COMMIT")).await;
+    c.until_ready().await;
+    let sql = "SELECT pg_backend_pid()";
+    let mut parse = vec![b'P'];
+    let body = [b"\0".as_slice(), sql.as_bytes(), b"\0\0\0"].concat();
+    parse.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    parse.extend_from_slice(&body);
+    let bind = [b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0];
+    let describe = [b'D', 0, 0, 0, 6, b'P', 0];
+    let execute = [b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
+    c.send(&[&parse[..], &bind, &describe, &execute, &bare(b'S')].concat())
+        .await;
+    let reply = c.until_ready().await;
+    assert_eq!(first_value(&reply).as_deref(), Some(pid.as_str()));
+    let (_, columns) = reply
+        .iter()
+        .find(|(t, _)| *t == b'T')
+        .expect("RowDescription");
+    assert!(
+        columns.windows(15).any(|w| w == b"pg_backend_pid\0"),
+        "the column keeps its name"
+    );
+
+    // The session's own NOTIFY comes back with its PID; another backend's keeps its own.
+    c.send(&query_message("LISTEN ch")).await;
+    c.until_ready().await;
+    c.send(&query_message("NOTIFY ch, 'mine'")).await;
+    let reply = c.until_ready().await;
+    let (_, note) = reply
+        .iter()
+        .find(|(t, _)| *t == b'A')
+        .unwrap_or_else(|| panic!("a notification: {reply:?}"));
+    assert_eq!(
+        i32::from_be_bytes(note[..4].try_into().unwrap()).to_string(),
+        pid
+    );
+    let direct = connect(SocketAddr::from(([127, 0, 0, 1], pg_a.port())))
+        .await
+        .unwrap();
+    let direct_pid: i32 = direct
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    direct.batch_execute("NOTIFY ch, 'theirs'").await.unwrap();
+    let got = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(f) = split_frame(&mut c.buf).unwrap() {
+                if f.tag == b'A' {
+                    return f.body().to_vec();
+                }
+                continue;
+            }
+            assert!(c.stream.read_buf(&mut c.buf).await.unwrap() > 0);
+        }
+    })
+    .await
+    .expect("the other backend's notification");
+    assert_eq!(i32::from_be_bytes(got[..4].try_into().unwrap()), direct_pid);
 }
