@@ -344,17 +344,14 @@ const SESSION_LOCK_FUNCTIONS: &[&str] = &[
     "pg_advisory_unlock_all",
 ];
 
-/// Settings and functions whose answer on a hot standby differs from the leader's for every
-/// session: `transaction_read_only` (forced `on` during recovery, PostgreSQL's
-/// `check_transaction_read_only`), `in_hot_standby` and `pg_is_in_recovery()`. Drivers read them to
-/// find a writable server (libpq's `target_session_attrs=read-write` runs `SHOW
-/// transaction_read_only` on servers before 14): on the auto port a read naming one (anywhere in
-/// its text, lower or upper case) runs on the leader.
-pub const LEADER_STATE_NAMES: &[&str] = &[
-    "transaction_read_only",
-    "in_hot_standby",
-    "pg_is_in_recovery",
-];
+/// Settings whose value on a hot standby differs from the leader's for every session:
+/// `transaction_read_only` (forced `on` during recovery, PostgreSQL's
+/// `check_transaction_read_only`) and `in_hot_standby` (whose leader value the client got as a
+/// ParameterStatus at login). Drivers read them to find a writable server (libpq's
+/// `target_session_attrs=read-write` runs `SHOW transaction_read_only` on servers before 14): on
+/// the auto port a read naming one (anywhere in its text, lower or upper case) runs on the leader.
+/// `pg_is_in_recovery()` is left out on purpose: it shows where a read ran.
+pub const LEADER_STATE_NAMES: &[&str] = &["transaction_read_only", "in_hot_standby"];
 
 /// Whether `sql` names one of [`LEADER_STATE_NAMES`] as a whole word (ASCII case-insensitive;
 /// `default_transaction_read_only` is the same everywhere and does not count).
@@ -964,7 +961,7 @@ mod tests {
             ("SELECT current_setting('transaction_read_only')", Write),
             ("SHOW Transaction_Read_Only; SELECT 1", Write),
             ("SELECT current_setting('in_hot_standby')", Write),
-            ("SELECT pg_is_in_recovery()", Write),
+            ("SELECT pg_is_in_recovery()", Read),
             ("SHOW default_transaction_read_only", Read),
             ("BEGIN READ ONLY", Begin { read_only: true }),
             ("LOCK TABLE t", Write),
