@@ -344,6 +344,28 @@ const SESSION_LOCK_FUNCTIONS: &[&str] = &[
     "pg_advisory_unlock_all",
 ];
 
+/// Settings whose value on a hot standby differs from the leader's for every session:
+/// `transaction_read_only` (forced `on` during recovery, PostgreSQL's
+/// `check_transaction_read_only`) and `in_hot_standby` (whose leader value the client got as a
+/// ParameterStatus at login). Drivers read them to find a writable server (libpq's
+/// `target_session_attrs=read-write` runs `SHOW transaction_read_only` on servers before 14): on
+/// the auto port a read naming one (anywhere in its text, lower or upper case) runs on the leader.
+/// `pg_is_in_recovery()` is left out on purpose: it shows where a read ran.
+pub const LEADER_STATE_NAMES: &[&str] = &["transaction_read_only", "in_hot_standby"];
+
+/// Whether `sql` names one of [`LEADER_STATE_NAMES`] as a whole word (ASCII case-insensitive;
+/// `default_transaction_read_only` is the same everywhere and does not count).
+fn asks_for_leader_state(sql: &str) -> bool {
+    let sql = sql.as_bytes();
+    LEADER_STATE_NAMES.iter().any(|name| {
+        sql.windows(name.len()).enumerate().any(|(i, w)| {
+            w.eq_ignore_ascii_case(name.as_bytes())
+                && (i == 0 || !is_ident(sql[i - 1]))
+                && sql.get(i + name.len()).is_none_or(|&c| !is_ident(c))
+        })
+    })
+}
+
 /// How many slow-path results the cache keeps before it starts over.
 const CACHE_ENTRIES: usize = 10_000;
 
@@ -380,7 +402,18 @@ impl Classifier {
     }
 
     /// Classifies the SQL text of a Query or Parse message.
+    ///
+    /// A read that asks whether the server is a standby (see [`LEADER_STATE_NAMES`]) is a
+    /// [`Class::Write`]: it runs on the leader and answers as a direct connection to it would.
     pub fn classify(&self, sql: &str) -> Class {
+        let class = self.classify_statements(sql);
+        if class == Class::Read && asks_for_leader_state(sql) {
+            return Class::Write;
+        }
+        class
+    }
+
+    fn classify_statements(&self, sql: &str) -> Class {
         if let Some(class) = self.fast(sql) {
             return class;
         }
@@ -923,6 +956,14 @@ mod tests {
             ("SELEC 1", Write),
             ("SELECT 'unterminated", Write),
             ("VACUUM t", Write),
+            // What the leader answers differently from a standby: asked of the leader.
+            ("SHOW transaction_read_only", Write),
+            ("SELECT current_setting('transaction_read_only')", Write),
+            ("SHOW Transaction_Read_Only; SELECT 1", Write),
+            ("SELECT current_setting('in_hot_standby')", Write),
+            ("SELECT pg_is_in_recovery()", Read),
+            ("SHOW default_transaction_read_only", Read),
+            ("BEGIN READ ONLY", Begin { read_only: true }),
             ("LOCK TABLE t", Write),
         ];
         for (sql, expected) in cases {

@@ -17,6 +17,8 @@
 //!   PostgreSQL's own parser (`pg_query`) for the rest.
 //! - [`auth`]: the client side of cleartext, MD5 and SCRAM-SHA-256 authentication ([`PasswordAuth`]).
 //! - [`response`]: the ErrorResponse the proxy sends when it cannot serve a client ([`error_response`]).
+//! - [`unit`]: the auto port's decisions at a unit's edges: messages between units
+//!   ([`unit::between_units`]) and replica replies to run again on the leader ([`unit::replica_reply`]).
 //! - [`ProtocolError`]: what is wrong with bytes that can never decode. "Need more bytes" is `Ok(None)`.
 //!
 //! Message codecs come from `pgwire` where its types fit (and `postgres-protocol` for the client side of
@@ -36,6 +38,7 @@ pub mod response;
 pub mod startup;
 #[cfg(test)]
 mod traces;
+pub mod unit;
 
 pub use auth::{AuthError, AuthProgress, AuthRequest, PasswordAuth};
 pub use backend::{split_frame, BackendFrame, ErrorFields, FrameHeader, TxStatus};

@@ -155,6 +155,13 @@ impl Drop for Registration {
     }
 }
 
+impl SessionRegistration {
+    /// The PID of the key the proxy issued (what the client got in BackendKeyData).
+    pub fn pid(&self) -> i32 {
+        (self.key >> 32) as u32 as i32
+    }
+}
+
 impl Drop for SessionRegistration {
     fn drop(&mut self) {
         // Issued keys are unique among the open sessions: the entry is ours.
@@ -215,6 +222,7 @@ mod tests {
         let (k2, _r2) = reg.register_session(SessionCancel::new(b.info.clone()));
         assert_ne!(k1, k2);
         assert!(k1.pid > 0 && k1.secret.len() == 4);
+        assert_eq!(r1.pid(), k1.pid);
         assert_eq!(reg.lookup(&k1), None, "not on a server yet");
         session.set(Some((backend("a"), key(99, 5))));
         assert_eq!(reg.lookup(&k1), Some((backend("a"), key(99, 5))));

@@ -93,6 +93,8 @@ pub(crate) struct Metrics {
     /// auto port counts every unit, and a label lookup hashes and locks.
     pub units: [UnitMetrics; 2],
     pub pinned_total: IntCounterVec,
+    /// Auto-port reads a replica refused for a standby's reason and the leader ran again.
+    pub leader_retries_total: IntCounterVec,
     pub client_errors_total: IntCounterVec,
     pub fencing_acks_total: IntCounter,
     pub serving: IntGauge,
@@ -157,6 +159,13 @@ impl Metrics {
                 "Auto-port sessions pinned to the leader because they hold session state.",
             ),
             &["reason"],
+        )?;
+        let leader_retries_total = IntCounterVec::new(
+            Opts::new(
+                "praetor_proxy_leader_retries_total",
+                "Auto-port reads that failed on a replica for a standby's reason (SQLSTATE 0A000, 40001, 25006) before any result and ran again on the leader.",
+            ),
+            &["sqlstate"],
         )?;
         let client_errors_total = IntCounterVec::new(
             Opts::new(
@@ -227,6 +236,7 @@ impl Metrics {
         registry.register(Box::new(transactions_total.clone()))?;
         registry.register(Box::new(transaction_seconds.clone()))?;
         registry.register(Box::new(pinned_total.clone()))?;
+        registry.register(Box::new(leader_retries_total.clone()))?;
         registry.register(Box::new(client_errors_total.clone()))?;
         registry.register(Box::new(fencing_acks_total.clone()))?;
         registry.register(Box::new(serving.clone()))?;
@@ -274,6 +284,7 @@ impl Metrics {
             transactions_total,
             units,
             pinned_total,
+            leader_retries_total,
             client_errors_total,
             fencing_acks_total,
             serving,

@@ -46,6 +46,10 @@ use praetor_protocol::frontend::{
     encode_ready_for_query, query_text, Bind, Parse, BIND, FUNCTION_CALL, PARSE, PASSWORD, QUERY,
     SYNC, TERMINATE,
 };
+use praetor_protocol::unit::{
+    between_units, replica_reply, translate_backend_pid, translate_notification_pid, BetweenUnits,
+    ReplicaReply, NOTIFICATION_RESPONSE,
+};
 use praetor_protocol::{
     encode_error_response, Class, FrameHeader, FrontendHeader, PasswordAuth, PinReason, Severity,
     SqlState, TxStatus,
@@ -77,6 +81,14 @@ const GATHER_LIMIT_BYTES: usize = 8 * 1024;
 /// around every unit of a busy client that was ~30% of the auto port's select-only TPS with
 /// `idle_release_ms: 0` (benches/proxy.rs, `PRAETOR_BENCH_IDLE_RELEASE_MS=0`).
 const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// A read unit up to this size is kept (copied) while it runs on a replica, so that it can run
+/// again on the leader when the replica refuses it for a standby's reason (bytes).
+const RETRY_UNIT_LIMIT_BYTES: usize = 64 * 1024;
+
+/// A replica's reply to such a read is held back from the client until it shows results, up to
+/// this size (bytes): what precedes results (ParseComplete, RowDescription...) is small.
+const RETRY_HOLD_LIMIT_BYTES: usize = 16 * 1024;
 
 /// Which of the session's two server connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +144,9 @@ struct Decision {
     side: Side,
     class: Class,
     pin: Option<PinReason>,
+    /// Bytes of the whole unit at the front of the client buffer, when they are all there (a Query;
+    /// an extended-protocol unit through its Sync).
+    unit_len: Option<usize>,
 }
 
 /// The state of one session.
@@ -139,6 +154,8 @@ struct Session<'a> {
     shared: &'a Shared,
     rt: Arc<Runtime>,
     info: Arc<ClientInfo>,
+    /// The PID the client got in BackendKeyData (the proxy's, see [`crate::cancel`]).
+    client_pid: i32,
     user: String,
     password: Option<Vec<u8>>,
     /// The StartupMessage servers get (the client's, without `praetor.*` options).
@@ -166,6 +183,9 @@ struct Session<'a> {
     client_remaining: usize,
     /// Client messages are being discarded up to the next Sync (a unit that could not be routed).
     discard_until_sync: bool,
+    /// The current unit's bytes while it is a read on a replica that may run again on the leader
+    /// (see [`praetor_protocol::unit::replica_reply`]); boxed, and only while such a unit runs.
+    retry: Option<Box<Retry>>,
     cancel: SessionCancel,
     idle_since: Option<Instant>,
     /// When the session's last unit ended (since it logged in or was resumed).
@@ -179,6 +199,15 @@ struct Session<'a> {
     /// Client bytes for the current side's server, gathered while one read's messages are handled
     /// and written when they are (empty between wake-ups).
     to_server: BytesMut,
+}
+
+/// A read unit running on a replica, kept to run again on the leader.
+struct Retry {
+    /// The unit's client messages.
+    unit: Bytes,
+    /// Bytes of the unit not forwarded yet: a message forwarded beyond them (a pipelined next
+    /// unit) ends the chance of a retry, since the replica would run it first.
+    left: usize,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -334,6 +363,7 @@ impl<'a> Live<'a> {
                 shared,
                 rt,
                 info: registered.info.clone(),
+                client_pid: registration.pid(),
                 user: registered.info.user(),
                 password,
                 startup,
@@ -353,6 +383,7 @@ impl<'a> Live<'a> {
                 pending_set: None,
                 client_remaining: 0,
                 discard_until_sync: false,
+                retry: None,
                 cancel,
                 idle_since: None,
                 unit_ended: None,
@@ -931,12 +962,16 @@ impl Session<'_> {
             // it is not a harmless message.
             let mut keep = lost.is_none();
             let mut forward = BytesMut::new();
+            let client_pid = self.client_pid;
             if let Some(conn) = self.conn(side).as_mut() {
                 while let Ok(Some(h)) = FrameHeader::peek(&conn.buf) {
                     if conn.buf.len() < h.frame_len {
                         break;
                     }
-                    let frame = conn.buf.split_to(h.frame_len);
+                    let mut frame = conn.buf.split_to(h.frame_len);
+                    if let Some(key) = &conn.key {
+                        translate_notification_pid(&mut frame, key.pid, client_pid);
+                    }
                     match h.tag {
                         NOTICE_RESPONSE | PARAMETER_STATUS | b'A' if pinned_here => {
                             forward.extend_from_slice(&frame)
@@ -972,6 +1007,13 @@ impl Session<'_> {
             }
             return Ok(());
         }
+        if self.retry.is_some() && side == Side::Replica {
+            match self.judge_replica_reply(lost.is_some()).await? {
+                Held::Hold | Held::Retried => return Ok(()),
+                Held::Stream => {}
+            }
+        }
+        let client_pid = self.client_pid;
         let Some(conn) = self.conn(side).as_mut() else {
             return Ok(());
         };
@@ -1008,6 +1050,18 @@ impl Session<'_> {
                                 protocol_error = Some(e.to_string());
                                 break;
                             }
+                        }
+                        i += h.frame_len;
+                        continue;
+                    }
+                    if h.tag == NOTIFICATION_RESPONSE {
+                        // Whole, to give the session's own notifications the client's PID.
+                        if conn.buf.len() - i < h.frame_len {
+                            break;
+                        }
+                        if let Some(key) = &conn.key {
+                            let frame = &mut conn.buf[i..i + h.frame_len];
+                            translate_notification_pid(frame, key.pid, client_pid);
                         }
                         i += h.frame_len;
                         continue;
@@ -1054,6 +1108,62 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// A read on the replica that the leader could run instead: holds the replica's reply while
+    /// it shows no result, and runs the unit on the leader when the replica refused it for a
+    /// standby's reason ([`replica_reply`]). `lost`: the replica connection ended (its bytes
+    /// stream, as they would).
+    async fn judge_replica_reply(&mut self, lost: bool) -> Result<Held, End> {
+        let Some(conn) = self.replica.as_mut() else {
+            return Ok(Held::Stream);
+        };
+        let verdict = replica_reply(&conn.buf, RETRY_HOLD_LIMIT_BYTES);
+        let (reply_len, sqlstate) = match verdict {
+            ReplicaReply::Hold if !lost => return Ok(Held::Hold),
+            ReplicaReply::RetryOnLeader {
+                reply_len,
+                sqlstate,
+            } => (reply_len, sqlstate),
+            ReplicaReply::Hold | ReplicaReply::Stream => {
+                self.retry = None;
+                return Ok(Held::Stream);
+            }
+        };
+        // The replica answered the whole unit (through ReadyForQuery) and the client saw none of
+        // it: the unit runs on the leader; without a leader, the client gets the replica's reply.
+        let held = conn.buf.split_to(reply_len);
+        let retry = self.retry.take().expect("checked by the caller");
+        let leader = self.ensure_conn(Side::Leader).await;
+        if leader != Ok(Side::Leader) {
+            debug!(
+                ?leader,
+                "no leader to run a read the replica refused ({sqlstate})"
+            );
+            if let Some(conn) = self.replica.as_mut() {
+                let rest = std::mem::replace(&mut conn.buf, held);
+                conn.buf.unsplit(rest);
+            }
+            return Ok(Held::Stream);
+        }
+        debug!(
+            sqlstate,
+            "the replica refused a read for a standby's reason; running it on the leader"
+        );
+        self.shared
+            .metrics
+            .leader_retries_total
+            .with_label_values(&[sqlstate])
+            .inc();
+        self.current = Some(Side::Leader);
+        let key = self
+            .leader
+            .as_ref()
+            .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
+        self.cancel.set(key);
+        self.update_servers();
+        self.write_server(&retry.unit).await?;
+        Ok(Held::Retried)
+    }
+
     /// The current unit is over (idle point).
     fn end_unit(&mut self, side: Side) {
         side.unit_metrics(&self.shared.metrics)
@@ -1069,6 +1179,7 @@ impl Session<'_> {
             }
         }
         self.current = None;
+        self.retry = None;
         self.last_side = Some(side);
         let now = Instant::now();
         self.idle_since = Some(now);
@@ -1142,6 +1253,56 @@ impl Session<'_> {
                 cbuf.reserve(h.frame_len - cbuf.len());
                 return Ok(false);
             }
+            if needs_whole {
+                if let Some(answer) = translate_backend_pid(&cbuf[..h.frame_len], self.client_pid) {
+                    // `SELECT pg_backend_pid()` answers the PID the client knows: the message is
+                    // replaced in the buffer and read again.
+                    let rest = cbuf.split_off(h.frame_len);
+                    let mut replaced = answer;
+                    replaced.extend_from_slice(&rest);
+                    *cbuf = replaced;
+                    continue;
+                }
+            }
+
+            // Between units (at an idle point, or after the client closed the running unit): a
+            // message that opens no unit must not hold the session on a server.
+            let running = self.current.is_some();
+            if !running || (self.unit_closed && self.tx == TxStatus::Idle) {
+                match between_units(h.tag, running) {
+                    BetweenUnits::StartsUnit => {}
+                    BetweenUnits::FollowCurrent => {
+                        self.forward_message(cbuf, h).await?;
+                        continue;
+                    }
+                    BetweenUnits::Drop if running => {
+                        // Only Flush: the unit's Query or Sync makes the server flush anyway.
+                        if !complete {
+                            return Ok(false);
+                        }
+                        cbuf.advance(h.frame_len);
+                        continue;
+                    }
+                    BetweenUnits::Drop => {
+                        // With no current side, `write_current` drops the message's tail too.
+                        let n = h.frame_len.min(cbuf.len());
+                        cbuf.advance(n);
+                        self.client_remaining = h.frame_len - n;
+                        continue;
+                    }
+                    BetweenUnits::AnswerReady => {
+                        if !complete {
+                            return Ok(false);
+                        }
+                        cbuf.advance(h.frame_len);
+                        let mut out = BytesMut::new();
+                        encode_ready_for_query(&mut out, self.tx);
+                        client.write_all(&out).await.map_err(End::Io)?;
+                        self.s2c.inc_by(out.len() as u64);
+                        continue;
+                    }
+                }
+            }
 
             if let Some(side) = self.current {
                 // A unit is running on `side`.
@@ -1170,6 +1331,7 @@ impl Session<'_> {
                     side,
                     class: Class::Write,
                     pin: None,
+                    unit_len: None,
                 }
             } else {
                 self.decide(cbuf, h)
@@ -1177,6 +1339,12 @@ impl Session<'_> {
             match self.ensure_conn(decision.side).await {
                 Ok(side) => {
                     self.start_unit(side, &decision, cbuf, h);
+                    self.retry = self.retriable(side, &decision).map(|len| {
+                        Box::new(Retry {
+                            unit: Bytes::copy_from_slice(&cbuf[..len]),
+                            left: len,
+                        })
+                    });
                     self.forward_message(cbuf, h).await?;
                 }
                 Err(message) => {
@@ -1203,9 +1371,26 @@ impl Session<'_> {
         }
     }
 
+    /// The length of the unit to keep for a run on the leader, when the unit just routed to `side`
+    /// is a read (not a transaction) the leader could run instead: only on the replica, for a
+    /// session free to move (no `praetor.target=replica`, no pin), when the whole unit is here
+    /// and small.
+    fn retriable(&self, side: Side, decision: &Decision) -> Option<usize> {
+        let free = self.target == Target::Any && self.pinned.is_none() && decision.pin.is_none();
+        (side == Side::Replica && free && decision.class == Class::Read)
+            .then_some(decision.unit_len?)
+            .filter(|len| *len <= RETRY_UNIT_LIMIT_BYTES)
+    }
+
     /// Forwards the message at the front of `cbuf` (whole, or what is there of it) to the current
     /// side, counting what it ends.
     async fn forward_message(&mut self, cbuf: &mut BytesMut, h: FrontendHeader) -> Result<(), End> {
+        if let Some(r) = self.retry.as_mut() {
+            match r.left.checked_sub(h.frame_len) {
+                Some(left) => r.left = left,
+                None => self.retry = None,
+            }
+        }
         match h.tag {
             QUERY | SYNC | FUNCTION_CALL => {
                 self.outstanding += 1;
@@ -1290,6 +1475,7 @@ impl Session<'_> {
             side,
             class: decision.class,
             pin: decision.pin,
+            unit_len: None,
         });
         self.pending_set = None;
         if decision.class == Class::SessionSet && h.tag == QUERY {
@@ -1364,6 +1550,7 @@ impl Session<'_> {
             side: Side::Leader,
             class,
             pin,
+            unit_len: None,
         };
         let body = || cbuf.get(5..h.frame_len).unwrap_or(&[]);
         let class = match h.tag {
@@ -1395,7 +1582,12 @@ impl Session<'_> {
             Class::Pin(r) => Some(r),
             _ => None,
         };
-        Decision { side, class, pin }
+        Decision {
+            side,
+            class,
+            pin,
+            unit_len: Some(h.frame_len),
+        }
     }
 
     fn sticky(&self) -> Decision {
@@ -1407,6 +1599,7 @@ impl Session<'_> {
             side,
             class: Class::TxControl,
             pin: None,
+            unit_len: None,
         }
     }
 
@@ -1428,6 +1621,7 @@ impl Session<'_> {
             },
             class: Class::Write,
             pin,
+            unit_len: None,
         };
         let mut at = 0;
         let mut all_read = true;
@@ -1456,7 +1650,10 @@ impl Session<'_> {
                         return leader(Some(PinReason::PreparedStatement));
                     }
                 }
-                SYNC => break,
+                SYNC => {
+                    at += h.frame_len;
+                    break;
+                }
                 FUNCTION_CALL => return leader(Some(PinReason::Protocol)),
                 _ => {}
             }
@@ -1472,6 +1669,7 @@ impl Session<'_> {
             side,
             class: if all_read { Class::Read } else { Class::Write },
             pin: None,
+            unit_len: Some(at),
         }
     }
 
@@ -1604,6 +1802,16 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// What [`Session::judge_replica_reply`] did with a replica's reply.
+enum Held {
+    /// Kept back, waiting for more of it.
+    Hold,
+    /// To be streamed to the client as usual.
+    Stream,
+    /// Dropped; the unit runs on the leader.
+    Retried,
 }
 
 /// What happened on one of the session's server connections.

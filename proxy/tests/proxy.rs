@@ -1999,3 +1999,323 @@ async fn shutdown_drains_running_queries_and_closes_idle_auto_sessions_first() {
         .unwrap()
         .unwrap();
 }
+
+/// A client speaking raw protocol bytes, for what drivers do that tokio-postgres does not.
+struct RawClient {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    /// Connects to `addr` as `postgres` and reads the login through its ReadyForQuery.
+    async fn login(addr: SocketAddr) -> RawClient {
+        RawClient::login_with_pid(addr).await.0
+    }
+
+    /// [`RawClient::login`], and the PID the client got in BackendKeyData.
+    async fn login_with_pid(addr: SocketAddr) -> (RawClient, i32) {
+        let mut c = RawClient {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+        };
+        c.send(&startup_message()).await;
+        let login = c.until_ready().await;
+        let (_, key) = login
+            .iter()
+            .find(|(t, _)| *t == b'K')
+            .expect("BackendKeyData");
+        let pid = i32::from_be_bytes(key[..4].try_into().unwrap());
+        (c, pid)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The messages (tag, body) up to and including the next ReadyForQuery; fails after
+    /// `DEADLINE` (the session hangs) or when the proxy closes.
+    async fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                while let Some(f) = split_frame(&mut self.buf).unwrap() {
+                    got.push((f.tag, f.body().to_vec()));
+                    if f.tag == b'Z' {
+                        return;
+                    }
+                }
+                assert!(
+                    self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                    "closed; got {got:?}"
+                );
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no ReadyForQuery within {DEADLINE:?}: the session hangs"));
+        got
+    }
+
+    /// The first column of the first DataRow of a simple query's answer.
+    async fn query_value(&mut self, sql: &str) -> String {
+        self.send(&query_message(sql)).await;
+        let reply = self.until_ready().await;
+        first_value(&reply).unwrap_or_else(|| panic!("{sql}: {reply:?}"))
+    }
+}
+
+/// The first column of the first DataRow among `messages`.
+fn first_value(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, row) = messages.iter().find(|(t, _)| *t == b'D')?;
+    let len = i32::from_be_bytes(row[2..6].try_into().unwrap());
+    Some(String::from_utf8(row[6..6 + len as usize].to_vec()).unwrap())
+}
+
+/// A message with no body (Flush `H`, Sync `S`, CopyDone `c`).
+fn bare(tag: u8) -> [u8; 5] {
+    [tag, 0, 0, 0, 4]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_flush_sync_and_copy_messages_between_units_never_hold_the_session() {
+    let dir = WorkDir::new("proxy-idle-messages").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let (leader, replica) = (pg_a.port().to_string(), pg_b.port().to_string());
+    let port = "SELECT current_setting('port')";
+
+    // Issue 17's hang: login, Flush, SELECT: the Flush opened a unit on the leader that nothing
+    // ended, and the read waited for it forever.
+    let mut c = RawClient::login(proxy.auto).await;
+    c.send(&bare(b'H')).await;
+    assert_eq!(c.query_value(port).await, replica);
+    // A pipeline's trailing "Sync, Flush" after its unit ended, then a read and a write.
+    let mut parse = vec![b'P'];
+    let body = [b"\0".as_slice(), port.as_bytes(), b"\0\0\0"].concat();
+    parse.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    parse.extend_from_slice(&body);
+    let bind = [b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0];
+    let execute = [b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
+    c.send(&[&parse[..], &bind, &execute, &bare(b'S')].concat())
+        .await;
+    let reply = c.until_ready().await;
+    assert_eq!(first_value(&reply).as_deref(), Some(replica.as_str()));
+    c.send(&[bare(b'S'), bare(b'H')].concat()).await;
+    // The Sync at the idle point is answered like the server would: ReadyForQuery, idle.
+    assert_eq!(c.until_ready().await, vec![(b'Z', b"I".to_vec())]);
+    assert_eq!(c.query_value(port).await, replica);
+    assert_eq!(
+        c.query_value("SELECT current_setting('port') WHERE txid_current() > 0")
+            .await,
+        leader
+    );
+    // COPY messages outside COPY are ignored, as the server ignores them.
+    let copy_data = [b'd', 0, 0, 0, 7, b'x', b'y', b'z'];
+    c.send(&[&copy_data[..], &bare(b'c'), &bare(b'H')].concat())
+        .await;
+    assert_eq!(c.query_value(port).await, replica);
+    // COPY FROM STDIN on the leader right after a read on the replica still gets its data, with
+    // Flushes in between (its data once waited for the COPY to end, routed where the read went).
+    c.send(&query_message("CREATE TABLE IF NOT EXISTS copied (x text)"))
+        .await;
+    c.until_ready().await;
+    assert_eq!(c.query_value(port).await, replica);
+    c.send(&query_message("COPY copied FROM STDIN")).await;
+    let mut got = BytesMut::new();
+    tokio::time::timeout(DEADLINE, async {
+        while !got.starts_with(b"G") {
+            c.stream.read_buf(&mut got).await.unwrap();
+        }
+    })
+    .await
+    .expect("CopyInResponse");
+    c.send(
+        &[
+            &copy_data[..],
+            &bare(b'H'),
+            &b"d\0\0\0\x05\n"[..],
+            &bare(b'c'),
+        ]
+        .concat(),
+    )
+    .await;
+    let reply = c.until_ready().await;
+    assert!(
+        reply
+            .iter()
+            .any(|(t, body)| *t == b'C' && body.starts_with(b"COPY 1")),
+        "{reply:?}"
+    );
+
+    // An idle session that last sent a Flush leaves at once when the proxy drains.
+    c.send(&bare(b'H')).await;
+    let mut idle = RawClient::login(proxy.auto).await;
+    idle.send(&bare(b'H')).await;
+    proxy.shutdown.cancel();
+    for s in [&mut c.stream, &mut idle.stream] {
+        let (_, fields) = read_until_closed(s).await;
+        assert_eq!(
+            fields.as_ref().and_then(|f| f.code()),
+            Some("57P01"),
+            "{fields:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_reads_a_replica_refuses_as_a_standby_run_again_on_the_leader() {
+    let dir = WorkDir::new("proxy-retry-leader").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (leader, replica) = (pg_a.port(), pg_b.port());
+    // The same view on both servers: on the leader it reads; on the stand-in replica it fails the
+    // way a hot standby fails a read the leader runs (unlogged tables: 0A000; a conflict with
+    // recovery: 40001; a misjudged write: 25006), or with an error the leader would give too.
+    let on_a = connect(SocketAddr::from(([127, 0, 0, 1], leader)))
+        .await
+        .unwrap();
+    on_a.batch_execute(
+        "CREATE VIEW v0a000 AS SELECT current_setting('port')::int AS port;
+         CREATE VIEW v40001 AS SELECT current_setting('port')::int AS port;
+         CREATE VIEW v25006 AS SELECT current_setting('port')::int AS port;
+         CREATE VIEW v22012 AS SELECT 1 / 0 AS port;",
+    )
+    .await
+    .unwrap();
+    let on_b = connect(SocketAddr::from(([127, 0, 0, 1], replica)))
+        .await
+        .unwrap();
+    on_b.batch_execute(
+        "CREATE FUNCTION standby_refuses(code text) RETURNS int LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'refused as a standby would' USING ERRCODE = code; END $$;
+         CREATE VIEW v0a000 AS SELECT standby_refuses('0A000') AS port;
+         CREATE VIEW v40001 AS SELECT standby_refuses('40001') AS port;
+         CREATE VIEW v25006 AS SELECT standby_refuses('25006') AS port;
+         CREATE VIEW v22012 AS SELECT standby_refuses('22012') AS port;
+         ALTER DATABASE postgres SET default_transaction_read_only = on;",
+    )
+    .await
+    .unwrap();
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let c = connect(proxy.auto).await.unwrap();
+    assert_eq!(port_of(&c, "SELECT current_setting('port')").await, replica);
+
+    // Outside a transaction, before any result: the leader answers, simple and extended protocol.
+    for code in ["0a000", "40001", "25006"] {
+        let sql = format!("SELECT port FROM v{code}");
+        assert_eq!(port_of(&c, &sql).await, leader, "{sql}");
+        let rows = c.query_typed(&sql, &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, i32>(0) as u16, leader, "{sql} (extended)");
+        // The session goes on reading on the replica.
+        assert_eq!(port_of(&c, "SELECT current_setting('port')").await, replica);
+    }
+    // An error the leader would give too reaches the client from the replica.
+    let err = c.simple_query("SELECT port FROM v22012").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO), "{err}");
+    // In a transaction the client sees the replica's error: its transaction is the replica's.
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let err = c.simple_query("SELECT port FROM v0a000").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // After rows were sent nothing is run again (the replica's view errors before any row here,
+    // so a query with a row first shows it): a multi-statement query whose first result went out.
+    let err = c
+        .simple_query("SELECT 1; SELECT port FROM v0a000")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{err}");
+
+    // The replica's sessions are read-only; the leader's answer is what the client gets.
+    for sql in [
+        "SHOW transaction_read_only",
+        "SELECT current_setting('transaction_read_only')",
+    ] {
+        let rows = c.simple_query(sql).await.unwrap();
+        let value = rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        });
+        assert_eq!(value, Some("off"), "{sql}");
+    }
+    proxy
+        .wait_metric(r#"praetor_proxy_leader_retries_total{sqlstate="0A000"} 2"#)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_backend_pid_and_own_notifications_carry_the_pid_the_client_was_given() {
+    let dir = WorkDir::new("proxy-backend-pid").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let (mut c, pid) = RawClient::login_with_pid(proxy.auto).await;
+    let pid = pid.to_string();
+
+    // Simple and extended protocol, on whichever server runs them, in and out of transactions.
+    assert_eq!(c.query_value("SELECT pg_backend_pid()").await, pid);
+    c.send(&query_message("BEGIN")).await;
+    c.until_ready().await;
+    assert_eq!(
+        c.query_value("select pg_catalog.pg_backend_pid();").await,
+        pid
+    );
+    c.send(&query_message("COMMIT")).await;
+    c.until_ready().await;
+    let sql = "SELECT pg_backend_pid()";
+    let mut parse = vec![b'P'];
+    let body = [b"\0".as_slice(), sql.as_bytes(), b"\0\0\0"].concat();
+    parse.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    parse.extend_from_slice(&body);
+    let bind = [b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0];
+    let describe = [b'D', 0, 0, 0, 6, b'P', 0];
+    let execute = [b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
+    c.send(&[&parse[..], &bind, &describe, &execute, &bare(b'S')].concat())
+        .await;
+    let reply = c.until_ready().await;
+    assert_eq!(first_value(&reply).as_deref(), Some(pid.as_str()));
+    let (_, columns) = reply
+        .iter()
+        .find(|(t, _)| *t == b'T')
+        .expect("RowDescription");
+    assert!(
+        columns.windows(15).any(|w| w == b"pg_backend_pid\0"),
+        "the column keeps its name"
+    );
+
+    // The session's own NOTIFY comes back with its PID; another backend's keeps its own.
+    c.send(&query_message("LISTEN ch")).await;
+    c.until_ready().await;
+    c.send(&query_message("NOTIFY ch, 'mine'")).await;
+    let reply = c.until_ready().await;
+    let (_, note) = reply
+        .iter()
+        .find(|(t, _)| *t == b'A')
+        .unwrap_or_else(|| panic!("a notification: {reply:?}"));
+    assert_eq!(
+        i32::from_be_bytes(note[..4].try_into().unwrap()).to_string(),
+        pid
+    );
+    let direct = connect(SocketAddr::from(([127, 0, 0, 1], pg_a.port())))
+        .await
+        .unwrap();
+    let direct_pid: i32 = direct
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    direct.batch_execute("NOTIFY ch, 'theirs'").await.unwrap();
+    let got = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(f) = split_frame(&mut c.buf).unwrap() {
+                if f.tag == b'A' {
+                    return f.body().to_vec();
+                }
+                continue;
+            }
+            assert!(c.stream.read_buf(&mut c.buf).await.unwrap() > 0);
+        }
+    })
+    .await
+    .expect("the other backend's notification");
+    assert_eq!(i32::from_be_bytes(got[..4].try_into().unwrap()), direct_pid);
+}
