@@ -123,6 +123,27 @@ pub enum Violation {
     },
 }
 
+/// Switches that weaken the world on purpose, to show that the invariants catch what they must
+/// (tests of the simulation itself). [`Options::default`] is the real configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Members arm a watchdog while they lead (`watchdog.mode: required`, safety margin 5 s). Off, a
+    /// frozen leader whose host is cut off from the new leader keeps its primary running.
+    pub watchdog: bool,
+    /// Check lost acknowledged commits in asynchronous mode too (where losing up to
+    /// `maximum_lag_on_failover` is allowed, so this finds losses by design).
+    pub check_async_commits: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            watchdog: true,
+            check_async_commits: false,
+        }
+    }
+}
+
 /// The outcome of one seed.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -398,12 +419,13 @@ struct Sim {
     trace: VecDeque<String>,
     nevents: u64,
     last_leader: Option<String>,
+    opts: Options,
 }
 
 const TRACE_TAIL: usize = 400;
 
 impl Sim {
-    fn new(seed: u64, tracing: bool) -> Sim {
+    fn new(seed: u64, tracing: bool, opts: Options) -> Sim {
         let mut rng = Rng::new(seed);
         let n = [2, 3, 3, 3, 4][rng.pick(5)];
         let np = 1 + rng.pick(2);
@@ -458,7 +480,7 @@ impl Sim {
                 failed_task: None,
                 primary_start_began_ms: None,
                 unfenced: None,
-                wd_armed: i == 0,
+                wd_armed: i == 0 && opts.watchdog,
                 wd_fed: 0,
             })
             .collect();
@@ -522,6 +544,7 @@ impl Sim {
             trace: VecDeque::new(),
             nevents: 0,
             last_leader: None,
+            opts,
         };
         sim.end = faults_until + sim.liveness_window() + 20_000;
         for i in 0..n {
@@ -773,7 +796,9 @@ impl Sim {
 
     /// Under synchronous replication a member that becomes writable holds every acknowledged commit.
     fn check_commits(&mut self, i: usize) {
-        if self.dynamic.synchronous_mode == SyncMode::Off || self.violation.is_some() {
+        let checked =
+            self.dynamic.synchronous_mode != SyncMode::Off || self.opts.check_async_commits;
+        if !checked || self.violation.is_some() {
             return;
         }
         if let Some(c) = self
@@ -955,10 +980,10 @@ impl Sim {
             won_initialize: false,
             lock_renewed_ms: a.lock_renewed_ms,
             watchdog_timeout_secs: self.wd_timeout(i),
-            watchdog: if a.wd_armed {
-                WatchdogState::Armed
-            } else {
-                WatchdogState::NotArmed
+            watchdog: match (self.opts.watchdog, a.wd_armed) {
+                (false, _) => WatchdogState::Off,
+                (true, true) => WatchdogState::Armed,
+                (true, false) => WatchdogState::NotArmed,
             },
             peers,
             primary_start_began_ms: a.primary_start_began_ms,
@@ -1043,7 +1068,7 @@ impl Sim {
                 }
             }
             Action::ArmWatchdog => {
-                self.agents[i].wd_armed = true;
+                self.agents[i].wd_armed = self.opts.watchdog;
                 self.agents[i].wd_fed = now;
                 (true, 1)
             }
@@ -1682,7 +1707,15 @@ impl Sim {
                 self.restart_agent(i);
             }
             if self.agents[i].frozen_until > self.now {
+                // Thawed now: its pending steps were postponed to the end of the freeze.
                 self.agents[i].frozen_until = self.now;
+                self.agents[i].token += 1;
+                let t = self.agents[i].token;
+                self.schedule(1, Ev::Cycle(i, t));
+                if self.agents[i].task.is_some() {
+                    let t = self.agents[i].task_token;
+                    self.schedule(1, Ev::Task(i, t));
+                }
             }
         }
         for p in 0..self.proxies.len() {
@@ -1777,7 +1810,12 @@ impl Sim {
 
 /// Runs one seed. With `trace`, the report holds every event; otherwise the last few hundred.
 pub fn run_seed(seed: u64, trace: bool) -> Report {
-    Sim::new(seed, trace).run()
+    Sim::new(seed, trace, Options::default()).run()
+}
+
+/// Runs one seed with `opts` (see [`Options`]).
+pub fn run_seed_with(seed: u64, trace: bool, opts: Options) -> Report {
+    Sim::new(seed, trace, opts).run()
 }
 
 /// Formats a failing report: the violation, the trace, and the command that replays it.
