@@ -8,7 +8,8 @@
 //! simulated proxies (the routing view is the real [`praetor_proxy::topology_from_cluster`], the
 //! fencing handshake and DCS-contact deadline the proxy's, with the real
 //! [`praetor_dcs::ProxyState::contact_deadline_within`]), a watchdog and a simulated clock (ms). The
-//! seed draws the cluster's shape and settings, message latencies and faults: PostgreSQL crashes,
+//! seed draws the cluster's shape and settings, message latencies (with spikes up to 8 s, and lost
+//! replies to lock acquisitions and renewals the DCS did apply) and faults: PostgreSQL crashes,
 //! agents killed or frozen (the process stops, its deadline guard with it), partitions between a
 //! member and the DCS, between members, between a proxy and the DCS or a member, the DCS down, and
 //! planned switchovers. All faults heal at one instant; the run goes on after it.
@@ -26,8 +27,11 @@
 //! guard with [`ha::demote_deadline_ms`], the next cycle's wait, the bounded DCS calls). Not modelled
 //! (their rules are not exercised here): bootstrap and clone (the cluster starts initialized), slots,
 //! failsafe mode, quorum mode, pause, cascading replication and tags, permanent data loss, and the
-//! REST API's wire format. The proxy handshake's order is mirrored from `proxy/src/server.rs`, not
-//! called (it lives in async code).
+//! REST API's wire format, clock skew between hosts (one clock; etcd leases are server-side). The
+//! proxy handshake's order (close the former leader's connections, acknowledge, then route) is
+//! mirrored from `proxy/src/server.rs`, not called (it lives in the proxy's async task); its timings
+//! are the proxy's pure functions ([`praetor_proxy::heartbeat_interval`],
+//! [`praetor_dcs::ProxyState::contact_deadline_within`]).
 //!
 //! Entry points: [`run_seed`] runs one seed; the `praetor-sim` binary runs many and replays one with
 //! its trace (`cargo run --release -p praetor-sim -- --seed N --trace`).
@@ -613,7 +617,9 @@ impl Sim {
     }
 
     fn latency(&mut self) -> u64 {
-        if self.rng.chance(5) {
+        if self.rng.chance(1) {
+            self.rng.range(1500, 8000)
+        } else if self.rng.chance(5) {
             self.rng.range(200, 1500)
         } else {
             self.rng.range(1, 40)
@@ -1028,10 +1034,24 @@ impl Sim {
                 } else if self.dcs.leader_alive(now).is_none() {
                     let v = self.dcs.bump();
                     self.dcs.leader = Some((me.clone(), now + ttl, v));
+                    self.wake_watchers();
+                    if self.rng.chance(2) {
+                        // The DCS took the lock but the reply was lost: the agent saw an error.
+                        self.log(format!("{me}: acquired the leader lock, reply lost"));
+                        let t = self.dcs_timeout(i);
+                        actions.clear();
+                        self.agents[i].phase = Phase::Acting {
+                            view,
+                            actions,
+                            await_until: None,
+                        };
+                        let tok = self.agents[i].token;
+                        self.schedule(t, Ev::Cycle(i, tok));
+                        return;
+                    }
                     self.set_lock_renewed(i, Some(now));
                     self.agents[i].wd_fed = now;
                     self.log(format!("{me}: acquired the leader lock"));
-                    self.wake_watchers();
                     (true, self.latency())
                 } else {
                     (false, self.latency())
@@ -1044,9 +1064,15 @@ impl Sim {
                     if let Some(l) = self.dcs.leader.as_mut() {
                         l.1 = now + ttl;
                     }
-                    self.set_lock_renewed(i, Some(now));
-                    self.agents[i].wd_fed = now;
-                    (true, self.latency())
+                    if self.rng.chance(2) {
+                        // Renewed, but the reply was lost: the agent keeps its older renewal.
+                        self.log(format!("{me}: renewed the leader lock, reply lost"));
+                        (false, self.dcs_timeout(i))
+                    } else {
+                        self.set_lock_renewed(i, Some(now));
+                        self.agents[i].wd_fed = now;
+                        (true, self.latency())
+                    }
                 } else {
                     self.set_lock_renewed(i, None);
                     self.log(format!("{me}: lost the leader lock"));
@@ -1388,7 +1414,14 @@ impl Sim {
 
     fn guard_event(&mut self, i: usize, deadline: u64) {
         let a = &self.agents[i];
-        if !a.alive || a.frozen_until > self.now || self.deadline(i) != Some(deadline) {
+        if a.alive && a.frozen_until > self.now {
+            // The guard is a task of the frozen process: its timer fires on the thaw, racing the
+            // loop's own next step.
+            let d = a.frozen_until - self.now;
+            self.schedule(d, Ev::Guard(i, deadline));
+            return;
+        }
+        if !a.alive || self.deadline(i) != Some(deadline) {
             return;
         }
         if self.pgs[i].running() {
@@ -1575,7 +1608,8 @@ impl Sim {
                     ),
                 );
                 self.log(format!("proxy{p}: routes writes to {wanted:?}"));
-            } else if now >= px.last_ok + (u64::from(ttl) * 1000 / 3).max(500) {
+            } else if now >= px.last_ok + praetor_proxy::heartbeat_interval(ttl).as_millis() as u64
+            {
                 px.last_ok = now;
                 let leader = px.acked.clone().flatten();
                 self.dcs.proxies.insert(
@@ -1715,6 +1749,9 @@ impl Sim {
                 if self.agents[i].task.is_some() {
                     let t = self.agents[i].task_token;
                     self.schedule(1, Ev::Task(i, t));
+                }
+                if let Some(d) = self.deadline(i) {
+                    self.schedule(d.saturating_sub(self.now).max(1), Ev::Guard(i, d));
                 }
             }
         }
