@@ -62,7 +62,7 @@ pub use conn::ReloadFn;
 pub use error::ProxyError;
 pub use feed::spawn_dcs_feed;
 pub use metrics::{ListenerKind, RoutingError};
-pub use server::{Proxy, Reloader, SHUTDOWN_GRACE};
+pub use server::{heartbeat_interval, Proxy, Reloader, SHUTDOWN_GRACE};
 pub use settings::{
     LagPolicy, ProxySettings, Target, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STARTUP_TIMEOUT,

@@ -374,6 +374,13 @@ fn apply_topology(shared: &Shared, topology: Arc<Topology>) -> crate::router::Cl
     applied.closing
 }
 
+/// How often a proxy rewrites its `praetor/proxies/<id>` key while its route stays the same: a third
+/// of the lease's `ttl_secs`, at least 500 ms, so that two writes can fail before the contact
+/// deadline ([`ProxyState::contact_deadline_within`]) stops the proxy. Pure, for the HA simulation.
+pub fn heartbeat_interval(ttl_secs: u32) -> Duration {
+    (Duration::from_secs(ttl_secs.into()) / 3).max(Duration::from_millis(500))
+}
+
 /// What the handshake has acknowledged in the DCS.
 struct Handshake {
     dcs: Arc<dyn Dcs>,
@@ -397,7 +404,7 @@ impl Handshake {
     }
 
     fn interval(&self) -> Duration {
-        (Duration::from_secs(self.ttl_secs.into()) / 3).max(Duration::from_millis(500))
+        heartbeat_interval(self.ttl_secs)
     }
 
     /// Writes the route `leader`; records success.

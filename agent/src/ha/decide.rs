@@ -802,21 +802,37 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     let peers = local.peers.as_deref().unwrap_or(&[]);
     let mut exclude = None;
     let mut i_am_candidate = false;
+    // Under synchronous replication (`on`) only the members the `sync` key allows can take the lock
+    // (see `sync::may_promote`): the others cannot be waited for.
+    let sync_allows = |name: &str| {
+        cfg.dynamic.synchronous_mode != praetor_config::SyncMode::On
+            || view
+                .sync
+                .as_ref()
+                .is_some_and(|s| sync::listed_may_promote(&s.value, name))
+    };
     if let Some(req) = view.failover_request() {
         // The leader that stepped down for a switchover does not race back for the lock while any
-        // other member can take it (Patroni's manual_failover_process_no_leader).
+        // other member can take it (Patroni's manual_failover_process_no_leader; its
+        // is_failover_possible counts only synchronous standbys in synchronous mode). Otherwise a
+        // request left behind by a leader that lost its lock kept everyone out (sim seed 162).
         if req.value.leader.as_deref() == Some(me)
             && req.value.member.as_deref() != Some(me)
-            && peers
-                .iter()
-                .any(|p| p.name != me && p.is_eligible() && !p.is_running_primary)
+            && peers.iter().any(|p| {
+                p.name != me && p.is_eligible() && !p.is_running_primary && sync_allows(&p.name)
+            })
         {
             return not_racing(Reason::SteppedDownForSwitchover);
         }
         match req.value.member.as_deref() {
             Some(c) if c == me => i_am_candidate = true,
             Some(c) => {
-                if peers.iter().any(|p| p.name == c && p.is_eligible()) {
+                // A candidate the sync key does not allow never takes over: not waited for (sim
+                // seed 211).
+                if peers
+                    .iter()
+                    .any(|p| p.name == c && p.is_eligible() && sync_allows(c))
+                {
                     return not_racing(Reason::WaitingForCandidate {
                         candidate: c.to_string(),
                     });

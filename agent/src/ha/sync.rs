@@ -461,11 +461,19 @@ pub fn before_promote(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
     }
 }
 
+/// In `on` mode, whether the `sync` key lets member `name` be promoted: it is listed, or it is the
+/// key's leader and the key lists nobody (see [`may_promote`]).
+pub fn listed_may_promote(sync: &SyncState, name: &str) -> bool {
+    let listed = sync.members();
+    listed.iter().any(|l| l == name) || (listed.is_empty() && sync.leader.as_deref() == Some(name))
+}
+
 /// Whether this member (WAL position `my_wal`) may be promoted automatically under synchronous
 /// replication; `Err` says why not. `peers` are the members that answered this loop.
 ///
 /// - `on`: it is listed in the `sync` key (the only members guaranteed to hold every acknowledged
-///   commit).
+///   commit), or it is the key's leader and the key lists nobody (replication fell back to
+///   asynchronous while it led: it alone holds every acknowledged commit).
 /// - `quorum` (Patroni's `_is_healthiest_node`): the key's members (its leader and voters) vote; a
 ///   member votes when it answered with PostgreSQL running as a replica at or behind `my_wal`. A
 ///   voter needs `quorum` votes, anyone else `quorum + 1`: since every commit was acknowledged by
@@ -489,7 +497,14 @@ pub fn may_promote(
     };
     let listed = sync.members();
     if cfg.dynamic.synchronous_mode != SyncMode::Quorum {
-        return if listed.contains(&cfg.name) {
+        // The key's own leader may race when the key lists nobody: replication fell back to
+        // asynchronous while it led, so no standby holds its last commits and no other member can
+        // have been promoted since (none is listed). Without this, a leader that lost its lock then
+        // (a DCS outage, a crash) left the cluster without a leader for good (the simulation's
+        // seeds 9 and 150). Patroni lets the key's leader race too (`SyncState.matches(name,
+        // check_leader=True)`); Praetor only while the list is empty: a listed standby may have been
+        // promoted (and acknowledged commits) before writing the key, which its former leader lacks.
+        return if listed_may_promote(sync, &cfg.name) {
             Ok(())
         } else {
             not_sync

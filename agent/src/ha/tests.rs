@@ -1292,6 +1292,45 @@ fn rows() -> Vec<Row> {
             }),
         )
         .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row(
+            "sync on: the leader that stepped down for a switchover races again when the sync key lets no other member take the lock (sim seed 162)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), None);
+                c.sync = Some(Versioned { value: sync_value(&[]), version: 9 });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row(
+            "sync on: the leader that stepped down for a switchover stays out while a listed standby can take the lock",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), None);
+                c.sync = Some(Versioned { value: sync_value(&["pg3"]), version: 9 });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+        .expect(vec![], |r| *r == Reason::SteppedDownForSwitchover),
+        row(
+            "sync on: a switchover candidate the sync key does not allow is not waited for (sim seed 211)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"));
+                c.sync = Some(Versioned {
+                    value: SyncState { leader: Some("pg2".into()), sync_standby: Some(ME.into()), quorum: None },
+                    version: 9,
+                });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
         // --- fencing the former primary --------------------------------------------------------------
         row(
             "race winner fences the last leader it saw (not just its upstream) before promoting",
@@ -1426,6 +1465,16 @@ fn rows() -> Vec<Row> {
                          SetSyncStandbyNames(r#"FIRST 1 ("pg3")"#.into())], |_| true),
         row("§7 sync: no synchronous standby listed: no automatic failover",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: None, quorum: None }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
+        row("sync on: the key's own leader races again when the key lists nobody (it alone holds every acknowledged commit; sim seed 9)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row("sync on: the key's own leader does not race while the key lists a standby (that one may have been promoted and acknowledged commits)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: sync_value(&["pg3"]), version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
             .expect(vec![], |r| *r == Reason::NotSynchronousStandby),

@@ -1,0 +1,1875 @@
+//! Deterministic simulation of Praetor's HA protocol (issue 14, item 3).
+//!
+//! One seed is one run: N members, each the agent's HA loop around the real, pure
+//! [`praetor_agent::ha::decide`], executed against a simulated DCS (leader lease with compare-and-set,
+//! member and proxy keys on leases, `sync`, `history`, `failover`, `status`), simulated PostgreSQL
+//! (timelines, WAL as branches of LSN ranges, streaming, commit acknowledgement per
+//! `synchronous_standby_names`, promote, fast and immediate stop, crash, pg_rewind, crash recovery),
+//! simulated proxies (the routing view is the real [`praetor_proxy::topology_from_cluster`], the
+//! fencing handshake and DCS-contact deadline the proxy's, with the real
+//! [`praetor_dcs::ProxyState::contact_deadline_within`]), a watchdog and a simulated clock (ms). The
+//! seed draws the cluster's shape and settings, message latencies (with spikes up to 8 s, and lost
+//! replies to lock acquisitions and renewals the DCS did apply) and faults: PostgreSQL crashes,
+//! agents killed or frozen (the process stops, its deadline guard with it), partitions between a
+//! member and the DCS, between members, between a proxy and the DCS or a member, the DCS down, and
+//! planned switchovers. All faults heal at one instant; the run goes on after it.
+//!
+//! After every event the invariants are checked (see [`Violation`]):
+//! - at most one PostgreSQL accepts writes (a running primary, whether reached through a proxy or
+//!   directly);
+//! - under `synchronous_mode`, a member that becomes writable holds every commit a client was told
+//!   was committed;
+//! - a writable leader, routed to by a proxy, exists again within `ttl + loop_wait` (plus
+//!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal.
+//!
+//! What the runner does for each [`Action`] is modelled after `agent/src/runner.rs` (the cycle, the
+//! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
+//! guard with [`ha::demote_deadline_ms`], the next cycle's wait, the bounded DCS calls). Not modelled
+//! (their rules are not exercised here): bootstrap and clone (the cluster starts initialized), slots,
+//! failsafe mode, quorum mode, pause, cascading replication and tags, permanent data loss, and the
+//! REST API's wire format, clock skew between hosts (one clock; etcd leases are server-side). The
+//! proxy handshake's order (close the former leader's connections, acknowledge, then route) is
+//! mirrored from `proxy/src/server.rs`, not called (it lives in the proxy's async task); its timings
+//! are the proxy's pure functions ([`praetor_proxy::heartbeat_interval`],
+//! [`praetor_dcs::ProxyState::contact_deadline_within`]).
+//!
+//! Entry points: [`run_seed`] runs one seed; the `praetor-sim` binary runs many and replays one with
+//! its trace (`cargo run --release -p praetor-sim -- --seed N --trace`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fmt::Write as _;
+
+use praetor_agent::ha::{
+    self, decide, Action, ClusterState, ControlData, DataDir, HaConfig, LocalState, Now,
+    PeerStatus, Postgres, Running, StartAs, StopMode, Task, Upstream, WatchdogState,
+};
+use praetor_config::{DynamicConfig, SyncMode, Tags};
+use praetor_dcs::{
+    Cluster, Failover, HistoryEntry, Leader, Member, MemberData, MemberState, ProxyState, Role,
+    Status, SyncState, Versioned,
+};
+
+/// Extra time granted to the liveness invariant beyond `ttl + loop_wait` (ms): a PostgreSQL start
+/// and the latencies of the handful of DCS calls and proxy reads between the lease's expiry and a
+/// routed, writable leader.
+pub const LIVENESS_ALLOWANCE_MS: u64 = 8_000;
+
+/// The system identifier of the simulated cluster.
+const SYSID: &str = "7300000000000000001";
+
+/// `watchdog.safety_margin` (s): the watchdog is armed with `ttl - safety_margin`.
+const SAFETY_MARGIN_SECS: u32 = 5;
+
+/// A deterministic PRNG (splitmix64): the whole run follows from the seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn pick(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// An invariant broken by a seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// Two PostgreSQL instances accepted writes at the same simulated instant.
+    TwoWritable {
+        /// Simulated ms.
+        at: u64,
+        /// The writable members.
+        members: Vec<String>,
+    },
+    /// Under `synchronous_mode`, a member became writable without a commit that was acknowledged.
+    LostCommit {
+        /// Simulated ms.
+        at: u64,
+        /// The member that became writable.
+        member: String,
+        /// The commit: (member that acknowledged it, LSN).
+        commit: (String, u64),
+    },
+    /// No writable leader routed by a proxy within `ttl + loop_wait` (+ allowance) after the heal.
+    NoLeaderAfterHeal {
+        /// When the faults healed (ms).
+        healed_at: u64,
+        /// The deadline that passed (ms).
+        deadline: u64,
+    },
+    /// `decide` returned an action the simulation does not expect in this cluster (a modelling
+    /// gap, or a rule that fired where it must not: bootstrap, clone, data removal, fatal error).
+    Unexpected {
+        /// Simulated ms.
+        at: u64,
+        /// The member.
+        member: String,
+        /// The action.
+        action: String,
+    },
+}
+
+/// Switches that weaken the world on purpose, to show that the invariants catch what they must
+/// (tests of the simulation itself). [`Options::default`] is the real configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Members arm a watchdog while they lead (`watchdog.mode: required`, safety margin 5 s). Off, a
+    /// frozen leader whose host is cut off from the new leader keeps its primary running.
+    pub watchdog: bool,
+    /// Check lost acknowledged commits in asynchronous mode too (where losing up to
+    /// `maximum_lag_on_failover` is allowed, so this finds losses by design).
+    pub check_async_commits: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            watchdog: true,
+            check_async_commits: false,
+        }
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// The first violation, if any.
+    pub violation: Option<Violation>,
+    /// The trace (every event when tracing, else the last lines before a violation).
+    pub trace: Vec<String>,
+    /// Commits acknowledged to clients.
+    pub acked: usize,
+    /// Promotions that happened.
+    pub promotions: usize,
+    /// Simulated events processed.
+    pub events: u64,
+}
+
+/// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
+/// `tl` the PostgreSQL timeline number it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seg {
+    branch: u32,
+    tl: u32,
+    start: u64,
+    end: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgState {
+    Running { primary: bool },
+    Stopped { clean: bool, was_primary: bool },
+}
+
+#[derive(Debug, Clone)]
+struct Pg {
+    state: PgState,
+    segs: Vec<Seg>,
+    /// Member whose PostgreSQL this replica is told to follow.
+    upstream: Option<String>,
+    /// Member it actually streams from this tick (compatible and reachable).
+    streaming_from: Option<String>,
+    guc: String,
+    /// Last checkpoint (timeline, LSN).
+    checkpoint: (u32, u64),
+}
+
+impl Pg {
+    fn tl(&self) -> u32 {
+        self.segs.last().map_or(1, |s| s.tl)
+    }
+    fn lsn(&self) -> u64 {
+        self.segs.last().map_or(0, |s| s.end)
+    }
+    fn writable(&self) -> bool {
+        self.state == PgState::Running { primary: true }
+    }
+    fn running(&self) -> bool {
+        matches!(self.state, PgState::Running { .. })
+    }
+    fn contains(&self, branch: u32, lsn: u64) -> bool {
+        self.segs
+            .iter()
+            .any(|s| s.branch == branch && s.start < lsn && lsn <= s.end)
+    }
+    /// This replica's WAL is a prefix of `up`'s: it can stream from it.
+    fn can_follow(&self, up: &Pg) -> bool {
+        let n = self.segs.len();
+        if n > up.segs.len() {
+            return false;
+        }
+        for i in 0..n - 1 {
+            if self.segs[i] != up.segs[i] {
+                return false;
+            }
+        }
+        let (mine, theirs) = (self.segs[n - 1], up.segs[n - 1]);
+        mine.branch == theirs.branch && mine.end <= theirs.end
+    }
+    fn control(&self) -> ControlData {
+        let PgState::Stopped { clean, was_primary } = self.state else {
+            unreachable!("control data of a stopped instance")
+        };
+        let state = match (clean, was_primary) {
+            (true, true) => ClusterState::ShutDown,
+            (true, false) => ClusterState::ShutDownInRecovery,
+            (false, true) => ClusterState::InProduction,
+            (false, false) => ClusterState::InArchiveRecovery,
+        };
+        let (min_lsn, min_tl) = if was_primary {
+            (0, 0)
+        } else {
+            (self.lsn(), self.tl())
+        };
+        ControlData {
+            state,
+            timeline: self.checkpoint.0,
+            checkpoint_lsn: self.checkpoint.1,
+            min_recovery_end_lsn: min_lsn,
+            min_recovery_end_timeline: min_tl,
+            rewindable: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Commit {
+    member: String,
+    branch: u32,
+    lsn: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Idle,
+    /// Read the DCS; decide when the read returns.
+    Reading {
+        view: Option<Cluster>,
+    },
+    Acting {
+        view: Option<Cluster>,
+        actions: VecDeque<Action>,
+        /// AwaitProxies: when the current wait ends.
+        await_until: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Agent {
+    name: String,
+    alive: bool,
+    frozen_until: u64,
+    token: u64,
+    phase: Phase,
+    lock_renewed_ms: Option<u64>,
+    former_leader: Option<Upstream>,
+    proxies_wait_since: Option<(String, u64)>,
+    sync_catchup_lsn: u64,
+    task: Option<(Task, Action)>,
+    task_token: u64,
+    task_failed: bool,
+    failed_task: Option<(Task, u64)>,
+    primary_start_began_ms: Option<u64>,
+    unfenced: Option<(String, u16)>,
+    wd_armed: bool,
+    wd_fed: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Proxy {
+    id: String,
+    routed: Option<String>,
+    acked: Option<Option<String>>,
+    last_ok: u64,
+    suspended: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Dcs {
+    down: bool,
+    leader: Option<(String, u64, i64)>,
+    members: BTreeMap<String, (MemberData, u64)>,
+    sync: Option<Versioned<SyncState>>,
+    history: Option<Versioned<Vec<HistoryEntry>>>,
+    failover: Option<Versioned<Failover>>,
+    status: Option<Status>,
+    proxies: BTreeMap<String, (ProxyState, u64)>,
+    failsafe: Option<BTreeMap<String, String>>,
+    config: Option<Versioned<serde_json::Value>>,
+    version: i64,
+}
+
+impl Dcs {
+    fn bump(&mut self) -> i64 {
+        self.version += 1;
+        self.version
+    }
+    fn leader_alive(&self, now: u64) -> Option<&str> {
+        self.leader
+            .as_ref()
+            .filter(|(_, exp, _)| *exp > now)
+            .map(|(n, _, _)| n.as_str())
+    }
+    fn view(&self, now: u64) -> Cluster {
+        Cluster {
+            initialize: Some(SYSID.to_string()),
+            config: self.config.clone(),
+            leader: self
+                .leader
+                .as_ref()
+                .filter(|(_, exp, _)| *exp > now)
+                .map(|(n, _, v)| Leader {
+                    name: n.clone(),
+                    version: *v,
+                }),
+            members: self
+                .members
+                .iter()
+                .filter(|(_, (_, exp))| *exp > now)
+                .map(|(n, (d, _))| Member {
+                    name: n.clone(),
+                    data: d.clone(),
+                    version: 1,
+                })
+                .collect(),
+            failover: self.failover.clone(),
+            history: self.history.clone(),
+            sync: self.sync.clone(),
+            status: self.status.clone(),
+            failsafe: self.failsafe.clone(),
+            proxies: self
+                .proxies
+                .iter()
+                .filter(|(_, (_, exp))| *exp > now)
+                .map(|(n, (p, _))| (n.clone(), p.clone()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Cycle(usize, u64),
+    Task(usize, u64),
+    Guard(usize, u64),
+    Tick,
+    ProxyTick(usize),
+    Client,
+    Fault,
+    HealFault(Fault),
+    Heal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    CrashPg(usize),
+    KillAgent(usize),
+    Freeze(usize, u64),
+    CutDcs(usize),
+    DcsDown,
+    CutLink(usize, usize),
+    CutProxyDcs(usize),
+    CutProxyMember(usize, usize),
+    Switchover(Option<usize>),
+}
+
+/// The world of one seed.
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Ev>,
+    dynamic: DynamicConfig,
+    dcs: Dcs,
+    agents: Vec<Agent>,
+    pgs: Vec<Pg>,
+    proxies: Vec<Proxy>,
+    cut_dcs: Vec<bool>,
+    cut_link: Vec<Vec<bool>>,
+    cut_proxy_dcs: Vec<bool>,
+    cut_proxy_member: Vec<Vec<bool>>,
+    pending: Vec<Vec<(u32, u64)>>,
+    acked: Vec<Commit>,
+    next_branch: u32,
+    promotions: usize,
+    faults_until: u64,
+    healed_at: Option<u64>,
+    leader_seen_after_heal: bool,
+    end: u64,
+    violation: Option<Violation>,
+    tracing: bool,
+    trace: VecDeque<String>,
+    nevents: u64,
+    last_leader: Option<String>,
+    opts: Options,
+}
+
+const TRACE_TAIL: usize = 400;
+
+impl Sim {
+    fn new(seed: u64, tracing: bool, opts: Options) -> Sim {
+        let mut rng = Rng::new(seed);
+        let n = [2, 3, 3, 3, 4][rng.pick(5)];
+        let np = 1 + rng.pick(2);
+        let (ttl, loop_wait, retry) = [(30, 10, 10), (20, 5, 5), (15, 5, 5)][rng.pick(3)];
+        let mode = rng.pick(3);
+        let dynamic = DynamicConfig {
+            ttl,
+            loop_wait,
+            retry_timeout: retry,
+            synchronous_mode: if mode == 0 {
+                SyncMode::Off
+            } else {
+                SyncMode::On
+            },
+            synchronous_mode_strict: mode == 2,
+            primary_start_timeout: 300,
+            ..DynamicConfig::default()
+        };
+        let names: Vec<String> = (0..n).map(|i| format!("pg{i}")).collect();
+        let seg = Seg {
+            branch: 1,
+            tl: 1,
+            start: 0,
+            end: 1000,
+        };
+        let pgs = (0..n)
+            .map(|i| Pg {
+                state: PgState::Running { primary: i == 0 },
+                segs: vec![seg],
+                upstream: (i != 0).then(|| names[0].clone()),
+                streaming_from: None,
+                guc: String::new(),
+                checkpoint: (1, 1000),
+            })
+            .collect();
+        let agents = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Agent {
+                name: name.clone(),
+                alive: true,
+                frozen_until: 0,
+                token: 0,
+                phase: Phase::Idle,
+                lock_renewed_ms: (i == 0).then_some(0),
+                former_leader: None,
+                proxies_wait_since: None,
+                sync_catchup_lsn: 0,
+                task: None,
+                task_token: 0,
+                task_failed: false,
+                failed_task: None,
+                primary_start_began_ms: None,
+                unfenced: None,
+                wd_armed: i == 0 && opts.watchdog,
+                wd_fed: 0,
+            })
+            .collect();
+        let proxies: Vec<Proxy> = (0..np)
+            .map(|i| Proxy {
+                id: format!("proxy{i}"),
+                routed: Some(names[0].clone()),
+                acked: Some(Some(names[0].clone())),
+                last_ok: 0,
+                suspended: false,
+            })
+            .collect();
+        let mut dcs = Dcs::default();
+        let v = dcs.bump();
+        dcs.config = Some(Versioned {
+            value: serde_json::json!({"ttl": ttl, "loop_wait": loop_wait, "retry_timeout": retry}),
+            version: v,
+        });
+        let v = dcs.bump();
+        dcs.leader = Some((names[0].clone(), u64::from(ttl) * 1000, v));
+        for (i, p) in proxies.iter().enumerate() {
+            let _ = i;
+            dcs.proxies.insert(
+                p.id.clone(),
+                (
+                    ProxyState {
+                        leader: Some(names[0].clone()),
+                        since: None,
+                    },
+                    u64::from(ttl) * 1000,
+                ),
+            );
+        }
+        let faults_until = rng.range(60_000, 180_000);
+        let mut sim = Sim {
+            seed,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            dynamic,
+            dcs,
+            agents,
+            pgs,
+            proxies,
+            cut_dcs: vec![false; n],
+            cut_link: vec![vec![false; n]; n],
+            cut_proxy_dcs: vec![false; np],
+            cut_proxy_member: vec![vec![false; n]; np],
+            pending: vec![vec![]; n],
+            acked: vec![],
+            next_branch: 2,
+            promotions: 0,
+            faults_until,
+            healed_at: None,
+            leader_seen_after_heal: false,
+            end: 0,
+            violation: None,
+            tracing,
+            trace: VecDeque::new(),
+            nevents: 0,
+            last_leader: None,
+            opts,
+        };
+        sim.end = faults_until + sim.liveness_window() + 20_000;
+        for i in 0..n {
+            sim.publish(i);
+            let at = sim.rng.range(0, 2000);
+            sim.schedule(at, Ev::Cycle(i, 0));
+        }
+        for p in 0..np {
+            let at = sim.rng.range(0, 500);
+            sim.schedule(at, Ev::ProxyTick(p));
+        }
+        sim.schedule(100, Ev::Tick);
+        sim.schedule(200, Ev::Client);
+        let first_fault = sim.rng.range(20_000, 40_000);
+        sim.schedule(first_fault, Ev::Fault);
+        sim.schedule(faults_until, Ev::Heal);
+        let d = &sim.dynamic;
+        let line = format!(
+            "seed {seed}: {n} members, {np} proxies, ttl {}s loop_wait {}s retry_timeout {}s, synchronous_mode {:?}{}, faults until {} ms",
+            d.ttl,
+            d.loop_wait,
+            d.retry_timeout,
+            d.synchronous_mode,
+            if d.synchronous_mode_strict { " strict" } else { "" },
+            faults_until
+        );
+        sim.log(line);
+        sim
+    }
+
+    fn liveness_window(&self) -> u64 {
+        u64::from(self.dynamic.ttl + self.dynamic.loop_wait) * 1000 + LIVENESS_ALLOWANCE_MS
+    }
+
+    fn log(&mut self, line: String) {
+        self.trace.push_back(format!("{:>7} {line}", self.now));
+        if !self.tracing && self.trace.len() > TRACE_TAIL {
+            self.trace.pop_front();
+        }
+    }
+
+    fn schedule(&mut self, delay: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((self.now + delay, self.seq)));
+        self.events.insert(self.seq, ev);
+    }
+
+    fn n(&self) -> usize {
+        self.agents.len()
+    }
+
+    fn dcs_ok(&self, i: usize) -> bool {
+        !self.dcs.down && !self.cut_dcs[i]
+    }
+
+    fn link_ok(&self, a: usize, b: usize) -> bool {
+        !self.cut_link[a][b]
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.agents.iter().position(|a| a.name == name)
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::from(self.dynamic.ttl) * 1000
+    }
+
+    fn latency(&mut self) -> u64 {
+        if self.rng.chance(1) {
+            self.rng.range(1500, 8000)
+        } else if self.rng.chance(5) {
+            self.rng.range(200, 1500)
+        } else {
+            self.rng.range(1, 40)
+        }
+    }
+
+    fn deadline(&self, i: usize) -> Option<u64> {
+        ha::demote_deadline_ms(
+            self.agents[i].lock_renewed_ms,
+            &self.dynamic,
+            self.wd_timeout(i),
+        )
+    }
+
+    fn wd_timeout(&self, i: usize) -> Option<u32> {
+        self.agents[i]
+            .wd_armed
+            .then(|| self.dynamic.ttl.saturating_sub(SAFETY_MARGIN_SECS))
+    }
+
+    /// How long a failed DCS call of member `i` takes: `retry_timeout`, or less near its demotion
+    /// deadline (the runner's `bounded`).
+    fn dcs_timeout(&self, i: usize) -> u64 {
+        let mut limit = u64::from(self.dynamic.retry_timeout.max(1)) * 1000;
+        if let Some(d) = self.deadline(i) {
+            limit = limit.min(d.saturating_sub(self.now).max(200));
+        }
+        limit
+    }
+
+    fn set_lock_renewed(&mut self, i: usize, at: Option<u64>) {
+        self.agents[i].lock_renewed_ms = at;
+        if let Some(d) = self.deadline(i) {
+            let delay = d.saturating_sub(self.now);
+            self.schedule(delay, Ev::Guard(i, d));
+        }
+    }
+
+    fn cfg(&self, i: usize) -> HaConfig {
+        HaConfig {
+            name: self.agents[i].name.clone(),
+            tags: Tags::default(),
+            dynamic: self.dynamic.clone(),
+            remove_data_on_diverged: false,
+            fence_timeout_ms: 5_000,
+            remove_data_on_rewind_failure: false,
+        }
+    }
+
+    fn ha_now(&self) -> Now {
+        Now {
+            mono_ms: self.now,
+            unix_secs: 1_800_000_000 + (self.now / 1000) as i64,
+        }
+    }
+
+    // ---------------------------------------------------------------- PostgreSQL
+
+    fn standbys(&self, i: usize) -> Vec<ha::sync::Standby> {
+        let guc = &self.pgs[i].guc;
+        let parsed = ha::sync::parse_guc(guc);
+        let mut out = vec![];
+        let mut sync_taken = 0u32;
+        for j in 0..self.n() {
+            if j == i || self.pgs[j].streaming_from.as_deref() != Some(&self.agents[i].name) {
+                continue;
+            }
+            let name = self.agents[j].name.clone();
+            let sync_state = match &parsed {
+                None => {
+                    // `*`: the first streaming standby is synchronous.
+                    sync_taken += 1;
+                    if sync_taken == 1 {
+                        "sync"
+                    } else {
+                        "potential"
+                    }
+                }
+                Some((n, set)) if set.contains(&name) => {
+                    if guc.trim_start().starts_with("ANY") {
+                        "quorum"
+                    } else if sync_taken < *n {
+                        sync_taken += 1;
+                        "sync"
+                    } else {
+                        "potential"
+                    }
+                }
+                Some(_) => "async",
+            };
+            out.push(ha::sync::Standby {
+                name,
+                state: "streaming".into(),
+                sync_state: sync_state.into(),
+                flush_lsn: self.pgs[j].lsn(),
+            });
+        }
+        out
+    }
+
+    fn observe(&self, i: usize) -> (DataDir, Postgres) {
+        if self.agents[i].task.is_some() {
+            return (DataDir::Empty, Postgres::Starting);
+        }
+        let data = DataDir::Initialized {
+            sysid: SYSID.into(),
+        };
+        let pg = &self.pgs[i];
+        let postgres = match pg.state {
+            PgState::Running { primary } => Postgres::Running(Running {
+                is_primary: primary,
+                timeline: pg.tl(),
+                wal_position: pg.lsn(),
+                upstream: if primary {
+                    None
+                } else {
+                    pg.upstream.clone().map(|u| (u, 5432))
+                },
+                standbys: if primary { self.standbys(i) } else { vec![] },
+                sync_standby_names: pg.guc.clone(),
+                slots: vec![],
+            }),
+            PgState::Stopped { .. } => Postgres::Stopped {
+                control: Some(pg.control()),
+            },
+        };
+        (data, postgres)
+    }
+
+    fn stop_pg(&mut self, i: usize, mode: StopMode, why: &str) {
+        let PgState::Running { primary } = self.pgs[i].state else {
+            return;
+        };
+        if mode == StopMode::Fast && primary {
+            // A fast shutdown sends the remaining WAL to the standbys streaming from it.
+            for j in 0..self.n() {
+                if self.pgs[j].streaming_from.as_deref() == Some(&self.agents[i].name)
+                    && self.pgs[j].can_follow(&self.pgs[i])
+                {
+                    self.pgs[j].segs = self.pgs[i].segs.clone();
+                }
+            }
+        }
+        let clean = mode == StopMode::Fast;
+        let pg = &mut self.pgs[i];
+        if clean {
+            pg.checkpoint = (pg.tl(), pg.lsn());
+        }
+        pg.state = PgState::Stopped {
+            clean,
+            was_primary: primary,
+        };
+        pg.streaming_from = None;
+        self.pending[i].clear();
+        let name = self.agents[i].name.clone();
+        self.log(format!("{name}: postgres stopped ({mode:?}, {why})"));
+    }
+
+    fn promote_pg(&mut self, i: usize) {
+        let branch = self.next_branch;
+        self.next_branch += 1;
+        let pg = &mut self.pgs[i];
+        let at = pg.lsn();
+        let tl = pg.tl() + 1;
+        pg.segs.push(Seg {
+            branch,
+            tl,
+            start: at,
+            end: at,
+        });
+        pg.state = PgState::Running { primary: true };
+        pg.upstream = None;
+        pg.streaming_from = None;
+        pg.checkpoint = (tl, at);
+        self.promotions += 1;
+        let name = self.agents[i].name.clone();
+        self.log(format!("{name}: promoted to timeline {tl} at {at}"));
+        self.check_commits(i);
+    }
+
+    /// Under synchronous replication a member that becomes writable holds every acknowledged commit.
+    fn check_commits(&mut self, i: usize) {
+        let checked =
+            self.dynamic.synchronous_mode != SyncMode::Off || self.opts.check_async_commits;
+        if !checked || self.violation.is_some() {
+            return;
+        }
+        if let Some(c) = self
+            .acked
+            .iter()
+            .find(|c| !self.pgs[i].contains(c.branch, c.lsn))
+        {
+            self.violation = Some(Violation::LostCommit {
+                at: self.now,
+                member: self.agents[i].name.clone(),
+                commit: (c.member.clone(), c.lsn),
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------- DCS writes by members
+
+    fn member_data(&self, i: usize, holds: bool) -> MemberData {
+        let a = &self.agents[i];
+        let pg = &self.pgs[i];
+        let (state, role) = match (&a.task, pg.state) {
+            (Some(_), _) => (MemberState::Starting, Role::Replica),
+            (None, PgState::Running { primary: true }) => (MemberState::Running, Role::Primary),
+            (None, PgState::Running { primary: false }) => (MemberState::Running, Role::Replica),
+            (None, PgState::Stopped { .. }) => (
+                MemberState::Stopped,
+                if holds { Role::Primary } else { Role::Replica },
+            ),
+        };
+        let mut d = MemberData {
+            conn_url: Some(format!("postgres://{}:5432/postgres", a.name)),
+            api_url: Some(format!("http://{}:8008/patroni", a.name)),
+            state,
+            role,
+            ..Default::default()
+        };
+        if a.task.is_none() && pg.running() {
+            d.timeline = Some(pg.tl());
+            d.xlog_location = Some(pg.lsn());
+            if role == Role::Replica {
+                d.receive_lsn = Some(pg.lsn());
+                d.replay_lsn = Some(pg.lsn());
+                d.replication_state = Some(
+                    if pg.streaming_from.is_some() {
+                        "streaming"
+                    } else {
+                        "in archive recovery"
+                    }
+                    .into(),
+                );
+            }
+        }
+        d
+    }
+
+    fn publish(&mut self, i: usize) {
+        let holds = self.dcs.leader_alive(self.now) == Some(self.agents[i].name.as_str());
+        let d = self.member_data(i, holds);
+        let exp = self.now + self.ttl_ms();
+        self.dcs
+            .members
+            .insert(self.agents[i].name.clone(), (d, exp));
+    }
+
+    fn wake_watchers(&mut self) {
+        for i in 0..self.n() {
+            if self.agents[i].alive && matches!(self.agents[i].phase, Phase::Idle) && self.dcs_ok(i)
+            {
+                self.agents[i].token += 1;
+                let t = self.agents[i].token;
+                let delay = self.rng.range(5, 300);
+                self.schedule(delay, Ev::Cycle(i, t));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- the agent's loop
+
+    fn cycle_event(&mut self, i: usize, token: u64) {
+        if !self.agents[i].alive || token != self.agents[i].token {
+            return;
+        }
+        if self.agents[i].frozen_until > self.now {
+            let d = self.agents[i].frozen_until - self.now;
+            self.schedule(d, Ev::Cycle(i, token));
+            return;
+        }
+        let phase = std::mem::replace(&mut self.agents[i].phase, Phase::Idle);
+        match phase {
+            Phase::Idle => self.start_cycle(i),
+            Phase::Reading { view } => self.decide_and_act(i, view),
+            Phase::Acting {
+                view,
+                actions,
+                await_until,
+            } => self.act(i, view, actions, await_until),
+        }
+    }
+
+    fn start_cycle(&mut self, i: usize) {
+        let wd = self.wd_timeout(i);
+        if ha::past_demote_deadline(
+            self.agents[i].lock_renewed_ms,
+            &self.dynamic,
+            wd,
+            false,
+            self.now,
+        ) {
+            self.agents[i].lock_renewed_ms = None;
+            self.stop_pg(
+                i,
+                StopMode::Immediate,
+                "past the demotion deadline at cycle start",
+            );
+        }
+        // collect_task
+        if self.agents[i].task.is_none() && self.agents[i].task_failed {
+            self.agents[i].task_failed = false;
+        }
+        let (view, delay) = if self.dcs_ok(i) {
+            (Some(self.dcs.view(self.now)), self.latency())
+        } else {
+            (None, self.dcs_timeout(i))
+        };
+        self.agents[i].phase = Phase::Reading { view };
+        let t = self.agents[i].token;
+        self.schedule(delay, Ev::Cycle(i, t));
+    }
+
+    fn peers(&self, i: usize, view: &Cluster) -> Vec<PeerStatus> {
+        let mut out = vec![];
+        for j in 0..self.n() {
+            if j == i || !self.link_ok(i, j) {
+                continue;
+            }
+            let a = &self.agents[j];
+            if !a.alive || a.frozen_until > self.now || view.member(&a.name).is_none() {
+                continue;
+            }
+            let pg = &self.pgs[j];
+            out.push(PeerStatus {
+                name: a.name.clone(),
+                is_running_primary: pg.writable(),
+                is_running: pg.running() && a.task.is_none(),
+                wal_position: pg.lsn(),
+                timeline: pg.tl(),
+                nofailover: false,
+                failover_priority: 1,
+            });
+        }
+        out
+    }
+
+    fn decide_and_act(&mut self, i: usize, view: Option<Cluster>) {
+        let me = self.agents[i].name.clone();
+        if let Some(v) = &view {
+            let holds = v.leader.as_ref().is_some_and(|l| l.name == me);
+            if !holds {
+                self.agents[i].lock_renewed_ms = None;
+                self.agents[i].primary_start_began_ms = None;
+            }
+            if let Some(l) = v.leader.as_ref().filter(|l| l.name != me) {
+                if let Some(up) = ha::upstream_of(v, &l.name) {
+                    self.agents[i].former_leader = Some(up);
+                }
+            }
+        }
+        let (data, postgres) = self.observe(i);
+        let peers = if ha::needs_peers(view.as_ref(), &me) {
+            Some(self.peers(i, view.as_ref().expect("needs_peers implies a view")))
+        } else {
+            None
+        };
+        let a = &self.agents[i];
+        let local = LocalState {
+            data,
+            postgres,
+            task: a.task.as_ref().map(|t| t.0),
+            won_initialize: false,
+            lock_renewed_ms: a.lock_renewed_ms,
+            watchdog_timeout_secs: self.wd_timeout(i),
+            watchdog: match (self.opts.watchdog, a.wd_armed) {
+                (false, _) => WatchdogState::Off,
+                (true, true) => WatchdogState::Armed,
+                (true, false) => WatchdogState::NotArmed,
+            },
+            peers,
+            primary_start_began_ms: a.primary_start_began_ms,
+            former_leader: a.former_leader.clone(),
+            sync_catchup_lsn: a.sync_catchup_lsn,
+            retained_members: vec![],
+            unfenced: a.unfenced.clone(),
+            failed_task: a.failed_task,
+            failsafe_confirmed: None,
+            proxies_wait_began_ms: a
+                .proxies_wait_since
+                .as_ref()
+                .filter(|(f, _)| a.former_leader.as_ref().is_some_and(|l| l.member == *f))
+                .map(|(_, t)| *t),
+            granted_ttl: None,
+        };
+        let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
+        self.log(format!("{me}: {} -> {:?}", d.reason, d.actions));
+        self.act(i, view, d.actions.into(), None);
+    }
+
+    /// Executes the next action (one per event, each taking simulated time).
+    fn act(
+        &mut self,
+        i: usize,
+        view: Option<Cluster>,
+        mut actions: VecDeque<Action>,
+        await_until: Option<u64>,
+    ) {
+        let Some(action) = actions.pop_front() else {
+            return self.end_cycle(i, view.is_some());
+        };
+        let me = self.agents[i].name.clone();
+        let now = self.now;
+        let ttl = self.ttl_ms();
+        let ok = self.dcs_ok(i);
+        // (done, time taken)
+        let (done, took): (bool, u64) = match &action {
+            Action::AcquireLeader => {
+                if !ok {
+                    (false, self.dcs_timeout(i))
+                } else if self.dcs.leader_alive(now).is_none() {
+                    let v = self.dcs.bump();
+                    self.dcs.leader = Some((me.clone(), now + ttl, v));
+                    self.wake_watchers();
+                    if self.rng.chance(2) {
+                        // The DCS took the lock but the reply was lost: the agent saw an error.
+                        self.log(format!("{me}: acquired the leader lock, reply lost"));
+                        let t = self.dcs_timeout(i);
+                        actions.clear();
+                        self.agents[i].phase = Phase::Acting {
+                            view,
+                            actions,
+                            await_until: None,
+                        };
+                        let tok = self.agents[i].token;
+                        self.schedule(t, Ev::Cycle(i, tok));
+                        return;
+                    }
+                    self.set_lock_renewed(i, Some(now));
+                    self.agents[i].wd_fed = now;
+                    self.log(format!("{me}: acquired the leader lock"));
+                    (true, self.latency())
+                } else {
+                    (false, self.latency())
+                }
+            }
+            Action::RenewLeader => {
+                if !ok {
+                    (false, self.dcs_timeout(i))
+                } else if self.dcs.leader_alive(now) == Some(me.as_str()) {
+                    if let Some(l) = self.dcs.leader.as_mut() {
+                        l.1 = now + ttl;
+                    }
+                    if self.rng.chance(2) {
+                        // Renewed, but the reply was lost: the agent keeps its older renewal.
+                        self.log(format!("{me}: renewed the leader lock, reply lost"));
+                        (false, self.dcs_timeout(i))
+                    } else {
+                        self.set_lock_renewed(i, Some(now));
+                        self.agents[i].wd_fed = now;
+                        (true, self.latency())
+                    }
+                } else {
+                    self.set_lock_renewed(i, None);
+                    self.log(format!("{me}: lost the leader lock"));
+                    (false, self.latency())
+                }
+            }
+            Action::ReleaseLeader => {
+                if !ok {
+                    (false, self.dcs_timeout(i))
+                } else {
+                    let mine = self.dcs.leader_alive(now) == Some(me.as_str());
+                    if mine {
+                        self.dcs.leader = None;
+                        self.log(format!("{me}: released the leader lock"));
+                        self.wake_watchers();
+                    }
+                    self.set_lock_renewed(i, None);
+                    (mine, self.latency())
+                }
+            }
+            Action::ArmWatchdog => {
+                self.agents[i].wd_armed = self.opts.watchdog;
+                self.agents[i].wd_fed = now;
+                (true, 1)
+            }
+            Action::FencePrimary {
+                host, answer_ms, ..
+            } => {
+                let target = self.index(host);
+                match target {
+                    Some(t) if t != i && self.link_ok(i, t) => {
+                        if self.pgs[t].writable() {
+                            self.stop_pg(t, StopMode::Fast, &format!("fenced by {me}"));
+                        }
+                        (true, self.latency() + 50)
+                    }
+                    Some(t) if t == i => (true, 1),
+                    _ => {
+                        self.agents[i].unfenced = Some((host.clone(), 5432));
+                        (true, *answer_ms)
+                    }
+                }
+            }
+            Action::FenceInBackground { host, .. } => {
+                if let Some(t) = self.index(host) {
+                    if self.link_ok(i, t) {
+                        if self.pgs[t].writable() {
+                            self.stop_pg(
+                                t,
+                                StopMode::Fast,
+                                &format!("fenced by {me} in background"),
+                            );
+                        }
+                        self.agents[i].unfenced = None;
+                    }
+                }
+                (true, 1)
+            }
+            Action::AwaitProxies { former, wait_ms } => {
+                if !matches!(&self.agents[i].proxies_wait_since, Some((f, _)) if f == former) {
+                    self.agents[i].proxies_wait_since = Some((former.clone(), now));
+                }
+                let until = await_until.unwrap_or(now + wait_ms);
+                let clear = ok && self.dcs.view(now).proxies_routing_to(former).is_empty();
+                if clear {
+                    (true, self.latency())
+                } else if now >= until {
+                    (false, 1)
+                } else {
+                    // Poll again in 50 ms.
+                    actions.push_front(action.clone());
+                    self.agents[i].phase = Phase::Acting {
+                        view,
+                        actions,
+                        await_until: Some(until),
+                    };
+                    let t = self.agents[i].token;
+                    self.schedule(50, Ev::Cycle(i, t));
+                    return;
+                }
+            }
+            Action::Promote => {
+                if self.pgs[i].state == (PgState::Running { primary: false }) {
+                    self.promote_pg(i);
+                    self.agents[i].proxies_wait_since = None;
+                    (true, self.rng.range(50, 500))
+                } else {
+                    (false, 1)
+                }
+            }
+            Action::Stop(mode) => {
+                self.stop_pg(i, *mode, "decided");
+                self.set_lock_renewed(i, None);
+                self.agents[i].wd_armed = false;
+                (true, self.rng.range(50, 500))
+            }
+            Action::Follow(up) => {
+                self.pgs[i].upstream = up.as_ref().map(|u| u.host.clone());
+                (true, self.rng.range(5, 50))
+            }
+            Action::SetSyncStandbyNames(g) => {
+                self.pgs[i].guc = g.clone();
+                self.agents[i].sync_catchup_lsn = self.pgs[i].lsn();
+                self.release_waiters(i);
+                (true, self.rng.range(5, 50))
+            }
+            Action::WriteSync(s) => {
+                if ok {
+                    let v = self.dcs.bump();
+                    self.dcs.sync = Some(Versioned {
+                        value: s.clone(),
+                        version: v,
+                    });
+                    (true, self.latency())
+                } else {
+                    (false, self.dcs_timeout(i))
+                }
+            }
+            Action::WriteStatus => {
+                if ok {
+                    self.dcs.status = Some(Status {
+                        optime: self.pgs[i].lsn(),
+                        ..Default::default()
+                    });
+                    (true, self.latency())
+                } else {
+                    (false, self.dcs_timeout(i))
+                }
+            }
+            Action::UpdateHistory => {
+                if ok {
+                    let mut entries = self
+                        .dcs
+                        .history
+                        .as_ref()
+                        .map(|h| h.value.clone())
+                        .unwrap_or_default();
+                    let segs = self.pgs[i].segs.clone();
+                    for w in segs.windows(2) {
+                        if !entries.iter().any(|e| e.timeline == w[0].tl) {
+                            entries.push(HistoryEntry {
+                                timeline: w[0].tl,
+                                lsn: w[0].end,
+                                reason: "no recovery target specified".into(),
+                                timestamp: None,
+                                new_leader: None,
+                            });
+                        }
+                    }
+                    entries.sort_by_key(|e| e.timeline);
+                    let v = self.dcs.bump();
+                    self.dcs.history = Some(Versioned {
+                        value: entries,
+                        version: v,
+                    });
+                    (true, self.latency())
+                } else {
+                    (false, self.dcs_timeout(i))
+                }
+            }
+            Action::ClearFailover(version) => {
+                if ok {
+                    if self
+                        .dcs
+                        .failover
+                        .as_ref()
+                        .is_some_and(|f| f.version == *version)
+                    {
+                        self.dcs.failover = None;
+                    }
+                    (true, self.latency())
+                } else {
+                    (false, self.dcs_timeout(i))
+                }
+            }
+            Action::WriteFailsafe(m) => {
+                if ok {
+                    self.dcs.failsafe = (!m.is_empty()).then(|| m.clone());
+                    (true, self.latency())
+                } else {
+                    (false, self.dcs_timeout(i))
+                }
+            }
+            Action::EnsureSlots(_) | Action::DropSlots(_) | Action::AdvanceSlots(_) => (true, 1),
+            Action::AbortTask => {
+                self.agents[i].task = None;
+                self.agents[i].task_token += 1;
+                (true, 1)
+            }
+            Action::Start(_) | Action::Rewind(_) | Action::CrashRecovery => {
+                let kind = action.task().expect("background");
+                if action == Action::Start(StartAs::Primary)
+                    && self.agents[i].primary_start_began_ms.is_none()
+                {
+                    self.agents[i].primary_start_began_ms = Some(now);
+                }
+                self.agents[i].task = Some((kind, action.clone()));
+                self.agents[i].task_token += 1;
+                let took = match kind {
+                    Task::Start => self.rng.range(500, 3000),
+                    Task::CrashRecovery => self.rng.range(300, 1500),
+                    _ => self.rng.range(1000, 5000),
+                };
+                let t = self.agents[i].task_token;
+                self.schedule(took, Ev::Task(i, t));
+                (false, 1)
+            }
+            Action::KeepLeadingInFailsafe
+            | Action::RaceInitialize
+            | Action::Bootstrap
+            | Action::CreateInitialize { .. }
+            | Action::PublishInitialize { .. }
+            | Action::Clone { .. }
+            | Action::RemoveDataDirectory
+            | Action::Fatal(_) => {
+                if self.violation.is_none() {
+                    self.violation = Some(Violation::Unexpected {
+                        at: now,
+                        member: me.clone(),
+                        action: format!("{action:?}"),
+                    });
+                }
+                (false, 1)
+            }
+        };
+        if !done {
+            actions.clear();
+            self.log(format!("{me}: {action:?} not done: end of the list"));
+        }
+        self.agents[i].phase = Phase::Acting {
+            view,
+            actions,
+            await_until: None,
+        };
+        let t = self.agents[i].token;
+        self.schedule(took, Ev::Cycle(i, t));
+    }
+
+    fn end_cycle(&mut self, i: usize, had_view: bool) {
+        let me = self.agents[i].name.clone();
+        let holds = self.dcs.leader_alive(self.now) == Some(me.as_str());
+        if had_view && !holds && !self.pgs[i].writable() {
+            self.agents[i].wd_armed = false;
+        }
+        if self.pgs[i].writable() {
+            self.agents[i].primary_start_began_ms = None;
+        }
+        if had_view && self.dcs_ok(i) {
+            self.publish(i);
+        }
+        self.agents[i].phase = Phase::Idle;
+        let mut wait = u64::from(self.dynamic.loop_wait) * 1000;
+        if let Some(d) = self.deadline(i) {
+            let left = d.saturating_sub(self.now).max(200);
+            wait = wait.min(left - 200);
+        }
+        self.agents[i].token += 1;
+        let t = self.agents[i].token;
+        self.schedule(wait.max(1), Ev::Cycle(i, t));
+    }
+
+    fn task_event(&mut self, i: usize, token: u64) {
+        if token != self.agents[i].task_token || self.agents[i].task.is_none() {
+            return;
+        }
+        if !self.agents[i].alive {
+            return;
+        }
+        if self.agents[i].frozen_until > self.now {
+            let d = self.agents[i].frozen_until - self.now;
+            self.schedule(d, Ev::Task(i, token));
+            return;
+        }
+        let (kind, action) = self.agents[i].task.take().expect("checked");
+        let me = self.agents[i].name.clone();
+        let mut failed = false;
+        match action {
+            Action::Start(StartAs::Primary) => {
+                let was_primary = matches!(
+                    self.pgs[i].state,
+                    PgState::Stopped {
+                        was_primary: true,
+                        ..
+                    }
+                );
+                if was_primary {
+                    self.pgs[i].state = PgState::Running { primary: true };
+                    self.pgs[i].upstream = None;
+                    self.log(format!("{me}: started as primary"));
+                    self.check_commits(i);
+                } else {
+                    // A replica's data directory started without standby.signal ends recovery.
+                    self.promote_pg(i);
+                }
+            }
+            Action::Start(StartAs::Replica { upstream }) => {
+                self.pgs[i].state = PgState::Running { primary: false };
+                self.pgs[i].upstream = upstream.map(|u| u.host);
+                self.log(format!("{me}: started as replica"));
+            }
+            Action::Rewind(up) => match self.index(&up.host) {
+                Some(t) if self.link_ok(i, t) && self.pgs[t].running() => {
+                    self.pgs[i].segs = self.pgs[t].segs.clone();
+                    self.pgs[i].checkpoint = (self.pgs[i].tl(), self.pgs[i].lsn());
+                    self.pgs[i].state = PgState::Running { primary: false };
+                    self.pgs[i].upstream = Some(up.host.clone());
+                    self.log(format!(
+                        "{me}: rewound from {} and started as replica",
+                        up.host
+                    ));
+                }
+                _ => failed = true,
+            },
+            Action::CrashRecovery => {
+                if let PgState::Stopped { was_primary, .. } = self.pgs[i].state {
+                    self.pgs[i].state = PgState::Stopped {
+                        clean: true,
+                        was_primary,
+                    };
+                    self.pgs[i].checkpoint = (self.pgs[i].tl(), self.pgs[i].lsn());
+                }
+                self.log(format!("{me}: crash recovery done"));
+            }
+            _ => unreachable!("only these run in the background here"),
+        }
+        if failed {
+            self.agents[i].failed_task = Some((kind, self.now));
+            self.log(format!("{me}: {kind:?} failed"));
+        } else {
+            self.agents[i].failed_task = None;
+        }
+        // task_done wakes the loop.
+        if matches!(self.agents[i].phase, Phase::Idle) {
+            self.agents[i].token += 1;
+            let t = self.agents[i].token;
+            self.schedule(1, Ev::Cycle(i, t));
+        }
+    }
+
+    fn guard_event(&mut self, i: usize, deadline: u64) {
+        let a = &self.agents[i];
+        if a.alive && a.frozen_until > self.now {
+            // The guard is a task of the frozen process: its timer fires on the thaw, racing the
+            // loop's own next step.
+            let d = a.frozen_until - self.now;
+            self.schedule(d, Ev::Guard(i, deadline));
+            return;
+        }
+        if !a.alive || self.deadline(i) != Some(deadline) {
+            return;
+        }
+        if self.pgs[i].running() {
+            self.stop_pg(i, StopMode::Immediate, "deadline guard");
+        }
+    }
+
+    // ---------------------------------------------------------------- replication, clients
+
+    /// Releases commits waiting on `i` whose `synchronous_standby_names` is now satisfied.
+    fn release_waiters(&mut self, i: usize) {
+        if self.pending[i].is_empty() {
+            return;
+        }
+        let guc = self.pgs[i].guc.clone();
+        let standbys = self.standbys(i);
+        let parsed = ha::sync::parse_guc(&guc);
+        let pending = std::mem::take(&mut self.pending[i]);
+        let mut keep = vec![];
+        for (branch, lsn) in pending {
+            let has = |name: &str| {
+                self.index(name)
+                    .is_some_and(|j| self.pgs[j].contains(branch, lsn))
+            };
+            let ok = match &parsed {
+                Some((0, _)) => true,
+                None => standbys.iter().any(|s| has(&s.name)),
+                Some((n, _)) => {
+                    let voters: Vec<&ha::sync::Standby> = standbys
+                        .iter()
+                        .filter(|s| s.sync_state == "sync" || s.sync_state == "quorum")
+                        .collect();
+                    voters.len() as u32 >= *n
+                        && voters.iter().filter(|s| has(&s.name)).count() as u32 >= *n
+                }
+            };
+            if ok {
+                self.acked.push(Commit {
+                    member: self.agents[i].name.clone(),
+                    branch,
+                    lsn,
+                });
+            } else {
+                keep.push((branch, lsn));
+            }
+        }
+        self.pending[i] = keep;
+    }
+
+    fn tick(&mut self) {
+        let n = self.n();
+        for j in 0..n {
+            let PgState::Running { primary: false } = self.pgs[j].state else {
+                continue;
+            };
+            let up = self.pgs[j].upstream.clone().and_then(|u| self.index(&u));
+            let streaming = up.filter(|&u| {
+                u != j
+                    && self.link_ok(j, u)
+                    && self.pgs[u].running()
+                    && self.pgs[j].can_follow(&self.pgs[u])
+            });
+            self.pgs[j].streaming_from = streaming.map(|u| self.agents[u].name.clone());
+            if let Some(u) = streaming {
+                if self.rng.chance(80) {
+                    self.pgs[j].segs = self.pgs[u].segs.clone();
+                }
+            }
+        }
+        for i in 0..n {
+            if self.pgs[i].writable() {
+                self.release_waiters(i);
+            }
+            if self.pgs[i].running() && self.rng.chance(5) {
+                let pg = &mut self.pgs[i];
+                pg.checkpoint = (pg.tl(), pg.lsn());
+            }
+            // The watchdog fires when not fed in time (also while the agent is frozen or dead).
+            let a = &self.agents[i];
+            if a.wd_armed {
+                let timeout = u64::from(self.dynamic.ttl.saturating_sub(SAFETY_MARGIN_SECS)) * 1000;
+                if self.now >= a.wd_fed + timeout {
+                    self.log(format!("{}: watchdog fired: node reset", a.name));
+                    self.stop_pg(i, StopMode::Immediate, "watchdog");
+                    self.restart_agent(i);
+                }
+            }
+        }
+        // Lease expiry of the leader key wakes the watchers.
+        let leader = self.dcs.leader_alive(self.now).map(str::to_string);
+        if leader != self.last_leader {
+            if leader.is_none() && self.dcs.leader.is_some() {
+                self.log("leader key expired".into());
+                self.dcs.leader = None;
+                self.wake_watchers();
+            }
+            self.last_leader = leader;
+        }
+        self.schedule(100, Ev::Tick);
+    }
+
+    fn restart_agent(&mut self, i: usize) {
+        let a = &mut self.agents[i];
+        a.alive = true;
+        a.frozen_until = 0;
+        a.token += 1;
+        a.phase = Phase::Idle;
+        a.lock_renewed_ms = None;
+        a.proxies_wait_since = None;
+        a.sync_catchup_lsn = 0;
+        if a.task.take().is_some() {
+            // The task's process died with the node or the agent.
+            a.task_token += 1;
+        }
+        a.failed_task = None;
+        a.primary_start_began_ms = None;
+        a.unfenced = None;
+        a.wd_armed = false;
+        let t = a.token;
+        let d = self.rng.range(500, 3000);
+        self.schedule(d, Ev::Cycle(i, t));
+    }
+
+    fn client(&mut self) {
+        let np = self.proxies.len();
+        let n = self.n();
+        let k = self.rng.pick(np + n);
+        let target = if k < np {
+            let p = &self.proxies[k];
+            if p.suspended {
+                None
+            } else {
+                p.routed
+                    .as_deref()
+                    .and_then(|m| self.index(m))
+                    .filter(|&m| !self.cut_proxy_member[k][m])
+            }
+        } else {
+            Some(k - np)
+        };
+        if let Some(m) = target {
+            if self.pgs[m].writable() {
+                let step = self.rng.range(8, 400);
+                let seg = self.pgs[m].segs.last_mut().expect("wal");
+                seg.end += step;
+                let (branch, lsn) = (seg.branch, seg.end);
+                self.pending[m].push((branch, lsn));
+                self.release_waiters(m);
+            }
+        }
+        let d = self.rng.range(20, 300);
+        self.schedule(d, Ev::Client);
+    }
+
+    // ---------------------------------------------------------------- proxies
+
+    fn proxy_tick(&mut self, p: usize) {
+        let ttl = self.dynamic.ttl;
+        let deadline = ProxyState::contact_deadline_within(ttl, None).as_millis() as u64;
+        let now = self.now;
+        let ok = !self.dcs.down && !self.cut_proxy_dcs[p];
+        if ok {
+            let view = self.dcs.view(now);
+            let wanted = praetor_proxy::topology_from_cluster(&view)
+                .leader
+                .map(|b| b.member);
+            let id = self.proxies[p].id.clone();
+            let px = &mut self.proxies[p];
+            if px.acked.as_ref() != Some(&wanted) {
+                // Fence the former leader (close its connections), acknowledge, then route.
+                px.routed = None;
+                px.acked = Some(wanted.clone());
+                px.routed = wanted.clone();
+                px.suspended = false;
+                px.last_ok = now;
+                self.dcs.proxies.insert(
+                    id,
+                    (
+                        ProxyState {
+                            leader: wanted.clone(),
+                            since: None,
+                        },
+                        now + u64::from(ttl) * 1000,
+                    ),
+                );
+                self.log(format!("proxy{p}: routes writes to {wanted:?}"));
+            } else if now >= px.last_ok + praetor_proxy::heartbeat_interval(ttl).as_millis() as u64
+            {
+                px.last_ok = now;
+                let leader = px.acked.clone().flatten();
+                self.dcs.proxies.insert(
+                    id,
+                    (
+                        ProxyState {
+                            leader,
+                            since: None,
+                        },
+                        now + u64::from(ttl) * 1000,
+                    ),
+                );
+            }
+        }
+        let px = &mut self.proxies[p];
+        if now >= px.last_ok + deadline && !px.suspended {
+            px.suspended = true;
+            px.routed = None;
+            px.acked = None;
+            self.log(format!("proxy{p}: no DCS contact: stopped serving"));
+        }
+        let d = self.rng.range(100, 700);
+        self.schedule(d, Ev::ProxyTick(p));
+    }
+
+    // ---------------------------------------------------------------- faults
+
+    fn draw_fault(&mut self) -> Fault {
+        let n = self.n();
+        let np = self.proxies.len();
+        let m = self.rng.pick(n);
+        let other = (m + 1 + self.rng.pick(n - 1)) % n;
+        match self.rng.pick(10) {
+            0 => Fault::CrashPg(m),
+            1 => Fault::KillAgent(m),
+            2 => Fault::Freeze(m, self.rng.range(2_000, 60_000)),
+            3 => Fault::CutDcs(m),
+            4 => Fault::DcsDown,
+            5 => Fault::CutLink(m, other),
+            6 => Fault::CutProxyDcs(self.rng.pick(np)),
+            7 => Fault::CutProxyMember(self.rng.pick(np), m),
+            8 => Fault::Switchover(self.rng.chance(50).then_some(other)),
+            _ => Fault::Freeze(
+                self.leader_index().unwrap_or(m),
+                self.rng.range(5_000, 60_000),
+            ),
+        }
+    }
+
+    fn leader_index(&self) -> Option<usize> {
+        self.dcs.leader_alive(self.now).and_then(|l| self.index(l))
+    }
+
+    fn fault(&mut self) {
+        if self.now >= self.faults_until {
+            return;
+        }
+        let f = self.draw_fault();
+        self.log(format!("FAULT {f:?}"));
+        match f {
+            Fault::CrashPg(m) => self.stop_pg(m, StopMode::Immediate, "crash"),
+            Fault::KillAgent(m) => {
+                self.agents[m].alive = false;
+            }
+            Fault::Freeze(m, d) => {
+                self.agents[m].frozen_until = self.agents[m].frozen_until.max(self.now + d);
+            }
+            Fault::CutDcs(m) => self.cut_dcs[m] = true,
+            Fault::DcsDown => self.dcs.down = true,
+            Fault::CutLink(a, b) => {
+                self.cut_link[a][b] = true;
+                self.cut_link[b][a] = true;
+            }
+            Fault::CutProxyDcs(p) => self.cut_proxy_dcs[p] = true,
+            Fault::CutProxyMember(p, m) => self.cut_proxy_member[p][m] = true,
+            Fault::Switchover(candidate) => {
+                if let Some(l) = self.dcs.leader_alive(self.now).map(str::to_string) {
+                    let v = self.dcs.bump();
+                    self.dcs.failover = Some(Versioned {
+                        value: Failover {
+                            leader: Some(l),
+                            member: candidate.map(|c| self.agents[c].name.clone()),
+                            scheduled_at: None,
+                        },
+                        version: v,
+                    });
+                    self.wake_watchers();
+                }
+            }
+        }
+        // Most faults heal on their own before the global heal.
+        if self.rng.chance(60) {
+            let d = self.rng.range(1_000, 40_000);
+            self.schedule(d, Ev::HealFault(f));
+        }
+        let d = self.rng.range(2_000, 30_000);
+        self.schedule(d, Ev::Fault);
+    }
+
+    /// A fault that heals on its own before the global heal.
+    fn heal_fault(&mut self, f: Fault) {
+        if self.healed_at.is_some() {
+            return;
+        }
+        self.log(format!("heals: {f:?}"));
+        match f {
+            Fault::KillAgent(m) if !self.agents[m].alive => self.restart_agent(m),
+            Fault::CutDcs(m) => self.cut_dcs[m] = false,
+            Fault::DcsDown => self.dcs.down = false,
+            Fault::CutLink(a, b) => {
+                self.cut_link[a][b] = false;
+                self.cut_link[b][a] = false;
+            }
+            Fault::CutProxyDcs(p) => self.cut_proxy_dcs[p] = false,
+            Fault::CutProxyMember(p, m) => self.cut_proxy_member[p][m] = false,
+            _ => {}
+        }
+    }
+
+    fn heal(&mut self) {
+        self.log("HEAL: every fault heals".into());
+        self.dcs.down = false;
+        for i in 0..self.n() {
+            self.cut_dcs[i] = false;
+            for j in 0..self.n() {
+                self.cut_link[i][j] = false;
+            }
+            if !self.agents[i].alive {
+                self.restart_agent(i);
+            }
+            if self.agents[i].frozen_until > self.now {
+                // Thawed now: its pending steps were postponed to the end of the freeze.
+                self.agents[i].frozen_until = self.now;
+                self.agents[i].token += 1;
+                let t = self.agents[i].token;
+                self.schedule(1, Ev::Cycle(i, t));
+                if self.agents[i].task.is_some() {
+                    let t = self.agents[i].task_token;
+                    self.schedule(1, Ev::Task(i, t));
+                }
+                if let Some(d) = self.deadline(i) {
+                    self.schedule(d.saturating_sub(self.now).max(1), Ev::Guard(i, d));
+                }
+            }
+        }
+        for p in 0..self.proxies.len() {
+            self.cut_proxy_dcs[p] = false;
+            for m in 0..self.n() {
+                self.cut_proxy_member[p][m] = false;
+            }
+        }
+        self.healed_at = Some(self.now);
+    }
+
+    // ---------------------------------------------------------------- invariants
+
+    fn check(&mut self) {
+        if self.violation.is_some() {
+            return;
+        }
+        let writable: Vec<String> = (0..self.n())
+            .filter(|&i| self.pgs[i].writable())
+            .map(|i| self.agents[i].name.clone())
+            .collect();
+        if writable.len() > 1 {
+            self.violation = Some(Violation::TwoWritable {
+                at: self.now,
+                members: writable,
+            });
+            return;
+        }
+        if let Some(h) = self.healed_at {
+            if !self.leader_seen_after_heal {
+                let leader = self.dcs.leader_alive(self.now).map(str::to_string);
+                let routed = self.proxies.iter().any(|p| {
+                    !p.suspended
+                        && p.routed.is_some()
+                        && p.routed == leader
+                        && p.routed
+                            .as_deref()
+                            .and_then(|m| self.index(m))
+                            .is_some_and(|m| self.pgs[m].writable())
+                });
+                if routed {
+                    self.leader_seen_after_heal = true;
+                    self.log(format!(
+                        "writable leader {leader:?} routed {} ms after the heal",
+                        self.now - h
+                    ));
+                } else if self.now > h + self.liveness_window() {
+                    self.violation = Some(Violation::NoLeaderAfterHeal {
+                        healed_at: h,
+                        deadline: h + self.liveness_window(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn run(mut self) -> Report {
+        while let Some(Reverse((at, seq))) = self.queue.pop() {
+            if at > self.end || self.violation.is_some() {
+                break;
+            }
+            self.now = at;
+            self.nevents += 1;
+            let ev = self.events.remove(&seq).expect("event");
+            match ev {
+                Ev::Cycle(i, t) => self.cycle_event(i, t),
+                Ev::Task(i, t) => self.task_event(i, t),
+                Ev::Guard(i, d) => self.guard_event(i, d),
+                Ev::Tick => self.tick(),
+                Ev::ProxyTick(p) => self.proxy_tick(p),
+                Ev::Client => self.client(),
+                Ev::Fault => self.fault(),
+                Ev::HealFault(f) => self.heal_fault(f),
+                Ev::Heal => self.heal(),
+            }
+            self.check();
+        }
+        if let Some(v) = &self.violation {
+            let line = format!("VIOLATION {v:?}");
+            self.log(line);
+        }
+        Report {
+            seed: self.seed,
+            violation: self.violation.clone(),
+            trace: self.trace.into_iter().collect(),
+            acked: self.acked.len(),
+            promotions: self.promotions,
+            events: self.nevents,
+        }
+    }
+}
+
+/// Runs one seed. With `trace`, the report holds every event; otherwise the last few hundred.
+pub fn run_seed(seed: u64, trace: bool) -> Report {
+    Sim::new(seed, trace, Options::default()).run()
+}
+
+/// Runs one seed with `opts` (see [`Options`]).
+pub fn run_seed_with(seed: u64, trace: bool, opts: Options) -> Report {
+    Sim::new(seed, trace, opts).run()
+}
+
+/// Formats a failing report: the violation, the trace, and the command that replays it.
+pub fn explain(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "seed {} violated an invariant: {:?}",
+        r.seed, r.violation
+    );
+    for l in &r.trace {
+        let _ = writeln!(s, "{l}");
+    }
+    let _ = writeln!(
+        s,
+        "replay: cargo run --release -p praetor-sim -- --seed {} --trace",
+        r.seed
+    );
+    s
+}

@@ -1,0 +1,84 @@
+//! `praetor-sim`: runs many seeds of the HA simulation and reports seeds per minute, or replays one.
+//!
+//! ```text
+//! praetor-sim --seeds 10000 [--from 0]   # run seeds from..from+N, print seeds/minute, fail on a violation
+//! praetor-sim --seed 42 --trace          # replay one seed with its full trace
+//! ```
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seeds: u64 = 10_000;
+    let mut from: u64 = 0;
+    let mut one: Option<u64> = None;
+    let mut trace = false;
+    let mut keep_going = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> u64 {
+            it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                eprintln!("{name} needs a number");
+                std::process::exit(2)
+            })
+        };
+        match a.as_str() {
+            "--seeds" => seeds = num("--seeds"),
+            "--from" => from = num("--from"),
+            "--seed" => one = Some(num("--seed")),
+            "--trace" => trace = true,
+            "--keep-going" => keep_going = true,
+            other => {
+                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] | --seed S [--trace]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(s) = one {
+        let r = praetor_sim::run_seed(s, trace);
+        if trace || r.violation.is_some() {
+            print!("{}", praetor_sim::explain(&r));
+        }
+        println!(
+            "seed {s}: {} events, {} commits acknowledged, {} promotions, violation: {:?}",
+            r.events, r.acked, r.promotions, r.violation
+        );
+        return if r.violation.is_some() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let started = Instant::now();
+    let (mut failed, mut acked, mut promotions, mut events) = (vec![], 0usize, 0usize, 0u64);
+    for s in from..from + seeds {
+        let r = praetor_sim::run_seed(s, false);
+        acked += r.acked;
+        promotions += r.promotions;
+        events += r.events;
+        if let Some(v) = &r.violation {
+            if failed.is_empty() && !keep_going {
+                print!("{}", praetor_sim::explain(&r));
+            }
+            println!("seed {s}: {v:?}");
+            failed.push(s);
+            if !keep_going {
+                break;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ran = seeds.min(failed.first().map_or(seeds, |f| f - from + 1));
+    let ran = if keep_going { seeds } else { ran };
+    println!(
+        "{ran} seeds in {secs:.1} s: {:.0} seeds/minute ({events} events, {acked} commits acknowledged, {promotions} promotions); {} failing: {failed:?}",
+        ran as f64 * 60.0 / secs,
+        failed.len()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,92 @@
+//! The simulation in CI: many seeds, the seeds that once found a violation, and proof that the
+//! invariants have teeth (a world weakened on purpose is caught).
+//!
+//! A seed's run depends on the simulation's code as well as on `decide`: a regression seed below
+//! replays the schedule that found the bug when it was kept; after changes to the simulation it
+//! still runs (and must pass) but may no longer drive the same path. The rows named in
+//! `agent/src/ha/tests.rs` pin the rules themselves.
+
+use praetor_sim::{explain, run_seed, run_seed_with, Options, Violation};
+
+/// Seeds run by `ci_seeds`: `PRAETOR_SIM_SEEDS`, default 1000.
+fn ci_count() -> u64 {
+    std::env::var("PRAETOR_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+fn assert_clean(seed: u64) {
+    let r = run_seed(seed, false);
+    assert!(r.violation.is_none(), "{}", explain(&r));
+}
+
+#[test]
+fn ci_seeds() {
+    for seed in 0..ci_count() {
+        assert_clean(seed);
+    }
+}
+
+/// Synchronous mode: the leader lost its lock while the `sync` key listed nobody; no member was
+/// allowed to promote, not even the former leader that held every commit: no leader ever again.
+/// Fixed in `sync::may_promote` (the key's leader races when the key lists nobody).
+#[test]
+fn regression_seed_9_sync_key_listing_nobody_left_the_cluster_leaderless() {
+    assert_clean(9);
+}
+
+/// Like seed 9, after a promotion (the former primary diverged and could not lead either).
+#[test]
+fn regression_seed_150_sync_key_listing_nobody_after_a_failover() {
+    assert_clean(150);
+}
+
+/// Synchronous mode: a switchover request outlived the leader's lock; its former leader stayed out
+/// of the race because other members were running, though none of them was allowed to promote.
+/// Fixed in `decide::election` (only members the sync key allows count).
+#[test]
+fn regression_seed_162_switchover_left_behind_kept_the_former_leader_out() {
+    assert_clean(162);
+}
+
+/// Synchronous mode: the members waited for a switchover candidate that was not a synchronous
+/// standby and so could never promote. Fixed in `decide::election`.
+#[test]
+fn regression_seed_211_waiting_for_a_candidate_that_may_not_promote() {
+    assert_clean(211);
+}
+
+/// Without a watchdog a frozen leader's primary outlives its lease (nothing in the frozen process
+/// can stop it) and, cut off from the new leader's fence, accepts writes next to the new primary:
+/// the invariant must see it.
+#[test]
+fn without_a_watchdog_two_writable_primaries_are_found() {
+    let opts = Options {
+        watchdog: false,
+        ..Options::default()
+    };
+    let found = (0..2000).find(|&seed| {
+        let r = run_seed_with(seed, false, opts);
+        matches!(r.violation, Some(Violation::TwoWritable { .. }))
+    });
+    assert!(
+        found.is_some(),
+        "no seed found two writable primaries without a watchdog"
+    );
+}
+
+/// Asynchronous replication may lose acknowledged commits at a failover (up to
+/// `maximum_lag_on_failover`): with the check turned on there too, the simulation must find one.
+#[test]
+fn asynchronous_replication_loses_commits_and_the_check_sees_it() {
+    let opts = Options {
+        check_async_commits: true,
+        ..Options::default()
+    };
+    let found = (0..2000).find(|&seed| {
+        let r = run_seed_with(seed, false, opts);
+        matches!(r.violation, Some(Violation::LostCommit { .. }))
+    });
+    assert!(found.is_some(), "no seed lost an asynchronous commit");
+}
