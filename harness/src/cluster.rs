@@ -59,6 +59,9 @@ pub struct ClusterOptions {
     /// Name a dedicated pg_rewind role in `postgresql.authentication.rewind` (`rewind_user` /
     /// `rewind-pass`), as Patroni's example YAML and seed 002 do.
     pub rewind_user: bool,
+    /// PostgreSQL's programs (`postgresql.bin_dir`); `None`: [`crate::pg_bin_dir`] (Debian's 15).
+    /// [`crate::PgMajor::bin_dir`] gives 18's.
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -77,6 +80,7 @@ impl Default for ClusterOptions {
             dcs: DcsKind::Etcd,
             data_checksums: true,
             rewind_user: false,
+            bin_dir: None,
         }
     }
 }
@@ -523,7 +527,7 @@ fn running_leader(cluster: &serde_json::Value) -> Option<String> {
 /// scram-sha-256 for everything over TCP.
 fn agent_yaml(o: &ClusterOptions, node: &Node, dcs_section: &str, tags: &[&str]) -> String {
     let dir = node.dir.display();
-    let bin = pg_bin_dir();
+    let bin = o.bin_dir.clone().unwrap_or_else(pg_bin_dir);
     let dcs_extra: String = o.dcs_extra.iter().map(|l| format!("    {l}\n")).collect();
     let mut tag_lines = String::new();
     for t in tags {
