@@ -16,7 +16,9 @@
 //!
 //! Run: `cargo build --release && cargo bench --bench scenarios` (`PRAETOR_BENCH_RUNS`, default 5;
 //! `PRAETOR_BENCH_ONLY=<substring>[,<substring>...]` to run some scenarios; `PRAETOR_BENCH_TTL`,
-//! default 5, with loop_wait 1 and retry_timeout 2). Timings are printed, never asserted.
+//! default 5, with loop_wait 1 and retry_timeout 2; `PRAETOR_BENCH_PG=15,18` runs each scenario on
+//! each listed PostgreSQL major in the same run, default 15: Debian's, 18 from `.pg/18`, see
+//! scripts/setup). Timings are printed, never asserted.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use praetor_harness::cluster::{ClusterOptions, LocalCluster, SUPERUSER, SUPERUSER_PASSWORD};
-use praetor_harness::wait_for;
+use praetor_harness::{wait_for, PgMajor};
 
 fn binary() -> PathBuf {
     praetor_harness::praetor_beside_current_exe()
@@ -81,9 +83,10 @@ struct Outcome {
     thawed: Option<(usize, Duration)>,
 }
 
-async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
+async fn run(bin: &PathBuf, fault: Fault, ttl: u32, pg: PgMajor) -> Result<Outcome, String> {
     let freeze = matches!(fault, Fault::FreezeNode);
     let mut opts = ClusterOptions {
+        bin_dir: Some(pg.bin_dir()),
         scope: "scenarios".into(),
         ttl,
         loop_wait: 1,
@@ -326,6 +329,15 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
+    let majors: Vec<PgMajor> = std::env::var("PRAETOR_BENCH_PG")
+        .unwrap_or_else(|_| "15".into())
+        .split(',')
+        .map(|m| match m.trim() {
+            "15" => PgMajor::Pg15,
+            "18" => PgMajor::Pg18,
+            other => panic!("PRAETOR_BENCH_PG: {other:?} is not 15 or 18"),
+        })
+        .collect();
     let bin = binary();
     let faults = [
         Fault::KillAgent,
@@ -340,13 +352,17 @@ async fn main() {
         Fault::NetKillNode,
     ];
     let mut table = vec![];
-    for f in faults {
+    for (f, pg) in faults
+        .into_iter()
+        .flat_map(|f| majors.iter().map(move |pg| (f, *pg)))
+    {
         if !only.is_empty() && !only.iter().any(|o| f.name().contains(o)) {
             continue;
         }
+        let name = format!("PG {}: {}", pg.number(), f.name());
         let mut outcomes = vec![];
         for i in 0..runs {
-            match run(&bin, f, ttl).await {
+            match run(&bin, f, ttl, pg).await {
                 Ok(o) => {
                     let thawed = o.thawed.map_or(String::new(), |(late, rejoin)| {
                         format!(
@@ -355,8 +371,7 @@ async fn main() {
                         )
                     });
                     println!(
-                        "{} run {}: writes resumed after {:.2} s, {} acknowledged writes lost, {} client errors{thawed}",
-                        f.name(),
+                        "{name} run {}: writes resumed after {:.2} s, {} acknowledged writes lost, {} client errors{thawed}",
                         i + 1,
                         o.recover.as_secs_f64(),
                         o.lost,
@@ -364,7 +379,7 @@ async fn main() {
                     );
                     outcomes.push(o);
                 }
-                Err(e) => println!("{} run {}: failed: {e}", f.name(), i + 1),
+                Err(e) => println!("{name} run {}: failed: {e}", i + 1),
             }
         }
         if outcomes.is_empty() {
@@ -396,7 +411,7 @@ async fn main() {
             )
         };
         table.push((
-            f.name(),
+            name,
             t[t.len() / 2],
             *t.last().unwrap(),
             lost_max,

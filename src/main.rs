@@ -112,8 +112,16 @@ fn main() -> ExitCode {
                     .config
                     .validate_agent()
                     .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
+                // The PostgreSQL version is part of what makes the configuration usable: an
+                // unsupported one is refused here, exit 2, before the data directory is touched.
+                let version =
+                    praetor_agent::runner::check_server_version(&loaded.config, &settings)
+                        .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
                 if validate_config {
                     for w in &loaded.warnings {
+                        eprintln!("warning: {}: {w}", path.display());
+                    }
+                    if let Some(w) = &version.warning {
                         eprintln!("warning: {}: {w}", path.display());
                     }
                     println!("{}: configuration is valid", path.display());

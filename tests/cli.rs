@@ -276,3 +276,59 @@ fn ctl_refuses_an_empty_or_nested_cluster_name_and_etcd_v2_urls() {
         assert!(!stdout.contains("Removed cluster"), "{stdout}");
     }
 }
+
+/// A directory holding a `postgres` that prints `version_line` for `postgres -V`, as an old
+/// installation's would.
+fn fake_bin_dir(version_line: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let postgres = dir.path().join("postgres");
+    std::fs::write(&postgres, format!("#!/bin/sh\necho '{version_line}'\n")).unwrap();
+    std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn postgresql_before_13_is_refused_naming_the_version_and_the_range_before_the_data_directory_is_touched(
+) {
+    let bin = fake_bin_dir("postgres (PostgreSQL) 12.22");
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let config = GOOD.replace(
+        "  data_dir: /nonexistent/praetor-cli-test/data\n",
+        &format!(
+            "  data_dir: {}\n  bin_dir: {}\n",
+            data_dir.display(),
+            bin.path().display()
+        ),
+    );
+    for args in [&["agent", "--validate-config"][..], &["agent"]] {
+        let (code, _, stderr) = praetor(args, &config);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("PostgreSQL 12.22"), "{stderr}");
+        assert!(stderr.contains("PostgreSQL 13 to 18"), "{stderr}");
+        assert!(!data_dir.exists(), "{args:?} created the data directory");
+    }
+
+    // A data directory of an old cluster: refused by its PG_VERSION, left as it was.
+    let real_bin = praetor_harness::pg_bin_dir();
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("PG_VERSION"), "10\n").unwrap();
+    let config = GOOD.replace(
+        "  data_dir: /nonexistent/praetor-cli-test/data\n",
+        &format!(
+            "  data_dir: {}\n  bin_dir: {}\n",
+            data_dir.display(),
+            real_bin.display()
+        ),
+    );
+    let (code, _, stderr) = praetor(&["agent"], &config);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("PostgreSQL 10 cluster"), "{stderr}");
+    assert!(stderr.contains("13 to 18"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("PG_VERSION")]);
+}

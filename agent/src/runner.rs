@@ -41,11 +41,20 @@ use crate::postgres::{Instance, InstanceSettings, ServerStatus};
 /// be bound, or a fatal condition (system identifier mismatch, failed bootstrap).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = config.validate_agent()?;
+    let version = check_server_version(&config, &settings).map_err(|e| anyhow!(e))?;
+    if let Some(w) = &version.warning {
+        tracing::warn!("{w}");
+    }
+    tracing::info!("PostgreSQL {} ({})", version.version, version.version.num());
     let mut dynamic = config.bootstrap.dcs.clone();
     for w in dynamic.adjust_timings() {
         tracing::warn!("bootstrap.dcs: {w}");
     }
-    let instance = Instance::new(instance_settings(&config, &settings));
+    let instance = Instance::new(instance_settings(
+        &config,
+        &settings,
+        version.version.major(),
+    ));
     let identity = DcsIdentity {
         namespace: settings.namespace.clone(),
         scope: settings.scope.clone(),
@@ -156,9 +165,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     result
 }
 
-fn instance_settings(config: &Config, s: &AgentSettings) -> InstanceSettings {
+/// Reads the PostgreSQL version the agent would run (`postgres -V` of `postgresql.bin_dir`, and
+/// `PG_VERSION` of the data directory when it holds a cluster) and refuses what Praetor does not
+/// support (before 13, or a data directory of another major than the programs), before anything
+/// touches the data directory. See [`crate::postgres::version`].
+pub fn check_server_version(
+    config: &Config,
+    s: &AgentSettings,
+) -> Result<crate::postgres::version::VersionCheck, String> {
+    let bin_dir = config
+        .postgresql
+        .bin_dir
+        .clone()
+        .unwrap_or_else(default_bin_dir);
+    crate::postgres::version::detect(&bin_dir, &s.data_dir)
+}
+
+fn instance_settings(config: &Config, s: &AgentSettings, pg_major: u32) -> InstanceSettings {
     let pg = &config.postgresql;
     InstanceSettings {
+        pg_major,
         name: s.name.clone(),
         scope: s.scope.clone(),
         bin_dir: pg.bin_dir.clone().unwrap_or_else(default_bin_dir),
@@ -1506,6 +1532,10 @@ impl Runner {
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
             tags: self.config.tags.clone(),
             pause: self.dynamic.pause,
+            server_version: obs
+                .server
+                .as_ref()
+                .and_then(|s| u32::try_from(s.server_version).ok()),
             ..Default::default()
         };
         if !self.pending_restart.is_empty() {

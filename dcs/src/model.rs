@@ -157,6 +157,10 @@ pub struct MemberData {
     /// wrongly find nothing to rewind, so members wait for `true` (Patroni's field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_after_promote: Option<bool>,
+    /// The running PostgreSQL's `server_version_num` (150018). Praetor's addition, for `ctl list
+    /// -e`: Patroni does not write it and ignores it when reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<u32>,
     /// Fields written by other tools or newer versions, kept as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,

@@ -68,6 +68,9 @@ pub struct ClusterOptions {
     /// [`ClusterOptions::dcs_relay`], each agent reaches etcd `e1` through a relay on
     /// [`Network::gateway`]. Faults: [`LocalCluster::net`].
     pub netns: bool,
+    /// PostgreSQL's programs (`postgresql.bin_dir`); `None`: [`crate::pg_bin_dir`] (Debian's 15).
+    /// [`crate::PgMajor::bin_dir`] gives 18's.
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -87,6 +90,7 @@ impl Default for ClusterOptions {
             data_checksums: true,
             rewind_user: false,
             netns: false,
+            bin_dir: None,
         }
     }
 }
@@ -663,7 +667,7 @@ fn agent_yaml(o: &ClusterOptions, node: &Node, dcs_section: &str, tags: &[&str])
         Some((subnet, _)) if node.host.is_some() => format!("{subnet}.0/24"),
         _ => "127.0.0.1/32".to_string(),
     };
-    let bin = pg_bin_dir();
+    let bin = o.bin_dir.clone().unwrap_or_else(pg_bin_dir);
     let dcs_extra: String = o.dcs_extra.iter().map(|l| format!("    {l}\n")).collect();
     let mut tag_lines = String::new();
     for t in tags {

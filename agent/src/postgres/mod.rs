@@ -7,11 +7,13 @@
 //!   directory), so that a reused PID is never signalled.
 //! - [`instance`]: the [`Instance`] that runs initdb, starts/stops/promotes the postmaster, runs
 //!   pg_basebackup and pg_rewind, and queries the server's state.
+//! - [`version`]: the PostgreSQL major (13 to 18 supported) and the settings that differ by major.
 
 pub mod fence;
 pub mod files;
 pub mod instance;
 pub mod postmaster;
+pub mod version;
 
 pub use instance::{Instance, InstanceSettings, PgError, ServerStatus, StartRole};
 
