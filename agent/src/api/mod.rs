@@ -651,6 +651,8 @@ pub async fn serve(
             }
         });
     }
+    // Free the address at once: a reload that changed other `restapi` settings binds it again.
+    drop(listener);
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     Ok(())

@@ -83,9 +83,10 @@ pub struct InstanceSettings {
     pub rewind: Option<Credentials>,
     /// The .pgpass file the agent writes for libpq programs.
     pub pgpass: PathBuf,
-    /// `postgresql.parameters` (local).
+    /// `postgresql.parameters` (local), as the agent started; a reload replaces them
+    /// ([`Instance::set_local_config`]).
     pub parameters: Parameters,
-    /// `postgresql.pg_hba` (local override).
+    /// `postgresql.pg_hba` (local override), as the agent started; a reload replaces it.
     pub pg_hba: Option<Vec<String>>,
     /// Extra pg_basebackup arguments (`--max-rate=100M`).
     pub basebackup_args: Vec<String>,
@@ -179,12 +180,26 @@ pub struct Instance {
     child: Mutex<Option<Child>>,
     /// The last reason logged for a `postmaster.pid` naming another process (logged once per change).
     stranger_logged: std::sync::Mutex<Option<String>>,
+    /// The local `postgresql.parameters` and `pg_hba` in force: the settings' until a reload of the
+    /// configuration file replaces them.
+    local: std::sync::Mutex<LocalConfig>,
+}
+
+/// The local PostgreSQL settings a reload of the configuration file can change.
+#[derive(Debug, Clone, Default)]
+struct LocalConfig {
+    parameters: Parameters,
+    pg_hba: Option<Vec<String>>,
 }
 
 impl Instance {
     /// An instance with these settings. Nothing is started.
     pub fn new(settings: InstanceSettings) -> Instance {
         Instance {
+            local: std::sync::Mutex::new(LocalConfig {
+                parameters: settings.parameters.clone(),
+                pg_hba: settings.pg_hba.clone(),
+            }),
             s: settings,
             sync_names: std::sync::Mutex::new(None),
             client: Mutex::new(None),
@@ -196,6 +211,16 @@ impl Instance {
     /// The settings.
     pub fn settings(&self) -> &InstanceSettings {
         &self.s
+    }
+
+    /// Replaces the local `postgresql.parameters` and `pg_hba` (a reload of the configuration
+    /// file): used by the next [`Instance::write_config`], which a running server then reloads.
+    pub fn set_local_config(&self, parameters: Parameters, pg_hba: Option<Vec<String>>) {
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = LocalConfig { parameters, pg_hba };
+    }
+
+    fn local_config(&self) -> LocalConfig {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn bin(&self, program: &str) -> PathBuf {
@@ -346,8 +371,11 @@ impl Instance {
             ("cluster_name", self.s.scope.clone()),
             ("hot_standby", "on".to_string()),
         ];
-        let (mut params, ignored) =
-            merge_parameters(&dynamic.postgresql.parameters, &self.s.parameters, &agent);
+        let (mut params, ignored) = merge_parameters(
+            &dynamic.postgresql.parameters,
+            &self.local_config().parameters,
+            &agent,
+        );
         if let Some(names) = self
             .sync_names
             .lock()
@@ -389,12 +417,8 @@ impl Instance {
             &self.data("postgresql.conf"),
             &render_postgresql_conf(&params, standby.as_ref()),
         )?;
-        if let Some(hba) = self
-            .s
-            .pg_hba
-            .as_ref()
-            .or(dynamic.postgresql.pg_hba.as_ref())
-        {
+        let local_hba = self.local_config().pg_hba;
+        if let Some(hba) = local_hba.as_ref().or(dynamic.postgresql.pg_hba.as_ref()) {
             changed |= write_if_changed(&self.data("pg_hba.conf"), &hba_text(hba))?;
         }
         let signal = self.data("standby.signal");
