@@ -1638,6 +1638,7 @@ impl Runner {
             last_decision: self.last_reason.clone(),
             pause: self.dynamic.pause,
             pending_restart: data.pending_restart,
+            pending_restart_reason: data.pending_restart_reason.clone(),
             loop_wait: self.dynamic.loop_wait,
             failsafe_active: self.failsafe_active,
             failsafe_mode: self.dynamic.failsafe_mode,
