@@ -43,13 +43,26 @@ fn loadvip_calls(node: &Node) -> Vec<String> {
 
 /// Waits until `node`'s VIP script recorded `line`.
 async fn wait_call(c: &LocalCluster, node: &str, line: &str) {
+    wait_calls(c, node, line, 1).await
+}
+
+/// How many times `node`'s VIP script recorded `line`.
+fn count_calls(c: &LocalCluster, node: &str, line: &str) -> usize {
+    loadvip_calls(c.node(node))
+        .iter()
+        .filter(|l| *l == line)
+        .count()
+}
+
+/// Waits until `node`'s VIP script recorded `line` at least `times` times.
+async fn wait_calls(c: &LocalCluster, node: &str, line: &str, times: usize) {
     let n = c.node(node);
     let got = wait_for(
-        &format!("{node}: callback `{line}`"),
+        &format!("{node}: callback `{line}` {times} time(s)"),
         Duration::from_secs(120),
         || async {
             let calls = loadvip_calls(n);
-            if calls.iter().any(|l| l == line) {
+            if calls.iter().filter(|l| *l == line).count() >= times {
                 Ok(())
             } else {
                 Err(format!("recorded so far: {calls:?}"))
@@ -268,13 +281,64 @@ async fn reload_applies_the_edited_yaml_and_seed_003s_vip_script_sees_master_on_
     wait_call(&c, &leader, "on_role_change replica reloadvip vip=down").await;
     wait_leader(&c, &replica).await;
 
-    // An agent start runs on_start.
+    // An agent start runs on_start (the demotion above started PostgreSQL as a replica too).
+    let on_start = "on_start replica reloadvip vip=down";
+    let before = count_calls(&c, &leader, on_start);
     c.node_mut(&leader)
         .stop_agent(Duration::from_secs(60))
         .await
         .expect("agent stops");
     c.node_mut(&leader).start_agent(&binary()).unwrap();
-    wait_call(&c, &leader, "on_start replica reloadvip vip=down").await;
+    wait_calls(&c, &leader, on_start, before + 1).await;
+
+    // restapi.listen moved: the API answers on the new address, and the member key says so.
+    let ln = c.node(&leader);
+    let old_api = ln.api_addr();
+    let new_port = praetor_harness::free_port();
+    let api_lines = format!(
+        "  listen: 127.0.0.1:{}\n  connect_address: 127.0.0.1:{}\n",
+        ln.api_port, ln.api_port
+    );
+    let moved =
+        format!("  listen: 127.0.0.1:{new_port}\n  connect_address: 127.0.0.1:{new_port}\n");
+    edit(ln, &[(api_lines.as_str(), moved.as_str())]);
+    let (code, body) = raw_call(&old_api, "POST", "/reload", None, None).await;
+    assert_eq!((code, body.as_str()), (202, "reload scheduled"));
+    let new_api = format!("127.0.0.1:{new_port}");
+    wait_for(
+        "the REST API on its new address",
+        Duration::from_secs(60),
+        || async {
+            match tokio::net::TcpStream::connect(&new_api).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+    .expect("API rebound");
+    let (code, body) = raw_call(&new_api, "GET", "/patroni", None, None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        tokio::net::TcpStream::connect(&old_api).await.is_err(),
+        "the old address is closed"
+    );
+    let api_url = format!("http://127.0.0.1:{new_port}/patroni");
+    wait_for(
+        "api_url in the member key",
+        Duration::from_secs(60),
+        || async {
+            let cl = dcs_cluster(&c).await;
+            let url = cl.member(&leader).and_then(|m| m.data.api_url.clone());
+            if url.as_deref() == Some(api_url.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("{url:?}"))
+            }
+        },
+    )
+    .await
+    .expect("member key names the new API address");
 
     // An invalid file: POST /reload answers why, naming the key; SIGHUP logs it; nothing changes.
     let rn = c.node(&replica);
@@ -307,5 +371,5 @@ async fn reload_applies_the_edited_yaml_and_seed_003s_vip_script_sees_master_on_
     // The running callbacks are still in force: a restart still reaches the VIP script.
     let (code, body) = call(rn, "POST", "/restart", None).await;
     assert_eq!((code, body.as_str()), (200, "restarted successfully"));
-    wait_call(&c, &replica, "on_restart master reloadvip vip=up").await;
+    wait_calls(&c, &replica, "on_restart master reloadvip vip=up", 1).await;
 }

@@ -80,7 +80,7 @@ impl Runner {
                 answer = "configuration unchanged; postgres reloaded".into();
             }
             for action in actions {
-                self.apply_reload_action(action, &path);
+                self.apply_reload_action(action, &path, trigger);
             }
             self.config = reload::effective(&self.config, &loaded.config);
         }
@@ -100,7 +100,7 @@ impl Runner {
     }
 
     /// Carries out one action of the reload plan (see [`ReloadAction`]).
-    fn apply_reload_action(&mut self, action: ReloadAction, path: &std::path::Path) {
+    fn apply_reload_action(&mut self, action: ReloadAction, path: &std::path::Path, trigger: &str) {
         match action {
             ReloadAction::KeepRunning { key } => tracing::warn!(
                 "{}: {key} changed, but it cannot change while the agent runs: keeping the running value (restart the agent to apply it)",
@@ -113,8 +113,8 @@ impl Runner {
                     .expect("a reload plan comes from a configuration file")
                     .set_log_level;
                 match set(&level) {
-                    Ok(()) => tracing::warn!("log level is now {level}"),
-                    Err(e) => tracing::warn!("cannot change the log level: {e}"),
+                    Ok(()) => tracing::warn!("{trigger}: log level is now {level}"),
+                    Err(e) => tracing::warn!("{trigger}: cannot change the log level: {e}"),
                 }
             }
             ReloadAction::SetTags(tags) => {
