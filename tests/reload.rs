@@ -365,6 +365,24 @@ async fn reload_applies_the_edited_yaml_and_seed_003s_vip_script_sees_master_on_
     )
     .await
     .expect("SIGHUP logs the invalid file");
+    // REST API settings that cannot be served (a missing certificate) are refused the same way,
+    // and the API keeps answering as it did.
+    edit(
+        rn,
+        &[
+            ("watchdog:\n  mode: sometimes", "watchdog:\n  mode: 'off'"),
+            (
+                "restapi:\n",
+                "restapi:\n  certfile: /nonexistent/server.pem\n  keyfile: /nonexistent/server.key\n",
+            ),
+        ],
+    );
+    let (code, body) = call(rn, "POST", "/reload", None).await;
+    assert_eq!(code, 412, "{body}");
+    assert!(
+        body.contains("restapi: ") && body.contains("/nonexistent/server.pem"),
+        "{body}"
+    );
     let p = patroni(rn).await;
     assert_eq!(p["role"], "primary", "{p}");
     assert_eq!(p["state"], "running", "{p}");

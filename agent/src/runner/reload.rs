@@ -44,6 +44,13 @@ pub(super) struct ApiServer {
     pub restart_pending: bool,
 }
 
+/// Whether `restapi`'s TLS files load and its allowlist parses (what serving the API needs).
+async fn check_api_settings(r: &praetor_config::RestApi) -> Result<(), String> {
+    crate::api::tls::server_config(r)?;
+    crate::api::AccessPolicy::from_config(r).await?;
+    Ok(())
+}
+
 impl Runner {
     /// Re-reads the configuration file (when the agent has one) and applies what changed, then
     /// rewrites PostgreSQL's files and reloads it when it runs (Patroni reloads PostgreSQL on every
@@ -72,6 +79,18 @@ impl Runner {
                     return Err(CommandError::Refused(msg));
                 }
             };
+            // New REST API settings are checked before anything changes: a certificate that does
+            // not load must not leave the member without its API.
+            if actions.contains(&ReloadAction::RestartApi) {
+                if let Err(e) = check_api_settings(&loaded.config.restapi).await {
+                    let msg = format!(
+                        "configuration not reloaded, the running configuration is kept: {}: restapi: {e}",
+                        path.display()
+                    );
+                    tracing::error!("{trigger}: {msg}");
+                    return Err(CommandError::Refused(msg));
+                }
+            }
             for w in &loaded.warnings {
                 tracing::warn!("{}: {w}", path.display());
             }
@@ -84,8 +103,28 @@ impl Runner {
             }
             self.config = reload::effective(&self.config, &loaded.config);
         }
-        if self.pg.postmaster().is_some() {
-            let role = self.current_start_role();
+        // The role PostgreSQL runs in now, as apply_parameters writes it (not the DCS's view, which
+        // may be missing). While a background task (start, clone, rewind) runs or PostgreSQL does
+        // not answer, the next cycle writes the files and reloads once it runs.
+        let running = match self.pg.postmaster() {
+            Some(_) if self.task.is_none() => self.pg.status().await.ok(),
+            _ => None,
+        };
+        if let Some(server) = running {
+            let role = if server.in_recovery {
+                StartAs::Replica {
+                    upstream: server
+                        .upstream
+                        .clone()
+                        .map(|(host, port)| crate::ha::Upstream {
+                            member: String::new(),
+                            host,
+                            port,
+                        }),
+                }
+            } else {
+                StartAs::Primary
+            };
             self.pg
                 .write_config(&self.dynamic, &role)
                 .map_err(|e| e.to_string())?;
