@@ -189,7 +189,8 @@ async fn reload_applies_the_edited_yaml_and_seed_003s_vip_script_sees_master_on_
     .expect("pending restart");
     assert_eq!(status["tags"]["noloadbalance"], true, "{status}");
     assert_eq!(
-        status["pending_restart_reason"]["shared_buffers"]["new_value"], "48MB",
+        status["pending_restart_reason"]["shared_buffers"],
+        serde_json::json!({"old_value": "32MB", "new_value": "48MB"}),
         "{status}"
     );
     assert_eq!(show(ln.pg_port, "shared_buffers").await.unwrap(), "32MB");
@@ -212,7 +213,7 @@ async fn reload_applies_the_edited_yaml_and_seed_003s_vip_script_sees_master_on_
     let list = ctl(&c, &["list"], "").await;
     assert_eq!(list.code, 0, "{list}");
     assert!(list.stdout.contains("Pending restart reason"), "{list}");
-    assert!(list.stdout.contains("shared_buffers: "), "{list}");
+    assert!(list.stdout.contains("shared_buffers: 32MB->48MB"), "{list}");
     assert!(list.stdout.contains("noloadbalance"), "{list}");
     assert!(ln.log().contains("log level is now debug"), "{}", ln.log());
 

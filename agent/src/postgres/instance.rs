@@ -446,7 +446,7 @@ impl Instance {
         let names: Vec<String> = cmdline.keys().cloned().collect();
         let rows = self
             .query(
-                "SELECT name, setting, pending_restart FROM pg_settings WHERE pending_restart OR name = ANY($1)",
+                "SELECT name, setting, pending_restart, current_setting(name) FROM pg_settings WHERE pending_restart OR name = ANY($1)",
                 &[&names],
             )
             .await?;
@@ -460,8 +460,11 @@ impl Instance {
                     out.insert(name, (setting, want.clone()));
                 }
             } else if pending {
+                // Shown as PostgreSQL prints it with its unit (`32MB`, not `4096` pages), as the
+                // configured value is written.
+                let running: String = r.get::<_, Option<String>>(3).unwrap_or(setting);
                 let want = conf.get(&name).cloned().unwrap_or_else(|| "?".into());
-                out.insert(name, (setting, want));
+                out.insert(name, (running, want));
             }
         }
         Ok(out)
