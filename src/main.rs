@@ -134,8 +134,22 @@ fn main() -> ExitCode {
                 let span =
                     tracing::info_span!("agent", scope = %settings.scope, member = %settings.name);
                 let _entered = span.enter();
-                let shutdown = shutdown_on_signals(Some(reload_log_level(logging, path.clone())));
-                praetor_agent::runner::run(loaded.config, shutdown)
+                // SIGHUP wakes the loop, which re-reads the file and applies what changed (as
+                // `POST /reload` does).
+                let hup = std::sync::Arc::new(tokio::sync::Notify::new());
+                let notify = hup.clone();
+                let shutdown = shutdown_on_signals(Some(Box::new(move || notify.notify_one())));
+                let filter = logging.filter;
+                let reload = praetor_agent::runner::ReloadSource {
+                    path,
+                    hup,
+                    set_log_level: Box::new(move |directive| {
+                        filter
+                            .reload(EnvFilter::new(directive))
+                            .map_err(|e| e.to_string())
+                    }),
+                };
+                praetor_agent::runner::run_with(loaded.config, shutdown, Some(reload))
                     .await
                     .map_err(Failure::Other)
             }
@@ -287,8 +301,8 @@ fn quiet_logging() {
         .try_init();
 }
 
-/// What SIGHUP does: read `path` again and apply its `log.level` (the rest of the file needs a
-/// restart; PostgreSQL's configuration is reloaded with `ctl reload` / `POST /reload`).
+/// What SIGHUP does to the proxy: read `path` again and apply its `log.level` (the agent's loop
+/// re-reads its own file, see `praetor_agent::runner::ReloadSource`).
 fn reload_log_level(logging: Logging, path: PathBuf) -> Box<dyn Fn() + Send> {
     Box::new(move || {
         let loaded = match praetor_config::load_file(&path) {
@@ -316,7 +330,7 @@ fn reload_log_level(logging: Logging, path: PathBuf) -> Box<dyn Fn() + Send> {
 }
 
 /// A token cancelled on SIGTERM or SIGINT (only `main` installs signal handlers); SIGHUP calls
-/// `on_hup` (reload the log level).
+/// `on_hup` (the agent: wake its loop to re-read the configuration file; the proxy: reload).
 fn shutdown_on_signals(on_hup: Option<Box<dyn Fn() + Send>>) -> CancellationToken {
     use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();

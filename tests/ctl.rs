@@ -128,7 +128,7 @@ async fn list_topology_configuration_dsn_query_and_version() {
     let ext = ctl(&c, &["list", "-e"], "").await;
     assert!(
         ext.stdout
-            .contains("| Pending restart | Scheduled restart | Tags |"),
+            .contains("| Pending restart | Pending restart reason | Scheduled restart | Tags |"),
         "{ext}"
     );
     let ts = ctl(&c, &["list", "-t"], "").await;

@@ -3,10 +3,15 @@
 //! Each configured script is run as `<cmd> <action> <role> <scope>` (for example
 //! `/usr/local/bin/loadvip.sh on_role_change primary pgsql`), in the background: the HA loop never
 //! waits for it, a failing or hanging script never stops the loop, and its output goes to the log.
+//!
+//! The role argument names the primary `primary` as Patroni 4 does, or `master` as Patroni 3 and
+//! older did when `praetor.callback_role_names: patroni3` (scripts such as a VIP script that tests
+//! `[ "$2" = master ]`). A restart on request runs `on_restart`, not `on_start` (as Patroni does).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
+use praetor_config::CallbackRoleNames;
 use praetor_dcs::Role;
 use tokio::io::AsyncReadExt;
 
@@ -43,6 +48,7 @@ impl Event {
 pub struct Callbacks {
     scripts: BTreeMap<String, String>,
     scope: String,
+    role_names: CallbackRoleNames,
 }
 
 impl Callbacks {
@@ -51,6 +57,23 @@ impl Callbacks {
         Callbacks {
             scripts,
             scope: scope.to_string(),
+            role_names: CallbackRoleNames::default(),
+        }
+    }
+
+    /// The same callbacks passing roles as `names` says (`praetor.callback_role_names`).
+    pub fn with_role_names(mut self, names: CallbackRoleNames) -> Callbacks {
+        self.role_names = names;
+        self
+    }
+
+    /// The role argument for `role`: `master` for the primary under
+    /// [`CallbackRoleNames::Patroni3`] (Patroni before 4.0 used that word), else the role's name
+    /// as published in the member key.
+    pub fn role_argument(&self, role: Role) -> String {
+        match (role, self.role_names) {
+            (Role::Primary, CallbackRoleNames::Patroni3) => "master".to_string(),
+            (r, _) => r.to_string(),
         }
     }
 
@@ -64,7 +87,7 @@ impl Callbacks {
         }
         argv.extend([
             event.name().to_string(),
-            role.to_string(),
+            self.role_argument(role),
             self.scope.clone(),
         ]);
         Some(argv)
@@ -137,5 +160,18 @@ mod tests {
             ]
         );
         assert!(c.command(Event::OnStart, Role::Replica).is_none());
+    }
+
+    #[test]
+    fn patroni3_role_names_call_the_primary_master_and_leave_other_roles_alone() {
+        let mut m = BTreeMap::new();
+        m.insert("on_start".to_string(), "/data/pgsql/loadvip.sh".to_string());
+        let v3 = Callbacks::new(m.clone(), "pgsql").with_role_names(CallbackRoleNames::Patroni3);
+        let v4 = Callbacks::new(m, "pgsql");
+        let arg = |c: &Callbacks, r| c.command(Event::OnStart, r).unwrap()[2].clone();
+        assert_eq!(arg(&v3, Role::Primary), "master");
+        assert_eq!(arg(&v4, Role::Primary), "primary");
+        assert_eq!(arg(&v3, Role::Replica), "replica");
+        assert_eq!(arg(&v3, Role::StandbyLeader), "standby_leader");
     }
 }

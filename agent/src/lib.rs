@@ -13,6 +13,7 @@
 //!   with access control and TLS.
 //! - [`metrics`]: the agent's Prometheus registry (Patroni's metric names plus `praetor_*`).
 //! - [`peers`]: asking other members' REST APIs for their WAL position during a leader race.
+//! - [`reload`]: what re-reading the configuration file changes (SIGHUP, `POST /reload`), pure.
 //! - [`runner`]: the loop that reads state, calls `decide`, executes the actions.
 //! - [`watchdog`]: `/dev/watchdog`, armed while leader so a frozen agent's node resets in time.
 #![warn(missing_docs)]
@@ -24,5 +25,6 @@ pub mod ha;
 pub mod metrics;
 pub mod peers;
 pub mod postgres;
+pub mod reload;
 pub mod runner;
 pub mod watchdog;

@@ -29,17 +29,30 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, NodeStatus};
 
 mod hooks;
+mod reload;
 use crate::ha::{
     self, decide, needs_peers, Action, DataDir, HaConfig, LocalState, Now, Postgres, Running,
     StartAs, Task,
 };
 use crate::peers::fetch_peers;
 use crate::postgres::{Instance, InstanceSettings, ServerStatus};
+pub use reload::ReloadSource;
 
 /// Runs the agent for `config` until `shutdown` is cancelled (SIGTERM/SIGINT), then stops PostgreSQL,
 /// releases the lock and leaves the DCS. Errors: the configuration is unusable, the REST port cannot
-/// be bound, or a fatal condition (system identifier mismatch, failed bootstrap).
+/// be bound, or a fatal condition (system identifier mismatch, failed bootstrap). Without a
+/// configuration file to re-read, `POST /reload` only reloads PostgreSQL (see [`run_with`]).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, None).await
+}
+
+/// [`run`], re-reading the configuration file of `reload` on SIGHUP, `POST /reload` and `ctl
+/// reload` and applying what changed (see [`crate::reload`]).
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    reload: Option<ReloadSource>,
+) -> anyhow::Result<()> {
     let settings = config.validate_agent()?;
     let version = check_server_version(&config, &settings).map_err(|e| anyhow!(e))?;
     if let Some(w) = &version.warning {
@@ -85,14 +98,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &config,
         listener,
         status_rx,
-        commands_tx,
+        commands_tx.clone(),
         dcs.clone(),
         metrics,
+        None,
         api_shutdown.clone(),
     )
     .await?;
     let callbacks =
-        crate::callbacks::Callbacks::new(config.postgresql.callbacks.clone(), &settings.scope);
+        crate::callbacks::Callbacks::new(config.postgresql.callbacks.clone(), &settings.scope)
+            .with_role_names(config.praetor.callback_role_names);
     let watchdog = crate::watchdog::Watchdog::new(&config.watchdog);
     let fence_timeout_ms = u64::from(
         config
@@ -149,6 +164,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         failsafe_asked_ms: None,
         member_seen: Default::default(),
         callbacks,
+        restarting: false,
+        reload_source: reload,
+        api: reload::ApiServer {
+            task: api_task,
+            shutdown: api_shutdown,
+            commands: commands_tx,
+            restart_pending: false,
+        },
         watchdog,
         status_tx,
         started,
@@ -160,8 +183,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let result = runner.run_loop(&shutdown, commands).await;
     guard.abort();
     runner.shut_down().await;
-    api_shutdown.cancel();
-    let _ = api_task.await;
+    runner.api.shutdown.cancel();
+    let _ = runner.api.task.await;
     result
 }
 
@@ -330,6 +353,12 @@ struct Runner {
     /// Parameters waiting for a restart: name → (running value, configured value).
     pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
+    /// A restart on request is under way: its start runs `on_restart`, not `on_start`.
+    restarting: bool,
+    /// The configuration file to re-read on SIGHUP and `POST /reload`, if any.
+    reload_source: Option<ReloadSource>,
+    /// The REST API server (served again when a reload changes `restapi`).
+    api: reload::ApiServer,
     /// The watchdog, armed while this member leads.
     watchdog: crate::watchdog::Watchdog,
     status_tx: watch::Sender<Arc<NodeStatus>>,
@@ -441,6 +470,7 @@ impl Runner {
         mut commands: tokio::sync::mpsc::Receiver<api::CommandRequest>,
     ) -> anyhow::Result<()> {
         let mut events = self.dcs.watch();
+        let hup = self.reload_source.as_ref().map(|s| s.hup.clone());
         loop {
             let started = Instant::now();
             self.cycle().await?;
@@ -462,6 +492,23 @@ impl Runner {
                     Some(req) = commands.recv() => {
                         let answer = self.command(req.command).await;
                         let _ = req.reply.send(answer);
+                        self.restart_api_if_pending().await;
+                        break;
+                    }
+                    _ = async {
+                        match &hup {
+                            Some(h) => h.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if self.task.is_some() {
+                            tracing::warn!("SIGHUP: a background task is running; reloading the configuration file now, postgres at the next cycle");
+                        }
+                        // An invalid file was logged with its key path by reload_config.
+                        if let Err(api::CommandError::Failed(e)) = self.reload_config("SIGHUP").await {
+                            tracing::warn!("SIGHUP: {e}");
+                        }
+                        self.restart_api_if_pending().await;
                         break;
                     }
                     ev = events.recv() => match ev {
@@ -633,25 +680,7 @@ impl Runner {
             .and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name == self.me());
         match command {
-            api::AgentCommand::Reload => {
-                let role = if holds {
-                    StartAs::Primary
-                } else {
-                    let upstream = self
-                        .last_view
-                        .as_ref()
-                        .and_then(|v| ha::upstream_of(v, &v.leader.as_ref()?.name));
-                    StartAs::Replica { upstream }
-                };
-                if self.pg.postmaster().is_none() {
-                    return Err("postgres is not running".into());
-                }
-                self.pg
-                    .write_config(&self.dynamic, &role)
-                    .map_err(|e| e.to_string())?;
-                self.pg.reload().map_err(|e| e.to_string())?;
-                Ok("reloaded configuration".into())
-            }
+            api::AgentCommand::Reload => self.reload_config("POST /reload").await,
             api::AgentCommand::Restart => self.restart_command().await.map_err(Into::into),
             api::AgentCommand::Reinitialize { force, .. } => {
                 // The last view may be a loop old: decide on a fresh DCS read and on PostgreSQL as
@@ -715,7 +744,12 @@ impl Runner {
                     } else {
                         Role::Replica
                     };
-                    self.callbacks.fire(crate::callbacks::Event::OnStart, role);
+                    let event = if std::mem::take(&mut self.restarting) && t.kind == Task::Start {
+                        crate::callbacks::Event::OnRestart
+                    } else {
+                        crate::callbacks::Event::OnStart
+                    };
+                    self.callbacks.fire(event, role);
                 }
             }
             Err((_, e)) if t.kind == Task::Bootstrap => {
@@ -727,6 +761,7 @@ impl Runner {
                 bail!("bootstrap failed: {e}");
             }
             Err((step, e)) => {
+                self.restarting = false;
                 tracing::error!(task = ?t.kind, ?step, "failed: {e}");
                 self.failed_task = Some((step, self.now().mono_ms));
             }
@@ -1650,6 +1685,7 @@ impl Runner {
             last_decision: self.last_reason.clone(),
             pause: self.dynamic.pause,
             pending_restart: data.pending_restart,
+            pending_restart_reason: data.pending_restart_reason.clone(),
             loop_wait: self.dynamic.loop_wait,
             failsafe_active: self.failsafe_active,
             failsafe_mode: self.dynamic.failsafe_mode,

@@ -585,6 +585,22 @@ pub struct Praetor {
     /// expired, and the new leader keeps fencing it in the background until it is provably down.
     #[serde(default, deserialize_with = "crate::value::lenient_opt_int")]
     pub fence_timeout_ms: Option<u32>,
+    /// `praetor.callback_role_names`: how callbacks name the primary in their role argument —
+    /// `patroni4` (default: `primary`, as Patroni 4 passes it) or `patroni3` (`master`, for scripts
+    /// written for Patroni 3 and older, such as a VIP script testing `[ "$2" = master ]`). Replicas
+    /// are `replica` and a standby cluster's leader `standby_leader` either way.
+    pub callback_role_names: CallbackRoleNames,
+}
+
+/// [`Praetor::callback_role_names`]: the Patroni version whose role names callbacks receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallbackRoleNames {
+    /// Patroni 4 and later: the primary is `primary`.
+    #[default]
+    Patroni4,
+    /// Patroni 3 and earlier: the primary is `master`.
+    Patroni3,
 }
 
 /// Default of [`Praetor::fence_timeout_ms`]: a PostgreSQL that is up answers a connection and one

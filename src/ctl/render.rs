@@ -258,10 +258,16 @@ pub fn render_list(
         Align::Right,
     ];
     let show_pending = extended || any_pending;
+    let reasons: Vec<String> = members
+        .iter()
+        .map(|m| pending_restart_reason(cluster, &m.name, fmt == Format::Pretty))
+        .collect();
+    let show_reason = extended || reasons.iter().any(|r| !r.is_empty());
     let show_scheduled = extended || any_scheduled;
     let show_tags = extended || any_tags;
     for (show, h) in [
         (show_pending, "Pending restart"),
+        (show_reason, "Pending restart reason"),
         (show_scheduled, "Scheduled restart"),
         (show_tags, "Tags"),
         (extended, "PG version"),
@@ -274,7 +280,8 @@ pub fn render_list(
     let rows: Vec<Vec<Value>> = members
         .iter()
         .zip(&names)
-        .map(|(m, name)| {
+        .zip(&reasons)
+        .map(|((m, name), reason)| {
             let mut r = vec![
                 json!(scope),
                 json!(name),
@@ -289,6 +296,13 @@ pub fn render_list(
                     json!("*")
                 } else {
                     Value::Null
+                });
+            }
+            if show_reason {
+                r.push(if reason.is_empty() {
+                    Value::Null
+                } else {
+                    json!(reason)
                 });
             }
             if show_scheduled {
@@ -336,6 +350,42 @@ fn pg_version(cluster: &Cluster, name: &str) -> Value {
         .and_then(|m| m.data.server_version)
         .map(|v| json!(super::members::format_pg_version(i64::from(v))))
         .unwrap_or(Value::Null)
+}
+
+/// Patroni 4's "Pending restart reason" cell: `param: old->new` for each parameter waiting for a
+/// restart (from the member key's `pending_restart_reason`), joined with `, ` (one line per row);
+/// in the pretty table an entry longer than 50 characters is shown as `param: [hidden - too long]`
+/// as patronictl does.
+fn pending_restart_reason(cluster: &Cluster, member: &str, hide_long: bool) -> String {
+    let Some(Value::Object(reasons)) = cluster
+        .members
+        .iter()
+        .find(|m| m.name == member)
+        .and_then(|m| m.data.pending_restart_reason.clone())
+    else {
+        return String::new();
+    };
+    let text = |v: &Value, k: &str| match &v[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    reasons
+        .iter()
+        .map(|(param, v)| {
+            let full = format!(
+                "{param}: {}->{}",
+                text(v, "old_value"),
+                text(v, "new_value")
+            );
+            if hide_long && full.chars().count() > 50 {
+                format!("{param}: [hidden - too long]")
+            } else {
+                full
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn members_name(members: &[MemberSummary], i: usize) -> String {
@@ -581,6 +631,19 @@ mod tests {
             tsv.lines().nth(2),
             Some("pgsql\tpg02\t172.1.1.198\tReplica\tstreaming\t10\t0\t")
         );
+        c.members[0].data.pending_restart_reason = Some(json!({
+            "shared_buffers": {"old_value": "32MB", "new_value": "48MB"},
+            "shared_preload_libraries": {"old_value": "", "new_value": "pg_stat_statements,auto_explain,pg_cron"}
+        }));
+        let out = render_list("pgsql", &c, Format::Pretty, false, false);
+        assert!(out.contains("| Pending restart reason "), "{out}");
+        assert!(
+            out.contains(
+                "shared_buffers: 32MB->48MB, shared_preload_libraries: [hidden - too long]"
+            ),
+            "{out}"
+        );
+        c.members[0].data.pending_restart_reason = None;
         let json: Value =
             serde_json::from_str(&render_list("pgsql", &c, Format::Json, false, false)).unwrap();
         assert_eq!(json[0]["Role"], "Leader");

@@ -267,10 +267,14 @@ pub fn delete_restart(ctx: &ApiContext) -> Reply {
     }
 }
 
-/// `POST /reload`: 202 as Patroni (the configuration is rewritten and PostgreSQL reloaded).
+/// `POST /reload`: the agent re-reads its configuration file, applies what changed (see
+/// [`crate::reload`]), rewrites PostgreSQL's files and reloads it; 202 "reload scheduled" as
+/// Patroni. 412 with the reason when the new file is invalid (the running configuration is kept;
+/// the reason names the key path), 503 when the loop is busy or PostgreSQL could not be reloaded.
 pub async fn reload(ctx: &ApiContext) -> Reply {
     match send_command(ctx, AgentCommand::Reload).await {
         Ok(_) => Reply::text(StatusCode::ACCEPTED, "reload scheduled"),
+        Err(CommandError::Refused(why)) => Reply::text(StatusCode::PRECONDITION_FAILED, why),
         Err(e) => Reply::text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

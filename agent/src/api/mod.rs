@@ -75,6 +75,8 @@ pub struct NodeStatus {
     pub pause: bool,
     /// A parameter change waits for a restart (published as `pending_restart`).
     pub pending_restart: bool,
+    /// Why: parameter → `{old_value, new_value}` (Patroni 4's `pending_restart_reason`).
+    pub pending_restart_reason: Option<serde_json::Value>,
     /// `loop_wait` in force (seconds).
     pub loop_wait: u32,
     /// Failsafe mode keeps this leader running while the DCS is unreachable.
@@ -182,6 +184,9 @@ impl NodeStatus {
         }
         if self.pending_restart {
             v["pending_restart"] = json!(true);
+            if let Some(r) = &self.pending_restart_reason {
+                v["pending_restart_reason"] = r.clone();
+            }
         }
         if self.is_sync_standby() {
             v["sync_standby"] = json!(true);
@@ -651,6 +656,8 @@ pub async fn serve(
             }
         });
     }
+    // Free the address at once: a reload that changed other `restapi` settings binds it again.
+    drop(listener);
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
     Ok(())

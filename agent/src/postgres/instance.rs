@@ -100,9 +100,10 @@ pub struct InstanceSettings {
     pub rewind: Option<Credentials>,
     /// The .pgpass file the agent writes for libpq programs.
     pub pgpass: PathBuf,
-    /// `postgresql.parameters` (local).
+    /// `postgresql.parameters` (local), as the agent started; a reload replaces them
+    /// ([`Instance::set_local_config`]).
     pub parameters: Parameters,
-    /// `postgresql.pg_hba` (local override).
+    /// `postgresql.pg_hba` (local override), as the agent started; a reload replaces it.
     pub pg_hba: Option<Vec<String>>,
     /// Extra pg_basebackup arguments (`--max-rate=100M`).
     pub basebackup_args: Vec<String>,
@@ -211,12 +212,26 @@ pub struct Instance {
     /// The last parameter translations logged (`wal_keep_segments` → `wal_keep_size`), logged once
     /// per change.
     translations_logged: std::sync::Mutex<Vec<String>>,
+    /// The local `postgresql.parameters` and `pg_hba` in force: the settings' until a reload of the
+    /// configuration file replaces them.
+    local: std::sync::Mutex<LocalConfig>,
+}
+
+/// The local PostgreSQL settings a reload of the configuration file can change.
+#[derive(Debug, Clone, Default)]
+struct LocalConfig {
+    parameters: Parameters,
+    pg_hba: Option<Vec<String>>,
 }
 
 impl Instance {
     /// An instance with these settings. Nothing is started.
     pub fn new(settings: InstanceSettings) -> Instance {
         Instance {
+            local: std::sync::Mutex::new(LocalConfig {
+                parameters: settings.parameters.clone(),
+                pg_hba: settings.pg_hba.clone(),
+            }),
             s: settings,
             sync_names: std::sync::Mutex::new(None),
             client: Mutex::new(None),
@@ -230,6 +245,16 @@ impl Instance {
     /// The settings.
     pub fn settings(&self) -> &InstanceSettings {
         &self.s
+    }
+
+    /// Replaces the local `postgresql.parameters` and `pg_hba` (a reload of the configuration
+    /// file): used by the next [`Instance::write_config`], which a running server then reloads.
+    pub fn set_local_config(&self, parameters: Parameters, pg_hba: Option<Vec<String>>) {
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = LocalConfig { parameters, pg_hba };
+    }
+
+    fn local_config(&self) -> LocalConfig {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn bin(&self, program: &str) -> PathBuf {
@@ -380,11 +405,13 @@ impl Instance {
             ("cluster_name", self.s.scope.clone()),
             ("hot_standby", "on".to_string()),
         ];
+        let local = self.local_config().parameters;
         let (mut params, ignored) =
-            merge_parameters(&dynamic.postgresql.parameters, &self.s.parameters, &agent);
+            merge_parameters(&dynamic.postgresql.parameters, &local, &agent);
         // Only the settings this major has: a user's wal_keep_segments (Patroni YAML written for
         // PostgreSQL 12 or older) becomes wal_keep_size, which 13+ reads instead.
-        let explicit_size = dynamic.postgresql.parameters.contains_key("wal_keep_size");
+        let explicit_size = dynamic.postgresql.parameters.contains_key("wal_keep_size")
+            || local.contains_key("wal_keep_size");
         let notes = adapt_wal_keep(&mut params, self.s.pg_major, explicit_size);
         {
             let mut last = self
@@ -448,12 +475,8 @@ impl Instance {
             &self.data("postgresql.conf"),
             &render_postgresql_conf(&params, standby.as_ref()),
         )?;
-        if let Some(hba) = self
-            .s
-            .pg_hba
-            .as_ref()
-            .or(dynamic.postgresql.pg_hba.as_ref())
-        {
+        let local_hba = self.local_config().pg_hba;
+        if let Some(hba) = local_hba.as_ref().or(dynamic.postgresql.pg_hba.as_ref()) {
             changed |= write_if_changed(&self.data("pg_hba.conf"), &hba_text(hba))?;
         }
         let signal = self.data("standby.signal");
@@ -505,7 +528,7 @@ impl Instance {
         let names: Vec<String> = cmdline.keys().cloned().collect();
         let rows = self
             .query(
-                "SELECT name, setting, pending_restart FROM pg_settings WHERE pending_restart OR name = ANY($1)",
+                "SELECT name, setting, pending_restart, current_setting(name) FROM pg_settings WHERE pending_restart OR name = ANY($1)",
                 &[&names],
             )
             .await?;
@@ -519,8 +542,11 @@ impl Instance {
                     out.insert(name, (setting, want.clone()));
                 }
             } else if pending {
+                // Shown as PostgreSQL prints it with its unit (`32MB`, not `4096` pages), as the
+                // configured value is written.
+                let running: String = r.get::<_, Option<String>>(3).unwrap_or(setting);
                 let want = conf.get(&name).cloned().unwrap_or_else(|| "?".into());
-                out.insert(name, (setting, want));
+                out.insert(name, (running, want));
             }
         }
         Ok(out)

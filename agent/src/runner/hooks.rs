@@ -46,7 +46,9 @@ pub(super) fn metered(dcs: Arc<dyn Dcs>, scope: &str, name: &str) -> (Arc<dyn Dc
 }
 
 /// Starts the REST API (plain or TLS, with access control) and the restart scheduler on
-/// `listener`. Errors: unusable `restapi` TLS or allowlist settings.
+/// `listener`; `restarts` carries a scheduled restart over when the API is served again after a
+/// reload. Errors: unusable `restapi` TLS or allowlist settings.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn start_api(
     config: &Config,
     listener: tokio::net::TcpListener,
@@ -54,9 +56,13 @@ pub(super) async fn start_api(
     commands: mpsc::Sender<CommandRequest>,
     dcs: Arc<dyn Dcs>,
     metrics: Arc<Metrics>,
+    restarts: Option<Arc<RestartSchedule>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(tokio::task::JoinHandle<std::io::Result<()>>, Ops)> {
     let mut ctx = ApiContext::new(status, commands);
+    if let Some(r) = restarts {
+        ctx.restarts = r;
+    }
     ctx.tls = api::tls::server_config(&config.restapi).map_err(anyhow::Error::msg)?;
     ctx.access = Arc::new(
         api::AccessPolicy::from_config(&config.restapi)
@@ -145,6 +151,8 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?;
         self.set_api_state(MemberState::Stopped);
+        // Its start runs `on_restart` rather than `on_start` (Patroni's `Ha.restart`).
+        self.restarting = true;
         self.spawn_task(Task::Start, Action::Start(role));
         Ok("restarting postgres".into())
     }
