@@ -116,8 +116,8 @@ pub enum Target {
     /// The proxy.
     Proxy,
     /// The hosts split into two sets: the leader and `with_leader` other members on one side
-    /// (the DCS members `dcs_with_leader` with them), everything else on the other; the proxy and
-    /// the clients stay with the majority of the DCS.
+    /// (the DCS members `dcs_with_leader` with them), everything else, the proxy included, on the
+    /// other.
     Split {
         /// How many replicas stay with the leader (0 or 1).
         with_leader: usize,
@@ -213,23 +213,35 @@ pub enum Host {
     Dcs(usize),
     /// The proxy.
     Proxy,
-    /// The workload's clients.
-    Clients,
+}
+
+impl Host {
+    /// The host's name in a namespace harness: the member's name, `e1`.. for DCS servers,
+    /// `proxy`.
+    pub fn name(&self) -> String {
+        match self {
+            Host::Member(m) => m.clone(),
+            Host::Dcs(i) => format!("e{}", i + 1),
+            Host::Proxy => "proxy".into(),
+        }
+    }
 }
 
 /// Network faults between hosts, for a harness whose hosts have network interfaces of their own
-/// (network namespaces). The loopback harness has none: the runner then leaves the network kinds
-/// out of the plan. Each call returns once the fault is in place; errors say what could not be
-/// set (the run then stops with that error rather than measuring a fault that did not happen).
-pub trait NetworkFaults: Send + Sync {
+/// (network namespaces), owned by the cluster it runs. The loopback harness has none: the runner
+/// then leaves the network kinds out of the plan. Each call returns once the fault is in place;
+/// errors say what could not be set (the run then stops with that error rather than measuring a
+/// fault that did not happen). The workload's clients stay reachable from every host a fault does
+/// not silence.
+pub trait NetworkFaults {
     /// Drops every packet to and from `host`.
-    fn silence(&self, host: &Host) -> Result<(), String>;
+    fn silence(&mut self, host: &Host) -> Result<(), String>;
     /// Drops packets between `a` and `b`: both ways, or only from `a` to `b` when `one_way`.
-    fn partition(&self, a: &[Host], b: &[Host], one_way: bool) -> Result<(), String>;
+    fn partition(&mut self, a: &[Host], b: &[Host], one_way: bool) -> Result<(), String>;
     /// Delays `host`'s packets by `delay_ms` and drops `loss_percent` of them.
-    fn degrade(&self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String>;
+    fn degrade(&mut self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String>;
     /// Removes every network fault.
-    fn heal(&self) -> Result<(), String>;
+    fn heal(&mut self) -> Result<(), String>;
 }
 
 #[cfg(test)]

@@ -112,8 +112,8 @@ pub enum OpKind {
 pub enum Outcome {
     /// Acknowledged (the statement's commit completed and the client got its answer).
     Ok {
-        /// The member whose PostgreSQL ran it (from `inet_server_port()`), or `port N` when no
-        /// member has that port.
+        /// The member whose PostgreSQL ran it (from `inet_server_addr()` and
+        /// `inet_server_port()`), or that `ip:port` when no member has it.
         server: String,
         /// Its WAL insert timeline when it ran (from `pg_walfile_name(pg_current_wal_insert_lsn())`).
         timeline: u32,

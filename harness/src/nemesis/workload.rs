@@ -3,7 +3,7 @@
 //! its start, end, outcome and the server and timeline that acknowledged it.
 //!
 //! Every statement is sent with the simple query protocol (no named prepared statements, which
-//! would pin an auto-port session to one server) and returns `inet_server_port()` and the
+//! would pin an auto-port session to one server) and returns the server's address and port and the
 //! timeline of `pg_current_wal_insert_lsn()`, so even a write through the proxy names the member
 //! that acknowledged it.
 
@@ -27,51 +27,53 @@ pub const KEYS: i32 = 3;
 /// How long one statement may take before it is abandoned as indeterminate.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the clients connect.
+/// Where the clients connect, each as `ip:port`.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     /// The proxy's read-write port.
-    pub rw_port: u16,
-    /// The proxy's auto port.
-    pub auto_port: u16,
-    /// Every member's name and PostgreSQL port.
-    pub members: Vec<(String, u16)>,
+    pub rw: String,
+    /// The proxy's auto port, when the proxy has one.
+    pub auto: Option<String>,
+    /// Every member's name and PostgreSQL address (as `inet_server_addr()` and
+    /// `inet_server_port()` report it there).
+    pub members: Vec<(String, String)>,
 }
 
-fn dsn(port: u16) -> String {
+fn dsn(addr: &str) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
     format!(
-        "host=127.0.0.1 port={port} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2"
+        "host={host} port={port} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2"
     )
 }
 
-/// Connects to 127.0.0.1:`port` with tokio-postgres (no TLS), bounded by 3 s, and drives the
+/// Connects to `addr` (`ip:port`) with tokio-postgres (no TLS), as the superuser, and drives the
 /// connection in the background.
-pub async fn connect(port: u16) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(&dsn(port), tokio_postgres::NoTls).await?;
+pub async fn connect(addr: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&dsn(addr), tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(client)
 }
 
-/// Creates the workload's tables through `port` (the proxy's read-write port): `nemesis_log`
+/// Creates the workload's tables through `addr` (the proxy's read-write port): `nemesis_log`
 /// for the unique inserts and `nemesis_kv` with [`KEYS`] empty lists.
-pub async fn create_tables(port: u16) -> Result<(), String> {
-    let client = connect(port).await.map_err(|e| e.to_string())?;
+pub async fn create_tables(addr: &str) -> Result<(), String> {
+    let client = connect(addr).await.map_err(|e| e.to_string())?;
     client
         .batch_execute(&format!(
-            "CREATE TABLE nemesis_log (id bigint PRIMARY KEY, client text NOT NULL, at timestamptz NOT NULL DEFAULT now());
-             CREATE TABLE nemesis_kv (k int PRIMARY KEY, v bigint[] NOT NULL DEFAULT '{{}}');
-             INSERT INTO nemesis_kv (k) SELECT g FROM generate_series(1, {KEYS}) g;"
+            "CREATE TABLE IF NOT EXISTS nemesis_log (id bigint PRIMARY KEY, client text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE IF NOT EXISTS nemesis_kv (k int PRIMARY KEY, v bigint[] NOT NULL DEFAULT '{{}}');
+             INSERT INTO nemesis_kv (k) SELECT g FROM generate_series(1, {KEYS}) g ON CONFLICT DO NOTHING;"
         ))
         .await
         .map_err(|e| format!("creating the workload's tables: {e}"))
 }
 
 /// Reads what the workload left: every id in `nemesis_log` and every list in `nemesis_kv`, from
-/// the PostgreSQL at `port` (the leader's).
-pub async fn read_final_state(port: u16) -> Result<FinalState, String> {
-    let client = connect(port).await.map_err(|e| e.to_string())?;
+/// the PostgreSQL at `addr` (the leader's).
+pub async fn read_final_state(addr: &str) -> Result<FinalState, String> {
+    let client = connect(addr).await.map_err(|e| e.to_string())?;
     let mut fin = FinalState::default();
     for m in client
         .simple_query("SELECT id FROM nemesis_log")
@@ -103,12 +105,14 @@ pub struct Workload {
     tasks: Vec<JoinHandle<()>>,
     ops: Arc<Mutex<Vec<Op>>>,
     t0: Instant,
+    /// The proxy's ports in use.
+    channels: Vec<Channel>,
 }
 
 struct Shared {
     ids: AtomicI64,
     ops: Arc<Mutex<Vec<Op>>>,
-    servers: HashMap<u16, String>,
+    servers: HashMap<String, String>,
     t0: Instant,
     stop: CancellationToken,
 }
@@ -131,47 +135,50 @@ impl Workload {
             servers: endpoints
                 .members
                 .iter()
-                .map(|(n, p)| (*p, n.clone()))
+                .map(|(n, a)| (a.clone(), n.clone()))
                 .collect(),
             t0,
             stop: stop.clone(),
         });
         let pace = Duration::from_millis(25);
+        let rw = &endpoints.rw;
         let mut clients = vec![
             (
                 "rw-insert".to_string(),
                 Channel::ProxyRw,
-                endpoints.rw_port,
-                Does::Insert,
-                pace,
-            ),
-            (
-                "auto-insert".into(),
-                Channel::ProxyAuto,
-                endpoints.auto_port,
+                rw.clone(),
                 Does::Insert,
                 pace,
             ),
             (
                 "rw-rmw".into(),
                 Channel::ProxyRw,
-                endpoints.rw_port,
-                Does::Append,
-                pace,
-            ),
-            (
-                "auto-rmw".into(),
-                Channel::ProxyAuto,
-                endpoints.auto_port,
+                rw.clone(),
                 Does::Append,
                 pace,
             ),
         ];
-        for (name, port) in &endpoints.members {
+        if let Some(auto) = &endpoints.auto {
+            clients.push((
+                "auto-insert".into(),
+                Channel::ProxyAuto,
+                auto.clone(),
+                Does::Insert,
+                pace,
+            ));
+            clients.push((
+                "auto-rmw".into(),
+                Channel::ProxyAuto,
+                auto.clone(),
+                Does::Append,
+                pace,
+            ));
+        }
+        for (name, addr) in &endpoints.members {
             clients.push((
                 format!("direct-{name}"),
                 Channel::Direct(name.clone()),
-                *port,
+                addr.clone(),
                 Does::Insert,
                 Duration::from_millis(50),
             ));
@@ -179,13 +186,13 @@ impl Workload {
         let tasks = clients
             .into_iter()
             .enumerate()
-            .map(|(i, (name, channel, port, does, pace))| {
+            .map(|(i, (name, channel, addr, does, pace))| {
                 let rng = fastrand::Rng::with_seed(seed.wrapping_add(i as u64));
                 tokio::spawn(client_loop(
                     shared.clone(),
                     name,
                     channel,
-                    port,
+                    addr,
                     does,
                     pace,
                     rng,
@@ -197,6 +204,11 @@ impl Workload {
             tasks,
             ops,
             t0,
+            channels: if endpoints.auto.is_some() {
+                vec![Channel::ProxyRw, Channel::ProxyAuto]
+            } else {
+                vec![Channel::ProxyRw]
+            },
         }
     }
 
@@ -204,7 +216,7 @@ impl Workload {
     /// each of the proxy's ports.
     pub fn acked_through_proxy_since(&self, since: Duration) -> bool {
         let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        [Channel::ProxyRw, Channel::ProxyAuto].iter().all(|c| {
+        self.channels.iter().all(|c| {
             ops.iter()
                 .any(|o| &o.channel == c && o.start >= since && o.acked_on().is_some())
         })
@@ -235,7 +247,7 @@ async fn client_loop(
     shared: Arc<Shared>,
     name: String,
     channel: Channel,
-    port: u16,
+    addr: String,
     does: Does,
     pace: Duration,
     mut rng: fastrand::Rng,
@@ -252,7 +264,7 @@ async fn client_loop(
         };
         let start = shared.t0.elapsed();
         let outcome = tokio::select! {
-            o = run_op(&mut client, port, &name, kind, &shared.servers) => o,
+            o = run_op(&mut client, &addr, &name, kind, &shared.servers) => o,
             _ = shared.stop.cancelled() => {
                 Outcome::Unknown { message: "abandoned at the end of the run".into() }
             }
@@ -280,11 +292,11 @@ async fn client_loop(
     }
 }
 
-/// The statement of `kind`, returning the server's port, its WAL timeline and (for an append)
+/// The statement of `kind`, returning the server's address, its WAL timeline and (for an append)
 /// the list read back.
 fn sql(kind: OpKind, client: &str) -> String {
-    const SERVER_COLUMNS: &str =
-        "inet_server_port()::text, substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8)";
+    const SERVER_COLUMNS: &str = "host(inet_server_addr()) || ':' || inet_server_port(), \
+         substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8)";
     match kind {
         OpKind::Insert { id } => format!(
             "INSERT INTO nemesis_log (id, client) VALUES ({id}, '{client}') RETURNING {SERVER_COLUMNS}"
@@ -297,13 +309,13 @@ fn sql(kind: OpKind, client: &str) -> String {
 
 async fn run_op(
     client: &mut Option<Client>,
-    port: u16,
+    addr: &str,
     name: &str,
     kind: OpKind,
-    servers: &HashMap<u16, String>,
+    servers: &HashMap<String, String>,
 ) -> Outcome {
     if client.as_ref().is_none_or(Client::is_closed) {
-        match tokio::time::timeout(Duration::from_secs(3), connect(port)).await {
+        match tokio::time::timeout(Duration::from_secs(3), connect(addr)).await {
             Ok(Ok(c)) => *client = Some(c),
             // Nothing was sent: certainly not committed.
             Ok(Err(e)) => {
@@ -338,15 +350,12 @@ async fn run_op(
                 };
             };
             let column = |i: usize| row.try_get(i).ok().flatten();
-            let port: Option<u16> = column(0).and_then(|p| p.parse().ok());
+            let server = column(0);
             let timeline = column(1).and_then(parse_timeline);
             let value = column(2).and_then(parse_bigint_array);
-            match (port, timeline) {
-                (Some(p), Some(timeline)) => Outcome::Ok {
-                    server: servers
-                        .get(&p)
-                        .cloned()
-                        .unwrap_or_else(|| format!("port {p}")),
+            match (server, timeline) {
+                (Some(s), Some(timeline)) => Outcome::Ok {
+                    server: servers.get(s).cloned().unwrap_or_else(|| s.to_string()),
                     timeline,
                     value,
                 },
