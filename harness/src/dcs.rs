@@ -667,6 +667,46 @@ impl LocalDcs {
         }
     }
 
+    /// The number of DCS servers.
+    pub fn member_count(&self) -> usize {
+        match &self.servers {
+            DcsServers::Etcd(_) | DcsServers::ZooKeeper(_) => 1,
+            DcsServers::EtcdCluster(c) => c.members.len(),
+            DcsServers::ZooKeeperEnsemble(z) => z.members.len(),
+        }
+    }
+
+    /// A short name of server `i` for reports (`etcd e2`, `zookeeper 2`).
+    pub fn member_name(&self, i: usize) -> String {
+        match &self.servers {
+            DcsServers::Etcd(_) => "etcd".into(),
+            DcsServers::ZooKeeper(_) => "zookeeper".into(),
+            DcsServers::EtcdCluster(c) => format!("etcd {}", c.members[i].name),
+            DcsServers::ZooKeeperEnsemble(_) => format!("zookeeper {}", i + 1),
+        }
+    }
+
+    /// Kills DCS server `i` (0-based; the only server of a single-server DCS); data stays.
+    pub fn stop_member(&mut self, i: usize) {
+        match &mut self.servers {
+            DcsServers::Etcd(e) => e.stop(),
+            DcsServers::ZooKeeper(z) => z.stop(),
+            DcsServers::EtcdCluster(c) => c.stop_member(i),
+            DcsServers::ZooKeeperEnsemble(z) => z.stop_member(i),
+        }
+    }
+
+    /// Starts DCS server `i` again. A member of several returns at once (it serves only once it
+    /// has a quorum); a single server is waited for, as [`LocalDcs::restart`] does.
+    pub async fn start_member(&mut self, i: usize) -> Result<(), String> {
+        match &mut self.servers {
+            DcsServers::Etcd(e) => e.restart().await,
+            DcsServers::ZooKeeper(z) => z.restart().await,
+            DcsServers::EtcdCluster(c) => c.start_member(i),
+            DcsServers::ZooKeeperEnsemble(z) => z.start_member(i),
+        }
+    }
+
     /// Freezes (SIGSTOP) or resumes (SIGCONT) every DCS server: unreachable but not restarted, as
     /// behind a network partition.
     pub fn set_frozen(&mut self, frozen: bool) {

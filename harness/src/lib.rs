@@ -15,6 +15,8 @@
 //! - [`TcpRelay`]: a TCP relay a test can cut, to partition one client from a server.
 //! - [`postgres::Postgres`]: a standalone PostgreSQL (initdb + postgres, trust auth) on a free port.
 //! - [`proxy::FullProxy`]: a proxy process with every listener for a [`cluster::LocalCluster`].
+//! - [`nemesis`]: seeded fault injection under a recording workload, and the checker of its
+//!   histories.
 //! - [`WorkDir`], [`postgres_ids`], [`as_postgres`], [`install_binary`]: PostgreSQL refuses to run as root,
 //!   so when the tests run as root the agents run as the `postgres` user from a directory it can read.
 #![warn(missing_docs)]
@@ -22,6 +24,7 @@
 pub mod cluster;
 pub mod dcs;
 pub mod netns;
+pub mod nemesis;
 pub mod postgres;
 pub mod proxy;
 pub mod relay;

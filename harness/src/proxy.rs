@@ -2,6 +2,7 @@
 //! [`LocalCluster`], with extra `praetor.proxy` settings: what the proxy's cluster tests and the
 //! benchmarks need beyond [`LocalCluster::start_proxy`].
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub struct FullProxy {
     /// `praetor.proxy.id`: its key in the DCS is `praetor/proxies/<id>`.
     pub id: String,
     process: Process,
+    /// Its configuration file, binary and log, kept for [`FullProxy::restart`].
+    config: PathBuf,
+    binary: PathBuf,
+    log: PathBuf,
 }
 
 impl FullProxy {
@@ -44,15 +49,8 @@ impl FullProxy {
             dcs = cluster.etcd.yaml_section(),
         );
         write_file(&config, &yaml).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&cluster.binary);
-        cmd.arg("proxy").arg("-c").arg(&config);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        );
         let log = cluster.work.path().join(format!("proxy-{id}.log"));
-        let process = Process::spawn(&format!("proxy-{id}"), cmd, &log)
-            .map_err(|e| format!("cannot start the proxy: {e}"))?;
+        let process = spawn(&cluster.binary, &config, id, &log)?;
         let proxy = FullProxy {
             rw_port: rw,
             ro_port: ro,
@@ -61,8 +59,39 @@ impl FullProxy {
             metrics_port: metrics,
             id: id.to_string(),
             process,
+            config,
+            binary: cluster.binary.clone(),
+            log,
         };
-        let addr = format!("127.0.0.1:{metrics}");
+        proxy.wait_metrics().await?;
+        Ok(proxy)
+    }
+
+    /// Kills the proxy (SIGKILL to its process group: clients' connections drop) and starts it
+    /// again with the same configuration, ports and log; waits until its metrics endpoint answers.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.start_again().await
+    }
+
+    /// Kills the proxy (SIGKILL to its process group) without starting it again; see
+    /// [`FullProxy::start_again`].
+    pub fn kill(&mut self) {
+        self.process.kill_group();
+    }
+
+    /// Starts the proxy killed by [`FullProxy::kill`] again with the same configuration, ports and
+    /// log; waits until its metrics endpoint answers.
+    pub async fn start_again(&mut self) -> Result<(), String> {
+        let fresh = spawn(&self.binary, &self.config, &self.id, &self.log)?;
+        // The old process is already killed and reaped; dropping it would signal its (possibly
+        // reused) process group again.
+        std::mem::forget(std::mem::replace(&mut self.process, fresh));
+        self.wait_metrics().await
+    }
+
+    async fn wait_metrics(&self) -> Result<(), String> {
+        let addr = format!("127.0.0.1:{}", self.metrics_port);
         wait_for(
             "the proxy's metrics endpoint",
             Duration::from_secs(30),
@@ -72,8 +101,8 @@ impl FullProxy {
             },
         )
         .await
-        .map_err(|e| format!("{e}\nproxy log:\n{}", proxy.log()))?;
-        Ok(proxy)
+        .map(|_| ())
+        .map_err(|e| format!("{e}\nproxy log:\n{}", self.log()))
     }
 
     /// The proxy's log so far.
@@ -92,4 +121,21 @@ impl FullProxy {
             .await
             .map(|(_, body)| body)
     }
+}
+
+/// Spawns `praetor proxy -c config` with its output appended to `log`.
+fn spawn(
+    binary: &std::path::Path,
+    config: &std::path::Path,
+    id: &str,
+    log: &std::path::Path,
+) -> Result<Process, String> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("proxy").arg("-c").arg(config);
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    Process::spawn(&format!("proxy-{id}"), cmd, log)
+        .map_err(|e| format!("cannot start the proxy: {e}"))
 }

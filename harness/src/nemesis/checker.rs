@@ -1,0 +1,595 @@
+//! Judges a [`History`]: the promises Praetor makes (no split brain, no acknowledged write lost
+//! where the replication mode promises it, a deposed primary acknowledges nothing, the cluster
+//! converges after the faults) and how long each fault interrupted writes.
+//!
+//! The checks, each over acknowledged operations only (an indeterminate one proves nothing):
+//! - **lost**: an acknowledged insert whose id is not in the leader's final table, or an
+//!   acknowledged append whose id is not in its key's final list, or whose read-back list is not
+//!   a prefix of the final one (a later state forgot part of what it had read). A violation under
+//!   `synchronous_mode`; under asynchronous replication Patroni allows it (bounded by
+//!   `maximum_lag_on_failover`), so it is counted apart as "lost (async, allowed)".
+//! - **split brain**: two members acknowledging writes at the same time. Member X certainly
+//!   accepted writes on timeline T from the end of its first acknowledged write on T to the start
+//!   of its last one; two such windows of different members that overlap, or two members
+//!   acknowledging on the same timeline number (two promotions from one history), are a violation.
+//! - **deposed primary**: a write sent to member X after another member's first acknowledged
+//!   write on a later timeline had been answered, and acknowledged by X on its older timeline.
+//! - **no convergence**: after a heal, no single running leader with every replica streaming on
+//!   its timeline within the runner's bound; or no final state could be read.
+//! - **recovery** (measured, not a violation): from each fault (from its heal for faults that
+//!   block writes by design, [`FaultKind::recovery_from_heal`]) to the end of the first write
+//!   acknowledged through the proxy that was sent after it; compared with
+//!   `ttl + loop_wait + 1 s`, Patroni's bound on a failover.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use super::fault::FaultKind;
+use super::history::{Convergence, History, Op, OpKind, Outcome};
+
+/// A broken promise, with the time (from the run's start) it shows at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which promise.
+    pub kind: ViolationKind,
+    /// When: the acknowledgement, or the end of the wait that failed.
+    pub at: Duration,
+    /// What exactly, for the report.
+    pub detail: String,
+}
+
+/// The promises checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViolationKind {
+    /// An acknowledged write missing at the end under synchronous replication.
+    Lost,
+    /// Two members acknowledging writes at the same time, or on the same timeline.
+    SplitBrain,
+    /// A member acknowledging a write after another's first acknowledged write on a later
+    /// timeline.
+    DeposedPrimary,
+    /// No single leader with streaming replicas within the bound, or no final state.
+    NoConvergence,
+    /// No write acknowledged through the proxy after a fault, until the run ended.
+    NoRecovery,
+}
+
+impl fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ViolationKind::Lost => "lost acknowledged write",
+            ViolationKind::SplitBrain => "split brain",
+            ViolationKind::DeposedPrimary => "deposed primary acknowledged",
+            ViolationKind::NoConvergence => "no convergence",
+            ViolationKind::NoRecovery => "no recovery",
+        })
+    }
+}
+
+/// How long one fault interrupted writes through the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The fault.
+    pub kind: FaultKind,
+    /// When it was applied (from the run's start).
+    pub at: Duration,
+    /// From the fault (or its heal) to the first acknowledged write sent after it; `None` when
+    /// there was none.
+    pub after: Option<Duration>,
+    /// `after` exceeded `ttl + loop_wait + 1 s`.
+    pub over_bound: bool,
+}
+
+/// The verdict on one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Broken promises.
+    pub violations: Vec<Violation>,
+    /// Acknowledged writes missing at the end under asynchronous replication (allowed by design).
+    pub lost_async_allowed: usize,
+    /// Acknowledged operations in the history.
+    pub acknowledged: usize,
+    /// One per fault.
+    pub recoveries: Vec<Recovery>,
+}
+
+/// Patroni's bound on the time a failover takes: `ttl + loop_wait + 1 s`.
+pub fn recovery_bound(history: &History) -> Duration {
+    Duration::from_secs(u64::from(history.ttl_secs) + u64::from(history.loop_wait_secs) + 1)
+}
+
+/// Runs every check on `history`.
+pub fn check(history: &History) -> Report {
+    let mut report = Report {
+        acknowledged: history
+            .ops
+            .iter()
+            .filter(|o| o.acked_on().is_some())
+            .count(),
+        ..Report::default()
+    };
+    check_lost(history, &mut report);
+    check_split_brain(history, &mut report);
+    check_deposed(history, &mut report);
+    check_convergence(history, &mut report);
+    check_recovery(history, &mut report);
+    report.violations.sort_by_key(|v| v.at);
+    report
+}
+
+fn lost(history: &History, report: &mut Report, op: &Op, why: String) {
+    if history.mode.is_synchronous() {
+        report.violations.push(Violation {
+            kind: ViolationKind::Lost,
+            at: op.end,
+            detail: format!(
+                "{why} ({}, {}, acknowledged {:?}-{:?}, {})",
+                op.client,
+                op.channel,
+                op.start,
+                op.end,
+                history.mode.name()
+            ),
+        });
+    } else {
+        report.lost_async_allowed += 1;
+    }
+}
+
+fn check_lost(history: &History, report: &mut Report) {
+    let Some(fin) = &history.final_state else {
+        return; // check_convergence reports it
+    };
+    for op in &history.ops {
+        let Outcome::Ok { value, server, .. } = &op.outcome else {
+            continue;
+        };
+        match op.kind {
+            OpKind::Insert { id } => {
+                if !fin.ids.contains(&id) {
+                    lost(
+                        history,
+                        report,
+                        op,
+                        format!("insert {id} acknowledged by {server} is missing"),
+                    );
+                }
+            }
+            OpKind::Append { key, id } => {
+                let list = fin.lists.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+                if !list.contains(&id) {
+                    lost(
+                        history,
+                        report,
+                        op,
+                        format!("append {id} to key {key} acknowledged by {server} is missing"),
+                    );
+                } else if let Some(read) = value {
+                    if !list.starts_with(read) {
+                        lost(
+                            history,
+                            report,
+                            op,
+                            format!(
+                                "append {id} to key {key} read back {} ids that the final list does not start with",
+                                read.len()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per (member, timeline): the end of its first acknowledged write and the start of its last.
+fn windows(history: &History) -> BTreeMap<(String, u32), (Duration, Duration)> {
+    let mut w: BTreeMap<(String, u32), (Duration, Duration)> = BTreeMap::new();
+    for op in &history.ops {
+        if let Some((server, tl)) = op.acked_on() {
+            let e = w
+                .entry((server.to_string(), tl))
+                .or_insert((op.end, op.start));
+            e.0 = e.0.min(op.end);
+            e.1 = e.1.max(op.start);
+        }
+    }
+    w
+}
+
+fn check_split_brain(history: &History, report: &mut Report) {
+    let w: Vec<_> = windows(history).into_iter().collect();
+    for (i, ((m1, t1), (first1, last1))) in w.iter().enumerate() {
+        for ((m2, t2), (first2, last2)) in &w[i + 1..] {
+            if m1 == m2 {
+                continue;
+            }
+            if t1 == t2 {
+                report.violations.push(Violation {
+                    kind: ViolationKind::SplitBrain,
+                    at: *first1.max(first2),
+                    detail: format!("{m1} and {m2} both acknowledged writes on timeline {t1}"),
+                });
+                continue;
+            }
+            let from = *first1.max(first2);
+            let to = *last1.min(last2);
+            if from < to {
+                report.violations.push(Violation {
+                    kind: ViolationKind::SplitBrain,
+                    at: from,
+                    detail: format!(
+                        "{m1} (timeline {t1}) and {m2} (timeline {t2}) both acknowledged writes from {from:?} to {to:?}"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+fn check_deposed(history: &History, report: &mut Report) {
+    let w = windows(history);
+    // For each (member, timeline) acknowledging writes: the earliest first-acknowledgement of
+    // another member on a later timeline.
+    for ((member, tl), _) in w.iter() {
+        let Some((first_later, later_member, later_tl)) = w
+            .iter()
+            .filter(|((m, t), _)| m != member && t > tl)
+            .map(|((m, t), (first, _))| (*first, m, *t))
+            .min()
+        else {
+            continue;
+        };
+        let late: Vec<&Op> = history
+            .ops
+            .iter()
+            .filter(|o| o.acked_on() == Some((member.as_str(), *tl)) && o.start > first_later)
+            .collect();
+        if let Some(first) = late.iter().min_by_key(|o| o.end) {
+            report.violations.push(Violation {
+                kind: ViolationKind::DeposedPrimary,
+                at: first.end,
+                detail: format!(
+                    "{member} acknowledged {} write(s) on timeline {tl} sent after {later_member}'s first acknowledged write on timeline {later_tl} at {first_later:?} (first: {} via {}, {:?}-{:?})",
+                    late.len(),
+                    first.client,
+                    first.channel,
+                    first.start,
+                    first.end
+                ),
+            });
+        }
+    }
+}
+
+fn check_convergence(history: &History, report: &mut Report) {
+    for c in &history.convergence {
+        if let Convergence::NotConverged { at, last } = c {
+            report.violations.push(Violation {
+                kind: ViolationKind::NoConvergence,
+                at: *at,
+                detail: format!("no leader with every replica streaming on its timeline: {last}"),
+            });
+        }
+    }
+    if history.final_state.is_none() {
+        report.violations.push(Violation {
+            kind: ViolationKind::NoConvergence,
+            at: history.end,
+            detail: "the final state could not be read from the leader".into(),
+        });
+    }
+}
+
+fn check_recovery(history: &History, report: &mut Report) {
+    let bound = recovery_bound(history);
+    for f in &history.faults {
+        let from = if f.kind.recovery_from_heal() {
+            f.heal
+        } else {
+            f.start
+        };
+        let after = history
+            .ops
+            .iter()
+            .filter(|o| o.channel.is_proxy() && o.start >= from && o.acked_on().is_some())
+            .map(|o| o.end)
+            .min()
+            .map(|end| end - from);
+        if after.is_none() {
+            report.violations.push(Violation {
+                kind: ViolationKind::NoRecovery,
+                at: history.end,
+                detail: format!(
+                    "no write acknowledged through the proxy after {} ({}) at {from:?}",
+                    f.kind, f.target
+                ),
+            });
+        }
+        report.recoveries.push(Recovery {
+            kind: f.kind,
+            at: f.start,
+            over_bound: after.is_some_and(|a| a > bound),
+            after,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nemesis::history::{Channel, FaultRecord, FinalState, Mode};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ok(kind: OpKind, channel: Channel, start: u64, end: u64, server: &str, tl: u32) -> Op {
+        let value = match kind {
+            OpKind::Append { id, .. } => Some(vec![id]),
+            _ => None,
+        };
+        Op {
+            client: "c".into(),
+            channel,
+            kind,
+            start: ms(start),
+            end: ms(end),
+            outcome: Outcome::Ok {
+                server: server.into(),
+                timeline: tl,
+                value,
+            },
+        }
+    }
+
+    fn insert(id: i64, start: u64, end: u64, server: &str, tl: u32) -> Op {
+        ok(
+            OpKind::Insert { id },
+            Channel::ProxyRw,
+            start,
+            end,
+            server,
+            tl,
+        )
+    }
+
+    fn direct(id: i64, start: u64, end: u64, server: &str, tl: u32) -> Op {
+        ok(
+            OpKind::Insert { id },
+            Channel::Direct(server.into()),
+            start,
+            end,
+            server,
+            tl,
+        )
+    }
+
+    fn history(mode: Mode, ops: Vec<Op>, ids: &[i64]) -> History {
+        History {
+            mode,
+            ttl_secs: 6,
+            loop_wait_secs: 1,
+            ops,
+            faults: vec![],
+            convergence: vec![Convergence::Converged { after: ms(3000) }],
+            final_state: Some(FinalState {
+                ids: ids.iter().copied().collect(),
+                lists: BTreeMap::new(),
+            }),
+            end: ms(60_000),
+        }
+    }
+
+    fn kinds(r: &Report) -> Vec<ViolationKind> {
+        r.violations.iter().map(|v| v.kind).collect()
+    }
+
+    /// A clean failover: pg1 on timeline 1, then pg2 on timeline 2 after a gap.
+    fn failover_ops() -> Vec<Op> {
+        vec![
+            insert(1, 0, 10, "pg1", 1),
+            insert(2, 20, 30, "pg1", 1),
+            insert(3, 9000, 9010, "pg2", 2),
+            insert(4, 9020, 9030, "pg2", 2),
+        ]
+    }
+
+    #[test]
+    fn a_clean_failover_passes_every_check() {
+        let r = check(&history(Mode::Strict, failover_ops(), &[1, 2, 3, 4]));
+        assert_eq!(r.violations, vec![]);
+        assert_eq!(r.acknowledged, 4);
+        assert_eq!(r.lost_async_allowed, 0);
+    }
+
+    #[test]
+    fn an_acknowledged_insert_missing_is_a_violation_under_synchronous_mode() {
+        let r = check(&history(Mode::Sync, failover_ops(), &[1, 3, 4]));
+        assert_eq!(kinds(&r), vec![ViolationKind::Lost]);
+        assert!(r.violations[0].detail.contains("insert 2"), "{r:?}");
+    }
+
+    #[test]
+    fn an_acknowledged_insert_missing_is_allowed_and_counted_under_async() {
+        let r = check(&history(Mode::Async, failover_ops(), &[1, 3, 4]));
+        assert_eq!(r.violations, vec![]);
+        assert_eq!(r.lost_async_allowed, 1);
+    }
+
+    #[test]
+    fn unacknowledged_writes_may_be_missing_or_present() {
+        let mut ops = failover_ops();
+        ops.push(Op {
+            client: "c".into(),
+            channel: Channel::ProxyRw,
+            kind: OpKind::Insert { id: 5 },
+            start: ms(40),
+            end: ms(5000),
+            outcome: Outcome::Unknown {
+                message: "connection closed".into(),
+            },
+        });
+        ops.push(Op {
+            client: "c".into(),
+            channel: Channel::ProxyRw,
+            kind: OpKind::Insert { id: 6 },
+            start: ms(40),
+            end: ms(50),
+            outcome: Outcome::Failed {
+                sqlstate: Some("25006".into()),
+                message: "read-only".into(),
+            },
+        });
+        assert_eq!(
+            check(&history(Mode::Strict, ops.clone(), &[1, 2, 3, 4])).violations,
+            vec![]
+        );
+        assert_eq!(
+            check(&history(Mode::Strict, ops, &[1, 2, 3, 4, 5])).violations,
+            vec![]
+        );
+    }
+
+    #[test]
+    fn an_append_whose_read_is_not_a_prefix_of_the_final_list_is_lost() {
+        let mut a = ok(
+            OpKind::Append { key: 1, id: 11 },
+            Channel::ProxyAuto,
+            0,
+            10,
+            "pg1",
+            1,
+        );
+        let mut b = ok(
+            OpKind::Append { key: 1, id: 12 },
+            Channel::ProxyAuto,
+            20,
+            30,
+            "pg1",
+            1,
+        );
+        if let Outcome::Ok { value, .. } = &mut a.outcome {
+            *value = Some(vec![11]);
+        }
+        if let Outcome::Ok { value, .. } = &mut b.outcome {
+            *value = Some(vec![11, 12]);
+        }
+        let mut h = history(Mode::Strict, vec![a, b], &[]);
+        let fin = h.final_state.as_mut().unwrap();
+        fin.lists.insert(1, vec![11, 12]);
+        assert_eq!(check(&h).violations, vec![]);
+        // The final order contradicts both reads.
+        h.final_state
+            .as_mut()
+            .unwrap()
+            .lists
+            .insert(1, vec![12, 11]);
+        assert_eq!(
+            kinds(&check(&h)),
+            vec![ViolationKind::Lost, ViolationKind::Lost]
+        );
+        // 12 missing: the append is lost (its read is not checked once its id is gone).
+        h.final_state.as_mut().unwrap().lists.insert(1, vec![11]);
+        assert_eq!(kinds(&check(&h)), vec![ViolationKind::Lost]);
+    }
+
+    #[test]
+    fn two_members_acknowledging_in_overlapping_windows_is_split_brain() {
+        let ops = vec![
+            insert(1, 0, 10, "pg1", 1),
+            direct(2, 5000, 5010, "pg1", 1),
+            insert(3, 3000, 3010, "pg2", 2),
+            insert(4, 4000, 4010, "pg2", 2),
+        ];
+        let r = check(&history(Mode::Async, ops, &[1, 2, 3, 4]));
+        assert!(kinds(&r).contains(&ViolationKind::SplitBrain), "{r:?}");
+    }
+
+    #[test]
+    fn two_members_acknowledging_on_one_timeline_is_split_brain() {
+        let ops = vec![insert(1, 0, 10, "pg1", 2), insert(2, 9000, 9010, "pg2", 2)];
+        let r = check(&history(Mode::Async, ops, &[1, 2]));
+        assert_eq!(kinds(&r), vec![ViolationKind::SplitBrain]);
+    }
+
+    #[test]
+    fn a_write_in_flight_across_the_failover_is_neither_split_brain_nor_deposed() {
+        // Sent to pg1 before pg2's first acknowledgement, answered after it (a frozen host's
+        // in-flight statement completes at the thaw).
+        let mut ops = failover_ops();
+        ops.push(direct(5, 25, 9500, "pg1", 1));
+        let r = check(&history(Mode::Async, ops, &[1, 2, 3, 4, 5]));
+        assert_eq!(r.violations, vec![], "{r:?}");
+    }
+
+    #[test]
+    fn a_write_sent_after_the_new_timeline_and_acknowledged_on_the_old_is_deposed() {
+        let mut ops = failover_ops();
+        ops.push(direct(5, 9015, 9016, "pg1", 1));
+        let r = check(&history(Mode::Async, ops, &[1, 2, 3, 4]));
+        assert!(kinds(&r).contains(&ViolationKind::DeposedPrimary), "{r:?}");
+        assert_eq!(r.lost_async_allowed, 1);
+    }
+
+    #[test]
+    fn a_member_promoted_again_later_is_not_deposed() {
+        // pg1 (tl 1) → pg2 (tl 2) → pg1 again (tl 3).
+        let mut ops = failover_ops();
+        ops.push(insert(5, 20_000, 20_010, "pg1", 3));
+        let r = check(&history(Mode::Strict, ops, &[1, 2, 3, 4, 5]));
+        assert_eq!(r.violations, vec![], "{r:?}");
+    }
+
+    #[test]
+    fn no_convergence_and_no_final_state_are_violations() {
+        let mut h = history(Mode::Async, failover_ops(), &[1, 2, 3, 4]);
+        h.convergence.push(Convergence::NotConverged {
+            at: ms(50_000),
+            last: "two leaders".into(),
+        });
+        assert_eq!(kinds(&check(&h)), vec![ViolationKind::NoConvergence]);
+        let mut h = history(Mode::Async, failover_ops(), &[]);
+        h.final_state = None;
+        assert_eq!(kinds(&check(&h)), vec![ViolationKind::NoConvergence]);
+    }
+
+    #[test]
+    fn recovery_runs_from_the_fault_to_the_first_acknowledged_proxy_write_sent_after_it() {
+        let mut h = history(Mode::Async, failover_ops(), &[1, 2, 3, 4]);
+        h.faults = vec![FaultRecord {
+            kind: FaultKind::Kill,
+            target: "pg1".into(),
+            start: ms(100),
+            heal: ms(2000),
+        }];
+        let r = check(&h);
+        assert_eq!(r.violations, vec![]);
+        assert_eq!(r.recoveries[0].after, Some(ms(8910)));
+        assert!(
+            r.recoveries[0].over_bound,
+            "8.9 s > ttl 6 + loop_wait 1 + 1 = 8 s"
+        );
+        // A quorum loss is measured from its heal.
+        h.faults[0].kind = FaultKind::DcsQuorumLoss;
+        h.faults[0].heal = ms(6000);
+        let r = check(&h);
+        assert_eq!(r.recoveries[0].after, Some(ms(3010)));
+        assert!(!r.recoveries[0].over_bound);
+    }
+
+    #[test]
+    fn a_fault_after_which_no_proxy_write_is_acknowledged_is_no_recovery() {
+        let mut h = history(Mode::Async, failover_ops(), &[1, 2, 3, 4]);
+        h.faults = vec![FaultRecord {
+            kind: FaultKind::ProxyRestart,
+            target: "proxy".into(),
+            start: ms(9500),
+            heal: ms(9600),
+        }];
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::NoRecovery]);
+        assert_eq!(r.recoveries[0].after, None);
+    }
+}

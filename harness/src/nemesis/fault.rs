@@ -1,0 +1,301 @@
+//! The faults a nemesis run draws from, and the seeded plan of which ones, against whom, held how
+//! long. Pure: the plan is a function of the seed and the options, so a seed replays the same
+//! faults (the cluster's reaction to them is real and may differ run to run).
+//!
+//! The host faults (freeze, kill, PostgreSQL crash), the DCS faults and the proxy restart work on
+//! the loopback harness; the network faults (silence, partition, one-way partition, slow or lossy
+//! link) need hosts of their own (network namespaces) and are drawn only when the runner is given a
+//! [`NetworkFaults`] that can apply them.
+
+use std::fmt;
+use std::time::Duration;
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// A host's agent, postmaster and backends SIGSTOPped (a hung VM), then SIGCONTed.
+    Freeze,
+    /// A host dies: agent and postmaster SIGKILLed together; the agent is started again at the
+    /// heal.
+    Kill,
+    /// PostgreSQL crashes (postmaster and children SIGKILLed); the agent, still running, restarts
+    /// or fails over.
+    PostgresCrash,
+    /// One DCS member stopped (the DCS keeps its quorum), started again at the heal.
+    DcsMemberStop,
+    /// Two of the three DCS members stopped (the DCS loses its quorum), started again at the heal.
+    DcsQuorumLoss,
+    /// The proxy SIGKILLed and started again on the same ports.
+    ProxyRestart,
+    /// A host cut off from every other host and client (needs [`NetworkFaults`]).
+    Silence,
+    /// The hosts split into two sets that cannot reach each other (needs [`NetworkFaults`]).
+    Partition,
+    /// Packets from one set of hosts to the other dropped, the other way delivered (needs
+    /// [`NetworkFaults`]).
+    OneWayPartition,
+    /// A host's link delayed and lossy (needs [`NetworkFaults`]).
+    SlowLink,
+}
+
+impl FaultKind {
+    /// Every kind, in the order tables list them.
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Freeze,
+        FaultKind::Kill,
+        FaultKind::PostgresCrash,
+        FaultKind::DcsMemberStop,
+        FaultKind::DcsQuorumLoss,
+        FaultKind::ProxyRestart,
+        FaultKind::Silence,
+        FaultKind::Partition,
+        FaultKind::OneWayPartition,
+        FaultKind::SlowLink,
+    ];
+
+    /// True for the faults that need hosts of their own (network namespaces).
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Silence
+                | FaultKind::Partition
+                | FaultKind::OneWayPartition
+                | FaultKind::SlowLink
+        )
+    }
+
+    /// True when writes cannot resume while the fault holds by design, so recovery is measured
+    /// from the heal instead of from the fault: without its DCS quorum no member may hold the
+    /// leader lock (Patroni demotes the leader once `retry_timeout` passes without the DCS).
+    pub fn recovery_from_heal(self) -> bool {
+        matches!(self, FaultKind::DcsQuorumLoss)
+    }
+
+    /// True when the fault is applied and healed at once (its hold is zero).
+    pub fn is_instant(self) -> bool {
+        matches!(self, FaultKind::PostgresCrash)
+    }
+
+    /// The short name tables and `PRAETOR_NEMESIS_FAULTS` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Freeze => "freeze",
+            FaultKind::Kill => "kill",
+            FaultKind::PostgresCrash => "pg-crash",
+            FaultKind::DcsMemberStop => "dcs-member-stop",
+            FaultKind::DcsQuorumLoss => "dcs-quorum-loss",
+            FaultKind::ProxyRestart => "proxy-restart",
+            FaultKind::Silence => "silence",
+            FaultKind::Partition => "partition",
+            FaultKind::OneWayPartition => "one-way",
+            FaultKind::SlowLink => "slow-link",
+        }
+    }
+
+    /// Parses [`FaultKind::name`].
+    pub fn parse(s: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whom a fault hits, resolved against the cluster when it is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The member holding the leader lock at that moment.
+    Leader,
+    /// The `n`-th replica (modulo their number, in name order) at that moment.
+    Replica(usize),
+    /// These DCS members (indexes into the DCS's three).
+    DcsMembers(Vec<usize>),
+    /// The proxy.
+    Proxy,
+    /// The hosts split into two sets: the leader and `with_leader` other members on one side
+    /// (the DCS members `dcs_with_leader` with them), everything else, the proxy included, on the
+    /// other.
+    Split {
+        /// How many replicas stay with the leader (0 or 1).
+        with_leader: usize,
+        /// The DCS members on the leader's side.
+        dcs_with_leader: Vec<usize>,
+    },
+}
+
+/// One fault of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFault {
+    /// What.
+    pub kind: FaultKind,
+    /// Whom.
+    pub target: Target,
+    /// How long it holds before the heal (zero for instantaneous faults).
+    pub hold: Duration,
+    /// For [`FaultKind::SlowLink`]: added delay (ms) and loss (percent).
+    pub degrade: Option<(u32, u32)>,
+    /// Quiet time after the cluster converged again, before the next fault.
+    pub quiet: Duration,
+}
+
+/// What a plan is drawn from.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Faults per run.
+    pub faults: usize,
+    /// The kinds to draw from (the runner leaves out those it cannot apply).
+    pub kinds: Vec<FaultKind>,
+    /// Leader lock TTL, seconds: holds range from 1 s to `2 × ttl`, so some outlast the lease.
+    pub ttl_secs: u32,
+}
+
+/// The faults of run `seed`: each kind drawn uniformly from `options.kinds`, targets and holds
+/// from the same generator (`fastrand`'s wyrand, seeded), so a seed replays the same plan.
+pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let max_hold_ms = u64::from(options.ttl_secs.max(1)) * 2000;
+    (0..options.faults)
+        .filter_map(|_| {
+            let kind = *options.kinds.get(rng.usize(..options.kinds.len().max(1)))?;
+            let on_leader = rng.bool() || rng.bool(); // 3 in 4 hit the leader: the interesting case
+            let member = if on_leader {
+                Target::Leader
+            } else {
+                Target::Replica(rng.usize(..2))
+            };
+            let target = match kind {
+                FaultKind::DcsMemberStop => Target::DcsMembers(vec![rng.usize(..3)]),
+                FaultKind::DcsQuorumLoss => {
+                    let keep = rng.usize(..3);
+                    Target::DcsMembers((0..3).filter(|i| *i != keep).collect())
+                }
+                FaultKind::ProxyRestart => Target::Proxy,
+                FaultKind::Partition | FaultKind::OneWayPartition => {
+                    let with_leader = rng.usize(..2);
+                    let n = rng.usize(..2);
+                    Target::Split {
+                        with_leader,
+                        dcs_with_leader: (0..n).map(|_| rng.usize(..3)).collect(),
+                    }
+                }
+                _ => member,
+            };
+            let hold = if kind.is_instant() {
+                Duration::ZERO
+            } else if kind == FaultKind::ProxyRestart {
+                Duration::from_millis(rng.u64(100..=2000))
+            } else {
+                Duration::from_millis(rng.u64(1000..=max_hold_ms))
+            };
+            let degrade =
+                (kind == FaultKind::SlowLink).then(|| (rng.u32(50..=500), rng.u32(0..=30)));
+            let quiet = Duration::from_millis(rng.u64(500..=3000));
+            Some(PlannedFault {
+                kind,
+                target,
+                hold,
+                degrade,
+                quiet,
+            })
+        })
+        .collect()
+}
+
+/// A host a network fault can name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A member (agent and PostgreSQL), by name (`pg1`...).
+    Member(String),
+    /// A DCS server, by index.
+    Dcs(usize),
+    /// The proxy.
+    Proxy,
+}
+
+impl Host {
+    /// The host's name in a namespace harness: the member's name, `e1`.. for DCS servers,
+    /// `proxy`.
+    pub fn name(&self) -> String {
+        match self {
+            Host::Member(m) => m.clone(),
+            Host::Dcs(i) => format!("e{}", i + 1),
+            Host::Proxy => "proxy".into(),
+        }
+    }
+}
+
+/// Network faults between hosts, for a harness whose hosts have network interfaces of their own
+/// (network namespaces), owned by the cluster it runs. The loopback harness has none: the runner
+/// then leaves the network kinds out of the plan. Each call returns once the fault is in place;
+/// errors say what could not be set (the run then stops with that error rather than measuring a
+/// fault that did not happen). The workload's clients stay reachable from every host a fault does
+/// not silence.
+pub trait NetworkFaults {
+    /// Drops every packet to and from `host`.
+    fn silence(&mut self, host: &Host) -> Result<(), String>;
+    /// Drops packets between `a` and `b`: both ways, or only from `a` to `b` when `one_way`.
+    fn partition(&mut self, a: &[Host], b: &[Host], one_way: bool) -> Result<(), String>;
+    /// Delays `host`'s packets by `delay_ms` and drops `loss_percent` of them.
+    fn degrade(&mut self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String>;
+    /// Removes every network fault.
+    fn heal(&mut self) -> Result<(), String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(kinds: &[FaultKind]) -> PlanOptions {
+        PlanOptions {
+            faults: 20,
+            kinds: kinds.to_vec(),
+            ttl_secs: 6,
+        }
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_plan_and_another_seed_differs() {
+        let o = options(&FaultKind::ALL);
+        assert_eq!(plan(7, &o), plan(7, &o));
+        assert_ne!(plan(7, &o), plan(8, &o));
+    }
+
+    #[test]
+    fn plans_draw_only_the_kinds_given_with_targets_that_fit_them() {
+        let o = options(&[FaultKind::PostgresCrash, FaultKind::DcsQuorumLoss]);
+        for seed in 0..50 {
+            for f in plan(seed, &o) {
+                match f.kind {
+                    FaultKind::PostgresCrash => {
+                        assert!(matches!(f.target, Target::Leader | Target::Replica(_)));
+                        assert_eq!(f.hold, Duration::ZERO);
+                    }
+                    FaultKind::DcsQuorumLoss => {
+                        let Target::DcsMembers(m) = &f.target else {
+                            panic!("{f:?}")
+                        };
+                        assert_eq!(m.len(), 2, "two of three stopped: {f:?}");
+                        assert!(f.hold >= Duration::from_secs(1));
+                        assert!(f.hold <= Duration::from_secs(12));
+                    }
+                    other => panic!("drew {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_network_kinds_are_flagged() {
+        for k in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(k.name()), Some(k));
+        }
+        let net: Vec<_> = FaultKind::ALL
+            .into_iter()
+            .filter(|k| k.needs_network())
+            .collect();
+        assert_eq!(net.len(), 4);
+    }
+}

@@ -1,0 +1,21 @@
+//! The nemesis: seeded runs that inject faults into a real 3-member cluster (3-server DCS, a
+//! proxy) under a recording workload, then check the history for broken promises.
+//!
+//! - [`history`]: what a run records (operations, faults, convergence, final state): plain data.
+//! - [`checker`]: the checks on a history (lost acknowledged writes per replication mode, split
+//!   brain, deposed primary, convergence, recovery time): pure, unit-tested on hand-written
+//!   histories.
+//! - [`fault`]: the fault kinds, the seeded plan, and [`fault::NetworkFaults`], what a harness
+//!   with hosts of their own plugs in for the network faults.
+//! - [`workload`]: the clients (tokio-postgres) recording every operation.
+//! - [`runner`]: one run of one seed.
+//! - [`table`]: the summary of many runs per fault kind.
+//!
+//! Entry points: `cargo bench --bench nemesis` and the CI test `tests/nemesis.rs`.
+
+pub mod checker;
+pub mod fault;
+pub mod history;
+pub mod runner;
+pub mod table;
+pub mod workload;

@@ -1,0 +1,472 @@
+//! One nemesis run: start a 3-member cluster on a 3-server DCS with a proxy, start the workload,
+//! apply the seed's faults one after another (each held, healed, then awaited until the cluster
+//! converged again), stop the workload, read the final state from the leader and check the history.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::checker::check;
+use super::fault::{plan, FaultKind, Host, NetworkFaults, PlanOptions, PlannedFault, Target};
+use super::history::{Convergence, FaultRecord, History, Mode};
+use super::table::RunResult;
+use super::workload::{create_tables, read_final_state, Endpoints, Workload};
+use crate::cluster::{ClusterOptions, DcsKind, LocalCluster};
+use crate::proxy::FullProxy;
+use crate::wait_for;
+
+/// What every run of a series shares.
+#[derive(Clone)]
+pub struct NemesisOptions {
+    /// The DCS: a 3-server etcd cluster or ZooKeeper ensemble (so one server can stop without
+    /// losing the quorum).
+    pub dcs: DcsKind,
+    /// Replication mode.
+    pub mode: Mode,
+    /// Faults per run.
+    pub faults: usize,
+    /// The kinds to draw from; those needing a network are dropped without [`Self::network`].
+    pub kinds: Vec<FaultKind>,
+    /// Leader lock TTL, seconds.
+    pub ttl_secs: u32,
+    /// Loop period, seconds.
+    pub loop_wait_secs: u32,
+    /// DCS retry timeout, seconds.
+    pub retry_timeout_secs: u32,
+    /// How long the cluster may take to converge after a heal before the run counts a violation.
+    pub convergence_timeout: Duration,
+    /// Run every host in a network namespace of its own, so the network faults can be drawn
+    /// (needs a cluster whose network implements [`NetworkFaults`]; see [`network`]).
+    pub netns: bool,
+    /// Keep the cluster's directory when a run finds a violation (its path is printed).
+    pub keep_on_violation: bool,
+}
+
+impl NemesisOptions {
+    /// Defaults for `dcs` and `mode`: 3 faults per run drawn from every kind the loopback harness
+    /// can apply, ttl 6 s, loop_wait 1 s, retry_timeout 2 s, convergence within 90 s.
+    pub fn new(dcs: DcsKind, mode: Mode) -> NemesisOptions {
+        NemesisOptions {
+            dcs,
+            mode,
+            faults: 3,
+            kinds: FaultKind::ALL.to_vec(),
+            ttl_secs: 6,
+            loop_wait_secs: 1,
+            retry_timeout_secs: 2,
+            convergence_timeout: Duration::from_secs(90),
+            netns: false,
+            keep_on_violation: true,
+        }
+    }
+
+    /// The kinds this harness can apply.
+    pub fn applicable_kinds(&self) -> Vec<FaultKind> {
+        self.kinds
+            .iter()
+            .copied()
+            .filter(|k| self.netns || !k.needs_network())
+            .collect()
+    }
+
+    /// The faults of run `seed`.
+    pub fn plan(&self, seed: u64) -> Vec<PlannedFault> {
+        plan(
+            seed,
+            &PlanOptions {
+                faults: self.faults,
+                kinds: self.applicable_kinds(),
+                ttl_secs: self.ttl_secs,
+            },
+        )
+    }
+}
+
+/// What an applied fault needs to be healed.
+enum Applied {
+    Nothing,
+    Frozen(String, Vec<i32>),
+    Killed(String),
+    DcsStopped(Vec<usize>),
+    ProxyKilled,
+    Network,
+}
+
+/// Runs seed `seed` with the praetor executable `binary`. Errors are runs that could not be
+/// carried out (a cluster that never formed, a fault that could not be applied); broken promises
+/// are in the result's report.
+pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<RunResult, String> {
+    let wall = Instant::now();
+    let cluster_options = ClusterOptions {
+        scope: format!("nemesis{seed}"),
+        nodes: 3,
+        ttl: options.ttl_secs,
+        loop_wait: options.loop_wait_secs,
+        retry_timeout: options.retry_timeout_secs,
+        proxy: false,
+        dcs: options.dcs,
+        dcs_extra: options.mode.dcs_lines(),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = LocalCluster::start(binary, cluster_options).await?;
+    let result = run_on(&mut cluster, options, seed, wall).await;
+    let keep = match &result {
+        Ok(r) => !r.report.violations.is_empty(),
+        Err(_) => true,
+    };
+    if keep && options.keep_on_violation {
+        eprintln!(
+            "nemesis seed {seed}: cluster kept in {}",
+            cluster.work.keep().display()
+        );
+    }
+    result
+}
+
+async fn run_on(
+    cluster: &mut LocalCluster,
+    options: &NemesisOptions,
+    seed: u64,
+    wall: Instant,
+) -> Result<RunResult, String> {
+    cluster.wait_healthy(2, Duration::from_secs(180)).await?;
+    let mut proxy = FullProxy::start(cluster, "nemesis", "").await?;
+    let rw = format!("127.0.0.1:{}", proxy.rw_port);
+    wait_for(
+        "the proxy's read-write port",
+        Duration::from_secs(60),
+        || create_tables(&rw),
+    )
+    .await?;
+    if options.mode.is_synchronous() {
+        wait_for("a synchronous standby", Duration::from_secs(60), || async {
+            let v = cluster.cluster_json().await?;
+            let found = v["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["role"] == "sync_standby"));
+            found.then_some(()).ok_or_else(|| format!("none in {v}"))
+        })
+        .await?;
+    }
+    let endpoints = Endpoints {
+        rw,
+        auto: Some(format!("127.0.0.1:{}", proxy.auto_port)),
+        members: cluster
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), format!("127.0.0.1:{}", n.pg_port)))
+            .collect(),
+    };
+    let t0 = Instant::now();
+    let workload = Workload::start(&endpoints, t0, seed);
+    wait_for(
+        "the workload's first writes",
+        Duration::from_secs(30),
+        || {
+            let ok = workload.acked_through_proxy_since(Duration::ZERO);
+            async move { ok.then_some(()).ok_or("none yet".to_string()) }
+        },
+    )
+    .await?;
+
+    let mut faults = Vec::new();
+    let mut convergence = Vec::new();
+    for planned in options.plan(seed) {
+        let (applied, target) = apply(cluster, &mut proxy, &planned).await?;
+        let start = workload.now();
+        eprintln!(
+            "nemesis seed {seed}: {:>6.1}s {} on {target}, held {:.1}s",
+            start.as_secs_f64(),
+            planned.kind,
+            planned.hold.as_secs_f64()
+        );
+        tokio::time::sleep(planned.hold).await;
+        heal(cluster, &mut proxy, applied).await?;
+        let heal_at = workload.now();
+        faults.push(FaultRecord {
+            kind: planned.kind,
+            target,
+            start,
+            heal: heal_at,
+        });
+        match cluster.wait_healthy(2, options.convergence_timeout).await {
+            Ok(_) => convergence.push(Convergence::Converged {
+                after: workload.now() - heal_at,
+            }),
+            Err(last) => {
+                convergence.push(Convergence::NotConverged {
+                    at: workload.now(),
+                    last,
+                });
+                break;
+            }
+        }
+        // Let writes resume through both ports before the next fault, so each fault's recovery
+        // is its own (bounded: a run whose proxy never recovers shows as "no recovery").
+        let since = heal_at;
+        let _ = wait_for(
+            "writes through the proxy again",
+            Duration::from_secs(30),
+            || {
+                let ok = workload.acked_through_proxy_since(since);
+                async move { ok.then_some(()).ok_or("none yet".to_string()) }
+            },
+        )
+        .await;
+        tokio::time::sleep(planned.quiet).await;
+    }
+    let end = workload.now();
+    let ops = workload.stop().await?;
+    let final_state = match cluster.leader().await {
+        Some(leader) => {
+            let addr = format!("127.0.0.1:{}", cluster.node(&leader).pg_port);
+            read_final_state(&addr).await.ok()
+        }
+        None => None,
+    };
+    let history = History {
+        mode: options.mode,
+        ttl_secs: options.ttl_secs,
+        loop_wait_secs: options.loop_wait_secs,
+        ops,
+        faults,
+        convergence,
+        final_state,
+        end,
+    };
+    let report = check(&history);
+    Ok(RunResult {
+        seed,
+        history,
+        report,
+        wall: wall.elapsed(),
+    })
+}
+
+/// The member `target` names now.
+async fn member(cluster: &LocalCluster, target: &Target) -> Result<String, String> {
+    let leader = cluster.leader().await.ok_or("no leader to aim at")?;
+    Ok(match target {
+        Target::Replica(n) => {
+            let replicas: Vec<&String> = cluster
+                .nodes
+                .iter()
+                .map(|n| &n.name)
+                .filter(|n| **n != leader)
+                .collect();
+            replicas[n % replicas.len()].clone()
+        }
+        _ => leader,
+    })
+}
+
+async fn apply(
+    cluster: &mut LocalCluster,
+    proxy: &mut FullProxy,
+    f: &PlannedFault,
+) -> Result<(Applied, String), String> {
+    if f.kind.needs_network() && network(cluster).is_none() {
+        return Err(format!("{} needs hosts with networks of their own", f.kind));
+    }
+    Ok(match f.kind {
+        FaultKind::Freeze => {
+            let m = member(cluster, &f.target).await?;
+            let pids = cluster.node(&m).freeze();
+            (Applied::Frozen(m.clone(), pids), m)
+        }
+        FaultKind::Kill => {
+            let m = member(cluster, &f.target).await?;
+            let node = cluster.node_mut(&m);
+            node.kill_agent();
+            node.kill_postmaster();
+            (Applied::Killed(m.clone()), m)
+        }
+        FaultKind::PostgresCrash => {
+            let m = member(cluster, &f.target).await?;
+            cluster.node(&m).kill_postmaster();
+            (Applied::Nothing, m)
+        }
+        FaultKind::DcsMemberStop | FaultKind::DcsQuorumLoss => {
+            let Target::DcsMembers(members) = &f.target else {
+                return Err(format!("{} without DCS members: {:?}", f.kind, f.target));
+            };
+            let dcs = cluster.dcs();
+            let members: Vec<usize> = members.iter().map(|i| i % dcs.member_count()).collect();
+            let names: Vec<String> = members.iter().map(|i| dcs.member_name(*i)).collect();
+            for i in &members {
+                dcs.stop_member(*i);
+            }
+            (Applied::DcsStopped(members), names.join(", "))
+        }
+        FaultKind::ProxyRestart => {
+            proxy.kill();
+            (Applied::ProxyKilled, "proxy".into())
+        }
+        FaultKind::Silence => {
+            let m = member(cluster, &f.target).await?;
+            network_of(cluster).silence(&Host::Member(m.clone()))?;
+            (Applied::Network, m)
+        }
+        FaultKind::SlowLink => {
+            let m = member(cluster, &f.target).await?;
+            let (delay, loss) = f.degrade.unwrap_or((100, 0));
+            network_of(cluster).degrade(&Host::Member(m.clone()), delay, loss)?;
+            (Applied::Network, format!("{m} +{delay}ms {loss}% loss"))
+        }
+        FaultKind::Partition | FaultKind::OneWayPartition => {
+            let Target::Split {
+                with_leader,
+                dcs_with_leader,
+            } = &f.target
+            else {
+                return Err(format!("{} without sides: {:?}", f.kind, f.target));
+            };
+            let leader = member(cluster, &Target::Leader).await?;
+            let mut a = vec![Host::Member(leader.clone())];
+            let mut b = vec![Host::Proxy];
+            let others: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .filter(|n| *n != leader)
+                .collect();
+            for (i, o) in others.iter().enumerate() {
+                if i < *with_leader {
+                    a.push(Host::Member(o.clone()))
+                } else {
+                    b.push(Host::Member(o.clone()))
+                }
+            }
+            for i in 0..cluster.dcs().member_count() {
+                if dcs_with_leader.contains(&i) {
+                    a.push(Host::Dcs(i))
+                } else {
+                    b.push(Host::Dcs(i))
+                }
+            }
+            let one_way = f.kind == FaultKind::OneWayPartition;
+            network_of(cluster).partition(&a, &b, one_way)?;
+            let names = |hs: &[Host]| hs.iter().map(Host::name).collect::<Vec<_>>().join(",");
+            let arrow = if one_way { "-/->" } else { "|" };
+            (
+                Applied::Network,
+                format!("{} {arrow} {}", names(&a), names(&b)),
+            )
+        }
+    })
+}
+
+async fn heal(
+    cluster: &mut LocalCluster,
+    proxy: &mut FullProxy,
+    applied: Applied,
+) -> Result<(), String> {
+    match applied {
+        Applied::Nothing => Ok(()),
+        Applied::Frozen(m, pids) => {
+            cluster.node(&m).thaw(pids);
+            Ok(())
+        }
+        Applied::Killed(m) => {
+            // The cluster's own copy of the binary is what the agents run.
+            let bin = cluster.binary.clone();
+            cluster.node_mut(&m).start_agent(&bin)
+        }
+        Applied::DcsStopped(members) => {
+            for i in members {
+                cluster.dcs().start_member(i).await?;
+            }
+            Ok(())
+        }
+        Applied::ProxyKilled => proxy.start_again().await,
+        Applied::Network => network(cluster)
+            .ok_or("network fault without a network")?
+            .heal(),
+    }
+}
+
+/// Runs every seed of `seeds` one after another, printing a line per run; returns the finished
+/// runs and the seeds whose run could not be carried out, with why.
+pub async fn series(
+    binary: &Path,
+    options: &NemesisOptions,
+    seeds: impl IntoIterator<Item = u64>,
+) -> (Vec<RunResult>, Vec<(u64, String)>) {
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for seed in seeds {
+        match run(binary, options, seed).await {
+            Ok(r) => {
+                eprintln!(
+                    "nemesis seed {seed}: {} faults, {} acknowledged ops, {} violations, {:.0}s",
+                    r.history.faults.len(),
+                    r.report.acknowledged,
+                    r.report.violations.len(),
+                    r.wall.as_secs_f64()
+                );
+                done.push(r);
+            }
+            Err(e) => {
+                eprintln!("nemesis seed {seed}: run failed: {e}");
+                failed.push((seed, e));
+            }
+        }
+    }
+    (done, failed)
+}
+
+/// Reads the series settings from the environment, for the benchmark and the CI test:
+/// `PRAETOR_NEMESIS_DCS` (`etcd` or `zookeeper`: a 3-server etcd cluster or ZooKeeper ensemble),
+/// `PRAETOR_NEMESIS_MODE` (`async`, `sync`, `strict`), `PRAETOR_NEMESIS_FAULTS` (comma-separated
+/// fault names to draw from, default all the harness can apply) and
+/// `PRAETOR_NEMESIS_FAULTS_PER_RUN`; `defaults` gives what an unset variable means.
+///
+/// Errors: a value that is not one of those names, naming the variable.
+pub fn options_from_env(defaults: NemesisOptions) -> Result<NemesisOptions, String> {
+    let mut o = defaults;
+    if let Ok(v) = std::env::var("PRAETOR_NEMESIS_DCS") {
+        o.dcs = match v.as_str() {
+            "etcd" => DcsKind::EtcdCluster3,
+            "zookeeper" => DcsKind::ZooKeeperEnsemble3,
+            other => {
+                return Err(format!(
+                    "PRAETOR_NEMESIS_DCS: {other:?} is not etcd or zookeeper"
+                ))
+            }
+        };
+    }
+    if let Ok(v) = std::env::var("PRAETOR_NEMESIS_MODE") {
+        o.mode = Mode::parse(&v)
+            .ok_or_else(|| format!("PRAETOR_NEMESIS_MODE: {v:?} is not async, sync or strict"))?;
+    }
+    if let Ok(v) = std::env::var("PRAETOR_NEMESIS_FAULTS") {
+        o.kinds = v
+            .split(',')
+            .map(|s| {
+                FaultKind::parse(s.trim()).ok_or_else(|| {
+                    let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                    format!(
+                        "PRAETOR_NEMESIS_FAULTS: {s:?} is none of {}",
+                        names.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Ok(v) = std::env::var("PRAETOR_NEMESIS_FAULTS_PER_RUN") {
+        o.faults = v
+            .parse()
+            .map_err(|_| format!("PRAETOR_NEMESIS_FAULTS_PER_RUN: {v:?} is not a number"))?;
+    }
+    Ok(o)
+}
+
+/// The network faults of `cluster`'s hosts: none on the loopback harness.
+pub fn network(cluster: &mut LocalCluster) -> Option<&mut dyn NetworkFaults> {
+    let _ = cluster;
+    None
+}
+
+/// [`network`], after the caller checked there is one.
+fn network_of(cluster: &mut LocalCluster) -> &mut dyn NetworkFaults {
+    network(cluster).expect("checked by the caller")
+}

@@ -1,0 +1,42 @@
+//! The nemesis in CI: three seeded runs (each a 3-member cluster on a 3-server etcd with a proxy,
+//! three faults drawn from freeze, kill, PostgreSQL crash, DCS member stop, DCS quorum loss and proxy
+//! restart, under synchronous_mode_strict) whose histories must break no promise: no acknowledged
+//! write lost, no split brain, no deposed primary acknowledging, convergence after each heal, writes
+//! through the proxy again after each fault. The long series is `cargo bench --bench nemesis`.
+//!
+//! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
+//! `_FAULTS`, `_FAULTS_PER_RUN` as in the benchmark), to run a series on a debug build.
+
+use std::time::Duration;
+
+use praetor_harness::cluster::DcsKind;
+use praetor_harness::nemesis::history::Mode;
+use praetor_harness::nemesis::runner::{options_from_env, series, NemesisOptions};
+use praetor_harness::nemesis::table::render;
+
+fn binary() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor"))
+}
+
+async fn no_violation(defaults: NemesisOptions, seeds: Vec<u64>) {
+    let options = options_from_env(defaults).expect("PRAETOR_NEMESIS_* settings");
+    let seeds = match std::env::var("PRAETOR_NEMESIS_SEEDS") {
+        Ok(n) => (1..=n.parse::<u64>().expect("PRAETOR_NEMESIS_SEEDS is a number")).collect(),
+        Err(_) => seeds,
+    };
+    let (runs, failed) = series(&binary(), &options, seeds).await;
+    let bound = Duration::from_secs(u64::from(options.ttl_secs + options.loop_wait_secs) + 1);
+    let table = render(&runs, &failed, bound);
+    println!("{table}");
+    assert!(failed.is_empty(), "runs failed:\n{table}");
+    assert!(
+        runs.iter().all(|r| r.report.violations.is_empty()),
+        "violations:\n{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_seeded_runs_under_strict_synchronous_mode_break_no_promise() {
+    let defaults = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
+    no_violation(defaults, vec![1, 2, 3]).await;
+}
