@@ -129,6 +129,34 @@ async fn auto_port_splits_reads_from_writes_and_a_paused_replica_stops_getting_r
     auto.batch_execute("INSERT INTO big VALUES (1, 'x'); COMMIT")
         .await
         .unwrap();
+    // A hot standby refuses to read an unlogged table (0A000) and forces transaction_read_only:
+    // the auto port runs such a read again on the leader and asks the leader for the setting, so
+    // the client sees what a direct connection to the leader shows. (The table needs its creation
+    // replayed first: until then the replica's error is one the leader would not give either.)
+    auto.batch_execute("CREATE UNLOGGED TABLE scratch (x int); INSERT INTO scratch VALUES (7)")
+        .await
+        .unwrap();
+    wait_for(
+        "the unlogged table read through the auto port",
+        DEADLINE,
+        || async {
+            match first(&auto, "SELECT x FROM scratch").await?.as_str() {
+                "7" => Ok(()),
+                other => Err(format!("x = {other}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first(&auto, "SHOW transaction_read_only").await.unwrap(),
+        "off"
+    );
+    assert_eq!(
+        first(&auto, "SELECT pg_is_in_recovery()").await.unwrap(),
+        "t",
+        "reads still go to the replica"
+    );
 
     // Pause replay on the replica and write 3 MB: it falls behind max_replica_lag (1 MB).
     let direct = connect(replica.pg_port).await.unwrap();
