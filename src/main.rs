@@ -378,7 +378,11 @@ async fn run_proxy(
         ttl_secs: 30,
         request_timeout_secs: 3,
     };
-    let dcs = praetor_dcs::connect(&endpoints, identity)
+    // etcd3's authentication and TLS, from the file just validated.
+    let security = praetor_config::load_file(&config)
+        .map(|l| l.config.etcd_security())
+        .unwrap_or_default();
+    let dcs = praetor_dcs::connect_secured(&endpoints, identity, &security)
         .await
         .context("cannot open the DCS")?;
     let configured_id = settings.id.clone();

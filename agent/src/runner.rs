@@ -75,7 +75,7 @@ pub async fn run_with(
         ttl_secs: dynamic.ttl,
         request_timeout_secs: dynamic.retry_timeout.max(1),
     };
-    let dcs = praetor_dcs::connect(&settings.dcs, identity)
+    let dcs = praetor_dcs::connect_secured(&settings.dcs, identity, &config.etcd_security())
         .await
         .context("cannot open the DCS")?;
     let (dcs, metrics) = hooks::metered(dcs, &settings.scope, &settings.name);

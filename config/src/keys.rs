@@ -313,8 +313,9 @@ fn refuse(key: String, message: impl Into<String>) -> ConfigError {
 /// Refuses, naming the key path, the keys whose being ignored would change what the cluster does:
 /// a misspelled callback ([`CALLBACK_EVENTS`]), a bootstrap method other than initdb (the cluster
 /// would be created empty instead of restored), a standby cluster (it would become a primary
-/// cluster), TLS or authentication settings of the DCS Praetor does not apply (it would connect
-/// without them), a `config_dir` other than the data directory.
+/// cluster), ZooKeeper's TLS and authentication settings (Praetor would connect without them), a
+/// `config_dir` other than the data directory; and incomplete etcd3 TLS or authentication settings
+/// (`https` without `cacert`, `cert` without `key`, `password` without `username`).
 ///
 /// `doc` is the document with repeated keys resolved and environment overrides applied.
 pub fn check_raw(doc: &Value) -> Result<(), ConfigError> {
@@ -368,20 +369,25 @@ pub fn check_raw(doc: &Value) -> Result<(), ConfigError> {
             ));
         }
     }
-    for key in ["cacert", "cert", "key", "username", "password"] {
-        if at(doc, &["etcd3", key]).is_some() {
-            return Err(refuse(
-                format!("etcd3.{key}"),
-                "etcd TLS and authentication are not implemented: Praetor would connect without \
-                 them",
-            ));
+    if let Some(p) = at(doc, &["etcd3", "protocol"]) {
+        match p.as_str() {
+            Some("http") => {}
+            Some("https") if at(doc, &["etcd3", "cacert"]).is_some() => {}
+            Some("https") => {
+                return Err(refuse(
+                    "etcd3.cacert".into(),
+                    "missing: with protocol https, give the CA certificate that signed etcd's \
+                     certificates (PEM path)",
+                ))
+            }
+            _ => return Err(refuse("etcd3.protocol".into(), "expected http or https")),
         }
     }
-    if let Some(p) = at(doc, &["etcd3", "protocol"]) {
-        if p.as_str() != Some("http") {
+    for (given, missing) in [("cert", "key"), ("key", "cert"), ("password", "username")] {
+        if at(doc, &["etcd3", given]).is_some() && at(doc, &["etcd3", missing]).is_none() {
             return Err(refuse(
-                "etcd3.protocol".into(),
-                "only http is implemented: etcd TLS is not",
+                format!("etcd3.{missing}"),
+                format!("missing: etcd3.{given} is given without it"),
             ));
         }
     }

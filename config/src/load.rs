@@ -572,6 +572,12 @@ tags:
             "zookeeper.use_ssl",
         ),
         (
+            "etcd3:\n  hosts: h:2379\n  protocol: https\n",
+            "etcd3.cacert",
+        ),
+        ("etcd3:\n  hosts: h:2379\n  cert: /c.pem\n", "etcd3.key"),
+        ("etcd3:\n  hosts: h:2379\n  password: x\n", "etcd3.username"),
+        (
             "zookeeper:\n  hosts: [h:2181]\n  auth_data: [x]\n",
             "zookeeper.auth_data",
         ),
@@ -595,6 +601,7 @@ tags:
         for text in [
             "bootstrap:\n  method: initdb\n",
             "zookeeper:\n  hosts: [h:2181]\n  use_ssl: false\n",
+            "etcd3:\n  hosts: h:2379\n  protocol: https\n  cacert: /ca.pem\n  cert: /c.pem\n  key: /k.pem\n  username: u\n  password: p\n",
             "postgresql:\n  data_dir: /d/data\n  config_dir: /d/data/\n",
         ] {
             let l = parse_str(text).unwrap();

@@ -123,18 +123,55 @@ pub struct Etcd {
     /// Several endpoints, as a list or a comma-separated string.
     #[serde(deserialize_with = "list_or_csv")]
     pub hosts: Vec<String>,
-    /// `http` (default) or `https`.
+    /// `http` (default) or `https` (TLS; needs `cacert`).
     pub protocol: Option<String>,
-    /// etcd user name.
+    /// etcd user name (etcd's authentication, `etcdctl auth enable`).
     pub username: Option<String>,
-    /// etcd password.
+    /// etcd password; never logged.
     pub password: Option<String>,
+    /// CA certificate that signed etcd's server certificates (PEM path); with it, endpoints default
+    /// to `https://`.
+    pub cacert: Option<PathBuf>,
+    /// Client certificate presented to etcd (PEM path), with `key`.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM path).
+    pub key: Option<PathBuf>,
+}
+
+/// How to authenticate to etcd and secure the connection (`etcd3.{username,password,cacert,cert,
+/// key}`); all unset for plain http without authentication.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdSecurity {
+    /// User name and password for etcd's authentication.
+    pub user: Option<(String, String)>,
+    /// CA of etcd's server certificates (PEM path): the connection uses TLS.
+    pub cacert: Option<PathBuf>,
+    /// Client certificate and key (PEM paths).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl std::fmt::Debug for EtcdSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSecurity")
+            .field("user", &self.user.as_ref().map(|(u, _)| (u, "********")))
+            .field("cacert", &self.cacert)
+            .field("identity", &self.identity)
+            .finish()
+    }
 }
 
 impl Etcd {
-    /// Endpoint URLs (`http://host:port`) from `host` and `hosts`.
+    /// Endpoint URLs (`http://host:port`) from `host` and `hosts`; `https://` when `protocol` says
+    /// so or a `cacert` is given.
     pub fn endpoints(&self) -> Vec<String> {
-        let scheme = self.protocol.as_deref().unwrap_or("http");
+        let scheme = self
+            .protocol
+            .as_deref()
+            .unwrap_or(if self.cacert.is_some() {
+                "https"
+            } else {
+                "http"
+            });
         self.host
             .iter()
             .chain(self.hosts.iter())
@@ -770,6 +807,21 @@ pub struct AgentSettings {
 }
 
 impl Config {
+    /// `etcd3`'s authentication and TLS settings (none without an `etcd3` section).
+    pub fn etcd_security(&self) -> EtcdSecurity {
+        let Some(e) = &self.etcd3 else {
+            return EtcdSecurity::default();
+        };
+        EtcdSecurity {
+            user: e
+                .username
+                .clone()
+                .map(|u| (u, e.password.clone().unwrap_or_default())),
+            cacert: e.cacert.clone(),
+            identity: e.cert.clone().zip(e.key.clone()),
+        }
+    }
+
     /// `namespace` normalized to `/<name>/` (Patroni default `/service/`).
     pub fn namespace(&self) -> String {
         normalize_namespace(self.namespace.as_deref().unwrap_or("/service/"))

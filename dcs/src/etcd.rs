@@ -168,6 +168,20 @@ impl EtcdDcs {
     /// Errors: [`DcsError::Unavailable`] when the endpoints are invalid or etcd does not answer
     /// within the request timeout.
     pub async fn connect(endpoints: &[String], identity: DcsIdentity) -> Result<Self, DcsError> {
+        Self::connect_secured(endpoints, identity, &Default::default()).await
+    }
+
+    /// Like [`EtcdDcs::connect`], with etcd's authentication (user name and password) and TLS (the CA
+    /// of etcd's certificates, a client certificate) from `security` (Patroni's `etcd3.{username,
+    /// password,cacert,cert,key}`).
+    ///
+    /// Errors: also [`DcsError::Unavailable`] when a certificate file cannot be read, or etcd refuses
+    /// the credentials.
+    pub async fn connect_secured(
+        endpoints: &[String],
+        identity: DcsIdentity,
+        security: &praetor_config::EtcdSecurity,
+    ) -> Result<Self, DcsError> {
         if endpoints.is_empty() {
             return Err(DcsError::Unavailable("no etcd endpoints configured".into()));
         }
@@ -182,6 +196,7 @@ impl EtcdDcs {
             // Fail (and cancel watches) on an etcd member cut off from its cluster's leader,
             // instead of serving from it.
             .with_require_leader(true);
+        let options = secure(options, security)?;
         let client =
             match tokio::time::timeout(request_timeout, Client::connect(endpoints, Some(options)))
                 .await
@@ -886,6 +901,32 @@ impl WatchTask {
             }
         }
     }
+}
+
+/// Adds `security` to the connection options: the user (etcd's authentication) and TLS.
+fn secure(
+    mut options: ConnectOptions,
+    security: &praetor_config::EtcdSecurity,
+) -> Result<ConnectOptions, DcsError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            DcsError::Unavailable(format!("etcd3: cannot read {}: {e}", path.display()))
+        })
+    };
+    if let Some((user, password)) = &security.user {
+        options = options.with_user(user.clone(), password.clone());
+    }
+    if security.cacert.is_some() || security.identity.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &security.cacert {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &security.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
 }
 
 #[cfg(test)]

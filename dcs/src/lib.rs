@@ -172,9 +172,20 @@ pub async fn connect(
     endpoints: &praetor_config::DcsEndpoints,
     identity: DcsIdentity,
 ) -> Result<std::sync::Arc<dyn Dcs>, DcsError> {
+    connect_secured(endpoints, identity, &Default::default()).await
+}
+
+/// Like [`connect`], with etcd's authentication and TLS settings (`etcd3.{username,password,cacert,
+/// cert,key}`, [`praetor_config::Config::etcd_security`]); ZooKeeper ignores them (its TLS and
+/// authentication keys are refused while parsing).
+pub async fn connect_secured(
+    endpoints: &praetor_config::DcsEndpoints,
+    identity: DcsIdentity,
+    security: &praetor_config::EtcdSecurity,
+) -> Result<std::sync::Arc<dyn Dcs>, DcsError> {
     match endpoints {
         praetor_config::DcsEndpoints::Etcd(urls) => Ok(std::sync::Arc::new(
-            etcd::EtcdDcs::connect(urls, identity).await?,
+            etcd::EtcdDcs::connect_secured(urls, identity, security).await?,
         )),
         praetor_config::DcsEndpoints::ZooKeeper(hosts) => Ok(std::sync::Arc::new(
             zookeeper::ZooKeeperDcs::connect(hosts, identity).await?,

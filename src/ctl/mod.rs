@@ -416,7 +416,11 @@ pub async fn run(args: CtlArgs) -> Result<(), Failure> {
         ttl_secs: 30,
         request_timeout_secs: 5,
     };
-    let dcs = praetor_dcs::connect(&endpoints, identity)
+    let security = config
+        .as_ref()
+        .map(|c| c.etcd_security())
+        .unwrap_or_default();
+    let dcs = praetor_dcs::connect_secured(&endpoints, identity, &security)
         .await
         .context("cannot open the DCS")?;
     let ctx = Ctx {
