@@ -282,9 +282,10 @@ async fn reload_applies_the_edited_yaml_and_seed_003s_vip_script_sees_master_on_
     wait_call(&c, &leader, "on_role_change replica reloadvip vip=down").await;
     wait_leader(&c, &replica).await;
 
-    // An agent start runs on_start (the demotion above started PostgreSQL as a replica too).
+    // The demotion ran on_role_change, not on_start (as Patroni); an agent start runs on_start.
     let on_start = "on_start replica reloadvip vip=down";
     let before = count_calls(&c, &leader, on_start);
+    assert_eq!(before, 0, "{:?}", loadvip_calls(c.node(&leader)));
     c.node_mut(&leader)
         .stop_agent(Duration::from_secs(60))
         .await

@@ -749,7 +749,13 @@ impl Runner {
                     } else {
                         crate::callbacks::Event::OnStart
                     };
-                    self.callbacks.fire(event, role);
+                    // A former primary started as a replica (demotion, rejoin) runs on_role_change
+                    // (fired by `publish` on the role change), not on_start: Patroni's `follow`
+                    // starts it with callbacks blocked and runs on_role_change.
+                    let role_change = self.last_role.is_some_and(|r| r != role);
+                    if event == crate::callbacks::Event::OnRestart || !role_change {
+                        self.callbacks.fire(event, role);
+                    }
                 }
             }
             Err((_, e)) if t.kind == Task::Bootstrap => {
