@@ -666,6 +666,7 @@ impl Sim {
             remove_data_on_diverged: false,
             fence_timeout_ms: 5_000,
             remove_data_on_rewind_failure: false,
+            clone_without_leader: false,
         }
     }
 
@@ -1286,6 +1287,7 @@ impl Sim {
             | Action::CreateInitialize { .. }
             | Action::PublishInitialize { .. }
             | Action::Clone { .. }
+            | Action::CloneWithoutLeader
             | Action::RemoveDataDirectory
             | Action::Fatal(_) => {
                 if self.violation.is_none() {
