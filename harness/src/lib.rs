@@ -23,8 +23,8 @@
 
 pub mod cluster;
 pub mod dcs;
-pub mod netns;
 pub mod nemesis;
+pub mod netns;
 pub mod postgres;
 pub mod proxy;
 pub mod relay;
