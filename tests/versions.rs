@@ -362,8 +362,36 @@ async fn replica_cloned_with_pg_basebackup_r_joins_and_follows_a_switchover() {
         "the removal is logged"
     );
 
+    // ALTER SYSTEM on the running clone puts primary_conninfo back into auto.conf (as a DBA
+    // might): the agent removes it again while the clone runs, without restarting it.
+    let postmaster = c.node(&clone).postmaster_pid();
+    let client = connect_retry(c.node(&clone).pg_port, Duration::from_secs(30)).await;
+    client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port={} user=replicator password=rep-pass'",
+            c.node(&leader).pg_port
+        ))
+        .await
+        .expect("ALTER SYSTEM on the replica");
+    wait_for(
+        "primary_conninfo to leave auto.conf again",
+        Duration::from_secs(60),
+        || async {
+            let auto = std::fs::read_to_string(data.join("postgresql.auto.conf"))
+                .map_err(|e| e.to_string())?;
+            if auto.contains("primary_conninfo") {
+                Err(auto)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.node(&clone).postmaster_pid(), postmaster, "no restart");
+
     // A switchover to the third member: the clone must stream from it, not from the former
-    // leader that pg_basebackup's primary_conninfo named.
+    // leader that pg_basebackup's (then ALTER SYSTEM's) primary_conninfo named.
     let candidate = c
         .nodes
         .iter()

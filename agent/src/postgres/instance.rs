@@ -444,8 +444,10 @@ impl Instance {
     }
 
     /// Writes postgresql.conf, pg_hba.conf (when configured) and standby.signal for `role`, each file
-    /// only when its contents change. Returns whether postgresql.conf or pg_hba.conf changed (a
-    /// running server needs a reload) and the local parameter names that were ignored.
+    /// only when its contents change, after removing the agent's settings from
+    /// postgresql.auto.conf ([`Instance::clean_auto_conf`]). Returns whether one of the
+    /// configuration files changed (a running server needs a reload) and the local parameter names
+    /// that were ignored.
     pub fn write_config(
         &self,
         dynamic: &DynamicConfig,
@@ -471,7 +473,10 @@ impl Instance {
                     .collect(),
             }),
         };
-        let mut changed = write_if_changed(
+        // Before every start and every rewrite of the recovery settings (a replica re-pointed at a
+        // new leader is reloaded, not restarted): auto.conf is read after postgresql.conf.
+        let mut changed = self.clean_auto_conf()?;
+        changed |= write_if_changed(
             &self.data("postgresql.conf"),
             &render_postgresql_conf(&params, standby.as_ref()),
         )?;
@@ -497,24 +502,27 @@ impl Instance {
     /// `restore_command`, `recovery_target*`: [`super::files::owned_by_agent`]) from `postgresql.auto.conf`, where
     /// `pg_basebackup -R`, `ALTER SYSTEM` or a rewind from a leader holding them leave them and
     /// where they would win over postgresql.conf. The rest of the file is kept byte for byte; the
-    /// rewrite is atomic (same mode, 0600); each removed key is logged. Run before every start.
-    pub fn clean_auto_conf(&self) -> Result<(), PgError> {
+    /// rewrite is atomic (mode 0600); each removed key is logged. Run by [`Instance::write_config`],
+    /// so before every start and every reload of the recovery settings. Returns whether it
+    /// rewrote the file (a running server then needs a reload).
+    pub fn clean_auto_conf(&self) -> Result<bool, PgError> {
         let path = self.data("postgresql.auto.conf");
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(&path)(e)),
         };
         let (kept, removed) = strip_owned_auto_conf(&text);
         if removed.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         for name in &removed {
             tracing::info!(
                 "removing {name} from postgresql.auto.conf: the agent sets it in postgresql.conf"
             );
         }
-        write_private(&path, &kept)
+        write_private(&path, &kept)?;
+        Ok(true)
     }
 
     /// Parameters whose new value waits for a restart: name → (running value, configured value).
@@ -564,7 +572,6 @@ impl Instance {
             PidFile::Stranger(pm, why) if why.elsewhere => Some(pm.pid),
             PidFile::Stranger(..) | PidFile::Absent => None,
         };
-        self.clean_auto_conf()?;
         let ignored = self.write_config(dynamic, role)?.ignored;
         if !ignored.is_empty() {
             tracing::warn!(parameters = ?ignored, "local postgresql.parameters ignored: cluster-wide ones come from the dynamic configuration, agent-managed ones from the agent");
