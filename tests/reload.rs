@@ -264,20 +264,7 @@ async fn reload_applies_the_edited_yaml_and_seed_003s_vip_script_sees_master_on_
     c.wait_healthy(1, Duration::from_secs(120))
         .await
         .expect("healthy after the restarts");
-    let out = ctl(
-        &c,
-        &[
-            "switchover",
-            "--leader",
-            &leader,
-            "--candidate",
-            &replica,
-            "--force",
-        ],
-        "",
-    )
-    .await;
-    assert_eq!(out.code, 0, "{out}");
+    ctl_switchover(&c, &leader, &replica).await;
     wait_call(&c, &replica, "on_role_change master reloadvip vip=up").await;
     wait_call(&c, &leader, "on_role_change replica reloadvip vip=down").await;
     wait_leader(&c, &replica).await;

@@ -1029,20 +1029,7 @@ async fn haproxy_with_options_primary_checks_sends_psql_to_the_leader_before_and
     .await
     .unwrap();
     let candidate = others(&c, &leader)[0].clone();
-    let out = ctl(
-        &c,
-        &[
-            "switchover",
-            "--leader",
-            &leader,
-            "--candidate",
-            &candidate,
-            "--force",
-        ],
-        "",
-    )
-    .await;
-    assert_eq!(out.code, 0, "{out}");
+    ctl_switchover(&c, &leader, &candidate).await;
     wait_for(
         "psql through HAProxy to reach the new leader",
         Duration::from_secs(60),

@@ -399,20 +399,7 @@ async fn replica_cloned_with_pg_basebackup_r_joins_and_follows_a_switchover() {
         .unwrap()
         .name
         .clone();
-    let out = ctl(
-        &c,
-        &[
-            "switchover",
-            "--leader",
-            &leader,
-            "--candidate",
-            &candidate,
-            "--force",
-        ],
-        "",
-    )
-    .await;
-    assert_eq!(out.code, 0, "ctl switchover: {out}");
+    ctl_switchover(&c, &leader, &candidate).await;
     let want = i32::from(c.node(&candidate).pg_port);
     let clone_port = c.node(&clone).pg_port;
     let follows = wait_for(

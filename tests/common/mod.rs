@@ -163,6 +163,25 @@ pub async fn ctl(c: &LocalCluster, args: &[&str], stdin: &str) -> Output {
     ctl_with(&c.nodes[0].config, args, stdin, &[]).await
 }
 
+/// `praetor ctl switchover --leader LEADER --candidate CANDIDATE --force`, asserting it succeeded.
+pub async fn ctl_switchover(c: &LocalCluster, leader: &str, candidate: &str) -> Output {
+    let out = ctl(
+        c,
+        &[
+            "switchover",
+            "--leader",
+            leader,
+            "--candidate",
+            candidate,
+            "--force",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.code, 0, "ctl switchover {leader} -> {candidate}: {out}");
+    out
+}
+
 /// Runs `praetor ctl -c CONFIG ARGS` with `stdin` and extra environment variables.
 pub async fn ctl_with(
     config: &std::path::Path,
