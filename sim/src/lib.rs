@@ -10,7 +10,9 @@
 //! [`praetor_dcs::ProxyState::contact_deadline_within`]), a watchdog and a simulated clock (ms). The
 //! seed draws the cluster's shape and settings, message latencies (with spikes up to 8 s, and lost
 //! replies to lock acquisitions and renewals the DCS did apply) and faults: PostgreSQL crashes,
-//! agents killed or frozen (the process stops, its deadline guard with it), partitions between a
+//! agents killed or frozen (the process stops, its deadline guard with it), whole hosts frozen (a
+//! hung VM: agent, PostgreSQL and watchdog timer; on the thaw the watchdog and the guard are taken
+//! to act before any backend, the best case), partitions between a
 //! member and the DCS, between members, between a proxy and the DCS or a member, the DCS down, and
 //! planned switchovers. All faults heal at one instant; the run goes on after it.
 //!
@@ -18,7 +20,7 @@
 //! - at most one PostgreSQL accepts writes (a running primary, whether reached through a proxy or
 //!   directly);
 //! - under `synchronous_mode`, a member that becomes writable holds every commit a client was told
-//!   was committed;
+//!   was committed while synchronous replication was active (once a leader wrote the `sync` key);
 //! - a writable leader, routed to by a proxy, exists again within `ttl + loop_wait` (plus
 //!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal.
 //!
@@ -163,6 +165,10 @@ pub struct Report {
     pub promotions: usize,
     /// Simulated events processed.
     pub events: u64,
+    /// ms from the heal until a proxy routed writes to a writable leader (`None`: not reached).
+    pub recovered_ms: Option<u64>,
+    /// The liveness bound of this seed: `ttl + loop_wait` (ms), without the allowance.
+    pub bound_ms: u64,
 }
 
 /// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
@@ -257,6 +263,9 @@ struct Commit {
     member: String,
     branch: u32,
     lsn: u64,
+    /// Acknowledged while synchronous replication was active (a `sync` key existed; before its
+    /// first write every commit is acknowledged asynchronously, as Patroni's `sync_mode_is_active`).
+    sync_active: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +302,9 @@ struct Agent {
     unfenced: Option<(String, u16)>,
     wd_armed: bool,
     wd_fed: u64,
+    /// The kernel's watchdog timer runs (armed by this or an earlier agent process of the node: a
+    /// killed agent leaves it running, it fires unless a new agent arms and feeds it).
+    wd_kernel: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -378,6 +390,7 @@ enum Ev {
     Fault,
     HealFault(Fault),
     Heal,
+    Thaw(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,6 +398,8 @@ enum Fault {
     CrashPg(usize),
     KillAgent(usize),
     Freeze(usize, u64),
+    /// The whole host freezes (a hung VM): agent, PostgreSQL and the watchdog's timer.
+    FreezeHost(usize, u64),
     CutDcs(usize),
     DcsDown,
     CutLink(usize, usize),
@@ -411,12 +426,15 @@ struct Sim {
     cut_proxy_dcs: Vec<bool>,
     cut_proxy_member: Vec<Vec<bool>>,
     pending: Vec<Vec<(u32, u64)>>,
+    /// A frozen host's PostgreSQL answers nothing until then (ms).
+    host_frozen_until: Vec<u64>,
     acked: Vec<Commit>,
     next_branch: u32,
     promotions: usize,
     faults_until: u64,
     healed_at: Option<u64>,
     leader_seen_after_heal: bool,
+    recovered_ms: Option<u64>,
     end: u64,
     violation: Option<Violation>,
     tracing: bool,
@@ -486,6 +504,7 @@ impl Sim {
                 unfenced: None,
                 wd_armed: i == 0 && opts.watchdog,
                 wd_fed: 0,
+                wd_kernel: i == 0 && opts.watchdog,
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -536,12 +555,14 @@ impl Sim {
             cut_proxy_dcs: vec![false; np],
             cut_proxy_member: vec![vec![false; n]; np],
             pending: vec![vec![]; n],
+            host_frozen_until: vec![0; n],
             acked: vec![],
             next_branch: 2,
             promotions: 0,
             faults_until,
             healed_at: None,
             leader_seen_after_heal: false,
+            recovered_ms: None,
             end: 0,
             violation: None,
             tracing,
@@ -605,7 +626,27 @@ impl Sim {
     }
 
     fn link_ok(&self, a: usize, b: usize) -> bool {
-        !self.cut_link[a][b]
+        !self.cut_link[a][b] && !self.host_frozen(a) && !self.host_frozen(b)
+    }
+
+    /// The host is frozen until its thaw event runs (the thaw is atomic: see [`Sim::thaw_host`]).
+    fn host_frozen(&self, i: usize) -> bool {
+        self.host_frozen_until[i] != 0
+    }
+
+    /// How long this member's agent must still wait (frozen process or host), 0 when it runs.
+    fn agent_wait(&self, i: usize) -> u64 {
+        let a = self.agents[i].frozen_until.saturating_sub(self.now);
+        if a == 0 && self.host_frozen(i) {
+            1
+        } else {
+            a
+        }
+    }
+
+    /// PostgreSQL accepts writes: a running primary on a host that is not frozen.
+    fn accepts_writes(&self, i: usize) -> bool {
+        self.pgs[i].writable() && !self.host_frozen(i)
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -617,7 +658,9 @@ impl Sim {
     }
 
     fn latency(&mut self) -> u64 {
-        if self.rng.chance(1) {
+        // Spikes and lost replies are faults: none after the heal.
+        let faulty = self.healed_at.is_none();
+        if self.rng.chance(1) && faulty {
             self.rng.range(1500, 8000)
         } else if self.rng.chance(5) {
             self.rng.range(200, 1500)
@@ -808,9 +851,11 @@ impl Sim {
         if !checked || self.violation.is_some() {
             return;
         }
+        let all = self.opts.check_async_commits;
         if let Some(c) = self
             .acked
             .iter()
+            .filter(|c| all || c.sync_active)
             .find(|c| !self.pgs[i].contains(c.branch, c.lsn))
         {
             self.violation = Some(Violation::LostCommit {
@@ -888,8 +933,8 @@ impl Sim {
         if !self.agents[i].alive || token != self.agents[i].token {
             return;
         }
-        if self.agents[i].frozen_until > self.now {
-            let d = self.agents[i].frozen_until - self.now;
+        let d = self.agent_wait(i);
+        if d > 0 {
             self.schedule(d, Ev::Cycle(i, token));
             return;
         }
@@ -1036,7 +1081,7 @@ impl Sim {
                     let v = self.dcs.bump();
                     self.dcs.leader = Some((me.clone(), now + ttl, v));
                     self.wake_watchers();
-                    if self.rng.chance(2) {
+                    if self.rng.chance(2) && self.healed_at.is_none() {
                         // The DCS took the lock but the reply was lost: the agent saw an error.
                         self.log(format!("{me}: acquired the leader lock, reply lost"));
                         let t = self.dcs_timeout(i);
@@ -1051,7 +1096,9 @@ impl Sim {
                         return;
                     }
                     self.set_lock_renewed(i, Some(now));
-                    self.agents[i].wd_fed = now;
+                    if self.agents[i].wd_armed {
+                        self.agents[i].wd_fed = now;
+                    }
                     self.log(format!("{me}: acquired the leader lock"));
                     (true, self.latency())
                 } else {
@@ -1065,13 +1112,15 @@ impl Sim {
                     if let Some(l) = self.dcs.leader.as_mut() {
                         l.1 = now + ttl;
                     }
-                    if self.rng.chance(2) {
+                    if self.rng.chance(2) && self.healed_at.is_none() {
                         // Renewed, but the reply was lost: the agent keeps its older renewal.
                         self.log(format!("{me}: renewed the leader lock, reply lost"));
                         (false, self.dcs_timeout(i))
                     } else {
                         self.set_lock_renewed(i, Some(now));
-                        self.agents[i].wd_fed = now;
+                        if self.agents[i].wd_armed {
+                            self.agents[i].wd_fed = now;
+                        }
                         (true, self.latency())
                     }
                 } else {
@@ -1097,6 +1146,7 @@ impl Sim {
             Action::ArmWatchdog => {
                 self.agents[i].wd_armed = self.opts.watchdog;
                 self.agents[i].wd_fed = now;
+                self.agents[i].wd_kernel = self.opts.watchdog;
                 (true, 1)
             }
             Action::FencePrimary {
@@ -1168,6 +1218,7 @@ impl Sim {
                 self.stop_pg(i, *mode, "decided");
                 self.set_lock_renewed(i, None);
                 self.agents[i].wd_armed = false;
+                self.agents[i].wd_kernel = false;
                 (true, self.rng.range(50, 500))
             }
             Action::Follow(up) => {
@@ -1318,6 +1369,7 @@ impl Sim {
         let holds = self.dcs.leader_alive(self.now) == Some(me.as_str());
         if had_view && !holds && !self.pgs[i].writable() {
             self.agents[i].wd_armed = false;
+            self.agents[i].wd_kernel = false;
         }
         if self.pgs[i].writable() {
             self.agents[i].primary_start_began_ms = None;
@@ -1343,8 +1395,8 @@ impl Sim {
         if !self.agents[i].alive {
             return;
         }
-        if self.agents[i].frozen_until > self.now {
-            let d = self.agents[i].frozen_until - self.now;
+        let d = self.agent_wait(i);
+        if d > 0 {
             self.schedule(d, Ev::Task(i, token));
             return;
         }
@@ -1415,14 +1467,14 @@ impl Sim {
     }
 
     fn guard_event(&mut self, i: usize, deadline: u64) {
-        let a = &self.agents[i];
-        if a.alive && a.frozen_until > self.now {
+        let d = self.agent_wait(i);
+        if self.agents[i].alive && d > 0 {
             // The guard is a task of the frozen process: its timer fires on the thaw, racing the
             // loop's own next step.
-            let d = a.frozen_until - self.now;
             self.schedule(d, Ev::Guard(i, deadline));
             return;
         }
+        let a = &self.agents[i];
         if !a.alive || self.deadline(i) != Some(deadline) {
             return;
         }
@@ -1461,10 +1513,12 @@ impl Sim {
                 }
             };
             if ok {
+                let sync_active = self.dcs.sync.is_some();
                 self.acked.push(Commit {
                     member: self.agents[i].name.clone(),
                     branch,
                     lsn,
+                    sync_active,
                 });
             } else {
                 keep.push((branch, lsn));
@@ -1479,6 +1533,9 @@ impl Sim {
             let PgState::Running { primary: false } = self.pgs[j].state else {
                 continue;
             };
+            if self.host_frozen(j) {
+                continue;
+            }
             let up = self.pgs[j].upstream.clone().and_then(|u| self.index(&u));
             let streaming = up.filter(|&u| {
                 u != j
@@ -1494,7 +1551,7 @@ impl Sim {
             }
         }
         for i in 0..n {
-            if self.pgs[i].writable() {
+            if self.accepts_writes(i) {
                 self.release_waiters(i);
             }
             if self.pgs[i].running() && self.rng.chance(5) {
@@ -1503,11 +1560,12 @@ impl Sim {
             }
             // The watchdog fires when not fed in time (also while the agent is frozen or dead).
             let a = &self.agents[i];
-            if a.wd_armed {
+            if a.wd_kernel && !self.host_frozen(i) {
                 let timeout = u64::from(self.dynamic.ttl.saturating_sub(SAFETY_MARGIN_SECS)) * 1000;
                 if self.now >= a.wd_fed + timeout {
                     self.log(format!("{}: watchdog fired: node reset", a.name));
                     self.stop_pg(i, StopMode::Immediate, "watchdog");
+                    self.agents[i].wd_kernel = false;
                     self.restart_agent(i);
                 }
             }
@@ -1565,7 +1623,7 @@ impl Sim {
             Some(k - np)
         };
         if let Some(m) = target {
-            if self.pgs[m].writable() {
+            if self.accepts_writes(m) {
                 let step = self.rng.range(8, 400);
                 let seg = self.pgs[m].segs.last_mut().expect("wal");
                 seg.end += step;
@@ -1647,6 +1705,7 @@ impl Sim {
         match self.rng.pick(10) {
             0 => Fault::CrashPg(m),
             1 => Fault::KillAgent(m),
+            2 if self.rng.chance(50) => Fault::FreezeHost(m, self.rng.range(2_000, 60_000)),
             2 => Fault::Freeze(m, self.rng.range(2_000, 60_000)),
             3 => Fault::CutDcs(m),
             4 => Fault::DcsDown,
@@ -1675,6 +1734,12 @@ impl Sim {
             Fault::CrashPg(m) => self.stop_pg(m, StopMode::Immediate, "crash"),
             Fault::KillAgent(m) => {
                 self.agents[m].alive = false;
+            }
+            Fault::FreezeHost(m, d) => {
+                let until = self.agents[m].frozen_until.max(self.now + d);
+                self.agents[m].frozen_until = until;
+                self.host_frozen_until[m] = until;
+                self.schedule(until - self.now, Ev::Thaw(m));
             }
             Fault::Freeze(m, d) => {
                 self.agents[m].frozen_until = self.agents[m].frozen_until.max(self.now + d);
@@ -1731,6 +1796,31 @@ impl Sim {
         }
     }
 
+    /// A frozen host runs again. Modelled as the best case: the kernel's watchdog, then the agent's
+    /// deadline guard, act before any PostgreSQL backend runs (the window a loaded host leaves is
+    /// measured by `cargo bench --bench scenarios`, not here).
+    fn thaw_host(&mut self, m: usize) {
+        if !self.host_frozen(m) || self.host_frozen_until[m] > self.now {
+            return;
+        }
+        self.host_frozen_until[m] = 0;
+        self.log(format!("{}: host thawed", self.agents[m].name));
+        let timeout = u64::from(self.dynamic.ttl.saturating_sub(SAFETY_MARGIN_SECS)) * 1000;
+        if self.agents[m].wd_kernel && self.now >= self.agents[m].wd_fed + timeout {
+            self.log(format!(
+                "{}: watchdog fired on the thaw: node reset",
+                self.agents[m].name
+            ));
+            self.stop_pg(m, StopMode::Immediate, "watchdog");
+            self.agents[m].wd_kernel = false;
+            self.restart_agent(m);
+            return;
+        }
+        if self.deadline(m).is_some_and(|d| self.now >= d) && self.pgs[m].running() {
+            self.stop_pg(m, StopMode::Immediate, "deadline guard on the thaw");
+        }
+    }
+
     fn heal(&mut self) {
         self.log("HEAL: every fault heals".into());
         self.dcs.down = false;
@@ -1741,6 +1831,10 @@ impl Sim {
             }
             if !self.agents[i].alive {
                 self.restart_agent(i);
+            }
+            if self.host_frozen(i) {
+                self.host_frozen_until[i] = self.now;
+                self.thaw_host(i);
             }
             if self.agents[i].frozen_until > self.now {
                 // Thawed now: its pending steps were postponed to the end of the freeze.
@@ -1773,7 +1867,7 @@ impl Sim {
             return;
         }
         let writable: Vec<String> = (0..self.n())
-            .filter(|&i| self.pgs[i].writable())
+            .filter(|&i| self.accepts_writes(i))
             .map(|i| self.agents[i].name.clone())
             .collect();
         if writable.len() > 1 {
@@ -1793,10 +1887,11 @@ impl Sim {
                         && p.routed
                             .as_deref()
                             .and_then(|m| self.index(m))
-                            .is_some_and(|m| self.pgs[m].writable())
+                            .is_some_and(|m| self.accepts_writes(m))
                 });
                 if routed {
                     self.leader_seen_after_heal = true;
+                    self.recovered_ms = Some(self.now - h);
                     self.log(format!(
                         "writable leader {leader:?} routed {} ms after the heal",
                         self.now - h
@@ -1829,6 +1924,7 @@ impl Sim {
                 Ev::Fault => self.fault(),
                 Ev::HealFault(f) => self.heal_fault(f),
                 Ev::Heal => self.heal(),
+                Ev::Thaw(m) => self.thaw_host(m),
             }
             self.check();
         }
@@ -1843,6 +1939,8 @@ impl Sim {
             acked: self.acked.len(),
             promotions: self.promotions,
             events: self.nevents,
+            recovered_ms: self.recovered_ms,
+            bound_ms: u64::from(self.dynamic.ttl + self.dynamic.loop_wait) * 1000,
         }
     }
 }

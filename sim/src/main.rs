@@ -52,11 +52,16 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let (mut failed, mut acked, mut promotions, mut events) = (vec![], 0usize, 0usize, 0u64);
+    // Time from the heal to a routed writable leader, as a fraction of ttl + loop_wait.
+    let mut recovery: Vec<f64> = vec![];
     for s in from..from + seeds {
         let r = praetor_sim::run_seed(s, false);
         acked += r.acked;
         promotions += r.promotions;
         events += r.events;
+        if let Some(ms) = r.recovered_ms {
+            recovery.push(ms as f64 / r.bound_ms as f64);
+        }
         if let Some(v) = &r.violation {
             if failed.is_empty() && !keep_going {
                 print!("{}", praetor_sim::explain(&r));
@@ -76,6 +81,16 @@ fn main() -> ExitCode {
         ran as f64 * 60.0 / secs,
         failed.len()
     );
+    recovery.sort_by(f64::total_cmp);
+    if !recovery.is_empty() {
+        let q = |p: f64| recovery[((recovery.len() - 1) as f64 * p) as usize];
+        println!(
+            "after the heal, a routed writable leader within (ttl + loop_wait) x: median {:.2}, p99 {:.2}, max {:.2}",
+            q(0.5),
+            q(0.99),
+            q(1.0)
+        );
+    }
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -809,7 +809,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
             || view
                 .sync
                 .as_ref()
-                .is_some_and(|s| sync::listed_may_promote(&s.value, name))
+                .is_none_or(|s| sync::listed_may_promote(&s.value, name))
     };
     if let Some(req) = view.failover_request() {
         // The leader that stepped down for a switchover does not race back for the lock while any
@@ -852,13 +852,12 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     // Under synchronous replication (`on`) only the standbys listed in `sync` hold every
     // acknowledged commit: only they race, and only against each other. In quorum mode every member
     // races, one that gathers enough votes from the key's members (see `sync::may_promote`).
-    let sync_listed: Option<Vec<String>> =
-        (cfg.dynamic.synchronous_mode == praetor_config::SyncMode::On).then(|| {
-            view.sync
-                .as_ref()
-                .map(|s| s.value.members())
-                .unwrap_or_default()
-        });
+    // No `sync` key: synchronous replication was never activated (see `sync::may_promote`).
+    let sync_listed: Option<Vec<String>> = view
+        .sync
+        .as_ref()
+        .filter(|_| cfg.dynamic.synchronous_mode == praetor_config::SyncMode::On)
+        .map(|s| s.value.members());
     let peers_in_race: Vec<super::PeerStatus> = match &sync_listed {
         Some(listed) => peers
             .iter()

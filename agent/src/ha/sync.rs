@@ -471,6 +471,7 @@ pub fn listed_may_promote(sync: &SyncState, name: &str) -> bool {
 /// Whether this member (WAL position `my_wal`) may be promoted automatically under synchronous
 /// replication; `Err` says why not. `peers` are the members that answered this loop.
 ///
+/// - no `sync` key: synchronous replication was never activated; any member may (asynchronous rules).
 /// - `on`: it is listed in the `sync` key (the only members guaranteed to hold every acknowledged
 ///   commit), or it is the key's leader and the key lists nobody (replication fell back to
 ///   asynchronous while it led: it alone holds every acknowledged commit).
@@ -493,7 +494,12 @@ pub fn may_promote(
         return Ok(());
     }
     let Some(sync) = view.sync.as_ref().map(|s| &s.value) else {
-        return not_sync;
+        // No `sync` key at all: no leader has activated synchronous replication yet (a leader writes
+        // the key before it names any standby in synchronous_standby_names, and nothing deletes
+        // it), so every commit so far was acknowledged asynchronously and the asynchronous rules
+        // apply (Patroni's `sync_mode_is_active`). Refusing here left a cluster whose leader died
+        // before its first key write without a leader for good (sim seed 29328).
+        return Ok(());
     };
     let listed = sync.members();
     if cfg.dynamic.synchronous_mode != SyncMode::Quorum {

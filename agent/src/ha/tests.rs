@@ -1478,6 +1478,16 @@ fn rows() -> Vec<Row> {
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
             .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
+        row("sync on: no sync key at all (synchronous replication never activated): the asynchronous race rules apply (sim seed 29328)",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row("sync on: no sync key at all: a member behind a peer does not race",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(vec![], |r| matches!(r, Reason::NotHealthiest { .. })),
         row("sync strict: the listed synchronous standby promotes with synchronous_standby_names '*'",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some(ME.into()), quorum: None }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
