@@ -402,3 +402,42 @@ async fn one_way_partitions_end_in_one_writable_leader() {
     assert_one_writer_at_a_time(&acks);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_etcd_member_costs_no_failover_while_the_quorum_answers() {
+    let mut c = netns_cluster("ns-etcd-silent").await;
+    let leader = c.leader().await.expect("leader");
+    let writers = Writers::start(&c).await;
+    // Each etcd member in turn goes silent for three TTLs: whichever one an agent's client happens
+    // to use, the other two still form a quorum, so the leader must keep its lock.
+    for e in ["e1", "e2", "e3"] {
+        c.net().silence(e).expect("silence an etcd member");
+        let since = Instant::now();
+        wait_for("three TTLs", Duration::from_secs(90), || async {
+            let now = c.leader().await;
+            assert!(
+                now.is_none() || now.as_deref() == Some(leader.as_str()),
+                "the leader changed from {leader} to {now:?} while only {e} was silent"
+            );
+            if since.elapsed() > Duration::from_secs(18) {
+                Ok(())
+            } else {
+                Err(format!("{:?} so far", since.elapsed()))
+            }
+        })
+        .await
+        .unwrap();
+        writers
+            .acks_from_since(&leader, since + Duration::from_secs(15))
+            .await;
+        c.net().heal().expect("heal");
+    }
+    let log = c.node(&leader).log();
+    assert!(
+        !log.contains("demoting self"),
+        "{leader} demoted itself while the DCS had a quorum:\n{log}"
+    );
+    let acks = writers.stop().await;
+    assert!(acks.iter().all(|a| a.member == leader));
+    c.shutdown().await;
+}
