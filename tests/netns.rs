@@ -402,3 +402,48 @@ async fn one_way_partitions_end_in_one_writable_leader() {
     assert_one_writer_at_a_time(&acks);
     c.shutdown().await;
 }
+
+/// Known bug, shown by this test: with one of three etcd members silent, the leader's agent still
+/// misses its demotion deadline in some runs (its DCS read or renewal gets no answer within
+/// retry_timeout although two members answer) and a replica takes over. Requests now move on from
+/// a silent endpoint (dcs/src/etcd.rs, `EtcdDcs::request`), which made it pass in some runs, not
+/// all; what still takes the whole budget is not found yet. Run with `--ignored`.
+#[ignore = "known bug: a silent etcd member can still cost a failover; see the docstring"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_etcd_member_costs_no_failover_while_the_quorum_answers() {
+    let mut c = netns_cluster("ns-etcd-silent").await;
+    let leader = c.leader().await.expect("leader");
+    let writers = Writers::start(&c).await;
+    // Each etcd member in turn goes silent for 20 s (over three TTLs): whichever one an agent's client happens
+    // to use, the other two still form a quorum, so the leader must keep its lock.
+    for e in ["e1", "e2", "e3"] {
+        c.net().silence(e).expect("silence an etcd member");
+        let since = Instant::now();
+        wait_for("20 s", Duration::from_secs(90), || async {
+            let now = c.leader().await;
+            assert!(
+                now.is_none() || now.as_deref() == Some(leader.as_str()),
+                "the leader changed from {leader} to {now:?} while only {e} was silent"
+            );
+            if since.elapsed() > Duration::from_secs(20) {
+                Ok(())
+            } else {
+                Err(format!("{:?} so far", since.elapsed()))
+            }
+        })
+        .await
+        .unwrap();
+        writers
+            .acks_from_since(&leader, since + Duration::from_secs(15))
+            .await;
+        c.net().heal().expect("heal");
+    }
+    let log = c.node(&leader).log();
+    assert!(
+        !log.contains("demoting self"),
+        "{leader} demoted itself while the DCS had a quorum:\n{log}"
+    );
+    let acks = writers.stop().await;
+    assert!(acks.iter().all(|a| a.member == leader));
+    c.shutdown().await;
+}

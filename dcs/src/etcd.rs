@@ -53,6 +53,11 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// [`Dcs::close`] revoked it first.
 pub struct EtcdDcs {
     client: Client,
+    /// One client per endpoint, in the configured order: requests go to the preferred one (see
+    /// [`EtcdDcs::request`]), so a silent endpoint costs one attempt, not every request's budget.
+    endpoint_clients: Vec<Client>,
+    /// Index into `endpoint_clients` of the endpoint requests go to first.
+    preferred: std::sync::atomic::AtomicUsize,
     keys: Keys,
     member: Option<String>,
     request_timeout: Duration,
@@ -110,6 +115,36 @@ const GRPC_NOT_FOUND: i32 = 5;
 const GRPC_UNAVAILABLE: i32 = 14;
 /// Pause before sending again a request that could not connect to an endpoint.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Shortest time one attempt on one endpoint gets before the request moves on to the next.
+const MIN_ATTEMPT: Duration = Duration::from_millis(500);
+
+/// One attempt of a request on endpoint `idx`: unless it succeeded or failed with etcd's own
+/// answer (`done`), dropping it (a timeout, a connect failure, or the caller abandoning the
+/// request) moves the preferred endpoint on to the next, unless another request did already.
+struct Attempt<'a> {
+    preferred: &'a std::sync::atomic::AtomicUsize,
+    idx: usize,
+    n: usize,
+    done: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.n > 1 {
+            let _ = self.preferred.compare_exchange(
+                self.idx,
+                (self.idx + 1) % self.n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// True when `e` is gRPC `UNAVAILABLE` (a connect failure, or an etcd member without a leader).
+fn is_unavailable(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if i32::from(s.code()) == GRPC_UNAVAILABLE)
+}
 
 /// True when `e` says the request could not connect to the endpoint it was routed to (tonic's
 /// "tcp connect error", gRPC `UNAVAILABLE`): it never reached etcd.
@@ -197,26 +232,54 @@ impl EtcdDcs {
             // instead of serving from it.
             .with_require_leader(true);
         let options = secure(options, security)?;
-        let client =
-            match tokio::time::timeout(request_timeout, Client::connect(endpoints, Some(options)))
+        let client = match tokio::time::timeout(
+            request_timeout,
+            Client::connect(endpoints, Some(options.clone())),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(DcsError::Unavailable(format!(
+                    "connect to etcd {endpoints:?}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(DcsError::Unavailable(format!(
+                    "connect to etcd {endpoints:?}: no answer within {request_timeout:?}"
+                )))
+            }
+        };
+        // Clients connect lazily: a silent endpoint does not hold up the others here.
+        let mut endpoint_clients = vec![];
+        if endpoints.len() > 1 {
+            for e in endpoints {
+                match tokio::time::timeout(
+                    request_timeout,
+                    Client::connect([e.as_str()], Some(options.clone())),
+                )
                 .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    return Err(DcsError::Unavailable(format!(
-                        "connect to etcd {endpoints:?}: {e}"
-                    )))
+                {
+                    Ok(Ok(c)) => endpoint_clients.push(c),
+                    Ok(Err(e)) => {
+                        return Err(DcsError::Unavailable(format!("connect to etcd {e}")))
+                    }
+                    Err(_) => {
+                        return Err(DcsError::Unavailable(format!(
+                            "connect to etcd {e}: no answer within {request_timeout:?}"
+                        )))
+                    }
                 }
-                Err(_) => {
-                    return Err(DcsError::Unavailable(format!(
-                        "connect to etcd {endpoints:?}: no answer within {request_timeout:?}"
-                    )))
-                }
-            };
+            }
+        } else {
+            endpoint_clients.push(client.clone());
+        }
         let keys = Keys::new(&identity.namespace, &identity.scope);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let dcs = EtcdDcs {
             client,
+            endpoint_clients,
+            preferred: std::sync::atomic::AtomicUsize::new(0),
             keys,
             member: identity.member,
             request_timeout,
@@ -227,9 +290,9 @@ impl EtcdDcs {
             events,
             watch_cancel: CancellationToken::new(),
         };
-        let (client, leader) = (&dcs.client, dcs.keys.leader());
+        let leader = dcs.keys.leader();
         let leader = leader.as_str();
-        dcs.request("reach etcd", move || async move {
+        dcs.request("reach etcd", move |client: Client| async move {
             let options = GetOptions::new().with_count_only();
             client.kv_client().get(leader, Some(options)).await
         })
@@ -266,30 +329,69 @@ impl EtcdDcs {
         })
     }
 
-    /// Runs one etcd request (`send` builds it) within the request timeout.
+    /// Runs one etcd request (`send` builds it for the client it is given) within the request
+    /// timeout.
     ///
-    /// With several endpoints, a request that could not connect to the endpoint the client routed it
-    /// to (that member is down: the client's balancer still picks it) is sent again, to the endpoint
-    /// picked next, until the timeout. It never reached etcd, so sending it again is safe for writes
-    /// too.
+    /// With several endpoints, the request goes to the preferred endpoint first, for at most the
+    /// request timeout divided by the number of endpoints (at least [`MIN_ATTEMPT`]), as Patroni's
+    /// etcd clients split `retry_timeout` across the nodes: a member that is down (connect
+    /// refused) or silent (a blackholed host: no answer at all) then costs one attempt, and the
+    /// request is sent again to the next endpoint, which becomes the preferred one for the
+    /// requests that follow. An attempt abandoned by the caller's own deadline also moves the
+    /// preference on. A request that timed out may have reached etcd; sending it again is safe
+    /// for reads, and every write here is a compare-and-set or idempotent (a repeated
+    /// compare-and-set that already applied reports a conflict, which callers re-read).
     async fn request<T, F, Fut>(&self, what: &str, send: F) -> Result<T, Failure>
     where
-        F: Fn() -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
+        let n = self.endpoint_clients.len();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let per_attempt = if n > 1 {
+            (self.request_timeout / n as u32).max(MIN_ATTEMPT)
+        } else {
+            self.request_timeout
+        };
         loop {
-            match tokio::time::timeout_at(deadline, send()).await {
-                Ok(Ok(v)) => return Ok(v),
+            let idx = self.preferred.load(Ordering::Relaxed) % n;
+            let mut attempt = Attempt {
+                preferred: &self.preferred,
+                idx,
+                n,
+                done: false,
+            };
+            let until = (tokio::time::Instant::now() + per_attempt).min(deadline);
+            let answer =
+                tokio::time::timeout_at(until, send(self.endpoint_clients[idx].clone())).await;
+            let now = tokio::time::Instant::now();
+            match answer {
+                Ok(Ok(v)) => {
+                    attempt.done = true;
+                    return Ok(v);
+                }
                 Ok(Err(e))
                     if self.several_endpoints
                         && is_connect_failure(&e)
-                        && tokio::time::Instant::now() + CONNECT_RETRY_PAUSE < deadline =>
+                        && now + CONNECT_RETRY_PAUSE < deadline =>
                 {
                     debug!(what, error = %e, "an etcd endpoint is unreachable; sending the request again");
+                    drop(attempt);
                     tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
                 }
-                Ok(Err(e)) => return Err(failure(what, e)),
+                Ok(Err(e)) => {
+                    // An endpoint that answers UNAVAILABLE (e.g. "no leader": an etcd member cut
+                    // off from its cluster) is not the one to prefer next time.
+                    attempt.done = !is_unavailable(&e);
+                    return Err(failure(what, e));
+                }
+                Err(_) if n > 1 && now < deadline => {
+                    debug!(
+                        what,
+                        endpoint = idx,
+                        "an etcd endpoint did not answer within {per_attempt:?}; sending the request to the next"
+                    );
+                }
                 Err(_) => {
                     return Err(Failure::Dcs(DcsError::Unavailable(format!(
                         "{what}: etcd did not answer within {:?}",
@@ -302,8 +404,8 @@ impl EtcdDcs {
 
     /// Runs one transaction.
     async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse, Failure> {
-        let (client, txn) = (&self.client, &txn);
-        self.request(what, move || async move {
+        let txn = &txn;
+        self.request(what, move |client: Client| async move {
             client.kv_client().txn(txn.clone()).await
         })
         .await
@@ -335,9 +437,8 @@ impl EtcdDcs {
 
     /// Grants a lease of `ttl_secs`; returns its id.
     async fn grant(&self, ttl_secs: u32) -> Result<i64, DcsError> {
-        let client = &self.client;
         let resp = self
-            .request("grant a lease", move || async move {
+            .request("grant a lease", move |client: Client| async move {
                 client.lease_client().grant(i64::from(ttl_secs), None).await
             })
             .await?;
@@ -355,8 +456,7 @@ impl EtcdDcs {
     async fn keep_alive(&self, id: i64) -> Result<(), Failure> {
         // etcd-client's keep_alive sends one request and reads one response (TTL 0 is an error);
         // dropping the keeper and the stream closes the RPC.
-        let client = &self.client;
-        self.request("refresh the lease", move || async move {
+        self.request("refresh the lease", move |client: Client| async move {
             client.lease_client().keep_alive(id).await
         })
         .await
@@ -365,9 +465,8 @@ impl EtcdDcs {
 
     /// Revokes lease `id`; an unknown lease counts as revoked.
     async fn revoke(&self, id: i64) -> Result<(), DcsError> {
-        let client = &self.client;
         match self
-            .request("revoke the lease", move || async move {
+            .request("revoke the lease", move |client: Client| async move {
                 client.lease_client().revoke(id).await
             })
             .await
@@ -396,8 +495,7 @@ impl EtcdDcs {
         value: &str,
         lease: i64,
     ) -> Result<etcd_client::PutResponse, Failure> {
-        let client = &self.client;
-        self.request(what, move || async move {
+        self.request(what, move |client: Client| async move {
             let options = PutOptions::new().with_lease(lease);
             client.kv_client().put(key, value, Some(options)).await
         })
@@ -501,9 +599,9 @@ impl Dcs for EtcdDcs {
     /// One range read of every key under `/<namespace>/<scope>/` (one revision). Values that do not
     /// decode are logged and skipped. Errors: [`DcsError::Unavailable`].
     async fn load(&self) -> Result<Cluster, DcsError> {
-        let (client, base) = (&self.client, self.keys.base());
+        let base = self.keys.base();
         let resp = self
-            .request("read the cluster", move || async move {
+            .request("read the cluster", move |client: Client| async move {
                 let options = GetOptions::new().with_prefix();
                 client.kv_client().get(base, Some(options)).await
             })
@@ -667,11 +765,14 @@ impl Dcs for EtcdDcs {
     }
 
     async fn delete_cluster(&self) -> Result<(), DcsError> {
-        let (client, base) = (&self.client, self.keys.base());
-        self.request("delete the cluster's keys", move || async move {
-            let options = etcd_client::DeleteOptions::new().with_prefix();
-            client.kv_client().delete(base, Some(options)).await
-        })
+        let base = self.keys.base();
+        self.request(
+            "delete the cluster's keys",
+            move |client: Client| async move {
+                let options = etcd_client::DeleteOptions::new().with_prefix();
+                client.kv_client().delete(base, Some(options)).await
+            },
+        )
         .await?;
         Ok(())
     }
@@ -681,8 +782,8 @@ impl Dcs for EtcdDcs {
         let key = self.keys.member(me);
         let mut st = self.lease.lock().await;
         st.member_json = None;
-        let (client, key) = (&self.client, key.as_str());
-        self.request("delete the member key", move || async move {
+        let key = key.as_str();
+        self.request("delete the member key", move |client: Client| async move {
             client.kv_client().delete(key, None).await
         })
         .await?;
