@@ -464,8 +464,8 @@ pub fn before_promote(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
 /// Whether this member (WAL position `my_wal`) may be promoted automatically under synchronous
 /// replication; `Err` says why not. `peers` are the members that answered this loop.
 ///
-/// - `on`: it is listed in the `sync` key (the only members guaranteed to hold every acknowledged
-///   commit).
+/// - `on`: it is listed in the `sync` key, or is the key's leader (the last known primary): the
+///   only members guaranteed to hold every acknowledged commit.
 /// - `quorum` (Patroni's `_is_healthiest_node`): the key's members (its leader and voters) vote; a
 ///   member votes when it answered with PostgreSQL running as a replica at or behind `my_wal`. A
 ///   voter needs `quorum` votes, anyone else `quorum + 1`: since every commit was acknowledged by
@@ -489,7 +489,11 @@ pub fn may_promote(
     };
     let listed = sync.members();
     if cfg.dynamic.synchronous_mode != SyncMode::Quorum {
-        return if listed.contains(&cfg.name) {
+        // Patroni's `is_failover_possible`/`_is_healthiest_node`: `sync.matches(name, True)`, the
+        // listed standbys and the key's leader, the last known primary, which holds every commit
+        // it acknowledged (without it, a primary that froze while its key listed no standby
+        // leaves no member allowed to promote, ever).
+        return if listed.contains(&cfg.name) || sync.leader.as_deref() == Some(cfg.name.as_str()) {
             Ok(())
         } else {
             not_sync
