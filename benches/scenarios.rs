@@ -9,6 +9,11 @@
 //! former primary acknowledged to a direct client after the new leader's first write, and the time
 //! from the thaw until it streams from the new leader again (crash recovery, pg_rewind, start).
 //!
+//! The two `netns:` scenarios run the cluster on hosts in network namespaces (harness::netns, root
+//! only): the primary's host blackholed (every packet to and from it dropped, so connects and reads
+//! hang as with a dead host behind a switch) against the same host killed (agent and PostgreSQL
+//! kill -9, connections refused at once), in the same run, so their ratio is what silence costs.
+//!
 //! Run: `cargo build --release && cargo bench --bench scenarios` (`PRAETOR_BENCH_RUNS`, default 5;
 //! `PRAETOR_BENCH_ONLY=<substring>[,<substring>...]` to run some scenarios; `PRAETOR_BENCH_TTL`,
 //! default 5, with loop_wait 1 and retry_timeout 2). Timings are printed, never asserted.
@@ -25,8 +30,8 @@ fn binary() -> PathBuf {
     praetor_harness::praetor_beside_current_exe()
 }
 
-async fn connect(port: u16) -> Result<tokio_postgres::Client, String> {
-    let dsn = format!("host=127.0.0.1 port={port} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2");
+async fn connect(host: &str, port: u16) -> Result<tokio_postgres::Client, String> {
+    let dsn = format!("host={host} port={port} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2");
     let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
         .await
         .map_err(|e| e.to_string())?;
@@ -46,6 +51,8 @@ enum Fault {
     CutDcs,
     KillNodeSyncStrict,
     FreezeNode,
+    NetSilence,
+    NetKillNode,
 }
 
 impl Fault {
@@ -59,6 +66,8 @@ impl Fault {
             Fault::CutDcs => "primary cut off from the DCS",
             Fault::KillNodeSyncStrict => "primary node dies, synchronous_mode_strict",
             Fault::FreezeNode => "primary node frozen (SIGSTOP), thawed after failover",
+            Fault::NetSilence => "netns: primary host blackholed (silent, not refused)",
+            Fault::NetKillNode => "netns: primary host kill -9 (agent + postgres)",
         }
     }
 }
@@ -82,6 +91,7 @@ async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
         dcs_relay: matches!(fault, Fault::CutDcs),
         rewind_user: freeze,
         data_checksums: !freeze,
+        netns: matches!(fault, Fault::NetSilence | Fault::NetKillNode),
         ..Default::default()
     };
     if matches!(fault, Fault::KillNodeSyncStrict) {
@@ -92,8 +102,12 @@ async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
     }
     let mut c = LocalCluster::start(bin, opts).await?;
     let leader = c.wait_healthy(2, Duration::from_secs(120)).await?;
-    let rw = c.proxy.as_ref().ok_or("no proxy")?.rw_port;
-    let setup = wait_for("proxy", Duration::from_secs(30), || connect(rw)).await?;
+    let (rw_host, rw) = c
+        .proxy
+        .as_ref()
+        .map(|p| (p.ip.clone(), p.rw_port))
+        .ok_or("no proxy")?;
+    let setup = wait_for("proxy", Duration::from_secs(30), || connect(&rw_host, rw)).await?;
     setup
         .batch_execute("CREATE TABLE w (id int PRIMARY KEY)")
         .await
@@ -117,21 +131,26 @@ async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = {
         let (acked, errors, stop) = (acked.clone(), errors.clone(), stop.clone());
+        let rw_host = rw_host.clone();
         tokio::spawn(async move {
             let mut id = 0;
             let mut client = None;
             while !stop.is_cancelled() {
                 if client.is_none() {
-                    client = connect(rw).await.ok();
+                    client = connect(&rw_host, rw).await.ok();
                     if client.is_none() {
                         *errors.lock().unwrap() += 1;
                     }
                 }
                 if let Some(cl) = &client {
                     id += 1;
-                    match cl.execute("INSERT INTO w VALUES ($1)", &[&id]).await {
-                        Ok(_) => acked.lock().unwrap().push((id, Instant::now())),
-                        Err(_) => {
+                    // Bounded: through a proxy whose backend went silent, an INSERT may otherwise
+                    // wait for the kernel's TCP timeout.
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                    let insert = cl.execute("INSERT INTO w VALUES ($1)", &params);
+                    match tokio::time::timeout(Duration::from_secs(3), insert).await {
+                        Ok(Ok(_)) => acked.lock().unwrap().push((id, Instant::now())),
+                        Ok(Err(_)) | Err(_) => {
                             *errors.lock().unwrap() += 1;
                             client = None;
                         }
@@ -154,12 +173,12 @@ async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
     let direct: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let direct_writer = freeze.then(|| {
         let (acks, stop) = (direct.clone(), stop.clone());
-        let port = c.node(&leader).pg_port;
+        let (host, port) = (c.node(&leader).ip.clone(), c.node(&leader).pg_port);
         tokio::spawn(async move {
             let mut client = None;
             while !stop.is_cancelled() {
                 if client.is_none() {
-                    client = connect(port).await.ok();
+                    client = connect(&host, port).await.ok();
                 }
                 if let Some(cl) = &client {
                     match cl
@@ -179,7 +198,8 @@ async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
     match fault {
         Fault::FreezeNode => frozen_postmaster = Some(c.node(&leader).freeze()),
         Fault::KillAgent => c.node_mut(&leader).kill_agent(),
-        Fault::KillNode | Fault::KillNodeSyncStrict => {
+        Fault::NetSilence => c.net().silence(&leader)?,
+        Fault::KillNode | Fault::KillNodeSyncStrict | Fault::NetKillNode => {
             let n = c.node_mut(&leader);
             n.kill_agent();
             n.kill_postmaster();
@@ -275,7 +295,7 @@ async fn run(bin: &PathBuf, fault: Fault, ttl: u32) -> Result<Outcome, String> {
         c.leader().await.ok_or_else(|| "none".to_string())
     })
     .await?;
-    let nc = connect(c.node(&new_leader).pg_port).await?;
+    let nc = connect(&c.node(&new_leader).ip, c.node(&new_leader).pg_port).await?;
     let present: std::collections::HashSet<i32> = nc
         .query("SELECT id FROM w", &[])
         .await
@@ -316,6 +336,8 @@ async fn main() {
         Fault::CutDcs,
         Fault::KillNodeSyncStrict,
         Fault::FreezeNode,
+        Fault::NetSilence,
+        Fault::NetKillNode,
     ];
     let mut table = vec![];
     for f in faults {

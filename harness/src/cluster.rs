@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 
 pub use crate::dcs::DcsKind;
 use crate::dcs::LocalDcs;
+pub use crate::netns::{Host, Network};
 use crate::{
     as_postgres, free_port, http_get, install_binary, pg_bin_dir, wait_for, write_file, Process,
     WorkDir,
@@ -59,6 +60,14 @@ pub struct ClusterOptions {
     /// Name a dedicated pg_rewind role in `postgresql.authentication.rewind` (`rewind_user` /
     /// `rewind-pass`), as Patroni's example YAML and seed 002 do.
     pub rewind_user: bool,
+    /// Run every member in a host of its own on a [`Network`] (network namespaces, root only):
+    /// etcd members `e1`..`e3` (a 3-member etcd whatever [`ClusterOptions::dcs`] says, so losing
+    /// quorum is a fault), each agent with its PostgreSQL in host `pg<i>`, the proxy in host
+    /// `proxy`. Every address in every configuration is the host's (198.18.X.N) with the standard
+    /// ports (PostgreSQL 5432, REST API 8008, etcd 2379/2380, proxy 5000/5001, metrics 9000). With
+    /// [`ClusterOptions::dcs_relay`], each agent reaches etcd `e1` through a relay on
+    /// [`Network::gateway`]. Faults: [`LocalCluster::net`].
+    pub netns: bool,
 }
 
 impl Default for ClusterOptions {
@@ -77,6 +86,7 @@ impl Default for ClusterOptions {
             dcs: DcsKind::Etcd,
             data_checksums: true,
             rewind_user: false,
+            netns: false,
         }
     }
 }
@@ -93,20 +103,30 @@ pub struct Node {
     pub api_port: u16,
     /// The agent's configuration file.
     pub config: PathBuf,
+    /// The address its PostgreSQL and REST API listen on: `127.0.0.1`, or its host's address with
+    /// [`ClusterOptions::netns`].
+    pub ip: String,
+    /// Its host, with [`ClusterOptions::netns`].
+    pub host: Option<Host>,
     agent: Option<Process>,
 }
 
 impl Node {
-    /// `127.0.0.1:<api_port>`.
+    /// `<ip>:<api_port>`.
     pub fn api_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.api_port)
+        format!("{}:{}", self.ip, self.api_port)
+    }
+
+    /// `<ip>:<pg_port>`.
+    pub fn pg_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.pg_port)
     }
 
     /// A libpq key=value string to this node's PostgreSQL as the superuser.
     pub fn dsn(&self) -> String {
         format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=3",
-            self.pg_port
+            "host={} port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=3",
+            self.ip, self.pg_port
         )
     }
 
@@ -136,13 +156,19 @@ impl Node {
 
     /// Starts (or restarts) the agent with `binary`.
     pub fn start_agent(&mut self, binary: &Path) -> Result<(), String> {
-        let mut cmd = Command::new(binary);
+        let mut cmd = match &self.host {
+            Some(h) => h.command_as_postgres(binary),
+            None => {
+                let mut cmd = Command::new(binary);
+                as_postgres(&mut cmd);
+                cmd
+            }
+        };
         cmd.arg("agent").arg("-c").arg(&self.config);
         cmd.env(
             "RUST_LOG",
             std::env::var("PRAETOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
         );
-        as_postgres(&mut cmd);
         let p = Process::spawn(&self.name, cmd, &self.log_path())
             .map_err(|e| format!("{}: cannot start the agent: {e}", self.name))?;
         self.agent = Some(p);
@@ -228,6 +254,13 @@ impl Node {
         code
     }
 
+    /// Kills the whole node as a power loss would: SIGKILL to the agent and to PostgreSQL (the
+    /// postmaster and every child). Its data stays; [`Node::start_agent`] brings it back.
+    pub fn kill(&mut self) {
+        self.kill_agent();
+        self.kill_postmaster();
+    }
+
     /// SIGKILLs the postmaster and every child of it (a node that dies takes its backends with
     /// it; a frozen child would otherwise keep the shared memory and block the next start).
     pub fn kill_postmaster(&self) {
@@ -247,6 +280,8 @@ impl Process {
 
 /// The proxy process and its ports.
 pub struct Proxy {
+    /// The address it listens on: `127.0.0.1`, or its host's with [`ClusterOptions::netns`].
+    pub ip: String,
     /// Read-write port.
     pub rw_port: u16,
     /// Read-only port.
@@ -268,6 +303,16 @@ impl Proxy {
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
     }
+
+    /// `<ip>:<rw_port>`.
+    pub fn rw_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.rw_port)
+    }
+
+    /// `<ip>:<ro_port>`.
+    pub fn ro_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.ro_port)
+    }
 }
 
 /// The DCS, the agents and (optionally) the proxy.
@@ -288,6 +333,8 @@ pub struct LocalCluster {
     pub relays: Vec<(String, crate::relay::TcpRelay)>,
     /// The cluster's directory (kept on drop with PRAETOR_KEEP_TMP).
     pub work: WorkDir,
+    /// The hosts, with [`ClusterOptions::netns`]; dropped last, after every process is gone.
+    pub network: Option<Network>,
 }
 
 impl LocalCluster {
@@ -295,17 +342,43 @@ impl LocalCluster {
     /// `binary` is the praetor executable (copied so the `postgres` user can run it).
     pub async fn start(binary: &Path, options: ClusterOptions) -> Result<LocalCluster, String> {
         let work = WorkDir::new(&options.scope).map_err(|e| e.to_string())?;
-        let etcd = LocalDcs::start(options.dcs, work.path()).await?;
+        let mut network = if options.netns {
+            Some(Network::new().map_err(|e| format!("cannot create network namespaces: {e}"))?)
+        } else {
+            None
+        };
+        let etcd = match &mut network {
+            Some(net) => {
+                let mut hosts = vec![];
+                for i in 1..=3 {
+                    hosts.push(net.add_host(&format!("e{i}"))?);
+                }
+                let c = crate::dcs::EtcdCluster::start_in(work.path(), &hosts).await?;
+                LocalDcs {
+                    endpoint: c.endpoints().join(","),
+                    servers: crate::dcs::DcsServers::EtcdCluster(c),
+                }
+            }
+            None => LocalDcs::start(options.dcs, work.path()).await?,
+        };
         let binary = install_binary(binary, work.path()).map_err(|e| e.to_string())?;
         let mut nodes = Vec::new();
         let mut relays = Vec::new();
         for i in 0..options.nodes {
             let name = format!("pg{}", i + 1);
             let dir = work.subdir(&name, 0o755).map_err(|e| e.to_string())?;
+            let host = match &mut network {
+                Some(net) => Some(net.add_host(&name)?),
+                None => None,
+            };
             let node = Node {
-                pg_port: free_port(),
-                api_port: free_port(),
+                pg_port: if host.is_some() { 5432 } else { free_port() },
+                api_port: if host.is_some() { 8008 } else { free_port() },
                 config: dir.join("praetor.yml"),
+                ip: host
+                    .as_ref()
+                    .map_or_else(|| "127.0.0.1".to_string(), |h| h.ip.clone()),
+                host,
                 name,
                 dir,
                 agent: None,
@@ -318,10 +391,13 @@ impl LocalCluster {
                 .collect();
             let dcs_section = if options.dcs_relay {
                 let (section, hosts) = etcd.section_and_hosts();
-                let relay = crate::relay::TcpRelay::start(&hosts[0])
+                let bind = network
+                    .as_ref()
+                    .map_or_else(|| "127.0.0.1".to_string(), |n| n.gateway());
+                let relay = crate::relay::TcpRelay::start_on(&bind, &hosts[0])
                     .await
                     .map_err(|e| format!("relay: {e}"))?;
-                let section = format!("{section}:\n  hosts: 127.0.0.1:{}\n", relay.port);
+                let section = format!("{section}:\n  hosts: {}\n", relay.addr());
                 relays.push((node.name.clone(), relay));
                 section
             } else {
@@ -342,6 +418,7 @@ impl LocalCluster {
             binary,
             relays,
             work,
+            network,
         };
         for i in 0..cluster.nodes.len() {
             let bin = cluster.binary.clone();
@@ -355,15 +432,33 @@ impl LocalCluster {
 
     /// Starts the proxy on free ports.
     pub fn start_proxy(&mut self) -> Result<(), String> {
-        let (rw_port, ro_port, metrics_port) = (free_port(), free_port(), free_port());
+        let host = match &mut self.network {
+            Some(net) => Some(match net.hosts().iter().find(|h| h.name == "proxy") {
+                Some(h) => h.clone(),
+                None => net.add_host("proxy")?,
+            }),
+            None => None,
+        };
+        let (ip, rw_port, ro_port, metrics_port) = match &host {
+            Some(h) => (h.ip.clone(), 5000, 5001, 9000),
+            None => (
+                "127.0.0.1".to_string(),
+                free_port(),
+                free_port(),
+                free_port(),
+            ),
+        };
         let config = self.work.path().join("proxy.yml");
         let yaml = format!(
-            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    read_write:\n      listen: 127.0.0.1:{rw_port}\n    read_only:\n      listen: 127.0.0.1:{ro_port}\n    metrics:\n      listen: 127.0.0.1:{metrics_port}\n    connect_timeout: 5\n",
+            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    read_write:\n      listen: {ip}:{rw_port}\n    read_only:\n      listen: {ip}:{ro_port}\n    metrics:\n      listen: {ip}:{metrics_port}\n    connect_timeout: 5\n",
             scope = self.options.scope,
             dcs = self.etcd.yaml_section(),
         );
         write_file(&config, &yaml).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &host {
+            Some(h) => h.command(&self.binary),
+            None => Command::new(&self.binary),
+        };
         cmd.arg("proxy").arg("-c").arg(&config);
         cmd.env(
             "RUST_LOG",
@@ -372,6 +467,7 @@ impl LocalCluster {
         let process = Process::spawn("proxy", cmd, &self.work.path().join("proxy.log"))
             .map_err(|e| format!("cannot start the proxy: {e}"))?;
         self.proxy = Some(Proxy {
+            ip,
             rw_port,
             ro_port,
             metrics_port,
@@ -389,6 +485,43 @@ impl LocalCluster {
             .find(|(n, _)| n == name)
             .expect("started with dcs_relay")
             .1
+    }
+
+    /// The network of hosts, with [`ClusterOptions::netns`]: silence, partition, heal
+    /// ([`Network::silence`], [`Network::partition`], [`Network::one_way`], [`Network::heal`]...).
+    /// Panics without it (a test's mistake).
+    pub fn net(&mut self) -> &mut Network {
+        self.network
+            .as_mut()
+            .expect("a cluster started with ClusterOptions::netns")
+    }
+
+    /// Stops etcd member `i` (0-based: `e1` is 0) with SIGKILL; its data stays. Needs a
+    /// multi-member etcd ([`ClusterOptions::netns`] or [`DcsKind::EtcdCluster3`]). Stopping two of
+    /// three loses the quorum: the DCS then refuses every write and the leader lock expires.
+    pub fn stop_dcs_member(&mut self, i: usize) {
+        match &mut self.etcd.servers {
+            crate::dcs::DcsServers::EtcdCluster(c) => c.stop_member(i),
+            crate::dcs::DcsServers::ZooKeeperEnsemble(z) => z.stop_member(i),
+            _ => panic!("stop_dcs_member needs a DCS of several members"),
+        }
+    }
+
+    /// Starts etcd member `i` again (same name, address and data), without waiting for it.
+    pub fn start_dcs_member(&mut self, i: usize) -> Result<(), String> {
+        match &mut self.etcd.servers {
+            crate::dcs::DcsServers::EtcdCluster(c) => c.start_member(i),
+            crate::dcs::DcsServers::ZooKeeperEnsemble(z) => z.start_member(i),
+            _ => Err("start_dcs_member needs a DCS of several members".into()),
+        }
+    }
+
+    /// Restarts the proxy (SIGKILL, then a new process on the same addresses and configuration).
+    pub fn restart_proxy(&mut self) -> Result<(), String> {
+        if let Some(mut p) = self.proxy.take() {
+            p.process.kill_group();
+        }
+        self.start_proxy()
     }
 
     /// The DCS servers (to stop, restart or freeze them).
@@ -523,6 +656,13 @@ fn running_leader(cluster: &serde_json::Value) -> Option<String> {
 /// scram-sha-256 for everything over TCP.
 fn agent_yaml(o: &ClusterOptions, node: &Node, dcs_section: &str, tags: &[&str]) -> String {
     let dir = node.dir.display();
+    let ip = &node.ip;
+    // Clients reach members from loopback, or from any address of the network (other members,
+    // the proxy's host, the test process at the gateway).
+    let clients = match ip.rsplit_once('.') {
+        Some((subnet, _)) if node.host.is_some() => format!("{subnet}.0/24"),
+        _ => "127.0.0.1/32".to_string(),
+    };
     let bin = pg_bin_dir();
     let dcs_extra: String = o.dcs_extra.iter().map(|l| format!("    {l}\n")).collect();
     let mut tag_lines = String::new();
@@ -537,8 +677,8 @@ fn agent_yaml(o: &ClusterOptions, node: &Node, dcs_section: &str, tags: &[&str])
 namespace: /service/
 name: {name}
 restapi:
-  listen: 127.0.0.1:{api}
-  connect_address: 127.0.0.1:{api}
+  listen: {ip}:{api}
+  connect_address: {ip}:{api}
 {dcs_section}bootstrap:
   dcs:
     ttl: {ttl}
@@ -556,11 +696,11 @@ restapi:
   - locale: C
 {checksums}  pg_hba:
   - local all all trust
-  - host replication replicator 127.0.0.1/32 scram-sha-256
-  - host all all 127.0.0.1/32 scram-sha-256
+  - host replication replicator {clients} scram-sha-256
+  - host all all {clients} scram-sha-256
 postgresql:
-  listen: 127.0.0.1:{pg}
-  connect_address: 127.0.0.1:{pg}
+  listen: {ip}:{pg}
+  connect_address: {ip}:{pg}
   data_dir: {dir}/data
   bin_dir: {bin}
   pgpass: {dir}/pgpass

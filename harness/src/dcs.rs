@@ -364,6 +364,10 @@ pub struct EtcdMember {
     pub port: u16,
     /// Peer port.
     pub peer_port: u16,
+    /// Its address: `127.0.0.1`, or its host's address in a [`crate::netns::Network`].
+    pub ip: String,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<String>,
     dir: PathBuf,
     process: Option<Process>,
 }
@@ -404,24 +408,48 @@ impl EtcdCluster {
     /// Starts `size` members under `dir/etcd-<name>` and waits (up to 60 s) until every member
     /// reports itself healthy (a leader exists).
     pub async fn start(dir: &Path, size: usize) -> Result<EtcdCluster, String> {
+        let places = (0..size)
+            .map(|_| ("127.0.0.1".to_string(), None, free_port(), free_port()))
+            .collect();
+        EtcdCluster::start_at(dir, places).await
+    }
+
+    /// Starts one member in each of `hosts` (named `e1`, `e2`... in order), listening on the
+    /// host's address, client port 2379 and peer port 2380, and waits (up to 60 s) until every
+    /// member is healthy.
+    pub async fn start_in(dir: &Path, hosts: &[crate::netns::Host]) -> Result<EtcdCluster, String> {
+        let places = hosts
+            .iter()
+            .map(|h| (h.ip.clone(), Some(h.netns.clone()), 2379, 2380))
+            .collect();
+        EtcdCluster::start_at(dir, places).await
+    }
+
+    /// Starts one member per `(ip, netns, client port, peer port)`.
+    async fn start_at(
+        dir: &Path,
+        places: Vec<(String, Option<String>, u16, u16)>,
+    ) -> Result<EtcdCluster, String> {
+        let size = places.len();
         let mut members = Vec::new();
-        for i in 0..size {
+        for (i, (ip, netns, port, peer_port)) in places.into_iter().enumerate() {
             let name = format!("e{}", i + 1);
-            let port = free_port();
             let mdir = dir.join(format!("etcd-{name}"));
             fs::create_dir_all(mdir.join("data")).map_err(|e| e.to_string())?;
             members.push(EtcdMember {
-                endpoint: format!("http://127.0.0.1:{port}"),
+                endpoint: format!("http://{ip}:{port}"),
                 name,
                 port,
-                peer_port: free_port(),
+                peer_port,
+                ip,
+                netns,
                 dir: mdir,
                 process: None,
             });
         }
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.ip, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = EtcdCluster {
@@ -440,11 +468,11 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.endpoint.clone()).collect()
     }
 
-    /// `127.0.0.1:PORT` of every member.
+    /// `IP:PORT` of every member.
     pub fn hosts(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.port))
+            .map(|m| format!("{}:{}", m.ip, m.port))
             .collect()
     }
 
@@ -460,8 +488,11 @@ impl EtcdCluster {
     pub fn start_member(&mut self, i: usize) -> Result<(), String> {
         self.stop_member(i);
         let m = &mut self.members[i];
-        let peer_url = format!("http://127.0.0.1:{}", m.peer_port);
+        let peer_url = format!("http://{}:{}", m.ip, m.peer_port);
         let mut cmd = Command::new(etcd_binary());
+        if let Some(ns) = &m.netns {
+            crate::netns::enter(&mut cmd, ns, false);
+        }
         cmd.args(["--name", &m.name, "--data-dir"])
             .arg(m.dir.join("data"))
             .args(["--listen-client-urls", &m.endpoint])
@@ -487,7 +518,7 @@ impl EtcdCluster {
                 .filter_map(|m| {
                     let alive = m.process.as_mut().map(|p| p.is_running())?;
                     Some((
-                        format!("127.0.0.1:{}", m.port),
+                        format!("{}:{}", m.ip, m.port),
                         if alive { String::new() } else { m.name.clone() },
                     ))
                 })

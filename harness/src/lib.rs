@@ -10,6 +10,8 @@
 //! - [`Etcd`]: a single-member etcd in a directory.
 //! - [`dcs`]: a standalone [`ZooKeeper`], a [`ZooKeeperEnsemble`], an [`EtcdCluster`] of several
 //!   members, and [`LocalDcs`]: whichever DCS a [`cluster::LocalCluster`] runs on ([`DcsKind`]).
+//! - [`netns::Network`]: hosts in network namespaces on a bridge of their own, with faults
+//!   (silence, partition, one-way loss, unplug) a loopback cluster cannot show.
 //! - [`TcpRelay`]: a TCP relay a test can cut, to partition one client from a server.
 //! - [`postgres::Postgres`]: a standalone PostgreSQL (initdb + postgres, trust auth) on a free port.
 //! - [`proxy::FullProxy`]: a proxy process with every listener for a [`cluster::LocalCluster`].
@@ -22,6 +24,7 @@
 pub mod cluster;
 pub mod dcs;
 pub mod nemesis;
+pub mod netns;
 pub mod postgres;
 pub mod proxy;
 pub mod relay;

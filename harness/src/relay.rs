@@ -1,43 +1,82 @@
-//! A TCP relay on 127.0.0.1 that a test can cut, to put one client behind a network partition while
-//! the server and every other client carry on.
+//! A TCP relay that a test can cut, slow down or make lossy, to put one client behind a network
+//! partition or a bad link while the server and every other client carry on.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// Forwards connections from `127.0.0.1:port` to a target address.
+/// How long a "lost" chunk is held before it goes on: Linux's minimum TCP retransmission timeout
+/// (`TCP_RTO_MIN`, 200 ms), what a dropped segment costs a TCP stream at best.
+pub const LOSS_PENALTY: Duration = Duration::from_millis(200);
+
+/// Forwards connections from `<bind>:port` to a target address.
 ///
 /// [`TcpRelay::cut`] closes every relayed connection and leaves new ones hanging without an answer
 /// (as packets dropped by a partition would); [`TcpRelay::restore`] forwards again (connections held
-/// while cut are closed then, so clients reconnect). Dropping the relay stops it and closes everything.
+/// while cut are closed then, so clients reconnect). [`TcpRelay::set_delay`] and
+/// [`TcpRelay::set_loss`] degrade the link instead (this kernel has no `tc netem`). Dropping the
+/// relay stops it and closes everything.
 pub struct TcpRelay {
     /// The port clients connect to.
     pub port: u16,
+    bind: String,
     cut: watch::Sender<bool>,
+    link: Arc<Link>,
     task: JoinHandle<()>,
 }
 
+/// The link's quality, shared by every relayed connection (read per chunk, so changes apply at once).
+#[derive(Default)]
+struct Link {
+    /// One-way delay added to every chunk, microseconds.
+    delay_us: AtomicU64,
+    /// Probability a chunk is "lost", in millionths.
+    loss_ppm: AtomicU64,
+}
+
 impl TcpRelay {
-    /// Starts relaying a free port to `target` (`host:port`).
+    /// Starts relaying a free port of 127.0.0.1 to `target` (`host:port`).
     pub async fn start(target: &str) -> io::Result<TcpRelay> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let (cut, cut_rx) = watch::channel(false);
-        let target = target.to_string();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, target.clone(), cut_rx.clone()));
-            }
-        });
-        Ok(TcpRelay { port, cut, task })
+        TcpRelay::start_on("127.0.0.1", target).await
     }
 
-    /// `127.0.0.1:<port>`.
+    /// Starts relaying a free port of address `bind` (e.g. a [`crate::netns::Network::gateway`],
+    /// which every host of that network reaches) to `target` (`host:port`).
+    pub async fn start_on(bind: &str, target: &str) -> io::Result<TcpRelay> {
+        let listener = TcpListener::bind((bind, 0)).await?;
+        let port = listener.local_addr()?.port();
+        let (cut, cut_rx) = watch::channel(false);
+        let link = Arc::new(Link::default());
+        let target = target.to_string();
+        let shared = link.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(
+                    client,
+                    target.clone(),
+                    cut_rx.clone(),
+                    shared.clone(),
+                ));
+            }
+        });
+        Ok(TcpRelay {
+            port,
+            bind: bind.to_string(),
+            cut,
+            link,
+            task,
+        })
+    }
+
+    /// `<bind>:<port>`: what clients connect to.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.bind, self.port)
     }
 
     /// Cuts the link: relayed connections close, new ones get no answer.
@@ -49,6 +88,23 @@ impl TcpRelay {
     pub fn restore(&self) {
         self.cut.send_replace(false);
     }
+
+    /// Delays every chunk of bytes by `delay` in each direction (so a round trip gains twice
+    /// `delay`), keeping their order. `Duration::ZERO` restores a fast link.
+    pub fn set_delay(&self, delay: Duration) {
+        self.link
+            .delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Makes a fraction `rate` (0.0 to 1.0) of chunks "lost": a lost chunk is held
+    /// [`LOSS_PENALTY`] longer and everything behind it waits (head-of-line blocking), which is
+    /// what a dropped segment does to a TCP stream; bytes are never dropped, since the relay's own
+    /// TCP would have retransmitted them. 0.0 restores a clean link.
+    pub fn set_loss(&self, rate: f64) {
+        let ppm = (rate.clamp(0.0, 1.0) * 1_000_000.0) as u64;
+        self.link.loss_ppm.store(ppm, Ordering::Relaxed);
+    }
 }
 
 impl Drop for TcpRelay {
@@ -58,17 +114,70 @@ impl Drop for TcpRelay {
 }
 
 /// Relays one connection until either side closes, the link is cut or the relay is dropped.
-async fn relay(mut client: TcpStream, target: String, mut cut: watch::Receiver<bool>) {
+async fn relay(client: TcpStream, target: String, mut cut: watch::Receiver<bool>, link: Arc<Link>) {
     if *cut.borrow_and_update() {
         // Hold the connection unanswered until the link is restored (or the relay dropped).
         let _ = cut.wait_for(|c| !*c).await;
         return;
     }
-    let Ok(mut server) = TcpStream::connect(&target).await else {
+    let Ok(server) = TcpStream::connect(&target).await else {
         return;
     };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
     tokio::select! {
-        _ = copy_bidirectional(&mut client, &mut server) => {}
+        _ = pipe(cr, sw, link.clone()) => {}
+        _ = pipe(sr, cw, link) => {}
         _ = cut.wait_for(|c| *c) => {}
     }
+}
+
+/// Copies `from` to `to`, each chunk released after the link's delay (plus the loss penalty when
+/// it is "lost"), in order.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    link: Arc<Link>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at.into()).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    let reader = async move {
+        let mut rng = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        let mut last = Instant::now();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut at =
+                Instant::now() + Duration::from_micros(link.delay_us.load(Ordering::Relaxed));
+            // xorshift64: a coin per chunk, without a dependency for test randomness.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            if rng % 1_000_000 < link.loss_ppm.load(Ordering::Relaxed) {
+                at += LOSS_PENALTY;
+            }
+            // In order: never before the chunk ahead of it.
+            at = at.max(last);
+            last = at;
+            if tx.send((at, buf[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    };
+    // The reader ends at EOF, dropping the sender; the writer then flushes what is queued.
+    tokio::join!(reader, writer);
 }
