@@ -5,7 +5,7 @@
 //! through the proxy again after each fault. The long series is `cargo bench --bench nemesis`.
 //!
 //! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
-//! `_FAULTS`, `_FAULTS_PER_RUN` as in the benchmark), to run a series on a debug build.
+//! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build.
 
 use std::time::Duration;
 
