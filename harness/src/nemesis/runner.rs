@@ -232,12 +232,18 @@ async fn run_on(
     }
     let end = workload.now();
     let ops = workload.stop().await?;
-    let final_state = match cluster.leader().await {
-        Some(leader) => read_final_state(&cluster.node(&leader).pg_addr())
-            .await
-            .ok(),
-        None => None,
-    };
+    // The leader may be changing hands right after the last heal (a DCS session expiring late):
+    // read from whoever leads, retried for up to a minute.
+    let final_state = wait_for(
+        "the final state from the leader",
+        Duration::from_secs(60),
+        || async {
+            let leader = cluster.leader().await.ok_or("no leader")?;
+            read_final_state(&cluster.node(&leader).pg_addr()).await
+        },
+    )
+    .await
+    .ok();
     let history = History {
         mode: options.mode,
         ttl_secs: options.ttl_secs,
