@@ -10,6 +10,8 @@
 //! - `PRAETOR_NEMESIS_SEEDS` (default 100): seeds 1..=N; `PRAETOR_NEMESIS_SEED=N` replays one.
 //! - `PRAETOR_NEMESIS_DCS=etcd|zookeeper`, `PRAETOR_NEMESIS_MODE=async|sync|strict`,
 //!   `PRAETOR_NEMESIS_FAULTS=kill,freeze,...`, `PRAETOR_NEMESIS_FAULTS_PER_RUN` (default 3).
+//! - `PRAETOR_NEMESIS_NETNS=1`: every host in a network namespace of its own (root, `ip`, `nft`),
+//!   and the network faults (silence, partition, one-way partition) drawn too.
 //!
 //! Timings are printed, never asserted; a violation makes the benchmark exit non-zero.
 

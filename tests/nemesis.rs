@@ -5,7 +5,7 @@
 //! through the proxy again after each fault. The long series is `cargo bench --bench nemesis`.
 //!
 //! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
-//! `_FAULTS`, `_FAULTS_PER_RUN` as in the benchmark), to run a series on a debug build.
+//! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build.
 
 use std::time::Duration;
 
@@ -39,4 +39,16 @@ async fn no_violation(defaults: NemesisOptions, seeds: Vec<u64>) {
 async fn three_seeded_runs_under_strict_synchronous_mode_break_no_promise() {
     let defaults = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
     no_violation(defaults, vec![1, 2, 3]).await;
+}
+
+/// Seeds that once broke a promise, replayed with the options they ran with (the seed fixes the
+/// faults; the cluster's timing may differ, so a pass is evidence, not proof):
+/// - 12 (and 1) under strict on etcd: the leader froze while the `sync` key listed no standby
+///   yet (right after it took the lock back), so no member was allowed to promote, not even the
+///   thawed former primary, and the cluster stayed without a leader. Fixed: the key's leader (the
+///   last known primary) may promote, as in Patroni.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_that_found_violations_break_no_promise() {
+    let defaults = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
+    no_violation(defaults, vec![12]).await;
 }

@@ -1488,6 +1488,11 @@ fn rows() -> Vec<Row> {
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
             .expect(vec![], |r| matches!(r, Reason::NotHealthiest { .. })),
+        row("sync strict: the last known primary (the sync key's leader, no standby listed) promotes after coming back as a replica (nemesis seed 12)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some(ME.into()), sync_standby: None, quorum: None }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 900), peer("pg3", 900)])))
+            .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
+            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames("*".into()), RenewLeader, Promote], |_| true),
         row("sync strict: the listed synchronous standby promotes with synchronous_standby_names '*'",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some(ME.into()), quorum: None }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))

@@ -64,7 +64,9 @@ impl NemesisOptions {
         self.kinds
             .iter()
             .copied()
-            .filter(|k| self.netns || !k.needs_network())
+            // Slow and lossy links need relays in front of every member (the namespaces harness
+            // has them only between agents and one DCS server): not drawn yet.
+            .filter(|k| *k != FaultKind::SlowLink && (self.netns || !k.needs_network()))
             .collect()
     }
 
@@ -102,9 +104,12 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         ttl: options.ttl_secs,
         loop_wait: options.loop_wait_secs,
         retry_timeout: options.retry_timeout_secs,
-        proxy: false,
         dcs: options.dcs,
         dcs_extra: options.mode.dcs_lines(),
+        // On hosts of their own: a 3-member etcd, and the cluster's proxy (read-write port) in a
+        // host too, so partitions can cut it off.
+        netns: options.netns,
+        proxy: options.netns,
         ..ClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(binary, cluster_options).await?;
@@ -129,8 +134,19 @@ async fn run_on(
     wall: Instant,
 ) -> Result<RunResult, String> {
     cluster.wait_healthy(2, Duration::from_secs(180)).await?;
-    let mut proxy = FullProxy::start(cluster, "nemesis", "").await?;
-    let rw = format!("127.0.0.1:{}", proxy.rw_port);
+    let mut proxy = if options.netns {
+        None
+    } else {
+        Some(FullProxy::start(cluster, "nemesis", "").await?)
+    };
+    let (rw, auto) = match (&proxy, &cluster.proxy) {
+        (Some(p), _) => (
+            format!("127.0.0.1:{}", p.rw_port),
+            Some(format!("127.0.0.1:{}", p.auto_port)),
+        ),
+        (None, Some(p)) => (p.rw_addr(), None),
+        (None, None) => return Err("no proxy".into()),
+    };
     wait_for(
         "the proxy's read-write port",
         Duration::from_secs(60),
@@ -149,11 +165,11 @@ async fn run_on(
     }
     let endpoints = Endpoints {
         rw,
-        auto: Some(format!("127.0.0.1:{}", proxy.auto_port)),
+        auto,
         members: cluster
             .nodes
             .iter()
-            .map(|n| (n.name.clone(), format!("127.0.0.1:{}", n.pg_port)))
+            .map(|n| (n.name.clone(), n.pg_addr()))
             .collect(),
     };
     let t0 = Instant::now();
@@ -216,13 +232,18 @@ async fn run_on(
     }
     let end = workload.now();
     let ops = workload.stop().await?;
-    let final_state = match cluster.leader().await {
-        Some(leader) => {
-            let addr = format!("127.0.0.1:{}", cluster.node(&leader).pg_port);
-            read_final_state(&addr).await.ok()
-        }
-        None => None,
-    };
+    // The leader may be changing hands right after the last heal (a DCS session expiring late):
+    // read from whoever leads, retried for up to a minute.
+    let final_state = wait_for(
+        "the final state from the leader",
+        Duration::from_secs(60),
+        || async {
+            let leader = cluster.leader().await.ok_or("no leader")?;
+            read_final_state(&cluster.node(&leader).pg_addr()).await
+        },
+    )
+    .await
+    .ok();
     let history = History {
         mode: options.mode,
         ttl_secs: options.ttl_secs,
@@ -261,7 +282,7 @@ async fn member(cluster: &LocalCluster, target: &Target) -> Result<String, Strin
 
 async fn apply(
     cluster: &mut LocalCluster,
-    proxy: &mut FullProxy,
+    proxy: &mut Option<FullProxy>,
     f: &PlannedFault,
 ) -> Result<(Applied, String), String> {
     if f.kind.needs_network() && network(cluster).is_none() {
@@ -298,7 +319,11 @@ async fn apply(
             (Applied::DcsStopped(members), names.join(", "))
         }
         FaultKind::ProxyRestart => {
-            proxy.kill();
+            match proxy {
+                Some(p) => p.kill(),
+                // Dropping the cluster's proxy kills its process group.
+                None => drop(cluster.proxy.take()),
+            }
             (Applied::ProxyKilled, "proxy".into())
         }
         FaultKind::Silence => {
@@ -357,7 +382,7 @@ async fn apply(
 
 async fn heal(
     cluster: &mut LocalCluster,
-    proxy: &mut FullProxy,
+    proxy: &mut Option<FullProxy>,
     applied: Applied,
 ) -> Result<(), String> {
     match applied {
@@ -377,7 +402,10 @@ async fn heal(
             }
             Ok(())
         }
-        Applied::ProxyKilled => proxy.start_again().await,
+        Applied::ProxyKilled => match proxy {
+            Some(p) => p.start_again().await,
+            None => cluster.start_proxy(),
+        },
         Applied::Network => network(cluster)
             .ok_or("network fault without a network")?
             .heal(),
@@ -452,6 +480,9 @@ pub fn options_from_env(defaults: NemesisOptions) -> Result<NemesisOptions, Stri
             })
             .collect::<Result<_, _>>()?;
     }
+    if let Ok(v) = std::env::var("PRAETOR_NEMESIS_NETNS") {
+        o.netns = v == "1" || v == "true";
+    }
     if let Ok(v) = std::env::var("PRAETOR_NEMESIS_FAULTS_PER_RUN") {
         o.faults = v
             .parse()
@@ -460,10 +491,47 @@ pub fn options_from_env(defaults: NemesisOptions) -> Result<NemesisOptions, Stri
     Ok(o)
 }
 
-/// The network faults of `cluster`'s hosts: none on the loopback harness.
+/// The network faults of `cluster`'s hosts: those of its network namespaces, none on the
+/// loopback harness.
 pub fn network(cluster: &mut LocalCluster) -> Option<&mut dyn NetworkFaults> {
-    let _ = cluster;
-    None
+    cluster
+        .network
+        .as_mut()
+        .map(|n| n as &mut dyn NetworkFaults)
+}
+
+impl NetworkFaults for crate::netns::Network {
+    fn silence(&mut self, host: &Host) -> Result<(), String> {
+        crate::netns::Network::silence(self, &host.name())
+    }
+
+    fn partition(&mut self, a: &[Host], b: &[Host], one_way: bool) -> Result<(), String> {
+        let a: Vec<String> = a.iter().map(Host::name).collect();
+        let b: Vec<String> = b.iter().map(Host::name).collect();
+        if one_way {
+            for x in &a {
+                for y in &b {
+                    self.one_way(x, y)?;
+                }
+            }
+            Ok(())
+        } else {
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let b: Vec<&str> = b.iter().map(String::as_str).collect();
+            crate::netns::Network::partition(self, &a, &b)
+        }
+    }
+
+    fn degrade(&mut self, host: &Host, _delay_ms: u32, _loss_percent: u32) -> Result<(), String> {
+        Err(format!(
+            "{}: slow links need relays in front of every host (not in this harness)",
+            host.name()
+        ))
+    }
+
+    fn heal(&mut self) -> Result<(), String> {
+        crate::netns::Network::heal(self)
+    }
 }
 
 /// [`network`], after the caller checked there is one.
