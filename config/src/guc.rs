@@ -124,29 +124,7 @@ fn invalid_name(name: &str) -> String {
 /// the map (`postgresql.parameters: "a\nb" is not a valid parameter name ...`), since the path could
 /// not print it.
 pub fn checked_parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Parameters, D::Error> {
-    struct Params;
-    impl<'de> Visitor<'de> for Params {
-        type Value = Parameters;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map of PostgreSQL parameter names to values")
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Parameters, E> {
-            // `parameters:` with nothing after it, as in many Patroni files.
-            Ok(Parameters::new())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parameters, A::Error> {
-            let mut out = Parameters::new();
-            while let Some(name) = map.next_key::<String>()? {
-                if !is_valid_name(&name) {
-                    return Err(de::Error::custom(invalid_name(&name)));
-                }
-                let value = map.next_value_seed(Param { name: &name })?;
-                out.insert(name, value);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_any(Params)
+    checked_map(d, "a map of PostgreSQL parameter names to values", refusal)
 }
 
 /// Deserializes `recovery_conf` (Patroni's extra recovery settings of a replica: `restore_command`,
@@ -155,11 +133,50 @@ pub fn checked_parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Parameters,
 /// `recovery_target_timeline`, trigger files, `standby_mode`), which it would override without a word.
 /// `recovery_conf:` alone (null) is an empty map.
 pub fn checked_recovery_conf<'de, D: Deserializer<'de>>(d: D) -> Result<Parameters, D::Error> {
-    struct Recovery;
-    impl<'de> Visitor<'de> for Recovery {
+    checked_map(
+        d,
+        "a map of recovery setting names to values",
+        recovery_refusal,
+    )
+}
+
+/// Why a `recovery_conf` setting is refused, if it is.
+fn recovery_refusal(name: &str, value: &ParamValue) -> Option<String> {
+    if AGENT_MANAGED.contains(&name.to_ascii_lowercase().as_str()) {
+        return Some(format!(
+            "{name} is written by the agent for each replica (its upstream and timeline), as by \
+             Patroni: remove it from recovery_conf"
+        ));
+    }
+    match value {
+        ParamValue::Text(text) if text.contains(['\n', '\r', '\0']) => Some(
+            "the value contains a line break or a NUL character, which postgresql.conf cannot carry"
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// Why a setting is refused, given its name and value (`None`: accepted).
+type Check = fn(&str, &ParamValue) -> Option<String>;
+
+/// Deserializes a map of setting names to values, refusing names [`is_valid_name`] refuses (reported
+/// on the map, since the key path could not print them) and values `check` refuses (reported from
+/// inside the value, so the key path names the setting). `key:` alone (null) is an empty map, as in
+/// many Patroni files.
+fn checked_map<'de, D: Deserializer<'de>>(
+    d: D,
+    expecting: &'static str,
+    check: Check,
+) -> Result<Parameters, D::Error> {
+    struct Settings {
+        expecting: &'static str,
+        check: Check,
+    }
+    impl<'de> Visitor<'de> for Settings {
         type Value = Parameters;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map of recovery setting names to values")
+            f.write_str(self.expecting)
         }
         fn visit_unit<E: de::Error>(self) -> Result<Parameters, E> {
             Ok(Parameters::new())
@@ -170,53 +187,29 @@ pub fn checked_recovery_conf<'de, D: Deserializer<'de>>(d: D) -> Result<Paramete
                 if !is_valid_name(&name) {
                     return Err(de::Error::custom(invalid_name(&name)));
                 }
-                let value = map.next_value_seed(RecoverySetting { name: &name })?;
+                let value = map.next_value_seed(Checked {
+                    name: &name,
+                    check: self.check,
+                })?;
                 out.insert(name, value);
             }
             Ok(out)
         }
     }
-    d.deserialize_any(Recovery)
+    d.deserialize_any(Settings { expecting, check })
 }
 
-/// One `recovery_conf` value, checked against its name.
-struct RecoverySetting<'a> {
+/// One setting's value, checked against its name.
+struct Checked<'a> {
     name: &'a str,
+    check: Check,
 }
 
-impl<'de> DeserializeSeed<'de> for RecoverySetting<'_> {
+impl<'de> DeserializeSeed<'de> for Checked<'_> {
     type Value = ParamValue;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ParamValue, D::Error> {
         let value = ParamValue::deserialize(d)?;
-        if AGENT_MANAGED.contains(&self.name.to_ascii_lowercase().as_str()) {
-            return Err(de::Error::custom(format!(
-                "{} is written by the agent for each replica (its upstream and timeline), as by \
-                 Patroni: remove it from recovery_conf",
-                self.name
-            )));
-        }
-        if let ParamValue::Text(text) = &value {
-            if text.contains(['\n', '\r', '\0']) {
-                return Err(de::Error::custom(
-                    "the value contains a line break or a NUL character, which postgresql.conf \
-                     cannot carry",
-                ));
-            }
-        }
-        Ok(value)
-    }
-}
-
-/// One parameter's value, checked against its name.
-struct Param<'a> {
-    name: &'a str,
-}
-
-impl<'de> DeserializeSeed<'de> for Param<'_> {
-    type Value = ParamValue;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ParamValue, D::Error> {
-        let value = ParamValue::deserialize(d)?;
-        match refusal(self.name, &value) {
+        match (self.check)(self.name, &value) {
             Some(why) => Err(de::Error::custom(why)),
             None => Ok(value),
         }
@@ -226,6 +219,16 @@ impl<'de> DeserializeSeed<'de> for Param<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_conf_refuses_what_the_agent_writes_and_line_breaks() {
+        let text = |v: &str| ParamValue::Text(v.into());
+        let why = recovery_refusal("Primary_Conninfo", &text("host=x")).unwrap();
+        assert!(why.contains("remove it from recovery_conf"), "{why}");
+        let why = recovery_refusal("restore_command", &text("cp a b\nrm -rf /")).unwrap();
+        assert!(why.contains("line break"), "{why}");
+        assert_eq!(recovery_refusal("restore_command", &text("cp %f %p")), None);
+    }
 
     #[test]
     fn names_follow_postgresqls_configuration_file_grammar() {

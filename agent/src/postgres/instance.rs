@@ -860,12 +860,7 @@ impl Instance {
             })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(PgError::Command {
-                program: argv[0].clone(),
-                message: format!("{}: {}", out.status, tail.join(" | ")),
-            });
+            return Err(failed_program(argv[0].clone(), out.status, &stderr));
         }
         Ok(())
     }
@@ -1183,12 +1178,7 @@ impl Instance {
         })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(PgError::Command {
-                program: program.into(),
-                message: format!("{}: {}", out.status, tail.join(" | ")),
-            });
+            return Err(failed_program(program.into(), out.status, &stderr));
         }
         if !stderr.trim().is_empty() {
             tracing::debug!(program, stderr = %stderr.trim(), "program output");
@@ -1303,6 +1293,16 @@ fn remove_if_exists(path: &Path) -> Result<(), PgError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// The error for a program that exited with `status`: its last 8 lines of stderr, joined with ` | `.
+fn failed_program(program: String, status: std::process::ExitStatus, stderr: &str) -> PgError {
+    let mut tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+    tail.reverse();
+    PgError::Command {
+        program,
+        message: format!("{status}: {}", tail.join(" | ")),
     }
 }
 
