@@ -1,0 +1,411 @@
+//! The tools Patroni users run around their cluster keep working with Praetor, each tested with the
+//! real tool against real clusters (etcd, PostgreSQL 15):
+//!
+//! - HAProxy with Patroni's health checks (`deploy/haproxy/haproxy.cfg`: `option httpchk OPTIONS
+//!   /master`, `GET /replica`, `http-check expect status 200`, `check port 8008`): the servers'
+//!   states read from HAProxy's stats socket follow the leader across a switchover;
+//! - keepalived's check (`deploy/keepalived/keepalived.conf`): its `curl` command exits 0 on the
+//!   leader only, and `keepalived -t` loads the file;
+//! - a virtual IP moved by the `loadvip.sh` callback seed 003 configures (`deploy/vip/loadvip.sh`),
+//!   on hosts in network namespaces: the address is on the leader's interface and moves with a
+//!   switchover;
+//! - the Grafana dashboard (`deploy/grafana/praetor.json`): every metric its queries name is in a
+//!   live agent's or proxy's `/metrics`.
+//!
+//! Needs haproxy, keepalived, curl, iproute2 and setcap (scripts/setup installs them); without
+//! them the tests fail with the reason, never skip.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use praetor_harness::proxy::FullProxy;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read_deploy(path: &str) -> String {
+    std::fs::read_to_string(repo().join("deploy").join(path))
+        .unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grafana
+
+/// PromQL words that are not metric names: operators, aggregation modifiers, literals.
+const PROMQL_KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    // Aggregation operators, which may be followed by `by (...)` rather than by their `(`.
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
+
+/// The metric names one PromQL expression selects. Grafana's `$variables` and quoted strings are
+/// dropped, then label matchers (`{...}`), range and subquery selectors (`[...]`) and the label
+/// lists of `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` (`(...)` after them); what
+/// is left are function names (an identifier followed by `(`), keywords, numbers and metric
+/// names. Good enough for dashboards (no `__name__` matchers); not a full PromQL parser.
+fn promql_metric_names(expr: &str) -> BTreeSet<String> {
+    // 1. Strings and Grafana variables.
+    let mut s = String::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' | '`' => {
+                let quote = c;
+                let mut escaped = false;
+                for d in chars.by_ref() {
+                    if escaped {
+                        escaped = false;
+                    } else if d == '\\' {
+                        escaped = true;
+                    } else if d == quote {
+                        break;
+                    }
+                }
+                s.push_str("\"\"");
+            }
+            '$' => {
+                while chars
+                    .peek()
+                    .is_some_and(|d| d.is_alphanumeric() || *d == '_' || *d == '{' || *d == '}')
+                {
+                    chars.next();
+                }
+            }
+            _ => s.push(c),
+        }
+    }
+    // 2. Brackets: matchers and ranges go entirely.
+    let mut t = String::new();
+    let mut depth = 0usize;
+    for c in s.chars() {
+        match c {
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => t.push(c),
+            _ => {}
+        }
+    }
+    // 3. Tokens: identifiers (with ':'), everything else a separator.
+    let mut tokens: Vec<(String, char)> = vec![];
+    let bytes: Vec<char> = t.chars().collect();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '_' || bytes[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = bytes[start..i].iter().collect();
+            let mut j = i;
+            while j < bytes.len() && bytes[j].is_whitespace() {
+                j += 1;
+            }
+            tokens.push((word, bytes.get(j).copied().unwrap_or(' ')));
+        } else if c.is_ascii_digit() || c == '.' {
+            // Numbers, including 1e3 and durations such as 5m.
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == '.') {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let mut names = BTreeSet::new();
+    let mut skip_label_list = false;
+    for (word, next) in tokens {
+        let lower = word.to_ascii_lowercase();
+        if skip_label_list {
+            // Inside `by (a, b)`: labels until the list closes; a list has no nested '('.
+            if next == ')' {
+                skip_label_list = false;
+            }
+            continue;
+        }
+        if [
+            "by",
+            "without",
+            "on",
+            "ignoring",
+            "group_left",
+            "group_right",
+        ]
+        .contains(&lower.as_str())
+            && next == '('
+        {
+            skip_label_list = true;
+            continue;
+        }
+        if next == '(' || PROMQL_KEYWORDS.contains(&lower.as_str()) {
+            continue; // a function or an aggregation, or a keyword
+        }
+        names.insert(word);
+    }
+    names
+}
+
+/// Every PromQL expression of a Grafana dashboard: panels' (and rows' nested panels') targets'
+/// `expr`, and query variables' `query`/`definition`.
+fn dashboard_exprs(dashboard: &serde_json::Value) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => walk(x, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    walk(&dashboard["panels"], &mut out);
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if var["type"] != "query" {
+            continue;
+        }
+        for q in [&var["query"]["query"], &var["query"], &var["definition"]] {
+            if let Some(q) = q.as_str() {
+                out.push(q.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The metric names of a Prometheus text exposition: every sample's name (so a histogram's
+/// `_bucket`, `_sum` and `_count`) and every `# TYPE` line's family name.
+fn exposition_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.split_whitespace().next() {
+                names.insert(name.to_string());
+            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_string());
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_metric_names_keeps_metrics_and_drops_functions_labels_and_variables() {
+    let cases: &[(&str, &[&str])] = &[
+        (r#"patroni_primary{scope=~"$scope"}"#, &["patroni_primary"]),
+        (
+            r#"max by (scope) (patroni_xlog_location{scope=~"$scope"}) - on (scope) group_right patroni_xlog_replayed_location{scope=~"$scope"} and on (scope, name) patroni_replica == 1"#,
+            &[
+                "patroni_replica",
+                "patroni_xlog_location",
+                "patroni_xlog_replayed_location",
+            ],
+        ),
+        (
+            "histogram_quantile(0.99, sum by (le, target) (rate(praetor_proxy_transaction_duration_seconds_bucket{instance=~\"$proxy\"}[$__rate_interval])))",
+            &["praetor_proxy_transaction_duration_seconds_bucket"],
+        ),
+        (
+            "time() - patroni_dcs_last_seen offset 5m",
+            &["patroni_dcs_last_seen"],
+        ),
+        (
+            "sum without(instance)(rate(a_total[5m])) / ignoring(x) group_left(y) b",
+            &["a_total", "b"],
+        ),
+        (
+            "label_values(patroni_version, scope)",
+            &["patroni_version", "scope"],
+        ),
+        ("1e3 * up", &["up"]),
+    ];
+    for (expr, want) in cases {
+        let got = promql_metric_names(expr);
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want, "{expr}");
+    }
+}
+
+#[tokio::test]
+async fn grafana_dashboard_queries_name_only_metrics_a_live_agent_and_proxy_export() {
+    let dashboard: serde_json::Value = serde_json::from_str(&read_deploy("grafana/praetor.json"))
+        .expect("deploy/grafana/praetor.json is JSON");
+    let exprs = dashboard_exprs(&dashboard);
+    assert!(exprs.len() > 20, "the dashboard has its queries: {exprs:?}");
+    // Metric name -> the expressions naming it. `label_values(metric, label)` names a label as
+    // its second argument: only its first counts.
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in &exprs {
+        let names = match e.trim().strip_prefix("label_values(") {
+            Some(args) => args
+                .split(',')
+                .next()
+                .map(|m| promql_metric_names(m.trim()))
+                .unwrap_or_default(),
+            None => promql_metric_names(e),
+        };
+        assert!(!names.is_empty(), "no metric named in {e}");
+        for n in names {
+            wanted.entry(n).or_default().push(e.clone());
+        }
+    }
+
+    // A leader and a replica (a replica's read the proxy retries on the leader needs both), and a
+    // proxy with every listener.
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: "tools-grafana".into(),
+        nodes: 2,
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    let proxy = FullProxy::start(&c, "grafana", "")
+        .await
+        .expect("proxy starts");
+    // Traffic for the series that exist only once something happened: server connections on the
+    // read-write and read-only ports, auto-port transactions to both targets, a session pinned by
+    // a named prepared statement, a read the replica refuses (0A000) retried on the leader, and a
+    // client refused for a wrong password.
+    let rw = connect_retry(proxy.rw_port, Duration::from_secs(60)).await;
+    rw.batch_execute(
+        "CREATE TABLE IF NOT EXISTS g (id int); CREATE UNLOGGED TABLE IF NOT EXISTS gu (id int)",
+    )
+    .await
+    .expect("create through the read-write port");
+    replicas_caught_up(&c, &c.leader().await.expect("leader")).await;
+    let ro = connect_retry(proxy.ro_port, Duration::from_secs(60)).await;
+    ro.simple_query("SELECT 1")
+        .await
+        .expect("read on read-only");
+    let auto = connect_retry(proxy.auto_port, Duration::from_secs(60)).await;
+    auto.simple_query("SELECT count(*) FROM g")
+        .await
+        .expect("read on auto");
+    auto.simple_query("INSERT INTO g VALUES (1)")
+        .await
+        .expect("write on auto");
+    // A hot standby refuses to read an unlogged table (0A000): the proxy runs it on the leader.
+    auto.simple_query("SELECT count(*) FROM gu")
+        .await
+        .expect("a read the replica refuses runs on the leader");
+    let pinned = connect_retry(proxy.auto_port, Duration::from_secs(60)).await;
+    let st = pinned
+        .prepare("SELECT count(*) FROM g")
+        .await
+        .expect("prepare");
+    pinned.query(&st, &[]).await.expect("prepared read");
+    let bad = format!(
+        "host=127.0.0.1 port={} user={SUPERUSER} password=wrong dbname=postgres connect_timeout=5",
+        proxy.auto_port
+    );
+    assert!(
+        tokio_postgres::connect(&bad, tokio_postgres::NoTls)
+            .await
+            .is_err(),
+        "a wrong password is refused"
+    );
+
+    // Failed DCS requests: the agents' next requests fail once etcd is gone (the last step: the
+    // agents keep serving /metrics without the DCS).
+    c.dcs().stop();
+
+    let scrape = || async {
+        let mut all = BTreeSet::new();
+        let mut addrs: Vec<String> = c.nodes.iter().map(|n| n.api_addr()).collect();
+        addrs.push(format!("127.0.0.1:{}", proxy.metrics_port));
+        for addr in addrs {
+            let (code, body) = raw_call(&addr, "GET", "/metrics", None, None).await;
+            if code != 200 {
+                return Err(format!("GET {addr}/metrics: {code} {body}"));
+            }
+            all.extend(exposition_names(&body));
+        }
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|(n, _)| !all.contains(*n))
+            .map(|(n, e)| format!("{n} (in {})", e[0]))
+            .collect();
+        if missing.is_empty() {
+            Ok(all)
+        } else {
+            Err(format!("not exported: {missing:?}"))
+        }
+    };
+    let exported = wait_for(
+        "every metric the dashboard names in the agents' and the proxy's /metrics",
+        Duration::from_secs(60),
+        scrape,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nproxy log:\n{}", proxy.log()));
+    // And the dashboard shows what matters: each family of Praetor's is on it.
+    let families: BTreeSet<String> = exported
+        .iter()
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    n.strip_suffix(s)
+                        .filter(|b| exported.contains(&format!("{b}_bucket")))
+                })
+                .unwrap_or(n)
+                .to_string()
+        })
+        .filter(|n| n.starts_with("patroni_") || n.starts_with("praetor_"))
+        .collect();
+    let shown: BTreeSet<String> = wanted
+        .keys()
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n)
+                .to_string()
+        })
+        .collect();
+    let unshown: Vec<&String> = families.difference(&shown).collect();
+    assert!(
+        unshown.is_empty(),
+        "exported but on no panel of the dashboard: {unshown:?}"
+    );
+}
