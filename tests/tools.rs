@@ -18,7 +18,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -408,4 +408,227 @@ async fn grafana_dashboard_queries_name_only_metrics_a_live_agent_and_proxy_expo
         unshown.is_empty(),
         "exported but on no panel of the dashboard: {unshown:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// HAProxy and keepalived
+
+/// The `haproxy` program (Debian installs it in /usr/sbin, not always on root's PATH).
+fn haproxy_program() -> &'static str {
+    if Path::new("/usr/sbin/haproxy").exists() {
+        "/usr/sbin/haproxy"
+    } else {
+        "haproxy"
+    }
+}
+
+/// `deploy/haproxy/haproxy.cfg` for `c`: the stats socket at `socket`, each `listen` bound to a
+/// free port on 127.0.0.1, its servers `pg1..pg3` at the members' PostgreSQL and REST API ports,
+/// and checks every 500 ms instead of 3 s (the check lines, `fall` and `rise` stay as written). A
+/// third listener checks with `GET /primary`, the other way Patroni's users write it.
+fn haproxy_config(c: &LocalCluster, socket: &Path) -> String {
+    let mut out = String::new();
+    for line in read_deploy("haproxy/haproxy.cfg").lines() {
+        let trimmed = line.trim_start();
+        let line = if trimmed.starts_with("stats socket ") {
+            format!("    stats socket {} mode 600 level admin", socket.display())
+        } else if trimmed.starts_with("bind ") {
+            format!("    bind 127.0.0.1:{}", praetor_harness::free_port())
+        } else if trimmed.starts_with("default-server inter 3s ") {
+            line.replace("inter 3s", "inter 500ms")
+        } else if let Some(rest) = trimmed.strip_prefix("server ") {
+            let name = rest.split_whitespace().next().expect("a server name");
+            let n = c.node(name);
+            format!(
+                "    server {name} 127.0.0.1:{} maxconn 100 check port {}",
+                n.pg_port, n.api_port
+            )
+        } else {
+            line.to_string()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\nlisten primary_get\n    bind 127.0.0.1:{}\n    option httpchk GET /primary\n    http-check expect status 200\n    default-server inter 500ms fall 3 rise 2 on-marked-down shutdown-sessions\n",
+        praetor_harness::free_port()
+    ));
+    for n in &c.nodes {
+        out.push_str(&format!(
+            "    server {} 127.0.0.1:{} maxconn 100 check port {}\n",
+            n.name, n.pg_port, n.api_port
+        ));
+    }
+    out
+}
+
+/// `show stat` on HAProxy's stats socket: (proxy, server) -> status (`UP`, `DOWN`, `UP 1/3`...),
+/// servers only (no FRONTEND/BACKEND rows).
+fn haproxy_server_states(socket: &Path) -> Result<BTreeMap<(String, String), String>, String> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(b"show stat\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .ok_or_else(|| format!("no CSV header in: {text}"))?
+        .split(',')
+        .collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (px, sv, st) = match (col("pxname"), col("svname"), col("status")) {
+        (Some(a), Some(b), Some(c)) => (a, b, c),
+        _ => return Err(format!("unexpected header: {header:?}")),
+    };
+    let mut out = BTreeMap::new();
+    for l in lines.filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = l.split(',').collect();
+        if f.len() > st && f[sv] != "FRONTEND" && f[sv] != "BACKEND" {
+            out.insert((f[px].to_string(), f[sv].to_string()), f[st].to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until HAProxy shows `leader` UP and the other members DOWN in `primary` and
+/// `primary_get`, and the reverse in `replicas`.
+async fn haproxy_follows(c: &LocalCluster, socket: &Path, leader: &str) {
+    let mut want = BTreeMap::new();
+    for n in &c.nodes {
+        let is_leader = n.name == leader;
+        let (up, down) = ("UP".to_string(), "DOWN".to_string());
+        for px in ["primary", "primary_get"] {
+            let s = if is_leader { &up } else { &down };
+            want.insert((px.to_string(), n.name.clone()), s.clone());
+        }
+        let s = if is_leader { down } else { up };
+        want.insert(("replicas".to_string(), n.name.clone()), s);
+    }
+    wait_for(
+        &format!("HAProxy's servers to follow leader {leader}"),
+        Duration::from_secs(90),
+        || async {
+            let got = haproxy_server_states(socket)?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nwanted: {want:?}"));
+}
+
+/// keepalived's check command from `deploy/keepalived/keepalived.conf` (its `script "..."`), with
+/// the REST API port 8008 replaced by `api_port`.
+fn keepalived_check(api_port: u16) -> String {
+    let conf = read_deploy("keepalived/keepalived.conf");
+    let script = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("script \""))
+        .and_then(|s| s.strip_suffix('"'))
+        .expect("a vrrp_script's script \"...\" line");
+    assert!(script.contains(":8008/"), "{script}");
+    script.replace(":8008/", &format!(":{api_port}/"))
+}
+
+/// The exit status of `sh -c CMD`.
+fn sh_status(cmd: &str) -> i32 {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap_or_else(|e| panic!("sh -c {cmd}: {e}"))
+        .code()
+        .unwrap_or(-1)
+}
+
+/// Waits until keepalived's check passes on `leader` only.
+async fn keepalived_check_follows(c: &LocalCluster, leader: &str) {
+    wait_for(
+        &format!("keepalived's check to pass on {leader} only"),
+        Duration::from_secs(60),
+        || async {
+            let got: Vec<(String, i32)> = c
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), sh_status(&keepalived_check(n.api_port))))
+                .collect();
+            if got.iter().all(|(n, s)| (*s == 0) == (n == leader)) {
+                Ok(())
+            } else {
+                Err(format!("exit statuses {got:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn haproxy_and_keepalived_checks_written_for_patroni_follow_the_leader_across_a_switchover() {
+    let conf = repo().join("deploy/keepalived/keepalived.conf");
+    let out = std::process::Command::new("keepalived")
+        .args(["-t", "-l", "-f"])
+        .arg(&conf)
+        .output()
+        .expect("run keepalived -t (scripts/setup installs keepalived)");
+    assert!(
+        out.status.success(),
+        "keepalived -t -f {}: {}{}",
+        conf.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let c = healthy_cluster(ClusterOptions {
+        scope: "tools-haproxy".into(),
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    let socket = c.work.path().join("haproxy.sock");
+    let cfg = c.work.path().join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(&c, &socket)).unwrap();
+    let check = std::process::Command::new(haproxy_program())
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("run haproxy -c (scripts/setup installs haproxy)");
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut cmd = std::process::Command::new(haproxy_program());
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    let _haproxy =
+        praetor_harness::Process::spawn("haproxy", cmd, &c.work.path().join("haproxy.log"))
+            .expect("start haproxy");
+
+    let leader = c.leader().await.expect("a leader");
+    haproxy_follows(&c, &socket, &leader).await;
+    keepalived_check_follows(&c, &leader).await;
+    // Why the check needs `curl -f`: a replica answers 503, and plain `curl -s` exits 0 on it.
+    let replica = c.node(&others(&c, &leader)[0]);
+    assert_eq!(
+        sh_status(&format!(
+            "curl -s -o /dev/null http://127.0.0.1:{}/master",
+            replica.api_port
+        )),
+        0,
+        "curl without -f succeeds on a replica's 503"
+    );
+
+    let candidate = others(&c, &leader)[0].clone();
+    ctl_switchover(&c, &leader, &candidate).await;
+    haproxy_follows(&c, &socket, &candidate).await;
+    keepalived_check_follows(&c, &candidate).await;
 }
