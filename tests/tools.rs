@@ -632,3 +632,137 @@ async fn haproxy_and_keepalived_checks_written_for_patroni_follow_the_leader_acr
     haproxy_follows(&c, &socket, &candidate).await;
     keepalived_check_follows(&c, &candidate).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A virtual IP on the leader's host: keepalived in network namespaces
+
+/// `ip ARGS` in the root namespace, or in `netns` with `-n`; its stdout.
+fn ip_out(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The hosts (member names) whose `eth0` holds `vip`.
+fn vip_holders(c: &LocalCluster, vip: &str) -> Result<Vec<String>, String> {
+    let mut holders = vec![];
+    for n in &c.nodes {
+        let host = n.host.as_ref().expect("a netns cluster");
+        let addrs = ip_out(&["-n", &host.netns, "-o", "-4", "addr", "show", "dev", "eth0"])?;
+        if addrs.contains(&format!("inet {vip}/")) {
+            holders.push(n.name.clone());
+        }
+    }
+    Ok(holders)
+}
+
+/// The MAC address of `name`'s `eth0`.
+fn eth0_mac(c: &LocalCluster, name: &str) -> String {
+    let host = c.node(name).host.as_ref().expect("a netns cluster");
+    let link = ip_out(&["-n", &host.netns, "-o", "link", "show", "dev", "eth0"]).unwrap();
+    link.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {link}"))
+        .to_string()
+}
+
+/// Waits until `vip` is on `leader`'s eth0 only, and a client at the gateway reaches it there: a
+/// TCP connection to the VIP is answered (refused: nothing listens on it) and the gateway's
+/// neighbour entry for the VIP is `leader`'s MAC (keepalived's gratuitous ARP updated it).
+async fn vip_follows(c: &LocalCluster, vip: &str, leader: &str) {
+    let mac = eth0_mac(c, leader);
+    wait_for(
+        &format!("VIP {vip} on {leader} ({mac}) only, reached there from the gateway"),
+        Duration::from_secs(90),
+        || async {
+            let holders = vip_holders(c, vip)?;
+            if holders != [leader.to_string()] {
+                return Err(format!("held by {holders:?}"));
+            }
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::TcpStream::connect(format!("{vip}:9")),
+            )
+            .await;
+            let neigh = ip_out(&["neigh", "show", "to", vip])?;
+            if neigh.contains(&mac) {
+                Ok(())
+            } else {
+                Err(format!("gateway's neighbour entry: {neigh}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let logs: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(n.dir.join("keepalived.log")).unwrap_or_default();
+                format!("--- keepalived on {}:\n{log}", n.name)
+            })
+            .collect();
+        panic!("{e}\n{}", logs.join("\n"))
+    });
+}
+
+#[tokio::test]
+async fn keepalived_puts_the_vip_on_the_leaders_interface_and_moves_it_on_switchover() {
+    let c = healthy_cluster(ClusterOptions {
+        scope: "tools-vip".into(),
+        netns: true,
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    let subnet = c.nodes[0].ip.rsplit_once('.').expect("an IPv4 address").0;
+    let vip = format!("{subnet}.250");
+    // deploy/keepalived/keepalived.conf on every host, as written but for the addresses: the check
+    // asks the host's own agent (which listens on the host's address, not 127.0.0.1), and the VIP
+    // is in the hosts' /24.
+    let conf = read_deploy("keepalived/keepalived.conf");
+    assert!(conf.contains("192.0.2.100/24") && conf.contains("http://127.0.0.1:8008/"));
+    let mut keepalived = vec![];
+    for n in &c.nodes {
+        let host = n.host.as_ref().expect("a netns cluster");
+        let path = n.dir.join("keepalived.conf");
+        std::fs::write(
+            &path,
+            conf.replace("192.0.2.100/24", &format!("{vip}/24"))
+                .replace("http://127.0.0.1:8008/", &format!("http://{}:8008/", n.ip)),
+        )
+        .unwrap();
+        let mut cmd = host.command("keepalived");
+        cmd.args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
+            .arg("--use-file")
+            .arg(&path)
+            .arg("--pid")
+            .arg(n.dir.join("keepalived.pid"))
+            .arg("--vrrp_pid")
+            .arg(n.dir.join("keepalived-vrrp.pid"));
+        keepalived.push(
+            praetor_harness::Process::spawn(
+                &format!("keepalived-{}", n.name),
+                cmd,
+                &n.dir.join("keepalived.log"),
+            )
+            .expect("start keepalived (scripts/setup installs it)"),
+        );
+    }
+
+    let leader = c.leader().await.expect("a leader");
+    vip_follows(&c, &vip, &leader).await;
+    let candidate = others(&c, &leader)[0].clone();
+    ctl_switchover(&c, &leader, &candidate).await;
+    vip_follows(&c, &vip, &candidate).await;
+    drop(keepalived);
+}
