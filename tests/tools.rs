@@ -325,9 +325,25 @@ async fn grafana_dashboard_queries_name_only_metrics_a_live_agent_and_proxy_expo
         .await
         .expect("write on auto");
     // A hot standby refuses to read an unlogged table (0A000): the proxy runs it on the leader.
-    auto.simple_query("SELECT count(*) FROM gu")
-        .await
-        .expect("a read the replica refuses runs on the leader");
+    // Repeated until the proxy routed one to the replica (it routes reads to the leader until it
+    // has seen the replica streaming in the DCS).
+    wait_for(
+        "a read the replica refused, retried on the leader",
+        Duration::from_secs(60),
+        || async {
+            auto.simple_query("SELECT count(*) FROM gu")
+                .await
+                .map_err(|e| format!("the read failed: {e}"))?;
+            let m = proxy.metrics().await?;
+            if m.contains("praetor_proxy_leader_retries_total{") {
+                Ok(())
+            } else {
+                Err("no retry yet".to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
     let pinned = connect_retry(proxy.auto_port, Duration::from_secs(60)).await;
     let st = pinned
         .prepare("SELECT count(*) FROM g")
