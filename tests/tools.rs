@@ -266,6 +266,55 @@ fn promql_metric_names_keeps_metrics_and_drops_functions_labels_and_variables() 
     }
 }
 
+#[test]
+fn grafana_dashboard_is_importable_panels_have_ids_places_a_data_source_and_queries() {
+    let d: serde_json::Value = serde_json::from_str(&read_deploy("grafana/praetor.json"))
+        .expect("deploy/grafana/praetor.json is JSON");
+    assert_eq!(d["uid"], "praetor");
+    assert!(
+        d["title"].is_string() && d["schemaVersion"].is_u64(),
+        "{}",
+        d["title"]
+    );
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "scope", "proxy"]);
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or("?");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("a numeric id")),
+            "id of {title} is unique"
+        );
+        let g = &p["gridPos"];
+        let (x, w, h) = (g["x"].as_u64(), g["w"].as_u64(), g["h"].as_u64());
+        assert!(
+            matches!((x, w, h), (Some(x), Some(w), Some(h)) if x + w <= 24 && h > 0),
+            "{title}: gridPos {g}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has a query");
+        let refs: BTreeSet<&str> = targets.iter().filter_map(|t| t["refId"].as_str()).collect();
+        assert_eq!(
+            refs.len(),
+            targets.len(),
+            "{title}: one distinct refId per query"
+        );
+        for t in targets {
+            assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{title}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn grafana_dashboard_queries_name_only_metrics_a_live_agent_and_proxy_export() {
     let dashboard: serde_json::Value = serde_json::from_str(&read_deploy("grafana/praetor.json"))
