@@ -9,6 +9,8 @@
 //!   and read by the other; `praetor ctl switchover` back to a Patroni member. After each step every
 //!   DCS value is read by both sides: by Praetor's types, strictly, and by Patroni's own DCS code
 //!   (`get_cluster()`), whose parse must equal the raw value with nothing logged.
+//! - `patroni_joins_a_praetor_bootstrapped_cluster`: the reverse, for the values only a bootstrap
+//!   writes (`initialize`, the first `config`): Praetor bootstraps, a Patroni replica clones from it.
 //! - `rolling_migration_from_patroni_under_writes`: three Patroni nodes, `praetor proxy`, a client
 //!   writing through it; each node in turn (replicas first, the leader after a switchover away) has
 //!   Patroni stopped and a Praetor agent started on the same data directory with the same YAML.
@@ -493,6 +495,31 @@ async fn praetor_joins_a_patroni_cluster_and_both_switch_over() {
     all_follow(&c, "pg2", 3).await;
     lists_agree(&c).await;
     both_read_every_value(&c, "after praetor ctl switchover to Patroni").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn patroni_joins_a_praetor_bootstrapped_cluster() {
+    // The values only a bootstrap writes (`initialize`, the first `config`) come from Praetor
+    // here; a Patroni replica clones from the Praetor leader and follows it.
+    let mut c = LocalCluster::start(&binary(), mixed_options("mixed-boot", false))
+        .await
+        .expect("etcd starts");
+    let bin = c.binary.clone();
+    c.nodes[0].start_agent(&bin).unwrap();
+    if let Err(e) = c.wait_healthy(0, Duration::from_secs(180)).await {
+        fail(&mut c, &format!("Praetor did not bootstrap: {e}"));
+    }
+    start_patroni(&mut c, 1, 1).await;
+    c.nodes[2].start_agent(&bin).unwrap();
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(180)).await {
+        fail(&mut c, &format!("the third member did not join: {e}"));
+    }
+    assert!(member(&c, "pg1").await.praetor_version.is_some());
+    assert!(member(&c, "pg2").await.praetor_version.is_none());
+    lists_agree(&c).await;
+    all_follow(&c, "pg1", 1).await;
+    both_read_every_value(&c, "Patroni replica of a Praetor leader").await;
     c.shutdown().await;
 }
 
