@@ -31,6 +31,23 @@ pub fn venv() -> PathBuf {
 pub fn binary(name: &str) -> Result<PathBuf, String> {
     let bin = venv().join("bin").join(name);
     if bin.exists() {
+        // Patroni runs as `postgres` when the tests run as root: every directory above the
+        // virtualenv must let others through (a clone under a 0700 home does not).
+        if crate::postgres_ids().is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            for dir in venv().ancestors() {
+                let mode = std::fs::metadata(dir).map(|m| m.permissions().mode()).ok();
+                if mode.is_some_and(|m| m & 0o001 == 0) {
+                    return Err(format!(
+                        "the postgres user cannot reach {} ({} has mode {:o}): clone where others \
+                         can traverse, or point PRAETOR_PATRONI_VENV at a virtualenv they can",
+                        bin.display(),
+                        dir.display(),
+                        mode.unwrap_or_default() & 0o777
+                    ));
+                }
+            }
+        }
         Ok(bin)
     } else {
         Err(format!(
