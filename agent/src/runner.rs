@@ -1517,8 +1517,13 @@ impl Runner {
             .as_ref()
             .map(|h| h.value.clone())
             .unwrap_or_default();
+        // Patroni's form (Python's `datetime.isoformat()`: microseconds and a `+00:00` offset,
+        // `2023-07-27T06:24:04.400493+00:00`), which Python before 3.11 parses with
+        // `fromisoformat` where RFC 3339's nanoseconds and `Z` would not.
         let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
+            ))
             .unwrap_or_default();
         for l in lines {
             if entries.iter().any(|e| e.timeline == l.timeline) {
@@ -1570,7 +1575,8 @@ impl Runner {
             api_url: Some(format!("http://{}/patroni", self.settings.api_connect)),
             state,
             role,
-            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            version: Some(praetor_dcs::PATRONI_COMPAT_VERSION.to_string()),
+            praetor_version: Some(env!("CARGO_PKG_VERSION").to_string()),
             tags: self.config.tags.clone(),
             pause: self.dynamic.pause,
             server_version: obs
@@ -1599,7 +1605,11 @@ impl Runner {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if is_primary {
-            d.checkpoint_after_promote = *checkpoint;
+            // `false` while the checkpoint runs, then absent, as Patroni writes it: Patroni
+            // (patroni/dcs/__init__.py `Leader.checkpoint_after_promote`) takes a present field
+            // as "not done yet", whatever its value, and its replicas would wait forever to
+            // pg_rewind from a leader that wrote `true`.
+            d.checkpoint_after_promote = checkpoint.filter(|done| !done);
         } else if obs.server.is_some() {
             *checkpoint = None;
         }

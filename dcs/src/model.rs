@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 pub use praetor_config::Tags;
 
+/// The Patroni release whose DCS values and rules Praetor follows, written as `version` in member
+/// keys (see [`MemberData::version`]) so Patroni members sharing the cluster treat Praetor members as
+/// current ones. Mixed clusters are tested against this release (tests/mixed.rs).
+pub const PATRONI_COMPAT_VERSION: &str = "4.1.5";
+
 /// A key's modification stamp, used for compare-and-set: etcd's `mod_revision`, ZooKeeper's znode
 /// version. Only meaningful for the key it was read from.
 pub type Version = i64;
@@ -122,9 +127,19 @@ pub struct MemberData {
     /// PostgreSQL role.
     #[serde(default)]
     pub role: Role,
-    /// Version of the agent that wrote this.
+    /// The Patroni version whose rules the writer follows (`4.1.5`). Patroni reads this field as
+    /// the member's Patroni version and changes what it does for older ones (patroni/dcs/__init__.py
+    /// `Member.patroni_version`: below 2.1.0 in `Cluster.min_version` it writes the legacy
+    /// `optime/leader` key, below 4.0.0 for the leader it computes replicas' slot positions from
+    /// their member keys, at most 1.5.6 it ignores `checkpoint_after_promote`), so Praetor writes
+    /// [`crate::PATRONI_COMPAT_VERSION`] here and its own version in
+    /// [`MemberData::praetor_version`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The Praetor version of the agent that wrote this (Praetor's addition; Patroni ignores it).
+    /// `None`: a Patroni member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub praetor_version: Option<String>,
     /// The primary's current WAL write position, or a replica's last received/replayed position (bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xlog_location: Option<u64>,
@@ -152,9 +167,11 @@ pub struct MemberData {
     /// The member is in maintenance mode.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause: bool,
-    /// A leader after promotion: `false` until the CHECKPOINT it requested completed, `true` after.
-    /// pg_rewind against a just-promoted source would read its old timeline from pg_control and
-    /// wrongly find nothing to rewind, so members wait for `true` (Patroni's field).
+    /// A leader after promotion: `false` until the CHECKPOINT it requested completed, absent after
+    /// (Patroni's field and meaning: Patroni takes a present field, whatever its value, as not
+    /// done yet, so `true` is never written; it is read as done). pg_rewind against a
+    /// just-promoted source would read its old timeline from pg_control and wrongly find nothing
+    /// to rewind, so members wait while it is `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_after_promote: Option<bool>,
     /// The running PostgreSQL's `server_version_num` (150018). Praetor's addition, for `ctl list

@@ -71,6 +71,10 @@ pub struct ClusterOptions {
     /// PostgreSQL's programs (`postgresql.bin_dir`); `None`: [`crate::pg_bin_dir`] (Debian's 15).
     /// [`crate::PgMajor::bin_dir`] gives 18's.
     pub bin_dir: Option<PathBuf>,
+    /// Start every node's Praetor agent (true by default). `false`: each node's configuration is
+    /// written and nothing runs; the test starts each node with [`Node::start_agent`] or
+    /// [`Node::start_patroni`] (the configuration is Patroni's YAML, which both read).
+    pub start_agents: bool,
 }
 
 impl Default for ClusterOptions {
@@ -91,6 +95,7 @@ impl Default for ClusterOptions {
             rewind_user: false,
             netns: false,
             bin_dir: None,
+            start_agents: true,
         }
     }
 }
@@ -175,6 +180,33 @@ impl Node {
         );
         let p = Process::spawn(&self.name, cmd, &self.log_path())
             .map_err(|e| format!("{}: cannot start the agent: {e}", self.name))?;
+        self.agent = Some(p);
+        Ok(())
+    }
+
+    /// Starts (or restarts) Patroni on this node instead of a Praetor agent, with the same
+    /// configuration file (Patroni's YAML), as the `postgres` user; its log goes to the node's log
+    /// (`agent.log`, after a `patroni` line). [`Node::stop_agent`], [`Node::kill_agent`] and the
+    /// cluster's shutdown treat it as the node's agent. Needs the virtualenv `scripts/setup` makes
+    /// ([`crate::patroni::venv`]).
+    pub fn start_patroni(&mut self) -> Result<(), String> {
+        if self.host.is_some() {
+            return Err(format!(
+                "{}: Patroni nodes run on 127.0.0.1 only, not in network namespaces",
+                self.name
+            ));
+        }
+        let patroni = crate::patroni::binary("patroni")?;
+        let mut cmd = Command::new(patroni);
+        as_postgres(&mut cmd);
+        cmd.arg(&self.config);
+        let _ = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"--- patroni\n"));
+        let p = Process::spawn(&self.name, cmd, &self.log_path())
+            .map_err(|e| format!("{}: cannot start patroni: {e}", self.name))?;
         self.agent = Some(p);
         Ok(())
     }
@@ -425,6 +457,9 @@ impl LocalCluster {
             network,
         };
         for i in 0..cluster.nodes.len() {
+            if !cluster.options.start_agents {
+                break;
+            }
             let bin = cluster.binary.clone();
             cluster.nodes[i].start_agent(&bin)?;
         }

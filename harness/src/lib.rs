@@ -14,6 +14,8 @@
 //!   (silence, partition, one-way loss, unplug) a loopback cluster cannot show.
 //! - [`TcpRelay`]: a TCP relay a test can cut, to partition one client from a server.
 //! - [`postgres::Postgres`]: a standalone PostgreSQL (initdb + postgres, trust auth) on a free port.
+//! - [`patroni`]: real Patroni 4.1.5 nodes (from the virtualenv `scripts/setup` makes) beside
+//!   Praetor agents in one [`cluster::LocalCluster`], and `patronictl`.
 //! - [`proxy::FullProxy`]: a proxy process with every listener for a [`cluster::LocalCluster`].
 //! - [`nemesis`]: seeded fault injection under a recording workload, and the checker of its
 //!   histories.
@@ -25,6 +27,7 @@ pub mod cluster;
 pub mod dcs;
 pub mod nemesis;
 pub mod netns;
+pub mod patroni;
 pub mod postgres;
 pub mod proxy;
 pub mod relay;

@@ -527,7 +527,11 @@ impl Instance {
 
     /// Parameters whose new value waits for a restart: name → (running value, configured value).
     /// PostgreSQL reports the postgresql.conf ones (`pending_restart`); the command-line ones are
-    /// compared here with what the server runs with.
+    /// compared here with what the server runs with. Recovery settings and `hot_standby` are not
+    /// reported: the agent writes and removes them itself when the role changes (a promoted
+    /// replica's postgresql.conf loses `recovery_target_timeline`, which PostgreSQL then flags
+    /// `pending_restart` although nothing waits for a restart), as Patroni skips them
+    /// (`params_skip_changes` in patroni/postgresql/config.py, `reload_config`).
     pub async fn pending_restart(
         &self,
         dynamic: &DynamicConfig,
@@ -545,6 +549,9 @@ impl Instance {
             let name: String = r.get(0);
             let setting: String = r.get::<_, Option<String>>(1).unwrap_or_default();
             let pending: bool = r.get(2);
+            if skips_pending_restart(&name) {
+                continue;
+            }
             if let Some(want) = cmdline.get(&name) {
                 if !same_setting(&name, &setting, want) {
                     out.insert(name, (setting, want.clone()));
@@ -1306,9 +1313,25 @@ fn failed_program(program: String, status: std::process::ExitStatus, stderr: &st
     }
 }
 
+/// True for the settings whose `pending_restart` the agent does not report: every recovery setting
+/// (PostgreSQL's names, [`praetor_config::guc::RECOVERY_PARAMETERS`]) and `hot_standby`, which it
+/// writes and removes itself on promotion and demotion. Patroni's `params_skip_changes`.
+fn skips_pending_restart(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "hot_standby" || praetor_config::guc::RECOVERY_PARAMETERS.contains(&name.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_settings_and_hot_standby_are_never_pending_a_restart() {
+        assert!(skips_pending_restart("recovery_target_timeline"));
+        assert!(skips_pending_restart("primary_conninfo"));
+        assert!(skips_pending_restart("Hot_Standby"));
+        assert!(!skips_pending_restart("shared_buffers"));
+    }
 
     fn instance_in(data_dir: &Path) -> Instance {
         let address = Address {
