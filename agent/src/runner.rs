@@ -35,6 +35,7 @@ use crate::ha::{
     StartAs, Task,
 };
 use crate::peers::fetch_peers;
+use crate::postgres::instance::SlotRow;
 use crate::postgres::{Instance, InstanceSettings, ServerStatus};
 pub use reload::ReloadSource;
 
@@ -628,6 +629,7 @@ impl Runner {
                 .replica_methods
                 .iter()
                 .any(|m| m.works_without_leader()),
+            pg_major: self.pg.settings().pg_major,
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
         let mut message = d.reason.to_string();
@@ -844,15 +846,7 @@ impl Runner {
                             })
                             .collect(),
                         sync_standby_names: s.sync_standby_names.clone(),
-                        slots: s
-                            .slots
-                            .iter()
-                            .map(|sl| ha::slots::Slot {
-                                name: sl.name.clone(),
-                                physical: sl.physical,
-                                restart_lsn: sl.restart_lsn,
-                            })
-                            .collect(),
+                        slots: s.slots.iter().map(SlotRow::to_slot).collect(),
                     }),
                     server: Some(s),
                 },
@@ -1137,6 +1131,46 @@ impl Runner {
                 }
                 Ok(true)
             }
+            Action::CreateLogicalSlots(slots) => {
+                for slot in slots {
+                    match self.pg.create_logical_slot(&slot).await {
+                        Ok(()) => tracing::info!(
+                            slot = %slot.name,
+                            database = %slot.database,
+                            plugin = %slot.plugin,
+                            failover = slot.failover,
+                            "created logical replication slot"
+                        ),
+                        Err(e) => tracing::warn!(
+                            slot = %slot.name,
+                            "cannot create logical replication slot: {e}"
+                        ),
+                    }
+                }
+                Ok(true)
+            }
+            Action::SetSynchronizedStandbySlots(names) => {
+                if self.pg.set_synchronized_standby_slots(Some(names.clone())) {
+                    tracing::info!(synchronized_standby_slots = %names, "changing the standbys logical consumers wait for");
+                    let role = if obs.server.as_ref().is_some_and(|s| s.in_recovery) {
+                        StartAs::Replica {
+                            upstream: obs.server.as_ref().and_then(|s| s.upstream.clone()).map(
+                                |(host, port)| ha::Upstream {
+                                    member: String::new(),
+                                    host,
+                                    port,
+                                },
+                            ),
+                        }
+                    } else {
+                        StartAs::Primary
+                    };
+                    if self.pg.write_config(&self.dynamic, &role)?.changed {
+                        self.pg.reload()?;
+                    }
+                }
+                Ok(true)
+            }
             Action::AdvanceSlots(positions) => {
                 for (name, lsn) in positions {
                     if let Err(e) = self.pg.advance_slot(&name, lsn).await {
@@ -1151,9 +1185,15 @@ impl Runner {
                     .as_ref()
                     .map(ServerStatus::wal_position)
                     .unwrap_or(0);
+                let slots: Vec<ha::slots::Slot> = obs
+                    .server
+                    .as_ref()
+                    .map(|s| s.slots.iter().map(SlotRow::to_slot).collect())
+                    .unwrap_or_default();
                 self.dcs
                     .set_status(&Status {
                         optime,
+                        slots: ha::slots::status_slots(&self.dynamic, &slots),
                         ..Default::default()
                     })
                     .await?;
@@ -1193,6 +1233,8 @@ impl Runner {
             // Synchronous replication is the leader's business; a replica keeps no override (a
             // strict-mode promotion sets '*' right before promoting, in the same cycle).
             self.pg.set_sync_standby_names(None);
+            // Likewise the standbys a leader's logical consumers wait for.
+            self.pg.set_synchronized_standby_slots(None);
         }
         let role = if server.in_recovery {
             StartAs::Replica {
@@ -1971,6 +2013,7 @@ mod tests {
             fence_timeout_ms: 1000,
             remove_data_on_rewind_failure: false,
             clone_without_leader: false,
+            pg_major: 15,
         };
         let now = Now {
             mono_ms: asked + 50,

@@ -48,6 +48,9 @@ pub struct ClusterOptions {
     pub tags: Vec<(usize, String)>,
     /// Extra lines under `bootstrap.dcs:` (e.g. `synchronous_mode: true`), for every node.
     pub dcs_extra: Vec<String>,
+    /// Extra lines under `bootstrap.dcs.postgresql.parameters:` (e.g. `wal_level: logical`), for
+    /// every node.
+    pub dcs_parameters: Vec<String>,
     /// Put each agent's DCS connection behind its own [`crate::relay::TcpRelay`], so a test can cut one
     /// node off the DCS ([`LocalCluster::relay`]).
     pub dcs_relay: bool,
@@ -89,6 +92,7 @@ impl Default for ClusterOptions {
             proxy: true,
             tags: vec![],
             dcs_extra: vec![],
+            dcs_parameters: vec![],
             dcs_relay: false,
             dcs: DcsKind::Etcd,
             data_checksums: true,
@@ -704,6 +708,11 @@ fn agent_yaml(o: &ClusterOptions, node: &Node, dcs_section: &str, tags: &[&str])
     };
     let bin = o.bin_dir.clone().unwrap_or_else(pg_bin_dir);
     let dcs_extra: String = o.dcs_extra.iter().map(|l| format!("    {l}\n")).collect();
+    let dcs_parameters: String = o
+        .dcs_parameters
+        .iter()
+        .map(|l| format!("        {l}\n"))
+        .collect();
     let mut tag_lines = String::new();
     for t in tags {
         tag_lines.push_str(&format!("  {t}\n"));
@@ -730,7 +739,7 @@ restapi:
       parameters:
         wal_keep_size: 256MB
         max_connections: 100
-{hints}  initdb:
+{dcs_parameters}{hints}  initdb:
   - encoding: UTF8
   - locale: C
 {checksums}  pg_hba:

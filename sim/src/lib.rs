@@ -710,6 +710,7 @@ impl Sim {
             fence_timeout_ms: 5_000,
             remove_data_on_rewind_failure: false,
             clone_without_leader: false,
+            pg_major: 15,
         }
     }
 
@@ -1308,7 +1309,11 @@ impl Sim {
                     (false, self.dcs_timeout(i))
                 }
             }
-            Action::EnsureSlots(_) | Action::DropSlots(_) | Action::AdvanceSlots(_) => (true, 1),
+            Action::EnsureSlots(_)
+            | Action::DropSlots(_)
+            | Action::AdvanceSlots(_)
+            | Action::CreateLogicalSlots(_)
+            | Action::SetSynchronizedStandbySlots(_) => (true, 1),
             Action::AbortTask => {
                 self.agents[i].task = None;
                 self.agents[i].task_token += 1;

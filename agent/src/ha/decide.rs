@@ -511,7 +511,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         }
     }
     let mut actions = vec![Action::RenewLeader];
-    actions.extend(write_status(view, r));
+    actions.extend(write_status(view, cfg, r));
     actions.extend(slots::slot_actions(
         view,
         cfg,
@@ -535,10 +535,16 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     decision(actions, reason)
 }
 
-/// The leader publishes its WAL position in `status` when it differs from what the key holds: an
-/// idle cluster then writes nothing, so no revision is added and no watcher is woken per cycle.
-fn write_status(view: &Cluster, r: &Running) -> Option<Action> {
-    (view.status.as_ref().map(|s| s.optime) != Some(r.wal_position)).then_some(Action::WriteStatus)
+/// The leader publishes its WAL position and its permanent slots' positions
+/// ([`slots::status_slots`]) in `status` when they differ from what the key holds: an idle cluster
+/// then writes nothing, so no revision is added and no watcher is woken per cycle.
+fn write_status(view: &Cluster, cfg: &HaConfig, r: &Running) -> Option<Action> {
+    let slots = slots::status_slots(&cfg.dynamic, &r.slots);
+    let same = view
+        .status
+        .as_ref()
+        .is_some_and(|s| s.optime == r.wal_position && s.slots == slots);
+    (!same).then_some(Action::WriteStatus)
 }
 
 /// The leader keeps the `failsafe` key listing every member (with its api_url) while `failsafe_mode`
@@ -642,7 +648,7 @@ fn switchover_from_leader(
     let me = cfg.name.as_str();
     let keep_leading = || {
         let mut actions = vec![Action::RenewLeader];
-        actions.extend(write_status(view, r));
+        actions.extend(write_status(view, cfg, r));
         actions
     };
     if let Some(at) = &req.value.scheduled_at {

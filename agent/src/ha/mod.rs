@@ -54,6 +54,9 @@ pub struct HaConfig {
     /// an empty member of an initialized cluster with no leader clones with it instead of waiting
     /// (Patroni: "bootstrap (without leader)").
     pub clone_without_leader: bool,
+    /// The major version of the PostgreSQL this member runs (15, 18; 0 when unknown): which slot
+    /// rules apply ([`slots::FAILOVER_SLOTS_MAJOR`]).
+    pub pg_major: u32,
 }
 
 /// The time as `decide` sees it, supplied by the caller.
@@ -405,6 +408,13 @@ pub enum Action {
     DropSlots(Vec<String>),
     /// Replica: advance these copies of permanent slots to these positions (bytes).
     AdvanceSlots(Vec<(String, u64)>),
+    /// Leader running as primary: create these permanent logical slots, each connected to its
+    /// database (a failure is logged and retried next loop).
+    CreateLogicalSlots(Vec<slots::LogicalSlot>),
+    /// Leader, PostgreSQL 17+ with permanent logical slots: set `synchronized_standby_slots` to this
+    /// value (comma-separated physical slot names; rewrite postgresql.conf and reload when it
+    /// changes, nothing otherwise).
+    SetSynchronizedStandbySlots(String),
     /// Leader: write `status` with the current WAL position.
     WriteStatus,
     /// Leader: set `synchronous_standby_names` (rewrite postgresql.conf and reload); the runner notes

@@ -9,15 +9,38 @@
 //!   own replay position, so that the permanent slots exist, nearly current, on whichever member is
 //!   promoted. Other physical slots on a replica are leftovers of its time as leader: dropped.
 //!
-//! Logical slots are never touched by this version.
+//!
+//! Permanent logical slots (`slots: {name: {type: logical, database, plugin}}`) follow Patroni's
+//! rules where PostgreSQL 17+ can keep them itself ([`logical_slot_actions`]):
+//! - the leader creates them (`failover => true` from 17 on) and publishes their
+//!   `confirmed_flush_lsn` in `status.slots` ([`status_slots`], Patroni's format);
+//! - on 17+ every member runs with `sync_replication_slots` and `hot_standby_feedback` on and
+//!   `dbname` in `primary_conninfo` ([`failover_slot_parameters`]), so the standbys' slot
+//!   synchronization worker keeps a copy of each failover slot at the position the consumer
+//!   confirmed; the leader names its streaming failover candidates' physical slots in
+//!   `synchronized_standby_slots`, so a consumer never receives a change those standbys lack;
+//! - a replica drops logical slots with `failover` set that PostgreSQL did not synchronize (a former
+//!   primary's own): PostgreSQL refuses to synchronize over them (Patroni's
+//!   `_drop_incorrect_failover_synced_slots`).
+//!
+//! Patroni's copy-and-advance for PostgreSQL 11-16 (copy the slot's state file from the primary,
+//! restart the replica, advance with `pg_replication_slot_advance`) is not done by this version:
+//! before 17 the permanent logical slots exist on the leader only.
 
-use praetor_config::dynamic::slot_is_ignored;
+use std::collections::BTreeMap;
+
+use praetor_config::dynamic::{slot_is_ignored, SlotSpec};
+use praetor_config::DynamicConfig;
 use praetor_dcs::Cluster;
 
 use super::{slot_name, Action, HaConfig, Running};
 
+/// The first major version whose logical slots can be synchronized to standbys (`failover`,
+/// `sync_replication_slots`: PostgreSQL 17 release notes).
+pub const FAILOVER_SLOTS_MAJOR: u32 = 17;
+
 /// A slot as `pg_replication_slots` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Slot {
     /// Slot name.
     pub name: String,
@@ -25,6 +48,29 @@ pub struct Slot {
     pub physical: bool,
     /// `restart_lsn` (bytes; 0 when unset).
     pub restart_lsn: u64,
+    /// Logical: its database (`database`).
+    pub database: Option<String>,
+    /// Logical: its output plugin (`plugin`).
+    pub plugin: Option<String>,
+    /// Logical: `confirmed_flush_lsn`, what its consumer confirmed (bytes; 0 when unset).
+    pub confirmed_flush_lsn: u64,
+    /// 17+: `failover`, synchronized to standbys.
+    pub failover: bool,
+    /// 17+: `synced`, a standby's copy kept by the slot synchronization worker.
+    pub synced: bool,
+}
+
+/// A logical slot to create, as [`Action::CreateLogicalSlots`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalSlot {
+    /// Slot name.
+    pub name: String,
+    /// The database it decodes (the agent connects there to create it).
+    pub database: String,
+    /// The output plugin (`test_decoding`, `pgoutput`, `wal2json`...).
+    pub plugin: String,
+    /// Create it with `failover => true` (17+), so standbys synchronize it.
+    pub failover: bool,
 }
 
 /// The member a member named `name` streams from: its `replicatefrom` when that member exists and
@@ -40,6 +86,155 @@ pub fn streams_from<'a>(view: &'a Cluster, name: &str, leader: &'a str) -> &'a s
         },
         _ => leader,
     }
+}
+
+/// The permanent logical slots of the dynamic configuration that name a database and a plugin
+/// (Patroni ignores the others, with an error in its log).
+pub fn permanent_logical(dynamic: &DynamicConfig) -> impl Iterator<Item = (&String, &str, &str)> {
+    dynamic.slots.iter().filter_map(|(n, s)| match s {
+        SlotSpec {
+            slot_type: Some(t),
+            database: Some(db),
+            plugin: Some(plugin),
+        } if t == "logical" => Some((n, db.as_str(), plugin.as_str())),
+        _ => None,
+    })
+}
+
+/// Whether PostgreSQL `pg_major` keeps this configuration's permanent logical slots on the standbys
+/// itself (17+, with `use_slots`, and at least one permanent logical slot).
+pub fn uses_failover_slots(dynamic: &DynamicConfig, pg_major: u32) -> bool {
+    pg_major >= FAILOVER_SLOTS_MAJOR
+        && dynamic.postgresql.use_slots
+        && permanent_logical(dynamic).next().is_some()
+}
+
+/// The settings PostgreSQL's slot synchronization needs on every member (a replica promoted later
+/// leads, a leader demoted later follows), when [`uses_failover_slots`]: `sync_replication_slots`
+/// and `hot_standby_feedback` on (PostgreSQL 17's "Replication Slot Synchronization"; Patroni too
+/// turns `hot_standby_feedback` on for permanent logical slots). They win over the configured
+/// values. The third requirement, `dbname` in `primary_conninfo`, is [`slot_sync_dbname`]; the
+/// fourth, `wal_level = logical`, is the user's setting as with Patroni.
+pub fn failover_slot_parameters(
+    dynamic: &DynamicConfig,
+    pg_major: u32,
+) -> Vec<(&'static str, &'static str)> {
+    if !uses_failover_slots(dynamic, pg_major) {
+        return vec![];
+    }
+    vec![
+        ("hot_standby_feedback", "on"),
+        ("sync_replication_slots", "on"),
+    ]
+}
+
+/// The database a replica names in `primary_conninfo` for the slot synchronization worker (the
+/// first permanent logical slot's), when [`uses_failover_slots`].
+pub fn slot_sync_dbname(dynamic: &DynamicConfig, pg_major: u32) -> Option<&str> {
+    if !uses_failover_slots(dynamic, pg_major) {
+        return None;
+    }
+    permanent_logical(dynamic).next().map(|(_, db, _)| db)
+}
+
+/// What the leader publishes in `status.slots`: every permanent slot it has, logical ones at their
+/// `confirmed_flush_lsn`, physical ones at their `restart_lsn` (bytes), as Patroni's
+/// `process_permanent_slots` does; `None` when there is none (the key is left out).
+pub fn status_slots(dynamic: &DynamicConfig, slots: &[Slot]) -> Option<BTreeMap<String, u64>> {
+    let out: BTreeMap<String, u64> = slots
+        .iter()
+        .filter_map(|s| {
+            let spec = dynamic.slots.get(&s.name)?;
+            if spec.is_physical() != s.physical {
+                return None;
+            }
+            let lsn = if s.physical {
+                s.restart_lsn
+            } else {
+                s.confirmed_flush_lsn
+            };
+            Some((s.name.clone(), lsn))
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// The permanent logical slots' actions of this member (`leader` holds the lock):
+/// - the leader, running as primary, creates the missing ones (`failover` on 17+) and drops one
+///   whose database or plugin differs from the configuration so that it is created again next
+///   loop (Patroni's `_drop_incorrect_slots`); on 17+ it sets `synchronized_standby_slots` to the
+///   physical slots of the members streaming from it that may be promoted (`nofailover` unset), so
+///   that logical consumers wait for those standbys: a change a consumer confirmed is then on
+///   every standby that can take over;
+/// - a replica on 17+ drops the logical slots marked `failover` but not `synced` (its own, from
+///   its time as primary), which PostgreSQL would otherwise refuse to synchronize over.
+pub fn logical_slot_actions(
+    view: &Cluster,
+    cfg: &HaConfig,
+    r: &Running,
+    leader: &str,
+) -> Vec<Action> {
+    let dynamic = &cfg.dynamic;
+    if !dynamic.postgresql.use_slots {
+        return vec![];
+    }
+    let failover = cfg.pg_major >= FAILOVER_SLOTS_MAJOR;
+    let i_lead = leader == cfg.name;
+    let logical: Vec<&Slot> = r.slots.iter().filter(|s| !s.physical).collect();
+    let mut actions = vec![];
+    if i_lead && r.is_primary {
+        let mut create = vec![];
+        let mut drop = vec![];
+        for (name, database, plugin) in permanent_logical(dynamic) {
+            match logical.iter().find(|s| s.name == *name) {
+                None if !r.slots.iter().any(|s| s.name == *name) => create.push(LogicalSlot {
+                    name: name.clone(),
+                    database: database.to_string(),
+                    plugin: plugin.to_string(),
+                    failover,
+                }),
+                Some(s)
+                    if s.database.as_deref() != Some(database)
+                        || s.plugin.as_deref() != Some(plugin) =>
+                {
+                    drop.push(name.clone())
+                }
+                _ => {}
+            }
+        }
+        if !drop.is_empty() {
+            actions.push(Action::DropSlots(drop));
+        }
+        if !create.is_empty() {
+            actions.push(Action::CreateLogicalSlots(create));
+        }
+        if uses_failover_slots(dynamic, cfg.pg_major) {
+            let mut names: Vec<String> = r
+                .standbys
+                .iter()
+                .filter(|st| st.state == "streaming")
+                .filter(|st| {
+                    view.member(&st.name)
+                        .is_some_and(|m| !m.data.tags.nofailover)
+                })
+                .map(|st| slot_name(&st.name))
+                .filter(|n| r.slots.iter().any(|s| s.physical && s.name == *n))
+                .collect();
+            names.sort();
+            names.dedup();
+            actions.push(Action::SetSynchronizedStandbySlots(names.join(",")));
+        }
+    } else if !i_lead && !r.is_primary && failover {
+        let drop: Vec<String> = logical
+            .iter()
+            .filter(|s| s.failover && !s.synced)
+            .map(|s| s.name.clone())
+            .collect();
+        if !drop.is_empty() {
+            actions.push(Action::DropSlots(drop));
+        }
+    }
+    actions
 }
 
 fn permanent(cfg: &HaConfig) -> impl Iterator<Item = &String> {
@@ -97,6 +292,7 @@ pub fn slot_actions(
     if !drop.is_empty() {
         actions.push(Action::DropSlots(drop));
     }
+    actions.extend(logical_slot_actions(view, cfg, r, leader));
     if !i_lead {
         let positions = view.status.as_ref().and_then(|s| s.slots.as_ref());
         let advance: Vec<(String, u64)> = permanent(cfg)
@@ -152,6 +348,7 @@ mod tests {
             fence_timeout_ms: 1000,
             remove_data_on_rewind_failure: false,
             clone_without_leader: false,
+            pg_major: 18,
         }
     }
 
@@ -172,7 +369,237 @@ mod tests {
             name: name.into(),
             physical: true,
             restart_lsn: lsn,
+            ..Default::default()
         }
+    }
+
+    fn logical(name: &str, db: &str, plugin: &str, confirmed: u64) -> Slot {
+        Slot {
+            name: name.into(),
+            physical: false,
+            restart_lsn: confirmed.saturating_sub(100),
+            database: Some(db.into()),
+            plugin: Some(plugin.into()),
+            confirmed_flush_lsn: confirmed,
+            failover: true,
+            synced: false,
+        }
+    }
+
+    fn with_queue(mut cfg: HaConfig) -> HaConfig {
+        cfg.dynamic.slots.insert(
+            "queue".into(),
+            SlotSpec {
+                slot_type: Some("logical".into()),
+                database: Some("app".into()),
+                plugin: Some("test_decoding".into()),
+            },
+        );
+        cfg
+    }
+
+    fn standby(name: &str, state: &str) -> super::super::sync::Standby {
+        super::super::sync::Standby {
+            name: name.into(),
+            state: state.into(),
+            sync_state: "async".into(),
+            flush_lsn: 0,
+        }
+    }
+
+    /// One row: the member's view of itself and the cluster, and the logical slot actions.
+    struct Row {
+        name: &'static str,
+        pg_major: u32,
+        leader: &'static str,
+        is_primary: bool,
+        slots: Vec<Slot>,
+        standbys: Vec<super::super::sync::Standby>,
+        nofailover: &'static [&'static str],
+        want: Vec<Action>,
+    }
+
+    #[test]
+    fn permanent_logical_slot_rules() {
+        let queue_17 = LogicalSlot {
+            name: "queue".into(),
+            database: "app".into(),
+            plugin: "test_decoding".into(),
+            failover: true,
+        };
+        let rows = vec![
+            Row {
+                name:
+                    "leader creates the missing slot with failover on 17+ and names no standby yet",
+                pg_major: 18,
+                leader: "me",
+                is_primary: true,
+                slots: vec![],
+                standbys: vec![],
+                nofailover: &[],
+                want: vec![
+                    Action::CreateLogicalSlots(vec![queue_17.clone()]),
+                    Action::SetSynchronizedStandbySlots(String::new()),
+                ],
+            },
+            Row {
+                name: "leader on 15 creates it without failover and sets no standby slots",
+                pg_major: 15,
+                leader: "me",
+                is_primary: true,
+                slots: vec![],
+                standbys: vec![],
+                nofailover: &[],
+                want: vec![Action::CreateLogicalSlots(vec![LogicalSlot {
+                    failover: false,
+                    ..queue_17.clone()
+                }])],
+            },
+            Row {
+                name: "leader waits for streaming failover candidates with a slot, not the others",
+                pg_major: 18,
+                leader: "me",
+                is_primary: true,
+                slots: vec![
+                    logical("queue", "app", "test_decoding", 500),
+                    slot("b", 10),
+                    slot("c", 10),
+                    slot("d", 10),
+                ],
+                standbys: vec![
+                    standby("c", "streaming"),
+                    standby("b", "streaming"),
+                    standby("d", "streaming"),
+                    standby("e", "streaming"),
+                    standby("f", "catchup"),
+                ],
+                nofailover: &["d"],
+                want: vec![Action::SetSynchronizedStandbySlots("b,c".into())],
+            },
+            Row {
+                name: "leader drops a slot whose plugin differs from the configuration",
+                pg_major: 18,
+                leader: "me",
+                is_primary: true,
+                slots: vec![logical("queue", "app", "pgoutput", 500)],
+                standbys: vec![],
+                nofailover: &[],
+                want: vec![
+                    Action::DropSlots(vec!["queue".into()]),
+                    Action::SetSynchronizedStandbySlots(String::new()),
+                ],
+            },
+            Row {
+                name: "leader still a standby (promotion under way) creates nothing",
+                pg_major: 18,
+                leader: "me",
+                is_primary: false,
+                slots: vec![],
+                standbys: vec![],
+                nofailover: &[],
+                want: vec![],
+            },
+            Row {
+                name: "replica on 17+ drops its own failover slot, keeps the synced copy",
+                pg_major: 18,
+                leader: "b",
+                is_primary: false,
+                slots: vec![
+                    logical("queue", "app", "test_decoding", 500),
+                    Slot {
+                        synced: true,
+                        ..logical("other", "app", "test_decoding", 400)
+                    },
+                ],
+                standbys: vec![],
+                nofailover: &[],
+                want: vec![Action::DropSlots(vec!["queue".into()])],
+            },
+            Row {
+                name: "replica on 15 leaves logical slots alone",
+                pg_major: 15,
+                leader: "b",
+                is_primary: false,
+                slots: vec![logical("queue", "app", "test_decoding", 500)],
+                standbys: vec![],
+                nofailover: &[],
+                want: vec![],
+            },
+        ];
+        for row in rows {
+            let mut view = cluster_of(&["me", "b", "c", "d", "e", "f"], Some(row.leader));
+            for m in view.members.iter_mut() {
+                m.data.tags.nofailover = row.nofailover.contains(&m.name.as_str());
+            }
+            let mut cfg = with_queue(ha_config("me"));
+            cfg.pg_major = row.pg_major;
+            let mut r = running_with_slots(1000, row.slots);
+            r.is_primary = row.is_primary;
+            r.standbys = row.standbys;
+            assert_eq!(
+                logical_slot_actions(&view, &cfg, &r, row.leader),
+                row.want,
+                "{}",
+                row.name
+            );
+        }
+    }
+
+    #[test]
+    fn logical_slots_need_use_slots() {
+        let view = cluster_of(&["me"], Some("me"));
+        let mut cfg = with_queue(ha_config("me"));
+        cfg.dynamic.postgresql.use_slots = false;
+        let mut r = running_with_slots(1000, vec![]);
+        r.is_primary = true;
+        assert_eq!(logical_slot_actions(&view, &cfg, &r, "me"), vec![]);
+        assert!(failover_slot_parameters(&cfg.dynamic, 18).is_empty());
+    }
+
+    #[test]
+    fn failover_slot_settings_only_on_17_and_later_with_a_logical_slot() {
+        let plain = ha_config("me").dynamic;
+        let queue = with_queue(ha_config("me")).dynamic;
+        assert!(failover_slot_parameters(&plain, 18).is_empty());
+        assert!(failover_slot_parameters(&queue, 16).is_empty());
+        assert_eq!(
+            failover_slot_parameters(&queue, 17),
+            vec![
+                ("hot_standby_feedback", "on"),
+                ("sync_replication_slots", "on")
+            ]
+        );
+        assert_eq!(slot_sync_dbname(&queue, 18), Some("app"));
+        assert_eq!(slot_sync_dbname(&queue, 15), None);
+        assert_eq!(slot_sync_dbname(&plain, 18), None);
+    }
+
+    #[test]
+    fn status_publishes_permanent_slots_in_patronis_format() {
+        let mut dynamic = with_queue(ha_config("me")).dynamic;
+        dynamic.slots.insert("archiver".into(), Default::default());
+        let slots = vec![
+            logical("queue", "app", "test_decoding", 5000),
+            slot("archiver", 4000),
+            slot("pg2", 3000),
+            logical("not_permanent", "app", "test_decoding", 1),
+        ];
+        assert_eq!(
+            status_slots(&dynamic, &slots),
+            Some([("archiver".to_string(), 4000), ("queue".to_string(), 5000)].into())
+        );
+        assert_eq!(status_slots(&dynamic, &[slot("pg2", 1)]), None);
+        // Patroni's /status value: {"optime": ..., "slots": {"queue": 5000}}.
+        let json = serde_json::to_value(praetor_dcs::Status {
+            optime: 6000,
+            slots: status_slots(&dynamic, &slots[..1]),
+            retain_slots: None,
+        })
+        .expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"optime": 6000, "slots": {"queue": 5000}})
+        );
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn cfg() -> HaConfig {
         fence_timeout_ms: u64::from(praetor_config::DEFAULT_FENCE_TIMEOUT_MS),
         remove_data_on_rewind_failure: false,
         clone_without_leader: false,
+        pg_major: 15,
     }
 }
 

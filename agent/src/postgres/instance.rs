@@ -165,6 +165,32 @@ pub struct SlotRow {
     pub physical: bool,
     /// `restart_lsn` (bytes; 0 when unset).
     pub restart_lsn: u64,
+    /// Logical: `database`.
+    pub database: Option<String>,
+    /// Logical: `plugin`.
+    pub plugin: Option<String>,
+    /// Logical: `confirmed_flush_lsn` (bytes; 0 when unset).
+    pub confirmed_flush_lsn: u64,
+    /// 17+: `failover`.
+    pub failover: bool,
+    /// 17+: `synced`.
+    pub synced: bool,
+}
+
+impl SlotRow {
+    /// The slot as the HA core sees it.
+    pub fn to_slot(&self) -> crate::ha::slots::Slot {
+        crate::ha::slots::Slot {
+            name: self.name.clone(),
+            physical: self.physical,
+            restart_lsn: self.restart_lsn,
+            database: self.database.clone(),
+            plugin: self.plugin.clone(),
+            confirmed_flush_lsn: self.confirmed_flush_lsn,
+            failover: self.failover,
+            synced: self.synced,
+        }
+    }
 }
 
 impl ServerStatus {
@@ -203,6 +229,9 @@ pub struct Instance {
     s: InstanceSettings,
     /// `synchronous_standby_names` as the HA loop manages it (synchronous mode), over any configured.
     sync_names: std::sync::Mutex<Option<String>>,
+    /// `synchronized_standby_slots` as the HA loop sets it (17+ leaders with permanent logical
+    /// slots); `None`: the configured value.
+    standby_slots: std::sync::Mutex<Option<String>>,
     client: Mutex<Option<tokio_postgres::Client>>,
     child: Mutex<Option<Child>>,
     /// The last reason logged for a `postmaster.pid` naming another process (logged once per change).
@@ -234,6 +263,7 @@ impl Instance {
             }),
             s: settings,
             sync_names: std::sync::Mutex::new(None),
+            standby_slots: std::sync::Mutex::new(None),
             client: Mutex::new(None),
             child: Mutex::new(None),
             stranger_logged: std::sync::Mutex::new(None),
@@ -374,12 +404,14 @@ impl Instance {
         write_private(&self.data("pg_hba.conf"), &hba_text(lines))
     }
 
-    /// The primary_conninfo for streaming from `up`.
-    pub fn primary_conninfo(&self, up: &Upstream) -> String {
+    /// The primary_conninfo for streaming from `up`; `dbname` is named for PostgreSQL 17's slot
+    /// synchronization worker (streaming itself ignores it).
+    pub fn primary_conninfo(&self, up: &Upstream, dbname: Option<&str>) -> String {
         let port = up.port.to_string();
         conninfo(&[
             ("host", Some(&up.host)),
             ("port", Some(&port)),
+            ("dbname", dbname),
             ("user", Some(&self.s.replication.username)),
             ("passfile", self.s.pgpass.to_str()),
             ("application_name", Some(&self.s.name)),
@@ -433,6 +465,20 @@ impl Instance {
         {
             params.insert("synchronous_standby_names".into(), names);
         }
+        for (k, v) in crate::ha::slots::failover_slot_parameters(dynamic, self.s.pg_major) {
+            params.insert(k.into(), v.into());
+        }
+        // Only while permanent failover slots exist: once they are removed from the
+        // configuration, the configured value (if any) applies again.
+        if let Some(names) = self
+            .standby_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|_| crate::ha::slots::uses_failover_slots(dynamic, self.s.pg_major))
+        {
+            params.insert("synchronized_standby_slots".into(), names);
+        }
         let (conf, cmdline) = split_cmdline(params);
         (conf, cmdline, ignored)
     }
@@ -441,6 +487,15 @@ impl Instance {
     /// [`Instance::write_config`]); `None` leaves the configured value.
     pub fn set_sync_standby_names(&self, names: Option<String>) {
         *self.sync_names.lock().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    /// Sets the `synchronized_standby_slots` the HA loop manages (written with the next
+    /// [`Instance::write_config`]); `None` leaves the configured value. Returns whether it changed.
+    pub fn set_synchronized_standby_slots(&self, names: Option<String>) -> bool {
+        let mut cur = self.standby_slots.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = *cur != names;
+        *cur = names;
+        changed
     }
 
     /// Writes postgresql.conf, pg_hba.conf (when configured) and standby.signal for `role`, each file
@@ -459,7 +514,12 @@ impl Instance {
         let standby = match role {
             StartAs::Primary => None,
             StartAs::Replica { upstream } => Some(StandbySettings {
-                primary_conninfo: upstream.as_ref().map(|u| self.primary_conninfo(u)),
+                primary_conninfo: upstream.as_ref().map(|u| {
+                    self.primary_conninfo(
+                        u,
+                        crate::ha::slots::slot_sync_dbname(dynamic, self.s.pg_major),
+                    )
+                }),
                 primary_slot_name: upstream
                     .as_ref()
                     .filter(|_| dynamic.postgresql.use_slots)
@@ -982,6 +1042,30 @@ impl Instance {
         Ok(!rows.is_empty())
     }
 
+    /// Creates a logical replication slot unless one of that name exists, connected to its database
+    /// (`pg_create_logical_replication_slot`, with `failover => true` when asked: PostgreSQL 17+).
+    pub async fn create_logical_slot(
+        &self,
+        slot: &crate::ha::slots::LogicalSlot,
+    ) -> Result<(), PgError> {
+        let client = self.connect_to(&slot.database).await?;
+        let sql = if slot.failover {
+            "SELECT pg_create_logical_replication_slot($1, $2, false, false, true) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+        } else {
+            "SELECT pg_create_logical_replication_slot($1, $2) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)"
+        };
+        tokio::time::timeout(
+            self.s.ctl_timeout,
+            client.query(sql, &[&slot.name, &slot.plugin]),
+        )
+        .await
+        .map_err(|_| PgError::Timeout(self.s.ctl_timeout, sql.to_string()))?
+        .map_err(|e| PgError::Query(db_error_text(&e)))?;
+        Ok(())
+    }
+
     /// Advances a slot to `lsn` (bytes), as replicas do with their copies of permanent slots.
     pub async fn advance_slot(&self, name: &str, lsn: u64) -> Result<(), PgError> {
         let text = super::format_lsn(lsn);
@@ -1046,9 +1130,21 @@ impl Instance {
             slots: vec![],
             replication: vec![],
         };
+        // `failover` and `synced` exist from 17 on (the server's version, not the binaries': an
+        // agent may run next to an older server until it restarts it).
+        let failover_cols = if st.server_version >= 170000 {
+            "failover, synced"
+        } else {
+            "false, false"
+        };
         st.slots = self
             .query(
-                "SELECT slot_name::text, slot_type = 'physical', COALESCE((restart_lsn - '0/0')::bigint, 0) FROM pg_replication_slots",
+                &format!(
+                    "SELECT slot_name::text, slot_type = 'physical', COALESCE((restart_lsn - '0/0')::bigint, 0),
+                            database::text, plugin::text, COALESCE((confirmed_flush_lsn - '0/0')::bigint, 0),
+                            {failover_cols}
+                     FROM pg_replication_slots WHERE NOT temporary"
+                ),
                 &[],
             )
             .await?
@@ -1057,6 +1153,11 @@ impl Instance {
                 name: r.get(0),
                 physical: r.get(1),
                 restart_lsn: r.get::<_, i64>(2).max(0) as u64,
+                database: r.get(3),
+                plugin: r.get(4),
+                confirmed_flush_lsn: r.get::<_, i64>(5).max(0) as u64,
+                failover: r.get(6),
+                synced: r.get(7),
             })
             .collect();
         if !in_recovery {
@@ -1114,6 +1215,11 @@ impl Instance {
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        self.connect_to("postgres").await
+    }
+
+    /// A new connection to the local server's database `dbname` as the superuser.
+    async fn connect_to(&self, dbname: &str) -> Result<tokio_postgres::Client, PgError> {
         let mut cfg = tokio_postgres::Config::new();
         if self.s.use_unix_socket {
             let dirs = self
@@ -1135,7 +1241,7 @@ impl Instance {
         }
         cfg.port(self.s.listen.port)
             .user(&self.s.superuser.username)
-            .dbname("postgres")
+            .dbname(dbname)
             .application_name("praetor")
             .connect_timeout(Duration::from_secs(3));
         if let Some(pw) = &self.s.superuser.password {
