@@ -35,6 +35,13 @@ use crate::ha::{
     StartAs, Task,
 };
 use crate::peers::fetch_peers;
+
+/// The longest a primary stepping down in a planned switchover waits for its transactions in
+/// flight to end before it stops (see `Runner::drain_transactions`).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often that wait counts the transactions in progress.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 use crate::postgres::{Instance, InstanceSettings, ServerStatus};
 pub use reload::ReloadSource;
 
@@ -631,6 +638,9 @@ impl Runner {
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
         let mut message = d.reason.to_string();
+        if matches!(d.reason, ha::Reason::ManualFailoverDemoting { .. }) {
+            self.drain_transactions().await;
+        }
         if !d.actions.is_empty() {
             tracing::debug!(actions = ?d.actions, "executing");
             match self.execute(d.actions, view.as_deref(), &obs).await? {
@@ -647,6 +657,48 @@ impl Runner {
         self.last_reason = message;
         self.publish(view.as_deref(), &obs).await;
         Ok(())
+    }
+
+    /// A planned switchover is about to stop this primary: give the transactions in flight a
+    /// moment to end first. The proxies start no new transaction on a leader the `failover` key
+    /// asks to step down (they hold their clients at the transaction boundary and move them to the
+    /// new leader), so what runs now ends soon, and the fast stop that follows interrupts no
+    /// transaction of theirs. Bounded by [`DRAIN_TIMEOUT`] and by half the time left before the
+    /// demotion deadline (the lease must outlast the stop); clients connected directly may keep it
+    /// waiting that long. Errors (the server does not answer) end the wait: the stop goes ahead.
+    async fn drain_transactions(&mut self) {
+        let now = self.now().mono_ms;
+        let mut budget = DRAIN_TIMEOUT.as_millis() as u64;
+        if let Some(deadline) = self.demote_deadline_ms() {
+            budget = budget.min(deadline.saturating_sub(now) / 2);
+        }
+        let until = Instant::now() + Duration::from_millis(budget);
+        loop {
+            match self.pg.transactions_in_progress().await {
+                Ok(0) => {
+                    tracing::info!("switchover: no transaction in progress; stopping postgres");
+                    return;
+                }
+                Ok(n) if Instant::now() >= until => {
+                    let detail = self
+                        .pg
+                        .transactions_in_progress_detail()
+                        .await
+                        .unwrap_or_default();
+                    tracing::info!(
+                        transactions = n,
+                        %detail,
+                        "switchover: transactions still in progress after {budget} ms; stopping postgres (they roll back)"
+                    );
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(DRAIN_POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "switchover: cannot count transactions in progress; stopping postgres");
+                    return;
+                }
+            }
+        }
     }
 
     /// This member thought it led but its demotion deadline passed before it could act (it was

@@ -1107,23 +1107,26 @@ where
 {
     let client_to_server = async {
         loop {
+            // Bytes held at a boundary by an earlier relay (the session moved) go first.
+            if client_buf.is_empty() {
+                let n = client_rd.read_buf(client_buf).await?;
+                if n == 0 {
+                    let _ = server_wr.shutdown().await;
+                    return io::Result::Ok(());
+                }
+            }
             if let Some(t) = &tracking {
-                // A switchover: the next transaction waits for the new leader.
+                // A switchover: the next transaction waits (its bytes kept in `client_buf`) for
+                // the new leader; the relay ends when the former one goes, and the next relay,
+                // on the new leader, sends them.
                 while should_hold(t.router.is_switching_over(), t.lock().is_at_boundary()) {
                     t.router.changed(HOLD_RECHECK).await;
                 }
-            }
-            let n = client_rd.read_buf(client_buf).await?;
-            if n == 0 {
-                let _ = server_wr.shutdown().await;
-                return io::Result::Ok(());
-            }
-            if let Some(t) = &tracking {
                 t.lock().on_client(client_buf, t.classifier);
             }
             server_wr.write_all(client_buf).await?;
+            c2s.inc_by(client_buf.len() as u64);
             client_buf.clear();
-            c2s.inc_by(n as u64);
         }
     };
     let server_to_client = async {
