@@ -42,6 +42,34 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often that wait counts the transactions in progress.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// How long (ms) a primary stepping down may wait for its transactions at monotonic `now_ms`:
+/// [`DRAIN_TIMEOUT`], and at most half the time left before `demote_deadline_ms` (the rest is for
+/// the stop itself, which must end before the lease can expire); 0 past the deadline.
+fn drain_budget_ms(now_ms: u64, demote_deadline_ms: Option<u64>) -> u64 {
+    let max = DRAIN_TIMEOUT.as_millis() as u64;
+    match demote_deadline_ms {
+        Some(deadline) => max.min(deadline.saturating_sub(now_ms) / 2),
+        None => max,
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::drain_budget_ms;
+
+    #[test]
+    fn the_drain_leaves_half_the_time_to_the_demotion_deadline_for_the_stop() {
+        for (now, deadline, want) in [
+            (1_000, Some(4_000), 1_500),
+            (1_000, Some(31_000), 5_000),
+            (5_000, Some(4_000), 0),
+            (1_000, None, 5_000),
+        ] {
+            assert_eq!(drain_budget_ms(now, deadline), want, "{now} {deadline:?}");
+        }
+    }
+}
 use crate::postgres::{Instance, InstanceSettings, ServerStatus};
 pub use reload::ReloadSource;
 
@@ -667,11 +695,7 @@ impl Runner {
     /// demotion deadline (the lease must outlast the stop); clients connected directly may keep it
     /// waiting that long. Errors (the server does not answer) end the wait: the stop goes ahead.
     async fn drain_transactions(&mut self) {
-        let now = self.now().mono_ms;
-        let mut budget = DRAIN_TIMEOUT.as_millis() as u64;
-        if let Some(deadline) = self.demote_deadline_ms() {
-            budget = budget.min(deadline.saturating_sub(now) / 2);
-        }
+        let budget = drain_budget_ms(self.now().mono_ms, self.demote_deadline_ms());
         let until = Instant::now() + Duration::from_millis(budget);
         loop {
             match self.pg.transactions_in_progress().await {

@@ -12,7 +12,7 @@
 //!
 //! What the proxy does with that is [`after_server_end`] and [`should_hold`], pure rules with table
 //! tests; `conn` only executes them. While the DCS asks the leader to step down (a switchover), a
-//! session at a boundary stops reading its client (its next transaction waits); when the former
+//! session at a boundary keeps the bytes of its client's next transaction (it waits); when the former
 //! leader then goes away (its shutdown's `FATAL 57P01`, end of file, or the proxy fencing it), a
 //! session at a boundary without unmovable state opens a connection to the new leader with its
 //! StartupMessage, replays its `SET`s and goes on: the client sees a pause, no error. Any other
@@ -460,8 +460,9 @@ pub(crate) fn after_server_end(
     }
 }
 
-/// Whether the relay stops reading the client now: at a transaction boundary while the leader is
-/// asked to step down (the next transaction waits for the new leader).
+/// Whether the relay holds what the client just sent instead of forwarding it: the session was at a
+/// transaction boundary when it came, and the leader is asked to step down (the next transaction
+/// waits for the new leader).
 pub(crate) fn should_hold(leader_switching: bool, at_boundary: bool) -> bool {
     leader_switching && at_boundary
 }
