@@ -435,6 +435,11 @@ async fn a_switchover_fences_the_old_leader_acknowledges_in_the_dcs_and_loses_no
         stored.len(),
         errors.len(),
     );
+    assert!(
+        errors.is_empty(),
+        "the auto port's writer saw errors in a planned switchover: {errors:?}\n===== proxy =====\n{}",
+        proxy.log()
+    );
     proxy
         .metrics()
         .await
@@ -442,4 +447,163 @@ async fn a_switchover_fences_the_old_leader_acknowledges_in_the_dcs_and_loses_no
         .lines()
         .filter(|l| l.starts_with("praetor_proxy_fencing_acks_total"))
         .for_each(|l| assert!(!l.ends_with(" 0"), "{l}"));
+}
+
+/// Lets every TCP client of `node` in without a password (a `trust` line first in its
+/// pg_hba.conf, then a reload): a read-write session can move to a new leader only when the proxy
+/// can log in there for it, and the read-write port never sees a password.
+async fn trust_tcp_clients(c: &LocalCluster, node: &str) {
+    let n = c.node(node);
+    let path = n.dir.join("data/pg_hba.conf");
+    let old = std::fs::read_to_string(&path).expect("read pg_hba.conf");
+    // Rewritten in place: the file keeps its owner (postgres).
+    std::fs::write(&path, format!("host all all 127.0.0.1/32 trust\n{old}"))
+        .expect("write pg_hba.conf");
+    let client = connect_retry(n.pg_port, DEADLINE).await;
+    first(&client, "SELECT pg_reload_conf()").await.unwrap();
+}
+
+/// Runs pgbench with `args` on `port` (the superuser, over TCP) and returns its exit status and
+/// output (stdout then stderr).
+async fn pgbench(port: u16, args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER])
+        .args(args)
+        .arg("postgres")
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run pgbench");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+/// pgbench's count of failed transactions (`number of failed transactions: N (...)`).
+fn failed_transactions(output: &str) -> Option<u64> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+#[tokio::test]
+async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a_switchover() {
+    let c = pair().await;
+    let old = c.leader().await.expect("leader");
+    let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
+    for n in [&old, &candidate] {
+        trust_tcp_clients(&c, n).await;
+    }
+    let proxy = FullProxy::start(&c, "zero", "").await.unwrap();
+    connect_retry(proxy.rw_port, DEADLINE).await;
+    let (status, out) = pgbench(proxy.rw_port, &["-i", "-s", "1", "-q"]).await;
+    assert!(status.success(), "pgbench -i: {out}");
+    let leader = connect_retry(c.node(&old).pg_port, DEADLINE).await;
+
+    // tpcb-like, 8 clients on each port, no retries (`--max-tries` unset: 1): any error a client
+    // sees fails its transaction, and an error that ends its connection aborts the client.
+    const RUN: &[&str] = &["-n", "-c", "8", "-j", "2", "-T", "25"];
+    let rw = tokio::spawn(pgbench(proxy.rw_port, RUN));
+    let auto = tokio::spawn(pgbench(proxy.auto_port, RUN));
+    wait_for("pgbench transactions on the leader", DEADLINE, || async {
+        let n: i64 = first(&leader, "SELECT count(*) FROM pgbench_history")
+            .await?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        if n >= 200 {
+            Ok(())
+        } else {
+            Err(format!("{n} transactions"))
+        }
+    })
+    .await
+    .unwrap();
+    // The candidate's lag in the DCS trails by up to `loop_wait`: a switchover refused as lagging
+    // (412, nothing done) is asked again.
+    wait_for("a switchover the leader accepts", DEADLINE, || async {
+        let args = [
+            "switchover",
+            "--leader",
+            old.as_str(),
+            "--candidate",
+            candidate.as_str(),
+            "--force",
+        ];
+        let out = ctl(&c, &args, "").await;
+        if out.code == 0 {
+            Ok(())
+        } else {
+            Err(format!("{out}"))
+        }
+    })
+    .await
+    .unwrap();
+    wait_for(
+        "the proxy's route to the new leader in the DCS",
+        DEADLINE,
+        || async {
+            let cluster = dcs_cluster(&c).await?;
+            match cluster.proxies.get("zero") {
+                Some(p) if p.leader.as_deref() == Some(candidate.as_str()) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let new_leader = connect_retry(c.node(&candidate).pg_port, DEADLINE).await;
+    let at_switchover: i64 = first(&new_leader, "SELECT count(*) FROM pgbench_history")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let (rw_status, rw_out) = rw.await.unwrap();
+    let (auto_status, auto_out) = auto.await.unwrap();
+    let report = format!(
+        "===== read-write port =====\n{rw_out}\n===== auto port =====\n{auto_out}\n===== proxy =====\n{}",
+        proxy.log()
+    );
+    eprintln!(
+        "pgbench during a switchover: read-write port {:?} failed, auto port {:?} failed",
+        failed_transactions(&rw_out),
+        failed_transactions(&auto_out)
+    );
+    let failed = |status: &std::process::ExitStatus, out: &str| {
+        !status.success() || failed_transactions(out) != Some(0)
+    };
+    if failed(&rw_status, &rw_out) || failed(&auto_status, &auto_out) {
+        dump_logs(&c);
+        for n in &c.nodes {
+            for l in n.log().lines().filter(|l| l.contains("switchover")) {
+                eprintln!("{}: {l}", n.name);
+            }
+        }
+    }
+    for (port, status, out) in [
+        ("read-write", rw_status, &rw_out),
+        ("auto", auto_status, &auto_out),
+    ] {
+        assert!(status.success(), "{port} port: pgbench aborted\n{report}");
+        assert_eq!(
+            failed_transactions(out),
+            Some(0),
+            "{port} port: failed transactions\n{report}"
+        );
+    }
+    let after: i64 = first(&new_leader, "SELECT count(*) FROM pgbench_history")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        after > at_switchover,
+        "transactions went on on the new leader ({at_switchover} -> {after})\n{report}"
+    );
 }

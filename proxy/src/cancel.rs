@@ -42,8 +42,10 @@ impl SessionCancel {
     }
 }
 
-/// Keys servers issued, for the read-write and read-only ports' relayed sessions.
-type BackendKeys = HashMap<CancelKey, Backend>;
+/// Keys servers issued, for the read-write and read-only ports' relayed sessions: the key the
+/// client holds, the server that runs its session and that server's key (the same key, unless the
+/// session moved to a new leader in a switchover).
+type BackendKeys = HashMap<CancelKey, (Backend, CancelKey)>;
 
 /// Keys the proxy issued to auto-port sessions, as `pid << 32 | secret` (the proxy's secrets are
 /// 4 bytes): 16 bytes an entry, so that thousands of idle clients cost little.
@@ -90,7 +92,18 @@ fn session_key(key: &CancelKey) -> Option<u64> {
 impl CancelRegistry {
     /// Remembers that `backend` issued `key`, until the registration is dropped.
     pub fn register(&self, key: CancelKey, backend: Backend) -> Registration {
-        lock(&self.backends).insert(key.clone(), backend.clone());
+        self.register_moved(key.clone(), backend, key)
+    }
+
+    /// Remembers that the client holding `key` now runs its session on `backend`, whose key is
+    /// `server_key` (a read-write session moved to a new leader), until the registration is dropped.
+    pub fn register_moved(
+        &self,
+        key: CancelKey,
+        backend: Backend,
+        server_key: CancelKey,
+    ) -> Registration {
+        lock(&self.backends).insert(key.clone(), (backend.clone(), server_key));
         Registration {
             backends: self.backends.clone(),
             key,
@@ -135,8 +148,7 @@ impl CancelRegistry {
         {
             return session.get();
         }
-        let backend = lock(&self.backends).get(key).cloned()?;
-        Some((backend, key.clone()))
+        lock(&self.backends).get(key).cloned()
     }
 
     #[cfg(test)]
@@ -145,11 +157,18 @@ impl CancelRegistry {
     }
 }
 
+impl Registration {
+    /// The key the client holds.
+    pub fn key(&self) -> &CancelKey {
+        &self.key
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut backends = lock(&self.backends);
         // Only our own entry: two backends could (very rarely) issue the same key.
-        if backends.get(&self.key) == Some(&self.backend) {
+        if backends.get(&self.key).map(|(b, _)| b) == Some(&self.backend) {
             backends.remove(&self.key);
         }
     }

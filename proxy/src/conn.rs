@@ -31,8 +31,8 @@ use praetor_protocol::backend::{
 use praetor_protocol::frontend::strip_channel_binding;
 use praetor_protocol::startup::check_truncated;
 use praetor_protocol::{
-    encode_error_response, CancelKey, Classifier, ErrorFields, FrameHeader, Severity, SqlState,
-    StartupMessage, StartupPacket, StartupPhase, ENCRYPTION_REFUSED,
+    encode_error_response, CancelKey, Classifier, ErrorFields, FrameHeader, PasswordAuth, Severity,
+    SqlState, StartupMessage, StartupPacket, StartupPhase, ENCRYPTION_REFUSED,
 };
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -44,10 +44,12 @@ use crate::cancel::{CancelRegistry, Registration};
 use crate::clients::{ClientGuard, Clients};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
-use crate::pool::Pool;
-use crate::router::{Fence, Route, Router};
+use crate::pool::{open, OpenError, Pool, ServerConn};
+use crate::router::{BackendRole, Fence, Route, Router, Want};
+use crate::rw::{after_server_end, scan_unasked, should_hold, Next, RwTracker, ServerEnd, Unasked};
 use crate::settings::{ProxySettings, Target};
 use crate::stream::{client_tls, BackendTls, ClientStream, ClientTls, ServerStream};
+use crate::topology::Backend;
 
 /// Capacity of each relay buffer (one per direction), in bytes: large enough that a big result set
 /// moves in few reads, small enough for thousands of connections.
@@ -216,6 +218,10 @@ enum End {
     /// The server is not accepting connections now (57P03), before anything reached the client:
     /// the ErrorResponse, to send if waiting does not help.
     NotReady(bytes::Bytes),
+    /// The server sent a FATAL while the read-write session had nothing outstanding (the former
+    /// leader's shutdown in a switchover, or an administrator's `pg_terminate_backend`): the
+    /// message, held back from the client until [`crate::rw::after_server_end`] decides.
+    ServerEnding(bytes::Bytes),
 }
 
 /// A client refused a backend: the metric reason and the text of its `FATAL 08006`.
@@ -438,6 +444,14 @@ async fn relay_session(
                 return;
             }
         };
+        // Read-write sessions are followed so that a switchover can move them (`rw`).
+        let tracker = (listener == ListenerKind::ReadWrite)
+            .then(|| std::sync::Mutex::new(RwTracker::default()));
+        let tracking = tracker.as_ref().map(|t| Tracking {
+            tracker: t,
+            router: &shared.router,
+            classifier: &rt.classifier,
+        });
         let end = relay(
             client,
             &mut server,
@@ -445,15 +459,235 @@ async fn relay_session(
             &mut server_buf,
             (&c2s, &s2c),
             &mut route.fence,
+            tracking,
         )
         .await;
+        let client_key = registration.as_ref().map(|r| r.key().clone());
         drop(registration);
         // The socket closes before the route records the close (the fencing handshake waits on it).
         drop(socket);
         drop(server);
         log_end(&end, &route, shutdown, "");
+        let backend = route.backend.clone();
+        drop(route);
         drop(gauge);
+        if let Some(tracker) = &tracker {
+            let moved = Moving {
+                shared,
+                rt,
+                listener,
+                startup: &startup,
+                tracker,
+                client_key,
+                counters: (&c2s, &s2c),
+                shutdown,
+                info,
+            };
+            moved
+                .follow(client, &mut client_buf, &mut server_buf, end, backend)
+                .await;
+        }
         return;
+    }
+}
+
+/// How long a session whose server sent a FATAL while idle waits for the DCS to show a switchover
+/// before it passes the FATAL on (the proxy may learn of the switchover a moment after the server
+/// began its shutdown).
+const MOVE_CONFIRM_WAIT: Duration = Duration::from_secs(2);
+
+/// A read-write session whose server ended: moves it to the new leader as often as switchovers
+/// require ([`crate::rw::after_server_end`] decides; this only executes).
+struct Moving<'a> {
+    shared: &'a Shared,
+    rt: &'a Runtime,
+    listener: ListenerKind,
+    startup: &'a StartupMessage,
+    tracker: &'a std::sync::Mutex<RwTracker>,
+    /// The key the client got at login (the first server's), translated after each move.
+    client_key: Option<CancelKey>,
+    counters: (&'a IntCounter, &'a IntCounter),
+    shutdown: &'a CancellationToken,
+    info: &'a crate::clients::ClientInfo,
+}
+
+impl Moving<'_> {
+    async fn follow(
+        self,
+        client: &mut ClientStream,
+        client_buf: &mut BytesMut,
+        server_buf: &mut BytesMut,
+        mut end: End,
+        mut backend: Backend,
+    ) {
+        loop {
+            let server_end = match &end {
+                End::Fenced => ServerEnd::Fenced,
+                End::ServerEnding(_) => ServerEnd::Fatal,
+                End::ServerClosed => ServerEnd::Closed,
+                _ => return,
+            };
+            let mut moving = !self.shared.router.is_routable(&backend, Want::Leader);
+            if !moving && server_end == ServerEnd::Fatal {
+                let deadline = Instant::now() + MOVE_CONFIRM_WAIT;
+                while !moving && Instant::now() < deadline {
+                    self.shared
+                        .router
+                        .changed(deadline.saturating_duration_since(Instant::now()))
+                        .await;
+                    moving = !self.shared.router.is_routable(&backend, Want::Leader);
+                }
+            }
+            let (at_boundary, unmovable) = {
+                let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                (t.is_at_boundary(), t.unmovable().cloned())
+            };
+            let next = after_server_end(
+                server_end,
+                moving,
+                at_boundary,
+                unmovable.as_ref(),
+                self.shutdown.is_cancelled(),
+            );
+            match next {
+                Next::Close => {
+                    if let End::ServerEnding(frame) = &end {
+                        let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.write_all(frame))
+                            .await;
+                    }
+                    return;
+                }
+                Next::End(message) => {
+                    info!(backend = %backend, "{message}");
+                    self.shared.metrics.client_error(self.listener, "not_moved");
+                    send_fatal(client, crate::rw::END_CODE, &message).await;
+                    return;
+                }
+                Next::Move => {}
+            }
+            let mut conn = match self.open_on_leader().await {
+                Ok(conn) => conn,
+                Err(message) => {
+                    warn!(from = %backend, "{message}");
+                    self.shared.metrics.client_error(self.listener, "not_moved");
+                    send_fatal(client, crate::rw::END_CODE, &message).await;
+                    return;
+                }
+            };
+            info!(from = %backend, to = %conn.route.backend, "moved a read-write session to the new leader");
+            backend = conn.route.backend.clone();
+            let _registration = match (&self.client_key, &conn.key) {
+                (Some(k), Some(server_key)) => Some(self.shared.cancels.register_moved(
+                    k.clone(),
+                    backend.clone(),
+                    server_key.clone(),
+                )),
+                _ => None,
+            };
+            self.info.update(|st| {
+                st.servers = vec![(backend.member.clone(), BackendRole::Leader.as_str())];
+            });
+            // Bytes the server sent after its ReadyForQuery (none expected) go first.
+            if !conn.buf.is_empty() {
+                let leftover = std::mem::take(&mut conn.buf);
+                if client.write_all(&leftover).await.is_err() {
+                    return;
+                }
+            }
+            let conn = &mut *conn;
+            end = relay(
+                client,
+                &mut conn.stream,
+                client_buf,
+                server_buf,
+                self.counters,
+                &mut conn.route.fence,
+                Some(Tracking {
+                    tracker: self.tracker,
+                    router: &self.shared.router,
+                    classifier: &self.rt.classifier,
+                }),
+            )
+            .await;
+            log_end(&end, &conn.route, self.shutdown, "");
+        }
+    }
+
+    /// Waits (up to `connect_timeout`) for the new leader, logs in with the client's
+    /// StartupMessage (without a password: the read-write port never sees one) and replays the
+    /// session's SETs. `Err`: the message for the client's FATAL.
+    async fn open_on_leader(&self) -> Result<Box<ServerConn>, String> {
+        let deadline = Instant::now() + self.rt.connect_timeout;
+        let cannot =
+            "terminating connection: the leader stepped down (switchover) and this session \
+                      could not move to the new leader";
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let route = match self.shared.router.route_want(Want::Leader, wait).await {
+                Ok(route) => route,
+                Err(_) => {
+                    return Err(format!(
+                        "{cannot}: no new leader within {:?}",
+                        self.rt.connect_timeout
+                    ))
+                }
+            };
+            let described = format!("{} {}", route.role.as_str(), route.backend);
+            let gauge = self.shared.metrics.connection_opened(
+                self.listener,
+                &route.backend.member,
+                route.role.as_str(),
+            );
+            gauge.dec(); // `open` counts it once connected.
+            let mut auth = PasswordAuth::new(self.startup.user(), None);
+            match open(
+                route,
+                gauge,
+                &self.rt.backend_tls,
+                self.rt.connect_timeout,
+                &self.startup.raw,
+                &mut auth,
+            )
+            .await
+            {
+                Ok((mut conn, _)) => {
+                    let sets = {
+                        let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                        t.sets().join(";")
+                    };
+                    if !sets.is_empty() {
+                        if let Err(e) = conn.run_quietly(&sets).await {
+                            return Err(format!(
+                                "{cannot}: replaying its SETs on {described}: {e:?}"
+                            ));
+                        }
+                    }
+                    return Ok(conn);
+                }
+                Err(OpenError::NotReady(m)) if Instant::now() < deadline => {
+                    debug!(backend = %described, "{m}; waiting for the new leader");
+                    let wait = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(NOT_READY_RETRY);
+                    self.shared.router.changed(wait).await;
+                }
+                Err(OpenError::NeedPassword) => {
+                    return Err(format!(
+                        "{cannot}: {described} asks for a password, which the read-write port \
+                         relays without keeping"
+                    ))
+                }
+                Err(OpenError::Refused(_, f)) => {
+                    return Err(format!(
+                        "{cannot}: {described} refused the login: {}",
+                        f.message().unwrap_or("")
+                    ))
+                }
+                Err(OpenError::NotReady(m) | OpenError::Connect(m) | OpenError::Failed(m)) => {
+                    return Err(format!("{cannot}: {described}: {m}"))
+                }
+            }
+        }
     }
 }
 
@@ -470,6 +704,7 @@ fn log_end(end: &End, route: &Route, shutdown: &CancellationToken, phase: &str) 
             warn!(backend = %route.backend, error = %e, "backend broke the protocol {phase}")
         }
         End::NotReady(_) => debug!("server not accepting connections {phase}"),
+        End::ServerEnding(_) => debug!("server ended the session {phase}"),
     }
 }
 
@@ -586,6 +821,7 @@ async fn connect_backend(
     listener: ListenerKind,
 ) -> Result<(Route, ServerStream), Refusal> {
     let timeout = rt.connect_timeout;
+    let deadline = Instant::now() + timeout;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -643,10 +879,28 @@ async fn connect_backend(
             // Fenced between connect and here counts as fenced while connecting.
             Some(Ok(Ok(_))) => {}
             Some(Ok(Err(e))) => {
+                // A leader that refuses because it is stepping down (a switchover the proxy sees,
+                // or sees a moment later): wait for the next leader rather than fail the client.
+                let message = format!("could not connect to {}: {e}", described());
+                let waited =
+                    want_of_listener(listener) == Want::Leader && Instant::now() < deadline && {
+                        let failed = route.backend.clone();
+                        drop(route);
+                        let wait = deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(NOT_READY_RETRY);
+                        shared.router.changed(wait).await;
+                        !shared.router.is_routable(&failed, Want::Leader)
+                    };
+                if waited {
+                    debug!(error = %e, "the leader refused a connection while stepping down; routing again");
+                    attempt = 0;
+                    continue;
+                }
                 return Err(Refusal {
                     reason: RoutingError::ConnectFailed,
-                    message: format!("could not connect to {}: {e}", described()),
-                })
+                    message,
+                });
             }
             Some(Err(_)) => {
                 return Err(Refusal {
@@ -763,10 +1017,33 @@ async fn relay_backend_startup(
     }
 }
 
+/// What a read-write relay needs to follow its session ([`crate::rw`]).
+#[derive(Clone, Copy)]
+struct Tracking<'a> {
+    tracker: &'a std::sync::Mutex<RwTracker>,
+    router: &'a Router,
+    classifier: &'a Classifier,
+}
+
+impl Tracking<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RwTracker> {
+        // Held only while feeding bytes: a poisoned lock still holds a usable tracker.
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How often a client held at a transaction boundary during a switchover checks again, at most
+/// (topology changes wake it sooner).
+const HOLD_RECHECK: Duration = Duration::from_millis(100);
+
 /// Copies bytes both ways until a side closes, an I/O error, or `fence` resolves. The hot path:
 /// one buffer per direction reused for every read, one write per read, one counter increment per
-/// read, no parsing, no locks, no allocation. Plain TCP on both sides splits the sockets without a
-/// lock; TLS on either side goes through `tokio::io::split`.
+/// read, no locks, no allocation. Plain TCP on both sides splits the sockets without a lock; TLS on
+/// either side goes through `tokio::io::split`.
+///
+/// With `tracking` (the read-write port) each read is also walked for message headers
+/// ([`RwTracker`]), the client is not read while [`should_hold`] says so, and a FATAL the server
+/// sends while nothing is outstanding is held back ([`End::ServerEnding`]).
 ///
 /// When the client closes its side, the server's write side is shut down and the server's remaining
 /// output is still relayed until it closes (PostgreSQL ends the session on end-of-file); when the
@@ -778,6 +1055,7 @@ async fn relay(
     server_buf: &mut BytesMut,
     counters: (&IntCounter, &IntCounter),
     fence: &mut Fence,
+    tracking: Option<Tracking<'_>>,
 ) -> End {
     // Leftover capacity lost to earlier `advance` calls is reclaimed here, once.
     client_buf.reserve(RELAY_BUFFER_BYTES);
@@ -786,14 +1064,27 @@ async fn relay(
         (ClientStream::Plain(c), ServerStream::Plain(s)) => {
             let (cr, cw) = c.split();
             let (sr, sw) = s.split();
-            relay_halves(cr, cw, sr, sw, client_buf, server_buf, counters, fence).await
+            relay_halves(
+                cr, cw, sr, sw, client_buf, server_buf, counters, fence, tracking,
+            )
+            .await
         }
         (c, s) => {
             let (cr, cw) = tokio::io::split(c);
             let (sr, sw) = tokio::io::split(s);
-            relay_halves(cr, cw, sr, sw, client_buf, server_buf, counters, fence).await
+            relay_halves(
+                cr, cw, sr, sw, client_buf, server_buf, counters, fence, tracking,
+            )
+            .await
         }
     }
+}
+
+/// How the server-to-client half ended.
+enum ServerSide {
+    Closed,
+    /// A FATAL sent while nothing was outstanding, not relayed.
+    Ending(bytes::Bytes),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -806,6 +1097,7 @@ async fn relay_halves<CR, CW, SR, SW>(
     server_buf: &mut BytesMut,
     (c2s, s2c): (&IntCounter, &IntCounter),
     fence: &mut Fence,
+    tracking: Option<Tracking<'_>>,
 ) -> End
 where
     CR: AsyncRead + Unpin,
@@ -815,25 +1107,61 @@ where
 {
     let client_to_server = async {
         loop {
-            let n = client_rd.read_buf(client_buf).await?;
-            if n == 0 {
-                let _ = server_wr.shutdown().await;
-                return io::Result::Ok(());
+            // Bytes held at a boundary by an earlier relay (the session moved) go first.
+            if client_buf.is_empty() {
+                let n = client_rd.read_buf(client_buf).await?;
+                if n == 0 {
+                    let _ = server_wr.shutdown().await;
+                    return io::Result::Ok(());
+                }
+            }
+            if let Some(t) = &tracking {
+                // A switchover: the next transaction waits (its bytes kept in `client_buf`) for
+                // the new leader; the relay ends when the former one goes, and the next relay,
+                // on the new leader, sends them.
+                while should_hold(t.router.is_switching_over(), t.lock().is_at_boundary()) {
+                    t.router.changed(HOLD_RECHECK).await;
+                }
+                t.lock().on_client(client_buf, t.classifier);
             }
             server_wr.write_all(client_buf).await?;
+            c2s.inc_by(client_buf.len() as u64);
             client_buf.clear();
-            c2s.inc_by(n as u64);
         }
     };
     let server_to_client = async {
         loop {
             let n = server_rd.read_buf(server_buf).await?;
             if n == 0 {
-                return io::Result::Ok(());
+                return io::Result::Ok(ServerSide::Closed);
+            }
+            if let Some(t) = &tracking {
+                let unasked = {
+                    let mut tracker = t.lock();
+                    let unasked = if tracker.expects_nothing() {
+                        scan_unasked(server_buf)
+                    } else {
+                        Unasked::Relay
+                    };
+                    if unasked == Unasked::Relay {
+                        tracker.on_server(server_buf);
+                    }
+                    unasked
+                };
+                match unasked {
+                    Unasked::Relay => {}
+                    Unasked::NeedMore => continue,
+                    Unasked::Fatal(at) => {
+                        if at > 0 {
+                            client_wr.write_all(&server_buf[..at]).await?;
+                        }
+                        return Ok(ServerSide::Ending(server_buf.split_off(at).freeze()));
+                    }
+                }
             }
             client_wr.write_all(server_buf).await?;
+            s2c.inc_by(server_buf.len() as u64);
             server_buf.clear();
-            s2c.inc_by(n as u64);
         }
     };
     tokio::pin!(client_to_server, server_to_client);
@@ -843,7 +1171,11 @@ where
             biased;
             _ = fence.fenced() => return End::Fenced,
             r = &mut server_to_client => return match r {
-                Ok(()) => End::ServerClosed,
+                Ok(ServerSide::Closed) => End::ServerClosed,
+                Ok(ServerSide::Ending(frame)) => End::ServerEnding(frame),
+                // A failed read of the server ends it like its end of file (a write to the
+                // client that failed too: the client is gone either way).
+                Err(_) if tracking.is_some() => End::ServerClosed,
                 Err(e) => End::Io(e),
             },
             r = &mut client_to_server, if client_open => match r {
@@ -851,6 +1183,13 @@ where
                 Err(e) => return End::Io(e),
             },
         }
+    }
+}
+
+fn want_of_listener(listener: ListenerKind) -> Want {
+    match listener {
+        ListenerKind::ReadWrite | ListenerKind::Auto => Want::Leader,
+        ListenerKind::ReadOnly => Want::Read,
     }
 }
 

@@ -164,6 +164,16 @@ async fn run_feed(
                     info!(failures = state.failures(), "the DCS is readable again");
                 }
                 if let Some(topology) = state.on_cluster(&cluster, Instant::now()) {
+                    if tx.borrow().is_switching_over() != topology.is_switching_over() {
+                        match &topology.switchover {
+                            Some(s) if topology.is_switching_over() => info!(
+                                leader = %s.leader,
+                                candidate = s.candidate.as_deref().unwrap_or("any"),
+                                "switchover requested: new transactions wait for the next leader"
+                            ),
+                            _ => info!("no switchover pending"),
+                        }
+                    }
                     if tx.borrow().routes_differ(&topology) {
                         let (leader, replicas) = describe(&topology);
                         info!(%leader, %replicas, "topology changed");

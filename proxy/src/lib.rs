@@ -51,6 +51,7 @@ pub mod metrics;
 mod park;
 mod pool;
 mod router;
+mod rw;
 mod server;
 mod session;
 mod settings;
@@ -67,4 +68,6 @@ pub use settings::{
     LagPolicy, ProxySettings, Target, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_STARTUP_TIMEOUT,
 };
-pub use topology::{topology_from_cluster, Backend, DcsClock, ReplicaLag, Topology};
+pub use topology::{
+    pending_switchover, topology_from_cluster, Backend, DcsClock, ReplicaLag, Switchover, Topology,
+};

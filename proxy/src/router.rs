@@ -293,6 +293,9 @@ pub(crate) struct Router {
     next_connection: AtomicU64,
     /// Woken whenever a connection's route is dropped.
     closed: Arc<Notify>,
+    /// Mirrors [`Topology::is_switching_over`] of the topology in force, read without the lock by
+    /// every read-write relay before it reads its client.
+    switching: AtomicBool,
 }
 
 fn want_of(listener: ListenerKind) -> Want {
@@ -351,7 +354,13 @@ impl Router {
             round_robin: AtomicUsize::new(0),
             next_connection: AtomicU64::new(0),
             closed: Arc::new(Notify::new()),
+            switching: AtomicBool::new(false),
         }
+    }
+
+    /// True while the DCS asks the routable leader to step down (one atomic load).
+    pub fn is_switching_over(&self) -> bool {
+        self.switching.load(Ordering::Acquire)
     }
 
     /// Sets which replicas get reads (reload).
@@ -434,6 +443,8 @@ impl Router {
                 }
             }
             st.initialized = true;
+            self.switching
+                .store(new.is_switching_over(), Ordering::Release);
         }
         self.version.send_modify(|v| *v += 1);
         applied
@@ -452,6 +463,8 @@ impl Router {
         }
         let topology = &st.topology;
         let (backend, role) = match want {
+            // A leader asked to step down takes no new transactions: they wait for the next one.
+            Want::Leader if topology.is_switching_over() => return Err(NoRoute::NoBackend),
             Want::Leader => (
                 topology.leader.clone().ok_or(NoRoute::NoBackend)?,
                 BackendRole::Leader,
@@ -506,7 +519,7 @@ impl Router {
         let t = &st.topology;
         let is_leader = t.leader.as_ref() == Some(backend);
         match want {
-            Want::Leader => is_leader,
+            Want::Leader => is_leader && !t.is_switching_over(),
             Want::Read => {
                 let mut fresh = t.fresh_replicas(&st.policy);
                 if fresh.any(|r| r == backend) {
@@ -520,7 +533,9 @@ impl Router {
     }
 
     /// A backend for a new client on `listener`, waiting up to `wait` for one to appear (a switchover
-    /// leaves no routable leader for a moment: waiting beats failing). `None` when none appeared.
+    /// leaves no routable leader for a moment: waiting beats failing; from the moment the DCS asks
+    /// the leader to step down, [`Topology::is_switching_over`], leader routes wait for the next
+    /// leader). `None` when none appeared.
     pub async fn route(&self, listener: ListenerKind, wait: Duration) -> Option<Route> {
         self.route_want(want_of(listener), wait).await.ok()
     }
@@ -578,6 +593,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
 
     fn backend(name: &str, port: u16) -> Backend {
         Backend {
@@ -615,6 +631,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((ro.backend, ro.role), (a, BackendRole::Leader));
+    }
+
+    #[tokio::test]
+    async fn a_switchover_holds_new_leader_routes_until_the_next_leader_and_keeps_reads() {
+        let (a, b) = (backend("a", 1), backend("b", 2));
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[&b]));
+        let open = router.try_route_want(Want::Leader).unwrap();
+        let switching = Arc::new(Topology {
+            switchover: Some(crate::topology::Switchover {
+                leader: "a".into(),
+                candidate: Some("b".into()),
+            }),
+            ..(*topo(Some(&a), &[&b])).clone()
+        });
+        assert!(
+            router.apply(switching.clone()).fenced.is_none(),
+            "nothing is fenced yet"
+        );
+        assert!(!open.fence.is_fenced(), "a running transaction goes on");
+        assert!(
+            !router.is_routable(&a, Want::Leader),
+            "no new transaction on a"
+        );
+        assert_eq!(
+            router.try_route_want(Want::Leader).err(),
+            Some(NoRoute::NoBackend)
+        );
+        assert_eq!(router.try_route_want(Want::Read).unwrap().backend, b);
+        // A writer waits; the next leader releases it.
+        let waiting = router.route_want(Want::Leader, Duration::from_secs(60));
+        tokio::pin!(waiting);
+        assert!(futures_poll_once(&mut waiting).await.is_none());
+        router.apply(topo(Some(&b), &[]));
+        assert_eq!(waiting.await.unwrap().backend, b);
+        assert!(
+            open.fence.is_fenced(),
+            "the former leader's connections are fenced"
+        );
+        // A switchover given up (the request cleared, same leader): routes to it again.
+        router.apply(switching);
+        router.apply(topo(Some(&a), &[&b]));
+        assert_eq!(router.try_route_want(Want::Leader).unwrap().backend, a);
+    }
+
+    /// Polls `f` once: `None` when it is pending.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        poll_fn(|cx| match Pin::new(&mut *f).poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Some(v)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
     }
 
     async fn read_only_picks(router: &Router, n: usize) -> Vec<String> {

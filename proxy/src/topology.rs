@@ -62,7 +62,7 @@ impl ReplicaLag {
 
 /// The routing view: where read-write and read-only connections go.
 ///
-/// Equality compares `leader`, `replicas`, `lag` and `ttl_secs` (not the clock).
+/// Equality compares `leader`, `replicas`, `lag`, `ttl_secs` and `switchover` (not the clock).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     /// The member holding the leader key, when it publishes role `primary` and a `conn_url`.
@@ -78,6 +78,45 @@ pub struct Topology {
     /// When the feed that published this topology last read the DCS successfully (shared by all
     /// topologies of one feed; a hand-made topology gets a fresh clock that was never read).
     pub dcs_clock: DcsClock,
+    /// A planned switchover asks the routable leader to step down ([`pending_switchover`]): new
+    /// transactions wait for the next leader instead of starting on this one.
+    pub switchover: Option<Switchover>,
+}
+
+/// A switchover the DCS asks for and the leader has not carried out yet: the `failover` key names
+/// the current lock holder as `leader` (or names only a `member`, which makes the lock holder step
+/// down too: Patroni's failover with a candidate), without a `scheduled_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switchover {
+    /// The leader that steps down (the lock holder).
+    pub leader: String,
+    /// The member to promote, when the request names one.
+    pub candidate: Option<String>,
+}
+
+/// The switchover pending in `c`, if any (see [`Switchover`]). A scheduled one is not pending until
+/// the agent carries it out (the proxy reads no clock here): its hold begins when the leader key
+/// goes away. A request naming another member than the lock holder as `leader` is refused by the
+/// agents (Patroni: "leader name does not match"), so nothing is held for it.
+pub fn pending_switchover(c: &Cluster) -> Option<Switchover> {
+    let holder = c.leader.as_ref()?.name.as_str();
+    let req = &c.failover_request()?.value;
+    if req.scheduled_at.is_some() {
+        return None;
+    }
+    match (&req.leader, &req.member) {
+        (Some(l), candidate) if l == holder && candidate.as_deref() != Some(holder) => {
+            Some(Switchover {
+                leader: holder.to_string(),
+                candidate: candidate.clone(),
+            })
+        }
+        (None, Some(m)) if m != holder => Some(Switchover {
+            leader: holder.to_string(),
+            candidate: Some(m.clone()),
+        }),
+        _ => None,
+    }
 }
 
 impl PartialEq for Topology {
@@ -86,6 +125,7 @@ impl PartialEq for Topology {
             && self.replicas == other.replicas
             && self.lag == other.lag
             && self.ttl_secs == other.ttl_secs
+            && self.switchover == other.switchover
     }
 }
 
@@ -232,11 +272,23 @@ pub fn topology_from_cluster(c: &Cluster) -> Topology {
         .and_then(|t| t.as_u64().or_else(|| t.as_str()?.parse().ok()))
         .and_then(|t| u32::try_from(t).ok());
     Topology {
+        switchover: leader.as_ref().and_then(|_| pending_switchover(c)),
         leader,
         replicas,
         lag,
         ttl_secs,
         dcs_clock: DcsClock::new(),
+    }
+}
+
+impl Topology {
+    /// True while a switchover asks this topology's leader to step down: the leader takes no new
+    /// transactions (they wait for the next one).
+    pub fn is_switching_over(&self) -> bool {
+        match (&self.leader, &self.switchover) {
+            (Some(l), Some(s)) => l.member == s.leader,
+            _ => false,
+        }
     }
 }
 
@@ -438,6 +490,91 @@ mod tests {
         // No leader key: no reference position, so no lag.
         let no_leader = topology_from_cluster(&cluster(None, cl.members.clone()));
         assert_eq!(no_leader.lag["b"].bytes, None);
+    }
+
+    #[test]
+    fn switchover_pending_rules() {
+        use praetor_dcs::{Failover, Versioned};
+        let members = || {
+            vec![
+                member("a", Primary, Running, Some(1)),
+                member("b", Replica, Running, Some(2)),
+            ]
+        };
+        let req = |leader: Option<&str>, m: Option<&str>, at: Option<&str>| Failover {
+            leader: leader.map(Into::into),
+            member: m.map(Into::into),
+            scheduled_at: at.map(Into::into),
+        };
+        // (name, lock holder, request, pending (leader, candidate))
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            Option<Failover>,
+            Option<(&'static str, Option<&'static str>)>,
+        );
+        let rows: Vec<Row> = vec![
+            ("no request", Some("a"), None, None),
+            (
+                "switchover from the leader to b",
+                Some("a"),
+                Some(req(Some("a"), Some("b"), None)),
+                Some(("a", Some("b"))),
+            ),
+            (
+                "switchover from the leader to any member",
+                Some("a"),
+                Some(req(Some("a"), None, None)),
+                Some(("a", None)),
+            ),
+            (
+                "failover with a candidate while a leader runs: it steps down",
+                Some("a"),
+                Some(req(None, Some("b"), None)),
+                Some(("a", Some("b"))),
+            ),
+            (
+                "the request names another leader: refused by the agents, nothing held",
+                Some("a"),
+                Some(req(Some("b"), None, None)),
+                None,
+            ),
+            (
+                "the candidate is the leader already: nothing to do",
+                Some("a"),
+                Some(req(None, Some("a"), None)),
+                None,
+            ),
+            (
+                "scheduled: held only once the leader key goes",
+                Some("a"),
+                Some(req(Some("a"), Some("b"), Some("2030-01-01T00:00:00+00:00"))),
+                None,
+            ),
+            (
+                "Patroni's empty {} after a switchover",
+                Some("b"),
+                Some(req(None, None, None)),
+                None,
+            ),
+            (
+                "no lock holder: no leader to step down",
+                None,
+                Some(req(Some("a"), Some("b"), None)),
+                None,
+            ),
+        ];
+        for (name, holder, request, want) in rows {
+            let mut c = cluster(holder, members());
+            c.failover = request.map(|value| Versioned { value, version: 1 });
+            let got = pending_switchover(&c);
+            let got = got
+                .as_ref()
+                .map(|s| (s.leader.as_str(), s.candidate.as_deref()));
+            assert_eq!(got, want, "{name}");
+            let t = topology_from_cluster(&c);
+            assert_eq!(t.is_switching_over(), want.is_some(), "{name}: topology");
+        }
     }
 
     #[test]

@@ -1185,6 +1185,34 @@ impl Instance {
         Ok(st)
     }
 
+    /// How many client backends other than the agent's own are inside a transaction (running one,
+    /// or idle in one): `pg_stat_activity` rows with an `xact_start`.
+    pub async fn transactions_in_progress(&self) -> Result<i64, PgError> {
+        let rows = self
+            .query(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                 AND xact_start IS NOT NULL AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+    }
+
+    /// The transactions [`Instance::transactions_in_progress`] counts, one line each (state, wait
+    /// event, client port, query start), for the log.
+    pub async fn transactions_in_progress_detail(&self) -> Result<String, PgError> {
+        let rows = self
+            .query(
+                "SELECT coalesce(string_agg(state || ' ' || coalesce(wait_event, '-') || ' port ' \
+                 || coalesce(client_port, 0) || ': ' || left(query, 60), ' | '), '') \
+                 FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                 AND xact_start IS NOT NULL AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)).unwrap_or_default())
+    }
+
     /// Runs a query on the local server over a cached connection, reconnecting once when the cached
     /// one turns out to be broken (the server restarted).
     async fn query(
