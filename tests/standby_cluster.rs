@@ -195,6 +195,22 @@ async fn scenario(
     if list.code != 0 || !list.stdout.contains("Standby Leader") {
         return Err(format!("ctl list: {list}"));
     }
+    // demote-cluster refuses what patronictl refuses, changing nothing.
+    for (args, why) in [
+        (
+            &["demote-cluster", "--force"][..],
+            "At least --host, --port or --restore-command should be specified",
+        ),
+        (
+            &["demote-cluster", "--host", "127.0.0.1", "--force"][..],
+            "Cluster is already in the required state",
+        ),
+    ] {
+        let out = ctl(sb, args, "").await;
+        if out.code == 0 || !out.to_string().contains(why) {
+            return Err(format!("ctl {args:?}: {out}"));
+        }
+    }
 
     // The proxy routes no writes (no writable leader) but reads.
     let proxy = sb.proxy.as_ref().expect("proxy");
@@ -253,6 +269,14 @@ async fn scenario(
         },
     )
     .await?;
+    let out = ctl(sb, &["promote-cluster", "--force"], "").await;
+    if out.code == 0
+        || !out
+            .to_string()
+            .contains("Cluster is already in the required state")
+    {
+        return Err(format!("ctl promote-cluster on a promoted cluster: {out}"));
+    }
     let rw = connect_retry(rw_port, Duration::from_secs(60)).await;
     let mut ours = Vec::new();
     for id in 1000..1010 {
