@@ -1577,6 +1577,9 @@ impl Runner {
             }
             (Some(_), _) => Role::Replica,
             (None, Some(DataDir::Empty)) if self.task.is_none() => Role::Uninitialized,
+            // A standby leader whose PostgreSQL is down is no primary (the proxy must not send
+            // writes to it once it is back).
+            (None, _) if holds && self.dynamic.standby().is_some() => Role::StandbyLeader,
             (None, _) if holds => Role::Primary,
             (None, _) => Role::Replica,
         };
