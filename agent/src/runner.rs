@@ -1567,7 +1567,10 @@ impl Runner {
                     bootstrap_task(&pg, &dynamic, &bootstrap, local_hba, &conn_url).await
                 }
                 Action::Start(role) => pg.start(&dynamic, &role).await.map_err(|e| e.to_string()),
-                Action::Clone { source, leader } => match pg.create_replica(Some(&source)).await {
+                Action::Clone { source, leader } => match pg
+                    .create_replica(Some(&source), standby_methods(&dynamic, source.is_remote()))
+                    .await
+                {
                     Ok(_) => {
                         let role = StartAs::Replica {
                             upstream: Some(leader),
@@ -1576,7 +1579,10 @@ impl Runner {
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                Action::CloneWithoutLeader => match pg.create_replica(None).await {
+                Action::CloneWithoutLeader => match pg
+                    .create_replica(None, standby_methods(&dynamic, true))
+                    .await
+                {
                     Ok(_) => {
                         let role = StartAs::Replica { upstream: None };
                         pg.start(&dynamic, &role).await.map_err(|e| e.to_string())
@@ -1667,8 +1673,20 @@ impl Runner {
         };
         let role = match (&obs.server, &obs.data) {
             (Some(s), _) if !s.in_recovery => Role::Primary,
+            // The lock holder in recovery in a standby cluster, and until it has promoted once the
+            // section is gone (its key keeps saying so: see ha::standby::was_standby_leader).
+            (Some(_), _)
+                if holds
+                    && (self.dynamic.standby().is_some()
+                        || view.is_some_and(|v| ha::standby::was_standby_leader(v, self.me()))) =>
+            {
+                Role::StandbyLeader
+            }
             (Some(_), _) => Role::Replica,
             (None, Some(DataDir::Empty)) if self.task.is_none() => Role::Uninitialized,
+            // A standby leader whose PostgreSQL is down is no primary (the proxy must not send
+            // writes to it once it is back).
+            (None, _) if holds && self.dynamic.standby().is_some() => Role::StandbyLeader,
             (None, _) if holds => Role::Primary,
             (None, _) => Role::Replica,
         };
@@ -1963,6 +1981,15 @@ async fn bootstrap_task(
 /// The cluster's database system identifier, for the fence: the DCS `initialize` key, or, while it
 /// holds none (the bootstrap placeholder, an unreadable DCS), this member's own `pg_control`: a
 /// replica of this cluster has the identifier of its primary.
+/// `standby_cluster.create_replica_methods` when cloning from the remote of a standby cluster
+/// (`remote`), else `None` (the member's own `postgresql.create_replica_methods`).
+fn standby_methods(dynamic: &praetor_config::DynamicConfig, remote: bool) -> Option<&[String]> {
+    dynamic
+        .standby()
+        .filter(|_| remote)
+        .and_then(|s| s.create_replica_methods.as_deref())
+}
+
 fn cluster_sysid(view: Option<&Cluster>, obs: &Observation) -> Option<String> {
     view.and_then(|v| v.initialize.clone())
         .filter(|s| !s.trim().is_empty())

@@ -78,6 +78,126 @@ pub struct DynamicConfig {
     pub ignore_slots: Vec<BTreeMap<String, String>>,
     /// The `postgresql` section of the dynamic configuration.
     pub postgresql: DynamicPostgresql,
+    /// `standby_cluster`: this cluster replicates from another one (Patroni's standby cluster). Its
+    /// leader is a *standby leader*, never promoted while the section is in force (see
+    /// [`StandbyCluster::is_active`]); removing the section promotes it.
+    #[serde(
+        deserialize_with = "standby_section",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub standby_cluster: Option<StandbyCluster>,
+}
+
+impl DynamicConfig {
+    /// The `standby_cluster` section when it makes this a standby cluster (Patroni's
+    /// `global_config.is_standby_cluster`: a map with `host`, `port` or `restore_command` set).
+    pub fn standby(&self) -> Option<&StandbyCluster> {
+        self.standby_cluster.as_ref().filter(|s| s.is_active())
+    }
+}
+
+/// The `standby_cluster` section (Patroni 4's keys): where the standby leader replicates from and
+/// how. Every key is optional; Patroni treats the section as in force when `host`, `port` or
+/// `restore_command` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StandbyCluster {
+    /// Host of the remote primary (or of any member of the remote cluster) to stream and clone from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Its port (default 5432 when only `host` is given).
+    #[serde(
+        deserialize_with = "lenient_opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub port: Option<u16>,
+    /// The physical replication slot on the remote to stream through (none by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_slot_name: Option<String>,
+    /// `restore_command` of every member of the standby cluster (WAL from the remote's archive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_command: Option<String>,
+    /// `archive_cleanup_command` of every member of the standby cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive_cleanup_command: Option<String>,
+    /// `recovery_min_apply_delay` of the standby leader (PostgreSQL units: `5min`, or ms).
+    #[serde(deserialize_with = "opt_text", skip_serializing_if = "Option::is_none")]
+    pub recovery_min_apply_delay: Option<String>,
+    /// How the standby leader's data directory is created, in order (names of
+    /// `postgresql.<method>` sections, or `basebackup`, the default: pg_basebackup from the remote).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_replica_methods: Option<Vec<String>>,
+}
+
+impl StandbyCluster {
+    /// True when the section is in force (Patroni: `host`, `port` or `restore_command` set).
+    pub fn is_active(&self) -> bool {
+        self.host.as_deref().is_some_and(|h| !h.is_empty())
+            || self.port.is_some_and(|p| p != 0)
+            || self
+                .restore_command
+                .as_deref()
+                .is_some_and(|c| !c.is_empty())
+    }
+
+    /// The remote's host and port to stream from: `host` (default: none, so no streaming, only
+    /// `restore_command`) and `port` (default 5432).
+    pub fn remote(&self) -> Option<(String, u16)> {
+        let host = self.host.as_deref().filter(|h| !h.is_empty())?;
+        Some((
+            host.to_string(),
+            self.port.filter(|p| *p != 0).unwrap_or(5432),
+        ))
+    }
+}
+
+/// `standby_cluster`: absent, null or a map; every text value on one line (it ends up in
+/// postgresql.conf or a libpq connection string).
+fn standby_section<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StandbyCluster>, D::Error> {
+    let s: Option<StandbyCluster> = Option::deserialize(d)?;
+    if let Some(s) = &s {
+        for (key, v) in [
+            ("host", &s.host),
+            ("primary_slot_name", &s.primary_slot_name),
+            ("restore_command", &s.restore_command),
+            ("archive_cleanup_command", &s.archive_cleanup_command),
+            ("recovery_min_apply_delay", &s.recovery_min_apply_delay),
+        ] {
+            if v.as_deref().is_some_and(|v| v.contains(['\n', '\r'])) {
+                return Err(de::Error::custom(format!(
+                    "{key}: a value with a line break is refused"
+                )));
+            }
+        }
+        if let Some(slot) = &s.primary_slot_name {
+            let ok = !slot.is_empty()
+                && slot.len() <= 63
+                && slot
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(de::Error::custom(format!(
+                    "primary_slot_name: {slot:?} is not a replication slot name \
+                     (lower-case letters, digits and _, at most 63)"
+                )));
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// A text value that may be written as a number (`recovery_min_apply_delay: 300000`).
+fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(de::Error::custom(format!(
+                "expected a duration such as 5min or a number of ms, got {other}"
+            )))
+        }
+    })
 }
 
 /// One permanent slot of `slots`.
@@ -134,6 +254,7 @@ impl Default for DynamicConfig {
             slots: BTreeMap::new(),
             ignore_slots: Vec::new(),
             postgresql: DynamicPostgresql::default(),
+            standby_cluster: None,
         }
     }
 }

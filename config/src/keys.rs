@@ -342,13 +342,6 @@ pub fn check_raw(doc: &Value) -> Result<(), ConfigError> {
             ));
         }
     }
-    if at(doc, &["bootstrap", "dcs", "standby_cluster"]).is_some() {
-        return Err(refuse(
-            "bootstrap.dcs.standby_cluster".into(),
-            "standby clusters are not implemented: this cluster would start as a primary cluster \
-             instead of replicating from another one",
-        ));
-    }
     for key in [
         "use_ssl",
         "cacert",

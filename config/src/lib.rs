@@ -28,7 +28,7 @@ pub mod model;
 pub mod replica;
 pub mod value;
 
-pub use dynamic::{DynamicConfig, SyncMode};
+pub use dynamic::{DynamicConfig, StandbyCluster, SyncMode};
 pub use load::{load_file, parse_str, parse_str_with_env, ConfigError, Loaded};
 pub use model::*;
 pub use value::{Address, ParamValue, Parameters};

@@ -564,7 +564,7 @@ tags:
     const REFUSED_KEYS: &[(&str, &str)] = &[
         ("bootstrap:\n  method: pgbackrest\n", "bootstrap.method"),
         (
-            "bootstrap:\n  dcs:\n    standby_cluster:\n      host: 10.0.0.9\n",
+            "bootstrap:\n  dcs:\n    standby_cluster:\n      primary_slot_name: Bad-Slot\n",
             "bootstrap.dcs.standby_cluster",
         ),
         (

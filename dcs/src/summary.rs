@@ -78,7 +78,9 @@ pub fn summarize(cluster: &Cluster) -> Vec<MemberSummary> {
             } else {
                 "replica"
             };
-            let state = if !is_leader
+            // Patroni's cluster_as_json: every role but `leader` (so the standby leader too)
+            // shows its replication state.
+            let state = if role != "leader"
                 && d.state == MemberState::Running
                 && d.replication_state.as_deref() == Some("streaming")
             {

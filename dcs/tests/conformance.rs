@@ -624,11 +624,19 @@ async fn config_round_trips_every_field_of_the_dynamic_configuration(dcs: TestDc
             pg_hba: Some(vec!["host all all 0.0.0.0/0 scram-sha-256".into()]),
             recovery_conf: [("restore_command".to_string(), "cp /a/%f %p".into())].into(),
         },
+        standby_cluster: Some(praetor_config::StandbyCluster {
+            host: Some("10.0.0.1".into()),
+            port: Some(5432),
+            primary_slot_name: Some("dc2".into()),
+            restore_command: Some("cp /remote/%f %p".into()),
+            archive_cleanup_command: Some("pg_archivecleanup /remote %r".into()),
+            recovery_min_apply_delay: Some("5min".into()),
+            create_replica_methods: Some(vec!["basebackup".into()]),
+        }),
     };
     assert_ne!(dynamic, DynamicConfig::default());
     let mut value = serde_json::to_value(&dynamic).unwrap();
     // Keys Praetor does not know are kept as they are (other tools', newer versions').
-    value["standby_cluster"] = json!({"host": "10.0.0.1", "port": 5432});
     value["praetor"] = json!({"proxy": {"max_lag": 5}});
     a.set_config(&value, Expect::Absent).await.unwrap();
 

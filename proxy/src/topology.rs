@@ -229,7 +229,9 @@ fn backend_of(m: &Member) -> Option<Backend> {
 ///   `primary` and a `conn_url` (a lock holder still being promoted is not routable yet);
 /// - replicas: members with role `replica`, state `running`, no `noloadbalance` tag and a `conn_url`,
 ///   excluding the lock holder and members on another timeline than the leader (one still on a
-///   former timeline may hold WAL the leader never had), in member-name order.
+///   former timeline may hold WAL the leader never had), in member-name order. In a standby cluster
+///   the lock holder is a standby leader (role `standby_leader`, read-only): no writes go anywhere,
+///   and it serves reads with its replicas.
 pub fn topology_from_cluster(c: &Cluster) -> Topology {
     let lock_holder = c.leader.as_ref().map(|l| l.name.as_str());
     let leader = c
@@ -239,8 +241,12 @@ pub fn topology_from_cluster(c: &Cluster) -> Topology {
     let mut replicas: Vec<Backend> = c
         .members
         .iter()
-        .filter(|m| Some(m.name.as_str()) != lock_holder)
-        .filter(|m| m.data.role == Role::Replica && m.data.state == MemberState::Running)
+        .filter(|m| {
+            let standby_leader =
+                m.data.role == Role::StandbyLeader && Some(m.name.as_str()) == lock_holder;
+            (m.data.role == Role::Replica && Some(m.name.as_str()) != lock_holder) || standby_leader
+        })
+        .filter(|m| m.data.state == MemberState::Running)
         .filter(|m| !m.data.tags.noloadbalance)
         .filter(|m| !c.off_leader_timeline(m.data.timeline))
         .filter_map(backend_of)
@@ -401,10 +407,16 @@ mod tests {
                 replicas: &[],
             },
             Case {
-                name: "standby leader of a standby cluster is not a read-write leader",
-                cluster: cluster(Some("s"), vec![member("s", StandbyLeader, Running, Some(5432))]),
+                name: "standby leader of a standby cluster is not a read-write leader, it serves reads",
+                cluster: cluster(
+                    Some("s"),
+                    vec![
+                        member("s", StandbyLeader, Running, Some(5432)),
+                        member("t", Replica, Running, Some(5433)),
+                    ],
+                ),
                 leader: None,
-                replicas: &[],
+                replicas: &["s", "t"],
             },
             Case {
                 name: "replicas that are not running, tagged noloadbalance or without conn_url are skipped",

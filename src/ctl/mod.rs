@@ -16,6 +16,7 @@ mod edit;
 mod failover;
 mod members;
 mod render;
+mod standby;
 
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -248,6 +249,37 @@ enum CtlCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Demote the cluster to a standby cluster of another one (Patroni 4): sets
+    /// `standby_cluster` in the dynamic configuration and waits until the leader is a standby
+    /// leader replicating from --host/--port.
+    DemoteCluster {
+        /// Cluster name.
+        cluster_name: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+        /// Address of the remote node.
+        #[arg(long)]
+        host: Option<String>,
+        /// Port of the remote node.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Command to restore WAL records from the remote primary.
+        #[arg(long = "restore-command")]
+        restore_command: Option<String>,
+        /// Name of the slot on the remote node to use for replication.
+        #[arg(long = "primary-slot-name")]
+        primary_slot_name: Option<String>,
+    },
+    /// Promote a standby cluster, make it run standalone (Patroni 4): removes `standby_cluster`
+    /// and waits until the standby leader is a primary.
+    PromoteCluster {
+        /// Cluster name.
+        cluster_name: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        force: bool,
+    },
     /// The timeline history: TL, LSN, Reason, Timestamp, New Leader.
     History {
         /// Cluster name.
@@ -388,6 +420,8 @@ pub async fn run(args: CtlArgs) -> Result<(), Failure> {
         | CtlCommand::Remove { cluster_name, .. }
         | CtlCommand::Pause { cluster_name, .. }
         | CtlCommand::Resume { cluster_name, .. }
+        | CtlCommand::DemoteCluster { cluster_name, .. }
+        | CtlCommand::PromoteCluster { cluster_name, .. }
         | CtlCommand::History { cluster_name, .. }
         | CtlCommand::Query { cluster_name, .. }
         | CtlCommand::Dsn { cluster_name, .. }
@@ -528,6 +562,20 @@ async fn run_command(ctx: &Ctx, command: CtlCommand) -> anyhow::Result<()> {
         CtlCommand::Remove { format, .. } => remove(ctx, format).await,
         CtlCommand::Pause { wait, .. } => members::toggle_pause(ctx, true, wait).await,
         CtlCommand::Resume { wait, .. } => members::toggle_pause(ctx, false, wait).await,
+        CtlCommand::DemoteCluster {
+            force,
+            host,
+            port,
+            restore_command,
+            primary_slot_name,
+            ..
+        } => {
+            let section = standby::demote_section(host, port, restore_command, primary_slot_name)?;
+            standby::change_cluster_role(ctx, force, Some(section)).await
+        }
+        CtlCommand::PromoteCluster { force, .. } => {
+            standby::change_cluster_role(ctx, force, None).await
+        }
         CtlCommand::History { format, .. } => {
             let c = ctx.cluster().await?;
             print!("{}", render::render_history(&c, format));

@@ -129,14 +129,15 @@ fn health(path: &str, q: &Query, st: &NodeStatus, now_unix: i64) -> bool {
             && tags_match()
     };
     let leader_ok = || st.holds_lock() && st.is_primary() && tags_match();
+    let standby_leader_ok =
+        || st.holds_lock() && st.role == praetor_dcs::Role::StandbyLeader && tags_match();
     match path {
         "/" | "/primary" | "/master" | "/read-write" => leader_ok(),
         "/leader" => st.holds_lock() && tags_match(),
-        "/standby-leader" | "/standby_leader" => {
-            st.holds_lock() && st.role == praetor_dcs::Role::StandbyLeader && tags_match()
-        }
+        "/standby-leader" | "/standby_leader" => standby_leader_ok(),
         "/replica" => replica_ok(),
-        "/read-only" => leader_ok() || replica_ok(),
+        // Patroni 4 (api.py): the primary or the standby leader, else what /replica says.
+        "/read-only" => leader_ok() || standby_leader_ok() || replica_ok(),
         "/health" => st.is_running(),
         "/liveness" => {
             let limit = if st.holds_lock() { st.ttl } else { st.ttl * 2 };
@@ -258,7 +259,18 @@ mod tests {
         let mut stopped = node("d", "a", true, 0);
         stopped.state = MemberState::Stopped;
         stopped.server = None;
+        // The lock holder of a standby cluster: in recovery, role standby_leader.
+        let mut standby_leader = node("s", "s", true, 100 << 20);
+        standby_leader.role = Role::StandbyLeader;
         let rows: Vec<(&str, &str, &NodeStatus, u16)> = vec![
+            ("/standby-leader", "", &standby_leader, 200),
+            ("/standby_leader", "", &standby_leader, 200),
+            ("/leader", "", &standby_leader, 200),
+            ("/primary", "", &standby_leader, 503),
+            ("/read-write", "", &standby_leader, 503),
+            ("/replica", "", &standby_leader, 503),
+            ("/read-only", "", &standby_leader, 200),
+            ("/standby-leader", "", &replica, 503),
             ("/primary", "", &leader, 200),
             ("/", "", &leader, 200),
             ("/read-write", "", &leader, 200),

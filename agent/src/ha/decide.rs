@@ -8,7 +8,7 @@ use super::{
     demote_deadline_ms, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now,
     Postgres, Reason, Running, StartAs, StopMode, Upstream,
 };
-use super::{failsafe, slots, sync};
+use super::{failsafe, slots, standby, sync};
 
 /// Decides what this member does now.
 ///
@@ -47,7 +47,8 @@ pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: N
 /// not be stopped in time. Not while paused.
 fn with_watchdog(d: Decision, local: &LocalState, cfg: &HaConfig) -> Decision {
     use super::WatchdogState::*;
-    if cfg.dynamic.pause || local.watchdog == Off {
+    // A standby leader is no primary: Patroni arms the watchdog only when it promotes.
+    if cfg.dynamic.pause || local.watchdog == Off || standby::is_standby_cluster(cfg) {
         return d;
     }
     // A decision that keeps the lock starts by renewing it.
@@ -157,7 +158,12 @@ fn decide_unpaused(
         return dcs_unreachable(local, cfg, now);
     };
     match &local.data {
-        DataDir::Empty => return empty_data_dir(view, cfg),
+        DataDir::Empty => {
+            if let Some(d) = standby::resume_bootstrap(view, local, cfg) {
+                return d;
+            }
+            return empty_data_dir(view, cfg);
+        }
         DataDir::Initialized { sysid } => match view.initialize.as_deref() {
             Some(s) if !s.is_empty() && s != sysid => {
                 let reason = Reason::SysidMismatch {
@@ -211,7 +217,7 @@ fn decide_unpaused(
     }
 }
 
-fn decision(actions: Vec<Action>, reason: Reason) -> Decision {
+pub(super) fn decision(actions: Vec<Action>, reason: Reason) -> Decision {
     Decision { actions, reason }
 }
 
@@ -310,6 +316,9 @@ fn empty_data_dir(view: &Cluster, cfg: &HaConfig) -> Decision {
         if cfg.tags.nofailover {
             return decision(vec![], Reason::WaitingForLeaderToBootstrap);
         }
+        if let Some(d) = standby::bootstrap(cfg) {
+            return d;
+        }
         return decision(
             vec![Action::RaceInitialize, Action::Bootstrap],
             Reason::BootstrappingNewCluster,
@@ -360,6 +369,9 @@ fn stopped(
 ) -> Decision {
     let me = cfg.name.as_str();
     if holds_lock(view, me) {
+        if let Some(d) = standby::start_standby_leader(cfg) {
+            return d;
+        }
         if cfg.dynamic.primary_start_timeout == 0 {
             return decision(
                 vec![Action::ReleaseLeader],
@@ -406,6 +418,12 @@ fn stopped(
                     switch_lsn,
                     stopping: false,
                 },
+            );
+        }
+        if let Some(upstream) = standby::upstream_while_unlocked(cfg) {
+            return decision(
+                vec![Action::Start(StartAs::Replica { upstream })],
+                Reason::FollowingRemoteWhileUnlocked,
             );
         }
         return decision(
@@ -499,6 +517,9 @@ fn stopped(
 /// This member holds the lock and PostgreSQL runs.
 fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: Now) -> Decision {
     let me = cfg.name.as_str();
+    if let Some(d) = standby::standby_leader(view, local, cfg, r, now) {
+        return d;
+    }
     if !r.is_primary {
         return decision(
             promotion(Action::RenewLeader, view, local, cfg, r, now),
@@ -538,7 +559,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
 /// The leader publishes its WAL position and its permanent slots' positions
 /// ([`slots::status_slots`]) in `status` when they differ from what the key holds: an idle cluster
 /// then writes nothing, so no revision is added and no watcher is woken per cycle.
-fn write_status(view: &Cluster, cfg: &HaConfig, r: &Running) -> Option<Action> {
+pub(super) fn write_status(view: &Cluster, cfg: &HaConfig, r: &Running) -> Option<Action> {
     let slots = slots::status_slots(&cfg.dynamic, &r.slots);
     let same = view
         .status
@@ -573,9 +594,19 @@ fn failsafe_action(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
 /// agent already stopped PostgreSQL at its own demotion deadline, which is shorter than ttl), and a
 /// shutdown that began within half the ttl, which leaves the rest of the lease for the proxies'
 /// acknowledgements and the renewal right before `pg_promote()`.
-fn fence_former_primary(local: &LocalState, cfg: &HaConfig, r: &Running) -> Option<Action> {
+///
+/// Not the upstream of a standby leader (its member key says `standby_leader`) promoted by removing
+/// `standby_cluster`: it streams from another cluster's primary, which is not this cluster's to
+/// stop (see [`standby::was_standby_leader`]).
+fn fence_former_primary(
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    r: &Running,
+) -> Option<Action> {
     let (host, port) = match &local.former_leader {
         Some(l) => (l.host.clone(), l.port),
+        None if standby::was_standby_leader(view, &cfg.name) => return None,
         None => r.upstream.clone()?,
     };
     let ttl_ms = u64::from(cfg.dynamic.ttl) * 1000;
@@ -637,7 +668,7 @@ fn needs_history(view: &Cluster, r: &Running) -> bool {
 }
 
 /// A switchover (or a failover with a candidate) asks this leader to step down.
-fn switchover_from_leader(
+pub(super) fn switchover_from_leader(
     view: &Cluster,
     local: &LocalState,
     cfg: &HaConfig,
@@ -802,7 +833,8 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                 Reason::DemotingNoLock { leader: None },
             )
         } else {
-            decision(vec![], reason)
+            standby::follow_remote_while_unlocked(cfg, r)
+                .unwrap_or_else(|| decision(vec![], reason))
         }
     };
     let peers = local.peers.as_deref().unwrap_or(&[]);
@@ -910,6 +942,9 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
             return not_racing(reason);
         }
     }
+    if let Some(d) = standby::won_lock(view, local, cfg, r) {
+        return d;
+    }
     if r.is_primary {
         return decision(
             vec![Action::AcquireLeader, Action::WriteStatus],
@@ -943,7 +978,7 @@ fn promotion(
         &cfg.name,
         &local.retained_members,
     ));
-    actions.extend(fence_former_primary(local, cfg, r));
+    actions.extend(fence_former_primary(view, local, cfg, r));
     actions.extend(await_proxies(view, local, cfg, now));
     actions.extend(sync::before_promote(view, cfg));
     // The waits above may have taken a good part of the lease: confirm the lock right before the

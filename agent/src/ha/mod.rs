@@ -18,6 +18,7 @@ pub mod guards;
 mod reason;
 mod rejoin;
 pub mod slots;
+pub mod standby;
 pub mod sync;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,25 @@ pub enum Reason {
         /// This member.
         me: String,
     },
+    /// Standby cluster: the standby leader holding the lock and replicating from the remote
+    /// (Patroni's words).
+    StandbyLeaderWithLock {
+        /// This member.
+        me: String,
+    },
+    /// Standby cluster: the lock holder points its PostgreSQL at the remote (it was following
+    /// someone else, or nobody).
+    BecomingStandbyLeader,
+    /// Standby cluster: took the free lock; following the remote instead of promoting.
+    StandbyLeaderByAcquiringLock,
+    /// Standby cluster: the lock holder's PostgreSQL is stopped; starting it as the standby leader.
+    StartingAsStandbyLeader,
+    /// Standby cluster: a primary here is demoted (the section was added: `demote-cluster`).
+    CannotBePrimaryInStandbyCluster,
+    /// Standby cluster without a leader: replicas follow the remote meanwhile.
+    FollowingRemoteWhileUnlocked,
+    /// Standby cluster: won the `initialize` race, cloning the standby leader from the remote.
+    BootstrappingStandbyLeader,
     /// Replica following the leader, nothing to do.
     Following {
         /// This member.
@@ -214,6 +233,25 @@ impl fmt::Display for Reason {
         use Reason::*;
         match self {
             LeaderWithLock { me } => write!(f, "no action. I am ({me}), the leader with the lock"),
+            StandbyLeaderWithLock { me } => {
+                write!(f, "no action. I am ({me}), the standby leader with the lock")
+            }
+            BecomingStandbyLeader => {
+                f.write_str("promoted self to a standby leader because i had the session lock")
+            }
+            StandbyLeaderByAcquiringLock => {
+                f.write_str("promoted self to a standby leader by acquiring session lock")
+            }
+            StartingAsStandbyLeader => {
+                f.write_str("starting as a standby leader because i had the session lock")
+            }
+            CannotBePrimaryInStandbyCluster => {
+                f.write_str("cannot be a real primary in a standby cluster")
+            }
+            FollowingRemoteWhileUnlocked => f.write_str(
+                "trying to follow a remote member because standby cluster is unhealthy",
+            ),
+            BootstrappingStandbyLeader => f.write_str("trying to bootstrap a new standby leader"),
             Following { me, leader } => write!(
                 f,
                 "no action. I am ({me}), a secondary, and following a leader ({leader})"

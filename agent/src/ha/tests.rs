@@ -1690,3 +1690,277 @@ fn a_leader_past_its_demotion_deadline_stops_postgres_first() {
         "failsafe mode kept the primary last cycle: ask the members again first"
     );
 }
+
+// --- Standby clusters (ha::standby; Patroni 4.1's ha.py standby leader paths) ---------------------
+
+/// `standby_cluster: {host: 127.0.0.1, port: 6000}`.
+fn standby_cfg(c: &mut HaConfig) {
+    c.dynamic.standby_cluster = Some(praetor_config::StandbyCluster {
+        host: Some("127.0.0.1".into()),
+        port: Some(6000),
+        ..Default::default()
+    });
+}
+
+/// The remote of [`standby_cfg`].
+fn remote() -> Upstream {
+    Upstream {
+        member: standby::REMOTE_MEMBER.into(),
+        host: "127.0.0.1".into(),
+        port: 6000,
+    }
+}
+
+fn standby_rows() -> Vec<Row> {
+    use Action::*;
+    let empty = LocalState {
+        data: DataDir::Empty,
+        postgres: Postgres::Stopped { control: None },
+        ..local(Postgres::Stopped { control: None })
+    };
+    let uninitialized = with(cluster(None), |c| c.initialize = None);
+    // The standby leader's own member key says so (published by the runner).
+    let standby_led_by_me = with(cluster(Some(ME)), |c| {
+        c.members[0].data.role = Role::StandbyLeader
+    });
+    vec![
+        row(
+            "standby: empty data directory, no initialize: race, then clone the standby leader from the remote",
+            Some(uninitialized.clone()),
+            empty.clone(),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![
+                RaceInitialize,
+                Clone {
+                    source: remote(),
+                    leader: remote(),
+                },
+            ],
+            |r| *r == Reason::BootstrappingStandbyLeader,
+        ),
+        row(
+            "standby: only restore_command: race, then create the replica from the archive (no_leader methods)",
+            Some(uninitialized),
+            empty.clone(),
+        )
+        .cfg(|c| {
+            c.dynamic.standby_cluster = Some(praetor_config::StandbyCluster {
+                restore_command: Some("cp /archive/%f %p".into()),
+                ..Default::default()
+            })
+        })
+        .expect(vec![RaceInitialize, CloneWithoutLeader], |r| {
+            *r == Reason::BootstrappingStandbyLeader
+        }),
+        row(
+            "standby: the clone from the remote failed after winning the race: it is tried again, keeping the race",
+            Some(with(cluster(None), |c| c.initialize = Some(String::new()))),
+            with(empty.clone(), |l| l.won_initialize = true),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![Clone {
+                source: remote(),
+                leader: remote(),
+            }],
+            |r| *r == Reason::BootstrappingStandbyLeader,
+        ),
+        row(
+            "standby: a section with neither host, port nor restore_command is not in force (Patroni)",
+            Some(with(cluster(None), |c| c.initialize = None)),
+            empty.clone(),
+        )
+        .cfg(|c| {
+            c.dynamic.standby_cluster = Some(praetor_config::StandbyCluster {
+                primary_slot_name: Some("s1".into()),
+                ..Default::default()
+            })
+        })
+        .expect(vec![RaceInitialize, Bootstrap], |r| {
+            *r == Reason::BootstrappingNewCluster
+        }),
+        row(
+            "standby: empty member of an initialized standby cluster clones from the standby leader",
+            Some(cluster(Some("pg2"))),
+            empty,
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![Clone {
+                source: up("pg2", 5432),
+                leader: up("pg2", 5432),
+            }],
+            |r| matches!(r, Reason::BootstrapFromLeader { .. }),
+        ),
+        row(
+            "standby: the lock holder's PostgreSQL is stopped: start it following the remote, no promotion",
+            Some(standby_led_by_me.clone()),
+            local(Postgres::Stopped { control: None }),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![
+                RenewLeader,
+                Start(StartAs::Replica {
+                    upstream: Some(remote()),
+                }),
+            ],
+            |r| *r == Reason::StartingAsStandbyLeader,
+        ),
+        row(
+            "standby: the standby leader streaming from the remote renews, publishes status, keeps its replicas' slots",
+            Some(standby_led_by_me.clone()),
+            local(running(false, 1000, Some(6000))),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![RenewLeader, WriteStatus, slots_for_others()],
+            |r| matches!(r, Reason::StandbyLeaderWithLock { .. }),
+        ),
+        row(
+            "standby: no watchdog is armed for a standby leader (it is no primary)",
+            Some(standby_led_by_me.clone()),
+            with(local(running(false, 1000, Some(6000))), |l| {
+                l.watchdog = WatchdogState::NotArmed
+            }),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![RenewLeader, WriteStatus, slots_for_others()],
+            |r| matches!(r, Reason::StandbyLeaderWithLock { .. }),
+        ),
+        row(
+            "standby: a lock holder streaming from someone else is re-pointed at the remote",
+            Some(standby_led_by_me.clone()),
+            local(running(false, 1000, Some(5432))),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![
+                RenewLeader,
+                WriteStatus,
+                slots_for_others(),
+                Follow(Some(remote())),
+            ],
+            |r| *r == Reason::BecomingStandbyLeader,
+        ),
+        row(
+            "standby: demote-cluster: the primary holding the lock stops (fast) and starts following the remote, keeping the lock",
+            Some(cluster(Some(ME))),
+            local(running(true, 1000, None)),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![
+                RenewLeader,
+                Stop(StopMode::Fast),
+                Start(StartAs::Replica {
+                    upstream: Some(remote()),
+                }),
+            ],
+            |r| *r == Reason::CannotBePrimaryInStandbyCluster,
+        ),
+        row(
+            "standby: a replica cascades from the standby leader",
+            Some(cluster(Some("pg2"))),
+            local(running(false, 1000, Some(5432))),
+        )
+        .cfg(standby_cfg)
+        .expect(vec![], |r| matches!(r, Reason::Following { .. })),
+        row(
+            "standby: no lock holder: the healthiest takes the lock and follows the remote, without promoting or fencing",
+            Some(cluster(None)),
+            with(racing_replica(), |l| l.former_leader = Some(up("pg2", 5432))),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![
+                AcquireLeader,
+                slots_for_others(),
+                Follow(Some(remote())),
+                WriteStatus,
+            ],
+            |r| *r == Reason::StandbyLeaderByAcquiringLock,
+        ),
+        row(
+            "standby: no lock holder: a replica that is not the healthiest follows the remote meanwhile",
+            Some(cluster(None)),
+            with(local(running(false, 800, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 1000)])
+            }),
+        )
+        .cfg(standby_cfg)
+        .expect(vec![Follow(Some(remote()))], |r| {
+            *r == Reason::FollowingRemoteWhileUnlocked
+        }),
+        row(
+            "standby: no lock holder: a stopped member starts following the remote",
+            Some(cluster(None)),
+            local(Postgres::Stopped { control: None }),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![Start(StartAs::Replica {
+                upstream: Some(remote()),
+            })],
+            |r| *r == Reason::FollowingRemoteWhileUnlocked,
+        ),
+        row(
+            "standby section removed (promote-cluster): the standby leader promotes and fences nothing (its upstream is the other cluster's primary)",
+            Some(standby_led_by_me.clone()),
+            local(running(false, 1000, Some(6000))),
+        )
+        .expect(
+            vec![RenewLeader, slots_for_others(), RenewLeader, Promote],
+            |r| *r == Reason::PromotedBecauseHadLock,
+        ),
+        row(
+            "a lock holder in recovery whose key says replica (restarted agent, no memory) still fences its upstream",
+            Some(cluster(Some(ME))),
+            local(running(false, 1000, Some(5432))),
+        )
+        .expect(
+            vec![
+                RenewLeader,
+                slots_for_others(),
+                fence(5432),
+                RenewLeader,
+                Promote,
+            ],
+            |r| *r == Reason::PromotedBecauseHadLock,
+        ),
+        row(
+            "standby: a switchover asks the standby leader to step down: stop, release the lock",
+            Some(with(standby_led_by_me, |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(local(running(false, 1000, Some(6000))), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
+            }),
+        )
+        .cfg(standby_cfg)
+        .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |r| {
+            matches!(r, Reason::ManualFailoverDemoting { .. })
+        }),
+    ]
+}
+
+#[test]
+fn standby_cluster_table() {
+    let mut failures = Vec::new();
+    for r in standby_rows() {
+        let d = decide(r.view.as_ref(), &r.local, &r.cfg, NOW);
+        if d.actions != r.actions || !(r.reason)(&d.reason) {
+            failures.push(format!(
+                "{}:\n   got {:?} / {}\n  want {:?}",
+                r.name, d.actions, d.reason, r.actions
+            ));
+        }
+        if let Some(pos) = d.actions.iter().position(Action::is_background) {
+            assert_eq!(pos, d.actions.len() - 1, "{}", r.name);
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}

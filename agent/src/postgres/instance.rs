@@ -19,6 +19,7 @@ use super::files::{
 };
 use super::postmaster::{self, PidFile};
 use super::version::adapt_wal_keep;
+use crate::ha::standby::is_remote_upstream;
 use crate::ha::{slot_name, ControlData, DataDir, StartAs, StopMode, Upstream};
 
 /// How to start PostgreSQL (the HA core's [`StartAs`]).
@@ -513,25 +514,33 @@ impl Instance {
             params.get("unix_socket_directories").cloned();
         let standby = match role {
             StartAs::Primary => None,
-            StartAs::Replica { upstream } => Some(StandbySettings {
-                primary_conninfo: upstream.as_ref().map(|u| {
-                    self.primary_conninfo(
-                        u,
-                        crate::ha::slots::slot_sync_dbname(dynamic, self.s.pg_major),
-                    )
-                }),
-                primary_slot_name: upstream
-                    .as_ref()
-                    .filter(|_| dynamic.postgresql.use_slots)
-                    .map(|_| slot_name(&self.s.name)),
-                recovery_conf: dynamic
+            StartAs::Replica { upstream } => {
+                let mut recovery_conf: BTreeMap<String, String> = dynamic
                     .postgresql
                     .recovery_conf
                     .iter()
                     .chain(self.s.recovery_conf.iter())
                     .map(|(k, v)| (k.clone(), v.as_pg_text()))
-                    .collect(),
-            }),
+                    .collect();
+                recovery_conf.extend(standby_cluster_recovery(dynamic, upstream.as_ref()));
+                Some(StandbySettings {
+                    primary_conninfo: upstream.as_ref().map(|u| {
+                        self.primary_conninfo(
+                            u,
+                            crate::ha::slots::slot_sync_dbname(dynamic, self.s.pg_major),
+                        )
+                    }),
+                    primary_slot_name: match upstream {
+                        // Standby leader: the remote's slot of `standby_cluster`, if any.
+                        Some(u) if is_remote_upstream(dynamic, u) => dynamic
+                            .standby()
+                            .and_then(|sc| sc.primary_slot_name.clone()),
+                        Some(_) if dynamic.postgresql.use_slots => Some(slot_name(&self.s.name)),
+                        _ => None,
+                    },
+                    recovery_conf,
+                })
+            }
         };
         // Before every start and every rewrite of the recovery settings (a replica re-pointed at a
         // new leader is reloaded, not restarted): auto.conf is read after postgresql.conf.
@@ -818,9 +827,42 @@ impl Instance {
     ///
     /// The data directory is empty when a clone starts (decide() clones only then), so what a failed
     /// method left behind is removed before the next one runs (unless it keeps data, `keep_data`).
-    pub async fn create_replica(&self, from: Option<&Upstream>) -> Result<String, PgError> {
-        use praetor_config::replica::next_method;
-        let methods = &self.s.replica_methods;
+    ///
+    /// `names`: the methods of a standby cluster's `standby_cluster.create_replica_methods` (the
+    /// standby leader cloning from the remote), each resolved by name among the configured
+    /// `postgresql.<method>` sections (`basebackup` is the built-in; a name without a section is run
+    /// as a command, as Patroni does); `None`: `postgresql.create_replica_methods`.
+    pub async fn create_replica(
+        &self,
+        from: Option<&Upstream>,
+        names: Option<&[String]>,
+    ) -> Result<String, PgError> {
+        use praetor_config::replica::{next_method, ReplicaMethod};
+        let resolved: Vec<ReplicaMethod>;
+        let methods = match names.filter(|n| !n.is_empty()) {
+            None => &self.s.replica_methods,
+            Some(names) => {
+                resolved = names
+                    .iter()
+                    .map(|n| {
+                        if n == "basebackup" {
+                            return ReplicaMethod::basebackup();
+                        }
+                        self.s
+                            .replica_methods
+                            .iter()
+                            .find(|m| &m.name == n)
+                            .cloned()
+                            .unwrap_or_else(|| ReplicaMethod {
+                                name: n.clone(),
+                                command: n.clone(),
+                                ..ReplicaMethod::basebackup()
+                            })
+                    })
+                    .collect();
+                &resolved
+            }
+        };
         let mut last = PgError::Unexpected(if from.is_some() {
             "no replica creation method configured".into()
         } else {
@@ -1332,6 +1374,36 @@ impl Instance {
 }
 
 /// The message of a database error (with SQLSTATE) or the error's text.
+/// The recovery settings a standby cluster adds (Patroni's `_get_node_to_follow` and
+/// `get_remote_member`): every member gets the section's `restore_command` and
+/// `archive_cleanup_command` (WAL from the remote's archive); a member streaming from the remote (the
+/// standby leader, or any member while the cluster has no leader) also its
+/// `recovery_min_apply_delay`. Empty outside a standby cluster. They override
+/// `postgresql.recovery_conf`.
+pub fn standby_cluster_recovery(
+    dynamic: &DynamicConfig,
+    upstream: Option<&Upstream>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(sc) = dynamic.standby() else {
+        return out;
+    };
+    for (k, v) in [
+        ("restore_command", &sc.restore_command),
+        ("archive_cleanup_command", &sc.archive_cleanup_command),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            out.insert(k.to_string(), v.to_string());
+        }
+    }
+    if upstream.is_some_and(|u| is_remote_upstream(dynamic, u)) {
+        if let Some(d) = sc.recovery_min_apply_delay.as_deref() {
+            out.insert("recovery_min_apply_delay".into(), d.to_string());
+        }
+    }
+    out
+}
+
 fn db_error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
@@ -1564,6 +1636,44 @@ mod tests {
                 &["REPLICATION".into(), "X; DROP".into()]
             ),
             "CREATE ROLE \"rep\"\"l\" WITH LOGIN REPLICATION PASSWORD 'it''s'"
+        );
+    }
+
+    #[test]
+    fn standby_cluster_recovery_settings() {
+        let mut d = DynamicConfig::default();
+        let member = Upstream {
+            member: "pg2".into(),
+            host: "10.0.0.2".into(),
+            port: 5432,
+        };
+        assert!(standby_cluster_recovery(&d, Some(&member)).is_empty());
+        d.standby_cluster = Some(praetor_config::StandbyCluster {
+            host: Some("10.0.9.1".into()),
+            port: Some(5433),
+            restore_command: Some("cp /a/%f %p".into()),
+            recovery_min_apply_delay: Some("5min".into()),
+            ..Default::default()
+        });
+        // A member of the standby cluster: the archive, not the delay.
+        let got = standby_cluster_recovery(&d, Some(&member));
+        assert_eq!(
+            got.get("restore_command").map(String::as_str),
+            Some("cp /a/%f %p")
+        );
+        assert!(!got.contains_key("recovery_min_apply_delay"));
+        // The remote, as decide names it or as observed from primary_conninfo (no member name).
+        let observed = Upstream {
+            member: String::new(),
+            host: "10.0.9.1".into(),
+            port: 5433,
+        };
+        assert!(is_remote_upstream(&d, &observed));
+        assert!(!is_remote_upstream(&d, &member));
+        let got = standby_cluster_recovery(&d, Some(&observed));
+        assert_eq!(
+            got.get("recovery_min_apply_delay").map(String::as_str),
+            Some("5min")
         );
     }
 }
