@@ -649,7 +649,8 @@ pub const DEFAULT_FENCE_TIMEOUT_MS: u32 = 1000;
 ///
 /// Keys added after the first release (all optional): `auto`, `admin`, `id`, `tls`, `backend_tls`,
 /// `max_replica_lag`, `max_replica_lag_seconds`, `reads_on_leader`, `max_message_size`,
-/// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`.
+/// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`,
+/// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
@@ -702,6 +703,22 @@ pub struct ProxyConfig {
     /// pool (default 1000).
     #[serde(deserialize_with = "lenient_opt_int")]
     pub idle_release_ms: Option<u32>,
+    /// Seconds a client has to send its startup packet and, on the auto port, to answer the
+    /// password request (PostgreSQL's `authentication_timeout`; default 60).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub authentication_timeout: Option<u32>,
+    /// Seconds an auto-port client may send nothing in the middle of a message before it is
+    /// closed (default 60).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub client_message_timeout: Option<u32>,
+    /// Client connections the proxy accepts at once over all its listeners (PgBouncer's
+    /// `max_client_conn`; default 10000); more are refused with 53300.
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub max_client_conn: Option<u32>,
+    /// Bytes of SQL text the auto port's classifier cache keeps, in bytes or as a size (`16MB`);
+    /// default 16 MiB, 0 disables the cache.
+    #[serde(deserialize_with = "lenient_opt_size")]
+    pub classifier_cache_size: Option<u64>,
 }
 
 /// `praetor.proxy.tls`: TLS towards clients.

@@ -11,15 +11,32 @@
 //! 2. Everything else goes through PostgreSQL's own parser (`pg_query`, libpg_query): transaction
 //!    statements and their `READ ONLY`/isolation options, `SET` versus `SET LOCAL`, temporary
 //!    tables, `LISTEN`, `PREPARE`, cursors `WITH HOLD`, `EXPLAIN ANALYZE`, `COPY` directions,
-//!    several statements in one query. Results of this stage are cached by text.
+//!    several statements in one query. Results of this stage are cached by text, in an LRU cache
+//!    bounded in bytes (`praetor.proxy.classifier_cache_size`, [`DEFAULT_CACHE_BYTES`]).
 //!
 //! A function the lexer does not know might write (`nextval`, a user's PL/pgSQL), so a call to it
-//! sends the statement to the leader; `praetor.proxy.read_only_functions` extends the list.
+//! sends the statement to the leader; `praetor.proxy.read_only_functions` extends the list. A
+//! schema-qualified call is read-only only when qualified with `pg_catalog` (`app.count()` is a
+//! user's function, whatever its name).
+//!
+//! Where the text cannot be read with certainty, the statement goes to the leader:
+//! - a plain string constant containing a backslash: with `standard_conforming_strings = off`
+//!   (a session setting the proxy does not follow) `'it\'s'` is one string, while the lexer and
+//!   the parser read it as PostgreSQL's default (`on`) does, so where strings end is uncertain: a
+//!   read goes to the leader, a `BEGIN READ ONLY` to the leader, a session `SET` pins;
+//! - field selection on a parenthesized expression, `(f(x)).col` or `(t).fullname`: PostgreSQL's
+//!   function-call attribute notation makes `(t).fullname` a call of `fullname(t)`.
+//!
+//! Known limit: `t.fullname` on a plain qualified name is either a column or (when no column
+//! `fullname` exists) a call of `fullname(t)`; only the catalog tells, so it is read as a column.
+//! A function that writes should not be called that way through the auto port (or list the
+//! database under `databases: {<db>: {target: primary}}`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Mutex;
 
+use hashlink::LruCache;
 use pg_query::protobuf::{self, node::Node as N};
 
 /// Where one statement (or one Query message of several statements) can run.
@@ -366,13 +383,54 @@ fn asks_for_leader_state(sql: &str) -> bool {
     })
 }
 
-/// How many slow-path results the cache keeps before it starts over.
-const CACHE_ENTRIES: usize = 10_000;
+/// Default of `praetor.proxy.classifier_cache_size`: how many bytes of SQL text (plus
+/// [`CACHE_ENTRY_OVERHEAD`] per entry) the parser's result cache keeps, 16 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+
+/// What one cache entry costs besides its text, in bytes (the key's header, the class, the LRU
+/// list's links and the hash table's slot, rounded up).
+pub const CACHE_ENTRY_OVERHEAD: usize = 64;
+
+/// The parser's results by SQL text, least recently used first out once over `limit` bytes.
+struct Cache {
+    map: LruCache<String, Class>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Cache {
+    fn cost(sql: &str) -> usize {
+        sql.len() + CACHE_ENTRY_OVERHEAD
+    }
+
+    fn get(&mut self, sql: &str) -> Option<Class> {
+        self.map.get(sql).copied()
+    }
+
+    /// Keeps `class` for `sql` unless the text alone takes more than an eighth of the budget (a
+    /// huge statement would evict everything for one entry that is rarely sent twice).
+    fn insert(&mut self, sql: &str, class: Class) {
+        let cost = Cache::cost(sql);
+        if cost > self.limit / 8 {
+            return;
+        }
+        if self.map.insert(sql.to_string(), class).is_some() {
+            return; // the same text again: the same cost
+        }
+        self.bytes += cost;
+        while self.bytes > self.limit {
+            match self.map.remove_lru() {
+                Some((k, _)) => self.bytes -= Cache::cost(&k),
+                None => break,
+            }
+        }
+    }
+}
 
 /// The statement classifier: the read-only function list and the parser's result cache.
 pub struct Classifier {
     read_only_functions: HashSet<String>,
-    cache: Mutex<HashMap<String, Class>>,
+    cache: Mutex<Cache>,
 }
 
 impl fmt::Debug for Classifier {
@@ -390,15 +448,36 @@ impl Default for Classifier {
 }
 
 impl Classifier {
-    /// A classifier that also treats `extra_read_only_functions` (lower-case names) as read-only.
+    /// A classifier that also treats `extra_read_only_functions` (lower-case names) as read-only,
+    /// with a cache of [`DEFAULT_CACHE_BYTES`].
     pub fn new(extra_read_only_functions: &[String]) -> Classifier {
+        Classifier::with_cache_bytes(extra_read_only_functions, DEFAULT_CACHE_BYTES)
+    }
+
+    /// A classifier whose parser-result cache holds at most `cache_bytes` bytes (SQL text plus
+    /// [`CACHE_ENTRY_OVERHEAD`] per entry; 0 disables the cache).
+    pub fn with_cache_bytes(
+        extra_read_only_functions: &[String],
+        cache_bytes: usize,
+    ) -> Classifier {
         let mut read_only_functions: HashSet<String> =
             READ_ONLY_FUNCTIONS.iter().map(|s| s.to_string()).collect();
         read_only_functions.extend(extra_read_only_functions.iter().map(|f| f.to_lowercase()));
         Classifier {
             read_only_functions,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache {
+                map: LruCache::new_unbounded(),
+                bytes: 0,
+                limit: cache_bytes,
+            }),
         }
+    }
+
+    /// Bytes the parser-result cache holds now (SQL text plus the per-entry overhead) and its
+    /// number of entries.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        let c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        (c.bytes, c.map.len())
     }
 
     /// Classifies the SQL text of a Query or Parse message.
@@ -414,19 +493,27 @@ impl Classifier {
     }
 
     fn classify_statements(&self, sql: &str) -> Class {
-        if let Some(class) = self.fast(sql) {
-            return class;
+        let uncertain = lexing_uncertain(sql);
+        if !uncertain {
+            if let Some(class) = self.fast(sql) {
+                return class;
+            }
         }
         let cache = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(class) = cache().get(sql) {
-            return *class;
+            return class;
         }
-        let class = self.parsed(sql);
-        let mut c = cache();
-        if c.len() >= CACHE_ENTRIES {
-            c.clear();
+        let mut class = self.parsed(sql);
+        if uncertain {
+            // Where strings end is uncertain: nothing that could run elsewhere than the leader.
+            class = match class {
+                Class::Read => Class::Write,
+                Class::Begin { .. } => Class::Begin { read_only: false },
+                Class::SessionSet => Class::Pin(PinReason::SessionSetting),
+                other => other,
+            };
         }
-        c.insert(sql.to_string(), class);
+        cache().insert(sql, class);
         class
     }
 
@@ -497,8 +584,21 @@ impl Classifier {
                     }
                     if next == Some(&Token::Punct(b'(')) {
                         let lower = w.to_ascii_lowercase();
-                        if KEYWORDS_BEFORE_PAREN.contains(&lower.as_str())
-                            || self.read_only_functions.contains(&lower)
+                        // `schema.f(...)`: the known names are pg_catalog's; `app.count()` is not.
+                        let qualifier = match i.checked_sub(2).map(|q| (&tokens[q], &tokens[q + 1]))
+                        {
+                            Some((Token::Word(q), Token::Punct(b'.'))) => Some(Some(*q)),
+                            Some((_, Token::Punct(b'.'))) => Some(None),
+                            _ => None,
+                        };
+                        let known = match qualifier {
+                            None => true,
+                            Some(Some(q)) => q.eq_ignore_ascii_case("pg_catalog"),
+                            Some(None) => false,
+                        };
+                        if known
+                            && (KEYWORDS_BEFORE_PAREN.contains(&lower.as_str())
+                                || self.read_only_functions.contains(&lower))
                         {
                             continue;
                         }
@@ -510,6 +610,13 @@ impl Classifier {
                     }
                 }
                 Token::Quoted if next == Some(&Token::Punct(b'(')) => return Some(Class::Write),
+                // `(expr).name`: function-call attribute notation may call `name(expr)`.
+                Token::Punct(b')')
+                    if next == Some(&Token::Punct(b'.'))
+                        && matches!(tokens.get(i + 2), Some(Token::Word(_) | Token::Quoted)) =>
+                {
+                    return Some(Class::Write)
+                }
                 _ => {}
             }
         }
@@ -642,6 +749,24 @@ impl Classifier {
     }
 }
 
+/// Whether a plain (not `E''`) string constant in `sql` contains a backslash: its end depends on
+/// `standard_conforming_strings`, which the proxy does not follow. Scans with the lexer's rules for
+/// comments, quoted identifiers and dollar quotes; text the lexer cannot tokenize counts as
+/// uncertain too.
+fn lexing_uncertain(sql: &str) -> bool {
+    if !sql.contains('\\') {
+        return false;
+    }
+    let mut lexer = Lexer::new(sql);
+    lexer.track_backslashes = true;
+    for token in lexer.by_ref() {
+        if token.is_none() {
+            return true;
+        }
+    }
+    lexer.saw_plain_backslash
+}
+
 fn statement_text(sql: &str, location: i32, len: i32) -> &str {
     let start = usize::try_from(location).unwrap_or(0).min(sql.len());
     let end = if len <= 0 {
@@ -717,11 +842,19 @@ enum Token<'a> {
 struct Lexer<'a> {
     sql: &'a str,
     at: usize,
+    /// Note whether a plain string constant holds a backslash ([`lexing_uncertain`]).
+    track_backslashes: bool,
+    saw_plain_backslash: bool,
 }
 
 impl<'a> Lexer<'a> {
     fn new(sql: &'a str) -> Lexer<'a> {
-        Lexer { sql, at: 0 }
+        Lexer {
+            sql,
+            at: 0,
+            track_backslashes: false,
+            saw_plain_backslash: false,
+        }
     }
 
     fn bytes(&self) -> &'a [u8] {
@@ -791,7 +924,12 @@ impl<'a> Iterator for Lexer<'a> {
                     let escape = self.at > 0
                         && matches!(b[self.at - 1], b'e' | b'E')
                         && (self.at < 2 || !is_ident(b[self.at - 2]));
-                    return Some(self.skip_quoted(b'\'', escape).map(|_| Token::Other));
+                    let start = self.at;
+                    let token = self.skip_quoted(b'\'', escape).map(|_| Token::Other);
+                    if self.track_backslashes && !escape && token.is_some() {
+                        self.saw_plain_backslash |= b[start..self.at].contains(&b'\\');
+                    }
+                    return Some(token);
                 }
                 b'"' => return Some(self.skip_quoted(b'"', false).map(|_| Token::Quoted)),
                 b'$' => {
@@ -965,6 +1103,27 @@ mod tests {
             ("SHOW default_transaction_read_only", Read),
             ("BEGIN READ ONLY", Begin { read_only: true }),
             ("LOCK TABLE t", Write),
+            // Misreads of a lexer that does not know the catalog or the session: to the leader.
+            ("select app.count()", Write),
+            ("SELECT app.now(), 1", Write),
+            ("SELECT \"app\".lower('x')", Write),
+            ("SELECT pg_catalog.count(*) FROM t", Read),
+            ("SELECT PG_CATALOG.lower(name) FROM t", Read),
+            ("select (f(x)).col", Write),
+            ("select (lower(x)).col from t", Write),
+            ("SELECT (t).fullname FROM t", Write),
+            ("SELECT (t).\"Full\" FROM t", Write),
+            ("SELECT (a).* FROM t a", Read),
+            ("SELECT t.col, (x + 1) FROM t", Read),
+            // standard_conforming_strings = off: where the strings end is uncertain.
+            ("select 'it\\'s'", Write),
+            ("SELECT 'a\\', nextval('s') -- '", Write),
+            ("SELECT 'C:\\dir' AS path", Write),
+            ("SELECT E'it\\'s'", Read),
+            ("SELECT 'no backslash', \"a\\b\" FROM t", Read),
+            ("SELECT $$a\\b$$", Read),
+            ("BEGIN READ ONLY; SELECT 'a\\b'", Begin { read_only: false }),
+            ("SET search_path = 'a\\b'", Pin(PinReason::SessionSetting)),
         ];
         for (sql, expected) in cases {
             assert_eq!(c.classify(sql), *expected, "{sql:?}");
@@ -1007,6 +1166,39 @@ mod tests {
                 .collect();
             let _ = c.classify(&s);
         }
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_and_keeps_recent_entries() {
+        let limit = 64 * 1024;
+        let c = Classifier::with_cache_bytes(&[], limit);
+        // Slow-path statements (BEGIN goes to the parser), each ~1 KiB of text.
+        let pad = "x".repeat(1000);
+        for i in 0..1_000 {
+            c.classify(&format!("BEGIN /* {i} {pad} */"));
+            let (bytes, _) = c.cache_usage();
+            assert!(bytes <= limit, "{bytes} bytes after {i} inserts");
+        }
+        let (bytes, entries) = c.cache_usage();
+        assert!(bytes > limit / 2, "the cache is used: {bytes}");
+        assert!(entries < 64, "{entries} entries");
+        // A statement of more than an eighth of the budget is not kept at all.
+        let huge = format!("BEGIN /* {} */", "y".repeat(limit));
+        assert_eq!(c.classify(&huge), Begin { read_only: false });
+        assert_eq!(c.cache_usage(), (bytes, entries));
+        // The most recently used entry survives further inserts; the oldest did not.
+        let recent = format!("BEGIN /* 999 {pad} */");
+        assert!(c.cache.lock().unwrap().get(&recent).is_some());
+        assert!(c
+            .cache
+            .lock()
+            .unwrap()
+            .get(&format!("BEGIN /* 0 {pad} */"))
+            .is_none());
+        // A cache of 0 bytes keeps nothing and still classifies.
+        let none = Classifier::with_cache_bytes(&[], 0);
+        assert_eq!(none.classify("BEGIN READ ONLY"), Begin { read_only: true });
+        assert_eq!(none.cache_usage(), (0, 0));
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub enum ProtocolError {
     },
     /// A message announced a length above the configured limit
     /// (`praetor.proxy.max_message_size`).
-    #[error("message {tag:?} of {len} bytes exceeds the limit of {max} bytes")]
+    #[error("invalid message length: message {tag:?} of {len} bytes exceeds the limit of {max} bytes (max_message_size)")]
     MessageTooLarge {
         /// The message type byte, as a character.
         tag: char,

@@ -42,7 +42,9 @@ pub mod unit;
 
 pub use auth::{AuthError, AuthProgress, AuthRequest, PasswordAuth};
 pub use backend::{split_frame, BackendFrame, ErrorFields, FrameHeader, TxStatus};
-pub use classify::{Class, Classifier, PinReason};
+pub use classify::{
+    Class, Classifier, PinReason, DEFAULT_CACHE_BYTES as DEFAULT_CLASSIFIER_CACHE_BYTES,
+};
 pub use error::ProtocolError;
 pub use frontend::{FrontendHeader, DEFAULT_MAX_MESSAGE_LEN};
 pub use response::{encode_error_response, error_response, Severity, SqlState};

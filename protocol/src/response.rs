@@ -23,6 +23,12 @@ impl SqlState {
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
     /// `0A000` feature_not_supported: e.g. an unsupported protocol version.
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    /// `57014` query_canceled: also PostgreSQL's answer to a client that does not authenticate
+    /// within `authentication_timeout` ("canceling authentication due to timeout").
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    /// `53300` too_many_connections: `max_client_conn` reached (PgBouncer's "no more connections
+    /// allowed (max_client_conn)").
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// `57P01` admin_shutdown: the proxy is shutting down.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// `57P03` cannot_connect_now (also what a server that is shutting down answers).

@@ -75,6 +75,10 @@ pub(crate) struct Runtime {
     pub tls: Option<ClientTls>,
     pub backend_tls: BackendTls,
     pub max_message_size: usize,
+    /// `client_message_timeout`: how long an auto-port client may pause in the middle of a message.
+    pub message_timeout: Duration,
+    /// `max_client_conn`: client connections over all listeners (the admin console aside).
+    pub max_client_conn: usize,
     pub classifier: Arc<Classifier>,
     pub database_targets: HashMap<String, Target>,
     pub pool_size: usize,
@@ -98,7 +102,12 @@ impl Runtime {
                 s.backend_tls.1.as_deref(),
             )?,
             max_message_size: s.max_message_size,
-            classifier: Arc::new(Classifier::new(&s.read_only_functions)),
+            message_timeout: s.message_timeout,
+            max_client_conn: s.max_client_conn,
+            classifier: Arc::new(Classifier::with_cache_bytes(
+                &s.read_only_functions,
+                s.classifier_cache_bytes,
+            )),
             database_targets: s.database_targets.clone(),
             pool_size: s.pool_size,
             idle_release: s.idle_release,
@@ -307,7 +316,7 @@ async fn accept(
             }
         },
     };
-    let (client, start) = negotiated?;
+    let (mut client, start) = negotiated?;
     let startup = match start {
         ClientStart::Cancel(key) => {
             forward_cancel(&shared.cancels, key, rt.connect_timeout).await;
@@ -315,6 +324,21 @@ async fn accept(
         }
         ClientStart::Startup(m) => m,
     };
+    // PgBouncer's max_client_conn: this client is counted among the registered ones.
+    if shared.clients.len() > rt.max_client_conn {
+        debug!(
+            max_client_conn = rt.max_client_conn,
+            "refusing a client: max_client_conn"
+        );
+        shared.metrics.client_error(listener, "max_client_conn");
+        send_fatal(
+            &mut client,
+            SqlState::TOO_MANY_CONNECTIONS,
+            "no more connections allowed (max_client_conn)",
+        )
+        .await;
+        return None;
+    }
     debug!(user = startup.user(), database = startup.database(), version = %startup.version, tls = client.is_tls(), "startup");
     let tls = client.is_tls();
     registered.info.update(|st| {

@@ -134,6 +134,10 @@ enum End {
     ServerLost(String),
     /// Shutdown or drain.
     Shutdown,
+    /// The client sent nothing for `client_message_timeout` in the middle of a message, or did not
+    /// answer the password request within `authentication_timeout`: answered with a FATAL with
+    /// this SQLSTATE and message, counted in `praetor_proxy_client_errors_total` under the reason.
+    Timeout(SqlState, &'static str, String),
     /// Idle with nothing but the client to wait for: the session leaves its task
     /// ([`crate::park`]).
     Park,
@@ -199,6 +203,9 @@ struct Session<'a> {
     /// Client bytes for the current side's server, gathered while one read's messages are handled
     /// and written when they are (empty between wake-ups).
     to_server: BytesMut,
+    /// Since when the client, in the middle of a message, has sent nothing
+    /// (`praetor.proxy.client_message_timeout` runs from here).
+    stalled_since: Option<tokio::time::Instant>,
 }
 
 /// A read unit running on a replica, kept to run again on the leader.
@@ -391,6 +398,7 @@ impl<'a> Live<'a> {
                 c2s,
                 s2c,
                 to_server: BytesMut::new(),
+                stalled_since: None,
             },
             client,
             cbuf,
@@ -505,6 +513,9 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
     } = &mut *live;
     cbuf.reserve(CLIENT_BUFFER_BYTES);
     if let Err(end) = s.login(client, cbuf, &key).await {
+        if let End::Protocol(code, message) | End::Timeout(code, _, message) = &end {
+            send_fatal(client, *code, message).await;
+        }
         s.log_end(&end, "during login");
         return None;
     }
@@ -518,7 +529,7 @@ async fn finish(mut live: Box<Live<'_>>, end: End) {
     let Live {
         session: s, client, ..
     } = &mut *live;
-    if let End::Protocol(code, message) = &end {
+    if let End::Protocol(code, message) | End::Timeout(code, _, message) = &end {
         send_fatal(client, *code, message).await;
     }
     if matches!(end, End::Shutdown) {
@@ -560,6 +571,10 @@ impl Session<'_> {
                 self.shared
                     .metrics
                     .client_error(ListenerKind::Auto, "server_lost");
+                info!("closing the client: {m}");
+            }
+            End::Timeout(_, reason, m) => {
+                self.shared.metrics.client_error(ListenerKind::Auto, reason);
                 info!("closing the client: {m}");
             }
             End::Shutdown => debug!("closed: the proxy is shutting down"),
@@ -630,7 +645,20 @@ impl Session<'_> {
                         client: &mut *client,
                         cbuf: &mut *cbuf,
                     };
-                    self.password = Some(login.ask_password().await?);
+                    // PostgreSQL's authentication_timeout: a client that never answers does not
+                    // keep its task and socket.
+                    let limit = self.rt.startup_timeout;
+                    let answered = tokio::time::timeout(limit, login.ask_password()).await;
+                    self.password = Some(answered.map_err(|_| {
+                        End::Timeout(
+                            SqlState::QUERY_CANCELED,
+                            "auth_timeout",
+                            format!(
+                                "canceling authentication due to timeout: no password within {} s",
+                                limit.as_secs()
+                            ),
+                        )
+                    })??);
                 }
                 Ok((conn, startup_messages)) => {
                     return self
@@ -802,11 +830,24 @@ impl Session<'_> {
                 *cbuf = BytesMut::new();
                 self.to_server = BytesMut::new();
             }
+            // A message begun and not finished (its tail to stream, or part of it buffered while
+            // the client is read): the client must go on within `client_message_timeout`.
+            let mid_message = !blocked && (self.client_remaining > 0 || !cbuf.is_empty());
+            let stall_deadline = if mid_message {
+                let since = *self
+                    .stalled_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                Some(since + self.rt.message_timeout)
+            } else {
+                self.stalled_since = None;
+                None
+            };
             enum Wake {
                 Fenced(Side),
                 Client(std::io::Result<usize>),
                 Server(Side, std::io::Result<usize>),
                 Timer,
+                Stalled,
                 Shutdown,
             }
             let wake = {
@@ -837,6 +878,12 @@ impl Session<'_> {
                             None => std::future::pending().await,
                         }
                     }, if timer_at.is_some() => Wake::Timer,
+                    _ = async {
+                        match stall_deadline {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if stall_deadline.is_some() => Wake::Stalled,
                 }
             };
             match wake {
@@ -863,7 +910,20 @@ impl Session<'_> {
                     debug!(%backend, "fenced an idle server connection; the session moves on");
                 }
                 Wake::Client(Ok(0)) => return End::ClientClosed,
-                Wake::Client(Ok(n)) => self.c2s.inc_by(n as u64),
+                Wake::Client(Ok(n)) => {
+                    self.c2s.inc_by(n as u64);
+                    self.stalled_since = None;
+                }
+                Wake::Stalled => {
+                    return End::Timeout(
+                        SqlState::PROTOCOL_VIOLATION,
+                        "message_timeout",
+                        format!(
+                            "terminating connection: the client sent no byte of its unfinished message for {} s (client_message_timeout)",
+                            self.rt.message_timeout.as_secs()
+                        ),
+                    )
+                }
                 Wake::Client(Err(e)) => return End::Io(e),
                 Wake::Server(side, r) => {
                     let lost = match r {
@@ -1250,7 +1310,8 @@ impl Session<'_> {
             let needs_whole = matches!(h.tag, QUERY | PARSE);
             let complete = cbuf.len() >= h.frame_len;
             if needs_whole && !complete {
-                cbuf.reserve(h.frame_len - cbuf.len());
+                // No reservation of the declared length: the buffer grows as the bytes arrive
+                // (`read_client`), so a client that declares 1 GiB and sends 5 bytes costs 5 bytes.
                 return Ok(false);
             }
             if needs_whole {

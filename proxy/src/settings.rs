@@ -16,6 +16,15 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u32 = 5;
 /// default): a client that stalls longer is dropped.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Default of `praetor.proxy.client_message_timeout`: how long an auto-port client may send
+/// nothing in the middle of a message (PostgreSQL itself waits forever; the proxy buffers what it
+/// routes on, so it does not).
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default of `praetor.proxy.max_client_conn` (PgBouncer's default is 100; the proxy's idle
+/// clients cost a few kilobytes each, benches/proxy.rs).
+pub const DEFAULT_MAX_CLIENT_CONN: usize = 10_000;
+
 /// Default of `praetor.proxy.shutdown_timeout`: how long a shutdown lets clients finish.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,8 +91,16 @@ pub struct ProxySettings {
     /// `praetor.proxy.connect_timeout`: how long a client waits for a routable backend, and then how
     /// long the TCP connection to it may take.
     pub connect_timeout: Duration,
-    /// How long a client may take to send its startup packet (not in the YAML file; 60 s).
+    /// `praetor.proxy.authentication_timeout`: how long a client may take to send its startup
+    /// packet, and on the auto port to answer the password request (60 s).
     pub startup_timeout: Duration,
+    /// `praetor.proxy.client_message_timeout`: how long an auto-port client may pause in the
+    /// middle of a message (60 s).
+    pub message_timeout: Duration,
+    /// `praetor.proxy.max_client_conn`: client connections at once (10000).
+    pub max_client_conn: usize,
+    /// `praetor.proxy.classifier_cache_size`: bytes of the classifier's cache (16 MiB).
+    pub classifier_cache_bytes: usize,
     /// `praetor.proxy.id`: the proxy's name in the DCS; `None`: `<hostname>-<first port>`.
     pub id: Option<String>,
     /// `praetor.proxy.tls`: certificate, key, and whether clients must use TLS.
@@ -119,6 +136,9 @@ impl Default for ProxySettings {
             metrics: None,
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS.into()),
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
+            max_client_conn: DEFAULT_MAX_CLIENT_CONN,
+            classifier_cache_bytes: praetor_protocol::DEFAULT_CLASSIFIER_CACHE_BYTES,
             id: None,
             tls: None,
             backend_tls: (None, None),
@@ -187,7 +207,43 @@ impl ProxySettings {
             }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
+        let positive_secs = |v: Option<u32>, key: &'static str, default: Duration| match v {
+            None => Ok(default),
+            Some(0) => Err(ProxyError::Config {
+                key,
+                reason: "must be at least 1 (seconds)".into(),
+            }),
+            Some(n) => Ok(Duration::from_secs(n.into())),
+        };
+        let startup_timeout = positive_secs(
+            c.authentication_timeout,
+            "praetor.proxy.authentication_timeout",
+            DEFAULT_STARTUP_TIMEOUT,
+        )?;
+        let message_timeout = positive_secs(
+            c.client_message_timeout,
+            "praetor.proxy.client_message_timeout",
+            DEFAULT_MESSAGE_TIMEOUT,
+        )?;
+        let max_client_conn = match c.max_client_conn {
+            None => DEFAULT_MAX_CLIENT_CONN,
+            Some(0) => {
+                return Err(ProxyError::Config {
+                    key: "praetor.proxy.max_client_conn",
+                    reason: "must be at least 1".into(),
+                })
+            }
+            Some(n) => n as usize,
+        };
         Ok(ProxySettings {
+            startup_timeout,
+            message_timeout,
+            max_client_conn,
+            classifier_cache_bytes: c
+                .classifier_cache_size
+                .map_or(praetor_protocol::DEFAULT_CLASSIFIER_CACHE_BYTES, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
             read_write: c.read_write.as_ref().map(|l| l.listen.clone()),
             read_only: c.read_only.as_ref().map(|l| l.listen.clone()),
             auto: c.auto.as_ref().map(|l| l.listen.clone()),
@@ -214,7 +270,6 @@ impl ProxySettings {
             database_targets,
             pool_size: c.pool_size.map_or(20, |n| n as usize),
             idle_release: Duration::from_millis(c.idle_release_ms.unwrap_or(1000).into()),
-            ..ProxySettings::default()
         })
     }
 }
@@ -275,6 +330,32 @@ mod tests {
         assert_eq!(s.database_targets["reports"], Target::Replica);
         assert_eq!(s.idle_release, Duration::ZERO);
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_LEN);
+        assert_eq!(s.startup_timeout, Duration::from_secs(60));
+        assert_eq!(s.message_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_client_conn, 10_000);
+        assert_eq!(s.classifier_cache_bytes, 16 << 20);
+        let limits = config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    authentication_timeout: 5\n    client_message_timeout: 7\n    max_client_conn: 3\n    classifier_cache_size: 1MB\n",
+        );
+        let s = ProxySettings::from_config(&limits).unwrap();
+        assert_eq!(s.startup_timeout, Duration::from_secs(5));
+        assert_eq!(s.message_timeout, Duration::from_secs(7));
+        assert_eq!(s.max_client_conn, 3);
+        assert_eq!(s.classifier_cache_bytes, 1 << 20);
+        for key in [
+            "authentication_timeout",
+            "client_message_timeout",
+            "max_client_conn",
+        ] {
+            let zero = config(&format!(
+                "praetor:\n  proxy:\n    auto: {{listen: '127.0.0.1:5002'}}\n    {key}: 0\n"
+            ));
+            let err = ProxySettings::from_config(&zero).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("praetor.proxy.{key}")),
+                "{err}"
+            );
+        }
         let bad = config(
             "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    databases: {x: {target: sideways}}\n",
         );

@@ -2319,3 +2319,214 @@ async fn auto_port_backend_pid_and_own_notifications_carry_the_pid_the_client_wa
     .expect("the other backend's notification");
     assert_eq!(i32::from_be_bytes(got[..4].try_into().unwrap()), direct_pid);
 }
+
+/// A field of `/proc/self/status` in kB (`VmRSS`, `VmSize`): the proxy runs in this process.
+fn proc_status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+/// Opens a raw protocol connection as `user` and reads up to the first message that is not
+/// ParameterStatus/BackendKeyData/AuthenticationOk: ReadyForQuery after a trust login, the
+/// password request otherwise. Returns the stream and the tag of that message.
+async fn raw_login(addr: SocketAddr, user: &str) -> (TcpStream, u8) {
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let body = format!("user\0{user}\0database\0postgres\0\0");
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&((8 + body.len()) as u32).to_be_bytes());
+    startup.extend_from_slice(&[0, 3, 0, 0]);
+    startup.extend_from_slice(body.as_bytes());
+    raw.write_all(&startup).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        let n = tokio::time::timeout(DEADLINE, raw.read_buf(&mut buf))
+            .await
+            .expect("the proxy answers the login")
+            .unwrap();
+        assert!(n > 0, "closed during login: {buf:?}");
+        while let Some(frame) = split_frame(&mut buf).unwrap() {
+            match frame.tag {
+                b'R' if frame.body() == [0, 0, 0, 0] => {}
+                b'S' | b'K' => {}
+                tag => return (raw, tag),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_buffers_declared_lengths_as_bytes_arrive_and_closes_stalled_clients() {
+    let dir = WorkDir::new("proxy-auto-declared").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    // The default limit (1 GiB - 1, PostgreSQL's) and a short stall timeout for the test.
+    let settings = ProxySettings {
+        message_timeout: Duration::from_secs(3),
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    // Warm up both workers so that the baseline includes their allocator arenas.
+    let other = connect(proxy.auto).await.unwrap();
+    for _ in 0..4 {
+        let warm = connect(proxy.auto).await.unwrap();
+        warm.simple_query("SELECT 1").await.unwrap();
+    }
+    let (rss_before, size_before) = (proc_status_kb("VmRSS"), proc_status_kb("VmSize"));
+
+    // Eight clients each declare a Query of 1 GiB - 16 bytes and send 5 bytes of it.
+    const CLIENTS: usize = 8;
+    let mut stalled = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut raw, tag) = raw_login(proxy.auto, "postgres").await;
+        assert_eq!(tag, b'Z');
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&0x3fff_fff0u32.to_be_bytes());
+        msg.extend_from_slice(b"SELEC");
+        raw.write_all(&msg).await.unwrap();
+        stalled.push(raw);
+    }
+    // Another client is served meanwhile (and the proxy has read the 8 headers by then).
+    for _ in 0..3 {
+        assert_eq!(
+            port_of(&other, "SELECT current_setting('port')").await,
+            pg.port()
+        );
+    }
+    let (rss_after, size_after) = (proc_status_kb("VmRSS"), proc_status_kb("VmSize"));
+    eprintln!(
+        "VmRSS {rss_before} -> {rss_after} kB, VmSize {size_before} -> {size_after} kB with {CLIENTS} clients declaring 1 GiB"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} kB"
+    );
+    // Reserving the declared lengths would map 8 GiB (untouched pages do not count in RSS).
+    assert!(
+        size_after < size_before + 2 * 1024 * 1024,
+        "virtual size grew from {size_before} to {size_after} kB"
+    );
+
+    // After `client_message_timeout` each is closed with a FATAL saying why; others go on.
+    for raw in &mut stalled {
+        let (_, fields) = read_until_closed(raw).await;
+        let fields = fields.expect("an ErrorResponse before the close");
+        assert_eq!(fields.code(), Some("08P01"), "{fields:?}");
+        assert!(
+            fields
+                .get(b'M')
+                .is_some_and(|m| m.contains("client_message_timeout")),
+            "{fields:?}"
+        );
+    }
+    proxy
+        .wait_metric(&format!(
+            r#"praetor_proxy_client_errors_total{{listener="auto",reason="message_timeout"}} {CLIENTS}"#
+        ))
+        .await;
+    assert_eq!(
+        port_of(&other, "SELECT current_setting('port')").await,
+        pg.port()
+    );
+    // A message over the limit still closes just that client at once (PostgreSQL's "invalid
+    // message length" answer is a FATAL too; the proxy's names the limit).
+    let (mut raw, _) = raw_login(proxy.auto, "postgres").await;
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&0x4000_0000u32.to_be_bytes());
+    raw.write_all(&msg).await.unwrap();
+    let (_, fields) = read_until_closed(&mut raw).await;
+    let fields = fields.expect("an ErrorResponse before the close");
+    assert_eq!(fields.code(), Some("54000"), "over 1 GiB - 1: {fields:?}");
+    assert!(
+        fields
+            .get(b'M')
+            .is_some_and(|m| m.starts_with("invalid message length")),
+        "{fields:?}"
+    );
+    other.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300() {
+    let dir = WorkDir::new("proxy-auth-timeout").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    password_users(&pg).await;
+    let settings = ProxySettings {
+        startup_timeout: Duration::from_secs(3),
+        max_client_conn: 3,
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    let other = connect(proxy.auto).await.unwrap();
+
+    // The auto port asks for the password (AuthenticationCleartextPassword) and gets nothing.
+    let (mut silent, tag) = raw_login(proxy.auto, "md5user").await;
+    assert_eq!(tag, b'R');
+    assert_eq!(
+        port_of(&other, "SELECT current_setting('port')").await,
+        pg.port()
+    );
+    let (_, fields) = read_until_closed(&mut silent).await;
+    let fields = fields.expect("an ErrorResponse before the close");
+    assert_eq!(fields.code(), Some("57014"), "{fields:?}");
+    assert!(
+        fields
+            .get(b'M')
+            .is_some_and(|m| m.contains("canceling authentication due to timeout")),
+        "{fields:?}"
+    );
+    proxy
+        .wait_metric(
+            r#"praetor_proxy_client_errors_total{listener="auto",reason="auth_timeout"} 1"#,
+        )
+        .await;
+    other.simple_query("SELECT 1").await.unwrap();
+
+    // max_client_conn 3: `other` and two more (over both ports); the fourth is refused.
+    // (The silent client's slot is free once its gauge is: it is released after the registration.)
+    proxy
+        .wait_metric(r#"praetor_proxy_client_connections{listener="auto"} 1"#)
+        .await;
+    let second = connect(proxy.rw).await.unwrap();
+    let third = connect(proxy.auto).await.unwrap();
+    for addr in [proxy.auto, proxy.rw] {
+        let err = connect(addr).await.expect_err("over max_client_conn");
+        assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
+        let db = err.as_db_error().expect("an ErrorResponse");
+        assert_eq!(
+            db.message(),
+            "no more connections allowed (max_client_conn)"
+        );
+    }
+    proxy
+        .wait_metric(
+            r#"praetor_proxy_client_errors_total{listener="auto",reason="max_client_conn"} 1"#,
+        )
+        .await;
+    proxy
+        .wait_metric(
+            r#"praetor_proxy_client_errors_total{listener="read_write",reason="max_client_conn"} 1"#,
+        )
+        .await;
+    // The admitted clients are served; once one leaves, a new client gets in.
+    second.simple_query("SELECT 1").await.unwrap();
+    third.simple_query("SELECT 1").await.unwrap();
+    drop(third);
+    wait_for("a slot to free up", DEADLINE, || async {
+        match connect(proxy.auto).await {
+            Ok(c) => c
+                .simple_query("SELECT 1")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .unwrap();
+    other.simple_query("SELECT 1").await.unwrap();
+}
