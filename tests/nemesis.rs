@@ -7,8 +7,6 @@
 //! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
 //! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build.
 
-use std::time::Duration;
-
 use praetor_harness::cluster::DcsKind;
 use praetor_harness::nemesis::history::Mode;
 use praetor_harness::nemesis::runner::{options_from_env, series, NemesisOptions};
@@ -25,8 +23,7 @@ async fn no_violation(defaults: NemesisOptions, seeds: Vec<u64>) {
         Err(_) => seeds,
     };
     let (runs, failed) = series(&binary(), &options, seeds).await;
-    let bound = Duration::from_secs(u64::from(options.ttl_secs + options.loop_wait_secs) + 1);
-    let table = render(&runs, &failed, bound);
+    let table = render(&runs, &failed);
     println!("{table}");
     assert!(failed.is_empty(), "runs failed:\n{table}");
     assert!(
