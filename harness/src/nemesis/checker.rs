@@ -451,6 +451,7 @@ mod tests {
                 ids: ids.iter().copied().collect(),
                 lists: BTreeMap::new(),
             }),
+            final_read_failures: vec![],
             end: ms(60_000),
         }
     }

@@ -236,6 +236,9 @@ pub struct History {
     /// What the leader held at the end; `None` when it could not be read (then no write can be
     /// checked, which is itself a violation).
     pub final_state: Option<FinalState>,
+    /// Why each failed attempt to read the final state failed (the runner retries for a
+    /// minute): a leader that stops answering after the cluster had converged shows here.
+    pub final_read_failures: Vec<String>,
     /// When the run ended (the workload stopped).
     pub end: Duration,
 }
