@@ -44,8 +44,17 @@ async fn three_seeded_runs_under_strict_synchronous_mode_break_no_promise() {
 ///   yet (right after it took the lock back), so no member was allowed to promote, not even the
 ///   thawed former primary, and the cluster stayed without a leader. Fixed: the key's leader (the
 ///   last known primary) may promote, as in Patroni.
+/// - 1 under strict on ZooKeeper (and 1 in namespaces): a member took the lock and its
+///   PostgreSQL was stopped (its own demotion deadline, the loop slowed by fencing and waiting
+///   for proxies) before the promotion; restarted "as primary after failure" it ended crash
+///   recovery on the former leader's timeline 1 and both acknowledged writes on timeline 1.
+///   Fixed: a lock holder whose data directory was a replica's restarts read-only and promotes
+///   onto a new timeline (Patroni's recover()); the deterministic regression is a row of the HA
+///   table (agent/src/ha/tests.rs), this replay is the end-to-end one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_that_found_violations_break_no_promise() {
     let defaults = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
     no_violation(defaults, vec![12]).await;
+    let defaults = NemesisOptions::new(DcsKind::ZooKeeperEnsemble3, Mode::Strict);
+    no_violation(defaults, vec![1]).await;
 }
