@@ -10,15 +10,20 @@
 //! - `PRAETOR_NEMESIS_SEEDS` (default 100): seeds 1..=N; `PRAETOR_NEMESIS_SEED=N` replays one.
 //! - `PRAETOR_NEMESIS_DCS=etcd|zookeeper`, `PRAETOR_NEMESIS_MODE=async|sync|strict`,
 //!   `PRAETOR_NEMESIS_FAULTS=kill,freeze,...`, `PRAETOR_NEMESIS_FAULTS_PER_RUN` (default 3).
+//! - `PRAETOR_NEMESIS_FIRST_SEED` (default 1): seeds FIRST..FIRST+N instead.
+//! - `PRAETOR_NEMESIS_OVERLAP=0`: no overlapping faults (on by default here: each fault after the
+//!   first is applied, one time in two, while the previous one still holds).
 //! - `PRAETOR_NEMESIS_NETNS=1`: every host in a network namespace of its own (root, `ip`, `nft`),
-//!   and the network faults (silence, partition, one-way partition) drawn too.
+//!   and the network faults (silence, partition, one-way partition, a member's slow and lossy
+//!   links to the DCS) drawn too.
+//!
+//! Prints the table every 10 seeds, and the load average (the machine may be shared).
 //!
 //! Timings are printed, never asserted; a violation makes the benchmark exit non-zero.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use praetor_harness::cluster::DcsKind;
-use praetor_harness::nemesis::checker::recovery_bound;
 use praetor_harness::nemesis::history::Mode;
 use praetor_harness::nemesis::runner::{options_from_env, series, NemesisOptions};
 use praetor_harness::nemesis::table::render;
@@ -30,18 +35,29 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` prints them.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 #[tokio::main]
 async fn main() {
-    let options = match options_from_env(NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Async)) {
+    // Overlapping faults on by default here (PRAETOR_NEMESIS_OVERLAP=0 turns them off).
+    let mut defaults = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Async);
+    defaults.overlap = true;
+    let options = match options_from_env(defaults) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(2);
         }
     };
+    let first = env_u64("PRAETOR_NEMESIS_FIRST_SEED").unwrap_or(1);
     let seeds: Vec<u64> = match env_u64("PRAETOR_NEMESIS_SEED") {
         Some(s) => vec![s],
-        None => (1..=env_u64("PRAETOR_NEMESIS_SEEDS").unwrap_or(100)).collect(),
+        None => (first..first + env_u64("PRAETOR_NEMESIS_SEEDS").unwrap_or(100)).collect(),
     };
     let binary = praetor_harness::praetor_beside_current_exe();
     let kinds: Vec<&str> = options
@@ -50,19 +66,44 @@ async fn main() {
         .map(|k| k.name())
         .collect();
     println!(
-        "nemesis: {} seeds, DCS {}, mode {}, {} faults per run from {}",
+        "nemesis: {} seeds, DCS {}, mode {}, {} faults per run from {}{}{}; load {}",
         seeds.len(),
         options.dcs.family(),
         options.mode.name(),
         options.faults,
-        kinds.join(",")
+        kinds.join(","),
+        if options.overlap { ", overlapping" } else { "" },
+        if options.netns {
+            ", hosts in network namespaces"
+        } else {
+            ""
+        },
+        load()
     );
     let started = Instant::now();
-    let (runs, failed) = series(&binary, &options, seeds).await;
-    let bound = Duration::from_secs(u64::from(options.ttl_secs + options.loop_wait_secs) + 1);
-    debug_assert!(runs.iter().all(|r| recovery_bound(&r.history) == bound));
-    print!("{}", render(&runs, &failed, bound));
-    println!("wall time: {:.0}s", started.elapsed().as_secs_f64());
+    let (mut runs, mut failed) = (Vec::new(), Vec::new());
+    // A table every 10 seeds, so a series cut short still has its figures.
+    let chunks: Vec<&[u64]> = seeds.chunks(10).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let (r, f) = series(&binary, &options, chunk.to_vec()).await;
+        runs.extend(r);
+        failed.extend(f);
+        if i + 1 < chunks.len() {
+            println!(
+                "after {} seeds ({:.0}s, load {}):\n{}",
+                runs.len() + failed.len(),
+                started.elapsed().as_secs_f64(),
+                load(),
+                render(&runs, &failed)
+            );
+        }
+    }
+    print!("{}", render(&runs, &failed));
+    println!(
+        "wall time: {:.0}s; load {}",
+        started.elapsed().as_secs_f64(),
+        load()
+    );
     if runs.iter().any(|r| !r.report.violations.is_empty()) || !failed.is_empty() {
         std::process::exit(1);
     }

@@ -7,8 +7,6 @@
 //! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
 //! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build.
 
-use std::time::Duration;
-
 use praetor_harness::cluster::DcsKind;
 use praetor_harness::nemesis::history::Mode;
 use praetor_harness::nemesis::runner::{options_from_env, series, NemesisOptions};
@@ -25,8 +23,7 @@ async fn no_violation(defaults: NemesisOptions, seeds: Vec<u64>) {
         Err(_) => seeds,
     };
     let (runs, failed) = series(&binary(), &options, seeds).await;
-    let bound = Duration::from_secs(u64::from(options.ttl_secs + options.loop_wait_secs) + 1);
-    let table = render(&runs, &failed, bound);
+    let table = render(&runs, &failed);
     println!("{table}");
     assert!(failed.is_empty(), "runs failed:\n{table}");
     assert!(
@@ -47,8 +44,17 @@ async fn three_seeded_runs_under_strict_synchronous_mode_break_no_promise() {
 ///   yet (right after it took the lock back), so no member was allowed to promote, not even the
 ///   thawed former primary, and the cluster stayed without a leader. Fixed: the key's leader (the
 ///   last known primary) may promote, as in Patroni.
+/// - 1 under strict on ZooKeeper (and 1 in namespaces): a member took the lock and its
+///   PostgreSQL was stopped (its own demotion deadline, the loop slowed by fencing and waiting
+///   for proxies) before the promotion; restarted "as primary after failure" it ended crash
+///   recovery on the former leader's timeline 1 and both acknowledged writes on timeline 1.
+///   Fixed: a lock holder whose data directory was a replica's restarts read-only and promotes
+///   onto a new timeline (Patroni's recover()); the deterministic regression is a row of the HA
+///   table (agent/src/ha/tests.rs), this replay is the end-to-end one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_that_found_violations_break_no_promise() {
     let defaults = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
     no_violation(defaults, vec![12]).await;
+    let defaults = NemesisOptions::new(DcsKind::ZooKeeperEnsemble3, Mode::Strict);
+    no_violation(defaults, vec![1]).await;
 }

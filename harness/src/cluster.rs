@@ -67,7 +67,8 @@ pub struct ClusterOptions {
     /// etcd members `e1`..`e3` (a 3-member etcd whatever [`ClusterOptions::dcs`] says, so losing
     /// quorum is a fault), each agent with its PostgreSQL in host `pg<i>`, the proxy in host
     /// `proxy`. Every address in every configuration is the host's (198.18.X.N) with the standard
-    /// ports (PostgreSQL 5432, REST API 8008, etcd 2379/2380, proxy 5000/5001, metrics 9000). With
+    /// ports (PostgreSQL 5432, REST API 8008, etcd 2379/2380, proxy read-write 5000, read-only
+    /// 5001, auto 5002, metrics 9000). With
     /// [`ClusterOptions::dcs_relay`], each agent reaches etcd `e1` through a relay on
     /// [`Network::gateway`]. Faults: [`LocalCluster::net`].
     pub netns: bool,
@@ -78,6 +79,12 @@ pub struct ClusterOptions {
     /// written and nothing runs; the test starts each node with [`Node::start_agent`] or
     /// [`Node::start_patroni`] (the configuration is Patroni's YAML, which both read).
     pub start_agents: bool,
+    /// With [`ClusterOptions::netns`]: each agent reaches every etcd member through a relay of its
+    /// own inside its host (listening on the host's 127.0.0.1, connecting from the host's
+    /// address, so the host's network faults still apply), so a test can make one member's link
+    /// to the DCS slow or lossy ([`LocalCluster::dcs_links`], [`crate::relay::TcpRelay::set_delay`],
+    /// [`crate::relay::TcpRelay::set_loss`]). This kernel has no `tc netem` to do it in the network.
+    pub dcs_links: bool,
 }
 
 impl Default for ClusterOptions {
@@ -100,6 +107,7 @@ impl Default for ClusterOptions {
             netns: false,
             bin_dir: None,
             start_agents: true,
+            dcs_links: false,
         }
     }
 }
@@ -326,6 +334,9 @@ pub struct Proxy {
     pub rw_port: u16,
     /// Read-only port.
     pub ro_port: u16,
+    /// Auto port (transactions routed one by one: writes to the leader, read-only ones to a
+    /// replica).
+    pub auto_port: u16,
     /// Metrics port.
     pub metrics_port: u16,
     /// Its configuration file.
@@ -352,6 +363,11 @@ impl Proxy {
     /// `<ip>:<ro_port>`.
     pub fn ro_addr(&self) -> String {
         format!("{}:{}", self.ip, self.ro_port)
+    }
+
+    /// `<ip>:<auto_port>`.
+    pub fn auto_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.auto_port)
     }
 }
 
@@ -429,7 +445,18 @@ impl LocalCluster {
                 .filter(|(n, _)| *n == i)
                 .map(|(_, t)| t.as_str())
                 .collect();
-            let dcs_section = if options.dcs_relay {
+            let dcs_section = if let (true, Some(h)) = (options.dcs_links, &node.host) {
+                let (section, hosts) = etcd.section_and_hosts();
+                let mut addrs = vec![];
+                for target in &hosts {
+                    let relay = crate::relay::TcpRelay::start_in(h, "127.0.0.1", target)
+                        .await
+                        .map_err(|e| format!("relay in {}: {e}", h.name))?;
+                    addrs.push(relay.addr());
+                    relays.push((node.name.clone(), relay));
+                }
+                format!("{section}:\n  hosts: {}\n", addrs.join(","))
+            } else if options.dcs_relay {
                 let (section, hosts) = etcd.section_and_hosts();
                 let bind = network
                     .as_ref()
@@ -482,10 +509,11 @@ impl LocalCluster {
             }),
             None => None,
         };
-        let (ip, rw_port, ro_port, metrics_port) = match &host {
-            Some(h) => (h.ip.clone(), 5000, 5001, 9000),
+        let (ip, rw_port, ro_port, auto_port, metrics_port) = match &host {
+            Some(h) => (h.ip.clone(), 5000, 5001, 5002, 9000),
             None => (
                 "127.0.0.1".to_string(),
+                free_port(),
                 free_port(),
                 free_port(),
                 free_port(),
@@ -493,7 +521,7 @@ impl LocalCluster {
         };
         let config = self.work.path().join("proxy.yml");
         let yaml = format!(
-            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    read_write:\n      listen: {ip}:{rw_port}\n    read_only:\n      listen: {ip}:{ro_port}\n    metrics:\n      listen: {ip}:{metrics_port}\n    connect_timeout: 5\n",
+            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    read_write:\n      listen: {ip}:{rw_port}\n    read_only:\n      listen: {ip}:{ro_port}\n    auto:\n      listen: {ip}:{auto_port}\n    metrics:\n      listen: {ip}:{metrics_port}\n    connect_timeout: 5\n",
             scope = self.options.scope,
             dcs = self.etcd.yaml_section(),
         );
@@ -513,6 +541,7 @@ impl LocalCluster {
             ip,
             rw_port,
             ro_port,
+            auto_port,
             metrics_port,
             config,
             process,
@@ -528,6 +557,19 @@ impl LocalCluster {
             .find(|(n, _)| n == name)
             .expect("started with dcs_relay")
             .1
+    }
+
+    /// Member `name`'s relays to the DCS servers, with [`ClusterOptions::dcs_links`] (one per
+    /// server; empty without).
+    pub fn dcs_links(&self, name: &str) -> Vec<&crate::relay::TcpRelay> {
+        if !self.options.dcs_links {
+            return vec![];
+        }
+        self.relays
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, r)| r)
+            .collect()
     }
 
     /// The network of hosts, with [`ClusterOptions::netns`]: silence, partition, heal

@@ -50,6 +50,39 @@ impl TcpRelay {
     /// which every host of that network reaches) to `target` (`host:port`).
     pub async fn start_on(bind: &str, target: &str) -> io::Result<TcpRelay> {
         let listener = TcpListener::bind((bind, 0)).await?;
+        TcpRelay::serve(listener, bind, target, None)
+    }
+
+    /// Starts relaying a free port of `bind` inside network namespace host `host` to `target`
+    /// (an `ip:port`), with every socket of the relay in that host: a process of the host reaches
+    /// the relay on `bind` (e.g. 127.0.0.1, never affected by the host's faults), and the relay's
+    /// connections to `target` leave from the host's address, so the host's network faults
+    /// (silence, partitions) apply to them as to the process's own connections.
+    ///
+    /// Errors: the namespace cannot be joined, the port cannot be bound.
+    pub async fn start_in(
+        host: &crate::netns::Host,
+        bind: &str,
+        target: &str,
+    ) -> io::Result<TcpRelay> {
+        let addr = bind.to_string();
+        let std_listener = host
+            .run(move || {
+                let l = std::net::TcpListener::bind((addr.as_str(), 0))?;
+                l.set_nonblocking(true)?;
+                Ok::<_, io::Error>(l)
+            })
+            .map_err(io::Error::other)??;
+        let listener = TcpListener::from_std(std_listener)?;
+        TcpRelay::serve(listener, bind, target, Some(host.clone()))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        bind: &str,
+        target: &str,
+        host: Option<crate::netns::Host>,
+    ) -> io::Result<TcpRelay> {
         let port = listener.local_addr()?.port();
         let (cut, cut_rx) = watch::channel(false);
         let link = Arc::new(Link::default());
@@ -60,6 +93,7 @@ impl TcpRelay {
                 tokio::spawn(relay(
                     client,
                     target.clone(),
+                    host.clone(),
                     cut_rx.clone(),
                     shared.clone(),
                 ));
@@ -114,13 +148,23 @@ impl Drop for TcpRelay {
 }
 
 /// Relays one connection until either side closes, the link is cut or the relay is dropped.
-async fn relay(client: TcpStream, target: String, mut cut: watch::Receiver<bool>, link: Arc<Link>) {
+async fn relay(
+    client: TcpStream,
+    target: String,
+    host: Option<crate::netns::Host>,
+    mut cut: watch::Receiver<bool>,
+    link: Arc<Link>,
+) {
     if *cut.borrow_and_update() {
         // Hold the connection unanswered until the link is restored (or the relay dropped).
         let _ = cut.wait_for(|c| !*c).await;
         return;
     }
-    let Ok(server) = TcpStream::connect(&target).await else {
+    let server = match host {
+        None => TcpStream::connect(&target).await,
+        Some(h) => connect_in(h, &target).await,
+    };
+    let Ok(server) = server else {
         return;
     };
     let (cr, cw) = client.into_split();
@@ -130,6 +174,27 @@ async fn relay(client: TcpStream, target: String, mut cut: watch::Receiver<bool>
         _ = pipe(sr, cw, link) => {}
         _ = cut.wait_for(|c| *c) => {}
     }
+}
+
+/// Connects to `target` (an `ip:port`) from a socket made inside namespace host `host` (a
+/// socket belongs to the namespace of the thread that creates it).
+async fn connect_in(host: crate::netns::Host, target: &str) -> io::Result<TcpStream> {
+    let addr: std::net::SocketAddr = target
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{target}: {e}")))?;
+    let socket = tokio::task::spawn_blocking(move || {
+        host.run(move || {
+            if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+        })
+    })
+    .await
+    .map_err(io::Error::other)?
+    .map_err(io::Error::other)??;
+    socket.connect(addr).await
 }
 
 /// Copies `from` to `to`, each chunk released after the link's delay (plus the loss penalty when

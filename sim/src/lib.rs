@@ -845,6 +845,30 @@ impl Sim {
         self.check_commits(i);
     }
 
+    /// PostgreSQL started as a primary on a replica's data directory: writable on the timeline it
+    /// replayed, with no timeline switch (what PostgreSQL does without standby.signal).
+    fn start_replica_data_as_primary(&mut self, i: usize) {
+        let branch = self.next_branch;
+        self.next_branch += 1;
+        let pg = &mut self.pgs[i];
+        let at = pg.lsn();
+        let tl = pg.tl();
+        pg.segs.push(Seg {
+            branch,
+            tl,
+            start: at,
+            end: at,
+        });
+        pg.state = PgState::Running { primary: true };
+        pg.upstream = None;
+        pg.streaming_from = None;
+        let name = self.agents[i].name.clone();
+        self.log(format!(
+            "{name}: started as primary on a replica's data, still on timeline {tl} at {at}"
+        ));
+        self.check_commits(i);
+    }
+
     /// Under synchronous replication a member that becomes writable holds every acknowledged commit.
     fn check_commits(&mut self, i: usize) {
         let checked =
@@ -1423,8 +1447,10 @@ impl Sim {
                     self.log(format!("{me}: started as primary"));
                     self.check_commits(i);
                 } else {
-                    // A replica's data directory started without standby.signal ends recovery.
-                    self.promote_pg(i);
+                    // A replica's data directory started without standby.signal: PostgreSQL ends
+                    // crash recovery on the timeline it was on (only the end of archive recovery
+                    // picks a new one), so it writes a branch of its former leader's timeline.
+                    self.start_replica_data_as_primary(i);
                 }
             }
             Action::Start(StartAs::Replica { upstream }) => {

@@ -387,6 +387,24 @@ fn stopped(
                 .collect();
             return decision(actions, d.reason);
         }
+        // A data directory last used by a replica (the lock was taken, then PostgreSQL stopped
+        // before the promotion): started as a primary it would write on the former leader's
+        // timeline, where the former leader may hold WAL this member never received (nemesis
+        // seed 1 in namespaces, strict). Started read-only, it is promoted at the next loop onto
+        // a timeline of its own. Patroni's recover() likewise starts a primary directly only when
+        // pg_controldata shows a primary's state (in production, in crash recovery, shutting
+        // down, shut down).
+        if control.is_some_and(|c| {
+            !c.state.was_primary() && c.state != super::ClusterState::InCrashRecovery
+        }) {
+            return decision(
+                vec![
+                    Action::RenewLeader,
+                    Action::Start(StartAs::Replica { upstream: None }),
+                ],
+                Reason::StartingReadOnlyWithLock,
+            );
+        }
         return decision(
             vec![Action::RenewLeader, Action::Start(StartAs::Primary)],
             Reason::StartingPrimaryAfterFailure,

@@ -117,6 +117,9 @@ pub enum Reason {
     StartingAsSecondary,
     /// The lock holder's PostgreSQL is down: restarting it as primary.
     StartingPrimaryAfterFailure,
+    /// The lock holder's PostgreSQL is down and its data directory was last a replica's (it
+    /// stopped before its promotion): started read-only, to be promoted onto a new timeline.
+    StartingReadOnlyWithLock,
     /// PostgreSQL is stopped; starting it as a replica of the leader.
     StartingAsReplicaOf {
         /// The leader.
@@ -313,6 +316,9 @@ impl fmt::Display for Reason {
             ClearedFailoverKey => f.write_str("cleaning up failover key"),
             StartingAsSecondary => f.write_str("starting as a secondary"),
             StartingPrimaryAfterFailure => f.write_str("starting primary after failure"),
+            StartingReadOnlyWithLock => {
+                f.write_str("starting as readonly because i had the session lock")
+            }
             StartingAsReplicaOf { leader } => {
                 write!(f, "starting as a secondary following {leader}")
             }

@@ -560,6 +560,24 @@ fn rows() -> Vec<Row> {
         .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| {
             *r == Reason::StartingPrimaryAfterFailure
         }),
+        row(
+            "§7 lock holder whose PostgreSQL stopped before its promotion (a replica's data): \
+             restarts read-only, to be promoted onto a new timeline (nemesis netns seed 1)",
+            Some(cluster(Some(ME))),
+            stopped_with(ClusterState::InArchiveRecovery, 1, 6000),
+        )
+        .expect(
+            vec![RenewLeader, Start(StartAs::Replica { upstream: None })],
+            |r| *r == Reason::StartingReadOnlyWithLock,
+        ),
+        row(
+            "§7 lock holder whose primary crashed (in production): restarts it as primary",
+            Some(cluster(Some(ME))),
+            stopped_with(ClusterState::InProduction, 1, 6000),
+        )
+        .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| {
+            *r == Reason::StartingPrimaryAfterFailure
+        }),
         // --- §6: replica ---------------------------------------------------------------------------
         row(
             "replica following the leader: no action",

@@ -18,15 +18,16 @@
 //!   its timeline within the runner's bound; or no final state could be read.
 //! - **recovery** (measured, not a violation): from each fault (from its heal for faults that
 //!   block writes by design, [`FaultKind::recovery_from_heal`]) to the end of the first write
-//!   acknowledged through the proxy that was sent after it; compared with
-//!   `ttl + loop_wait + 1 s`, Patroni's bound on a failover.
+//!   acknowledged through the proxy that was sent after it; compared with the fault's bound,
+//!   [`recovery_bound`] (Patroni's `ttl + loop_wait + 1 s` for a failover, more where the fault
+//!   itself must run out, less where writes should not stop at all).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use super::fault::FaultKind;
-use super::history::{Convergence, History, Op, OpKind, Outcome};
+use super::history::{Convergence, FaultRecord, History, Op, OpKind, Outcome};
 
 /// A broken promise, with the time (from the run's start) it shows at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +78,13 @@ pub struct Recovery {
     /// From the fault (or its heal) to the first acknowledged write sent after it; `None` when
     /// there was none.
     pub after: Option<Duration>,
-    /// `after` exceeded `ttl + loop_wait + 1 s`.
+    /// The fault's bound ([`recovery_bound`]).
+    pub bound: Duration,
+    /// The fault hit the leader (see [`FaultRecord::on_leader`]).
+    pub on_leader: bool,
+    /// It overlapped another fault.
+    pub overlapped: bool,
+    /// `after` exceeded `bound`.
     pub over_bound: bool,
 }
 
@@ -94,9 +101,71 @@ pub struct Report {
     pub recoveries: Vec<Recovery>,
 }
 
-/// Patroni's bound on the time a failover takes: `ttl + loop_wait + 1 s`.
-pub fn recovery_bound(history: &History) -> Duration {
-    Duration::from_secs(u64::from(history.ttl_secs) + u64::from(history.loop_wait_secs) + 1)
+/// Measurement slack added to every bound: PostgreSQL's promotion or restart, the proxy
+/// following the DCS and the clients' next statement, on a loaded machine.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// The bound on the recovery from fault `f` of `history` (from its start; from its heal for a
+/// DCS quorum loss, [`FaultKind::recovery_from_heal`]), per kind and target, and why:
+///
+/// - **leader gone at once** (kill, PostgreSQL crash of the leader): Patroni's failover bound
+///   `ttl + loop_wait + 1 s`. The lock was last renewed less than `loop_wait` before the fault,
+///   so it expires within `ttl`; a replica sees that within `loop_wait` (its watch, or its next
+///   loop), asks its peers (a dead host refuses the connection at once) and promotes; or the
+///   agent restarts a crashed PostgreSQL within its next loop.
+/// - **leader hung** (freeze, silence, partition, one-way partition, slow or lossy link of the
+///   leader): the same, plus the agents' timeout on a peer's REST API (`retry_timeout`, clamped to
+///   1..=2 s), since a frozen or silent host accepts or drops the candidate's question instead of
+///   refusing it, and the candidate waits that long before it may promote. A frozen leader's lock
+///   has to expire: no rule can shorten `ttl` without risking two leaders.
+/// - **replica gone at once** (kill, crash): asynchronous replication does not wait for it (`1 s`);
+///   under `synchronous_mode` the leader names the other replica synchronous at its next loop
+///   (`loop_wait + 1 s`).
+/// - **replica hung** (freeze, silence, slow link): asynchronous, `1 s`; under
+///   `synchronous_mode`, commits wait for a synchronous standby that neither answers nor
+///   disconnects until the fault heals or `wal_sender_timeout` ends the connection, so the
+///   fault's own hold plus a loop (`hold + loop_wait + 1 s`).
+/// - **DCS member stop**: the DCS keeps its quorum and writes never need it (`loop_wait + 1 s`);
+///   more means the leader needlessly stepped down.
+/// - **DCS quorum loss**, from the heal: the failover bound, since a lock held at the loss may
+///   live on for up to `ttl` once the quorum is back.
+/// - **proxy restart**: the proxy is down for the hold, then reads the leader from the DCS
+///   (`hold + 2 s`).
+/// - A fault applied while another held (or held while another was applied) gets its bound plus
+///   the other's: at worst the second fault starts the recovery over.
+pub fn recovery_bound(history: &History, f: &FaultRecord) -> Duration {
+    let own = own_bound(history, f);
+    history
+        .faults
+        .iter()
+        .filter(|g| f.overlaps(g))
+        .map(|g| own_bound(history, g))
+        .fold(own, |b, g| b + g)
+}
+
+fn own_bound(history: &History, f: &FaultRecord) -> Duration {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let (ttl, loop_wait) = (secs(history.ttl_secs), secs(history.loop_wait_secs));
+    let peer_timeout = secs(history.retry_timeout_secs.clamp(1, 2));
+    let failover = ttl + loop_wait + SLACK;
+    let hold = f.heal.saturating_sub(f.start);
+    let sync = history.mode.is_synchronous();
+    match f.kind {
+        FaultKind::Kill | FaultKind::PostgresCrash if f.on_leader => failover,
+        FaultKind::Kill | FaultKind::PostgresCrash if sync => loop_wait + SLACK,
+        FaultKind::Kill | FaultKind::PostgresCrash => SLACK,
+        FaultKind::Partition | FaultKind::OneWayPartition => failover + peer_timeout,
+        FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink if f.on_leader => {
+            failover + peer_timeout
+        }
+        FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink if sync => {
+            hold + loop_wait + SLACK
+        }
+        FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink => SLACK,
+        FaultKind::DcsMemberStop => loop_wait + SLACK,
+        FaultKind::DcsQuorumLoss => failover,
+        FaultKind::ProxyRestart => hold + 2 * SLACK,
+    }
 }
 
 /// Runs every check on `history`.
@@ -283,8 +352,8 @@ fn check_convergence(history: &History, report: &mut Report) {
 }
 
 fn check_recovery(history: &History, report: &mut Report) {
-    let bound = recovery_bound(history);
     for f in &history.faults {
+        let bound = recovery_bound(history, f);
         let from = if f.kind.recovery_from_heal() {
             f.heal
         } else {
@@ -310,6 +379,9 @@ fn check_recovery(history: &History, report: &mut Report) {
         report.recoveries.push(Recovery {
             kind: f.kind,
             at: f.start,
+            bound,
+            on_leader: f.on_leader,
+            overlapped: history.faults.iter().any(|g| f.overlaps(g)),
             over_bound: after.is_some_and(|a| a > bound),
             after,
         });
@@ -371,6 +443,7 @@ mod tests {
             mode,
             ttl_secs: 6,
             loop_wait_secs: 1,
+            retry_timeout_secs: 2,
             ops,
             faults: vec![],
             convergence: vec![Convergence::Converged { after: ms(3000) }],
@@ -378,6 +451,7 @@ mod tests {
                 ids: ids.iter().copied().collect(),
                 lists: BTreeMap::new(),
             }),
+            final_read_failures: vec![],
             end: ms(60_000),
         }
     }
@@ -563,6 +637,7 @@ mod tests {
             target: "pg1".into(),
             start: ms(100),
             heal: ms(2000),
+            on_leader: true,
         }];
         let r = check(&h);
         assert_eq!(r.violations, vec![]);
@@ -587,9 +662,50 @@ mod tests {
             target: "proxy".into(),
             start: ms(9500),
             heal: ms(9600),
+            on_leader: false,
         }];
         let r = check(&h);
         assert_eq!(kinds(&r), vec![ViolationKind::NoRecovery]);
         assert_eq!(r.recoveries[0].after, None);
+    }
+
+    #[test]
+    fn bounds_follow_the_fault_kind_its_target_the_mode_and_overlaps() {
+        let mut h = history(Mode::Async, vec![], &[]);
+        let fault = |kind, on_leader, start, heal| FaultRecord {
+            kind,
+            target: "pg1".into(),
+            start: ms(start),
+            heal: ms(heal),
+            on_leader,
+        };
+        let bound = |h: &History, f: &FaultRecord| recovery_bound(h, f).as_millis();
+        // ttl 6 + loop_wait 1 + 1 s; a hung leader adds the peer timeout (retry_timeout 2).
+        assert_eq!(bound(&h, &fault(FaultKind::Kill, true, 0, 3000)), 8000);
+        assert_eq!(bound(&h, &fault(FaultKind::Freeze, true, 0, 3000)), 10_000);
+        assert_eq!(
+            bound(&h, &fault(FaultKind::Partition, true, 0, 3000)),
+            10_000
+        );
+        // A replica's fault: writes go on under async; a hung synchronous standby holds commits
+        // for as long as the fault holds.
+        assert_eq!(bound(&h, &fault(FaultKind::Freeze, false, 0, 3000)), 1000);
+        h.mode = Mode::Strict;
+        assert_eq!(bound(&h, &fault(FaultKind::Freeze, false, 0, 3000)), 5000);
+        assert_eq!(bound(&h, &fault(FaultKind::Kill, false, 0, 3000)), 2000);
+        assert_eq!(
+            bound(&h, &fault(FaultKind::ProxyRestart, false, 0, 500)),
+            2500
+        );
+        // Overlapping faults add up; one after the other's heal does not.
+        let (a, b) = (
+            fault(FaultKind::Kill, true, 0, 3000),
+            fault(FaultKind::DcsMemberStop, false, 2000, 4000),
+        );
+        h.faults = vec![a.clone(), b.clone()];
+        assert_eq!(bound(&h, &a), 8000 + 2000);
+        assert_eq!(bound(&h, &b), 2000 + 8000);
+        h.faults[1] = fault(FaultKind::DcsMemberStop, false, 3001, 4000);
+        assert_eq!(bound(&h, &a), 8000);
     }
 }

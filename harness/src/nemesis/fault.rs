@@ -139,6 +139,22 @@ pub struct PlannedFault {
     pub degrade: Option<(u32, u32)>,
     /// Quiet time after the cluster converged again, before the next fault.
     pub quiet: Duration,
+    /// Applied this long after the previous fault, while that one still holds (only with
+    /// [`PlanOptions::overlap`]); `None`: after the previous one healed and the cluster
+    /// converged.
+    pub overlap: Option<Duration>,
+}
+
+impl FaultKind {
+    /// True when `self` and `other` can hold at the same time without one's heal undoing the
+    /// other: different kinds, not both on the DCS servers (a member of both would be started
+    /// by the first heal), not both network faults (a network heal removes every rule).
+    pub fn can_overlap(self, other: FaultKind) -> bool {
+        let dcs = |k: FaultKind| matches!(k, FaultKind::DcsMemberStop | FaultKind::DcsQuorumLoss);
+        self != other
+            && !(dcs(self) && dcs(other))
+            && !(self.needs_network() && other.needs_network())
+    }
 }
 
 /// What a plan is drawn from.
@@ -150,14 +166,20 @@ pub struct PlanOptions {
     pub kinds: Vec<FaultKind>,
     /// Leader lock TTL, seconds: holds range from 1 s to `2 × ttl`, so some outlast the lease.
     pub ttl_secs: u32,
+    /// Draw overlapping faults: each fault after the first is, with probability 1/2, applied
+    /// while the previous one still holds (at a point drawn within its hold), when the two kinds
+    /// [`FaultKind::can_overlap`] and the previous one neither is instantaneous nor overlaps
+    /// itself (at most two faults hold at once).
+    pub overlap: bool,
 }
 
 /// The faults of run `seed`: each kind drawn uniformly from `options.kinds`, targets and holds
 /// from the same generator (`fastrand`'s wyrand, seeded), so a seed replays the same plan.
+/// Without [`PlanOptions::overlap`] a seed draws the plan it drew before overlaps existed.
 pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let max_hold_ms = u64::from(options.ttl_secs.max(1)) * 2000;
-    (0..options.faults)
+    let mut faults: Vec<PlannedFault> = (0..options.faults)
         .filter_map(|_| {
             let kind = *options.kinds.get(rng.usize(..options.kinds.len().max(1)))?;
             let on_leader = rng.bool() || rng.bool(); // 3 in 4 hit the leader: the interesting case
@@ -199,9 +221,28 @@ pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
                 hold,
                 degrade,
                 quiet,
+                overlap: None,
             })
         })
-        .collect()
+        .collect();
+    if options.overlap {
+        // Drawn after the plan itself (from a second generator), so the faults are those of the
+        // same seed without overlaps.
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x6f76_6572_6c61_7000);
+        for i in 1..faults.len() {
+            let prev = &faults[i - 1];
+            let coin = rng.bool();
+            let at = rng.u64(0..=prev.hold.as_millis() as u64);
+            if coin
+                && prev.overlap.is_none()
+                && !prev.hold.is_zero()
+                && prev.kind.can_overlap(faults[i].kind)
+            {
+                faults[i].overlap = Some(Duration::from_millis(at));
+            }
+        }
+    }
+    faults
 }
 
 /// A host a network fault can name.
@@ -253,6 +294,7 @@ mod tests {
             faults: 20,
             kinds: kinds.to_vec(),
             ttl_secs: 6,
+            overlap: false,
         }
     }
 
@@ -297,5 +339,46 @@ mod tests {
             .filter(|k| k.needs_network())
             .collect();
         assert_eq!(net.len(), 4);
+    }
+
+    #[test]
+    fn overlaps_keep_the_plan_and_pair_only_compatible_faults_two_at_a_time() {
+        let mut o = options(&FaultKind::ALL);
+        o.overlap = true;
+        let mut overlapping = 0;
+        for seed in 0..50 {
+            let with = plan(seed, &o);
+            let without = plan(
+                seed,
+                &PlanOptions {
+                    overlap: false,
+                    ..o.clone()
+                },
+            );
+            assert_eq!(with.len(), without.len());
+            for (i, (a, b)) in with.iter().zip(&without).enumerate() {
+                assert_eq!(
+                    PlannedFault {
+                        overlap: None,
+                        ..a.clone()
+                    },
+                    *b
+                );
+                if let Some(at) = a.overlap {
+                    overlapping += 1;
+                    let prev = &with[i - 1];
+                    assert!(prev.overlap.is_none(), "at most two at once");
+                    assert!(at <= prev.hold);
+                    assert!(prev.kind.can_overlap(a.kind), "{prev:?} {a:?}");
+                }
+            }
+        }
+        assert!(
+            overlapping > 50,
+            "{overlapping} overlapping faults in 50 plans of 20"
+        );
+        assert!(!FaultKind::Silence.can_overlap(FaultKind::Partition));
+        assert!(!FaultKind::DcsMemberStop.can_overlap(FaultKind::DcsQuorumLoss));
+        assert!(FaultKind::Freeze.can_overlap(FaultKind::DcsQuorumLoss));
     }
 }

@@ -176,6 +176,16 @@ pub struct FaultRecord {
     pub start: Duration,
     /// When it was healed (equal to `start` for instantaneous faults such as a PostgreSQL crash).
     pub heal: Duration,
+    /// It hit the member that led when it was applied (or cut that member off, for a
+    /// partition); false for a replica and for faults aimed at no member (DCS, proxy).
+    pub on_leader: bool,
+}
+
+impl FaultRecord {
+    /// True when `other` was applied while this fault held or this one while `other` held.
+    pub fn overlaps(&self, other: &FaultRecord) -> bool {
+        self != other && self.start <= other.heal && other.start <= self.heal
+    }
 }
 
 /// Whether the cluster converged after the faults were healed.
@@ -213,6 +223,9 @@ pub struct History {
     pub ttl_secs: u32,
     /// Loop period, seconds.
     pub loop_wait_secs: u32,
+    /// DCS retry timeout, seconds (the agents' timeout on a peer's REST API is this, clamped
+    /// to 1..=2 s).
+    pub retry_timeout_secs: u32,
     /// Every operation, in no particular order.
     pub ops: Vec<Op>,
     /// Every fault, in the order applied.
@@ -223,6 +236,9 @@ pub struct History {
     /// What the leader held at the end; `None` when it could not be read (then no write can be
     /// checked, which is itself a violation).
     pub final_state: Option<FinalState>,
+    /// Why each failed attempt to read the final state failed (the runner retries for a
+    /// minute): a leader that stops answering after the cluster had converged shows here.
+    pub final_read_failures: Vec<String>,
     /// When the run ended (the workload stopped).
     pub end: Duration,
 }

@@ -39,6 +39,9 @@ pub struct NemesisOptions {
     pub netns: bool,
     /// Keep the cluster's directory when a run finds a violation (its path is printed).
     pub keep_on_violation: bool,
+    /// Draw overlapping faults ([`PlanOptions::overlap`]): a second fault applied while the
+    /// first still holds.
+    pub overlap: bool,
 }
 
 impl NemesisOptions {
@@ -56,6 +59,7 @@ impl NemesisOptions {
             convergence_timeout: Duration::from_secs(90),
             netns: false,
             keep_on_violation: true,
+            overlap: false,
         }
     }
 
@@ -64,9 +68,9 @@ impl NemesisOptions {
         self.kinds
             .iter()
             .copied()
-            // Slow and lossy links need relays in front of every member (the namespaces harness
-            // has them only between agents and one DCS server): not drawn yet.
-            .filter(|k| *k != FaultKind::SlowLink && (self.netns || !k.needs_network()))
+            // Network faults need hosts of their own; a slow or lossy link is a member's links
+            // to the DCS servers (relays inside its host, ClusterOptions::dcs_links).
+            .filter(|k| self.netns || !k.needs_network())
             .collect()
     }
 
@@ -78,6 +82,7 @@ impl NemesisOptions {
                 faults: self.faults,
                 kinds: self.applicable_kinds(),
                 ttl_secs: self.ttl_secs,
+                overlap: self.overlap,
             },
         )
     }
@@ -110,12 +115,16 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         // host too, so partitions can cut it off.
         netns: options.netns,
         proxy: options.netns,
+        // Every agent's links to the DCS servers through relays inside its host, so a link can
+        // be made slow or lossy (the kernel has no `tc netem`).
+        dcs_links: options.netns,
         ..ClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(binary, cluster_options).await?;
     let result = run_on(&mut cluster, options, seed, wall).await;
     let keep = match &result {
-        Ok(r) => !r.report.violations.is_empty(),
+        // A final read that failed at first is kept too, to see why the leader refused.
+        Ok(r) => !r.report.violations.is_empty() || !r.history.final_read_failures.is_empty(),
         Err(_) => true,
     };
     if keep && options.keep_on_violation {
@@ -144,7 +153,7 @@ async fn run_on(
             format!("127.0.0.1:{}", p.rw_port),
             Some(format!("127.0.0.1:{}", p.auto_port)),
         ),
-        (None, Some(p)) => (p.rw_addr(), None),
+        (None, Some(p)) => (p.rw_addr(), Some(p.auto_addr())),
         (None, None) => return Err("no proxy".into()),
     };
     wait_for(
@@ -184,30 +193,61 @@ async fn run_on(
     )
     .await?;
 
-    let mut faults = Vec::new();
+    let mut faults: Vec<FaultRecord> = Vec::new();
     let mut convergence = Vec::new();
-    for planned in options.plan(seed) {
-        let (applied, target) = apply(cluster, &mut proxy, &planned).await?;
-        let start = workload.now();
-        eprintln!(
-            "nemesis seed {seed}: {:>6.1}s {} on {target}, held {:.1}s",
-            start.as_secs_f64(),
-            planned.kind,
-            planned.hold.as_secs_f64()
-        );
-        tokio::time::sleep(planned.hold).await;
-        heal(cluster, &mut proxy, applied).await?;
+    let plan = options.plan(seed);
+    let mut last_leader = cluster.leader().await;
+    let mut i = 0;
+    while i < plan.len() {
+        // One fault, or two when the next one is drawn to overlap it.
+        let group: Vec<&PlannedFault> = match plan.get(i + 1) {
+            Some(next) if next.overlap.is_some() => vec![&plan[i], next],
+            _ => vec![&plan[i]],
+        };
+        i += group.len();
+        let mut held: Vec<(Instant, Applied, usize)> = Vec::new();
+        for planned in &group {
+            if let Some(after) = planned.overlap {
+                tokio::time::sleep(after).await;
+            }
+            let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. });
+            let (applied, target) = apply(cluster, &mut proxy, planned, &mut last_leader).await?;
+            let start = workload.now();
+            eprintln!(
+                "nemesis seed {seed}: {:>6.1}s {}{} on {target}, held {:.1}s",
+                start.as_secs_f64(),
+                planned.kind,
+                if planned.overlap.is_some() {
+                    " (overlapping)"
+                } else {
+                    ""
+                },
+                planned.hold.as_secs_f64()
+            );
+            held.push((Instant::now() + planned.hold, applied, faults.len()));
+            faults.push(FaultRecord {
+                kind: planned.kind,
+                target,
+                start,
+                heal: start,
+                on_leader,
+            });
+        }
+        // Heal each when its hold ends, the earliest first.
+        held.sort_by_key(|(until, _, _)| *until);
+        for (until, applied, index) in held {
+            tokio::time::sleep_until(until.into()).await;
+            heal(cluster, &mut proxy, applied).await?;
+            faults[index].heal = workload.now();
+        }
         let heal_at = workload.now();
-        faults.push(FaultRecord {
-            kind: planned.kind,
-            target,
-            start,
-            heal: heal_at,
-        });
-        match cluster.wait_healthy(2, options.convergence_timeout).await {
-            Ok(_) => convergence.push(Convergence::Converged {
-                after: workload.now() - heal_at,
-            }),
+        match converged(cluster, options).await {
+            Ok(leader) => {
+                last_leader = Some(leader);
+                convergence.push(Convergence::Converged {
+                    after: workload.now() - heal_at,
+                })
+            }
             Err(last) => {
                 convergence.push(Convergence::NotConverged {
                     at: workload.now(),
@@ -228,18 +268,38 @@ async fn run_on(
             },
         )
         .await;
-        tokio::time::sleep(planned.quiet).await;
+        tokio::time::sleep(group.last().map_or(Duration::ZERO, |f| f.quiet)).await;
     }
     let end = workload.now();
     let ops = workload.stop().await?;
     // The leader may be changing hands right after the last heal (a DCS session expiring late):
     // read from whoever leads, retried for up to a minute.
+    let read_from = Instant::now();
+    let failures = std::sync::Mutex::new(Vec::new());
     let final_state = wait_for(
         "the final state from the leader",
         Duration::from_secs(60),
         || async {
-            let leader = cluster.leader().await.ok_or("no leader")?;
-            read_final_state(&cluster.node(&leader).pg_addr()).await
+            let result = match cluster.leader().await {
+                None => Err("no leader".to_string()),
+                Some(leader) => read_final_state(&cluster.node(&leader).pg_addr())
+                    .await
+                    .map_err(|e| format!("{leader}: {e}")),
+            };
+            if let Err(e) = &result {
+                // A leader changing hands after the cluster had converged is worth seeing.
+                let line = format!(
+                    "at {:.1}s (+{:.1}s after the workload stopped): {e}",
+                    (end + read_from.elapsed()).as_secs_f64(),
+                    read_from.elapsed().as_secs_f64()
+                );
+                eprintln!("nemesis seed {seed}: final read failed {line}");
+                failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line);
+            }
+            result
         },
     )
     .await
@@ -248,6 +308,8 @@ async fn run_on(
         mode: options.mode,
         ttl_secs: options.ttl_secs,
         loop_wait_secs: options.loop_wait_secs,
+        retry_timeout_secs: options.retry_timeout_secs,
+        final_read_failures: failures.into_inner().unwrap_or_else(|p| p.into_inner()),
         ops,
         faults,
         convergence,
@@ -263,9 +325,45 @@ async fn run_on(
     })
 }
 
-/// The member `target` names now.
-async fn member(cluster: &LocalCluster, target: &Target) -> Result<String, String> {
-    let leader = cluster.leader().await.ok_or("no leader to aim at")?;
+/// Waits until the cluster converged after a heal (one running leader, both replicas streaming
+/// on its timeline) and still is `retry_timeout + loop_wait` later; returns the leader. Right
+/// after a DCS outage the members' `/cluster` may still show the view from before it, and a
+/// leader that was without the DCS for longer than `retry_timeout` demotes itself at its next
+/// loop (Patroni's rule): the second look sees that (ZooKeeper seed 4 under strict, whose final
+/// read found the leader restarting as a replica).
+async fn converged(cluster: &LocalCluster, options: &NemesisOptions) -> Result<String, String> {
+    let deadline = Instant::now() + options.convergence_timeout;
+    let settle = Duration::from_secs(u64::from(
+        options.retry_timeout_secs + options.loop_wait_secs,
+    ));
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let first = cluster.wait_healthy(2, left).await?;
+        tokio::time::sleep(settle).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let second = cluster
+            .wait_healthy(2, left.max(Duration::from_secs(1)))
+            .await?;
+        if first == second {
+            return Ok(second);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the leader changed from {first} to {second}"));
+        }
+    }
+}
+
+/// The member `target` names now. While no member leads (a fault applied during another's
+/// failover), the leader is the last one seen, `last_leader`.
+async fn member(
+    cluster: &LocalCluster,
+    target: &Target,
+    last_leader: &mut Option<String>,
+) -> Result<String, String> {
+    if let Some(l) = cluster.leader().await {
+        *last_leader = Some(l);
+    }
+    let leader = last_leader.clone().ok_or("no leader to aim at")?;
     Ok(match target {
         Target::Replica(n) => {
             let replicas: Vec<&String> = cluster
@@ -284,25 +382,26 @@ async fn apply(
     cluster: &mut LocalCluster,
     proxy: &mut Option<FullProxy>,
     f: &PlannedFault,
+    last_leader: &mut Option<String>,
 ) -> Result<(Applied, String), String> {
     if f.kind.needs_network() && network(cluster).is_none() {
         return Err(format!("{} needs hosts with networks of their own", f.kind));
     }
     Ok(match f.kind {
         FaultKind::Freeze => {
-            let m = member(cluster, &f.target).await?;
+            let m = member(cluster, &f.target, last_leader).await?;
             let pids = cluster.node(&m).freeze();
             (Applied::Frozen(m.clone(), pids), m)
         }
         FaultKind::Kill => {
-            let m = member(cluster, &f.target).await?;
+            let m = member(cluster, &f.target, last_leader).await?;
             let node = cluster.node_mut(&m);
             node.kill_agent();
             node.kill_postmaster();
             (Applied::Killed(m.clone()), m)
         }
         FaultKind::PostgresCrash => {
-            let m = member(cluster, &f.target).await?;
+            let m = member(cluster, &f.target, last_leader).await?;
             cluster.node(&m).kill_postmaster();
             (Applied::Nothing, m)
         }
@@ -327,15 +426,18 @@ async fn apply(
             (Applied::ProxyKilled, "proxy".into())
         }
         FaultKind::Silence => {
-            let m = member(cluster, &f.target).await?;
+            let m = member(cluster, &f.target, last_leader).await?;
             network_of(cluster).silence(&Host::Member(m.clone()))?;
             (Applied::Network, m)
         }
         FaultKind::SlowLink => {
-            let m = member(cluster, &f.target).await?;
+            let m = member(cluster, &f.target, last_leader).await?;
             let (delay, loss) = f.degrade.unwrap_or((100, 0));
             network_of(cluster).degrade(&Host::Member(m.clone()), delay, loss)?;
-            (Applied::Network, format!("{m} +{delay}ms {loss}% loss"))
+            (
+                Applied::Network,
+                format!("{m}'s DCS links +{delay}ms {loss}% loss"),
+            )
         }
         FaultKind::Partition | FaultKind::OneWayPartition => {
             let Target::Split {
@@ -345,7 +447,7 @@ async fn apply(
             else {
                 return Err(format!("{} without sides: {:?}", f.kind, f.target));
             };
-            let leader = member(cluster, &Target::Leader).await?;
+            let leader = member(cluster, &Target::Leader, last_leader).await?;
             let mut a = vec![Host::Member(leader.clone())];
             let mut b = vec![Host::Proxy];
             let others: Vec<String> = cluster
@@ -431,6 +533,14 @@ pub async fn series(
                     r.report.violations.len(),
                     r.wall.as_secs_f64()
                 );
+                for v in &r.report.violations {
+                    eprintln!(
+                        "nemesis seed {seed}: {} at {:.1}s: {}",
+                        v.kind,
+                        v.at.as_secs_f64(),
+                        v.detail
+                    );
+                }
                 done.push(r);
             }
             Err(e) => {
@@ -446,7 +556,8 @@ pub async fn series(
 /// `PRAETOR_NEMESIS_DCS` (`etcd` or `zookeeper`: a 3-server etcd cluster or ZooKeeper ensemble),
 /// `PRAETOR_NEMESIS_MODE` (`async`, `sync`, `strict`), `PRAETOR_NEMESIS_FAULTS` (comma-separated
 /// fault names to draw from, default all the harness can apply) and
-/// `PRAETOR_NEMESIS_FAULTS_PER_RUN`; `defaults` gives what an unset variable means.
+/// `PRAETOR_NEMESIS_FAULTS_PER_RUN`, `PRAETOR_NEMESIS_NETNS` and `PRAETOR_NEMESIS_OVERLAP` (`1` or
+/// `0`); `defaults` gives what an unset variable means.
 ///
 /// Errors: a value that is not one of those names, naming the variable.
 pub fn options_from_env(defaults: NemesisOptions) -> Result<NemesisOptions, String> {
@@ -483,6 +594,13 @@ pub fn options_from_env(defaults: NemesisOptions) -> Result<NemesisOptions, Stri
     if let Ok(v) = std::env::var("PRAETOR_NEMESIS_NETNS") {
         o.netns = v == "1" || v == "true";
     }
+    if let Ok(v) = std::env::var("PRAETOR_NEMESIS_OVERLAP") {
+        o.overlap = match v.as_str() {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            other => return Err(format!("PRAETOR_NEMESIS_OVERLAP: {other:?} is not 1 or 0")),
+        };
+    }
     if let Ok(v) = std::env::var("PRAETOR_NEMESIS_FAULTS_PER_RUN") {
         o.faults = v
             .parse()
@@ -491,18 +609,32 @@ pub fn options_from_env(defaults: NemesisOptions) -> Result<NemesisOptions, Stri
     Ok(o)
 }
 
-/// The network faults of `cluster`'s hosts: those of its network namespaces, none on the
-/// loopback harness.
-pub fn network(cluster: &mut LocalCluster) -> Option<&mut dyn NetworkFaults> {
-    cluster
-        .network
+/// The network faults of `cluster`'s hosts: those of its network namespaces (and its members'
+/// relays to the DCS servers, for slow links), none on the loopback harness.
+pub fn network(cluster: &mut LocalCluster) -> Option<Box<dyn NetworkFaults + '_>> {
+    let LocalCluster {
+        ref mut network,
+        ref relays,
+        ref options,
+        ..
+    } = *cluster;
+    let links = if options.dcs_links { &relays[..] } else { &[] };
+    network
         .as_mut()
-        .map(|n| n as &mut dyn NetworkFaults)
+        .map(|net| Box::new(HostFaults { net, links }) as Box<dyn NetworkFaults + '_>)
 }
 
-impl NetworkFaults for crate::netns::Network {
+/// The network faults of hosts in network namespaces: nftables rules for silences and
+/// partitions, the members' relays to the DCS servers for slow or lossy links.
+struct HostFaults<'a> {
+    net: &'a mut crate::netns::Network,
+    /// Each member's relays to the DCS servers, by member name.
+    links: &'a [(String, crate::relay::TcpRelay)],
+}
+
+impl NetworkFaults for HostFaults<'_> {
     fn silence(&mut self, host: &Host) -> Result<(), String> {
-        crate::netns::Network::silence(self, &host.name())
+        self.net.silence(&host.name())
     }
 
     fn partition(&mut self, a: &[Host], b: &[Host], one_way: bool) -> Result<(), String> {
@@ -511,30 +643,46 @@ impl NetworkFaults for crate::netns::Network {
         if one_way {
             for x in &a {
                 for y in &b {
-                    self.one_way(x, y)?;
+                    self.net.one_way(x, y)?;
                 }
             }
             Ok(())
         } else {
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
             let b: Vec<&str> = b.iter().map(String::as_str).collect();
-            crate::netns::Network::partition(self, &a, &b)
+            self.net.partition(&a, &b)
         }
     }
 
-    fn degrade(&mut self, host: &Host, _delay_ms: u32, _loss_percent: u32) -> Result<(), String> {
-        Err(format!(
-            "{}: slow links need relays in front of every host (not in this harness)",
-            host.name()
-        ))
+    /// Slows member `host`'s links to every DCS server (its agent's only network path that a
+    /// relay can sit on: PostgreSQL's replication addresses come from the DCS).
+    fn degrade(&mut self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String> {
+        let name = host.name();
+        let mut found = false;
+        for (_, relay) in self.links.iter().filter(|(n, _)| *n == name) {
+            relay.set_delay(Duration::from_millis(u64::from(delay_ms)));
+            relay.set_loss(f64::from(loss_percent) / 100.0);
+            found = true;
+        }
+        if found {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name} has no relayed DCS links (ClusterOptions::dcs_links)"
+            ))
+        }
     }
 
     fn heal(&mut self) -> Result<(), String> {
-        crate::netns::Network::heal(self)
+        for (_, relay) in self.links {
+            relay.set_delay(Duration::ZERO);
+            relay.set_loss(0.0);
+        }
+        self.net.heal()
     }
 }
 
 /// [`network`], after the caller checked there is one.
-fn network_of(cluster: &mut LocalCluster) -> &mut dyn NetworkFaults {
+fn network_of(cluster: &mut LocalCluster) -> Box<dyn NetworkFaults + '_> {
     network(cluster).expect("checked by the caller")
 }

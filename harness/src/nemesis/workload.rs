@@ -73,12 +73,12 @@ pub async fn create_tables(addr: &str) -> Result<(), String> {
 /// Reads what the workload left: every id in `nemesis_log` and every list in `nemesis_kv`, from
 /// the PostgreSQL at `addr` (the leader's).
 pub async fn read_final_state(addr: &str) -> Result<FinalState, String> {
-    let client = connect(addr).await.map_err(|e| e.to_string())?;
+    let client = connect(addr).await.map_err(|e| pg_error(&e))?;
     let mut fin = FinalState::default();
     for m in client
         .simple_query("SELECT id FROM nemesis_log")
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| pg_error(&e))?
     {
         if let SimpleQueryMessage::Row(r) = m {
             let id = r.get(0).and_then(|v| v.parse().ok()).ok_or("bad id")?;
@@ -88,7 +88,7 @@ pub async fn read_final_state(addr: &str) -> Result<FinalState, String> {
     for m in client
         .simple_query("SELECT k, v::text FROM nemesis_kv")
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| pg_error(&e))?
     {
         if let SimpleQueryMessage::Row(r) = m {
             let k = r.get(0).and_then(|v| v.parse().ok()).ok_or("bad key")?;
@@ -97,6 +97,15 @@ pub async fn read_final_state(addr: &str) -> Result<FinalState, String> {
         }
     }
     Ok(fin)
+}
+
+/// A tokio-postgres error with what PostgreSQL said (severity, SQLSTATE, message), which its
+/// `Display` leaves out ("db error").
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// Running clients; [`Workload::stop`] ends them and hands back the history.
