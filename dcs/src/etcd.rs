@@ -22,7 +22,7 @@
 //! as Patroni's etcd3 client moves on to the next member of the cluster on a failed request. So a
 //! member that is down (connect refused) or silent (a blackholed host: packets dropped, connects and
 //! reads hang) never holds a request for longer than one slice. The watch asks etcd for a progress
-//! report every request timeout, so a watch on a member that went silent is re-opened elsewhere too.
+//! report every slice, so a watch on a member that went silent is re-opened elsewhere too.
 //! The clients reconnect by themselves, so an [`EtcdDcs`] survives etcd restarts without being
 //! rebuilt.
 
@@ -1048,13 +1048,14 @@ impl WatchTask {
     /// Forwards every changed key of `stream` (on endpoint `idx`) to the subscribers until the
     /// stream ends.
     ///
-    /// A watch on an idle cluster carries nothing, so silence alone says nothing: every request
-    /// timeout the task asks etcd for a progress report (etcd ≥ 3.4 answers at once), and a stream
+    /// A watch on an idle cluster carries nothing, so silence alone says nothing: every attempt
+    /// slice ([`attempt_slice`]) the task asks etcd for a progress report (etcd ≥ 3.4 answers at
+    /// once), and a stream
     /// that brought no message at all for two of those intervals is on an endpoint that stopped
     /// answering (a silent host; the HTTP/2 pings would notice only after
     /// [`HTTP2_KEEPALIVE_INTERVAL`] and more). It is then broken, and the next endpoint preferred.
     async fn pump(&self, mut stream: WatchStream, idx: usize) -> WatchEnd {
-        let every = self.etcd.request_timeout;
+        let every = self.etcd.per_attempt;
         let mut ask = tokio::time::interval_at(Instant::now() + every, every);
         ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = Instant::now();
