@@ -57,6 +57,29 @@ impl Writers {
             )
             .await
             .expect("create w");
+        // Every replica has the table before any fault: a fault right after the CREATE could
+        // otherwise leave the next leader without it, and its writes failing for that reason.
+        for n in &c.nodes {
+            let dsn = n.dsn();
+            wait_for(
+                &format!("table w on {}", n.name),
+                Duration::from_secs(60),
+                || async {
+                    let cl = connect_dsn(&dsn).await.map_err(|e| e.to_string())?;
+                    let row = cl
+                        .query_one("SELECT to_regclass('w') IS NOT NULL", &[])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if row.get::<_, bool>(0) {
+                        Ok(())
+                    } else {
+                        Err("not replayed yet".to_string())
+                    }
+                },
+            )
+            .await
+            .expect("the table reaches every member");
+        }
         let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let stop = CancellationToken::new();
         let mut tasks = vec![];
