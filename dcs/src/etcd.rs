@@ -12,12 +12,24 @@
 //! - one background task watches the prefix and fans changes out on a broadcast channel.
 //!
 //! Every request is bounded by `request_timeout_secs`; a timeout or transport failure is
-//! [`DcsError::Unavailable`]. The gRPC channel reconnects by itself, so an [`EtcdDcs`] survives etcd
-//! restarts without being rebuilt.
+//! [`DcsError::Unavailable`].
+//!
+//! Several endpoints (an etcd cluster): each endpoint has a gRPC client of its own, connected (and
+//! authenticated) on first use, and every request, the lease keep-alive and the watch go to one
+//! preferred endpoint. An endpoint that does not answer within a slice of the request timeout, or
+//! answers that it cannot serve (no connection, no etcd leader, a broken HTTP/2 connection), costs
+//! that request one attempt: it is sent again to the next endpoint, which becomes the preferred one,
+//! as Patroni's etcd3 client moves on to the next member of the cluster on a failed request. So a
+//! member that is down (connect refused) or silent (a blackholed host: packets dropped, connects and
+//! reads hang) never holds a request for longer than one slice. The watch asks etcd for a progress
+//! report every slice, so a watch on a member that went silent is re-opened elsewhere too.
+//! The clients reconnect by themselves, so an [`EtcdDcs`] survives etcd restarts without being
+//! rebuilt.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,7 +37,8 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnResponse,
     WatchOptions, WatchStream,
 };
-use tokio::sync::{broadcast, oneshot, Mutex};
+use tokio::sync::{broadcast, oneshot, Mutex, OnceCell};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -48,21 +61,13 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The etcd v3 backend of [`Dcs`].
 ///
-/// Holds one gRPC client (cheap to clone, reconnecting by itself), this client's lease and the watch
-/// task. Dropping it stops the watch task; the lease then expires after its TTL unless
-/// [`Dcs::close`] revoked it first.
+/// Holds the endpoints' gRPC clients (see [`Endpoints`]), this client's lease and the watch task.
+/// Dropping it stops the watch task; the lease then expires after its TTL unless [`Dcs::close`]
+/// revoked it first.
 pub struct EtcdDcs {
-    client: Client,
-    /// One client per endpoint, in the configured order: requests go to the preferred one (see
-    /// [`EtcdDcs::request`]), so a silent endpoint costs one attempt, not every request's budget.
-    endpoint_clients: Vec<Client>,
-    /// Index into `endpoint_clients` of the endpoint requests go to first.
-    preferred: std::sync::atomic::AtomicUsize,
+    etcd: Arc<Endpoints>,
     keys: Keys,
     member: Option<String>,
-    request_timeout: Duration,
-    /// More than one endpoint: a request that cannot connect to one is sent again (to another).
-    several_endpoints: bool,
     /// The TTL (seconds) new leases get; changed by [`Dcs::set_ttl`].
     ttl_secs: AtomicU32,
     /// The TTL (seconds) etcd granted the last lease (more than asked below its minimum); 0 before
@@ -72,6 +77,42 @@ pub struct EtcdDcs {
     lease: Mutex<LeaseState>,
     events: broadcast::Sender<DcsEvent>,
     watch_cancel: CancellationToken,
+}
+
+/// The configured etcd endpoints, their clients and the one requests go to first; shared by the
+/// requests of an [`EtcdDcs`] and its watch task.
+struct Endpoints {
+    /// In the configured order.
+    list: Vec<Endpoint>,
+    /// The options every endpoint's client is connected with.
+    options: ConnectOptions,
+    /// Index into `list` of the endpoint requests go to first.
+    preferred: AtomicUsize,
+    /// The bound of one whole request, over every attempt.
+    request_timeout: Duration,
+    /// The bound of one attempt on one endpoint (see [`attempt_slice`]).
+    per_attempt: Duration,
+}
+
+/// One etcd endpoint and its gRPC client.
+struct Endpoint {
+    /// `http://host:port`, `https://host:port` or `host:port`, as configured.
+    url: String,
+    /// Connected on first use, inside an attempt: etcd-client authenticates while connecting (a
+    /// request), so a silent endpoint at start costs one attempt, not the whole connect. An attempt
+    /// that times out leaves it empty, and the next use connects again.
+    client: OnceCell<Client>,
+}
+
+/// The time one attempt on one of `n` endpoints gets: the request timeout split evenly across the
+/// endpoints, as Patroni's etcd clients split `retry_timeout` across the members, but at least
+/// [`MIN_ATTEMPT`] (a healthy etcd answers in milliseconds; a loaded machine needs some slack).
+fn attempt_slice(request_timeout: Duration, n: usize) -> Duration {
+    if n > 1 {
+        (request_timeout / n as u32).max(MIN_ATTEMPT)
+    } else {
+        request_timeout
+    }
 }
 
 /// This client's lease, as far as it knows.
@@ -109,20 +150,28 @@ impl From<DcsError> for Failure {
     }
 }
 
-/// gRPC's `NOT_FOUND` status code (etcd-client does not re-export tonic's `Code`).
+/// gRPC's status codes (etcd-client does not re-export tonic's `Code`).
+const GRPC_CANCELLED: i32 = 1;
+const GRPC_UNKNOWN: i32 = 2;
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
 const GRPC_NOT_FOUND: i32 = 5;
-/// gRPC's `UNAVAILABLE` status code.
+const GRPC_INTERNAL: i32 = 13;
 const GRPC_UNAVAILABLE: i32 = 14;
-/// Pause before sending again a request that could not connect to an endpoint.
-const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// First pause before sending again a request an endpoint could not serve; it doubles up to
+/// [`RETRY_PAUSE_MAX`] within one request, so a request retries at a bounded pace while an etcd
+/// cluster elects a leader.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between two attempts of one request.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(400);
 /// Shortest time one attempt on one endpoint gets before the request moves on to the next.
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// One attempt of a request on endpoint `idx`: unless it succeeded or failed with etcd's own
-/// answer (`done`), dropping it (a timeout, a connect failure, or the caller abandoning the
-/// request) moves the preferred endpoint on to the next, unless another request did already.
+/// answer (`done`), dropping it (a timeout, an endpoint that cannot serve, or the caller
+/// abandoning the request) moves the preferred endpoint on to the next, unless another request did
+/// already.
 struct Attempt<'a> {
-    preferred: &'a std::sync::atomic::AtomicUsize,
+    preferred: &'a AtomicUsize,
     idx: usize,
     n: usize,
     done: bool,
@@ -130,29 +179,48 @@ struct Attempt<'a> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if !self.done && self.n > 1 {
-            let _ = self.preferred.compare_exchange(
-                self.idx,
-                (self.idx + 1) % self.n,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+        if !self.done {
+            move_on(self.preferred, self.idx, self.n);
         }
     }
 }
 
-/// True when `e` is gRPC `UNAVAILABLE` (a connect failure, or an etcd member without a leader).
-fn is_unavailable(e: &etcd_client::Error) -> bool {
-    matches!(e, etcd_client::Error::GRpcStatus(s) if i32::from(s.code()) == GRPC_UNAVAILABLE)
+/// Makes the endpoint after `idx` the preferred one, unless the preference already moved away
+/// from `idx`.
+fn move_on(preferred: &AtomicUsize, idx: usize, n: usize) {
+    if n > 1 {
+        let _ =
+            preferred.compare_exchange(idx, (idx + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
-/// True when `e` says the request could not connect to the endpoint it was routed to (tonic's
-/// "tcp connect error", gRPC `UNAVAILABLE`): it never reached etcd.
-fn is_connect_failure(e: &etcd_client::Error) -> bool {
+/// The gRPC status code of `e`, if it is a gRPC status.
+fn grpc_code(e: &etcd_client::Error) -> Option<i32> {
     match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            i32::from(s.code()) == GRPC_UNAVAILABLE && s.message().contains("connect error")
-        }
+        etcd_client::Error::GRpcStatus(s) => Some(i32::from(s.code())),
+        _ => None,
+    }
+}
+
+/// True when `e` says the endpoint could not serve the request, rather than etcd refusing it:
+/// gRPC `UNAVAILABLE` (no connection, a member without a leader, "leader changed", a timed-out
+/// proposal, an HTTP/2 ping left unanswered), `DEADLINE_EXCEEDED`, `CANCELLED`, `UNKNOWN` and
+/// `INTERNAL` (a broken HTTP/2 stream), and transport errors. Such a request is sent again, to
+/// the next endpoint; Patroni's etcd3 client likewise retries `Unavailable` and
+/// `DeadlineExceeded` within `retry_timeout`.
+fn is_transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(_) => matches!(
+            grpc_code(e),
+            Some(
+                GRPC_UNAVAILABLE
+                    | GRPC_DEADLINE_EXCEEDED
+                    | GRPC_CANCELLED
+                    | GRPC_UNKNOWN
+                    | GRPC_INTERNAL
+            )
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
 }
@@ -163,7 +231,7 @@ fn is_connect_failure(e: &etcd_client::Error) -> bool {
 fn is_lease_gone(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::LeaseKeepAliveError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == GRPC_NOT_FOUND,
+        etcd_client::Error::GRpcStatus(_) => grpc_code(e) == Some(GRPC_NOT_FOUND),
         _ => false,
     }
 }
@@ -191,6 +259,104 @@ fn next_backoff(current: Duration) -> Duration {
     (current * 2).clamp(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX)
 }
 
+impl Endpoints {
+    /// The client of endpoint `idx`, connecting it first if needed (bounded by the caller's
+    /// attempt timeout).
+    async fn client(&self, idx: usize) -> Result<Client, etcd_client::Error> {
+        let e = &self.list[idx];
+        let client = e
+            .client
+            .get_or_try_init(|| Client::connect([e.url.as_str()], Some(self.options.clone())))
+            .await?;
+        Ok(client.clone())
+    }
+
+    /// Runs one etcd request (`send` builds it for the client it is given) within the request
+    /// timeout; returns its answer and the index of the endpoint that gave it.
+    ///
+    /// The request goes to the preferred endpoint first, for at most one slice of the request
+    /// timeout ([`attempt_slice`]). When that endpoint does not answer within the slice, or answers
+    /// that it cannot serve ([`is_transient`]), the request is sent again, after a short pause
+    /// (doubling from [`RETRY_PAUSE_MIN`] to [`RETRY_PAUSE_MAX`]), to the next endpoint, which becomes
+    /// the preferred one for the requests that follow; and so on until the request timeout, cycling
+    /// through the endpoints (an etcd cluster electing a new leader answers "no leader" for a while
+    /// from every member). An attempt abandoned by the caller's own deadline also moves the
+    /// preference on. A request that timed out may have reached etcd; sending it again is safe
+    /// for reads, and every write here is a compare-and-set or idempotent (a repeated
+    /// compare-and-set that already applied reports a conflict, which callers re-read).
+    ///
+    /// Errors: etcd's own answer at once (a failed compare is not an error here), otherwise the
+    /// last transient failure, or "did not answer", once the request timeout has passed.
+    async fn request<T, F, Fut>(&self, what: &str, send: F) -> Result<(T, usize), Failure>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.list.len();
+        let deadline = Instant::now() + self.request_timeout;
+        let mut pause = RETRY_PAUSE_MIN;
+        loop {
+            let idx = self.preferred.load(Ordering::Relaxed) % n;
+            let mut attempt = Attempt {
+                preferred: &self.preferred,
+                idx,
+                n,
+                done: false,
+            };
+            let began = Instant::now();
+            let until = (began + self.per_attempt).min(deadline);
+            let answer = tokio::time::timeout_at(until, async {
+                let client = self.client(idx).await?;
+                send(client).await
+            })
+            .await;
+            let now = Instant::now();
+            let error = match answer {
+                Ok(Ok(v)) => {
+                    attempt.done = true;
+                    return Ok((v, idx));
+                }
+                Ok(Err(e)) if !is_transient(&e) => {
+                    attempt.done = true;
+                    return Err(failure(what, e));
+                }
+                Ok(Err(e)) => {
+                    debug!(
+                        what,
+                        endpoint = %self.list[idx].url,
+                        took = ?now - began,
+                        error = %e,
+                        "an etcd endpoint cannot serve the request; sending it to the next"
+                    );
+                    failure(what, e)
+                }
+                Err(_) => {
+                    debug!(
+                        what,
+                        endpoint = %self.list[idx].url,
+                        "an etcd endpoint did not answer within {:?}; sending the request to the next",
+                        now - began
+                    );
+                    Failure::Dcs(DcsError::Unavailable(format!(
+                        "{what}: etcd did not answer within {:?}",
+                        self.request_timeout
+                    )))
+                }
+            };
+            drop(attempt);
+            let resume = if now < until { now + pause } else { now };
+            if resume >= deadline {
+                return Err(error);
+            }
+            if now < until {
+                // An answer that came at once: pace the retries (a timeout paced itself).
+                tokio::time::sleep_until(resume).await;
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+        }
+    }
+}
+
 impl EtcdDcs {
     /// Connects to `endpoints` (`http://host:port`, or `host:port`) for `identity`, checks that etcd
     /// answers and starts the watch task (waiting up to the request timeout for the watch to be
@@ -200,8 +366,8 @@ impl EtcdDcs {
     /// `identity.ttl_secs` is the lease TTL (at least 1 s; etcd raises TTLs below its own minimum,
     /// 2 s with default election settings).
     ///
-    /// Errors: [`DcsError::Unavailable`] when the endpoints are invalid or etcd does not answer
-    /// within the request timeout.
+    /// Errors: [`DcsError::Unavailable`] when the endpoints are invalid or no etcd endpoint answers
+    /// within the request timeout (one silent endpoint among several costs one attempt).
     pub async fn connect(endpoints: &[String], identity: DcsIdentity) -> Result<Self, DcsError> {
         Self::connect_secured(endpoints, identity, &Default::default()).await
     }
@@ -221,8 +387,10 @@ impl EtcdDcs {
             return Err(DcsError::Unavailable("no etcd endpoints configured".into()));
         }
         let request_timeout = Duration::from_secs(u64::from(identity.request_timeout_secs.max(1)));
+        let per_attempt = attempt_slice(request_timeout, endpoints.len());
         let options = ConnectOptions::new()
-            .with_connect_timeout(request_timeout)
+            // A connect to a silent host hangs: it must not take more than the attempt it is in.
+            .with_connect_timeout(per_attempt)
             .with_timeout(request_timeout)
             .with_keep_alive(HTTP2_KEEPALIVE_INTERVAL, request_timeout)
             // Pings without an open stream count as abuse for etcd (PermitWithoutStream = false);
@@ -230,60 +398,30 @@ impl EtcdDcs {
             .with_keep_alive_while_idle(false)
             // Fail (and cancel watches) on an etcd member cut off from its cluster's leader,
             // instead of serving from it.
-            .with_require_leader(true);
+            .with_require_leader(true)
+            // etcd's simple tokens expire after 5 min without use (--auth-token-ttl): authenticate
+            // again instead of failing.
+            .with_auto_token_refresh(true);
         let options = secure(options, security)?;
-        let client = match tokio::time::timeout(
+        let etcd = Arc::new(Endpoints {
+            list: endpoints
+                .iter()
+                .map(|url| Endpoint {
+                    url: url.clone(),
+                    client: OnceCell::new(),
+                })
+                .collect(),
+            options,
+            preferred: AtomicUsize::new(0),
             request_timeout,
-            Client::connect(endpoints, Some(options.clone())),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Err(DcsError::Unavailable(format!(
-                    "connect to etcd {endpoints:?}: {e}"
-                )))
-            }
-            Err(_) => {
-                return Err(DcsError::Unavailable(format!(
-                    "connect to etcd {endpoints:?}: no answer within {request_timeout:?}"
-                )))
-            }
-        };
-        // Clients connect lazily: a silent endpoint does not hold up the others here.
-        let mut endpoint_clients = vec![];
-        if endpoints.len() > 1 {
-            for e in endpoints {
-                match tokio::time::timeout(
-                    request_timeout,
-                    Client::connect([e.as_str()], Some(options.clone())),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => endpoint_clients.push(c),
-                    Ok(Err(e)) => {
-                        return Err(DcsError::Unavailable(format!("connect to etcd {e}")))
-                    }
-                    Err(_) => {
-                        return Err(DcsError::Unavailable(format!(
-                            "connect to etcd {e}: no answer within {request_timeout:?}"
-                        )))
-                    }
-                }
-            }
-        } else {
-            endpoint_clients.push(client.clone());
-        }
+            per_attempt,
+        });
         let keys = Keys::new(&identity.namespace, &identity.scope);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let dcs = EtcdDcs {
-            client,
-            endpoint_clients,
-            preferred: std::sync::atomic::AtomicUsize::new(0),
+            etcd,
             keys,
             member: identity.member,
-            request_timeout,
-            several_endpoints: endpoints.len() > 1,
             ttl_secs: AtomicU32::new(identity.ttl_secs.max(1)),
             granted_secs: AtomicU64::new(0),
             lease: Mutex::new(LeaseState::default()),
@@ -296,16 +434,21 @@ impl EtcdDcs {
             let options = GetOptions::new().with_count_only();
             client.kv_client().get(leader, Some(options)).await
         })
-        .await?;
+        .await
+        .map_err(|f| match DcsError::from(f) {
+            DcsError::Unavailable(m) => {
+                DcsError::Unavailable(format!("connect to etcd {endpoints:?}: {m}"))
+            }
+            e => e,
+        })?;
 
         let (created_tx, created_rx) = oneshot::channel();
         let task = WatchTask {
-            client: dcs.client.clone(),
+            etcd: dcs.etcd.clone(),
             prefix: dcs.keys.base().to_string(),
             keys: dcs.keys.clone(),
             events: dcs.events.clone(),
             cancel: dcs.watch_cancel.clone(),
-            request_timeout,
         };
         tokio::spawn(task.run(created_tx));
         if !matches!(
@@ -329,77 +472,14 @@ impl EtcdDcs {
         })
     }
 
-    /// Runs one etcd request (`send` builds it for the client it is given) within the request
-    /// timeout.
-    ///
-    /// With several endpoints, the request goes to the preferred endpoint first, for at most the
-    /// request timeout divided by the number of endpoints (at least [`MIN_ATTEMPT`]), as Patroni's
-    /// etcd clients split `retry_timeout` across the nodes: a member that is down (connect
-    /// refused) or silent (a blackholed host: no answer at all) then costs one attempt, and the
-    /// request is sent again to the next endpoint, which becomes the preferred one for the
-    /// requests that follow. An attempt abandoned by the caller's own deadline also moves the
-    /// preference on. A request that timed out may have reached etcd; sending it again is safe
-    /// for reads, and every write here is a compare-and-set or idempotent (a repeated
-    /// compare-and-set that already applied reports a conflict, which callers re-read).
+    /// Runs one etcd request on the preferred endpoint, moving on from endpoints that cannot
+    /// serve it (see [`Endpoints::request`]).
     async fn request<T, F, Fut>(&self, what: &str, send: F) -> Result<T, Failure>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let n = self.endpoint_clients.len();
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let per_attempt = if n > 1 {
-            (self.request_timeout / n as u32).max(MIN_ATTEMPT)
-        } else {
-            self.request_timeout
-        };
-        loop {
-            let idx = self.preferred.load(Ordering::Relaxed) % n;
-            let mut attempt = Attempt {
-                preferred: &self.preferred,
-                idx,
-                n,
-                done: false,
-            };
-            let until = (tokio::time::Instant::now() + per_attempt).min(deadline);
-            let answer =
-                tokio::time::timeout_at(until, send(self.endpoint_clients[idx].clone())).await;
-            let now = tokio::time::Instant::now();
-            match answer {
-                Ok(Ok(v)) => {
-                    attempt.done = true;
-                    return Ok(v);
-                }
-                Ok(Err(e))
-                    if self.several_endpoints
-                        && is_connect_failure(&e)
-                        && now + CONNECT_RETRY_PAUSE < deadline =>
-                {
-                    debug!(what, error = %e, "an etcd endpoint is unreachable; sending the request again");
-                    drop(attempt);
-                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
-                }
-                Ok(Err(e)) => {
-                    // An endpoint that answers UNAVAILABLE (e.g. "no leader": an etcd member cut
-                    // off from its cluster) is not the one to prefer next time.
-                    attempt.done = !is_unavailable(&e);
-                    return Err(failure(what, e));
-                }
-                Err(_) if n > 1 && now < deadline => {
-                    debug!(
-                        what,
-                        endpoint = idx,
-                        "an etcd endpoint did not answer within {per_attempt:?}; sending the request to the next"
-                    );
-                }
-                Err(_) => {
-                    return Err(Failure::Dcs(DcsError::Unavailable(format!(
-                        "{what}: etcd did not answer within {:?}",
-                        self.request_timeout
-                    ))))
-                }
-            }
-        }
+        self.etcd.request(what, send).await.map(|(v, _)| v)
     }
 
     /// Runs one transaction.
@@ -880,15 +960,15 @@ impl Dcs for EtcdDcs {
     }
 }
 
-/// The background task behind [`Dcs::watch`]: one etcd watch over the cluster prefix, re-opened after
+/// The background task behind [`Dcs::watch`]: one etcd watch over the cluster prefix on the
+/// preferred endpoint, re-opened (on the next endpoint when that one stopped answering) after
 /// errors.
 struct WatchTask {
-    client: Client,
+    etcd: Arc<Endpoints>,
     prefix: String,
     keys: Keys,
     events: broadcast::Sender<DcsEvent>,
     cancel: CancellationToken,
-    request_timeout: Duration,
 }
 
 /// Why a watch stream stopped.
@@ -906,7 +986,7 @@ impl WatchTask {
         let mut backoff = WATCH_BACKOFF_MIN;
         loop {
             let end = match self.open().await {
-                Ok(stream) => {
+                Ok((stream, idx)) => {
                     backoff = WATCH_BACKOFF_MIN;
                     let announced = match created.take() {
                         Some(tx) => tx.send(()).is_ok(),
@@ -920,7 +1000,7 @@ impl WatchTask {
                             key: KeyKind::Resync,
                         });
                     }
-                    self.pump(stream).await
+                    self.pump(stream, idx).await
                 }
                 Err(end) => end,
             };
@@ -938,55 +1018,80 @@ impl WatchTask {
         }
     }
 
-    /// Opens the watch and waits for etcd to confirm it.
-    async fn open(&self) -> Result<WatchStream, WatchEnd> {
-        let open = async {
-            let mut stream = self
-                .client
-                .watch_client()
-                .watch(
-                    self.prefix.as_str(),
-                    Some(WatchOptions::new().with_prefix()),
-                )
-                .await
-                .map_err(|e| format!("open: {e}"))?;
-            match stream.message().await {
-                Ok(Some(resp)) if resp.created() && !resp.canceled() => Ok(stream),
-                Ok(Some(resp)) => Err(format!(
-                    "not created (canceled: {}, reason: {:?})",
-                    resp.canceled(),
-                    resp.cancel_reason()
-                )),
-                Ok(None) => Err("closed before it was created".to_string()),
-                Err(e) => Err(format!("create: {e}")),
-            }
-        };
+    /// Opens the watch and waits for etcd to confirm it; returns the stream and the index of its
+    /// endpoint.
+    async fn open(&self) -> Result<(WatchStream, usize), WatchEnd> {
+        let prefix = self.prefix.as_str();
+        let open = self
+            .etcd
+            .request("open the watch", move |client: Client| async move {
+                let options = WatchOptions::new().with_prefix();
+                let mut stream = client.watch_client().watch(prefix, Some(options)).await?;
+                match stream.message().await? {
+                    Some(resp) if resp.created() && !resp.canceled() => Ok(stream),
+                    Some(resp) => Err(etcd_client::Error::WatchError(format!(
+                        "not created (canceled: {}, reason: {:?})",
+                        resp.canceled(),
+                        resp.cancel_reason()
+                    ))),
+                    None => Err(etcd_client::Error::WatchError(
+                        "closed before it was created".into(),
+                    )),
+                }
+            });
         tokio::select! {
             _ = self.cancel.cancelled() => Err(WatchEnd::Cancelled),
-            r = tokio::time::timeout(self.request_timeout, open) => match r {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(message)) => Err(WatchEnd::Broken(message)),
-                Err(_) => Err(WatchEnd::Broken(format!(
-                    "not created within {:?}",
-                    self.request_timeout
-                ))),
-            },
+            r = open => r.map_err(|f| WatchEnd::Broken(DcsError::from(f).to_string())),
         }
     }
 
-    /// Forwards every changed key of `stream` to the subscribers until the stream ends.
-    async fn pump(&self, mut stream: WatchStream) -> WatchEnd {
+    /// Forwards every changed key of `stream` (on endpoint `idx`) to the subscribers until the
+    /// stream ends.
+    ///
+    /// A watch on an idle cluster carries nothing, so silence alone says nothing: every attempt
+    /// slice ([`attempt_slice`]) the task asks etcd for a progress report (etcd ≥ 3.4 answers at
+    /// once), and a stream
+    /// that brought no message at all for two of those intervals is on an endpoint that stopped
+    /// answering (a silent host; the HTTP/2 pings would notice only after
+    /// [`HTTP2_KEEPALIVE_INTERVAL`] and more). It is then broken, and the next endpoint preferred.
+    async fn pump(&self, mut stream: WatchStream, idx: usize) -> WatchEnd {
+        let every = self.etcd.per_attempt;
+        let mut ask = tokio::time::interval_at(Instant::now() + every, every);
+        ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = Instant::now();
         loop {
             let msg = tokio::select! {
                 _ = self.cancel.cancelled() => return WatchEnd::Cancelled,
                 m = stream.message() => m,
+                _ = ask.tick() => {
+                    if heard.elapsed() >= every * 2 {
+                        move_on(&self.etcd.preferred, idx, self.etcd.list.len());
+                        return WatchEnd::Broken(format!(
+                            "{} sent nothing, not even a progress report, for {:?}",
+                            self.etcd.list[idx].url,
+                            heard.elapsed()
+                        ));
+                    }
+                    if let Err(e) = stream.request_progress().await {
+                        return WatchEnd::Broken(format!("progress request: {e}"));
+                    }
+                    continue;
+                }
             };
+            heard = Instant::now();
             let resp = match msg {
                 Ok(Some(resp)) => resp,
                 Ok(None) => return WatchEnd::Broken("stream ended".into()),
-                Err(e) => return WatchEnd::Broken(e.to_string()),
+                Err(e) => {
+                    if is_transient(&e) {
+                        move_on(&self.etcd.preferred, idx, self.etcd.list.len());
+                    }
+                    return WatchEnd::Broken(e.to_string());
+                }
             };
             if resp.canceled() {
+                // With require_leader, etcd cancels the watches of a member that lost its leader.
+                move_on(&self.etcd.preferred, idx, self.etcd.list.len());
                 return WatchEnd::Broken(format!("canceled by etcd: {:?}", resp.cancel_reason()));
             }
             // Only the key matters (event_type() panics on types it does not know).
@@ -1068,12 +1173,44 @@ mod tests {
         assert!(!is_lease_gone(&etcd_client::Error::GRpcStatus(
             tonic::Status::unavailable("etcdserver: leader changed")
         )));
-        assert!(is_connect_failure(&etcd_client::Error::GRpcStatus(
-            tonic::Status::unavailable("tcp connect error")
-        )));
-        assert!(!is_connect_failure(&etcd_client::Error::GRpcStatus(
-            tonic::Status::unavailable("etcdserver: leader changed")
-        )));
+    }
+
+    #[test]
+    fn endpoints_that_cannot_serve_are_transient_etcd_answers_are_not() {
+        let status = |s: tonic::Status| etcd_client::Error::GRpcStatus(s);
+        for transient in [
+            tonic::Status::unavailable("tcp connect error"),
+            tonic::Status::unavailable("etcdserver: no leader"),
+            tonic::Status::unavailable("etcdserver: leader changed"),
+            tonic::Status::deadline_exceeded("context deadline exceeded"),
+            tonic::Status::unknown("h2 protocol error: error reading a body from connection"),
+            tonic::Status::internal("h2 protocol error"),
+            tonic::Status::cancelled("stream reset"),
+        ] {
+            assert!(is_transient(&status(transient.clone())), "{transient:?}");
+        }
+        for answer in [
+            tonic::Status::not_found("etcdserver: requested lease not found"),
+            tonic::Status::invalid_argument("etcdserver: authentication failed"),
+            tonic::Status::permission_denied("etcdserver: permission denied"),
+            tonic::Status::failed_precondition("etcdserver: authentication is not enabled"),
+        ] {
+            assert!(!is_transient(&status(answer.clone())), "{answer:?}");
+        }
+        assert!(!is_transient(&etcd_client::Error::WatchError("x".into())));
+    }
+
+    #[test]
+    fn an_attempt_gets_a_slice_of_the_request_timeout() {
+        let s = |secs, n| attempt_slice(Duration::from_secs(secs), n).as_millis();
+        assert_eq!(s(2, 1), 2000);
+        assert_eq!(s(2, 3), 666);
+        assert_eq!(s(10, 3), 3333);
+        assert_eq!(s(1, 3), 500, "at least MIN_ATTEMPT");
+    }
+
+    #[test]
+    fn failures_name_what_was_attempted() {
         assert!(matches!(
             failure("x", etcd_client::Error::InvalidArgs("bad".into())),
             Failure::Dcs(DcsError::Unavailable(m)) if m.contains("x: ")

@@ -130,6 +130,20 @@ async fn etcd_with_tls_client_certificates_and_authentication() {
     let cluster = dcs.load().await.expect("reads");
     assert_eq!(cluster.config.unwrap().value["ttl"], 10);
 
+    // A silent member first in the list (it takes connections and never answers, as a hung host
+    // does): etcd-client authenticates while it connects, which must not hold up the client, so
+    // it connects, authenticates and works through the next member within the request timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("https://{}", silent.local_addr().unwrap());
+    let past_silent = DcsEndpoints::Etcd(vec![silent_url, url.clone()]);
+    let dcs = praetor_dcs::connect_secured(&past_silent, identity("pg5"), &security)
+        .await
+        .expect("connects and authenticates past a silent member");
+    let cluster = dcs.load().await.expect("reads past a silent member");
+    assert_eq!(cluster.config.unwrap().value["ttl"], 10);
+    assert!(dcs.acquire_leader().await.expect("a lease and a lock"));
+    drop(silent);
+
     // Without the password, etcd refuses; without TLS, nothing answers.
     let anonymous = EtcdSecurity {
         user: None,
