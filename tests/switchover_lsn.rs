@@ -122,15 +122,19 @@ async fn switchover_while_the_candidates_wal_receiver_restarts_loses_no_write_an
             .expect("set wal_retrieve_retry_interval");
     }
     cut_stream(&lc, &candidate).await;
-    wait_for("the candidate to stream again", Duration::from_secs(30), || async {
-        match cc
-            .query_opt("SELECT status FROM pg_stat_wal_receiver", &[])
-            .await
-        {
-            Ok(Some(row)) if row.get::<_, String>(0) == "streaming" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_for(
+        "the candidate to stream again",
+        Duration::from_secs(30),
+        || async {
+            match cc
+                .query_opt("SELECT status FROM pg_stat_wal_receiver", &[])
+                .await
+            {
+                Ok(Some(row)) if row.get::<_, String>(0) == "streaming" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await
     .expect("streaming");
     cut_stream(&lc, &candidate).await;
