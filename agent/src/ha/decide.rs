@@ -904,10 +904,11 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     if let Some((lsn, leader)) = &last {
         if r.wal_position < *lsn {
             // Wait while a member that has the WAL can take over (the old leader restarted
-            // read-only, or another standby), and for a bounded time otherwise (the old leader is
-            // starting again). Past the bound with nobody holding it, the race goes on as in
-            // Patroni, whose candidate never checks: losing those commits is then a failover's
-            // loss, not a planned switchover's.
+            // read-only, or another standby), and for a bounded time while the old leader's agent
+            // answers (it is starting PostgreSQL again). With the old leader gone, or past the
+            // bound with nobody holding the WAL, the race goes on as in Patroni, whose candidate
+            // never checks: losing those commits is then a failover's loss, not a planned
+            // switchover's.
             let holder = peers.iter().any(|p| {
                 p.name != me
                     && p.is_eligible()
@@ -918,7 +919,8 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
             let waited_ms = local
                 .switchover_wait_began_ms
                 .map_or(0, |began| now.mono_ms.saturating_sub(began));
-            if holder || waited_ms < super::switchover_wait_ms(&cfg.dynamic) {
+            let leader_answers = peers.iter().any(|p| p.name == *leader);
+            if holder || leader_answers && waited_ms < super::switchover_wait_ms(&cfg.dynamic) {
                 return not_racing(Reason::MissingLastLsn {
                     mine: r.wal_position,
                     last_lsn: *lsn,

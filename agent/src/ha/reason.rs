@@ -159,9 +159,9 @@ pub enum Reason {
     /// A leader stepped down for a switchover and published its last LSN (`status.optime`, the
     /// shutdown checkpoint), and this member has not received that far: promoting it would drop the
     /// old leader's last commits from the new timeline. It stays out of the race while a member
-    /// holding that WAL can take over, and at most
-    /// [`switchover_wait_ms`](super::switchover_wait_ms) otherwise (then Patroni's behaviour: the
-    /// race goes on without the check).
+    /// holding that WAL can take over, and while the old leader's agent answers at most
+    /// [`switchover_wait_ms`](super::switchover_wait_ms) (then, or with the old leader gone,
+    /// Patroni's behaviour: the race goes on without the check).
     MissingLastLsn {
         /// This member's WAL position (bytes).
         mine: u64,

@@ -1299,6 +1299,17 @@ fn rows() -> Vec<Row> {
         )
         .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
         row(
+            "the candidate lacking the last LSN, the stepped-down leader gone (does not answer): Patroni's race at once",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row(
             "the leader that stepped down races back when no other member has its last LSN (the candidate missed it)",
             Some(with(cluster(None), |c| {
                 c.failover = failover(Some(ME), Some("pg2"));
