@@ -177,6 +177,7 @@ pub async fn run_with(
         deadline_tx,
         guard_failsafe,
         proxies_wait_since: None,
+        switchover_wait_since: None,
         last_role: None,
         pending_restart: Default::default(),
         sync_catchup_lsn: 0,
@@ -360,6 +361,9 @@ struct Runner {
     guard_failsafe: Arc<std::sync::atomic::AtomicBool>,
     /// Since when (monotonic ms) this member waits for the proxies to leave this former leader.
     proxies_wait_since: Option<(String, u64)>,
+    /// When the current switchover wait began (monotonic ms), for
+    /// [`LocalState::switchover_wait_began_ms`].
+    switchover_wait_since: Option<u64>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
     last_role: Option<Role>,
     /// When each member was last seen in the DCS (monotonic ms), for `member_slots_ttl`.
@@ -628,6 +632,7 @@ impl Runner {
                 .map(|(_, t)| *t),
             granted_ttl: self.dcs.granted_ttl(),
             retained_members: self.retained_members(view.as_deref()),
+            switchover_wait_began_ms: self.switchover_wait_since,
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -651,6 +656,11 @@ impl Runner {
             pg_major: self.pg.settings().pg_major,
         };
         let d = decide(view.as_deref(), &local, &cfg, self.now());
+        self.switchover_wait_since = if d.reason.is_switchover_wait() {
+            self.switchover_wait_since.or(Some(self.now().mono_ms))
+        } else {
+            None
+        };
         let mut message = d.reason.to_string();
         if matches!(d.reason, ha::Reason::ManualFailoverDemoting { .. }) {
             self.drain_transactions().await;
@@ -1257,6 +1267,33 @@ impl Runner {
                         ..Default::default()
                     })
                     .await?;
+                Ok(true)
+            }
+            Action::WriteLastLsn => {
+                // Patroni's delete_leader(leader, last_lsn): the shutdown checkpoint of the clean
+                // stop just done, before the lock is released.
+                let control = match self.pg.controldata().await {
+                    Ok((_, c)) => c,
+                    Err(e) => {
+                        tracing::warn!("not releasing the leader lock: cannot read pg_controldata after the stop: {e}");
+                        return Ok(false);
+                    }
+                };
+                if control.state != ha::ClusterState::ShutDown {
+                    tracing::warn!(state = ?control.state, "not releasing the leader lock: postgres did not shut down cleanly, so its last LSN is unknown");
+                    return Ok(false);
+                }
+                let kept = view.and_then(|v| v.status.clone()).unwrap_or_default();
+                self.dcs
+                    .set_status(&Status {
+                        optime: control.checkpoint_lsn,
+                        ..kept
+                    })
+                    .await?;
+                tracing::info!(
+                    last_lsn = %crate::postgres::format_lsn(control.checkpoint_lsn),
+                    "published the shutdown checkpoint as the last LSN"
+                );
                 Ok(true)
             }
             Action::UpdateHistory => {
@@ -2088,6 +2125,7 @@ mod tests {
             retained_members: vec![],
             unfenced: None,
             proxies_wait_began_ms: None,
+            switchover_wait_began_ms: None,
             granted_ttl: None,
             failed_task: None,
             failsafe_confirmed: Some(true),

@@ -22,7 +22,14 @@
 //! - under `synchronous_mode`, a member that becomes writable holds every commit a client was told
 //!   was committed while synchronous replication was active (once a leader wrote the `sync` key);
 //! - a writable leader, routed to by a proxy, exists again within `ttl + loop_wait` (plus
-//!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal.
+//!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal;
+//! - a planned switchover loses no commit, also in asynchronous mode: the member promoted after a
+//!   leader stepped down (stopped cleanly, released the lock) holds every commit that leader
+//!   acknowledged on its timeline. Switchovers race WAL receivers that restart (a candidate's
+//!   receiver is restarted right before half of the requests naming it), so the rule that a member
+//!   lacking the published last LSN does not promote is exercised. One exception, counted in
+//!   [`Report::switchover_fallbacks`]: past the wait's bound with no member holding that WAL
+//!   reachable, the race goes on as in Patroni (a failover's loss, see `Reason::MissingLastLsn`).
 //!
 //! What the runner does for each [`Action`] is modelled after `agent/src/runner.rs` (the cycle, the
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
@@ -101,6 +108,16 @@ pub enum Violation {
         /// The writable members.
         members: Vec<String>,
     },
+    /// A member promoted after a planned switchover lacks a commit the leader that stepped down
+    /// had acknowledged (asynchronous mode included).
+    SwitchoverLostCommit {
+        /// Simulated ms.
+        at: u64,
+        /// The member promoted.
+        member: String,
+        /// The commit: (the leader that stepped down, LSN).
+        commit: (String, u64),
+    },
     /// Under `synchronous_mode`, a member became writable without a commit that was acknowledged.
     LostCommit {
         /// Simulated ms.
@@ -169,6 +186,11 @@ pub struct Report {
     pub recovered_ms: Option<u64>,
     /// The liveness bound of this seed: `ttl + loop_wait` (ms), without the allowance.
     pub bound_ms: u64,
+    /// Planned switchovers whose promotion was checked for lost commits.
+    pub switchovers: usize,
+    /// Of those, promotions of a member that lacked the published last LSN (the bounded wait ran out
+    /// with no member holding it reachable: Patroni's behaviour); their commits are not checked.
+    pub switchover_fallbacks: usize,
 }
 
 /// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
@@ -198,6 +220,9 @@ struct Pg {
     guc: String,
     /// Last checkpoint (timeline, LSN).
     checkpoint: (u32, u64),
+    /// The WAL receiver (re)connects no earlier than this (ms): `wal_retrieve_retry_interval`
+    /// after a start or a receiver restart.
+    receiver_after: u64,
 }
 
 impl Pg {
@@ -293,6 +318,7 @@ struct Agent {
     lock_renewed_ms: Option<u64>,
     former_leader: Option<Upstream>,
     proxies_wait_since: Option<(String, u64)>,
+    switchover_wait_since: Option<u64>,
     sync_catchup_lsn: u64,
     task: Option<(Task, Action)>,
     task_token: u64,
@@ -408,6 +434,18 @@ enum Fault {
     Switchover(Option<usize>),
 }
 
+/// A leader that stepped down for a switchover: what its successor must hold.
+#[derive(Debug, Clone)]
+struct SteppedDown {
+    member: String,
+    branch: u32,
+    /// Its shutdown checkpoint (the published last LSN).
+    last_lsn: u64,
+    /// A fault touched it since (its agent dead or frozen, its host cut off from the DCS or a
+    /// member): its successor may then be promoted without its last WAL, past the wait's bound.
+    disturbed: bool,
+}
+
 /// The world of one seed.
 struct Sim {
     seed: u64,
@@ -442,6 +480,9 @@ struct Sim {
     nevents: u64,
     last_leader: Option<String>,
     opts: Options,
+    stepped_down: Option<SteppedDown>,
+    switchovers: usize,
+    switchover_fallbacks: usize,
 }
 
 const TRACE_TAIL: usize = 400;
@@ -479,6 +520,7 @@ impl Sim {
                 segs: vec![seg],
                 upstream: (i != 0).then(|| names[0].clone()),
                 streaming_from: None,
+                receiver_after: 0,
                 guc: String::new(),
                 checkpoint: (1, 1000),
             })
@@ -495,6 +537,7 @@ impl Sim {
                 lock_renewed_ms: (i == 0).then_some(0),
                 former_leader: None,
                 proxies_wait_since: None,
+                switchover_wait_since: None,
                 sync_catchup_lsn: 0,
                 task: None,
                 task_token: 0,
@@ -566,6 +609,9 @@ impl Sim {
             end: 0,
             violation: None,
             tracing,
+            stepped_down: None,
+            switchovers: 0,
+            switchover_fallbacks: 0,
             trace: VecDeque::new(),
             nevents: 0,
             last_leader: None,
@@ -843,6 +889,59 @@ impl Sim {
         let name = self.agents[i].name.clone();
         self.log(format!("{name}: promoted to timeline {tl} at {at}"));
         self.check_commits(i);
+        self.check_switchover(i);
+    }
+
+    /// A planned switchover loses no commit: the member promoted after a leader stepped down holds
+    /// every commit that leader acknowledged on its branch (async mode included), unless it was
+    /// promoted without the published last LSN (the bounded wait's fallback, counted apart).
+    fn check_switchover(&mut self, i: usize) {
+        let Some(sd) = self.stepped_down.take() else {
+            return;
+        };
+        if self.violation.is_some() {
+            return;
+        }
+        self.switchovers += 1;
+        let has_last = self.pgs[i]
+            .segs
+            .iter()
+            .any(|s| s.branch == sd.branch && s.end >= sd.last_lsn);
+        let name = self.agents[i].name.clone();
+        if !has_last && sd.disturbed {
+            self.switchover_fallbacks += 1;
+            self.log(format!(
+                "{name}: promoted without the last LSN {} of {}, which a fault took away",
+                sd.last_lsn, sd.member
+            ));
+            return;
+        }
+        let lost = if has_last {
+            self.acked
+                .iter()
+                .filter(|c| c.member == sd.member && c.branch == sd.branch)
+                .find(|c| !self.pgs[i].contains(c.branch, c.lsn))
+                .map(|c| c.lsn)
+        } else {
+            Some(sd.last_lsn)
+        };
+        if let Some(lsn) = lost {
+            self.violation = Some(Violation::SwitchoverLostCommit {
+                at: self.now,
+                member: name,
+                commit: (sd.member, lsn),
+            });
+        }
+    }
+
+    /// The leader that stepped down can still take the lock back: its agent runs, and reaches the DCS
+    /// and every member.
+    fn stepped_down_available(&self, m: usize) -> bool {
+        self.agents[m].alive
+            && self.agents[m].frozen_until <= self.now
+            && !self.host_frozen(m)
+            && self.dcs_ok(m)
+            && (0..self.n()).all(|j| j == m || self.link_ok(m, j))
     }
 
     /// PostgreSQL started as a primary on a replica's data directory: writable on the timeline it
@@ -1076,8 +1175,14 @@ impl Sim {
                 .filter(|(f, _)| a.former_leader.as_ref().is_some_and(|l| l.member == *f))
                 .map(|(_, t)| *t),
             granted_ttl: None,
+            switchover_wait_began_ms: a.switchover_wait_since,
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
+        self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
+            self.agents[i].switchover_wait_since.or(Some(self.now))
+        } else {
+            None
+        };
         self.log(format!("{me}: {} -> {:?}", d.reason, d.actions));
         self.act(i, view, d.actions.into(), None);
     }
@@ -1162,6 +1267,26 @@ impl Sim {
                     if mine {
                         self.dcs.leader = None;
                         self.log(format!("{me}: released the leader lock"));
+                        let pg = &self.pgs[i];
+                        let switchover = self
+                            .dcs
+                            .failover
+                            .as_ref()
+                            .is_some_and(|f| f.value.leader.as_deref() == Some(me.as_str()));
+                        if switchover
+                            && pg.state
+                                == (PgState::Stopped {
+                                    clean: true,
+                                    was_primary: true,
+                                })
+                        {
+                            self.stepped_down = Some(SteppedDown {
+                                member: me.clone(),
+                                branch: pg.segs.last().expect("wal").branch,
+                                last_lsn: pg.checkpoint.1,
+                                disturbed: false,
+                            });
+                        }
                         self.wake_watchers();
                     }
                     self.set_lock_renewed(i, None);
@@ -1277,6 +1402,25 @@ impl Sim {
                     (true, self.latency())
                 } else {
                     (false, self.dcs_timeout(i))
+                }
+            }
+            Action::WriteLastLsn => {
+                if !ok {
+                    (false, self.dcs_timeout(i))
+                } else if self.pgs[i].state
+                    == (PgState::Stopped {
+                        clean: true,
+                        was_primary: true,
+                    })
+                {
+                    let kept = self.dcs.status.clone().unwrap_or_default();
+                    self.dcs.status = Some(Status {
+                        optime: self.pgs[i].checkpoint.1,
+                        ..kept
+                    });
+                    (true, self.latency())
+                } else {
+                    (false, 1)
                 }
             }
             Action::UpdateHistory => {
@@ -1455,6 +1599,7 @@ impl Sim {
             }
             Action::Start(StartAs::Replica { upstream }) => {
                 self.pgs[i].state = PgState::Running { primary: false };
+                self.pgs[i].receiver_after = self.now + self.rng.range(0, 3_000);
                 self.pgs[i].upstream = upstream.map(|u| u.host);
                 self.log(format!("{me}: started as replica"));
             }
@@ -1560,6 +1705,16 @@ impl Sim {
 
     fn tick(&mut self) {
         let n = self.n();
+        if let Some(m) = self
+            .stepped_down
+            .as_ref()
+            .filter(|sd| !sd.disturbed)
+            .and_then(|sd| self.index(&sd.member))
+        {
+            if !self.stepped_down_available(m) {
+                self.stepped_down.as_mut().expect("checked").disturbed = true;
+            }
+        }
         for j in 0..n {
             let PgState::Running { primary: false } = self.pgs[j].state else {
                 continue;
@@ -1570,6 +1725,7 @@ impl Sim {
             let up = self.pgs[j].upstream.clone().and_then(|u| self.index(&u));
             let streaming = up.filter(|&u| {
                 u != j
+                    && self.now >= self.pgs[j].receiver_after
                     && self.link_ok(j, u)
                     && self.pgs[u].running()
                     && self.pgs[j].can_follow(&self.pgs[u])
@@ -1784,6 +1940,14 @@ impl Sim {
             Fault::CutProxyDcs(p) => self.cut_proxy_dcs[p] = true,
             Fault::CutProxyMember(p, m) => self.cut_proxy_member[p][m] = true,
             Fault::Switchover(candidate) => {
+                if let Some(c) = candidate.filter(|_| self.rng.chance(50)) {
+                    // Right before the request, the candidate's WAL receiver restarts (a restart
+                    // of its PostgreSQL, a network blip): tests/ha_rules.rs races the same way.
+                    self.pgs[c].streaming_from = None;
+                    self.pgs[c].receiver_after = self.now + self.rng.range(200, 5_000);
+                    let name = self.agents[c].name.clone();
+                    self.log(format!("{name}: WAL receiver restarts"));
+                }
                 if let Some(l) = self.dcs.leader_alive(self.now).map(str::to_string) {
                     let v = self.dcs.bump();
                     self.dcs.failover = Some(Versioned {
@@ -1972,6 +2136,8 @@ impl Sim {
             events: self.nevents,
             recovered_ms: self.recovered_ms,
             bound_ms: u64::from(self.dynamic.ttl + self.dynamic.loop_wait) * 1000,
+            switchovers: self.switchovers,
+            switchover_fallbacks: self.switchover_fallbacks,
         }
     }
 }

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let (mut failed, mut acked, mut promotions, mut events) = (vec![], 0usize, 0usize, 0u64);
+    let (mut switchovers, mut fallbacks) = (0usize, 0usize);
     // Time from the heal to a routed writable leader, as a fraction of ttl + loop_wait.
     let mut recovery: Vec<f64> = vec![];
     for s in from..from + seeds {
@@ -59,6 +60,8 @@ fn main() -> ExitCode {
         acked += r.acked;
         promotions += r.promotions;
         events += r.events;
+        switchovers += r.switchovers;
+        fallbacks += r.switchover_fallbacks;
         if let Some(ms) = r.recovered_ms {
             recovery.push(ms as f64 / r.bound_ms as f64);
         }
@@ -80,6 +83,9 @@ fn main() -> ExitCode {
         "{ran} seeds in {secs:.1} s: {:.0} seeds/minute ({events} events, {acked} commits acknowledged, {promotions} promotions); {} failing: {failed:?}",
         ran as f64 * 60.0 / secs,
         failed.len()
+    );
+    println!(
+        "planned switchovers checked for lost commits: {switchovers} ({fallbacks} promoted without the last LSN after a fault took the stepped-down leader away)"
     );
     recovery.sort_by(f64::total_cmp);
     if !recovery.is_empty() {

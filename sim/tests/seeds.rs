@@ -87,6 +87,15 @@ fn regression_seed_211_waiting_for_a_candidate_that_may_not_promote() {
     assert_clean(211);
 }
 
+/// A switchover while the candidate's WAL receiver restarted (asynchronous mode): the leader
+/// stopped and released the lock, the candidate promoted without the leader's last commits. Fixed
+/// in `decide`: the leader waits for its candidate to stream, publishes its shutdown checkpoint as
+/// `status.optime`, and a member lacking it does not promote (found with those rules disabled).
+#[test]
+fn regression_seed_45_switchover_candidate_without_the_last_wal() {
+    assert_clean(45);
+}
+
 /// Without a watchdog a frozen leader's primary outlives its lease (nothing in the frozen process
 /// can stop it) and, cut off from the new leader's fence, accepts writes next to the new primary:
 /// the invariant must see it.

@@ -749,10 +749,11 @@ pub(super) fn switchover_from_leader(
                 return impossible(keep_leading(), req, format!("candidate {c} did not answer"))
             }
         },
+        // Without a named candidate, one that streams from this leader is preferred (see below).
         None => match peers
             .iter()
             .filter(healthy)
-            .max_by_key(|p| (p.wal_position, p.failover_priority))
+            .max_by_key(|p| (streams_from(view, r, &p.name), p.wal_position, p.failover_priority))
         {
             Some(p) => p,
             None => {
@@ -760,12 +761,56 @@ pub(super) fn switchover_from_leader(
             }
         },
     };
+    // A fast shutdown hands the last WAL, up to the shutdown checkpoint, to the standbys connected
+    // at that moment (walsenders wait for their flush before the postmaster exits), and to no one
+    // else: a candidate whose WAL receiver is restarting would be promoted without it. Wait for it
+    // to stream, bounded; the candidate's own rule (election) covers a disconnect after this check.
+    if !streams_from(view, r, &candidate.name) {
+        let waited_ms = local
+            .switchover_wait_began_ms
+            .map_or(0, |began| now.mono_ms.saturating_sub(began));
+        let bound_ms = super::switchover_wait_ms(&cfg.dynamic);
+        if waited_ms < bound_ms {
+            return decision(
+                keep_leading(),
+                Reason::WaitingForCandidateToStream {
+                    candidate: candidate.name.clone(),
+                    waited_ms,
+                },
+            );
+        }
+        return impossible(
+            keep_leading(),
+            req,
+            format!(
+                "candidate {} did not stream from the leader within {} s, so it would not receive the last WAL",
+                candidate.name,
+                bound_ms / 1000
+            ),
+        );
+    }
     decision(
-        vec![Action::Stop(StopMode::Fast), Action::ReleaseLeader],
+        vec![
+            Action::Stop(StopMode::Fast),
+            Action::WriteLastLsn,
+            Action::ReleaseLeader,
+        ],
         Reason::ManualFailoverDemoting {
             candidate: candidate.name.clone(),
         },
     )
+}
+
+/// True when member `name` streams from this primary (`pg_stat_replication` shows it `streaming`),
+/// or is tagged `replicatefrom` another member (a cascaded standby gets the last WAL through its
+/// upstream; the candidate's own rule checks that it did).
+fn streams_from(view: &Cluster, r: &Running, name: &str) -> bool {
+    r.standbys
+        .iter()
+        .any(|s| s.name == name && s.state == "streaming")
+        || view
+            .member(name)
+            .is_some_and(|m| m.data.tags.replicatefrom.is_some())
 }
 
 fn impossible(mut actions: Vec<Action>, req: &Versioned<Failover>, why: String) -> Decision {
@@ -867,15 +912,26 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                 .as_ref()
                 .is_none_or(|s| sync::listed_may_promote(&s.value, name))
     };
+    // A leader that stepped down for a switchover published its last LSN (`status.optime`, its
+    // shutdown checkpoint; Patroni's delete_leader(leader, last_lsn)). A member that has not
+    // received that far would drop the old leader's last commits from the new timeline: it does not
+    // count as one that can take over, and does not race itself (see below).
+    let last = switchover_last_lsn(view);
+    let holds_last = |pos: u64| last.as_ref().is_none_or(|(lsn, _)| pos >= *lsn);
     if let Some(req) = view.failover_request() {
         // The leader that stepped down for a switchover does not race back for the lock while any
         // other member can take it (Patroni's manual_failover_process_no_leader; its
-        // is_failover_possible counts only synchronous standbys in synchronous mode). Otherwise a
-        // request left behind by a leader that lost its lock kept everyone out (sim seed 162).
+        // is_failover_possible counts only synchronous standbys in synchronous mode, and, with
+        // `cluster_lsn`, only members that have its shutdown checkpoint). Otherwise a request left
+        // behind by a leader that lost its lock kept everyone out (sim seed 162).
         if req.value.leader.as_deref() == Some(me)
             && req.value.member.as_deref() != Some(me)
             && peers.iter().any(|p| {
-                p.name != me && p.is_eligible() && !p.is_running_primary && sync_allows(&p.name)
+                p.name != me
+                    && p.is_eligible()
+                    && !p.is_running_primary
+                    && sync_allows(&p.name)
+                    && holds_last(p.wal_position)
             })
         {
             return not_racing(Reason::SteppedDownForSwitchover);
@@ -885,10 +941,9 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
             Some(c) => {
                 // A candidate the sync key does not allow never takes over: not waited for (sim
                 // seed 211).
-                if peers
-                    .iter()
-                    .any(|p| p.name == c && p.is_eligible() && sync_allows(c))
-                {
+                if peers.iter().any(|p| {
+                    p.name == c && p.is_eligible() && sync_allows(c) && holds_last(p.wal_position)
+                }) {
                     return not_racing(Reason::WaitingForCandidate {
                         candidate: c.to_string(),
                     });
@@ -901,6 +956,34 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     let priority = cfg.tags.failover_priority.unwrap_or(1);
     if cfg.tags.nofailover || priority <= 0 {
         return not_racing(Reason::NotAllowedToPromote);
+    }
+    if let Some((lsn, leader)) = &last {
+        if r.wal_position < *lsn {
+            // Wait while a member that has the WAL can take over (the old leader restarted
+            // read-only, or another standby), and for a bounded time while the old leader's agent
+            // answers (it is starting PostgreSQL again). With the old leader gone, or past the
+            // bound with nobody holding the WAL, the race goes on as in Patroni, whose candidate
+            // never checks: losing those commits is then a failover's loss, not a planned
+            // switchover's.
+            let holder = peers.iter().any(|p| {
+                p.name != me
+                    && p.is_eligible()
+                    && !p.is_running_primary
+                    && sync_allows(&p.name)
+                    && p.wal_position >= *lsn
+            });
+            let waited_ms = local
+                .switchover_wait_began_ms
+                .map_or(0, |began| now.mono_ms.saturating_sub(began));
+            let leader_answers = peers.iter().any(|p| p.name == *leader);
+            if holder || leader_answers && waited_ms < super::switchover_wait_ms(&cfg.dynamic) {
+                return not_racing(Reason::MissingLastLsn {
+                    mine: r.wal_position,
+                    last_lsn: *lsn,
+                    leader: leader.clone(),
+                });
+            }
+        }
     }
     if !i_am_candidate && !failsafe::may_race(view, me, cfg.dynamic.failsafe_mode) {
         return not_racing(Reason::NotInFailsafeKey);
@@ -973,6 +1056,17 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
         promotion(Action::AcquireLeader, view, local, cfg, r, now),
         Reason::PromotedByAcquiringLock,
     )
+}
+
+/// The last LSN a leader that stepped down for a switchover published, with its name: with no
+/// leader, a `failover` key naming a leader (a switchover, not a failover) and `status.optime` set.
+fn switchover_last_lsn(view: &Cluster) -> Option<(u64, String)> {
+    if view.leader.is_some() {
+        return None;
+    }
+    let leader = view.failover_request()?.value.leader.clone()?;
+    let lsn = view.status.as_ref().map(|s| s.optime).filter(|o| *o > 0)?;
+    Some((lsn, leader))
 }
 
 /// Promoting a replica that holds (`RenewLeader`) or takes (`AcquireLeader`) the lock: slots first

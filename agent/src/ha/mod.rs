@@ -259,6 +259,12 @@ pub struct LocalState {
     /// The session or lease TTL the DCS granted this member ([`praetor_dcs::Dcs::granted_ttl`]), which
     /// bounds how long a proxy keeps serving without DCS contact; `None`: as requested (`ttl`).
     pub granted_ttl: Option<std::time::Duration>,
+    /// Monotonic ms when this member began its current switchover wait: as the leader, for the
+    /// candidate to stream from it ([`Reason::WaitingForCandidateToStream`]); as a member racing
+    /// after a leader stepped down, for the old leader's last WAL ([`Reason::MissingLastLsn`]). The
+    /// runner sets it on the first such decision and clears it on any other; `None` otherwise.
+    /// Both waits are bounded by [`switchover_wait_ms`] from here.
+    pub switchover_wait_began_ms: Option<u64>,
 }
 
 /// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).
@@ -418,6 +424,15 @@ pub enum Action {
     SetSynchronizedStandbySlots(String),
     /// Leader: write `status` with the current WAL position.
     WriteStatus,
+    /// Leader stepping down, PostgreSQL stopped cleanly: write `status` with `optime` = the shutdown
+    /// checkpoint's location (pg_controldata's `Latest checkpoint location`, bytes), keeping the
+    /// key's `slots` and `retain_slots`, before [`Action::ReleaseLeader`]. Patroni does the same in
+    /// `demote()`: `release_leader_key_voluntarily(last_lsn)` → `dcs.delete_leader(leader,
+    /// last_lsn)` writes `{"optime": last_lsn}` and then deletes the key. The members racing next
+    /// compare their WAL position with it (see `decide`: a planned switchover never promotes a
+    /// member that lacks it). Not done (ends the list, the lock is kept) when pg_controldata does
+    /// not say `shut down`: an unclean stop leaves no known last LSN to publish.
+    WriteLastLsn,
     /// Leader: set `synchronous_standby_names` (rewrite postgresql.conf and reload); the runner notes
     /// the WAL position at that moment for [`LocalState::sync_catchup_lsn`].
     SetSyncStandbyNames(String),
@@ -502,6 +517,15 @@ pub fn task_retry_after_ms(kind: Task, dynamic: &DynamicConfig) -> u64 {
         Task::Bootstrap | Task::Clone | Task::Rewind => loop_wait.max(15),
     };
     secs * 1000
+}
+
+/// How long a switchover waits for WAL to arrive where it must before giving up (ms): a leader for
+/// its candidate to stream from it before it stops (then the request is refused), a member for the
+/// old leader's last LSN (then Patroni's behaviour: see [`Reason::MissingLastLsn`]). `ttl`, at
+/// least 15 s: a restarted standby's WAL receiver retries every `wal_retrieve_retry_interval`
+/// (5 s by default), and the REST API waits `max(3 * ttl, 30 s)` for the outcome.
+pub fn switchover_wait_ms(dynamic: &DynamicConfig) -> u64 {
+    u64::from(dynamic.ttl.max(15)) * 1000
 }
 
 /// True when this member believed it held the lock and its demotion deadline ([`demote_deadline_ms`])

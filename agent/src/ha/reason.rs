@@ -169,6 +169,29 @@ pub enum Reason {
         /// The candidate.
         candidate: String,
     },
+    /// Leader asked to step down: the candidate does not stream from it (yet), so a fast shutdown
+    /// would not hand it the last WAL (PostgreSQL sends it only to connected standbys). The leader
+    /// keeps leading until it does, at most [`switchover_wait_ms`](super::switchover_wait_ms).
+    WaitingForCandidateToStream {
+        /// The candidate.
+        candidate: String,
+        /// Milliseconds waited so far.
+        waited_ms: u64,
+    },
+    /// A leader stepped down for a switchover and published its last LSN (`status.optime`, the
+    /// shutdown checkpoint), and this member has not received that far: promoting it would drop the
+    /// old leader's last commits from the new timeline. It stays out of the race while a member
+    /// holding that WAL can take over, and while the old leader's agent answers at most
+    /// [`switchover_wait_ms`](super::switchover_wait_ms) (then, or with the old leader gone,
+    /// Patroni's behaviour: the race goes on without the check).
+    MissingLastLsn {
+        /// This member's WAL position (bytes).
+        mine: u64,
+        /// The published last LSN (bytes).
+        last_lsn: u64,
+        /// The member that stepped down.
+        leader: String,
+    },
     /// Running pg_rewind against the leader.
     Rewinding {
         /// The leader.
@@ -229,6 +252,21 @@ pub enum Reason {
         /// The leader.
         leader: String,
     },
+}
+
+impl Reason {
+    /// True when this decision waits in a switchover for WAL to arrive ([`Reason::WaitingForCandidateToStream`],
+    /// [`Reason::MissingLastLsn`]), also inside a paused or paced decision: the runner then keeps
+    /// [`LocalState::switchover_wait_began_ms`](super::LocalState::switchover_wait_began_ms).
+    pub fn is_switchover_wait(&self) -> bool {
+        match self {
+            Reason::WaitingForCandidateToStream { .. } | Reason::MissingLastLsn { .. } => true,
+            Reason::Paused { inner } | Reason::RetryingTaskLater { inner, .. } => {
+                inner.is_switchover_wait()
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -359,6 +397,24 @@ impl fmt::Display for Reason {
             WaitingForCandidate { candidate } => {
                 write!(f, "waiting for the switchover candidate {candidate} to take over")
             }
+            WaitingForCandidateToStream {
+                candidate,
+                waited_ms,
+            } => write!(
+                f,
+                "switchover: waiting for {candidate} to stream from me before stepping down, so it receives my last WAL ({:.1} s so far)",
+                *waited_ms as f64 / 1000.0
+            ),
+            MissingLastLsn {
+                mine,
+                last_lsn,
+                leader,
+            } => write!(
+                f,
+                "not promoting: my WAL position {} is behind {}, the last LSN {leader} published when it stepped down for a switchover",
+                crate::postgres::format_lsn(*mine),
+                crate::postgres::format_lsn(*last_lsn)
+            ),
             Rewinding { leader } => write!(f, "running pg_rewind from {leader}"),
             CrashRecovery => f.write_str("doing crash recovery in a single user mode"),
             DivergedNoRewind {

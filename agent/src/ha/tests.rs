@@ -101,6 +101,7 @@ fn local(postgres: Postgres) -> LocalState {
         failed_task: None,
         unfenced: None,
         proxies_wait_began_ms: None,
+        switchover_wait_began_ms: None,
         granted_ttl: None,
         retained_members: vec![],
     }
@@ -1204,16 +1205,16 @@ fn rows() -> Vec<Row> {
         .expect(vec![], |r| *r == Reason::NotInFailsafeKey),
         // --- switchover ----------------------------------------------------------------------------
         row(
-            "switchover to a healthy candidate: stop fast, then release the lock",
+            "switchover to a healthy candidate streaming from me: stop fast, publish the shutdown checkpoint as the last LSN, then release the lock",
             Some(with(cluster(Some(ME)), |c| {
                 c.failover = failover(Some(ME), Some("pg2"))
             })),
-            with(local(running(true, 1000, None)), |l| {
+            with(local(primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], "")), |l| {
                 l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
             }),
         )
         .expect(
-            vec![Stop(StopMode::Fast), ReleaseLeader],
+            vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
             |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2"),
         ),
         row(
@@ -1221,14 +1222,134 @@ fn rows() -> Vec<Row> {
             Some(with(cluster(Some(ME)), |c| {
                 c.failover = failover(Some(ME), None)
             })),
-            with(local(running(true, 1000, None)), |l| {
+            with(local(primary_with(&[("pg2", "async", 900), ("pg3", "async", 1000)], "")), |l| {
                 l.peers = Some(vec![peer("pg2", 900), peer("pg3", 1000)])
             }),
         )
         .expect(
-            vec![Stop(StopMode::Fast), ReleaseLeader],
+            vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
             |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg3"),
         ),
+        row(
+            "switchover without candidate: one streaming from me is preferred to one ahead whose WAL receiver restarts",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), None)
+            })),
+            with(local(primary_with(&[("pg2", "async", 900)], "")), |l| {
+                l.peers = Some(vec![peer("pg2", 900), peer("pg3", 1000)])
+            }),
+        )
+        .expect(
+            vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
+            |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2"),
+        ),
+        row(
+            "switchover to a candidate that does not stream from me (its WAL receiver restarts): keep leading until it does, or it would miss my last WAL",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(local(primary_with(&[("pg3", "async", 1000)], "")), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]);
+                l.switchover_wait_began_ms = Some(NOW.mono_ms - 2_000);
+            }),
+        )
+        .expect(vec![RenewLeader, WriteStatus], |r| {
+            matches!(r, Reason::WaitingForCandidateToStream { candidate, waited_ms: 2_000 } if candidate == "pg2")
+        }),
+        row(
+            "switchover to a candidate that did not stream from me within the bound (15 s): refused, request removed",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(local(running(true, 1000, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000)]);
+                l.switchover_wait_began_ms = Some(NOW.mono_ms - 15_000);
+            }),
+        )
+        .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)], |r| {
+            matches!(r, Reason::ManualFailoverImpossible { why } if why.contains("did not stream"))
+        }),
+        row(
+            "switchover to a cascaded candidate (replicatefrom): it gets the last WAL through its upstream, no streaming wait",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"));
+                c.members[1].data.tags.replicatefrom = Some("pg3".into());
+            })),
+            with(local(primary_with(&[("pg3", "async", 1000)], "")), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
+            }),
+        )
+        .expect(vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
+        row(
+            "no leader after a switchover, I am the candidate but lack the last LSN pg2 published: do not promote",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![PeerStatus { is_running: false, ..peer("pg2", 0) }]);
+            }),
+        )
+        .expect(vec![], |r| {
+            matches!(r, Reason::MissingLastLsn { mine: 1000, last_lsn: 1500, leader } if leader == "pg2")
+        }),
+        row(
+            "the candidate lacking the last LSN keeps out past the bound while the stepped-down leader holds it (it takes the lock back)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1520)]);
+                l.switchover_wait_began_ms = Some(NOW.mono_ms - 60_000);
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::MissingLastLsn { .. })),
+        row(
+            "the candidate lacking the last LSN, past the bound with nobody holding it reachable: Patroni's race (promote)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![]);
+                l.switchover_wait_began_ms = Some(NOW.mono_ms - 15_000);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row(
+            "the candidate lacking the last LSN, the stepped-down leader gone (does not answer): Patroni's race at once",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)]);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row(
+            "the leader that stepped down races back when no other member has its last LSN (the candidate missed it)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), Some("pg2"));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1520, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), RenewLeader, Promote], |r| *r == Reason::PromotedByAcquiringLock),
+        row(
+            "a third member neither waits for a candidate lacking the last LSN nor races without it",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1520), peer("pg3", 1000)]);
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::MissingLastLsn { .. })),
         row(
             "switchover to a lagging candidate: refused, request removed",
             Some(with(cluster(Some(ME)), |c| {
@@ -1384,9 +1505,9 @@ fn rows() -> Vec<Row> {
             .expect(vec![], |r| matches!(r, Reason::Paused { .. })),
         row("pause: a manual switchover still works",
             Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
-            with(local(running(true, 1000, None)), |l| l.peers = Some(vec![peer("pg2", 1000)])))
+            with(local(primary_with(&[("pg2", "async", 1000)], "")), |l| l.peers = Some(vec![peer("pg2", 1000)])))
             .cfg(|c| c.dynamic.pause = true)
-            .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |_| true),
+            .expect(vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
         // --- primary_start_timeout ---------------------------------------------------------------------
         row("§7 primary: PostgreSQL does not come back within primary_start_timeout: fail over",
             Some(cluster(Some(ME))),
