@@ -37,24 +37,6 @@ use crate::ha::{
 use crate::peers::fetch_peers;
 use crate::postgres::instance::SlotRow;
 
-/// The longest a primary stepping down in a planned switchover waits for its transactions in
-/// flight to end before it stops (see `Runner::drain_transactions`).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How often that wait counts the transactions in progress.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
-
-/// How long (ms) a primary stepping down may wait for its transactions at monotonic `now_ms`:
-/// [`DRAIN_TIMEOUT`], and at most half the time left before `demote_deadline_ms` (the rest is for
-/// the stop itself, which must end before the lease can expire); 0 past the deadline.
-fn drain_budget_ms(now_ms: u64, demote_deadline_ms: Option<u64>) -> u64 {
-    let max = DRAIN_TIMEOUT.as_millis() as u64;
-    match demote_deadline_ms {
-        Some(deadline) => max.min(deadline.saturating_sub(now_ms) / 2),
-        None => max,
-    }
-}
-
 use crate::postgres::{Instance, InstanceSettings, ServerStatus};
 pub use reload::ReloadSource;
 
@@ -662,9 +644,6 @@ impl Runner {
             None
         };
         let mut message = d.reason.to_string();
-        if matches!(d.reason, ha::Reason::ManualFailoverDemoting { .. }) {
-            self.drain_transactions().await;
-        }
         if !d.actions.is_empty() {
             tracing::debug!(actions = ?d.actions, "executing");
             match self.execute(d.actions, view.as_deref(), &obs).await? {
@@ -687,11 +666,12 @@ impl Runner {
     /// moment to end first. The proxies start no new transaction on a leader the `failover` key
     /// asks to step down (they hold their clients at the transaction boundary and move them to the
     /// new leader), so what runs now ends soon, and the fast stop that follows interrupts no
-    /// transaction of theirs. Bounded by [`DRAIN_TIMEOUT`] and by half the time left before the
+    /// transaction of theirs. Bounded by `max_ms` from `decide` ([`ha::drain_budget_ms`]: at most 5 s, and half the time left before the
     /// demotion deadline (the lease must outlast the stop); clients connected directly may keep it
     /// waiting that long. Errors (the server does not answer) end the wait: the stop goes ahead.
-    async fn drain_transactions(&mut self) {
-        let budget = drain_budget_ms(self.now().mono_ms, self.demote_deadline_ms());
+    async fn drain_transactions(&mut self, budget: u64) {
+        /// How often the wait counts the transactions in progress.
+        const DRAIN_POLL: Duration = Duration::from_millis(20);
         let until = Instant::now() + Duration::from_millis(budget);
         loop {
             match self.pg.transactions_in_progress().await {
@@ -1267,6 +1247,10 @@ impl Runner {
                         ..Default::default()
                     })
                     .await?;
+                Ok(true)
+            }
+            Action::DrainTransactions { max_ms } => {
+                self.drain_transactions(max_ms).await;
                 Ok(true)
             }
             Action::WriteLastLsn => {
@@ -2155,22 +2139,5 @@ mod tests {
             !ha::past_demote_deadline(renewed, &dynamic, wd.timeout_secs(), false, now.mono_ms),
             "the confirmation moved the demotion deadline on"
         );
-    }
-}
-
-#[cfg(test)]
-mod drain_tests {
-    use super::drain_budget_ms;
-
-    #[test]
-    fn the_drain_leaves_half_the_time_to_the_demotion_deadline_for_the_stop() {
-        for (now, deadline, want) in [
-            (1_000, Some(4_000), 1_500),
-            (1_000, Some(31_000), 5_000),
-            (5_000, Some(4_000), 0),
-            (1_000, None, 5_000),
-        ] {
-            assert_eq!(drain_budget_ms(now, deadline), want, "{now} {deadline:?}");
-        }
     }
 }

@@ -5,8 +5,8 @@ use praetor_dcs::{Cluster, Failover, Versioned};
 use super::election::is_healthiest;
 use super::rejoin::{rejoin_plan, RejoinPlan};
 use super::{
-    demote_deadline_ms, upstream_of, Action, DataDir, Decision, HaConfig, LocalState, Now,
-    Postgres, Reason, Running, StartAs, StopMode, Upstream,
+    demote_deadline_ms, drain_budget_ms, upstream_of, Action, DataDir, Decision, HaConfig,
+    LocalState, Now, Postgres, Reason, Running, StartAs, StopMode, Upstream,
 };
 use super::{failsafe, slots, standby, sync};
 
@@ -761,6 +761,17 @@ pub(super) fn switchover_from_leader(
             }
         },
     };
+    // A standby leader (standby cluster) writes no WAL of its own: its candidate gets everything
+    // from the remote cluster too, and its clean stop is a restartpoint ("shut down in recovery"),
+    // not a last LSN to publish. Patroni's standby leader likewise just stops and releases.
+    if !r.is_primary {
+        return decision(
+            vec![Action::Stop(StopMode::Fast), Action::ReleaseLeader],
+            Reason::ManualFailoverDemoting {
+                candidate: candidate.name.clone(),
+            },
+        );
+    }
     // A fast shutdown hands the last WAL, up to the shutdown checkpoint, to the standbys connected
     // at that moment (walsenders wait for their flush before the postmaster exits), and to no one
     // else: a candidate whose WAL receiver is restarting would be promoted without it. Wait for it
@@ -789,8 +800,20 @@ pub(super) fn switchover_from_leader(
             ),
         );
     }
+    // Proxies hold new transactions once they see the request; what runs now ends soon, so a short
+    // wait lets it commit instead of being rolled back by the fast stop (bounded: the lease must
+    // outlast the stop).
+    let drain = drain_budget_ms(
+        now.mono_ms,
+        demote_deadline_ms(
+            local.lock_renewed_ms,
+            &cfg.dynamic,
+            local.watchdog_timeout_secs,
+        ),
+    );
     decision(
         vec![
+            Action::DrainTransactions { max_ms: drain },
             Action::Stop(StopMode::Fast),
             Action::WriteLastLsn,
             Action::ReleaseLeader,

@@ -424,6 +424,14 @@ pub enum Action {
     SetSynchronizedStandbySlots(String),
     /// Leader: write `status` with the current WAL position.
     WriteStatus,
+    /// Leader stepping down in a planned switchover, before its fast stop: wait until
+    /// `pg_stat_activity` shows no transaction in progress, at most `max_ms` (ms; see
+    /// [`drain_budget_ms`]), so transactions that proxies let finish are not rolled back by the stop.
+    /// Errors (the server does not answer) end the wait; the stop goes ahead either way.
+    DrainTransactions {
+        /// The longest wait (ms).
+        max_ms: u64,
+    },
     /// Leader stepping down, PostgreSQL stopped cleanly: write `status` with `optime` = the shutdown
     /// checkpoint's location (pg_controldata's `Latest checkpoint location`, bytes), keeping the
     /// key's `slots` and `retain_slots`, before [`Action::ReleaseLeader`]. Patroni does the same in
@@ -503,6 +511,21 @@ pub fn demote_deadline_ms(
         window_secs = window_secs.min(t.saturating_sub(1));
     }
     lock_renewed_ms.map(|at| at + u64::from(window_secs) * 1000)
+}
+
+/// The longest a primary stepping down in a planned switchover waits for its transactions in
+/// flight to end before its fast stop (ms).
+pub const DRAIN_TIMEOUT_MS: u64 = 5_000;
+
+/// How long (ms) a primary stepping down at monotonic `now_ms` may wait for its transactions
+/// ([`Action::DrainTransactions`]): [`DRAIN_TIMEOUT_MS`], and at most half the time left before
+/// `demote_deadline_ms` (see [`demote_deadline_ms`]; the rest is for the stop itself, which must
+/// end before the lease can expire); 0 past the deadline.
+pub fn drain_budget_ms(now_ms: u64, demote_deadline_ms: Option<u64>) -> u64 {
+    match demote_deadline_ms {
+        Some(deadline) => DRAIN_TIMEOUT_MS.min(deadline.saturating_sub(now_ms) / 2),
+        None => DRAIN_TIMEOUT_MS,
+    }
 }
 
 /// How long after a failed background task of `kind` `decide` starts it again (ms): never more often

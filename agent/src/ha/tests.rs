@@ -1214,7 +1214,25 @@ fn rows() -> Vec<Row> {
             }),
         )
         .expect(
-            vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
+            vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
+            |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2"),
+        ),
+        row(
+            "switchover close to the demotion deadline: the wait for transactions in flight takes at most half the time left, the stop the rest",
+            Some(with(cluster(Some(ME)), |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(local(primary_with(&[("pg2", "async", 1000)], "")), |l| {
+                l.peers = Some(vec![peer("pg2", 1000)]);
+                l.lock_renewed_ms = Some(1_000_000);
+            }),
+        )
+        .cfg(|c| {
+            c.dynamic.loop_wait = 1;
+            c.dynamic.retry_timeout = 2;
+        })
+        .expect(
+            vec![DrainTransactions { max_ms: 1_500 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
             |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2"),
         ),
         row(
@@ -1227,7 +1245,7 @@ fn rows() -> Vec<Row> {
             }),
         )
         .expect(
-            vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
+            vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
             |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg3"),
         ),
         row(
@@ -1240,7 +1258,7 @@ fn rows() -> Vec<Row> {
             }),
         )
         .expect(
-            vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
+            vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
             |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2"),
         ),
         row(
@@ -1279,7 +1297,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
             }),
         )
-        .expect(vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
+        .expect(vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
         row(
             "no leader after a switchover, I am the candidate but lack the last LSN pg2 published: do not promote",
             Some(with(cluster(None), |c| {
@@ -1507,7 +1525,7 @@ fn rows() -> Vec<Row> {
             Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), Some("pg2")))),
             with(local(primary_with(&[("pg2", "async", 1000)], "")), |l| l.peers = Some(vec![peer("pg2", 1000)])))
             .cfg(|c| c.dynamic.pause = true)
-            .expect(vec![Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
+            .expect(vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
         // --- primary_start_timeout ---------------------------------------------------------------------
         row("§7 primary: PostgreSQL does not come back within primary_start_timeout: fail over",
             Some(cluster(Some(ME))),
