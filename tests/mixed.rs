@@ -21,9 +21,9 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::writer::Writer;
 use common::*;
 use praetor_harness::patroni::{patroni_view, patronictl};
 use serde_json::Value;
@@ -521,86 +521,6 @@ async fn patroni_joins_a_praetor_bootstrapped_cluster() {
     all_follow(&c, "pg1", 1).await;
     both_read_every_value(&c, "Patroni replica of a Praetor leader").await;
     c.shutdown().await;
-}
-
-/// A client writing one row per transaction through the proxy's read-write port, reconnecting
-/// after each error; records each acknowledged id and when.
-struct Writer {
-    acked: Arc<Mutex<Vec<(i32, Instant)>>>,
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    async fn start(port: u16) -> Writer {
-        let setup = connect_retry(port, Duration::from_secs(30)).await;
-        setup
-            .batch_execute("CREATE TABLE w (id int PRIMARY KEY)")
-            .await
-            .unwrap();
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut id = 0;
-                let mut client = None;
-                while !stop.is_cancelled() {
-                    if client.is_none() {
-                        client = connect(port).await.ok();
-                        if client.is_none() {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    }
-                    if let Some(cl) = &client {
-                        id += 1;
-                        match cl.execute("INSERT INTO w VALUES ($1)", &[&id]).await {
-                            Ok(_) => acked.lock().unwrap().push((id, Instant::now())),
-                            Err(_) => client = None,
-                        }
-                    }
-                }
-            })
-        };
-        Writer { acked, stop, task }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `n` more writes than now are acknowledged.
-    async fn more(&self, n: usize) {
-        let target = self.count() + n;
-        wait_for("acknowledged writes", Duration::from_secs(90), || async {
-            let got = self.count();
-            if got >= target {
-                Ok(())
-            } else {
-                Err(format!("{got} of {target}"))
-            }
-        })
-        .await
-        .unwrap();
-    }
-
-    /// The longest time between two consecutive acknowledgements, and when it ended.
-    fn longest_gap(&self) -> Duration {
-        let acked = self.acked.lock().unwrap();
-        acked
-            .windows(2)
-            .map(|w| w[1].1.duration_since(w[0].1))
-            .max()
-            .unwrap_or_default()
-    }
-
-    async fn stop(self) -> Vec<i32> {
-        self.stop.cancel();
-        self.task.await.unwrap();
-        let acked = self.acked.lock().unwrap();
-        acked.iter().map(|(id, _)| *id).collect()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,93 +10,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::writer::Writer;
 use common::*;
 use praetor_harness::PgMajor;
-
-/// A client writing one row per transaction through the proxy's read-write port, reconnecting after
-/// each error; records each acknowledged id and when it was acknowledged.
-struct Writer {
-    acked: Arc<Mutex<Vec<(i32, Instant)>>>,
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    async fn start(port: u16) -> Writer {
-        let setup = connect_retry(port, Duration::from_secs(30)).await;
-        setup
-            .batch_execute("CREATE TABLE w (id int PRIMARY KEY)")
-            .await
-            .unwrap();
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut id = 0;
-                let mut client = None;
-                while !stop.is_cancelled() {
-                    if client.is_none() {
-                        client = connect(port).await.ok();
-                        if client.is_none() {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    }
-                    if let Some(cl) = &client {
-                        id += 1;
-                        match cl.execute("INSERT INTO w VALUES ($1)", &[&id]).await {
-                            Ok(_) => acked.lock().unwrap().push((id, Instant::now())),
-                            Err(_) => client = None,
-                        }
-                    }
-                }
-            })
-        };
-        let w = Writer { acked, stop, task };
-        w.wait_more_than(50).await;
-        w
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn wait_more_than(&self, n: usize) {
-        wait_for("acknowledged writes", Duration::from_secs(90), || async {
-            let got = self.count();
-            if got > n {
-                Ok(())
-            } else {
-                Err(format!("{got} of {n}"))
-            }
-        })
-        .await
-        .unwrap();
-    }
-
-    /// The longest gap between two consecutive acknowledgements after `since`: the write outage.
-    fn longest_gap_after(&self, since: Instant) -> Duration {
-        let acked = self.acked.lock().unwrap();
-        let mut last = since;
-        let mut gap = Duration::ZERO;
-        for (_, at) in acked.iter().filter(|(_, at)| *at >= since) {
-            gap = gap.max(at.duration_since(last));
-            last = *at;
-        }
-        gap
-    }
-
-    async fn stop(self) -> Vec<i32> {
-        self.stop.cancel();
-        self.task.await.unwrap();
-        let acked = self.acked.lock().unwrap();
-        acked.iter().map(|(id, _)| *id).collect()
-    }
-}
 
 /// The ids of table `w` on the PostgreSQL at `port`.
 async fn ids_on(port: u16) -> std::collections::HashSet<i32> {
@@ -219,6 +137,7 @@ async fn acceptance_core(pg: PgMajor) {
     let sync = sync_standby(&c).await;
     let rw = c.proxy.as_ref().unwrap().rw_port;
     let writer = Writer::start(rw).await;
+    writer.wait_more_than(50).await;
     let killed = Instant::now();
     let node = c.node_mut(&old);
     node.kill_agent();

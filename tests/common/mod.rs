@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod writer;
+
 pub use praetor_harness::cluster::{ClusterOptions, LocalCluster, SUPERUSER, SUPERUSER_PASSWORD};
 pub use praetor_harness::wait_for;
 
