@@ -549,15 +549,7 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
             return switchover_from_leader(view, local, cfg, r, req, now);
         }
     }
-    let mut actions = vec![Action::RenewLeader];
-    actions.extend(write_status(view, cfg, r));
-    actions.extend(slots::slot_actions(
-        view,
-        cfg,
-        r,
-        me,
-        &local.retained_members,
-    ));
+    let mut actions = lock_holder_upkeep(view, local, cfg, r);
     if needs_history(view, r) {
         actions.push(Action::UpdateHistory);
     }
@@ -669,7 +661,29 @@ fn await_proxies(view: &Cluster, local: &LocalState, cfg: &HaConfig, now: Now) -
     })
 }
 
-fn asks_me_to_step_down(req: &Failover, me: &str) -> bool {
+/// What a lock holder does every cycle, primary or standby leader: renew the lock, publish its
+/// WAL position and slots in `status` when they changed, keep the replication slots.
+pub(super) fn lock_holder_upkeep(
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    r: &Running,
+) -> Vec<Action> {
+    let mut actions = vec![Action::RenewLeader];
+    actions.extend(write_status(view, cfg, r));
+    actions.extend(slots::slot_actions(
+        view,
+        cfg,
+        r,
+        &cfg.name,
+        &local.retained_members,
+    ));
+    actions
+}
+
+/// True when switchover request `req` asks member `me`, the lock holder, to step down (it names
+/// `me` as leader or names no leader, and names another member as candidate).
+pub(super) fn asks_me_to_step_down(req: &Failover, me: &str) -> bool {
     let leader_matches = req.leader.as_deref().is_none_or(|l| l == me);
     leader_matches && req.member.as_deref() != Some(me)
 }

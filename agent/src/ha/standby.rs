@@ -22,7 +22,7 @@
 
 use praetor_dcs::Cluster;
 
-use super::decide::{decision, switchover_from_leader, write_status};
+use super::decide::{asks_me_to_step_down, decision, lock_holder_upkeep, switchover_from_leader};
 use super::{
     slots, Action, Decision, HaConfig, LocalState, Now, Reason, Running, StartAs, StopMode,
     Upstream,
@@ -217,20 +217,11 @@ pub(super) fn standby_leader(
     }
     let request = view.failover_request();
     if let Some(req) = request {
-        let leader_matches = req.value.leader.as_deref().is_none_or(|l| l == me);
-        if leader_matches && req.value.member.as_deref() != Some(me) {
+        if asks_me_to_step_down(&req.value, me) {
             return Some(switchover_from_leader(view, local, cfg, r, req, now));
         }
     }
-    let mut actions = vec![Action::RenewLeader];
-    actions.extend(write_status(view, cfg, r));
-    actions.extend(slots::slot_actions(
-        view,
-        cfg,
-        r,
-        me,
-        &local.retained_members,
-    ));
+    let mut actions = lock_holder_upkeep(view, local, cfg, r);
     let reason = if streams_from(r, remote.as_ref()) {
         Reason::StandbyLeaderWithLock { me: me.to_string() }
     } else {
