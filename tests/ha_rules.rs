@@ -1042,6 +1042,22 @@ async fn make_leader(c: &LocalCluster, name: &str) {
     )
     .await
     .unwrap();
+    // `ctl switchover` answers once the leader key names the candidate; its promotion (after the
+    // fencing handshake) follows, and the former leader may stream from it before that, on the old
+    // timeline. Wait for the promotion itself.
+    let port = c.node(name).pg_port;
+    wait_for(
+        &format!("{name} to be promoted"),
+        Duration::from_secs(60),
+        || async {
+            match in_recovery(port).await? {
+                false => Ok(()),
+                true => Err("still in recovery".to_string()),
+            }
+        },
+    )
+    .await
+    .unwrap();
     healthy_again(c).await;
 }
 
