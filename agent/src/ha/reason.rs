@@ -260,7 +260,9 @@ impl Reason {
     /// [`LocalState::switchover_wait_began_ms`](super::LocalState::switchover_wait_began_ms).
     pub fn is_switchover_wait(&self) -> bool {
         match self {
-            Reason::WaitingForCandidateToStream { .. } | Reason::MissingLastLsn { .. } => true,
+            Reason::WaitingForCandidateToStream { .. }
+            | Reason::MissingLastLsn { .. }
+            | Reason::WaitingForCandidate { .. } => true,
             Reason::Paused { inner } | Reason::RetryingTaskLater { inner, .. } => {
                 inner.is_switchover_wait()
             }

@@ -1347,7 +1347,42 @@ fn rows() -> Vec<Row> {
         )
         .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
         row(
-            "the leader that stepped down races back when no other member has its last LSN (the candidate missed it)",
+            "the leader that stepped down races back when no other member has its last LSN past the bound (the candidate missed it)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), Some("pg2"));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1520, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]);
+                l.switchover_wait_began_ms = Some(NOW.mono_ms - 60_000);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), RenewLeader, Promote], |r| *r == Reason::PromotedByAcquiringLock),
+        row(
+            "a third member holding the last LSN waits for the candidate that has not replayed it yet (it streams: milliseconds), within the bound",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1600, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1520), peer("pg3", 1000)]);
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { candidate } if candidate == "pg3")),
+        row(
+            "past the bound, a third member holding the last LSN leaves out the candidate still lacking it and races",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1600, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1520), peer("pg3", 1000)]);
+                l.switchover_wait_began_ms = Some(NOW.mono_ms - 60_000);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        row(
+            "the leader that stepped down waits, within the bound, for its streaming candidate to replay its last LSN instead of racing back",
             Some(with(cluster(None), |c| {
                 c.failover = failover(Some(ME), Some("pg2"));
                 c.status = Some(Status { optime: 1500, ..Default::default() });
@@ -1356,15 +1391,27 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]);
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), RenewLeader, Promote], |r| *r == Reason::PromotedByAcquiringLock),
+        .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { candidate } if candidate == "pg2")),
         row(
-            "a third member neither waits for a candidate lacking the last LSN nor races without it",
+            "a third member lacking the last LSN does not race: it waits for the candidate within the bound",
             Some(with(cluster(None), |c| {
                 c.failover = failover(Some("pg2"), Some("pg3"));
                 c.status = Some(Status { optime: 1500, ..Default::default() });
             })),
             with(local(running(false, 1000, Some(5432))), |l| {
                 l.peers = Some(vec![peer("pg2", 1520), peer("pg3", 1000)]);
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { .. })),
+        row(
+            "a third member lacking the last LSN does not race past the bound either, while the stepped-down leader holds it",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1520), peer("pg3", 1000)]);
+                l.switchover_wait_began_ms = Some(NOW.mono_ms - 60_000);
             }),
         )
         .expect(vec![], |r| matches!(r, Reason::MissingLastLsn { .. })),
