@@ -1104,19 +1104,7 @@ impl Runner {
                 };
                 tracing::info!(synchronous_standby_names = %names, "changing synchronous replication");
                 self.pg.set_sync_standby_names(Some(names));
-                let role = if obs.server.as_ref().is_some_and(|s| s.in_recovery) {
-                    StartAs::Replica {
-                        upstream: obs.server.as_ref().and_then(|s| s.upstream.clone()).map(
-                            |(host, port)| ha::Upstream {
-                                member: String::new(),
-                                host,
-                                port,
-                            },
-                        ),
-                    }
-                } else {
-                    StartAs::Primary
-                };
+                let role = running_role(obs);
                 self.pg.write_config(&self.dynamic, &role)?;
                 self.pg.reload()?;
                 self.sync_catchup_lsn = lsn;
@@ -1202,19 +1190,7 @@ impl Runner {
             Action::SetSynchronizedStandbySlots(names) => {
                 if self.pg.set_synchronized_standby_slots(Some(names.clone())) {
                     tracing::info!(synchronized_standby_slots = %names, "changing the standbys logical consumers wait for");
-                    let role = if obs.server.as_ref().is_some_and(|s| s.in_recovery) {
-                        StartAs::Replica {
-                            upstream: obs.server.as_ref().and_then(|s| s.upstream.clone()).map(
-                                |(host, port)| ha::Upstream {
-                                    member: String::new(),
-                                    host,
-                                    port,
-                                },
-                            ),
-                        }
-                    } else {
-                        StartAs::Primary
-                    };
+                    let role = running_role(obs);
                     if self.pg.write_config(&self.dynamic, &role)?.changed {
                         self.pg.reload()?;
                     }
@@ -2032,6 +2008,22 @@ fn keep_leading_in_failsafe(
         tracing::warn!("watchdog keepalive failed: {e}");
     }
     asked_ms
+}
+
+/// How the running PostgreSQL runs, for rewriting its configuration in place: a replica of the
+/// upstream its WAL receiver reports (no member name: the settings need only host and port), or a
+/// primary.
+fn running_role(obs: &Observation) -> StartAs {
+    match &obs.server {
+        Some(s) if s.in_recovery => StartAs::Replica {
+            upstream: s.upstream.clone().map(|(host, port)| ha::Upstream {
+                member: String::new(),
+                host,
+                port,
+            }),
+        },
+        _ => StartAs::Primary,
+    }
 }
 
 #[cfg(test)]
