@@ -677,9 +677,16 @@ async fn whole_dcs_down_with_failsafe_mode_keeps_the_primary_while_every_member_
         .await
         .unwrap();
     while Instant::now() < until {
-        lc.execute("INSERT INTO failsafe_w DEFAULT VALUES", &[])
+        if let Err(e) = lc
+            .execute("INSERT INTO failsafe_w DEFAULT VALUES", &[])
             .await
-            .expect("the primary keeps accepting writes in failsafe mode");
+        {
+            let kept = c.work.keep();
+            panic!(
+                "the primary keeps accepting writes in failsafe mode: {e}\nlogs kept in {}",
+                kept.display()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(c

@@ -164,6 +164,7 @@ pub async fn run_with(
         pending_restart: Default::default(),
         sync_catchup_lsn: 0,
         failsafe_active: false,
+        dcs_call_failed: std::sync::atomic::AtomicBool::new(false),
         failsafe_asked_ms: None,
         member_seen: Default::default(),
         callbacks,
@@ -354,6 +355,10 @@ struct Runner {
     sync_catchup_lsn: u64,
     /// The last loop ran without the DCS and every failsafe member confirmed this leader.
     failsafe_active: bool,
+    /// A DCS call failed (error or bound reached) since the start of this cycle: with failsafe
+    /// mode on, the next cycle asks the members before the start-of-cycle deadline stop (see
+    /// [`ha::past_demote_deadline`]).
+    dcs_call_failed: std::sync::atomic::AtomicBool,
     /// Monotonic ms when the last failsafe confirmation round began (see `failsafe_check`).
     failsafe_asked_ms: Option<u64>,
     /// Parameters waiting for a restart: name → (running value, configured value).
@@ -459,11 +464,16 @@ impl Runner {
         if let Some(left) = self.until_demote_deadline() {
             limit = limit.min(left);
         }
-        tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        let result = tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
             Err(praetor_dcs::DcsError::Unavailable(format!(
                 "no answer within {limit:?} (retry_timeout, or the leader's demotion deadline)"
             )))
-        })
+        });
+        if result.is_err() {
+            self.dcs_call_failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 
     fn me(&self) -> &str {
@@ -531,11 +541,14 @@ impl Runner {
     }
 
     async fn cycle(&mut self) -> anyhow::Result<()> {
+        let dcs_failed = self
+            .dcs_call_failed
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
         if ha::past_demote_deadline(
             self.lock_renewed_ms,
             &self.dynamic,
             self.watchdog.timeout_secs(),
-            self.failsafe_active,
+            self.failsafe_active || (self.dynamic.failsafe_mode && dcs_failed),
             self.now().mono_ms,
         ) {
             self.stop_overdue_primary().await;

@@ -555,16 +555,19 @@ pub fn switchover_wait_ms(dynamic: &DynamicConfig) -> u64 {
 /// has passed: the agent was frozen (SIGSTOP, a hung VM, a stalled disk) or a DCS call outlived its
 /// bound. Its first act on waking is then to stop PostgreSQL, before any DCS call or query, since the
 /// lease may have expired and another member may lead: a thawed primary acknowledges nothing.
-/// Not while failsafe mode kept the primary on its last cycle (`failsafe_kept`: every member
-/// confirmed it without the DCS); that cycle's confirmation is asked again before anything else.
+/// Not when this cycle's failsafe round decides instead (`failsafe_round_first`): failsafe mode
+/// kept the primary on the last cycle (every member confirmed it without the DCS), or failsafe mode
+/// is on and the last cycle's DCS call failed (the DCS went away between its read and the renewal,
+/// which then hung until the deadline: no round could run yet). The cycle's bounded read, the
+/// members' confirmation and `decide` follow at once; an unconfirmed primary is stopped there.
 pub fn past_demote_deadline(
     lock_renewed_ms: Option<u64>,
     dynamic: &DynamicConfig,
     watchdog_timeout_secs: Option<u32>,
-    failsafe_kept: bool,
+    failsafe_round_first: bool,
     now_ms: u64,
 ) -> bool {
-    !failsafe_kept
+    !failsafe_round_first
         && demote_deadline_ms(lock_renewed_ms, dynamic, watchdog_timeout_secs)
             .is_some_and(|deadline| now_ms >= deadline)
 }

@@ -1891,7 +1891,8 @@ fn a_leader_past_its_demotion_deadline_stops_postgres_first() {
     }
     assert!(
         !past_demote_deadline(Some(100_000), &d, None, true, 160_000),
-        "failsafe mode kept the primary last cycle: ask the members again first"
+        "failsafe mode kept the primary last cycle, or is on and the last cycle's DCS call \
+         failed (the DCS died between the read and the renewal): ask the members first"
     );
 }
 
