@@ -58,6 +58,21 @@ pub(crate) struct CancelRegistry {
     sessions: Arc<Mutex<SessionKeys>>,
     issued: Arc<AtomicU64>,
     hasher: Arc<RandomState>,
+    leader_units: Arc<Mutex<LeaderUnits>>,
+}
+
+/// How many leader server connections [`CancelRegistry::note_leader_unit`] remembers (16 bytes
+/// each, least recently used first out): far more than a proxy keeps open at once.
+const LEADER_UNITS_KEPT: usize = 65_536;
+
+/// The auto-port client whose unit last ran on each leader server connection, keyed by
+/// `(hash of the server's host and port, server PID)` → the PID the proxy gave that client.
+struct LeaderUnits(hashlink::LruCache<(u64, i32), i32>);
+
+impl Default for LeaderUnits {
+    fn default() -> Self {
+        LeaderUnits(hashlink::LruCache::new(LEADER_UNITS_KEPT))
+    }
 }
 
 /// A registered server key; dropping it unregisters the key.
@@ -149,6 +164,36 @@ impl CancelRegistry {
             return session.get();
         }
         lock(&self.backends).get(key).cloned()
+    }
+
+    /// Notes that the auto-port client holding PID `client_pid` runs a unit on the leader's server
+    /// connection `(backend, server_pid)`: a notification that connection sends (its `NOTIFY`,
+    /// delivered at commit, after the unit) is then shown to other clients with `client_pid`, the
+    /// PID that client knows as its own (see [`CancelRegistry::notifier_pid`]).
+    pub fn note_leader_unit(&self, backend: &Backend, server_pid: i32, client_pid: i32) {
+        let key = (
+            self.hasher.hash_one((&backend.host, backend.port)),
+            server_pid,
+        );
+        let mut units = lock(&self.leader_units);
+        match units.0.get_mut(&key) {
+            Some(pid) => *pid = client_pid,
+            None => {
+                units.0.insert(key, client_pid);
+            }
+        }
+    }
+
+    /// The PID the proxy gave the auto-port client whose unit last ran on `backend`'s server
+    /// process `server_pid`, if any: what a NotificationResponse from that process should carry
+    /// for the clients of this proxy. Another session taking that pooled connection between the
+    /// notifier's commit and the delivery would be named instead (a window of microseconds).
+    pub fn notifier_pid(&self, backend: &Backend, server_pid: i32) -> Option<i32> {
+        let key = (
+            self.hasher.hash_one((&backend.host, backend.port)),
+            server_pid,
+        );
+        lock(&self.leader_units).0.get(&key).copied()
     }
 
     #[cfg(test)]
@@ -247,5 +292,23 @@ mod tests {
         assert_eq!(reg.lookup(&k1), Some((backend("a"), key(99, 5))));
         drop(r1);
         assert_eq!(reg.lookup(&k1), None);
+    }
+
+    #[test]
+    fn notifications_name_the_client_whose_unit_last_ran_on_the_connection() {
+        let reg = CancelRegistry::default();
+        assert_eq!(reg.notifier_pid(&backend("a"), 100), None);
+        reg.note_leader_unit(&backend("a"), 100, 1 << 30 | 7);
+        assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 7));
+        reg.note_leader_unit(&backend("a"), 100, 1 << 30 | 8);
+        assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 8));
+        let mut other_port = backend("a");
+        other_port.port = 5433;
+        assert_eq!(reg.notifier_pid(&other_port, 100), None, "another server");
+        assert_eq!(
+            reg.notifier_pid(&backend("a"), 101),
+            None,
+            "another process"
+        );
     }
 }

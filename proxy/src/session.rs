@@ -1023,6 +1023,7 @@ impl Session<'_> {
             let mut keep = lost.is_none();
             let mut forward = BytesMut::new();
             let client_pid = self.client_pid;
+            let shared = self.shared;
             if let Some(conn) = self.conn(side).as_mut() {
                 while let Ok(Some(h)) = FrameHeader::peek(&conn.buf) {
                     if conn.buf.len() < h.frame_len {
@@ -1030,7 +1031,13 @@ impl Session<'_> {
                     }
                     let mut frame = conn.buf.split_to(h.frame_len);
                     if let Some(key) = &conn.key {
-                        translate_notification_pid(&mut frame, key.pid, client_pid);
+                        translate_notification(
+                            shared,
+                            &mut frame,
+                            &conn.route.backend,
+                            key.pid,
+                            client_pid,
+                        );
                     }
                     match h.tag {
                         NOTICE_RESPONSE | PARAMETER_STATUS | b'A' if pinned_here => {
@@ -1074,6 +1081,7 @@ impl Session<'_> {
             }
         }
         let client_pid = self.client_pid;
+        let shared = self.shared;
         let Some(conn) = self.conn(side).as_mut() else {
             return Ok(());
         };
@@ -1121,7 +1129,13 @@ impl Session<'_> {
                         }
                         if let Some(key) = &conn.key {
                             let frame = &mut conn.buf[i..i + h.frame_len];
-                            translate_notification_pid(frame, key.pid, client_pid);
+                            translate_notification(
+                                shared,
+                                frame,
+                                &conn.route.backend,
+                                key.pid,
+                                client_pid,
+                            );
                         }
                         i += h.frame_len;
                         continue;
@@ -1218,6 +1232,11 @@ impl Session<'_> {
             .leader
             .as_ref()
             .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
+        if let Some((backend, k)) = &key {
+            self.shared
+                .cancels
+                .note_leader_unit(backend, k.pid, self.client_pid);
+        }
         self.cancel.set(key);
         self.update_servers();
         self.write_server(&retry.unit).await?;
@@ -1549,6 +1568,11 @@ impl Session<'_> {
             .conn(side)
             .as_ref()
             .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
+        if let (Side::Leader, Some((backend, k))) = (side, &key) {
+            self.shared
+                .cancels
+                .note_leader_unit(backend, k.pid, self.client_pid);
+        }
         self.cancel.set(key);
         self.idle_since = None;
         self.update_servers();
@@ -1957,5 +1981,33 @@ impl LoginAuth<'_> {
                 Err(e) => return Err(End::Io(e)),
             }
         }
+    }
+}
+
+/// Gives a NotificationResponse in `frame` (from `backend`'s server process `server_pid`, the one
+/// this session runs on) the PID the listening client should see: its own PID for its own
+/// `NOTIFY`; for another auto-port client of this proxy, the PID that client was given (see
+/// [`crate::cancel::CancelRegistry::notifier_pid`]); otherwise the server's (a direct client's,
+/// or a read-write-port client's, which know their real PIDs). Other messages are left alone.
+fn translate_notification(
+    shared: &Shared,
+    frame: &mut [u8],
+    backend: &crate::topology::Backend,
+    server_pid: i32,
+    client_pid: i32,
+) {
+    translate_notification_pid(frame, server_pid, client_pid);
+    if frame.first() != Some(&NOTIFICATION_RESPONSE) {
+        return;
+    }
+    let Some(pid) = frame.get_mut(5..9) else {
+        return;
+    };
+    let sender = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
+    if sender == client_pid {
+        return;
+    }
+    if let Some(known) = shared.cancels.notifier_pid(backend, sender) {
+        pid.copy_from_slice(&known.to_be_bytes());
     }
 }
