@@ -87,6 +87,21 @@ pub struct LogicalSlot {
     pub failover: bool,
 }
 
+/// True when a logical slot matches an `ignore_slots` entry: every key the entry names (`name`,
+/// `type`, `database`, `plugin`) equals the slot's (Patroni's `ignore_replication_slot`).
+fn logical_slot_is_ignored(ignore: &[BTreeMap<String, String>], s: &Slot) -> bool {
+    ignore.iter().any(|m| {
+        !m.is_empty()
+            && m.iter().all(|(k, v)| match k.as_str() {
+                "name" => *v == s.name,
+                "type" => v == "logical",
+                "database" => s.database.as_deref() == Some(v.as_str()),
+                "plugin" => s.plugin.as_deref() == Some(v.as_str()),
+                _ => false,
+            })
+    })
+}
+
 /// A replica's copy of a permanent logical slot to advance, as [`Action::AdvanceLogicalSlots`]
 /// carries it (before 17).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +200,11 @@ pub fn copies_logical_slots(cfg: &HaConfig) -> bool {
 ///   slots it has: Patroni copies "only slots with feedback in the DCS");
 /// - a copy behind the published position is advanced to it, but not beyond this replica's WAL
 ///   (`wal_position`).
+///
+/// Any other logical slot on such a replica is dropped unless `ignore_slots` matches it (Patroni's
+/// `_drop_incorrect_slots`): a slot nobody advances, such as a former primary's own or a copy kept
+/// by a member since tagged `nofailover`, would retain this replica's WAL and, through
+/// `hot_standby_feedback`, hold back the leader's vacuum of catalog rows for good.
 fn replica_logical_slot_actions(
     view: &Cluster,
     cfg: &HaConfig,
@@ -192,10 +212,19 @@ fn replica_logical_slot_actions(
     leader: &str,
 ) -> Vec<Action> {
     let published = view.status.as_ref().and_then(|s| s.slots.as_ref());
-    let mut drop = vec![];
+    let copies = copies_logical_slots(cfg);
+    let mut drop: Vec<String> = r
+        .slots
+        .iter()
+        .filter(|s| !s.physical)
+        .filter(|s| !copies || !permanent_logical(&cfg.dynamic).any(|(n, _, _)| *n == s.name))
+        .filter(|s| !logical_slot_is_ignored(&cfg.dynamic.ignore_slots, s))
+        .map(|s| s.name.clone())
+        .collect();
     let mut copy = vec![];
     let mut advance = vec![];
-    for (name, database, plugin) in permanent_logical(&cfg.dynamic) {
+    let permanent = permanent_logical(&cfg.dynamic).filter(|_| copies);
+    for (name, database, plugin) in permanent {
         let lsn = published.and_then(|p| p.get(name)).copied();
         match r.slots.iter().find(|s| s.name == *name) {
             Some(s) if s.physical => {}
@@ -338,7 +367,7 @@ pub fn logical_slot_actions(
             names.dedup();
             actions.push(Action::SetSynchronizedStandbySlots(names.join(",")));
         }
-    } else if !i_lead && !r.is_primary && copies_logical_slots(cfg) {
+    } else if !i_lead && !r.is_primary && !failover {
         actions.extend(replica_logical_slot_actions(view, cfg, r, leader));
     } else if !i_lead && !r.is_primary && failover {
         let drop: Vec<String> = logical
@@ -822,6 +851,36 @@ mod tests {
                 slots: vec![],
                 cfg: |c| c.tags.nostream = true,
                 want: vec![],
+            },
+            Row {
+                name: "nofailover: a copy kept from before is dropped (nobody advances it)",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![local(logical("queue", "app", "test_decoding", 4000))],
+                cfg: |c| c.tags.nofailover = true,
+                want: vec![Action::DropSlots(vec!["queue".into()])],
+            },
+            Row {
+                name: "a logical slot not in the configuration is dropped, an ignored one kept",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![
+                    local(logical("old_own", "app", "test_decoding", 4000)),
+                    local(logical("debezium", "app", "pgoutput", 4000)),
+                    local(logical("queue", "app", "test_decoding", 5000)),
+                ],
+                cfg: |c| {
+                    c.dynamic.ignore_slots.push(
+                        [
+                            ("type".to_string(), "logical".to_string()),
+                            ("plugin".to_string(), "pgoutput".to_string()),
+                        ]
+                        .into(),
+                    )
+                },
+                want: vec![Action::DropSlots(vec!["old_own".into()])],
             },
             Row {
                 name: "17+: no copy, PostgreSQL synchronizes failover slots",
