@@ -1,21 +1,25 @@
 //! Permanent logical slots survive failover (issue 16 item 3, seed 001's message-queue feed).
 //!
-//! Three PostgreSQL 18 members on etcd with a permanent logical slot `queue` (`test_decoding`) in
-//! the dynamic configuration. A writer inserts rows with unique ids, one per transaction, through
-//! a multi-host connection that follows the leader; a consumer runs `pg_recvlogical` on the slot
-//! through the leader and, each time it is cut off, starts it again on whichever member leads, from
-//! the position it confirmed last (`--startpos`, read from `pg_recvlogical -v`'s "confirming ...
-//! flush to" lines), as a consumer that tracks its position does. The leader node is killed
-//! (`kill -9` of the agent and every PostgreSQL process) `PRAETOR_LOGICAL_FAILOVERS` times (default
-//! 1; the killed node rejoins before the next kill). At the end every row of the final leader's table
-//! was delivered (none lost), and no row whose change lies before the position the consumer
-//! restarted from was delivered again; repeats after that position are allowed and counted.
+//! Three PostgreSQL members on etcd with a permanent logical slot `queue` (`test_decoding`) in the
+//! dynamic configuration, once on PostgreSQL 18 (failover slots kept by PostgreSQL's slot
+//! synchronization) and once on 15 (Patroni's copy-and-advance: each replica copies the slot's
+//! state file from the leader, restarts once, and advances its copy to the position the leader
+//! publishes). A writer inserts rows with unique ids, one per transaction, through a multi-host
+//! connection that follows the leader; a consumer runs `pg_recvlogical` on the slot through the
+//! leader and, each time it is cut off, starts it again on whichever member leads, from the position
+//! it confirmed last (`--startpos`, read from `pg_recvlogical -v`'s "confirming ... flush to"
+//! lines), as a consumer that tracks its position does. The leader node is killed (`kill -9` of the
+//! agent and every PostgreSQL process) `PRAETOR_LOGICAL_FAILOVERS` times (default 1; the killed node
+//! rejoins before the next kill). At the end every row of the final leader's table was delivered
+//! (none lost), and no row whose change lies before the position the consumer restarted from was
+//! delivered again; repeats after that position are allowed and counted.
 //!
 //! Each row stores `pg_current_wal_insert_lsn()` taken inside its own transaction: below its commit
 //! record, and (one writer, one row per transaction) at or after the previous row's commit record.
 //! So a row with `lsn < startpos` committed before the consumer's confirmed position.
 //!
-//! Run: `cargo test -p praetor --test logical_slots -- --nocapture` (figures on stderr).
+//! Run: `cargo test -p praetor --test logical_slots -- --test-threads=1 --nocapture` (figures on
+//! stderr).
 
 mod common;
 
@@ -290,13 +294,72 @@ async fn has_synced_copy(port: u16) -> Result<(), String> {
     }
 }
 
+/// On `port` (PostgreSQL before 17): a persistent copy of the slot, advanced past its creation
+/// (`confirmed_flush_lsn` at least `min`), with `hot_standby_feedback` on.
+async fn has_advanced_copy(port: u16, min: u64) -> Result<u64, String> {
+    let client = connect(port).await.map_err(|e| e.to_string())?;
+    let feedback: String = client
+        .query_one("SHOW hot_standby_feedback", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if feedback != "on" {
+        return Err(format!("hot_standby_feedback = {feedback}"));
+    }
+    let row = client
+        .query_opt(
+            "SELECT temporary, (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots \
+             WHERE slot_name = $1 AND slot_type = 'logical'",
+            &[&SLOT],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match row {
+        Some(r) if !r.get::<_, bool>(0) => {
+            let at = r.get::<_, Option<i64>>(1).unwrap_or(0).max(0) as u64;
+            if at >= min {
+                Ok(at)
+            } else {
+                Err(format!("copy at {at:X}, want at least {min:X}"))
+            }
+        }
+        Some(_) => Err("temporary slot".into()),
+        None => Err("no copy".into()),
+    }
+}
+
+/// The slot's `confirmed_flush_lsn` on the leader at `port` (bytes).
+async fn confirmed_on(port: u16) -> Result<u64, String> {
+    let client = connect(port).await.map_err(|e| e.to_string())?;
+    client
+        .query_opt(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .map(|v| v.max(0) as u64)
+        .ok_or_else(|| "no slot".to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logical_slot_survives_leader_kill_nothing_lost_nothing_confirmed_redelivered() {
+    survives_leader_kill(PgMajor::Pg18).await;
+}
+
+/// PostgreSQL 15 has no failover slots: the replicas' copies come from copy-and-advance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg15_logical_slot_copied_to_replicas_survives_leader_kill() {
+    survives_leader_kill(PgMajor::Pg15).await;
+}
+
+async fn survives_leader_kill(pg: PgMajor) {
+    let failover_slots = pg.number() >= 17;
     let failovers: usize = std::env::var("PRAETOR_LOGICAL_FAILOVERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let pg = PgMajor::Pg18;
     let mut c = healthy_cluster(ClusterOptions {
         scope: "logical".into(),
         bin_dir: Some(pg.bin_dir()),
@@ -319,18 +382,24 @@ async fn logical_slot_survives_leader_kill_nothing_lost_nothing_confirmed_redeli
         .batch_execute("CREATE TABLE q (id int PRIMARY KEY, lsn pg_lsn NOT NULL)")
         .await
         .expect("create table");
-    // The leader created the slot with failover on.
-    let failover_flag = wait_for("the permanent slot on the leader", Duration::from_secs(60), || async {
-        client
-            .query_opt(
-                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'logical'",
-                &[&SLOT],
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .map(|r| r.get::<_, bool>(0))
-            .ok_or_else(|| "no slot yet".to_string())
-    })
+    // The leader created the slot, with failover on from 17.
+    // (`failover` exists from 17 on.)
+    let sql = format!(
+        "SELECT {} FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'logical'",
+        if failover_slots { "failover" } else { "false" }
+    );
+    let failover_flag = wait_for(
+        "the permanent slot on the leader",
+        Duration::from_secs(60),
+        || async {
+            client
+                .query_opt(sql.as_str(), &[&SLOT])
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|r| r.get::<_, bool>(0))
+                .ok_or_else(|| "no slot yet".to_string())
+        },
+    )
     .await;
     let failover_flag = match failover_flag {
         Ok(f) => f,
@@ -339,7 +408,10 @@ async fn logical_slot_survives_leader_kill_nothing_lost_nothing_confirmed_redeli
             panic!("{e}");
         }
     };
-    assert!(failover_flag, "the permanent slot is a failover slot");
+    assert_eq!(
+        failover_flag, failover_slots,
+        "the permanent slot is a failover slot from 17 on"
+    );
 
     let dir = c.work.path().join("consumer");
     std::fs::create_dir_all(&dir).expect("consumer dir");
@@ -348,8 +420,9 @@ async fn logical_slot_survives_leader_kill_nothing_lost_nothing_confirmed_redeli
 
     let mut leader = leader;
     for round in 1..=failovers {
-        // Before the kill: the consumer streams, each replica holds a synchronized copy, and the
-        // leader makes logical consumers wait for both replicas.
+        // Before the kill: the consumer streams, and each replica holds a copy of the slot (17+:
+        // synchronized by PostgreSQL, and the leader makes logical consumers wait for both
+        // replicas; before 17: copied and advanced by the agents).
         let before = delivered_ids(&consumer.runs()).len();
         let progress = wait_for(
             "the consumer receives rows",
@@ -368,41 +441,77 @@ async fn logical_slot_survives_leader_kill_nothing_lost_nothing_confirmed_redeli
             dump_logs(&c);
             panic!("round {round}: {e}");
         }
-        for n in c.nodes.iter().filter(|n| n.name != leader) {
-            let port = n.pg_port;
-            if let Err(e) = wait_for(
-                &format!("{}: a synchronized copy of the slot", n.name),
-                Duration::from_secs(120),
-                || has_synced_copy(port),
+        if failover_slots {
+            for n in c.nodes.iter().filter(|n| n.name != leader) {
+                let port = n.pg_port;
+                if let Err(e) = wait_for(
+                    &format!("{}: a synchronized copy of the slot", n.name),
+                    Duration::from_secs(120),
+                    || has_synced_copy(port),
+                )
+                .await
+                {
+                    dump_logs(&c);
+                    panic!("round {round}: {e}");
+                }
+            }
+            let port = c.node(&leader).pg_port;
+            let standby_slots = wait_for(
+                "synchronized_standby_slots names both replicas",
+                Duration::from_secs(60),
+                || async {
+                    let client = connect(port).await.map_err(|e| e.to_string())?;
+                    let v: String = client
+                        .query_one("SHOW synchronized_standby_slots", &[])
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .get(0);
+                    if v.split(',').filter(|s| !s.is_empty()).count() == 2 {
+                        Ok(v)
+                    } else {
+                        Err(format!("synchronized_standby_slots = {v:?}"))
+                    }
+                },
             )
-            .await
-            {
+            .await;
+            if let Err(e) = standby_slots {
                 dump_logs(&c);
                 panic!("round {round}: {e}");
             }
-        }
-        let port = c.node(&leader).pg_port;
-        let standby_slots = wait_for(
-            "synchronized_standby_slots names both replicas",
-            Duration::from_secs(60),
-            || async {
-                let client = connect(port).await.map_err(|e| e.to_string())?;
-                let v: String = client
-                    .query_one("SHOW synchronized_standby_slots", &[])
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                if v.split(',').filter(|s| !s.is_empty()).count() == 2 {
-                    Ok(v)
-                } else {
-                    Err(format!("synchronized_standby_slots = {v:?}"))
+        } else {
+            // Each replica holds a copy advanced to where the consumer had confirmed now (the
+            // leader publishes it, the replica advances to it): a copy that follows.
+            let lport = c.node(&leader).pg_port;
+            let now = match confirmed_on(lport).await {
+                Ok(v) => v,
+                Err(e) => {
+                    dump_logs(&c);
+                    panic!("round {round}: the slot on the leader: {e}");
                 }
-            },
-        )
-        .await;
-        if let Err(e) = standby_slots {
-            dump_logs(&c);
-            panic!("round {round}: {e}");
+            };
+            for n in c.nodes.iter().filter(|n| n.name != leader) {
+                let port = n.pg_port;
+                match wait_for(
+                    &format!("{}: a copy of the slot, advanced", n.name),
+                    Duration::from_secs(180),
+                    || has_advanced_copy(port, now),
+                )
+                .await
+                {
+                    Ok(at) => eprintln!(
+                        "round {round}: {} holds a copy at {:X}/{:X} (leader's was at {:X}/{:X})",
+                        n.name,
+                        at >> 32,
+                        at & 0xffff_ffff,
+                        now >> 32,
+                        now & 0xffff_ffff
+                    ),
+                    Err(e) => {
+                        dump_logs(&c);
+                        panic!("round {round}: {e}");
+                    }
+                }
+            }
         }
 
         c.node_mut(&leader).kill();

@@ -35,7 +35,12 @@ use crate::ha::{
     StartAs, Task,
 };
 use crate::peers::fetch_peers;
-use crate::postgres::instance::SlotRow;
+use crate::postgres::instance::{SlotAdvance, SlotRow};
+
+/// The least time between two attempts of a replica to copy permanent logical slots from the
+/// leader (before PostgreSQL 17): a copy restarts the replica, so a copy that fails or does not
+/// take is retried at this pace, never in a loop.
+const SLOT_COPY_PACE: Duration = Duration::from_secs(60);
 
 use crate::postgres::{Instance, InstanceSettings, ServerStatus};
 pub use reload::ReloadSource;
@@ -162,6 +167,7 @@ pub async fn run_with(
         switchover_wait_since: None,
         last_role: None,
         pending_restart: Default::default(),
+        slot_copy_at: None,
         sync_catchup_lsn: 0,
         failsafe_active: false,
         dcs_call_failed: std::sync::atomic::AtomicBool::new(false),
@@ -361,6 +367,8 @@ struct Runner {
     dcs_call_failed: std::sync::atomic::AtomicBool,
     /// Monotonic ms when the last failsafe confirmation round began (see `failsafe_check`).
     failsafe_asked_ms: Option<u64>,
+    /// When this replica last tried to copy permanent logical slots from the leader (before 17).
+    slot_copy_at: Option<Instant>,
     /// Parameters waiting for a restart: name → (running value, configured value).
     pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
@@ -1210,6 +1218,32 @@ impl Runner {
                 }
                 Ok(true)
             }
+            Action::AdvanceLogicalSlots(copies) => {
+                for a in copies {
+                    match self.pg.advance_logical_slot(&a).await {
+                        Ok(SlotAdvance::Done) => {}
+                        Ok(SlotAdvance::Unusable(why)) => {
+                            tracing::warn!(
+                                slot = %a.name,
+                                "this replica's copy of the logical slot can no longer be advanced ({why}): dropping it, to copy it again from the leader"
+                            );
+                            if let Err(e) = self.pg.drop_slot(&a.name).await {
+                                tracing::warn!(slot = %a.name, "cannot drop replication slot: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            slot = %a.name,
+                            target = %crate::postgres::format_lsn(a.lsn),
+                            "cannot advance this replica's copy of the logical slot (retried next cycle): {e}"
+                        ),
+                    }
+                }
+                Ok(true)
+            }
+            Action::CopyLogicalSlots { from, slots } => {
+                self.copy_logical_slots(&from, &slots).await;
+                Ok(true)
+            }
             Action::AdvanceSlots(positions) => {
                 for (name, lsn) in positions {
                     if let Err(e) = self.pg.advance_slot(&name, lsn).await {
@@ -1289,6 +1323,69 @@ impl Runner {
             | Action::Rewind(_)
             | Action::CrashRecovery => unreachable!("background actions are spawned above"),
         }
+    }
+
+    /// Copies permanent logical slots from the leader `from` into this replica (before 17,
+    /// Patroni's `copy_logical_slots`): reads their state files there, and when it got any, stops
+    /// PostgreSQL (fast), writes them into `pg_replslot/`, and starts it again as a replica in the
+    /// background, so PostgreSQL loads them. At most one attempt per [`SLOT_COPY_PACE`], whatever
+    /// its outcome: a copy costs a restart, and one that does not take must not restart the
+    /// replica in a loop. Every failure is logged with its reason.
+    async fn copy_logical_slots(&mut self, from: &ha::Upstream, slots: &[ha::slots::LogicalSlot]) {
+        if let Some(at) = self.slot_copy_at {
+            if at.elapsed() < SLOT_COPY_PACE {
+                tracing::debug!(
+                    "not copying logical slots yet: the last attempt was {}s ago",
+                    at.elapsed().as_secs()
+                );
+                return;
+            }
+        }
+        self.slot_copy_at = Some(Instant::now());
+        let names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
+        let retry = SLOT_COPY_PACE.as_secs();
+        let states = match self.pg.read_leader_slot_states(from, &names).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(leader = %from.member, slots = ?names, "cannot read the logical slots' state files on the leader (trying again in {retry}s): {e}");
+                return;
+            }
+        };
+        let mut copy = vec![];
+        for st in states {
+            let Some(want) = slots.iter().find(|s| s.name == st.name) else {
+                continue;
+            };
+            if st.database.as_deref() == Some(&want.database)
+                && st.plugin.as_deref() == Some(&want.plugin)
+            {
+                copy.push(st);
+            } else {
+                tracing::warn!(slot = %st.name, database = ?st.database, plugin = ?st.plugin, "not copying the logical slot: on the leader its database or plugin differs from the configuration");
+            }
+        }
+        if copy.is_empty() {
+            tracing::warn!(leader = %from.member, slots = ?names, "no logical slot to copy: the leader does not have them as configured, or is not a primary (trying again in {retry}s)");
+            return;
+        }
+        let copied: Vec<&str> = copy.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(leader = %from.member, slots = ?copied, "copying logical slots from the leader: restarting postgres so that it loads them");
+        let role = self.current_start_role();
+        self.set_api_state(MemberState::Stopping);
+        if let Err(e) = self.pg.stop(ha::StopMode::Fast, None).await {
+            tracing::warn!(
+                "cannot stop postgres to copy logical slots (trying again in {retry}s): {e}"
+            );
+            return;
+        }
+        self.set_api_state(MemberState::Stopped);
+        for st in &copy {
+            if let Err(e) = self.pg.install_slot_state(&st.name, &st.state) {
+                tracing::warn!(slot = %st.name, "cannot write the copied logical slot (trying again in {retry}s): {e}");
+            }
+        }
+        self.restarting = true;
+        self.spawn_task(Task::Start, Action::Start(role));
     }
 
     /// Applies dynamic and local configuration changes to a running PostgreSQL: rewrites the files when

@@ -1482,6 +1482,8 @@ impl Sim {
             Action::EnsureSlots(_)
             | Action::DropSlots(_)
             | Action::AdvanceSlots(_)
+            | Action::AdvanceLogicalSlots(_)
+            | Action::CopyLogicalSlots { .. }
             | Action::CreateLogicalSlots(_)
             | Action::SetSynchronizedStandbySlots(_) => (true, 1),
             Action::AbortTask => {

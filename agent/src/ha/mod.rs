@@ -415,6 +415,21 @@ pub enum Action {
     DropSlots(Vec<String>),
     /// Replica: advance these copies of permanent slots to these positions (bytes).
     AdvanceSlots(Vec<(String, u64)>),
+    /// Replica before PostgreSQL 17: advance these copies of permanent logical slots, each in its
+    /// database. A copy PostgreSQL can no longer advance (SQLSTATE 58P01: its WAL was removed;
+    /// 55000: invalidated or unusable, as Patroni's `SlotsAdvanceThread`) is dropped, so the next
+    /// cycle copies it again; other failures are logged and retried next cycle.
+    AdvanceLogicalSlots(Vec<slots::LogicalAdvance>),
+    /// Replica before PostgreSQL 17: copy these permanent logical slots from the leader `from`
+    /// (Patroni's `copy_logical_slots`): read each slot's state file there, stop PostgreSQL, write
+    /// the files into `pg_replslot/`, start it again as a replica. Costs one restart; a failure is
+    /// logged and the copy is tried again at a bounded pace.
+    CopyLogicalSlots {
+        /// The leader to read the slots from.
+        from: Upstream,
+        /// The slots to copy (`failover` is false).
+        slots: Vec<slots::LogicalSlot>,
+    },
     /// Leader running as primary: create these permanent logical slots, each connected to its
     /// database (a failure is logged and retried next loop).
     CreateLogicalSlots(Vec<slots::LogicalSlot>),

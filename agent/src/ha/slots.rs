@@ -23,9 +23,23 @@
 //!   primary's own): PostgreSQL refuses to synchronize over them (Patroni's
 //!   `_drop_incorrect_failover_synced_slots`).
 //!
-//! Patroni's copy-and-advance for PostgreSQL 11-16 (copy the slot's state file from the primary,
-//! restart the replica, advance with `pg_replication_slot_advance`) is not done by this version:
-//! before 17 the permanent logical slots exist on the leader only.
+//! Before 17 PostgreSQL cannot synchronize logical slots, so Praetor does what Patroni does for
+//! 11-16 (`SlotsHandler.copy_logical_slots` and `_ensure_logical_slots_replica`,
+//! [`replica_logical_slot_actions`]):
+//! - every member runs with `hot_standby_feedback` on ([`failover_slot_parameters`]): the leader
+//!   then keeps the catalog rows the replicas' copies need to decode;
+//! - a replica that may be promoted (not `nofailover`, not `nostream`, not in a standby cluster)
+//!   and lacks a permanent logical slot the leader publishes in `status.slots` copies it: it reads
+//!   the slot's state file from the leader (`pg_read_binary_file('pg_replslot/<name>/state')`),
+//!   stops, writes it into its own `pg_replslot/<name>/`, and starts again, so PostgreSQL loads it;
+//! - every cycle it advances its copy (`pg_replication_slot_advance`, in the slot's database) to
+//!   the position the leader published, never beyond its own WAL (PostgreSQL also stops at what
+//!   it replayed); a copy PostgreSQL can no longer advance (its WAL was removed, it was
+//!   invalidated) is dropped and copied again;
+//! - a copy whose database or plugin differs from the configuration is dropped (and copied again).
+//!
+//! After a failover the new leader's copy is at or before the position its consumer confirmed, so
+//! the consumer reconnects with its own position and continues: nothing it confirmed is sent again.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +47,7 @@ use praetor_config::dynamic::{slot_is_ignored, SlotSpec};
 use praetor_config::DynamicConfig;
 use praetor_dcs::Cluster;
 
-use super::{slot_name, Action, HaConfig, Running};
+use super::{slot_name, upstream_of, Action, HaConfig, Running};
 
 /// The first major version whose logical slots can be synchronized to standbys (`failover`,
 /// `sync_replication_slots`: PostgreSQL 17 release notes).
@@ -71,6 +85,34 @@ pub struct LogicalSlot {
     pub plugin: String,
     /// Create it with `failover => true` (17+), so standbys synchronize it.
     pub failover: bool,
+}
+
+/// True when a logical slot matches an `ignore_slots` entry: every key the entry names (`name`,
+/// `type`, `database`, `plugin`) equals the slot's (Patroni's `ignore_replication_slot`).
+fn logical_slot_is_ignored(ignore: &[BTreeMap<String, String>], s: &Slot) -> bool {
+    ignore.iter().any(|m| {
+        !m.is_empty()
+            && m.iter().all(|(k, v)| match k.as_str() {
+                "name" => *v == s.name,
+                "type" => v == "logical",
+                "database" => s.database.as_deref() == Some(v.as_str()),
+                "plugin" => s.plugin.as_deref() == Some(v.as_str()),
+                _ => false,
+            })
+    })
+}
+
+/// A replica's copy of a permanent logical slot to advance, as [`Action::AdvanceLogicalSlots`]
+/// carries it (before 17).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogicalAdvance {
+    /// Slot name.
+    pub name: String,
+    /// Its database: `pg_replication_slot_advance` of a logical slot runs connected there.
+    pub database: String,
+    /// The position to advance to (bytes): the leader's published `confirmed_flush_lsn`, at most
+    /// this replica's WAL position.
+    pub lsn: u64,
 }
 
 /// The member a member named `name` streams from: its `replicatefrom` when that member exists and
@@ -115,17 +157,117 @@ pub fn uses_failover_slots(dynamic: &DynamicConfig, pg_major: u32) -> bool {
 /// turns `hot_standby_feedback` on for permanent logical slots). They win over the configured
 /// values. The third requirement, `dbname` in `primary_conninfo`, is [`slot_sync_dbname`]; the
 /// fourth, `wal_level = logical`, is the user's setting as with Patroni.
+///
+/// Before 17 (Patroni's copy-and-advance) only `hot_standby_feedback` is turned on, on every
+/// member, whenever permanent logical slots exist (Patroni's `should_enforce_hot_standby_feedback`):
+/// a replica's copy reports its `catalog_xmin` to the leader through its physical slot, so the
+/// leader's vacuum keeps the catalog rows that copy needs to decode once promoted.
 pub fn failover_slot_parameters(
     dynamic: &DynamicConfig,
     pg_major: u32,
 ) -> Vec<(&'static str, &'static str)> {
-    if !uses_failover_slots(dynamic, pg_major) {
-        return vec![];
+    if uses_failover_slots(dynamic, pg_major) {
+        return vec![
+            ("hot_standby_feedback", "on"),
+            ("sync_replication_slots", "on"),
+        ];
     }
-    vec![
-        ("hot_standby_feedback", "on"),
-        ("sync_replication_slots", "on"),
-    ]
+    if dynamic.postgresql.use_slots && permanent_logical(dynamic).next().is_some() {
+        return vec![("hot_standby_feedback", "on")];
+    }
+    vec![]
+}
+
+/// Whether this member keeps copies of the permanent logical slots by copy-and-advance: before
+/// PostgreSQL 17, with `use_slots` and at least one permanent logical slot, and when it may lead
+/// one day with a copy kept current: not `nofailover`, not `nostream` (no feedback reaches the
+/// leader), not in a standby cluster (no logical slots there), as Patroni's
+/// `_get_permanent_slots`.
+pub fn copies_logical_slots(cfg: &HaConfig) -> bool {
+    let d = &cfg.dynamic;
+    cfg.pg_major < FAILOVER_SLOTS_MAJOR
+        && d.postgresql.use_slots
+        && !cfg.tags.nofailover
+        && !cfg.tags.nostream
+        && d.standby_cluster.is_none()
+        && permanent_logical(d).next().is_some()
+}
+
+/// A replica's permanent logical slots before 17 ([`copies_logical_slots`]), with `leader` the
+/// lock holder and `published` the leader's `status.slots`:
+/// - a copy whose database or plugin differs from the configuration is dropped;
+/// - a missing slot the leader publishes is copied from the leader (the leader publishes only the
+///   slots it has: Patroni copies "only slots with feedback in the DCS");
+/// - a copy behind the published position is advanced to it, but not beyond this replica's WAL
+///   (`wal_position`).
+///
+/// Any other logical slot on such a replica is dropped unless `ignore_slots` matches it (Patroni's
+/// `_drop_incorrect_slots`): a slot nobody advances, such as a former primary's own or a copy kept
+/// by a member since tagged `nofailover`, would retain this replica's WAL and, through
+/// `hot_standby_feedback`, hold back the leader's vacuum of catalog rows for good.
+fn replica_logical_slot_actions(
+    view: &Cluster,
+    cfg: &HaConfig,
+    r: &Running,
+    leader: &str,
+) -> Vec<Action> {
+    let published = view.status.as_ref().and_then(|s| s.slots.as_ref());
+    let copies = copies_logical_slots(cfg);
+    let mut drop: Vec<String> = r
+        .slots
+        .iter()
+        .filter(|s| !s.physical)
+        .filter(|s| !copies || !permanent_logical(&cfg.dynamic).any(|(n, _, _)| *n == s.name))
+        .filter(|s| !logical_slot_is_ignored(&cfg.dynamic.ignore_slots, s))
+        .map(|s| s.name.clone())
+        .collect();
+    let mut copy = vec![];
+    let mut advance = vec![];
+    let permanent = permanent_logical(&cfg.dynamic).filter(|_| copies);
+    for (name, database, plugin) in permanent {
+        let lsn = published.and_then(|p| p.get(name)).copied();
+        match r.slots.iter().find(|s| s.name == *name) {
+            Some(s) if s.physical => {}
+            Some(s)
+                if s.database.as_deref() != Some(database)
+                    || s.plugin.as_deref() != Some(plugin) =>
+            {
+                drop.push(name.clone())
+            }
+            Some(s) => {
+                if let Some(lsn) = lsn {
+                    let target = lsn.min(r.wal_position);
+                    if s.confirmed_flush_lsn < target {
+                        advance.push(LogicalAdvance {
+                            name: name.clone(),
+                            database: database.to_string(),
+                            lsn: target,
+                        });
+                    }
+                }
+            }
+            None if lsn.is_some() => copy.push(LogicalSlot {
+                name: name.clone(),
+                database: database.to_string(),
+                plugin: plugin.to_string(),
+                failover: false,
+            }),
+            None => {}
+        }
+    }
+    let mut actions = vec![];
+    if !drop.is_empty() {
+        actions.push(Action::DropSlots(drop));
+    }
+    if !advance.is_empty() {
+        actions.push(Action::AdvanceLogicalSlots(advance));
+    }
+    if !copy.is_empty() {
+        if let Some(from) = upstream_of(view, leader) {
+            actions.push(Action::CopyLogicalSlots { from, slots: copy });
+        }
+    }
+    actions
 }
 
 /// The database a replica names in `primary_conninfo` for the slot synchronization worker (the
@@ -167,7 +309,8 @@ pub fn status_slots(dynamic: &DynamicConfig, slots: &[Slot]) -> Option<BTreeMap<
 ///   that logical consumers wait for those standbys: a change a consumer confirmed is then on
 ///   every standby that can take over;
 /// - a replica on 17+ drops the logical slots marked `failover` but not `synced` (its own, from
-///   its time as primary), which PostgreSQL would otherwise refuse to synchronize over.
+///   its time as primary), which PostgreSQL would otherwise refuse to synchronize over;
+/// - a replica before 17 copies and advances them ([`replica_logical_slot_actions`]).
 pub fn logical_slot_actions(
     view: &Cluster,
     cfg: &HaConfig,
@@ -224,6 +367,8 @@ pub fn logical_slot_actions(
             names.dedup();
             actions.push(Action::SetSynchronizedStandbySlots(names.join(",")));
         }
+    } else if !i_lead && !r.is_primary && !failover {
+        actions.extend(replica_logical_slot_actions(view, cfg, r, leader));
     } else if !i_lead && !r.is_primary && failover {
         let drop: Vec<String> = logical
             .iter()
@@ -292,7 +437,11 @@ pub fn slot_actions(
     if !drop.is_empty() {
         actions.push(Action::DropSlots(drop));
     }
-    actions.extend(logical_slot_actions(view, cfg, r, leader));
+    // A copy restarts PostgreSQL: it goes last, after every action that needs it running.
+    let (copy, logical): (Vec<Action>, Vec<Action>) = logical_slot_actions(view, cfg, r, leader)
+        .into_iter()
+        .partition(|a| matches!(a, Action::CopyLogicalSlots { .. }));
+    actions.extend(logical);
     if !i_lead {
         let positions = view.status.as_ref().and_then(|s| s.slots.as_ref());
         let advance: Vec<(String, u64)> = permanent(cfg)
@@ -310,6 +459,7 @@ pub fn slot_actions(
             actions.push(Action::AdvanceSlots(advance));
         }
     }
+    actions.extend(copy);
     actions
 }
 
@@ -516,11 +666,11 @@ mod tests {
                 want: vec![Action::DropSlots(vec!["queue".into()])],
             },
             Row {
-                name: "replica on 15 leaves logical slots alone",
+                name: "replica on 15: a copy at the leader's published position stays",
                 pg_major: 15,
                 leader: "b",
                 is_primary: false,
-                slots: vec![logical("queue", "app", "test_decoding", 500)],
+                slots: vec![logical("queue", "app", "test_decoding", 800)],
                 standbys: vec![],
                 nofailover: &[],
                 want: vec![],
@@ -528,6 +678,11 @@ mod tests {
         ];
         for row in rows {
             let mut view = cluster_of(&["me", "b", "c", "d", "e", "f"], Some(row.leader));
+            view.status = Some(praetor_dcs::Status {
+                optime: 1000,
+                slots: Some([("queue".to_string(), 800u64)].into()),
+                retain_slots: None,
+            });
             for m in view.members.iter_mut() {
                 m.data.tags.nofailover = row.nofailover.contains(&m.name.as_str());
             }
@@ -545,6 +700,242 @@ mod tests {
         }
     }
 
+    /// The leader `b` (conn_url 127.0.0.1:5433) published `queue` at `published`; this replica
+    /// (`me`, PostgreSQL `pg_major`) has replayed up to `wal`.
+    fn copy_view(published: Option<u64>) -> Cluster {
+        let mut view = cluster_of(&["me", "b"], Some("b"));
+        view.members[1].data.conn_url = Some("postgres://127.0.0.1:5433/postgres".into());
+        view.status = Some(praetor_dcs::Status {
+            optime: 9000,
+            slots: published.map(|p| [("queue".to_string(), p)].into()),
+            retain_slots: None,
+        });
+        view
+    }
+
+    fn queue_15() -> LogicalSlot {
+        LogicalSlot {
+            name: "queue".into(),
+            database: "app".into(),
+            plugin: "test_decoding".into(),
+            failover: false,
+        }
+    }
+
+    fn from_b() -> crate::ha::Upstream {
+        crate::ha::Upstream {
+            member: "b".into(),
+            host: "127.0.0.1".into(),
+            port: 5433,
+        }
+    }
+
+    fn advance(lsn: u64) -> Action {
+        Action::AdvanceLogicalSlots(vec![LogicalAdvance {
+            name: "queue".into(),
+            database: "app".into(),
+            lsn,
+        }])
+    }
+
+    /// Patroni's copy-and-advance before 17 (`_ensure_logical_slots_replica`,
+    /// `copy_logical_slots`): one row per rule, on a replica `me` following the leader `b`.
+    #[test]
+    fn replica_before_17_copies_and_advances_permanent_logical_slots() {
+        struct Row {
+            name: &'static str,
+            pg_major: u32,
+            published: Option<u64>,
+            wal: u64,
+            slots: Vec<Slot>,
+            cfg: fn(&mut HaConfig),
+            want: Vec<Action>,
+        }
+        let local = |mut s: Slot| {
+            s.failover = false;
+            s
+        };
+        let rows = vec![
+            Row {
+                name: "a missing slot the leader publishes is copied from the leader",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![],
+                cfg: |_| {},
+                want: vec![Action::CopyLogicalSlots {
+                    from: from_b(),
+                    slots: vec![queue_15()],
+                }],
+            },
+            Row {
+                name: "16 copies too",
+                pg_major: 16,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![],
+                cfg: |_| {},
+                want: vec![Action::CopyLogicalSlots {
+                    from: from_b(),
+                    slots: vec![queue_15()],
+                }],
+            },
+            Row {
+                name: "a slot the leader does not publish (yet) is not copied",
+                pg_major: 15,
+                published: None,
+                wal: 6000,
+                slots: vec![],
+                cfg: |_| {},
+                want: vec![],
+            },
+            Row {
+                name: "a copy behind the published position is advanced to it",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![local(logical("queue", "app", "test_decoding", 4000))],
+                cfg: |_| {},
+                want: vec![advance(5000)],
+            },
+            Row {
+                name: "... but never beyond this replica's WAL",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 4500,
+                slots: vec![local(logical("queue", "app", "test_decoding", 4000))],
+                cfg: |_| {},
+                want: vec![advance(4500)],
+            },
+            Row {
+                name: "a copy at or past the published position is left (it never moves back)",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![local(logical("queue", "app", "test_decoding", 5200))],
+                cfg: |_| {},
+                want: vec![],
+            },
+            Row {
+                name: "a copy with another plugin is dropped (and copied next cycle)",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![local(logical("queue", "app", "pgoutput", 4000))],
+                cfg: |_| {},
+                want: vec![Action::DropSlots(vec!["queue".into()])],
+            },
+            Row {
+                name: "a physical slot of that name is not touched here",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![slot("queue", 10)],
+                cfg: |_| {},
+                want: vec![],
+            },
+            Row {
+                name: "nofailover: no copy (it never leads)",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![],
+                cfg: |c| c.tags.nofailover = true,
+                want: vec![],
+            },
+            Row {
+                name: "nostream: no copy (no feedback reaches the leader)",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![],
+                cfg: |c| c.tags.nostream = true,
+                want: vec![],
+            },
+            Row {
+                name: "nofailover: a copy kept from before is dropped (nobody advances it)",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![local(logical("queue", "app", "test_decoding", 4000))],
+                cfg: |c| c.tags.nofailover = true,
+                want: vec![Action::DropSlots(vec!["queue".into()])],
+            },
+            Row {
+                name: "a logical slot not in the configuration is dropped, an ignored one kept",
+                pg_major: 15,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![
+                    local(logical("old_own", "app", "test_decoding", 4000)),
+                    local(logical("debezium", "app", "pgoutput", 4000)),
+                    local(logical("queue", "app", "test_decoding", 5000)),
+                ],
+                cfg: |c| {
+                    c.dynamic.ignore_slots.push(
+                        [
+                            ("type".to_string(), "logical".to_string()),
+                            ("plugin".to_string(), "pgoutput".to_string()),
+                        ]
+                        .into(),
+                    )
+                },
+                want: vec![Action::DropSlots(vec!["old_own".into()])],
+            },
+            Row {
+                name: "17+: no copy, PostgreSQL synchronizes failover slots",
+                pg_major: 17,
+                published: Some(5000),
+                wal: 6000,
+                slots: vec![],
+                cfg: |_| {},
+                want: vec![],
+            },
+        ];
+        for row in rows {
+            let view = copy_view(row.published);
+            let mut cfg = with_queue(ha_config("me"));
+            cfg.pg_major = row.pg_major;
+            (row.cfg)(&mut cfg);
+            let r = running_with_slots(row.wal, row.slots);
+            assert_eq!(
+                logical_slot_actions(&view, &cfg, &r, "b"),
+                row.want,
+                "{}",
+                row.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_copy_goes_after_every_action_that_needs_postgres_running() {
+        let view = copy_view(Some(5000));
+        let mut cfg = with_queue(ha_config("me"));
+        cfg.pg_major = 15;
+        cfg.dynamic
+            .slots
+            .insert("archiver".into(), Default::default());
+        let mut view = view;
+        view.status.as_mut().unwrap().slots = Some(
+            [
+                ("queue".to_string(), 5000u64),
+                ("archiver".to_string(), 4000),
+            ]
+            .into(),
+        );
+        let r = running_with_slots(6000, vec![slot("archiver", 1000)]);
+        assert_eq!(
+            slot_actions(&view, &cfg, &r, "b", &[]),
+            vec![
+                Action::AdvanceSlots(vec![("archiver".into(), 4000)]),
+                Action::CopyLogicalSlots {
+                    from: from_b(),
+                    slots: vec![queue_15()],
+                },
+            ]
+        );
+    }
+
     #[test]
     fn logical_slots_need_use_slots() {
         let view = cluster_of(&["me"], Some("me"));
@@ -557,11 +948,16 @@ mod tests {
     }
 
     #[test]
-    fn failover_slot_settings_only_on_17_and_later_with_a_logical_slot() {
+    fn slot_settings_only_with_a_logical_slot_sync_only_on_17_and_later() {
         let plain = ha_config("me").dynamic;
         let queue = with_queue(ha_config("me")).dynamic;
         assert!(failover_slot_parameters(&plain, 18).is_empty());
-        assert!(failover_slot_parameters(&queue, 16).is_empty());
+        // Before 17: hot_standby_feedback only (Patroni's should_enforce_hot_standby_feedback).
+        assert_eq!(
+            failover_slot_parameters(&queue, 16),
+            vec![("hot_standby_feedback", "on")]
+        );
+        assert!(failover_slot_parameters(&plain, 15).is_empty());
         assert_eq!(
             failover_slot_parameters(&queue, 17),
             vec![

@@ -288,6 +288,41 @@ impl Row {
     }
 }
 
+/// A permanent logical slot `queue` (`test_decoding` in `postgres`) in the dynamic configuration.
+fn with_queue_slot(c: &mut HaConfig) {
+    c.dynamic.slots.insert(
+        "queue".into(),
+        praetor_config::dynamic::SlotSpec {
+            slot_type: Some("logical".into()),
+            database: Some("postgres".into()),
+            plugin: Some("test_decoding".into()),
+        },
+    );
+}
+
+fn queue_slot() -> slots::LogicalSlot {
+    slots::LogicalSlot {
+        name: "queue".into(),
+        database: "postgres".into(),
+        plugin: "test_decoding".into(),
+        failover: false,
+    }
+}
+
+/// This member's `queue` slot, confirmed up to `confirmed`.
+fn queue_copy(confirmed: u64) -> slots::Slot {
+    slots::Slot {
+        name: "queue".into(),
+        physical: false,
+        restart_lsn: confirmed,
+        database: Some("postgres".into()),
+        plugin: Some("test_decoding".into()),
+        confirmed_flush_lsn: confirmed,
+        failover: false,
+        synced: false,
+    }
+}
+
 fn with<T>(mut v: T, f: impl FnOnce(&mut T)) -> T {
     f(&mut v);
     v
@@ -1616,6 +1651,29 @@ fn rows() -> Vec<Row> {
             Some(with(cluster(Some("pg2")), |c| c.members[2].data.tags.replicatefrom = Some(ME.into()))),
             local(running(false, 1000, Some(5432))))
             .expect(vec![EnsureSlots(vec!["pg3".into()])], |r| matches!(r, Reason::Following { .. })),
+        // --- permanent logical slots before 17: copy-and-advance (Patroni's copy_logical_slots) ------
+        row("pg15 replica: copies a permanent logical slot the leader publishes, from the leader",
+            Some(with(cluster(Some("pg2")), |c| c.status = Some(Status { optime: 900, slots: Some([("queue".to_string(), 800u64)].into()), retain_slots: None }))),
+            local(running(false, 1000, Some(5432))))
+            .cfg(with_queue_slot)
+            .expect(vec![CopyLogicalSlots { from: up("pg2", 5432), slots: vec![queue_slot()] }],
+                    |r| matches!(r, Reason::Following { .. })),
+        row("pg15 replica: advances its copy to the leader's published position",
+            Some(with(cluster(Some("pg2")), |c| c.status = Some(Status { optime: 900, slots: Some([("queue".to_string(), 800u64)].into()), retain_slots: None }))),
+            local(with(running(false, 1000, Some(5432)), |p| if let Postgres::Running(r) = p { r.slots = vec![queue_copy(600)] })))
+            .cfg(with_queue_slot)
+            .expect(vec![AdvanceLogicalSlots(vec![slots::LogicalAdvance { name: "queue".into(), database: "postgres".into(), lsn: 800 }])],
+                    |r| matches!(r, Reason::Following { .. })),
+        row("pg15 replica streaming from an old upstream: repoints first, copies nothing yet",
+            Some(with(cluster(Some("pg2")), |c| c.status = Some(Status { optime: 900, slots: Some([("queue".to_string(), 800u64)].into()), retain_slots: None }))),
+            local(running(false, 1000, Some(5433))))
+            .cfg(with_queue_slot)
+            .expect(vec![Follow(Some(up("pg2", 5432)))], |_| true),
+        row("pg15 leader: keeps its slot and publishes its confirmed position",
+            Some(cluster(Some(ME))),
+            local(with(running(true, 1000, None), |p| if let Postgres::Running(r) = p { r.slots = vec![queue_copy(700)] })))
+            .cfg(with_queue_slot)
+            .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
         row("the leader has no slot for a member cascading from another",
             Some(with(cluster(Some(ME)), |c| c.members[2].data.tags.replicatefrom = Some("pg2".into()))),
             local(running(true, 1000, None)))

@@ -25,6 +25,28 @@ use crate::ha::{slot_name, ControlData, DataDir, StartAs, StopMode, Upstream};
 /// How to start PostgreSQL (the HA core's [`StartAs`]).
 pub type StartRole = StartAs;
 
+/// The outcome of advancing a replica's copy of a logical slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotAdvance {
+    /// Advanced (or already there).
+    Done,
+    /// PostgreSQL can no longer advance it (its message): copy it again.
+    Unusable(String),
+}
+
+/// A logical slot as read on the primary for a replica's copy.
+#[derive(Debug, Clone)]
+pub struct LeaderSlotState {
+    /// Slot name.
+    pub name: String,
+    /// Its database.
+    pub database: Option<String>,
+    /// Its output plugin.
+    pub plugin: Option<String>,
+    /// The bytes of `pg_replslot/<name>/state`.
+    pub state: Vec<u8>,
+}
+
 /// Why a PostgreSQL operation failed.
 #[derive(Debug, Error)]
 pub enum PgError {
@@ -1117,6 +1139,145 @@ impl Instance {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Advances a replica's copy of a permanent logical slot (before 17), connected to its
+    /// database as PostgreSQL requires for a logical slot. `Ok(Unusable)` when PostgreSQL can no
+    /// longer advance it, so it must be copied again: SQLSTATE 58P01 (the WAL it needs was
+    /// removed) or 55000 (invalidated, or not usable in this state), the codes Patroni's
+    /// `SlotsAdvanceThread` copies again on. PostgreSQL itself stops at the replayed position.
+    pub async fn advance_logical_slot(
+        &self,
+        a: &crate::ha::slots::LogicalAdvance,
+    ) -> Result<SlotAdvance, PgError> {
+        let client = self.connect_to(&a.database).await?;
+        let text = super::format_lsn(a.lsn);
+        match tokio::time::timeout(
+            Duration::from_secs(30),
+            client.query(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&a.name, &text],
+            ),
+        )
+        .await
+        {
+            Err(_) => Err(PgError::Query(
+                "pg_replication_slot_advance timed out".into(),
+            )),
+            Ok(Ok(_)) => Ok(SlotAdvance::Done),
+            Ok(Err(e)) => {
+                let code = e.as_db_error().map(|d| d.code().code().to_string());
+                match code.as_deref() {
+                    Some("58P01") | Some("55000") => Ok(SlotAdvance::Unusable(db_error_text(&e))),
+                    _ => Err(PgError::Query(db_error_text(&e))),
+                }
+            }
+        }
+    }
+
+    /// Reads the state files of logical slots `names` on the primary `from` (before 17: Patroni's
+    /// `copy_logical_slots`), connected as the rewind role (else the superuser), which may call
+    /// `pg_read_binary_file` (pg_rewind needs it too). Only slots of a server not in recovery are
+    /// returned, with their database and plugin, so that a copy is never taken from a standby.
+    pub async fn read_leader_slot_states(
+        &self,
+        from: &Upstream,
+        names: &[String],
+    ) -> Result<Vec<LeaderSlotState>, PgError> {
+        let who = self.s.rewind.as_ref().unwrap_or(&self.s.superuser);
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&from.host)
+            .port(from.port)
+            .user(&who.username)
+            .dbname("postgres")
+            .application_name("praetor")
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(pw) = &who.password {
+            cfg.password(pw);
+        }
+        let (client, conn) =
+            tokio::time::timeout(Duration::from_secs(5), cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| PgError::Query("connect timed out".into()))?
+                .map_err(|e| PgError::Query(db_error_text(&e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let rows = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.query(
+                "SELECT slot_name::text, database::text, plugin::text, \
+                        pg_read_binary_file('pg_replslot/' || slot_name || '/state') \
+                 FROM pg_replication_slots \
+                 WHERE slot_type = 'logical' AND NOT temporary AND NOT pg_is_in_recovery() \
+                   AND slot_name = ANY($1)",
+                &[&names],
+            ),
+        )
+        .await
+        .map_err(|_| PgError::Query("reading the slots' state files timed out".into()))?
+        .map_err(|e| PgError::Query(db_error_text(&e)))?;
+        Ok(rows
+            .iter()
+            .map(|r| LeaderSlotState {
+                name: r.get(0),
+                database: r.get(1),
+                plugin: r.get(2),
+                state: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Writes a logical slot's state file, read on the primary, into the stopped data directory's
+    /// `pg_replslot/<name>/state`, replacing any slot of that name; PostgreSQL loads it at its next
+    /// start. As PostgreSQL writes a slot (and Patroni copies one): into `<name>.tmp` first, each
+    /// file and directory fsynced, then renamed into place; owned like `pg_replslot`.
+    pub fn install_slot_state(&self, name: &str, state: &[u8]) -> Result<(), PgError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+        if self.postmaster().is_some() {
+            return Err(PgError::Query(
+                "postgres is running: not writing a slot's state file".into(),
+            ));
+        }
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(PgError::Query(format!("invalid slot name {name:?}")));
+        }
+        let replslot = self.data("pg_replslot");
+        let meta = std::fs::metadata(&replslot).map_err(io_err(&replslot))?;
+        let owner = (Some(meta.uid()), Some(meta.gid()));
+        let fsync_dir = |dir: &Path| -> Result<(), PgError> {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))
+        };
+        let tmp = replslot.join(format!("{name}.tmp"));
+        let dst = replslot.join(name);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(io_err(&tmp))?;
+        std::os::unix::fs::chown(&tmp, owner.0, owner.1).map_err(io_err(&tmp))?;
+        let file = tmp.join("state");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(io_err(&file))?;
+        f.write_all(state).map_err(io_err(&file))?;
+        f.sync_all().map_err(io_err(&file))?;
+        std::os::unix::fs::chown(&file, owner.0, owner.1).map_err(io_err(&file))?;
+        fsync_dir(&tmp)?;
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).map_err(io_err(&dst))?;
+        }
+        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        fsync_dir(&dst)?;
+        fsync_dir(&replslot)
     }
 
     /// Reads `pg_wal/<timeline>.history` (the history of how `timeline` came to be).

@@ -159,7 +159,7 @@ impl Runner {
 
     /// How PostgreSQL runs now: primary when this member holds the lock, else a replica of the
     /// leader (or its `replicatefrom`).
-    fn current_start_role(&self) -> StartAs {
+    pub(super) fn current_start_role(&self) -> StartAs {
         let holds = self
             .last_view
             .as_ref()
