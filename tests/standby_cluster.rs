@@ -82,7 +82,8 @@ async fn in_recovery(port: u16) -> bool {
 
 /// One scenario, in order: the standby cluster bootstraps from the first cluster's primary; rows
 /// written there reach every member (the standby leader from the remote, its replicas cascading
-/// from it); the REST API, `ctl list` and the proxy see a standby leader; the standby leader is
+/// from it); the REST API, `ctl list` and the proxy see a standby leader; a change of
+/// `standby_cluster.recovery_min_apply_delay` reaches the running standby leader; the standby leader is
 /// killed and another member becomes standby leader without promoting; `ctl promote-cluster` then
 /// promotes it and the cluster takes writes, through the proxy too, while the first cluster's
 /// primary is left alone and takes a write of its own (a branch the promoted cluster never had).
@@ -207,6 +208,40 @@ async fn scenario(
     if list.code != 0 || !list.stdout.contains("Standby Leader") {
         return Err(format!("ctl list: {list}"));
     }
+    // A change of the section's recovery settings reaches the running standby leader at once
+    // (rewrite and reload), as in Patroni, not only at its next start.
+    let out = ctl(
+        sb,
+        &[
+            "edit-config",
+            "-s",
+            "standby_cluster.recovery_min_apply_delay=1ms",
+            "--force",
+        ],
+        "",
+    )
+    .await;
+    if out.code != 0 {
+        return Err(format!("ctl edit-config: {out}"));
+    }
+    let sl = connect_retry(sl_port, Duration::from_secs(60)).await;
+    wait_for(
+        "the standby leader to run with recovery_min_apply_delay = 1ms",
+        Duration::from_secs(60),
+        || async {
+            let row = sl
+                .query_one("SHOW recovery_min_apply_delay", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: String = row.get(0);
+            if v == "1ms" {
+                Ok(())
+            } else {
+                Err(format!("recovery_min_apply_delay = {v}"))
+            }
+        },
+    )
+    .await?;
     // demote-cluster refuses what patronictl refuses, changing nothing.
     for (args, why) in [
         (
