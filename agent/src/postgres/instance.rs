@@ -1091,21 +1091,33 @@ impl Instance {
     /// checkpoint and a standby at its first restartpoint on the new timeline; without it pg_rewind
     /// finds "no rewind required" and the start that follows fails. Patroni's `Rewind.execute`
     /// does the same for a remote member or a leader that publishes no
-    /// `checkpoint_after_promote`. A failed CHECKPOINT fails the rewind (retried at the
-    /// failed-task pace).
+    /// `checkpoint_after_promote`. A failed CHECKPOINT on a standby cluster's remote fails the
+    /// rewind (retried at the failed-task pace); on a member of this cluster it is logged and the
+    /// rewind goes ahead, as before (its superuser may not be let in over the network).
     pub async fn rewind(&self, from: &Upstream, checkpoint_source: bool) -> Result<(), PgError> {
         if checkpoint_source {
-            let client = self
-                .connect_remote(&from.host, from.port, &self.s.superuser)
-                .await?;
-            client.simple_query("CHECKPOINT").await.map_err(|e| {
-                PgError::Query(format!(
-                    "CHECKPOINT on {}:{}: {}",
-                    from.host,
-                    from.port,
-                    db_error_text(&e)
-                ))
-            })?;
+            let checkpoint = async {
+                let client = self
+                    .connect_remote(&from.host, from.port, &self.s.superuser)
+                    .await?;
+                client.simple_query("CHECKPOINT").await.map_err(|e| {
+                    PgError::Query(format!(
+                        "CHECKPOINT on {}:{}: {}",
+                        from.host,
+                        from.port,
+                        db_error_text(&e)
+                    ))
+                })
+            };
+            match checkpoint.await {
+                Ok(_) => {}
+                // The remote's pg_control is all pg_rewind has to go by: fail, retried later.
+                Err(e) if from.is_remote() => return Err(e),
+                // A member of this cluster (the superuser may not be let in over the network):
+                // go on as before; a stale pg_control makes pg_rewind find nothing to do and the
+                // start that follows fail, which is retried at the failed-task pace.
+                Err(e) => tracing::warn!("before pg_rewind from {}: {e}", from.member),
+            }
         }
         self.write_pgpass()?;
         // Single-user crash recovery (run by pg_rewind) refuses standby mode.
