@@ -1,5 +1,7 @@
 //! Standby clusters (Patroni's `standby_cluster`, issue 16 item 2) on real PostgreSQL 15 and etcd:
-//! two Praetor clusters, each with its own etcd, the second standing by for the first.
+//! two Praetor clusters, each with its own etcd, the second standing by for the first, then
+//! promoted; the first, written to after that promotion, is then demoted to stand by for the
+//! second (`ctl demote-cluster`) and rewound against it.
 //!
 //! Run: `cargo test -p praetor --test standby_cluster -- --test-threads=1`.
 
@@ -80,15 +82,20 @@ async fn in_recovery(port: u16) -> bool {
 
 /// One scenario, in order: the standby cluster bootstraps from the first cluster's primary; rows
 /// written there reach every member (the standby leader from the remote, its replicas cascading
-/// from it); the REST API, `ctl list` and the proxy see a standby leader; the standby leader is
+/// from it); the REST API, `ctl list` and the proxy see a standby leader; a change of
+/// `standby_cluster.recovery_min_apply_delay` reaches the running standby leader; the standby leader is
 /// killed and another member becomes standby leader without promoting; `ctl promote-cluster` then
 /// promotes it and the cluster takes writes, through the proxy too, while the first cluster's
-/// primary is left alone.
+/// primary is left alone and takes a write of its own (a branch the promoted cluster never had).
+/// Then the role swap is completed: `ctl demote-cluster` on the first cluster makes its primary a
+/// standby leader of the second one, rewound against it (pg_rewind from the remote), its replica
+/// rewound and cascading from it; rows written on the second cluster reach both, none of its
+/// acknowledged rows is lost, and the first cluster's diverged row is gone.
 #[tokio::test]
 async fn a_standby_cluster_replicates_fails_over_as_standby_and_is_promoted() {
     let mut primary_cluster = healthy_cluster(ClusterOptions {
         scope: "sb-main".into(),
-        nodes: 1,
+        nodes: 2,
         proxy: false,
         ..Default::default()
     })
@@ -116,9 +123,15 @@ async fn a_standby_cluster_replicates_fails_over_as_standby_and_is_promoted() {
     .expect("standby cluster processes start");
     let result = scenario(&mut sb, &primary_cluster, main_port, &main, &mut acked).await;
     if let Err(e) = result {
+        dump_logs(&primary_cluster);
         dump_logs(&sb);
         let kept = sb.work.keep();
-        panic!("{e}\nstandby cluster logs kept in {}", kept.display());
+        let kept_main = primary_cluster.work.keep();
+        panic!(
+            "{e}\nlogs kept in {} and {}",
+            kept.display(),
+            kept_main.display()
+        );
     }
     sb.shutdown().await;
     primary_cluster.shutdown().await;
@@ -195,6 +208,40 @@ async fn scenario(
     if list.code != 0 || !list.stdout.contains("Standby Leader") {
         return Err(format!("ctl list: {list}"));
     }
+    // A change of the section's recovery settings reaches the running standby leader at once
+    // (rewrite and reload), as in Patroni, not only at its next start.
+    let out = ctl(
+        sb,
+        &[
+            "edit-config",
+            "-s",
+            "standby_cluster.recovery_min_apply_delay=1ms",
+            "--force",
+        ],
+        "",
+    )
+    .await;
+    if out.code != 0 {
+        return Err(format!("ctl edit-config: {out}"));
+    }
+    let sl = connect_retry(sl_port, Duration::from_secs(60)).await;
+    wait_for(
+        "the standby leader to run with recovery_min_apply_delay = 1ms",
+        Duration::from_secs(60),
+        || async {
+            let row = sl
+                .query_one("SHOW recovery_min_apply_delay", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: String = row.get(0);
+            if v == "1ms" {
+                Ok(())
+            } else {
+                Err(format!("recovery_min_apply_delay = {v}"))
+            }
+        },
+    )
+    .await?;
     // demote-cluster refuses what patronictl refuses, changing nothing.
     for (args, why) in [
         (
@@ -305,6 +352,102 @@ async fn scenario(
         return Err("sb-main's primary was demoted".into());
     }
     insert_rows(main, 60, 61).await;
-    let _ = primary_cluster;
+
+    demote_the_first_cluster(sb, primary_cluster, main_port, new_port, &expected).await
+}
+
+/// `ctl demote-cluster` on the first cluster (`primary_cluster`, primary on `main_port`, written to
+/// after the second one was promoted) towards the second's leader on `new_port`, which holds
+/// exactly `expected`.
+async fn demote_the_first_cluster(
+    sb: &LocalCluster,
+    primary_cluster: &LocalCluster,
+    main_port: u16,
+    new_port: u16,
+    expected: &[i32],
+) -> Result<(), String> {
+    let main_leader = primary_cluster
+        .nodes
+        .iter()
+        .find(|n| n.pg_port == main_port)
+        .map(|n| n.name.clone())
+        .ok_or("sb-main's primary")?;
+    let port = new_port.to_string();
+    let args = [
+        "demote-cluster",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--force",
+    ];
+    let out = ctl(primary_cluster, &args, "").await;
+    if out.code != 0 {
+        return Err(format!("ctl demote-cluster: {out}"));
+    }
+    // The former primary keeps the lock as the standby leader, rewound onto the promoted
+    // cluster's timeline and streaming from its leader; its replica cascades from it.
+    let leader = wait_for(
+        "sb-main to have a standby leader and a running replica",
+        Duration::from_secs(240),
+        || standby_leader_with_replicas(primary_cluster, 1),
+    )
+    .await?;
+    if leader != main_leader {
+        return Err(format!("{leader} leads sb-main, not {main_leader}"));
+    }
+    wait_for(
+        "sb-main's former primary to stream from sb-standby's leader",
+        Duration::from_secs(120),
+        || async {
+            match sender_port(main_port).await {
+                Some(p) if p == i32::from(new_port) => Ok(()),
+                other => Err(format!("streams from {other:?}")),
+            }
+        },
+    )
+    .await?;
+    for name in others(primary_cluster, &main_leader) {
+        let port = primary_cluster.node(&name).pg_port;
+        wait_for(
+            &format!("{name} to cascade from sb-main's standby leader"),
+            Duration::from_secs(180),
+            || async {
+                match sender_port(port).await {
+                    Some(p) if p == i32::from(main_port) => Ok(()),
+                    other => Err(format!("streams from {other:?}")),
+                }
+            },
+        )
+        .await?;
+    }
+    let list = ctl(primary_cluster, &["list"], "").await;
+    if list.code != 0 || !list.stdout.contains("Standby Leader") {
+        return Err(format!("ctl list on sb-main: {list}"));
+    }
+    let out = ctl(primary_cluster, &args, "").await;
+    if out.code == 0
+        || !out
+            .to_string()
+            .contains("Cluster is already in the required state")
+    {
+        return Err(format!("ctl demote-cluster on a demoted cluster: {out}"));
+    }
+
+    // Rows written on the promoted cluster reach every member of the demoted one; every row the
+    // promoted cluster acknowledged is still there; sb-main's own row 60 (written after the split)
+    // was rewound away.
+    let b = connect_retry(new_port, Duration::from_secs(60)).await;
+    let mut all = expected.to_vec();
+    all.extend(insert_rows(&b, 2000, 2010).await);
+    for n in &primary_cluster.nodes {
+        has_rows(n.pg_port, &all).await?;
+    }
+    for n in sb.nodes.iter().filter(|n| n.pg_port == new_port) {
+        has_rows(n.pg_port, &all).await?;
+    }
+    if !in_recovery(main_port).await {
+        return Err("sb-main's former primary is not in recovery".into());
+    }
     Ok(())
 }

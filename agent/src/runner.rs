@@ -165,6 +165,8 @@ pub async fn run_with(
         guard_failsafe,
         proxies_wait_since: None,
         switchover_wait_since: None,
+        remote: None,
+        remote_probed: None,
         last_role: None,
         pending_restart: Default::default(),
         slot_copy_at: None,
@@ -353,6 +355,11 @@ struct Runner {
     /// When the current switchover wait began (monotonic ms), for
     /// [`LocalState::switchover_wait_began_ms`].
     switchover_wait_since: Option<u64>,
+    /// Standby cluster: the remote primary's timeline and history as last probed
+    /// ([`LocalState::remote`]).
+    remote: Option<ha::standby::RemoteTimeline>,
+    /// When the remote was last probed.
+    remote_probed: Option<Instant>,
     /// The role observed last cycle, to run `on_role_change` callbacks on transitions.
     last_role: Option<Role>,
     /// When each member was last seen in the DCS (monotonic ms), for `member_slots_ttl`.
@@ -592,6 +599,7 @@ impl Runner {
             self.publish(view.as_deref(), &obs).await;
             return Ok(());
         };
+        self.probe_remote(&obs.postgres).await;
         let peers = if needs_peers(view.as_deref(), self.me()) {
             let timeout = Duration::from_secs(u64::from(self.dynamic.retry_timeout.clamp(1, 2)));
             Some(
@@ -635,6 +643,8 @@ impl Runner {
                 .map(|(_, t)| *t),
             granted_ttl: self.dcs.granted_ttl(),
             retained_members: self.retained_members(view.as_deref()),
+            remote: self.remote.clone(),
+            remote_recovery: self.pg.remote_recovery_written(),
             switchover_wait_began_ms: self.switchover_wait_since,
         };
         let cfg = HaConfig {
@@ -1634,6 +1644,37 @@ impl Runner {
         }
     }
 
+    /// Standby cluster: learns the remote primary's timeline and history for `decide` (whether a
+    /// stopped or running member went past the remote's fork and needs pg_rewind). Asked every
+    /// cycle while PostgreSQL is stopped (a start or rewind depends on it), at most every 10 s
+    /// while it runs in recovery, never while it runs as a primary (a primary of a standby
+    /// cluster is demoted first) or outside a standby cluster. A remote that does not answer is
+    /// logged and forgotten (`None`: decide then starts as it is, as Patroni does).
+    async fn probe_remote(&mut self, postgres: &Postgres) {
+        let Some((host, port)) = self.dynamic.standby().and_then(|s| s.remote()) else {
+            self.remote = None;
+            return;
+        };
+        let due = match postgres {
+            Postgres::Running(r) if r.is_primary => false,
+            Postgres::Running(_) => self
+                .remote_probed
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10)),
+            _ => true,
+        };
+        if !due {
+            return;
+        }
+        self.remote_probed = Some(Instant::now());
+        self.remote = match self.pg.remote_timeline(&host, port).await {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::info!("standby cluster: cannot learn the remote's timeline: {e}");
+                None
+            }
+        };
+    }
+
     /// Requests a CHECKPOINT in the background after promotion and publishes
     /// `checkpoint_after_promote` (false until it completes), so that members about to pg_rewind
     /// from this node wait until its pg_control shows the new timeline.
@@ -1650,6 +1691,22 @@ impl Runner {
     }
 
     fn spawn_task(&mut self, kind: Task, action: Action) {
+        // pg_rewind reads the source's timeline from its pg_control, which shows a new timeline
+        // only after a checkpoint (a restartpoint on a standby source): ask for one first unless
+        // the source published that its checkpoint after promotion is done. Patroni's
+        // `Rewind.execute` likewise runs CHECKPOINT on a remote member or on a leader that does
+        // not publish `checkpoint_after_promote` (a standby cluster's standby leader, whose
+        // pg_control still names the timeline it was rewound from until its first restartpoint).
+        let checkpoint_source = match &action {
+            Action::Rewind(up) => {
+                up.is_remote()
+                    || !self.last_view.as_ref().is_some_and(|v| {
+                        v.member(&up.member)
+                            .is_some_and(|m| m.data.checkpoint_after_promote == Some(true))
+                    })
+            }
+            _ => false,
+        };
         let pg = self.pg.clone();
         let dynamic = self.dynamic.clone();
         let bootstrap = self.config.bootstrap.clone();
@@ -1660,7 +1717,7 @@ impl Runner {
             if let Action::Rewind(up) = action {
                 // Which step failed matters: a failed pg_rewind may lead decide() to re-clone
                 // (remove_data_directory_on_rewind_failure), a failed start after it must not.
-                pg.rewind(&up)
+                pg.rewind(&up, checkpoint_source)
                     .await
                     .map_err(|e| (Task::Rewind, format!("pg_rewind: {e}")))?;
                 let role = StartAs::Replica { upstream: Some(up) };
@@ -2209,6 +2266,8 @@ mod tests {
             former_leader: None,
             sync_catchup_lsn: 0,
             retained_members: vec![],
+            remote: None,
+            remote_recovery: None,
             unfenced: None,
             proxies_wait_began_ms: None,
             switchover_wait_began_ms: None,

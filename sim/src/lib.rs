@@ -1166,6 +1166,8 @@ impl Sim {
             former_leader: a.former_leader.clone(),
             sync_catchup_lsn: a.sync_catchup_lsn,
             retained_members: vec![],
+            remote: None,
+            remote_recovery: None,
             unfenced: a.unfenced.clone(),
             failed_task: a.failed_task,
             failsafe_confirmed: None,

@@ -78,7 +78,14 @@ fn pace_failed_task(d: Decision, local: &LocalState, cfg: &HaConfig, now: Now) -
     let Some((failed, at_ms)) = local.failed_task else {
         return d;
     };
-    let Some(i) = d.actions.iter().position(|a| a.task() == Some(failed)) else {
+    // A rewind is followed by a start in the same task; the runner reports a failure of that
+    // start as `Start` (so it does not count as a failed pg_rewind), but the next decision is a
+    // rewind again: pace it too (a "no rewind required" then a failing start once looped ~4
+    // times a second).
+    let paced = |t: Option<super::Task>| {
+        t == Some(failed) || (failed == super::Task::Start && t == Some(super::Task::Rewind))
+    };
+    let Some(i) = d.actions.iter().position(|a| paced(a.task())) else {
         return d;
     };
     let due = at_ms.saturating_add(super::task_retry_after_ms(failed, &cfg.dynamic));
@@ -209,7 +216,7 @@ fn decide_unpaused(
             if holds_lock(view, me) {
                 leader(view, local, cfg, r, now)
             } else if let Some(l) = view.leader.as_ref() {
-                follower(view, r, &l.name, cfg)
+                follower(view, local, r, &l.name, cfg)
             } else {
                 election(view, local, cfg, r, now)
             }
@@ -369,7 +376,7 @@ fn stopped(
 ) -> Decision {
     let me = cfg.name.as_str();
     if holds_lock(view, me) {
-        if let Some(d) = standby::start_standby_leader(cfg) {
+        if let Some(d) = standby::start_standby_leader(local, cfg, control) {
             return d;
         }
         if cfg.dynamic.primary_start_timeout == 0 {
@@ -410,11 +417,7 @@ fn stopped(
             Reason::StartingPrimaryAfterFailure,
         );
     }
-    let history = view
-        .history
-        .as_ref()
-        .map(|h| h.value.as_slice())
-        .unwrap_or(&[]);
+    let history = standby::rejoin_history(view, local, cfg);
     let Some(leader) = view.leader.as_ref() else {
         // Read-only without a leader, unless it holds WAL the cluster abandoned: started as a
         // replica it would serve reads nobody else has and then "follow" a leader forever without
@@ -856,7 +859,13 @@ fn impossible(mut actions: Vec<Action>, req: &Versioned<Failover>, why: String) 
 }
 
 /// Another member holds the lock and PostgreSQL runs here.
-fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decision {
+fn follower(
+    view: &Cluster,
+    local: &LocalState,
+    r: &Running,
+    leader: &str,
+    cfg: &HaConfig,
+) -> Decision {
     if r.is_primary {
         return decision(
             vec![Action::Stop(StopMode::Immediate)],
@@ -873,7 +882,7 @@ fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decisi
             },
         );
     }
-    if let Some(d) = running_diverged(view, r, leader) {
+    if let Some(d) = running_diverged(view, r, leader, standby::rejoin_history(view, local, cfg)) {
         return d;
     }
     let up = upstream_for(view, cfg, leader);
@@ -896,20 +905,21 @@ fn follower(view: &Cluster, r: &Running, leader: &str, cfg: &HaConfig) -> Decisi
     )
 }
 
-/// A running replica on a timeline the leader left, holding WAL past the switch point (DCS
-/// `history`): it can never stream from the leader as it is. Stop it (fast: a clean restartpoint),
-/// so the stopped-node rules rewind it.
-fn running_diverged(view: &Cluster, r: &Running, leader: &str) -> Option<Decision> {
+/// A running replica on a timeline the leader left, holding WAL past the switch point (`history`:
+/// the DCS `history`, or in a standby cluster the remote's, see [`standby::rejoin_history`]): it
+/// can never stream from the leader as it is. Stop it (fast: a clean restartpoint), so the
+/// stopped-node rules rewind it.
+fn running_diverged(
+    view: &Cluster,
+    r: &Running,
+    leader: &str,
+    history: &[praetor_dcs::HistoryEntry],
+) -> Option<Decision> {
     let leader_tl = view.member(leader).and_then(|m| m.data.timeline)?;
     if r.timeline >= leader_tl {
         return None;
     }
-    let e = view
-        .history
-        .as_ref()?
-        .value
-        .iter()
-        .find(|e| e.timeline == r.timeline)?;
+    let e = history.iter().find(|e| e.timeline == r.timeline)?;
     (r.wal_position > e.lsn).then(|| {
         decision(
             vec![Action::Stop(StopMode::Fast)],

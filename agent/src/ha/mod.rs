@@ -242,6 +242,16 @@ pub struct LocalState {
     pub sync_catchup_lsn: u64,
     /// Members that left the cluster less than `member_slots_ttl` ago: the leader keeps their slots.
     pub retained_members: Vec<String>,
+    /// Standby cluster: what the runner last learnt of the remote primary (`standby_cluster.host`
+    /// and `port`): its timeline and timeline history. `None` outside a standby cluster, when the
+    /// remote did not answer, or when it is itself in recovery (Patroni's rewind check skips such a
+    /// remote too). See [`standby::RemoteTimeline`].
+    pub remote: Option<standby::RemoteTimeline>,
+    /// Standby cluster: the settings of the section the running standby leader's configuration was
+    /// last written with by this agent ([`standby::RemoteRecovery`]); `None` when PostgreSQL does not
+    /// run, was last configured to follow someone else, or the agent has not written its
+    /// configuration since it started.
+    pub remote_recovery: Option<standby::RemoteRecovery>,
     /// A former primary this member promoted without being able to fence it (it did not answer
     /// within the fence timeout): host and port, until the background fence proves it down. The
     /// leader keeps fencing it ([`Action::FenceInBackground`]) so that a host that wakes up

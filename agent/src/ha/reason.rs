@@ -26,6 +26,19 @@ pub enum Reason {
     StartingAsStandbyLeader,
     /// Standby cluster: a primary here is demoted (the section was added: `demote-cluster`).
     CannotBePrimaryInStandbyCluster,
+    /// Standby cluster: the stopped lock holder holds WAL past the point where the remote primary's
+    /// timeline forked off its own (a former primary demoted after the other cluster's promotion):
+    /// pg_rewind from the remote before starting as the standby leader.
+    RewindingFromRemote {
+        /// The remote's host (`standby_cluster.host`).
+        host: String,
+        /// Its port.
+        port: u16,
+    },
+    /// Standby cluster: `primary_slot_name`, `restore_command`, `archive_cleanup_command` or
+    /// `recovery_min_apply_delay` of the section differ from what the running standby leader was
+    /// configured with: rewriting its recovery settings and reloading.
+    ApplyingStandbyClusterSettings,
     /// Standby cluster without a leader: replicas follow the remote meanwhile.
     FollowingRemoteWhileUnlocked,
     /// Standby cluster: won the `initialize` race, cloning the standby leader from the remote.
@@ -291,6 +304,13 @@ impl fmt::Display for Reason {
             CannotBePrimaryInStandbyCluster => {
                 f.write_str("cannot be a real primary in a standby cluster")
             }
+            RewindingFromRemote { host, port } => write!(
+                f,
+                "running pg_rewind from the remote primary {host}:{port}: this node's timeline went past the point where the remote's forked off"
+            ),
+            ApplyingStandbyClusterSettings => f.write_str(
+                "changing the standby leader's recovery settings to the standby_cluster section's and reloading",
+            ),
             FollowingRemoteWhileUnlocked => f.write_str(
                 "trying to follow a remote member because standby cluster is unhealthy",
             ),

@@ -20,13 +20,76 @@
 //! `primary_slot_name`, `restore_command`, `archive_cleanup_command` and `recovery_min_apply_delay`
 //! from the section (see `postgres::Instance::write_config`).
 
-use praetor_dcs::Cluster;
+use praetor_dcs::{Cluster, HistoryEntry};
 
 use super::decide::{asks_me_to_step_down, decision, lock_holder_upkeep, switchover_from_leader};
+use super::rejoin::{rejoin_plan, RejoinPlan};
 use super::{
-    slots, Action, Decision, HaConfig, LocalState, Now, Reason, Running, StartAs, StopMode,
-    Upstream,
+    slots, Action, ControlData, Decision, HaConfig, LocalState, Now, Reason, Running, StartAs,
+    StopMode, Upstream,
 };
+
+/// What the runner learnt of a standby cluster's remote primary, over SQL as the rewind user (the
+/// credentials pg_rewind would use): its current timeline (from the name of its current WAL file)
+/// and the switch points of its timeline history file (`pg_wal/<timeline>.history`). The remote's
+/// history stands for the DCS `history` in a standby cluster, which has no promotion of its own:
+/// Patroni's `Rewind._check_timeline_and_lsn` reads the same over a replication connection
+/// (`IDENTIFY_SYSTEM`, `TIMELINE_HISTORY`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteTimeline {
+    /// The remote primary's current timeline.
+    pub timeline: u32,
+    /// Its timeline history: each former timeline and where it ended (bytes), oldest first; empty
+    /// on timeline 1.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The settings of `standby_cluster` a standby leader's recovery configuration carries besides
+/// `primary_conninfo` (Patroni's `get_remote_member` and `_get_node_to_follow`): compared with
+/// what the running server was configured with, a change is applied at once (rewrite and reload:
+/// all four are reloadable in PostgreSQL 14+), as Patroni's `check_recovery_conf` does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RemoteRecovery {
+    /// `primary_slot_name` on the remote.
+    pub primary_slot_name: Option<String>,
+    /// `restore_command`.
+    pub restore_command: Option<String>,
+    /// `archive_cleanup_command`.
+    pub archive_cleanup_command: Option<String>,
+    /// `recovery_min_apply_delay` (PostgreSQL units, as written in the section).
+    pub recovery_min_apply_delay: Option<String>,
+}
+
+/// The recovery settings `dynamic`'s `standby_cluster` asks of the standby leader; `None` outside
+/// a standby cluster. Empty strings count as unset.
+pub fn remote_recovery(dynamic: &praetor_config::DynamicConfig) -> Option<RemoteRecovery> {
+    let sc = dynamic.standby()?;
+    let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    Some(RemoteRecovery {
+        primary_slot_name: set(&sc.primary_slot_name),
+        restore_command: set(&sc.restore_command),
+        archive_cleanup_command: set(&sc.archive_cleanup_command),
+        recovery_min_apply_delay: set(&sc.recovery_min_apply_delay),
+    })
+}
+
+/// The timeline history members of this cluster rejoin against: in a standby cluster the remote's,
+/// when the runner learnt it ([`LocalState::remote`]), since the standby leader replays the
+/// remote's timelines; otherwise the DCS `history`.
+pub fn rejoin_history<'a>(
+    view: &'a Cluster,
+    local: &'a LocalState,
+    cfg: &HaConfig,
+) -> &'a [HistoryEntry] {
+    match &local.remote {
+        Some(rt) if is_standby_cluster(cfg) => &rt.history,
+        _ => view
+            .history
+            .as_ref()
+            .map(|h| h.value.as_slice())
+            .unwrap_or(&[]),
+    }
+}
 
 /// The member name of the remote an [`Upstream`] points at in a standby cluster (Patroni names its
 /// `RemoteMember` `remote_member:<uuid>`; no member of a cluster is called so).
@@ -112,19 +175,80 @@ pub(super) fn resume_bootstrap(
 /// The lock holder's PostgreSQL is stopped in a standby cluster: start it following the remote, as
 /// the standby leader (no `primary_start_timeout`: it is not a primary). `None` outside a standby
 /// cluster.
-pub(super) fn start_standby_leader(cfg: &HaConfig) -> Option<Decision> {
+///
+/// A data directory that went past the point where the remote's timeline forked off its own (a
+/// former primary demoted with `demote-cluster` after the other cluster was promoted, and written
+/// to meanwhile) could never stream from the remote: judged as a rejoin
+/// ([`rejoin_plan`]) against the remote's timeline and history ([`LocalState::remote`]), it is
+/// rewound from the remote when `use_pg_rewind` is on (Patroni's `_handle_rewind_or_reinitialize`
+/// with the remote member), recovered first when it crashed, and otherwise kept stopped with the
+/// reason, the lock kept (re-judged every loop; a failed pg_rewind is retried at the failed-task
+/// pace). Nothing is deleted: Patroni never reinitializes a diverged standby leader
+/// (`remove_data_directory_on_diverged_timelines` is ignored in a standby cluster), and
+/// `remove_data_directory_on_rewind_failure` is not applied to the standby leader here either (it
+/// would have no one to clone from but the remote; see README). When the remote is not known (it
+/// does not answer, or is itself in recovery) it starts as it is, as Patroni does.
+pub(super) fn start_standby_leader(
+    local: &LocalState,
+    cfg: &HaConfig,
+    control: Option<&ControlData>,
+) -> Option<Decision> {
     if !is_standby_cluster(cfg) {
         return None;
     }
-    Some(decision(
-        vec![
-            Action::RenewLeader,
-            Action::Start(StartAs::Replica {
-                upstream: remote_upstream(cfg),
-            }),
-        ],
-        Reason::StartingAsStandbyLeader,
-    ))
+    let remote = remote_upstream(cfg);
+    let start = || {
+        decision(
+            vec![
+                Action::RenewLeader,
+                Action::Start(StartAs::Replica {
+                    upstream: remote.clone(),
+                }),
+            ],
+            Reason::StartingAsStandbyLeader,
+        )
+    };
+    let (Some(up), Some(rt)) = (remote.clone(), local.remote.as_ref()) else {
+        return Some(start());
+    };
+    let plan = rejoin_plan(
+        control,
+        Some(rt.timeline),
+        &rt.history,
+        cfg.dynamic.postgresql.use_pg_rewind,
+    );
+    let keep = |reason| decision(vec![Action::RenewLeader], reason);
+    Some(match plan {
+        RejoinPlan::StartAsReplica => start(),
+        RejoinPlan::CrashRecoveryFirst => decision(
+            vec![Action::RenewLeader, Action::CrashRecovery],
+            Reason::CrashRecovery,
+        ),
+        RejoinPlan::Rewind => decision(
+            vec![Action::RenewLeader, Action::Rewind(up.clone())],
+            Reason::RewindingFromRemote {
+                host: up.host,
+                port: up.port,
+            },
+        ),
+        RejoinPlan::Diverged {
+            local_lsn,
+            switch_lsn,
+            timeline,
+        } => keep(Reason::DivergedNoRewind {
+            local_lsn,
+            switch_lsn,
+            timeline,
+        }),
+        // The remote's history is complete: a timeline of ours it does not list is not one of its
+        // ancestors, so this data directory diverged (Patroni: `need_rewind = True`).
+        RejoinPlan::WaitForHistory => keep(Reason::DivergedNoRewind {
+            local_lsn: control.map(|c| c.checkpoint_lsn).unwrap_or_default(),
+            switch_lsn: 0,
+            timeline: control.map(|c| c.timeline).unwrap_or_default(),
+        }),
+        RejoinPlan::NotRewindable { timeline } => keep(Reason::NotRewindable { timeline }),
+    })
 }
 
 /// Whom a member with no lock holder to follow streams from in a standby cluster: the remote (unless
@@ -206,14 +330,15 @@ pub(super) fn standby_leader(
     let me = cfg.name.as_str();
     let remote = remote_upstream(cfg);
     if r.is_primary {
+        // Stopped only: the next loop judges the stopped data directory against the remote
+        // ([`start_standby_leader`]), which rewinds it first when it went past the remote's fork.
         return Some(decision(
-            vec![
-                Action::RenewLeader,
-                Action::Stop(StopMode::Fast),
-                Action::Start(StartAs::Replica { upstream: remote }),
-            ],
+            vec![Action::RenewLeader, Action::Stop(StopMode::Fast)],
             Reason::CannotBePrimaryInStandbyCluster,
         ));
+    }
+    if let Some(d) = diverged_from_remote(local, r) {
+        return Some(d);
     }
     let request = view.failover_request();
     if let Some(req) = request {
@@ -222,17 +347,46 @@ pub(super) fn standby_leader(
         }
     }
     let mut actions = lock_holder_upkeep(view, local, cfg, r);
-    let reason = if streams_from(r, remote.as_ref()) {
-        Reason::StandbyLeaderWithLock { me: me.to_string() }
-    } else {
+    let reason = if !streams_from(r, remote.as_ref()) {
         actions.push(Action::Follow(remote));
         Reason::BecomingStandbyLeader
+    } else if remote.is_some() && local.remote_recovery != remote_recovery(&cfg.dynamic) {
+        // `primary_slot_name`, `restore_command`, `archive_cleanup_command` or
+        // `recovery_min_apply_delay` changed in the section (or the agent restarted and does not
+        // know what the server runs with): rewrite and reload, as Patroni's `follow` does when
+        // `check_recovery_conf` finds a change.
+        actions.push(Action::Follow(remote));
+        Reason::ApplyingStandbyClusterSettings
+    } else {
+        Reason::StandbyLeaderWithLock { me: me.to_string() }
     };
     if let Some(req) = request {
         // Done or moot (names this member as candidate, or a leader that is gone).
         actions.push(Action::ClearFailover(req.version));
     }
     Some(decision(actions, reason))
+}
+
+/// A standby leader running in recovery on a timeline the remote left, with WAL past the remote's
+/// switch point (it was started before the remote could be asked, or the remote was promoted
+/// meanwhile while this one had gone further): it can never stream from the remote as it is. Stop
+/// it (fast), keeping the lock, so that [`start_standby_leader`] rewinds it from the remote.
+fn diverged_from_remote(local: &LocalState, r: &Running) -> Option<Decision> {
+    let rt = local.remote.as_ref()?;
+    if r.timeline >= rt.timeline {
+        return None;
+    }
+    let e = rt.history.iter().find(|e| e.timeline == r.timeline)?;
+    (r.wal_position > e.lsn).then(|| {
+        decision(
+            vec![Action::RenewLeader, Action::Stop(StopMode::Fast)],
+            Reason::Diverged {
+                timeline: r.timeline,
+                switch_lsn: e.lsn,
+                stopping: true,
+            },
+        )
+    })
 }
 
 /// True when this member's own member key says it is the standby leader: a lock holder in recovery

@@ -104,6 +104,8 @@ fn local(postgres: Postgres) -> LocalState {
         switchover_wait_began_ms: None,
         granted_ttl: None,
         retained_members: vec![],
+        remote: None,
+        remote_recovery: None,
     }
 }
 
@@ -765,6 +767,17 @@ fn rows() -> Vec<Row> {
         .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
         .expect(vec![], |r| {
             matches!(r, Reason::RetryingTaskLater { task: Task::Rewind, in_ms: 13_000, .. })
+        }),
+        row(
+            "the start after a rewind failed 500 ms ago (\"no rewind required\", then a start that fails): the rewind is paced too",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.failed_task = Some((Task::Start, NOW.mono_ms - 500))
+            }),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![], |r| {
+            matches!(r, Reason::RetryingTaskLater { task: Task::Start, in_ms: 500, .. })
         }),
         row(
             "rewind failed, remove_data_directory_on_rewind_failure: remove the data directory to clone",
@@ -2075,7 +2088,7 @@ fn standby_rows() -> Vec<Row> {
         row(
             "standby: the standby leader streaming from the remote renews, publishes status, keeps its replicas' slots",
             Some(standby_led_by_me.clone()),
-            local(running(false, 1000, Some(6000))),
+            sl_local(running(false, 1000, Some(6000))),
         )
         .cfg(standby_cfg)
         .expect(
@@ -2085,7 +2098,7 @@ fn standby_rows() -> Vec<Row> {
         row(
             "standby: no watchdog is armed for a standby leader (it is no primary)",
             Some(standby_led_by_me.clone()),
-            with(local(running(false, 1000, Some(6000))), |l| {
+            with(sl_local(running(false, 1000, Some(6000))), |l| {
                 l.watchdog = WatchdogState::NotArmed
             }),
         )
@@ -2110,21 +2123,14 @@ fn standby_rows() -> Vec<Row> {
             |r| *r == Reason::BecomingStandbyLeader,
         ),
         row(
-            "standby: demote-cluster: the primary holding the lock stops (fast) and starts following the remote, keeping the lock",
+            "standby: demote-cluster: the primary holding the lock stops (fast), keeping the lock; the next loop judges it against the remote",
             Some(cluster(Some(ME))),
             local(running(true, 1000, None)),
         )
         .cfg(standby_cfg)
-        .expect(
-            vec![
-                RenewLeader,
-                Stop(StopMode::Fast),
-                Start(StartAs::Replica {
-                    upstream: Some(remote()),
-                }),
-            ],
-            |r| *r == Reason::CannotBePrimaryInStandbyCluster,
-        ),
+        .expect(vec![RenewLeader, Stop(StopMode::Fast)], |r| {
+            *r == Reason::CannotBePrimaryInStandbyCluster
+        }),
         row(
             "standby: a replica cascades from the standby leader",
             Some(cluster(Some("pg2"))),
@@ -2173,7 +2179,7 @@ fn standby_rows() -> Vec<Row> {
         row(
             "standby section removed (promote-cluster): the standby leader promotes and fences nothing (its upstream is the other cluster's primary)",
             Some(standby_led_by_me.clone()),
-            local(running(false, 1000, Some(6000))),
+            sl_local(running(false, 1000, Some(6000))),
         )
         .expect(
             vec![RenewLeader, slots_for_others(), RenewLeader, Promote],
@@ -2196,10 +2202,10 @@ fn standby_rows() -> Vec<Row> {
         ),
         row(
             "standby: a switchover asks the standby leader to step down: stop, release the lock",
-            Some(with(standby_led_by_me, |c| {
+            Some(with(standby_led_by_me.clone(), |c| {
                 c.failover = failover(Some(ME), Some("pg2"))
             })),
-            with(local(running(false, 1000, Some(6000))), |l| {
+            with(sl_local(running(false, 1000, Some(6000))), |l| {
                 l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
             }),
         )
@@ -2207,7 +2213,269 @@ fn standby_rows() -> Vec<Row> {
         .expect(vec![Stop(StopMode::Fast), ReleaseLeader], |r| {
             matches!(r, Reason::ManualFailoverDemoting { .. })
         }),
+        row(
+            "standby: demoted former primary shut down past the remote's fork (it was written to after the other cluster's promotion): pg_rewind from the remote",
+            Some(standby_led_by_me.clone()),
+            demoted(1500, true, Some(remote_on_tl2())),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(vec![RenewLeader, Rewind(remote())], |r| {
+            matches!(r, Reason::RewindingFromRemote { port: 6000, .. })
+        }),
+        row(
+            "standby: the same with use_pg_rewind off: stays stopped, keeps the lock and its data, says why",
+            Some(standby_led_by_me.clone()),
+            demoted(1500, true, Some(remote_on_tl2())),
+        )
+        .cfg(standby_cfg)
+        .expect(vec![RenewLeader], |r| {
+            *r == Reason::DivergedNoRewind {
+                local_lsn: 1500,
+                switch_lsn: 1000,
+                timeline: 1,
+            }
+        }),
+        row(
+            "standby: the same with remove_data_directory_on_diverged_timelines: still kept (Patroni never reinitializes a diverged standby leader)",
+            Some(standby_led_by_me.clone()),
+            demoted(1500, true, Some(remote_on_tl2())),
+        )
+        .cfg(|c| {
+            standby_cfg(c);
+            c.remove_data_on_diverged = true;
+            c.remove_data_on_rewind_failure = true;
+        })
+        .expect(vec![RenewLeader], |r| {
+            matches!(r, Reason::DivergedNoRewind { .. })
+        }),
+        row(
+            "standby: a failed pg_rewind from the remote is retried at the failed-task pace, the lock renewed meanwhile",
+            Some(standby_led_by_me.clone()),
+            with(demoted(1500, true, Some(remote_on_tl2())), |l| {
+                l.failed_task = Some((Task::Rewind, NOW.mono_ms - 1000))
+            }),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(vec![RenewLeader], |r| {
+            matches!(r, Reason::RetryingTaskLater { task: Task::Rewind, .. })
+        }),
+        row(
+            "standby: diverged from the remote but neither checksums nor wal_log_hints: stays stopped, says why",
+            Some(standby_led_by_me.clone()),
+            demoted(1500, false, Some(remote_on_tl2())),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(vec![RenewLeader], |r| {
+            *r == Reason::NotRewindable { timeline: 1 }
+        }),
+        row(
+            "standby: a former primary whose shutdown checkpoint lies before the remote's fork starts following the remote as it is",
+            Some(standby_led_by_me.clone()),
+            demoted(900, true, Some(remote_on_tl2())),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(
+            vec![
+                RenewLeader,
+                Start(StartAs::Replica {
+                    upstream: Some(remote()),
+                }),
+            ],
+            |r| *r == Reason::StartingAsStandbyLeader,
+        ),
+        row(
+            "standby: the remote's timeline is not known (no answer, or in recovery): start following it as it is (Patroni)",
+            Some(standby_led_by_me.clone()),
+            demoted(1500, true, None),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(
+            vec![
+                RenewLeader,
+                Start(StartAs::Replica {
+                    upstream: Some(remote()),
+                }),
+            ],
+            |r| *r == Reason::StartingAsStandbyLeader,
+        ),
+        row(
+            "standby: the remote's history does not list our timeline (rewind off): diverged, kept",
+            Some(standby_led_by_me.clone()),
+            with(demoted(1500, true, Some(remote_on_tl2())), |l| {
+                if let Postgres::Stopped {
+                    control: Some(cd),
+                } = &mut l.postgres
+                {
+                    cd.timeline = 3;
+                }
+                l.remote = Some(standby::RemoteTimeline {
+                    timeline: 4,
+                    history: vec![hist_entry(1, 500), hist_entry(2, 800)],
+                });
+            }),
+        )
+        .cfg(standby_cfg)
+        .expect(vec![RenewLeader], |r| {
+            *r == Reason::DivergedNoRewind {
+                local_lsn: 1500,
+                switch_lsn: 0,
+                timeline: 3,
+            }
+        }),
+        row(
+            "standby: a running standby leader on a timeline the remote left, past its fork: stop (fast), keeping the lock, to rewind",
+            Some(standby_led_by_me.clone()),
+            with(sl_local(running(false, 1500, Some(6000))), |l| {
+                l.remote = Some(remote_on_tl2())
+            }),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(vec![RenewLeader, Stop(StopMode::Fast)], |r| {
+            *r == Reason::Diverged {
+                timeline: 1,
+                switch_lsn: 1000,
+                stopping: true,
+            }
+        }),
+        row(
+            "standby: a running standby leader before the remote's fork keeps streaming (it follows the timeline switch)",
+            Some(standby_led_by_me.clone()),
+            with(sl_local(running(false, 1000, Some(6000))), |l| {
+                l.remote = Some(remote_on_tl2())
+            }),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(
+            vec![RenewLeader, WriteStatus, slots_for_others()],
+            |r| matches!(r, Reason::StandbyLeaderWithLock { .. }),
+        ),
+        row(
+            "standby: primary_slot_name / restore_command / recovery_min_apply_delay changed in the section: rewrite and reload the standby leader's recovery settings",
+            Some(standby_led_by_me.clone()),
+            sl_local(running(false, 1000, Some(6000))),
+        )
+        .cfg(|c| {
+            standby_cfg(c);
+            let sc = c.dynamic.standby_cluster.as_mut().expect("section");
+            sc.primary_slot_name = Some("dc2".into());
+            sc.restore_command = Some("cp /archive/%f %p".into());
+            sc.recovery_min_apply_delay = Some("5min".into());
+        })
+        .expect(
+            vec![
+                RenewLeader,
+                WriteStatus,
+                slots_for_others(),
+                Follow(Some(remote())),
+            ],
+            |r| *r == Reason::ApplyingStandbyClusterSettings,
+        ),
+        row(
+            "standby: the agent restarted next to a running standby leader (settings written unknown): rewrite and reload once",
+            Some(standby_led_by_me.clone()),
+            local(running(false, 1000, Some(6000))),
+        )
+        .cfg(standby_cfg)
+        .expect(
+            vec![
+                RenewLeader,
+                WriteStatus,
+                slots_for_others(),
+                Follow(Some(remote())),
+            ],
+            |r| *r == Reason::ApplyingStandbyClusterSettings,
+        ),
+        row(
+            "standby: a replica on a timeline the standby leader left, past the remote's fork (the remote's history): stop to rewind",
+            Some(with(cluster(Some("pg2")), |c| {
+                c.members[1].data.role = Role::StandbyLeader;
+                c.members[1].data.timeline = Some(2);
+            })),
+            with(local(running(false, 1500, Some(5432))), |l| {
+                l.remote = Some(remote_on_tl2())
+            }),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(vec![Stop(StopMode::Fast)], |r| {
+            *r == Reason::Diverged {
+                timeline: 1,
+                switch_lsn: 1000,
+                stopping: true,
+            }
+        }),
+        row(
+            "standby: a stopped replica past the remote's fork rewinds from the standby leader (now on the remote's timeline)",
+            Some(with(cluster(Some("pg2")), |c| {
+                c.members[1].data.role = Role::StandbyLeader;
+                c.members[1].data.timeline = Some(2);
+            })),
+            with(demoted(1500, true, Some(remote_on_tl2())), |l| {
+                if let Postgres::Stopped {
+                    control: Some(cd),
+                } = &mut l.postgres
+                {
+                    cd.state = ClusterState::ShutDownInRecovery;
+                }
+            }),
+        )
+        .cfg(standby_rewind_cfg)
+        .expect(vec![Rewind(up("pg2", 5432))], |r| {
+            matches!(r, Reason::Rewinding { .. })
+        }),
     ]
+}
+
+/// [`standby_cfg`] with `use_pg_rewind`.
+fn standby_rewind_cfg(c: &mut HaConfig) {
+    standby_cfg(c);
+    c.dynamic.postgresql.use_pg_rewind = true;
+}
+
+/// A running standby leader whose configuration was written with [`standby_cfg`]'s section.
+fn sl_local(postgres: Postgres) -> LocalState {
+    with(local(postgres), |l| {
+        l.remote_recovery = Some(standby::RemoteRecovery::default())
+    })
+}
+
+/// The remote primary on timeline 2, forked off timeline 1 at 1000.
+fn remote_on_tl2() -> standby::RemoteTimeline {
+    standby::RemoteTimeline {
+        timeline: 2,
+        history: vec![hist_entry(1, 1000)],
+    }
+}
+
+fn hist_entry(timeline: u32, lsn: u64) -> praetor_dcs::HistoryEntry {
+    praetor_dcs::HistoryEntry {
+        timeline,
+        lsn,
+        reason: "no recovery target specified".into(),
+        timestamp: None,
+        new_leader: None,
+    }
+}
+
+/// A former primary stopped cleanly on timeline 1 with its shutdown checkpoint at `checkpoint_lsn`,
+/// and what the runner learnt of the remote.
+fn demoted(
+    checkpoint_lsn: u64,
+    rewindable: bool,
+    remote: Option<standby::RemoteTimeline>,
+) -> LocalState {
+    with(
+        local(Postgres::Stopped {
+            control: Some(ControlData {
+                state: ClusterState::ShutDown,
+                timeline: 1,
+                checkpoint_lsn,
+                min_recovery_end_lsn: 0,
+                min_recovery_end_timeline: 0,
+                rewindable,
+            }),
+        }),
+        |l| l.remote = remote,
+    )
 }
 
 #[test]

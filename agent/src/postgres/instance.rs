@@ -261,6 +261,9 @@ pub struct Instance {
     stranger_logged: std::sync::Mutex<Option<String>>,
     /// `unix_socket_directories` as last written to postgresql.conf (for `use_unix_socket`).
     socket_dirs: std::sync::Mutex<Option<String>>,
+    /// The `standby_cluster` settings postgresql.conf was last written with for a standby leader
+    /// (following the remote); `None` after a write for any other role, or before the first.
+    remote_recovery: std::sync::Mutex<Option<crate::ha::standby::RemoteRecovery>>,
     /// The last parameter translations logged (`wal_keep_segments` → `wal_keep_size`), logged once
     /// per change.
     translations_logged: std::sync::Mutex<Vec<String>>,
@@ -291,6 +294,7 @@ impl Instance {
             child: Mutex::new(None),
             stranger_logged: std::sync::Mutex::new(None),
             socket_dirs: std::sync::Mutex::new(None),
+            remote_recovery: std::sync::Mutex::new(None),
             translations_logged: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -564,6 +568,12 @@ impl Instance {
                 })
             }
         };
+        let remote = match role {
+            StartAs::Replica {
+                upstream: Some(u), ..
+            } if is_remote_upstream(dynamic, u) => crate::ha::standby::remote_recovery(dynamic),
+            _ => None,
+        };
         // Before every start and every rewrite of the recovery settings (a replica re-pointed at a
         // new leader is reloaded, not restarted): auto.conf is read after postgresql.conf.
         let mut changed = self.clean_auto_conf()?;
@@ -586,6 +596,10 @@ impl Instance {
         }
         remove_if_exists(&self.data("recovery.signal"))?;
         self.write_pgpass()?;
+        *self
+            .remote_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = remote;
         Ok(ConfigWrite { changed, ignored })
     }
 
@@ -996,9 +1010,137 @@ impl Instance {
         Ok(())
     }
 
+    /// The `standby_cluster` settings postgresql.conf was last written with to follow the remote of
+    /// a standby cluster ([`crate::ha::LocalState::remote_recovery`]); `None` when it was last
+    /// written for another role, or not yet by this agent.
+    pub fn remote_recovery_written(&self) -> Option<crate::ha::standby::RemoteRecovery> {
+        self.remote_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks a standby cluster's remote (`host`, `port`) for its timeline and timeline history,
+    /// over SQL as the rewind user (the superuser when none is configured): `Ok(None)` when it is
+    /// in recovery (no primary to judge against, as in Patroni's rewind check). The timeline is
+    /// the first 8 hex digits of its current WAL file's name; the history is
+    /// `pg_wal/<timeline>.history`, read with `pg_read_binary_file(text)`, which the rewind role is
+    /// granted for pg_rewind anyway. Connection and each query are bounded (3 s, 5 s).
+    pub async fn remote_timeline(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Option<crate::ha::standby::RemoteTimeline>, PgError> {
+        let who = self.s.rewind.as_ref().unwrap_or(&self.s.superuser);
+        let client = self.connect_remote(host, port, who).await?;
+        let bounded = |q| tokio::time::timeout(Duration::from_secs(5), q);
+        let row = bounded(client.query_one(
+            "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL \
+             ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+            &[],
+        ))
+        .await
+        .map_err(|_| PgError::Query(format!("{host}:{port}: no answer within 5 s")))?
+        .map_err(|e| PgError::Query(db_error_text(&e)))?;
+        if row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        let hex: String = row.get(1);
+        let timeline = u32::from_str_radix(&hex, 16)
+            .map_err(|e| PgError::Unexpected(format!("timeline {hex:?}: {e}")))?;
+        let mut history = Vec::new();
+        if timeline > 1 {
+            let file = format!("pg_wal/{timeline:08X}.history");
+            let row = bounded(client.query_one(
+                "SELECT convert_from(pg_read_binary_file($1), 'UTF8')",
+                &[&file],
+            ))
+            .await
+            .map_err(|_| PgError::Query(format!("{host}:{port}: no answer within 5 s")))?
+            .map_err(|e| PgError::Query(db_error_text(&e)))?;
+            let text: String = row.get(0);
+            history = parse_timeline_history(&text)
+                .into_iter()
+                .map(|l| praetor_dcs::HistoryEntry {
+                    timeline: l.timeline,
+                    lsn: l.lsn,
+                    reason: l.reason,
+                    timestamp: None,
+                    new_leader: None,
+                })
+                .collect();
+        }
+        Ok(Some(crate::ha::standby::RemoteTimeline {
+            timeline,
+            history,
+        }))
+    }
+
+    /// A connection to another server's `postgres` database as `who` (bounded: 3 s).
+    async fn connect_remote(
+        &self,
+        host: &str,
+        port: u16,
+        who: &Credentials,
+    ) -> Result<tokio_postgres::Client, PgError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(host)
+            .port(port)
+            .user(&who.username)
+            .dbname("postgres")
+            .application_name("praetor")
+            .connect_timeout(Duration::from_secs(3));
+        if let Some(pw) = &who.password {
+            cfg.password(pw);
+        }
+        let (client, conn) =
+            tokio::time::timeout(Duration::from_secs(5), cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| PgError::Query(format!("{host}:{port}: connect timed out")))?
+                .map_err(|e| PgError::Query(format!("{host}:{port}: {}", db_error_text(&e))))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
     /// Rewinds the stopped data directory to `from` with pg_rewind (which runs crash recovery itself
     /// when the last shutdown was not clean).
-    pub async fn rewind(&self, from: &Upstream) -> Result<(), PgError> {
+    ///
+    /// With `checkpoint_source`, a CHECKPOINT is requested on the source first (as the superuser;
+    /// a standby cluster shares its credentials with the remote): pg_rewind reads the source's
+    /// timeline from its pg_control, which a freshly promoted primary updates only at its first
+    /// checkpoint and a standby at its first restartpoint on the new timeline; without it pg_rewind
+    /// finds "no rewind required" and the start that follows fails. Patroni's `Rewind.execute`
+    /// does the same for a remote member or a leader that publishes no
+    /// `checkpoint_after_promote`. A failed CHECKPOINT on a standby cluster's remote fails the
+    /// rewind (retried at the failed-task pace); on a member of this cluster it is logged and the
+    /// rewind goes ahead, as before (its superuser may not be let in over the network).
+    pub async fn rewind(&self, from: &Upstream, checkpoint_source: bool) -> Result<(), PgError> {
+        if checkpoint_source {
+            let checkpoint = async {
+                let client = self
+                    .connect_remote(&from.host, from.port, &self.s.superuser)
+                    .await?;
+                client.simple_query("CHECKPOINT").await.map_err(|e| {
+                    PgError::Query(format!(
+                        "CHECKPOINT on {}:{}: {}",
+                        from.host,
+                        from.port,
+                        db_error_text(&e)
+                    ))
+                })
+            };
+            match checkpoint.await {
+                Ok(_) => {}
+                // The remote's pg_control is all pg_rewind has to go by: fail, retried later.
+                Err(e) if from.is_remote() => return Err(e),
+                // A member of this cluster (the superuser may not be let in over the network):
+                // go on as before; a stale pg_control makes pg_rewind find nothing to do and the
+                // start that follows fail, which is retried at the failed-task pace.
+                Err(e) => tracing::warn!("before pg_rewind from {}: {e}", from.member),
+            }
+        }
         self.write_pgpass()?;
         // Single-user crash recovery (run by pg_rewind) refuses standby mode.
         remove_if_exists(&self.data("standby.signal"))?;
