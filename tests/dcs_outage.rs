@@ -6,7 +6,8 @@
 //! - a DCS unreachable for longer than `ttl` makes the leader demote (Patroni: "demoting self
 //!   because DCS is not accessible and I was a leader"), and nobody else promotes meanwhile;
 //! - with a 3-member etcd cluster / 3-node ZooKeeper ensemble, losing one DCS member disturbs
-//!   nothing, losing the quorum demotes the primary, and the cluster recovers when the DCS does.
+//!   nothing, losing the quorum demotes the primary, an agent started meanwhile waits for the DCS,
+//!   and the cluster recovers when the DCS does.
 
 mod common;
 
@@ -262,6 +263,41 @@ async fn losing_one_dcs_member_disturbs_nothing_and_losing_the_quorum_demotes_th
         "{}: DCS quorum lost; {leader} stopped being a writable primary after {took:?} (ttl {ttl} s)",
         dcs.family()
     );
+
+    // A replica's agent started while the quorum is lost (a node rebooted during the outage)
+    // waits for the DCS instead of exiting (nemesis etcd seed 21: it exited, and its member never
+    // came back); recovery below needs it streaming again.
+    let replica = c
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| *n != leader)
+        .expect("a replica");
+    c.node_mut(&replica).kill_agent();
+    let before_start = c.node(&replica).log().len();
+    c.node_mut(&replica)
+        .start_agent(&binary())
+        .expect("the agent starts");
+    let waiting = wait_for(
+        "the restarted agent waiting for the DCS",
+        Duration::from_secs(60),
+        || async {
+            let log = c.node(&replica).log();
+            let since = log[before_start.min(log.len())..].to_string();
+            if since.contains("cannot open the DCS") {
+                return Err(format!("the agent exited: {since}"));
+            }
+            match since.matches("waiting for the DCS").count() {
+                n if n >= 2 => Ok(()),
+                _ => Err(since),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = waiting {
+        dump_logs(&c);
+        panic!("{e}");
+    }
 
     // The DCS comes back whole: the cluster recovers.
     c.dcs().restart().await.expect("the DCS restarts");

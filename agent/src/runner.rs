@@ -82,9 +82,18 @@ pub async fn run_with(
         ttl_secs: dynamic.ttl,
         request_timeout_secs: dynamic.retry_timeout.max(1),
     };
-    let dcs = praetor_dcs::connect_secured(&settings.dcs, identity, &config.etcd_security())
-        .await
-        .context("cannot open the DCS")?;
+    let Some(dcs) = open_dcs(
+        &config,
+        &settings.dcs,
+        identity,
+        dynamic.loop_wait,
+        &shutdown,
+    )
+    .await
+    .context("cannot open the DCS")?
+    else {
+        return Ok(());
+    };
     let (dcs, metrics) = hooks::metered(dcs, &settings.scope, &settings.name);
     let listener = tokio::net::TcpListener::bind((
         settings.api_listen.local_bind_host().as_str(),
@@ -134,6 +143,7 @@ pub async fn run_with(
     }
     let (deadline_tx, deadline_rx) = watch::channel(None);
     let guard_failsafe = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let may_write = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let started = Instant::now();
     let pg = Arc::new(instance);
     let guard = tokio::spawn(deadline_guard(
@@ -141,6 +151,7 @@ pub async fn run_with(
         pg.clone(),
         started,
         guard_failsafe.clone(),
+        may_write.clone(),
     ));
     let mut runner = Runner {
         settings,
@@ -163,6 +174,7 @@ pub async fn run_with(
         watchdog_refused: false,
         deadline_tx,
         guard_failsafe,
+        may_write,
         proxies_wait_since: None,
         switchover_wait_since: None,
         remote: None,
@@ -350,6 +362,10 @@ struct Runner {
     /// loop: a failsafe round that confirms the leader moves it, possibly only after a DCS request
     /// that hung until the deadline).
     guard_failsafe: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether PostgreSQL may accept writes ([`ha::may_accept_writes`]): set from each
+    /// observation, and before a promotion or a start as primary is issued. The demotion deadline
+    /// stops (the guard, the cycle's first check) and hurries (`bounded`) only such a PostgreSQL.
+    may_write: Arc<std::sync::atomic::AtomicBool>,
     /// Since when (monotonic ms) this member waits for the proxies to leave this former leader.
     proxies_wait_since: Option<(String, u64)>,
     /// When the current switchover wait began (monotonic ms), for
@@ -476,7 +492,10 @@ impl Runner {
         fut: impl std::future::Future<Output = Result<T, praetor_dcs::DcsError>>,
     ) -> Result<T, praetor_dcs::DcsError> {
         let mut limit = Duration::from_secs(u64::from(self.dynamic.retry_timeout.max(1)));
-        if let Some(left) = self.until_demote_deadline() {
+        // A lock holder still in recovery has no demotion to hurry to: its renewal gets the whole
+        // retry_timeout (on a DCS slower than the time left, the renewal right before its
+        // promotion would otherwise always time out).
+        if let Some(left) = self.until_demote_deadline().filter(|_| self.may_write()) {
             limit = limit.min(left);
         }
         let result = tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
@@ -489,6 +508,11 @@ impl Runner {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         result
+    }
+
+    /// See [`Runner::may_write`].
+    fn may_write(&self) -> bool {
+        self.may_write.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn me(&self) -> &str {
@@ -566,7 +590,14 @@ impl Runner {
             self.failsafe_active || (self.dynamic.failsafe_mode && dcs_failed),
             self.now().mono_ms,
         ) {
-            self.stop_overdue_primary().await;
+            if self.may_write() {
+                self.stop_overdue_primary().await;
+            } else {
+                // Still in recovery: nothing to stop (see ha::may_accept_writes). It no longer
+                // counts itself the lock holder; a promotion starts with a renewal.
+                tracing::warn!("past the demotion deadline without a lock renewal; postgres is still in recovery (no promotion issued), so it keeps running");
+                self.set_lock_renewed(None);
+            }
         }
         self.collect_task().await?;
         let view = match self.bounded(self.dcs.load()).await {
@@ -897,7 +928,17 @@ impl Runner {
         }
     }
 
+    /// Observes PostgreSQL and records whether it may accept writes (see [`Runner::may_write`]).
     async fn observe(&self) -> Observation {
+        let obs = self.observe_node().await;
+        self.may_write.store(
+            ha::may_accept_writes(&obs.postgres, false),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        obs
+    }
+
+    async fn observe_node(&self) -> Observation {
         if self.task.is_some() {
             return Observation {
                 data: Some(DataDir::Empty),
@@ -1010,6 +1051,10 @@ impl Runner {
     ) -> anyhow::Result<bool> {
         let now_ms = self.now().mono_ms;
         if let Some(kind) = action.task() {
+            if matches!(action, Action::Start(StartAs::Primary) | Action::Bootstrap) {
+                self.may_write
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if action == Action::Start(StartAs::Primary) && self.primary_start_began_ms.is_none() {
                 self.primary_start_began_ms = Some(now_ms);
             }
@@ -1075,6 +1120,19 @@ impl Runner {
                 Ok(released)
             }
             Action::Promote => {
+                // Writable from here on for the deadline guard, before the check below: a guard
+                // that fires after this store stops the promoted primary; one that fired before
+                // it fired at or before the deadline, which the check then sees as passed.
+                self.may_write
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                // `decide` puts a renewal right before every promotion: no deadline means none.
+                if self
+                    .demote_deadline_ms()
+                    .is_none_or(|deadline| self.now().mono_ms >= deadline)
+                {
+                    tracing::warn!("not promoting: the demotion deadline of the last lock renewal has passed (the renewal was slow, or this process was frozen)");
+                    return Ok(false);
+                }
                 self.pg.promote().await?;
                 tracing::info!("promoted postgres to primary");
                 self.proxies_wait_since = None;
@@ -1621,7 +1679,17 @@ impl Runner {
         }
         let started = tokio::time::Instant::now();
         loop {
-            let pending: Vec<String> = match self.dcs.load().await {
+            // Each read is bounded by what is left of the wait: on a DCS that answers slowly, an
+            // unbounded read carried this wait (and the promotion after it) seconds past `wait`.
+            let left = wait.saturating_sub(started.elapsed()).max(LAST_ATTEMPT);
+            let read = tokio::time::timeout(left, self.dcs.load())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(praetor_dcs::DcsError::Unavailable(format!(
+                        "no answer within {left:?}"
+                    )))
+                });
+            let pending: Vec<String> = match read {
                 Ok(c) => c
                     .proxies_routing_to(&former)
                     .into_iter()
@@ -2019,6 +2087,40 @@ impl Runner {
     }
 }
 
+/// Opens the DCS, waiting for it while it is unavailable (every `loop_wait` seconds, at least 1,
+/// each failure logged), as Patroni waits for etcd or ZooKeeper at its start: an agent started
+/// while the DCS has no quorum (a node rebooted during a DCS outage) must join once the DCS is
+/// back, not exit and leave its member out of the cluster (nemesis etcd seed 21: a killed agent
+/// started again during a quorum loss exited, its replica never came back). Nothing touches
+/// PostgreSQL before this returns. `Ok(None)`: `shutdown` was cancelled while waiting.
+///
+/// Errors: anything but an unavailable DCS (a certificate that cannot be read, another backend's
+/// refusal): the settings need fixing, so the agent exits.
+async fn open_dcs(
+    config: &Config,
+    endpoints: &praetor_config::DcsEndpoints,
+    identity: DcsIdentity,
+    loop_wait: u32,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<dyn praetor_dcs::Dcs>>, praetor_dcs::DcsError> {
+    let pace = Duration::from_secs(u64::from(loop_wait.max(1)));
+    loop {
+        match praetor_dcs::connect_secured(endpoints, identity.clone(), &config.etcd_security())
+            .await
+        {
+            Ok(dcs) => return Ok(Some(dcs)),
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!("waiting for the DCS: {e} (retrying in {pace:?})");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pace) => {}
+        }
+    }
+}
+
 /// Stops PostgreSQL the moment the demotion deadline (`deadline`, monotonic ms since `started`)
 /// passes without a renewal, whatever the HA loop is doing: a DCS request it waits on, or, in a
 /// process thawed after a freeze, the middle of the request it was frozen in. The loop's own check
@@ -2026,11 +2128,14 @@ impl Runner {
 /// cases, and every millisecond a thawed primary runs past its lease it may acknowledge writes. Not
 /// with `failsafe_mode` on (`failsafe`): the loop's failsafe round may keep the primary, and it can
 /// only run after the DCS request that hung until the deadline; the loop's own checks apply then.
+/// Nor when PostgreSQL cannot accept writes (`may_write`, see [`ha::may_accept_writes`]): a lock
+/// holder still in recovery keeps running and promotes after its next renewal.
 async fn deadline_guard(
     mut deadline: watch::Receiver<Option<u64>>,
     pg: Arc<Instance>,
     started: Instant,
     failsafe: Arc<std::sync::atomic::AtomicBool>,
+    may_write: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
         let current = *deadline.borrow_and_update();
@@ -2049,7 +2154,8 @@ async fn deadline_guard(
             }
             _ = tokio::time::sleep_until(at) => {
                 let kept = failsafe.load(std::sync::atomic::Ordering::Relaxed);
-                if *deadline.borrow() == Some(ms) && !kept && pg.postmaster().is_some() {
+                let writable = may_write.load(std::sync::atomic::Ordering::SeqCst);
+                if *deadline.borrow() == Some(ms) && !kept && writable && pg.postmaster().is_some() {
                     tracing::error!("the demotion deadline passed without a lock renewal while the HA loop was busy (or frozen): stopping postgres now");
                     if let Err(e) = pg.stop(ha::StopMode::Immediate, None).await {
                         tracing::error!("cannot stop postgres: {e}");

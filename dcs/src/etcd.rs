@@ -376,8 +376,8 @@ impl EtcdDcs {
     /// of etcd's certificates, a client certificate) from `security` (Patroni's `etcd3.{username,
     /// password,cacert,cert,key}`).
     ///
-    /// Errors: also [`DcsError::Unavailable`] when a certificate file cannot be read, or etcd refuses
-    /// the credentials.
+    /// Errors: [`DcsError::Unavailable`] when no endpoint answers, or etcd refuses the credentials;
+    /// [`DcsError::Unsupported`] when a certificate or key file cannot be read.
     pub async fn connect_secured(
         endpoints: &[String],
         identity: DcsIdentity,
@@ -1114,9 +1114,11 @@ fn secure(
     mut options: ConnectOptions,
     security: &praetor_config::EtcdSecurity,
 ) -> Result<ConnectOptions, DcsError> {
+    // A file that cannot be read is a setting to fix, not an etcd to wait for: not `Unavailable`
+    // (the agent waits for an unavailable DCS at its start).
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
-            DcsError::Unavailable(format!("etcd3: cannot read {}: {e}", path.display()))
+            DcsError::Unsupported(format!("etcd3: cannot read {}: {e}", path.display()))
         })
     };
     if let Some((user, password)) = &security.user {

@@ -331,6 +331,10 @@ struct Agent {
     /// The kernel's watchdog timer runs (armed by this or an earlier agent process of the node: a
     /// killed agent leaves it running, it fires unless a new agent arms and feeds it).
     wd_kernel: bool,
+    /// PostgreSQL may accept writes, as the runner tracks it ([`ha::may_accept_writes`]): from the
+    /// last observation, and set before a promotion or a start as primary. The demotion deadline
+    /// stops (guard, cycle start, thaw) and hurries (DCS call bounds) only such a PostgreSQL.
+    may_write: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -548,6 +552,7 @@ impl Sim {
                 wd_armed: i == 0 && opts.watchdog,
                 wd_fed: 0,
                 wd_kernel: i == 0 && opts.watchdog,
+                may_write: true,
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -733,7 +738,7 @@ impl Sim {
     /// deadline (the runner's `bounded`).
     fn dcs_timeout(&self, i: usize) -> u64 {
         let mut limit = u64::from(self.dynamic.retry_timeout.max(1)) * 1000;
-        if let Some(d) = self.deadline(i) {
+        if let Some(d) = self.deadline(i).filter(|_| self.agents[i].may_write) {
             limit = limit.min(d.saturating_sub(self.now).max(200));
         }
         limit
@@ -1084,11 +1089,18 @@ impl Sim {
             self.now,
         ) {
             self.agents[i].lock_renewed_ms = None;
-            self.stop_pg(
-                i,
-                StopMode::Immediate,
-                "past the demotion deadline at cycle start",
-            );
+            if self.agents[i].may_write {
+                self.stop_pg(
+                    i,
+                    StopMode::Immediate,
+                    "past the demotion deadline at cycle start",
+                );
+            } else {
+                self.log(format!(
+                    "{}: past the demotion deadline, still in recovery: kept running",
+                    self.agents[i].name
+                ));
+            }
         }
         // collect_task
         if self.agents[i].task.is_none() && self.agents[i].task_failed {
@@ -1143,6 +1155,7 @@ impl Sim {
             }
         }
         let (data, postgres) = self.observe(i);
+        self.agents[i].may_write = ha::may_accept_writes(&postgres, false);
         let peers = if ha::needs_peers(view.as_ref(), &me) {
             Some(self.peers(i, view.as_ref().expect("needs_peers implies a view")))
         } else {
@@ -1360,7 +1373,15 @@ impl Sim {
                 }
             }
             Action::Promote => {
-                if self.pgs[i].state == (PgState::Running { primary: false }) {
+                self.agents[i].may_write = true;
+                let overdue = self.deadline(i).is_none_or(|d| now >= d);
+                if overdue {
+                    self.log(format!(
+                        "{}: not promoting: past the demotion deadline of the last renewal",
+                        self.agents[i].name
+                    ));
+                    (false, 1)
+                } else if self.pgs[i].state == (PgState::Running { primary: false }) {
                     self.promote_pg(i);
                     self.agents[i].proxies_wait_since = None;
                     (true, self.rng.range(50, 500))
@@ -1495,6 +1516,9 @@ impl Sim {
             }
             Action::Start(_) | Action::Rewind(_) | Action::CrashRecovery => {
                 let kind = action.task().expect("background");
+                if action == Action::Start(StartAs::Primary) {
+                    self.agents[i].may_write = true;
+                }
                 if action == Action::Start(StartAs::Primary)
                     && self.agents[i].primary_start_began_ms.is_none()
                 {
@@ -1660,7 +1684,7 @@ impl Sim {
         if !a.alive || self.deadline(i) != Some(deadline) {
             return;
         }
-        if self.pgs[i].running() {
+        if self.pgs[i].running() && a.may_write {
             self.stop_pg(i, StopMode::Immediate, "deadline guard");
         }
     }
@@ -2017,7 +2041,10 @@ impl Sim {
             self.restart_agent(m);
             return;
         }
-        if self.deadline(m).is_some_and(|d| self.now >= d) && self.pgs[m].running() {
+        if self.deadline(m).is_some_and(|d| self.now >= d)
+            && self.pgs[m].running()
+            && self.agents[m].may_write
+        {
             self.stop_pg(m, StopMode::Immediate, "deadline guard on the thaw");
         }
     }

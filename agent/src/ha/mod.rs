@@ -388,7 +388,9 @@ pub enum Action {
         wait_ms: u64,
     },
     /// `pg_promote()` and wait for it; PostgreSQL must be a running replica and this member must hold
-    /// the lock.
+    /// the lock. Not done (ends the list) when the demotion deadline of the last renewal has passed
+    /// (the agent was frozen, or the renewal right before it was slow): the lease may no longer
+    /// cover the promotion (see [`may_accept_writes`]).
     Promote,
     /// Stop PostgreSQL and wait for it to exit.
     Stop(StopMode),
@@ -595,6 +597,27 @@ pub fn past_demote_deadline(
     !failsafe_round_first
         && demote_deadline_ms(lock_renewed_ms, dynamic, watchdog_timeout_secs)
             .is_some_and(|deadline| now_ms >= deadline)
+}
+
+/// Whether this member's PostgreSQL may accept writes, for the demotion deadline
+/// ([`demote_deadline_ms`]): the deadline guard, the check at a cycle's start
+/// ([`past_demote_deadline`]) and the bound on a leader's DCS calls stop or hurry only a PostgreSQL
+/// that may accept writes. `last_seen` is PostgreSQL as the runner last observed it;
+/// `primary_issued` is true once a promotion or a start as primary was issued since then.
+///
+/// Only a replica seen in recovery, with no promotion issued since, is read-only: the deadline
+/// exists so that a primary that cannot renew its lock stops before the lease can expire, and a
+/// replica acknowledges no write. A lock holder still in recovery (a new leader fencing the former
+/// primary and waiting for the proxies, on a DCS that answers slowly) is therefore not stopped
+/// when its deadline passes: it goes on with its promotion at the next cycle, whose renewal right
+/// before `pg_promote()` (see `decide::promotion`) gives the promotion a fresh deadline. Stopping
+/// it threw the promotion away (restart, fence and handshake again), and on a DCS slower than
+/// `retry_timeout` the cluster never got a primary (the nemesis's "no convergence" runs). The
+/// runner refuses `pg_promote()` past the deadline ([`Action::Promote`]), so a promotion is always
+/// covered by a renewal. Stopped, starting (maybe as primary, maybe in crash recovery) and unknown
+/// states count as writable.
+pub fn may_accept_writes(last_seen: &Postgres, primary_issued: bool) -> bool {
+    primary_issued || !matches!(last_seen, Postgres::Running(r) if !r.is_primary)
 }
 
 /// True when `decide` will want other members' REST status this loop: there is no leader (a race may

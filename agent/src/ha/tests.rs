@@ -591,6 +591,27 @@ fn rows() -> Vec<Row> {
             *r == Reason::PromotedBecauseHadLock
         }),
         row(
+            "lock holder still a replica past its demotion deadline (a DCS slower than the time \
+             its promotion's fence and handshake left): not stopped, renews and goes on promoting \
+             (nemesis: no convergence while etcd or ZooKeeper answered in >2 s)",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 5000)
+            }),
+        )
+        .expect(vec![RenewLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "lock holder still a replica, DCS unreachable past its demotion deadline: nothing to \
+             stop (it acknowledges no write)",
+            None,
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.lock_renewed_ms = Some(NOW.mono_ms - 5000)
+            }),
+        )
+        .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        row(
             "§7 primary: PostgreSQL stops: lock holder restarts it as primary",
             Some(cluster(Some(ME))),
             local(Postgres::Stopped { control: None }),
@@ -1965,6 +1986,40 @@ fn a_leader_past_its_demotion_deadline_stops_postgres_first() {
         "failsafe mode kept the primary last cycle, or is on and the last cycle's DCS call \
          failed (the DCS died between the read and the renewal): ask the members first"
     );
+}
+
+#[test]
+fn the_demotion_deadline_stops_only_a_postgres_that_may_accept_writes() {
+    let replica = running(false, 1000, Some(5432));
+    let primary = running(true, 1000, None);
+    /// (case, PostgreSQL last seen, promotion or primary start issued since, may accept writes)
+    type Row = (&'static str, Postgres, bool, bool);
+    let rows: [Row; 6] = [
+        ("a replica in recovery", replica.clone(), false, false),
+        ("a replica whose promotion was issued", replica, true, true),
+        ("a primary", primary, false, true),
+        (
+            "starting (maybe as primary)",
+            Postgres::Starting,
+            false,
+            true,
+        ),
+        (
+            "stopped (a start may follow)",
+            Postgres::Stopped { control: None },
+            false,
+            true,
+        ),
+        (
+            "stopped, start as primary issued",
+            Postgres::Stopped { control: None },
+            true,
+            true,
+        ),
+    ];
+    for (case, pg, issued, want) in rows {
+        assert_eq!(may_accept_writes(&pg, issued), want, "{case}");
+    }
 }
 
 // --- Standby clusters (ha::standby; Patroni 4.1's ha.py standby leader paths) ---------------------

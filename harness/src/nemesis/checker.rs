@@ -371,8 +371,10 @@ fn check_recovery(history: &History, report: &mut Report) {
                 kind: ViolationKind::NoRecovery,
                 at: history.end,
                 detail: format!(
-                    "no write acknowledged through the proxy after {} ({}) at {from:?}",
-                    f.kind, f.target
+                    "no write acknowledged through the proxy after {} ({}) at {from:?}; {}",
+                    f.kind,
+                    f.target,
+                    proxy_outcomes_since(history, from)
                 ),
             });
         }
@@ -386,6 +388,45 @@ fn check_recovery(history: &History, report: &mut Report) {
             after,
         });
     }
+}
+
+/// What each proxy client got from `from` on, for a run without a proxy write: per client, the
+/// operations sent, how many failed and were indeterminate, and the last answer (a client pinned
+/// to a read-only server answers 25006 on every statement; a held client times out).
+fn proxy_outcomes_since(history: &History, from: Duration) -> String {
+    let mut per_client: std::collections::BTreeMap<&str, (usize, usize, usize, String)> =
+        Default::default();
+    for o in history
+        .ops
+        .iter()
+        .filter(|o| o.channel.is_proxy() && o.start >= from)
+    {
+        let e = per_client
+            .entry(o.client.as_str())
+            .or_insert((0, 0, 0, String::new()));
+        e.0 += 1;
+        e.3 = match &o.outcome {
+            Outcome::Ok { .. } => "acknowledged".into(),
+            Outcome::Failed { sqlstate, message } => {
+                e.1 += 1;
+                format!("failed {}: {message}", sqlstate.as_deref().unwrap_or("-"))
+            }
+            Outcome::Unknown { message } => {
+                e.2 += 1;
+                format!("indeterminate: {message}")
+            }
+        };
+    }
+    if per_client.is_empty() {
+        return "no proxy operation was sent since".into();
+    }
+    per_client
+        .iter()
+        .map(|(c, (n, failed, unknown, last))| {
+            format!("{c}: {n} sent, {failed} failed, {unknown} indeterminate, last {last}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
