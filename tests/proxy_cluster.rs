@@ -87,9 +87,15 @@ async fn auto_port_splits_reads_from_writes_and_a_paused_replica_stops_getting_r
     let c = pair().await;
     let leader = c.leader().await.expect("leader");
     let replica = c.nodes.iter().find(|n| n.name != leader).unwrap();
-    let proxy = FullProxy::start(&c, "split", "    max_replica_lag: 1MB\n")
-        .await
-        .unwrap();
+    // Read-your-writes off: this test checks the split and the lag rule, with reads right after the
+    // session's writes (read_your_writes_every_select_sees_its_insert covers the setting).
+    let proxy = FullProxy::start(
+        &c,
+        "split",
+        "    max_replica_lag: 1MB\n    read_your_writes: false\n",
+    )
+    .await
+    .unwrap();
     let auto = connect_retry(proxy.auto_port, DEADLINE).await;
     wait_for("reads on the replica", DEADLINE, || async {
         match first(&auto, "SELECT pg_is_in_recovery()").await?.as_str() {
@@ -605,5 +611,155 @@ async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a
     assert!(
         after > at_switchover,
         "transactions went on on the new leader ({at_switchover} -> {after})\n{report}"
+    );
+}
+
+/// How many insert-then-select pairs [`read_your_writes_every_select_sees_its_insert`] runs per
+/// proxy: `PRAETOR_RYW_PAIRS`, 300 by default (10,000 for the full check, outside CI).
+fn ryw_pairs() -> usize {
+    std::env::var("PRAETOR_RYW_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+/// `praetor_proxy_read_your_writes_total{route="..."}` from the proxy's metrics.
+async fn ryw_count(proxy: &FullProxy, route: &str) -> u64 {
+    let prefix = format!("praetor_proxy_read_your_writes_total{{route=\"{route}\"}} ");
+    proxy
+        .metrics()
+        .await
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Read-your-writes on the auto port, with the replica applying WAL 200 ms late
+/// (`recovery_min_apply_delay` through the cluster's dynamic configuration): each of N
+/// insert-then-select pairs in autocommit sees its insert through a proxy with the default
+/// (`read_your_writes` on); through a proxy with it off, some do not (the replica is fresh by the
+/// DCS and gets the reads), which is the failure the setting prevents. Sessions that did not write,
+/// and a writer once the replica has replayed its commit, still read the replica.
+#[tokio::test]
+async fn read_your_writes_every_select_sees_its_insert() {
+    let pairs = ryw_pairs();
+    let c = pair().await;
+    let leader = c.leader().await.expect("leader");
+    let replica = c.nodes.iter().find(|n| n.name != leader).unwrap();
+    let set = ctl(
+        &c,
+        &[
+            "edit-config",
+            "-s",
+            "postgresql.recovery_conf.recovery_min_apply_delay=200ms",
+            "--force",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(set.code, 0, "{set}");
+    let direct = connect_retry(replica.pg_port, DEADLINE).await;
+    wait_for("the replica to apply WAL 200 ms late", DEADLINE, || async {
+        match first(&direct, "SHOW recovery_min_apply_delay")
+            .await?
+            .as_str()
+        {
+            "200ms" => Ok(()),
+            other => Err(format!("recovery_min_apply_delay = {other}")),
+        }
+    })
+    .await
+    .unwrap();
+
+    let on = FullProxy::start(&c, "ryw-on", "").await.unwrap();
+    let off = FullProxy::start(&c, "ryw-off", "    read_your_writes: false\n")
+        .await
+        .unwrap();
+    let setup = connect_retry(on.auto_port, DEADLINE).await;
+    setup
+        .batch_execute("CREATE TABLE ryw (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    wait_for("the table on the replica", DEADLINE, || async {
+        first(&direct, "SELECT count(*) FROM ryw").await.map(|_| ())
+    })
+    .await
+    .unwrap();
+
+    let mut misses = Vec::new();
+    for (k, proxy) in [&on, &off].into_iter().enumerate() {
+        let client = connect_retry(proxy.auto_port, DEADLINE).await;
+        wait_for(
+            "a session that did not write reads the replica",
+            DEADLINE,
+            || async {
+                match first(&client, "SELECT pg_is_in_recovery()").await?.as_str() {
+                    "t" => Ok(()),
+                    other => Err(format!("pg_is_in_recovery = {other}")),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        let mut missed = 0;
+        for i in 0..pairs {
+            let id = k * pairs + i;
+            client
+                .batch_execute(&format!("INSERT INTO ryw VALUES ({id})"))
+                .await
+                .unwrap();
+            let seen = first(
+                &client,
+                &format!("SELECT count(*) FROM ryw WHERE id = {id}"),
+            )
+            .await
+            .unwrap();
+            if seen != "1" {
+                missed += 1;
+            }
+        }
+        misses.push(missed);
+        if k == 0 {
+            // Once the replica has replayed the session's last commit, its reads go there again.
+            wait_for(
+                "the writer's reads back on the replica",
+                DEADLINE,
+                || async {
+                    match first(&client, "SELECT pg_is_in_recovery()").await?.as_str() {
+                        "t" => Ok(()),
+                        other => Err(format!("pg_is_in_recovery = {other}")),
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let (on_replica, on_asked, on_leader) = (
+        ryw_count(&on, "replica").await,
+        ryw_count(&on, "replica_asked").await,
+        ryw_count(&on, "leader").await,
+    );
+    eprintln!(
+        "{pairs} pairs: misses with read_your_writes {} on, {} off; reads after a write (on): {on_replica} replica, {on_asked} replica after asking, {on_leader} leader",
+        misses[0], misses[1]
+    );
+    assert_eq!(
+        misses[0], 0,
+        "with read_your_writes every select sees its insert"
+    );
+    assert!(
+        misses[1] > 0,
+        "without it a delayed replica misses inserts (else this test cannot fail)"
+    );
+    assert!(
+        on_leader >= pairs as u64,
+        "the reads behind the delay went to the leader"
+    );
+    assert_eq!(
+        ryw_count(&off, "leader").await,
+        0,
+        "a proxy with the setting off never applies it"
     );
 }

@@ -685,6 +685,11 @@ pub struct ProxyConfig {
     pub max_replica_lag_seconds: Option<u32>,
     /// When no replica is fresh enough, reads go to the leader (default true); false refuses them.
     pub reads_on_leader: Option<bool>,
+    /// Read-your-writes on the auto port (default true): after a session's write, its reads go to
+    /// a replica only once that replica has replayed the write's commit, to the leader until then.
+    /// `databases.<db>.read_your_writes` and the client's `praetor.read_your_writes` option
+    /// override it.
+    pub read_your_writes: Option<bool>,
     /// The largest message a client may send on the auto port, in bytes or as a size (`64MB`);
     /// default 1 GiB like PostgreSQL.
     #[serde(deserialize_with = "lenient_opt_size")]
@@ -751,6 +756,8 @@ pub struct ProxyDatabase {
     /// `primary`, `replica` or `any` (the default): where this database's transactions go, unless a
     /// client's `options=-c praetor.target=...` says otherwise.
     pub target: Option<String>,
+    /// Read-your-writes for this database (overrides `praetor.proxy.read_your_writes`).
+    pub read_your_writes: Option<bool>,
 }
 
 /// One listener of the proxy.

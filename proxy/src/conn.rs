@@ -81,6 +81,9 @@ pub(crate) struct Runtime {
     pub max_client_conn: usize,
     pub classifier: Arc<Classifier>,
     pub database_targets: HashMap<String, Target>,
+    /// `read_your_writes`, and per database where given.
+    pub read_your_writes: bool,
+    pub database_read_your_writes: HashMap<String, bool>,
     pub pool_size: usize,
     pub idle_release: Duration,
     pub shutdown_timeout: Duration,
@@ -109,6 +112,8 @@ impl Runtime {
                 s.classifier_cache_bytes,
             )),
             database_targets: s.database_targets.clone(),
+            read_your_writes: s.read_your_writes,
+            database_read_your_writes: s.database_read_your_writes.clone(),
             pool_size: s.pool_size,
             idle_release: s.idle_release,
             shutdown_timeout: s.shutdown_timeout,

@@ -19,7 +19,8 @@
 //! - `conn`: one task per client: startup phase (via `praetor-protocol`, TLS), then for the
 //!   read-write and read-only ports: connect, authentication relay watching for BackendKeyData, and a
 //!   plain byte relay.
-//! - `session`: the auto port's per-transaction routing; `pool`: its server connections.
+//! - `session`: the auto port's per-transaction routing; `pool`: its server connections; `ryw`:
+//!   the read-your-writes rule (where a read goes after the session wrote).
 //! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
 //! - `admin`: the admin console (`SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `RELOAD`); `clients`:
 //!   what it shows.
@@ -52,6 +53,7 @@ mod park;
 mod pool;
 mod router;
 mod rw;
+mod ryw;
 mod server;
 mod session;
 mod settings;

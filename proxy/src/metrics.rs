@@ -95,6 +95,10 @@ pub(crate) struct Metrics {
     pub pinned_total: IntCounterVec,
     /// Auto-port reads a replica refused for a standby's reason and the leader ran again.
     pub leader_retries_total: IntCounterVec,
+    /// Auto-port reads of sessions that wrote, by where read-your-writes sent them
+    /// (`replica`: the replica was known to have replayed the session's commit; `replica_asked`:
+    /// asking the replica showed it had; `leader`: it had not, or nothing was known).
+    pub read_your_writes_total: IntCounterVec,
     pub client_errors_total: IntCounterVec,
     pub fencing_acks_total: IntCounter,
     pub serving: IntGauge,
@@ -167,6 +171,13 @@ impl Metrics {
             ),
             &["sqlstate"],
         )?;
+        let read_your_writes_total = IntCounterVec::new(
+            Opts::new(
+                "praetor_proxy_read_your_writes_total",
+                "Auto-port reads of sessions that wrote, by where read-your-writes sent them: replica (known to have replayed the session's last commit), replica_asked (the replica was asked and had), leader (it had not, or nothing was known).",
+            ),
+            &["route"],
+        )?;
         let client_errors_total = IntCounterVec::new(
             Opts::new(
                 "praetor_proxy_client_errors_total",
@@ -237,6 +248,7 @@ impl Metrics {
         registry.register(Box::new(transaction_seconds.clone()))?;
         registry.register(Box::new(pinned_total.clone()))?;
         registry.register(Box::new(leader_retries_total.clone()))?;
+        registry.register(Box::new(read_your_writes_total.clone()))?;
         registry.register(Box::new(client_errors_total.clone()))?;
         registry.register(Box::new(fencing_acks_total.clone()))?;
         registry.register(Box::new(serving.clone()))?;
@@ -244,6 +256,9 @@ impl Metrics {
         registry.register(Box::new(parked_clients.clone()))?;
         registry.register(Box::new(reloads_total.clone()))?;
         serving.set(1);
+        for route in ["replica", "replica_asked", "leader"] {
+            read_your_writes_total.with_label_values(&[route]);
+        }
         let units = ["leader", "replica"].map(|t| UnitMetrics {
             transactions: transactions_total.with_label_values(&[t]),
             seconds: transaction_seconds.with_label_values(&[t]),
@@ -285,6 +300,7 @@ impl Metrics {
             units,
             pinned_total,
             leader_retries_total,
+            read_your_writes_total,
             client_errors_total,
             fencing_acks_total,
             serving,

@@ -248,6 +248,38 @@ impl ServerConn {
         }
     }
 
+    /// Runs `query` (one simple query returning one value) and returns the first column of its
+    /// first row as text (`None`: no row, or NULL), discarding the rest up to ReadyForQuery. An
+    /// ErrorResponse fails. Used for the WAL positions of read-your-writes ([`crate::ryw`]), on an
+    /// idle connection only.
+    pub async fn query_value(&mut self, query: &str) -> Result<Option<String>, OpenError> {
+        let mut q = BytesMut::new();
+        encode_query(&mut q, query);
+        self.stream
+            .write_all(&q)
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        let mut value = None;
+        let mut error = None;
+        loop {
+            let frame = self.next_frame().await?;
+            match frame[0] {
+                DATA_ROW if value.is_none() => value = Some(first_column(&frame[5..])),
+                ERROR_RESPONSE => error = Some(ErrorFields::parse(&frame[5..]).unwrap_or_default()),
+                READY_FOR_QUERY => {
+                    return match error {
+                        None => Ok(value.flatten()),
+                        Some(e) => Err(OpenError::Failed(format!(
+                            "{query}: {}",
+                            e.message().unwrap_or("error")
+                        ))),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// A cheap check that an idle connection is still usable: nothing arrived (no FATAL, no end of
     /// file) while it was idle.
     pub fn looks_alive(&mut self) -> bool {
@@ -262,6 +294,21 @@ impl ServerConn {
             ServerStream::Tls(_) => true,
         }
     }
+}
+
+/// The DataRow message's tag.
+const DATA_ROW: u8 = b'D';
+
+/// The first column of a DataRow body as text; `None` for NULL, no column or a malformed row.
+fn first_column(body: &[u8]) -> Option<String> {
+    let columns = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    if columns < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?; // -1: NULL
+    let bytes = body.get(6..6 + len)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// Idle connections per server, then per StartupMessage, each with the time it was returned.
@@ -410,5 +457,34 @@ impl Pool {
         let mut v: Vec<_> = by.into_iter().map(|((m, r), n)| (m, r, n)).collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_column;
+
+    #[test]
+    fn the_first_column_of_a_data_row() {
+        let row = |cols: &[Option<&str>]| {
+            let mut b = (cols.len() as i16).to_be_bytes().to_vec();
+            for c in cols {
+                match c {
+                    Some(v) => {
+                        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        b.extend_from_slice(v.as_bytes());
+                    }
+                    None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+                }
+            }
+            b
+        };
+        assert_eq!(
+            first_column(&row(&[Some("0/3000060"), Some("x")])).as_deref(),
+            Some("0/3000060")
+        );
+        assert_eq!(first_column(&row(&[None])), None);
+        assert_eq!(first_column(&row(&[])), None);
+        assert_eq!(first_column(&row(&[Some("abc")])[..7]), None, "truncated");
     }
 }

@@ -283,6 +283,10 @@ struct State {
     suspended: Option<String>,
     /// Which replicas get reads.
     policy: LagPolicy,
+    /// Per replica, the highest replay position (`pg_last_wal_replay_lsn()`, bytes) a session saw
+    /// on it, for read-your-writes ([`crate::ryw`]). Forgotten when the leader changes: a member
+    /// rewound or rebuilt under a new leader may replay from a lower position.
+    replayed: HashMap<Backend, u64>,
 }
 
 pub(crate) struct Router {
@@ -345,6 +349,7 @@ impl Router {
                 fences: HashMap::new(),
                 shut_down: false,
                 suspended: None,
+                replayed: HashMap::new(),
                 policy: LagPolicy {
                     reads_on_leader: true,
                     ..LagPolicy::default()
@@ -430,6 +435,7 @@ impl Router {
             let mut st = lock(&self.state);
             let old = std::mem::replace(&mut st.topology, new.clone());
             if old.leader != new.leader {
+                st.replayed.clear();
                 applied.leader_changed = st.initialized;
                 if let Some(former) = &old.leader {
                     if let Some(open) = st.fences.remove(former) {
@@ -576,6 +582,20 @@ impl Router {
             .collect();
         v.sort_by(|a, b| a.0.member.cmp(&b.0.member));
         v
+    }
+
+    /// The highest replay position (bytes) a session saw on `replica` since the leader last
+    /// changed; `None`: none seen.
+    pub fn known_replay(&self, replica: &Backend) -> Option<u64> {
+        lock(&self.state).replayed.get(replica).copied()
+    }
+
+    /// Records that `replica` has replayed up to `lsn` (bytes); a lower value than one already
+    /// known is ignored (positions only grow while the leader stays).
+    pub fn note_replay(&self, replica: &Backend, lsn: u64) {
+        let mut st = lock(&self.state);
+        let known = st.replayed.entry(replica.clone()).or_insert(lsn);
+        *known = (*known).max(lsn);
     }
 
     /// The lag policy in force.
@@ -840,6 +860,21 @@ mod tests {
             router.try_route_want(Want::Read).err(),
             Some(NoRoute::NoBackend)
         );
+    }
+
+    #[test]
+    fn replay_positions_only_grow_and_are_forgotten_when_the_leader_changes() {
+        let (a, b, c) = (backend("a", 1), backend("b", 2), backend("c", 3));
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[&b, &c]));
+        assert_eq!(router.known_replay(&b), None);
+        router.note_replay(&b, 100);
+        router.note_replay(&b, 90);
+        assert_eq!(router.known_replay(&b), Some(100), "never backwards");
+        router.apply(topo(Some(&a), &[&b]));
+        assert_eq!(router.known_replay(&b), Some(100), "same leader: kept");
+        router.apply(topo(Some(&c), &[&b]));
+        assert_eq!(router.known_replay(&b), None, "new leader: forgotten");
     }
 
     #[tokio::test]

@@ -11,6 +11,9 @@
 //! `I`), the first message of the next unit decides where the unit goes:
 //! - a Query is classified ([`praetor_protocol::Classifier`]); reads (`SELECT`, `SHOW`, `BEGIN READ
 //!   ONLY`) go to a fresh replica, everything else to the leader;
+//! - once the session wrote, a read goes to a replica only when that replica has replayed the
+//!   session's last commit, to the leader otherwise (read-your-writes, [`crate::ryw`]; the
+//!   session executes the rule, `ryw::read_route` makes it);
 //! - an extended-protocol unit goes to a replica only when it is wholly in the buffer (up to Sync)
 //!   and every Parse in it reads; a unit without Parse goes where the previous unit went;
 //! - a session-level `SET`/`RESET`/`DISCARD` runs on the leader and is replayed on every other
@@ -65,6 +68,7 @@ use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
 use crate::metrics::ListenerKind;
 use crate::pool::{open, OpenError, ServerConn};
 use crate::router::{BackendRole, NoRoute, Want};
+use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
 
@@ -175,6 +179,14 @@ struct Session<'a> {
     /// The client has sent the message that ends its current unit (Query or Sync).
     unit_closed: bool,
     unit_class: Class,
+    /// The current unit may have written (not only reads or session `SET`s), or ran on the leader
+    /// after a replica refused it as a write (25006): read-your-writes then learns where its
+    /// commit ends.
+    unit_may_write: bool,
+    /// Read-your-writes is on for this session ([`crate::ryw`]).
+    read_your_writes: bool,
+    /// What the session knows of its last commit, for read-your-writes.
+    commit: Commit,
     unit_started: Instant,
     unit_error: bool,
     last_side: Option<Side>,
@@ -325,6 +337,8 @@ pub(crate) struct Dormant {
     startup: Bytes,
     target: Target,
     last_side: Option<Side>,
+    read_your_writes: bool,
+    commit: Commit,
     cancel: SessionCancel,
     registration: SessionRegistration,
     registered: ClientGuard,
@@ -358,6 +372,8 @@ impl<'a> Live<'a> {
             startup,
             target,
             last_side,
+            read_your_writes,
+            commit,
             cancel,
             registration,
             registered,
@@ -382,6 +398,9 @@ impl<'a> Live<'a> {
                 tx: TxStatus::Idle,
                 unit_closed: true,
                 unit_class: Class::Read,
+                unit_may_write: false,
+                read_your_writes,
+                commit,
                 unit_started: Instant::now(),
                 unit_error: false,
                 last_side,
@@ -432,6 +451,8 @@ impl<'a> Live<'a> {
                 startup: session.startup,
                 target: session.target,
                 last_side: session.last_side,
+                read_your_writes: session.read_your_writes,
+                commit: session.commit,
                 cancel: session.cancel,
                 registration: _registration,
                 registered: _registered,
@@ -461,7 +482,28 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
         .get(startup.database())
         .copied()
         .unwrap_or_default();
+    let mut read_your_writes = rt
+        .database_read_your_writes
+        .get(startup.database())
+        .copied()
+        .unwrap_or(rt.read_your_writes);
     for (name, value) in &options {
+        if name == "read_your_writes" {
+            match parse_bool(value) {
+                Some(on) => read_your_writes = on,
+                None => {
+                    send_fatal(
+                        &mut client,
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        &format!(
+                            "invalid value for parameter \"praetor.read_your_writes\": \"{value}\" (use on or off)"
+                        ),
+                    )
+                    .await;
+                    return None;
+                }
+            }
+        }
         if name == "target" {
             match Target::parse(value) {
                 Some(t) => target = t,
@@ -498,6 +540,8 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
             startup: server_startup,
             target,
             last_side: None,
+            read_your_writes,
+            commit: Commit::Clean,
             cancel,
             registration,
             registered,
@@ -1228,6 +1272,11 @@ impl Session<'_> {
             .with_label_values(&[sqlstate])
             .inc();
         self.current = Some(Side::Leader);
+        // A statement a replica refused as a write (25006, read_only_sql_transaction) may write
+        // on the leader.
+        if sqlstate == "25006" {
+            self.unit_may_write = true;
+        }
         let key = self
             .leader
             .as_ref()
@@ -1245,6 +1294,10 @@ impl Session<'_> {
 
     /// The current unit is over (idle point).
     fn end_unit(&mut self, side: Side) {
+        if self.read_your_writes && side == Side::Leader && self.unit_may_write {
+            // Where the commit ends is asked only when a read would go to a replica.
+            self.commit = Commit::Unknown;
+        }
         side.unit_metrics(&self.shared.metrics)
             .seconds
             .observe(self.unit_started.elapsed().as_secs_f64());
@@ -1397,6 +1450,7 @@ impl Session<'_> {
                         // Runs at the next idle point, where it is routed (and recorded) properly.
                         return Ok(true);
                     }
+                    self.unit_may_write |= may_write(decision.class);
                     self.begin_unit_stats(&decision);
                 } else if !starts_next {
                     self.watch_in_transaction(cbuf, h, side);
@@ -1416,7 +1470,16 @@ impl Session<'_> {
             } else {
                 self.decide(cbuf, h)
             };
-            match self.ensure_conn(decision.side).await {
+            let routed = if decision.side == Side::Replica
+                && self.target == Target::Any
+                && self.pinned.is_none()
+                && self.commit != Commit::Clean
+            {
+                self.read_your_writes_conn().await
+            } else {
+                self.ensure_conn(decision.side).await
+            };
+            match routed {
                 Ok(side) => {
                     self.start_unit(side, &decision, cbuf, h);
                     self.retry = self.retriable(side, &decision).map(|len| {
@@ -1551,6 +1614,7 @@ impl Session<'_> {
         self.unit_started = Instant::now();
         self.unit_error = false;
         self.unit_class = decision.class;
+        self.unit_may_write = may_write(decision.class);
         self.begin_unit_stats(&Decision {
             side,
             class: decision.class,
@@ -1862,6 +1926,101 @@ impl Session<'_> {
         }
     }
 
+    /// Read-your-writes ([`crate::ryw`]): a read of a session that wrote gets a connection to a
+    /// replica that has replayed the session's last commit, or to the leader. Learns the commit's
+    /// position from the leader first when it is not known, and asks the replica its replay
+    /// position when the one known is behind. `Err`: the message for the client, as
+    /// [`Session::ensure_conn`].
+    async fn read_your_writes_conn(&mut self) -> Result<Side, String> {
+        let count = |s: &Session<'_>, route: &str| {
+            s.shared
+                .metrics
+                .read_your_writes_total
+                .with_label_values(&[route])
+                .inc();
+        };
+        if read_route(self.commit, None, false) == ReadRoute::AskLeader {
+            match self.ask_lsn(Side::Leader, ryw::LEADER_LSN_QUERY).await {
+                Some(lsn) => self.commit = Commit::At(lsn),
+                None => {
+                    count(self, "leader");
+                    return self.ensure_conn(Side::Leader).await;
+                }
+            }
+        }
+        // The replica this read would use (or the leader, when reads go there anyway).
+        let side = self.ensure_conn(Side::Replica).await?;
+        let backend = match (side, &self.replica) {
+            (Side::Replica, Some(c)) => c.route.backend.clone(),
+            _ => return Ok(side),
+        };
+        let mut asked = false;
+        loop {
+            let known = self.shared.router.known_replay(&backend);
+            match read_route(self.commit, known, asked) {
+                ReadRoute::Replica => {
+                    // Still a usable connection to that replica (a topology change while asking
+                    // may have made the session route elsewhere: another replica is not known
+                    // to have replayed the commit).
+                    let side = self.ensure_conn(Side::Replica).await?;
+                    let same = self
+                        .replica
+                        .as_ref()
+                        .is_some_and(|c| c.route.backend == backend);
+                    if side == Side::Replica && same {
+                        count(self, if asked { "replica_asked" } else { "replica" });
+                        return Ok(side);
+                    }
+                    count(self, "leader");
+                    return self.ensure_conn(Side::Leader).await;
+                }
+                ReadRoute::AskReplica => {
+                    asked = true;
+                    if let Some(lsn) = self.ask_lsn(Side::Replica, ryw::REPLICA_LSN_QUERY).await {
+                        self.shared.router.note_replay(&backend, lsn);
+                    }
+                }
+                ReadRoute::AskLeader | ReadRoute::Leader => {
+                    count(self, "leader");
+                    return self.ensure_conn(Side::Leader).await;
+                }
+            }
+        }
+    }
+
+    /// Runs `query` (one of [`crate::ryw`]'s WAL position queries) on the session's idle
+    /// connection for `side` and parses its answer; `None` when the connection cannot be had on
+    /// that side, the server fails, answers NULL or takes longer than `connect_timeout` (then the
+    /// connection is dropped: its state is unknown).
+    async fn ask_lsn(&mut self, side: Side, query: &str) -> Option<u64> {
+        if self.ensure_conn(side).await != Ok(side) {
+            return None;
+        }
+        let wait = self.rt.connect_timeout;
+        let conn = self.conn(side).as_mut()?;
+        match tokio::time::timeout(wait, conn.query_value(query)).await {
+            Ok(Ok(value)) => value.as_deref().and_then(ryw::parse_lsn),
+            Ok(Err(e)) => {
+                debug!(
+                    side = side.as_str(),
+                    "{query}: {e:?}; dropping the connection"
+                );
+                self.conn(side).take();
+                self.update_servers();
+                None
+            }
+            Err(_) => {
+                debug!(
+                    side = side.as_str(),
+                    "{query}: no answer; dropping the connection"
+                );
+                self.conn(side).take();
+                self.update_servers();
+                None
+            }
+        }
+    }
+
     /// Replays the session's SETs the connection on `side` has not run yet.
     async fn catch_up(&mut self, side: Side) -> Result<(), String> {
         let n = self.sets.len();
@@ -1886,6 +2045,20 @@ impl Session<'_> {
                 })
             }
         }
+    }
+}
+
+/// Whether a unit of this class may write: anything but reads and session-level `SET`s.
+fn may_write(class: Class) -> bool {
+    !(class.is_read() || class == Class::SessionSet)
+}
+
+/// A boolean option as PostgreSQL spells it (`on`, `off`, `true`, `false`, `yes`, `no`, `1`, `0`).
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
     }
 }
 

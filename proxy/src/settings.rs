@@ -117,6 +117,10 @@ pub struct ProxySettings {
     pub read_only_functions: Vec<String>,
     /// `praetor.proxy.databases.<db>.target`.
     pub database_targets: HashMap<String, Target>,
+    /// `praetor.proxy.read_your_writes` (default true): see [`crate::ryw`].
+    pub read_your_writes: bool,
+    /// `praetor.proxy.databases.<db>.read_your_writes`, where given.
+    pub database_read_your_writes: HashMap<String, bool>,
     /// `praetor.proxy.pool_size`: idle server connections kept per server, user and database.
     pub pool_size: usize,
     /// `praetor.proxy.idle_release_ms`: idle time after which an auto-port client's server
@@ -126,7 +130,7 @@ pub struct ProxySettings {
 
 impl Default for ProxySettings {
     /// No listeners, 5 s connect timeout, 60 s startup timeout, no TLS, no lag limit (reads fall back
-    /// to the leader), 1 GiB messages, 10 s shutdown, pool of 20, release after 1 s.
+    /// to the leader), read-your-writes on, 1 GiB messages, 10 s shutdown, pool of 20, release after 1 s.
     fn default() -> ProxySettings {
         ProxySettings {
             read_write: None,
@@ -150,6 +154,8 @@ impl Default for ProxySettings {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             read_only_functions: Vec::new(),
             database_targets: HashMap::new(),
+            read_your_writes: true,
+            database_read_your_writes: HashMap::new(),
             pool_size: 20,
             idle_release: Duration::from_millis(1000),
         }
@@ -268,6 +274,12 @@ impl ProxySettings {
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |s| Duration::from_secs(s.into())),
             read_only_functions: c.read_only_functions.clone(),
             database_targets,
+            read_your_writes: c.read_your_writes.unwrap_or(true),
+            database_read_your_writes: c
+                .databases
+                .iter()
+                .filter_map(|(db, d)| Some((db.clone(), d.read_your_writes?)))
+                .collect(),
             pool_size: c.pool_size.map_or(20, |n| n as usize),
             idle_release: Duration::from_millis(c.idle_release_ms.unwrap_or(1000).into()),
         })
@@ -328,6 +340,8 @@ mod tests {
             }
         );
         assert_eq!(s.database_targets["reports"], Target::Replica);
+        assert!(s.read_your_writes, "on by default");
+        assert!(s.database_read_your_writes.is_empty());
         assert_eq!(s.idle_release, Duration::ZERO);
         assert_eq!(s.max_message_size, DEFAULT_MAX_MESSAGE_LEN);
         assert_eq!(s.startup_timeout, Duration::from_secs(60));
@@ -364,6 +378,12 @@ mod tests {
             "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    tls: {certfile: /c}\n",
         );
         assert!(ProxySettings::from_config(&no_key).is_err());
+        let ryw = config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    read_your_writes: false\n    databases: {app: {read_your_writes: true}}\n",
+        );
+        let r = ProxySettings::from_config(&ryw).unwrap();
+        assert!(!r.read_your_writes);
+        assert!(r.database_read_your_writes["app"]);
     }
 
     #[test]

@@ -89,6 +89,10 @@ fn test_settings(connect_timeout: Duration) -> ProxySettings {
         metrics: local(),
         connect_timeout,
         shutdown_timeout: Duration::from_secs(1),
+        // The stand-in replica is a standalone server that replays nothing: read-your-writes
+        // would send every read after a write to the leader (tests/proxy_cluster.rs covers it on
+        // a real replica).
+        read_your_writes: false,
         ..ProxySettings::default()
     }
 }
@@ -932,6 +936,58 @@ async fn port_of(client: &Client, sql: &str) -> u16 {
             _ => None,
         })
         .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// Read-your-writes where the replica's replay position cannot be known (the stand-in replica is
+/// a standalone server: `pg_last_wal_replay_lsn()` is NULL): a session's reads go to the replica
+/// until it writes, then to the leader; a session that turned the setting off
+/// (`praetor.read_your_writes=off`) keeps reading the replica; a bad value is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_read_your_writes_sends_reads_after_a_write_to_the_leader_when_unknown() {
+    let dir = WorkDir::new("proxy-ryw").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    for pg in [&pg_a, &pg_b] {
+        let c = connect(SocketAddr::from(([127, 0, 0, 1], pg.port())))
+            .await
+            .unwrap();
+        c.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    }
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let settings = ProxySettings {
+        read_your_writes: true,
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[&b]), settings, None).await;
+    let (leader, replica) = (pg_a.port(), pg_b.port());
+    let read = "SELECT current_setting('port')";
+
+    let c = connect(proxy.auto).await.unwrap();
+    assert_eq!(port_of(&c, read).await, replica, "no write yet");
+    c.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(port_of(&c, read).await, leader, "after a write, unknown");
+    }
+    proxy
+        .wait_metric(r#"praetor_proxy_read_your_writes_total{route="leader"} 3"#)
+        .await;
+
+    let mut cfg = conn_config(proxy.auto);
+    cfg.options("-c praetor.read_your_writes=off");
+    let (off, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    off.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    assert_eq!(port_of(&off, read).await, replica, "the setting is off");
+
+    let mut cfg = conn_config(proxy.auto);
+    cfg.options("-c praetor.read_your_writes=sometimes");
+    let Err(err) = cfg.connect(NoTls).await else {
+        panic!("a bad value is refused");
+    };
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
