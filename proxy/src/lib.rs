@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+pub mod admin_auth;
 mod cancel;
 mod clients;
 mod conn;
@@ -65,8 +66,8 @@ pub use feed::spawn_dcs_feed;
 pub use metrics::{ListenerKind, RoutingError};
 pub use server::{heartbeat_interval, Proxy, Reloader, SHUTDOWN_GRACE};
 pub use settings::{
-    LagPolicy, ProxySettings, Target, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_STARTUP_TIMEOUT,
+    check_admin_access, is_loopback, LagPolicy, ProxySettings, Target,
+    DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
 };
 pub use topology::{
     pending_switchover, topology_from_cluster, Backend, DcsClock, ReplicaLag, Switchover, Topology,

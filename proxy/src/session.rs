@@ -600,6 +600,10 @@ impl Session<'_> {
             Target::Replica => Side::Replica,
             _ => Side::Leader,
         };
+        if self.shared.router.any_paused() {
+            // `PAUSE`: no new server connection for the database until `RESUME`.
+            self.shared.router.wait_unpaused(self.database()).await;
+        }
         let deadline = Instant::now() + self.rt.connect_timeout;
         loop {
             let want = match side {
@@ -618,6 +622,7 @@ impl Session<'_> {
                 }
                 Err(e) => return Err(self.refuse(client, e).await),
             };
+            route.set_database(self.database());
             let side = Side::of(route.role);
             let gauge = self.count_connection(&route);
             let described = format!("{} {}", route.role.as_str(), route.backend);
@@ -997,7 +1002,7 @@ impl Session<'_> {
         for side in [Side::Leader, Side::Replica] {
             if let Some(conn) = self.conn(side).take() {
                 if clean {
-                    self.shared.pool.put(conn, &self.startup, self.rt.pool_size);
+                    self.give_back(conn);
                 }
             }
         }
@@ -1239,6 +1244,9 @@ impl Session<'_> {
             }
         }
         self.current = None;
+        self.info
+            .busy
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.retry = None;
         self.last_side = Some(side);
         let now = Instant::now();
@@ -1368,6 +1376,10 @@ impl Session<'_> {
             if let Some(side) = self.current {
                 // A unit is running on `side`.
                 let starts_next = self.unit_closed && self.tx == TxStatus::Idle;
+                if starts_next && self.paused() {
+                    // `PAUSE`: the next unit waits at the idle point.
+                    return Ok(true);
+                }
                 if starts_next && self.pinned.is_none() {
                     // The client pipelines the next unit: it follows when `side` can run it.
                     let decision = self.decide(cbuf, h);
@@ -1386,7 +1398,14 @@ impl Session<'_> {
                 continue;
             }
 
-            // An idle point: route the unit.
+            // An idle point: route the unit, after `RESUME` when the database is paused (the
+            // client sees a slow statement, no error, as with PgBouncer).
+            if self.paused() {
+                let before = self.info.state().status;
+                self.info.update(|st| st.status = "held");
+                self.shared.router.wait_unpaused(self.database()).await;
+                self.info.update(|st| st.status = before);
+            }
             let decision = if let Some((side, _)) = self.pinned {
                 Decision {
                     side,
@@ -1527,7 +1546,34 @@ impl Session<'_> {
             .inc();
     }
 
+    /// The session's database (the user's name when the StartupMessage names none).
+    fn database(&self) -> &str {
+        crate::pool::startup_database(&self.startup).unwrap_or(&self.user)
+    }
+
+    /// Returns a released server connection to the pool, or closes it when a `RECONNECT` asked
+    /// for new connections.
+    fn give_back(&self, conn: Box<ServerConn>) {
+        if self
+            .shared
+            .router
+            .is_stale(conn.route.connection_id(), self.database())
+        {
+            debug!(backend = %conn.route.backend, "closing a server connection: RECONNECT");
+            return;
+        }
+        self.shared.pool.put(conn, &self.startup, self.rt.pool_size);
+    }
+
+    /// Whether the admin console paused this session's database (`PAUSE`).
+    fn paused(&self) -> bool {
+        self.shared.router.any_paused() && self.shared.router.is_paused(self.database())
+    }
+
     fn start_unit(&mut self, side: Side, decision: &Decision, cbuf: &BytesMut, h: FrontendHeader) {
+        self.info
+            .busy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.current = Some(side);
         self.unit_started = Instant::now();
         self.unit_error = false;
@@ -1570,7 +1616,7 @@ impl Session<'_> {
             };
             if let Some(c) = self.conn(other).take() {
                 if self.sets.is_empty() {
-                    self.shared.pool.put(c, &self.startup, self.rt.pool_size);
+                    self.give_back(c);
                 }
             }
         }
@@ -1744,7 +1790,11 @@ impl Session<'_> {
         };
         // Keep the connection we have while it is still a good choice.
         if let Some(c) = self.conn_ref(side) {
-            if self.shared.router.is_routable(&c.route.backend, want)
+            let fresh = !self
+                .shared
+                .router
+                .is_stale(c.route.connection_id(), self.database());
+            if (fresh && self.shared.router.is_routable(&c.route.backend, want))
                 || self.pinned.map(|(s, _)| s) == Some(side)
             {
                 return self.catch_up(side).await.map(|_| side);
@@ -1752,7 +1802,7 @@ impl Session<'_> {
             debug!(backend = %c.route.backend, "the server is no longer routable for this session");
             if let Some(c) = self.conn(side).take() {
                 if self.sets.is_empty() {
-                    self.shared.pool.put(c, &self.startup, self.rt.pool_size);
+                    self.give_back(c);
                 }
             }
         }
@@ -1785,6 +1835,7 @@ impl Session<'_> {
                 }
                 Err(NoRoute::Suspended(r)) => return Err(format!("the proxy is not serving: {r}")),
             };
+            route.set_database(self.database());
             let actual = Side::of(route.role);
             if actual != side && self.conn_ref(actual).is_some() {
                 return self.catch_up(actual).await.map(|_| actual);
