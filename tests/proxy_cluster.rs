@@ -629,7 +629,13 @@ async fn console_login(
 
 /// Every row of an admin command, as strings.
 async fn console_rows(console: &Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
-    let rows = console.simple_query(sql).await.map_err(|e| e.to_string())?;
+    let rows = console
+        .simple_query(sql)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        })?;
     Ok(rows
         .iter()
         .filter_map(|m| match m {
