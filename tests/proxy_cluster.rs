@@ -785,10 +785,36 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         .unwrap()
         .expect("WAIT_CLOSE");
 
-    // KILL closes the database's clients at once and keeps it paused.
+    // KILL closes the database's clients at once, a held one included (what it held never
+    // runs), and keeps the database paused.
     let rw = connect_retry(proxy.rw_port, DEADLINE).await;
     assert_eq!(first(&rw, "SELECT 1").await.unwrap(), "1");
+    console_rows(&console, "PAUSE postgres")
+        .await
+        .expect("PAUSE db");
+    let held = tokio::spawn(async move {
+        let r = first(&rw, "INSERT INTO paused VALUES (2) RETURNING 'ran'").await;
+        (rw, r)
+    });
+    wait_for("the read-write client held", DEADLINE, || async {
+        let clients = console_rows(&console, "SHOW CLIENTS").await?;
+        if clients
+            .iter()
+            .any(|r| r[1] == "read_write" && r[6] == "held")
+        {
+            Ok(())
+        } else {
+            Err(format!("clients: {clients:?}"))
+        }
+    })
+    .await
+    .unwrap();
     console_rows(&console, "KILL postgres").await.expect("KILL");
+    let (rw, r) = tokio::time::timeout(DEADLINE, held).await.unwrap().unwrap();
+    assert!(
+        r.is_err(),
+        "the held INSERT of a killed client answered {r:?}"
+    );
     wait_for("KILL closes the clients", DEADLINE, || async {
         if rw.is_closed() && auto.is_closed() {
             Ok(())
@@ -808,6 +834,8 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
     let again = connect_retry(proxy.rw_port, DEADLINE).await;
     assert_eq!(
         first(&again, "SELECT count(*) FROM paused").await.unwrap(),
-        "1"
+        "1",
+        "the held INSERT of the killed client ran; proxy log:\n{}",
+        proxy.log()
     );
 }

@@ -224,6 +224,7 @@ async fn run_commands(shared: &Shared, text: &str, out: &mut BytesMut) {
                 let killed = shared
                     .clients
                     .kill(|c| db.is_none_or(|db| c.database_is(db)));
+                shared.router.wake_all();
                 let pooled = shared.pool.purge_database(db);
                 warn!(
                     database = db.unwrap_or("*"),

@@ -63,6 +63,8 @@ pub(crate) struct ClientInfo {
     pub busy: AtomicBool,
     /// The client's socket, for `KILL` (-1: unknown).
     fd: AtomicI32,
+    /// Set by `KILL`: a session held by `PAUSE` ends instead of running what it holds.
+    killed: AtomicBool,
 }
 
 impl ClientInfo {
@@ -88,6 +90,11 @@ impl ClientInfo {
     /// Whether the client's StartupMessage named `database`.
     pub fn database_is(&self, database: &str) -> bool {
         self.lock().database() == database
+    }
+
+    /// Whether `KILL` closed this client.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
     }
 
     /// Records the client's socket, for [`Clients::kill`].
@@ -135,6 +142,7 @@ impl Clients {
             current_server: Mutex::new(None),
             busy: AtomicBool::new(false),
             fd: AtomicI32::new(-1),
+            killed: AtomicBool::new(false),
         });
         self.open
             .lock()
@@ -159,7 +167,9 @@ impl Clients {
     /// `KILL`: shuts down the sockets of the clients `which` selects (both directions), under the
     /// registry's lock. The session's next read sees the end of its client, wherever it waits (its
     /// task, a relay, the parking lot), and it ends as when the client closes: its server
-    /// connections close and its registration goes. Returns how many were shut down.
+    /// connections close and its registration goes. A session held by `PAUSE` reads nothing: it
+    /// is marked ([`ClientInfo::is_killed`]) and ends when woken ([`crate::router::Router::wake_all`]),
+    /// so what it held never runs. Returns how many were shut down.
     ///
     /// Why a shutdown rather than a signal to each task: it reaches every kind of session at
     /// once (parked ones included) and costs the relays nothing. A descriptor the session closed
@@ -168,6 +178,7 @@ impl Clients {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut killed = 0;
         for info in open.values().filter(|i| which(i)) {
+            info.killed.store(true, Ordering::Release);
             let fd = info.fd.load(Ordering::Relaxed);
             if fd < 0 {
                 continue;

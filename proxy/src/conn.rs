@@ -381,7 +381,13 @@ async fn relay_session(
     let (c2s, s2c) = shared.metrics.byte_counters(listener);
     loop {
         // `PAUSE`: no new server connection for the database until `RESUME`.
-        shared.router.wait_unpaused(startup.database()).await;
+        if !shared
+            .router
+            .wait_unpaused_unless(startup.database(), || info.is_killed())
+            .await
+        {
+            return;
+        }
         let (mut route, mut server) = match connect_backend(shared, rt, listener).await {
             Ok(connected) => connected,
             Err(refusal) => {
@@ -1176,9 +1182,24 @@ where
                 if should_hold(t.hold_requested(), t.lock().is_at_boundary()) {
                     t.info.update(|st| st.status = "held");
                     while should_hold(t.hold_requested(), t.lock().is_at_boundary()) {
+                        if t.info.is_killed() {
+                            // What the client sent while held never runs.
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "closed by the admin console's KILL",
+                            ));
+                        }
                         t.router.changed(HOLD_RECHECK).await;
                     }
                     t.info.update(|st| st.status = "active");
+                }
+                if t.info.is_killed() {
+                    // Bytes read after a KILL (a RESUME may have followed it before this task
+                    // ran) are not forwarded: the client is gone.
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "closed by the admin console's KILL",
+                    ));
                 }
                 let mut tracker = t.lock();
                 tracker.on_client(client_buf, t.classifier);

@@ -21,8 +21,9 @@
 //!   plain byte relay.
 //! - `session`: the auto port's per-transaction routing; `pool`: its server connections.
 //! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
-//! - `admin`: the admin console (`SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `RELOAD`); `clients`:
-//!   what it shows.
+//! - `admin`: the admin console (`SHOW ...`, `PAUSE`, `RESUME`, `KILL`, `RECONNECT`, `WAIT_CLOSE`,
+//!   `RELOAD`, PgBouncer's semantics); [`admin_auth`]: who may log in (`admin_users`, `auth_file`,
+//!   SCRAM-SHA-256 or md5); `clients`: what it shows.
 //! - [`metrics`]: Prometheus metrics in a registry owned by the proxy, served at `GET /metrics`.
 //! - [`Proxy`]: binds the listeners ([`Proxy::bind`]) and serves until shutdown ([`Proxy::serve`]),
 //!   with the fencing handshake when given the DCS ([`Proxy::with_dcs`]).

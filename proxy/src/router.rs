@@ -503,16 +503,32 @@ impl Router {
 
     /// Waits while `database` is paused (no deadline: `PAUSE` holds until `RESUME`, as in
     /// PgBouncer; the client may give up by closing).
+    #[cfg(test)]
     pub async fn wait_unpaused(&self, database: &str) {
+        self.wait_unpaused_unless(database, || false).await;
+    }
+
+    /// Waits while `database` is paused, unless `stop` says the session was killed (`KILL`):
+    /// `stop` is asked at every wake-up ([`Router::wake_all`]). True: not paused (any more);
+    /// false: stopped.
+    pub async fn wait_unpaused_unless(&self, database: &str, stop: impl Fn() -> bool) -> bool {
         loop {
             let mut changes = self.version.subscribe();
+            if stop() {
+                return false;
+            }
             if !self.is_paused(database) {
-                return;
+                return true;
             }
             if changes.changed().await.is_err() {
-                return;
+                return true;
             }
         }
+    }
+
+    /// Wakes every session waiting for a change (after `KILL` marked some).
+    pub fn wake_all(&self) {
+        self.version.send_modify(|v| *v += 1);
     }
 
     /// True while the DCS asks the routable leader to step down (one atomic load).

@@ -602,7 +602,15 @@ impl Session<'_> {
         };
         if self.shared.router.any_paused() {
             // `PAUSE`: no new server connection for the database until `RESUME`.
-            self.shared.router.wait_unpaused(self.database()).await;
+            let info = self.info.clone();
+            if !self
+                .shared
+                .router
+                .wait_unpaused_unless(self.database(), || info.is_killed())
+                .await
+            {
+                return Err(End::ClientClosed);
+            }
         }
         let deadline = Instant::now() + self.rt.connect_timeout;
         loop {
@@ -1398,13 +1406,26 @@ impl Session<'_> {
                 continue;
             }
 
+            if self.info.is_killed() {
+                // KILL (a RESUME may have followed before this session ran): nothing more runs.
+                return Err(End::ClientClosed);
+            }
             // An idle point: route the unit, after `RESUME` when the database is paused (the
             // client sees a slow statement, no error, as with PgBouncer).
             if self.paused() {
                 let before = self.info.state().status;
                 self.info.update(|st| st.status = "held");
-                self.shared.router.wait_unpaused(self.database()).await;
+                let info = self.info.clone();
+                let resumed = self
+                    .shared
+                    .router
+                    .wait_unpaused_unless(self.database(), || info.is_killed())
+                    .await;
                 self.info.update(|st| st.status = before);
+                if !resumed {
+                    // KILL: what the client sent while held never runs.
+                    return Err(End::ClientClosed);
+                }
             }
             let decision = if let Some((side, _)) = self.pinned {
                 Decision {
