@@ -346,8 +346,8 @@ fn shutdown_on_signals(on_hup: Option<Box<dyn Fn() + Send>>) -> CancellationToke
         };
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM received"); break }
-                _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                _ = term.recv() => { tracing::info!("SIGTERM received"); notify_systemd(sd_notify::NotifyState::Stopping); break }
+                _ = int.recv() => { tracing::info!("SIGINT received"); notify_systemd(sd_notify::NotifyState::Stopping); break }
                 _ = hup.recv() => match &on_hup {
                     Some(f) => f(),
                     None => tracing::info!("SIGHUP received: nothing to reload"),
@@ -357,6 +357,14 @@ fn shutdown_on_signals(on_hup: Option<Box<dyn Fn() + Send>>) -> CancellationToke
         t.cancel();
     });
     token
+}
+
+/// Tells systemd (`Type=notify` units, `NOTIFY_SOCKET`) about a state change; without the socket
+/// nothing happens. Failures are logged at debug level: the service runs on either way.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::debug!("sd_notify: {e}");
+    }
 }
 
 /// Runs the proxy until SIGTERM/SIGINT: follows the DCS, acknowledges its routes there
@@ -419,6 +427,14 @@ async fn run_proxy(
     );
     let reloader = proxy.reloader();
     let on_hup: Box<dyn Fn() + Send> = Box::new(move || {
+        // systemd's reload protocol: RELOADING=1 with the monotonic clock, READY=1 when done.
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        if let Err(e) = sd_notify::notify(&reloading) {
+            tracing::debug!("sd_notify: {e}");
+        }
         on_hup();
         match reloader.reload() {
             Ok(notes) => {
@@ -429,9 +445,28 @@ async fn run_proxy(
             }
             Err(e) => tracing::error!("SIGHUP: cannot reload the proxy configuration: {e}"),
         }
+        notify_systemd(sd_notify::NotifyState::Ready);
     });
     let shutdown = shutdown_on_signals(Some(on_hup));
     let feed = praetor_proxy::spawn_dcs_feed(dcs.clone(), shutdown.clone());
+    // READY=1 (systemd `Type=notify`) once the listeners are bound (above) and the DCS was read.
+    let mut first_view = feed.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            if first_view.borrow().dcs_clock.last_read().is_some() {
+                tracing::info!("the DCS was read: ready");
+                notify_systemd(sd_notify::NotifyState::Ready);
+                return;
+            }
+            // The feed publishes only a changed topology: the clock is looked at again shortly.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = first_view.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+        }
+    });
     proxy.with_dcs(dcs, id).serve(feed, shutdown).await?;
     Ok(())
 }

@@ -183,3 +183,76 @@ async fn the_agent_notifies_systemd_logs_json_and_changes_its_level_on_sighup() 
     .unwrap();
     drop(agent);
 }
+
+/// Receives datagrams on `sock` until one has the line `line` (the proxy may send others first).
+async fn notified(sock: &std::os::unix::net::UnixDatagram, line: &'static str) -> String {
+    wait_for(
+        &format!("{line} on NOTIFY_SOCKET"),
+        Duration::from_secs(60),
+        || {
+            let mut buf = [0u8; 512];
+            let r = match sock.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if msg.lines().any(|l| l == line) {
+                        Ok(msg)
+                    } else {
+                        Err(format!("got {msg:?}"))
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            async move { r }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The proxy unit is `Type=notify`: READY=1 once the listeners are bound and the DCS was read,
+/// RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn the_proxy_notifies_systemd_when_ready_reloading_and_stopping() {
+    let work = praetor_harness::WorkDir::new("proxy-notify").unwrap();
+    let dcs =
+        praetor_harness::dcs::LocalDcs::start(praetor_harness::dcs::DcsKind::Etcd, work.path())
+            .await
+            .expect("etcd");
+    let port = praetor_harness::free_port;
+    let config = work.path().join("proxy.yml");
+    praetor_harness::write_file(
+        &config,
+        &format!(
+            "scope: notify\nnamespace: /service/\n{}praetor:\n  proxy:\n    read_write: {{listen: '127.0.0.1:{}'}}\n    admin: {{listen: '127.0.0.1:{}'}}\n    admin_auth: trust\n",
+            dcs.yaml_section(),
+            port(),
+            port()
+        ),
+    )
+    .unwrap();
+    let (sock, sock_path) = notify_socket(work.path());
+    let mut cmd = Command::new(binary());
+    cmd.arg("proxy")
+        .arg("-c")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path);
+    let log = work.path().join("proxy.log");
+    let mut proxy = praetor_harness::Process::spawn("proxy", cmd, &log).expect("proxy");
+    notified(&sock, "READY=1").await;
+    assert!(
+        proxy.log().contains("the DCS was read: ready"),
+        "READY=1 only after the DCS was read:\n{}",
+        proxy.log()
+    );
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    notified(&sock, "RELOADING=1").await;
+    notified(&sock, "READY=1").await;
+    proxy.signal(nix::sys::signal::Signal::SIGTERM);
+    notified(&sock, "STOPPING=1").await;
+    assert_eq!(
+        proxy.wait_exit(Duration::from_secs(60)).await.unwrap(),
+        Some(0),
+        "{}",
+        proxy.log()
+    );
+}

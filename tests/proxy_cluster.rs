@@ -763,3 +763,235 @@ async fn read_your_writes_every_select_sees_its_insert() {
         "a proxy with the setting off never applies it"
     );
 }
+
+/// Logs into the admin console at `port` as `user` with `password`.
+async fn console_login(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={port} user={user} password={password} dbname=praetor connect_timeout=5"
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Every row of an admin command, as strings.
+async fn console_rows(console: &Client, sql: &str) -> Result<Vec<Vec<String>>, String> {
+    let rows = console
+        .simple_query(sql)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        })?;
+    Ok(rows
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The admin console (issue 17, item 5): `admin_users` logging in with SCRAM against the
+/// `auth_file`; `SHOW CONFIG`; `PAUSE` returns once the open transaction commits and then holds
+/// the next transaction of a read-write and an auto-port client, without an error, until
+/// `RESUME`; `RECONNECT` + `WAIT_CLOSE` wait for the server connection opened before; `KILL`
+/// closes the database's clients and keeps it paused until `RESUME`.
+#[tokio::test]
+async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
+    let c = pair().await;
+    let userlist = c.work.path().join("userlist.txt");
+    praetor_harness::write_file(&userlist, "; PgBouncer's format\n\"ops\" \"s3cret\"\n").unwrap();
+    let proxy = FullProxy::start(
+        &c,
+        "console",
+        &format!(
+            "    admin_users: [ops]\n    auth_file: {}\n",
+            userlist.display()
+        ),
+    )
+    .await
+    .unwrap();
+    let port = proxy.admin_port;
+    for (user, password) in [("ops", "wrong"), (SUPERUSER, SUPERUSER_PASSWORD)] {
+        match console_login(port, user, password).await {
+            Ok(_) => panic!("{user} with {password:?} logged into the admin console"),
+            Err(e) => assert_eq!(
+                e.code(),
+                Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
+                "{user}: {e}"
+            ),
+        }
+    }
+    let console = console_login(port, "ops", "s3cret")
+        .await
+        .expect("ops logs in with SCRAM-SHA-256");
+    let config = console_rows(&console, "SHOW CONFIG").await.unwrap();
+    assert!(
+        config
+            .iter()
+            .any(|r| r[0] == "admin_users" && r[1] == "ops"),
+        "{config:?}"
+    );
+    assert!(
+        config
+            .iter()
+            .any(|r| r[0] == "pool_size" && r[1] == "20" && r[2] == "20" && r[3] == "yes"),
+        "{config:?}"
+    );
+
+    let rw = connect_retry(proxy.rw_port, DEADLINE).await;
+    let auto = connect_retry(proxy.auto_port, DEADLINE).await;
+    assert_eq!(first(&rw, "SELECT 1").await.unwrap(), "1");
+    assert_eq!(first(&auto, "SELECT 1").await.unwrap(), "1");
+
+    // PAUSE waits for the running transaction.
+    rw.batch_execute("BEGIN; CREATE TABLE paused (x int)")
+        .await
+        .unwrap();
+    let pause = {
+        let console = console_login(port, "ops", "s3cret").await.unwrap();
+        tokio::spawn(async move { console.simple_query("PAUSE").await.map(|_| ()) })
+    };
+    // Checked without a sleep: a PAUSE that did not wait could only make this fail.
+    assert!(!pause.is_finished(), "PAUSE returned during a transaction");
+    rw.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(DEADLINE, pause)
+        .await
+        .expect("PAUSE returns once the transaction committed")
+        .unwrap()
+        .expect("PAUSE");
+
+    // Both clients' next transactions are held, then run after RESUME.
+    let rw_next = tokio::spawn(async move {
+        let r = first(
+            &rw,
+            "INSERT INTO paused VALUES (1) RETURNING 'rw after resume'",
+        )
+        .await;
+        (rw, r)
+    });
+    let auto_next = tokio::spawn(async move {
+        let r = first(&auto, "SELECT 'auto after resume'").await;
+        (auto, r)
+    });
+    wait_for("both clients held by PAUSE", DEADLINE, || async {
+        let clients = console_rows(&console, "SHOW CLIENTS").await?;
+        let held: Vec<&str> = clients
+            .iter()
+            .filter(|r| r[6] == "held")
+            .map(|r| r[1].as_str())
+            .collect();
+        if held.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("clients: {clients:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!rw_next.is_finished() && !auto_next.is_finished());
+    console_rows(&console, "RESUME").await.expect("RESUME");
+    let (rw, r) = tokio::time::timeout(DEADLINE, rw_next)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap(), "rw after resume");
+    let (auto, r) = tokio::time::timeout(DEADLINE, auto_next)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap(), "auto after resume");
+    let err = console_rows(&console, "RESUME").await.unwrap_err();
+    assert!(err.contains("nothing is paused"), "{err}");
+
+    // RECONNECT: WAIT_CLOSE returns once the read-write session's server connection (opened
+    // before) is closed, which happens when its client leaves.
+    console_rows(&console, "RECONNECT postgres").await.unwrap();
+    let wait_close = {
+        let console = console_login(port, "ops", "s3cret").await.unwrap();
+        tokio::spawn(async move {
+            console
+                .simple_query("WAIT_CLOSE postgres")
+                .await
+                .map(|_| ())
+        })
+    };
+    assert!(
+        !wait_close.is_finished(),
+        "WAIT_CLOSE returned with the old connection open"
+    );
+    drop(rw);
+    tokio::time::timeout(DEADLINE, wait_close)
+        .await
+        .expect("WAIT_CLOSE returns once the old server connections closed")
+        .unwrap()
+        .expect("WAIT_CLOSE");
+
+    // KILL closes the database's clients at once, a held one included (what it held never
+    // runs), and keeps the database paused.
+    let rw = connect_retry(proxy.rw_port, DEADLINE).await;
+    assert_eq!(first(&rw, "SELECT 1").await.unwrap(), "1");
+    console_rows(&console, "PAUSE postgres")
+        .await
+        .expect("PAUSE db");
+    let held = tokio::spawn(async move {
+        let r = first(&rw, "INSERT INTO paused VALUES (2) RETURNING 'ran'").await;
+        (rw, r)
+    });
+    wait_for("the read-write client held", DEADLINE, || async {
+        let clients = console_rows(&console, "SHOW CLIENTS").await?;
+        if clients
+            .iter()
+            .any(|r| r[1] == "read_write" && r[6] == "held")
+        {
+            Ok(())
+        } else {
+            Err(format!("clients: {clients:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    console_rows(&console, "KILL postgres").await.expect("KILL");
+    let (rw, r) = tokio::time::timeout(DEADLINE, held).await.unwrap().unwrap();
+    assert!(
+        r.is_err(),
+        "the held INSERT of a killed client answered {r:?}"
+    );
+    wait_for("KILL closes the clients", DEADLINE, || async {
+        if rw.is_closed() && auto.is_closed() {
+            Ok(())
+        } else {
+            Err(format!(
+                "closed: rw {} auto {}",
+                rw.is_closed(),
+                auto.is_closed()
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    console_rows(&console, "RESUME postgres")
+        .await
+        .expect("RESUME after KILL");
+    let again = connect_retry(proxy.rw_port, DEADLINE).await;
+    assert_eq!(
+        first(&again, "SELECT count(*) FROM paused").await.unwrap(),
+        "1",
+        "the held INSERT of the killed client ran; proxy log:\n{}",
+        proxy.log()
+    );
+}

@@ -650,7 +650,8 @@ pub const DEFAULT_FENCE_TIMEOUT_MS: u32 = 1000;
 /// Keys added after the first release (all optional): `auto`, `admin`, `id`, `tls`, `backend_tls`,
 /// `max_replica_lag`, `max_replica_lag_seconds`, `reads_on_leader`, `max_message_size`,
 /// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`,
-/// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`.
+/// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`,
+/// `admin_users`, `auth_file`, `admin_auth`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
@@ -661,9 +662,19 @@ pub struct ProxyConfig {
     /// The auto listener: each transaction goes to a replica when it only reads, to the leader
     /// otherwise.
     pub auto: Option<Listener>,
-    /// The admin console (`psql -p <port> praetor`: `SHOW SERVERS`, `SHOW CLIENTS`, `SHOW STATS`,
-    /// `RELOAD`). Bind it to a loopback or management address: it asks for no password.
+    /// The admin console (`psql -p <port> praetor`: `SHOW ...`, `PAUSE`, `RESUME`, `KILL`,
+    /// `RECONNECT`, `WAIT_CLOSE`, `RELOAD`), for the users in `admin_users`.
     pub admin: Option<Listener>,
+    /// Users allowed on the admin console (PgBouncer's `admin_users`), authenticated against
+    /// `auth_file`.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub admin_users: Vec<String>,
+    /// PgBouncer's `userlist.txt`: `"user" "password"` per line, the password in plain text,
+    /// `md5<hex>` or a `SCRAM-SHA-256$...` verifier.
+    pub auth_file: Option<PathBuf>,
+    /// How admin users prove who they are: `scram-sha-256` (default; `md5` entries of the
+    /// file use md5), `md5`, or `trust` (no password: only when set explicitly).
+    pub admin_auth: Option<String>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Option<Listener>,
     /// Seconds to wait for a backend TCP connection before answering the client with an error

@@ -43,8 +43,14 @@ impl FullProxy {
             free_port(),
         );
         let config = cluster.work.path().join(format!("proxy-{id}.yml"));
+        // The admin console on 127.0.0.1 needs admin_users or an explicit trust.
+        let trust = if extra.contains("admin_auth:") || extra.contains("admin_users:") {
+            ""
+        } else {
+            "    admin_auth: trust\n"
+        };
         let yaml = format!(
-            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    id: {id}\n    read_write: {{listen: '127.0.0.1:{rw}'}}\n    read_only: {{listen: '127.0.0.1:{ro}'}}\n    auto: {{listen: '127.0.0.1:{auto}'}}\n    admin: {{listen: '127.0.0.1:{admin}'}}\n    metrics: {{listen: '127.0.0.1:{metrics}'}}\n    connect_timeout: 10\n    shutdown_timeout: 2\n{extra}",
+            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    id: {id}\n    read_write: {{listen: '127.0.0.1:{rw}'}}\n    read_only: {{listen: '127.0.0.1:{ro}'}}\n    auto: {{listen: '127.0.0.1:{auto}'}}\n    admin: {{listen: '127.0.0.1:{admin}'}}\n    metrics: {{listen: '127.0.0.1:{metrics}'}}\n    connect_timeout: 10\n    shutdown_timeout: 2\n{trust}{extra}",
             scope = cluster.options.scope,
             dcs = cluster.etcd.yaml_section(),
         );

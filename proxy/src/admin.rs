@@ -1,5 +1,5 @@
 //! The admin console: a PostgreSQL-protocol port answering PgBouncer-style commands, for
-//! `psql -h 127.0.0.1 -p <admin port> -U any praetor`.
+//! `psql -h 127.0.0.1 -p <admin port> -U <admin user> praetor`.
 //!
 //! | command | rows |
 //! |---|---|
@@ -8,11 +8,15 @@
 //! | `SHOW STATS` | one per listener: clients, server connections, bytes, transactions by target, errors |
 //! | `SHOW TOPOLOGY` | one per member the proxy routes to: role, address, lag, whether it gets reads |
 //! | `SHOW POOLS` | idle pooled server connections per member |
+//! | `SHOW CONFIG` | one per setting: key, value, default, changeable |
 //! | `SHOW VERSION`, `SHOW HELP` | |
+//! | `PAUSE [db]`, `RESUME [db]` | hold new transactions at their boundary (the switchover's hold), release them |
+//! | `KILL [db]` | close the clients now; the database stays paused |
+//! | `RECONNECT [db]`, `WAIT_CLOSE [db]` | close server connections when released; wait until they are |
 //! | `RELOAD` | re-reads the configuration file (as SIGHUP does) |
 //!
-//! Only the simple query protocol; the console asks for no password, so bind it to a loopback or
-//! management address.
+//! Semantics follow PgBouncer's admin console (its `usage.rst`). Only the simple query protocol.
+//! Who may log in: `admin_auth` (`admin_users`, `auth_file`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,7 +78,31 @@ pub(crate) async fn serve_admin(
             }
         }
     };
-    info!(%peer, user = startup.user(), "admin console connection");
+    let access = shared
+        .settings
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .admin_access
+        .clone();
+    let authenticated = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::admin_auth::authenticate(&mut socket, &mut buf, &access, startup.user()),
+        ) => r,
+    };
+    match authenticated {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            warn!(%peer, user = startup.user(), "admin console login refused: {reason}");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer, user = startup.user(), "admin console login timed out");
+            return;
+        }
+    }
+    info!(%peer, user = startup.user(), method = access.method.as_str(), "admin console connection");
     let mut out = BytesMut::with_capacity(512);
     encode_auth_ok(&mut out);
     for (k, v) in [
@@ -112,7 +140,7 @@ pub(crate) async fn serve_admin(
                 TERMINATE => return,
                 QUERY => {
                     let text = query_text(&frame[5..]).unwrap_or("").to_string();
-                    run_commands(&shared, &text, &mut out);
+                    run_commands(&shared, &text, &mut out).await;
                     encode_ready_for_query(&mut out, TxStatus::Idle);
                 }
                 SYNC => {
@@ -149,7 +177,7 @@ pub(crate) async fn serve_admin(
 }
 
 /// Runs each `;`-separated command of `text`, appending the replies to `out`.
-fn run_commands(shared: &Shared, text: &str, out: &mut BytesMut) {
+async fn run_commands(shared: &Shared, text: &str, out: &mut BytesMut) {
     let commands: Vec<&str> = text
         .split(';')
         .map(str::trim)
@@ -160,12 +188,71 @@ fn run_commands(shared: &Shared, text: &str, out: &mut BytesMut) {
         return;
     }
     for c in commands {
-        let words: Vec<String> = c
-            .split_whitespace()
-            .map(|w| w.to_ascii_uppercase())
-            .collect();
+        let original: Vec<&str> = c.split_whitespace().collect();
+        let words: Vec<String> = original.iter().map(|w| w.to_ascii_uppercase()).collect();
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        // The database argument, as written (names are case-sensitive); quotes are dropped.
+        let db = original.get(1).map(|d| d.trim_matches('"'));
         match words.as_slice() {
+            ["PAUSE"] | ["PAUSE", _] => {
+                pause(shared, db).await;
+                encode_command_complete(out, "PAUSE");
+            }
+            ["RESUME"] | ["RESUME", _] => {
+                if !shared.router.resume_paused(db) {
+                    encode_error_response(
+                        out,
+                        Severity::Error,
+                        SqlState::INVALID_PARAMETER_VALUE,
+                        &match db {
+                            Some(db) => format!("database {db:?} is not paused"),
+                            None => "nothing is paused".to_string(),
+                        },
+                    );
+                    return;
+                }
+                info!(
+                    database = db.unwrap_or("*"),
+                    "RESUME from the admin console"
+                );
+                encode_command_complete(out, "RESUME");
+            }
+            ["KILL"] | ["KILL", _] => {
+                // PgBouncer's KILL: the database stays paused, so clients reconnecting wait
+                // for RESUME instead of coming straight back.
+                shared.router.pause(db);
+                let killed = shared
+                    .clients
+                    .kill(|c| db.is_none_or(|db| c.database_is(db)));
+                shared.router.wake_all();
+                let pooled = shared.pool.purge_database(db);
+                warn!(
+                    database = db.unwrap_or("*"),
+                    killed,
+                    pooled,
+                    "KILL from the admin console: closed the clients; the database stays paused until RESUME"
+                );
+                encode_command_complete(out, "KILL");
+            }
+            ["RECONNECT"] | ["RECONNECT", _] => {
+                let pooled = shared.pool.purge_database(db);
+                let open = shared.router.mark_reconnect(db);
+                info!(
+                    database = db.unwrap_or("*"),
+                    pooled,
+                    open,
+                    "RECONNECT from the admin console: server connections close when released"
+                );
+                encode_command_complete(out, "RECONNECT");
+            }
+            ["WAIT_CLOSE"] | ["WAIT_CLOSE", _] => {
+                // Polled, as PAUSE: the connections' tasks close them without telling anyone.
+                while shared.router.stale_open(db) > 0 {
+                    tokio::time::sleep(PAUSE_POLL).await;
+                }
+                encode_command_complete(out, "WAIT_CLOSE");
+            }
+            ["SHOW", "CONFIG"] => show_config(shared, out),
             ["SHOW", "CLIENTS"] => show_clients(shared, out),
             ["SHOW", "SERVERS"] => show_servers(shared, out),
             ["SHOW", "STATS"] => show_stats(shared, out),
@@ -180,6 +267,12 @@ fn run_commands(shared: &Shared, text: &str, out: &mut BytesMut) {
                 out,
                 &["command"],
                 [
+                    "PAUSE [db]",
+                    "RESUME [db]",
+                    "KILL [db]",
+                    "RECONNECT [db]",
+                    "WAIT_CLOSE [db]",
+                    "SHOW CONFIG",
                     "SHOW CLIENTS",
                     "SHOW SERVERS",
                     "SHOW STATS",
@@ -223,6 +316,205 @@ fn run_commands(shared: &Shared, text: &str, out: &mut BytesMut) {
             }
         }
     }
+}
+
+/// `PAUSE [db]`: new transactions (and new server connections) of `db` (every database: `None`)
+/// wait at their boundary, by the switchover's hold ([`crate::rw::should_hold`] on the
+/// read-write port, the idle point on the auto port); returns once no transaction of theirs
+/// runs any more. Read-only port sessions are not held (their new connections are).
+async fn pause(shared: &Shared, db: Option<&str>) {
+    shared.router.pause(db);
+    info!(
+        database = db.unwrap_or("*"),
+        "PAUSE from the admin console: waiting for running transactions"
+    );
+    let running = || {
+        shared
+            .clients
+            .snapshot()
+            .iter()
+            .filter(|c| c.busy.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|c| db.is_none_or(|db| c.database_is(db)))
+            .count()
+    };
+    // Polled: sessions publish `busy` with a plain store, with nothing to wake the console.
+    while running() > 0 {
+        tokio::time::sleep(PAUSE_POLL).await;
+    }
+    // As PgBouncer's PAUSE disconnects from the servers: a restarted server leaves no stale
+    // pooled connection behind.
+    let pooled = shared.pool.purge_database(db);
+    info!(
+        database = db.unwrap_or("*"),
+        pooled, "paused: no transaction runs"
+    );
+}
+
+/// How often `PAUSE` looks whether the running transactions finished.
+const PAUSE_POLL: Duration = Duration::from_millis(20);
+
+/// `SHOW CONFIG`: one row per setting: key (under `praetor.proxy`), value in force, default,
+/// and whether a reload changes it (`yes`; listeners need a restart).
+fn show_config(shared: &Shared, out: &mut BytesMut) {
+    let s = shared
+        .settings
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let d = crate::settings::ProxySettings::default();
+    let addr =
+        |a: &Option<praetor_config::Address>| a.as_ref().map(|a| a.to_string()).unwrap_or_default();
+    let secs = |t: Duration| t.as_secs().to_string();
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    let mut targets: Vec<String> = s
+        .database_targets
+        .iter()
+        .map(|(db, t)| format!("{db}={}", t.as_str()))
+        .collect();
+    targets.sort();
+    let rows: Vec<(&str, String, String, bool)> = vec![
+        (
+            "read_write.listen",
+            addr(&s.read_write),
+            String::new(),
+            false,
+        ),
+        ("read_only.listen", addr(&s.read_only), String::new(), false),
+        ("auto.listen", addr(&s.auto), String::new(), false),
+        ("admin.listen", addr(&s.admin), String::new(), false),
+        ("metrics.listen", addr(&s.metrics), String::new(), false),
+        (
+            "admin_users",
+            s.admin_access.users.join(","),
+            String::new(),
+            true,
+        ),
+        (
+            "auth_file",
+            opt(s
+                .admin_access
+                .auth_file
+                .as_ref()
+                .map(|p| p.display().to_string())),
+            String::new(),
+            true,
+        ),
+        (
+            "admin_auth",
+            s.admin_access.method.as_str().into(),
+            "scram-sha-256".into(),
+            true,
+        ),
+        (
+            "connect_timeout",
+            secs(s.connect_timeout),
+            secs(d.connect_timeout),
+            true,
+        ),
+        (
+            "authentication_timeout",
+            secs(s.startup_timeout),
+            secs(d.startup_timeout),
+            true,
+        ),
+        (
+            "client_message_timeout",
+            secs(s.message_timeout),
+            secs(d.message_timeout),
+            true,
+        ),
+        (
+            "shutdown_timeout",
+            secs(s.shutdown_timeout),
+            secs(d.shutdown_timeout),
+            true,
+        ),
+        (
+            "max_client_conn",
+            s.max_client_conn.to_string(),
+            d.max_client_conn.to_string(),
+            true,
+        ),
+        (
+            "max_message_size",
+            s.max_message_size.to_string(),
+            d.max_message_size.to_string(),
+            true,
+        ),
+        (
+            "classifier_cache_size",
+            s.classifier_cache_bytes.to_string(),
+            d.classifier_cache_bytes.to_string(),
+            true,
+        ),
+        (
+            "pool_size",
+            s.pool_size.to_string(),
+            d.pool_size.to_string(),
+            true,
+        ),
+        (
+            "idle_release_ms",
+            s.idle_release.as_millis().to_string(),
+            d.idle_release.as_millis().to_string(),
+            true,
+        ),
+        (
+            "max_replica_lag",
+            opt(s.lag.max_bytes.map(|b| b.to_string())),
+            String::new(),
+            true,
+        ),
+        (
+            "max_replica_lag_seconds",
+            opt(s.lag.max_seconds.map(|b| b.to_string())),
+            String::new(),
+            true,
+        ),
+        (
+            "reads_on_leader",
+            s.lag.reads_on_leader.to_string(),
+            "true".into(),
+            true,
+        ),
+        (
+            "read_only_functions",
+            s.read_only_functions.join(","),
+            String::new(),
+            true,
+        ),
+        ("databases", targets.join(","), String::new(), true),
+        (
+            "id",
+            opt(s.id.clone()),
+            "<hostname>-<first port>".into(),
+            false,
+        ),
+        (
+            "tls",
+            opt(s.tls.as_ref().map(|t| t.0.display().to_string())),
+            String::new(),
+            true,
+        ),
+        (
+            "backend_tls.mode",
+            opt(s.backend_tls.0.clone()),
+            "disable".into(),
+            true,
+        ),
+    ];
+    let rows = rows
+        .into_iter()
+        .map(|(k, v, def, changeable)| {
+            vec![
+                Some(k.to_string()),
+                Some(v),
+                Some(def),
+                Some(if changeable { "yes" } else { "no" }.to_string()),
+            ]
+        })
+        .collect();
+    table(out, &["key", "value", "default", "changeable"], rows);
 }
 
 fn table(out: &mut BytesMut, columns: &[&str], rows: Vec<Vec<Option<String>>>) {

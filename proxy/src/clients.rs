@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -21,7 +22,8 @@ pub(crate) struct ClientState {
     /// `user\0database`: one allocation (thousands of idle clients each keep one).
     names: Box<str>,
     pub tls: bool,
-    /// `startup`, `idle`, `active`, `waiting`, `parked`.
+    /// `startup`, `idle`, `active`, `waiting`, `parked`, `held` (its next transaction waits:
+    /// `PAUSE` or a switchover).
     pub status: &'static str,
     /// Server connections: `(member, role)`.
     pub servers: Vec<(String, &'static str)>,
@@ -56,6 +58,13 @@ pub(crate) struct ClientInfo {
     /// An auto-port session's current server and that server's cancel key
     /// ([`crate::cancel::SessionCancel`]); boxed: most sessions are on no server.
     pub(crate) current_server: Mutex<Option<Box<(Backend, CancelKey)>>>,
+    /// A transaction is running (read-write port: not at a boundary; auto port: a unit runs):
+    /// what `PAUSE` waits for.
+    pub busy: AtomicBool,
+    /// The client's socket, for `KILL` (-1: unknown).
+    fd: AtomicI32,
+    /// Set by `KILL`: a session held by `PAUSE` ends instead of running what it holds.
+    killed: AtomicBool,
 }
 
 impl ClientInfo {
@@ -76,6 +85,21 @@ impl ClientInfo {
 
     fn lock(&self) -> MutexGuard<'_, ClientState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the client's StartupMessage named `database`.
+    pub fn database_is(&self, database: &str) -> bool {
+        self.lock().database() == database
+    }
+
+    /// Whether `KILL` closed this client.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Records the client's socket, for [`Clients::kill`].
+    pub fn set_socket(&self, fd: RawFd) {
+        self.fd.store(fd, Ordering::Relaxed);
     }
 }
 
@@ -116,6 +140,9 @@ impl Clients {
                 ..ClientState::default()
             }),
             current_server: Mutex::new(None),
+            busy: AtomicBool::new(false),
+            fd: AtomicI32::new(-1),
+            killed: AtomicBool::new(false),
         });
         self.open
             .lock()
@@ -135,6 +162,38 @@ impl Clients {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// `KILL`: shuts down the sockets of the clients `which` selects (both directions), under the
+    /// registry's lock. The session's next read sees the end of its client, wherever it waits (its
+    /// task, a relay, the parking lot), and it ends as when the client closes: its server
+    /// connections close and its registration goes. A session held by `PAUSE` reads nothing: it
+    /// is marked ([`ClientInfo::is_killed`]) and ends when woken ([`crate::router::Router::wake_all`]),
+    /// so what it held never runs. Returns how many were shut down.
+    ///
+    /// Why a shutdown rather than a signal to each task: it reaches every kind of session at
+    /// once (parked ones included) and costs the relays nothing. A descriptor the session closed
+    /// meanwhile could be reused by another socket: the peer address is checked first.
+    pub fn kill(&self, which: impl Fn(&ClientInfo) -> bool) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut killed = 0;
+        for info in open.values().filter(|i| which(i)) {
+            info.killed.store(true, Ordering::Release);
+            let fd = info.fd.load(Ordering::Relaxed);
+            if fd < 0 {
+                continue;
+            }
+            // SAFETY: the registration is removed (under this lock) when the session ends,
+            // before or after its socket closes; `ManuallyDrop` never closes the descriptor,
+            // and the peer check below keeps a reused descriptor from being touched.
+            let socket =
+                std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+            if socket.peer_addr().ok() == Some(info.peer) {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                killed += 1;
+            }
+        }
+        killed
     }
 
     /// How many are open.

@@ -194,6 +194,8 @@ impl Shared {
                     ));
                 }
             }
+            // The console stays on the listener it was bound to: the new rules must suit it.
+            crate::settings::check_admin_access(old.admin.as_ref(), &new.admin_access)?;
         }
         self.router.set_policy(new.lag);
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
@@ -308,6 +310,9 @@ async fn accept(
     client_gauge.inc();
     let gauge = GaugeGuard(client_gauge);
     let registered = shared.clients.register(listener, peer);
+    registered
+        .info
+        .set_socket(std::os::fd::AsRawFd::as_raw_fd(&socket));
     let rt = shared.runtime();
     let mut buf = BytesMut::with_capacity(STARTUP_BUFFER_BYTES);
     let negotiated = tokio::select! {
@@ -380,6 +385,14 @@ async fn relay_session(
     let mut client_buf = buf;
     let (c2s, s2c) = shared.metrics.byte_counters(listener);
     loop {
+        // `PAUSE`: no new server connection for the database until `RESUME`.
+        if !shared
+            .router
+            .wait_unpaused_unless(startup.database(), || info.is_killed())
+            .await
+        {
+            return;
+        }
         let (mut route, mut server) = match connect_backend(shared, rt, listener).await {
             Ok(connected) => connected,
             Err(refusal) => {
@@ -394,6 +407,7 @@ async fn relay_session(
                 return;
             }
         };
+        route.set_database(startup.database());
         // Declared after `server`, so dropped before it on every path (see `SocketGuard`).
         let socket = route.watch_socket(server.as_raw_fd());
         let backend = route.backend.member.clone();
@@ -480,6 +494,8 @@ async fn relay_session(
             tracker: t,
             router: &shared.router,
             classifier: &rt.classifier,
+            database: startup.database(),
+            info,
         });
         let end = relay(
             client,
@@ -635,6 +651,8 @@ impl Moving<'_> {
                     tracker: self.tracker,
                     router: &self.shared.router,
                     classifier: &self.rt.classifier,
+                    database: self.startup.database(),
+                    info: self.info,
                 }),
             )
             .await;
@@ -661,6 +679,7 @@ impl Moving<'_> {
                     ))
                 }
             };
+            route.set_database(self.startup.database());
             let described = format!("{} {}", route.role.as_str(), route.backend);
             let gauge = self.shared.metrics.connection_opened(
                 self.listener,
@@ -1052,9 +1071,25 @@ struct Tracking<'a> {
     tracker: &'a std::sync::Mutex<RwTracker>,
     router: &'a Router,
     classifier: &'a Classifier,
+    /// The session's database (`PAUSE db`) and its registration (`busy`, for `PAUSE`).
+    database: &'a str,
+    info: &'a crate::clients::ClientInfo,
 }
 
 impl Tracking<'_> {
+    /// Whether the next transaction must wait: a switchover, or the admin console's `PAUSE`.
+    fn hold_requested(&self) -> bool {
+        self.router.is_switching_over() || self.router.is_paused(self.database)
+    }
+
+    /// Publishes whether a transaction runs, for `PAUSE` to wait on.
+    fn publish_busy(&self, tracker: &RwTracker) {
+        self.info.busy.store(
+            !tracker.is_at_boundary(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, RwTracker> {
         // Held only while feeding bytes: a poisoned lock still holds a usable tracker.
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
@@ -1148,10 +1183,33 @@ where
                 // A switchover: the next transaction waits (its bytes kept in `client_buf`) for
                 // the new leader; the relay ends when the former one goes, and the next relay,
                 // on the new leader, sends them.
-                while should_hold(t.router.is_switching_over(), t.lock().is_at_boundary()) {
-                    t.router.changed(HOLD_RECHECK).await;
+                // `PAUSE` holds the same way, until `RESUME`.
+                if should_hold(t.hold_requested(), t.lock().is_at_boundary()) {
+                    t.info.update(|st| st.status = "held");
+                    while should_hold(t.hold_requested(), t.lock().is_at_boundary()) {
+                        if t.info.is_killed() {
+                            // What the client sent while held never runs.
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "closed by the admin console's KILL",
+                            ));
+                        }
+                        t.router.changed(HOLD_RECHECK).await;
+                    }
+                    t.info.update(|st| st.status = "active");
                 }
-                t.lock().on_client(client_buf, t.classifier);
+                if t.info.is_killed() {
+                    // Bytes read after a KILL (a RESUME may have followed it before this task
+                    // ran) are not forwarded: the client is gone.
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "closed by the admin console's KILL",
+                    ));
+                }
+                let mut tracker = t.lock();
+                tracker.on_client(client_buf, t.classifier);
+                t.publish_busy(&tracker);
+                drop(tracker);
             }
             server_wr.write_all(client_buf).await?;
             c2s.inc_by(client_buf.len() as u64);
@@ -1174,6 +1232,7 @@ where
                     };
                     if unasked == Unasked::Relay {
                         tracker.on_server(server_buf);
+                        t.publish_busy(&tracker);
                     }
                     unasked
                 };

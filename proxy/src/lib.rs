@@ -22,8 +22,9 @@
 //! - `session`: the auto port's per-transaction routing; `pool`: its server connections; `ryw`:
 //!   the read-your-writes rule (where a read goes after the session wrote).
 //! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
-//! - `admin`: the admin console (`SHOW CLIENTS`, `SHOW SERVERS`, `SHOW STATS`, `RELOAD`); `clients`:
-//!   what it shows.
+//! - `admin`: the admin console (`SHOW ...`, `PAUSE`, `RESUME`, `KILL`, `RECONNECT`, `WAIT_CLOSE`,
+//!   `RELOAD`, PgBouncer's semantics); [`admin_auth`]: who may log in (`admin_users`, `auth_file`,
+//!   SCRAM-SHA-256 or md5); `clients`: what it shows.
 //! - [`metrics`]: Prometheus metrics in a registry owned by the proxy, served at `GET /metrics`.
 //! - [`Proxy`]: binds the listeners ([`Proxy::bind`]) and serves until shutdown ([`Proxy::serve`]),
 //!   with the fencing handshake when given the DCS ([`Proxy::with_dcs`]).
@@ -43,6 +44,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+pub mod admin_auth;
 mod cancel;
 mod clients;
 mod conn;
@@ -67,8 +69,8 @@ pub use feed::spawn_dcs_feed;
 pub use metrics::{ListenerKind, RoutingError};
 pub use server::{heartbeat_interval, Proxy, Reloader, SHUTDOWN_GRACE};
 pub use settings::{
-    LagPolicy, ProxySettings, Target, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_STARTUP_TIMEOUT,
+    check_admin_access, is_loopback, LagPolicy, ProxySettings, Target,
+    DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
 };
 pub use topology::{
     pending_switchover, topology_from_cluster, Backend, DcsClock, ReplicaLag, Switchover, Topology,

@@ -434,6 +434,37 @@ impl Pool {
         closed.len()
     }
 
+    /// Closes the pooled connections of `database` (every one: `None`), for the admin console's
+    /// `KILL`. Returns how many. The database is read from each pool's StartupMessage.
+    pub fn purge_database(&self, database: Option<&str>) -> usize {
+        let Some(db) = database else {
+            let n: usize = self
+                .lock()
+                .values()
+                .flat_map(|m| m.values().map(|l| l.len()))
+                .sum();
+            self.clear();
+            return n;
+        };
+        let mut closed = Vec::new();
+        {
+            let mut idle = self.lock();
+            for by_startup in idle.values_mut() {
+                by_startup.retain(|startup, list| {
+                    if startup_database(startup) == Some(db) {
+                        closed.append(list);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            idle.retain(|_, m| !m.is_empty());
+        }
+        self.gauge.sub(closed.len() as i64);
+        closed.len()
+    }
+
     /// Closes every pooled connection (shutdown).
     pub fn clear(&self) {
         let all: Vec<_> = self.lock().drain().collect();
@@ -458,6 +489,25 @@ impl Pool {
         v.sort();
         v
     }
+}
+
+/// The database a StartupMessage (`length | version | key\0value\0 ... \0`) names: its
+/// `database` parameter, or its `user` when that is absent or empty (PostgreSQL's default).
+pub(crate) fn startup_database(startup: &[u8]) -> Option<&str> {
+    let mut fields = startup.get(8..)?.split(|&b| b == 0);
+    let (mut database, mut user) = (None, None);
+    while let Some(key) = fields.next() {
+        if key.is_empty() {
+            break;
+        }
+        let value = fields.next()?;
+        match key {
+            b"database" if !value.is_empty() => database = Some(value),
+            b"user" => user = Some(value),
+            _ => {}
+        }
+    }
+    std::str::from_utf8(database.or(user)?).ok()
 }
 
 #[cfg(test)]

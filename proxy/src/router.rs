@@ -63,6 +63,8 @@ pub(crate) struct FenceSignal {
     socket: Mutex<Option<RawFd>>,
     /// The server socket was shut down by force ([`Closing::close`]).
     forced: AtomicBool,
+    /// The client's database, for `RECONNECT db` and `WAIT_CLOSE db` ([`Route::set_database`]).
+    database: std::sync::OnceLock<Box<str>>,
 }
 
 impl FenceSignal {
@@ -178,6 +180,16 @@ impl Route {
             .unwrap_or_else(|p| p.into_inner()) = Some(fd);
         SocketGuard(self.fence.signal.clone())
     }
+
+    /// Records which database the connection serves (the first call wins).
+    pub fn set_database(&self, database: &str) {
+        let _ = self.fence.signal.database.set(database.into());
+    }
+
+    /// The connection's id: ids grow, so `RECONNECT` marks "older than now" with one number.
+    pub fn connection_id(&self) -> u64 {
+        self._lease.connection
+    }
 }
 
 /// What applying a topology did.
@@ -287,6 +299,41 @@ struct State {
     /// on it, for read-your-writes ([`crate::ryw`]). Forgotten when the leader changes: a member
     /// rewound or rebuilt under a new leader may replay from a lower position.
     replayed: HashMap<Backend, u64>,
+    /// The admin console's `PAUSE`: which databases' new transactions wait.
+    paused: Paused,
+    /// The admin console's `RECONNECT`: connections with a smaller id are closed when released.
+    reconnect: ReconnectMarks,
+}
+
+/// The connection ids current at the last `RECONNECT` (of everything, and per database).
+#[derive(Debug, Default)]
+struct ReconnectMarks {
+    all: u64,
+    databases: HashMap<String, u64>,
+}
+
+impl ReconnectMarks {
+    fn mark_of(&self, database: Option<&str>) -> u64 {
+        let db = database.and_then(|d| self.databases.get(d)).copied();
+        db.unwrap_or(0).max(self.all)
+    }
+}
+
+/// What `PAUSE` holds: every database, or those named.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Paused {
+    pub all: bool,
+    pub databases: std::collections::BTreeSet<String>,
+}
+
+impl Paused {
+    fn holds(&self, database: &str) -> bool {
+        self.all || self.databases.contains(database)
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.databases.is_empty()
+    }
 }
 
 pub(crate) struct Router {
@@ -300,6 +347,10 @@ pub(crate) struct Router {
     /// Mirrors [`Topology::is_switching_over`] of the topology in force, read without the lock by
     /// every read-write relay before it reads its client.
     switching: AtomicBool,
+    /// True while anything is paused (`PAUSE`): the relays look at [`Paused`] only then.
+    pausing: AtomicBool,
+    /// A `RECONNECT` was given once: only then do sessions look at the marks.
+    reconnected: AtomicBool,
 }
 
 fn want_of(listener: ListenerKind) -> Want {
@@ -354,13 +405,135 @@ impl Router {
                     reads_on_leader: true,
                     ..LagPolicy::default()
                 },
+                paused: Paused::default(),
+                reconnect: ReconnectMarks::default(),
             })),
             version: watch::channel(0).0,
             round_robin: AtomicUsize::new(0),
             next_connection: AtomicU64::new(0),
             closed: Arc::new(Notify::new()),
             switching: AtomicBool::new(false),
+            pausing: AtomicBool::new(false),
+            reconnected: AtomicBool::new(false),
         }
+    }
+
+    /// `PAUSE [db]`: new transactions of `database` (every database: `None`) wait at their
+    /// boundary, as during a switchover, until [`Router::resume_paused`].
+    pub fn pause(&self, database: Option<&str>) {
+        let mut st = lock(&self.state);
+        match database {
+            None => st.paused.all = true,
+            Some(db) => {
+                st.paused.databases.insert(db.to_string());
+            }
+        }
+        self.pausing.store(true, Ordering::Release);
+        drop(st);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// `RESUME [db]`: releases what [`Router::pause`] held. `None` resumes every database; a named
+    /// one is released only if it was paused by name (after `PAUSE` of everything, `RESUME db`
+    /// changes nothing, as in PgBouncer). Returns whether anything was released.
+    pub fn resume_paused(&self, database: Option<&str>) -> bool {
+        let mut st = lock(&self.state);
+        let released = match database {
+            None => {
+                let was = !st.paused.is_empty();
+                st.paused = Paused::default();
+                was
+            }
+            Some(db) => st.paused.databases.remove(db),
+        };
+        self.pausing.store(!st.paused.is_empty(), Ordering::Release);
+        drop(st);
+        if released {
+            self.version.send_modify(|v| *v += 1);
+        }
+        released
+    }
+
+    /// Whether `database`'s new transactions wait (`PAUSE`); one atomic load when nothing is.
+    pub fn is_paused(&self, database: &str) -> bool {
+        self.pausing.load(Ordering::Acquire) && lock(&self.state).paused.holds(database)
+    }
+
+    /// `RECONNECT [db]`: every server connection open now (of `database`; all: `None`) is to be
+    /// closed when its session releases it, so that new ones are opened (after a DNS or address
+    /// change). Returns how many such connections are open.
+    pub fn mark_reconnect(&self, database: Option<&str>) -> usize {
+        let mark = self.next_connection.load(Ordering::Relaxed);
+        let mut st = lock(&self.state);
+        match database {
+            None => st.reconnect.all = mark,
+            Some(db) => {
+                st.reconnect.databases.insert(db.to_string(), mark);
+            }
+        }
+        drop(st);
+        self.reconnected.store(true, Ordering::Release);
+        self.stale_open(database)
+    }
+
+    /// Whether connection `id` of `database` was open at a `RECONNECT` that covers it.
+    pub fn is_stale(&self, id: u64, database: &str) -> bool {
+        if !self.reconnected.load(Ordering::Acquire) {
+            return false;
+        }
+        let st = lock(&self.state);
+        id < st.reconnect.mark_of(Some(database))
+    }
+
+    /// How many server connections (of `database`; all: `None`) opened before the `RECONNECT`
+    /// that covers them are still open: what `WAIT_CLOSE` waits for.
+    pub fn stale_open(&self, database: Option<&str>) -> usize {
+        let st = lock(&self.state);
+        st.fences
+            .values()
+            .flat_map(|m| m.iter())
+            .filter(|(id, signal)| {
+                let db = signal.database.get().map(|d| &**d);
+                database.is_none_or(|want| db == Some(want))
+                    && **id < st.reconnect.mark_of(db)
+                    && !signal.is_done()
+            })
+            .count()
+    }
+
+    /// Whether anything is paused (one atomic load).
+    pub fn any_paused(&self) -> bool {
+        self.pausing.load(Ordering::Acquire)
+    }
+
+    /// Waits while `database` is paused (no deadline: `PAUSE` holds until `RESUME`, as in
+    /// PgBouncer; the client may give up by closing).
+    #[cfg(test)]
+    pub async fn wait_unpaused(&self, database: &str) {
+        self.wait_unpaused_unless(database, || false).await;
+    }
+
+    /// Waits while `database` is paused, unless `stop` says the session was killed (`KILL`):
+    /// `stop` is asked at every wake-up ([`Router::wake_all`]). True: not paused (any more);
+    /// false: stopped.
+    pub async fn wait_unpaused_unless(&self, database: &str, stop: impl Fn() -> bool) -> bool {
+        loop {
+            let mut changes = self.version.subscribe();
+            if stop() {
+                return false;
+            }
+            if !self.is_paused(database) {
+                return true;
+            }
+            if changes.changed().await.is_err() {
+                return true;
+            }
+        }
+    }
+
+    /// Wakes every session waiting for a change (after `KILL` marked some).
+    pub fn wake_all(&self) {
+        self.version.send_modify(|v| *v += 1);
     }
 
     /// True while the DCS asks the routable leader to step down (one atomic load).
@@ -628,6 +801,58 @@ mod tests {
             leader.cloned(),
             replicas.iter().map(|b| (*b).clone()).collect(),
         ))
+    }
+
+    #[tokio::test]
+    async fn pause_holds_a_database_or_all_until_the_matching_resume() {
+        let router = Router::new();
+        assert!(!router.is_paused("app") && !router.any_paused());
+        router.pause(Some("app"));
+        assert!(router.is_paused("app") && !router.is_paused("other"));
+        assert!(!router.resume_paused(Some("other")));
+        let waiter = {
+            let mut changes = router.version.subscribe();
+            async move { changes.changed().await.is_ok() }
+        };
+        assert!(router.resume_paused(Some("app")));
+        assert!(waiter.await, "RESUME wakes the held sessions");
+        router.pause(None);
+        assert!(router.is_paused("other"));
+        assert!(
+            !router.resume_paused(Some("other")),
+            "a PAUSE of everything is lifted by RESUME of everything"
+        );
+        assert!(router.resume_paused(None));
+        assert!(!router.any_paused() && !router.is_paused("app"));
+        // Not paused: returns at once.
+        router.wait_unpaused("app").await;
+    }
+
+    #[tokio::test]
+    async fn reconnect_marks_the_connections_open_now_per_database() {
+        let a = backend("a", 1);
+        let router = Router::new();
+        router.apply(topo(Some(&a), &[]));
+        let old = router.try_route(ListenerKind::ReadWrite).unwrap();
+        old.set_database("app");
+        let other = router.try_route(ListenerKind::ReadWrite).unwrap();
+        other.set_database("other");
+        assert!(!router.is_stale(old.connection_id(), "app"));
+        assert_eq!(router.mark_reconnect(Some("app")), 1);
+        let new = router.try_route(ListenerKind::ReadWrite).unwrap();
+        new.set_database("app");
+        assert!(router.is_stale(old.connection_id(), "app"));
+        assert!(!router.is_stale(new.connection_id(), "app"));
+        assert!(!router.is_stale(other.connection_id(), "other"));
+        assert_eq!(router.stale_open(Some("app")), 1);
+        assert_eq!(router.stale_open(None), 1);
+        drop(old);
+        assert_eq!(router.stale_open(Some("app")), 0, "WAIT_CLOSE is done");
+        assert_eq!(
+            router.mark_reconnect(None),
+            2,
+            "every database: new and other"
+        );
     }
 
     #[tokio::test]

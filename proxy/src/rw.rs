@@ -462,9 +462,10 @@ pub(crate) fn after_server_end(
 
 /// Whether the relay holds what the client just sent instead of forwarding it: the session was at a
 /// transaction boundary when it came, and the leader is asked to step down (the next transaction
-/// waits for the new leader).
-pub(crate) fn should_hold(leader_switching: bool, at_boundary: bool) -> bool {
-    leader_switching && at_boundary
+/// waits for the new leader) or the admin console's `PAUSE` holds the database (the transaction
+/// waits for `RESUME`): `hold_requested` is either.
+pub(crate) fn should_hold(hold_requested: bool, at_boundary: bool) -> bool {
+    hold_requested && at_boundary
 }
 
 /// The SQLSTATE of every session the move rule ends: `admin_shutdown`, as PostgreSQL's own.

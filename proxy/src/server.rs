@@ -148,6 +148,7 @@ impl Proxy {
     /// listener, [`ProxyError::Config`] for an unusable certificate.
     pub async fn bind(settings: ProxySettings) -> Result<Proxy, ProxyError> {
         let runtime = Runtime::from_settings(&settings)?;
+        crate::settings::check_admin_access(settings.admin.as_ref(), &settings.admin_access)?;
         let read_write = bind_opt("read_write", &settings.read_write).await?;
         let read_only = bind_opt("read_only", &settings.read_only).await?;
         let auto = bind_opt("auto", &settings.auto).await?;

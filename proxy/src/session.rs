@@ -644,6 +644,18 @@ impl Session<'_> {
             Target::Replica => Side::Replica,
             _ => Side::Leader,
         };
+        if self.shared.router.any_paused() {
+            // `PAUSE`: no new server connection for the database until `RESUME`.
+            let info = self.info.clone();
+            if !self
+                .shared
+                .router
+                .wait_unpaused_unless(self.database(), || info.is_killed())
+                .await
+            {
+                return Err(End::ClientClosed);
+            }
+        }
         let deadline = Instant::now() + self.rt.connect_timeout;
         loop {
             let want = match side {
@@ -662,6 +674,7 @@ impl Session<'_> {
                 }
                 Err(e) => return Err(self.refuse(client, e).await),
             };
+            route.set_database(self.database());
             let side = Side::of(route.role);
             let gauge = self.count_connection(&route);
             let described = format!("{} {}", route.role.as_str(), route.backend);
@@ -1041,7 +1054,7 @@ impl Session<'_> {
         for side in [Side::Leader, Side::Replica] {
             if let Some(conn) = self.conn(side).take() {
                 if clean {
-                    self.shared.pool.put(conn, &self.startup, self.rt.pool_size);
+                    self.give_back(conn);
                 }
             }
         }
@@ -1311,6 +1324,9 @@ impl Session<'_> {
             }
         }
         self.current = None;
+        self.info
+            .busy
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.retry = None;
         self.last_side = Some(side);
         let now = Instant::now();
@@ -1440,6 +1456,10 @@ impl Session<'_> {
             if let Some(side) = self.current {
                 // A unit is running on `side`.
                 let starts_next = self.unit_closed && self.tx == TxStatus::Idle;
+                if starts_next && self.paused() {
+                    // `PAUSE`: the next unit waits at the idle point.
+                    return Ok(true);
+                }
                 if starts_next && self.pinned.is_none() {
                     // The client pipelines the next unit: it follows when `side` can run it.
                     let decision = self.decide(cbuf, h);
@@ -1459,7 +1479,27 @@ impl Session<'_> {
                 continue;
             }
 
-            // An idle point: route the unit.
+            if self.info.is_killed() {
+                // KILL (a RESUME may have followed before this session ran): nothing more runs.
+                return Err(End::ClientClosed);
+            }
+            // An idle point: route the unit, after `RESUME` when the database is paused (the
+            // client sees a slow statement, no error, as with PgBouncer).
+            if self.paused() {
+                let before = self.info.state().status;
+                self.info.update(|st| st.status = "held");
+                let info = self.info.clone();
+                let resumed = self
+                    .shared
+                    .router
+                    .wait_unpaused_unless(self.database(), || info.is_killed())
+                    .await;
+                self.info.update(|st| st.status = before);
+                if !resumed {
+                    // KILL: what the client sent while held never runs.
+                    return Err(End::ClientClosed);
+                }
+            }
             let decision = if let Some((side, _)) = self.pinned {
                 Decision {
                     side,
@@ -1609,7 +1649,34 @@ impl Session<'_> {
             .inc();
     }
 
+    /// The session's database (the user's name when the StartupMessage names none).
+    fn database(&self) -> &str {
+        crate::pool::startup_database(&self.startup).unwrap_or(&self.user)
+    }
+
+    /// Returns a released server connection to the pool, or closes it when a `RECONNECT` asked
+    /// for new connections.
+    fn give_back(&self, conn: Box<ServerConn>) {
+        if self
+            .shared
+            .router
+            .is_stale(conn.route.connection_id(), self.database())
+        {
+            debug!(backend = %conn.route.backend, "closing a server connection: RECONNECT");
+            return;
+        }
+        self.shared.pool.put(conn, &self.startup, self.rt.pool_size);
+    }
+
+    /// Whether the admin console paused this session's database (`PAUSE`).
+    fn paused(&self) -> bool {
+        self.shared.router.any_paused() && self.shared.router.is_paused(self.database())
+    }
+
     fn start_unit(&mut self, side: Side, decision: &Decision, cbuf: &BytesMut, h: FrontendHeader) {
+        self.info
+            .busy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.current = Some(side);
         self.unit_started = Instant::now();
         self.unit_error = false;
@@ -1658,7 +1725,7 @@ impl Session<'_> {
             };
             if let Some(c) = self.conn(other).take() {
                 if self.sets.is_empty() {
-                    self.shared.pool.put(c, &self.startup, self.rt.pool_size);
+                    self.give_back(c);
                 }
             }
         }
@@ -1832,7 +1899,11 @@ impl Session<'_> {
         };
         // Keep the connection we have while it is still a good choice.
         if let Some(c) = self.conn_ref(side) {
-            if self.shared.router.is_routable(&c.route.backend, want)
+            let fresh = !self
+                .shared
+                .router
+                .is_stale(c.route.connection_id(), self.database());
+            if (fresh && self.shared.router.is_routable(&c.route.backend, want))
                 || self.pinned.map(|(s, _)| s) == Some(side)
             {
                 return self.catch_up(side).await.map(|_| side);
@@ -1840,7 +1911,7 @@ impl Session<'_> {
             debug!(backend = %c.route.backend, "the server is no longer routable for this session");
             if let Some(c) = self.conn(side).take() {
                 if self.sets.is_empty() {
-                    self.shared.pool.put(c, &self.startup, self.rt.pool_size);
+                    self.give_back(c);
                 }
             }
         }
@@ -1873,6 +1944,7 @@ impl Session<'_> {
                 }
                 Err(NoRoute::Suspended(r)) => return Err(format!("the proxy is not serving: {r}")),
             };
+            route.set_database(self.database());
             let actual = Side::of(route.role);
             if actual != side && self.conn_ref(actual).is_some() {
                 return self.catch_up(actual).await.map(|_| actual);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use praetor_config::{Address, ProxyConfig};
 use praetor_protocol::DEFAULT_MAX_MESSAGE_LEN;
 
+use crate::admin_auth::{AdminAccess, AdminAuthMethod};
 use crate::error::ProxyError;
 
 /// Default of `praetor.proxy.connect_timeout`, in seconds.
@@ -126,6 +127,10 @@ pub struct ProxySettings {
     /// `praetor.proxy.idle_release_ms`: idle time after which an auto-port client's server
     /// connections return to the pool.
     pub idle_release: Duration,
+    /// `praetor.proxy.admin_users`, `auth_file`, `admin_auth`: who may use the admin console.
+    /// This struct's default trusts every user (for tests on loopback listeners); the
+    /// configuration file's default is SCRAM-SHA-256 ([`ProxySettings::from_config`]).
+    pub admin_access: AdminAccess,
 }
 
 impl Default for ProxySettings {
@@ -158,8 +163,76 @@ impl Default for ProxySettings {
             database_read_your_writes: HashMap::new(),
             pool_size: 20,
             idle_release: Duration::from_millis(1000),
+            admin_access: AdminAccess {
+                method: AdminAuthMethod::Trust,
+                ..AdminAccess::default()
+            },
         }
     }
+}
+
+/// Whether every host of `address` is a loopback address (`127.0.0.0/8`, `::1`, `localhost`);
+/// `*`, `0.0.0.0` and other names are not.
+pub fn is_loopback(address: &Address) -> bool {
+    address
+        .host
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .all(|h| {
+            h.eq_ignore_ascii_case("localhost")
+                || h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+}
+
+/// Checks the admin console's access rules against its listener: without `admin_users`, only
+/// `admin_auth: trust` on a loopback listener is accepted; a password method needs `auth_file`
+/// (readable, well-formed). Errors name the key.
+pub fn check_admin_access(
+    listener: Option<&Address>,
+    access: &AdminAccess,
+) -> Result<(), ProxyError> {
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    if access.users.is_empty() {
+        if access.method != AdminAuthMethod::Trust {
+            return Err(ProxyError::Config {
+                key: "praetor.proxy.admin_users",
+                reason: "the admin console needs admin_users (checked against auth_file), or \
+                         admin_auth: trust on a loopback listener"
+                    .into(),
+            });
+        }
+        if !is_loopback(listener) {
+            return Err(ProxyError::Config {
+                key: "praetor.proxy.admin_users",
+                reason: format!(
+                    "the admin console listens on {listener}, not a loopback address: give \
+                     admin_users (and auth_file)"
+                ),
+            });
+        }
+    }
+    if access.method != AdminAuthMethod::Trust {
+        let Some(path) = &access.auth_file else {
+            return Err(ProxyError::Config {
+                key: "praetor.proxy.auth_file",
+                reason: format!(
+                    "admin_auth {} needs auth_file (PgBouncer's userlist.txt format)",
+                    access.method.as_str()
+                ),
+            });
+        };
+        crate::admin_auth::read_auth_file(path).map_err(|reason| ProxyError::Config {
+            key: "praetor.proxy.auth_file",
+            reason,
+        })?;
+    }
+    Ok(())
 }
 
 impl ProxySettings {
@@ -241,7 +314,22 @@ impl ProxySettings {
             }
             Some(n) => n as usize,
         };
+        let method = match &c.admin_auth {
+            None => AdminAuthMethod::ScramSha256,
+            Some(m) => AdminAuthMethod::parse(m).ok_or_else(|| ProxyError::Config {
+                key: "praetor.proxy.admin_auth",
+                reason: format!("{m:?} is not scram-sha-256, md5 or trust"),
+            })?,
+        };
+        let admin_access = AdminAccess {
+            users: c.admin_users.clone(),
+            auth_file: c.auth_file.clone(),
+            method,
+        };
+        let admin = c.admin.as_ref().map(|l| l.listen.clone());
+        check_admin_access(admin.as_ref(), &admin_access)?;
         Ok(ProxySettings {
+            admin_access,
             startup_timeout,
             message_timeout,
             max_client_conn,
@@ -253,7 +341,7 @@ impl ProxySettings {
             read_write: c.read_write.as_ref().map(|l| l.listen.clone()),
             read_only: c.read_only.as_ref().map(|l| l.listen.clone()),
             auto: c.auto.as_ref().map(|l| l.listen.clone()),
-            admin: c.admin.as_ref().map(|l| l.listen.clone()),
+            admin,
             metrics: c.metrics.as_ref().map(|l| l.listen.clone()),
             connect_timeout: Duration::from_secs(secs.into()),
             id: c.id.clone(),
@@ -384,6 +472,47 @@ mod tests {
         let r = ProxySettings::from_config(&ryw).unwrap();
         assert!(!r.read_your_writes);
         assert!(r.database_read_your_writes["app"]);
+    }
+
+    #[test]
+    fn the_admin_console_needs_users_or_explicit_trust_on_loopback() {
+        let base = "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n";
+        let err = |extra: &str| {
+            ProxySettings::from_config(&config(&format!("{base}{extra}")))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("    admin: {listen: '127.0.0.1:6432'}\n");
+        assert!(e.starts_with("praetor.proxy.admin_users"), "{e}");
+        let e = err("    admin: {listen: '0.0.0.0:6432'}\n    admin_auth: trust\n");
+        assert!(
+            e.starts_with("praetor.proxy.admin_users") && e.contains("0.0.0.0"),
+            "{e}"
+        );
+        let e = err("    admin: {listen: '10.0.0.1:6432'}\n    admin_users: [ops]\n");
+        assert!(e.starts_with("praetor.proxy.auth_file"), "{e}");
+        let e = err("    admin: {listen: '10.0.0.1:6432'}\n    admin_users: [ops]\n    auth_file: /nonexistent/userlist.txt\n");
+        assert!(
+            e.starts_with("praetor.proxy.auth_file") && e.contains("/nonexistent"),
+            "{e}"
+        );
+        let e = err("    admin: {listen: '127.0.0.1:6432'}\n    admin_auth: password\n");
+        assert!(e.starts_with("praetor.proxy.admin_auth"), "{e}");
+        let trusted = config(&format!(
+            "{base}    admin: {{listen: 'localhost:6432'}}\n    admin_auth: trust\n"
+        ));
+        let s = ProxySettings::from_config(&trusted).unwrap();
+        assert_eq!(s.admin_access.method, AdminAuthMethod::Trust);
+        let dir = std::env::temp_dir().join(format!("praetor-userlist-{}", std::process::id()));
+        std::fs::write(&dir, "\"ops\" \"pw\"\n").unwrap();
+        let listed = config(&format!(
+            "{base}    admin: {{listen: '*:6432'}}\n    admin_users: ops\n    auth_file: {}\n",
+            dir.display()
+        ));
+        let s = ProxySettings::from_config(&listed).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(s.admin_access.users, vec!["ops".to_string()]);
+        assert_eq!(s.admin_access.method, AdminAuthMethod::ScramSha256);
     }
 
     #[test]
