@@ -719,6 +719,20 @@ pub struct ProxyConfig {
     /// default 16 MiB, 0 disables the cache.
     #[serde(deserialize_with = "lenient_opt_size")]
     pub classifier_cache_size: Option<u64>,
+    /// How the auto port authenticates clients: `scram-sha-256` (default; the proxy checks the
+    /// client against the user's stored SCRAM secret and logs in to servers with the client's
+    /// SCRAM keys) or `cleartext` (asks for the password, only over TLS).
+    pub auth_type: Option<String>,
+    /// PgBouncer's `auth_file` (userlist.txt): lines `"user" "secret"`, the secret a SCRAM secret
+    /// (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`) or a password in clear text.
+    pub auth_file: Option<PathBuf>,
+    /// The query that finds a user's secret, run as `auth_user` in the client's database
+    /// (PgBouncer's default: `SELECT usename, passwd FROM pg_shadow WHERE usename=$1`).
+    pub auth_query: Option<String>,
+    /// The user `auth_query` runs as; unset: no `auth_query`.
+    pub auth_user: Option<String>,
+    /// `auth_user`'s password, when `auth_file` does not hold it in clear text.
+    pub auth_password: Option<String>,
 }
 
 /// `praetor.proxy.tls`: TLS towards clients.

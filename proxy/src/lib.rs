@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+pub mod auth;
 mod cancel;
 mod clients;
 mod conn;
