@@ -2483,16 +2483,31 @@ async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300
     let dir = WorkDir::new("proxy-auth-timeout").unwrap();
     let pg = Postgres::start(&dir, "pg").await.unwrap();
     password_users(&pg).await;
-    let settings = ProxySettings {
+    let userlist = dir.path().join("userlist.txt");
+    // postgres (trusted by the server) gets a password for the proxy's SCRAM check.
+    std::fs::write(
+        &userlist,
+        "\"md5user\" \"md5secret\"\n\"postgres\" \"pw\"\n",
+    )
+    .unwrap();
+    let mut settings = ProxySettings {
         startup_timeout: Duration::from_secs(3),
         max_client_conn: 3,
         ..test_settings(Duration::from_secs(5))
     };
+    settings.auth.auth_file = Some(userlist);
     let proxy =
         TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
-    let other = connect(proxy.auto).await.unwrap();
+    let connect_auto = || async {
+        let mut cfg = conn_config(proxy.auto);
+        cfg.password("pw");
+        let (client, conn) = cfg.connect(NoTls).await?;
+        tokio::spawn(conn);
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    let other = connect_auto().await.unwrap();
 
-    // The auto port asks for the password (AuthenticationCleartextPassword) and gets nothing.
+    // The auto port starts SCRAM (AuthenticationSASL) and gets nothing.
     let (mut silent, tag) = raw_login(proxy.auto, "md5user").await;
     assert_eq!(tag, b'R');
     assert_eq!(
@@ -2521,7 +2536,7 @@ async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300
         .wait_metric(r#"praetor_proxy_client_connections{listener="auto"} 1"#)
         .await;
     let second = connect(proxy.rw).await.unwrap();
-    let third = connect(proxy.auto).await.unwrap();
+    let third = connect_auto().await.unwrap();
     for addr in [proxy.auto, proxy.rw] {
         let err = connect(addr).await.expect_err("over max_client_conn");
         assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
@@ -2546,7 +2561,7 @@ async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300
     third.simple_query("SELECT 1").await.unwrap();
     drop(third);
     wait_for("a slot to free up", DEADLINE, || async {
-        match connect(proxy.auto).await {
+        match connect_auto().await {
             Ok(c) => c
                 .simple_query("SELECT 1")
                 .await
