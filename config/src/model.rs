@@ -650,7 +650,8 @@ pub const DEFAULT_FENCE_TIMEOUT_MS: u32 = 1000;
 /// Keys added after the first release (all optional): `auto`, `admin`, `id`, `tls`, `backend_tls`,
 /// `max_replica_lag`, `max_replica_lag_seconds`, `reads_on_leader`, `max_message_size`,
 /// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`,
-/// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`.
+/// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`,
+/// `auth_type`, `auth_file`, `auth_query`, `auth_user`, `auth_password`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
