@@ -995,3 +995,242 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         proxy.log()
     );
 }
+
+/// A client on `port` as `user` with `password` (tokio-postgres, no TLS), all with one
+/// application_name so that only the user tells their server connections apart.
+async fn connect_as(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .application_name("scram-test")
+        .connect_timeout(Duration::from_secs(10))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// psql (PostgreSQL 18's, whose libpq knows `require_auth`) with `conninfo`; returns whether it
+/// succeeded, its output and its errors.
+async fn psql18(conninfo: &str, sql: &str) -> (bool, String, String) {
+    let psql = praetor_harness::PgMajor::Pg18.bin_dir().join("psql");
+    let out = tokio::process::Command::new(psql)
+        .args(["-X", "-A", "-t", "-d", conninfo, "-c", sql])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Issue 17: the auto port checks clients with SCRAM-SHA-256 against the user's stored secret
+/// (auth_file for alice, auth_query as the superuser for bob), logs in to the leader and the
+/// replica with the client's recovered SCRAM keys (the proxy never sees a password), refuses a
+/// wrong password and an unknown user with PostgreSQL's 28P01, and never hands one user's server
+/// connection to another; `auth_type: cleartext` works over TLS only.
+#[tokio::test]
+async fn auto_port_authenticates_with_scram_and_keeps_server_connections_per_user() {
+    let c = pair().await;
+    let leader = c.leader().await.expect("leader");
+    let direct = connect_retry(c.node(&leader).pg_port, DEADLINE).await;
+    direct
+        .batch_execute(
+            "CREATE ROLE alice LOGIN PASSWORD 'alice-pw'; CREATE ROLE bob LOGIN PASSWORD 'bob-pw'",
+        )
+        .await
+        .unwrap();
+    let secret = first(
+        &direct,
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'",
+    )
+    .await
+    .unwrap();
+    assert!(secret.starts_with("SCRAM-SHA-256$"), "{secret}");
+    let userlist = c.work.path().join("userlist.txt");
+    std::fs::write(&userlist, format!("\"alice\" \"{secret}\"\n")).unwrap();
+    let proxy = FullProxy::start(
+        &c,
+        "scram",
+        &format!(
+            "    auth_file: {}\n    idle_release_ms: 0\n",
+            userlist.display()
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Both users log in and reach both servers: the replica (a read) and the leader (a write
+    // transaction), each connection opened with the client's SCRAM keys.
+    for (user, password) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+        let client = connect_as(proxy.auto_port, user, password)
+            .await
+            .unwrap_or_else(|e| panic!("{user}: {e:?}\n===== proxy =====\n{}", proxy.log()));
+        wait_for(
+            &format!("{user}'s reads on the replica"),
+            DEADLINE,
+            || async {
+                match first(&client, "SELECT pg_is_in_recovery()").await?.as_str() {
+                    "t" => Ok(()),
+                    other => Err(format!("pg_is_in_recovery = {other}")),
+                }
+            },
+        )
+        .await
+        .unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(
+            first(&client, "SELECT pg_is_in_recovery()").await.unwrap(),
+            "f"
+        );
+        assert_eq!(first(&client, "SELECT session_user").await.unwrap(), user);
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+
+    // Wrong password, unknown user: PostgreSQL's answer, from the proxy.
+    for (user, password) in [("alice", "wrong"), ("bob", "wrong"), ("mallory", "x")] {
+        let err = connect_as(proxy.auto_port, user, password)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} logged in with a wrong password"));
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{user}: {err}"));
+        assert_eq!(
+            db.code(),
+            &tokio_postgres::error::SqlState::INVALID_PASSWORD
+        );
+        assert_eq!(
+            db.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
+    }
+
+    // libpq insisting on SCRAM (require_auth), through the auto port; and refusing cleartext.
+    let conninfo = |user: &str, password: &str, require: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres sslmode=disable require_auth={require}",
+            proxy.auto_port
+        )
+    };
+    let (ok, out, err) = psql18(
+        &conninfo("alice", "alice-pw", "scram-sha-256"),
+        "SELECT current_user",
+    )
+    .await;
+    assert!(ok && out == "alice", "{out} {err}");
+    let (ok, _, err) = psql18(&conninfo("bob", "bob-pw", "password"), "SELECT 1").await;
+    assert!(
+        !ok && err.contains("authentication method requirement \"password\" failed"),
+        "{err}"
+    );
+
+    // Users alternate on one pool (same database, same application_name; idle_release_ms 0 returns
+    // connections after every unit): every session sees its own user, and every server
+    // connection of the test's clients belongs to the user who logged in on it.
+    let alice = connect_as(proxy.auto_port, "alice", "alice-pw")
+        .await
+        .unwrap();
+    let bob = connect_as(proxy.auto_port, "bob", "bob-pw").await.unwrap();
+    for round in 0..5 {
+        for (client, user) in [(&alice, "alice"), (&bob, "bob")] {
+            assert_eq!(
+                first(client, "SELECT session_user").await.unwrap(),
+                user,
+                "round {round}"
+            );
+            client
+                .batch_execute("BEGIN; SELECT 1; COMMIT")
+                .await
+                .unwrap();
+        }
+    }
+    let users = first(
+        &direct,
+        "SELECT string_agg(DISTINCT usename::text, ',' ORDER BY usename::text) FROM pg_stat_activity WHERE application_name = 'scram-test'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(users, "alice,bob");
+    let per_conn = first(
+        &direct,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'scram-test' AND usename::text NOT IN ('alice', 'bob')",
+    )
+    .await
+    .unwrap();
+    assert_eq!(per_conn, "0");
+
+    // auth_type: cleartext takes the password only from TLS clients: a plain connection is
+    // refused with the reason before any password is sent; over TLS the login works.
+    let dir = c.work.path();
+    let (cert, key) = (dir.join("proxy.crt"), dir.join("proxy.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = FullProxy::start(
+        &c,
+        "cleartext",
+        &format!(
+            "    auth_type: cleartext\n    tls: {{certfile: {}, keyfile: {}}}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await
+    .unwrap();
+    let Err(err) = connect_as(proxy.auto_port, SUPERUSER, SUPERUSER_PASSWORD).await else {
+        panic!("logged in with cleartext without TLS");
+    };
+    let refused = err.as_db_error().map(|d| d.message().to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|m| m.contains("only over TLS")),
+        "{err}: {refused:?}"
+    );
+    // Debian's psql: the PostgreSQL 18 wheel's libpq has no TLS.
+    let tls = tokio::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-c", "SELECT current_user", "-d"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres sslmode=require",
+            proxy.auto_port
+        ))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run psql");
+    let (ok, out, err) = (
+        tls.status.success(),
+        String::from_utf8_lossy(&tls.stdout).trim().to_string(),
+        String::from_utf8_lossy(&tls.stderr).to_string(),
+    );
+    assert!(ok && out == SUPERUSER, "{out} {err}");
+}

@@ -651,7 +651,7 @@ pub const DEFAULT_FENCE_TIMEOUT_MS: u32 = 1000;
 /// `max_replica_lag`, `max_replica_lag_seconds`, `reads_on_leader`, `max_message_size`,
 /// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`,
 /// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`,
-/// `admin_users`, `auth_file`, `admin_auth`.
+/// `admin_users`, `auth_file`, `admin_auth`, `auth_type`, `auth_query`, `auth_user`, `auth_password`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
@@ -669,8 +669,10 @@ pub struct ProxyConfig {
     /// `auth_file`.
     #[serde(deserialize_with = "list_or_csv")]
     pub admin_users: Vec<String>,
-    /// PgBouncer's `userlist.txt`: `"user" "password"` per line, the password in plain text,
-    /// `md5<hex>` or a `SCRAM-SHA-256$...` verifier.
+    /// PgBouncer's `auth_file` (`userlist.txt`): `"user" "secret"` per line, the secret a
+    /// password in plain text, `md5<hex>` or a SCRAM verifier
+    /// (`SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`). Read for the admin console's
+    /// `admin_users` and for the auto port's clients, as PgBouncer's one file serves both.
     pub auth_file: Option<PathBuf>,
     /// How admin users prove who they are: `scram-sha-256` (default; `md5` entries of the
     /// file use md5), `md5`, or `trust` (no password: only when set explicitly).
@@ -735,6 +737,17 @@ pub struct ProxyConfig {
     /// default 16 MiB, 0 disables the cache.
     #[serde(deserialize_with = "lenient_opt_size")]
     pub classifier_cache_size: Option<u64>,
+    /// How the auto port authenticates clients: `scram-sha-256` (default; the proxy checks the
+    /// client against the user's stored SCRAM secret and logs in to servers with the client's
+    /// SCRAM keys) or `cleartext` (asks for the password, only over TLS).
+    pub auth_type: Option<String>,
+    /// The query that finds a user's secret, run as `auth_user` in the client's database
+    /// (PgBouncer's default: `SELECT usename, passwd FROM pg_shadow WHERE usename=$1`).
+    pub auth_query: Option<String>,
+    /// The user `auth_query` runs as; unset: no `auth_query`.
+    pub auth_user: Option<String>,
+    /// `auth_user`'s password, when `auth_file` does not hold it in clear text.
+    pub auth_password: Option<String>,
 }
 
 /// `praetor.proxy.tls`: TLS towards clients.

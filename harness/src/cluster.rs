@@ -521,7 +521,7 @@ impl LocalCluster {
         };
         let config = self.work.path().join("proxy.yml");
         let yaml = format!(
-            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    read_write:\n      listen: {ip}:{rw_port}\n    read_only:\n      listen: {ip}:{ro_port}\n    auto:\n      listen: {ip}:{auto_port}\n    metrics:\n      listen: {ip}:{metrics_port}\n    connect_timeout: 5\n",
+            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    read_write:\n      listen: {ip}:{rw_port}\n    read_only:\n      listen: {ip}:{ro_port}\n    auto:\n      listen: {ip}:{auto_port}\n    metrics:\n      listen: {ip}:{metrics_port}\n    connect_timeout: 5\n    auth_user: {SUPERUSER}\n    auth_password: {SUPERUSER_PASSWORD}\n",
             scope = self.options.scope,
             dcs = self.etcd.yaml_section(),
         );

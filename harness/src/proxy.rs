@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::cluster::LocalCluster;
+use crate::cluster::{LocalCluster, SUPERUSER, SUPERUSER_PASSWORD};
 use crate::{free_port, wait_for, write_file, Process};
 
 /// A running proxy process and its ports; killed (with its process group) on drop.
@@ -50,7 +50,7 @@ impl FullProxy {
             "    admin_auth: trust\n"
         };
         let yaml = format!(
-            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    id: {id}\n    read_write: {{listen: '127.0.0.1:{rw}'}}\n    read_only: {{listen: '127.0.0.1:{ro}'}}\n    auto: {{listen: '127.0.0.1:{auto}'}}\n    admin: {{listen: '127.0.0.1:{admin}'}}\n    metrics: {{listen: '127.0.0.1:{metrics}'}}\n    connect_timeout: 10\n    shutdown_timeout: 2\n{trust}{extra}",
+            "scope: {scope}\nnamespace: /service/\n{dcs}praetor:\n  proxy:\n    id: {id}\n    read_write: {{listen: '127.0.0.1:{rw}'}}\n    read_only: {{listen: '127.0.0.1:{ro}'}}\n    auto: {{listen: '127.0.0.1:{auto}'}}\n    admin: {{listen: '127.0.0.1:{admin}'}}\n    metrics: {{listen: '127.0.0.1:{metrics}'}}\n    connect_timeout: 10\n    shutdown_timeout: 2\n    auth_user: {SUPERUSER}\n    auth_password: {SUPERUSER_PASSWORD}\n{trust}{extra}",
             scope = cluster.options.scope,
             dcs = cluster.etcd.yaml_section(),
         );

@@ -3,10 +3,12 @@
 //!
 //! The read-write and read-only ports never need this: they relay the client's own exchange. The
 //! auto port opens more than one server connection per client (leader and replica, and again after a
-//! switchover), which a relayed exchange cannot do: it asks the client for its password once
-//! (AuthenticationCleartextPassword, over TLS when configured), lets the first server check it, and
-//! authenticates every later connection with it through [`PasswordAuth`]. SCRAM runs without
-//! channel binding (the proxy's TLS connection to the server is not the client's).
+//! switchover), which a relayed exchange cannot do. By default it authenticates the client itself
+//! with SCRAM-SHA-256 ([`crate::scram`]) and logs in to servers with the client's recovered SCRAM
+//! keys ([`Credential::Scram`]); with `auth_type: cleartext` (TLS clients only) it asks the client
+//! for its password once and authenticates every connection with it ([`Credential::Password`]).
+//! SCRAM runs without channel binding (the proxy's TLS connection to the server is not the
+//! client's).
 //!
 //! Feed [`PasswordAuth::step`] each Authentication message body the server sends; it appends the
 //! answer (if any) to a buffer and says whether the exchange is over.
@@ -15,6 +17,28 @@ use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
+
+use crate::scram::{ScramKeyClient, ScramKeys};
+
+/// What the proxy authenticates to servers with, for one client.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The client's password (`auth_type: cleartext`, or a cleartext `auth_file` entry): answers
+    /// cleartext, MD5 and SCRAM requests.
+    Password(Vec<u8>),
+    /// The client's SCRAM keys recovered from its proof: answers SCRAM-SHA-256 only, and only
+    /// servers that store the same secret. Boxed: 64 bytes a session keeps for its lifetime.
+    Scram(Box<ScramKeys>),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Password(_) => f.write_str("Password(********)"),
+            Credential::Scram(_) => f.write_str("Scram(********)"),
+        }
+    }
+}
 
 /// An Authentication message from the server (`R`), decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +83,14 @@ pub enum AuthError {
     /// The SCRAM exchange failed (a message out of order, or the server's signature is wrong).
     #[error("SCRAM exchange failed: {0}")]
     Scram(String),
+    /// The server asked for a password (`cleartext` or `md5` in its pg_hba.conf) and the proxy
+    /// holds only the client's SCRAM keys, which cannot answer that.
+    #[error(
+        "the server asks for {0} authentication and the proxy holds only the client's SCRAM keys: \
+         use scram-sha-256 in the server's pg_hba.conf (and password_encryption), or give the \
+         user's password in auth_file"
+    )]
+    ScramOnly(&'static str),
 }
 
 impl<'a> AuthRequest<'a> {
@@ -113,15 +145,16 @@ pub enum AuthProgress {
 /// The client side of password authentication with a known user name and password.
 pub struct PasswordAuth {
     user: String,
-    password: Option<Vec<u8>>,
+    credential: Option<Credential>,
     scram: Option<ScramSha256>,
+    key_client: Option<ScramKeyClient>,
 }
 
 impl std::fmt::Debug for PasswordAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PasswordAuth")
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "********"))
+            .field("credential", &self.credential)
             .finish()
     }
 }
@@ -130,15 +163,25 @@ impl PasswordAuth {
     /// An exchange for `user`, with the client's `password` if it gave one (a server that trusts the
     /// proxy's address never asks).
     pub fn new(user: &str, password: Option<&[u8]>) -> PasswordAuth {
+        PasswordAuth::with_credential(user, password.map(|p| Credential::Password(p.to_vec())))
+    }
+
+    /// An exchange for `user` with `credential` (`None`: only a server that asks for nothing).
+    pub fn with_credential(user: &str, credential: Option<Credential>) -> PasswordAuth {
         PasswordAuth {
             user: user.to_string(),
-            password: password.map(<[u8]>::to_vec),
+            credential,
             scram: None,
+            key_client: None,
         }
     }
 
-    fn password(&self) -> Result<&[u8], AuthError> {
-        self.password.as_deref().ok_or(AuthError::NoPassword)
+    fn password(&self, method: &'static str) -> Result<&[u8], AuthError> {
+        match &self.credential {
+            None => Err(AuthError::NoPassword),
+            Some(Credential::Password(p)) => Ok(p),
+            Some(Credential::Scram(_)) => Err(AuthError::ScramOnly(method)),
+        }
     }
 
     /// Answers the server's Authentication message `body`, appending the response message to `out`.
@@ -146,11 +189,11 @@ impl PasswordAuth {
         match AuthRequest::decode(body)? {
             AuthRequest::Ok => return Ok(AuthProgress::Done),
             AuthRequest::Cleartext => {
-                let pw = self.password()?;
+                let pw = self.password("cleartext password")?;
                 frontend::password_message(pw, out).map_err(|e| AuthError::Scram(e.to_string()))?;
             }
             AuthRequest::Md5 { salt } => {
-                let hash = md5_hash(self.user.as_bytes(), self.password()?, salt);
+                let hash = md5_hash(self.user.as_bytes(), self.password("md5")?, salt);
                 frontend::password_message(hash.as_bytes(), out)
                     .map_err(|e| AuthError::Scram(e.to_string()))?;
             }
@@ -158,10 +201,32 @@ impl PasswordAuth {
                 if !mechanisms.contains(&SCRAM_SHA_256) {
                     return Err(AuthError::NoMechanism);
                 }
-                let scram = ScramSha256::new(self.password()?, ChannelBinding::unsupported());
+                if let Some(Credential::Scram(keys)) = &self.credential {
+                    let client = ScramKeyClient::new((**keys).clone());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, &client.client_first(), out)
+                        .map_err(|e| AuthError::Scram(e.to_string()))?;
+                    self.key_client = Some(client);
+                    return Ok(AuthProgress::Continue);
+                }
+                let scram =
+                    ScramSha256::new(self.password("SCRAM")?, ChannelBinding::unsupported());
                 frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), out)
                     .map_err(|e| AuthError::Scram(e.to_string()))?;
                 self.scram = Some(scram);
+            }
+            AuthRequest::SaslContinue(data) if self.key_client.is_some() => {
+                let client = self.key_client.as_mut().expect("checked");
+                let answer = client
+                    .server_first(data)
+                    .map_err(|e| AuthError::Scram(e.to_string()))?;
+                frontend::sasl_response(&answer, out)
+                    .map_err(|e| AuthError::Scram(e.to_string()))?;
+            }
+            AuthRequest::SaslFinal(data) if self.key_client.is_some() => {
+                let client = self.key_client.as_mut().expect("checked");
+                client
+                    .server_final(data)
+                    .map_err(|e| AuthError::Scram(e.to_string()))?;
             }
             AuthRequest::SaslContinue(data) => {
                 let scram = self.scram.as_mut().ok_or(AuthError::Scram(

@@ -234,6 +234,52 @@ pub fn encode_auth_cleartext(buf: &mut BytesMut) {
     encode_message(buf, b'R', |b| b.put_u32(3));
 }
 
+/// Appends AuthenticationSASL (`R`, code 10) offering only `SCRAM-SHA-256` (no channel binding:
+/// the proxy does not offer `SCRAM-SHA-256-PLUS`).
+pub fn encode_auth_sasl_scram(buf: &mut BytesMut) {
+    encode_message(buf, b'R', |b| {
+        b.put_u32(10);
+        b.put_slice(b"SCRAM-SHA-256\0\0");
+    });
+}
+
+/// Appends AuthenticationSASLContinue (`R`, code 11) with `data`.
+pub fn encode_auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    encode_message(buf, b'R', |b| {
+        b.put_u32(11);
+        b.put_slice(data);
+    });
+}
+
+/// Appends AuthenticationSASLFinal (`R`, code 12) with `data`.
+pub fn encode_auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    encode_message(buf, b'R', |b| {
+        b.put_u32(12);
+        b.put_slice(data);
+    });
+}
+
+/// Decodes a SASLInitialResponse body (`mechanism\0 | int32 length | data`, length -1 for no
+/// data): the mechanism and the data.
+pub fn sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+    let (mechanism, rest) = cstr(body, "SASLInitialResponse")?;
+    let (len, data) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| malformed("SASLInitialResponse", "no data length"))?;
+    let len = i32::from_be_bytes(*len);
+    let data = match len {
+        -1 => &[][..],
+        n if usize::try_from(n).ok() == Some(data.len()) => data,
+        _ => {
+            return Err(malformed(
+                "SASLInitialResponse",
+                "data length does not match",
+            ))
+        }
+    };
+    Ok((mechanism, data))
+}
+
 /// Appends ParameterStatus (`S name\0 value\0`).
 pub fn encode_parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
     encode_message(buf, b'S', |b| {

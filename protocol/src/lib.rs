@@ -16,6 +16,8 @@
 //! - [`classify`]: where a statement may run ([`Classifier`]): a lexer for the common cases,
 //!   PostgreSQL's own parser (`pg_query`) for the rest.
 //! - [`auth`]: the client side of cleartext, MD5 and SCRAM-SHA-256 authentication ([`PasswordAuth`]).
+//! - [`scram`]: SCRAM-SHA-256 from stored secrets: the server side towards clients ([`ScramServer`])
+//!   and the client side towards servers with the keys recovered from the client's proof.
 //! - [`response`]: the ErrorResponse the proxy sends when it cannot serve a client ([`error_response`]).
 //! - [`unit`]: the auto port's decisions at a unit's edges: messages between units
 //!   ([`unit::between_units`]) and replica replies to run again on the leader ([`unit::replica_reply`]).
@@ -35,12 +37,13 @@ pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod response;
+pub mod scram;
 pub mod startup;
 #[cfg(test)]
 mod traces;
 pub mod unit;
 
-pub use auth::{AuthError, AuthProgress, AuthRequest, PasswordAuth};
+pub use auth::{AuthError, AuthProgress, AuthRequest, Credential, PasswordAuth};
 pub use backend::{split_frame, BackendFrame, ErrorFields, FrameHeader, TxStatus};
 pub use classify::{
     Class, Classifier, PinReason, DEFAULT_CACHE_BYTES as DEFAULT_CLASSIFIER_CACHE_BYTES,
@@ -48,6 +51,7 @@ pub use classify::{
 pub use error::ProtocolError;
 pub use frontend::{FrontendHeader, DEFAULT_MAX_MESSAGE_LEN};
 pub use response::{encode_error_response, error_response, Severity, SqlState};
+pub use scram::{ScramError, ScramKeys, ScramSecret, ScramServer};
 pub use startup::{
     decode_startup_packet, CancelKey, ProtocolVersion, StartupMessage, StartupPacket, StartupPhase,
     ENCRYPTION_REFUSED, MAX_STARTUP_PACKET_LEN,

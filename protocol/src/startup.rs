@@ -191,6 +191,24 @@ impl StartupMessage {
     }
 }
 
+/// A protocol 3.0 StartupMessage with `parameters` (`user`, `database`...), for a connection the
+/// proxy opens on its own behalf (`auth_query`).
+pub fn encode_startup(parameters: &[(&str, &str)]) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_u32(3 << 16);
+    for (k, v) in parameters {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    out.put_u32((body.len() + 4) as u32);
+    out.put_slice(&body);
+    out.freeze()
+}
+
 /// Splits a libpq `options` value into words: whitespace separates, a backslash makes the next
 /// character literal (PostgreSQL's `pg_split_opts`).
 fn split_options(options: &str) -> Vec<String> {

@@ -87,10 +87,13 @@ pub(crate) struct Runtime {
     pub pool_size: usize,
     pub idle_release: Duration,
     pub shutdown_timeout: Duration,
+    /// The auto port's authentication: `auth_type`, `auth_file` read, `auth_query`.
+    pub auth: crate::auth::AuthRuntime,
 }
 
 impl Runtime {
-    /// Loads certificates and builds the classifier. Errors name the configuration key.
+    /// Loads certificates, reads `auth_file` and builds the classifier. Errors name the
+    /// configuration key.
     pub fn from_settings(s: &ProxySettings) -> Result<Runtime, ProxyError> {
         let tls = match &s.tls {
             Some((cert, key, required)) => Some(client_tls(cert, key, *required)?),
@@ -117,6 +120,7 @@ impl Runtime {
             pool_size: s.pool_size,
             idle_release: s.idle_release,
             shutdown_timeout: s.shutdown_timeout,
+            auth: crate::auth::AuthRuntime::from_settings(&s.auth)?,
         })
     }
 }

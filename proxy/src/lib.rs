@@ -45,6 +45,7 @@
 
 mod admin;
 pub mod admin_auth;
+pub mod auth;
 mod cancel;
 mod clients;
 mod conn;

@@ -1,5 +1,5 @@
 //! Server connections of the auto port: opening one (TCP, TLS, startup, authentication with the
-//! client's password), and the pool idle ones wait in between transactions.
+//! client's SCRAM keys or password), and the pool idle ones wait in between transactions.
 //!
 //! A [`ServerConn`] carries its [`Route`], so the router fences it like any other connection: a
 //! pooled connection to a former leader is dropped by [`Pool::purge_fenced`] right after the
@@ -280,6 +280,65 @@ impl ServerConn {
         }
     }
 
+    /// Runs `auth_query` with `$1` = `user` (extended protocol: the name is a parameter, never
+    /// SQL text) and returns the second column of its first row (`passwd`); `None` for no row or
+    /// a NULL. An ErrorResponse is [`OpenError::Refused`].
+    pub async fn query_secret(
+        &mut self,
+        query: &str,
+        user: &str,
+    ) -> Result<Option<String>, OpenError> {
+        use bytes::BufMut;
+        use praetor_protocol::frontend::encode_message;
+        let mut q = BytesMut::new();
+        encode_message(&mut q, b'P', |b| {
+            b.put_u8(0);
+            b.put_slice(query.as_bytes());
+            b.put_u8(0);
+            b.put_u16(0);
+        });
+        encode_message(&mut q, b'B', |b| {
+            b.put_slice(b"\0\0");
+            b.put_u16(0);
+            b.put_u16(1);
+            b.put_u32(user.len() as u32);
+            b.put_slice(user.as_bytes());
+            b.put_u16(0);
+        });
+        encode_message(&mut q, b'E', |b| {
+            b.put_u8(0);
+            b.put_u32(0);
+        });
+        encode_message(&mut q, b'S', |_| {});
+        self.stream
+            .write_all(&q)
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        let (mut error, mut secret, mut got_row) = (None, None, false);
+        loop {
+            let frame = self.next_frame().await?;
+            match frame[0] {
+                ERROR_RESPONSE => {
+                    error = Some((
+                        frame.clone(),
+                        ErrorFields::parse(&frame[5..]).unwrap_or_default(),
+                    ))
+                }
+                b'D' if !got_row => {
+                    got_row = true;
+                    secret = data_row_column(&frame[5..], 1);
+                }
+                READY_FOR_QUERY => {
+                    return match error {
+                        None => Ok(secret),
+                        Some((frame, fields)) => Err(OpenError::Refused(frame, fields)),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// A cheap check that an idle connection is still usable: nothing arrived (no FATAL, no end of
     /// file) while it was idle.
     pub fn looks_alive(&mut self) -> bool {
@@ -301,14 +360,34 @@ const DATA_ROW: u8 = b'D';
 
 /// The first column of a DataRow body as text; `None` for NULL, no column or a malformed row.
 fn first_column(body: &[u8]) -> Option<String> {
-    let columns = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
-    if columns < 1 {
+    data_row_column(body, 0)
+}
+
+/// Column `index` of a DataRow body (`int16 count | (int32 len | bytes)*`) as text; `None` for
+/// NULL, a malformed row or a column that is not UTF-8.
+fn data_row_column(body: &[u8], index: usize) -> Option<String> {
+    let (count, mut rest) = body.split_first_chunk::<2>()?;
+    if index >= usize::from(u16::from_be_bytes(*count)) {
         return None;
     }
-    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
-    let len = usize::try_from(len).ok()?; // -1: NULL
-    let bytes = body.get(6..6 + len)?;
-    Some(String::from_utf8_lossy(bytes).into_owned())
+    for i in 0..=index {
+        let (len, after) = rest.split_first_chunk::<4>()?;
+        let len = i32::from_be_bytes(*len);
+        if len < 0 {
+            if i == index {
+                return None;
+            }
+            rest = after;
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        let value = after.get(..len)?;
+        if i == index {
+            return String::from_utf8(value.to_vec()).ok();
+        }
+        rest = &after[len..];
+    }
+    None
 }
 
 /// Idle connections per server, then per StartupMessage, each with the time it was returned.

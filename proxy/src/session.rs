@@ -1,11 +1,13 @@
 //! The auto port: one client session routed transaction by transaction.
 //!
-//! The session authenticates its client against the first server it opens (the leader, or a
-//! replica for `praetor.target=replica`): trust passes through; for a password method the proxy asks
-//! the client for its password in clear text (over TLS when configured) and answers the server
-//! itself, so that it can open more server connections later with the same credentials
-//! ([`praetor_protocol::PasswordAuth`]). The client gets the server's ParameterStatus messages and a
-//! cancel key issued by the proxy.
+//! The session authenticates its client itself with SCRAM-SHA-256 against the user's secret from
+//! `auth_file` or `auth_query` ([`crate::auth`], [`praetor_protocol::ScramServer`]) and logs in to
+//! servers with the client's recovered SCRAM keys, so that it can open more server connections later
+//! without a password ([`praetor_protocol::PasswordAuth`]). Without a source of secrets, only servers
+//! that ask for no password serve it. With `auth_type: cleartext` (TLS clients only) it asks the
+//! client for its password when the first server (the leader, or a replica for
+//! `praetor.target=replica`) wants one and lets that server check it. The client gets the server's
+//! ParameterStatus messages and a cancel key issued by the proxy.
 //!
 //! Then, at every *idle point* (the servers answered everything and the last ReadyForQuery said
 //! `I`), the first message of the next unit decides where the unit goes:
@@ -45,23 +47,25 @@ use praetor_protocol::backend::{
     ERROR_RESPONSE, NOTICE_RESPONSE, PARAMETER_STATUS, READY_FOR_QUERY,
 };
 use praetor_protocol::frontend::{
-    cleartext_password, encode_auth_cleartext, encode_auth_ok, encode_backend_key_data,
-    encode_ready_for_query, query_text, Bind, Parse, BIND, FUNCTION_CALL, PARSE, PASSWORD, QUERY,
-    SYNC, TERMINATE,
+    cleartext_password, encode_auth_cleartext, encode_auth_ok, encode_auth_sasl_continue,
+    encode_auth_sasl_final, encode_auth_sasl_scram, encode_backend_key_data,
+    encode_ready_for_query, query_text, sasl_initial_response, Bind, Parse, BIND, FUNCTION_CALL,
+    PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
 };
 use praetor_protocol::unit::{
     between_units, replica_reply, translate_backend_pid, translate_notification_pid, BetweenUnits,
     ReplicaReply, NOTIFICATION_RESPONSE,
 };
 use praetor_protocol::{
-    encode_error_response, Class, FrameHeader, FrontendHeader, PasswordAuth, PinReason, Severity,
-    SqlState, TxStatus,
+    encode_error_response, Class, Credential, FrameHeader, FrontendHeader, PasswordAuth, PinReason,
+    ScramError, ScramSecret, ScramServer, Severity, SqlState, TxStatus,
 };
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::auth::{AuthType, Secret};
 use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
 use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
@@ -138,10 +142,11 @@ enum End {
     ServerLost(String),
     /// Shutdown or drain.
     Shutdown,
-    /// The client sent nothing for `client_message_timeout` in the middle of a message, or did not
-    /// answer the password request within `authentication_timeout`: answered with a FATAL with
-    /// this SQLSTATE and message, counted in `praetor_proxy_client_errors_total` under the reason.
-    Timeout(SqlState, &'static str, String),
+    /// The client sent nothing for `client_message_timeout` in the middle of a message, did not
+    /// finish authenticating within `authentication_timeout`, or failed to authenticate: answered
+    /// with a FATAL with this SQLSTATE and message, counted in
+    /// `praetor_proxy_client_errors_total` under the reason.
+    Refused(SqlState, &'static str, String),
     /// Idle with nothing but the client to wait for: the session leaves its task
     /// ([`crate::park`]).
     Park,
@@ -165,7 +170,7 @@ struct Session<'a> {
     /// The PID the client got in BackendKeyData (the proxy's, see [`crate::cancel`]).
     client_pid: i32,
     user: String,
-    password: Option<Vec<u8>>,
+    credential: Option<Credential>,
     /// The StartupMessage servers get (the client's, without `praetor.*` options).
     startup: Bytes,
     target: Target,
@@ -333,7 +338,7 @@ fn unparked<'a>(
 /// copy).
 pub(crate) struct Dormant {
     rt: Arc<Runtime>,
-    password: Option<Vec<u8>>,
+    credential: Option<Credential>,
     startup: Bytes,
     target: Target,
     last_side: Option<Side>,
@@ -368,7 +373,7 @@ impl<'a> Live<'a> {
     ) -> Box<Live<'a>> {
         let Dormant {
             rt,
-            password,
+            credential,
             startup,
             target,
             last_side,
@@ -388,7 +393,7 @@ impl<'a> Live<'a> {
                 info: registered.info.clone(),
                 client_pid: registration.pid(),
                 user: registered.info.user(),
-                password,
+                credential,
                 startup,
                 target,
                 leader: None,
@@ -447,7 +452,7 @@ impl<'a> Live<'a> {
             client,
             Box::new(Dormant {
                 rt: session.rt,
-                password: session.password,
+                credential: session.credential,
                 startup: session.startup,
                 target: session.target,
                 last_side: session.last_side,
@@ -476,6 +481,7 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
         registered,
         gauge,
     } = accepted;
+    let database = startup.database().to_string();
     let (options, kept) = startup.take_options("praetor.");
     let mut target = rt
         .database_targets
@@ -536,7 +542,7 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
         leftover,
         Dormant {
             rt,
-            password: None,
+            credential: None,
             startup: server_startup,
             target,
             last_side: None,
@@ -556,8 +562,8 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
         ..
     } = &mut *live;
     cbuf.reserve(CLIENT_BUFFER_BYTES);
-    if let Err(end) = s.login(client, cbuf, &key).await {
-        if let End::Protocol(code, message) | End::Timeout(code, _, message) = &end {
+    if let Err(end) = s.login(client, cbuf, &key, &database).await {
+        if let End::Protocol(code, message) | End::Refused(code, _, message) = &end {
             send_fatal(client, *code, message).await;
         }
         s.log_end(&end, "during login");
@@ -573,7 +579,7 @@ async fn finish(mut live: Box<Live<'_>>, end: End) {
     let Live {
         session: s, client, ..
     } = &mut *live;
-    if let End::Protocol(code, message) | End::Timeout(code, _, message) = &end {
+    if let End::Protocol(code, message) | End::Refused(code, _, message) = &end {
         send_fatal(client, *code, message).await;
     }
     if matches!(end, End::Shutdown) {
@@ -617,7 +623,7 @@ impl Session<'_> {
                     .client_error(ListenerKind::Auto, "server_lost");
                 info!("closing the client: {m}");
             }
-            End::Timeout(_, reason, m) => {
+            End::Refused(_, reason, m) => {
                 self.shared.metrics.client_error(ListenerKind::Auto, reason);
                 info!("closing the client: {m}");
             }
@@ -633,13 +639,44 @@ impl Session<'_> {
         }
     }
 
-    /// Authenticates the client against the first server and sends it the startup replies.
+    /// Authenticates the client (SCRAM against the user's stored secret, or its cleartext
+    /// password checked by the first server), opens the first server and sends the client the
+    /// startup replies.
     async fn login(
         &mut self,
         client: &mut ClientStream,
         cbuf: &mut BytesMut,
         key: &praetor_protocol::CancelKey,
+        database: &str,
     ) -> Result<(), End> {
+        match self.rt.auth.auth_type {
+            AuthType::Cleartext if !client.is_tls() => {
+                return Err(End::Refused(
+                    SqlState::INVALID_AUTHORIZATION,
+                    "auth",
+                    "the proxy's auto port takes passwords in clear text (auth_type: cleartext) \
+                     only over TLS: connect with sslmode=require"
+                        .into(),
+                ));
+            }
+            AuthType::ScramSha256 if self.rt.auth.has_source() => {
+                let limit = self.rt.startup_timeout;
+                let done = tokio::time::timeout(limit, self.authenticate(client, cbuf, database))
+                    .await
+                    .map_err(|_| {
+                        End::Refused(
+                            SqlState::QUERY_CANCELED,
+                            "auth_timeout",
+                            format!(
+                                "canceling authentication due to timeout: not authenticated within {} s",
+                                limit.as_secs()
+                            ),
+                        )
+                    })??;
+                self.credential = Some(done);
+            }
+            _ => {}
+        }
         let side = match self.target {
             Target::Replica => Side::Replica,
             _ => Side::Leader,
@@ -685,7 +722,7 @@ impl Session<'_> {
                 drop(route);
                 return self.logged_in(client, key, side, conn, &messages).await;
             }
-            let mut auth = PasswordAuth::new(&self.user, self.password.as_deref());
+            let mut auth = PasswordAuth::with_credential(&self.user, self.credential.clone());
             let opened = open(
                 route,
                 gauge,
@@ -696,7 +733,21 @@ impl Session<'_> {
             )
             .await;
             match opened {
-                Err(OpenError::NeedPassword) if self.password.is_none() => {
+                Err(OpenError::NeedPassword) if self.rt.auth.auth_type == AuthType::ScramSha256 => {
+                    // SCRAM without auth_file or auth_user: the proxy has no secret to check the
+                    // client against, so it serves only servers that ask for none.
+                    return Err(End::Refused(
+                        SqlState::INVALID_AUTHORIZATION,
+                        "auth",
+                        format!(
+                            "{described} asks for a password and the proxy has no secret for user \"{}\" \
+                             to authenticate the client with SCRAM: give praetor.proxy.auth_file or \
+                             praetor.proxy.auth_user",
+                            self.user
+                        ),
+                    ));
+                }
+                Err(OpenError::NeedPassword) if self.credential.is_none() => {
                     // The server wants a password: ask the client once, then log in again with it.
                     let mut login = LoginAuth {
                         client: &mut *client,
@@ -706,8 +757,8 @@ impl Session<'_> {
                     // keep its task and socket.
                     let limit = self.rt.startup_timeout;
                     let answered = tokio::time::timeout(limit, login.ask_password()).await;
-                    self.password = Some(answered.map_err(|_| {
-                        End::Timeout(
+                    self.credential = Some(Credential::Password(answered.map_err(|_| {
+                        End::Refused(
                             SqlState::QUERY_CANCELED,
                             "auth_timeout",
                             format!(
@@ -715,7 +766,7 @@ impl Session<'_> {
                                 limit.as_secs()
                             ),
                         )
-                    })??);
+                    })??));
                 }
                 Ok((conn, startup_messages)) => {
                     return self
@@ -758,6 +809,163 @@ impl Session<'_> {
                     send_fatal(client, SqlState::INVALID_PASSWORD, &message).await;
                     return Err(End::ServerLost(message));
                 }
+            }
+        }
+    }
+
+    /// Runs SCRAM-SHA-256 with the client against the user's secret (`auth_file` first, then
+    /// `auth_query`); returns what the proxy logs in to servers with: the client's SCRAM keys, or
+    /// the password of a cleartext `auth_file` entry. A user without a usable secret goes through
+    /// the whole exchange against a mock secret and fails like a wrong password (as PostgreSQL
+    /// does), with PostgreSQL's 28P01 message.
+    async fn authenticate(
+        &mut self,
+        client: &mut ClientStream,
+        cbuf: &mut BytesMut,
+        database: &str,
+    ) -> Result<Credential, End> {
+        let found = match self.rt.auth.file.get(&self.user) {
+            Some(s) => Some(s.clone()),
+            None => self.query_secret(client, database).await?,
+        };
+        let (secret, password) = match found {
+            Some(Secret::Scram(s)) => (s, None),
+            Some(Secret::Password(p)) => (ScramSecret::from_password(p.as_bytes()), Some(p)),
+            Some(Secret::Md5) => {
+                info!(user = %self.user, "the user's secret is an MD5 hash, which cannot check a SCRAM client; store a SCRAM secret (password_encryption = scram-sha-256)");
+                (ScramSecret::mock(), None)
+            }
+            None => {
+                debug!(user = %self.user, "no secret for the user");
+                (ScramSecret::mock(), None)
+            }
+        };
+        let mut server = ScramServer::new(secret);
+        let mut login = LoginAuth {
+            client: &mut *client,
+            cbuf: &mut *cbuf,
+        };
+        let mut out = BytesMut::new();
+        encode_auth_sasl_scram(&mut out);
+        login.client.write_all(&out).await.map_err(End::Io)?;
+        let frame = login.read_password_message().await?;
+        let (mechanism, data) = sasl_initial_response(&frame[5..])
+            .map_err(|e| End::Protocol(e.sqlstate(), e.to_string()))?;
+        if mechanism != "SCRAM-SHA-256" {
+            return Err(End::Protocol(
+                SqlState::PROTOCOL_VIOLATION,
+                format!("client selected an invalid SASL authentication mechanism: {mechanism:?}"),
+            ));
+        }
+        let malformed = |e: ScramError| End::Protocol(SqlState::PROTOCOL_VIOLATION, e.to_string());
+        let first = server.client_first(data).map_err(malformed)?;
+        out.clear();
+        encode_auth_sasl_continue(&mut out, &first);
+        login.client.write_all(&out).await.map_err(End::Io)?;
+        let frame = login.read_password_message().await?;
+        let (keys, last) = match server.client_final(&frame[5..]) {
+            Ok(done) => done,
+            Err(ScramError::WrongProof) => {
+                return Err(End::Refused(
+                    SqlState::INVALID_PASSWORD,
+                    "auth",
+                    format!("password authentication failed for user \"{}\"", self.user),
+                ))
+            }
+            Err(e) => return Err(malformed(e)),
+        };
+        out.clear();
+        encode_auth_sasl_final(&mut out, &last);
+        login.client.write_all(&out).await.map_err(End::Io)?;
+        Ok(match password {
+            Some(p) => Credential::Password(p.into_bytes()),
+            None => Credential::Scram(Box::new(keys)),
+        })
+    }
+
+    /// Runs `auth_query` for the session's user as `auth_user`, in the client's `database`, on
+    /// the leader (a replica when there is none). `None`: no `auth_user`, or no such user (or no
+    /// password). The `auth_user` connection returns to the pool.
+    async fn query_secret(
+        &mut self,
+        client: &mut ClientStream,
+        database: &str,
+    ) -> Result<Option<Secret>, End> {
+        let Some(auth_user) = self.rt.auth.user.clone() else {
+            return Ok(None);
+        };
+        let route = match self
+            .shared
+            .router
+            .route_want(Want::Leader, self.rt.connect_timeout)
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => match self.shared.router.try_route_want(Want::Read) {
+                Ok(r) => r,
+                Err(e) => return Err(self.refuse(client, e).await),
+            },
+        };
+        let startup = praetor_protocol::startup::encode_startup(&[
+            ("user", &auth_user),
+            ("database", database),
+            ("application_name", "praetor auth_query"),
+        ]);
+        let described = format!("{} {}", route.role.as_str(), route.backend);
+        let failed = |m: String| {
+            End::Refused(
+                SqlState::INVALID_AUTHORIZATION,
+                "auth",
+                format!("cannot look up the user's secret with auth_query as {auth_user:?} on {described}: {m}"),
+            )
+        };
+        let mut conn = match self.shared.pool.take(&route.backend, &startup) {
+            Some(c) => c,
+            None => {
+                let gauge = self.count_connection(&route);
+                let mut auth = PasswordAuth::new(&auth_user, self.rt.auth.user_password.as_deref());
+                match open(
+                    route,
+                    gauge,
+                    &self.rt.backend_tls,
+                    self.rt.connect_timeout,
+                    &startup,
+                    &mut auth,
+                )
+                .await
+                {
+                    Ok((c, _)) => c,
+                    Err(OpenError::Refused(_, f)) => {
+                        return Err(failed(f.message().unwrap_or("refused").to_string()))
+                    }
+                    Err(OpenError::NeedPassword) => {
+                        return Err(failed(
+                            "the server asks for a password: give praetor.proxy.auth_password or auth_user's password in auth_file".into(),
+                        ))
+                    }
+                    Err(OpenError::Connect(m) | OpenError::NotReady(m) | OpenError::Failed(m)) => {
+                        return Err(failed(m))
+                    }
+                }
+            }
+        };
+        let answer = conn
+            .query_secret(&self.rt.auth.query, &self.user)
+            .await
+            .map_err(|e| {
+                failed(match e {
+                    OpenError::Refused(_, f) => f.message().unwrap_or("error").to_string(),
+                    OpenError::Connect(m) | OpenError::NotReady(m) | OpenError::Failed(m) => m,
+                    OpenError::NeedPassword => "unexpected authentication request".into(),
+                })
+            })?;
+        self.shared.pool.put(conn, &startup, self.rt.pool_size);
+        match answer.map(|s| Secret::parse(&s)) {
+            None => Ok(None),
+            Some(Ok(secret)) => Ok(Some(secret)),
+            Some(Err(e)) => {
+                warn!(user = %self.user, "auth_query returned a malformed secret: {e}");
+                Ok(None)
             }
         }
     }
@@ -972,7 +1180,7 @@ impl Session<'_> {
                     self.stalled_since = None;
                 }
                 Wake::Stalled => {
-                    return End::Timeout(
+                    return End::Refused(
                         SqlState::PROTOCOL_VIOLATION,
                         "message_timeout",
                         format!(
@@ -1956,7 +2164,7 @@ impl Session<'_> {
             }
             let described = format!("{} {}", route.role.as_str(), route.backend);
             let gauge = self.count_connection(&route);
-            let mut auth = PasswordAuth::new(&self.user, self.password.as_deref());
+            let mut auth = PasswordAuth::with_credential(&self.user, self.credential.clone());
             match open(
                 route,
                 gauge,
@@ -2190,8 +2398,8 @@ fn poll_conn(conn: &mut Option<Box<ServerConn>>, cx: &mut Context<'_>) -> Poll<C
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf).map(ConnEvent::Read)
 }
 
-/// The client half of the auto port's login: asks the client for its password when a server wants
-/// one.
+/// The client half of the auto port's login: the SCRAM exchange's messages, or the password when a
+/// server wants one (`auth_type: cleartext`).
 struct LoginAuth<'a> {
     client: &'a mut ClientStream,
     cbuf: &'a mut BytesMut,
@@ -2203,6 +2411,15 @@ impl LoginAuth<'_> {
         let mut out = BytesMut::new();
         encode_auth_cleartext(&mut out);
         self.client.write_all(&out).await.map_err(End::Io)?;
+        let frame = self.read_password_message().await?;
+        cleartext_password(&frame[5..])
+            .map(|p| p.as_bytes().to_vec())
+            .map_err(|e| End::Protocol(e.sqlstate(), e.to_string()))
+    }
+
+    /// Reads the client's next message, which must be a `p` (PasswordMessage, SASLInitialResponse
+    /// or SASLResponse), whole.
+    async fn read_password_message(&mut self) -> Result<BytesMut, End> {
         loop {
             match FrontendHeader::peek(self.cbuf, praetor_protocol::MAX_STARTUP_PACKET_LEN) {
                 Ok(Some(h)) if self.cbuf.len() >= h.frame_len => {
@@ -2213,9 +2430,7 @@ impl LoginAuth<'_> {
                             format!("expected a password message, got {:?}", h.tag as char),
                         ));
                     }
-                    return cleartext_password(&frame[5..])
-                        .map(|p| p.as_bytes().to_vec())
-                        .map_err(|e| End::Protocol(e.sqlstate(), e.to_string()));
+                    return Ok(frame);
                 }
                 Ok(_) => {}
                 Err(e) => return Err(End::Protocol(e.sqlstate(), e.to_string())),

@@ -8,6 +8,7 @@ use praetor_config::{Address, ProxyConfig};
 use praetor_protocol::DEFAULT_MAX_MESSAGE_LEN;
 
 use crate::admin_auth::{AdminAccess, AdminAuthMethod};
+use crate::auth::{AuthSettings, AuthType, DEFAULT_AUTH_QUERY};
 use crate::error::ProxyError;
 
 /// Default of `praetor.proxy.connect_timeout`, in seconds.
@@ -131,6 +132,9 @@ pub struct ProxySettings {
     /// This struct's default trusts every user (for tests on loopback listeners); the
     /// configuration file's default is SCRAM-SHA-256 ([`ProxySettings::from_config`]).
     pub admin_access: AdminAccess,
+    /// `praetor.proxy.auth_type`, `auth_file`, `auth_query`, `auth_user`, `auth_password`: how
+    /// the auto port authenticates clients.
+    pub auth: AuthSettings,
 }
 
 impl Default for ProxySettings {
@@ -167,6 +171,7 @@ impl Default for ProxySettings {
                 method: AdminAuthMethod::Trust,
                 ..AdminAccess::default()
             },
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -328,8 +333,45 @@ impl ProxySettings {
         };
         let admin = c.admin.as_ref().map(|l| l.listen.clone());
         check_admin_access(admin.as_ref(), &admin_access)?;
+        let auth_type = match &c.auth_type {
+            None => AuthType::default(),
+            Some(t) => AuthType::parse(t).ok_or_else(|| ProxyError::Config {
+                key: "praetor.proxy.auth_type",
+                reason: format!("{t:?} is not scram-sha-256 or cleartext"),
+            })?,
+        };
+        if auth_type == AuthType::Cleartext && c.tls.is_none() {
+            return Err(ProxyError::Config {
+                key: "praetor.proxy.auth_type",
+                reason: "cleartext passwords are accepted only over TLS: configure praetor.proxy.tls, or use scram-sha-256".into(),
+            });
+        }
+        let auth_query = match &c.auth_query {
+            None => DEFAULT_AUTH_QUERY.to_string(),
+            Some(q) if !q.contains("$1") => {
+                return Err(ProxyError::Config {
+                    key: "praetor.proxy.auth_query",
+                    reason: "must use $1 for the user name".into(),
+                })
+            }
+            Some(q) => q.clone(),
+        };
+        if c.auth_password.is_some() && c.auth_user.is_none() {
+            return Err(ProxyError::Config {
+                key: "praetor.proxy.auth_password",
+                reason: "is auth_user's password: give praetor.proxy.auth_user too".into(),
+            });
+        }
+        let auth = AuthSettings {
+            auth_type,
+            auth_file: c.auth_file.clone(),
+            auth_query,
+            auth_user: c.auth_user.clone().filter(|u| !u.is_empty()),
+            auth_password: c.auth_password.clone(),
+        };
         Ok(ProxySettings {
             admin_access,
+            auth,
             startup_timeout,
             message_timeout,
             max_client_conn,
@@ -513,6 +555,37 @@ mod tests {
         std::fs::remove_file(&dir).unwrap();
         assert_eq!(s.admin_access.users, vec!["ops".to_string()]);
         assert_eq!(s.admin_access.method, AdminAuthMethod::ScramSha256);
+    }
+
+    #[test]
+    fn auth_keys_resolve_and_bad_ones_name_their_key() {
+        let base = "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n";
+        let s = ProxySettings::from_config(&config(base)).unwrap();
+        assert_eq!(s.auth, AuthSettings::default());
+        assert_eq!(s.auth.auth_query, DEFAULT_AUTH_QUERY);
+        let s = ProxySettings::from_config(&config(&format!(
+            "{base}    auth_type: scram-sha-256\n    auth_file: /etc/userlist.txt\n    auth_user: pgbouncer\n    auth_password: x\n    auth_query: SELECT u, p FROM f($1)\n"
+        )))
+        .unwrap();
+        assert_eq!(s.auth.auth_user.as_deref(), Some("pgbouncer"));
+        assert_eq!(s.auth.auth_file, Some(PathBuf::from("/etc/userlist.txt")));
+        assert_eq!(s.auth.auth_query, "SELECT u, p FROM f($1)");
+        for (extra, key) in [
+            ("auth_type: md5", "praetor.proxy.auth_type"),
+            ("auth_type: cleartext", "praetor.proxy.auth_type"),
+            ("auth_query: SELECT 1", "praetor.proxy.auth_query"),
+            ("auth_password: x", "praetor.proxy.auth_password"),
+        ] {
+            let err = ProxySettings::from_config(&config(&format!("{base}    {extra}\n")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{extra}: {err}");
+        }
+        let tls = ProxySettings::from_config(&config(&format!(
+            "{base}    auth_type: cleartext\n    tls: {{certfile: /c, keyfile: /k}}\n"
+        )))
+        .unwrap();
+        assert_eq!(tls.auth.auth_type, AuthType::Cleartext);
     }
 
     #[test]

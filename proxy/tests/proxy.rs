@@ -1133,13 +1133,42 @@ async fn auto_port_routes_reads_to_the_replica_and_everything_else_to_the_leader
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_port_logs_in_with_trust_md5_and_scram_and_reuses_the_password_for_replicas() {
+async fn auto_port_checks_scram_clients_against_auth_file_and_logs_in_to_md5_and_scram_servers() {
     let dir = WorkDir::new("proxy-auto-auth").unwrap();
     let (pg_a, pg_b) = start_pair(&dir).await;
     password_users(&pg_a).await;
     password_users(&pg_b).await;
+    // SCRAM pass-through needs the same secret on every server, as replicas of one primary have.
+    let on_a = connect(SocketAddr::from(([127, 0, 0, 1], pg_a.port())))
+        .await
+        .unwrap();
+    let rows = on_a
+        .simple_query("SELECT rolpassword FROM pg_authid WHERE rolname = 'scramuser'")
+        .await
+        .unwrap();
+    let secret = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a secret for scramuser");
+    let on_b = connect(SocketAddr::from(([127, 0, 0, 1], pg_b.port())))
+        .await
+        .unwrap();
+    on_b.batch_execute(&format!("ALTER ROLE scramuser PASSWORD '{secret}'"))
+        .await
+        .unwrap();
+    // scramuser: no line, so auth_query (as postgres) finds its SCRAM secret and servers get its
+    // SCRAM keys; md5user: its password in clear text (the client still uses SCRAM; the md5
+    // server gets the password).
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(&userlist, "\"md5user\" \"md5secret\"\n").unwrap();
     let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
-    let proxy = TestProxy::start(topology(Some(&a), &[&b]), Duration::from_secs(5)).await;
+    let mut settings = test_settings(Duration::from_secs(5));
+    settings.auth.auth_file = Some(userlist);
+    settings.auth.auth_user = Some("postgres".into());
+    let proxy = TestProxy::start_with(topology(Some(&a), &[&b]), settings, None).await;
     for (user, password) in [("md5user", "md5secret"), ("scramuser", "scramsecret")] {
         let mut cfg = conn_config(proxy.auto);
         cfg.user(user).password(password);
@@ -2510,16 +2539,31 @@ async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300
     let dir = WorkDir::new("proxy-auth-timeout").unwrap();
     let pg = Postgres::start(&dir, "pg").await.unwrap();
     password_users(&pg).await;
-    let settings = ProxySettings {
+    let userlist = dir.path().join("userlist.txt");
+    // postgres (trusted by the server) gets a password for the proxy's SCRAM check.
+    std::fs::write(
+        &userlist,
+        "\"md5user\" \"md5secret\"\n\"postgres\" \"pw\"\n",
+    )
+    .unwrap();
+    let mut settings = ProxySettings {
         startup_timeout: Duration::from_secs(3),
         max_client_conn: 3,
         ..test_settings(Duration::from_secs(5))
     };
+    settings.auth.auth_file = Some(userlist);
     let proxy =
         TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
-    let other = connect(proxy.auto).await.unwrap();
+    let connect_auto = || async {
+        let mut cfg = conn_config(proxy.auto);
+        cfg.password("pw");
+        let (client, conn) = cfg.connect(NoTls).await?;
+        tokio::spawn(conn);
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    let other = connect_auto().await.unwrap();
 
-    // The auto port asks for the password (AuthenticationCleartextPassword) and gets nothing.
+    // The auto port starts SCRAM (AuthenticationSASL) and gets nothing.
     let (mut silent, tag) = raw_login(proxy.auto, "md5user").await;
     assert_eq!(tag, b'R');
     assert_eq!(
@@ -2548,7 +2592,7 @@ async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300
         .wait_metric(r#"praetor_proxy_client_connections{listener="auto"} 1"#)
         .await;
     let second = connect(proxy.rw).await.unwrap();
-    let third = connect(proxy.auto).await.unwrap();
+    let third = connect_auto().await.unwrap();
     for addr in [proxy.auto, proxy.rw] {
         let err = connect(addr).await.expect_err("over max_client_conn");
         assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err}");
@@ -2573,7 +2617,7 @@ async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300
     third.simple_query("SELECT 1").await.unwrap();
     drop(third);
     wait_for("a slot to free up", DEADLINE, || async {
-        match connect(proxy.auto).await {
+        match connect_auto().await {
             Ok(c) => c
                 .simple_query("SELECT 1")
                 .await

@@ -1,0 +1,242 @@
+//! Where the auto port finds the secrets it authenticates clients with: `auth_file` (PgBouncer's
+//! userlist.txt) and `auth_query` (run as `auth_user`), and the `auth_type` that says how.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use praetor_protocol::ScramSecret;
+
+use crate::error::ProxyError;
+
+/// PgBouncer's default `auth_query`.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
+
+/// `praetor.proxy.auth_type`: how the auto port authenticates its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 against the user's stored secret (from `auth_file` or `auth_query`); server
+    /// connections log in with the client's SCRAM keys.
+    #[default]
+    ScramSha256,
+    /// The client sends its password (AuthenticationCleartextPassword); refused unless the client
+    /// connection is TLS.
+    Cleartext,
+}
+
+impl AuthType {
+    /// `scram-sha-256` or `cleartext` (`plain`, `password` accepted too).
+    pub fn parse(s: &str) -> Option<AuthType> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scram-sha-256" | "scram" => Some(AuthType::ScramSha256),
+            "cleartext" | "plain" | "password" => Some(AuthType::Cleartext),
+            _ => None,
+        }
+    }
+}
+
+/// The auto port's authentication settings (`praetor.proxy.auth_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// `auth_type` (default `scram-sha-256`).
+    pub auth_type: AuthType,
+    /// `auth_file`: read when the proxy starts and at `RELOAD`.
+    pub auth_file: Option<PathBuf>,
+    /// `auth_query`, with `$1` the user name.
+    pub auth_query: String,
+    /// `auth_user`: who runs `auth_query`; `None`: no query.
+    pub auth_user: Option<String>,
+    /// `auth_password`: `auth_user`'s password, when `auth_file` does not give it.
+    pub auth_password: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> AuthSettings {
+        AuthSettings {
+            auth_type: AuthType::default(),
+            auth_file: None,
+            auth_query: DEFAULT_AUTH_QUERY.to_string(),
+            auth_user: None,
+            auth_password: None,
+        }
+    }
+}
+
+/// One user's secret, as `auth_file` or `auth_query` gives it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// A SCRAM-SHA-256 secret: clients authenticate against it and servers get their SCRAM keys.
+    Scram(ScramSecret),
+    /// An MD5 hash (`md5` + 32 hex digits): a SCRAM client cannot be checked against it.
+    Md5,
+    /// A password in clear text (auth_file only): clients authenticate with SCRAM against a secret
+    /// made from it, and servers get the password.
+    Password(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Secret::Scram(_) => "Scram(********)",
+            Secret::Md5 => "Md5(********)",
+            Secret::Password(_) => "Password(********)",
+        })
+    }
+}
+
+impl Secret {
+    /// Classifies a stored secret (`pg_authid.rolpassword` or an `auth_file` value).
+    pub fn parse(s: &str) -> Result<Secret, String> {
+        if s.starts_with("SCRAM-SHA-256$") {
+            return ScramSecret::parse(s)
+                .map(Secret::Scram)
+                .map_err(|e| e.to_string());
+        }
+        if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Secret::Md5);
+        }
+        Ok(Secret::Password(s.to_string()))
+    }
+}
+
+/// The auth settings in the form sessions use them: `auth_file` read and parsed.
+#[derive(Debug, Default)]
+pub(crate) struct AuthRuntime {
+    pub auth_type: AuthType,
+    pub file: HashMap<String, Secret>,
+    pub query: String,
+    pub user: Option<String>,
+    pub user_password: Option<Vec<u8>>,
+}
+
+impl AuthRuntime {
+    /// Reads `auth_file`. Errors name `praetor.proxy.auth_file` (unreadable, a malformed line or
+    /// secret).
+    pub fn from_settings(s: &AuthSettings) -> Result<AuthRuntime, ProxyError> {
+        let file = match &s.auth_file {
+            None => HashMap::new(),
+            Some(path) => read_auth_file(path)?,
+        };
+        let user_password = s
+            .auth_user
+            .as_ref()
+            .and_then(|u| match file.get(u) {
+                Some(Secret::Password(p)) => Some(p.clone().into_bytes()),
+                _ => None,
+            })
+            .or_else(|| s.auth_password.clone().map(String::into_bytes));
+        Ok(AuthRuntime {
+            auth_type: s.auth_type,
+            file,
+            query: s.auth_query.clone(),
+            user: s.auth_user.clone(),
+            user_password,
+        })
+    }
+
+    /// Whether the proxy has any source of secrets (`auth_file` or `auth_user`). Without one, the
+    /// SCRAM auto port serves only servers that ask for no password.
+    pub fn has_source(&self) -> bool {
+        !self.file.is_empty() || self.user.is_some()
+    }
+}
+
+fn read_auth_file(path: &Path) -> Result<HashMap<String, Secret>, ProxyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ProxyError::Config {
+        key: "praetor.proxy.auth_file",
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    parse_userlist(&text).map_err(|reason| ProxyError::Config {
+        key: "praetor.proxy.auth_file",
+        reason: format!("{}: {reason}", path.display()),
+    })
+}
+
+/// Parses PgBouncer's userlist.txt: `"user" "secret"` per line (a `""` inside quotes is one `"`);
+/// lines that do not start with `"` are comments. Errors name the line.
+pub fn parse_userlist(text: &str) -> Result<HashMap<String, Secret>, String> {
+    fn quoted(s: &str) -> Option<(String, &str)> {
+        let mut rest = s.trim_start().strip_prefix('"')?;
+        let mut out = String::new();
+        loop {
+            let end = rest.find('"')?;
+            out.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            match rest.strip_prefix('"') {
+                Some(r) => {
+                    out.push('"');
+                    rest = r;
+                }
+                None => return Some((out, rest)),
+            }
+        }
+    }
+    let mut users = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if !line.trim_start().starts_with('"') {
+            continue;
+        }
+        let (user, rest) = quoted(line).ok_or(format!("line {}: unterminated quote", n + 1))?;
+        let (secret, _) =
+            quoted(rest).ok_or(format!("line {}: expected \"user\" \"secret\"", n + 1))?;
+        let secret = Secret::parse(&secret).map_err(|e| format!("line {}: {e}", n + 1))?;
+        users.insert(user, secret);
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userlist_lines_parse_like_pgbouncer() {
+        let users = parse_userlist(
+            ";; comment\n\"alice\" \"SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=\"\n\"bo\"\"b\" \"md5c4ca4238a0b923820dcc509a6f75849b\"\n\"carol\" \"plain pass\" \"\"\n\n",
+        )
+        .unwrap();
+        assert!(matches!(users["alice"], Secret::Scram(_)));
+        assert_eq!(users["bo\"b"], Secret::Md5);
+        assert_eq!(users["carol"], Secret::Password("plain pass".into()));
+        assert_eq!(users.len(), 3);
+        assert!(!format!("{users:?}").contains("plain"));
+        let err = parse_userlist("\"dave\" \"SCRAM-SHA-256$4096:x$y:z\"\n").unwrap_err();
+        assert!(err.starts_with("line 1: "), "{err}");
+        assert!(parse_userlist("\"eve\n").is_err());
+        assert!(parse_userlist("\"eve\"\n").is_err());
+    }
+
+    #[test]
+    fn auth_types_parse() {
+        assert_eq!(
+            AuthType::parse("SCRAM-SHA-256"),
+            Some(AuthType::ScramSha256)
+        );
+        assert_eq!(AuthType::parse("cleartext"), Some(AuthType::Cleartext));
+        assert_eq!(AuthType::parse("md5"), None);
+    }
+
+    #[test]
+    fn auth_user_password_comes_from_the_file_or_the_config() {
+        let dir = std::env::temp_dir().join(format!("praetor-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("userlist.txt");
+        std::fs::write(&path, "\"pgbouncer\" \"secret\"\n").unwrap();
+        let mut s = AuthSettings {
+            auth_file: Some(path.clone()),
+            auth_user: Some("pgbouncer".into()),
+            auth_password: Some("other".into()),
+            ..AuthSettings::default()
+        };
+        let rt = AuthRuntime::from_settings(&s).unwrap();
+        assert_eq!(rt.user_password.as_deref(), Some(&b"secret"[..]));
+        assert!(rt.has_source());
+        s.auth_file = None;
+        let rt = AuthRuntime::from_settings(&s).unwrap();
+        assert_eq!(rt.user_password.as_deref(), Some(&b"other"[..]));
+        s.auth_file = Some(dir.join("missing"));
+        let err = AuthRuntime::from_settings(&s).unwrap_err().to_string();
+        assert!(err.starts_with("praetor.proxy.auth_file"), "{err}");
+        assert!(!AuthRuntime::default().has_source());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
