@@ -177,7 +177,8 @@ fn attribute(part: Option<&str>, name: char) -> Result<&str, ScramError> {
     Ok(&part[2..])
 }
 
-/// The server side of one SCRAM-SHA-256 exchange with a client, against a stored secret.
+/// The server side of one SCRAM-SHA-256 exchange with a client, against a stored secret (the
+/// auto port's client login and the proxy's admin console, which ignores the returned keys).
 ///
 /// Call [`ScramServer::client_first`] with the SASLInitialResponse data, send its result as
 /// AuthenticationSASLContinue, then [`ScramServer::client_final`] with the SASLResponse data: it
@@ -484,6 +485,39 @@ mod tests {
         }
         let made = ScramSecret::from_password(b"pencil");
         assert_eq!(made.iterations, 4096);
+    }
+
+    /// A whole exchange against postgres-protocol's client (tokio-postgres's, so libpq's format).
+    fn scram_login(secret: ScramSecret, password: &str) -> Result<(), ScramError> {
+        use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let mut server = ScramServer::new(secret);
+        let first = server.client_first(client.message())?;
+        client.update(&first).expect("server-first parses");
+        let (_, last) = server.client_final(client.message())?;
+        client
+            .finish(&last)
+            .expect("the client accepts the server's signature");
+        Ok(())
+    }
+
+    #[test]
+    fn a_real_client_logs_in_with_the_password_and_not_with_another() {
+        let secret = ScramSecret::from_password(b"s3cret");
+        assert_eq!(scram_login(secret.clone(), "s3cret"), Ok(()));
+        assert_eq!(scram_login(secret, "wrong"), Err(ScramError::WrongProof));
+        assert_eq!(
+            scram_login(ScramSecret::mock(), "s3cret"),
+            Err(ScramError::WrongProof)
+        );
+    }
+
+    #[test]
+    fn postgres_verifiers_parse_and_verify() {
+        let verifier = postgres_protocol::password::scram_sha_256(b"pw");
+        let secret = ScramSecret::parse(&verifier).expect("PostgreSQL's format");
+        assert_eq!(secret.iterations, 4096);
+        assert_eq!(scram_login(secret, "pw"), Ok(()));
     }
 
     #[test]

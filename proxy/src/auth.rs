@@ -1,5 +1,8 @@
-//! Where the auto port finds the secrets it authenticates clients with: `auth_file` (PgBouncer's
-//! userlist.txt) and `auth_query` (run as `auth_user`), and the `auth_type` that says how.
+//! Where the proxy finds the secrets it authenticates clients with: `auth_file` (PgBouncer's
+//! userlist.txt, one file for the auto port's clients and the admin console, as PgBouncer's one
+//! file serves both) and `auth_query` (run as `auth_user`), and the `auth_type` that says how the
+//! auto port uses them. The admin console ([`crate::admin_auth`]) reads the same file with
+//! [`read_auth_file`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,8 +69,9 @@ impl Default for AuthSettings {
 pub enum Secret {
     /// A SCRAM-SHA-256 secret: clients authenticate against it and servers get their SCRAM keys.
     Scram(ScramSecret),
-    /// An MD5 hash (`md5` + 32 hex digits): a SCRAM client cannot be checked against it.
-    Md5,
+    /// An MD5 hash (`md5` + 32 hex digits, PostgreSQL's `md5(password + user)`), kept whole: a
+    /// SCRAM client cannot be checked against it; the admin console's md5 method can.
+    Md5(String),
     /// A password in clear text (auth_file only): clients authenticate with SCRAM against a secret
     /// made from it, and servers get the password.
     Password(String),
@@ -77,7 +81,7 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Secret::Scram(_) => "Scram(********)",
-            Secret::Md5 => "Md5(********)",
+            Secret::Md5(_) => "Md5(********)",
             Secret::Password(_) => "Password(********)",
         })
     }
@@ -92,7 +96,7 @@ impl Secret {
                 .map_err(|e| e.to_string());
         }
         if s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(Secret::Md5);
+            return Ok(Secret::Md5(s.to_string()));
         }
         Ok(Secret::Password(s.to_string()))
     }
@@ -140,7 +144,10 @@ impl AuthRuntime {
     }
 }
 
-fn read_auth_file(path: &Path) -> Result<HashMap<String, Secret>, ProxyError> {
+/// Reads and parses `auth_file` ([`parse_userlist`]). Errors are [`ProxyError::Config`] naming
+/// `praetor.proxy.auth_file`, with the path and the reason (unreadable, a malformed line or
+/// secret).
+pub(crate) fn read_auth_file(path: &Path) -> Result<HashMap<String, Secret>, ProxyError> {
     let text = std::fs::read_to_string(path).map_err(|e| ProxyError::Config {
         key: "praetor.proxy.auth_file",
         reason: format!("cannot read {}: {e}", path.display()),
@@ -151,37 +158,43 @@ fn read_auth_file(path: &Path) -> Result<HashMap<String, Secret>, ProxyError> {
     })
 }
 
-/// Parses PgBouncer's userlist.txt: `"user" "secret"` per line (a `""` inside quotes is one `"`);
-/// lines that do not start with `"` are comments. Errors name the line.
+/// Parses PgBouncer's userlist.txt: per line `"user" "secret"` (a `""` inside quotes is one `"`),
+/// anything after the second field ignored; blank lines and lines starting with `;` or `#` are
+/// comments. As PgBouncer's loader (`loader.c`), any other line not starting with `"` is an error.
+/// Each secret is classified by [`Secret::parse`]. Errors name the line (1-based).
 pub fn parse_userlist(text: &str) -> Result<HashMap<String, Secret>, String> {
-    fn quoted(s: &str) -> Option<(String, &str)> {
-        let mut rest = s.trim_start().strip_prefix('"')?;
-        let mut out = String::new();
-        loop {
-            let end = rest.find('"')?;
-            out.push_str(&rest[..end]);
-            rest = &rest[end + 1..];
-            match rest.strip_prefix('"') {
-                Some(r) => {
-                    out.push('"');
-                    rest = r;
-                }
-                None => return Some((out, rest)),
-            }
-        }
-    }
     let mut users = HashMap::new();
     for (n, line) in text.lines().enumerate() {
-        if !line.trim_start().starts_with('"') {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
             continue;
         }
-        let (user, rest) = quoted(line).ok_or(format!("line {}: unterminated quote", n + 1))?;
-        let (secret, _) =
-            quoted(rest).ok_or(format!("line {}: expected \"user\" \"secret\"", n + 1))?;
+        let bad = || format!("line {}: expected \"user\" \"secret\"", n + 1);
+        let (user, rest) = quoted(line).ok_or_else(bad)?;
+        let (secret, _) = quoted(rest).ok_or_else(bad)?;
         let secret = Secret::parse(&secret).map_err(|e| format!("line {}: {e}", n + 1))?;
         users.insert(user, secret);
     }
     Ok(users)
+}
+
+/// The quoted string at the start of `s` (after blanks), with `""` read as `"`, and what follows
+/// it; `None` without a closing quote.
+fn quoted(s: &str) -> Option<(String, &str)> {
+    let mut rest = s.trim_start().strip_prefix('"')?;
+    let mut out = String::new();
+    loop {
+        let end = rest.find('"')?;
+        out.push_str(&rest[..end]);
+        rest = &rest[end + 1..];
+        match rest.strip_prefix('"') {
+            Some(r) => {
+                out.push('"');
+                rest = r;
+            }
+            None => return Some((out, rest)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,18 +204,24 @@ mod tests {
     #[test]
     fn userlist_lines_parse_like_pgbouncer() {
         let users = parse_userlist(
-            ";; comment\n\"alice\" \"SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=\"\n\"bo\"\"b\" \"md5c4ca4238a0b923820dcc509a6f75849b\"\n\"carol\" \"plain pass\" \"\"\n\n",
+            ";; comment\n# another\n\"alice\" \"SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=\"\n\"bo\"\"b\" \"md5c4ca4238a0b923820dcc509a6f75849b\"\n\"carol\" \"plain pass\" \"\"\n\n  \"admin\"   \"se\"\"cret\" extra\n",
         )
         .unwrap();
         assert!(matches!(users["alice"], Secret::Scram(_)));
-        assert_eq!(users["bo\"b"], Secret::Md5);
+        assert_eq!(
+            users["bo\"b"],
+            Secret::Md5("md5c4ca4238a0b923820dcc509a6f75849b".into())
+        );
         assert_eq!(users["carol"], Secret::Password("plain pass".into()));
-        assert_eq!(users.len(), 3);
+        assert_eq!(users["admin"], Secret::Password("se\"cret".into()));
+        assert_eq!(users.len(), 4);
         assert!(!format!("{users:?}").contains("plain"));
         let err = parse_userlist("\"dave\" \"SCRAM-SHA-256$4096:x$y:z\"\n").unwrap_err();
         assert!(err.starts_with("line 1: "), "{err}");
         assert!(parse_userlist("\"eve\n").is_err());
         assert!(parse_userlist("\"eve\"\n").is_err());
+        let err = parse_userlist("\"ok\" \"pw\"\nadmin secret\n").unwrap_err();
+        assert!(err.starts_with("line 2: "), "{err}");
     }
 
     #[test]

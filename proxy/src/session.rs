@@ -831,7 +831,7 @@ impl Session<'_> {
         let (secret, password) = match found {
             Some(Secret::Scram(s)) => (s, None),
             Some(Secret::Password(p)) => (ScramSecret::from_password(p.as_bytes()), Some(p)),
-            Some(Secret::Md5) => {
+            Some(Secret::Md5(_)) => {
                 info!(user = %self.user, "the user's secret is an MD5 hash, which cannot check a SCRAM client; store a SCRAM secret (password_encryption = scram-sha-256)");
                 (ScramSecret::mock(), None)
             }

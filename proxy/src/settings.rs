@@ -232,10 +232,7 @@ pub fn check_admin_access(
                 ),
             });
         };
-        crate::admin_auth::read_auth_file(path).map_err(|reason| ProxyError::Config {
-            key: "praetor.proxy.auth_file",
-            reason,
-        })?;
+        crate::auth::read_auth_file(path)?;
     }
     Ok(())
 }
