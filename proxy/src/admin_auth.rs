@@ -19,21 +19,18 @@ use std::path::PathBuf;
 use bytes::{Buf, BufMut, BytesMut};
 use praetor_protocol::frontend::{
     encode_auth_sasl_continue, encode_auth_sasl_final, encode_auth_sasl_scram, encode_message,
-    sasl_initial_response, PASSWORD,
+    sasl_initial_response,
 };
 use praetor_protocol::{
-    encode_error_response, FrontendHeader, ScramError, ScramSecret, ScramServer, Severity, SqlState,
+    encode_error_response, ScramError, ScramSecret, ScramServer, Severity, SqlState,
 };
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::Secret;
+use crate::auth::{password_failed, read_password_message, PasswordReadError, Secret};
 
 /// The mechanism name PostgreSQL announces.
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
-
-/// The longest authentication message read from a client (bytes).
-const MAX_AUTH_MESSAGE: usize = 8 * 1024;
 
 /// `praetor.proxy.admin_auth`: how admin users authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,7 +141,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         let reason = format!("user {user:?} is not in praetor.proxy.admin_users");
-        fatal(socket, SqlState::INVALID_PASSWORD, &not_allowed(user)).await;
+        fatal(socket, SqlState::INVALID_PASSWORD, &password_failed(user)).await;
         return Err(reason);
     }
     let entries = match &access.auth_file {
@@ -175,11 +172,11 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     match result {
         Ok(true) => Ok(()),
         Ok(false) => {
-            fatal(socket, SqlState::INVALID_PASSWORD, &not_allowed(user)).await;
+            fatal(socket, SqlState::INVALID_PASSWORD, &password_failed(user)).await;
             Err(why)
         }
         Err(Failure::Wrong) => {
-            fatal(socket, SqlState::INVALID_PASSWORD, &not_allowed(user)).await;
+            fatal(socket, SqlState::INVALID_PASSWORD, &password_failed(user)).await;
             Err(why)
         }
         Err(Failure::Protocol(m)) => {
@@ -188,11 +185,6 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(Failure::Gone) => Err("the client left during authentication".into()),
     }
-}
-
-/// PostgreSQL's message for every failed password login.
-fn not_allowed(user: &str) -> String {
-    format!("password authentication failed for user \"{user}\"")
 }
 
 enum Failure {
@@ -216,27 +208,14 @@ async fn read_password<S: AsyncRead + Unpin>(
     socket: &mut S,
     buf: &mut BytesMut,
 ) -> Result<BytesMut, Failure> {
-    loop {
-        match FrontendHeader::peek(buf, MAX_AUTH_MESSAGE) {
-            Ok(Some(h)) if buf.len() >= h.frame_len => {
-                if h.tag != PASSWORD {
-                    return Err(Failure::Protocol(format!(
-                        "expected a password message, got {:?}",
-                        h.tag as char
-                    )));
-                }
-                let mut frame = buf.split_to(h.frame_len);
-                frame.advance(5);
-                return Ok(frame);
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Failure::Protocol(e.to_string())),
-        }
-        match socket.read_buf(buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return Err(Failure::Gone),
-        }
-    }
+    let mut frame = read_password_message(socket, buf)
+        .await
+        .map_err(|e| match e {
+            PasswordReadError::Protocol(_, message) => Failure::Protocol(message),
+            PasswordReadError::Closed | PasswordReadError::Io(_) => Failure::Gone,
+        })?;
+    frame.advance(5);
+    Ok(frame)
 }
 
 async fn run_md5<S: AsyncRead + AsyncWrite + Unpin>(

@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use praetor_protocol::ScramSecret;
+use bytes::BytesMut;
+use praetor_protocol::frontend::PASSWORD;
+use praetor_protocol::{FrontendHeader, ScramSecret, SqlState, MAX_STARTUP_PACKET_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::ProxyError;
 
@@ -193,6 +196,54 @@ fn quoted(s: &str) -> Option<(String, &str)> {
                 rest = r;
             }
             None => return Some((out, rest)),
+        }
+    }
+}
+
+/// PostgreSQL's message (SQLSTATE 28P01) for every failed password login, whatever the cause
+/// (wrong password, unknown user, unusable secret), so that it tells no user names.
+pub(crate) fn password_failed(user: &str) -> String {
+    format!("password authentication failed for user \"{user}\"")
+}
+
+/// Why [`read_password_message`] returned no message.
+#[derive(Debug)]
+pub(crate) enum PasswordReadError {
+    /// Another message than a password message, or a malformed frame: the client gets a FATAL
+    /// with this SQLSTATE and message.
+    Protocol(SqlState, String),
+    /// The client closed the connection.
+    Closed,
+    /// Reading from the client failed.
+    Io(std::io::Error),
+}
+
+/// Reads the client's next PasswordMessage, SASLInitialResponse or SASLResponse (tag `p`, at most
+/// [`MAX_STARTUP_PACKET_LEN`] bytes, PostgreSQL's startup-phase limit) from `client`, `buf` holding
+/// the bytes already read; returns the whole frame, header included.
+pub(crate) async fn read_password_message<S: AsyncRead + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+) -> Result<BytesMut, PasswordReadError> {
+    loop {
+        match FrontendHeader::peek(buf, MAX_STARTUP_PACKET_LEN) {
+            Ok(Some(h)) if buf.len() >= h.frame_len => {
+                let frame = buf.split_to(h.frame_len);
+                if h.tag != PASSWORD {
+                    return Err(PasswordReadError::Protocol(
+                        SqlState::PROTOCOL_VIOLATION,
+                        format!("expected a password message, got {:?}", h.tag as char),
+                    ));
+                }
+                return Ok(frame);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(PasswordReadError::Protocol(e.sqlstate(), e.to_string())),
+        }
+        match client.read_buf(buf).await {
+            Ok(0) => return Err(PasswordReadError::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(PasswordReadError::Io(e)),
         }
     }
 }

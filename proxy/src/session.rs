@@ -65,7 +65,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::auth::{AuthType, Secret};
+use crate::auth::{password_failed, read_password_message, AuthType, PasswordReadError, Secret};
 use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
 use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
@@ -869,7 +869,7 @@ impl Session<'_> {
                 return Err(End::Refused(
                     SqlState::INVALID_PASSWORD,
                     "auth",
-                    format!("password authentication failed for user \"{}\"", self.user),
+                    password_failed(&self.user),
                 ))
             }
             Err(e) => return Err(malformed(e)),
@@ -2420,27 +2420,13 @@ impl LoginAuth<'_> {
     /// Reads the client's next message, which must be a `p` (PasswordMessage, SASLInitialResponse
     /// or SASLResponse), whole.
     async fn read_password_message(&mut self) -> Result<BytesMut, End> {
-        loop {
-            match FrontendHeader::peek(self.cbuf, praetor_protocol::MAX_STARTUP_PACKET_LEN) {
-                Ok(Some(h)) if self.cbuf.len() >= h.frame_len => {
-                    let frame = self.cbuf.split_to(h.frame_len);
-                    if h.tag != PASSWORD {
-                        return Err(End::Protocol(
-                            SqlState::PROTOCOL_VIOLATION,
-                            format!("expected a password message, got {:?}", h.tag as char),
-                        ));
-                    }
-                    return Ok(frame);
-                }
-                Ok(_) => {}
-                Err(e) => return Err(End::Protocol(e.sqlstate(), e.to_string())),
-            }
-            match self.client.read_buf(self.cbuf).await {
-                Ok(0) => return Err(End::ClientClosed),
-                Ok(_) => {}
-                Err(e) => return Err(End::Io(e)),
-            }
-        }
+        read_password_message(self.client, self.cbuf)
+            .await
+            .map_err(|e| match e {
+                PasswordReadError::Protocol(code, message) => End::Protocol(code, message),
+                PasswordReadError::Closed => End::ClientClosed,
+                PasswordReadError::Io(e) => End::Io(e),
+            })
     }
 }
 
