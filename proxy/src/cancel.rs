@@ -37,8 +37,15 @@ impl SessionCancel {
         *lock(&self.0.current_server) = current.map(Box::new);
     }
 
-    fn get(&self) -> Option<(Backend, CancelKey)> {
+    /// The server running the session's current statement and that server's key (`None`: the
+    /// session runs nothing).
+    pub fn get(&self) -> Option<(Backend, CancelKey)> {
         lock(&self.0.current_server).as_deref().cloned()
+    }
+
+    /// The session's client.
+    pub fn client(&self) -> &Arc<ClientInfo> {
+        &self.0
     }
 }
 
@@ -164,6 +171,19 @@ impl CancelRegistry {
             return session.get();
         }
         lock(&self.backends).get(key).cloned()
+    }
+
+    /// The open auto-port session the proxy gave PID `pid` (what `pg_cancel_backend(pid)` and
+    /// `pg_terminate_backend(pid)` name: the PID without the secret). A scan of the open
+    /// sessions: those statements are rare, and an index would cost every session memory.
+    pub fn session_by_pid(&self, pid: i32) -> Option<SessionCancel> {
+        if pid & 1 << 30 == 0 {
+            return None;
+        }
+        lock(&self.sessions)
+            .iter()
+            .find(|(k, _)| (*k >> 32) as u32 == pid as u32)
+            .map(|(_, s)| s.clone())
     }
 
     /// Notes that the auto-port client holding PID `client_pid` runs a unit on the leader's server
