@@ -310,8 +310,15 @@ mod tests {
         assert_eq!(reg.lookup(&k1), None, "not on a server yet");
         session.set(Some((backend("a"), key(99, 5))));
         assert_eq!(reg.lookup(&k1), Some((backend("a"), key(99, 5))));
+        // `pg_cancel_backend(pid)` names the session by its PID alone.
+        let found = reg.session_by_pid(k1.pid).expect("open");
+        assert_eq!(found.client().id, a.info.id);
+        assert_eq!(reg.session_by_pid(k2.pid).unwrap().client().id, b.info.id);
+        assert!(reg.session_by_pid(k1.pid ^ 1).is_none() || k1.pid ^ 1 == k2.pid);
+        assert!(reg.session_by_pid(4242).is_none(), "a server's PID");
         drop(r1);
         assert_eq!(reg.lookup(&k1), None);
+        assert!(reg.session_by_pid(k1.pid).is_none(), "closed");
     }
 
     #[test]

@@ -1159,6 +1159,12 @@ impl Session<'_> {
                     }, if stall_deadline.is_some() => Wake::Stalled,
                 }
             };
+            if self.info.is_terminated() {
+                // `pg_terminate_backend`: whatever woke the session (the end of its client, or
+                // its server's answer to the cancel that came with it), it ends now with 57P01
+                // (`finish`), relaying nothing more, as a terminated backend does.
+                return End::ClientClosed;
+            }
             match wake {
                 Wake::Shutdown => return End::Shutdown,
                 // When it was the park timer, the next pass parks.
@@ -1810,25 +1816,25 @@ impl Session<'_> {
             return None;
         }
         let running = victim.get();
+        if signal == BackendSignal::Terminate {
+            // First the mark, so that the victim ends with 57P01 rather than relaying the
+            // cancel's 57014; the cancel then stops its statement on the server, which would
+            // otherwise run on (a backend notices a closed client only when it writes).
+            let id = victim.client().id;
+            let found = self.shared.clients.terminate(id);
+            // A session held by `PAUSE` reads nothing: woken, it sees the mark and ends.
+            self.shared.router.wake_all();
+            info!(
+                pid,
+                client = id,
+                found,
+                "pg_terminate_backend: ending the session"
+            );
+        }
         if let Some((backend, key)) = &running {
             crate::conn::send_cancel(backend, key, pid, self.rt.connect_timeout).await;
         }
-        match signal {
-            BackendSignal::Cancel => Some(running.is_some()),
-            BackendSignal::Terminate => {
-                let id = victim.client().id;
-                let found = self.shared.clients.terminate(id);
-                // A session held by `PAUSE` reads nothing: woken, it sees the mark and ends.
-                self.shared.router.wake_all();
-                info!(
-                    pid,
-                    client = id,
-                    found,
-                    "pg_terminate_backend: ending the session"
-                );
-                Some(true)
-            }
-        }
+        Some(signal == BackendSignal::Terminate || running.is_some())
     }
 
     /// The length of the unit to keep for a run on the leader, when the unit just routed to `side`

@@ -1384,6 +1384,71 @@ async fn auto_port_cancel_and_terminate_backend_reach_sessions_by_their_proxy_pi
     .await
     .unwrap();
 
+    // Terminate a session running a statement: 57P01 at once, and the statement stops.
+    let (c, pid_c, _) = victim(proxy.auto).await;
+    let sleeper = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(31)").await.map(|_| ()) })
+    };
+    let sleeping = |want: i64| {
+        let observer = &observer;
+        async move {
+            let n: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(31)'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if n == want {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        }
+    };
+    wait_for("pg_sleep on the server", DEADLINE, || sleeping(1))
+        .await
+        .unwrap();
+    let rows = caller
+        .simple_query(&format!("SELECT pg_terminate_backend({pid_c})"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_terminate_backend").as_deref(), Some("t"));
+    let err = tokio::time::timeout(DEADLINE, sleeper)
+        .await
+        .expect("terminated")
+        .unwrap()
+        .expect_err("terminated");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    wait_for("the statement to stop on the server", DEADLINE, || {
+        sleeping(0)
+    })
+    .await
+    .unwrap();
+
+    // Another user's session is left alone: the statement goes to the server, which knows no
+    // such PID (the proxy cannot tell whether the caller may signal that role).
+    observer
+        .batch_execute("CREATE ROLE other_user LOGIN")
+        .await
+        .unwrap();
+    let (other, conn) = conn_config(proxy.auto)
+        .user("other_user")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = other.simple_query("SELECT pg_backend_pid()").await.unwrap();
+    let pid_other = answer(&rows, "pg_backend_pid").unwrap();
+    let rows = caller
+        .simple_query(&format!("SELECT pg_terminate_backend({pid_other})"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_terminate_backend").as_deref(), Some("f"));
+    other.simple_query("SELECT 1").await.unwrap();
+
     // A PID no session has goes to the server, which answers as PostgreSQL does.
     let rows = caller
         .simple_query(&format!("SELECT pg_terminate_backend({pid_b})"))
