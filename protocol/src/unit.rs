@@ -1,7 +1,9 @@
 //! The auto port's two decisions around a unit's edges, as pure functions of message tags and
 //! bytes: what a client message that does not start a unit does at an idle point
 //! ([`between_units`]), and whether a replica's reply to a read may be dropped and the read run
-//! again on the leader ([`replica_reply`]).
+//! again on the leader ([`replica_reply`]). Besides, the statements about backend PIDs the auto
+//! port answers itself, since its clients hold PIDs of the proxy's ([`translate_backend_pid`],
+//! [`signal_backend_call`] with [`answer_signal_backend`]).
 //!
 //! Both follow PostgreSQL's own behaviour (`src/backend/tcop/postgres.c`, `PostgresMain`): a Flush
 //! makes the server send what it has buffered and nothing else; a Sync outside an

@@ -7,7 +7,9 @@
 //!
 //! An auto-port session talks to several servers, so the proxy gives its client a key of its own
 //! ([`CancelRegistry::register_session`]) and forwards a cancel to whichever server runs the
-//! session's current transaction, with that server's key ([`SessionCancel`]).
+//! session's current transaction, with that server's key ([`SessionCancel`]). The same registry
+//! finds a session by that PID alone ([`CancelRegistry::session_by_pid`]) for
+//! `pg_cancel_backend(pid)` and `pg_terminate_backend(pid)`, which the proxy carries out itself.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
