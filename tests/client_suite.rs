@@ -25,16 +25,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Tests the auto port fails by design and a direct connection passes, with the reason
 /// (unittest ids: `module.Class.test`).
-const AUTO_PORT_DIFFS: &[(&str, &str)] = &[
-    (
-        "tests.test_cursor.CursorTests.test_external_close_sync",
-        "pg_terminate_backend() with the PID the proxy gave a client kills nothing (README: Backend PIDs)",
-    ),
-    (
-        "tests.test_cursor.CursorTests.test_external_close_async",
-        "pg_terminate_backend() with the PID the proxy gave a client kills nothing (README: Backend PIDs)",
-    ),
-];
+const AUTO_PORT_DIFFS: &[(&str, &str)] = &[];
 
 /// What one run of the suite reported.
 #[derive(Debug, serde::Deserialize)]

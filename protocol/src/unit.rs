@@ -1,7 +1,9 @@
 //! The auto port's two decisions around a unit's edges, as pure functions of message tags and
 //! bytes: what a client message that does not start a unit does at an idle point
 //! ([`between_units`]), and whether a replica's reply to a read may be dropped and the read run
-//! again on the leader ([`replica_reply`]).
+//! again on the leader ([`replica_reply`]). Besides, the statements about backend PIDs the auto
+//! port answers itself, since its clients hold PIDs of the proxy's ([`translate_backend_pid`],
+//! [`signal_backend_call`] with [`answer_signal_backend`]).
 //!
 //! Both follow PostgreSQL's own behaviour (`src/backend/tcop/postgres.c`, `PostgresMain`): a Flush
 //! makes the server send what it has buffered and nothing else; a Sync outside an
@@ -159,29 +161,38 @@ pub fn asks_backend_pid(sql: &str) -> bool {
 /// BackendKeyData, as a column `pg_backend_pid` of type integer, like the function's own result.
 /// `None` when `frame` is another message or statement (it goes as it is).
 pub fn translate_backend_pid(frame: &[u8], pid: i32) -> Option<BytesMut> {
-    let tag = *frame.first()?;
+    if !asks_backend_pid(statement_of(frame)?) {
+        return None;
+    }
+    rewrite_statement(frame, &format!("SELECT {pid}::integer AS pg_backend_pid"))
+}
+
+/// The statement text of a Query or Parse message `frame` (whole, tag included); `None` for
+/// other messages or a malformed one.
+fn statement_of(frame: &[u8]) -> Option<&str> {
     let body = frame.get(5..)?;
-    let answer = format!("SELECT {pid}::integer AS pg_backend_pid");
+    match *frame.first()? {
+        QUERY => query_text(body).ok(),
+        PARSE => Parse::decode(body).ok().map(|p| p.query),
+        _ => None,
+    }
+}
+
+/// The Query or Parse message `frame` (whole) with its statement replaced by `sql` (a Parse keeps
+/// its name and parameter types). `None` for other messages.
+fn rewrite_statement(frame: &[u8], sql: &str) -> Option<BytesMut> {
+    let body = frame.get(5..)?;
     let mut out = BytesMut::new();
-    match tag {
-        QUERY => {
-            let sql = query_text(body).ok()?;
-            if !asks_backend_pid(sql) {
-                return None;
-            }
-            encode_query(&mut out, &answer);
-        }
+    match *frame.first()? {
+        QUERY => encode_query(&mut out, sql),
         PARSE => {
             let parse = Parse::decode(body).ok()?;
-            if !asks_backend_pid(parse.query) {
-                return None;
-            }
             // The parameter type list follows the two strings unchanged.
             let rest = &body[parse.name.len() + 1 + parse.query.len() + 1..];
             encode_message(&mut out, PARSE, |b| {
                 b.extend_from_slice(parse.name.as_bytes());
                 b.extend_from_slice(&[0]);
-                b.extend_from_slice(answer.as_bytes());
+                b.extend_from_slice(sql.as_bytes());
                 b.extend_from_slice(&[0]);
                 b.extend_from_slice(rest);
             });
@@ -189,6 +200,80 @@ pub fn translate_backend_pid(frame: &[u8], pid: i32) -> Option<BytesMut> {
         _ => return None,
     }
     Some(out)
+}
+
+/// Which of PostgreSQL's signalling functions a statement calls (`src/backend/storage/ipc/signalfuncs.c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendSignal {
+    /// `pg_cancel_backend(pid)`: cancel the backend's current statement.
+    Cancel,
+    /// `pg_terminate_backend(pid)`: end the backend's session (FATAL 57P01).
+    Terminate,
+}
+
+impl BackendSignal {
+    /// The function's name: also the name of its result column.
+    pub fn function(self) -> &'static str {
+        match self {
+            BackendSignal::Cancel => "pg_cancel_backend",
+            BackendSignal::Terminate => "pg_terminate_backend",
+        }
+    }
+}
+
+/// Whether `sql` is exactly `SELECT pg_cancel_backend(<integer literal>)` or
+/// `SELECT pg_terminate_backend(<integer literal>)` (any case and spacing, with `pg_catalog.`, an
+/// optional `;`; the literal may be signed or quoted, as psycopg2 and JDBC interpolate it), and
+/// which PID it names. Any other statement (a second argument, a column list, a `WHERE`) is
+/// `None`: it goes to the server unchanged.
+pub fn asks_signal_backend(sql: &str) -> Option<(BackendSignal, i32)> {
+    if sql.len() > 120 {
+        return None;
+    }
+    let sql = sql.trim();
+    let sql = sql.strip_suffix(';').unwrap_or(sql).trim_end();
+    // `SELECT`, then spacing: whitespace is squeezed out of the function name only, never out of
+    // the literal (`4 2` is PostgreSQL's syntax error, not 42).
+    let (head, args) = sql.split_once('(')?;
+    let args = args.strip_suffix(')')?;
+    let head = head.to_ascii_lowercase();
+    let call = head.strip_prefix("select")?;
+    if !call.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let call: String = call.chars().filter(|c| !c.is_whitespace()).collect();
+    let call = call.strip_prefix("pg_catalog.").unwrap_or(&call);
+    let signal = [BackendSignal::Cancel, BackendSignal::Terminate]
+        .into_iter()
+        .find(|s| call == s.function())?;
+    let literal = args.trim();
+    let literal = literal
+        .strip_prefix('\'')
+        .and_then(|l| l.strip_suffix('\''))
+        .unwrap_or(literal);
+    let digits = literal.strip_prefix(['+', '-']).unwrap_or(literal);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((signal, literal.parse().ok()?))
+}
+
+/// The signalling call in the Query or Parse message `frame` (whole), per [`asks_signal_backend`].
+pub fn signal_backend_call(frame: &[u8]) -> Option<(BackendSignal, i32)> {
+    asks_signal_backend(statement_of(frame)?)
+}
+
+/// The auto port's answer to a [`signal_backend_call`] it carried out itself: the Query or Parse
+/// message `frame` (whole) rewritten so that the statement returns `result` as a boolean column
+/// named after the function, as the function's own result (type `bool`, oid 16). The server
+/// runs it, so the reply (and the transaction status, or the error in a failed transaction) is
+/// PostgreSQL's own.
+pub fn answer_signal_backend(
+    frame: &[u8],
+    signal: BackendSignal,
+    result: bool,
+) -> Option<BytesMut> {
+    rewrite_statement(frame, &format!("SELECT {result} AS {}", signal.function()))
 }
 
 /// Tag of NotificationResponse (`A`: pid i32, channel, payload).
@@ -375,6 +460,66 @@ mod tests {
         encode_query(&mut other, "SELECT 1");
         assert_eq!(translate_backend_pid(&other, 7), None);
         assert_eq!(translate_backend_pid(&frame(b'S', &[]), 7), None);
+    }
+
+    #[test]
+    fn signalling_calls_with_a_literal_pid_are_recognized() {
+        use BackendSignal::*;
+        for (sql, want) in [
+            (
+                "SELECT pg_cancel_backend(1073741999)",
+                Some((Cancel, 1_073_741_999)),
+            ),
+            ("select pg_terminate_backend(42);", Some((Terminate, 42))),
+            (
+                "  SELECT\n pg_catalog.PG_TERMINATE_BACKEND ( 42 ) ; ",
+                Some((Terminate, 42)),
+            ),
+            ("select pg_terminate_backend('42')", Some((Terminate, 42))),
+            ("select pg_cancel_backend(+7)", Some((Cancel, 7))),
+            ("select pg_cancel_backend(-7)", Some((Cancel, -7))),
+            ("select pg_cancel_backend()", None),
+            ("select pg_cancel_backend($1)", None),
+            ("select pg_cancel_backend(42, 1000)", None),
+            ("select pg_terminate_backend(42, 1000)", None),
+            ("select pg_cancel_backend(pid) from pg_stat_activity", None),
+            ("select pg_cancel_backend(4 2)", None),
+            ("selectpg_cancel_backend(42)", None),
+            ("select pg_cancel_backend((42))", None),
+            ("select pg_cancel_backend(99999999999)", None),
+            ("select pg_cancel_backend(42) as x", None),
+            ("select pg_backend_pid()", None),
+            ("select 1", None),
+        ] {
+            assert_eq!(asks_signal_backend(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_signalling_call_is_answered_by_a_boolean_of_the_functions_name() {
+        let mut query = BytesMut::new();
+        encode_query(&mut query, "select pg_terminate_backend(1073741999)");
+        assert_eq!(
+            signal_backend_call(&query),
+            Some((BackendSignal::Terminate, 1_073_741_999))
+        );
+        let mut want = BytesMut::new();
+        encode_query(&mut want, "SELECT true AS pg_terminate_backend");
+        assert_eq!(
+            answer_signal_backend(&query, BackendSignal::Terminate, true),
+            Some(want)
+        );
+        let parse = frame(b'P', b"s\0SELECT pg_cancel_backend(9)\0\0\0");
+        assert_eq!(
+            signal_backend_call(&parse),
+            Some((BackendSignal::Cancel, 9))
+        );
+        let got = answer_signal_backend(&parse, BackendSignal::Cancel, false).unwrap();
+        assert_eq!(
+            &got[..],
+            &frame(b'P', b"s\0SELECT false AS pg_cancel_backend\0\0\0")[..]
+        );
+        assert_eq!(signal_backend_call(&frame(b'S', &[])), None);
     }
 
     #[test]

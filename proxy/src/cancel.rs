@@ -7,7 +7,9 @@
 //!
 //! An auto-port session talks to several servers, so the proxy gives its client a key of its own
 //! ([`CancelRegistry::register_session`]) and forwards a cancel to whichever server runs the
-//! session's current transaction, with that server's key ([`SessionCancel`]).
+//! session's current transaction, with that server's key ([`SessionCancel`]). The same registry
+//! finds a session by that PID alone ([`CancelRegistry::session_by_pid`]) for
+//! `pg_cancel_backend(pid)` and `pg_terminate_backend(pid)`, which the proxy carries out itself.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -37,8 +39,15 @@ impl SessionCancel {
         *lock(&self.0.current_server) = current.map(Box::new);
     }
 
-    fn get(&self) -> Option<(Backend, CancelKey)> {
+    /// The server running the session's current statement and that server's key (`None`: the
+    /// session runs nothing).
+    pub fn get(&self) -> Option<(Backend, CancelKey)> {
         lock(&self.0.current_server).as_deref().cloned()
+    }
+
+    /// The session's client.
+    pub fn client(&self) -> &Arc<ClientInfo> {
+        &self.0
     }
 }
 
@@ -166,6 +175,19 @@ impl CancelRegistry {
         lock(&self.backends).get(key).cloned()
     }
 
+    /// The open auto-port session the proxy gave PID `pid` (what `pg_cancel_backend(pid)` and
+    /// `pg_terminate_backend(pid)` name: the PID without the secret). A scan of the open
+    /// sessions: those statements are rare, and an index would cost every session memory.
+    pub fn session_by_pid(&self, pid: i32) -> Option<SessionCancel> {
+        if pid & 1 << 30 == 0 {
+            return None;
+        }
+        lock(&self.sessions)
+            .iter()
+            .find(|(k, _)| (*k >> 32) as u32 == pid as u32)
+            .map(|(_, s)| s.clone())
+    }
+
     /// Notes that the auto-port client holding PID `client_pid` runs a unit on the leader's server
     /// connection `(backend, server_pid)`: a notification that connection sends (its `NOTIFY`,
     /// delivered at commit, after the unit) is then shown to other clients with `client_pid`, the
@@ -290,8 +312,15 @@ mod tests {
         assert_eq!(reg.lookup(&k1), None, "not on a server yet");
         session.set(Some((backend("a"), key(99, 5))));
         assert_eq!(reg.lookup(&k1), Some((backend("a"), key(99, 5))));
+        // `pg_cancel_backend(pid)` names the session by its PID alone.
+        let found = reg.session_by_pid(k1.pid).expect("open");
+        assert_eq!(found.client().id, a.info.id);
+        assert_eq!(reg.session_by_pid(k2.pid).unwrap().client().id, b.info.id);
+        assert!(reg.session_by_pid(k1.pid ^ 1).is_none() || k1.pid ^ 1 == k2.pid);
+        assert!(reg.session_by_pid(4242).is_none(), "a server's PID");
         drop(r1);
         assert_eq!(reg.lookup(&k1), None);
+        assert!(reg.session_by_pid(k1.pid).is_none(), "closed");
     }
 
     #[test]

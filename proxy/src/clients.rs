@@ -65,6 +65,8 @@ pub(crate) struct ClientInfo {
     fd: AtomicI32,
     /// Set by `KILL`: a session held by `PAUSE` ends instead of running what it holds.
     killed: AtomicBool,
+    /// Set by `pg_terminate_backend` ([`Clients::terminate`]): the session ends with FATAL 57P01.
+    terminated: AtomicBool,
 }
 
 impl ClientInfo {
@@ -95,6 +97,11 @@ impl ClientInfo {
     /// Whether `KILL` closed this client.
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
+    }
+
+    /// Whether `pg_terminate_backend` ended this session ([`Clients::terminate`]).
+    pub fn is_terminated(&self) -> bool {
+        self.terminated.load(Ordering::Acquire)
     }
 
     /// Records the client's socket, for [`Clients::kill`].
@@ -143,6 +150,7 @@ impl Clients {
             busy: AtomicBool::new(false),
             fd: AtomicI32::new(-1),
             killed: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
         });
         self.open
             .lock()
@@ -175,6 +183,32 @@ impl Clients {
     /// once (parked ones included) and costs the relays nothing. A descriptor the session closed
     /// meanwhile could be reused by another socket: the peer address is checked first.
     pub fn kill(&self, which: impl Fn(&ClientInfo) -> bool) -> usize {
+        self.shut_down(which, std::net::Shutdown::Both)
+    }
+
+    /// `pg_terminate_backend` of the session of client `id`: marks it terminated
+    /// ([`ClientInfo::is_terminated`]) and killed, and shuts down the reading side of its socket
+    /// only. The session wakes wherever it waits, as after [`Clients::kill`], and ends; since it
+    /// can still write, it first tells its client `FATAL 57P01 terminating connection due to
+    /// administrator command`, as a terminated PostgreSQL backend does. Nothing the client sent
+    /// afterwards runs (the killed mark is checked before each unit). False when the client is
+    /// gone.
+    pub fn terminate(&self, id: u64) -> bool {
+        self.shut_down(
+            |c| {
+                let mine = c.id == id;
+                if mine {
+                    c.terminated.store(true, Ordering::Release);
+                }
+                mine
+            },
+            std::net::Shutdown::Read,
+        ) > 0
+    }
+
+    /// Marks the clients `which` selects as killed and shuts down their sockets in direction
+    /// `how`, under the registry's lock (see [`Clients::kill`]). Returns how many were shut down.
+    fn shut_down(&self, which: impl Fn(&ClientInfo) -> bool, how: std::net::Shutdown) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mut killed = 0;
         for info in open.values().filter(|i| which(i)) {
@@ -189,7 +223,7 @@ impl Clients {
             let socket =
                 std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
             if socket.peer_addr().ok() == Some(info.peer) {
-                let _ = socket.shutdown(std::net::Shutdown::Both);
+                let _ = socket.shutdown(how);
                 killed += 1;
             }
         }

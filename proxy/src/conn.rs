@@ -1298,6 +1298,18 @@ async fn forward_cancel(cancels: &CancelRegistry, key: CancelKey, timeout: Durat
         );
         return;
     };
+    send_cancel(&backend, &server_key, key.pid, timeout).await;
+}
+
+/// Sends a CancelRequest with `server_key` to `backend` and waits (up to `timeout`) until the
+/// server closes the connection (the request was read). `pid`: the PID the client knows, for the
+/// log. Failures are logged, not returned: a cancel is a best effort, in PostgreSQL too.
+pub(crate) async fn send_cancel(
+    backend: &Backend,
+    server_key: &CancelKey,
+    pid: i32,
+    timeout: Duration,
+) {
     let forwarded = tokio::time::timeout(timeout, async {
         let mut server = TcpStream::connect((backend.host.as_str(), backend.port)).await?;
         server.set_nodelay(true)?;
@@ -1310,10 +1322,10 @@ async fn forward_cancel(cancels: &CancelRegistry, key: CancelKey, timeout: Durat
     })
     .await;
     match forwarded {
-        Ok(Ok(())) => debug!(pid = key.pid, backend = %backend, "cancel request forwarded"),
+        Ok(Ok(())) => debug!(pid, backend = %backend, "cancel request forwarded"),
         Ok(Err(e)) => {
-            info!(pid = key.pid, backend = %backend, error = %e, "cannot forward cancel request")
+            info!(pid, backend = %backend, error = %e, "cannot forward cancel request")
         }
-        Err(_) => info!(pid = key.pid, backend = %backend, "timed out forwarding cancel request"),
+        Err(_) => info!(pid, backend = %backend, "timed out forwarding cancel request"),
     }
 }

@@ -53,8 +53,9 @@ use praetor_protocol::frontend::{
     PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
 };
 use praetor_protocol::unit::{
-    between_units, replica_reply, translate_backend_pid, translate_notification_pid, BetweenUnits,
-    ReplicaReply, NOTIFICATION_RESPONSE,
+    answer_signal_backend, between_units, replica_reply, signal_backend_call,
+    translate_backend_pid, translate_notification_pid, BackendSignal, BetweenUnits, ReplicaReply,
+    NOTIFICATION_RESPONSE,
 };
 use praetor_protocol::{
     encode_error_response, Class, Credential, FrameHeader, FrontendHeader, PasswordAuth, PinReason,
@@ -582,7 +583,14 @@ async fn finish(mut live: Box<Live<'_>>, end: End) {
     if let End::Protocol(code, message) | End::Refused(code, _, message) = &end {
         send_fatal(client, *code, message).await;
     }
-    if matches!(end, End::Shutdown) {
+    if s.info.is_terminated() && !matches!(end, End::Protocol(..) | End::Refused(..)) {
+        send_fatal(
+            client,
+            SqlState::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )
+        .await;
+    } else if matches!(end, End::Shutdown) {
         send_fatal(
             client,
             SqlState::ADMIN_SHUTDOWN,
@@ -1151,6 +1159,12 @@ impl Session<'_> {
                     }, if stall_deadline.is_some() => Wake::Stalled,
                 }
             };
+            if self.info.is_terminated() {
+                // `pg_terminate_backend`: whatever woke the session (the end of its client, or
+                // its server's answer to the cancel that came with it), it ends now with 57P01
+                // (`finish`), relaying nothing more, as a terminated backend does.
+                return End::ClientClosed;
+            }
             match wake {
                 Wake::Shutdown => return End::Shutdown,
                 // When it was the park timer, the next pass parks.
@@ -1620,6 +1634,19 @@ impl Session<'_> {
                     *cbuf = replaced;
                     continue;
                 }
+                if let Some((signal, pid)) = signal_backend_call(&cbuf[..h.frame_len]) {
+                    if let Some(result) = self.signal_session(signal, pid).await {
+                        // Carried out here: the statement becomes `SELECT <result> AS <function>`
+                        // for the server to answer, as `SELECT pg_backend_pid()` above.
+                        let answer = answer_signal_backend(&cbuf[..h.frame_len], signal, result)
+                            .expect("a Query or Parse message");
+                        let rest = cbuf.split_off(h.frame_len);
+                        let mut replaced = answer;
+                        replaced.extend_from_slice(&rest);
+                        *cbuf = replaced;
+                        continue;
+                    }
+                }
             }
 
             // Between units (at an idle point, or after the client closed the running unit): a
@@ -1760,6 +1787,54 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// `pg_cancel_backend(pid)` / `pg_terminate_backend(pid)` with a PID this proxy gave an open
+    /// auto-port session (PostgreSQL would not know it: "PID ... is not a PostgreSQL backend
+    /// process"): carried out here, and the function's result returned. `None`: not such a PID, or
+    /// the victim's user is not this session's user; the statement then goes to the server
+    /// unchanged, which answers as PostgreSQL does.
+    ///
+    /// Privilege: PostgreSQL lets a superuser, a member of `pg_signal_backend` or a member of the
+    /// victim's role signal it (`signalfuncs.c`, `pg_signal_backend`). The proxy knows no roles,
+    /// so it only acts for the same user name (what PostgreSQL allows any role); others get
+    /// PostgreSQL's own answer for a PID it does not know.
+    ///
+    /// Cancel: a CancelRequest to the server running the victim's current statement; `false` when
+    /// it runs none (PostgreSQL answers `true` for an idle backend: there the signal is sent and
+    /// ignored; here there is nothing to send it to). Terminate: the victim's statement, if any, is
+    /// cancelled, and the session ends with FATAL 57P01 ([`crate::clients::Clients::terminate`]);
+    /// its server connections close unless idle and clean.
+    async fn signal_session(&mut self, signal: BackendSignal, pid: i32) -> Option<bool> {
+        let victim = self.shared.cancels.session_by_pid(pid)?;
+        if victim.client().user() != self.user {
+            debug!(
+                pid,
+                function = signal.function(),
+                "a signal to another user's session: left to the server"
+            );
+            return None;
+        }
+        let running = victim.get();
+        if signal == BackendSignal::Terminate {
+            // First the mark, so that the victim ends with 57P01 rather than relaying the
+            // cancel's 57014; the cancel then stops its statement on the server, which would
+            // otherwise run on (a backend notices a closed client only when it writes).
+            let id = victim.client().id;
+            let found = self.shared.clients.terminate(id);
+            // A session held by `PAUSE` reads nothing: woken, it sees the mark and ends.
+            self.shared.router.wake_all();
+            info!(
+                pid,
+                client = id,
+                found,
+                "pg_terminate_backend: ending the session"
+            );
+        }
+        if let Some((backend, key)) = &running {
+            crate::conn::send_cancel(backend, key, pid, self.rt.connect_timeout).await;
+        }
+        Some(signal == BackendSignal::Terminate || running.is_some())
     }
 
     /// The length of the unit to keep for a run on the leader, when the unit just routed to `side`

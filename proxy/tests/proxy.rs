@@ -1250,6 +1250,214 @@ async fn auto_port_cancels_reach_the_server_of_the_current_transaction() {
     );
 }
 
+/// `pg_cancel_backend` / `pg_terminate_backend` with the PID the proxy gave an auto-port client
+/// (which no server knows) reach that client's session: a cancel interrupts its running
+/// statement (`f` when it runs none), a terminate ends it with FATAL 57P01 whether it is idle
+/// (parked) or inside a transaction, whose server connection is closed, not pooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_cancel_and_terminate_backend_reach_sessions_by_their_proxy_pid() {
+    let dir = WorkDir::new("proxy-auto-signal").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let settings = ProxySettings {
+        idle_release: Duration::ZERO,
+        ..test_settings(Duration::from_secs(5))
+    };
+    let proxy =
+        TestProxy::start_with(topology(Some(&backend("a", &pg)), &[]), settings, None).await;
+    let observer = connect(SocketAddr::from(([127, 0, 0, 1], pg.port())))
+        .await
+        .unwrap();
+    let caller = connect(proxy.auto).await.unwrap();
+    /// A victim whose connection task's end (the error the server or proxy sent) is kept.
+    async fn victim(
+        addr: SocketAddr,
+    ) -> (
+        Arc<Client>,
+        i32,
+        JoinHandle<Result<(), tokio_postgres::Error>>,
+    ) {
+        let (client, conn) = conn_config(addr).connect(NoTls).await.unwrap();
+        let ended = tokio::spawn(conn);
+        // Simple protocol: a named prepared statement would pin the session (it would not park).
+        let rows = client
+            .simple_query("SELECT pg_backend_pid()")
+            .await
+            .unwrap();
+        let pid: i32 = answer(&rows, "pg_backend_pid").unwrap().parse().unwrap();
+        assert!(pid & 1 << 30 != 0, "a proxy PID: {pid}");
+        (Arc::new(client), pid, ended)
+    }
+    fn answer(rows: &[SimpleQueryMessage], column: &str) -> Option<String> {
+        rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                assert_eq!(r.columns()[0].name(), column);
+                r.get(0).map(str::to_string)
+            }
+            _ => None,
+        })
+    }
+
+    // Cancel: the running pg_sleep ends with 57014; with nothing running the answer is false.
+    let (a, pid_a, ended_a) = victim(proxy.auto).await;
+    let sleeper = {
+        let a = a.clone();
+        tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) })
+    };
+    wait_for("pg_sleep on the server", DEADLINE, || async {
+        let n: i64 = observer
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if n == 1 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await
+    .unwrap();
+    let rows = caller
+        .simple_query(&format!("select pg_cancel_backend({pid_a});"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_cancel_backend").as_deref(), Some("t"));
+    let err = tokio::time::timeout(DEADLINE, sleeper)
+        .await
+        .expect("cancelled")
+        .unwrap()
+        .expect_err("cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+    let rows = caller
+        .simple_query(&format!("SELECT pg_cancel_backend({pid_a})"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_cancel_backend").as_deref(), Some("f"));
+
+    // Terminate an idle (parked) session, by the extended protocol: FATAL 57P01, then closed.
+    // (the caller too, once quiet for a second)
+    proxy.wait_metric("praetor_proxy_parked_clients 2").await;
+    let row = caller
+        .query_one(&format!("SELECT pg_terminate_backend({pid_a})"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.columns()[0].name(), "pg_terminate_backend");
+    assert!(row.get::<_, bool>(0));
+    let end = tokio::time::timeout(DEADLINE, ended_a)
+        .await
+        .expect("the terminated idle session ends")
+        .unwrap()
+        .expect_err("ended by a FATAL");
+    assert_eq!(end.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{end}");
+    let err = a.simple_query("SELECT 1").await.expect_err("closed");
+    assert!(err.is_closed(), "{err}");
+
+    // Terminate a session inside a transaction: 57P01, and its server backend goes away.
+    let (b, pid_b, ended_b) = victim(proxy.auto).await;
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let rows = caller
+        .simple_query(&format!("SELECT pg_terminate_backend({pid_b})"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_terminate_backend").as_deref(), Some("t"));
+    let end = tokio::time::timeout(DEADLINE, ended_b)
+        .await
+        .expect("the terminated session ends")
+        .unwrap()
+        .expect_err("ended by a FATAL");
+    assert_eq!(end.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{end}");
+    wait_for(
+        "no server backend idle in a transaction",
+        DEADLINE,
+        || async {
+            let n: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Terminate a session running a statement: 57P01 at once, and the statement stops.
+    let (c, pid_c, _) = victim(proxy.auto).await;
+    let sleeper = {
+        let c = c.clone();
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(31)").await.map(|_| ()) })
+    };
+    let sleeping = |want: i64| {
+        let observer = &observer;
+        async move {
+            let n: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(31)'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if n == want {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        }
+    };
+    wait_for("pg_sleep on the server", DEADLINE, || sleeping(1))
+        .await
+        .unwrap();
+    let rows = caller
+        .simple_query(&format!("SELECT pg_terminate_backend({pid_c})"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_terminate_backend").as_deref(), Some("t"));
+    let err = tokio::time::timeout(DEADLINE, sleeper)
+        .await
+        .expect("terminated")
+        .unwrap()
+        .expect_err("terminated");
+    assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
+    wait_for("the statement to stop on the server", DEADLINE, || {
+        sleeping(0)
+    })
+    .await
+    .unwrap();
+
+    // Another user's session is left alone: the statement goes to the server, which knows no
+    // such PID (the proxy cannot tell whether the caller may signal that role).
+    observer
+        .batch_execute("CREATE ROLE other_user LOGIN")
+        .await
+        .unwrap();
+    let (other, conn) = conn_config(proxy.auto)
+        .user("other_user")
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = other.simple_query("SELECT pg_backend_pid()").await.unwrap();
+    let pid_other = answer(&rows, "pg_backend_pid").unwrap();
+    let rows = caller
+        .simple_query(&format!("SELECT pg_terminate_backend({pid_other})"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_terminate_backend").as_deref(), Some("f"));
+    other.simple_query("SELECT 1").await.unwrap();
+
+    // A PID no session has goes to the server, which answers as PostgreSQL does.
+    let rows = caller
+        .simple_query(&format!("SELECT pg_terminate_backend({pid_b})"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&rows, "pg_terminate_backend").as_deref(), Some("f"));
+    assert!(!caller.is_closed());
+}
+
 /// An idle auto-port session gives its read buffer back and its server connection to the pool
 /// (`idle_release` 0): each next unit, however large, starts from nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
