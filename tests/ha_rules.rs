@@ -583,14 +583,25 @@ async fn unobservable_primary_cut_off_from_the_dcs_is_stopped_at_the_deadline() 
     )
     .await
     .unwrap();
+    let primary_pid = c
+        .node(&old)
+        .postmaster_pid()
+        .expect("the primary's postmaster runs");
     c.relay(&old).cut();
+    // The primary's postmaster must go. Its agent may start PostgreSQL again at once, read-only
+    // with nobody to follow (Patroni's demotion without the DCS): a new postmaster is fine only
+    // with standby.signal in the data directory.
     let stopped = wait_for(
         "the unobservable primary to be stopped",
         Duration::from_secs(30),
         || async {
             match c.node(&old).postmaster_pid() {
+                Some(pid) if pid == primary_pid => Err(format!("postmaster {pid} still runs")),
                 None => Ok(()),
-                Some(pid) => Err(format!("postmaster {pid} still runs")),
+                Some(_) if c.node(&old).data_dir().join("standby.signal").exists() => Ok(()),
+                Some(pid) => Err(format!(
+                    "postmaster {pid} started again without standby.signal (writable)"
+                )),
             }
         },
     )
