@@ -167,35 +167,34 @@ impl StartupMessage {
 
     /// This StartupMessage re-encoded with `options` replaced (dropped when empty).
     pub fn encode_with_options(&self, options: &str) -> Bytes {
-        let mut body = BytesMut::new();
-        body.put_u32(u32::from(self.version.major) << 16 | u32::from(self.version.minor));
-        for (k, v) in &self.parameters {
-            let v = if k == "options" {
-                if options.is_empty() {
-                    continue;
-                }
-                options
+        let version = u32::from(self.version.major) << 16 | u32::from(self.version.minor);
+        let parameters = self.parameters.iter().filter_map(|(k, v)| {
+            if k != "options" {
+                Some((k.as_str(), v.as_str()))
+            } else if options.is_empty() {
+                None
             } else {
-                v.as_str()
-            };
-            body.put_slice(k.as_bytes());
-            body.put_u8(0);
-            body.put_slice(v.as_bytes());
-            body.put_u8(0);
-        }
-        body.put_u8(0);
-        let mut out = BytesMut::with_capacity(body.len() + 4);
-        out.put_u32((body.len() + 4) as u32);
-        out.put_slice(&body);
-        out.freeze()
+                Some((k.as_str(), options))
+            }
+        });
+        encode_startup_message(version, parameters)
     }
 }
 
 /// A protocol 3.0 StartupMessage with `parameters` (`user`, `database`...), for a connection the
 /// proxy opens on its own behalf (`auth_query`).
 pub fn encode_startup(parameters: &[(&str, &str)]) -> Bytes {
+    encode_startup_message(3 << 16, parameters.iter().copied())
+}
+
+/// `length | version | (key \0 value \0)* | \0`: a StartupMessage with protocol `version`
+/// (major << 16 | minor).
+fn encode_startup_message<'a>(
+    version: u32,
+    parameters: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Bytes {
     let mut body = BytesMut::new();
-    body.put_u32(3 << 16);
+    body.put_u32(version);
     for (k, v) in parameters {
         body.put_slice(k.as_bytes());
         body.put_u8(0);

@@ -1327,24 +1327,7 @@ impl Instance {
         names: &[String],
     ) -> Result<Vec<LeaderSlotState>, PgError> {
         let who = self.s.rewind.as_ref().unwrap_or(&self.s.superuser);
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&from.host)
-            .port(from.port)
-            .user(&who.username)
-            .dbname("postgres")
-            .application_name("praetor")
-            .connect_timeout(Duration::from_secs(3));
-        if let Some(pw) = &who.password {
-            cfg.password(pw);
-        }
-        let (client, conn) =
-            tokio::time::timeout(Duration::from_secs(5), cfg.connect(tokio_postgres::NoTls))
-                .await
-                .map_err(|_| PgError::Query("connect timed out".into()))?
-                .map_err(|e| PgError::Query(db_error_text(&e)))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let client = self.connect_remote(&from.host, from.port, who).await?;
         let rows = tokio::time::timeout(
             Duration::from_secs(10),
             client.query(
