@@ -319,7 +319,21 @@ async fn lists_agree(c: &LocalCluster) {
 /// Writes a row on the leader and waits until every other member has replayed it (they stream
 /// from that leader).
 async fn all_follow(c: &LocalCluster, leader: &str, id: i32) {
-    let client = connect_retry(c.node(leader).pg_port, Duration::from_secs(30)).await;
+    // The leader key moves before pg_promote() ends (Patroni's order too): wait for writes.
+    let port = c.node(leader).pg_port;
+    wait_for(
+        &format!("{leader} to accept writes"),
+        Duration::from_secs(60),
+        || async move {
+            match is_primary(port).await {
+                Some(true) => Ok(()),
+                other => Err(format!("primary: {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let client = connect_retry(port, Duration::from_secs(30)).await;
     client
         .batch_execute("CREATE TABLE IF NOT EXISTS f (id int PRIMARY KEY)")
         .await
