@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -254,43 +253,9 @@ async fn sigterm_of_the_leader_agent_hands_over_without_losing_a_committed_row()
     let mut c = healthy_cluster(ClusterOptions::default()).await;
     let old = c.leader().await.expect("leader");
     let proxy_rw = c.proxy.as_ref().unwrap().rw_port;
-    let setup = connect_retry(proxy_rw, Duration::from_secs(30)).await;
-    insert_rows(&setup, 0, 1).await;
-    drop(setup);
-
     // A client writes continuously, remembering every acknowledged id.
-    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let acked = acked.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut id = 1;
-            let mut client = None;
-            while !stop.is_cancelled() {
-                if client.is_none() {
-                    client = connect(proxy_rw).await.ok();
-                }
-                if let Some(cl) = &client {
-                    match cl.execute("INSERT INTO t (id) VALUES ($1)", &[&id]).await {
-                        Ok(_) => acked.lock().unwrap().push(id),
-                        Err(_) => client = None,
-                    }
-                    id += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
-    wait_for("some writes", Duration::from_secs(10), || async {
-        if acked.lock().unwrap().len() > 20 {
-            Ok(())
-        } else {
-            Err("few".into())
-        }
-    })
-    .await
-    .unwrap();
+    let writer = writer::Writer::start(proxy_rw).await;
+    writer.wait_more_than(20).await;
 
     let code = c
         .node_mut(&old)
@@ -306,22 +271,17 @@ async fn sigterm_of_the_leader_agent_hands_over_without_losing_a_committed_row()
     })
     .await
     .unwrap();
-    let count_at_handover = acked.lock().unwrap().len();
-    wait_for("writes to resume", Duration::from_secs(30), || async {
-        if acked.lock().unwrap().len() > count_at_handover + 20 {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await
-    .unwrap();
-    stop.cancel();
-    writer.await.unwrap();
+    writer.more(20).await;
+    let acked = writer.stop().await;
 
     let client = connect(c.node(&new).pg_port).await.unwrap();
-    let ids = read_ids(&client).await;
-    let acked = acked.lock().unwrap().clone();
+    let ids: std::collections::HashSet<i32> = client
+        .query("SELECT id FROM w", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let lost: Vec<_> = acked.iter().filter(|id| !ids.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
 }

@@ -894,41 +894,8 @@ async fn synchronous_mode_strict_loses_no_acknowledged_write_when_the_primary_di
     .await
     .unwrap();
     let rw = c.proxy.as_ref().unwrap().rw_port;
-    let setup = connect_retry(rw, Duration::from_secs(10)).await;
-    setup
-        .batch_execute("CREATE TABLE sync_w (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let acked = Arc::new(Mutex::new(Vec::<i32>::new()));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let (acked, stop) = (acked.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut id = 0;
-            let mut client = None;
-            while !stop.is_cancelled() {
-                if client.is_none() {
-                    client = connect(rw).await.ok();
-                }
-                if let Some(cl) = &client {
-                    id += 1;
-                    match cl.execute("INSERT INTO sync_w VALUES ($1)", &[&id]).await {
-                        Ok(_) => acked.lock().unwrap().push(id),
-                        Err(_) => client = None,
-                    }
-                }
-            }
-        })
-    };
-    wait_for("writes under way", Duration::from_secs(10), || async {
-        if acked.lock().unwrap().len() > 50 {
-            Ok(())
-        } else {
-            Err("few".into())
-        }
-    })
-    .await
-    .unwrap();
+    let writer = writer::Writer::start(rw).await;
+    writer.wait_more_than(50).await;
     let node = c.node_mut(&old);
     node.kill_agent();
     node.kill_postmaster();
@@ -937,33 +904,17 @@ async fn synchronous_mode_strict_loses_no_acknowledged_write_when_the_primary_di
         new, sync_member,
         "only the synchronous standby may be promoted"
     );
-    let count = acked.lock().unwrap().len();
-    wait_for("writes to resume", Duration::from_secs(60), || async {
-        if acked.lock().unwrap().len() > count + 20 {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    })
-    .await
-    .unwrap();
-    stop.cancel();
-    writer.await.unwrap();
+    writer.more(20).await;
+    let acked = writer.stop().await;
     let nc = connect(c.node(&new).pg_port).await.unwrap();
     let ids: std::collections::HashSet<i32> = nc
-        .query("SELECT id FROM sync_w", &[])
+        .query("SELECT id FROM w", &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let lost: Vec<_> = acked
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|i| !ids.contains(i))
-        .copied()
-        .collect();
+    let lost: Vec<_> = acked.iter().filter(|i| !ids.contains(i)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
