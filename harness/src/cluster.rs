@@ -688,7 +688,31 @@ impl LocalCluster {
             if streaming < replicas {
                 return Err(format!("{streaming} of {replicas} replicas streaming: {c}"));
             }
-            Ok(leader["name"].as_str().unwrap_or_default().to_string())
+            let name = leader["name"].as_str().unwrap_or_default().to_string();
+            // The leader key and `/cluster` move before a new leader's pg_promote() returns: healthy
+            // means its PostgreSQL accepts writes, so a test's first write does not race the promotion.
+            let node = self
+                .nodes
+                .iter()
+                .find(|n| n.name == name)
+                .ok_or_else(|| format!("leader {name} is not a member of this cluster"))?;
+            let writable = tokio::time::timeout(Duration::from_secs(5), async {
+                let (client, conn) = tokio_postgres::connect(&node.dsn(), tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let row = client
+                    .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<bool, String>(row.get(0))
+            })
+            .await
+            .map_err(|_| format!("leader {name}: no answer within 5 s"))??;
+            if !writable {
+                return Err(format!("leader {name} is still in recovery"));
+            }
+            Ok(name)
         })
         .await
     }
