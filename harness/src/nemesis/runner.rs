@@ -111,7 +111,8 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         retry_timeout: options.retry_timeout_secs,
         dcs: options.dcs,
         dcs_extra: options.mode.dcs_lines(),
-        // On hosts of their own: a 3-member etcd, and the cluster's proxy (read-write port) in a
+        // On hosts of their own: the 3-server DCS `dcs` names (etcd or ZooKeeper, in hosts
+        // `e1`..`e3`), and the cluster's proxy (read-write port) in a
         // host too, so partitions can cut it off.
         netns: options.netns,
         proxy: options.netns,
