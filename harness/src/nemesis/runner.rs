@@ -655,8 +655,9 @@ impl NetworkFaults for HostFaults<'_> {
         }
     }
 
-    /// Slows member `host`'s links to every DCS server (its agent's only network path that a
-    /// relay can sit on: PostgreSQL's replication addresses come from the DCS).
+    /// Slows member `host`'s links to every DCS server. (A replica's replication link can go
+    /// through a relay too, [`LocalCluster::relay_replication`], but only once the leader is
+    /// known; the plans do not draw that fault.)
     fn degrade(&mut self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String> {
         let name = host.name();
         let mut found = false;
