@@ -14,8 +14,9 @@
 //! - `PRAETOR_NEMESIS_OVERLAP=0`: no overlapping faults (on by default here: each fault after the
 //!   first is applied, one time in two, while the previous one still holds).
 //! - `PRAETOR_NEMESIS_NETNS=1`: every host in a network namespace of its own (root, `ip`, `nft`),
-//!   and the network faults (silence, partition, one-way partition, a member's slow and lossy
-//!   links to the DCS) drawn too.
+//!   the DCS servers too (etcd, or ZooKeeper with `PRAETOR_NEMESIS_DCS=zookeeper`), and the
+//!   network faults (silence, partition, one-way partition, a member's slow and lossy links to
+//!   the DCS) drawn too.
 //!
 //! Prints the table every 10 seeds, and the load average (the machine may be shared).
 //!

@@ -18,7 +18,8 @@
 //! `PRAETOR_BENCH_ONLY=<substring>[,<substring>...]` to run some scenarios; `PRAETOR_BENCH_TTL`,
 //! default 5, with loop_wait 1 and retry_timeout 2; `PRAETOR_BENCH_PG=15,18` runs each scenario on
 //! each listed PostgreSQL major in the same run, default 15: Debian's, 18 from `.pg/18`, see
-//! scripts/setup). Timings are printed, never asserted.
+//! scripts/setup). Timings are printed, never asserted; each run's line and the table end with the
+//! load average (the machine may be shared, and a loaded one stretches every figure).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,13 @@ use praetor_harness::{wait_for, PgMajor};
 
 fn binary() -> PathBuf {
     praetor_harness::praetor_beside_current_exe()
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` prints them.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 async fn connect(host: &str, port: u16) -> Result<tokio_postgres::Client, String> {
@@ -371,11 +379,12 @@ async fn main() {
                         )
                     });
                     println!(
-                        "{name} run {}: writes resumed after {:.2} s, {} acknowledged writes lost, {} client errors{thawed}",
+                        "{name} run {}: writes resumed after {:.2} s, {} acknowledged writes lost, {} client errors{thawed}; load {}",
                         i + 1,
                         o.recover.as_secs_f64(),
                         o.lost,
-                        o.errors
+                        o.errors,
+                        load()
                     );
                     outcomes.push(o);
                 }
@@ -422,7 +431,8 @@ async fn main() {
     }
     println!();
     println!(
-        "ttl {ttl} s, loop_wait 1 s, retry_timeout 2 s; client writes through the proxy every 10 ms"
+        "ttl {ttl} s, loop_wait 1 s, retry_timeout 2 s; client writes through the proxy every 10 ms; load {}",
+        load()
     );
     println!("| scenario | write outage median | max | acknowledged writes lost (max) | client errors (median) | runs | thawed: late direct acks, median (max) | thawed: rejoin, median |");
     println!("|---|---|---|---|---|---|---|---|");

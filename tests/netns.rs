@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use praetor_harness::cluster::DcsKind;
+use praetor_harness::dcs::DcsServers;
 use praetor_harness::netns::Network;
 use tokio_util::sync::CancellationToken;
 
@@ -31,9 +33,11 @@ async fn netns_cluster(scope: &str) -> LocalCluster {
     .await
 }
 
-/// One acknowledged write: the member, when the INSERT was sent and when its answer came.
+/// One acknowledged write: its row's id, the member, when the INSERT was sent and when its
+/// answer came.
 #[derive(Clone, Debug)]
 struct Ack {
+    id: i64,
     member: String,
     start: Instant,
     end: Instant,
@@ -53,7 +57,7 @@ impl Writers {
         let setup = connect_dsn(&c.node(&leader).dsn()).await.expect("leader");
         setup
             .batch_execute(
-                "CREATE TABLE IF NOT EXISTS w (member text, at timestamptz DEFAULT now())",
+                "CREATE TABLE IF NOT EXISTS w (id bigint PRIMARY KEY, member text, at timestamptz DEFAULT now())",
             )
             .await
             .expect("create w");
@@ -83,8 +87,10 @@ impl Writers {
         let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
         let stop = CancellationToken::new();
         let mut tasks = vec![];
-        for n in &c.nodes {
+        for (k, n) in c.nodes.iter().enumerate() {
             let (dsn, member, acks, stop) = (n.dsn(), n.name.clone(), acks.clone(), stop.clone());
+            // Ids unique across writers and attempts (a timed-out INSERT may still commit).
+            let mut next_id = k as i64 * 1_000_000_000;
             tasks.push(tokio::spawn(async move {
                 let mut client = None;
                 while !stop.is_cancelled() {
@@ -96,13 +102,19 @@ impl Writers {
                     }
                     if let Some(cl) = &client {
                         let start = Instant::now();
+                        next_id += 1;
+                        let id = next_id;
                         let r = tokio::time::timeout(
                             Duration::from_secs(3),
-                            cl.execute("INSERT INTO w (member) VALUES ($1)", &[&member]),
+                            cl.execute(
+                                "INSERT INTO w (id, member) VALUES ($1, $2)",
+                                &[&id, &member],
+                            ),
                         )
                         .await;
                         match r {
                             Ok(Ok(_)) => acks.lock().unwrap().push(Ack {
+                                id,
                                 member: member.clone(),
                                 start,
                                 end: Instant::now(),
@@ -195,6 +207,29 @@ fn assert_one_writer_at_a_time(acks: &[Ack]) {
         );
     }
     // A member may appear again (the old leader, failed back to later), never interleaved within.
+}
+
+/// Asserts every acknowledged write of `acks` is in table `w` on `member`.
+async fn assert_no_acknowledged_write_lost(c: &LocalCluster, member: &str, acks: &[Ack]) {
+    let cl = connect_dsn(&c.node(member).dsn())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {member}: {e}"));
+    let present: std::collections::HashSet<i64> = cl
+        .query("SELECT id FROM w", &[])
+        .await
+        .expect("read w")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<&Ack> = acks.iter().filter(|a| !present.contains(&a.id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes are missing on {member}, e.g. {:?}",
+        lost.len(),
+        acks.len(),
+        lost.first()
+    );
+    assert!(!acks.is_empty(), "no write was acknowledged at all");
 }
 
 /// Waits until `member` runs as a replica streaming from the leader (healthy, two replicas).
@@ -569,5 +604,278 @@ async fn an_agent_starts_while_its_first_etcd_member_is_silent() {
     assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
     assert!(!log.contains("demoting self"), "{log}");
     c.net().heal().expect("heal");
+    c.shutdown().await;
+}
+
+/// The member `/cluster` shows as the synchronous standby, waited for (up to 60 s).
+async fn sync_standby(c: &LocalCluster) -> String {
+    wait_for("a synchronous standby", Duration::from_secs(60), || async {
+        let v = c.cluster_json().await?;
+        v["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["role"] == "sync_standby"))
+            .and_then(|m| m["name"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("none in {v}"))
+    })
+    .await
+    .expect("a synchronous standby")
+}
+
+/// The silenced primary host on ZooKeeper instead of etcd: three ZooKeeper servers in hosts of
+/// their own (`e1`..`e3`, [`ClusterOptions::netns`] with a ZooKeeper [`DcsKind`]), with
+/// `synchronous_mode` on so that losing no acknowledged write is a promise (asynchronously, a write
+/// acknowledged just before the silence may legitimately be missing). The silent primary's agent
+/// can no longer reach ZooKeeper, its session expires on the servers and its leader znode goes
+/// with it, and a replica takes over. Asserted: a new leader, nothing acknowledged by the old
+/// primary after the new one took writes, one writer at a time, the old primary back as a replica
+/// once healed, and every acknowledged write on the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_zookeeper_a_silenced_primary_host_is_failed_over_and_no_acknowledged_write_is_lost() {
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: "ns-zk-silence".into(),
+        netns: true,
+        dcs: DcsKind::ZooKeeperEnsemble3,
+        dcs_extra: vec!["synchronous_mode: true".into()],
+        ..Default::default()
+    })
+    .await;
+    // The DCS really is ZooKeeper, one server per DCS host.
+    let e1 = c.net().host("e1").ip.clone();
+    match &c.dcs().servers {
+        DcsServers::ZooKeeperEnsemble(z) => {
+            assert_eq!(z.members.len(), 3);
+            assert_eq!(z.members[0].endpoint, format!("{e1}:2181"));
+        }
+        _ => panic!("the cluster does not run on a ZooKeeper ensemble"),
+    }
+    let old = c.leader().await.expect("leader");
+    sync_standby(&c).await;
+    let writers = Writers::start(&c).await;
+    let fault = Instant::now();
+    c.net().silence(&old).expect("silence the primary's host");
+    let first_new = writers.first_ack_elsewhere(&old, fault).await;
+    let new = c.leader().await.expect("a new leader");
+    assert_ne!(new, old);
+    c.net().heal().expect("heal");
+    rejoined_as_replica(&c, &old).await;
+    let acks = writers.stop().await;
+    let late: Vec<&Ack> = acks
+        .iter()
+        .filter(|a| a.member == old && a.end > first_new.start)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old primary {old} acknowledged {} writes after {} took writes",
+        late.len(),
+        first_new.member
+    );
+    assert_one_writer_at_a_time(&acks);
+    let leader = c.leader().await.expect("a leader after the heal");
+    assert_no_acknowledged_write_lost(&c, &leader, &acks).await;
+    c.shutdown().await;
+}
+
+/// Strict synchronous replication over slow replication links: each replica streams from the
+/// leader through a relay in front of the leader's PostgreSQL that delays every chunk by 200 ms
+/// each way ([`LocalCluster::relay_replication`]). A commit is acknowledged only once its WAL
+/// reached the synchronous standby and the standby's answer came back, so every write the leader
+/// acknowledged took at least that delay (a bound the relay guarantees, not a Praetor timing;
+/// the fastest and median are printed). Then the primary's host dies (agent and PostgreSQL
+/// kill -9): a replica takes over, and every acknowledged write is on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_replication_link_slows_strict_synchronous_commits_and_loses_no_acknowledged_write_when_the_primary_dies(
+) {
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: "ns-slow-repl".into(),
+        netns: true,
+        dcs_extra: vec![
+            "synchronous_mode: true".into(),
+            "synchronous_mode_strict: true".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let leader = c.leader().await.expect("leader");
+    let delay = Duration::from_millis(200);
+    for r in others(&c, &leader) {
+        c.relay_replication(&leader, &r)
+            .await
+            .unwrap_or_else(|e| panic!("{r}'s replication link through a relay: {e}"))
+            .set_delay(delay);
+    }
+    sync_standby(&c).await;
+    let writers = Writers::start(&c).await;
+    let slow_since = Instant::now();
+    wait_for(
+        "10 writes acknowledged over the slow links",
+        Duration::from_secs(60),
+        || async {
+            let n = writers
+                .acks()
+                .iter()
+                .filter(|a| a.member == leader && a.start > slow_since)
+                .count();
+            (n >= 10).then_some(()).ok_or(format!("{n} so far"))
+        },
+    )
+    .await
+    .expect("the leader takes writes over slow links");
+    c.node_mut(&leader).kill();
+    let fault = Instant::now();
+    let first_new = writers.first_ack_elsewhere(&leader, fault).await;
+    let acks = writers.stop().await;
+    let mut slow: Vec<Duration> = acks
+        .iter()
+        .filter(|a| a.member == leader && a.start > slow_since)
+        .map(|a| a.end - a.start)
+        .collect();
+    slow.sort();
+    eprintln!(
+        "{} commits over {delay:?} links: fastest {:?}, median {:?}",
+        slow.len(),
+        slow[0],
+        slow[slow.len() / 2]
+    );
+    assert!(
+        slow[0] >= delay,
+        "{leader} acknowledged a commit in {:?}, before its WAL could cross a {delay:?} link",
+        slow[0]
+    );
+    let new = c.leader().await.expect("a new leader");
+    assert_ne!(new, leader);
+    assert_eq!(new, first_new.member);
+    assert_no_acknowledged_write_lost(&c, &new, &acks).await;
+    c.shutdown().await;
+}
+
+/// `SELECT pg_current_wal_lsn()` on `dsn`, as text.
+async fn current_lsn(dsn: &str) -> String {
+    let cl = connect_dsn(dsn).await.expect("connect to the leader");
+    cl.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get(0)
+}
+
+/// Whether the replica at `dsn` replayed WAL up to `lsn`.
+async fn replayed(dsn: &str, lsn: &str) -> Result<bool, String> {
+    let cl = connect_dsn(dsn).await.map_err(|e| e.to_string())?;
+    let row = cl
+        .query_one(
+            "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+            &[&lsn],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.get(0))
+}
+
+/// Writes 10 batches of 200 rows of 100 bytes into `r` on `leader`.
+async fn write_batches(leader: &tokio_postgres::Client, from: i32) {
+    for b in 0..10 {
+        let lo = from + b * 200;
+        leader
+            .execute(
+                "INSERT INTO r SELECT g, repeat('x', 100) FROM generate_series($1::int, $2::int) g",
+                &[&lo, &(lo + 199)],
+            )
+            .await
+            .expect("insert a batch");
+    }
+}
+
+/// One replica's replication link through a relay in front of the leader's PostgreSQL
+/// ([`LocalCluster::relay_replication`]), first lossy and slow, then cut. While lossy (30 % of
+/// chunks held 200 ms, 20 ms each way) the stream goes on, as TCP does over a lossy path, and the
+/// replica replays up to the leader's position. While cut it has none of the WAL written since;
+/// once the link heals it reconnects through the relay and replays up to the leader's position
+/// again, with every row. Only a replication link failed: the leader stays the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_behind_a_lossy_then_cut_replication_link_reconnects_and_catches_up_once_it_heals(
+) {
+    let mut c = netns_cluster("ns-cut-repl").await;
+    let leader = c.leader().await.expect("leader");
+    let replica = others(&c, &leader)[0].clone();
+    let (leader_dsn, replica_dsn) = (c.node(&leader).dsn(), c.node(&replica).dsn());
+    let leader_ip = c.node(&leader).ip.clone();
+    let writer = connect_dsn(&leader_dsn)
+        .await
+        .expect("connect to the leader");
+    writer
+        .batch_execute("CREATE TABLE r (id int PRIMARY KEY, pad text)")
+        .await
+        .expect("create r");
+    let relay = c
+        .relay_replication(&leader, &replica)
+        .await
+        .unwrap_or_else(|e| panic!("{replica}'s replication link through a relay: {e}"));
+    relay.set_loss(0.3);
+    relay.set_delay(Duration::from_millis(20));
+
+    // Lossy: the replica keeps up.
+    write_batches(&writer, 0).await;
+    let target = current_lsn(&leader_dsn).await;
+    wait_for(
+        "the replica replaying up to the leader's position over the lossy link",
+        Duration::from_secs(120),
+        || async {
+            replayed(&replica_dsn, &target)
+                .await?
+                .then_some(())
+                .ok_or(format!("not at {target} yet"))
+        },
+    )
+    .await
+    .expect("the replica keeps up over a lossy link");
+
+    // Cut: it falls behind.
+    c.replication_links[0].2.cut();
+    write_batches(&writer, 2000).await;
+    let target = current_lsn(&leader_dsn).await;
+    assert!(
+        !replayed(&replica_dsn, &target).await.expect("replay LSN"),
+        "{replica} replayed WAL written after its replication link was cut"
+    );
+
+    // Healed: it reconnects through the relay and catches up.
+    let relay = &c.replication_links[0].2;
+    relay.set_loss(0.0);
+    relay.set_delay(Duration::ZERO);
+    relay.restore();
+    wait_for(
+        "the replica streaming through the relay and replaying up to the leader's position",
+        Duration::from_secs(120),
+        || async {
+            let cl = connect_dsn(&leader_dsn).await.map_err(|e| e.to_string())?;
+            let streaming = cl
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication \
+                     WHERE application_name = $1 AND host(client_addr) = $2 AND state = 'streaming'",
+                    &[&replica, &leader_ip],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get::<_, i64>(0);
+            if streaming == 0 {
+                return Err("not streaming through the relay".to_string());
+            }
+            replayed(&replica_dsn, &target)
+                .await?
+                .then_some(())
+                .ok_or(format!("not at {target} yet"))
+        },
+    )
+    .await
+    .expect("the replica catches up once its link heals");
+    let rows = |dsn: String| async move {
+        let cl = connect_dsn(&dsn).await.expect("connect");
+        cl.query_one("SELECT count(*) FROM r", &[])
+            .await
+            .expect("count r")
+            .get::<_, i64>(0)
+    };
+    assert_eq!(rows(replica_dsn.clone()).await, 4000);
+    assert_eq!(rows(leader_dsn.clone()).await, 4000);
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
     c.shutdown().await;
 }

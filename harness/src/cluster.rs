@@ -64,13 +64,15 @@ pub struct ClusterOptions {
     /// `rewind-pass`), as Patroni's example YAML and seed 002 do.
     pub rewind_user: bool,
     /// Run every member in a host of its own on a [`Network`] (network namespaces, root only):
-    /// etcd members `e1`..`e3` (a 3-member etcd whatever [`ClusterOptions::dcs`] says, so losing
+    /// three DCS servers in hosts `e1`..`e3` (a 3-member etcd, or a 3-server ZooKeeper ensemble
+    /// when [`ClusterOptions::dcs`] is a ZooKeeper kind: three whatever size it names, so losing
     /// quorum is a fault), each agent with its PostgreSQL in host `pg<i>`, the proxy in host
     /// `proxy`. Every address in every configuration is the host's (198.18.X.N) with the standard
-    /// ports (PostgreSQL 5432, REST API 8008, etcd 2379/2380, proxy read-write 5000, read-only
-    /// 5001, auto 5002, metrics 9000). With
-    /// [`ClusterOptions::dcs_relay`], each agent reaches etcd `e1` through a relay on
-    /// [`Network::gateway`]. Faults: [`LocalCluster::net`].
+    /// ports (PostgreSQL 5432, REST API 8008, etcd 2379/2380, ZooKeeper 2181/2888/3888, proxy
+    /// read-write 5000, read-only 5001, auto 5002, metrics 9000). With
+    /// [`ClusterOptions::dcs_relay`], each agent reaches the DCS server in `e1` through a relay on
+    /// [`Network::gateway`]. Faults: [`LocalCluster::net`]; a replica's replication link through
+    /// a relay: [`LocalCluster::relay_replication`].
     pub netns: bool,
     /// PostgreSQL's programs (`postgresql.bin_dir`); `None`: [`crate::pg_bin_dir`] (Debian's 15).
     /// [`crate::PgMajor::bin_dir`] gives 18's.
@@ -389,6 +391,9 @@ pub struct LocalCluster {
     pub relays: Vec<(String, crate::relay::TcpRelay)>,
     /// The cluster's directory (kept on drop with PRAETOR_KEEP_TMP).
     pub work: WorkDir,
+    /// Replicas' replication links routed through relays ([`LocalCluster::relay_replication`]):
+    /// `(leader, replica, relay)`.
+    pub replication_links: Vec<(String, String, crate::relay::TcpRelay)>,
     /// The hosts, with [`ClusterOptions::netns`]; dropped last, after every process is gone.
     pub network: Option<Network>,
 }
@@ -409,10 +414,18 @@ impl LocalCluster {
                 for i in 1..=3 {
                     hosts.push(net.add_host(&format!("e{i}"))?);
                 }
-                let c = crate::dcs::EtcdCluster::start_in(work.path(), &hosts).await?;
-                LocalDcs {
-                    endpoint: c.endpoints().join(","),
-                    servers: crate::dcs::DcsServers::EtcdCluster(c),
+                if options.dcs.family() == "zookeeper" {
+                    let z = crate::dcs::ZooKeeperEnsemble::start_in(work.path(), &hosts).await?;
+                    LocalDcs {
+                        endpoint: z.hosts().join(","),
+                        servers: crate::dcs::DcsServers::ZooKeeperEnsemble(z),
+                    }
+                } else {
+                    let c = crate::dcs::EtcdCluster::start_in(work.path(), &hosts).await?;
+                    LocalDcs {
+                        endpoint: c.endpoints().join(","),
+                        servers: crate::dcs::DcsServers::EtcdCluster(c),
+                    }
                 }
             }
             None => LocalDcs::start(options.dcs, work.path()).await?,
@@ -485,6 +498,7 @@ impl LocalCluster {
             binary,
             relays,
             work,
+            replication_links: vec![],
             network,
         };
         for i in 0..cluster.nodes.len() {
@@ -570,6 +584,86 @@ impl LocalCluster {
             .filter(|(n, _)| n == name)
             .map(|(_, r)| r)
             .collect()
+    }
+
+    /// Routes member `replica`'s connections to member `leader`'s PostgreSQL (its replication
+    /// connection, whose address the agent takes from the leader's member data in the DCS)
+    /// through a [`crate::relay::TcpRelay`], so a test can make that one link slow or lossy
+    /// ([`crate::relay::TcpRelay::set_delay`], [`crate::relay::TcpRelay::set_loss`]) or cut it
+    /// ([`crate::relay::TcpRelay::cut`]); returns the relay. Needs [`ClusterOptions::netns`].
+    ///
+    /// Why this way: `primary_conninfo` is built by the replica's agent from the leader's
+    /// `conn_url`, the same for every replica, so no address can be changed for one replica
+    /// without teaching the agent a test-only override. Instead the relay sits in the leader's
+    /// host, in front of its PostgreSQL, and only connections from the replica's address are
+    /// redirected to it (nftables, [`Network::redirect`]); every configuration stays as in
+    /// production, and the hosts' faults (silence, partitions) still apply to the link, whose
+    /// packets still cross the network (the relay's own hop to PostgreSQL is the leader host's
+    /// loopback). The replica's WAL sender is terminated so that it reconnects through the relay,
+    /// and the call returns once the leader's `pg_stat_replication` shows the replica streaming
+    /// from the relay's address (up to 60 s). The route holds for `leader` only: after a failover
+    /// the replica streams from the new leader directly.
+    ///
+    /// Errors: no such members, the relay cannot start, the rule cannot be set, the replica does
+    /// not stream through the relay within 60 s.
+    pub async fn relay_replication(
+        &mut self,
+        leader: &str,
+        replica: &str,
+    ) -> Result<&crate::relay::TcpRelay, String> {
+        let (l, r) = (self.node(leader), self.node(replica));
+        let host = l
+            .host
+            .clone()
+            .ok_or("relay_replication needs ClusterOptions::netns")?;
+        let (leader_pg, port, dsn) = (l.pg_addr(), l.pg_port, l.dsn());
+        let replica_ip = r.ip.clone();
+        let relay = crate::relay::TcpRelay::start_in(&host, &host.ip, &leader_pg)
+            .await
+            .map_err(|e| format!("relay in {}: {e}", host.name))?;
+        self.net().redirect(leader, replica, port, relay.port)?;
+        // The open replication connection keeps its path: end it so the next one is redirected.
+        wait_for(
+            &format!("{replica} streaming from {leader} through the relay"),
+            Duration::from_secs(60),
+            || async {
+                let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let rows = client
+                    .query(
+                        "SELECT host(client_addr), state FROM pg_stat_replication \
+                         WHERE application_name = $1",
+                        &[&replica],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let through_relay = rows.iter().any(|row| {
+                    row.get::<_, Option<String>>(0).as_deref() == Some(host.ip.as_str())
+                        && row.get::<_, Option<String>>(1).as_deref() == Some("streaming")
+                });
+                if through_relay {
+                    return Ok(());
+                }
+                client
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication \
+                         WHERE host(client_addr) = $1",
+                        &[&replica_ip],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Err(format!(
+                    "pg_stat_replication: {} rows for {replica}",
+                    rows.len()
+                ))
+            },
+        )
+        .await?;
+        self.replication_links
+            .push((leader.to_string(), replica.to_string(), relay));
+        Ok(&self.replication_links.last().expect("just pushed").2)
     }
 
     /// The network of hosts, with [`ClusterOptions::netns`]: silence, partition, heal

@@ -62,22 +62,28 @@ log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout
 log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} [myid:%X{myid}] %-5p [%t:%C{1}@%L] %m%n
 ";
 
-/// One ZooKeeper server's ports.
-#[derive(Debug, Clone, Copy)]
+/// One ZooKeeper server's address and ports.
+#[derive(Debug, Clone)]
 struct ZkPorts {
+    /// The address it listens on (clients and peers): `127.0.0.1`, or its host's in a
+    /// [`crate::netns::Network`].
+    ip: String,
     client: u16,
     /// Quorum and election ports (ensemble members only).
     peer: u16,
     election: u16,
 }
 
-/// A ZooKeeper server on 127.0.0.1: standalone ([`ZooKeeper::start`]) or a member of a
-/// [`ZooKeeperEnsemble`]. Killed (with its process group) on drop.
+/// A ZooKeeper server on 127.0.0.1 (or on a host of a [`crate::netns::Network`]): standalone
+/// ([`ZooKeeper::start`]) or a member of a [`ZooKeeperEnsemble`]. Killed (with its process group)
+/// on drop.
 pub struct ZooKeeper {
-    /// `127.0.0.1:PORT`: the `zookeeper.hosts` entry.
+    /// `IP:PORT` (`127.0.0.1:PORT` on loopback): the `zookeeper.hosts` entry.
     pub endpoint: String,
     /// Client port.
     pub port: u16,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<String>,
     /// `None` while stopped.
     process: Option<Process>,
     /// The server's directory: zoo.cfg, log4j.properties, data/, zookeeper.log.
@@ -88,36 +94,41 @@ impl ZooKeeper {
     /// Starts a standalone ZooKeeper in `dir/zookeeper` and waits (up to 60 s) until it serves.
     pub async fn start(dir: &Path) -> Result<ZooKeeper, String> {
         let ports = ZkPorts {
+            ip: "127.0.0.1".into(),
             client: free_port(),
             peer: 0,
             election: 0,
         };
-        let mut zk = ZooKeeper::configure(&dir.join("zookeeper"), 0, ports, &[])?;
+        let mut zk = ZooKeeper::configure(&dir.join("zookeeper"), 0, &ports, &[], None)?;
         zk.spawn()?;
         zk.wait_serving(START_TIMEOUT).await?;
         Ok(zk)
     }
 
-    /// Writes the configuration of server `id` (0: standalone) of `ensemble` under `dir`.
+    /// Writes the configuration of server `id` (0: standalone) of `ensemble` under `dir`; the
+    /// server will run in namespace `netns` (`None`: the test's own).
     fn configure(
         dir: &Path,
         id: usize,
-        ports: ZkPorts,
+        ports: &ZkPorts,
         ensemble: &[ZkPorts],
+        netns: Option<String>,
     ) -> Result<ZooKeeper, String> {
         let data = dir.join("data");
         fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
         let mut cfg = format!(
             "tickTime={ZOOKEEPER_TICK_MS}\ninitLimit=10\nsyncLimit=5\ndataDir={data}\n\
-             clientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
+             clientPort={port}\nclientPortAddress={ip}\nadmin.enableServer=false\n\
              maxSessionTimeout={ZOOKEEPER_MAX_SESSION_MS}\n4lw.commands.whitelist=srvr,ruok,cons\n",
             data = data.display(),
             port = ports.client,
+            ip = ports.ip,
         );
         for (i, p) in ensemble.iter().enumerate() {
             cfg.push_str(&format!(
-                "server.{}=127.0.0.1:{}:{}\n",
+                "server.{}={}:{}:{}\n",
                 i + 1,
+                p.ip,
                 p.peer,
                 p.election
             ));
@@ -128,8 +139,9 @@ impl ZooKeeper {
         fs::write(dir.join("zoo.cfg"), cfg).map_err(|e| e.to_string())?;
         fs::write(dir.join("log4j.properties"), LOG4J_PROPERTIES).map_err(|e| e.to_string())?;
         Ok(ZooKeeper {
-            endpoint: format!("127.0.0.1:{}", ports.client),
+            endpoint: format!("{}:{}", ports.ip, ports.client),
             port: ports.client,
+            netns,
             process: None,
             dir: dir.to_path_buf(),
         })
@@ -139,6 +151,9 @@ impl ZooKeeper {
     /// for CPU).
     fn spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(java_binary());
+        if let Some(ns) = &self.netns {
+            crate::netns::enter(&mut cmd, ns, false);
+        }
         cmd.args([
             "-Xms16m",
             "-Xmx256m",
@@ -271,7 +286,8 @@ async fn four_letter_word(addr: &str, word: &str) -> Result<String, String> {
         .map_err(|_| format!("{word} on {addr}: no answer within 3 s"))?
 }
 
-/// A ZooKeeper ensemble on 127.0.0.1 whose members can be stopped and started one by one.
+/// A ZooKeeper ensemble on 127.0.0.1 (or one server per host of a [`crate::netns::Network`])
+/// whose members can be stopped and started one by one.
 pub struct ZooKeeperEnsemble {
     /// The members (index 0 is server id 1).
     pub members: Vec<ZooKeeper>,
@@ -281,17 +297,52 @@ impl ZooKeeperEnsemble {
     /// Starts `size` servers under `dir/zookeeper-<id>` and waits (up to 60 s) until each is a leader
     /// or follower.
     pub async fn start(dir: &Path, size: usize) -> Result<ZooKeeperEnsemble, String> {
-        let ports: Vec<ZkPorts> = (0..size)
-            .map(|_| ZkPorts {
-                client: free_port(),
-                peer: free_port(),
-                election: free_port(),
+        let places = (0..size)
+            .map(|_| {
+                let ports = ZkPorts {
+                    ip: "127.0.0.1".into(),
+                    client: free_port(),
+                    peer: free_port(),
+                    election: free_port(),
+                };
+                (ports, None)
             })
             .collect();
+        ZooKeeperEnsemble::start_at(dir, places).await
+    }
+
+    /// Starts one server in each of `hosts` (server ids 1, 2... in order), listening on the
+    /// host's address with ZooKeeper's standard ports (client 2181, quorum 2888, election 3888),
+    /// and waits (up to 60 s) until each is a leader or follower.
+    pub async fn start_in(
+        dir: &Path,
+        hosts: &[crate::netns::Host],
+    ) -> Result<ZooKeeperEnsemble, String> {
+        let places = hosts
+            .iter()
+            .map(|h| {
+                let ports = ZkPorts {
+                    ip: h.ip.clone(),
+                    client: 2181,
+                    peer: 2888,
+                    election: 3888,
+                };
+                (ports, Some(h.netns.clone()))
+            })
+            .collect();
+        ZooKeeperEnsemble::start_at(dir, places).await
+    }
+
+    /// Starts one server per `(address and ports, namespace)`.
+    async fn start_at(
+        dir: &Path,
+        places: Vec<(ZkPorts, Option<String>)>,
+    ) -> Result<ZooKeeperEnsemble, String> {
+        let ports: Vec<ZkPorts> = places.iter().map(|(p, _)| p.clone()).collect();
         let mut members = Vec::new();
-        for (i, p) in ports.iter().enumerate() {
+        for (i, (p, netns)) in places.into_iter().enumerate() {
             let member_dir = dir.join(format!("zookeeper-{}", i + 1));
-            members.push(ZooKeeper::configure(&member_dir, i + 1, *p, &ports)?);
+            members.push(ZooKeeper::configure(&member_dir, i + 1, &p, &ports, netns)?);
         }
         for m in &mut members {
             m.spawn()?;

@@ -328,6 +328,25 @@ impl Network {
         Ok(())
     }
 
+    /// Redirects, inside host `host`, every new TCP connection from host `from` to `host`'s
+    /// `port` onto `host`'s port `to_port` (nftables `redirect` in a nat prerouting chain of a
+    /// table `ip praetor_nat` of `host`'s namespace): how a relay listening on `to_port` in `host`
+    /// gets in front of a server for one client host only, with neither side's configuration
+    /// changed. Connections open before the call keep their path (NAT is decided at a
+    /// connection's first packet). A redirect is routing, not a fault: [`Network::heal`] leaves it.
+    pub fn redirect(&self, host: &str, from: &str, port: u16, to_port: u16) -> Result<(), String> {
+        let (h, f) = (self.host(host), self.host(from));
+        nft(
+            &h.netns,
+            &format!(
+                "add table ip praetor_nat\n\
+                 add chain ip praetor_nat prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
+                 add rule ip praetor_nat prerouting ip saddr {} tcp dport {port} redirect to :{to_port}\n",
+                f.ip
+            ),
+        )
+    }
+
     /// Removes every fault of host `name` (its nftables rules; its bridge port up).
     pub fn heal_host(&mut self, name: &str) -> Result<(), String> {
         let h = self.host(name).clone();

@@ -111,7 +111,8 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         retry_timeout: options.retry_timeout_secs,
         dcs: options.dcs,
         dcs_extra: options.mode.dcs_lines(),
-        // On hosts of their own: a 3-member etcd, and the cluster's proxy (read-write port) in a
+        // On hosts of their own: the 3-server DCS `dcs` names (etcd or ZooKeeper, in hosts
+        // `e1`..`e3`), and the cluster's proxy (read-write port) in a
         // host too, so partitions can cut it off.
         netns: options.netns,
         proxy: options.netns,
@@ -654,8 +655,9 @@ impl NetworkFaults for HostFaults<'_> {
         }
     }
 
-    /// Slows member `host`'s links to every DCS server (its agent's only network path that a
-    /// relay can sit on: PostgreSQL's replication addresses come from the DCS).
+    /// Slows member `host`'s links to every DCS server. (A replica's replication link can go
+    /// through a relay too, [`LocalCluster::relay_replication`], but only once the leader is
+    /// known; the plans do not draw that fault.)
     fn degrade(&mut self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String> {
         let name = host.name();
         let mut found = false;
