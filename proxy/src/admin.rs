@@ -430,6 +430,12 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
             true,
         ),
         (
+            "drain_timeout",
+            secs(s.drain_timeout),
+            secs(d.drain_timeout),
+            true,
+        ),
+        (
             "max_client_conn",
             s.max_client_conn.to_string(),
             d.max_client_conn.to_string(),

@@ -46,7 +46,10 @@ use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
 use crate::pool::{open, OpenError, Pool, ServerConn};
 use crate::router::{BackendRole, Fence, Route, Router, Want};
-use crate::rw::{after_server_end, scan_unasked, should_hold, Next, RwTracker, ServerEnd, Unasked};
+use crate::rw::{
+    after_server_end, drain, scan_unasked, should_hold, Drain, Next, RwTracker, ServerEnd, Unasked,
+};
+use crate::rw_auth::{relogin, LoginWatch, Relogin};
 use crate::settings::{ProxySettings, Target};
 use crate::stream::{client_tls, BackendTls, ClientStream, ClientTls, ServerStream};
 use crate::topology::Backend;
@@ -87,6 +90,9 @@ pub(crate) struct Runtime {
     pub pool_size: usize,
     pub idle_release: Duration,
     pub shutdown_timeout: Duration,
+    /// `drain_timeout`: how long a read-write session's transaction may run on during a
+    /// switchover before the proxy cancels it ([`crate::rw::drain`]).
+    pub drain_timeout: Duration,
     /// The auto port's authentication: `auth_type`, `auth_file` read, `auth_query`.
     pub auth: crate::auth::AuthRuntime,
 }
@@ -120,6 +126,7 @@ impl Runtime {
             pool_size: s.pool_size,
             idle_release: s.idle_release,
             shutdown_timeout: s.shutdown_timeout,
+            drain_timeout: s.drain_timeout,
             auth: crate::auth::AuthRuntime::from_settings(&s.auth)?,
         })
     }
@@ -242,6 +249,10 @@ enum End {
     /// leader's shutdown in a switchover, or an administrator's `pg_terminate_backend`): the
     /// message, held back from the client until [`crate::rw::after_server_end`] decides.
     ServerEnding(bytes::Bytes),
+    /// A read-write session's transaction ran past `drain_timeout` during a switchover
+    /// ([`crate::rw::drain`]). True when the relay stopped between two server messages (the
+    /// client can be told why); false when a result was still streaming after [`DRAIN_END_WAIT`].
+    Drained(bool),
 }
 
 /// A client refused a backend: the metric reason and the text of its `FATAL 08006`.
@@ -451,6 +462,8 @@ async fn relay_session(
 
         client_buf.reserve(RELAY_BUFFER_BYTES);
         let mut server_buf = BytesMut::with_capacity(RELAY_BUFFER_BYTES);
+        // Read-write sessions follow their login, to log in again after a switchover (`rw_auth`).
+        let mut login = (listener == ListenerKind::ReadWrite).then(LoginWatch::default);
         let registration = match relay_backend_startup(
             &shared.cancels,
             &mut route,
@@ -459,6 +472,7 @@ async fn relay_session(
             &mut client_buf,
             &mut server_buf,
             (&c2s, &s2c),
+            login.as_mut(),
         )
         .await
         {
@@ -491,6 +505,10 @@ async fn relay_session(
                 return;
             }
         };
+        let relogin = match login {
+            Some(watch) => Some(relogin_for(shared, rt, &startup, watch).await),
+            None => None,
+        };
         // Read-write sessions are followed so that a switchover can move them (`rw`).
         let tracker = (listener == ListenerKind::ReadWrite)
             .then(|| std::sync::Mutex::new(RwTracker::default()));
@@ -500,6 +518,7 @@ async fn relay_session(
             classifier: &rt.classifier,
             database: startup.database(),
             info,
+            drain_timeout: rt.drain_timeout,
         });
         let end = relay(
             client,
@@ -512,6 +531,8 @@ async fn relay_session(
         )
         .await;
         let client_key = registration.as_ref().map(|r| r.key().clone());
+        // The read-write port relays the server's BackendKeyData: the client's key is the server's.
+        let server_key = client_key.clone();
         drop(registration);
         // The socket closes before the route records the close (the fencing handshake waits on it).
         drop(socket);
@@ -528,15 +549,51 @@ async fn relay_session(
                 startup: &startup,
                 tracker,
                 client_key,
+                relogin: relogin.unwrap_or(Relogin::NoPassword),
                 counters: (&c2s, &s2c),
                 shutdown,
                 info,
             };
             moved
-                .follow(client, &mut client_buf, &mut server_buf, end, backend)
+                .follow(
+                    client,
+                    &mut client_buf,
+                    &mut server_buf,
+                    end,
+                    (backend, server_key),
+                )
                 .await;
         }
         return;
+    }
+}
+
+/// What the proxy can log in to the next leader with for a read-write client whose login `watch`
+/// followed: the rule is [`crate::rw_auth::relogin`]; this reads the user's secret when the login
+/// needed a password ([`crate::auth::lookup_secret`]: `auth_file`, then `auth_query`).
+async fn relogin_for(
+    shared: &Shared,
+    rt: &Runtime,
+    startup: &StartupMessage,
+    watch: LoginWatch,
+) -> Relogin {
+    let exchange = watch.finish();
+    let user = startup.user();
+    if !exchange.needs_secret() {
+        return relogin(exchange, user, None);
+    }
+    match crate::auth::lookup_secret(shared, rt, user, startup.database()).await {
+        Ok(secret) => relogin(exchange, user, secret.as_ref()),
+        Err(e) => {
+            warn!(
+                user,
+                "cannot read the user's secret: {e}; this session cannot move at a switchover"
+            );
+            Relogin::Cannot(format!(
+                "it logged in with a password and the proxy could not read user \"{user}\"'s \
+                 secret ({e})"
+            ))
+        }
     }
 }
 
@@ -555,25 +612,30 @@ struct Moving<'a> {
     tracker: &'a std::sync::Mutex<RwTracker>,
     /// The key the client got at login (the first server's), translated after each move.
     client_key: Option<CancelKey>,
+    /// What the proxy logs in to the next leader with ([`crate::rw_auth`]).
+    relogin: Relogin,
     counters: (&'a IntCounter, &'a IntCounter),
     shutdown: &'a CancellationToken,
     info: &'a crate::clients::ClientInfo,
 }
 
 impl Moving<'_> {
+    /// `server`: the server the session was on and its cancel key.
     async fn follow(
         self,
         client: &mut ClientStream,
         client_buf: &mut BytesMut,
         server_buf: &mut BytesMut,
         mut end: End,
-        mut backend: Backend,
+        server: (Backend, Option<CancelKey>),
     ) {
+        let (mut backend, mut server_key) = server;
         loop {
             let server_end = match &end {
                 End::Fenced => ServerEnd::Fenced,
                 End::ServerEnding(_) => ServerEnd::Fatal,
                 End::ServerClosed => ServerEnd::Closed,
+                End::Drained(_) => ServerEnd::Drained(self.rt.drain_timeout),
                 _ => return,
             };
             let mut moving = !self.shared.router.is_routable(&backend, Want::Leader);
@@ -596,6 +658,7 @@ impl Moving<'_> {
                 moving,
                 at_boundary,
                 unmovable.as_ref(),
+                self.relogin.cannot(),
                 self.shutdown.is_cancelled(),
             );
             match next {
@@ -608,8 +671,20 @@ impl Moving<'_> {
                 }
                 Next::End(message) => {
                     info!(backend = %backend, "{message}");
-                    self.shared.metrics.client_error(self.listener, "not_moved");
-                    send_fatal(client, crate::rw::END_CODE, &message).await;
+                    let drained = matches!(server_end, ServerEnd::Drained(_));
+                    let reason = if drained { "drained" } else { "not_moved" };
+                    self.shared.metrics.client_error(self.listener, reason);
+                    if matches!(end, End::Drained(false)) {
+                        // Cut inside a server message: an ErrorResponse would not parse.
+                        let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.shutdown()).await;
+                    } else {
+                        send_fatal(client, crate::rw::END_CODE, &message).await;
+                    }
+                    if let (true, Some(key)) = (drained, &server_key) {
+                        // The server's socket is closed (an idle transaction ends with it); a
+                        // statement still running stops at the cancel, and rolls back.
+                        send_cancel(&backend, key, key.pid, self.rt.connect_timeout).await;
+                    }
                     return;
                 }
                 Next::Move => {}
@@ -625,6 +700,7 @@ impl Moving<'_> {
             };
             info!(from = %backend, to = %conn.route.backend, "moved a read-write session to the new leader");
             backend = conn.route.backend.clone();
+            server_key = conn.key.clone();
             let _registration = match (&self.client_key, &conn.key) {
                 (Some(k), Some(server_key)) => Some(self.shared.cancels.register_moved(
                     k.clone(),
@@ -657,6 +733,7 @@ impl Moving<'_> {
                     classifier: &self.rt.classifier,
                     database: self.startup.database(),
                     info: self.info,
+                    drain_timeout: self.rt.drain_timeout,
                 }),
             )
             .await;
@@ -665,8 +742,9 @@ impl Moving<'_> {
     }
 
     /// Waits (up to `connect_timeout`) for the new leader, logs in with the client's
-    /// StartupMessage (without a password: the read-write port never sees one) and replays the
-    /// session's SETs. `Err`: the message for the client's FATAL.
+    /// StartupMessage (and, when the first server asked for a password, with what the proxy kept
+    /// of the client's login: [`crate::rw_auth`]) and replays the session's SETs. `Err`: the
+    /// message for the client's FATAL.
     async fn open_on_leader(&self) -> Result<Box<ServerConn>, String> {
         let deadline = Instant::now() + self.rt.connect_timeout;
         let cannot =
@@ -691,7 +769,8 @@ impl Moving<'_> {
                 route.role.as_str(),
             );
             gauge.dec(); // `open` counts it once connected.
-            let mut auth = PasswordAuth::new(self.startup.user(), None);
+            let mut auth =
+                PasswordAuth::with_credential(self.startup.user(), self.relogin.credential());
             match open(
                 route,
                 gauge,
@@ -725,8 +804,9 @@ impl Moving<'_> {
                 }
                 Err(OpenError::NeedPassword) => {
                     return Err(format!(
-                        "{cannot}: {described} asks for a password, which the read-write port \
-                         relays without keeping"
+                        "{cannot}: {described} asks for a password and the client logged in \
+                         without one; the proxy holds no credentials for user \"{}\"",
+                        self.startup.user()
                     ))
                 }
                 Err(OpenError::Refused(_, f)) => {
@@ -757,6 +837,7 @@ fn log_end(end: &End, route: &Route, shutdown: &CancellationToken, phase: &str) 
         }
         End::NotReady(_) => debug!("server not accepting connections {phase}"),
         End::ServerEnding(_) => debug!("server ended the session {phase}"),
+        End::Drained(_) => debug!("transaction past drain_timeout during a switchover {phase}"),
     }
 }
 
@@ -981,7 +1062,9 @@ async fn connect_backend(
 /// unparsed (passwords, SASL). The server's SASL offer loses `SCRAM-SHA-256-PLUS` (channel binding
 /// cannot survive a proxy). A first message that says the server is not accepting connections
 /// (57P03) is not forwarded: [`End::NotReady`] lets the caller hold the client and retry. Returns
-/// the cancel registration, if the server sent a key.
+/// the cancel registration, if the server sent a key. With `watch` (the read-write port), the
+/// authentication exchange is also followed ([`LoginWatch`]) for a later relogin.
+#[allow(clippy::too_many_arguments)]
 async fn relay_backend_startup(
     cancels: &CancelRegistry,
     route: &mut Route,
@@ -990,6 +1073,7 @@ async fn relay_backend_startup(
     client_buf: &mut BytesMut,
     server_buf: &mut BytesMut,
     (c2s, s2c): (&IntCounter, &IntCounter),
+    mut watch: Option<&mut LoginWatch>,
 ) -> Result<Option<Registration>, End> {
     let mut registration = None;
     let mut forwarded_any = false;
@@ -1001,6 +1085,9 @@ async fn relay_backend_startup(
                 let n = r.map_err(End::Io)?;
                 if n == 0 {
                     return Err(End::ClientClosed);
+                }
+                if let Some(w) = watch.as_deref_mut() {
+                    w.on_client(client_buf);
                 }
                 server.write_all(client_buf).await.map_err(End::Io)?;
                 client_buf.clear();
@@ -1026,6 +1113,9 @@ async fn relay_backend_startup(
                             }
                         }
                         AUTHENTICATION => {
+                            if let Some(w) = watch.as_deref_mut() {
+                                w.on_server_auth(body);
+                            }
                             if let Some(stripped) = strip_channel_binding(body) {
                                 // Forward what precedes, then the rewritten offer.
                                 if end > 0 {
@@ -1078,9 +1168,46 @@ struct Tracking<'a> {
     /// The session's database (`PAUSE db`) and its registration (`busy`, for `PAUSE`).
     database: &'a str,
     info: &'a crate::clients::ClientInfo,
+    /// `drain_timeout` ([`crate::rw::drain`]).
+    drain_timeout: Duration,
 }
 
 impl Tracking<'_> {
+    /// Returns once the session's transaction has run `drain_timeout` past the moment the proxy
+    /// saw the switchover ([`drain`] says cancel); never when none does.
+    async fn drain_due(&self) {
+        let mut changes = self.router.subscribe();
+        let mut since: Option<Instant> = None;
+        loop {
+            changes.borrow_and_update();
+            let switching = self.router.is_switching_over();
+            since = if switching {
+                since.or_else(|| Some(Instant::now()))
+            } else {
+                None
+            };
+            let at_boundary = self.lock().is_at_boundary();
+            let wait = match drain(since.map(|s| s.elapsed()), self.drain_timeout, at_boundary) {
+                Drain::Cancel => return,
+                // The transaction may end any moment: look again soon.
+                Drain::Wait(left) => Some(left.min(HOLD_RECHECK)),
+                // Held at the boundary: only a new topology changes that.
+                Drain::Nothing if switching => Some(HOLD_RECHECK),
+                Drain::Nothing => None,
+            };
+            let changed = match wait {
+                Some(w) => tokio::time::timeout(w, changes.changed())
+                    .await
+                    .unwrap_or(Ok(())),
+                None => changes.changed().await,
+            };
+            if changed.is_err() {
+                // The router is gone: the proxy is stopping.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Whether the next transaction must wait: a switchover, or the admin console's `PAUSE`.
     fn hold_requested(&self) -> bool {
         self.router.is_switching_over() || self.router.is_paused(self.database)
@@ -1103,6 +1230,11 @@ impl Tracking<'_> {
 /// How often a client held at a transaction boundary during a switchover checks again, at most
 /// (topology changes wake it sooner).
 const HOLD_RECHECK: Duration = Duration::from_millis(100);
+
+/// How long a session past `drain_timeout` waits for its server's output to reach a message
+/// boundary before it ends anyway (a large result streaming), and how often it looks.
+const DRAIN_END_WAIT: Duration = Duration::from_secs(1);
+const DRAIN_END_POLL: Duration = Duration::from_millis(10);
 
 /// Copies bytes both ways until a side closes, an I/O error, or `fence` resolves. The hot path:
 /// one buffer per direction reused for every read, one write per read, one counter increment per
@@ -1173,6 +1305,11 @@ where
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
+    // Set once a transaction ran past drain_timeout: the client's next bytes are not forwarded.
+    let drained = std::sync::atomic::AtomicBool::new(false);
+    // True while server bytes are being written to the client (the drain waits for the end of a
+    // write, so that the client's FATAL never lands inside a message).
+    let writing = std::sync::atomic::AtomicBool::new(false);
     let client_to_server = async {
         loop {
             // Bytes held at a boundary by an earlier relay (the session moved) go first.
@@ -1209,6 +1346,10 @@ where
                         io::ErrorKind::ConnectionAborted,
                         "closed by the admin console's KILL",
                     ));
+                }
+                if drained.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The relay ends at the next server message boundary.
+                    return std::future::pending().await;
                 }
                 let mut tracker = t.lock();
                 tracker.on_client(client_buf, t.classifier);
@@ -1251,17 +1392,42 @@ where
                     }
                 }
             }
+            writing.store(true, std::sync::atomic::Ordering::Relaxed);
             client_wr.write_all(server_buf).await?;
+            writing.store(false, std::sync::atomic::Ordering::Relaxed);
             s2c.inc_by(server_buf.len() as u64);
             server_buf.clear();
         }
     };
-    tokio::pin!(client_to_server, server_to_client);
+    let drain_watch = async {
+        let Some(t) = &tracking else {
+            return std::future::pending().await;
+        };
+        t.drain_due().await;
+        drained.store(true, std::sync::atomic::Ordering::Relaxed);
+        // End between two server messages: at once for a transaction idle or waiting for a
+        // statement; a result still streaming ends at its next message boundary, at most
+        // DRAIN_END_WAIT later.
+        let give_up = Instant::now() + DRAIN_END_WAIT;
+        loop {
+            if t.lock().server_at_message_start()
+                && !writing.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(DRAIN_END_POLL).await;
+        }
+    };
+    tokio::pin!(client_to_server, server_to_client, drain_watch);
     let mut client_open = true;
     loop {
         tokio::select! {
             biased;
             _ = fence.fenced() => return End::Fenced,
+            clean = &mut drain_watch => return End::Drained(clean),
             r = &mut server_to_client => return match r {
                 Ok(ServerSide::Closed) => End::ServerClosed,
                 Ok(ServerSide::Ending(frame)) => End::ServerEnding(frame),
