@@ -455,20 +455,6 @@ async fn a_switchover_fences_the_old_leader_acknowledges_in_the_dcs_and_loses_no
         .for_each(|l| assert!(!l.ends_with(" 0"), "{l}"));
 }
 
-/// Lets every TCP client of `node` in without a password (a `trust` line first in its
-/// pg_hba.conf, then a reload): a read-write session can move to a new leader only when the proxy
-/// can log in there for it, and the read-write port never sees a password.
-async fn trust_tcp_clients(c: &LocalCluster, node: &str) {
-    let n = c.node(node);
-    let path = n.dir.join("data/pg_hba.conf");
-    let old = std::fs::read_to_string(&path).expect("read pg_hba.conf");
-    // Rewritten in place: the file keeps its owner (postgres).
-    std::fs::write(&path, format!("host all all 127.0.0.1/32 trust\n{old}"))
-        .expect("write pg_hba.conf");
-    let client = connect_retry(n.pg_port, DEADLINE).await;
-    first(&client, "SELECT pg_reload_conf()").await.unwrap();
-}
-
 /// Runs pgbench with `args` on `port` (the superuser, over TCP) and returns its exit status and
 /// output (stdout then stderr).
 async fn pgbench(port: u16, args: &[&str]) -> (std::process::ExitStatus, String) {
@@ -498,19 +484,53 @@ fn failed_transactions(output: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Issue 17: a planned switchover under pgbench (8 clients, tpcb-like, no retries) on the
+/// read-write and the auto port, every client logged in with a SCRAM password (the proxy reads the
+/// user's secret from auth_file), fails no transaction: read-write sessions log in to the new
+/// leader with the ClientKey the proxy recovered from the login it relayed. A transaction held open
+/// on the read-write port past `drain_timeout` is cancelled, its session ending with 57P01 and a
+/// message naming drain_timeout.
+///
+/// The cluster's `retry_timeout` is raised so that the stepping-down leader's agent waits its full
+/// 5 s for transactions in progress (with the harness's 2 s it would wait at most 1.5 s, and its
+/// fast stop, not the proxy, would end the held transaction).
 #[tokio::test]
-async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a_switchover() {
-    let c = pair().await;
+async fn a_switchover_under_pgbench_with_passwords_fails_no_transaction_and_cancels_one_past_drain_timeout(
+) {
+    let c = healthy_cluster(ClusterOptions {
+        nodes: 2,
+        proxy: false,
+        scope: "proxytest".into(),
+        ttl: 30,
+        retry_timeout: 10,
+        ..ClusterOptions::default()
+    })
+    .await;
     let old = c.leader().await.expect("leader");
     let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
-    for n in [&old, &candidate] {
-        trust_tcp_clients(&c, n).await;
-    }
-    let proxy = FullProxy::start(&c, "zero", "").await.unwrap();
+    let leader = connect_retry(c.node(&old).pg_port, DEADLINE).await;
+    let secret = first(
+        &leader,
+        &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"),
+    )
+    .await
+    .unwrap();
+    assert!(secret.starts_with("SCRAM-SHA-256$"), "{secret}");
+    let userlist = c.work.path().join("userlist.txt");
+    std::fs::write(&userlist, format!("\"{SUPERUSER}\" \"{secret}\"\n")).unwrap();
+    let proxy = FullProxy::start(
+        &c,
+        "zero",
+        &format!(
+            "    auth_file: {}\n    drain_timeout: 2\n",
+            userlist.display()
+        ),
+    )
+    .await
+    .unwrap();
     connect_retry(proxy.rw_port, DEADLINE).await;
     let (status, out) = pgbench(proxy.rw_port, &["-i", "-s", "1", "-q"]).await;
     assert!(status.success(), "pgbench -i: {out}");
-    let leader = connect_retry(c.node(&old).pg_port, DEADLINE).await;
 
     // tpcb-like, 8 clients on each port, no retries (`--max-tries` unset: 1): any error a client
     // sees fails its transaction, and an error that ends its connection aborts the client.
@@ -528,6 +548,23 @@ async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a
             Err(format!("{n} transactions"))
         }
     })
+    .await
+    .unwrap();
+    // A transaction left open on the read-write port (as the superuser, with its password): the
+    // switchover gives it drain_timeout, then the proxy cancels it.
+    let (held, held_conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.rw_port)
+        .user(SUPERUSER)
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("a read-write client");
+    let held_conn = tokio::spawn(held_conn);
+    held.batch_execute(
+        "BEGIN; INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())",
+    )
     .await
     .unwrap();
     // The candidate's lag in the DCS trails by up to `loop_wait`: a switchover refused as lagging
@@ -569,6 +606,25 @@ async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a
         .unwrap()
         .parse()
         .unwrap();
+
+    // The held transaction's session ended with the proxy's FATAL (tokio-postgres returns it from
+    // the connection).
+    let ended = tokio::time::timeout(DEADLINE, held_conn)
+        .await
+        .expect("the held session ends")
+        .unwrap();
+    let err = ended.expect_err("the held session ends with an error");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{err:?}\n===== proxy =====\n{}", proxy.log()));
+    assert_eq!(db.code(), &tokio_postgres::error::SqlState::ADMIN_SHUTDOWN);
+    assert!(
+        db.message()
+            .contains("did not finish within drain_timeout (2 s)"),
+        "{}",
+        db.message()
+    );
+    assert!(held.is_closed());
 
     let (rw_status, rw_out) = rw.await.unwrap();
     let (auto_status, auto_out) = auto.await.unwrap();
