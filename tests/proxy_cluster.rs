@@ -863,9 +863,10 @@ async fn console_rows(console: &Client, sql: &str) -> Result<Vec<Vec<String>>, S
 
 /// The admin console (issue 17, item 5): `admin_users` logging in with SCRAM against the
 /// `auth_file`; `SHOW CONFIG`; `PAUSE` returns once the open transaction commits and then holds
-/// the next transaction of a read-write and an auto-port client, without an error, until
-/// `RESUME`; `RECONNECT` + `WAIT_CLOSE` wait for the server connection opened before; `KILL`
-/// closes the database's clients and keeps it paused until `RESUME`.
+/// the next transaction of a read-write, an auto-port and a read-only client, without an error,
+/// until `RESUME`; after `RECONNECT` the read-write and read-only clients' next transactions run
+/// on new server connections and `WAIT_CLOSE` returns once the old ones closed; `KILL` closes the
+/// database's clients and keeps it paused until `RESUME`.
 #[tokio::test]
 async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
     let c = pair().await;
@@ -911,8 +912,10 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
 
     let rw = connect_retry(proxy.rw_port, DEADLINE).await;
     let auto = connect_retry(proxy.auto_port, DEADLINE).await;
+    let ro = connect_retry(proxy.ro_port, DEADLINE).await;
     assert_eq!(first(&rw, "SELECT 1").await.unwrap(), "1");
     assert_eq!(first(&auto, "SELECT 1").await.unwrap(), "1");
+    assert_eq!(first(&ro, "SELECT 1").await.unwrap(), "1");
 
     // PAUSE waits for the running transaction.
     rw.batch_execute("BEGIN; CREATE TABLE paused (x int)")
@@ -931,7 +934,7 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         .unwrap()
         .expect("PAUSE");
 
-    // Both clients' next transactions are held, then run after RESUME.
+    // The three clients' next transactions are held, then run after RESUME.
     let rw_next = tokio::spawn(async move {
         let r = first(
             &rw,
@@ -944,14 +947,18 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         let r = first(&auto, "SELECT 'auto after resume'").await;
         (auto, r)
     });
-    wait_for("both clients held by PAUSE", DEADLINE, || async {
+    let ro_next = tokio::spawn(async move {
+        let r = first(&ro, "SELECT 'ro after resume'").await;
+        (ro, r)
+    });
+    wait_for("the three clients held by PAUSE", DEADLINE, || async {
         let clients = console_rows(&console, "SHOW CLIENTS").await?;
         let held: Vec<&str> = clients
             .iter()
             .filter(|r| r[6] == "held")
             .map(|r| r[1].as_str())
             .collect();
-        if held.len() == 2 {
+        if held.len() == 3 {
             Ok(())
         } else {
             Err(format!("clients: {clients:?}"))
@@ -959,7 +966,7 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
     })
     .await
     .unwrap();
-    assert!(!rw_next.is_finished() && !auto_next.is_finished());
+    assert!(!rw_next.is_finished() && !auto_next.is_finished() && !ro_next.is_finished());
     console_rows(&console, "RESUME").await.expect("RESUME");
     let (rw, r) = tokio::time::timeout(DEADLINE, rw_next)
         .await
@@ -971,11 +978,21 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         .unwrap()
         .unwrap();
     assert_eq!(r.unwrap(), "auto after resume");
+    let (ro, r) = tokio::time::timeout(DEADLINE, ro_next)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap(), "ro after resume");
     let err = console_rows(&console, "RESUME").await.unwrap_err();
     assert!(err.contains("nothing is paused"), "{err}");
 
-    // RECONNECT: WAIT_CLOSE returns once the read-write session's server connection (opened
-    // before) is closed, which happens when its client leaves.
+    // RECONNECT: WAIT_CLOSE returns once the read-write and read-only sessions' server connections
+    // (opened before) are closed, which happens before their next transactions: these run on new
+    // server connections (other backends), the clients staying connected.
+    let pids = [
+        first(&rw, "SELECT pg_backend_pid()").await.unwrap(),
+        first(&ro, "SELECT pg_backend_pid()").await.unwrap(),
+    ];
     console_rows(&console, "RECONNECT postgres").await.unwrap();
     let wait_close = {
         let console = console_login(port, "ops", "s3cret").await.unwrap();
@@ -990,7 +1007,13 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         !wait_close.is_finished(),
         "WAIT_CLOSE returned with the old connection open"
     );
-    drop(rw);
+    for (client, pid) in [(&rw, &pids[0]), (&ro, &pids[1])] {
+        let now = first(client, "SELECT pg_backend_pid()").await.unwrap();
+        assert_ne!(
+            &now, pid,
+            "the transaction after RECONNECT ran on the old connection"
+        );
+    }
     tokio::time::timeout(DEADLINE, wait_close)
         .await
         .expect("WAIT_CLOSE returns once the old server connections closed")

@@ -14,8 +14,11 @@
 //!    ReadyForQuery. A server that answers "not accepting connections" (57P03: shutting down or
 //!    starting up, as during a switchover) before anything reached the client holds the client and
 //!    retries, up to `connect_timeout`.
-//! 4. Relay: copy bytes both ways with no parsing, one buffer per direction, until either side closes,
-//!    the backend is fenced or the proxy shuts down.
+//! 4. Relay: copy bytes both ways unchanged, one buffer per direction, until either side closes,
+//!    the backend is fenced or the proxy shuts down. The bytes are walked for message headers
+//!    ([`crate::rw`]) so that a read-write session follows a switchover (held at its transaction
+//!    boundary, drained, moved to the new leader), and `PAUSE` and `RECONNECT` act at a
+//!    transaction boundary on both ports.
 
 use std::collections::HashMap;
 use std::io;
@@ -45,9 +48,10 @@ use crate::clients::{ClientGuard, Clients};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
 use crate::pool::{open, OpenError, Pool, ServerConn};
-use crate::router::{BackendRole, Fence, Route, Router, Want};
+use crate::router::{Fence, Route, Router, Want};
 use crate::rw::{
-    after_server_end, drain, scan_unasked, should_hold, Drain, Next, RwTracker, ServerEnd, Unasked,
+    after_server_end, drain, scan_unasked, should_hold, should_reconnect, Drain, Next, RwTracker,
+    ServerEnd, Unasked,
 };
 use crate::rw_auth::{relogin, LoginWatch, Relogin};
 use crate::settings::{ProxySettings, Target};
@@ -253,6 +257,9 @@ enum End {
     /// ([`crate::rw::drain`]). True when the relay stopped between two server messages (the
     /// client can be told why); false when a result was still streaming after [`DRAIN_END_WAIT`].
     Drained(bool),
+    /// A session at a transaction boundary leaves a server connection the admin console's
+    /// `RECONNECT` covers, for a new one ([`crate::rw::should_reconnect`]).
+    Reconnect,
 }
 
 /// A client refused a backend: the metric reason and the text of its `FATAL 08006`.
@@ -462,8 +469,9 @@ async fn relay_session(
 
         client_buf.reserve(RELAY_BUFFER_BYTES);
         let mut server_buf = BytesMut::with_capacity(RELAY_BUFFER_BYTES);
-        // Read-write sessions follow their login, to log in again after a switchover (`rw_auth`).
-        let mut login = (listener == ListenerKind::ReadWrite).then(LoginWatch::default);
+        // Sessions follow their login, to log in again after a switchover or a `RECONNECT`
+        // (`rw_auth`).
+        let mut login = Some(LoginWatch::default());
         let registration = match relay_backend_startup(
             &shared.cancels,
             &mut route,
@@ -509,17 +517,21 @@ async fn relay_session(
             Some(watch) => Some(relogin_for(shared, rt, &startup, watch).await),
             None => None,
         };
-        // Read-write sessions are followed so that a switchover can move them (`rw`).
-        let tracker = (listener == ListenerKind::ReadWrite)
-            .then(|| std::sync::Mutex::new(RwTracker::default()));
-        let tracking = tracker.as_ref().map(|t| Tracking {
-            tracker: t,
+        let relogin = relogin.unwrap_or(Relogin::NoPassword);
+        // Sessions are followed (`rw`) so that a switchover can move read-write ones, `PAUSE`
+        // holds them at their next transaction boundary and `RECONNECT` acts there.
+        let tracker = std::sync::Mutex::new(RwTracker::default());
+        let tracking = Tracking {
+            tracker: &tracker,
             router: &shared.router,
             classifier: &rt.classifier,
             database: startup.database(),
             info,
             drain_timeout: rt.drain_timeout,
-        });
+            follows_leader: listener == ListenerKind::ReadWrite,
+            connection: route.connection_id(),
+            can_log_in: relogin.cannot().is_none(),
+        };
         let end = relay(
             client,
             &mut server,
@@ -527,7 +539,7 @@ async fn relay_session(
             &mut server_buf,
             (&c2s, &s2c),
             &mut route.fence,
-            tracking,
+            Some(tracking),
         )
         .await;
         let client_key = registration.as_ref().map(|r| r.key().clone());
@@ -541,29 +553,27 @@ async fn relay_session(
         let backend = route.backend.clone();
         drop(route);
         drop(gauge);
-        if let Some(tracker) = &tracker {
-            let moved = Moving {
-                shared,
-                rt,
-                listener,
-                startup: &startup,
-                tracker,
-                client_key,
-                relogin: relogin.unwrap_or(Relogin::NoPassword),
-                counters: (&c2s, &s2c),
-                shutdown,
-                info,
-            };
-            moved
-                .follow(
-                    client,
-                    &mut client_buf,
-                    &mut server_buf,
-                    end,
-                    (backend, server_key),
-                )
-                .await;
-        }
+        let moved = Moving {
+            shared,
+            rt,
+            listener,
+            startup: &startup,
+            tracker: &tracker,
+            client_key,
+            relogin,
+            counters: (&c2s, &s2c),
+            shutdown,
+            info,
+        };
+        moved
+            .follow(
+                client,
+                &mut client_buf,
+                &mut server_buf,
+                end,
+                (backend, server_key),
+            )
+            .await;
         return;
     }
 }
@@ -602,8 +612,9 @@ async fn relogin_for(
 /// began its shutdown).
 const MOVE_CONFIRM_WAIT: Duration = Duration::from_secs(2);
 
-/// A read-write session whose server ended: moves it to the new leader as often as switchovers
-/// require ([`crate::rw::after_server_end`] decides; this only executes).
+/// A session whose relay ended: moves a read-write one to the new leader as often as switchovers
+/// require ([`crate::rw::after_server_end`] decides; this only executes), and opens a new server
+/// connection for one that left its connection for the admin console's `RECONNECT`.
 struct Moving<'a> {
     shared: &'a Shared,
     rt: &'a Runtime,
@@ -631,65 +642,78 @@ impl Moving<'_> {
     ) {
         let (mut backend, mut server_key) = server;
         loop {
-            let server_end = match &end {
-                End::Fenced => ServerEnd::Fenced,
-                End::ServerEnding(_) => ServerEnd::Fatal,
-                End::ServerClosed => ServerEnd::Closed,
-                End::Drained(_) => ServerEnd::Drained(self.rt.drain_timeout),
-                _ => return,
-            };
-            let mut moving = !self.shared.router.is_routable(&backend, Want::Leader);
-            if !moving && server_end == ServerEnd::Fatal {
-                let deadline = Instant::now() + MOVE_CONFIRM_WAIT;
-                while !moving && Instant::now() < deadline {
-                    self.shared
-                        .router
-                        .changed(deadline.saturating_duration_since(Instant::now()))
-                        .await;
-                    moving = !self.shared.router.is_routable(&backend, Want::Leader);
+            let reconnect = matches!(end, End::Reconnect);
+            if !reconnect && self.listener != ListenerKind::ReadWrite {
+                // A read-only session does not move: it ends as its server did.
+                if let End::ServerEnding(frame) = &end {
+                    let _ =
+                        tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.write_all(frame)).await;
                 }
+                return;
             }
-            let (at_boundary, unmovable) = {
-                let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-                (t.is_at_boundary(), t.unmovable().cloned())
-            };
-            let next = after_server_end(
-                server_end,
-                moving,
-                at_boundary,
-                unmovable.as_ref(),
-                self.relogin.cannot(),
-                self.shutdown.is_cancelled(),
-            );
-            match next {
-                Next::Close => {
-                    if let End::ServerEnding(frame) = &end {
-                        let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.write_all(frame))
+            if !reconnect {
+                let server_end = match &end {
+                    End::Fenced => ServerEnd::Fenced,
+                    End::ServerEnding(_) => ServerEnd::Fatal,
+                    End::ServerClosed => ServerEnd::Closed,
+                    End::Drained(_) => ServerEnd::Drained(self.rt.drain_timeout),
+                    _ => return,
+                };
+                let mut moving = !self.shared.router.is_routable(&backend, Want::Leader);
+                if !moving && server_end == ServerEnd::Fatal {
+                    let deadline = Instant::now() + MOVE_CONFIRM_WAIT;
+                    while !moving && Instant::now() < deadline {
+                        self.shared
+                            .router
+                            .changed(deadline.saturating_duration_since(Instant::now()))
                             .await;
+                        moving = !self.shared.router.is_routable(&backend, Want::Leader);
                     }
-                    return;
                 }
-                Next::End(message) => {
-                    info!(backend = %backend, "{message}");
-                    let drained = matches!(server_end, ServerEnd::Drained(_));
-                    let reason = if drained { "drained" } else { "not_moved" };
-                    self.shared.metrics.client_error(self.listener, reason);
-                    if matches!(end, End::Drained(false)) {
-                        // Cut inside a server message: an ErrorResponse would not parse.
-                        let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.shutdown()).await;
-                    } else {
-                        send_fatal(client, crate::rw::END_CODE, &message).await;
+                let (at_boundary, unmovable) = {
+                    let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    (t.is_at_boundary(), t.unmovable().cloned())
+                };
+                let next = after_server_end(
+                    server_end,
+                    moving,
+                    at_boundary,
+                    unmovable.as_ref(),
+                    self.relogin.cannot(),
+                    self.shutdown.is_cancelled(),
+                );
+                match next {
+                    Next::Close => {
+                        if let End::ServerEnding(frame) = &end {
+                            let _ =
+                                tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.write_all(frame))
+                                    .await;
+                        }
+                        return;
                     }
-                    if let (true, Some(key)) = (drained, &server_key) {
-                        // The server's socket is closed (an idle transaction ends with it); a
-                        // statement still running stops at the cancel, and rolls back.
-                        send_cancel(&backend, key, key.pid, self.rt.connect_timeout).await;
+                    Next::End(message) => {
+                        info!(backend = %backend, "{message}");
+                        let drained = matches!(server_end, ServerEnd::Drained(_));
+                        let reason = if drained { "drained" } else { "not_moved" };
+                        self.shared.metrics.client_error(self.listener, reason);
+                        if matches!(end, End::Drained(false)) {
+                            // Cut inside a server message: an ErrorResponse would not parse.
+                            let _ =
+                                tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.shutdown()).await;
+                        } else {
+                            send_fatal(client, crate::rw::END_CODE, &message).await;
+                        }
+                        if let (true, Some(key)) = (drained, &server_key) {
+                            // The server's socket is closed (an idle transaction ends with it); a
+                            // statement still running stops at the cancel, and rolls back.
+                            send_cancel(&backend, key, key.pid, self.rt.connect_timeout).await;
+                        }
+                        return;
                     }
-                    return;
+                    Next::Move => {}
                 }
-                Next::Move => {}
             }
-            let mut conn = match self.open_on_leader().await {
+            let mut conn = match self.open_new(reconnect).await {
                 Ok(conn) => conn,
                 Err(message) => {
                     warn!(from = %backend, "{message}");
@@ -698,7 +722,11 @@ impl Moving<'_> {
                     return;
                 }
             };
-            info!(from = %backend, to = %conn.route.backend, "moved a read-write session to the new leader");
+            if reconnect {
+                info!(from = %backend, to = %conn.route.backend, "RECONNECT: a session left its server connection for a new one");
+            } else {
+                info!(from = %backend, to = %conn.route.backend, "moved a read-write session to the new leader");
+            }
             backend = conn.route.backend.clone();
             server_key = conn.key.clone();
             let _registration = match (&self.client_key, &conn.key) {
@@ -709,8 +737,9 @@ impl Moving<'_> {
                 )),
                 _ => None,
             };
+            let role = conn.route.role.as_str();
             self.info.update(|st| {
-                st.servers = vec![(backend.member.clone(), BackendRole::Leader.as_str())];
+                st.servers = vec![(backend.member.clone(), role)];
             });
             // Bytes the server sent after its ReadyForQuery (none expected) go first.
             if !conn.buf.is_empty() {
@@ -720,6 +749,7 @@ impl Moving<'_> {
                 }
             }
             let conn = &mut *conn;
+            let connection = conn.route.connection_id();
             end = relay(
                 client,
                 &mut conn.stream,
@@ -734,6 +764,9 @@ impl Moving<'_> {
                     database: self.startup.database(),
                     info: self.info,
                     drain_timeout: self.rt.drain_timeout,
+                    follows_leader: self.listener == ListenerKind::ReadWrite,
+                    connection,
+                    can_log_in: self.relogin.cannot().is_none(),
                 }),
             )
             .await;
@@ -741,22 +774,33 @@ impl Moving<'_> {
         }
     }
 
-    /// Waits (up to `connect_timeout`) for the new leader, logs in with the client's
+    /// Waits (up to `connect_timeout`) for the new leader (a switchover), or for a backend of the
+    /// session's port (`reconnect`: the admin console's `RECONNECT`), logs in with the client's
     /// StartupMessage (and, when the first server asked for a password, with what the proxy kept
     /// of the client's login: [`crate::rw_auth`]) and replays the session's SETs. `Err`: the
     /// message for the client's FATAL.
-    async fn open_on_leader(&self) -> Result<Box<ServerConn>, String> {
+    async fn open_new(&self, reconnect: bool) -> Result<Box<ServerConn>, String> {
         let deadline = Instant::now() + self.rt.connect_timeout;
-        let cannot =
+        let cannot = if reconnect {
+            "terminating connection: the admin console's RECONNECT closed this session's server \
+             connection and the session could not open a new one"
+        } else {
             "terminating connection: the leader stepped down (switchover) and this session \
-                      could not move to the new leader";
+             could not move to the new leader"
+        };
+        let want = want_of_listener(self.listener);
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let route = match self.shared.router.route_want(Want::Leader, wait).await {
+            let route = match self.shared.router.route_want(want, wait).await {
                 Ok(route) => route,
                 Err(_) => {
                     return Err(format!(
-                        "{cannot}: no new leader within {:?}",
+                        "{cannot}: no {} within {:?}",
+                        if want == Want::Leader {
+                            "leader"
+                        } else {
+                            "backend"
+                        },
                         self.rt.connect_timeout
                     ))
                 }
@@ -838,6 +882,7 @@ fn log_end(end: &End, route: &Route, shutdown: &CancellationToken, phase: &str) 
         End::NotReady(_) => debug!("server not accepting connections {phase}"),
         End::ServerEnding(_) => debug!("server ended the session {phase}"),
         End::Drained(_) => debug!("transaction past drain_timeout during a switchover {phase}"),
+        End::Reconnect => debug!("leaving the server connection for a new one (RECONNECT) {phase}"),
     }
 }
 
@@ -1159,7 +1204,7 @@ async fn relay_backend_startup(
     }
 }
 
-/// What a read-write relay needs to follow its session ([`crate::rw`]).
+/// What a read-write or read-only relay needs to follow its session ([`crate::rw`]).
 #[derive(Clone, Copy)]
 struct Tracking<'a> {
     tracker: &'a std::sync::Mutex<RwTracker>,
@@ -1170,12 +1215,30 @@ struct Tracking<'a> {
     info: &'a crate::clients::ClientInfo,
     /// `drain_timeout` ([`crate::rw::drain`]).
     drain_timeout: Duration,
+    /// The read-write port: switchovers hold and drain the session. False on the read-only port
+    /// (its sessions are on replicas), where only `PAUSE` holds.
+    follows_leader: bool,
+    /// The server connection's id, for `RECONNECT` ([`Router::is_stale`]).
+    connection: u64,
+    /// The proxy can log in to another server for this client ([`crate::rw_auth::Relogin`]).
+    can_log_in: bool,
 }
 
 impl Tracking<'_> {
+    /// Whether the session leaves its server connection now, before the transaction its client
+    /// just started ([`should_reconnect`]).
+    fn reconnect_due(&self) -> bool {
+        let stale = self.router.is_stale(self.connection, self.database);
+        let t = self.lock();
+        should_reconnect(stale, t.is_at_boundary(), t.unmovable(), self.can_log_in)
+    }
+
     /// Returns once the session's transaction has run `drain_timeout` past the moment the proxy
     /// saw the switchover ([`drain`] says cancel); never when none does.
     async fn drain_due(&self) {
+        if !self.follows_leader {
+            return std::future::pending().await;
+        }
         let mut changes = self.router.subscribe();
         let mut since: Option<Instant> = None;
         loop {
@@ -1208,9 +1271,11 @@ impl Tracking<'_> {
         }
     }
 
-    /// Whether the next transaction must wait: a switchover, or the admin console's `PAUSE`.
+    /// Whether the next transaction must wait: a switchover (read-write port), or the admin
+    /// console's `PAUSE`.
     fn hold_requested(&self) -> bool {
-        self.router.is_switching_over() || self.router.is_paused(self.database)
+        (self.follows_leader && self.router.is_switching_over())
+            || self.router.is_paused(self.database)
     }
 
     /// Publishes whether a transaction runs, for `PAUSE` to wait on.
@@ -1241,9 +1306,11 @@ const DRAIN_END_POLL: Duration = Duration::from_millis(10);
 /// read, no locks, no allocation. Plain TCP on both sides splits the sockets without a lock; TLS on
 /// either side goes through `tokio::io::split`.
 ///
-/// With `tracking` (the read-write port) each read is also walked for message headers
-/// ([`RwTracker`]), the client is not read while [`should_hold`] says so, and a FATAL the server
-/// sends while nothing is outstanding is held back ([`End::ServerEnding`]).
+/// With `tracking` (the read-write and read-only ports) each read is also walked for message
+/// headers ([`RwTracker`]), the client is not read while [`should_hold`] says so, a transaction
+/// running past `drain_timeout` in a switchover ends the relay ([`End::Drained`]), a `RECONNECT`
+/// ends it at the next transaction boundary ([`End::Reconnect`]), and a FATAL the server sends
+/// while nothing is outstanding is held back ([`End::ServerEnding`]).
 ///
 /// When the client closes its side, the server's write side is shut down and the server's remaining
 /// output is still relayed until it closes (PostgreSQL ends the session on end-of-file); when the
@@ -1278,6 +1345,14 @@ async fn relay(
             .await
         }
     }
+}
+
+/// How the client-to-server half ended.
+enum ClientSide {
+    /// The client closed its side.
+    Closed,
+    /// At a transaction boundary, for the admin console's `RECONNECT` ([`should_reconnect`]).
+    Reconnect,
 }
 
 /// How the server-to-client half ended.
@@ -1317,7 +1392,7 @@ where
                 let n = client_rd.read_buf(client_buf).await?;
                 if n == 0 {
                     let _ = server_wr.shutdown().await;
-                    return io::Result::Ok(());
+                    return io::Result::Ok(ClientSide::Closed);
                 }
             }
             if let Some(t) = &tracking {
@@ -1350,6 +1425,11 @@ where
                 if drained.load(std::sync::atomic::Ordering::Relaxed) {
                     // The relay ends at the next server message boundary.
                     return std::future::pending().await;
+                }
+                if t.reconnect_due() {
+                    // `RECONNECT`: this transaction starts on a new server connection; its
+                    // bytes stay in `client_buf` for the next relay.
+                    return Ok(ClientSide::Reconnect);
                 }
                 let mut tracker = t.lock();
                 tracker.on_client(client_buf, t.classifier);
@@ -1437,7 +1517,8 @@ where
                 Err(e) => End::Io(e),
             },
             r = &mut client_to_server, if client_open => match r {
-                Ok(()) => client_open = false,
+                Ok(ClientSide::Closed) => client_open = false,
+                Ok(ClientSide::Reconnect) => return End::Reconnect,
                 Err(e) => return End::Io(e),
             },
         }

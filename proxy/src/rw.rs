@@ -1,4 +1,6 @@
-//! The read-write port's session, followed just enough to survive a switchover.
+//! The read-write port's session, followed just enough to survive a switchover (and, on both
+//! relaying ports, for the admin console's `PAUSE` and `RECONNECT` to act at a transaction
+//! boundary: [`should_hold`], [`should_reconnect`]).
 //!
 //! The read-write port relays bytes unchanged; [`RwTracker`] watches them go by (message headers
 //! both ways, and the bodies of the few messages a decision needs) to know three things:
@@ -499,6 +501,20 @@ pub(crate) fn should_hold(hold_requested: bool, at_boundary: bool) -> bool {
     hold_requested && at_boundary
 }
 
+/// Whether a read-write or read-only session leaves its server connection for a new one before its
+/// next transaction (the admin console's `RECONNECT`): the connection was open at a `RECONNECT`
+/// that covers it (`stale`), the session is at a transaction boundary, holds nothing a new
+/// connection would not have, and the proxy can log in again for it (`can_log_in`). Otherwise the
+/// connection closes when the client leaves, as with PgBouncer's session pooling.
+pub(crate) fn should_reconnect(
+    stale: bool,
+    at_boundary: bool,
+    unmovable: Option<&Unmovable>,
+    can_log_in: bool,
+) -> bool {
+    stale && at_boundary && unmovable.is_none() && can_log_in
+}
+
 /// What a session does about a transaction running while the leader steps down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Drain {
@@ -886,6 +902,26 @@ mod tests {
         assert!(should_hold(true, true));
         assert!(!should_hold(true, false), "a running transaction goes on");
         assert!(!should_hold(false, true));
+    }
+
+    #[test]
+    fn reconnect_rule_table() {
+        let temp = Unmovable::Pinned(PinReason::TempObject);
+        // (stale, at boundary, unmovable, can log in) -> reconnect
+        let rows = [
+            (true, true, None, true, true),
+            (false, true, None, true, false),
+            (true, false, None, true, false),
+            (true, true, Some(&temp), true, false),
+            (true, true, None, false, false),
+        ];
+        for (stale, boundary, unmovable, log_in, want) in rows {
+            assert_eq!(
+                should_reconnect(stale, boundary, unmovable, log_in),
+                want,
+                "stale {stale}, boundary {boundary}, {unmovable:?}, can log in {log_in}"
+            );
+        }
     }
 
     #[test]
