@@ -106,7 +106,8 @@ fn count_after(output: &str, prefix: &str) -> Option<u64> {
 
 /// One switchover from the current leader to the other member: asked until the leader accepts it
 /// (a candidate whose lag the DCS still shows is refused), then waited for until the former leader
-/// streams from the new one again. Returns (asked at, epoch s; done).
+/// streams from the new one again. Returns when the accepted `ctl switchover` started (epoch s)
+/// and how long it took (it returns once the new leader is in place).
 async fn switchover(c: &LocalCluster, bin: &Path) -> Result<(f64, Duration), String> {
     let leader = c
         .wait_healthy(1, Duration::from_secs(120))
@@ -124,6 +125,7 @@ async fn switchover(c: &LocalCluster, bin: &Path) -> Result<(f64, Duration), Str
         Duration::from_secs(60),
         || async {
             let at = now_epoch();
+            let started = Instant::now();
             let out = tokio::process::Command::new(bin)
                 .args(["ctl", "-c"])
                 .arg(&c.nodes[0].config)
@@ -139,14 +141,13 @@ async fn switchover(c: &LocalCluster, bin: &Path) -> Result<(f64, Duration), Str
                 .await
                 .map_err(|e| e.to_string())?;
             if out.status.success() {
-                Ok(at)
+                Ok((at, started.elapsed()))
             } else {
                 Err(String::from_utf8_lossy(&out.stderr).into_owned())
             }
         },
     )
     .await?;
-    let started = Instant::now();
     wait_for("the new leader", Duration::from_secs(60), || async {
         match c.leader().await {
             Some(l) if l == candidate => Ok(()),
@@ -154,11 +155,10 @@ async fn switchover(c: &LocalCluster, bin: &Path) -> Result<(f64, Duration), Str
         }
     })
     .await?;
-    let took = started.elapsed();
     c.wait_healthy(1, Duration::from_secs(120))
         .await
         .map_err(|e| format!("after the switchover: {e}"))?;
-    Ok((asked, took))
+    Ok(asked)
 }
 
 #[tokio::main]
@@ -278,9 +278,15 @@ async fn main() {
         ("auto", "auto", auto_status, &auto_out),
     ] {
         let times = completions(&logs, prefix);
+        // Each switchover's window: from a second before it was asked until a second before the
+        // next one was (30 s after the last).
         let gaps: Vec<f64> = switchovers
             .iter()
-            .map(|(asked, _)| longest_gap(&times, asked - 1.0, asked + 30.0))
+            .enumerate()
+            .map(|(i, (asked, _))| {
+                let until = switchovers.get(i + 1).map_or(asked + 30.0, |n| n.0 - 1.0);
+                longest_gap(&times, asked - 1.0, until)
+            })
             .collect();
         let longest = gaps.iter().copied().fold(0.0, f64::max);
         let aborted = out.lines().filter(|l| l.contains("aborted")).count();
@@ -305,7 +311,7 @@ async fn main() {
         .map(|(_, d)| format!("{:.1}", d.as_secs_f64()))
         .collect();
     println!(
-        "\nctl switchover accepted -> new leader in /cluster (s): {}",
+        "\n`praetor ctl switchover` (the accepted call) took (s): {}",
         took.join(", ")
     );
 }

@@ -578,7 +578,7 @@ async fn relay_session(
     }
 }
 
-/// What the proxy can log in to the next leader with for a read-write client whose login `watch`
+/// What the proxy can log in to another server with for a client whose login `watch`
 /// followed: the rule is [`crate::rw_auth::relogin`]; this reads the user's secret when the login
 /// needed a password ([`crate::auth::lookup_secret`]: `auth_file`, then `auth_query`).
 async fn relogin_for(
@@ -597,7 +597,7 @@ async fn relogin_for(
         Err(e) => {
             warn!(
                 user,
-                "cannot read the user's secret: {e}; this session cannot move at a switchover"
+                "cannot read the user's secret: {e}; this session cannot open another server connection (switchover, RECONNECT)"
             );
             Relogin::Cannot(format!(
                 "it logged in with a password and the proxy could not read user \"{user}\"'s \

@@ -1,5 +1,6 @@
 //! What the read-write port keeps of the login it relays, so that a session that logged in with a
-//! password can move to a new leader in a switchover ([`crate::rw`]).
+//! password can move to a new leader in a switchover ([`crate::rw`]). The read-only port keeps the
+//! same, for the admin console's `RECONNECT` ([`crate::rw::should_reconnect`]).
 //!
 //! The read-write port passes authentication through: the server checks the client (its
 //! `pg_hba.conf`, password expiry, any method), and the proxy only watches the messages go by
