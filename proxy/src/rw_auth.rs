@@ -41,7 +41,7 @@ use crate::auth::Secret;
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
 /// Where the relayed login stands.
-#[derive(Debug, Default)]
+#[derive(Default)]
 enum Step {
     /// No password asked for (yet).
     #[default]
@@ -70,7 +70,7 @@ enum Step {
 /// Watches a relayed login: feed it the client's bytes ([`LoginWatch::on_client`]) and the
 /// server's Authentication message bodies ([`LoginWatch::on_server_auth`]) until the server's
 /// ReadyForQuery, then [`LoginWatch::finish`].
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct LoginWatch {
     /// Client bytes not yet framed (startup-phase messages are small: at most
     /// [`MAX_STARTUP_PACKET_LEN`]).
@@ -78,8 +78,9 @@ pub(crate) struct LoginWatch {
     step: Step,
 }
 
-/// The login, as far as logging in again cares.
-#[derive(Debug, PartialEq, Eq)]
+/// The login, as far as logging in again cares. Its `Debug` shows no payload (a SCRAM proof with
+/// the user's StoredKey gives the ClientKey).
+#[derive(PartialEq, Eq)]
 pub(crate) enum Exchange {
     /// The server asked for no password: another server of the same cluster will not either.
     NoPassword,
@@ -96,6 +97,18 @@ pub(crate) enum Exchange {
     Cleartext,
     /// Anything else (another method, or messages the proxy could not follow); why.
     Unsupported(String),
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exchange::NoPassword => f.write_str("NoPassword"),
+            Exchange::Scram { .. } => f.write_str("Scram(********)"),
+            Exchange::Md5 { .. } => f.write_str("Md5(********)"),
+            Exchange::Cleartext => f.write_str("Cleartext"),
+            Exchange::Unsupported(why) => write!(f, "Unsupported({why:?})"),
+        }
+    }
 }
 
 impl Exchange {
@@ -491,7 +504,12 @@ mod tests {
         w.on_server_auth(&auth(0, b""));
         let e = w.finish();
         assert_eq!(e, Exchange::Cleartext);
-        assert!(!format!("{e:?}").contains("the password"), "never kept");
+
+        let mut w = LoginWatch::default();
+        w.on_server_auth(&auth(5, &[9, 8, 7, 6]));
+        w.on_client(&msg(b'p', b"md5abc\0"));
+        w.on_server_auth(&auth(0, b""));
+        assert_eq!(format!("{:?}", w.finish()), "Md5(********)");
 
         let mut w = LoginWatch::default();
         w.on_server_auth(&auth(0, b""));
