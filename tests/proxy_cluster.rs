@@ -455,20 +455,6 @@ async fn a_switchover_fences_the_old_leader_acknowledges_in_the_dcs_and_loses_no
         .for_each(|l| assert!(!l.ends_with(" 0"), "{l}"));
 }
 
-/// Lets every TCP client of `node` in without a password (a `trust` line first in its
-/// pg_hba.conf, then a reload): a read-write session can move to a new leader only when the proxy
-/// can log in there for it, and the read-write port never sees a password.
-async fn trust_tcp_clients(c: &LocalCluster, node: &str) {
-    let n = c.node(node);
-    let path = n.dir.join("data/pg_hba.conf");
-    let old = std::fs::read_to_string(&path).expect("read pg_hba.conf");
-    // Rewritten in place: the file keeps its owner (postgres).
-    std::fs::write(&path, format!("host all all 127.0.0.1/32 trust\n{old}"))
-        .expect("write pg_hba.conf");
-    let client = connect_retry(n.pg_port, DEADLINE).await;
-    first(&client, "SELECT pg_reload_conf()").await.unwrap();
-}
-
 /// Runs pgbench with `args` on `port` (the superuser, over TCP) and returns its exit status and
 /// output (stdout then stderr).
 async fn pgbench(port: u16, args: &[&str]) -> (std::process::ExitStatus, String) {
@@ -498,19 +484,53 @@ fn failed_transactions(output: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Issue 17: a planned switchover under pgbench (8 clients, tpcb-like, no retries) on the
+/// read-write and the auto port, every client logged in with a SCRAM password (the proxy reads the
+/// user's secret from auth_file), fails no transaction: read-write sessions log in to the new
+/// leader with the ClientKey the proxy recovered from the login it relayed. A transaction held open
+/// on the read-write port past `drain_timeout` is cancelled, its session ending with 57P01 and a
+/// message naming drain_timeout.
+///
+/// The cluster's `retry_timeout` is raised so that the stepping-down leader's agent waits its full
+/// 5 s for transactions in progress (with the harness's 2 s it would wait at most 1.5 s, and its
+/// fast stop, not the proxy, would end the held transaction).
 #[tokio::test]
-async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a_switchover() {
-    let c = pair().await;
+async fn a_switchover_under_pgbench_with_passwords_fails_no_transaction_and_cancels_one_past_drain_timeout(
+) {
+    let c = healthy_cluster(ClusterOptions {
+        nodes: 2,
+        proxy: false,
+        scope: "proxytest".into(),
+        ttl: 30,
+        retry_timeout: 10,
+        ..ClusterOptions::default()
+    })
+    .await;
     let old = c.leader().await.expect("leader");
     let candidate = c.nodes.iter().find(|n| n.name != old).unwrap().name.clone();
-    for n in [&old, &candidate] {
-        trust_tcp_clients(&c, n).await;
-    }
-    let proxy = FullProxy::start(&c, "zero", "").await.unwrap();
+    let leader = connect_retry(c.node(&old).pg_port, DEADLINE).await;
+    let secret = first(
+        &leader,
+        &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{SUPERUSER}'"),
+    )
+    .await
+    .unwrap();
+    assert!(secret.starts_with("SCRAM-SHA-256$"), "{secret}");
+    let userlist = c.work.path().join("userlist.txt");
+    std::fs::write(&userlist, format!("\"{SUPERUSER}\" \"{secret}\"\n")).unwrap();
+    let proxy = FullProxy::start(
+        &c,
+        "zero",
+        &format!(
+            "    auth_file: {}\n    drain_timeout: 2\n",
+            userlist.display()
+        ),
+    )
+    .await
+    .unwrap();
     connect_retry(proxy.rw_port, DEADLINE).await;
     let (status, out) = pgbench(proxy.rw_port, &["-i", "-s", "1", "-q"]).await;
     assert!(status.success(), "pgbench -i: {out}");
-    let leader = connect_retry(c.node(&old).pg_port, DEADLINE).await;
 
     // tpcb-like, 8 clients on each port, no retries (`--max-tries` unset: 1): any error a client
     // sees fails its transaction, and an error that ends its connection aborts the client.
@@ -528,6 +548,23 @@ async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a
             Err(format!("{n} transactions"))
         }
     })
+    .await
+    .unwrap();
+    // A transaction left open on the read-write port (as the superuser, with its password): the
+    // switchover gives it drain_timeout, then the proxy cancels it.
+    let (held, held_conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(proxy.rw_port)
+        .user(SUPERUSER)
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("a read-write client");
+    let held_conn = tokio::spawn(held_conn);
+    held.batch_execute(
+        "BEGIN; INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())",
+    )
     .await
     .unwrap();
     // The candidate's lag in the DCS trails by up to `loop_wait`: a switchover refused as lagging
@@ -569,6 +606,25 @@ async fn pgbench_through_the_read_write_and_auto_ports_fails_no_transaction_in_a
         .unwrap()
         .parse()
         .unwrap();
+
+    // The held transaction's session ended with the proxy's FATAL (tokio-postgres returns it from
+    // the connection).
+    let ended = tokio::time::timeout(DEADLINE, held_conn)
+        .await
+        .expect("the held session ends")
+        .unwrap();
+    let err = ended.expect_err("the held session ends with an error");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{err:?}\n===== proxy =====\n{}", proxy.log()));
+    assert_eq!(db.code(), &tokio_postgres::error::SqlState::ADMIN_SHUTDOWN);
+    assert!(
+        db.message()
+            .contains("did not finish within drain_timeout (2 s)"),
+        "{}",
+        db.message()
+    );
+    assert!(held.is_closed());
 
     let (rw_status, rw_out) = rw.await.unwrap();
     let (auto_status, auto_out) = auto.await.unwrap();
@@ -807,9 +863,10 @@ async fn console_rows(console: &Client, sql: &str) -> Result<Vec<Vec<String>>, S
 
 /// The admin console (issue 17, item 5): `admin_users` logging in with SCRAM against the
 /// `auth_file`; `SHOW CONFIG`; `PAUSE` returns once the open transaction commits and then holds
-/// the next transaction of a read-write and an auto-port client, without an error, until
-/// `RESUME`; `RECONNECT` + `WAIT_CLOSE` wait for the server connection opened before; `KILL`
-/// closes the database's clients and keeps it paused until `RESUME`.
+/// the next transaction of a read-write, an auto-port and a read-only client, without an error,
+/// until `RESUME`; after `RECONNECT` the read-write and read-only clients' next transactions run
+/// on new server connections and `WAIT_CLOSE` returns once the old ones closed; `KILL` closes the
+/// database's clients and keeps it paused until `RESUME`.
 #[tokio::test]
 async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
     let c = pair().await;
@@ -855,8 +912,10 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
 
     let rw = connect_retry(proxy.rw_port, DEADLINE).await;
     let auto = connect_retry(proxy.auto_port, DEADLINE).await;
+    let ro = connect_retry(proxy.ro_port, DEADLINE).await;
     assert_eq!(first(&rw, "SELECT 1").await.unwrap(), "1");
     assert_eq!(first(&auto, "SELECT 1").await.unwrap(), "1");
+    assert_eq!(first(&ro, "SELECT 1").await.unwrap(), "1");
 
     // PAUSE waits for the running transaction.
     rw.batch_execute("BEGIN; CREATE TABLE paused (x int)")
@@ -875,7 +934,7 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         .unwrap()
         .expect("PAUSE");
 
-    // Both clients' next transactions are held, then run after RESUME.
+    // The three clients' next transactions are held, then run after RESUME.
     let rw_next = tokio::spawn(async move {
         let r = first(
             &rw,
@@ -888,14 +947,18 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         let r = first(&auto, "SELECT 'auto after resume'").await;
         (auto, r)
     });
-    wait_for("both clients held by PAUSE", DEADLINE, || async {
+    let ro_next = tokio::spawn(async move {
+        let r = first(&ro, "SELECT 'ro after resume'").await;
+        (ro, r)
+    });
+    wait_for("the three clients held by PAUSE", DEADLINE, || async {
         let clients = console_rows(&console, "SHOW CLIENTS").await?;
         let held: Vec<&str> = clients
             .iter()
             .filter(|r| r[6] == "held")
             .map(|r| r[1].as_str())
             .collect();
-        if held.len() == 2 {
+        if held.len() == 3 {
             Ok(())
         } else {
             Err(format!("clients: {clients:?}"))
@@ -903,7 +966,7 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
     })
     .await
     .unwrap();
-    assert!(!rw_next.is_finished() && !auto_next.is_finished());
+    assert!(!rw_next.is_finished() && !auto_next.is_finished() && !ro_next.is_finished());
     console_rows(&console, "RESUME").await.expect("RESUME");
     let (rw, r) = tokio::time::timeout(DEADLINE, rw_next)
         .await
@@ -915,11 +978,21 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         .unwrap()
         .unwrap();
     assert_eq!(r.unwrap(), "auto after resume");
+    let (ro, r) = tokio::time::timeout(DEADLINE, ro_next)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap(), "ro after resume");
     let err = console_rows(&console, "RESUME").await.unwrap_err();
     assert!(err.contains("nothing is paused"), "{err}");
 
-    // RECONNECT: WAIT_CLOSE returns once the read-write session's server connection (opened
-    // before) is closed, which happens when its client leaves.
+    // RECONNECT: WAIT_CLOSE returns once the read-write and read-only sessions' server connections
+    // (opened before) are closed, which happens before their next transactions: these run on new
+    // server connections (other backends), the clients staying connected.
+    let pids = [
+        first(&rw, "SELECT pg_backend_pid()").await.unwrap(),
+        first(&ro, "SELECT pg_backend_pid()").await.unwrap(),
+    ];
     console_rows(&console, "RECONNECT postgres").await.unwrap();
     let wait_close = {
         let console = console_login(port, "ops", "s3cret").await.unwrap();
@@ -934,7 +1007,13 @@ async fn the_admin_console_authenticates_pauses_resumes_reconnects_and_kills() {
         !wait_close.is_finished(),
         "WAIT_CLOSE returned with the old connection open"
     );
-    drop(rw);
+    for (client, pid) in [(&rw, &pids[0]), (&ro, &pids[1])] {
+        let now = first(client, "SELECT pg_backend_pid()").await.unwrap();
+        assert_ne!(
+            &now, pid,
+            "the transaction after RECONNECT ran on the old connection"
+        );
+    }
     tokio::time::timeout(DEADLINE, wait_close)
         .await
         .expect("WAIT_CLOSE returns once the old server connections closed")

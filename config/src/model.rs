@@ -651,7 +651,8 @@ pub const DEFAULT_FENCE_TIMEOUT_MS: u32 = 1000;
 /// `max_replica_lag`, `max_replica_lag_seconds`, `reads_on_leader`, `max_message_size`,
 /// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`,
 /// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`,
-/// `admin_users`, `auth_file`, `admin_auth`, `auth_type`, `auth_query`, `auth_user`, `auth_password`.
+/// `admin_users`, `auth_file`, `admin_auth`, `auth_type`, `auth_query`, `auth_user`, `auth_password`,
+/// `drain_timeout`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
@@ -710,6 +711,10 @@ pub struct ProxyConfig {
     /// Seconds a shutdown waits for clients to finish before closing them (default 10).
     #[serde(deserialize_with = "lenient_opt_int")]
     pub shutdown_timeout: Option<u32>,
+    /// Seconds a read-write-port transaction may run on once the DCS asks the leader to step down
+    /// (a switchover) before the proxy cancels it and ends its session with 57P01 (default 4).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub drain_timeout: Option<u32>,
     /// Functions (besides the built-in list) the auto port may send to a replica.
     pub read_only_functions: Vec<String>,
     /// Per-database settings of the auto port, by database name.

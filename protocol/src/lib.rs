@@ -51,7 +51,7 @@ pub use classify::{
 pub use error::ProtocolError;
 pub use frontend::{FrontendHeader, DEFAULT_MAX_MESSAGE_LEN};
 pub use response::{encode_error_response, error_response, Severity, SqlState};
-pub use scram::{ScramError, ScramKeys, ScramSecret, ScramServer};
+pub use scram::{keys_from_relayed, ScramError, ScramKeys, ScramSecret, ScramServer};
 pub use startup::{
     decode_startup_packet, CancelKey, ProtocolVersion, StartupMessage, StartupPacket, StartupPhase,
     ENCRYPTION_REFUSED, MAX_STARTUP_PACKET_LEN,

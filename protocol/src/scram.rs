@@ -48,6 +48,10 @@ pub enum ScramError {
     /// The server sent `e=<error>` in its final message.
     #[error("the server refused the SCRAM exchange: {0}")]
     Server(String),
+    /// A relayed exchange used another salt or iteration count than the stored secret: the
+    /// server stores another secret for the user ([`keys_from_relayed`]).
+    #[error("the server's salt or iteration count differ from the stored secret's")]
+    OtherSecret,
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
@@ -302,6 +306,70 @@ impl ScramServer {
     }
 }
 
+/// The client's keys from a SCRAM-SHA-256 exchange that went by between a client and a server
+/// (the proxy's read-write port relays authentication unchanged), given the user's stored
+/// `secret`: `ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage)`, checked as
+/// [`ScramServer::client_final`] checks it (its SHA-256 must be `StoredKey`), and the server's
+/// signature checked against the secret's `ServerKey`, so that keys returned here log in to any
+/// server storing that secret. The four arguments are the SASL payloads as sent:
+/// client-first-message (with its GS2 header), server-first, client-final and server-final.
+///
+/// Errors: [`ScramError::Malformed`] for messages that do not parse; [`ScramError::OtherSecret`]
+/// when the server's salt or iteration count are not the secret's; [`ScramError::WrongProof`]
+/// when the proof does not match the secret; [`ScramError::WrongServerSignature`] when the
+/// server's signature does not.
+pub fn keys_from_relayed(
+    secret: &ScramSecret,
+    client_first: &[u8],
+    server_first: &[u8],
+    client_final: &[u8],
+    server_final: &[u8],
+) -> Result<ScramKeys, ScramError> {
+    fn utf8(b: &[u8]) -> Result<&str, ScramError> {
+        std::str::from_utf8(b).map_err(|_| ScramError::Malformed("not UTF-8"))
+    }
+    let (client_first, server_first) = (utf8(client_first)?, utf8(server_first)?);
+    let (client_final, server_final) = (utf8(client_final)?, utf8(server_final)?);
+    // client-first-message-bare: after the GS2 header's flag and authorization identity.
+    let bare = client_first
+        .splitn(3, ',')
+        .nth(2)
+        .ok_or(ScramError::Malformed("no GS2 header"))?;
+    let mut parts = server_first.split(',');
+    attribute(parts.next(), 'r')?;
+    let salt = B64
+        .decode(attribute(parts.next(), 's')?)
+        .map_err(|_| ScramError::Malformed("salt is not base64"))?;
+    let iterations: u32 = attribute(parts.next(), 'i')?
+        .parse()
+        .map_err(|_| ScramError::Malformed("iteration count is not a number"))?;
+    if salt != secret.salt || iterations != secret.iterations {
+        return Err(ScramError::OtherSecret);
+    }
+    let (without_proof, proof) = client_final
+        .rsplit_once(",p=")
+        .ok_or(ScramError::Malformed("no proof"))?;
+    let proof = key_from_b64(proof, "proof").map_err(|_| ScramError::Malformed("bad proof"))?;
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac(&secret.stored_key, &[auth_message.as_bytes()]);
+    let mut client_key = [0u8; KEY_LEN];
+    for (k, (p, s)) in client_key.iter_mut().zip(proof.iter().zip(&signature)) {
+        *k = p ^ s;
+    }
+    if sha256(&client_key) != secret.stored_key {
+        return Err(ScramError::WrongProof);
+    }
+    let v = attribute(server_final.split(',').next(), 'v')?;
+    let expected = hmac(&secret.server_key, &[auth_message.as_bytes()]);
+    if key_from_b64(v, "signature").ok() != Some(expected) {
+        return Err(ScramError::WrongServerSignature);
+    }
+    Ok(ScramKeys {
+        client_key,
+        server_key: secret.server_key,
+    })
+}
+
 /// The client side of SCRAM-SHA-256 towards a server, with [`ScramKeys`] instead of a password.
 #[derive(Debug)]
 pub struct ScramKeyClient {
@@ -429,6 +497,44 @@ mod tests {
         let (again, last) = server.client_final(&cf).unwrap();
         assert_eq!(again, keys);
         c.server_final(&last).unwrap();
+    }
+
+    #[test]
+    fn keys_come_from_a_relayed_exchange_with_the_stored_secret() {
+        let secret = ScramSecret::parse(RFC_SECRET).unwrap();
+        let (c1, s1, c2, s2) = (
+            CLIENT_FIRST.as_bytes(),
+            SERVER_FIRST.as_bytes(),
+            CLIENT_FINAL.as_bytes(),
+            SERVER_FINAL.as_bytes(),
+        );
+        let keys = keys_from_relayed(&secret, c1, s1, c2, s2).unwrap();
+        let mut server = rfc_server();
+        server.client_first(c1).unwrap();
+        assert_eq!(
+            server.client_final(c2).unwrap().0,
+            keys,
+            "as the server recovers them"
+        );
+        let wrong = CLIENT_FINAL.replace("p=dHzb", "p=dHzc");
+        assert_eq!(
+            keys_from_relayed(&secret, c1, s1, wrong.as_bytes(), s2),
+            Err(ScramError::WrongProof)
+        );
+        let other_salt = SERVER_FIRST.replace("s=W22Z", "s=X22Z");
+        assert_eq!(
+            keys_from_relayed(&secret, c1, other_salt.as_bytes(), c2, s2),
+            Err(ScramError::OtherSecret)
+        );
+        let other_signature = SERVER_FINAL.replace("v=6rri", "v=7rri");
+        assert_eq!(
+            keys_from_relayed(&secret, c1, s1, c2, other_signature.as_bytes()),
+            Err(ScramError::WrongServerSignature)
+        );
+        assert!(matches!(
+            keys_from_relayed(&secret, b"garbage", s1, c2, s2),
+            Err(ScramError::Malformed(_))
+        ));
     }
 
     #[test]

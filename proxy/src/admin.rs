@@ -12,7 +12,7 @@
 //! | `SHOW VERSION`, `SHOW HELP` | |
 //! | `PAUSE [db]`, `RESUME [db]` | hold new transactions at their boundary (the switchover's hold), release them |
 //! | `KILL [db]` | close the clients now; the database stays paused |
-//! | `RECONNECT [db]`, `WAIT_CLOSE [db]` | close server connections when released; wait until they are |
+//! | `RECONNECT [db]`, `WAIT_CLOSE [db]` | close server connections when released (read-write and read-only sessions: at their next transaction, when they can log in again); wait until they are |
 //! | `RELOAD` | re-reads the configuration file (as SIGHUP does) |
 //!
 //! Semantics follow PgBouncer's admin console (its `usage.rst`). Only the simple query protocol.
@@ -427,6 +427,12 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
             "shutdown_timeout",
             secs(s.shutdown_timeout),
             secs(d.shutdown_timeout),
+            true,
+        ),
+        (
+            "drain_timeout",
+            secs(s.drain_timeout),
+            secs(d.drain_timeout),
             true,
         ),
         (

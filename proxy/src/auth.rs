@@ -200,6 +200,83 @@ fn quoted(s: &str) -> Option<(String, &str)> {
     }
 }
 
+/// The secret of `user` for the read-write port's relogin ([`crate::rw_auth`]): `auth_file` first,
+/// then `auth_query` run as `auth_user` in `database` on the leader (a replica when there is none,
+/// as on the auto port), over a pooled connection. `Ok(None)`: no source of secrets, or no such
+/// user. `Err`: the query could not run (why, for the log).
+pub(crate) async fn lookup_secret(
+    shared: &crate::conn::Shared,
+    rt: &crate::conn::Runtime,
+    user: &str,
+    database: &str,
+) -> Result<Option<Secret>, String> {
+    use crate::router::Want;
+    if let Some(s) = rt.auth.file.get(user) {
+        return Ok(Some(s.clone()));
+    }
+    let Some(auth_user) = rt.auth.user.as_deref() else {
+        return Ok(None);
+    };
+    let route = match shared.router.try_route_want(Want::Leader) {
+        Ok(r) => r,
+        Err(_) => shared
+            .router
+            .try_route_want(Want::Read)
+            .map_err(|e| format!("no server to run auth_query on: {e:?}"))?,
+    };
+    let startup = praetor_protocol::startup::encode_startup(&[
+        ("user", auth_user),
+        ("database", database),
+        ("application_name", "praetor auth_query"),
+    ]);
+    let described = format!("{} {}", route.role.as_str(), route.backend);
+    let failed = |e: crate::pool::OpenError| {
+        let why = match e {
+            crate::pool::OpenError::Refused(_, f) => f.message().unwrap_or("refused").to_string(),
+            crate::pool::OpenError::NeedPassword => {
+                "the server asks auth_user for a password: give praetor.proxy.auth_password".into()
+            }
+            crate::pool::OpenError::Connect(m)
+            | crate::pool::OpenError::NotReady(m)
+            | crate::pool::OpenError::Failed(m) => m,
+        };
+        format!("auth_query as {auth_user:?} on {described}: {why}")
+    };
+    let mut conn = match shared.pool.take(&route.backend, &startup) {
+        Some(c) => c,
+        None => {
+            let gauge = shared.metrics.connection_opened(
+                crate::metrics::ListenerKind::ReadWrite,
+                &route.backend.member,
+                route.role.as_str(),
+            );
+            gauge.dec(); // `open` counts it once connected.
+            let mut auth =
+                praetor_protocol::PasswordAuth::new(auth_user, rt.auth.user_password.as_deref());
+            let opened = crate::pool::open(
+                route,
+                gauge,
+                &rt.backend_tls,
+                rt.connect_timeout,
+                &startup,
+                &mut auth,
+            )
+            .await;
+            opened.map_err(failed)?.0
+        }
+    };
+    let answer = conn
+        .query_secret(&rt.auth.query, user)
+        .await
+        .map_err(failed)?;
+    shared.pool.put(conn, &startup, rt.pool_size);
+    match answer.map(|s| Secret::parse(&s)) {
+        None => Ok(None),
+        Some(Ok(secret)) => Ok(Some(secret)),
+        Some(Err(e)) => Err(format!("auth_query returned a malformed secret: {e}")),
+    }
+}
+
 /// PostgreSQL's message (SQLSTATE 28P01) for every failed password login, whatever the cause
 /// (wrong password, unknown user, unusable secret), so that it tells no user names.
 pub(crate) fn password_failed(user: &str) -> String {

@@ -14,8 +14,11 @@
 //!    ReadyForQuery. A server that answers "not accepting connections" (57P03: shutting down or
 //!    starting up, as during a switchover) before anything reached the client holds the client and
 //!    retries, up to `connect_timeout`.
-//! 4. Relay: copy bytes both ways with no parsing, one buffer per direction, until either side closes,
-//!    the backend is fenced or the proxy shuts down.
+//! 4. Relay: copy bytes both ways unchanged, one buffer per direction, until either side closes,
+//!    the backend is fenced or the proxy shuts down. The bytes are walked for message headers
+//!    ([`crate::rw`]) so that a read-write session follows a switchover (held at its transaction
+//!    boundary, drained, moved to the new leader), and `PAUSE` and `RECONNECT` act at a
+//!    transaction boundary on both ports.
 
 use std::collections::HashMap;
 use std::io;
@@ -45,8 +48,12 @@ use crate::clients::{ClientGuard, Clients};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
 use crate::pool::{open, OpenError, Pool, ServerConn};
-use crate::router::{BackendRole, Fence, Route, Router, Want};
-use crate::rw::{after_server_end, scan_unasked, should_hold, Next, RwTracker, ServerEnd, Unasked};
+use crate::router::{Fence, Route, Router, Want};
+use crate::rw::{
+    after_server_end, drain, scan_unasked, should_hold, should_reconnect, Drain, Next, RwTracker,
+    ServerEnd, Unasked,
+};
+use crate::rw_auth::{relogin, LoginWatch, Relogin};
 use crate::settings::{ProxySettings, Target};
 use crate::stream::{client_tls, BackendTls, ClientStream, ClientTls, ServerStream};
 use crate::topology::Backend;
@@ -87,6 +94,9 @@ pub(crate) struct Runtime {
     pub pool_size: usize,
     pub idle_release: Duration,
     pub shutdown_timeout: Duration,
+    /// `drain_timeout`: how long a read-write session's transaction may run on during a
+    /// switchover before the proxy cancels it ([`crate::rw::drain`]).
+    pub drain_timeout: Duration,
     /// The auto port's authentication: `auth_type`, `auth_file` read, `auth_query`.
     pub auth: crate::auth::AuthRuntime,
 }
@@ -120,6 +130,7 @@ impl Runtime {
             pool_size: s.pool_size,
             idle_release: s.idle_release,
             shutdown_timeout: s.shutdown_timeout,
+            drain_timeout: s.drain_timeout,
             auth: crate::auth::AuthRuntime::from_settings(&s.auth)?,
         })
     }
@@ -242,6 +253,13 @@ enum End {
     /// leader's shutdown in a switchover, or an administrator's `pg_terminate_backend`): the
     /// message, held back from the client until [`crate::rw::after_server_end`] decides.
     ServerEnding(bytes::Bytes),
+    /// A read-write session's transaction ran past `drain_timeout` during a switchover
+    /// ([`crate::rw::drain`]). True when the relay stopped between two server messages (the
+    /// client can be told why); false when a result was still streaming after [`DRAIN_END_WAIT`].
+    Drained(bool),
+    /// A session at a transaction boundary leaves a server connection the admin console's
+    /// `RECONNECT` covers, for a new one ([`crate::rw::should_reconnect`]).
+    Reconnect,
 }
 
 /// A client refused a backend: the metric reason and the text of its `FATAL 08006`.
@@ -451,6 +469,9 @@ async fn relay_session(
 
         client_buf.reserve(RELAY_BUFFER_BYTES);
         let mut server_buf = BytesMut::with_capacity(RELAY_BUFFER_BYTES);
+        // Sessions follow their login, to log in again after a switchover or a `RECONNECT`
+        // (`rw_auth`).
+        let mut login = Some(LoginWatch::default());
         let registration = match relay_backend_startup(
             &shared.cancels,
             &mut route,
@@ -459,6 +480,7 @@ async fn relay_session(
             &mut client_buf,
             &mut server_buf,
             (&c2s, &s2c),
+            login.as_mut(),
         )
         .await
         {
@@ -491,16 +513,25 @@ async fn relay_session(
                 return;
             }
         };
-        // Read-write sessions are followed so that a switchover can move them (`rw`).
-        let tracker = (listener == ListenerKind::ReadWrite)
-            .then(|| std::sync::Mutex::new(RwTracker::default()));
-        let tracking = tracker.as_ref().map(|t| Tracking {
-            tracker: t,
+        let relogin = match login {
+            Some(watch) => Some(relogin_for(shared, rt, &startup, watch).await),
+            None => None,
+        };
+        let relogin = relogin.unwrap_or(Relogin::NoPassword);
+        // Sessions are followed (`rw`) so that a switchover can move read-write ones, `PAUSE`
+        // holds them at their next transaction boundary and `RECONNECT` acts there.
+        let tracker = std::sync::Mutex::new(RwTracker::default());
+        let tracking = Tracking {
+            tracker: &tracker,
             router: &shared.router,
             classifier: &rt.classifier,
             database: startup.database(),
             info,
-        });
+            drain_timeout: rt.drain_timeout,
+            follows_leader: listener == ListenerKind::ReadWrite,
+            connection: route.connection_id(),
+            can_log_in: relogin.cannot().is_none(),
+        };
         let end = relay(
             client,
             &mut server,
@@ -508,10 +539,12 @@ async fn relay_session(
             &mut server_buf,
             (&c2s, &s2c),
             &mut route.fence,
-            tracking,
+            Some(tracking),
         )
         .await;
         let client_key = registration.as_ref().map(|r| r.key().clone());
+        // The read-write port relays the server's BackendKeyData: the client's key is the server's.
+        let server_key = client_key.clone();
         drop(registration);
         // The socket closes before the route records the close (the fencing handshake waits on it).
         drop(socket);
@@ -520,23 +553,57 @@ async fn relay_session(
         let backend = route.backend.clone();
         drop(route);
         drop(gauge);
-        if let Some(tracker) = &tracker {
-            let moved = Moving {
-                shared,
-                rt,
-                listener,
-                startup: &startup,
-                tracker,
-                client_key,
-                counters: (&c2s, &s2c),
-                shutdown,
-                info,
-            };
-            moved
-                .follow(client, &mut client_buf, &mut server_buf, end, backend)
-                .await;
-        }
+        let moved = Moving {
+            shared,
+            rt,
+            listener,
+            startup: &startup,
+            tracker: &tracker,
+            client_key,
+            relogin,
+            counters: (&c2s, &s2c),
+            shutdown,
+            info,
+        };
+        moved
+            .follow(
+                client,
+                &mut client_buf,
+                &mut server_buf,
+                end,
+                (backend, server_key),
+            )
+            .await;
         return;
+    }
+}
+
+/// What the proxy can log in to another server with for a client whose login `watch`
+/// followed: the rule is [`crate::rw_auth::relogin`]; this reads the user's secret when the login
+/// needed a password ([`crate::auth::lookup_secret`]: `auth_file`, then `auth_query`).
+async fn relogin_for(
+    shared: &Shared,
+    rt: &Runtime,
+    startup: &StartupMessage,
+    watch: LoginWatch,
+) -> Relogin {
+    let exchange = watch.finish();
+    let user = startup.user();
+    if !exchange.needs_secret() {
+        return relogin(exchange, user, None);
+    }
+    match crate::auth::lookup_secret(shared, rt, user, startup.database()).await {
+        Ok(secret) => relogin(exchange, user, secret.as_ref()),
+        Err(e) => {
+            warn!(
+                user,
+                "cannot read the user's secret: {e}; this session cannot open another server connection (switchover, RECONNECT)"
+            );
+            Relogin::Cannot(format!(
+                "it logged in with a password and the proxy could not read user \"{user}\"'s \
+                 secret ({e})"
+            ))
+        }
     }
 }
 
@@ -545,8 +612,9 @@ async fn relay_session(
 /// began its shutdown).
 const MOVE_CONFIRM_WAIT: Duration = Duration::from_secs(2);
 
-/// A read-write session whose server ended: moves it to the new leader as often as switchovers
-/// require ([`crate::rw::after_server_end`] decides; this only executes).
+/// A session whose relay ended: moves a read-write one to the new leader as often as switchovers
+/// require ([`crate::rw::after_server_end`] decides; this only executes), and opens a new server
+/// connection for one that left its connection for the admin console's `RECONNECT`.
 struct Moving<'a> {
     shared: &'a Shared,
     rt: &'a Runtime,
@@ -555,66 +623,97 @@ struct Moving<'a> {
     tracker: &'a std::sync::Mutex<RwTracker>,
     /// The key the client got at login (the first server's), translated after each move.
     client_key: Option<CancelKey>,
+    /// What the proxy logs in to the next leader with ([`crate::rw_auth`]).
+    relogin: Relogin,
     counters: (&'a IntCounter, &'a IntCounter),
     shutdown: &'a CancellationToken,
     info: &'a crate::clients::ClientInfo,
 }
 
 impl Moving<'_> {
+    /// `server`: the server the session was on and its cancel key.
     async fn follow(
         self,
         client: &mut ClientStream,
         client_buf: &mut BytesMut,
         server_buf: &mut BytesMut,
         mut end: End,
-        mut backend: Backend,
+        server: (Backend, Option<CancelKey>),
     ) {
+        let (mut backend, mut server_key) = server;
         loop {
-            let server_end = match &end {
-                End::Fenced => ServerEnd::Fenced,
-                End::ServerEnding(_) => ServerEnd::Fatal,
-                End::ServerClosed => ServerEnd::Closed,
-                _ => return,
-            };
-            let mut moving = !self.shared.router.is_routable(&backend, Want::Leader);
-            if !moving && server_end == ServerEnd::Fatal {
-                let deadline = Instant::now() + MOVE_CONFIRM_WAIT;
-                while !moving && Instant::now() < deadline {
-                    self.shared
-                        .router
-                        .changed(deadline.saturating_duration_since(Instant::now()))
-                        .await;
-                    moving = !self.shared.router.is_routable(&backend, Want::Leader);
+            let reconnect = matches!(end, End::Reconnect);
+            if !reconnect && self.listener != ListenerKind::ReadWrite {
+                // A read-only session does not move: it ends as its server did.
+                if let End::ServerEnding(frame) = &end {
+                    let _ =
+                        tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.write_all(frame)).await;
                 }
+                return;
             }
-            let (at_boundary, unmovable) = {
-                let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-                (t.is_at_boundary(), t.unmovable().cloned())
-            };
-            let next = after_server_end(
-                server_end,
-                moving,
-                at_boundary,
-                unmovable.as_ref(),
-                self.shutdown.is_cancelled(),
-            );
-            match next {
-                Next::Close => {
-                    if let End::ServerEnding(frame) = &end {
-                        let _ = tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.write_all(frame))
+            if !reconnect {
+                let server_end = match &end {
+                    End::Fenced => ServerEnd::Fenced,
+                    End::ServerEnding(_) => ServerEnd::Fatal,
+                    End::ServerClosed => ServerEnd::Closed,
+                    End::Drained(_) => ServerEnd::Drained(self.rt.drain_timeout),
+                    _ => return,
+                };
+                let mut moving = !self.shared.router.is_routable(&backend, Want::Leader);
+                if !moving && server_end == ServerEnd::Fatal {
+                    let deadline = Instant::now() + MOVE_CONFIRM_WAIT;
+                    while !moving && Instant::now() < deadline {
+                        self.shared
+                            .router
+                            .changed(deadline.saturating_duration_since(Instant::now()))
                             .await;
+                        moving = !self.shared.router.is_routable(&backend, Want::Leader);
                     }
-                    return;
                 }
-                Next::End(message) => {
-                    info!(backend = %backend, "{message}");
-                    self.shared.metrics.client_error(self.listener, "not_moved");
-                    send_fatal(client, crate::rw::END_CODE, &message).await;
-                    return;
+                let (at_boundary, unmovable) = {
+                    let t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    (t.is_at_boundary(), t.unmovable().cloned())
+                };
+                let next = after_server_end(
+                    server_end,
+                    moving,
+                    at_boundary,
+                    unmovable.as_ref(),
+                    self.relogin.cannot(),
+                    self.shutdown.is_cancelled(),
+                );
+                match next {
+                    Next::Close => {
+                        if let End::ServerEnding(frame) = &end {
+                            let _ =
+                                tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.write_all(frame))
+                                    .await;
+                        }
+                        return;
+                    }
+                    Next::End(message) => {
+                        info!(backend = %backend, "{message}");
+                        let drained = matches!(server_end, ServerEnd::Drained(_));
+                        let reason = if drained { "drained" } else { "not_moved" };
+                        self.shared.metrics.client_error(self.listener, reason);
+                        if matches!(end, End::Drained(false)) {
+                            // Cut inside a server message: an ErrorResponse would not parse.
+                            let _ =
+                                tokio::time::timeout(ERROR_WRITE_TIMEOUT, client.shutdown()).await;
+                        } else {
+                            send_fatal(client, crate::rw::END_CODE, &message).await;
+                        }
+                        if let (true, Some(key)) = (drained, &server_key) {
+                            // The server's socket is closed (an idle transaction ends with it); a
+                            // statement still running stops at the cancel, and rolls back.
+                            send_cancel(&backend, key, key.pid, self.rt.connect_timeout).await;
+                        }
+                        return;
+                    }
+                    Next::Move => {}
                 }
-                Next::Move => {}
             }
-            let mut conn = match self.open_on_leader().await {
+            let mut conn = match self.open_new(reconnect).await {
                 Ok(conn) => conn,
                 Err(message) => {
                     warn!(from = %backend, "{message}");
@@ -623,8 +722,13 @@ impl Moving<'_> {
                     return;
                 }
             };
-            info!(from = %backend, to = %conn.route.backend, "moved a read-write session to the new leader");
+            if reconnect {
+                info!(from = %backend, to = %conn.route.backend, "RECONNECT: a session left its server connection for a new one");
+            } else {
+                info!(from = %backend, to = %conn.route.backend, "moved a read-write session to the new leader");
+            }
             backend = conn.route.backend.clone();
+            server_key = conn.key.clone();
             let _registration = match (&self.client_key, &conn.key) {
                 (Some(k), Some(server_key)) => Some(self.shared.cancels.register_moved(
                     k.clone(),
@@ -633,8 +737,9 @@ impl Moving<'_> {
                 )),
                 _ => None,
             };
+            let role = conn.route.role.as_str();
             self.info.update(|st| {
-                st.servers = vec![(backend.member.clone(), BackendRole::Leader.as_str())];
+                st.servers = vec![(backend.member.clone(), role)];
             });
             // Bytes the server sent after its ReadyForQuery (none expected) go first.
             if !conn.buf.is_empty() {
@@ -644,6 +749,7 @@ impl Moving<'_> {
                 }
             }
             let conn = &mut *conn;
+            let connection = conn.route.connection_id();
             end = relay(
                 client,
                 &mut conn.stream,
@@ -657,6 +763,10 @@ impl Moving<'_> {
                     classifier: &self.rt.classifier,
                     database: self.startup.database(),
                     info: self.info,
+                    drain_timeout: self.rt.drain_timeout,
+                    follows_leader: self.listener == ListenerKind::ReadWrite,
+                    connection,
+                    can_log_in: self.relogin.cannot().is_none(),
                 }),
             )
             .await;
@@ -664,21 +774,33 @@ impl Moving<'_> {
         }
     }
 
-    /// Waits (up to `connect_timeout`) for the new leader, logs in with the client's
-    /// StartupMessage (without a password: the read-write port never sees one) and replays the
-    /// session's SETs. `Err`: the message for the client's FATAL.
-    async fn open_on_leader(&self) -> Result<Box<ServerConn>, String> {
+    /// Waits (up to `connect_timeout`) for the new leader (a switchover), or for a backend of the
+    /// session's port (`reconnect`: the admin console's `RECONNECT`), logs in with the client's
+    /// StartupMessage (and, when the first server asked for a password, with what the proxy kept
+    /// of the client's login: [`crate::rw_auth`]) and replays the session's SETs. `Err`: the
+    /// message for the client's FATAL.
+    async fn open_new(&self, reconnect: bool) -> Result<Box<ServerConn>, String> {
         let deadline = Instant::now() + self.rt.connect_timeout;
-        let cannot =
+        let cannot = if reconnect {
+            "terminating connection: the admin console's RECONNECT closed this session's server \
+             connection and the session could not open a new one"
+        } else {
             "terminating connection: the leader stepped down (switchover) and this session \
-                      could not move to the new leader";
+             could not move to the new leader"
+        };
+        let want = want_of_listener(self.listener);
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let route = match self.shared.router.route_want(Want::Leader, wait).await {
+            let route = match self.shared.router.route_want(want, wait).await {
                 Ok(route) => route,
                 Err(_) => {
                     return Err(format!(
-                        "{cannot}: no new leader within {:?}",
+                        "{cannot}: no {} within {:?}",
+                        if want == Want::Leader {
+                            "leader"
+                        } else {
+                            "backend"
+                        },
                         self.rt.connect_timeout
                     ))
                 }
@@ -691,7 +813,8 @@ impl Moving<'_> {
                 route.role.as_str(),
             );
             gauge.dec(); // `open` counts it once connected.
-            let mut auth = PasswordAuth::new(self.startup.user(), None);
+            let mut auth =
+                PasswordAuth::with_credential(self.startup.user(), self.relogin.credential());
             match open(
                 route,
                 gauge,
@@ -725,8 +848,9 @@ impl Moving<'_> {
                 }
                 Err(OpenError::NeedPassword) => {
                     return Err(format!(
-                        "{cannot}: {described} asks for a password, which the read-write port \
-                         relays without keeping"
+                        "{cannot}: {described} asks for a password and the client logged in \
+                         without one; the proxy holds no credentials for user \"{}\"",
+                        self.startup.user()
                     ))
                 }
                 Err(OpenError::Refused(_, f)) => {
@@ -757,6 +881,8 @@ fn log_end(end: &End, route: &Route, shutdown: &CancellationToken, phase: &str) 
         }
         End::NotReady(_) => debug!("server not accepting connections {phase}"),
         End::ServerEnding(_) => debug!("server ended the session {phase}"),
+        End::Drained(_) => debug!("transaction past drain_timeout during a switchover {phase}"),
+        End::Reconnect => debug!("leaving the server connection for a new one (RECONNECT) {phase}"),
     }
 }
 
@@ -981,7 +1107,9 @@ async fn connect_backend(
 /// unparsed (passwords, SASL). The server's SASL offer loses `SCRAM-SHA-256-PLUS` (channel binding
 /// cannot survive a proxy). A first message that says the server is not accepting connections
 /// (57P03) is not forwarded: [`End::NotReady`] lets the caller hold the client and retry. Returns
-/// the cancel registration, if the server sent a key.
+/// the cancel registration, if the server sent a key. With `watch` (the read-write port), the
+/// authentication exchange is also followed ([`LoginWatch`]) for a later relogin.
+#[allow(clippy::too_many_arguments)]
 async fn relay_backend_startup(
     cancels: &CancelRegistry,
     route: &mut Route,
@@ -990,6 +1118,7 @@ async fn relay_backend_startup(
     client_buf: &mut BytesMut,
     server_buf: &mut BytesMut,
     (c2s, s2c): (&IntCounter, &IntCounter),
+    mut watch: Option<&mut LoginWatch>,
 ) -> Result<Option<Registration>, End> {
     let mut registration = None;
     let mut forwarded_any = false;
@@ -1001,6 +1130,9 @@ async fn relay_backend_startup(
                 let n = r.map_err(End::Io)?;
                 if n == 0 {
                     return Err(End::ClientClosed);
+                }
+                if let Some(w) = watch.as_deref_mut() {
+                    w.on_client(client_buf);
                 }
                 server.write_all(client_buf).await.map_err(End::Io)?;
                 client_buf.clear();
@@ -1026,6 +1158,9 @@ async fn relay_backend_startup(
                             }
                         }
                         AUTHENTICATION => {
+                            if let Some(w) = watch.as_deref_mut() {
+                                w.on_server_auth(body);
+                            }
                             if let Some(stripped) = strip_channel_binding(body) {
                                 // Forward what precedes, then the rewritten offer.
                                 if end > 0 {
@@ -1069,7 +1204,7 @@ async fn relay_backend_startup(
     }
 }
 
-/// What a read-write relay needs to follow its session ([`crate::rw`]).
+/// What a read-write or read-only relay needs to follow its session ([`crate::rw`]).
 #[derive(Clone, Copy)]
 struct Tracking<'a> {
     tracker: &'a std::sync::Mutex<RwTracker>,
@@ -1078,12 +1213,69 @@ struct Tracking<'a> {
     /// The session's database (`PAUSE db`) and its registration (`busy`, for `PAUSE`).
     database: &'a str,
     info: &'a crate::clients::ClientInfo,
+    /// `drain_timeout` ([`crate::rw::drain`]).
+    drain_timeout: Duration,
+    /// The read-write port: switchovers hold and drain the session. False on the read-only port
+    /// (its sessions are on replicas), where only `PAUSE` holds.
+    follows_leader: bool,
+    /// The server connection's id, for `RECONNECT` ([`Router::is_stale`]).
+    connection: u64,
+    /// The proxy can log in to another server for this client ([`crate::rw_auth::Relogin`]).
+    can_log_in: bool,
 }
 
 impl Tracking<'_> {
-    /// Whether the next transaction must wait: a switchover, or the admin console's `PAUSE`.
+    /// Whether the session leaves its server connection now, before the transaction its client
+    /// just started ([`should_reconnect`]).
+    fn reconnect_due(&self) -> bool {
+        let stale = self.router.is_stale(self.connection, self.database);
+        let t = self.lock();
+        should_reconnect(stale, t.is_at_boundary(), t.unmovable(), self.can_log_in)
+    }
+
+    /// Returns once the session's transaction has run `drain_timeout` past the moment the proxy
+    /// saw the switchover ([`drain`] says cancel); never when none does.
+    async fn drain_due(&self) {
+        if !self.follows_leader {
+            return std::future::pending().await;
+        }
+        let mut changes = self.router.subscribe();
+        let mut since: Option<Instant> = None;
+        loop {
+            changes.borrow_and_update();
+            let switching = self.router.is_switching_over();
+            since = if switching {
+                since.or_else(|| Some(Instant::now()))
+            } else {
+                None
+            };
+            let at_boundary = self.lock().is_at_boundary();
+            let wait = match drain(since.map(|s| s.elapsed()), self.drain_timeout, at_boundary) {
+                Drain::Cancel => return,
+                // The transaction may end any moment: look again soon.
+                Drain::Wait(left) => Some(left.min(HOLD_RECHECK)),
+                // Held at the boundary: only a new topology changes that.
+                Drain::Nothing if switching => Some(HOLD_RECHECK),
+                Drain::Nothing => None,
+            };
+            let changed = match wait {
+                Some(w) => tokio::time::timeout(w, changes.changed())
+                    .await
+                    .unwrap_or(Ok(())),
+                None => changes.changed().await,
+            };
+            if changed.is_err() {
+                // The router is gone: the proxy is stopping.
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Whether the next transaction must wait: a switchover (read-write port), or the admin
+    /// console's `PAUSE`.
     fn hold_requested(&self) -> bool {
-        self.router.is_switching_over() || self.router.is_paused(self.database)
+        (self.follows_leader && self.router.is_switching_over())
+            || self.router.is_paused(self.database)
     }
 
     /// Publishes whether a transaction runs, for `PAUSE` to wait on.
@@ -1104,14 +1296,21 @@ impl Tracking<'_> {
 /// (topology changes wake it sooner).
 const HOLD_RECHECK: Duration = Duration::from_millis(100);
 
+/// How long a session past `drain_timeout` waits for its server's output to reach a message
+/// boundary before it ends anyway (a large result streaming), and how often it looks.
+const DRAIN_END_WAIT: Duration = Duration::from_secs(1);
+const DRAIN_END_POLL: Duration = Duration::from_millis(10);
+
 /// Copies bytes both ways until a side closes, an I/O error, or `fence` resolves. The hot path:
 /// one buffer per direction reused for every read, one write per read, one counter increment per
 /// read, no locks, no allocation. Plain TCP on both sides splits the sockets without a lock; TLS on
 /// either side goes through `tokio::io::split`.
 ///
-/// With `tracking` (the read-write port) each read is also walked for message headers
-/// ([`RwTracker`]), the client is not read while [`should_hold`] says so, and a FATAL the server
-/// sends while nothing is outstanding is held back ([`End::ServerEnding`]).
+/// With `tracking` (the read-write and read-only ports) each read is also walked for message
+/// headers ([`RwTracker`]), the client is not read while [`should_hold`] says so, a transaction
+/// running past `drain_timeout` in a switchover ends the relay ([`End::Drained`]), a `RECONNECT`
+/// ends it at the next transaction boundary ([`End::Reconnect`]), and a FATAL the server sends
+/// while nothing is outstanding is held back ([`End::ServerEnding`]).
 ///
 /// When the client closes its side, the server's write side is shut down and the server's remaining
 /// output is still relayed until it closes (PostgreSQL ends the session on end-of-file); when the
@@ -1148,6 +1347,14 @@ async fn relay(
     }
 }
 
+/// How the client-to-server half ended.
+enum ClientSide {
+    /// The client closed its side.
+    Closed,
+    /// At a transaction boundary, for the admin console's `RECONNECT` ([`should_reconnect`]).
+    Reconnect,
+}
+
 /// How the server-to-client half ended.
 enum ServerSide {
     Closed,
@@ -1173,6 +1380,11 @@ where
     SR: AsyncRead + Unpin,
     SW: AsyncWrite + Unpin,
 {
+    // Set once a transaction ran past drain_timeout: the client's next bytes are not forwarded.
+    let drained = std::sync::atomic::AtomicBool::new(false);
+    // True while server bytes are being written to the client (the drain waits for the end of a
+    // write, so that the client's FATAL never lands inside a message).
+    let writing = std::sync::atomic::AtomicBool::new(false);
     let client_to_server = async {
         loop {
             // Bytes held at a boundary by an earlier relay (the session moved) go first.
@@ -1180,7 +1392,7 @@ where
                 let n = client_rd.read_buf(client_buf).await?;
                 if n == 0 {
                     let _ = server_wr.shutdown().await;
-                    return io::Result::Ok(());
+                    return io::Result::Ok(ClientSide::Closed);
                 }
             }
             if let Some(t) = &tracking {
@@ -1209,6 +1421,15 @@ where
                         io::ErrorKind::ConnectionAborted,
                         "closed by the admin console's KILL",
                     ));
+                }
+                if drained.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The relay ends at the next server message boundary.
+                    return std::future::pending().await;
+                }
+                if t.reconnect_due() {
+                    // `RECONNECT`: this transaction starts on a new server connection; its
+                    // bytes stay in `client_buf` for the next relay.
+                    return Ok(ClientSide::Reconnect);
                 }
                 let mut tracker = t.lock();
                 tracker.on_client(client_buf, t.classifier);
@@ -1251,17 +1472,42 @@ where
                     }
                 }
             }
+            writing.store(true, std::sync::atomic::Ordering::Relaxed);
             client_wr.write_all(server_buf).await?;
+            writing.store(false, std::sync::atomic::Ordering::Relaxed);
             s2c.inc_by(server_buf.len() as u64);
             server_buf.clear();
         }
     };
-    tokio::pin!(client_to_server, server_to_client);
+    let drain_watch = async {
+        let Some(t) = &tracking else {
+            return std::future::pending().await;
+        };
+        t.drain_due().await;
+        drained.store(true, std::sync::atomic::Ordering::Relaxed);
+        // End between two server messages: at once for a transaction idle or waiting for a
+        // statement; a result still streaming ends at its next message boundary, at most
+        // DRAIN_END_WAIT later.
+        let give_up = Instant::now() + DRAIN_END_WAIT;
+        loop {
+            if t.lock().server_at_message_start()
+                && !writing.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(DRAIN_END_POLL).await;
+        }
+    };
+    tokio::pin!(client_to_server, server_to_client, drain_watch);
     let mut client_open = true;
     loop {
         tokio::select! {
             biased;
             _ = fence.fenced() => return End::Fenced,
+            clean = &mut drain_watch => return End::Drained(clean),
             r = &mut server_to_client => return match r {
                 Ok(ServerSide::Closed) => End::ServerClosed,
                 Ok(ServerSide::Ending(frame)) => End::ServerEnding(frame),
@@ -1271,7 +1517,8 @@ where
                 Err(e) => End::Io(e),
             },
             r = &mut client_to_server, if client_open => match r {
-                Ok(()) => client_open = false,
+                Ok(ClientSide::Closed) => client_open = false,
+                Ok(ClientSide::Reconnect) => return End::Reconnect,
                 Err(e) => return End::Io(e),
             },
         }

@@ -56,6 +56,7 @@ mod park;
 mod pool;
 mod router;
 mod rw;
+mod rw_auth;
 mod ryw;
 mod server;
 mod session;

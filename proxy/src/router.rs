@@ -736,6 +736,11 @@ impl Router {
         }
     }
 
+    /// A receiver that sees every topology applied from now on (and `PAUSE`, `RESUME`, `KILL`).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
     /// Waits until the next topology is applied (or `wait` passes); false on timeout.
     pub async fn changed(&self, wait: Duration) -> bool {
         let mut changes = self.version.subscribe();

@@ -1,4 +1,6 @@
-//! The read-write port's session, followed just enough to survive a switchover.
+//! The read-write port's session, followed just enough to survive a switchover (and, on both
+//! relaying ports, for the admin console's `PAUSE` and `RECONNECT` to act at a transaction
+//! boundary: [`should_hold`], [`should_reconnect`]).
 //!
 //! The read-write port relays bytes unchanged; [`RwTracker`] watches them go by (message headers
 //! both ways, and the bodies of the few messages a decision needs) to know three things:
@@ -10,13 +12,23 @@
 //! - the session-level `SET`/`RESET`/`DISCARD` statements that succeeded, to replay on a new
 //!   server connection.
 //!
-//! What the proxy does with that is [`after_server_end`] and [`should_hold`], pure rules with table
-//! tests; `conn` only executes them. While the DCS asks the leader to step down (a switchover), a
-//! session at a boundary keeps the bytes of its client's next transaction (it waits); when the former
-//! leader then goes away (its shutdown's `FATAL 57P01`, end of file, or the proxy fencing it), a
-//! session at a boundary without unmovable state opens a connection to the new leader with its
-//! StartupMessage, replays its `SET`s and goes on: the client sees a pause, no error. Any other
-//! session ends with `FATAL 57P01` and a message saying why.
+//! What the proxy does with that is [`should_hold`], [`drain`] and [`after_server_end`], pure rules
+//! with table tests; `conn` only executes them. While the DCS asks the leader to step down (a
+//! switchover), a session at a boundary keeps the bytes of its client's next transaction (it
+//! waits); a session in a transaction gets up to `drain_timeout` to finish it, after which the
+//! proxy cancels it (a CancelRequest to its server, then the session ends: the server rolls the
+//! transaction back). When the former leader then goes away (its shutdown's `FATAL 57P01`, end of
+//! file, or the proxy fencing it), a session at a boundary without unmovable state opens a
+//! connection to the new leader with its StartupMessage, logging in with what the proxy kept of
+//! the client's login when the server asks for a password ([`crate::rw_auth`]), replays its `SET`s
+//! and goes on: the client sees a pause, no error. Any other session ends with `FATAL 57P01` and a
+//! message saying why.
+//!
+//! `drain_timeout` (default [`crate::settings::DEFAULT_DRAIN_TIMEOUT`]) is counted from the moment
+//! the proxy sees the switchover. The leader's agent waits for transactions in progress at most
+//! 5 s itself (and at most half the time left before its demotion deadline) before its fast stop;
+//! a `drain_timeout` below that lets the proxy's cancel, with its message naming `drain_timeout`,
+//! come first, and ends the agent's wait as soon as the transactions are gone.
 //!
 //! Cost on the hot path: one header walk per read in each direction, and the classifier only for
 //! Query and Parse texts that may create session state ([`may_hold_state`]): ordinary `SELECT`,
@@ -256,6 +268,11 @@ impl RwTracker {
         self.outstanding == 0 && self.server.at_message_start() && !self.server.broken
     }
 
+    /// True when the server's next bytes start a message (nothing relayed stops mid-message).
+    pub fn server_at_message_start(&self) -> bool {
+        self.server.at_message_start()
+    }
+
     fn mark(&mut self, why: Unmovable) {
         if self.unmovable.is_none() {
             self.unmovable = Some(why);
@@ -411,6 +428,9 @@ pub(crate) enum ServerEnd {
     Fatal,
     /// End of file or an error on the server socket.
     Closed,
+    /// The session's transaction ran past `drain_timeout` (the value) during a switchover
+    /// ([`drain`]); the proxy sent its server a CancelRequest.
+    Drained(std::time::Duration),
 }
 
 /// What to do once the server side ended.
@@ -426,6 +446,8 @@ pub(crate) enum Next {
 
 /// The move rule. `leader_moving`: the DCS asked this backend to step down or another member
 /// leads now (the backend is not routable as leader). `at_boundary`: [`RwTracker::is_at_boundary`].
+/// `cannot_log_in`: why the proxy could not log in to another server for this client (it logged in
+/// with a password and the proxy kept nothing to log in with, [`crate::rw_auth::Relogin`]).
 /// A server that ends while it still leads ends the session as it would without the proxy (an
 /// administrator's `pg_terminate_backend` is not undone).
 pub(crate) fn after_server_end(
@@ -433,25 +455,36 @@ pub(crate) fn after_server_end(
     leader_moving: bool,
     at_boundary: bool,
     unmovable: Option<&Unmovable>,
+    cannot_log_in: Option<&str>,
     shutting_down: bool,
 ) -> Next {
     if shutting_down {
         return Next::Close;
+    }
+    if let ServerEnd::Drained(timeout) = end {
+        return Next::End(format!(
+            "terminating connection: the leader is stepping down (switchover) and this \
+             transaction did not finish within drain_timeout ({} s): the proxy cancelled it and \
+             it rolled back; reconnect and retry it",
+            timeout.as_secs_f64()
+        ));
     }
     if !leader_moving {
         return match end {
             ServerEnd::Fenced => Next::End(
                 "terminating connection: the proxy stopped serving this leader".to_string(),
             ),
-            ServerEnd::Fatal | ServerEnd::Closed => Next::Close,
+            ServerEnd::Fatal | ServerEnd::Closed | ServerEnd::Drained(_) => Next::Close,
         };
     }
+    let cannot_move = "terminating connection: the leader stepped down (switchover) and this \
+                       session cannot move to the new leader";
     match (at_boundary, unmovable) {
-        (true, None) => Next::Move,
-        (true, Some(why)) => Next::End(format!(
-            "terminating connection: the leader stepped down (switchover) and this session cannot \
-             move to the new leader: it holds {why}; reconnect"
-        )),
+        (true, None) => match cannot_log_in {
+            None => Next::Move,
+            Some(why) => Next::End(format!("{cannot_move}: {why}; reconnect")),
+        },
+        (true, Some(why)) => Next::End(format!("{cannot_move}: it holds {why}; reconnect")),
         (false, _) => Next::End(
             "terminating connection: the leader stepped down (switchover) during this \
              transaction, which did not commit; reconnect and retry it"
@@ -466,6 +499,50 @@ pub(crate) fn after_server_end(
 /// waits for `RESUME`): `hold_requested` is either.
 pub(crate) fn should_hold(hold_requested: bool, at_boundary: bool) -> bool {
     hold_requested && at_boundary
+}
+
+/// Whether a read-write or read-only session leaves its server connection for a new one before its
+/// next transaction (the admin console's `RECONNECT`): the connection was open at a `RECONNECT`
+/// that covers it (`stale`), the session is at a transaction boundary, holds nothing a new
+/// connection would not have, and the proxy can log in again for it (`can_log_in`). Otherwise the
+/// connection closes when the client leaves, as with PgBouncer's session pooling.
+pub(crate) fn should_reconnect(
+    stale: bool,
+    at_boundary: bool,
+    unmovable: Option<&Unmovable>,
+    can_log_in: bool,
+) -> bool {
+    stale && at_boundary && unmovable.is_none() && can_log_in
+}
+
+/// What a session does about a transaction running while the leader steps down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drain {
+    /// No switchover, or no transaction running (a session at a boundary is held instead,
+    /// [`should_hold`]): nothing to do.
+    Nothing,
+    /// A transaction runs: it may go on for this long still.
+    Wait(std::time::Duration),
+    /// A transaction ran past `drain_timeout`: cancel it and end the session.
+    Cancel,
+}
+
+/// The drain rule. `switching_for`: how long the proxy has seen the DCS ask the session's leader to
+/// step down (`None`: it does not). `at_boundary`: [`RwTracker::is_at_boundary`]. A transaction
+/// running when the switchover starts gets `drain_timeout` to finish (and the leader's agent waits
+/// for it, up to its own bound); past it the proxy cancels it, so it neither keeps the switchover
+/// waiting nor is cut by the leader's stop without a word.
+pub(crate) fn drain(
+    switching_for: Option<std::time::Duration>,
+    drain_timeout: std::time::Duration,
+    at_boundary: bool,
+) -> Drain {
+    match switching_for {
+        None => Drain::Nothing,
+        Some(_) if at_boundary => Drain::Nothing,
+        Some(t) if t >= drain_timeout => Drain::Cancel,
+        Some(t) => Drain::Wait(drain_timeout - t),
+    }
 }
 
 /// The SQLSTATE of every session the move rule ends: `admin_shutdown`, as PostgreSQL's own.
@@ -724,24 +801,45 @@ mod tests {
         use Next::*;
         use ServerEnd::*;
         let temp = Unmovable::Pinned(PinReason::TempObject);
-        // (end, leader moving, at boundary, unmovable, shutting down) -> next
-        type Row<'a> = (ServerEnd, bool, bool, Option<&'a Unmovable>, bool, &'a str);
+        let no_secret = "it logged in with a password and the proxy holds no credentials";
+        let drained = Drained(std::time::Duration::from_secs(4));
+        // (end, leader moving, at boundary, unmovable, cannot log in, shutting down) -> next
+        type Row<'a> = (
+            ServerEnd,
+            bool,
+            bool,
+            Option<&'a Unmovable>,
+            Option<&'a str>,
+            bool,
+            &'a str,
+        );
         let rows: Vec<Row> = vec![
-            (Fatal, true, true, None, false, "move"),
-            (Closed, true, true, None, false, "move"),
-            (Fenced, true, true, None, false, "move"),
+            (Fatal, true, true, None, None, false, "move"),
+            (Closed, true, true, None, None, false, "move"),
+            (Fenced, true, true, None, None, false, "move"),
             (
                 Fatal,
                 true,
                 true,
                 Some(&temp),
+                None,
                 false,
                 "end: it holds a temporary object",
             ),
             (
                 Fatal,
                 true,
+                true,
+                None,
+                Some(no_secret),
                 false,
+                "end: cannot move to the new leader: it logged in with a password",
+            ),
+            (
+                Fatal,
+                true,
+                false,
+                None,
                 None,
                 false,
                 "end: during this transaction",
@@ -751,23 +849,44 @@ mod tests {
                 true,
                 false,
                 None,
+                None,
                 false,
                 "end: during this transaction",
             ),
-            (Fatal, false, true, None, false, "close"),
-            (Closed, false, true, None, false, "close"),
+            (
+                drained,
+                true,
+                false,
+                None,
+                None,
+                false,
+                "end: did not finish within drain_timeout (4 s)",
+            ),
+            (
+                drained,
+                true,
+                false,
+                Some(&temp),
+                Some(no_secret),
+                false,
+                "end: drain_timeout",
+            ),
+            (Fatal, false, true, None, None, false, "close"),
+            (Closed, false, true, None, Some(no_secret), false, "close"),
             (
                 Fenced,
                 false,
                 true,
+                None,
                 None,
                 false,
                 "end: the proxy stopped serving",
             ),
-            (Fenced, true, true, None, true, "close"),
+            (Fenced, true, true, None, None, true, "close"),
+            (drained, true, false, None, None, true, "close"),
         ];
-        for (end, moving, boundary, unmovable, shutdown, want) in rows {
-            let got = after_server_end(end, moving, boundary, unmovable, shutdown);
+        for (end, moving, boundary, unmovable, relogin, shutdown, want) in rows {
+            let got = after_server_end(end, moving, boundary, unmovable, relogin, shutdown);
             let ok = match (&got, want) {
                 (Move, "move") | (Close, "close") => true,
                 (End(m), w) => w
@@ -783,5 +902,50 @@ mod tests {
         assert!(should_hold(true, true));
         assert!(!should_hold(true, false), "a running transaction goes on");
         assert!(!should_hold(false, true));
+    }
+
+    #[test]
+    fn reconnect_rule_table() {
+        let temp = Unmovable::Pinned(PinReason::TempObject);
+        // (stale, at boundary, unmovable, can log in) -> reconnect
+        let rows = [
+            (true, true, None, true, true),
+            (false, true, None, true, false),
+            (true, false, None, true, false),
+            (true, true, Some(&temp), true, false),
+            (true, true, None, false, false),
+        ];
+        for (stale, boundary, unmovable, log_in, want) in rows {
+            assert_eq!(
+                should_reconnect(stale, boundary, unmovable, log_in),
+                want,
+                "stale {stale}, boundary {boundary}, {unmovable:?}, can log in {log_in}"
+            );
+        }
+    }
+
+    #[test]
+    fn drain_rule_table() {
+        let s = std::time::Duration::from_secs;
+        let ms = std::time::Duration::from_millis;
+        // (switching for, drain_timeout, at boundary) -> drain
+        let rows = [
+            (None, s(4), false, Drain::Nothing),
+            (None, s(4), true, Drain::Nothing),
+            (Some(s(1)), s(4), true, Drain::Nothing),
+            (Some(s(9)), s(4), true, Drain::Nothing),
+            (Some(ms(0)), s(4), false, Drain::Wait(s(4))),
+            (Some(ms(2500)), s(4), false, Drain::Wait(ms(1500))),
+            (Some(s(4)), s(4), false, Drain::Cancel),
+            (Some(s(9)), s(4), false, Drain::Cancel),
+            (Some(ms(0)), s(0), false, Drain::Cancel),
+        ];
+        for (switching, timeout, boundary, want) in rows {
+            assert_eq!(
+                drain(switching, timeout, boundary),
+                want,
+                "switching for {switching:?}, drain_timeout {timeout:?}, boundary {boundary}"
+            );
+        }
     }
 }

@@ -30,6 +30,13 @@ pub const DEFAULT_MAX_CLIENT_CONN: usize = 10_000;
 /// Default of `praetor.proxy.shutdown_timeout`: how long a shutdown lets clients finish.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default of `praetor.proxy.drain_timeout`: how long a read-write-port transaction may run on
+/// once the DCS asks the leader to step down, before the proxy cancels it. Below the 5 s the
+/// stepping-down leader's agent itself waits for transactions in progress before its fast stop, so
+/// that the proxy's cancel, with its message naming `drain_timeout`, comes first; PgBouncer-like
+/// tens of seconds would never act, the agent's stop coming first.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Where the auto port sends a session's transactions (`praetor.target`, per-database `target`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Target {
@@ -115,6 +122,10 @@ pub struct ProxySettings {
     pub max_message_size: usize,
     /// `praetor.proxy.shutdown_timeout`.
     pub shutdown_timeout: Duration,
+    /// `praetor.proxy.drain_timeout` (default [`DEFAULT_DRAIN_TIMEOUT`]; 0: cancel at once): how
+    /// long a read-write-port transaction running when the DCS asks the leader to step down may go
+    /// on before the proxy cancels it and ends its session with 57P01 ([`crate::rw::drain`]).
+    pub drain_timeout: Duration,
     /// `praetor.proxy.read_only_functions`.
     pub read_only_functions: Vec<String>,
     /// `praetor.proxy.databases.<db>.target`.
@@ -161,6 +172,7 @@ impl Default for ProxySettings {
             },
             max_message_size: DEFAULT_MAX_MESSAGE_LEN,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             read_only_functions: Vec::new(),
             database_targets: HashMap::new(),
             read_your_writes: true,
@@ -399,6 +411,9 @@ impl ProxySettings {
             shutdown_timeout: c
                 .shutdown_timeout
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |s| Duration::from_secs(s.into())),
+            drain_timeout: c
+                .drain_timeout
+                .map_or(DEFAULT_DRAIN_TIMEOUT, |s| Duration::from_secs(s.into())),
             read_only_functions: c.read_only_functions.clone(),
             database_targets,
             read_your_writes: c.read_your_writes.unwrap_or(true),
