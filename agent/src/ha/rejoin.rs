@@ -91,6 +91,13 @@ fn plan(
     history: &[HistoryEntry],
     use_pg_rewind: bool,
 ) -> RejoinPlan {
+    // The leader's member key can lag its promotion (written at its next loop, or not at all while
+    // the DCS is unreachable), while `history` already says our timeline ended: a replica that
+    // trusted the stale timeline started "as a replica" over and over and PostgreSQL refused it
+    // ("requested timeline N does not contain minimum recovery point", nemesis ZooKeeper strict
+    // seed 23). The cluster's timeline is at least one past the last timeline `history` ends.
+    let from_history = history.iter().map(|e| e.timeline + 1).max();
+    let leader_timeline = leader_timeline.max(from_history);
     let (Some(cd), Some(leader_tl)) = (control, leader_timeline) else {
         return RejoinPlan::StartAsReplica;
     };
@@ -234,6 +241,35 @@ mod tests {
                     switch_lsn: 1000,
                     timeline: 1,
                 },
+            ),
+            (
+                "leader's member key still shows our timeline, history says it ended: rewind",
+                Some(ControlData {
+                    min_recovery_end_lsn: 1200,
+                    min_recovery_end_timeline: 1,
+                    ..cd(ShutDownInRecovery, 1, 900)
+                }),
+                Some(1),
+                true,
+                Rewind,
+            ),
+            (
+                "leader's timeline unknown, history says ours ended past our replay: rewind",
+                Some(ControlData {
+                    min_recovery_end_lsn: 1200,
+                    min_recovery_end_timeline: 1,
+                    ..cd(ShutDownInRecovery, 1, 900)
+                }),
+                None,
+                true,
+                Rewind,
+            ),
+            (
+                "leader's member key stale, replica stopped before the switch point: start",
+                Some(cd(ShutDownInRecovery, 1, 900)),
+                Some(1),
+                false,
+                StartAsReplica,
             ),
             (
                 "switchover: clean stop before switch point",
