@@ -1,0 +1,723 @@
+//! The auto port's units as a sans-I/O core: where each unit goes, what is outstanding, and when
+//! the session may let go of its servers.
+//!
+//! [`UnitTracker`] is fed what the session reads: each client message's header (and the bodies a
+//! decision needs: Query text, Parse, Bind), the transaction status of each ReadyForQuery and
+//! whether an ErrorResponse came, and the front of a replica's reply. It answers with decisions:
+//! - what a client message does ([`UnitTracker::on_client_message`], a [`ClientStep`]): opens a
+//!   unit routed by a [`Decision`] (leader, replica, or the server of the previous unit), goes to
+//!   the running unit's server (part of the unit, or a pipelined next unit that server can run),
+//!   waits for the running unit to end, or opens nothing (a Flush or Sync at an idle point,
+//!   [`praetor_protocol::unit::between_units`]);
+//! - when the unit is over ([`UnitTracker::is_unit_over`]): the servers answered every Query, Sync
+//!   and FunctionCall and the last ReadyForQuery said `I`;
+//! - whether a replica's refusal of a read may be undone by running the read on the leader
+//!   ([`UnitTracker::judge_replica_reply`]);
+//! - whether the session, idle, may give its server connections back ([`UnitTracker::may_release`])
+//!   or leave its task ([`UnitTracker::may_park`]), and whether losing a server ends it
+//!   ([`UnitTracker::needs_server`]).
+//!
+//! `session` owns the sockets: it reads, asks, and executes (opens connections, writes, counts
+//! metrics). Nothing here reads a clock or does I/O.
+
+use bytes::Bytes;
+use praetor_protocol::frontend::{
+    query_text, Bind, Parse, BIND, FUNCTION_CALL, PARSE, QUERY, SYNC,
+};
+use praetor_protocol::unit::{between_units, replica_reply, BetweenUnits, ReplicaReply};
+use praetor_protocol::{Class, Classifier, FrontendHeader, PinReason, TxStatus};
+
+use crate::router::BackendRole;
+use crate::settings::Target;
+
+/// A read unit up to this size is kept (copied) while it runs on a replica, so that it can run
+/// again on the leader when the replica refuses it for a standby's reason (bytes).
+pub(crate) const RETRY_UNIT_LIMIT_BYTES: usize = 64 * 1024;
+
+/// A replica's reply to such a read is held back from the client until it shows results, up to
+/// this size (bytes): what precedes results (ParseComplete, RowDescription...) is small.
+pub(crate) const RETRY_HOLD_LIMIT_BYTES: usize = 16 * 1024;
+
+/// Which of the session's two server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The connection to the leader.
+    Leader,
+    /// The connection to a replica.
+    Replica,
+}
+
+impl Side {
+    /// The side a route of `role` serves.
+    pub(crate) fn of(role: BackendRole) -> Side {
+        match role {
+            BackendRole::Leader => Side::Leader,
+            BackendRole::Replica => Side::Replica,
+        }
+    }
+
+    /// `leader` or `replica`, as logs and the admin console show it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Side::Leader => "leader",
+            Side::Replica => "replica",
+        }
+    }
+
+    /// The other connection.
+    pub(crate) fn other(self) -> Side {
+        match self {
+            Side::Leader => Side::Replica,
+            Side::Replica => Side::Leader,
+        }
+    }
+}
+
+/// Where the next unit goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Decision {
+    /// The side wanted (the session may get the leader for a read when no replica is fresh).
+    pub side: Side,
+    /// The class of the unit's statement (of all its statements for an extended-protocol unit);
+    /// [`Class::TxControl`] when it goes where the previous unit went.
+    pub class: Class,
+    /// The unit creates session state: the session is pinned to the server it runs on.
+    pub pin: Option<PinReason>,
+    /// Bytes of the whole unit at the front of the client buffer, when they are all there (a Query;
+    /// an extended-protocol unit through its Sync).
+    pub unit_len: Option<usize>,
+}
+
+/// What the session knows besides the unit state when it asks about a client message.
+pub(crate) struct Ctx<'a> {
+    /// The statement classifier (`Runtime::classifier`).
+    pub classifier: &'a Classifier,
+    /// The largest client message accepted (bytes, length field included).
+    pub max_message_size: usize,
+    /// The session holds a connection to the leader.
+    pub has_leader: bool,
+    /// The session holds a connection to a replica.
+    pub has_replica: bool,
+    /// The admin console paused the session's database (`PAUSE`): no next unit starts.
+    pub paused: bool,
+}
+
+impl Ctx<'_> {
+    fn has(&self, side: Side) -> bool {
+        match side {
+            Side::Leader => self.has_leader,
+            Side::Replica => self.has_replica,
+        }
+    }
+}
+
+/// What the session does with the client message at the front of its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientStep {
+    /// An idle point: the message opens a unit. Get a connection for `decision.side` (the
+    /// read-your-writes rule may send a read to the leader, [`UnitTracker::uses_read_your_writes`]),
+    /// then [`UnitTracker::start_unit`] and forward the message.
+    Route(Decision),
+    /// Send the message to the running unit's server ([`UnitTracker::forwarded`] counts it).
+    Forward {
+        /// The message starts a next unit the client pipelined, and it follows the running one on
+        /// the same server: count a unit there.
+        next_unit: Option<Side>,
+        /// A statement inside the transaction just pinned the session to the running unit's
+        /// server: the other connection is of no use any more.
+        pinned: Option<PinReason>,
+    },
+    /// Stop reading the client until the running unit ends: the next unit the client pipelined
+    /// must be routed at the idle point (another server, a pin, a `SET` to record, or `PAUSE`).
+    Wait,
+    /// Consume the message without sending it: a Flush (`whole`: once it is all read; a unit's
+    /// Query or Sync makes the server flush anyway), or COPY data at an idle point (with its tail).
+    Drop {
+        /// Wait for the whole message before consuming it (a running unit's Flush).
+        whole: bool,
+    },
+    /// A Sync at an idle point: answer ReadyForQuery with this status, as the server would.
+    AnswerReady(TxStatus),
+}
+
+/// What a replica's reply to a read means ([`UnitTracker::judge_replica_reply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplicaVerdict {
+    /// Keep the bytes from the client and read more.
+    Hold,
+    /// Stream the reply to the client as usual.
+    Stream,
+    /// Drop the first `reply_len` bytes of the reply and run `unit` on the leader (then
+    /// [`UnitTracker::ran_on_leader`]); when there is no leader, put the bytes back and stream.
+    RetryOnLeader {
+        /// Bytes of the reply, through its ReadyForQuery.
+        reply_len: usize,
+        /// The replica's SQLSTATE.
+        sqlstate: &'static str,
+        /// The unit's client messages, to send to the leader.
+        unit: Bytes,
+    },
+}
+
+/// What a server connection that runs no unit of the session sent on its own: a notice, a
+/// parameter change, a notification, or an error before the server closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdleMessage {
+    /// Relay it to the client (the session is pinned to that server).
+    Relay,
+    /// Nothing the client needs: drop it, keep the connection.
+    Ignore,
+    /// Relay it, then drop the connection (the pinned server's error).
+    RelayAndClose,
+    /// Drop the connection.
+    Close,
+}
+
+/// The rule for a message tagged `tag` from a server connection that runs no unit;
+/// `pinned_here`: the session is pinned to that server (it gets what a direct client would).
+pub(crate) fn idle_message(tag: u8, pinned_here: bool) -> IdleMessage {
+    use praetor_protocol::backend::{ERROR_RESPONSE, NOTICE_RESPONSE, PARAMETER_STATUS};
+    use praetor_protocol::unit::NOTIFICATION_RESPONSE;
+    match tag {
+        NOTICE_RESPONSE | PARAMETER_STATUS | NOTIFICATION_RESPONSE if pinned_here => {
+            IdleMessage::Relay
+        }
+        NOTICE_RESPONSE | PARAMETER_STATUS | NOTIFICATION_RESPONSE => IdleMessage::Ignore,
+        ERROR_RESPONSE if pinned_here => IdleMessage::RelayAndClose,
+        _ => IdleMessage::Close,
+    }
+}
+
+/// How a unit ended ([`UnitTracker::end_unit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UnitEnd {
+    /// The unit may have written on the leader: read-your-writes learns where its commit ends.
+    pub wrote: bool,
+    /// The unit's session-level `SET` succeeded and joined [`UnitTracker::sets`]; the connection
+    /// it ran on has applied them all.
+    pub set_recorded: bool,
+}
+
+/// A read unit running on a replica, kept to run again on the leader.
+#[derive(Debug)]
+struct Retry {
+    /// The unit's client messages.
+    unit: Bytes,
+    /// Bytes of the unit not forwarded yet: a message forwarded beyond them (a pipelined next
+    /// unit) ends the chance of a retry, since the replica would run it first.
+    left: usize,
+}
+
+/// The unit state of one auto-port session (see the module doc).
+#[derive(Debug)]
+pub(crate) struct UnitTracker {
+    target: Target,
+    /// The side running the current unit, if any.
+    current: Option<Side>,
+    /// Queries, Syncs and FunctionCalls sent and not yet answered with ReadyForQuery.
+    outstanding: usize,
+    /// The last ReadyForQuery's status.
+    tx: TxStatus,
+    /// The client has sent the message that ends its current unit (Query, Sync or FunctionCall).
+    unit_closed: bool,
+    /// The current unit may have written (not only reads or session `SET`s), or ran on the leader
+    /// after a replica refused it as a write (25006).
+    unit_may_write: bool,
+    /// An ErrorResponse came during the current unit.
+    unit_error: bool,
+    /// Where the last unit ran.
+    last_side: Option<Side>,
+    pinned: Option<(Side, PinReason)>,
+    /// Session-level SET statements to replay on other connections, in order.
+    sets: Vec<String>,
+    /// The SET text of the current unit, recorded when it succeeds.
+    pending_set: Option<String>,
+    /// Client messages are being discarded up to the next Sync (a unit that could not be routed).
+    discard_until_sync: bool,
+    /// The current unit, while it is a read on a replica that may run again on the leader.
+    /// Boxed, and only while such a unit runs.
+    retry: Option<Box<Retry>>,
+}
+
+impl UnitTracker {
+    /// A session at an idle point with `target` (`praetor.target`) whose last unit ran on
+    /// `last_side` (`None`: none yet).
+    pub(crate) fn new(target: Target, last_side: Option<Side>) -> UnitTracker {
+        UnitTracker {
+            target,
+            current: None,
+            outstanding: 0,
+            tx: TxStatus::Idle,
+            unit_closed: true,
+            unit_may_write: false,
+            unit_error: false,
+            last_side,
+            pinned: None,
+            sets: Vec::new(),
+            pending_set: None,
+            discard_until_sync: false,
+            retry: None,
+        }
+    }
+
+    /// The session logged in on `side`: a unit that goes where the previous one went goes there.
+    pub(crate) fn logged_in_on(&mut self, side: Side) {
+        self.last_side = Some(side);
+    }
+
+    /// `praetor.target` of the session.
+    pub(crate) fn target(&self) -> Target {
+        self.target
+    }
+
+    /// The side running the current unit (`None` at an idle point).
+    pub(crate) fn current(&self) -> Option<Side> {
+        self.current
+    }
+
+    /// The transaction status of the last ReadyForQuery.
+    pub(crate) fn tx(&self) -> TxStatus {
+        self.tx
+    }
+
+    /// Where the last unit ran.
+    pub(crate) fn last_side(&self) -> Option<Side> {
+        self.last_side
+    }
+
+    /// The server the session is pinned to, and why.
+    pub(crate) fn pinned(&self) -> Option<(Side, PinReason)> {
+        self.pinned
+    }
+
+    /// The session-level `SET`s that succeeded, in order, to replay on other connections.
+    pub(crate) fn sets(&self) -> &[String] {
+        &self.sets
+    }
+
+    /// Client messages are discarded up to the next Sync.
+    pub(crate) fn is_discarding(&self) -> bool {
+        self.discard_until_sync
+    }
+
+    /// A unit could not be routed and its first message was not a Query: drop the client's
+    /// messages up to its Sync (answered with ReadyForQuery, see [`UnitTracker::sync_discarded`]).
+    pub(crate) fn discard_until_sync(&mut self) {
+        self.discard_until_sync = true;
+    }
+
+    /// The Sync that ends a discarded unit came: the session answers ReadyForQuery `I`.
+    pub(crate) fn sync_discarded(&mut self) {
+        self.discard_until_sync = false;
+    }
+
+    /// Whether the session is at an idle point, given the bytes of the client's current message
+    /// still to stream (`client_remaining`).
+    pub(crate) fn is_idle(&self, client_remaining: usize) -> bool {
+        self.current.is_none() && client_remaining == 0
+    }
+
+    /// Idle, the session may give its server connections back after `idle_release`: it holds no
+    /// session state a pooled connection would lose.
+    pub(crate) fn may_release(&self) -> bool {
+        self.pinned.is_none() && self.sets.is_empty()
+    }
+
+    /// Idle and without server connections, the session may park ([`crate::park`]): nothing of
+    /// it lives beyond what [`crate::session::Dormant`] keeps.
+    pub(crate) fn may_park(&self) -> bool {
+        self.may_release() && !self.discard_until_sync && self.tx == TxStatus::Idle
+    }
+
+    /// The session's connections are as a new session would find them: they may go back to the
+    /// pool when it ends.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.may_release() && self.current.is_none() && self.tx == TxStatus::Idle
+    }
+
+    /// Whether losing the connection on `side` ends the session: it runs the current unit (the
+    /// transaction is lost) or the session is pinned to it.
+    pub(crate) fn needs_server(&self, side: Side) -> bool {
+        self.current == Some(side) || self.pinned.map(|(s, _)| s) == Some(side)
+    }
+
+    /// Whether a read routed by `decision` goes through the read-your-writes rule once the session
+    /// wrote ([`crate::ryw`]): a read for a replica of a session free to move.
+    pub(crate) fn uses_read_your_writes(&self, decision: &Decision) -> bool {
+        decision.side == Side::Replica && self.target == Target::Any && self.pinned.is_none()
+    }
+
+    /// What to do with the client message `h` at the front of `buf` (whole when it is a Query or
+    /// Parse; other messages may be partial). Pins the session when a statement inside a
+    /// transaction creates session state (reported in [`ClientStep::Forward`]).
+    pub(crate) fn on_client_message(
+        &mut self,
+        buf: &[u8],
+        h: FrontendHeader,
+        ctx: &Ctx<'_>,
+    ) -> ClientStep {
+        // Between units (at an idle point, or after the client closed the running unit): a
+        // message that opens no unit must not hold the session on a server.
+        let running = self.current.is_some();
+        let starts_next = self.unit_closed && self.tx == TxStatus::Idle;
+        if !running || starts_next {
+            match between_units(h.tag, running) {
+                BetweenUnits::StartsUnit => {}
+                BetweenUnits::FollowCurrent => {
+                    return ClientStep::Forward {
+                        next_unit: None,
+                        pinned: None,
+                    }
+                }
+                BetweenUnits::Drop => return ClientStep::Drop { whole: running },
+                BetweenUnits::AnswerReady => return ClientStep::AnswerReady(self.tx),
+            }
+        }
+        let Some(side) = self.current else {
+            // An idle point: route the unit.
+            return ClientStep::Route(match self.pinned {
+                Some((side, _)) => Decision {
+                    side,
+                    class: Class::Write,
+                    pin: None,
+                    unit_len: None,
+                },
+                None => self.decide(buf, h, ctx),
+            });
+        };
+        // A unit is running on `side`.
+        let mut next_unit = None;
+        let mut pinned = None;
+        if starts_next && ctx.paused {
+            // `PAUSE`: the next unit waits at the idle point.
+            return ClientStep::Wait;
+        }
+        if starts_next && self.pinned.is_none() {
+            // The client pipelines the next unit: it follows when `side` can run it.
+            let decision = self.decide(buf, h, ctx);
+            if decision.side != side
+                || decision.pin.is_some()
+                || decision.class == Class::SessionSet
+            {
+                // Runs at the next idle point, where it is routed (and recorded) properly.
+                return ClientStep::Wait;
+            }
+            self.unit_may_write |= may_write(decision.class);
+            next_unit = Some(side);
+        } else if !starts_next {
+            pinned = self.watch_in_transaction(buf, h, side, ctx);
+        }
+        ClientStep::Forward { next_unit, pinned }
+    }
+
+    /// The client message `h` went to the current unit's server: counts what it ends.
+    pub(crate) fn forwarded(&mut self, h: FrontendHeader) {
+        if let Some(r) = self.retry.as_mut() {
+            match r.left.checked_sub(h.frame_len) {
+                Some(left) => r.left = left,
+                None => self.retry = None,
+            }
+        }
+        match h.tag {
+            QUERY | SYNC | FUNCTION_CALL => {
+                self.outstanding += 1;
+                self.unit_closed = true;
+            }
+            // Parse, Bind, Describe, Execute, Close open an extended-protocol unit that a Sync
+            // closes; COPY data and Flush leave the unit as it is.
+            PARSE | BIND | b'D' | b'E' | b'C' => self.unit_closed = false,
+            _ => {}
+        }
+    }
+
+    /// A unit routed by `decision` starts on `side` (where the session got a connection) with the
+    /// message `h` at the front of `buf`. Returns the pin it set, if the session was not pinned.
+    pub(crate) fn start_unit(
+        &mut self,
+        side: Side,
+        decision: &Decision,
+        buf: &[u8],
+        h: FrontendHeader,
+    ) -> Option<PinReason> {
+        self.current = Some(side);
+        self.unit_error = false;
+        self.unit_may_write = may_write(decision.class);
+        self.pending_set = None;
+        if decision.class == Class::SessionSet && h.tag == QUERY {
+            self.pending_set = buf
+                .get(5..h.frame_len)
+                .and_then(|body| query_text(body).ok())
+                .map(str::to_string);
+        }
+        self.retry = self.retriable(side, decision).and_then(|len| {
+            Some(Box::new(Retry {
+                unit: Bytes::copy_from_slice(buf.get(..len)?),
+                left: len,
+            }))
+        });
+        decision.pin.filter(|reason| self.pin(side, *reason))
+    }
+
+    /// Pins the session to `side` for `reason`; `false` when it was pinned already.
+    pub(crate) fn pin(&mut self, side: Side, reason: PinReason) -> bool {
+        if self.pinned.is_some() {
+            return false;
+        }
+        self.pinned = Some((side, reason));
+        true
+    }
+
+    /// The current unit's server answered: `error` when an ErrorResponse was among the messages,
+    /// and the status of each ReadyForQuery, in order.
+    pub(crate) fn on_server_messages(&mut self, error: bool, readies: &[TxStatus]) {
+        if error {
+            self.unit_error = true;
+        }
+        for status in readies {
+            self.outstanding = self.outstanding.saturating_sub(1);
+            self.tx = *status;
+        }
+    }
+
+    /// Whether the current unit is over (an idle point follows): everything the client closed it
+    /// with was answered, outside a transaction, and no client message is half sent
+    /// (`client_remaining`: its bytes still to stream).
+    pub(crate) fn is_unit_over(&self, client_remaining: usize) -> bool {
+        self.current.is_some()
+            && self.outstanding == 0
+            && self.tx == TxStatus::Idle
+            && self.unit_closed
+            && client_remaining == 0
+    }
+
+    /// Ends the current unit, which ran on `side`: records its `SET` when it succeeded.
+    pub(crate) fn end_unit(&mut self, side: Side) -> UnitEnd {
+        let mut set_recorded = false;
+        if let Some(set) = self.pending_set.take() {
+            if !self.unit_error {
+                self.sets.push(set);
+                set_recorded = true;
+            }
+        }
+        self.current = None;
+        self.retry = None;
+        self.last_side = Some(side);
+        UnitEnd {
+            wrote: side == Side::Leader && self.unit_may_write,
+            set_recorded,
+        }
+    }
+
+    /// Whether the current unit is a read on a replica that may yet run on the leader: its reply
+    /// goes through [`UnitTracker::judge_replica_reply`].
+    pub(crate) fn may_retry(&self) -> bool {
+        self.retry.is_some() && self.current == Some(Side::Replica)
+    }
+
+    /// Judges the replica's reply at the front of `buf` ([`replica_reply`]) to a read that may run
+    /// again on the leader; `lost`: the replica connection ended (its bytes stream, as they would).
+    pub(crate) fn judge_replica_reply(&mut self, buf: &[u8], lost: bool) -> ReplicaVerdict {
+        if !self.may_retry() {
+            return ReplicaVerdict::Stream;
+        }
+        match replica_reply(buf, RETRY_HOLD_LIMIT_BYTES) {
+            ReplicaReply::Hold if !lost => ReplicaVerdict::Hold,
+            ReplicaReply::RetryOnLeader {
+                reply_len,
+                sqlstate,
+            } => {
+                let retry = self.retry.take().expect("may_retry checked it");
+                ReplicaVerdict::RetryOnLeader {
+                    reply_len,
+                    sqlstate,
+                    unit: retry.unit,
+                }
+            }
+            ReplicaReply::Hold | ReplicaReply::Stream => {
+                self.retry = None;
+                ReplicaVerdict::Stream
+            }
+        }
+    }
+
+    /// The unit a replica refused with `sqlstate` runs on the leader now.
+    pub(crate) fn ran_on_leader(&mut self, sqlstate: &str) {
+        self.current = Some(Side::Leader);
+        // A statement a replica refused as a write (25006, read_only_sql_transaction) may write
+        // on the leader.
+        if sqlstate == "25006" {
+            self.unit_may_write = true;
+        }
+    }
+
+    /// The length of the unit to keep for a run on the leader, when the unit just routed to `side`
+    /// is a read (not a transaction) the leader could run instead: only on the replica, for a
+    /// session free to move (no `praetor.target=replica`, no pin), when the whole unit is here
+    /// and small.
+    fn retriable(&self, side: Side, decision: &Decision) -> Option<usize> {
+        let free = self.target == Target::Any && self.pinned.is_none() && decision.pin.is_none();
+        (side == Side::Replica && free && decision.class == Class::Read)
+            .then_some(decision.unit_len?)
+            .filter(|len| *len <= RETRY_UNIT_LIMIT_BYTES)
+    }
+
+    /// Inside a transaction: pins the session when a statement creates session state; returns the
+    /// new pin.
+    fn watch_in_transaction(
+        &mut self,
+        buf: &[u8],
+        h: FrontendHeader,
+        side: Side,
+        ctx: &Ctx<'_>,
+    ) -> Option<PinReason> {
+        let body = buf.get(5..h.frame_len)?;
+        let reason = match h.tag {
+            QUERY => match query_text(body).map(|q| ctx.classifier.classify(q)) {
+                Ok(Class::Pin(r)) => Some(r),
+                Ok(Class::SessionSet) => Some(PinReason::SetInTransaction),
+                _ => None,
+            },
+            PARSE => match Parse::decode(body) {
+                Ok(p) if !p.name.is_empty() => Some(PinReason::PreparedStatement),
+                Ok(p) => match ctx.classifier.classify(p.query) {
+                    Class::Pin(r) => Some(r),
+                    Class::SessionSet => Some(PinReason::SetInTransaction),
+                    _ => None,
+                },
+                Err(_) => None,
+            },
+            FUNCTION_CALL => Some(PinReason::Protocol),
+            _ => None,
+        }?;
+        self.pin(side, reason).then_some(reason)
+    }
+
+    /// Decides where the unit starting with the message `h` at the front of `buf` goes.
+    fn decide(&self, buf: &[u8], h: FrontendHeader, ctx: &Ctx<'_>) -> Decision {
+        let leader = |class: Class, pin: Option<PinReason>| Decision {
+            side: Side::Leader,
+            class,
+            pin,
+            unit_len: None,
+        };
+        let body = || buf.get(5..h.frame_len).unwrap_or(&[]);
+        let class = match h.tag {
+            QUERY => match query_text(body()) {
+                Ok(q) => ctx.classifier.classify(q),
+                Err(_) => Class::Write,
+            },
+            PARSE => return self.decide_extended(buf, ctx),
+            FUNCTION_CALL => return leader(Class::Write, Some(PinReason::Protocol)),
+            BIND => {
+                // A Bind without its Parse: the statement lives where the last unit ran.
+                if let Ok(b) = Bind::decode(body()) {
+                    if !b.statement.is_empty() {
+                        return leader(Class::Write, Some(PinReason::PreparedStatement));
+                    }
+                }
+                return self.sticky(ctx);
+            }
+            _ => return self.sticky(ctx),
+        };
+        let side = match (self.target, class) {
+            (Target::Primary, _) => Side::Leader,
+            (Target::Replica, _) => Side::Replica,
+            (Target::Any, c) if c.is_read() => Side::Replica,
+            (Target::Any, Class::TxControl) => return self.sticky(ctx),
+            _ => Side::Leader,
+        };
+        let pin = match class {
+            Class::Pin(r) => Some(r),
+            _ => None,
+        };
+        Decision {
+            side,
+            class,
+            pin,
+            unit_len: Some(h.frame_len),
+        }
+    }
+
+    /// A unit that goes where the previous unit went (while the session still holds that
+    /// connection), to the leader otherwise.
+    fn sticky(&self, ctx: &Ctx<'_>) -> Decision {
+        let side = match self.last_side {
+            Some(s) if ctx.has(s) => s,
+            _ => Side::Leader,
+        };
+        Decision {
+            side,
+            class: Class::TxControl,
+            pin: None,
+            unit_len: None,
+        }
+    }
+
+    /// An extended-protocol unit: a replica only when the whole unit (through Sync) is buffered and
+    /// every statement in it reads.
+    fn decide_extended(&self, buf: &[u8], ctx: &Ctx<'_>) -> Decision {
+        let leader = |pin| Decision {
+            side: if self.target == Target::Replica {
+                Side::Replica
+            } else {
+                Side::Leader
+            },
+            class: Class::Write,
+            pin,
+            unit_len: None,
+        };
+        let mut at = 0;
+        let mut all_read = true;
+        loop {
+            let Ok(Some(h)) = FrontendHeader::peek(&buf[at..], ctx.max_message_size) else {
+                return leader(None); // the unit is not all here
+            };
+            let Some(body) = h.body(&buf[at..]) else {
+                return leader(None);
+            };
+            match h.tag {
+                PARSE => match Parse::decode(body) {
+                    Ok(p) if !p.name.is_empty() => {
+                        return leader(Some(PinReason::PreparedStatement))
+                    }
+                    Ok(p) => match ctx.classifier.classify(p.query) {
+                        Class::Read => {}
+                        Class::Pin(r) => return leader(Some(r)),
+                        Class::SessionSet => return leader(Some(PinReason::SetInTransaction)),
+                        _ => all_read = false,
+                    },
+                    Err(_) => return leader(None),
+                },
+                BIND => {
+                    if matches!(Bind::decode(body), Ok(b) if !b.statement.is_empty()) {
+                        return leader(Some(PinReason::PreparedStatement));
+                    }
+                }
+                SYNC => {
+                    at += h.frame_len;
+                    break;
+                }
+                FUNCTION_CALL => return leader(Some(PinReason::Protocol)),
+                _ => {}
+            }
+            at += h.frame_len;
+        }
+        let side = match self.target {
+            Target::Primary => Side::Leader,
+            Target::Replica => Side::Replica,
+            Target::Any if all_read => Side::Replica,
+            Target::Any => Side::Leader,
+        };
+        Decision {
+            side,
+            class: if all_read { Class::Read } else { Class::Write },
+            pin: None,
+            unit_len: Some(at),
+        }
+    }
+}
+
+/// Whether a unit of this class may write: anything but reads and session-level `SET`s.
+pub(crate) fn may_write(class: Class) -> bool {
+    !(class.is_read() || class == Class::SessionSet)
+}
