@@ -18,7 +18,8 @@
 //!   ([`UnitTracker::needs_server`]).
 //!
 //! `session` owns the sockets: it reads, asks, and executes (opens connections, writes, counts
-//! metrics). Nothing here reads a clock or does I/O.
+//! metrics). Nothing here reads a clock or does I/O, so the rules are tested on message traces
+//! recorded from PostgreSQL 15 (`proxy/tests/traces/`, replayed by the tests below).
 
 use bytes::Bytes;
 use praetor_protocol::frontend::{
@@ -720,4 +721,567 @@ impl UnitTracker {
 /// Whether a unit of this class may write: anything but reads and session-level `SET`s.
 pub(crate) fn may_write(class: Class) -> bool {
     !(class.is_read() || class == Class::SessionSet)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Replays the message traces in `proxy/tests/traces/*.trace` (recorded from PostgreSQL 15
+    //! with `record.py`; see that directory's README) into a [`UnitTracker`], driven as `session`
+    //! drives it, and compares what it decides with the `>` lines of each file. With
+    //! `PRAETOR_REWRITE_TRACES=1` the `>` lines are written anew instead, to review as a diff.
+
+    use super::*;
+    use bytes::BufMut;
+
+    /// One protocol frame: tag, length, body.
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.put_u32(body.len() as u32 + 4);
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn cstr(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+
+    /// The trace's escapes: `\n` and `\\`.
+    fn unescape(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            match (c, c == '\\') {
+                (_, true) => match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some(other) => out.push(other),
+                    None => out.push('\\'),
+                },
+                (c, false) => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// `-` stands for the empty (unnamed) statement or portal.
+    fn name(s: &str) -> &str {
+        if s == "-" {
+            ""
+        } else {
+            s
+        }
+    }
+
+    /// The frames of one trace line (`C Q SELECT 1`, `S Z I`, `S D x3`...).
+    fn frames_of(line: &str) -> Vec<u8> {
+        let (line, count) = match line.rsplit_once(" x") {
+            Some((rest, n)) if n.parse::<usize>().is_ok() => (rest, n.parse().unwrap()),
+            _ => (line, 1),
+        };
+        let mut words = line.splitn(3, ' ');
+        let (side, tag, rest) = (
+            words.next().unwrap(),
+            words.next().expect("a tag").as_bytes()[0],
+            words.next().unwrap_or(""),
+        );
+        let mut body = Vec::new();
+        match (side, tag) {
+            ("C", QUERY) => cstr(&mut body, &unescape(rest)),
+            ("C", PARSE) => {
+                let (n, q) = rest.split_once(' ').expect("name and statement");
+                cstr(&mut body, name(n));
+                cstr(&mut body, &unescape(q));
+                body.put_u16(0);
+            }
+            ("C", BIND) => {
+                let (portal, statement) = rest.split_once(' ').expect("portal and statement");
+                cstr(&mut body, name(portal));
+                cstr(&mut body, name(statement));
+                body.put_u16(0);
+                body.put_u16(0);
+                body.put_u16(0);
+            }
+            ("S", b'Z') => body.push(rest.as_bytes()[0]),
+            ("S", b'E') => {
+                let (code, severity) = rest.split_once(' ').expect("SQLSTATE and severity");
+                for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code)] {
+                    body.push(field);
+                    cstr(&mut body, value);
+                }
+                body.push(b'M');
+                cstr(&mut body, "recorded");
+                body.push(0);
+            }
+            _ => {}
+        }
+        let one = frame(tag, &body);
+        one.repeat(count)
+    }
+
+    /// A session's side of the replay: the tracker, the client bytes not handled yet, and what
+    /// the session would hold.
+    struct Replay {
+        units: UnitTracker,
+        classifier: Classifier,
+        client: Vec<u8>,
+        blocked: bool,
+        has_leader: bool,
+        has_replica: bool,
+        /// A replica's reply held while it is judged.
+        held: Vec<u8>,
+        /// ReadyForQuery statuses the session answered itself (a Sync at an idle point): the
+        /// recording's next ReadyForQuery is the server's answer to the same Sync, which the
+        /// session's must equal.
+        answered: std::collections::VecDeque<TxStatus>,
+        out: Vec<String>,
+        terminated: bool,
+    }
+
+    fn describe_decision(d: &Decision) -> String {
+        let class = match d.class {
+            Class::Read => "a read".to_string(),
+            Class::Write => "a write".to_string(),
+            Class::TxControl => "where the last unit ran".to_string(),
+            Class::SessionSet => "a session SET".to_string(),
+            other => format!("{other:?}"),
+        };
+        format!("{}: {class}", d.side.as_str())
+    }
+
+    /// The status letter of ReadyForQuery.
+    fn letter(tx: TxStatus) -> char {
+        match tx {
+            TxStatus::Idle => 'I',
+            TxStatus::InTransaction => 'T',
+            TxStatus::Failed => 'E',
+        }
+    }
+
+    impl Replay {
+        fn new(target: Target) -> Replay {
+            Replay {
+                units: UnitTracker::new(target, Some(Side::Leader)),
+                classifier: Classifier::default(),
+                client: Vec::new(),
+                blocked: false,
+                has_leader: true,
+                has_replica: false,
+                held: Vec::new(),
+                answered: Default::default(),
+                out: Vec::new(),
+                terminated: false,
+            }
+        }
+
+        fn say(&mut self, line: String) {
+            self.out.push(format!("> {line}"));
+        }
+
+        /// Handles the buffered client messages, as `Session::handle_client` does (every
+        /// message of a trace is whole).
+        fn handle_client(&mut self) {
+            while !self.blocked && !self.terminated {
+                let Ok(Some(h)) = FrontendHeader::peek(&self.client, 1 << 30) else {
+                    return;
+                };
+                let tag = h.tag as char;
+                if h.tag == b'X' {
+                    self.say("X: terminate".into());
+                    self.terminated = true;
+                    return;
+                }
+                let ctx = Ctx {
+                    classifier: &self.classifier,
+                    max_message_size: 1 << 30,
+                    has_leader: self.has_leader,
+                    has_replica: self.has_replica,
+                    paused: false,
+                };
+                let step = self.units.on_client_message(&self.client, h, &ctx);
+                let said = match step {
+                    ClientStep::Route(d) => {
+                        // Both servers are there: the session gets the side it wants.
+                        match d.side {
+                            Side::Leader => self.has_leader = true,
+                            Side::Replica => self.has_replica = true,
+                        }
+                        let pinned = self.units.start_unit(d.side, &d, &self.client, h);
+                        if pinned.is_some() {
+                            // `Session::pinned_to`: the other connection goes.
+                            match d.side {
+                                Side::Leader => self.has_replica = false,
+                                Side::Replica => self.has_leader = false,
+                            }
+                        }
+                        self.units.forwarded(h);
+                        let mut s = format!("{tag}: route to the {}", describe_decision(&d));
+                        if let Some(r) = pinned {
+                            s += &format!(", pinned: {r}");
+                        }
+                        if self.units.may_retry() {
+                            s += &format!(", retriable ({} bytes kept)", d.unit_len.unwrap());
+                        }
+                        s
+                    }
+                    ClientStep::Forward { next_unit, pinned } => {
+                        self.units.forwarded(h);
+                        let mut s = format!("{tag}: forward");
+                        if let Some(side) = next_unit {
+                            s += &format!(", a pipelined unit following on {}", side.as_str());
+                        }
+                        if let Some(r) = pinned {
+                            s += &format!(", pinned: {r}");
+                        }
+                        s
+                    }
+                    ClientStep::Wait => {
+                        self.blocked = true;
+                        self.say(format!("{tag}: wait for the running unit to end"));
+                        return;
+                    }
+                    ClientStep::Drop { whole } => {
+                        format!("{tag}: drop{}", if whole { "" } else { " (idle)" })
+                    }
+                    ClientStep::AnswerReady(tx) => {
+                        self.answered.push_back(tx);
+                        format!("{tag}: answer ReadyForQuery {} (no server)", letter(tx))
+                    }
+                };
+                self.say(said);
+                self.client.drain(..h.frame_len);
+            }
+        }
+
+        /// Server bytes for the running unit (or an idle connection), as
+        /// `Session::handle_server` takes them.
+        fn on_server(&mut self, bytes: &[u8]) {
+            let Some(side) = self.units.current() else {
+                if let Some(tx) = self.answered.pop_front() {
+                    let theirs = TxStatus::from_ready_for_query(&bytes[5..]).expect("a status");
+                    assert_eq!(
+                        theirs, tx,
+                        "the session answered another status than the server"
+                    );
+                    self.say("the server's answer to that Sync: the same".into());
+                    return;
+                }
+                let mut at = 0;
+                while let Ok(Some(h)) = praetor_protocol::FrameHeader::peek(&bytes[at..]) {
+                    let pinned_here = self.units.pinned().is_some();
+                    let verdict = idle_message(h.tag, pinned_here);
+                    self.say(format!(
+                        "idle server message {}: {verdict:?}",
+                        h.tag as char
+                    ));
+                    at += h.frame_len;
+                }
+                return;
+            };
+            let mut bytes = bytes.to_vec();
+            if side == Side::Replica && self.units.may_retry() {
+                self.held.extend_from_slice(&bytes);
+                match self.units.judge_replica_reply(&self.held, false) {
+                    ReplicaVerdict::Hold => {
+                        self.say("hold the replica's reply".into());
+                        return;
+                    }
+                    ReplicaVerdict::Stream => bytes = std::mem::take(&mut self.held),
+                    ReplicaVerdict::RetryOnLeader {
+                        reply_len,
+                        sqlstate,
+                        unit,
+                    } => {
+                        self.held.drain(..reply_len);
+                        assert!(self.held.is_empty(), "a trace has nothing after the reply");
+                        self.units.ran_on_leader(sqlstate);
+                        self.has_leader = true;
+                        self.say(format!(
+                            "the replica refused it ({sqlstate}): run it on the leader ({} bytes sent again)",
+                            unit.len()
+                        ));
+                        return;
+                    }
+                }
+            }
+            let mut at = 0;
+            let mut error = false;
+            let mut readies = Vec::new();
+            while let Ok(Some(h)) = praetor_protocol::FrameHeader::peek(&bytes[at..]) {
+                match h.tag {
+                    b'E' => error = true,
+                    b'Z' => readies.push(
+                        TxStatus::from_ready_for_query(&bytes[at + 5..at + h.frame_len])
+                            .expect("a recorded status"),
+                    ),
+                    _ => {}
+                }
+                at += h.frame_len;
+            }
+            self.units.on_server_messages(error, &readies);
+            if readies.is_empty() {
+                return;
+            }
+            if !self.units.is_unit_over(0) {
+                let tx = letter(self.units.tx());
+                self.say(format!("the unit goes on ({tx})"));
+                return;
+            }
+            let end = self.units.end_unit(side);
+            let mut s = format!("unit over on {}", side.as_str());
+            if end.wrote {
+                s += ", wrote";
+            }
+            if end.set_recorded {
+                s += &format!(", SETs to replay: {:?}", self.units.sets());
+            }
+            s += if self.units.may_release() {
+                ", may release its connections"
+            } else {
+                ", keeps its connections"
+            };
+            self.say(s);
+            self.blocked = false;
+            self.handle_client();
+        }
+    }
+
+    /// Replays one trace file's text; returns it with the `>` lines the tracker's decisions give.
+    fn replay(text: &str) -> String {
+        let mut replay = Replay::new(Target::Any);
+        let mut lines: Vec<String> = Vec::new();
+        // Client lines in a row are one read of the session (as the client wrote them together).
+        let mut batch_from: Option<usize> = None;
+        let flush = |replay: &mut Replay, lines: &mut Vec<String>, batch: &mut Option<usize>| {
+            if batch.take().is_some() {
+                replay.handle_client();
+                lines.append(&mut replay.out);
+            }
+        };
+        for line in text.lines() {
+            if line.starts_with('>') {
+                continue;
+            }
+            if let Some(t) = line.strip_prefix("target ") {
+                replay.units = UnitTracker::new(Target::parse(t).expect("a target"), None);
+            }
+            if line.starts_with("C ") {
+                replay.client.extend_from_slice(&frames_of(line));
+                batch_from.get_or_insert(lines.len());
+                lines.push(line.to_string());
+                continue;
+            }
+            flush(&mut replay, &mut lines, &mut batch_from);
+            lines.push(line.to_string());
+            if line.starts_with("S ") {
+                replay.on_server(&frames_of(line));
+                lines.append(&mut replay.out);
+            }
+        }
+        flush(&mut replay, &mut lines, &mut batch_from);
+        lines.push(String::new());
+        lines.join("\n")
+    }
+
+    #[test]
+    fn recorded_traces_replay_to_the_expected_decisions() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces");
+        let rewrite = std::env::var_os("PRAETOR_REWRITE_TRACES").is_some();
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("proxy/tests/traces")
+            .map(|e| e.expect("a directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "trace"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 12, "traces in {}", dir.display());
+        let mut failed = Vec::new();
+        for path in names {
+            let text = std::fs::read_to_string(&path).expect("a trace");
+            let got = replay(&text);
+            if rewrite {
+                std::fs::write(&path, &got).expect("rewrite the trace");
+            } else if got != text {
+                eprintln!("--- {}: decisions differ; got:\n{got}", path.display());
+                failed.push(path.display().to_string());
+            }
+        }
+        assert!(failed.is_empty(), "traces with other decisions: {failed:?}");
+    }
+}
+
+#[cfg(test)]
+mod rules {
+    //! Table tests of the rules the recorded traces do not reach.
+
+    use super::*;
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        praetor_protocol::frontend::encode_query(&mut out, sql);
+        out.to_vec()
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for s in [name, sql] {
+            body.extend_from_slice(s.as_bytes());
+            body.push(0);
+        }
+        body.extend_from_slice(&[0, 0]);
+        message(PARSE, &body)
+    }
+
+    fn step(units: &mut UnitTracker, buf: &[u8]) -> ClientStep {
+        let classifier = Classifier::default();
+        let ctx = Ctx {
+            classifier: &classifier,
+            max_message_size: 1 << 20,
+            has_leader: true,
+            has_replica: true,
+            paused: false,
+        };
+        let h = FrontendHeader::peek(buf, 1 << 20).unwrap().unwrap();
+        units.on_client_message(buf, h, &ctx)
+    }
+
+    fn route(target: Target, buf: &[u8]) -> Decision {
+        match step(&mut UnitTracker::new(target, None), buf) {
+            ClientStep::Route(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn where_units_go_by_target_and_by_what_is_buffered() {
+        let sync = message(SYNC, &[]);
+        let whole_read = [parse("", "SELECT 1"), sync.clone()].concat();
+        let rows: &[(Target, Vec<u8>, Side, Class)] = &[
+            (Target::Any, query("SELECT 1"), Side::Replica, Class::Read),
+            (
+                Target::Any,
+                query("DELETE FROM t"),
+                Side::Leader,
+                Class::Write,
+            ),
+            (
+                Target::Primary,
+                query("SELECT 1"),
+                Side::Leader,
+                Class::Read,
+            ),
+            (
+                Target::Replica,
+                query("DELETE FROM t"),
+                Side::Replica,
+                Class::Write,
+            ),
+            // An extended-protocol read goes to a replica only when it is here through its Sync.
+            (Target::Any, whole_read.clone(), Side::Replica, Class::Read),
+            (
+                Target::Any,
+                parse("", "SELECT 1"),
+                Side::Leader,
+                Class::Write,
+            ),
+            (
+                Target::Replica,
+                parse("", "SELECT 1"),
+                Side::Replica,
+                Class::Write,
+            ),
+        ];
+        for (target, buf, side, class) in rows {
+            let d = route(*target, buf);
+            assert_eq!((d.side, d.class), (*side, *class), "{target:?} {buf:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_free_read_outside_a_transaction_on_a_replica_may_run_again_on_the_leader() {
+        let retriable = |target: Target, sql: &str| {
+            let mut units = UnitTracker::new(target, None);
+            let buf = query(sql);
+            let ClientStep::Route(d) = step(&mut units, &buf) else {
+                panic!("an idle point routes");
+            };
+            let h = FrontendHeader::peek(&buf, 1 << 20).unwrap().unwrap();
+            units.start_unit(d.side, &d, &buf, h);
+            units.may_retry()
+        };
+        assert!(retriable(Target::Any, "SELECT 1"));
+        // A transaction's BEGIN READ ONLY: its statements would run again outside it.
+        assert!(!retriable(Target::Any, "BEGIN READ ONLY"));
+        // praetor.target=replica: the leader is not this session's to use.
+        assert!(!retriable(Target::Replica, "SELECT 1"));
+        assert!(!retriable(Target::Any, "INSERT INTO t VALUES (1)"));
+    }
+
+    #[test]
+    fn a_replica_error_inside_a_transaction_or_after_results_streams() {
+        let mut units = UnitTracker::new(Target::Any, None);
+        let buf = query("SELECT 1");
+        let ClientStep::Route(d) = step(&mut units, &buf) else {
+            panic!("an idle point routes");
+        };
+        let h = FrontendHeader::peek(&buf, 1 << 20).unwrap().unwrap();
+        units.start_unit(d.side, &d, &buf, h);
+        let error = message(b'E', b"SERROR\0VERROR\0C40001\0Mconflict\0\0");
+        let ready_t = message(b'Z', b"T");
+        // 40001 answered with ReadyForQuery T: the read ran in a transaction block.
+        let reply = [error.clone(), ready_t].concat();
+        assert_eq!(
+            units.judge_replica_reply(&reply, false),
+            ReplicaVerdict::Stream
+        );
+        assert!(
+            !units.may_retry(),
+            "streamed once: no retry later in the unit"
+        );
+    }
+
+    #[test]
+    fn messages_of_idle_server_connections() {
+        use IdleMessage::*;
+        let rows: &[(u8, bool, IdleMessage)] = &[
+            (b'N', false, Ignore),
+            (b'S', false, Ignore),
+            (b'A', false, Ignore),
+            (b'N', true, Relay),
+            (b'A', true, Relay),
+            (b'E', true, RelayAndClose),
+            (b'E', false, Close),
+            (b'Z', true, Close),
+        ];
+        for (tag, pinned, want) in rows {
+            assert_eq!(
+                idle_message(*tag, *pinned),
+                *want,
+                "{} {pinned}",
+                *tag as char
+            );
+        }
+    }
+
+    #[test]
+    fn pinned_or_set_sessions_keep_their_connections_and_a_lost_server_ends_them() {
+        let mut units = UnitTracker::new(Target::Any, None);
+        assert!(units.may_release() && units.may_park() && units.is_clean());
+        assert!(!units.needs_server(Side::Leader));
+        assert!(units.pin(Side::Replica, PinReason::Listen));
+        assert!(
+            !units.pin(Side::Leader, PinReason::TempObject),
+            "the first pin stays"
+        );
+        assert!(!units.may_release() && !units.may_park() && !units.is_clean());
+        assert!(units.needs_server(Side::Replica) && !units.needs_server(Side::Leader));
+        let mut discarding = UnitTracker::new(Target::Any, None);
+        discarding.discard_until_sync();
+        assert!(discarding.may_release() && !discarding.may_park());
+    }
 }
