@@ -76,7 +76,8 @@ use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
 use crate::units::{
-    idle_message, ClientStep, Ctx, Decision, IdleMessage, ReplicaVerdict, Side, UnitTracker,
+    idle_message, idle_plan, ClientStep, Ctx, Decision, IdleMessage, IdlePlan, ReplicaVerdict,
+    Side, UnitTracker,
 };
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
@@ -975,39 +976,38 @@ impl Session<'_> {
             if idle && draining.is_cancelled() {
                 return End::Shutdown;
             }
-            // Parks at once after login (or a wake-up without a unit); after a unit only once the
-            // client has been quiet for `PARK_AFTER`, so that a busy client of a transaction-pooling
-            // proxy (`idle_release` 0) does not leave and re-enter its task around every unit.
-            let park_at = if idle && may_park && cbuf.is_empty() && self.parkable(client) {
-                match self
-                    .unit_ended
-                    .map(|t| tokio::time::Instant::from_std(t + PARK_AFTER))
-                {
-                    // The same clock as the timer's: once it fired, this is due.
-                    Some(at) if at > tokio::time::Instant::now() => Some(at),
-                    _ => return End::Park,
-                }
+            // Park or release ([`idle_plan`]): parks at once after login (or a wake-up without a
+            // unit), after a unit once the client was quiet for `PARK_AFTER`; releases the
+            // server connections after `idle_release`.
+            let plan = if idle {
+                let releasable =
+                    self.units.may_release() && (self.leader.is_some() || self.replica.is_some());
+                let parkable = may_park && cbuf.is_empty() && self.parkable(client);
+                // The same clock as the timer's: once it fired, its instant is due.
+                idle_plan(
+                    tokio::time::Instant::now(),
+                    parkable,
+                    self.unit_ended.map(tokio::time::Instant::from_std),
+                    PARK_AFTER,
+                    releasable,
+                    self.idle_since.map(tokio::time::Instant::from_std),
+                    self.rt.idle_release,
+                )
             } else {
-                None
+                IdlePlan::NoTimer
             };
-            may_park = true;
-            let release_at = match (idle, self.idle_since) {
-                (true, Some(since))
-                    if self.units.may_release()
-                        && (self.leader.is_some() || self.replica.is_some()) =>
-                {
-                    Some(tokio::time::Instant::from_std(since + self.rt.idle_release))
-                }
-                _ => None,
-            };
-            if release_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
-                // Due already (`idle_release` 0): no timer, and the connections are back in the
-                // pool before the next login looks there.
-                self.release_idle();
-                continue;
+            if plan == IdlePlan::Park {
+                return End::Park;
             }
-            // Exclusive: releasing needs a server connection, parking needs none.
-            let timer_at = release_at.or(park_at);
+            may_park = true;
+            let (timer_at, release_timer) = match plan {
+                IdlePlan::Release => {
+                    self.release_idle();
+                    continue;
+                }
+                IdlePlan::Timer { at, release } => (Some(at), release),
+                IdlePlan::Park | IdlePlan::NoTimer => (None, false),
+            };
             match timer_at {
                 Some(at) => match &mut self.idle_timer {
                     Some(timer) if timer.deadline() == at => {}
@@ -1087,7 +1087,7 @@ impl Session<'_> {
             match wake {
                 Wake::Shutdown => return End::Shutdown,
                 // When it was the park timer, the next pass parks.
-                Wake::Timer if release_at.is_some() => self.release_idle(),
+                Wake::Timer if release_timer => self.release_idle(),
                 Wake::Timer => {}
                 Wake::Fenced(side) => {
                     let needed = self.units.needs_server(side);

@@ -14,12 +14,15 @@
 //! - whether a replica's refusal of a read may be undone by running the read on the leader
 //!   ([`UnitTracker::judge_replica_reply`]);
 //! - whether the session, idle, may give its server connections back ([`UnitTracker::may_release`])
-//!   or leave its task ([`UnitTracker::may_park`]), and whether losing a server ends it
-//!   ([`UnitTracker::needs_server`]).
+//!   or leave its task ([`UnitTracker::may_park`]), and when ([`idle_plan`], with the instants the
+//!   session passes in); whether losing a server ends it ([`UnitTracker::needs_server`]).
 //!
 //! `session` owns the sockets: it reads, asks, and executes (opens connections, writes, counts
 //! metrics). Nothing here reads a clock or does I/O, so the rules are tested on message traces
 //! recorded from PostgreSQL 15 (`proxy/tests/traces/`, replayed by the tests below).
+
+use std::ops::Add;
+use std::time::Duration;
 
 use bytes::Bytes;
 use praetor_protocol::frontend::{
@@ -718,6 +721,71 @@ impl UnitTracker {
     }
 }
 
+/// What an idle session does about its idleness on one pass of its loop ([`idle_plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdlePlan<I> {
+    /// Leave the task now ([`crate::park`]).
+    Park,
+    /// Give the server connections back to the pool now: `idle_release` is over (or 0), and the
+    /// connections are back before the next login looks there.
+    Release,
+    /// Wait for the client, a server or this instant; then release (`release`), or park on the
+    /// next pass.
+    Timer {
+        /// When the wait ends.
+        at: I,
+        /// The timer is `idle_release`'s (else the park's).
+        release: bool,
+    },
+    /// Nothing to time.
+    NoTimer,
+}
+
+/// The park/release rule for a session at an idle point, at `now`.
+///
+/// `parkable`: the session may leave its task (no server connection, nothing of it beyond what a
+/// parked session keeps: [`UnitTracker::may_park`], plain TCP, the parking lot open, nothing
+/// buffered from the client). It parks at once when no unit ran since it logged in or resumed
+/// (`unit_ended` `None`), otherwise once the client has been quiet for `park_after` since the unit
+/// ended: a busy client of a transaction-pooling proxy (`idle_release` 0) then does not leave and
+/// re-enter its task around every unit.
+///
+/// `releasable`: the session holds server connections it may give back
+/// ([`UnitTracker::may_release`]); it does `idle_release` after it went idle (`idle_since`).
+/// The two exclude each other (parking needs no connection, releasing one).
+///
+/// `I` is the caller's clock's instant (tokio's in `session`; a `Duration` in tests).
+pub(crate) fn idle_plan<I>(
+    now: I,
+    parkable: bool,
+    unit_ended: Option<I>,
+    park_after: Duration,
+    releasable: bool,
+    idle_since: Option<I>,
+    idle_release: Duration,
+) -> IdlePlan<I>
+where
+    I: Copy + Ord + Add<Duration, Output = I>,
+{
+    let park_at = if parkable {
+        match unit_ended.map(|t| t + park_after) {
+            Some(at) if at > now => Some(at),
+            _ => return IdlePlan::Park,
+        }
+    } else {
+        None
+    };
+    let release_at = idle_since
+        .filter(|_| releasable)
+        .map(|since| since + idle_release);
+    match (release_at, park_at) {
+        (Some(at), _) if at <= now => IdlePlan::Release,
+        (Some(at), _) => IdlePlan::Timer { at, release: true },
+        (None, Some(at)) => IdlePlan::Timer { at, release: false },
+        (None, None) => IdlePlan::NoTimer,
+    }
+}
+
 /// Whether a unit of this class may write: anything but reads and session-level `SET`s.
 pub(crate) fn may_write(class: Class) -> bool {
     !(class.is_read() || class == Class::SessionSet)
@@ -1242,6 +1310,72 @@ mod rules {
         assert!(
             !units.may_retry(),
             "streamed once: no retry later in the unit"
+        );
+    }
+
+    #[test]
+    fn idle_sessions_park_after_a_quiet_while_and_release_after_idle_release() {
+        use IdlePlan::*;
+        let s = Duration::from_secs;
+        let (park_after, idle_release) = (s(1), s(10));
+        // (now, parkable, unit_ended, releasable, idle_since) -> plan
+        type Row = (
+            u64,
+            bool,
+            Option<u64>,
+            bool,
+            Option<u64>,
+            IdlePlan<Duration>,
+        );
+        let rows: &[Row] = &[
+            // Just logged in or resumed, no unit since: park at once.
+            (100, true, None, false, None, Park),
+            // A unit ended 0.5 s ago: wait for the rest of `park_after`...
+            (
+                100,
+                true,
+                Some(100),
+                false,
+                None,
+                Timer {
+                    at: s(101),
+                    release: false,
+                },
+            ),
+            // ...then park.
+            (101, true, Some(100), false, None, Park),
+            // Connections held: released `idle_release` after the session went idle.
+            (
+                100,
+                false,
+                Some(95),
+                true,
+                Some(95),
+                Timer {
+                    at: s(105),
+                    release: true,
+                },
+            ),
+            (105, false, Some(95), true, Some(95), Release),
+            // Pinned or with SETs (not releasable), not parkable: nothing to time.
+            (100, false, Some(95), false, Some(95), NoTimer),
+        ];
+        for &(now, parkable, ended, releasable, since, want) in rows {
+            let got = idle_plan(
+                s(now),
+                parkable,
+                ended.map(s),
+                park_after,
+                releasable,
+                since.map(s),
+                idle_release,
+            );
+            assert_eq!(got, want, "now {now} parkable {parkable} ended {ended:?}");
+        }
+        // `idle_release` 0: due at once.
+        assert_eq!(
+            idle_plan(s(5), false, None, park_after, true, Some(s(5)), s(0)),
+            Release
         );
     }
 
