@@ -19,8 +19,10 @@
 //! - `conn`: one task per client: startup phase (via `praetor-protocol`, TLS), then for the
 //!   read-write and read-only ports: connect, authentication relay watching for BackendKeyData, and a
 //!   plain byte relay.
-//! - `session`: the auto port's per-transaction routing; `pool`: its server connections; `ryw`:
-//!   the read-your-writes rule (where a read goes after the session wrote).
+//! - `session`: the auto port's per-transaction routing (its I/O); `units`: the sans-I/O core that
+//!   session executes (unit tracking, where each unit goes, when to release or park); `pool`: its
+//!   server connections; `ryw`: the read-your-writes rule (where a read goes after the session
+//!   wrote).
 //! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
 //! - `admin`: the admin console (`SHOW ...`, `PAUSE`, `RESUME`, `KILL`, `RECONNECT`, `WAIT_CLOSE`,
 //!   `RELOAD`, PgBouncer's semantics); [`admin_auth`]: who may log in (`admin_users`, `auth_file`,
@@ -63,6 +65,7 @@ mod session;
 mod settings;
 mod stream;
 pub mod topology;
+mod units;
 mod workers;
 
 pub use conn::ReloadFn;

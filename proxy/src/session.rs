@@ -35,6 +35,9 @@
 //!
 //! A session idle with no server connection and no session state parks out of its task
 //! ([`crate::park`], [`Dormant`]) and resumes, in a new task, when its client speaks.
+//!
+//! The rules above (unit tracking, routing, pipelining, pinning, when to release or park) are the
+//! sans-I/O [`crate::units::UnitTracker`]; this module reads, asks it, and executes its answers.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -43,22 +46,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use praetor_protocol::backend::{
-    ERROR_RESPONSE, NOTICE_RESPONSE, PARAMETER_STATUS, READY_FOR_QUERY,
-};
+use praetor_protocol::backend::{ERROR_RESPONSE, READY_FOR_QUERY};
 use praetor_protocol::frontend::{
     cleartext_password, encode_auth_cleartext, encode_auth_ok, encode_auth_sasl_continue,
     encode_auth_sasl_final, encode_auth_sasl_scram, encode_backend_key_data,
-    encode_ready_for_query, query_text, sasl_initial_response, Bind, Parse, BIND, FUNCTION_CALL,
-    PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
+    encode_ready_for_query, sasl_initial_response, PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
 };
 use praetor_protocol::unit::{
-    answer_signal_backend, between_units, replica_reply, signal_backend_call,
-    translate_backend_pid, translate_notification_pid, BackendSignal, BetweenUnits, ReplicaReply,
-    NOTIFICATION_RESPONSE,
+    answer_signal_backend, signal_backend_call, translate_backend_pid, translate_notification_pid,
+    BackendSignal, NOTIFICATION_RESPONSE,
 };
 use praetor_protocol::{
-    encode_error_response, Class, Credential, FrameHeader, FrontendHeader, PasswordAuth, PinReason,
+    encode_error_response, Credential, FrameHeader, FrontendHeader, PasswordAuth, PinReason,
     ScramError, ScramSecret, ScramServer, Severity, SqlState, TxStatus,
 };
 use prometheus::IntCounter;
@@ -72,10 +71,14 @@ use crate::clients::{ClientGuard, ClientInfo};
 use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
 use crate::metrics::ListenerKind;
 use crate::pool::{open, OpenError, ServerConn};
-use crate::router::{BackendRole, NoRoute, Want};
+use crate::router::{NoRoute, Want};
 use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
+use crate::units::{
+    idle_message, idle_plan, ClientStep, Ctx, Decision, IdleMessage, IdlePlan, ReplicaVerdict,
+    Side, UnitTracker,
+};
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
 /// An idle session gives its buffer back (see `read_client`).
@@ -91,36 +94,7 @@ const GATHER_LIMIT_BYTES: usize = 8 * 1024;
 /// `idle_release_ms: 0` (benches/proxy.rs, `PRAETOR_BENCH_IDLE_RELEASE_MS=0`).
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// A read unit up to this size is kept (copied) while it runs on a replica, so that it can run
-/// again on the leader when the replica refuses it for a standby's reason (bytes).
-const RETRY_UNIT_LIMIT_BYTES: usize = 64 * 1024;
-
-/// A replica's reply to such a read is held back from the client until it shows results, up to
-/// this size (bytes): what precedes results (ParseComplete, RowDescription...) is small.
-const RETRY_HOLD_LIMIT_BYTES: usize = 16 * 1024;
-
-/// Which of the session's two server connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Leader,
-    Replica,
-}
-
 impl Side {
-    fn of(role: BackendRole) -> Side {
-        match role {
-            BackendRole::Leader => Side::Leader,
-            BackendRole::Replica => Side::Replica,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Side::Leader => "leader",
-            Side::Replica => "replica",
-        }
-    }
-
     /// The side's unit metrics (`Metrics::units` is in `leader`, `replica` order).
     fn unit_metrics(self, m: &crate::metrics::Metrics) -> &crate::metrics::UnitMetrics {
         match self {
@@ -153,16 +127,6 @@ enum End {
     Park,
 }
 
-/// Where the next unit goes.
-struct Decision {
-    side: Side,
-    class: Class,
-    pin: Option<PinReason>,
-    /// Bytes of the whole unit at the front of the client buffer, when they are all there (a Query;
-    /// an extended-protocol unit through its Sync).
-    unit_len: Option<usize>,
-}
-
 /// The state of one session.
 struct Session<'a> {
     shared: &'a Shared,
@@ -174,40 +138,17 @@ struct Session<'a> {
     credential: Option<Credential>,
     /// The StartupMessage servers get (the client's, without `praetor.*` options).
     startup: Bytes,
-    target: Target,
     leader: Option<Box<ServerConn>>,
     replica: Option<Box<ServerConn>>,
-    /// The side running the current unit, if any.
-    current: Option<Side>,
-    /// Queries and Syncs sent and not yet answered with ReadyForQuery.
-    outstanding: usize,
-    tx: TxStatus,
-    /// The client has sent the message that ends its current unit (Query or Sync).
-    unit_closed: bool,
-    unit_class: Class,
-    /// The current unit may have written (not only reads or session `SET`s), or ran on the leader
-    /// after a replica refused it as a write (25006): read-your-writes then learns where its
-    /// commit ends.
-    unit_may_write: bool,
+    /// The unit state and routing rules ([`crate::units`]).
+    units: UnitTracker,
     /// Read-your-writes is on for this session ([`crate::ryw`]).
     read_your_writes: bool,
     /// What the session knows of its last commit, for read-your-writes.
     commit: Commit,
     unit_started: Instant,
-    unit_error: bool,
-    last_side: Option<Side>,
-    pinned: Option<(Side, PinReason)>,
-    /// Session-level SET statements to replay on other connections.
-    sets: Vec<String>,
-    /// The SET text of the current unit, recorded when it succeeds.
-    pending_set: Option<String>,
     /// Bytes of the client's current message still to stream to the server.
     client_remaining: usize,
-    /// Client messages are being discarded up to the next Sync (a unit that could not be routed).
-    discard_until_sync: bool,
-    /// The current unit's bytes while it is a read on a replica that may run again on the leader
-    /// (see [`praetor_protocol::unit::replica_reply`]); boxed, and only while such a unit runs.
-    retry: Option<Box<Retry>>,
     cancel: SessionCancel,
     idle_since: Option<Instant>,
     /// When the session's last unit ended (since it logged in or was resumed).
@@ -224,15 +165,6 @@ struct Session<'a> {
     /// Since when the client, in the middle of a message, has sent nothing
     /// (`praetor.proxy.client_message_timeout` runs from here).
     stalled_since: Option<tokio::time::Instant>,
-}
-
-/// A read unit running on a replica, kept to run again on the leader.
-struct Retry {
-    /// The unit's client messages.
-    unit: Bytes,
-    /// Bytes of the unit not forwarded yet: a message forwarded beyond them (a pipelined next
-    /// unit) ends the chance of a retry, since the replica would run it first.
-    left: usize,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -396,26 +328,13 @@ impl<'a> Live<'a> {
                 user: registered.info.user(),
                 credential,
                 startup,
-                target,
                 leader: None,
                 replica: None,
-                current: None,
-                outstanding: 0,
-                tx: TxStatus::Idle,
-                unit_closed: true,
-                unit_class: Class::Read,
-                unit_may_write: false,
+                units: UnitTracker::new(target, last_side),
                 read_your_writes,
                 commit,
                 unit_started: Instant::now(),
-                unit_error: false,
-                last_side,
-                pinned: None,
-                sets: Vec::new(),
-                pending_set: None,
                 client_remaining: 0,
-                discard_until_sync: false,
-                retry: None,
                 cancel,
                 idle_since: None,
                 unit_ended: None,
@@ -455,8 +374,8 @@ impl<'a> Live<'a> {
                 rt: session.rt,
                 credential: session.credential,
                 startup: session.startup,
-                target: session.target,
-                last_side: session.last_side,
+                target: session.units.target(),
+                last_side: session.units.last_side(),
                 read_your_writes: session.read_your_writes,
                 commit: session.commit,
                 cancel: session.cancel,
@@ -685,7 +604,7 @@ impl Session<'_> {
             }
             _ => {}
         }
-        let side = match self.target {
+        let side = match self.units.target() {
             Target::Replica => Side::Replica,
             _ => Side::Leader,
         };
@@ -710,7 +629,9 @@ impl Session<'_> {
             let wait = deadline.saturating_duration_since(Instant::now());
             let route = match self.shared.router.route_want(want, wait).await {
                 Ok(r) => r,
-                Err(NoRoute::NoBackend) if side == Side::Leader && self.target == Target::Any => {
+                Err(NoRoute::NoBackend)
+                    if side == Side::Leader && self.units.target() == Target::Any =>
+                {
                     // No leader: a read-only session is better than none.
                     match self.shared.router.try_route_want(Want::Read) {
                         Ok(r) => r,
@@ -999,7 +920,7 @@ impl Session<'_> {
         self.info
             .update(|st| st.servers = vec![(member, side.as_str())]);
         *self.conn(side) = Some(conn);
-        self.last_side = Some(side);
+        self.units.logged_in_on(side);
         self.idle_since = Some(Instant::now());
         Ok(())
     }
@@ -1051,44 +972,42 @@ impl Session<'_> {
                     Err(end) => return end,
                 }
             };
-            let idle = self.current.is_none() && self.client_remaining == 0;
+            let idle = self.units.is_idle(self.client_remaining);
             if idle && draining.is_cancelled() {
                 return End::Shutdown;
             }
-            // Parks at once after login (or a wake-up without a unit); after a unit only once the
-            // client has been quiet for `PARK_AFTER`, so that a busy client of a transaction-pooling
-            // proxy (`idle_release` 0) does not leave and re-enter its task around every unit.
-            let park_at = if idle && may_park && cbuf.is_empty() && self.parkable(client) {
-                match self
-                    .unit_ended
-                    .map(|t| tokio::time::Instant::from_std(t + PARK_AFTER))
-                {
-                    // The same clock as the timer's: once it fired, this is due.
-                    Some(at) if at > tokio::time::Instant::now() => Some(at),
-                    _ => return End::Park,
-                }
+            // Park or release ([`idle_plan`]): parks at once after login (or a wake-up without a
+            // unit), after a unit once the client was quiet for `PARK_AFTER`; releases the
+            // server connections after `idle_release`.
+            let plan = if idle {
+                let releasable =
+                    self.units.may_release() && (self.leader.is_some() || self.replica.is_some());
+                let parkable = may_park && cbuf.is_empty() && self.parkable(client);
+                // The same clock as the timer's: once it fired, its instant is due.
+                idle_plan(
+                    tokio::time::Instant::now(),
+                    parkable,
+                    self.unit_ended.map(tokio::time::Instant::from_std),
+                    PARK_AFTER,
+                    releasable,
+                    self.idle_since.map(tokio::time::Instant::from_std),
+                    self.rt.idle_release,
+                )
             } else {
-                None
+                IdlePlan::NoTimer
             };
-            may_park = true;
-            let release_at = match (idle, self.idle_since) {
-                (true, Some(since))
-                    if self.pinned.is_none()
-                        && self.sets.is_empty()
-                        && (self.leader.is_some() || self.replica.is_some()) =>
-                {
-                    Some(tokio::time::Instant::from_std(since + self.rt.idle_release))
-                }
-                _ => None,
-            };
-            if release_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
-                // Due already (`idle_release` 0): no timer, and the connections are back in the
-                // pool before the next login looks there.
-                self.release_idle();
-                continue;
+            if plan == IdlePlan::Park {
+                return End::Park;
             }
-            // Exclusive: releasing needs a server connection, parking needs none.
-            let timer_at = release_at.or(park_at);
+            may_park = true;
+            let (timer_at, release_timer) = match plan {
+                IdlePlan::Release => {
+                    self.release_idle();
+                    continue;
+                }
+                IdlePlan::Timer { at, release } => (Some(at), release),
+                IdlePlan::Park | IdlePlan::NoTimer => (None, false),
+            };
             match timer_at {
                 Some(at) => match &mut self.idle_timer {
                     Some(timer) if timer.deadline() == at => {}
@@ -1168,11 +1087,10 @@ impl Session<'_> {
             match wake {
                 Wake::Shutdown => return End::Shutdown,
                 // When it was the park timer, the next pass parks.
-                Wake::Timer if release_at.is_some() => self.release_idle(),
+                Wake::Timer if release_timer => self.release_idle(),
                 Wake::Timer => {}
                 Wake::Fenced(side) => {
-                    let busy = self.current == Some(side);
-                    let pinned = self.pinned.map(|(s, _)| s) == Some(side);
+                    let needed = self.units.needs_server(side);
                     let conn = self.conn(side).take();
                     let backend = conn
                         .as_ref()
@@ -1180,7 +1098,7 @@ impl Session<'_> {
                         .unwrap_or_default();
                     drop(conn);
                     self.update_servers();
-                    if busy || pinned {
+                    if needed {
                         return End::ServerLost(format!(
                             "{} {backend} lost the leader key during a transaction or while the session was pinned to it",
                             side.as_str()
@@ -1224,10 +1142,7 @@ impl Session<'_> {
     fn parkable(&self, client: &ClientStream) -> bool {
         self.leader.is_none()
             && self.replica.is_none()
-            && self.pinned.is_none()
-            && self.sets.is_empty()
-            && !self.discard_until_sync
-            && self.tx == TxStatus::Idle
+            && self.units.may_park()
             && !client.is_tls()
             && self.shared.parking.get().is_some_and(|lot| lot.is_open())
     }
@@ -1239,12 +1154,12 @@ impl Session<'_> {
                 c.as_ref()
                     .map(|c| (c.route.backend.member.as_str(), s.as_str()))
             });
-        let status = if self.current.is_some() {
+        let status = if self.units.current().is_some() {
             "active"
         } else {
             "idle"
         };
-        let pinned = self.pinned.map(|(_, r)| r);
+        let pinned = self.units.pinned().map(|(_, r)| r);
         self.info.update(|st| {
             let now = servers.iter().flatten().copied();
             if !st.servers.iter().map(|(m, r)| (m.as_str(), *r)).eq(now) {
@@ -1269,10 +1184,7 @@ impl Session<'_> {
     /// Returns the session's server connections to the pool (`closing`: the session ends; pool them
     /// only when clean).
     fn release_all(&mut self, closing: bool) {
-        let clean = self.pinned.is_none()
-            && self.sets.is_empty()
-            && self.current.is_none()
-            && self.tx == TxStatus::Idle;
+        let clean = self.units.is_clean();
         for side in [Side::Leader, Side::Replica] {
             if let Some(conn) = self.conn(side).take() {
                 if clean {
@@ -1293,8 +1205,8 @@ impl Session<'_> {
         side: Side,
         lost: Option<String>,
     ) -> Result<(), End> {
-        let is_current = self.current == Some(side);
-        let pinned_here = self.pinned.map(|(s, _)| s) == Some(side);
+        let is_current = self.units.current() == Some(side);
+        let pinned_here = self.units.pinned().map(|(s, _)| s) == Some(side);
         if !is_current {
             // An idle connection spoke: a notice, a parameter change, a notification, or a FATAL
             // before the server closes it. Pinned sessions get it; others drop the connection when
@@ -1318,16 +1230,14 @@ impl Session<'_> {
                             client_pid,
                         );
                     }
-                    match h.tag {
-                        NOTICE_RESPONSE | PARAMETER_STATUS | b'A' if pinned_here => {
-                            forward.extend_from_slice(&frame)
-                        }
-                        NOTICE_RESPONSE | PARAMETER_STATUS | b'A' => {}
-                        ERROR_RESPONSE if pinned_here => {
+                    match idle_message(h.tag, pinned_here) {
+                        IdleMessage::Relay => forward.extend_from_slice(&frame),
+                        IdleMessage::Ignore => {}
+                        IdleMessage::RelayAndClose => {
                             forward.extend_from_slice(&frame);
                             keep = false;
                         }
-                        _ => keep = false,
+                        IdleMessage::Close => keep = false,
                     }
                 }
                 if FrameHeader::peek(&conn.buf).is_err() {
@@ -1353,7 +1263,7 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        if self.retry.is_some() && side == Side::Replica {
+        if side == Side::Replica && self.units.may_retry() {
             match self.judge_replica_reply(lost.is_some()).await? {
                 Held::Hold | Held::Retried => return Ok(()),
                 Held::Stream => {}
@@ -1432,18 +1342,12 @@ impl Session<'_> {
             self.s2c.inc_by(i as u64);
             result.map_err(End::Io)?;
         }
-        if error {
-            self.unit_error = true;
-        }
         if let Some(e) = protocol_error {
             return Err(End::ServerLost(format!(
                 "the server broke the protocol: {e}"
             )));
         }
-        for status in readies {
-            self.outstanding = self.outstanding.saturating_sub(1);
-            self.tx = status;
-        }
+        self.units.on_server_messages(error, &readies);
         if let Some(reason) = lost {
             self.conn(side).take();
             return Err(End::ServerLost(format!(
@@ -1451,11 +1355,7 @@ impl Session<'_> {
                 side.as_str()
             )));
         }
-        if self.outstanding == 0
-            && self.tx == TxStatus::Idle
-            && self.unit_closed
-            && self.client_remaining == 0
-        {
+        if self.units.is_unit_over(self.client_remaining) {
             self.end_unit(side);
         }
         Ok(())
@@ -1463,28 +1363,24 @@ impl Session<'_> {
 
     /// A read on the replica that the leader could run instead: holds the replica's reply while
     /// it shows no result, and runs the unit on the leader when the replica refused it for a
-    /// standby's reason ([`replica_reply`]). `lost`: the replica connection ended (its bytes
-    /// stream, as they would).
+    /// standby's reason ([`UnitTracker::judge_replica_reply`]). `lost`: the replica connection
+    /// ended (its bytes stream, as they would).
     async fn judge_replica_reply(&mut self, lost: bool) -> Result<Held, End> {
         let Some(conn) = self.replica.as_mut() else {
             return Ok(Held::Stream);
         };
-        let verdict = replica_reply(&conn.buf, RETRY_HOLD_LIMIT_BYTES);
-        let (reply_len, sqlstate) = match verdict {
-            ReplicaReply::Hold if !lost => return Ok(Held::Hold),
-            ReplicaReply::RetryOnLeader {
+        let (reply_len, sqlstate, unit) = match self.units.judge_replica_reply(&conn.buf, lost) {
+            ReplicaVerdict::Hold => return Ok(Held::Hold),
+            ReplicaVerdict::Stream => return Ok(Held::Stream),
+            ReplicaVerdict::RetryOnLeader {
                 reply_len,
                 sqlstate,
-            } => (reply_len, sqlstate),
-            ReplicaReply::Hold | ReplicaReply::Stream => {
-                self.retry = None;
-                return Ok(Held::Stream);
-            }
+                unit,
+            } => (reply_len, sqlstate, unit),
         };
         // The replica answered the whole unit (through ReadyForQuery) and the client saw none of
         // it: the unit runs on the leader; without a leader, the client gets the replica's reply.
         let held = conn.buf.split_to(reply_len);
-        let retry = self.retry.take().expect("checked by the caller");
         let leader = self.ensure_conn(Side::Leader).await;
         if leader != Ok(Side::Leader) {
             debug!(
@@ -1506,12 +1402,7 @@ impl Session<'_> {
             .leader_retries_total
             .with_label_values(&[sqlstate])
             .inc();
-        self.current = Some(Side::Leader);
-        // A statement a replica refused as a write (25006, read_only_sql_transaction) may write
-        // on the leader.
-        if sqlstate == "25006" {
-            self.unit_may_write = true;
-        }
+        self.units.ran_on_leader(sqlstate);
         let key = self
             .leader
             .as_ref()
@@ -1523,34 +1414,29 @@ impl Session<'_> {
         }
         self.cancel.set(key);
         self.update_servers();
-        self.write_server(&retry.unit).await?;
+        self.write_server(&unit).await?;
         Ok(Held::Retried)
     }
 
     /// The current unit is over (idle point).
     fn end_unit(&mut self, side: Side) {
-        if self.read_your_writes && side == Side::Leader && self.unit_may_write {
+        let ended = self.units.end_unit(side);
+        if self.read_your_writes && ended.wrote {
             // Where the commit ends is asked only when a read would go to a replica.
             self.commit = Commit::Unknown;
         }
         side.unit_metrics(&self.shared.metrics)
             .seconds
             .observe(self.unit_started.elapsed().as_secs_f64());
-        if let Some(set) = self.pending_set.take() {
-            if !self.unit_error {
-                self.sets.push(set);
-                let n = self.sets.len();
-                if let Some(c) = self.conn(side).as_mut() {
-                    c.applied_sets = n;
-                }
+        if ended.set_recorded {
+            let n = self.units.sets().len();
+            if let Some(c) = self.conn(side).as_mut() {
+                c.applied_sets = n;
             }
         }
-        self.current = None;
         self.info
             .busy
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        self.retry = None;
-        self.last_side = Some(side);
         let now = Instant::now();
         self.idle_since = Some(now);
         self.unit_ended = Some(now);
@@ -1574,7 +1460,7 @@ impl Session<'_> {
                 let n = self.client_remaining.min(cbuf.len());
                 let chunk = cbuf.split_to(n);
                 self.client_remaining -= n;
-                if !self.discard_until_sync {
+                if !self.units.is_discarding() {
                     self.write_current(&chunk).await?;
                 }
                 continue;
@@ -1591,13 +1477,13 @@ impl Session<'_> {
                     return Err(End::Protocol(e.sqlstate(), e.to_string()));
                 }
             };
-            if self.discard_until_sync {
+            if self.units.is_discarding() {
                 if h.tag == SYNC {
                     if cbuf.len() < h.frame_len {
                         return Ok(false);
                     }
                     cbuf.advance(h.frame_len);
-                    self.discard_until_sync = false;
+                    self.units.sync_discarded();
                     let mut out = BytesMut::new();
                     encode_ready_for_query(&mut out, TxStatus::Idle);
                     client.write_all(&out).await.map_err(End::Io)?;
@@ -1649,70 +1535,56 @@ impl Session<'_> {
                 }
             }
 
-            // Between units (at an idle point, or after the client closed the running unit): a
-            // message that opens no unit must not hold the session on a server.
-            let running = self.current.is_some();
-            if !running || (self.unit_closed && self.tx == TxStatus::Idle) {
-                match between_units(h.tag, running) {
-                    BetweenUnits::StartsUnit => {}
-                    BetweenUnits::FollowCurrent => {
-                        self.forward_message(cbuf, h).await?;
-                        continue;
+            // What the message does ([`UnitTracker::on_client_message`]): opens no unit, goes
+            // to the running unit's server, waits for it to end, or opens a unit to route.
+            let paused = self.paused();
+            let ctx = Ctx {
+                classifier: &self.rt.classifier,
+                max_message_size: self.rt.max_message_size,
+                has_leader: self.leader.is_some(),
+                has_replica: self.replica.is_some(),
+                paused,
+            };
+            let decision = match self.units.on_client_message(cbuf, h, &ctx) {
+                ClientStep::Route(decision) => decision,
+                ClientStep::Forward { next_unit, pinned } => {
+                    if let Some(side) = next_unit {
+                        self.begin_unit_stats(side);
                     }
-                    BetweenUnits::Drop if running => {
-                        // Only Flush: the unit's Query or Sync makes the server flush anyway.
-                        if !complete {
-                            return Ok(false);
-                        }
-                        cbuf.advance(h.frame_len);
-                        continue;
+                    if let (Some(reason), Some(side)) = (pinned, self.units.current()) {
+                        self.pinned_to(side, reason);
                     }
-                    BetweenUnits::Drop => {
-                        // With no current side, `write_current` drops the message's tail too.
-                        let n = h.frame_len.min(cbuf.len());
-                        cbuf.advance(n);
-                        self.client_remaining = h.frame_len - n;
-                        continue;
-                    }
-                    BetweenUnits::AnswerReady => {
-                        if !complete {
-                            return Ok(false);
-                        }
-                        cbuf.advance(h.frame_len);
-                        let mut out = BytesMut::new();
-                        encode_ready_for_query(&mut out, self.tx);
-                        client.write_all(&out).await.map_err(End::Io)?;
-                        self.s2c.inc_by(out.len() as u64);
-                        continue;
-                    }
+                    self.forward_message(cbuf, h).await?;
+                    continue;
                 }
-            }
-
-            if let Some(side) = self.current {
-                // A unit is running on `side`.
-                let starts_next = self.unit_closed && self.tx == TxStatus::Idle;
-                if starts_next && self.paused() {
-                    // `PAUSE`: the next unit waits at the idle point.
-                    return Ok(true);
-                }
-                if starts_next && self.pinned.is_none() {
-                    // The client pipelines the next unit: it follows when `side` can run it.
-                    let decision = self.decide(cbuf, h);
-                    if decision.side != side
-                        || decision.pin.is_some()
-                        || decision.class == Class::SessionSet
-                    {
-                        // Runs at the next idle point, where it is routed (and recorded) properly.
-                        return Ok(true);
+                ClientStep::Wait => return Ok(true),
+                ClientStep::Drop { whole: true } => {
+                    // Only Flush: the unit's Query or Sync makes the server flush anyway.
+                    if !complete {
+                        return Ok(false);
                     }
-                    self.unit_may_write |= may_write(decision.class);
-                    self.begin_unit_stats(&decision);
-                } else if !starts_next {
-                    self.watch_in_transaction(cbuf, h, side);
+                    cbuf.advance(h.frame_len);
+                    continue;
                 }
-                self.forward_message(cbuf, h).await?;
-                continue;
-            }
+                ClientStep::Drop { whole: false } => {
+                    // With no current side, `write_current` drops the message's tail too.
+                    let n = h.frame_len.min(cbuf.len());
+                    cbuf.advance(n);
+                    self.client_remaining = h.frame_len - n;
+                    continue;
+                }
+                ClientStep::AnswerReady(tx) => {
+                    if !complete {
+                        return Ok(false);
+                    }
+                    cbuf.advance(h.frame_len);
+                    let mut out = BytesMut::new();
+                    encode_ready_for_query(&mut out, tx);
+                    client.write_all(&out).await.map_err(End::Io)?;
+                    self.s2c.inc_by(out.len() as u64);
+                    continue;
+                }
+            };
 
             if self.info.is_killed() {
                 // KILL (a RESUME may have followed before this session ran): nothing more runs.
@@ -1735,34 +1607,15 @@ impl Session<'_> {
                     return Err(End::ClientClosed);
                 }
             }
-            let decision = if let Some((side, _)) = self.pinned {
-                Decision {
-                    side,
-                    class: Class::Write,
-                    pin: None,
-                    unit_len: None,
-                }
-            } else {
-                self.decide(cbuf, h)
-            };
-            let routed = if decision.side == Side::Replica
-                && self.target == Target::Any
-                && self.pinned.is_none()
-                && self.commit != Commit::Clean
-            {
-                self.read_your_writes_conn().await
-            } else {
-                self.ensure_conn(decision.side).await
-            };
+            let routed =
+                if self.units.uses_read_your_writes(&decision) && self.commit != Commit::Clean {
+                    self.read_your_writes_conn().await
+                } else {
+                    self.ensure_conn(decision.side).await
+                };
             match routed {
                 Ok(side) => {
                     self.start_unit(side, &decision, cbuf, h);
-                    self.retry = self.retriable(side, &decision).map(|len| {
-                        Box::new(Retry {
-                            unit: Bytes::copy_from_slice(&cbuf[..len]),
-                            left: len,
-                        })
-                    });
                     self.forward_message(cbuf, h).await?;
                 }
                 Err(message) => {
@@ -1776,12 +1629,12 @@ impl Session<'_> {
                     );
                     if h.tag == QUERY {
                         cbuf.advance(h.frame_len);
-                        encode_ready_for_query(&mut out, self.tx);
+                        encode_ready_for_query(&mut out, self.units.tx());
                     } else {
-                        self.discard_until_sync = true;
+                        self.units.discard_until_sync();
                     }
                     client.write_all(&out).await.map_err(End::Io)?;
-                    if self.pinned.is_some() {
+                    if self.units.pinned().is_some() {
                         return Err(End::ServerLost(message));
                     }
                 }
@@ -1837,36 +1690,10 @@ impl Session<'_> {
         Some(signal == BackendSignal::Terminate || running.is_some())
     }
 
-    /// The length of the unit to keep for a run on the leader, when the unit just routed to `side`
-    /// is a read (not a transaction) the leader could run instead: only on the replica, for a
-    /// session free to move (no `praetor.target=replica`, no pin), when the whole unit is here
-    /// and small.
-    fn retriable(&self, side: Side, decision: &Decision) -> Option<usize> {
-        let free = self.target == Target::Any && self.pinned.is_none() && decision.pin.is_none();
-        (side == Side::Replica && free && decision.class == Class::Read)
-            .then_some(decision.unit_len?)
-            .filter(|len| *len <= RETRY_UNIT_LIMIT_BYTES)
-    }
-
     /// Forwards the message at the front of `cbuf` (whole, or what is there of it) to the current
     /// side, counting what it ends.
     async fn forward_message(&mut self, cbuf: &mut BytesMut, h: FrontendHeader) -> Result<(), End> {
-        if let Some(r) = self.retry.as_mut() {
-            match r.left.checked_sub(h.frame_len) {
-                Some(left) => r.left = left,
-                None => self.retry = None,
-            }
-        }
-        match h.tag {
-            QUERY | SYNC | FUNCTION_CALL => {
-                self.outstanding += 1;
-                self.unit_closed = true;
-            }
-            // Parse, Bind, Describe, Execute, Close open an extended-protocol unit that a Sync
-            // closes; COPY data and Flush leave the unit as it is.
-            PARSE | BIND | b'D' | b'E' | b'C' => self.unit_closed = false,
-            _ => {}
-        }
+        self.units.forwarded(h);
         let n = h.frame_len.min(cbuf.len());
         let chunk = cbuf.split_to(n);
         self.client_remaining = h.frame_len - n;
@@ -1878,7 +1705,7 @@ impl Session<'_> {
     /// Execute, Sync in one packet) costs one write to the server, not one per message; a large
     /// chunk is written at once after what is queued, without a copy.
     async fn write_current(&mut self, bytes: &[u8]) -> Result<(), End> {
-        if self.current.is_none() {
+        if self.units.current().is_none() {
             return Ok(());
         }
         if bytes.len() < GATHER_LIMIT_BYTES {
@@ -1906,7 +1733,7 @@ impl Session<'_> {
     }
 
     async fn write_server(&mut self, bytes: &[u8]) -> Result<(), End> {
-        let Some(side) = self.current else {
+        let Some(side) = self.units.current() else {
             return Ok(());
         };
         let Some(conn) = self.conn(side).as_mut() else {
@@ -1924,12 +1751,9 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn begin_unit_stats(&mut self, decision: &Decision) {
-        decision
-            .side
-            .unit_metrics(&self.shared.metrics)
-            .transactions
-            .inc();
+    /// Counts a unit on `side`.
+    fn begin_unit_stats(&mut self, side: Side) {
+        side.unit_metrics(&self.shared.metrics).transactions.inc();
     }
 
     /// The session's database (the user's name when the StartupMessage names none).
@@ -1960,23 +1784,11 @@ impl Session<'_> {
         self.info
             .busy
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.current = Some(side);
+        let pinned = self.units.start_unit(side, decision, cbuf, h);
         self.unit_started = Instant::now();
-        self.unit_error = false;
-        self.unit_class = decision.class;
-        self.unit_may_write = may_write(decision.class);
-        self.begin_unit_stats(&Decision {
-            side,
-            class: decision.class,
-            pin: decision.pin,
-            unit_len: None,
-        });
-        self.pending_set = None;
-        if decision.class == Class::SessionSet && h.tag == QUERY {
-            self.pending_set = query_text(&cbuf[5..h.frame_len]).ok().map(str::to_string);
-        }
-        if let Some(reason) = decision.pin {
-            self.pin(side, reason);
+        self.begin_unit_stats(side);
+        if let Some(reason) = pinned {
+            self.pinned_to(side, reason);
         }
         let key = self
             .conn(side)
@@ -1992,113 +1804,19 @@ impl Session<'_> {
         self.update_servers();
     }
 
-    fn pin(&mut self, side: Side, reason: PinReason) {
-        if self.pinned.is_none() {
-            self.pinned = Some((side, reason));
-            self.shared
-                .metrics
-                .pinned_total
-                .with_label_values(&[&reason.to_string()])
-                .inc();
-            debug!(%reason, side = side.as_str(), "session pinned");
-            // The other connection is of no use any more.
-            let other = match side {
-                Side::Leader => Side::Replica,
-                Side::Replica => Side::Leader,
-            };
-            if let Some(c) = self.conn(other).take() {
-                if self.sets.is_empty() {
-                    self.give_back(c);
-                }
+    /// The session was just pinned to `side` for `reason` ([`UnitTracker::pin`]): counts it and
+    /// gives the other connection back, of no use any more.
+    fn pinned_to(&mut self, side: Side, reason: PinReason) {
+        self.shared
+            .metrics
+            .pinned_total
+            .with_label_values(&[&reason.to_string()])
+            .inc();
+        debug!(%reason, side = side.as_str(), "session pinned");
+        if let Some(c) = self.conn(side.other()).take() {
+            if self.units.sets().is_empty() {
+                self.give_back(c);
             }
-        }
-    }
-
-    /// Inside a transaction: notices statements that create session state.
-    fn watch_in_transaction(&mut self, cbuf: &BytesMut, h: FrontendHeader, side: Side) {
-        if cbuf.len() < h.frame_len {
-            return;
-        }
-        let body = &cbuf[5..h.frame_len];
-        let reason = match h.tag {
-            QUERY => match query_text(body).map(|q| self.rt.classifier.classify(q)) {
-                Ok(Class::Pin(r)) => Some(r),
-                Ok(Class::SessionSet) => Some(PinReason::SetInTransaction),
-                _ => None,
-            },
-            PARSE => match Parse::decode(body) {
-                Ok(p) if !p.name.is_empty() => Some(PinReason::PreparedStatement),
-                Ok(p) => match self.rt.classifier.classify(p.query) {
-                    Class::Pin(r) => Some(r),
-                    Class::SessionSet => Some(PinReason::SetInTransaction),
-                    _ => None,
-                },
-                Err(_) => None,
-            },
-            FUNCTION_CALL => Some(PinReason::Protocol),
-            _ => None,
-        };
-        if let Some(r) = reason {
-            self.pin(side, r);
-        }
-    }
-
-    /// Decides where the unit starting with the message at the front of `cbuf` goes.
-    fn decide(&self, cbuf: &BytesMut, h: FrontendHeader) -> Decision {
-        let leader = |class: Class, pin: Option<PinReason>| Decision {
-            side: Side::Leader,
-            class,
-            pin,
-            unit_len: None,
-        };
-        let body = || cbuf.get(5..h.frame_len).unwrap_or(&[]);
-        let class = match h.tag {
-            QUERY => match query_text(body()) {
-                Ok(q) => self.rt.classifier.classify(q),
-                Err(_) => Class::Write,
-            },
-            PARSE => return self.decide_extended(cbuf),
-            FUNCTION_CALL => return leader(Class::Write, Some(PinReason::Protocol)),
-            BIND => {
-                // A Bind without its Parse: the statement lives where the last unit ran.
-                if let Ok(b) = Bind::decode(body()) {
-                    if !b.statement.is_empty() {
-                        return leader(Class::Write, Some(PinReason::PreparedStatement));
-                    }
-                }
-                return self.sticky();
-            }
-            _ => return self.sticky(),
-        };
-        let side = match (self.target, class) {
-            (Target::Primary, _) => Side::Leader,
-            (Target::Replica, _) => Side::Replica,
-            (Target::Any, c) if c.is_read() => Side::Replica,
-            (Target::Any, Class::TxControl) => return self.sticky(),
-            _ => Side::Leader,
-        };
-        let pin = match class {
-            Class::Pin(r) => Some(r),
-            _ => None,
-        };
-        Decision {
-            side,
-            class,
-            pin,
-            unit_len: Some(h.frame_len),
-        }
-    }
-
-    fn sticky(&self) -> Decision {
-        let side = match self.last_side {
-            Some(s) if self.conn_ref(s).is_some() => s,
-            _ => Side::Leader,
-        };
-        Decision {
-            side,
-            class: Class::TxControl,
-            pin: None,
-            unit_len: None,
         }
     }
 
@@ -2106,69 +1824,6 @@ impl Session<'_> {
         match side {
             Side::Leader => self.leader.as_deref(),
             Side::Replica => self.replica.as_deref(),
-        }
-    }
-
-    /// An extended-protocol unit: a replica only when the whole unit (through Sync) is buffered and
-    /// every statement in it reads.
-    fn decide_extended(&self, cbuf: &BytesMut) -> Decision {
-        let leader = |pin| Decision {
-            side: if self.target == Target::Replica {
-                Side::Replica
-            } else {
-                Side::Leader
-            },
-            class: Class::Write,
-            pin,
-            unit_len: None,
-        };
-        let mut at = 0;
-        let mut all_read = true;
-        loop {
-            let Ok(Some(h)) = FrontendHeader::peek(&cbuf[at..], self.rt.max_message_size) else {
-                return leader(None); // the unit is not all here
-            };
-            let Some(body) = h.body(&cbuf[at..]) else {
-                return leader(None);
-            };
-            match h.tag {
-                PARSE => match Parse::decode(body) {
-                    Ok(p) if !p.name.is_empty() => {
-                        return leader(Some(PinReason::PreparedStatement))
-                    }
-                    Ok(p) => match self.rt.classifier.classify(p.query) {
-                        Class::Read => {}
-                        Class::Pin(r) => return leader(Some(r)),
-                        Class::SessionSet => return leader(Some(PinReason::SetInTransaction)),
-                        _ => all_read = false,
-                    },
-                    Err(_) => return leader(None),
-                },
-                BIND => {
-                    if matches!(Bind::decode(body), Ok(b) if !b.statement.is_empty()) {
-                        return leader(Some(PinReason::PreparedStatement));
-                    }
-                }
-                SYNC => {
-                    at += h.frame_len;
-                    break;
-                }
-                FUNCTION_CALL => return leader(Some(PinReason::Protocol)),
-                _ => {}
-            }
-            at += h.frame_len;
-        }
-        let side = match self.target {
-            Target::Primary => Side::Leader,
-            Target::Replica => Side::Replica,
-            Target::Any if all_read => Side::Replica,
-            Target::Any => Side::Leader,
-        };
-        Decision {
-            side,
-            class: if all_read { Class::Read } else { Class::Write },
-            pin: None,
-            unit_len: Some(at),
         }
     }
 
@@ -2187,13 +1842,13 @@ impl Session<'_> {
                 .router
                 .is_stale(c.route.connection_id(), self.database());
             if (fresh && self.shared.router.is_routable(&c.route.backend, want))
-                || self.pinned.map(|(s, _)| s) == Some(side)
+                || self.units.pinned().map(|(s, _)| s) == Some(side)
             {
                 return self.catch_up(side).await.map(|_| side);
             }
             debug!(backend = %c.route.backend, "the server is no longer routable for this session");
             if let Some(c) = self.conn(side).take() {
-                if self.sets.is_empty() {
+                if self.units.sets().is_empty() {
                     self.give_back(c);
                 }
             }
@@ -2378,9 +2033,9 @@ impl Session<'_> {
 
     /// Replays the session's SETs the connection on `side` has not run yet.
     async fn catch_up(&mut self, side: Side) -> Result<(), String> {
-        let n = self.sets.len();
+        let n = self.units.sets().len();
         let missing = match self.conn_ref(side) {
-            Some(c) if c.applied_sets < n => self.sets[c.applied_sets..].join(";"),
+            Some(c) if c.applied_sets < n => self.units.sets()[c.applied_sets..].join(";"),
             _ => return Ok(()),
         };
         let Some(conn) = self.conn(side).as_mut() else {
@@ -2401,11 +2056,6 @@ impl Session<'_> {
             }
         }
     }
-}
-
-/// Whether a unit of this class may write: anything but reads and session-level `SET`s.
-fn may_write(class: Class) -> bool {
-    !(class.is_read() || class == Class::SessionSet)
 }
 
 /// A boolean option as PostgreSQL spells it (`on`, `off`, `true`, `false`, `yes`, `no`, `1`, `0`).
