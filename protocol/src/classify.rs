@@ -27,10 +27,15 @@
 //! - field selection on a parenthesized expression, `(f(x)).col` or `(t).fullname`: PostgreSQL's
 //!   function-call attribute notation makes `(t).fullname` a call of `fullname(t)`.
 //!
-//! Known limit: `t.fullname` on a plain qualified name is either a column or (when no column
-//! `fullname` exists) a call of `fullname(t)`; only the catalog tells, so it is read as a column.
-//! A function that writes should not be called that way through the auto port (or list the
-//! database under `databases: {<db>: {target: primary}}`).
+//! - a qualified name `t.name` that is not known to be harmless: when the row `t` has no column
+//!   `name`, PostgreSQL reads it as `name(t)`, a call of any function taking `t`'s row type
+//!   ("Using Functions with Composite Types" in the manual; since PostgreSQL 11 the column wins
+//!   when both exist). Only the catalog tells which it is, so such a reference sends a read to the
+//!   leader unless `name` is on the read-only function list (a column, or a call of a function
+//!   known not to write) or `t` is a relation of the system catalogs (see
+//!   [`Classifier::attribute_calls_possible`]). This sends table-qualified column references of a
+//!   user's tables to the leader (ORMs write `"users"."id"`): listing the column names in
+//!   `praetor.proxy.read_only_functions` sends them to replicas again.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -537,6 +542,9 @@ impl Classifier {
             .iter()
             .any(|k| is(first, k))
         {
+            if !is(first, "show") && !self.qualified_names(significant).is_empty() {
+                return None; // `t.name` might call `name(t)`: the parser looks closer
+            }
             return self.select_tokens(significant);
         }
         if [
@@ -640,7 +648,112 @@ impl Classifier {
                 Some(r) => r.combine(class),
             });
         }
-        result.unwrap_or(Class::Read)
+        let only_show = parsed.protobuf.stmts.iter().all(|raw| {
+            matches!(
+                raw.stmt.as_ref().and_then(|s| s.node.as_ref()),
+                Some(N::VariableShowStmt(_))
+            )
+        });
+        let class = result.unwrap_or(Class::Read);
+        if !class.is_read() || only_show || !self.attribute_calls_possible(sql, &parsed.protobuf) {
+            return class;
+        }
+        match class {
+            Class::Begin { .. } => Class::Begin { read_only: false },
+            _ => Class::Write,
+        }
+    }
+
+    /// The qualified names `a.b` in `tokens` (not calls `a.b(...)`, not `a.*`) that might be a
+    /// function call in attribute notation, `b(a)`, as `(qualifier, name)`: `None` for a quoted
+    /// identifier (the lexer keeps no text for it). A name on the read-only function list is left
+    /// out (a column, or a call of a function known not to write), and so is anything qualified
+    /// by `pg_catalog` or `information_schema` (a catalog's relation, type or function).
+    fn qualified_names<'t>(&self, tokens: &[Token<'t>]) -> Vec<(Option<&'t str>, Option<&'t str>)> {
+        let text = |t: &Token<'t>| match t {
+            Token::Word(w) => Some(Some(*w)),
+            Token::Quoted => Some(None),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for (i, w) in tokens.windows(3).enumerate() {
+            let (Some(qualifier), Token::Punct(b'.'), Some(name)) =
+                (text(&w[0]), w[1], text(&w[2]))
+            else {
+                continue;
+            };
+            if tokens.get(i + 3) == Some(&Token::Punct(b'(')) {
+                continue; // `a.b(...)`: a call, judged as one
+            }
+            if name.is_some_and(|n| self.read_only_functions.contains(&n.to_ascii_lowercase())) {
+                continue;
+            }
+            if qualifier.is_some_and(|q| {
+                q.eq_ignore_ascii_case("pg_catalog") || q.eq_ignore_ascii_case("information_schema")
+            }) {
+                continue;
+            }
+            out.push((qualifier, name));
+        }
+        out
+    }
+
+    /// Whether a statement the other rules call a read holds a qualified name that might be a
+    /// function call in attribute notation: the safe rule for `t.name`, which PostgreSQL reads
+    /// as `name(t)` when `t`'s row has no column `name` (a user's function taking that row type
+    /// may write; the builtins that take any row, such as `count` or `row_to_json`, do not).
+    /// Without the catalog a column and such a call look alike, so every qualified name among
+    /// the statement's tokens counts (see [`Classifier::qualified_names`]) unless `tree` shows
+    /// it is
+    /// - a relation's name (`app.t` in FROM), or
+    /// - qualified by a relation of the system catalogs in the statement: schema `pg_catalog` or
+    ///   `information_schema`, or an unqualified name starting with `pg_`, which PostgreSQL finds
+    ///   in `pg_catalog` first (monitoring queries stay on replicas; a user's own table named
+    ///   `pg_*`, with a writing function on its row type, is not covered).
+    ///
+    /// Unqualified names are never calls, and `(expr).name` is sent to the leader by the lexer.
+    /// `tree`'s walk (pg_query's) does not reach every node: a relation it misses only makes the
+    /// rule stricter.
+    fn attribute_calls_possible(&self, sql: &str, tree: &protobuf::ParseResult) -> bool {
+        let Some(tokens) = Lexer::new(sql).collect::<Option<Vec<Token>>>() else {
+            return true;
+        };
+        let names = self.qualified_names(&tokens);
+        if names.is_empty() {
+            return false;
+        }
+        let mut relations: Vec<(&str, &str)> = Vec::new();
+        let mut catalog: Vec<&str> = Vec::new();
+        for (node, ..) in tree.nodes() {
+            if let pg_query::NodeRef::RangeVar(r) = node {
+                relations.push((r.schemaname.as_str(), r.relname.as_str()));
+                let is_catalog = match r.schemaname.as_str() {
+                    "" => r.relname.starts_with("pg_"),
+                    schema => schema == "pg_catalog" || schema == "information_schema",
+                };
+                if is_catalog {
+                    catalog.push(
+                        r.alias
+                            .as_ref()
+                            .map_or(r.relname.as_str(), |a| &a.aliasname),
+                    );
+                }
+            }
+        }
+        // Unquoted names are folded to lower case, as PostgreSQL does.
+        let same = |token: &str, name: &str| token.to_ascii_lowercase() == name;
+        names.iter().any(|(qualifier, name)| {
+            let Some(q) = qualifier else {
+                return true;
+            };
+            let relation = name.is_some_and(|n| {
+                relations
+                    .iter()
+                    .any(|(schema, rel)| same(q, schema) && same(n, rel))
+            });
+            let catalog_row = catalog.iter().any(|c| same(q, c));
+            !relation && !catalog_row
+        })
     }
 
     /// The class of one parsed statement whose text is `text`.
@@ -1114,7 +1227,35 @@ mod tests {
             ("SELECT (t).fullname FROM t", Write),
             ("SELECT (t).\"Full\" FROM t", Write),
             ("SELECT (a).* FROM t a", Read),
-            ("SELECT t.col, (x + 1) FROM t", Read),
+            // `t.name` may be `name(t)` (attribute notation): a user's function could write.
+            ("SELECT t.col, (x + 1) FROM t", Write),
+            ("select t.nextval_fn from t", Write),
+            ("SELECT u.\"Email\" FROM users u", Write),
+            ("SELECT app.t.col FROM app.t", Write),
+            ("SELECT * FROM t WHERE t.id = 1", Write),
+            (
+                "SELECT count(*) FROM t WHERE (SELECT s.x FROM s) > 1",
+                Write,
+            ),
+            (
+                "BEGIN READ ONLY; SELECT t.f FROM t",
+                Begin { read_only: false },
+            ),
+            ("DECLARE c CURSOR FOR SELECT t.f FROM t", Write),
+            // ... unless the name is known not to write, or the row is a catalog's.
+            ("SELECT t.count, t.report_totals FROM t", Read),
+            ("SELECT * FROM app.t", Read),
+            ("SELECT a.* FROM app.t a", Read),
+            ("SELECT x::pg_catalog.int4 FROM t", Read),
+            ("SELECT app.t.id FROM app.t WHERE FALSE FOR UPDATE", Write),
+            (
+                "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r'",
+                Read,
+            ),
+            ("SELECT pg_stat_activity.pid FROM pg_stat_activity", Read),
+            ("SELECT t.table_name FROM information_schema.tables t", Read),
+            ("SELECT c.relname, u.f FROM pg_class c, users u", Write),
+            ("SHOW pg_stat_statements.max", Read),
             // standard_conforming_strings = off: where the strings end is uncertain.
             ("select 'it\\'s'", Write),
             ("SELECT 'a\\', nextval('s') -- '", Write),
