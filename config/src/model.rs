@@ -710,8 +710,7 @@ pub struct ProxyConfig {
     /// Seconds a shutdown waits for clients to finish before closing them (default 10).
     #[serde(deserialize_with = "lenient_opt_int")]
     pub shutdown_timeout: Option<u32>,
-    /// Functions (besides the built-in list) the auto port may send to a replica; also names that
-    /// make a qualified `t.name` harmless (a column, or such a function in attribute notation).
+    /// Functions (besides the built-in list) the auto port may send to a replica.
     pub read_only_functions: Vec<String>,
     /// Per-database settings of the auto port, by database name.
     pub databases: BTreeMap<String, ProxyDatabase>,
