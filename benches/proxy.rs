@@ -1,22 +1,33 @@
 //! Proxy benchmark: pgbench through the proxy's read-write and auto ports, directly to PostgreSQL,
 //! through HAProxy (TCP mode) and through PgBouncer (transaction pooling), in one run on one server;
-//! and the memory each proxy needs per idle client connection. Prints one table.
+//! what each proxy costs in CPU per transaction and in latency at one client; and the memory each
+//! proxy needs per idle client connection. Prints one table (issue 17's throughput targets).
 //!
 //! `cargo bench -p praetor --bench proxy`. Needs `haproxy` and `pgbouncer` (scripts/setup installs
 //! them), PostgreSQL 15 and etcd. It starts one PostgreSQL (harness, trust authentication), runs
 //! `pgbench -i -s $SCALE`, starts etcd holding a one-member cluster whose leader is that server, the
-//! real `praetor proxy` binary following it, HAProxy and PgBouncer; then, for select-only (`-S`) and
-//! tpcb-like, each without and with `-C` (a new connection per transaction), runs `pgbench -c C -j J
-//! -T T` against every target, rotating the order each round, and prints medians and the ratio to
-//! direct. Last, it opens 5000 idle client connections (startup completed) to the proxy's auto port
-//! and to PgBouncer and reports the growth of each process's RSS per connection.
+//! real `praetor proxy` binary following it, HAProxy and PgBouncer. Then, `$ROUNDS` times: for each
+//! client count, `pgbench -S -c C -j J -T T` against every target in an order rotated each round
+//! (paired rounds: load drift on a shared machine hits every target alike, and a target "wins"
+//! against HAProxy or PgBouncer in the rounds where its TPS is higher than theirs in the same
+//! round), sampling the proxy process's user + system CPU time from `/proc/<pid>/stat` before and
+//! after each run and dividing by the transactions pgbench reports; and `pgbench -S -c 1 --log`
+//! against every target, whose per-transaction latencies give p50 and p99, printed as the
+//! difference from direct's. The table: TPS per client count (median, ratio to direct), wins,
+//! CPU µs per transaction, added latency; with the load average before and after. Then (when
+//! `PRAETOR_BENCH_MODES` is set) medians of other pgbench modes; last, it opens 5000 idle client
+//! connections (startup completed) to the proxy's auto port and to PgBouncer and reports the
+//! growth of each process's RSS per connection.
 //!
 //! Nothing is asserted: speed is measured, not tested. Environment: `PRAETOR_BENCH_SECS` (10),
-//! `PRAETOR_BENCH_CLIENTS` (8), `PRAETOR_BENCH_THREADS` (2), `PRAETOR_BENCH_ROUNDS` (1),
-//! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000), `PRAETOR_BENCH_MODES` (a comma-separated
-//! subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`; all when unset),
-//! `PRAETOR_BENCH_TARGETS` (a comma-separated subset of `proxy rw`, `proxy auto`, `haproxy`,
-//! `pgbouncer`; all when unset; `direct` always runs), `PRAETOR_BENCH_IDLE=0` skips the memory part,
+//! `PRAETOR_BENCH_CLIENTS` (`8,64`: the client counts of the paired runs; the first one for the
+//! other modes), `PRAETOR_BENCH_THREADS` (2, at most the clients), `PRAETOR_BENCH_ROUNDS` (5),
+//! `PRAETOR_BENCH_LATENCY_SECS` (3: each round's one-client run per target),
+//! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000), `PRAETOR_BENCH_MODES` (a
+//! comma-separated subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`, run
+//! after the paired part; none when unset), `PRAETOR_BENCH_TARGETS` (a comma-separated subset of
+//! `proxy rw`, `proxy auto`, `haproxy`, `pgbouncer`; all when unset; `direct` always runs),
+//! `PRAETOR_BENCH_IDLE=0` skips the memory part,
 //! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads` and HAProxy's `nbthread`; both run one
 //! thread per CPU when unset; PgBouncer always runs one),
 //! `PRAETOR_BENCH_PROTOCOL` (pgbench's `-M`: `simple`, the default, `extended` or `prepared`),
@@ -77,10 +88,19 @@ fn command(program: impl AsRef<std::ffi::OsStr>, kind: Kind) -> Command {
     }
 }
 
-/// Runs pgbench with `args` against `port`; TPS excluding initial connection time (with `-C`, the
-/// figure including connections, which is the point of `-C`).
-fn pgbench(port: u16, args: &[String]) -> Result<f64, String> {
+/// What one pgbench run reported.
+struct Run {
+    /// Transactions per second, excluding initial connection time (with `-C`, the figure
+    /// including connections, which is the point of `-C`).
+    tps: f64,
+    /// Transactions processed.
+    transactions: u64,
+}
+
+/// Runs pgbench with `args` against `port`, in directory `cwd` (where `--log` writes).
+fn pgbench_in(port: u16, args: &[String], cwd: &Path) -> Result<Run, String> {
     let out = command("pgbench", Kind::Database)
+        .current_dir(cwd)
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
         .args(args)
         .arg("postgres")
@@ -94,11 +114,88 @@ fn pgbench(port: u16, args: &[String]) -> Result<f64, String> {
     if !out.status.success() {
         return Err(format!("pgbench failed ({}):\n{text}", out.status));
     }
-    text.lines()
+    let tps = text
+        .lines()
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no tps line in:\n{text}"))
+        .ok_or_else(|| format!("no tps line in:\n{text}"))?;
+    // "number of transactions actually processed: 123456" (or "123/456" with -t).
+    let transactions = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no transaction count in:\n{text}"))?;
+    Ok(Run { tps, transactions })
+}
+
+/// Runs pgbench with `args` against `port`; its TPS.
+fn pgbench(port: u16, args: &[String]) -> Result<f64, String> {
+    pgbench_in(port, args, Path::new(".")).map(|r| r.tps)
+}
+
+/// CPU time `pid` has used so far (user + system, all its threads), in microseconds, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks of `ticks_per_sec`).
+fn cpu_micros(pid: u32, ticks_per_sec: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    (ticks(11) + ticks(12)) * 1_000_000 / ticks_per_sec.max(1)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux when that fails).
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Per-transaction latencies in microseconds from pgbench's `--log` files in `dir` whose names
+/// start with `prefix` (the third field of each line: `client_id transaction_no time ...`).
+fn logged_latencies(dir: &Path, prefix: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        out.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .filter_map(|v| v.parse::<f64>().ok()),
+        );
+        let _ = std::fs::remove_file(entry.path());
+    }
+    out
+}
+
+/// The `q` quantile (0..=1) of `v`, nearest rank; 0 when empty.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// One target's share of a paired round.
+struct Paired {
+    tps: f64,
+    /// The proxy process's CPU time per transaction, µs (`None` for `direct`).
+    cpu_per_tx: Option<f64>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -259,9 +356,23 @@ fn selected(var: &str, name: &str) -> bool {
 
 fn main() {
     let secs = env_or("PRAETOR_BENCH_SECS", 10);
-    let clients = env_or("PRAETOR_BENCH_CLIENTS", 8);
+    let client_counts: Vec<u64> = std::env::var("PRAETOR_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "8,64".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .filter(|&c| c > 0)
+        .collect();
+    let client_counts = if client_counts.is_empty() {
+        vec![8, 64]
+    } else {
+        client_counts
+    };
+    let clients = client_counts[0];
+    let max_clients = client_counts.iter().copied().max().unwrap_or(clients);
     let threads = env_or("PRAETOR_BENCH_THREADS", 2);
-    let rounds = env_or("PRAETOR_BENCH_ROUNDS", 1).max(1);
+    let rounds = env_or("PRAETOR_BENCH_ROUNDS", 5).max(1);
+    let latency_secs = env_or("PRAETOR_BENCH_LATENCY_SECS", 3);
+    let ticks = clock_ticks();
     let scale = env_or("PRAETOR_BENCH_SCALE", 10);
     let idle = env_or("PRAETOR_BENCH_IDLE", 5000) as usize;
     let protocol = std::env::var("PRAETOR_BENCH_PROTOCOL").unwrap_or_else(|_| "simple".into());
@@ -355,7 +466,7 @@ fn main() {
             &format!(
                 "[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {bouncer_port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {auth}\npool_mode = transaction\nmax_client_conn = 20000\ndefault_pool_size = {pool}\nlogfile = {log}\npidfile =\n",
                 auth = bouncer_dir.join("userlist.txt").display(),
-                pool = clients + 2,
+                pool = max_clients + 2,
                 log = bouncer_dir.join("pgbouncer.log").display(),
             ),
         )
@@ -371,18 +482,163 @@ fn main() {
         })
         .await;
 
-        let targets: Vec<(&str, u16)> = vec![
-            ("direct", port),
-            ("proxy rw", rw),
-            ("proxy auto", auto),
-            ("haproxy", haproxy_port),
-            ("pgbouncer", bouncer_port),
+        let targets: Vec<(&str, u16, Option<u32>)> = vec![
+            ("direct", port, None),
+            ("proxy rw", rw, Some(proxy.pid())),
+            ("proxy auto", auto, Some(proxy.pid())),
+            ("haproxy", haproxy_port, Some(haproxy.pid())),
+            ("pgbouncer", bouncer_port, Some(pgbouncer.pid())),
         ];
         // `direct` is the baseline every ratio divides by, so it always runs.
-        let targets: Vec<(&str, u16)> = targets
+        let targets: Vec<(&str, u16, Option<u32>)> = targets
             .into_iter()
-            .filter(|(name, _)| *name == "direct" || selected("PRAETOR_BENCH_TARGETS", name))
+            .filter(|(name, _, _)| *name == "direct" || selected("PRAETOR_BENCH_TARGETS", name))
             .collect();
+        let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+        // Paired select-only runs: each round runs every target once per client count, in an
+        // order rotated each round, so that load drift on the shared machine hits all alike and
+        // round k of one target can be compared with round k of another.
+        let mut paired: BTreeMap<(usize, usize), Vec<Paired>> = BTreeMap::new();
+        let mut latencies: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        let latency_dir = dir.subdir("latency", 0o755).unwrap();
+        for round in 0..rounds as usize {
+            for (ci, &c) in client_counts.iter().enumerate() {
+                let args: Vec<String> = [
+                    "-n", "-S", "-c", &c.to_string(), "-j", &threads.min(c).to_string(),
+                    "-T", &secs.to_string(), "-M", &protocol,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                for k in 0..targets.len() {
+                    let ti = (k + round + ci) % targets.len();
+                    let (name, p, pid) = targets[ti];
+                    let a = args.clone();
+                    let before = pid.map(|pid| cpu_micros(pid, ticks));
+                    let run = tokio::task::spawn_blocking(move || pgbench_in(p, &a, Path::new(".")))
+                        .await
+                        .expect("join")
+                        .unwrap_or_else(|e| panic!("select-only -c {c} via {name}: {e}"));
+                    let cpu_per_tx = pid.zip(before).map(|(pid, before)| {
+                        cpu_micros(pid, ticks).saturating_sub(before) as f64
+                            / run.transactions.max(1) as f64
+                    });
+                    eprintln!(
+                        "round {}, select-only -c {c:<3} {name:<11} tps = {:.0}{}",
+                        round + 1,
+                        run.tps,
+                        cpu_per_tx.map_or(String::new(), |u| format!(", {u:.1} µs CPU/tx"))
+                    );
+                    paired.entry((ci, ti)).or_default().push(Paired {
+                        tps: run.tps,
+                        cpu_per_tx,
+                    });
+                }
+            }
+            // Latency at one client, from pgbench's per-transaction log.
+            for k in 0..targets.len() {
+                let ti = (k + round) % targets.len();
+                let (name, p, _) = targets[ti];
+                let prefix = format!("lat{ti}");
+                let args: Vec<String> = [
+                    "-n", "-S", "-c", "1", "-j", "1", "-T", &latency_secs.to_string(), "-M",
+                    &protocol, "--log", "--log-prefix", &prefix,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                let cwd = latency_dir.clone();
+                tokio::task::spawn_blocking(move || pgbench_in(p, &args, &cwd))
+                    .await
+                    .expect("join")
+                    .unwrap_or_else(|e| panic!("latency via {name}: {e}"));
+                latencies
+                    .entry(ti)
+                    .or_default()
+                    .extend(logged_latencies(&latency_dir, &prefix));
+            }
+        }
+        let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+        println!();
+        println!(
+            "pgbench -S -n -j {threads} -T {secs} -M {protocol}, scale {scale}, {rounds} paired round(s), {} CPUs, one PostgreSQL 15{}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            if pinned_cpu(Kind::Proxy).is_some() {
+                "; PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1"
+            } else {
+                "; every process on every CPU"
+            }
+        );
+        println!(
+            "load average (1, 5, 15 min) before: {}; after: {} (the machine may be shared: compare ratios within this run)",
+            load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            load_after.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        );
+        println!(
+            "TPS: median of the rounds and its ratio to direct's; wins: rounds in which the target's TPS beat HAProxy's / PgBouncer's in the same round; CPU: the proxy process's user + system time over a run divided by its transactions (median of the rounds); latency: pgbench -c 1 --log per-transaction latencies ({latency_secs} s a round), p50 and p99 minus direct's"
+        );
+        let index = |name: &str| targets.iter().position(|(n, _, _)| *n == name);
+        let (haproxy_i, bouncer_i) = (index("haproxy"), index("pgbouncer"));
+        let direct_lat = {
+            let mut v = latencies.get(&0).cloned().unwrap_or_default();
+            (quantile(&mut v, 0.5), quantile(&mut v, 0.99))
+        };
+        print!("| target |");
+        for c in &client_counts {
+            print!(" TPS c{c} (x direct) | wins c{c} vs HAProxy / PgBouncer |");
+        }
+        for c in &client_counts {
+            print!(" CPU µs/tx c{c} |");
+        }
+        println!(" latency p50 / p99 added, µs |");
+        println!("|{}", "---|".repeat(2 + 3 * client_counts.len()));
+        for (ti, (name, _, _)) in targets.iter().enumerate() {
+            print!("| {name} |");
+            for ci in 0..client_counts.len() {
+                let runs = &paired[&(ci, ti)];
+                let mut tps: Vec<f64> = runs.iter().map(|r| r.tps).collect();
+                let mut direct: Vec<f64> = paired[&(ci, 0)].iter().map(|r| r.tps).collect();
+                let (t, d) = (median(&mut tps), median(&mut direct));
+                let wins = |other: Option<usize>| match other {
+                    Some(o) if o != ti => {
+                        let theirs = &paired[&(ci, o)];
+                        let n = runs
+                            .iter()
+                            .zip(theirs)
+                            .filter(|(a, b)| a.tps > b.tps)
+                            .count();
+                        format!("{n}/{}", runs.len())
+                    }
+                    _ => "-".into(),
+                };
+                print!(
+                    " {t:.0} ({:.2}x) | {} / {} |",
+                    t / d,
+                    wins(haproxy_i),
+                    wins(bouncer_i)
+                );
+            }
+            for ci in 0..client_counts.len() {
+                let mut cpu: Vec<f64> = paired[&(ci, ti)].iter().filter_map(|r| r.cpu_per_tx).collect();
+                if cpu.is_empty() {
+                    print!(" - |");
+                } else {
+                    print!(" {:.1} |", median(&mut cpu));
+                }
+            }
+            let mut lat = latencies.get(&ti).cloned().unwrap_or_default();
+            let (p50, p99) = (quantile(&mut lat, 0.5), quantile(&mut lat, 0.99));
+            if ti == 0 {
+                println!(" {p50:.0} / {p99:.0} (absolute) |");
+            } else {
+                println!(" {:+.0} / {:+.0} |", p50 - direct_lat.0, p99 - direct_lat.1);
+            }
+        }
+
+        // Other modes (new connections, tpcb-like), when asked for: medians over the rounds at
+        // the first client count, as one table.
         let modes: Vec<(&str, Vec<&str>)> = vec![
             ("select-only", vec!["-S"]),
             ("select-only -C", vec!["-S", "-C"]),
@@ -390,17 +646,20 @@ fn main() {
             ("tpcb-like -C", vec!["-C"]),
         ]
         .into_iter()
-        .filter(|(name, _)| selected("PRAETOR_BENCH_MODES", name))
+        .filter(|(name, _)| {
+            std::env::var("PRAETOR_BENCH_MODES").is_ok_and(|v| !v.trim().is_empty())
+                && selected("PRAETOR_BENCH_MODES", name)
+        })
         .collect();
         let mut results: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
-        for round in 0..rounds {
+        for round in 0..rounds as usize {
             for (mi, (mode, extra)) in modes.iter().enumerate() {
                 let mut args: Vec<String> = vec![
                     "-n".into(),
                     "-c".into(),
                     clients.to_string(),
                     "-j".into(),
-                    threads.to_string(),
+                    threads.min(clients).to_string(),
                     "-T".into(),
                     secs.to_string(),
                     "-M".into(),
@@ -408,8 +667,8 @@ fn main() {
                 ];
                 args.extend(extra.iter().map(|s| s.to_string()));
                 for k in 0..targets.len() {
-                    let ti = (k + round as usize + mi) % targets.len();
-                    let (name, p) = targets[ti];
+                    let ti = (k + round + mi) % targets.len();
+                    let (name, p, _) = targets[ti];
                     let a = args.clone();
                     let tps = tokio::task::spawn_blocking(move || pgbench(p, &a))
                         .await
@@ -422,38 +681,34 @@ fn main() {
         }
 
         drop(proxy);
-        println!();
-        println!(
-            "pgbench -c {clients} -j {threads} -T {secs} -M {protocol}, scale {scale}, medians of {rounds} round(s), {} CPUs, one PostgreSQL 15{}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            if pinned_cpu(Kind::Proxy).is_some() {
-                "; PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1"
-            } else {
-                "; every process on every CPU"
-            }
-        );
-        print!("| {:<15} |", "mode");
-        for (name, _) in &targets {
-            print!(" {name:>18} |");
-        }
-        println!();
-        print!("|{}|", "-".repeat(17));
-        for _ in &targets {
-            print!("{}|", "-".repeat(20));
-        }
-        println!();
-        for (mi, (mode, _)) in modes.iter().enumerate() {
-            let direct = median(results.get_mut(&(mi, 0)).expect("direct ran"));
-            print!("| {mode:<15} |");
-            for ti in 0..targets.len() {
-                let tps = median(results.get_mut(&(mi, ti)).expect("ran"));
-                if ti == 0 {
-                    print!(" {tps:>18.0} |");
-                } else {
-                    print!(" {:>9.0} ({:>4.2}x) |", tps, tps / direct);
-                }
+        if !modes.is_empty() {
+            println!();
+            println!(
+                "pgbench -c {clients} -j {threads} -T {secs} -M {protocol}, medians of {rounds} round(s)"
+            );
+            print!("| {:<15} |", "mode");
+            for (name, _, _) in &targets {
+                print!(" {name:>18} |");
             }
             println!();
+            print!("|{}|", "-".repeat(17));
+            for _ in &targets {
+                print!("{}|", "-".repeat(20));
+            }
+            println!();
+            for (mi, (mode, _)) in modes.iter().enumerate() {
+                let direct = median(results.get_mut(&(mi, 0)).expect("direct ran"));
+                print!("| {mode:<15} |");
+                for ti in 0..targets.len() {
+                    let tps = median(results.get_mut(&(mi, ti)).expect("ran"));
+                    if ti == 0 {
+                        print!(" {tps:>18.0} |");
+                    } else {
+                        print!(" {:>9.0} ({:>4.2}x) |", tps, tps / direct);
+                    }
+                }
+                println!();
+            }
         }
         if idle > 0 {
             // Memory per idle client connection: a proxy that pools server connections at once

@@ -27,10 +27,13 @@
 //! - field selection on a parenthesized expression, `(f(x)).col` or `(t).fullname`: PostgreSQL's
 //!   function-call attribute notation makes `(t).fullname` a call of `fullname(t)`.
 //!
-//! Known limit: `t.fullname` on a plain qualified name is either a column or (when no column
-//! `fullname` exists) a call of `fullname(t)`; only the catalog tells, so it is read as a column.
-//! A function that writes should not be called that way through the auto port (or list the
-//! database under `databases: {<db>: {target: primary}}`).
+//! Known limit, by choice: `t.fullname` on a plain qualified name is either a column or (when no
+//! column `fullname` exists) a call of `fullname(t)`; only the catalog tells, so it is read as a
+//! column. Treating every qualified name as a possible call would send ORMs' table-qualified
+//! column references (`"users"."id"`) to the leader. A function so called that writes is refused
+//! by the replica with 25006 before any row is sent, and the auto port then runs the statement on
+//! the leader (`unit::RETRY_ON_LEADER`); one that writes only after rows were sent fails as on a
+//! standby (or list the database under `databases: {<db>: {target: primary}}`).
 
 use std::collections::HashSet;
 use std::fmt;

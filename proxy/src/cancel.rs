@@ -14,7 +14,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -67,20 +67,41 @@ pub(crate) struct CancelRegistry {
     sessions: Arc<Mutex<SessionKeys>>,
     issued: Arc<AtomicU64>,
     hasher: Arc<RandomState>,
-    leader_units: Arc<Mutex<LeaderUnits>>,
+    notifiers: Arc<Mutex<Notifiers>>,
 }
 
-/// How many leader server connections [`CancelRegistry::note_leader_unit`] remembers (16 bytes
-/// each, least recently used first out): far more than a proxy keeps open at once.
-const LEADER_UNITS_KEPT: usize = 65_536;
+/// The leader server connections auto-port units ran on, keyed by `(hash of the server's host and
+/// port, server PID)` → that connection's [`NotifierSlot`] cell: one entry per open connection,
+/// added on its first leader unit and removed when it closes.
+type Notifiers = HashMap<(u64, i32), Arc<AtomicI32>>;
 
-/// The auto-port client whose unit last ran on each leader server connection, keyed by
-/// `(hash of the server's host and port, server PID)` → the PID the proxy gave that client.
-struct LeaderUnits(hashlink::LruCache<(u64, i32), i32>);
+/// The auto-port client whose unit last ran on one leader server connection, as the PID the proxy
+/// gave that client (0: none yet). The connection carries it, so noting a unit is one atomic store
+/// with no lock; the registry finds it by server PID only when a NotificationResponse arrives.
+/// Dropping it (with the connection) unregisters it.
+pub(crate) struct NotifierSlot {
+    pid: Arc<AtomicI32>,
+    notifiers: Arc<Mutex<Notifiers>>,
+    key: (u64, i32),
+}
 
-impl Default for LeaderUnits {
-    fn default() -> Self {
-        LeaderUnits(hashlink::LruCache::new(LEADER_UNITS_KEPT))
+impl NotifierSlot {
+    /// The auto-port client holding PID `client_pid` runs a unit on this connection now.
+    pub fn set(&self, client_pid: i32) {
+        self.pid.store(client_pid, Ordering::Relaxed);
+    }
+}
+
+impl Drop for NotifierSlot {
+    fn drop(&mut self) {
+        let mut notifiers = lock(&self.notifiers);
+        // Only our own entry: a new connection to a restarted server may reuse the PID.
+        if notifiers
+            .get(&self.key)
+            .is_some_and(|p| Arc::ptr_eq(p, &self.pid))
+        {
+            notifiers.remove(&self.key);
+        }
     }
 }
 
@@ -188,21 +209,19 @@ impl CancelRegistry {
             .map(|(_, s)| s.clone())
     }
 
-    /// Notes that the auto-port client holding PID `client_pid` runs a unit on the leader's server
-    /// connection `(backend, server_pid)`: a notification that connection sends (its `NOTIFY`,
-    /// delivered at commit, after the unit) is then shown to other clients with `client_pid`, the
-    /// PID that client knows as its own (see [`CancelRegistry::notifier_pid`]).
-    pub fn note_leader_unit(&self, backend: &Backend, server_pid: i32, client_pid: i32) {
-        let key = (
-            self.hasher.hash_one((&backend.host, backend.port)),
-            server_pid,
-        );
-        let mut units = lock(&self.leader_units);
-        match units.0.get_mut(&key) {
-            Some(pid) => *pid = client_pid,
-            None => {
-                units.0.insert(key, client_pid);
-            }
+    /// A slot for the leader's server connection `(backend, server_pid)`, in which the session
+    /// running a unit there notes its client's PID ([`NotifierSlot::set`]): a notification that
+    /// connection sends (its `NOTIFY`, delivered at commit, after the unit) is then shown to other
+    /// clients with the PID that client knows as its own (see [`CancelRegistry::notifier_pid`]).
+    /// Takes a lock once per server connection; the slot lives as long as the connection.
+    pub fn notifier_slot(&self, backend: &Backend, server_pid: i32) -> NotifierSlot {
+        let key = self.server_key(backend, server_pid);
+        let pid = Arc::new(AtomicI32::new(0));
+        lock(&self.notifiers).insert(key, pid.clone());
+        NotifierSlot {
+            pid,
+            notifiers: self.notifiers.clone(),
+            key,
         }
     }
 
@@ -211,11 +230,19 @@ impl CancelRegistry {
     /// for the clients of this proxy. Another session taking that pooled connection between the
     /// notifier's commit and the delivery would be named instead (a window of microseconds).
     pub fn notifier_pid(&self, backend: &Backend, server_pid: i32) -> Option<i32> {
-        let key = (
+        let key = self.server_key(backend, server_pid);
+        lock(&self.notifiers)
+            .get(&key)
+            .map(|p| p.load(Ordering::Relaxed))
+            .filter(|&pid| pid != 0)
+    }
+
+    /// The key of server process `server_pid` of `backend` in the notifier map.
+    fn server_key(&self, backend: &Backend, server_pid: i32) -> (u64, i32) {
+        (
             self.hasher.hash_one((&backend.host, backend.port)),
             server_pid,
-        );
-        lock(&self.leader_units).0.get(&key).copied()
+        )
     }
 
     #[cfg(test)]
@@ -327,9 +354,11 @@ mod tests {
     fn notifications_name_the_client_whose_unit_last_ran_on_the_connection() {
         let reg = CancelRegistry::default();
         assert_eq!(reg.notifier_pid(&backend("a"), 100), None);
-        reg.note_leader_unit(&backend("a"), 100, 1 << 30 | 7);
+        let slot = reg.notifier_slot(&backend("a"), 100);
+        assert_eq!(reg.notifier_pid(&backend("a"), 100), None, "no unit yet");
+        slot.set(1 << 30 | 7);
         assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 7));
-        reg.note_leader_unit(&backend("a"), 100, 1 << 30 | 8);
+        slot.set(1 << 30 | 8);
         assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 8));
         let mut other_port = backend("a");
         other_port.port = 5433;
@@ -339,5 +368,13 @@ mod tests {
             None,
             "another process"
         );
+        // A new connection with the same server PID (a restarted server) replaces the entry, and
+        // the old connection closing leaves the new one's.
+        let newer = reg.notifier_slot(&backend("a"), 100);
+        newer.set(1 << 30 | 9);
+        drop(slot);
+        assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 9));
+        drop(newer);
+        assert_eq!(reg.notifier_pid(&backend("a"), 100), None, "closed");
     }
 }

@@ -23,6 +23,7 @@ use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::cancel::{CancelRegistry, NotifierSlot};
 use crate::conn::GaugeGuard;
 use crate::router::{Route, SocketGuard};
 use crate::stream::{BackendTls, ServerStream};
@@ -50,6 +51,9 @@ pub(crate) struct ServerConn {
     /// messages (ParameterStatus...): a new client with the same StartupMessage would be let in
     /// the same way, so it may log in on this connection when it is pooled.
     pub trusted_login: Option<Bytes>,
+    /// Which auto-port client last ran a unit here, for the PID of this connection's `NOTIFY`s
+    /// (a leader's connection, from its first unit on; see [`ServerConn::note_leader_unit`]).
+    notifier: Option<NotifierSlot>,
     /// Declared last: the socket above closes before the route's fence records the close.
     pub route: Route,
     _gauge: GaugeGuard,
@@ -122,6 +126,7 @@ pub(crate) async fn open(
         applied_sets: 0,
         remaining: 0,
         trusted_login: None,
+        notifier: None,
         route,
         _gauge: GaugeGuard(gauge),
     });
@@ -137,6 +142,19 @@ pub(crate) async fn open(
 }
 
 impl ServerConn {
+    /// Notes that the auto-port client holding PID `client_pid` runs a unit on this connection, a
+    /// leader's: one atomic store, after a registration in `cancels` on the connection's first
+    /// leader unit (see [`CancelRegistry::notifier_slot`]). Nothing without a BackendKeyData.
+    pub fn note_leader_unit(&mut self, cancels: &CancelRegistry, client_pid: i32) {
+        if self.notifier.is_none() {
+            let Some(key) = &self.key else { return };
+            self.notifier = Some(cancels.notifier_slot(&self.route.backend, key.pid));
+        }
+        if let Some(slot) = &self.notifier {
+            slot.set(client_pid);
+        }
+    }
+
     async fn startup(
         &mut self,
         startup: &[u8],

@@ -163,6 +163,10 @@ pub(crate) struct RwTracker {
     pending_set: Option<String>,
     /// An ErrorResponse came since the last ReadyForQuery.
     failed: bool,
+    /// [`RwTracker::on_client`]'s messages of one read, kept for the next (empty between calls).
+    client_events: Vec<ClientEvent>,
+    /// [`RwTracker::on_server`]'s `(tag, ReadyForQuery status)` of one read, kept likewise.
+    server_events: Vec<(u8, u8)>,
 }
 
 impl Default for RwTracker {
@@ -176,6 +180,8 @@ impl Default for RwTracker {
             sets: Vec::new(),
             pending_set: None,
             failed: false,
+            client_events: Vec::new(),
+            server_events: Vec::new(),
         }
     }
 }
@@ -199,7 +205,6 @@ pub(crate) fn may_hold_state(text: &str) -> bool {
         "call",
         "load",
     ];
-    const ANYWHERE: [&str; 4] = ["advisory", "set_config", "temp", "hold"];
     let t = strip_leading_comments(text);
     let first: &str = t
         .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
@@ -208,11 +213,20 @@ pub(crate) fn may_hold_state(text: &str) -> bool {
     if FIRST_WORDS.iter().any(|w| first.eq_ignore_ascii_case(w)) {
         return true;
     }
+    // One pass over the text (it runs for every Query and Parse): a word is compared only where
+    // a byte matches its first letter.
     let bytes = text.as_bytes();
-    ANYWHERE.iter().any(|w| {
+    (0..bytes.len()).any(|i| {
+        let word: &[u8] = match bytes[i].to_ascii_lowercase() {
+            b'a' => b"advisory",
+            b's' => b"set_config",
+            b't' => b"temp",
+            b'h' => b"hold",
+            _ => return false,
+        };
         bytes
-            .windows(w.len())
-            .any(|win| win.eq_ignore_ascii_case(w.as_bytes()))
+            .get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
     })
 }
 
@@ -282,12 +296,15 @@ impl RwTracker {
     /// Follows bytes the client sent (relayed to the server as they are).
     pub fn on_client(&mut self, data: &[u8], classifier: &Classifier) {
         let mut cursor = std::mem::take(&mut self.client);
-        let mut events: Vec<ClientEvent> = Vec::new();
+        // Reused across reads: no allocation per message on the hot path.
+        let mut events = std::mem::take(&mut self.client_events);
         cursor.walk(data, client_wants, &mut |tag, frame, complete| match tag {
             b'Q' => {
-                let text = query_text(&frame[5..]).ok().map(str::to_string);
+                let text = query_text(&frame[5..]).ok();
                 let item = match text {
-                    Some(t) => Ok(t),
+                    // Copied only when it may need the classifier (an empty text needs nothing).
+                    Some(t) if may_hold_state(t) => Ok(t.to_string()),
+                    Some(_) => Ok(String::new()),
                     None if !complete => {
                         // Cut at the limit: judge by what is there.
                         let cut = String::from_utf8_lossy(&frame[5..]).into_owned();
@@ -306,7 +323,8 @@ impl RwTracker {
                     Ok(p) if !p.name.is_empty() => {
                         Err(Unmovable::Pinned(PinReason::PreparedStatement))
                     }
-                    Ok(p) => Ok(p.query.to_string()),
+                    Ok(p) if may_hold_state(p.query) => Ok(p.query.to_string()),
+                    Ok(_) => Ok(String::new()),
                     Err(_) if !complete => Err(Unmovable::TooLong),
                     Err(_) => Err(Unmovable::LostTrack),
                 };
@@ -319,7 +337,7 @@ impl RwTracker {
             self.mark(Unmovable::LostTrack);
         }
         self.client = cursor;
-        for (tag, item, _) in events {
+        for (tag, item, _) in events.drain(..) {
             match (tag, item) {
                 (b'Q', Some(Ok(text))) => {
                     let at_boundary = self.outstanding == 0 && self.status == b'I';
@@ -352,20 +370,21 @@ impl RwTracker {
                 _ => {}
             }
         }
+        self.client_events = events;
     }
 
     /// Follows bytes the server sent (relayed to the client as they are).
     pub fn on_server(&mut self, data: &[u8]) {
         let mut cursor = std::mem::take(&mut self.server);
         // (tag, ReadyForQuery status)
-        let mut seen: Vec<(u8, u8)> = Vec::new();
+        let mut seen = std::mem::take(&mut self.server_events);
         cursor.walk(data, server_wants, &mut |tag, frame, _| match tag {
             b'Z' => seen.push((tag, frame.get(5).copied().unwrap_or(b'I'))),
             b'E' => seen.push((tag, 0)),
             _ => {}
         });
         self.server = cursor;
-        for (tag, status) in seen {
+        for (tag, status) in seen.drain(..) {
             if tag == b'E' {
                 self.failed = true;
                 continue;
@@ -381,6 +400,7 @@ impl RwTracker {
             }
             self.failed = false;
         }
+        self.server_events = seen;
     }
 }
 

@@ -1403,15 +1403,13 @@ impl Session<'_> {
             .with_label_values(&[sqlstate])
             .inc();
         self.units.ran_on_leader(sqlstate);
+        if let Some(c) = self.leader.as_mut() {
+            c.note_leader_unit(&self.shared.cancels, self.client_pid);
+        }
         let key = self
             .leader
             .as_ref()
             .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
-        if let Some((backend, k)) = &key {
-            self.shared
-                .cancels
-                .note_leader_unit(backend, k.pid, self.client_pid);
-        }
         self.cancel.set(key);
         self.update_servers();
         self.write_server(&unit).await?;
@@ -1794,10 +1792,8 @@ impl Session<'_> {
             .conn(side)
             .as_ref()
             .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
-        if let (Side::Leader, Some((backend, k))) = (side, &key) {
-            self.shared
-                .cancels
-                .note_leader_unit(backend, k.pid, self.client_pid);
+        if let (Side::Leader, Some(c)) = (side, self.leader.as_mut()) {
+            c.note_leader_unit(&self.shared.cancels, self.client_pid);
         }
         self.cancel.set(key);
         self.idle_since = None;
