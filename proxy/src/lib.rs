@@ -54,6 +54,7 @@ pub mod feed;
 pub mod metrics;
 mod park;
 mod pool;
+mod prepared;
 mod router;
 mod rw;
 mod ryw;
