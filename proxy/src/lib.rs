@@ -20,7 +20,8 @@
 //!   read-write and read-only ports: connect, authentication relay watching for BackendKeyData, and a
 //!   plain byte relay.
 //! - `session`: the auto port's per-transaction routing; `pool`: its server connections; `ryw`:
-//!   the read-your-writes rule (where a read goes after the session wrote).
+//!   the read-your-writes rule (where a read goes after the session wrote); `prepared`: named
+//!   prepared statements tracked per client and server connection (transaction pooling).
 //! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
 //! - `admin`: the admin console (`SHOW ...`, `PAUSE`, `RESUME`, `KILL`, `RECONNECT`, `WAIT_CLOSE`,
 //!   `RELOAD`, PgBouncer's semantics); [`admin_auth`]: who may log in (`admin_users`, `auth_file`,
@@ -71,7 +72,7 @@ pub use feed::spawn_dcs_feed;
 pub use metrics::{ListenerKind, RoutingError};
 pub use server::{heartbeat_interval, Proxy, Reloader, SHUTDOWN_GRACE};
 pub use settings::{
-    check_admin_access, is_loopback, LagPolicy, ProxySettings, Target,
+    check_admin_access, is_loopback, LagPolicy, PoolMode, ProxySettings, Target,
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
 };
 pub use topology::{

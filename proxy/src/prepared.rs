@@ -88,6 +88,7 @@ impl Statement {
     }
 
     /// The name the statement has on servers.
+    #[cfg(test)]
     pub fn server_name(&self) -> &str {
         &self.server_name
     }
@@ -103,11 +104,6 @@ impl ClientStatements {
     /// The statement the client calls `name`.
     pub fn get(&self, name: &str) -> Option<&Statement> {
         self.by_name.get(name)
-    }
-
-    /// How many statements the client has.
-    pub fn len(&self) -> usize {
-        self.by_name.len()
     }
 }
 
@@ -175,11 +171,13 @@ impl ServerStatements {
     }
 
     /// How many statements the server holds (as far as the proxy knows).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.held.len()
     }
 
     /// Whether the server holds `server_name`.
+    #[cfg(test)]
     pub fn holds(&self, server_name: &str) -> bool {
         self.held.peek(server_name).is_some()
     }
@@ -187,6 +185,13 @@ impl ServerStatements {
     /// Forgets every statement: the client ran `DISCARD ALL` or `DEALLOCATE ALL`.
     pub fn forget_all(&mut self) {
         self.held.clear();
+    }
+
+    /// Records a message that ends with ReadyForQuery and is not rewritten (FunctionCall).
+    pub fn note_ready(&mut self) {
+        self.expect.push_back(Expect::Ready);
+        let strays = std::mem::take(&mut self.strays);
+        self.strays_to_close.extend(strays);
     }
 
     /// Makes sure the server holds `stmt`, appending to `out` what creates it (and closes the
@@ -292,9 +297,7 @@ impl ServerStatements {
                 }
             }
             SYNC | QUERY | FUNCTION_CALL => {
-                self.expect.push_back(Expect::Ready);
-                let strays = std::mem::take(&mut self.strays);
-                self.strays_to_close.extend(strays);
+                self.note_ready();
                 if tag == QUERY && forgets_statements(body) {
                     self.forget_all();
                 }
@@ -480,8 +483,9 @@ impl ServerStatements {
     }
 }
 
-/// Whether a Query body runs `DISCARD` or `DEALLOCATE` (which drop the server's statements).
-fn forgets_statements(body: &[u8]) -> bool {
+/// Whether a Query body (or SQL text) runs `DISCARD` or `DEALLOCATE` (which drop the server's
+/// statements).
+pub(crate) fn forgets_statements(body: &[u8]) -> bool {
     let text = body.trim_ascii_start();
     let starts =
         |word: &[u8]| text.len() >= word.len() && text[..word.len()].eq_ignore_ascii_case(word);

@@ -49,8 +49,8 @@ use praetor_protocol::backend::{
 use praetor_protocol::frontend::{
     cleartext_password, encode_auth_cleartext, encode_auth_ok, encode_auth_sasl_continue,
     encode_auth_sasl_final, encode_auth_sasl_scram, encode_backend_key_data,
-    encode_ready_for_query, query_text, sasl_initial_response, Bind, Parse, BIND, FUNCTION_CALL,
-    PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
+    encode_ready_for_query, query_text, sasl_initial_response, Bind, Parse, BIND, CLOSE, DESCRIBE,
+    FUNCTION_CALL, PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
 };
 use praetor_protocol::unit::{
     answer_signal_backend, between_units, replica_reply, signal_backend_call,
@@ -71,7 +71,8 @@ use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
 use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
 use crate::metrics::ListenerKind;
-use crate::pool::{open, OpenError, ServerConn};
+use crate::pool::{open, OpenError, ServerConn, Slot};
+use crate::prepared::ClientStatements;
 use crate::router::{BackendRole, NoRoute, Want};
 use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
@@ -224,6 +225,8 @@ struct Session<'a> {
     /// Since when the client, in the middle of a message, has sent nothing
     /// (`praetor.proxy.client_message_timeout` runs from here).
     stalled_since: Option<tokio::time::Instant>,
+    /// The client's named prepared statements, when tracked (`max_prepared_statements`).
+    prepared: Option<Box<ClientStatements>>,
 }
 
 /// A read unit running on a replica, kept to run again on the leader.
@@ -345,6 +348,7 @@ pub(crate) struct Dormant {
     last_side: Option<Side>,
     read_your_writes: bool,
     commit: Commit,
+    prepared: Option<Box<ClientStatements>>,
     cancel: SessionCancel,
     registration: SessionRegistration,
     registered: ClientGuard,
@@ -380,6 +384,7 @@ impl<'a> Live<'a> {
             last_side,
             read_your_writes,
             commit,
+            prepared,
             cancel,
             registration,
             registered,
@@ -424,6 +429,7 @@ impl<'a> Live<'a> {
                 s2c,
                 to_server: BytesMut::new(),
                 stalled_since: None,
+                prepared,
             },
             client,
             cbuf,
@@ -459,6 +465,7 @@ impl<'a> Live<'a> {
                 last_side: session.last_side,
                 read_your_writes: session.read_your_writes,
                 commit: session.commit,
+                prepared: session.prepared,
                 cancel: session.cancel,
                 registration: _registration,
                 registered: _registered,
@@ -537,6 +544,7 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
     };
     let cancel = SessionCancel::new(registered.info.clone());
     let (key, registration) = shared.cancels.register_session(cancel.clone());
+    let prepared = (rt.max_prepared_statements > 0).then(Box::default);
     let mut live = Live::assemble(
         shared,
         client,
@@ -549,6 +557,7 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
             last_side: None,
             read_your_writes,
             commit: Commit::Clean,
+            prepared,
             cancel,
             registration,
             registered,
@@ -730,6 +739,18 @@ impl Session<'_> {
                 drop(route);
                 return self.logged_in(client, key, side, conn, &messages).await;
             }
+            let mut place = None;
+            match self.login_slot(&route, &mut place).await {
+                Ok(Some((conn, messages))) => {
+                    drop(route);
+                    return self.logged_in(client, key, side, conn, &messages).await;
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    send_fatal(client, SqlState::CONNECTION_FAILURE, &message).await;
+                    return Err(End::ServerLost(message));
+                }
+            }
             let mut auth = PasswordAuth::with_credential(&self.user, self.credential.clone());
             let opened = open(
                 route,
@@ -776,7 +797,8 @@ impl Session<'_> {
                         )
                     })??));
                 }
-                Ok((conn, startup_messages)) => {
+                Ok((mut conn, startup_messages)) => {
+                    conn.slot = place;
                     return self
                         .logged_in(client, key, side, conn, &startup_messages.messages)
                         .await;
@@ -1205,6 +1227,9 @@ impl Session<'_> {
                 }
                 Wake::Client(Err(e)) => return End::Io(e),
                 Wake::Server(side, r) => {
+                    if let Ok(n) = r {
+                        self.filter_prepared(side, n);
+                    }
                     let lost = match r {
                         Ok(0) => Some("closed the connection".to_string()),
                         Ok(_) => None,
@@ -1617,7 +1642,7 @@ impl Session<'_> {
                     "unexpected password message".into(),
                 ));
             }
-            let needs_whole = matches!(h.tag, QUERY | PARSE);
+            let needs_whole = matches!(h.tag, QUERY | PARSE) || self.rewrites(h.tag);
             let complete = cbuf.len() >= h.frame_len;
             if needs_whole && !complete {
                 // No reservation of the declared length: the buffer grows as the bytes arrive
@@ -1867,6 +1892,10 @@ impl Session<'_> {
             PARSE | BIND | b'D' | b'E' | b'C' => self.unit_closed = false,
             _ => {}
         }
+        if let Some(replaced) = self.track_prepared(cbuf, h) {
+            cbuf.advance(h.frame_len);
+            return self.write_current(&replaced).await;
+        }
         let n = h.frame_len.min(cbuf.len());
         let chunk = cbuf.split_to(n);
         self.client_remaining = h.frame_len - n;
@@ -2027,7 +2056,9 @@ impl Session<'_> {
                 _ => None,
             },
             PARSE => match Parse::decode(body) {
-                Ok(p) if !p.name.is_empty() => Some(PinReason::PreparedStatement),
+                Ok(p) if !p.name.is_empty() && self.prepared.is_none() => {
+                    Some(PinReason::PreparedStatement)
+                }
                 Ok(p) => match self.rt.classifier.classify(p.query) {
                     Class::Pin(r) => Some(r),
                     Class::SessionSet => Some(PinReason::SetInTransaction),
@@ -2063,7 +2094,12 @@ impl Session<'_> {
                 // A Bind without its Parse: the statement lives where the last unit ran.
                 if let Ok(b) = Bind::decode(body()) {
                     if !b.statement.is_empty() {
-                        return leader(Class::Write, Some(PinReason::PreparedStatement));
+                        // Tracked statements are prepared wherever the unit runs.
+                        let pin = self
+                            .prepared
+                            .is_none()
+                            .then_some(PinReason::PreparedStatement);
+                        return leader(Class::Write, pin);
                     }
                 }
                 return self.sticky();
@@ -2133,7 +2169,7 @@ impl Session<'_> {
             };
             match h.tag {
                 PARSE => match Parse::decode(body) {
-                    Ok(p) if !p.name.is_empty() => {
+                    Ok(p) if !p.name.is_empty() && self.prepared.is_none() => {
                         return leader(Some(PinReason::PreparedStatement))
                     }
                     Ok(p) => match self.rt.classifier.classify(p.query) {
@@ -2146,7 +2182,11 @@ impl Session<'_> {
                 },
                 BIND => {
                     if matches!(Bind::decode(body), Ok(b) if !b.statement.is_empty()) {
-                        return leader(Some(PinReason::PreparedStatement));
+                        let pin = self
+                            .prepared
+                            .is_none()
+                            .then_some(PinReason::PreparedStatement);
+                        return leader(pin);
                     }
                 }
                 SYNC => {
@@ -2237,6 +2277,12 @@ impl Session<'_> {
                 self.update_servers();
                 return self.catch_up(actual).await.map(|_| actual);
             }
+            let mut place = None;
+            if let Some(conn) = self.pool_slot(&route, &mut place).await? {
+                *self.conn(actual) = Some(conn);
+                self.update_servers();
+                return self.catch_up(actual).await.map(|_| actual);
+            }
             let described = format!("{} {}", route.role.as_str(), route.backend);
             let gauge = self.count_connection(&route);
             let mut auth = PasswordAuth::with_credential(&self.user, self.credential.clone());
@@ -2250,7 +2296,8 @@ impl Session<'_> {
             )
             .await
             {
-                Ok((conn, _)) => {
+                Ok((mut conn, _)) => {
+                    conn.slot = place;
                     *self.conn(actual) = Some(conn);
                     self.update_servers();
                     return self.catch_up(actual).await.map(|_| actual);
@@ -2379,8 +2426,13 @@ impl Session<'_> {
     /// Replays the session's SETs the connection on `side` has not run yet.
     async fn catch_up(&mut self, side: Side) -> Result<(), String> {
         let n = self.sets.len();
-        let missing = match self.conn_ref(side) {
-            Some(c) if c.applied_sets < n => self.sets[c.applied_sets..].join(";"),
+        let (missing, forgets) = match self.conn_ref(side) {
+            Some(c) if c.applied_sets < n => (
+                self.sets[c.applied_sets..].join(";"),
+                self.sets[c.applied_sets..]
+                    .iter()
+                    .any(|s| crate::prepared::forgets_statements(s.as_bytes())),
+            ),
             _ => return Ok(()),
         };
         let Some(conn) = self.conn(side).as_mut() else {
@@ -2388,6 +2440,10 @@ impl Session<'_> {
         };
         match conn.run_quietly(&missing).await {
             Ok(()) => {
+                if forgets {
+                    // A replayed `DISCARD ALL` dropped the server's prepared statements.
+                    conn.prepared.forget_all();
+                }
                 conn.applied_sets = n;
                 Ok(())
             }
@@ -2530,5 +2586,114 @@ fn translate_notification(
     }
     if let Some(known) = shared.cancels.notifier_pid(backend, sender) {
         pid.copy_from_slice(&known.to_be_bytes());
+    }
+}
+
+/// Transaction pooling: named prepared statements tracked per client and server connection
+/// ([`crate::prepared`]) and `pool_mode: transaction`'s bounded pool. Hooks only: the routing
+/// above calls them.
+impl Session<'_> {
+    /// Whether messages with this tag are rewritten (so must be whole before they go on).
+    fn rewrites(&self, tag: u8) -> bool {
+        self.prepared.is_some() && matches!(tag, BIND | DESCRIBE | CLOSE)
+    }
+
+    /// What the current server gets instead of the whole message at the front of `cbuf`, when
+    /// statements are tracked; `None`: the message as it is. Records the replies the server owes.
+    fn track_prepared(&mut self, cbuf: &BytesMut, h: FrontendHeader) -> Option<BytesMut> {
+        let client = self.prepared.as_deref_mut()?;
+        let side = self.current?;
+        let conn = match side {
+            Side::Leader => self.leader.as_deref_mut(),
+            Side::Replica => self.replica.as_deref_mut(),
+        }?;
+        match h.tag {
+            // It may stream: only its ReadyForQuery matters.
+            FUNCTION_CALL => {
+                conn.prepared.note_ready();
+                None
+            }
+            // Whole here (`needs_whole`, `rewrites`; a Sync is its header).
+            PARSE | BIND | DESCRIBE | CLOSE | SYNC | QUERY => conn.prepared.rewrite(
+                client,
+                self.rt.max_prepared_statements,
+                cbuf.get(..h.frame_len)?,
+            ),
+            _ => None,
+        }
+    }
+
+    /// Drops, from the `n` bytes just read from `side`'s server, the replies to messages the
+    /// proxy added (see [`crate::prepared::ServerStatements::filter`]).
+    fn filter_prepared(&mut self, side: Side, n: usize) {
+        let Some(client) = self.prepared.as_deref_mut() else {
+            return;
+        };
+        let conn = match side {
+            Side::Leader => self.leader.as_deref_mut(),
+            Side::Replica => self.replica.as_deref_mut(),
+        };
+        if let Some(conn) = conn {
+            conn.prepared.filter(client, &mut conn.buf, n);
+        }
+    }
+
+    /// `pool_mode: transaction`: a pooled connection to `route`'s server (`Ok(Some)`), or a place
+    /// to open one (`Ok(None)` with `place` set), waiting up to `query_wait_timeout`. In
+    /// `pool_mode: auto`: `Ok(None)`, no place. `Err`: the message for the client.
+    async fn pool_slot(
+        &self,
+        route: &crate::router::Route,
+        place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<Box<ServerConn>>, String> {
+        if self.rt.pool_mode != crate::settings::PoolMode::Transaction {
+            return Ok(None);
+        }
+        let deadline = tokio::time::Instant::now() + self.rt.query_wait_timeout;
+        let before = self.info.state().status;
+        self.info.update(|st| st.status = "waiting");
+        let found = self
+            .shared
+            .pool
+            .wait_slot(&route.backend, &self.startup, self.rt.pool_size, deadline)
+            .await;
+        self.info.update(|st| st.status = before);
+        match found {
+            Some(Slot::Idle(conn)) => Ok(Some(conn)),
+            Some(Slot::Open(p)) => {
+                *place = Some(p);
+                Ok(None)
+            }
+            None => Err(format!(
+                "query_wait_timeout: no server connection to {} became free within {} s (pool_size {})",
+                route.backend,
+                self.rt.query_wait_timeout.as_secs(),
+                self.rt.pool_size
+            )),
+        }
+    }
+
+    /// [`Session::pool_slot`] for the login: a pooled connection serves it only when the proxy
+    /// checked the client's password itself (SCRAM against `auth_file`/`auth_query`) or the
+    /// server let the connection in without one; with its startup messages. Another pooled
+    /// connection is closed to make a place for a new one, whose server checks the client.
+    async fn login_slot(
+        &self,
+        route: &crate::router::Route,
+        place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<(Box<ServerConn>, Bytes)>, String> {
+        let verified = self.rt.auth.auth_type == AuthType::ScramSha256
+            && self.rt.auth.has_source()
+            && self.credential.is_some();
+        loop {
+            match self.pool_slot(route, place).await? {
+                None => return Ok(None),
+                Some(conn) if verified || conn.trusted_login.is_some() => {
+                    let messages = conn.login_messages.clone();
+                    return Ok(Some((conn, messages)));
+                }
+                Some(conn) => drop(conn),
+            }
+        }
     }
 }
