@@ -21,7 +21,9 @@
 //! - a session-level `SET`/`RESET`/`DISCARD` runs on the leader and is replayed on every other
 //!   server connection before its next use; anything else that creates session state (named
 //!   prepared statements, temporary tables, `LISTEN`, session advisory locks, cursors `WITH HOLD`)
-//!   pins the session to the server it runs on for the rest of the session.
+//!   pins the session to the server it runs on for the rest of the session; with
+//!   `max_prepared_statements`, protocol-level named statements do not: they are tracked and
+//!   prepared on whichever server runs them ([`crate::prepared`], hooks at the end of this file).
 //!
 //! Within a unit (and a transaction) every message goes to the same server. Messages of a next unit
 //! that the client pipelines before the current one is answered follow it when that server can run
@@ -2169,8 +2171,15 @@ impl Session<'_> {
             };
             match h.tag {
                 PARSE => match Parse::decode(body) {
-                    Ok(p) if !p.name.is_empty() && self.prepared.is_none() => {
-                        return leader(Some(PinReason::PreparedStatement))
+                    Ok(p) if !p.name.is_empty() => {
+                        // Tracked statements are not pinned; they still go to the leader, where
+                        // the unit never runs twice (a replica's refused read is run again as
+                        // the client wrote it).
+                        let pin = self
+                            .prepared
+                            .is_none()
+                            .then_some(PinReason::PreparedStatement);
+                        return leader(pin);
                     }
                     Ok(p) => match self.rt.classifier.classify(p.query) {
                         Class::Read => {}

@@ -527,6 +527,46 @@ mod tests {
     }
 
     #[test]
+    fn transaction_pooling_keys_follow_pgbouncer() {
+        let s = ProxySettings::from_config(&config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n",
+        ))
+        .unwrap();
+        assert_eq!(s.pool_mode, PoolMode::Auto);
+        assert_eq!(s.max_prepared_statements, 0);
+        assert_eq!(s.query_wait_timeout, DEFAULT_QUERY_WAIT_TIMEOUT);
+        assert_eq!(s.server_lifetime, Some(DEFAULT_SERVER_LIFETIME));
+        assert_eq!(s.server_idle_timeout, DEFAULT_SERVER_IDLE_TIMEOUT);
+        let s = ProxySettings::from_config(&config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    pool_mode: Transaction\n    pool_size: 4\n    idle_release_ms: 500\n    max_prepared_statements: 100\n    query_wait_timeout: 7\n    server_lifetime: 0\n    server_idle_timeout: 9\n",
+        ))
+        .unwrap();
+        assert_eq!(s.pool_mode, PoolMode::Transaction);
+        assert_eq!(s.pool_size, 4);
+        // PgBouncer's transaction mode: the connection goes back at the end of the transaction.
+        assert_eq!(s.idle_release, Duration::ZERO);
+        assert_eq!(s.max_prepared_statements, 100);
+        assert_eq!(s.query_wait_timeout, Duration::from_secs(7));
+        assert_eq!(s.server_lifetime, None);
+        assert_eq!(s.server_idle_timeout, Duration::from_secs(9));
+        for (yaml, key) in [
+            ("pool_mode: session", "pool_mode"),
+            ("pool_mode: transaction\n    pool_size: 0", "pool_size"),
+            ("query_wait_timeout: 0", "query_wait_timeout"),
+            ("server_idle_timeout: 0", "server_idle_timeout"),
+        ] {
+            let bad = config(&format!(
+                "praetor:\n  proxy:\n    auto: {{listen: '127.0.0.1:5002'}}\n    {yaml}\n"
+            ));
+            let err = ProxySettings::from_config(&bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("praetor.proxy.{key}")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn settings_come_from_praetor_proxy() {
         let c = config(
             "praetor:\n  proxy:\n    read_write: {listen: '0.0.0.0:5000'}\n    read_only: {listen: '*:5001'}\n    metrics: {listen: '127.0.0.1:9187'}\n    connect_timeout: 3\n",
