@@ -652,7 +652,8 @@ pub const DEFAULT_FENCE_TIMEOUT_MS: u32 = 1000;
 /// `shutdown_timeout`, `read_only_functions`, `databases`, `pool_size`, `idle_release_ms`,
 /// `authentication_timeout`, `client_message_timeout`, `max_client_conn`, `classifier_cache_size`,
 /// `admin_users`, `auth_file`, `admin_auth`, `auth_type`, `auth_query`, `auth_user`, `auth_password`,
-/// `drain_timeout`.
+/// `drain_timeout`, `pool_mode`, `max_prepared_statements`, `query_wait_timeout`,
+/// `server_lifetime`, `server_idle_timeout`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
@@ -753,6 +754,29 @@ pub struct ProxyConfig {
     pub auth_user: Option<String>,
     /// `auth_user`'s password, when `auth_file` does not hold it in clear text.
     pub auth_password: Option<String>,
+    /// The auto port's pooling: `auto` (default: `pool_size` bounds the idle connections kept,
+    /// sessions never wait) or `transaction` (PgBouncer's transaction pooling: `pool_size` bounds
+    /// every server connection per server, user and database, a connection returns to the pool
+    /// at the end of each transaction, and a transaction waits up to `query_wait_timeout` for
+    /// one).
+    pub pool_mode: Option<String>,
+    /// Named prepared statements (protocol level) the auto port tracks per server connection
+    /// (PgBouncer's `max_prepared_statements`): a client's statements are prepared on whichever
+    /// server connection runs them. 0 (default): not tracked, a named statement pins the session.
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub max_prepared_statements: Option<u32>,
+    /// Seconds a transaction waits for a server connection in `pool_mode: transaction` before it
+    /// gets an error (PgBouncer's `query_wait_timeout`; default 120).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub query_wait_timeout: Option<u32>,
+    /// Seconds after which a pooled server connection is closed rather than reused (PgBouncer's
+    /// `server_lifetime`; default 3600, 0: no limit).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub server_lifetime: Option<u32>,
+    /// Seconds an idle pooled server connection is kept (PgBouncer's `server_idle_timeout`;
+    /// default 60).
+    #[serde(deserialize_with = "lenient_opt_int")]
+    pub server_idle_timeout: Option<u32>,
 }
 
 /// `praetor.proxy.tls`: TLS towards clients.

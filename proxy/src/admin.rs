@@ -466,6 +466,36 @@ fn show_config(shared: &Shared, out: &mut BytesMut) {
             true,
         ),
         (
+            "pool_mode",
+            s.pool_mode.as_str().to_string(),
+            d.pool_mode.as_str().to_string(),
+            true,
+        ),
+        (
+            "max_prepared_statements",
+            s.max_prepared_statements.to_string(),
+            d.max_prepared_statements.to_string(),
+            true,
+        ),
+        (
+            "query_wait_timeout",
+            s.query_wait_timeout.as_secs().to_string(),
+            d.query_wait_timeout.as_secs().to_string(),
+            true,
+        ),
+        (
+            "server_lifetime",
+            s.server_lifetime.map_or(0, |l| l.as_secs()).to_string(),
+            d.server_lifetime.map_or(0, |l| l.as_secs()).to_string(),
+            true,
+        ),
+        (
+            "server_idle_timeout",
+            s.server_idle_timeout.as_secs().to_string(),
+            d.server_idle_timeout.as_secs().to_string(),
+            true,
+        ),
+        (
             "max_replica_lag",
             opt(s.lag.max_bytes.map(|b| b.to_string())),
             String::new(),

@@ -92,6 +92,10 @@ pub(crate) struct Runtime {
     pub read_your_writes: bool,
     pub database_read_your_writes: HashMap<String, bool>,
     pub pool_size: usize,
+    pub pool_mode: crate::settings::PoolMode,
+    /// `max_prepared_statements`: 0 leaves named statements pinning sessions.
+    pub max_prepared_statements: usize,
+    pub query_wait_timeout: Duration,
     pub idle_release: Duration,
     pub shutdown_timeout: Duration,
     /// `drain_timeout`: how long a read-write session's transaction may run on during a
@@ -128,6 +132,9 @@ impl Runtime {
             read_your_writes: s.read_your_writes,
             database_read_your_writes: s.database_read_your_writes.clone(),
             pool_size: s.pool_size,
+            pool_mode: s.pool_mode,
+            max_prepared_statements: s.max_prepared_statements,
+            query_wait_timeout: s.query_wait_timeout,
             idle_release: s.idle_release,
             shutdown_timeout: s.shutdown_timeout,
             drain_timeout: s.drain_timeout,
@@ -166,10 +173,12 @@ impl Shared {
     ) -> Shared {
         let router = Router::new();
         router.set_policy(settings.lag);
+        let pool = Pool::new(metrics.pool_idle.clone());
+        pool.set_timeouts(settings.server_idle_timeout, settings.server_lifetime);
         Shared {
             router,
             cancels: CancelRegistry::default(),
-            pool: Pool::new(metrics.pool_idle.clone()),
+            pool,
             metrics,
             clients: Arc::new(Clients::default()),
             runtime: RwLock::new(Arc::new(runtime)),
@@ -213,6 +222,8 @@ impl Shared {
             crate::settings::check_admin_access(old.admin.as_ref(), &new.admin_access)?;
         }
         self.router.set_policy(new.lag);
+        self.pool
+            .set_timeouts(new.server_idle_timeout, new.server_lifetime);
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = new;
         Ok(notes)

@@ -22,7 +22,8 @@
 //! - `session`: the auto port's per-transaction routing (its I/O); `units`: the sans-I/O core that
 //!   session executes (unit tracking, where each unit goes, when to release or park); `pool`: its
 //!   server connections; `ryw`: the read-your-writes rule (where a read goes after the session
-//!   wrote).
+//!   wrote); `prepared`: named
+//!   prepared statements tracked per client and server connection (transaction pooling).
 //! - `cancel`: which backend issued which cancel key, to forward CancelRequests.
 //! - `admin`: the admin console (`SHOW ...`, `PAUSE`, `RESUME`, `KILL`, `RECONNECT`, `WAIT_CLOSE`,
 //!   `RELOAD`, PgBouncer's semantics); [`admin_auth`]: who may log in (`admin_users`, `auth_file`,
@@ -56,6 +57,7 @@ pub mod feed;
 pub mod metrics;
 mod park;
 mod pool;
+mod prepared;
 mod router;
 mod rw;
 mod rw_auth;
@@ -74,7 +76,7 @@ pub use feed::spawn_dcs_feed;
 pub use metrics::{ListenerKind, RoutingError};
 pub use server::{heartbeat_interval, Proxy, Reloader, SHUTDOWN_GRACE};
 pub use settings::{
-    check_admin_access, is_loopback, LagPolicy, ProxySettings, Target,
+    check_admin_access, is_loopback, LagPolicy, PoolMode, ProxySettings, Target,
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,
 };
 pub use topology::{

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -27,9 +27,6 @@ use crate::cancel::{CancelRegistry, NotifierSlot};
 use crate::conn::GaugeGuard;
 use crate::router::{Route, SocketGuard};
 use crate::stream::{BackendTls, ServerStream};
-
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Initial capacity of a server connection's read buffer.
 const SERVER_BUFFER_BYTES: usize = 8 * 1024;
@@ -54,6 +51,17 @@ pub(crate) struct ServerConn {
     /// Which auto-port client last ran a unit here, for the PID of this connection's `NOTIFY`s
     /// (a leader's connection, from its first unit on; see [`ServerConn::note_leader_unit`]).
     notifier: Option<NotifierSlot>,
+    /// The named prepared statements this connection holds and the replies it owes for them
+    /// ([`crate::prepared`]; used with `max_prepared_statements`).
+    pub prepared: crate::prepared::ServerStatements,
+    /// The server's startup messages (ParameterStatus...), for a client that logs in on this
+    /// connection once pooled (`pool_mode: transaction`).
+    pub login_messages: Bytes,
+    /// When it was opened (`server_lifetime`).
+    opened: Instant,
+    /// Its place among the `pool_size` connections of its server and StartupMessage
+    /// (`pool_mode: transaction`); freed when the connection closes.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Declared last: the socket above closes before the route's fence records the close.
     pub route: Route,
     _gauge: GaugeGuard,
@@ -127,6 +135,10 @@ pub(crate) async fn open(
         remaining: 0,
         trusted_login: None,
         notifier: None,
+        prepared: Default::default(),
+        login_messages: Bytes::new(),
+        opened: Instant::now(),
+        slot: None,
         route,
         _gauge: GaugeGuard(gauge),
     });
@@ -135,8 +147,9 @@ pub(crate) async fn open(
         .map_err(|_| {
             OpenError::Connect(format!("no answer to the startup within {timeout:?}"))
         })??;
+    conn.login_messages = Bytes::copy_from_slice(&out.messages);
     if !asked_password {
-        conn.trusted_login = Some(Bytes::copy_from_slice(&out.messages));
+        conn.trusted_login = Some(conn.login_messages.clone());
     }
     Ok((conn, out))
 }
@@ -413,10 +426,28 @@ fn data_row_column(body: &[u8], index: usize) -> Option<String> {
 /// cloning them (this runs at every unit of every auto-port session).
 type IdleConns = HashMap<crate::topology::Backend, HashMap<Bytes, Vec<(Box<ServerConn>, Instant)>>>;
 
+/// The `pool_size` places of one server and StartupMessage (`pool_mode: transaction`).
+struct Slots {
+    places: Arc<tokio::sync::Semaphore>,
+    /// Woken when a connection returns to the pool.
+    returned: tokio::sync::Notify,
+}
+
+/// What [`Pool::wait_slot`] found for a transaction.
+pub(crate) enum Slot {
+    /// A pooled connection (it holds its place).
+    Idle(Box<ServerConn>),
+    /// A free place: open a connection and keep this in [`ServerConn::slot`].
+    Open(tokio::sync::OwnedSemaphorePermit),
+}
+
 /// Idle server connections, per server and StartupMessage.
 pub(crate) struct Pool {
     idle: Mutex<IdleConns>,
     gauge: IntGauge,
+    /// `server_idle_timeout` and `server_lifetime` (none: no limit).
+    timeouts: Mutex<(Duration, Option<Duration>)>,
+    slots: Mutex<HashMap<(crate::topology::Backend, Bytes), Arc<Slots>>>,
 }
 
 impl Pool {
@@ -424,6 +455,64 @@ impl Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
             gauge,
+            timeouts: Mutex::new((
+                crate::settings::DEFAULT_SERVER_IDLE_TIMEOUT,
+                Some(crate::settings::DEFAULT_SERVER_LIFETIME),
+            )),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sets `server_idle_timeout` and `server_lifetime` (none: no limit).
+    pub fn set_timeouts(&self, idle: Duration, lifetime: Option<Duration>) {
+        *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = (idle, lifetime);
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.timeouts.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// `pool_mode: transaction`: a pooled connection to `backend` made with `startup`, or a free
+    /// place among the `size` of that server and StartupMessage to open one, waiting for either
+    /// until `deadline` (`query_wait_timeout`); `None` when it passed. The places of a server and
+    /// StartupMessage are counted from the first `size` asked (a reload's new `pool_size` applies
+    /// to new pools).
+    pub async fn wait_slot(
+        &self,
+        backend: &crate::topology::Backend,
+        startup: &Bytes,
+        size: usize,
+        deadline: tokio::time::Instant,
+    ) -> Option<Slot> {
+        let slots = {
+            let mut all = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            all.entry((backend.clone(), startup.clone()))
+                .or_insert_with(|| {
+                    Arc::new(Slots {
+                        places: Arc::new(tokio::sync::Semaphore::new(size)),
+                        returned: tokio::sync::Notify::new(),
+                    })
+                })
+                .clone()
+        };
+        loop {
+            // Registered before looking, so that a return in between is not missed.
+            let returned = slots.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.take(backend, startup) {
+                return Some(Slot::Idle(conn));
+            }
+            if let Ok(place) = slots.places.clone().try_acquire_owned() {
+                return Some(Slot::Open(place));
+            }
+            tokio::select! {
+                place = slots.places.clone().acquire_owned() => {
+                    return place.ok().map(Slot::Open);
+                }
+                _ = &mut returned => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
         }
     }
 
@@ -438,11 +527,12 @@ impl Pool {
         backend: &crate::topology::Backend,
         startup: &Bytes,
     ) -> Option<Box<ServerConn>> {
+        let idle_timeout = self.idle_timeout();
         let found = {
             let mut idle = self.lock();
             let list = idle.get_mut(backend)?.get_mut(startup.as_ref())?;
             let i = list.iter().rposition(|(c, since)| {
-                c.trusted_login.is_some() && since.elapsed() < POOL_IDLE_LIFETIME
+                c.trusted_login.is_some() && since.elapsed() < idle_timeout
             })?;
             list.swap_remove(i).0
         };
@@ -458,12 +548,13 @@ impl Pool {
         startup: &Bytes,
     ) -> Option<Box<ServerConn>> {
         let mut dropped = Vec::new();
+        let idle_timeout = self.idle_timeout();
         let found = {
             let mut idle = self.lock();
             let list = idle.get_mut(backend)?.get_mut(startup.as_ref())?;
             let mut found = None;
             while let Some((mut conn, since)) = list.pop() {
-                if since.elapsed() < POOL_IDLE_LIFETIME && conn.looks_alive() {
+                if since.elapsed() < idle_timeout && conn.looks_alive() {
                     found = Some(conn);
                     break;
                 }
@@ -478,11 +569,27 @@ impl Pool {
     }
 
     /// Returns `conn` (made with `startup`) to the pool, or closes it when the pool for its server
-    /// holds `limit` already or it is fenced.
+    /// holds `limit` already, it is fenced, older than `server_lifetime`, or owes replies for
+    /// prepared statements.
     pub fn put(&self, conn: Box<ServerConn>, startup: &Bytes, limit: usize) {
-        if conn.route.fence.is_fenced() || conn.remaining != 0 || !conn.buf.is_empty() {
+        if conn.route.fence.is_fenced()
+            || conn.remaining != 0
+            || !conn.buf.is_empty()
+            || !conn.prepared.is_settled()
+        {
             return;
         }
+        let lifetime = self.timeouts.lock().unwrap_or_else(|p| p.into_inner()).1;
+        if lifetime.is_some_and(|l| conn.opened.elapsed() >= l) {
+            return;
+        }
+        let slots = conn.slot.is_some().then(|| {
+            self.slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&(conn.route.backend.clone(), startup.clone()))
+                .cloned()
+        });
         let mut idle = self.lock();
         if !idle.contains_key(&conn.route.backend) {
             idle.insert(conn.route.backend.clone(), HashMap::new());
@@ -503,19 +610,22 @@ impl Pool {
         }
         list.push((conn, Instant::now()));
         self.gauge.inc();
+        drop(idle);
+        if let Some(Some(s)) = slots {
+            s.returned.notify_one();
+        }
     }
 
     /// Closes fenced and expired connections; returns how many.
     pub fn purge_fenced(&self) -> usize {
         let mut closed = Vec::new();
+        let idle_timeout = self.idle_timeout();
         {
             let mut idle = self.lock();
             for list in idle.values_mut().flat_map(|m| m.values_mut()) {
                 let mut i = 0;
                 while i < list.len() {
-                    if list[i].0.route.fence.is_fenced()
-                        || list[i].1.elapsed() >= POOL_IDLE_LIFETIME
-                    {
+                    if list[i].0.route.fence.is_fenced() || list[i].1.elapsed() >= idle_timeout {
                         closed.push(list.swap_remove(i));
                     } else {
                         i += 1;

@@ -21,7 +21,9 @@
 //! - a session-level `SET`/`RESET`/`DISCARD` runs on the leader and is replayed on every other
 //!   server connection before its next use; anything else that creates session state (named
 //!   prepared statements, temporary tables, `LISTEN`, session advisory locks, cursors `WITH HOLD`)
-//!   pins the session to the server it runs on for the rest of the session.
+//!   pins the session to the server it runs on for the rest of the session; with
+//!   `max_prepared_statements`, protocol-level named statements do not: they are tracked and
+//!   prepared on whichever server runs them ([`crate::prepared`], hooks at the end of this file).
 //!
 //! Within a unit (and a transaction) every message goes to the same server. Messages of a next unit
 //! that the client pipelines before the current one is answered follow it when that server can run
@@ -50,7 +52,8 @@ use praetor_protocol::backend::{ERROR_RESPONSE, READY_FOR_QUERY};
 use praetor_protocol::frontend::{
     cleartext_password, encode_auth_cleartext, encode_auth_ok, encode_auth_sasl_continue,
     encode_auth_sasl_final, encode_auth_sasl_scram, encode_backend_key_data,
-    encode_ready_for_query, sasl_initial_response, PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
+    encode_ready_for_query, sasl_initial_response, BIND, CLOSE, DESCRIBE, FUNCTION_CALL, PARSE,
+    PASSWORD, QUERY, SYNC, TERMINATE,
 };
 use praetor_protocol::unit::{
     answer_signal_backend, signal_backend_call, translate_backend_pid, translate_notification_pid,
@@ -70,7 +73,8 @@ use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
 use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
 use crate::metrics::ListenerKind;
-use crate::pool::{open, OpenError, ServerConn};
+use crate::pool::{open, OpenError, ServerConn, Slot};
+use crate::prepared::ClientStatements;
 use crate::router::{NoRoute, Want};
 use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
@@ -165,6 +169,8 @@ struct Session<'a> {
     /// Since when the client, in the middle of a message, has sent nothing
     /// (`praetor.proxy.client_message_timeout` runs from here).
     stalled_since: Option<tokio::time::Instant>,
+    /// The client's named prepared statements, when tracked (`max_prepared_statements`).
+    prepared: Option<Box<ClientStatements>>,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -277,6 +283,7 @@ pub(crate) struct Dormant {
     last_side: Option<Side>,
     read_your_writes: bool,
     commit: Commit,
+    prepared: Option<Box<ClientStatements>>,
     cancel: SessionCancel,
     registration: SessionRegistration,
     registered: ClientGuard,
@@ -312,6 +319,7 @@ impl<'a> Live<'a> {
             last_side,
             read_your_writes,
             commit,
+            prepared,
             cancel,
             registration,
             registered,
@@ -343,6 +351,7 @@ impl<'a> Live<'a> {
                 s2c,
                 to_server: BytesMut::new(),
                 stalled_since: None,
+                prepared,
             },
             client,
             cbuf,
@@ -378,6 +387,7 @@ impl<'a> Live<'a> {
                 last_side: session.units.last_side(),
                 read_your_writes: session.read_your_writes,
                 commit: session.commit,
+                prepared: session.prepared,
                 cancel: session.cancel,
                 registration: _registration,
                 registered: _registered,
@@ -456,6 +466,7 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
     };
     let cancel = SessionCancel::new(registered.info.clone());
     let (key, registration) = shared.cancels.register_session(cancel.clone());
+    let prepared = (rt.max_prepared_statements > 0).then(Box::default);
     let mut live = Live::assemble(
         shared,
         client,
@@ -468,6 +479,7 @@ async fn start(shared: &Shared, accepted: Accepted) -> Option<Box<Live<'_>>> {
             last_side: None,
             read_your_writes,
             commit: Commit::Clean,
+            prepared,
             cancel,
             registration,
             registered,
@@ -651,6 +663,18 @@ impl Session<'_> {
                 drop(route);
                 return self.logged_in(client, key, side, conn, &messages).await;
             }
+            let mut place = None;
+            match self.login_slot(&route, &mut place).await {
+                Ok(Some((conn, messages))) => {
+                    drop(route);
+                    return self.logged_in(client, key, side, conn, &messages).await;
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    send_fatal(client, SqlState::CONNECTION_FAILURE, &message).await;
+                    return Err(End::ServerLost(message));
+                }
+            }
             let mut auth = PasswordAuth::with_credential(&self.user, self.credential.clone());
             let opened = open(
                 route,
@@ -697,7 +721,8 @@ impl Session<'_> {
                         )
                     })??));
                 }
-                Ok((conn, startup_messages)) => {
+                Ok((mut conn, startup_messages)) => {
+                    conn.slot = place;
                     return self
                         .logged_in(client, key, side, conn, &startup_messages.messages)
                         .await;
@@ -1123,6 +1148,9 @@ impl Session<'_> {
                 }
                 Wake::Client(Err(e)) => return End::Io(e),
                 Wake::Server(side, r) => {
+                    if let Ok(n) = r {
+                        self.filter_prepared(side, n);
+                    }
                     let lost = match r {
                         Ok(0) => Some("closed the connection".to_string()),
                         Ok(_) => None,
@@ -1501,7 +1529,7 @@ impl Session<'_> {
                     "unexpected password message".into(),
                 ));
             }
-            let needs_whole = matches!(h.tag, QUERY | PARSE);
+            let needs_whole = matches!(h.tag, QUERY | PARSE) || self.rewrites(h.tag);
             let complete = cbuf.len() >= h.frame_len;
             if needs_whole && !complete {
                 // No reservation of the declared length: the buffer grows as the bytes arrive
@@ -1542,6 +1570,7 @@ impl Session<'_> {
                 has_leader: self.leader.is_some(),
                 has_replica: self.replica.is_some(),
                 paused,
+                tracks_prepared: self.prepared.is_some(),
             };
             let decision = match self.units.on_client_message(cbuf, h, &ctx) {
                 ClientStep::Route(decision) => decision,
@@ -1692,6 +1721,10 @@ impl Session<'_> {
     /// side, counting what it ends.
     async fn forward_message(&mut self, cbuf: &mut BytesMut, h: FrontendHeader) -> Result<(), End> {
         self.units.forwarded(h);
+        if let Some(replaced) = self.track_prepared(cbuf, h) {
+            cbuf.advance(h.frame_len);
+            return self.write_current(&replaced).await;
+        }
         let n = h.frame_len.min(cbuf.len());
         let chunk = cbuf.split_to(n);
         self.client_remaining = h.frame_len - n;
@@ -1888,6 +1921,12 @@ impl Session<'_> {
                 self.update_servers();
                 return self.catch_up(actual).await.map(|_| actual);
             }
+            let mut place = None;
+            if let Some(conn) = self.pool_slot(&route, &mut place).await? {
+                *self.conn(actual) = Some(conn);
+                self.update_servers();
+                return self.catch_up(actual).await.map(|_| actual);
+            }
             let described = format!("{} {}", route.role.as_str(), route.backend);
             let gauge = self.count_connection(&route);
             let mut auth = PasswordAuth::with_credential(&self.user, self.credential.clone());
@@ -1901,7 +1940,8 @@ impl Session<'_> {
             )
             .await
             {
-                Ok((conn, _)) => {
+                Ok((mut conn, _)) => {
+                    conn.slot = place;
                     *self.conn(actual) = Some(conn);
                     self.update_servers();
                     return self.catch_up(actual).await.map(|_| actual);
@@ -2030,8 +2070,13 @@ impl Session<'_> {
     /// Replays the session's SETs the connection on `side` has not run yet.
     async fn catch_up(&mut self, side: Side) -> Result<(), String> {
         let n = self.units.sets().len();
-        let missing = match self.conn_ref(side) {
-            Some(c) if c.applied_sets < n => self.units.sets()[c.applied_sets..].join(";"),
+        let (missing, forgets) = match self.conn_ref(side) {
+            Some(c) if c.applied_sets < n => (
+                self.units.sets()[c.applied_sets..].join(";"),
+                self.units.sets()[c.applied_sets..]
+                    .iter()
+                    .any(|s| crate::prepared::forgets_statements(s.as_bytes())),
+            ),
             _ => return Ok(()),
         };
         let Some(conn) = self.conn(side).as_mut() else {
@@ -2039,6 +2084,10 @@ impl Session<'_> {
         };
         match conn.run_quietly(&missing).await {
             Ok(()) => {
+                if forgets {
+                    // A replayed `DISCARD ALL` dropped the server's prepared statements.
+                    conn.prepared.forget_all();
+                }
                 conn.applied_sets = n;
                 Ok(())
             }
@@ -2176,5 +2225,114 @@ fn translate_notification(
     }
     if let Some(known) = shared.cancels.notifier_pid(backend, sender) {
         pid.copy_from_slice(&known.to_be_bytes());
+    }
+}
+
+/// Transaction pooling: named prepared statements tracked per client and server connection
+/// ([`crate::prepared`]) and `pool_mode: transaction`'s bounded pool. Hooks only: the routing
+/// above calls them.
+impl Session<'_> {
+    /// Whether messages with this tag are rewritten (so must be whole before they go on).
+    fn rewrites(&self, tag: u8) -> bool {
+        self.prepared.is_some() && matches!(tag, BIND | DESCRIBE | CLOSE)
+    }
+
+    /// What the current server gets instead of the whole message at the front of `cbuf`, when
+    /// statements are tracked; `None`: the message as it is. Records the replies the server owes.
+    fn track_prepared(&mut self, cbuf: &BytesMut, h: FrontendHeader) -> Option<BytesMut> {
+        let client = self.prepared.as_deref_mut()?;
+        let side = self.units.current()?;
+        let conn = match side {
+            Side::Leader => self.leader.as_deref_mut(),
+            Side::Replica => self.replica.as_deref_mut(),
+        }?;
+        match h.tag {
+            // It may stream: only its ReadyForQuery matters.
+            FUNCTION_CALL => {
+                conn.prepared.note_ready();
+                None
+            }
+            // Whole here (`needs_whole`, `rewrites`; a Sync is its header).
+            PARSE | BIND | DESCRIBE | CLOSE | SYNC | QUERY => conn.prepared.rewrite(
+                client,
+                self.rt.max_prepared_statements,
+                cbuf.get(..h.frame_len)?,
+            ),
+            _ => None,
+        }
+    }
+
+    /// Drops, from the `n` bytes just read from `side`'s server, the replies to messages the
+    /// proxy added (see [`crate::prepared::ServerStatements::filter`]).
+    fn filter_prepared(&mut self, side: Side, n: usize) {
+        let Some(client) = self.prepared.as_deref_mut() else {
+            return;
+        };
+        let conn = match side {
+            Side::Leader => self.leader.as_deref_mut(),
+            Side::Replica => self.replica.as_deref_mut(),
+        };
+        if let Some(conn) = conn {
+            conn.prepared.filter(client, &mut conn.buf, n);
+        }
+    }
+
+    /// `pool_mode: transaction`: a pooled connection to `route`'s server (`Ok(Some)`), or a place
+    /// to open one (`Ok(None)` with `place` set), waiting up to `query_wait_timeout`. In
+    /// `pool_mode: auto`: `Ok(None)`, no place. `Err`: the message for the client.
+    async fn pool_slot(
+        &self,
+        route: &crate::router::Route,
+        place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<Box<ServerConn>>, String> {
+        if self.rt.pool_mode != crate::settings::PoolMode::Transaction {
+            return Ok(None);
+        }
+        let deadline = tokio::time::Instant::now() + self.rt.query_wait_timeout;
+        let before = self.info.state().status;
+        self.info.update(|st| st.status = "waiting");
+        let found = self
+            .shared
+            .pool
+            .wait_slot(&route.backend, &self.startup, self.rt.pool_size, deadline)
+            .await;
+        self.info.update(|st| st.status = before);
+        match found {
+            Some(Slot::Idle(conn)) => Ok(Some(conn)),
+            Some(Slot::Open(p)) => {
+                *place = Some(p);
+                Ok(None)
+            }
+            None => Err(format!(
+                "query_wait_timeout: no server connection to {} became free within {} s (pool_size {})",
+                route.backend,
+                self.rt.query_wait_timeout.as_secs(),
+                self.rt.pool_size
+            )),
+        }
+    }
+
+    /// [`Session::pool_slot`] for the login: a pooled connection serves it only when the proxy
+    /// checked the client's password itself (SCRAM against `auth_file`/`auth_query`) or the
+    /// server let the connection in without one; with its startup messages. Another pooled
+    /// connection is closed to make a place for a new one, whose server checks the client.
+    async fn login_slot(
+        &self,
+        route: &crate::router::Route,
+        place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Option<(Box<ServerConn>, Bytes)>, String> {
+        let verified = self.rt.auth.auth_type == AuthType::ScramSha256
+            && self.rt.auth.has_source()
+            && self.credential.is_some();
+        loop {
+            match self.pool_slot(route, place).await? {
+                None => return Ok(None),
+                Some(conn) if verified || conn.trusted_login.is_some() => {
+                    let messages = conn.login_messages.clone();
+                    return Ok(Some((conn, messages)));
+                }
+                Some(conn) => drop(conn),
+            }
+        }
     }
 }

@@ -70,6 +70,54 @@ impl Target {
     }
 }
 
+/// Default of `praetor.proxy.query_wait_timeout` (PgBouncer's).
+pub const DEFAULT_QUERY_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Default of `praetor.proxy.server_lifetime` (PgBouncer's).
+pub const DEFAULT_SERVER_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Default of `praetor.proxy.server_idle_timeout` (the proxy's pool kept idle connections this
+/// long before the setting existed; PgBouncer's default is 600 s).
+pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the auto port pools server connections (`praetor.proxy.pool_mode`).
+///
+/// Both modes route transaction by transaction and pool the connections of sessions without
+/// session state (a named prepared statement is no session state with `max_prepared_statements`).
+/// PgBouncer's `server_reset_query` is not run: PgBouncer skips it in transaction mode too
+/// (`server_reset_query_always` off), and sessions with state are never pooled here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    /// `pool_size` bounds the idle connections kept; a session keeps its connection for
+    /// `idle_release_ms` after a transaction and opens one whenever it needs it.
+    #[default]
+    Auto,
+    /// PgBouncer's transaction pooling: `pool_size` bounds every server connection per server
+    /// and StartupMessage, a session gives its connection back at the end of each transaction
+    /// (`idle_release_ms` is 0), and a transaction that finds none free waits up to
+    /// `query_wait_timeout` for one, then gets an error (08006).
+    Transaction,
+}
+
+impl PoolMode {
+    /// `auto` or `transaction`.
+    pub fn parse(s: &str) -> Option<PoolMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(PoolMode::Auto),
+            "transaction" => Some(PoolMode::Transaction),
+            _ => None,
+        }
+    }
+
+    /// The setting's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PoolMode::Auto => "auto",
+            PoolMode::Transaction => "transaction",
+        }
+    }
+}
+
 /// How fresh a replica must be to get reads (`max_replica_lag`, `max_replica_lag_seconds`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LagPolicy {
@@ -134,8 +182,24 @@ pub struct ProxySettings {
     pub read_your_writes: bool,
     /// `praetor.proxy.databases.<db>.read_your_writes`, where given.
     pub database_read_your_writes: HashMap<String, bool>,
-    /// `praetor.proxy.pool_size`: idle server connections kept per server, user and database.
+    /// `praetor.proxy.pool_size` (20): with `pool_mode: auto`, idle server connections kept per
+    /// server and StartupMessage (user, database, options); with `pool_mode: transaction`, every
+    /// server connection to a server per StartupMessage, idle or in use (PgBouncer's
+    /// `default_pool_size`).
     pub pool_size: usize,
+    /// `praetor.proxy.pool_mode`: see [`PoolMode`].
+    pub pool_mode: PoolMode,
+    /// `praetor.proxy.max_prepared_statements` (0): named prepared statements tracked per server
+    /// connection (PgBouncer's setting, see [`crate::prepared`]); 0 leaves them pinning the session.
+    pub max_prepared_statements: usize,
+    /// `praetor.proxy.query_wait_timeout` (120 s): how long a transaction waits for a server
+    /// connection in `pool_mode: transaction`.
+    pub query_wait_timeout: Duration,
+    /// `praetor.proxy.server_lifetime` (3600 s; 0 disables it): a pooled connection older than
+    /// this is closed instead of pooled.
+    pub server_lifetime: Option<Duration>,
+    /// `praetor.proxy.server_idle_timeout` (60 s): how long an idle pooled connection is kept.
+    pub server_idle_timeout: Duration,
     /// `praetor.proxy.idle_release_ms`: idle time after which an auto-port client's server
     /// connections return to the pool.
     pub idle_release: Duration,
@@ -178,6 +242,11 @@ impl Default for ProxySettings {
             read_your_writes: true,
             database_read_your_writes: HashMap::new(),
             pool_size: 20,
+            pool_mode: PoolMode::Auto,
+            max_prepared_statements: 0,
+            query_wait_timeout: DEFAULT_QUERY_WAIT_TIMEOUT,
+            server_lifetime: Some(DEFAULT_SERVER_LIFETIME),
+            server_idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
             idle_release: Duration::from_millis(1000),
             admin_access: AdminAccess {
                 method: AdminAuthMethod::Trust,
@@ -318,6 +387,20 @@ impl ProxySettings {
             "praetor.proxy.client_message_timeout",
             DEFAULT_MESSAGE_TIMEOUT,
         )?;
+        let pool_mode = match c.pool_mode.as_deref() {
+            None => PoolMode::Auto,
+            Some(m) => PoolMode::parse(m).ok_or_else(|| ProxyError::Config {
+                key: "praetor.proxy.pool_mode",
+                reason: format!("{m:?} is not auto or transaction"),
+            })?,
+        };
+        let pool_size = c.pool_size.map_or(20, |n| n as usize);
+        if pool_size == 0 && pool_mode == PoolMode::Transaction {
+            return Err(ProxyError::Config {
+                key: "praetor.proxy.pool_size",
+                reason: "must be at least 1 with pool_mode: transaction".into(),
+            });
+        }
         let max_client_conn = match c.max_client_conn {
             None => DEFAULT_MAX_CLIENT_CONN,
             Some(0) => {
@@ -422,8 +505,29 @@ impl ProxySettings {
                 .iter()
                 .filter_map(|(db, d)| Some((db.clone(), d.read_your_writes?)))
                 .collect(),
-            pool_size: c.pool_size.map_or(20, |n| n as usize),
-            idle_release: Duration::from_millis(c.idle_release_ms.unwrap_or(1000).into()),
+            pool_size,
+            pool_mode,
+            max_prepared_statements: c.max_prepared_statements.map_or(0, |n| n as usize),
+            query_wait_timeout: positive_secs(
+                c.query_wait_timeout,
+                "praetor.proxy.query_wait_timeout",
+                DEFAULT_QUERY_WAIT_TIMEOUT,
+            )?,
+            server_lifetime: match c.server_lifetime {
+                None => Some(DEFAULT_SERVER_LIFETIME),
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s.into())),
+            },
+            server_idle_timeout: positive_secs(
+                c.server_idle_timeout,
+                "praetor.proxy.server_idle_timeout",
+                DEFAULT_SERVER_IDLE_TIMEOUT,
+            )?,
+            idle_release: match pool_mode {
+                // PgBouncer's transaction pooling: the connection goes back at once.
+                PoolMode::Transaction => Duration::ZERO,
+                PoolMode::Auto => Duration::from_millis(c.idle_release_ms.unwrap_or(1000).into()),
+            },
         })
     }
 }
@@ -435,6 +539,46 @@ mod tests {
     fn config(yaml: &str) -> ProxyConfig {
         let c = praetor_config::parse_str(yaml).expect("valid yaml");
         c.config.praetor.proxy.expect("praetor.proxy present")
+    }
+
+    #[test]
+    fn transaction_pooling_keys_follow_pgbouncer() {
+        let s = ProxySettings::from_config(&config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n",
+        ))
+        .unwrap();
+        assert_eq!(s.pool_mode, PoolMode::Auto);
+        assert_eq!(s.max_prepared_statements, 0);
+        assert_eq!(s.query_wait_timeout, DEFAULT_QUERY_WAIT_TIMEOUT);
+        assert_eq!(s.server_lifetime, Some(DEFAULT_SERVER_LIFETIME));
+        assert_eq!(s.server_idle_timeout, DEFAULT_SERVER_IDLE_TIMEOUT);
+        let s = ProxySettings::from_config(&config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    pool_mode: Transaction\n    pool_size: 4\n    idle_release_ms: 500\n    max_prepared_statements: 100\n    query_wait_timeout: 7\n    server_lifetime: 0\n    server_idle_timeout: 9\n",
+        ))
+        .unwrap();
+        assert_eq!(s.pool_mode, PoolMode::Transaction);
+        assert_eq!(s.pool_size, 4);
+        // PgBouncer's transaction mode: the connection goes back at the end of the transaction.
+        assert_eq!(s.idle_release, Duration::ZERO);
+        assert_eq!(s.max_prepared_statements, 100);
+        assert_eq!(s.query_wait_timeout, Duration::from_secs(7));
+        assert_eq!(s.server_lifetime, None);
+        assert_eq!(s.server_idle_timeout, Duration::from_secs(9));
+        for (yaml, key) in [
+            ("pool_mode: session", "pool_mode"),
+            ("pool_mode: transaction\n    pool_size: 0", "pool_size"),
+            ("query_wait_timeout: 0", "query_wait_timeout"),
+            ("server_idle_timeout: 0", "server_idle_timeout"),
+        ] {
+            let bad = config(&format!(
+                "praetor:\n  proxy:\n    auto: {{listen: '127.0.0.1:5002'}}\n    {yaml}\n"
+            ));
+            let err = ProxySettings::from_config(&bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("praetor.proxy.{key}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub(crate) struct Decision {
     pub unit_len: Option<usize>,
 }
 
+/// The pin a named prepared statement sets: none when the proxy tracks them per client.
+fn prepared_pin(ctx: &Ctx) -> Option<PinReason> {
+    (!ctx.tracks_prepared).then_some(PinReason::PreparedStatement)
+}
+
 /// What the session knows besides the unit state when it asks about a client message.
 pub(crate) struct Ctx<'a> {
     /// The statement classifier (`Runtime::classifier`).
@@ -104,6 +109,10 @@ pub(crate) struct Ctx<'a> {
     pub has_replica: bool,
     /// The admin console paused the session's database (`PAUSE`): no next unit starts.
     pub paused: bool,
+    /// Named prepared statements are tracked per client (`max_prepared_statements`,
+    /// [`crate::prepared`]): they no longer pin the session, and units using them go to the leader
+    /// (where a unit never runs twice: a replica's refused read is run again as the client wrote it).
+    pub tracks_prepared: bool,
 }
 
 impl Ctx<'_> {
@@ -582,7 +591,9 @@ impl UnitTracker {
                 _ => None,
             },
             PARSE => match Parse::decode(body) {
-                Ok(p) if !p.name.is_empty() => Some(PinReason::PreparedStatement),
+                Ok(p) if !p.name.is_empty() && !ctx.tracks_prepared => {
+                    Some(PinReason::PreparedStatement)
+                }
                 Ok(p) => match ctx.classifier.classify(p.query) {
                     Class::Pin(r) => Some(r),
                     Class::SessionSet => Some(PinReason::SetInTransaction),
@@ -616,7 +627,7 @@ impl UnitTracker {
                 // A Bind without its Parse: the statement lives where the last unit ran.
                 if let Ok(b) = Bind::decode(body()) {
                     if !b.statement.is_empty() {
-                        return leader(Class::Write, Some(PinReason::PreparedStatement));
+                        return leader(Class::Write, prepared_pin(ctx));
                     }
                 }
                 return self.sticky(ctx);
@@ -681,9 +692,7 @@ impl UnitTracker {
             };
             match h.tag {
                 PARSE => match Parse::decode(body) {
-                    Ok(p) if !p.name.is_empty() => {
-                        return leader(Some(PinReason::PreparedStatement))
-                    }
+                    Ok(p) if !p.name.is_empty() => return leader(prepared_pin(ctx)),
                     Ok(p) => match ctx.classifier.classify(p.query) {
                         Class::Read => {}
                         Class::Pin(r) => return leader(Some(r)),
@@ -694,7 +703,7 @@ impl UnitTracker {
                 },
                 BIND => {
                     if matches!(Bind::decode(body), Ok(b) if !b.statement.is_empty()) {
-                        return leader(Some(PinReason::PreparedStatement));
+                        return leader(prepared_pin(ctx));
                     }
                 }
                 SYNC => {
@@ -964,6 +973,7 @@ mod tests {
                     has_leader: self.has_leader,
                     has_replica: self.has_replica,
                     paused: false,
+                    tracks_prepared: false,
                 };
                 let step = self.units.on_client_message(&self.client, h, &ctx);
                 let said = match step {
@@ -1213,6 +1223,7 @@ mod rules {
             has_leader: true,
             has_replica: true,
             paused: false,
+            tracks_prepared: false,
         };
         let h = FrontendHeader::peek(buf, 1 << 20).unwrap().unwrap();
         units.on_client_message(buf, h, &ctx)

@@ -1,0 +1,886 @@
+//! Named prepared statements under transaction pooling: which statements each client prepared,
+//! which ones each server connection holds, and the rewriting of the extended protocol between
+//! them (PgBouncer 1.21+'s `max_prepared_statements`, done as its own code; pure, no I/O).
+//!
+//! A client's `Parse` with a name is recorded per client (name -> query text and parameter types)
+//! and prepared on a server under a name the proxy chooses: `praetor_` and 32 hex digits of the
+//! SHA-256 of the text and types, so that clients preparing the same statement share one server
+//! statement, and a name a client can only hit on purpose. Then, on whichever server connection
+//! the client's next unit runs:
+//! - `Bind` and `Describe('S')` get the server name; when that connection lacks the statement, its
+//!   `Parse` goes first and the server's ParseComplete is swallowed;
+//! - `Close('S')` forgets the client's statement and becomes a `Close` of a name no statement has
+//!   (PostgreSQL answers CloseComplete for it): the client gets its CloseComplete in order, and the
+//!   server statement stays for other clients;
+//! - a server connection holds at most `max_prepared_statements`: the least recently used
+//!   statement is closed first (its CloseComplete swallowed).
+//!
+//! The client sees what PostgreSQL would answer: an unknown name goes to the server as the client
+//! wrote it (26000, `prepared statement "x" does not exist`); a duplicate name makes the server
+//! itself refuse it (42P05, `prepared statement "x" already exists`): a `Parse` of a trivial
+//! statement under the client's name goes first, so the client's `Parse` finds it; that stray
+//! statement is closed before the connection's next unit. A client `Parse` of a statement the
+//! server already holds runs under a scratch name that is closed at once, so it fails (syntax,
+//! aborted transaction) exactly where PostgreSQL would. A statement whose `Parse` failed (no
+//! ParseComplete before ReadyForQuery) is forgotten, for the client and the server.
+//!
+//! Server replies are matched to what was sent with a queue of expected ParseComplete,
+//! CloseComplete and ReadyForQuery messages (an error makes the server skip to the next Sync:
+//! what was not answered by then did not happen).
+//!
+//! SQL-level `PREPARE`/`EXECUTE`/`DEALLOCATE` are not tracked: they pin the session as before.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hashlink::LruCache;
+use praetor_protocol::frontend::{
+    encode_message, Bind, Parse, Target, BIND, CLOSE, DESCRIBE, FUNCTION_CALL, PARSE, QUERY, SYNC,
+};
+use sha2::{Digest, Sha256};
+
+/// Prefix of the server-side statement names the proxy chooses.
+pub(crate) const SERVER_PREFIX: &str = "praetor_";
+
+/// A statement name the proxy never creates: a client's `Close('S')` becomes a `Close` of it.
+const NEVER_NAME: &str = "praetor_none";
+
+/// The scratch name a client `Parse` of a statement the server already holds runs under.
+const SCRATCH_NAME: &str = "praetor_scratch";
+
+/// The statement created under the client's name to make the server refuse a duplicate `Parse`.
+const DUPLICATE_PROBE: &str = "SELECT";
+
+/// ParseComplete, CloseComplete and ReadyForQuery tags.
+const PARSE_COMPLETE: u8 = b'1';
+const CLOSE_COMPLETE: u8 = b'3';
+const READY_FOR_QUERY: u8 = b'Z';
+
+/// One named statement of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Statement {
+    /// The name it has on servers.
+    server_name: Arc<str>,
+    /// The `Parse` message that creates it on a server (server name, text, types).
+    parse: Bytes,
+}
+
+impl Statement {
+    /// The statement for `query` with `types` (a Parse body's tail: `n: i16 | n * oid`).
+    fn new(query: &str, types: &[u8]) -> Statement {
+        let mut hash = Sha256::new();
+        hash.update(query.as_bytes());
+        hash.update([0]);
+        hash.update(types);
+        let digest = hash.finalize();
+        let mut server_name = String::with_capacity(SERVER_PREFIX.len() + 32);
+        server_name.push_str(SERVER_PREFIX);
+        for b in &digest[..16] {
+            server_name.push_str(&format!("{b:02x}"));
+        }
+        let mut parse = BytesMut::new();
+        encode_parse(&mut parse, &server_name, query, types);
+        Statement {
+            server_name: server_name.into(),
+            parse: parse.freeze(),
+        }
+    }
+
+    /// The name the statement has on servers.
+    #[cfg(test)]
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+}
+
+/// The named statements one client prepared (protocol level), by the client's name.
+#[derive(Debug, Default)]
+pub(crate) struct ClientStatements {
+    by_name: HashMap<Box<str>, Statement>,
+}
+
+impl ClientStatements {
+    /// The statement the client calls `name`.
+    pub fn get(&self, name: &str) -> Option<&Statement> {
+        self.by_name.get(name)
+    }
+}
+
+/// A reply the server owes for a message the proxy sent, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    /// A ParseComplete; `swallow`: for a Parse the proxy added. `server_name`: the statement the
+    /// Parse creates on the server, `client_name`: the client statement it creates.
+    Parse {
+        swallow: bool,
+        server_name: Option<Arc<str>>,
+        client_name: Option<Box<str>>,
+    },
+    /// A CloseComplete; `evicted`: a server statement closed to make room, `stray`: a statement
+    /// of a duplicate `Parse` closed.
+    Close {
+        swallow: bool,
+        evicted: Option<Arc<str>>,
+        stray: Option<Box<str>>,
+    },
+    /// A ReadyForQuery (Sync, Query, FunctionCall).
+    Ready,
+}
+
+/// What one server connection holds, and the replies it owes (travels with the connection into
+/// the pool).
+#[derive(Debug)]
+pub(crate) struct ServerStatements {
+    /// Server statement names, least recently used first.
+    held: LruCache<Arc<str>, ()>,
+    expect: VecDeque<Expect>,
+    /// Statements created under a client's name by a duplicate `Parse`, in the current unit.
+    strays: Vec<Box<str>>,
+    /// Such statements to close before the connection's next message (after a Sync).
+    strays_to_close: Vec<Box<str>>,
+    /// Bytes of a server message still to pass through (started in an earlier read).
+    pass: usize,
+    /// Bytes at the end of the read buffer not judged yet (an incomplete header or
+    /// ReadyForQuery).
+    tail: usize,
+}
+
+impl Default for ServerStatements {
+    fn default() -> ServerStatements {
+        ServerStatements {
+            held: LruCache::new_unbounded(),
+            expect: VecDeque::new(),
+            strays: Vec::new(),
+            strays_to_close: Vec::new(),
+            pass: 0,
+            tail: 0,
+        }
+    }
+}
+
+impl ServerStatements {
+    /// Whether the connection owes no tracked reply and holds no stray statement: it may be
+    /// pooled for another client.
+    pub fn is_settled(&self) -> bool {
+        self.expect.is_empty()
+            && self.strays.is_empty()
+            && self.strays_to_close.is_empty()
+            && self.tail == 0
+            && self.pass == 0
+    }
+
+    /// How many statements the server holds (as far as the proxy knows).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether the server holds `server_name`.
+    #[cfg(test)]
+    pub fn holds(&self, server_name: &str) -> bool {
+        self.held.peek(server_name).is_some()
+    }
+
+    /// Forgets every statement: the client ran `DISCARD ALL` or `DEALLOCATE ALL`.
+    pub fn forget_all(&mut self) {
+        self.held.clear();
+    }
+
+    /// Records a message that ends with ReadyForQuery and is not rewritten (FunctionCall).
+    pub fn note_ready(&mut self) {
+        self.expect.push_back(Expect::Ready);
+        let strays = std::mem::take(&mut self.strays);
+        self.strays_to_close.extend(strays);
+    }
+
+    /// Makes sure the server holds `stmt`, appending to `out` what creates it (and closes the
+    /// least recently used statement when `max` are held).
+    fn ensure(&mut self, stmt: &Statement, max: usize, out: &mut BytesMut) {
+        if self.held.get(&stmt.server_name).is_some() {
+            return;
+        }
+        self.make_room(max, out);
+        out.extend_from_slice(&stmt.parse);
+        self.expect.push_back(Expect::Parse {
+            swallow: true,
+            server_name: Some(stmt.server_name.clone()),
+            client_name: None,
+        });
+        self.held.insert(stmt.server_name.clone(), ());
+    }
+
+    /// Closes least recently used statements until one more fits under `max` (0: no bound).
+    fn make_room(&mut self, max: usize, out: &mut BytesMut) {
+        while max > 0 && self.held.len() >= max {
+            let Some((name, ())) = self.held.remove_lru() else {
+                return;
+            };
+            encode_close_statement(out, &name);
+            self.expect.push_back(Expect::Close {
+                swallow: true,
+                evicted: Some(name),
+                stray: None,
+            });
+        }
+    }
+
+    /// Closes the stray statements of an earlier duplicate `Parse`.
+    fn close_strays(&mut self, out: &mut BytesMut) {
+        for name in std::mem::take(&mut self.strays_to_close) {
+            encode_close_statement(out, &name);
+            self.expect.push_back(Expect::Close {
+                swallow: true,
+                evicted: None,
+                stray: Some(name),
+            });
+        }
+    }
+
+    /// What the server should get for one whole client message `frame` (tag, length, body), for a
+    /// client whose statements are `client`, with at most `max` statements per server connection.
+    /// `None`: the message as it is. Records the replies the server will owe.
+    pub fn rewrite(
+        &mut self,
+        client: &mut ClientStatements,
+        max: usize,
+        frame: &[u8],
+    ) -> Option<BytesMut> {
+        let tag = *frame.first()?;
+        let body = frame.get(5..)?;
+        let mut out = BytesMut::new();
+        self.close_strays(&mut out);
+        let replaced = match tag {
+            PARSE => self.parse(client, max, frame, body, &mut out),
+            BIND => match Bind::decode(body) {
+                Ok(b) if !b.statement.is_empty() => match client.get(b.statement) {
+                    Some(stmt) => {
+                        self.ensure(stmt, max, &mut out);
+                        let rest = &body[b.portal.len() + 1 + b.statement.len() + 1..];
+                        encode_message(&mut out, BIND, |m| {
+                            put_cstr(m, b.portal);
+                            put_cstr(m, &stmt.server_name);
+                            m.extend_from_slice(rest);
+                        });
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            },
+            DESCRIBE => match Target::decode(body) {
+                Ok(Target::Statement(name)) if !name.is_empty() => match client.get(name) {
+                    Some(stmt) => {
+                        self.ensure(stmt, max, &mut out);
+                        encode_message(&mut out, DESCRIBE, |m| {
+                            m.put_u8(b'S');
+                            put_cstr(m, &stmt.server_name);
+                        });
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            },
+            CLOSE => {
+                self.expect.push_back(Expect::Close {
+                    swallow: false,
+                    evicted: None,
+                    stray: None,
+                });
+                match Target::decode(body) {
+                    Ok(Target::Statement(name)) if client.by_name.remove(name).is_some() => {
+                        encode_close_statement(&mut out, NEVER_NAME);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            SYNC | QUERY | FUNCTION_CALL => {
+                self.note_ready();
+                if tag == QUERY && forgets_statements(body) {
+                    self.forget_all();
+                }
+                false
+            }
+            _ => false,
+        };
+        if replaced {
+            return Some(out);
+        }
+        if out.is_empty() {
+            return None;
+        }
+        out.extend_from_slice(frame);
+        Some(out)
+    }
+
+    /// A client `Parse` (see the module's documentation). `true`: `out` replaces it.
+    fn parse(
+        &mut self,
+        client: &mut ClientStatements,
+        max: usize,
+        frame: &[u8],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> bool {
+        let pass = |server_name, client_name| Expect::Parse {
+            swallow: false,
+            server_name,
+            client_name,
+        };
+        let Ok(p) = Parse::decode(body) else {
+            // The server refuses it as malformed.
+            self.expect.push_back(pass(None, None));
+            return false;
+        };
+        if p.name.is_empty() {
+            self.expect.push_back(pass(None, None));
+            return false;
+        }
+        if client.by_name.contains_key(p.name) {
+            // The server refuses the client's Parse itself, with PostgreSQL's error: a statement
+            // of that name exists there first.
+            encode_parse(out, p.name, DUPLICATE_PROBE, &[0, 0]);
+            self.expect.push_back(Expect::Parse {
+                swallow: true,
+                server_name: None,
+                client_name: None,
+            });
+            self.strays.push(p.name.into());
+            out.extend_from_slice(frame);
+            self.expect.push_back(pass(None, None));
+            return true;
+        }
+        let types = &body[p.name.len() + 1 + p.query.len() + 1..];
+        let stmt = Statement::new(p.query, types);
+        let client_name: Option<Box<str>> = Some(p.name.into());
+        if self.held.get(&stmt.server_name).is_some() {
+            // The server checks the text under a scratch name, closed at once.
+            encode_parse(out, SCRATCH_NAME, p.query, types);
+            self.expect.push_back(pass(None, client_name));
+            encode_close_statement(out, SCRATCH_NAME);
+            self.expect.push_back(Expect::Close {
+                swallow: true,
+                evicted: None,
+                stray: None,
+            });
+        } else {
+            self.make_room(max, out);
+            out.extend_from_slice(&stmt.parse);
+            self.expect
+                .push_back(pass(Some(stmt.server_name.clone()), client_name));
+            self.held.insert(stmt.server_name.clone(), ());
+        }
+        client.by_name.insert(p.name.into(), stmt);
+        true
+    }
+
+    /// Filters what a server sent: `new` bytes were just read onto the end of `buf` (whose front
+    /// the session has not forwarded yet). Drops the replies to the proxy's own messages and
+    /// settles the queue at each ReadyForQuery (a statement whose Parse got no ParseComplete is
+    /// forgotten, for `client` too). Whole messages only are judged; an incomplete header or
+    /// ReadyForQuery at the end waits for the next read.
+    pub fn filter(&mut self, client: &mut ClientStatements, buf: &mut BytesMut, new: usize) {
+        let len = buf.len();
+        let start = len.saturating_sub(new + self.tail);
+        let (mut r, mut w) = (start, start);
+        let keep = |buf: &mut BytesMut, r: usize, w: &mut usize, n: usize| {
+            if r != *w {
+                buf.copy_within(r..r + n, *w);
+            }
+            *w += n;
+        };
+        loop {
+            if self.pass > 0 {
+                let n = self.pass.min(len - r);
+                keep(buf, r, &mut w, n);
+                r += n;
+                self.pass -= n;
+                if self.pass > 0 {
+                    break;
+                }
+                continue;
+            }
+            if len - r < 5 {
+                break;
+            }
+            let tag = buf[r];
+            let declared = u32::from_be_bytes([buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4]]);
+            let frame_len = declared as usize + 1;
+            if declared < 4 {
+                // Malformed: the session reports it; nothing more is judged.
+                self.pass = usize::MAX;
+                continue;
+            }
+            if !matches!(tag, PARSE_COMPLETE | CLOSE_COMPLETE | READY_FOR_QUERY) {
+                self.pass = frame_len;
+                continue;
+            }
+            if len - r < frame_len {
+                break;
+            }
+            if self.on_reply(tag, client) {
+                keep(buf, r, &mut w, frame_len);
+            }
+            r += frame_len;
+        }
+        self.tail = len - r;
+        keep(buf, r, &mut w, len - r);
+        buf.truncate(w);
+    }
+
+    /// Matches one reply to the queue; `false`: drop it.
+    fn on_reply(&mut self, tag: u8, client: &mut ClientStatements) -> bool {
+        match (tag, self.expect.front()) {
+            (PARSE_COMPLETE, Some(Expect::Parse { swallow, .. })) => {
+                let swallow = *swallow;
+                self.expect.pop_front();
+                !swallow
+            }
+            (CLOSE_COMPLETE, Some(Expect::Close { swallow, .. })) => {
+                let swallow = *swallow;
+                self.expect.pop_front();
+                !swallow
+            }
+            (READY_FOR_QUERY, _) => {
+                // What was not answered before it was skipped after an error.
+                while let Some(e) = self.expect.pop_front() {
+                    match e {
+                        Expect::Ready => break,
+                        Expect::Parse {
+                            server_name,
+                            client_name,
+                            ..
+                        } => {
+                            if let Some(s) = &server_name {
+                                self.held.remove(s);
+                            }
+                            if let Some(c) = client_name {
+                                if let Some(s) = client.by_name.get(&c) {
+                                    let same =
+                                        server_name.as_ref().is_none_or(|n| *n == s.server_name);
+                                    if same {
+                                        client.by_name.remove(&c);
+                                    }
+                                }
+                            }
+                        }
+                        Expect::Close { evicted, stray, .. } => {
+                            if let Some(s) = evicted {
+                                self.held.insert(s, ());
+                            }
+                            if let Some(s) = stray {
+                                self.strays_to_close.push(s);
+                            }
+                        }
+                    }
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Whether a Query body (or SQL text) runs `DISCARD` or `DEALLOCATE` (which drop the server's
+/// statements).
+pub(crate) fn forgets_statements(body: &[u8]) -> bool {
+    let text = body.trim_ascii_start();
+    let starts =
+        |word: &[u8]| text.len() >= word.len() && text[..word.len()].eq_ignore_ascii_case(word);
+    starts(b"discard") || starts(b"deallocate")
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    buf.extend_from_slice(s.as_bytes());
+    buf.put_u8(0);
+}
+
+/// Appends `Parse(name, query, types)`; `types` is `n: i16 | n * oid`.
+fn encode_parse(buf: &mut BytesMut, name: &str, query: &str, types: &[u8]) {
+    encode_message(buf, PARSE, |m| {
+        put_cstr(m, name);
+        put_cstr(m, query);
+        m.extend_from_slice(types);
+    });
+}
+
+/// Appends `Close('S', name)`.
+fn encode_close_statement(buf: &mut BytesMut, name: &str) {
+    encode_message(buf, CLOSE, |m| {
+        m.put_u8(b'S');
+        put_cstr(m, name);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str, query: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, name, query, &[0, 0]);
+        b
+    }
+
+    fn bind(statement: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        encode_message(&mut b, BIND, |m| {
+            put_cstr(m, "");
+            put_cstr(m, statement);
+            m.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        });
+        b
+    }
+
+    fn target(tag: u8, kind: u8, name: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        encode_message(&mut b, tag, |m| {
+            m.put_u8(kind);
+            put_cstr(m, name);
+        });
+        b
+    }
+
+    fn sync() -> BytesMut {
+        let mut b = BytesMut::new();
+        encode_message(&mut b, SYNC, |_| {});
+        b
+    }
+
+    /// The messages in `bytes`, as (tag, first string of the body).
+    fn messages(bytes: &[u8]) -> Vec<(char, String)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+            let body = &bytes[at + 5..at + 1 + len];
+            let first = match bytes[at] {
+                b'D' | b'C' => &body[1..],
+                b'B' => &body[body.iter().position(|&b| b == 0).unwrap() + 1..],
+                _ => body,
+            };
+            let s = first.split(|&b| b == 0).next().unwrap_or(&[]);
+            out.push((bytes[at] as char, String::from_utf8_lossy(s).into_owned()));
+            at += 1 + len;
+        }
+        out
+    }
+
+    /// Sends each frame through `server.rewrite` and returns what the server got.
+    fn send(
+        server: &mut ServerStatements,
+        client: &mut ClientStatements,
+        max: usize,
+        frames: &[BytesMut],
+    ) -> Vec<(char, String)> {
+        let mut wire = BytesMut::new();
+        for f in frames {
+            match server.rewrite(client, max, f) {
+                Some(out) => wire.extend_from_slice(&out),
+                None => wire.extend_from_slice(f),
+            }
+        }
+        messages(&wire)
+    }
+
+    fn reply(tags: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        for &t in tags {
+            if t == b'Z' {
+                b.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+            } else {
+                b.extend_from_slice(&[t, 0, 0, 0, 4]);
+            }
+        }
+        b
+    }
+
+    /// Runs `bytes` through the filter in one read; returns the tags the client gets.
+    fn receive(
+        server: &mut ServerStatements,
+        client: &mut ClientStatements,
+        bytes: &[u8],
+    ) -> String {
+        let mut buf = BytesMut::from(bytes);
+        server.filter(client, &mut buf, bytes.len());
+        messages(&buf).into_iter().map(|(t, _)| t).collect()
+    }
+
+    fn server_name(client: &ClientStatements, name: &str) -> String {
+        client.get(name).unwrap().server_name().to_string()
+    }
+
+    #[test]
+    fn same_text_and_types_share_one_server_name_and_others_do_not() {
+        let a = Statement::new("SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let b = Statement::new("SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let c = Statement::new("SELECT $1", &[0, 1, 0, 0, 0, 25]);
+        let d = Statement::new("SELECT $2", &[0, 1, 0, 0, 0, 23]);
+        assert_eq!(a, b);
+        assert_ne!(a.server_name, c.server_name);
+        assert_ne!(a.server_name, d.server_name);
+        assert!(a.server_name.starts_with(SERVER_PREFIX));
+        assert_eq!(a.server_name.len(), SERVER_PREFIX.len() + 32);
+    }
+
+    #[test]
+    fn parse_bind_describe_get_the_server_name_and_unnamed_ones_pass() {
+        let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
+        let got = send(
+            &mut s,
+            &mut c,
+            10,
+            &[
+                parse("s1", "SELECT 1"),
+                bind("s1"),
+                target(DESCRIBE, b'S', "s1"),
+                sync(),
+            ],
+        );
+        let name = server_name(&c, "s1");
+        assert_eq!(
+            got,
+            vec![
+                ('P', name.clone()),
+                ('B', name.clone()),
+                ('D', name.clone()),
+                ('S', String::new())
+            ]
+        );
+        // The client sees every reply (nothing was added).
+        assert_eq!(receive(&mut s, &mut c, &reply(b"12tZ")), "12tZ");
+        assert!(s.is_settled());
+        let got = send(
+            &mut s,
+            &mut c,
+            10,
+            &[parse("", "SELECT 2"), bind(""), sync()],
+        );
+        assert_eq!(
+            got,
+            vec![
+                ('P', String::new()),
+                ('B', String::new()),
+                ('S', String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_server_without_the_statement_gets_its_parse_first_and_the_client_not_its_reply() {
+        let mut c = ClientStatements::default();
+        let mut first = ServerStatements::default();
+        send(&mut first, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        receive(&mut first, &mut c, &reply(b"1Z"));
+        // The next unit runs on another server connection.
+        let mut other = ServerStatements::default();
+        let name = server_name(&c, "s1");
+        let got = send(&mut other, &mut c, 10, &[bind("s1"), sync()]);
+        assert_eq!(
+            got,
+            vec![
+                ('P', name.clone()),
+                ('B', name.clone()),
+                ('S', String::new())
+            ]
+        );
+        assert_eq!(receive(&mut other, &mut c, &reply(b"12nZ")), "2nZ");
+        // Now it holds it: no second Parse.
+        let got = send(&mut other, &mut c, 10, &[bind("s1"), sync()]);
+        assert_eq!(got, vec![('B', name), ('S', String::new())]);
+        assert_eq!(receive(&mut other, &mut c, &reply(b"2Z")), "2Z");
+        assert!(other.is_settled());
+    }
+
+    #[test]
+    fn a_second_client_preparing_the_same_text_checks_it_under_a_scratch_name() {
+        let mut server = ServerStatements::default();
+        let (mut a, mut b) = (ClientStatements::default(), ClientStatements::default());
+        send(&mut server, &mut a, 10, &[parse("x", "SELECT 1"), sync()]);
+        receive(&mut server, &mut a, &reply(b"1Z"));
+        let got = send(&mut server, &mut b, 10, &[parse("y", "SELECT 1"), sync()]);
+        assert_eq!(
+            got,
+            vec![
+                ('P', SCRATCH_NAME.to_string()),
+                ('C', SCRATCH_NAME.to_string()),
+                ('S', String::new())
+            ]
+        );
+        assert_eq!(receive(&mut server, &mut b, &reply(b"13Z")), "1Z");
+        assert_eq!(server_name(&a, "x"), server_name(&b, "y"));
+        assert_eq!(server.len(), 1);
+    }
+
+    #[test]
+    fn close_forgets_the_client_statement_and_keeps_the_server_one() {
+        let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
+        send(&mut s, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        receive(&mut s, &mut c, &reply(b"1Z"));
+        let got = send(&mut s, &mut c, 10, &[target(CLOSE, b'S', "s1"), sync()]);
+        assert_eq!(
+            got,
+            vec![('C', NEVER_NAME.to_string()), ('S', String::new())]
+        );
+        assert_eq!(receive(&mut s, &mut c, &reply(b"3Z")), "3Z");
+        assert!(c.get("s1").is_none());
+        assert_eq!(s.len(), 1);
+        // Unknown now: Bind goes as the client wrote it (the server answers 26000); a new Parse
+        // of the same name is no duplicate.
+        assert_eq!(
+            send(&mut s, &mut c, 10, &[bind("s1")]),
+            vec![('B', "s1".to_string())]
+        );
+        let got = send(&mut s, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        assert_eq!(got[0], ('P', SCRATCH_NAME.to_string()));
+        // A portal's Close and an unknown statement's pass unchanged.
+        let got = send(
+            &mut s,
+            &mut c,
+            10,
+            &[target(CLOSE, b'P', "p"), target(CLOSE, b'S', "zz")],
+        );
+        assert_eq!(got, vec![('C', "p".to_string()), ('C', "zz".to_string())]);
+    }
+
+    #[test]
+    fn a_duplicate_name_meets_a_statement_of_that_name_on_the_server_which_is_closed_after_sync() {
+        let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
+        send(&mut s, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        receive(&mut s, &mut c, &reply(b"1Z"));
+        let got = send(
+            &mut s,
+            &mut c,
+            10,
+            &[parse("s1", "SELECT 2"), bind("s1"), sync()],
+        );
+        let name = server_name(&c, "s1");
+        assert_eq!(
+            got,
+            vec![
+                ('P', "s1".to_string()),
+                ('P', "s1".to_string()),
+                ('B', name),
+                ('S', String::new())
+            ]
+        );
+        // The probe's ParseComplete is swallowed; the server refused the client's Parse.
+        assert_eq!(receive(&mut s, &mut c, &reply(b"1EZ")), "EZ");
+        assert!(!s.is_settled());
+        // The client's statement is still the first one.
+        assert_eq!(c.get("s1").unwrap(), &Statement::new("SELECT 1", &[0, 0]));
+        // Before the next unit: the stray goes.
+        let got = send(&mut s, &mut c, 10, &[sync()]);
+        assert_eq!(got, vec![('C', "s1".to_string()), ('S', String::new())]);
+        assert_eq!(receive(&mut s, &mut c, &reply(b"3Z")), "Z");
+        assert!(s.is_settled());
+    }
+
+    #[test]
+    fn a_failed_parse_is_forgotten_for_the_client_and_the_server() {
+        let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
+        send(
+            &mut s,
+            &mut c,
+            10,
+            &[parse("bad", "SELEC 1"), bind("bad"), sync()],
+        );
+        // Error, then everything up to Sync is skipped.
+        assert_eq!(receive(&mut s, &mut c, &reply(b"EZ")), "EZ");
+        assert!(c.get("bad").is_none());
+        assert_eq!(s.len(), 0);
+        assert!(s.is_settled());
+    }
+
+    #[test]
+    fn an_added_parse_skipped_after_an_error_is_forgotten_on_that_server_only() {
+        let mut c = ClientStatements::default();
+        let mut first = ServerStatements::default();
+        send(&mut first, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        receive(&mut first, &mut c, &reply(b"1Z"));
+        let mut other = ServerStatements::default();
+        send(&mut other, &mut c, 10, &[bind("s1"), sync()]);
+        assert_eq!(receive(&mut other, &mut c, &reply(b"EZ")), "EZ");
+        assert_eq!(other.len(), 0);
+        assert!(c.get("s1").is_some());
+    }
+
+    #[test]
+    fn the_least_recently_used_statement_is_closed_beyond_the_bound() {
+        let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
+        send(
+            &mut s,
+            &mut c,
+            2,
+            &[parse("a", "SELECT 1"), parse("b", "SELECT 2"), sync()],
+        );
+        receive(&mut s, &mut c, &reply(b"11Z"));
+        // `a` used again: `b` is the least recently used.
+        send(&mut s, &mut c, 2, &[bind("a"), sync()]);
+        receive(&mut s, &mut c, &reply(b"2Z"));
+        let got = send(&mut s, &mut c, 2, &[parse("c", "SELECT 3"), sync()]);
+        let (a, b, cc) = (
+            server_name(&c, "a"),
+            server_name(&c, "b"),
+            server_name(&c, "c"),
+        );
+        assert_eq!(
+            got,
+            vec![('C', b.clone()), ('P', cc.clone()), ('S', String::new())]
+        );
+        assert_eq!(receive(&mut s, &mut c, &reply(b"31Z")), "1Z");
+        assert!(s.holds(&a) && s.holds(&cc) && !s.holds(&b));
+        // `b` is prepared again when used (closing `a` now).
+        let got = send(&mut s, &mut c, 2, &[bind("b"), sync()]);
+        assert_eq!(
+            got,
+            vec![('C', a), ('P', b.clone()), ('B', b), ('S', String::new())]
+        );
+        assert_eq!(receive(&mut s, &mut c, &reply(b"312Z")), "2Z");
+    }
+
+    #[test]
+    fn replies_split_across_reads_are_judged_whole() {
+        let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
+        send(&mut s, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        receive(&mut s, &mut c, &reply(b"1Z"));
+        let mut other = ServerStatements::default();
+        send(&mut other, &mut c, 10, &[bind("s1"), sync()]);
+        // ParseComplete (swallowed), BindComplete, a DataRow, ReadyForQuery, byte by byte.
+        let mut all = reply(b"12");
+        all.extend_from_slice(&[b'D', 0, 0, 0, 7, 0, 1, 9]);
+        all.extend_from_slice(&reply(b"Z"));
+        let mut buf = BytesMut::new();
+        let mut client_got = BytesMut::new();
+        for b in all.iter() {
+            buf.extend_from_slice(&[*b]);
+            other.filter(&mut c, &mut buf, 1);
+            // The session forwards whole headers it sees, except an incomplete ReadyForQuery.
+            let visible = buf.len() - other.tail;
+            client_got.extend_from_slice(&buf.split_to(visible));
+        }
+        assert_eq!(
+            messages(&client_got)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect::<String>(),
+            "2DZ"
+        );
+        assert!(other.is_settled());
+    }
+
+    #[test]
+    fn discard_all_forgets_the_server_statements() {
+        let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
+        send(&mut s, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        receive(&mut s, &mut c, &reply(b"1Z"));
+        let mut q = BytesMut::new();
+        encode_message(&mut q, QUERY, |m| put_cstr(m, "  DISCARD ALL"));
+        send(&mut s, &mut c, 10, &[q]);
+        assert_eq!(s.len(), 0);
+        let name = server_name(&c, "s1");
+        assert_eq!(send(&mut s, &mut c, 10, &[bind("s1")])[0], ('P', name));
+    }
+}
