@@ -129,3 +129,22 @@ fn asynchronous_replication_loses_commits_and_the_check_sees_it() {
     });
     assert!(found.is_some(), "no seed lost an asynchronous commit");
 }
+
+/// Without the proxies' handshake (a promotion that does not wait for them to leave the former
+/// leader), a member promotes while a proxy still routes writes to the leader it replaced: the
+/// invariant must see it.
+#[test]
+fn without_the_proxy_handshake_a_promotion_is_found_while_a_proxy_routes_to_the_former_leader() {
+    let opts = Options {
+        await_proxies: false,
+        ..Options::default()
+    };
+    let found = (0..2000).find(|&seed| {
+        let r = run_seed_with(seed, false, opts);
+        matches!(r.violation, Some(Violation::PromotedBeforeProxyLeft { .. }))
+    });
+    assert!(
+        found.is_some(),
+        "no seed promoted while a proxy routed to the former leader without the handshake"
+    );
+}
