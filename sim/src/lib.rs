@@ -18,8 +18,11 @@
 //!
 //! After every event the invariants are checked (see [`Violation`]):
 //! - at most one PostgreSQL accepts writes (a running primary, whether reached through a proxy or
-//!   directly);
-//! - under `synchronous_mode`, a member that becomes writable holds every commit a client was told
+//!   directly): [`Violation::TwoWritable`];
+//! - the fencing handshake: a member promotes only once no proxy still serving routes writes to the
+//!   former leader it replaced ([`Violation::PromotedBeforeProxyLeft`]); a proxy's acknowledgement
+//!   is a DCS write with latency (and lost replies), and it routes to the new leader only after it;
+//! - under `synchronous_mode` (on, strict, quorum), a member that becomes writable holds every commit a client was told
 //!   was committed while synchronous replication was active (once a leader wrote the `sync` key);
 //! - a writable leader, routed to by a proxy, exists again within `ttl + loop_wait` (plus
 //!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal;
@@ -35,7 +38,7 @@
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
 //! guard with [`ha::demote_deadline_ms`], the next cycle's wait, the bounded DCS calls). Not modelled
 //! (their rules are not exercised here): bootstrap and clone (the cluster starts initialized), slots,
-//! failsafe mode, quorum mode, pause, cascading replication and tags, permanent data loss, and the
+//! failsafe mode, pause, cascading replication and tags, permanent data loss, and the
 //! REST API's wire format, clock skew between hosts (one clock; etcd leases are server-side). The
 //! proxy handshake's order (close the former leader's connections, acknowledge, then route) is
 //! mirrored from `proxy/src/server.rs`, not called (it lives in the proxy's async task); its timings
@@ -520,15 +523,16 @@ impl Sim {
         let n = [2, 3, 3, 3, 4][rng.pick(5)];
         let np = 1 + rng.pick(2);
         let (ttl, loop_wait, retry) = [(30, 10, 10), (20, 5, 5), (15, 5, 5)][rng.pick(3)];
-        let mode = rng.pick(3);
+        // Off, on, strict, quorum.
+        let mode = rng.pick(4);
         let dynamic = DynamicConfig {
             ttl,
             loop_wait,
             retry_timeout: retry,
-            synchronous_mode: if mode == 0 {
-                SyncMode::Off
-            } else {
-                SyncMode::On
+            synchronous_mode: match mode {
+                0 => SyncMode::Off,
+                3 => SyncMode::Quorum,
+                _ => SyncMode::On,
             },
             synchronous_mode_strict: mode == 2,
             primary_start_timeout: 300,
@@ -1939,6 +1943,11 @@ impl Sim {
                     let d = self.latency();
                     self.schedule(d, Ev::ProxyAck(p));
                 }
+            } else if px.routed != wanted && !px.suspended {
+                // The acknowledged route is the DCS's again (a failed acknowledgement left the
+                // proxy unrouted): route it, as the proxy's loop re-applies its topology.
+                px.routed = wanted.clone();
+                self.log(format!("proxy{p}: routes writes to {wanted:?} again"));
             } else if now >= px.last_ok + praetor_proxy::heartbeat_interval(ttl).as_millis() as u64
             {
                 px.last_ok = now;

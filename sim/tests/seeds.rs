@@ -96,6 +96,23 @@ fn regression_seed_45_switchover_candidate_without_the_last_wal() {
     assert_clean(45);
 }
 
+/// Quorum mode (drawn by the seeds since): the leader lost its lock while the `sync` key listed no
+/// voter; nobody was allowed to promote, not even that former leader holding every commit, and the
+/// cluster stayed without a leader (23 of the first 1,000 seeds). Fixed in `sync::may_promote`
+/// (the key's leader races in quorum mode too, as seed 9 in `on` mode).
+#[test]
+fn regression_seed_14_quorum_key_listing_no_voter_left_the_cluster_leaderless() {
+    assert_clean(14);
+}
+
+/// The simulated proxy's acknowledgement, once a DCS write with latency, failed while the leader
+/// it had acknowledged before came back: the proxy stayed unrouted for good. The proxy's loop
+/// routes its acknowledged leader again when the DCS shows it (as `proxy/src/server.rs` does).
+#[test]
+fn regression_seed_3725_a_failed_proxy_acknowledgement_left_the_proxy_unrouted() {
+    assert_clean(3725);
+}
+
 /// Without a watchdog a frozen leader's primary outlives its lease (nothing in the frozen process
 /// can stop it) and, cut off from the new leader's fence, accepts writes next to the new primary:
 /// the invariant must see it.

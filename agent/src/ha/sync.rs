@@ -480,8 +480,9 @@ pub fn listed_may_promote(sync: &SyncState, name: &str) -> bool {
 ///   voter needs `quorum` votes, anyone else `quorum + 1`: since every commit was acknowledged by
 ///   `numsync` of the voters and `quorum + numsync >= |voters|`, one of those groups holds every
 ///   acknowledged commit and this member is at least as far. The key's own leader (the former
-///   primary, back as a replica) needs none. A key listing no voter (replication fell back to
-///   asynchronous) allows no automatic failover. Members ahead are [`super::election::is_healthiest`]'s
+///   primary, back as a replica) needs none, also when the key lists no voter (replication fell
+///   back to asynchronous: it alone holds every acknowledged commit); such a key allows no other
+///   member to be promoted automatically. Members ahead are [`super::election::is_healthiest`]'s
 ///   business.
 pub fn may_promote(
     view: &Cluster,
@@ -519,11 +520,15 @@ pub fn may_promote(
     let Some(leader) = sync.leader.as_deref() else {
         return not_sync;
     };
-    if listed.is_empty() {
-        return not_sync;
-    }
+    // The key's own leader (the former primary) holds every acknowledged commit, also when the key
+    // lists no voter: replication fell back to asynchronous while it led, so it alone acknowledged
+    // them. Refusing it left the cluster without a leader for good once that leader lost its lock
+    // (the simulation's seed 14, quorum mode's twin of seed 9 in `on` mode).
     if leader == cfg.name {
         return Ok(());
+    }
+    if listed.is_empty() {
+        return not_sync;
     }
     let voting = |n: &str| n == leader || listed.iter().any(|l| l == n);
     let voters: Vec<String> = peers

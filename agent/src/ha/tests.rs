@@ -1904,6 +1904,16 @@ fn rows() -> Vec<Row> {
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
             .expect(vec![], |r| r.to_string().contains("quorum commit needs 1 vote(s)")),
+        row("quorum: the key's own leader, back as a replica, promotes when the key lists no voter (it alone acknowledged every commit; sim seed 14)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some(ME.into()), sync_standby: None, quorum: Some(0) }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row("quorum: a key listing no voter lets no other member promote",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: None, quorum: Some(0) }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
         row("quorum: a member outside the key promotes with quorum + 1 votes",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg3".into()), quorum: Some(0) }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
