@@ -150,6 +150,13 @@ pub enum Violation {
         /// The former leader.
         former: String,
     },
+    /// A member tagged `nofailover` was promoted.
+    NofailoverPromoted {
+        /// Simulated ms.
+        at: u64,
+        /// The member.
+        member: String,
+    },
     /// `decide` returned an action the simulation does not expect in this cluster (a modelling
     /// gap, or a rule that fired where it must not: bootstrap, clone, data removal, fatal error).
     Unexpected {
@@ -479,6 +486,8 @@ struct SteppedDown {
 /// The world of one seed.
 struct Sim {
     seed: u64,
+    /// The member tagged `nofailover`, if any.
+    nofailover: Option<usize>,
     rng: Rng,
     now: u64,
     seq: u64,
@@ -614,8 +623,12 @@ impl Sim {
             );
         }
         let faults_until = rng.range(60_000, 180_000);
+        // One seed in three with 3 or more members tags a member other than the first leader
+        // `nofailover` (at least one other candidate remains).
+        let nofailover = (n >= 3 && rng.chance(33)).then(|| 1 + rng.pick(n - 1));
         let mut sim = Sim {
             seed,
+            nofailover,
             rng,
             now: 0,
             seq: 0,
@@ -675,6 +688,10 @@ impl Sim {
             if d.synchronous_mode_strict { " strict" } else { "" },
             faults_until
         );
+        let line = match sim.nofailover {
+            Some(m) => format!("{line}, pg{m} tagged nofailover"),
+            None => line,
+        };
         sim.log(line);
         sim
     }
@@ -783,7 +800,10 @@ impl Sim {
     fn cfg(&self, i: usize) -> HaConfig {
         HaConfig {
             name: self.agents[i].name.clone(),
-            tags: Tags::default(),
+            tags: Tags {
+                nofailover: self.nofailover == Some(i),
+                ..Tags::default()
+            },
             dynamic: self.dynamic.clone(),
             remove_data_on_diverged: false,
             fence_timeout_ms: 5_000,
@@ -921,6 +941,12 @@ impl Sim {
         self.promotions += 1;
         let name = self.agents[i].name.clone();
         self.log(format!("{name}: promoted to timeline {tl} at {at}"));
+        if self.nofailover == Some(i) && self.violation.is_none() {
+            self.violation = Some(Violation::NofailoverPromoted {
+                at: self.now,
+                member: name.clone(),
+            });
+        }
         self.check_proxies(i);
         self.check_commits(i);
         self.check_switchover(i);
@@ -1073,6 +1099,10 @@ impl Sim {
             api_url: Some(format!("http://{}:8008/patroni", a.name)),
             state,
             role,
+            tags: Tags {
+                nofailover: self.nofailover == Some(i),
+                ..Tags::default()
+            },
             ..Default::default()
         };
         if a.task.is_none() && pg.running() {
@@ -1192,7 +1222,7 @@ impl Sim {
                 is_running: pg.running() && a.task.is_none(),
                 wal_position: pg.lsn(),
                 timeline: pg.tl(),
-                nofailover: false,
+                nofailover: self.nofailover == Some(j),
                 failover_priority: 1,
             });
         }

@@ -105,6 +105,23 @@ fn regression_seed_14_quorum_key_listing_no_voter_left_the_cluster_leaderless() 
     assert_clean(14);
 }
 
+/// Quorum mode: a switchover request outlived its leader, whose `sync` key listed no voter; that
+/// former leader left the race to the others, none of whom the key allowed. Fixed in
+/// `decide::election` (in quorum mode a key listing no voter allows its leader alone).
+#[test]
+fn regression_seed_85_quorum_switchover_left_behind_kept_the_former_leader_out() {
+    assert_clean(85);
+}
+
+/// `nofailover` (drawn by the seeds since): the `sync` key listed only the member tagged
+/// `nofailover`; once the leader lost its lock nobody could promote. Fixed in `sync` (the key's
+/// leader races when the key lists only `nofailover` members; a promotable standby is preferred
+/// as synchronous, as Patroni does).
+#[test]
+fn regression_seed_93_sync_key_listing_only_a_nofailover_member_left_the_cluster_leaderless() {
+    assert_clean(93);
+}
+
 /// The simulated proxy's acknowledgement, once a DCS write with latency, failed while the leader
 /// it had acknowledged before came back: the proxy stayed unrouted for good. The proxy's loop
 /// routes its acknowledged leader again when the DCS shows it (as `proxy/src/server.rs` does).

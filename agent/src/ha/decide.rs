@@ -955,14 +955,21 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     let peers = local.peers.as_deref().unwrap_or(&[]);
     let mut exclude = None;
     let mut i_am_candidate = false;
-    // Under synchronous replication (`on`) only the members the `sync` key allows can take the lock
-    // (see `sync::may_promote`): the others cannot be waited for.
+    // Under synchronous replication only the members the `sync` key allows can take the lock (see
+    // `sync::may_promote`): the others cannot be waited for. In quorum mode a key listing no voter
+    // allows its leader alone (votes are counted by the member itself); waiting for another member
+    // left the cluster without a leader (the simulation's seed 85).
     let sync_allows = |name: &str| {
-        cfg.dynamic.synchronous_mode != praetor_config::SyncMode::On
-            || view
-                .sync
-                .as_ref()
-                .is_none_or(|s| sync::listed_may_promote(&s.value, name))
+        let Some(s) = view.sync.as_ref().map(|s| &s.value) else {
+            return true;
+        };
+        match cfg.dynamic.synchronous_mode {
+            praetor_config::SyncMode::On => sync::listed_may_promote(view, s, name),
+            praetor_config::SyncMode::Quorum => {
+                s.leader.as_deref() == Some(name) || !s.members().is_empty()
+            }
+            _ => true,
+        }
     };
     // A leader that stepped down for a switchover published its last LSN (`status.optime`, its
     // shutdown checkpoint; Patroni's delete_leader(leader, last_lsn)). A member that has not

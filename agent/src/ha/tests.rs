@@ -1824,6 +1824,31 @@ fn rows() -> Vec<Row> {
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
             .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
+        row("sync on: the key's own leader races again when the key lists only nofailover members (none can have been promoted; sim seed 93)",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned { value: sync_value(&["pg3"]), version: 9 });
+                c.members[2].data.tags.nofailover = true;
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![with(peer("pg3", 1000), |p| p.nofailover = true)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row("sync on: a standby that may be promoted replaces a nofailover synchronous standby (Patroni prefers them; sim seed 93)",
+            Some(with(cluster(Some(ME)), |c| {
+                c.sync = Some(Versioned { value: sync_value(&["pg2"]), version: 9 });
+                c.members[1].data.tags.nofailover = true;
+            })),
+            with(local(primary_with(&[("pg2", "sync", 1000), ("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)), |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            // The key shrinks first, then synchronous_standby_names names pg3 (next loops).
+            .expect(upkeep(vec![sync_key(&[])]), |_| true),
+        row("quorum: the leader that stepped down for a switchover races again when the key lists no voter (no other member may promote; sim seed 85)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), Some("pg3"));
+                c.sync = Some(Versioned { value: quorum_value("", 0), version: 9 });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
         row("sync on: no sync key at all (synchronous replication never activated): the asynchronous race rules apply (sim seed 29328)",
             Some(cluster(None)),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
@@ -1909,6 +1934,16 @@ fn rows() -> Vec<Row> {
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
             .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row("quorum: the key's own leader, back as a replica, needs quorum votes while the key lists voters (one may have been promoted since with votes, the key not rewritten; sim)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| r.to_string().contains("quorum commit needs 1 vote(s)")),
+        row("quorum: the key's own leader promotes with a vote from a voter at or behind it",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())]), |_| true),
         row("quorum: a key listing no voter lets no other member promote",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: None, quorum: Some(0) }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
