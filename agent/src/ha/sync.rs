@@ -543,7 +543,7 @@ pub fn may_promote(
     // has quorum 0: the key's leader needs no vote, as it alone acknowledged every commit
     // (replication fell back to asynchronous); refusing it left the cluster without a leader for
     // good (seed 14, quorum mode's twin of seed 9 in `on` mode).
-    let in_key = leader == cfg.name || listed.iter().any(|l| *l == cfg.name);
+    let in_key = leader == cfg.name || listed.contains(&cfg.name);
     if listed.is_empty() && leader != cfg.name {
         return not_sync;
     }
