@@ -38,7 +38,8 @@
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
 //! guard with [`ha::demote_deadline_ms`], the next cycle's wait, the bounded DCS calls). Not modelled
 //! (their rules are not exercised here): bootstrap and clone (the cluster starts initialized), slots,
-//! failsafe mode, pause, cascading replication and tags, permanent data loss, and the
+//! failsafe mode, pause, cascading replication and tags other than `nofailover` (a third of the
+//! seeds with 3-4 members tag one member; [`Violation::NofailoverPromoted`]), permanent data loss, and the
 //! REST API's wire format, clock skew between hosts (one clock; etcd leases are server-side). The
 //! proxy handshake's order (close the former leader's connections, acknowledge, then route) is
 //! mirrored from `proxy/src/server.rs`, not called (it lives in the proxy's async task); its timings

@@ -113,6 +113,16 @@ fn regression_seed_85_quorum_switchover_left_behind_kept_the_former_leader_out()
     assert_clean(85);
 }
 
+/// Quorum mode, a safety bug: a voter was promoted with votes and acknowledged commits while the
+/// DCS was down, so the `sync` key still named the former leader; that former leader, back as a
+/// replica, promoted without any vote (the key's leader needed none) and without those commits:
+/// `LostCommit`, two members on timeline 2. Fixed in `sync::may_promote` (the key's leader needs
+/// `quorum` votes like a voter).
+#[test]
+fn regression_seed_4957_quorum_key_leader_promoted_without_votes_and_lost_commits() {
+    assert_clean(4957);
+}
+
 /// `nofailover` (drawn by the seeds since): the `sync` key listed only the member tagged
 /// `nofailover`; once the leader lost its lock nobody could promote. Fixed in `sync` (the key's
 /// leader races when the key lists only `nofailover` members; a promotable standby is preferred
