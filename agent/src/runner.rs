@@ -37,11 +37,6 @@ use crate::ha::{
 use crate::peers::fetch_peers;
 use crate::postgres::instance::{SlotAdvance, SlotRow};
 
-/// The least time between two attempts of a replica to copy permanent logical slots from the
-/// leader (before PostgreSQL 17): a copy restarts the replica, so a copy that fails or does not
-/// take is retried at this pace, never in a loop.
-const SLOT_COPY_PACE: Duration = Duration::from_secs(60);
-
 use crate::postgres::{Instance, InstanceSettings, ServerStatus};
 pub use reload::ReloadSource;
 
@@ -181,7 +176,7 @@ pub async fn run_with(
         remote_probed: None,
         last_role: None,
         pending_restart: Default::default(),
-        slot_copy_at: None,
+        slot_copy_at_ms: None,
         sync_catchup_lsn: 0,
         failsafe_active: false,
         dcs_call_failed: std::sync::atomic::AtomicBool::new(false),
@@ -390,8 +385,9 @@ struct Runner {
     dcs_call_failed: std::sync::atomic::AtomicBool,
     /// Monotonic ms when the last failsafe confirmation round began (see `failsafe_check`).
     failsafe_asked_ms: Option<u64>,
-    /// When this replica last tried to copy permanent logical slots from the leader (before 17).
-    slot_copy_at: Option<Instant>,
+    /// Monotonic ms when this replica last began copying permanent logical slots from the leader
+    /// (before 17), for `decide`'s pacing ([`LocalState::slot_copy_at_ms`]).
+    slot_copy_at_ms: Option<u64>,
     /// Parameters waiting for a restart: name → (running value, configured value).
     pending_restart: std::collections::BTreeMap<String, (String, String)>,
     callbacks: crate::callbacks::Callbacks,
@@ -677,6 +673,7 @@ impl Runner {
             remote: self.remote.clone(),
             remote_recovery: self.pg.remote_recovery_written(),
             switchover_wait_began_ms: self.switchover_wait_since,
+            slot_copy_at_ms: self.slot_copy_at_ms,
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -1119,18 +1116,19 @@ impl Runner {
                 self.set_lock_renewed(None);
                 Ok(released)
             }
-            Action::Promote => {
+            Action::Promote { within_ms } => {
                 // Writable from here on for the deadline guard, before the check below: a guard
                 // that fires after this store stops the promoted primary; one that fired before
                 // it fired at or before the deadline, which the check then sees as passed.
                 self.may_write
                     .store(true, std::sync::atomic::Ordering::SeqCst);
-                // `decide` puts a renewal right before every promotion: no deadline means none.
+                // The window is decide()'s (the renewal right before this action); no renewal
+                // known means none.
                 if self
-                    .demote_deadline_ms()
-                    .is_none_or(|deadline| self.now().mono_ms >= deadline)
+                    .lock_renewed_ms
+                    .is_none_or(|at| self.now().mono_ms >= at + within_ms)
                 {
-                    tracing::warn!("not promoting: the demotion deadline of the last lock renewal has passed (the renewal was slow, or this process was frozen)");
+                    tracing::warn!("not promoting: more than {within_ms} ms since the lock renewal right before (the renewal was slow, or this process was frozen)");
                     return Ok(false);
                 }
                 self.pg.promote().await?;
@@ -1396,22 +1394,14 @@ impl Runner {
     /// Copies permanent logical slots from the leader `from` into this replica (before 17,
     /// Patroni's `copy_logical_slots`): reads their state files there, and when it got any, stops
     /// PostgreSQL (fast), writes them into `pg_replslot/`, and starts it again as a replica in the
-    /// background, so PostgreSQL loads them. At most one attempt per [`SLOT_COPY_PACE`], whatever
-    /// its outcome: a copy costs a restart, and one that does not take must not restart the
-    /// replica in a loop. Every failure is logged with its reason.
+    /// background, so PostgreSQL loads them. Records the attempt, whatever its outcome, for
+    /// `decide`, which paces the copies ([`ha::slots::pace_copies`]): a copy costs a restart, and
+    /// one that does not take must not restart the replica in a loop. Every failure is logged with
+    /// its reason.
     async fn copy_logical_slots(&mut self, from: &ha::Upstream, slots: &[ha::slots::LogicalSlot]) {
-        if let Some(at) = self.slot_copy_at {
-            if at.elapsed() < SLOT_COPY_PACE {
-                tracing::debug!(
-                    "not copying logical slots yet: the last attempt was {}s ago",
-                    at.elapsed().as_secs()
-                );
-                return;
-            }
-        }
-        self.slot_copy_at = Some(Instant::now());
+        self.slot_copy_at_ms = Some(self.now().mono_ms);
         let names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
-        let retry = SLOT_COPY_PACE.as_secs();
+        let retry = ha::slots::SLOT_COPY_PACE_MS / 1000;
         let states = match self.pg.read_leader_slot_states(from, &names).await {
             Ok(s) => s,
             Err(e) => {
@@ -2377,6 +2367,7 @@ mod tests {
             unfenced: None,
             proxies_wait_began_ms: None,
             switchover_wait_began_ms: None,
+            slot_copy_at_ms: None,
             granted_ttl: None,
             failed_task: None,
             failsafe_confirmed: Some(true),

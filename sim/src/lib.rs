@@ -18,8 +18,11 @@
 //!
 //! After every event the invariants are checked (see [`Violation`]):
 //! - at most one PostgreSQL accepts writes (a running primary, whether reached through a proxy or
-//!   directly);
-//! - under `synchronous_mode`, a member that becomes writable holds every commit a client was told
+//!   directly): [`Violation::TwoWritable`];
+//! - the fencing handshake: a member promotes only once no proxy still serving routes writes to the
+//!   former leader it replaced ([`Violation::PromotedBeforeProxyLeft`]); a proxy's acknowledgement
+//!   is a DCS write with latency (and lost replies), and it routes to the new leader only after it;
+//! - under `synchronous_mode` (on, strict, quorum), a member that becomes writable holds every commit a client was told
 //!   was committed while synchronous replication was active (once a leader wrote the `sync` key);
 //! - a writable leader, routed to by a proxy, exists again within `ttl + loop_wait` (plus
 //!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal;
@@ -35,7 +38,8 @@
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
 //! guard with [`ha::demote_deadline_ms`], the next cycle's wait, the bounded DCS calls). Not modelled
 //! (their rules are not exercised here): bootstrap and clone (the cluster starts initialized), slots,
-//! failsafe mode, quorum mode, pause, cascading replication and tags, permanent data loss, and the
+//! failsafe mode, pause, cascading replication and tags other than `nofailover` (a third of the
+//! seeds with 3-4 members tag one member; [`Violation::NofailoverPromoted`]), permanent data loss, and the
 //! REST API's wire format, clock skew between hosts (one clock; etcd leases are server-side). The
 //! proxy handshake's order (close the former leader's connections, acknowledge, then route) is
 //! mirrored from `proxy/src/server.rs`, not called (it lives in the proxy's async task); its timings
@@ -134,6 +138,26 @@ pub enum Violation {
         /// The deadline that passed (ms).
         deadline: u64,
     },
+    /// A member promoted while a proxy still serving routed writes to the former leader it replaced
+    /// (the fencing handshake: every live proxy acknowledges the change, or has stopped serving at
+    /// its DCS-contact deadline, before the new leader promotes).
+    PromotedBeforeProxyLeft {
+        /// Simulated ms.
+        at: u64,
+        /// The member promoted.
+        member: String,
+        /// The proxy still routing writes to the former leader.
+        proxy: String,
+        /// The former leader.
+        former: String,
+    },
+    /// A member tagged `nofailover` was promoted.
+    NofailoverPromoted {
+        /// Simulated ms.
+        at: u64,
+        /// The member.
+        member: String,
+    },
     /// `decide` returned an action the simulation does not expect in this cluster (a modelling
     /// gap, or a rule that fired where it must not: bootstrap, clone, data removal, fatal error).
     Unexpected {
@@ -156,6 +180,10 @@ pub struct Options {
     /// Check lost acknowledged commits in asynchronous mode too (where losing up to
     /// `maximum_lag_on_failover` is allowed, so this finds losses by design).
     pub check_async_commits: bool,
+    /// Carry out the proxies' handshake ([`Action::AwaitProxies`]). Off, a promotion does not wait
+    /// for the proxies to leave the former leader, which [`Violation::PromotedBeforeProxyLeft`]
+    /// must catch.
+    pub await_proxies: bool,
 }
 
 impl Default for Options {
@@ -163,6 +191,7 @@ impl Default for Options {
         Options {
             watchdog: true,
             check_async_commits: false,
+            await_proxies: true,
         }
     }
 }
@@ -342,6 +371,9 @@ struct Proxy {
     id: String,
     routed: Option<String>,
     acked: Option<Option<String>>,
+    /// The route whose acknowledgement is being written (the DCS write takes latency); the proxy
+    /// routes writes to it only once the write returned.
+    acking: Option<Option<String>>,
     last_ok: u64,
     suspended: bool,
 }
@@ -416,6 +448,8 @@ enum Ev {
     Guard(usize, u64),
     Tick,
     ProxyTick(usize),
+    /// A proxy's acknowledgement write reaches the DCS (step 3 of the handshake).
+    ProxyAck(usize),
     Client,
     Fault,
     HealFault(Fault),
@@ -453,6 +487,8 @@ struct SteppedDown {
 /// The world of one seed.
 struct Sim {
     seed: u64,
+    /// The member tagged `nofailover`, if any.
+    nofailover: Option<usize>,
     rng: Rng,
     now: u64,
     seq: u64,
@@ -497,15 +533,16 @@ impl Sim {
         let n = [2, 3, 3, 3, 4][rng.pick(5)];
         let np = 1 + rng.pick(2);
         let (ttl, loop_wait, retry) = [(30, 10, 10), (20, 5, 5), (15, 5, 5)][rng.pick(3)];
-        let mode = rng.pick(3);
+        // Off, on, strict, quorum.
+        let mode = rng.pick(4);
         let dynamic = DynamicConfig {
             ttl,
             loop_wait,
             retry_timeout: retry,
-            synchronous_mode: if mode == 0 {
-                SyncMode::Off
-            } else {
-                SyncMode::On
+            synchronous_mode: match mode {
+                0 => SyncMode::Off,
+                3 => SyncMode::Quorum,
+                _ => SyncMode::On,
             },
             synchronous_mode_strict: mode == 2,
             primary_start_timeout: 300,
@@ -560,6 +597,7 @@ impl Sim {
                 id: format!("proxy{i}"),
                 routed: Some(names[0].clone()),
                 acked: Some(Some(names[0].clone())),
+                acking: None,
                 last_ok: 0,
                 suspended: false,
             })
@@ -586,8 +624,12 @@ impl Sim {
             );
         }
         let faults_until = rng.range(60_000, 180_000);
+        // One seed in three with 3 or more members tags a member other than the first leader
+        // `nofailover` (at least one other candidate remains).
+        let nofailover = (n >= 3 && rng.chance(33)).then(|| 1 + rng.pick(n - 1));
         let mut sim = Sim {
             seed,
+            nofailover,
             rng,
             now: 0,
             seq: 0,
@@ -647,6 +689,10 @@ impl Sim {
             if d.synchronous_mode_strict { " strict" } else { "" },
             faults_until
         );
+        let line = match sim.nofailover {
+            Some(m) => format!("{line}, pg{m} tagged nofailover"),
+            None => line,
+        };
         sim.log(line);
         sim
     }
@@ -755,7 +801,10 @@ impl Sim {
     fn cfg(&self, i: usize) -> HaConfig {
         HaConfig {
             name: self.agents[i].name.clone(),
-            tags: Tags::default(),
+            tags: Tags {
+                nofailover: self.nofailover == Some(i),
+                ..Tags::default()
+            },
             dynamic: self.dynamic.clone(),
             remove_data_on_diverged: false,
             fence_timeout_ms: 5_000,
@@ -893,8 +942,45 @@ impl Sim {
         self.promotions += 1;
         let name = self.agents[i].name.clone();
         self.log(format!("{name}: promoted to timeline {tl} at {at}"));
+        if self.nofailover == Some(i) && self.violation.is_none() {
+            self.violation = Some(Violation::NofailoverPromoted {
+                at: self.now,
+                member: name.clone(),
+            });
+        }
+        self.check_proxies(i);
         self.check_commits(i);
         self.check_switchover(i);
+    }
+
+    /// The fencing handshake held: no proxy still serving routes writes to the former leader that
+    /// member `i` replaced (the one `decide` fenced and awaited the proxies for).
+    fn check_proxies(&mut self, i: usize) {
+        if self.violation.is_some() {
+            return;
+        }
+        let Some(former) = self.agents[i]
+            .former_leader
+            .as_ref()
+            .map(|u| u.member.clone())
+        else {
+            return;
+        };
+        if former == self.agents[i].name {
+            return;
+        }
+        let still = self
+            .proxies
+            .iter()
+            .find(|p| !p.suspended && p.routed.as_deref() == Some(former.as_str()));
+        if let Some(p) = still {
+            self.violation = Some(Violation::PromotedBeforeProxyLeft {
+                at: self.now,
+                member: self.agents[i].name.clone(),
+                proxy: p.id.clone(),
+                former,
+            });
+        }
     }
 
     /// A planned switchover loses no commit: the member promoted after a leader stepped down holds
@@ -1014,6 +1100,10 @@ impl Sim {
             api_url: Some(format!("http://{}:8008/patroni", a.name)),
             state,
             role,
+            tags: Tags {
+                nofailover: self.nofailover == Some(i),
+                ..Tags::default()
+            },
             ..Default::default()
         };
         if a.task.is_none() && pg.running() {
@@ -1133,7 +1223,7 @@ impl Sim {
                 is_running: pg.running() && a.task.is_none(),
                 wal_position: pg.lsn(),
                 timeline: pg.tl(),
-                nofailover: false,
+                nofailover: self.nofailover == Some(j),
                 failover_priority: 1,
             });
         }
@@ -1191,6 +1281,8 @@ impl Sim {
                 .map(|(_, t)| *t),
             granted_ttl: None,
             switchover_wait_began_ms: a.switchover_wait_since,
+            // Not modelled: no permanent logical slots, so no copies to pace.
+            slot_copy_at_ms: None,
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
@@ -1349,6 +1441,7 @@ impl Sim {
                 }
                 (true, 1)
             }
+            Action::AwaitProxies { .. } if !self.opts.await_proxies => (true, 0),
             Action::AwaitProxies { former, wait_ms } => {
                 if !matches!(&self.agents[i].proxies_wait_since, Some((f, _)) if f == former) {
                     self.agents[i].proxies_wait_since = Some((former.clone(), now));
@@ -1372,9 +1465,11 @@ impl Sim {
                     return;
                 }
             }
-            Action::Promote => {
+            Action::Promote { within_ms } => {
                 self.agents[i].may_write = true;
-                let overdue = self.deadline(i).is_none_or(|d| now >= d);
+                let overdue = self.agents[i]
+                    .lock_renewed_ms
+                    .is_none_or(|at| now >= at + within_ms);
                 if overdue {
                     self.log(format!(
                         "{}: not promoting: past the demotion deadline of the last renewal",
@@ -1868,23 +1963,22 @@ impl Sim {
             let id = self.proxies[p].id.clone();
             let px = &mut self.proxies[p];
             if px.acked.as_ref() != Some(&wanted) {
-                // Fence the former leader (close its connections), acknowledge, then route.
-                px.routed = None;
-                px.acked = Some(wanted.clone());
+                if px.acking.is_none() {
+                    // Steps 1-2: stop routing to the former leader and close its connections
+                    // (instantly here: no sessions are modelled), then write the acknowledgement.
+                    if px.routed.is_some() && px.routed != wanted {
+                        px.routed = None;
+                        self.log(format!("proxy{p}: fenced {:?}", self.proxies[p].acked));
+                    }
+                    self.proxies[p].acking = Some(wanted);
+                    let d = self.latency();
+                    self.schedule(d, Ev::ProxyAck(p));
+                }
+            } else if px.routed != wanted && !px.suspended {
+                // The acknowledged route is the DCS's again (a failed acknowledgement left the
+                // proxy unrouted): route it, as the proxy's loop re-applies its topology.
                 px.routed = wanted.clone();
-                px.suspended = false;
-                px.last_ok = now;
-                self.dcs.proxies.insert(
-                    id,
-                    (
-                        ProxyState {
-                            leader: wanted.clone(),
-                            since: None,
-                        },
-                        now + u64::from(ttl) * 1000,
-                    ),
-                );
-                self.log(format!("proxy{p}: routes writes to {wanted:?}"));
+                self.log(format!("proxy{p}: routes writes to {wanted:?} again"));
             } else if now >= px.last_ok + praetor_proxy::heartbeat_interval(ttl).as_millis() as u64
             {
                 px.last_ok = now;
@@ -1910,6 +2004,43 @@ impl Sim {
         }
         let d = self.rng.range(100, 700);
         self.schedule(d, Ev::ProxyTick(p));
+    }
+
+    /// Step 3 and 4 of the proxy's handshake: the acknowledgement reaches the DCS (when the proxy
+    /// can still reach it), and only once the write returned does the proxy route writes to the
+    /// acknowledged leader. A lost reply leaves the key written and the proxy unrouted: it
+    /// acknowledges again at its next tick, as the real proxy retries every 500 ms.
+    fn proxy_ack(&mut self, p: usize) {
+        let Some(wanted) = self.proxies[p].acking.take() else {
+            return;
+        };
+        if self.dcs.down || self.cut_proxy_dcs[p] {
+            self.log(format!("proxy{p}: acknowledgement of {wanted:?} failed"));
+            return;
+        }
+        let ttl = self.dynamic.ttl;
+        let now = self.now;
+        let id = self.proxies[p].id.clone();
+        self.dcs.proxies.insert(
+            id,
+            (
+                ProxyState {
+                    leader: wanted.clone(),
+                    since: None,
+                },
+                now + u64::from(ttl) * 1000,
+            ),
+        );
+        if self.rng.chance(2) && self.healed_at.is_none() {
+            self.log(format!("proxy{p}: acknowledged {wanted:?}, reply lost"));
+            return;
+        }
+        let px = &mut self.proxies[p];
+        px.acked = Some(wanted.clone());
+        px.routed = wanted.clone();
+        px.suspended = false;
+        px.last_ok = now;
+        self.log(format!("proxy{p}: routes writes to {wanted:?}"));
     }
 
     // ---------------------------------------------------------------- faults
@@ -2148,6 +2279,7 @@ impl Sim {
                 Ev::Guard(i, d) => self.guard_event(i, d),
                 Ev::Tick => self.tick(),
                 Ev::ProxyTick(p) => self.proxy_tick(p),
+                Ev::ProxyAck(p) => self.proxy_ack(p),
                 Ev::Client => self.client(),
                 Ev::Fault => self.fault(),
                 Ev::HealFault(f) => self.heal_fault(f),

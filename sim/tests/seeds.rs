@@ -96,6 +96,50 @@ fn regression_seed_45_switchover_candidate_without_the_last_wal() {
     assert_clean(45);
 }
 
+/// Quorum mode (drawn by the seeds since): the leader lost its lock while the `sync` key listed no
+/// voter; nobody was allowed to promote, not even that former leader holding every commit, and the
+/// cluster stayed without a leader (23 of the first 1,000 seeds). Fixed in `sync::may_promote`
+/// (the key's leader races in quorum mode too, as seed 9 in `on` mode).
+#[test]
+fn regression_seed_14_quorum_key_listing_no_voter_left_the_cluster_leaderless() {
+    assert_clean(14);
+}
+
+/// Quorum mode: a switchover request outlived its leader, whose `sync` key listed no voter; that
+/// former leader left the race to the others, none of whom the key allowed. Fixed in
+/// `decide::election` (in quorum mode a key listing no voter allows its leader alone).
+#[test]
+fn regression_seed_85_quorum_switchover_left_behind_kept_the_former_leader_out() {
+    assert_clean(85);
+}
+
+/// Quorum mode, a safety bug: a voter was promoted with votes and acknowledged commits while the
+/// DCS was down, so the `sync` key still named the former leader; that former leader, back as a
+/// replica, promoted without any vote (the key's leader needed none) and without those commits:
+/// `LostCommit`, two members on timeline 2. Fixed in `sync::may_promote` (the key's leader needs
+/// `quorum` votes like a voter).
+#[test]
+fn regression_seed_4957_quorum_key_leader_promoted_without_votes_and_lost_commits() {
+    assert_clean(4957);
+}
+
+/// `nofailover` (drawn by the seeds since): the `sync` key listed only the member tagged
+/// `nofailover`; once the leader lost its lock nobody could promote. Fixed in `sync` (the key's
+/// leader races when the key lists only `nofailover` members; a promotable standby is preferred
+/// as synchronous, as Patroni does).
+#[test]
+fn regression_seed_93_sync_key_listing_only_a_nofailover_member_left_the_cluster_leaderless() {
+    assert_clean(93);
+}
+
+/// The simulated proxy's acknowledgement, once a DCS write with latency, failed while the leader
+/// it had acknowledged before came back: the proxy stayed unrouted for good. The proxy's loop
+/// routes its acknowledged leader again when the DCS shows it (as `proxy/src/server.rs` does).
+#[test]
+fn regression_seed_3725_a_failed_proxy_acknowledgement_left_the_proxy_unrouted() {
+    assert_clean(3725);
+}
+
 /// Without a watchdog a frozen leader's primary outlives its lease (nothing in the frozen process
 /// can stop it) and, cut off from the new leader's fence, accepts writes next to the new primary:
 /// the invariant must see it.
@@ -128,4 +172,23 @@ fn asynchronous_replication_loses_commits_and_the_check_sees_it() {
         matches!(r.violation, Some(Violation::LostCommit { .. }))
     });
     assert!(found.is_some(), "no seed lost an asynchronous commit");
+}
+
+/// Without the proxies' handshake (a promotion that does not wait for them to leave the former
+/// leader), a member promotes while a proxy still routes writes to the leader it replaced: the
+/// invariant must see it.
+#[test]
+fn without_the_proxy_handshake_a_promotion_is_found_while_a_proxy_routes_to_the_former_leader() {
+    let opts = Options {
+        await_proxies: false,
+        ..Options::default()
+    };
+    let found = (0..2000).find(|&seed| {
+        let r = run_seed_with(seed, false, opts);
+        matches!(r.violation, Some(Violation::PromotedBeforeProxyLeft { .. }))
+    });
+    assert!(
+        found.is_some(),
+        "no seed promoted while a proxy routed to the former leader without the handshake"
+    );
 }

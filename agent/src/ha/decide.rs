@@ -119,7 +119,7 @@ fn paused(d: Decision, view: Option<&Cluster>, local: &LocalState, cfg: &HaConfi
     let allowed = |a: &Action| match a {
         Action::Start(_)
         | Action::Stop(_)
-        | Action::Promote
+        | Action::Promote { .. }
         | Action::FencePrimary { .. }
         | Action::AwaitProxies { .. }
         | Action::Rewind(_)
@@ -216,7 +216,7 @@ fn decide_unpaused(
             if holds_lock(view, me) {
                 leader(view, local, cfg, r, now)
             } else if let Some(l) = view.leader.as_ref() {
-                follower(view, local, r, &l.name, cfg)
+                follower(view, local, r, &l.name, cfg, now)
             } else {
                 election(view, local, cfg, r, now)
             }
@@ -865,6 +865,7 @@ fn follower(
     r: &Running,
     leader: &str,
     cfg: &HaConfig,
+    now: Now,
 ) -> Decision {
     if r.is_primary {
         return decision(
@@ -895,7 +896,11 @@ fn follower(
             },
         );
     }
-    let actions = slots::slot_actions(view, cfg, r, leader, &[]);
+    let actions = slots::pace_copies(
+        slots::slot_actions(view, cfg, r, leader, &[]),
+        local.slot_copy_at_ms,
+        now.mono_ms,
+    );
     decision(
         actions,
         Reason::Following {
@@ -950,14 +955,21 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     let peers = local.peers.as_deref().unwrap_or(&[]);
     let mut exclude = None;
     let mut i_am_candidate = false;
-    // Under synchronous replication (`on`) only the members the `sync` key allows can take the lock
-    // (see `sync::may_promote`): the others cannot be waited for.
+    // Under synchronous replication only the members the `sync` key allows can take the lock (see
+    // `sync::may_promote`): the others cannot be waited for. In quorum mode a key listing no voter
+    // allows its leader alone (votes are counted by the member itself); waiting for another member
+    // left the cluster without a leader (the simulation's seed 85).
     let sync_allows = |name: &str| {
-        cfg.dynamic.synchronous_mode != praetor_config::SyncMode::On
-            || view
-                .sync
-                .as_ref()
-                .is_none_or(|s| sync::listed_may_promote(&s.value, name))
+        let Some(s) = view.sync.as_ref().map(|s| &s.value) else {
+            return true;
+        };
+        match cfg.dynamic.synchronous_mode {
+            praetor_config::SyncMode::On => sync::listed_may_promote(view, s, name),
+            praetor_config::SyncMode::Quorum => {
+                s.leader.as_deref() == Some(name) || !s.members().is_empty()
+            }
+            _ => true,
+        }
     };
     // A leader that stepped down for a switchover published its last LSN (`status.optime`, its
     // shutdown checkpoint; Patroni's delete_leader(leader, last_lsn)). A member that has not
@@ -1154,8 +1166,12 @@ fn promotion(
     actions.extend(sync::before_promote(view, cfg));
     // The waits above may have taken a good part of the lease: confirm the lock right before the
     // point of no return, or go back to the race (a failed renewal ends the list).
+    // `pg_promote()` only within the demotion window of that renewal: past it (a slow renewal, a
+    // frozen agent) the lease may have run out, and another member may be promoting.
     actions.push(Action::RenewLeader);
-    actions.push(Action::Promote);
+    actions.push(Action::Promote {
+        within_ms: super::demote_window_ms(&cfg.dynamic, local.watchdog_timeout_secs),
+    });
     actions
 }
 

@@ -275,6 +275,10 @@ pub struct LocalState {
     /// runner sets it on the first such decision and clears it on any other; `None` otherwise.
     /// Both waits are bounded by [`switchover_wait_ms`] from here.
     pub switchover_wait_began_ms: Option<u64>,
+    /// Monotonic ms when this replica last began copying logical slots from the leader
+    /// ([`Action::CopyLogicalSlots`]), whatever the outcome; `None` before the first attempt.
+    /// `decide` paces the copies with it ([`slots::pace_copies`]).
+    pub slot_copy_at_ms: Option<u64>,
 }
 
 /// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).
@@ -388,10 +392,18 @@ pub enum Action {
         wait_ms: u64,
     },
     /// `pg_promote()` and wait for it; PostgreSQL must be a running replica and this member must hold
-    /// the lock. Not done (ends the list) when the demotion deadline of the last renewal has passed
-    /// (the agent was frozen, or the renewal right before it was slow): the lease may no longer
-    /// cover the promotion (see [`may_accept_writes`]).
-    Promote,
+    /// the lock. `decide` puts a [`Action::RenewLeader`] right before it and sets `within_ms` to that
+    /// renewal's demotion window ([`demote_window_ms`]): the runner does not promote (not done, ends
+    /// the list) once `within_ms` have passed since the renewal's request was sent (the agent was
+    /// frozen, or the renewal was slow), nor without a renewal it knows of, since the lease may no
+    /// longer cover the promotion (see [`may_accept_writes`]). A watchdog armed in the same list
+    /// does not shorten `within_ms` (its timeout is known once armed): the window still ends
+    /// `retry_timeout` before the renewed lease can expire, which is what this check protects, and
+    /// the deadline guard stops a primary before the watchdog would fire.
+    Promote {
+        /// The longest time from the renewal right before to `pg_promote()` (ms).
+        within_ms: u64,
+    },
     /// Stop PostgreSQL and wait for it to exit.
     Stop(StopMode),
     /// *Background*: write the configuration for `StartAs` and start PostgreSQL.
@@ -435,7 +447,8 @@ pub enum Action {
     /// Replica before PostgreSQL 17: copy these permanent logical slots from the leader `from`
     /// (Patroni's `copy_logical_slots`): read each slot's state file there, stop PostgreSQL, write
     /// the files into `pg_replslot/`, start it again as a replica. Costs one restart; a failure is
-    /// logged and the copy is tried again at a bounded pace.
+    /// logged, and `decide` tries the copy again at most once per [`slots::SLOT_COPY_PACE_MS`]
+    /// (the runner records each attempt in [`LocalState::slot_copy_at_ms`]).
     CopyLogicalSlots {
         /// The leader to read the slots from.
         from: Upstream,
@@ -533,11 +546,19 @@ pub fn demote_deadline_ms(
     dynamic: &DynamicConfig,
     watchdog_timeout_secs: Option<u32>,
 ) -> Option<u64> {
+    lock_renewed_ms.map(|at| at + demote_window_ms(dynamic, watchdog_timeout_secs))
+}
+
+/// The demotion window of one lock renewal (ms): how long after it a leader that cannot renew
+/// again must have demoted (see [`demote_deadline_ms`]), and the longest a promotion may start
+/// after the renewal right before it ([`Action::Promote`]). `loop_wait + retry_timeout`, at most
+/// one second under an armed watchdog's timeout (`watchdog_timeout_secs`).
+pub fn demote_window_ms(dynamic: &DynamicConfig, watchdog_timeout_secs: Option<u32>) -> u64 {
     let mut window_secs = dynamic.loop_wait + dynamic.retry_timeout;
     if let Some(t) = watchdog_timeout_secs {
         window_secs = window_secs.min(t.saturating_sub(1));
     }
-    lock_renewed_ms.map(|at| at + u64::from(window_secs) * 1000)
+    u64::from(window_secs) * 1000
 }
 
 /// The longest a primary stepping down in a planned switchover waits for its transactions in
@@ -613,8 +634,8 @@ pub fn past_demote_deadline(
 /// before `pg_promote()` (see `decide::promotion`) gives the promotion a fresh deadline. Stopping
 /// it threw the promotion away (restart, fence and handshake again), and on a DCS slower than
 /// `retry_timeout` the cluster never got a primary (the nemesis's "no convergence" runs). The
-/// runner refuses `pg_promote()` past the deadline ([`Action::Promote`]), so a promotion is always
-/// covered by a renewal. Stopped, starting (maybe as primary, maybe in crash recovery) and unknown
+/// runner does not issue `pg_promote()` past the deadline of the renewal `decide` put right before it
+/// ([`Action::Promote`]'s `within_ms`), so a promotion is always covered by a renewal. Stopped, starting (maybe as primary, maybe in crash recovery) and unknown
 /// states count as writable.
 pub fn may_accept_writes(last_seen: &Postgres, primary_issued: bool) -> bool {
     primary_issued || !matches!(last_seen, Postgres::Running(r) if !r.is_primary)

@@ -270,6 +270,26 @@ fn replica_logical_slot_actions(
     actions
 }
 
+/// The least time between two attempts to copy logical slots from the leader (ms): a copy costs a
+/// restart of the replica, and one that does not take (the leader lacks the slot, its state file
+/// cannot be read) must not restart it in a loop. Patroni retries its copy at the HA loop's pace
+/// but restarts only once; Praetor allows one attempt a minute, whatever its outcome.
+pub const SLOT_COPY_PACE_MS: u64 = 60_000;
+
+/// `actions` without [`Action::CopyLogicalSlots`] while the last copy attempt, begun at monotonic
+/// `last_copy_ms` ([`super::LocalState::slot_copy_at_ms`]), is less than [`SLOT_COPY_PACE_MS`]
+/// before `now_ms`; unchanged otherwise (and before the first attempt).
+pub fn pace_copies(actions: Vec<Action>, last_copy_ms: Option<u64>, now_ms: u64) -> Vec<Action> {
+    let due = last_copy_ms.is_none_or(|at| now_ms.saturating_sub(at) >= SLOT_COPY_PACE_MS);
+    if due {
+        return actions;
+    }
+    actions
+        .into_iter()
+        .filter(|a| !matches!(a, Action::CopyLogicalSlots { .. }))
+        .collect()
+}
+
 /// The database a replica names in `primary_conninfo` for the slot synchronization worker (the
 /// first permanent logical slot's), when [`uses_failover_slots`].
 pub fn slot_sync_dbname(dynamic: &DynamicConfig, pg_major: u32) -> Option<&str> {

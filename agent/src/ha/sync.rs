@@ -74,8 +74,10 @@ pub fn render_guc(mode: SyncMode, count: u32, members: &[String], strict: bool) 
 }
 
 /// The standbys eligible to be synchronous: streaming, known members, not tagged `nosync` or
-/// `nostream`, within `maximum_lag_on_syncnode`; members already synchronous first (stability), then
-/// by name.
+/// `nostream`, within `maximum_lag_on_syncnode`; members that may be promoted (no `nofailover`)
+/// first, as Patroni's `SyncHandler.current_state` prefers them (a commit acknowledged only by a
+/// `nofailover` standby is on no member that can take over), then members already synchronous
+/// (stability), then by name.
 fn candidates(view: &Cluster, r: &Running, cfg: &HaConfig, current: &[String]) -> Vec<String> {
     let max_lag = cfg.dynamic.maximum_lag_on_syncnode.filter(|l| *l > 0);
     let mut out: Vec<&Standby> = r
@@ -88,7 +90,14 @@ fn candidates(view: &Cluster, r: &Running, cfg: &HaConfig, current: &[String]) -
         })
         .filter(|s| max_lag.is_none_or(|l| r.wal_position.saturating_sub(s.flush_lsn) <= l as u64))
         .collect();
-    out.sort_by_key(|s| (!current.contains(&s.name), s.name.clone()));
+    let nofailover = |name: &str| view.member(name).is_some_and(|m| m.data.tags.nofailover);
+    out.sort_by_key(|s| {
+        (
+            nofailover(&s.name),
+            !current.contains(&s.name),
+            s.name.clone(),
+        )
+    });
     out.into_iter().map(|s| s.name.clone()).collect()
 }
 
@@ -462,10 +471,13 @@ pub fn before_promote(view: &Cluster, cfg: &HaConfig) -> Option<Action> {
 }
 
 /// In `on` mode, whether the `sync` key lets member `name` be promoted: it is listed, or it is the
-/// key's leader and the key lists nobody (see [`may_promote`]).
-pub fn listed_may_promote(sync: &SyncState, name: &str) -> bool {
+/// key's leader and the key lists nobody who can have been promoted since, that is nobody, or only
+/// members whose keys in `view` say `nofailover` (see [`may_promote`]).
+pub fn listed_may_promote(view: &Cluster, sync: &SyncState, name: &str) -> bool {
     let listed = sync.members();
-    listed.iter().any(|l| l == name) || (listed.is_empty() && sync.leader.as_deref() == Some(name))
+    let promotable = |l: &String| view.member(l).is_none_or(|m| !m.data.tags.nofailover);
+    listed.iter().any(|l| l == name)
+        || (sync.leader.as_deref() == Some(name) && !listed.iter().any(promotable))
 }
 
 /// Whether this member (WAL position `my_wal`) may be promoted automatically under synchronous
@@ -474,14 +486,19 @@ pub fn listed_may_promote(sync: &SyncState, name: &str) -> bool {
 /// - no `sync` key: synchronous replication was never activated; any member may (asynchronous rules).
 /// - `on`: it is listed in the `sync` key (the only members guaranteed to hold every acknowledged
 ///   commit), or it is the key's leader and the key lists nobody (replication fell back to
-///   asynchronous while it led: it alone holds every acknowledged commit).
+///   asynchronous while it led: it alone holds every acknowledged commit) or only `nofailover`
+///   members (none of them can have been promoted and acknowledged commits it lacks; without this
+///   a leader that lost its lock while its only synchronous standby was tagged `nofailover` left the
+///   cluster without a leader for good: the simulation's seed 93).
 /// - `quorum` (Patroni's `_is_healthiest_node`): the key's members (its leader and voters) vote; a
 ///   member votes when it answered with PostgreSQL running as a replica at or behind `my_wal`. A
 ///   voter needs `quorum` votes, anyone else `quorum + 1`: since every commit was acknowledged by
 ///   `numsync` of the voters and `quorum + numsync >= |voters|`, one of those groups holds every
 ///   acknowledged commit and this member is at least as far. The key's own leader (the former
-///   primary, back as a replica) needs none. A key listing no voter (replication fell back to
-///   asynchronous) allows no automatic failover. Members ahead are [`super::election::is_healthiest`]'s
+///   primary, back as a replica) counts as a voter: a voter may have been promoted since, with
+///   votes, without rewriting the key. A key listing no voter (replication fell back to
+///   asynchronous) has quorum 0: its leader needs no vote, and no other member may be promoted
+///   automatically. Members ahead are [`super::election::is_healthiest`]'s
 ///   business.
 pub fn may_promote(
     view: &Cluster,
@@ -510,7 +527,7 @@ pub fn may_promote(
         // seeds 9 and 150). Patroni lets the key's leader race too (`SyncState.matches(name,
         // check_leader=True)`); Praetor only while the list is empty: a listed standby may have been
         // promoted (and acknowledged commits) before writing the key, which its former leader lacks.
-        return if listed_may_promote(sync, &cfg.name) {
+        return if listed_may_promote(view, sync, &cfg.name) {
             Ok(())
         } else {
             not_sync
@@ -519,11 +536,16 @@ pub fn may_promote(
     let Some(leader) = sync.leader.as_deref() else {
         return not_sync;
     };
-    if listed.is_empty() {
+    // The key's own leader (the former primary) is one of the voting set, like the voters: it
+    // needs `quorum` votes, since a voter may have been promoted with votes (and acknowledged
+    // commits it lacks) without rewriting the key, the DCS gone meanwhile (the simulation found a
+    // former leader promoted by this key, without its successor's commits). A key listing no voter
+    // has quorum 0: the key's leader needs no vote, as it alone acknowledged every commit
+    // (replication fell back to asynchronous); refusing it left the cluster without a leader for
+    // good (seed 14, quorum mode's twin of seed 9 in `on` mode).
+    let in_key = leader == cfg.name || listed.contains(&cfg.name);
+    if listed.is_empty() && leader != cfg.name {
         return not_sync;
-    }
-    if leader == cfg.name {
-        return Ok(());
     }
     let voting = |n: &str| n == leader || listed.iter().any(|l| l == n);
     let voters: Vec<String> = peers
@@ -533,7 +555,7 @@ pub fn may_promote(
         .filter(|p| p.wal_position > 0 && p.wal_position <= my_wal)
         .map(|p| p.name.clone())
         .collect();
-    let needed = sync.quorum.unwrap_or(0) + u32::from(!listed.contains(&cfg.name));
+    let needed = sync.quorum.unwrap_or(0) + u32::from(!in_key);
     if voters.len() as u32 >= needed {
         Ok(())
     } else {

@@ -102,6 +102,7 @@ fn local(postgres: Postgres) -> LocalState {
         unfenced: None,
         proxies_wait_began_ms: None,
         switchover_wait_began_ms: None,
+        slot_copy_at_ms: None,
         granted_ttl: None,
         retained_members: vec![],
         remote: None,
@@ -243,6 +244,30 @@ fn failsafe_key(names: &[&str]) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// A lock holder's upkeep under `cfg()`: renew the lock, publish `status`, keep the other
+/// members' slots, then `more`.
+fn upkeep(more: Vec<Action>) -> Vec<Action> {
+    let mut actions = vec![Action::RenewLeader, Action::WriteStatus, slots_for_others()];
+    actions.extend(more);
+    actions
+}
+
+/// `pg_promote()` within the demotion window of the renewal right before it, under `cfg()`:
+/// `loop_wait` 1 s + `retry_timeout` 2 s.
+fn promote() -> Action {
+    Action::Promote { within_ms: 3_000 }
+}
+
+/// A replica's promotion under `cfg()`: `lock` (taking or renewing the lock), the slots of the
+/// other members, the fence of the former primary on port 5432, `between` (the proxies'
+/// handshake, synchronous replication armed), then a renewal right before `pg_promote()`.
+fn promoting(lock: Action, between: Vec<Action>) -> Vec<Action> {
+    let mut actions = vec![lock, slots_for_others(), fence(5432)];
+    actions.extend(between);
+    actions.extend([Action::RenewLeader, promote()]);
+    actions
+}
+
 fn slots_for_others() -> Action {
     Action::EnsureSlots(vec!["pg2".into(), "pg3".into()])
 }
@@ -309,6 +334,17 @@ fn queue_slot() -> slots::LogicalSlot {
         plugin: "test_decoding".into(),
         failover: false,
     }
+}
+
+/// Leader pg2 publishes the permanent slot `queue` at 800 in `status`.
+fn queue_published_at_800() -> Cluster {
+    with(cluster(Some("pg2")), |c| {
+        c.status = Some(Status {
+            optime: 900,
+            slots: Some([("queue".to_string(), 800u64)].into()),
+            retain_slots: None,
+        })
+    })
 }
 
 /// This member's `queue` slot, confirmed up to `confirmed`.
@@ -502,7 +538,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             local(running(true, 1000, None)),
         )
-        .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |r| {
+        .expect(upkeep(vec![]), |r| {
             r.to_string() == "no action. I am (pg1), the leader with the lock"
         }),
         row(
@@ -554,7 +590,7 @@ fn rows() -> Vec<Row> {
                     shutdown_ms: 3000,
                 },
                 RenewLeader,
-                Promote,
+                promote(),
             ],
             |_| true,
         ),
@@ -579,7 +615,7 @@ fn rows() -> Vec<Row> {
             })),
         )
         .expect(
-            vec![RenewLeader, WriteStatus, slots_for_others(), UpdateHistory],
+            upkeep(vec![UpdateHistory]),
             |_| true,
         ),
         row(
@@ -587,7 +623,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             local(running(false, 1000, Some(5432))),
         )
-        .expect(vec![RenewLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+        .expect(promoting(RenewLeader, vec![]), |r| {
             *r == Reason::PromotedBecauseHadLock
         }),
         row(
@@ -599,7 +635,7 @@ fn rows() -> Vec<Row> {
                 l.lock_renewed_ms = Some(NOW.mono_ms - 5000)
             }),
         )
-        .expect(vec![RenewLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+        .expect(promoting(RenewLeader, vec![]), |r| {
             *r == Reason::PromotedBecauseHadLock
         }),
         row(
@@ -875,7 +911,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 900)])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+        .expect(promoting(AcquireLeader, vec![]), |r| {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
@@ -899,7 +935,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 900)])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+        .expect(promoting(AcquireLeader, vec![]), |r| {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
@@ -919,7 +955,7 @@ fn rows() -> Vec<Row> {
             ),
         )
         .cfg(|c| c.dynamic.check_timeline = true)
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+        .expect(promoting(AcquireLeader, vec![]), |r| {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
@@ -940,17 +976,7 @@ fn rows() -> Vec<Row> {
             }),
         )
         .expect(
-            vec![
-                AcquireLeader,
-                slots_for_others(),
-                fence(5432),
-                AwaitProxies {
-                    former: "pg2".into(),
-                    wait_ms: 1000,
-                },
-                RenewLeader,
-                Promote,
-            ],
+            promoting(AcquireLeader, vec![AwaitProxies { former: "pg2".into(), wait_ms: 1000 }]),
             |r| *r == Reason::PromotedByAcquiringLock,
         ),
         row(
@@ -960,7 +986,7 @@ fn rows() -> Vec<Row> {
             racing_replica_waiting_since(4_800),
         )
         .expect(
-            vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
+            promoting(AcquireLeader, vec![]),
             |_| true,
         ),
         row(
@@ -969,17 +995,7 @@ fn rows() -> Vec<Row> {
             racing_replica_waiting_since(4_500),
         )
         .expect(
-            vec![
-                AcquireLeader,
-                slots_for_others(),
-                fence(5432),
-                AwaitProxies {
-                    former: "pg2".into(),
-                    wait_ms: 300,
-                },
-                RenewLeader,
-                Promote,
-            ],
+            promoting(AcquireLeader, vec![AwaitProxies { former: "pg2".into(), wait_ms: 300 }]),
             |_| true,
         ),
         row(
@@ -992,7 +1008,7 @@ fn rows() -> Vec<Row> {
                 l.former_leader = Some(up("pg2", 5432));
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |r| {
+        .expect(promoting(AcquireLeader, vec![]), |r| {
             *r == Reason::PromotedByAcquiringLock
         }),
         row(
@@ -1074,7 +1090,7 @@ fn rows() -> Vec<Row> {
             with(racing_replica(), |l| l.watchdog = WatchdogState::NotArmed),
         )
         .expect(
-            vec![ArmWatchdog, AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
+            with(promoting(AcquireLeader, vec![]), |a| a.insert(0, ArmWatchdog)),
             |_| true,
         ),
         row(
@@ -1082,7 +1098,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             with(local(running(true, 1000, None)), |l| l.watchdog = WatchdogState::Armed),
         )
-        .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+        .expect(upkeep(vec![]), |_| true),
         row(
             "leader restarted with an unarmed watchdog: arm it before renewing",
             Some(cluster(Some(ME))),
@@ -1103,8 +1119,23 @@ fn rows() -> Vec<Row> {
             with(racing_replica(), |l| l.watchdog = WatchdogState::Refused),
         )
         .expect(
-            vec![ArmWatchdog, AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote],
+            with(promoting(AcquireLeader, vec![]), |a| a.insert(0, ArmWatchdog)),
             |_| true,
+        ),
+        row(
+            "lock holder still a replica with an armed watchdog of 2 s: pg_promote() only within \
+             1 s of the renewal right before it (the window ends a second before the watchdog)",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.watchdog = WatchdogState::Armed;
+                l.watchdog_timeout_secs = Some(2);
+            }),
+        )
+        .expect(
+            with(promoting(RenewLeader, vec![]), |a| {
+                *a.last_mut().expect("promote") = Promote { within_ms: 1_000 }
+            }),
+            |r| *r == Reason::PromotedBecauseHadLock,
         ),
         row(
             "paused: the watchdog is not required",
@@ -1112,7 +1143,7 @@ fn rows() -> Vec<Row> {
             with(local(running(true, 1000, None)), |l| l.watchdog = WatchdogState::Refused),
         )
         .cfg(|c| c.dynamic.pause = true)
-        .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+        .expect(upkeep(vec![]), |_| true),
         // --- §7: DCS loss --------------------------------------------------------------------------
         row(
             "§7 primary cannot reach the DCS, within loop_wait + retry_timeout: keep trying to renew",
@@ -1403,7 +1434,7 @@ fn rows() -> Vec<Row> {
                 l.switchover_wait_began_ms = Some(NOW.mono_ms - 15_000);
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         row(
             "the candidate lacking the last LSN, the stepped-down leader gone (does not answer): Patroni's race at once",
             Some(with(cluster(None), |c| {
@@ -1414,7 +1445,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 900)]);
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         row(
             "the leader that stepped down races back when no other member has its last LSN past the bound (the candidate missed it)",
             Some(with(cluster(None), |c| {
@@ -1426,7 +1457,7 @@ fn rows() -> Vec<Row> {
                 l.switchover_wait_began_ms = Some(NOW.mono_ms - 60_000);
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), RenewLeader, Promote], |r| *r == Reason::PromotedByAcquiringLock),
+        .expect(vec![AcquireLeader, slots_for_others(), RenewLeader, promote()], |r| *r == Reason::PromotedByAcquiringLock),
         row(
             "a third member holding the last LSN waits for the candidate that has not replayed it yet (it streams: milliseconds), within the bound",
             Some(with(cluster(None), |c| {
@@ -1449,7 +1480,7 @@ fn rows() -> Vec<Row> {
                 l.switchover_wait_began_ms = Some(NOW.mono_ms - 60_000);
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         row(
             "the leader that stepped down waits, within the bound, for its streaming candidate to replay its last LSN instead of racing back",
             Some(with(cluster(None), |c| {
@@ -1545,7 +1576,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![peer("pg3", 2000)])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         row(
             "no leader, switchover names a healthy other member: wait for it",
             Some(with(cluster(None), |c| {
@@ -1565,7 +1596,7 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![])
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         row(
             "sync on: the leader that stepped down for a switchover races again when the sync key lets no other member take the lock (sim seed 162)",
             Some(with(cluster(None), |c| {
@@ -1577,7 +1608,7 @@ fn rows() -> Vec<Row> {
             }),
         )
         .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         row(
             "sync on: the leader that stepped down for a switchover stays out while a listed standby can take the lock",
             Some(with(cluster(None), |c| {
@@ -1604,7 +1635,7 @@ fn rows() -> Vec<Row> {
             }),
         )
         .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         // --- fencing the former primary --------------------------------------------------------------
         row(
             "race winner fences the last leader it saw (not just its upstream) before promoting",
@@ -1614,12 +1645,12 @@ fn rows() -> Vec<Row> {
                 l.former_leader = Some(up("pg2", 5432));
             }),
         )
-        .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
         // --- maintenance mode (pause) ----------------------------------------------------------------
         row("pause: healthy leader keeps its lock fresh",
             Some(cluster(Some(ME))), local(running(true, 1000, None)))
             .cfg(|c| c.dynamic.pause = true)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others()],
+            .expect(upkeep(vec![]),
                     |r| r.to_string() == "PAUSE: no action. I am (pg1), the leader with the lock"),
         row("pause: the leader's PostgreSQL stopped: keep the lock, do not start it",
             Some(cluster(Some(ME))), local(Postgres::Stopped { control: None }))
@@ -1687,19 +1718,37 @@ fn rows() -> Vec<Row> {
             .expect(vec![EnsureSlots(vec!["pg3".into()])], |r| matches!(r, Reason::Following { .. })),
         // --- permanent logical slots before 17: copy-and-advance (Patroni's copy_logical_slots) ------
         row("pg15 replica: copies a permanent logical slot the leader publishes, from the leader",
-            Some(with(cluster(Some("pg2")), |c| c.status = Some(Status { optime: 900, slots: Some([("queue".to_string(), 800u64)].into()), retain_slots: None }))),
+            Some(queue_published_at_800()),
             local(running(false, 1000, Some(5432))))
             .cfg(with_queue_slot)
             .expect(vec![CopyLogicalSlots { from: up("pg2", 5432), slots: vec![queue_slot()] }],
                     |r| matches!(r, Reason::Following { .. })),
+        row("pg15 replica: a copy tried less than a minute ago is not tried again yet (each attempt restarts PostgreSQL)",
+            Some(queue_published_at_800()),
+            with(local(running(false, 1000, Some(5432))), |l| l.slot_copy_at_ms = Some(NOW.mono_ms - slots::SLOT_COPY_PACE_MS + 1)))
+            .cfg(with_queue_slot)
+            .expect(vec![], |r| matches!(r, Reason::Following { .. })),
+        row("pg15 replica: a minute after the last attempt, the copy is tried again",
+            Some(queue_published_at_800()),
+            with(local(running(false, 1000, Some(5432))), |l| l.slot_copy_at_ms = Some(NOW.mono_ms - slots::SLOT_COPY_PACE_MS)))
+            .cfg(with_queue_slot)
+            .expect(vec![CopyLogicalSlots { from: up("pg2", 5432), slots: vec![queue_slot()] }],
+                    |r| matches!(r, Reason::Following { .. })),
+        row("pg15 replica: a recent copy attempt does not hold back advancing a copy it has",
+            Some(queue_published_at_800()),
+            with(local(with(running(false, 1000, Some(5432)), |p| if let Postgres::Running(r) = p { r.slots = vec![queue_copy(600)] })),
+                 |l| l.slot_copy_at_ms = Some(NOW.mono_ms - 1_000)))
+            .cfg(with_queue_slot)
+            .expect(vec![AdvanceLogicalSlots(vec![slots::LogicalAdvance { name: "queue".into(), database: "postgres".into(), lsn: 800 }])],
+                    |r| matches!(r, Reason::Following { .. })),
         row("pg15 replica: advances its copy to the leader's published position",
-            Some(with(cluster(Some("pg2")), |c| c.status = Some(Status { optime: 900, slots: Some([("queue".to_string(), 800u64)].into()), retain_slots: None }))),
+            Some(queue_published_at_800()),
             local(with(running(false, 1000, Some(5432)), |p| if let Postgres::Running(r) = p { r.slots = vec![queue_copy(600)] })))
             .cfg(with_queue_slot)
             .expect(vec![AdvanceLogicalSlots(vec![slots::LogicalAdvance { name: "queue".into(), database: "postgres".into(), lsn: 800 }])],
                     |r| matches!(r, Reason::Following { .. })),
         row("pg15 replica streaming from an old upstream: repoints first, copies nothing yet",
-            Some(with(cluster(Some("pg2")), |c| c.status = Some(Status { optime: 900, slots: Some([("queue".to_string(), 800u64)].into()), retain_slots: None }))),
+            Some(queue_published_at_800()),
             local(running(false, 1000, Some(5433))))
             .cfg(with_queue_slot)
             .expect(vec![Follow(Some(up("pg2", 5432)))], |_| true),
@@ -1707,7 +1756,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             local(with(running(true, 1000, None), |p| if let Postgres::Running(r) = p { r.slots = vec![queue_copy(700)] })))
             .cfg(with_queue_slot)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+            .expect(upkeep(vec![]), |_| true),
         row("the leader has no slot for a member cascading from another",
             Some(with(cluster(Some(ME)), |c| c.members[2].data.tags.replicatefrom = Some("pg2".into()))),
             local(running(true, 1000, None)))
@@ -1722,7 +1771,7 @@ fn rows() -> Vec<Row> {
         row("sync on: the leader first writes a sync key of its own",
             Some(cluster(Some(ME))), local(primary_with(&[("pg2", "async", 1000)], "")))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), sync_key(&[])], |_| true),
+            .expect(upkeep(vec![sync_key(&[])]), |_| true),
         row("sync on: adding a standby sets the GUC first",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
             local(primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], "")))
@@ -1734,23 +1783,23 @@ fn rows() -> Vec<Row> {
             with(local(primary_with(&[("pg2", "sync", 1000), ("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)),
                  |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), sync_key(&["pg2"])], |_| true),
+            .expect(upkeep(vec![sync_key(&["pg2"])]), |_| true),
         row("sync on: a standby not yet caught up stays out of the key",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
             with(local(primary_with(&[("pg2", "sync", 900)], r#"FIRST 1 ("pg2")"#)),
                  |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+            .expect(upkeep(vec![]), |_| true),
         row("sync on: a synchronous standby that left is removed from the key first",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&["pg2"]), version: 9 }))),
             local(primary_with(&[("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), sync_key(&[])], |_| true),
+            .expect(upkeep(vec![sync_key(&[])]), |_| true),
         row("sync strict without standbys: commits wait for any standby",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
             local(primary_with(&[], "")))
             .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), SetSyncStandbyNames("*".into())], |_| true),
+            .expect(upkeep(vec![SetSyncStandbyNames("*".into())]), |_| true),
         row("sync on: a nosync standby is never synchronous",
             Some(with(cluster(Some(ME)), |c| {
                 c.sync = Some(Versioned { value: sync_value(&[]), version: 9 });
@@ -1769,17 +1818,42 @@ fn rows() -> Vec<Row> {
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
         row("sync on: the key's own leader does not race while the key lists a standby (that one may have been promoted and acknowledged commits)",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: sync_value(&["pg3"]), version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
             .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
+        row("sync on: the key's own leader races again when the key lists only nofailover members (none can have been promoted; sim seed 93)",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned { value: sync_value(&["pg3"]), version: 9 });
+                c.members[2].data.tags.nofailover = true;
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![with(peer("pg3", 1000), |p| p.nofailover = true)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row("sync on: a standby that may be promoted replaces a nofailover synchronous standby (Patroni prefers them; sim seed 93)",
+            Some(with(cluster(Some(ME)), |c| {
+                c.sync = Some(Versioned { value: sync_value(&["pg2"]), version: 9 });
+                c.members[1].data.tags.nofailover = true;
+            })),
+            with(local(primary_with(&[("pg2", "sync", 1000), ("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)), |l| l.sync_catchup_lsn = 1000))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+            // The key shrinks first, then synchronous_standby_names names pg3 (next loops).
+            .expect(upkeep(vec![sync_key(&[])]), |_| true),
+        row("quorum: the leader that stepped down for a switchover races again when the key lists no voter (no other member may promote; sim seed 85)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), Some("pg3"));
+                c.sync = Some(Versioned { value: quorum_value("", 0), version: 9 });
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
         row("sync on: no sync key at all (synchronous replication never activated): the asynchronous race rules apply (sim seed 29328)",
             Some(cluster(None)),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 900)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), RenewLeader, Promote], |_| true),
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
         row("sync on: no sync key at all: a member behind a peer does not race",
             Some(cluster(None)),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
@@ -1789,12 +1863,12 @@ fn rows() -> Vec<Row> {
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some(ME.into()), sync_standby: None, quorum: None }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 900), peer("pg3", 900)])))
             .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
-            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames("*".into()), RenewLeader, Promote], |_| true),
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames("*".into())]), |_| true),
         row("sync strict: the listed synchronous standby promotes with synchronous_standby_names '*'",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some(ME.into()), quorum: None }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 2000)])))
             .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
-            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames("*".into()), RenewLeader, Promote], |_| true),
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames("*".into())]), |_| true),
         row("sync on: switchover to an asynchronous standby is refused",
             Some(with(cluster(Some(ME)), |c| {
                 c.failover = failover(Some(ME), Some("pg3"));
@@ -1809,57 +1883,77 @@ fn rows() -> Vec<Row> {
             with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "async", 1000)], r#"ANY 1 ("pg2")"#)),
                  |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2,pg3", 1)),
-                         SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())], |_| true),
+            .expect(upkeep(vec![WriteSync(quorum_value("pg2,pg3", 1)),
+                         SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())]), |_| true),
         row("quorum: a standby that left leaves synchronous_standby_names before the sync key",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
             with(local(primary_with(&[("pg2", "quorum", 1000)], r#"ANY 1 ("pg2","pg3")"#)), |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), SetSyncStandbyNames(r#"ANY 1 ("pg2")"#.into())], |_| true),
+            .expect(upkeep(vec![SetSyncStandbyNames(r#"ANY 1 ("pg2")"#.into())]), |_| true),
         row("quorum: ... then the sync key shrinks (quorum 0) once the remaining standby confirmed",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
             with(local(primary_with(&[("pg2", "quorum", 1000)], r#"ANY 1 ("pg2")"#)), |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2", 0))], |_| true),
+            .expect(upkeep(vec![WriteSync(quorum_value("pg2", 0))]), |_| true),
         row("quorum: ... not before (it may lack a commit only the gone standby acknowledged)",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
             with(local(primary_with(&[("pg2", "quorum", 900)], r#"ANY 1 ("pg2")"#)), |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others()], |_| true),
+            .expect(upkeep(vec![]), |_| true),
         row("quorum: synchronous_node_count 1 -> 2: ANY 2 first",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
             with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "quorum", 1000)], r#"ANY 1 ("pg2","pg3")"#)),
                  |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::Quorum; c.dynamic.synchronous_node_count = 2; })
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), SetSyncStandbyNames(r#"ANY 2 ("pg2","pg3")"#.into())], |_| true),
+            .expect(upkeep(vec![SetSyncStandbyNames(r#"ANY 2 ("pg2","pg3")"#.into())]), |_| true),
         row("quorum: synchronous_node_count 1 -> 2: then quorum rewritten 1 -> 0 once both standbys confirmed",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
             with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "quorum", 1000)], r#"ANY 2 ("pg2","pg3")"#)),
                  |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::Quorum; c.dynamic.synchronous_node_count = 2; })
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2,pg3", 0))], |_| true),
+            .expect(upkeep(vec![WriteSync(quorum_value("pg2,pg3", 0))]), |_| true),
         row("quorum: synchronous_node_count 2 -> 1: quorum rewritten 0 -> 1 before ANY 1",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 0), version: 9 }))),
             with(local(primary_with(&[("pg2", "quorum", 1000), ("pg3", "quorum", 1000)], r#"ANY 2 ("pg2","pg3")"#)),
                  |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
-            .expect(vec![RenewLeader, WriteStatus, slots_for_others(), WriteSync(quorum_value("pg2,pg3", 1)),
-                         SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())], |_| true),
+            .expect(upkeep(vec![WriteSync(quorum_value("pg2,pg3", 1)),
+                         SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())]), |_| true),
         row("quorum: a voter seeing `quorum` key members at or behind it promotes, synchronous to the others",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
-            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into()), RenewLeader, Promote], |_| true),
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())]), |_| true),
         row("quorum: a voter that cannot see `quorum` key members does not promote",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
             .expect(vec![], |r| r.to_string().contains("quorum commit needs 1 vote(s)")),
+        row("quorum: the key's own leader, back as a replica, promotes when the key lists no voter (it alone acknowledged every commit; sim seed 14)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some(ME.into()), sync_standby: None, quorum: Some(0) }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row("quorum: the key's own leader, back as a replica, needs quorum votes while the key lists voters (one may have been promoted since with votes, the key not rewritten; sim)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| r.to_string().contains("quorum commit needs 1 vote(s)")),
+        row("quorum: the key's own leader promotes with a vote from a voter at or behind it",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: quorum_value("pg2,pg3", 1), version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())]), |_| true),
+        row("quorum: a key listing no voter lets no other member promote",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: None, quorum: Some(0) }, version: 9 }))),
+            with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
         row("quorum: a member outside the key promotes with quorum + 1 votes",
             Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg3".into()), quorum: Some(0) }, version: 9 }))),
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
-            .expect(vec![AcquireLeader, slots_for_others(), fence(5432), SetSyncStandbyNames(r#"ANY 2 ("pg2","pg3")"#.into()), RenewLeader, Promote], |_| true),
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames(r#"ANY 2 ("pg2","pg3")"#.into())]), |_| true),
         row("diverged, no rewind, remove_data_directory_on_diverged_timelines: re-clone",
             Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
             .cfg(|c| c.remove_data_on_diverged = true)
@@ -2147,7 +2241,7 @@ fn standby_rows() -> Vec<Row> {
         )
         .cfg(standby_cfg)
         .expect(
-            vec![RenewLeader, WriteStatus, slots_for_others()],
+            upkeep(vec![]),
             |r| matches!(r, Reason::StandbyLeaderWithLock { .. }),
         ),
         row(
@@ -2159,7 +2253,7 @@ fn standby_rows() -> Vec<Row> {
         )
         .cfg(standby_cfg)
         .expect(
-            vec![RenewLeader, WriteStatus, slots_for_others()],
+            upkeep(vec![]),
             |r| matches!(r, Reason::StandbyLeaderWithLock { .. }),
         ),
         row(
@@ -2169,12 +2263,7 @@ fn standby_rows() -> Vec<Row> {
         )
         .cfg(standby_cfg)
         .expect(
-            vec![
-                RenewLeader,
-                WriteStatus,
-                slots_for_others(),
-                Follow(Some(remote())),
-            ],
+            upkeep(vec![Follow(Some(remote()))]),
             |r| *r == Reason::BecomingStandbyLeader,
         ),
         row(
@@ -2237,7 +2326,7 @@ fn standby_rows() -> Vec<Row> {
             sl_local(running(false, 1000, Some(6000))),
         )
         .expect(
-            vec![RenewLeader, slots_for_others(), RenewLeader, Promote],
+            vec![RenewLeader, slots_for_others(), RenewLeader, promote()],
             |r| *r == Reason::PromotedBecauseHadLock,
         ),
         row(
@@ -2246,13 +2335,7 @@ fn standby_rows() -> Vec<Row> {
             local(running(false, 1000, Some(5432))),
         )
         .expect(
-            vec![
-                RenewLeader,
-                slots_for_others(),
-                fence(5432),
-                RenewLeader,
-                Promote,
-            ],
+            promoting(RenewLeader, vec![]),
             |r| *r == Reason::PromotedBecauseHadLock,
         ),
         row(
@@ -2401,7 +2484,7 @@ fn standby_rows() -> Vec<Row> {
         )
         .cfg(standby_rewind_cfg)
         .expect(
-            vec![RenewLeader, WriteStatus, slots_for_others()],
+            upkeep(vec![]),
             |r| matches!(r, Reason::StandbyLeaderWithLock { .. }),
         ),
         row(
@@ -2417,12 +2500,7 @@ fn standby_rows() -> Vec<Row> {
             sc.recovery_min_apply_delay = Some("5min".into());
         })
         .expect(
-            vec![
-                RenewLeader,
-                WriteStatus,
-                slots_for_others(),
-                Follow(Some(remote())),
-            ],
+            upkeep(vec![Follow(Some(remote()))]),
             |r| *r == Reason::ApplyingStandbyClusterSettings,
         ),
         row(
@@ -2432,12 +2510,7 @@ fn standby_rows() -> Vec<Row> {
         )
         .cfg(standby_cfg)
         .expect(
-            vec![
-                RenewLeader,
-                WriteStatus,
-                slots_for_others(),
-                Follow(Some(remote())),
-            ],
+            upkeep(vec![Follow(Some(remote()))]),
             |r| *r == Reason::ApplyingStandbyClusterSettings,
         ),
         row(
