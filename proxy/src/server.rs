@@ -531,9 +531,16 @@ async fn topology_task(
                 }
                 // Step 4.
                 apply_topology(&shared, topology.clone());
-            } else if routed.leader == topology.leader {
-                // Same route, failed rewrite (lease change): keep serving it.
-                apply_topology(&shared, topology.clone());
+            } else {
+                // The write failed or timed out, but it may have landed: what the DCS shows is
+                // unknown, so nothing counts as acknowledged until a write succeeds. (Keeping the
+                // former acknowledgement let a topology that flipped back be routed without a
+                // write while the DCS may name the other leader: found by the HA simulation.)
+                hs.acked = None;
+                if routed.leader == topology.leader {
+                    // Same route, failed rewrite (lease change): keep serving it.
+                    apply_topology(&shared, topology.clone());
+                }
             }
             next_heartbeat = tokio::time::Instant::now() + hs.interval();
         } else if *routed != *topology {
