@@ -12,7 +12,7 @@
 //! `pg_cancel_backend(pid)` and `pg_terminate_backend(pid)`, which the proxy carries out itself.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,10 +70,21 @@ pub(crate) struct CancelRegistry {
     notifiers: Arc<Mutex<Notifiers>>,
 }
 
+/// How many closed leader connections' last clients are remembered (entries of 12 bytes).
+const CLOSED_NOTIFIERS: usize = 4096;
+
 /// The leader server connections auto-port units ran on, keyed by `(hash of the server's host and
-/// port, server PID)` → that connection's [`NotifierSlot`] cell: one entry per open connection,
-/// added on its first leader unit and removed when it closes.
-type Notifiers = HashMap<(u64, i32), Arc<AtomicI32>>;
+/// port, server PID)`.
+#[derive(Default)]
+struct Notifiers {
+    /// Each open connection's [`NotifierSlot`] cell, added on its first leader unit.
+    open: HashMap<(u64, i32), Arc<AtomicI32>>,
+    /// The last client of recently closed connections, oldest first in `closed_order`: a client
+    /// that runs `NOTIFY` and disconnects at once (psycopg2's notify tests do) closes its server
+    /// connection before the listeners read the notification, which still shows that client's PID.
+    closed: HashMap<(u64, i32), i32>,
+    closed_order: VecDeque<(u64, i32)>,
+}
 
 /// The auto-port client whose unit last ran on one leader server connection, as the PID the proxy
 /// gave that client (0: none yet). The connection carries it, so noting a unit is one atomic store
@@ -97,10 +108,20 @@ impl Drop for NotifierSlot {
         let mut notifiers = lock(&self.notifiers);
         // Only our own entry: a new connection to a restarted server may reuse the PID.
         if notifiers
+            .open
             .get(&self.key)
             .is_some_and(|p| Arc::ptr_eq(p, &self.pid))
         {
-            notifiers.remove(&self.key);
+            notifiers.open.remove(&self.key);
+            let client_pid = self.pid.load(Ordering::Relaxed);
+            if client_pid != 0 && notifiers.closed.insert(self.key, client_pid).is_none() {
+                notifiers.closed_order.push_back(self.key);
+                if notifiers.closed_order.len() > CLOSED_NOTIFIERS {
+                    if let Some(oldest) = notifiers.closed_order.pop_front() {
+                        notifiers.closed.remove(&oldest);
+                    }
+                }
+            }
         }
     }
 }
@@ -217,7 +238,12 @@ impl CancelRegistry {
     pub fn notifier_slot(&self, backend: &Backend, server_pid: i32) -> NotifierSlot {
         let key = self.server_key(backend, server_pid);
         let pid = Arc::new(AtomicI32::new(0));
-        lock(&self.notifiers).insert(key, pid.clone());
+        {
+            let mut notifiers = lock(&self.notifiers);
+            // A new connection with a closed one's PID: the closed one's client is history.
+            notifiers.closed.remove(&key);
+            notifiers.open.insert(key, pid.clone());
+        }
         NotifierSlot {
             pid,
             notifiers: self.notifiers.clone(),
@@ -231,10 +257,11 @@ impl CancelRegistry {
     /// notifier's commit and the delivery would be named instead (a window of microseconds).
     pub fn notifier_pid(&self, backend: &Backend, server_pid: i32) -> Option<i32> {
         let key = self.server_key(backend, server_pid);
-        lock(&self.notifiers)
-            .get(&key)
-            .map(|p| p.load(Ordering::Relaxed))
-            .filter(|&pid| pid != 0)
+        let notifiers = lock(&self.notifiers);
+        match notifiers.open.get(&key) {
+            Some(p) => Some(p.load(Ordering::Relaxed)).filter(|&pid| pid != 0),
+            None => notifiers.closed.get(&key).copied(),
+        }
     }
 
     /// The key of server process `server_pid` of `backend` in the notifier map.
@@ -374,7 +401,31 @@ mod tests {
         newer.set(1 << 30 | 9);
         drop(slot);
         assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 9));
+        // Closed, its last client is remembered: a notifier that disconnects right after its
+        // NOTIFY closes the connection before the listeners read the notification.
         drop(newer);
-        assert_eq!(reg.notifier_pid(&backend("a"), 100), None, "closed");
+        assert_eq!(
+            reg.notifier_pid(&backend("a"), 100),
+            Some(1 << 30 | 9),
+            "closed"
+        );
+        // A new connection with that PID forgets it.
+        let reused = reg.notifier_slot(&backend("a"), 100);
+        assert_eq!(
+            reg.notifier_pid(&backend("a"), 100),
+            None,
+            "reused, no unit yet"
+        );
+        drop(reused);
+        assert_eq!(reg.notifier_pid(&backend("a"), 100), None, "closed unused");
+        // Closed connections are remembered up to a bound.
+        for pid in 0..(CLOSED_NOTIFIERS as i32 + 10) {
+            reg.notifier_slot(&backend("b"), 1000 + pid)
+                .set(1 << 30 | pid);
+        }
+        assert_eq!(reg.notifier_pid(&backend("b"), 1000), None, "evicted");
+        let last = 1000 + CLOSED_NOTIFIERS as i32 + 9;
+        assert!(reg.notifier_pid(&backend("b"), last).is_some());
+        assert!(lock(&reg.notifiers).closed.len() <= CLOSED_NOTIFIERS);
     }
 }
