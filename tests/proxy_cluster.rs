@@ -178,7 +178,10 @@ async fn auto_port_splits_reads_from_writes_and_a_paused_replica_stops_getting_r
         "a writing function called in attribute notation, run on the leader",
         DEADLINE,
         || async {
-            match first(&auto, "SELECT o.called_on FROM one o").await?.as_str() {
+            match first(&auto, "SELECT o.called_on FROM one o")
+                .await?
+                .as_str()
+            {
                 "f" => Ok(()),
                 other => Err(format!("pg_is_in_recovery() = {other}")),
             }
