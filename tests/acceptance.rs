@@ -274,15 +274,7 @@ async fn sigterm_of_the_leader_agent_hands_over_without_losing_a_committed_row()
     writer.more(20).await;
     let acked = writer.stop().await;
 
-    let client = connect(c.node(&new).pg_port).await.unwrap();
-    let ids: std::collections::HashSet<i32> = client
-        .query("SELECT id FROM w", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<_> = acked.iter().filter(|id| !ids.contains(id)).collect();
+    let lost = writer::lost_writes(c.node(&new).pg_port, &acked).await;
     assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
 }
 

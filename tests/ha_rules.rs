@@ -906,15 +906,7 @@ async fn synchronous_mode_strict_loses_no_acknowledged_write_when_the_primary_di
     );
     writer.more(20).await;
     let acked = writer.stop().await;
-    let nc = connect(c.node(&new).pg_port).await.unwrap();
-    let ids: std::collections::HashSet<i32> = nc
-        .query("SELECT id FROM w", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<_> = acked.iter().filter(|i| !ids.contains(i)).collect();
+    let lost = writer::lost_writes(c.node(&new).pg_port, &acked).await;
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 

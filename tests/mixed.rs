@@ -20,7 +20,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::writer::Writer;
@@ -618,19 +618,7 @@ async fn rolling_migration_from_patroni_under_writes() {
     lists_agree(&c).await;
     both_read_every_value(&c, "every node runs Praetor").await;
     let leader = c.leader().await.expect("a leader");
-    let client = connect_retry(c.node(&leader).pg_port, Duration::from_secs(30)).await;
-    let stored: HashSet<i32> = client
-        .query("SELECT id FROM w", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<i32> = acked
-        .iter()
-        .copied()
-        .filter(|id| !stored.contains(id))
-        .collect();
+    let lost = writer::lost_writes(c.node(&leader).pg_port, &acked).await;
     println!(
         "rolling migration of 3 Patroni nodes: {} writes acknowledged, {} lost, longest write gap {:.2} s, {:.1} s in all",
         acked.len(),

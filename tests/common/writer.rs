@@ -108,3 +108,21 @@ impl Writer {
         acked.iter().map(|(id, _)| *id).collect()
     }
 }
+
+/// The acknowledged ids of `acked` missing from table `w` on the PostgreSQL at `port` (connecting
+/// for up to 30 s), in acknowledgement order: the writes a failover lost.
+pub async fn lost_writes(port: u16, acked: &[i32]) -> Vec<i32> {
+    let client = connect_retry(port, Duration::from_secs(30)).await;
+    let stored: std::collections::HashSet<i32> = client
+        .query("SELECT id FROM w", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    acked
+        .iter()
+        .copied()
+        .filter(|id| !stored.contains(id))
+        .collect()
+}
