@@ -1239,9 +1239,12 @@ impl Tracking<'_> {
     /// Whether the session leaves its server connection now, before the transaction its client
     /// just started ([`should_reconnect`]).
     fn reconnect_due(&self) -> bool {
-        let stale = self.router.is_stale(self.connection, self.database);
+        // Hot path (every client read): one atomic load unless a `RECONNECT` ran.
+        if !self.router.is_stale(self.connection, self.database) {
+            return false;
+        }
         let t = self.lock();
-        should_reconnect(stale, t.is_at_boundary(), t.unmovable(), self.can_log_in)
+        should_reconnect(true, t.is_at_boundary(), t.unmovable(), self.can_log_in)
     }
 
     /// Returns once the session's transaction has run `drain_timeout` past the moment the proxy
