@@ -367,6 +367,10 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     }
 }
 
+/// How often a starting proxy tries the DCS again while no endpoint answers (each attempt is itself
+/// bounded by the DCS request timeout, 3 s).
+const PROXY_DCS_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs the proxy until SIGTERM/SIGINT: follows the DCS, acknowledges its routes there
 /// (`praetor/proxies/<id>`, the fencing handshake), and on SIGHUP re-reads `config` (log level, and
 /// every proxy setting but the listeners) without dropping connections.
@@ -390,9 +394,38 @@ async fn run_proxy(
     let security = praetor_config::load_file(&config)
         .map(|l| l.config.etcd_security())
         .unwrap_or_default();
-    let dcs = praetor_dcs::connect_secured(&endpoints, identity, &security)
-        .await
-        .context("cannot open the DCS")?;
+    // A proxy started while the DCS does not answer (restarted during a partition or a quorum
+    // loss: nemesis ZooKeeper async seed 11 exited here) waits for it, as the agent does; its
+    // listeners open only once it can know the leader. SIGTERM/SIGINT end the wait.
+    let waiting = CancellationToken::new();
+    let on_signal = tokio::spawn({
+        let waiting = waiting.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received while waiting for the DCS"),
+                    _ = int.recv() => tracing::info!("SIGINT received while waiting for the DCS"),
+                }
+                waiting.cancel();
+            }
+        }
+    });
+    let opened = praetor_dcs::connect_when_available(
+        &endpoints,
+        identity,
+        &security,
+        PROXY_DCS_RETRY,
+        &waiting,
+    )
+    .await;
+    on_signal.abort();
+    let Some(dcs) = opened.context("cannot open the DCS")? else {
+        return Ok(());
+    };
     let configured_id = settings.id.clone();
     let path = config.clone();
     let reload: praetor_proxy::ReloadFn = std::sync::Arc::new(move || {

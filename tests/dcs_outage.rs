@@ -298,10 +298,50 @@ async fn losing_one_dcs_member_disturbs_nothing_and_losing_the_quorum_demotes_th
         dump_logs(&c);
         panic!("{e}");
     }
+    // The proxy too (nemesis ZooKeeper async seed 11: a proxy restarted during a partition exited
+    // with "cannot open the DCS" and never served again).
+    let before_proxy = c.proxy.as_ref().expect("a proxy").log().len();
+    c.restart_proxy().expect("the proxy starts");
+    let proxy_waiting = wait_for(
+        "the restarted proxy waiting for the DCS",
+        Duration::from_secs(60),
+        || async {
+            let log = c.proxy.as_ref().expect("a proxy").log();
+            let since = log[before_proxy.min(log.len())..].to_string();
+            if since.contains("cannot open the DCS") {
+                return Err(format!("the proxy exited: {since}"));
+            }
+            match since.matches("waiting for the DCS").count() {
+                n if n >= 2 => Ok(()),
+                _ => Err(since),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = proxy_waiting {
+        dump_logs(&c);
+        panic!("{e}");
+    }
 
-    // The DCS comes back whole: the cluster recovers.
+    // The DCS comes back whole: the cluster recovers, and the proxy that waited serves writes.
     c.dcs().restart().await.expect("the DCS restarts");
     let after = recover(&mut c).await;
+    let proxy_rw = c.proxy.as_ref().expect("a proxy").rw_port;
+    wait_for(
+        "a write through the proxy that waited for the DCS",
+        Duration::from_secs(60),
+        || async {
+            let client = connect(proxy_rw).await.map_err(|e| e.to_string())?;
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS proxy_waited (id int); INSERT INTO proxy_waited VALUES (1)",
+                )
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await
+    .expect("the restarted proxy serves writes once the DCS is back");
     eprintln!(
         "{}: after the quorum came back, {after} leads",
         dcs.family()

@@ -2094,21 +2094,14 @@ async fn open_dcs(
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<dyn praetor_dcs::Dcs>>, praetor_dcs::DcsError> {
     let pace = Duration::from_secs(u64::from(loop_wait.max(1)));
-    loop {
-        match praetor_dcs::connect_secured(endpoints, identity.clone(), &config.etcd_security())
-            .await
-        {
-            Ok(dcs) => return Ok(Some(dcs)),
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!("waiting for the DCS: {e} (retrying in {pace:?})");
-            }
-            Err(e) => return Err(e),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(pace) => {}
-        }
-    }
+    praetor_dcs::connect_when_available(
+        endpoints,
+        identity,
+        &config.etcd_security(),
+        pace,
+        shutdown,
+    )
+    .await
 }
 
 /// Stops PostgreSQL the moment the demotion deadline (`deadline`, monotonic ms since `started`)

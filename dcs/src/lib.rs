@@ -192,3 +192,36 @@ pub async fn connect_secured(
         )),
     }
 }
+
+/// Like [`connect_secured`], waiting out an unavailable DCS: while no endpoint answers
+/// ([`DcsError::is_unavailable`]), logs a warning and tries again every `pace`, until `cancel`
+/// fires (then `Ok(None)`, also in the middle of an attempt). A process started during a DCS
+/// outage (a node rebooted while the DCS has no quorum, a proxy restarted during a partition)
+/// comes up once the DCS answers, as Patroni does, instead of exiting.
+///
+/// Errors: any other [`DcsError`] (a refused login, a bad certificate), at once.
+pub async fn connect_when_available(
+    endpoints: &praetor_config::DcsEndpoints,
+    identity: DcsIdentity,
+    security: &praetor_config::EtcdSecurity,
+    pace: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Option<std::sync::Arc<dyn Dcs>>, DcsError> {
+    loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            r = connect_secured(endpoints, identity.clone(), security) => r,
+        };
+        match attempt {
+            Ok(dcs) => return Ok(Some(dcs)),
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!("waiting for the DCS: {e} (retrying in {pace:?})");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pace) => {}
+        }
+    }
+}
