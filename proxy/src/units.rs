@@ -15,7 +15,9 @@
 //!   ([`UnitTracker::judge_replica_reply`]);
 //! - whether the session, idle, may give its server connections back ([`UnitTracker::may_release`])
 //!   or leave its task ([`UnitTracker::may_park`]), and when ([`idle_plan`], with the instants the
-//!   session passes in); whether losing a server ends it ([`UnitTracker::needs_server`]).
+//!   session passes in); whether losing a server ends it ([`UnitTracker::needs_server`]);
+//! - what a unit still running on the leader does while the leader steps down (a switchover):
+//!   goes on for the rest of `drain_timeout`, or is cancelled ([`leader_drain`]).
 //!
 //! `session` owns the sockets: it reads, asks, and executes (opens connections, writes, counts
 //! metrics). Nothing here reads a clock or does I/O, so the rules are tested on message traces
