@@ -514,18 +514,80 @@ fn failed_transactions(output: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// A client of the proxy's `port` (as the superuser, with its password) that opened a transaction
+/// on the leader and leaves it open, and the task of its connection (which ends with the session).
+async fn open_transaction(
+    port: u16,
+) -> (
+    Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(SUPERUSER)
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("a client of port {port}: {e}"));
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a transaction on port {port}: {e}"));
+    (client, conn)
+}
+
+/// Asserts that the session of `client` (from [`open_transaction`], on the `port` named) ended with
+/// the proxy's FATAL 57P01 naming `drain_timeout` (`secs`); tokio-postgres returns the FATAL from
+/// the connection's task.
+async fn assert_drained(
+    port: &str,
+    (client, conn): (
+        Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    secs: u32,
+    proxy: &FullProxy,
+) {
+    let ended = tokio::time::timeout(DEADLINE, conn)
+        .await
+        .unwrap_or_else(|_| panic!("{port} port: the held session ends"))
+        .unwrap();
+    let err = ended.expect_err("the held session ends with an error");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{port} port: {err:?}\n===== proxy =====\n{}", proxy.log()));
+    assert_eq!(
+        db.code(),
+        &tokio_postgres::error::SqlState::ADMIN_SHUTDOWN,
+        "{port} port: {}",
+        db.message()
+    );
+    assert!(
+        db.message()
+            .contains(&format!("did not finish within drain_timeout ({secs} s)")),
+        "{port} port: {}",
+        db.message()
+    );
+    assert!(client.is_closed(), "{port} port");
+}
+
 /// Issue 17: a planned switchover under pgbench (8 clients, tpcb-like, no retries) on the
 /// read-write and the auto port, every client logged in with a SCRAM password (the proxy reads the
 /// user's secret from auth_file), fails no transaction: read-write sessions log in to the new
 /// leader with the ClientKey the proxy recovered from the login it relayed. A transaction held open
-/// on the read-write port past `drain_timeout` is cancelled, its session ending with 57P01 and a
-/// message naming drain_timeout.
+/// on the read-write port and one on the auto port past `drain_timeout` are cancelled, each
+/// session ending with 57P01 and a message naming drain_timeout.
 ///
 /// The cluster's `retry_timeout` is raised so that the stepping-down leader's agent waits its full
 /// 5 s for transactions in progress (with the harness's 2 s it would wait at most 1.5 s, and its
 /// fast stop, not the proxy, would end the held transaction).
 #[tokio::test]
-async fn a_switchover_under_pgbench_with_passwords_fails_no_transaction_and_cancels_one_past_drain_timeout(
+async fn a_switchover_under_pgbench_with_passwords_fails_no_transaction_and_cancels_those_past_drain_timeout(
 ) {
     let c = healthy_cluster(ClusterOptions {
         nodes: 2,
@@ -580,23 +642,10 @@ async fn a_switchover_under_pgbench_with_passwords_fails_no_transaction_and_canc
     })
     .await
     .unwrap();
-    // A transaction left open on the read-write port (as the superuser, with its password): the
-    // switchover gives it drain_timeout, then the proxy cancels it.
-    let (held, held_conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(proxy.rw_port)
-        .user(SUPERUSER)
-        .password(SUPERUSER_PASSWORD)
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("a read-write client");
-    let held_conn = tokio::spawn(held_conn);
-    held.batch_execute(
-        "BEGIN; INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 0, now())",
-    )
-    .await
-    .unwrap();
+    // A transaction left open on each port (as the superuser, with its password): the switchover
+    // gives it drain_timeout, then the proxy cancels it.
+    let held_rw = open_transaction(proxy.rw_port).await;
+    let held_auto = open_transaction(proxy.auto_port).await;
     // The candidate's lag in the DCS trails by up to `loop_wait`: a switchover refused as lagging
     // (412, nothing done) is asked again.
     wait_for("a switchover the leader accepts", DEADLINE, || async {
@@ -637,24 +686,9 @@ async fn a_switchover_under_pgbench_with_passwords_fails_no_transaction_and_canc
         .parse()
         .unwrap();
 
-    // The held transaction's session ended with the proxy's FATAL (tokio-postgres returns it from
-    // the connection).
-    let ended = tokio::time::timeout(DEADLINE, held_conn)
-        .await
-        .expect("the held session ends")
-        .unwrap();
-    let err = ended.expect_err("the held session ends with an error");
-    let db = err
-        .as_db_error()
-        .unwrap_or_else(|| panic!("{err:?}\n===== proxy =====\n{}", proxy.log()));
-    assert_eq!(db.code(), &tokio_postgres::error::SqlState::ADMIN_SHUTDOWN);
-    assert!(
-        db.message()
-            .contains("did not finish within drain_timeout (2 s)"),
-        "{}",
-        db.message()
-    );
-    assert!(held.is_closed());
+    // The held transactions' sessions ended with the proxy's FATAL.
+    assert_drained("read-write", held_rw, 2, &proxy).await;
+    assert_drained("auto", held_auto, 2, &proxy).await;
 
     let (rw_status, rw_out) = rw.await.unwrap();
     let (auto_status, auto_out) = auto.await.unwrap();

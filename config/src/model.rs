@@ -712,8 +712,9 @@ pub struct ProxyConfig {
     /// Seconds a shutdown waits for clients to finish before closing them (default 10).
     #[serde(deserialize_with = "lenient_opt_int")]
     pub shutdown_timeout: Option<u32>,
-    /// Seconds a read-write-port transaction may run on once the DCS asks the leader to step down
-    /// (a switchover) before the proxy cancels it and ends its session with 57P01 (default 4).
+    /// Seconds a transaction on the leader (read-write or auto port) may run on once the DCS asks
+    /// the leader to step down (a switchover) before the proxy cancels it and ends its session
+    /// with 57P01 (default 4).
     #[serde(deserialize_with = "lenient_opt_int")]
     pub drain_timeout: Option<u32>,
     /// Functions (besides the built-in list) the auto port may send to a replica.

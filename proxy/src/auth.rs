@@ -200,16 +200,45 @@ fn quoted(s: &str) -> Option<(String, &str)> {
     }
 }
 
-/// The secret of `user` for the read-write port's relogin ([`crate::rw_auth`]): `auth_file` first,
-/// then `auth_query` run as `auth_user` in `database` on the leader (a replica when there is none,
-/// as on the auto port), over a pooled connection. `Ok(None)`: no source of secrets, or no such
-/// user. `Err`: the query could not run (why, for the log).
+/// Why [`lookup_secret`] has no secret to give.
+#[derive(Debug)]
+pub(crate) enum SecretError {
+    /// No server to run `auth_query` on appeared within the wait.
+    NoServer(crate::router::NoRoute),
+    /// `auth_query` could not run: why, naming `auth_user` and the server.
+    Failed(String),
+    /// `auth_query` returned a secret that does not parse ([`Secret::parse`]).
+    Malformed(String),
+}
+
+impl std::fmt::Display for SecretError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretError::NoServer(e) => write!(f, "no server to run auth_query on: {e:?}"),
+            SecretError::Failed(m) => f.write_str(m),
+            SecretError::Malformed(e) => write!(f, "auth_query returned a malformed secret: {e}"),
+        }
+    }
+}
+
+/// The secret of `user`, for every port that needs one: the auto port's own SCRAM login
+/// (`session`) and the read-write port's relogin after a switchover ([`crate::rw_auth`]).
+///
+/// `auth_file` first; then `auth_query` (with `$1` = `user`,
+/// [`crate::pool::ServerConn::query_secret`]) run as `auth_user` in `database` on the leader,
+/// waiting up to `wait` for one (`Duration::ZERO`: only one try), else on a replica routable now,
+/// over a pooled connection that returns to the pool (a new one is counted under `listener`).
+/// `Ok(None)`: no `auth_user` set, or no such user (or no password). Errors: no server
+/// ([`SecretError::NoServer`]), the query could not run, or returned a malformed secret.
 pub(crate) async fn lookup_secret(
     shared: &crate::conn::Shared,
     rt: &crate::conn::Runtime,
+    listener: crate::metrics::ListenerKind,
     user: &str,
     database: &str,
-) -> Result<Option<Secret>, String> {
+    wait: std::time::Duration,
+) -> Result<Option<Secret>, SecretError> {
+    use crate::pool::OpenError;
     use crate::router::Want;
     if let Some(s) = rt.auth.file.get(user) {
         return Ok(Some(s.clone()));
@@ -217,12 +246,12 @@ pub(crate) async fn lookup_secret(
     let Some(auth_user) = rt.auth.user.as_deref() else {
         return Ok(None);
     };
-    let route = match shared.router.try_route_want(Want::Leader) {
+    let route = match shared.router.route_want(Want::Leader, wait).await {
         Ok(r) => r,
         Err(_) => shared
             .router
             .try_route_want(Want::Read)
-            .map_err(|e| format!("no server to run auth_query on: {e:?}"))?,
+            .map_err(SecretError::NoServer)?,
     };
     let startup = praetor_protocol::startup::encode_startup(&[
         ("user", auth_user),
@@ -230,27 +259,32 @@ pub(crate) async fn lookup_secret(
         ("application_name", "praetor auth_query"),
     ]);
     let described = format!("{} {}", route.role.as_str(), route.backend);
-    let failed = |e: crate::pool::OpenError| {
+    let failed = |e: OpenError| {
         let why = match e {
-            crate::pool::OpenError::Refused(_, f) => f.message().unwrap_or("refused").to_string(),
-            crate::pool::OpenError::NeedPassword => {
-                "the server asks auth_user for a password: give praetor.proxy.auth_password".into()
-            }
-            crate::pool::OpenError::Connect(m)
-            | crate::pool::OpenError::NotReady(m)
-            | crate::pool::OpenError::Failed(m) => m,
+            OpenError::Refused(_, f) => f.message().unwrap_or("refused").to_string(),
+            OpenError::NeedPassword => "the server asks auth_user for a password: give \
+                                       praetor.proxy.auth_password or auth_user's password in \
+                                       auth_file"
+                .into(),
+            OpenError::Connect(m) | OpenError::NotReady(m) | OpenError::Failed(m) => m,
         };
-        format!("auth_query as {auth_user:?} on {described}: {why}")
+        SecretError::Failed(format!("auth_query as {auth_user:?} on {described}: {why}"))
     };
     let mut conn = match shared.pool.take(&route.backend, &startup) {
         Some(c) => c,
         None => {
-            let gauge = shared.metrics.connection_opened(
-                crate::metrics::ListenerKind::ReadWrite,
-                &route.backend.member,
+            let labels = [
+                listener.as_str(),
+                route.backend.member.as_str(),
                 route.role.as_str(),
-            );
-            gauge.dec(); // `open` counts it once connected.
+            ];
+            shared
+                .metrics
+                .connections_total
+                .with_label_values(&labels)
+                .inc();
+            // `open` counts the connection in this gauge once connected.
+            let gauge = shared.metrics.connections.with_label_values(&labels);
             let mut auth =
                 praetor_protocol::PasswordAuth::new(auth_user, rt.auth.user_password.as_deref());
             let opened = crate::pool::open(
@@ -273,7 +307,7 @@ pub(crate) async fn lookup_secret(
     match answer.map(|s| Secret::parse(&s)) {
         None => Ok(None),
         Some(Ok(secret)) => Ok(Some(secret)),
-        Some(Err(e)) => Err(format!("auth_query returned a malformed secret: {e}")),
+        Some(Err(e)) => Err(SecretError::Malformed(e)),
     }
 }
 

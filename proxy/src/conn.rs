@@ -98,8 +98,9 @@ pub(crate) struct Runtime {
     pub query_wait_timeout: Duration,
     pub idle_release: Duration,
     pub shutdown_timeout: Duration,
-    /// `drain_timeout`: how long a read-write session's transaction may run on during a
-    /// switchover before the proxy cancels it ([`crate::rw::drain`]).
+    /// `drain_timeout`: how long a transaction on the leader (read-write port, auto port) may run
+    /// on during a switchover before the proxy cancels it ([`crate::rw::drain`],
+    /// [`crate::units::leader_drain`]).
     pub drain_timeout: Duration,
     /// The auto port's authentication: `auth_type`, `auth_file` read, `auth_query`.
     pub auth: crate::auth::AuthRuntime,
@@ -603,7 +604,8 @@ async fn relogin_for(
     if !exchange.needs_secret() {
         return relogin(exchange, user, None);
     }
-    match crate::auth::lookup_secret(shared, rt, user, startup.database()).await {
+    let (listener, wait) = (ListenerKind::ReadWrite, Duration::ZERO);
+    match crate::auth::lookup_secret(shared, rt, listener, user, startup.database(), wait).await {
         Ok(secret) => relogin(exchange, user, secret.as_ref()),
         Err(e) => {
             warn!(

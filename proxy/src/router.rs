@@ -303,6 +303,9 @@ struct State {
     paused: Paused,
     /// The admin console's `RECONNECT`: connections with a smaller id are closed when released.
     reconnect: ReconnectMarks,
+    /// Since when the topology in force asks the leader to step down (the first topology applied
+    /// with [`Topology::is_switching_over`]); `None` when it does not.
+    switching_since: Option<std::time::Instant>,
 }
 
 /// The connection ids current at the last `RECONNECT` (of everything, and per database).
@@ -407,6 +410,7 @@ impl Router {
                 },
                 paused: Paused::default(),
                 reconnect: ReconnectMarks::default(),
+                switching_since: None,
             })),
             version: watch::channel(0).0,
             round_robin: AtomicUsize::new(0),
@@ -541,6 +545,13 @@ impl Router {
         self.switching.load(Ordering::Acquire)
     }
 
+    /// Since when the DCS asks the routable leader to step down, as the proxy saw it (the first
+    /// topology applied that says so); `None` when it does not. The auto port counts
+    /// `drain_timeout` from here ([`crate::units::leader_drain`]).
+    pub fn switching_since(&self) -> Option<std::time::Instant> {
+        lock(&self.state).switching_since
+    }
+
     /// Sets which replicas get reads (reload).
     pub fn set_policy(&self, policy: LagPolicy) {
         lock(&self.state).policy = policy;
@@ -622,6 +633,10 @@ impl Router {
                 }
             }
             st.initialized = true;
+            st.switching_since = match (new.is_switching_over(), st.switching_since) {
+                (false, _) => None,
+                (true, since) => since.or_else(|| Some(std::time::Instant::now())),
+            };
             self.switching
                 .store(new.is_switching_over(), Ordering::Release);
         }
@@ -896,11 +911,16 @@ mod tests {
             }),
             ..(*topo(Some(&a), &[&b])).clone()
         });
+        assert_eq!(router.switching_since(), None);
         assert!(
             router.apply(switching.clone()).fenced.is_none(),
             "nothing is fenced yet"
         );
         assert!(!open.fence.is_fenced(), "a running transaction goes on");
+        // drain_timeout counts from the first topology that asks a to step down.
+        let since = router.switching_since().expect("switching since");
+        router.apply(switching.clone());
+        assert_eq!(router.switching_since(), Some(since), "the same switchover");
         assert!(
             !router.is_routable(&a, Want::Leader),
             "no new transaction on a"
@@ -916,6 +936,7 @@ mod tests {
         assert!(futures_poll_once(&mut waiting).await.is_none());
         router.apply(topo(Some(&b), &[]));
         assert_eq!(waiting.await.unwrap().backend, b);
+        assert_eq!(router.switching_since(), None, "the switchover is over");
         assert!(
             open.fence.is_fenced(),
             "the former leader's connections are fenced"

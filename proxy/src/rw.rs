@@ -482,12 +482,7 @@ pub(crate) fn after_server_end(
         return Next::Close;
     }
     if let ServerEnd::Drained(timeout) = end {
-        return Next::End(format!(
-            "terminating connection: the leader is stepping down (switchover) and this \
-             transaction did not finish within drain_timeout ({} s): the proxy cancelled it and \
-             it rolled back; reconnect and retry it",
-            timeout.as_secs_f64()
-        ));
+        return Next::End(drained_message(timeout));
     }
     if !leader_moving {
         return match end {
@@ -511,6 +506,18 @@ pub(crate) fn after_server_end(
                 .to_string(),
         ),
     }
+}
+
+/// The message of the `FATAL 57P01` that ends a session whose transaction ran past
+/// `drain_timeout` (the value) while its leader stepped down, on the read-write port
+/// ([`after_server_end`]) and on the auto port (`session`, [`crate::units::leader_drain`]).
+pub(crate) fn drained_message(drain_timeout: std::time::Duration) -> String {
+    format!(
+        "terminating connection: the leader is stepping down (switchover) and this transaction \
+         did not finish within drain_timeout ({} s): the proxy cancelled it and it rolled back; \
+         reconnect and retry it",
+        drain_timeout.as_secs_f64()
+    )
 }
 
 /// Whether the relay holds what the client just sent instead of forwarding it: the session was at a

@@ -35,6 +35,13 @@
 //! the client. A session in the middle of a transaction on the former leader, or pinned to it, is
 //! closed. With no routable leader a write waits up to `connect_timeout` for one.
 //!
+//! A switchover (the DCS asks the leader to step down) holds new leader units at the idle point,
+//! waiting for the next leader (a unit the client pipelines after one on the leader too); a unit
+//! still running on the leader gets `drain_timeout`, counted from the moment the proxy saw the
+//! switchover. Past it the session sends the leader connection a CancelRequest and ends with
+//! `FATAL 57P01` naming drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
+//! arms the deadline, which also bounds any write the session is blocked in).
+//!
 //! A session idle with no server connection and no session state parks out of its task
 //! ([`crate::park`], [`Dormant`]) and resumes, in a new task, when its client speaks.
 //!
@@ -68,7 +75,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::auth::{password_failed, read_password_message, AuthType, PasswordReadError, Secret};
+use crate::auth::{
+    lookup_secret, password_failed, read_password_message, AuthType, PasswordReadError, Secret,
+    SecretError,
+};
 use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
 use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
@@ -76,12 +86,13 @@ use crate::metrics::ListenerKind;
 use crate::pool::{open, OpenError, ServerConn, Slot};
 use crate::prepared::ClientStatements;
 use crate::router::{NoRoute, Want};
+use crate::rw::Drain;
 use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
 use crate::units::{
-    idle_message, idle_plan, ClientStep, Ctx, Decision, IdleMessage, IdlePlan, ReplicaVerdict,
-    Side, UnitTracker,
+    idle_message, idle_plan, leader_drain, ClientStep, Ctx, Decision, IdleMessage, IdlePlan,
+    ReplicaVerdict, Side, UnitTracker,
 };
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
@@ -129,6 +140,14 @@ enum End {
     /// Idle with nothing but the client to wait for: the session leaves its task
     /// ([`crate::park`]).
     Park,
+    /// The unit running on the leader ran past `drain_timeout` while the leader stepped down
+    /// ([`crate::units::leader_drain`]): the client gets `FATAL 57P01` naming drain_timeout
+    /// (`clean`: the session stopped between two messages to the client; else it is closed
+    /// without one, which would land inside a message) and the leader connection a CancelRequest.
+    Drained {
+        /// The client's stream is at a message boundary.
+        clean: bool,
+    },
 }
 
 /// The state of one session.
@@ -171,6 +190,12 @@ struct Session<'a> {
     stalled_since: Option<tokio::time::Instant>,
     /// The client's named prepared statements, when tracked (`max_prepared_statements`).
     prepared: Option<Box<ClientStatements>>,
+    /// Topology changes, watched while a unit runs on the leader, to see a switchover start
+    /// (created at the first such unit, kept until the session parks).
+    leader_watch: Option<tokio::sync::watch::Receiver<u64>>,
+    /// When the unit running on the leader is cancelled: a switchover started and `drain_timeout`
+    /// runs ([`crate::units::leader_drain`]); `None` otherwise.
+    drain_at: Option<tokio::time::Instant>,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -352,6 +377,8 @@ impl<'a> Live<'a> {
                 to_server: BytesMut::new(),
                 stalled_since: None,
                 prepared,
+                leader_watch: None,
+                drain_at: None,
             },
             client,
             cbuf,
@@ -528,6 +555,22 @@ async fn finish(mut live: Box<Live<'_>>, end: End) {
             "terminating connection: the proxy is shutting down",
         )
         .await;
+    } else if let End::Drained { clean } = end {
+        if clean {
+            let message = crate::rw::drained_message(s.rt.drain_timeout);
+            send_fatal(client, crate::rw::END_CODE, &message).await;
+        } else {
+            let _ = client.shutdown().await;
+        }
+        // The leader connection closes with the session (an idle transaction ends with it); a
+        // statement still running stops at the cancel, and rolls back.
+        if let Some((backend, key)) = s
+            .leader
+            .as_ref()
+            .and_then(|c| Some((&c.route.backend, c.key.as_ref()?)))
+        {
+            crate::conn::send_cancel(backend, key, key.pid, s.rt.connect_timeout).await;
+        }
     }
     s.log_end(&end, "");
     s.release_all(true);
@@ -568,6 +611,16 @@ impl Session<'_> {
             }
             End::Shutdown => debug!("closed: the proxy is shutting down"),
             End::Park => debug!("parked"),
+            End::Drained { clean } => {
+                self.shared
+                    .metrics
+                    .client_error(ListenerKind::Auto, "drained");
+                info!(
+                    clean,
+                    "closing the client: {}",
+                    crate::rw::drained_message(self.rt.drain_timeout)
+                );
+            }
         }
     }
 
@@ -768,7 +821,7 @@ impl Session<'_> {
     }
 
     /// Runs SCRAM-SHA-256 with the client against the user's secret (`auth_file` first, then
-    /// `auth_query`); returns what the proxy logs in to servers with: the client's SCRAM keys, or
+    /// `auth_query`: [`lookup_secret`]); returns what the proxy logs in to servers with: the client's SCRAM keys, or
     /// the password of a cleartext `auth_file` entry. A user without a usable secret goes through
     /// the whole exchange against a mock secret and fails like a wrong password (as PostgreSQL
     /// does), with PostgreSQL's 28P01 message.
@@ -778,9 +831,29 @@ impl Session<'_> {
         cbuf: &mut BytesMut,
         database: &str,
     ) -> Result<Credential, End> {
-        let found = match self.rt.auth.file.get(&self.user) {
-            Some(s) => Some(s.clone()),
-            None => self.query_secret(client, database).await?,
+        let found = match lookup_secret(
+            self.shared,
+            &self.rt,
+            ListenerKind::Auto,
+            &self.user,
+            database,
+            self.rt.connect_timeout,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(SecretError::NoServer(e)) => return Err(self.refuse(client, e).await),
+            Err(SecretError::Malformed(e)) => {
+                warn!(user = %self.user, "auth_query returned a malformed secret: {e}");
+                None
+            }
+            Err(e @ SecretError::Failed(_)) => {
+                return Err(End::Refused(
+                    SqlState::INVALID_AUTHORIZATION,
+                    "auth",
+                    format!("cannot look up the user's secret with {e}"),
+                ))
+            }
         };
         let (secret, password) = match found {
             Some(Secret::Scram(s)) => (s, None),
@@ -835,93 +908,6 @@ impl Session<'_> {
             Some(p) => Credential::Password(p.into_bytes()),
             None => Credential::Scram(Box::new(keys)),
         })
-    }
-
-    /// Runs `auth_query` for the session's user as `auth_user`, in the client's `database`, on
-    /// the leader (a replica when there is none). `None`: no `auth_user`, or no such user (or no
-    /// password). The `auth_user` connection returns to the pool.
-    async fn query_secret(
-        &mut self,
-        client: &mut ClientStream,
-        database: &str,
-    ) -> Result<Option<Secret>, End> {
-        let Some(auth_user) = self.rt.auth.user.clone() else {
-            return Ok(None);
-        };
-        let route = match self
-            .shared
-            .router
-            .route_want(Want::Leader, self.rt.connect_timeout)
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => match self.shared.router.try_route_want(Want::Read) {
-                Ok(r) => r,
-                Err(e) => return Err(self.refuse(client, e).await),
-            },
-        };
-        let startup = praetor_protocol::startup::encode_startup(&[
-            ("user", &auth_user),
-            ("database", database),
-            ("application_name", "praetor auth_query"),
-        ]);
-        let described = format!("{} {}", route.role.as_str(), route.backend);
-        let failed = |m: String| {
-            End::Refused(
-                SqlState::INVALID_AUTHORIZATION,
-                "auth",
-                format!("cannot look up the user's secret with auth_query as {auth_user:?} on {described}: {m}"),
-            )
-        };
-        let mut conn = match self.shared.pool.take(&route.backend, &startup) {
-            Some(c) => c,
-            None => {
-                let gauge = self.count_connection(&route);
-                let mut auth = PasswordAuth::new(&auth_user, self.rt.auth.user_password.as_deref());
-                match open(
-                    route,
-                    gauge,
-                    &self.rt.backend_tls,
-                    self.rt.connect_timeout,
-                    &startup,
-                    &mut auth,
-                )
-                .await
-                {
-                    Ok((c, _)) => c,
-                    Err(OpenError::Refused(_, f)) => {
-                        return Err(failed(f.message().unwrap_or("refused").to_string()))
-                    }
-                    Err(OpenError::NeedPassword) => {
-                        return Err(failed(
-                            "the server asks for a password: give praetor.proxy.auth_password or auth_user's password in auth_file".into(),
-                        ))
-                    }
-                    Err(OpenError::Connect(m) | OpenError::NotReady(m) | OpenError::Failed(m)) => {
-                        return Err(failed(m))
-                    }
-                }
-            }
-        };
-        let answer = conn
-            .query_secret(&self.rt.auth.query, &self.user)
-            .await
-            .map_err(|e| {
-                failed(match e {
-                    OpenError::Refused(_, f) => f.message().unwrap_or("error").to_string(),
-                    OpenError::Connect(m) | OpenError::NotReady(m) | OpenError::Failed(m) => m,
-                    OpenError::NeedPassword => "unexpected authentication request".into(),
-                })
-            })?;
-        self.shared.pool.put(conn, &startup, self.rt.pool_size);
-        match answer.map(|s| Secret::parse(&s)) {
-            None => Ok(None),
-            Some(Ok(secret)) => Ok(Some(secret)),
-            Some(Err(e)) => {
-                warn!(user = %self.user, "auth_query returned a malformed secret: {e}");
-                Ok(None)
-            }
-        }
     }
 
     /// Completes the client's login on `conn` (the session's first server, on `side`): sends
@@ -983,14 +969,20 @@ impl Session<'_> {
             // current unit to end.
             // With nothing buffered there is nothing to handle: no boxed future on a server's
             // wake-up.
+            // A drain deadline bounds the handling too: a write the other end does not take
+            // cannot keep a unit on the former leader past it. (Only while that unit runs: once
+            // it ended, the client's next unit may wait here for the next leader.)
+            let drain_at = self
+                .drain_at
+                .filter(|_| self.units.current() == Some(Side::Leader));
             let blocked = if cbuf.is_empty() {
                 false
             } else {
-                let handled = Box::pin(async {
+                let handled = Box::pin(drained_by(drain_at, async {
                     let blocked = self.handle_client(client, cbuf).await?;
                     self.flush_current().await?;
                     Ok::<bool, End>(blocked)
-                })
+                }))
                 .await;
                 match handled {
                     Ok(b) => b,
@@ -1001,6 +993,30 @@ impl Session<'_> {
             if idle && draining.is_cancelled() {
                 return End::Shutdown;
             }
+            // A switchover: the unit running on the leader gets the rest of `drain_timeout`
+            // ([`leader_drain`]); the session watches topology changes to see one start.
+            let leader_unit = self.units.current() == Some(Side::Leader);
+            if leader_unit {
+                self.leader_watch
+                    .get_or_insert_with(|| self.shared.router.subscribe())
+                    .mark_unchanged();
+            }
+            let router = &self.shared.router;
+            let switching_for = if router.is_switching_over() {
+                router.switching_since().map(|since| since.elapsed())
+            } else {
+                None
+            };
+            self.drain_at =
+                match leader_drain(self.units.current(), switching_for, self.rt.drain_timeout) {
+                    Drain::Nothing => None,
+                    Drain::Wait(left) => Some(tokio::time::Instant::now() + left),
+                    Drain::Cancel => {
+                        let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
+                        return End::Drained { clean };
+                    }
+                };
+            let watch_switchover = leader_unit && self.drain_at.is_none();
             // Park or release ([`idle_plan`]): parks at once after login (or a wake-up without a
             // unit), after a unit once the client was quiet for `PARK_AFTER`; releases the
             // server connections after `idle_release`.
@@ -1061,6 +1077,8 @@ impl Session<'_> {
             };
             enum Wake {
                 Fenced(Side),
+                /// The drain deadline passed, or the topology changed (a switchover may start).
+                Drain,
                 Client(std::io::Result<usize>),
                 Server(Side, std::io::Result<usize>),
                 Timer,
@@ -1070,6 +1088,7 @@ impl Session<'_> {
             let wake = {
                 let (leader, replica) = (&mut self.leader, &mut self.replica);
                 let idle_timer = &mut self.idle_timer;
+                let (leader_watch, drain_at) = (&mut self.leader_watch, self.drain_at);
                 // The proxy drains (idle sessions leave) before it stops (every session leaves):
                 // an idle session waits for the first, a busy one for the second.
                 let stop = if idle {
@@ -1101,6 +1120,22 @@ impl Session<'_> {
                             None => std::future::pending().await,
                         }
                     }, if stall_deadline.is_some() => Wake::Stalled,
+                    _ = async {
+                        match drain_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if drain_at.is_some() => Wake::Drain,
+                    _ = async {
+                        let changed = match leader_watch {
+                            Some(w) => w.changed().await.is_ok(),
+                            None => false,
+                        };
+                        if !changed {
+                            // The router is gone (the proxy stops): nothing to watch.
+                            std::future::pending::<()>().await;
+                        }
+                    }, if watch_switchover => Wake::Drain,
                 }
             };
             if self.info.is_terminated() {
@@ -1114,6 +1149,8 @@ impl Session<'_> {
                 // When it was the park timer, the next pass parks.
                 Wake::Timer if release_timer => self.release_idle(),
                 Wake::Timer => {}
+                // The next pass applies the drain rule.
+                Wake::Drain => {}
                 Wake::Fenced(side) => {
                     let needed = self.units.needs_server(side);
                     let conn = self.conn(side).take();
@@ -1156,7 +1193,9 @@ impl Session<'_> {
                         Ok(_) => None,
                         Err(e) => Some(e.to_string()),
                     };
-                    if let Err(end) = Box::pin(self.handle_server(client, side, lost)).await {
+                    let drain_at = self.drain_at;
+                    let handled = drained_by(drain_at, self.handle_server(client, side, lost));
+                    if let Err(end) = Box::pin(handled).await {
                         return end;
                     }
                 }
@@ -1571,6 +1610,7 @@ impl Session<'_> {
                 has_replica: self.replica.is_some(),
                 paused,
                 tracks_prepared: self.prepared.is_some(),
+                leader_stepping_down: self.shared.router.is_switching_over(),
             };
             let decision = match self.units.on_client_message(cbuf, h, &ctx) {
                 ClientStep::Route(decision) => decision,
@@ -2151,6 +2191,20 @@ async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut) -> std::io:
         cbuf.reserve(CLIENT_BUFFER_BYTES);
     }
     client.read_buf(cbuf).await
+}
+
+/// Runs `handling` to its end, or until the drain deadline `at` (then [`End::Drained`], not clean:
+/// a write to the client may have stopped inside a message).
+async fn drained_by<T>(
+    at: Option<tokio::time::Instant>,
+    handling: impl std::future::Future<Output = Result<T, End>>,
+) -> Result<T, End> {
+    match at {
+        Some(at) => tokio::time::timeout_at(at, handling)
+            .await
+            .unwrap_or(Err(End::Drained { clean: false })),
+        None => handling.await,
+    }
 }
 
 /// Polls `conn` for its fence or bytes (pending forever when there is no connection). A poll

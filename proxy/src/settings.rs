@@ -30,8 +30,9 @@ pub const DEFAULT_MAX_CLIENT_CONN: usize = 10_000;
 /// Default of `praetor.proxy.shutdown_timeout`: how long a shutdown lets clients finish.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Default of `praetor.proxy.drain_timeout`: how long a read-write-port transaction may run on
-/// once the DCS asks the leader to step down, before the proxy cancels it. Below the 5 s the
+/// Default of `praetor.proxy.drain_timeout`: how long a transaction on the leader (read-write or
+/// auto port) may run on once the DCS asks the leader to step down, before the proxy cancels it.
+/// Below the 5 s the
 /// stepping-down leader's agent itself waits for transactions in progress before its fast stop, so
 /// that the proxy's cancel, with its message naming `drain_timeout`, comes first; PgBouncer-like
 /// tens of seconds would never act, the agent's stop coming first.
@@ -170,9 +171,13 @@ pub struct ProxySettings {
     pub max_message_size: usize,
     /// `praetor.proxy.shutdown_timeout`.
     pub shutdown_timeout: Duration,
-    /// `praetor.proxy.drain_timeout` (default [`DEFAULT_DRAIN_TIMEOUT`]; 0: cancel at once): how
-    /// long a read-write-port transaction running when the DCS asks the leader to step down may go
-    /// on before the proxy cancels it and ends its session with 57P01 ([`crate::rw::drain`]).
+    /// `praetor.proxy.drain_timeout` (default [`DEFAULT_DRAIN_TIMEOUT`]; 0: cancel at once), in
+    /// whole seconds: how long a transaction running on the leader when the DCS asks it to step
+    /// down (a switchover) may go on, counted from the moment the proxy sees the switchover, before
+    /// the proxy sends its server a CancelRequest and ends its session with `FATAL 57P01` naming
+    /// drain_timeout ([`crate::rw::drained_message`]). Every port that reaches the leader: the
+    /// read-write port's transaction ([`crate::rw::drain`]) and the auto port's unit on the leader
+    /// ([`crate::units::leader_drain`]).
     pub drain_timeout: Duration,
     /// `praetor.proxy.read_only_functions`.
     pub read_only_functions: Vec<String>,

@@ -15,7 +15,9 @@
 //!   ([`UnitTracker::judge_replica_reply`]);
 //! - whether the session, idle, may give its server connections back ([`UnitTracker::may_release`])
 //!   or leave its task ([`UnitTracker::may_park`]), and when ([`idle_plan`], with the instants the
-//!   session passes in); whether losing a server ends it ([`UnitTracker::needs_server`]).
+//!   session passes in); whether losing a server ends it ([`UnitTracker::needs_server`]);
+//! - what a unit still running on the leader does while the leader steps down (a switchover):
+//!   goes on for the rest of `drain_timeout`, or is cancelled ([`leader_drain`]).
 //!
 //! `session` owns the sockets: it reads, asks, and executes (opens connections, writes, counts
 //! metrics). Nothing here reads a clock or does I/O, so the rules are tested on message traces
@@ -32,6 +34,7 @@ use praetor_protocol::unit::{between_units, replica_reply, BetweenUnits, Replica
 use praetor_protocol::{Class, Classifier, FrontendHeader, PinReason, TxStatus};
 
 use crate::router::BackendRole;
+use crate::rw::Drain;
 use crate::settings::Target;
 
 /// A read unit up to this size is kept (copied) while it runs on a replica, so that it can run
@@ -113,6 +116,10 @@ pub(crate) struct Ctx<'a> {
     /// [`crate::prepared`]): they no longer pin the session, and units using them go to the leader
     /// (where a unit never runs twice: a replica's refused read is run again as the client wrote it).
     pub tracks_prepared: bool,
+    /// The DCS asks the leader to step down (a switchover,
+    /// [`crate::router::Router::is_switching_over`]): no next unit follows on the leader, it is
+    /// routed at the idle point, where new leader units wait for the next leader.
+    pub leader_stepping_down: bool,
 }
 
 impl Ctx<'_> {
@@ -401,8 +408,10 @@ impl UnitTracker {
         // A unit is running on `side`.
         let mut next_unit = None;
         let mut pinned = None;
-        if starts_next && ctx.paused {
-            // `PAUSE`: the next unit waits at the idle point.
+        if starts_next && (ctx.paused || (side == Side::Leader && ctx.leader_stepping_down)) {
+            // `PAUSE`: the next unit waits at the idle point. A switchover: a pipelined unit
+            // would start a transaction on the leader stepping down, after the hold began; it is
+            // routed at the idle point, and waits there for the next leader.
             return ClientStep::Wait;
         }
         if starts_next && self.pinned.is_none() {
@@ -795,6 +804,27 @@ where
     }
 }
 
+/// What an auto-port session does about its running unit while the leader steps down (a
+/// switchover): the read-write port's drain rule ([`crate::rw::drain`]) applied to the unit.
+///
+/// `current`: the side running the session's unit ([`UnitTracker::current`], `None` at an idle
+/// point). `switching_for`: how long ago the proxy saw the DCS ask the leader to step down
+/// ([`crate::router::Router::switching_since`]; `None`: it does not). A unit on the leader (a
+/// transaction, or a single statement still running) gets `drain_timeout` from that moment, not
+/// from its own start: the leader's agent waits for transactions in progress at most 5 s itself,
+/// so the proxy's cancel, with its message naming `drain_timeout`
+/// ([`crate::rw::drained_message`]), comes first. Past it ([`Drain::Cancel`]) the session sends
+/// its leader connection a CancelRequest and ends with `FATAL 57P01`. A unit on a replica has
+/// nothing to drain (the replica does not step down), and an idle session is held instead: its
+/// next leader unit waits for the next leader at the idle point ([`Ctx::leader_stepping_down`]).
+pub(crate) fn leader_drain(
+    current: Option<Side>,
+    switching_for: Option<Duration>,
+    drain_timeout: Duration,
+) -> Drain {
+    crate::rw::drain(switching_for, drain_timeout, current != Some(Side::Leader))
+}
+
 /// Whether a unit of this class may write: anything but reads and session-level `SET`s.
 pub(crate) fn may_write(class: Class) -> bool {
     !(class.is_read() || class == Class::SessionSet)
@@ -974,6 +1004,7 @@ mod tests {
                     has_replica: self.has_replica,
                     paused: false,
                     tracks_prepared: false,
+                    leader_stepping_down: false,
                 };
                 let step = self.units.on_client_message(&self.client, h, &ctx);
                 let said = match step {
@@ -1224,6 +1255,7 @@ mod rules {
             has_replica: true,
             paused: false,
             tracks_prepared: false,
+            leader_stepping_down: false,
         };
         let h = FrontendHeader::peek(buf, 1 << 20).unwrap().unwrap();
         units.on_client_message(buf, h, &ctx)
@@ -1410,6 +1442,86 @@ mod rules {
                 "{} {pinned}",
                 *tag as char
             );
+        }
+    }
+
+    #[test]
+    fn a_unit_on_the_leader_gets_drain_timeout_from_the_start_of_the_switchover() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        use Side::*;
+        // (side running the unit, switching for, drain_timeout) -> drain
+        let rows: &[(Option<Side>, Option<Duration>, Duration, Drain)] = &[
+            // No switchover: nothing, wherever the unit runs.
+            (Some(Leader), None, s(4), Drain::Nothing),
+            (None, None, s(4), Drain::Nothing),
+            // An idle session is held at its next unit, not drained.
+            (None, Some(s(1)), s(4), Drain::Nothing),
+            (None, Some(s(9)), s(4), Drain::Nothing),
+            // A unit on a replica: the replica does not step down.
+            (Some(Replica), Some(s(9)), s(4), Drain::Nothing),
+            // A unit on the leader: the rest of drain_timeout, counted from the switchover...
+            (Some(Leader), Some(ms(0)), s(4), Drain::Wait(s(4))),
+            (Some(Leader), Some(ms(2500)), s(4), Drain::Wait(ms(1500))),
+            // ...then cancel.
+            (Some(Leader), Some(s(4)), s(4), Drain::Cancel),
+            (Some(Leader), Some(s(9)), s(4), Drain::Cancel),
+            // drain_timeout 0: cancel at once.
+            (Some(Leader), Some(ms(0)), s(0), Drain::Cancel),
+        ];
+        for &(current, switching, timeout, want) in rows {
+            assert_eq!(
+                leader_drain(current, switching, timeout),
+                want,
+                "{current:?}, switching for {switching:?}, drain_timeout {timeout:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pipelined_unit_does_not_follow_on_a_leader_stepping_down() {
+        let classifier = Classifier::default();
+        // (leader stepping down, side of the running unit) -> the pipelined write follows
+        let rows = [
+            (false, Side::Leader, true),
+            (true, Side::Leader, false),
+            // A read unit on a replica: the write goes elsewhere anyway.
+            (false, Side::Replica, false),
+        ];
+        for (stepping_down, side, follows) in rows {
+            let mut units = UnitTracker::new(Target::Any, None);
+            let first = query(if side == Side::Leader {
+                "INSERT INTO t VALUES (1)"
+            } else {
+                "SELECT 1"
+            });
+            let ClientStep::Route(d) = step(&mut units, &first) else {
+                panic!("an idle point routes");
+            };
+            let h = FrontendHeader::peek(&first, 1 << 20).unwrap().unwrap();
+            units.start_unit(d.side, &d, &first, h);
+            units.forwarded(h);
+            let next = query("INSERT INTO t VALUES (2)");
+            let ctx = Ctx {
+                classifier: &classifier,
+                max_message_size: 1 << 20,
+                has_leader: true,
+                has_replica: true,
+                paused: false,
+                tracks_prepared: false,
+                leader_stepping_down: stepping_down,
+            };
+            let h = FrontendHeader::peek(&next, 1 << 20).unwrap().unwrap();
+            let got = units.on_client_message(&next, h, &ctx);
+            let want = if follows {
+                ClientStep::Forward {
+                    next_unit: Some(side),
+                    pinned: None,
+                }
+            } else {
+                ClientStep::Wait
+            };
+            assert_eq!(got, want, "stepping down {stepping_down}, {side:?}");
         }
     }
 
