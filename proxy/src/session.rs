@@ -1016,7 +1016,7 @@ impl Session<'_> {
                     PARK_AFTER,
                     releasable,
                     self.idle_since.map(tokio::time::Instant::from_std),
-                    self.rt.idle_release,
+                    self.idle_release(),
                 )
             } else {
                 IdlePlan::NoTimer
@@ -2232,6 +2232,22 @@ fn translate_notification(
 /// ([`crate::prepared`]) and `pool_mode: transaction`'s bounded pool. Hooks only: the routing
 /// above calls them.
 impl Session<'_> {
+    /// The session's pool mode (`databases.<db>.pool_mode`, else `pool_mode`).
+    fn pool_mode(&self) -> crate::settings::PoolMode {
+        if self.rt.database_pool_modes.is_empty() {
+            return self.rt.pool_mode;
+        }
+        self.rt.pool_mode_for(self.database())
+    }
+
+    /// How long the idle session keeps its server connections (0 in transaction mode).
+    fn idle_release(&self) -> Duration {
+        if self.rt.database_pool_modes.is_empty() {
+            return self.rt.idle_release;
+        }
+        self.rt.idle_release_for(self.database())
+    }
+
     /// Whether messages with this tag are rewritten (so must be whole before they go on).
     fn rewrites(&self, tag: u8) -> bool {
         self.prepared.is_some() && matches!(tag, BIND | DESCRIBE | CLOSE)
@@ -2285,7 +2301,7 @@ impl Session<'_> {
         route: &crate::router::Route,
         place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Option<Box<ServerConn>>, String> {
-        if self.rt.pool_mode != crate::settings::PoolMode::Transaction {
+        if self.pool_mode() != crate::settings::PoolMode::Transaction {
             return Ok(None);
         }
         let deadline = tokio::time::Instant::now() + self.rt.query_wait_timeout;
