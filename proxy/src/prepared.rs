@@ -42,7 +42,8 @@
 //!
 //! So `PREPARE` of a name the client has gets 42P05 from the server, and `DEALLOCATE` of one it
 //! has not gets 26000, as without the proxy. An added statement that fails (a table dropped
-//! since) passes its ErrorResponse to the client, followed by the answer to the client's Query.
+//! since) passes its ErrorResponse to the client, followed by the answer to the client's Query;
+//! in a failed transaction (25P02) it is swallowed, as the client's statement gets the same.
 //! The client's own `DEALLOCATE`, `DEALLOCATE ALL` and `DISCARD ALL` take effect when their
 //! CommandComplete arrives (the last two forget the client's protocol-level statements too, as
 //! PostgreSQL does). A server connection keeps at most `max_prepared_statements` SQL-level
@@ -79,6 +80,9 @@ const CLOSE_COMPLETE: u8 = b'3';
 const READY_FOR_QUERY: u8 = b'Z';
 const COMMAND_COMPLETE: u8 = b'C';
 const ERROR_RESPONSE: u8 = b'E';
+
+/// SQLSTATE of a statement refused in a failed transaction.
+const IN_FAILED_TRANSACTION: &str = "25P02";
 
 /// One named statement of a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,13 +556,8 @@ impl ServerStatements {
                 continue;
             }
             let judged = match self.expect.front() {
-                Some(Expect::Added { .. }) => {
-                    if tag == ERROR_RESPONSE {
-                        // The client sees why; what the proxy assumed did not happen.
-                        self.undo_added();
-                    }
-                    !matches!(tag, ERROR_RESPONSE | b'N' | b'A' | b'S')
-                }
+                // Notices, notifications and parameter changes pass.
+                Some(Expect::Added { .. }) => !matches!(tag, b'N' | b'A' | b'S'),
                 Some(Expect::Statements(_)) => tag == COMMAND_COMPLETE || tag == READY_FOR_QUERY,
                 _ => matches!(tag, PARSE_COMPLETE | CLOSE_COMPLETE | READY_FOR_QUERY),
             };
@@ -569,7 +568,7 @@ impl ServerStatements {
             if len - r < frame_len {
                 break;
             }
-            if self.on_reply(tag, client) {
+            if self.on_reply(tag, &buf[r + 5..r + frame_len], client) {
                 keep(buf, r, &mut w, frame_len);
             }
             r += frame_len;
@@ -579,9 +578,18 @@ impl ServerStatements {
         buf.truncate(w);
     }
 
-    /// Matches one reply to the queue; `false`: drop it.
-    fn on_reply(&mut self, tag: u8, client: &mut ClientStatements) -> bool {
+    /// Matches one reply (`body` after the header) to the queue; `false`: drop it.
+    fn on_reply(&mut self, tag: u8, body: &[u8], client: &mut ClientStatements) -> bool {
         match (tag, self.expect.front_mut()) {
+            (ERROR_RESPONSE, Some(Expect::Added { .. })) => {
+                // What the proxy assumed did not happen. The client sees why, unless the
+                // transaction had failed already: its own statement gets that answer.
+                self.undo_added();
+                let code = praetor_protocol::ErrorFields::parse(body)
+                    .ok()
+                    .and_then(|e| e.code().map(|c| c == IN_FAILED_TRANSACTION));
+                code != Some(true)
+            }
             (PARSE_COMPLETE, Some(Expect::Parse { swallow, .. })) => {
                 let swallow = *swallow;
                 self.expect.pop_front();
@@ -1157,6 +1165,29 @@ mod tests {
             send(&mut other, &mut c, 10, &[query("EXECUTE q(1)")]).len(),
             2
         );
+    }
+
+    #[test]
+    fn in_a_failed_transaction_the_added_statements_error_is_not_shown_twice() {
+        let mut server = ServerStatements::default();
+        let _a = prepared_q(&mut server);
+        let mut b = ClientStatements::default();
+        send(&mut server, &mut b, 10, &[query("PREPARE q AS SELECT 2")]);
+        let mut failed = BytesMut::new();
+        encode_message(&mut failed, ERROR_RESPONSE, |m| {
+            for (field, value) in [(b'S', "ERROR"), (b'C', IN_FAILED_TRANSACTION), (b'M', "m")] {
+                m.put_u8(field);
+                put_cstr(m, value);
+            }
+            m.put_u8(0);
+        });
+        let mut answer = failed.clone();
+        answer.extend_from_slice(&reply(b"Z"));
+        answer.extend_from_slice(&failed);
+        answer.extend_from_slice(&reply(b"Z"));
+        assert_eq!(receive(&mut server, &mut b, &answer), "EZ");
+        // The other client's statement is still there.
+        assert!(server.holds_sql("q", PREPARE_Q) && server.is_settled());
     }
 
     #[test]
