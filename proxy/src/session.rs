@@ -22,8 +22,9 @@
 //!   server connection before its next use; anything else that creates session state (named
 //!   prepared statements, temporary tables, `LISTEN`, session advisory locks, cursors `WITH HOLD`)
 //!   pins the session to the server it runs on for the rest of the session; with
-//!   `max_prepared_statements`, protocol-level named statements do not: they are tracked and
-//!   prepared on whichever server runs them ([`crate::prepared`], hooks at the end of this file).
+//!   `max_prepared_statements`, named statements (protocol-level and SQL `PREPARE`) do not: they
+//!   are tracked and prepared on whichever server runs them ([`crate::prepared`], hooks at the end
+//!   of this file).
 //!
 //! Within a unit (and a transaction) every message goes to the same server. Messages of a next unit
 //! that the client pipelines before the current one is answered follow it when that server can run

@@ -84,6 +84,7 @@ pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// Both modes route transaction by transaction and pool the connections of sessions without
 /// session state (a named prepared statement is no session state with `max_prepared_statements`).
+/// `databases.<db>.pool_mode` sets it per database ([`ProxySettings::database_pool_modes`]).
 /// PgBouncer's `server_reset_query` is not run: PgBouncer skips it in transaction mode too
 /// (`server_reset_query_always` off), and sessions with state are never pooled here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -193,7 +194,8 @@ pub struct ProxySettings {
     /// this says (`pool_mode` is the default). `pool_size` and `query_wait_timeout` are shared.
     pub database_pool_modes: HashMap<String, PoolMode>,
     /// `praetor.proxy.max_prepared_statements` (0): named prepared statements tracked per server
-    /// connection (PgBouncer's setting, see [`crate::prepared`]); 0 leaves them pinning the session.
+    /// connection (PgBouncer's setting, see [`crate::prepared`]; SQL-level `PREPARE`d ones are
+    /// counted apart); 0 leaves them pinning the session.
     pub max_prepared_statements: usize,
     /// `praetor.proxy.query_wait_timeout` (120 s): how long a transaction waits for a server
     /// connection in `pool_mode: transaction`.
