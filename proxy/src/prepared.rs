@@ -1116,7 +1116,7 @@ mod tests {
         let got = send(&mut other, &mut c, 10, &[query("PREPARE r AS SELEC")]);
         assert_eq!(got.len(), 1);
         assert_eq!(receive(&mut other, &mut c, &reply(b"EZ")), "EZ");
-        assert!(c.sql.get("r").is_none() && other.sql.peek("r").is_none());
+        assert!(!c.sql.contains_key("r") && other.sql.peek("r").is_none());
     }
 
     #[test]
