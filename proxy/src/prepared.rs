@@ -188,9 +188,10 @@ pub(crate) struct ServerStatements {
     strays_to_close: Vec<Box<str>>,
     /// Bytes of a server message still to pass through (started in an earlier read).
     pass: usize,
-    /// Bytes at the end of the read buffer not judged yet (an incomplete header or
-    /// ReadyForQuery).
-    tail: usize,
+    /// Bytes read but not judged yet (an incomplete header, or an incomplete message that must
+    /// be whole to be judged), kept out of the read buffer so the session cannot forward them;
+    /// they go back in front of the next read's bytes.
+    unjudged: BytesMut,
 }
 
 impl Default for ServerStatements {
@@ -202,7 +203,7 @@ impl Default for ServerStatements {
             strays: Vec::new(),
             strays_to_close: Vec::new(),
             pass: 0,
-            tail: 0,
+            unjudged: BytesMut::new(),
         }
     }
 }
@@ -214,7 +215,7 @@ impl ServerStatements {
         self.expect.is_empty()
             && self.strays.is_empty()
             && self.strays_to_close.is_empty()
-            && self.tail == 0
+            && self.unjudged.is_empty()
             && self.pass == 0
     }
 
@@ -522,10 +523,19 @@ impl ServerStatements {
     /// the session has not forwarded yet). Drops the replies to the proxy's own messages and
     /// settles the queue at each ReadyForQuery (a statement whose Parse got no ParseComplete is
     /// forgotten, for `client` too). Whole messages only are judged; an incomplete header or
-    /// ReadyForQuery at the end waits for the next read.
+    /// message to judge at the end is taken out of `buf` until the next read (the session
+    /// forwards what it sees, partial messages included).
     pub fn filter(&mut self, client: &mut ClientStatements, buf: &mut BytesMut, new: usize) {
+        let mut new = new.min(buf.len());
+        if !self.unjudged.is_empty() {
+            let fresh = buf.split_off(buf.len() - new);
+            new += self.unjudged.len();
+            buf.extend_from_slice(&self.unjudged);
+            buf.extend_from_slice(&fresh);
+            self.unjudged.clear();
+        }
         let len = buf.len();
-        let start = len.saturating_sub(new + self.tail);
+        let start = len - new;
         let (mut r, mut w) = (start, start);
         let keep = |buf: &mut BytesMut, r: usize, w: &mut usize, n: usize| {
             if r != *w {
@@ -573,8 +583,7 @@ impl ServerStatements {
             }
             r += frame_len;
         }
-        self.tail = len - r;
-        keep(buf, r, &mut w, len - r);
+        self.unjudged.extend_from_slice(&buf[r..len]);
         buf.truncate(w);
     }
 
@@ -1038,9 +1047,8 @@ mod tests {
         for b in all.iter() {
             buf.extend_from_slice(&[*b]);
             other.filter(&mut c, &mut buf, 1);
-            // The session forwards whole headers it sees, except an incomplete ReadyForQuery.
-            let visible = buf.len() - other.tail;
-            client_got.extend_from_slice(&buf.split_to(visible));
+            // The session forwards what it sees, partial messages too.
+            client_got.extend_from_slice(&buf.split());
         }
         assert_eq!(
             messages(&client_got)
@@ -1050,6 +1058,31 @@ mod tests {
             "2DZ"
         );
         assert!(other.is_settled());
+    }
+
+    #[test]
+    fn replies_to_added_queries_split_across_reads_are_swallowed_whole() {
+        let mut c = prepared_q(&mut ServerStatements::default());
+        let mut complete = BytesMut::new();
+        encode_message(&mut complete, COMMAND_COMPLETE, |m| put_cstr(m, "PREPARE"));
+        let mut all = complete.clone();
+        all.extend_from_slice(&reply(b"Z"));
+        all.extend_from_slice(&[b'D', 0, 0, 0, 7, 0, 1, 9]);
+        all.extend_from_slice(&complete);
+        all.extend_from_slice(&reply(b"Z"));
+        for step in [1, 2, 3, 7] {
+            let mut other = ServerStatements::default();
+            send(&mut other, &mut c, 10, &[query("EXECUTE q(1)")]);
+            let (mut buf, mut client_got) = (BytesMut::new(), BytesMut::new());
+            for chunk in all.chunks(step) {
+                buf.extend_from_slice(chunk);
+                other.filter(&mut c, &mut buf, chunk.len());
+                client_got.extend_from_slice(&buf.split());
+            }
+            let tags: String = messages(&client_got).into_iter().map(|(t, _)| t).collect();
+            assert_eq!(tags, "DCZ", "reads of {step} bytes");
+            assert!(other.is_settled());
+        }
     }
 
     #[test]
