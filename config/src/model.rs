@@ -812,6 +812,9 @@ pub struct ProxyDatabase {
     pub target: Option<String>,
     /// Read-your-writes for this database (overrides `praetor.proxy.read_your_writes`).
     pub read_your_writes: Option<bool>,
+    /// `auto` or `transaction`: how this database's server connections are pooled (overrides
+    /// `praetor.proxy.pool_mode`, as PgBouncer's `[databases]` `pool_mode=`).
+    pub pool_mode: Option<String>,
 }
 
 /// One listener of the proxy.

@@ -107,10 +107,19 @@ impl Class {
     }
 
     /// Combines the classes of several statements of one message: a pin wins, then anything
-    /// that needs the leader; a set of reads is a read.
+    /// that needs the leader; a set of reads is a read. A named prepared statement is the weakest
+    /// pin (a proxy that tracks them per client drops it): any other pin, or a session `SET`,
+    /// wins over it.
     fn combine(self, other: Class) -> Class {
         use Class::*;
         match (self, other) {
+            (Pin(PinReason::PreparedStatement), o) | (o, Pin(PinReason::PreparedStatement)) => {
+                match o {
+                    Pin(r) => Pin(r),
+                    SessionSet => Pin(PinReason::SetInTransaction),
+                    _ => Pin(PinReason::PreparedStatement),
+                }
+            }
             (Pin(r), _) | (_, Pin(r)) => Pin(r),
             (SessionSet, _) | (_, SessionSet) => Pin(PinReason::SetInTransaction),
             (Read, Read) => Read,
@@ -1049,6 +1058,19 @@ mod tests {
             ("LISTEN ch", Pin(PinReason::Listen)),
             ("NOTIFY ch", Write),
             ("PREPARE p AS SELECT 1", Pin(PinReason::PreparedStatement)),
+            // The weakest pin: another pin or a session SET wins.
+            (
+                "PREPARE p AS SELECT 1; CREATE TEMP TABLE t (a int)",
+                Pin(PinReason::TempObject),
+            ),
+            (
+                "CREATE TEMP TABLE t (a int); PREPARE p AS SELECT 1",
+                Pin(PinReason::TempObject),
+            ),
+            (
+                "PREPARE p AS SELECT 1; SET work_mem = '8MB'",
+                Pin(PinReason::SetInTransaction),
+            ),
             ("SELECT pg_advisory_lock(1)", Pin(PinReason::AdvisoryLock)),
             ("SELECT pg_advisory_xact_lock(1)", Write),
             (

@@ -93,10 +93,14 @@ pub(crate) struct Runtime {
     pub database_read_your_writes: HashMap<String, bool>,
     pub pool_size: usize,
     pub pool_mode: crate::settings::PoolMode,
+    /// `databases.<db>.pool_mode`, where given.
+    pub database_pool_modes: HashMap<String, crate::settings::PoolMode>,
     /// `max_prepared_statements`: 0 leaves named statements pinning sessions.
     pub max_prepared_statements: usize,
     pub query_wait_timeout: Duration,
     pub idle_release: Duration,
+    /// `idle_release_ms` for databases pooled in `auto` mode under a global `transaction`.
+    pub auto_idle_release: Duration,
     pub shutdown_timeout: Duration,
     /// `drain_timeout`: how long a transaction on the leader (read-write port, auto port) may run
     /// on during a switchover before the proxy cancels it ([`crate::rw::drain`],
@@ -134,13 +138,35 @@ impl Runtime {
             database_read_your_writes: s.database_read_your_writes.clone(),
             pool_size: s.pool_size,
             pool_mode: s.pool_mode,
+            database_pool_modes: s.database_pool_modes.clone(),
             max_prepared_statements: s.max_prepared_statements,
             query_wait_timeout: s.query_wait_timeout,
             idle_release: s.idle_release,
+            auto_idle_release: s.auto_idle_release,
             shutdown_timeout: s.shutdown_timeout,
             drain_timeout: s.drain_timeout,
             auth: crate::auth::AuthRuntime::from_settings(&s.auth)?,
         })
+    }
+}
+
+impl Runtime {
+    /// `database`'s pool mode: `databases.<db>.pool_mode`, else `pool_mode`.
+    pub fn pool_mode_for(&self, database: &str) -> crate::settings::PoolMode {
+        self.database_pool_modes
+            .get(database)
+            .copied()
+            .unwrap_or(self.pool_mode)
+    }
+
+    /// How long an idle session of `database` keeps its server connections: 0 in transaction
+    /// mode, `idle_release_ms` in auto mode.
+    pub fn idle_release_for(&self, database: &str) -> Duration {
+        match self.database_pool_modes.get(database) {
+            None => self.idle_release,
+            Some(crate::settings::PoolMode::Transaction) => Duration::ZERO,
+            Some(crate::settings::PoolMode::Auto) => self.auto_idle_release,
+        }
     }
 }
 

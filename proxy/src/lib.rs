@@ -58,6 +58,7 @@ pub mod metrics;
 mod park;
 mod pool;
 mod prepared;
+mod prepared_sql;
 mod router;
 mod rw;
 mod rw_auth;

@@ -28,7 +28,27 @@
 //! CloseComplete and ReadyForQuery messages (an error makes the server skip to the next Sync:
 //! what was not answered by then did not happen).
 //!
-//! SQL-level `PREPARE`/`EXECUTE`/`DEALLOCATE` are not tracked: they pin the session as before.
+//! SQL-level `PREPARE`/`EXECUTE`/`DEALLOCATE` (which PgBouncer does not track) keep the client's
+//! own names on the server, since the client's SQL text is not rewritten
+//! ([`crate::prepared_sql`] reads which names a Query uses). Per client the proxy records the text
+//! of each `PREPARE` that succeeded (its CommandComplete arrived); per server connection, which
+//! names it holds and with which text. Before a client's Query goes to a server connection, every
+//! name the Query uses is made to match the client's view with statements the proxy sends as
+//! Queries of their own, whose CommandComplete and ReadyForQuery it swallows:
+//! - a name the client prepared, missing on that connection or held there with another text (by
+//!   another client): `DEALLOCATE` (if held) and the client's `PREPARE` text;
+//! - a name the client has not prepared that the connection holds (another client's):
+//!   `DEALLOCATE`, so the client's `EXECUTE` gets PostgreSQL's 26000 and its `PREPARE` succeeds.
+//!
+//! So `PREPARE` of a name the client has gets 42P05 from the server, and `DEALLOCATE` of one it
+//! has not gets 26000, as without the proxy. An added statement that fails (a table dropped
+//! since) passes its ErrorResponse to the client, followed by the answer to the client's Query;
+//! in a failed transaction (25P02) it is swallowed, as the client's statement gets the same.
+//! The client's own `DEALLOCATE`, `DEALLOCATE ALL` and `DISCARD ALL` take effect when their
+//! CommandComplete arrives (the last two forget the client's protocol-level statements too, as
+//! PostgreSQL does). A server connection keeps at most `max_prepared_statements` SQL-level
+//! statements before each Query (counted apart from the protocol-level ones): the least recently
+//! used ones not named in the Query are deallocated first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -39,6 +59,8 @@ use praetor_protocol::frontend::{
     encode_message, Bind, Parse, Target, BIND, CLOSE, DESCRIBE, FUNCTION_CALL, PARSE, QUERY, SYNC,
 };
 use sha2::{Digest, Sha256};
+
+use crate::prepared_sql::{quote_ident, sql_use, SqlEffect};
 
 /// Prefix of the server-side statement names the proxy chooses.
 pub(crate) const SERVER_PREFIX: &str = "praetor_";
@@ -52,10 +74,15 @@ const SCRATCH_NAME: &str = "praetor_scratch";
 /// The statement created under the client's name to make the server refuse a duplicate `Parse`.
 const DUPLICATE_PROBE: &str = "SELECT";
 
-/// ParseComplete, CloseComplete and ReadyForQuery tags.
+/// ParseComplete, CloseComplete, ReadyForQuery, CommandComplete and ErrorResponse tags.
 const PARSE_COMPLETE: u8 = b'1';
 const CLOSE_COMPLETE: u8 = b'3';
 const READY_FOR_QUERY: u8 = b'Z';
+const COMMAND_COMPLETE: u8 = b'C';
+const ERROR_RESPONSE: u8 = b'E';
+
+/// SQLSTATE of a statement refused in a failed transaction.
+const IN_FAILED_TRANSACTION: &str = "25P02";
 
 /// One named statement of a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,10 +121,12 @@ impl Statement {
     }
 }
 
-/// The named statements one client prepared (protocol level), by the client's name.
+/// The named statements one client prepared: protocol level by the client's name, and SQL level
+/// (`PREPARE`) by name with the statement's text.
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
     by_name: HashMap<Box<str>, Statement>,
+    sql: HashMap<Box<str>, Arc<str>>,
 }
 
 impl ClientStatements {
@@ -126,6 +155,21 @@ enum Expect {
     },
     /// A ReadyForQuery (Sync, Query, FunctionCall).
     Ready,
+    /// The answer to a client Query that prepares or deallocates SQL-level statements: the i-th
+    /// CommandComplete confirms `effects[i]`; then its ReadyForQuery. Everything passes.
+    Statements(VecDeque<Option<SqlEffect>>),
+    /// The answer to a Query the proxy added (`DEALLOCATE` or `PREPARE`), swallowed through its
+    /// ReadyForQuery but for an ErrorResponse; `undo` restores what the proxy assumed if it fails.
+    Added { undo: Option<Undo> },
+}
+
+/// What to put back in a server connection's SQL-level statements when an added statement fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undo {
+    /// The added `PREPARE` of this name did not happen.
+    Unprepare(Box<str>),
+    /// The added `DEALLOCATE` did not happen: the statement is still there, with this text.
+    Restore(Box<str>, Arc<str>),
 }
 
 /// What one server connection holds, and the replies it owes (travels with the connection into
@@ -134,6 +178,9 @@ enum Expect {
 pub(crate) struct ServerStatements {
     /// Server statement names, least recently used first.
     held: LruCache<Arc<str>, ()>,
+    /// SQL-level statements by name with the `PREPARE` text that made them, least recently used
+    /// first.
+    sql: LruCache<Box<str>, Arc<str>>,
     expect: VecDeque<Expect>,
     /// Statements created under a client's name by a duplicate `Parse`, in the current unit.
     strays: Vec<Box<str>>,
@@ -141,20 +188,22 @@ pub(crate) struct ServerStatements {
     strays_to_close: Vec<Box<str>>,
     /// Bytes of a server message still to pass through (started in an earlier read).
     pass: usize,
-    /// Bytes at the end of the read buffer not judged yet (an incomplete header or
-    /// ReadyForQuery).
-    tail: usize,
+    /// Bytes read but not judged yet (an incomplete header, or an incomplete message that must
+    /// be whole to be judged), kept out of the read buffer so the session cannot forward them;
+    /// they go back in front of the next read's bytes.
+    unjudged: BytesMut,
 }
 
 impl Default for ServerStatements {
     fn default() -> ServerStatements {
         ServerStatements {
             held: LruCache::new_unbounded(),
+            sql: LruCache::new_unbounded(),
             expect: VecDeque::new(),
             strays: Vec::new(),
             strays_to_close: Vec::new(),
             pass: 0,
-            tail: 0,
+            unjudged: BytesMut::new(),
         }
     }
 }
@@ -166,7 +215,7 @@ impl ServerStatements {
         self.expect.is_empty()
             && self.strays.is_empty()
             && self.strays_to_close.is_empty()
-            && self.tail == 0
+            && self.unjudged.is_empty()
             && self.pass == 0
     }
 
@@ -182,16 +231,100 @@ impl ServerStatements {
         self.held.peek(server_name).is_some()
     }
 
-    /// Forgets every statement: the client ran `DISCARD ALL` or `DEALLOCATE ALL`.
+    /// Whether the server holds the SQL-level statement `name` with `text`.
+    #[cfg(test)]
+    pub fn holds_sql(&self, name: &str, text: &str) -> bool {
+        self.sql.peek(name).is_some_and(|t| &**t == text)
+    }
+
+    /// Forgets every statement: the session ran `DISCARD ALL` or `DEALLOCATE ALL`.
     pub fn forget_all(&mut self) {
         self.held.clear();
+        self.sql.clear();
     }
 
     /// Records a message that ends with ReadyForQuery and is not rewritten (FunctionCall).
     pub fn note_ready(&mut self) {
-        self.expect.push_back(Expect::Ready);
+        self.note_end(Expect::Ready);
+    }
+
+    /// Records the message that ends a unit's part (`end`: what its ReadyForQuery settles).
+    fn note_end(&mut self, end: Expect) {
+        self.expect.push_back(end);
         let strays = std::mem::take(&mut self.strays);
         self.strays_to_close.extend(strays);
+    }
+
+    /// Sends `sql` as a Query of the proxy's own, answered to nobody.
+    fn add_query(&mut self, out: &mut BytesMut, sql: &str, undo: Undo) {
+        encode_message(out, QUERY, |m| put_cstr(m, sql));
+        self.expect.push_back(Expect::Added { undo: Some(undo) });
+    }
+
+    /// Makes the SQL-level statements `names` on this connection match `client`'s (see the
+    /// module's documentation), appending the Queries that do it to `out`.
+    fn match_sql(
+        &mut self,
+        client: &ClientStatements,
+        max: usize,
+        names: &[Box<str>],
+        out: &mut BytesMut,
+    ) {
+        // Room first for the names not held: the least recently used statements the Query does
+        // not name go.
+        let new = names.iter().filter(|n| self.sql.peek(*n).is_none()).count();
+        let mut skipped = Vec::new();
+        while max > 0 && new > 0 && self.sql.len() + skipped.len() + new > max {
+            let Some((name, text)) = self.sql.remove_lru() else {
+                break;
+            };
+            if names.contains(&name) {
+                skipped.push((name, text));
+                continue;
+            }
+            let sql = format!("DEALLOCATE {}", quote_ident(&name));
+            self.add_query(out, &sql, Undo::Restore(name, text));
+        }
+        for (name, text) in skipped {
+            self.sql.insert(name, text);
+        }
+        for name in names {
+            let wanted = client.sql.get(name);
+            let held = self.sql.get(name).cloned();
+            if let (Some(w), Some(h)) = (wanted, &held) {
+                if w == h {
+                    continue;
+                }
+            }
+            if let Some(h) = held {
+                let sql = format!("DEALLOCATE {}", quote_ident(name));
+                self.sql.remove(name);
+                self.add_query(out, &sql, Undo::Restore(name.clone(), h));
+            }
+            if let Some(w) = wanted {
+                self.sql.insert(name.clone(), w.clone());
+                self.add_query(out, w, Undo::Unprepare(name.clone()));
+            }
+        }
+    }
+
+    /// A statement of a client Query succeeded: what it did to the session's statements.
+    fn apply(&mut self, client: &mut ClientStatements, effect: SqlEffect) {
+        match effect {
+            SqlEffect::Prepare { name, text } => {
+                self.sql.insert(name.clone(), text.clone());
+                client.sql.insert(name, text);
+            }
+            SqlEffect::Deallocate(name) => {
+                self.sql.remove(&name);
+                client.sql.remove(&name);
+            }
+            SqlEffect::DeallocateAll => {
+                self.forget_all();
+                client.sql.clear();
+                client.by_name.clear();
+            }
+        }
     }
 
     /// Makes sure the server holds `stmt`, appending to `out` what creates it (and closes the
@@ -296,11 +429,21 @@ impl ServerStatements {
                     _ => false,
                 }
             }
-            SYNC | QUERY | FUNCTION_CALL => {
-                self.note_ready();
-                if tag == QUERY && forgets_statements(body) {
-                    self.forget_all();
+            QUERY => {
+                let used = praetor_protocol::frontend::query_text(body)
+                    .ok()
+                    .and_then(sql_use);
+                match used {
+                    Some(used) => {
+                        self.match_sql(client, max, &used.names, &mut out);
+                        self.note_end(Expect::Statements(used.effects.into()));
+                    }
+                    None => self.note_ready(),
                 }
+                false
+            }
+            SYNC | FUNCTION_CALL => {
+                self.note_ready();
                 false
             }
             _ => false,
@@ -380,10 +523,19 @@ impl ServerStatements {
     /// the session has not forwarded yet). Drops the replies to the proxy's own messages and
     /// settles the queue at each ReadyForQuery (a statement whose Parse got no ParseComplete is
     /// forgotten, for `client` too). Whole messages only are judged; an incomplete header or
-    /// ReadyForQuery at the end waits for the next read.
+    /// message to judge at the end is taken out of `buf` until the next read (the session
+    /// forwards what it sees, partial messages included).
     pub fn filter(&mut self, client: &mut ClientStatements, buf: &mut BytesMut, new: usize) {
+        let mut new = new.min(buf.len());
+        if !self.unjudged.is_empty() {
+            let fresh = buf.split_off(buf.len() - new);
+            new += self.unjudged.len();
+            buf.extend_from_slice(&self.unjudged);
+            buf.extend_from_slice(&fresh);
+            self.unjudged.clear();
+        }
         let len = buf.len();
-        let start = len.saturating_sub(new + self.tail);
+        let start = len - new;
         let (mut r, mut w) = (start, start);
         let keep = |buf: &mut BytesMut, r: usize, w: &mut usize, n: usize| {
             if r != *w {
@@ -413,26 +565,40 @@ impl ServerStatements {
                 self.pass = usize::MAX;
                 continue;
             }
-            if !matches!(tag, PARSE_COMPLETE | CLOSE_COMPLETE | READY_FOR_QUERY) {
+            let judged = match self.expect.front() {
+                // Notices, notifications and parameter changes pass.
+                Some(Expect::Added { .. }) => !matches!(tag, b'N' | b'A' | b'S'),
+                Some(Expect::Statements(_)) => tag == COMMAND_COMPLETE || tag == READY_FOR_QUERY,
+                _ => matches!(tag, PARSE_COMPLETE | CLOSE_COMPLETE | READY_FOR_QUERY),
+            };
+            if !judged {
                 self.pass = frame_len;
                 continue;
             }
             if len - r < frame_len {
                 break;
             }
-            if self.on_reply(tag, client) {
+            if self.on_reply(tag, &buf[r + 5..r + frame_len], client) {
                 keep(buf, r, &mut w, frame_len);
             }
             r += frame_len;
         }
-        self.tail = len - r;
-        keep(buf, r, &mut w, len - r);
+        self.unjudged.extend_from_slice(&buf[r..len]);
         buf.truncate(w);
     }
 
-    /// Matches one reply to the queue; `false`: drop it.
-    fn on_reply(&mut self, tag: u8, client: &mut ClientStatements) -> bool {
-        match (tag, self.expect.front()) {
+    /// Matches one reply (`body` after the header) to the queue; `false`: drop it.
+    fn on_reply(&mut self, tag: u8, body: &[u8], client: &mut ClientStatements) -> bool {
+        match (tag, self.expect.front_mut()) {
+            (ERROR_RESPONSE, Some(Expect::Added { .. })) => {
+                // What the proxy assumed did not happen. The client sees why, unless the
+                // transaction had failed already: its own statement gets that answer.
+                self.undo_added();
+                let code = praetor_protocol::ErrorFields::parse(body)
+                    .ok()
+                    .and_then(|e| e.code().map(|c| c == IN_FAILED_TRANSACTION));
+                code != Some(true)
+            }
             (PARSE_COMPLETE, Some(Expect::Parse { swallow, .. })) => {
                 let swallow = *swallow;
                 self.expect.pop_front();
@@ -443,11 +609,18 @@ impl ServerStatements {
                 self.expect.pop_front();
                 !swallow
             }
+            (COMMAND_COMPLETE, Some(Expect::Statements(effects))) => {
+                if let Some(Some(effect)) = effects.pop_front() {
+                    self.apply(client, effect);
+                }
+                true
+            }
             (READY_FOR_QUERY, _) => {
                 // What was not answered before it was skipped after an error.
                 while let Some(e) = self.expect.pop_front() {
                     match e {
-                        Expect::Ready => break,
+                        Expect::Ready | Expect::Statements(_) => return true,
+                        Expect::Added { .. } => return false,
                         Expect::Parse {
                             server_name,
                             client_name,
@@ -478,7 +651,24 @@ impl ServerStatements {
                 }
                 true
             }
+            (_, Some(Expect::Added { .. })) => false,
             _ => true,
+        }
+    }
+
+    /// The Query the proxy added failed: its assumption is undone.
+    fn undo_added(&mut self) {
+        let Some(Expect::Added { undo }) = self.expect.front_mut() else {
+            return;
+        };
+        match undo.take() {
+            Some(Undo::Unprepare(name)) => {
+                self.sql.remove(&name);
+            }
+            Some(Undo::Restore(name, text)) => {
+                self.sql.insert(name, text);
+            }
+            None => {}
         }
     }
 }
@@ -557,7 +747,7 @@ mod tests {
             let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
             let body = &bytes[at + 5..at + 1 + len];
             let first = match bytes[at] {
-                b'D' | b'C' => &body[1..],
+                b'D' | b'C' => body.get(1..).unwrap_or(&[]),
                 b'B' => &body[body.iter().position(|&b| b == 0).unwrap() + 1..],
                 _ => body,
             };
@@ -857,9 +1047,8 @@ mod tests {
         for b in all.iter() {
             buf.extend_from_slice(&[*b]);
             other.filter(&mut c, &mut buf, 1);
-            // The session forwards whole headers it sees, except an incomplete ReadyForQuery.
-            let visible = buf.len() - other.tail;
-            client_got.extend_from_slice(&buf.split_to(visible));
+            // The session forwards what it sees, partial messages too.
+            client_got.extend_from_slice(&buf.split());
         }
         assert_eq!(
             messages(&client_got)
@@ -872,15 +1061,235 @@ mod tests {
     }
 
     #[test]
-    fn discard_all_forgets_the_server_statements() {
+    fn replies_to_added_queries_split_across_reads_are_swallowed_whole() {
+        let mut c = prepared_q(&mut ServerStatements::default());
+        let mut complete = BytesMut::new();
+        encode_message(&mut complete, COMMAND_COMPLETE, |m| put_cstr(m, "PREPARE"));
+        let mut all = complete.clone();
+        all.extend_from_slice(&reply(b"Z"));
+        all.extend_from_slice(&[b'D', 0, 0, 0, 7, 0, 1, 9]);
+        all.extend_from_slice(&complete);
+        all.extend_from_slice(&reply(b"Z"));
+        for step in [1, 2, 3, 7] {
+            let mut other = ServerStatements::default();
+            send(&mut other, &mut c, 10, &[query("EXECUTE q(1)")]);
+            let (mut buf, mut client_got) = (BytesMut::new(), BytesMut::new());
+            for chunk in all.chunks(step) {
+                buf.extend_from_slice(chunk);
+                other.filter(&mut c, &mut buf, chunk.len());
+                client_got.extend_from_slice(&buf.split());
+            }
+            let tags: String = messages(&client_got).into_iter().map(|(t, _)| t).collect();
+            assert_eq!(tags, "DCZ", "reads of {step} bytes");
+            assert!(other.is_settled());
+        }
+    }
+
+    #[test]
+    fn discard_all_forgets_the_statements_once_it_succeeded() {
         let (mut s, mut c) = (ServerStatements::default(), ClientStatements::default());
         send(&mut s, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
         receive(&mut s, &mut c, &reply(b"1Z"));
-        let mut q = BytesMut::new();
-        encode_message(&mut q, QUERY, |m| put_cstr(m, "  DISCARD ALL"));
-        send(&mut s, &mut c, 10, &[q]);
+        // Refused (in a transaction block): nothing changes.
+        send(&mut s, &mut c, 10, &[query("  DISCARD ALL")]);
+        assert_eq!(receive(&mut s, &mut c, &reply(b"EZ")), "EZ");
+        assert_eq!(s.len(), 1);
+        send(&mut s, &mut c, 10, &[query("  DISCARD ALL")]);
+        assert_eq!(receive(&mut s, &mut c, &reply(b"CZ")), "CZ");
         assert_eq!(s.len(), 0);
-        let name = server_name(&c, "s1");
-        assert_eq!(send(&mut s, &mut c, 10, &[bind("s1")])[0], ('P', name));
+        // As in PostgreSQL, the client's statement is gone too.
+        assert!(c.get("s1").is_none());
+        assert_eq!(
+            send(&mut s, &mut c, 10, &[bind("s1")]),
+            vec![('B', "s1".to_string())]
+        );
+    }
+
+    fn query(sql: &str) -> BytesMut {
+        let mut q = BytesMut::new();
+        encode_message(&mut q, QUERY, |m| put_cstr(m, sql));
+        q
+    }
+
+    const PREPARE_Q: &str = "PREPARE q (int) AS SELECT $1";
+
+    /// A client whose `PREPARE q` ran on `server`.
+    fn prepared_q(server: &mut ServerStatements) -> ClientStatements {
+        let mut c = ClientStatements::default();
+        let got = send(server, &mut c, 10, &[query(PREPARE_Q)]);
+        assert_eq!(got, vec![('Q', PREPARE_Q.to_string())]);
+        assert_eq!(receive(server, &mut c, &reply(b"CZ")), "CZ");
+        c
+    }
+
+    #[test]
+    fn sql_prepare_is_recorded_when_it_succeeds_and_made_again_on_another_connection() {
+        let mut first = ServerStatements::default();
+        let mut c = prepared_q(&mut first);
+        assert!(first.holds_sql("q", PREPARE_Q));
+        // The same connection: EXECUTE goes as it is.
+        assert_eq!(
+            send(&mut first, &mut c, 10, &[query("EXECUTE q(1)")]),
+            vec![('Q', "EXECUTE q(1)".to_string())]
+        );
+        assert_eq!(receive(&mut first, &mut c, &reply(b"TDCZ")), "TDCZ");
+        // Another connection: the PREPARE goes first, its answer to nobody.
+        let mut other = ServerStatements::default();
+        let got = send(&mut other, &mut c, 10, &[query("EXPLAIN EXECUTE q(2)")]);
+        assert_eq!(
+            got,
+            vec![
+                ('Q', PREPARE_Q.to_string()),
+                ('Q', "EXPLAIN EXECUTE q(2)".to_string())
+            ]
+        );
+        assert_eq!(receive(&mut other, &mut c, &reply(b"CZTDCZ")), "TDCZ");
+        assert!(other.holds_sql("q", PREPARE_Q) && other.is_settled());
+        // A failed PREPARE is not recorded.
+        let got = send(&mut other, &mut c, 10, &[query("PREPARE r AS SELEC")]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(receive(&mut other, &mut c, &reply(b"EZ")), "EZ");
+        assert!(!c.sql.contains_key("r") && other.sql.peek("r").is_none());
+    }
+
+    #[test]
+    fn another_clients_statement_of_the_same_name_is_deallocated_first() {
+        let mut server = ServerStatements::default();
+        let _a = prepared_q(&mut server);
+        // Client b never prepared q: its EXECUTE must meet no q (26000), its PREPARE no 42P05.
+        let mut b = ClientStatements::default();
+        let got = send(&mut server, &mut b, 10, &[query("EXECUTE q(1)")]);
+        assert_eq!(
+            got,
+            vec![
+                ('Q', "DEALLOCATE \"q\"".to_string()),
+                ('Q', "EXECUTE q(1)".to_string())
+            ]
+        );
+        assert_eq!(receive(&mut server, &mut b, &reply(b"CZEZ")), "EZ");
+        let other_text = "PREPARE q AS SELECT 2";
+        let got = send(&mut server, &mut b, 10, &[query(other_text)]);
+        assert_eq!(got, vec![('Q', other_text.to_string())]);
+        assert_eq!(receive(&mut server, &mut b, &reply(b"CZ")), "CZ");
+        // Client a's q comes back, replacing b's.
+        let mut a = prepared_q(&mut ServerStatements::default());
+        let got = send(&mut server, &mut a, 10, &[query("EXECUTE q(1)")]);
+        assert_eq!(
+            got,
+            vec![
+                ('Q', "DEALLOCATE \"q\"".to_string()),
+                ('Q', PREPARE_Q.to_string()),
+                ('Q', "EXECUTE q(1)".to_string())
+            ]
+        );
+        assert_eq!(receive(&mut server, &mut a, &reply(b"CZCZDCZ")), "DCZ");
+        assert!(server.holds_sql("q", PREPARE_Q));
+    }
+
+    #[test]
+    fn a_failed_added_prepare_shows_its_error_and_is_not_assumed() {
+        let mut c = prepared_q(&mut ServerStatements::default());
+        let mut other = ServerStatements::default();
+        send(&mut other, &mut c, 10, &[query("EXECUTE q(1)")]);
+        assert_eq!(receive(&mut other, &mut c, &reply(b"EZEZ")), "EEZ");
+        assert!(other.sql.peek("q").is_none() && other.is_settled());
+        // Still the client's: tried again next time.
+        assert_eq!(
+            send(&mut other, &mut c, 10, &[query("EXECUTE q(1)")]).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn in_a_failed_transaction_the_added_statements_error_is_not_shown_twice() {
+        let mut server = ServerStatements::default();
+        let _a = prepared_q(&mut server);
+        let mut b = ClientStatements::default();
+        send(&mut server, &mut b, 10, &[query("PREPARE q AS SELECT 2")]);
+        let mut failed = BytesMut::new();
+        encode_message(&mut failed, ERROR_RESPONSE, |m| {
+            for (field, value) in [(b'S', "ERROR"), (b'C', IN_FAILED_TRANSACTION), (b'M', "m")] {
+                m.put_u8(field);
+                put_cstr(m, value);
+            }
+            m.put_u8(0);
+        });
+        let mut answer = failed.clone();
+        answer.extend_from_slice(&reply(b"Z"));
+        answer.extend_from_slice(&failed);
+        answer.extend_from_slice(&reply(b"Z"));
+        assert_eq!(receive(&mut server, &mut b, &answer), "EZ");
+        // The other client's statement is still there.
+        assert!(server.holds_sql("q", PREPARE_Q) && server.is_settled());
+    }
+
+    #[test]
+    fn deallocate_forgets_for_the_client_and_that_connection_when_it_succeeds() {
+        let mut server = ServerStatements::default();
+        let mut c = prepared_q(&mut server);
+        send(&mut server, &mut c, 10, &[query("DEALLOCATE q")]);
+        assert_eq!(receive(&mut server, &mut c, &reply(b"CZ")), "CZ");
+        assert!(c.sql.is_empty() && server.sql.is_empty());
+        // Then EXECUTE goes as it is, for the server's 26000.
+        let mut other = ServerStatements::default();
+        assert_eq!(
+            send(&mut other, &mut c, 10, &[query("EXECUTE q(1)")]),
+            vec![('Q', "EXECUTE q(1)".to_string())]
+        );
+        // DEALLOCATE ALL, second of two statements: its CommandComplete is the second.
+        let mut c = prepared_q(&mut server);
+        send(&mut server, &mut c, 10, &[parse("s1", "SELECT 1"), sync()]);
+        receive(&mut server, &mut c, &reply(b"1Z"));
+        send(
+            &mut server,
+            &mut c,
+            10,
+            &[query("EXECUTE q(1); DEALLOCATE ALL")],
+        );
+        assert_eq!(receive(&mut server, &mut c, &reply(b"DC")), "DC");
+        assert!(c.sql.contains_key("q"));
+        assert_eq!(receive(&mut server, &mut c, &reply(b"CZ")), "CZ");
+        assert!(c.sql.is_empty() && c.get("s1").is_none());
+        assert!(server.sql.is_empty() && server.len() == 0);
+    }
+
+    #[test]
+    fn sql_statements_beyond_the_bound_are_deallocated_unless_the_query_names_them() {
+        let mut server = ServerStatements::default();
+        let mut c = ClientStatements::default();
+        for (name, n) in [("a", 1), ("b", 2)] {
+            let text = format!("PREPARE {name} AS SELECT {n}");
+            send(&mut server, &mut c, 2, &[query(&text)]);
+            receive(&mut server, &mut c, &reply(b"CZ"));
+        }
+        let mut elsewhere = ServerStatements::default();
+        send(&mut elsewhere, &mut c, 2, &[query("PREPARE c AS SELECT 3")]);
+        receive(&mut elsewhere, &mut c, &reply(b"CZ"));
+        // Held ones: nothing to make room for.
+        assert_eq!(send(&mut server, &mut c, 2, &[query("EXECUTE a")]).len(), 1);
+        receive(&mut server, &mut c, &reply(b"DCZ"));
+        // `b` is now the least recently used.
+        let got = send(&mut server, &mut c, 2, &[query("EXECUTE c")]);
+        assert_eq!(
+            got,
+            vec![
+                ('Q', "DEALLOCATE \"b\"".to_string()),
+                ('Q', "PREPARE c AS SELECT 3".to_string()),
+                ('Q', "EXECUTE c".to_string())
+            ]
+        );
+        assert_eq!(receive(&mut server, &mut c, &reply(b"CZCZDCZ")), "DCZ");
+        assert!(server.sql.peek("b").is_none());
+        assert!(c.sql.contains_key("b"), "still the client's");
+        // `a` is the least recently used, but named: `c` goes.
+        let got = send(&mut server, &mut c, 2, &[query("EXECUTE b; EXECUTE a")]);
+        assert_eq!(
+            got,
+            vec![
+                ('Q', "DEALLOCATE \"c\"".to_string()),
+                ('Q', "PREPARE b AS SELECT 2".to_string()),
+                ('Q', "EXECUTE b; EXECUTE a".to_string())
+            ]
+        );
     }
 }

@@ -22,8 +22,9 @@
 //!   server connection before its next use; anything else that creates session state (named
 //!   prepared statements, temporary tables, `LISTEN`, session advisory locks, cursors `WITH HOLD`)
 //!   pins the session to the server it runs on for the rest of the session; with
-//!   `max_prepared_statements`, protocol-level named statements do not: they are tracked and
-//!   prepared on whichever server runs them ([`crate::prepared`], hooks at the end of this file).
+//!   `max_prepared_statements`, named statements (protocol-level and SQL `PREPARE`) do not: they
+//!   are tracked and prepared on whichever server runs them ([`crate::prepared`], hooks at the end
+//!   of this file).
 //!
 //! Within a unit (and a transaction) every message goes to the same server. Messages of a next unit
 //! that the client pipelines before the current one is answered follow it when that server can run
@@ -1032,7 +1033,7 @@ impl Session<'_> {
                     PARK_AFTER,
                     releasable,
                     self.idle_since.map(tokio::time::Instant::from_std),
-                    self.rt.idle_release,
+                    self.idle_release(),
                 )
             } else {
                 IdlePlan::NoTimer
@@ -2286,6 +2287,22 @@ fn translate_notification(
 /// ([`crate::prepared`]) and `pool_mode: transaction`'s bounded pool. Hooks only: the routing
 /// above calls them.
 impl Session<'_> {
+    /// The session's pool mode (`databases.<db>.pool_mode`, else `pool_mode`).
+    fn pool_mode(&self) -> crate::settings::PoolMode {
+        if self.rt.database_pool_modes.is_empty() {
+            return self.rt.pool_mode;
+        }
+        self.rt.pool_mode_for(self.database())
+    }
+
+    /// How long the idle session keeps its server connections (0 in transaction mode).
+    fn idle_release(&self) -> Duration {
+        if self.rt.database_pool_modes.is_empty() {
+            return self.rt.idle_release;
+        }
+        self.rt.idle_release_for(self.database())
+    }
+
     /// Whether messages with this tag are rewritten (so must be whole before they go on).
     fn rewrites(&self, tag: u8) -> bool {
         self.prepared.is_some() && matches!(tag, BIND | DESCRIBE | CLOSE)
@@ -2339,7 +2356,7 @@ impl Session<'_> {
         route: &crate::router::Route,
         place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Option<Box<ServerConn>>, String> {
-        if self.rt.pool_mode != crate::settings::PoolMode::Transaction {
+        if self.pool_mode() != crate::settings::PoolMode::Transaction {
             return Ok(None);
         }
         let deadline = tokio::time::Instant::now() + self.rt.query_wait_timeout;

@@ -85,6 +85,7 @@ pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// Both modes route transaction by transaction and pool the connections of sessions without
 /// session state (a named prepared statement is no session state with `max_prepared_statements`).
+/// `databases.<db>.pool_mode` sets it per database ([`ProxySettings::database_pool_modes`]).
 /// PgBouncer's `server_reset_query` is not run: PgBouncer skips it in transaction mode too
 /// (`server_reset_query_always` off), and sessions with state are never pooled here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,8 +195,12 @@ pub struct ProxySettings {
     pub pool_size: usize,
     /// `praetor.proxy.pool_mode`: see [`PoolMode`].
     pub pool_mode: PoolMode,
+    /// `praetor.proxy.databases.<db>.pool_mode`, where given: the database's sessions pool as
+    /// this says (`pool_mode` is the default). `pool_size` and `query_wait_timeout` are shared.
+    pub database_pool_modes: HashMap<String, PoolMode>,
     /// `praetor.proxy.max_prepared_statements` (0): named prepared statements tracked per server
-    /// connection (PgBouncer's setting, see [`crate::prepared`]); 0 leaves them pinning the session.
+    /// connection (PgBouncer's setting, see [`crate::prepared`]; SQL-level `PREPARE`d ones are
+    /// counted apart); 0 leaves them pinning the session.
     pub max_prepared_statements: usize,
     /// `praetor.proxy.query_wait_timeout` (120 s): how long a transaction waits for a server
     /// connection in `pool_mode: transaction`.
@@ -206,8 +211,11 @@ pub struct ProxySettings {
     /// `praetor.proxy.server_idle_timeout` (60 s): how long an idle pooled connection is kept.
     pub server_idle_timeout: Duration,
     /// `praetor.proxy.idle_release_ms`: idle time after which an auto-port client's server
-    /// connections return to the pool.
+    /// connections return to the pool (0 with `pool_mode: transaction`).
     pub idle_release: Duration,
+    /// `praetor.proxy.idle_release_ms` as configured (default 1 s): the release time of the
+    /// databases whose `databases.<db>.pool_mode` is `auto` when `pool_mode` is `transaction`.
+    pub auto_idle_release: Duration,
     /// `praetor.proxy.admin_users`, `auth_file`, `admin_auth`: who may use the admin console.
     /// This struct's default trusts every user (for tests on loopback listeners); the
     /// configuration file's default is SCRAM-SHA-256 ([`ProxySettings::from_config`]).
@@ -248,11 +256,13 @@ impl Default for ProxySettings {
             database_read_your_writes: HashMap::new(),
             pool_size: 20,
             pool_mode: PoolMode::Auto,
+            database_pool_modes: HashMap::new(),
             max_prepared_statements: 0,
             query_wait_timeout: DEFAULT_QUERY_WAIT_TIMEOUT,
             server_lifetime: Some(DEFAULT_SERVER_LIFETIME),
             server_idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
             idle_release: Duration::from_millis(1000),
+            auto_idle_release: Duration::from_millis(1000),
             admin_access: AdminAccess {
                 method: AdminAuthMethod::Trust,
                 ..AdminAccess::default()
@@ -399,8 +409,22 @@ impl ProxySettings {
                 reason: format!("{m:?} is not auto or transaction"),
             })?,
         };
+        let mut database_pool_modes = HashMap::new();
+        for (db, d) in &c.databases {
+            if let Some(m) = &d.pool_mode {
+                let mode = PoolMode::parse(m).ok_or_else(|| ProxyError::Config {
+                    key: "praetor.proxy.databases",
+                    reason: format!("{db}.pool_mode: {m:?} is not auto or transaction"),
+                })?;
+                database_pool_modes.insert(db.clone(), mode);
+            }
+        }
         let pool_size = c.pool_size.map_or(20, |n| n as usize);
-        if pool_size == 0 && pool_mode == PoolMode::Transaction {
+        let any_transaction = pool_mode == PoolMode::Transaction
+            || database_pool_modes
+                .values()
+                .any(|m| *m == PoolMode::Transaction);
+        if pool_size == 0 && any_transaction {
             return Err(ProxyError::Config {
                 key: "praetor.proxy.pool_size",
                 reason: "must be at least 1 with pool_mode: transaction".into(),
@@ -512,6 +536,7 @@ impl ProxySettings {
                 .collect(),
             pool_size,
             pool_mode,
+            database_pool_modes,
             max_prepared_statements: c.max_prepared_statements.map_or(0, |n| n as usize),
             query_wait_timeout: positive_secs(
                 c.query_wait_timeout,
@@ -533,6 +558,7 @@ impl ProxySettings {
                 PoolMode::Transaction => Duration::ZERO,
                 PoolMode::Auto => Duration::from_millis(c.idle_release_ms.unwrap_or(1000).into()),
             },
+            auto_idle_release: Duration::from_millis(c.idle_release_ms.unwrap_or(1000).into()),
         })
     }
 }
@@ -569,7 +595,28 @@ mod tests {
         assert_eq!(s.query_wait_timeout, Duration::from_secs(7));
         assert_eq!(s.server_lifetime, None);
         assert_eq!(s.server_idle_timeout, Duration::from_secs(9));
+        let s = ProxySettings::from_config(&config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    pool_mode: transaction\n    idle_release_ms: 500\n    databases: {app: {pool_mode: auto}, jobs: {pool_mode: transaction}, other: {target: primary}}\n",
+        ))
+        .unwrap();
+        assert_eq!(s.database_pool_modes.len(), 2);
+        assert_eq!(s.database_pool_modes["app"], PoolMode::Auto);
+        assert_eq!(s.database_pool_modes["jobs"], PoolMode::Transaction);
+        assert_eq!(s.auto_idle_release, Duration::from_millis(500));
+        let bad = config(
+            "praetor:\n  proxy:\n    auto: {listen: '127.0.0.1:5002'}\n    databases: {app: {pool_mode: session}}\n",
+        );
+        let err = ProxySettings::from_config(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("app.pool_mode") && err.contains("session"),
+            "{err}"
+        );
         for (yaml, key) in [
+            ("databases: {app: {pool_mode: session}}", "databases"),
+            (
+                "databases: {app: {pool_mode: transaction}}\n    pool_size: 0",
+                "pool_size",
+            ),
             ("pool_mode: session", "pool_mode"),
             ("pool_mode: transaction\n    pool_size: 0", "pool_size"),
             ("query_wait_timeout: 0", "query_wait_timeout"),

@@ -100,6 +100,16 @@ fn prepared_pin(ctx: &Ctx) -> Option<PinReason> {
     (!ctx.tracks_prepared).then_some(PinReason::PreparedStatement)
 }
 
+/// The pin a Query of class `class` sets: a SQL `PREPARE` (the weakest pin, see
+/// [`Class::Pin`]) sets none when the proxy tracks named statements ([`crate::prepared`]).
+fn query_pin(class: Class, ctx: &Ctx) -> Option<PinReason> {
+    match class {
+        Class::Pin(PinReason::PreparedStatement) => prepared_pin(ctx),
+        Class::Pin(r) => Some(r),
+        _ => None,
+    }
+}
+
 /// What the session knows besides the unit state when it asks about a client message.
 pub(crate) struct Ctx<'a> {
     /// The statement classifier (`Runtime::classifier`).
@@ -595,8 +605,8 @@ impl UnitTracker {
         let body = buf.get(5..h.frame_len)?;
         let reason = match h.tag {
             QUERY => match query_text(body).map(|q| ctx.classifier.classify(q)) {
-                Ok(Class::Pin(r)) => Some(r),
                 Ok(Class::SessionSet) => Some(PinReason::SetInTransaction),
+                Ok(class) => query_pin(class, ctx),
                 _ => None,
             },
             PARSE => match Parse::decode(body) {
@@ -650,10 +660,7 @@ impl UnitTracker {
             (Target::Any, Class::TxControl) => return self.sticky(ctx),
             _ => Side::Leader,
         };
-        let pin = match class {
-            Class::Pin(r) => Some(r),
-            _ => None,
-        };
+        let pin = query_pin(class, ctx);
         Decision {
             side,
             class,

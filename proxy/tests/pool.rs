@@ -3,6 +3,7 @@
 //! `-M prepared`, tokio-postgres prepared statements, and a raw protocol client whose answers are
 //! compared with PostgreSQL's own. Nothing sleeps: waits are conditions with a deadline.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -19,7 +20,8 @@ use praetor_proxy::{Backend, PoolMode, Proxy, ProxySettings, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -30,11 +32,20 @@ const PGBENCH_TRANSACTIONS: &str = "100";
 /// The proxy's auto port in front of `pg`, PgBouncer-style transaction pooling with `pool_size`
 /// server connections and 100 tracked statements per connection. Dropping the token stops it.
 async fn pooling_proxy(pg: &Postgres, pool_size: usize) -> (SocketAddr, CancellationToken) {
+    pooling_proxy_with(pg, pool_size, |_| ()).await
+}
+
+/// [`pooling_proxy`] with its settings changed by `tweak` first.
+async fn pooling_proxy_with(
+    pg: &Postgres,
+    pool_size: usize,
+    tweak: impl FnOnce(&mut ProxySettings),
+) -> (SocketAddr, CancellationToken) {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "praetor_proxy=info".into()))
         .try_init();
-    let settings = ProxySettings {
+    let mut settings = ProxySettings {
         auto: Some(Address {
             host: "127.0.0.1".into(),
             port: 0,
@@ -47,6 +58,7 @@ async fn pooling_proxy(pg: &Postgres, pool_size: usize) -> (SocketAddr, Cancella
         read_your_writes: false,
         ..ProxySettings::default()
     };
+    tweak(&mut settings);
     let proxy = Proxy::bind(settings).await.expect("bind").with_workers(2);
     let auto = proxy.auto_addr().unwrap();
     let leader = Backend {
@@ -462,4 +474,208 @@ async fn statement_names_get_postgresql_answers_through_the_pool() {
     // The other client's statement still works on the same server connection.
     let got = other.run(&[bind("mine"), execute(), sync()], 1).await;
     assert!(got.iter().any(|l| l.starts_with("C ")), "{got:?}");
+}
+
+/// The first column of the first row `sql` returns (simple query protocol).
+async fn first_value(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<String, tokio_postgres::Error> {
+    let messages = c.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prepare_in_one_transaction_executes_in_later_ones_with_8_clients_on_2_connections() {
+    let dir = WorkDir::new("pool-sql-prepare").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let (auto, _stop_proxy) = pooling_proxy(&pg, 2).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (most, watcher) = watch_backends(pg.port(), "sqlprep", stop.clone());
+    let mut tasks = Vec::new();
+    for t in 1..=8i32 {
+        tasks.push(tokio::spawn(async move {
+            let (c, conn) = config(auto.port())
+                .application_name("sqlprep")
+                .connect(NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            // Every client has its own `times` (same name, its own text) and a shared-text
+            // `plus`: prepared in one transaction, executed in later ones.
+            c.batch_execute(&format!(
+                "BEGIN; PREPARE times (int) AS SELECT $1 * {t}; COMMIT"
+            ))
+            .await
+            .unwrap();
+            c.simple_query("PREPARE plus (int, int) AS SELECT $1 + $2")
+                .await
+                .unwrap();
+            for round in 1..=20i32 {
+                let got = first_value(&c, &format!("EXECUTE times({round})")).await;
+                assert_eq!(
+                    got.unwrap(),
+                    (round * t).to_string(),
+                    "client {t} round {round}"
+                );
+                c.batch_execute("BEGIN").await.unwrap();
+                let got = first_value(&c, &format!("EXECUTE plus({round}, {t})")).await;
+                assert_eq!(
+                    got.unwrap(),
+                    (round + t).to_string(),
+                    "client {t} round {round}"
+                );
+                c.batch_execute("COMMIT").await.unwrap();
+            }
+            // Gone once deallocated, as in PostgreSQL: 26000; the name is free again.
+            c.simple_query("DEALLOCATE times").await.unwrap();
+            let err = first_value(&c, "EXECUTE times(1)").await.unwrap_err();
+            assert_eq!(err.code(), Some(&SqlState::UNDEFINED_PSTATEMENT), "{err}");
+            let got = first_value(&c, "EXECUTE plus(1, 1)").await.unwrap();
+            assert_eq!(got, "2");
+            c.simple_query(&format!("PREPARE times (int) AS SELECT $1 * {t} * 10"))
+                .await
+                .unwrap();
+            let got = first_value(&c, "EXECUTE times(2)").await.unwrap();
+            assert_eq!(got, (20 * t).to_string());
+            c.simple_query("DEALLOCATE ALL").await.unwrap();
+            for name in ["times(1)", "plus(1, 1)"] {
+                let err = first_value(&c, &format!("EXECUTE {name}"))
+                    .await
+                    .unwrap_err();
+                assert_eq!(err.code(), Some(&SqlState::UNDEFINED_PSTATEMENT), "{err}");
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("clients finish")
+            .unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&most),
+        "server connections: at most {most}, pool_size 2"
+    );
+}
+
+/// SQL-level statement cases, run on one connection: what each step answers.
+async fn sql_statement_cases(port: u16) -> Vec<Vec<String>> {
+    let mut c = Raw::connect(port).await;
+    let mut all = Vec::new();
+    for sql in [
+        "PREPARE x AS SELECT 1 AS one",
+        "EXECUTE x",
+        // A duplicate: 42P05; x stays the first statement.
+        "PREPARE x AS SELECT 2",
+        "EXECUTE x",
+        "EXPLAIN (COSTS OFF) EXECUTE x",
+        "DEALLOCATE x",
+        // Unknown: 26000 for both.
+        "EXECUTE x",
+        "DEALLOCATE x",
+        "PREPARE \"X\" (int) AS SELECT $1 + 1 AS two",
+        "EXECUTE \"X\"(1); EXECUTE \"X\"(2)",
+        "EXECUTE x",
+        // In a failed transaction the PREPARE is refused (25P02) and the name stays free.
+        "BEGIN",
+        "SELECT 1/0",
+        "PREPARE y AS SELECT 3",
+        "ROLLBACK",
+        "EXECUTE y",
+        "PREPARE y AS SELECT 3 AS three",
+        "DEALLOCATE ALL",
+        "EXECUTE y",
+        "EXECUTE \"X\"(1)",
+    ] {
+        all.push(c.run(&[query(sql)], 1).await);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_statement_names_get_postgresql_answers_through_the_pool() {
+    let dir = WorkDir::new("pool-sql-names").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    let (auto, _stop_proxy) = pooling_proxy(&pg, 1).await;
+    let direct = sql_statement_cases(pg.port()).await;
+    // Another client on the one server connection prepared x and y with other texts first.
+    let mut other = Raw::connect(auto.port()).await;
+    for sql in [
+        "PREPARE x AS SELECT 'other'",
+        "PREPARE y AS SELECT 'other y'",
+    ] {
+        let got = other.run(&[query(sql)], 1).await;
+        assert!(got.iter().any(|l| l.starts_with("C ")), "{got:?}");
+    }
+    let pooled = sql_statement_cases(auto.port()).await;
+    for (i, (d, p)) in direct.iter().zip(&pooled).enumerate() {
+        assert_eq!(d, p, "step {i}");
+    }
+    assert_eq!(direct.len(), pooled.len());
+    // The other client's statements are still its own.
+    for (sql, want) in [("EXECUTE x", "other"), ("EXECUTE y", "other y")] {
+        let got = other.run(&[query(sql)], 1).await;
+        // A DataRow of one column.
+        let mut row = vec![0u8, 1];
+        row.extend_from_slice(&(want.len() as i32).to_be_bytes());
+        row.extend_from_slice(want.as_bytes());
+        assert!(got.contains(&format!("D {row:?}")), "{sql}: {got:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_pooled_in_auto_mode_is_not_bounded_by_the_transaction_pool() {
+    let dir = WorkDir::new("pool-per-database").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    connect(pg.port())
+        .await
+        .batch_execute("CREATE DATABASE free")
+        .await
+        .unwrap();
+    // Transaction pooling with one server connection, but `free` pools in auto mode.
+    let (auto, _stop_proxy) = pooling_proxy_with(&pg, 1, |s| {
+        s.query_wait_timeout = Duration::from_secs(1);
+        s.database_pool_modes = HashMap::from([("free".to_string(), PoolMode::Auto)]);
+    })
+    .await;
+    let client = |db: &'static str| async move {
+        let (c, conn) = config(auto.port()).dbname(db).connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    };
+    // `postgres`: the one connection is in a transaction, so another client's statement waits
+    // `query_wait_timeout` and gets 08006.
+    let (a, b) = (client("postgres").await, client("postgres").await);
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let err = b.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+    let message = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+    assert!(message.contains("query_wait_timeout"), "{message}");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(first_value(&b, "SELECT 1").await.unwrap(), "1");
+    // `free`: each transaction gets a connection of its own.
+    let (a, b) = (client("free").await, client("free").await);
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    assert_eq!(
+        first_value(&b, "SELECT current_database()").await.unwrap(),
+        "free"
+    );
+    let n = first_value(
+        &b,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'free' AND state = 'idle in transaction'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, "1", "a's transaction runs on its own connection");
+    a.batch_execute("COMMIT").await.unwrap();
 }
