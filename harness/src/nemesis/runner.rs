@@ -69,7 +69,8 @@ impl NemesisOptions {
             .iter()
             .copied()
             // Network faults need hosts of their own; a slow or lossy link is a member's links
-            // to the DCS servers (relays inside its host, ClusterOptions::dcs_links).
+            // to the DCS servers (relays inside its host, ClusterOptions::dcs_links); a
+            // replication link's relay needs the leader's host to redirect the replica's stream.
             .filter(|k| self.netns || !k.needs_network())
             .collect()
     }
@@ -96,6 +97,9 @@ enum Applied {
     DcsStopped(Vec<usize>),
     ProxyKilled,
     Network,
+    /// A replica's replication link degraded or cut: `(leader, replica)`, the key of its relay in
+    /// [`LocalCluster::replication_links`].
+    ReplicationLink(String, String),
 }
 
 /// Runs seed `seed` with the praetor executable `binary`. Errors are runs that could not be
@@ -206,14 +210,32 @@ async fn run_on(
             _ => vec![&plan[i]],
         };
         i += group.len();
-        let mut held: Vec<(Instant, Applied, usize)> = Vec::new();
+        // A replication link goes through a relay from the moment it is first faulted: routed
+        // before the group starts (it restarts the replica's stream), so that an overlapping fault
+        // that takes the leader away cannot keep the route from being set.
+        let mut links = Vec::new();
         for planned in &group {
+            links.push(if planned.kind.is_replication_link() {
+                Some(route_replication(cluster, &planned.target, &mut last_leader).await?)
+            } else {
+                None
+            });
+        }
+        let mut held: Vec<(Instant, Applied, usize)> = Vec::new();
+        for (planned, link) in group.iter().zip(links) {
             if let Some(after) = planned.overlap {
                 tokio::time::sleep(after).await;
             }
             let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. });
-            let (applied, target) = apply(cluster, &mut proxy, planned, &mut last_leader).await?;
-            let start = workload.now();
+            let (applied, target, start) = apply(
+                cluster,
+                &mut proxy,
+                planned,
+                &mut last_leader,
+                link,
+                &workload,
+            )
+            .await?;
             eprintln!(
                 "nemesis seed {seed}: {:>6.1}s {}{} on {target}, held {:.1}s",
                 start.as_secs_f64(),
@@ -316,6 +338,8 @@ async fn run_on(
         convergence,
         final_state,
         end,
+        // The proxy runs with its defaults, read_your_writes on among them.
+        read_your_writes: true,
     };
     let report = check(&history);
     Ok(RunResult {
@@ -379,16 +403,140 @@ async fn member(
     })
 }
 
+/// Routes the replication link of the replica `target` names to the leader through a relay
+/// ([`LocalCluster::relay_replication`], once per leader and replica; the route stays for the
+/// run); returns `(leader, replica)`.
+async fn route_replication(
+    cluster: &mut LocalCluster,
+    target: &Target,
+    last_leader: &mut Option<String>,
+) -> Result<(String, String), String> {
+    let leader = member(cluster, &Target::Leader, last_leader).await?;
+    let replica = member(cluster, target, last_leader).await?;
+    let routed = cluster
+        .replication_links
+        .iter()
+        .any(|(l, r, _)| *l == leader && *r == replica);
+    if !routed {
+        cluster.relay_replication(&leader, &replica).await?;
+    }
+    Ok((leader, replica))
+}
+
+/// The relay of `replica`'s replication link from `leader`.
+fn replication_relay<'a>(
+    cluster: &'a LocalCluster,
+    leader: &str,
+    replica: &str,
+) -> Result<&'a crate::relay::TcpRelay, String> {
+    cluster
+        .replication_links
+        .iter()
+        .find(|(l, r, _)| l == leader && r == replica)
+        .map(|(_, _, relay)| relay)
+        .ok_or_else(|| format!("{replica}'s replication link from {leader} has no relay"))
+}
+
+/// Applies `f`; returns what its heal needs, whom it hit, and when it was applied (from the run's
+/// start: right after the fault is in place, or, for a switchover, when it was asked for).
+/// `link` is the `(leader, replica)` a replication-link fault was routed for
+/// ([`route_replication`]).
 async fn apply(
     cluster: &mut LocalCluster,
     proxy: &mut Option<FullProxy>,
     f: &PlannedFault,
     last_leader: &mut Option<String>,
-) -> Result<(Applied, String), String> {
-    if f.kind.needs_network() && network(cluster).is_none() {
+    link: Option<(String, String)>,
+    workload: &Workload,
+) -> Result<(Applied, String, Duration), String> {
+    if f.kind.needs_network() && cluster.network.is_none() {
         return Err(format!("{} needs hosts with networks of their own", f.kind));
     }
+    if f.kind == FaultKind::Switchover {
+        let leader = member(cluster, &Target::Leader, last_leader).await?;
+        let candidate = member(cluster, &f.target, last_leader).await?;
+        let api = cluster.node(&leader).api_addr();
+        let start = workload.now();
+        let answer = switchover(&api, &leader, &candidate).await;
+        // A refusal is the cluster's answer, not a failed run: recorded, and checked like any
+        // other (writes must go on).
+        let target = match answer {
+            Ok((code, body)) => format!("{leader} -> {candidate} ({code} {})", body.trim()),
+            Err(e) => format!("{leader} -> {candidate} (no answer: {e})"),
+        };
+        return Ok((Applied::Nothing, target, start));
+    }
+    let (applied, target) = apply_now(cluster, proxy, f, last_leader, link).await?;
+    Ok((applied, target, workload.now()))
+}
+
+/// `POST /switchover {"leader": leader, "candidate": candidate}` to the leader's REST API at
+/// `api` (`ip:port`), as `praetor ctl switchover` asks it; returns the status and body (the API
+/// answers once the switchover is done or failed). HTTP/1.0 by hand, as
+/// [`crate::http_get`]. Errors: no connection, no answer within 60 s.
+async fn switchover(api: &str, leader: &str, candidate: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({ "leader": leader, "candidate": candidate }).to_string();
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(api)
+            .await
+            .map_err(|e| format!("connect {api}: {e}"))?;
+        let req = format!(
+            "POST /switchover HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad response {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok::<_, String>((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .map_err(|_| "no answer within 60 s".to_string())?
+}
+
+async fn apply_now(
+    cluster: &mut LocalCluster,
+    proxy: &mut Option<FullProxy>,
+    f: &PlannedFault,
+    last_leader: &mut Option<String>,
+    link: Option<(String, String)>,
+) -> Result<(Applied, String), String> {
     Ok(match f.kind {
+        FaultKind::Switchover => unreachable!("applied by apply()"),
+        FaultKind::ReplicationSlow | FaultKind::ReplicationLossy | FaultKind::ReplicationCut => {
+            let (leader, replica) =
+                link.ok_or_else(|| format!("{} without a routed link", f.kind))?;
+            let relay = replication_relay(cluster, &leader, &replica)?;
+            let (delay, loss) = f.degrade.unwrap_or((0, 0));
+            let what = match f.kind {
+                FaultKind::ReplicationCut => {
+                    relay.cut();
+                    "cut".to_string()
+                }
+                _ => {
+                    relay.set_delay(Duration::from_millis(u64::from(delay)));
+                    relay.set_loss(f64::from(loss) / 100.0);
+                    format!("+{delay}ms {loss}% loss")
+                }
+            };
+            (
+                Applied::ReplicationLink(leader.clone(), replica.clone()),
+                format!("{replica}'s replication link from {leader} {what}"),
+            )
+        }
         FaultKind::Freeze => {
             let m = member(cluster, &f.target, last_leader).await?;
             let pids = cluster.node(&m).freeze();
@@ -512,6 +660,13 @@ async fn heal(
         Applied::Network => network(cluster)
             .ok_or("network fault without a network")?
             .heal(),
+        Applied::ReplicationLink(leader, replica) => {
+            let relay = replication_relay(cluster, &leader, &replica)?;
+            relay.set_delay(Duration::ZERO);
+            relay.set_loss(0.0);
+            relay.restore();
+            Ok(())
+        }
     }
 }
 
@@ -655,9 +810,8 @@ impl NetworkFaults for HostFaults<'_> {
         }
     }
 
-    /// Slows member `host`'s links to every DCS server. (A replica's replication link can go
-    /// through a relay too, [`LocalCluster::relay_replication`], but only once the leader is
-    /// known; the plans do not draw that fault.)
+    /// Slows member `host`'s links to every DCS server. (A replica's replication link is the
+    /// replication-link faults' business, [`FaultKind::ReplicationSlow`] and its siblings.)
     fn degrade(&mut self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String> {
         let name = host.name();
         let mut found = false;
