@@ -106,8 +106,11 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// Acknowledged writes missing at the end under asynchronous replication (allowed by design).
     pub lost_async_allowed: usize,
-    /// Acknowledged operations in the history.
+    /// Acknowledged writes in the history.
     pub acknowledged: usize,
+    /// Answered read-your-writes reads ([`OpKind::Read`]), and how many of them ran on a
+    /// replica (a server that is not the one that acknowledged the session's insert).
+    pub reads: (usize, usize),
     /// One per fault.
     pub recoveries: Vec<Recovery>,
 }
@@ -149,9 +152,9 @@ const SLACK: Duration = Duration::from_secs(1);
 /// - **replication link cut**: the relay closes the stream, so the WAL sender ends at once, as
 ///   for a replica gone at once (`1 s`; `loop_wait + 1 s` under `synchronous_mode`, the leader
 ///   naming the other replica synchronous at its next loop).
-/// - **switchover**: never longer than a failover (`ttl + loop_wait + 1 s`): the leader drains,
-///   stops cleanly and releases its lock once the candidate streams, without waiting for a lease
-///   to expire.
+/// - **switchover**, measured as its longest write gap ([`switchover_gap`]): never longer than a
+///   failover (`ttl + loop_wait + 1 s`): the leader drains, stops cleanly and releases its lock
+///   once the candidate streams, without waiting for a lease to expire.
 /// - A fault applied while another held (or held while another was applied) gets its bound plus
 ///   the other's: at worst the second fault starts the recovery over.
 pub fn recovery_bound(history: &History, f: &FaultRecord) -> Duration {
@@ -298,6 +301,7 @@ pub fn check(history: &History) -> Report {
             .count(),
         ..Report::default()
     };
+    report.reads = reads(history);
     check_lost(history, &mut report);
     check_split_brain(history, &mut report);
     check_deposed(history, &mut report);
@@ -336,6 +340,29 @@ fn lost(history: &History, report: &mut Report, op: &Op, why: String) {
             history.mode.name()
         ),
     });
+}
+
+/// Answered reads, and those answered by another server than the one that acknowledged the
+/// session's insert just before (a replica, unless a failover came between).
+fn reads(history: &History) -> (usize, usize) {
+    let mut last_insert: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut ops: Vec<&Op> = history.ops.iter().collect();
+    ops.sort_by_key(|o| o.start);
+    let (mut all, mut elsewhere) = (0, 0);
+    for o in ops {
+        match (o.kind, &o.outcome) {
+            (OpKind::Insert { .. }, Outcome::Ok { server, .. }) => {
+                last_insert.insert(&o.client, server);
+            }
+            (OpKind::Read { .. }, Outcome::Ok { server, .. }) => {
+                all += 1;
+                elsewhere +=
+                    usize::from(last_insert.get(o.client.as_str()) != Some(&server.as_str()));
+            }
+            _ => {}
+        }
+    }
+    (all, elsewhere)
 }
 
 /// The reads that missed their session's own write, when `history.read_your_writes`: each
@@ -538,13 +565,18 @@ fn check_recovery(history: &History, report: &mut Report) {
         } else {
             f.start
         };
-        let after = history
+        let first = history
             .ops
             .iter()
             .filter(|o| o.channel.is_proxy() && o.start >= from && o.acked_on().is_some())
             .map(|o| o.end)
             .min()
             .map(|end| end - from);
+        // The old leader serves writes until it drains: a switchover's cost is the gap.
+        let after = match f.kind {
+            FaultKind::Switchover => switchover_gap(history, f).or(first),
+            _ => first,
+        };
         if after.is_none() {
             report.violations.push(Violation {
                 kind: ViolationKind::NoRecovery,
@@ -567,6 +599,36 @@ fn check_recovery(history: &History, report: &mut Report) {
             after,
         });
     }
+}
+
+/// The longest time without an acknowledged proxy write during switchover `f`: between `f`'s
+/// start, each acknowledgement through the proxy, and the first acknowledgement on a timeline
+/// later than the one of the last proxy write acknowledged before `f` (the promoted candidate's).
+/// `None` when no write was acknowledged on a later timeline (the switchover was refused, or
+/// nothing was acknowledged before it).
+pub fn switchover_gap(history: &History, f: &FaultRecord) -> Option<Duration> {
+    let mut acks: Vec<(Duration, u32)> = history
+        .ops
+        .iter()
+        .filter(|o| o.channel.is_proxy())
+        .filter_map(|o| o.acked_on().map(|(_, tl)| (o.end, tl)))
+        .collect();
+    acks.sort();
+    let before = acks.iter().rev().find(|(end, _)| *end <= f.start)?.1;
+    let new_at = acks
+        .iter()
+        .find(|(end, tl)| *end > f.start && *tl > before)?
+        .0;
+    let mut last = f.start;
+    let mut gap = Duration::ZERO;
+    for (end, _) in acks
+        .iter()
+        .filter(|(end, _)| *end > f.start && *end <= new_at)
+    {
+        gap = gap.max(*end - last);
+        last = *end;
+    }
+    Some(gap)
 }
 
 /// What each proxy client got from `from` on, for a run without a proxy write: per client, the
@@ -825,6 +887,7 @@ mod tests {
         assert_eq!(kinds(&r), vec![ViolationKind::StaleRead], "{r:?}");
         assert!(r.violations[0].detail.contains("insert 2"), "{r:?}");
         assert_eq!(r.acknowledged, 2, "reads acknowledge no write");
+        assert_eq!(r.reads, (2, 2), "both on replicas");
         // With read-your-writes off nothing is promised.
         let mut off = h.clone();
         off.read_your_writes = false;
@@ -1001,6 +1064,26 @@ mod tests {
         let r = check(&h);
         assert_eq!(r.recoveries[0].after, Some(ms(3010)));
         assert!(!r.recoveries[0].over_bound);
+    }
+
+    #[test]
+    fn a_switchovers_recovery_is_its_longest_write_gap_until_the_new_timeline() {
+        // pg1 acknowledges at 10 and 30 ms (timeline 1), pg2 from 9000 ms (timeline 2); the
+        // switchover asked at 25 ms.
+        let mut h = history(Mode::Async, failover_ops(), &[1, 2, 3, 4]);
+        h.faults = vec![fault(FaultKind::Switchover, false, 25, 9500)];
+        assert_eq!(switchover_gap(&h, &h.faults[0]), Some(ms(8980)));
+        let r = check(&h);
+        assert_eq!(r.recoveries[0].after, Some(ms(8980)));
+        assert!(
+            r.recoveries[0].over_bound,
+            "8.98 s > the failover bound 8 s"
+        );
+        // Refused: nothing on a later timeline; the first write after it counts.
+        h.ops.truncate(2);
+        h.ops.push(insert(5, 40, 45, "pg1", 1));
+        assert_eq!(switchover_gap(&h, &h.faults[0]), None);
+        assert_eq!(check(&h).recoveries[0].after, Some(ms(20)));
     }
 
     #[test]

@@ -458,10 +458,17 @@ async fn apply(
         let api = cluster.node(&leader).api_addr();
         let start = workload.now();
         let answer = switchover(&api, &leader, &candidate).await;
+        let took = (workload.now() - start).as_secs_f64();
         // A refusal is the cluster's answer, not a failed run: recorded, and checked like any
-        // other (writes must go on).
+        // other (writes must go on). The fault heals when the answer came (its record spans the
+        // switchover).
         let target = match answer {
-            Ok((code, body)) => format!("{leader} -> {candidate} ({code} {})", body.trim()),
+            Ok((code, body)) => {
+                format!(
+                    "{leader} -> {candidate} ({code} {} after {took:.1}s)",
+                    body.trim()
+                )
+            }
             Err(e) => format!("{leader} -> {candidate} (no answer: {e})"),
         };
         return Ok((Applied::Nothing, target, start));
@@ -683,9 +690,11 @@ pub async fn series(
         match run(binary, options, seed).await {
             Ok(r) => {
                 eprintln!(
-                    "nemesis seed {seed}: {} faults, {} acknowledged ops, {} violations, {:.0}s",
+                    "nemesis seed {seed}: {} faults, {} acknowledged writes, {} reads ({} on another server), {} violations, {:.0}s",
                     r.history.faults.len(),
                     r.report.acknowledged,
+                    r.report.reads.0,
+                    r.report.reads.1,
                     r.report.violations.len(),
                     r.wall.as_secs_f64()
                 );
