@@ -286,6 +286,11 @@ async fn client_loop(
         };
         let mut next = Some(first);
         while let Some(kind) = next.take() {
+            if let OpKind::Read { .. } = kind {
+                // 0-50 ms after the insert: sometimes before a replica replayed it (the read
+                // must then go to the leader), sometimes after (it may go to the replica).
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..=50))).await;
+            }
             let start = shared.t0.elapsed();
             let outcome = tokio::select! {
                 o = run_op(&mut client, &addr, &name, kind, &shared.servers) => o,
