@@ -330,7 +330,8 @@ async fn client_loop(
 
 /// The statement of `kind`, returning the server's address, its WAL timeline (0 for a read, which
 /// may run on a replica) and (for an append) the list read back, (for a read) the ids seen. A read
-/// is a plain `SELECT` in autocommit, which the auto port may route to a replica.
+/// is a plain `SELECT` in autocommit calling only functions the auto port's classifier knows as
+/// read-only (`host()` is not among them, hence `split_part`), so it may go to a replica.
 fn sql(kind: OpKind, client: &str) -> String {
     const SERVER_COLUMNS: &str = "host(inet_server_addr()) || ':' || inet_server_port(), \
          substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8)";
@@ -342,7 +343,7 @@ fn sql(kind: OpKind, client: &str) -> String {
             "UPDATE nemesis_kv SET v = v || {id}::bigint WHERE k = {key} RETURNING {SERVER_COLUMNS}, v::text"
         ),
         OpKind::Read { id } => format!(
-            "SELECT host(inet_server_addr()) || ':' || inet_server_port(), '00000000', \
+            "SELECT split_part(inet_server_addr()::text, '/', 1) || ':' || inet_server_port(), '00000000', \
              '{{' || coalesce(string_agg(id::text, ','), '') || '}}' FROM nemesis_log WHERE id = {id}"
         ),
     }
