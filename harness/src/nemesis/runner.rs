@@ -238,6 +238,7 @@ async fn run_on(
                 &mut last_leader,
                 link,
                 &workload,
+                options.mode.is_synchronous(),
             )
             .await?;
             eprintln!(
@@ -444,7 +445,10 @@ fn replication_relay<'a>(
 /// Applies `f`; returns what its heal needs, whom it hit, and when it was applied (from the run's
 /// start: right after the fault is in place, or, for a switchover, when it was asked for).
 /// `link` is the `(leader, replica)` a replication-link fault was routed for
-/// ([`route_replication`]).
+/// ([`route_replication`]). Under `synchronous_mode` (`sync`) a switchover's candidate is the
+/// synchronous standby when `/cluster` names one: the leader refuses any other (Patroni's rule,
+/// 412), so a drawn replica would see half the switchovers refused.
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     cluster: &mut LocalCluster,
     proxy: &mut Option<FullProxy>,
@@ -452,13 +456,24 @@ async fn apply(
     last_leader: &mut Option<String>,
     link: Option<(String, String)>,
     workload: &Workload,
+    sync: bool,
 ) -> Result<(Applied, String, Duration), String> {
     if f.kind.needs_network() && cluster.network.is_none() {
         return Err(format!("{} needs hosts with networks of their own", f.kind));
     }
     if f.kind == FaultKind::Switchover {
         let leader = member(cluster, &Target::Leader, last_leader).await?;
-        let candidate = member(cluster, &f.target, last_leader).await?;
+        let mut candidate = member(cluster, &f.target, last_leader).await?;
+        if sync {
+            let standby = cluster.cluster_json().await.ok().and_then(|v| {
+                v["members"].as_array().and_then(|m| {
+                    m.iter()
+                        .find(|m| m["role"] == "sync_standby")
+                        .and_then(|m| m["name"].as_str().map(String::from))
+                })
+            });
+            candidate = standby.unwrap_or(candidate);
+        }
         let api = cluster.node(&leader).api_addr();
         let start = workload.now();
         let answer = switchover(&api, &leader, &candidate).await;
