@@ -448,7 +448,6 @@ fn replication_relay<'a>(
 /// ([`route_replication`]). Under `synchronous_mode` (`sync`) a switchover's candidate is the
 /// synchronous standby when `/cluster` names one: the leader refuses any other (Patroni's rule,
 /// 412), so a drawn replica would see half the switchovers refused.
-#[allow(clippy::too_many_arguments)]
 async fn apply(
     cluster: &mut LocalCluster,
     proxy: &mut Option<FullProxy>,
