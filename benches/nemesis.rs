@@ -1,9 +1,11 @@
 //! Nemesis benchmark: seeded runs, each drawing faults (freeze, kill, PostgreSQL crash, a DCS
-//! member stopped, the DCS quorum lost, the proxy restarted; network faults on a harness with
-//! hosts of their own) against a 3-member cluster on a 3-server DCS with a proxy, under a workload
-//! of unique inserts and read-modify-writes through the proxy's read-write and auto ports and
-//! direct inserts into every member. Each run's history is checked (lost acknowledged writes per
-//! replication mode, split brain, deposed primary, convergence) and the recovery of each fault
+//! member stopped, the DCS quorum lost, the proxy restarted, a switchover; network faults and a
+//! replica's replication link slowed, made lossy or cut on a harness with hosts of their own)
+//! against a 3-member cluster on a 3-server DCS with a proxy, under a workload of unique inserts
+//! and read-modify-writes through the proxy's read-write and auto ports, an insert-then-select
+//! read-your-writes probe on the auto port and direct inserts into every member. Each run's history
+//! is checked (lost acknowledged writes per replication mode, and across a switchover in every
+//! mode; split brain, deposed primary, stale reads, convergence) and the recovery of each fault
 //! measured; prints a table per fault kind and the seed of each violation.
 //!
 //! Run: `cargo build --release && cargo bench --bench nemesis`.
@@ -16,7 +18,7 @@
 //! - `PRAETOR_NEMESIS_NETNS=1`: every host in a network namespace of its own (root, `ip`, `nft`),
 //!   the DCS servers too (etcd, or ZooKeeper with `PRAETOR_NEMESIS_DCS=zookeeper`), and the
 //!   network faults (silence, partition, one-way partition, a member's slow and lossy links to
-//!   the DCS) drawn too.
+//!   the DCS, a replica's replication link through a relay) drawn too.
 //!
 //! Prints the table every 10 seeds, and the load average (the machine may be shared).
 //!

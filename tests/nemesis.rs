@@ -1,13 +1,18 @@
 //! The nemesis in CI: three seeded runs (each a 3-member cluster on a 3-server etcd with a proxy,
-//! three faults drawn from freeze, kill, PostgreSQL crash, DCS member stop, DCS quorum loss and proxy
-//! restart, under synchronous_mode_strict) whose histories must break no promise: no acknowledged
-//! write lost, no split brain, no deposed primary acknowledging, convergence after each heal, writes
-//! through the proxy again after each fault. The long series is `cargo bench --bench nemesis`.
+//! three faults drawn from freeze, kill, PostgreSQL crash, DCS member stop, DCS quorum loss, proxy
+//! restart and switchover, under synchronous_mode_strict) whose histories must break no promise: no
+//! acknowledged write lost, no split brain, no deposed primary acknowledging, no read missing its
+//! session's own write, convergence after each heal, writes through the proxy again after each
+//! fault; seeds that draw each kind added with the replication-link faults and the switchover (in
+//! network namespaces for the replication links, under strict; a switchover under asynchronous
+//! replication too, where it must lose no commit either); and the seeds that once found
+//! violations. The long series is `cargo bench --bench nemesis`.
 //!
 //! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
 //! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build.
 
 use praetor_harness::cluster::DcsKind;
+use praetor_harness::nemesis::fault::FaultKind;
 use praetor_harness::nemesis::history::Mode;
 use praetor_harness::nemesis::runner::{options_from_env, series, NemesisOptions};
 use praetor_harness::nemesis::table::render;
@@ -39,7 +44,8 @@ async fn three_seeded_runs_under_strict_synchronous_mode_break_no_promise() {
 }
 
 /// Seeds that once broke a promise, replayed with the options they ran with (the seed fixes the
-/// faults; the cluster's timing may differ, so a pass is evidence, not proof):
+/// faults; the cluster's timing may differ, so a pass is evidence, not proof), drawn from the kinds
+/// that existed then ([`FaultKind::FIRST_TEN`]), so each replays the faults it was found with:
 /// - 12 (and 1) under strict on etcd: the leader froze while the `sync` key listed no standby
 ///   yet (right after it took the lock back), so no member was allowed to promote, not even the
 ///   thawed former primary, and the cluster stayed without a leader. Fixed: the key's leader (the
@@ -57,11 +63,40 @@ async fn three_seeded_runs_under_strict_synchronous_mode_break_no_promise() {
 ///   at its start, as Patroni does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_that_found_violations_break_no_promise() {
-    let defaults = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
-    no_violation(defaults, vec![12]).await;
-    let mut overlapping = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
+    let then = |dcs| NemesisOptions {
+        kinds: FaultKind::FIRST_TEN.to_vec(),
+        ..NemesisOptions::new(dcs, Mode::Strict)
+    };
+    no_violation(then(DcsKind::EtcdCluster3), vec![12]).await;
+    let mut overlapping = then(DcsKind::EtcdCluster3);
     overlapping.overlap = true;
     no_violation(overlapping, vec![21]).await;
-    let defaults = NemesisOptions::new(DcsKind::ZooKeeperEnsemble3, Mode::Strict);
-    no_violation(defaults, vec![1]).await;
+    no_violation(then(DcsKind::ZooKeeperEnsemble3), vec![1]).await;
 }
+
+/// The kinds added with the replication-link faults, one seed each way: in network namespaces
+/// under strict synchronous mode, a seed whose plan draws a slow, a lossy and a cut replication
+/// link (a replica's stream from the leader through a relay; commits must go on, nothing
+/// acknowledged may be lost); on the loopback harness under asynchronous replication, a seed
+/// whose plan draws a switchover, which must lose no acknowledged write even there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_drawing_replication_link_faults_and_switchovers_break_no_promise() {
+    let mut links = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Strict);
+    links.netns = true;
+    links.kinds = vec![
+        FaultKind::ReplicationSlow,
+        FaultKind::ReplicationLossy,
+        FaultKind::ReplicationCut,
+        FaultKind::Switchover,
+    ];
+    no_violation(links, vec![LINKS_SEED]).await;
+    let switchover = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Async);
+    no_violation(switchover, vec![ASYNC_SWITCHOVER_SEED]).await;
+}
+
+/// Draws a 1.2 s slow link (+355 ms), a 5.4 s cut and an 8.4 s lossy link (33 %) from the
+/// replication-link kinds and the switchover.
+const LINKS_SEED: u64 = 20;
+
+/// Draws a switchover first, then a freeze and a kill, from the loopback kinds.
+const ASYNC_SWITCHOVER_SEED: u64 = 10;

@@ -7,7 +7,14 @@
 //!   acknowledged append whose id is not in its key's final list, or whose read-back list is not
 //!   a prefix of the final one (a later state forgot part of what it had read). A violation under
 //!   `synchronous_mode`; under asynchronous replication Patroni allows it (bounded by
-//!   `maximum_lag_on_failover`), so it is counted apart as "lost (async, allowed)".
+//!   `maximum_lag_on_failover`) only across a failover, so it is counted apart as "lost (async,
+//!   allowed)" when a fault that may fail over without the leader's last commits
+//!   ([`may_lose_async_commits`]) could have lost it, and is a violation otherwise: in particular
+//!   a write lost across a planned switchover, which never promotes a candidate lacking the old
+//!   primary's last WAL (README, "What it is"; [`switchover_loss`]).
+//! - **stale read**: with read-your-writes on (the proxy's default), a read of the auto port that
+//!   does not see the row its own session inserted and had acknowledged just before, while that
+//!   row is in the final table ([`stale_reads`]).
 //! - **split brain**: two members acknowledging writes at the same time. Member X certainly
 //!   accepted writes on timeline T from the end of its first acknowledged write on T to the start
 //!   of its last one; two such windows of different members that overlap, or two members
@@ -54,6 +61,9 @@ pub enum ViolationKind {
     NoConvergence,
     /// No write acknowledged through the proxy after a fault, until the run ended.
     NoRecovery,
+    /// A session's read on the auto port missed the row it had inserted and seen acknowledged,
+    /// with read-your-writes on.
+    StaleRead,
 }
 
 impl fmt::Display for ViolationKind {
@@ -64,6 +74,7 @@ impl fmt::Display for ViolationKind {
             ViolationKind::DeposedPrimary => "deposed primary acknowledged",
             ViolationKind::NoConvergence => "no convergence",
             ViolationKind::NoRecovery => "no recovery",
+            ViolationKind::StaleRead => "stale read",
         })
     }
 }
@@ -95,8 +106,11 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// Acknowledged writes missing at the end under asynchronous replication (allowed by design).
     pub lost_async_allowed: usize,
-    /// Acknowledged operations in the history.
+    /// Acknowledged writes in the history.
     pub acknowledged: usize,
+    /// Answered read-your-writes reads ([`OpKind::Read`]), and how many of them ran on a
+    /// replica (a server that is not the one that acknowledged the session's insert).
+    pub reads: (usize, usize),
     /// One per fault.
     pub recoveries: Vec<Recovery>,
 }
@@ -131,6 +145,16 @@ const SLACK: Duration = Duration::from_secs(1);
 ///   live on for up to `ttl` once the quorum is back.
 /// - **proxy restart**: the proxy is down for the hold, then reads the leader from the DCS
 ///   (`hold + 2 s`).
+/// - **replication link slow or lossy** (always a replica's): asynchronous, `1 s`; under
+///   `synchronous_mode` a commit waits for its WAL to reach the synchronous standby and the
+///   answer to come back, so the link's round trip at its worst, [`REPLICATION_ROUND_TRIP`],
+///   plus `1 s`: writes slow down, they do not stop.
+/// - **replication link cut**: the relay closes the stream, so the WAL sender ends at once, as
+///   for a replica gone at once (`1 s`; `loop_wait + 1 s` under `synchronous_mode`, the leader
+///   naming the other replica synchronous at its next loop).
+/// - **switchover**, measured as its longest write gap ([`switchover_gap`]): never longer than a
+///   failover (`ttl + loop_wait + 1 s`): the leader drains, stops cleanly and releases its lock
+///   once the candidate streams, without waiting for a lease to expire.
 /// - A fault applied while another held (or held while another was applied) gets its bound plus
 ///   the other's: at worst the second fault starts the recovery over.
 pub fn recovery_bound(history: &History, f: &FaultRecord) -> Duration {
@@ -165,6 +189,105 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
         FaultKind::DcsMemberStop => loop_wait + SLACK,
         FaultKind::DcsQuorumLoss => failover,
         FaultKind::ProxyRestart => hold + 2 * SLACK,
+        FaultKind::ReplicationSlow | FaultKind::ReplicationLossy if sync => {
+            REPLICATION_ROUND_TRIP + SLACK
+        }
+        FaultKind::ReplicationCut if sync => loop_wait + SLACK,
+        FaultKind::ReplicationSlow | FaultKind::ReplicationLossy | FaultKind::ReplicationCut => {
+            SLACK
+        }
+        FaultKind::Switchover => failover,
+    }
+}
+
+/// The longest round trip of a slow or lossy replication link: twice the largest delay
+/// ([`super::fault::REPLICATION_DELAY_MS`]) plus a lost chunk's penalty each way
+/// ([`crate::relay::LOSS_PENALTY`]).
+pub const REPLICATION_ROUND_TRIP: Duration = Duration::from_millis(
+    2 * (*super::fault::REPLICATION_DELAY_MS.end() as u64
+        + crate::relay::LOSS_PENALTY.as_millis() as u64),
+);
+
+/// True when fault `f` may end in a failover whose new leader lacks some of the former leader's
+/// acknowledged commits under asynchronous replication (what `maximum_lag_on_failover` bounds):
+/// a fault that takes the leader away or cuts it off (kill, crash, freeze, silence, slow DCS
+/// links of the leader; a partition; the DCS quorum lost, after which the leader stops). A
+/// replica's fault, a DCS member stopped, the proxy restarted, a replication link and a planned
+/// switchover hand the leadership over with every commit, or not at all.
+pub fn may_lose_async_commits(f: &FaultRecord) -> bool {
+    match f.kind {
+        FaultKind::Kill
+        | FaultKind::PostgresCrash
+        | FaultKind::Freeze
+        | FaultKind::Silence
+        | FaultKind::SlowLink => f.on_leader,
+        FaultKind::Partition | FaultKind::OneWayPartition | FaultKind::DcsQuorumLoss => true,
+        FaultKind::DcsMemberStop
+        | FaultKind::ProxyRestart
+        | FaultKind::ReplicationSlow
+        | FaultKind::ReplicationLossy
+        | FaultKind::ReplicationCut
+        | FaultKind::Switchover => false,
+    }
+}
+
+/// When each fault of `history` had settled: the moment the cluster converged after the heal of
+/// its group (a fault and the one drawn to overlap it, [`FaultRecord::overlaps`]; the runner
+/// records one [`Convergence`] per group, in order), or the run's end when it did not. Once
+/// settled, every replica streams on the leader's timeline, so it holds everything written before
+/// that timeline began.
+pub fn settled_at(history: &History) -> Vec<Duration> {
+    let faults = &history.faults;
+    let mut out = vec![history.end; faults.len()];
+    let (mut i, mut group) = (0, 0);
+    while i < faults.len() {
+        let mut j = i + 1;
+        while j < faults.len() && faults[j].overlaps(&faults[j - 1]) {
+            j += 1;
+        }
+        let heal = faults[i..j]
+            .iter()
+            .map(|f| f.heal)
+            .max()
+            .unwrap_or_default();
+        let at = match history.convergence.get(group) {
+            Some(Convergence::Converged { after }) => heal + *after,
+            _ => history.end,
+        };
+        out[i..j].fill(at);
+        group += 1;
+        i = j;
+    }
+    out
+}
+
+/// Whether an acknowledged write `op` found missing at the end is a broken promise even under
+/// asynchronous replication, and why: `None` when a fault that may lose asynchronous commits
+/// ([`may_lose_async_commits`]) could have lost it; otherwise `Some` of the switchover that lost
+/// it, or `Some(None)` when nothing after `op` may have lost it at all.
+///
+/// The rule: `op` can only be lost at a leader change after it was sent. Take the first
+/// switchover not yet settled ([`settled_at`]) when `op` was sent: once it settled, every member
+/// streams on the new leader's timeline and so holds everything the old leader wrote before it
+/// stepped down (a switchover promotes no candidate lacking the old primary's last WAL: README,
+/// "What it is"), so no later failover can lose `op`. The loss is then the switchover's unless a
+/// fault that may lose commits was unsettled at some point between `op` being sent and the
+/// switchover settling (it overlapped the switchover, or came between). Without such a
+/// switchover, any fault that may lose commits and was unsettled when `op` was sent, or came
+/// later, explains it.
+pub fn switchover_loss<'a>(history: &'a History, op: &Op) -> Option<Option<&'a FaultRecord>> {
+    let settled = settled_at(history);
+    let faults = || history.faults.iter().zip(settled.iter().copied());
+    let switchover = faults()
+        .filter(|(f, at)| f.kind == FaultKind::Switchover && *at > op.start)
+        .min_by_key(|(f, _)| f.start);
+    let until = switchover.map_or(Duration::MAX, |(_, at)| at);
+    let explained =
+        faults().any(|(f, at)| may_lose_async_commits(f) && at > op.start && f.start < until);
+    if explained {
+        None
+    } else {
+        Some(switchover.map(|(f, _)| f))
     }
 }
 
@@ -178,32 +301,114 @@ pub fn check(history: &History) -> Report {
             .count(),
         ..Report::default()
     };
+    report.reads = reads(history);
     check_lost(history, &mut report);
     check_split_brain(history, &mut report);
     check_deposed(history, &mut report);
     check_convergence(history, &mut report);
     check_recovery(history, &mut report);
+    report.violations.extend(stale_reads(history));
     report.violations.sort_by_key(|v| v.at);
     report
 }
 
 fn lost(history: &History, report: &mut Report, op: &Op, why: String) {
-    if history.mode.is_synchronous() {
-        report.violations.push(Violation {
-            kind: ViolationKind::Lost,
-            at: op.end,
-            detail: format!(
-                "{why} ({}, {}, acknowledged {:?}-{:?}, {})",
-                op.client,
-                op.channel,
-                op.start,
-                op.end,
-                history.mode.name()
-            ),
-        });
+    let why = if history.mode.is_synchronous() {
+        why
     } else {
-        report.lost_async_allowed += 1;
+        match switchover_loss(history, op) {
+            None => {
+                report.lost_async_allowed += 1;
+                return;
+            }
+            Some(Some(s)) => format!(
+                "{why} across the switchover {} at {:?}, with no fault that may lose commits",
+                s.target, s.start
+            ),
+            Some(None) => format!("{why}, with no fault that may lose commits after it"),
+        }
+    };
+    report.violations.push(Violation {
+        kind: ViolationKind::Lost,
+        at: op.end,
+        detail: format!(
+            "{why} ({}, {}, acknowledged {:?}-{:?}, {})",
+            op.client,
+            op.channel,
+            op.start,
+            op.end,
+            history.mode.name()
+        ),
+    });
+}
+
+/// Answered reads, and those answered by another server than the one that acknowledged the
+/// session's insert just before (a replica, unless a failover came between).
+fn reads(history: &History) -> (usize, usize) {
+    let mut last_insert: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut ops: Vec<&Op> = history.ops.iter().collect();
+    ops.sort_by_key(|o| o.start);
+    let (mut all, mut elsewhere) = (0, 0);
+    for o in ops {
+        match (o.kind, &o.outcome) {
+            (OpKind::Insert { .. }, Outcome::Ok { server, .. }) => {
+                last_insert.insert(&o.client, server);
+            }
+            (OpKind::Read { .. }, Outcome::Ok { server, .. }) => {
+                all += 1;
+                elsewhere +=
+                    usize::from(last_insert.get(o.client.as_str()) != Some(&server.as_str()));
+            }
+            _ => {}
+        }
     }
+    (all, elsewhere)
+}
+
+/// The reads that missed their session's own write, when `history.read_your_writes`: each
+/// acknowledged [`OpKind::Read`] of id `i` whose result lacks `i`, sent after the same client's
+/// acknowledged [`OpKind::Insert`] of `i` (on the same connection: the workload reads only after
+/// its insert was acknowledged), while `i` is in the final table (a write lost at a failover is
+/// the lost check's business, not a stale read).
+pub fn stale_reads(history: &History) -> Vec<Violation> {
+    if !history.read_your_writes {
+        return vec![];
+    }
+    let Some(fin) = &history.final_state else {
+        return vec![];
+    };
+    let inserts: BTreeMap<(&str, i64), &Op> = history
+        .ops
+        .iter()
+        .filter_map(|o| match (o.kind, o.acked_on()) {
+            (OpKind::Insert { id }, Some(_)) => Some(((o.client.as_str(), id), o)),
+            _ => None,
+        })
+        .collect();
+    history
+        .ops
+        .iter()
+        .filter_map(|o| {
+            let (OpKind::Read { id }, Outcome::Ok { server, value, .. }) = (o.kind, &o.outcome)
+            else {
+                return None;
+            };
+            let insert = inserts.get(&(o.client.as_str(), id))?;
+            let seen = value.as_deref().unwrap_or(&[]).contains(&id);
+            (!seen && insert.end <= o.start && fin.ids.contains(&id)).then(|| Violation {
+                kind: ViolationKind::StaleRead,
+                at: o.end,
+                detail: format!(
+                    "{} read on {server} at {:?}-{:?} did not see its insert {id}, acknowledged by {} at {:?}",
+                    o.client,
+                    o.start,
+                    o.end,
+                    insert.acked_on().map_or("?", |(m, _)| m),
+                    insert.end
+                ),
+            })
+        })
+        .collect()
 }
 
 fn check_lost(history: &History, report: &mut Report) {
@@ -225,6 +430,7 @@ fn check_lost(history: &History, report: &mut Report) {
                     );
                 }
             }
+            OpKind::Read { .. } => {}
             OpKind::Append { key, id } => {
                 let list = fin.lists.get(&key).map(Vec::as_slice).unwrap_or(&[]);
                 if !list.contains(&id) {
@@ -359,13 +565,18 @@ fn check_recovery(history: &History, report: &mut Report) {
         } else {
             f.start
         };
-        let after = history
+        let first = history
             .ops
             .iter()
             .filter(|o| o.channel.is_proxy() && o.start >= from && o.acked_on().is_some())
             .map(|o| o.end)
             .min()
             .map(|end| end - from);
+        // The old leader serves writes until it drains: a switchover's cost is the gap.
+        let after = match f.kind {
+            FaultKind::Switchover => switchover_gap(history, f).or(first),
+            _ => first,
+        };
         if after.is_none() {
             report.violations.push(Violation {
                 kind: ViolationKind::NoRecovery,
@@ -388,6 +599,36 @@ fn check_recovery(history: &History, report: &mut Report) {
             after,
         });
     }
+}
+
+/// The longest time without an acknowledged proxy write during switchover `f`: between `f`'s
+/// start, each acknowledgement through the proxy, and the first acknowledgement on a timeline
+/// later than the one of the last proxy write acknowledged before `f` (the promoted candidate's).
+/// `None` when no write was acknowledged on a later timeline (the switchover was refused, or
+/// nothing was acknowledged before it).
+pub fn switchover_gap(history: &History, f: &FaultRecord) -> Option<Duration> {
+    let mut acks: Vec<(Duration, u32)> = history
+        .ops
+        .iter()
+        .filter(|o| o.channel.is_proxy())
+        .filter_map(|o| o.acked_on().map(|(_, tl)| (o.end, tl)))
+        .collect();
+    acks.sort();
+    let before = acks.iter().rev().find(|(end, _)| *end <= f.start)?.1;
+    let new_at = acks
+        .iter()
+        .find(|(end, tl)| *end > f.start && *tl > before)?
+        .0;
+    let mut last = f.start;
+    let mut gap = Duration::ZERO;
+    for (end, _) in acks
+        .iter()
+        .filter(|(end, _)| *end > f.start && *end <= new_at)
+    {
+        gap = gap.max(*end - last);
+        last = *end;
+    }
+    Some(gap)
 }
 
 /// What each proxy client got from `from` on, for a run without a proxy write: per client, the
@@ -494,6 +735,7 @@ mod tests {
             }),
             final_read_failures: vec![],
             end: ms(60_000),
+            read_your_writes: true,
         }
     }
 
@@ -526,10 +768,136 @@ mod tests {
         assert!(r.violations[0].detail.contains("insert 2"), "{r:?}");
     }
 
+    /// A fault at `start`..`heal` (ms) on pg1, the leader when `on_leader`.
+    fn fault(kind: FaultKind, on_leader: bool, start: u64, heal: u64) -> FaultRecord {
+        FaultRecord {
+            kind,
+            target: "pg1".into(),
+            start: ms(start),
+            heal: ms(heal),
+            on_leader,
+        }
+    }
+
+    /// [`failover_ops`]' history with the leader killed at 100 ms, healed at 2 s.
+    fn failover_history(mode: Mode, ids: &[i64]) -> History {
+        let mut h = history(mode, failover_ops(), ids);
+        h.faults = vec![fault(FaultKind::Kill, true, 100, 2000)];
+        h
+    }
+
     #[test]
     fn an_acknowledged_insert_missing_is_allowed_and_counted_under_async() {
-        let r = check(&history(Mode::Async, failover_ops(), &[1, 3, 4]));
+        let r = check(&failover_history(Mode::Async, &[1, 3, 4]));
         assert_eq!(r.violations, vec![]);
+        assert_eq!(r.lost_async_allowed, 1);
+    }
+
+    #[test]
+    fn an_acknowledged_insert_lost_across_a_switchover_is_a_violation_even_under_async() {
+        let mut h = history(Mode::Async, failover_ops(), &[1, 3, 4]);
+        h.faults = vec![fault(FaultKind::Switchover, false, 25, 25)];
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::Lost], "{r:?}");
+        assert!(
+            r.violations[0].detail.contains("insert 2")
+                && r.violations[0].detail.contains("across the switchover"),
+            "{r:?}"
+        );
+        assert_eq!(r.lost_async_allowed, 0);
+        // Nothing at all after it that may lose a commit: a violation too.
+        h.faults.clear();
+        assert_eq!(kinds(&check(&h)), vec![ViolationKind::Lost]);
+    }
+
+    #[test]
+    fn a_write_lost_when_a_failover_overlapped_or_followed_the_switchover_is_allowed_under_async() {
+        let mut h = history(Mode::Async, failover_ops(), &[1, 3, 4]);
+        // The leader killed while the switchover ran.
+        h.faults = vec![
+            fault(FaultKind::Kill, true, 20, 3000),
+            fault(FaultKind::Switchover, false, 25, 25),
+        ];
+        let r = check(&h);
+        assert_eq!(r.violations, vec![], "{r:?}");
+        assert_eq!(r.lost_async_allowed, 1);
+        // A leader crash and no switchover after the write: it may have lost it.
+        h.faults = vec![fault(FaultKind::PostgresCrash, true, 5000, 5000)];
+        assert_eq!(check(&h).violations, vec![]);
+        // A replica's fault explains nothing: lost with no fault that may lose commits.
+        h.faults = vec![fault(FaultKind::ReplicationCut, false, 5000, 6000)];
+        assert_eq!(kinds(&check(&h)), vec![ViolationKind::Lost]);
+        // A lossy fault settled before the write was sent explains nothing either (the cluster
+        // converged 2 ms after each heal).
+        h.faults = vec![
+            fault(FaultKind::Kill, true, 0, 5),
+            fault(FaultKind::Switchover, false, 25, 25),
+        ];
+        h.convergence = vec![Convergence::Converged { after: ms(2) }; 2];
+        assert_eq!(kinds(&check(&h)), vec![ViolationKind::Lost]);
+        // Nor one that came after the switchover settled: every member held the write by then.
+        h.faults = vec![
+            fault(FaultKind::Switchover, false, 25, 25),
+            fault(FaultKind::Kill, true, 5000, 6000),
+        ];
+        assert_eq!(kinds(&check(&h)), vec![ViolationKind::Lost]);
+        // One overlapping the switchover does: their group settled at 3002 ms.
+        h.faults = vec![
+            fault(FaultKind::Switchover, false, 25, 25),
+            fault(FaultKind::Kill, true, 25, 3000),
+        ];
+        assert_eq!(check(&h).violations, vec![]);
+    }
+
+    /// The auto-port read-your-writes client: insert `id` (acknowledged by pg1 at `end`), then a
+    /// read on `server` seeing `seen`.
+    fn ryw(id: i64, start: u64, server: &str, seen: bool) -> Vec<Op> {
+        let mut insert = ok(
+            OpKind::Insert { id },
+            Channel::ProxyAuto,
+            start,
+            start + 10,
+            "pg1",
+            1,
+        );
+        insert.client = "auto-ryw".into();
+        let mut read = ok(
+            OpKind::Read { id },
+            Channel::ProxyAuto,
+            start + 11,
+            start + 15,
+            server,
+            0,
+        );
+        read.client = "auto-ryw".into();
+        read.outcome = Outcome::Ok {
+            server: server.into(),
+            timeline: 0,
+            value: Some(if seen { vec![id] } else { vec![] }),
+        };
+        vec![insert, read]
+    }
+
+    #[test]
+    fn a_read_that_sees_its_sessions_insert_passes_and_one_that_misses_it_is_stale() {
+        let mut ops = ryw(1, 0, "pg2", true);
+        ops.extend(ryw(2, 100, "pg3", false));
+        let h = history(Mode::Async, ops, &[1, 2]);
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::StaleRead], "{r:?}");
+        assert!(r.violations[0].detail.contains("insert 2"), "{r:?}");
+        assert_eq!(r.acknowledged, 2, "reads acknowledge no write");
+        assert_eq!(r.reads, (2, 2), "both on replicas");
+        // With read-your-writes off nothing is promised.
+        let mut off = h.clone();
+        off.read_your_writes = false;
+        assert_eq!(check(&off).violations, vec![]);
+        // A missed row that is not in the final table was lost, not read stale.
+        let mut lost = h;
+        lost.final_state.as_mut().unwrap().ids.remove(&2);
+        lost.faults = vec![fault(FaultKind::Kill, true, 50, 60)];
+        let r = check(&lost);
+        assert_eq!(r.violations, vec![], "{r:?}");
         assert_eq!(r.lost_async_allowed, 1);
     }
 
@@ -643,8 +1011,11 @@ mod tests {
     fn a_write_sent_after_the_new_timeline_and_acknowledged_on_the_old_is_deposed() {
         let mut ops = failover_ops();
         ops.push(direct(5, 9015, 9016, "pg1", 1));
-        let r = check(&history(Mode::Async, ops, &[1, 2, 3, 4]));
+        let mut h = history(Mode::Async, ops, &[1, 2, 3, 4]);
+        h.faults = vec![fault(FaultKind::Freeze, true, 100, 8000)];
+        let r = check(&h);
         assert!(kinds(&r).contains(&ViolationKind::DeposedPrimary), "{r:?}");
+        assert!(!kinds(&r).contains(&ViolationKind::Lost), "{r:?}");
         assert_eq!(r.lost_async_allowed, 1);
     }
 
@@ -696,6 +1067,26 @@ mod tests {
     }
 
     #[test]
+    fn a_switchovers_recovery_is_its_longest_write_gap_until_the_new_timeline() {
+        // pg1 acknowledges at 10 and 30 ms (timeline 1), pg2 from 9000 ms (timeline 2); the
+        // switchover asked at 25 ms.
+        let mut h = history(Mode::Async, failover_ops(), &[1, 2, 3, 4]);
+        h.faults = vec![fault(FaultKind::Switchover, false, 25, 9500)];
+        assert_eq!(switchover_gap(&h, &h.faults[0]), Some(ms(8980)));
+        let r = check(&h);
+        assert_eq!(r.recoveries[0].after, Some(ms(8980)));
+        assert!(
+            r.recoveries[0].over_bound,
+            "8.98 s > the failover bound 8 s"
+        );
+        // Refused: nothing on a later timeline; the first write after it counts.
+        h.ops.truncate(2);
+        h.ops.push(insert(5, 40, 45, "pg1", 1));
+        assert_eq!(switchover_gap(&h, &h.faults[0]), None);
+        assert_eq!(check(&h).recoveries[0].after, Some(ms(20)));
+    }
+
+    #[test]
     fn a_fault_after_which_no_proxy_write_is_acknowledged_is_no_recovery() {
         let mut h = history(Mode::Async, failover_ops(), &[1, 2, 3, 4]);
         h.faults = vec![FaultRecord {
@@ -713,13 +1104,6 @@ mod tests {
     #[test]
     fn bounds_follow_the_fault_kind_its_target_the_mode_and_overlaps() {
         let mut h = history(Mode::Async, vec![], &[]);
-        let fault = |kind, on_leader, start, heal| FaultRecord {
-            kind,
-            target: "pg1".into(),
-            start: ms(start),
-            heal: ms(heal),
-            on_leader,
-        };
         let bound = |h: &History, f: &FaultRecord| recovery_bound(h, f).as_millis();
         // ttl 6 + loop_wait 1 + 1 s; a hung leader adds the peer timeout (retry_timeout 2).
         assert_eq!(bound(&h, &fault(FaultKind::Kill, true, 0, 3000)), 8000);
@@ -748,5 +1132,26 @@ mod tests {
         assert_eq!(bound(&h, &b), 2000 + 8000);
         h.faults[1] = fault(FaultKind::DcsMemberStop, false, 3001, 4000);
         assert_eq!(bound(&h, &a), 8000);
+        // Replication links: free under async; under strict a slow or lossy one costs its round
+        // trip (2 × (1 s + 0.2 s)), a cut one a loop; a switchover at most a failover.
+        h.faults.clear();
+        h.mode = Mode::Async;
+        for k in [
+            FaultKind::ReplicationSlow,
+            FaultKind::ReplicationLossy,
+            FaultKind::ReplicationCut,
+        ] {
+            assert_eq!(bound(&h, &fault(k, false, 0, 5000)), 1000);
+        }
+        h.mode = Mode::Strict;
+        assert_eq!(
+            bound(&h, &fault(FaultKind::ReplicationSlow, false, 0, 5000)),
+            3400
+        );
+        assert_eq!(
+            bound(&h, &fault(FaultKind::ReplicationCut, false, 0, 5000)),
+            2000
+        );
+        assert_eq!(bound(&h, &fault(FaultKind::Switchover, false, 0, 0)), 8000);
     }
 }

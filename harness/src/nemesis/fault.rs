@@ -2,9 +2,11 @@
 //! long. Pure: the plan is a function of the seed and the options, so a seed replays the same
 //! faults (the cluster's reaction to them is real and may differ run to run).
 //!
-//! The host faults (freeze, kill, PostgreSQL crash), the DCS faults and the proxy restart work on
-//! the loopback harness; the network faults (silence, partition, one-way partition, slow or lossy
-//! link) need hosts of their own (network namespaces) and are drawn only when the runner is given a
+//! The host faults (freeze, kill, PostgreSQL crash), the DCS faults, the proxy restart and the
+//! planned switchover work on the loopback harness; the network faults (silence, partition, one-way
+//! partition, slow or lossy link) and the replication-link faults (a replica's stream from the
+//! leader slowed, made lossy or cut, through a relay the leader's host redirects it to) need hosts
+//! of their own (network namespaces) and are drawn only when the runner is given a
 //! [`NetworkFaults`] that can apply them.
 
 use std::fmt;
@@ -36,11 +38,50 @@ pub enum FaultKind {
     OneWayPartition,
     /// A host's link delayed and lossy (needs [`NetworkFaults`]).
     SlowLink,
+    /// A replica's replication link to the leader delayed by [`REPLICATION_DELAY_MS`] each way
+    /// (needs hosts of their own: the link goes through a relay in the leader's host).
+    ReplicationSlow,
+    /// A replica's replication link to the leader lossy: [`REPLICATION_LOSS_PERCENT`] of its chunks
+    /// held 200 ms (a retransmission), up to 50 ms of delay (needs hosts of their own).
+    ReplicationLossy,
+    /// A replica's replication link to the leader cut: its stream closed, a new one left without
+    /// an answer until the heal (needs hosts of their own).
+    ReplicationCut,
+    /// A planned switchover from the leader to a replica (REST `POST /switchover`), as an
+    /// operator would run it; instantaneous (the switchover itself is the cluster's reaction).
+    Switchover,
 }
+
+/// The range of the delay (ms, each way) a [`FaultKind::ReplicationSlow`] adds: from what a
+/// cross-region link costs to longer than most commit timeouts would tolerate.
+pub const REPLICATION_DELAY_MS: std::ops::RangeInclusive<u32> = 200..=1000;
+
+/// The range of the share of chunks (percent) a [`FaultKind::ReplicationLossy`] "loses".
+pub const REPLICATION_LOSS_PERCENT: std::ops::RangeInclusive<u32> = 10..=50;
 
 impl FaultKind {
     /// Every kind, in the order tables list them.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 14] = [
+        FaultKind::Freeze,
+        FaultKind::Kill,
+        FaultKind::PostgresCrash,
+        FaultKind::DcsMemberStop,
+        FaultKind::DcsQuorumLoss,
+        FaultKind::ProxyRestart,
+        FaultKind::Silence,
+        FaultKind::Partition,
+        FaultKind::OneWayPartition,
+        FaultKind::SlowLink,
+        FaultKind::ReplicationSlow,
+        FaultKind::ReplicationLossy,
+        FaultKind::ReplicationCut,
+        FaultKind::Switchover,
+    ];
+
+    /// The kinds drawn before the replication-link faults and the switchover existed. A seed's
+    /// plan depends on the list it draws from, so a seed found with these replays its faults only
+    /// when drawn from them (`PRAETOR_NEMESIS_FAULTS`, or [`super::runner::NemesisOptions::kinds`]).
+    pub const FIRST_TEN: [FaultKind; 10] = [
         FaultKind::Freeze,
         FaultKind::Kill,
         FaultKind::PostgresCrash,
@@ -55,12 +96,26 @@ impl FaultKind {
 
     /// True for the faults that need hosts of their own (network namespaces).
     pub fn needs_network(self) -> bool {
+        self.healed_with_the_network() || self.is_replication_link()
+    }
+
+    /// True for the network faults a single [`NetworkFaults::heal`] removes all at once.
+    pub fn healed_with_the_network(self) -> bool {
         matches!(
             self,
             FaultKind::Silence
                 | FaultKind::Partition
                 | FaultKind::OneWayPartition
                 | FaultKind::SlowLink
+        )
+    }
+
+    /// True for the faults on a replica's replication link to the leader (each healed on its
+    /// own relay).
+    pub fn is_replication_link(self) -> bool {
+        matches!(
+            self,
+            FaultKind::ReplicationSlow | FaultKind::ReplicationLossy | FaultKind::ReplicationCut
         )
     }
 
@@ -73,7 +128,7 @@ impl FaultKind {
 
     /// True when the fault is applied and healed at once (its hold is zero).
     pub fn is_instant(self) -> bool {
-        matches!(self, FaultKind::PostgresCrash)
+        matches!(self, FaultKind::PostgresCrash | FaultKind::Switchover)
     }
 
     /// The short name tables and `PRAETOR_NEMESIS_FAULTS` use.
@@ -89,6 +144,10 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::OneWayPartition => "one-way",
             FaultKind::SlowLink => "slow-link",
+            FaultKind::ReplicationSlow => "repl-slow",
+            FaultKind::ReplicationLossy => "repl-lossy",
+            FaultKind::ReplicationCut => "repl-cut",
+            FaultKind::Switchover => "switchover",
         }
     }
 
@@ -135,7 +194,8 @@ pub struct PlannedFault {
     pub target: Target,
     /// How long it holds before the heal (zero for instantaneous faults).
     pub hold: Duration,
-    /// For [`FaultKind::SlowLink`]: added delay (ms) and loss (percent).
+    /// For [`FaultKind::SlowLink`], [`FaultKind::ReplicationSlow`] and
+    /// [`FaultKind::ReplicationLossy`]: added delay (ms, each way) and loss (percent).
     pub degrade: Option<(u32, u32)>,
     /// Quiet time after the cluster converged again, before the next fault.
     pub quiet: Duration,
@@ -148,12 +208,14 @@ pub struct PlannedFault {
 impl FaultKind {
     /// True when `self` and `other` can hold at the same time without one's heal undoing the
     /// other: different kinds, not both on the DCS servers (a member of both would be started
-    /// by the first heal), not both network faults (a network heal removes every rule).
+    /// by the first heal), not both network faults (a network heal removes every rule), not both
+    /// on replication links (both may hit the same relay).
     pub fn can_overlap(self, other: FaultKind) -> bool {
         let dcs = |k: FaultKind| matches!(k, FaultKind::DcsMemberStop | FaultKind::DcsQuorumLoss);
         self != other
             && !(dcs(self) && dcs(other))
-            && !(self.needs_network() && other.needs_network())
+            && !(self.healed_with_the_network() && other.healed_with_the_network())
+            && !(self.is_replication_link() && other.is_replication_link())
     }
 }
 
@@ -195,6 +257,12 @@ pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
                     Target::DcsMembers((0..3).filter(|i| *i != keep).collect())
                 }
                 FaultKind::ProxyRestart => Target::Proxy,
+                // A replica's link, and a switchover's candidate: always a replica (drawn apart,
+                // so the kinds drawn before these existed keep their plans).
+                FaultKind::ReplicationSlow
+                | FaultKind::ReplicationLossy
+                | FaultKind::ReplicationCut
+                | FaultKind::Switchover => Target::Replica(rng.usize(..2)),
                 FaultKind::Partition | FaultKind::OneWayPartition => {
                     let with_leader = rng.usize(..2);
                     let n = rng.usize(..2);
@@ -212,8 +280,14 @@ pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
             } else {
                 Duration::from_millis(rng.u64(1000..=max_hold_ms))
             };
-            let degrade =
-                (kind == FaultKind::SlowLink).then(|| (rng.u32(50..=500), rng.u32(0..=30)));
+            let degrade = match kind {
+                FaultKind::SlowLink => Some((rng.u32(50..=500), rng.u32(0..=30))),
+                FaultKind::ReplicationSlow => Some((rng.u32(REPLICATION_DELAY_MS), 0)),
+                FaultKind::ReplicationLossy => {
+                    Some((rng.u32(0..=50), rng.u32(REPLICATION_LOSS_PERCENT)))
+                }
+                _ => None,
+            };
             let quiet = Duration::from_millis(rng.u64(500..=3000));
             Some(PlannedFault {
                 kind,
@@ -338,7 +412,79 @@ mod tests {
             .into_iter()
             .filter(|k| k.needs_network())
             .collect();
-        assert_eq!(net.len(), 4);
+        assert_eq!(net.len(), 7);
+        assert!(!FaultKind::Switchover.needs_network());
+    }
+
+    #[test]
+    fn replication_link_faults_hit_a_replica_with_their_degradation_in_range() {
+        let o = options(&[
+            FaultKind::ReplicationSlow,
+            FaultKind::ReplicationLossy,
+            FaultKind::ReplicationCut,
+        ]);
+        let mut drawn = std::collections::BTreeSet::new();
+        for seed in 0..50 {
+            for f in plan(seed, &o) {
+                drawn.insert(f.kind);
+                assert!(matches!(f.target, Target::Replica(n) if n < 2), "{f:?}");
+                assert!(f.hold >= Duration::from_secs(1), "{f:?}");
+                assert!(f.hold <= Duration::from_secs(12), "{f:?}");
+                match (f.kind, f.degrade) {
+                    (FaultKind::ReplicationSlow, Some((delay, 0))) => {
+                        assert!(REPLICATION_DELAY_MS.contains(&delay), "{f:?}")
+                    }
+                    (FaultKind::ReplicationLossy, Some((delay, loss))) => {
+                        assert!(delay <= 50, "{f:?}");
+                        assert!(REPLICATION_LOSS_PERCENT.contains(&loss), "{f:?}");
+                    }
+                    (FaultKind::ReplicationCut, None) => {}
+                    _ => panic!("{f:?}"),
+                }
+            }
+        }
+        assert_eq!(drawn.len(), 3, "every kind drawn in 50 plans: {drawn:?}");
+    }
+
+    #[test]
+    fn a_switchover_is_instantaneous_and_names_a_replica_as_its_candidate() {
+        let o = options(&[FaultKind::Switchover]);
+        for seed in 0..20 {
+            for f in plan(seed, &o) {
+                assert_eq!(f.hold, Duration::ZERO, "{f:?}");
+                assert!(matches!(f.target, Target::Replica(n) if n < 2), "{f:?}");
+                assert_eq!(f.degrade, None);
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_ten_kinds_draw_what_they_drew_before_the_new_kinds_existed() {
+        // Seed 12 of the strict etcd series (a regression seed of tests/nemesis.rs), drawn from
+        // the kinds the loopback harness applied then: the plan it was found with.
+        let o = PlanOptions {
+            faults: 3,
+            kinds: FaultKind::FIRST_TEN
+                .into_iter()
+                .filter(|k| !k.needs_network())
+                .collect(),
+            ttl_secs: 6,
+            overlap: false,
+        };
+        let kinds: Vec<FaultKind> = plan(12, &o).iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [FaultKind::PostgresCrash, FaultKind::Kill, FaultKind::Freeze]
+        );
+    }
+
+    #[test]
+    fn replication_link_faults_overlap_neither_each_other_nor_nothing_else() {
+        use FaultKind::*;
+        assert!(!ReplicationSlow.can_overlap(ReplicationCut));
+        assert!(ReplicationCut.can_overlap(Partition), "healed apart");
+        assert!(ReplicationLossy.can_overlap(Kill));
+        assert!(Switchover.can_overlap(ReplicationCut));
     }
 
     #[test]

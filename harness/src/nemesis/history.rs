@@ -105,6 +105,14 @@ pub enum OpKind {
         /// The id appended.
         id: i64,
     },
+    /// `SELECT count(*) FROM nemesis_log WHERE id = id` in autocommit on the auto port (which may
+    /// send it to a replica), right after the same session's acknowledged `Insert { id }`: a
+    /// read-your-writes probe. Its [`Outcome::Ok::value`] is `[id]` when the row was seen, `[]`
+    /// when not.
+    Read {
+        /// The id the session inserted just before.
+        id: i64,
+    },
 }
 
 /// How an operation ended.
@@ -115,9 +123,11 @@ pub enum Outcome {
         /// The member whose PostgreSQL ran it (from `inet_server_addr()` and
         /// `inet_server_port()`), or that `ip:port` when no member has it.
         server: String,
-        /// Its WAL insert timeline when it ran (from `pg_walfile_name(pg_current_wal_insert_lsn())`).
+        /// Its WAL insert timeline when it ran (from `pg_walfile_name(pg_current_wal_insert_lsn())`);
+        /// 0 for an [`OpKind::Read`], which may run on a replica (no insert position there).
         timeline: u32,
-        /// For [`OpKind::Append`]: the list it read back, ending with its own id.
+        /// For [`OpKind::Append`]: the list it read back, ending with its own id; for
+        /// [`OpKind::Read`]: the ids it saw.
         value: Option<Vec<i64>>,
     },
     /// Certainly not committed: PostgreSQL answered with an error that aborts the statement
@@ -154,8 +164,12 @@ pub struct Op {
 }
 
 impl Op {
-    /// The member and timeline that acknowledged it, if it was acknowledged.
+    /// The member and timeline that acknowledged it, if it is a write and was acknowledged (a
+    /// read acknowledges no write: it counts in none of the write checks).
     pub fn acked_on(&self) -> Option<(&str, u32)> {
+        if matches!(self.kind, OpKind::Read { .. }) {
+            return None;
+        }
         match &self.outcome {
             Outcome::Ok {
                 server, timeline, ..
@@ -241,6 +255,9 @@ pub struct History {
     pub final_read_failures: Vec<String>,
     /// When the run ended (the workload stopped).
     pub end: Duration,
+    /// The proxy promised read-your-writes on its auto port (`read_your_writes`, on by default):
+    /// a read that misses its session's own acknowledged insert is then a violation.
+    pub read_your_writes: bool,
 }
 
 /// The 8 hex digits of a timeline at the start of a WAL file name, as a number.

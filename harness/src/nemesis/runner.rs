@@ -69,7 +69,8 @@ impl NemesisOptions {
             .iter()
             .copied()
             // Network faults need hosts of their own; a slow or lossy link is a member's links
-            // to the DCS servers (relays inside its host, ClusterOptions::dcs_links).
+            // to the DCS servers (relays inside its host, ClusterOptions::dcs_links); a
+            // replication link's relay needs the leader's host to redirect the replica's stream.
             .filter(|k| self.netns || !k.needs_network())
             .collect()
     }
@@ -96,6 +97,9 @@ enum Applied {
     DcsStopped(Vec<usize>),
     ProxyKilled,
     Network,
+    /// A replica's replication link degraded or cut: `(leader, replica)`, the key of its relay in
+    /// [`LocalCluster::replication_links`].
+    ReplicationLink(String, String),
 }
 
 /// Runs seed `seed` with the praetor executable `binary`. Errors are runs that could not be
@@ -117,8 +121,12 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         netns: options.netns,
         proxy: options.netns,
         // Every agent's links to the DCS servers through relays inside its host, so a link can
-        // be made slow or lossy (the kernel has no `tc netem`).
-        dcs_links: options.netns,
+        // be made slow or lossy (the kernel has no `tc netem`); only when that fault may be
+        // drawn: the relays run in this process, and on a loaded machine their own latency
+        // costs leaders their lease (two namespace runs of seed 20 drawing only replication-link
+        // faults and switchovers, at load 25-35: the leader demoted itself at its deadline
+        // again and again, "etcd did not answer within 2s").
+        dcs_links: options.netns && options.applicable_kinds().contains(&FaultKind::SlowLink),
         ..ClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(binary, cluster_options).await?;
@@ -206,14 +214,33 @@ async fn run_on(
             _ => vec![&plan[i]],
         };
         i += group.len();
-        let mut held: Vec<(Instant, Applied, usize)> = Vec::new();
+        // A replication link goes through a relay from the moment it is first faulted: routed
+        // before the group starts (it restarts the replica's stream), so that an overlapping fault
+        // that takes the leader away cannot keep the route from being set.
+        let mut links = Vec::new();
         for planned in &group {
+            links.push(if planned.kind.is_replication_link() {
+                Some(route_replication(cluster, &planned.target, &mut last_leader).await?)
+            } else {
+                None
+            });
+        }
+        let mut held: Vec<(Instant, Applied, usize)> = Vec::new();
+        for (planned, link) in group.iter().zip(links) {
             if let Some(after) = planned.overlap {
                 tokio::time::sleep(after).await;
             }
             let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. });
-            let (applied, target) = apply(cluster, &mut proxy, planned, &mut last_leader).await?;
-            let start = workload.now();
+            let (applied, target, start) = apply(
+                cluster,
+                &mut proxy,
+                planned,
+                &mut last_leader,
+                link,
+                &workload,
+                options.mode.is_synchronous(),
+            )
+            .await?;
             eprintln!(
                 "nemesis seed {seed}: {:>6.1}s {}{} on {target}, held {:.1}s",
                 start.as_secs_f64(),
@@ -316,6 +343,8 @@ async fn run_on(
         convergence,
         final_state,
         end,
+        // The proxy runs with its defaults, read_your_writes on among them.
+        read_your_writes: true,
     };
     let report = check(&history);
     Ok(RunResult {
@@ -379,16 +408,160 @@ async fn member(
     })
 }
 
+/// Routes the replication link of the replica `target` names to the leader through a relay
+/// ([`LocalCluster::relay_replication`], once per leader and replica; the route stays for the
+/// run); returns `(leader, replica)`.
+async fn route_replication(
+    cluster: &mut LocalCluster,
+    target: &Target,
+    last_leader: &mut Option<String>,
+) -> Result<(String, String), String> {
+    let leader = member(cluster, &Target::Leader, last_leader).await?;
+    let replica = member(cluster, target, last_leader).await?;
+    let routed = cluster
+        .replication_links
+        .iter()
+        .any(|(l, r, _)| *l == leader && *r == replica);
+    if !routed {
+        cluster.relay_replication(&leader, &replica).await?;
+    }
+    Ok((leader, replica))
+}
+
+/// The relay of `replica`'s replication link from `leader`.
+fn replication_relay<'a>(
+    cluster: &'a LocalCluster,
+    leader: &str,
+    replica: &str,
+) -> Result<&'a crate::relay::TcpRelay, String> {
+    cluster
+        .replication_links
+        .iter()
+        .find(|(l, r, _)| l == leader && r == replica)
+        .map(|(_, _, relay)| relay)
+        .ok_or_else(|| format!("{replica}'s replication link from {leader} has no relay"))
+}
+
+/// Applies `f`; returns what its heal needs, whom it hit, and when it was applied (from the run's
+/// start: right after the fault is in place, or, for a switchover, when it was asked for).
+/// `link` is the `(leader, replica)` a replication-link fault was routed for
+/// ([`route_replication`]). Under `synchronous_mode` (`sync`) a switchover's candidate is the
+/// synchronous standby when `/cluster` names one: the leader refuses any other (Patroni's rule,
+/// 412), so a drawn replica would see half the switchovers refused.
 async fn apply(
     cluster: &mut LocalCluster,
     proxy: &mut Option<FullProxy>,
     f: &PlannedFault,
     last_leader: &mut Option<String>,
-) -> Result<(Applied, String), String> {
-    if f.kind.needs_network() && network(cluster).is_none() {
+    link: Option<(String, String)>,
+    workload: &Workload,
+    sync: bool,
+) -> Result<(Applied, String, Duration), String> {
+    if f.kind.needs_network() && cluster.network.is_none() {
         return Err(format!("{} needs hosts with networks of their own", f.kind));
     }
+    if f.kind == FaultKind::Switchover {
+        let leader = member(cluster, &Target::Leader, last_leader).await?;
+        let mut candidate = member(cluster, &f.target, last_leader).await?;
+        if sync {
+            let standby = cluster.cluster_json().await.ok().and_then(|v| {
+                v["members"].as_array().and_then(|m| {
+                    m.iter()
+                        .find(|m| m["role"] == "sync_standby")
+                        .and_then(|m| m["name"].as_str().map(String::from))
+                })
+            });
+            candidate = standby.unwrap_or(candidate);
+        }
+        let api = cluster.node(&leader).api_addr();
+        let start = workload.now();
+        let answer = switchover(&api, &leader, &candidate).await;
+        let took = (workload.now() - start).as_secs_f64();
+        // A refusal is the cluster's answer, not a failed run: recorded, and checked like any
+        // other (writes must go on). The fault heals when the answer came (its record spans the
+        // switchover).
+        let target = match answer {
+            Ok((code, body)) => {
+                format!(
+                    "{leader} -> {candidate} ({code} {} after {took:.1}s)",
+                    body.trim()
+                )
+            }
+            Err(e) => format!("{leader} -> {candidate} (no answer: {e})"),
+        };
+        return Ok((Applied::Nothing, target, start));
+    }
+    let (applied, target) = apply_now(cluster, proxy, f, last_leader, link).await?;
+    Ok((applied, target, workload.now()))
+}
+
+/// `POST /switchover {"leader": leader, "candidate": candidate}` to the leader's REST API at
+/// `api` (`ip:port`), as `praetor ctl switchover` asks it; returns the status and body (the API
+/// answers once the switchover is done or failed). HTTP/1.0 by hand, as
+/// [`crate::http_get`]. Errors: no connection, no answer within 60 s.
+async fn switchover(api: &str, leader: &str, candidate: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({ "leader": leader, "candidate": candidate }).to_string();
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(api)
+            .await
+            .map_err(|e| format!("connect {api}: {e}"))?;
+        let req = format!(
+            "POST /switchover HTTP/1.0\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad response {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok::<_, String>((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .map_err(|_| "no answer within 60 s".to_string())?
+}
+
+async fn apply_now(
+    cluster: &mut LocalCluster,
+    proxy: &mut Option<FullProxy>,
+    f: &PlannedFault,
+    last_leader: &mut Option<String>,
+    link: Option<(String, String)>,
+) -> Result<(Applied, String), String> {
     Ok(match f.kind {
+        FaultKind::Switchover => unreachable!("applied by apply()"),
+        FaultKind::ReplicationSlow | FaultKind::ReplicationLossy | FaultKind::ReplicationCut => {
+            let (leader, replica) =
+                link.ok_or_else(|| format!("{} without a routed link", f.kind))?;
+            let relay = replication_relay(cluster, &leader, &replica)?;
+            let (delay, loss) = f.degrade.unwrap_or((0, 0));
+            let what = match f.kind {
+                FaultKind::ReplicationCut => {
+                    relay.cut();
+                    "cut".to_string()
+                }
+                _ => {
+                    relay.set_delay(Duration::from_millis(u64::from(delay)));
+                    relay.set_loss(f64::from(loss) / 100.0);
+                    format!("+{delay}ms {loss}% loss")
+                }
+            };
+            (
+                Applied::ReplicationLink(leader.clone(), replica.clone()),
+                format!("{replica}'s replication link from {leader} {what}"),
+            )
+        }
         FaultKind::Freeze => {
             let m = member(cluster, &f.target, last_leader).await?;
             let pids = cluster.node(&m).freeze();
@@ -512,6 +685,13 @@ async fn heal(
         Applied::Network => network(cluster)
             .ok_or("network fault without a network")?
             .heal(),
+        Applied::ReplicationLink(leader, replica) => {
+            let relay = replication_relay(cluster, &leader, &replica)?;
+            relay.set_delay(Duration::ZERO);
+            relay.set_loss(0.0);
+            relay.restore();
+            Ok(())
+        }
     }
 }
 
@@ -528,9 +708,11 @@ pub async fn series(
         match run(binary, options, seed).await {
             Ok(r) => {
                 eprintln!(
-                    "nemesis seed {seed}: {} faults, {} acknowledged ops, {} violations, {:.0}s",
+                    "nemesis seed {seed}: {} faults, {} acknowledged writes, {} reads ({} on another server), {} violations, {:.0}s",
                     r.history.faults.len(),
                     r.report.acknowledged,
+                    r.report.reads.0,
+                    r.report.reads.1,
                     r.report.violations.len(),
                     r.wall.as_secs_f64()
                 );
@@ -655,9 +837,8 @@ impl NetworkFaults for HostFaults<'_> {
         }
     }
 
-    /// Slows member `host`'s links to every DCS server. (A replica's replication link can go
-    /// through a relay too, [`LocalCluster::relay_replication`], but only once the leader is
-    /// known; the plans do not draw that fault.)
+    /// Slows member `host`'s links to every DCS server. (A replica's replication link is the
+    /// replication-link faults' business, [`FaultKind::ReplicationSlow`] and its siblings.)
     fn degrade(&mut self, host: &Host, delay_ms: u32, loss_percent: u32) -> Result<(), String> {
         let name = host.name();
         let mut found = false;

@@ -140,11 +140,15 @@ pub fn render(runs: &[RunResult], failed: &[(u64, String)]) -> String {
         );
     }
     let acked: usize = runs.iter().map(|r| r.report.acknowledged).sum();
+    let reads: usize = runs.iter().map(|r| r.report.reads.0).sum();
+    let on_replicas: usize = runs.iter().map(|r| r.report.reads.1).sum();
     let _ = writeln!(
         out,
-        "{} runs, {} acknowledged operations, lost (async, allowed): {}",
+        "{} runs, {} acknowledged writes, {} read-your-writes reads ({} on another server than the insert's), lost (async, allowed): {}",
         runs.len(),
         acked,
+        reads,
+        on_replicas,
         lost_allowed,
     );
     if lines.is_empty() {

@@ -1,6 +1,8 @@
 //! The clients of a nemesis run: unique inserts and read-modify-writes through the proxy's
-//! read-write and auto ports, and direct inserts into every member, each operation recorded with
-//! its start, end, outcome and the server and timeline that acknowledged it.
+//! read-write and auto ports, a read-your-writes probe on the auto port (insert a row, then select
+//! it in autocommit, a read the proxy may send to a replica), and direct inserts into every member,
+//! each operation recorded with its start, end, outcome and the server and timeline that
+//! acknowledged it.
 //!
 //! Every statement is sent with the simple query protocol (no named prepared statements, which
 //! would pin an auto-port session to one server) and returns the server's address and port and the
@@ -126,10 +128,12 @@ struct Shared {
     stop: CancellationToken,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Does {
     Insert,
     Append,
+    /// An insert, then (once acknowledged, on the same session) a read of its row.
+    InsertThenRead,
 }
 
 impl Workload {
@@ -180,6 +184,13 @@ impl Workload {
                 Channel::ProxyAuto,
                 auto.clone(),
                 Does::Append,
+                pace,
+            ));
+            clients.push((
+                "auto-ryw".into(),
+                Channel::ProxyAuto,
+                auto.clone(),
+                Does::InsertThenRead,
                 pace,
             ));
         }
@@ -251,7 +262,9 @@ impl Workload {
     }
 }
 
-/// One client: connect when needed, run its statement, record, pause, until stopped.
+/// One client: connect when needed, run its statement (and, for a read-your-writes probe, the
+/// read of its row once the insert was acknowledged, on the same session), record, pause, until
+/// stopped.
 async fn client_loop(
     shared: Arc<Shared>,
     name: String,
@@ -264,36 +277,50 @@ async fn client_loop(
     let mut client: Option<Client> = None;
     while !shared.stop.is_cancelled() {
         let id = shared.ids.fetch_add(1, Ordering::Relaxed);
-        let kind = match does {
-            Does::Insert => OpKind::Insert { id },
+        let first = match does {
+            Does::Insert | Does::InsertThenRead => OpKind::Insert { id },
             Does::Append => OpKind::Append {
                 key: rng.i32(1..=KEYS),
                 id,
             },
         };
-        let start = shared.t0.elapsed();
-        let outcome = tokio::select! {
-            o = run_op(&mut client, &addr, &name, kind, &shared.servers) => o,
-            _ = shared.stop.cancelled() => {
-                Outcome::Unknown { message: "abandoned at the end of the run".into() }
+        let mut next = Some(first);
+        while let Some(kind) = next.take() {
+            if let OpKind::Read { .. } = kind {
+                // 0-50 ms after the insert: sometimes before a replica replayed it (the read
+                // must then go to the leader), sometimes after (it may go to the replica).
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..=50))).await;
             }
-        };
-        let end = shared.t0.elapsed();
-        if matches!(outcome, Outcome::Unknown { .. }) {
-            client = None;
+            let start = shared.t0.elapsed();
+            let outcome = tokio::select! {
+                o = run_op(&mut client, &addr, &name, kind, &shared.servers) => o,
+                _ = shared.stop.cancelled() => {
+                    Outcome::Unknown { message: "abandoned at the end of the run".into() }
+                }
+            };
+            let end = shared.t0.elapsed();
+            match outcome {
+                Outcome::Unknown { .. } => client = None,
+                Outcome::Ok { .. } if does == Does::InsertThenRead => {
+                    if let OpKind::Insert { id } = kind {
+                        next = Some(OpKind::Read { id });
+                    }
+                }
+                _ => {}
+            }
+            shared
+                .ops
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Op {
+                    client: name.clone(),
+                    channel: channel.clone(),
+                    kind,
+                    start,
+                    end,
+                    outcome,
+                });
         }
-        shared
-            .ops
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Op {
-                client: name.clone(),
-                channel: channel.clone(),
-                kind,
-                start,
-                end,
-                outcome,
-            });
         tokio::select! {
             _ = tokio::time::sleep(pace) => {}
             _ = shared.stop.cancelled() => {}
@@ -301,8 +328,10 @@ async fn client_loop(
     }
 }
 
-/// The statement of `kind`, returning the server's address, its WAL timeline and (for an append)
-/// the list read back.
+/// The statement of `kind`, returning the server's address, its WAL timeline (0 for a read, which
+/// may run on a replica) and (for an append) the list read back, (for a read) the ids seen. A read
+/// is a plain `SELECT` in autocommit calling only functions the auto port's classifier knows as
+/// read-only (`host()` is not among them, hence `split_part`), so it may go to a replica.
 fn sql(kind: OpKind, client: &str) -> String {
     const SERVER_COLUMNS: &str = "host(inet_server_addr()) || ':' || inet_server_port(), \
          substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8)";
@@ -312,6 +341,10 @@ fn sql(kind: OpKind, client: &str) -> String {
         ),
         OpKind::Append { key, id } => format!(
             "UPDATE nemesis_kv SET v = v || {id}::bigint WHERE k = {key} RETURNING {SERVER_COLUMNS}, v::text"
+        ),
+        OpKind::Read { id } => format!(
+            "SELECT split_part(inet_server_addr()::text, '/', 1) || ':' || inet_server_port(), '00000000', \
+             '{{' || coalesce(string_agg(id::text, ','), '') || '}}' FROM nemesis_log WHERE id = {id}"
         ),
     }
 }
