@@ -377,9 +377,16 @@ pub const LEADER_STATE_NAMES: &[&str] = &["transaction_read_only", "in_hot_stand
 /// `default_transaction_read_only` is the same everywhere and does not count).
 fn asks_for_leader_state(sql: &str) -> bool {
     let sql = sql.as_bytes();
-    LEADER_STATE_NAMES.iter().any(|name| {
-        sql.windows(name.len()).enumerate().any(|(i, w)| {
-            w.eq_ignore_ascii_case(name.as_bytes())
+    // One pass (this runs for every read the auto port routes): a name is compared only where a
+    // byte matches its first letter (`| 0x20` lowercases a letter and maps no other byte to one).
+    (0..sql.len()).any(|i| {
+        let first = sql[i] | 0x20;
+        LEADER_STATE_NAMES.iter().any(|name| {
+            let name = name.as_bytes();
+            first == name[0]
+                && sql
+                    .get(i..i + name.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(name))
                 && (i == 0 || !is_ident(sql[i - 1]))
                 && sql.get(i + name.len()).is_none_or(|&c| !is_ident(c))
         })
