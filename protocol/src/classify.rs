@@ -1109,6 +1109,8 @@ mod tests {
             ("SELECT current_setting('transaction_read_only')", Write),
             ("SHOW Transaction_Read_Only; SELECT 1", Write),
             ("SELECT current_setting('in_hot_standby')", Write),
+            ("SHOW IN_HOT_STANDBY", Write),
+            ("SELECT current_setting('xin_hot_standby')", Read),
             ("SELECT pg_is_in_recovery()", Read),
             ("SHOW default_transaction_read_only", Read),
             ("BEGIN READ ONLY", Begin { read_only: true }),

@@ -797,6 +797,14 @@ mod tests {
             ("SELECT * INTO TEMP t FROM x", true),
             ("select set_config('a.b', '1', false)", true),
             ("LISTEN x", true),
+            ("SELECT * INTO TeMp t FROM x", true),
+            ("SELECT 1 -- hOLd", true),
+            ("select pg_try_ADVISORY_lock(1)", true),
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+                false,
+            ),
+            ("SELECT 'se' || 'te' || 'ho' || 'ad'", false),
         ] {
             assert_eq!(may_hold_state(sql), may, "{sql}");
         }
