@@ -227,9 +227,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until something accepts TCP connections on `port`.
+/// Waits up to 30 s until something accepts TCP connections on `port`.
 async fn wait_listening(what: &str, port: u16, log: impl Fn() -> String) {
-    wait_for(what, Duration::from_secs(30), || async move {
+    wait_listening_for(what, port, Duration::from_secs(30), log).await
+}
+
+/// Waits up to `timeout` until something accepts TCP connections on `port`.
+async fn wait_listening_for(what: &str, port: u16, timeout: Duration, log: impl Fn() -> String) {
+    wait_for(what, timeout, || async move {
         TcpStream::connect(("127.0.0.1", port))
             .await
             .map(|_| ())

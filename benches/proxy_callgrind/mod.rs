@@ -31,7 +31,10 @@ use std::time::Duration;
 
 use praetor_harness::{as_postgres, free_port, wait_for, write_file, Process, WorkDir};
 
-use super::{env_or, pgbench_in, selected, start_proxy_via, wait_listening};
+use super::{env_or, pgbench_in, selected, start_proxy_via, wait_listening_for};
+
+/// How long a process started under valgrind on a loaded machine may take to listen.
+const VALGRIND_START: Duration = Duration::from_secs(300);
 
 /// One measured target: a port of a process running under callgrind.
 struct Target {
@@ -293,7 +296,7 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
             &extra,
             &prefix,
             Some(threads.to_string()),
-            Duration::from_secs(300),
+            VALGRIND_START,
         )
         .await;
         for (p, name) in ports.iter().zip(&names) {
@@ -346,7 +349,7 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
             .arg(&cfg);
         let haproxy = Process::spawn("haproxy", cmd, &dir.path().join("haproxy-callgrind.log"))
             .expect("start haproxy under valgrind");
-        wait_listening("haproxy", haproxy_port, || haproxy.log()).await;
+        wait_listening_for("haproxy", haproxy_port, VALGRIND_START, || haproxy.log()).await;
         let mut results = Vec::new();
         for protocol in &protocols {
             eprintln!("haproxy -M {protocol} ...");
@@ -389,7 +392,7 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
         )
         .expect("start pgbouncer under valgrind");
         let log = bouncer_dir.join("pgbouncer.log");
-        wait_listening("pgbouncer", bouncer_port, || {
+        wait_listening_for("pgbouncer", bouncer_port, VALGRIND_START, || {
             std::fs::read_to_string(&log).unwrap_or_default()
         })
         .await;
