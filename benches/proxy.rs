@@ -34,6 +34,13 @@
 //! `PRAETOR_BENCH_IDLE_RELEASE_MS` (the TPS proxy's `idle_release_ms`; its default when unset),
 //! `PRAETOR_BENCH_PIN` (`1`: PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1, which
 //! measures what a proxy adds when it does not take CPU from the database; unset: no pinning).
+//!
+//! `PRAETOR_BENCH_CALLGRIND=1` measures instead of all that each proxy's user-space instructions
+//! per transaction under valgrind's callgrind (repeatable on a loaded machine), with the Praetor
+//! proxy's top functions: see `proxy_callgrind/mod.rs`.
+
+#[path = "proxy_callgrind/mod.rs"]
+mod proxy_callgrind;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -220,9 +227,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until something accepts TCP connections on `port`.
+/// Waits up to 30 s until something accepts TCP connections on `port`.
 async fn wait_listening(what: &str, port: u16, log: impl Fn() -> String) {
-    wait_for(what, Duration::from_secs(30), || async move {
+    wait_listening_for(what, port, Duration::from_secs(30), log).await
+}
+
+/// Waits up to `timeout` until something accepts TCP connections on `port`.
+async fn wait_listening_for(what: &str, port: u16, timeout: Duration, log: impl Fn() -> String) {
+    wait_for(what, timeout, || async move {
         TcpStream::connect(("127.0.0.1", port))
             .await
             .map(|_| ())
@@ -295,13 +307,40 @@ async fn idle_cost(pid: u32, port: u16, n: usize) -> (u64, u64, f64) {
 }
 
 /// Starts `praetor proxy` against `etcd` with the given extra `praetor.proxy` YAML; returns the
-/// process and its (rw, auto, metrics) ports.
+/// process and its (rw, auto) ports.
 async fn start_proxy(
     binary: &Path,
     dir: &WorkDir,
     name: &str,
     etcd_port: u16,
     extra: &str,
+) -> (Process, u16, u16) {
+    let threads = std::env::var("PRAETOR_BENCH_PROXY_THREADS").ok();
+    start_proxy_via(
+        binary,
+        dir,
+        name,
+        etcd_port,
+        extra,
+        &[],
+        threads,
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// [`start_proxy`], run through `prefix` (a command and its arguments, such as valgrind; empty:
+/// none), with `--threads` when given, waiting up to `timeout` for it to route.
+#[allow(clippy::too_many_arguments)]
+async fn start_proxy_via(
+    binary: &Path,
+    dir: &WorkDir,
+    name: &str,
+    etcd_port: u16,
+    extra: &str,
+    prefix: &[String],
+    threads: Option<String>,
+    timeout: Duration,
 ) -> (Process, u16, u16) {
     let (rw, auto, metrics) = (free_port(), free_port(), free_port());
     let config = dir.path().join(format!("{name}.yml"));
@@ -312,36 +351,51 @@ async fn start_proxy(
         ),
     )
     .expect("write the proxy config");
-    let mut cmd = command(binary, Kind::Proxy);
-    cmd.arg("proxy").arg("-c").arg(&config);
-    if let Ok(threads) = std::env::var("PRAETOR_BENCH_PROXY_THREADS") {
-        cmd.arg("--threads").arg(threads);
-    }
-    cmd.env("RUST_LOG", "warn");
-    let process = Process::spawn(name, cmd, &dir.path().join(format!("{name}.log")))
-        .expect("start praetor proxy");
+    let spawn = || {
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => command(binary, Kind::Proxy),
+        };
+        cmd.arg("proxy").arg("-c").arg(&config);
+        if let Some(threads) = &threads {
+            cmd.arg("--threads").arg(threads);
+        }
+        cmd.env("RUST_LOG", "warn");
+        Process::spawn(name, cmd, &dir.path().join(format!("{name}.log")))
+            .expect("start praetor proxy")
+    };
+    let mut process = spawn();
     let addr = format!("127.0.0.1:{metrics}");
-    wait_for("the proxy's metrics", Duration::from_secs(30), || {
-        let addr = addr.clone();
-        async move { http_get(&addr, "/metrics").await.map(|_| ()) }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", process.log()));
+    let deadline = tokio::time::Instant::now() + timeout;
+    // A proxy slowed down (valgrind on a loaded machine) may give up on the DCS at its start
+    // (3 s): started again, a few times, until its metrics answer.
+    let mut starts = 1;
+    while http_get(&addr, "/metrics").await.is_err() {
+        if !process.is_running() && starts < 5 {
+            eprintln!("{name} exited before serving; starting it again");
+            process = spawn();
+            starts += 1;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("the proxy's metrics did not answer\n{}", process.log());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // Routable once it acknowledged its route in the DCS.
-    wait_for(
-        "the proxy to route",
-        Duration::from_secs(30),
-        || async move {
-            let c = tokio_postgres::connect(
-                &format!("host=127.0.0.1 port={rw} user=postgres dbname=postgres"),
-                tokio_postgres::NoTls,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            drop(c);
-            Ok(())
-        },
-    )
+    wait_for("the proxy to route", timeout, || async move {
+        let c = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={rw} user=postgres dbname=postgres"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        drop(c);
+        Ok(())
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", process.log()));
     (process, rw, auto)
@@ -432,6 +486,11 @@ fn main() {
         .await
         .expect("write the member");
         assert!(dcs.acquire_leader().await.expect("take the leader key"));
+        if std::env::var("PRAETOR_BENCH_CALLGRIND").is_ok_and(|v| v == "1") {
+            proxy_callgrind::run(&binary, &dir, port, etcd.port).await;
+            drop(dcs);
+            return;
+        }
 
         let tps_extra = match std::env::var("PRAETOR_BENCH_IDLE_RELEASE_MS") {
             Ok(ms) => format!("    idle_release_ms: {ms}\n"),

@@ -386,9 +386,16 @@ pub const LEADER_STATE_NAMES: &[&str] = &["transaction_read_only", "in_hot_stand
 /// `default_transaction_read_only` is the same everywhere and does not count).
 fn asks_for_leader_state(sql: &str) -> bool {
     let sql = sql.as_bytes();
-    LEADER_STATE_NAMES.iter().any(|name| {
-        sql.windows(name.len()).enumerate().any(|(i, w)| {
-            w.eq_ignore_ascii_case(name.as_bytes())
+    // One pass (this runs for every read the auto port routes): a name is compared only where a
+    // byte matches its first letter (`| 0x20` lowercases a letter and maps no other byte to one).
+    (0..sql.len()).any(|i| {
+        let first = sql[i] | 0x20;
+        LEADER_STATE_NAMES.iter().any(|name| {
+            let name = name.as_bytes();
+            first == name[0]
+                && sql
+                    .get(i..i + name.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(name))
                 && (i == 0 || !is_ident(sql[i - 1]))
                 && sql.get(i + name.len()).is_none_or(|&c| !is_ident(c))
         })
@@ -1124,6 +1131,8 @@ mod tests {
             ("SELECT current_setting('transaction_read_only')", Write),
             ("SHOW Transaction_Read_Only; SELECT 1", Write),
             ("SELECT current_setting('in_hot_standby')", Write),
+            ("SHOW IN_HOT_STANDBY", Write),
+            ("SELECT current_setting('xin_hot_standby')", Read),
             ("SELECT pg_is_in_recovery()", Read),
             ("SHOW default_transaction_read_only", Read),
             ("BEGIN READ ONLY", Begin { read_only: true }),

@@ -447,7 +447,8 @@ pub(crate) struct Pool {
     gauge: IntGauge,
     /// `server_idle_timeout` and `server_lifetime` (none: no limit).
     timeouts: Mutex<(Duration, Option<Duration>)>,
-    slots: Mutex<HashMap<(crate::topology::Backend, Bytes), Arc<Slots>>>,
+    /// Nested like [`IdleConns`], for the same reason.
+    slots: Mutex<HashMap<crate::topology::Backend, HashMap<Bytes, Arc<Slots>>>>,
 }
 
 impl Pool {
@@ -486,14 +487,20 @@ impl Pool {
     ) -> Option<Slot> {
         let slots = {
             let mut all = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            all.entry((backend.clone(), startup.clone()))
-                .or_insert_with(|| {
-                    Arc::new(Slots {
-                        places: Arc::new(tokio::sync::Semaphore::new(size)),
-                        returned: tokio::sync::Notify::new(),
+            match all.get(backend).and_then(|m| m.get(startup.as_ref())) {
+                Some(s) => s.clone(),
+                None => all
+                    .entry(backend.clone())
+                    .or_default()
+                    .entry(startup.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Slots {
+                            places: Arc::new(tokio::sync::Semaphore::new(size)),
+                            returned: tokio::sync::Notify::new(),
+                        })
                     })
-                })
-                .clone()
+                    .clone(),
+            }
         };
         loop {
             // Registered before looking, so that a return in between is not missed.
@@ -587,28 +594,29 @@ impl Pool {
             self.slots
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(&(conn.route.backend.clone(), startup.clone()))
+                .get(&conn.route.backend)
+                .and_then(|m| m.get(startup.as_ref()))
                 .cloned()
         });
         let mut idle = self.lock();
-        if !idle.contains_key(&conn.route.backend) {
-            idle.insert(conn.route.backend.clone(), HashMap::new());
+        // One lookup by reference (each hashes the whole StartupMessage, and this runs at the end
+        // of every unit); the keys are copied only for the first connection of a pool.
+        let list = idle
+            .get_mut(&conn.route.backend)
+            .and_then(|m| m.get_mut(startup.as_ref()));
+        match list {
+            Some(list) if list.len() >= limit => return,
+            Some(list) => list.push((conn, Instant::now())),
+            None if limit == 0 => return,
+            None => {
+                // A copy: a clone would make the session's own bytes shared (one more
+                // allocation each session keeps).
+                idle.entry(conn.route.backend.clone()).or_default().insert(
+                    Bytes::copy_from_slice(startup),
+                    vec![(conn, Instant::now())],
+                );
+            }
         }
-        let Some(by_startup) = idle.get_mut(&conn.route.backend) else {
-            return;
-        };
-        if !by_startup.contains_key(startup.as_ref()) {
-            // A copy: a clone would make the session's own bytes shared (one more allocation
-            // each session keeps).
-            by_startup.insert(Bytes::copy_from_slice(startup), Vec::new());
-        }
-        let Some(list) = by_startup.get_mut(startup.as_ref()) else {
-            return;
-        };
-        if list.len() >= limit {
-            return;
-        }
-        list.push((conn, Instant::now()));
         self.gauge.inc();
         drop(idle);
         if let Some(Some(s)) = slots {

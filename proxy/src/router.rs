@@ -183,7 +183,10 @@ impl Route {
 
     /// Records which database the connection serves (the first call wins).
     pub fn set_database(&self, database: &str) {
-        let _ = self.fence.signal.database.set(database.into());
+        // Copied only when not set yet (a pooled connection is routed again at every unit).
+        if self.fence.signal.database.get().is_none() {
+            let _ = self.fence.signal.database.set(database.into());
+        }
     }
 
     /// The connection's id: ids grow, so `RECONNECT` marks "older than now" with one number.
@@ -478,6 +481,12 @@ impl Router {
         drop(st);
         self.reconnected.store(true, Ordering::Release);
         self.stale_open(database)
+    }
+
+    /// Whether any `RECONNECT` ran (one atomic load): until one does, no connection is stale
+    /// ([`Router::is_stale`]), and callers need not work out a database name to ask.
+    pub fn any_reconnect(&self) -> bool {
+        self.reconnected.load(Ordering::Acquire)
     }
 
     /// Whether connection `id` of `database` was open at a `RECONNECT` that covers it.

@@ -214,14 +214,15 @@ pub(crate) fn may_hold_state(text: &str) -> bool {
         return true;
     }
     // One pass over the text (it runs for every Query and Parse): a word is compared only where
-    // a byte matches its first letter.
+    // two bytes match its first two letters (`| 0x20` lowercases a letter and maps no other
+    // byte to one; the comparison confirms).
     let bytes = text.as_bytes();
-    (0..bytes.len()).any(|i| {
-        let word: &[u8] = match bytes[i].to_ascii_lowercase() {
-            b'a' => b"advisory",
-            b's' => b"set_config",
-            b't' => b"temp",
-            b'h' => b"hold",
+    bytes.windows(2).enumerate().any(|(i, pair)| {
+        let word: &[u8] = match [pair[0] | 0x20, pair[1] | 0x20] {
+            [b'a', b'd'] => b"advisory",
+            [b's', b'e'] => b"set_config",
+            [b't', b'e'] => b"temp",
+            [b'h', b'o'] => b"hold",
             _ => return false,
         };
         bytes
@@ -803,6 +804,14 @@ mod tests {
             ("SELECT * INTO TEMP t FROM x", true),
             ("select set_config('a.b', '1', false)", true),
             ("LISTEN x", true),
+            ("SELECT * INTO TeMp t FROM x", true),
+            ("SELECT 1 -- hOLd", true),
+            ("select pg_try_ADVISORY_lock(1)", true),
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+                false,
+            ),
+            ("SELECT 'se' || 'te' || 'ho' || 'ad'", false),
         ] {
             assert_eq!(may_hold_state(sql), may, "{sql}");
         }

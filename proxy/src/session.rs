@@ -1836,11 +1836,8 @@ impl Session<'_> {
     /// Returns a released server connection to the pool, or closes it when a `RECONNECT` asked
     /// for new connections.
     fn give_back(&self, conn: Box<ServerConn>) {
-        if self
-            .shared
-            .router
-            .is_stale(conn.route.connection_id(), self.database())
-        {
+        let router = &self.shared.router;
+        if router.any_reconnect() && router.is_stale(conn.route.connection_id(), self.database()) {
             debug!(backend = %conn.route.backend, "closing a server connection: RECONNECT");
             return;
         }
@@ -1907,10 +1904,9 @@ impl Session<'_> {
         };
         // Keep the connection we have while it is still a good choice.
         if let Some(c) = self.conn_ref(side) {
-            let fresh = !self
-                .shared
-                .router
-                .is_stale(c.route.connection_id(), self.database());
+            let router = &self.shared.router;
+            let fresh = !(router.any_reconnect()
+                && router.is_stale(c.route.connection_id(), self.database()));
             if (fresh && self.shared.router.is_routable(&c.route.backend, want))
                 || self.units.pinned().map(|(s, _)| s) == Some(side)
             {

@@ -1,0 +1,519 @@
+//! `PRAETOR_BENCH_CALLGRIND=1`: instructions per transaction of each proxy, counted by valgrind's
+//! callgrind instead of timed (wall-clock and CPU seconds are noisy on a shared machine; instruction
+//! counts repeat within a percent or two under any load).
+//!
+//! Each proxy runs under `valgrind --tool=callgrind` in turn: the Praetor proxy (read-write port and
+//! auto port in `pool_mode: auto`, with its default session threads, then with `--threads 1`), the
+//! Praetor proxy in `pool_mode: transaction` (`pool_size` the clients + 2, as PgBouncer's pool,
+//! `max_prepared_statements: 100`), HAProxy (TCP mode, `nbthread` as the proxy's threads) and
+//! PgBouncer (transaction pooling; the binary `PRAETOR_PGBOUNCER` names, else `pgbouncer`; with
+//! `max_prepared_statements = 100` from 1.21 on). Per target and pgbench protocol: a warm-up run,
+//! then two measured runs of `pgbench -n -S -c C -j 2 -t T1` and `-t T2`, each between a
+//! `callgrind_control --zero` and a `--dump`; Ir/tx is the difference of their instruction counts
+//! over the difference of their transactions, so logins and connection set-up cancel out. Prints
+//! one table (Ir/tx and its ratio to PgBouncer's per protocol) and `callgrind_annotate`'s top
+//! functions (self cost) of the Praetor targets' measured runs.
+//!
+//! What it does not count: the kernel's instructions (the `recv`/`send` system calls, which are
+//! most of a TCP proxy's CPU: see README.md). Valgrind runs one thread at a time, so a
+//! multi-threaded proxy's count includes no parallel speed-up and no cross-thread cache effects;
+//! it still counts every instruction its threads run (wake-ups of another thread included).
+//!
+//! Environment: `PRAETOR_BENCH_CALLGRIND_TX` (2000: T2, transactions per client; T1 is a fifth of
+//! it), `PRAETOR_BENCH_CLIENTS` (its first value, 8), `PRAETOR_BENCH_CALLGRIND_PROTOCOLS`
+//! (`simple,prepared`), `PRAETOR_BENCH_TARGETS` (a subset of `proxy rw`, `proxy auto`, `proxy rw
+//! threads=1`, `proxy auto threads=1`, `proxy transaction`, `haproxy`, `pgbouncer`),
+//! `PRAETOR_BENCH_CALLGRIND_TOP` (15 functions).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use praetor_harness::{as_postgres, free_port, wait_for, write_file, Process, WorkDir};
+
+use super::{env_or, pgbench_in, selected, start_proxy_via, wait_listening_for};
+
+/// How long a process started under valgrind on a loaded machine may take to listen.
+const VALGRIND_START: Duration = Duration::from_secs(300);
+
+/// One measured target: a port of a process running under callgrind.
+struct Target {
+    name: String,
+    port: u16,
+}
+
+/// Instructions one process ran between a `--zero` and a `--dump` (the `totals:` line of the dump).
+async fn zero_run_dump(
+    pid: u32,
+    out_prefix: &Path,
+    run: impl FnOnce() -> Result<u64, String> + Send + 'static,
+) -> Result<(u64, u64, PathBuf), String> {
+    control(pid, &["--zero"])?;
+    let tx = tokio::task::spawn_blocking(run)
+        .await
+        .map_err(|e| e.to_string())??;
+    let before = dumps(out_prefix);
+    control(pid, &["--dump"])?;
+    let dump = wait_for("callgrind's dump", Duration::from_secs(120), || {
+        let fresh = dumps(out_prefix)
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .find_map(|p| totals(&p).map(|ir| (ir, p)));
+        async move { fresh.ok_or_else(|| "not written yet".to_string()) }
+    })
+    .await?;
+    Ok((dump.0, tx, dump.1))
+}
+
+/// Runs `callgrind_control ARGS PID`, as `postgres` when that user runs the process (vgdb's reply
+/// pipe must be one the process can open).
+fn control(pid: u32, args: &[&str]) -> Result<(), String> {
+    let mut cmd = Command::new("callgrind_control");
+    cmd.args(args).arg(pid.to_string());
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| {
+                    v.split_whitespace()
+                        .next()
+                        .and_then(|u| u.parse::<u32>().ok())
+                })
+        });
+    if uid.is_some() && uid == praetor_harness::postgres_ids().map(|(u, _)| u) {
+        as_postgres(&mut cmd);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run callgrind_control (valgrind's package): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "callgrind_control {args:?} {pid}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Kills `process` (run under valgrind) and removes the pipes valgrind's gdbserver left in `/tmp`
+/// for it (a killed valgrind does not).
+fn stop(mut process: Process) {
+    let pid = process.pid();
+    process.kill_group();
+    let infix = format!("-{pid}-by-");
+    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("vgdb-pipe-") && name.contains(&infix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The dump files written so far for `prefix` (`<prefix>.1`, `<prefix>.2`, ...).
+fn dumps(prefix: &Path) -> Vec<PathBuf> {
+    let dir = prefix.parent().unwrap_or(Path::new("."));
+    let stem = format!(
+        "{}.",
+        prefix.file_name().unwrap_or_default().to_string_lossy()
+    );
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&stem))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The instruction count on a complete dump's `totals:` (or `summary:`) line.
+fn totals(dump: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dump).ok()?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `valgrind --tool=callgrind` with its output under `dir` as `<label>.out`, as a command prefix.
+fn valgrind(dir: &Path, label: &str) -> (Vec<String>, PathBuf) {
+    let out = dir.join(format!("{}.out", label.replace(' ', "-")));
+    (
+        vec![
+            "valgrind".into(),
+            "--tool=callgrind".into(),
+            "--dump-instr=no".into(),
+            format!("--callgrind-out-file={}", out.display()),
+        ],
+        out,
+    )
+}
+
+/// `callgrind_annotate`'s `top` functions by self cost in `dump`, one per line.
+fn top_functions(dump: &Path, top: usize) -> String {
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=no", "--threshold=100"])
+        .arg(dump)
+        .output();
+    let text = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => return format!("cannot run callgrind_annotate: {e}"),
+    };
+    // The function lines follow the line of dashes after "Ir  file:function". A dump taken while
+    // threads are blocked charges the frames on their stacks (thread start, the runtime's
+    // `block_on`) with everything since the zeroing: those lines, at 50% or more, are left out.
+    text.lines()
+        .skip_while(|l| !l.contains("file:function"))
+        .skip(2)
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            let share = l
+                .split_once('(')
+                .and_then(|(_, r)| r.split_once('%'))
+                .and_then(|(v, _)| v.trim().parse::<f64>().ok());
+            share.is_some_and(|s| s < 50.0)
+        })
+        .take(top)
+        .map(|l| {
+            let l = strip_paths(l.trim_end());
+            let l = l.as_str();
+            // Rust's long generic names: keep the front, where the function is named.
+            match l.char_indices().nth(180) {
+                Some((i, _)) => format!("    {}...", &l[..i]),
+                None => format!("    {l}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The measured runs of one protocol against one target: Ir/tx, or why it failed.
+async fn measure(
+    pid: u32,
+    out_prefix: &Path,
+    port: u16,
+    clients: u64,
+    tx: (u64, u64),
+    protocol: &str,
+) -> Result<(f64, PathBuf), String> {
+    let args = |t: u64| -> Vec<String> {
+        [
+            "-n",
+            "-S",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &2.min(clients).to_string(),
+            "-t",
+            &t.to_string(),
+            "-M",
+            protocol,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |t: u64| {
+        let a = args(t);
+        move || pgbench_in(port, &a, Path::new(".")).map(|r| r.transactions)
+    };
+    // Warm-up: first logins, pools filled, lazily built state.
+    tokio::task::spawn_blocking(run(tx.0.div_ceil(4)))
+        .await
+        .map_err(|e| e.to_string())??;
+    let (ir1, tx1, _) = zero_run_dump(pid, out_prefix, run(tx.0)).await?;
+    let (ir2, tx2, dump) = zero_run_dump(pid, out_prefix, run(tx.1)).await?;
+    if tx2 <= tx1 {
+        return Err(format!("transactions {tx2} after {tx1}"));
+    }
+    Ok((ir2.saturating_sub(ir1) as f64 / (tx2 - tx1) as f64, dump))
+}
+
+/// The callgrind mode (see the module's docs): starts each target under callgrind, measures,
+/// prints. `port`: the PostgreSQL server; `etcd_port`: etcd holding a cluster it leads.
+pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16) {
+    let clients = std::env::var("PRAETOR_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.split(',').next().and_then(|c| c.trim().parse().ok()))
+        .unwrap_or(8u64)
+        .max(1);
+    let t2 = env_or("PRAETOR_BENCH_CALLGRIND_TX", 2000).max(10);
+    let tx = (t2 / 5, t2);
+    let top = env_or("PRAETOR_BENCH_CALLGRIND_TOP", 15) as usize;
+    let protocols: Vec<String> = std::env::var("PRAETOR_BENCH_CALLGRIND_PROTOCOLS")
+        .unwrap_or_else(|_| "simple,prepared".into())
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let default_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Written by processes running as `postgres` (PgBouncer) too.
+    let out_dir = dir.subdir("callgrind", 0o777).expect("callgrind dir");
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    // (name, Ir/tx per protocol or the error, the dump of the last protocol's measured run)
+    let mut rows: Vec<(String, Vec<Result<f64, String>>)> = Vec::new();
+    let mut profiles: Vec<(String, String, PathBuf)> = Vec::new();
+
+    // The Praetor proxy: (label, --threads, extra YAML, which of its ports to measure).
+    let praetor = [
+        ("proxy", default_threads, String::new(), &["rw", "auto"][..]),
+        ("proxy threads=1", 1, String::new(), &["rw", "auto"][..]),
+        (
+            "proxy transaction",
+            default_threads,
+            format!(
+                "    pool_mode: transaction\n    pool_size: {}\n    max_prepared_statements: 100\n",
+                clients + 2
+            ),
+            &["auto"][..],
+        ),
+    ];
+    for (label, threads, extra, ports) in praetor {
+        let names: Vec<String> = ports
+            .iter()
+            .map(|p| match (label, *p) {
+                ("proxy transaction", _) => "proxy transaction".to_string(),
+                (_, p) if threads == 1 => format!("proxy {p} threads=1"),
+                (_, p) => format!("proxy {p}"),
+            })
+            .collect();
+        if !names.iter().any(|n| selected("PRAETOR_BENCH_TARGETS", n)) {
+            continue;
+        }
+        let (prefix, out) = valgrind(&out_dir, label);
+        eprintln!("starting {label} under callgrind ...");
+        let (process, rw, auto) = start_proxy_via(
+            binary,
+            dir,
+            &label.replace([' ', '='], "-"),
+            etcd_port,
+            &extra,
+            &prefix,
+            Some(threads.to_string()),
+            VALGRIND_START,
+        )
+        .await;
+        for (p, name) in ports.iter().zip(&names) {
+            if !selected("PRAETOR_BENCH_TARGETS", name) {
+                continue;
+            }
+            let target = Target {
+                name: name.clone(),
+                port: if *p == "rw" { rw } else { auto },
+            };
+            let mut results = Vec::new();
+            for protocol in &protocols {
+                eprintln!("{} -M {protocol} ...", target.name);
+                let r = measure(process.pid(), &out, target.port, clients, tx, protocol).await;
+                match r {
+                    Ok((ir, dump)) => {
+                        eprintln!("{} -M {protocol}: {ir:.0} Ir/tx", target.name);
+                        if threads != 1 {
+                            profiles.push((target.name.clone(), protocol.clone(), dump));
+                        }
+                        results.push(Ok(ir));
+                    }
+                    Err(e) => {
+                        eprintln!("{} -M {protocol}: {e}", target.name);
+                        results.push(Err(first_line(&e)));
+                    }
+                }
+            }
+            rows.push((target.name, results));
+        }
+        stop(process);
+    }
+
+    if selected("PRAETOR_BENCH_TARGETS", "haproxy") {
+        let haproxy_port = free_port();
+        let cfg = dir.path().join("haproxy-callgrind.cfg");
+        write_file(
+            &cfg,
+            &format!(
+                "global\n  maxconn 8000\n  nbthread {default_threads}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nlisten pg\n  bind 127.0.0.1:{haproxy_port}\n  server pg 127.0.0.1:{port}\n"
+            ),
+        )
+        .unwrap();
+        let (prefix, out) = valgrind(&out_dir, "haproxy");
+        let mut cmd = Command::new(&prefix[0]);
+        cmd.args(&prefix[1..])
+            .arg("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg);
+        let haproxy = Process::spawn("haproxy", cmd, &dir.path().join("haproxy-callgrind.log"))
+            .expect("start haproxy under valgrind");
+        wait_listening_for("haproxy", haproxy_port, VALGRIND_START, || haproxy.log()).await;
+        let mut results = Vec::new();
+        for protocol in &protocols {
+            eprintln!("haproxy -M {protocol} ...");
+            let r = measure(haproxy.pid(), &out, haproxy_port, clients, tx, protocol).await;
+            results.push(r.map(|(ir, _)| ir).map_err(|e| first_line(&e)));
+        }
+        rows.push(("haproxy".into(), results));
+        stop(haproxy);
+    }
+
+    let mut bouncer_version = String::new();
+    if selected("PRAETOR_BENCH_TARGETS", "pgbouncer") {
+        let program = std::env::var("PRAETOR_PGBOUNCER").unwrap_or_else(|_| "pgbouncer".into());
+        bouncer_version = pgbouncer_version(&program);
+        let tracks = version_at_least(&bouncer_version, (1, 21));
+        let bouncer_port = free_port();
+        let bouncer_dir = dir.subdir("pgbouncer-callgrind", 0o755).unwrap();
+        write_file(&bouncer_dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        write_file(
+            &bouncer_dir.join("pgbouncer.ini"),
+            &format!(
+                "[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {bouncer_port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {auth}\npool_mode = transaction\nmax_client_conn = 1000\ndefault_pool_size = {pool}\n{prepared}logfile = {log}\npidfile =\n",
+                auth = bouncer_dir.join("userlist.txt").display(),
+                pool = clients + 2,
+                prepared = if tracks { "max_prepared_statements = 100\n" } else { "" },
+                log = bouncer_dir.join("pgbouncer.log").display(),
+            ),
+        )
+        .unwrap();
+        let (prefix, out) = valgrind(&out_dir, "pgbouncer");
+        let mut cmd = Command::new(&prefix[0]);
+        cmd.args(&prefix[1..])
+            .arg(&program)
+            .arg(bouncer_dir.join("pgbouncer.ini"));
+        as_postgres(&mut cmd);
+        let pgbouncer = Process::spawn(
+            "pgbouncer",
+            cmd,
+            &dir.path().join("pgbouncer-callgrind.out"),
+        )
+        .expect("start pgbouncer under valgrind");
+        let log = bouncer_dir.join("pgbouncer.log");
+        wait_listening_for("pgbouncer", bouncer_port, VALGRIND_START, || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        })
+        .await;
+        let mut results = Vec::new();
+        for protocol in &protocols {
+            eprintln!("pgbouncer -M {protocol} ...");
+            let r = measure(pgbouncer.pid(), &out, bouncer_port, clients, tx, protocol).await;
+            results.push(r.map(|(ir, _)| ir).map_err(|e| first_line(&e)));
+        }
+        rows.push(("pgbouncer".into(), results));
+        stop(pgbouncer);
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    println!();
+    println!(
+        "callgrind: user-space instructions (Ir) per transaction, pgbench -n -S -c {clients} -j {} -t {} minus -t {} (warmed up); valgrind runs a process's threads one at a time; the kernel's instructions are not counted; PgBouncer: {bouncer_version}",
+        2.min(clients),
+        tx.1,
+        tx.0
+    );
+    println!(
+        "load average before: {}; after: {} (instruction counts do not depend on it)",
+        load_before
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        load_after
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    print!("| target |");
+    for p in &protocols {
+        print!(" Ir/tx -M {p} | x PgBouncer |");
+    }
+    println!();
+    println!("|---|{}", "---|---|".repeat(protocols.len()));
+    let bouncer = rows
+        .iter()
+        .find(|(n, _)| n == "pgbouncer")
+        .map(|(_, r)| r.clone());
+    for (name, results) in &rows {
+        print!("| {name} |");
+        for (i, r) in results.iter().enumerate() {
+            let base = bouncer
+                .as_ref()
+                .and_then(|b| b.get(i))
+                .and_then(|b| b.as_ref().ok());
+            match (r, base) {
+                (Ok(ir), Some(b)) => print!(" {ir:.0} | {:.2}x |", ir / b),
+                (Ok(ir), None) => print!(" {ir:.0} | - |"),
+                (Err(e), _) => print!(" failed: {e} | - |"),
+            }
+        }
+        println!();
+    }
+    for (name, protocol, dump) in &profiles {
+        println!();
+        println!(
+            "{name}, -M {protocol}: top {top} functions by self cost (Ir) over the -t {} run ({})",
+            tx.1,
+            dump.display()
+        );
+        println!("{}", top_functions(dump, top));
+    }
+}
+
+/// `line` without the long directory prefixes of Cargo's registry and the Rust library sources.
+fn strip_paths(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    for word in line.split_inclusive(' ') {
+        let w = match (word.find("/src/index.crates.io-"), word.find("/library/")) {
+            (Some(i), _) => word[i..]
+                .split_once('/')
+                .and_then(|(_, r)| r.split_once('/'))
+                .and_then(|(_, r)| r.split_once('/'))
+                .map_or(word, |(_, r)| r),
+            (None, Some(i)) if word.contains("/rustc/") => &word[i + "/library/".len()..],
+            _ => word,
+        };
+        out.push_str(w);
+    }
+    out
+}
+
+fn first_line(e: &str) -> String {
+    e.lines()
+        .find(|l| l.contains("error") || l.contains("ERROR"))
+        .or_else(|| e.lines().next())
+        .unwrap_or("")
+        .chars()
+        .take(100)
+        .collect()
+}
+
+/// `program --version`'s first line (`PgBouncer 1.18.0`), or empty.
+fn pgbouncer_version(program: &str) -> String {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a `PgBouncer X.Y.Z` version line is at least `min` (major, minor).
+fn version_at_least(version: &str, min: (u32, u32)) -> bool {
+    version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .is_some_and(|v| v >= min)
+}
