@@ -21,14 +21,17 @@ pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
     let tags = &v["tags"];
     let running = v["state"].as_str() == Some("running");
     let role = v["role"].as_str().unwrap_or("");
+    // A stopped member that diverged answers its switch point (see `ha::diverged_vote`).
+    let diverged_at = xlog["diverged_at"].as_u64().filter(|_| !running);
     PeerStatus {
         name: name.to_string(),
         is_running_primary: running && (role == "primary" || role == "master"),
         is_running: running,
-        wal_position: position,
+        wal_position: diverged_at.unwrap_or(position),
         timeline: v["timeline"].as_u64().unwrap_or(0) as u32,
         nofailover: tags["nofailover"].as_bool().unwrap_or(false),
         failover_priority: tags["failover_priority"].as_i64().unwrap_or(1),
+        diverged: diverged_at.is_some(),
     }
 }
 
@@ -85,5 +88,35 @@ mod tests {
         let stopped = serde_json::json!({"state": "stopped", "role": "replica", "tags": {"nofailover": true}});
         let s = peer_status_from_json("pg3", &stopped);
         assert!(!s.is_eligible());
+        assert!(!s.diverged);
+    }
+
+    /// A stopped member that diverged publishes its timeline and switch point in `/patroni`, and
+    /// the race reads them back as a vote-capable, never eligible, peer.
+    #[test]
+    fn a_stopped_diverged_member_answers_its_switch_point() {
+        let st = crate::api::NodeStatus {
+            name: "pg3".into(),
+            state: praetor_dcs::MemberState::Stopped,
+            diverged: Some((1, 5000)),
+            ..Default::default()
+        };
+        let p = peer_status_from_json("pg3", &st.patroni_json());
+        assert!(p.diverged && !p.is_running && !p.is_eligible());
+        assert_eq!((p.timeline, p.wal_position), (1, 5000));
+        let not_diverged = crate::api::NodeStatus {
+            state: praetor_dcs::MemberState::Stopped,
+            ..st
+        };
+        let p = peer_status_from_json(
+            "pg3",
+            &crate::api::NodeStatus {
+                diverged: None,
+                ..not_diverged
+            }
+            .patroni_json(),
+        );
+        assert!(!p.diverged);
+        assert_eq!(p.wal_position, 0);
     }
 }

@@ -2047,6 +2047,10 @@ impl Runner {
             loop_wait: self.dynamic.loop_wait,
             failsafe_active: self.failsafe_active,
             failsafe_mode: self.dynamic.failsafe_mode,
+            diverged: self.last_view.as_ref().and_then(|v| {
+                let history = v.history.as_ref().map_or(&[][..], |h| &h.value[..]);
+                ha::diverged_vote(&obs.postgres, history)
+            }),
         };
         self.status_tx.send_replace(Arc::new(status));
     }

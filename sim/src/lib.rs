@@ -38,9 +38,13 @@
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
 //! guard with [`ha::demote_deadline_ms`], the next cycle's wait, the bounded DCS calls). Not modelled
 //! (their rules are not exercised here): bootstrap and clone (the cluster starts initialized), slots,
-//! failsafe mode, pause, cascading replication and tags other than `nofailover` (a third of the
+//! pause, cascading replication and tags other than `nofailover` (a third of the
 //! seeds with 3-4 members tag one member; [`Violation::NofailoverPromoted`]), permanent data loss, and the
-//! REST API's wire format, clock skew between hosts (one clock; etcd leases are server-side). The
+//! REST API's wire format (a stopped member that diverged answers its switch point, as the agent's
+//! `/patroni` does: [`ha::diverged_vote`]). Failsafe mode only with [`Options::failsafe`]: the
+//! leader's `POST /failsafe` round to the members of the `failsafe` key, each answering with
+//! [`ha::failsafe::answer`] from its own last view, [`Action::KeepLeadingInFailsafe`] renewing from
+//! the round, the runner's deadline guard standing aside in failsafe mode, clock skew between hosts (one clock; etcd leases are server-side). The
 //! proxy handshake's order (close the former leader's connections, acknowledge, then route) is
 //! mirrored from `proxy/src/server.rs`, not called (it lives in the proxy's async task); its timings
 //! are the proxy's pure functions ([`praetor_proxy::heartbeat_interval`],
@@ -158,6 +162,7 @@ pub enum Violation {
         /// The member.
         member: String,
     },
+
     /// `decide` returned an action the simulation does not expect in this cluster (a modelling
     /// gap, or a rule that fired where it must not: bootstrap, clone, data removal, fatal error).
     Unexpected {
@@ -184,6 +189,11 @@ pub struct Options {
     /// for the proxies to leave the former leader, which [`Violation::PromotedBeforeProxyLeft`]
     /// must catch.
     pub await_proxies: bool,
+    /// Draw `failsafe_mode` in a third of the seeds (with the members' `POST /failsafe` round
+    /// modelled). Off by default while its open finding stands (README, Simulation; seed 978:
+    /// a leader kept by failsafe mode outlives its lease while a member that still reads the DCS
+    /// takes over); `praetor-sim --failsafe` runs with it.
+    pub failsafe: bool,
 }
 
 impl Default for Options {
@@ -192,6 +202,7 @@ impl Default for Options {
             watchdog: true,
             check_async_commits: false,
             await_proxies: true,
+            failsafe: false,
         }
     }
 }
@@ -364,6 +375,14 @@ struct Agent {
     /// last observation, and set before a promotion or a start as primary. The demotion deadline
     /// stops (guard, cycle start, thaw) and hurries (DCS call bounds) only such a PostgreSQL.
     may_write: bool,
+    /// The last cluster view this agent read (its `/patroni` and `POST /failsafe` answers use it).
+    last_view: Option<Cluster>,
+    /// The last cycle ran without the DCS and every failsafe member confirmed this leader.
+    failsafe_active: bool,
+    /// A DCS call failed since the start of this cycle.
+    dcs_failed: bool,
+    /// When the last failsafe confirmation round began (ms).
+    failsafe_asked_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -530,6 +549,9 @@ const TRACE_TAIL: usize = 400;
 impl Sim {
     fn new(seed: u64, tracing: bool, opts: Options) -> Sim {
         let mut rng = Rng::new(seed);
+        // Failsafe mode is drawn apart from `rng`, so that seeds without it replay the schedules
+        // they had before it was modelled.
+        let mut side = Rng::new(seed ^ 0xFA11_5AFE);
         let n = [2, 3, 3, 3, 4][rng.pick(5)];
         let np = 1 + rng.pick(2);
         let (ttl, loop_wait, retry) = [(30, 10, 10), (20, 5, 5), (15, 5, 5)][rng.pick(3)];
@@ -545,6 +567,9 @@ impl Sim {
                 _ => SyncMode::On,
             },
             synchronous_mode_strict: mode == 2,
+            // A third of the seeds run in failsafe mode, drawn apart from the main generator so
+            // that every other seed replays the schedule it had before failsafe mode was modelled.
+            failsafe_mode: side.chance(33) && opts.failsafe,
             primary_start_timeout: 300,
             ..DynamicConfig::default()
         };
@@ -590,6 +615,10 @@ impl Sim {
                 wd_fed: 0,
                 wd_kernel: i == 0 && opts.watchdog,
                 may_write: true,
+                last_view: None,
+                failsafe_active: false,
+                dcs_failed: false,
+                failsafe_asked_ms: None,
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -689,6 +718,11 @@ impl Sim {
             if d.synchronous_mode_strict { " strict" } else { "" },
             faults_until
         );
+        let line = if d.failsafe_mode {
+            format!("{line}, failsafe_mode")
+        } else {
+            line
+        };
         let line = match sim.nofailover {
             Some(m) => format!("{line}, pg{m} tagged nofailover"),
             None => line,
@@ -1171,11 +1205,14 @@ impl Sim {
 
     fn start_cycle(&mut self, i: usize) {
         let wd = self.wd_timeout(i);
+        let dcs_failed = std::mem::take(&mut self.agents[i].dcs_failed);
+        let failsafe_round_first =
+            self.agents[i].failsafe_active || (self.dynamic.failsafe_mode && dcs_failed);
         if ha::past_demote_deadline(
             self.agents[i].lock_renewed_ms,
             &self.dynamic,
             wd,
-            false,
+            failsafe_round_first,
             self.now,
         ) {
             self.agents[i].lock_renewed_ms = None;
@@ -1199,6 +1236,7 @@ impl Sim {
         let (view, delay) = if self.dcs_ok(i) {
             (Some(self.dcs.view(self.now)), self.latency())
         } else {
+            self.agents[i].dcs_failed = true;
             (None, self.dcs_timeout(i))
         };
         self.agents[i].phase = Phase::Reading { view };
@@ -1206,25 +1244,105 @@ impl Sim {
         self.schedule(delay, Ev::Cycle(i, t));
     }
 
+    /// The runner's failsafe round (`failsafe_check`): with the DCS unreachable, `failsafe_mode`
+    /// on and this member a running primary that led in the last view it read, it asks every
+    /// other member of that view's `failsafe` key (`POST /failsafe`); each reachable member
+    /// answers with the agent's own rule ([`ha::failsafe::answer`], from its own last view).
+    /// `Some(true)` when all accepted, `None` when no round applies.
+    fn failsafe_round(
+        &mut self,
+        i: usize,
+        view: Option<&Cluster>,
+        postgres: &Postgres,
+    ) -> Option<bool> {
+        if view.is_some() || !self.dynamic.failsafe_mode {
+            return None;
+        }
+        if !postgres.running().is_some_and(|r| r.is_primary) {
+            return None;
+        }
+        let me = self.agents[i].name.clone();
+        let last = self.agents[i].last_view.as_ref()?;
+        if last.leader.as_ref().map(|l| l.name.as_str()) != Some(me.as_str()) {
+            return None;
+        }
+        let members = ha::failsafe::members_to_ask(last, &me);
+        self.agents[i].failsafe_asked_ms = Some(self.now);
+        let Some(members) = members else {
+            return Some(false);
+        };
+        let mut accepted = 0;
+        let mut refused = vec![];
+        for (name, _) in &members {
+            let answer = self.index(name).filter(|&j| {
+                let a = &self.agents[j];
+                self.link_ok(i, j) && a.alive && a.frozen_until <= self.now
+            });
+            let answer = answer.map(|j| {
+                let last_leader = self.agents[j]
+                    .last_view
+                    .as_ref()
+                    .and_then(|v| v.leader.as_ref())
+                    .map(|l| l.name.as_str());
+                ha::failsafe::answer(
+                    self.dynamic.failsafe_mode,
+                    self.accepts_writes(j),
+                    last_leader,
+                    &me,
+                )
+            });
+            if answer == Some(ha::failsafe::FailsafeAnswer::Accepted) {
+                accepted += 1;
+            } else {
+                refused.push(name.clone());
+            }
+        }
+        let confirmed = refused.is_empty();
+        self.log(format!(
+            "{me}: failsafe round: {accepted} of {} accepted{}",
+            members.len(),
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!(", not {refused:?}")
+            }
+        ));
+        Some(confirmed)
+    }
+
     fn peers(&self, i: usize, view: &Cluster) -> Vec<PeerStatus> {
         let mut out = vec![];
+        // Whom the race asks: the member keys, and in failsafe mode the `failsafe` key's members
+        // whose keys expired during an outage (the agent's own rule).
+        let contacts =
+            ha::failsafe::race_contacts(view, &self.agents[i].name, self.dynamic.failsafe_mode);
         for j in 0..self.n() {
             if j == i || !self.link_ok(i, j) {
                 continue;
             }
             let a = &self.agents[j];
-            if !a.alive || a.frozen_until > self.now || view.member(&a.name).is_none() {
+            if !a.alive || a.frozen_until > self.now || !contacts.iter().any(|(n, _)| *n == a.name)
+            {
                 continue;
             }
             let pg = &self.pgs[j];
+            // A stopped member that diverged answers its switch point (the agent's `/patroni`,
+            // from its pg_controldata and the `history` of the cluster view it last read).
+            let history = view.history.as_ref().map_or(&[][..], |h| &h.value[..]);
+            let diverged = if a.task.is_none() {
+                ha::diverged_vote(&self.observe(j).1, history)
+            } else {
+                None
+            };
             out.push(PeerStatus {
                 name: a.name.clone(),
                 is_running_primary: pg.writable(),
                 is_running: pg.running() && a.task.is_none(),
-                wal_position: pg.lsn(),
-                timeline: pg.tl(),
+                wal_position: diverged.map_or(pg.lsn(), |(_, at)| at),
+                timeline: diverged.map_or(pg.tl(), |(tl, _)| tl),
                 nofailover: self.nofailover == Some(j),
                 failover_priority: 1,
+                diverged: diverged.is_some(),
             });
         }
         out
@@ -1233,6 +1351,7 @@ impl Sim {
     fn decide_and_act(&mut self, i: usize, view: Option<Cluster>) {
         let me = self.agents[i].name.clone();
         if let Some(v) = &view {
+            self.agents[i].last_view = Some(v.clone());
             let holds = v.leader.as_ref().is_some_and(|l| l.name == me);
             if !holds {
                 self.agents[i].lock_renewed_ms = None;
@@ -1251,6 +1370,8 @@ impl Sim {
         } else {
             None
         };
+        let failsafe_confirmed = self.failsafe_round(i, view.as_ref(), &postgres);
+        self.agents[i].failsafe_active = failsafe_confirmed == Some(true);
         let a = &self.agents[i];
         let local = LocalState {
             data,
@@ -1273,7 +1394,7 @@ impl Sim {
             remote_recovery: None,
             unfenced: a.unfenced.clone(),
             failed_task: a.failed_task,
-            failsafe_confirmed: None,
+            failsafe_confirmed,
             proxies_wait_began_ms: a
                 .proxies_wait_since
                 .as_ref()
@@ -1630,8 +1751,17 @@ impl Sim {
                 self.schedule(took, Ev::Task(i, t));
                 (false, 1)
             }
-            Action::KeepLeadingInFailsafe
-            | Action::RaceInitialize
+            Action::KeepLeadingInFailsafe => {
+                // The confirmation counts as a renewal from the instant the round began, and
+                // feeds the watchdog (the runner's `keep_leading_in_failsafe`).
+                let at = self.agents[i].failsafe_asked_ms;
+                self.set_lock_renewed(i, at);
+                if self.agents[i].wd_armed {
+                    self.agents[i].wd_fed = now;
+                }
+                (true, 1)
+            }
+            Action::RaceInitialize
             | Action::Bootstrap
             | Action::CreateInitialize { .. }
             | Action::PublishInitialize { .. }
@@ -1650,6 +1780,9 @@ impl Sim {
             }
         };
         if !done {
+            if !ok && is_dcs_call(&action) {
+                self.agents[i].dcs_failed = true;
+            }
             actions.clear();
             self.log(format!("{me}: {action:?} not done: end of the list"));
         }
@@ -1777,6 +1910,11 @@ impl Sim {
         }
         let a = &self.agents[i];
         if !a.alive || self.deadline(i) != Some(deadline) {
+            return;
+        }
+        if self.dynamic.failsafe_mode {
+            // The runner's guard leaves the deadline to the loop in failsafe mode: the loop's
+            // failsafe round may keep the primary (see `deadline_guard`).
             return;
         }
         if self.pgs[i].running() && a.may_write {
@@ -1912,6 +2050,10 @@ impl Sim {
         a.primary_start_began_ms = None;
         a.unfenced = None;
         a.wd_armed = false;
+        a.last_view = None;
+        a.failsafe_active = false;
+        a.dcs_failed = false;
+        a.failsafe_asked_ms = None;
         let t = a.token;
         let d = self.rng.range(500, 3000);
         self.schedule(d, Ev::Cycle(i, t));
@@ -2175,6 +2317,7 @@ impl Sim {
         if self.deadline(m).is_some_and(|d| self.now >= d)
             && self.pgs[m].running()
             && self.agents[m].may_write
+            && !self.dynamic.failsafe_mode
         {
             self.stop_pg(m, StopMode::Immediate, "deadline guard on the thaw");
         }
@@ -2305,6 +2448,23 @@ impl Sim {
             switchover_fallbacks: self.switchover_fallbacks,
         }
     }
+}
+
+/// The actions that are DCS calls (a failure while the DCS is unreachable marks the cycle's DCS
+/// call as failed, for the next cycle's failsafe round).
+fn is_dcs_call(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::AcquireLeader
+            | Action::RenewLeader
+            | Action::ReleaseLeader
+            | Action::WriteSync(_)
+            | Action::WriteStatus
+            | Action::WriteLastLsn
+            | Action::UpdateHistory
+            | Action::ClearFailover(_)
+            | Action::WriteFailsafe(_)
+    )
 }
 
 /// Runs one seed. With `trace`, the report holds every event; otherwise the last few hundred.

@@ -3,6 +3,7 @@
 //! ```text
 //! praetor-sim --seeds 10000 [--from 0]   # run seeds from..from+N, print seeds/minute, fail on a violation
 //! praetor-sim --seed 42 --trace          # replay one seed with its full trace
+//! praetor-sim --failsafe ...             # also draw failsafe_mode (a third of the seeds)
 //! ```
 
 use std::process::ExitCode;
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
     let mut one: Option<u64> = None;
     let mut trace = false;
     let mut keep_going = false;
+    let mut opts = praetor_sim::Options::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut num = |name: &str| -> u64 {
@@ -29,14 +31,15 @@ fn main() -> ExitCode {
             "--seed" => one = Some(num("--seed")),
             "--trace" => trace = true,
             "--keep-going" => keep_going = true,
+            "--failsafe" => opts.failsafe = true,
             other => {
-                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] | --seed S [--trace]");
+                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--failsafe] | --seed S [--trace] [--failsafe]");
                 return ExitCode::from(2);
             }
         }
     }
     if let Some(s) = one {
-        let r = praetor_sim::run_seed(s, trace);
+        let r = praetor_sim::run_seed_with(s, trace, opts);
         if trace || r.violation.is_some() {
             print!("{}", praetor_sim::explain(&r));
         }
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
     // Time from the heal to a routed writable leader, as a fraction of ttl + loop_wait.
     let mut recovery: Vec<f64> = vec![];
     for s in from..from + seeds {
-        let r = praetor_sim::run_seed(s, false);
+        let r = praetor_sim::run_seed_with(s, false, opts);
         acked += r.acked;
         promotions += r.promotions;
         events += r.events;

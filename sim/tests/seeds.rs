@@ -123,6 +123,22 @@ fn regression_seed_4957_quorum_key_leader_promoted_without_votes_and_lost_commit
     assert_clean(4957);
 }
 
+/// Quorum mode: two members diverged (each held WAL past a timeline switch) and stayed stopped,
+/// as no leader could rewind them; a stopped member gave no vote, so the third, which needed one,
+/// never promoted: no leader after the heal. Fixed with `ha::diverged_vote`: a stopped member
+/// that diverged votes at its switch point (its WAL past it holds no acknowledged commit), and
+/// a vote compares (timeline, LSN).
+#[test]
+fn regression_seed_9506_quorum_diverged_stopped_members_gave_no_vote() {
+    assert_clean(9506);
+}
+
+/// Quorum mode: as seed 9,506.
+#[test]
+fn regression_seed_13377_quorum_diverged_stopped_members_gave_no_vote() {
+    assert_clean(13377);
+}
+
 /// `nofailover` (drawn by the seeds since): the `sync` key listed only the member tagged
 /// `nofailover`; once the leader lost its lock nobody could promote. Fixed in `sync` (the key's
 /// leader races when the key lists only `nofailover` members; a promotable standby is preferred

@@ -83,6 +83,10 @@ pub struct NodeStatus {
     pub failsafe_active: bool,
     /// `failsafe_mode` in force (dynamic configuration): `POST /failsafe` answers 502 without it.
     pub failsafe_mode: bool,
+    /// PostgreSQL is stopped and its data directory diverged from the cluster's history: its
+    /// timeline and the switch point (bytes) where the cluster left it ([`crate::ha::diverged_vote`]),
+    /// published in `/patroni` as `timeline` and `xlog.diverged_at` for other members' quorum votes.
+    pub diverged: Option<(u32, u64)>,
 }
 
 impl NodeStatus {
@@ -175,6 +179,9 @@ impl NodeStatus {
                     v["replication"] = json!(s.replication);
                 }
             }
+        } else if let Some((timeline, switch_lsn)) = self.diverged {
+            v["timeline"] = json!(timeline);
+            v["xlog"] = json!({ "diverged_at": switch_lsn });
         }
         if let Some(t) = self.dcs_last_seen {
             v["dcs_last_seen"] = json!(t);

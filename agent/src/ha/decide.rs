@@ -956,18 +956,19 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     let mut exclude = None;
     let mut i_am_candidate = false;
     // Under synchronous replication only the members the `sync` key allows can take the lock (see
-    // `sync::may_promote`): the others cannot be waited for. In quorum mode a key listing no voter
-    // allows its leader alone (votes are counted by the member itself); waiting for another member
-    // left the cluster without a leader (the simulation's seed 85).
+    // `sync::may_promote`): the others cannot be waited for. In quorum mode that is a member that
+    // can gather its votes, as far as this member sees: from the other members that answered and
+    // from this member itself (`sync::could_promote`). Waiting for a member that cannot left the
+    // cluster without a leader: a key listing no voter allows its leader alone (the simulation's
+    // seed 85), and a switchover candidate left on an older timeline gets no vote from members on
+    // the newer one (seed 13,377: the former leader stepped down for it, the others waited).
     let sync_allows = |name: &str| {
         let Some(s) = view.sync.as_ref().map(|s| &s.value) else {
             return true;
         };
         match cfg.dynamic.synchronous_mode {
             praetor_config::SyncMode::On => sync::listed_may_promote(view, s, name),
-            praetor_config::SyncMode::Quorum => {
-                s.leader.as_deref() == Some(name) || !s.members().is_empty()
-            }
+            praetor_config::SyncMode::Quorum => sync::could_promote(view, cfg, r, peers, name),
             _ => true,
         }
     };
@@ -1076,7 +1077,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
             .collect(),
         None => peers.to_vec(),
     };
-    if let Err(reason) = sync::may_promote(view, cfg, r.wal_position, peers) {
+    if let Err(reason) = sync::may_promote(view, cfg, r.timeline, r.wal_position, peers) {
         return not_racing(reason);
     }
     if !i_am_candidate {

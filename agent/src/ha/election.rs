@@ -21,6 +21,11 @@ pub struct PeerStatus {
     pub nofailover: bool,
     /// `failover_priority` (default 1): higher wins ties.
     pub failover_priority: i64,
+    /// Its PostgreSQL is stopped and its data directory diverged from the cluster's history (it
+    /// holds WAL past the point where the cluster left its timeline; see [`super::diverged_vote`]):
+    /// `timeline` is that timeline and `wal_position` the switch point. Such a member cannot be
+    /// promoted, but it still votes in a quorum election ([`super::sync::may_promote`]).
+    pub diverged: bool,
 }
 
 impl PeerStatus {
@@ -82,6 +87,7 @@ mod tests {
             timeline: 1,
             nofailover: false,
             failover_priority: prio,
+            diverged: false,
         }
     }
 

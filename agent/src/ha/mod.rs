@@ -26,7 +26,7 @@ mod tests;
 pub use decide::decide;
 pub use election::{is_healthiest, PeerStatus};
 pub use reason::Reason;
-pub use rejoin::{rejoin_plan, RejoinPlan};
+pub use rejoin::{diverged_vote, rejoin_plan, RejoinPlan};
 
 use praetor_config::{DynamicConfig, Tags};
 pub use praetor_dcs::Cluster;

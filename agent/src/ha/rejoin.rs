@@ -85,6 +85,27 @@ pub fn diverged_at(cd: &ControlData, history: &[HistoryEntry]) -> Option<u64> {
     diverged.then_some(e.lsn)
 }
 
+/// What a stopped member whose data directory diverged from the cluster's history answers for a
+/// quorum vote ([`super::PeerStatus::diverged`]): its timeline and the switch point (bytes) where
+/// the cluster left that timeline, per the DCS `history`. `None` when PostgreSQL is not stopped,
+/// pg_controldata is unreadable, or it did not diverge (then its end of WAL is unknown while
+/// stopped: a replica may have received and confirmed WAL past its last restartpoint).
+///
+/// Why a diverged member may vote: its WAL up to the switch point is the cluster's history, shared
+/// by every later timeline; its WAL past that point holds no commit acknowledged under synchronous
+/// replication, since the member promoted at the switch point held every acknowledged commit (the
+/// rule this vote serves), so none lay beyond it. A candidate at or past (timeline, switch point)
+/// holds everything the member can have acknowledged. Without its vote, two members diverged and
+/// stopped (nobody can rewind them without a leader) left the third without the vote it needed,
+/// and the cluster without a leader for good (the simulation's seeds 9,506 and 13,377; Patroni
+/// starts such members read-only, where they vote, but Praetor keeps them stopped, see `decide`).
+pub fn diverged_vote(postgres: &super::Postgres, history: &[HistoryEntry]) -> Option<(u32, u64)> {
+    let super::Postgres::Stopped { control: Some(cd) } = postgres else {
+        return None;
+    };
+    diverged_at(cd, history).map(|switch_lsn| (cd.timeline, switch_lsn))
+}
+
 fn plan(
     control: Option<&ControlData>,
     leader_timeline: Option<u32>,

@@ -480,8 +480,9 @@ pub fn listed_may_promote(view: &Cluster, sync: &SyncState, name: &str) -> bool 
         || (sync.leader.as_deref() == Some(name) && !listed.iter().any(promotable))
 }
 
-/// Whether this member (WAL position `my_wal`) may be promoted automatically under synchronous
-/// replication; `Err` says why not. `peers` are the members that answered this loop.
+/// Whether this member (on `my_timeline` at WAL position `my_wal`) may be promoted automatically
+/// under synchronous replication; `Err` says why not. `peers` are the members that answered this
+/// loop.
 ///
 /// - no `sync` key: synchronous replication was never activated; any member may (asynchronous rules).
 /// - `on`: it is listed in the `sync` key (the only members guaranteed to hold every acknowledged
@@ -491,7 +492,12 @@ pub fn listed_may_promote(view: &Cluster, sync: &SyncState, name: &str) -> bool 
 ///   a leader that lost its lock while its only synchronous standby was tagged `nofailover` left the
 ///   cluster without a leader for good: the simulation's seed 93).
 /// - `quorum` (Patroni's `_is_healthiest_node`): the key's members (its leader and voters) vote; a
-///   member votes when it answered with PostgreSQL running as a replica at or behind `my_wal`. A
+///   member votes when it answered with PostgreSQL running as a replica at or behind this member,
+///   comparing (timeline, WAL position) as [`super::election::is_healthiest`] does: a voter on a
+///   later timeline holds commits of a promotion this member never saw, whatever its LSN (a voter
+///   on timeline 2 at LSN 1,200 does not vote for a member left on timeline 1 at LSN 1,500), and a
+///   voter whose timeline is unknown (0) does not vote. A stopped voter votes only when it diverged
+///   ([`PeerStatus::diverged`], at its switch point: see [`super::diverged_vote`]). A
 ///   voter needs `quorum` votes, anyone else `quorum + 1`: since every commit was acknowledged by
 ///   `numsync` of the voters and `quorum + numsync >= |voters|`, one of those groups holds every
 ///   acknowledged commit and this member is at least as far. The key's own leader (the former
@@ -503,6 +509,7 @@ pub fn listed_may_promote(view: &Cluster, sync: &SyncState, name: &str) -> bool 
 pub fn may_promote(
     view: &Cluster,
     cfg: &HaConfig,
+    my_timeline: u32,
     my_wal: u64,
     peers: &[PeerStatus],
 ) -> Result<(), super::Reason> {
@@ -551,8 +558,12 @@ pub fn may_promote(
     let voters: Vec<String> = peers
         .iter()
         .filter(|p| p.name != cfg.name && voting(&p.name))
-        .filter(|p| p.is_running && !p.is_running_primary)
-        .filter(|p| p.wal_position > 0 && p.wal_position <= my_wal)
+        .filter(|p| (p.is_running || p.diverged) && !p.is_running_primary)
+        .filter(|p| {
+            p.wal_position > 0
+                && p.timeline > 0
+                && (p.timeline, p.wal_position) <= (my_timeline, my_wal)
+        })
         .map(|p| p.name.clone())
         .collect();
     let needed = sync.quorum.unwrap_or(0) + u32::from(!in_key);
@@ -561,6 +572,39 @@ pub fn may_promote(
     } else {
         Err(super::Reason::QuorumNotReached { needed, voters })
     }
+}
+
+/// Quorum mode, as member `me` (`cfg.name`, PostgreSQL `r`) sees it: whether the other member
+/// `name` could gather the votes [`may_promote`] asks of it, counting the members that answered
+/// this loop (`peers`) and `me` itself as voters. `false` when `name` did not answer. An estimate
+/// for whom to wait for (a switchover candidate, members that may take over after a leader stepped
+/// down): each member still decides its own promotion with [`may_promote`].
+pub fn could_promote(
+    view: &Cluster,
+    cfg: &HaConfig,
+    r: &Running,
+    peers: &[PeerStatus],
+    name: &str,
+) -> bool {
+    let Some(them) = peers.iter().find(|p| p.name == name) else {
+        return false;
+    };
+    let mut voters: Vec<PeerStatus> = peers.iter().filter(|p| p.name != name).cloned().collect();
+    voters.push(PeerStatus {
+        name: cfg.name.clone(),
+        is_running_primary: r.is_primary,
+        is_running: true,
+        wal_position: r.wal_position,
+        timeline: r.timeline,
+        nofailover: cfg.tags.nofailover,
+        failover_priority: cfg.tags.failover_priority.unwrap_or(1),
+        diverged: false,
+    });
+    let as_them = HaConfig {
+        name: name.to_string(),
+        ..cfg.clone()
+    };
+    may_promote(view, &as_them, them.timeline, them.wal_position, &voters).is_ok()
 }
 
 #[cfg(test)]

@@ -82,6 +82,14 @@ fn running(is_primary: bool, wal: u64, upstream: Option<u16>) -> Postgres {
     })
 }
 
+/// `postgres` (running) on `timeline`.
+fn with_timeline(mut postgres: Postgres, timeline: u32) -> Postgres {
+    if let Postgres::Running(r) = &mut postgres {
+        r.timeline = timeline;
+    }
+    postgres
+}
+
 fn local(postgres: Postgres) -> LocalState {
     LocalState {
         data: DataDir::Initialized {
@@ -119,6 +127,7 @@ fn peer(name: &str, wal: u64) -> PeerStatus {
         timeline: 1,
         nofailover: false,
         failover_priority: 1,
+        diverged: false,
     }
 }
 
@@ -1954,6 +1963,40 @@ fn rows() -> Vec<Row> {
             with(local(running(false, 1000, Some(5432))), |l| l.peers = Some(vec![peer("pg3", 1000)])))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
             .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames(r#"ANY 2 ("pg2","pg3")"#.into())]), |_| true),
+        row("quorum: a voter on a later timeline does not vote for a member left on an earlier one, even at a lower LSN (it holds commits of a promotion this member never saw; the vote compares (timeline, LSN))",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 }))),
+            with(local(running(false, 1500, Some(5432))), |l| l.peers = Some(vec![PeerStatus { timeline: 2, nofailover: true, ..peer("pg3", 1200) }])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| r.to_string().contains("quorum commit needs 1 vote(s)")),
+        row("quorum: a voter on an earlier timeline at a higher LSN votes for a member on a later one (its WAL past the switch point holds no acknowledged commit)",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 }))),
+            with(local(with_timeline(running(false, 1100, Some(5432)), 2)), |l| l.peers = Some(vec![PeerStatus { timeline: 1, ..peer("pg3", 1500) }])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())]), |_| true),
+        row("quorum: a voter whose timeline is unknown does not vote",
+            Some(with(cluster(None), |c| c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 }))),
+            with(local(running(false, 1500, Some(5432))), |l| l.peers = Some(vec![PeerStatus { timeline: 0, ..peer("pg3", 1200) }])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| r.to_string().contains("quorum commit needs 1 vote(s)")),
+        row("quorum: a switchover candidate that cannot gather its votes (left on an older timeline) is not waited for; this member, voted for, promotes (sim seed 13,377)",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 });
+                c.failover = failover(Some("pg2"), Some("pg3"));
+            })),
+            with(local(with_timeline(running(false, 5000, Some(5432)), 3)), |l| l.peers = Some(vec![
+                PeerStatus { timeline: 3, ..peer("pg2", 5000) },
+                PeerStatus { timeline: 1, ..peer("pg3", 4000) },
+            ])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(promoting(AcquireLeader, vec![SetSyncStandbyNames(r#"ANY 1 ("pg2","pg3")"#.into())]), |_| true),
+        row("quorum: a switchover candidate that can gather its votes is waited for",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned { value: SyncState { leader: Some("pg2".into()), sync_standby: Some("pg1,pg3".into()), quorum: Some(1) }, version: 9 });
+                c.failover = failover(Some("pg2"), Some("pg3"));
+            })),
+            with(local(running(false, 5000, Some(5432))), |l| l.peers = Some(vec![peer("pg2", 5000), peer("pg3", 5000)])))
+            .cfg(|c| c.dynamic.synchronous_mode = SyncMode::Quorum)
+            .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { .. })),
         row("diverged, no rewind, remove_data_directory_on_diverged_timelines: re-clone",
             Some(on_tl2(cluster(Some("pg2")))), stopped_with(ClusterState::ShutDown, 1, 6000))
             .cfg(|c| c.remove_data_on_diverged = true)
