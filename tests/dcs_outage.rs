@@ -220,6 +220,37 @@ fn stop_member(dcs: &mut LocalDcs, i: usize) {
     }
 }
 
+/// Waits until the log `log` of a process started (as `what`) during a DCS outage says, past byte
+/// `from`, "waiting for the DCS" twice (it retries rather than exits); panics with the cluster's
+/// logs if it says "cannot open the DCS" (it exited) or does neither within 60 s.
+async fn waits_for_the_dcs(
+    c: &LocalCluster,
+    what: &str,
+    from: usize,
+    log: impl Fn(&LocalCluster) -> String,
+) {
+    let waiting = wait_for(
+        &format!("the restarted {what} waiting for the DCS"),
+        Duration::from_secs(60),
+        || async {
+            let log = log(c);
+            let since = log[from.min(log.len())..].to_string();
+            if since.contains("cannot open the DCS") {
+                return Err(format!("the {what} exited: {since}"));
+            }
+            match since.matches("waiting for the DCS").count() {
+                n if n >= 2 => Ok(()),
+                _ => Err(since),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = waiting {
+        dump_logs(c);
+        panic!("{e}");
+    }
+}
+
 async fn losing_one_dcs_member_disturbs_nothing_and_losing_the_quorum_demotes_the_primary(
     dcs: DcsKind,
 ) {
@@ -278,50 +309,15 @@ async fn losing_one_dcs_member_disturbs_nothing_and_losing_the_quorum_demotes_th
     c.node_mut(&replica)
         .start_agent(&binary())
         .expect("the agent starts");
-    let waiting = wait_for(
-        "the restarted agent waiting for the DCS",
-        Duration::from_secs(60),
-        || async {
-            let log = c.node(&replica).log();
-            let since = log[before_start.min(log.len())..].to_string();
-            if since.contains("cannot open the DCS") {
-                return Err(format!("the agent exited: {since}"));
-            }
-            match since.matches("waiting for the DCS").count() {
-                n if n >= 2 => Ok(()),
-                _ => Err(since),
-            }
-        },
-    )
-    .await;
-    if let Err(e) = waiting {
-        dump_logs(&c);
-        panic!("{e}");
-    }
+    waits_for_the_dcs(&c, "agent", before_start, |c| c.node(&replica).log()).await;
     // The proxy too (nemesis ZooKeeper async seed 11: a proxy restarted during a partition exited
     // with "cannot open the DCS" and never served again).
     let before_proxy = c.proxy.as_ref().expect("a proxy").log().len();
     c.restart_proxy().expect("the proxy starts");
-    let proxy_waiting = wait_for(
-        "the restarted proxy waiting for the DCS",
-        Duration::from_secs(60),
-        || async {
-            let log = c.proxy.as_ref().expect("a proxy").log();
-            let since = log[before_proxy.min(log.len())..].to_string();
-            if since.contains("cannot open the DCS") {
-                return Err(format!("the proxy exited: {since}"));
-            }
-            match since.matches("waiting for the DCS").count() {
-                n if n >= 2 => Ok(()),
-                _ => Err(since),
-            }
-        },
-    )
+    waits_for_the_dcs(&c, "proxy", before_proxy, |c| {
+        c.proxy.as_ref().expect("a proxy").log()
+    })
     .await;
-    if let Err(e) = proxy_waiting {
-        dump_logs(&c);
-        panic!("{e}");
-    }
 
     // The DCS comes back whole: the cluster recovers, and the proxy that waited serves writes.
     c.dcs().restart().await.expect("the DCS restarts");
