@@ -427,6 +427,22 @@ impl Runner {
         }
     }
 
+    /// When this member last accepted a leader's `POST /failsafe` (the API keeps the contact), in
+    /// this runner's monotonic ms (see [`LocalState::failsafe_accepted_ms`]); `None`: never, or
+    /// before this runner started.
+    fn failsafe_accepted_ms(&self) -> Option<u64> {
+        let contact = self
+            .ops
+            .failsafe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.at)?;
+        contact
+            .checked_duration_since(self.started)
+            .map(|d| d.as_millis() as u64)
+    }
+
     /// The monotonic ms by which this member, believing it leads, must have demoted if it cannot
     /// renew its lock (see [`ha::demote_deadline_ms`]); `None` when it does not lead.
     fn demote_deadline_ms(&self) -> Option<u64> {
@@ -674,6 +690,7 @@ impl Runner {
             remote_recovery: self.pg.remote_recovery_written(),
             switchover_wait_began_ms: self.switchover_wait_since,
             slot_copy_at_ms: self.slot_copy_at_ms,
+            failsafe_accepted_ms: self.failsafe_accepted_ms(),
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -1203,7 +1220,16 @@ impl Runner {
                 Ok(true)
             }
             Action::WriteFailsafe(members) => match self.dcs.set_failsafe(&members).await {
-                Ok(()) => Ok(true),
+                Ok(()) => {
+                    // The failsafe round asks the members of the last view's key: a key written
+                    // after that read must count (sim seed 6204 with `--failsafe`: a leader cut
+                    // off right after adding a member to the key asked nobody, kept leading on
+                    // "0 of 0 accepted", and the new member took the lock).
+                    if let Some(v) = self.last_view.as_mut() {
+                        Arc::make_mut(v).failsafe = (!members.is_empty()).then(|| members.clone());
+                    }
+                    Ok(true)
+                }
                 Err(e) if e.is_cas_conflict() => Ok(false),
                 Err(e) => Err(e.into()),
             },
@@ -2365,6 +2391,7 @@ mod tests {
             proxies_wait_began_ms: None,
             switchover_wait_began_ms: None,
             slot_copy_at_ms: None,
+            failsafe_accepted_ms: None,
             granted_ttl: None,
             failed_task: None,
             failsafe_confirmed: Some(true),

@@ -383,6 +383,9 @@ struct Agent {
     dcs_failed: bool,
     /// When the last failsafe confirmation round began (ms).
     failsafe_asked_ms: Option<u64>,
+    /// When this member last answered `Accepted` to a leader's `POST /failsafe` (ms; the agent's
+    /// API keeps it in memory, so a restarted agent forgets it).
+    failsafe_accepted_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -619,6 +622,7 @@ impl Sim {
                 failsafe_active: false,
                 dcs_failed: false,
                 failsafe_asked_ms: None,
+                failsafe_accepted_ms: None,
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -729,6 +733,21 @@ impl Sim {
         };
         sim.log(line);
         sim
+    }
+
+    /// Where the liveness window starts: at the heal `h`, or, with failsafe mode, at the end of the
+    /// last promise a member made by confirming a leader over `POST /failsafe` (it stays out of the
+    /// race for `ttl` after it, `ha::failsafe::promised`), when that ends later: a leader still cut
+    /// off at the heal's instant may be confirmed once more, and the members that confirmed it
+    /// wait `ttl` before racing, by design.
+    fn liveness_start(&self, h: u64) -> u64 {
+        let promise_ends = self
+            .agents
+            .iter()
+            .filter_map(|a| a.failsafe_accepted_ms)
+            .max()
+            .map_or(0, |at| at + u64::from(self.dynamic.ttl) * 1000);
+        h.max(promise_ends)
     }
 
     fn liveness_window(&self) -> u64 {
@@ -1293,6 +1312,9 @@ impl Sim {
             });
             if answer == Some(ha::failsafe::FailsafeAnswer::Accepted) {
                 accepted += 1;
+                if let Some(j) = self.index(name) {
+                    self.agents[j].failsafe_accepted_ms = Some(self.now);
+                }
             } else {
                 refused.push(name.clone());
             }
@@ -1404,6 +1426,7 @@ impl Sim {
             switchover_wait_began_ms: a.switchover_wait_since,
             // Not modelled: no permanent logical slots, so no copies to pace.
             slot_copy_at_ms: None,
+            failsafe_accepted_ms: a.failsafe_accepted_ms,
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
@@ -1713,6 +1736,10 @@ impl Sim {
             Action::WriteFailsafe(m) => {
                 if ok {
                     self.dcs.failsafe = (!m.is_empty()).then(|| m.clone());
+                    // As the runner: the written key is the one the next failsafe round asks.
+                    if let Some(v) = self.agents[i].last_view.as_mut() {
+                        v.failsafe = (!m.is_empty()).then(|| m.clone());
+                    }
                     (true, self.latency())
                 } else {
                     (false, self.dcs_timeout(i))
@@ -2054,6 +2081,7 @@ impl Sim {
         a.failsafe_active = false;
         a.dcs_failed = false;
         a.failsafe_asked_ms = None;
+        a.failsafe_accepted_ms = None;
         let t = a.token;
         let d = self.rng.range(500, 3000);
         self.schedule(d, Ev::Cycle(i, t));
@@ -2398,10 +2426,10 @@ impl Sim {
                         "writable leader {leader:?} routed {} ms after the heal",
                         self.now - h
                     ));
-                } else if self.now > h + self.liveness_window() {
+                } else if self.now > self.liveness_start(h) + self.liveness_window() {
                     self.violation = Some(Violation::NoLeaderAfterHeal {
                         healed_at: h,
-                        deadline: h + self.liveness_window(),
+                        deadline: self.liveness_start(h) + self.liveness_window(),
                     });
                 }
             }

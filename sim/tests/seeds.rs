@@ -208,3 +208,44 @@ fn without_the_proxy_handshake_a_promotion_is_found_while_a_proxy_routes_to_the_
         "no seed promoted while a proxy routed to the former leader without the handshake"
     );
 }
+
+fn assert_clean_with_failsafe(seed: u64) {
+    let r = run_seed_with(
+        seed,
+        false,
+        Options {
+            failsafe: true,
+            ..Options::default()
+        },
+    );
+    assert!(r.violation.is_none(), "{}", explain(&r));
+}
+
+/// Failsafe mode (`--failsafe`): two writable primaries. A member that still read the DCS
+/// confirmed the cut-off leader over `POST /failsafe`, which extended the leader's deadline past
+/// its lease, then took the lock and promoted while that leader ran. Fixed: a confirmation keeps
+/// the member out of the race for `ttl` (`ha::failsafe::promised`, Patroni's `Failsafe.is_active`).
+#[test]
+fn regression_failsafe_seeds_978_and_2140_a_confirming_member_took_over_from_the_leader_it_confirmed(
+) {
+    assert_clean_with_failsafe(978);
+    assert_clean_with_failsafe(2140);
+}
+
+/// Failsafe mode: nobody led after the heal. The leader that stepped down for a switchover left
+/// the race to a member outside the `failsafe` key, which may not race. Fixed: such a member does
+/// not count as one that can take over (`decide`, `SteppedDownForSwitchover`).
+#[test]
+fn regression_failsafe_seed_1283_stepped_down_leader_waited_for_a_member_outside_the_failsafe_key()
+{
+    assert_clean_with_failsafe(1283);
+}
+
+/// Failsafe mode: two writable primaries. The leader wrote a `failsafe` key adding a member and
+/// was cut off before its next read; its round asked the key of its last read (itself alone),
+/// kept leading on "0 of 0 accepted", and the added member took the lock. Fixed: the runner (and
+/// the simulation) put a written key into the last view.
+#[test]
+fn regression_failsafe_seed_6204_a_key_written_after_the_last_read_was_not_asked() {
+    assert_clean_with_failsafe(6204);
+}

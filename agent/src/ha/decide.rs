@@ -983,7 +983,10 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
         // other member can take it (Patroni's manual_failover_process_no_leader; its
         // is_failover_possible counts only synchronous standbys in synchronous mode, and, with
         // `cluster_lsn`, only members that have its shutdown checkpoint). Otherwise a request left
-        // behind by a leader that lost its lock kept everyone out (sim seed 162).
+        // behind by a leader that lost its lock kept everyone out (sim seed 162). With failsafe
+        // mode, a member missing from the `failsafe` key cannot race unless it is the request's
+        // candidate (`failsafe::may_race`): it does not count either (sim seed 1283 with
+        // `--failsafe`: the only eligible member was outside the key, nobody led).
         if req.value.leader.as_deref() == Some(me)
             && req.value.member.as_deref() != Some(me)
             && peers.iter().any(|p| {
@@ -992,6 +995,8 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                     && !p.is_running_primary
                     && sync_allows(&p.name)
                     && holds_last(p.wal_position)
+                    && (req.value.member.as_deref() == Some(p.name.as_str())
+                        || failsafe::may_race(view, &p.name, cfg.dynamic.failsafe_mode))
             })
         {
             return not_racing(Reason::SteppedDownForSwitchover);
@@ -1059,6 +1064,14 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     }
     if !i_am_candidate && !failsafe::may_race(view, me, cfg.dynamic.failsafe_mode) {
         return not_racing(Reason::NotInFailsafeKey);
+    }
+    if failsafe::promised(
+        cfg.dynamic.failsafe_mode,
+        local.failsafe_accepted_ms,
+        now.mono_ms,
+        cfg.dynamic.ttl,
+    ) {
+        return not_racing(Reason::ConfirmedFailsafeLeader);
     }
     // Under synchronous replication (`on`) only the standbys listed in `sync` hold every
     // acknowledged commit: only they race, and only against each other. In quorum mode every member

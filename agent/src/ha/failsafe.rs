@@ -102,6 +102,21 @@ pub fn race_contacts(view: &Cluster, me: &str, failsafe_mode: bool) -> Vec<(Stri
     out
 }
 
+/// Whether this member still keeps the promise of its last `Accepted` answer to `POST /failsafe`
+/// (`accepted_ms`, monotonic ms; `now_ms`; `ttl_secs`): true within `ttl` of it, with
+/// `failsafe_mode` on. The leader counts the acceptance as a lock renewal and keeps running up to
+/// `loop_wait + retry_timeout` past the round, while the DCS lets its lease expire: a member that
+/// accepted and then took the lock could promote while that leader still runs (simulation seeds
+/// 978 and 2140 with `--failsafe`: two writable primaries). So an acceptance keeps this member out
+/// of the race for `ttl`, longer than any deadline it extended; Patroni's replicas do the same
+/// (`Failsafe.is_active()` after `update_failsafe`). A leader that goes on being confirmed goes on
+/// being the primary, which is failsafe mode's purpose; one that stops asking is raced for `ttl`
+/// after its last confirmation.
+pub fn promised(failsafe_mode: bool, accepted_ms: Option<u64>, now_ms: u64, ttl_secs: u32) -> bool {
+    failsafe_mode
+        && accepted_ms.is_some_and(|at| now_ms.saturating_sub(at) < u64::from(ttl_secs) * 1000)
+}
+
 /// With `failsafe_mode` on, only members of a non-empty `failsafe` key may take the lock (Patroni:
 /// "If current node is missing in the /failsafe key we immediately disqualify it from the race"):
 /// a member that joined while the DCS was out of reach cannot know what the others confirmed.

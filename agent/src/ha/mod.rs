@@ -279,6 +279,11 @@ pub struct LocalState {
     /// ([`Action::CopyLogicalSlots`]), whatever the outcome; `None` before the first attempt.
     /// `decide` paces the copies with it ([`slots::pace_copies`]).
     pub slot_copy_at_ms: Option<u64>,
+    /// Monotonic ms when this member last answered `Accepted` to a leader's `POST /failsafe`
+    /// (failsafe mode); `None`: never. An acceptance is a promise to that leader, whose demotion
+    /// deadline it extends: this member stays out of the leader race for `ttl` after it
+    /// ([`failsafe::promised`]).
+    pub failsafe_accepted_ms: Option<u64>,
 }
 
 /// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).

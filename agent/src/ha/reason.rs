@@ -109,6 +109,9 @@ pub enum Reason {
     /// `failsafe_mode` is on and this member is missing from the non-empty `failsafe` key: it may
     /// not take the lock (see [`super::failsafe::may_race`]).
     NotInFailsafeKey,
+    /// `failsafe_mode` is on and this member confirmed the leader over `POST /failsafe` less than
+    /// `ttl` ago: it keeps out of the race (see [`super::failsafe::promised`]).
+    ConfirmedFailsafeLeader,
     /// A switchover asks this leader to step down for `candidate`.
     ManualFailoverDemoting {
         /// The candidate.
@@ -358,6 +361,9 @@ impl fmt::Display for Reason {
                 f.write_str("demoting self because DCS is not accessible and I was a leader")
             }
             DcsInaccessible => f.write_str("DCS is not accessible"),
+            ConfirmedFailsafeLeader => f.write_str(
+                "not racing for the leader lock: failsafe mode is enabled and I confirmed the leader less than ttl ago",
+            ),
             NotInFailsafeKey => f.write_str(
                 "not racing for the leader lock: failsafe mode is enabled and I am not in the failsafe key",
             ),

@@ -111,6 +111,7 @@ fn local(postgres: Postgres) -> LocalState {
         proxies_wait_began_ms: None,
         switchover_wait_began_ms: None,
         slot_copy_at_ms: None,
+        failsafe_accepted_ms: None,
         granted_ttl: None,
         retained_members: vec![],
         remote: None,
@@ -1312,6 +1313,43 @@ fn rows() -> Vec<Row> {
         )
         .cfg(|c| c.dynamic.failsafe_mode = true)
         .expect(vec![], |r| *r == Reason::NotInFailsafeKey),
+        row(
+            "failsafe: a member that confirmed the leader over POST /failsafe less than ttl ago does not race (the leader may still run on that confirmation; sim seeds 978, 2140)",
+            Some(with(cluster(None), |c| {
+                c.failsafe = Some(failsafe_key(&["pg1", "pg2", "pg3"]))
+            })),
+            with(local(running(false, 2000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 1000)]);
+                l.failsafe_accepted_ms = Some(NOW.mono_ms - 5_000);
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![], |r| *r == Reason::ConfirmedFailsafeLeader),
+        row(
+            "failsafe: a confirmation ttl ago or more binds nobody: the healthiest member races",
+            Some(with(cluster(None), |c| {
+                c.failsafe = Some(failsafe_key(&["pg1", "pg2", "pg3"]))
+            })),
+            with(local(running(false, 2000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 1000)]);
+                l.failsafe_accepted_ms = Some(NOW.mono_ms - 6_000);
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "failsafe: with failsafe_mode off a past confirmation binds nobody",
+            Some(cluster(None)),
+            with(local(running(false, 2000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 1000)]);
+                l.failsafe_accepted_ms = Some(NOW.mono_ms - 1_000);
+            }),
+        )
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
         // --- switchover ----------------------------------------------------------------------------
         row(
             "switchover to a healthy candidate streaming from me: stop fast, publish the shutdown checkpoint as the last LSN, then release the lock",
@@ -1629,6 +1667,30 @@ fn rows() -> Vec<Row> {
             }),
         )
         .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+        .expect(vec![], |r| *r == Reason::SteppedDownForSwitchover),
+        row(
+            "failsafe: the leader that stepped down for a switchover races again when the only other member is missing from the failsafe key (sim seed 1283, --failsafe)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), None);
+                c.failsafe = Some(failsafe_key(&["pg1", "pg2"]));
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row(
+            "failsafe: the leader that stepped down for a switchover stays out while a member of the failsafe key can take the lock",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), None);
+                c.failsafe = Some(failsafe_key(&["pg1", "pg3"]));
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 900)])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
         .expect(vec![], |r| *r == Reason::SteppedDownForSwitchover),
         row(
             "sync on: a switchover candidate the sync key does not allow is not waited for (sim seed 211)",

@@ -33,6 +33,8 @@ pub(super) struct Ops {
     pub ready_sent: bool,
     /// systemd's watchdog is on: ping it every cycle.
     pub watchdog: bool,
+    /// The last `POST /failsafe` this member accepted (written by the API, read by the loop).
+    pub failsafe: Arc<std::sync::Mutex<Option<api::FailsafeContact>>>,
     /// How this agent calls other members' REST APIs (TLS, credentials): the leader race's peer
     /// checks and failsafe confirmations.
     pub client: api::client::ApiClient,
@@ -105,6 +107,7 @@ pub(super) async fn start_api(
     let tls = ctx.tls.is_some();
     let restarts = ctx.restarts.clone();
     let client = ctx.client.clone();
+    let failsafe = ctx.failsafe.clone();
     tokio::spawn(api::schedule::run_scheduler(ctx.clone(), shutdown.clone()));
     let task = tokio::spawn(api::serve(listener, ctx, shutdown));
     Ok((
@@ -116,6 +119,7 @@ pub(super) async fn start_api(
             ready_sent: false,
             watchdog: sd_notify::watchdog_enabled().is_some(),
             client,
+            failsafe,
         },
     ))
 }
