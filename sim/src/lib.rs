@@ -190,9 +190,9 @@ pub struct Options {
     /// must catch.
     pub await_proxies: bool,
     /// Draw `failsafe_mode` in a third of the seeds (with the members' `POST /failsafe` round
-    /// modelled). Off by default while its open finding stands (README, Simulation; seed 978:
-    /// a leader kept by failsafe mode outlives its lease while a member that still reads the DCS
-    /// takes over); `praetor-sim --failsafe` runs with it.
+    /// modelled). On by default since its findings were fixed (seeds 978, 2140, 1283, 6204);
+    /// `praetor-sim --no-failsafe` turns it off (the other draws of a seed do not change: failsafe
+    /// mode is drawn from a generator of its own).
     pub failsafe: bool,
 }
 
@@ -202,7 +202,7 @@ impl Default for Options {
             watchdog: true,
             check_async_commits: false,
             await_proxies: true,
-            failsafe: false,
+            failsafe: true,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! praetor-sim --seeds 10000 [--from 0]   # run seeds from..from+N, print seeds/minute, fail on a violation
 //! praetor-sim --seed 42 --trace          # replay one seed with its full trace
-//! praetor-sim --failsafe ...             # also draw failsafe_mode (a third of the seeds)
+//! praetor-sim --no-failsafe ...          # never draw failsafe_mode (drawn in a third of the seeds by default)
 //! ```
 
 use std::process::ExitCode;
@@ -32,8 +32,9 @@ fn main() -> ExitCode {
             "--trace" => trace = true,
             "--keep-going" => keep_going = true,
             "--failsafe" => opts.failsafe = true,
+            "--no-failsafe" => opts.failsafe = false,
             other => {
-                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--failsafe] | --seed S [--trace] [--failsafe]");
+                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--no-failsafe] | --seed S [--trace] [--no-failsafe]");
                 return ExitCode::from(2);
             }
         }

@@ -10,8 +10,9 @@
 //!   and sees the leader key expired (or naming someone else) refuses, so a leader cut off alone
 //!   from the DCS demotes at its deadline and the others elect a new leader (reference/patroni.md
 //!   §7 "primary cannot reach the DCS": demote, others fail over). Patroni's replicas accept any
-//!   caller while not primary themselves and then stay out of the race for `ttl`: Praetor lets the
-//!   DCS decide whenever a member can read it.
+//!   caller while not primary themselves; Praetor lets the DCS decide whenever a member can read it.
+//! - A member that accepted stays out of the leader race for `ttl` after it ([`promised`]), as
+//!   Patroni's replicas do: its confirmation extended the leader's deadline past its lease.
 //! - The leader race includes the members of the `failsafe` key, the former leader too
 //!   ([`race_contacts`], Patroni's `is_healthiest_node`): after an outage their member keys may have
 //!   expired, yet a primary kept running by failsafe mode must be asked (it answers "still running
