@@ -786,7 +786,9 @@ fn lexing_uncertain(sql: &str) -> bool {
     lexer.saw_plain_backslash
 }
 
-fn statement_text(sql: &str, location: i32, len: i32) -> &str {
+/// The text of one statement of `sql`, from pg_query's `stmt_location` and `stmt_len` (bytes;
+/// `len` 0: to the end of `sql`), clamped to `sql`; all of `sql` when the range splits a character.
+pub fn statement_text(sql: &str, location: i32, len: i32) -> &str {
     let start = usize::try_from(location).unwrap_or(0).min(sql.len());
     let end = if len <= 0 {
         sql.len()

@@ -64,7 +64,13 @@ pub(crate) fn sql_use(sql: &str) -> Option<SqlUse> {
                 found.note(&p.name);
                 Some(SqlEffect::Prepare {
                     name: p.name.as_str().into(),
-                    text: statement_text(sql, raw.stmt_location, raw.stmt_len).into(),
+                    text: praetor_protocol::classify::statement_text(
+                        sql,
+                        raw.stmt_location,
+                        raw.stmt_len,
+                    )
+                    .trim()
+                    .into(),
                 })
             }
             Some(N::DeallocateStmt(d)) if d.isall || d.name.is_empty() => {
@@ -111,17 +117,6 @@ fn executed(node: &N) -> Option<&str> {
         N::CreateTableAsStmt(c) => executed(c.query.as_ref()?.node.as_ref()?),
         _ => None,
     }
-}
-
-/// The text of one statement of `sql` (`len` 0: to the end).
-fn statement_text(sql: &str, location: i32, len: i32) -> &str {
-    let start = usize::try_from(location).unwrap_or(0).min(sql.len());
-    let end = if len <= 0 {
-        sql.len()
-    } else {
-        start.saturating_add(len as usize).min(sql.len())
-    };
-    sql.get(start..end).unwrap_or(sql).trim()
 }
 
 /// `name` as a quoted SQL identifier (`"` doubled inside).

@@ -81,18 +81,7 @@ impl FaultKind {
     /// The kinds drawn before the replication-link faults and the switchover existed. A seed's
     /// plan depends on the list it draws from, so a seed found with these replays its faults only
     /// when drawn from them (`PRAETOR_NEMESIS_FAULTS`, or [`super::runner::NemesisOptions::kinds`]).
-    pub const FIRST_TEN: [FaultKind; 10] = [
-        FaultKind::Freeze,
-        FaultKind::Kill,
-        FaultKind::PostgresCrash,
-        FaultKind::DcsMemberStop,
-        FaultKind::DcsQuorumLoss,
-        FaultKind::ProxyRestart,
-        FaultKind::Silence,
-        FaultKind::Partition,
-        FaultKind::OneWayPartition,
-        FaultKind::SlowLink,
-    ];
+    pub const FIRST_TEN: &'static [FaultKind] = Self::ALL.split_at(10).0;
 
     /// True for the faults that need hosts of their own (network namespaces).
     pub fn needs_network(self) -> bool {
@@ -465,7 +454,8 @@ mod tests {
         let o = PlanOptions {
             faults: 3,
             kinds: FaultKind::FIRST_TEN
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|k| !k.needs_network())
                 .collect(),
             ttl_secs: 6,
