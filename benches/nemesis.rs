@@ -20,7 +20,11 @@
 //!   network faults (silence, partition, one-way partition, a member's slow and lossy links to
 //!   the DCS, a replica's replication link through a relay) drawn too.
 //!
-//! Prints the table every 10 seeds, and the load average (the machine may be shared).
+//! - `PRAETOR_NEMESIS_KEEP_SLOW=1`: keep the directory (every process's log) of a run with a
+//!   recovery over its bound, not only of a run with a violation.
+//!
+//! Prints the table every 10 seeds, and the load average (the machine may be shared); each
+//! recovery over its bound is printed with its seed (`nemesis seed N: over bound: ...`).
 //!
 //! Timings are printed, never asserted; a violation makes the benchmark exit non-zero.
 

@@ -132,8 +132,13 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
     let mut cluster = LocalCluster::start(binary, cluster_options).await?;
     let result = run_on(&mut cluster, options, seed, wall).await;
     let keep = match &result {
-        // A final read that failed at first is kept too, to see why the leader refused.
-        Ok(r) => !r.report.violations.is_empty() || !r.history.final_read_failures.is_empty(),
+        // A final read that failed at first is kept too, to see why the leader refused; with
+        // `PRAETOR_NEMESIS_KEEP_SLOW=1` a run with a recovery over its bound too (to read why).
+        Ok(r) => {
+            !r.report.violations.is_empty()
+                || !r.history.final_read_failures.is_empty()
+                || (keep_slow() && r.report.recoveries.iter().any(|rec| rec.over_bound))
+        }
         Err(_) => true,
     };
     if keep && options.keep_on_violation {
@@ -143,6 +148,12 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         );
     }
     result
+}
+
+/// `PRAETOR_NEMESIS_KEEP_SLOW=1`: keep the directory (logs) of a run whose recovery from some
+/// fault took longer than its bound.
+fn keep_slow() -> bool {
+    std::env::var("PRAETOR_NEMESIS_KEEP_SLOW").is_ok_and(|v| v == "1")
 }
 
 async fn run_on(
@@ -722,6 +733,17 @@ pub async fn series(
                         v.kind,
                         v.at.as_secs_f64(),
                         v.detail
+                    );
+                }
+                // Measured, not a violation: named with its seed so it can be replayed.
+                for rec in r.report.recoveries.iter().filter(|rec| rec.over_bound) {
+                    eprintln!(
+                        "nemesis seed {seed}: over bound: {}{} at {:.1}s recovered in {:.2}s > {:.2}s",
+                        rec.kind.name(),
+                        if rec.on_leader { "@leader" } else { "" },
+                        rec.at.as_secs_f64(),
+                        rec.after.unwrap_or_default().as_secs_f64(),
+                        rec.bound.as_secs_f64()
                     );
                 }
                 done.push(r);
