@@ -553,6 +553,12 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "praetor-test"])
+            // Production's etcd (3.5 and later, etcd-io/etcd#12770) runs Raft's pre-vote by
+            // default; Debian's 3.4 does not. Without it a member cut off by a partition raises
+            // its term while away and, when the link heals, deposes the quorum's leader: the
+            // nemesis saw seconds without an etcd leader after such heals (every agent and proxy
+            // without a DCS), which production clusters do not have.
+            .arg("--pre-vote=true")
             .args(["--log-level", "warn"]);
         let p = Process::spawn(&format!("etcd {}", m.name), cmd, &m.dir.join("etcd.log"))
             .map_err(|e| format!("cannot start etcd ({}): {e}", etcd_binary().display()))?;

@@ -723,13 +723,26 @@ impl Instance {
         loop {
             {
                 let mut guard = self.child.lock().await;
-                if let Some(child) = guard.as_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        *guard = None;
+                match guard.as_mut() {
+                    Some(child) => {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            *guard = None;
+                            return Err(PgError::Command {
+                                program: "postgres".into(),
+                                message: format!("exited during start-up: {status}"),
+                            });
+                        }
+                    }
+                    // Reaped by another task ([`Instance::postmaster`] reaps the child it finds
+                    // exited): stopped during start-up, by the deadline guard for one (nemesis,
+                    // etcd strict seed 11: a leader demoted by a partition restarted PostgreSQL,
+                    // the guard stopped it again, and this wait went on for `ctl_timeout`, 60 s,
+                    // while the agent kept the leader lock and nobody could fail over).
+                    None => {
                         return Err(PgError::Command {
                             program: "postgres".into(),
-                            message: format!("exited during start-up: {status}"),
-                        });
+                            message: "exited during start-up (stopped by another task)".into(),
+                        })
                     }
                 }
             }
@@ -1857,6 +1870,61 @@ mod tests {
             "{pid}\n{}\n{start_time}\n5432\n/tmp\n127.0.0.1\n  5432001  12345\nready   \n",
             data_dir.display()
         )
+    }
+
+    /// A postmaster stopped while it starts (the deadline guard stops PostgreSQL whatever the HA
+    /// loop does) ends the start at once: the stop reaps the child, and the start must not wait
+    /// `ctl_timeout` for a server that is gone while the agent holds the leader lock.
+    #[tokio::test]
+    async fn a_postmaster_stopped_during_start_up_ends_the_start_with_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let pid_at = bin.path().join("child.pid");
+        // A "postgres" that never gets ready: it writes its PID and sleeps.
+        let script = bin.path().join("postgres");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho $$ > {}\nexec sleep 60\n", pid_at.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut pg = instance_in(data.path());
+        pg.s.bin_dir = bin.path().to_path_buf();
+        pg.s.ctl_timeout = Duration::from_secs(3600);
+        let pg = std::sync::Arc::new(pg);
+        let starting = {
+            let pg = pg.clone();
+            tokio::spawn(async move {
+                pg.start(&DynamicConfig::default(), &StartRole::Primary)
+                    .await
+            })
+        };
+        // Another task kills it and looks at the data directory (which reaps the child).
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_at)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        while pg.child.lock().await.is_some() {
+            assert_eq!(pg.postmaster(), None);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let result = tokio::time::timeout(Duration::from_secs(60), starting)
+            .await
+            .expect("the start ended (before: it waited ctl_timeout, here an hour)")
+            .unwrap();
+        match result {
+            Err(PgError::Command { message, .. }) => {
+                assert!(message.contains("exited during start-up"), "{message}")
+            }
+            other => panic!("expected an exit during start-up, got {other:?}"),
+        }
     }
 
     /// After a reboot or a crash, the PID in a stale postmaster.pid may belong to another process:

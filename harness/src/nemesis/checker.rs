@@ -132,6 +132,12 @@ const SLACK: Duration = Duration::from_secs(1);
 ///   1..=2 s), since a frozen or silent host accepts or drops the candidate's question instead of
 ///   refusing it, and the candidate waits that long before it may promote. A frozen leader's lock
 ///   has to expire: no rule can shorten `ttl` without risking two leaders.
+/// - **partition with a replica on the leader's side, under `synchronous_mode`**: that replica
+///   may be the synchronous standby, the only member that may be promoted (Patroni's rule: a
+///   replica not named in `/sync` does not take over, or acknowledged commits could be lost), so
+///   the other side may not fail over and writes wait for the heal: the failover bound or, when
+///   longer, the hold plus a loop, a peer's answer and [`SLACK`] (after the heal the lock is
+///   free: the synchronous standby or the former leader takes it within a loop).
 /// - **replica gone at once** (kill, crash): asynchronous replication does not wait for it (`1 s`);
 ///   under `synchronous_mode` the leader names the other replica synchronous at its next loop
 ///   (`loop_wait + 1 s`).
@@ -178,6 +184,9 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
         FaultKind::Kill | FaultKind::PostgresCrash if f.on_leader => failover,
         FaultKind::Kill | FaultKind::PostgresCrash if sync => loop_wait + SLACK,
         FaultKind::Kill | FaultKind::PostgresCrash => SLACK,
+        FaultKind::Partition | FaultKind::OneWayPartition if sync && f.replica_with_leader => {
+            (failover + peer_timeout).max(hold + loop_wait + peer_timeout + SLACK)
+        }
         FaultKind::Partition | FaultKind::OneWayPartition => failover + peer_timeout,
         FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink if f.on_leader => {
             failover + peer_timeout
@@ -776,6 +785,7 @@ mod tests {
             start: ms(start),
             heal: ms(heal),
             on_leader,
+            replica_with_leader: false,
         }
     }
 
@@ -1050,6 +1060,7 @@ mod tests {
             start: ms(100),
             heal: ms(2000),
             on_leader: true,
+            replica_with_leader: false,
         }];
         let r = check(&h);
         assert_eq!(r.violations, vec![]);
@@ -1064,6 +1075,27 @@ mod tests {
         let r = check(&h);
         assert_eq!(r.recoveries[0].after, Some(ms(3010)));
         assert!(!r.recoveries[0].over_bound);
+    }
+
+    #[test]
+    fn a_partition_keeping_a_replica_with_the_leader_may_wait_for_its_heal_under_synchronous_mode()
+    {
+        // Partitioned 100..9000 ms; the first write after it acknowledged at 9010 ms (8.91 s).
+        let mut h = history(Mode::Strict, failover_ops(), &[1, 2, 3, 4]);
+        h.faults = vec![fault(FaultKind::Partition, true, 100, 9000)];
+        h.faults[0].target = "pg1,pg2 | proxy,pg3,e1,e2,e3".into();
+        h.ttl_secs = 3;
+        let bound = |h: &History| recovery_bound(h, &h.faults[0]);
+        // The other side holds the synchronous standby: the failover bound (3 + 1 + 1 + 2 s).
+        assert_eq!(bound(&h), ms(7000));
+        assert!(check(&h).recoveries[0].over_bound);
+        // The leader's side may hold it: the hold (8.9 s) plus loop_wait, a peer's answer, slack.
+        h.faults[0].replica_with_leader = true;
+        assert_eq!(bound(&h), ms(8900 + 1000 + 2000 + 1000));
+        assert!(!check(&h).recoveries[0].over_bound);
+        // Asynchronous replication: any replica may be promoted, the failover bound again.
+        h.mode = Mode::Async;
+        assert_eq!(bound(&h), ms(7000));
     }
 
     #[test]
@@ -1095,6 +1127,7 @@ mod tests {
             start: ms(9500),
             heal: ms(9600),
             on_leader: false,
+            replica_with_leader: false,
         }];
         let r = check(&h);
         assert_eq!(kinds(&r), vec![ViolationKind::NoRecovery]);

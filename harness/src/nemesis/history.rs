@@ -193,6 +193,9 @@ pub struct FaultRecord {
     /// It hit the member that led when it was applied (or cut that member off, for a
     /// partition); false for a replica and for faults aimed at no member (DCS, proxy).
     pub on_leader: bool,
+    /// A partition that left a replica on the leader's side (it may be the synchronous
+    /// standby, which under `synchronous_mode` is the only member that may be promoted).
+    pub replica_with_leader: bool,
 }
 
 impl FaultRecord {

@@ -270,6 +270,10 @@ async fn run_on(
                 start,
                 heal: start,
                 on_leader,
+                replica_with_leader: matches!(
+                    planned.target,
+                    Target::Split { with_leader, .. } if with_leader > 0
+                ),
             });
         }
         // Heal each when its hold ends, the earliest first.
