@@ -69,16 +69,34 @@ pub(crate) struct FenceSignal {
 
 impl FenceSignal {
     /// Shuts the server socket down both ways if it is still open (the connection's task did not
-    /// close it in time: it is stuck writing to its client). Nothing more can be sent to the server
-    /// through it, and its reads see end-of-file. False when no socket is registered.
+    /// close it in time: it is stuck writing to its client, or waiting on a silent server). Nothing
+    /// more can be sent to the server through it, and its reads see end-of-file. It is also set to
+    /// linger 0, so the close that follows resets the connection and the kernel drops what it has
+    /// not delivered yet: after a plain shutdown(2), bytes queued for a silent former leader would
+    /// still be retransmitted when its network comes back, after this proxy acknowledged that
+    /// nothing of its reaches it any more. False when no socket is registered.
     fn force_close(&self) -> bool {
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
         let Some(fd) = *socket else {
             return false;
         };
+        let abort = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: `fd` is open: it is unregistered (under this lock) before its socket closes.
-        // shutdown(2) neither closes nor frees the descriptor; the owner still does that.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        // Neither setsockopt(2) nor shutdown(2) closes or frees the descriptor; the owner still
+        // does that. `abort` outlives the call and its size is the one passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&abort as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+            libc::shutdown(fd, libc::SHUT_RDWR)
+        };
         self.forced.store(true, Ordering::Release);
         true
     }
@@ -816,6 +834,47 @@ impl Router {
 mod tests {
     use super::*;
     use std::pin::Pin;
+
+    /// A forced close must not let the kernel deliver later what the former leader has not
+    /// received yet: the server that never read sees a reset, not the rest of the queue.
+    #[test]
+    fn a_forced_close_drops_what_the_server_has_not_received() {
+        use std::io::{ErrorKind, Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        // The server reads nothing: its receive buffer fills, then the client's send queue.
+        client.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 65536];
+        let mut sent = 0usize;
+        loop {
+            match client.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        let signal = FenceSignal::default();
+        *signal.socket.lock().unwrap() = Some(client.as_raw_fd());
+        assert!(signal.force_close());
+        *signal.socket.lock().unwrap() = None;
+        drop(client);
+        server
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let (mut received, mut buf) = (0usize, vec![0u8; 65536]);
+        let end = loop {
+            match server.read(&mut buf) {
+                Ok(0) => break "end of file",
+                Ok(n) => received += n,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break "reset",
+                Err(e) => panic!("read: {e}"),
+            }
+        };
+        assert_eq!(end, "reset", "received {received} of {sent} bytes");
+        assert!(received < sent, "received {received} of {sent} bytes");
+    }
 
     fn backend(name: &str, port: u16) -> Backend {
         Backend {
