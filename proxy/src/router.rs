@@ -80,23 +80,10 @@ impl FenceSignal {
         let Some(fd) = *socket else {
             return false;
         };
-        let abort = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        abort_on_close(fd);
         // SAFETY: `fd` is open: it is unregistered (under this lock) before its socket closes.
-        // Neither setsockopt(2) nor shutdown(2) closes or frees the descriptor; the owner still
-        // does that. `abort` outlives the call and its size is the one passed.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&abort as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-            libc::shutdown(fd, libc::SHUT_RDWR)
-        };
+        // shutdown(2) neither closes nor frees the descriptor; the owner still does that.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         self.forced.store(true, Ordering::Release);
         true
     }
@@ -172,8 +159,43 @@ impl Fence {
 pub(crate) struct SocketGuard(Arc<FenceSignal>);
 
 impl Drop for SocketGuard {
+    /// Unregisters the socket, right before it closes; a fenced connection's socket is set to
+    /// reset on that close ([`abort_on_close`]), so nothing still queued for the former leader
+    /// reaches it later.
     fn drop(&mut self) {
-        *self.0.socket.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut socket = self.0.socket.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = *socket {
+            if self.0.fenced.load(Ordering::Acquire) {
+                abort_on_close(fd);
+            }
+        }
+        *socket = None;
+    }
+}
+
+/// Sets socket `fd` to linger 0: its close resets the connection and the kernel drops what it
+/// has not delivered yet. A plain close (or shutdown(2)) keeps retransmitting the send queue: to a
+/// silent former leader, bytes written before the fence would be delivered once its network came
+/// back, after the proxy acknowledged that nothing of its reaches that server any more (on
+/// loopback, up to 4 MiB: the unit tests below). `fd` must be an open socket of the caller's.
+fn abort_on_close(fd: RawFd) {
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the caller holds `fd` open; setsockopt(2) neither closes nor frees it. `abort`
+    // outlives the call and its size is the one passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&abort as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set SO_LINGER on a fenced server socket");
     }
 }
 
@@ -835,10 +857,23 @@ mod tests {
     use super::*;
     use std::pin::Pin;
 
-    /// A forced close must not let the kernel deliver later what the former leader has not
-    /// received yet: the server that never read sees a reset, not the rest of the queue.
+    /// Neither a forced close nor a fenced connection's own close may let the kernel deliver later
+    /// what the former leader has not received yet: the server, which never read, sees a reset,
+    /// not the rest of the queue.
     #[test]
-    fn a_forced_close_drops_what_the_server_has_not_received() {
+    fn a_fenced_server_socket_drops_what_the_server_has_not_received() {
+        // Shut down by force (the connection's task is stuck).
+        queued_bytes_are_dropped(|signal| assert!(signal.force_close()));
+        // Closed by its task after the fence.
+        queued_bytes_are_dropped(|signal| {
+            signal.fence();
+            drop(SocketGuard(signal.clone()));
+        });
+    }
+
+    /// Fills a loopback connection's send queue, registers its socket with a fence signal, runs
+    /// `close` on the signal, closes the socket, and checks what the server receives.
+    fn queued_bytes_are_dropped(close: impl FnOnce(&Arc<FenceSignal>)) {
         use std::io::{ErrorKind, Read, Write};
         use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -855,9 +890,9 @@ mod tests {
                 Err(e) => panic!("write: {e}"),
             }
         }
-        let signal = FenceSignal::default();
+        let signal = Arc::new(FenceSignal::default());
         *signal.socket.lock().unwrap() = Some(client.as_raw_fd());
-        assert!(signal.force_close());
+        close(&signal);
         *signal.socket.lock().unwrap() = None;
         drop(client);
         server
