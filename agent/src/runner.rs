@@ -1687,12 +1687,11 @@ impl Runner {
     /// The agent side of the proxies' fencing handshake ([`Action::AwaitProxies`]): re-reads the DCS
     /// every 50 ms until no live proxy routes writes to `former` (true), or `wait` has passed (false:
     /// the next cycle renews the lock and `decide` says whether to wait on). Records when the wait
-    /// for this former leader began, for `decide`'s contact deadline.
+    /// for this former leader began, for `decide`'s contact deadline: at the first read that showed
+    /// a proxy still routing to it (a re-read that shows none, as after taking the lock, is no wait
+    /// and must not shorten a later one).
     async fn await_proxies(&mut self, former: String, wait: Duration) -> bool {
         let now = self.now().mono_ms;
-        if !matches!(&self.proxies_wait_since, Some((f, _)) if *f == former) {
-            self.proxies_wait_since = Some((former.clone(), now));
-        }
         let started = tokio::time::Instant::now();
         loop {
             // Each read is bounded by what is left of the wait: on a DCS that answers slowly, an
@@ -1719,6 +1718,9 @@ impl Runner {
                     "every proxy stopped routing to {former}"
                 );
                 return true;
+            }
+            if !matches!(&self.proxies_wait_since, Some((f, _)) if *f == former) {
+                self.proxies_wait_since = Some((former.clone(), now));
             }
             if started.elapsed() >= wait {
                 tracing::info!(?pending, "waiting for proxies to stop routing to {former}");

@@ -75,7 +75,7 @@ pub use conn::ReloadFn;
 pub use error::ProxyError;
 pub use feed::spawn_dcs_feed;
 pub use metrics::{ListenerKind, RoutingError};
-pub use server::{heartbeat_interval, Proxy, Reloader, SHUTDOWN_GRACE};
+pub use server::{heartbeat_interval, route_confirmed, Proxy, Reloader, SHUTDOWN_GRACE};
 pub use settings::{
     check_admin_access, is_loopback, LagPolicy, PoolMode, ProxySettings, Target,
     DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_STARTUP_TIMEOUT,

@@ -16,7 +16,9 @@
 //! 1. it stops routing to A and fences every connection to A (both ports, and pooled ones);
 //! 2. it waits until those connections are closed (sockets dropped), at most `FENCE_CLOSE_TIMEOUT`,
 //!    then shuts down by force the server sockets still open;
-//! 3. it writes `{"leader": "B"}` (or `null`) to its key;
+//! 3. it writes `{"leader": "B"}` (or `null`) to its key, then reads the DCS again and goes on only
+//!    if the `leader` key still names B ([`route_confirmed`]: the route came from an earlier read,
+//!    and the lock may have moved on before the key was written);
 //! 4. only then does it route writes to B.
 //!
 //! It rewrites the key every `ttl / 3` (refreshing its lease). If no write has succeeded for
@@ -36,7 +38,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use praetor_config::Address;
-use praetor_dcs::{Dcs, ProxyState};
+use praetor_dcs::{Cluster, Dcs, ProxyState};
 use prometheus::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -382,6 +384,23 @@ pub fn heartbeat_interval(ttl_secs: u32) -> Duration {
     (Duration::from_secs(ttl_secs.into()) / 3).max(Duration::from_millis(500))
 }
 
+/// Step 3b of the fencing handshake, the rule: an acknowledgement of a route to `leader`, written to
+/// the DCS, lets the proxy route writes there only if `after_ack`, a read of the DCS made after the
+/// write returned, shows the `leader` key still naming that member. `None` (no leader) routes nothing
+/// and needs no confirmation. Pure, for the HA simulation.
+///
+/// Why: the route comes from an earlier read (the feed's topology, which may be stale by a DCS round
+/// trip or by a whole partition). If the lock moved on meanwhile, the member that took it may have
+/// read this proxy's key before the write landed, seen no proxy routing to the former leader, and
+/// promoted: routing there now would send writes to a former leader (found by the HA simulation,
+/// seeds 8889 and 30815). A read after the write that still shows the lock held by `leader` means the
+/// lock was not taken over before the key was written, so a member that takes it later reads the key
+/// naming `leader` after taking the lock (the agent re-reads the proxies' keys once it holds it) and
+/// waits for this proxy to leave.
+pub fn route_confirmed(after_ack: &Cluster, leader: Option<&str>) -> bool {
+    leader.is_none_or(|l| after_ack.leader.as_ref().is_some_and(|k| k.name == l))
+}
+
 /// What the handshake has acknowledged in the DCS.
 struct Handshake {
     dcs: Arc<dyn Dcs>,
@@ -418,11 +437,7 @@ impl Handshake {
                 .ok()
                 .map(|d| d.as_secs() as i64),
         };
-        // Never past the moment the proxy must stop serving: that check must not wait on a write.
-        let limit = self
-            .suspend_at()
-            .saturating_duration_since(started)
-            .clamp(Duration::from_millis(100), self.interval());
+        let limit = self.call_limit(started);
         let written = tokio::time::timeout(limit, self.dcs.set_proxy_state(&self.id, &state)).await;
         match written {
             Ok(Ok(())) => {
@@ -435,6 +450,40 @@ impl Handshake {
             }
             Err(_) => {
                 debug!(id = %self.id, "writing the proxy's route to the DCS timed out");
+                false
+            }
+        }
+    }
+
+    /// How long one DCS call may take from `started`: never past the moment the proxy must stop
+    /// serving (that check must not wait on a call), at least 100 ms, at most the heartbeat interval.
+    fn call_limit(&self, started: Instant) -> Duration {
+        self.suspend_at()
+            .saturating_duration_since(started)
+            .clamp(Duration::from_millis(100), self.interval())
+    }
+
+    /// Step 3b: after `leader` was written, reads the DCS again and says whether the route may be
+    /// taken ([`route_confirmed`]). A failed or late read confirms nothing.
+    async fn confirm(&self, leader: &Option<Backend>) -> bool {
+        let Some(leader) = leader else {
+            return true;
+        };
+        let limit = self.call_limit(Instant::now());
+        match tokio::time::timeout(limit, self.dcs.load()).await {
+            Ok(Ok(cluster)) => {
+                let confirmed = route_confirmed(&cluster, Some(&leader.member));
+                if !confirmed {
+                    info!(id = %self.id, leader = %leader.member, lock = ?cluster.leader.as_ref().map(|l| l.name.as_str()), "acknowledged a route whose leader no longer holds the lock: not routing it");
+                }
+                confirmed
+            }
+            Ok(Err(e)) => {
+                debug!(id = %self.id, error = %e, "cannot read the DCS to confirm the route");
+                false
+            }
+            Err(_) => {
+                debug!(id = %self.id, "reading the DCS to confirm the route timed out");
                 false
             }
         }
@@ -520,8 +569,8 @@ async fn topology_task(
                     warn!(forced, "fenced connections to the former leader did not close within {FENCE_CLOSE_TIMEOUT:?}: shut their server sockets down by force");
                 }
             }
-            // Step 3: acknowledge.
-            if hs.write(&topology.leader).await {
+            // Step 3: acknowledge, and 3b: confirm that the lock did not move on meanwhile.
+            if hs.write(&topology.leader).await && hs.confirm(&topology.leader).await {
                 shared.metrics.fencing_acks_total.inc();
                 info!(id = %hs.id, leader = ?topology.leader.as_ref().map(|b| b.member.as_str()), "acknowledged the route in the DCS");
                 hs.acked = Some(topology.leader.clone());
@@ -535,7 +584,10 @@ async fn topology_task(
                 // The write failed or timed out, but it may have landed: what the DCS shows is
                 // unknown, so nothing counts as acknowledged until a write succeeds. (Keeping the
                 // former acknowledgement let a topology that flipped back be routed without a
-                // write while the DCS may name the other leader: found by the HA simulation.)
+                // write while the DCS may name the other leader: found by the HA simulation.) An
+                // unconfirmed route (3b) is not taken either; it is retried with the feed's next
+                // topology. Keeping a route already taken is safe: its leader's name stayed in the
+                // key all along, so no member promotes past it.
                 hs.acked = None;
                 if routed.leader == topology.leader {
                     // Same route, failed rewrite (lease change): keep serving it.

@@ -1866,10 +1866,15 @@ async fn pgbench_runs_through_the_read_write_and_auto_ports() {
     }
 }
 
-/// A DCS that only takes the proxy's route writes, failing them while `down` is set.
+/// A DCS that only takes the proxy's route writes, failing them while `down` is set, and answers
+/// reads with a cluster holding only its `leader` key (the proxy confirms a route it acknowledged by
+/// reading the lock).
 struct AckDcs {
     down: std::sync::atomic::AtomicBool,
     written: std::sync::Mutex<Vec<Option<String>>>,
+    /// Who holds the `leader` key; `None`: the lock follows the routes the proxy acknowledges (a
+    /// DCS that agrees with the feed, for tests of the other steps).
+    lock: std::sync::Mutex<Option<Option<String>>>,
     events: tokio::sync::broadcast::Sender<praetor_dcs::DcsEvent>,
     /// Run at each write; its result is kept with the route written, in `probed`.
     probe: std::sync::Mutex<Option<Probe>>,
@@ -1883,6 +1888,7 @@ impl AckDcs {
         AckDcs {
             down: std::sync::atomic::AtomicBool::new(false),
             written: std::sync::Mutex::new(Vec::new()),
+            lock: std::sync::Mutex::new(None),
             events: tokio::sync::broadcast::channel(4).0,
             probe: std::sync::Mutex::new(None),
             probed: std::sync::Mutex::new(Vec::new()),
@@ -1893,7 +1899,17 @@ impl AckDcs {
 #[async_trait::async_trait]
 impl praetor_dcs::Dcs for AckDcs {
     async fn load(&self) -> Result<praetor_dcs::Cluster, praetor_dcs::DcsError> {
-        Err(praetor_dcs::DcsError::Unavailable("not used".into()))
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(praetor_dcs::DcsError::Unavailable("partitioned".into()));
+        }
+        let holder = match self.lock.lock().unwrap().clone() {
+            Some(set) => set,
+            None => self.written.lock().unwrap().last().cloned().flatten(),
+        };
+        Ok(praetor_dcs::Cluster {
+            leader: holder.map(|name| praetor_dcs::Leader { name, version: 1 }),
+            ..Default::default()
+        })
     }
     async fn set_proxy_state(
         &self,
@@ -2057,6 +2073,94 @@ async fn the_fencing_handshake_acknowledges_routes_and_a_proxy_without_dcs_conta
     // Contact is back: it acknowledges again and serves.
     dcs.down.store(false, std::sync::atomic::Ordering::SeqCst);
     let c = wait_for("serving again", DEADLINE, || async {
+        connect(rw).await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    assert_eq!(server_port(&c).await.unwrap(), pg_b.port());
+}
+
+/// The window of seeds 8889 and 30815 of the HA simulation, with the real proxy: its feed still
+/// names the former leader a after the lock has moved on to b (the feed read the DCS before the
+/// change). The proxy writes its acknowledgement of a, but a read right after it shows the lock held
+/// by b, whose agent may have read the proxy's key before that write and promoted: the proxy must not
+/// route writes to a. Once the feed names b, it routes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fencing_handshake_takes_no_route_whose_leader_lost_the_lock_before_the_acknowledgement(
+) {
+    let dir = WorkDir::new("proxy-stale-ack").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let dcs = Arc::new(AckDcs::new());
+    init_tracing();
+    let proxy = Proxy::bind(test_settings(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .with_dcs(dcs.clone(), "test");
+    let rw = proxy.rw_addr().unwrap();
+    let with_ttl = |leader: Option<&Backend>| {
+        let mut t = Topology::new(leader.cloned(), vec![]);
+        t.ttl_secs = Some(3);
+        Arc::new(t)
+    };
+    // a leads; its lock expires: the proxy fences a and acknowledges no leader.
+    *dcs.lock.lock().unwrap() = Some(Some("a".into()));
+    let (feed, rx) = watch::channel(with_ttl(Some(&a)));
+    let shutdown = CancellationToken::new();
+    let _served = tokio::spawn(proxy.serve(rx, shutdown.clone()));
+    let _stop = scopeguard(shutdown);
+    let old = connect(rw).await.unwrap();
+    assert_eq!(server_port(&old).await.unwrap(), pg_a.port());
+    *dcs.lock.lock().unwrap() = Some(None);
+    feed.send_replace(with_ttl(None));
+    wait_for("no leader acknowledged", DEADLINE, || async {
+        let written = dcs.written.lock().unwrap().clone();
+        if written.last() == Some(&None) {
+            Ok(())
+        } else {
+            Err(format!("{written:?}"))
+        }
+    })
+    .await
+    .unwrap();
+
+    // b takes the lock (and, having read the proxy's key naming no leader, may promote); the feed,
+    // behind, names a again.
+    *dcs.lock.lock().unwrap() = Some(Some("b".into()));
+    let acks_before = dcs.written.lock().unwrap().len();
+    feed.send_replace(with_ttl(Some(&a)));
+    wait_for("a acknowledged from the stale feed", DEADLINE, || async {
+        let written = dcs.written.lock().unwrap().clone();
+        if written[acks_before..].contains(&Some("a".into())) {
+            Ok(())
+        } else {
+            Err(format!("{written:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    // Acknowledged, but not confirmed: a read-write client reaches no leader (it would have reached
+    // a before the confirmation), also after the proxy retried its acknowledgement.
+    wait_for("a acknowledged again", DEADLINE, || async {
+        let written = dcs.written.lock().unwrap().clone();
+        let again = written[acks_before..]
+            .iter()
+            .filter(|w| w.as_deref() == Some("a"))
+            .count();
+        if again >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{written:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let err = connect(rw).await.expect_err("routed to a former leader");
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+
+    // The feed catches up: b is acknowledged, confirmed and routed.
+    feed.send_replace(with_ttl(Some(&b)));
+    let c = wait_for("routed to b", DEADLINE, || async {
         connect(rw).await.map_err(|e| e.to_string())
     })
     .await

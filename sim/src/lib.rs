@@ -194,6 +194,11 @@ pub struct Options {
     /// `praetor-sim --no-failsafe` turns it off (the other draws of a seed do not change: failsafe
     /// mode is drawn from a generator of its own).
     pub failsafe: bool,
+    /// Step 3b of the proxies' handshake ([`praetor_proxy::route_confirmed`]): a proxy takes an
+    /// acknowledged route only if a read after the write shows the lock still held by its leader.
+    /// Off, it routes as soon as the write returned, which let seeds 8889 and 30815 route writes
+    /// to a former leader after a member promoted.
+    pub confirm_routes: bool,
 }
 
 impl Default for Options {
@@ -203,6 +208,7 @@ impl Default for Options {
             check_async_commits: false,
             await_proxies: true,
             failsafe: true,
+            confirm_routes: true,
         }
     }
 }
@@ -394,8 +400,10 @@ struct Proxy {
     routed: Option<String>,
     acked: Option<Option<String>>,
     /// The route whose acknowledgement is being written (the DCS write takes latency); the proxy
-    /// routes writes to it only once the write returned.
+    /// routes writes to it only once the write returned (and the read after it confirmed it).
     acking: Option<Option<String>>,
+    /// When the acknowledgement being confirmed was written (step 3b runs after it).
+    acked_at: Option<u64>,
     last_ok: u64,
     suspended: bool,
 }
@@ -472,6 +480,8 @@ enum Ev {
     ProxyTick(usize),
     /// A proxy's acknowledgement write reaches the DCS (step 3 of the handshake).
     ProxyAck(usize),
+    /// A proxy's read after its acknowledgement returns (step 3b: is the lock still its route's?).
+    ProxyConfirm(usize),
     Client,
     Fault,
     HealFault(Fault),
@@ -631,6 +641,7 @@ impl Sim {
                 routed: Some(names[0].clone()),
                 acked: Some(Some(names[0].clone())),
                 acking: None,
+                acked_at: None,
                 last_ok: 0,
                 suspended: false,
             })
@@ -1587,11 +1598,15 @@ impl Sim {
             }
             Action::AwaitProxies { .. } if !self.opts.await_proxies => (true, 0),
             Action::AwaitProxies { former, wait_ms } => {
-                if !matches!(&self.agents[i].proxies_wait_since, Some((f, _)) if f == former) {
-                    self.agents[i].proxies_wait_since = Some((former.clone(), now));
-                }
                 let until = await_until.unwrap_or(now + wait_ms);
                 let clear = ok && self.dcs.view(now).proxies_routing_to(former).is_empty();
+                if !clear
+                    && !matches!(&self.agents[i].proxies_wait_since, Some((f, _)) if f == former)
+                {
+                    // The wait begins at the first read that shows a proxy on the former leader
+                    // (as the runner records it).
+                    self.agents[i].proxies_wait_since = Some((former.clone(), now));
+                }
                 if clear {
                     (true, self.latency())
                 } else if now >= until {
@@ -2125,7 +2140,11 @@ impl Sim {
         let deadline = ProxyState::contact_deadline_within(ttl, None).as_millis() as u64;
         let now = self.now;
         let ok = !self.dcs.down && !self.cut_proxy_dcs[p];
-        if ok {
+        // While an acknowledgement is written (and confirmed), the proxy's loop waits for it: it
+        // neither routes nor heartbeats on the side. (Routing the former acknowledgement again
+        // meanwhile, as this mirror once did, let seed 8889 route writes to pg0 while the write in
+        // flight then put "no leader" in the proxy's key.)
+        if ok && self.proxies[p].acking.is_none() {
             let view = self.dcs.view(now);
             let wanted = praetor_proxy::topology_from_cluster(&view)
                 .leader
@@ -2133,17 +2152,15 @@ impl Sim {
             let id = self.proxies[p].id.clone();
             let px = &mut self.proxies[p];
             if px.acked.as_ref() != Some(&wanted) {
-                if px.acking.is_none() {
-                    // Steps 1-2: stop routing to the former leader and close its connections
-                    // (instantly here: no sessions are modelled), then write the acknowledgement.
-                    if px.routed.is_some() && px.routed != wanted {
-                        px.routed = None;
-                        self.log(format!("proxy{p}: fenced {:?}", self.proxies[p].acked));
-                    }
-                    self.proxies[p].acking = Some(wanted);
-                    let d = self.latency();
-                    self.schedule(d, Ev::ProxyAck(p));
+                // Steps 1-2: stop routing to the former leader and close its connections
+                // (instantly here: no sessions are modelled), then write the acknowledgement.
+                if px.routed.is_some() && px.routed != wanted {
+                    px.routed = None;
+                    self.log(format!("proxy{p}: fenced {:?}", self.proxies[p].acked));
                 }
+                self.proxies[p].acking = Some(wanted);
+                let d = self.latency();
+                self.schedule(d, Ev::ProxyAck(p));
             } else if px.routed != wanted && !px.suspended {
                 // The acknowledged route is the DCS's again (a failed acknowledgement left the
                 // proxy unrouted): route it, as the proxy's loop re-applies its topology.
@@ -2185,6 +2202,8 @@ impl Sim {
             return;
         };
         if self.dcs.down || self.cut_proxy_dcs[p] {
+            // As the proxy: after a failed write nothing counts as acknowledged.
+            self.proxies[p].acked = None;
             self.log(format!("proxy{p}: acknowledgement of {wanted:?} failed"));
             return;
         }
@@ -2202,15 +2221,58 @@ impl Sim {
             ),
         );
         if self.rng.chance(2) && self.healed_at.is_none() {
+            // The write landed but the proxy saw an error: what the key holds is unknown to it, so
+            // nothing counts as acknowledged (keeping the former acknowledgement let the proxy
+            // route it again while the key named another route).
+            self.proxies[p].acked = None;
             self.log(format!("proxy{p}: acknowledged {wanted:?}, reply lost"));
             return;
         }
+        if self.opts.confirm_routes && wanted.is_some() {
+            // Step 3b: read the DCS again before routing (a round trip).
+            let px = &mut self.proxies[p];
+            px.acking = Some(wanted);
+            px.acked_at = Some(now);
+            let d = self.latency();
+            self.schedule(d, Ev::ProxyConfirm(p));
+            return;
+        }
+        self.route_acked(p, wanted, now);
+    }
+
+    /// Step 4: the acknowledgement of `wanted`, written at `written`, is in force: route it.
+    fn route_acked(&mut self, p: usize, wanted: Option<String>, written: u64) {
         let px = &mut self.proxies[p];
         px.acked = Some(wanted.clone());
         px.routed = wanted.clone();
         px.suspended = false;
-        px.last_ok = now;
+        px.last_ok = written;
         self.log(format!("proxy{p}: routes writes to {wanted:?}"));
+    }
+
+    /// Step 3b of the proxy's handshake: the read after the acknowledgement returns. The route is
+    /// taken only if the lock is still its leader's ([`praetor_proxy::route_confirmed`]); else, as
+    /// after a failed write, nothing counts as acknowledged and the next tick acknowledges again
+    /// (the write itself succeeded: it counts as DCS contact).
+    fn proxy_confirm(&mut self, p: usize) {
+        let (Some(wanted), Some(written)) = (
+            self.proxies[p].acking.take(),
+            self.proxies[p].acked_at.take(),
+        ) else {
+            return;
+        };
+        let now = self.now;
+        let reachable = !self.dcs.down && !self.cut_proxy_dcs[p];
+        if reachable && praetor_proxy::route_confirmed(&self.dcs.view(now), wanted.as_deref()) {
+            return self.route_acked(p, wanted, written);
+        }
+        let px = &mut self.proxies[p];
+        px.acked = None;
+        px.last_ok = px.last_ok.max(written);
+        self.log(format!(
+            "proxy{p}: acknowledged {wanted:?}, not confirmed (lock {:?}): not routing it",
+            reachable.then(|| self.dcs.leader_alive(now).map(str::to_string))
+        ));
     }
 
     // ---------------------------------------------------------------- faults
@@ -2451,6 +2513,7 @@ impl Sim {
                 Ev::Tick => self.tick(),
                 Ev::ProxyTick(p) => self.proxy_tick(p),
                 Ev::ProxyAck(p) => self.proxy_ack(p),
+                Ev::ProxyConfirm(p) => self.proxy_confirm(p),
                 Ev::Client => self.client(),
                 Ev::Fault => self.fault(),
                 Ev::HealFault(f) => self.heal_fault(f),

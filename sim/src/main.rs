@@ -4,6 +4,7 @@
 //! praetor-sim --seeds 10000 [--from 0]   # run seeds from..from+N, print seeds/minute, fail on a violation
 //! praetor-sim --seed 42 --trace          # replay one seed with its full trace
 //! praetor-sim --no-failsafe ...          # never draw failsafe_mode (drawn in a third of the seeds by default)
+//! praetor-sim --no-confirm-routes ...    # proxies route an acknowledged leader without reading the lock again
 //! ```
 
 use std::process::ExitCode;
@@ -33,8 +34,9 @@ fn main() -> ExitCode {
             "--keep-going" => keep_going = true,
             "--failsafe" => opts.failsafe = true,
             "--no-failsafe" => opts.failsafe = false,
+            "--no-confirm-routes" => opts.confirm_routes = false,
             other => {
-                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--no-failsafe] | --seed S [--trace] [--no-failsafe]");
+                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--no-failsafe] [--no-confirm-routes] | --seed S [--trace] [--no-failsafe] [--no-confirm-routes]");
                 return ExitCode::from(2);
             }
         }

@@ -156,6 +156,42 @@ fn regression_seed_3725_a_failed_proxy_acknowledgement_left_the_proxy_unrouted()
     assert_clean(3725);
 }
 
+/// The fencing handshake: a member promoted while a proxy routed writes to the former leader it
+/// replaced (both with failsafe mode drawn and with `--no-failsafe`).
+///
+/// Seed 30815: the proxy read pg0 as leader (its primary restarted after a failure) and wrote its
+/// acknowledgement; pg0 stepped down for a switchover and pg2 took the lock, having read the
+/// proxy's key still naming no leader; the write landed and the proxy routed writes to pg0 before
+/// pg2 promoted. Fixed on both sides: the proxy routes an acknowledged leader only if a read after
+/// the write shows the lock still held by it (`praetor_proxy::route_confirmed`), and a member that
+/// takes the lock reads the proxies' keys again once it holds it (`decide`, `await_proxies`; row
+/// "no leader, every proxy had left the former leader when read, before taking the lock").
+///
+/// Seed 8889: the simulation's mirror of the proxy routed its former acknowledgement (pg0) again
+/// while its acknowledgement of "no leader" was still being written, then that write landed: the
+/// key said no leader while the proxy routed pg0. The real proxy waits for its write in its loop;
+/// the mirror now does too, and forgets its acknowledgement after a failed write or a lost reply.
+#[test]
+fn regression_seeds_8889_and_30815_a_proxy_routed_to_the_former_leader_after_a_promotion() {
+    for seed in [8889, 30815] {
+        for failsafe in [true, false] {
+            let r = run_seed_with(
+                seed,
+                false,
+                Options {
+                    failsafe,
+                    ..Options::default()
+                },
+            );
+            assert!(
+                r.violation.is_none(),
+                "failsafe {failsafe}: {}",
+                explain(&r)
+            );
+        }
+    }
+}
+
 /// Without a watchdog a frozen leader's primary outlives its lease (nothing in the frozen process
 /// can stop it) and, cut off from the new leader's fence, accepts writes next to the new primary:
 /// the invariant must see it.

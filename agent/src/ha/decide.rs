@@ -639,13 +639,23 @@ fn keep_fencing(local: &LocalState) -> Option<Action> {
 
 /// Before promoting, every live proxy must have stopped routing to the leader this member replaces
 /// (issue: fencing handshake): otherwise a statement could still reach the old primary after the new
-/// one accepts writes. Only when some proxy's key, as read this loop, still names that leader, and
-/// only until the proxies' contact deadline has passed since the first wait: a proxy that has not
-/// acknowledged by then has lost the DCS and stopped serving on its own. Each cycle waits at most
-/// `loop_wait` (the next one renews the lock first).
-fn await_proxies(view: &Cluster, local: &LocalState, cfg: &HaConfig, now: Now) -> Option<Action> {
+/// one accepts writes. When some proxy's key, as read this loop, still names that leader, or when
+/// this member takes the lock in this cycle (`taking_lock`, [`Action::AcquireLeader`]): its view was read
+/// before it held the lock, and a proxy may have acknowledged the former leader after that read
+/// while the lock was still that leader's (a proxy confirms a route only while its leader holds the
+/// lock, `praetor_proxy::route_confirmed`); the wait re-reads the keys once the lock is held, which
+/// then shows every such acknowledgement. Only until the proxies' contact deadline has passed since
+/// the first wait: a proxy that has not acknowledged by then has lost the DCS and stopped serving on
+/// its own. Each cycle waits at most `loop_wait` (the next one renews the lock first).
+fn await_proxies(
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    now: Now,
+    taking_lock: bool,
+) -> Option<Action> {
     let former = &local.former_leader.as_ref()?.member;
-    if former == &cfg.name || view.proxies_routing_to(former).is_empty() {
+    if former == &cfg.name || (view.proxies_routing_to(former).is_empty() && !taking_lock) {
         return None;
     }
     let deadline =
@@ -1176,7 +1186,8 @@ fn promotion(
         &local.retained_members,
     ));
     actions.extend(fence_former_primary(view, local, cfg, r));
-    actions.extend(await_proxies(view, local, cfg, now));
+    let taking_lock = matches!(actions[0], Action::AcquireLeader);
+    actions.extend(await_proxies(view, local, cfg, now, taking_lock));
     actions.extend(sync::before_promote(view, cfg));
     // The waits above may have taken a good part of the lease: confirm the lock right before the
     // point of no return, or go back to the race (a failed renewal ends the list).

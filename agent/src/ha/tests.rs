@@ -1009,7 +1009,10 @@ fn rows() -> Vec<Row> {
             |_| true,
         ),
         row(
-            "no leader, every proxy already left the former leader: no wait",
+            "no leader, every proxy had left the former leader when read, before taking the lock: \
+             read the proxies' keys again once the lock is held (a proxy may have acknowledged \
+             the former leader after that read, while it still held the lock: sim seeds 8889, \
+             30815)",
             Some(with(cluster(None), |c| {
                 c.proxies.insert("proxy-b".into(), Default::default());
             })),
@@ -1018,9 +1021,42 @@ fn rows() -> Vec<Row> {
                 l.former_leader = Some(up("pg2", 5432));
             }),
         )
-        .expect(promoting(AcquireLeader, vec![]), |r| {
-            *r == Reason::PromotedByAcquiringLock
+        .expect(
+            promoting(AcquireLeader, vec![AwaitProxies { former: "pg2".into(), wait_ms: 1000 }]),
+            |r| *r == Reason::PromotedByAcquiringLock,
+        ),
+        row(
+            "lock holder still a replica, every proxy has left the former leader in a view read \
+             while it held the lock: no wait",
+            Some(with(cluster(Some(ME)), |c| {
+                c.proxies.insert("proxy-b".into(), Default::default());
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.former_leader = Some(up("pg2", 5432));
+            }),
+        )
+        .expect(promoting(RenewLeader, vec![]), |r| {
+            *r == Reason::PromotedBecauseHadLock
         }),
+        row(
+            "lock holder still a replica, a proxy still routes to the former leader: wait",
+            Some(with(cluster(Some(ME)), |c| {
+                c.proxies.insert(
+                    "proxy-a".into(),
+                    praetor_dcs::ProxyState {
+                        leader: Some("pg2".into()),
+                        since: None,
+                    },
+                );
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.former_leader = Some(up("pg2", 5432));
+            }),
+        )
+        .expect(
+            promoting(RenewLeader, vec![AwaitProxies { former: "pg2".into(), wait_ms: 1000 }]),
+            |r| *r == Reason::PromotedBecauseHadLock,
+        ),
         row(
             "no leader, another replica is ahead: do not race",
             Some(cluster(None)),
@@ -1716,7 +1752,10 @@ fn rows() -> Vec<Row> {
                 l.former_leader = Some(up("pg2", 5432));
             }),
         )
-        .expect(promoting(AcquireLeader, vec![]), |_| true),
+        .expect(
+            promoting(AcquireLeader, vec![AwaitProxies { former: "pg2".into(), wait_ms: 1000 }]),
+            |_| true,
+        ),
         // --- maintenance mode (pause) ----------------------------------------------------------------
         row("pause: healthy leader keeps its lock fresh",
             Some(cluster(Some(ME))), local(running(true, 1000, None)))
