@@ -199,6 +199,11 @@ pub struct Options {
     /// Off, it routes as soon as the write returned, which let seeds 8889 and 30815 route writes
     /// to a former leader after a member promoted.
     pub confirm_routes: bool,
+    /// A member that confirmed a leader over `POST /failsafe` keeps out of the leader race for
+    /// `ttl` ([`ha::failsafe::promised`]). Off, `decide` is told of no confirmation, so a member
+    /// may take the lock and promote while the leader it just confirmed still runs on that
+    /// confirmation, which [`Violation::TwoWritable`] must catch.
+    pub failsafe_promise: bool,
 }
 
 impl Default for Options {
@@ -209,6 +214,7 @@ impl Default for Options {
             await_proxies: true,
             failsafe: true,
             confirm_routes: true,
+            failsafe_promise: true,
         }
     }
 }
@@ -1437,7 +1443,9 @@ impl Sim {
             switchover_wait_began_ms: a.switchover_wait_since,
             // Not modelled: no permanent logical slots, so no copies to pace.
             slot_copy_at_ms: None,
-            failsafe_accepted_ms: a.failsafe_accepted_ms,
+            failsafe_accepted_ms: a
+                .failsafe_accepted_ms
+                .filter(|_| self.opts.failsafe_promise),
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {

@@ -245,6 +245,27 @@ fn without_the_proxy_handshake_a_promotion_is_found_while_a_proxy_routes_to_the_
     );
 }
 
+/// Without the failsafe promise (`ha::failsafe::promised` turned off in the simulation only), a
+/// member that confirmed a leader cut off from the DCS over `POST /failsafe` races at once: it
+/// takes the lock and promotes while that leader still runs on the confirmation, which extended
+/// its deadline past its lease. The invariant must see two writable primaries (seed 978 does, as
+/// it did before the promise existed).
+#[test]
+fn without_the_failsafe_promise_two_writable_primaries_are_found() {
+    let opts = Options {
+        failsafe_promise: false,
+        ..Options::default()
+    };
+    let found = (0..2000).find(|&seed| {
+        let r = run_seed_with(seed, false, opts);
+        matches!(r.violation, Some(Violation::TwoWritable { .. }))
+    });
+    assert!(
+        found.is_some(),
+        "no seed found two writable primaries without the failsafe promise"
+    );
+}
+
 fn assert_clean_with_failsafe(seed: u64) {
     let r = run_seed_with(
         seed,
@@ -275,6 +296,17 @@ fn regression_failsafe_seeds_978_and_2140_a_confirming_member_took_over_from_the
 fn regression_failsafe_seed_1283_stepped_down_leader_waited_for_a_member_outside_the_failsafe_key()
 {
     assert_clean_with_failsafe(1283);
+}
+
+/// Failsafe mode drawn: nobody led after the heal. A switchover was requested while the leader,
+/// cut off from the DCS, lost its lock without stepping down; it alone held the timeline it had
+/// promoted to. It left the race to the others (the published last LSN, an older leader's, was
+/// theirs too), and they, behind it, found it healthier and waited for it. Fixed in `decide`: a
+/// member behind the former leader that would wait for it does not count as one that can take
+/// over, so the healthiest member takes the lock back.
+#[test]
+fn regression_seed_21850_former_leader_and_members_behind_it_waited_for_each_other() {
+    assert_clean(21850);
 }
 
 /// Failsafe mode: two writable primaries. The leader wrote a `failsafe` key adding a member and

@@ -982,6 +982,15 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
             _ => true,
         }
     };
+    // Under synchronous replication (`on`) only the standbys listed in `sync` hold every
+    // acknowledged commit: only they race, and only against each other. In quorum mode every member
+    // races, one that gathers enough votes from the key's members (see `sync::may_promote`).
+    // No `sync` key: synchronous replication was never activated (see `sync::may_promote`).
+    let sync_listed: Option<Vec<String>> = view
+        .sync
+        .as_ref()
+        .filter(|_| cfg.dynamic.synchronous_mode == praetor_config::SyncMode::On)
+        .map(|s| s.value.members());
     // A leader that stepped down for a switchover published its last LSN (`status.optime`, its
     // shutdown checkpoint; Patroni's delete_leader(leader, last_lsn)). A member that has not
     // received that far would drop the old leader's last commits from the new timeline: it does not
@@ -996,7 +1005,26 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
         // behind by a leader that lost its lock kept everyone out (sim seed 162). With failsafe
         // mode, a member missing from the `failsafe` key cannot race unless it is the request's
         // candidate (`failsafe::may_race`): it does not count either (sim seed 1283 with
-        // `--failsafe`: the only eligible member was outside the key, nobody led).
+        // `--failsafe`: the only eligible member was outside the key, nobody led). Nor does a
+        // member other than the request's candidate that is behind this one (an older timeline,
+        // less WAL, or a tie with a lower `failover_priority`) and compares itself with it (under
+        // `on`, only the members the `sync` key lists do): it finds this member healthier
+        // (`is_healthiest`) and waits for it, and both waited for good (sim seed 21,850: the
+        // request was written while this leader was cut off from the DCS; it lost the lock
+        // without stepping down, held alone the timeline it had promoted to, and the published
+        // last LSN was an older leader's). Patroni's other members leave the former leader out
+        // of their comparison instead (`manual_failover_process_no_leader`), which promotes a
+        // member behind it and drops the WAL only it holds; here the healthiest member takes the
+        // lock back, and the switchover, still requested, starts again from it.
+        let my_priority = cfg.tags.failover_priority.unwrap_or(1);
+        let compared_with_me = sync_listed
+            .as_ref()
+            .is_none_or(|listed| listed.iter().any(|n| n == me));
+        let defers_to_me = |p: &super::PeerStatus| {
+            let (theirs, mine) = ((p.timeline, p.wal_position), (r.timeline, r.wal_position));
+            compared_with_me
+                && (mine > theirs || mine == theirs && my_priority > p.failover_priority)
+        };
         if req.value.leader.as_deref() == Some(me)
             && req.value.member.as_deref() != Some(me)
             && peers.iter().any(|p| {
@@ -1006,7 +1034,8 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                     && sync_allows(&p.name)
                     && holds_last(p.wal_position)
                     && (req.value.member.as_deref() == Some(p.name.as_str())
-                        || failsafe::may_race(view, &p.name, cfg.dynamic.failsafe_mode))
+                        || !defers_to_me(p)
+                            && failsafe::may_race(view, &p.name, cfg.dynamic.failsafe_mode))
             })
         {
             return not_racing(Reason::SteppedDownForSwitchover);
@@ -1083,15 +1112,6 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     ) {
         return not_racing(Reason::ConfirmedFailsafeLeader);
     }
-    // Under synchronous replication (`on`) only the standbys listed in `sync` hold every
-    // acknowledged commit: only they race, and only against each other. In quorum mode every member
-    // races, one that gathers enough votes from the key's members (see `sync::may_promote`).
-    // No `sync` key: synchronous replication was never activated (see `sync::may_promote`).
-    let sync_listed: Option<Vec<String>> = view
-        .sync
-        .as_ref()
-        .filter(|_| cfg.dynamic.synchronous_mode == praetor_config::SyncMode::On)
-        .map(|s| s.value.members());
     let peers_in_race: Vec<super::PeerStatus> = match &sync_listed {
         Some(listed) => peers
             .iter()

@@ -1723,10 +1723,50 @@ fn rows() -> Vec<Row> {
                 c.failsafe = Some(failsafe_key(&["pg1", "pg3"]));
             })),
             with(local(running(false, 1000, Some(5432))), |l| {
-                l.peers = Some(vec![peer("pg3", 900)])
+                l.peers = Some(vec![peer("pg3", 1000)])
             }),
         )
         .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![], |r| *r == Reason::SteppedDownForSwitchover),
+        row(
+            "the leader a switchover names stays out while another member holds as much WAL (a tie at equal failover_priority: that member races)",
+            Some(with(cluster(None), |c| c.failover = failover(Some(ME), None))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 900)])
+            }),
+        )
+        .expect(vec![], |r| *r == Reason::SteppedDownForSwitchover),
+        row(
+            "the leader a switchover names races again when every other member is behind it (they find it healthier and wait for it)",
+            Some(with(cluster(None), |c| c.failover = failover(Some(ME), None))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 950), peer("pg3", 900)])
+            }),
+        )
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "failsafe: a leader cut off while a switchover was requested lost its lock without stepping down; the others are on the timeline before its promotion: it races again (sim seed 21850)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), None);
+                c.failsafe = Some(failsafe_key(&["pg1", "pg2", "pg3"]));
+            })),
+            with(local(with_timeline(running(false, 1500, Some(5432)), 2)), |l| {
+                l.peers = Some(vec![peer("pg2", 1200), peer("pg3", 1200)])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "the leader a switchover names stays out while the request's candidate can take over, though behind it (the candidate does not compare)",
+            Some(with(cluster(None), |c| c.failover = failover(Some(ME), Some("pg3")))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 950)])
+            }),
+        )
         .expect(vec![], |r| *r == Reason::SteppedDownForSwitchover),
         row(
             "sync on: a switchover candidate the sync key does not allow is not waited for (sim seed 211)",
