@@ -5,7 +5,9 @@
 //! one table of medians and their ratios to direct.
 //!
 //! `cargo bench -p praetor --bench pool` (the dev profile works too: `--profile dev`). Needs
-//! PostgreSQL 15 and `pgbouncer`. It starts one PostgreSQL (harness, trust authentication), runs
+//! PostgreSQL 15 and PgBouncer: the binary `PRAETOR_PGBOUNCER` names, else `pgbouncer` (Debian
+//! 12's is 1.18; `scripts/build-pgbouncer 1.25.2` builds one that tracks prepared statements into
+//! /opt/pgbouncer-1.25.2). It starts one PostgreSQL (harness, trust authentication), runs
 //! `pgbench -i -s $SCALE`, serves the proxy in this process (the library, as `praetor proxy` runs
 //! it: two worker threads, fed a fixed one-server topology instead of the DCS) and PgBouncer, then
 //! for each mode runs `pgbench -c C -T T` against every target, rotating the order each round.
@@ -16,7 +18,9 @@
 //!
 //! A target that fails (PgBouncer before 1.21 does not track prepared statements: its clients get
 //! `prepared statement "P_0" does not exist`) is shown as `failed` with its first error line.
-//! Nothing is asserted: speed is measured, not tested. Environment: `PRAETOR_BENCH_SECS` (5),
+//! Nothing is asserted: speed is measured, not tested. The table's heading gives the load average
+//! before and after (ratios paired in one run are what to compare on a shared machine).
+//! Environment: `PRAETOR_PGBOUNCER` (the PgBouncer binary), `PRAETOR_BENCH_SECS` (5),
 //! `PRAETOR_BENCH_CLIENTS` (16), `PRAETOR_BENCH_THREADS` (2), `PRAETOR_BENCH_POOL` (4, the server
 //! connections of both poolers), `PRAETOR_BENCH_ROUNDS` (3), `PRAETOR_BENCH_SCALE` (1).
 
@@ -131,7 +135,8 @@ fn main() {
         let bouncer_port = free_port();
         let bouncer_dir = dir.subdir("pgbouncer", 0o755).unwrap();
         write_file(&bouncer_dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
-        let version = Command::new("pgbouncer")
+        let program = std::env::var("PRAETOR_PGBOUNCER").unwrap_or_else(|_| "pgbouncer".into());
+        let version = Command::new(&program)
             .arg("--version")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
@@ -164,11 +169,11 @@ fn main() {
         } else {
             format!("{version} (no max_prepared_statements before 1.21)")
         };
-        let mut cmd = Command::new("pgbouncer");
+        let mut cmd = Command::new(&program);
         cmd.arg(bouncer_dir.join("pgbouncer.ini"));
         as_postgres(&mut cmd);
         let pgbouncer = Process::spawn("pgbouncer", cmd, &dir.path().join("pgbouncer.out"))
-            .expect("start pgbouncer");
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
         let bouncer_log = bouncer_dir.join("pgbouncer.log");
         wait_for("pgbouncer", Duration::from_secs(30), || async move {
             TcpStream::connect(("127.0.0.1", bouncer_port))
@@ -205,6 +210,7 @@ fn main() {
             (name.to_string(), args)
         })
         .collect();
+        let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let mut results: BTreeMap<(usize, usize), Vec<Result<f64, String>>> = BTreeMap::new();
         for round in 0..rounds {
             for (mi, (mode, args)) in modes.iter().enumerate() {
@@ -220,6 +226,7 @@ fn main() {
                 }
             }
         }
+        let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         shutdown.cancel();
         let _ = served.await;
         drop(pgbouncer);
@@ -228,6 +235,12 @@ fn main() {
         println!(
             "pgbench -c {clients} -T {secs} (select-only -j {threads}, tpcb-like -j {clients}), scale {scale}, pool_size {pool} in both poolers, medians of {rounds} round(s), {} CPUs, one PostgreSQL 15, {version}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
+        let load = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        println!(
+            "load average (1, 5, 15 min) before: {}; after: {}",
+            load(&load_before),
+            load(&load_after)
         );
         print!("| {:<21} |", "mode");
         for (name, _) in &targets {
