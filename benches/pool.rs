@@ -2,10 +2,14 @@
 //! the proxy's auto port in `pool_mode: transaction` with `max_prepared_statements: 100`, through
 //! PgBouncer in transaction mode (`max_prepared_statements = 100` from PgBouncer 1.21 on; older
 //! ones run without it), and directly to PostgreSQL; more clients than server connections. Prints
-//! one table of medians and their ratios to direct.
+//! one table: per mode, each target's median TPS and its ratio to direct (the median of the
+//! rounds' paired ratios: each round runs every target back to back), and the pool's paired
+//! ratio to PgBouncer with the rounds it won.
 //!
 //! `cargo bench -p praetor --bench pool` (the dev profile works too: `--profile dev`). Needs
-//! PostgreSQL 15 and `pgbouncer`. It starts one PostgreSQL (harness, trust authentication), runs
+//! PostgreSQL 15 and PgBouncer: the binary `PRAETOR_PGBOUNCER` names, else `pgbouncer` (Debian
+//! 12's is 1.18; `scripts/build-pgbouncer 1.25.2` builds one that tracks prepared statements into
+//! /opt/pgbouncer-1.25.2). It starts one PostgreSQL (harness, trust authentication), runs
 //! `pgbench -i -s $SCALE`, serves the proxy in this process (the library, as `praetor proxy` runs
 //! it: two worker threads, fed a fixed one-server topology instead of the DCS) and PgBouncer, then
 //! for each mode runs `pgbench -c C -T T` against every target, rotating the order each round.
@@ -16,7 +20,9 @@
 //!
 //! A target that fails (PgBouncer before 1.21 does not track prepared statements: its clients get
 //! `prepared statement "P_0" does not exist`) is shown as `failed` with its first error line.
-//! Nothing is asserted: speed is measured, not tested. Environment: `PRAETOR_BENCH_SECS` (5),
+//! Nothing is asserted: speed is measured, not tested. The table's heading gives the load average
+//! before and after (ratios paired in one run are what to compare on a shared machine).
+//! Environment: `PRAETOR_PGBOUNCER` (the PgBouncer binary), `PRAETOR_BENCH_SECS` (5),
 //! `PRAETOR_BENCH_CLIENTS` (16), `PRAETOR_BENCH_THREADS` (2), `PRAETOR_BENCH_POOL` (4, the server
 //! connections of both poolers), `PRAETOR_BENCH_ROUNDS` (3), `PRAETOR_BENCH_SCALE` (1).
 
@@ -72,6 +78,13 @@ fn median(v: &mut [f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// The median over rounds of `a[r] / b[r]`: a ratio paired round by round, so that load drift on
+/// a shared machine (which hits both targets of a round alike) cancels out. Zero when empty.
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    median(&mut ratios)
 }
 
 fn main() {
@@ -131,7 +144,8 @@ fn main() {
         let bouncer_port = free_port();
         let bouncer_dir = dir.subdir("pgbouncer", 0o755).unwrap();
         write_file(&bouncer_dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
-        let version = Command::new("pgbouncer")
+        let program = std::env::var("PRAETOR_PGBOUNCER").unwrap_or_else(|_| "pgbouncer".into());
+        let version = Command::new(&program)
             .arg("--version")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
@@ -164,11 +178,11 @@ fn main() {
         } else {
             format!("{version} (no max_prepared_statements before 1.21)")
         };
-        let mut cmd = Command::new("pgbouncer");
+        let mut cmd = Command::new(&program);
         cmd.arg(bouncer_dir.join("pgbouncer.ini"));
         as_postgres(&mut cmd);
         let pgbouncer = Process::spawn("pgbouncer", cmd, &dir.path().join("pgbouncer.out"))
-            .expect("start pgbouncer");
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
         let bouncer_log = bouncer_dir.join("pgbouncer.log");
         wait_for("pgbouncer", Duration::from_secs(30), || async move {
             TcpStream::connect(("127.0.0.1", bouncer_port))
@@ -205,6 +219,7 @@ fn main() {
             (name.to_string(), args)
         })
         .collect();
+        let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let mut results: BTreeMap<(usize, usize), Vec<Result<f64, String>>> = BTreeMap::new();
         for round in 0..rounds {
             for (mi, (mode, args)) in modes.iter().enumerate() {
@@ -220,52 +235,66 @@ fn main() {
                 }
             }
         }
+        let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         shutdown.cancel();
         let _ = served.await;
         drop(pgbouncer);
 
         println!();
         println!(
-            "pgbench -c {clients} -T {secs} (select-only -j {threads}, tpcb-like -j {clients}), scale {scale}, pool_size {pool} in both poolers, medians of {rounds} round(s), {} CPUs, one PostgreSQL 15, {version}",
+            "pgbench -c {clients} -T {secs} (select-only -j {threads}, tpcb-like -j {clients}), scale {scale}, pool_size {pool} in both poolers, medians of {rounds} round(s) (ratios: medians of the per-round ratios), {} CPUs, one PostgreSQL 15, {version}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
+        );
+        let load = |l: &str| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        println!(
+            "load average (1, 5, 15 min) before: {}; after: {}",
+            load(&load_before),
+            load(&load_after)
         );
         print!("| {:<21} |", "mode");
         for (name, _) in &targets {
             print!(" {name:>18} |");
         }
-        println!();
+        println!(" pool / pgbouncer (wins) |");
         print!("|{}|", "-".repeat(23));
         for _ in &targets {
             print!("{}|", "-".repeat(20));
         }
-        println!();
+        println!("{}|", "-".repeat(25));
         let mut failures = Vec::new();
         for (mi, (mode, _)) in modes.iter().enumerate() {
-            let mut direct = None;
             print!("| {mode:<21} |");
+            // Each target's TPS in round order, or None when a run failed.
+            let mut per_target: Vec<Option<Vec<f64>>> = Vec::new();
             for (ti, (name, _)) in targets.iter().enumerate() {
                 let runs = results.remove(&(mi, ti)).unwrap_or_default();
-                let mut ok: Vec<f64> = runs.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
                 if let Some(e) = runs.iter().find_map(|r| r.as_ref().err()) {
                     failures.push(format!("{mode} via {name}: {e}"));
                 }
-                if ok.len() < runs.len() {
+                let ok: Vec<f64> = runs.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+                if ok.len() < runs.len() || ok.is_empty() {
                     print!(" {:>18} |", format!("failed {}/{}", runs.len() - ok.len(), runs.len()));
+                    per_target.push(None);
                     continue;
                 }
-                let tps = median(&mut ok);
-                match direct {
-                    None if ti == 0 => {
-                        direct = Some(tps);
-                        print!(" {tps:>18.0} |");
-                    }
-                    _ => {
-                        let ratio = direct.map_or(0.0, |d| tps / d);
-                        print!(" {tps:>9.0} ({ratio:>4.2}x) |");
-                    }
+                let tps = median(&mut ok.clone());
+                match per_target.first() {
+                    None => print!(" {tps:>18.0} |"),
+                    Some(direct) => match direct {
+                        Some(d) => print!(" {tps:>9.0} ({:>4.2}x) |", paired_ratio(&ok, d)),
+                        None => print!(" {tps:>9.0} (    -) |"),
+                    },
                 }
+                per_target.push(Some(ok));
             }
-            println!();
+            match (&per_target[1], &per_target[2]) {
+                (Some(pool), Some(bouncer)) => {
+                    let wins = pool.iter().zip(bouncer).filter(|(p, b)| p > b).count();
+                    let ratio = paired_ratio(pool, bouncer);
+                    println!(" {:>23} |", format!("{ratio:.2}x ({wins}/{})", pool.len()));
+                }
+                _ => println!(" {:>23} |", "-"),
+            }
         }
         for f in failures {
             println!("{f}");
