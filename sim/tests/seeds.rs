@@ -309,6 +309,15 @@ fn regression_seed_21850_former_leader_and_members_behind_it_waited_for_each_oth
     assert_clean(21850);
 }
 
+/// The same wait (failsafe mode drawn), found by the handshake work's 30,000-seed run before the
+/// seed 21850 fix was merged: a leader that stepped down for a switchover left the race to a
+/// member that deferred to it as the healthiest (no leader after the heal).
+#[test]
+fn regression_seeds_50100_and_54521_a_stepped_down_leader_and_a_member_deferring_to_it() {
+    assert_clean(50100);
+    assert_clean(54521);
+}
+
 /// Failsafe mode: two writable primaries. The leader wrote a `failsafe` key adding a member and
 /// was cut off before its next read; its round asked the key of its last read (itself alone),
 /// kept leading on "0 of 0 accepted", and the added member took the lock. Fixed: the runner (and
