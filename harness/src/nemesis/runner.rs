@@ -83,6 +83,7 @@ impl NemesisOptions {
                 faults: self.faults,
                 kinds: self.applicable_kinds(),
                 ttl_secs: self.ttl_secs,
+                retry_timeout_secs: self.retry_timeout_secs,
                 overlap: self.overlap,
             },
         )
@@ -95,6 +96,8 @@ enum Applied {
     Frozen(String, Vec<i32>),
     Killed(String),
     DcsStopped(Vec<usize>),
+    /// Every DCS server frozen ([`FaultKind::DcsBlip`]).
+    DcsFrozen,
     ProxyKilled,
     Network,
     /// A replica's replication link degraded or cut: `(leader, replica)`, the key of its relay in
@@ -591,6 +594,14 @@ async fn apply_now(
             }
             (Applied::DcsStopped(members), names.join(", "))
         }
+        FaultKind::DcsBlip => {
+            let dcs = cluster.dcs();
+            let names: Vec<String> = (0..dcs.member_count())
+                .map(|i| dcs.member_name(i))
+                .collect();
+            dcs.set_frozen(true);
+            (Applied::DcsFrozen, format!("{} frozen", names.join(", ")))
+        }
         FaultKind::ProxyRestart => {
             match proxy {
                 Some(p) => p.kill(),
@@ -676,6 +687,10 @@ async fn heal(
             for i in members {
                 cluster.dcs().start_member(i).await?;
             }
+            Ok(())
+        }
+        Applied::DcsFrozen => {
+            cluster.dcs().set_frozen(false);
             Ok(())
         }
         Applied::ProxyKilled => match proxy {
