@@ -95,7 +95,14 @@ enum Applied {
     Nothing,
     Frozen(String, Vec<i32>),
     Killed(String),
-    DcsStopped(Vec<usize>),
+    /// These DCS servers stopped; `led`: one of them led the DCS (etcd's raft leader,
+    /// ZooKeeper's leader) when it was stopped.
+    DcsStopped {
+        /// The servers' indexes.
+        members: Vec<usize>,
+        /// One of them led the DCS.
+        led: bool,
+    },
     /// Every DCS server frozen ([`FaultKind::DcsBlip`]).
     DcsFrozen,
     ProxyKilled,
@@ -233,7 +240,6 @@ async fn run_on(
             if let Some(after) = planned.overlap {
                 tokio::time::sleep(after).await;
             }
-            let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. });
             let (applied, target, start) = apply(
                 cluster,
                 &mut proxy,
@@ -255,6 +261,10 @@ async fn run_on(
                 },
                 planned.hold.as_secs_f64()
             );
+            // For a DCS member stop, "on the leader" is the DCS's own leader (its election is
+            // what a member stop costs; see checker::leader_disturbed).
+            let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. })
+                || matches!(applied, Applied::DcsStopped { led: true, .. });
             held.push((Instant::now() + planned.hold, applied, faults.len()));
             faults.push(FaultRecord {
                 kind: planned.kind,
@@ -589,10 +599,18 @@ async fn apply_now(
             let dcs = cluster.dcs();
             let members: Vec<usize> = members.iter().map(|i| i % dcs.member_count()).collect();
             let names: Vec<String> = members.iter().map(|i| dcs.member_name(*i)).collect();
+            let led = dcs
+                .leader_index()
+                .await
+                .is_some_and(|l| members.contains(&l));
             for i in &members {
                 dcs.stop_member(*i);
             }
-            (Applied::DcsStopped(members), names.join(", "))
+            let led_note = if led { " (the DCS's leader)" } else { "" };
+            (
+                Applied::DcsStopped { members, led },
+                format!("{}{led_note}", names.join(", ")),
+            )
         }
         FaultKind::DcsBlip => {
             let dcs = cluster.dcs();
@@ -683,7 +701,7 @@ async fn heal(
             let bin = cluster.binary.clone();
             cluster.node_mut(&m).start_agent(&bin)
         }
-        Applied::DcsStopped(members) => {
+        Applied::DcsStopped { members, .. } => {
             for i in members {
                 cluster.dcs().start_member(i).await?;
             }
