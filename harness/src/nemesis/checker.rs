@@ -506,7 +506,7 @@ pub fn leader_disturbed(history: &History) -> Vec<Violation> {
             continue;
         }
         let direct = Channel::Direct(leader.clone());
-        let probes: [(&str, &dyn Fn(&Channel) -> bool); 2] = [
+        let probes: [(&str, &OnChannels); 2] = [
             ("its direct probe", &|c: &Channel| *c == direct),
             ("the proxy", &|c: &Channel| c.is_proxy()),
         ];
@@ -529,13 +529,16 @@ pub fn leader_disturbed(history: &History) -> Vec<Violation> {
     out
 }
 
+/// Which channels a probe of [`leader_disturbed`] watches.
+type OnChannels<'a> = dyn Fn(&Channel) -> bool + 'a;
+
 /// The longest time between `from`, the ends of the writes acknowledged on the channels `on`
 /// within (`from`, `to`], and `to`: (its start, its length).
 fn longest_gap(
     history: &History,
     from: Duration,
     to: Duration,
-    on: &dyn Fn(&Channel) -> bool,
+    on: &OnChannels,
 ) -> (Duration, Duration) {
     let mut ends: Vec<Duration> = history
         .ops
@@ -558,12 +561,7 @@ fn longest_gap(
 
 /// The last failed or indeterminate answer on the channels `on` that ended within `from..=to`,
 /// for a report ("no answer" when there was none: the clients were stuck).
-fn last_failure(
-    history: &History,
-    from: Duration,
-    to: Duration,
-    on: &dyn Fn(&Channel) -> bool,
-) -> String {
+fn last_failure(history: &History, from: Duration, to: Duration, on: &OnChannels) -> String {
     history
         .ops
         .iter()
