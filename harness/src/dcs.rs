@@ -527,6 +527,23 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// The index of the member leading the raft group now (the one whose `/metrics` report
+    /// `etcd_server_is_leader 1`); `None` when no running member answers so.
+    pub async fn leader_index(&self) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.process.is_none() {
+                continue;
+            }
+            let addr = format!("{}:{}", m.ip, m.port);
+            if let Ok((200, body)) = crate::http_get(&addr, "/metrics").await {
+                if body.lines().any(|l| l.trim() == "etcd_server_is_leader 1") {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
     /// Kills member `i` (0-based); its data stays.
     pub fn stop_member(&mut self, i: usize) {
         if let Some(mut p) = self.members[i].process.take() {
@@ -721,6 +738,16 @@ impl LocalDcs {
                 }
                 z.wait_serving(START_TIMEOUT).await
             }
+        }
+    }
+
+    /// The index of the server leading a DCS of several (etcd's raft leader, ZooKeeper's
+    /// leader); `None` for a single server, or when none answers as the leader.
+    pub async fn leader_index(&self) -> Option<usize> {
+        match &self.servers {
+            DcsServers::EtcdCluster(c) => c.leader_index().await,
+            DcsServers::ZooKeeperEnsemble(z) => z.leader_index().await,
+            DcsServers::Etcd(_) | DcsServers::ZooKeeper(_) => None,
         }
     }
 

@@ -21,6 +21,11 @@
 //!   acknowledging on the same timeline number (two promotions from one history), are a violation.
 //! - **deposed primary**: a write sent to member X after another member's first acknowledged
 //!   write on a later timeline had been answered, and acknowledged by X on its older timeline.
+//! - **leader disturbed**: during a fault that must leave the leader alone (a DCS blip shorter
+//!   than `retry_timeout`, one DCS member stopped: [`FaultKind::keeps_the_leader`]) and right
+//!   after it, with no other fault overlapping, a write acknowledged by another member or on
+//!   another timeline, or the leader's direct probe or the proxy without an acknowledgement for
+//!   longer than [`UNDISTURBED_GAP`] ([`leader_disturbed`]).
 //! - **no convergence**: after a heal, no single running leader with every replica streaming on
 //!   its timeline within the runner's bound; or no final state could be read.
 //! - **recovery** (measured, not a violation): from each fault (from its heal for faults that
@@ -34,7 +39,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::fault::FaultKind;
-use super::history::{Convergence, FaultRecord, History, Op, OpKind, Outcome};
+use super::history::{Channel, Convergence, FaultRecord, History, Op, OpKind, Outcome};
 
 /// A broken promise, with the time (from the run's start) it shows at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +69,9 @@ pub enum ViolationKind {
     /// A session's read on the auto port missed the row it had inserted and seen acknowledged,
     /// with read-your-writes on.
     StaleRead,
+    /// A fault that must leave the leader alone ([`FaultKind::keeps_the_leader`]) saw a
+    /// promotion, a new timeline, or the leader's writes stop ([`leader_disturbed`]).
+    LeaderDisturbed,
 }
 
 impl fmt::Display for ViolationKind {
@@ -75,6 +83,7 @@ impl fmt::Display for ViolationKind {
             ViolationKind::NoConvergence => "no convergence",
             ViolationKind::NoRecovery => "no recovery",
             ViolationKind::StaleRead => "stale read",
+            ViolationKind::LeaderDisturbed => "leader disturbed",
         })
     }
 }
@@ -145,7 +154,9 @@ const SLACK: Duration = Duration::from_secs(1);
 ///   `synchronous_mode`, commits wait for a synchronous standby that neither answers nor
 ///   disconnects until the fault heals or `wal_sender_timeout` ends the connection, so the
 ///   fault's own hold plus a loop (`hold + loop_wait + 1 s`).
-/// - **DCS member stop**: the DCS keeps its quorum and writes never need it (`loop_wait + 1 s`);
+/// - **DCS member stop**, **DCS blip** (every server frozen for less than `retry_timeout`): the
+///   leader keeps its lock (the stop leaves a quorum; the blip ends before the leader's demotion
+///   deadline, [`super::fault::BLIP_MARGIN`]) and writes never need the DCS (`loop_wait + 1 s`);
 ///   more means the leader needlessly stepped down.
 /// - **DCS quorum loss**, from the heal: the failover bound, since a lock held at the loss may
 ///   live on for up to `ttl` once the quorum is back.
@@ -195,7 +206,7 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
             hold + loop_wait + SLACK
         }
         FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink => SLACK,
-        FaultKind::DcsMemberStop => loop_wait + SLACK,
+        FaultKind::DcsMemberStop | FaultKind::DcsBlip => loop_wait + SLACK,
         FaultKind::DcsQuorumLoss => failover,
         FaultKind::ProxyRestart => hold + 2 * SLACK,
         FaultKind::ReplicationSlow | FaultKind::ReplicationLossy if sync => {
@@ -222,7 +233,8 @@ pub const REPLICATION_ROUND_TRIP: Duration = Duration::from_millis(
 /// a fault that takes the leader away or cuts it off (kill, crash, freeze, silence, slow DCS
 /// links of the leader; a partition; the DCS quorum lost, after which the leader stops). A
 /// replica's fault, a DCS member stopped, the proxy restarted, a replication link and a planned
-/// switchover hand the leadership over with every commit, or not at all.
+/// switchover hand the leadership over with every commit, or not at all; a DCS blip must not
+/// move it at all ([`leader_disturbed`]).
 pub fn may_lose_async_commits(f: &FaultRecord) -> bool {
     match f.kind {
         FaultKind::Kill
@@ -232,6 +244,7 @@ pub fn may_lose_async_commits(f: &FaultRecord) -> bool {
         | FaultKind::SlowLink => f.on_leader,
         FaultKind::Partition | FaultKind::OneWayPartition | FaultKind::DcsQuorumLoss => true,
         FaultKind::DcsMemberStop
+        | FaultKind::DcsBlip
         | FaultKind::ProxyRestart
         | FaultKind::ReplicationSlow
         | FaultKind::ReplicationLossy
@@ -317,6 +330,7 @@ pub fn check(history: &History) -> Report {
     check_convergence(history, &mut report);
     check_recovery(history, &mut report);
     report.violations.extend(stale_reads(history));
+    report.violations.extend(leader_disturbed(history));
     report.violations.sort_by_key(|v| v.at);
     report
 }
@@ -418,6 +432,166 @@ pub fn stale_reads(history: &History) -> Vec<Violation> {
             })
         })
         .collect()
+}
+
+/// The longest a leader left alone may go without acknowledging a write, on its direct probe or
+/// through the proxy: `loop_wait + 1 s`, the recovery bound of the faults that keep the leader
+/// ([`recovery_bound`]). Writes never wait for the DCS (the proxy keeps its routes until its
+/// DCS-contact deadline, `ttl`-long), so any pause is the machine's; a demotion stops PostgreSQL,
+/// and the agent restarts it one `loop_wait` later at the earliest, so even a leader restarted as
+/// primary on its timeline shows a longer gap.
+pub fn undisturbed_gap(history: &History) -> Duration {
+    Duration::from_secs(u64::from(history.loop_wait_secs)) + SLACK
+}
+
+/// The leaders disturbed by a fault that must leave them alone ([`FaultKind::keeps_the_leader`]:
+/// a DCS blip shorter than `retry_timeout`, one DCS member stopped), one violation per fault.
+///
+/// Checked for each such fault that no other overlaps, except a stop of the server that led the
+/// DCS ([`FaultRecord::on_leader`]: its election may outlast the demotion window), from its start to `loop_wait +
+/// retry_timeout + 1 s` after its heal (when a leader that missed its renewals would have
+/// demoted at the latest: its demotion deadline), or the next fault, or the run's end. The leader
+/// is the member and timeline of the last write acknowledged through the proxy before the fault
+/// (none: nothing to check). In that window:
+/// - no write is acknowledged by another member, or by the leader on another timeline (a
+///   promotion elsewhere, or the leader demoted and promoted again);
+/// - the leader's direct probe (client `direct-<leader>`) and the proxy's ports each go no longer
+///   than [`undisturbed_gap`] without an acknowledged write (a demotion: PostgreSQL stopped or
+///   read-only; the proxy stopped routing to it).
+pub fn leader_disturbed(history: &History) -> Vec<Violation> {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let after_heal = secs(history.loop_wait_secs) + secs(history.retry_timeout_secs) + SLACK;
+    let bound = undisturbed_gap(history);
+    let mut out = Vec::new();
+    for (i, f) in history.faults.iter().enumerate() {
+        // The DCS's own leader stopped costs an election (etcd: a randomized 1-2 s timeout, then
+        // a vote; 3-5.5 s measured on a loaded machine) during which no lease is refreshed: it
+        // disturbs the leader whenever it outlasts what is left of `loop_wait + retry_timeout`
+        // (README, "A silent etcd member"; Patroni's too), as it may at the nemesis's 1 s + 2 s.
+        let dcs_election = f.kind == FaultKind::DcsMemberStop && f.on_leader;
+        if !f.kind.keeps_the_leader()
+            || dcs_election
+            || history.faults.iter().any(|g| f.overlaps(g))
+        {
+            continue;
+        }
+        let to = (f.heal + after_heal)
+            .min(history.faults.get(i + 1).map_or(Duration::MAX, |g| g.start))
+            .min(history.end);
+        let from = f.start;
+        let Some((leader, tl)) = history
+            .ops
+            .iter()
+            .filter(|o| o.channel.is_proxy() && o.end <= from)
+            .filter_map(|o| o.acked_on().map(|a| (o.end, a)))
+            .max_by_key(|(end, _)| *end)
+            .map(|(_, (m, t))| (m.to_string(), t))
+        else {
+            continue;
+        };
+        let disturbed = |detail: String, at: Duration| Violation {
+            kind: ViolationKind::LeaderDisturbed,
+            at,
+            detail: format!(
+                "{} ({}) at {from:?}-{:?}, leader {leader} on timeline {tl}: {detail}",
+                f.kind, f.target, f.heal
+            ),
+        };
+        let elsewhere = history
+            .ops
+            .iter()
+            .filter(|o| o.start >= from && o.start <= to)
+            .filter_map(|o| o.acked_on().map(|a| (o, a)))
+            .filter(|(_, (m, t))| (*m, *t) != (leader.as_str(), tl))
+            .min_by_key(|(o, _)| o.end);
+        if let Some((o, (m, t))) = elsewhere {
+            out.push(disturbed(
+                format!(
+                    "{m} acknowledged a write on timeline {t} ({}, {}, {:?}-{:?})",
+                    o.client, o.channel, o.start, o.end
+                ),
+                o.end,
+            ));
+            continue;
+        }
+        let direct = Channel::Direct(leader.clone());
+        let probes: [(&str, &OnChannels); 2] = [
+            ("its direct probe", &|c: &Channel| *c == direct),
+            ("the proxy", &|c: &Channel| c.is_proxy()),
+        ];
+        for (what, on) in probes {
+            let gap = longest_gap(history, from, to, on);
+            if gap.1 > bound {
+                out.push(disturbed(
+                    format!(
+                        "{what} acknowledged no write for {:?} from {:?} (bound {bound:?}); {}",
+                        gap.1,
+                        gap.0,
+                        last_failure(history, gap.0, gap.0 + gap.1, on)
+                    ),
+                    gap.0 + gap.1,
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Which channels a probe of [`leader_disturbed`] watches.
+type OnChannels<'a> = dyn Fn(&Channel) -> bool + 'a;
+
+/// The longest time between `from`, the ends of the writes acknowledged on the channels `on`
+/// within (`from`, `to`], and `to`: (its start, its length).
+fn longest_gap(
+    history: &History,
+    from: Duration,
+    to: Duration,
+    on: &OnChannels,
+) -> (Duration, Duration) {
+    let mut ends: Vec<Duration> = history
+        .ops
+        .iter()
+        .filter(|o| on(&o.channel) && o.acked_on().is_some() && o.end > from && o.end <= to)
+        .map(|o| o.end)
+        .collect();
+    ends.sort();
+    ends.push(to);
+    let mut last = from;
+    let mut gap = (from, Duration::ZERO);
+    for end in ends {
+        if end.saturating_sub(last) > gap.1 {
+            gap = (last, end.saturating_sub(last));
+        }
+        last = last.max(end);
+    }
+    gap
+}
+
+/// The last failed or indeterminate answer on the channels `on` that ended within `from..=to`,
+/// for a report ("no answer" when there was none: the clients were stuck).
+fn last_failure(history: &History, from: Duration, to: Duration, on: &OnChannels) -> String {
+    history
+        .ops
+        .iter()
+        .filter(|o| on(&o.channel) && o.end >= from && o.end <= to)
+        .filter_map(|o| match &o.outcome {
+            Outcome::Failed { sqlstate, message } => Some((
+                o.end,
+                format!(
+                    "last failure {} ({}): {message}",
+                    sqlstate.as_deref().unwrap_or("-"),
+                    o.client
+                ),
+            )),
+            Outcome::Unknown { message } => Some((
+                o.end,
+                format!("last indeterminate ({}): {message}", o.client),
+            )),
+            Outcome::Ok { .. } => None,
+        })
+        .max_by_key(|(end, _)| *end)
+        .map_or_else(|| "no failed answer".to_string(), |(_, m)| m)
 }
 
 fn check_lost(history: &History, report: &mut Report) {
@@ -909,6 +1083,204 @@ mod tests {
         let r = check(&lost);
         assert_eq!(r.violations, vec![], "{r:?}");
         assert_eq!(r.lost_async_allowed, 1);
+    }
+
+    /// Writes every `every` ms from `from` to `to` (ms), each taking 5 ms, acknowledged by
+    /// `server` on timeline `tl`, by client `client` on `channel`; ids from `first_id`.
+    fn steady(
+        client: &str,
+        channel: Channel,
+        (server, tl): (&str, u32),
+        (from, to, every): (u64, u64, u64),
+        first_id: i64,
+    ) -> Vec<Op> {
+        (from..to)
+            .step_by(every as usize)
+            .enumerate()
+            .map(|(i, t)| {
+                let mut o = ok(
+                    OpKind::Insert {
+                        id: first_id + i as i64,
+                    },
+                    channel.clone(),
+                    t,
+                    t + 5,
+                    server,
+                    tl,
+                );
+                o.client = client.into();
+                o
+            })
+            .collect()
+    }
+
+    /// A history in which pg1 (timeline 1) acknowledges through the proxy and directly from 0 to
+    /// 20 s, with `faults`; `direct_until` (ms) ends pg1's direct probe early, and `pg2_from`
+    /// (ms) has pg2 acknowledge on timeline 2 from then on, through the proxy (pg1's proxy
+    /// writes stop there).
+    fn undisturbed(faults: Vec<FaultRecord>, direct_until: u64, pg2_from: Option<u64>) -> History {
+        let proxy_until = pg2_from.unwrap_or(20_000);
+        let mut ops = steady(
+            "rw-insert",
+            Channel::ProxyRw,
+            ("pg1", 1),
+            (0, proxy_until, 25),
+            1,
+        );
+        ops.extend(steady(
+            "direct-pg1",
+            Channel::Direct("pg1".into()),
+            ("pg1", 1),
+            (0, direct_until, 50),
+            100_000,
+        ));
+        if let Some(at) = pg2_from {
+            ops.extend(steady(
+                "rw-insert",
+                Channel::ProxyRw,
+                ("pg2", 2),
+                (at, 20_000, 25),
+                200_000,
+            ));
+        }
+        let ids: Vec<i64> = ops
+            .iter()
+            .filter_map(|o| match o.kind {
+                OpKind::Insert { id } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let mut h = history(Mode::Strict, ops, &ids);
+        h.end = ms(20_000);
+        h.faults = faults;
+        h.convergence = vec![Convergence::Converged { after: ms(10) }; h.faults.len()];
+        h
+    }
+
+    fn dcs_fault(kind: FaultKind, start: u64, heal: u64) -> FaultRecord {
+        FaultRecord {
+            kind,
+            target: "etcd e1, etcd e2, etcd e3 frozen".into(),
+            start: ms(start),
+            heal: ms(heal),
+            on_leader: false,
+            replica_with_leader: false,
+        }
+    }
+
+    #[test]
+    fn a_leader_that_keeps_acknowledging_through_a_dcs_blip_or_member_stop_is_undisturbed() {
+        let h = undisturbed(
+            vec![
+                dcs_fault(FaultKind::DcsBlip, 2000, 3500),
+                dcs_fault(FaultKind::DcsMemberStop, 9000, 15_000),
+            ],
+            20_000,
+            None,
+        );
+        let r = check(&h);
+        assert_eq!(r.violations, vec![], "{r:?}");
+        // A pause of the direct probe shorter than loop_wait + 1 s (a loaded machine) passes.
+        let mut paused = h.clone();
+        paused
+            .ops
+            .retain(|o| !(o.client == "direct-pg1" && o.start > ms(2500) && o.start < ms(4000)));
+        assert_eq!(check(&paused).violations, vec![]);
+    }
+
+    #[test]
+    fn a_leader_demoted_by_a_dcs_blip_is_disturbed() {
+        // pg1 stops acknowledging at 3 s (its PostgreSQL stopped, then read-only), pg2 promoted
+        // at 12 s: the direct probe's gap runs to the window's end (heal 3.5 s + 1 + 2 + 1 s).
+        let h = undisturbed(
+            vec![dcs_fault(FaultKind::DcsBlip, 2000, 3500)],
+            3000,
+            Some(12_000),
+        );
+        let r = check(&h);
+        let v: Vec<&Violation> = r
+            .violations
+            .iter()
+            .filter(|v| v.kind == ViolationKind::LeaderDisturbed)
+            .collect();
+        assert_eq!(v.len(), 1, "{r:?}");
+        assert!(
+            v[0].detail
+                .contains("its direct probe acknowledged no write for 4.5"),
+            "{v:?}"
+        );
+        assert_eq!(v[0].at, ms(7500));
+        // A promotion inside the window is named as such.
+        let h = undisturbed(
+            vec![dcs_fault(FaultKind::DcsMemberStop, 2000, 3500)],
+            4000,
+            Some(4000),
+        );
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::LeaderDisturbed], "{r:?}");
+        assert!(
+            r.violations[0]
+                .detail
+                .contains("pg2 acknowledged a write on timeline 2"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_stops_writing_through_a_dcs_blip_is_disturbed() {
+        let mut h = undisturbed(
+            vec![dcs_fault(FaultKind::DcsBlip, 2000, 3500)],
+            20_000,
+            None,
+        );
+        h.ops
+            .retain(|o| !(o.channel.is_proxy() && o.start > ms(2100) && o.start < ms(5000)));
+        let r = check(&h);
+        assert_eq!(kinds(&r), vec![ViolationKind::LeaderDisturbed], "{r:?}");
+        assert!(r.violations[0].detail.contains("the proxy"), "{r:?}");
+    }
+
+    #[test]
+    fn a_leader_change_is_no_disturbance_when_another_fault_overlaps_or_after_the_window() {
+        // The leader killed while one DCS member was stopped: its failover is the kill's.
+        let h = undisturbed(
+            vec![
+                dcs_fault(FaultKind::DcsMemberStop, 2000, 6000),
+                fault(FaultKind::Kill, true, 3000, 5000),
+            ],
+            3000,
+            Some(12_000),
+        );
+        let r = check(&h);
+        assert!(
+            !kinds(&r).contains(&ViolationKind::LeaderDisturbed),
+            "{r:?}"
+        );
+        // A leader change 10 s after a blip healed is not the blip's.
+        let mut h = undisturbed(
+            vec![dcs_fault(FaultKind::DcsBlip, 2000, 3500)],
+            13_000,
+            Some(13_500),
+        );
+        h.faults.push(fault(FaultKind::Kill, true, 13_000, 13_100));
+        h.convergence.push(Convergence::Converged { after: ms(10) });
+        let r = check(&h);
+        assert!(
+            !kinds(&r).contains(&ViolationKind::LeaderDisturbed),
+            "{r:?}"
+        );
+        // The DCS's own leader stopped: its election may outlast the demotion window.
+        let mut stop = dcs_fault(FaultKind::DcsMemberStop, 2000, 3500);
+        stop.on_leader = true;
+        let h = undisturbed(vec![stop], 3000, Some(12_000));
+        assert!(!kinds(&check(&h)).contains(&ViolationKind::LeaderDisturbed));
+        // A DCS quorum loss may demote the leader: not checked.
+        let h = undisturbed(
+            vec![dcs_fault(FaultKind::DcsQuorumLoss, 2000, 3500)],
+            3000,
+            Some(12_000),
+        );
+        assert!(!kinds(&check(&h)).contains(&ViolationKind::LeaderDisturbed));
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub enum FaultKind {
     /// A planned switchover from the leader to a replica (REST `POST /switchover`), as an
     /// operator would run it; instantaneous (the switchover itself is the cluster's reaction).
     Switchover,
+    /// Every DCS server frozen (SIGSTOP, then SIGCONT at the heal: unreachable, not restarted, so
+    /// the DCS is back the moment the hold ends) for a hold shorter than `retry_timeout` by
+    /// [`BLIP_MARGIN`] ([`blip_hold_ms`]): README's "a DCS outage shorter than `retry_timeout`
+    /// disturbs no leader", checked by [`super::checker::leader_disturbed`].
+    DcsBlip,
 }
 
 /// The range of the delay (ms, each way) a [`FaultKind::ReplicationSlow`] adds: from what a
@@ -59,9 +64,33 @@ pub const REPLICATION_DELAY_MS: std::ops::RangeInclusive<u32> = 200..=1000;
 /// The range of the share of chunks (percent) a [`FaultKind::ReplicationLossy`] "loses".
 pub const REPLICATION_LOSS_PERCENT: std::ops::RangeInclusive<u32> = 10..=50;
 
+/// How much shorter than `retry_timeout` a [`FaultKind::DcsBlip`] is held at most.
+///
+/// The leader's demotion deadline is `loop_wait + retry_timeout` after the start of the cycle
+/// whose renewal succeeded (`ha::demote_deadline_ms`), and the next renewal starts a cycle
+/// (`c`) plus `loop_wait` later. The worst blip starts while a renewal is in flight: that one
+/// then never counts, and the deadline is the previous cycle's, `loop_wait + retry_timeout`
+/// after a cycle that started `loop_wait + 2c` before the blip; so the DCS must answer the
+/// in-flight renewal within `retry_timeout - 2c` of the blip's start. 500 ms leaves two cycles
+/// (a DCS read, PostgreSQL queries and a renewal: tens of ms, a few hundred on a loaded machine)
+/// and the thawed DCS's first answers; past that margin a demotion is the rule working, not a
+/// disturbance.
+pub const BLIP_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The shortest [`FaultKind::DcsBlip`] hold, ms: long enough that every agent's next DCS call
+/// lands in it.
+pub const BLIP_MIN_MS: u64 = 200;
+
+/// The range (ms) a [`FaultKind::DcsBlip`]'s hold is drawn from under `retry_timeout_secs`:
+/// [`BLIP_MIN_MS`] to `retry_timeout -` [`BLIP_MARGIN`] (at least the minimum).
+pub fn blip_hold_ms(retry_timeout_secs: u32) -> std::ops::RangeInclusive<u64> {
+    let max = (u64::from(retry_timeout_secs) * 1000).saturating_sub(BLIP_MARGIN.as_millis() as u64);
+    BLIP_MIN_MS..=max.max(BLIP_MIN_MS)
+}
+
 impl FaultKind {
     /// Every kind, in the order tables list them.
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Freeze,
         FaultKind::Kill,
         FaultKind::PostgresCrash,
@@ -76,12 +105,25 @@ impl FaultKind {
         FaultKind::ReplicationLossy,
         FaultKind::ReplicationCut,
         FaultKind::Switchover,
+        FaultKind::DcsBlip,
     ];
 
     /// The kinds drawn before the replication-link faults and the switchover existed. A seed's
     /// plan depends on the list it draws from, so a seed found with these replays its faults only
     /// when drawn from them (`PRAETOR_NEMESIS_FAULTS`, or [`super::runner::NemesisOptions::kinds`]).
     pub const FIRST_TEN: &'static [FaultKind] = Self::ALL.split_at(10).0;
+
+    /// The kinds drawn before [`FaultKind::DcsBlip`] existed (the 100-seed tables of
+    /// `docs/nemesis-tables.md`, the CI seeds of `tests/nemesis.rs`): a seed found with them
+    /// replays its faults only when drawn from them, as for [`FaultKind::FIRST_TEN`].
+    pub const FIRST_FOURTEEN: &'static [FaultKind] = Self::ALL.split_at(14).0;
+
+    /// True for the faults after which the leader must stay undisturbed (README: "a DCS outage
+    /// shorter than `retry_timeout` disturbs no leader; losing one DCS member disturbs
+    /// nothing"), checked by [`super::checker::leader_disturbed`] when no other fault overlaps.
+    pub fn keeps_the_leader(self) -> bool {
+        matches!(self, FaultKind::DcsBlip | FaultKind::DcsMemberStop)
+    }
 
     /// True for the faults that need hosts of their own (network namespaces).
     pub fn needs_network(self) -> bool {
@@ -137,6 +179,7 @@ impl FaultKind {
             FaultKind::ReplicationLossy => "repl-lossy",
             FaultKind::ReplicationCut => "repl-cut",
             FaultKind::Switchover => "switchover",
+            FaultKind::DcsBlip => "dcs-blip",
         }
     }
 
@@ -200,7 +243,12 @@ impl FaultKind {
     /// by the first heal), not both network faults (a network heal removes every rule), not both
     /// on replication links (both may hit the same relay).
     pub fn can_overlap(self, other: FaultKind) -> bool {
-        let dcs = |k: FaultKind| matches!(k, FaultKind::DcsMemberStop | FaultKind::DcsQuorumLoss);
+        let dcs = |k: FaultKind| {
+            matches!(
+                k,
+                FaultKind::DcsMemberStop | FaultKind::DcsQuorumLoss | FaultKind::DcsBlip
+            )
+        };
         self != other
             && !(dcs(self) && dcs(other))
             && !(self.healed_with_the_network() && other.healed_with_the_network())
@@ -217,6 +265,9 @@ pub struct PlanOptions {
     pub kinds: Vec<FaultKind>,
     /// Leader lock TTL, seconds: holds range from 1 s to `2 × ttl`, so some outlast the lease.
     pub ttl_secs: u32,
+    /// DCS retry timeout, seconds: a [`FaultKind::DcsBlip`]'s hold is drawn from
+    /// [`blip_hold_ms`] of it.
+    pub retry_timeout_secs: u32,
     /// Draw overlapping faults: each fault after the first is, with probability 1/2, applied
     /// while the previous one still holds (at a point drawn within its hold), when the two kinds
     /// [`FaultKind::can_overlap`] and the previous one neither is instantaneous nor overlaps
@@ -246,6 +297,7 @@ pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
                     Target::DcsMembers((0..3).filter(|i| *i != keep).collect())
                 }
                 FaultKind::ProxyRestart => Target::Proxy,
+                FaultKind::DcsBlip => Target::DcsMembers(vec![0, 1, 2]),
                 // A replica's link, and a switchover's candidate: always a replica (drawn apart,
                 // so the kinds drawn before these existed keep their plans).
                 FaultKind::ReplicationSlow
@@ -266,6 +318,8 @@ pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
                 Duration::ZERO
             } else if kind == FaultKind::ProxyRestart {
                 Duration::from_millis(rng.u64(100..=2000))
+            } else if kind == FaultKind::DcsBlip {
+                Duration::from_millis(rng.u64(blip_hold_ms(options.retry_timeout_secs)))
             } else {
                 Duration::from_millis(rng.u64(1000..=max_hold_ms))
             };
@@ -357,6 +411,7 @@ mod tests {
             faults: 20,
             kinds: kinds.to_vec(),
             ttl_secs: 6,
+            retry_timeout_secs: 2,
             overlap: false,
         }
     }
@@ -459,12 +514,67 @@ mod tests {
                 .filter(|k| !k.needs_network())
                 .collect(),
             ttl_secs: 6,
+            retry_timeout_secs: 2,
             overlap: false,
         };
         let kinds: Vec<FaultKind> = plan(12, &o).iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
             [FaultKind::PostgresCrash, FaultKind::Kill, FaultKind::Freeze]
+        );
+    }
+
+    #[test]
+    fn a_dcs_blip_freezes_every_dcs_server_for_less_than_retry_timeout_by_the_margin() {
+        assert_eq!(blip_hold_ms(2), 200..=1500);
+        assert_eq!(blip_hold_ms(10), 200..=9500);
+        assert_eq!(blip_hold_ms(0), 200..=200, "never an empty range");
+        let o = options(&[FaultKind::DcsBlip]);
+        let mut holds = Vec::new();
+        for seed in 0..20 {
+            for f in plan(seed, &o) {
+                assert_eq!(f.target, Target::DcsMembers(vec![0, 1, 2]), "{f:?}");
+                assert!(
+                    blip_hold_ms(2).contains(&(f.hold.as_millis() as u64)),
+                    "{f:?}"
+                );
+                assert_eq!(f.degrade, None);
+                holds.push(f.hold);
+            }
+        }
+        assert!(holds.iter().any(|h| *h < Duration::from_millis(600)));
+        assert!(holds.iter().any(|h| *h > Duration::from_millis(1200)));
+        assert!(
+            FaultKind::DcsBlip.keeps_the_leader() && FaultKind::DcsMemberStop.keeps_the_leader()
+        );
+        assert!(!FaultKind::DcsQuorumLoss.keeps_the_leader());
+        assert!(!FaultKind::DcsBlip.can_overlap(FaultKind::DcsMemberStop));
+        assert!(FaultKind::DcsBlip.can_overlap(FaultKind::Kill));
+    }
+
+    #[test]
+    fn the_first_fourteen_kinds_draw_what_they_drew_before_the_dcs_blip_existed() {
+        // Seed 10 under async on the loopback harness (ASYNC_SWITCHOVER_SEED of
+        // tests/nemesis.rs): a switchover, a freeze, a kill, as it drew when it was chosen.
+        let o = PlanOptions {
+            faults: 3,
+            kinds: FaultKind::FIRST_FOURTEEN
+                .iter()
+                .copied()
+                .filter(|k| !k.needs_network())
+                .collect(),
+            ttl_secs: 6,
+            retry_timeout_secs: 2,
+            overlap: false,
+        };
+        let kinds: Vec<FaultKind> = plan(10, &o).iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [FaultKind::Switchover, FaultKind::Freeze, FaultKind::Kill]
+        );
+        assert_eq!(
+            FaultKind::FIRST_FOURTEEN.last(),
+            Some(&FaultKind::Switchover)
         );
     }
 

@@ -191,7 +191,8 @@ pub struct FaultRecord {
     /// When it was healed (equal to `start` for instantaneous faults such as a PostgreSQL crash).
     pub heal: Duration,
     /// It hit the member that led when it was applied (or cut that member off, for a
-    /// partition); false for a replica and for faults aimed at no member (DCS, proxy).
+    /// partition); for a DCS member stop, the stopped server led the DCS (its raft or ZooKeeper
+    /// leader); false for a replica and for the other faults aimed at no member (DCS, proxy).
     pub on_leader: bool,
     /// A partition that left a replica on the leader's side (it may be the synchronous
     /// standby, which under `synchronous_mode` is the only member that may be promoted).

@@ -83,6 +83,7 @@ impl NemesisOptions {
                 faults: self.faults,
                 kinds: self.applicable_kinds(),
                 ttl_secs: self.ttl_secs,
+                retry_timeout_secs: self.retry_timeout_secs,
                 overlap: self.overlap,
             },
         )
@@ -94,7 +95,16 @@ enum Applied {
     Nothing,
     Frozen(String, Vec<i32>),
     Killed(String),
-    DcsStopped(Vec<usize>),
+    /// These DCS servers stopped; `led`: one of them led the DCS (etcd's raft leader,
+    /// ZooKeeper's leader) when it was stopped.
+    DcsStopped {
+        /// The servers' indexes.
+        members: Vec<usize>,
+        /// One of them led the DCS.
+        led: bool,
+    },
+    /// Every DCS server frozen ([`FaultKind::DcsBlip`]).
+    DcsFrozen,
     ProxyKilled,
     Network,
     /// A replica's replication link degraded or cut: `(leader, replica)`, the key of its relay in
@@ -241,7 +251,6 @@ async fn run_on(
             if let Some(after) = planned.overlap {
                 tokio::time::sleep(after).await;
             }
-            let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. });
             let (applied, target, start) = apply(
                 cluster,
                 &mut proxy,
@@ -263,6 +272,10 @@ async fn run_on(
                 },
                 planned.hold.as_secs_f64()
             );
+            // For a DCS member stop, "on the leader" is the DCS's own leader (its election is
+            // what a member stop costs; see checker::leader_disturbed).
+            let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. })
+                || matches!(applied, Applied::DcsStopped { led: true, .. });
             held.push((Instant::now() + planned.hold, applied, faults.len()));
             faults.push(FaultRecord {
                 kind: planned.kind,
@@ -601,10 +614,26 @@ async fn apply_now(
             let dcs = cluster.dcs();
             let members: Vec<usize> = members.iter().map(|i| i % dcs.member_count()).collect();
             let names: Vec<String> = members.iter().map(|i| dcs.member_name(*i)).collect();
+            let led = dcs
+                .leader_index()
+                .await
+                .is_some_and(|l| members.contains(&l));
             for i in &members {
                 dcs.stop_member(*i);
             }
-            (Applied::DcsStopped(members), names.join(", "))
+            let led_note = if led { " (the DCS's leader)" } else { "" };
+            (
+                Applied::DcsStopped { members, led },
+                format!("{}{led_note}", names.join(", ")),
+            )
+        }
+        FaultKind::DcsBlip => {
+            let dcs = cluster.dcs();
+            let names: Vec<String> = (0..dcs.member_count())
+                .map(|i| dcs.member_name(i))
+                .collect();
+            dcs.set_frozen(true);
+            (Applied::DcsFrozen, format!("{} frozen", names.join(", ")))
         }
         FaultKind::ProxyRestart => {
             match proxy {
@@ -687,10 +716,14 @@ async fn heal(
             let bin = cluster.binary.clone();
             cluster.node_mut(&m).start_agent(&bin)
         }
-        Applied::DcsStopped(members) => {
+        Applied::DcsStopped { members, .. } => {
             for i in members {
                 cluster.dcs().start_member(i).await?;
             }
+            Ok(())
+        }
+        Applied::DcsFrozen => {
+            cluster.dcs().set_frozen(false);
             Ok(())
         }
         Applied::ProxyKilled => match proxy {

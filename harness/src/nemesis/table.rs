@@ -28,7 +28,8 @@ fn attribute(history: &History, at: Duration) -> Option<&FaultRecord> {
     history.faults.iter().rev().find(|f| f.start <= at)
 }
 
-/// A row's name: the kind, `@leader` or `@replica` for the faults aimed at a member, `+overlap`
+/// A row's name: the kind, `@leader` or `@replica` for the faults aimed at a member,
+/// `@dcs-leader` for a DCS member stop of the DCS's own leader, `+overlap`
 /// when another fault held at the same time.
 fn label(kind: FaultKind, on_leader: bool, overlapped: bool) -> String {
     let member = matches!(
@@ -42,6 +43,9 @@ fn label(kind: FaultKind, on_leader: bool, overlapped: bool) -> String {
     let mut l = kind.name().to_string();
     if member {
         l.push_str(if on_leader { "@leader" } else { "@replica" });
+    }
+    if kind == FaultKind::DcsMemberStop && on_leader {
+        l.push_str("@dcs-leader");
     }
     if overlapped {
         l.push_str("+overlap");
