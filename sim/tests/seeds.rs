@@ -249,3 +249,21 @@ fn regression_failsafe_seed_1283_stepped_down_leader_waited_for_a_member_outside
 fn regression_failsafe_seed_6204_a_key_written_after_the_last_read_was_not_asked() {
     assert_clean_with_failsafe(6204);
 }
+
+/// Maintenance mode stops automatic failover only because the members read `pause` from the DCS
+/// `config` key: members that ignore it fail over while paused, and the invariant must see it.
+#[test]
+fn without_members_reading_pause_a_promotion_while_paused_is_found() {
+    let opts = Options {
+        members_read_pause: false,
+        ..Options::default()
+    };
+    let found = (0..2000).find(|&seed| {
+        let r = run_seed_with(seed, false, opts);
+        matches!(r.violation, Some(Violation::PromotedWhilePaused { .. }))
+    });
+    assert!(
+        found.is_some(),
+        "no seed promoted while paused with members ignoring pause"
+    );
+}
