@@ -2026,11 +2026,10 @@ impl Runner {
             .and_then(|v| v.leader.as_ref())
             .is_some_and(|l| l.name == self.me());
         let primary = obs.server.as_ref().is_some_and(|s| !s.in_recovery);
-        // Disarm when neither leading nor primary, or paused; never merely because a renewal failed
-        // (that is exactly when the watchdog must fire if the agent freezes).
-        if self.watchdog.is_active()
-            && ((view.is_some() && !holds && !primary) || self.dynamic.pause)
-        {
+        // Disarm when neither leading nor primary; never merely because a renewal failed (that is
+        // exactly when the watchdog must fire if the agent freezes), nor because the cluster is
+        // paused (see `ha::decide`'s `with_watchdog`: a lease renewed without it outlives a resume).
+        if self.watchdog.is_active() && view.is_some() && !holds && !primary {
             self.disable_watchdog();
         }
         let mut data = self.member_data(obs, view);

@@ -25,12 +25,11 @@
 //!
 //! | when | call |
 //! |---|---|
-//! | `Action::ArmWatchdog`, which `decide` puts right before taking the lock (`AcquireLeader`, also the first lock after bootstrap) and before renewing it while not armed (the agent restarted while leader, or `automatic` found no device last time), unless paused | `wd.may_take_lock(ttl, loop_wait)`: this arms the device; `false` (only in `required` mode) ends the decision and is `WatchdogState::Refused` for the next one, where a leader steps down as Patroni's "Demoting self because watchdog could not be activated" |
+//! | `Action::ArmWatchdog`, which `decide` puts right before taking the lock (`AcquireLeader`, also the first lock after bootstrap) and before renewing it while not armed (the agent restarted while leader, or `automatic` found no device last time), also while paused (unlike Patroni: a lease renewed without the watchdog during a pause outlives the resume) | `wd.may_take_lock(ttl, loop_wait)`: this arms the device; `false` (only in `required` mode) ends the decision and is `WatchdogState::Refused` for the next one, where a leader steps down as Patroni's "Demoting self because watchdog could not be activated" |
 //! | right after a successful acquire or renewal of the lock (`AcquireLeader`/`RenewLeader` returned true) | `wd.keepalive()` (log an `Err`) |
 //! | when failsafe mode keeps the primary running without the DCS | `wd.keepalive()` |
 //! | after PostgreSQL stopped (`Action::Stop` returned Ok: demotion, DCS loss, switchover) | `wd.disable()` |
 //! | end of a cycle in which this member neither holds the lock nor runs PostgreSQL as a primary (lost race, released lock, replica) | `wd.disable()` (no syscall when not active) |
-//! | each cycle while paused (maintenance mode) | `wd.disable()` |
 //! | `ttl` or `loop_wait` changed while `wd.is_active()` | `wd.activate(ttl, loop_wait)` (log an `Err`), before the lease TTL changes |
 //! | clean shutdown, after PostgreSQL stopped | `wd.disable()`; if the stop failed, leave it armed |
 //! | the REST API's `/patroni` | `watchdog_failed: true` when `!wd.is_healthy(ttl, loop_wait)` |
@@ -377,8 +376,8 @@ impl Watchdog {
     /// Whether this member may take the leader lock now, with the watchdog armed as the mode asks:
     /// calls [`activate`](Watchdog::activate), and on an error logs it (once, until it changes) and
     /// answers `false` in `required` mode (the device closed), `true` in `automatic` mode. Always
-    /// `true` in `off` mode. Call it right before each attempt to take the lock; do not call it
-    /// while paused.
+    /// `true` in `off` mode. Call it right before each attempt to take the lock (also while
+    /// paused).
     pub fn may_take_lock(&mut self, ttl_secs: u32, loop_wait_secs: u32) -> bool {
         let (allowed, complaint) = match self.activate(ttl_secs, loop_wait_secs) {
             Ok(()) => (true, None),

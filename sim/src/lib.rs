@@ -25,7 +25,11 @@
 //! - under `synchronous_mode` (on, strict, quorum), a member that becomes writable holds every commit a client was told
 //!   was committed while synchronous replication was active (once a leader wrote the `sync` key);
 //! - a writable leader, routed to by a proxy, exists again within `ttl + loop_wait` (plus
-//!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal;
+//!   [`LIVENESS_ALLOWANCE_MS`] for PostgreSQL starts and message latency) after the faults heal
+//!   (and after the last resume: a paused cluster may stay leaderless);
+//! - maintenance mode (`pause`, drawn in a quarter of the seeds with [`Options::pause`]): no member
+//!   promotes on a view that showed the cluster paused unless that view held a manual
+//!   switchover/failover request naming it ([`Violation::PromotedWhilePaused`]);
 //! - a planned switchover loses no commit, also in asynchronous mode: the member promoted after a
 //!   leader stepped down (stopped cleanly, released the lock) holds every commit that leader
 //!   acknowledged on its timeline. Switchovers race WAL receivers that restart (a candidate's
@@ -38,7 +42,7 @@
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
 //! guard with [`ha::demote_deadline_ms`], the next cycle's wait, the bounded DCS calls). Not modelled
 //! (their rules are not exercised here): bootstrap and clone (the cluster starts initialized), slots,
-//! pause, cascading replication and tags other than `nofailover` (a third of the
+//! cascading replication and tags other than `nofailover` (a third of the
 //! seeds with 3-4 members tag one member; [`Violation::NofailoverPromoted`]), permanent data loss, and the
 //! REST API's wire format (a stopped member that diverged answers its switch point, as the agent's
 //! `/patroni` does: [`ha::diverged_vote`]). Failsafe mode only with [`Options::failsafe`]: the
@@ -162,6 +166,17 @@ pub enum Violation {
         /// The member.
         member: String,
     },
+    /// Maintenance mode stops automatic failover: a member promoted on a cluster view read while the
+    /// DCS `config` key said `pause: true`, and that view held no manual switchover/failover
+    /// request naming it as candidate (nor one naming no candidate).
+    PromotedWhilePaused {
+        /// Simulated ms.
+        at: u64,
+        /// The member promoted.
+        member: String,
+        /// Since when the cluster is paused (ms).
+        paused_since: u64,
+    },
 
     /// `decide` returned an action the simulation does not expect in this cluster (a modelling
     /// gap, or a rule that fired where it must not: bootstrap, clone, data removal, fatal error).
@@ -204,6 +219,14 @@ pub struct Options {
     /// may take the lock and promote while the leader it just confirmed still runs on that
     /// confirmation, which [`Violation::TwoWritable`] must catch.
     pub failsafe_promise: bool,
+    /// Draw maintenance mode in a quarter of the seeds: `pause: true` written into the DCS `config`
+    /// key and taken back (`praetor ctl pause`/`resume`) at random times, 1-3 episodes, the last
+    /// resume at most 10 s after the heal. Drawn from a generator of its own (seeds without it
+    /// replay the schedules they had before it was modelled); `praetor-sim --no-pause` turns it off.
+    pub pause: bool,
+    /// The members read `pause` from the DCS `config` key, as the agent does. Off (a weakened world),
+    /// they ignore it and fail over while paused, which [`Violation::PromotedWhilePaused`] must catch.
+    pub members_read_pause: bool,
 }
 
 impl Default for Options {
@@ -215,6 +238,8 @@ impl Default for Options {
             failsafe: true,
             confirm_routes: true,
             failsafe_promise: true,
+            pause: true,
+            members_read_pause: true,
         }
     }
 }
@@ -243,6 +268,11 @@ pub struct Report {
     /// Of those, promotions of a member that lacked the published last LSN (the bounded wait ran out
     /// with no member holding it reachable: Patroni's behaviour); their commits are not checked.
     pub switchover_fallbacks: usize,
+    /// Pause episodes that reached the DCS (`pause: true` written).
+    pub pauses: usize,
+    /// Promotions while paused by a member whose view showed the pause (manual switchovers and
+    /// failovers, which still work in maintenance mode).
+    pub promotions_while_paused: usize,
 }
 
 /// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
@@ -398,6 +428,24 @@ struct Agent {
     /// When this member last answered `Accepted` to a leader's `POST /failsafe` (ms; the agent's
     /// API keeps it in memory, so a restarted agent forgets it).
     failsafe_accepted_ms: Option<u64>,
+    /// Maintenance mode as this agent last read it (see [`Sim::read_pause`]).
+    pause: PauseView,
+}
+
+/// What one agent knows of maintenance mode: the runner's `apply_dynamic_config` parses the DCS
+/// `config` key at each read (kept when the DCS cannot be read; a restarted agent starts from
+/// its bootstrap configuration, unpaused).
+#[derive(Debug, Clone, Copy, Default)]
+struct PauseView {
+    /// `pause` of the last `config` key parsed.
+    paused: bool,
+    /// The version of that key (0: none parsed yet).
+    version: i64,
+    /// When the cycle's view was read (ms).
+    read_at: u64,
+    /// That view held a manual switchover/failover request naming this member as candidate, or
+    /// naming no candidate.
+    manual: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -493,6 +541,10 @@ enum Ev {
     HealFault(Fault),
     Heal,
     Thaw(usize),
+    /// `praetor ctl pause` (true) or `resume` (false): the DCS `config` key's `pause`.
+    Pause(bool),
+    /// The operator tries the last `pause`/`resume` again (the DCS was down).
+    PauseRetry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -561,6 +613,14 @@ struct Sim {
     stepped_down: Option<SteppedDown>,
     switchovers: usize,
     switchover_fallbacks: usize,
+    /// Maintenance mode in the DCS: since when `pause: true` is written (`None`: not paused).
+    paused_since: Option<u64>,
+    /// The operator's last `pause` (true) or `resume` not yet written to the DCS.
+    pause_wanted: Option<bool>,
+    /// When the cluster was last resumed (ms, 0: never paused).
+    resumed_at: u64,
+    pauses: usize,
+    promotions_while_paused: usize,
 }
 
 const TRACE_TAIL: usize = 400;
@@ -639,6 +699,7 @@ impl Sim {
                 dcs_failed: false,
                 failsafe_asked_ms: None,
                 failsafe_accepted_ms: None,
+                pause: PauseView::default(),
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -709,6 +770,11 @@ impl Sim {
             stepped_down: None,
             switchovers: 0,
             switchover_fallbacks: 0,
+            paused_since: None,
+            pause_wanted: None,
+            resumed_at: 0,
+            pauses: 0,
+            promotions_while_paused: 0,
             trace: VecDeque::new(),
             nevents: 0,
             last_leader: None,
@@ -748,11 +814,113 @@ impl Sim {
             Some(m) => format!("{line}, pg{m} tagged nofailover"),
             None => line,
         };
+        let episodes = if opts.pause {
+            pause_episodes(seed, faults_until)
+        } else {
+            vec![]
+        };
+        let line = if episodes.is_empty() {
+            line
+        } else {
+            format!("{line}, paused {episodes:?} ms")
+        };
+        for (from, to) in episodes {
+            sim.schedule(from, Ev::Pause(true));
+            sim.schedule(to, Ev::Pause(false));
+        }
         sim.log(line);
         sim
     }
 
-    /// Where the liveness window starts: at the heal `h`, or, with failsafe mode, at the end of the
+    /// `praetor ctl pause`/`resume`: the `pause` flag of the DCS `config` key (a `PATCH /config`
+    /// through a member's API; the operator retries each second while the DCS is down, the last
+    /// command winning).
+    fn set_pause(&mut self) {
+        let Some(on) = self.pause_wanted else {
+            return;
+        };
+        if self.dcs.down {
+            self.schedule(1_000, Ev::PauseRetry);
+            return;
+        }
+        self.pause_wanted = None;
+        let v = self.dcs.bump();
+        let mut value = self
+            .dcs
+            .config
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), |c| c.value.clone());
+        value["pause"] = serde_json::Value::Bool(on);
+        self.dcs.config = Some(Versioned { value, version: v });
+        if on {
+            if self.paused_since.is_none() {
+                self.pauses += 1;
+                self.paused_since = Some(self.now);
+            }
+        } else if self.paused_since.is_some() {
+            self.paused_since = None;
+            self.resumed_at = self.now;
+        }
+        self.log(if on { "PAUSE" } else { "RESUME" }.into());
+    }
+
+    /// The runner's `apply_dynamic_config` for `pause`: a view's `config` key, parsed with the
+    /// agent's own parser when its version changed; an unparsable key keeps the last value.
+    fn read_pause(&mut self, i: usize, view: &Cluster) {
+        let me = self.agents[i].name.as_str();
+        let manual = view
+            .failover_request()
+            .is_some_and(|f| f.value.member.is_none() || f.value.member.as_deref() == Some(me));
+        let pv = &mut self.agents[i].pause;
+        pv.manual = manual;
+        let Some(c) = view.config.as_ref().filter(|c| c.version != pv.version) else {
+            return;
+        };
+        pv.version = c.version;
+        match DynamicConfig::from_json(&c.value) {
+            Ok(d) if d.pause != pv.paused => {
+                pv.paused = d.pause;
+                let line = format!("{}: reads pause: {}", self.agents[i].name, d.pause);
+                self.log(line);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let line = format!("{}: config key refused: {e}", self.agents[i].name);
+                self.log(line);
+            }
+        }
+    }
+
+    /// Member `i` runs in maintenance mode (what its `decide` is told).
+    fn member_paused(&self, i: usize) -> bool {
+        self.agents[i].pause.paused && self.opts.members_read_pause
+    }
+
+    /// [`Violation::PromotedWhilePaused`]: member `i` promotes now.
+    fn check_pause(&mut self, i: usize) {
+        let Some(since) = self.paused_since else {
+            return;
+        };
+        let pv = self.agents[i].pause;
+        if pv.read_at < since {
+            // Decided on a view read before the pause reached the DCS.
+            return;
+        }
+        if pv.manual {
+            self.promotions_while_paused += 1;
+            return;
+        }
+        if self.violation.is_none() {
+            self.violation = Some(Violation::PromotedWhilePaused {
+                at: self.now,
+                member: self.agents[i].name.clone(),
+                paused_since: since,
+            });
+        }
+    }
+
+    /// Where the liveness window starts: at the heal `h`, or at the last resume when that came later,
+    /// or, with failsafe mode, at the end of the
     /// last promise a member made by confirming a leader over `POST /failsafe` (it stays out of the
     /// race for `ttl` after it, `ha::failsafe::promised`), when that ends later: a leader still cut
     /// off at the heal's instant may be confirmed once more, and the members that confirmed it
@@ -764,7 +932,7 @@ impl Sim {
             .filter_map(|a| a.failsafe_accepted_ms)
             .max()
             .map_or(0, |at| at + u64::from(self.dynamic.ttl) * 1000);
-        h.max(promise_ends)
+        h.max(promise_ends).max(self.resumed_at)
     }
 
     fn liveness_window(&self) -> u64 {
@@ -875,7 +1043,10 @@ impl Sim {
                 nofailover: self.nofailover == Some(i),
                 ..Tags::default()
             },
-            dynamic: self.dynamic.clone(),
+            dynamic: DynamicConfig {
+                pause: self.member_paused(i),
+                ..self.dynamic.clone()
+            },
             remove_data_on_diverged: false,
             fence_timeout_ms: 5_000,
             remove_data_on_rewind_failure: false,
@@ -1021,6 +1192,7 @@ impl Sim {
         self.check_proxies(i);
         self.check_commits(i);
         self.check_switchover(i);
+        self.check_pause(i);
     }
 
     /// The fencing handshake held: no proxy still serving routes writes to the former leader that
@@ -1270,6 +1442,7 @@ impl Sim {
             self.agents[i].task_failed = false;
         }
         let (view, delay) = if self.dcs_ok(i) {
+            self.agents[i].pause.read_at = self.now;
             (Some(self.dcs.view(self.now)), self.latency())
         } else {
             self.agents[i].dcs_failed = true;
@@ -1390,6 +1563,7 @@ impl Sim {
     fn decide_and_act(&mut self, i: usize, view: Option<Cluster>) {
         let me = self.agents[i].name.clone();
         if let Some(v) = &view {
+            self.read_pause(i, v);
             self.agents[i].last_view = Some(v.clone());
             let holds = v.leader.as_ref().is_some_and(|l| l.name == me);
             if !holds {
@@ -2105,6 +2279,7 @@ impl Sim {
         a.dcs_failed = false;
         a.failsafe_asked_ms = None;
         a.failsafe_accepted_ms = None;
+        a.pause = PauseView::default();
         let t = a.token;
         let d = self.rng.range(500, 3000);
         self.schedule(d, Ev::Cycle(i, t));
@@ -2340,6 +2515,11 @@ impl Sim {
             }
             Fault::CutProxyDcs(p) => self.cut_proxy_dcs[p] = true,
             Fault::CutProxyMember(p, m) => self.cut_proxy_member[p][m] = true,
+            Fault::Switchover(None) if self.paused_since.is_some() => {
+                // The API refuses it: "Switchover is possible only to a specific candidate in a
+                // paused state".
+                self.log("switchover without a candidate refused: paused".into());
+            }
             Fault::Switchover(candidate) => {
                 if let Some(c) = candidate.filter(|_| self.rng.chance(50)) {
                     // Right before the request, the candidate's WAL receiver restarts (a restart
@@ -2477,7 +2657,7 @@ impl Sim {
             });
             return;
         }
-        if let Some(h) = self.healed_at {
+        if let Some(h) = self.healed_at.filter(|_| self.paused_since.is_none()) {
             if !self.leader_seen_after_heal {
                 let leader = self.dcs.leader_alive(self.now).map(str::to_string);
                 let routed = self.proxies.iter().any(|p| {
@@ -2491,10 +2671,11 @@ impl Sim {
                 });
                 if routed {
                     self.leader_seen_after_heal = true;
-                    self.recovered_ms = Some(self.now - h);
+                    let from = h.max(self.resumed_at);
+                    self.recovered_ms = Some(self.now - from);
                     self.log(format!(
-                        "writable leader {leader:?} routed {} ms after the heal",
-                        self.now - h
+                        "writable leader {leader:?} routed {} ms after the heal (or resume)",
+                        self.now - from
                     ));
                 } else if self.now > self.liveness_start(h) + self.liveness_window() {
                     self.violation = Some(Violation::NoLeaderAfterHeal {
@@ -2527,6 +2708,11 @@ impl Sim {
                 Ev::HealFault(f) => self.heal_fault(f),
                 Ev::Heal => self.heal(),
                 Ev::Thaw(m) => self.thaw_host(m),
+                Ev::Pause(on) => {
+                    self.pause_wanted = Some(on);
+                    self.set_pause();
+                }
+                Ev::PauseRetry => self.set_pause(),
             }
             self.check();
         }
@@ -2545,8 +2731,32 @@ impl Sim {
             bound_ms: u64::from(self.dynamic.ttl + self.dynamic.loop_wait) * 1000,
             switchovers: self.switchovers,
             switchover_fallbacks: self.switchover_fallbacks,
+            pauses: self.pauses,
+            promotions_while_paused: self.promotions_while_paused,
         }
     }
+}
+
+/// The maintenance-mode episodes of `seed` ((pause, resume) in ms), none in three seeds of four:
+/// 1-3 episodes of 5-120 s, 5-60 s apart, from 5 s on, all starting before the faults end
+/// (`faults_until`), the last resume at most 10 s after it. A generator of its own, so that the
+/// other draws of a seed do not change.
+fn pause_episodes(seed: u64, faults_until: u64) -> Vec<(u64, u64)> {
+    let mut rng = Rng::new(seed ^ 0x9A05_E0FF);
+    if !rng.chance(25) {
+        return vec![];
+    }
+    let mut out = vec![];
+    let mut at = rng.range(5_000, 60_000);
+    for _ in 0..1 + rng.pick(3) {
+        if at >= faults_until {
+            break;
+        }
+        let resume = (at + rng.range(5_000, 120_000)).min(faults_until + 10_000);
+        out.push((at, resume));
+        at = resume + rng.range(5_000, 60_000);
+    }
+    out
 }
 
 /// The actions that are DCS calls (a failure while the DCS is unreachable marks the cycle's DCS

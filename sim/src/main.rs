@@ -5,6 +5,7 @@
 //! praetor-sim --seed 42 --trace          # replay one seed with its full trace
 //! praetor-sim --no-failsafe ...          # never draw failsafe_mode (drawn in a third of the seeds by default)
 //! praetor-sim --no-confirm-routes ...    # proxies route an acknowledged leader without reading the lock again
+//! praetor-sim --no-pause ...             # never pause the cluster (maintenance mode drawn in a quarter of the seeds)
 //! ```
 
 use std::process::ExitCode;
@@ -35,8 +36,9 @@ fn main() -> ExitCode {
             "--failsafe" => opts.failsafe = true,
             "--no-failsafe" => opts.failsafe = false,
             "--no-confirm-routes" => opts.confirm_routes = false,
+            "--no-pause" => opts.pause = false,
             other => {
-                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--no-failsafe] [--no-confirm-routes] | --seed S [--trace] [--no-failsafe] [--no-confirm-routes]");
+                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--no-failsafe] [--no-confirm-routes] [--no-pause] | --seed S [--trace] [--no-failsafe] [--no-confirm-routes] [--no-pause]");
                 return ExitCode::from(2);
             }
         }
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut failed, mut acked, mut promotions, mut events) = (vec![], 0usize, 0usize, 0u64);
     let (mut switchovers, mut fallbacks) = (0usize, 0usize);
+    let (mut paused_seeds, mut pauses, mut paused_promotions) = (0usize, 0usize, 0usize);
     // Time from the heal to a routed writable leader, as a fraction of ttl + loop_wait.
     let mut recovery: Vec<f64> = vec![];
     for s in from..from + seeds {
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
         events += r.events;
         switchovers += r.switchovers;
         fallbacks += r.switchover_fallbacks;
+        paused_seeds += usize::from(r.pauses > 0);
+        pauses += r.pauses;
+        paused_promotions += r.promotions_while_paused;
         if let Some(ms) = r.recovered_ms {
             recovery.push(ms as f64 / r.bound_ms as f64);
         }
@@ -92,6 +98,9 @@ fn main() -> ExitCode {
     );
     println!(
         "planned switchovers checked for lost commits: {switchovers} ({fallbacks} promoted without the last LSN after a fault took the stepped-down leader away)"
+    );
+    println!(
+        "maintenance mode: {paused_seeds} seeds paused ({pauses} pauses), {paused_promotions} manual promotions while paused"
     );
     recovery.sort_by(f64::total_cmp);
     if !recovery.is_empty() {

@@ -326,3 +326,41 @@ fn regression_seeds_50100_and_54521_a_stepped_down_leader_and_a_member_deferring
 fn regression_failsafe_seed_6204_a_key_written_after_the_last_read_was_not_asked() {
     assert_clean_with_failsafe(6204);
 }
+
+/// Maintenance mode (drawn by the seeds since): a switchover request outlived the leader it named;
+/// that member, reset by its watchdog and back as a replica, ran the whole unpaused decision
+/// (a request involving it exempted it from the pause) and took the lock and promoted while
+/// paused. Fixed in `decide` (`paused`): of a request, only its candidate may promote.
+#[test]
+fn regression_pause_seeds_379_and_3426_the_leader_a_request_named_promoted_while_paused() {
+    assert_clean(379);
+    assert_clean(3426);
+}
+
+/// Maintenance mode, a safety bug: the leader's host froze while paused, with the watchdog
+/// disarmed (as Patroni does while paused); after the resume its lease, renewed without the
+/// watchdog, expired, a member promoted, and the thawed primary accepted writes next to it
+/// (`TwoWritable`). Fixed: the watchdog stays armed while paused (`decide`'s `with_watchdog`, the
+/// runner's `publish`).
+#[test]
+fn regression_pause_seed_1656_a_leader_frozen_while_paused_had_no_watchdog_at_resume() {
+    assert_clean(1656);
+}
+
+/// Maintenance mode stops automatic failover only because the members read `pause` from the DCS
+/// `config` key: members that ignore it fail over while paused, and the invariant must see it.
+#[test]
+fn without_members_reading_pause_a_promotion_while_paused_is_found() {
+    let opts = Options {
+        members_read_pause: false,
+        ..Options::default()
+    };
+    let found = (0..2000).find(|&seed| {
+        let r = run_seed_with(seed, false, opts);
+        matches!(r.violation, Some(Violation::PromotedWhilePaused { .. }))
+    });
+    assert!(
+        found.is_some(),
+        "no seed promoted while paused with members ignoring pause"
+    );
+}

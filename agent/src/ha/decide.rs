@@ -44,15 +44,24 @@ pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: N
 /// decision arms it right before taking the lock, and before renewing it while not armed (an agent
 /// restarted as leader, or `automatic` mode that found no device). A leader whose `required`
 /// watchdog refused to arm steps down (stop first, then give the lock back): a frozen agent could
-/// not be stopped in time. Not while paused.
+/// not be stopped in time; not while paused (no automatic demotion in maintenance mode).
+///
+/// The watchdog stays armed while paused, unlike Patroni (which disables it): a leader frozen
+/// during a pause still holds a lease renewed without a watchdog when the cluster resumes, its
+/// lease then expires and a member promotes while the frozen node's PostgreSQL still accepts
+/// writes (sim seed 1656: `TwoWritable`). The agent's clean shutdown stops PostgreSQL and disarms
+/// it, also while paused, so maintenance of the agent does not reset the node.
 fn with_watchdog(d: Decision, local: &LocalState, cfg: &HaConfig) -> Decision {
     use super::WatchdogState::*;
     // A standby leader is no primary: Patroni arms the watchdog only when it promotes.
-    if cfg.dynamic.pause || local.watchdog == Off || standby::is_standby_cluster(cfg) {
+    if local.watchdog == Off || standby::is_standby_cluster(cfg) {
         return d;
     }
     // A decision that keeps the lock starts by renewing it.
     let keeps_lock = d.actions.first() == Some(&Action::RenewLeader);
+    if local.watchdog == Refused && keeps_lock && cfg.dynamic.pause {
+        return d;
+    }
     if local.watchdog == Refused && keeps_lock {
         return decision(
             vec![Action::Stop(StopMode::Immediate), Action::ReleaseLeader],
@@ -107,28 +116,33 @@ fn pace_failed_task(d: Decision, local: &LocalState, cfg: &HaConfig, now: Now) -
 /// Maintenance mode (`pause`): no automatic start, stop, promote or failover. The decision is cut at
 /// the first action that would do one, unless a manual switchover/failover involving this member is
 /// under way (those still work). The lock and the member key stay fresh.
+///
+/// Of a manual request, only its candidate may take the lock and promote (Patroni's
+/// `manual_failover_process_no_leader` answers `False` to every other member while paused): the
+/// leader it names may step down and restart as a replica, but not race for the lock as a replica
+/// and promote. A request outlives the leader it named (restarted, say, after a watchdog reset),
+/// and that member used to run the whole unpaused decision, which is a failover (sim seeds 379,
+/// 3426: `PromotedWhilePaused`).
 fn paused(d: Decision, view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig) -> Decision {
     let me = cfg.name.as_str();
-    let manual = view.and_then(|v| v.failover_request()).is_some_and(|f| {
-        f.value.leader.as_deref() == Some(me) || f.value.member.as_deref() == Some(me)
-    });
-    if manual {
+    let request = view.and_then(|v| v.failover_request());
+    if request.is_some_and(|f| f.value.member.as_deref() == Some(me)) {
         return d;
     }
+    let stepping_down = request.is_some_and(|f| f.value.leader.as_deref() == Some(me));
     let is_primary = local.postgres.running().is_some_and(|r| r.is_primary);
     let allowed = |a: &Action| match a {
+        // Re-taking an expired lock as the running primary is not a failover.
+        Action::AcquireLeader => is_primary,
+        Action::Promote { .. } | Action::FencePrimary { .. } | Action::AwaitProxies { .. } => false,
+        // The leader named by a manual request steps down and rejoins as a replica.
         Action::Start(_)
         | Action::Stop(_)
-        | Action::Promote { .. }
-        | Action::FencePrimary { .. }
-        | Action::AwaitProxies { .. }
         | Action::Rewind(_)
         | Action::CrashRecovery
         | Action::AbortTask
         | Action::RemoveDataDirectory
-        | Action::ReleaseLeader => false,
-        // Re-taking an expired lock as the running primary is not a failover.
-        Action::AcquireLeader => is_primary,
+        | Action::ReleaseLeader => stepping_down,
         _ => true,
     };
     let actions: Vec<Action> = d.actions.into_iter().take_while(allowed).collect();

@@ -1823,6 +1823,21 @@ fn rows() -> Vec<Row> {
             with(local(primary_with(&[("pg2", "async", 1000)], "")), |l| l.peers = Some(vec![peer("pg2", 1000)])))
             .cfg(|c| c.dynamic.pause = true)
             .expect(vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
+        // sim seeds 379, 3426 (`PromotedWhilePaused`): a request outlived the leader it named; that
+        // member, back as a replica, ran the whole unpaused decision: a failover.
+        row("pause: the leader a request names does not race as a replica: only its candidate may promote",
+            Some(with(cluster(None), |c| c.failover = failover(Some(ME), Some("pg3")))),
+            with(local(running(false, 1000, None)), |l| l.peers = Some(vec![])))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![], |r| matches!(r, Reason::Paused { .. })),
+        // sim seed 1656 (`TwoWritable`): a leader frozen during a pause held a lease renewed without
+        // its watchdog when the cluster resumed; it was failed over while its primary ran.
+        row("pause: the leader arms its watchdog before renewing, as when not paused",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| l.watchdog = WatchdogState::NotArmed))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(with(upkeep(vec![]), |a| a.insert(0, ArmWatchdog)),
+                    |r| matches!(r, Reason::Paused { .. })),
         // --- primary_start_timeout ---------------------------------------------------------------------
         row("§7 primary: PostgreSQL does not come back within primary_start_timeout: fail over",
             Some(cluster(Some(ME))),
