@@ -50,14 +50,15 @@ const KEYWORDS: [&[u8]; 4] = [b"prepare", b"execute", b"deallocate", b"discard"]
 /// session that tracks statements: a keyword is compared only where a byte is its first letter
 /// (`| 0x20` lowercases a letter and maps no other byte to one).
 fn mentions_keyword(sql: &[u8]) -> bool {
-    (0..sql.len()).any(|i| {
-        let first = sql[i] | 0x20;
-        KEYWORDS.iter().any(|k| {
-            first == k[0]
-                && sql
-                    .get(i..i + k.len())
-                    .is_some_and(|w| w.eq_ignore_ascii_case(k))
-        })
+    let is = |i: usize, word: &[u8]| {
+        sql.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    (0..sql.len()).any(|i| match sql[i] | 0x20 {
+        b'p' => is(i, KEYWORDS[0]),
+        b'e' => is(i, KEYWORDS[1]),
+        b'd' => is(i, KEYWORDS[2]) || is(i, KEYWORDS[3]),
+        _ => false,
     })
 }
 
