@@ -538,7 +538,7 @@ impl Classifier {
 
     /// The lexer stage: `Some` when the tokens decide, `None` when the parser must.
     fn fast(&self, sql: &str) -> Option<Class> {
-        let tokens = Lexer::new(sql).collect::<Option<Vec<Token>>>()?;
+        let tokens = tokens_of(sql)?;
         let significant: &[Token] = match tokens.split_last() {
             Some((Token::Punct(b';'), rest)) => rest,
             _ => &tokens,
@@ -745,7 +745,7 @@ impl Classifier {
 
     /// A SELECT judged on its tokens, with session-level functions pinning.
     fn select_text(&self, text: &str) -> Class {
-        let Some(tokens) = Lexer::new(text).collect::<Option<Vec<Token>>>() else {
+        let Some(tokens) = tokens_of(text) else {
             return Class::Write;
         };
         let start = tokens
@@ -767,6 +767,20 @@ impl Classifier {
         }
     }
 }
+
+/// The tokens of `sql`; `None` when the lexer cannot tell them ([`Lexer`]). Collected into a vector
+/// sized for a typical statement at once (collecting the lexer's `Option`s gives no size hint: the
+/// vector would grow, reallocating, three or four times per statement).
+fn tokens_of(sql: &str) -> Option<Vec<Token<'_>>> {
+    let mut tokens = Vec::with_capacity(TOKENS_AT_ONCE);
+    for token in Lexer::new(sql) {
+        tokens.push(token?);
+    }
+    Some(tokens)
+}
+
+/// How many tokens [`tokens_of`] makes room for at once.
+const TOKENS_AT_ONCE: usize = 32;
 
 /// Whether a plain (not `E''`) string constant in `sql` contains a backslash: its end depends on
 /// `standard_conforming_strings`, which the proxy does not follow. Scans with the lexer's rules for

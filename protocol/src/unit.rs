@@ -144,16 +144,25 @@ pub fn asks_backend_pid(sql: &str) -> bool {
     if sql.len() > 80 {
         return false;
     }
-    let squeezed: String = sql
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let squeezed = squeezed.strip_suffix(';').unwrap_or(&squeezed);
-    matches!(
-        squeezed,
-        "selectpg_backend_pid()" | "selectpg_catalog.pg_backend_pid()"
-    )
+    // The text without whitespace, lowercased, is compared as it is produced (no copy: this runs
+    // for every Query the auto port routes, and most differ from the first word on).
+    let is = |target: &str| {
+        let mut text = sql
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| c.to_ascii_lowercase());
+        let mut target = target.chars();
+        loop {
+            match (text.next(), target.next()) {
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                // One `;` may end the statement.
+                (Some(';'), None) => return text.next().is_none(),
+                _ => return false,
+            }
+        }
+    };
+    is("selectpg_backend_pid()") || is("selectpg_catalog.pg_backend_pid()")
 }
 
 /// The auto port's answer to [`asks_backend_pid`]: the Query or Parse message `frame` (whole,
@@ -438,6 +447,13 @@ mod tests {
             "SELECT pg_backend_pid(), 1",
             "SELECT * FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
             "SELECT pg_terminate_backend(pg_backend_pid())",
+            "SELECT pg_backend_pid();;",
+            "SELECT pg_backend_pid(); SELECT 1",
+            "SELECT pg_backend_pid(",
+            "SELECT pg_catalog.pg_backend_pid()x",
+            "SELECT",
+            "",
+            ";",
         ] {
             assert!(!asks_backend_pid(sql), "{sql}");
         }

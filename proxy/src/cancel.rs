@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use praetor_protocol::CancelKey;
 
-use crate::clients::ClientInfo;
+use crate::clients::{ClientInfo, CurrentServer};
 use crate::topology::Backend;
 
 /// The server running an auto-port session's current transaction, and its cancel key: kept in
@@ -34,15 +34,40 @@ impl SessionCancel {
         SessionCancel(client)
     }
 
-    /// The session now runs on `backend`, whose key is `key` (`None`: on no server).
-    pub fn set(&self, current: Option<(Backend, CancelKey)>) {
-        *lock(&self.0.current_server) = current.map(Box::new);
+    /// The session now runs on `backend`, whose key is `key` (`None`: on no server). The record
+    /// of the last server is reused when it is the same server (no allocation for a unit on the
+    /// server of the unit before, which is every unit of most sessions).
+    pub fn set(&self, current: Option<(&Backend, &CancelKey)>) {
+        let mut slot = lock(&self.0.current_server);
+        let Some((backend, key)) = current else {
+            slot.running = false;
+            return;
+        };
+        match &mut slot.last {
+            Some(last) if last.0 == *backend => {
+                if last.1 != *key {
+                    last.1 = key.clone();
+                }
+            }
+            last => *last = Some(Box::new((backend.clone(), key.clone()))),
+        }
+        slot.running = true;
+    }
+
+    /// Runs on no server and forgets the last one (a session that parks keeps nothing it does not
+    /// need).
+    pub fn clear(&self) {
+        *lock(&self.0.current_server) = CurrentServer::default();
     }
 
     /// The server running the session's current statement and that server's key (`None`: the
     /// session runs nothing).
     pub fn get(&self) -> Option<(Backend, CancelKey)> {
-        lock(&self.0.current_server).as_deref().cloned()
+        let slot = lock(&self.0.current_server);
+        if !slot.running {
+            return None;
+        }
+        slot.last.as_deref().cloned()
     }
 
     /// The session's client.
@@ -364,8 +389,25 @@ mod tests {
         assert!(k1.pid > 0 && k1.secret.len() == 4);
         assert_eq!(r1.pid(), k1.pid);
         assert_eq!(reg.lookup(&k1), None, "not on a server yet");
-        session.set(Some((backend("a"), key(99, 5))));
+        session.set(Some((&backend("a"), &key(99, 5))));
         assert_eq!(reg.lookup(&k1), Some((backend("a"), key(99, 5))));
+        session.set(None);
+        assert_eq!(reg.lookup(&k1), None, "between units");
+        session.set(Some((&backend("a"), &key(98, 6))));
+        assert_eq!(
+            reg.lookup(&k1),
+            Some((backend("a"), key(98, 6))),
+            "another connection"
+        );
+        session.set(Some((&backend("b"), &key(97, 7))));
+        assert_eq!(
+            reg.lookup(&k1),
+            Some((backend("b"), key(97, 7))),
+            "another server"
+        );
+        session.clear();
+        assert_eq!(reg.lookup(&k1), None, "parked");
+        session.set(Some((&backend("a"), &key(99, 5))));
         // `pg_cancel_backend(pid)` names the session by its PID alone.
         let found = reg.session_by_pid(k1.pid).expect("open");
         assert_eq!(found.client().id, a.info.id);

@@ -48,6 +48,17 @@ impl ClientState {
     }
 }
 
+/// The server an auto-port session runs its unit on ([`crate::cancel::SessionCancel`]).
+#[derive(Debug, Default)]
+pub(crate) struct CurrentServer {
+    /// A unit runs on `last`'s server.
+    pub running: bool,
+    /// The server of the session's last unit and that server's cancel key, kept between units:
+    /// the next unit on the same server allocates nothing. Boxed: most sessions are on no server
+    /// (a parked session keeps none).
+    pub last: Option<Box<(Backend, CancelKey)>>,
+}
+
 /// One client connection.
 pub(crate) struct ClientInfo {
     pub id: u64,
@@ -56,8 +67,8 @@ pub(crate) struct ClientInfo {
     pub since: SystemTime,
     state: Mutex<ClientState>,
     /// An auto-port session's current server and that server's cancel key
-    /// ([`crate::cancel::SessionCancel`]); boxed: most sessions are on no server.
-    pub(crate) current_server: Mutex<Option<Box<(Backend, CancelKey)>>>,
+    /// ([`crate::cancel::SessionCancel`]).
+    pub(crate) current_server: Mutex<CurrentServer>,
     /// A transaction is running (read-write port: not at a boundary; auto port: a unit runs):
     /// what `PAUSE` waits for.
     pub busy: AtomicBool,
@@ -146,7 +157,7 @@ impl Clients {
                 status: "startup",
                 ..ClientState::default()
             }),
-            current_server: Mutex::new(None),
+            current_server: Mutex::new(CurrentServer::default()),
             busy: AtomicBool::new(false),
             fd: AtomicI32::new(-1),
             killed: AtomicBool::new(false),

@@ -61,7 +61,7 @@ pub(crate) struct ServerConn {
     opened: Instant,
     /// Its place among the `pool_size` connections of its server and StartupMessage
     /// (`pool_mode: transaction`); freed when the connection closes.
-    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub slot: Option<Place>,
     /// Declared last: the socket above closes before the route's fence records the close.
     pub route: Route,
     _gauge: GaugeGuard,
@@ -424,7 +424,14 @@ fn data_row_column(body: &[u8], index: usize) -> Option<String> {
 /// Idle connections per server, then per StartupMessage, each with the time it was returned.
 /// Nested rather than keyed by a pair: a lookup borrows the session's server and bytes instead of
 /// cloning them (this runs at every unit of every auto-port session).
-type IdleConns = HashMap<crate::topology::Backend, HashMap<Bytes, Vec<(Box<ServerConn>, Instant)>>>;
+///
+/// Servers are keyed with foldhash (a fast hash; the DCS names them, not clients); the
+/// StartupMessage, which a client writes, with std's SipHash (keyed per process, made for
+/// keys an attacker chooses).
+type IdleConns = BackendMap<HashMap<Bytes, Vec<(Box<ServerConn>, Instant)>>>;
+
+/// A map keyed by server ([`IdleConns`] says why foldhash).
+pub(crate) type BackendMap<V> = foldhash::HashMap<crate::topology::Backend, V>;
 
 /// The `pool_size` places of one server and StartupMessage (`pool_mode: transaction`).
 struct Slots {
@@ -438,7 +445,14 @@ pub(crate) enum Slot {
     /// A pooled connection (it holds its place).
     Idle(Box<ServerConn>),
     /// A free place: open a connection and keep this in [`ServerConn::slot`].
-    Open(tokio::sync::OwnedSemaphorePermit),
+    Open(Place),
+}
+
+/// A connection's place among the `pool_size` of its server and StartupMessage, and those
+/// places' record (to wake a waiter when the connection returns, without looking it up again).
+pub(crate) struct Place {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<Slots>,
 }
 
 /// Idle server connections, per server and StartupMessage.
@@ -448,19 +462,19 @@ pub(crate) struct Pool {
     /// `server_idle_timeout` and `server_lifetime` (none: no limit).
     timeouts: Mutex<(Duration, Option<Duration>)>,
     /// Nested like [`IdleConns`], for the same reason.
-    slots: Mutex<HashMap<crate::topology::Backend, HashMap<Bytes, Arc<Slots>>>>,
+    slots: Mutex<BackendMap<HashMap<Bytes, Arc<Slots>>>>,
 }
 
 impl Pool {
     pub fn new(gauge: IntGauge) -> Pool {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(BackendMap::default()),
             gauge,
             timeouts: Mutex::new((
                 crate::settings::DEFAULT_SERVER_IDLE_TIMEOUT,
                 Some(crate::settings::DEFAULT_SERVER_LIFETIME),
             )),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(BackendMap::default()),
         }
     }
 
@@ -510,12 +524,18 @@ impl Pool {
             if let Some(conn) = self.take(backend, startup) {
                 return Some(Slot::Idle(conn));
             }
-            if let Ok(place) = slots.places.clone().try_acquire_owned() {
-                return Some(Slot::Open(place));
+            let place = |permit| {
+                Slot::Open(Place {
+                    _permit: permit,
+                    slots: slots.clone(),
+                })
+            };
+            if let Ok(permit) = slots.places.clone().try_acquire_owned() {
+                return Some(place(permit));
             }
             tokio::select! {
-                place = slots.places.clone().acquire_owned() => {
-                    return place.ok().map(Slot::Open);
+                permit = slots.places.clone().acquire_owned() => {
+                    return permit.ok().map(place);
                 }
                 _ = &mut returned => {}
                 _ = tokio::time::sleep_until(deadline) => return None,
@@ -590,14 +610,7 @@ impl Pool {
         if lifetime.is_some_and(|l| conn.opened.elapsed() >= l) {
             return;
         }
-        let slots = conn.slot.is_some().then(|| {
-            self.slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&conn.route.backend)
-                .and_then(|m| m.get(startup.as_ref()))
-                .cloned()
-        });
+        let slots = conn.slot.as_ref().map(|p| p.slots.clone());
         let mut idle = self.lock();
         // One lookup by reference (each hashes the whole StartupMessage, and this runs at the end
         // of every unit); the keys are copied only for the first connection of a pool.
@@ -619,7 +632,7 @@ impl Pool {
         }
         self.gauge.inc();
         drop(idle);
-        if let Some(Some(s)) = slots {
+        if let Some(s) = slots {
             s.returned.notify_one();
         }
     }

@@ -45,13 +45,26 @@ pub(crate) struct SqlUse {
 /// Words whose presence sends a text to the parser (ASCII case-insensitive).
 const KEYWORDS: [&[u8]; 4] = [b"prepare", b"execute", b"deallocate", b"discard"];
 
+/// Whether `sql` contains one of [`KEYWORDS`] anywhere (ASCII case-insensitive, not only as a
+/// whole word: the parser decides). One pass over the bytes, as this runs for every Query of a
+/// session that tracks statements: a keyword is compared only where a byte is its first letter
+/// (`| 0x20` lowercases a letter and maps no other byte to one).
+fn mentions_keyword(sql: &[u8]) -> bool {
+    let is = |i: usize, word: &[u8]| {
+        sql.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    (0..sql.len()).any(|i| match sql[i] | 0x20 {
+        b'p' => is(i, KEYWORDS[0]),
+        b'e' => is(i, KEYWORDS[1]),
+        b'd' => is(i, KEYWORDS[2]) || is(i, KEYWORDS[3]),
+        _ => false,
+    })
+}
+
 /// How `sql` uses SQL-level prepared statements; `None` when it uses none (or does not parse).
 pub(crate) fn sql_use(sql: &str) -> Option<SqlUse> {
-    let bytes = sql.as_bytes();
-    let hinted = KEYWORDS
-        .iter()
-        .any(|k| bytes.windows(k.len()).any(|w| w.eq_ignore_ascii_case(k)));
-    if !hinted {
+    if !mentions_keyword(sql.as_bytes()) {
         return None;
     }
     let parsed = pg_query::parse(sql).ok()?;
@@ -202,6 +215,33 @@ mod tests {
         ];
         for (sql, want) in cases {
             assert_eq!(sql_use(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_keyword_scan_finds_each_keyword_anywhere_in_any_case() {
+        let cases: &[(&str, bool)] = &[
+            ("", false),
+            ("SELECT 1", false),
+            ("prepare", true),
+            ("x PrePare", true),
+            ("xEXECUTEx", true),
+            ("SELECT 'deallocate'", true),
+            ("DISCARD", true),
+            ("discar", false),
+            ("prepar", false),
+            ("deallocat discard", true),
+            // `| 0x20` maps a control byte to a digit or punctuation, never to a keyword's letter.
+            ("\u{10}repare 0xecute", false),
+        ];
+        for (sql, want) in cases {
+            let windowed = KEYWORDS.iter().any(|k| {
+                sql.as_bytes()
+                    .windows(k.len())
+                    .any(|w| w.eq_ignore_ascii_case(k))
+            });
+            assert_eq!(mentions_keyword(sql.as_bytes()), *want, "{sql:?}");
+            assert_eq!(windowed, *want, "{sql:?}: the windowed scan it replaces");
         }
     }
 

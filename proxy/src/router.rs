@@ -309,6 +309,30 @@ impl Closing {
     }
 }
 
+/// A backend [`Router::pick`] chose, with the topology it is in (no connection registered).
+pub(crate) struct Picked {
+    topology: Arc<Topology>,
+    /// Index in `topology.replicas`; `None`: the leader.
+    replica: Option<usize>,
+    /// The role the backend plays.
+    pub role: BackendRole,
+}
+
+impl Picked {
+    /// The chosen backend.
+    pub fn backend(&self) -> &Backend {
+        match self.replica {
+            Some(i) => &self.topology.replicas[i],
+            // `choose` picks the leader only when there is one.
+            None => self
+                .topology
+                .leader
+                .as_ref()
+                .expect("a picked leader exists"),
+        }
+    }
+}
+
 /// What a client wants a backend for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Want {
@@ -331,7 +355,7 @@ struct State {
     topology: Arc<Topology>,
     initialized: bool,
     /// The fences of the open connections, per backend and connection id.
-    fences: HashMap<Backend, HashMap<u64, Arc<FenceSignal>>>,
+    fences: crate::pool::BackendMap<HashMap<u64, Arc<FenceSignal>>>,
     /// Set by [`Router::fence_all`]: every later route is fenced at once.
     shut_down: bool,
     /// Set by [`Router::suspend`]: nothing is routed.
@@ -443,7 +467,7 @@ impl Router {
             state: Arc::new(Mutex::new(State {
                 topology: Arc::new(Topology::default()),
                 initialized: false,
-                fences: HashMap::new(),
+                fences: Default::default(),
                 shut_down: false,
                 suspended: None,
                 replayed: HashMap::new(),
@@ -701,32 +725,11 @@ impl Router {
     /// A backend for `want` now.
     pub fn try_route_want(&self, want: Want) -> Result<Route, NoRoute> {
         let mut st = lock(&self.state);
-        if let Some(reason) = &st.suspended {
-            return Err(NoRoute::Suspended(reason.clone()));
-        }
+        let (replica, role) = self.choose(&st, want)?;
         let topology = &st.topology;
-        let (backend, role) = match want {
-            // A leader asked to step down takes no new transactions: they wait for the next one.
-            Want::Leader if topology.is_switching_over() => return Err(NoRoute::NoBackend),
-            Want::Leader => (
-                topology.leader.clone().ok_or(NoRoute::NoBackend)?,
-                BackendRole::Leader,
-            ),
-            Want::Read => {
-                let fresh: Vec<&Backend> = topology.fresh_replicas(&st.policy).collect();
-                if fresh.is_empty() {
-                    if !st.policy.reads_on_leader {
-                        return Err(NoRoute::NoBackend);
-                    }
-                    (
-                        topology.leader.clone().ok_or(NoRoute::NoBackend)?,
-                        BackendRole::Leader,
-                    )
-                } else {
-                    let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % fresh.len();
-                    (fresh[i].clone(), BackendRole::Replica)
-                }
-            }
+        let backend = match replica {
+            Some(i) => topology.replicas[i].clone(),
+            None => topology.leader.clone().ok_or(NoRoute::NoBackend)?,
         };
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let (fence, signal) = Fence::new();
@@ -750,6 +753,53 @@ impl Router {
                 closed: self.closed.clone(),
             },
         })
+    }
+
+    /// The backend [`Router::try_route_want`] would route `want` to now, without registering a
+    /// connection: for a session that takes a pooled connection to it (which has its own route)
+    /// and needs no new one. Advances the replicas' round robin as a route does.
+    pub fn pick(&self, want: Want) -> Result<Picked, NoRoute> {
+        let st = lock(&self.state);
+        let (replica, role) = self.choose(&st, want)?;
+        Ok(Picked {
+            topology: st.topology.clone(),
+            replica,
+            role,
+        })
+    }
+
+    /// Where `want` goes in `st`: a replica (its index in the topology's `replicas`) or the leader
+    /// (`None`), and its role.
+    fn choose(&self, st: &State, want: Want) -> Result<(Option<usize>, BackendRole), NoRoute> {
+        if let Some(reason) = &st.suspended {
+            return Err(NoRoute::Suspended(reason.clone()));
+        }
+        let topology = &st.topology;
+        let leader = || match topology.leader {
+            Some(_) => Ok((None, BackendRole::Leader)),
+            None => Err(NoRoute::NoBackend),
+        };
+        match want {
+            // A leader asked to step down takes no new transactions: they wait for the next one.
+            Want::Leader if topology.is_switching_over() => Err(NoRoute::NoBackend),
+            Want::Leader => leader(),
+            Want::Read => {
+                // Counted, then the chosen one found again: no list allocated per route.
+                let fresh = topology.fresh_replicas(&st.policy).count();
+                if fresh == 0 {
+                    if !st.policy.reads_on_leader {
+                        return Err(NoRoute::NoBackend);
+                    }
+                    return leader();
+                }
+                let i = self.round_robin.fetch_add(1, Ordering::Relaxed) % fresh;
+                let chosen = topology.fresh_replicas(&st.policy).nth(i);
+                let index = chosen
+                    .and_then(|c| topology.replicas.iter().position(|r| std::ptr::eq(r, c)))
+                    .ok_or(NoRoute::NoBackend)?;
+                Ok((Some(index), BackendRole::Replica))
+            }
+        }
     }
 
     /// True when `backend` is still a backend `want` may use: the leader for [`Want::Leader`], a

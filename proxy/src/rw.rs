@@ -214,20 +214,22 @@ pub(crate) fn may_hold_state(text: &str) -> bool {
         return true;
     }
     // One pass over the text (it runs for every Query and Parse): a word is compared only where
-    // two bytes match its first two letters (`| 0x20` lowercases a letter and maps no other
-    // byte to one; the comparison confirms).
+    // a byte is its first letter and the next its second (`| 0x20` lowercases a letter and maps
+    // no other byte to one; the comparison confirms). Dispatching on one byte is about half the
+    // instructions of matching each pair of bytes.
     let bytes = text.as_bytes();
-    bytes.windows(2).enumerate().any(|(i, pair)| {
-        let word: &[u8] = match [pair[0] | 0x20, pair[1] | 0x20] {
-            [b'a', b'd'] => b"advisory",
-            [b's', b'e'] => b"set_config",
-            [b't', b'e'] => b"temp",
-            [b'h', b'o'] => b"hold",
-            _ => return false,
-        };
-        bytes
-            .get(i..i + word.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    let at = |i: usize, word: &[u8]| {
+        bytes.get(i + 1).is_some_and(|&c| c | 0x20 == word[1])
+            && bytes
+                .get(i..i + word.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
+    (0..bytes.len()).any(|i| match bytes[i] | 0x20 {
+        b'a' => at(i, b"advisory"),
+        b's' => at(i, b"set_config"),
+        b't' => at(i, b"temp"),
+        b'h' => at(i, b"hold"),
+        _ => false,
     })
 }
 
@@ -812,6 +814,10 @@ mod tests {
                 false,
             ),
             ("SELECT 'se' || 'te' || 'ho' || 'ad'", false),
+            ("SELECT 1 AS a", false),
+            ("SELECT 1 AS h", false),
+            ("SELECT 1 AS temps", true),
+            ("SELECT 1 AS adviso", false),
         ] {
             assert_eq!(may_hold_state(sql), may, "{sql}");
         }

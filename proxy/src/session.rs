@@ -213,8 +213,9 @@ struct Live<'a> {
 ///
 /// Memory: the task of an idle session holds this future for as long as the client stays
 /// connected, and a future is as large as its largest state. So the session lives in one box
-/// ([`Live`]), login and finish are boxed futures, and `serve` boxes the handling of each wake-up:
-/// what remains while idle is the wait for the next event.
+/// ([`Live`]), login and finish are boxed futures, and the handling of a wake-up boxes whatever may
+/// wait at length (routing, opening a server connection, `PAUSE`, read-your-writes, a cancel):
+/// what remains while idle is the wait for the next event and the handling's small frame.
 pub(crate) async fn run(shared: Arc<Shared>, accepted: Box<Accepted>, shutdown: CancellationToken) {
     let Some(live) = Box::pin(start(&shared, *accepted)).await else {
         return;
@@ -405,6 +406,7 @@ impl<'a> Live<'a> {
         };
         let client = client.into_std()?;
         session.info.update(|st| st.status = "parked");
+        session.cancel.clear();
         Ok((
             client,
             Box::new(Dormant {
@@ -968,8 +970,7 @@ impl Session<'_> {
         loop {
             // Handle what the client sent so far; `blocked`: the next message waits for the
             // current unit to end.
-            // With nothing buffered there is nothing to handle: no boxed future on a server's
-            // wake-up.
+            // With nothing buffered there is nothing to handle.
             // A drain deadline bounds the handling too: a write the other end does not take
             // cannot keep a unit on the former leader past it. (Only while that unit runs: once
             // it ended, the client's next unit may wait here for the next leader.)
@@ -979,11 +980,15 @@ impl Session<'_> {
             let blocked = if cbuf.is_empty() {
                 false
             } else {
-                let handled = Box::pin(drained_by(drain_at, async {
+                // Not boxed: what `handle_client` and `handle_server` may wait for at length
+                // (routing, opening a connection, `PAUSE`, read-your-writes, a cancel) is boxed
+                // inside them, so their futures are small, and a box per wake-up would cost an
+                // allocation and a copy of the future at every message.
+                let handled = drained_by(drain_at, async {
                     let blocked = self.handle_client(client, cbuf).await?;
                     self.flush_current().await?;
                     Ok::<bool, End>(blocked)
-                }))
+                })
                 .await;
                 match handled {
                     Ok(b) => b,
@@ -1196,7 +1201,7 @@ impl Session<'_> {
                     };
                     let drain_at = self.drain_at;
                     let handled = drained_by(drain_at, self.handle_server(client, side, lost));
-                    if let Err(end) = Box::pin(handled).await {
+                    if let Err(end) = handled.await {
                         return end;
                     }
                 }
@@ -1231,11 +1236,11 @@ impl Session<'_> {
         self.info.update(|st| {
             let now = servers.iter().flatten().copied();
             if !st.servers.iter().map(|(m, r)| (m.as_str(), *r)).eq(now) {
-                st.servers = servers
-                    .iter()
-                    .flatten()
-                    .map(|(m, r)| (m.to_string(), *r))
-                    .collect();
+                // In place: the list keeps its allocation while it empties and fills again
+                // (transaction pooling takes and returns a connection at every unit).
+                st.servers.clear();
+                st.servers
+                    .extend(servers.iter().flatten().map(|(m, r)| (m.to_string(), *r)));
             }
             st.status = status;
             st.pinned = pinned;
@@ -1477,7 +1482,7 @@ impl Session<'_> {
         let key = self
             .leader
             .as_ref()
-            .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
+            .and_then(|c| c.key.as_ref().map(|k| (&c.route.backend, k)));
         self.cancel.set(key);
         self.update_servers();
         self.write_server(&unit).await?;
@@ -1587,7 +1592,8 @@ impl Session<'_> {
                     continue;
                 }
                 if let Some((signal, pid)) = signal_backend_call(&cbuf[..h.frame_len]) {
-                    if let Some(result) = self.signal_session(signal, pid).await {
+                    // Boxed, as every rare wait of this function (see `serve`).
+                    if let Some(result) = Box::pin(self.signal_session(signal, pid)).await {
                         // Carried out here: the statement becomes `SELECT <result> AS <function>`
                         // for the server to answer, as `SELECT pg_backend_pid()` above.
                         let answer = answer_signal_backend(&cbuf[..h.frame_len], signal, result)
@@ -1664,11 +1670,12 @@ impl Session<'_> {
                 let before = self.info.state().status;
                 self.info.update(|st| st.status = "held");
                 let info = self.info.clone();
-                let resumed = self
-                    .shared
-                    .router
-                    .wait_unpaused_unless(self.database(), || info.is_killed())
-                    .await;
+                let resumed = Box::pin(
+                    self.shared
+                        .router
+                        .wait_unpaused_unless(self.database(), || info.is_killed()),
+                )
+                .await;
                 self.info.update(|st| st.status = before);
                 if !resumed {
                     // KILL: what the client sent while held never runs.
@@ -1677,7 +1684,7 @@ impl Session<'_> {
             }
             let routed =
                 if self.units.uses_read_your_writes(&decision) && self.commit != Commit::Clean {
-                    self.read_your_writes_conn().await
+                    Box::pin(self.read_your_writes_conn()).await
                 } else {
                     self.ensure_conn(decision.side).await
                 };
@@ -1859,13 +1866,12 @@ impl Session<'_> {
         if let Some(reason) = pinned {
             self.pinned_to(side, reason);
         }
-        let key = self
-            .conn(side)
-            .as_ref()
-            .and_then(|c| c.key.clone().map(|k| (c.route.backend.clone(), k)));
         if let (Side::Leader, Some(c)) = (side, self.leader.as_mut()) {
             c.note_leader_unit(&self.shared.cancels, self.client_pid);
         }
+        let key = self
+            .conn_ref(side)
+            .and_then(|c| c.key.as_ref().map(|k| (&c.route.backend, k)));
         self.cancel.set(key);
         self.idle_since = None;
         self.update_servers();
@@ -1898,6 +1904,29 @@ impl Session<'_> {
     /// (reads fall back to the leader when no replica is fresh). Waits up to `connect_timeout` for a
     /// routable server. `Err`: the message for the client.
     async fn ensure_conn(&mut self, side: Side) -> Result<Side, String> {
+        // The common case, without awaiting: a connection at hand that has run the session's
+        // SETs. What may wait (replaying SETs, routing, opening a connection) is boxed, so that
+        // this future, awaited at every unit inside the serving loop's, stays small (a large one
+        // is copied into place at each unit).
+        match self.conn_at_hand(side) {
+            Some(actual) if self.is_caught_up(actual) => Ok(actual),
+            Some(actual) => Box::pin(self.catch_up(actual)).await.map(|_| actual),
+            None => Box::pin(self.open_conn(side)).await,
+        }
+    }
+
+    /// Whether the connection on `side` has run every SET of the session ([`Session::catch_up`]
+    /// has nothing to do).
+    fn is_caught_up(&self, side: Side) -> bool {
+        self.conn_ref(side)
+            .is_none_or(|c| c.applied_sets >= self.units.sets().len())
+    }
+
+    /// The connection [`Session::ensure_conn`] uses without opening one: the session's own on
+    /// `side` while it is still a good choice, the leader's for a read when reads go to the
+    /// leader, or a pooled connection to the server a route would pick. `None`: a connection must
+    /// be opened ([`Session::open_conn`]).
+    fn conn_at_hand(&mut self, side: Side) -> Option<Side> {
         let want = match side {
             Side::Leader => Want::Leader,
             Side::Replica => Want::Read,
@@ -1910,7 +1939,7 @@ impl Session<'_> {
             if (fresh && self.shared.router.is_routable(&c.route.backend, want))
                 || self.units.pinned().map(|(s, _)| s) == Some(side)
             {
-                return self.catch_up(side).await.map(|_| side);
+                return Some(side);
             }
             debug!(backend = %c.route.backend, "the server is no longer routable for this session");
             if let Some(c) = self.conn(side).take() {
@@ -1923,10 +1952,31 @@ impl Session<'_> {
             if let Some(l) = &self.leader {
                 // Reads on the leader connection when the leader is where reads go now.
                 if self.shared.router.is_routable(&l.route.backend, Want::Read) {
-                    return self.catch_up(Side::Leader).await.map(|_| Side::Leader);
+                    return Some(Side::Leader);
                 }
             }
         }
+        // A pooled connection to the server a route would pick: it has its own route (registered
+        // and fenced with its server), so none is made for this unit (transaction pooling takes
+        // one at every unit).
+        let picked = self.shared.router.pick(want).ok()?;
+        let actual = Side::of(picked.role);
+        if actual != side && self.conn_ref(actual).is_some() {
+            return Some(actual);
+        }
+        let conn = self.shared.pool.take(picked.backend(), &self.startup)?;
+        *self.conn(actual) = Some(conn);
+        self.update_servers();
+        Some(actual)
+    }
+
+    /// [`Session::ensure_conn`] when no connection is at hand: routes (waiting up to
+    /// `connect_timeout` for a routable server) and takes a pooled connection or opens one.
+    async fn open_conn(&mut self, side: Side) -> Result<Side, String> {
+        let want = match side {
+            Side::Leader => Want::Leader,
+            Side::Replica => Want::Read,
+        };
         let deadline = Instant::now() + self.rt.connect_timeout;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
@@ -2350,7 +2400,7 @@ impl Session<'_> {
     async fn pool_slot(
         &self,
         route: &crate::router::Route,
-        place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+        place: &mut Option<crate::pool::Place>,
     ) -> Result<Option<Box<ServerConn>>, String> {
         if self.pool_mode() != crate::settings::PoolMode::Transaction {
             return Ok(None);
@@ -2386,7 +2436,7 @@ impl Session<'_> {
     async fn login_slot(
         &self,
         route: &crate::router::Route,
-        place: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+        place: &mut Option<crate::pool::Place>,
     ) -> Result<Option<(Box<ServerConn>, Bytes)>, String> {
         let verified = self.rt.auth.auth_type == AuthType::ScramSha256
             && self.rt.auth.has_source()
