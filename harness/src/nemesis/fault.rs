@@ -502,13 +502,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_first_ten_kinds_draw_what_they_drew_before_the_new_kinds_existed() {
-        // Seed 12 of the strict etcd series (a regression seed of tests/nemesis.rs), drawn from
-        // the kinds the loopback harness applied then: the plan it was found with.
-        let o = PlanOptions {
+    /// The plan options of an old series: 3 faults, no overlap, ttl 6, from those of `kinds` the
+    /// loopback harness applies (old seeds must keep drawing the plans they were found with).
+    fn loopback_plan(kinds: &[FaultKind]) -> PlanOptions {
+        PlanOptions {
             faults: 3,
-            kinds: FaultKind::FIRST_TEN
+            kinds: kinds
                 .iter()
                 .copied()
                 .filter(|k| !k.needs_network())
@@ -516,7 +515,14 @@ mod tests {
             ttl_secs: 6,
             retry_timeout_secs: 2,
             overlap: false,
-        };
+        }
+    }
+
+    #[test]
+    fn the_first_ten_kinds_draw_what_they_drew_before_the_new_kinds_existed() {
+        // Seed 12 of the strict etcd series (a regression seed of tests/nemesis.rs), drawn from
+        // the kinds the loopback harness applied then: the plan it was found with.
+        let o = loopback_plan(FaultKind::FIRST_TEN);
         let kinds: Vec<FaultKind> = plan(12, &o).iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
@@ -556,17 +562,7 @@ mod tests {
     fn the_first_fourteen_kinds_draw_what_they_drew_before_the_dcs_blip_existed() {
         // Seed 10 under async on the loopback harness (ASYNC_SWITCHOVER_SEED of
         // tests/nemesis.rs): a switchover, a freeze, a kill, as it drew when it was chosen.
-        let o = PlanOptions {
-            faults: 3,
-            kinds: FaultKind::FIRST_FOURTEEN
-                .iter()
-                .copied()
-                .filter(|k| !k.needs_network())
-                .collect(),
-            ttl_secs: 6,
-            retry_timeout_secs: 2,
-            overlap: false,
-        };
+        let o = loopback_plan(FaultKind::FIRST_FOURTEEN);
         let kinds: Vec<FaultKind> = plan(10, &o).iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,
