@@ -192,6 +192,26 @@ fn top_functions(dump: &Path, top: usize) -> String {
         .join("\n")
 }
 
+/// [`measure`] for each of `protocols` against the target `name` (a comparison target, whose
+/// callgrind dumps are not annotated): Ir/tx per protocol, or the first line of why it failed.
+async fn measure_each(
+    name: &str,
+    pid: u32,
+    out_prefix: &Path,
+    port: u16,
+    clients: u64,
+    tx: (u64, u64),
+    protocols: &[String],
+) -> Vec<Result<f64, String>> {
+    let mut results = Vec::new();
+    for protocol in protocols {
+        eprintln!("{name} -M {protocol} ...");
+        let r = measure(pid, out_prefix, port, clients, tx, protocol).await;
+        results.push(r.map(|(ir, _)| ir).map_err(|e| first_line(&e)));
+    }
+    results
+}
+
 /// The measured runs of one protocol against one target: Ir/tx, or why it failed.
 async fn measure(
     pid: u32,
@@ -350,12 +370,16 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
         let haproxy = Process::spawn("haproxy", cmd, &dir.path().join("haproxy-callgrind.log"))
             .expect("start haproxy under valgrind");
         wait_listening_for("haproxy", haproxy_port, VALGRIND_START, || haproxy.log()).await;
-        let mut results = Vec::new();
-        for protocol in &protocols {
-            eprintln!("haproxy -M {protocol} ...");
-            let r = measure(haproxy.pid(), &out, haproxy_port, clients, tx, protocol).await;
-            results.push(r.map(|(ir, _)| ir).map_err(|e| first_line(&e)));
-        }
+        let results = measure_each(
+            "haproxy",
+            haproxy.pid(),
+            &out,
+            haproxy_port,
+            clients,
+            tx,
+            &protocols,
+        )
+        .await;
         rows.push(("haproxy".into(), results));
         stop(haproxy);
     }
@@ -396,12 +420,16 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
             std::fs::read_to_string(&log).unwrap_or_default()
         })
         .await;
-        let mut results = Vec::new();
-        for protocol in &protocols {
-            eprintln!("pgbouncer -M {protocol} ...");
-            let r = measure(pgbouncer.pid(), &out, bouncer_port, clients, tx, protocol).await;
-            results.push(r.map(|(ir, _)| ir).map_err(|e| first_line(&e)));
-        }
+        let results = measure_each(
+            "pgbouncer",
+            pgbouncer.pid(),
+            &out,
+            bouncer_port,
+            clients,
+            tx,
+            &protocols,
+        )
+        .await;
         rows.push(("pgbouncer".into(), results));
         stop(pgbouncer);
     }

@@ -1255,17 +1255,22 @@ mod rules {
 
     fn step(units: &mut UnitTracker, buf: &[u8]) -> ClientStep {
         let classifier = Classifier::default();
-        let ctx = Ctx {
-            classifier: &classifier,
+        let h = FrontendHeader::peek(buf, 1 << 20).unwrap().unwrap();
+        units.on_client_message(buf, h, &test_ctx(&classifier, false))
+    }
+
+    /// A context with a leader and a replica, nothing paused or tracked; `leader_stepping_down`
+    /// as given.
+    fn test_ctx(classifier: &Classifier, leader_stepping_down: bool) -> Ctx<'_> {
+        Ctx {
+            classifier,
             max_message_size: 1 << 20,
             has_leader: true,
             has_replica: true,
             paused: false,
             tracks_prepared: false,
-            leader_stepping_down: false,
-        };
-        let h = FrontendHeader::peek(buf, 1 << 20).unwrap().unwrap();
-        units.on_client_message(buf, h, &ctx)
+            leader_stepping_down,
+        }
     }
 
     fn route(target: Target, buf: &[u8]) -> Decision {
@@ -1509,15 +1514,7 @@ mod rules {
             units.start_unit(d.side, &d, &first, h);
             units.forwarded(h);
             let next = query("INSERT INTO t VALUES (2)");
-            let ctx = Ctx {
-                classifier: &classifier,
-                max_message_size: 1 << 20,
-                has_leader: true,
-                has_replica: true,
-                paused: false,
-                tracks_prepared: false,
-                leader_stepping_down: stepping_down,
-            };
+            let ctx = test_ctx(&classifier, stepping_down);
             let h = FrontendHeader::peek(&next, 1 << 20).unwrap().unwrap();
             let got = units.on_client_message(&next, h, &ctx);
             let want = if follows {

@@ -455,6 +455,14 @@ async fn statement_cases(port: u16) -> Vec<Vec<String>> {
     all
 }
 
+/// Each step's answers through the pool equal PostgreSQL's own (`direct`), step by step.
+fn assert_same_answers(direct: &[Vec<String>], pooled: &[Vec<String>]) {
+    for (i, (d, p)) in direct.iter().zip(pooled).enumerate() {
+        assert_eq!(d, p, "step {i}");
+    }
+    assert_eq!(direct.len(), pooled.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_names_get_postgresql_answers_through_the_pool() {
     let dir = WorkDir::new("pool-names").unwrap();
@@ -467,10 +475,7 @@ async fn statement_names_get_postgresql_answers_through_the_pool() {
         .run(&[parse("mine", "SELECT 1 AS one"), sync()], 1)
         .await;
     let pooled = statement_cases(auto.port()).await;
-    for (i, (d, p)) in direct.iter().zip(&pooled).enumerate() {
-        assert_eq!(d, p, "step {i}");
-    }
-    assert_eq!(direct.len(), pooled.len());
+    assert_same_answers(&direct, &pooled);
     // The other client's statement still works on the same server connection.
     let got = other.run(&[bind("mine"), execute(), sync()], 1).await;
     assert!(got.iter().any(|l| l.starts_with("C ")), "{got:?}");
@@ -618,10 +623,7 @@ async fn sql_statement_names_get_postgresql_answers_through_the_pool() {
         assert!(got.iter().any(|l| l.starts_with("C ")), "{got:?}");
     }
     let pooled = sql_statement_cases(auto.port()).await;
-    for (i, (d, p)) in direct.iter().zip(&pooled).enumerate() {
-        assert_eq!(d, p, "step {i}");
-    }
-    assert_eq!(direct.len(), pooled.len());
+    assert_same_answers(&direct, &pooled);
     // The other client's statements are still its own.
     for (sql, want) in [("EXECUTE x", "other"), ("EXECUTE y", "other y")] {
         let got = other.run(&[query(sql)], 1).await;
