@@ -759,6 +759,18 @@ pub(super) fn switchover_from_leader(
             }
         }
     }
+    // While paused only a named candidate may promote (see [`paused`]): a request without one, left
+    // from before the pause (the REST API refuses new ones), would make this leader step down and
+    // leave the cluster without a leader until resume. Patroni clears such a request too
+    // (`process_manual_failover_from_leader`: "Failover is possible only to a specific candidate in
+    // a paused state").
+    if cfg.dynamic.pause && req.value.member.is_none() {
+        return impossible(
+            keep_leading(),
+            req,
+            "while paused a switchover needs a named candidate".to_string(),
+        );
+    }
     let peers = local.peers.as_deref().unwrap_or(&[]);
     let max_lag = cfg.dynamic.maximum_lag_on_failover;
     let sync_listed: Option<Vec<String>> =

@@ -1823,6 +1823,12 @@ fn rows() -> Vec<Row> {
             with(local(primary_with(&[("pg2", "async", 1000)], "")), |l| l.peers = Some(vec![peer("pg2", 1000)])))
             .cfg(|c| c.dynamic.pause = true)
             .expect(vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader], |_| true),
+        row("pause: a switchover request without a candidate (left from before the pause) is cleared; the leader keeps leading",
+            Some(with(cluster(Some(ME)), |c| c.failover = failover(Some(ME), None))),
+            with(local(primary_with(&[("pg2", "async", 1000)], "")), |l| l.peers = Some(vec![peer("pg2", 1000)])))
+            .cfg(|c| c.dynamic.pause = true)
+            .expect(vec![RenewLeader, WriteStatus, ClearFailover(42)],
+                    |r| matches!(r, Reason::Paused { inner } if matches!(**inner, Reason::ManualFailoverImpossible { .. }))),
         // sim seeds 379, 3426 (`PromotedWhilePaused`): a request outlived the leader it named; that
         // member, back as a replica, ran the whole unpaused decision: a failover.
         row("pause: the leader a request names does not race as a replica: only its candidate may promote",
