@@ -65,7 +65,7 @@ use praetor_agent::ha::{
     self, decide, Action, ClusterState, ControlData, DataDir, HaConfig, LocalState, Now,
     PeerStatus, Postgres, Running, StartAs, StopMode, Task, Upstream, WatchdogState,
 };
-use praetor_config::{DynamicConfig, SyncMode, Tags};
+use praetor_config::{DynamicConfig, StandbyCluster, SyncMode, Tags};
 use praetor_dcs::{
     Cluster, Failover, HistoryEntry, Leader, Member, MemberData, MemberState, ProxyState, Role,
     Status, SyncState, Versioned,
@@ -195,6 +195,16 @@ pub enum Violation {
         what: String,
     },
 
+    /// In a standby cluster ([`Options::standby`]) a member accepted writes (was promoted or
+    /// started as a primary), or a proxy routed writes (README: "A standby cluster's leader is
+    /// never promoted and its proxy routes no writes").
+    WritableInStandbyCluster {
+        /// Simulated ms.
+        at: u64,
+        /// What: the writable member, or the proxy and the member it routes writes to.
+        what: String,
+    },
+
     /// `decide` returned an action the simulation does not expect in this cluster (a modelling
     /// gap, or a rule that fired where it must not: bootstrap, clone, data removal, fatal error).
     Unexpected {
@@ -257,6 +267,18 @@ pub struct Options {
     /// unavailable stops its PostgreSQL at once (it demotes at the first failed renewal), which
     /// [`Violation::LeaderDisturbedByShortOutage`] must catch.
     pub leader_waits_out_blips: bool,
+    /// Draw a standby cluster in one seed of eight ([`standby_cluster`]): the dynamic
+    /// configuration has a `standby_cluster` section, the members start as replicas, the first
+    /// holding the lock as standby leader and streaming from a remote primary outside the cluster
+    /// (whose WAL grows with the remote's clients), the others from it; no `synchronous_mode`.
+    /// Checked by [`Violation::WritableInStandbyCluster`] (and the liveness invariant asks for a
+    /// standby leader that streams from the remote). Drawn from a generator of its own: seeds
+    /// without it replay the schedules they had before. `praetor-sim --no-standby` turns it off.
+    pub standby: bool,
+    /// The members read the `standby_cluster` section. Off (a weakened world), `decide` is given
+    /// the dynamic configuration without it while the cluster still replicates from the remote,
+    /// so the lock holder promotes, which [`Violation::WritableInStandbyCluster`] must catch.
+    pub members_read_standby: bool,
 }
 
 impl Default for Options {
@@ -272,6 +294,8 @@ impl Default for Options {
             members_read_pause: true,
             blips: true,
             leader_waits_out_blips: true,
+            standby: true,
+            members_read_standby: true,
         }
     }
 }
@@ -310,6 +334,8 @@ pub struct Report {
     /// Of those, outages that began under a routed, writable leader with no switchover request
     /// pending, so [`Violation::LeaderDisturbedByShortOutage`] was checked.
     pub blips_checked: usize,
+    /// The seed drew a standby cluster ([`Options::standby`]).
+    pub standby_cluster: bool,
 }
 
 /// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
@@ -668,13 +694,17 @@ struct Sim {
     /// A short outage holds the DCS frozen until then (ms): calls made meanwhile are answered at
     /// the thaw when it comes within their bound.
     blip_until: Option<u64>,
-    /// Message latencies stay short (no slow DCS call) until then (ms): the check window of a
-    /// short outage, where a slow call would be another fault.
-    calm_until: u64,
+    /// Message latencies stay short (no slow DCS call) in these windows (from, to) (ms): from a
+    /// demotion window before a short outage to the end of its check, where a slow call would be
+    /// another fault (a renewal a slow read delayed leaves less than the margin).
+    calm: Vec<(u64, u64)>,
     /// The short outage being checked, if any.
     blip_check: Option<BlipCheck>,
     blips: usize,
     blips_checked: usize,
+    /// The remote primary a standby cluster replicates from (`None`: not a standby cluster). Not
+    /// a member: never counted as writable, reached at [`REMOTE_HOST`] without faults.
+    remote: Option<Pg>,
 }
 
 /// A short DCS outage under check ([`Violation::LeaderDisturbedByShortOutage`]).
@@ -845,10 +875,11 @@ impl Sim {
             pauses: 0,
             promotions_while_paused: 0,
             blip_until: None,
-            calm_until: 0,
+            calm: vec![],
             blip_check: None,
             blips: 0,
             blips_checked: 0,
+            remote: None,
             trace: VecDeque::new(),
             nevents: 0,
             last_leader: None,
@@ -913,10 +944,19 @@ impl Sim {
         } else {
             format!("{line}, DCS frozen (from, hold) {blips:?} ms")
         };
+        let before = ha::demote_window_ms(&sim.dynamic, None) + 1_000;
         for &(at, hold) in &blips {
             sim.schedule(at, Ev::Blip(hold));
-            sim.end = sim.end.max(at + hold + sim.blip_window_ms() + 1_000);
+            let until = at + hold + sim.blip_window_ms();
+            sim.calm.push((at.saturating_sub(before), until));
+            sim.end = sim.end.max(until + 1_000);
         }
+        let line = if opts.standby && standby_cluster(seed) {
+            sim.make_standby_cluster();
+            format!("{line}, standby cluster of {REMOTE_HOST} (synchronous_mode off)")
+        } else {
+            line
+        };
         sim.log(line);
         sim
     }
@@ -1082,7 +1122,11 @@ impl Sim {
     }
 
     fn latency(&mut self) -> u64 {
-        if self.now < self.calm_until {
+        if self
+            .calm
+            .iter()
+            .any(|&(from, to)| from <= self.now && self.now < to)
+        {
             return self.rng.range(1, 40);
         }
         // Spikes and lost replies are faults: none after the heal.
@@ -1137,6 +1181,11 @@ impl Sim {
             },
             dynamic: DynamicConfig {
                 pause: self.member_paused(i),
+                standby_cluster: self
+                    .dynamic
+                    .standby_cluster
+                    .clone()
+                    .filter(|_| self.opts.members_read_standby),
                 ..self.dynamic.clone()
             },
             remove_data_on_diverged: false,
@@ -1423,7 +1472,13 @@ impl Sim {
         let (state, role) = match (&a.task, pg.state) {
             (Some(_), _) => (MemberState::Starting, Role::Replica),
             (None, PgState::Running { primary: true }) => (MemberState::Running, Role::Primary),
+            (None, PgState::Running { primary: false }) if holds && self.remote.is_some() => {
+                (MemberState::Running, Role::StandbyLeader)
+            }
             (None, PgState::Running { primary: false }) => (MemberState::Running, Role::Replica),
+            (None, PgState::Stopped { .. }) if holds && self.remote.is_some() => {
+                (MemberState::Stopped, Role::StandbyLeader)
+            }
             (None, PgState::Stopped { .. }) => (
                 MemberState::Stopped,
                 if holds { Role::Primary } else { Role::Replica },
@@ -1708,8 +1763,14 @@ impl Sim {
             former_leader: a.former_leader.clone(),
             sync_catchup_lsn: a.sync_catchup_lsn,
             retained_members: vec![],
-            remote: None,
-            remote_recovery: None,
+            remote: self.remote.as_ref().map(|r| ha::standby::RemoteTimeline {
+                timeline: r.tl(),
+                history: vec![],
+            }),
+            remote_recovery: self
+                .follows_remote(i)
+                .then(|| ha::standby::remote_recovery(&self.dynamic))
+                .flatten(),
             unfenced: a.unfenced.clone(),
             failed_task: a.failed_task,
             failsafe_confirmed,
@@ -2204,6 +2265,15 @@ impl Sim {
                 self.pgs[i].upstream = upstream.map(|u| u.host);
                 self.log(format!("{me}: started as replica"));
             }
+            Action::Rewind(up) if up.host == REMOTE_HOST && self.remote.is_some() => {
+                self.pgs[i].segs = self.remote.as_ref().expect("checked").segs.clone();
+                self.pgs[i].checkpoint = (self.pgs[i].tl(), self.pgs[i].lsn());
+                self.pgs[i].state = PgState::Running { primary: false };
+                self.pgs[i].upstream = Some(up.host.clone());
+                self.log(format!(
+                    "{me}: rewound from the remote and started as replica"
+                ));
+            }
             Action::Rewind(up) => match self.index(&up.host) {
                 Some(t) if self.link_ok(i, t) && self.pgs[t].running() => {
                     self.pgs[i].segs = self.pgs[t].segs.clone();
@@ -2328,6 +2398,10 @@ impl Sim {
             if self.host_frozen(j) {
                 continue;
             }
+            if self.follows_remote(j) {
+                self.stream_from_remote(j);
+                continue;
+            }
             let up = self.pgs[j].upstream.clone().and_then(|u| self.index(&u));
             let streaming = up.filter(|&u| {
                 u != j
@@ -2407,6 +2481,12 @@ impl Sim {
     fn client(&mut self) {
         let np = self.proxies.len();
         let n = self.n();
+        if self.remote.is_some() {
+            // The remote's own clients: its WAL grows; this cluster's clients may only read.
+            let step = self.rng.range(8, 400);
+            let r = self.remote.as_mut().expect("checked");
+            r.segs.last_mut().expect("wal").end += step;
+        }
         let k = self.rng.pick(np + n);
         let target = if k < np {
             let p = &self.proxies[k];
@@ -2759,6 +2839,84 @@ impl Sim {
         self.healed_at = Some(self.now);
     }
 
+    // ---------------------------------------------------------------- standby cluster
+
+    /// Turns this seed's cluster into a standby cluster of a remote primary at [`REMOTE_HOST`]:
+    /// the `standby_cluster` section in the dynamic configuration (and the DCS `config` key),
+    /// every member a replica, the first the standby leader streaming from the remote (no
+    /// watchdog: a standby leader arms none), the proxies routing no writes, no
+    /// `synchronous_mode`.
+    fn make_standby_cluster(&mut self) {
+        self.dynamic.standby_cluster = Some(StandbyCluster {
+            host: Some(REMOTE_HOST.into()),
+            port: Some(5432),
+            ..StandbyCluster::default()
+        });
+        self.dynamic.synchronous_mode = SyncMode::Off;
+        self.dynamic.synchronous_mode_strict = false;
+        if let Some(c) = self.dcs.config.as_mut() {
+            c.value["standby_cluster"] = serde_json::json!({"host": REMOTE_HOST, "port": 5432});
+        }
+        let mut remote = self.pgs[0].clone();
+        remote.upstream = None;
+        self.remote = Some(remote);
+        for i in 0..self.n() {
+            self.pgs[i].state = PgState::Running { primary: false };
+            self.agents[i].wd_armed = false;
+            self.agents[i].wd_kernel = false;
+            self.agents[i].may_write = false;
+        }
+        self.pgs[0].upstream = Some(REMOTE_HOST.into());
+        for p in 0..self.proxies.len() {
+            self.proxies[p].routed = None;
+            self.proxies[p].acked = Some(None);
+        }
+        for (_, (ps, _)) in self.dcs.proxies.iter_mut() {
+            ps.leader = None;
+        }
+        for i in 0..self.n() {
+            self.publish(i);
+        }
+    }
+
+    /// Member `i`'s PostgreSQL is a running replica told to follow the remote.
+    fn follows_remote(&self, i: usize) -> bool {
+        self.remote.is_some()
+            && self.pgs[i].state == PgState::Running { primary: false }
+            && self.pgs[i].upstream.as_deref() == Some(REMOTE_HOST)
+    }
+
+    /// A replica of the remote streams from it this tick when its WAL is a prefix of the
+    /// remote's (the remote is never cut off or frozen: faults are this cluster's).
+    fn stream_from_remote(&mut self, j: usize) {
+        let remote = self.remote.as_ref().expect("a standby cluster");
+        let streaming = self.now >= self.pgs[j].receiver_after && self.pgs[j].can_follow(remote);
+        let segs = remote.segs.clone();
+        self.pgs[j].streaming_from = streaming.then(|| REMOTE_HOST.to_string());
+        if streaming && self.rng.chance(80) {
+            self.pgs[j].segs = segs;
+        }
+    }
+
+    /// [`Violation::WritableInStandbyCluster`].
+    fn check_standby_cluster(&mut self) {
+        if self.remote.is_none() {
+            return;
+        }
+        let what = (0..self.n())
+            .find(|&i| self.accepts_writes(i))
+            .map(|i| format!("{} accepts writes", self.agents[i].name))
+            .or_else(|| {
+                self.proxies
+                    .iter()
+                    .find(|p| p.routed.is_some())
+                    .map(|p| format!("{} routes writes to {:?}", p.id, p.routed))
+            });
+        if let Some(what) = what {
+            self.violation = Some(Violation::WritableInStandbyCluster { at: self.now, what });
+        }
+    }
+
     // ---------------------------------------------------------------- short DCS outages
 
     /// The longest short outage drawn (ms): the leader's demotion window
@@ -2806,7 +2964,6 @@ impl Sim {
         });
         let thaw = self.now + hold;
         let until = thaw + self.blip_window_ms();
-        self.calm_until = until;
         match leader.filter(|_| !proxies.is_empty()) {
             Some(l) => {
                 self.blips_checked += 1;
@@ -2906,18 +3063,31 @@ impl Sim {
             });
             return;
         }
+        self.check_standby_cluster();
+        if self.violation.is_some() {
+            return;
+        }
         if let Some(h) = self.healed_at.filter(|_| self.paused_since.is_none()) {
             if !self.leader_seen_after_heal {
                 let leader = self.dcs.leader_alive(self.now).map(str::to_string);
-                let routed = self.proxies.iter().any(|p| {
-                    !p.suspended
-                        && p.routed.is_some()
-                        && p.routed == leader
-                        && p.routed
-                            .as_deref()
-                            .and_then(|m| self.index(m))
-                            .is_some_and(|m| self.accepts_writes(m))
-                });
+                // A standby cluster has recovered once a lock holder streams from the remote
+                // (there are no writes to route); any other, once a proxy routes to a writable one.
+                let routed = self.remote.is_some()
+                    && leader
+                        .as_deref()
+                        .and_then(|l| self.index(l))
+                        .is_some_and(|l| {
+                            self.follows_remote(l) && self.pgs[l].streaming_from.is_some()
+                        })
+                    || self.proxies.iter().any(|p| {
+                        !p.suspended
+                            && p.routed.is_some()
+                            && p.routed == leader
+                            && p.routed
+                                .as_deref()
+                                .and_then(|m| self.index(m))
+                                .is_some_and(|m| self.accepts_writes(m))
+                    });
                 if routed {
                     self.leader_seen_after_heal = true;
                     let from = h.max(self.resumed_at);
@@ -2986,6 +3156,7 @@ impl Sim {
             promotions_while_paused: self.promotions_while_paused,
             blips: self.blips,
             blips_checked: self.blips_checked,
+            standby_cluster: self.remote.is_some(),
         }
     }
 }
@@ -3010,6 +3181,15 @@ fn pause_episodes(seed: u64, faults_until: u64) -> Vec<(u64, u64)> {
         at = resume + rng.range(5_000, 60_000);
     }
     out
+}
+
+/// The host of a standby cluster's remote primary ([`Options::standby`]).
+pub const REMOTE_HOST: &str = "remote";
+
+/// Whether `seed` draws a standby cluster ([`Options::standby`]): one seed in eight, from a
+/// generator of its own.
+fn standby_cluster(seed: u64) -> bool {
+    Rng::new(seed ^ 0x57A4_DB7C).chance(12)
 }
 
 /// The shortest short DCS outage drawn (ms): long enough that a DCS call of a running cycle may

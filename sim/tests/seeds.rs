@@ -379,3 +379,19 @@ fn without_a_leader_waiting_out_the_dcs_a_short_outage_disturbs_it() {
         |v| matches!(v, Violation::LeaderDisturbedByShortOutage { .. }),
     );
 }
+
+/// A standby cluster's lock holder stays a replica of the remote only because `decide` reads the
+/// `standby_cluster` section: members that do not see it promote the lock holder (a replica
+/// holding the lock), and the invariant must see a writable member.
+#[test]
+fn without_members_reading_standby_cluster_a_standby_leader_is_promoted() {
+    let opts = Options {
+        members_read_standby: false,
+        ..Options::default()
+    };
+    found_in_2000_seeds(
+        opts,
+        "no standby cluster promoted a member with members ignoring standby_cluster",
+        |v| matches!(v, Violation::WritableInStandbyCluster { .. }),
+    );
+}
