@@ -36,7 +36,14 @@
 //!   receiver is restarted right before half of the requests naming it), so the rule that a member
 //!   lacking the published last LSN does not promote is exercised. One exception, counted in
 //!   [`Report::switchover_fallbacks`]: past the wait's bound with no member holding that WAL
-//!   reachable, the race goes on as in Patroni (a failover's loss, see `Reason::MissingLastLsn`).
+//!   reachable, the race goes on as in Patroni (a failover's loss, see `Reason::MissingLastLsn`);
+//! - a short DCS outage disturbs no leader (drawn after the heal in a third of the seeds with
+//!   [`Options::blips`]: the DCS frozen for less than the leader's demotion window leaves,
+//!   calls answered at the thaw within their bound): the leader keeps its lock, its writes and its
+//!   proxies' routes, and nobody promotes ([`Violation::LeaderDisturbedByShortOutage`]);
+//! - in a standby cluster (one seed in eight with [`Options::standby`]: the lock holder a standby
+//!   leader streaming from a remote primary), no member accepts writes and no proxy routes them
+//!   ([`Violation::WritableInStandbyCluster`]).
 //!
 //! What the runner does for each [`Action`] is modelled after `agent/src/runner.rs` (the cycle, the
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
@@ -2481,10 +2488,13 @@ impl Sim {
     fn client(&mut self) {
         let np = self.proxies.len();
         let n = self.n();
-        if self.remote.is_some() {
-            // The remote's own clients: its WAL grows; this cluster's clients may only read.
-            let step = self.rng.range(8, 400);
-            let r = self.remote.as_mut().expect("checked");
+        // The remote's own clients: its WAL grows; this cluster's clients may only read.
+        let step = if self.remote.is_some() {
+            self.rng.range(8, 400)
+        } else {
+            0
+        };
+        if let Some(r) = self.remote.as_mut() {
             r.segs.last_mut().expect("wal").end += step;
         }
         let k = self.rng.pick(np + n);
