@@ -36,7 +36,14 @@
 //!   receiver is restarted right before half of the requests naming it), so the rule that a member
 //!   lacking the published last LSN does not promote is exercised. One exception, counted in
 //!   [`Report::switchover_fallbacks`]: past the wait's bound with no member holding that WAL
-//!   reachable, the race goes on as in Patroni (a failover's loss, see `Reason::MissingLastLsn`).
+//!   reachable, the race goes on as in Patroni (a failover's loss, see `Reason::MissingLastLsn`);
+//! - a short DCS outage disturbs no leader (drawn after the heal in a third of the seeds with
+//!   [`Options::blips`]: the DCS frozen for less than the leader's demotion window leaves,
+//!   calls answered at the thaw within their bound): the leader keeps its lock, its writes and its
+//!   proxies' routes, and nobody promotes ([`Violation::LeaderDisturbedByShortOutage`]);
+//! - in a standby cluster (one seed in eight with [`Options::standby`]: the lock holder a standby
+//!   leader streaming from a remote primary), no member accepts writes and no proxy routes them
+//!   ([`Violation::WritableInStandbyCluster`]).
 //!
 //! What the runner does for each [`Action`] is modelled after `agent/src/runner.rs` (the cycle, the
 //! demotion deadline check at the start of a cycle with [`ha::past_demote_deadline`], the deadline
@@ -65,7 +72,7 @@ use praetor_agent::ha::{
     self, decide, Action, ClusterState, ControlData, DataDir, HaConfig, LocalState, Now,
     PeerStatus, Postgres, Running, StartAs, StopMode, Task, Upstream, WatchdogState,
 };
-use praetor_config::{DynamicConfig, SyncMode, Tags};
+use praetor_config::{DynamicConfig, StandbyCluster, SyncMode, Tags};
 use praetor_dcs::{
     Cluster, Failover, HistoryEntry, Leader, Member, MemberData, MemberState, ProxyState, Role,
     Status, SyncState, Versioned,
@@ -178,6 +185,33 @@ pub enum Violation {
         paused_since: u64,
     },
 
+    /// A short DCS outage disturbed the leader (README: "A DCS outage shorter than `retry_timeout`
+    /// disturbs no leader"). The DCS was unavailable to every member and proxy for less than the
+    /// leader's demotion window less `loop_wait` and [`BLIP_MARGIN_MS`] (a frozen DCS, see
+    /// [`Options::blips`]), with no other fault in flight; from its start to `loop_wait +
+    /// retry_timeout + 1 s` after its end, the leader it started under stopped accepting writes,
+    /// lost its lock or its proxies' routes, or another member promoted.
+    LeaderDisturbedByShortOutage {
+        /// Simulated ms.
+        at: u64,
+        /// The leader when the outage began.
+        leader: String,
+        /// The outage (from, to) in ms.
+        outage: (u64, u64),
+        /// What happened.
+        what: String,
+    },
+
+    /// In a standby cluster ([`Options::standby`]) a member accepted writes (was promoted or
+    /// started as a primary), or a proxy routed writes (README: "A standby cluster's leader is
+    /// never promoted and its proxy routes no writes").
+    WritableInStandbyCluster {
+        /// Simulated ms.
+        at: u64,
+        /// What: the writable member, or the proxy and the member it routes writes to.
+        what: String,
+    },
+
     /// `decide` returned an action the simulation does not expect in this cluster (a modelling
     /// gap, or a rule that fired where it must not: bootstrap, clone, data removal, fatal error).
     Unexpected {
@@ -227,6 +261,31 @@ pub struct Options {
     /// The members read `pause` from the DCS `config` key, as the agent does. Off (a weakened world),
     /// they ignore it and fail over while paused, which [`Violation::PromotedWhilePaused`] must catch.
     pub members_read_pause: bool,
+    /// Draw short DCS outages in a third of the seeds ([`dcs_blips`]): 1-3 times after the heal,
+    /// once the cluster recovered, every DCS server freezes (unreachable, not restarted: a call
+    /// made meanwhile is answered at the thaw if that comes within the call's bound) for 200 ms to
+    /// the leader's demotion window less `loop_wait` and [`BLIP_MARGIN_MS`], checked by
+    /// [`Violation::LeaderDisturbedByShortOutage`]. Drawn from a generator of their own, after
+    /// every other event of the seed: seeds without them replay the schedules they had before.
+    /// `praetor-sim --no-blips` turns them off.
+    pub blips: bool,
+    /// The leader rides out a short outage: its DCS calls wait for the DCS up to their bound
+    /// (the runner's `bounded`). Off (a weakened world), a leader whose DCS call finds the DCS
+    /// unavailable stops its PostgreSQL at once (it demotes at the first failed renewal), which
+    /// [`Violation::LeaderDisturbedByShortOutage`] must catch.
+    pub leader_waits_out_blips: bool,
+    /// Draw a standby cluster in one seed of eight ([`standby_cluster`]): the dynamic
+    /// configuration has a `standby_cluster` section, the members start as replicas, the first
+    /// holding the lock as standby leader and streaming from a remote primary outside the cluster
+    /// (whose WAL grows with the remote's clients), the others from it; no `synchronous_mode`.
+    /// Checked by [`Violation::WritableInStandbyCluster`] (and the liveness invariant asks for a
+    /// standby leader that streams from the remote). Drawn from a generator of its own: seeds
+    /// without it replay the schedules they had before. `praetor-sim --no-standby` turns it off.
+    pub standby: bool,
+    /// The members read the `standby_cluster` section. Off (a weakened world), `decide` is given
+    /// the dynamic configuration without it while the cluster still replicates from the remote,
+    /// so the lock holder promotes, which [`Violation::WritableInStandbyCluster`] must catch.
+    pub members_read_standby: bool,
 }
 
 impl Default for Options {
@@ -240,6 +299,10 @@ impl Default for Options {
             failsafe_promise: true,
             pause: true,
             members_read_pause: true,
+            blips: true,
+            leader_waits_out_blips: true,
+            standby: true,
+            members_read_standby: true,
         }
     }
 }
@@ -273,6 +336,13 @@ pub struct Report {
     /// Promotions while paused by a member whose view showed the pause (manual switchovers and
     /// failovers, which still work in maintenance mode).
     pub promotions_while_paused: usize,
+    /// Short DCS outages drawn ([`Options::blips`]).
+    pub blips: usize,
+    /// Of those, outages that began under a routed, writable leader with no switchover request
+    /// pending, so [`Violation::LeaderDisturbedByShortOutage`] was checked.
+    pub blips_checked: usize,
+    /// The seed drew a standby cluster ([`Options::standby`]).
+    pub standby_cluster: bool,
 }
 
 /// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
@@ -388,6 +458,9 @@ enum Phase {
         /// AwaitProxies: when the current wait ends.
         await_until: Option<u64>,
     },
+    /// The cycle's DCS read was sent to a frozen DCS that thaws within the call's bound: it is
+    /// answered at the thaw ([`Sim::wait_for_thaw`]).
+    ReadAtThaw,
 }
 
 #[derive(Debug, Clone)]
@@ -545,6 +618,10 @@ enum Ev {
     Pause(bool),
     /// The operator tries the last `pause`/`resume` again (the DCS was down).
     PauseRetry,
+    /// A short DCS outage begins: every DCS server frozen for this long (ms).
+    Blip(u64),
+    /// The frozen DCS thaws.
+    BlipEnd,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -621,6 +698,35 @@ struct Sim {
     resumed_at: u64,
     pauses: usize,
     promotions_while_paused: usize,
+    /// A short outage holds the DCS frozen until then (ms): calls made meanwhile are answered at
+    /// the thaw when it comes within their bound.
+    blip_until: Option<u64>,
+    /// Message latencies stay short (no slow DCS call) in these windows (from, to) (ms): from a
+    /// demotion window before a short outage to the end of its check, where a slow call would be
+    /// another fault (a renewal a slow read delayed leaves less than the margin).
+    calm: Vec<(u64, u64)>,
+    /// The short outage being checked, if any.
+    blip_check: Option<BlipCheck>,
+    blips: usize,
+    blips_checked: usize,
+    /// The remote primary a standby cluster replicates from (`None`: not a standby cluster). Not
+    /// a member: never counted as writable, reached at [`REMOTE_HOST`] without faults.
+    remote: Option<Pg>,
+}
+
+/// A short DCS outage under check ([`Violation::LeaderDisturbedByShortOutage`]).
+#[derive(Debug, Clone)]
+struct BlipCheck {
+    /// The leader at its start.
+    leader: usize,
+    /// The outage (from, to), ms.
+    outage: (u64, u64),
+    /// The check ends then (ms): `loop_wait + retry_timeout + 1 s` after the thaw.
+    until: u64,
+    /// Promotions before it.
+    promotions: usize,
+    /// The proxies that routed writes to the leader at its start.
+    proxies: Vec<usize>,
 }
 
 const TRACE_TAIL: usize = 400;
@@ -775,6 +881,12 @@ impl Sim {
             resumed_at: 0,
             pauses: 0,
             promotions_while_paused: 0,
+            blip_until: None,
+            calm: vec![],
+            blip_check: None,
+            blips: 0,
+            blips_checked: 0,
+            remote: None,
             trace: VecDeque::new(),
             nevents: 0,
             last_leader: None,
@@ -828,6 +940,30 @@ impl Sim {
             sim.schedule(from, Ev::Pause(true));
             sim.schedule(to, Ev::Pause(false));
         }
+        let blips = if opts.blips {
+            let after = faults_until + sim.liveness_window() + 10_000;
+            dcs_blips(seed, after, sim.blip_hold_max_ms(), sim.blip_window_ms())
+        } else {
+            vec![]
+        };
+        let line = if blips.is_empty() {
+            line
+        } else {
+            format!("{line}, DCS frozen (from, hold) {blips:?} ms")
+        };
+        let before = ha::demote_window_ms(&sim.dynamic, None) + 1_000;
+        for &(at, hold) in &blips {
+            sim.schedule(at, Ev::Blip(hold));
+            let until = at + hold + sim.blip_window_ms();
+            sim.calm.push((at.saturating_sub(before), until));
+            sim.end = sim.end.max(until + 1_000);
+        }
+        let line = if opts.standby && standby_cluster(seed) {
+            sim.make_standby_cluster();
+            format!("{line}, standby cluster of {REMOTE_HOST} (synchronous_mode off)")
+        } else {
+            line
+        };
         sim.log(line);
         sim
     }
@@ -993,6 +1129,13 @@ impl Sim {
     }
 
     fn latency(&mut self) -> u64 {
+        if self
+            .calm
+            .iter()
+            .any(|&(from, to)| from <= self.now && self.now < to)
+        {
+            return self.rng.range(1, 40);
+        }
         // Spikes and lost replies are faults: none after the heal.
         let faulty = self.healed_at.is_none();
         if self.rng.chance(1) && faulty {
@@ -1045,6 +1188,11 @@ impl Sim {
             },
             dynamic: DynamicConfig {
                 pause: self.member_paused(i),
+                standby_cluster: self
+                    .dynamic
+                    .standby_cluster
+                    .clone()
+                    .filter(|_| self.opts.members_read_standby),
                 ..self.dynamic.clone()
             },
             remove_data_on_diverged: false,
@@ -1331,7 +1479,13 @@ impl Sim {
         let (state, role) = match (&a.task, pg.state) {
             (Some(_), _) => (MemberState::Starting, Role::Replica),
             (None, PgState::Running { primary: true }) => (MemberState::Running, Role::Primary),
+            (None, PgState::Running { primary: false }) if holds && self.remote.is_some() => {
+                (MemberState::Running, Role::StandbyLeader)
+            }
             (None, PgState::Running { primary: false }) => (MemberState::Running, Role::Replica),
+            (None, PgState::Stopped { .. }) if holds && self.remote.is_some() => {
+                (MemberState::Stopped, Role::StandbyLeader)
+            }
             (None, PgState::Stopped { .. }) => (
                 MemberState::Stopped,
                 if holds { Role::Primary } else { Role::Replica },
@@ -1403,6 +1557,7 @@ impl Sim {
         match phase {
             Phase::Idle => self.start_cycle(i),
             Phase::Reading { view } => self.decide_and_act(i, view),
+            Phase::ReadAtThaw => self.read_view(i),
             Phase::Acting {
                 view,
                 actions,
@@ -1441,6 +1596,18 @@ impl Sim {
         if self.agents[i].task.is_none() && self.agents[i].task_failed {
             self.agents[i].task_failed = false;
         }
+        if let Some(thaw) = self.wait_for_thaw(i) {
+            self.agents[i].phase = Phase::ReadAtThaw;
+            let t = self.agents[i].token;
+            self.schedule(thaw - self.now, Ev::Cycle(i, t));
+            return;
+        }
+        self.read_view(i);
+    }
+
+    /// The cycle's DCS read: the view, answered after a latency, or a failure after the call's
+    /// bound.
+    fn read_view(&mut self, i: usize) {
         let (view, delay) = if self.dcs_ok(i) {
             self.agents[i].pause.read_at = self.now;
             (Some(self.dcs.view(self.now)), self.latency())
@@ -1603,8 +1770,14 @@ impl Sim {
             former_leader: a.former_leader.clone(),
             sync_catchup_lsn: a.sync_catchup_lsn,
             retained_members: vec![],
-            remote: None,
-            remote_recovery: None,
+            remote: self.remote.as_ref().map(|r| ha::standby::RemoteTimeline {
+                timeline: r.tl(),
+                history: vec![],
+            }),
+            remote_recovery: self
+                .follows_remote(i)
+                .then(|| ha::standby::remote_recovery(&self.dynamic))
+                .flatten(),
             unfenced: a.unfenced.clone(),
             failed_task: a.failed_task,
             failsafe_confirmed,
@@ -1642,6 +1815,20 @@ impl Sim {
         let Some(action) = actions.pop_front() else {
             return self.end_cycle(i, view.is_some());
         };
+        if is_dcs_call(&action) || matches!(action, Action::AwaitProxies { .. }) {
+            if let Some(thaw) = self.wait_for_thaw(i) {
+                // Sent to a frozen DCS: carried out when it thaws.
+                actions.push_front(action);
+                self.agents[i].phase = Phase::Acting {
+                    view,
+                    actions,
+                    await_until,
+                };
+                let t = self.agents[i].token;
+                self.schedule(thaw - self.now, Ev::Cycle(i, t));
+                return;
+            }
+        }
         let me = self.agents[i].name.clone();
         let now = self.now;
         let ttl = self.ttl_ms();
@@ -2085,6 +2272,15 @@ impl Sim {
                 self.pgs[i].upstream = upstream.map(|u| u.host);
                 self.log(format!("{me}: started as replica"));
             }
+            Action::Rewind(up) if up.host == REMOTE_HOST && self.remote.is_some() => {
+                self.pgs[i].segs = self.remote.as_ref().expect("checked").segs.clone();
+                self.pgs[i].checkpoint = (self.pgs[i].tl(), self.pgs[i].lsn());
+                self.pgs[i].state = PgState::Running { primary: false };
+                self.pgs[i].upstream = Some(up.host.clone());
+                self.log(format!(
+                    "{me}: rewound from the remote and started as replica"
+                ));
+            }
             Action::Rewind(up) => match self.index(&up.host) {
                 Some(t) if self.link_ok(i, t) && self.pgs[t].running() => {
                     self.pgs[i].segs = self.pgs[t].segs.clone();
@@ -2209,6 +2405,10 @@ impl Sim {
             if self.host_frozen(j) {
                 continue;
             }
+            if self.follows_remote(j) {
+                self.stream_from_remote(j);
+                continue;
+            }
             let up = self.pgs[j].upstream.clone().and_then(|u| self.index(&u));
             let streaming = up.filter(|&u| {
                 u != j
@@ -2288,6 +2488,15 @@ impl Sim {
     fn client(&mut self) {
         let np = self.proxies.len();
         let n = self.n();
+        // The remote's own clients: its WAL grows; this cluster's clients may only read.
+        let step = if self.remote.is_some() {
+            self.rng.range(8, 400)
+        } else {
+            0
+        };
+        if let Some(r) = self.remote.as_mut() {
+            r.segs.last_mut().expect("wal").end += step;
+        }
         let k = self.rng.pick(np + n);
         let target = if k < np {
             let p = &self.proxies[k];
@@ -2640,9 +2849,216 @@ impl Sim {
         self.healed_at = Some(self.now);
     }
 
+    // ---------------------------------------------------------------- standby cluster
+
+    /// Turns this seed's cluster into a standby cluster of a remote primary at [`REMOTE_HOST`]:
+    /// the `standby_cluster` section in the dynamic configuration (and the DCS `config` key),
+    /// every member a replica, the first the standby leader streaming from the remote (no
+    /// watchdog: a standby leader arms none), the proxies routing no writes, no
+    /// `synchronous_mode`.
+    fn make_standby_cluster(&mut self) {
+        self.dynamic.standby_cluster = Some(StandbyCluster {
+            host: Some(REMOTE_HOST.into()),
+            port: Some(5432),
+            ..StandbyCluster::default()
+        });
+        self.dynamic.synchronous_mode = SyncMode::Off;
+        self.dynamic.synchronous_mode_strict = false;
+        if let Some(c) = self.dcs.config.as_mut() {
+            c.value["standby_cluster"] = serde_json::json!({"host": REMOTE_HOST, "port": 5432});
+        }
+        let mut remote = self.pgs[0].clone();
+        remote.upstream = None;
+        self.remote = Some(remote);
+        for i in 0..self.n() {
+            self.pgs[i].state = PgState::Running { primary: false };
+            self.agents[i].wd_armed = false;
+            self.agents[i].wd_kernel = false;
+            self.agents[i].may_write = false;
+        }
+        self.pgs[0].upstream = Some(REMOTE_HOST.into());
+        for p in 0..self.proxies.len() {
+            self.proxies[p].routed = None;
+            self.proxies[p].acked = Some(None);
+        }
+        for (_, (ps, _)) in self.dcs.proxies.iter_mut() {
+            ps.leader = None;
+        }
+        for i in 0..self.n() {
+            self.publish(i);
+        }
+    }
+
+    /// Member `i`'s PostgreSQL is a running replica told to follow the remote.
+    fn follows_remote(&self, i: usize) -> bool {
+        self.remote.is_some()
+            && self.pgs[i].state == PgState::Running { primary: false }
+            && self.pgs[i].upstream.as_deref() == Some(REMOTE_HOST)
+    }
+
+    /// A replica of the remote streams from it this tick when its WAL is a prefix of the
+    /// remote's (the remote is never cut off or frozen: faults are this cluster's).
+    fn stream_from_remote(&mut self, j: usize) {
+        let remote = self.remote.as_ref().expect("a standby cluster");
+        let streaming = self.now >= self.pgs[j].receiver_after && self.pgs[j].can_follow(remote);
+        let segs = remote.segs.clone();
+        self.pgs[j].streaming_from = streaming.then(|| REMOTE_HOST.to_string());
+        if streaming && self.rng.chance(80) {
+            self.pgs[j].segs = segs;
+        }
+    }
+
+    /// [`Violation::WritableInStandbyCluster`].
+    fn check_standby_cluster(&mut self) {
+        if self.remote.is_none() {
+            return;
+        }
+        let what = (0..self.n())
+            .find(|&i| self.accepts_writes(i))
+            .map(|i| format!("{} accepts writes", self.agents[i].name))
+            .or_else(|| {
+                self.proxies
+                    .iter()
+                    .find(|p| p.routed.is_some())
+                    .map(|p| format!("{} routes writes to {:?}", p.id, p.routed))
+            });
+        if let Some(what) = what {
+            self.violation = Some(Violation::WritableInStandbyCluster { at: self.now, what });
+        }
+    }
+
+    // ---------------------------------------------------------------- short DCS outages
+
+    /// The longest short outage drawn (ms): the leader's demotion window
+    /// ([`ha::demote_window_ms`], with the watchdog's timeout when one is armed) less `loop_wait`
+    /// (the window runs from the renewal before the outage, a cycle earlier) and
+    /// [`BLIP_MARGIN_MS`]. README's "shorter than `retry_timeout`" is this bound when the watchdog
+    /// leaves `loop_wait + retry_timeout` whole; a tighter watchdog (`ttl - safety_margin - 1 s`
+    /// below it: `ttl` 15, `loop_wait` 5, `retry_timeout` 5 here) shortens it.
+    fn blip_hold_max_ms(&self) -> u64 {
+        let wd = self
+            .opts
+            .watchdog
+            .then(|| self.dynamic.ttl.saturating_sub(SAFETY_MARGIN_SECS));
+        (ha::demote_window_ms(&self.dynamic, wd) - u64::from(self.dynamic.loop_wait) * 1000)
+            .saturating_sub(BLIP_MARGIN_MS)
+            .max(BLIP_MIN_MS)
+    }
+
+    /// How long after the thaw a short outage is checked (ms): `loop_wait + retry_timeout + 1 s`,
+    /// past the demotion deadline of any renewal made before it (the nemesis's window).
+    fn blip_window_ms(&self) -> u64 {
+        u64::from(self.dynamic.loop_wait + self.dynamic.retry_timeout) * 1000 + 1_000
+    }
+
+    /// A short outage begins: the DCS freezes for `hold` ms. It is checked when it begins under a
+    /// routed, writable leader holding the lock with no switchover request pending and no other
+    /// member writable (else it is drawn but not checked: its disturbance could be another's).
+    fn blip(&mut self, hold: u64) {
+        if self.dcs.down {
+            return;
+        }
+        self.blips += 1;
+        let leader = self.leader_index().filter(|&l| {
+            self.accepts_writes(l)
+                && self.dcs.failover.is_none()
+                && (0..self.n()).all(|j| j == l || !self.accepts_writes(j))
+        });
+        let proxies: Vec<usize> = leader.map_or_else(Vec::new, |l| {
+            (0..self.proxies.len())
+                .filter(|&p| {
+                    !self.proxies[p].suspended
+                        && self.proxies[p].routed.as_deref() == Some(self.agents[l].name.as_str())
+                })
+                .collect()
+        });
+        let thaw = self.now + hold;
+        let until = thaw + self.blip_window_ms();
+        match leader.filter(|_| !proxies.is_empty()) {
+            Some(l) => {
+                self.blips_checked += 1;
+                self.blip_check = Some(BlipCheck {
+                    leader: l,
+                    outage: (self.now, thaw),
+                    until,
+                    promotions: self.promotions,
+                    proxies,
+                });
+                self.log(format!("DCS FROZEN for {hold} ms under leader {}", self.agents[l].name));
+            }
+            None => self.log(format!(
+                "DCS FROZEN for {hold} ms (not checked: no routed leader alone, or a switchover pending)"
+            )),
+        }
+        self.dcs.down = true;
+        self.blip_until = Some(thaw);
+        self.schedule(hold, Ev::BlipEnd);
+    }
+
+    fn blip_end(&mut self) {
+        self.dcs.down = false;
+        self.blip_until = None;
+        self.log("DCS thawed".into());
+    }
+
+    /// When a DCS call member `i` sends now is answered: at the thaw of a frozen DCS that comes
+    /// within the call's bound ([`Sim::dcs_timeout`]); `None` when the DCS answers now or the
+    /// call fails at its bound. In the weakened world (`leader_waits_out_blips` off) a writable
+    /// member stops its PostgreSQL at once instead of waiting.
+    fn wait_for_thaw(&mut self, i: usize) -> Option<u64> {
+        let thaw = self
+            .blip_until
+            .filter(|_| self.dcs.down && !self.cut_dcs[i])?;
+        if !self.opts.leader_waits_out_blips && self.agents[i].may_write && self.pgs[i].running() {
+            self.stop_pg(
+                i,
+                StopMode::Immediate,
+                "weakened world: demotes at the first failed DCS call",
+            );
+        }
+        (thaw <= self.now + self.dcs_timeout(i)).then_some(thaw)
+    }
+
+    /// [`Violation::LeaderDisturbedByShortOutage`].
+    fn check_blip(&mut self) {
+        let Some(bc) = self.blip_check.as_ref() else {
+            return;
+        };
+        if self.now > bc.until {
+            self.blip_check = None;
+            return;
+        }
+        let l = bc.leader;
+        let name = self.agents[l].name.clone();
+        let what = if !self.accepts_writes(l) {
+            Some("it stopped accepting writes".to_string())
+        } else if self.dcs.leader_alive(self.now) != Some(name.as_str()) {
+            Some("it lost the leader lock".to_string())
+        } else if self.promotions > bc.promotions {
+            Some("another member promoted".to_string())
+        } else {
+            bc.proxies
+                .iter()
+                .find(|&&p| self.proxies[p].routed.as_deref() != Some(name.as_str()))
+                .map(|&p| format!("{} stopped routing writes to it", self.proxies[p].id))
+        };
+        if let Some(what) = what {
+            self.violation = Some(Violation::LeaderDisturbedByShortOutage {
+                at: self.now,
+                leader: name,
+                outage: bc.outage,
+                what,
+            });
+        }
+    }
+
     // ---------------------------------------------------------------- invariants
 
     fn check(&mut self) {
+        if self.violation.is_some() {
+            return;
+        }
+        self.check_blip();
         if self.violation.is_some() {
             return;
         }
@@ -2657,18 +3073,31 @@ impl Sim {
             });
             return;
         }
+        self.check_standby_cluster();
+        if self.violation.is_some() {
+            return;
+        }
         if let Some(h) = self.healed_at.filter(|_| self.paused_since.is_none()) {
             if !self.leader_seen_after_heal {
                 let leader = self.dcs.leader_alive(self.now).map(str::to_string);
-                let routed = self.proxies.iter().any(|p| {
-                    !p.suspended
-                        && p.routed.is_some()
-                        && p.routed == leader
-                        && p.routed
-                            .as_deref()
-                            .and_then(|m| self.index(m))
-                            .is_some_and(|m| self.accepts_writes(m))
-                });
+                // A standby cluster has recovered once a lock holder streams from the remote
+                // (there are no writes to route); any other, once a proxy routes to a writable one.
+                let routed = self.remote.is_some()
+                    && leader
+                        .as_deref()
+                        .and_then(|l| self.index(l))
+                        .is_some_and(|l| {
+                            self.follows_remote(l) && self.pgs[l].streaming_from.is_some()
+                        })
+                    || self.proxies.iter().any(|p| {
+                        !p.suspended
+                            && p.routed.is_some()
+                            && p.routed == leader
+                            && p.routed
+                                .as_deref()
+                                .and_then(|m| self.index(m))
+                                .is_some_and(|m| self.accepts_writes(m))
+                    });
                 if routed {
                     self.leader_seen_after_heal = true;
                     let from = h.max(self.resumed_at);
@@ -2713,6 +3142,8 @@ impl Sim {
                     self.set_pause();
                 }
                 Ev::PauseRetry => self.set_pause(),
+                Ev::Blip(hold) => self.blip(hold),
+                Ev::BlipEnd => self.blip_end(),
             }
             self.check();
         }
@@ -2733,6 +3164,9 @@ impl Sim {
             switchover_fallbacks: self.switchover_fallbacks,
             pauses: self.pauses,
             promotions_while_paused: self.promotions_while_paused,
+            blips: self.blips,
+            blips_checked: self.blips_checked,
+            standby_cluster: self.remote.is_some(),
         }
     }
 }
@@ -2755,6 +3189,44 @@ fn pause_episodes(seed: u64, faults_until: u64) -> Vec<(u64, u64)> {
         let resume = (at + rng.range(5_000, 120_000)).min(faults_until + 10_000);
         out.push((at, resume));
         at = resume + rng.range(5_000, 60_000);
+    }
+    out
+}
+
+/// The host of a standby cluster's remote primary ([`Options::standby`]).
+pub const REMOTE_HOST: &str = "remote";
+
+/// Whether `seed` draws a standby cluster ([`Options::standby`]): one seed in eight, from a
+/// generator of its own.
+fn standby_cluster(seed: u64) -> bool {
+    Rng::new(seed ^ 0x57A4_DB7C).chance(12)
+}
+
+/// The shortest short DCS outage drawn (ms): long enough that a DCS call of a running cycle may
+/// land in it (the nemesis's `fault::BLIP_MIN_MS`).
+pub const BLIP_MIN_MS: u64 = 200;
+
+/// How much shorter than what the leader's demotion window leaves a short DCS outage is at most
+/// (ms): the margin for a cycle's own calls between two renewals (the nemesis's `fault::BLIP_MARGIN`,
+/// whose docstring derives it). Latencies stay at 1-40 ms during a checked outage's window.
+pub const BLIP_MARGIN_MS: u64 = 500;
+
+/// The short DCS outages of `seed` ((start, hold) in ms), none in two seeds of three: 1-3 of
+/// [`BLIP_MIN_MS`] to `hold_max` ms, the first 0-10 s after `after` (the heal plus the liveness
+/// window and 10 s: the cluster recovered, every other fault over), each next one 1-10 s after the
+/// previous one's check `window` ended. A generator of its own, so that the other draws of a
+/// seed do not change.
+fn dcs_blips(seed: u64, after: u64, hold_max: u64, window: u64) -> Vec<(u64, u64)> {
+    let mut rng = Rng::new(seed ^ 0xB11F_D0C5);
+    if !rng.chance(33) {
+        return vec![];
+    }
+    let mut out = vec![];
+    let mut at = after + rng.range(0, 10_000);
+    for _ in 0..1 + rng.pick(3) {
+        let hold = rng.range(BLIP_MIN_MS, hold_max.max(BLIP_MIN_MS));
+        out.push((at, hold));
+        at += hold + window + rng.range(1_000, 10_000);
     }
     out
 }

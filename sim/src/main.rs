@@ -6,6 +6,8 @@
 //! praetor-sim --no-failsafe ...          # never draw failsafe_mode (drawn in a third of the seeds by default)
 //! praetor-sim --no-confirm-routes ...    # proxies route an acknowledged leader without reading the lock again
 //! praetor-sim --no-pause ...             # never pause the cluster (maintenance mode drawn in a quarter of the seeds)
+//! praetor-sim --no-standby ...           # never draw a standby cluster (one seed in eight by default)
+//! praetor-sim --no-blips ...             # never freeze the DCS briefly after the heal (short outages drawn in a third of the seeds)
 //! ```
 
 use std::process::ExitCode;
@@ -37,8 +39,10 @@ fn main() -> ExitCode {
             "--no-failsafe" => opts.failsafe = false,
             "--no-confirm-routes" => opts.confirm_routes = false,
             "--no-pause" => opts.pause = false,
+            "--no-blips" => opts.blips = false,
+            "--no-standby" => opts.standby = false,
             other => {
-                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--no-failsafe] [--no-confirm-routes] [--no-pause] | --seed S [--trace] [--no-failsafe] [--no-confirm-routes] [--no-pause]");
+                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--keep-going] [--no-failsafe] [--no-confirm-routes] [--no-pause] [--no-blips] [--no-standby] | --seed S [--trace] [--no-failsafe] [--no-confirm-routes] [--no-pause] [--no-blips] [--no-standby]");
                 return ExitCode::from(2);
             }
         }
@@ -62,6 +66,8 @@ fn main() -> ExitCode {
     let (mut failed, mut acked, mut promotions, mut events) = (vec![], 0usize, 0usize, 0u64);
     let (mut switchovers, mut fallbacks) = (0usize, 0usize);
     let (mut paused_seeds, mut pauses, mut paused_promotions) = (0usize, 0usize, 0usize);
+    let (mut blip_seeds, mut blips, mut blips_checked) = (0usize, 0usize, 0usize);
+    let mut standby_seeds = 0usize;
     // Time from the heal to a routed writable leader, as a fraction of ttl + loop_wait.
     let mut recovery: Vec<f64> = vec![];
     for s in from..from + seeds {
@@ -74,6 +80,10 @@ fn main() -> ExitCode {
         paused_seeds += usize::from(r.pauses > 0);
         pauses += r.pauses;
         paused_promotions += r.promotions_while_paused;
+        blip_seeds += usize::from(r.blips > 0);
+        blips += r.blips;
+        blips_checked += r.blips_checked;
+        standby_seeds += usize::from(r.standby_cluster);
         if let Some(ms) = r.recovered_ms {
             recovery.push(ms as f64 / r.bound_ms as f64);
         }
@@ -102,6 +112,10 @@ fn main() -> ExitCode {
     println!(
         "maintenance mode: {paused_seeds} seeds paused ({pauses} pauses), {paused_promotions} manual promotions while paused"
     );
+    println!(
+        "short DCS outages: {blip_seeds} seeds froze the DCS ({blips} outages, {blips_checked} checked under a routed leader)"
+    );
+    println!("standby clusters: {standby_seeds} seeds (no member writable, no proxy route)");
     recovery.sort_by(f64::total_cmp);
     if !recovery.is_empty() {
         let q = |p: f64| recovery[((recovery.len() - 1) as f64 * p) as usize];

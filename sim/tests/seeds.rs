@@ -362,3 +362,36 @@ fn without_members_reading_pause_a_promotion_while_paused_is_found() {
         |v| matches!(v, Violation::PromotedWhilePaused { .. }),
     );
 }
+
+/// A leader rides out a DCS outage shorter than its demotion window allows only because its DCS
+/// calls wait up to their bound (`retry_timeout`, or the demotion deadline) for an answer: a
+/// leader that stops its PostgreSQL at the first DCS call that finds the DCS unavailable is
+/// disturbed by the short outages drawn after the heal, and the invariant must see it.
+#[test]
+fn without_a_leader_waiting_out_the_dcs_a_short_outage_disturbs_it() {
+    let opts = Options {
+        leader_waits_out_blips: false,
+        ..Options::default()
+    };
+    found_in_2000_seeds(
+        opts,
+        "no seed disturbed a leader that demotes at its first failed DCS call",
+        |v| matches!(v, Violation::LeaderDisturbedByShortOutage { .. }),
+    );
+}
+
+/// A standby cluster's lock holder stays a replica of the remote only because `decide` reads the
+/// `standby_cluster` section: members that do not see it promote the lock holder (a replica
+/// holding the lock), and the invariant must see a writable member.
+#[test]
+fn without_members_reading_standby_cluster_a_standby_leader_is_promoted() {
+    let opts = Options {
+        members_read_standby: false,
+        ..Options::default()
+    };
+    found_in_2000_seeds(
+        opts,
+        "no standby cluster promoted a member with members ignoring standby_cluster",
+        |v| matches!(v, Violation::WritableInStandbyCluster { .. }),
+    );
+}
