@@ -719,6 +719,10 @@ impl Runner {
         } else {
             None
         };
+        if !d.promotes() {
+            // No longer the candidate: a later candidacy waits for the proxies afresh.
+            self.proxies_wait_since = None;
+        }
         let mut message = d.reason.to_string();
         if !d.actions.is_empty() {
             tracing::debug!(actions = ?d.actions, "executing");

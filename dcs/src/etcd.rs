@@ -124,7 +124,15 @@ struct LeaseState {
     ttl_secs: u32,
     /// The last value written to `members/<name>`, written again when the lease is replaced.
     member_json: Option<String>,
+    /// Per proxy id, the mod revision of `praetor/proxies/<id>` as this client last wrote or read
+    /// it (0: absent); [`Dcs::set_proxy_state`] writes only over it.
+    proxy_revisions: BTreeMap<String, i64>,
 }
+
+/// How many times [`Dcs::set_proxy_state`] adopts a revision it did not expect and writes again
+/// before it gives up with a conflict (each is one of its own earlier writes applied late, or the
+/// key's lease expiring: a few at most).
+const PROXY_WRITE_CONFLICTS: usize = 3;
 
 /// Why an etcd request failed, keeping apart the one failure some operations recover from.
 #[derive(Debug)]
@@ -246,6 +254,20 @@ fn failure(what: &str, e: etcd_client::Error) -> Failure {
 }
 
 /// The compare that makes a write conditional on `expect` for `key`.
+/// The transaction [`Dcs::set_proxy_state`] sends: put `json` at `key` on `lease` if the key's mod
+/// revision is `expected` (0: absent), else read the key (its revision, to adopt). Public for the
+/// tests that replay a late write against a real etcd.
+pub fn proxy_write_txn(key: &str, json: &str, lease: i64, expected: i64) -> Txn {
+    Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+        .and_then([TxnOp::put(
+            key,
+            json,
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)])
+}
+
 fn expect_compare(key: &str, expect: Expect) -> Compare {
     match expect {
         Expect::Absent => Compare::create_revision(key, CompareOp::Equal, 0),
@@ -825,16 +847,53 @@ impl Dcs for EtcdDcs {
         }
     }
 
+    /// Writes the proxy key on this client's lease, only over the revision this client last wrote
+    /// or read (a compare-and-set on its mod revision). etcd may still apply a write whose request
+    /// timed out or failed (its outcome is unknown), after a newer write of the same key: a plain
+    /// put would then show the agents a route the proxy no longer has (a former leader's name
+    /// erased while the proxy still routes to it, or the reverse) until the next heartbeat. Such
+    /// a late write fails its compare. When the key is not at the expected revision (one of
+    /// those writes landed, or the lease expired), the revision read in the same transaction is
+    /// adopted and the write sent again, at most [`PROXY_WRITE_CONFLICTS`] times
+    /// ([`DcsError::CasConflict`] then).
     async fn set_proxy_state(&self, id: &str, state: &ProxyState) -> Result<(), DcsError> {
         let key = self.keys.proxy(id);
         let json = to_json(&key, state)?;
         let mut st = self.lease.lock().await;
         let mut retried = false;
+        let mut conflicts = 0;
         loop {
             let lease = self.refresh_lease(&mut st, false).await?;
-            let put = self.put_on_lease("write the proxy key", &key, &json, lease);
-            match put.await {
-                Ok(_) => return Ok(()),
+            let expected = st.proxy_revisions.get(id).copied().unwrap_or(0);
+            let txn = proxy_write_txn(&key, &json, lease, expected);
+            match self.txn("write the proxy key", txn).await {
+                Ok(resp) if resp.succeeded() => {
+                    // The transaction's revision is the put's.
+                    let written = resp.header().map_or(0, |h| h.revision());
+                    st.proxy_revisions.insert(id.to_string(), written);
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    let current = resp
+                        .op_responses()
+                        .into_iter()
+                        .find_map(|r| match r {
+                            etcd_client::TxnOpResponse::Get(g) => {
+                                Some(g.kvs().first().map_or(0, |kv| kv.mod_revision()))
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or(0);
+                    conflicts += 1;
+                    debug!(
+                        %key,
+                        expected, current, "the proxy key changed since this client wrote it"
+                    );
+                    st.proxy_revisions.insert(id.to_string(), current);
+                    if conflicts > PROXY_WRITE_CONFLICTS {
+                        return Err(DcsError::CasConflict { key });
+                    }
+                }
                 Err(Failure::LeaseGone) if !retried => {
                     retried = true;
                     st.id = None;

@@ -1,5 +1,6 @@
 //! etcd-specific checks of the etcd backend against a real etcd on 127.0.0.1: which keys ride on the
-//! lease, a lease lost behind the client's back, `set_ttl`, and a 3-member cluster losing a member.
+//! lease, a lease lost behind the client's back, `set_ttl`, a proxy key written only over its own
+//! last revision, and a 3-member cluster losing a member.
 //! The behaviour every backend shares is in `conformance.rs`.
 
 mod support;
@@ -7,8 +8,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use praetor_dcs::etcd::EtcdDcs;
-use praetor_dcs::{Dcs, Expect, KeyKind, Keys, MemberData, MemberState, Role};
+use praetor_dcs::etcd::{proxy_write_txn, EtcdDcs};
+use praetor_dcs::{Dcs, Expect, KeyKind, Keys, MemberData, MemberState, ProxyState, Role};
 use praetor_harness::{wait_for, EtcdCluster};
 use serde_json::json;
 use support::*;
@@ -64,6 +65,63 @@ async fn leader_and_member_ride_on_one_lease_and_the_other_keys_on_none() {
             .granted_ttl(),
         10
     );
+}
+
+/// The proxy key's value and mod revision (`None`: absent).
+async fn proxy_key(raw: &mut etcd_client::Client, key: &str) -> Option<(String, i64)> {
+    let resp = raw.get(key, None).await.expect("get");
+    resp.kvs()
+        .first()
+        .map(|kv| (kv.value_str().unwrap().to_string(), kv.mod_revision()))
+}
+
+fn routing_to(leader: &str) -> ProxyState {
+    ProxyState {
+        leader: Some(leader.into()),
+        since: None,
+    }
+}
+
+/// A proxy's acknowledgement written while an earlier write of the same key is still in flight
+/// (its request timed out, but etcd applies it later: the outcome of a timed-out request is
+/// unknown) stays: the late write fails its revision compare. A key changed behind the proxy's
+/// back (such a write applied before the next one, or the lease expired) is written over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_proxy_key_write_does_not_replace_a_newer_acknowledgement() {
+    let mut etcd = start_etcd().await;
+    let p = client(&mut etcd, "proxykey", None, 10).await;
+    let key = Keys::new("/service/", "proxykey").proxy("p");
+    let mut raw = raw(&mut etcd).await;
+    p.set_proxy_state("p", &routing_to("a")).await.unwrap();
+    let (_, at_a) = proxy_key(&mut raw, &key).await.expect("written");
+    // A write of route "a" built over that revision is sent and times out; the proxy moves on
+    // and acknowledges "b" (the late write has not landed yet, so the key is still at `at_a`).
+    let late = proxy_write_txn(&key, r#"{"leader":"a"}"#, 0, at_a);
+    p.set_proxy_state("p", &routing_to("b")).await.unwrap();
+    let (value, at_b) = proxy_key(&mut raw, &key).await.unwrap();
+    assert!(value.contains(r#""b""#) && at_b > at_a, "{value} at {at_b}");
+    // Now etcd applies the late write: refused.
+    let applied = raw.txn(late).await.expect("txn");
+    assert!(
+        !applied.succeeded(),
+        "the late write applied over a newer one"
+    );
+    assert_eq!(proxy_key(&mut raw, &key).await, Some((value, at_b)));
+
+    // A late write that landed before the next one (a plain put here) is written over.
+    raw.put(key.as_str(), r#"{"leader":"a"}"#, None)
+        .await
+        .unwrap();
+    p.set_proxy_state("p", &routing_to("c")).await.unwrap();
+    let (value, _) = proxy_key(&mut raw, &key).await.unwrap();
+    assert!(value.contains(r#""c""#), "{value}");
+    // So is a key that went away (its lease expired or was revoked).
+    raw.delete(key.as_str(), None).await.unwrap();
+    p.set_proxy_state("p", &ProxyState::default())
+        .await
+        .unwrap();
+    let (value, _) = proxy_key(&mut raw, &key).await.expect("written again");
+    assert!(value.contains("null"), "{value}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

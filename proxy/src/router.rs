@@ -309,6 +309,34 @@ impl Closing {
     }
 }
 
+/// How long the fencing handshake lets the connections to a former leader close by themselves
+/// ([`Closing::close`]) before it shuts their server sockets down by force, when the leader it
+/// routes writes to changes away from the leader of `in_force` (the topology routed until now).
+/// `graceful`: the wait of a planned handover.
+///
+/// A connection's task closes its server socket as soon as it sees its fence; the wait only matters
+/// for one that does not yet (busy outside its relay: opening a connection, writing to a client
+/// that does not read). A forced close resets the socket ([`abort_on_close`]), so nothing unsent
+/// reaches the former leader later: forcing is always safe. The wait delays the acknowledgement,
+/// which the candidate waits for before it promotes (issue 14: 2 s of a silent-host failover).
+/// - `in_force` asked its leader to step down (a switchover, [`Topology::is_switching_over`]):
+///   `graceful`. The former leader shuts down in order, its sessions end their transaction or move
+///   to the next leader (drain_timeout), and its connections close by themselves.
+/// - Otherwise (a failover: the lock expired, was lost or released without a request, or the
+///   leader stopped publishing itself as a routable primary): no wait. The former leader is gone,
+///   silent, or no longer holds the lock: a connection still open to it can only carry statements
+///   that must not run there, and its task is stuck if the fence did not close it already.
+///
+/// A switchover request pending when the leader fails keeps the graceful wait: the proxy cannot
+/// tell that failure from the handover.
+pub(crate) fn fence_close_wait(in_force: &Topology, graceful: Duration) -> Duration {
+    if in_force.is_switching_over() {
+        graceful
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// A backend [`Router::pick`] chose, with the topology it is in (no connection registered).
 pub(crate) struct Picked {
     topology: Arc<Topology>,
@@ -1279,6 +1307,55 @@ mod tests {
         assert_eq!(router.known_replay(&b), Some(100), "same leader: kept");
         router.apply(topo(Some(&c), &[&b]));
         assert_eq!(router.known_replay(&b), None, "new leader: forgotten");
+    }
+
+    #[test]
+    fn the_fencing_wait_is_graceful_only_when_the_former_leader_was_asked_to_step_down() {
+        let (a, b) = (backend("a", 1), backend("b", 2));
+        let graceful = Duration::from_secs(2);
+        let switching = |leader: Option<&Backend>, asked: &str, candidate: Option<&str>| Topology {
+            switchover: Some(crate::topology::Switchover {
+                leader: asked.into(),
+                candidate: candidate.map(String::from),
+            }),
+            ..(*topo(leader, &[&b])).clone()
+        };
+        let rows: [(&str, Topology, Duration); 6] = [
+            (
+                "switchover to a candidate: drain",
+                switching(Some(&a), "a", Some("b")),
+                graceful,
+            ),
+            (
+                "switchover without a candidate: drain",
+                switching(Some(&a), "a", None),
+                graceful,
+            ),
+            (
+                "failover (lock expired or lost, no request): force at once",
+                (*topo(Some(&a), &[&b])).clone(),
+                Duration::ZERO,
+            ),
+            (
+                "a request naming another member than the routed leader (refused by the \
+                 agents): force at once",
+                switching(Some(&a), "b", None),
+                Duration::ZERO,
+            ),
+            (
+                "nothing was routed (no former leader to drain)",
+                (*topo(None, &[&b])).clone(),
+                Duration::ZERO,
+            ),
+            (
+                "a request with no routable leader",
+                switching(None, "a", Some("b")),
+                Duration::ZERO,
+            ),
+        ];
+        for (name, in_force, want) in rows {
+            assert_eq!(fence_close_wait(&in_force, graceful), want, "{name}");
+        }
     }
 
     #[tokio::test]

@@ -14,8 +14,9 @@
 //! With a DCS ([`Proxy::with_dcs`]) the proxy owns `praetor/proxies/<id>` on its own lease, whose TTL
 //! is the cluster's `ttl`. When the leader it routes writes to changes from A to B (B may be none):
 //! 1. it stops routing to A and fences every connection to A (both ports, and pooled ones);
-//! 2. it waits until those connections are closed (sockets dropped), at most `FENCE_CLOSE_TIMEOUT`,
-//!    then shuts down by force the server sockets still open;
+//! 2. it waits until those connections are closed (sockets dropped), then shuts down by force the
+//!    server sockets still open: after `FENCE_CLOSE_TIMEOUT` in a switchover (A was asked to step
+//!    down), at once in a failover ([`crate::router::fence_close_wait`]);
 //! 3. it writes `{"leader": "B"}` (or `null`) to its key, then reads the DCS again and goes on only
 //!    if the `leader` key still names B ([`route_confirmed`]: the route came from an earlier read,
 //!    and the lock may have moved on before the key was written);
@@ -23,8 +24,9 @@
 //!
 //! It rewrites the key every `ttl / 3` (refreshing its lease). If no write has succeeded for
 //! `ttl - margin` since it started (computed from the session the DCS granted instead when that is
-//! shorter: ZooKeeper clamps session timeouts to its `maxSessionTimeout`), it stops serving: every connection is fenced and new clients are
-//! refused until a write succeeds again. Its lease cannot expire before that moment, so an agent
+//! shorter: ZooKeeper clamps session timeouts to its `maxSessionTimeout`), it stops serving: every connection is fenced (server
+//! sockets still open are shut down by force at once) and new clients are refused until a write
+//! succeeds again. Its lease cannot expire before that moment, so an agent
 //! that sees no key naming A (`Cluster::proxies_fenced_from`) knows no statement from this proxy can
 //! reach A any more. Limit: a proxy partitioned from the DCS keeps serving its current routes for up
 //! to `ttl - margin`; agents must wait up to `ttl` for its key to expire before treating it as gone.
@@ -61,9 +63,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long an accept loop pauses after an accept error (out of file descriptors) before retrying.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// How long the handshake waits for the tasks of fenced connections to close them before it shuts
-/// their server sockets down by force (a task that does not is stuck writing to a client that does
-/// not read); the acknowledgement is written only after that.
+/// How long the handshake waits, in a switchover, for the tasks of fenced connections to close them
+/// before it shuts their server sockets down by force (a task that does not is stuck writing to a
+/// client that does not read); the acknowledgement is written only after that. A failover does not
+/// wait ([`crate::router::fence_close_wait`]); neither does it when the proxy stops serving.
 const FENCE_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The TTL assumed until the cluster's configuration is read.
@@ -557,6 +560,7 @@ async fn topology_task(
         if hs.acked.as_ref() != Some(&topology.leader) {
             // Steps 1 and 2: stop routing to the former leader and wait for its connections.
             if routed.leader.is_some() && routed.leader != topology.leader {
+                let wait = crate::router::fence_close_wait(&routed, FENCE_CLOSE_TIMEOUT);
                 let closing = apply_topology(
                     &shared,
                     Arc::new(Topology {
@@ -564,9 +568,11 @@ async fn topology_task(
                         ..(*topology).clone()
                     }),
                 );
-                let forced = closing.close(FENCE_CLOSE_TIMEOUT).await;
-                if forced > 0 {
-                    warn!(forced, "fenced connections to the former leader did not close within {FENCE_CLOSE_TIMEOUT:?}: shut their server sockets down by force");
+                let forced = closing.close(wait).await;
+                if forced > 0 && wait.is_zero() {
+                    info!(forced, "failover: shut down by force the server sockets of the fenced connections to the former leader still open");
+                } else if forced > 0 {
+                    warn!(forced, "fenced connections to the former leader did not close within {wait:?} (switchover): shut their server sockets down by force");
                 }
             }
             // Step 3: acknowledge, and 3b: confirm that the lock did not move on meanwhile.
@@ -606,9 +612,15 @@ async fn topology_task(
             shared.pool.purge_fenced();
             shared.metrics.serving.set(0);
             error!(deadline = ?hs.deadline(), "lost contact with the DCS: stopped serving");
-            let forced = closing.close(FENCE_CLOSE_TIMEOUT).await;
+            // At once: agents stop waiting for this proxy at the same deadline, less only a
+            // margin of ttl/5 (at least 1 s) before its key expires: a wait of its own would run
+            // past that margin.
+            let forced = closing.close(Duration::ZERO).await;
             if forced > 0 {
-                warn!(forced, "connections did not close within {FENCE_CLOSE_TIMEOUT:?}: shut their server sockets down by force");
+                info!(
+                    forced,
+                    "shut down by force the server sockets of the connections still open"
+                );
             }
             hs.acked = None;
         }

@@ -1800,6 +1800,10 @@ impl Sim {
         } else {
             None
         };
+        if !d.promotes() {
+            // As the runner: no longer the candidate, a later candidacy waits for the proxies afresh.
+            self.agents[i].proxies_wait_since = None;
+        }
         self.log(format!("{me}: {} -> {:?}", d.reason, d.actions));
         self.act(i, view, d.actions.into(), None);
     }

@@ -264,7 +264,8 @@ pub struct LocalState {
     /// `failsafe` key confirmed this leader over `POST /failsafe` this loop (`None`: not asked).
     pub failsafe_confirmed: Option<bool>,
     /// Monotonic ms when this member first waited for the proxies to leave its `former_leader` (the
-    /// runner keeps it while that former leader stays the same); `None` before the first wait.
+    /// runner keeps it while that former leader stays the same and every decision since is a
+    /// promotion, [`Decision::promotes`]); `None` before the first wait.
     pub proxies_wait_began_ms: Option<u64>,
     /// The session or lease TTL the DCS granted this member ([`praetor_dcs::Dcs::granted_ttl`]), which
     /// bounds how long a proxy keeps serving without DCS contact; `None`: as requested (`ttl`).
@@ -307,6 +308,20 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// Why, in Patroni's words (logged when it changes, shown by the REST API).
     pub reason: Reason,
+}
+
+impl Decision {
+    /// True when this loop goes on with a promotion (the actions end with [`Action::Promote`]):
+    /// this member is the candidate. The runner keeps [`LocalState::proxies_wait_began_ms`] only
+    /// while it is: a member that stops being the candidate before it promotes (another took the
+    /// lock, the former leader took it back) forgets when its wait began. Kept, that start would
+    /// count against a later candidacy after the same former leader (led again, failed again)
+    /// and skip that wait for the proxies: a promotion while a proxy still routes to it.
+    pub fn promotes(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, Action::Promote { .. }))
+    }
 }
 
 /// How to stop PostgreSQL.

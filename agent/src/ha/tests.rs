@@ -2181,6 +2181,60 @@ fn decide_table() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// The runner keeps when the wait for the proxies began only while `decide` goes on promoting
+/// ([`Decision::promotes`]); a member that stops being the candidate forgets it, so that a later
+/// candidacy after the same former leader (which led again) waits for the proxies afresh.
+#[test]
+fn the_proxies_wait_start_is_kept_only_while_the_member_is_the_candidate() {
+    let proxy_on_pg2 = |leader: Option<&str>| {
+        with(proxy_on_former_leader(), |c| {
+            c.leader = cluster(leader).leader;
+            c.members = cluster(leader).members;
+        })
+    };
+    let rows = [
+        (
+            "no leader, 4.5 s into the wait: still the candidate, keep it",
+            Some(proxy_on_pg2(None)),
+            racing_replica_waiting_since(4_500),
+            true,
+        ),
+        (
+            "no leader, past the contact deadline: promotes, keep it (cleared on promotion)",
+            Some(proxy_on_pg2(None)),
+            racing_replica_waiting_since(4_800),
+            true,
+        ),
+        (
+            "the former leader pg2 took the lock back: follows it, forget the start",
+            Some(proxy_on_pg2(Some("pg2"))),
+            racing_replica_waiting_since(4_500),
+            false,
+        ),
+        (
+            "another member, pg3, took the lock: follows it, forget the start",
+            Some(proxy_on_pg2(Some("pg3"))),
+            racing_replica_waiting_since(4_500),
+            false,
+        ),
+        (
+            "the DCS cannot be read: no promotion, forget the start (the next wait is longer, \
+             never shorter)",
+            None,
+            racing_replica_waiting_since(4_500),
+            false,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, view, local, keeps) in rows {
+        let d = decide(view.as_ref(), &local, &cfg(), NOW);
+        if d.promotes() != keeps {
+            failures.push(format!("{name}: got {:?} / {}", d.actions, d.reason));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
 #[test]
 fn needs_peers_only_for_a_race_or_a_switchover() {
     assert!(needs_peers(Some(&cluster(None)), ME));
