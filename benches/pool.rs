@@ -26,6 +26,9 @@
 //! `PRAETOR_BENCH_CLIENTS` (16), `PRAETOR_BENCH_THREADS` (2), `PRAETOR_BENCH_POOL` (4, the server
 //! connections of both poolers), `PRAETOR_BENCH_ROUNDS` (3), `PRAETOR_BENCH_SCALE` (1).
 
+#[path = "pgbouncer/mod.rs"]
+mod pgbouncer;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
@@ -144,21 +147,9 @@ fn main() {
         let bouncer_port = free_port();
         let bouncer_dir = dir.subdir("pgbouncer", 0o755).unwrap();
         write_file(&bouncer_dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
-        let program = std::env::var("PRAETOR_PGBOUNCER").unwrap_or_else(|_| "pgbouncer".into());
-        let version = Command::new(&program)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
-            .unwrap_or_default();
-        // PgBouncer before 1.21 refuses to start with a key it does not know.
-        let tracks = version
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| {
-                let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
-                Some((parts.next()??, parts.next()??))
-            })
-            .is_some_and(|v| v >= (1, 21));
+        let program = pgbouncer::program();
+        let version = pgbouncer::version(&program);
+        let tracks = pgbouncer::tracks_prepared(&version);
         let prepared = if tracks {
             "max_prepared_statements = 100\n"
         } else {

@@ -1,10 +1,12 @@
-//! Proxy benchmark: pgbench through the proxy's read-write and auto ports, directly to PostgreSQL,
-//! through HAProxy (TCP mode) and through PgBouncer (transaction pooling), in one run on one server;
+//! Proxy benchmark: pgbench through the proxy's read-write and auto ports and through a second proxy
+//! in `pool_mode: transaction` (its auto port, `pool_size` as PgBouncer's pool), directly to
+//! PostgreSQL, through HAProxy (TCP mode) and through PgBouncer (transaction pooling), in one run on
+//! one server;
 //! what each proxy costs in CPU per transaction and in latency at one client; and the memory each
 //! proxy needs per idle client connection. Prints one table (issue 17's throughput targets).
 //!
-//! `cargo bench -p praetor --bench proxy`. Needs `haproxy` and `pgbouncer` (scripts/setup installs
-//! them), PostgreSQL 15 and etcd. It starts one PostgreSQL (harness, trust authentication), runs
+//! `cargo bench -p praetor --bench proxy`. Needs `haproxy` and PgBouncer (scripts/setup installs
+//! them; the PgBouncer binary `PRAETOR_PGBOUNCER` names, else `pgbouncer`), PostgreSQL 15 and etcd. It starts one PostgreSQL (harness, trust authentication), runs
 //! `pgbench -i -s $SCALE`, starts etcd holding a one-member cluster whose leader is that server, the
 //! real `praetor proxy` binary following it, HAProxy and PgBouncer. Then, `$ROUNDS` times: for each
 //! client count, `pgbench -S -c C -j J -T T` against every target in an order rotated each round
@@ -23,22 +25,30 @@
 //! `PRAETOR_BENCH_CLIENTS` (`8,64`: the client counts of the paired runs; the first one for the
 //! other modes), `PRAETOR_BENCH_THREADS` (2, at most the clients), `PRAETOR_BENCH_ROUNDS` (5),
 //! `PRAETOR_BENCH_LATENCY_SECS` (3: each round's one-client run per target),
-//! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000), `PRAETOR_BENCH_MODES` (a
+//! `PRAETOR_BENCH_SCALE` (10), `PRAETOR_BENCH_IDLE` (5000), `PRAETOR_PGBOUNCER` (the PgBouncer
+//! binary), `PRAETOR_BENCH_MODES` (a
 //! comma-separated subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`, run
 //! after the paired part; none when unset), `PRAETOR_BENCH_TARGETS` (a comma-separated subset of
-//! `proxy rw`, `proxy auto`, `haproxy`, `pgbouncer`; all when unset; `direct` always runs),
+//! `proxy rw`, `proxy auto`, `proxy pool`, `haproxy`, `pgbouncer`; all when unset; `direct` always
+//! runs),
 //! `PRAETOR_BENCH_IDLE=0` skips the memory part,
-//! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads` and HAProxy's `nbthread`; both run one
-//! thread per CPU when unset; PgBouncer always runs one),
+//! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads` and HAProxy's `nbthread`; when unset
+//! each runs its default: the proxy one session thread, HAProxy one per CPU; PgBouncer always
+//! runs one),
 //! `PRAETOR_BENCH_PROTOCOL` (pgbench's `-M`: `simple`, the default, `extended` or `prepared`),
 //! `PRAETOR_BENCH_IDLE_RELEASE_MS` (the TPS proxy's `idle_release_ms`; its default when unset),
 //! `PRAETOR_BENCH_PIN` (`1`: PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1, which
-//! measures what a proxy adds when it does not take CPU from the database; unset: no pinning).
+//! measures what a proxy adds when it does not take CPU from the database; unset: no pinning),
+//! `PRAETOR_BENCH_HOLD_SECS` (0: when set, once every target listens the bench prints each one's
+//! port and process id and waits that long before its runs, for `strace -c -f -p PID` or
+//! `perf stat -p PID` with a pgbench of one's own).
 //!
 //! `PRAETOR_BENCH_CALLGRIND=1` measures instead of all that each proxy's user-space instructions
 //! per transaction under valgrind's callgrind (repeatable on a loaded machine), with the Praetor
 //! proxy's top functions: see `proxy_callgrind/mod.rs`.
 
+#[path = "pgbouncer/mod.rs"]
+mod pgbouncer;
 #[path = "proxy_callgrind/mod.rs"]
 mod proxy_callgrind;
 
@@ -497,10 +507,20 @@ fn main() {
             Err(_) => String::new(),
         };
         let (proxy, rw, auto) = start_proxy(&binary, &dir, "proxy", etcd.port, &tps_extra).await;
+        // The pooling port: its auto port in transaction mode, with PgBouncer's pool size.
+        let pooled = if selected("PRAETOR_BENCH_TARGETS", "proxy pool") {
+            let extra = format!(
+                "    pool_mode: transaction\n    pool_size: {}\n",
+                max_clients + 2
+            );
+            Some(start_proxy(&binary, &dir, "pool-proxy", etcd.port, &extra).await)
+        } else {
+            None
+        };
 
         let haproxy_port = free_port();
         let haproxy_cfg = dir.path().join("haproxy.cfg");
-        // HAProxy runs one thread per CPU by default, like the proxy; the same override for both.
+        // HAProxy runs one thread per CPU by default; the same override for both.
         let nbthread = std::env::var("PRAETOR_BENCH_PROXY_THREADS")
             .map(|n| format!("  nbthread {n}\n"))
             .unwrap_or_default();
@@ -530,7 +550,9 @@ fn main() {
             ),
         )
         .unwrap();
-        let mut cmd = command("pgbouncer", Kind::Proxy);
+        let bouncer_program = pgbouncer::program();
+        let bouncer_version = pgbouncer::version(&bouncer_program);
+        let mut cmd = command(&bouncer_program, Kind::Proxy);
         cmd.arg(bouncer_dir.join("pgbouncer.ini"));
         as_postgres(&mut cmd);
         let pgbouncer = Process::spawn("pgbouncer", cmd, &dir.path().join("pgbouncer.out"))
@@ -541,18 +563,32 @@ fn main() {
         })
         .await;
 
-        let targets: Vec<(&str, u16, Option<u32>)> = vec![
+        let mut targets: Vec<(&str, u16, Option<u32>)> = vec![
             ("direct", port, None),
             ("proxy rw", rw, Some(proxy.pid())),
             ("proxy auto", auto, Some(proxy.pid())),
-            ("haproxy", haproxy_port, Some(haproxy.pid())),
-            ("pgbouncer", bouncer_port, Some(pgbouncer.pid())),
         ];
+        if let Some((p, _, pool_port)) = &pooled {
+            targets.push(("proxy pool", *pool_port, Some(p.pid())));
+        }
+        targets.push(("haproxy", haproxy_port, Some(haproxy.pid())));
+        targets.push(("pgbouncer", bouncer_port, Some(pgbouncer.pid())));
         // `direct` is the baseline every ratio divides by, so it always runs.
         let targets: Vec<(&str, u16, Option<u32>)> = targets
             .into_iter()
             .filter(|(name, _, _)| *name == "direct" || selected("PRAETOR_BENCH_TARGETS", name))
             .collect();
+        let hold = env_or("PRAETOR_BENCH_HOLD_SECS", 0);
+        if hold > 0 {
+            for (name, p, pid) in &targets {
+                eprintln!(
+                    "hold: {name} on port {p}{}",
+                    pid.map_or(String::new(), |pid| format!(", pid {pid}"))
+                );
+            }
+            eprintln!("hold: waiting {hold} s before the runs");
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+        }
         let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
         // Paired select-only runs: each round runs every target once per client count, in an
@@ -622,7 +658,7 @@ fn main() {
 
         println!();
         println!(
-            "pgbench -S -n -j {threads} -T {secs} -M {protocol}, scale {scale}, {rounds} paired round(s), {} CPUs, one PostgreSQL 15{}",
+            "pgbench -S -n -j {threads} -T {secs} -M {protocol}, scale {scale}, {rounds} paired round(s), {} CPUs, one PostgreSQL 15, {bouncer_version}{}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             if pinned_cpu(Kind::Proxy).is_some() {
                 "; PostgreSQL and pgbench on CPU 0, each proxy alone on CPU 1"
@@ -740,6 +776,7 @@ fn main() {
         }
 
         drop(proxy);
+        drop(pooled);
         if !modes.is_empty() {
             println!();
             println!(

@@ -66,13 +66,16 @@ enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
         /// Threads relaying client traffic, each serving its share of the client sessions on a
-        /// single-threaded event loop (default: one per CPU). On a host shared with PostgreSQL,
-        /// fewer threads than CPUs leave it more CPU.
+        /// single-threaded event loop (default: 1). A proxy host with cores to spare and more
+        /// traffic than one core relays may run one per CPU.
         ///
-        /// Why one per CPU: one thread runs ~1-6% fewer instructions per transaction than two
-        /// (no wake-ups across threads; `PRAETOR_BENCH_CALLGRIND=1 cargo bench --bench proxy`:
-        /// read-write port 8447 vs 8964 Ir/tx select-only, auto port 24632 vs 24994), far less
-        /// than the CPUs a single thread leaves unused on a proxy host with several cores.
+        /// Why one by default: the CPU per transaction (user + system). A relayed round trip is
+        /// two reads and two writes (system calls either way) and one `epoll_wait` per wake-up;
+        /// one thread gathers more ready sockets per wake-up than two on the same traffic.
+        /// pgbench -S -c 8 through the read-write port (`perf stat -p`, a loaded 2-CPU machine):
+        /// one thread 5.14 system calls and 0.84 context switches per transaction, 34-38 µs of
+        /// CPU; two threads 5.53 and 1.60, 43-44 µs; PgBouncer (one thread) 5.16-5.27 and
+        /// 1.28-1.40, 32-37 µs.
         #[arg(long, value_name = "N", env = "PRAETOR_PROXY_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
         threads: Option<u16>,
     },
@@ -175,10 +178,7 @@ fn main() -> ExitCode {
                     tracing::warn!("{}: {w}", config.display());
                 }
                 let on_hup = reload_log_level(logging, config.clone());
-                let threads = threads.map_or_else(
-                    || std::thread::available_parallelism().map_or(2, usize::from),
-                    usize::from,
-                );
+                let threads = threads.map_or(1, usize::from);
                 run_proxy(
                     settings,
                     threads,

@@ -3,8 +3,8 @@
 //! counts repeat within a percent or two under any load).
 //!
 //! Each proxy runs under `valgrind --tool=callgrind` in turn: the Praetor proxy (read-write port and
-//! auto port in `pool_mode: auto`, with its default session threads, then with `--threads 1`), the
-//! Praetor proxy in `pool_mode: transaction` (`pool_size` the clients + 2, as PgBouncer's pool,
+//! auto port in `pool_mode: auto`, with one session thread per CPU, then with `--threads 1`, the
+//! default), the Praetor proxy in `pool_mode: transaction` (`pool_size` the clients + 2, as PgBouncer's pool,
 //! `max_prepared_statements: 100`), HAProxy (TCP mode, `nbthread` as the proxy's threads) and
 //! PgBouncer (transaction pooling; the binary `PRAETOR_PGBOUNCER` names, else `pgbouncer`; with
 //! `max_prepared_statements = 100` from 1.21 on). Per target and pgbench protocol: a warm-up run,
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use praetor_harness::{as_postgres, free_port, wait_for, write_file, Process, WorkDir};
 
-use super::{env_or, pgbench_in, selected, start_proxy_via, wait_listening_for};
+use super::{env_or, pgbench_in, pgbouncer, selected, start_proxy_via, wait_listening_for};
 
 /// How long a process started under valgrind on a loaded machine may take to listen.
 const VALGRIND_START: Duration = Duration::from_secs(300);
@@ -386,9 +386,9 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
 
     let mut bouncer_version = String::new();
     if selected("PRAETOR_BENCH_TARGETS", "pgbouncer") {
-        let program = std::env::var("PRAETOR_PGBOUNCER").unwrap_or_else(|_| "pgbouncer".into());
-        bouncer_version = pgbouncer_version(&program);
-        let tracks = version_at_least(&bouncer_version, (1, 21));
+        let program = pgbouncer::program();
+        bouncer_version = pgbouncer::version(&program);
+        let tracks = pgbouncer::tracks_prepared(&bouncer_version);
         let bouncer_port = free_port();
         let bouncer_dir = dir.subdir("pgbouncer-callgrind", 0o755).unwrap();
         write_file(&bouncer_dir.join("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
@@ -517,31 +517,4 @@ fn first_line(e: &str) -> String {
         .chars()
         .take(100)
         .collect()
-}
-
-/// `program --version`'s first line (`PgBouncer 1.18.0`), or empty.
-fn pgbouncer_version(program: &str) -> String {
-    Command::new(program)
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-/// Whether a `PgBouncer X.Y.Z` version line is at least `min` (major, minor).
-fn version_at_least(version: &str, min: (u32, u32)) -> bool {
-    version
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| {
-            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
-            Some((parts.next()??, parts.next()??))
-        })
-        .is_some_and(|v| v >= min)
 }

@@ -25,6 +25,20 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+thread_local! {
+    /// The index of the session thread this is ([`Workers::start`]'s `i`); [`OTHER_THREAD`] on
+    /// any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(OTHER_THREAD) };
+}
+
+/// [`current`] on a thread that is not a session thread.
+pub(crate) const OTHER_THREAD: usize = usize::MAX;
+
+/// The index of the session thread the caller runs on, or [`OTHER_THREAD`].
+pub(crate) fn current() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 /// The session threads; dropping this stops them, dropping the tasks still on them.
 pub(crate) struct Workers {
     handles: Vec<Handle>,
@@ -54,6 +68,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("praetor-proxy-{i}"))
                 .spawn(move || {
+                    WORKER.with(|w| w.set(i));
                     // A current-thread runtime runs its spawned tasks while it blocks on something.
                     runtime.block_on(async {
                         let _ = stopped.await;
@@ -95,7 +110,9 @@ mod tests {
                 let (tx, rx) = std::sync::mpsc::channel();
                 workers.next().spawn(async move {
                     let name = std::thread::current().name().map(str::to_string);
-                    let _ = tx.send(name.unwrap_or_default());
+                    let name = name.unwrap_or_default();
+                    assert_eq!(name, format!("praetor-proxy-{}", current()));
+                    let _ = tx.send(name);
                 });
                 rx.recv().expect("the task ran")
             })
