@@ -1350,7 +1350,8 @@ impl Session<'_> {
         // Stream complete and partial messages to the client, watching tags for ReadyForQuery and
         // ErrorResponse.
         let mut i = 0;
-        let mut readies: Vec<TxStatus> = Vec::new();
+        // On the stack: a reply holds one ReadyForQuery per Query or Sync (no allocation per unit).
+        let mut readies: smallvec::SmallVec<[TxStatus; 4]> = smallvec::SmallVec::new();
         let mut error = false;
         let mut protocol_error = None;
         loop {
