@@ -951,7 +951,9 @@ impl<'a> Iterator for Lexer<'a> {
             let c = *b.get(self.at)?;
             let next = b.get(self.at + 1).copied();
             match c {
-                c if CHAR_CLASS[c as usize] & SPACE != 0 => self.at += 1,
+                c if CHAR_CLASS[c as usize] & SPACE != 0 => {
+                    self.at = run_end(b, self.at + 1, SPACE)
+                }
                 b'-' if next == Some(b'-') => match b[self.at..].iter().position(|&x| x == b'\n') {
                     Some(n) => self.at += n + 1,
                     None => self.at = b.len(),
@@ -1018,9 +1020,7 @@ impl<'a> Iterator for Lexer<'a> {
                 }
                 c if is_ident_start(c) => {
                     let start = self.at;
-                    while b.get(self.at).is_some_and(|&x| is_ident(x)) {
-                        self.at += 1;
-                    }
+                    self.at = run_end(b, start + 1, IDENT);
                     // A prefix of a string constant (E'', B'', X'', N'', U&'') is not a word.
                     if b.get(self.at) == Some(&b'\'') && self.at - start == 1 {
                         continue;
@@ -1028,12 +1028,7 @@ impl<'a> Iterator for Lexer<'a> {
                     return Some(Some(Token::Word(&self.sql[start..self.at])));
                 }
                 c if c.is_ascii_digit() => {
-                    while b
-                        .get(self.at)
-                        .is_some_and(|&x| CHAR_CLASS[x as usize] & NUMBER != 0)
-                    {
-                        self.at += 1;
-                    }
+                    self.at = run_end(b, self.at + 1, NUMBER);
                     return Some(Some(Token::Other));
                 }
                 _ => {
@@ -1080,6 +1075,15 @@ const IDENT: u8 = 2;
 const NUMBER: u8 = 4;
 /// Whitespace between tokens.
 const SPACE: u8 = 8;
+
+/// Where the run of bytes of `class` that starts at `from` in `b` ends.
+fn run_end(b: &[u8], from: usize, class: u8) -> usize {
+    let rest = b.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|&x| CHAR_CLASS[x as usize] & class == 0)
+        .unwrap_or(rest.len())
+}
 
 fn is_ident_start(c: u8) -> bool {
     CHAR_CLASS[c as usize] & IDENT_START != 0
