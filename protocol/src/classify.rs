@@ -41,6 +41,7 @@ use std::sync::Mutex;
 
 use hashlink::LruCache;
 use pg_query::protobuf::{self, node::Node as N};
+use smallvec::SmallVec;
 
 /// Where one statement (or one Query message of several statements) can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -385,19 +386,22 @@ pub const LEADER_STATE_NAMES: &[&str] = &["transaction_read_only", "in_hot_stand
 /// Whether `sql` names one of [`LEADER_STATE_NAMES`] as a whole word (ASCII case-insensitive;
 /// `default_transaction_read_only` is the same everywhere and does not count).
 fn asks_for_leader_state(sql: &str) -> bool {
-    let sql = sql.as_bytes();
-    // One pass (this runs for every read the auto port routes): a name is compared only where a
-    // byte matches its first letter (`| 0x20` lowercases a letter and maps no other byte to one).
-    (0..sql.len()).any(|i| {
-        let first = sql[i] | 0x20;
+    let bytes = sql.as_bytes();
+    // This runs for every read the auto port routes. Every name holds an underscore, so a name is
+    // compared only where its first underscore would fall on one of the text's underscores, which
+    // `match_indices` finds with `memchr` (most statements have few or none).
+    sql.match_indices('_').any(|(underscore, _)| {
         LEADER_STATE_NAMES.iter().any(|name| {
             let name = name.as_bytes();
-            first == name[0]
-                && sql
-                    .get(i..i + name.len())
-                    .is_some_and(|w| w.eq_ignore_ascii_case(name))
-                && (i == 0 || !is_ident(sql[i - 1]))
-                && sql.get(i + name.len()).is_none_or(|&c| !is_ident(c))
+            let first = name.iter().position(|&c| c == b'_').unwrap_or(0);
+            let Some(i) = underscore.checked_sub(first) else {
+                return false;
+            };
+            bytes
+                .get(i..i + name.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(name))
+                && (i == 0 || !is_ident(bytes[i - 1]))
+                && bytes.get(i + name.len()).is_none_or(|&c| !is_ident(c))
         })
     })
 }
@@ -602,7 +606,9 @@ impl Classifier {
                         return Some(Class::Write);
                     }
                     if next == Some(&Token::Punct(b'(')) {
-                        let lower = w.to_ascii_lowercase();
+                        let mut stack = [0u8; 64];
+                        let lower = lowercase_in(w, &mut stack);
+                        let lower: &str = &lower;
                         // `schema.f(...)`: the known names are pg_catalog's; `app.count()` is not.
                         let qualifier = match i.checked_sub(2).map(|q| (&tokens[q], &tokens[q + 1]))
                         {
@@ -616,13 +622,12 @@ impl Classifier {
                             Some(None) => false,
                         };
                         if known
-                            && (KEYWORDS_BEFORE_PAREN.contains(&lower.as_str())
-                                || self.read_only_functions.contains(&lower))
+                            && (KEYWORDS_BEFORE_PAREN.contains(&lower)
+                                || self.read_only_functions.contains(lower))
                         {
                             continue;
                         }
-                        if SESSION_LOCK_FUNCTIONS.contains(&lower.as_str()) || lower == "set_config"
-                        {
+                        if SESSION_LOCK_FUNCTIONS.contains(&lower) || lower == "set_config" {
                             return None;
                         }
                         return Some(Class::Write); // a function that might write
@@ -768,19 +773,38 @@ impl Classifier {
     }
 }
 
-/// The tokens of `sql`; `None` when the lexer cannot tell them ([`Lexer`]). Collected into a vector
-/// sized for a typical statement at once (collecting the lexer's `Option`s gives no size hint: the
-/// vector would grow, reallocating, three or four times per statement).
-fn tokens_of(sql: &str) -> Option<Vec<Token<'_>>> {
-    let mut tokens = Vec::with_capacity(TOKENS_AT_ONCE);
+/// `word` in ASCII lower case, written into `stack` when it fits (function names do: no allocation
+/// per call the classifier looks up).
+fn lowercase_in<'s>(word: &str, stack: &'s mut [u8; 64]) -> std::borrow::Cow<'s, str> {
+    match stack.get_mut(..word.len()) {
+        Some(buf) => {
+            buf.copy_from_slice(word.as_bytes());
+            buf.make_ascii_lowercase();
+            // Lowercasing ASCII letters keeps UTF-8 valid: this cannot fail.
+            match std::str::from_utf8(buf) {
+                Ok(lower) => std::borrow::Cow::Borrowed(lower),
+                Err(_) => std::borrow::Cow::Owned(word.to_ascii_lowercase()),
+            }
+        }
+        None => std::borrow::Cow::Owned(word.to_ascii_lowercase()),
+    }
+}
+
+/// The tokens of `sql`; `None` when the lexer cannot tell them ([`Lexer`]). A typical statement's
+/// tokens fit on the stack (no allocation per statement routed); longer ones move to the heap.
+fn tokens_of(sql: &str) -> Option<Tokens<'_>> {
+    let mut tokens = Tokens::new();
     for token in Lexer::new(sql) {
         tokens.push(token?);
     }
     Some(tokens)
 }
 
-/// How many tokens [`tokens_of`] makes room for at once.
-const TOKENS_AT_ONCE: usize = 32;
+/// A statement's tokens, [`TOKENS_ON_STACK`] of them without allocating.
+type Tokens<'a> = SmallVec<[Token<'a>; TOKENS_ON_STACK]>;
+
+/// How many tokens [`tokens_of`] keeps on the stack (24 bytes each).
+const TOKENS_ON_STACK: usize = 32;
 
 /// Whether a plain (not `E''`) string constant in `sql` contains a backslash: its end depends on
 /// `standard_conforming_strings`, which the proxy does not follow. Scans with the lexer's rules for
@@ -927,7 +951,9 @@ impl<'a> Iterator for Lexer<'a> {
             let c = *b.get(self.at)?;
             let next = b.get(self.at + 1).copied();
             match c {
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => self.at += 1,
+                c if CHAR_CLASS[c as usize] & SPACE != 0 => {
+                    self.at = run_end(b, self.at + 1, SPACE)
+                }
                 b'-' if next == Some(b'-') => match b[self.at..].iter().position(|&x| x == b'\n') {
                     Some(n) => self.at += n + 1,
                     None => self.at = b.len(),
@@ -994,9 +1020,7 @@ impl<'a> Iterator for Lexer<'a> {
                 }
                 c if is_ident_start(c) => {
                     let start = self.at;
-                    while b.get(self.at).is_some_and(|&x| is_ident(x)) {
-                        self.at += 1;
-                    }
+                    self.at = run_end(b, start + 1, IDENT);
                     // A prefix of a string constant (E'', B'', X'', N'', U&'') is not a word.
                     if b.get(self.at) == Some(&b'\'') && self.at - start == 1 {
                         continue;
@@ -1004,12 +1028,7 @@ impl<'a> Iterator for Lexer<'a> {
                     return Some(Some(Token::Word(&self.sql[start..self.at])));
                 }
                 c if c.is_ascii_digit() => {
-                    while b
-                        .get(self.at)
-                        .is_some_and(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.')
-                    {
-                        self.at += 1;
-                    }
+                    self.at = run_end(b, self.at + 1, NUMBER);
                     return Some(Some(Token::Other));
                 }
                 _ => {
@@ -1021,12 +1040,57 @@ impl<'a> Iterator for Lexer<'a> {
     }
 }
 
+/// Character classes of the lexer, one table lookup per byte (the lexer runs on every statement
+/// the auto port routes): bits [`IDENT_START`], [`IDENT`], [`NUMBER`], [`SPACE`].
+const CHAR_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let alpha = b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+        let mut class = 0;
+        if alpha {
+            class |= IDENT_START | IDENT;
+        }
+        if b.is_ascii_digit() || b == b'$' {
+            class |= IDENT;
+        }
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
+            class |= NUMBER;
+        }
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') {
+            class |= SPACE;
+        }
+        t[c] = class;
+        c += 1;
+    }
+    t
+};
+
+/// Starts an unquoted word: a letter, `_`, or any byte of a multi-byte character.
+const IDENT_START: u8 = 1;
+/// Continues an unquoted word: those, digits and `$`.
+const IDENT: u8 = 2;
+/// Continues a numeric constant (as far as the lexer cares): letters, digits, `_`, `.`.
+const NUMBER: u8 = 4;
+/// Whitespace between tokens.
+const SPACE: u8 = 8;
+
+/// Where the run of bytes of `class` that starts at `from` in `b` ends.
+fn run_end(b: &[u8], from: usize, class: u8) -> usize {
+    let rest = b.get(from..).unwrap_or_default();
+    from + rest
+        .iter()
+        .position(|&x| CHAR_CLASS[x as usize] & class == 0)
+        .unwrap_or(rest.len())
+}
+
 fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    CHAR_CLASS[c as usize] & IDENT_START != 0
 }
 
 fn is_ident(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    CHAR_CLASS[c as usize] & IDENT != 0
 }
 
 #[cfg(test)]
@@ -1178,6 +1242,29 @@ mod tests {
         for (sql, expected) in cases {
             assert_eq!(c.classify(sql), *expected, "{sql:?}");
             assert_eq!(c.classify(sql), *expected, "{sql:?} from the cache");
+        }
+    }
+
+    #[test]
+    fn leader_state_names_are_found_as_whole_words_anywhere() {
+        let cases: &[(&str, bool)] = &[
+            ("transaction_read_only", true),
+            ("SHOW TRANSACTION_READ_ONLY", true),
+            ("select current_setting('in_hot_standby')", true),
+            ("select 1 from a_b where c_d = 'In_Hot_Standby'", true),
+            ("select x_transaction_read_only", false),
+            ("select transaction_read_only_x", false),
+            ("select default_transaction_read_only", false),
+            ("select in_hot_standbyx, _in_hot_standby", false),
+            ("select __, _, transaction_, _read_only", false),
+            ("select 1", false),
+            ("", false),
+            ("_", false),
+            ("é_in_hot_standby", false),
+            ("é in_hot_standby", true),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(asks_for_leader_state(sql), *expected, "{sql:?}");
         }
     }
 

@@ -431,9 +431,15 @@ fn data_row_column(body: &[u8], index: usize) -> Option<String> {
 /// cloning them (this runs at every unit of every auto-port session).
 ///
 /// Servers are keyed with foldhash (a fast hash; the DCS names them, not clients); the
-/// StartupMessage, which a client writes, with std's SipHash (keyed per process, made for
-/// keys an attacker chooses).
-type IdleConns = BackendMap<HashMap<Bytes, Vec<(Box<ServerConn>, Instant)>>>;
+/// StartupMessage, which a client writes, with foldhash seeded at random per map
+/// ([`StartupMap`]).
+type IdleConns = BackendMap<StartupMap<Vec<(Box<ServerConn>, Instant)>>>;
+
+/// A map keyed by StartupMessage, which clients choose: foldhash with a random seed per map
+/// (`foldhash::fast::RandomState`; its docs: minimal DoS resistance, enough where an attacker
+/// cannot observe hashes or iteration order), hashed at every unit of every auto-port session,
+/// where std's SipHash cost ~300 instructions per transaction.
+type StartupMap<V> = foldhash::HashMap<Bytes, V>;
 
 /// A map keyed by server ([`IdleConns`] says why foldhash).
 pub(crate) type BackendMap<V> = foldhash::HashMap<crate::topology::Backend, V>;
@@ -467,7 +473,7 @@ pub(crate) struct Pool {
     /// `server_idle_timeout` and `server_lifetime` (none: no limit).
     timeouts: Mutex<(Duration, Option<Duration>)>,
     /// Nested like [`IdleConns`], for the same reason.
-    slots: Mutex<BackendMap<HashMap<Bytes, Arc<Slots>>>>,
+    slots: Mutex<BackendMap<StartupMap<Arc<Slots>>>>,
 }
 
 impl Pool {

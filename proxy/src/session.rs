@@ -1064,10 +1064,12 @@ impl Session<'_> {
                 None if idle => self.idle_timer = None,
                 None => {}
             }
-            if idle && cbuf.is_empty() {
+            if idle && cbuf.is_empty() && timer_at.is_none() {
                 // An idle client keeps no read buffer; `read_client` gets one when bytes arrive.
-                *cbuf = BytesMut::new();
-                self.to_server = BytesMut::new();
+                // While a park or release timer runs, the buffers stay for the client's next
+                // unit (a busy client would otherwise allocate both at every unit) and go when
+                // the timer fires.
+                drop_buffers(cbuf, &mut self.to_server);
             }
             // A message begun and not finished (its tail to stream, or part of it buffered while
             // the client is read): the client must go on within `client_message_timeout`.
@@ -1153,8 +1155,11 @@ impl Session<'_> {
             match wake {
                 Wake::Shutdown => return End::Shutdown,
                 // When it was the park timer, the next pass parks.
-                Wake::Timer if release_timer => self.release_idle(),
-                Wake::Timer => {}
+                Wake::Timer if release_timer => {
+                    drop_buffers(cbuf, &mut self.to_server);
+                    self.release_idle();
+                }
+                Wake::Timer => drop_buffers(cbuf, &mut self.to_server),
                 // The next pass applies the drain rule.
                 Wake::Drain => {}
                 Wake::Fenced(side) => {
@@ -1350,7 +1355,8 @@ impl Session<'_> {
         // Stream complete and partial messages to the client, watching tags for ReadyForQuery and
         // ErrorResponse.
         let mut i = 0;
-        let mut readies: Vec<TxStatus> = Vec::new();
+        // On the stack: a reply holds one ReadyForQuery per Query or Sync (no allocation per unit).
+        let mut readies: smallvec::SmallVec<[TxStatus; 4]> = smallvec::SmallVec::new();
         let mut error = false;
         let mut protocol_error = None;
         loop {
@@ -1774,8 +1780,17 @@ impl Session<'_> {
             return self.write_current(&replaced).await;
         }
         let n = h.frame_len.min(cbuf.len());
-        let chunk = cbuf.split_to(n);
         self.client_remaining = h.frame_len - n;
+        if n < GATHER_LIMIT_BYTES {
+            // What `write_current` does with a small message, copied straight from the buffer: a
+            // split would turn the buffer into a shared one and count references at every message.
+            if self.units.current().is_some() {
+                self.to_server.extend_from_slice(&cbuf[..n]);
+            }
+            cbuf.advance(n);
+            return Ok(());
+        }
+        let chunk = cbuf.split_to(n);
         self.write_current(&chunk).await
     }
 
@@ -2238,6 +2253,16 @@ async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut) -> std::io:
         cbuf.reserve(CLIENT_BUFFER_BYTES);
     }
     client.read_buf(cbuf).await
+}
+
+/// Frees an idle session's client read buffer and its queue for the server (each when empty).
+fn drop_buffers(cbuf: &mut BytesMut, to_server: &mut BytesMut) {
+    if cbuf.is_empty() {
+        *cbuf = BytesMut::new();
+    }
+    if to_server.is_empty() {
+        *to_server = BytesMut::new();
+    }
 }
 
 /// Runs `handling` to its end, or until the drain deadline `at` (then [`End::Drained`], not clean:
