@@ -317,6 +317,8 @@ impl BindHost for praetor_config::Address {
 
 struct RunningTask {
     kind: Task,
+    /// The task starts PostgreSQL read-only ([`Action::starts_read_only`]).
+    read_only: bool,
     /// On failure: the step that failed (a rewind's start fails as [`Task::Start`]) and why.
     handle: JoinHandle<Result<(), (Task, String)>>,
 }
@@ -691,6 +693,7 @@ impl Runner {
             switchover_wait_began_ms: self.switchover_wait_since,
             slot_copy_at_ms: self.slot_copy_at_ms,
             failsafe_accepted_ms: self.failsafe_accepted_ms(),
+            starting_read_only: self.starting_read_only(),
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -946,11 +949,17 @@ impl Runner {
         }
     }
 
+    /// Whether the background task still running starts PostgreSQL read-only (see
+    /// [`LocalState::starting_read_only`]).
+    fn starting_read_only(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| t.read_only)
+    }
+
     /// Observes PostgreSQL and records whether it may accept writes (see [`Runner::may_write`]).
     async fn observe(&self) -> Observation {
         let obs = self.observe_node().await;
         self.may_write.store(
-            ha::may_accept_writes(&obs.postgres, false),
+            ha::may_accept_writes(&obs.postgres, false, self.starting_read_only()),
             std::sync::atomic::Ordering::SeqCst,
         );
         obs
@@ -1797,6 +1806,7 @@ impl Runner {
             }
             _ => false,
         };
+        let read_only = action.starts_read_only();
         let pg = self.pg.clone();
         let dynamic = self.dynamic.clone();
         let bootstrap = self.config.bootstrap.clone();
@@ -1858,6 +1868,7 @@ impl Runner {
         tracing::info!(task = ?kind, "starting");
         self.task = Some(RunningTask {
             kind,
+            read_only,
             handle: tokio::spawn(fut),
         });
     }
@@ -2400,6 +2411,7 @@ mod tests {
             granted_ttl: None,
             failed_task: None,
             failsafe_confirmed: Some(true),
+            starting_read_only: false,
         };
         let cfg = HaConfig {
             name: "pg1".into(),

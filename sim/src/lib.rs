@@ -1744,7 +1744,11 @@ impl Sim {
             }
         }
         let (data, postgres) = self.observe(i);
-        self.agents[i].may_write = ha::may_accept_writes(&postgres, false);
+        let starting_read_only = self.agents[i]
+            .task
+            .as_ref()
+            .is_some_and(|t| t.1.starts_read_only());
+        self.agents[i].may_write = ha::may_accept_writes(&postgres, false, starting_read_only);
         let peers = if ha::needs_peers(view.as_ref(), &me) {
             Some(self.peers(i, view.as_ref().expect("needs_peers implies a view")))
         } else {
@@ -1757,6 +1761,7 @@ impl Sim {
             data,
             postgres,
             task: a.task.as_ref().map(|t| t.0),
+            starting_read_only,
             won_initialize: false,
             lock_renewed_ms: a.lock_renewed_ms,
             watchdog_timeout_secs: self.wd_timeout(i),

@@ -290,13 +290,16 @@ fn holds_lock(view: &Cluster, me: &str) -> bool {
 /// The DCS cannot be read. What may still be, or become, a writable primary is stopped at the
 /// demotion deadline: a running primary, and, while this member believes it leads, a PostgreSQL that
 /// does not answer queries (credentials refused, connection slots full: unobservable is not safe) or
-/// a start as primary still under way (aborted first).
+/// a start as primary still under way (aborted first). A start known to be read-only
+/// ([`LocalState::starting_read_only`]) goes on: aborting it only to start read-only again kept a
+/// lock holder restarting (and its lock, and a switchover, waiting) for 35 s (nemesis seed 9).
 fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     let leading = local.lock_renewed_ms.is_some();
+    let read_only_start = local.task.is_some() && local.starting_read_only;
     let may_be_primary = match &local.postgres {
         Postgres::Running(r) => r.is_primary,
-        Postgres::Starting => leading,
-        Postgres::Stopped { .. } => leading && local.task.is_some(),
+        Postgres::Starting => leading && !read_only_start,
+        Postgres::Stopped { .. } => leading && local.task.is_some() && !read_only_start,
     };
     if !may_be_primary {
         return decision(vec![], Reason::DcsInaccessible);

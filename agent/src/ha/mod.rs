@@ -285,6 +285,10 @@ pub struct LocalState {
     /// deadline it extends: this member stays out of the leader race for `ttl` after it
     /// ([`failsafe::promised`]).
     pub failsafe_accepted_ms: Option<u64>,
+    /// The background task in `task` starts PostgreSQL read-only ([`Action::starts_read_only`]):
+    /// the `Starting` PostgreSQL it brings up cannot accept writes, so a lock holder that loses the
+    /// DCS need not abort it at its demotion deadline.
+    pub starting_read_only: bool,
 }
 
 /// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).
@@ -537,6 +541,17 @@ impl Action {
         )
     }
 
+    /// Whether the background task this action runs brings PostgreSQL up in recovery (a start as
+    /// replica, the start after a rewind): until a later [`Action::Promote`], that PostgreSQL
+    /// acknowledges no write, so the demotion deadline has nothing to stop or hurry while it starts
+    /// (see [`may_accept_writes`]).
+    pub fn starts_read_only(&self) -> bool {
+        matches!(
+            self,
+            Action::Start(StartAs::Replica { .. }) | Action::Rewind(_)
+        )
+    }
+
     /// The task a background action runs.
     pub fn task(&self) -> Option<Task> {
         Some(match self {
@@ -656,9 +671,22 @@ pub fn past_demote_deadline(
 /// `retry_timeout` the cluster never got a primary (the nemesis's "no convergence" runs). The
 /// runner does not issue `pg_promote()` past the deadline of the renewal `decide` put right before it
 /// ([`Action::Promote`]'s `within_ms`), so a promotion is always covered by a renewal. Stopped, starting (maybe as primary, maybe in crash recovery) and unknown
-/// states count as writable.
-pub fn may_accept_writes(last_seen: &Postgres, primary_issued: bool) -> bool {
-    primary_issued || !matches!(last_seen, Postgres::Running(r) if !r.is_primary)
+/// states count as writable, except a start the runner knows to be read-only
+/// (`starting_read_only`: a background task started by an action that
+/// [`Action::starts_read_only`] is still running): treating that start as a primary's made the
+/// deadline guard stop, and the DCS read bound fail, a lock holder's read-only restart again and
+/// again while a switchover waited (nemesis seed 9, ZooKeeper strict: 35 s without writes).
+pub fn may_accept_writes(
+    last_seen: &Postgres,
+    primary_issued: bool,
+    starting_read_only: bool,
+) -> bool {
+    primary_issued
+        || !match last_seen {
+            Postgres::Running(r) => !r.is_primary,
+            Postgres::Starting => starting_read_only,
+            Postgres::Stopped { .. } => false,
+        }
 }
 
 /// True when `decide` will want other members' REST status this loop: there is no leader (a race may

@@ -116,6 +116,7 @@ fn local(postgres: Postgres) -> LocalState {
         retained_members: vec![],
         remote: None,
         remote_recovery: None,
+        starting_read_only: false,
     }
 }
 
@@ -1256,6 +1257,28 @@ fn rows() -> Vec<Row> {
             *r == Reason::DemotingDcsInaccessible
         }),
         row(
+            "lock holder restarting read-only (demoted, or a replica's data directory) when the DCS went away, past the deadline: the start goes on (nothing writable to stop; aborting it only restarted it, nemesis seed 9)",
+            None,
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.starting_read_only = true;
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3500)
+            }),
+        )
+        .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        row(
+            "lock holder restarting read-only, the DCS answers: it keeps renewing its lock while PostgreSQL starts",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.starting_read_only = true;
+                l.lock_renewed_ms = Some(NOW.mono_ms - 3500)
+            }),
+        )
+        .expect(vec![RenewLeader], |r| {
+            *r == Reason::TaskInProgress { task: Task::Start }
+        }),
+        row(
             "§7 replica cannot reach the DCS: nothing",
             None,
             local(running(false, 1000, Some(5432))),
@@ -2345,21 +2368,50 @@ fn a_leader_past_its_demotion_deadline_stops_postgres_first() {
 fn the_demotion_deadline_stops_only_a_postgres_that_may_accept_writes() {
     let replica = running(false, 1000, Some(5432));
     let primary = running(true, 1000, None);
-    /// (case, PostgreSQL last seen, promotion or primary start issued since, may accept writes)
-    type Row = (&'static str, Postgres, bool, bool);
-    let rows: [Row; 6] = [
-        ("a replica in recovery", replica.clone(), false, false),
-        ("a replica whose promotion was issued", replica, true, true),
-        ("a primary", primary, false, true),
+    /// (case, PostgreSQL last seen, promotion or primary start issued since, a read-only start
+    /// task runs, may accept writes)
+    type Row = (&'static str, Postgres, bool, bool, bool);
+    let rows: [Row; 8] = [
+        (
+            "a replica in recovery",
+            replica.clone(),
+            false,
+            false,
+            false,
+        ),
+        (
+            "a replica whose promotion was issued",
+            replica,
+            true,
+            false,
+            true,
+        ),
+        ("a primary", primary, false, false, true),
         (
             "starting (maybe as primary)",
             Postgres::Starting,
             false,
+            false,
+            true,
+        ),
+        (
+            "starting read-only (a start as replica or after a rewind)",
+            Postgres::Starting,
+            false,
+            true,
+            false,
+        ),
+        (
+            "starting read-only, start as primary issued since",
+            Postgres::Starting,
+            true,
+            true,
             true,
         ),
         (
             "stopped (a start may follow)",
             Postgres::Stopped { control: None },
+            false,
             false,
             true,
         ),
@@ -2367,11 +2419,16 @@ fn the_demotion_deadline_stops_only_a_postgres_that_may_accept_writes() {
             "stopped, start as primary issued",
             Postgres::Stopped { control: None },
             true,
+            false,
             true,
         ),
     ];
-    for (case, pg, issued, want) in rows {
-        assert_eq!(may_accept_writes(&pg, issued), want, "{case}");
+    for (case, pg, issued, read_only_start, want) in rows {
+        assert_eq!(
+            may_accept_writes(&pg, issued, read_only_start),
+            want,
+            "{case}"
+        );
     }
 }
 
