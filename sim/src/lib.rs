@@ -227,12 +227,6 @@ pub struct Options {
     /// The members read `pause` from the DCS `config` key, as the agent does. Off (a weakened world),
     /// they ignore it and fail over while paused, which [`Violation::PromotedWhilePaused`] must catch.
     pub members_read_pause: bool,
-    /// The members keep the record of their own promotion in their data directory and compare it
-    /// with the DCS `history` ([`ha::Promotion`], [`ha::promotion`]). Off (a weakened world),
-    /// `decide` is told of no record: two promotions from one point to one timeline number look
-    /// like one branch, and seed 213686 (without pause) promotes the one that never streamed at a
-    /// switchover ([`Violation::SwitchoverLostCommit`]).
-    pub promotion_records: bool,
 }
 
 impl Default for Options {
@@ -246,7 +240,6 @@ impl Default for Options {
             failsafe_promise: true,
             pause: true,
             members_read_pause: true,
-            promotion_records: true,
         }
     }
 }
@@ -1637,10 +1630,7 @@ impl Sim {
             failsafe_accepted_ms: a
                 .failsafe_accepted_ms
                 .filter(|_| self.opts.failsafe_promise),
-            promoted: self.pgs[i]
-                .promoted
-                .clone()
-                .filter(|_| self.opts.promotion_records),
+            promoted: self.pgs[i].promoted.clone(),
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
@@ -1917,14 +1907,12 @@ impl Sim {
                     let tl = self.pgs[i].tl();
                     // As the runner: a line naming another leader for the timeline this leader's
                     // record says it created is replaced, and the latest line names this leader.
-                    if self.opts.promotion_records
-                        && ha::promotion::history_names_another(
-                            self.pgs[i].promoted.as_ref(),
-                            &me,
-                            tl,
-                            &entries,
-                        )
-                    {
+                    if ha::promotion::history_names_another(
+                        self.pgs[i].promoted.as_ref(),
+                        &me,
+                        tl,
+                        &entries,
+                    ) {
                         entries.retain(|e| e.timeline + 1 != tl);
                     }
                     for w in segs.windows(2) {

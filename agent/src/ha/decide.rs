@@ -580,22 +580,14 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     if let Some(req) = view.failover_request() {
         if asks_me_to_step_down(&req.value, me) {
             let mut d = switchover_from_leader(view, local, cfg, r, req, now);
-            // Stepping down in the first loop after the promotion, with the `history` line of
-            // this timeline naming another member: it is rewritten before the lock is released,
-            // so every member that sees no leader sees it. Until then the member that promoted to
-            // the same timeline number from the same point and wrote that line before it froze
-            // looks, by its promotion record, like the creator of this timeline (see
-            // `promotion`): back as a replica it was promoted by the race after the step-down
-            // (sim seed 213686). A missing line is left to the next leader (as before), so that
-            // the schedules of the simulation's seeds stay as they were.
-            if d.actions.contains(&Action::ReleaseLeader)
-                && promotion::history_names_another(
-                    local.promoted.as_ref(),
-                    me,
-                    r.timeline,
-                    dcs_history(view),
-                )
-            {
+            // Stepping down in the first loop after the promotion: the `history` line of this
+            // timeline is written (or rewritten, when it names another member) before the lock
+            // is released, so every member that sees no leader sees it. Until it names this
+            // leader, a member that promoted to the same timeline number from the same point and
+            // froze cannot tell, by its promotion record, that its branch is not this timeline
+            // (see `promotion`): back as a replica it was promoted by the race after the
+            // step-down (sim seed 213686).
+            if d.actions.contains(&Action::ReleaseLeader) && history_due(view, local, me, r) {
                 d.actions.insert(0, Action::UpdateHistory);
             }
             return d;

@@ -58,8 +58,9 @@ pub fn taken_over_by<'a>(
 
 /// Whether this data directory's `timeline` is a branch `record.member` created that the cluster's
 /// `history` does not attribute yet (no line ends `timeline - 1`), while `leader`, another
-/// member, leads on a timeline of that number: whether the two are one branch is known only once
-/// that leader writes its history line (right after its promotion), so the data waits for it.
+/// member, leads on a timeline of that number, or on one its member key does not show yet (it is
+/// published at the end of the loop that promoted): whether the two are one branch is known only
+/// once that leader writes its history line, so the data waits for it.
 pub fn unattributed(
     record: Option<&Promotion>,
     timeline: u32,
@@ -70,7 +71,7 @@ pub fn unattributed(
     record.is_some_and(|r| {
         r.timeline == timeline
             && r.member != leader
-            && leader_timeline == Some(timeline)
+            && leader_timeline.is_none_or(|t| t == timeline)
             && timeline > 1
             && !history.iter().any(|e| e.timeline == timeline - 1)
     })
@@ -169,6 +170,7 @@ mod tests {
         assert!(!unattributed(Some(&rec("b", 3)), 3, &none, "b", Some(3)));
         assert!(!unattributed(Some(&rec("c", 3)), 3, &none, "b", Some(4)));
         assert!(!unattributed(None, 3, &none, "b", Some(3)));
+        assert!(unattributed(Some(&rec("c", 3)), 3, &none, "b", None));
         assert!(history_names_another(Some(&rec("c", 3)), "c", 3, &ended));
         assert!(!history_names_another(Some(&rec("b", 3)), "b", 3, &ended));
         assert!(!history_names_another(Some(&rec("c", 3)), "c", 3, &none));

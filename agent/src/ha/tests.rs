@@ -1484,7 +1484,7 @@ fn rows() -> Vec<Row> {
         row(
             "switchover in the first loop after my promotion to timeline 2, whose history line \
              names pg2 (it promoted to the same number and wrote its line before it froze): the \
-             line is rewritten before the lock is released (sim seed 213686)",
+             line is rewritten before the lock is released",
             Some(with(on_tl2(cluster(Some(ME))), |c| {
                 c.failover = failover(Some(ME), Some("pg2"))
             })),
@@ -1497,6 +1497,32 @@ fn rows() -> Vec<Row> {
                     |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]),
                 ),
                 ME,
+            ),
+        )
+        .expect(
+            vec![
+                UpdateHistory,
+                DrainTransactions { max_ms: 5_000 },
+                Stop(StopMode::Fast),
+                WriteLastLsn,
+                ReleaseLeader,
+            ],
+            |r| matches!(r, Reason::ManualFailoverDemoting { .. }),
+        ),
+        row(
+            "switchover in the first loop after my promotion to timeline 2, no history line yet: \
+             it is written before the lock is released (sim seed 213686: another member's \
+             unpublished timeline 2 then looked like mine)",
+            Some(with(on_tl2(cluster(Some(ME))), |c| {
+                c.history = None;
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(
+                local(with_timeline(
+                    primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], ""),
+                    2,
+                )),
+                |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]),
             ),
         )
         .expect(
