@@ -41,7 +41,11 @@
 //! still running on the leader gets `drain_timeout`, counted from the moment the proxy saw the
 //! switchover. Past it the session sends the leader connection a CancelRequest and ends with
 //! `FATAL 57P01` naming drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
-//! arms the deadline, which also bounds any write the session is blocked in).
+//! arms the deadline, which also bounds any write the session is blocked in). A session pinned to
+//! the leader stepping down starts no unit there either: at its idle point (at once when idle, or
+//! when its running unit ends within `drain_timeout`) it moves when its pin left no state on the
+//! server (the function-call protocol), and otherwise ends with `FATAL 57P01` saying what it holds
+//! ([`crate::units::pinned_drain`]).
 //!
 //! A session idle with no server connection and no session state parks out of its task
 //! ([`crate::park`], [`Dormant`]) and resumes, in a new task, when its client speaks.
@@ -92,8 +96,8 @@ use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
 use crate::units::{
-    idle_message, idle_plan, leader_drain, ClientStep, Ctx, Decision, IdleMessage, IdlePlan,
-    ReplicaVerdict, Side, UnitTracker,
+    idle_message, idle_plan, leader_drain, pinned_drain, ClientStep, Ctx, Decision, IdleMessage,
+    IdlePlan, PinnedDrain, ReplicaVerdict, Side, UnitTracker,
 };
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
@@ -968,6 +972,28 @@ impl Session<'_> {
     ) -> End {
         let draining = self.shared.draining.clone();
         loop {
+            // A switchover: a session pinned to the leader stepping down moves or ends at its idle
+            // point, before its next unit is routed there ([`pinned_drain`]).
+            if matches!(self.units.pinned(), Some((Side::Leader, _)))
+                && self.units.is_idle(self.client_remaining)
+            {
+                let stepping_down = self.shared.router.is_switching_over();
+                match pinned_drain(self.units.pinned(), None, stepping_down) {
+                    PinnedDrain::Stay => {}
+                    PinnedDrain::Unpin => {
+                        info!("the leader is stepping down (switchover): a session pinned by the function call protocol moves to the next leader");
+                        self.units.unpin();
+                        self.update_servers();
+                    }
+                    PinnedDrain::End(reason) => {
+                        return End::Refused(
+                            crate::rw::END_CODE,
+                            "not_moved",
+                            crate::rw::cannot_move_message(&crate::rw::Unmovable::Pinned(reason)),
+                        );
+                    }
+                }
+            }
             // Handle what the client sent so far; `blocked`: the next message waits for the
             // current unit to end.
             // With nothing buffered there is nothing to handle.
@@ -1002,7 +1028,9 @@ impl Session<'_> {
             // A switchover: the unit running on the leader gets the rest of `drain_timeout`
             // ([`leader_drain`]); the session watches topology changes to see one start.
             let leader_unit = self.units.current() == Some(Side::Leader);
-            if leader_unit {
+            // Idle and pinned to the leader: a switchover moves or ends the session (above).
+            let pinned_idle = idle && matches!(self.units.pinned(), Some((Side::Leader, _)));
+            if leader_unit || pinned_idle {
                 self.leader_watch
                     .get_or_insert_with(|| self.shared.router.subscribe())
                     .mark_unchanged();
@@ -1022,7 +1050,7 @@ impl Session<'_> {
                         return End::Drained { clean };
                     }
                 };
-            let watch_switchover = leader_unit && self.drain_at.is_none();
+            let watch_switchover = (leader_unit && self.drain_at.is_none()) || pinned_idle;
             // Park or release ([`idle_plan`]): parks at once after login (or a wake-up without a
             // unit), after a unit once the client was quiet for `PARK_AFTER`; releases the
             // server connections after `idle_release`.
