@@ -3230,3 +3230,53 @@ async fn a_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_
         "{errors:?}"
     );
 }
+
+/// Issue 17 item 1: a read-write-port session that logged in with md5 moves to the new leader in
+/// a switchover when `auth_file` holds the user's MD5 hash as PostgreSQL stores it (the proxy
+/// answers the new leader's md5 challenge with it, as PgBouncer does), not only its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_session_logged_in_with_md5_moves_with_the_md5_hash_from_auth_file() {
+    let dir = WorkDir::new("proxy-md5-move").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    password_users(&pg_a).await;
+    password_users(&pg_b).await;
+    let on_a = connect(SocketAddr::from(([127, 0, 0, 1], pg_a.port())))
+        .await
+        .unwrap();
+    let hash: String = on_a
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'md5user'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(hash.starts_with("md5"), "{hash}");
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(&userlist, format!("\"md5user\" \"{hash}\"\n")).unwrap();
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let mut settings = test_settings(Duration::from_secs(10));
+    settings.auth.auth_file = Some(userlist);
+    let proxy = TestProxy::start_with(topology(Some(&a), &[&b]), settings, None).await;
+    let mut cfg = conn_config(proxy.rw);
+    cfg.user("md5user").password("md5secret");
+    let (client, conn) = cfg.connect(NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let port = "SELECT current_setting('port')";
+    assert_eq!(port_of(&client, port).await, pg_a.port());
+
+    // The DCS asks a to step down, then b leads.
+    let mut stepping_down = Topology::new(Some(a.clone()), vec![b.clone()]);
+    stepping_down.switchover = Some(praetor_proxy::Switchover {
+        leader: "a".into(),
+        candidate: Some("b".into()),
+    });
+    proxy.set(Arc::new(stepping_down));
+    proxy.set(topology(Some(&b), &[]));
+    assert_eq!(
+        port_of(&client, port).await,
+        pg_b.port(),
+        "the session moved to the new leader"
+    );
+    assert!(!conn.is_finished(), "the session goes on");
+}
