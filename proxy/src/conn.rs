@@ -1339,12 +1339,12 @@ const HOLD_RECHECK: Duration = Duration::from_millis(100);
 /// How long a session past `drain_timeout` waits, after the CancelRequest, for its server to
 /// answer everything (the cancelled statement's ErrorResponse and ReadyForQuery), and then again
 /// for any message boundary, before it ends anyway ([`drain_end`]); and how often it looks.
-const DRAIN_END_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const DRAIN_END_WAIT: Duration = Duration::from_secs(1);
 const DRAIN_END_POLL: Duration = Duration::from_millis(10);
 
 /// How a drained read-write session's relay ends ([`drain_end`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DrainEnd {
+pub(crate) enum DrainEnd {
     /// Keep relaying the server's output.
     Wait,
     /// Stop between two server messages and send the client the FATAL.
@@ -1354,7 +1354,8 @@ enum DrainEnd {
     Cut,
 }
 
-/// When the relay of a session past `drain_timeout` stops, its server having been sent a
+/// When the relay of a session past `drain_timeout` stops (a read-write relay; an auto-port
+/// session's unit on the leader, `session`, with `writing` false), its server having been sent a
 /// CancelRequest `waited` ago. `answered`: the server answered every request and its output stops
 /// at a message boundary ([`RwTracker::expects_nothing`]): the client has read the cancelled
 /// statement's ErrorResponse and the ReadyForQuery. `at_message_start`: the server's output stops
@@ -1363,7 +1364,12 @@ enum DrainEnd {
 /// the relay (a streaming result has message boundaries between its rows, where the client would
 /// get the FATAL without the server's error); for as long again any boundary does (a server that
 /// does not answer the cancel); then the relay is cut.
-fn drain_end(answered: bool, at_message_start: bool, writing: bool, waited: Duration) -> DrainEnd {
+pub(crate) fn drain_end(
+    answered: bool,
+    at_message_start: bool,
+    writing: bool,
+    waited: Duration,
+) -> DrainEnd {
     if writing {
         return if waited >= 2 * DRAIN_END_WAIT {
             DrainEnd::Cut

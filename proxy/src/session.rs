@@ -39,8 +39,10 @@
 //! A switchover (the DCS asks the leader to step down) holds new leader units at the idle point,
 //! waiting for the next leader (a unit the client pipelines after one on the leader too); a unit
 //! still running on the leader gets `drain_timeout`, counted from the moment the proxy saw the
-//! switchover. Past it the session sends the leader connection a CancelRequest and ends with
-//! `FATAL 57P01` naming drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
+//! switchover. Past it the session sends the leader connection a CancelRequest, reads the client
+//! no more, relays the server's answer (a result still streaming ends with the server's error and
+//! ReadyForQuery, bounded: [`crate::conn::drain_end`]) and ends with `FATAL 57P01` naming
+//! drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
 //! arms the deadline, which also bounds any write the session is blocked in). A session pinned to
 //! the leader stepping down starts no unit there either: at its idle point (at once when idle, or
 //! when its running unit ends within `drain_timeout`) it moves when its pin left no state on the
@@ -86,7 +88,9 @@ use crate::auth::{
 };
 use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
-use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
+use crate::conn::{
+    drain_end, send_fatal, Accepted, DrainEnd, GaugeGuard, Runtime, Shared, DRAIN_END_WAIT,
+};
 use crate::metrics::ListenerKind;
 use crate::pool::{open, OpenError, ServerConn, Slot};
 use crate::prepared::ClientStatements;
@@ -201,6 +205,11 @@ struct Session<'a> {
     /// When the unit running on the leader is cancelled: a switchover started and `drain_timeout`
     /// runs ([`crate::units::leader_drain`]); `None` otherwise.
     drain_at: Option<tokio::time::Instant>,
+    /// When the session sent its leader a CancelRequest because the running unit passed
+    /// `drain_timeout`: from then on the client is not read, and the session ends once the
+    /// server answered (a streaming result ends with the server's error), bounded
+    /// ([`crate::conn::drain_end`]).
+    drain_cancelled: Option<tokio::time::Instant>,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -385,6 +394,7 @@ impl<'a> Live<'a> {
                 prepared,
                 leader_watch: None,
                 drain_at: None,
+                drain_cancelled: None,
             },
             client,
             cbuf,
@@ -570,10 +580,12 @@ async fn finish(mut live: Box<Live<'_>>, end: End) {
             let _ = client.shutdown().await;
         }
         // The leader connection closes with the session (an idle transaction ends with it); a
-        // statement still running stops at the cancel, and rolls back.
+        // statement still running stops at the cancel (sent already when the session relayed
+        // the server's answer to it), and rolls back.
         if let Some((backend, key)) = s
             .leader
             .as_ref()
+            .filter(|_| s.drain_cancelled.is_none())
             .and_then(|c| Some((&c.route.backend, c.key.as_ref()?)))
         {
             crate::conn::send_cancel(backend, key, key.pid, s.rt.connect_timeout).await;
@@ -976,6 +988,7 @@ impl Session<'_> {
             // point, before its next unit is routed there ([`pinned_drain`]).
             if matches!(self.units.pinned(), Some((Side::Leader, _)))
                 && self.units.is_idle(self.client_remaining)
+                && self.drain_cancelled.is_none()
             {
                 let stepping_down = self.shared.router.is_switching_over();
                 match pinned_drain(self.units.pinned(), None, stepping_down) {
@@ -1003,7 +1016,10 @@ impl Session<'_> {
             let drain_at = self
                 .drain_at
                 .filter(|_| self.units.current() == Some(Side::Leader));
-            let blocked = if cbuf.is_empty() {
+            let blocked = if self.drain_cancelled.is_some() {
+                // Past drain_timeout: nothing more of the client's runs.
+                true
+            } else if cbuf.is_empty() {
                 false
             } else {
                 // Not boxed: what `handle_client` and `handle_server` may wait for at length
@@ -1041,15 +1057,54 @@ impl Session<'_> {
             } else {
                 None
             };
-            self.drain_at =
-                match leader_drain(self.units.current(), switching_for, self.rt.drain_timeout) {
+            if let Some(since) = self.drain_cancelled {
+                // The leader's statement was cancelled past drain_timeout: its answer (the
+                // server's error, ReadyForQuery) reaches the client whole, then the FATAL.
+                let Some(leader) = self.leader.as_ref() else {
+                    return End::Drained { clean: true };
+                };
+                let at_start = leader.remaining == 0;
+                let answered = at_start && self.units.awaits_nothing();
+                let waited = since.elapsed();
+                match drain_end(answered, at_start, false, waited) {
+                    DrainEnd::Fatal => return End::Drained { clean: true },
+                    DrainEnd::Cut => return End::Drained { clean: false },
+                    DrainEnd::Wait => {
+                        let stage = if waited < DRAIN_END_WAIT { 1 } else { 2 };
+                        self.drain_at = Some(since + stage * DRAIN_END_WAIT);
+                    }
+                }
+            } else {
+                self.drain_at = match leader_drain(
+                    self.units.current(),
+                    switching_for,
+                    self.rt.drain_timeout,
+                ) {
                     Drain::Nothing => None,
                     Drain::Wait(left) => Some(tokio::time::Instant::now() + left),
                     Drain::Cancel => {
-                        let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
-                        return End::Drained { clean };
+                        let key = self
+                            .leader
+                            .as_ref()
+                            .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
+                        let Some((backend, key)) = key else {
+                            let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
+                            return End::Drained { clean };
+                        };
+                        // Cancel the statement (a result still streaming stops at the server's
+                        // error) and go on relaying its answer (above).
+                        Box::pin(crate::conn::send_cancel(
+                            &backend,
+                            &key,
+                            key.pid,
+                            DRAIN_END_WAIT,
+                        ))
+                        .await;
+                        self.drain_cancelled = Some(tokio::time::Instant::now());
+                        continue;
                     }
                 };
+            }
             let watch_switchover = (leader_unit && self.drain_at.is_none()) || pinned_idle;
             // Park or release ([`idle_plan`]): parks at once after login (or a wake-up without a
             // unit), after a unit once the client was quiet for `PARK_AFTER`; releases the

@@ -518,6 +518,12 @@ impl UnitTracker {
         }
     }
 
+    /// Whether every Query, Sync and FunctionCall sent was answered with ReadyForQuery (the current
+    /// unit may still go on: a transaction block, or an extended-protocol unit without its Sync).
+    pub(crate) fn awaits_nothing(&self) -> bool {
+        self.outstanding == 0
+    }
+
     /// Whether the current unit is over (an idle point follows): everything the client closed it
     /// with was answered, outside a transaction, and no client message is half sent
     /// (`client_remaining`: its bytes still to stream).

@@ -3169,8 +3169,21 @@ async fn a_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_
     let proxy = TestProxy::start_with(topology(Some(&a), &[&b]), settings, None).await;
     let (mut raw, tag) = raw_login(proxy.rw, "postgres").await;
     assert_eq!(tag, b'Z', "a trust login");
-    // Rows produced as they are sent (a set-returning function in the target list): the result
-    // streams for far longer than drain_timeout.
+    let (tags, errors) = stream_through_a_switchover(&mut raw, &proxy, &a, Some(&b)).await;
+    assert_cancelled_then_drained(&tags, &errors);
+}
+
+/// Sends a query whose result streams for far longer than drain_timeout on `raw` (logged in),
+/// and once rows arrive asks `leader` to step down (a switchover; `replica` stays a replica). Reads
+/// until the proxy closes: returns the tags of the messages read (runs of one tag shown once) and
+/// the ErrorResponses' (SQLSTATE, message). Panics on bytes that do not frame as messages.
+async fn stream_through_a_switchover(
+    raw: &mut TcpStream,
+    proxy: &TestProxy,
+    leader: &Backend,
+    replica: Option<&Backend>,
+) -> (String, Vec<(String, String)>) {
+    // Rows produced as they are sent (a set-returning function in the target list).
     raw.write_all(&query_message(
         "SELECT repeat('x', 1000), generate_series(1, 1000000000)",
     ))
@@ -3184,12 +3197,13 @@ async fn a_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_
         loop {
             while let Some(frame) = split_frame(&mut buf).expect("whole messages") {
                 if frame.tag == b'D' && !switching {
-                    // The result streams: the DCS asks a to step down.
+                    // The result streams: the DCS asks the leader to step down.
                     switching = true;
-                    let mut t = Topology::new(Some(a.clone()), vec![b.clone()]);
+                    let mut t =
+                        Topology::new(Some(leader.clone()), replica.into_iter().cloned().collect());
                     t.switchover = Some(praetor_proxy::Switchover {
-                        leader: "a".into(),
-                        candidate: Some("b".into()),
+                        leader: leader.member.clone(),
+                        candidate: replica.map(|r| r.member.clone()),
                     });
                     proxy.set(Arc::new(t));
                 }
@@ -3215,7 +3229,32 @@ async fn a_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_
         buf.is_empty(),
         "the session ended inside a message: {tags:?}"
     );
-    let tags = String::from_utf8_lossy(&tags).into_owned();
+    (String::from_utf8_lossy(&tags).into_owned(), errors)
+}
+
+/// The same on the auto port: a read streaming from the leader (no replica) when the switchover's
+/// `drain_timeout` passes is cancelled; the client reads the server's 57014 and ReadyForQuery,
+/// then the proxy's FATAL 57P01, every message whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_port_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_the_fatal(
+) {
+    let dir = WorkDir::new("proxy-auto-drain-streaming").unwrap();
+    let pg_a = Postgres::start(&dir, "pg-a").await.unwrap();
+    let a = backend("a", &pg_a);
+    let settings = ProxySettings {
+        drain_timeout: Duration::from_secs(1),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+    let (mut raw, tag) = raw_login(proxy.auto, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    let (tags, errors) = stream_through_a_switchover(&mut raw, &proxy, &a, None).await;
+    assert_cancelled_then_drained(&tags, &errors);
+}
+
+/// Asserts what [`stream_through_a_switchover`] read ends with the server's cancel (57014),
+/// its ReadyForQuery and the proxy's FATAL 57P01 naming drain_timeout (1 s), rows before them.
+fn assert_cancelled_then_drained(tags: &str, errors: &[(String, String)]) {
     assert!(
         tags.ends_with("DEZE"),
         "messages: {tags}; errors: {errors:?}"
@@ -3229,54 +3268,4 @@ async fn a_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_
             .contains("did not finish within drain_timeout (1 s)"),
         "{errors:?}"
     );
-}
-
-/// Issue 17 item 1: a read-write-port session that logged in with md5 moves to the new leader in
-/// a switchover when `auth_file` holds the user's MD5 hash as PostgreSQL stores it (the proxy
-/// answers the new leader's md5 challenge with it, as PgBouncer does), not only its password.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_write_session_logged_in_with_md5_moves_with_the_md5_hash_from_auth_file() {
-    let dir = WorkDir::new("proxy-md5-move").unwrap();
-    let (pg_a, pg_b) = start_pair(&dir).await;
-    password_users(&pg_a).await;
-    password_users(&pg_b).await;
-    let on_a = connect(SocketAddr::from(([127, 0, 0, 1], pg_a.port())))
-        .await
-        .unwrap();
-    let hash: String = on_a
-        .query_one(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = 'md5user'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(hash.starts_with("md5"), "{hash}");
-    let userlist = dir.path().join("userlist.txt");
-    std::fs::write(&userlist, format!("\"md5user\" \"{hash}\"\n")).unwrap();
-    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
-    let mut settings = test_settings(Duration::from_secs(10));
-    settings.auth.auth_file = Some(userlist);
-    let proxy = TestProxy::start_with(topology(Some(&a), &[&b]), settings, None).await;
-    let mut cfg = conn_config(proxy.rw);
-    cfg.user("md5user").password("md5secret");
-    let (client, conn) = cfg.connect(NoTls).await.unwrap();
-    let conn = tokio::spawn(conn);
-    let port = "SELECT current_setting('port')";
-    assert_eq!(port_of(&client, port).await, pg_a.port());
-
-    // The DCS asks a to step down, then b leads.
-    let mut stepping_down = Topology::new(Some(a.clone()), vec![b.clone()]);
-    stepping_down.switchover = Some(praetor_proxy::Switchover {
-        leader: "a".into(),
-        candidate: Some("b".into()),
-    });
-    proxy.set(Arc::new(stepping_down));
-    proxy.set(topology(Some(&b), &[]));
-    assert_eq!(
-        port_of(&client, port).await,
-        pg_b.port(),
-        "the session moved to the new leader"
-    );
-    assert!(!conn.is_finished(), "the session goes on");
 }
