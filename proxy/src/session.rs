@@ -1282,9 +1282,30 @@ impl Session<'_> {
                         Ok(_) => None,
                         Err(e) => Some(e.to_string()),
                     };
-                    let drain_at = self.drain_at;
-                    let handled = drained_by(drain_at, self.handle_server(client, side, lost));
-                    if let Err(end) = handled.await {
+                    let handled = match (self.drain_at, self.drain_cancelled) {
+                        // A switchover's drain_timeout may pass while a reply is being written
+                        // (a result streaming): the write goes on while the server is cancelled.
+                        (Some(at), None) => {
+                            let cancel = self
+                                .leader
+                                .as_ref()
+                                .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
+                            let (handled, cancelled) =
+                                Box::pin(cancel_at(at, cancel, self.handle_server(client, side, lost)))
+                                    .await;
+                            if cancelled {
+                                self.drain_cancelled = Some(tokio::time::Instant::now());
+                            }
+                            handled
+                        }
+                        // Cancelled: the reply gets until the drain's last bound.
+                        (_, Some(since)) => {
+                            let bound = since + 2 * DRAIN_END_WAIT;
+                            drained_by(Some(bound), self.handle_server(client, side, lost)).await
+                        }
+                        (None, None) => self.handle_server(client, side, lost).await,
+                    };
+                    if let Err(end) = handled {
                         return end;
                     }
                 }
@@ -2335,6 +2356,35 @@ async fn drained_by<T>(
             .unwrap_or(Err(End::Drained { clean: false })),
         None => handling.await,
     }
+}
+
+/// Runs `handling` (a server reply being relayed) to its end; when the drain deadline `at` passes
+/// first, sends the leader `cancel` (its backend and key) while `handling` goes on, up to 2 x
+/// [`DRAIN_END_WAIT`] more ([`End::Drained`], not clean, past it). Returns the result and whether
+/// the cancel was sent; without a key, the deadline ends it as [`drained_by`] does.
+async fn cancel_at<T>(
+    at: tokio::time::Instant,
+    cancel: Option<(crate::topology::Backend, praetor_protocol::CancelKey)>,
+    handling: impl std::future::Future<Output = Result<T, End>>,
+) -> (Result<T, End>, bool) {
+    tokio::pin!(handling);
+    tokio::select! {
+        handled = &mut handling => return (handled, false),
+        _ = tokio::time::sleep_until(at) => {}
+    }
+    let Some((backend, key)) = cancel else {
+        return (Err(End::Drained { clean: false }), false);
+    };
+    let bound = tokio::time::Instant::now() + 2 * DRAIN_END_WAIT;
+    let (handled, ()) = tokio::join!(
+        async {
+            tokio::time::timeout_at(bound, &mut handling)
+                .await
+                .unwrap_or(Err(End::Drained { clean: false }))
+        },
+        crate::conn::send_cancel(&backend, &key, key.pid, DRAIN_END_WAIT),
+    );
+    (handled, true)
 }
 
 /// Polls `conn` for its fence or bytes (pending forever when there is no connection). A poll
