@@ -415,6 +415,8 @@ struct Observation {
     data: Option<DataDir>,
     postgres: Postgres,
     server: Option<ServerStatus>,
+    /// The data directory's promotion record ([`ha::Promotion`]), read by [`Runner::observe`].
+    promoted: Option<ha::Promotion>,
 }
 
 /// The least time a leader's DCS call gets once its demotion deadline is (nearly) reached: one
@@ -694,6 +696,7 @@ impl Runner {
             slot_copy_at_ms: self.slot_copy_at_ms,
             failsafe_accepted_ms: self.failsafe_accepted_ms(),
             starting_read_only: self.starting_read_only(),
+            promoted: obs.promoted.clone(),
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -957,7 +960,10 @@ impl Runner {
 
     /// Observes PostgreSQL and records whether it may accept writes (see [`Runner::may_write`]).
     async fn observe(&self) -> Observation {
-        let obs = self.observe_node().await;
+        let mut obs = self.observe_node().await;
+        if matches!(obs.data, Some(DataDir::Initialized { .. })) {
+            obs.promoted = self.pg.promotion_record();
+        }
         self.may_write.store(
             ha::may_accept_writes(&obs.postgres, false, self.starting_read_only()),
             std::sync::atomic::Ordering::SeqCst,
@@ -971,6 +977,7 @@ impl Runner {
                 data: Some(DataDir::Empty),
                 postgres: Postgres::Starting,
                 server: None,
+                promoted: None,
             };
         }
         if self.pg.postmaster().is_some() {
@@ -998,6 +1005,7 @@ impl Runner {
                         slots: s.slots.iter().map(SlotRow::to_slot).collect(),
                     }),
                     server: Some(s),
+                    promoted: None,
                 },
                 Err(e) => {
                     tracing::debug!("postgres is not accepting queries: {e}");
@@ -1012,6 +1020,7 @@ impl Runner {
                         data,
                         postgres: Postgres::Starting,
                         server: None,
+                        promoted: None,
                     }
                 }
             };
@@ -1021,6 +1030,7 @@ impl Runner {
                 data: Some(DataDir::Empty),
                 postgres: Postgres::Stopped { control: None },
                 server: None,
+                promoted: None,
             },
             Ok(d) => {
                 let control = self.pg.controldata().await.ok().map(|(_, c)| c);
@@ -1028,6 +1038,7 @@ impl Runner {
                     data: Some(d),
                     postgres: Postgres::Stopped { control },
                     server: None,
+                    promoted: None,
                 }
             }
             Err(e) => {
@@ -1038,6 +1049,7 @@ impl Runner {
                     data: None,
                     postgres: Postgres::Stopped { control: None },
                     server: None,
+                    promoted: None,
                 }
             }
         }
@@ -1160,6 +1172,14 @@ impl Runner {
                 {
                     tracing::warn!("not promoting: more than {within_ms} ms since the lock renewal right before (the renewal was slow, or this process was frozen)");
                     return Ok(false);
+                }
+                // Recorded before the promotion: a member frozen right after it still knows, back
+                // as a replica, that it created that timeline (`ha::promotion`).
+                if let Postgres::Running(r) = &obs.postgres {
+                    let record =
+                        self.pg
+                            .write_promotion_record(self.me(), r.timeline, r.wal_position)?;
+                    tracing::info!(timeline = record.timeline, "recorded the promotion");
                 }
                 self.pg.promote().await?;
                 tracing::info!("promoted postgres to primary");
@@ -1881,9 +1901,13 @@ impl Runner {
         obs: &Observation,
     ) -> anyhow::Result<()> {
         let Some(view) = view else { return Ok(()) };
-        let Some(server) = &obs.server else {
+        if obs.server.is_none() {
             return Ok(());
-        };
+        }
+        // Asked again: right after a promotion in the same list, the loop's observation still
+        // shows the timeline before it, and the record as it was.
+        let server = self.pg.status().await?;
+        let promoted = self.pg.promotion_record();
         let lines = self.pg.timeline_history(server.timeline)?;
         let mut entries: Vec<HistoryEntry> = view
             .history
@@ -1898,6 +1922,17 @@ impl Runner {
                 "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00"
             ))
             .unwrap_or_default();
+        // A line naming another leader for the timeline this leader created: that member promoted
+        // to the same number and wrote it before it froze; it is replaced (`ha::promotion`).
+        let history_now = entries.clone();
+        if ha::promotion::history_names_another(
+            promoted.as_ref(),
+            self.me(),
+            server.timeline,
+            &history_now,
+        ) {
+            entries.retain(|e| e.timeline + 1 != server.timeline);
+        }
         for l in lines {
             if entries.iter().any(|e| e.timeline == l.timeline) {
                 continue;
@@ -2412,6 +2447,7 @@ mod tests {
             failed_task: None,
             failsafe_confirmed: Some(true),
             starting_read_only: false,
+            promoted: None,
         };
         let cfg = HaConfig {
             name: "pg1".into(),

@@ -29,6 +29,11 @@ pub enum Credential {
     /// The client's SCRAM keys recovered from its proof: answers SCRAM-SHA-256 only, and only
     /// servers that store the same secret. Boxed: 64 bytes a session keeps for its lifetime.
     Scram(Box<ScramKeys>),
+    /// The user's MD5 hash as PostgreSQL stores it (`md5` + 32 lowercase hex digits of
+    /// md5(password + user), an `auth_file` entry): answers MD5 requests only, with
+    /// `md5` + md5(hex digits + salt), which is what a client computes from the password (PgBouncer
+    /// answers with such an entry the same way).
+    Md5Hash(String),
 }
 
 impl std::fmt::Debug for Credential {
@@ -36,6 +41,7 @@ impl std::fmt::Debug for Credential {
         match self {
             Credential::Password(_) => f.write_str("Password(********)"),
             Credential::Scram(_) => f.write_str("Scram(********)"),
+            Credential::Md5Hash(_) => f.write_str("Md5Hash(********)"),
         }
     }
 }
@@ -91,6 +97,14 @@ pub enum AuthError {
          user's password in auth_file"
     )]
     ScramOnly(&'static str),
+    /// The server asked for something other than md5 and the proxy holds only the user's MD5
+    /// hash, which answers md5 alone.
+    #[error(
+        "the server asks for {0} authentication and the proxy holds only the user's MD5 hash: \
+         give the user's password or SCRAM secret in auth_file, or use md5 in the server's \
+         pg_hba.conf"
+    )]
+    Md5HashOnly(&'static str),
 }
 
 impl<'a> AuthRequest<'a> {
@@ -131,6 +145,27 @@ impl<'a> AuthRequest<'a> {
             other => AuthRequest::Other(other),
         })
     }
+}
+
+/// The answer to an md5 challenge with `salt` from a stored MD5 hash (`md5` + 32 hex digits):
+/// `md5` + md5(hex digits + salt), PostgreSQL's second round (`pg_md5_encrypt` with the salt).
+fn md5_salted(stored: &str, salt: [u8; 4]) -> Result<String, AuthError> {
+    use md5::Digest as _;
+    let hex = stored
+        .strip_prefix("md5")
+        .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or(AuthError::Malformed(
+            "the stored MD5 hash is not md5 + 32 hex digits",
+        ))?;
+    let mut data = hex.to_ascii_lowercase().into_bytes();
+    data.extend_from_slice(&salt);
+    let digest = md5::Md5::digest(&data);
+    let mut out = String::with_capacity(35);
+    out.push_str("md5");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    Ok(out)
 }
 
 /// Where a [`PasswordAuth`] exchange stands after a step.
@@ -181,6 +216,7 @@ impl PasswordAuth {
             None => Err(AuthError::NoPassword),
             Some(Credential::Password(p)) => Ok(p),
             Some(Credential::Scram(_)) => Err(AuthError::ScramOnly(method)),
+            Some(Credential::Md5Hash(_)) => Err(AuthError::Md5HashOnly(method)),
         }
     }
 
@@ -193,7 +229,10 @@ impl PasswordAuth {
                 frontend::password_message(pw, out).map_err(|e| AuthError::Scram(e.to_string()))?;
             }
             AuthRequest::Md5 { salt } => {
-                let hash = md5_hash(self.user.as_bytes(), self.password("md5")?, salt);
+                let hash = match &self.credential {
+                    Some(Credential::Md5Hash(stored)) => md5_salted(stored, salt)?,
+                    _ => md5_hash(self.user.as_bytes(), self.password("md5")?, salt),
+                };
                 frontend::password_message(hash.as_bytes(), out)
                     .map_err(|e| AuthError::Scram(e.to_string()))?;
             }
@@ -301,6 +340,47 @@ mod tests {
         let expected = md5_hash(b"md5user", b"md5secret", [0xb2, 0x8d, 0xae, 0xda]);
         assert_eq!(f.body(), [expected.as_bytes(), b"\0"].concat());
         assert_eq!(auth.step(&[0, 0, 0, 0], &mut out), Ok(AuthProgress::Done));
+    }
+
+    #[test]
+    fn a_stored_md5_hash_answers_md5_as_the_password_would_and_nothing_else() {
+        use md5::Digest as _;
+        let salt = [0xb2, 0x8d, 0xae, 0xda];
+        // PostgreSQL's stored form: md5 + md5(password + user).
+        let inner: String = md5::Md5::digest(b"md5secretmd5user")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut auth = PasswordAuth::with_credential(
+            "md5user",
+            Some(Credential::Md5Hash(format!("md5{inner}"))),
+        );
+        let mut out = BytesMut::new();
+        let step = auth
+            .step(&body_of(traces::MD5_CHALLENGE), &mut out)
+            .unwrap();
+        assert_eq!(step, AuthProgress::Continue);
+        let f = split_frame(&mut out).unwrap().unwrap();
+        let expected = md5_hash(b"md5user", b"md5secret", salt);
+        assert_eq!(f.body(), [expected.as_bytes(), b"\0"].concat());
+        // SCRAM and cleartext need more than the hash.
+        let mut scram = PasswordAuth::with_credential(
+            "md5user",
+            Some(Credential::Md5Hash(format!("md5{inner}"))),
+        );
+        assert_eq!(
+            scram.step(&body_of(traces::SCRAM_SASL), &mut out),
+            Err(AuthError::Md5HashOnly("SCRAM"))
+        );
+        assert_eq!(
+            scram.step(&[0, 0, 0, 3], &mut out),
+            Err(AuthError::Md5HashOnly("cleartext password"))
+        );
+        let mut malformed =
+            PasswordAuth::with_credential("u", Some(Credential::Md5Hash("md5zz".into())));
+        assert!(malformed
+            .step(&body_of(traces::MD5_CHALLENGE), &mut out)
+            .is_err());
     }
 
     #[test]

@@ -293,7 +293,9 @@ enum End {
     ServerEnding(bytes::Bytes),
     /// A read-write session's transaction ran past `drain_timeout` during a switchover
     /// ([`crate::rw::drain`]). True when the relay stopped between two server messages (the
-    /// client can be told why); false when a result was still streaming after [`DRAIN_END_WAIT`].
+    /// client can be told why), normally after the server's answer to the proxy's CancelRequest;
+    /// false when the server's output stayed inside a message for 2 x [`DRAIN_END_WAIT`]
+    /// ([`drain_end`]).
     Drained(bool),
     /// A session at a transaction boundary leaves a server connection the admin console's
     /// `RECONNECT` covers, for a new one ([`crate::rw::should_reconnect`]).
@@ -559,6 +561,8 @@ async fn relay_session(
         // Sessions are followed (`rw`) so that a switchover can move read-write ones, `PAUSE`
         // holds them at their next transaction boundary and `RECONNECT` acts there.
         let tracker = std::sync::Mutex::new(RwTracker::default());
+        // The read-write port relays the server's BackendKeyData: the client's key is the server's.
+        let first_key = registration.as_ref().map(|r| r.key().clone());
         let tracking = Tracking {
             tracker: &tracker,
             router: &shared.router,
@@ -569,6 +573,7 @@ async fn relay_session(
             follows_leader: listener == ListenerKind::ReadWrite,
             connection: route.connection_id(),
             can_log_in: relogin.cannot().is_none(),
+            cancel: first_key.as_ref().map(|k| (&route.backend, k)),
         };
         let end = relay(
             client,
@@ -580,9 +585,7 @@ async fn relay_session(
             Some(tracking),
         )
         .await;
-        let client_key = registration.as_ref().map(|r| r.key().clone());
-        // The read-write port relays the server's BackendKeyData: the client's key is the server's.
-        let server_key = client_key.clone();
+        let client_key = first_key;
         drop(registration);
         // The socket closes before the route records the close (the fencing handshake waits on it).
         drop(socket);
@@ -604,13 +607,7 @@ async fn relay_session(
             info,
         };
         moved
-            .follow(
-                client,
-                &mut client_buf,
-                &mut server_buf,
-                end,
-                (backend, server_key),
-            )
+            .follow(client, &mut client_buf, &mut server_buf, end, backend)
             .await;
         return;
     }
@@ -670,16 +667,15 @@ struct Moving<'a> {
 }
 
 impl Moving<'_> {
-    /// `server`: the server the session was on and its cancel key.
+    /// `backend`: the server the session was on.
     async fn follow(
         self,
         client: &mut ClientStream,
         client_buf: &mut BytesMut,
         server_buf: &mut BytesMut,
         mut end: End,
-        server: (Backend, Option<CancelKey>),
+        mut backend: Backend,
     ) {
-        let (mut backend, mut server_key) = server;
         loop {
             let reconnect = matches!(end, End::Reconnect);
             if !reconnect && self.listener != ListenerKind::ReadWrite {
@@ -742,11 +738,9 @@ impl Moving<'_> {
                         } else {
                             send_fatal(client, crate::rw::END_CODE, &message).await;
                         }
-                        if let (true, Some(key)) = (drained, &server_key) {
-                            // The server's socket is closed (an idle transaction ends with it); a
-                            // statement still running stops at the cancel, and rolls back.
-                            send_cancel(&backend, key, key.pid, self.rt.connect_timeout).await;
-                        }
+                        // A drained session's server got its CancelRequest in the relay; the
+                        // server's socket closes with the session (an idle transaction ends with
+                        // it), and what the cancel stopped rolls back.
                         return;
                     }
                     Next::Move => {}
@@ -767,7 +761,7 @@ impl Moving<'_> {
                 info!(from = %backend, to = %conn.route.backend, "moved a read-write session to the new leader");
             }
             backend = conn.route.backend.clone();
-            server_key = conn.key.clone();
+            let server_key = conn.key.clone();
             let _registration = match (&self.client_key, &conn.key) {
                 (Some(k), Some(server_key)) => Some(self.shared.cancels.register_moved(
                     k.clone(),
@@ -806,6 +800,7 @@ impl Moving<'_> {
                     follows_leader: self.listener == ListenerKind::ReadWrite,
                     connection,
                     can_log_in: self.relogin.cannot().is_none(),
+                    cancel: server_key.as_ref().map(|k| (&backend, k)),
                 }),
             )
             .await;
@@ -1261,6 +1256,9 @@ struct Tracking<'a> {
     connection: u64,
     /// The proxy can log in to another server for this client ([`crate::rw_auth::Relogin`]).
     can_log_in: bool,
+    /// The server and its cancel key, for the CancelRequest of a drain (`None`: the server sent
+    /// no key).
+    cancel: Option<(&'a Backend, &'a CancelKey)>,
 }
 
 impl Tracking<'_> {
@@ -1338,10 +1336,55 @@ impl Tracking<'_> {
 /// (topology changes wake it sooner).
 const HOLD_RECHECK: Duration = Duration::from_millis(100);
 
-/// How long a session past `drain_timeout` waits for its server's output to reach a message
-/// boundary before it ends anyway (a large result streaming), and how often it looks.
-const DRAIN_END_WAIT: Duration = Duration::from_secs(1);
+/// How long a session past `drain_timeout` waits, after the CancelRequest, for its server to
+/// answer everything (the cancelled statement's ErrorResponse and ReadyForQuery), and then again
+/// for any message boundary, before it ends anyway ([`drain_end`]); and how often it looks.
+pub(crate) const DRAIN_END_WAIT: Duration = Duration::from_secs(1);
 const DRAIN_END_POLL: Duration = Duration::from_millis(10);
+
+/// How a drained read-write session's relay ends ([`drain_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrainEnd {
+    /// Keep relaying the server's output.
+    Wait,
+    /// Stop between two server messages and send the client the FATAL.
+    Fatal,
+    /// Stop now, inside a server message: a FATAL there would not parse, so the client's socket
+    /// is only shut down.
+    Cut,
+}
+
+/// When the relay of a session past `drain_timeout` stops (a read-write relay; an auto-port
+/// session's unit on the leader, `session`, with `writing` false), its server having been sent a
+/// CancelRequest `waited` ago. `answered`: the server answered every request and its output stops
+/// at a message boundary ([`RwTracker::expects_nothing`]): the client has read the cancelled
+/// statement's ErrorResponse and the ReadyForQuery. `at_message_start`: the server's output stops
+/// at a message boundary. `writing`: server bytes are being written to the client (a boundary seen
+/// by the tracker is not yet the client's). Up to [`DRAIN_END_WAIT`] only an answered server ends
+/// the relay (a streaming result has message boundaries between its rows, where the client would
+/// get the FATAL without the server's error); for as long again any boundary does (a server that
+/// does not answer the cancel); then the relay is cut.
+pub(crate) fn drain_end(
+    answered: bool,
+    at_message_start: bool,
+    writing: bool,
+    waited: Duration,
+) -> DrainEnd {
+    if writing {
+        return if waited >= 2 * DRAIN_END_WAIT {
+            DrainEnd::Cut
+        } else {
+            DrainEnd::Wait
+        };
+    }
+    if answered || (at_message_start && waited >= DRAIN_END_WAIT) {
+        DrainEnd::Fatal
+    } else if waited >= 2 * DRAIN_END_WAIT {
+        DrainEnd::Cut
+    } else {
+        DrainEnd::Wait
+    }
+}
 
 /// Copies bytes both ways until a side closes, an I/O error, or `fence` resolves. The hot path:
 /// one buffer per direction reused for every read, one write per read, one counter increment per
@@ -1527,20 +1570,26 @@ where
         };
         t.drain_due().await;
         drained.store(true, std::sync::atomic::Ordering::Relaxed);
-        // End between two server messages: at once for a transaction idle or waiting for a
-        // statement; a result still streaming ends at its next message boundary, at most
-        // DRAIN_END_WAIT later.
-        let give_up = Instant::now() + DRAIN_END_WAIT;
+        // Cancel what the server runs, so that a result still streaming stops: the server ends
+        // it with its ErrorResponse (57014) and ReadyForQuery, which the relay goes on
+        // forwarding meanwhile. Then end where the server answered everything, so that the
+        // client reads the server's error and then the proxy's FATAL ([`drain_end`]). The
+        // cancel is sent while the relay runs (it waits for the server to read it).
+        if let Some((backend, key)) = t.cancel {
+            send_cancel(backend, key, key.pid, DRAIN_END_WAIT).await;
+        }
+        let since = Instant::now();
         loop {
-            if t.lock().server_at_message_start()
-                && !writing.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                return true;
+            let (answered, at_message_start) = {
+                let tracker = t.lock();
+                (tracker.expects_nothing(), tracker.server_at_message_start())
+            };
+            let writing = writing.load(std::sync::atomic::Ordering::Relaxed);
+            match drain_end(answered, at_message_start, writing, since.elapsed()) {
+                DrainEnd::Wait => tokio::time::sleep(DRAIN_END_POLL).await,
+                DrainEnd::Fatal => return true,
+                DrainEnd::Cut => return false,
             }
-            if Instant::now() >= give_up {
-                return false;
-            }
-            tokio::time::sleep(DRAIN_END_POLL).await;
         }
     };
     tokio::pin!(client_to_server, server_to_client, drain_watch);
@@ -1616,5 +1665,41 @@ pub(crate) async fn send_cancel(
             info!(pid, backend = %backend, error = %e, "cannot forward cancel request")
         }
         Err(_) => info!(pid, backend = %backend, "timed out forwarding cancel request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_relay_ends_after_the_servers_answer_then_at_any_boundary_then_cut() {
+        use DrainEnd::{Cut, Fatal, Wait};
+        let (early, late, over) = (Duration::ZERO, DRAIN_END_WAIT, 2 * DRAIN_END_WAIT);
+        // (answered, at a message start, writing to the client, waited since the cancel) -> end
+        let rows = [
+            // The server answered (the cancel's error and ReadyForQuery, or nothing ran).
+            (true, true, false, early, Fatal),
+            // Written to the client first.
+            (true, true, true, early, Wait),
+            // A result streaming: a boundary between rows is not the end yet...
+            (false, true, false, early, Wait),
+            (false, false, false, early, Wait),
+            // ...until the server has had DRAIN_END_WAIT to answer the cancel.
+            (false, true, false, late, Fatal),
+            (false, false, false, late, Wait),
+            (false, false, true, late, Wait),
+            // Then the relay is cut, inside a message.
+            (false, false, false, over, Cut),
+            (false, true, true, over, Cut),
+            (true, true, false, over, Fatal),
+        ];
+        for (answered, at_start, writing, waited, want) in rows {
+            assert_eq!(
+                drain_end(answered, at_start, writing, waited),
+                want,
+                "answered {answered}, at a message start {at_start}, writing {writing}, waited {waited:?}"
+            );
+        }
     }
 }

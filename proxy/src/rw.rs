@@ -559,20 +559,29 @@ pub(crate) fn after_server_end(
             ServerEnd::Fatal | ServerEnd::Closed | ServerEnd::Drained(_) => Next::Close,
         };
     }
-    let cannot_move = "terminating connection: the leader stepped down (switchover) and this \
-                       session cannot move to the new leader";
     match (at_boundary, unmovable) {
         (true, None) => match cannot_log_in {
             None => Next::Move,
-            Some(why) => Next::End(format!("{cannot_move}: {why}; reconnect")),
+            Some(why) => Next::End(format!("{CANNOT_MOVE}: {why}; reconnect")),
         },
-        (true, Some(why)) => Next::End(format!("{cannot_move}: it holds {why}; reconnect")),
+        (true, Some(why)) => Next::End(cannot_move_message(why)),
         (false, _) => Next::End(
             "terminating connection: the leader stepped down (switchover) during this \
              transaction, which did not commit; reconnect and retry it"
                 .to_string(),
         ),
     }
+}
+
+/// The start of the message that ends a session that cannot move to the new leader.
+const CANNOT_MOVE: &str = "terminating connection: the leader stepped down (switchover) and this \
+                           session cannot move to the new leader";
+
+/// The message of the `FATAL 57P01` that ends a session holding `why`, state the new leader would
+/// not have, in a switchover: on the read-write port ([`after_server_end`]) and on the auto port
+/// (`session`, [`crate::units::pinned_drain`]).
+pub(crate) fn cannot_move_message(why: &Unmovable) -> String {
+    format!("{CANNOT_MOVE}: it holds {why}; reconnect")
 }
 
 /// The message of the `FATAL 57P01` that ends a session whose transaction ran past

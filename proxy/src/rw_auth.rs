@@ -12,9 +12,10 @@
 //!   ([`praetor_protocol::keys_from_relayed`]). They log in to any server storing the same secret,
 //!   as a promoted replica does (`pg_authid` is replicated). A cleartext `auth_file` entry gives the
 //!   password instead.
-//! - md5: as on the auto port, md5 servers are answered only with a password: a cleartext
-//!   `auth_file` entry, used once the client's md5 answer shows it is the password the client
-//!   logged in with. An `md5...` hash or a SCRAM secret cannot answer md5.
+//! - md5: a cleartext `auth_file` entry, or an `md5...` hash as PostgreSQL stores it (answered
+//!   as PgBouncer does: `md5` + md5(hash + salt), [`Credential::Md5Hash`]), used once the
+//!   client's md5 answer shows it is the password the client logged in with. A SCRAM secret
+//!   cannot answer md5.
 //! - `password` (cleartext) method: a cleartext `auth_file` entry. The client's own password goes by
 //!   unread and is never kept.
 //!
@@ -355,10 +356,20 @@ pub(crate) fn relogin(exchange: Exchange, user: &str, secret: Option<&Secret>) -
                 ))
             }
         }
+        (Exchange::Md5 { salt, answer }, Secret::Md5(hash)) => {
+            if md5_expected(hash, user, salt) == answer {
+                Relogin::With(Credential::Md5Hash(hash.clone()))
+            } else {
+                cannot(format!(
+                    "the MD5 hash praetor.proxy.auth_file gives for user \"{user}\" is not the \
+                     one of the password the client logged in with"
+                ))
+            }
+        }
         (Exchange::Md5 { .. }, _) => cannot(format!(
-            "the server asks for md5, which the proxy answers only with a password (as on the \
-             auto port): give user \"{user}\"'s password in praetor.proxy.auth_file, or use \
-             scram-sha-256 in the server's pg_hba.conf"
+            "the server asks for md5, which the proxy answers only with a password or an MD5 \
+             hash: give user \"{user}\"'s password or its md5 hash in praetor.proxy.auth_file, \
+             or use scram-sha-256 in the server's pg_hba.conf"
         )),
         (Exchange::Cleartext, _) => cannot(format!(
             "the server asks for a cleartext password, which the proxy does not keep: give user \
@@ -437,6 +448,15 @@ mod tests {
         let password = |p: &str| Secret::Password(p.into());
         let other = Secret::Scram(ScramSecret::from_password(b"pw"));
         let md5_hash = Secret::Md5("md5c4ca4238a0b923820dcc509a6f75849b".into());
+        // alice's with password pw, as PostgreSQL stores it: md5 + md5("pw" + "alice").
+        let alices_hash = {
+            use md5::Digest as _;
+            let hex: String = md5::Md5::digest(b"pwalice")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("md5{hex}")
+        };
         // (exchange, secret) -> credential kind or the reason's words
         let rows: Vec<(Exchange, Option<Secret>, &str)> = vec![
             (Exchange::NoPassword, None, "no password"),
@@ -449,11 +469,16 @@ mod tests {
             (scram(), Some(md5_hash.clone()), "only an MD5 hash"),
             (md5("pw"), Some(password("pw")), "password"),
             (md5("pw"), Some(password("other")), "is not the one"),
-            (md5("pw"), Some(md5_hash), "answers only with a password"),
+            (
+                md5("pw"),
+                Some(Secret::Md5(alices_hash.clone())),
+                "md5 hash",
+            ),
+            (md5("pw"), Some(md5_hash), "is not the one of the password"),
             (
                 md5("pw"),
                 Some(Secret::Scram(secret.clone())),
-                "answers only with a password",
+                "answers only with a password or an MD5 hash",
             ),
             (md5("pw"), None, "holds no credentials"),
             (Exchange::Cleartext, Some(password("pw")), "password"),
@@ -475,6 +500,7 @@ mod tests {
                 (Relogin::NoPassword, "no password") => true,
                 (Relogin::With(Credential::Scram(_)), "scram") => true,
                 (Relogin::With(Credential::Password(p)), "password") => p == b"pw",
+                (Relogin::With(Credential::Md5Hash(h)), "md5 hash") => *h == alices_hash,
                 (Relogin::Cannot(why), w) => {
                     why.starts_with("it logged in with a password and ") && why.contains(w)
                 }

@@ -39,9 +39,15 @@
 //! A switchover (the DCS asks the leader to step down) holds new leader units at the idle point,
 //! waiting for the next leader (a unit the client pipelines after one on the leader too); a unit
 //! still running on the leader gets `drain_timeout`, counted from the moment the proxy saw the
-//! switchover. Past it the session sends the leader connection a CancelRequest and ends with
-//! `FATAL 57P01` naming drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
-//! arms the deadline, which also bounds any write the session is blocked in).
+//! switchover. Past it the session sends the leader connection a CancelRequest, reads the client
+//! no more, relays the server's answer (a result still streaming ends with the server's error and
+//! ReadyForQuery, bounded: [`crate::conn::drain_end`]) and ends with `FATAL 57P01` naming
+//! drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
+//! arms the deadline, which also bounds any write the session is blocked in). A session pinned to
+//! the leader stepping down starts no unit there either: at its idle point (at once when idle, or
+//! when its running unit ends within `drain_timeout`) it moves when its pin left no state on the
+//! server (the function-call protocol), and otherwise ends with `FATAL 57P01` saying what it holds
+//! ([`crate::units::pinned_drain`]).
 //!
 //! A session idle with no server connection and no session state parks out of its task
 //! ([`crate::park`], [`Dormant`]) and resumes, in a new task, when its client speaks.
@@ -82,7 +88,9 @@ use crate::auth::{
 };
 use crate::cancel::{SessionCancel, SessionRegistration};
 use crate::clients::{ClientGuard, ClientInfo};
-use crate::conn::{send_fatal, Accepted, GaugeGuard, Runtime, Shared};
+use crate::conn::{
+    drain_end, send_fatal, Accepted, DrainEnd, GaugeGuard, Runtime, Shared, DRAIN_END_WAIT,
+};
 use crate::metrics::ListenerKind;
 use crate::pool::{open, OpenError, ServerConn, Slot};
 use crate::prepared::ClientStatements;
@@ -92,8 +100,8 @@ use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
 use crate::units::{
-    idle_message, idle_plan, leader_drain, ClientStep, Ctx, Decision, IdleMessage, IdlePlan,
-    ReplicaVerdict, Side, UnitTracker,
+    idle_message, idle_plan, leader_drain, pinned_drain, ClientStep, Ctx, Decision, IdleMessage,
+    IdlePlan, PinnedDrain, ReplicaVerdict, Side, UnitTracker,
 };
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
@@ -197,6 +205,11 @@ struct Session<'a> {
     /// When the unit running on the leader is cancelled: a switchover started and `drain_timeout`
     /// runs ([`crate::units::leader_drain`]); `None` otherwise.
     drain_at: Option<tokio::time::Instant>,
+    /// When the session sent its leader a CancelRequest because the running unit passed
+    /// `drain_timeout`: from then on the client is not read, and the session ends once the
+    /// server answered (a streaming result ends with the server's error), bounded
+    /// ([`crate::conn::drain_end`]).
+    drain_cancelled: Option<tokio::time::Instant>,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -381,6 +394,7 @@ impl<'a> Live<'a> {
                 prepared,
                 leader_watch: None,
                 drain_at: None,
+                drain_cancelled: None,
             },
             client,
             cbuf,
@@ -566,10 +580,12 @@ async fn finish(mut live: Box<Live<'_>>, end: End) {
             let _ = client.shutdown().await;
         }
         // The leader connection closes with the session (an idle transaction ends with it); a
-        // statement still running stops at the cancel, and rolls back.
+        // statement still running stops at the cancel (sent already when the session relayed
+        // the server's answer to it), and rolls back.
         if let Some((backend, key)) = s
             .leader
             .as_ref()
+            .filter(|_| s.drain_cancelled.is_none())
             .and_then(|c| Some((&c.route.backend, c.key.as_ref()?)))
         {
             crate::conn::send_cancel(backend, key, key.pid, s.rt.connect_timeout).await;
@@ -968,6 +984,29 @@ impl Session<'_> {
     ) -> End {
         let draining = self.shared.draining.clone();
         loop {
+            // A switchover: a session pinned to the leader stepping down moves or ends at its idle
+            // point, before its next unit is routed there ([`pinned_drain`]).
+            if matches!(self.units.pinned(), Some((Side::Leader, _)))
+                && self.units.is_idle(self.client_remaining)
+                && self.drain_cancelled.is_none()
+            {
+                let stepping_down = self.shared.router.is_switching_over();
+                match pinned_drain(self.units.pinned(), None, stepping_down) {
+                    PinnedDrain::Stay => {}
+                    PinnedDrain::Unpin => {
+                        info!("the leader is stepping down (switchover): a session pinned by the function call protocol moves to the next leader");
+                        self.units.unpin();
+                        self.update_servers();
+                    }
+                    PinnedDrain::End(reason) => {
+                        return End::Refused(
+                            crate::rw::END_CODE,
+                            "not_moved",
+                            crate::rw::cannot_move_message(&crate::rw::Unmovable::Pinned(reason)),
+                        );
+                    }
+                }
+            }
             // Handle what the client sent so far; `blocked`: the next message waits for the
             // current unit to end.
             // With nothing buffered there is nothing to handle.
@@ -977,7 +1016,10 @@ impl Session<'_> {
             let drain_at = self
                 .drain_at
                 .filter(|_| self.units.current() == Some(Side::Leader));
-            let blocked = if cbuf.is_empty() {
+            let blocked = if self.drain_cancelled.is_some() {
+                // Past drain_timeout: nothing more of the client's runs.
+                true
+            } else if cbuf.is_empty() {
                 false
             } else {
                 // Not boxed: what `handle_client` and `handle_server` may wait for at length
@@ -1002,7 +1044,9 @@ impl Session<'_> {
             // A switchover: the unit running on the leader gets the rest of `drain_timeout`
             // ([`leader_drain`]); the session watches topology changes to see one start.
             let leader_unit = self.units.current() == Some(Side::Leader);
-            if leader_unit {
+            // Idle and pinned to the leader: a switchover moves or ends the session (above).
+            let pinned_idle = idle && matches!(self.units.pinned(), Some((Side::Leader, _)));
+            if leader_unit || pinned_idle {
                 self.leader_watch
                     .get_or_insert_with(|| self.shared.router.subscribe())
                     .mark_unchanged();
@@ -1013,16 +1057,55 @@ impl Session<'_> {
             } else {
                 None
             };
-            self.drain_at =
-                match leader_drain(self.units.current(), switching_for, self.rt.drain_timeout) {
+            if let Some(since) = self.drain_cancelled {
+                // The leader's statement was cancelled past drain_timeout: its answer (the
+                // server's error, ReadyForQuery) reaches the client whole, then the FATAL.
+                let Some(leader) = self.leader.as_ref() else {
+                    return End::Drained { clean: true };
+                };
+                let at_start = leader.remaining == 0;
+                let answered = at_start && self.units.awaits_nothing();
+                let waited = since.elapsed();
+                match drain_end(answered, at_start, false, waited) {
+                    DrainEnd::Fatal => return End::Drained { clean: true },
+                    DrainEnd::Cut => return End::Drained { clean: false },
+                    DrainEnd::Wait => {
+                        let stage = if waited < DRAIN_END_WAIT { 1 } else { 2 };
+                        self.drain_at = Some(since + stage * DRAIN_END_WAIT);
+                    }
+                }
+            } else {
+                self.drain_at = match leader_drain(
+                    self.units.current(),
+                    switching_for,
+                    self.rt.drain_timeout,
+                ) {
                     Drain::Nothing => None,
                     Drain::Wait(left) => Some(tokio::time::Instant::now() + left),
                     Drain::Cancel => {
-                        let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
-                        return End::Drained { clean };
+                        let key = self
+                            .leader
+                            .as_ref()
+                            .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
+                        let Some((backend, key)) = key else {
+                            let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
+                            return End::Drained { clean };
+                        };
+                        // Cancel the statement (a result still streaming stops at the server's
+                        // error) and go on relaying its answer (above).
+                        Box::pin(crate::conn::send_cancel(
+                            &backend,
+                            &key,
+                            key.pid,
+                            DRAIN_END_WAIT,
+                        ))
+                        .await;
+                        self.drain_cancelled = Some(tokio::time::Instant::now());
+                        continue;
                     }
                 };
-            let watch_switchover = leader_unit && self.drain_at.is_none();
+            }
+            let watch_switchover = (leader_unit && self.drain_at.is_none()) || pinned_idle;
             // Park or release ([`idle_plan`]): parks at once after login (or a wake-up without a
             // unit), after a unit once the client was quiet for `PARK_AFTER`; releases the
             // server connections after `idle_release`.
@@ -1204,9 +1287,30 @@ impl Session<'_> {
                         Ok(_) => None,
                         Err(e) => Some(e.to_string()),
                     };
-                    let drain_at = self.drain_at;
-                    let handled = drained_by(drain_at, self.handle_server(client, side, lost));
-                    if let Err(end) = handled.await {
+                    let handled = match (self.drain_at, self.drain_cancelled) {
+                        // A switchover's drain_timeout may pass while a reply is being written
+                        // (a result streaming): the write goes on while the server is cancelled.
+                        (Some(at), None) => {
+                            let cancel = self
+                                .leader
+                                .as_ref()
+                                .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
+                            let (handled, cancelled) =
+                                Box::pin(cancel_at(at, cancel, self.handle_server(client, side, lost)))
+                                    .await;
+                            if cancelled {
+                                self.drain_cancelled = Some(tokio::time::Instant::now());
+                            }
+                            handled
+                        }
+                        // Cancelled: the reply gets until the drain's last bound.
+                        (_, Some(since)) => {
+                            let bound = since + 2 * DRAIN_END_WAIT;
+                            drained_by(Some(bound), self.handle_server(client, side, lost)).await
+                        }
+                        (None, None) => self.handle_server(client, side, lost).await,
+                    };
+                    if let Err(end) = handled {
                         return end;
                     }
                 }
@@ -2277,6 +2381,35 @@ async fn drained_by<T>(
             .unwrap_or(Err(End::Drained { clean: false })),
         None => handling.await,
     }
+}
+
+/// Runs `handling` (a server reply being relayed) to its end; when the drain deadline `at` passes
+/// first, sends the leader `cancel` (its backend and key) while `handling` goes on, up to 2 x
+/// [`DRAIN_END_WAIT`] more ([`End::Drained`], not clean, past it). Returns the result and whether
+/// the cancel was sent; without a key, the deadline ends it as [`drained_by`] does.
+async fn cancel_at<T>(
+    at: tokio::time::Instant,
+    cancel: Option<(crate::topology::Backend, praetor_protocol::CancelKey)>,
+    handling: impl std::future::Future<Output = Result<T, End>>,
+) -> (Result<T, End>, bool) {
+    tokio::pin!(handling);
+    tokio::select! {
+        handled = &mut handling => return (handled, false),
+        _ = tokio::time::sleep_until(at) => {}
+    }
+    let Some((backend, key)) = cancel else {
+        return (Err(End::Drained { clean: false }), false);
+    };
+    let bound = tokio::time::Instant::now() + 2 * DRAIN_END_WAIT;
+    let (handled, ()) = tokio::join!(
+        async {
+            tokio::time::timeout_at(bound, &mut handling)
+                .await
+                .unwrap_or(Err(End::Drained { clean: false }))
+        },
+        crate::conn::send_cancel(&backend, &key, key.pid, DRAIN_END_WAIT),
+    );
+    (handled, true)
 }
 
 /// Polls `conn` for its fence or bytes (pending forever when there is no connection). A poll

@@ -175,8 +175,11 @@ pub struct ProxySettings {
     /// `praetor.proxy.drain_timeout` (default [`DEFAULT_DRAIN_TIMEOUT`]; 0: cancel at once), in
     /// whole seconds: how long a transaction running on the leader when the DCS asks it to step
     /// down (a switchover) may go on, counted from the moment the proxy sees the switchover, before
-    /// the proxy sends its server a CancelRequest and ends its session with `FATAL 57P01` naming
-    /// drain_timeout ([`crate::rw::drained_message`]). Every port that reaches the leader: the
+    /// the proxy sends its server a CancelRequest, relays the server's answer (a result still
+    /// streaming ends with the server's error, [`crate::conn::drain_end`]) and ends its session
+    /// with `FATAL 57P01` naming drain_timeout ([`crate::rw::drained_message`]). A session pinned
+    /// to that leader ends at its idle point, or moves ([`crate::units::pinned_drain`]). Every
+    /// port that reaches the leader: the
     /// read-write port's transaction ([`crate::rw::drain`]) and the auto port's unit on the leader
     /// ([`crate::units::leader_drain`]).
     pub drain_timeout: Duration,

@@ -17,7 +17,8 @@
 //!   or leave its task ([`UnitTracker::may_park`]), and when ([`idle_plan`], with the instants the
 //!   session passes in); whether losing a server ends it ([`UnitTracker::needs_server`]);
 //! - what a unit still running on the leader does while the leader steps down (a switchover):
-//!   goes on for the rest of `drain_timeout`, or is cancelled ([`leader_drain`]).
+//!   goes on for the rest of `drain_timeout`, or is cancelled ([`leader_drain`]); and what a
+//!   session pinned to that leader does at its idle point: moves, or ends ([`pinned_drain`]).
 //!
 //! `session` owns the sockets: it reads, asks, and executes (opens connections, writes, counts
 //! metrics). Nothing here reads a clock or does I/O, so the rules are tested on message traces
@@ -490,6 +491,12 @@ impl UnitTracker {
         decision.pin.filter(|reason| self.pin(side, *reason))
     }
 
+    /// Drops the session's pin ([`PinnedDrain::Unpin`]): its units are routed as an unpinned
+    /// session's again.
+    pub(crate) fn unpin(&mut self) {
+        self.pinned = None;
+    }
+
     /// Pins the session to `side` for `reason`; `false` when it was pinned already.
     pub(crate) fn pin(&mut self, side: Side, reason: PinReason) -> bool {
         if self.pinned.is_some() {
@@ -509,6 +516,12 @@ impl UnitTracker {
             self.outstanding = self.outstanding.saturating_sub(1);
             self.tx = *status;
         }
+    }
+
+    /// Whether every Query, Sync and FunctionCall sent was answered with ReadyForQuery (the current
+    /// unit may still go on: a transaction block, or an extended-protocol unit without its Sync).
+    pub(crate) fn awaits_nothing(&self) -> bool {
+        self.outstanding == 0
     }
 
     /// Whether the current unit is over (an idle point follows): everything the client closed it
@@ -830,6 +843,58 @@ pub(crate) fn leader_drain(
     drain_timeout: Duration,
 ) -> Drain {
     crate::rw::drain(switching_for, drain_timeout, current != Some(Side::Leader))
+}
+
+/// What a session pinned to a server does at an idle point while the leader steps down (a
+/// switchover), [`pinned_drain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PinnedDrain {
+    /// Nothing to do: no switchover, the session is not pinned to the leader, or a unit still runs
+    /// there ([`leader_drain`] bounds it).
+    Stay,
+    /// The pin leaves no state on the server once its unit is over: drop it
+    /// ([`UnitTracker::unpin`]); the session's next leader unit waits at the idle point for the
+    /// next leader and moves there, as an unpinned session's does.
+    Unpin,
+    /// The session holds state the next leader would not have: it ends now with `FATAL 57P01`
+    /// saying which ([`crate::rw::cannot_move_message`]).
+    End(PinReason),
+}
+
+/// Whether a pin for `reason` leaves state on the server after its unit: every pin but the
+/// function-call protocol's ([`PinReason::Protocol`]). A FunctionCall pins a session because the
+/// proxy does not follow that sub-protocol across servers, not for what it leaves behind (a large
+/// object descriptor, its usual use, closes with its transaction); the read-write port moves such
+/// sessions too (`rw::RwTracker` marks no FunctionCall unmovable).
+pub(crate) fn pin_holds_state(reason: PinReason) -> bool {
+    reason != PinReason::Protocol
+}
+
+/// The switchover rule for a pinned auto-port session (issue 17 item 1), applied at every idle
+/// point (`current` `None`) before the next unit is routed, and again when the topology changes.
+///
+/// `pinned`: [`UnitTracker::pinned`]. `leader_stepping_down`: the DCS asks the leader to step down
+/// ([`crate::router::Router::is_switching_over`]). A session pinned to the leader would otherwise
+/// start its next units on the leader stepping down, where the fast stop cuts them, and end with the
+/// server's FATAL: instead it moves when its pin holds no state ([`pin_holds_state`]), and ends at
+/// once otherwise (it cannot move, and the leader goes within the agent's drain), with a message
+/// saying what it holds. A unit still running on the leader first gets the rest of `drain_timeout`
+/// ([`leader_drain`]); the rule applies when it ends. A session pinned to a replica stays.
+pub(crate) fn pinned_drain(
+    pinned: Option<(Side, PinReason)>,
+    current: Option<Side>,
+    leader_stepping_down: bool,
+) -> PinnedDrain {
+    match pinned {
+        Some((Side::Leader, reason)) if leader_stepping_down && current.is_none() => {
+            if pin_holds_state(reason) {
+                PinnedDrain::End(reason)
+            } else {
+                PinnedDrain::Unpin
+            }
+        }
+        _ => PinnedDrain::Stay,
+    }
 }
 
 /// Whether a unit of this class may write: anything but reads and session-level `SET`s.
@@ -1527,6 +1592,84 @@ mod rules {
             };
             assert_eq!(got, want, "stepping down {stepping_down}, {side:?}");
         }
+    }
+
+    #[test]
+    fn a_session_pinned_to_a_leader_stepping_down_moves_or_ends_at_its_idle_point() {
+        use PinnedDrain::{End, Stay, Unpin};
+        // (pinned, running unit, leader stepping down) -> rule
+        let rows = [
+            (None, None, true, Stay),
+            (
+                Some((Side::Leader, PinReason::TempObject)),
+                None,
+                false,
+                Stay,
+            ),
+            (
+                Some((Side::Leader, PinReason::TempObject)),
+                None,
+                true,
+                End(PinReason::TempObject),
+            ),
+            (
+                Some((Side::Leader, PinReason::Listen)),
+                None,
+                true,
+                End(PinReason::Listen),
+            ),
+            (
+                Some((Side::Leader, PinReason::PreparedStatement)),
+                None,
+                true,
+                End(PinReason::PreparedStatement),
+            ),
+            (
+                Some((Side::Leader, PinReason::HoldCursor)),
+                None,
+                true,
+                End(PinReason::HoldCursor),
+            ),
+            (
+                Some((Side::Leader, PinReason::AdvisoryLock)),
+                None,
+                true,
+                End(PinReason::AdvisoryLock),
+            ),
+            (
+                Some((Side::Leader, PinReason::SetInTransaction)),
+                None,
+                true,
+                End(PinReason::SetInTransaction),
+            ),
+            // The function-call protocol leaves nothing behind: the session moves.
+            (Some((Side::Leader, PinReason::Protocol)), None, true, Unpin),
+            // A unit (a transaction) still runs: leader_drain bounds it; the rule waits for its end.
+            (
+                Some((Side::Leader, PinReason::TempObject)),
+                Some(Side::Leader),
+                true,
+                Stay,
+            ),
+            // A replica does not step down.
+            (
+                Some((Side::Replica, PinReason::TempObject)),
+                None,
+                true,
+                Stay,
+            ),
+        ];
+        for (pinned, current, stepping_down, want) in rows {
+            assert_eq!(
+                pinned_drain(pinned, current, stepping_down),
+                want,
+                "{pinned:?}, running {current:?}, stepping down {stepping_down}"
+            );
+        }
+        let mut units = UnitTracker::new(Target::Any, None);
+        assert!(units.pin(Side::Leader, PinReason::Protocol));
+        units.unpin();
+        assert!(units.pinned().is_none() && units.may_release());
     }
 
     #[test]

@@ -2961,3 +2961,317 @@ async fn silent_password_clients_time_out_and_max_client_conn_refuses_with_53300
     .unwrap();
     other.simple_query("SELECT 1").await.unwrap();
 }
+
+/// Connects through `addr` and returns the client with its connection's task: an idle session's
+/// FATAL reaches tokio-postgres there.
+async fn connect_watched(
+    addr: SocketAddr,
+) -> (Client, JoinHandle<Result<(), tokio_postgres::Error>>) {
+    let (client, conn) = conn_config(addr).connect(NoTls).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// Asserts that the session whose connection task is `conn` ends with FATAL 57P01 and a message
+/// containing `says` (`what` names the session).
+async fn assert_ended_57p01(
+    what: &str,
+    conn: JoinHandle<Result<(), tokio_postgres::Error>>,
+    says: &str,
+) {
+    let ended = tokio::time::timeout(DEADLINE, conn)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the session ends"))
+        .unwrap();
+    let err = ended.expect_err("the session ends with an error");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{what}: {err:?}"));
+    assert_eq!(
+        db.code(),
+        &SqlState::ADMIN_SHUTDOWN,
+        "{what}: {}",
+        db.message()
+    );
+    assert!(db.message().contains(says), "{what}: {}", db.message());
+}
+
+/// A FunctionCall message (no arguments, a text result) of the function `oid`.
+fn function_call_message(oid: u32) -> Vec<u8> {
+    let mut msg = vec![b'F'];
+    msg.extend_from_slice(&14i32.to_be_bytes());
+    msg.extend_from_slice(&oid.to_be_bytes());
+    // No argument format codes, no arguments, the result in text.
+    msg.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    msg
+}
+
+/// Calls the function `oid` (no arguments) with the function-call protocol on a raw session and
+/// returns its result as text.
+async fn function_call(raw: &mut TcpStream, oid: u32) -> String {
+    raw.write_all(&function_call_message(oid)).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut result = None;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            while let Some(frame) = split_frame(&mut buf).unwrap() {
+                match frame.tag {
+                    b'V' => {
+                        let body = frame.body();
+                        result = Some(String::from_utf8_lossy(&body[4..]).into_owned());
+                    }
+                    b'Z' => return,
+                    ERROR_RESPONSE => panic!(
+                        "the function call failed: {:?}",
+                        ErrorFields::parse(frame.body())
+                            .ok()
+                            .and_then(|f| f.get(b'M').map(str::to_string))
+                    ),
+                    _ => {}
+                }
+            }
+            assert!(raw.read_buf(&mut buf).await.unwrap() > 0, "closed");
+        }
+    })
+    .await
+    .expect("the function call is answered");
+    result.expect("a FunctionCallResponse")
+}
+
+/// Issue 17 item 1, pinned auto-port sessions in a switchover: one holding a temporary table ends
+/// at once with 57P01 saying so; one pinned the same way in an open transaction gets
+/// `drain_timeout`, then its transaction is cancelled (rolled back on the former leader) and it
+/// ends with 57P01 naming drain_timeout; one pinned only by the function-call protocol (no state
+/// left on the server) stays and runs its next call on the new leader; and the proxy acknowledges
+/// the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_ends_pinned_auto_sessions_that_cannot_move_after_drain_timeout_and_moves_the_rest(
+) {
+    let dir = WorkDir::new("proxy-pinned-drain").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let dcs = Arc::new(AckDcs::new());
+    init_tracing();
+    let settings = ProxySettings {
+        drain_timeout: Duration::from_secs(1),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = Proxy::bind(settings)
+        .await
+        .unwrap()
+        .with_dcs(dcs.clone(), "test");
+    let auto = proxy.auto_addr().unwrap();
+    let with_ttl = |leader: &Backend, stepping_down: bool| {
+        let mut t = Topology::new(Some(leader.clone()), vec![]);
+        t.ttl_secs = Some(3);
+        if stepping_down {
+            t.switchover = Some(praetor_proxy::Switchover {
+                leader: leader.member.clone(),
+                candidate: Some("b".into()),
+            });
+        }
+        Arc::new(t)
+    };
+    let (feed, rx) = watch::channel(with_ttl(&a, false));
+    let shutdown = CancellationToken::new();
+    let _served = tokio::spawn(proxy.serve(rx, shutdown.clone()));
+    let _stop = scopeguard(shutdown);
+    let (observer, conn) = tokio_postgres::connect(&pg_a.conn_str("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let port_oid: u32 = observer
+        .query_one("SELECT 'inet_server_port'::regproc::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Pinned to a by a temporary table, idle.
+    let (temp, temp_conn) = connect_watched(auto).await;
+    temp.batch_execute("CREATE TEMP TABLE pinned (x int)")
+        .await
+        .unwrap();
+    // Pinned the same way, in a transaction.
+    let (tx, tx_conn) = connect_watched(auto).await;
+    tx.batch_execute("CREATE TEMP TABLE pinned (x int); BEGIN; INSERT INTO pinned VALUES (1)")
+        .await
+        .unwrap();
+    // Pinned by the function-call protocol.
+    let (mut called, tag) = raw_login(auto, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    assert_eq!(
+        function_call(&mut called, port_oid).await,
+        pg_a.port().to_string()
+    );
+
+    // The DCS asks a to step down.
+    feed.send_replace(with_ttl(&a, true));
+    assert_ended_57p01(
+        "the session with a temporary table",
+        temp_conn,
+        "cannot move to the new leader: it holds a temporary object",
+    )
+    .await;
+    assert_ended_57p01(
+        "the session in a transaction",
+        tx_conn,
+        "did not finish within drain_timeout (1 s)",
+    )
+    .await;
+    assert!(temp.is_closed() && tx.is_closed());
+    wait_for(
+        "the cancelled transaction rolled back on a",
+        DEADLINE,
+        || async {
+            let open: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if open == 0 {
+                Ok(())
+            } else {
+                Err(format!("{open} open"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // b leads: the proxy acknowledges it, and the session pinned by the function-call protocol
+    // goes on there.
+    feed.send_replace(with_ttl(&b, false));
+    wait_for("b acknowledged", DEADLINE, || async {
+        if dcs.written.lock().unwrap().contains(&Some("b".into())) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", dcs.written.lock().unwrap()))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        function_call(&mut called, port_oid).await,
+        pg_b.port().to_string(),
+        "the session moved to the new leader"
+    );
+}
+
+/// Issue 17 item 1: a read-write-port statement still streaming a large result when its
+/// transaction passes `drain_timeout` in a switchover is cancelled on the server; the client reads
+/// the server's ErrorResponse (57014) and ReadyForQuery, then the proxy's FATAL 57P01 naming
+/// drain_timeout, every message whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_the_fatal() {
+    let dir = WorkDir::new("proxy-drain-streaming").unwrap();
+    let (pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let settings = ProxySettings {
+        drain_timeout: Duration::from_secs(1),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[&b]), settings, None).await;
+    let (mut raw, tag) = raw_login(proxy.rw, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    let (tags, errors) = stream_through_a_switchover(&mut raw, &proxy, &a, Some(&b)).await;
+    assert_cancelled_then_drained(&tags, &errors);
+}
+
+/// Sends a query whose result streams for far longer than drain_timeout on `raw` (logged in),
+/// and once rows arrive asks `leader` to step down (a switchover; `replica` stays a replica). Reads
+/// until the proxy closes: returns the tags of the messages read (runs of one tag shown once) and
+/// the ErrorResponses' (SQLSTATE, message). Panics on bytes that do not frame as messages.
+async fn stream_through_a_switchover(
+    raw: &mut TcpStream,
+    proxy: &TestProxy,
+    leader: &Backend,
+    replica: Option<&Backend>,
+) -> (String, Vec<(String, String)>) {
+    // Rows produced as they are sent (a set-returning function in the target list).
+    raw.write_all(&query_message(
+        "SELECT repeat('x', 1000), generate_series(1, 1000000000)",
+    ))
+    .await
+    .unwrap();
+    let mut buf = BytesMut::new();
+    let mut tags = Vec::new();
+    let mut errors = Vec::new();
+    let mut switching = false;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            while let Some(frame) = split_frame(&mut buf).expect("whole messages") {
+                if frame.tag == b'D' && !switching {
+                    // The result streams: the DCS asks the leader to step down.
+                    switching = true;
+                    let mut t =
+                        Topology::new(Some(leader.clone()), replica.into_iter().cloned().collect());
+                    t.switchover = Some(praetor_proxy::Switchover {
+                        leader: leader.member.clone(),
+                        candidate: replica.map(|r| r.member.clone()),
+                    });
+                    proxy.set(Arc::new(t));
+                }
+                if tags.last() != Some(&frame.tag) {
+                    tags.push(frame.tag);
+                }
+                if frame.tag == ERROR_RESPONSE {
+                    let f = ErrorFields::parse(frame.body()).expect("an ErrorResponse");
+                    errors.push((
+                        f.code().unwrap_or_default().to_string(),
+                        f.get(b'M').unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+            if raw.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the proxy ends the session");
+    assert!(
+        buf.is_empty(),
+        "the session ended inside a message: {tags:?}"
+    );
+    (String::from_utf8_lossy(&tags).into_owned(), errors)
+}
+
+/// The same on the auto port: a read streaming from the leader (no replica) when the switchover's
+/// `drain_timeout` passes is cancelled; the client reads the server's 57014 and ReadyForQuery,
+/// then the proxy's FATAL 57P01, every message whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_port_result_streaming_past_drain_timeout_ends_with_the_servers_error_then_the_fatal(
+) {
+    let dir = WorkDir::new("proxy-auto-drain-streaming").unwrap();
+    let pg_a = Postgres::start(&dir, "pg-a").await.unwrap();
+    let a = backend("a", &pg_a);
+    let settings = ProxySettings {
+        drain_timeout: Duration::from_secs(1),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+    let (mut raw, tag) = raw_login(proxy.auto, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    let (tags, errors) = stream_through_a_switchover(&mut raw, &proxy, &a, None).await;
+    assert_cancelled_then_drained(&tags, &errors);
+}
+
+/// Asserts what [`stream_through_a_switchover`] read ends with the server's cancel (57014),
+/// its ReadyForQuery and the proxy's FATAL 57P01 naming drain_timeout (1 s), rows before them.
+fn assert_cancelled_then_drained(tags: &str, errors: &[(String, String)]) {
+    assert!(
+        tags.ends_with("DEZE"),
+        "messages: {tags}; errors: {errors:?}"
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].0, "57014", "the server's cancel: {errors:?}");
+    assert_eq!(errors[1].0, "57P01", "the proxy's FATAL: {errors:?}");
+    assert!(
+        errors[1]
+            .1
+            .contains("did not finish within drain_timeout (1 s)"),
+        "{errors:?}"
+    );
+}

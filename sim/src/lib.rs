@@ -375,6 +375,9 @@ struct Pg {
     /// The WAL receiver (re)connects no earlier than this (ms): `wal_retrieve_retry_interval`
     /// after a start or a receiver restart.
     receiver_after: u64,
+    /// The data directory's promotion record (`praetor.promotion`, [`ha::Promotion`]): written by
+    /// the runner before each promotion, copied with the data by pg_rewind.
+    promoted: Option<ha::Promotion>,
 }
 
 impl Pg {
@@ -772,6 +775,7 @@ impl Sim {
                 upstream: (i != 0).then(|| names[0].clone()),
                 streaming_from: None,
                 receiver_after: 0,
+                promoted: None,
                 guc: String::new(),
                 checkpoint: (1, 1000),
             })
@@ -1315,9 +1319,15 @@ impl Sim {
     fn promote_pg(&mut self, i: usize) {
         let branch = self.next_branch;
         self.next_branch += 1;
+        let name = self.agents[i].name.clone();
         let pg = &mut self.pgs[i];
         let at = pg.lsn();
         let tl = pg.tl() + 1;
+        pg.promoted = Some(ha::Promotion {
+            member: name,
+            timeline: tl,
+            lsn: at,
+        });
         pg.segs.push(Seg {
             branch,
             tl,
@@ -1798,6 +1808,7 @@ impl Sim {
             failsafe_accepted_ms: a
                 .failsafe_accepted_ms
                 .filter(|_| self.opts.failsafe_promise),
+            promoted: self.pgs[i].promoted.clone(),
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
@@ -2089,6 +2100,17 @@ impl Sim {
                         .map(|h| h.value.clone())
                         .unwrap_or_default();
                     let segs = self.pgs[i].segs.clone();
+                    let tl = self.pgs[i].tl();
+                    // As the runner: a line naming another leader for the timeline this leader's
+                    // record says it created is replaced, and the latest line names this leader.
+                    if ha::promotion::history_names_another(
+                        self.pgs[i].promoted.as_ref(),
+                        &me,
+                        tl,
+                        &entries,
+                    ) {
+                        entries.retain(|e| e.timeline + 1 != tl);
+                    }
                     for w in segs.windows(2) {
                         if !entries.iter().any(|e| e.timeline == w[0].tl) {
                             entries.push(HistoryEntry {
@@ -2096,7 +2118,7 @@ impl Sim {
                                 lsn: w[0].end,
                                 reason: "no recovery target specified".into(),
                                 timestamp: None,
-                                new_leader: None,
+                                new_leader: (w[0].tl + 1 == tl).then(|| me.clone()),
                             });
                         }
                     }
@@ -2293,6 +2315,7 @@ impl Sim {
             Action::Rewind(up) => match self.index(&up.host) {
                 Some(t) if self.link_ok(i, t) && self.pgs[t].running() => {
                     self.pgs[i].segs = self.pgs[t].segs.clone();
+                    self.pgs[i].promoted = self.pgs[t].promoted.clone();
                     self.pgs[i].checkpoint = (self.pgs[i].tl(), self.pgs[i].lsn());
                     self.pgs[i].state = PgState::Running { primary: false };
                     self.pgs[i].upstream = Some(up.host.clone());

@@ -395,3 +395,32 @@ fn without_members_reading_standby_cluster_a_standby_leader_is_promoted() {
         |v| matches!(v, Violation::WritableInStandbyCluster { .. }),
     );
 }
+
+/// Two branches of one timeline number (`SwitchoverLostCommit`; found on a build before pause was
+/// modelled, so replayed here without it). pg2, the candidate of a switchover, promoted to
+/// timeline 3 at 28859; the DCS went down before its next loop and its deadline guard stopped it,
+/// holding WAL on its timeline 3 up to 36344 and no `history` line. After the outage pg1, on
+/// timeline 2 at the same point, took the lock and promoted to its own timeline 3 (PostgreSQL
+/// names the new timeline after the history files it knows, and pg2's never left pg2). pg2 came
+/// back as a replica of pg1 (same timeline number, less WAL) that never streamed; at a switchover
+/// requested before pg1's first loop after its promotion, pg1 stepped down without writing its
+/// line, and pg2 looked the healthiest by (timeline, LSN) and was promoted without pg1's
+/// acknowledged commits. Fixed (`ha::promotion`, rows in `agent/src/ha/tests.rs`): each member
+/// records its own promotion in its data directory; a leader writes its timeline's line before a
+/// step-down and rewrites one naming another member; a member whose record says its timeline is
+/// another promotion's branch of the number the line gives another leader is stopped and kept
+/// stopped, and one whose line is not written yet waits for it. Writing the line before the
+/// step-down also shifts this seed's schedule (pg1's first step-down wrote one), so the seed
+/// passes on another path; the rows pin the rules.
+#[test]
+fn regression_seed_213686_another_promotions_timeline_3_was_promoted_at_a_switchover() {
+    let r = run_seed_with(
+        213686,
+        false,
+        Options {
+            pause: false,
+            ..Options::default()
+        },
+    );
+    assert!(r.violation.is_none(), "{}", explain(&r));
+}

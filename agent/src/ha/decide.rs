@@ -8,7 +8,7 @@ use super::{
     demote_deadline_ms, drain_budget_ms, upstream_of, Action, DataDir, Decision, HaConfig,
     LocalState, Now, Postgres, Reason, Running, StartAs, StopMode, Upstream,
 };
-use super::{failsafe, slots, standby, sync};
+use super::{failsafe, promotion, slots, standby, sync};
 
 /// Decides what this member does now.
 ///
@@ -229,6 +229,8 @@ fn decide_unpaused(
         Postgres::Running(r) => {
             if holds_lock(view, me) {
                 leader(view, local, cfg, r, now)
+            } else if let Some(d) = running_branch_of_another(view, local, r) {
+                d
             } else if let Some(l) = view.leader.as_ref() {
                 follower(view, local, r, &l.name, cfg, now)
             } else {
@@ -434,6 +436,9 @@ fn stopped(
             Reason::StartingPrimaryAfterFailure,
         );
     }
+    if let Some(d) = stopped_branch_of_another(view, local, cfg, control) {
+        return d;
+    }
     let history = standby::rejoin_history(view, local, cfg);
     let Some(leader) = view.leader.as_ref() else {
         // Read-only without a leader, unless it holds WAL the cluster abandoned: started as a
@@ -479,6 +484,17 @@ fn stopped(
     };
     let up = upstream_for(view, cfg, &leader.name);
     let leader_tl = view.member(&leader.name).and_then(|m| m.data.timeline);
+    if control.is_some_and(|cd| {
+        promotion::unattributed(
+            local.promoted.as_ref(),
+            cd.timeline,
+            dcs_history(view),
+            &leader.name,
+            leader_tl,
+        )
+    }) {
+        return decision(vec![], Reason::WaitingForHistory);
+    }
     match rejoin_plan(
         control,
         leader_tl,
@@ -566,11 +582,22 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
     }
     if let Some(req) = view.failover_request() {
         if asks_me_to_step_down(&req.value, me) {
-            return switchover_from_leader(view, local, cfg, r, req, now);
+            let mut d = switchover_from_leader(view, local, cfg, r, req, now);
+            // Stepping down in the first loop after the promotion: the `history` line of this
+            // timeline is written (or rewritten, when it names another member) before the lock
+            // is released, so every member that sees no leader sees it. Until it names this
+            // leader, a member that promoted to the same timeline number from the same point and
+            // froze cannot tell, by its promotion record, that its branch is not this timeline
+            // (see `promotion`): back as a replica it was promoted by the race after the
+            // step-down (sim seed 213686).
+            if d.actions.contains(&Action::ReleaseLeader) && history_due(view, local, me, r) {
+                d.actions.insert(0, Action::UpdateHistory);
+            }
+            return d;
         }
     }
     let mut actions = lock_holder_upkeep(view, local, cfg, r);
-    if needs_history(view, r) {
+    if history_due(view, local, me, r) {
         actions.push(Action::UpdateHistory);
     }
     actions.extend(sync::sync_actions(view, r, cfg, local.sync_catchup_lsn));
@@ -716,6 +743,19 @@ pub(super) fn lock_holder_upkeep(
 pub(super) fn asks_me_to_step_down(req: &Failover, me: &str) -> bool {
     let leader_matches = req.leader.as_deref().is_none_or(|l| l == me);
     leader_matches && req.member.as_deref() != Some(me)
+}
+
+/// The lock holder writes `history`: the line of its timeline is missing ([`needs_history`]), or
+/// names another leader while its promotion record says it created this timeline
+/// ([`promotion::history_names_another`]).
+fn history_due(view: &Cluster, local: &LocalState, me: &str, r: &Running) -> bool {
+    needs_history(view, r)
+        || promotion::history_names_another(
+            local.promoted.as_ref(),
+            me,
+            r.timeline,
+            dcs_history(view),
+        )
 }
 
 fn needs_history(view: &Cluster, r: &Running) -> bool {
@@ -974,6 +1014,60 @@ fn running_diverged(
             },
         )
     })
+}
+
+/// The DCS `history` lines (empty when there is no key).
+fn dcs_history(view: &Cluster) -> &[praetor_dcs::HistoryEntry] {
+    view.history.as_ref().map_or(&[][..], |h| &h.value[..])
+}
+
+/// A running replica, without the lock, whose timeline is a branch another member created under
+/// the number the cluster's `history` gives to its leader ([`promotion::taken_over_by`]): it can
+/// never stream from that leader, and by (timeline, LSN) it could win a race or a switchover with
+/// WAL the cluster never had, without the leader's commits (simulation seed 213686). Stop it
+/// (fast); the stopped-node rule below keeps it down.
+fn running_branch_of_another(view: &Cluster, local: &LocalState, r: &Running) -> Option<Decision> {
+    if r.is_primary {
+        return None;
+    }
+    let leader = promotion::taken_over_by(local.promoted.as_ref(), r.timeline, dcs_history(view))?;
+    Some(decision(
+        vec![Action::Stop(StopMode::Fast)],
+        Reason::BranchOfAnotherLeader {
+            timeline: r.timeline,
+            leader: leader.to_string(),
+            stopping: true,
+        },
+    ))
+}
+
+/// A stopped data directory, without the lock, holding another member's branch of the timeline
+/// the cluster's `history` gives to its leader ([`promotion::taken_over_by`]). pg_rewind cannot
+/// help (it sees the same timeline number on both sides and rewinds nothing): it is removed to be
+/// cloned again with `remove_data_directory_on_diverged_timelines`, else it stays stopped (never
+/// a candidate: it does not run) for an operator to reinitialize (`praetor ctl reinit`).
+fn stopped_branch_of_another(
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    control: Option<&super::ControlData>,
+) -> Option<Decision> {
+    let timeline = control?.timeline;
+    let leader = promotion::taken_over_by(local.promoted.as_ref(), timeline, dcs_history(view))?;
+    if cfg.remove_data_on_diverged {
+        return Some(decision(
+            vec![Action::RemoveDataDirectory],
+            Reason::RemovingDivergedDataDirectory,
+        ));
+    }
+    Some(decision(
+        vec![],
+        Reason::BranchOfAnotherLeader {
+            timeline,
+            leader: leader.to_string(),
+            stopping: false,
+        },
+    ))
 }
 
 /// Nobody holds the lock and PostgreSQL runs here: race if this member is the healthiest.

@@ -15,6 +15,7 @@ mod decide;
 mod election;
 pub mod failsafe;
 pub mod guards;
+pub mod promotion;
 mod reason;
 mod rejoin;
 pub mod slots;
@@ -25,6 +26,7 @@ mod tests;
 
 pub use decide::decide;
 pub use election::{is_healthiest, PeerStatus};
+pub use promotion::Promotion;
 pub use reason::Reason;
 pub use rejoin::{diverged_vote, rejoin_plan, RejoinPlan};
 
@@ -289,6 +291,11 @@ pub struct LocalState {
     /// the `Starting` PostgreSQL it brings up cannot accept writes, so a lock holder that loses the
     /// DCS need not abort it at its demotion deadline.
     pub starting_read_only: bool,
+    /// The promotion that created this data directory's newest timeline, as recorded in the data
+    /// directory ([`Promotion`]); `None` when it never promoted (nor copied a data directory that
+    /// did) or the record is unreadable. Compared with the DCS `history` to tell two branches of
+    /// one timeline number apart ([`promotion::taken_over_by`]).
+    pub promoted: Option<Promotion>,
 }
 
 /// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).

@@ -224,8 +224,21 @@ pub enum Reason {
         /// Local timeline.
         timeline: u32,
     },
-    /// The leader's timeline history does not say where our timeline ended yet.
+    /// The leader's timeline history does not say where our timeline ended yet (or, for a
+    /// timeline this data directory's record says another member created under the leader's
+    /// timeline number, who created the leader's: see [`super::promotion::unattributed`]).
     WaitingForHistory,
+    /// This data directory's timeline is a branch its promotion record says another member
+    /// created under the number the DCS `history` gives to `leader` (two promotions from one point,
+    /// see [`super::promotion`]): it is not started, nor kept running, as a replica.
+    BranchOfAnotherLeader {
+        /// The timeline number.
+        timeline: u32,
+        /// The leader `history` credits with it.
+        leader: String,
+        /// Whether it is stopping a running replica for that (else staying stopped).
+        stopping: bool,
+    },
     /// A `required` watchdog could not be armed while this member leads.
     DemotingWatchdogUnavailable,
     /// pg_rewind failed and `remove_data_directory_on_rewind_failure` is set: clone again.
@@ -484,6 +497,19 @@ impl fmt::Display for Reason {
             DemotingWatchdogUnavailable => {
                 f.write_str("demoting self because watchdog could not be activated")
             }
+            BranchOfAnotherLeader {
+                timeline,
+                leader,
+                stopping,
+            } => write!(
+                f,
+                "timeline {timeline} here is another promotion's branch than {leader}'s timeline {timeline} (promotion record vs DCS history); pg_rewind cannot rewind between equal timeline numbers: {}",
+                if *stopping {
+                    "stopping this replica"
+                } else {
+                    "staying stopped until reinitialized (remove_data_directory_on_diverged_timelines re-clones)"
+                }
+            ),
             WaitingForHistory => {
                 f.write_str("waiting for the leader's timeline history to decide about rewind")
             }

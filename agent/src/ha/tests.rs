@@ -117,6 +117,7 @@ fn local(postgres: Postgres) -> LocalState {
         remote: None,
         remote_recovery: None,
         starting_read_only: false,
+        promoted: None,
     }
 }
 
@@ -277,6 +278,16 @@ fn promoting(lock: Action, between: Vec<Action>) -> Vec<Action> {
     actions.extend(between);
     actions.extend([Action::RenewLeader, promote()]);
     actions
+}
+
+/// `l` with a promotion record: `member` promoted this data directory to timeline 2 at 5000.
+fn created_tl2(mut l: LocalState, member: &str) -> LocalState {
+    l.promoted = Some(Promotion {
+        member: member.into(),
+        timeline: 2,
+        lsn: 5000,
+    });
+    l
 }
 
 fn slots_for_others() -> Action {
@@ -759,6 +770,76 @@ fn rows() -> Vec<Row> {
         )
         .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
         .expect(vec![Rewind(up("pg2", 5432))], |_| true),
+        // --- issue 14: two promotions from one point, one timeline number (sim seed 213686) --------
+        row(
+            "stopped on timeline 2, which its promotion record says it created, while history says \
+             pg2 created timeline 2: another branch under one number, stays stopped (pg_rewind \
+             sees the same timeline and would rewind nothing)",
+            Some(on_tl2(cluster(Some("pg2")))),
+            created_tl2(stopped_with(ClusterState::ShutDown, 2, 6000), ME),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![], |r| {
+            *r == Reason::BranchOfAnotherLeader {
+                timeline: 2,
+                leader: "pg2".into(),
+                stopping: false,
+            }
+        }),
+        row(
+            "the same without a leader: not started read-only (it would race with WAL the \
+             cluster never had)",
+            Some(on_tl2(cluster(None))),
+            created_tl2(stopped_with(ClusterState::ShutDown, 2, 6000), ME),
+        )
+        .expect(vec![], |r| {
+            matches!(r, Reason::BranchOfAnotherLeader { stopping: false, .. })
+        }),
+        row(
+            "the same with remove_data_directory_on_diverged_timelines: removed to be cloned again",
+            Some(on_tl2(cluster(Some("pg2")))),
+            created_tl2(stopped_with(ClusterState::ShutDown, 2, 6000), ME),
+        )
+        .cfg(|c| c.remove_data_on_diverged = true)
+        .expect(vec![RemoveDataDirectory], |r| {
+            *r == Reason::RemovingDivergedDataDirectory
+        }),
+        row(
+            "running replica on another promotion's timeline 2: stopped, never followed",
+            Some(on_tl2(cluster(Some("pg2")))),
+            created_tl2(local(with_timeline(running(false, 6000, Some(5432)), 2)), ME),
+        )
+        .expect(vec![Stop(StopMode::Fast)], |r| {
+            matches!(r, Reason::BranchOfAnotherLeader { timeline: 2, stopping: true, .. })
+        }),
+        row(
+            "running replica on another promotion's timeline 2, no leader: stopped, not racing",
+            Some(on_tl2(cluster(None))),
+            created_tl2(local(with_timeline(running(false, 6000, None), 2)), ME),
+        )
+        .expect(vec![Stop(StopMode::Fast)], |r| {
+            matches!(r, Reason::BranchOfAnotherLeader { stopping: true, .. })
+        }),
+        row(
+            "a record copied with the leader's data (clone, pg_rewind) names the leader: follow",
+            Some(on_tl2(cluster(Some("pg2")))),
+            created_tl2(local(with_timeline(running(false, 6000, Some(5432)), 2)), "pg2"),
+        )
+        .expect(vec![], |r| matches!(r, Reason::Following { .. })),
+        row(
+            "stopped on timeline 2 it created, leader pg2 on timeline 2, no history line yet: wait \
+             for pg2's line (whether both are one branch is known from it)",
+            Some(with(on_tl2(cluster(Some("pg2"))), |c| c.history = None)),
+            created_tl2(stopped_with(ClusterState::ShutDown, 2, 6000), ME),
+        )
+        .expect(vec![], |r| *r == Reason::WaitingForHistory),
+        row(
+            "leader on timeline 2 it created, whose history line names pg2 (it promoted to the \
+             same number and wrote it before freezing): the line is rewritten",
+            Some(on_tl2(cluster(Some(ME)))),
+            created_tl2(local(with_timeline(running(true, 1000, None), 2)), ME),
+        )
+        .expect(upkeep(vec![UpdateHistory]), |_| true),
         row(
             "§7 replica: PostgreSQL stops: start it again following the leader",
             Some(cluster(Some("pg2"))),
@@ -1422,6 +1503,60 @@ fn rows() -> Vec<Row> {
         .expect(
             vec![DrainTransactions { max_ms: 5_000 }, Stop(StopMode::Fast), WriteLastLsn, ReleaseLeader],
             |r| matches!(r, Reason::ManualFailoverDemoting { candidate } if candidate == "pg2"),
+        ),
+        row(
+            "switchover in the first loop after my promotion to timeline 2, whose history line \
+             names pg2 (it promoted to the same number and wrote its line before it froze): the \
+             line is rewritten before the lock is released",
+            Some(with(on_tl2(cluster(Some(ME))), |c| {
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            created_tl2(
+                with(
+                    local(with_timeline(
+                        primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], ""),
+                        2,
+                    )),
+                    |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]),
+                ),
+                ME,
+            ),
+        )
+        .expect(
+            vec![
+                UpdateHistory,
+                DrainTransactions { max_ms: 5_000 },
+                Stop(StopMode::Fast),
+                WriteLastLsn,
+                ReleaseLeader,
+            ],
+            |r| matches!(r, Reason::ManualFailoverDemoting { .. }),
+        ),
+        row(
+            "switchover in the first loop after my promotion to timeline 2, no history line yet: \
+             it is written before the lock is released (sim seed 213686: another member's \
+             unpublished timeline 2 then looked like mine)",
+            Some(with(on_tl2(cluster(Some(ME))), |c| {
+                c.history = None;
+                c.failover = failover(Some(ME), Some("pg2"))
+            })),
+            with(
+                local(with_timeline(
+                    primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], ""),
+                    2,
+                )),
+                |l| l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)]),
+            ),
+        )
+        .expect(
+            vec![
+                UpdateHistory,
+                DrainTransactions { max_ms: 5_000 },
+                Stop(StopMode::Fast),
+                WriteLastLsn,
+                ReleaseLeader,
+            ],
+            |r| matches!(r, Reason::ManualFailoverDemoting { .. }),
         ),
         row(
             "switchover close to the demotion deadline: the wait for transactions in flight takes at most half the time left, the stop the rest",

@@ -93,6 +93,10 @@ pub fn unix_socket_dir(dirs: Option<&str>, data_dir: &Path) -> PathBuf {
     }
 }
 
+/// The promotion record's file name in the data directory (see
+/// [`Instance::write_promotion_record`]).
+pub const PROMOTION_RECORD: &str = "praetor.promotion";
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PgError + '_ {
     move |source| PgError::Io {
         path: path.to_path_buf(),
@@ -1418,6 +1422,72 @@ impl Instance {
         fsync_dir(&replslot)
     }
 
+    /// The data directory's promotion record (`praetor.promotion`, see [`crate::ha::Promotion`]);
+    /// `None` when absent or unreadable (an unreadable record is logged: without it the equal
+    /// timeline check of `decide` cannot fire, it never blocks a start).
+    pub fn promotion_record(&self) -> Option<crate::ha::Promotion> {
+        let path = self.data(PROMOTION_RECORD);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", path.display());
+                return None;
+            }
+        };
+        serde_json::from_str(&text)
+            .map_err(|e| tracing::warn!("ignoring {}: {e}", path.display()))
+            .ok()
+    }
+
+    /// Records, durably and before `pg_promote`, that `member` promotes this data directory from
+    /// timeline `from_timeline` at `lsn` (bytes). The new timeline is the one PostgreSQL will pick:
+    /// one past the newest `pg_wal/<timeline>.history` from `from_timeline` on (its
+    /// `findNewestTimeLine`; history files only in an archive are not seen, and a record naming
+    /// the wrong timeline is ignored by `decide`). Written to a temporary file, synced, renamed,
+    /// owned like the data directory (pg_basebackup and pg_rewind read it as PostgreSQL's user).
+    pub fn write_promotion_record(
+        &self,
+        member: &str,
+        from_timeline: u32,
+        lsn: u64,
+    ) -> Result<crate::ha::Promotion, PgError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        let mut newest = from_timeline;
+        while self
+            .data(&format!("pg_wal/{:08X}.history", newest + 1))
+            .exists()
+        {
+            newest += 1;
+        }
+        let record = crate::ha::Promotion {
+            member: member.to_string(),
+            timeline: newest + 1,
+            lsn,
+        };
+        let dir = &self.s.data_dir;
+        let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
+        let tmp = self.data(&format!("{PROMOTION_RECORD}.tmp"));
+        let dst = self.data(PROMOTION_RECORD);
+        let text = serde_json::to_string(&record).expect("a promotion record serializes");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid())).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+        Ok(record)
+    }
+
     /// Reads `pg_wal/<timeline>.history` (the history of how `timeline` came to be).
     pub fn timeline_history(&self, timeline: u32) -> Result<Vec<HistoryLine>, PgError> {
         let path = self.data(&format!("pg_wal/{timeline:08X}.history"));
@@ -1863,6 +1933,26 @@ mod tests {
             ctl_timeout: Duration::from_secs(5),
             pg_major: 15,
         })
+    }
+
+    /// The record names the timeline PostgreSQL will pick: one past the newest history file in
+    /// `pg_wal` from the current timeline on, and reads back as written (absent: `None`).
+    #[test]
+    fn the_promotion_record_names_the_next_timeline_after_the_newest_history_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("pg_wal")).expect("pg_wal");
+        let pg = instance_in(dir.path());
+        assert_eq!(pg.promotion_record(), None);
+        let r = pg.write_promotion_record("pg1", 2, 5000).expect("written");
+        assert_eq!(r.timeline, 3);
+        assert_eq!(pg.promotion_record(), Some(r));
+        // Timeline 3's history file exists here (an earlier promotion's, or restored): PostgreSQL
+        // skips to 4.
+        std::fs::write(dir.path().join("pg_wal/00000003.history"), "2\t0/1388\tx\n")
+            .expect("history");
+        let r = pg.write_promotion_record("pg1", 2, 5000).expect("written");
+        assert_eq!(r.timeline, 4);
+        assert_eq!(pg.promotion_record().map(|p| p.timeline), Some(4));
     }
 
     fn postmaster_pid_file(pid: u32, data_dir: &Path, start_time: i64) -> String {
