@@ -1362,27 +1362,7 @@ async fn auto_port_cancel_and_terminate_backend_reach_sessions_by_their_proxy_pi
         .unwrap()
         .expect_err("ended by a FATAL");
     assert_eq!(end.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{end}");
-    wait_for(
-        "no server backend idle in a transaction",
-        DEADLINE,
-        || async {
-            let n: i64 = observer
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'",
-                    &[],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            if n == 0 {
-                Ok(())
-            } else {
-                Err(format!("{n}"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    wait_until_no_transaction_is_open(&observer, "no server backend idle in a transaction").await;
 
     // Terminate a session running a statement: 57P01 at once, and the statement stops.
     let (c, pid_c, _) = victim(proxy.auto).await;
@@ -3118,27 +3098,8 @@ async fn a_switchover_ends_pinned_auto_sessions_that_cannot_move_after_drain_tim
     )
     .await;
     assert!(temp.is_closed() && tx.is_closed());
-    wait_for(
-        "the cancelled transaction rolled back on a",
-        DEADLINE,
-        || async {
-            let open: i64 = observer
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
-                    &[],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            if open == 0 {
-                Ok(())
-            } else {
-                Err(format!("{open} open"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    wait_until_no_transaction_is_open(&observer, "the cancelled transaction rolled back on a")
+        .await;
 
     // b leads: the proxy acknowledges it, and the session pinned by the function-call protocol
     // goes on there.
@@ -3274,4 +3235,27 @@ fn assert_cancelled_then_drained(tags: &str, errors: &[(String, String)]) {
             .contains("did not finish within drain_timeout (1 s)"),
         "{errors:?}"
     );
+}
+
+/// Waits (up to `DEADLINE`) until `observer`'s server has no backend idle in a transaction (also
+/// aborted ones): a session the proxy ended or cancelled has rolled back there. `what` names the
+/// wait in the panic message.
+async fn wait_until_no_transaction_is_open(observer: &tokio_postgres::Client, what: &str) {
+    wait_for(what, DEADLINE, || async {
+        let open: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if open == 0 {
+            Ok(())
+        } else {
+            Err(format!("{open} open"))
+        }
+    })
+    .await
+    .unwrap();
 }
