@@ -1452,8 +1452,7 @@ impl Instance {
         from_timeline: u32,
         lsn: u64,
     ) -> Result<crate::ha::Promotion, PgError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        use std::os::unix::fs::MetadataExt as _;
         let mut newest = from_timeline;
         while self
             .data(&format!("pg_wal/{:08X}.history", newest + 1))
@@ -1468,20 +1467,14 @@ impl Instance {
         };
         let dir = &self.s.data_dir;
         let meta = std::fs::metadata(dir).map_err(io_err(dir))?;
-        let tmp = self.data(&format!("{PROMOTION_RECORD}.tmp"));
-        let dst = self.data(PROMOTION_RECORD);
         let text = serde_json::to_string(&record).expect("a promotion record serializes");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid())).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        // Owned like the data directory, before it appears: pg_basebackup and pg_rewind of other
+        // members read it as the server's user.
+        write_file_atomically(
+            &self.data(PROMOTION_RECORD),
+            &text,
+            Some((meta.uid(), meta.gid())),
+        )?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err(dir))?;
@@ -1855,6 +1848,17 @@ fn write_if_changed(path: &Path, text: &str) -> Result<bool, PgError> {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
+    write_file_atomically(path, text, None)
+}
+
+/// Writes `text` to `path` with mode 0600 through a temporary file beside it, synced, given to
+/// `owner` (uid, gid) when set, then renamed over `path`: readers see the old contents or the new,
+/// never a part.
+fn write_file_atomically(
+    path: &Path,
+    text: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(), PgError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("praetor-tmp");
@@ -1867,6 +1871,9 @@ fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
         .map_err(io_err(&tmp))?;
     f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).map_err(io_err(&tmp))?;
+    }
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
