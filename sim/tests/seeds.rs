@@ -424,3 +424,19 @@ fn regression_seed_213686_another_promotions_timeline_3_was_promoted_at_a_switch
     );
     assert!(r.violation.is_none(), "{}", explain(&r));
 }
+
+/// Failsafe mode drawn: two writable primaries after the heal. pg1's agent was down while pg2 was
+/// elected; pg2 wrote the `failsafe` key without pg1, and kept its primary through a whole-DCS
+/// outage on pg0's confirmations, past its lease. A switchover to pg1 was requested before pg2
+/// read the DCS again. After the heal pg1, the request's candidate, raced although the key does
+/// not list it (a candidate may, sim seed 1283), skipped the health comparison that would have
+/// seen pg2 answer "running as primary", took the expired lock and promoted while pg2 still ran
+/// (fencing pg0, the last leader its agent had seen). Fixed in `decide` (rows `failsafe: a
+/// switchover's candidate missing from the failsafe key ...` in `agent/src/ha/tests.rs`): a
+/// candidate does not promote next to a member running as primary, and one missing from the
+/// `failsafe` key waits until every member of the key answers (`ha::failsafe::unheard_member`).
+#[test]
+fn regression_seed_223394_switchover_candidate_outside_the_failsafe_key_promoted_next_to_the_failsafe_leader(
+) {
+    assert_clean(223394);
+}

@@ -1227,6 +1227,27 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     if !i_am_candidate && !failsafe::may_race(view, me, cfg.dynamic.failsafe_mode) {
         return not_racing(Reason::NotInFailsafeKey);
     }
+    // A switchover's candidate skips the comparison below, and a candidate missing from the
+    // `failsafe` key races anyway (sim seed 1283): it still waits for every member of that key, one
+    // of which may be a leader kept running past its lease by failsafe mode, and it does not
+    // promote next to a member that still runs as primary (sim seed 223394 with failsafe mode: the
+    // candidate's agent was down while that leader was elected, it took the lock after the DCS
+    // came back and promoted while that leader still ran on its last confirmation).
+    if i_am_candidate {
+        if let Some(member) = failsafe::unheard_member(
+            view,
+            me,
+            cfg.dynamic.failsafe_mode,
+            peers.iter().map(|p| p.name.as_str()),
+        ) {
+            return not_racing(Reason::FailsafeMemberUnheard { member });
+        }
+        if let Some(p) = peers.iter().find(|p| p.name != me && p.is_running_primary) {
+            return not_racing(Reason::NotHealthiest {
+                better: format!("{} (still running as primary)", p.name),
+            });
+        }
+    }
     if failsafe::promised(
         cfg.dynamic.failsafe_mode,
         local.failsafe_accepted_ms,

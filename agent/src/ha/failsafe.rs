@@ -17,7 +17,8 @@
 //!   ([`race_contacts`], Patroni's `is_healthiest_node`): after an outage their member keys may have
 //!   expired, yet a primary kept running by failsafe mode must be asked (it answers "still running
 //!   as primary", so no replica promotes over it and it takes the lock again). A member missing from
-//!   a non-empty `failsafe` key does not race ([`may_race`]).
+//!   a non-empty `failsafe` key does not race ([`may_race`]), unless a switchover names it, and then
+//!   only once every member of the key answered the race ([`unheard_member`]).
 
 use praetor_dcs::Cluster;
 
@@ -127,6 +128,32 @@ pub fn may_race(view: &Cluster, me: &str, failsafe_mode: bool) -> bool {
             .failsafe
             .as_ref()
             .is_none_or(|m| m.is_empty() || m.contains_key(me))
+}
+
+/// A switchover's candidate missing from a non-empty `failsafe` key may take the lock only once
+/// every other member of that key answered the race (`answered`: the names of the members that
+/// answered `GET /patroni`): the first member of the key that did not, `None` when all did (or
+/// when `me` is in the key, or no key applies). The key names whom the last leader asked for its
+/// confirmations; a member missing from it cannot know whether that leader still runs on one, past
+/// its lease in the DCS (it counts a confirmation as a renewal). Once they all answer, the race's
+/// own check stops it while the leader still runs as primary (sim seed 223394 with failsafe mode:
+/// a switchover requested to a member whose agent was down while a new leader was elected took the
+/// lock after the heal and promoted while that leader, kept by failsafe mode, still ran).
+pub fn unheard_member<'a>(
+    view: &Cluster,
+    me: &str,
+    failsafe_mode: bool,
+    answered: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    if may_race(view, me, failsafe_mode) {
+        return None;
+    }
+    let answered: Vec<&str> = answered.into_iter().collect();
+    view.failsafe
+        .as_ref()?
+        .keys()
+        .find(|name| name.as_str() != me && !answered.contains(&name.as_str()))
+        .cloned()
 }
 
 #[cfg(test)]
@@ -263,5 +290,27 @@ mod tests {
         assert!(may_race(&key, "pg4", false), "failsafe_mode off");
         assert!(may_race(&view(&[], None), "pg4", true), "no key");
         assert!(may_race(&view(&[], Some(&[])), "pg4", true), "empty key");
+    }
+
+    #[test]
+    fn a_candidate_outside_the_failsafe_key_waits_for_every_member_of_the_key() {
+        let key = view(&[], Some(&["pg0", "pg2"]));
+        assert_eq!(
+            unheard_member(&key, "pg1", true, ["pg0"]),
+            Some("pg2".to_string()),
+            "the key's leader did not answer"
+        );
+        assert_eq!(unheard_member(&key, "pg1", true, ["pg0", "pg2"]), None);
+        assert_eq!(unheard_member(&key, "pg0", true, []), None, "in the key");
+        assert_eq!(
+            unheard_member(&key, "pg1", false, []),
+            None,
+            "failsafe_mode off"
+        );
+        assert_eq!(
+            unheard_member(&view(&[], None), "pg1", true, []),
+            None,
+            "no key"
+        );
     }
 }

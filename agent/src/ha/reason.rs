@@ -112,6 +112,13 @@ pub enum Reason {
     /// `failsafe_mode` is on and this member confirmed the leader over `POST /failsafe` less than
     /// `ttl` ago: it keeps out of the race (see [`super::failsafe::promised`]).
     ConfirmedFailsafeLeader,
+    /// `failsafe_mode` is on, this member is a switchover's candidate missing from the `failsafe`
+    /// key, and `member` of that key did not answer the race: it may be a leader still running on
+    /// its members' confirmations (see [`super::failsafe::unheard_member`]).
+    FailsafeMemberUnheard {
+        /// The member of the `failsafe` key that did not answer.
+        member: String,
+    },
     /// A switchover asks this leader to step down for `candidate`.
     ManualFailoverDemoting {
         /// The candidate.
@@ -376,6 +383,10 @@ impl fmt::Display for Reason {
             DcsInaccessible => f.write_str("DCS is not accessible"),
             ConfirmedFailsafeLeader => f.write_str(
                 "not racing for the leader lock: failsafe mode is enabled and I confirmed the leader less than ttl ago",
+            ),
+            FailsafeMemberUnheard { member } => write!(
+                f,
+                "not racing for the leader lock: failsafe mode is enabled, I am not in the failsafe key and {member}, in it, did not answer"
             ),
             NotInFailsafeKey => f.write_str(
                 "not racing for the leader lock: failsafe mode is enabled and I am not in the failsafe key",

@@ -1887,6 +1887,58 @@ fn rows() -> Vec<Row> {
         .cfg(|c| c.dynamic.failsafe_mode = true)
         .expect(vec![], |r| *r == Reason::SteppedDownForSwitchover),
         row(
+            "failsafe: a switchover's candidate missing from the failsafe key does not promote while the key's leader still runs as primary on its confirmations (sim seed 223394)",
+            Some(with(cluster(None), |c| {
+                c.members.retain(|m| m.name == ME);
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.failsafe = Some(failsafe_key(&["pg2", "pg3"]));
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![
+                    PeerStatus {
+                        is_running_primary: true,
+                        ..peer("pg2", 1000)
+                    },
+                    peer("pg3", 1000),
+                ])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![], |r| {
+            *r == Reason::NotHealthiest {
+                better: "pg2 (still running as primary)".into(),
+            }
+        }),
+        row(
+            "failsafe: a switchover's candidate missing from the failsafe key does not race while a member of the key does not answer (it may be a leader kept by failsafe mode)",
+            Some(with(cluster(None), |c| {
+                c.members.retain(|m| m.name == ME);
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.failsafe = Some(failsafe_key(&["pg2", "pg3"]));
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg3", 1000)])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(vec![], |r| {
+            *r == Reason::FailsafeMemberUnheard {
+                member: "pg2".into(),
+            }
+        }),
+        row(
+            "failsafe: a switchover's candidate missing from the failsafe key takes the lock once every member of the key answered and none runs as primary",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some(ME));
+                c.failsafe = Some(failsafe_key(&["pg2", "pg3"]));
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 1000)])
+            }),
+        )
+        .cfg(|c| c.dynamic.failsafe_mode = true)
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row(
             "the leader a switchover names stays out while another member holds as much WAL (a tie at equal failover_priority: that member races)",
             Some(with(cluster(None), |c| c.failover = failover(Some(ME), None))),
             with(local(running(false, 1000, Some(5432))), |l| {
