@@ -413,29 +413,9 @@ async fn cancel_through_the_proxy_reaches_the_right_backend() {
     };
     let leader_query = sleep_on(&on_leader);
     let replica_query = sleep_on(&on_replica);
-    async fn running(observer: &Client) -> Result<(), String> {
-        {
-            let n: i64 = observer
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'",
-                    &[],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(format!("{n} sleeping sessions"))
-            }
-        }
-    }
-    wait_for("pg_sleep on the leader", DEADLINE, || running(&observer_a))
-        .await
-        .unwrap();
-    wait_for("pg_sleep on the replica", DEADLINE, || running(&observer_b))
-        .await
-        .unwrap();
+    const SLEEPING: &str = "state = 'active' AND query = 'SELECT pg_sleep(30)'";
+    wait_for_backends(&observer_a, "pg_sleep on the leader", SLEEPING, 1).await;
+    wait_for_backends(&observer_b, "pg_sleep on the replica", SLEEPING, 1).await;
 
     // The cancel token holds the address the client connected to: the proxy's RW port.
     on_leader.cancel_token().cancel_query(NoTls).await.unwrap();
@@ -448,7 +428,7 @@ async fn cancel_through_the_proxy_reaches_the_right_backend() {
 
     // The other backend's session was not touched; cancel it through the RO port.
     assert!(!replica_query.is_finished());
-    running(&observer_b).await.unwrap();
+    wait_for_backends(&observer_b, "pg_sleep still on the replica", SLEEPING, 1).await;
     on_replica.cancel_token().cancel_query(NoTls).await.unwrap();
     let err = tokio::time::timeout(DEADLINE, replica_query)
         .await
@@ -1227,16 +1207,13 @@ async fn auto_port_cancels_reach_the_server_of_the_current_transaction() {
     let observer = connect(SocketAddr::from(([127, 0, 0, 1], pg_b.port())))
         .await
         .unwrap();
-    wait_for("pg_sleep on the replica", DEADLINE, || async {
-        let n: i64 = observer
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'", &[])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if n == 1 { Ok(()) } else { Err(format!("{n}")) }
-    })
-    .await
-    .unwrap();
+    wait_for_backends(
+        &observer,
+        "pg_sleep on the replica",
+        "query = 'SELECT pg_sleep(30)' AND state = 'active'",
+        1,
+    )
+    .await;
     c.cancel_token().cancel_query(NoTls).await.unwrap();
     let err = tokio::time::timeout(DEADLINE, sleeper)
         .await
@@ -1303,16 +1280,13 @@ async fn auto_port_cancel_and_terminate_backend_reach_sessions_by_their_proxy_pi
         let a = a.clone();
         tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) })
     };
-    wait_for("pg_sleep on the server", DEADLINE, || async {
-        let n: i64 = observer
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'", &[])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        if n == 1 { Ok(()) } else { Err(format!("{n}")) }
-    })
-    .await
-    .unwrap();
+    wait_for_backends(
+        &observer,
+        "pg_sleep on the server",
+        "query = 'SELECT pg_sleep(30)' AND state = 'active'",
+        1,
+    )
+    .await;
     let rows = caller
         .simple_query(&format!("select pg_cancel_backend({pid_a});"))
         .await
@@ -1370,27 +1344,8 @@ async fn auto_port_cancel_and_terminate_backend_reach_sessions_by_their_proxy_pi
         let c = c.clone();
         tokio::spawn(async move { c.simple_query("SELECT pg_sleep(31)").await.map(|_| ()) })
     };
-    let sleeping = |want: i64| {
-        let observer = &observer;
-        async move {
-            let n: i64 = observer
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(31)'",
-                    &[],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            if n == want {
-                Ok(())
-            } else {
-                Err(format!("{n}"))
-            }
-        }
-    };
-    wait_for("pg_sleep on the server", DEADLINE, || sleeping(1))
-        .await
-        .unwrap();
+    const SLEEPING: &str = "query = 'SELECT pg_sleep(31)'";
+    wait_for_backends(&observer, "pg_sleep on the server", SLEEPING, 1).await;
     let rows = caller
         .simple_query(&format!("SELECT pg_terminate_backend({pid_c})"))
         .await
@@ -1402,11 +1357,13 @@ async fn auto_port_cancel_and_terminate_backend_reach_sessions_by_their_proxy_pi
         .unwrap()
         .expect_err("terminated");
     assert_eq!(err.code(), Some(&SqlState::ADMIN_SHUTDOWN), "{err}");
-    wait_for("the statement to stop on the server", DEADLINE, || {
-        sleeping(0)
-    })
-    .await
-    .unwrap();
+    wait_for_backends(
+        &observer,
+        "the statement to stop on the server",
+        SLEEPING,
+        0,
+    )
+    .await;
 
     // Another user's session is left alone: the statement goes to the server, which knows no
     // such PID (the proxy cannot tell whether the caller may signal that role).
@@ -3240,20 +3197,24 @@ fn assert_cancelled_then_drained(tags: &str, errors: &[(String, String)]) {
 /// Waits (up to `DEADLINE`) until `observer`'s server has no backend idle in a transaction (also
 /// aborted ones): a session the proxy ended or cancelled has rolled back there. `what` names the
 /// wait in the panic message.
-async fn wait_until_no_transaction_is_open(observer: &tokio_postgres::Client, what: &str) {
+async fn wait_until_no_transaction_is_open(observer: &Client, what: &str) {
+    wait_for_backends(observer, what, "state LIKE 'idle in transaction%'", 0).await;
+}
+
+/// Waits (up to `DEADLINE`) until `observer`'s server counts `want` backends in `pg_stat_activity`
+/// matching the SQL `condition`; panics naming `what` and the last count otherwise.
+async fn wait_for_backends(observer: &Client, what: &str, condition: &str, want: i64) {
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {condition}");
     wait_for(what, DEADLINE, || async {
-        let open: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
-                &[],
-            )
+        let n: i64 = observer
+            .query_one(sql.as_str(), &[])
             .await
             .map_err(|e| e.to_string())?
             .get(0);
-        if open == 0 {
+        if n == want {
             Ok(())
         } else {
-            Err(format!("{open} open"))
+            Err(format!("{n} backends where {condition}"))
         }
     })
     .await
