@@ -110,6 +110,9 @@ enum Applied {
     /// A replica's replication link degraded or cut: `(leader, replica)`, the key of its relay in
     /// [`LocalCluster::replication_links`].
     ReplicationLink(String, String),
+    /// A switchover asked for: the task waiting for the REST API's answer, which yields the
+    /// fault's description with that answer and when it came. It heals when the answer comes.
+    Switchover(tokio::task::JoinHandle<(String, Instant)>),
 }
 
 /// Runs seed `seed` with the praetor executable `binary`. Errors are runs that could not be
@@ -298,10 +301,25 @@ async fn run_on(
         }
         // Heal each when its hold ends, the earliest first.
         held.sort_by_key(|(until, _, _)| *until);
+        // A switchover heals when its answer comes, after the group's other faults have healed
+        // on their own schedule.
+        let mut asked = Vec::new();
         for (until, applied, index) in held {
+            if let Applied::Switchover(ask) = applied {
+                asked.push((ask, index));
+                continue;
+            }
             tokio::time::sleep_until(until.into()).await;
             heal(cluster, &mut proxy, applied).await?;
             faults[index].heal = workload.now();
+        }
+        for (ask, index) in asked {
+            let (target, answered) = ask
+                .await
+                .map_err(|e| format!("the switchover request's task: {e}"))?;
+            eprintln!("nemesis seed {seed}: switchover {target}");
+            faults[index].heal = workload.now().saturating_sub(answered.elapsed());
+            faults[index].target = target;
         }
         let heal_at = workload.now();
         match converged(cluster, options).await {
@@ -510,21 +528,28 @@ async fn apply(
         }
         let api = cluster.node(&leader).api_addr();
         let start = workload.now();
-        let answer = switchover(&api, &leader, &candidate).await;
-        let took = (workload.now() - start).as_secs_f64();
-        // A refusal is the cluster's answer, not a failed run: recorded, and checked like any
-        // other (writes must go on). The fault heals when the answer came (its record spans the
-        // switchover).
-        let target = match answer {
-            Ok((code, body)) => {
-                format!(
-                    "{leader} -> {candidate} ({code} {} after {took:.1}s)",
-                    body.trim()
-                )
-            }
-            Err(e) => format!("{leader} -> {candidate} (no answer: {e})"),
-        };
-        return Ok((Applied::Nothing, target, start));
+        let asked = format!("{leader} -> {candidate}");
+        // The answer comes once the switchover is done or failed, up to a minute later: asked in
+        // a task of its own, so that a fault overlapping it heals on time (seed 9: a slow DCS link
+        // drawn for 4.8 s stayed for the switchover's 33 s while the runner waited here).
+        let ask = tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer = switchover(&api, &leader, &candidate).await;
+            let took = sent.elapsed().as_secs_f64();
+            // A refusal is the cluster's answer, not a failed run: recorded, and checked like
+            // any other (writes must go on). The fault's record spans the switchover.
+            let target = match answer {
+                Ok((code, body)) => {
+                    format!(
+                        "{leader} -> {candidate} ({code} {} after {took:.1}s)",
+                        body.trim()
+                    )
+                }
+                Err(e) => format!("{leader} -> {candidate} (no answer: {e})"),
+            };
+            (target, Instant::now())
+        });
+        return Ok((Applied::Switchover(ask), asked, start));
     }
     let (applied, target) = apply_now(cluster, proxy, f, last_leader, link).await?;
     Ok((applied, target, workload.now()))
@@ -714,6 +739,8 @@ async fn heal(
 ) -> Result<(), String> {
     match applied {
         Applied::Nothing => Ok(()),
+        // Healed by the runner's loop once the answer came (never passed here).
+        Applied::Switchover(_) => Ok(()),
         Applied::Frozen(m, pids) => {
             cluster.node(&m).thaw(pids);
             Ok(())
