@@ -1969,15 +1969,7 @@ async fn the_fencing_handshake_acknowledges_routes_and_a_proxy_without_dcs_conta
 
     // Leader change: the connection to a is closed before b is acknowledged, then routed.
     feed.send_replace(with_ttl(&b));
-    wait_for("b acknowledged", DEADLINE, || async {
-        if dcs.written.lock().unwrap().contains(&Some("b".into())) {
-            Ok(())
-        } else {
-            Err(format!("{:?}", dcs.written.lock().unwrap()))
-        }
-    })
-    .await
-    .unwrap();
+    wait_acknowledged(&dcs, "b").await;
     assert!(old.is_closed() || old.simple_query("SELECT 1").await.is_err());
     let on_b = connect(rw).await.unwrap();
     assert_eq!(server_port(&on_b).await.unwrap(), pg_b.port());
@@ -2254,15 +2246,7 @@ async fn acks_a_new_leader_only_once_busy_and_stuck_connections_to_the_former_ar
     // this is a failover; printed, not asserted).
     let changed = std::time::Instant::now();
     feed.send_replace(with_ttl(&b));
-    wait_for("b acknowledged", DEADLINE, || async {
-        if dcs.written.lock().unwrap().contains(&Some("b".into())) {
-            Ok(())
-        } else {
-            Err(format!("{:?}", dcs.written.lock().unwrap()))
-        }
-    })
-    .await
-    .unwrap();
+    wait_acknowledged(&dcs, "b").await;
     eprintln!(
         "acknowledged b {:.2} s after the leader change",
         changed.elapsed().as_secs_f64()
@@ -3061,15 +3045,7 @@ async fn a_switchover_ends_pinned_auto_sessions_that_cannot_move_after_drain_tim
     // b leads: the proxy acknowledges it, and the session pinned by the function-call protocol
     // goes on there.
     feed.send_replace(with_ttl(&b, false));
-    wait_for("b acknowledged", DEADLINE, || async {
-        if dcs.written.lock().unwrap().contains(&Some("b".into())) {
-            Ok(())
-        } else {
-            Err(format!("{:?}", dcs.written.lock().unwrap()))
-        }
-    })
-    .await
-    .unwrap();
+    wait_acknowledged(&dcs, "b").await;
     assert_eq!(
         function_call(&mut called, port_oid).await,
         pg_b.port().to_string(),
@@ -3199,6 +3175,21 @@ fn assert_cancelled_then_drained(tags: &str, errors: &[(String, String)]) {
 /// wait in the panic message.
 async fn wait_until_no_transaction_is_open(observer: &Client, what: &str) {
     wait_for_backends(observer, what, "state LIKE 'idle in transaction%'", 0).await;
+}
+
+/// Waits (up to [`DEADLINE`]) until the stand-in DCS recorded an acknowledgement naming `member`;
+/// panics with every acknowledgement written so far.
+async fn wait_acknowledged(dcs: &AckDcs, member: &str) {
+    wait_for(&format!("{member} acknowledged"), DEADLINE, || async {
+        let written = dcs.written.lock().unwrap().clone();
+        if written.iter().any(|w| w.as_deref() == Some(member)) {
+            Ok(())
+        } else {
+            Err(format!("{written:?}"))
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// Waits (up to `DEADLINE`) until `observer`'s server counts `want` backends in `pg_stat_activity`
