@@ -910,6 +910,143 @@ async fn synchronous_mode_strict_loses_no_acknowledged_write_when_the_primary_di
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
+/// A commit waiting for a synchronous standby that died is released as soon as the leader names
+/// the other replica, not at the next WAL some other writer happens to produce. PostgreSQL
+/// releases waiters only while it processes a synchronous standby's reply, and a standby replies
+/// when its position moves or every `wal_receiver_status_interval`; with the waiting commits the
+/// only writers, the next WAL is the background writer's running-transactions record (up to 15 s
+/// after the commit, once). Here the leader's agent is stopped until that record is written, and
+/// the standbys never reply on their own (a status interval of 2,147,483 s, `wal_sender_timeout`
+/// and `wal_receiver_timeout` off), so without the leader's nudge
+/// (`Instance::release_synchronous_waiters`) the commit would wait for ever; the nemesis measured
+/// 2.4-4.4 s after the leader's change at load 20-30 (issue 14: strict mode, a replica killed or
+/// its replication link cut).
+#[tokio::test]
+async fn synchronous_mode_strict_releases_a_waiting_commit_once_the_leader_names_another_standby() {
+    let mut c = healthy_cluster(ClusterOptions {
+        // The leader's agent is stopped below until the background writer's next WAL record (up
+        // to 15 s after the commit, more if it hibernates): its demotion window
+        // (`loop_wait + retry_timeout`) must outlive that, or it stops PostgreSQL as a frozen
+        // leader must; ttl as Patroni's rule asks (>= loop_wait + 2 x retry_timeout).
+        ttl: 90,
+        loop_wait: 2,
+        retry_timeout: 40,
+        dcs_extra: vec![
+            "synchronous_mode: true".into(),
+            "synchronous_mode_strict: true".into(),
+        ],
+        dcs_parameters: vec![
+            "wal_receiver_status_interval: 2147483".into(),
+            "wal_sender_timeout: 0".into(),
+            "wal_receiver_timeout: 0".into(),
+            "checkpoint_timeout: 1h".into(),
+            "autovacuum: off".into(),
+        ],
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    let leader = c.leader().await.unwrap();
+    let d = dcs(&c).await;
+    let sync_member = wait_for(
+        "a synchronous standby in the sync key",
+        Duration::from_secs(60),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            let s = cl.sync.ok_or("no sync key")?;
+            s.value
+                .members()
+                .first()
+                .cloned()
+                .ok_or_else(|| "nobody listed".to_string())
+        },
+    )
+    .await
+    .unwrap();
+    let observer = connect(c.node(&leader).pg_port).await.unwrap();
+    let writer = connect(c.node(&leader).pg_port).await.unwrap();
+    writer
+        .batch_execute("CREATE TABLE IF NOT EXISTS nudge (id int)")
+        .await
+        .unwrap();
+
+    // The leader's agent cannot react until the commit waits and the WAL after it is written.
+    c.node(&leader).signal_agent(Signal::SIGSTOP);
+    let node = c.node_mut(&sync_member);
+    node.kill_agent();
+    node.kill_postmaster();
+    let insert =
+        tokio::spawn(async move { writer.batch_execute("INSERT INTO nudge VALUES (1)").await });
+    let after_commit: String = wait_for(
+        "the insert to wait for the synchronous standby",
+        Duration::from_secs(30),
+        || async {
+            let row = observer
+                .query_one(
+                    "SELECT count(*), pg_current_wal_insert_lsn()::text FROM pg_stat_activity \
+                     WHERE wait_event = 'SyncRep'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match row.get::<_, i64>(0) {
+                1 => Ok(row.get(1)),
+                n => Err(format!("{n} sessions wait")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the background writer's WAL after the waiting commit",
+        Duration::from_secs(35),
+        || async {
+            let moved: bool = observer
+                .query_one(
+                    "SELECT pg_current_wal_insert_lsn() > $1::text::pg_lsn",
+                    &[&after_commit],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if moved {
+                Ok(())
+            } else {
+                Err(format!("still at {after_commit}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !insert.is_finished(),
+        "acknowledged without a synchronous standby"
+    );
+
+    c.node(&leader).signal_agent(Signal::SIGCONT);
+    let other = wait_for(
+        "the leader to name the other replica synchronous",
+        Duration::from_secs(60),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            let s = cl.sync.ok_or("no sync key")?;
+            match s.value.members().first() {
+                Some(m) if *m != sync_member => Ok(m.clone()),
+                other => Err(format!("sync key names {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_ne!(other, leader);
+    // A deadline for a loaded machine: without the nudge nothing would ever release it.
+    let released = tokio::time::timeout(Duration::from_secs(30), insert).await;
+    assert!(
+        matches!(released, Ok(Ok(Ok(())))),
+        "the commit still waits (or failed) 30 s after {other} was named synchronous: {released:?}"
+    );
+}
+
 // --- maintenance mode, tags, parameters ---------------------------------------------------------------
 
 #[tokio::test]

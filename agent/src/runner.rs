@@ -419,6 +419,11 @@ struct Observation {
     promoted: Option<ha::Promotion>,
 }
 
+/// How long a leader keeps making the standbys it just named synchronous reply, so that the
+/// commits waiting for synchronous replication are released at once
+/// ([`Instance::release_synchronous_waiters`]).
+const SYNC_RELEASE_WITHIN: Duration = Duration::from_secs(2);
+
 /// The least time a leader's DCS call gets once its demotion deadline is (nearly) reached: one
 /// last read or renewal on a DCS that answers, before it demotes.
 const LAST_ATTEMPT: Duration = Duration::from_millis(200);
@@ -1240,11 +1245,26 @@ impl Runner {
                         .unwrap_or(0),
                 };
                 tracing::info!(synchronous_standby_names = %names, "changing synchronous replication");
+                let names_a_standby = !names.is_empty();
                 self.pg.set_sync_standby_names(Some(names));
                 let role = running_role(obs);
                 self.pg.write_config(&self.dynamic, &role)?;
                 self.pg.reload()?;
                 self.sync_catchup_lsn = lsn;
+                if names_a_standby {
+                    // In the background: the loop goes on while the standby catches up.
+                    let pg = Arc::clone(&self.pg);
+                    tokio::spawn(async move {
+                        match pg.release_synchronous_waiters(SYNC_RELEASE_WITHIN).await {
+                            Ok(true) => tracing::debug!("no commit waits for synchronous replication"),
+                            Ok(false) => tracing::info!(
+                                "commits still wait for synchronous replication {} ms after the change (the standby catches up)",
+                                SYNC_RELEASE_WITHIN.as_millis()
+                            ),
+                            Err(e) => tracing::debug!("could not nudge the synchronous standbys: {e}"),
+                        }
+                    });
+                }
                 Ok(true)
             }
             Action::KeepLeadingInFailsafe => {

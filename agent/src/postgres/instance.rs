@@ -1617,6 +1617,54 @@ impl Instance {
         Ok(rows.first().map(|r| r.get(0)).unwrap_or_default())
     }
 
+    /// Makes the standbys a new `synchronous_standby_names` names release the commits waiting for
+    /// synchronous replication at once. Returns whether no session waits any more (`false` when
+    /// `within` ran out first: the standby is still catching up, or PostgreSQL is slow; the commits
+    /// are then released by the standby's next reply, as without this call).
+    ///
+    /// Why: PostgreSQL releases the sessions waiting for synchronous replication (wait event
+    /// `SyncRep`) only while it processes a synchronous standby's reply (`SyncRepReleaseWaiters`,
+    /// called for each reply in walsender.c), and a standby replies when its written or flushed
+    /// position moves, or every `wal_receiver_status_interval` (10 s by default). When the
+    /// synchronous standby goes away, the waiting commits stop all new WAL, so the standby named
+    /// next (which already holds their WAL) has nothing to reply about: the nemesis saw the waiters
+    /// stay 2.4-4.4 s after the reload at load 20-30 (issue 14, strict mode's repl-cut and replica
+    /// kill). A transaction committed with `synchronous_commit = local` waits for no standby and
+    /// writes a commit record, which moves every standby's position and so brings its reply. It
+    /// is repeated every 50 ms until no session waits, since the first may reach the standby before
+    /// its WAL sender read the new setting (the postmaster passes SIGHUP on to every process).
+    ///
+    /// # Errors
+    /// [`PgError`] when the local server cannot be reached or the queries fail (a server in
+    /// recovery cannot assign a transaction id).
+    pub async fn release_synchronous_waiters(&self, within: Duration) -> Result<bool, PgError> {
+        let client = self.connect().await?;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            client
+                .batch_execute(
+                    "BEGIN; SET LOCAL synchronous_commit TO local; SELECT txid_current(); COMMIT",
+                )
+                .await
+                .map_err(|e| PgError::Query(db_error_text(&e)))?;
+            let waiting: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                    &[],
+                )
+                .await
+                .map_err(|e| PgError::Query(db_error_text(&e)))?
+                .get(0);
+            if waiting == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs a query on the local server over a cached connection, reconnecting once when the cached
     /// one turns out to be broken (the server restarted).
     async fn query(
