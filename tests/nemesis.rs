@@ -126,3 +126,22 @@ async fn a_seed_drawing_dcs_blips_and_a_member_stop_leaves_the_leader_undisturbe
 
 /// Draws a 1.2 s and a 0.2 s DCS blip, then one etcd member stopped for 1.6 s.
 const BLIP_SEED: u64 = 2;
+
+/// Issue 14's gray failure: the leader's links to every ZooKeeper server slowed (a DCS call then
+/// takes ~1 s or more) but alive, so its session, and its ephemeral leader znode, live on while its
+/// renewals miss their deadline; in network namespaces under strict synchronous mode, one fault per
+/// run. The leader must give its lock up and a member with a healthy link take over while the fault
+/// still holds (the table's recovery row, `slow-dcs@leader`, bound `ttl + loop_wait + 1 s + peer
+/// timeout`); before the fix, the leader kept the lock and promoted itself again on a new timeline
+/// every few seconds, without writes until the heal. Beyond the recovery row, every promise holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_drawing_a_slow_dcs_link_of_the_leader_breaks_no_promise() {
+    let mut slow = NemesisOptions::new(DcsKind::ZooKeeperEnsemble3, Mode::Strict);
+    slow.netns = true;
+    slow.faults = 1;
+    slow.kinds = vec![FaultKind::SlowDcs];
+    no_violation(slow, vec![SLOW_DCS_SEED]).await;
+}
+
+/// Draws the leader's ZooKeeper links slowed for 20-30 s (see [`FaultKind::SlowDcs`]).
+const SLOW_DCS_SEED: u64 = 1;
