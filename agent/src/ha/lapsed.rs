@@ -61,7 +61,7 @@ pub fn steps_aside(
     cfg: &HaConfig,
     now: Now,
 ) -> Option<Decision> {
-    if cfg.dynamic.pause || !view.leader.as_ref().is_some_and(|l| l.name == cfg.name) {
+    if cfg.dynamic.pause || view.leader.as_ref().is_none_or(|l| l.name != cfg.name) {
         return None;
     }
     hold_off_left_ms(local.renewals_lapsed_ms, &cfg.dynamic, now.mono_ms)?;
