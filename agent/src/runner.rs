@@ -139,6 +139,7 @@ pub async fn run_with(
     let (deadline_tx, deadline_rx) = watch::channel(None);
     let guard_failsafe = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let may_write = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let guard_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
     let pg = Arc::new(instance);
     let guard = tokio::spawn(deadline_guard(
@@ -147,6 +148,7 @@ pub async fn run_with(
         started,
         guard_failsafe.clone(),
         may_write.clone(),
+        guard_stopped.clone(),
     ));
     let mut runner = Runner {
         settings,
@@ -170,6 +172,8 @@ pub async fn run_with(
         deadline_tx,
         guard_failsafe,
         may_write,
+        guard_stopped,
+        renewals_lapsed_ms: None,
         proxies_wait_since: None,
         switchover_wait_since: None,
         remote: None,
@@ -333,6 +337,11 @@ struct Runner {
     refused_config: Option<serde_json::Value>,
     won_initialize: bool,
     lock_renewed_ms: Option<u64>,
+    /// Set by the deadline guard when it stopped PostgreSQL (taken, and cleared, at a cycle's
+    /// start): a lapse of this member's renewals (see `renewals_lapsed_ms`).
+    guard_stopped: Arc<std::sync::atomic::AtomicBool>,
+    /// When this member's lock renewals last lapsed ([`ha::LocalState::renewals_lapsed_ms`]).
+    renewals_lapsed_ms: Option<u64>,
     task: Option<RunningTask>,
     /// The last background task that failed, and when: the same task is not retried for a while.
     failed_task: Option<(Task, u64)>,
@@ -604,6 +613,12 @@ impl Runner {
         let dcs_failed = self
             .dcs_call_failed
             .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if self
+            .guard_stopped
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.renewals_lapsed_ms = Some(self.now().mono_ms);
+        }
         if ha::past_demote_deadline(
             self.lock_renewed_ms,
             &self.dynamic,
@@ -612,6 +627,7 @@ impl Runner {
             self.now().mono_ms,
         ) {
             if self.may_write() {
+                self.renewals_lapsed_ms = Some(self.now().mono_ms);
                 self.stop_overdue_primary().await;
             } else {
                 // Still in recovery: nothing to stop (see ha::may_accept_writes). It no longer
@@ -640,6 +656,8 @@ impl Runner {
                 self.primary_start_began_ms = None;
             }
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != self.me()) {
+                // Another member leads: a hold-off after lapsed renewals has done its job.
+                self.renewals_lapsed_ms = None;
                 if let Some(up) = ha::upstream_of(v, &l.name) {
                     self.remember_former_leader(up);
                 }
@@ -702,6 +720,7 @@ impl Runner {
             failsafe_accepted_ms: self.failsafe_accepted_ms(),
             starting_read_only: self.starting_read_only(),
             promoted: obs.promoted.clone(),
+            renewals_lapsed_ms: self.renewals_lapsed_ms,
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -733,6 +752,10 @@ impl Runner {
         if !d.promotes() {
             // No longer the candidate: a later candidacy waits for the proxies afresh.
             self.proxies_wait_since = None;
+        }
+        if d.reason == ha::Reason::DemotingDcsInaccessible {
+            // A leader past its deadline without a renewal demotes: its renewals lapsed.
+            self.renewals_lapsed_ms = Some(self.now().mono_ms);
         }
         let mut message = d.reason.to_string();
         if !d.actions.is_empty() {
@@ -2213,13 +2236,16 @@ async fn open_dcs(
 /// with `failsafe_mode` on (`failsafe`): the loop's failsafe round may keep the primary, and it can
 /// only run after the DCS request that hung until the deadline; the loop's own checks apply then.
 /// Nor when PostgreSQL cannot accept writes (`may_write`, see [`ha::may_accept_writes`]): a lock
-/// holder still in recovery keeps running and promotes after its next renewal.
+/// holder still in recovery keeps running and promotes after its next renewal. When it stops
+/// PostgreSQL it sets `stopped`: the loop counts that as a lapse of this member's renewals, which
+/// makes it give the lock up and hold off the race ([`ha::lapsed`]).
 async fn deadline_guard(
     mut deadline: watch::Receiver<Option<u64>>,
     pg: Arc<Instance>,
     started: Instant,
     failsafe: Arc<std::sync::atomic::AtomicBool>,
     may_write: Arc<std::sync::atomic::AtomicBool>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 ) {
     loop {
         let current = *deadline.borrow_and_update();
@@ -2241,6 +2267,8 @@ async fn deadline_guard(
                 let writable = may_write.load(std::sync::atomic::Ordering::SeqCst);
                 if *deadline.borrow() == Some(ms) && !kept && writable && pg.postmaster().is_some() {
                     tracing::error!("the demotion deadline passed without a lock renewal while the HA loop was busy (or frozen): stopping postgres now");
+                    // The loop learns of the lapse at its next cycle (ha::lapsed).
+                    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
                     if let Err(e) = pg.stop(ha::StopMode::Immediate, None).await {
                         tracing::error!("cannot stop postgres: {e}");
                     }
@@ -2468,6 +2496,7 @@ mod tests {
             failsafe_confirmed: Some(true),
             starting_read_only: false,
             promoted: None,
+            renewals_lapsed_ms: None,
         };
         let cfg = HaConfig {
             name: "pg1".into(),

@@ -506,6 +506,11 @@ struct Agent {
     failsafe_accepted_ms: Option<u64>,
     /// Maintenance mode as this agent last read it (see [`Sim::read_pause`]).
     pause: PauseView,
+    /// When this member's renewals last lapsed, as the runner records it
+    /// ([`ha::LocalState::renewals_lapsed_ms`]): its deadline guard or cycle-start check stopped a
+    /// writable PostgreSQL, or it demoted with the DCS unreachable; cleared when it reads another
+    /// leader.
+    renewals_lapsed_ms: Option<u64>,
 }
 
 /// What one agent knows of maintenance mode: the runner's `apply_dynamic_config` parses the DCS
@@ -810,6 +815,7 @@ impl Sim {
                 failsafe_asked_ms: None,
                 failsafe_accepted_ms: None,
                 pause: PauseView::default(),
+                renewals_lapsed_ms: None,
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -1590,6 +1596,7 @@ impl Sim {
         ) {
             self.agents[i].lock_renewed_ms = None;
             if self.agents[i].may_write {
+                self.agents[i].renewals_lapsed_ms = Some(self.now);
                 self.stop_pg(
                     i,
                     StopMode::Immediate,
@@ -1748,6 +1755,8 @@ impl Sim {
                 self.agents[i].primary_start_began_ms = None;
             }
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != me) {
+                // As the runner: another member leads, a hold-off after lapsed renewals is over.
+                self.agents[i].renewals_lapsed_ms = None;
                 if let Some(up) = ha::upstream_of(v, &l.name) {
                     self.agents[i].former_leader = Some(up);
                 }
@@ -1809,6 +1818,7 @@ impl Sim {
                 .failsafe_accepted_ms
                 .filter(|_| self.opts.failsafe_promise),
             promoted: self.pgs[i].promoted.clone(),
+            renewals_lapsed_ms: a.renewals_lapsed_ms,
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
@@ -1819,6 +1829,9 @@ impl Sim {
         if !d.promotes() {
             // As the runner: no longer the candidate, a later candidacy waits for the proxies afresh.
             self.agents[i].proxies_wait_since = None;
+        }
+        if d.reason == ha::Reason::DemotingDcsInaccessible {
+            self.agents[i].renewals_lapsed_ms = Some(self.now);
         }
         self.log(format!("{me}: {} -> {:?}", d.reason, d.actions));
         self.act(i, view, d.actions.into(), None);
@@ -2370,6 +2383,7 @@ impl Sim {
             return;
         }
         if self.pgs[i].running() && a.may_write {
+            self.agents[i].renewals_lapsed_ms = Some(self.now);
             self.stop_pg(i, StopMode::Immediate, "deadline guard");
         }
     }
@@ -2512,6 +2526,7 @@ impl Sim {
         a.failsafe_asked_ms = None;
         a.failsafe_accepted_ms = None;
         a.pause = PauseView::default();
+        a.renewals_lapsed_ms = None;
         let t = a.token;
         let d = self.rng.range(500, 3000);
         self.schedule(d, Ev::Cycle(i, t));
@@ -2838,6 +2853,7 @@ impl Sim {
             && self.agents[m].may_write
             && !self.dynamic.failsafe_mode
         {
+            self.agents[m].renewals_lapsed_ms = Some(self.now);
             self.stop_pg(m, StopMode::Immediate, "deadline guard on the thaw");
         }
     }

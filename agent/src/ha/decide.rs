@@ -8,7 +8,7 @@ use super::{
     demote_deadline_ms, drain_budget_ms, upstream_of, Action, DataDir, Decision, HaConfig,
     LocalState, Now, Postgres, Reason, Running, StartAs, StopMode, Upstream,
 };
-use super::{failsafe, promotion, slots, standby, sync};
+use super::{failsafe, lapsed, promotion, slots, standby, sync};
 
 /// Decides what this member does now.
 ///
@@ -19,16 +19,19 @@ use super::{failsafe, promotion, slots, standby, sync};
 ///    retry_timeout` after its last renewal) and then demotes, a primary without the lock demotes,
 ///    replicas do nothing; with `failsafe_mode` a leader every member confirmed keeps leading (see
 ///    [`super::failsafe`]);
-/// 3. data directory empty: race for `initialize` and bootstrap, or clone from the leader (prefer a
+/// 3. the lock holder's renewals lapsed (its demotion deadline stopped PostgreSQL while the lock
+///    lived on, a DCS link slow but alive): it gives the lock up, and holds off the race for `ttl`
+///    unless another member led since (see [`lapsed`]); a member with a healthier link leads;
+/// 4. data directory empty: race for `initialize` and bootstrap, or clone from the leader (prefer a
 ///    member tagged `clonefrom`); system identifier mismatch is fatal;
-/// 4. PostgreSQL stopped: the lock holder restarts it as primary; others start it as a replica of the
+/// 5. PostgreSQL stopped: the lock holder restarts it as primary; others start it as a replica of the
 ///    leader (crash recovery / pg_rewind first when their timeline diverged) or read-only when there is
 ///    no leader;
-/// 5. PostgreSQL running and this member holds the lock: renew it, publish `status`, keep slots and
+/// 6. PostgreSQL running and this member holds the lock: renew it, publish `status`, keep slots and
 ///    `history`, promote if still a replica, carry out a switchover that names it;
-/// 6. another member holds the lock: demote if primary, else follow it;
-/// 7. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]), and with
-///    `failsafe_mode` only if the `failsafe` key lists it.
+/// 7. another member holds the lock: demote if primary, else follow it;
+/// 8. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]), and with
+///    `failsafe_mode` only if the `failsafe` key lists it, not within a hold-off of rule 3.
 pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     let d = decide_unpaused(view, local, cfg, now);
     let d = if cfg.dynamic.pause {
@@ -170,6 +173,9 @@ fn decide_unpaused(
         if !view.is_some_and(|v| holds_lock(v, me)) {
             return decision(vec![], Reason::TaskInProgress { task });
         }
+        if let Some(d) = view.and_then(|v| lapsed::steps_aside(v, local, cfg, now)) {
+            return d;
+        }
         if let Some(d) = primary_start_timed_out(local, cfg, now) {
             return d;
         }
@@ -178,6 +184,9 @@ fn decide_unpaused(
     let Some(view) = view else {
         return dcs_unreachable(local, cfg, now);
     };
+    if let Some(d) = lapsed::steps_aside(view, local, cfg, now) {
+        return d;
+    }
     match &local.data {
         DataDir::Empty => {
             if let Some(d) = standby::resume_bootstrap(view, local, cfg) {
@@ -1195,6 +1204,13 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
     let priority = cfg.tags.failover_priority.unwrap_or(1);
     if cfg.tags.nofailover || priority <= 0 {
         return not_racing(Reason::NotAllowedToPromote);
+    }
+    // A member whose renewals lapsed keeps out for a while, so that one with a healthier DCS link
+    // leads (see `lapsed`); a switchover's candidate was named by the operator and races.
+    if !i_am_candidate {
+        if let Some(reason) = lapsed::holding_off(local, cfg, now) {
+            return not_racing(reason);
+        }
     }
     if let Some((lsn, leader)) = &last {
         if r.wal_position < *lsn {

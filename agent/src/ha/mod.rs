@@ -15,6 +15,7 @@ mod decide;
 mod election;
 pub mod failsafe;
 pub mod guards;
+pub mod lapsed;
 pub mod promotion;
 mod reason;
 mod rejoin;
@@ -296,6 +297,12 @@ pub struct LocalState {
     /// did) or the record is unreadable. Compared with the DCS `history` to tell two branches of
     /// one timeline number apart ([`promotion::taken_over_by`]).
     pub promoted: Option<Promotion>,
+    /// Monotonic ms when this member's lock renewals last lapsed: the runner stopped (the deadline
+    /// guard, the check at a cycle's start) or demoted (DCS unreachable) a PostgreSQL that might
+    /// accept writes because its demotion deadline passed without a renewal. The runner forgets it
+    /// when it reads another member holding the lock. `decide` then gives the lock up and holds
+    /// off the race for a while ([`lapsed`]); `None`: no lapse (or another member led since).
+    pub renewals_lapsed_ms: Option<u64>,
 }
 
 /// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).

@@ -274,6 +274,16 @@ pub enum Reason {
     },
     /// `primary_start_timeout` is 0: a stopped primary fails over at once.
     ReleasingLockPrimaryStopped,
+    /// This member's lock renewals lapsed (its demotion deadline stopped PostgreSQL) and it still
+    /// holds the lock: it gives the lock up for a member with a healthier DCS link (see
+    /// [`super::lapsed`]).
+    ReleasingLockRenewalsLapsed,
+    /// This member's lock renewals lapsed less than the hold-off ago: it keeps out of the leader
+    /// race for `in_ms` more ms (see [`super::lapsed`]).
+    HoldingOffAfterLapsedRenewals {
+        /// The ms left of the hold-off.
+        in_ms: u64,
+    },
     /// pg_rewind is configured but the data directory has neither data checksums nor wal_log_hints.
     NotRewindable {
         /// Our timeline.
@@ -529,6 +539,13 @@ impl fmt::Display for Reason {
             PrimaryStartTimedOut { timeout_secs } => write!(
                 f,
                 "primary start has timed out after {timeout_secs} s (primary_start_timeout): stopping it and releasing the leader lock"
+            ),
+            ReleasingLockRenewalsLapsed => f.write_str(
+                "releasing the leader lock: my renewals lapsed (the DCS answers me too slowly to keep the lock)",
+            ),
+            HoldingOffAfterLapsedRenewals { in_ms } => write!(
+                f,
+                "not racing for the leader lock for {in_ms} ms more: my renewals lapsed (the DCS answers me too slowly)"
             ),
             ReleasingLockPrimaryStopped => f.write_str(
                 "postgres of the leader is not running and primary_start_timeout is 0: releasing the leader lock for a failover",

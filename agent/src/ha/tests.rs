@@ -118,6 +118,7 @@ fn local(postgres: Postgres) -> LocalState {
         remote_recovery: None,
         starting_read_only: false,
         promoted: None,
+        renewals_lapsed_ms: None,
     }
 }
 
@@ -694,6 +695,100 @@ fn rows() -> Vec<Row> {
         )
         .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| {
             *r == Reason::StartingPrimaryAfterFailure
+        }),
+        // --- a leader whose DCS link is slow but alive (issue 14, `lapsed`) -----------------------
+        row(
+            "lapsed renewals: the deadline stopped the lock holder's primary but its lock lives on \
+             (a slow ZooKeeper link): give the lock up instead of restarting it as primary (the old \
+             rule promoted again, a new timeline each cycle; nemesis ZooKeeper strict seed 9)",
+            Some(cluster(Some(ME))),
+            with(stopped_with(ClusterState::InProduction, 1, 6000), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000)
+            }),
+        )
+        .expect(vec![ReleaseLeader], |r| {
+            *r == Reason::ReleasingLockRenewalsLapsed
+        }),
+        row(
+            "lapsed renewals: the lock holder restarted read-only still holds the lock: give it up \
+             rather than promote it (the lock is its own, but it cannot keep it)",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.lock_renewed_ms = Some(NOW.mono_ms - 500);
+            }),
+        )
+        .expect(vec![ReleaseLeader], |r| {
+            *r == Reason::ReleasingLockRenewalsLapsed
+        }),
+        row(
+            "lapsed renewals, a read-only restart under way: give the lock up, the start goes on",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.starting_read_only = true;
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+            }),
+        )
+        .expect(vec![ReleaseLeader], |r| {
+            *r == Reason::ReleasingLockRenewalsLapsed
+        }),
+        row(
+            "lapsed renewals, a start as primary under way: abort it, stop, then give the lock up \
+             (nothing writable without the lock)",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+            }),
+        )
+        .expect(
+            vec![AbortTask, Stop(StopMode::Immediate), ReleaseLeader],
+            |r| *r == Reason::ReleasingLockRenewalsLapsed,
+        ),
+        row(
+            "lapsed renewals, the hold-off (ttl) over: the lock holder restarts its primary as before",
+            Some(cluster(Some(ME))),
+            with(stopped_with(ClusterState::InProduction, 1, 6000), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000)
+            }),
+        )
+        .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| {
+            *r == Reason::StartingPrimaryAfterFailure
+        }),
+        row(
+            "lapsed renewals while paused: no automatic failover, the lock is kept",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.lock_renewed_ms = Some(NOW.mono_ms - 500);
+            }),
+        )
+        .cfg(|c| c.dynamic.pause = true)
+        .expect(upkeep(vec![]), |r| matches!(r, Reason::Paused { .. })),
+        row(
+            "lapsed renewals, nobody holds the lock: the healthiest member holds off the race, \
+             so one with a healthier DCS link leads",
+            Some(cluster(None)),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.peers = Some(vec![peer("pg3", 900)]);
+            }),
+        )
+        .expect(vec![], |r| {
+            *r == Reason::HoldingOffAfterLapsedRenewals { in_ms: 5_000 }
+        }),
+        row(
+            "lapsed renewals, the hold-off over (every member's link is slow): race again, the \
+             cluster gets a leader",
+            Some(cluster(None)),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
+                l.peers = Some(vec![peer("pg3", 900)]);
+            }),
+        )
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
         }),
         // --- §6: replica ---------------------------------------------------------------------------
         row(

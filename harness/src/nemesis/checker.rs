@@ -154,6 +154,9 @@ const SLACK: Duration = Duration::from_secs(1);
 ///   `synchronous_mode`, commits wait for a synchronous standby that neither answers nor
 ///   disconnects until the fault heals or `wal_sender_timeout` ends the connection, so the
 ///   fault's own hold plus a loop (`hold + loop_wait + 1 s`).
+/// - **slow DCS links of the leader** (slow-dcs, a gray failure): a failover, as for a slow link
+///   of the leader (`ttl + loop_wait + 1 s + peer timeout`), measured from the fault, which
+///   holds longer than that: the leader must not keep its lock just because its link is alive.
 /// - **DCS member stop**, **DCS blip** (every server frozen for less than `retry_timeout`): the
 ///   leader keeps its lock (the stop leaves a quorum; the blip ends before the leader's demotion
 ///   deadline, [`super::fault::BLIP_MARGIN`]) and writes never need the DCS (`loop_wait + 1 s`);
@@ -202,6 +205,10 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
         FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink if f.on_leader => {
             failover + peer_timeout
         }
+        // Always the leader's: its renewals lapse at its first deadline, it gives the lock up at
+        // its next (slow) read and delete, and a member with a healthy link takes over, while the
+        // fault still holds (issue 14: before, ~35 s of re-promotions until the heal).
+        FaultKind::SlowDcs => failover + peer_timeout,
         FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink if sync => {
             hold + loop_wait + SLACK
         }
@@ -242,6 +249,7 @@ pub fn may_lose_async_commits(f: &FaultRecord) -> bool {
         | FaultKind::Freeze
         | FaultKind::Silence
         | FaultKind::SlowLink => f.on_leader,
+        FaultKind::SlowDcs => true,
         FaultKind::Partition | FaultKind::OneWayPartition | FaultKind::DcsQuorumLoss => true,
         FaultKind::DcsMemberStop
         | FaultKind::DcsBlip

@@ -55,7 +55,26 @@ pub enum FaultKind {
     /// [`BLIP_MARGIN`] ([`blip_hold_ms`]): README's "a DCS outage shorter than `retry_timeout`
     /// disturbs no leader", checked by [`super::checker::leader_disturbed`].
     DcsBlip,
+    /// The leader's links to every DCS member slowed by [`SLOW_DCS_DELAY_MS`] per packet each way
+    /// (a DCS call then takes ~1.5-1.9 s), no loss, held [`SLOW_DCS_HOLD_MS`]: a gray failure, the
+    /// link slow but alive (its ZooKeeper session or etcd lease lives on), so the leader can no
+    /// longer renew within its demotion deadline yet keeps its lock. The cluster must fail over to
+    /// a member with a healthy link while the fault still holds (issue 14; needs
+    /// [`NetworkFaults`], the DCS links go through relays).
+    SlowDcs,
 }
+
+/// The range of the delay (ms per packet, each way) a [`FaultKind::SlowDcs`] adds to the leader's
+/// DCS links: a call (a request and its answer, a few packets) then takes ~1.5-1.9 s, more than
+/// a leader can afford within `loop_wait + retry_timeout` on the nemesis's timings (a renewal, a
+/// loop's read and the next renewal: three calls in 3 s). At +223 ms and +313 ms seed 1's leader
+/// still renewed in time at load ~20 and nothing moved (seed 9's +321 ms lapsed at load ~30,
+/// with a switchover's calls on top), so the range starts above that, below a call's 2 s bound.
+pub const SLOW_DCS_DELAY_MS: std::ops::RangeInclusive<u32> = 380..=460;
+
+/// The range of a [`FaultKind::SlowDcs`]'s hold (ms): long enough that a failover must happen
+/// while it holds (the bound is about `ttl + loop_wait` and a start).
+pub const SLOW_DCS_HOLD_MS: std::ops::RangeInclusive<u64> = 20_000..=30_000;
 
 /// The range of the delay (ms, each way) a [`FaultKind::ReplicationSlow`] adds: from what a
 /// cross-region link costs to longer than most commit timeouts would tolerate.
@@ -90,7 +109,7 @@ pub fn blip_hold_ms(retry_timeout_secs: u32) -> std::ops::RangeInclusive<u64> {
 
 impl FaultKind {
     /// Every kind, in the order tables list them.
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Freeze,
         FaultKind::Kill,
         FaultKind::PostgresCrash,
@@ -106,6 +125,7 @@ impl FaultKind {
         FaultKind::ReplicationCut,
         FaultKind::Switchover,
         FaultKind::DcsBlip,
+        FaultKind::SlowDcs,
     ];
 
     /// The kinds drawn before the replication-link faults and the switchover existed. A seed's
@@ -117,6 +137,10 @@ impl FaultKind {
     /// `docs/nemesis-tables.md`, the CI seeds of `tests/nemesis.rs`): a seed found with them
     /// replays its faults only when drawn from them, as for [`FaultKind::FIRST_TEN`].
     pub const FIRST_FOURTEEN: &'static [FaultKind] = Self::ALL.split_at(14).0;
+
+    /// The kinds drawn before [`FaultKind::SlowDcs`] existed: a seed found with them replays its
+    /// faults only when drawn from them, as for [`FaultKind::FIRST_TEN`].
+    pub const FIRST_FIFTEEN: &'static [FaultKind] = Self::ALL.split_at(15).0;
 
     /// True for the faults after which the leader must stay undisturbed (README: "a DCS outage
     /// shorter than `retry_timeout` disturbs no leader; losing one DCS member disturbs
@@ -138,6 +162,7 @@ impl FaultKind {
                 | FaultKind::Partition
                 | FaultKind::OneWayPartition
                 | FaultKind::SlowLink
+                | FaultKind::SlowDcs
         )
     }
 
@@ -180,6 +205,7 @@ impl FaultKind {
             FaultKind::ReplicationCut => "repl-cut",
             FaultKind::Switchover => "switchover",
             FaultKind::DcsBlip => "dcs-blip",
+            FaultKind::SlowDcs => "slow-dcs",
         }
     }
 
@@ -226,7 +252,7 @@ pub struct PlannedFault {
     pub target: Target,
     /// How long it holds before the heal (zero for instantaneous faults).
     pub hold: Duration,
-    /// For [`FaultKind::SlowLink`], [`FaultKind::ReplicationSlow`] and
+    /// For [`FaultKind::SlowLink`], [`FaultKind::SlowDcs`], [`FaultKind::ReplicationSlow`] and
     /// [`FaultKind::ReplicationLossy`]: added delay (ms, each way) and loss (percent).
     pub degrade: Option<(u32, u32)>,
     /// Quiet time after the cluster converged again, before the next fault.
@@ -298,6 +324,7 @@ pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
                 }
                 FaultKind::ProxyRestart => Target::Proxy,
                 FaultKind::DcsBlip => Target::DcsMembers(vec![0, 1, 2]),
+                FaultKind::SlowDcs => Target::Leader,
                 // A replica's link, and a switchover's candidate: always a replica (drawn apart,
                 // so the kinds drawn before these existed keep their plans).
                 FaultKind::ReplicationSlow
@@ -320,11 +347,14 @@ pub fn plan(seed: u64, options: &PlanOptions) -> Vec<PlannedFault> {
                 Duration::from_millis(rng.u64(100..=2000))
             } else if kind == FaultKind::DcsBlip {
                 Duration::from_millis(rng.u64(blip_hold_ms(options.retry_timeout_secs)))
+            } else if kind == FaultKind::SlowDcs {
+                Duration::from_millis(rng.u64(SLOW_DCS_HOLD_MS))
             } else {
                 Duration::from_millis(rng.u64(1000..=max_hold_ms))
             };
             let degrade = match kind {
                 FaultKind::SlowLink => Some((rng.u32(50..=500), rng.u32(0..=30))),
+                FaultKind::SlowDcs => Some((rng.u32(SLOW_DCS_DELAY_MS), 0)),
                 FaultKind::ReplicationSlow => Some((rng.u32(REPLICATION_DELAY_MS), 0)),
                 FaultKind::ReplicationLossy => {
                     Some((rng.u32(0..=50), rng.u32(REPLICATION_LOSS_PERCENT)))
@@ -456,8 +486,27 @@ mod tests {
             .into_iter()
             .filter(|k| k.needs_network())
             .collect();
-        assert_eq!(net.len(), 7);
+        assert_eq!(net.len(), 8);
         assert!(!FaultKind::Switchover.needs_network());
+    }
+
+    #[test]
+    fn a_slow_dcs_hits_the_leader_without_loss_for_longer_than_a_failover() {
+        let o = options(&[FaultKind::SlowDcs]);
+        for seed in 0..50 {
+            for f in plan(seed, &o) {
+                assert_eq!(f.target, Target::Leader, "{f:?}");
+                let (delay, loss) = f.degrade.expect("a slow DCS link has a delay");
+                assert!(SLOW_DCS_DELAY_MS.contains(&delay) && loss == 0, "{f:?}");
+                assert!(
+                    SLOW_DCS_HOLD_MS.contains(&(f.hold.as_millis() as u64)),
+                    "{f:?}"
+                );
+            }
+        }
+        assert!(FaultKind::SlowDcs.healed_with_the_network());
+        assert!(!FaultKind::FIRST_FIFTEEN.contains(&FaultKind::SlowDcs));
+        assert_eq!(FaultKind::FIRST_FIFTEEN.last(), Some(&FaultKind::DcsBlip));
     }
 
     #[test]

@@ -139,7 +139,11 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         // costs leaders their lease (two namespace runs of seed 20 drawing only replication-link
         // faults and switchovers, at load 25-35: the leader demoted itself at its deadline
         // again and again, "etcd did not answer within 2s").
-        dcs_links: options.netns && options.applicable_kinds().contains(&FaultKind::SlowLink),
+        dcs_links: options.netns
+            && options
+                .applicable_kinds()
+                .iter()
+                .any(|k| matches!(k, FaultKind::SlowLink | FaultKind::SlowDcs)),
         ..ClusterOptions::default()
     };
     let mut cluster = LocalCluster::start(binary, cluster_options).await?;
@@ -680,7 +684,7 @@ async fn apply_now(
             network_of(cluster).silence(&Host::Member(m.clone()))?;
             (Applied::Network, m)
         }
-        FaultKind::SlowLink => {
+        FaultKind::SlowLink | FaultKind::SlowDcs => {
             let m = member(cluster, &f.target, last_leader).await?;
             let (delay, loss) = f.degrade.unwrap_or((100, 0));
             network_of(cluster).degrade(&Host::Member(m.clone()), delay, loss)?;

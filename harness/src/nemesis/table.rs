@@ -39,6 +39,7 @@ fn label(kind: FaultKind, on_leader: bool, overlapped: bool) -> String {
             | FaultKind::PostgresCrash
             | FaultKind::Silence
             | FaultKind::SlowLink
+            | FaultKind::SlowDcs
     );
     let mut l = kind.name().to_string();
     if member {

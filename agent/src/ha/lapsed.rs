@@ -1,0 +1,91 @@
+//! A leader whose renewals lapsed steps aside: the gray failure of a DCS link that stays slow but
+//! alive (issue 14).
+//!
+//! The demotion deadline ([`super::demote_deadline_ms`]) stops a primary that could not renew its
+//! lock within `loop_wait + retry_timeout`. When the link to the DCS is slow but alive, the lock
+//! outlives that stop: a ZooKeeper session is kept alive by pings (slow ones too) and so is its
+//! ephemeral leader znode; an etcd lease is kept alive by keep-alives that succeed, only late. The
+//! member then still holds the lock at its next successful read, restarts PostgreSQL (read-only,
+//! or as primary after a crash-like immediate stop), promotes it because "the lock is its own",
+//! misses the next renewal again, and is stopped again: a new timeline every few seconds and no
+//! writes for as long as the link stays slow, while members with a healthy link could lead (the
+//! nemesis's ZooKeeper strict seed 9: timelines 2 to 5 within 22 s, ~35 s without writes).
+//!
+//! The rule: a member whose renewals lapsed (the runner stopped, or found stopped, its writable
+//! PostgreSQL because the deadline passed without a renewal: [`super::LocalState::renewals_lapsed_ms`])
+//! gives the lock up when it next sees it still holds it, and keeps out of the leader race for a
+//! hold-off ([`hold_off_ms`]) unless another member led since (the runner forgets the lapse when it
+//! reads another leader). A member with a healthy link takes over. When every member's link is
+//! slow (the DCS itself is slow), each leader in turn lapses and steps aside; the hold-off ends
+//! after `ttl`, so the cluster always ends up with a leader again (which may lapse again: no
+//! member can keep a lease on such a DCS).
+//!
+//! Patroni differs: it demotes a leader whose `update_lock` failed without releasing the lock
+//! (`demote('immediate-nolock')`), and the next cycle, still holding the key, promotes again
+//! ("promoted self to leader because I had the session lock"), which is the cycle above. Its
+//! ZooKeeper renewal makes no request (the session is the lease), so on ZooKeeper it rarely lapses;
+//! this agent's renewals are checked requests (a `sync` and a read on ZooKeeper, a keep-alive and
+//! a transaction on etcd), so a slow link lapses them, and this rule hands the lock on instead.
+
+use super::decide::decision;
+use super::{Action, Decision, HaConfig, LocalState, Now, Postgres, Reason, StopMode};
+use praetor_config::DynamicConfig;
+use praetor_dcs::Cluster;
+
+/// How long (ms) a member whose renewals lapsed keeps out of the leader race: `ttl` (the time a
+/// lock it gave up would have lived anyway), at least one `loop_wait` so the others get a cycle.
+pub fn hold_off_ms(dynamic: &DynamicConfig) -> u64 {
+    u64::from(dynamic.ttl.max(dynamic.loop_wait).max(1)) * 1000
+}
+
+/// The ms left of the hold-off that began when this member's renewals lapsed at monotonic
+/// `lapsed_ms` ([`LocalState::renewals_lapsed_ms`]); `None` when there is none (no lapse, or over).
+pub fn hold_off_left_ms(
+    lapsed_ms: Option<u64>,
+    dynamic: &DynamicConfig,
+    now_ms: u64,
+) -> Option<u64> {
+    let at = lapsed_ms?;
+    let until = at.saturating_add(hold_off_ms(dynamic));
+    (now_ms < until).then(|| until - now_ms)
+}
+
+/// A lock holder within its hold-off gives the lock up: whatever might still accept writes is
+/// stopped first (a start as primary is aborted; normally the deadline already stopped it), then
+/// the leader key is deleted if it is still its own ([`Action::ReleaseLeader`]: a compare-and-delete
+/// on etcd, a delete at the znode's version on ZooKeeper). `None` when the rule does not apply:
+/// not the lock holder, no hold-off, or maintenance mode (no automatic failover while paused).
+pub fn steps_aside(
+    view: &Cluster,
+    local: &LocalState,
+    cfg: &HaConfig,
+    now: Now,
+) -> Option<Decision> {
+    if cfg.dynamic.pause || view.leader.as_ref().is_none_or(|l| l.name != cfg.name) {
+        return None;
+    }
+    hold_off_left_ms(local.renewals_lapsed_ms, &cfg.dynamic, now.mono_ms)?;
+    let mut actions = vec![];
+    let primary_start = local.task.is_some() && !local.starting_read_only;
+    if primary_start {
+        actions.push(Action::AbortTask);
+    }
+    let may_be_primary = match &local.postgres {
+        Postgres::Running(r) => r.is_primary,
+        Postgres::Starting => primary_start,
+        Postgres::Stopped { .. } => primary_start,
+    };
+    if may_be_primary {
+        actions.push(Action::Stop(StopMode::Immediate));
+    }
+    actions.push(Action::ReleaseLeader);
+    Some(decision(actions, Reason::ReleasingLockRenewalsLapsed))
+}
+
+/// Whether this member keeps out of the leader race now: within its hold-off
+/// ([`hold_off_left_ms`]), with the ms left. A switchover's candidate races anyway (the operator
+/// named it).
+pub fn holding_off(local: &LocalState, cfg: &HaConfig, now: Now) -> Option<Reason> {
+    hold_off_left_ms(local.renewals_lapsed_ms, &cfg.dynamic, now.mono_ms)
+        .map(|in_ms| Reason::HoldingOffAfterLapsedRenewals { in_ms })
+}
