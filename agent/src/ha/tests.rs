@@ -2244,10 +2244,10 @@ fn rows() -> Vec<Row> {
             .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
             .expect(vec![], |r| matches!(r, Reason::NotRewindable { timeline: 1 })),
         // --- synchronous replication --------------------------------------------------------------
-        row("sync on: the leader first writes a sync key of its own",
+        row("sync on: the leader first writes a sync key of its own, then (same loop) the GUC",
             Some(cluster(Some(ME))), local(primary_with(&[("pg2", "async", 1000)], "")))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(upkeep(vec![sync_key(&[])]), |_| true),
+            .expect(upkeep(vec![sync_key(&[]), SetSyncStandbyNames(r#"FIRST 1 ("pg2")"#.into())]), |_| true),
         row("sync on: adding a standby sets the GUC first",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
             local(primary_with(&[("pg2", "async", 1000), ("pg3", "async", 1000)], "")))
@@ -2266,11 +2266,16 @@ fn rows() -> Vec<Row> {
                  |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
             .expect(upkeep(vec![]), |_| true),
-        row("sync on: a synchronous standby that left is removed from the key first",
+        row("sync on: a synchronous standby that left is removed from the key first, and the GUC names the other in the same loop (issue 14: a loop later kept strict mode's commits waiting one more loop)",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&["pg2"]), version: 9 }))),
             local(primary_with(&[("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            .expect(upkeep(vec![sync_key(&[])]), |_| true),
+            .expect(upkeep(vec![sync_key(&[]), SetSyncStandbyNames(r#"FIRST 1 ("pg3")"#.into())]), |_| true),
+        row("sync strict: a synchronous standby that left is removed from the key, and the GUC waits for any standby in the same loop",
+            Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&["pg2"]), version: 9 }))),
+            local(primary_with(&[], r#"FIRST 1 ("pg2")"#)))
+            .cfg(|c| { c.dynamic.synchronous_mode = SyncMode::On; c.dynamic.synchronous_mode_strict = true; })
+            .expect(upkeep(vec![sync_key(&[]), SetSyncStandbyNames("*".into())]), |_| true),
         row("sync strict without standbys: commits wait for any standby",
             Some(with(cluster(Some(ME)), |c| c.sync = Some(Versioned { value: sync_value(&[]), version: 9 }))),
             local(primary_with(&[], "")))
@@ -2315,8 +2320,9 @@ fn rows() -> Vec<Row> {
             })),
             with(local(primary_with(&[("pg2", "sync", 1000), ("pg3", "async", 1000)], r#"FIRST 1 ("pg2")"#)), |l| l.sync_catchup_lsn = 1000))
             .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
-            // The key shrinks first, then synchronous_standby_names names pg3 (next loops).
-            .expect(upkeep(vec![sync_key(&[])]), |_| true),
+            // The key shrinks first, then synchronous_standby_names names pg3 (same loop, after the
+            // key write succeeded); the key lists pg3 once it caught up (a later loop).
+            .expect(upkeep(vec![sync_key(&[]), SetSyncStandbyNames(r#"FIRST 1 ("pg3")"#.into())]), |_| true),
         row("quorum: the leader that stepped down for a switchover races again when the key lists no voter (no other member may promote; sim seed 85)",
             Some(with(cluster(None), |c| {
                 c.failover = failover(Some(ME), Some("pg3"));
