@@ -277,12 +277,16 @@ pub struct SlotHistory {
     /// `pg_replication_slots`), in time order: `(member, when, usable)`; a member shows once
     /// at its first answer, then at each change.
     pub copies: Vec<(String, Duration, bool)>,
+    /// When every replica held a usable copy at once (the runner held the first fault until
+    /// then); `None` when that never happened.
+    pub copies_ready_at: Option<Duration>,
     /// Rows the writer saw acknowledged.
     pub acknowledged: usize,
     /// Every `(id, lsn)` of the final leader's table; `None` when it could not be read.
     pub final_rows: Option<BTreeMap<i64, u64>>,
-    /// `Ok` when the consumer confirmed the final leader's WAL end before it was stopped (then
-    /// every row of the final table should have been delivered), else why not.
+    /// `Ok` when the consumer confirmed the final leader's WAL end (then every row of the final
+    /// table should have been delivered) or delivered every row before it was stopped, else
+    /// why not.
     pub drained: Result<(), String>,
 }
 

@@ -267,16 +267,17 @@ async fn run_on(
         },
     )
     .await?;
-    if let Some(s) = &slot_workload {
+    if let Some(s) = &mut slot_workload {
         // The claim's precondition: before every replica holds a usable copy, a failover loses
         // the slot by design (PostgreSQL 17+: synchronized, not temporary; before: copied at a
         // restart, then advanced, `ha::slots::pace_copies`). Held here rather than judged per
         // failover: the simplest rule that keeps every fault inside the claim's terms.
-        s.wait_for_copies(cluster.nodes.len() - 1, Duration::from_secs(300))
+        let at = s
+            .wait_for_copies(cluster.nodes.len() - 1, Duration::from_secs(300))
             .await?;
         eprintln!(
             "nemesis seed {seed}: {:>6.1}s every replica holds a usable copy of the slot",
-            workload.now().as_secs_f64()
+            at.as_secs_f64()
         );
     }
 
@@ -871,6 +872,19 @@ pub async fn series(
                         t.copies_usable_at
                             .map_or("never".into(), |d| format!("{:.1}s", d.as_secs_f64()))
                     );
+                }
+                if let Some(s) = &r.history.slot {
+                    // Each replica's copy turning usable or not: a failover to a member without
+                    // one is outside the claim.
+                    let copies: Vec<String> = s
+                        .copies
+                        .iter()
+                        .map(|(m, at, usable)| {
+                            let what = if *usable { "usable" } else { "none" };
+                            format!("{m} {what} at {:.1}s", at.as_secs_f64())
+                        })
+                        .collect();
+                    eprintln!("nemesis seed {seed}: slot copies: {}", copies.join(", "));
                 }
                 for v in &r.report.violations {
                     eprintln!(

@@ -2,8 +2,8 @@
 //! row 13, that a permanent logical slot survives failover, read as what its consumer sees.
 //!
 //! Rules, each a [`ViolationKind::SlotFeed`] when broken:
-//! - **drained**: the consumer confirmed the final leader's WAL end before it was stopped
-//!   (otherwise the other rules cannot be judged), and the final table was read.
+//! - **drained**: the consumer confirmed the final leader's WAL end, or delivered every row of
+//!   its table, before it was stopped, and the final table was read.
 //! - **nothing lost**: every row of the final leader's table was delivered by some run.
 //! - **nothing confirmed delivered again**: a row delivered again by a run that started from a
 //!   position at or past the next row's `lsn` (the writer's next row, by id, in the final table).
@@ -36,7 +36,7 @@ pub struct SlotTally {
     /// Rows delivered but missing from the final table where a fault may have lost them
     /// (allowed).
     pub delivered_lost_allowed: usize,
-    /// When the last replica's copy first became usable (from the run's start), if all did.
+    /// When every replica held a usable copy (from the run's start), if that happened.
     pub copies_usable_at: Option<std::time::Duration>,
 }
 
@@ -50,7 +50,7 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
     let mut out = Vec::new();
     let mut tally = SlotTally {
         runs: slot.runs.len(),
-        copies_usable_at: copies_usable_at(slot),
+        copies_usable_at: slot.copies_ready_at,
         ..SlotTally::default()
     };
     let violation = |at, detail: String| Violation {
@@ -110,7 +110,7 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
         .filter(|id| !seen.contains(id))
         .copied()
         .collect();
-    if !lost.is_empty() && slot.drained.is_ok() {
+    if !lost.is_empty() {
         out.push(violation(
             history.end,
             format!(
@@ -141,23 +141,6 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
         }
     }
     (out, tally)
-}
-
-/// When every member that ever answered as a replica first held a usable copy.
-fn copies_usable_at(slot: &SlotHistory) -> Option<std::time::Duration> {
-    let mut first: BTreeMap<&str, Option<std::time::Duration>> = BTreeMap::new();
-    for (m, at, usable) in &slot.copies {
-        let e = first.entry(m.as_str()).or_insert(None);
-        if *usable && e.is_none() {
-            *e = Some(*at);
-        }
-    }
-    first
-        .values()
-        .copied()
-        .collect::<Option<Vec<_>>>()?
-        .into_iter()
-        .max()
 }
 
 #[cfg(test)]
@@ -200,6 +183,7 @@ mod tests {
                     ("pg2".into(), s(20), true),
                     ("pg3".into(), s(25), true),
                 ],
+                copies_ready_at: Some(s(25)),
                 acknowledged: fin.len(),
                 final_rows: Some(fin.into_iter().collect()),
                 drained: Ok(()),
@@ -288,10 +272,14 @@ mod tests {
 
     #[test]
     fn a_consumer_that_did_not_drain_is_a_violation_and_hides_nothing_else() {
-        let mut h = history(vec![run(0, None, rows(1..=4))], rows(1..=8), vec![]);
-        h.slot.as_mut().unwrap().drained = Err("confirmed 0/400 of 0/800".into());
+        let mut h = history(vec![run(0, None, rows(1..=8))], rows(1..=8), vec![]);
+        h.slot.as_mut().unwrap().drained = Err("confirmed 0/400 of 0/900".into());
         let (v, _) = kinds(&h);
         assert_eq!(v, vec![ViolationKind::SlotFeed]);
+        // Not drained and rows missing: both show.
+        h.slot.as_mut().unwrap().runs = vec![run(0, None, rows(1..=4))];
+        let (v, _) = kinds(&h);
+        assert_eq!(v, vec![ViolationKind::SlotFeed; 2]);
         h.slot.as_mut().unwrap().final_rows = None;
         let (v, _) = kinds(&h);
         assert_eq!(v, vec![ViolationKind::SlotFeed; 2]);

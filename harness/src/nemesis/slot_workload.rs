@@ -35,6 +35,8 @@ pub struct SlotWorkload {
     poller: tokio::task::JoinHandle<()>,
     states: States,
     copies: Arc<Mutex<Vec<(String, Duration, bool)>>>,
+    t0: Instant,
+    ready_at: Option<Duration>,
 }
 
 /// Creates the writer's table through `addr` (`ip:port`, the proxy's read-write port).
@@ -81,22 +83,25 @@ impl SlotWorkload {
             poller,
             states,
             copies,
+            t0,
+            ready_at: None,
         })
     }
 
     /// Waits until every member but the primary holds a usable copy of the slot (the claim's
     /// precondition: a failover before that may lose the slot by design), for up to `timeout`.
     /// Errors: a replica still without one, with why, at the deadline.
-    pub async fn wait_for_copies(&self, replicas: usize, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_for_copies(
+        &mut self,
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let states = self.states.clone();
         wait_for(
             "a usable copy of the slot on every replica",
             timeout,
             || async {
-                let states = self
-                    .states
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let states = states.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let usable = states.values().filter(|s| **s == CopyState::Usable).count();
                 if usable >= replicas {
                     Ok(())
@@ -105,7 +110,10 @@ impl SlotWorkload {
                 }
             },
         )
-        .await
+        .await?;
+        let at = self.t0.elapsed();
+        self.ready_at = Some(at);
+        Ok(at)
     }
 
     /// Stops the writer (the first step of the run's end, with the other clients).
@@ -134,19 +142,33 @@ impl SlotWorkload {
         };
         let drained = match &final_read {
             Err(e) => Err(format!("the final table: {e}")),
-            Ok((_, end)) => {
+            // Drained once it confirmed the WAL end, or delivered every row (its confirmations
+            // may stop at the last commit it decoded, short of later WAL).
+            Ok((rows, end)) => {
                 wait_for(
                     "the consumer to confirm the final leader's WAL end",
                     timeout,
                     || async {
-                        match self.consumer.confirmed() {
-                            Some(c) if c >= *end => Ok(()),
-                            c => Err(format!(
-                                "confirmed {} of {}",
-                                c.map_or("nothing".into(), format_lsn),
-                                format_lsn(*end)
-                            )),
+                        let confirmed = self.consumer.confirmed();
+                        if confirmed.is_some_and(|c| c >= *end) {
+                            return Ok(());
                         }
+                        let got: std::collections::BTreeSet<i64> = self
+                            .consumer
+                            .runs()
+                            .iter()
+                            .flat_map(|r| delivered(&r.output))
+                            .map(|(id, _)| id)
+                            .collect();
+                        let missing = rows.keys().filter(|id| !got.contains(id)).count();
+                        if missing == 0 {
+                            return Ok(());
+                        }
+                        Err(format!(
+                            "confirmed {} of {}, {missing} rows not delivered",
+                            confirmed.map_or("nothing".into(), format_lsn),
+                            format_lsn(*end)
+                        ))
                     },
                 )
                 .await
@@ -170,6 +192,7 @@ impl SlotWorkload {
                 })
                 .collect(),
             copies,
+            copies_ready_at: self.ready_at,
             acknowledged,
             final_rows: final_read.ok().map(|(rows, _)| rows),
             drained,
