@@ -863,7 +863,7 @@ pub async fn series(
                 );
                 if let Some(t) = &r.report.slot {
                     eprintln!(
-                        "nemesis seed {seed}: slot: {} rows in the final table, {} delivered over {} consumer runs, {} repeated from before their commit, {} delivered then lost in a failover (allowed); every replica's copy usable at {}",
+                        "nemesis seed {seed}: slot: {} rows in the final table, {} delivered over {} consumer runs, {} sent again from a start before their commit (allowed), {} delivered then lost in a failover (allowed); every replica's copy usable at {}",
                         t.final_rows,
                         t.delivered,
                         t.runs,
