@@ -20,6 +20,15 @@
 //!   network faults (silence, partition, one-way partition, a member's slow and lossy links to
 //!   the DCS, a replica's replication link through a relay) drawn too.
 //!
+//! - `PRAETOR_NEMESIS_SLOTS=1` (or `18`; `15` for PostgreSQL 15): the logical slot workload, off by
+//!   default. The cluster runs that PostgreSQL with `wal_level: logical` and a permanent logical
+//!   slot `queue` (`test_decoding`) in its dynamic configuration; a writer inserts rows carrying
+//!   their own `pg_current_wal_insert_lsn()` and `pg_recvlogical` consumes the slot through the
+//!   multi-host read-write connection string, started again from its confirmed position after each
+//!   disconnection. The first fault waits until every replica holds a usable copy of the slot
+//!   (the claim's precondition); the run then fails a `logical slot feed broken` check if a row of
+//!   the final table was never delivered, a row was sent again from a position past its commit,
+//!   or a delivered row vanished with no fault that may lose commits (`nemesis::slot_feed`).
 //! - `PRAETOR_NEMESIS_KEEP_SLOW=1`: keep the directory (every process's log) of a run with a
 //!   recovery over its bound, not only of a run with a violation.
 //!

@@ -11,12 +11,16 @@
 //! lines), as a consumer that tracks its position does. The leader node is killed (`kill -9` of the
 //! agent and every PostgreSQL process) `PRAETOR_LOGICAL_FAILOVERS` times (default 1; the killed node
 //! rejoins before the next kill). At the end every row of the final leader's table was delivered
-//! (none lost), and no row whose change lies before the position the consumer restarted from was
+//! (none lost), and no row whose commit lies before the position the consumer restarted from was
 //! delivered again; repeats after that position are allowed and counted.
 //!
 //! Each row stores `pg_current_wal_insert_lsn()` taken inside its own transaction: below its commit
 //! record, and (one writer, one row per transaction) at or after the previous row's commit record.
-//! So a row with `lsn < startpos` committed before the consumer's confirmed position.
+//! So a row whose next row (by id) has `lsn <= startpos` committed before the consumer's confirmed
+//! position (a row's own `lsn < startpos` is not enough: a keepalive may confirm a position
+//! between a row's insert and its commit, and the transaction is then sent again). The writer,
+//! consumer and parsing live in `praetor_harness::logical`, shared with the nemesis' slot
+//! workload.
 //!
 //! Run: `cargo test -p praetor --test logical_slots -- --test-threads=1 --nocapture` (figures on
 //! stderr).
@@ -24,200 +28,18 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+use praetor_harness::logical::{self, delivered, Consumer, Run, Writer};
 use praetor_harness::PgMajor;
 
 const SLOT: &str = "queue";
 
-/// "X/Y" as bytes.
-fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().trim_matches('\'').split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
 /// The multi-host libpq string that reaches whichever member accepts writes.
 fn leader_dsn(c: &LocalCluster) -> String {
-    let hosts: Vec<&str> = c.nodes.iter().map(|_| "127.0.0.1").collect();
-    let ports: Vec<String> = c.nodes.iter().map(|n| n.pg_port.to_string()).collect();
-    format!(
-        "host={} port={} user={SUPERUSER} password={SUPERUSER_PASSWORD} dbname=postgres \
-         target_session_attrs=read-write connect_timeout=3",
-        hosts.join(","),
-        ports.join(",")
-    )
-}
-
-/// Inserts `id, pg_current_wal_insert_lsn()` rows, one per transaction, reconnecting to the leader
-/// after each failure; records the ids acknowledged.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<i32>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(dsn: String) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let (s, a) = (stop.clone(), acked.clone());
-        let task = tokio::spawn(async move {
-            let mut id = 0i32;
-            while !s.load(Ordering::SeqCst) {
-                let client = match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
-                    Ok((client, conn)) => {
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                        client
-                    }
-                    Err(_) => {
-                        // Retry pace while no member accepts writes.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                while !s.load(Ordering::SeqCst) {
-                    id += 1;
-                    match client
-                        .execute(
-                            "INSERT INTO q (id, lsn) VALUES ($1, pg_current_wal_insert_lsn())",
-                            &[&id],
-                        )
-                        .await
-                    {
-                        Ok(_) => a.lock().unwrap().push(id),
-                        Err(_) => break,
-                    }
-                    // About 100 transactions a second: enough to keep changes in flight at the kill.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        });
-        Writer { stop, acked, task }
-    }
-
-    async fn stop(self) -> Vec<i32> {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.task.await;
-        let v = self.acked.lock().unwrap().clone();
-        v
-    }
-}
-
-/// One `pg_recvlogical` run: where it started and its output.
-#[derive(Debug, Clone)]
-struct Run {
-    startpos: Option<u64>,
-    output: PathBuf,
-}
-
-/// Runs `pg_recvlogical` on the slot through the leader, again after every disconnection, from the
-/// last position it confirmed.
-struct Consumer {
-    stop: Arc<AtomicBool>,
-    runs: Arc<Mutex<Vec<Run>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// The last "flush to X" that `pg_recvlogical -v` logged: the position it confirmed.
-fn last_flush(stderr: &str) -> Option<u64> {
-    stderr
-        .lines()
-        .filter_map(|l| l.split("flush to ").nth(1))
-        .filter_map(|rest| parse_lsn(rest.split_whitespace().next()?))
-        .max()
-}
-
-impl Consumer {
-    fn start(bin: PathBuf, dsn: String, dir: PathBuf) -> Consumer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let runs = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (stop.clone(), runs.clone());
-        let task = tokio::spawn(async move {
-            let mut startpos: Option<u64> = None;
-            let mut k = 0;
-            while !s.load(Ordering::SeqCst) {
-                k += 1;
-                let output = dir.join(format!("out-{k}.txt"));
-                let errpath = dir.join(format!("err-{k}.txt"));
-                let mut cmd = tokio::process::Command::new(bin.join("pg_recvlogical"));
-                cmd.args(["-d", &dsn, "--slot", SLOT, "--start", "--no-loop", "-v"])
-                    .args(["--fsync-interval", "1", "--status-interval", "1", "-f"])
-                    .arg(&output)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::fs::File::create(&errpath).expect("stderr file"));
-                if let Some(p) = startpos {
-                    cmd.arg("--startpos")
-                        .arg(format!("{:X}/{:X}", p >> 32, p & 0xffff_ffff));
-                }
-                r.lock().unwrap().push(Run {
-                    startpos,
-                    output: output.clone(),
-                });
-                let mut child = cmd.spawn().expect("pg_recvlogical starts");
-                loop {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
-                    }
-                    if s.load(Ordering::SeqCst) {
-                        // SIGINT: pg_recvlogical flushes, confirms and exits.
-                        if let Some(pid) = child.id() {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::Signal::SIGINT,
-                            );
-                        }
-                        let _ = child.wait().await;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let err = std::fs::read_to_string(&errpath).unwrap_or_default();
-                if let Some(p) = last_flush(&err) {
-                    startpos = Some(startpos.map_or(p, |s| s.max(p)));
-                }
-                // Retry pace while the slot is unreachable (no leader yet).
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        });
-        Consumer { stop, runs, task }
-    }
-
-    fn runs(&self) -> Vec<Run> {
-        self.runs.lock().unwrap().clone()
-    }
-
-    async fn stop(self) -> Vec<Run> {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.task.await;
-        let v = self.runs.lock().unwrap().clone();
-        v
-    }
-}
-
-/// The rows a run delivered, in order: (id, the row's lsn column).
-fn delivered(path: &Path) -> Vec<(i32, u64)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("table public.q: INSERT: "))
-        .filter_map(|rest| {
-            let mut id = None;
-            let mut lsn = None;
-            for f in rest.split(' ') {
-                if let Some(v) = f.strip_prefix("id[integer]:") {
-                    id = v.parse().ok();
-                } else if let Some(v) = f.strip_prefix("lsn[pg_lsn]:") {
-                    lsn = parse_lsn(v);
-                }
-            }
-            Some((id?, lsn?))
-        })
-        .collect()
+    let addrs: Vec<String> = c.nodes.iter().map(|n| n.pg_addr()).collect();
+    logical::leader_dsn(&addrs)
 }
 
 /// Delivered / lost / duplicated figures of a whole run.
@@ -226,27 +48,29 @@ struct Tally {
     committed: usize,
     acked_not_committed: usize,
     delivered: usize,
-    lost: Vec<i32>,
+    lost: Vec<i64>,
     /// Delivered rows that are not in the final table (a change that did not survive the failover).
     phantom: usize,
-    /// Redelivered rows whose change lies before the position the consumer restarted from.
-    dup_before_confirmed: Vec<i32>,
+    /// Redelivered rows whose commit lies before the position the consumer restarted from.
+    dup_before_confirmed: Vec<i64>,
     /// Redelivered rows after that position (allowed).
     dup_after_confirmed: usize,
 }
 
-fn tally(runs: &[Run], committed: &BTreeSet<i32>, acked: &[i32]) -> Tally {
+/// `committed`: the final table, id to lsn.
+fn tally(runs: &[Run], committed: &BTreeMap<i64, u64>, acked: &[i64]) -> Tally {
     let mut t = Tally {
         committed: committed.len(),
-        acked_not_committed: acked.iter().filter(|i| !committed.contains(i)).count(),
+        acked_not_committed: acked.iter().filter(|i| !committed.contains_key(i)).count(),
         ..Default::default()
     };
-    let mut seen: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
     for run in runs {
         let start = run.startpos.unwrap_or(0);
-        for (id, lsn) in delivered(&run.output) {
+        for (id, _) in delivered(&run.output) {
             if seen.contains_key(&id) {
-                if lsn < start {
+                let next = committed.range(id + 1..).next().map(|(_, l)| *l);
+                if next.is_some_and(|next| next <= start) {
                     t.dup_before_confirmed.push(id);
                 } else {
                     t.dup_after_confirmed += 1;
@@ -257,15 +81,15 @@ fn tally(runs: &[Run], committed: &BTreeSet<i32>, acked: &[i32]) -> Tally {
     }
     t.delivered = seen.len();
     t.lost = committed
-        .iter()
+        .keys()
         .filter(|i| !seen.contains_key(i))
         .copied()
         .collect();
-    t.phantom = seen.keys().filter(|i| !committed.contains(i)).count();
+    t.phantom = seen.keys().filter(|i| !committed.contains_key(i)).count();
     t
 }
 
-fn delivered_ids(runs: &[Run]) -> BTreeSet<i32> {
+fn delivered_ids(runs: &[Run]) -> BTreeSet<i64> {
     runs.iter()
         .flat_map(|r| delivered(&r.output))
         .map(|(id, _)| id)
@@ -364,13 +188,7 @@ async fn survives_leader_kill(pg: PgMajor) {
         scope: "logical".into(),
         bin_dir: Some(pg.bin_dir()),
         proxy: false,
-        dcs_extra: vec![
-            "slots:".into(),
-            format!("  {SLOT}:"),
-            "    type: logical".into(),
-            "    database: postgres".into(),
-            "    plugin: test_decoding".into(),
-        ],
+        dcs_extra: logical::permanent_slot_lines(SLOT),
         dcs_parameters: vec!["wal_level: logical".into()],
         ..Default::default()
     })
@@ -379,7 +197,7 @@ async fn survives_leader_kill(pg: PgMajor) {
     let leader = c.leader().await.expect("leader");
     let client = connect_retry(c.node(&leader).pg_port, Duration::from_secs(30)).await;
     client
-        .batch_execute("CREATE TABLE q (id int PRIMARY KEY, lsn pg_lsn NOT NULL)")
+        .batch_execute(logical::CREATE_TABLE)
         .await
         .expect("create table");
     // The leader created the slot, with failover on from 17.
@@ -415,8 +233,8 @@ async fn survives_leader_kill(pg: PgMajor) {
 
     let dir = c.work.path().join("consumer");
     std::fs::create_dir_all(&dir).expect("consumer dir");
-    let writer = Writer::start(dsn.clone());
-    let consumer = Consumer::start(pg.bin_dir(), dsn.clone(), dir);
+    let writer = Writer::start(dsn.clone(), 100);
+    let consumer = Consumer::start(pg.bin_dir(), dsn.clone(), SLOT.into(), dir, Instant::now());
 
     let mut leader = leader;
     for round in 1..=failovers {
@@ -550,12 +368,15 @@ async fn survives_leader_kill(pg: PgMajor) {
     let acked = writer.stop().await;
     let port = c.node(&leader).pg_port;
     let client = connect_retry(port, Duration::from_secs(30)).await;
-    let committed: BTreeSet<i32> = client
-        .query("SELECT id FROM q", &[])
+    let committed: BTreeMap<i64, u64> = client
+        .query(
+            &format!("SELECT id, (lsn - '0/0')::bigint FROM {}", logical::TABLE),
+            &[],
+        )
         .await
-        .expect("read q")
+        .expect("read the writer's table")
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
         .collect();
     // Every committed row reaches the consumer (it is still streaming from the leader).
     let all = wait_for(
@@ -563,7 +384,7 @@ async fn survives_leader_kill(pg: PgMajor) {
         Duration::from_secs(120),
         || async {
             let got = delivered_ids(&consumer.runs());
-            let missing = committed.difference(&got).count();
+            let missing = committed.keys().filter(|i| !got.contains(i)).count();
             if missing == 0 {
                 Ok(())
             } else {
@@ -601,13 +422,4 @@ async fn survives_leader_kill(pg: PgMajor) {
         );
     }
     assert!(t.committed > 0);
-}
-
-#[test]
-fn parses_lsns_and_pg_recvlogical_lines() {
-    assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
-    assert_eq!(parse_lsn("'1/A'"), Some((1 << 32) | 10));
-    let err = "pg_recvlogical: confirming write up to 0/1, flush to 0/1 (slot queue)\n\
-               pg_recvlogical: confirming write up to 0/3000060, flush to 0/3000040 (slot queue)\n";
-    assert_eq!(last_flush(err), Some(0x3000040));
 }

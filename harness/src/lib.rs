@@ -25,6 +25,7 @@
 
 pub mod cluster;
 pub mod dcs;
+pub mod logical;
 pub mod nemesis;
 pub mod netns;
 pub mod patroni;

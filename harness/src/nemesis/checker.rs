@@ -72,6 +72,10 @@ pub enum ViolationKind {
     /// A fault that must leave the leader alone ([`FaultKind::keeps_the_leader`]) saw a
     /// promotion, a new timeline, or the leader's writes stop ([`leader_disturbed`]).
     LeaderDisturbed,
+    /// The permanent logical slot's consumer lost a row of the final table, was sent again a
+    /// row it had confirmed, or saw a row vanish with no fault to explain it
+    /// ([`super::slot_feed`]).
+    SlotFeed,
 }
 
 impl fmt::Display for ViolationKind {
@@ -84,6 +88,7 @@ impl fmt::Display for ViolationKind {
             ViolationKind::NoRecovery => "no recovery",
             ViolationKind::StaleRead => "stale read",
             ViolationKind::LeaderDisturbed => "leader disturbed",
+            ViolationKind::SlotFeed => "logical slot feed broken",
         })
     }
 }
@@ -122,6 +127,8 @@ pub struct Report {
     pub reads: (usize, usize),
     /// One per fault.
     pub recoveries: Vec<Recovery>,
+    /// The logical slot workload's figures, when the run had one.
+    pub slot: Option<super::slot_feed::SlotTally>,
 }
 
 /// Measurement slack added to every bound: PostgreSQL's promotion or restart, the proxy
@@ -339,6 +346,10 @@ pub fn check(history: &History) -> Report {
     check_recovery(history, &mut report);
     report.violations.extend(stale_reads(history));
     report.violations.extend(leader_disturbed(history));
+    if let Some((violations, tally)) = super::slot_feed::check_slot(history) {
+        report.violations.extend(violations);
+        report.slot = Some(tally);
+    }
     report.violations.sort_by_key(|v| v.at);
     report
 }
@@ -927,6 +938,7 @@ mod tests {
             final_read_failures: vec![],
             end: ms(60_000),
             read_your_writes: true,
+            slot: None,
         }
     }
 

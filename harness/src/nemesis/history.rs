@@ -262,6 +262,43 @@ pub struct History {
     /// The proxy promised read-your-writes on its auto port (`read_your_writes`, on by default):
     /// a read that misses its session's own acknowledged insert is then a violation.
     pub read_your_writes: bool,
+    /// The logical slot workload's record, when the run had one (`PRAETOR_NEMESIS_SLOTS=1`).
+    pub slot: Option<SlotHistory>,
+}
+
+/// What the logical slot workload recorded ([`crate::logical`]): a permanent logical slot in
+/// the cluster's dynamic configuration, a writer whose rows carry their own WAL position, and a
+/// consumer started again from its confirmed position after each disconnection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotHistory {
+    /// Every consumer run, in order.
+    pub runs: Vec<SlotRun>,
+    /// Each member's copy of the slot becoming usable or not (polled from
+    /// `pg_replication_slots`), in time order: `(member, when, usable)`; a member shows once
+    /// at its first answer, then at each change.
+    pub copies: Vec<(String, Duration, bool)>,
+    /// When every replica held a usable copy at once (the runner held the first fault until
+    /// then); `None` when that never happened.
+    pub copies_ready_at: Option<Duration>,
+    /// Rows the writer saw acknowledged.
+    pub acknowledged: usize,
+    /// Every `(id, lsn)` of the final leader's table; `None` when it could not be read.
+    pub final_rows: Option<BTreeMap<i64, u64>>,
+    /// `Ok` when the consumer confirmed the final leader's WAL end (then every row of the final
+    /// table should have been delivered) or delivered every row before it was stopped, else
+    /// why not.
+    pub drained: Result<(), String>,
+}
+
+/// One `pg_recvlogical` run of the slot workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotRun {
+    /// When it started (from the run's start).
+    pub start: Duration,
+    /// The position it started from (`--startpos`, the last one confirmed), `None` for the first.
+    pub startpos: Option<u64>,
+    /// The rows it delivered, in order: `(id, lsn)`.
+    pub rows: Vec<(i64, u64)>,
 }
 
 /// The 8 hex digits of a timeline at the start of a WAL file name, as a number.

@@ -10,6 +10,9 @@
 //! - [`workload`]: the clients (tokio-postgres) recording every operation.
 //! - [`runner`]: one run of one seed.
 //! - [`table`]: the summary of many runs per fault kind.
+//! - [`slot_workload`]: the logical slot's writer, consumer and copy poller
+//!   (`PRAETOR_NEMESIS_SLOTS=1`).
+//! - [`slot_feed`]: the check of the logical slot workload (`PRAETOR_NEMESIS_SLOTS=1`).
 //!
 //! Entry points: `cargo bench --bench nemesis` and the CI test `tests/nemesis.rs`.
 
@@ -17,5 +20,7 @@ pub mod checker;
 pub mod fault;
 pub mod history;
 pub mod runner;
+pub mod slot_feed;
+pub mod slot_workload;
 pub mod table;
 pub mod workload;
