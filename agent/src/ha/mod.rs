@@ -15,6 +15,7 @@ mod decide;
 mod election;
 pub mod failsafe;
 pub mod guards;
+mod handover;
 pub mod promotion;
 mod reason;
 mod rejoin;
