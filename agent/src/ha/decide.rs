@@ -927,7 +927,13 @@ pub(super) fn switchover_candidate<'a>(
         None => peers
             .iter()
             .filter(healthy)
-            .max_by_key(|p| (streams_from(view, r, &p.name), p.wal_position, p.failover_priority))
+            .max_by_key(|p| {
+                (
+                    streams_from(view, r, &p.name),
+                    p.wal_position,
+                    p.failover_priority,
+                )
+            })
             .ok_or_else(|| "no healthy members found".to_string()),
     }
 }

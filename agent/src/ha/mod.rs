@@ -14,6 +14,7 @@
 mod decide;
 mod election;
 pub mod failsafe;
+pub mod former;
 pub mod guards;
 mod handover;
 pub mod promotion;

@@ -3178,13 +3178,13 @@ fn handover_rows() -> Vec<Row> {
              record): hand over",
             Some(with(switchover_pending(Some(ME), Some("pg2")), |c| {
                 c.history = Some(Versioned {
-                    value: vec![with(hist_entry(1, 500), |e| {
-                        e.new_leader = Some(ME.into())
-                    })],
+                    value: vec![with(hist_entry(1, 500), |e| e.new_leader = Some(ME.into()))],
                     version: 1,
                 })
             })),
-            with(holder_in_recovery((2, 1000), (2, 900)), |l| l.promoted = None),
+            with(holder_in_recovery((2, 1000), (2, 900)), |l| {
+                l.promoted = None
+            }),
         )
         .expect(handover.clone(), handing_over_to_pg2),
         row(
@@ -3228,9 +3228,10 @@ fn handover_rows() -> Vec<Row> {
             holder_in_recovery((2, 1000), (2, 900)),
         )
         .cfg(|c| c.dynamic.pause = true)
-        .expect(handover.clone(), |r| {
-            matches!(r, Reason::Paused { inner } if handing_over_to_pg2(inner))
-        }),
+        .expect(
+            handover.clone(),
+            |r| matches!(r, Reason::Paused { inner } if handing_over_to_pg2(inner)),
+        ),
         row(
             "holder in recovery, the candidate lacks some of its WAL: promote first (today's rule)",
             Some(switchover_pending(Some(ME), Some("pg2"))),
