@@ -14,15 +14,16 @@
 mod decide;
 mod election;
 pub mod failsafe;
-pub mod former;
 pub mod guards;
-mod handover;
 pub mod promotion;
 mod reason;
 mod rejoin;
 pub mod slots;
 pub mod standby;
 pub mod sync;
+// Issue 14: the fence target from the DCS, and a switchover from a lock holder in recovery.
+pub mod former;
+mod handover;
 #[cfg(test)]
 mod tests;
 
