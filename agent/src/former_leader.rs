@@ -11,11 +11,16 @@
 //! its data directory, and the file lives and dies with it (Patroni keeps `patroni.dynamic.json`
 //! there the same way). pg_basebackup and pg_rewind copy it from their source, so the file names the
 //! member that wrote it and a file written by another member is ignored.
+//!
+//! The file also keeps the timeline that leader led when seen, so that a newer leader the DCS
+//! `history` names (one this member's agent never saw, being down through its leadership) replaces
+//! it as the fence target ([`crate::ha::former::newer_in_dcs`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ha::former::FormerLeader;
 use crate::ha::Upstream;
 
 /// The file's name in the data directory.
@@ -28,6 +33,10 @@ struct Stored {
     member: String,
     host: String,
     port: u16,
+    /// The timeline it led when seen ([`FormerLeader::timeline`]); absent in files written before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeline: Option<u32>,
 }
 
 /// Where the file is for `data_dir`.
@@ -35,20 +44,22 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE_NAME)
 }
 
-/// The file's contents for `leader`, as written by member `me` (JSON).
-pub fn render(me: &str, leader: &Upstream) -> String {
+/// The file's contents for `former`, as written by member `me` (JSON).
+pub fn render(me: &str, former: &FormerLeader) -> String {
+    let leader = &former.leader;
     serde_json::to_string(&Stored {
         owner: me.to_string(),
         member: leader.member.clone(),
         host: leader.host.clone(),
         port: leader.port,
+        timeline: former.timeline,
     })
     .expect("a struct of strings serializes")
 }
 
 /// The former leader recorded in `text` for member `me`: `Ok(None)` when the file was written by
 /// another member (copied by pg_basebackup or pg_rewind); an error naming what is wrong otherwise.
-pub fn parse(me: &str, text: &str) -> Result<Option<Upstream>, String> {
+pub fn parse(me: &str, text: &str) -> Result<Option<FormerLeader>, String> {
     let s: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if s.owner != me {
         return Ok(None);
@@ -56,16 +67,19 @@ pub fn parse(me: &str, text: &str) -> Result<Option<Upstream>, String> {
     if s.member.is_empty() || s.host.is_empty() {
         return Err("empty member or host".into());
     }
-    Ok(Some(Upstream {
-        member: s.member,
-        host: s.host,
-        port: s.port,
+    Ok(Some(FormerLeader {
+        leader: Upstream {
+            member: s.member,
+            host: s.host,
+            port: s.port,
+        },
+        timeline: s.timeline,
     }))
 }
 
 /// Reads the former leader recorded for `me` in `data_dir`; `None` (logged when the file is
 /// unreadable or malformed) when there is none.
-pub fn load(data_dir: &Path, me: &str) -> Option<Upstream> {
+pub fn load(data_dir: &Path, me: &str) -> Option<FormerLeader> {
     let p = path(data_dir);
     let text = match std::fs::read_to_string(&p) {
         Ok(t) => t,
@@ -84,10 +98,10 @@ pub fn load(data_dir: &Path, me: &str) -> Option<Upstream> {
     }
 }
 
-/// Records `leader` for `me` in `data_dir` (written to a temporary file, synced, renamed), only
+/// Records `former` for `me` in `data_dir` (written to a temporary file, synced, renamed), only
 /// when the data directory holds a cluster (`PG_VERSION`): a file in an empty directory would stop
 /// initdb and pg_basebackup.
-pub fn store(data_dir: &Path, me: &str, leader: &Upstream) -> std::io::Result<()> {
+pub fn store(data_dir: &Path, me: &str, former: &FormerLeader) -> std::io::Result<()> {
     use std::io::Write;
     if !data_dir.join("PG_VERSION").is_file() {
         return Ok(());
@@ -95,7 +109,7 @@ pub fn store(data_dir: &Path, me: &str, leader: &Upstream) -> std::io::Result<()
     let p = path(data_dir);
     let tmp = p.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(render(me, leader).as_bytes())?;
+    f.write_all(render(me, former).as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &p)
 }
@@ -104,11 +118,14 @@ pub fn store(data_dir: &Path, me: &str, leader: &Upstream) -> std::io::Result<()
 mod tests {
     use super::*;
 
-    fn up(member: &str, port: u16) -> Upstream {
-        Upstream {
-            member: member.into(),
-            host: "10.0.0.1".into(),
-            port,
+    fn up(member: &str, port: u16) -> FormerLeader {
+        FormerLeader {
+            leader: Upstream {
+                member: member.into(),
+                host: "10.0.0.1".into(),
+                port,
+            },
+            timeline: Some(3),
         }
     }
 
@@ -116,9 +133,19 @@ mod tests {
     fn the_former_leader_reads_back_only_for_the_member_that_wrote_it() {
         let text = render("pg2", &up("pg1", 5432));
         // (reader, text, what it reads: None when it is not its own; Err when malformed)
-        type Row<'a> = (&'a str, &'a str, Result<Option<Upstream>, ()>);
-        let rows: [Row; 5] = [
+        type Row<'a> = (&'a str, &'a str, Result<Option<FormerLeader>, ()>);
+        let old_format = r#"{"owner":"pg2","member":"pg1","host":"10.0.0.1","port":5432}"#;
+        let rows: [Row; 6] = [
             ("pg2", &text, Ok(Some(up("pg1", 5432)))),
+            // Written before the timeline was kept: read, timeline unknown.
+            (
+                "pg2",
+                old_format,
+                Ok(Some(FormerLeader {
+                    timeline: None,
+                    ..up("pg1", 5432)
+                })),
+            ),
             // Copied from pg2's data directory by pg_basebackup / pg_rewind.
             ("pg3", &text, Ok(None)),
             ("pg2", "not json", Err(())),

@@ -128,12 +128,14 @@ pub async fn run_with(
     );
     // The fence target of a replica whose agent restarted while the leader key was gone.
     let former_leader = crate::former_leader::load(&settings.data_dir, &settings.name);
-    if let Some(l) = &former_leader {
+    if let Some(f) = &former_leader {
+        let l = &f.leader;
         tracing::info!(
-            "former leader from the data directory: {} at {}:{}",
+            "former leader from the data directory: {} at {}:{} (timeline {:?})",
             l.member,
             l.host,
-            l.port
+            l.port,
+            f.timeline
         );
     }
     let (deadline_tx, deadline_rx) = watch::channel(None);
@@ -351,8 +353,9 @@ struct Runner {
     checkpoint_after_promote: Arc<std::sync::Mutex<Option<bool>>>,
     /// When the lock holder began restarting its stopped PostgreSQL as primary (monotonic ms).
     primary_start_began_ms: Option<u64>,
-    /// The last leader seen other than this member (the primary to fence before promoting).
-    former_leader: Option<ha::Upstream>,
+    /// The last leader seen other than this member, or a newer one the DCS `history` names (the
+    /// primary to fence before promoting, see [`ha::former`]).
+    former_leader: Option<ha::former::FormerLeader>,
     /// A former primary promoted over without being fenced (it did not answer): host and port, until
     /// the background fence proves it down (shared with that task).
     unfenced: Arc<std::sync::Mutex<Option<(String, u16)>>>,
@@ -659,8 +662,21 @@ impl Runner {
                 // Another member leads: a hold-off after lapsed renewals has done its job.
                 self.renewals_lapsed_ms = None;
                 if let Some(up) = ha::upstream_of(v, &l.name) {
-                    self.remember_former_leader(up);
+                    let timeline = v.member(&l.name).and_then(|m| m.data.timeline);
+                    self.remember_former_leader(ha::former::FormerLeader {
+                        leader: up,
+                        timeline,
+                    });
                 }
+            } else if let Some(newer) =
+                ha::former::newer_in_dcs(v, self.me(), self.former_leader.as_ref())
+            {
+                tracing::info!(
+                    "the DCS history names a newer former leader than the one remembered: {} (timeline {:?})",
+                    newer.leader.member,
+                    newer.timeline
+                );
+                self.remember_former_leader(newer);
             }
         }
         let mut obs = self.observe().await;
@@ -701,7 +717,7 @@ impl Runner {
             watchdog: self.watchdog_state(),
             peers,
             primary_start_began_ms: self.primary_start_began_ms,
-            former_leader: self.former_leader.clone(),
+            former_leader: self.former_leader.as_ref().map(|f| f.leader.clone()),
             sync_catchup_lsn: self.sync_catchup_lsn,
             failsafe_confirmed,
             failed_task: self.failed_task,
@@ -709,7 +725,11 @@ impl Runner {
             proxies_wait_began_ms: self
                 .proxies_wait_since
                 .as_ref()
-                .filter(|(f, _)| self.former_leader.as_ref().is_some_and(|l| l.member == *f))
+                .filter(|(f, _)| {
+                    self.former_leader
+                        .as_ref()
+                        .is_some_and(|l| l.leader.member == *f)
+                })
                 .map(|(_, t)| *t),
             granted_ttl: self.dcs.granted_ttl(),
             retained_members: self.retained_members(view.as_deref()),
@@ -1682,7 +1702,7 @@ impl Runner {
     /// Records `leader` as the fence target, in memory and, when it changed, in the data directory
     /// ([`crate::former_leader`]) so that it survives an agent restart. Not while a background task
     /// (bootstrap, clone, rewind) may be writing the data directory.
-    fn remember_former_leader(&mut self, leader: ha::Upstream) {
+    fn remember_former_leader(&mut self, leader: ha::former::FormerLeader) {
         if self.former_leader.as_ref() == Some(&leader) {
             return;
         }
@@ -1691,7 +1711,7 @@ impl Runner {
             if let Err(e) = crate::former_leader::store(dir, self.me(), &leader) {
                 tracing::warn!(
                     "cannot record the former leader {} in {}: {e} (it is kept in memory only)",
-                    leader.member,
+                    leader.leader.member,
                     dir.display()
                 );
             }

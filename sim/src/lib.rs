@@ -343,6 +343,12 @@ pub struct Report {
     pub blips_checked: usize,
     /// The seed drew a standby cluster ([`Options::standby`]).
     pub standby_cluster: bool,
+    /// Decisions of a lock holder still in recovery to promote while a switchover request asked
+    /// it to step down for another member (a timeline that lives for one loop, then a rewind).
+    pub promotions_before_switchover: usize,
+    /// Decisions of a lock holder still in recovery to hand the lock to a switchover candidate
+    /// holding all its WAL instead (`praetor_agent::ha::Reason::ManualFailoverHandingOver`).
+    pub recovery_handovers: usize,
 }
 
 /// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
@@ -475,6 +481,8 @@ struct Agent {
     phase: Phase,
     lock_renewed_ms: Option<u64>,
     former_leader: Option<Upstream>,
+    /// The timeline `former_leader` led ([`ha::former::FormerLeader::timeline`]).
+    former_timeline: Option<u32>,
     proxies_wait_since: Option<(String, u64)>,
     switchover_wait_since: Option<u64>,
     sync_catchup_lsn: u64,
@@ -698,6 +706,8 @@ struct Sim {
     stepped_down: Option<SteppedDown>,
     switchovers: usize,
     switchover_fallbacks: usize,
+    promotions_before_switchover: usize,
+    recovery_handovers: usize,
     /// Maintenance mode in the DCS: since when `pause: true` is written (`None`: not paused).
     paused_since: Option<u64>,
     /// The operator's last `pause` (true) or `resume` not yet written to the DCS.
@@ -796,6 +806,7 @@ impl Sim {
                 phase: Phase::Idle,
                 lock_renewed_ms: (i == 0).then_some(0),
                 former_leader: None,
+                former_timeline: None,
                 proxies_wait_since: None,
                 switchover_wait_since: None,
                 sync_catchup_lsn: 0,
@@ -886,6 +897,8 @@ impl Sim {
             stepped_down: None,
             switchovers: 0,
             switchover_fallbacks: 0,
+            promotions_before_switchover: 0,
+            recovery_handovers: 0,
             paused_since: None,
             pause_wanted: None,
             resumed_at: 0,
@@ -1389,6 +1402,33 @@ impl Sim {
         }
     }
 
+    /// Counts what a lock holder still in recovery does about a switchover request asking it to
+    /// step down: promote first ([`Report::promotions_before_switchover`]) or hand the lock over
+    /// ([`Report::recovery_handovers`]).
+    fn count_switchover_from_recovery(
+        &mut self,
+        view: Option<&Cluster>,
+        me: &str,
+        reason: &ha::Reason,
+    ) {
+        let reason = match reason {
+            ha::Reason::Paused { inner } => inner,
+            r => r,
+        };
+        match reason {
+            ha::Reason::ManualFailoverHandingOver { .. } => self.recovery_handovers += 1,
+            ha::Reason::PromotedBecauseHadLock
+                if view.and_then(|v| v.failover_request()).is_some_and(|f| {
+                    f.value.leader.as_deref().is_none_or(|l| l == me)
+                        && f.value.member.as_deref().is_some_and(|m| m != me)
+                }) =>
+            {
+                self.promotions_before_switchover += 1
+            }
+            _ => {}
+        }
+    }
+
     /// A planned switchover loses no commit: the member promoted after a leader stepped down holds
     /// every commit that leader acknowledged on its branch (async mode included), unless it was
     /// promoted without the published last LSN (the bounded wait's fallback, counted apart).
@@ -1754,11 +1794,31 @@ impl Sim {
                 self.agents[i].lock_renewed_ms = None;
                 self.agents[i].primary_start_began_ms = None;
             }
+            // As the runner: the lock holder seen, else a newer leader the `history` names.
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != me) {
                 // As the runner: another member leads, a hold-off after lapsed renewals is over.
                 self.agents[i].renewals_lapsed_ms = None;
                 if let Some(up) = ha::upstream_of(v, &l.name) {
+                    let timeline = v.member(&l.name).and_then(|m| m.data.timeline);
                     self.agents[i].former_leader = Some(up);
+                    self.agents[i].former_timeline = timeline;
+                }
+            } else {
+                let remembered =
+                    self.agents[i]
+                        .former_leader
+                        .clone()
+                        .map(|leader| ha::former::FormerLeader {
+                            leader,
+                            timeline: self.agents[i].former_timeline,
+                        });
+                if let Some(newer) = ha::former::newer_in_dcs(v, &me, remembered.as_ref()) {
+                    self.log(format!(
+                        "{me}: the history names a newer former leader, {}",
+                        newer.leader.member
+                    ));
+                    self.agents[i].former_leader = Some(newer.leader);
+                    self.agents[i].former_timeline = newer.timeline;
                 }
             }
         }
@@ -1821,6 +1881,7 @@ impl Sim {
             renewals_lapsed_ms: a.renewals_lapsed_ms,
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
+        self.count_switchover_from_recovery(view.as_ref(), &me, &d.reason);
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
             self.agents[i].switchover_wait_since.or(Some(self.now))
         } else {
@@ -1939,17 +2000,21 @@ impl Sim {
                             .failover
                             .as_ref()
                             .is_some_and(|f| f.value.leader.as_deref() == Some(me.as_str()));
-                        if switchover
-                            && pg.state
-                                == (PgState::Stopped {
-                                    clean: true,
-                                    was_primary: true,
-                                })
-                        {
+                        // A primary after its clean stop hands over its shutdown checkpoint; a
+                        // lock holder still in recovery (`ha::handover`) the end of its WAL.
+                        let last_lsn = match pg.state {
+                            PgState::Stopped {
+                                clean: true,
+                                was_primary: true,
+                            } => Some(pg.checkpoint.1),
+                            PgState::Running { primary: false } => Some(pg.lsn()),
+                            _ => None,
+                        };
+                        if let Some(last_lsn) = last_lsn.filter(|_| switchover) {
                             self.stepped_down = Some(SteppedDown {
                                 member: me.clone(),
                                 branch: pg.segs.last().expect("wal").branch,
-                                last_lsn: pg.checkpoint.1,
+                                last_lsn,
                                 disturbed: false,
                             });
                         }
@@ -3215,6 +3280,8 @@ impl Sim {
             blips: self.blips,
             blips_checked: self.blips_checked,
             standby_cluster: self.remote.is_some(),
+            promotions_before_switchover: self.promotions_before_switchover,
+            recovery_handovers: self.recovery_handovers,
         }
     }
 }

@@ -68,6 +68,8 @@ fn main() -> ExitCode {
     let (mut paused_seeds, mut pauses, mut paused_promotions) = (0usize, 0usize, 0usize);
     let (mut blip_seeds, mut blips, mut blips_checked) = (0usize, 0usize, 0usize);
     let mut standby_seeds = 0usize;
+    // Lock holders in recovery asked to step down: promotions first, hand-overs, and the first seed of each.
+    let (mut before, mut handovers) = ((0usize, None), (0usize, None));
     // Time from the heal to a routed writable leader, as a fraction of ttl + loop_wait.
     let mut recovery: Vec<f64> = vec![];
     for s in from..from + seeds {
@@ -84,6 +86,13 @@ fn main() -> ExitCode {
         blips += r.blips;
         blips_checked += r.blips_checked;
         standby_seeds += usize::from(r.standby_cluster);
+        for (count, n) in [
+            (&mut before, r.promotions_before_switchover),
+            (&mut handovers, r.recovery_handovers),
+        ] {
+            count.0 += n;
+            count.1 = count.1.or((n > 0).then_some(s));
+        }
         if let Some(ms) = r.recovered_ms {
             recovery.push(ms as f64 / r.bound_ms as f64);
         }
@@ -116,6 +125,10 @@ fn main() -> ExitCode {
         "short DCS outages: {blip_seeds} seeds froze the DCS ({blips} outages, {blips_checked} checked under a routed leader)"
     );
     println!("standby clusters: {standby_seeds} seeds (no member writable, no proxy route)");
+    println!(
+        "lock holders in recovery asked to step down: {} hand-overs (first seed {:?}), {} promotions first (first seed {:?})",
+        handovers.0, handovers.1, before.0, before.1
+    );
     recovery.sort_by(f64::total_cmp);
     if !recovery.is_empty() {
         let q = |p: f64| recovery[((recovery.len() - 1) as f64 * p) as usize];

@@ -440,3 +440,15 @@ fn regression_seed_223394_switchover_candidate_outside_the_failsafe_key_promoted
 ) {
     assert_clean(223394);
 }
+
+/// A lock holder still in recovery (pg1, on the timeline it created, restarted read-only) was
+/// asked to step down for pg0 while the cluster was paused: the old rule could only promote first,
+/// which the pause cuts, so the cluster had no writable leader until the resume. Since
+/// `ha::handover` it hands the lock to pg0, which holds all its WAL, without a promotion of its
+/// own; the switchover's lost-commit check covers the hand-over (its WAL end as the last LSN).
+#[test]
+fn regression_seed_7176_a_lock_holder_in_recovery_hands_the_lock_over_without_promoting() {
+    let r = run_seed(7176, false);
+    assert!(r.violation.is_none(), "{}", explain(&r));
+    assert!(r.recovery_handovers >= 1, "{}", explain(&r));
+}

@@ -584,6 +584,9 @@ fn leader(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now: 
         return d;
     }
     if !r.is_primary {
+        if let Some(d) = super::handover::from_recovery(view, local, cfg, r, now) {
+            return d;
+        }
         return decision(
             promotion(Action::RenewLeader, view, local, cfg, r, now),
             Reason::PromotedBecauseHadLock,
@@ -787,7 +790,6 @@ pub(super) fn switchover_from_leader(
     req: &Versioned<Failover>,
     now: Now,
 ) -> Decision {
-    let me = cfg.name.as_str();
     let keep_leading = || {
         let mut actions = vec![Action::RenewLeader];
         actions.extend(write_status(view, cfg, r));
@@ -824,47 +826,9 @@ pub(super) fn switchover_from_leader(
         );
     }
     let peers = local.peers.as_deref().unwrap_or(&[]);
-    let max_lag = cfg.dynamic.maximum_lag_on_failover;
-    let sync_listed: Option<Vec<String>> =
-        (cfg.dynamic.synchronous_mode != praetor_config::SyncMode::Off).then(|| {
-            view.sync
-                .as_ref()
-                .map(|s| s.value.members())
-                .unwrap_or_default()
-        });
-    let healthy = |p: &&super::PeerStatus| {
-        p.name != me
-            && p.is_eligible()
-            && !p.is_running_primary
-            && view.member(&p.name).is_some()
-            && r.wal_position.saturating_sub(p.wal_position) <= max_lag
-            && sync_listed.as_ref().is_none_or(|l| l.contains(&p.name))
-    };
-    let candidate = match req.value.member.as_deref() {
-        Some(c) => match peers.iter().find(|p| p.name == c) {
-            Some(p) if healthy(&p) => p,
-            Some(_) => {
-                return impossible(
-                    keep_leading(),
-                    req,
-                    format!("candidate {c} is not healthy (not running, not allowed to promote, or lagging)"),
-                )
-            }
-            None => {
-                return impossible(keep_leading(), req, format!("candidate {c} did not answer"))
-            }
-        },
-        // Without a named candidate, one that streams from this leader is preferred (see below).
-        None => match peers
-            .iter()
-            .filter(healthy)
-            .max_by_key(|p| (streams_from(view, r, &p.name), p.wal_position, p.failover_priority))
-        {
-            Some(p) => p,
-            None => {
-                return impossible(keep_leading(), req, "no healthy members found".to_string())
-            }
-        },
+    let candidate = match switchover_candidate(view, cfg, r, &req.value, peers) {
+        Ok(p) => p,
+        Err(why) => return impossible(keep_leading(), req, why),
     };
     // A standby leader (standby cluster) writes no WAL of its own: its candidate gets everything
     // from the remote cluster too, and its clean stop is a restartpoint ("shut down in recovery"),
@@ -927,6 +891,60 @@ pub(super) fn switchover_from_leader(
             candidate: candidate.name.clone(),
         },
     )
+}
+
+/// The member switchover request `req` hands the lock to, among `peers` (the other members'
+/// REST answers), as judged by lock holder `r`: the named candidate when it is healthy, else the
+/// healthy member that streams from this leader, then with the most WAL, then the highest
+/// `failover_priority`. Healthy: eligible, not a running primary, with a member key, at most
+/// `maximum_lag_on_failover` bytes behind `r`, and under synchronous replication listed in the
+/// `sync` key (it holds every acknowledged commit). `Err` says why no member fits (the request is
+/// then impossible).
+pub(super) fn switchover_candidate<'a>(
+    view: &Cluster,
+    cfg: &HaConfig,
+    r: &Running,
+    req: &Failover,
+    peers: &'a [super::PeerStatus],
+) -> Result<&'a super::PeerStatus, String> {
+    let me = cfg.name.as_str();
+    let max_lag = cfg.dynamic.maximum_lag_on_failover;
+    let sync_listed: Option<Vec<String>> =
+        (cfg.dynamic.synchronous_mode != praetor_config::SyncMode::Off).then(|| {
+            view.sync
+                .as_ref()
+                .map(|s| s.value.members())
+                .unwrap_or_default()
+        });
+    let healthy = |p: &&super::PeerStatus| {
+        p.name != me
+            && p.is_eligible()
+            && !p.is_running_primary
+            && view.member(&p.name).is_some()
+            && r.wal_position.saturating_sub(p.wal_position) <= max_lag
+            && sync_listed.as_ref().is_none_or(|l| l.contains(&p.name))
+    };
+    match req.member.as_deref() {
+        Some(c) => match peers.iter().find(|p| p.name == c) {
+            Some(p) if healthy(&p) => Ok(p),
+            Some(_) => Err(format!(
+                "candidate {c} is not healthy (not running, not allowed to promote, or lagging)"
+            )),
+            None => Err(format!("candidate {c} did not answer")),
+        },
+        // Without a named candidate, one that streams from this leader is preferred.
+        None => peers
+            .iter()
+            .filter(healthy)
+            .max_by_key(|p| {
+                (
+                    streams_from(view, r, &p.name),
+                    p.wal_position,
+                    p.failover_priority,
+                )
+            })
+            .ok_or_else(|| "no healthy members found".to_string()),
+    }
 }
 
 /// True when member `name` streams from this primary (`pg_stat_replication` shows it `streaming`),

@@ -22,6 +22,9 @@ mod rejoin;
 pub mod slots;
 pub mod standby;
 pub mod sync;
+// Issue 14: the fence target from the DCS, and a switchover from a lock holder in recovery.
+pub mod former;
+mod handover;
 #[cfg(test)]
 mod tests;
 

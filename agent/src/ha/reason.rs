@@ -124,6 +124,12 @@ pub enum Reason {
         /// The candidate.
         candidate: String,
     },
+    /// A switchover asks this lock holder, still in recovery, to step down for `candidate`, which
+    /// holds all its WAL: it hands the lock over without promoting first (see `ha::handover`).
+    ManualFailoverHandingOver {
+        /// The candidate.
+        candidate: String,
+    },
     /// A switchover request cannot be carried out; it is removed.
     ManualFailoverImpossible {
         /// Why.
@@ -407,6 +413,10 @@ impl fmt::Display for Reason {
             ManualFailoverDemoting { candidate } => {
                 write!(f, "manual failover: demoting myself in favour of {candidate}")
             }
+            ManualFailoverHandingOver { candidate } => write!(
+                f,
+                "manual failover: still in recovery, handing the leader lock to {candidate} without promoting"
+            ),
             ManualFailoverImpossible { why } => {
                 write!(f, "manual failover: {why}, failover is not possible")
             }

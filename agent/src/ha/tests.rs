@@ -3227,3 +3227,215 @@ fn standby_cluster_table() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+/// Lock holder pg1 restarted read-only on timeline 2, which it created (its promotion record), at
+/// 1000, with nobody to follow; pg2 and pg3 answer at `pg2` and `pg3` (timeline, LSN).
+fn holder_in_recovery(pg2: (u32, u64), pg3: (u32, u64)) -> LocalState {
+    let at = |name, (tl, wal): (u32, u64)| with(peer(name, wal), |p| p.timeline = tl);
+    with(
+        created_tl2(local(with_timeline(running(false, 1000, None), 2)), ME),
+        |l| l.peers = Some(vec![at("pg2", pg2), at("pg3", pg3)]),
+    )
+}
+
+/// [`cluster`] led by pg1 with switchover request (`leader`, `member`) pending.
+fn switchover_pending(leader: Option<&str>, member: Option<&str>) -> Cluster {
+    with(cluster(Some(ME)), |c| c.failover = failover(leader, member))
+}
+
+/// Today's rule for [`holder_in_recovery`]: promote (nobody to fence: it follows nobody and
+/// remembers no former leader).
+fn promoting_in_place() -> Vec<Action> {
+    vec![
+        Action::RenewLeader,
+        slots_for_others(),
+        Action::RenewLeader,
+        promote(),
+    ]
+}
+
+fn handing_over_to_pg2(r: &Reason) -> bool {
+    *r == Reason::ManualFailoverHandingOver {
+        candidate: "pg2".into(),
+    }
+}
+
+/// A switchover asks a lock holder still in recovery to step down: it hands the lock over without
+/// a promotion of its own when the candidate holds all its WAL (`ha::handover`), and promotes
+/// first as before otherwise. Under the old rule every row promoted.
+fn handover_rows() -> Vec<Row> {
+    use Action::*;
+    let handover = vec![WriteStatus, ReleaseLeader];
+    vec![
+        row(
+            "holder in recovery on the timeline it created, switchover to pg2 which has all its \
+             WAL: publish the last LSN and release the lock, no promotion",
+            Some(switchover_pending(Some(ME), Some("pg2"))),
+            holder_in_recovery((2, 1000), (2, 900)),
+        )
+        .expect(handover.clone(), handing_over_to_pg2),
+        row(
+            "holder in recovery, the DCS history credits it with its timeline (no promotion \
+             record): hand over",
+            Some(with(switchover_pending(Some(ME), Some("pg2")), |c| {
+                c.history = Some(Versioned {
+                    value: vec![with(hist_entry(1, 500), |e| e.new_leader = Some(ME.into()))],
+                    version: 1,
+                })
+            })),
+            with(holder_in_recovery((2, 1000), (2, 900)), |l| {
+                l.promoted = None
+            }),
+        )
+        .expect(handover.clone(), handing_over_to_pg2),
+        row(
+            "holder in recovery, request without a leader naming pg2, its last LSN already \
+             published: release only",
+            Some(with(switchover_pending(None, Some("pg2")), |c| {
+                c.status = Some(Status {
+                    optime: 1000,
+                    ..Default::default()
+                })
+            })),
+            holder_in_recovery((2, 1200), (2, 900)),
+        )
+        .expect(vec![ReleaseLeader], handing_over_to_pg2),
+        row(
+            "holder in recovery, switchover without a candidate: the member with the most WAL, \
+             as the switchover path chooses",
+            Some(switchover_pending(Some(ME), None)),
+            holder_in_recovery((2, 1000), (2, 900)),
+        )
+        .expect(handover.clone(), handing_over_to_pg2),
+        row(
+            "holder in recovery, strict synchronous mode, the candidate listed in sync: hand over",
+            Some(with(switchover_pending(Some(ME), Some("pg2")), |c| {
+                c.sync = Some(Versioned {
+                    value: sync_value(&["pg2"]),
+                    version: 3,
+                })
+            })),
+            holder_in_recovery((2, 1000), (2, 1000)),
+        )
+        .cfg(|c| {
+            c.dynamic.synchronous_mode = SyncMode::On;
+            c.dynamic.synchronous_mode_strict = true;
+        })
+        .expect(handover.clone(), handing_over_to_pg2),
+        row(
+            "holder in recovery, paused, the request names it and pg2: hand over (a manual \
+             switchover works while paused)",
+            Some(switchover_pending(Some(ME), Some("pg2"))),
+            holder_in_recovery((2, 1000), (2, 900)),
+        )
+        .cfg(|c| c.dynamic.pause = true)
+        .expect(
+            handover.clone(),
+            |r| matches!(r, Reason::Paused { inner } if handing_over_to_pg2(inner)),
+        ),
+        row(
+            "holder in recovery, the candidate lacks some of its WAL: promote first (today's rule)",
+            Some(switchover_pending(Some(ME), Some("pg2"))),
+            holder_in_recovery((2, 990), (2, 1000)),
+        )
+        .expect(promoting_in_place(), |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "holder in recovery, the candidate on an older timeline at a higher LSN: promote first",
+            Some(switchover_pending(Some(ME), Some("pg2"))),
+            holder_in_recovery((1, 2000), (2, 900)),
+        )
+        .expect(promoting_in_place(), |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "holder in recovery on timeline 1 (no promotion created it: the data directory may be \
+             a replica's, with WAL not replayed yet): promote first",
+            Some(switchover_pending(Some(ME), Some("pg2"))),
+            with(local(running(false, 1000, None)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 900)])
+            }),
+        )
+        .expect(promoting_in_place(), |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "holder in recovery on timeline 2, which pg3 created (its WAL came from pg3, maybe \
+             not all replayed): promote first",
+            Some(switchover_pending(Some(ME), Some("pg2"))),
+            with(holder_in_recovery((2, 1000), (2, 900)), |l| {
+                l.promoted = Some(Promotion {
+                    member: "pg3".into(),
+                    timeline: 2,
+                    lsn: 5000,
+                })
+            }),
+        )
+        .expect(promoting_in_place(), |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "holder in recovery, synchronous mode on, the candidate not listed in sync: promote \
+             first (the primary then finds the request impossible)",
+            Some(with(switchover_pending(Some(ME), Some("pg2")), |c| {
+                c.sync = Some(Versioned {
+                    value: sync_value(&["pg3"]),
+                    version: 3,
+                })
+            })),
+            holder_in_recovery((2, 1000), (2, 1000)),
+        )
+        .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+        .expect(promoting_in_place(), |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "holder in recovery, switchover scheduled later: promote first",
+            Some(with(switchover_pending(Some(ME), Some("pg2")), |c| {
+                c.failover.as_mut().unwrap().value.scheduled_at =
+                    Some("2099-01-01T00:00:00+00:00".into())
+            })),
+            holder_in_recovery((2, 1000), (2, 900)),
+        )
+        .expect(promoting_in_place(), |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "holder in recovery, the candidate did not answer: promote first",
+            Some(switchover_pending(Some(ME), Some("pg2"))),
+            with(holder_in_recovery((2, 1000), (2, 900)), |l| {
+                l.peers = Some(vec![])
+            }),
+        )
+        .expect(promoting_in_place(), |r| {
+            *r == Reason::PromotedBecauseHadLock
+        }),
+        row(
+            "holder in recovery, paused, the request names no leader: no hand-over (the release \
+             would be cut while paused and the lock left to expire); today's rule",
+            Some(switchover_pending(None, Some("pg2"))),
+            holder_in_recovery((2, 1000), (2, 900)),
+        )
+        .cfg(|c| c.dynamic.pause = true)
+        .expect(
+            vec![Action::RenewLeader, slots_for_others(), Action::RenewLeader],
+            |r| matches!(r, Reason::Paused { .. }),
+        ),
+    ]
+}
+
+#[test]
+fn a_lock_holder_in_recovery_hands_the_lock_to_a_switchover_candidate_with_all_its_wal() {
+    let mut failures = Vec::new();
+    for r in handover_rows() {
+        let d = decide(r.view.as_ref(), &r.local, &r.cfg, NOW);
+        if d.actions != r.actions || !(r.reason)(&d.reason) {
+            failures.push(format!(
+                "{}:\n   got {:?} / {}\n  want {:?}",
+                r.name, d.actions, d.reason, r.actions
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
