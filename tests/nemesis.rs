@@ -130,8 +130,9 @@ const BLIP_SEED: u64 = 2;
 /// Seed 54 (issue 14), found in all four series (etcd and ZooKeeper, asynchronous and strict): a
 /// replica's replication link from the leader is cut, and the leader's host falls silent while
 /// the cut is held. The replica's walreceiver had connected during the cut (the relay holds such
-/// a connection unanswered); the relay's close at the restore was lost in the silence and the
-/// leader's side forgot the connection, so the replica's side stayed established and idle, and
+/// a connection unanswered); at the restore the relay closed it, unread, with a reset that the
+/// silence dropped, so the leader's side forgot the connection while the replica's side stayed
+/// established and idle (`ss` in both hosts while it hung), and
 /// PostgreSQL's walreceiver, which waits for the server's answer with no timeout while it
 /// connects, never streamed again. Fixed: `primary_conninfo` carries TCP keepalives (and
 /// `tcp_user_timeout`), whose probe draws an RST from the leader's host, so the walreceiver fails
@@ -146,5 +147,6 @@ async fn a_replica_whose_stream_was_cut_while_the_leader_was_silent_streams_agai
 }
 
 /// Draws a 5.0 s cut of a replica's replication link and, overlapping it, a 3.4 s silence of
-/// the leader's host, from every kind (the benchmark's default series with network namespaces).
+/// the leader's host, then a 12 s freeze of the leader, from every kind (the benchmark's default
+/// series with network namespaces).
 const HALF_OPEN_SEED: u64 = 54;
