@@ -148,3 +148,28 @@ async fn a_seed_drawing_a_slow_dcs_link_of_the_leader_breaks_no_promise() {
 
 /// Draws the leader's ZooKeeper links slowed for 20-30 s (see [`FaultKind::SlowDcs`]).
 const SLOW_DCS_SEED: u64 = 1;
+
+/// Seed 54 (issue 14), found in all four series (etcd and ZooKeeper, asynchronous and strict): a
+/// replica's replication link from the leader is cut, and the leader's host falls silent while
+/// the cut is held. The replica's walreceiver had connected during the cut (the relay holds such
+/// a connection unanswered); at the restore the relay closed it, unread, with a reset that the
+/// silence dropped, so the leader's side forgot the connection while the replica's side stayed
+/// established and idle (`ss` in both hosts while it hung), and
+/// PostgreSQL's walreceiver, which waits for the server's answer with no timeout while it
+/// connects, never streamed again. Fixed: `primary_conninfo` carries TCP keepalives (and
+/// `tcp_user_timeout`), whose probe draws an RST from the leader's host, so the walreceiver fails
+/// and PostgreSQL reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_stream_was_cut_while_the_leader_was_silent_streams_again() {
+    let mut options = NemesisOptions::new(DcsKind::EtcdCluster3, Mode::Async);
+    options.netns = true;
+    options.overlap = true;
+    // The fifteen kinds the series drew from (`slow-dcs`, added since, would shift the draw).
+    options.kinds = FaultKind::FIRST_FIFTEEN.to_vec();
+    no_violation(options, vec![HALF_OPEN_SEED]).await;
+}
+
+/// Draws a 5.0 s cut of a replica's replication link and, overlapping it, a 3.4 s silence of
+/// the leader's host, then a 12 s freeze of the leader, from every kind (the benchmark's default
+/// series with network namespaces).
+const HALF_OPEN_SEED: u64 = 54;

@@ -870,3 +870,121 @@ async fn a_replica_behind_a_lossy_then_cut_replication_link_reconnects_and_catch
     assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
     c.shutdown().await;
 }
+
+/// Runs `nft` inside `host`'s namespace with `args`; panics with its stderr if it fails.
+fn nft_in(host: &praetor_harness::netns::Host, args: &[&str]) {
+    let out = host.command("nft").args(args).output().expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?} in {}: {}",
+        host.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A replica whose walreceiver is connecting to the leader when the leader's side of that
+/// connection vanishes unannounced (the reset it sends is lost: here an nftables rule drops what
+/// the leader's replication relay sends while it closes the held connection) is left with a
+/// half-open connection on which no answer will ever come. PostgreSQL's walreceiver waits for
+/// that answer with no timeout of its own; the TCP keepalives in the agent's `primary_conninfo`
+/// draw a reset from the leader's host, so the walreceiver fails, reconnects and streams again
+/// (nemesis seed 54, where the leader's host was silent when a cut replication link was restored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_left_connecting_on_a_half_open_connection_streams_again() {
+    let mut c = netns_cluster("ns-half-open").await;
+    let leader = c.leader().await.expect("leader");
+    let replica = others(&c, &leader)[0].clone();
+    let (leader_dsn, replica_dsn) = (c.node(&leader).dsn(), c.node(&replica).dsn());
+    let leader_host = c.node(&leader).host.clone().expect("netns host");
+    let relay_port = c
+        .relay_replication(&leader, &replica)
+        .await
+        .unwrap_or_else(|e| panic!("{replica}'s replication link through a relay: {e}"))
+        .port;
+
+    // Cut: the stream ends and the walreceiver's next connection is held unanswered.
+    c.replication_links[0].2.cut();
+    wait_for(
+        "the replica's walreceiver waiting for the leader's answer while it connects",
+        Duration::from_secs(60),
+        || async {
+            let cl = connect_dsn(&replica_dsn).await.map_err(|e| e.to_string())?;
+            let n = cl
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walreceiver' \
+                     AND wait_event = 'LibPQWalReceiverConnect'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get::<_, i64>(0);
+            (n == 1).then_some(()).ok_or("not connecting".to_string())
+        },
+    )
+    .await
+    .expect("the walreceiver connects through the cut link");
+
+    // The relay closes the held connection; its reset never leaves the leader's host.
+    let sport = format!("{relay_port}");
+    nft_in(
+        &leader_host,
+        &[
+            "add", "rule", "inet", "praetor", "output", "tcp", "sport", &sport, "drop",
+        ],
+    );
+    c.replication_links[0].2.restore();
+    let replica_ip = c.node(&replica).ip.clone();
+    wait_for(
+        "the leader's side of the held connection gone",
+        Duration::from_secs(30),
+        || async {
+            let out = leader_host
+                .command("ss")
+                .args([
+                    "-Htn",
+                    "state",
+                    "all",
+                    "sport",
+                    "=",
+                    &format!(":{relay_port}"),
+                ])
+                .output()
+                .map_err(|e| e.to_string())?;
+            // Earlier connections' TIME-WAIT entries are no state the replica's side could
+            // still be told about.
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let held = text
+                .lines()
+                .any(|l| !l.starts_with("TIME-WAIT") && l.contains(&format!("{replica_ip}:")));
+            (!held).then_some(()).ok_or(text)
+        },
+    )
+    .await
+    .expect("the relay closes the held connection");
+    c.net()
+        .heal_host(&leader)
+        .expect("remove the rule dropping the relay's packets");
+
+    // The replica's side is still established: only a probe finds the leader has forgotten it.
+    wait_for(
+        "the replica streaming through the relay again",
+        Duration::from_secs(90),
+        || async {
+            let cl = connect_dsn(&leader_dsn).await.map_err(|e| e.to_string())?;
+            let n = cl
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication \
+                     WHERE application_name = $1 AND state = 'streaming'",
+                    &[&replica],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get::<_, i64>(0);
+            (n == 1).then_some(()).ok_or("not streaming".to_string())
+        },
+    )
+    .await
+    .expect("the replica streams again after its half-open connection");
+    assert_eq!(c.leader().await.as_deref(), Some(leader.as_str()));
+    c.shutdown().await;
+}

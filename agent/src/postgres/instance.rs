@@ -283,6 +283,22 @@ struct LocalConfig {
     pg_hba: Option<Vec<String>>,
 }
 
+/// Seconds a replica's replication connection may sit idle before the kernel sends a keepalive
+/// probe (`keepalives_idle` in `primary_conninfo`; Linux's default is 7200).
+pub const REPLICATION_KEEPALIVES_IDLE: &str = "5";
+
+/// Seconds between unanswered keepalive probes (`keepalives_interval`).
+pub const REPLICATION_KEEPALIVES_INTERVAL: &str = "2";
+
+/// Unanswered probes before the connection is dropped (`keepalives_count`): with the two above,
+/// a dead peer is noticed within 5 + 2 x 3 = 11 s.
+pub const REPLICATION_KEEPALIVES_COUNT: &str = "3";
+
+/// Milliseconds sent data may stay unacknowledged before the connection is dropped
+/// (`tcp_user_timeout`, PostgreSQL 12+; every supported major has it): well above a slow link's
+/// round trip, below `wal_receiver_timeout`'s default of 60 s.
+pub const REPLICATION_TCP_USER_TIMEOUT_MS: &str = "15000";
+
 impl Instance {
     /// An instance with these settings. Nothing is started.
     pub fn new(settings: InstanceSettings) -> Instance {
@@ -449,6 +465,21 @@ impl Instance {
             ("sslmode", Some("prefer")),
             ("gssencmode", Some("disable")),
             ("channel_binding", Some("prefer")),
+            // A half-open connection must not stall the walreceiver: PostgreSQL's walreceiver
+            // waits for the server's answer while it connects with no timeout of its own
+            // (libpq's connect_timeout is not applied there; wal_receiver_timeout only once
+            // streaming). If the upstream lost the connection's state (its FIN or RST lost in a
+            // partition, a rebooted host, a NAT or firewall that forgot the flow), nothing ever
+            // arrives and the replica never streams again (nemesis seed 54). Keepalive probes
+            // on the idle socket draw an RST from such a peer within
+            // idle + interval x count seconds, and tcp_user_timeout ends a connection whose
+            // sent data stays unacknowledged (a silent host), so the walreceiver fails and
+            // PostgreSQL retries. Patroni sets none of these (its format_dsn drops them).
+            ("keepalives", Some("1")),
+            ("keepalives_idle", Some(REPLICATION_KEEPALIVES_IDLE)),
+            ("keepalives_interval", Some(REPLICATION_KEEPALIVES_INTERVAL)),
+            ("keepalives_count", Some(REPLICATION_KEEPALIVES_COUNT)),
+            ("tcp_user_timeout", Some(REPLICATION_TCP_USER_TIMEOUT_MS)),
         ])
     }
 
@@ -1988,6 +2019,35 @@ mod tests {
             ctl_timeout: Duration::from_secs(5),
             pg_major: 15,
         })
+    }
+
+    /// A replica's replication connection carries TCP keepalives and a user timeout, so a
+    /// walreceiver whose upstream lost the connection's state is not left waiting forever while it
+    /// connects (nemesis seed 54); the keywords are libpq's, which every supported major accepts.
+    #[test]
+    fn the_replication_conninfo_detects_a_dead_upstream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = instance_in(dir.path());
+        let up = crate::ha::Upstream {
+            member: "pg2".into(),
+            host: "10.0.0.2".into(),
+            port: 5433,
+        };
+        let conninfo = pg.primary_conninfo(&up, None);
+        for kv in [
+            "host=10.0.0.2",
+            "port=5433",
+            "keepalives=1",
+            "keepalives_idle=5",
+            "keepalives_interval=2",
+            "keepalives_count=3",
+            "tcp_user_timeout=15000",
+        ] {
+            assert!(
+                conninfo.split(' ').any(|w| w == kv),
+                "{kv} missing from {conninfo}"
+            );
+        }
     }
 
     /// The record names the timeline PostgreSQL will pick: one past the newest history file in
