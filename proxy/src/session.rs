@@ -44,10 +44,11 @@
 //! ReadyForQuery, bounded: [`crate::conn::drain_end`]) and ends with `FATAL 57P01` naming
 //! drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
 //! arms the deadline, which also bounds any write the session is blocked in). A session pinned to
-//! the leader stepping down starts no unit there either: at its idle point (at once when idle, or
-//! when its running unit ends within `drain_timeout`) it moves when its pin left no state on the
-//! server (the function-call protocol), and otherwise ends with `FATAL 57P01` saying what it holds
-//! ([`crate::units::pinned_drain`]).
+//! the leader stepping down moves at its idle point when its pin left no state on the server (the
+//! function-call protocol); otherwise it cannot move, and goes on on that leader (its units
+//! bounded by the same drain) until the latest safe point: the end of `drain_timeout`, or the
+//! leader's stop or fence, whichever comes first; then it ends with `FATAL 57P01` saying what it
+//! holds ([`crate::units::pinned_drain`], [`crate::units::pinned_leader_lost`]).
 //!
 //! A session idle with no server connection and no session state parks out of its task
 //! ([`crate::park`], [`Dormant`]) and resumes, in a new task, when its client speaks.
@@ -100,8 +101,8 @@ use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
 use crate::units::{
-    idle_message, idle_plan, leader_drain, pinned_drain, ClientStep, Ctx, Decision, IdleMessage,
-    IdlePlan, PinnedDrain, ReplicaVerdict, Side, UnitTracker,
+    idle_message, idle_plan, leader_drain, pinned_drain, pinned_leader_lost, ClientStep, Ctx,
+    Decision, IdleMessage, IdlePlan, PinnedDrain, ReplicaVerdict, Side, UnitTracker,
 };
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
@@ -210,6 +211,10 @@ struct Session<'a> {
     /// server answered (a streaming result ends with the server's error), bounded
     /// ([`crate::conn::drain_end`]).
     drain_cancelled: Option<tokio::time::Instant>,
+    /// The session, pinned to the leader, saw the DCS ask it to step down and the leader still
+    /// leads (or no other leader yet): when that leader's connection ends, the session says what
+    /// it holds ([`crate::units::pinned_leader_lost`]).
+    pinned_switchover: bool,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -395,6 +400,7 @@ impl<'a> Live<'a> {
                 leader_watch: None,
                 drain_at: None,
                 drain_cancelled: None,
+                pinned_switchover: false,
             },
             client,
             cbuf,
@@ -984,27 +990,43 @@ impl Session<'_> {
     ) -> End {
         let draining = self.shared.draining.clone();
         loop {
-            // A switchover: a session pinned to the leader stepping down moves or ends at its idle
-            // point, before its next unit is routed there ([`pinned_drain`]).
+            // A switchover: a session pinned to the leader stepping down moves, or works on there
+            // until the drain's end, at its idle point, before its next unit is routed there
+            // ([`pinned_drain`]).
+            let mut pinned_drain_at = None;
             if matches!(self.units.pinned(), Some((Side::Leader, _)))
                 && self.units.is_idle(self.client_remaining)
                 && self.drain_cancelled.is_none()
             {
-                let stepping_down = self.shared.router.is_switching_over();
-                match pinned_drain(self.units.pinned(), None, stepping_down) {
+                let router = &self.shared.router;
+                let switching_for = if router.is_switching_over() {
+                    router.switching_since().map(|since| since.elapsed())
+                } else {
+                    None
+                };
+                // Remembered until the leader leads again (a switchover called off).
+                self.pinned_switchover = switching_for.is_some()
+                    || (self.pinned_switchover
+                        && !self
+                            .leader
+                            .as_ref()
+                            .is_some_and(|c| router.is_routable(&c.route.backend, Want::Leader)));
+                match pinned_drain(
+                    self.units.pinned(),
+                    None,
+                    switching_for,
+                    self.rt.drain_timeout,
+                ) {
                     PinnedDrain::Stay => {}
+                    PinnedDrain::Wait(left) => {
+                        pinned_drain_at = Some(tokio::time::Instant::now() + left);
+                    }
                     PinnedDrain::Unpin => {
                         info!("the leader is stepping down (switchover): a session pinned by the function call protocol moves to the next leader");
                         self.units.unpin();
                         self.update_servers();
                     }
-                    PinnedDrain::End(reason) => {
-                        return End::Refused(
-                            crate::rw::END_CODE,
-                            "not_moved",
-                            crate::rw::cannot_move_message(&crate::rw::Unmovable::Pinned(reason)),
-                        );
-                    }
+                    PinnedDrain::End(reason) => return pinned_not_moved(reason),
                 }
             }
             // Handle what the client sent so far; `blocked`: the next message waits for the
@@ -1080,7 +1102,8 @@ impl Session<'_> {
                     switching_for,
                     self.rt.drain_timeout,
                 ) {
-                    Drain::Nothing => None,
+                    // Idle and pinned to the leader: woken at the drain's end ([`pinned_drain`]).
+                    Drain::Nothing => pinned_drain_at.filter(|_| self.units.current().is_none()),
                     Drain::Wait(left) => Some(tokio::time::Instant::now() + left),
                     Drain::Cancel => {
                         let key = self
@@ -1254,6 +1277,12 @@ impl Session<'_> {
                         .unwrap_or_default();
                     drop(conn);
                     self.update_servers();
+                    if let Some(reason) =
+                        pinned_leader_lost(self.units.pinned(), side, self.pinned_switchover)
+                            .filter(|_| self.units.current().is_none())
+                    {
+                        return pinned_not_moved(reason);
+                    }
                     if needed {
                         return End::ServerLost(format!(
                             "{} {backend} lost the leader key during a transaction or while the session was pinned to it",
@@ -1392,7 +1421,11 @@ impl Session<'_> {
         if !is_current {
             // An idle connection spoke: a notice, a parameter change, a notification, or a FATAL
             // before the server closes it. Pinned sessions get it; others drop the connection when
-            // it is not a harmless message.
+            // it is not a harmless message. A session pinned to a leader stepping down says what
+            // it holds instead of the stop's FATAL ([`pinned_leader_lost`]).
+            let switchover_seen = self.pinned_switchover || self.shared.router.is_switching_over();
+            let not_moved = pinned_leader_lost(self.units.pinned(), side, switchover_seen)
+                .filter(|_| self.units.current().is_none());
             let mut keep = lost.is_none();
             let mut forward = BytesMut::new();
             let client_pid = self.client_pid;
@@ -1416,7 +1449,9 @@ impl Session<'_> {
                         IdleMessage::Relay => forward.extend_from_slice(&frame),
                         IdleMessage::Ignore => {}
                         IdleMessage::RelayAndClose => {
-                            forward.extend_from_slice(&frame);
+                            if not_moved.is_none() {
+                                forward.extend_from_slice(&frame);
+                            }
                             keep = false;
                         }
                         IdleMessage::Close => keep = false,
@@ -1435,6 +1470,9 @@ impl Session<'_> {
                 let backend = conn.as_ref().map(|c| c.route.backend.to_string());
                 drop(conn);
                 self.update_servers();
+                if let Some(reason) = not_moved {
+                    return Err(pinned_not_moved(reason));
+                }
                 if pinned_here {
                     return Err(End::ServerLost(format!(
                         "the server of a pinned session ({}) closed its connection",
@@ -2410,6 +2448,17 @@ async fn cancel_at<T>(
         crate::conn::send_cancel(&backend, &key, key.pid, DRAIN_END_WAIT),
     );
     (handled, true)
+}
+
+/// How a session pinned to the leader stepping down ends ([`pinned_drain`],
+/// [`pinned_leader_lost`]): `FATAL 57P01` saying what it holds, which the next leader would not
+/// have ([`crate::rw::cannot_move_message`]).
+fn pinned_not_moved(reason: praetor_protocol::PinReason) -> End {
+    End::Refused(
+        crate::rw::END_CODE,
+        "not_moved",
+        crate::rw::cannot_move_message(&crate::rw::Unmovable::Pinned(reason)),
+    )
 }
 
 /// Polls `conn` for its fence or bytes (pending forever when there is no connection). A poll

@@ -178,7 +178,8 @@ pub struct ProxySettings {
     /// the proxy sends its server a CancelRequest, relays the server's answer (a result still
     /// streaming ends with the server's error, [`crate::conn::drain_end`]) and ends its session
     /// with `FATAL 57P01` naming drain_timeout ([`crate::rw::drained_message`]). A session pinned
-    /// to that leader ends at its idle point, or moves ([`crate::units::pinned_drain`]). Every
+    /// to that leader moves, or works on there until the leader stops or this passes, then ends at
+    /// its idle point ([`crate::units::pinned_drain`]). Every
     /// port that reaches the leader: the
     /// read-write port's transaction ([`crate::rw::drain`]) and the auto port's unit on the leader
     /// ([`crate::units::leader_drain`]).

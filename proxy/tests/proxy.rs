@@ -2974,8 +2974,9 @@ async fn function_call(raw: &mut TcpStream, oid: u32) -> String {
     result.expect("a FunctionCallResponse")
 }
 
-/// Issue 17 item 1, pinned auto-port sessions in a switchover: one holding a temporary table ends
-/// at once with 57P01 saying so; one pinned the same way in an open transaction gets
+/// Issue 17 item 1, pinned auto-port sessions in a switchover: one holding a temporary table, idle,
+/// ends at the drain's end (`drain_timeout` after the switchover started) with 57P01 saying so; one
+/// pinned the same way in an open transaction gets
 /// `drain_timeout`, then its transaction is cancelled (rolled back on the former leader) and it
 /// ends with 57P01 naming drain_timeout; one pinned only by the function-call protocol (no state
 /// left on the server) stays and runs its next call on the new leader; and the proxy acknowledges
@@ -3075,6 +3076,76 @@ async fn a_switchover_ends_pinned_auto_sessions_that_cannot_move_after_drain_tim
         pg_b.port().to_string(),
         "the session moved to the new leader"
     );
+}
+
+/// Issue 17 item 1: a session pinned to the leader by a temporary table is not ended when a
+/// switchover starts: during the drain it goes on on the leader (its statements see its temporary
+/// table), a switchover called off leaves it as it was, and when the leader stops (the fast stop a
+/// stepping-down agent makes, well within `drain_timeout`) the client gets 57P01 saying what the
+/// session holds, not the server's "administrator command".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_auto_session_works_on_through_a_switchovers_drain_and_ends_when_the_leader_stops()
+{
+    let dir = WorkDir::new("proxy-pinned-works-on").unwrap();
+    let (mut pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let settings = ProxySettings {
+        // Longer than DEADLINE: the session can only end because the leader stopped.
+        drain_timeout: Duration::from_secs(60),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+    let switchover = |on: bool| {
+        let mut t = Topology::new(Some(a.clone()), vec![]);
+        if on {
+            t.switchover = Some(praetor_proxy::Switchover {
+                leader: a.member.clone(),
+                candidate: Some(b.member.clone()),
+            });
+        }
+        Arc::new(t)
+    };
+    let (temp, temp_conn) = connect_watched(proxy.auto).await;
+    temp.batch_execute("CREATE TEMP TABLE pinned (x int)")
+        .await
+        .unwrap();
+
+    // The DCS asks a to step down: the session finishes its work on a.
+    proxy.set(switchover(true));
+    for i in 1..=3 {
+        temp.execute("INSERT INTO pinned VALUES ($1)", &[&i])
+            .await
+            .expect("the pinned session works on during the drain");
+    }
+    let n: i64 = temp
+        .query_one("SELECT count(*) FROM pinned", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "the session's temporary table, on a");
+    assert_eq!(server_port(&temp).await.unwrap(), pg_a.port());
+
+    // Called off: nothing changes for the session.
+    proxy.set(switchover(false));
+    temp.execute("INSERT INTO pinned VALUES (4)", &[])
+        .await
+        .expect("the session goes on after the switchover is called off");
+
+    // Asked again; this time a's agent stops PostgreSQL (fast shutdown, SIGINT).
+    proxy.set(switchover(true));
+    temp.execute("INSERT INTO pinned VALUES (5)", &[])
+        .await
+        .expect("the pinned session works on during the drain");
+    let pid = pg_a.process().pid().to_string();
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success(), "kill -INT {pid}");
+    assert_ended_57p01(
+        "the session with a temporary table",
+        temp_conn,
+        "cannot move to the new leader: it holds a temporary object",
+    )
+    .await;
+    assert!(temp.is_closed());
 }
 
 /// Issue 17 item 1: a read-write-port statement still streaming a large result when its
