@@ -215,6 +215,9 @@ struct Session<'a> {
     /// leads (or no other leader yet): when that leader's connection ends, the session says what
     /// it holds ([`crate::units::pinned_leader_lost`]).
     pinned_switchover: bool,
+    /// A message of the proxy's own is being written to the client ([`Session::write_client_whole`]):
+    /// a drain deadline that stops the write leaves the client's stream inside it.
+    client_mid_write: bool,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -401,6 +404,7 @@ impl<'a> Live<'a> {
                 drain_at: None,
                 drain_cancelled: None,
                 pinned_switchover: false,
+                client_mid_write: false,
             },
             client,
             cbuf,
@@ -1056,6 +1060,17 @@ impl Session<'_> {
                 .await;
                 match handled {
                     Ok(b) => b,
+                    // The deadline passed while a write was blocked (a server that does not read
+                    // its input while it streams to a client that does not read, or a client that
+                    // does not take the proxy's own message). Between two messages to the client:
+                    // cancel the leader's statement and relay its answer, then the FATAL, bounded
+                    // as for any unit past the deadline (below); inside one, close.
+                    Err(End::Drained { .. }) if !self.client_mid_write => {
+                        if let Err(end) = self.drain_cancel().await {
+                            return end;
+                        }
+                        continue;
+                    }
                     Err(end) => return end,
                 }
             };
@@ -1106,24 +1121,9 @@ impl Session<'_> {
                     Drain::Nothing => pinned_drain_at.filter(|_| self.units.current().is_none()),
                     Drain::Wait(left) => Some(tokio::time::Instant::now() + left),
                     Drain::Cancel => {
-                        let key = self
-                            .leader
-                            .as_ref()
-                            .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
-                        let Some((backend, key)) = key else {
-                            let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
-                            return End::Drained { clean };
-                        };
-                        // Cancel the statement (a result still streaming stops at the server's
-                        // error) and go on relaying its answer (above).
-                        Box::pin(crate::conn::send_cancel(
-                            &backend,
-                            &key,
-                            key.pid,
-                            DRAIN_END_WAIT,
-                        ))
-                        .await;
-                        self.drain_cancelled = Some(tokio::time::Instant::now());
+                        if let Err(end) = self.drain_cancel().await {
+                            return end;
+                        }
                         continue;
                     }
                 };
@@ -1337,6 +1337,35 @@ impl Session<'_> {
                             let bound = since + 2 * DRAIN_END_WAIT;
                             drained_by(Some(bound), self.handle_server(client, side, lost)).await
                         }
+                        // A reply of the unit on the leader: most are written at once; one whose
+                        // write blocks (a client that does not read) is bounded by a switchover
+                        // that starts meanwhile ([`bounded_by_switchover`]).
+                        (None, None)
+                            if side == Side::Leader
+                                && self.units.current() == Some(Side::Leader) =>
+                        {
+                            let (router, drain_timeout) = (&self.shared.router, self.rt.drain_timeout);
+                            let mut watch = self.leader_watch.take();
+                            let handled = {
+                                let mut handling =
+                                    std::pin::pin!(self.handle_server(client, side, lost));
+                                match poll_fn(|cx| Poll::Ready(std::future::Future::poll(handling.as_mut(), cx))).await
+                                {
+                                    Poll::Ready(handled) => handled,
+                                    Poll::Pending => {
+                                        Box::pin(bounded_by_switchover(
+                                            handling,
+                                            router,
+                                            watch.as_mut(),
+                                            drain_timeout,
+                                        ))
+                                        .await
+                                    }
+                                }
+                            };
+                            self.leader_watch = watch;
+                            handled
+                        }
                         (None, None) => self.handle_server(client, side, lost).await,
                     };
                     if let Err(end) = handled {
@@ -1345,6 +1374,45 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// The running unit on the leader passed `drain_timeout`: sends its server a CancelRequest (a
+    /// result still streaming stops at the server's error) and marks the session cancelled, so
+    /// that the serving loop relays the server's answer, bounded, then ends with the FATAL
+    /// ([`crate::conn::drain_end`]). `Err`: no leader connection or cancel key, the session ends
+    /// now (with the FATAL when the client's stream is between two messages).
+    async fn drain_cancel(&mut self) -> Result<(), End> {
+        let key = self
+            .leader
+            .as_ref()
+            .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
+        let Some((backend, key)) = key else {
+            let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
+            return Err(End::Drained { clean });
+        };
+        Box::pin(crate::conn::send_cancel(
+            &backend,
+            &key,
+            key.pid,
+            DRAIN_END_WAIT,
+        ))
+        .await;
+        self.drain_cancelled = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Writes `out`, whole messages of the proxy's own, to the client. While the write is under
+    /// way the client's stream is inside a message ([`Session::client_mid_write`]): a drain
+    /// deadline that stops it ends the session without the FATAL, which would not parse.
+    async fn write_client_whole(
+        &mut self,
+        client: &mut ClientStream,
+        out: &[u8],
+    ) -> Result<(), End> {
+        self.client_mid_write = true;
+        client.write_all(out).await.map_err(End::Io)?;
+        self.client_mid_write = false;
+        Ok(())
     }
 
     /// Whether the session, idle, can leave its task: it holds no server connection and no session
@@ -1705,7 +1773,7 @@ impl Session<'_> {
                     self.units.sync_discarded();
                     let mut out = BytesMut::new();
                     encode_ready_for_query(&mut out, TxStatus::Idle);
-                    client.write_all(&out).await.map_err(End::Io)?;
+                    self.write_client_whole(client, &out).await?;
                 } else {
                     let n = h.frame_len.min(cbuf.len());
                     cbuf.advance(n);
@@ -1802,7 +1870,7 @@ impl Session<'_> {
                     cbuf.advance(h.frame_len);
                     let mut out = BytesMut::new();
                     encode_ready_for_query(&mut out, tx);
-                    client.write_all(&out).await.map_err(End::Io)?;
+                    self.write_client_whole(client, &out).await?;
                     self.s2c.inc_by(out.len() as u64);
                     continue;
                 }
@@ -1856,7 +1924,7 @@ impl Session<'_> {
                     } else {
                         self.units.discard_until_sync();
                     }
-                    client.write_all(&out).await.map_err(End::Io)?;
+                    self.write_client_whole(client, &out).await?;
                     if self.units.pinned().is_some() {
                         return Err(End::ServerLost(message));
                     }
@@ -2408,7 +2476,7 @@ fn drop_buffers(cbuf: &mut BytesMut, to_server: &mut BytesMut) {
 }
 
 /// Runs `handling` to its end, or until the drain deadline `at` (then [`End::Drained`], not clean:
-/// a write to the client may have stopped inside a message).
+/// a write to the client may have stopped inside a message; the caller knows whether it did).
 async fn drained_by<T>(
     at: Option<tokio::time::Instant>,
     handling: impl std::future::Future<Output = Result<T, End>>,
@@ -2418,6 +2486,45 @@ async fn drained_by<T>(
             .await
             .unwrap_or(Err(End::Drained { clean: false })),
         None => handling.await,
+    }
+}
+
+/// Runs `handling`, a reply of the unit on the leader whose write to the client blocked before any
+/// switchover, to its end; should the DCS ask the leader to step down meanwhile (`router`,
+/// watched through `watch`), only until `drain_timeout` after that plus 2 x [`DRAIN_END_WAIT`]
+/// for the write to go on (then the serving loop cancels the statement and relays its answer,
+/// [`crate::conn::drain_end`]); past it [`End::Drained`], not clean (the write stopped inside a
+/// message): the session closes the client's socket and cancels the statement (`finish`). A
+/// client that does not read cannot keep a unit on the former leader past its drain.
+async fn bounded_by_switchover<T>(
+    handling: Pin<&mut impl std::future::Future<Output = Result<T, End>>>,
+    router: &crate::router::Router,
+    mut watch: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    drain_timeout: std::time::Duration,
+) -> Result<T, End> {
+    let deadline = async {
+        loop {
+            if let Some(since) = router
+                .switching_since()
+                .filter(|_| router.is_switching_over())
+            {
+                let at = tokio::time::Instant::from_std(since) + drain_timeout + 2 * DRAIN_END_WAIT;
+                tokio::time::sleep_until(at).await;
+                return;
+            }
+            let changed = match watch.as_mut() {
+                Some(w) => w.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                // Nothing to watch (the router is gone: the proxy stops).
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        handled = handling => handled,
+        () = deadline => Err(End::Drained { clean: false }),
     }
 }
 

@@ -3247,6 +3247,176 @@ async fn an_auto_port_result_streaming_past_drain_timeout_ends_with_the_servers_
     assert_cancelled_then_drained(&tags, &errors);
 }
 
+/// Issue 17 item 2, writes blocked when a switchover's `drain_timeout` passes on the auto port.
+/// A client that pipelines more than the sockets hold behind a long statement (the server reads
+/// none of it while it sleeps, so the proxy's write to the server blocks: the client's writes stop)
+/// reads, once the deadline passed, the server's 57014 and ReadyForQuery, then the proxy's FATAL
+/// 57P01 naming drain_timeout, every message whole (was: closed without the FATAL). A client that
+/// stops reading while a big result streams (the proxy's write to it blocks: its backend waits on
+/// `ClientWrite`) has its statement cancelled and is closed within the drain's bound, its server
+/// connection with it; what it reads then ends without the FATAL, which would land inside a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_port_write_blocked_at_drain_timeout_ends_with_the_fatal_between_messages_or_a_close(
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = WorkDir::new("proxy-auto-drain-blocked").unwrap();
+    let pg_a = Postgres::start(&dir, "pg-a").await.unwrap();
+    let a = backend("a", &pg_a);
+    let settings = ProxySettings {
+        drain_timeout: Duration::from_secs(1),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+    let (observer, conn) = tokio_postgres::connect(&pg_a.conn_str("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // A statement that reads nothing of its input for a minute, and 64 MiB of queries behind it.
+    let (raw, tag) = raw_login(proxy.auto, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    let (mut piped_rx, mut piped_tx) = raw.into_split();
+    piped_tx
+        .write_all(&query_message("SELECT pg_sleep(60)"))
+        .await
+        .unwrap();
+    wait_for_backends(
+        &observer,
+        "the sleep runs",
+        "query = 'SELECT pg_sleep(60)' AND state = 'active'",
+        1,
+    )
+    .await;
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let written = written.clone();
+        tokio::spawn(async move {
+            let q = query_message(&format!("SELECT '{}'", "x".repeat(8000)));
+            while written.load(Ordering::Relaxed) < 64 << 20 {
+                if piped_tx.write_all(&q).await.is_err() {
+                    return;
+                }
+                written.fetch_add(q.len(), Ordering::Relaxed);
+            }
+        })
+    };
+    // The sockets are full: the client's writes make no progress for a second.
+    let mut last = (0, std::time::Instant::now());
+    wait_for("the pipelined writes block", DEADLINE, || {
+        let now = written.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+        let stalled = now > 0 && last.1.elapsed() >= Duration::from_secs(1);
+        async move {
+            if stalled {
+                Ok(())
+            } else {
+                Err(format!("{now} bytes written"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    // A result streaming to a client that stops reading.
+    let (mut stalled, tag) = raw_login(proxy.auto, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    stalled
+        .write_all(&query_message(
+            "SELECT repeat('x', 1000), generate_series(1, 1000000000)",
+        ))
+        .await
+        .unwrap();
+    let mut stalled_buf = BytesMut::new();
+    while !split_frame(&mut stalled_buf)
+        .expect("whole messages")
+        .is_some_and(|f| f.tag == b'D')
+    {
+        assert!(stalled.read_buf(&mut stalled_buf).await.unwrap() > 0);
+    }
+    wait_for_backends(
+        &observer,
+        "the streaming backend blocks writing to the proxy",
+        "query LIKE 'SELECT repeat%' AND wait_event = 'ClientWrite'",
+        1,
+    )
+    .await;
+
+    // The DCS asks a to step down.
+    let mut t = Topology::new(Some(a.clone()), vec![]);
+    t.switchover = Some(praetor_proxy::Switchover {
+        leader: a.member.clone(),
+        candidate: None,
+    });
+    proxy.set(Arc::new(t));
+
+    // The pipelining client: the server's error, its ReadyForQuery, whatever the server answered
+    // after it, then the proxy's FATAL.
+    let mut buf = BytesMut::new();
+    let mut tags = Vec::new();
+    let mut errors = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            while let Some(frame) = split_frame(&mut buf).expect("whole messages") {
+                if tags.last() != Some(&frame.tag) {
+                    tags.push(frame.tag);
+                }
+                if frame.tag == ERROR_RESPONSE {
+                    let f = ErrorFields::parse(frame.body()).expect("an ErrorResponse");
+                    errors.push((
+                        f.code().unwrap_or_default().to_string(),
+                        f.get(b'M').unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+            if piped_rx.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the proxy ends the pipelining session");
+    let tags = String::from_utf8_lossy(&tags).into_owned();
+    assert!(buf.is_empty(), "the session ended inside a message: {tags}");
+    assert!(tags.ends_with('E'), "messages: {tags}; errors: {errors:?}");
+    assert_eq!(
+        errors.first().map(|e| e.0.as_str()),
+        Some("57014"),
+        "{errors:?}"
+    );
+    let (code, message) = errors.last().unwrap();
+    assert_eq!(code, "57P01", "the proxy's FATAL: {errors:?}");
+    assert!(
+        message.contains("did not finish within drain_timeout (1 s)"),
+        "{message}"
+    );
+    writer.abort();
+
+    // The client that stopped reading: its statement is cancelled and its connections closed,
+    // though it still reads nothing.
+    wait_for_backends(
+        &observer,
+        "the streaming backend ends",
+        "query LIKE 'SELECT repeat%'",
+        0,
+    )
+    .await;
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            stalled_buf.clear();
+            if stalled.read_buf(&mut stalled_buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the proxy closes the stalled client's socket"
+    );
+}
+
 /// Asserts what [`stream_through_a_switchover`] read ends with the server's cancel (57014),
 /// its ReadyForQuery and the proxy's FATAL 57P01 naming drain_timeout (1 s), rows before them.
 fn assert_cancelled_then_drained(tags: &str, errors: &[(String, String)]) {
