@@ -680,7 +680,7 @@ impl Session<'_> {
                         .into(),
                 ));
             }
-            AuthType::ScramSha256 if self.rt.auth.has_source() => {
+            AuthType::ScramSha256 | AuthType::Md5 if self.rt.auth.has_source() => {
                 let limit = self.rt.startup_timeout;
                 let done = tokio::time::timeout(limit, self.authenticate(client, cbuf, database))
                     .await
@@ -768,15 +768,15 @@ impl Session<'_> {
             )
             .await;
             match opened {
-                Err(OpenError::NeedPassword) if self.rt.auth.auth_type == AuthType::ScramSha256 => {
-                    // SCRAM without auth_file or auth_user: the proxy has no secret to check the
-                    // client against, so it serves only servers that ask for none.
+                Err(OpenError::NeedPassword) if self.rt.auth.auth_type != AuthType::Cleartext => {
+                    // SCRAM or md5 without auth_file or auth_user: the proxy has no secret to check
+                    // the client against, so it serves only servers that ask for none.
                     return Err(End::Refused(
                         SqlState::INVALID_AUTHORIZATION,
                         "auth",
                         format!(
                             "{described} asks for a password and the proxy has no secret for user \"{}\" \
-                             to authenticate the client with SCRAM: give praetor.proxy.auth_file or \
+                             to authenticate the client with: give praetor.proxy.auth_file or \
                              praetor.proxy.auth_user",
                             self.user
                         ),
@@ -884,11 +884,34 @@ impl Session<'_> {
                 ))
             }
         };
+        let md5 = self.rt.auth.auth_type == AuthType::Md5;
+        if let (true, Some(Secret::Md5(stored) | Secret::Password(stored))) = (md5, &found) {
+            // `auth_type: md5` (PgBouncer's): an md5 challenge for md5 and plain-text entries.
+            // The hash answers md5 servers only; a clear-text password any.
+            let credential = match &found {
+                Some(Secret::Password(p)) => Credential::Password(p.clone().into_bytes()),
+                _ => Credential::Md5Hash(stored.clone()),
+            };
+            return match crate::admin_auth::run_md5(client, cbuf, &self.user, stored).await {
+                Ok(true) => Ok(credential),
+                Ok(false) | Err(crate::admin_auth::Failure::Wrong) => Err(End::Refused(
+                    SqlState::INVALID_PASSWORD,
+                    "auth",
+                    password_failed(&self.user),
+                )),
+                Err(crate::admin_auth::Failure::Protocol(m)) => {
+                    Err(End::Protocol(SqlState::PROTOCOL_VIOLATION, m))
+                }
+                Err(crate::admin_auth::Failure::Gone) => Err(End::ClientClosed),
+            };
+        }
         let (secret, password) = match found {
             Some(Secret::Scram(s)) => (s, None),
             Some(Secret::Password(p)) => (ScramSecret::from_password(p.as_bytes()), Some(p)),
             Some(Secret::Md5(_)) => {
-                info!(user = %self.user, "the user's secret is an MD5 hash, which cannot check a SCRAM client; store a SCRAM secret (password_encryption = scram-sha-256)");
+                // As PostgreSQL and PgBouncer: the client's login fails like a wrong password
+                // (telling it would tell which users exist); the log says why.
+                warn!(user = %self.user, "SCRAM authentication failed: the user's secret (auth_file or auth_query) is an MD5 hash, which cannot check a SCRAM client; store its SCRAM secret (password_encryption = scram-sha-256), or set praetor.proxy.auth_type: md5 (PgBouncer's md5 method)");
                 (ScramSecret::mock(), None)
             }
             None => {

@@ -1190,6 +1190,86 @@ async fn auto_port_checks_scram_clients_against_auth_file_and_logs_in_to_md5_and
         .await;
 }
 
+/// Issue 17 item 3, an md5 hash in `auth_file` on the auto port, as PgBouncer: with `auth_type:
+/// md5` a user stored as an md5 hash (`password_encryption = md5`) gets an md5 challenge and the
+/// proxy logs in to its md5 server with the hash; a user with a SCRAM secret still gets SCRAM; wrong
+/// passwords fail with 28P01. With `scram-sha-256` the md5 user's login fails as a wrong password's
+/// does (its hash cannot check a SCRAM client), the SCRAM user's works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_auth_type_md5_logs_md5_users_in_with_their_hash_and_scram_users_with_scram() {
+    let dir = WorkDir::new("proxy-auto-md5").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    password_users(&pg).await;
+    let admin = connect(SocketAddr::from(([127, 0, 0, 1], pg.port())))
+        .await
+        .unwrap();
+    let mut lines = String::new();
+    for user in ["md5user", "scramuser"] {
+        let row = admin
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        let secret: String = row.get(0);
+        lines.push_str(&format!("\"{user}\" \"{secret}\"\n"));
+    }
+    assert!(lines.contains("\"md5user\" \"md5"), "{lines}");
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(&userlist, lines).unwrap();
+    let a = backend("a", &pg);
+    for auth_type in [
+        praetor_proxy::auth::AuthType::Md5,
+        praetor_proxy::auth::AuthType::ScramSha256,
+    ] {
+        let mut settings = test_settings(Duration::from_secs(5));
+        settings.auth.auth_file = Some(userlist.clone());
+        settings.auth.auth_type = auth_type;
+        let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+        for (user, password) in [("md5user", "md5secret"), ("scramuser", "scramsecret")] {
+            let mut cfg = conn_config(proxy.auto);
+            cfg.user(user).password(password);
+            let logged_in = cfg.connect(NoTls).await;
+            if auth_type == praetor_proxy::auth::AuthType::ScramSha256 && user == "md5user" {
+                let err = logged_in
+                    .err()
+                    .expect("an md5 hash cannot check a SCRAM client");
+                assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+                continue;
+            }
+            let (c, conn) = logged_in.unwrap_or_else(|e| panic!("{auth_type:?}, {user}: {e}"));
+            tokio::spawn(conn);
+            let who = c.simple_query("SELECT current_user").await.unwrap();
+            assert!(
+                matches!(&who[1], SimpleQueryMessage::Row(r) if r.get(0) == Some(user)),
+                "{auth_type:?}, {user}"
+            );
+            let mut wrong = conn_config(proxy.auto);
+            wrong.user(user).password("wrong");
+            let err = wrong.connect(NoTls).await.err().expect("wrong password");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INVALID_PASSWORD),
+                "{auth_type:?}, {user}: {err}"
+            );
+        }
+        if auth_type == praetor_proxy::auth::AuthType::Md5 {
+            // libpq (PostgreSQL 15's: no require_auth to insist on md5).
+            let (ok, out, err) = psql(
+                format!(
+                    "host=127.0.0.1 port={} user=md5user password=md5secret dbname=postgres \
+                     sslmode=disable",
+                    proxy.auto.port()
+                ),
+                ["-c", "SELECT current_user"],
+            )
+            .await;
+            assert!(ok && out == "md5user", "{err}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_port_cancels_reach_the_server_of_the_current_transaction() {
     let dir = WorkDir::new("proxy-auto-cancel").unwrap();
