@@ -746,7 +746,9 @@ pub struct ProxyConfig {
     pub classifier_cache_size: Option<u64>,
     /// How the auto port authenticates clients: `scram-sha-256` (default; the proxy checks the
     /// client against the user's stored SCRAM secret and logs in to servers with the client's
-    /// SCRAM keys) or `cleartext` (asks for the password, only over TLS).
+    /// SCRAM keys), `md5` (PgBouncer's: an md5 challenge for users whose secret is an md5 hash
+    /// or a password, SCRAM for those with a SCRAM secret) or `cleartext` (asks for the password,
+    /// only over TLS).
     pub auth_type: Option<String>,
     /// The query that finds a user's secret, run as `auth_user` in the client's database
     /// (PgBouncer's default: `SELECT usename, passwd FROM pg_shadow WHERE usename=$1`).

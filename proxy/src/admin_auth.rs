@@ -187,9 +187,13 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-enum Failure {
+/// How an exchange failed ([`run_md5`]).
+pub(crate) enum Failure {
+    /// Wrong password.
     Wrong,
+    /// The client broke the protocol (the message for its FATAL 08P01).
     Protocol(String),
+    /// The client left.
     Gone,
 }
 
@@ -218,7 +222,11 @@ async fn read_password<S: AsyncRead + Unpin>(
     Ok(frame)
 }
 
-async fn run_md5<S: AsyncRead + AsyncWrite + Unpin>(
+/// PostgreSQL's md5 exchange with `user` on `socket` against `stored` (an `md5` hash or a
+/// plain-text password, [`md5_expected`]): a random 4-byte salt in AuthenticationMD5Password, the
+/// client's PasswordMessage compared in constant time. `Ok(true)`: the right answer; also used by
+/// the auto port's `auth_type: md5` ([`crate::auth::AuthType::Md5`]).
+pub(crate) async fn run_md5<S: AsyncRead + AsyncWrite + Unpin>(
     socket: &mut S,
     buf: &mut BytesMut,
     user: &str,

@@ -27,14 +27,25 @@ pub enum AuthType {
     /// The client sends its password (AuthenticationCleartextPassword); refused unless the client
     /// connection is TLS.
     Cleartext,
+    /// PgBouncer's `auth_type = md5`: a user whose secret is an `md5` hash or a plain-text
+    /// password gets an md5 challenge (AuthenticationMD5Password, PostgreSQL's `md5` method); one
+    /// with a SCRAM secret gets SCRAM-SHA-256 as with [`AuthType::ScramSha256`] ("if a user has a
+    /// SCRAM secret, SCRAM authentication is used automatically instead", PgBouncer's
+    /// documentation). Server connections log in with what the entry gives: an md5 hash answers
+    /// only servers that ask for md5 (a SCRAM server refuses the login with a message saying so),
+    /// a plain-text password any. With `scram-sha-256`, an md5 hash cannot check the client: the
+    /// login fails as with a wrong password, and the proxy logs why (PgBouncer: "SCRAM
+    /// authentication failed: user has MD5 secret").
+    Md5,
 }
 
 impl AuthType {
-    /// `scram-sha-256` or `cleartext` (`plain`, `password` accepted too).
+    /// `scram-sha-256`, `md5` or `cleartext` (`plain`, `password` accepted too).
     pub fn parse(s: &str) -> Option<AuthType> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scram-sha-256" | "scram" => Some(AuthType::ScramSha256),
             "cleartext" | "plain" | "password" => Some(AuthType::Cleartext),
+            "md5" => Some(AuthType::Md5),
             _ => None,
         }
     }
@@ -393,7 +404,7 @@ mod tests {
             Some(AuthType::ScramSha256)
         );
         assert_eq!(AuthType::parse("cleartext"), Some(AuthType::Cleartext));
-        assert_eq!(AuthType::parse("md5"), None);
+        assert_eq!(AuthType::parse("md5"), Some(AuthType::Md5));
     }
 
     #[test]

@@ -44,10 +44,11 @@
 //! ReadyForQuery, bounded: [`crate::conn::drain_end`]) and ends with `FATAL 57P01` naming
 //! drain_timeout ([`crate::units::leader_drain`] decides; the serving loop
 //! arms the deadline, which also bounds any write the session is blocked in). A session pinned to
-//! the leader stepping down starts no unit there either: at its idle point (at once when idle, or
-//! when its running unit ends within `drain_timeout`) it moves when its pin left no state on the
-//! server (the function-call protocol), and otherwise ends with `FATAL 57P01` saying what it holds
-//! ([`crate::units::pinned_drain`]).
+//! the leader stepping down moves at its idle point when its pin left no state on the server (the
+//! function-call protocol); otherwise it cannot move, and goes on on that leader (its units
+//! bounded by the same drain) until the latest safe point: the end of `drain_timeout`, or the
+//! leader's stop or fence, whichever comes first; then it ends with `FATAL 57P01` saying what it
+//! holds ([`crate::units::pinned_drain`], [`crate::units::pinned_leader_lost`]).
 //!
 //! A session idle with no server connection and no session state parks out of its task
 //! ([`crate::park`], [`Dormant`]) and resumes, in a new task, when its client speaks.
@@ -100,8 +101,8 @@ use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
 use crate::stream::ClientStream;
 use crate::units::{
-    idle_message, idle_plan, leader_drain, pinned_drain, ClientStep, Ctx, Decision, IdleMessage,
-    IdlePlan, PinnedDrain, ReplicaVerdict, Side, UnitTracker,
+    idle_message, idle_plan, leader_drain, pinned_drain, pinned_leader_lost, ClientStep, Ctx,
+    Decision, IdleMessage, IdlePlan, PinnedDrain, ReplicaVerdict, Side, UnitTracker,
 };
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
@@ -210,6 +211,13 @@ struct Session<'a> {
     /// server answered (a streaming result ends with the server's error), bounded
     /// ([`crate::conn::drain_end`]).
     drain_cancelled: Option<tokio::time::Instant>,
+    /// The session, pinned to the leader, saw the DCS ask it to step down and the leader still
+    /// leads (or no other leader yet): when that leader's connection ends, the session says what
+    /// it holds ([`crate::units::pinned_leader_lost`]).
+    pinned_switchover: bool,
+    /// A message of the proxy's own is being written to the client ([`Session::write_client_whole`]):
+    /// a drain deadline that stops the write leaves the client's stream inside it.
+    client_mid_write: bool,
 }
 
 /// A logged-in session and what it owns, in one allocation.
@@ -395,6 +403,8 @@ impl<'a> Live<'a> {
                 leader_watch: None,
                 drain_at: None,
                 drain_cancelled: None,
+                pinned_switchover: false,
+                client_mid_write: false,
             },
             client,
             cbuf,
@@ -670,7 +680,7 @@ impl Session<'_> {
                         .into(),
                 ));
             }
-            AuthType::ScramSha256 if self.rt.auth.has_source() => {
+            AuthType::ScramSha256 | AuthType::Md5 if self.rt.auth.has_source() => {
                 let limit = self.rt.startup_timeout;
                 let done = tokio::time::timeout(limit, self.authenticate(client, cbuf, database))
                     .await
@@ -758,15 +768,15 @@ impl Session<'_> {
             )
             .await;
             match opened {
-                Err(OpenError::NeedPassword) if self.rt.auth.auth_type == AuthType::ScramSha256 => {
-                    // SCRAM without auth_file or auth_user: the proxy has no secret to check the
-                    // client against, so it serves only servers that ask for none.
+                Err(OpenError::NeedPassword) if self.rt.auth.auth_type != AuthType::Cleartext => {
+                    // SCRAM or md5 without auth_file or auth_user: the proxy has no secret to check
+                    // the client against, so it serves only servers that ask for none.
                     return Err(End::Refused(
                         SqlState::INVALID_AUTHORIZATION,
                         "auth",
                         format!(
                             "{described} asks for a password and the proxy has no secret for user \"{}\" \
-                             to authenticate the client with SCRAM: give praetor.proxy.auth_file or \
+                             to authenticate the client with: give praetor.proxy.auth_file or \
                              praetor.proxy.auth_user",
                             self.user
                         ),
@@ -874,11 +884,34 @@ impl Session<'_> {
                 ))
             }
         };
+        let md5 = self.rt.auth.auth_type == AuthType::Md5;
+        if let (true, Some(Secret::Md5(stored) | Secret::Password(stored))) = (md5, &found) {
+            // `auth_type: md5` (PgBouncer's): an md5 challenge for md5 and plain-text entries.
+            // The hash answers md5 servers only; a clear-text password any.
+            let credential = match &found {
+                Some(Secret::Password(p)) => Credential::Password(p.clone().into_bytes()),
+                _ => Credential::Md5Hash(stored.clone()),
+            };
+            return match crate::admin_auth::run_md5(client, cbuf, &self.user, stored).await {
+                Ok(true) => Ok(credential),
+                Ok(false) | Err(crate::admin_auth::Failure::Wrong) => Err(End::Refused(
+                    SqlState::INVALID_PASSWORD,
+                    "auth",
+                    password_failed(&self.user),
+                )),
+                Err(crate::admin_auth::Failure::Protocol(m)) => {
+                    Err(End::Protocol(SqlState::PROTOCOL_VIOLATION, m))
+                }
+                Err(crate::admin_auth::Failure::Gone) => Err(End::ClientClosed),
+            };
+        }
         let (secret, password) = match found {
             Some(Secret::Scram(s)) => (s, None),
             Some(Secret::Password(p)) => (ScramSecret::from_password(p.as_bytes()), Some(p)),
             Some(Secret::Md5(_)) => {
-                info!(user = %self.user, "the user's secret is an MD5 hash, which cannot check a SCRAM client; store a SCRAM secret (password_encryption = scram-sha-256)");
+                // As PostgreSQL and PgBouncer: the client's login fails like a wrong password
+                // (telling it would tell which users exist); the log says why.
+                warn!(user = %self.user, "SCRAM authentication failed: the user's secret (auth_file or auth_query) is an MD5 hash, which cannot check a SCRAM client; store its SCRAM secret (password_encryption = scram-sha-256), or set praetor.proxy.auth_type: md5 (PgBouncer's md5 method)");
                 (ScramSecret::mock(), None)
             }
             None => {
@@ -984,27 +1017,43 @@ impl Session<'_> {
     ) -> End {
         let draining = self.shared.draining.clone();
         loop {
-            // A switchover: a session pinned to the leader stepping down moves or ends at its idle
-            // point, before its next unit is routed there ([`pinned_drain`]).
+            // A switchover: a session pinned to the leader stepping down moves, or works on there
+            // until the drain's end, at its idle point, before its next unit is routed there
+            // ([`pinned_drain`]).
+            let mut pinned_drain_at = None;
             if matches!(self.units.pinned(), Some((Side::Leader, _)))
                 && self.units.is_idle(self.client_remaining)
                 && self.drain_cancelled.is_none()
             {
-                let stepping_down = self.shared.router.is_switching_over();
-                match pinned_drain(self.units.pinned(), None, stepping_down) {
+                let router = &self.shared.router;
+                let switching_for = if router.is_switching_over() {
+                    router.switching_since().map(|since| since.elapsed())
+                } else {
+                    None
+                };
+                // Remembered until the leader leads again (a switchover called off).
+                self.pinned_switchover = switching_for.is_some()
+                    || (self.pinned_switchover
+                        && !self
+                            .leader
+                            .as_ref()
+                            .is_some_and(|c| router.is_routable(&c.route.backend, Want::Leader)));
+                match pinned_drain(
+                    self.units.pinned(),
+                    None,
+                    switching_for,
+                    self.rt.drain_timeout,
+                ) {
                     PinnedDrain::Stay => {}
+                    PinnedDrain::Wait(left) => {
+                        pinned_drain_at = Some(tokio::time::Instant::now() + left);
+                    }
                     PinnedDrain::Unpin => {
                         info!("the leader is stepping down (switchover): a session pinned by the function call protocol moves to the next leader");
                         self.units.unpin();
                         self.update_servers();
                     }
-                    PinnedDrain::End(reason) => {
-                        return End::Refused(
-                            crate::rw::END_CODE,
-                            "not_moved",
-                            crate::rw::cannot_move_message(&crate::rw::Unmovable::Pinned(reason)),
-                        );
-                    }
+                    PinnedDrain::End(reason) => return pinned_not_moved(reason),
                 }
             }
             // Handle what the client sent so far; `blocked`: the next message waits for the
@@ -1034,6 +1083,17 @@ impl Session<'_> {
                 .await;
                 match handled {
                     Ok(b) => b,
+                    // The deadline passed while a write was blocked (a server that does not read
+                    // its input while it streams to a client that does not read, or a client that
+                    // does not take the proxy's own message). Between two messages to the client:
+                    // cancel the leader's statement and relay its answer, then the FATAL, bounded
+                    // as for any unit past the deadline (below); inside one, close.
+                    Err(End::Drained { .. }) if !self.client_mid_write => {
+                        if let Err(end) = self.drain_cancel().await {
+                            return end;
+                        }
+                        continue;
+                    }
                     Err(end) => return end,
                 }
             };
@@ -1080,27 +1140,13 @@ impl Session<'_> {
                     switching_for,
                     self.rt.drain_timeout,
                 ) {
-                    Drain::Nothing => None,
+                    // Idle and pinned to the leader: woken at the drain's end ([`pinned_drain`]).
+                    Drain::Nothing => pinned_drain_at.filter(|_| self.units.current().is_none()),
                     Drain::Wait(left) => Some(tokio::time::Instant::now() + left),
                     Drain::Cancel => {
-                        let key = self
-                            .leader
-                            .as_ref()
-                            .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
-                        let Some((backend, key)) = key else {
-                            let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
-                            return End::Drained { clean };
-                        };
-                        // Cancel the statement (a result still streaming stops at the server's
-                        // error) and go on relaying its answer (above).
-                        Box::pin(crate::conn::send_cancel(
-                            &backend,
-                            &key,
-                            key.pid,
-                            DRAIN_END_WAIT,
-                        ))
-                        .await;
-                        self.drain_cancelled = Some(tokio::time::Instant::now());
+                        if let Err(end) = self.drain_cancel().await {
+                            return end;
+                        }
                         continue;
                     }
                 };
@@ -1254,6 +1300,12 @@ impl Session<'_> {
                         .unwrap_or_default();
                     drop(conn);
                     self.update_servers();
+                    if let Some(reason) =
+                        pinned_leader_lost(self.units.pinned(), side, self.pinned_switchover)
+                            .filter(|_| self.units.current().is_none())
+                    {
+                        return pinned_not_moved(reason);
+                    }
                     if needed {
                         return End::ServerLost(format!(
                             "{} {backend} lost the leader key during a transaction or while the session was pinned to it",
@@ -1308,6 +1360,35 @@ impl Session<'_> {
                             let bound = since + 2 * DRAIN_END_WAIT;
                             drained_by(Some(bound), self.handle_server(client, side, lost)).await
                         }
+                        // A reply of the unit on the leader: most are written at once; one whose
+                        // write blocks (a client that does not read) is bounded by a switchover
+                        // that starts meanwhile ([`bounded_by_switchover`]).
+                        (None, None)
+                            if side == Side::Leader
+                                && self.units.current() == Some(Side::Leader) =>
+                        {
+                            let (router, drain_timeout) = (&self.shared.router, self.rt.drain_timeout);
+                            let mut watch = self.leader_watch.take();
+                            let handled = {
+                                let mut handling =
+                                    std::pin::pin!(self.handle_server(client, side, lost));
+                                match poll_fn(|cx| Poll::Ready(std::future::Future::poll(handling.as_mut(), cx))).await
+                                {
+                                    Poll::Ready(handled) => handled,
+                                    Poll::Pending => {
+                                        Box::pin(bounded_by_switchover(
+                                            handling,
+                                            router,
+                                            watch.as_mut(),
+                                            drain_timeout,
+                                        ))
+                                        .await
+                                    }
+                                }
+                            };
+                            self.leader_watch = watch;
+                            handled
+                        }
                         (None, None) => self.handle_server(client, side, lost).await,
                     };
                     if let Err(end) = handled {
@@ -1316,6 +1397,45 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// The running unit on the leader passed `drain_timeout`: sends its server a CancelRequest (a
+    /// result still streaming stops at the server's error) and marks the session cancelled, so
+    /// that the serving loop relays the server's answer, bounded, then ends with the FATAL
+    /// ([`crate::conn::drain_end`]). `Err`: no leader connection or cancel key, the session ends
+    /// now (with the FATAL when the client's stream is between two messages).
+    async fn drain_cancel(&mut self) -> Result<(), End> {
+        let key = self
+            .leader
+            .as_ref()
+            .and_then(|c| Some((c.route.backend.clone(), c.key.clone()?)));
+        let Some((backend, key)) = key else {
+            let clean = self.leader.as_ref().is_none_or(|c| c.remaining == 0);
+            return Err(End::Drained { clean });
+        };
+        Box::pin(crate::conn::send_cancel(
+            &backend,
+            &key,
+            key.pid,
+            DRAIN_END_WAIT,
+        ))
+        .await;
+        self.drain_cancelled = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Writes `out`, whole messages of the proxy's own, to the client. While the write is under
+    /// way the client's stream is inside a message ([`Session::client_mid_write`]): a drain
+    /// deadline that stops it ends the session without the FATAL, which would not parse.
+    async fn write_client_whole(
+        &mut self,
+        client: &mut ClientStream,
+        out: &[u8],
+    ) -> Result<(), End> {
+        self.client_mid_write = true;
+        client.write_all(out).await.map_err(End::Io)?;
+        self.client_mid_write = false;
+        Ok(())
     }
 
     /// Whether the session, idle, can leave its task: it holds no server connection and no session
@@ -1392,7 +1512,11 @@ impl Session<'_> {
         if !is_current {
             // An idle connection spoke: a notice, a parameter change, a notification, or a FATAL
             // before the server closes it. Pinned sessions get it; others drop the connection when
-            // it is not a harmless message.
+            // it is not a harmless message. A session pinned to a leader stepping down says what
+            // it holds instead of the stop's FATAL ([`pinned_leader_lost`]).
+            let switchover_seen = self.pinned_switchover || self.shared.router.is_switching_over();
+            let not_moved = pinned_leader_lost(self.units.pinned(), side, switchover_seen)
+                .filter(|_| self.units.current().is_none());
             let mut keep = lost.is_none();
             let mut forward = BytesMut::new();
             let client_pid = self.client_pid;
@@ -1416,7 +1540,9 @@ impl Session<'_> {
                         IdleMessage::Relay => forward.extend_from_slice(&frame),
                         IdleMessage::Ignore => {}
                         IdleMessage::RelayAndClose => {
-                            forward.extend_from_slice(&frame);
+                            if not_moved.is_none() {
+                                forward.extend_from_slice(&frame);
+                            }
                             keep = false;
                         }
                         IdleMessage::Close => keep = false,
@@ -1435,6 +1561,9 @@ impl Session<'_> {
                 let backend = conn.as_ref().map(|c| c.route.backend.to_string());
                 drop(conn);
                 self.update_servers();
+                if let Some(reason) = not_moved {
+                    return Err(pinned_not_moved(reason));
+                }
                 if pinned_here {
                     return Err(End::ServerLost(format!(
                         "the server of a pinned session ({}) closed its connection",
@@ -1667,7 +1796,7 @@ impl Session<'_> {
                     self.units.sync_discarded();
                     let mut out = BytesMut::new();
                     encode_ready_for_query(&mut out, TxStatus::Idle);
-                    client.write_all(&out).await.map_err(End::Io)?;
+                    self.write_client_whole(client, &out).await?;
                 } else {
                     let n = h.frame_len.min(cbuf.len());
                     cbuf.advance(n);
@@ -1764,7 +1893,7 @@ impl Session<'_> {
                     cbuf.advance(h.frame_len);
                     let mut out = BytesMut::new();
                     encode_ready_for_query(&mut out, tx);
-                    client.write_all(&out).await.map_err(End::Io)?;
+                    self.write_client_whole(client, &out).await?;
                     self.s2c.inc_by(out.len() as u64);
                     continue;
                 }
@@ -1818,7 +1947,7 @@ impl Session<'_> {
                     } else {
                         self.units.discard_until_sync();
                     }
-                    client.write_all(&out).await.map_err(End::Io)?;
+                    self.write_client_whole(client, &out).await?;
                     if self.units.pinned().is_some() {
                         return Err(End::ServerLost(message));
                     }
@@ -2370,7 +2499,7 @@ fn drop_buffers(cbuf: &mut BytesMut, to_server: &mut BytesMut) {
 }
 
 /// Runs `handling` to its end, or until the drain deadline `at` (then [`End::Drained`], not clean:
-/// a write to the client may have stopped inside a message).
+/// a write to the client may have stopped inside a message; the caller knows whether it did).
 async fn drained_by<T>(
     at: Option<tokio::time::Instant>,
     handling: impl std::future::Future<Output = Result<T, End>>,
@@ -2380,6 +2509,45 @@ async fn drained_by<T>(
             .await
             .unwrap_or(Err(End::Drained { clean: false })),
         None => handling.await,
+    }
+}
+
+/// Runs `handling`, a reply of the unit on the leader whose write to the client blocked before any
+/// switchover, to its end; should the DCS ask the leader to step down meanwhile (`router`,
+/// watched through `watch`), only until `drain_timeout` after that plus 2 x [`DRAIN_END_WAIT`]
+/// for the write to go on (then the serving loop cancels the statement and relays its answer,
+/// [`crate::conn::drain_end`]); past it [`End::Drained`], not clean (the write stopped inside a
+/// message): the session closes the client's socket and cancels the statement (`finish`). A
+/// client that does not read cannot keep a unit on the former leader past its drain.
+async fn bounded_by_switchover<T>(
+    handling: Pin<&mut impl std::future::Future<Output = Result<T, End>>>,
+    router: &crate::router::Router,
+    mut watch: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    drain_timeout: std::time::Duration,
+) -> Result<T, End> {
+    let deadline = async {
+        loop {
+            if let Some(since) = router
+                .switching_since()
+                .filter(|_| router.is_switching_over())
+            {
+                let at = tokio::time::Instant::from_std(since) + drain_timeout + 2 * DRAIN_END_WAIT;
+                tokio::time::sleep_until(at).await;
+                return;
+            }
+            let changed = match watch.as_mut() {
+                Some(w) => w.changed().await.is_ok(),
+                None => false,
+            };
+            if !changed {
+                // Nothing to watch (the router is gone: the proxy stops).
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        handled = handling => handled,
+        () = deadline => Err(End::Drained { clean: false }),
     }
 }
 
@@ -2410,6 +2578,17 @@ async fn cancel_at<T>(
         crate::conn::send_cancel(&backend, &key, key.pid, DRAIN_END_WAIT),
     );
     (handled, true)
+}
+
+/// How a session pinned to the leader stepping down ends ([`pinned_drain`],
+/// [`pinned_leader_lost`]): `FATAL 57P01` saying what it holds, which the next leader would not
+/// have ([`crate::rw::cannot_move_message`]).
+fn pinned_not_moved(reason: praetor_protocol::PinReason) -> End {
+    End::Refused(
+        crate::rw::END_CODE,
+        "not_moved",
+        crate::rw::cannot_move_message(&crate::rw::Unmovable::Pinned(reason)),
+    )
 }
 
 /// Polls `conn` for its fence or bytes (pending forever when there is no connection). A poll

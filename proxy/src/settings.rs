@@ -178,7 +178,8 @@ pub struct ProxySettings {
     /// the proxy sends its server a CancelRequest, relays the server's answer (a result still
     /// streaming ends with the server's error, [`crate::conn::drain_end`]) and ends its session
     /// with `FATAL 57P01` naming drain_timeout ([`crate::rw::drained_message`]). A session pinned
-    /// to that leader ends at its idle point, or moves ([`crate::units::pinned_drain`]). Every
+    /// to that leader moves, or works on there until the leader stops or this passes, then ends at
+    /// its idle point ([`crate::units::pinned_drain`]). Every
     /// port that reaches the leader: the
     /// read-write port's transaction ([`crate::rw::drain`]) and the auto port's unit on the leader
     /// ([`crate::units::leader_drain`]).
@@ -461,7 +462,7 @@ impl ProxySettings {
             None => AuthType::default(),
             Some(t) => AuthType::parse(t).ok_or_else(|| ProxyError::Config {
                 key: "praetor.proxy.auth_type",
-                reason: format!("{t:?} is not scram-sha-256 or cleartext"),
+                reason: format!("{t:?} is not scram-sha-256, md5 or cleartext"),
             })?,
         };
         if auth_type == AuthType::Cleartext && c.tls.is_none() {
@@ -782,7 +783,7 @@ mod tests {
         assert_eq!(s.auth.auth_file, Some(PathBuf::from("/etc/userlist.txt")));
         assert_eq!(s.auth.auth_query, "SELECT u, p FROM f($1)");
         for (extra, key) in [
-            ("auth_type: md5", "praetor.proxy.auth_type"),
+            ("auth_type: sha1", "praetor.proxy.auth_type"),
             ("auth_type: cleartext", "praetor.proxy.auth_type"),
             ("auth_query: SELECT 1", "praetor.proxy.auth_query"),
             ("auth_password: x", "praetor.proxy.auth_password"),
@@ -797,6 +798,9 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(tls.auth.auth_type, AuthType::Cleartext);
+        let md5 =
+            ProxySettings::from_config(&config(&format!("{base}    auth_type: md5\n"))).unwrap();
+        assert_eq!(md5.auth.auth_type, AuthType::Md5, "PgBouncer's md5");
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //!   session passes in); whether losing a server ends it ([`UnitTracker::needs_server`]);
 //! - what a unit still running on the leader does while the leader steps down (a switchover):
 //!   goes on for the rest of `drain_timeout`, or is cancelled ([`leader_drain`]); and what a
-//!   session pinned to that leader does at its idle point: moves, or ends ([`pinned_drain`]).
+//!   session pinned to that leader does at its idle point: moves, works on until the drain's end,
+//!   or ends ([`pinned_drain`]), and what it says when the leader stops ([`pinned_leader_lost`]).
 //!
 //! `session` owns the sockets: it reads, asks, and executes (opens connections, writes, counts
 //! metrics). Nothing here reads a clock or does I/O, so the rules are tested on message traces
@@ -856,8 +857,13 @@ pub(crate) enum PinnedDrain {
     /// ([`UnitTracker::unpin`]); the session's next leader unit waits at the idle point for the
     /// next leader and moves there, as an unpinned session's does.
     Unpin,
-    /// The session holds state the next leader would not have: it ends now with `FATAL 57P01`
-    /// saying which ([`crate::rw::cannot_move_message`]).
+    /// The session holds state the next leader would not have, and the drain still runs: it goes
+    /// on on the leader (each unit it starts bounded by [`leader_drain`], as a transaction in
+    /// progress) for this long still, the rest of `drain_timeout`; it ends earlier when the leader
+    /// stops serving it ([`pinned_leader_lost`]).
+    Wait(Duration),
+    /// The session holds state the next leader would not have and the drain is over: it ends now
+    /// with `FATAL 57P01` saying which ([`crate::rw::cannot_move_message`]).
     End(PinReason),
 }
 
@@ -871,29 +877,56 @@ pub(crate) fn pin_holds_state(reason: PinReason) -> bool {
 }
 
 /// The switchover rule for a pinned auto-port session (issue 17 item 1), applied at every idle
-/// point (`current` `None`) before the next unit is routed, and again when the topology changes.
+/// point (`current` `None`) before the next unit is routed, and again when the topology changes
+/// or the drain's deadline passes.
 ///
-/// `pinned`: [`UnitTracker::pinned`]. `leader_stepping_down`: the DCS asks the leader to step down
-/// ([`crate::router::Router::is_switching_over`]). A session pinned to the leader would otherwise
-/// start its next units on the leader stepping down, where the fast stop cuts them, and end with the
-/// server's FATAL: instead it moves when its pin holds no state ([`pin_holds_state`]), and ends at
-/// once otherwise (it cannot move, and the leader goes within the agent's drain), with a message
-/// saying what it holds. A unit still running on the leader first gets the rest of `drain_timeout`
-/// ([`leader_drain`]); the rule applies when it ends. A session pinned to a replica stays.
+/// `pinned`: [`UnitTracker::pinned`]. `switching_for`: how long ago the proxy saw the DCS ask the
+/// leader to step down ([`crate::router::Router::switching_since`]; `None`: it does not).
+/// A session pinned only by the function-call protocol moves ([`pin_holds_state`]). One holding
+/// state cannot move, but its leader still serves it until its agent's fast stop: like
+/// PgBouncer's `PAUSE`, which waits for a session-pooled client to leave rather than cutting it,
+/// the session goes on there (an application finishing its work can), until the latest safe
+/// point: the end of `drain_timeout` counted from the switchover, past which nothing new may start
+/// on the leader ([`leader_drain`] would cancel it at once), or the leader's stop or fence
+/// ([`pinned_leader_lost`]), whichever comes first. Then it ends with `57P01` saying what it
+/// holds. A switchover that is called off leaves it where it was. A unit still running on the
+/// leader first gets the rest of `drain_timeout` ([`leader_drain`]); the rule applies when it
+/// ends. A session pinned to a replica stays.
 pub(crate) fn pinned_drain(
     pinned: Option<(Side, PinReason)>,
     current: Option<Side>,
-    leader_stepping_down: bool,
+    switching_for: Option<Duration>,
+    drain_timeout: Duration,
 ) -> PinnedDrain {
-    match pinned {
-        Some((Side::Leader, reason)) if leader_stepping_down && current.is_none() => {
-            if pin_holds_state(reason) {
+    match (pinned, switching_for) {
+        (Some((Side::Leader, reason)), Some(t)) if current.is_none() => {
+            if !pin_holds_state(reason) {
+                PinnedDrain::Unpin
+            } else if t >= drain_timeout {
                 PinnedDrain::End(reason)
             } else {
-                PinnedDrain::Unpin
+                PinnedDrain::Wait(drain_timeout - t)
             }
         }
         _ => PinnedDrain::Stay,
+    }
+}
+
+/// What a session pinned to a server says when its connection on `side` ends at an idle point
+/// (the server's FATAL or close, or the proxy's fence): `Some(reason)` when the session is pinned
+/// to the leader and saw it asked to step down (`switchover_seen`: a switchover runs, or ran while
+/// it was pinned): the leader's stop ended the wait of [`PinnedDrain::Wait`], and the client gets
+/// `FATAL 57P01` saying what it holds ([`crate::rw::cannot_move_message`]) instead of the server's
+/// `terminating connection due to administrator command`. `None`: the loss ends the session as
+/// any lost pinned server does.
+pub(crate) fn pinned_leader_lost(
+    pinned: Option<(Side, PinReason)>,
+    side: Side,
+    switchover_seen: bool,
+) -> Option<PinReason> {
+    match pinned {
+        Some((Side::Leader, reason)) if side == Side::Leader && switchover_seen => Some(reason),
+        _ => None,
     }
 }
 
@@ -1595,75 +1628,121 @@ mod rules {
     }
 
     #[test]
-    fn a_session_pinned_to_a_leader_stepping_down_moves_or_ends_at_its_idle_point() {
-        use PinnedDrain::{End, Stay, Unpin};
-        // (pinned, running unit, leader stepping down) -> rule
+    fn a_session_pinned_to_a_leader_stepping_down_moves_or_works_on_until_the_drains_end() {
+        use PinnedDrain::{End, Stay, Unpin, Wait};
+        let secs = Duration::from_secs;
+        let temp = Some((Side::Leader, PinReason::TempObject));
+        // (pinned, running unit, switching for, drain_timeout) -> rule
         let rows = [
-            (None, None, true, Stay),
+            (None, None, Some(secs(1)), secs(4), Stay),
+            // No switchover (or one called off): nothing changes.
+            (temp, None, None, secs(4), Stay),
+            // The drain runs: the session goes on on the leader for the rest of drain_timeout.
+            (temp, None, Some(secs(0)), secs(4), Wait(secs(4))),
+            (temp, None, Some(secs(3)), secs(4), Wait(secs(1))),
+            // The drain's end: nothing more may start on the leader, and the session cannot move.
             (
-                Some((Side::Leader, PinReason::TempObject)),
+                temp,
                 None,
-                false,
-                Stay,
+                Some(secs(4)),
+                secs(4),
+                End(PinReason::TempObject),
             ),
             (
-                Some((Side::Leader, PinReason::TempObject)),
+                temp,
                 None,
-                true,
+                Some(secs(9)),
+                secs(4),
+                End(PinReason::TempObject),
+            ),
+            // drain_timeout 0: at once.
+            (
+                temp,
+                None,
+                Some(secs(0)),
+                secs(0),
                 End(PinReason::TempObject),
             ),
             (
                 Some((Side::Leader, PinReason::Listen)),
                 None,
-                true,
+                Some(secs(5)),
+                secs(4),
                 End(PinReason::Listen),
             ),
             (
                 Some((Side::Leader, PinReason::PreparedStatement)),
                 None,
-                true,
+                Some(secs(5)),
+                secs(4),
                 End(PinReason::PreparedStatement),
             ),
             (
                 Some((Side::Leader, PinReason::HoldCursor)),
                 None,
-                true,
+                Some(secs(5)),
+                secs(4),
                 End(PinReason::HoldCursor),
             ),
             (
                 Some((Side::Leader, PinReason::AdvisoryLock)),
                 None,
-                true,
+                Some(secs(5)),
+                secs(4),
                 End(PinReason::AdvisoryLock),
             ),
             (
                 Some((Side::Leader, PinReason::SetInTransaction)),
                 None,
-                true,
-                End(PinReason::SetInTransaction),
+                Some(secs(1)),
+                secs(4),
+                Wait(secs(3)),
             ),
-            // The function-call protocol leaves nothing behind: the session moves.
-            (Some((Side::Leader, PinReason::Protocol)), None, true, Unpin),
-            // A unit (a transaction) still runs: leader_drain bounds it; the rule waits for its end.
+            // The function-call protocol leaves nothing behind: the session moves at once.
             (
-                Some((Side::Leader, PinReason::TempObject)),
-                Some(Side::Leader),
-                true,
-                Stay,
+                Some((Side::Leader, PinReason::Protocol)),
+                None,
+                Some(secs(0)),
+                secs(4),
+                Unpin,
             ),
+            // A unit (a transaction) still runs: leader_drain bounds it; the rule waits for its end.
+            (temp, Some(Side::Leader), Some(secs(9)), secs(4), Stay),
             // A replica does not step down.
             (
                 Some((Side::Replica, PinReason::TempObject)),
                 None,
-                true,
+                Some(secs(9)),
+                secs(4),
                 Stay,
             ),
         ];
-        for (pinned, current, stepping_down, want) in rows {
+        for (pinned, current, switching, timeout, want) in rows {
             assert_eq!(
-                pinned_drain(pinned, current, stepping_down),
+                pinned_drain(pinned, current, switching, timeout),
                 want,
-                "{pinned:?}, running {current:?}, stepping down {stepping_down}"
+                "{pinned:?}, running {current:?}, switching for {switching:?}, drain_timeout {timeout:?}"
+            );
+        }
+        // (pinned, side whose connection ended, switchover seen) -> ends saying what it holds
+        let lost = [
+            (temp, Side::Leader, true, Some(PinReason::TempObject)),
+            // A failover, or a server ending on its own: as any lost pinned server.
+            (temp, Side::Leader, false, None),
+            (temp, Side::Replica, true, None),
+            (
+                Some((Side::Replica, PinReason::Listen)),
+                Side::Replica,
+                true,
+                None,
+            ),
+            (None, Side::Leader, true, None),
+        ];
+        for (pinned, side, seen, want) in lost {
+            assert_eq!(
+                pinned_leader_lost(pinned, side, seen),
+                want,
+                "{pinned:?}, {side:?} lost, switchover seen {seen}"
             );
         }
         let mut units = UnitTracker::new(Target::Any, None);

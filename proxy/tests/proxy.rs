@@ -1190,6 +1190,86 @@ async fn auto_port_checks_scram_clients_against_auth_file_and_logs_in_to_md5_and
         .await;
 }
 
+/// Issue 17 item 3, an md5 hash in `auth_file` on the auto port, as PgBouncer: with `auth_type:
+/// md5` a user stored as an md5 hash (`password_encryption = md5`) gets an md5 challenge and the
+/// proxy logs in to its md5 server with the hash; a user with a SCRAM secret still gets SCRAM; wrong
+/// passwords fail with 28P01. With `scram-sha-256` the md5 user's login fails as a wrong password's
+/// does (its hash cannot check a SCRAM client), the SCRAM user's works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_port_auth_type_md5_logs_md5_users_in_with_their_hash_and_scram_users_with_scram() {
+    let dir = WorkDir::new("proxy-auto-md5").unwrap();
+    let pg = Postgres::start(&dir, "pg").await.unwrap();
+    password_users(&pg).await;
+    let admin = connect(SocketAddr::from(([127, 0, 0, 1], pg.port())))
+        .await
+        .unwrap();
+    let mut lines = String::new();
+    for user in ["md5user", "scramuser"] {
+        let row = admin
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        let secret: String = row.get(0);
+        lines.push_str(&format!("\"{user}\" \"{secret}\"\n"));
+    }
+    assert!(lines.contains("\"md5user\" \"md5"), "{lines}");
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(&userlist, lines).unwrap();
+    let a = backend("a", &pg);
+    for auth_type in [
+        praetor_proxy::auth::AuthType::Md5,
+        praetor_proxy::auth::AuthType::ScramSha256,
+    ] {
+        let mut settings = test_settings(Duration::from_secs(5));
+        settings.auth.auth_file = Some(userlist.clone());
+        settings.auth.auth_type = auth_type;
+        let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+        for (user, password) in [("md5user", "md5secret"), ("scramuser", "scramsecret")] {
+            let mut cfg = conn_config(proxy.auto);
+            cfg.user(user).password(password);
+            let logged_in = cfg.connect(NoTls).await;
+            if auth_type == praetor_proxy::auth::AuthType::ScramSha256 && user == "md5user" {
+                let err = logged_in
+                    .err()
+                    .expect("an md5 hash cannot check a SCRAM client");
+                assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+                continue;
+            }
+            let (c, conn) = logged_in.unwrap_or_else(|e| panic!("{auth_type:?}, {user}: {e}"));
+            tokio::spawn(conn);
+            let who = c.simple_query("SELECT current_user").await.unwrap();
+            assert!(
+                matches!(&who[1], SimpleQueryMessage::Row(r) if r.get(0) == Some(user)),
+                "{auth_type:?}, {user}"
+            );
+            let mut wrong = conn_config(proxy.auto);
+            wrong.user(user).password("wrong");
+            let err = wrong.connect(NoTls).await.err().expect("wrong password");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INVALID_PASSWORD),
+                "{auth_type:?}, {user}: {err}"
+            );
+        }
+        if auth_type == praetor_proxy::auth::AuthType::Md5 {
+            // libpq (PostgreSQL 15's: no require_auth to insist on md5).
+            let (ok, out, err) = psql(
+                format!(
+                    "host=127.0.0.1 port={} user=md5user password=md5secret dbname=postgres \
+                     sslmode=disable",
+                    proxy.auto.port()
+                ),
+                ["-c", "SELECT current_user"],
+            )
+            .await;
+            assert!(ok && out == "md5user", "{err}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_port_cancels_reach_the_server_of_the_current_transaction() {
     let dir = WorkDir::new("proxy-auto-cancel").unwrap();
@@ -2958,8 +3038,9 @@ async fn function_call(raw: &mut TcpStream, oid: u32) -> String {
     result.expect("a FunctionCallResponse")
 }
 
-/// Issue 17 item 1, pinned auto-port sessions in a switchover: one holding a temporary table ends
-/// at once with 57P01 saying so; one pinned the same way in an open transaction gets
+/// Issue 17 item 1, pinned auto-port sessions in a switchover: one holding a temporary table, idle,
+/// ends at the drain's end (`drain_timeout` after the switchover started) with 57P01 saying so; one
+/// pinned the same way in an open transaction gets
 /// `drain_timeout`, then its transaction is cancelled (rolled back on the former leader) and it
 /// ends with 57P01 naming drain_timeout; one pinned only by the function-call protocol (no state
 /// left on the server) stays and runs its next call on the new leader; and the proxy acknowledges
@@ -3051,6 +3132,76 @@ async fn a_switchover_ends_pinned_auto_sessions_that_cannot_move_after_drain_tim
         pg_b.port().to_string(),
         "the session moved to the new leader"
     );
+}
+
+/// Issue 17 item 1: a session pinned to the leader by a temporary table is not ended when a
+/// switchover starts: during the drain it goes on on the leader (its statements see its temporary
+/// table), a switchover called off leaves it as it was, and when the leader stops (the fast stop a
+/// stepping-down agent makes, well within `drain_timeout`) the client gets 57P01 saying what the
+/// session holds, not the server's "administrator command".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_auto_session_works_on_through_a_switchovers_drain_and_ends_when_the_leader_stops()
+{
+    let dir = WorkDir::new("proxy-pinned-works-on").unwrap();
+    let (mut pg_a, pg_b) = start_pair(&dir).await;
+    let (a, b) = (backend("a", &pg_a), backend("b", &pg_b));
+    let settings = ProxySettings {
+        // Longer than DEADLINE: the session can only end because the leader stopped.
+        drain_timeout: Duration::from_secs(60),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+    let switchover = |on: bool| {
+        let mut t = Topology::new(Some(a.clone()), vec![]);
+        if on {
+            t.switchover = Some(praetor_proxy::Switchover {
+                leader: a.member.clone(),
+                candidate: Some(b.member.clone()),
+            });
+        }
+        Arc::new(t)
+    };
+    let (temp, temp_conn) = connect_watched(proxy.auto).await;
+    temp.batch_execute("CREATE TEMP TABLE pinned (x int)")
+        .await
+        .unwrap();
+
+    // The DCS asks a to step down: the session finishes its work on a.
+    proxy.set(switchover(true));
+    for i in 1..=3 {
+        temp.execute("INSERT INTO pinned VALUES ($1)", &[&i])
+            .await
+            .expect("the pinned session works on during the drain");
+    }
+    let n: i64 = temp
+        .query_one("SELECT count(*) FROM pinned", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "the session's temporary table, on a");
+    assert_eq!(server_port(&temp).await.unwrap(), pg_a.port());
+
+    // Called off: nothing changes for the session.
+    proxy.set(switchover(false));
+    temp.execute("INSERT INTO pinned VALUES (4)", &[])
+        .await
+        .expect("the session goes on after the switchover is called off");
+
+    // Asked again; this time a's agent stops PostgreSQL (fast shutdown, SIGINT).
+    proxy.set(switchover(true));
+    temp.execute("INSERT INTO pinned VALUES (5)", &[])
+        .await
+        .expect("the pinned session works on during the drain");
+    let pid = pg_a.process().pid().to_string();
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success(), "kill -INT {pid}");
+    assert_ended_57p01(
+        "the session with a temporary table",
+        temp_conn,
+        "cannot move to the new leader: it holds a temporary object",
+    )
+    .await;
+    assert!(temp.is_closed());
 }
 
 /// Issue 17 item 1: a read-write-port statement still streaming a large result when its
@@ -3150,6 +3301,176 @@ async fn an_auto_port_result_streaming_past_drain_timeout_ends_with_the_servers_
     assert_eq!(tag, b'Z', "a trust login");
     let (tags, errors) = stream_through_a_switchover(&mut raw, &proxy, &a, None).await;
     assert_cancelled_then_drained(&tags, &errors);
+}
+
+/// Issue 17 item 2, writes blocked when a switchover's `drain_timeout` passes on the auto port.
+/// A client that pipelines more than the sockets hold behind a long statement (the server reads
+/// none of it while it sleeps, so the proxy's write to the server blocks: the client's writes stop)
+/// reads, once the deadline passed, the server's 57014 and ReadyForQuery, then the proxy's FATAL
+/// 57P01 naming drain_timeout, every message whole (was: closed without the FATAL). A client that
+/// stops reading while a big result streams (the proxy's write to it blocks: its backend waits on
+/// `ClientWrite`) has its statement cancelled and is closed within the drain's bound, its server
+/// connection with it; what it reads then ends without the FATAL, which would land inside a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_port_write_blocked_at_drain_timeout_ends_with_the_fatal_between_messages_or_a_close(
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = WorkDir::new("proxy-auto-drain-blocked").unwrap();
+    let pg_a = Postgres::start(&dir, "pg-a").await.unwrap();
+    let a = backend("a", &pg_a);
+    let settings = ProxySettings {
+        drain_timeout: Duration::from_secs(1),
+        ..test_settings(Duration::from_secs(10))
+    };
+    let proxy = TestProxy::start_with(topology(Some(&a), &[]), settings, None).await;
+    let (observer, conn) = tokio_postgres::connect(&pg_a.conn_str("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // A statement that reads nothing of its input for a minute, and 64 MiB of queries behind it.
+    let (raw, tag) = raw_login(proxy.auto, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    let (mut piped_rx, mut piped_tx) = raw.into_split();
+    piped_tx
+        .write_all(&query_message("SELECT pg_sleep(60)"))
+        .await
+        .unwrap();
+    wait_for_backends(
+        &observer,
+        "the sleep runs",
+        "query = 'SELECT pg_sleep(60)' AND state = 'active'",
+        1,
+    )
+    .await;
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let written = written.clone();
+        tokio::spawn(async move {
+            let q = query_message(&format!("SELECT '{}'", "x".repeat(8000)));
+            while written.load(Ordering::Relaxed) < 64 << 20 {
+                if piped_tx.write_all(&q).await.is_err() {
+                    return;
+                }
+                written.fetch_add(q.len(), Ordering::Relaxed);
+            }
+        })
+    };
+    // The sockets are full: the client's writes make no progress for a second.
+    let mut last = (0, std::time::Instant::now());
+    wait_for("the pipelined writes block", DEADLINE, || {
+        let now = written.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+        let stalled = now > 0 && last.1.elapsed() >= Duration::from_secs(1);
+        async move {
+            if stalled {
+                Ok(())
+            } else {
+                Err(format!("{now} bytes written"))
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    // A result streaming to a client that stops reading.
+    let (mut stalled, tag) = raw_login(proxy.auto, "postgres").await;
+    assert_eq!(tag, b'Z', "a trust login");
+    stalled
+        .write_all(&query_message(
+            "SELECT repeat('x', 1000), generate_series(1, 1000000000)",
+        ))
+        .await
+        .unwrap();
+    let mut stalled_buf = BytesMut::new();
+    while split_frame(&mut stalled_buf)
+        .expect("whole messages")
+        .is_none_or(|f| f.tag != b'D')
+    {
+        assert!(stalled.read_buf(&mut stalled_buf).await.unwrap() > 0);
+    }
+    wait_for_backends(
+        &observer,
+        "the streaming backend blocks writing to the proxy",
+        "query LIKE 'SELECT repeat%' AND wait_event = 'ClientWrite'",
+        1,
+    )
+    .await;
+
+    // The DCS asks a to step down.
+    let mut t = Topology::new(Some(a.clone()), vec![]);
+    t.switchover = Some(praetor_proxy::Switchover {
+        leader: a.member.clone(),
+        candidate: None,
+    });
+    proxy.set(Arc::new(t));
+
+    // The pipelining client: the server's error, its ReadyForQuery, whatever the server answered
+    // after it, then the proxy's FATAL.
+    let mut buf = BytesMut::new();
+    let mut tags = Vec::new();
+    let mut errors = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            while let Some(frame) = split_frame(&mut buf).expect("whole messages") {
+                if tags.last() != Some(&frame.tag) {
+                    tags.push(frame.tag);
+                }
+                if frame.tag == ERROR_RESPONSE {
+                    let f = ErrorFields::parse(frame.body()).expect("an ErrorResponse");
+                    errors.push((
+                        f.code().unwrap_or_default().to_string(),
+                        f.get(b'M').unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+            if piped_rx.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the proxy ends the pipelining session");
+    let tags = String::from_utf8_lossy(&tags).into_owned();
+    assert!(buf.is_empty(), "the session ended inside a message: {tags}");
+    assert!(tags.ends_with('E'), "messages: {tags}; errors: {errors:?}");
+    assert_eq!(
+        errors.first().map(|e| e.0.as_str()),
+        Some("57014"),
+        "{errors:?}"
+    );
+    let (code, message) = errors.last().unwrap();
+    assert_eq!(code, "57P01", "the proxy's FATAL: {errors:?}");
+    assert!(
+        message.contains("did not finish within drain_timeout (1 s)"),
+        "{message}"
+    );
+    writer.abort();
+
+    // The client that stopped reading: its statement is cancelled and its connections closed,
+    // though it still reads nothing.
+    wait_for_backends(
+        &observer,
+        "the streaming backend ends",
+        "query LIKE 'SELECT repeat%'",
+        0,
+    )
+    .await;
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            stalled_buf.clear();
+            if stalled.read_buf(&mut stalled_buf).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the proxy closes the stalled client's socket"
+    );
 }
 
 /// Asserts what [`stream_through_a_switchover`] read ends with the server's cancel (57014),
