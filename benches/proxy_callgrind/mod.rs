@@ -22,8 +22,11 @@
 //! Environment: `PRAETOR_BENCH_CALLGRIND_TX` (2000: T2, transactions per client; T1 is a fifth of
 //! it), `PRAETOR_BENCH_CLIENTS` (its first value, 8), `PRAETOR_BENCH_CALLGRIND_PROTOCOLS`
 //! (`simple,prepared`), `PRAETOR_BENCH_TARGETS` (a subset of `proxy rw`, `proxy auto`, `proxy rw
-//! threads=1`, `proxy auto threads=1`, `proxy transaction`, `haproxy`, `pgbouncer`),
-//! `PRAETOR_BENCH_CALLGRIND_TOP` (15 functions).
+//! threads=1`, `proxy auto threads=1`, `proxy transaction`, `proxy transaction baseline`,
+//! `haproxy`, `pgbouncer`), `PRAETOR_BENCH_CALLGRIND_TOP` (15 functions),
+//! `PRAETOR_BENCH_CALLGRIND_BASELINE` (the path of another `praetor` binary, e.g. a copy of the
+//! one built before a change: measured in the same run as `proxy transaction baseline`, the
+//! pool's before/after on one machine state; unset: not run).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -281,24 +284,44 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
     let mut profiles: Vec<(String, String, PathBuf)> = Vec::new();
 
     // The Praetor proxy: (label, --threads, extra YAML, which of its ports to measure).
+    // `PRAETOR_BENCH_CALLGRIND_BASELINE`: another build of praetor measured as `proxy transaction
+    // baseline` in the same run (a before/after comparison of the pool on one machine state).
+    let baseline = std::env::var_os("PRAETOR_BENCH_CALLGRIND_BASELINE")
+        .map(PathBuf::from)
+        .map(|b| {
+            let to = dir.subdir("baseline", 0o755).expect("baseline dir");
+            praetor_harness::install_binary(&b, &to).expect("copy the baseline binary")
+        });
+    let pool_yaml = format!(
+        "    pool_mode: transaction\n    pool_size: {}\n    max_prepared_statements: 100\n",
+        clients + 2
+    );
     let praetor = [
         ("proxy", default_threads, String::new(), &["rw", "auto"][..]),
         ("proxy threads=1", 1, String::new(), &["rw", "auto"][..]),
         (
             "proxy transaction",
             default_threads,
-            format!(
-                "    pool_mode: transaction\n    pool_size: {}\n    max_prepared_statements: 100\n",
-                clients + 2
-            ),
+            pool_yaml.clone(),
+            &["auto"][..],
+        ),
+        (
+            "proxy transaction baseline",
+            default_threads,
+            pool_yaml,
             &["auto"][..],
         ),
     ];
     for (label, threads, extra, ports) in praetor {
+        let binary = match (label, &baseline) {
+            ("proxy transaction baseline", Some(b)) => b.as_path(),
+            ("proxy transaction baseline", None) => continue,
+            _ => binary,
+        };
         let names: Vec<String> = ports
             .iter()
             .map(|p| match (label, *p) {
-                ("proxy transaction", _) => "proxy transaction".to_string(),
+                ("proxy transaction" | "proxy transaction baseline", _) => label.to_string(),
                 (_, p) if threads == 1 => format!("proxy {p} threads=1"),
                 (_, p) => format!("proxy {p}"),
             })

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -466,12 +467,48 @@ pub(crate) struct Place {
     slots: Arc<Slots>,
 }
 
+/// `server_idle_timeout` and `server_lifetime` in nanoseconds (`u64::MAX`: no lifetime limit).
+struct Timeouts {
+    idle_ns: AtomicU64,
+    lifetime_ns: AtomicU64,
+}
+
+impl Timeouts {
+    fn new(idle: Duration, lifetime: Option<Duration>) -> Timeouts {
+        let t = Timeouts {
+            idle_ns: AtomicU64::new(0),
+            lifetime_ns: AtomicU64::new(u64::MAX),
+        };
+        t.set(idle, lifetime);
+        t
+    }
+
+    fn set(&self, idle: Duration, lifetime: Option<Duration>) {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.idle_ns.store(ns(idle), Ordering::Relaxed);
+        self.lifetime_ns
+            .store(lifetime.map_or(u64::MAX, ns), Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_nanos(self.idle_ns.load(Ordering::Relaxed))
+    }
+
+    fn lifetime(&self) -> Option<Duration> {
+        match self.lifetime_ns.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+}
+
 /// Idle server connections, per server and StartupMessage.
 pub(crate) struct Pool {
     idle: Mutex<IdleConns>,
     gauge: IntGauge,
-    /// `server_idle_timeout` and `server_lifetime` (none: no limit).
-    timeouts: Mutex<(Duration, Option<Duration>)>,
+    /// `server_idle_timeout` and `server_lifetime` (none: no limit), read at every take and return
+    /// of a connection: atomics, not a lock.
+    timeouts: Timeouts,
     /// Nested like [`IdleConns`], for the same reason.
     slots: Mutex<BackendMap<StartupMap<Arc<Slots>>>>,
 }
@@ -481,21 +518,21 @@ impl Pool {
         Pool {
             idle: Mutex::new(BackendMap::default()),
             gauge,
-            timeouts: Mutex::new((
+            timeouts: Timeouts::new(
                 crate::settings::DEFAULT_SERVER_IDLE_TIMEOUT,
                 Some(crate::settings::DEFAULT_SERVER_LIFETIME),
-            )),
+            ),
             slots: Mutex::new(BackendMap::default()),
         }
     }
 
     /// Sets `server_idle_timeout` and `server_lifetime` (none: no limit).
     pub fn set_timeouts(&self, idle: Duration, lifetime: Option<Duration>) {
-        *self.timeouts.lock().unwrap_or_else(|p| p.into_inner()) = (idle, lifetime);
+        self.timeouts.set(idle, lifetime);
     }
 
     fn idle_timeout(&self) -> Duration {
-        self.timeouts.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.timeouts.idle()
     }
 
     /// `pool_mode: transaction`: a pooled connection to `backend` made with `startup`, or a free
@@ -628,8 +665,12 @@ impl Pool {
         {
             return;
         }
-        let lifetime = self.timeouts.lock().unwrap_or_else(|p| p.into_inner()).1;
-        if lifetime.is_some_and(|l| conn.opened.elapsed() >= l) {
+        let now = Instant::now();
+        if self
+            .timeouts
+            .lifetime()
+            .is_some_and(|l| now.saturating_duration_since(conn.opened) >= l)
+        {
             return;
         }
         let slots = conn.slot.as_ref().map(|p| p.slots.clone());
@@ -641,15 +682,14 @@ impl Pool {
             .and_then(|m| m.get_mut(startup.as_ref()));
         match list {
             Some(list) if list.len() >= limit => return,
-            Some(list) => list.push((conn, Instant::now())),
+            Some(list) => list.push((conn, now)),
             None if limit == 0 => return,
             None => {
                 // A copy: a clone would make the session's own bytes shared (one more
                 // allocation each session keeps).
-                idle.entry(conn.route.backend.clone()).or_default().insert(
-                    Bytes::copy_from_slice(startup),
-                    vec![(conn, Instant::now())],
-                );
+                idle.entry(conn.route.backend.clone())
+                    .or_default()
+                    .insert(Bytes::copy_from_slice(startup), vec![(conn, now)]);
             }
         }
         self.gauge.inc();

@@ -50,7 +50,7 @@
 //! statements before each Query (counted apart from the protocol-level ones): the least recently
 //! used ones not named in the Query are deallocated first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -122,11 +122,13 @@ impl Statement {
 }
 
 /// The named statements one client prepared: protocol level by the client's name, and SQL level
-/// (`PREPARE`) by name with the statement's text.
+/// (`PREPARE`) by name with the statement's text. Looked up at every Bind and Describe: keyed
+/// with foldhash seeded at random per map (the client chooses the names; as the pool's
+/// StartupMessage maps, [`crate::pool`]), where std's SipHash cost ~100 instructions a lookup.
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
-    by_name: HashMap<Box<str>, Statement>,
-    sql: HashMap<Box<str>, Arc<str>>,
+    by_name: foldhash::HashMap<Box<str>, Statement>,
+    sql: foldhash::HashMap<Box<str>, Arc<str>>,
 }
 
 impl ClientStatements {
@@ -370,27 +372,44 @@ impl ServerStatements {
         }
     }
 
-    /// What the server should get for one whole client message `frame` (tag, length, body), for a
-    /// client whose statements are `client`, with at most `max` statements per server connection.
-    /// `None`: the message as it is. Records the replies the server will owe.
+    /// [`ServerStatements::rewrite_into`] into a buffer of its own: `None`, the message as it is.
+    #[cfg(test)]
     pub fn rewrite(
         &mut self,
         client: &mut ClientStatements,
         max: usize,
         frame: &[u8],
     ) -> Option<BytesMut> {
-        let tag = *frame.first()?;
-        let body = frame.get(5..)?;
         let mut out = BytesMut::new();
-        self.close_strays(&mut out);
+        self.rewrite_into(client, max, frame, &mut out)
+            .then_some(out)
+    }
+
+    /// What the server should get for one whole client message `frame` (tag, length, body), for a
+    /// client whose statements are `client`, with at most `max` statements per server connection,
+    /// appended to `out` (the session's queue for the server: no buffer is allocated per message,
+    /// and a Bind of every transaction is rewritten). `false`: nothing appended, the message goes
+    /// as it is. Records the replies the server will owe.
+    pub fn rewrite_into(
+        &mut self,
+        client: &mut ClientStatements,
+        max: usize,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> bool {
+        let (Some(&tag), Some(body)) = (frame.first(), frame.get(5..)) else {
+            return false;
+        };
+        let start = out.len();
+        self.close_strays(out);
         let replaced = match tag {
-            PARSE => self.parse(client, max, frame, body, &mut out),
+            PARSE => self.parse(client, max, frame, body, out),
             BIND => match Bind::decode(body) {
                 Ok(b) if !b.statement.is_empty() => match client.get(b.statement) {
                     Some(stmt) => {
-                        self.ensure(stmt, max, &mut out);
+                        self.ensure(stmt, max, out);
                         let rest = &body[b.portal.len() + 1 + b.statement.len() + 1..];
-                        encode_message(&mut out, BIND, |m| {
+                        encode_message(out, BIND, |m| {
                             put_cstr(m, b.portal);
                             put_cstr(m, &stmt.server_name);
                             m.extend_from_slice(rest);
@@ -404,8 +423,8 @@ impl ServerStatements {
             DESCRIBE => match Target::decode(body) {
                 Ok(Target::Statement(name)) if !name.is_empty() => match client.get(name) {
                     Some(stmt) => {
-                        self.ensure(stmt, max, &mut out);
-                        encode_message(&mut out, DESCRIBE, |m| {
+                        self.ensure(stmt, max, out);
+                        encode_message(out, DESCRIBE, |m| {
                             m.put_u8(b'S');
                             put_cstr(m, &stmt.server_name);
                         });
@@ -423,19 +442,22 @@ impl ServerStatements {
                 });
                 match Target::decode(body) {
                     Ok(Target::Statement(name)) if client.by_name.remove(name).is_some() => {
-                        encode_close_statement(&mut out, NEVER_NAME);
+                        encode_close_statement(out, NEVER_NAME);
                         true
                     }
                     _ => false,
                 }
             }
             QUERY => {
-                let used = praetor_protocol::frontend::query_text(body)
-                    .ok()
+                // Most Queries name no statement: the keyword scan of the raw body spares them
+                // the text's NUL search and UTF-8 check.
+                let used = crate::prepared_sql::mentions_keyword(body)
+                    .then(|| praetor_protocol::frontend::query_text(body).ok())
+                    .flatten()
                     .and_then(sql_use);
                 match used {
                     Some(used) => {
-                        self.match_sql(client, max, &used.names, &mut out);
+                        self.match_sql(client, max, &used.names, out);
                         self.note_end(Expect::Statements(used.effects.into()));
                     }
                     None => self.note_ready(),
@@ -449,13 +471,13 @@ impl ServerStatements {
             _ => false,
         };
         if replaced {
-            return Some(out);
+            return true;
         }
-        if out.is_empty() {
-            return None;
+        if out.len() == start {
+            return false;
         }
         out.extend_from_slice(frame);
-        Some(out)
+        true
     }
 
     /// A client `Parse` (see the module's documentation). `true`: `out` replaces it.

@@ -2008,9 +2008,10 @@ impl Session<'_> {
     /// side, counting what it ends.
     async fn forward_message(&mut self, cbuf: &mut BytesMut, h: FrontendHeader) -> Result<(), End> {
         self.units.forwarded(h);
-        if let Some(replaced) = self.track_prepared(cbuf, h) {
+        if self.track_prepared(cbuf, h) {
+            // Its replacement is queued for the server already.
             cbuf.advance(h.frame_len);
-            return self.write_current(&replaced).await;
+            return Ok(());
         }
         let n = h.frame_len.min(cbuf.len());
         self.client_remaining = h.frame_len - n;
@@ -2691,28 +2692,41 @@ impl Session<'_> {
         self.prepared.is_some() && matches!(tag, BIND | DESCRIBE | CLOSE)
     }
 
-    /// What the current server gets instead of the whole message at the front of `cbuf`, when
-    /// statements are tracked; `None`: the message as it is. Records the replies the server owes.
-    fn track_prepared(&mut self, cbuf: &BytesMut, h: FrontendHeader) -> Option<BytesMut> {
-        let client = self.prepared.as_deref_mut()?;
-        let side = self.units.current()?;
+    /// Queues for the current server what it gets instead of the whole message at the front of
+    /// `cbuf`, when statements are tracked (`true`; appended to the queue [`Session::flush_current`]
+    /// writes, where the message would have gone); `false`: the message goes as it is. Records
+    /// the replies the server owes.
+    fn track_prepared(&mut self, cbuf: &BytesMut, h: FrontendHeader) -> bool {
+        let Some(client) = self.prepared.as_deref_mut() else {
+            return false;
+        };
+        let Some(side) = self.units.current() else {
+            return false;
+        };
         let conn = match side {
             Side::Leader => self.leader.as_deref_mut(),
             Side::Replica => self.replica.as_deref_mut(),
-        }?;
+        };
+        let Some(conn) = conn else {
+            return false;
+        };
         match h.tag {
             // It may stream: only its ReadyForQuery matters.
             FUNCTION_CALL => {
                 conn.prepared.note_ready();
-                None
+                false
             }
             // Whole here (`needs_whole`, `rewrites`; a Sync is its header).
-            PARSE | BIND | DESCRIBE | CLOSE | SYNC | QUERY => conn.prepared.rewrite(
-                client,
-                self.rt.max_prepared_statements,
-                cbuf.get(..h.frame_len)?,
-            ),
-            _ => None,
+            PARSE | BIND | DESCRIBE | CLOSE | SYNC | QUERY => match cbuf.get(..h.frame_len) {
+                Some(frame) => conn.prepared.rewrite_into(
+                    client,
+                    self.rt.max_prepared_statements,
+                    frame,
+                    &mut self.to_server,
+                ),
+                None => false,
+            },
+            _ => false,
         }
     }
 
