@@ -833,6 +833,7 @@ impl LocalCluster {
                 p.kill_group();
             }
             n.kill_postmaster();
+            crate::sysv::remove_segment_of(&n.data_dir());
         }
         if let Some(mut p) = self.proxy.take() {
             p.process.kill_group();

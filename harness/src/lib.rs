@@ -17,6 +17,7 @@
 //! - [`patroni`]: real Patroni 4.1.5 nodes (from the virtualenv `scripts/setup` makes) beside
 //!   Praetor agents in one [`cluster::LocalCluster`], and `patronictl`.
 //! - [`proxy::FullProxy`]: a proxy process with every listener for a [`cluster::LocalCluster`].
+//! - [`sysv`]: the System V shared memory segment a killed PostgreSQL leaves, removed at teardown.
 //! - [`nemesis`]: seeded fault injection under a recording workload, and the checker of its
 //!   histories.
 //! - [`WorkDir`], [`postgres_ids`], [`as_postgres`], [`install_binary`]: PostgreSQL refuses to run as root,
@@ -32,6 +33,7 @@ pub mod patroni;
 pub mod postgres;
 pub mod proxy;
 pub mod relay;
+pub mod sysv;
 
 pub use dcs::{DcsKind, EtcdCluster, LocalDcs, ZooKeeper, ZooKeeperEnsemble};
 pub use relay::TcpRelay;

@@ -201,6 +201,7 @@ impl Postgres {
             }
         }
         self.process.kill_group();
+        crate::sysv::remove_segment_of(&self.data_dir);
     }
 }
 
