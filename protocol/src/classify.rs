@@ -389,8 +389,8 @@ fn asks_for_leader_state(sql: &str) -> bool {
     let bytes = sql.as_bytes();
     // This runs for every read the auto port routes. Every name holds an underscore, so a name is
     // compared only where its first underscore would fall on one of the text's underscores, which
-    // `match_indices` finds with `memchr` (most statements have few or none).
-    sql.match_indices('_').any(|(underscore, _)| {
+    // `memchr` finds (most statements have few or none).
+    memchr::memchr_iter(b'_', bytes).any(|underscore| {
         LEADER_STATE_NAMES.iter().any(|name| {
             let name = name.as_bytes();
             let first = name.iter().position(|&c| c == b'_').unwrap_or(0);
@@ -811,7 +811,7 @@ const TOKENS_ON_STACK: usize = 32;
 /// comments, quoted identifiers and dollar quotes; text the lexer cannot tokenize counts as
 /// uncertain too.
 fn lexing_uncertain(sql: &str) -> bool {
-    if !sql.contains('\\') {
+    if memchr::memchr(b'\\', sql.as_bytes()).is_none() {
         return false;
     }
     let mut lexer = Lexer::new(sql);

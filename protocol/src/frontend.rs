@@ -100,10 +100,8 @@ fn malformed(message: &'static str, reason: &'static str) -> ProtocolError {
 
 /// Splits a NUL-terminated string off the front of `body`.
 fn cstr<'a>(body: &'a [u8], message: &'static str) -> Result<(&'a str, &'a [u8]), ProtocolError> {
-    let end = body
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or_else(|| malformed(message, "string not terminated"))?;
+    // `memchr`: every Query and Parse the auto port routes is searched here.
+    let end = memchr::memchr(0, body).ok_or_else(|| malformed(message, "string not terminated"))?;
     let s = std::str::from_utf8(&body[..end]).map_err(|_| malformed(message, "invalid UTF-8"))?;
     Ok((s, &body[end + 1..]))
 }

@@ -280,7 +280,7 @@ pub fn signal_backend_call(frame: &[u8]) -> Option<(BackendSignal, i32)> {
 /// text comparisons of [`asks_backend_pid`] and [`asks_signal_backend`], which run for every
 /// Query and Parse the auto port routes.
 fn may_call_function(frame: &[u8]) -> bool {
-    frame.contains(&b'(')
+    memchr::memchr(b'(', frame).is_some()
 }
 
 /// The auto port's answer to a [`signal_backend_call`] it carried out itself: the Query or Parse

@@ -1016,6 +1016,12 @@ impl Session<'_> {
         mut may_park: bool,
     ) -> End {
         let draining = self.shared.draining.clone();
+        // Made once, not at every pass: a cancellation future registers its waker at its first
+        // poll and keeps it, where one made per pass registered and unregistered it (a lock
+        // each) at every wake-up, twice per transaction.
+        let drained = draining.cancelled();
+        let stopped = shutdown.cancelled();
+        tokio::pin!(drained, stopped);
         loop {
             // A switchover: a session pinned to the leader stepping down moves, or works on there
             // until the drain's end, at its idle point, before its next unit is routed there
@@ -1228,14 +1234,10 @@ impl Session<'_> {
                 let (leader_watch, drain_at) = (&mut self.leader_watch, self.drain_at);
                 // The proxy drains (idle sessions leave) before it stops (every session leaves):
                 // an idle session waits for the first, a busy one for the second.
-                let stop = if idle {
-                    draining.cancelled()
-                } else {
-                    shutdown.cancelled()
-                };
                 tokio::select! {
                     biased;
-                    _ = stop => Wake::Shutdown,
+                    _ = &mut drained, if idle => Wake::Shutdown,
+                    _ = &mut stopped, if !idle => Wake::Shutdown,
                     e = poll_fn(|cx| poll_conn(leader, cx)) => match e {
                         ConnEvent::Fenced => Wake::Fenced(Side::Leader),
                         ConnEvent::Read(r) => Wake::Server(Side::Leader, r),
@@ -1735,9 +1737,12 @@ impl Session<'_> {
             // Where the commit ends is asked only when a read would go to a replica.
             self.commit = Commit::Unknown;
         }
-        side.unit_metrics(&self.shared.metrics)
-            .seconds
-            .observe(self.unit_started.elapsed().as_secs_f64());
+        // One clock read per unit end: the unit's duration and the idle point's start.
+        let now = Instant::now();
+        side.unit_metrics(&self.shared.metrics).seconds.observe(
+            now.saturating_duration_since(self.unit_started)
+                .as_secs_f64(),
+        );
         if ended.set_recorded {
             let n = self.units.sets().len();
             if let Some(c) = self.conn(side).as_mut() {
@@ -1747,7 +1752,6 @@ impl Session<'_> {
         self.info
             .busy
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        let now = Instant::now();
         self.idle_since = Some(now);
         self.unit_ended = Some(now);
         self.cancel.set(None);
