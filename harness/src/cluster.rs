@@ -48,6 +48,9 @@ pub struct ClusterOptions {
     pub tags: Vec<(usize, String)>,
     /// Extra lines under `bootstrap.dcs:` (e.g. `synchronous_mode: true`), for every node.
     pub dcs_extra: Vec<String>,
+    /// Extra lines of each node's own `postgresql:` section (e.g.
+    /// `remove_data_directory_on_rewind_failure: true`), for every node.
+    pub postgresql_extra: Vec<String>,
     /// Extra lines under `bootstrap.dcs.postgresql.parameters:` (e.g. `wal_level: logical`), for
     /// every node.
     pub dcs_parameters: Vec<String>,
@@ -101,6 +104,7 @@ impl Default for ClusterOptions {
             proxy: true,
             tags: vec![],
             dcs_extra: vec![],
+            postgresql_extra: vec![],
             dcs_parameters: vec![],
             dcs_relay: false,
             dcs: DcsKind::Etcd,
@@ -874,6 +878,11 @@ fn agent_yaml(o: &ClusterOptions, node: &Node, dcs_section: &str, tags: &[&str])
     };
     let bin = o.bin_dir.clone().unwrap_or_else(pg_bin_dir);
     let dcs_extra: String = o.dcs_extra.iter().map(|l| format!("    {l}\n")).collect();
+    let postgresql_extra: String = o
+        .postgresql_extra
+        .iter()
+        .map(|l| format!("  {l}\n"))
+        .collect();
     let dcs_parameters: String = o
         .dcs_parameters
         .iter()
@@ -930,7 +939,7 @@ postgresql:
     unix_socket_directories: '{dir}'
     shared_buffers: 32MB
     logging_collector: 'off'
-watchdog:
+{postgresql_extra}watchdog:
   mode: 'off'
 tags:
 {tag_lines}"#,

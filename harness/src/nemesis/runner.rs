@@ -134,6 +134,13 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
         retry_timeout: options.retry_timeout_secs,
         dcs: options.dcs,
         dcs_extra: options.mode.dcs_lines(),
+        // A pg_rewind whose source goes away mid-way (the leader stopped by its deadline guard
+        // or a fault) leaves the target's files half-copied: no later pg_rewind can succeed
+        // (seed 79, etcd strict: "could not read file .../pg_wal/...: read 0 of 8192" every 9 s,
+        // both replicas, no synchronous standby left). PostgreSQL's docs call for a new base
+        // backup then; Patroni's setting, which a cluster meant to heal by itself sets, makes
+        // the agent remove that replica's data directory and clone again.
+        postgresql_extra: vec!["remove_data_directory_on_rewind_failure: true".into()],
         // On hosts of their own: the 3-server DCS `dcs` names (etcd or ZooKeeper, in hosts
         // `e1`..`e3`), and the cluster's proxy (read-write port) in a
         // host too, so partitions can cut it off.
