@@ -864,6 +864,25 @@ async fn failsafe_mode_keeps_the_primary_while_no_member_reaches_the_dcs_and_it_
     write().await.unwrap();
 }
 
+/// Waits (up to 60 s) until the `sync` key's first synchronous standby is one `accept` takes, and
+/// returns it; panics naming `what` with the key last read.
+async fn first_synchronous_standby(
+    d: &Arc<dyn Dcs>,
+    what: &str,
+    accept: impl Fn(&str) -> bool,
+) -> String {
+    wait_for(what, Duration::from_secs(60), || async {
+        let cl = d.load().await.map_err(|e| e.to_string())?;
+        let s = cl.sync.ok_or("no sync key")?;
+        match s.value.members().first() {
+            Some(m) if accept(m) => Ok(m.clone()),
+            other => Err(format!("sync key names {other:?}")),
+        }
+    })
+    .await
+    .unwrap()
+}
+
 // --- synchronous replication ------------------------------------------------------------------------
 
 #[tokio::test]
@@ -878,21 +897,8 @@ async fn synchronous_mode_strict_loses_no_acknowledged_write_when_the_primary_di
     .await;
     let old = c.leader().await.unwrap();
     let d = dcs(&c).await;
-    let sync_member = wait_for(
-        "a synchronous standby in the sync key",
-        Duration::from_secs(60),
-        || async {
-            let cl = d.load().await.map_err(|e| e.to_string())?;
-            let s = cl.sync.ok_or("no sync key")?;
-            s.value
-                .members()
-                .first()
-                .cloned()
-                .ok_or_else(|| "nobody listed".to_string())
-        },
-    )
-    .await
-    .unwrap();
+    let sync_member =
+        first_synchronous_standby(&d, "a synchronous standby in the sync key", |_| true).await;
     let rw = c.proxy.as_ref().unwrap().rw_port;
     let writer = writer::Writer::start(rw).await;
     writer.wait_more_than(50).await;
@@ -948,21 +954,8 @@ async fn synchronous_mode_strict_releases_a_waiting_commit_once_the_leader_names
     .await;
     let leader = c.leader().await.unwrap();
     let d = dcs(&c).await;
-    let sync_member = wait_for(
-        "a synchronous standby in the sync key",
-        Duration::from_secs(60),
-        || async {
-            let cl = d.load().await.map_err(|e| e.to_string())?;
-            let s = cl.sync.ok_or("no sync key")?;
-            s.value
-                .members()
-                .first()
-                .cloned()
-                .ok_or_else(|| "nobody listed".to_string())
-        },
-    )
-    .await
-    .unwrap();
+    let sync_member =
+        first_synchronous_standby(&d, "a synchronous standby in the sync key", |_| true).await;
     let observer = connect(c.node(&leader).pg_port).await.unwrap();
     let writer = connect(c.node(&leader).pg_port).await.unwrap();
     writer
@@ -1024,20 +1017,12 @@ async fn synchronous_mode_strict_releases_a_waiting_commit_once_the_leader_names
     );
 
     c.node(&leader).signal_agent(Signal::SIGCONT);
-    let other = wait_for(
+    let other = first_synchronous_standby(
+        &d,
         "the leader to name the other replica synchronous",
-        Duration::from_secs(60),
-        || async {
-            let cl = d.load().await.map_err(|e| e.to_string())?;
-            let s = cl.sync.ok_or("no sync key")?;
-            match s.value.members().first() {
-                Some(m) if *m != sync_member => Ok(m.clone()),
-                other => Err(format!("sync key names {other:?}")),
-            }
-        },
+        |m| m != sync_member,
     )
-    .await
-    .unwrap();
+    .await;
     assert_ne!(other, leader);
     // A deadline for a loaded machine: without the nudge nothing would ever release it.
     let released = tokio::time::timeout(Duration::from_secs(30), insert).await;
