@@ -839,9 +839,9 @@ impl Dcs for ZooKeeperDcs {
     /// holding this member's name. The session renews itself (the library pings it), so this only
     /// checks, after a `sync` that makes the server answering catch up with the ZooKeeper leader.
     ///
-    /// A znode holding this member's name but owned by another session (this client's former one,
-    /// which it gave up for expired while the servers, having lost their quorum, kept it alive) is
-    /// deleted at its version, and the answer is `false`: the lock is lost, as it would be once the
+    /// An ephemeral znode holding this member's name but owned by another session (this client's
+    /// former one, which it gave up for expired while the servers, having lost their quorum, kept it
+    /// alive) is deleted at its version, and the answer is `false`: the lock is lost, as it would be once the
     /// servers expire that session, but the leader race can start at once instead of a session
     /// timeout later (every ZooKeeper quorum loss cost a failover `ttl` after the quorum was back:
     /// nemesis seeds 75 and 91, 11.6-12.9 s against a bound of 8 s). Nobody else can have held the
@@ -859,8 +859,11 @@ impl Dcs for ZooKeeperDcs {
                     Ok((data, stat)) => {
                         let held = data == me.as_bytes();
                         let ours = stat.ephemeral_owner == c.session_id().0;
-                        if !held || ours {
-                            return Ok(held);
+                        // A persistent znode (no owner) was written by hand or by another
+                        // tool: not a session's lock, left for `release_leader` (the operator's
+                        // way out).
+                        if !held || ours || stat.ephemeral_owner == 0 {
+                            return Ok(held && ours);
                         }
                         warn!(
                             owner = %zk::SessionId(stat.ephemeral_owner),

@@ -181,6 +181,44 @@ async fn znodes_left_by_another_session_are_replaced_by_touch_member_and_are_not
     assert!(a.renew_leader().await.unwrap());
 }
 
+/// After a ZooKeeper quorum loss the client library gives its session up for expired and opens a
+/// new one while the servers keep the old session, and with it the former leader's ephemeral
+/// znode (nemesis seeds 75 and 91). The member's next renewal answers that the lock is lost and
+/// deletes that znode, so the race starts at once rather than when the servers expire the old
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_leader_znode_of_a_former_session_naming_this_member_is_deleted_at_renewal() {
+    let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
+    let keys = Keys::new("/service/", "former");
+    // The former session, alive on the servers: a raw client's, kept open below.
+    let former = raw_zk(dcs.zookeeper()).await;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let leader = keys.leader();
+    let (parent, _) = leader.rsplit_once('/').unwrap();
+    former.mkdir(parent, &persistent).await.expect("mkdir");
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    former
+        .create(&leader, b"a", &ephemeral)
+        .await
+        .expect("create");
+    let a = client(&mut dcs, "former", Some("a"), 10).await;
+    let raw = raw_zk(dcs.zookeeper()).await;
+    assert_ne!(owner(&raw, &leader).await, Some(0));
+
+    assert!(
+        !a.renew_leader().await.unwrap(),
+        "a znode of another session is not this session's lock"
+    );
+    assert_eq!(
+        owner(&raw, &leader).await,
+        None,
+        "deleted: the race may start"
+    );
+    assert!(a.acquire_leader().await.unwrap());
+    assert!(a.renew_leader().await.unwrap());
+    drop(former);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_ttl_applies_to_the_next_session_within_the_servers_bounds() {
     let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
