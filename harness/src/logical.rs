@@ -41,16 +41,7 @@ pub fn permanent_slot_lines(slot: &str) -> Vec<String> {
     ]
 }
 
-/// An LSN's text form `X/Y` (optionally quoted) as bytes; `None` when it is not one.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().trim_matches('\'').split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-/// Bytes as PostgreSQL's `X/Y`.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
+pub use praetor_protocol::lsn::{format_lsn, parse_lsn};
 
 /// The multi-host libpq string that reaches whichever of `addrs` (`ip:port`) accepts writes
 /// (`target_session_attrs=read-write`), as the superuser on database `postgres`.
@@ -263,7 +254,7 @@ pub fn parse_delivered(text: &str) -> Vec<(i64, u64)> {
                 if let Some(v) = f.strip_prefix("id[bigint]:") {
                     id = v.parse().ok();
                 } else if let Some(v) = f.strip_prefix("lsn[pg_lsn]:") {
-                    lsn = parse_lsn(v);
+                    lsn = parse_lsn(v.trim_matches('\''));
                 }
             }
             Some((id?, lsn?))
@@ -347,11 +338,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_lsns_and_pg_recvlogical_lines() {
-        assert_eq!(parse_lsn("0/3000060"), Some(0x3000060));
-        assert_eq!(parse_lsn("'1/A'"), Some((1 << 32) | 10));
-        assert_eq!(parse_lsn("nope"), None);
-        assert_eq!(format_lsn((1 << 32) | 10), "1/A");
+    fn parses_pg_recvlogical_lines() {
         let err = "pg_recvlogical: confirming write up to 0/1, flush to 0/1 (slot queue)\n\
                    pg_recvlogical: confirming write up to 0/3000060, flush to 0/3000040 (slot queue)\n";
         assert_eq!(last_flush(err), Some(0x3000040));

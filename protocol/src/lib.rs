@@ -21,6 +21,8 @@
 //! - [`response`]: the ErrorResponse the proxy sends when it cannot serve a client ([`error_response`]).
 //! - [`unit`]: the auto port's decisions at a unit's edges: messages between units
 //!   ([`unit::between_units`]) and replica replies to run again on the leader ([`unit::replica_reply`]).
+//! - [`lsn`]: WAL positions in PostgreSQL's `pg_lsn` text form, shared by the agent, the proxy and the
+//!   tests' harness.
 //! - [`ProtocolError`]: what is wrong with bytes that can never decode. "Need more bytes" is `Ok(None)`.
 //!
 //! Message codecs come from `pgwire` where its types fit (and `postgres-protocol` for the client side of
@@ -36,6 +38,7 @@ mod error;
 pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lsn;
 pub mod response;
 pub mod scram;
 pub mod startup;

@@ -73,13 +73,7 @@ pub(crate) fn read_route(commit: Commit, replayed: Option<u64>, asked_replica: b
     }
 }
 
-/// Parses PostgreSQL's `pg_lsn` text (`16/B374D848`: high and low 32 bits in hex) into bytes.
-pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    let hi = u32::from_str_radix(hi, 16).ok()?;
-    let lo = u32::from_str_radix(lo, 16).ok()?;
-    Some((u64::from(hi) << 32) | u64::from(lo))
-}
+pub(crate) use praetor_protocol::lsn::parse_lsn;
 
 #[cfg(test)]
 mod tests {
@@ -112,18 +106,6 @@ mod tests {
                 want,
                 "{commit:?} {replayed:?} asked={asked}"
             );
-        }
-    }
-
-    #[test]
-    fn lsns_parse_as_postgresql_prints_them() {
-        assert_eq!(parse_lsn("0/0"), Some(0));
-        assert_eq!(parse_lsn("0/3000060"), Some(0x300_0060));
-        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
-        assert_eq!(parse_lsn(" FFFFFFFF/FFFFFFFF\n"), Some(u64::MAX));
-        assert!(parse_lsn("16/B374D848") > parse_lsn("15/FFFFFFFF"));
-        for bad in ["", "0", "x/1", "1/", "/1", "100000000/0"] {
-            assert_eq!(parse_lsn(bad), None, "{bad:?}");
         }
     }
 }
