@@ -3240,24 +3240,38 @@ async fn stream_through_a_switchover(
     ))
     .await
     .unwrap();
+    let mut switching = false;
+    read_until_close(raw, Duration::from_secs(60), |frame| {
+        if frame.tag == b'D' && !switching {
+            // The result streams: the DCS asks the leader to step down.
+            switching = true;
+            let mut t = Topology::new(Some(leader.clone()), replica.into_iter().cloned().collect());
+            t.switchover = Some(praetor_proxy::Switchover {
+                leader: leader.member.clone(),
+                candidate: replica.map(|r| r.member.clone()),
+            });
+            proxy.set(Arc::new(t));
+        }
+    })
+    .await
+}
+
+/// Reads whole server messages from `stream` until the proxy closes it (within `within`, else
+/// panics), calling `on_frame` on each. Returns the tags in order (a run of one tag counted
+/// once: `"TDEZE"`) and each ErrorResponse's SQLSTATE and message; panics when the close cut a
+/// message.
+async fn read_until_close(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+    mut on_frame: impl FnMut(&praetor_protocol::BackendFrame),
+) -> (String, Vec<(String, String)>) {
     let mut buf = BytesMut::new();
     let mut tags = Vec::new();
     let mut errors = Vec::new();
-    let mut switching = false;
-    tokio::time::timeout(Duration::from_secs(60), async {
+    tokio::time::timeout(within, async {
         loop {
             while let Some(frame) = split_frame(&mut buf).expect("whole messages") {
-                if frame.tag == b'D' && !switching {
-                    // The result streams: the DCS asks the leader to step down.
-                    switching = true;
-                    let mut t =
-                        Topology::new(Some(leader.clone()), replica.into_iter().cloned().collect());
-                    t.switchover = Some(praetor_proxy::Switchover {
-                        leader: leader.member.clone(),
-                        candidate: replica.map(|r| r.member.clone()),
-                    });
-                    proxy.set(Arc::new(t));
-                }
+                on_frame(&frame);
                 if tags.last() != Some(&frame.tag) {
                     tags.push(frame.tag);
                 }
@@ -3269,18 +3283,16 @@ async fn stream_through_a_switchover(
                     ));
                 }
             }
-            if raw.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+            if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
                 return;
             }
         }
     })
     .await
     .expect("the proxy ends the session");
-    assert!(
-        buf.is_empty(),
-        "the session ended inside a message: {tags:?}"
-    );
-    (String::from_utf8_lossy(&tags).into_owned(), errors)
+    let tags = String::from_utf8_lossy(&tags).into_owned();
+    assert!(buf.is_empty(), "the session ended inside a message: {tags}");
+    (tags, errors)
 }
 
 /// The same on the auto port: a read streaming from the leader (no replica) when the switchover's
@@ -3409,32 +3421,7 @@ async fn an_auto_port_write_blocked_at_drain_timeout_ends_with_the_fatal_between
 
     // The pipelining client: the server's error, its ReadyForQuery, whatever the server answered
     // after it, then the proxy's FATAL.
-    let mut buf = BytesMut::new();
-    let mut tags = Vec::new();
-    let mut errors = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            while let Some(frame) = split_frame(&mut buf).expect("whole messages") {
-                if tags.last() != Some(&frame.tag) {
-                    tags.push(frame.tag);
-                }
-                if frame.tag == ERROR_RESPONSE {
-                    let f = ErrorFields::parse(frame.body()).expect("an ErrorResponse");
-                    errors.push((
-                        f.code().unwrap_or_default().to_string(),
-                        f.get(b'M').unwrap_or_default().to_string(),
-                    ));
-                }
-            }
-            if piped_rx.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the proxy ends the pipelining session");
-    let tags = String::from_utf8_lossy(&tags).into_owned();
-    assert!(buf.is_empty(), "the session ended inside a message: {tags}");
+    let (tags, errors) = read_until_close(&mut piped_rx, DEADLINE, |_| {}).await;
     assert!(tags.ends_with('E'), "messages: {tags}; errors: {errors:?}");
     assert_eq!(
         errors.first().map(|e| e.0.as_str()),
