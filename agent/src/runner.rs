@@ -1086,10 +1086,10 @@ impl Runner {
                 // the former data directory no longer applies.
                 self.pg.clear_rewind_damage();
                 Observation {
-                data: Some(DataDir::Empty),
-                postgres: Postgres::Stopped { control: None },
-                server: None,
-                promoted: None,
+                    data: Some(DataDir::Empty),
+                    postgres: Postgres::Stopped { control: None },
+                    server: None,
+                    promoted: None,
                 }
             }
             Ok(d) => {

@@ -1,8 +1,11 @@
 //! What a failed pg_rewind left behind: a data directory it never wrote (a retry may work) or one
 //! it began rewriting (only a new base backup helps).
 //!
-//! pg_rewind reads everything first and writes last. With `LC_ALL=C` (the runner sets it) it logs
-//! each phase on stderr, the same lines in PostgreSQL 15 and 18 (`src/bin/pg_rewind/pg_rewind.c`):
+//! pg_rewind reads everything first and writes last. With `LC_ALL=C` and `--progress` (the agent
+//! passes both; without `--progress` only the lines of phases 2, 3's first and `Done!` are printed)
+//! it logs each phase on stderr, the same lines in PostgreSQL 15 and 18
+//! (`src/bin/pg_rewind/pg_rewind.c`), progress reports (`N/M kB (P%) copied`, ended by `\r`) in
+//! between:
 //!
 //! 1. `connected to server`, then perhaps `executing "..." for target server to complete crash
 //!    recovery` (single-user crash recovery: it leaves a cleanly shut down, startable directory);
@@ -45,12 +48,12 @@ const TARGET_WAL_ERRORS: [&str; 2] = [
 ];
 
 /// Classifies a pg_rewind run that exited with an error or was killed, from its stderr (`output`,
-/// every line; with or without the `pg_rewind: ` prefix). Unknown output is
+/// every line, split at `\n` and `\r`; with or without the `pg_rewind: ` prefix). Unknown output is
 /// [`RewindFailure::Untouched`]: today's retry, as before this classification existed.
 pub fn classify(output: &str) -> RewindFailure {
     let lines = || {
         output
-            .lines()
+            .split(['\n', '\r'])
             .map(|l| l.trim().trim_start_matches("pg_rewind:").trim())
     };
     if lines().any(|l| l.starts_with(COPY_BEGINS)) {
@@ -134,6 +137,11 @@ mod tests {
                 Damaged,
             ),
             (
+                "source stopped mid-copy, with progress reports",
+                "pg_rewind: connected to server\npg_rewind: servers diverged at WAL location 0/4023F38 on timeline 1\npg_rewind: rewinding from last common checkpoint at 0/2000110 on timeline 1\npg_rewind: reading source file list\npg_rewind: reading target file list\npg_rewind: reading WAL in target\npg_rewind: need to copy 53 MB (total source directory size is 72 MB)\n    0/54316 kB (0%) copied\r12004/54316 kB (22%) copied\rpg_rewind: error: could not fetch remote file \"base/5/1259\": server closed the connection unexpectedly",
+                Damaged,
+            ),
+            (
                 "killed mid-copy (no error line)",
                 "pg_rewind: reading WAL in target\npg_rewind: need to copy 52 MB (total source directory size is 71 MB)",
                 Damaged,
@@ -160,7 +168,7 @@ mod tests {
             ),
             (
                 "a remote file the source could not send before the copy",
-                "pg_rewind: reading source file list\npg_rewind: error: could not fetch remote file \"pg_wal/000000020000000000000005\": ERROR:  could not open file",
+                "pg_rewind: connected to server\npg_rewind: error: could not fetch remote file \"global/pg_control\": ERROR:  permission denied for function pg_read_binary_file",
                 Untouched,
             ),
         ];

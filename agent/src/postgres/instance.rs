@@ -1214,6 +1214,9 @@ impl Instance {
             "-D".into(),
             self.s.data_dir.clone().into(),
             format!("--source-server={source}").into(),
+            // Only with --progress does pg_rewind print its phase lines (`need to copy ...` when
+            // the copy begins), which tell a failure before the copy from one during it.
+            "--progress".into(),
         ];
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         // The marker outlives an agent killed while pg_rewind runs (and the agent's restart): it is
@@ -1232,7 +1235,7 @@ impl Instance {
         }
         let (status, stderr) = self.run_output("pg_rewind", &refs).await?;
         if status.success() {
-            tracing::info!("pg_rewind: {}", stderr.trim().replace('\n', " | "));
+            tracing::info!("pg_rewind: {}", stderr.trim().replace(['\n', '\r'], " | "));
             self.clear_rewind_damage();
             return Ok(());
         }
@@ -1244,10 +1247,7 @@ impl Instance {
                 if let Err(e) = std::fs::write(&marker, format!("{line}\n")) {
                     tracing::warn!("cannot write {}: {e}", marker.display());
                 }
-                *self
-                    .rewind_damage
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(line);
+                *self.rewind_damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
             }
         }
         let mut e = failed_program("pg_rewind".into(), status, &stderr);
@@ -1297,10 +1297,7 @@ impl Instance {
     /// Forgets a damage left by pg_rewind: it succeeded, failed without writing, or the data
     /// directory was removed (to clone again, `ctl reinit`).
     pub fn clear_rewind_damage(&self) {
-        *self
-            .rewind_damage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
+        *self.rewind_damage.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let marker = self.rewind_marker();
         if let Err(e) = std::fs::remove_file(&marker) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -1901,7 +1898,10 @@ impl Instance {
                 program: program.into(),
                 message: e.to_string(),
             })?;
-        Ok((out.status, String::from_utf8_lossy(&out.stderr).into_owned()))
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     async fn run_capture_both(
