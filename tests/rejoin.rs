@@ -243,3 +243,162 @@ async fn diverged_former_primary_waits_for_a_leader_then_is_rewound() {
     c.node_mut(&new).start_agent(&bin).unwrap();
     rejoined_with_rows(&c, &old, &acked).await;
 }
+
+/// A copy of PostgreSQL's program directory (symbolic links) whose `pg_rewind` fails after it has
+/// begun changing the target while the file `interrupt-rewind` exists next to it: it runs the real
+/// pg_rewind with `--dry-run` (every phase line, down to `need to copy ...`, nothing written), then
+/// empties the target's newest WAL segment, as seed 79's interrupted copy left one, prints the error
+/// pg_rewind prints when its source goes away mid-copy and exits 1.
+fn interrupting_bin_dir(work: &praetor_harness::WorkDir) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let real = praetor_harness::pg_bin_dir();
+    let bin = work.subdir("bin", 0o755).unwrap();
+    for entry in std::fs::read_dir(&real).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "pg_rewind" {
+            std::os::unix::fs::symlink(entry.path(), bin.join(entry.file_name())).unwrap();
+        }
+    }
+    let script = format!(
+        r#"#!/bin/sh
+# Test double (tests/rejoin.rs): the real pg_rewind, interrupted mid-copy while the flag exists.
+if [ ! -e "$(dirname "$0")/interrupt-rewind" ]; then exec {real}/pg_rewind "$@"; fi
+{real}/pg_rewind --dry-run "$@" || exit $?
+# The agent passes -D <data_dir> first.
+last=$(ls "$2"/pg_wal/0* | sort | tail -n 1)
+: > "$last"
+echo "pg_rewind: error: unexpected result while fetching remote files: server closed the connection unexpectedly" >&2
+exit 1
+"#,
+        real = real.display()
+    );
+    let path = bin.join("pg_rewind");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(bin.join("interrupt-rewind"), "").unwrap();
+    bin
+}
+
+/// `node`'s `/patroni` document.
+async fn patroni_doc(c: &LocalCluster, node: &str) -> serde_json::Value {
+    let (_, body) = call(c.node(node), "GET", "/patroni", None).await;
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// Waits until `node`'s log (from byte `from` on) holds `n` lines of the decision that a pg_rewind
+/// damaged its data directory (one per HA loop).
+async fn damaged_loops(c: &LocalCluster, node: &str, from: usize, n: usize) {
+    let r = wait_for(
+        "loops deciding the data directory is damaged",
+        Duration::from_secs(120),
+        || async {
+            let log = c.node(node).log();
+            let seen = log[from.min(log.len())..]
+                .lines()
+                .filter(|l| {
+                    l.contains("pg_rewind was interrupted after changing the data directory")
+                })
+                .count();
+            if seen >= n {
+                Ok(())
+            } else {
+                Err(format!("{seen} of {n}"))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = r {
+        dump_logs(c);
+        panic!("{node}: {e}");
+    }
+}
+
+/// Issue 14 (nemesis seed 79): a pg_rewind that fails after it began changing the data directory
+/// is not run again in a loop, PostgreSQL is not started on the damaged directory (also after an
+/// agent restart: the marker next to the data directory), `/patroni` says why; with
+/// `remove_data_directory_on_rewind_failure` the member clones again and streams.
+#[tokio::test]
+async fn rewind_interrupted_after_changing_the_target_is_not_retried_nor_started() {
+    let work = praetor_harness::WorkDir::new("rewind-bin").unwrap();
+    let bin_dir = interrupting_bin_dir(&work);
+    let mut c = healthy_cluster(ClusterOptions {
+        bin_dir: Some(bin_dir),
+        ..patroni_like("rewind-damaged")
+    })
+    .await;
+    let old = c.leader().await.unwrap();
+    let writer = connect(c.node(&old).pg_port).await.unwrap();
+    let mut acked = insert_rows(&writer, 0, 50).await;
+    c.node_mut(&old).kill_agent();
+    c.node(&old).kill_postmaster();
+    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    let client = writable(c.node(&new).pg_port).await;
+    acked.extend(insert_rows(&client, 50, 100).await);
+    let bin = c.binary.clone();
+    let from = c.node(&old).log().len();
+    c.node_mut(&old).start_agent(&bin).unwrap();
+
+    // Several loops after the failure: one pg_rewind, no PostgreSQL, said once at error level.
+    damaged_loops(&c, &old, from, 5).await;
+    assert_eq!(rewind_attempts(&c, &old), 1, "pg_rewind was run again");
+    assert_eq!(
+        c.node(&old).postmaster_pid(),
+        None,
+        "PostgreSQL was started"
+    );
+    let log = c.node(&old).log();
+    let errors = log[from..]
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("pg_rewind was interrupted"))
+        .count();
+    assert_eq!(errors, 1, "the damaged state is logged at error level once");
+    let doc = patroni_doc(&c, &old).await;
+    assert_eq!(doc["state"], "rewind failed", "{doc}");
+    let why = doc["rewind_failure"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("unexpected result while fetching remote files")
+            && why.contains(&format!("praetor ctl reinit <cluster> {old}")),
+        "{doc}"
+    );
+
+    // An agent restarted (systemd) finds the marker: still no pg_rewind, no PostgreSQL.
+    let marker = c
+        .node(&old)
+        .data_dir()
+        .with_file_name("data.praetor-rewind");
+    assert!(marker.exists(), "{} is missing", marker.display());
+    c.node_mut(&old).kill_agent();
+    let from = c.node(&old).log().len();
+    c.node_mut(&old).start_agent(&bin).unwrap();
+    damaged_loops(&c, &old, from, 3).await;
+    assert_eq!(
+        rewind_attempts(&c, &old),
+        1,
+        "pg_rewind was run after the restart"
+    );
+    assert_eq!(
+        c.node(&old).postmaster_pid(),
+        None,
+        "PostgreSQL was started"
+    );
+    assert_eq!(patroni_doc(&c, &old).await["state"], "rewind failed");
+
+    // With remove_data_directory_on_rewind_failure: a new copy, streaming.
+    c.node_mut(&old).kill_agent();
+    let config = c.node(&old).config.clone();
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let yaml = yaml.replacen(
+        "\npostgresql:\n",
+        "\npostgresql:\n  remove_data_directory_on_rewind_failure: true\n",
+        1,
+    );
+    praetor_harness::write_file(&config, &yaml).unwrap();
+    c.node_mut(&old).start_agent(&bin).unwrap();
+    rejoined_with_rows(&c, &old, &acked).await;
+    assert_eq!(rewind_attempts(&c, &old), 1, "re-cloned, not rewound");
+    assert!(
+        !marker.exists(),
+        "{} outlived the new copy",
+        marker.display()
+    );
+}

@@ -741,6 +741,7 @@ impl Runner {
             starting_read_only: self.starting_read_only(),
             promoted: obs.promoted.clone(),
             renewals_lapsed_ms: self.renewals_lapsed_ms,
+            rewind_damage: self.rewind_damage(&obs),
         };
         let cfg = HaConfig {
             name: self.settings.name.clone(),
@@ -790,7 +791,12 @@ impl Runner {
             obs = self.observe().await;
         }
         // Once per loop, in Patroni's words: operators grep for "no action. I am (pg1), ...".
-        tracing::info!("{message}");
+        // A state only an operator can end is an error, logged as such once per change.
+        if d.reason.needs_operator() && message != self.last_reason {
+            tracing::error!("{message}");
+        } else {
+            tracing::info!("{message}");
+        }
         self.last_reason = message;
         self.publish(view.as_deref(), &obs).await;
         Ok(())
@@ -902,6 +908,7 @@ impl Runner {
                 // The operator asked for it: the one case where the agent removes a data directory.
                 tracing::warn!("reinitialize requested: removing {}", dir.display());
                 std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                self.pg.clear_rewind_damage();
                 Ok("reinitialize started".into())
             }
         }
@@ -1074,12 +1081,17 @@ impl Runner {
             };
         }
         match self.pg.data_dir_state().await {
-            Ok(DataDir::Empty) => Observation {
-                data: Some(DataDir::Empty),
-                postgres: Postgres::Stopped { control: None },
-                server: None,
-                promoted: None,
-            },
+            Ok(DataDir::Empty) => {
+                // Removed (to clone again, `ctl reinit`, or by hand): a damage pg_rewind left in
+                // the former data directory no longer applies.
+                self.pg.clear_rewind_damage();
+                Observation {
+                    data: Some(DataDir::Empty),
+                    postgres: Postgres::Stopped { control: None },
+                    server: None,
+                    promoted: None,
+                }
+            }
             Ok(d) => {
                 let control = self.pg.controldata().await.ok().map(|(_, c)| c);
                 Observation {
@@ -1355,11 +1367,12 @@ impl Runner {
                 }
                 let dir = self.pg.settings().data_dir.clone();
                 tracing::warn!(
-                    "removing the data directory {} (remove_data_directory_on_diverged_timelines)",
+                    "removing the data directory {} to clone again (remove_data_directory_on_diverged_timelines or remove_data_directory_on_rewind_failure)",
                     dir.display()
                 );
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("remove {}", dir.display()))?;
+                self.pg.clear_rewind_damage();
                 Ok(true)
             }
             Action::EnsureSlots(names) => {
@@ -2018,6 +2031,18 @@ impl Runner {
         Ok(())
     }
 
+    /// The damage a failed pg_rewind left in the data directory ([`Instance::rewind_damage`]),
+    /// looked at only while PostgreSQL is stopped on an initialized data directory and no task
+    /// runs (a running rewind's marker is no verdict yet).
+    fn rewind_damage(&self, obs: &Observation) -> Option<String> {
+        let stopped = matches!(obs.postgres, Postgres::Stopped { .. });
+        let initialized = matches!(obs.data, Some(DataDir::Initialized { .. }));
+        if self.task.is_some() || !stopped || !initialized {
+            return None;
+        }
+        self.pg.rewind_damage()
+    }
+
     fn conn_url(&self) -> String {
         format!("postgres://{}/postgres", self.settings.pg_connect)
     }
@@ -2032,6 +2057,11 @@ impl Runner {
             (Some(Task::Rewind), _) => MemberState::Rewinding,
             (Some(_), _) | (None, Postgres::Starting) => MemberState::Starting,
             (None, Postgres::Running(_)) => MemberState::Running,
+            // Not started on a data directory an interrupted pg_rewind left damaged (Patroni has
+            // no state for it; "stopped" would hide why).
+            (None, Postgres::Stopped { .. }) if self.rewind_damage(obs).is_some() => {
+                MemberState::RewindFailed
+            }
             (None, Postgres::Stopped { .. }) => MemberState::Stopped,
         };
         let role = match (&obs.server, &obs.data) {
@@ -2517,6 +2547,7 @@ mod tests {
             starting_read_only: false,
             promoted: None,
             renewals_lapsed_ms: None,
+            rewind_damage: None,
         };
         let cfg = HaConfig {
             name: "pg1".into(),

@@ -306,7 +306,10 @@ pub struct Postgresql {
     /// Seconds pg_ctl-like operations wait (default 60).
     #[serde(deserialize_with = "lenient_opt_int")]
     pub pg_ctl_timeout: Option<u32>,
-    /// When a rewind fails, remove the data directory and clone again.
+    /// When a rewind fails, remove the data directory and clone again (not a lock holder's). Without
+    /// it, a rewind that failed before changing the data directory is retried at the failed-task
+    /// pace, and one that failed after (README, "A pg_rewind that failed after it began changing
+    /// the data directory") leaves the member stopped in state `rewind failed` for an operator.
     #[serde(deserialize_with = "lenient_bool")]
     pub remove_data_directory_on_rewind_failure: bool,
     /// When timelines diverged and rewind is not possible, remove the data directory and clone again.

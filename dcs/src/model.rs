@@ -95,6 +95,11 @@ pub enum MemberState {
     /// pg_rewind in progress.
     #[serde(rename = "rewinding")]
     Rewinding,
+    /// pg_rewind failed after it began changing the data directory: PostgreSQL is not started on
+    /// it until a new base backup replaces it (Praetor's; Patroni has no such state and shows
+    /// `stopped`).
+    #[serde(rename = "rewind failed")]
+    RewindFailed,
     /// A state string this version does not know.
     #[serde(other, rename = "unknown")]
     Unknown,

@@ -1879,6 +1879,8 @@ impl Sim {
                 .filter(|_| self.opts.failsafe_promise),
             promoted: self.pgs[i].promoted.clone(),
             renewals_lapsed_ms: a.renewals_lapsed_ms,
+            // Not modelled: the simulated pg_rewind never fails half-way.
+            rewind_damage: None,
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.count_switchover_from_recovery(view.as_ref(), &me, &d.reason);

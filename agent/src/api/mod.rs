@@ -201,6 +201,10 @@ impl NodeStatus {
         if self.failsafe_active {
             v["failsafe_mode_is_active"] = json!(true);
         }
+        // Praetor's: why PostgreSQL stays stopped and what ends it (Patroni has no such state).
+        if self.state == MemberState::RewindFailed {
+            v["rewind_failure"] = json!(self.last_decision);
+        }
         v
     }
 }

@@ -403,6 +403,9 @@ fn stopped(
     now: Now,
 ) -> Decision {
     let me = cfg.name.as_str();
+    if let Some(d) = rewind_damaged(view, local, cfg) {
+        return d;
+    }
     if holds_lock(view, me) {
         if let Some(d) = standby::start_standby_leader(local, cfg, control) {
             return d;
@@ -575,6 +578,38 @@ fn stopped(
         }
         RejoinPlan::WaitForHistory => decision(vec![], Reason::WaitingForHistory),
     }
+}
+
+/// PostgreSQL is stopped on a data directory a pg_rewind left damaged
+/// ([`super::RewindFailure::Damaged`], [`LocalState::rewind_damage`]): never started, never
+/// rewound again (every later run fails on the truncated WAL, nemesis seed 79). With
+/// `remove_data_directory_on_rewind_failure` it is removed at once to clone again, as Patroni's
+/// `Rewind.execute` does after a failure; without, the member waits for an operator (`ctl
+/// reinit`). Patroni instead retries pg_rewind at each loop after a restart, for ever. A lock holder's
+/// directory is never removed: it gives the lock up instead (a standby leader rewinding from its
+/// remote; a primary never runs pg_rewind).
+fn rewind_damaged(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option<Decision> {
+    let error = local.rewind_damage.as_ref()?;
+    let me = cfg.name.as_str();
+    let holds = holds_lock(view, me);
+    if cfg.remove_data_on_rewind_failure && !holds {
+        return Some(decision(
+            vec![Action::RemoveDataDirectory],
+            Reason::RemovingDataDirectoryAfterRewindFailure,
+        ));
+    }
+    Some(decision(
+        if holds {
+            vec![Action::ReleaseLeader]
+        } else {
+            vec![]
+        },
+        Reason::RewindDamaged {
+            me: me.to_string(),
+            error: error.clone(),
+            releasing_lock: holds,
+        },
+    ))
 }
 
 /// This member holds the lock and PostgreSQL runs.

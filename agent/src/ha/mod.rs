@@ -19,6 +19,7 @@ pub mod lapsed;
 pub mod promotion;
 mod reason;
 mod rejoin;
+pub mod rewind_outcome;
 pub mod slots;
 pub mod standby;
 pub mod sync;
@@ -33,6 +34,7 @@ pub use election::{is_healthiest, PeerStatus};
 pub use promotion::Promotion;
 pub use reason::Reason;
 pub use rejoin::{diverged_vote, rejoin_plan, RejoinPlan};
+pub use rewind_outcome::RewindFailure;
 
 use praetor_config::{DynamicConfig, Tags};
 pub use praetor_dcs::Cluster;
@@ -306,6 +308,11 @@ pub struct LocalState {
     /// when it reads another member holding the lock. `decide` then gives the lock up and holds
     /// off the race for a while ([`lapsed`]); `None`: no lapse (or another member led since).
     pub renewals_lapsed_ms: Option<u64>,
+    /// PostgreSQL is stopped on a data directory a pg_rewind left damaged (it failed after it
+    /// began writing, or was killed mid-way: [`RewindFailure::Damaged`]): the line that says why.
+    /// The runner reads it from the rewind marker next to the data directory, so it survives an
+    /// agent restart; `None`: no such damage (or PostgreSQL runs, or a task runs).
+    pub rewind_damage: Option<String>,
 }
 
 /// The watchdog as `decide` sees it (`watchdog.mode` and the device, reference/patroni.md §6).

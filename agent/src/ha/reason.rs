@@ -256,6 +256,17 @@ pub enum Reason {
     DemotingWatchdogUnavailable,
     /// pg_rewind failed and `remove_data_directory_on_rewind_failure` is set: clone again.
     RemovingDataDirectoryAfterRewindFailure,
+    /// pg_rewind failed after it began changing the data directory ([`super::RewindFailure::Damaged`])
+    /// and `remove_data_directory_on_rewind_failure` is off: PostgreSQL is not started on it, no
+    /// pg_rewind is tried again; an operator must reinitialize the member (or set the key).
+    RewindDamaged {
+        /// This member.
+        me: String,
+        /// What pg_rewind said (its error line), or why the marker says so.
+        error: String,
+        /// This member holds the lock and gives it up (its data directory cannot serve).
+        releasing_lock: bool,
+    },
     /// This member holds WAL past the point where the cluster left its timeline (DCS `history`):
     /// it is not started (nor kept running) as a replica until it can be rewound from a leader.
     Diverged {
@@ -307,6 +318,18 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// True when only an operator can end this state ([`Reason::RewindDamaged`]), also inside a
+    /// paused or paced decision: the runner logs it at error level, once per change.
+    pub fn needs_operator(&self) -> bool {
+        match self {
+            Reason::RewindDamaged { .. } => true,
+            Reason::Paused { inner } | Reason::RetryingTaskLater { inner, .. } => {
+                inner.needs_operator()
+            }
+            _ => false,
+        }
+    }
+
     /// True when this decision waits in a switchover for WAL to arrive ([`Reason::WaitingForCandidateToStream`],
     /// [`Reason::MissingLastLsn`]), also inside a paused or paced decision: the runner then keeps
     /// [`LocalState::switchover_wait_began_ms`](super::LocalState::switchover_wait_began_ms).
@@ -520,6 +543,19 @@ impl fmt::Display for Reason {
                     "stopping to rewind from the leader"
                 } else {
                     "not starting until a leader can rewind it"
+                }
+            ),
+            RewindDamaged {
+                me,
+                error,
+                releasing_lock,
+            } => write!(
+                f,
+                "pg_rewind was interrupted after changing the data directory ({error}): it needs a new base backup: `praetor ctl reinit <cluster> {me}` or set postgresql.remove_data_directory_on_rewind_failure; not starting PostgreSQL on it{}",
+                if *releasing_lock {
+                    ", releasing the leader lock"
+                } else {
+                    ""
                 }
             ),
             RemovingDataDirectoryAfterRewindFailure => f.write_str(

@@ -119,6 +119,7 @@ fn local(postgres: Postgres) -> LocalState {
         starting_read_only: false,
         promoted: None,
         renewals_lapsed_ms: None,
+        rewind_damage: None,
     }
 }
 
@@ -152,6 +153,9 @@ fn cfg() -> HaConfig {
         pg_major: 15,
     }
 }
+
+/// What pg_rewind printed at each attempt after an interrupted one (nemesis seed 79).
+const SEED_79_ERROR: &str = "pg_rewind: error: could not read file \"/tmp/n/pg2/pg_wal/000000020000000000000005\": read 0 of 8192";
 
 const NOW: Now = Now {
     mono_ms: 1_000_000,
@@ -1072,6 +1076,75 @@ fn rows() -> Vec<Row> {
         .expect(vec![], |r| {
             matches!(r, Reason::RetryingTaskLater { in_ms: 10_000, .. })
         }),
+        // --- a pg_rewind that failed after it began writing (nemesis seed 79) ------------------
+        row(
+            "rewind damaged the data directory 15 s ago, no remove_data_directory_on_rewind_failure: no pg_rewind again, no start, say why",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.failed_task = Some((Task::Rewind, NOW.mono_ms - 15_000));
+                l.rewind_damage = Some(SEED_79_ERROR.into());
+            }),
+        )
+        .cfg(|c| c.dynamic.postgresql.use_pg_rewind = true)
+        .expect(vec![], |r| {
+            matches!(r, Reason::RewindDamaged { error, releasing_lock: false, .. } if error == SEED_79_ERROR)
+                && r.to_string().contains("praetor ctl reinit <cluster> pg1")
+                && r.needs_operator()
+        }),
+        row(
+            "agent restarted on a data directory a rewind damaged (marker only), remove_data_directory_on_rewind_failure: remove it to clone at once",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.rewind_damage = Some(SEED_79_ERROR.into());
+            }),
+        )
+        .cfg(|c| {
+            c.dynamic.postgresql.use_pg_rewind = true;
+            c.remove_data_on_rewind_failure = true;
+        })
+        .expect(vec![RemoveDataDirectory], |r| {
+            *r == Reason::RemovingDataDirectoryAfterRewindFailure
+        }),
+        row(
+            "rewind damaged the data directory and the leader is gone: not started read-only either",
+            Some(cluster(None)),
+            with(stopped_with(ClusterState::ShutDownInRecovery, 1, 5000), |l| {
+                l.rewind_damage = Some(SEED_79_ERROR.into());
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::RewindDamaged { .. })),
+        row(
+            "rewind damaged the data directory, the timeline no longer diverges (the leader went back): not started as a replica",
+            Some(cluster(Some("pg2"))),
+            with(stopped_with(ClusterState::ShutDownInRecovery, 1, 5000), |l| {
+                l.rewind_damage = Some(SEED_79_ERROR.into());
+            }),
+        )
+        .expect(vec![], |r| matches!(r, Reason::RewindDamaged { .. })),
+        row(
+            "lock holder on a data directory a rewind damaged, remove_data_directory_on_rewind_failure: the lock is given up, the data kept",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Stopped { control: None }), |l| {
+                l.rewind_damage = Some(SEED_79_ERROR.into());
+            }),
+        )
+        .cfg(|c| c.remove_data_on_rewind_failure = true)
+        .expect(vec![ReleaseLeader], |r| {
+            matches!(r, Reason::RewindDamaged { releasing_lock: true, .. })
+        }),
+        row(
+            "paused, rewind damaged, remove_data_directory_on_rewind_failure: nothing removed in maintenance mode",
+            Some(on_tl2(cluster(Some("pg2")))),
+            with(stopped_with(ClusterState::ShutDown, 1, 5000), |l| {
+                l.rewind_damage = Some(SEED_79_ERROR.into());
+            }),
+        )
+        .cfg(|c| {
+            c.dynamic.pause = true;
+            c.dynamic.postgresql.use_pg_rewind = true;
+            c.remove_data_on_rewind_failure = true;
+        })
+        .expect(vec![], |r| matches!(r, Reason::Paused { .. })),
         row(
             "primary start failed 0.5 s ago: keep the lock, start again after loop_wait",
             Some(cluster(Some(ME))),

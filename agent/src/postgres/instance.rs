@@ -93,6 +93,10 @@ pub fn unix_socket_dir(dirs: Option<&str>, data_dir: &Path) -> PathBuf {
     }
 }
 
+/// The suffix of the rewind marker: `<data_dir>.praetor-rewind`, next to the data directory (see
+/// [`Instance::rewind_marker`]).
+pub const REWIND_MARKER_SUFFIX: &str = ".praetor-rewind";
+
 /// The promotion record's file name in the data directory (see
 /// [`Instance::write_promotion_record`]).
 pub const PROMOTION_RECORD: &str = "praetor.promotion";
@@ -271,6 +275,10 @@ pub struct Instance {
     /// The last parameter translations logged (`wal_keep_segments` → `wal_keep_size`), logged once
     /// per change.
     translations_logged: std::sync::Mutex<Vec<String>>,
+    /// Why the data directory is known damaged by a pg_rewind that failed after it began writing
+    /// ([`crate::ha::RewindFailure::Damaged`]): kept here too in case the marker file could not be
+    /// written ([`Instance::rewind_damage`]).
+    rewind_damage: std::sync::Mutex<Option<String>>,
     /// The local `postgresql.parameters` and `pg_hba` in force: the settings' until a reload of the
     /// configuration file replaces them.
     local: std::sync::Mutex<LocalConfig>,
@@ -316,6 +324,7 @@ impl Instance {
             socket_dirs: std::sync::Mutex::new(None),
             remote_recovery: std::sync::Mutex::new(None),
             translations_logged: std::sync::Mutex::new(Vec::new()),
+            rewind_damage: std::sync::Mutex::new(None),
         }
     }
 
@@ -1205,11 +1214,96 @@ impl Instance {
             "-D".into(),
             self.s.data_dir.clone().into(),
             format!("--source-server={source}").into(),
+            // Only with --progress does pg_rewind print its phase lines (`need to copy ...` when
+            // the copy begins), which tell a failure before the copy from one during it.
+            "--progress".into(),
         ];
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        let (_, stderr) = self.run_capture_both("pg_rewind", &refs).await?;
-        tracing::info!("pg_rewind: {}", stderr.trim().replace('\n', " | "));
-        Ok(())
+        // The marker outlives an agent killed while pg_rewind runs (and the agent's restart): it is
+        // written before pg_rewind starts and removed only when the run is known harmless.
+        let marker = self.rewind_marker();
+        let started = format!(
+            "pg_rewind from {} did not finish (the agent stopped while it ran)\n",
+            from.member
+        );
+        if let Err(e) = std::fs::write(&marker, started) {
+            tracing::warn!(
+                "cannot write {}: {e}; an agent restarted after a pg_rewind interrupted mid-way \
+                 would not know the data directory is damaged",
+                marker.display()
+            );
+        }
+        let (status, stderr) = self.run_output("pg_rewind", &refs).await?;
+        if status.success() {
+            tracing::info!("pg_rewind: {}", stderr.trim().replace(['\n', '\r'], " | "));
+            self.clear_rewind_damage();
+            return Ok(());
+        }
+        let failure = crate::ha::rewind_outcome::classify(&stderr);
+        match failure {
+            crate::ha::RewindFailure::Untouched => self.clear_rewind_damage(),
+            crate::ha::RewindFailure::Damaged => {
+                let line = crate::ha::rewind_outcome::error_line(&stderr);
+                if let Err(e) = std::fs::write(&marker, format!("{line}\n")) {
+                    tracing::warn!("cannot write {}: {e}", marker.display());
+                }
+                *self.rewind_damage.lock().unwrap_or_else(|p| p.into_inner()) = Some(line);
+            }
+        }
+        let mut e = failed_program("pg_rewind".into(), status, &stderr);
+        if let PgError::Command { message, .. } = &mut e {
+            message.push_str(&format!(" (the data directory is {failure:?})"));
+        }
+        Err(e)
+    }
+
+    /// The rewind marker: `<data_dir>.praetor-rewind`, next to the data directory and not in it,
+    /// since pg_rewind removes the target's files that the source lacks, in the very phase that
+    /// can leave it damaged. It holds the line that says why the directory is damaged.
+    pub fn rewind_marker(&self) -> PathBuf {
+        let mut name = self
+            .s
+            .data_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(REWIND_MARKER_SUFFIX);
+        self.s.data_dir.with_file_name(name)
+    }
+
+    /// Why the data directory cannot be used after a pg_rewind that failed after it began writing
+    /// (or was killed: the agent cannot tell how far it got), from the rewind marker or this
+    /// agent's memory; `None`: no such damage known.
+    pub fn rewind_damage(&self) -> Option<String> {
+        let marker = self.rewind_marker();
+        match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let line = text.trim();
+                return Some(if line.is_empty() {
+                    format!("{} exists", marker.display())
+                } else {
+                    line.to_string()
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot read {}: {e}", marker.display()),
+        }
+        self.rewind_damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Forgets a damage left by pg_rewind: it succeeded, failed without writing, or the data
+    /// directory was removed (to clone again, `ctl reinit`).
+    pub fn clear_rewind_damage(&self) {
+        *self.rewind_damage.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let marker = self.rewind_marker();
+        if let Err(e) = std::fs::remove_file(&marker) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", marker.display());
+            }
+        }
     }
 
     /// Runs single-user crash recovery on a stopped data directory whose last shutdown was not clean,
@@ -1782,6 +1876,34 @@ impl Instance {
     }
 
     /// Like [`Instance::run_capture`], returning stdout and stderr.
+    /// Runs `program` and returns its exit status and stderr, whatever the status (an error only
+    /// when it cannot be run).
+    async fn run_output(
+        &self,
+        program: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<(std::process::ExitStatus, String), PgError> {
+        let out = Command::new(self.bin(program))
+            .args(args)
+            .env("LC_ALL", "C")
+            .env("PGPASSFILE", &self.s.pgpass)
+            .env("PGAPPNAME", &self.s.name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| PgError::Command {
+                program: program.into(),
+                message: e.to_string(),
+            })?;
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     async fn run_capture_both(
         &self,
         program: &str,
