@@ -11,7 +11,9 @@
 //! namespaces). The long series is `cargo bench --bench nemesis`.
 //!
 //! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
-//! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build.
+//! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build;
+//! `PRAETOR_NEMESIS_BIN=/path/to/praetor` runs the clusters with another build of the binary (an
+//! older commit's, to show that a seed detects what was fixed since).
 
 use praetor_harness::cluster::DcsKind;
 use praetor_harness::nemesis::fault::FaultKind;
@@ -19,8 +21,21 @@ use praetor_harness::nemesis::history::Mode;
 use praetor_harness::nemesis::runner::{options_from_env, series, NemesisOptions};
 use praetor_harness::nemesis::table::render;
 
+/// The `praetor` executable the clusters run: `$PRAETOR_NEMESIS_BIN` when set (a build of
+/// another commit, to show what a seed detects there), else the one cargo built with this test.
 fn binary() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor"))
+    match std::env::var_os("PRAETOR_NEMESIS_BIN") {
+        Some(bin) => {
+            let bin = std::path::PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "PRAETOR_NEMESIS_BIN: {} is not a file",
+                bin.display()
+            );
+            bin
+        }
+        None => std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor")),
+    }
 }
 
 async fn no_violation(defaults: NemesisOptions, seeds: Vec<u64>) {
