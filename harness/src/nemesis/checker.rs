@@ -34,8 +34,8 @@
 //!   [`recovery_bound`] (Patroni's `ttl + loop_wait + 1 s` for a failover, more where the fault
 //!   itself must run out, less where writes should not stop at all).
 //! - **write gap** (measured, not a violation): the longest time without a write acknowledged
-//!   through the proxy's read-write port from each fault's start to its heal plus its recovery
-//!   bound ([`write_gap`]); compared with [`gap_bound`]. The recovery misses an outage that
+//!   through the proxy's read-write port that begins between each fault's start and its heal plus
+//!   its recovery bound ([`write_gap`]); compared with [`gap_bound`]. The recovery misses an outage that
 //!   begins after the first write following the fault (a leader whose DCS link is slow keeps
 //!   writing until its renewals lapse: issue 14's `slow-dcs`); the gap sees it.
 
@@ -295,23 +295,54 @@ fn own_gap_bound(history: &History, f: &FaultRecord) -> Duration {
     }
 }
 
-/// The longest time without a write acknowledged through the proxy's read-write port within
-/// fault `f`'s window: from its start to its heal plus its [`recovery_bound`] (an outage that
-/// outlasts the heal is the fault's too), cut at the next fault that does not overlap it and at
-/// the run's end: `(its start, its length)`. A window without any acknowledgement is one gap.
+/// The longest time without a write acknowledged through the proxy's read-write port that
+/// begins within fault `f`'s window, from its start to its heal plus its [`recovery_bound`] (an
+/// outage that outlasts the heal is the fault's too): `(its start, its length)`. A gap still open
+/// at the window's end runs on to the next acknowledgement (a cluster that lost its leader again
+/// right after the heal is still down), but never past the next fault that does not overlap `f`
+/// nor the run's end.
 pub fn write_gap(history: &History, f: &FaultRecord) -> (Duration, Duration) {
+    let rw = |c: &Channel| *c == Channel::ProxyRw;
     let next = history
         .faults
         .iter()
         .filter(|g| g.start > f.heal)
         .map(|g| g.start)
         .min()
-        .unwrap_or(Duration::MAX);
-    let to = (f.heal + recovery_bound(history, f))
-        .min(next)
+        .unwrap_or(Duration::MAX)
         .min(history.end)
         .max(f.start);
-    longest_gap(history, f.start, to, &|c: &Channel| *c == Channel::ProxyRw)
+    let window_end = (f.heal + recovery_bound(history, f)).min(next);
+    let to = history
+        .ops
+        .iter()
+        .filter(|o| rw(&o.channel) && o.acked_on().is_some() && o.end >= window_end)
+        .map(|o| o.end)
+        .min()
+        .unwrap_or(next)
+        .min(next);
+    longest_gap(history, f.start, to, &rw)
+}
+
+/// The first write acknowledged through the proxy's read-write port while fault `f` held (ending
+/// after its start, at or before its heal) by another member than the one that acknowledged the
+/// last such write before it: `(member, timeline, when)`; `None` when there was none (or no write
+/// before the fault). For a fault that must move the leadership while it holds (`slow-dcs`: a
+/// leader whose DCS link is slow must hand its lock on, not keep it and cycle through stops and
+/// promotions until the heal), a fact that does not hang on how loaded the machine is, as long as
+/// the fault holds longer than a failover.
+pub fn handed_over_during(history: &History, f: &FaultRecord) -> Option<(String, u32, Duration)> {
+    let mut acks: Vec<(Duration, &str, u32)> = history
+        .ops
+        .iter()
+        .filter(|o| o.channel == Channel::ProxyRw)
+        .filter_map(|o| o.acked_on().map(|(m, tl)| (o.end, m, tl)))
+        .collect();
+    acks.sort();
+    let (_, before, _) = acks.iter().rev().find(|(end, _, _)| *end <= f.start)?;
+    acks.iter()
+        .find(|(end, m, _)| *end > f.start && *end <= f.heal && m != before)
+        .map(|(end, m, tl)| (m.to_string(), *tl, *end))
 }
 
 /// The longest round trip of a slow or lossy replication link: twice the largest delay
@@ -1651,15 +1682,28 @@ mod tests {
         assert_eq!(r.violations, vec![], "{r:?}");
         assert_eq!(r.recoveries[0].gap, ms(3500));
         assert!(!r.recoveries[0].gap_over_bound);
+        assert_eq!(
+            handed_over_during(&h, &h.faults[0]),
+            Some(("pg2".to_string(), 2, ms(7410)))
+        );
+        // Before the rule, pg1 itself wrote again (on a new timeline) before the heal: no
+        // handover.
+        let mut ops = writes(1, 0, 3000, "pg1", 1);
+        ops.extend(writes(1000, 12_000, 13_000, "pg1", 2));
+        ops.extend(writes(2000, 30_000, 40_000, "pg1", 3));
+        h.ops = ops;
+        assert_eq!(handed_over_during(&h, &h.faults[0]), None);
     }
 
     #[test]
     fn the_write_gap_window_runs_past_the_heal_and_stops_at_the_next_fault_and_the_end() {
         // A replica killed at 1 s (bound 1 s under async), restarted at 2 s: the window is
-        // 1..3 s; no write at all in it is one gap of 2 s.
-        let mut h = history(Mode::Async, writes(1, 0, 1000, "pg1", 1), &[]);
+        // 1..3 s; no write in it, the gap runs on to the next write, acknowledged at 5.01 s.
+        let mut ops = writes(1, 0, 1000, "pg1", 1);
+        ops.push(insert(50, 5000, 5010, "pg1", 1));
+        let mut h = history(Mode::Async, ops, &[]);
         h.faults = vec![fault(FaultKind::Kill, false, 1000, 2000)];
-        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(2000)));
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(4010)));
         // The next fault at 2.5 s ends it there.
         h.faults.push(fault(FaultKind::Freeze, true, 2500, 4000));
         assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(1500)));
@@ -1678,14 +1722,17 @@ mod tests {
             1,
         ));
         h.ops.push(direct(98, 1500, 1510, "pg1", 1));
-        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(2000)));
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(4010)));
+        // A gap that begins after the window is not the fault's.
+        h.ops.extend(writes(100, 1000, 4000, "pg1", 1));
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1010), ms(100)));
     }
 
     #[test]
     fn a_quorum_loss_bound_counts_from_when_the_dcs_accepted_requests_again() {
         // Lost 100..6000 ms; the first write after the heal at 15.5 s (9.5 s after it).
         let mut ops = writes(1, 0, 2000, "pg1", 1);
-        ops.extend(writes(1000, 15_490, 17_000, "pg2", 2));
+        ops.extend(writes(1000, 15_490, 20_000, "pg2", 2));
         let mut h = history(Mode::Async, ops, &[]);
         h.final_state = None;
         h.faults = vec![dcs_fault(FaultKind::DcsQuorumLoss, 100, 6000)];
