@@ -8,7 +8,8 @@
 //! replication too, where it must lose no commit either); and the seeds that once found
 //! violations; a seed drawing DCS blips and a DCS member stop, through which the leader must stay
 //! undisturbed; a seed drawing the leader's DCS links slowed but alive (`slow-dcs`, ZooKeeper, in
-//! namespaces). The long series is `cargo bench --bench nemesis`.
+//! namespaces); and the runner's probe of a DCS accepting requests again after a quorum loss, on
+//! a real etcd and ZooKeeper. The long series is `cargo bench --bench nemesis`.
 //!
 //! `PRAETOR_NEMESIS_SEEDS=N` runs seeds 1..=N instead, `PRAETOR_NEMESIS_SEED=N` seed N alone (and `PRAETOR_NEMESIS_DCS`, `_MODE`,
 //! `_FAULTS`, `_FAULTS_PER_RUN`, `_NETNS` as in the benchmark), to run a series on a debug build;
@@ -16,7 +17,9 @@
 //! older commit's, to show that a seed detects what was fixed since).
 
 use praetor_harness::cluster::DcsKind;
+use praetor_harness::dcs::LocalDcs;
 use praetor_harness::nemesis::checker::handed_over_during;
+use praetor_harness::nemesis::dcs_probe::first_acceptance;
 use praetor_harness::nemesis::fault::FaultKind;
 use praetor_harness::nemesis::history::Mode;
 use praetor_harness::nemesis::runner::{options_from_env, series, NemesisOptions};
@@ -223,3 +226,37 @@ async fn a_replica_whose_stream_was_cut_while_the_leader_was_silent_streams_agai
 /// the leader's host, then a 12 s freeze of the leader, from every kind (the benchmark's default
 /// series with network namespaces).
 const HALF_OPEN_SEED: u64 = 54;
+
+/// The runner's probe of when a DCS accepts requests again after a quorum loss
+/// (`nemesis::dcs_probe`, what a quorum loss's bound counts from), on a real 3-server etcd and
+/// ZooKeeper: it answers while the DCS has its quorum, gets no answer from the one server left
+/// while two are stopped, and answers again once they are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dcs_probe_answers_only_while_the_dcs_has_a_quorum() {
+    use std::time::Duration;
+    for kind in [DcsKind::EtcdCluster3, DcsKind::ZooKeeperEnsemble3] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut dcs = LocalDcs::start(kind, dir.path())
+            .await
+            .expect("the DCS starts");
+        let (section, hosts) = dcs.section_and_hosts();
+        let probe = |give_up| first_acceptance(section, hosts.clone(), give_up);
+        probe(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?} with its quorum: {e}"));
+        dcs.stop_member(0);
+        dcs.stop_member(1);
+        let lost = probe(Duration::from_secs(3)).await;
+        assert!(
+            lost.is_err(),
+            "{kind:?} without a quorum answered: {lost:?}"
+        );
+        dcs.start_member(0).await.expect("start server 1 again");
+        dcs.start_member(1).await.expect("start server 2 again");
+        let back = probe(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?} after the quorum came back: {e}"));
+        println!("{kind:?}: accepted requests {back:?} after its servers were started again");
+        dcs.stop();
+    }
+}
