@@ -33,6 +33,11 @@
 //!   acknowledged through the proxy that was sent after it; compared with the fault's bound,
 //!   [`recovery_bound`] (Patroni's `ttl + loop_wait + 1 s` for a failover, more where the fault
 //!   itself must run out, less where writes should not stop at all).
+//! - **write gap** (measured, not a violation): the longest time without a write acknowledged
+//!   through the proxy's read-write port that begins between each fault's start and its heal plus
+//!   its recovery bound ([`write_gap`]); compared with [`gap_bound`]. The recovery misses an outage that
+//!   begins after the first write following the fault (a leader whose DCS link is slow keeps
+//!   writing until its renewals lapse: issue 14's `slow-dcs`); the gap sees it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -111,6 +116,13 @@ pub struct Recovery {
     pub overlapped: bool,
     /// `after` exceeded `bound`.
     pub over_bound: bool,
+    /// The longest time without a write acknowledged through the proxy's read-write port in the
+    /// fault's window ([`write_gap`]).
+    pub gap: Duration,
+    /// The gap's bound ([`gap_bound`]).
+    pub gap_bound: Duration,
+    /// `gap` exceeded `gap_bound`.
+    pub gap_over_bound: bool,
 }
 
 /// The verdict on one run.
@@ -169,7 +181,11 @@ const SLACK: Duration = Duration::from_secs(1);
 ///   deadline, [`super::fault::BLIP_MARGIN`]) and writes never need the DCS (`loop_wait + 1 s`);
 ///   more means the leader needlessly stepped down.
 /// - **DCS quorum loss**, from the heal: the failover bound, since a lock held at the loss may
-///   live on for up to `ttl` once the quorum is back.
+///   live on for up to `ttl` once the quorum is back, counted from when the DCS accepted requests
+///   again ([`FaultRecord::dcs_available_at`], when later than the heal): the servers' own
+///   election and their accepting sessions again is the DCS's recovery, not the agents' (no agent
+///   can renew, release or take a lock before it; ZooKeeper took up to ~11 s after the heal at
+///   load ~30, docs/nemesis-tables.md), so the bound adds that time to the failover bound.
 /// - **proxy restart**: the proxy is down for the hold, then reads the leader from the DCS
 ///   (`hold + 2 s`).
 /// - **replication link slow or lossy** (always a replica's): asynchronous, `1 s`; under
@@ -221,7 +237,7 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
         }
         FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink => SLACK,
         FaultKind::DcsMemberStop | FaultKind::DcsBlip => loop_wait + SLACK,
-        FaultKind::DcsQuorumLoss => failover,
+        FaultKind::DcsQuorumLoss => dcs_recovery(f) + failover,
         FaultKind::ProxyRestart => hold + 2 * SLACK,
         FaultKind::ReplicationSlow | FaultKind::ReplicationLossy if sync => {
             REPLICATION_ROUND_TRIP + SLACK
@@ -232,6 +248,101 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
         }
         FaultKind::Switchover => failover,
     }
+}
+
+/// How long after its heal the DCS accepted requests again ([`FaultRecord::dcs_available_at`]),
+/// zero when it did so at once or was not probed.
+fn dcs_recovery(f: &FaultRecord) -> Duration {
+    f.dcs_available_at
+        .map_or(Duration::ZERO, |at| at.saturating_sub(f.heal))
+}
+
+/// The bound on the longest write gap in fault `f`'s window ([`write_gap`]), per kind, and why;
+/// a fault overlapping others gets its bound plus theirs, as in [`recovery_bound`]:
+///
+/// - **slow DCS links of the leader** (slow-dcs): its renewals lapse at its demotion deadline,
+///   at most `loop_wait + retry_timeout` after its last renewal before the fault (writes may stop
+///   from then on: its deadline guard stops PostgreSQL); then a failover: the leader gives the
+///   lock up at its next (slow) read, or the lock expires, `ttl` after a last renewal, a replica
+///   sees it within `loop_wait` and takes it (`ttl + loop_wait + 1 s`), and its PostgreSQL is
+///   promoted and the proxy routes to it (one more [`SLACK`]: a start). Before the rule that
+///   hands the lock on (agent/src/ha/lapsed.rs) the leader kept it and cycled through
+///   promotions and stops until the heal, 20-30 s.
+/// - **DCS quorum loss**: writes may stop from the loss (the leader stops at its deadline) until
+///   its recovery ends: the hold plus [`recovery_bound`]'s (which counts from the heal, or from
+///   when the DCS accepted requests again).
+/// - every other kind: its recovery bound. Those are measured from the fault's start and bound
+///   the time for writes to resume once a fault stopped them; a second outage within the window
+///   is the same fault's and gets no more.
+pub fn gap_bound(history: &History, f: &FaultRecord) -> Duration {
+    let own = own_gap_bound(history, f);
+    history
+        .faults
+        .iter()
+        .filter(|g| f.overlaps(g))
+        .map(|g| own_gap_bound(history, g))
+        .fold(own, |b, g| b + g)
+}
+
+fn own_gap_bound(history: &History, f: &FaultRecord) -> Duration {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    let (ttl, loop_wait) = (secs(history.ttl_secs), secs(history.loop_wait_secs));
+    let lapse = loop_wait + secs(history.retry_timeout_secs);
+    match f.kind {
+        FaultKind::SlowDcs => lapse + ttl + loop_wait + SLACK + SLACK,
+        FaultKind::DcsQuorumLoss => f.heal.saturating_sub(f.start) + own_bound(history, f),
+        _ => own_bound(history, f),
+    }
+}
+
+/// The longest time without a write acknowledged through the proxy's read-write port that
+/// begins within fault `f`'s window, from its start to its heal plus its [`recovery_bound`] (an
+/// outage that outlasts the heal is the fault's too): `(its start, its length)`. A gap still open
+/// at the window's end runs on to the next acknowledgement (a cluster that lost its leader again
+/// right after the heal is still down), but never past the next fault that does not overlap `f`
+/// nor the run's end.
+pub fn write_gap(history: &History, f: &FaultRecord) -> (Duration, Duration) {
+    let rw = |c: &Channel| *c == Channel::ProxyRw;
+    let next = history
+        .faults
+        .iter()
+        .filter(|g| g.start > f.heal)
+        .map(|g| g.start)
+        .min()
+        .unwrap_or(Duration::MAX)
+        .min(history.end)
+        .max(f.start);
+    let window_end = (f.heal + recovery_bound(history, f)).min(next);
+    let to = history
+        .ops
+        .iter()
+        .filter(|o| rw(&o.channel) && o.acked_on().is_some() && o.end >= window_end)
+        .map(|o| o.end)
+        .min()
+        .unwrap_or(next)
+        .min(next);
+    longest_gap(history, f.start, to, &rw)
+}
+
+/// The first write acknowledged through the proxy's read-write port while fault `f` held (ending
+/// after its start, at or before its heal) by another member than the one that acknowledged the
+/// last such write before it: `(member, timeline, when)`; `None` when there was none (or no write
+/// before the fault). For a fault that must move the leadership while it holds (`slow-dcs`: a
+/// leader whose DCS link is slow must hand its lock on, not keep it and cycle through stops and
+/// promotions until the heal), a fact that does not hang on how loaded the machine is, as long as
+/// the fault holds longer than a failover.
+pub fn handed_over_during(history: &History, f: &FaultRecord) -> Option<(String, u32, Duration)> {
+    let mut acks: Vec<(Duration, &str, u32)> = history
+        .ops
+        .iter()
+        .filter(|o| o.channel == Channel::ProxyRw)
+        .filter_map(|o| o.acked_on().map(|(m, tl)| (o.end, m, tl)))
+        .collect();
+    acks.sort();
+    let (_, before, _) = acks.iter().rev().find(|(end, _, _)| *end <= f.start)?;
+    acks.iter()
+        .find(|(end, m, _)| *end > f.start && *end <= f.heal && m != before)
+        .map(|(end, m, tl)| (m.to_string(), *tl, *end))
 }
 
 /// The longest round trip of a slow or lossy replication link: twice the largest delay
@@ -791,6 +902,7 @@ fn check_recovery(history: &History, report: &mut Report) {
                 ),
             });
         }
+        let (gap, gap_bound) = (write_gap(history, f).1, gap_bound(history, f));
         report.recoveries.push(Recovery {
             kind: f.kind,
             at: f.start,
@@ -799,6 +911,9 @@ fn check_recovery(history: &History, report: &mut Report) {
             overlapped: history.faults.iter().any(|g| f.overlaps(g)),
             over_bound: after.is_some_and(|a| a > bound),
             after,
+            gap,
+            gap_bound,
+            gap_over_bound: gap > gap_bound,
         });
     }
 }
@@ -980,6 +1095,7 @@ mod tests {
             heal: ms(heal),
             on_leader,
             replica_with_leader: false,
+            dcs_available_at: None,
         }
     }
 
@@ -1185,6 +1301,7 @@ mod tests {
             heal: ms(heal),
             on_leader: false,
             replica_with_leader: false,
+            dcs_available_at: None,
         }
     }
 
@@ -1453,6 +1570,7 @@ mod tests {
             heal: ms(2000),
             on_leader: true,
             replica_with_leader: false,
+            dcs_available_at: None,
         }];
         let r = check(&h);
         assert_eq!(r.violations, vec![]);
@@ -1510,6 +1628,139 @@ mod tests {
         assert_eq!(check(&h).recoveries[0].after, Some(ms(20)));
     }
 
+    /// Inserts through the read-write port every 100 ms from `from` to `to` (ms), acknowledged
+    /// by `server` on timeline `tl`, ids from `first_id`.
+    fn writes(first_id: i64, from: u64, to: u64, server: &str, tl: u32) -> Vec<Op> {
+        (from..to)
+            .step_by(100)
+            .enumerate()
+            .map(|(i, t)| insert(first_id + i as i64, t, t + 10, server, tl))
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_dcs_outage_after_the_first_write_shows_in_the_write_gap_not_the_recovery() {
+        // The leader's DCS links slowed 1..29 s. Before the rule that hands the lock on: pg1
+        // acknowledges until 3 s, then cycles through stops and promotions until the heal and
+        // writes again at 30 s (27 s without writes).
+        let mut ops = writes(1, 0, 3000, "pg1", 1);
+        ops.extend(writes(1000, 30_000, 40_000, "pg1", 2));
+        let ids: Vec<i64> = ops
+            .iter()
+            .filter_map(|o| match o.kind {
+                OpKind::Insert { id } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let mut h = history(Mode::Strict, ops, &ids);
+        h.faults = vec![fault(FaultKind::SlowDcs, true, 1000, 29_000)];
+        // lapse (loop_wait 1 + retry_timeout 2) + ttl 6 + loop_wait 1 + 1 s + a start 1 s.
+        assert_eq!(gap_bound(&h, &h.faults[0]), ms(12_000));
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(2910), ms(27_100)));
+        let r = check(&h);
+        assert_eq!(r.violations, vec![], "{r:?}");
+        let rec = &r.recoveries[0];
+        assert!(
+            !rec.over_bound,
+            "the first write after the fault came at once: {rec:?}"
+        );
+        assert!(rec.gap_over_bound, "{rec:?}");
+        assert_eq!(rec.gap, ms(27_100));
+        // With the rule: pg1 steps aside at 4 s, pg2 writes on timeline 2 from 7.4 s.
+        let mut ops = writes(1, 0, 4000, "pg1", 1);
+        ops.extend(writes(1000, 7400, 40_000, "pg2", 2));
+        let ids: Vec<i64> = ops
+            .iter()
+            .filter_map(|o| match o.kind {
+                OpKind::Insert { id } => Some(id),
+                _ => None,
+            })
+            .collect();
+        let mut h = history(Mode::Strict, ops, &ids);
+        h.faults = vec![fault(FaultKind::SlowDcs, true, 1000, 29_000)];
+        let r = check(&h);
+        assert_eq!(r.violations, vec![], "{r:?}");
+        assert_eq!(r.recoveries[0].gap, ms(3500));
+        assert!(!r.recoveries[0].gap_over_bound);
+        assert_eq!(
+            handed_over_during(&h, &h.faults[0]),
+            Some(("pg2".to_string(), 2, ms(7410)))
+        );
+        // Before the rule, pg1 itself wrote again (on a new timeline) before the heal: no
+        // handover.
+        let mut ops = writes(1, 0, 3000, "pg1", 1);
+        ops.extend(writes(1000, 12_000, 13_000, "pg1", 2));
+        ops.extend(writes(2000, 30_000, 40_000, "pg1", 3));
+        h.ops = ops;
+        assert_eq!(handed_over_during(&h, &h.faults[0]), None);
+    }
+
+    #[test]
+    fn the_write_gap_window_runs_past_the_heal_and_stops_at_the_next_fault_and_the_end() {
+        // A replica killed at 1 s (bound 1 s under async), restarted at 2 s: the window is
+        // 1..3 s; no write in it, the gap runs on to the next write, acknowledged at 5.01 s.
+        let mut ops = writes(1, 0, 1000, "pg1", 1);
+        ops.push(insert(50, 5000, 5010, "pg1", 1));
+        let mut h = history(Mode::Async, ops, &[]);
+        h.faults = vec![fault(FaultKind::Kill, false, 1000, 2000)];
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(4010)));
+        // The next fault at 2.5 s ends it there.
+        h.faults.push(fault(FaultKind::Freeze, true, 2500, 4000));
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(1500)));
+        // As does the run's end.
+        h.faults.truncate(1);
+        h.end = ms(1800);
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(800)));
+        // Writes on the auto port or a direct probe do not close a read-write gap.
+        h.end = ms(60_000);
+        h.ops.push(ok(
+            OpKind::Insert { id: 99 },
+            Channel::ProxyAuto,
+            1500,
+            1510,
+            "pg1",
+            1,
+        ));
+        h.ops.push(direct(98, 1500, 1510, "pg1", 1));
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1000), ms(4010)));
+        // A gap that begins after the window is not the fault's.
+        h.ops.extend(writes(100, 1000, 4000, "pg1", 1));
+        assert_eq!(write_gap(&h, &h.faults[0]), (ms(1010), ms(100)));
+    }
+
+    #[test]
+    fn a_quorum_loss_bound_counts_from_when_the_dcs_accepted_requests_again() {
+        // Lost 100..6000 ms; the first write after the heal at 15.5 s (9.5 s after it).
+        let mut ops = writes(1, 0, 2000, "pg1", 1);
+        ops.extend(writes(1000, 15_490, 20_000, "pg2", 2));
+        let mut h = history(Mode::Async, ops, &[]);
+        h.final_state = None;
+        h.faults = vec![dcs_fault(FaultKind::DcsQuorumLoss, 100, 6000)];
+        let bound = |h: &History| recovery_bound(h, &h.faults[0]);
+        let rec = |h: &History| check(h).recoveries[0].clone();
+        // Not probed: the failover bound from the heal (6 + 1 + 1 s); 9.5 s is over it.
+        assert_eq!(bound(&h), ms(8000));
+        assert_eq!(rec(&h).after, Some(ms(9500)));
+        assert!(rec(&h).over_bound);
+        // The ensemble accepted requests 4 s after the heal: the bound is 4 + 8 s.
+        h.faults[0].dcs_available_at = Some(ms(10_000));
+        assert_eq!(bound(&h), ms(12_000));
+        assert_eq!(
+            rec(&h).after,
+            Some(ms(9500)),
+            "still measured from the heal"
+        );
+        assert!(!rec(&h).over_bound);
+        // The write gap: from the last write before the loss to the first after it, against
+        // the hold (5.9 s) plus the recovery bound.
+        assert_eq!(gap_bound(&h, &h.faults[0]), ms(5900 + 12_000));
+        assert_eq!(rec(&h).gap, ms(15_490 + 10 - 1910));
+        assert!(!rec(&h).gap_over_bound);
+        // At once (or recorded before the heal, which the probe cannot do): nothing added.
+        h.faults[0].dcs_available_at = Some(ms(5000));
+        assert_eq!(bound(&h), ms(8000));
+    }
+
     #[test]
     fn a_fault_after_which_no_proxy_write_is_acknowledged_is_no_recovery() {
         let mut h = history(Mode::Async, failover_ops(), &[1, 2, 3, 4]);
@@ -1520,6 +1771,7 @@ mod tests {
             heal: ms(9600),
             on_leader: false,
             replica_with_leader: false,
+            dcs_available_at: None,
         }];
         let r = check(&h);
         assert_eq!(kinds(&r), vec![ViolationKind::NoRecovery]);

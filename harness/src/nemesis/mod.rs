@@ -9,6 +9,7 @@
 //!   with hosts of their own plugs in for the network faults.
 //! - [`workload`]: the clients (tokio-postgres) recording every operation.
 //! - [`runner`]: one run of one seed.
+//! - [`dcs_probe`]: when the DCS accepts requests again after a quorum loss healed.
 //! - [`table`]: the summary of many runs per fault kind.
 //! - [`slot_workload`]: the logical slot's writer, consumer and copy poller
 //!   (`PRAETOR_NEMESIS_SLOTS=1`).
@@ -17,6 +18,7 @@
 //! Entry points: `cargo bench --bench nemesis` and the CI test `tests/nemesis.rs`.
 
 pub mod checker;
+pub mod dcs_probe;
 pub mod fault;
 pub mod history;
 pub mod runner;

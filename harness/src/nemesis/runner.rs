@@ -176,11 +176,16 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
     let result = run_on(&mut cluster, options, seed, wall).await;
     let keep = match &result {
         // A final read that failed at first is kept too, to see why the leader refused; with
-        // `PRAETOR_NEMESIS_KEEP_SLOW=1` a run with a recovery over its bound too (to read why).
+        // `PRAETOR_NEMESIS_KEEP_SLOW=1` a run with a recovery or a write gap over its bound too
+        // (to read why).
         Ok(r) => {
             !r.report.violations.is_empty()
                 || !r.history.final_read_failures.is_empty()
-                || (keep_slow() && r.report.recoveries.iter().any(|rec| rec.over_bound))
+                || (keep_slow()
+                    && r.report
+                        .recoveries
+                        .iter()
+                        .any(|rec| rec.over_bound || rec.gap_over_bound))
         }
         Err(_) => true,
     };
@@ -198,6 +203,10 @@ pub async fn run(binary: &Path, options: &NemesisOptions, seed: u64) -> Result<R
 fn keep_slow() -> bool {
     std::env::var("PRAETOR_NEMESIS_KEEP_SLOW").is_ok_and(|v| v == "1")
 }
+
+/// How long after a quorum loss's heal the runner probes the DCS for a server accepting requests
+/// ([`super::dcs_probe`]); longer than any election seen (ZooKeeper: up to ~11 s at load ~30).
+const DCS_PROBE_LIMIT: Duration = Duration::from_secs(60);
 
 async fn run_on(
     cluster: &mut LocalCluster,
@@ -356,6 +365,7 @@ async fn run_on(
                     planned.target,
                     Target::Split { with_leader, .. } if with_leader > 0
                 ),
+                dcs_available_at: None,
             });
         }
         // Heal each when its hold ends, the earliest first.
@@ -363,6 +373,7 @@ async fn run_on(
         // A switchover heals when its answer comes, after the group's other faults have healed
         // on their own schedule.
         let mut asked = Vec::new();
+        let mut probes = Vec::new();
         for (until, applied, index) in held {
             if let Applied::Switchover(ask) = applied {
                 asked.push((ask, index));
@@ -371,6 +382,14 @@ async fn run_on(
             tokio::time::sleep_until(until.into()).await;
             heal(cluster, &mut proxy, applied).await?;
             faults[index].heal = workload.now();
+            // The DCS's own recovery after a quorum loss (an election, sessions accepted again)
+            // is not the agents': probed from the heal, in a task so the group's other fault
+            // heals on time (checker::recovery_bound counts from the later of the two).
+            if faults[index].kind == FaultKind::DcsQuorumLoss {
+                let (section, hosts) = cluster.dcs().section_and_hosts();
+                let probe = super::dcs_probe::first_acceptance(section, hosts, DCS_PROBE_LIMIT);
+                probes.push((tokio::spawn(probe), index));
+            }
         }
         for (ask, index) in asked {
             let (target, answered) = ask
@@ -381,7 +400,23 @@ async fn run_on(
             faults[index].target = target;
         }
         let heal_at = workload.now();
-        match converged(cluster, options).await {
+        let converged_or_not = converged(cluster, options).await;
+        for (probe, index) in probes {
+            let f = &mut faults[index];
+            match probe.await {
+                Ok(Ok(after)) => {
+                    eprintln!(
+                        "nemesis seed {seed}: the DCS accepted requests {:.1}s after the heal of {}",
+                        after.as_secs_f64(),
+                        f.kind
+                    );
+                    f.dcs_available_at = Some(f.heal + after);
+                }
+                Ok(Err(e)) => eprintln!("nemesis seed {seed}: {e}"),
+                Err(e) => eprintln!("nemesis seed {seed}: the DCS probe's task: {e}"),
+            }
+        }
+        match converged_or_not {
             Ok(leader) => {
                 last_leader = Some(leader);
                 convergence.push(Convergence::Converged {
@@ -914,6 +949,16 @@ pub async fn series(
                         rec.at.as_secs_f64(),
                         rec.after.unwrap_or_default().as_secs_f64(),
                         rec.bound.as_secs_f64()
+                    );
+                }
+                for rec in r.report.recoveries.iter().filter(|rec| rec.gap_over_bound) {
+                    eprintln!(
+                        "nemesis seed {seed}: gap over bound: {}{} at {:.1}s no read-write proxy write for {:.2}s > {:.2}s",
+                        rec.kind.name(),
+                        if rec.on_leader { "@leader" } else { "" },
+                        rec.at.as_secs_f64(),
+                        rec.gap.as_secs_f64(),
+                        rec.gap_bound.as_secs_f64()
                     );
                 }
                 done.push(r);

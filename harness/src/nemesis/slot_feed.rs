@@ -207,6 +207,7 @@ mod tests {
             heal: s(start + 10),
             on_leader: true,
             replica_with_leader: false,
+            dcs_available_at: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The summary of many runs: one row per fault kind and target (the leader, a replica; alone or
 //! overlapping another fault): faults applied, violations, recoveries over their bound, the
-//! largest bound, recovery p50/p99/max; and the seed of every violation.
+//! largest bound, recovery p50/p99/max, and the longest write gap in a fault's window
+//! ([`super::checker::write_gap`]): how many ran over their bound, the row's largest bound, the
+//! longest; and the seed of every violation.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -80,6 +82,9 @@ pub fn render(runs: &[RunResult], failed: &[(u64, String)]) -> String {
         over: usize,
         bound: Duration,
         recoveries: Vec<Duration>,
+        gap_over: usize,
+        gap_bound: Duration,
+        gap_max: Duration,
     }
     // Keyed by (kind, label) so rows list in the kinds' order.
     let mut rows: BTreeMap<(Option<FaultKind>, String), Row> = BTreeMap::new();
@@ -97,6 +102,9 @@ pub fn render(runs: &[RunResult], failed: &[(u64, String)]) -> String {
             row.over += usize::from(rec.over_bound);
             row.bound = row.bound.max(rec.bound);
             row.recoveries.extend(rec.after);
+            row.gap_over += usize::from(rec.gap_over_bound);
+            row.gap_bound = row.gap_bound.max(rec.gap_bound);
+            row.gap_max = row.gap_max.max(rec.gap);
         }
         for v in &r.report.violations {
             let f = attribute(&r.history, v.at);
@@ -126,14 +134,24 @@ pub fn render(runs: &[RunResult], failed: &[(u64, String)]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<30} {:>5} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7}",
-        "fault", "faults", "violations", "over bound", "bound s", "p50 s", "p99 s", "max s"
+        "{:<30} {:>5} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>11} {:>9}",
+        "fault",
+        "faults",
+        "violations",
+        "over bound",
+        "bound s",
+        "p50 s",
+        "p99 s",
+        "max s",
+        "gap over",
+        "gap bound s",
+        "gap max s"
     );
     for ((_, name), row) in &mut rows {
         row.recoveries.sort();
         let _ = writeln!(
             out,
-            "{:<30} {:>5} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7}",
+            "{:<30} {:>5} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>8} {:>11} {:>9}",
             name,
             row.applied,
             row.violations,
@@ -142,6 +160,9 @@ pub fn render(runs: &[RunResult], failed: &[(u64, String)]) -> String {
             secs(quantile(&row.recoveries, 0.5)),
             secs(quantile(&row.recoveries, 0.99)),
             secs(row.recoveries.last().copied()),
+            row.gap_over,
+            secs((row.applied > 0).then_some(row.gap_bound)),
+            secs((row.applied > 0).then_some(row.gap_max)),
         );
     }
     let acked: usize = runs.iter().map(|r| r.report.acknowledged).sum();
