@@ -1556,6 +1556,11 @@ impl Sim {
                 nofailover: self.nofailover == Some(i),
                 ..Tags::default()
             },
+            holding_off_ms: ha::lapsed::hold_off_left_ms(
+                a.renewals_lapsed_ms,
+                &self.dynamic,
+                self.now,
+            ),
             ..Default::default()
         };
         if a.task.is_none() && pg.running() {
@@ -1779,6 +1784,14 @@ impl Sim {
                 nofailover: self.nofailover == Some(j),
                 failover_priority: 1,
                 diverged: diverged.is_some(),
+                // As the agent's `/patroni` (`holding_off_ms`): within the hold-off after its
+                // renewals lapsed, as the runner publishes it.
+                holding_off: ha::lapsed::hold_off_left_ms(
+                    a.renewals_lapsed_ms,
+                    &self.dynamic,
+                    self.now,
+                )
+                .is_some(),
             });
         }
         out
