@@ -641,6 +641,81 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
     healthy_again(&c).await;
 }
 
+/// Issue 14, the other members' side of a hold-off. The leader's link to the DCS turns slow but
+/// alive (its relay delays every chunk 450 ms each way): its renewals miss the demotion deadline
+/// while its etcd lease, and so its member key, live on. It gives the lock up and holds off the
+/// race for `ttl`, its PostgreSQL back up read-only, answering its REST API. It outranks the others
+/// (`failover_priority: 2` at the same WAL position, as a former leader ahead on WAL under
+/// asynchronous replication does), so under the old rule they found it healthier, waited, and the
+/// next lock holder was pg1 itself once its hold-off ended (or nobody). It publishes the hold-off
+/// (`holding_off_ms` in `/patroni`) and nobody defers to it: the next lock holder is another member.
+#[tokio::test]
+async fn a_leader_holding_off_after_lapsed_renewals_is_not_waited_for_by_the_members_it_outranks() {
+    let c = healthy_cluster(ClusterOptions {
+        dcs_relay: true,
+        tags: vec![(0, "failover_priority: 2".into())],
+        ..Default::default()
+    })
+    .await;
+    make_leader(&c, "pg1").await;
+    replicas_caught_up(&c, "pg1").await;
+    let d = dcs(&c).await;
+    c.relay("pg1").set_delay(Duration::from_millis(450));
+    // The lock leaves pg1 while its member key is still there: released, not expired (an expired
+    // lease takes the member key with it, and then nobody asks pg1 anything).
+    let after = wait_for(
+        "pg1 to give the lock up",
+        Duration::from_secs(90),
+        || async {
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            match cl.leader.as_ref().map(|l| l.name.clone()) {
+                Some(l) if l == "pg1" => Err("pg1 holds it".to_string()),
+                other => Ok((other, cl.member("pg1").is_some())),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        after.1,
+        "pg1's member key expired with the lock: its lease did not live on, no hold-off to test"
+    );
+    let pg1 = c.node("pg1");
+    let seen_holding_off = std::cell::Cell::new(false);
+    let next = match after.0 {
+        Some(l) => l,
+        None => wait_for("the next lock holder", Duration::from_secs(60), || async {
+            if !seen_holding_off.get() {
+                let (_, body) = call(pg1, "GET", "/patroni", None).await;
+                seen_holding_off.set(body.contains("\"holding_off_ms\""));
+            }
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            cl.leader
+                .map(|l| l.name)
+                .ok_or_else(|| "no leader".to_string())
+        })
+        .await
+        .unwrap_or_else(|e| {
+            dump_logs(&c);
+            panic!("{e}")
+        }),
+    };
+    eprintln!(
+        "next lock holder {next}; pg1's /patroni seen with holding_off_ms: {}",
+        seen_holding_off.get()
+    );
+    assert_ne!(
+        next, "pg1",
+        "the others waited for pg1 through its hold-off, and it took the lock back"
+    );
+    assert!(
+        pg1.log().contains("my renewals lapsed"),
+        "pg1 did not give the lock up for lapsed renewals"
+    );
+    c.relay("pg1").set_delay(Duration::ZERO);
+    healthy_again(&c).await;
+}
+
 #[tokio::test]
 async fn whole_dcs_down_demotes_the_primary_and_it_recovers_when_the_dcs_is_back() {
     let mut c = healthy_cluster(ClusterOptions::default()).await;
