@@ -645,8 +645,9 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
 /// Issue 14, the other members' side of a hold-off. The leader's link to the DCS (ZooKeeper)
 /// turns slow but alive (its relay delays every chunk 420 ms each way, as the nemesis's
 /// `slow-dcs`): its renewals miss the demotion deadline while its session, kept alive by pings,
-/// lives on. It gives the lock up and holds off the race for `ttl` (20 s here), its PostgreSQL back
-/// up read-only. It outranks the others (`failover_priority: 2` at the same WAL position, as a
+/// lives on. It gives the lock up and holds off the race for `ttl` (30 s here: its slow cycles
+/// took ~14 s to bring PostgreSQL back, and the others need a few more), its PostgreSQL back up
+/// read-only. It outranks the others (`failover_priority: 2` at the same WAL position, as a
 /// former leader ahead on WAL under asynchronous replication does). The others' agents are stopped
 /// (SIGSTOP, their PostgreSQL streaming on) until pg1 has given the lock up and runs read-only
 /// within its hold-off, saying so in `/patroni` (`holding_off_ms`): their race then meets it as a
@@ -660,7 +661,7 @@ async fn a_leader_holding_off_after_lapsed_renewals_is_not_waited_for_by_the_mem
     let c = healthy_cluster(ClusterOptions {
         dcs: DcsKind::ZooKeeper,
         dcs_relay: true,
-        ttl: 20,
+        ttl: 30,
         tags: vec![(0, "failover_priority: 2".into())],
         ..Default::default()
     })
