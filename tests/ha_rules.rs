@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::Signal;
 use praetor_dcs::{Dcs, DcsIdentity, Expect};
+use praetor_harness::cluster::DcsKind;
 
 /// A DCS client of the cluster (not a member), for reading keys and changing the dynamic config.
 async fn dcs(c: &LocalCluster) -> Arc<dyn Dcs> {
@@ -638,6 +639,106 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
         "the old primary acknowledged writes after {new} did"
     );
     c.relay(&old).restore();
+    healthy_again(&c).await;
+}
+
+/// Issue 14, the other members' side of a hold-off. The leader's link to the DCS (ZooKeeper)
+/// turns slow but alive (its relay delays every chunk 420 ms each way, as the nemesis's
+/// `slow-dcs`): its renewals miss the demotion deadline while its session, kept alive by pings,
+/// lives on. It gives the lock up and holds off the race for `ttl` (30 s here: its slow cycles
+/// took ~14 s to bring PostgreSQL back, and the others need a few more), its PostgreSQL back up
+/// read-only. It outranks the others (`failover_priority: 2` at the same WAL position, as a
+/// former leader ahead on WAL under asynchronous replication does). The others' agents are stopped
+/// (SIGSTOP, their PostgreSQL streaming on) until pg1 has given the lock up and runs read-only
+/// within its hold-off, saying so in `/patroni` (`holding_off_ms`): their race then meets it as a
+/// healthier member. Under the old rule they deferred to it, nobody took the lock before its
+/// hold-off ended, and then pg1 itself did (or nobody: its link is slow). Now the next lock holder
+/// is another member.
+// Multi-threaded: the relays run on the test's runtime, and `make_leader` runs `praetor ctl`
+// (through pg1's relay) with a blocking call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_holding_off_after_lapsed_renewals_is_not_waited_for_by_the_members_it_outranks() {
+    let c = healthy_cluster(ClusterOptions {
+        dcs: DcsKind::ZooKeeper,
+        dcs_relay: true,
+        ttl: 30,
+        tags: vec![(0, "failover_priority: 2".into())],
+        ..Default::default()
+    })
+    .await;
+    make_leader(&c, "pg1").await;
+    replicas_caught_up(&c, "pg1").await;
+    // The test's own client, straight to ZooKeeper (not through pg1's relay).
+    let (_, hosts) = c.etcd.section_and_hosts();
+    let d = praetor_dcs::connect(
+        &praetor_config::DcsEndpoints::ZooKeeper(hosts),
+        DcsIdentity {
+            namespace: "/service/".into(),
+            scope: c.options.scope.clone(),
+            member: None,
+            ttl_secs: 30,
+            request_timeout_secs: 5,
+        },
+    )
+    .await
+    .expect("connect to ZooKeeper");
+    let others = ["pg2", "pg3"];
+    for n in others {
+        c.node(n).signal_agent(Signal::SIGSTOP);
+    }
+    c.relay("pg1").set_delay(Duration::from_millis(420));
+    let pg1 = c.node("pg1");
+    let holding_off = wait_for(
+        "pg1 to give the lock up and hold off, read-only",
+        Duration::from_secs(90),
+        || async {
+            let (_, body) = call(pg1, "GET", "/patroni", None).await;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let cl = d.load().await.map_err(|e| e.to_string())?;
+            let ready = cl.leader.is_none()
+                && cl.member("pg1").is_some()
+                && v["state"] == "running"
+                && v["role"] == "replica";
+            match v["holding_off_ms"].as_u64() {
+                Some(ms) if ready => Ok(ms),
+                _ => Err(format!(
+                    "leader {:?}, pg1 {} {} holding_off_ms {}",
+                    cl.leader.map(|l| l.name),
+                    v["state"],
+                    v["role"],
+                    v["holding_off_ms"]
+                )),
+            }
+        },
+    )
+    .await;
+    for n in others {
+        c.node(n).signal_agent(Signal::SIGCONT);
+    }
+    let holding_off = holding_off.unwrap_or_else(|e| {
+        dump_logs(&c);
+        panic!("{e}")
+    });
+    let next = wait_for("the next lock holder", Duration::from_secs(60), || async {
+        let cl = d.load().await.map_err(|e| e.to_string())?;
+        cl.leader
+            .map(|l| l.name)
+            .ok_or_else(|| "no leader".to_string())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        dump_logs(&c);
+        panic!("{e}")
+    });
+    eprintln!("pg1 held off ({holding_off} ms left when seen); next lock holder {next}");
+    if next == "pg1" {
+        dump_logs(&c);
+    }
+    assert_ne!(
+        next, "pg1",
+        "the others waited for pg1 through its hold-off, and it took the lock back"
+    );
+    c.relay("pg1").set_delay(Duration::ZERO);
     healthy_again(&c).await;
 }
 

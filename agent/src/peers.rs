@@ -32,6 +32,9 @@ pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
         nofailover: tags["nofailover"].as_bool().unwrap_or(false),
         failover_priority: tags["failover_priority"].as_i64().unwrap_or(1),
         diverged: diverged_at.is_some(),
+        // Praetor's field (see `crate::api::NodeStatus::holding_off_ms`); absent from Patroni's
+        // answers, which never hold off.
+        holding_off: v["holding_off_ms"].as_u64().is_some_and(|ms| ms > 0),
     }
 }
 
@@ -118,5 +121,26 @@ mod tests {
         );
         assert!(!p.diverged);
         assert_eq!(p.wal_position, 0);
+    }
+
+    /// A member holding off the race after its renewals lapsed says so in `/patroni`
+    /// (`holding_off_ms`), and the race reads it back; without it (Patroni's answers) it does not.
+    #[test]
+    fn a_member_holding_off_answers_holding_off_ms() {
+        let st = crate::api::NodeStatus {
+            name: "pg1".into(),
+            holding_off_ms: Some(4_000),
+            ..Default::default()
+        };
+        let json = st.patroni_json();
+        assert_eq!(json["holding_off_ms"], 4_000);
+        assert!(peer_status_from_json("pg1", &json).holding_off);
+        let st = crate::api::NodeStatus {
+            holding_off_ms: None,
+            ..st
+        };
+        let json = st.patroni_json();
+        assert!(json.get("holding_off_ms").is_none());
+        assert!(!peer_status_from_json("pg1", &json).holding_off);
     }
 }

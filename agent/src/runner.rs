@@ -2096,6 +2096,11 @@ impl Runner {
                 .server
                 .as_ref()
                 .and_then(|s| u32::try_from(s.server_version).ok()),
+            holding_off_ms: ha::lapsed::hold_off_left_ms(
+                self.renewals_lapsed_ms,
+                &self.dynamic,
+                self.now().mono_ms,
+            ),
             ..Default::default()
         };
         if !self.pending_restart.is_empty() {
@@ -2221,6 +2226,7 @@ impl Runner {
                 let history = v.history.as_ref().map_or(&[][..], |h| &h.value[..]);
                 ha::diverged_vote(&obs.postgres, history)
             }),
+            holding_off_ms: data.holding_off_ms,
         };
         self.status_tx.send_replace(Arc::new(status));
     }

@@ -183,6 +183,13 @@ pub struct MemberData {
     /// -e`: Patroni does not write it and ignores it when reading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_version: Option<u32>,
+    /// The ms left of this member's hold-off from the leader race after its lock renewals lapsed
+    /// (`praetor::ha::lapsed`), as of its last member-key write; absent when it does not hold off.
+    /// Praetor's addition (Patroni has no hold-off, does not write it and ignores it when reading):
+    /// the same value as `holding_off_ms` in its `/patroni` answer, which the other members' leader
+    /// race reads (they do not defer to a member that holds off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding_off_ms: Option<u64>,
     /// Fields written by other tools or newer versions, kept as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,

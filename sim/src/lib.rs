@@ -349,6 +349,12 @@ pub struct Report {
     /// Decisions of a lock holder still in recovery to hand the lock to a switchover candidate
     /// holding all its WAL instead (`praetor_agent::ha::Reason::ManualFailoverHandingOver`).
     pub recovery_handovers: usize,
+    /// Lock holders that gave the lock up because their renewals lapsed
+    /// (`praetor_agent::ha::Reason::ReleasingLockRenewalsLapsed`).
+    pub lapse_releases: usize,
+    /// Members that took the lock while a peer that answered was holding off after lapsed
+    /// renewals and was at least as far on (timeline, WAL): the old rule deferred to that peer.
+    pub won_past_holding_off: usize,
 }
 
 /// A range of WAL on one branch of history: the branch id is unique per promotion in the run,
@@ -708,6 +714,8 @@ struct Sim {
     switchover_fallbacks: usize,
     promotions_before_switchover: usize,
     recovery_handovers: usize,
+    lapse_releases: usize,
+    won_past_holding_off: usize,
     /// Maintenance mode in the DCS: since when `pause: true` is written (`None`: not paused).
     paused_since: Option<u64>,
     /// The operator's last `pause` (true) or `resume` not yet written to the DCS.
@@ -899,6 +907,8 @@ impl Sim {
             switchover_fallbacks: 0,
             promotions_before_switchover: 0,
             recovery_handovers: 0,
+            lapse_releases: 0,
+            won_past_holding_off: 0,
             paused_since: None,
             pause_wanted: None,
             resumed_at: 0,
@@ -1402,6 +1412,26 @@ impl Sim {
         }
     }
 
+    /// Counts the lapse's hand-overs ([`Report::lapse_releases`]) and the races won while a peer
+    /// at least as far on held off ([`Report::won_past_holding_off`]).
+    fn count_hold_offs(&mut self, local: &ha::LocalState, d: &ha::Decision) {
+        match d.reason {
+            ha::Reason::ReleasingLockRenewalsLapsed => self.lapse_releases += 1,
+            ha::Reason::PromotedByAcquiringLock | ha::Reason::AcquiredLockAsLeader => {
+                let Some(r) = local.postgres.running() else {
+                    return;
+                };
+                let mine = (r.timeline, r.wal_position);
+                if local.peers.iter().flatten().any(|p| {
+                    p.holding_off && p.is_eligible() && (p.timeline, p.wal_position) >= mine
+                }) {
+                    self.won_past_holding_off += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Counts what a lock holder still in recovery does about a switchover request asking it to
     /// step down: promote first ([`Report::promotions_before_switchover`]) or hand the lock over
     /// ([`Report::recovery_handovers`]).
@@ -1556,6 +1586,11 @@ impl Sim {
                 nofailover: self.nofailover == Some(i),
                 ..Tags::default()
             },
+            holding_off_ms: ha::lapsed::hold_off_left_ms(
+                a.renewals_lapsed_ms,
+                &self.dynamic,
+                self.now,
+            ),
             ..Default::default()
         };
         if a.task.is_none() && pg.running() {
@@ -1779,6 +1814,14 @@ impl Sim {
                 nofailover: self.nofailover == Some(j),
                 failover_priority: 1,
                 diverged: diverged.is_some(),
+                // As the agent's `/patroni` (`holding_off_ms`): within the hold-off after its
+                // renewals lapsed, as the runner publishes it.
+                holding_off: ha::lapsed::hold_off_left_ms(
+                    a.renewals_lapsed_ms,
+                    &self.dynamic,
+                    self.now,
+                )
+                .is_some(),
             });
         }
         out
@@ -1884,6 +1927,7 @@ impl Sim {
         };
         let d = decide(view.as_ref(), &local, &self.cfg(i), self.ha_now());
         self.count_switchover_from_recovery(view.as_ref(), &me, &d.reason);
+        self.count_hold_offs(&local, &d);
         self.agents[i].switchover_wait_since = if d.reason.is_switchover_wait() {
             self.agents[i].switchover_wait_since.or(Some(self.now))
         } else {
@@ -3284,6 +3328,8 @@ impl Sim {
             standby_cluster: self.remote.is_some(),
             promotions_before_switchover: self.promotions_before_switchover,
             recovery_handovers: self.recovery_handovers,
+            lapse_releases: self.lapse_releases,
+            won_past_holding_off: self.won_past_holding_off,
         }
     }
 }

@@ -87,6 +87,12 @@ pub struct NodeStatus {
     /// timeline and the switch point (bytes) where the cluster left it ([`crate::ha::diverged_vote`]),
     /// published in `/patroni` as `timeline` and `xlog.diverged_at` for other members' quorum votes.
     pub diverged: Option<(u32, u64)>,
+    /// The ms left of this member's hold-off from the leader race after its lock renewals lapsed
+    /// ([`crate::ha::lapsed::hold_off_left_ms`]), as of the last HA loop; `None` when it does not hold
+    /// off. Published in `/patroni` as `holding_off_ms` (Praetor's field; Patroni has no hold-off):
+    /// other members' leader race reads it and does not defer to this member meanwhile
+    /// ([`crate::ha::PeerStatus::holding_off`]).
+    pub holding_off_ms: Option<u64>,
 }
 
 impl NodeStatus {
@@ -204,6 +210,9 @@ impl NodeStatus {
         // Praetor's: why PostgreSQL stays stopped and what ends it (Patroni has no such state).
         if self.state == MemberState::RewindFailed {
             v["rewind_failure"] = json!(self.last_decision);
+        }
+        if let Some(ms) = self.holding_off_ms {
+            v["holding_off_ms"] = json!(ms);
         }
         v
     }

@@ -30,8 +30,9 @@ use super::{failsafe, lapsed, promotion, slots, standby, sync};
 /// 6. PostgreSQL running and this member holds the lock: renew it, publish `status`, keep slots and
 ///    `history`, promote if still a replica, carry out a switchover that names it;
 /// 7. another member holds the lock: demote if primary, else follow it;
-/// 8. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]), and with
-///    `failsafe_mode` only if the `failsafe` key lists it, not within a hold-off of rule 3.
+/// 8. nobody holds the lock: race if this member is the healthiest (see [`is_healthiest`]; a peer
+///    holding off after rule 3 is not waited for), and with `failsafe_mode` only if the `failsafe`
+///    key lists it, not within a hold-off of rule 3.
 pub fn decide(view: Option<&Cluster>, local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
     let d = decide_unpaused(view, local, cfg, now);
     let d = if cfg.dynamic.pause {
@@ -1216,6 +1217,9 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                 p.name != me
                     && p.is_eligible()
                     && !p.is_running_primary
+                    // One holding off after lapsed renewals does not take the lock now (unless
+                    // it is the candidate, which races anyway).
+                    && (!p.holding_off || req.value.member.as_deref() == Some(p.name.as_str()))
                     && sync_allows(&p.name)
                     && holds_last(p.wal_position)
                     && (req.value.member.as_deref() == Some(p.name.as_str())

@@ -26,6 +26,11 @@ pub struct PeerStatus {
     /// `timeline` is that timeline and `wal_position` the switch point. Such a member cannot be
     /// promoted, but it still votes in a quorum election ([`super::sync::may_promote`]).
     pub diverged: bool,
+    /// It keeps out of the leader race after its lock renewals lapsed ([`super::lapsed`]): its
+    /// `/patroni` answer carries `holding_off_ms`. It will not take the lock before its hold-off
+    /// ends (`ttl`), so nobody defers to it as a healthier member meanwhile (issue 14: the former
+    /// leader, usually the member furthest ahead on WAL, kept the others waiting for `ttl`).
+    pub holding_off: bool,
 }
 
 impl PeerStatus {
@@ -40,7 +45,10 @@ impl PeerStatus {
 /// and no eligible peer is ahead: on a higher timeline, or on the same timeline at a higher WAL position,
 /// or at the same position with a higher `failover_priority`. Comparing timelines first means a member
 /// that saw a promotion is never overtaken by one that did not (whose WAL would fork from it).
-/// Peers named in `exclude` are ignored (a switchover candidate that is being skipped).
+/// Peers named in `exclude` are ignored (a switchover candidate that is being skipped), and so are
+/// peers holding off the race after their renewals lapsed ([`PeerStatus::holding_off`]: they will
+/// not take the lock within their hold-off, so deferring to them left the cluster without a leader
+/// for `ttl`), unless they still run as primary. Patroni has no hold-off, so no such exception.
 ///
 /// Returns `Err(Reason::NotHealthiest)` naming the better member.
 pub fn is_healthiest(
@@ -60,7 +68,7 @@ pub fn is_healthiest(
                 better: format!("{} (still running as primary)", p.name),
             });
         }
-        if !p.is_eligible() {
+        if !p.is_eligible() || p.holding_off {
             continue;
         }
         let theirs = (p.timeline, p.wal_position);
@@ -88,6 +96,7 @@ mod tests {
             nofailover: false,
             failover_priority: prio,
             diverged: false,
+            holding_off: false,
         }
     }
 
@@ -111,6 +120,15 @@ mod tests {
         let stopped = PeerStatus {
             is_running: false,
             ..peer("down", 500, 1)
+        };
+        let holding_off = PeerStatus {
+            holding_off: true,
+            ..peer("lapsed", 500, 1)
+        };
+        let holding_off_primary = PeerStatus {
+            holding_off: true,
+            is_running_primary: true,
+            ..peer("lapsed", 500, 1)
         };
         let cases = [
             Case {
@@ -182,6 +200,27 @@ mod tests {
                 my_prio: 1,
                 peers: vec![stopped.clone()],
                 healthiest: true,
+            },
+            Case {
+                name: "a peer ahead holding off after lapsed renewals is ignored (issue 14)",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![holding_off.clone()],
+                healthiest: true,
+            },
+            Case {
+                name: "a peer holding off is ignored, the next one ahead still wins",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![holding_off.clone(), peer("b", 11, 1)],
+                healthiest: false,
+            },
+            Case {
+                name: "a peer holding off that still runs as primary stops the race",
+                my_pos: 10,
+                my_prio: 1,
+                peers: vec![holding_off_primary.clone()],
+                healthiest: false,
             },
         ];
         for c in cases {

@@ -20,6 +20,14 @@
 //! after `ttl`, so the cluster always ends up with a leader again (which may lapse again: no
 //! member can keep a lease on such a DCS).
 //!
+//! The others' side: the member holding off publishes it (`holding_off_ms`, the ms left of
+//! [`hold_off_left_ms`], in its `/patroni` answer and its member key), and their race does not defer
+//! to it ([`super::PeerStatus::holding_off`], [`super::is_healthiest`]). The former leader is usually
+//! the member furthest ahead on WAL under asynchronous replication, so the others found it
+//! healthier and waited, and nobody took the lock before its hold-off ended: the outage lasted at
+//! least `ttl` for nothing. Synchronous modes keep their rules (only a member the `sync` key allows
+//! is promoted), and a member that still runs as primary stops the race, holding off or not.
+//!
 //! Patroni differs: it demotes a leader whose `update_lock` failed without releasing the lock
 //! (`demote('immediate-nolock')`), and the next cycle, still holding the key, promotes again
 //! ("promoted self to leader because I had the session lock"), which is the cycle above. Its

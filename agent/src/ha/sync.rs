@@ -609,6 +609,8 @@ pub fn could_promote(
         nofailover: cfg.tags.nofailover,
         failover_priority: cfg.tags.failover_priority.unwrap_or(1),
         diverged: false,
+        // Votes do not depend on it (only `is_healthiest` reads it).
+        holding_off: false,
     });
     let as_them = HaConfig {
         name: name.to_string(),

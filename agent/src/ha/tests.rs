@@ -133,6 +133,15 @@ fn peer(name: &str, wal: u64) -> PeerStatus {
         nofailover: false,
         failover_priority: 1,
         diverged: false,
+        holding_off: false,
+    }
+}
+
+/// A peer holding off the race after its renewals lapsed (`holding_off_ms` in its `/patroni`).
+fn lapsed_peer(name: &str, wal: u64) -> PeerStatus {
+    PeerStatus {
+        holding_off: true,
+        ..peer(name, wal)
     }
 }
 
@@ -789,6 +798,123 @@ fn rows() -> Vec<Row> {
             with(local(running(false, 1000, Some(5432))), |l| {
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
                 l.peers = Some(vec![peer("pg3", 900)]);
+            }),
+        )
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        // --- the others' side of a hold-off (issue 14): nobody defers to a member holding off --------
+        row(
+            "a peer ahead on WAL holds off after its renewals lapsed (the former leader): not \
+             deferred to, this member takes the lock (the old rule found pg2 healthier and waited \
+             out its hold-off, ttl without a leader)",
+            Some(cluster(None)),
+            with(local(running(false, 900, Some(5432))), |l| {
+                l.peers = Some(vec![lapsed_peer("pg2", 1000), peer("pg3", 800)]);
+            }),
+        )
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "the same peer ahead not holding off: deferred to, as before",
+            Some(cluster(None)),
+            with(local(running(false, 900, Some(5432))), |l| {
+                l.peers = Some(vec![peer("pg2", 1000), peer("pg3", 800)]);
+            }),
+        )
+        .expect(vec![], |r| {
+            *r == Reason::NotHealthiest {
+                better: "pg2".into(),
+            }
+        }),
+        row(
+            "a peer holding off is skipped, the next healthiest one is still deferred to",
+            Some(cluster(None)),
+            with(local(running(false, 900, Some(5432))), |l| {
+                l.peers = Some(vec![lapsed_peer("pg2", 1000), peer("pg3", 950)]);
+            }),
+        )
+        .expect(vec![], |r| {
+            *r == Reason::NotHealthiest {
+                better: "pg3".into(),
+            }
+        }),
+        row(
+            "a peer holding off whose PostgreSQL still runs as primary stops the race",
+            Some(cluster(None)),
+            with(local(running(false, 900, Some(5432))), |l| {
+                l.peers = Some(vec![PeerStatus {
+                    is_running_primary: true,
+                    ..lapsed_peer("pg2", 1000)
+                }]);
+            }),
+        )
+        .expect(vec![], |r| {
+            matches!(r, Reason::NotHealthiest { better } if better.contains("still running as primary"))
+        }),
+        row(
+            "sync on: a peer holding off is not deferred to, but a member the sync key does not \
+             list still may not be promoted",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned {
+                    value: SyncState {
+                        leader: Some("pg2".into()),
+                        sync_standby: Some("pg3".into()),
+                        quorum: None,
+                    },
+                    version: 9,
+                });
+            })),
+            with(local(running(false, 900, Some(5432))), |l| {
+                l.peers = Some(vec![lapsed_peer("pg2", 1000), peer("pg3", 800)]);
+            }),
+        )
+        .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+        .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
+        row(
+            "sync on: the listed synchronous standby takes the lock while the former leader, \
+             ahead, holds off",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned {
+                    value: SyncState {
+                        leader: Some("pg2".into()),
+                        sync_standby: Some(ME.into()),
+                        quorum: None,
+                    },
+                    version: 9,
+                });
+            })),
+            with(local(running(false, 900, Some(5432))), |l| {
+                l.peers = Some(vec![lapsed_peer("pg2", 1000), peer("pg3", 950)]);
+            }),
+        )
+        .cfg(|c| c.dynamic.synchronous_mode = SyncMode::On)
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "a switchover's candidate holding off is still waited for (it races anyway)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg3"), Some("pg2"))
+            })),
+            with(local(running(false, 900, Some(5433))), |l| {
+                l.peers = Some(vec![lapsed_peer("pg2", 1000)]);
+            }),
+        )
+        .expect(vec![], |r| {
+            *r == Reason::WaitingForCandidate {
+                candidate: "pg2".into(),
+            }
+        }),
+        row(
+            "the leader that stepped down for a switchover races again when the only other \
+             member that could take the lock, ahead of it, holds off (the old rule waited for it)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), None)
+            })),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.peers = Some(vec![lapsed_peer("pg2", 1100)]);
             }),
         )
         .expect(promoting(AcquireLeader, vec![]), |r| {
