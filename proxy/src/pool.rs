@@ -444,14 +444,17 @@ fn data_row_column(body: &[u8], index: usize) -> Option<String> {
 /// ([`Pool::list`]) and a connection the one it returns to, so that taking and returning a
 /// connection at every transaction (`pool_mode: transaction`) looks nothing up by key (four
 /// lookups per transaction, ~650 instructions each way in callgrind's profile of pgbench's
-/// select). Lists are never removed from the map (a session or connection may hold one), as the
-/// pools' places ([`Slots`]) are not: one small entry per server and StartupMessage seen.
+/// select). [`Pool::purge_fenced`] removes the empty lists no session holds (so that clients
+/// with ever new StartupMessages do not grow the map), marking them retired: a connection
+/// returning through its weak reference to one looks its list up again.
 type IdleConns = BackendMap<StartupMap<Arc<IdleList>>>;
 
 /// The idle connections of one server and StartupMessage, the one returned last at the end.
 pub(crate) struct IdleList {
     backend: crate::topology::Backend,
     conns: Mutex<Vec<(Box<ServerConn>, Instant)>>,
+    /// Removed from the pool's map (set and read under `conns`' lock): nothing is added to it.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl IdleList {
@@ -675,6 +678,7 @@ impl Pool {
                 Arc::new(IdleList {
                     backend: backend.clone(),
                     conns: Mutex::new(Vec::new()),
+                    retired: Default::default(),
                 })
             })
             .clone()
@@ -739,29 +743,32 @@ impl Pool {
             return;
         }
         let mut conn = conn;
-        // Looked up by key at a connection's first return only (this runs at the end of every
-        // unit).
-        let list = match conn.idle_list.as_ref().and_then(std::sync::Weak::upgrade) {
-            Some(list) => list,
-            None => {
-                let list = self.list(&conn.route.backend, startup);
-                conn.idle_list = Some(Arc::downgrade(&list));
-                list
-            }
-        };
         let slots = conn.slot.as_ref().map(|p| p.slots.clone());
-        let refused = {
+        loop {
+            // Looked up by key at a connection's first return only (this runs at the end of
+            // every unit), or when its list was retired.
+            let list = match conn.idle_list.as_ref().and_then(std::sync::Weak::upgrade) {
+                Some(list) => list,
+                None => {
+                    let list = self.list(&conn.route.backend, startup);
+                    conn.idle_list = Some(Arc::downgrade(&list));
+                    list
+                }
+            };
             let mut conns = list.lock();
-            if conns.len() >= limit {
-                Some(conn)
-            } else {
-                conns.push((conn, now));
-                None
+            if list.retired.load(Ordering::Relaxed) {
+                drop(conns);
+                conn.idle_list = None;
+                continue;
             }
-        };
-        if refused.is_some() {
-            // Closed outside the lock.
-            return;
+            if conns.len() >= limit {
+                drop(conns);
+                // Closed outside the lock.
+                drop(conn);
+                return;
+            }
+            conns.push((conn, now));
+            break;
         }
         self.gauge.inc();
         if let Some(s) = slots {
@@ -769,12 +776,13 @@ impl Pool {
         }
     }
 
-    /// Closes fenced and expired connections; returns how many.
+    /// Closes fenced and expired connections and removes the empty idle lists no session holds;
+    /// returns how many connections it closed.
     pub fn purge_fenced(&self) -> usize {
         let mut closed = Vec::new();
         let idle_timeout = self.idle_timeout();
         {
-            let idle = self.lock();
+            let mut idle = self.lock();
             for list in idle.values().flat_map(|m| m.values()) {
                 let mut list = list.lock();
                 let mut i = 0;
@@ -786,6 +794,22 @@ impl Pool {
                     }
                 }
             }
+            for by_startup in idle.values_mut() {
+                by_startup.retain(|_, list| {
+                    // Held by the map alone: no session keeps it (a session takes from its
+                    // list without the map's lock, and gets one only under it).
+                    if Arc::strong_count(list) > 1 {
+                        return true;
+                    }
+                    let conns = list.lock();
+                    if !conns.is_empty() {
+                        return true;
+                    }
+                    list.retired.store(true, Ordering::Relaxed);
+                    false
+                });
+            }
+            idle.retain(|_, m| !m.is_empty());
         }
         self.gauge.sub(closed.len() as i64);
         closed.len()
