@@ -81,9 +81,9 @@ pub(crate) struct ClientInfo {
 }
 
 impl ClientInfo {
-    /// Changes the state under the lock.
-    pub fn update(&self, f: impl FnOnce(&mut ClientState)) {
-        f(&mut self.lock());
+    /// Changes the state under the lock; returns what `f` returns.
+    pub fn update<T>(&self, f: impl FnOnce(&mut ClientState) -> T) -> T {
+        f(&mut self.lock())
     }
 
     /// The client's user name (empty before its StartupMessage).

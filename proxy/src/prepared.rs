@@ -594,7 +594,14 @@ impl ServerStatements {
                 _ => matches!(tag, PARSE_COMPLETE | CLOSE_COMPLETE | READY_FOR_QUERY),
             };
             if !judged {
-                self.pass = frame_len;
+                // Passes whole when it is all here (most replies: one step per message), else
+                // its tail passes as it comes.
+                if len - r >= frame_len {
+                    keep(buf, r, &mut w, frame_len);
+                    r += frame_len;
+                } else {
+                    self.pass = frame_len;
+                }
                 continue;
             }
             if len - r < frame_len {
@@ -605,7 +612,9 @@ impl ServerStatements {
             }
             r += frame_len;
         }
-        self.unjudged.extend_from_slice(&buf[r..len]);
+        if r < len {
+            self.unjudged.extend_from_slice(&buf[r..len]);
+        }
         buf.truncate(w);
     }
 

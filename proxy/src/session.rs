@@ -203,6 +203,10 @@ struct Session<'a> {
     /// Topology changes, watched while a unit runs on the leader, to see a switchover start
     /// (created at the first such unit, kept until the session parks).
     leader_watch: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The pool's idle list of the session's StartupMessage and the server it last took a
+    /// connection from ([`crate::pool::Pool::list`]): taken from at every unit in `pool_mode:
+    /// transaction` without a lookup by key (kept until the session parks).
+    pool_list: Option<Arc<crate::pool::IdleList>>,
     /// When the unit running on the leader is cancelled: a switchover started and `drain_timeout`
     /// runs ([`crate::units::leader_drain`]); `None` otherwise.
     drain_at: Option<tokio::time::Instant>,
@@ -401,6 +405,7 @@ impl<'a> Live<'a> {
                 stalled_since: None,
                 prepared,
                 leader_watch: None,
+                pool_list: None,
                 drain_at: None,
                 drain_cancelled: None,
                 pinned_switchover: false,
@@ -1191,8 +1196,12 @@ impl Session<'_> {
                 IdlePlan::Park | IdlePlan::NoTimer => (None, false),
             };
             match timer_at {
+                // A timer armed for an earlier instant is kept: it wakes the session early, which
+                // then arms it for `at` (below). The park timer's instant moves with the end of
+                // every unit, and a reset at each (a removal from the runtime's timer wheel and
+                // an insertion) cost a busy session more than one early wake-up per `PARK_AFTER`.
                 Some(at) => match &mut self.idle_timer {
-                    Some(timer) if timer.deadline() == at => {}
+                    Some(timer) if timer.deadline() <= at => {}
                     Some(timer) => timer.as_mut().reset(at),
                     None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(at))),
                 },
@@ -1285,6 +1294,18 @@ impl Session<'_> {
             }
             match wake {
                 Wake::Shutdown => return End::Shutdown,
+                // Woken early: the timer was armed for an earlier unit's instant (above).
+                Wake::Timer
+                    if self
+                        .idle_timer
+                        .as_ref()
+                        .zip(timer_at)
+                        .is_some_and(|(timer, at)| timer.deadline() < at) =>
+                {
+                    if let (Some(timer), Some(at)) = (&mut self.idle_timer, timer_at) {
+                        timer.as_mut().reset(at);
+                    }
+                }
                 // When it was the park timer, the next pass parks.
                 Wake::Timer if release_timer => {
                     drop_buffers(cbuf, &mut self.to_server);
@@ -1910,8 +1931,10 @@ impl Session<'_> {
             // An idle point: route the unit, after `RESUME` when the database is paused (the
             // client sees a slow statement, no error, as with PgBouncer).
             if self.paused() {
-                let before = self.info.state().status;
-                self.info.update(|st| st.status = "held");
+                // One lock, no copy of the state (its names and server list).
+                let before = self
+                    .info
+                    .update(|st| std::mem::replace(&mut st.status, "held"));
                 let info = self.info.clone();
                 let resumed = Box::pin(
                     self.shared
@@ -2217,10 +2240,24 @@ impl Session<'_> {
         if actual != side && self.conn_ref(actual).is_some() {
             return Some(actual);
         }
-        let conn = self.shared.pool.take(picked.backend(), &self.startup)?;
+        let conn = self.pool_take(picked.backend())?;
         *self.conn(actual) = Some(conn);
         self.update_servers();
         Some(actual)
+    }
+
+    /// A pooled connection to `backend` made with the session's StartupMessage, from the idle
+    /// list the session keeps ([`Session::pool_list`]; looked up by key only when the server
+    /// changed).
+    fn pool_take(&mut self, backend: &crate::topology::Backend) -> Option<Box<ServerConn>> {
+        if self
+            .pool_list
+            .as_ref()
+            .is_none_or(|l| l.backend() != backend)
+        {
+            self.pool_list = Some(self.shared.pool.list(backend, &self.startup));
+        }
+        self.shared.pool.take_from(self.pool_list.as_deref()?)
     }
 
     /// [`Session::ensure_conn`] when no connection is at hand: routes (waiting up to
@@ -2256,7 +2293,7 @@ impl Session<'_> {
             if actual != side && self.conn_ref(actual).is_some() {
                 return self.catch_up(actual).await.map(|_| actual);
             }
-            if let Some(conn) = self.shared.pool.take(&route.backend, &self.startup) {
+            if let Some(conn) = self.pool_take(&route.backend) {
                 *self.conn(actual) = Some(conn);
                 self.update_servers();
                 return self.catch_up(actual).await.map(|_| actual);
@@ -2761,8 +2798,10 @@ impl Session<'_> {
             return Ok(None);
         }
         let deadline = tokio::time::Instant::now() + self.rt.query_wait_timeout;
-        let before = self.info.state().status;
-        self.info.update(|st| st.status = "waiting");
+        // One lock, no copy of the state (its names and server list).
+        let before = self
+            .info
+            .update(|st| std::mem::replace(&mut st.status, "waiting"));
         let found = self
             .shared
             .pool
