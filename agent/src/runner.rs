@@ -1394,13 +1394,25 @@ impl Runner {
             Action::CreateLogicalSlots(slots) => {
                 for slot in slots {
                     match self.pg.create_logical_slot(&slot).await {
-                        Ok(()) => tracing::info!(
-                            slot = %slot.name,
-                            database = %slot.database,
-                            plugin = %slot.plugin,
-                            failover = slot.failover,
-                            "created logical replication slot"
-                        ),
+                        Ok(()) => {
+                            tracing::info!(
+                                slot = %slot.name,
+                                database = %slot.database,
+                                plugin = %slot.plugin,
+                                failover = slot.failover,
+                                "created logical replication slot"
+                            );
+                            // Once: the slot exists from now on (see `LogicalSlot::lost_from`).
+                            if let Some(lsn) = slot.lost_from {
+                                tracing::warn!(
+                                    slot = %slot.name,
+                                    confirmed = %crate::postgres::format_lsn(lsn),
+                                    "no usable copy of permanent logical slot {} on this member when it was promoted: created anew at the current position; its consumer misses the changes between its confirmed position {} and here",
+                                    slot.name,
+                                    crate::postgres::format_lsn(lsn)
+                                );
+                            }
+                        }
                         Err(e) => tracing::warn!(
                             slot = %slot.name,
                             "cannot create logical replication slot: {e}"

@@ -85,6 +85,13 @@ pub struct LogicalSlot {
     pub plugin: String,
     /// Create it with `failover => true` (17+), so standbys synchronize it.
     pub failover: bool,
+    /// A leader creating it: the position the cluster's `status` last published for it, when
+    /// it did (bytes). The slot existed with a consumer confirmed there, and this member holds no
+    /// copy (it was promoted without a usable one: a replica that rejoined, was rewound or
+    /// cloned has none until PostgreSQL 17+'s slot synchronization or the pre-17 copy catches
+    /// up), so the slot is made anew at this member's position and its consumer misses the
+    /// changes in between; the agent warns. `None`: a first creation, or a replica's copy.
+    pub lost_from: Option<u64>,
 }
 
 /// True when a logical slot matches an `ignore_slots` entry: every key the entry names (`name`,
@@ -251,6 +258,7 @@ fn replica_logical_slot_actions(
                 database: database.to_string(),
                 plugin: plugin.to_string(),
                 failover: false,
+                lost_from: None,
             }),
             None => {}
         }
@@ -355,6 +363,10 @@ pub fn logical_slot_actions(
                     database: database.to_string(),
                     plugin: plugin.to_string(),
                     failover,
+                    lost_from: view
+                        .status
+                        .as_ref()
+                        .and_then(|st| st.slots.as_ref()?.get(name.as_str()).copied()),
                 }),
                 Some(s)
                     if s.database.as_deref() != Some(database)
@@ -596,6 +608,7 @@ mod tests {
             database: "app".into(),
             plugin: "test_decoding".into(),
             failover: true,
+            lost_from: Some(800),
         };
         let rows = vec![
             Row {
@@ -739,6 +752,7 @@ mod tests {
             database: "app".into(),
             plugin: "test_decoding".into(),
             failover: false,
+            lost_from: None,
         }
     }
 
@@ -954,6 +968,35 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_leader_creating_a_slot_the_cluster_published_says_where_its_consumer_was() {
+        let cfg = with_queue(ha_config("me"));
+        let mut r = running_with_slots(1000, vec![]);
+        r.is_primary = true;
+        let created = |view: &Cluster| {
+            logical_slot_actions(view, &cfg, &r, "me")
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::CreateLogicalSlots(v) => Some(v),
+                    _ => None,
+                })
+                .expect("the leader creates the missing slot")
+        };
+        // A previous leader published it at 800: made anew here, its consumer misses 800..here.
+        let mut view = cluster_of(&["me", "b"], Some("me"));
+        view.status = Some(praetor_dcs::Status {
+            optime: 1000,
+            slots: Some([("queue".to_string(), 800u64)].into()),
+            retain_slots: None,
+        });
+        assert_eq!(created(&view)[0].lost_from, Some(800));
+        // Never published (a first creation): nothing lost.
+        view.status.as_mut().unwrap().slots = None;
+        assert_eq!(created(&view)[0].lost_from, None);
+        view.status = None;
+        assert_eq!(created(&view)[0].lost_from, None);
     }
 
     #[test]

@@ -369,6 +369,7 @@ fn queue_slot() -> slots::LogicalSlot {
         database: "postgres".into(),
         plugin: "test_decoding".into(),
         failover: false,
+        lost_from: None,
     }
 }
 

@@ -15,9 +15,14 @@
 //!   decoded on a leader that failed over before its replicas had it) is allowed, and counted
 //!   apart, only when a fault that may fail over without the leader's last commits
 //!   ([`may_lose_async_commits`]) had not settled by the start of the run that delivered it.
+//! - **lost with the slot**: a row of the final table never delivered is allowed, and counted
+//!   apart, when the slot it was due from was made anew by a leader that held no usable copy
+//!   when it was promoted ([`lost_with_the_slot`]): the claim's precondition (a usable copy on
+//!   the member promoted) did not hold, so no agent could have kept the slot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::time::Duration;
 
 use super::checker::{may_lose_async_commits, settled_at, Violation, ViolationKind};
 use super::history::{History, SlotHistory};
@@ -36,8 +41,12 @@ pub struct SlotTally {
     /// Rows delivered but missing from the final table where a fault may have lost them
     /// (allowed).
     pub delivered_lost_allowed: usize,
+    /// Rows of the final table never delivered because the leader promoted while they were due
+    /// held no usable copy of the slot, which was made anew past them (allowed:
+    /// [`lost_with_the_slot`]).
+    pub lost_with_slot: usize,
     /// When every replica held a usable copy (from the run's start), if that happened.
-    pub copies_usable_at: Option<std::time::Duration>,
+    pub copies_usable_at: Option<Duration>,
 }
 
 /// Checks `history`'s slot workload, if it had one; returns the violations and the figures.
@@ -75,7 +84,7 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
     let settled = settled_at(history);
     let mut seen: BTreeSet<i64> = BTreeSet::new();
     // Per delivered row missing from the final table: the start of the first run delivering it.
-    let mut missing: BTreeMap<i64, std::time::Duration> = BTreeMap::new();
+    let mut missing: BTreeMap<i64, Duration> = BTreeMap::new();
     for (k, run) in slot.runs.iter().enumerate() {
         let start = run.startpos.unwrap_or(0);
         for &(id, lsn) in &run.rows {
@@ -105,11 +114,13 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
         }
     }
     tally.delivered = seen.len();
-    let lost: Vec<i64> = fin
-        .keys()
-        .filter(|id| !seen.contains(id))
-        .copied()
-        .collect();
+    let promotions = promotions(history);
+    let (lost, lost_with_slot): (Vec<i64>, Vec<i64>) = fin
+        .iter()
+        .filter(|(id, _)| !seen.contains(*id))
+        .map(|(id, _)| *id)
+        .partition(|id| lost_with_the_slot(slot, &promotions, history.end, fin[id]).is_none());
+    tally.lost_with_slot = lost_with_slot.len();
     if !lost.is_empty() {
         out.push(violation(
             history.end,
@@ -143,10 +154,94 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
     (out, tally)
 }
 
+/// A promotion seen in the history: the member that acknowledged the first write on a timeline
+/// past the first, and when (the end of that write: the promotion came before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// The new leader.
+    pub member: String,
+    /// The new timeline.
+    pub timeline: u32,
+    /// When its first write was acknowledged, from the run's start.
+    pub seen_at: Duration,
+}
+
+/// Every promotion the history's acknowledged writes show, in time order: per timeline above 1
+/// (1 is the bootstrap leader's), the member and end of its earliest acknowledged write.
+pub fn promotions(history: &History) -> Vec<Promotion> {
+    let mut first: BTreeMap<u32, (Duration, &str)> = BTreeMap::new();
+    for op in &history.ops {
+        let Some((server, timeline)) = op.acked_on() else {
+            continue;
+        };
+        if timeline <= 1 {
+            continue;
+        }
+        let e = first.entry(timeline).or_insert((op.end, server));
+        if op.end < e.0 {
+            *e = (op.end, server);
+        }
+    }
+    let mut out: Vec<Promotion> = first
+        .into_iter()
+        .map(|(timeline, (seen_at, member))| Promotion {
+            member: member.to_string(),
+            timeline,
+            seen_at,
+        })
+        .collect();
+    out.sort_by_key(|p| p.seen_at);
+    out
+}
+
+/// Whether `member` held a usable copy of the slot at `at`, from `copies` (the last entry for it
+/// before `at`; none at all: no usable copy).
+pub fn usable_copy_at(copies: &[(String, Duration, bool)], member: &str, at: Duration) -> bool {
+    copies
+        .iter()
+        .filter(|(m, t, _)| m == member && *t < at)
+        .max_by_key(|(_, t, _)| *t)
+        .is_some_and(|(_, _, usable)| *usable)
+}
+
+/// The promotion that lost the row at `lsn` (never delivered) with the slot, if one did: the
+/// consumer's last run started from a position before the row (run `k`) delivered, as its
+/// first row (or the first of the runs after it, if it delivered none), one past it (the slot it read started past the row: made anew), and a member
+/// without a usable copy ([`usable_copy_at`]) was promoted after run `k - 1` started (the
+/// consumer confirmed run `k`'s start position after that) and before run `k + 1` started (or
+/// `end`). A run `k` whose first row lies before the row read a slot that held it: the row
+/// committed after that slot's start, and its loss stays a violation; so does a row whose
+/// window holds only promotions of members with usable copies (the agent should have kept the
+/// slot).
+pub fn lost_with_the_slot<'a>(
+    slot: &SlotHistory,
+    promotions: &'a [Promotion],
+    end: Duration,
+    lsn: u64,
+) -> Option<&'a Promotion> {
+    let k = slot
+        .runs
+        .iter()
+        .rposition(|r| r.startpos.unwrap_or(0) < lsn)?;
+    // Later runs start past the row (run `k` confirmed past it), so the first row from run `k`
+    // on is where the slot it read started.
+    let first = slot.runs[k..].iter().find_map(|r| r.rows.first())?;
+    if first.1 <= lsn {
+        return None;
+    }
+    let after = k
+        .checked_sub(1)
+        .map_or(Duration::ZERO, |j| slot.runs[j].start);
+    let before = slot.runs.get(k + 1).map_or(end, |r| r.start);
+    promotions.iter().find(|p| {
+        p.seen_at > after
+            && p.seen_at <= before
+            && !usable_copy_at(&slot.copies, &p.member, p.seen_at)
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::nemesis::fault::FaultKind;
     use crate::nemesis::history::{Convergence, FaultRecord, Mode, SlotRun};
@@ -284,5 +379,118 @@ mod tests {
         h.slot.as_mut().unwrap().final_rows = None;
         let (v, _) = kinds(&h);
         assert_eq!(v, vec![ViolationKind::SlotFeed; 2]);
+    }
+
+    /// An insert acknowledged by `member` on `timeline`, ending at `at` seconds.
+    fn ack(member: &str, timeline: u32, at: u64) -> crate::nemesis::history::Op {
+        use crate::nemesis::history::{Channel, Op, OpKind, Outcome};
+        Op {
+            client: "rw-insert".into(),
+            channel: Channel::ProxyRw,
+            kind: OpKind::Insert {
+                id: i64::from(timeline),
+            },
+            start: s(at),
+            end: s(at),
+            outcome: Outcome::Ok {
+                server: member.into(),
+                timeline,
+                value: None,
+            },
+        }
+    }
+
+    #[test]
+    fn promotions_are_the_first_acknowledged_write_on_each_new_timeline() {
+        let mut h = history(vec![], rows(1..=2), vec![]);
+        h.ops = vec![
+            ack("pg1", 1, 1),
+            ack("pg3", 3, 50),
+            ack("pg2", 2, 31),
+            ack("pg2", 2, 29),
+            ack("pg1", 1, 30),
+        ];
+        let p = promotions(&h);
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.member.as_str(), p.timeline, p.seen_at))
+                .collect::<Vec<_>>(),
+            vec![("pg2", 2, s(29)), ("pg3", 3, s(50))]
+        );
+    }
+
+    #[test]
+    fn a_row_never_delivered_is_allowed_only_when_the_new_leader_held_no_usable_copy() {
+        // Rows 1..=8 at lsn 100 * id; run 1 delivers 1..=4 and confirms 450; run 2 starts at 30 s
+        // from 450. The default copies record: pg2 none at 1 s, usable at 20 s; pg3 usable at
+        // 25 s; pg1 never polled.
+        struct Case {
+            name: &'static str,
+            run2: Vec<(i64, u64)>,
+            promoted: (&'static str, u64),
+            copies: Option<Vec<(String, Duration, bool)>>,
+            /// (violations, lost with the slot)
+            want: (usize, usize),
+        }
+        let cases = [
+            Case {
+                name: "the new leader held a usable copy: the loss stays a violation",
+                run2: rows(7..=8),
+                promoted: ("pg2", 28),
+                copies: None,
+                want: (1, 0),
+            },
+            Case {
+                name: "the new leader was never seen with a copy: rows 5 and 6 lost with the slot",
+                run2: rows(7..=8),
+                promoted: ("pg1", 28),
+                copies: None,
+                want: (0, 2),
+            },
+            Case {
+                name: "the new leader's copy was unusable when promoted (rejoined, not synced)",
+                run2: rows(7..=8),
+                promoted: ("pg2", 28),
+                copies: Some(vec![
+                    ("pg2".into(), s(20), true),
+                    ("pg2".into(), s(26), false),
+                ]),
+                want: (0, 2),
+            },
+            Case {
+                name: "a copy usable only after the promotion does not count",
+                run2: rows(7..=8),
+                promoted: ("pg2", 28),
+                copies: Some(vec![("pg2".into(), s(29), true)]),
+                want: (0, 2),
+            },
+            Case {
+                name: "the row committed after the new slot's start (run 2 delivered row 5 first): violation",
+                run2: vec![(5, 500), (7, 700), (8, 800)],
+                promoted: ("pg1", 28),
+                copies: None,
+                want: (1, 0),
+            },
+            Case {
+                name: "the promotion came before run 1 confirmed (outside the window): violation",
+                run2: rows(7..=8),
+                promoted: ("pg1", 0),
+                copies: None,
+                want: (1, 0),
+            },
+        ];
+        for c in cases {
+            let mut h = history(
+                vec![run(1, None, rows(1..=4)), run(30, Some(450), c.run2)],
+                rows(1..=8),
+                vec![kill(25)],
+            );
+            h.ops = vec![ack("pg3", 1, 2), ack(c.promoted.0, 2, c.promoted.1)];
+            if let Some(copies) = c.copies {
+                h.slot.as_mut().unwrap().copies = copies;
+            }
+            let (v, t) = kinds(&h);
+            assert_eq!((v.len(), t.lost_with_slot), c.want, "{}: {v:?}", c.name);
+        }
     }
 }
