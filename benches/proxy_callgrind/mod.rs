@@ -23,10 +23,12 @@
 //! it), `PRAETOR_BENCH_CLIENTS` (its first value, 8), `PRAETOR_BENCH_CALLGRIND_PROTOCOLS`
 //! (`simple,prepared`), `PRAETOR_BENCH_TARGETS` (a subset of `proxy rw`, `proxy auto`, `proxy rw
 //! threads=1`, `proxy auto threads=1`, `proxy transaction`, `proxy transaction baseline`,
+//! `proxy rw baseline`, `proxy auto baseline`,
 //! `haproxy`, `pgbouncer`), `PRAETOR_BENCH_CALLGRIND_TOP` (15 functions),
 //! `PRAETOR_BENCH_CALLGRIND_BASELINE` (the path of another `praetor` binary, e.g. a copy of the
 //! one built before a change: measured in the same run as `proxy transaction baseline`, the
-//! pool's before/after on one machine state; unset: not run).
+//! pool's before/after on one machine state, and as `proxy rw baseline` and `proxy auto
+//! baseline` with one session thread, the relaying ports'; unset: not run).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -311,17 +313,20 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
             pool_yaml,
             &["auto"][..],
         ),
+        // The relaying ports' before/after, with the default one session thread.
+        ("proxy baseline", 1, String::new(), &["rw", "auto"][..]),
     ];
     for (label, threads, extra, ports) in praetor {
         let binary = match (label, &baseline) {
-            ("proxy transaction baseline", Some(b)) => b.as_path(),
-            ("proxy transaction baseline", None) => continue,
+            ("proxy transaction baseline" | "proxy baseline", Some(b)) => b.as_path(),
+            ("proxy transaction baseline" | "proxy baseline", None) => continue,
             _ => binary,
         };
         let names: Vec<String> = ports
             .iter()
             .map(|p| match (label, *p) {
                 ("proxy transaction" | "proxy transaction baseline", _) => label.to_string(),
+                ("proxy baseline", p) => format!("proxy {p} baseline"),
                 (_, p) if threads == 1 => format!("proxy {p} threads=1"),
                 (_, p) => format!("proxy {p}"),
             })
@@ -357,9 +362,7 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
                 match r {
                     Ok((ir, dump)) => {
                         eprintln!("{} -M {protocol}: {ir:.0} Ir/tx", target.name);
-                        if threads != 1 {
-                            profiles.push((target.name.clone(), protocol.clone(), dump));
-                        }
+                        profiles.push((target.name.clone(), protocol.clone(), dump));
                         results.push(Ok(ir));
                     }
                     Err(e) => {

@@ -47,6 +47,7 @@ use crate::cancel::{CancelRegistry, Registration};
 use crate::clients::{ClientGuard, Clients};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
+use crate::on_wake::OnWake;
 use crate::pool::{open, OpenError, Pool, ServerConn};
 use crate::router::{Fence, Route, Router, Want};
 use crate::rw::{
@@ -1470,7 +1471,9 @@ where
     // True while server bytes are being written to the client (the drain waits for the end of a
     // write, so that the client's FATAL never lands inside a message).
     let writing = std::sync::atomic::AtomicBool::new(false);
-    let client_to_server = async {
+    // Each branch is polled only when its own event came ([`OnWake`]): a wake-up for the
+    // server's answer does not poll the idle client read and the switchover watch.
+    let client_to_server = OnWake::new(async {
         loop {
             // Bytes held at a boundary by an earlier relay (the session moved) go first.
             if client_buf.is_empty() {
@@ -1525,8 +1528,8 @@ where
             c2s.inc_by(client_buf.len() as u64);
             client_buf.clear();
         }
-    };
-    let server_to_client = async {
+    });
+    let server_to_client = OnWake::new(async {
         loop {
             let n = server_rd.read_buf(server_buf).await?;
             if n == 0 {
@@ -1563,8 +1566,8 @@ where
             s2c.inc_by(server_buf.len() as u64);
             server_buf.clear();
         }
-    };
-    let drain_watch = async {
+    });
+    let drain_watch = OnWake::new(async {
         let Some(t) = &tracking else {
             return std::future::pending().await;
         };
@@ -1591,7 +1594,7 @@ where
                 DrainEnd::Cut => return false,
             }
         }
-    };
+    });
     tokio::pin!(client_to_server, server_to_client, drain_watch);
     let mut client_open = true;
     loop {

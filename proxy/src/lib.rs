@@ -55,6 +55,7 @@ mod conn;
 mod error;
 pub mod feed;
 pub mod metrics;
+mod on_wake;
 mod park;
 mod pool;
 mod prepared;
