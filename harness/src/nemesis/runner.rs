@@ -909,13 +909,14 @@ pub async fn series(
                 );
                 if let Some(t) = &r.report.slot {
                     eprintln!(
-                        "nemesis seed {seed}: slot: {} rows in the final table, {} delivered over {} consumer runs, {} sent again from a start before their commit (allowed), {} delivered then lost in a failover (allowed), {} lost with the slot: the new leader held no usable copy when promoted (allowed); every replica's copy usable at {}",
+                        "nemesis seed {seed}: slot: {} rows in the final table, {} delivered over {} consumer runs, {} sent again from a start before their commit (allowed), {} delivered then lost in a failover (allowed), {} lost with the slot: the new leader held no usable copy when promoted (allowed), {} skipped: the consumer restarted past them from a position confirmed on a discarded timeline (allowed); every replica's copy usable at {}",
                         t.final_rows,
                         t.delivered,
                         t.runs,
                         t.repeated,
                         t.delivered_lost_allowed,
                         t.lost_with_slot,
+                        t.skipped_past_lost,
                         t.copies_usable_at
                             .map_or("never".into(), |d| format!("{:.1}s", d.as_secs_f64()))
                     );

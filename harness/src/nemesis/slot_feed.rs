@@ -19,6 +19,13 @@
 //!   apart, when the slot it was due from was made anew by a leader that held no usable copy
 //!   when it was promoted ([`lost_with_the_slot`]): the claim's precondition (a usable copy on
 //!   the member promoted) did not hold, so no agent could have kept the slot.
+//! - **skipped past lost commits**: a row of the final table never delivered is allowed, and
+//!   counted apart, when the consumer was asked to start past it after it had been sent rows a
+//!   failover then discarded, at or past the row's position ([`skipped_past_lost_commits`]):
+//!   the position it confirmed lay on the lost timeline, and the new timeline wrote this row
+//!   below it, where the server skips every commit. PostgreSQL 17+'s
+//!   `synchronized_standby_slots` keeps a consumer from getting ahead of the failover
+//!   candidates; before it (and for replicas not listed there) nothing does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -45,6 +52,10 @@ pub struct SlotTally {
     /// held no usable copy of the slot, which was made anew past them (allowed:
     /// [`lost_with_the_slot`]).
     pub lost_with_slot: usize,
+    /// Rows of the final table never delivered because the consumer restarted past them from a
+    /// position it confirmed on a timeline a failover discarded (allowed:
+    /// [`skipped_past_lost_commits`]).
+    pub skipped_past_lost: usize,
     /// When every replica held a usable copy (from the run's start), if that happened.
     pub copies_usable_at: Option<Duration>,
 }
@@ -83,8 +94,9 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
     tally.final_rows = fin.len();
     let settled = settled_at(history);
     let mut seen: BTreeSet<i64> = BTreeSet::new();
-    // Per delivered row missing from the final table: the start of the first run delivering it.
-    let mut missing: BTreeMap<i64, Duration> = BTreeMap::new();
+    // Per delivered row missing from the final table: the start of the first run delivering it,
+    // that run's index and the row's lsn.
+    let mut missing: BTreeMap<i64, (Duration, usize, u64)> = BTreeMap::new();
     for (k, run) in slot.runs.iter().enumerate() {
         let start = run.startpos.unwrap_or(0);
         for &(id, lsn) in &run.rows {
@@ -109,18 +121,40 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
                 }
             }
             if !fin.contains_key(&id) {
-                missing.entry(id).or_insert(run.start);
+                missing.entry(id).or_insert((run.start, k, lsn));
             }
         }
     }
     tally.delivered = seen.len();
+    // Rows delivered then lost that a fault explains: `(lsn, index of the run that sent it)`.
+    let mut discarded: Vec<(u64, usize)> = Vec::new();
+    for (id, (at, k, lsn)) in missing {
+        let explained = history
+            .faults
+            .iter()
+            .zip(&settled)
+            .any(|(f, s)| may_lose_async_commits(f) && *s > at);
+        if explained {
+            tally.delivered_lost_allowed += 1;
+            discarded.push((lsn, k));
+        } else {
+            out.push(violation(
+                at,
+                format!("row {id} delivered but not in the final table, and no fault explains it"),
+            ));
+        }
+    }
     let promotions = promotions(history);
-    let (lost, lost_with_slot): (Vec<i64>, Vec<i64>) = fin
-        .iter()
-        .filter(|(id, _)| !seen.contains(*id))
-        .map(|(id, _)| *id)
-        .partition(|id| lost_with_the_slot(slot, &promotions, history.end, fin[id]).is_none());
-    tally.lost_with_slot = lost_with_slot.len();
+    let mut lost = Vec::new();
+    for id in fin.keys().filter(|id| !seen.contains(*id)) {
+        if lost_with_the_slot(slot, &promotions, history.end, fin[id]).is_some() {
+            tally.lost_with_slot += 1;
+        } else if skipped_past_lost_commits(slot, &discarded, fin[id]).is_some() {
+            tally.skipped_past_lost += 1;
+        } else {
+            lost.push(*id);
+        }
+    }
     if !lost.is_empty() {
         out.push(violation(
             history.end,
@@ -135,21 +169,6 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
                     .join(", ")
             ),
         ));
-    }
-    for (id, at) in missing {
-        let explained = history
-            .faults
-            .iter()
-            .zip(&settled)
-            .any(|(f, s)| may_lose_async_commits(f) && *s > at);
-        if explained {
-            tally.delivered_lost_allowed += 1;
-        } else {
-            out.push(violation(
-                at,
-                format!("row {id} delivered but not in the final table, and no fault explains it"),
-            ));
-        }
     }
     (out, tally)
 }
@@ -238,6 +257,29 @@ pub fn lost_with_the_slot<'a>(
             && p.seen_at <= before
             && !usable_copy_at(&slot.copies, &p.member, p.seen_at)
     })
+}
+
+/// The consumer run that skipped the row at `lsn` (never delivered), if one did because of
+/// commits a failover discarded: the first run asked to start past the row (`--startpos`
+/// above `lsn`) follows a run that was sent a row at or past `lsn` which the final table lacks
+/// and a fault explains (`discarded`: `(lsn, index of the run that sent it)`). That row was on a
+/// timeline the failover dropped, so the consumer confirmed positions that the new timeline
+/// reuses for other rows, this one among them, and the server skips commits below the start
+/// position. A row the consumer was never asked to start past, or with no discarded row at or
+/// past it sent before, stays a violation.
+pub fn skipped_past_lost_commits(
+    slot: &SlotHistory,
+    discarded: &[(u64, usize)],
+    lsn: u64,
+) -> Option<usize> {
+    let j = slot
+        .runs
+        .iter()
+        .position(|r| r.startpos.is_some_and(|p| p > lsn))?;
+    discarded
+        .iter()
+        .any(|&(l, k)| k < j && l >= lsn)
+        .then_some(j)
 }
 
 #[cfg(test)]
@@ -379,6 +421,38 @@ mod tests {
         h.slot.as_mut().unwrap().final_rows = None;
         let (v, _) = kinds(&h);
         assert_eq!(v, vec![ViolationKind::SlotFeed; 2]);
+    }
+
+    #[test]
+    fn a_row_skipped_past_a_position_confirmed_on_a_discarded_timeline_is_allowed_only_then() {
+        // Asynchronous failover at 25 s: the old leader wrote rows 5..=6 (lsn 500, 600), run 1
+        // sent them and the consumer confirmed 650; the new timeline forked at 450 and wrote
+        // rows 7..=9 at 460, 520 and 700. Run 2 starts from 650: the server skips 7 and 8.
+        let fin = || -> Vec<(i64, u64)> {
+            rows(1..=4)
+                .into_iter()
+                .chain([(7, 460), (8, 520), (9, 700)])
+                .collect()
+        };
+        let runs =
+            |sent: Vec<(i64, u64)>| vec![run(0, None, sent), run(30, Some(650), vec![(9, 700)])];
+        let sent: Vec<(i64, u64)> = rows(1..=6);
+        let (v, t) = kinds(&history(runs(sent.clone()), fin(), vec![kill(25)]));
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!((t.skipped_past_lost, t.delivered_lost_allowed), (2, 2));
+        // No fault may lose commits (a replica's kill): the discarded rows are themselves a
+        // violation, and the skipped ones too.
+        let mut replica = kill(25);
+        replica.on_leader = false;
+        let (v, t) = kinds(&history(runs(sent), fin(), vec![replica]));
+        assert_eq!(t.skipped_past_lost, 0);
+        assert_eq!(v.len(), 3, "{v:?}");
+        // The consumer was sent nothing at or past the rows' positions that the failover
+        // dropped (row 5 only, at 500 < 520): only row 7 (460) is explained, row 8 stays lost.
+        let sent: Vec<(i64, u64)> = rows(1..=5);
+        let (v, t) = kinds(&history(runs(sent), fin(), vec![kill(25)]));
+        assert_eq!(t.skipped_past_lost, 1);
+        assert_eq!(v, vec![ViolationKind::SlotFeed]);
     }
 
     /// An insert acknowledged by `member` on `timeline`, ending at `at` seconds.
