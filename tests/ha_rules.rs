@@ -14,8 +14,17 @@ use praetor_harness::cluster::DcsKind;
 
 /// A DCS client of the cluster (not a member), for reading keys and changing the dynamic config.
 async fn dcs(c: &LocalCluster) -> Arc<dyn Dcs> {
+    dcs_at(
+        c,
+        praetor_config::DcsEndpoints::Etcd(vec![c.etcd.endpoint.clone()]),
+    )
+    .await
+}
+
+/// A DCS client of the cluster (not a member) at `endpoints`.
+async fn dcs_at(c: &LocalCluster, endpoints: praetor_config::DcsEndpoints) -> Arc<dyn Dcs> {
     praetor_dcs::connect(
-        &praetor_config::DcsEndpoints::Etcd(vec![c.etcd.endpoint.clone()]),
+        &endpoints,
         DcsIdentity {
             namespace: "/service/".into(),
             scope: c.options.scope.clone(),
@@ -25,7 +34,7 @@ async fn dcs(c: &LocalCluster) -> Arc<dyn Dcs> {
         },
     )
     .await
-    .expect("connect to etcd")
+    .expect("connect to the DCS")
 }
 
 /// Changes the dynamic configuration (the DCS `config` key) with `f`, by compare-and-set.
@@ -670,18 +679,7 @@ async fn a_leader_holding_off_after_lapsed_renewals_is_not_waited_for_by_the_mem
     replicas_caught_up(&c, "pg1").await;
     // The test's own client, straight to ZooKeeper (not through pg1's relay).
     let (_, hosts) = c.etcd.section_and_hosts();
-    let d = praetor_dcs::connect(
-        &praetor_config::DcsEndpoints::ZooKeeper(hosts),
-        DcsIdentity {
-            namespace: "/service/".into(),
-            scope: c.options.scope.clone(),
-            member: None,
-            ttl_secs: 30,
-            request_timeout_secs: 5,
-        },
-    )
-    .await
-    .expect("connect to ZooKeeper");
+    let d = dcs_at(&c, praetor_config::DcsEndpoints::ZooKeeper(hosts)).await;
     let others = ["pg2", "pg3"];
     for n in others {
         c.node(n).signal_agent(Signal::SIGSTOP);

@@ -93,19 +93,27 @@ async fn rejoined_with_one_rewind(c: &LocalCluster, old: &str, acked: &[i32]) {
     );
 }
 
-#[tokio::test]
-async fn former_primary_killed_rejoins_with_a_rewind_role_and_without_checksums() {
-    let mut c = healthy_cluster(patroni_like("rejoin-kill")).await;
+/// Writes rows 0..50 on the leader, kills its whole node (agent, then postmaster: an unclean
+/// shutdown), waits (60 s) for another member to lead and writes rows 50..100 there. Returns the
+/// former leader and every acknowledged row.
+async fn kill_the_leader_node_and_write_on_the_next(c: &mut LocalCluster) -> (String, Vec<i32>) {
     let old = c.leader().await.unwrap();
     let writer = connect(c.node(&old).pg_port).await.unwrap();
     let mut acked = insert_rows(&writer, 0, 50).await;
-    // The whole node dies: agent and postmaster (an unclean shutdown, so the former primary needs
-    // crash recovery, and pg_rewind, before it can follow).
     c.node_mut(&old).kill_agent();
     c.node(&old).kill_postmaster();
-    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
+    let new = new_leader_other_than(c, &old, Duration::from_secs(60)).await;
     let client = writable(c.node(&new).pg_port).await;
     acked.extend(insert_rows(&client, 50, 100).await);
+    (old, acked)
+}
+
+#[tokio::test]
+async fn former_primary_killed_rejoins_with_a_rewind_role_and_without_checksums() {
+    let mut c = healthy_cluster(patroni_like("rejoin-kill")).await;
+    // The whole node dies: agent and postmaster (an unclean shutdown, so the former primary needs
+    // crash recovery, and pg_rewind, before it can follow).
+    let (old, acked) = kill_the_leader_node_and_write_on_the_next(&mut c).await;
     let bin = c.binary.clone();
     c.node_mut(&old).start_agent(&bin).unwrap();
     rejoined_with_one_rewind(&c, &old, &acked).await;
@@ -326,14 +334,7 @@ async fn rewind_interrupted_after_changing_the_target_is_not_retried_nor_started
         ..patroni_like("rewind-damaged")
     })
     .await;
-    let old = c.leader().await.unwrap();
-    let writer = connect(c.node(&old).pg_port).await.unwrap();
-    let mut acked = insert_rows(&writer, 0, 50).await;
-    c.node_mut(&old).kill_agent();
-    c.node(&old).kill_postmaster();
-    let new = new_leader_other_than(&c, &old, Duration::from_secs(60)).await;
-    let client = writable(c.node(&new).pg_port).await;
-    acked.extend(insert_rows(&client, 50, 100).await);
+    let (old, acked) = kill_the_leader_node_and_write_on_the_next(&mut c).await;
     let bin = c.binary.clone();
     let from = c.node(&old).log().len();
     c.node_mut(&old).start_agent(&bin).unwrap();

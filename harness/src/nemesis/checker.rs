@@ -201,13 +201,22 @@ const SLACK: Duration = Duration::from_secs(1);
 /// - A fault applied while another held (or held while another was applied) gets its bound plus
 ///   the other's: at worst the second fault starts the recovery over.
 pub fn recovery_bound(history: &History, f: &FaultRecord) -> Duration {
-    let own = own_bound(history, f);
+    plus_overlapping(history, f, own_bound)
+}
+
+/// `own(f)` plus `own(g)` for every fault `g` of `history` that overlapped `f`: at worst each
+/// overlapping fault starts the recovery over.
+fn plus_overlapping(
+    history: &History,
+    f: &FaultRecord,
+    own: fn(&History, &FaultRecord) -> Duration,
+) -> Duration {
     history
         .faults
         .iter()
         .filter(|g| f.overlaps(g))
-        .map(|g| own_bound(history, g))
-        .fold(own, |b, g| b + g)
+        .map(|g| own(history, g))
+        .fold(own(history, f), |b, g| b + g)
 }
 
 fn own_bound(history: &History, f: &FaultRecord) -> Duration {
@@ -275,13 +284,7 @@ fn dcs_recovery(f: &FaultRecord) -> Duration {
 ///   the time for writes to resume once a fault stopped them; a second outage within the window
 ///   is the same fault's and gets no more.
 pub fn gap_bound(history: &History, f: &FaultRecord) -> Duration {
-    let own = own_gap_bound(history, f);
-    history
-        .faults
-        .iter()
-        .filter(|g| f.overlaps(g))
-        .map(|g| own_gap_bound(history, g))
-        .fold(own, |b, g| b + g)
+    plus_overlapping(history, f, own_gap_bound)
 }
 
 fn own_gap_bound(history: &History, f: &FaultRecord) -> Duration {
