@@ -1646,17 +1646,22 @@ mod tests {
         // The leader's DCS links slowed 1..29 s. Before the rule that hands the lock on: pg1
         // acknowledges until 3 s, then cycles through stops and promotions until the heal and
         // writes again at 30 s (27 s without writes).
+        // Strict mode, every insert in the final table, the slow-dcs fault 1..29 s on the leader.
+        let slowed = |ops: Vec<Op>| {
+            let ids: Vec<i64> = ops
+                .iter()
+                .filter_map(|o| match o.kind {
+                    OpKind::Insert { id } => Some(id),
+                    _ => None,
+                })
+                .collect();
+            let mut h = history(Mode::Strict, ops, &ids);
+            h.faults = vec![fault(FaultKind::SlowDcs, true, 1000, 29_000)];
+            h
+        };
         let mut ops = writes(1, 0, 3000, "pg1", 1);
         ops.extend(writes(1000, 30_000, 40_000, "pg1", 2));
-        let ids: Vec<i64> = ops
-            .iter()
-            .filter_map(|o| match o.kind {
-                OpKind::Insert { id } => Some(id),
-                _ => None,
-            })
-            .collect();
-        let mut h = history(Mode::Strict, ops, &ids);
-        h.faults = vec![fault(FaultKind::SlowDcs, true, 1000, 29_000)];
+        let h = slowed(ops);
         // lapse (loop_wait 1 + retry_timeout 2) + ttl 6 + loop_wait 1 + 1 s + a start 1 s.
         assert_eq!(gap_bound(&h, &h.faults[0]), ms(12_000));
         assert_eq!(write_gap(&h, &h.faults[0]), (ms(2910), ms(27_100)));
@@ -1672,15 +1677,7 @@ mod tests {
         // With the rule: pg1 steps aside at 4 s, pg2 writes on timeline 2 from 7.4 s.
         let mut ops = writes(1, 0, 4000, "pg1", 1);
         ops.extend(writes(1000, 7400, 40_000, "pg2", 2));
-        let ids: Vec<i64> = ops
-            .iter()
-            .filter_map(|o| match o.kind {
-                OpKind::Insert { id } => Some(id),
-                _ => None,
-            })
-            .collect();
-        let mut h = history(Mode::Strict, ops, &ids);
-        h.faults = vec![fault(FaultKind::SlowDcs, true, 1000, 29_000)];
+        let h = slowed(ops);
         let r = check(&h);
         assert_eq!(r.violations, vec![], "{r:?}");
         assert_eq!(r.recoveries[0].gap, ms(3500));
@@ -1694,7 +1691,7 @@ mod tests {
         let mut ops = writes(1, 0, 3000, "pg1", 1);
         ops.extend(writes(1000, 12_000, 13_000, "pg1", 2));
         ops.extend(writes(2000, 30_000, 40_000, "pg1", 3));
-        h.ops = ops;
+        let h = slowed(ops);
         assert_eq!(handed_over_during(&h, &h.faults[0]), None);
     }
 
