@@ -78,13 +78,17 @@ pub async fn insert_rows(client: &tokio_postgres::Client, from: i32, to: i32) ->
 
 /// All ids in `t`.
 pub async fn read_ids(client: &tokio_postgres::Client) -> Vec<i32> {
+    try_read_ids(client).await.expect("select ids")
+}
+
+/// All ids in `t`, or the error (on a replica: `t` does not exist until it replayed the
+/// `CREATE TABLE`, so a wait for rows must take the error as "not yet", not panic on it).
+pub async fn try_read_ids(client: &tokio_postgres::Client) -> Result<Vec<i32>, String> {
     client
         .query("SELECT id FROM t ORDER BY id", &[])
         .await
-        .expect("select ids")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .map_err(|e| format!("select ids: {e}"))
 }
 
 /// Waits until `client` (a replica) has replayed exactly the rows `acked`, and asserts it.
@@ -93,7 +97,7 @@ pub async fn replica_has_rows(client: &tokio_postgres::Client, acked: &[i32]) {
         &format!("a replica to replay {} rows", acked.len()),
         Duration::from_secs(30),
         || async {
-            let ids = read_ids(client).await;
+            let ids = try_read_ids(client).await?;
             if ids.len() == acked.len() {
                 Ok(ids)
             } else {

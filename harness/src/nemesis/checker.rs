@@ -180,6 +180,14 @@ const SLACK: Duration = Duration::from_secs(1);
 ///   leader keeps its lock (the stop leaves a quorum; the blip ends before the leader's demotion
 ///   deadline, [`super::fault::BLIP_MARGIN`]) and writes never need the DCS (`loop_wait + 1 s`);
 ///   more means the leader needlessly stepped down.
+/// - **stop of the DCS's own leader** (a DCS member stop [`FaultRecord::on_leader`]): the other
+///   servers elect a leader first and accept no request until then (etcd: a randomized 1-2 s
+///   timeout and a vote; ZooKeeper: its leader election and the sessions re-established), so no
+///   lease is renewed and the leader lapses and steps down whenever the election outlasts what
+///   is left of `loop_wait + retry_timeout` (the reason [`leader_disturbed`] exempts it). Counted
+///   as a quorum loss healed at the stop: the failover bound from when the DCS accepted requests
+///   again ([`FaultRecord::dcs_available_at`], probed from the stop), since a lock held through
+///   the election lives on for up to `ttl` after it; not probed, from the stop.
 /// - **DCS quorum loss**, from the heal: the failover bound, since a lock held at the loss may
 ///   live on for up to `ttl` once the quorum is back, counted from when the DCS accepted requests
 ///   again ([`FaultRecord::dcs_available_at`], when later than the heal): the servers' own
@@ -245,6 +253,7 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
             hold + loop_wait + SLACK
         }
         FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink => SLACK,
+        FaultKind::DcsMemberStop if f.on_leader => dcs_recovery(f) + failover,
         FaultKind::DcsMemberStop | FaultKind::DcsBlip => loop_wait + SLACK,
         FaultKind::DcsQuorumLoss => dcs_recovery(f) + failover,
         FaultKind::ProxyRestart => hold + 2 * SLACK,
@@ -259,11 +268,17 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
     }
 }
 
-/// How long after its heal the DCS accepted requests again ([`FaultRecord::dcs_available_at`]),
-/// zero when it did so at once or was not probed.
+/// How long the DCS accepted no request because of fault `f` ([`FaultRecord::dcs_available_at`]):
+/// after its heal for a quorum loss, after its start for a stop of the DCS's own leader (the
+/// election begins at the stop, and the stop leaves a quorum); zero when it accepted requests at
+/// once or was not probed.
 fn dcs_recovery(f: &FaultRecord) -> Duration {
+    let from = match f.kind {
+        FaultKind::DcsQuorumLoss => f.heal,
+        _ => f.start,
+    };
     f.dcs_available_at
-        .map_or(Duration::ZERO, |at| at.saturating_sub(f.heal))
+        .map_or(Duration::ZERO, |at| at.saturating_sub(from))
 }
 
 /// The bound on the longest write gap in fault `f`'s window ([`write_gap`]), per kind, and why;
@@ -280,6 +295,10 @@ fn dcs_recovery(f: &FaultRecord) -> Duration {
 /// - **DCS quorum loss**: writes may stop from the loss (the leader stops at its deadline) until
 ///   its recovery ends: the hold plus [`recovery_bound`]'s (which counts from the heal, or from
 ///   when the DCS accepted requests again).
+/// - **stop of the DCS's own leader**: its recovery bound, the DCS's election (from the stop to
+///   [`FaultRecord::dcs_available_at`]) plus a failover ([`leader_disturbed`] exempts that
+///   election too; ZooKeeper seed 1 of the CI: 2.75 s without writes against the 2 s a stop of
+///   another server gets). The stop of a server that did not lead keeps `loop_wait + 1 s`.
 /// - every other kind: its recovery bound. Those are measured from the fault's start and bound
 ///   the time for writes to resume once a fault stopped them; a second outage within the window
 ///   is the same fault's and gets no more.
@@ -1759,6 +1778,70 @@ mod tests {
         // At once (or recorded before the heal, which the probe cannot do): nothing added.
         h.faults[0].dcs_available_at = Some(ms(5000));
         assert_eq!(bound(&h), ms(8000));
+    }
+
+    #[test]
+    fn a_stop_of_the_dcss_own_leader_counts_its_gap_from_the_dcss_election() {
+        // ZooKeeper server 1 stopped 1..4 s; the leader pg1 acknowledges through the proxy
+        // until 0.91 s and again from `resume` ms on, on its timeline (its direct probe every
+        // 100 ms throughout); the ensemble accepted requests again at `available`.
+        let stop = |on_leader: bool, available: Option<u64>, resume: u64| {
+            let mut ops = writes(1, 0, 1000, "pg1", 1);
+            ops.extend(writes(1000, resume, 20_000, "pg1", 1));
+            ops.extend(
+                (0..200).map(|i| direct(5000 + i, i as u64 * 100, i as u64 * 100 + 5, "pg1", 1)),
+            );
+            let mut h = history(Mode::Async, ops, &[]);
+            h.final_state = None;
+            let mut f = dcs_fault(FaultKind::DcsMemberStop, 1000, 4000);
+            f.target = "zookeeper 1 (the DCS's leader)".into();
+            f.on_leader = on_leader;
+            f.dcs_available_at = available.map(ms);
+            h.faults = vec![f];
+            h
+        };
+        // (the stopped server led, the DCS accepted requests at, writes resumed at, gap bound
+        //  ms, gap over bound, leader disturbed): 2.75 s without writes is ZooKeeper seed 1 of
+        //  the CI.
+        let rows: [(bool, Option<u64>, u64, u64, bool, bool); 6] = [
+            // A server that did not lead: no election, writes never need the DCS (1 + 1 s).
+            (false, None, 3750, 2000, true, true),
+            (false, Some(2500), 3750, 2000, true, true),
+            (false, None, 2500, 2000, false, false),
+            // The DCS's leader: its election (1.5 s from the stop) plus a failover (6 + 1 + 1 s).
+            (true, Some(2500), 3750, 9500, false, false),
+            // Over that too: a gap the election does not explain.
+            (true, Some(2500), 11_000, 9500, true, false),
+            // Not probed (or no answer within the probe's limit): the failover from the stop.
+            (true, None, 3750, 8000, false, false),
+        ];
+        for (on_leader, available, resume, bound, over, disturbed) in rows {
+            let h = stop(on_leader, available, resume);
+            let row = format!("on_leader {on_leader}, available {available:?}, resume {resume}");
+            assert_eq!(gap_bound(&h, &h.faults[0]), ms(bound), "{row}");
+            let r = check(&h);
+            let rec = &r.recoveries[0];
+            // From the stop (pg1 wrote until then) to the first write after it.
+            assert_eq!(rec.gap, ms(resume + 10 - 1000), "{row}");
+            assert_eq!(
+                (rec.gap_bound, rec.gap_over_bound),
+                (ms(bound), over),
+                "{row}"
+            );
+            let mut expected = vec![ViolationKind::NoConvergence];
+            if disturbed {
+                expected.push(ViolationKind::LeaderDisturbed);
+            }
+            let mut got = kinds(&r);
+            got.sort();
+            assert_eq!(got, expected, "{row}: {r:?}");
+        }
+        // The recovery bound counts from the same election; a quorum loss's from its heal.
+        let h = stop(true, Some(2500), 3750);
+        assert_eq!(recovery_bound(&h, &h.faults[0]), ms(9500));
+        let mut h = stop(true, Some(5000), 3750);
+        h.faults[0].kind = FaultKind::DcsQuorumLoss;
+        assert_eq!(recovery_bound(&h, &h.faults[0]), ms(1000 + 8000));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! When a DCS accepts client requests again after a quorum loss healed: the runner probes every
-//! server until one answers a request that needs the quorum, so the checker can tell the DCS's own
-//! recovery (an election, sessions accepted again) from the agents' ([`super::checker`]: the
-//! quorum loss's bound counts from this moment when it comes after the heal).
+//! When a DCS accepts client requests again after a quorum loss healed, or after its own leader
+//! was stopped: the runner probes every server until one answers a request that needs the quorum,
+//! so the checker can tell the DCS's own recovery (an election, sessions accepted again) from the
+//! agents' ([`super::checker`]: the quorum loss's bound counts from this moment when it comes
+//! after the heal, the leader's stop's from this moment after the stop).
 //!
 //! The requests, each with a short timeout, to one server at a time (no client failover between
 //! servers, so each server's answer is its own):

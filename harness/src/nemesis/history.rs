@@ -198,9 +198,11 @@ pub struct FaultRecord {
     /// standby, which under `synchronous_mode` is the only member that may be promoted).
     pub replica_with_leader: bool,
     /// For a DCS quorum loss: when (from the run's start) the DCS accepted a client request
-    /// again after the heal (the runner's probe of every server: a linearizable read on etcd, a
-    /// new session and an `exists` on ZooKeeper; [`super::dcs_probe`]); `None` for the other
-    /// kinds, or when no server answered within the probe's limit.
+    /// again after the heal; for a stop of the DCS's own leader (a [`FaultKind::DcsMemberStop`]
+    /// `on_leader`): when it did so after the stop, once the other servers had elected a leader
+    /// (the runner's probe of every server: a linearizable read on etcd, a new session and an
+    /// `exists` on ZooKeeper; [`super::dcs_probe`]); `None` for the other faults, or when no
+    /// server answered within the probe's limit.
     pub dcs_available_at: Option<Duration>,
 }
 

@@ -204,8 +204,9 @@ fn keep_slow() -> bool {
     std::env::var("PRAETOR_NEMESIS_KEEP_SLOW").is_ok_and(|v| v == "1")
 }
 
-/// How long after a quorum loss's heal the runner probes the DCS for a server accepting requests
-/// ([`super::dcs_probe`]); longer than any election seen (ZooKeeper: up to ~11 s at load ~30).
+/// How long after a quorum loss's heal, or the stop of the DCS's leader, the runner probes the
+/// DCS for a server accepting requests ([`super::dcs_probe`]); longer than any election seen
+/// (ZooKeeper: up to ~11 s at load ~30).
 const DCS_PROBE_LIMIT: Duration = Duration::from_secs(60);
 
 async fn run_on(
@@ -325,6 +326,10 @@ async fn run_on(
             });
         }
         let mut held: Vec<(Instant, Applied, usize)> = Vec::new();
+        // The DCS's own recoveries being probed ([`super::dcs_probe`]): the task, the fault's
+        // index, and the moment the probe counts from (the stop of the DCS's leader, or the heal
+        // of a quorum loss).
+        let mut probes = Vec::new();
         for (planned, link) in group.iter().zip(links) {
             if let Some(after) = planned.overlap {
                 tokio::time::sleep(after).await;
@@ -352,8 +357,16 @@ async fn run_on(
             );
             // For a DCS member stop, "on the leader" is the DCS's own leader (its election is
             // what a member stop costs; see checker::leader_disturbed).
-            let on_leader = matches!(planned.target, Target::Leader | Target::Split { .. })
-                || matches!(applied, Applied::DcsStopped { led: true, .. });
+            let dcs_election = matches!(applied, Applied::DcsStopped { led: true, .. });
+            let on_leader =
+                matches!(planned.target, Target::Leader | Target::Split { .. }) || dcs_election;
+            // The DCS without its leader accepts no request until the others elect one: probed
+            // from the stop, in a task (checker::gap_bound counts from the first answer).
+            if dcs_election && planned.kind == FaultKind::DcsMemberStop {
+                let (section, hosts) = cluster.dcs().section_and_hosts();
+                let probe = super::dcs_probe::first_acceptance(section, hosts, DCS_PROBE_LIMIT);
+                probes.push((tokio::spawn(probe), faults.len(), workload.now()));
+            }
             held.push((Instant::now() + planned.hold, applied, faults.len()));
             faults.push(FaultRecord {
                 kind: planned.kind,
@@ -373,22 +386,31 @@ async fn run_on(
         // A switchover heals when its answer comes, after the group's other faults have healed
         // on their own schedule.
         let mut asked = Vec::new();
-        let mut probes = Vec::new();
         for (until, applied, index) in held {
             if let Applied::Switchover(ask) = applied {
                 asked.push((ask, index));
                 continue;
             }
             tokio::time::sleep_until(until.into()).await;
+            let healing = Instant::now();
             heal(cluster, &mut proxy, applied).await?;
             faults[index].heal = workload.now();
+            // A heal runs commands (`nft`, `ip`) in this process, whose relays carry every
+            // agent's DCS traffic: a slow one on a loaded machine shows here.
+            if healing.elapsed() > Duration::from_millis(500) {
+                eprintln!(
+                    "nemesis seed {seed}: healing {} took {:.1}s",
+                    faults[index].kind,
+                    healing.elapsed().as_secs_f64()
+                );
+            }
             // The DCS's own recovery after a quorum loss (an election, sessions accepted again)
             // is not the agents': probed from the heal, in a task so the group's other fault
             // heals on time (checker::recovery_bound counts from the later of the two).
             if faults[index].kind == FaultKind::DcsQuorumLoss {
                 let (section, hosts) = cluster.dcs().section_and_hosts();
                 let probe = super::dcs_probe::first_acceptance(section, hosts, DCS_PROBE_LIMIT);
-                probes.push((tokio::spawn(probe), index));
+                probes.push((tokio::spawn(probe), index, faults[index].heal));
             }
         }
         for (ask, index) in asked {
@@ -401,16 +423,22 @@ async fn run_on(
         }
         let heal_at = workload.now();
         let converged_or_not = converged(cluster, options).await;
-        for (probe, index) in probes {
+        for (probe, index, from) in probes {
             let f = &mut faults[index];
             match probe.await {
                 Ok(Ok(after)) => {
+                    let what = if f.kind == FaultKind::DcsQuorumLoss {
+                        "heal"
+                    } else {
+                        "start"
+                    };
                     eprintln!(
-                        "nemesis seed {seed}: the DCS accepted requests {:.1}s after the heal of {}",
+                        "nemesis seed {seed}: the DCS accepted requests {:.1}s after the {what} of {} ({})",
                         after.as_secs_f64(),
-                        f.kind
+                        f.kind,
+                        f.target
                     );
-                    f.dcs_available_at = Some(f.heal + after);
+                    f.dcs_available_at = Some(from + after);
                 }
                 Ok(Err(e)) => eprintln!("nemesis seed {seed}: {e}"),
                 Err(e) => eprintln!("nemesis seed {seed}: the DCS probe's task: {e}"),
