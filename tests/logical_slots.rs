@@ -22,6 +22,10 @@
 //! consumer and parsing live in `praetor_harness::logical`, shared with the nemesis' slot
 //! workload.
 //!
+//! Before each kill every replica says in `/patroni` that it holds usable copies
+//! (`logical_slot_copies`). A third test (issue 14) checks the leader race's tie-breaker: of two
+//! replicas equal on WAL, the one holding a usable copy is promoted.
+//!
 //! Run: `cargo test -p praetor --test logical_slots -- --test-threads=1 --nocapture` (figures on
 //! stderr).
 
@@ -332,6 +336,25 @@ async fn survives_leader_kill(pg: PgMajor) {
             }
         }
 
+        // Each replica says so in `/patroni` (`logical_slot_copies`, the leader race's
+        // tie-breaker: issue 14).
+        for n in c.nodes.iter().filter(|n| n.name != leader) {
+            let says = wait_for(
+                &format!("{}: /patroni says it holds usable copies", n.name),
+                Duration::from_secs(60),
+                || async {
+                    match race_view(n).await? {
+                        (_, Some(true)) => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            )
+            .await;
+            if let Err(e) = says {
+                dump_logs(&c);
+                panic!("round {round}: {e}");
+            }
+        }
         c.node_mut(&leader).kill();
         let new = new_leader_other_than(&c, &leader, Duration::from_secs(120)).await;
         eprintln!("round {round}: killed {leader}, {new} leads");
