@@ -22,6 +22,10 @@
 //! consumer and parsing live in `praetor_harness::logical`, shared with the nemesis' slot
 //! workload.
 //!
+//! Before each kill every replica says in `/patroni` that it holds usable copies
+//! (`logical_slot_copies`). A third test (issue 14) checks the leader race's tie-breaker: of two
+//! replicas equal on WAL, the one holding a usable copy is promoted.
+//!
 //! Run: `cargo test -p praetor --test logical_slots -- --test-threads=1 --nocapture` (figures on
 //! stderr).
 
@@ -332,6 +336,25 @@ async fn survives_leader_kill(pg: PgMajor) {
             }
         }
 
+        // Each replica says so in `/patroni` (`logical_slot_copies`, the leader race's
+        // tie-breaker: issue 14).
+        for n in c.nodes.iter().filter(|n| n.name != leader) {
+            let says = wait_for(
+                &format!("{}: /patroni says it holds usable copies", n.name),
+                Duration::from_secs(60),
+                || async {
+                    match race_view(n).await? {
+                        (_, Some(true)) => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            )
+            .await;
+            if let Err(e) = says {
+                dump_logs(&c);
+                panic!("round {round}: {e}");
+            }
+        }
         c.node_mut(&leader).kill();
         let new = new_leader_other_than(&c, &leader, Duration::from_secs(120)).await;
         eprintln!("round {round}: killed {leader}, {new} leads");
@@ -422,4 +445,276 @@ async fn survives_leader_kill(pg: PgMajor) {
         );
     }
     assert!(t.committed > 0);
+}
+
+/// What `node`'s `/patroni` answers: its WAL position (max of the `xlog` positions, as the leader
+/// race reads it) and `logical_slot_copies` (issue 14).
+async fn race_view(node: &praetor_harness::cluster::Node) -> Result<(u64, Option<bool>), String> {
+    let (code, body) = call(node, "GET", "/patroni", None).await;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("{code} {body}: {e}"))?;
+    let xlog = &v["xlog"];
+    let pos = ["location", "received_location", "replayed_location"]
+        .iter()
+        .filter_map(|k| xlog[*k].as_u64())
+        .max()
+        .ok_or_else(|| format!("no xlog position in {body}"))?;
+    Ok((pos, v["logical_slot_copies"].as_bool()))
+}
+
+/// The state of the slot's copy on `port`, for the test's messages.
+async fn copy_row(port: u16) -> String {
+    let Ok(client) = connect(port).await else {
+        return "unreachable".into();
+    };
+    match client
+        .query_opt(
+            "SELECT synced, temporary, confirmed_flush_lsn::text, invalidation_reason \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&SLOT],
+        )
+        .await
+    {
+        Ok(Some(r)) => format!(
+            "synced={} temporary={} confirmed={:?} invalidation={:?}",
+            r.get::<_, bool>(0),
+            r.get::<_, bool>(1),
+            r.get::<_, Option<String>>(2),
+            r.get::<_, Option<String>>(3)
+        ),
+        Ok(None) => "no slot".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Issue 14 (nemesis etcd async PG 15 seed 3: the member elected had no copy of the permanent slot,
+/// the one that had it was passed over, and the consumer lost its slot): two replicas equal on WAL,
+/// only one holding a usable copy of the permanent logical slot; the leader stops; the holder is
+/// promoted.
+///
+/// PostgreSQL 18. Both replicas hold a synchronized copy while a consumer runs; the consumer stops
+/// (the slot stays at its confirmed position, its `catalog_xmin` and `restart_lsn` held back) and
+/// rows are written past it; one replica is cloned again: PostgreSQL's slot synchronization then
+/// keeps its copy temporary ("the remote slot needs ... but the standby has ...") until the
+/// consumer confirms past what that standby can decode, so only the other replica holds a usable
+/// copy, and the agents say so in `/patroni` (`logical_slot_copies`). The leader's agent is
+/// killed and its PostgreSQL stopped fast: a fast shutdown sends the last WAL (its shutdown
+/// checkpoint) to both streaming replicas, so both end at the same position (checked); after
+/// `ttl` both race, and the tie on WAL and `failover_priority` goes to the copy holder. On the
+/// rule before issue 14 both raced and either could win (about one run in two passes by chance:
+/// the `decide_table` rows are the deterministic check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_replica_holding_a_usable_slot_copy_wins_a_tie_on_wal_against_one_without() {
+    let pg = PgMajor::Pg18;
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: "slotelect".into(),
+        bin_dir: Some(pg.bin_dir()),
+        proxy: false,
+        dcs_extra: logical::permanent_slot_lines(SLOT),
+        dcs_parameters: vec!["wal_level: logical".into()],
+        ..Default::default()
+    })
+    .await;
+    let dsn = leader_dsn(&c);
+    let leader = c.leader().await.expect("leader");
+    let replicas = others(&c, &leader);
+    let (holder, recloned) = (replicas[0].clone(), replicas[1].clone());
+    let client = connect_retry(c.node(&leader).pg_port, Duration::from_secs(30)).await;
+    client
+        .batch_execute(logical::CREATE_TABLE)
+        .await
+        .expect("create table");
+
+    // Both replicas hold a synchronized copy while the consumer streams.
+    let dir = c.work.path().join("consumer");
+    std::fs::create_dir_all(&dir).expect("consumer dir");
+    let writer = Writer::start(dsn.clone(), 100);
+    let consumer = Consumer::start(pg.bin_dir(), dsn.clone(), SLOT.into(), dir, Instant::now());
+    let mut failed = None;
+    if let Err(e) = wait_for(
+        "the consumer receives rows",
+        Duration::from_secs(120),
+        || async {
+            let n = delivered_ids(&consumer.runs()).len();
+            if n >= 50 {
+                Ok(n)
+            } else {
+                Err(format!("{n} delivered"))
+            }
+        },
+    )
+    .await
+    {
+        failed = Some(e);
+    }
+    for name in &replicas {
+        if failed.is_some() {
+            break;
+        }
+        let port = c.node(name).pg_port;
+        if let Err(e) = wait_for(
+            &format!("{name}: a synchronized copy of the slot"),
+            Duration::from_secs(120),
+            || has_synced_copy(port),
+        )
+        .await
+        {
+            failed = Some(e);
+        }
+    }
+    // The consumer stops; rows are written past the slot's position.
+    consumer.stop().await;
+    let acked_before = writer_rows_now(&client).await;
+    if failed.is_none() {
+        if let Err(e) = wait_for(
+            "200 rows written past the stopped consumer",
+            Duration::from_secs(60),
+            || async {
+                let n = writer_rows_now(&client).await;
+                if n >= acked_before + 200 {
+                    Ok(n)
+                } else {
+                    Err(format!("{n} rows"))
+                }
+            },
+        )
+        .await
+        {
+            failed = Some(e);
+        }
+    }
+    writer.stop().await;
+    if let Some(e) = failed {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    let confirmed = confirmed_on(c.node(&leader).pg_port)
+        .await
+        .expect("the slot on the leader");
+
+    // One replica is cloned again: its synchronized copy stays temporary.
+    let bin = c.binary.clone();
+    {
+        let node = c.node_mut(&recloned);
+        node.stop_agent(Duration::from_secs(60))
+            .await
+            .expect("agent stops");
+        std::fs::remove_dir_all(node.data_dir()).expect("remove the data directory");
+        node.start_agent(&bin).expect("agent starts");
+    }
+    if let Err(e) = c.wait_healthy(2, Duration::from_secs(180)).await {
+        dump_logs(&c);
+        panic!("{recloned} was not cloned again: {e}");
+    }
+    let answers = wait_for(
+        "only the holder publishes a usable copy",
+        Duration::from_secs(120),
+        || async {
+            let h = race_view(c.node(&holder)).await?;
+            let r = race_view(c.node(&recloned)).await?;
+            if h.1 == Some(true) && r.1 == Some(false) {
+                Ok((h, r))
+            } else {
+                Err(format!(
+                    "{holder} {h:?} ({}), {recloned} {r:?} ({})",
+                    copy_row(c.node(&holder).pg_port).await,
+                    copy_row(c.node(&recloned).pg_port).await
+                ))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = answers {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    eprintln!(
+        "{holder}: {}; {recloned}: {}",
+        copy_row(c.node(&holder).pg_port).await,
+        copy_row(c.node(&recloned).pg_port).await
+    );
+
+    // The leader stops: agent killed (the lock stays until ttl), PostgreSQL stopped fast, which
+    // sends both replicas its last WAL.
+    c.node_mut(&leader).kill_agent();
+    let pm = c
+        .node(&leader)
+        .postmaster_pid()
+        .expect("the leader's postmaster");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pm),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("fast shutdown");
+    let stopped = wait_for(
+        "the leader's PostgreSQL stops",
+        Duration::from_secs(60),
+        || async {
+            match c.node(&leader).postmaster_pid() {
+                None => Ok(()),
+                Some(p) => Err(format!("postmaster {p} still runs")),
+            }
+        },
+    )
+    .await;
+    // Both replicas at the same WAL position, as the race compares it (`/patroni`), before
+    // either can take the lock (ttl after the last renewal).
+    let equal = wait_for(
+        "both replicas at the same WAL position",
+        Duration::from_secs(5),
+        || async {
+            let (h, _) = race_view(c.node(&holder)).await?;
+            let (r, _) = race_view(c.node(&recloned)).await?;
+            if h == r {
+                Ok(h)
+            } else {
+                Err(format!("{holder} at {h:X}, {recloned} at {r:X}"))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = stopped.and(equal.as_ref().map(|_| ()).map_err(Clone::clone)) {
+        dump_logs(&c);
+        panic!("{e}");
+    }
+    let new = new_leader_other_than(&c, &leader, Duration::from_secs(120)).await;
+    let waited: Vec<String> = c
+        .node(&recloned)
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("({holder} is healthier)")))
+        .take(2)
+        .map(str::to_string)
+        .collect();
+    eprintln!(
+        "stopped {leader}; both replicas at {:X}; {new} leads; {recloned} waited: {waited:?}",
+        equal.unwrap()
+    );
+    if new != holder {
+        dump_logs(&c);
+        panic!(
+            "{new} was promoted, not {holder}, the only replica holding a usable copy of {SLOT}"
+        );
+    }
+    // The slot survived: the new leader has it, at most at the position the consumer confirmed.
+    let at = wait_for(
+        "the slot on the new leader",
+        Duration::from_secs(60),
+        || confirmed_on(c.node(&holder).pg_port),
+    )
+    .await
+    .expect("the new leader keeps the slot");
+    assert!(
+        at > 0 && at <= confirmed,
+        "the copy is at {at:X}, the consumer had confirmed {confirmed:X}"
+    );
+}
+
+/// How many rows the writer's table holds now (on the leader, through `client`).
+async fn writer_rows_now(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {}", logical::TABLE), &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0)
 }

@@ -35,6 +35,9 @@ pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
         // Praetor's field (see `crate::api::NodeStatus::holding_off_ms`); absent from Patroni's
         // answers, which never hold off.
         holding_off: v["holding_off_ms"].as_u64().is_some_and(|ms| ms > 0),
+        // Praetor's field (see `crate::api::NodeStatus::logical_slot_copies`); a Patroni member
+        // does not publish it and is neither preferred nor passed over on it.
+        slot_copies: v["logical_slot_copies"].as_bool(),
     }
 }
 
@@ -142,5 +145,30 @@ mod tests {
         let json = st.patroni_json();
         assert!(json.get("holding_off_ms").is_none());
         assert!(!peer_status_from_json("pg1", &json).holding_off);
+    }
+
+    /// A member says in `/patroni` whether it holds usable copies of the permanent logical slots
+    /// (`logical_slot_copies`), and the race reads it back; a Patroni member's answer has no such
+    /// field: unknown, neither preferred nor passed over.
+    #[test]
+    fn a_member_answers_whether_it_holds_slot_copies() {
+        for copies in [Some(true), Some(false), None] {
+            let st = crate::api::NodeStatus {
+                name: "pg2".into(),
+                logical_slot_copies: copies,
+                ..Default::default()
+            };
+            let json = st.patroni_json();
+            assert_eq!(
+                json.get("logical_slot_copies").and_then(|v| v.as_bool()),
+                copies
+            );
+            assert_eq!(peer_status_from_json("pg2", &json).slot_copies, copies);
+        }
+        let patroni = serde_json::json!({
+            "state": "running", "role": "replica", "timeline": 1,
+            "xlog": {"received_location": 500, "replayed_location": 500}
+        });
+        assert_eq!(peer_status_from_json("pg3", &patroni).slot_copies, None);
     }
 }

@@ -2113,6 +2113,15 @@ impl Runner {
                 &self.dynamic,
                 self.now().mono_ms,
             ),
+            logical_slot_copies: match &obs.postgres {
+                Postgres::Running(r) => ha::slots::holds_slot_copies(
+                    &self.dynamic,
+                    self.pg.settings().pg_major,
+                    &r.slots,
+                    r.is_primary,
+                ),
+                _ => None,
+            },
             ..Default::default()
         };
         if !self.pending_restart.is_empty() {
@@ -2239,6 +2248,7 @@ impl Runner {
                 ha::diverged_vote(&obs.postgres, history)
             }),
             holding_off_ms: data.holding_off_ms,
+            logical_slot_copies: data.logical_slot_copies,
         };
         self.status_tx.send_replace(Arc::new(status));
     }

@@ -190,6 +190,14 @@ pub struct MemberData {
     /// race reads (they do not defer to a member that holds off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holding_off_ms: Option<u64>,
+    /// Whether this member holds a usable copy of every permanent logical slot (synchronised,
+    /// not invalidated; on PostgreSQL 17+ not kept temporary by slot synchronization), as of its
+    /// last member-key write; absent when no permanent logical slot is configured or PostgreSQL
+    /// is not running. Praetor's addition (Patroni does not write it and ignores it when
+    /// reading): the same value as `logical_slot_copies` in its `/patroni` answer, which the other
+    /// members' leader race reads as a tie-breaker after WAL position and `failover_priority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_slot_copies: Option<bool>,
     /// Fields written by other tools or newer versions, kept as they are.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -584,6 +592,35 @@ mod tests {
         assert!(s.contains(r#""state":"creating replica""#), "{s}");
         assert!(!s.contains("tags"), "{s}");
         assert_eq!(serde_json::from_str::<MemberData>(&s).unwrap(), m);
+    }
+
+    /// Issue 14: a member's key says whether it holds usable copies of the permanent logical
+    /// slots (`logical_slot_copies`, Praetor's field), read back as written; absent when unknown,
+    /// and a Patroni member's key (no such field) reads as unknown.
+    #[test]
+    fn member_json_carries_logical_slot_copies() {
+        for copies in [Some(true), Some(false)] {
+            let m = MemberData {
+                state: MemberState::Running,
+                role: Role::Replica,
+                logical_slot_copies: copies,
+                ..Default::default()
+            };
+            let s = serde_json::to_string(&m).unwrap();
+            assert!(
+                s.contains(&format!(r#""logical_slot_copies":{}"#, copies.unwrap())),
+                "{s}"
+            );
+            let back = serde_json::from_str::<MemberData>(&s).unwrap();
+            assert_eq!(back.logical_slot_copies, copies);
+            assert!(back.extra.is_empty(), "{:?}", back.extra);
+        }
+        let none = serde_json::to_string(&MemberData::default()).unwrap();
+        assert!(!none.contains("logical_slot_copies"), "{none}");
+        let patroni: MemberData =
+            serde_json::from_str(r#"{"state":"running","role":"replica","xlog_location":9}"#)
+                .unwrap();
+        assert_eq!(patroni.logical_slot_copies, None);
     }
 
     #[test]

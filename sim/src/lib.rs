@@ -1822,6 +1822,8 @@ impl Sim {
                     self.now,
                 )
                 .is_some(),
+                // The simulation does not model logical slots (none is configured there).
+                slot_copies: None,
             });
         }
         out

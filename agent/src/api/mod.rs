@@ -93,6 +93,12 @@ pub struct NodeStatus {
     /// other members' leader race reads it and does not defer to this member meanwhile
     /// ([`crate::ha::PeerStatus::holding_off`]).
     pub holding_off_ms: Option<u64>,
+    /// Whether this member holds a usable copy of every permanent logical slot
+    /// ([`crate::ha::slots::holds_slot_copies`]), as of the last HA loop; `None` when no permanent
+    /// logical slot is configured or PostgreSQL is not running. Published in `/patroni` as
+    /// `logical_slot_copies` (Praetor's field; Patroni ignores it): other members' leader race
+    /// breaks a tie on WAL and `failover_priority` with it ([`crate::ha::PeerStatus::slot_copies`]).
+    pub logical_slot_copies: Option<bool>,
 }
 
 impl NodeStatus {
@@ -213,6 +219,9 @@ impl NodeStatus {
         }
         if let Some(ms) = self.holding_off_ms {
             v["holding_off_ms"] = json!(ms);
+        }
+        if let Some(copies) = self.logical_slot_copies {
+            v["logical_slot_copies"] = json!(copies);
         }
         v
     }

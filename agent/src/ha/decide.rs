@@ -2,7 +2,7 @@
 
 use praetor_dcs::{Cluster, Failover, Versioned};
 
-use super::election::is_healthiest;
+use super::election::{is_healthiest, ranks_first_on_tie};
 use super::rejoin::{rejoin_plan, RejoinPlan};
 use super::{
     demote_deadline_ms, drain_budget_ms, upstream_of, Action, DataDir, Decision, HaConfig,
@@ -1202,14 +1202,25 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
         // of their comparison instead (`manual_failover_process_no_leader`), which promotes a
         // member behind it and drops the WAL only it holds; here the healthiest member takes the
         // lock back, and the switchover, still requested, starts again from it.
+        // The same comparison as `is_healthiest`, seen from the peer's side (its tie-breakers
+        // included: a tie this member wins on slot copies keeps the peer waiting for it too).
         let my_priority = cfg.tags.failover_priority.unwrap_or(1);
+        let my_copies =
+            slots::holds_slot_copies(&cfg.dynamic, cfg.pg_major, &r.slots, r.is_primary);
         let compared_with_me = sync_listed
             .as_ref()
             .is_none_or(|listed| listed.iter().any(|n| n == me));
         let defers_to_me = |p: &super::PeerStatus| {
             let (theirs, mine) = ((p.timeline, p.wal_position), (r.timeline, r.wal_position));
             compared_with_me
-                && (mine > theirs || mine == theirs && my_priority > p.failover_priority)
+                && (mine > theirs
+                    || mine == theirs
+                        && ranks_first_on_tie(
+                            my_priority,
+                            my_copies,
+                            p.failover_priority,
+                            p.slot_copies,
+                        ))
         };
         if req.value.leader.as_deref() == Some(me)
             && req.value.member.as_deref() != Some(me)
@@ -1369,6 +1380,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
             r.timeline,
             r.wal_position,
             priority,
+            slots::holds_slot_copies(&cfg.dynamic, cfg.pg_major, &r.slots, r.is_primary),
             &peers_in_race,
             exclude,
         ) {

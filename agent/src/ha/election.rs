@@ -31,6 +31,11 @@ pub struct PeerStatus {
     /// ends (`ttl`), so nobody defers to it as a healthier member meanwhile (issue 14: the former
     /// leader, usually the member furthest ahead on WAL, kept the others waiting for `ttl`).
     pub holding_off: bool,
+    /// Whether it holds a usable copy of every permanent logical slot (`logical_slot_copies` in
+    /// its `/patroni` answer, [`super::slots::holds_slot_copies`]): `None` when it did not say
+    /// (a Patroni member, or no permanent logical slot is configured). A tie-breaker of the race
+    /// ([`ranks_first_on_tie`]).
+    pub slot_copies: Option<bool>,
 }
 
 impl PeerStatus {
@@ -40,10 +45,34 @@ impl PeerStatus {
     }
 }
 
+/// Whether member `a` comes before member `b` when both stand on the same timeline at the same WAL
+/// position: a higher `failover_priority` first (Patroni's `_is_healthiest_node` compares WAL,
+/// then `failover_priority`, and nothing after), then, at equal priority, holding a usable copy of
+/// every permanent logical slot (`Some(true)`) against a member that says it does not
+/// (`Some(false)`). Praetor's addition (issue 14, nemesis etcd async PG 15 seed 3: pg1 held the
+/// consumer's slot, pg2 did not and was elected; the slot, and the consumer's position, went with
+/// it). It sits after the priority rather than before it: `failover_priority` is the operator's
+/// explicit choice and keeps Patroni's meaning exactly, so a copy only decides among members the
+/// operator ranked equal; and it is never weighed against WAL, since WAL is data every client
+/// wrote and the slot only one consumer's position (the consumer can be recreated, the rows
+/// cannot). A member that did not say (`None`: a Patroni member, or no permanent logical slot)
+/// neither wins nor loses on it.
+pub fn ranks_first_on_tie(
+    a_priority: i64,
+    a_copies: Option<bool>,
+    b_priority: i64,
+    b_copies: Option<bool>,
+) -> bool {
+    a_priority > b_priority
+        || a_priority == b_priority && a_copies == Some(true) && b_copies == Some(false)
+}
+
 /// Decides whether a member on `my_timeline` at `my_position` with `my_priority` is the healthiest among
 /// `peers` (Patroni's `is_healthiest_node` comparison, after the lag check): nobody still runs as primary,
 /// and no eligible peer is ahead: on a higher timeline, or on the same timeline at a higher WAL position,
-/// or at the same position with a higher `failover_priority`. Comparing timelines first means a member
+/// or at the same position ranked first ([`ranks_first_on_tie`]: a higher `failover_priority`, then, at
+/// equal priority, a usable copy of every permanent logical slot where this member, `my_copies`, has
+/// not). Comparing timelines first means a member
 /// that saw a promotion is never overtaken by one that did not (whose WAL would fork from it).
 /// Peers named in `exclude` are ignored (a switchover candidate that is being skipped), and so are
 /// peers holding off the race after their renewals lapsed ([`PeerStatus::holding_off`]: they will
@@ -56,6 +85,7 @@ pub fn is_healthiest(
     my_timeline: u32,
     my_position: u64,
     my_priority: i64,
+    my_copies: Option<bool>,
     peers: &[PeerStatus],
     exclude: Option<&str>,
 ) -> Result<(), Reason> {
@@ -73,7 +103,10 @@ pub fn is_healthiest(
         }
         let theirs = (p.timeline, p.wal_position);
         let mine = (my_timeline, my_position);
-        if theirs > mine || (theirs == mine && p.failover_priority > my_priority) {
+        if theirs > mine
+            || (theirs == mine
+                && ranks_first_on_tie(p.failover_priority, p.slot_copies, my_priority, my_copies))
+        {
             return Err(Reason::NotHealthiest {
                 better: p.name.clone(),
             });
@@ -97,6 +130,7 @@ mod tests {
             failover_priority: prio,
             diverged: false,
             holding_off: false,
+            slot_copies: None,
         }
     }
 
@@ -224,16 +258,122 @@ mod tests {
             },
         ];
         for c in cases {
-            let r = is_healthiest("me", 1, c.my_pos, c.my_prio, &c.peers, None);
+            let r = is_healthiest("me", 1, c.my_pos, c.my_prio, None, &c.peers, None);
             assert_eq!(r.is_ok(), c.healthiest, "{}: {r:?}", c.name);
+        }
+    }
+
+    /// Issue 14: a usable copy of every permanent logical slot breaks a tie on WAL and priority,
+    /// and only that: never a deficit on WAL, never a lower `failover_priority`; a member that did
+    /// not publish it (a Patroni member) neither wins nor loses on it.
+    #[test]
+    fn slot_copies_break_a_tie_after_wal_and_priority() {
+        let copies = |name: &str, pos: u64, prio: i64, c: Option<bool>| PeerStatus {
+            slot_copies: c,
+            ..peer(name, pos, prio)
+        };
+        // (name, my position, my priority, my copies, peers, healthiest)
+        let cases = [
+            (
+                "equal WAL and priority, only the peer holds copies: it goes first",
+                10,
+                1,
+                Some(false),
+                vec![copies("b", 10, 1, Some(true))],
+                false,
+            ),
+            (
+                "equal WAL and priority, only I hold copies: I race",
+                10,
+                1,
+                Some(true),
+                vec![copies("b", 10, 1, Some(false))],
+                true,
+            ),
+            (
+                "equal WAL and priority, both hold copies: both race",
+                10,
+                1,
+                Some(true),
+                vec![copies("b", 10, 1, Some(true))],
+                true,
+            ),
+            (
+                "equal WAL and priority, neither holds copies: both race",
+                10,
+                1,
+                Some(false),
+                vec![copies("b", 10, 1, Some(false))],
+                true,
+            ),
+            (
+                "the copy holder is behind on WAL: it loses (WAL is every client's data)",
+                10,
+                1,
+                Some(false),
+                vec![copies("b", 9, 1, Some(true))],
+                true,
+            ),
+            (
+                "I hold copies but am behind on WAL: the peer ahead still wins",
+                9,
+                1,
+                Some(true),
+                vec![copies("b", 10, 1, Some(false))],
+                false,
+            ),
+            (
+                "the copy holder has a lower failover_priority: priority decides first",
+                10,
+                2,
+                Some(false),
+                vec![copies("b", 10, 1, Some(true))],
+                true,
+            ),
+            (
+                "a higher-priority peer without copies still wins over my copies",
+                10,
+                1,
+                Some(true),
+                vec![copies("b", 10, 2, Some(false))],
+                false,
+            ),
+            (
+                "a Patroni peer (no field) at equal WAL: no preference, I race",
+                10,
+                1,
+                Some(true),
+                vec![copies("patroni", 10, 1, None)],
+                true,
+            ),
+            (
+                "a Patroni peer (no field) at equal WAL: it does not lose to me either",
+                10,
+                1,
+                Some(false),
+                vec![copies("patroni", 10, 1, None)],
+                true,
+            ),
+            (
+                "no permanent logical slot here (None), a peer says it holds copies: no preference",
+                10,
+                1,
+                None,
+                vec![copies("b", 10, 1, Some(true))],
+                true,
+            ),
+        ];
+        for (name, pos, prio, mine, peers, healthiest) in cases {
+            let r = is_healthiest("me", 1, pos, prio, mine, &peers, None);
+            assert_eq!(r.is_ok(), healthiest, "{name}: {r:?}");
         }
     }
 
     #[test]
     fn excluded_peer_is_ignored_and_self_is_skipped() {
         let peers = vec![peer("cand", 99, 1), peer("me", 99, 1)];
-        assert!(is_healthiest("me", 1, 10, 1, &peers, Some("cand")).is_ok());
-        assert!(is_healthiest("me", 1, 10, 1, &peers, None).is_err());
+        assert!(is_healthiest("me", 1, 10, 1, None, &peers, Some("cand")).is_ok());
+        assert!(is_healthiest("me", 1, 10, 1, None, &peers, None).is_err());
     }
 
     #[test]
@@ -242,8 +382,8 @@ mod tests {
             timeline: 2,
             ..peer("promoted", 5, 1)
         };
-        assert!(is_healthiest("me", 1, 10, 1, std::slice::from_ref(&ahead), None).is_err());
-        assert!(is_healthiest("me", 2, 4, 1, std::slice::from_ref(&ahead), None).is_err());
-        assert!(is_healthiest("me", 3, 0, 1, &[ahead], None).is_ok());
+        assert!(is_healthiest("me", 1, 10, 1, None, std::slice::from_ref(&ahead), None).is_err());
+        assert!(is_healthiest("me", 2, 4, 1, None, std::slice::from_ref(&ahead), None).is_err());
+        assert!(is_healthiest("me", 3, 0, 1, None, &[ahead], None).is_ok());
     }
 }

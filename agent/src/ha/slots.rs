@@ -72,6 +72,9 @@ pub struct Slot {
     pub failover: bool,
     /// 17+: `synced`, a standby's copy kept by the slot synchronization worker.
     pub synced: bool,
+    /// PostgreSQL invalidated it: it can no longer decode or stream (17+: `invalidation_reason`
+    /// set; 16: `conflicting` or `wal_status = 'lost'`; 13-15: `wal_status = 'lost'`).
+    pub invalidated: bool,
 }
 
 /// A logical slot to create, as [`Action::CreateLogicalSlots`] carries it.
@@ -276,6 +279,47 @@ fn replica_logical_slot_actions(
         }
     }
     actions
+}
+
+/// Whether a member running PostgreSQL `pg_major` under `dynamic` holds a usable copy of every
+/// permanent logical slot, with `slots` its non-temporary slots (`pg_replication_slots ... WHERE NOT temporary`) and `is_primary` whether
+/// it runs as primary. Published as `logical_slot_copies` (its `/patroni` answer and member key);
+/// the leader race breaks a tie on WAL and priority with it ([`super::election::ranks_first_on_tie`]).
+/// `None` when there is nothing to compare: `use_slots` off or no permanent logical slot.
+///
+/// A copy is usable when a failover to this member keeps the slot for its consumer:
+/// - it is listed: PostgreSQL 17+'s slot synchronization keeps a copy `temporary` (left out
+///   here) while it refuses to make it usable ("the remote slot needs ... catalog xmin ..., but
+///   the standby has ...": the consumer has not yet confirmed past what this standby can decode);
+/// - logical, of the configured database and plugin, with a confirmed position;
+/// - not invalidated ([`Slot::invalidated`]);
+/// - on 17+, on a standby, `synced` (a slot the synchronization worker keeps; a former primary's
+///   own copy is not, and is dropped, [`logical_slot_actions`]). Before 17 a copy is Praetor's
+///   copy-and-advance ([`copies_logical_slots`]), kept only with `hot_standby_feedback` on, which
+///   the agent enforces ([`failover_slot_parameters`]).
+///
+/// A primary's own slots are the originals and count as usable.
+pub fn holds_slot_copies(
+    dynamic: &DynamicConfig,
+    pg_major: u32,
+    slots: &[Slot],
+    is_primary: bool,
+) -> Option<bool> {
+    if !dynamic.postgresql.use_slots || permanent_logical(dynamic).next().is_none() {
+        return None;
+    }
+    let need_synced = !is_primary && pg_major >= FAILOVER_SLOTS_MAJOR;
+    Some(permanent_logical(dynamic).all(|(name, database, plugin)| {
+        slots.iter().any(|s| {
+            s.name == *name
+                && !s.physical
+                && s.database.as_deref() == Some(database)
+                && s.plugin.as_deref() == Some(plugin)
+                && s.confirmed_flush_lsn > 0
+                && !s.invalidated
+                && (s.synced || !need_synced)
+        })
+    }))
 }
 
 /// The least time between two attempts to copy logical slots from the leader (ms): a copy costs a
@@ -565,6 +609,7 @@ mod tests {
             confirmed_flush_lsn: confirmed,
             failover: true,
             synced: false,
+            invalidated: false,
         }
     }
 
@@ -1112,6 +1157,132 @@ mod tests {
                 Action::DropSlots(vec!["old_leader_slot".into()]),
                 Action::AdvanceSlots(vec![("archiver".into(), 3000)]),
             ]
+        );
+    }
+
+    /// What a member publishes as `logical_slot_copies` (issue 14): a usable copy of every
+    /// permanent logical slot, by PostgreSQL 17+'s rules on 17+ and the copy-and-advance's before.
+    #[test]
+    fn a_usable_copy_is_listed_logical_matching_confirmed_not_invalidated_and_synced_on_17() {
+        let synced = |s: Slot| Slot { synced: true, ..s };
+        let queue = logical("queue", "app", "test_decoding", 500);
+        // (name, pg major, primary, slots, expected)
+        let cases = [
+            (
+                "18 standby, synced copy",
+                18,
+                false,
+                vec![synced(queue.clone())],
+                Some(true),
+            ),
+            (
+                "18 standby, no copy (temporary ones are not listed)",
+                18,
+                false,
+                vec![],
+                Some(false),
+            ),
+            (
+                "18 standby, a former primary's own slot, not synced",
+                18,
+                false,
+                vec![queue.clone()],
+                Some(false),
+            ),
+            (
+                "18 standby, synced but invalidated",
+                18,
+                false,
+                vec![Slot {
+                    invalidated: true,
+                    ..synced(queue.clone())
+                }],
+                Some(false),
+            ),
+            (
+                "18 standby, synced but another plugin",
+                18,
+                false,
+                vec![synced(logical("queue", "app", "pgoutput", 500))],
+                Some(false),
+            ),
+            (
+                "18 standby, a physical slot of that name",
+                18,
+                false,
+                vec![slot("queue", 500)],
+                Some(false),
+            ),
+            (
+                "18 primary, its own slot",
+                18,
+                true,
+                vec![queue.clone()],
+                Some(true),
+            ),
+            (
+                "15 standby, a copy (never synced before 17)",
+                15,
+                false,
+                vec![Slot {
+                    failover: false,
+                    ..queue.clone()
+                }],
+                Some(true),
+            ),
+            (
+                "15 standby, a copy with no confirmed position",
+                15,
+                false,
+                vec![logical("queue", "app", "test_decoding", 0)],
+                Some(false),
+            ),
+            (
+                "15 standby, an invalidated copy (wal_status lost)",
+                15,
+                false,
+                vec![Slot {
+                    invalidated: true,
+                    ..queue.clone()
+                }],
+                Some(false),
+            ),
+        ];
+        for (name, major, primary, slots, want) in cases {
+            let cfg = with_queue(ha_config("me"));
+            assert_eq!(
+                holds_slot_copies(&cfg.dynamic, major, &slots, primary),
+                want,
+                "{name}"
+            );
+        }
+        // Every permanent logical slot must have its copy.
+        let mut cfg = with_queue(ha_config("me"));
+        cfg.dynamic.slots.insert(
+            "audit".into(),
+            SlotSpec {
+                slot_type: Some("logical".into()),
+                database: Some("app".into()),
+                plugin: Some("test_decoding".into()),
+            },
+        );
+        assert_eq!(
+            holds_slot_copies(&cfg.dynamic, 18, &[synced(queue.clone())], false),
+            Some(false)
+        );
+        // Nothing to compare: no permanent logical slot (a physical one does not count), or
+        // `use_slots` off.
+        let mut cfg = ha_config("me");
+        assert_eq!(holds_slot_copies(&cfg.dynamic, 18, &[], false), None);
+        cfg.dynamic
+            .slots
+            .insert("archiver".into(), Default::default());
+        assert_eq!(holds_slot_copies(&cfg.dynamic, 18, &[], false), None);
+        let mut cfg = with_queue(ha_config("me"));
+        cfg.dynamic.postgresql.use_slots = false;
+        assert_eq!(
+            holds_slot_copies(&cfg.dynamic, 18, &[synced(queue)], false),
+            None
         );
     }
 }

@@ -609,8 +609,9 @@ pub fn could_promote(
         nofailover: cfg.tags.nofailover,
         failover_priority: cfg.tags.failover_priority.unwrap_or(1),
         diverged: false,
-        // Votes do not depend on it (only `is_healthiest` reads it).
+        // Votes depend on neither (only `is_healthiest` reads them).
         holding_off: false,
+        slot_copies: None,
     });
     let as_them = HaConfig {
         name: name.to_string(),

@@ -134,6 +134,7 @@ fn peer(name: &str, wal: u64) -> PeerStatus {
         failover_priority: 1,
         diverged: false,
         holding_off: false,
+        slot_copies: None,
     }
 }
 
@@ -143,6 +144,25 @@ fn lapsed_peer(name: &str, wal: u64) -> PeerStatus {
         holding_off: true,
         ..peer(name, wal)
     }
+}
+
+/// A peer that says in `/patroni` whether it holds usable copies of the permanent logical slots
+/// (`logical_slot_copies`).
+fn copies_peer(name: &str, wal: u64, copies: bool) -> PeerStatus {
+    PeerStatus {
+        slot_copies: Some(copies),
+        ..peer(name, wal)
+    }
+}
+
+/// A running replica at `wal` streaming from port 5432 that holds a copy of `queue` (PostgreSQL 15:
+/// Praetor's copy-and-advance, confirmed at 800), or none.
+fn replica_with_queue_copy(wal: u64, copy: bool) -> Postgres {
+    with(running(false, wal, Some(5432)), |p| {
+        if let Postgres::Running(r) = p {
+            r.slots = if copy { vec![queue_copy(800)] } else { vec![] };
+        }
+    })
 }
 
 fn cfg() -> HaConfig {
@@ -395,6 +415,7 @@ fn queue_copy(confirmed: u64) -> slots::Slot {
         confirmed_flush_lsn: confirmed,
         failover: false,
         synced: false,
+        invalidated: false,
     }
 }
 
@@ -918,6 +939,147 @@ fn rows() -> Vec<Row> {
                 l.peers = Some(vec![lapsed_peer("pg2", 1100)]);
             }),
         )
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        // --- issue 14: a usable copy of every permanent logical slot breaks a tie on WAL and priority
+        row(
+            "equal on WAL and priority, only the peer holds a usable copy of `queue`: deferred to \
+             (the old rule raced, and the member without the copy could win and lose the slot)",
+            Some(cluster(None)),
+            with(local(replica_with_queue_copy(1000, false)), |l| {
+                l.peers = Some(vec![copies_peer("pg2", 1000, true), copies_peer("pg3", 900, false)]);
+            }),
+        )
+        .cfg(with_queue_slot)
+        .expect(vec![], |r| {
+            *r == Reason::NotHealthiest {
+                better: "pg2".into(),
+            }
+        }),
+        row(
+            "equal on WAL and priority, this member holds the copy, the peer not: it takes the lock",
+            Some(cluster(None)),
+            with(local(replica_with_queue_copy(1000, true)), |l| {
+                l.peers = Some(vec![copies_peer("pg2", 1000, false)]);
+            }),
+        )
+        .cfg(with_queue_slot)
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "the copy holder is behind on WAL: it loses, this member (ahead, no copy) takes the lock \
+             (the WAL is every client's data, the slot one consumer's position)",
+            Some(cluster(None)),
+            with(local(replica_with_queue_copy(1000, false)), |l| {
+                l.peers = Some(vec![copies_peer("pg2", 999, true)]);
+            }),
+        )
+        .cfg(with_queue_slot)
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "this member holds the copy but is behind on WAL: the peer ahead without one is \
+             deferred to",
+            Some(cluster(None)),
+            with(local(replica_with_queue_copy(999, true)), |l| {
+                l.peers = Some(vec![copies_peer("pg2", 1000, false)]);
+            }),
+        )
+        .cfg(with_queue_slot)
+        .expect(vec![], |r| {
+            *r == Reason::NotHealthiest {
+                better: "pg2".into(),
+            }
+        }),
+        row(
+            "a Patroni peer (no `logical_slot_copies`) equal on WAL: no preference, this member \
+             without a copy races as before",
+            Some(cluster(None)),
+            with(local(replica_with_queue_copy(1000, false)), |l| {
+                l.peers = Some(vec![peer("pg2", 1000)]);
+            }),
+        )
+        .cfg(with_queue_slot)
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "failover_priority decides before copies: a higher-priority peer without a copy is \
+             deferred to (Patroni's order: WAL, then priority)",
+            Some(cluster(None)),
+            with(local(replica_with_queue_copy(1000, true)), |l| {
+                l.peers = Some(vec![PeerStatus {
+                    failover_priority: 2,
+                    ..copies_peer("pg2", 1000, false)
+                }]);
+            }),
+        )
+        .cfg(with_queue_slot)
+        .expect(vec![], |r| {
+            *r == Reason::NotHealthiest {
+                better: "pg2".into(),
+            }
+        }),
+        row(
+            "sync on: a copy holder the sync key does not list is not deferred to; the listed \
+             synchronous standby, without a copy, takes the lock",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned {
+                    value: SyncState {
+                        leader: Some("pg2".into()),
+                        sync_standby: Some(ME.into()),
+                        quorum: None,
+                    },
+                    version: 9,
+                });
+            })),
+            with(local(replica_with_queue_copy(1000, false)), |l| {
+                l.peers = Some(vec![copies_peer("pg3", 1000, true)]);
+            }),
+        )
+        .cfg(|c| {
+            with_queue_slot(c);
+            c.dynamic.synchronous_mode = SyncMode::On;
+        })
+        .expect(promoting(AcquireLeader, vec![]), |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "sync on: a member the sync key does not list may not be promoted, copy or not",
+            Some(with(cluster(None), |c| {
+                c.sync = Some(Versioned {
+                    value: SyncState {
+                        leader: Some("pg2".into()),
+                        sync_standby: Some("pg3".into()),
+                        quorum: None,
+                    },
+                    version: 9,
+                });
+            })),
+            with(local(replica_with_queue_copy(1000, true)), |l| {
+                l.peers = Some(vec![copies_peer("pg3", 1000, false)]);
+            }),
+        )
+        .cfg(|c| {
+            with_queue_slot(c);
+            c.dynamic.synchronous_mode = SyncMode::On;
+        })
+        .expect(vec![], |r| *r == Reason::NotSynchronousStandby),
+        row(
+            "the leader that stepped down for a switchover, holding the copy, races again when \
+             the only other member is equal on WAL without one (that member waits for it: \
+             stepping down for it too left nobody racing)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), None)
+            })),
+            with(local(replica_with_queue_copy(1000, true)), |l| {
+                l.peers = Some(vec![copies_peer("pg2", 1000, false)]);
+            }),
+        )
+        .cfg(with_queue_slot)
         .expect(promoting(AcquireLeader, vec![]), |r| {
             *r == Reason::PromotedByAcquiringLock
         }),

@@ -206,6 +206,8 @@ pub struct SlotRow {
     pub failover: bool,
     /// 17+: `synced`.
     pub synced: bool,
+    /// Invalidated (see [`crate::ha::slots::Slot::invalidated`]).
+    pub invalidated: bool,
 }
 
 impl SlotRow {
@@ -220,6 +222,7 @@ impl SlotRow {
             confirmed_flush_lsn: self.confirmed_flush_lsn,
             failover: self.failover,
             synced: self.synced,
+            invalidated: self.invalidated,
         }
     }
 }
@@ -1666,12 +1669,23 @@ impl Instance {
         } else {
             "false, false"
         };
+        // Invalidated slots: `invalidation_reason` from 17 on; 16 says `conflicting` (logical slots
+        // whose catalog rows a standby removed) and, like 13-15, `wal_status = 'lost'` (WAL
+        // removed past `max_slot_wal_keep_size`); before 13 nothing.
+        let invalidated_col = match st.server_version {
+            v if v >= 170000 => "invalidation_reason IS NOT NULL",
+            v if v >= 160000 => {
+                "COALESCE(conflicting, false) OR COALESCE(wal_status = 'lost', false)"
+            }
+            v if v >= 130000 => "COALESCE(wal_status = 'lost', false)",
+            _ => "false",
+        };
         st.slots = self
             .query(
                 &format!(
                     "SELECT slot_name::text, slot_type = 'physical', COALESCE((restart_lsn - '0/0')::bigint, 0),
                             database::text, plugin::text, COALESCE((confirmed_flush_lsn - '0/0')::bigint, 0),
-                            {failover_cols}
+                            {failover_cols}, {invalidated_col}
                      FROM pg_replication_slots WHERE NOT temporary"
                 ),
                 &[],
@@ -1687,6 +1701,7 @@ impl Instance {
                 confirmed_flush_lsn: r.get::<_, i64>(5).max(0) as u64,
                 failover: r.get(6),
                 synced: r.get(7),
+                invalidated: r.get(8),
             })
             .collect();
         if !in_recovery {
