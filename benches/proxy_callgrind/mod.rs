@@ -18,6 +18,12 @@
 //! counts) and `callgrind_annotate`'s top functions (self cost) of the Praetor targets' measured
 //! runs.
 //!
+//! Reading the table: a relaying proxy's Ir/tx moves with its `epoll_wait` calls per transaction
+//! (how often its thread found nothing to do and parked, about 850 Ir each for the proxy's
+//! session thread), which depend on how valgrind happens to schedule the processes: two runs of
+//! the same binary differed by up to 7% with 1.14 against 1.67 `epoll_wait`/tx. Compare rows
+//! with similar `epoll_wait` counts, or repeat.
+//!
 //! What it does not count: the kernel's instructions (the `recv`/`send` system calls, which are
 //! most of a TCP proxy's CPU: see README.md). Valgrind runs one thread at a time, so a
 //! multi-threaded proxy's count includes no parallel speed-up and no cross-thread cache effects;
