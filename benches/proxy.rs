@@ -29,8 +29,10 @@
 //! binary), `PRAETOR_BENCH_MODES` (a
 //! comma-separated subset of `select-only`, `select-only -C`, `tpcb-like`, `tpcb-like -C`, run
 //! after the paired part; none when unset), `PRAETOR_BENCH_TARGETS` (a comma-separated subset of
-//! `proxy rw`, `proxy auto`, `proxy pool`, `haproxy`, `pgbouncer`; all when unset; `direct` always
-//! runs),
+//! `proxy rw`, `proxy rw threads=2`, `proxy rw threads=1`, `proxy auto`, `proxy pool`, `haproxy`,
+//! `pgbouncer`; all when unset; `direct` always runs; `proxy rw threads=N` is the read-write port
+//! of a second proxy process with `--threads N`, run only when N differs from the main proxy's
+//! count, so that two session-thread counts are compared in the same paired rounds),
 //! `PRAETOR_BENCH_IDLE=0` skips the memory part,
 //! `PRAETOR_BENCH_PROXY_THREADS` (the proxy's `--threads` and HAProxy's `nbthread`; when unset
 //! each runs its default: the proxy one session thread, HAProxy one per CPU; PgBouncer always
@@ -518,6 +520,33 @@ fn main() {
             None
         };
 
+        // The read-write port with other session-thread counts than the main proxy's, in the same
+        // paired rounds: `proxy rw threads=2`, and `proxy rw threads=1` when
+        // `PRAETOR_BENCH_PROXY_THREADS` gives the main proxy another count than the default one.
+        let main_threads = std::env::var("PRAETOR_BENCH_PROXY_THREADS")
+            .ok()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(1);
+        let mut threaded: Vec<(String, Process, u16)> = Vec::new();
+        for n in [1u64, 2] {
+            let name = format!("proxy rw threads={n}");
+            if n == main_threads || !selected("PRAETOR_BENCH_TARGETS", &name) {
+                continue;
+            }
+            let (p, p_rw, _) = start_proxy_via(
+                &binary,
+                &dir,
+                &format!("proxy-threads-{n}"),
+                etcd.port,
+                &tps_extra,
+                &[],
+                Some(n.to_string()),
+                Duration::from_secs(30),
+            )
+            .await;
+            threaded.push((name, p, p_rw));
+        }
+
         let haproxy_port = free_port();
         let haproxy_cfg = dir.path().join("haproxy.cfg");
         // HAProxy runs one thread per CPU by default; the same override for both.
@@ -566,8 +595,11 @@ fn main() {
         let mut targets: Vec<(&str, u16, Option<u32>)> = vec![
             ("direct", port, None),
             ("proxy rw", rw, Some(proxy.pid())),
-            ("proxy auto", auto, Some(proxy.pid())),
         ];
+        for (name, p, p_rw) in &threaded {
+            targets.push((name.as_str(), *p_rw, Some(p.pid())));
+        }
+        targets.push(("proxy auto", auto, Some(proxy.pid())));
         if let Some((p, _, pool_port)) = &pooled {
             targets.push(("proxy pool", *pool_port, Some(p.pid())));
         }
@@ -836,6 +868,7 @@ fn main() {
         }
         drop(haproxy);
         drop(pgbouncer);
+        drop(threaded);
         drop(dcs);
     });
 }

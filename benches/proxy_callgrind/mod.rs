@@ -10,9 +10,19 @@
 //! `max_prepared_statements = 100` from 1.21 on). Per target and pgbench protocol: a warm-up run,
 //! then two measured runs of `pgbench -n -S -c C -j 2 -t T1` and `-t T2`, each between a
 //! `callgrind_control --zero` and a `--dump`; Ir/tx is the difference of their instruction counts
-//! over the difference of their transactions, so logins and connection set-up cancel out. Prints
-//! one table (Ir/tx and its ratio to PgBouncer's per protocol) and `callgrind_annotate`'s top
-//! functions (self cost) of the Praetor targets' measured runs.
+//! over the difference of their transactions, so logins and connection set-up cancel out. Each
+//! client count of `PRAETOR_BENCH_CLIENTS` is measured in turn against the same process (the same
+//! total transactions at each: T2 per client scales down as C grows). Prints one table (per target
+//! and client count: Ir/tx, its ratio to PgBouncer's at the same count, and the calls per
+//! transaction of the system-call wrappers `epoll_wait`, `recv`, `send`, ... from the dumps' call
+//! counts) and `callgrind_annotate`'s top functions (self cost) of the Praetor targets' measured
+//! runs.
+//!
+//! Reading the table: a relaying proxy's Ir/tx moves with its `epoll_wait` calls per transaction
+//! (how often its thread found nothing to do and parked, about 850 Ir each for the proxy's
+//! session thread), which depend on how valgrind happens to schedule the processes: two runs of
+//! the same binary differed by up to 7% with 1.14 against 1.67 `epoll_wait`/tx. Compare rows
+//! with similar `epoll_wait` counts, or repeat.
 //!
 //! What it does not count: the kernel's instructions (the `recv`/`send` system calls, which are
 //! most of a TCP proxy's CPU: see README.md). Valgrind runs one thread at a time, so a
@@ -20,7 +30,8 @@
 //! it still counts every instruction its threads run (wake-ups of another thread included).
 //!
 //! Environment: `PRAETOR_BENCH_CALLGRIND_TX` (2000: T2, transactions per client; T1 is a fifth of
-//! it), `PRAETOR_BENCH_CLIENTS` (its first value, 8), `PRAETOR_BENCH_CALLGRIND_PROTOCOLS`
+//! it, at the first client count), `PRAETOR_BENCH_CLIENTS` (`8`; e.g. `8,64` measures both in one
+//! run), `PRAETOR_BENCH_CALLGRIND_PROTOCOLS`
 //! (`simple,prepared`), `PRAETOR_BENCH_TARGETS` (a subset of `proxy rw`, `proxy auto`, `proxy rw
 //! threads=1`, `proxy auto threads=1`, `proxy transaction`, `proxy transaction baseline`,
 //! `proxy rw baseline`, `proxy auto baseline`,
@@ -30,6 +41,7 @@
 //! pool's before/after on one machine state, and as `proxy rw baseline` and `proxy auto
 //! baseline` with one session thread, the relaying ports'; unset: not run).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -197,24 +209,59 @@ fn top_functions(dump: &Path, top: usize) -> String {
         .join("\n")
 }
 
-/// [`measure`] for each of `protocols` against the target `name` (a comparison target, whose
-/// callgrind dumps are not annotated): Ir/tx per protocol, or the first line of why it failed.
-async fn measure_each(
-    name: &str,
-    pid: u32,
-    out_prefix: &Path,
-    port: u16,
+/// One row of the table: a target at one client count, Ir/tx (with its system calls) per protocol
+/// or the first line of why it failed.
+struct Row {
+    name: String,
     clients: u64,
-    tx: (u64, u64),
-    protocols: &[String],
-) -> Vec<Result<f64, String>> {
-    let mut results = Vec::new();
-    for protocol in protocols {
-        eprintln!("{name} -M {protocol} ...");
-        let r = measure(pid, out_prefix, port, clients, tx, protocol).await;
-        results.push(r.map(|(ir, _)| ir).map_err(|e| first_line(&e)));
+    results: Vec<Result<Measured, String>>,
+}
+
+/// What the measured runs share: the client counts, transactions per client at the first count,
+/// the protocols.
+struct Plan {
+    /// `PRAETOR_BENCH_CLIENTS`, in order.
+    clients: Vec<u64>,
+    /// T2 per client at the first client count; every count runs the same total (see [`Plan::tx`]).
+    t2: u64,
+    protocols: Vec<String>,
+}
+
+impl Plan {
+    /// (T1, T2) per client at `clients`: the same total transactions as the first count's, so a
+    /// run at -c 64 costs about as much under valgrind as one at -c 8.
+    fn tx(&self, clients: u64) -> (u64, u64) {
+        let first = self.clients.first().copied().unwrap_or(clients);
+        let t2 = (self.t2 * first / clients.max(1)).max(10);
+        (t2 / 5, t2)
     }
-    results
+}
+
+/// [`measure`] for each client count and protocol of `plan` against the target `name`: one
+/// [`Row`] per client count.
+async fn measure_each(name: &str, pid: u32, out_prefix: &Path, port: u16, plan: &Plan) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for &clients in &plan.clients {
+        let mut results = Vec::new();
+        for protocol in &plan.protocols {
+            eprintln!("{name} -c {clients} -M {protocol} ...");
+            let r = measure(pid, out_prefix, port, clients, plan.tx(clients), protocol).await;
+            match &r {
+                Ok(m) => eprintln!(
+                    "{name} -c {clients} -M {protocol}: {:.0} Ir/tx, calls/tx {:?}",
+                    m.ir, m.calls
+                ),
+                Err(e) => eprintln!("{name} -c {clients} -M {protocol}: {e}"),
+            }
+            results.push(r.map_err(|e| first_line(&e)));
+        }
+        rows.push(Row {
+            name: name.to_string(),
+            clients,
+            results,
+        });
+    }
+    rows
 }
 
 /// The measured runs of one protocol against one target: Ir/tx, or why it failed.
@@ -225,7 +272,7 @@ async fn measure(
     clients: u64,
     tx: (u64, u64),
     protocol: &str,
-) -> Result<(f64, PathBuf), String> {
+) -> Result<Measured, String> {
     let args = |t: u64| -> Vec<String> {
         [
             "-n",
@@ -251,24 +298,114 @@ async fn measure(
     tokio::task::spawn_blocking(run(tx.0.div_ceil(4)))
         .await
         .map_err(|e| e.to_string())??;
-    let (ir1, tx1, _) = zero_run_dump(pid, out_prefix, run(tx.0)).await?;
+    let (ir1, tx1, dump1) = zero_run_dump(pid, out_prefix, run(tx.0)).await?;
     let (ir2, tx2, dump) = zero_run_dump(pid, out_prefix, run(tx.1)).await?;
     if tx2 <= tx1 {
         return Err(format!("transactions {tx2} after {tx1}"));
     }
-    Ok((ir2.saturating_sub(ir1) as f64 / (tx2 - tx1) as f64, dump))
+    let per_tx = (tx2 - tx1) as f64;
+    let (calls1, calls2) = (syscall_calls(&dump1), syscall_calls(&dump));
+    let calls = calls2
+        .iter()
+        .map(|(name, n2)| {
+            let n1 = calls1.get(name).copied().unwrap_or(0);
+            (name.clone(), n2.saturating_sub(n1) as f64 / per_tx)
+        })
+        .filter(|(_, n)| *n >= 0.005)
+        .collect();
+    Ok(Measured {
+        ir: ir2.saturating_sub(ir1) as f64 / per_tx,
+        calls,
+        dump,
+    })
+}
+
+/// One target's measured Ir/tx at one client count and protocol.
+struct Measured {
+    /// User-space instructions per transaction.
+    ir: f64,
+    /// Calls per transaction of each libc system-call wrapper in [`SYSCALLS`] the process called.
+    calls: BTreeMap<String, f64>,
+    /// The dump of the longer measured run (for the top functions).
+    dump: PathBuf,
+}
+
+/// The libc wrappers of the system calls a relaying proxy makes per message and per wake-up, whose
+/// calls per transaction the mode prints (from the call counts in callgrind's dumps, which count
+/// every call made in user space: the kernel's side of each is not counted in Ir).
+const SYSCALLS: &[&str] = &[
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_ctl",
+    "recv",
+    "recvfrom",
+    "read",
+    "readv",
+    "send",
+    "sendto",
+    "write",
+    "writev",
+    "sendmsg",
+    "recvmsg",
+    "syscall",
+    "clock_gettime",
+];
+
+/// Calls into each of [`SYSCALLS`] recorded in the callgrind dump `path` (summed over callers;
+/// callgrind writes `cfn=(id) name` the first time a function is named, `cfn=(id)` after, and the
+/// `calls=N ...` line following a `cfn=`). Functions named with a file or library suffix
+/// (`recv'2`) count as the same name. Empty when the dump cannot be read.
+fn syscall_calls(path: &Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut names: std::collections::HashMap<String, String> = Default::default();
+    let mut out = BTreeMap::new();
+    let mut callee: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line
+            .strip_prefix("cfn=")
+            .or_else(|| line.strip_prefix("fn="))
+        {
+            let is_call = line.starts_with("cfn=");
+            let name = match rest.split_once(") ") {
+                Some((id, name)) if rest.starts_with('(') => {
+                    names.insert(id.to_string(), name.to_string());
+                    Some(name.to_string())
+                }
+                _ if rest.starts_with('(') => names.get(rest.trim_end_matches(')')).cloned(),
+                _ => Some(rest.to_string()),
+            };
+            callee = if is_call { name } else { None };
+        } else if let Some(rest) = line.strip_prefix("calls=") {
+            if let Some(name) = callee.take() {
+                let base = name.split('\'').next().unwrap_or("");
+                if SYSCALLS.contains(&base) {
+                    let n: u64 = rest
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    *out.entry(base.to_string()).or_insert(0) += n;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The callgrind mode (see the module's docs): starts each target under callgrind, measures,
 /// prints. `port`: the PostgreSQL server; `etcd_port`: etcd holding a cluster it leads.
 pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16) {
-    let clients = std::env::var("PRAETOR_BENCH_CLIENTS")
-        .ok()
-        .and_then(|v| v.split(',').next().and_then(|c| c.trim().parse().ok()))
-        .unwrap_or(8u64)
-        .max(1);
+    let mut client_counts: Vec<u64> = std::env::var("PRAETOR_BENCH_CLIENTS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .filter(|&c| c > 0)
+        .collect();
+    if client_counts.is_empty() {
+        client_counts.push(8);
+    }
+    let max_clients = client_counts.iter().copied().max().unwrap_or(8);
     let t2 = env_or("PRAETOR_BENCH_CALLGRIND_TX", 2000).max(10);
-    let tx = (t2 / 5, t2);
     let top = env_or("PRAETOR_BENCH_CALLGRIND_TOP", 15) as usize;
     let protocols: Vec<String> = std::env::var("PRAETOR_BENCH_CALLGRIND_PROTOCOLS")
         .unwrap_or_else(|_| "simple,prepared".into())
@@ -276,14 +413,18 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
+    let plan = Plan {
+        clients: client_counts,
+        t2,
+        protocols,
+    };
     let default_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Written by processes running as `postgres` (PgBouncer) too.
     let out_dir = dir.subdir("callgrind", 0o777).expect("callgrind dir");
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    // (name, Ir/tx per protocol or the error, the dump of the last protocol's measured run)
-    let mut rows: Vec<(String, Vec<Result<f64, String>>)> = Vec::new();
-    let mut profiles: Vec<(String, String, PathBuf)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    // Rows of the Praetor targets (annotated with their top functions).
 
     // The Praetor proxy: (label, --threads, extra YAML, which of its ports to measure).
     // `PRAETOR_BENCH_CALLGRIND_BASELINE`: another build of praetor measured as `proxy transaction
@@ -296,7 +437,7 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
         });
     let pool_yaml = format!(
         "    pool_mode: transaction\n    pool_size: {}\n    max_prepared_statements: 100\n",
-        clients + 2
+        max_clients + 2
     );
     let praetor = [
         ("proxy", default_threads, String::new(), &["rw", "auto"][..]),
@@ -355,26 +496,11 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
                 name: name.clone(),
                 port: if *p == "rw" { rw } else { auto },
             };
-            let mut results = Vec::new();
-            for protocol in &protocols {
-                eprintln!("{} -M {protocol} ...", target.name);
-                let r = measure(process.pid(), &out, target.port, clients, tx, protocol).await;
-                match r {
-                    Ok((ir, dump)) => {
-                        eprintln!("{} -M {protocol}: {ir:.0} Ir/tx", target.name);
-                        profiles.push((target.name.clone(), protocol.clone(), dump));
-                        results.push(Ok(ir));
-                    }
-                    Err(e) => {
-                        eprintln!("{} -M {protocol}: {e}", target.name);
-                        results.push(Err(first_line(&e)));
-                    }
-                }
-            }
-            rows.push((target.name, results));
+            rows.extend(measure_each(&target.name, process.pid(), &out, target.port, &plan).await);
         }
         stop(process);
     }
+    let praetor_rows = 0..rows.len();
 
     if selected("PRAETOR_BENCH_TARGETS", "haproxy") {
         let haproxy_port = free_port();
@@ -396,17 +522,7 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
         let haproxy = Process::spawn("haproxy", cmd, &dir.path().join("haproxy-callgrind.log"))
             .expect("start haproxy under valgrind");
         wait_listening_for("haproxy", haproxy_port, VALGRIND_START, || haproxy.log()).await;
-        let results = measure_each(
-            "haproxy",
-            haproxy.pid(),
-            &out,
-            haproxy_port,
-            clients,
-            tx,
-            &protocols,
-        )
-        .await;
-        rows.push(("haproxy".into(), results));
+        rows.extend(measure_each("haproxy", haproxy.pid(), &out, haproxy_port, &plan).await);
         stop(haproxy);
     }
 
@@ -423,7 +539,7 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
             &format!(
                 "[databases]\npostgres = host=127.0.0.1 port={port} dbname=postgres\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {bouncer_port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {auth}\npool_mode = transaction\nmax_client_conn = 1000\ndefault_pool_size = {pool}\n{prepared}logfile = {log}\npidfile =\n",
                 auth = bouncer_dir.join("userlist.txt").display(),
-                pool = clients + 2,
+                pool = max_clients + 2,
                 prepared = if tracks { "max_prepared_statements = 100\n" } else { "" },
                 log = bouncer_dir.join("pgbouncer.log").display(),
             ),
@@ -446,27 +562,16 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
             std::fs::read_to_string(&log).unwrap_or_default()
         })
         .await;
-        let results = measure_each(
-            "pgbouncer",
-            pgbouncer.pid(),
-            &out,
-            bouncer_port,
-            clients,
-            tx,
-            &protocols,
-        )
-        .await;
-        rows.push(("pgbouncer".into(), results));
+        rows.extend(measure_each("pgbouncer", pgbouncer.pid(), &out, bouncer_port, &plan).await);
         stop(pgbouncer);
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
+    let (t1_first, t2_first) = plan.tx(plan.clients[0]);
     println!();
     println!(
-        "callgrind: user-space instructions (Ir) per transaction, pgbench -n -S -c {clients} -j {} -t {} minus -t {} (warmed up); valgrind runs a process's threads one at a time; the kernel's instructions are not counted; PgBouncer: {bouncer_version}",
-        2.min(clients),
-        tx.1,
-        tx.0
+        "callgrind: user-space instructions (Ir) per transaction, pgbench -n -S -c C -j 2 -t T2 minus -t T1 (warmed up; T2 {t2_first} and T1 {t1_first} at -c {}, the same total transactions at every other C); valgrind runs a process's threads one at a time; the kernel's instructions are not counted; PgBouncer: {bouncer_version}",
+        plan.clients[0],
     );
     println!(
         "load average before: {}; after: {} (instruction counts do not depend on it)",
@@ -481,39 +586,51 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
             .collect::<Vec<_>>()
             .join(" "),
     );
-    print!("| target |");
-    for p in &protocols {
-        print!(" Ir/tx -M {p} | x PgBouncer |");
+    print!("| target | clients |");
+    for p in &plan.protocols {
+        print!(" Ir/tx -M {p} | x PgBouncer | system calls per tx -M {p} |");
     }
     println!();
-    println!("|---|{}", "---|---|".repeat(protocols.len()));
-    let bouncer = rows
-        .iter()
-        .find(|(n, _)| n == "pgbouncer")
-        .map(|(_, r)| r.clone());
-    for (name, results) in &rows {
-        print!("| {name} |");
-        for (i, r) in results.iter().enumerate() {
+    println!("|---|---|{}", "---|---|---|".repeat(plan.protocols.len()));
+    for row in &rows {
+        // PgBouncer's row at the same client count, the ratio's base.
+        let bouncer = rows
+            .iter()
+            .find(|r| r.name == "pgbouncer" && r.clients == row.clients);
+        print!("| {} | {} |", row.name, row.clients);
+        for (i, r) in row.results.iter().enumerate() {
             let base = bouncer
-                .as_ref()
-                .and_then(|b| b.get(i))
+                .and_then(|b| b.results.get(i))
                 .and_then(|b| b.as_ref().ok());
             match (r, base) {
-                (Ok(ir), Some(b)) => print!(" {ir:.0} | {:.2}x |", ir / b),
-                (Ok(ir), None) => print!(" {ir:.0} | - |"),
+                (Ok(m), Some(b)) => print!(" {:.0} | {:.2}x |", m.ir, m.ir / b.ir),
+                (Ok(m), None) => print!(" {:.0} | - |", m.ir),
                 (Err(e), _) => print!(" failed: {e} | - |"),
+            }
+            match r {
+                Ok(m) => {
+                    let calls: Vec<String> =
+                        m.calls.iter().map(|(n, c)| format!("{n} {c:.2}")).collect();
+                    print!(" {} |", calls.join(", "));
+                }
+                Err(_) => print!(" - |"),
             }
         }
         println!();
     }
-    for (name, protocol, dump) in &profiles {
-        println!();
-        println!(
-            "{name}, -M {protocol}: top {top} functions by self cost (Ir) over the -t {} run ({})",
-            tx.1,
-            dump.display()
-        );
-        println!("{}", top_functions(dump, top));
+    for row in &rows[praetor_rows] {
+        for (protocol, r) in plan.protocols.iter().zip(&row.results) {
+            let Ok(m) = r else { continue };
+            println!();
+            println!(
+                "{} -c {}, -M {protocol}: top {top} functions by self cost (Ir) over the -t {} run ({})",
+                row.name,
+                row.clients,
+                plan.tx(row.clients).1,
+                m.dump.display()
+            );
+            println!("{}", top_functions(&m.dump, top));
+        }
     }
 }
 
