@@ -56,7 +56,7 @@
 //! The rules above (unit tracking, routing, pipelining, pinning, when to release or park) are the
 //! sans-I/O [`crate::units::UnitTracker`]; this module reads, asks it, and executes its answers.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -93,7 +93,6 @@ use crate::conn::{
     drain_end, send_fatal, Accepted, DrainEnd, GaugeGuard, Runtime, Shared, DRAIN_END_WAIT,
 };
 use crate::metrics::ListenerKind;
-use crate::on_wake::WakeFlag;
 use crate::pool::{open, OpenError, ServerConn, Slot};
 use crate::prepared::ClientStatements;
 use crate::router::{NoRoute, Want};
@@ -1028,14 +1027,6 @@ impl Session<'_> {
         let drained = draining.cancelled();
         let stopped = shutdown.cancelled();
         tokio::pin!(drained, stopped);
-        // The main branches' wake-up flags ([`WakeFlag`]): within a pass, a wake-up for one
-        // (the server's answer) does not poll the others (the idle client read, the other
-        // server, the timer, the topology watch, whose lock every session shares).
-        let mut woke_leader = WakeFlag::new();
-        let mut woke_replica = WakeFlag::new();
-        let mut woke_client = WakeFlag::new();
-        let mut woke_timer = WakeFlag::new();
-        let mut woke_watch = WakeFlag::new();
         loop {
             // A switchover: a session pinned to the leader stepping down moves, or works on there
             // until the drain's end, at its idle point, before its next unit is routed there
@@ -1250,47 +1241,27 @@ impl Session<'_> {
                 let (leader, replica) = (&mut self.leader, &mut self.replica);
                 let idle_timer = &mut self.idle_timer;
                 let (leader_watch, drain_at) = (&mut self.leader_watch, self.drain_at);
-                // This pass's futures are new: each flag lets its first poll through.
-                for flag in [
-                    &mut woke_leader,
-                    &mut woke_replica,
-                    &mut woke_client,
-                    &mut woke_timer,
-                    &mut woke_watch,
-                ] {
-                    flag.arm();
-                }
-                let mut client_read = std::pin::pin!(read_client(client, cbuf));
-                let mut watch = std::pin::pin!(async {
-                    let changed = match leader_watch {
-                        Some(w) => w.changed().await.is_ok(),
-                        None => false,
-                    };
-                    if !changed {
-                        // The router is gone (the proxy stops): nothing to watch.
-                        std::future::pending::<()>().await;
-                    }
-                });
                 // The proxy drains (idle sessions leave) before it stops (every session leaves):
                 // an idle session waits for the first, a busy one for the second.
                 tokio::select! {
                     biased;
                     _ = &mut drained, if idle => Wake::Shutdown,
                     _ = &mut stopped, if !idle => Wake::Shutdown,
-                    e = poll_fn(|cx| woke_leader.poll(cx, |cx| poll_conn(leader, cx))) => match e {
+                    e = poll_fn(|cx| poll_conn(leader, cx)) => match e {
                         ConnEvent::Fenced => Wake::Fenced(Side::Leader),
                         ConnEvent::Read(r) => Wake::Server(Side::Leader, r),
                     },
-                    e = poll_fn(|cx| woke_replica.poll(cx, |cx| poll_conn(replica, cx))) => match e {
+                    e = poll_fn(|cx| poll_conn(replica, cx)) => match e {
                         ConnEvent::Fenced => Wake::Fenced(Side::Replica),
                         ConnEvent::Read(r) => Wake::Server(Side::Replica, r),
                     },
-                    r = poll_fn(|cx| woke_client.poll(cx, |cx| client_read.as_mut().poll(cx))),
-                        if !blocked => Wake::Client(r),
-                    _ = poll_fn(|cx| woke_timer.poll(cx, |cx| match idle_timer {
-                        Some(timer) => timer.as_mut().poll(cx),
-                        None => Poll::Pending,
-                    })), if timer_at.is_some() => Wake::Timer,
+                    r = read_client(client, cbuf), if !blocked => Wake::Client(r),
+                    _ = async {
+                        match idle_timer {
+                            Some(timer) => timer.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if timer_at.is_some() => Wake::Timer,
                     _ = async {
                         match stall_deadline {
                             Some(at) => tokio::time::sleep_until(at).await,
@@ -1303,8 +1274,16 @@ impl Session<'_> {
                             None => std::future::pending().await,
                         }
                     }, if drain_at.is_some() => Wake::Drain,
-                    _ = poll_fn(|cx| woke_watch.poll(cx, |cx| watch.as_mut().poll(cx))),
-                        if watch_switchover => Wake::Drain,
+                    _ = async {
+                        let changed = match leader_watch {
+                            Some(w) => w.changed().await.is_ok(),
+                            None => false,
+                        };
+                        if !changed {
+                            // The router is gone (the proxy stops): nothing to watch.
+                            std::future::pending::<()>().await;
+                        }
+                    }, if watch_switchover => Wake::Drain,
                 }
             };
             if self.info.is_terminated() {
