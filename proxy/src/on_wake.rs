@@ -15,14 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 /// The waker an [`OnWake`] gives its future: marks it woken, then wakes the task.
-///
-/// The task's waker sits behind a mutex, taken once per wake-up and never contended in practice
-/// (the polling side takes it only when the task's waker changes, i.e. at the first poll). An
-/// `AtomicWaker` (`futures`, `atomic-waker`) was considered and costs more here: its `wake` takes
-/// the waker out (two atomic operations), so every poll has to register again (two more, and a
-/// clone of the task's waker after each wake-up), where the mutex costs two per wake-up and
-/// nothing per poll. A wake-up that finds the flag already set skips the mutex: the wake-up that
-/// set it woke the task, which has not polled yet.
 struct Flag {
     woken: AtomicBool,
     /// The waker of the task that polls the [`OnWake`] (set at its first poll).
@@ -35,10 +27,7 @@ impl Wake for Flag {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Already set: the wake-up that set it woke the task, which has not looked yet.
-        if self.woken.swap(true, Ordering::AcqRel) {
-            return;
-        }
+        self.woken.store(true, Ordering::Release);
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = task.as_ref() {
             w.wake_by_ref();
@@ -46,12 +35,11 @@ impl Wake for Flag {
     }
 }
 
-/// A branch's wake-up flag, kept across passes of a `select!` whose branch futures are made anew
-/// at each pass (the auto port's session loop): [`OnWake`] without a future of its own. Each pass
-/// [`arm`](Self::arm)s it, so that the pass's first poll reaches the new future (which registers
-/// this flag's waker); later polls within the pass reach it only after that waker fired. Costs
-/// two allocations when made, none per pass.
-pub(crate) struct WakeFlag {
+/// Wraps a future so that polling it does nothing (`Pending`) unless the future asked to be
+/// polled since its last poll (it woke its waker) or this is the first poll, or the task polling
+/// it changed. Costs one allocation for the future and one for its waker, when made.
+pub(crate) struct OnWake<F> {
+    future: Pin<Box<F>>,
     flag: Arc<Flag>,
     /// `flag` as a waker, made once.
     waker: Waker,
@@ -59,63 +47,17 @@ pub(crate) struct WakeFlag {
     registered: Option<Waker>,
 }
 
-impl WakeFlag {
-    pub(crate) fn new() -> WakeFlag {
+impl<F: Future> OnWake<F> {
+    pub(crate) fn new(future: F) -> OnWake<F> {
         let flag = Arc::new(Flag {
             woken: AtomicBool::new(true),
             task: Mutex::new(None),
         });
-        WakeFlag {
+        OnWake {
+            future: Box::pin(future),
             waker: Waker::from(flag.clone()),
             flag,
             registered: None,
-        }
-    }
-
-    /// Lets the next [`poll`](Self::poll) through, whether or not the waker fired: for a new
-    /// future, which has registered nothing yet.
-    pub(crate) fn arm(&mut self) {
-        self.flag.woken.store(true, Ordering::Relaxed);
-    }
-
-    /// Calls `poll` with this flag's waker if it fired since the last call (or it was armed, or
-    /// the task polling changed); else `Pending`, without calling it.
-    pub(crate) fn poll<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        if !self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            let w = cx.waker().clone();
-            *self.flag.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
-            self.registered = Some(w);
-            // A wake-up meant for the former task's waker may have been lost: look anyway.
-            self.flag.woken.store(true, Ordering::Relaxed);
-        }
-        if !self.flag.woken.swap(false, Ordering::Acquire) {
-            return Poll::Pending;
-        }
-        poll(&mut Context::from_waker(&self.waker))
-    }
-}
-
-/// Wraps a future so that polling it does nothing (`Pending`) unless the future asked to be
-/// polled since its last poll (it woke its waker) or this is the first poll, or the task polling
-/// it changed. Costs one allocation for the future and two for its waker, when made.
-pub(crate) struct OnWake<F> {
-    future: Pin<Box<F>>,
-    wake: WakeFlag,
-}
-
-impl<F: Future> OnWake<F> {
-    pub(crate) fn new(future: F) -> OnWake<F> {
-        OnWake {
-            future: Box::pin(future),
-            wake: WakeFlag::new(),
         }
     }
 }
@@ -125,8 +67,23 @@ impl<F: Future> Future for OnWake<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        let future = &mut this.future;
-        this.wake.poll(cx, |cx| future.as_mut().poll(cx))
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let w = cx.waker().clone();
+            *this.flag.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
+            this.registered = Some(w);
+            // A wake-up meant for the former task's waker may have been lost: look anyway.
+            this.flag.woken.store(true, Ordering::Relaxed);
+        }
+        if !this.flag.woken.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        this.future
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker))
     }
 }
 
@@ -211,38 +168,6 @@ mod tests {
             .poll(&mut Context::from_waker(&second))
             .is_pending());
         assert_eq!(polls.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn a_flag_lets_a_poll_through_when_armed_or_woken_and_skips_the_mutex_when_set() {
-        let task = Arc::new(CountingWake::default());
-        let waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut flag = WakeFlag::new();
-        let inner: Arc<Mutex<Option<Waker>>> = Default::default();
-        let mut calls = 0;
-        let mut poll = |flag: &mut WakeFlag, cx: &mut Context<'_>| {
-            flag.poll(cx, |inner_cx| {
-                calls += 1;
-                *inner.lock().unwrap() = Some(inner_cx.waker().clone());
-                Poll::<()>::Pending
-            })
-        };
-        assert!(poll(&mut flag, &mut cx).is_pending());
-        assert!(poll(&mut flag, &mut cx).is_pending());
-        // Armed (a new pass, a new future): the next poll goes through, once.
-        flag.arm();
-        assert!(poll(&mut flag, &mut cx).is_pending());
-        assert!(poll(&mut flag, &mut cx).is_pending());
-        // Woken twice before the task looked: the task is woken once, the next poll goes through.
-        let w = inner.lock().unwrap().take().unwrap();
-        w.wake_by_ref();
-        w.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
-        assert!(poll(&mut flag, &mut cx).is_pending());
-        assert!(poll(&mut flag, &mut cx).is_pending());
-        drop(poll);
-        assert_eq!(calls, 3, "the first poll, the armed one, the woken one");
     }
 
     #[tokio::test]
