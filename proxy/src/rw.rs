@@ -908,6 +908,21 @@ mod tests {
             ("SELECT 1 AS h", false),
             ("SELECT 1 AS temps", true),
             ("SELECT 1 AS adviso", false),
+            // First words: matched whole, either case, up to the first other character.
+            ("DEALLOCATE ALL", true),
+            ("deallocatex", false),
+            ("do $$ begin end $$", true),
+            ("Load 'x'", true),
+            ("UnListen *", true),
+            ("declared", false),
+            ("prepared", false),
+            ("sets", false),
+            ("set;", true),
+            ("_set x", false),
+            ("selectdeallocate", false),
+            ("seté x", true),
+            ("", false),
+            ("-- only a comment", false),
         ] {
             assert_eq!(may_hold_state(sql), may, "{sql}");
         }
@@ -945,6 +960,10 @@ mod tests {
             b"SELECT\0 1\0",
             b"SELECT \xff\0",
             "SELECT 'é'\0".as_bytes(),
+            // A NUL inside the text, in an eight-byte chunk and in the tail.
+            b"SELECT 1234\x005678 FROM t\0",
+            b"SELECT 12345678 FROM t\0x\0",
+            b"SELECT pg_advisory_lock(1)\0\0",
         ] {
             assert_eq!(
                 query_body_text(body),

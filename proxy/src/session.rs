@@ -1294,24 +1294,16 @@ impl Session<'_> {
             }
             match wake {
                 Wake::Shutdown => return End::Shutdown,
-                // Woken early: the timer was armed for an earlier unit's instant (above).
-                Wake::Timer
-                    if self
-                        .idle_timer
-                        .as_ref()
-                        .zip(timer_at)
-                        .is_some_and(|(timer, at)| timer.deadline() < at) =>
-                {
-                    if let (Some(timer), Some(at)) = (&mut self.idle_timer, timer_at) {
-                        timer.as_mut().reset(at);
+                Wake::Timer => match (&mut self.idle_timer, timer_at) {
+                    // Woken early: the timer was armed for an earlier unit's instant (above).
+                    (Some(timer), Some(at)) if timer.deadline() < at => timer.as_mut().reset(at),
+                    // When it was the park timer, the next pass parks.
+                    _ if release_timer => {
+                        drop_buffers(cbuf, &mut self.to_server);
+                        self.release_idle();
                     }
-                }
-                // When it was the park timer, the next pass parks.
-                Wake::Timer if release_timer => {
-                    drop_buffers(cbuf, &mut self.to_server);
-                    self.release_idle();
-                }
-                Wake::Timer => drop_buffers(cbuf, &mut self.to_server),
+                    _ => drop_buffers(cbuf, &mut self.to_server),
+                },
                 // The next pass applies the drain rule.
                 Wake::Drain => {}
                 Wake::Fenced(side) => {
