@@ -273,6 +273,11 @@ async fn run_on(
         None => None,
         Some(pg) => Some(super::slot_workload::SlotWorkload::start(
             &endpoints.members,
+            &cluster
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.api_addr()))
+                .collect::<Vec<_>>(),
             pg.bin_dir(),
             pg.number(),
             cluster.work.path().join("slot-consumer"),
