@@ -242,10 +242,11 @@ pub fn usable_copy_at(copies: &[(String, Duration, bool)], member: &str, at: Dur
 
 /// The promotion that lost the row at `lsn` (never delivered) with the slot, if one did: the
 /// consumer's last run started from a position before the row (run `k`) delivered, as its
-/// first row (or the first of the runs after it, if it delivered none), one past it (the slot it read started past the row: made anew), and a member
-/// without a usable copy ([`usable_copy_at`]) was promoted after run `k - 1` started (the
-/// consumer confirmed run `k`'s start position after that) and before run `k + 1` started (or
-/// `end`). A run `k` whose first row lies before the row read a slot that held it: the row
+/// first row (or the first of the runs after it, if it delivered none), one past it (the slot
+/// it read started past the row: made anew), and a member without a usable copy
+/// ([`usable_copy_at`]) was promoted after the run that confirmed run `k`'s start position
+/// started (the last run before `k` with another start position: runs between with the same
+/// start delivered nothing) and before run `k + 1` started (or `end`). A run `k` whose first row lies before the row read a slot that held it: the row
 /// committed after that slot's start, and its loss stays a violation; so does a row whose
 /// window holds only promotions of members with usable copies (the agent should have kept the
 /// slot).
@@ -265,8 +266,14 @@ pub fn lost_with_the_slot<'a>(
     if first.1 <= lsn {
         return None;
     }
-    let after = k
-        .checked_sub(1)
+    // The run that confirmed run `k`'s start position: the last before it that started
+    // elsewhere. Runs between them with the same start delivered nothing (they failed to
+    // connect, or found no slot on a new leader): a promotion during them is in the window
+    // (nemesis etcd strict PG 18 seed 1, slotjudge2: four runs failed while pg1 was promoted).
+    let pos = slot.runs[k].startpos;
+    let after = slot.runs[..k]
+        .iter()
+        .rposition(|r| r.startpos != pos)
         .map_or(Duration::ZERO, |j| slot.runs[j].start);
     let before = slot.runs.get(k + 1).map_or(end, |r| r.start);
     promotions.iter().find(|p| {
@@ -636,6 +643,13 @@ mod tests {
                 want: (1, 0),
             },
             Case {
+                name: "promoted while a run from the same start failed: still in the window",
+                run2: vec![],
+                promoted: ("pg1", 28),
+                copies: None,
+                want: (0, 2),
+            },
+            Case {
                 name: "the promotion came before run 1 confirmed (outside the window): violation",
                 run2: rows(7..=8),
                 promoted: ("pg1", 0),
@@ -644,11 +658,19 @@ mod tests {
             },
         ];
         for c in cases {
-            let mut h = history(
-                vec![run(1, None, rows(1..=4)), run(30, Some(450), c.run2)],
-                rows(1..=8),
-                vec![kill(25)],
-            );
+            // An empty `run2`: run 2 (29 s, from 450, after the promotion at 28 s) delivered
+            // nothing (no slot yet on the new leader), and run 3 (30 s, from 450) delivered 7
+            // and 8: the window opens at run 1's start, which confirmed 450, not at run 2's.
+            let runs = if c.run2.is_empty() {
+                vec![
+                    run(1, None, rows(1..=4)),
+                    run(29, Some(450), vec![]),
+                    run(30, Some(450), rows(7..=8)),
+                ]
+            } else {
+                vec![run(1, None, rows(1..=4)), run(30, Some(450), c.run2)]
+            };
+            let mut h = history(runs, rows(1..=8), vec![kill(25)]);
             h.ops = vec![ack("pg3", 1, 2), ack(c.promoted.0, 2, c.promoted.1)];
             if let Some(copies) = c.copies {
                 h.slot.as_mut().unwrap().copies = copies;
