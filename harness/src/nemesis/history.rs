@@ -287,6 +287,10 @@ pub struct SlotHistory {
     /// When every replica held a usable copy at once (the runner held the first fault until
     /// then); `None` when that never happened.
     pub copies_ready_at: Option<Duration>,
+    /// Each member's `/patroni` answer as the poller read it about once a second, in no
+    /// particular order across members: what the leader race compares
+    /// ([`super::slot_feed::passed_over_holder`] reads the candidates at each promotion).
+    pub candidates: Vec<CandidateSample>,
     /// Rows the writer saw acknowledged.
     pub acknowledged: usize,
     /// Every `(id, lsn)` of the final leader's table; `None` when it could not be read.
@@ -295,6 +299,64 @@ pub struct SlotHistory {
     /// table should have been delivered) or delivered every row before it was stopped, else
     /// why not.
     pub drained: Result<(), String>,
+}
+
+/// One member's `/patroni` answer, the fields the leader race weighs (`is_healthiest`: timeline,
+/// WAL position, `failover_priority`, the `sync` key under `synchronous_mode`, and Praetor's
+/// `logical_slot_copies` tie-breaker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateSample {
+    /// The member.
+    pub member: String,
+    /// When its answer arrived (from the run's start).
+    pub at: Duration,
+    /// It runs as primary (`role` `primary`/`master`): not a candidate.
+    pub primary: bool,
+    /// Its timeline (`timeline`; 0 when absent: PostgreSQL not running).
+    pub timeline: u32,
+    /// Its WAL position, bytes: a replica's max of `xlog.received_location` and
+    /// `xlog.replayed_location` (the race's measure), a primary's `xlog.location`.
+    pub wal: u64,
+    /// `tags.failover_priority` (default 1; `nofailover: true` counts as 0: never promoted).
+    pub failover_priority: i64,
+    /// `sync_standby: true`: listed in the `sync` key.
+    pub sync_standby: bool,
+    /// `logical_slot_copies`: `None` when absent (a Patroni member, or PostgreSQL not running).
+    pub slot_copies: Option<bool>,
+}
+
+impl CandidateSample {
+    /// Reads `member`'s `/patroni` document `v` received at `at`; `None` when it names no
+    /// timeline (PostgreSQL not running: no candidate).
+    pub fn from_patroni(member: &str, at: Duration, v: &serde_json::Value) -> Option<Self> {
+        let timeline = u32::try_from(v["timeline"].as_u64()?).ok()?;
+        let x = &v["xlog"];
+        let wal = [
+            x["location"].as_u64(),
+            x["received_location"].as_u64(),
+            x["replayed_location"].as_u64(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        let tags = &v["tags"];
+        let failover_priority = if tags["nofailover"].as_bool() == Some(true) {
+            0
+        } else {
+            tags["failover_priority"].as_i64().unwrap_or(1)
+        };
+        Some(CandidateSample {
+            member: member.to_string(),
+            at,
+            primary: matches!(v["role"].as_str(), Some("primary" | "master")),
+            timeline,
+            wal,
+            failover_priority,
+            sync_standby: v["sync_standby"].as_bool() == Some(true),
+            slot_copies: v["logical_slot_copies"].as_bool(),
+        })
+    }
 }
 
 /// One `pg_recvlogical` run of the slot workload.

@@ -273,6 +273,11 @@ async fn run_on(
         None => None,
         Some(pg) => Some(super::slot_workload::SlotWorkload::start(
             &endpoints.members,
+            &cluster
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.api_addr()))
+                .collect::<Vec<_>>(),
             pg.bin_dir(),
             pg.number(),
             cluster.work.path().join("slot-consumer"),
@@ -961,6 +966,24 @@ pub async fn series(
                         })
                         .collect();
                     eprintln!("nemesis seed {seed}: slot copies: {}", copies.join(", "));
+                    // The `/patroni` answers the checker weighs each promotion against
+                    // (`slot_feed::passed_over_holder`): per member, how many and how many said
+                    // `logical_slot_copies: true`.
+                    let mut answers: std::collections::BTreeMap<&str, (usize, usize)> =
+                        std::collections::BTreeMap::new();
+                    for c in &s.candidates {
+                        let e = answers.entry(c.member.as_str()).or_default();
+                        e.0 += 1;
+                        e.1 += usize::from(c.slot_copies == Some(true));
+                    }
+                    let answers: Vec<String> = answers
+                        .iter()
+                        .map(|(m, (n, held))| format!("{m} {n} ({held} holding copies)"))
+                        .collect();
+                    eprintln!(
+                        "nemesis seed {seed}: /patroni answers: {}",
+                        answers.join(", ")
+                    );
                 }
                 for v in &r.report.violations {
                     eprintln!(

@@ -18,7 +18,10 @@
 //! - **lost with the slot**: a row of the final table never delivered is allowed, and counted
 //!   apart, when the slot it was due from was made anew by a leader that held no usable copy
 //!   when it was promoted ([`lost_with_the_slot`]): the claim's precondition (a usable copy on
-//!   the member promoted) did not hold, so no agent could have kept the slot.
+//!   the member promoted) did not hold, so no agent could have kept the slot. Unless the
+//!   election passed over a member that held one ([`passed_over_holder`]: as far ahead on WAL,
+//!   as eligible, and saying so in `logical_slot_copies`, where the winner said it held none):
+//!   then the race's tie-breaker should have chosen the holder, and the loss is a violation.
 //! - **skipped past lost commits**: a row of the final table never delivered is allowed, and
 //!   counted apart, when the consumer was asked to start past it after it had been sent rows a
 //!   failover then discarded, at or past the row's position ([`skipped_past_lost_commits`]):
@@ -32,7 +35,7 @@ use std::ops::Bound;
 use std::time::Duration;
 
 use super::checker::{may_lose_async_commits, settled_at, Violation, ViolationKind};
-use super::history::{History, SlotHistory};
+use super::history::{CandidateSample, History, Mode, SlotHistory};
 
 /// What the slot workload of one run amounted to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,14 +149,28 @@ fn judge(history: &History, slot: &SlotHistory) -> (Vec<Violation>, SlotTally) {
     }
     let promotions = promotions(history);
     let mut lost = Vec::new();
+    // Per promotion that passed over a copy holder: why, and the rows lost with the slot there.
+    let mut passed: BTreeMap<u32, (Duration, String, usize)> = BTreeMap::new();
     for id in fin.keys().filter(|id| !seen.contains(*id)) {
-        if lost_with_the_slot(slot, &promotions, history.end, fin[id]).is_some() {
-            tally.lost_with_slot += 1;
+        if let Some(p) = lost_with_the_slot(slot, &promotions, history.end, fin[id]) {
+            match passed_over_holder(slot, p, history.mode, &history.faults) {
+                Some(why) => passed.entry(p.timeline).or_insert((p.seen_at, why, 0)).2 += 1,
+                None => tally.lost_with_slot += 1,
+            }
         } else if skipped_past_lost_commits(slot, &discarded, fin[id]).is_some() {
             tally.skipped_past_lost += 1;
         } else {
             lost.push(*id);
         }
+    }
+    for (timeline, (at, why, rows)) in passed {
+        out.push(violation(
+            at,
+            format!(
+                "{rows} rows lost with the slot at the promotion to timeline {timeline}: elected a \
+                 member without the slot while a copy holder was as far ahead ({why})"
+            ),
+        ));
     }
     if !lost.is_empty() {
         out.push(violation(
@@ -225,10 +242,11 @@ pub fn usable_copy_at(copies: &[(String, Duration, bool)], member: &str, at: Dur
 
 /// The promotion that lost the row at `lsn` (never delivered) with the slot, if one did: the
 /// consumer's last run started from a position before the row (run `k`) delivered, as its
-/// first row (or the first of the runs after it, if it delivered none), one past it (the slot it read started past the row: made anew), and a member
-/// without a usable copy ([`usable_copy_at`]) was promoted after run `k - 1` started (the
-/// consumer confirmed run `k`'s start position after that) and before run `k + 1` started (or
-/// `end`). A run `k` whose first row lies before the row read a slot that held it: the row
+/// first row (or the first of the runs after it, if it delivered none), one past it (the slot
+/// it read started past the row: made anew), and a member without a usable copy
+/// ([`usable_copy_at`]) was promoted after the run that confirmed run `k`'s start position
+/// started (the last run before `k` with another start position: runs between with the same
+/// start delivered nothing) and before run `k + 1` started (or `end`). A run `k` whose first row lies before the row read a slot that held it: the row
 /// committed after that slot's start, and its loss stays a violation; so does a row whose
 /// window holds only promotions of members with usable copies (the agent should have kept the
 /// slot).
@@ -248,14 +266,92 @@ pub fn lost_with_the_slot<'a>(
     if first.1 <= lsn {
         return None;
     }
-    let after = k
-        .checked_sub(1)
+    // The run that confirmed run `k`'s start position: the last before it that started
+    // elsewhere. Runs between them with the same start delivered nothing (they failed to
+    // connect, or found no slot on a new leader): a promotion during them is in the window
+    // (nemesis etcd strict PG 18 seed 1, slotjudge2: four runs failed while pg1 was promoted).
+    let pos = slot.runs[k].startpos;
+    let after = slot.runs[..k]
+        .iter()
+        .rposition(|r| r.startpos != pos)
         .map_or(Duration::ZERO, |j| slot.runs[j].start);
     let before = slot.runs.get(k + 1).map_or(end, |r| r.start);
     promotions.iter().find(|p| {
         p.seen_at > after
             && p.seen_at <= before
             && !usable_copy_at(&slot.copies, &p.member, p.seen_at)
+    })
+}
+
+/// How long before the winner's last answer on its old timeline a candidate's answer still
+/// counts as its state at the promotion: one poll round (each member is read about once a
+/// second) and a second of slack for a slow answer.
+pub const SAME_ROUND: Duration = Duration::from_secs(2);
+
+/// Why promotion `p` broke the leader race's slot tie-breaker, if it did
+/// (`agent/src/ha/election.rs`, `ranks_first_on_tie`: at equal timeline, WAL and
+/// `failover_priority`, a member publishing `logical_slot_copies: true` ranks before one
+/// publishing `false`): from `slot.candidates`, the winner's last answer before `p.seen_at` on a
+/// timeline before `p.timeline` (its state when it was elected) said `logical_slot_copies: false`,
+/// and another member's last answer before `p.seen_at`, no more than [`SAME_ROUND`] older,
+/// showed it a replica on the same timeline, at the winner's WAL position or past it, with a
+/// `failover_priority` above 0 and not below the winner's, listed in the `sync` key when `mode`
+/// is synchronous (only the synchronous standby may be promoted), and `logical_slot_copies:
+/// true`. Such a member could have been elected and should have been preferred.
+///
+/// Conservative, so that a violation is certain: no answer from the winner (or one without the
+/// field: a Patroni member, which the tie-breaker neither prefers nor passes over) judges
+/// nothing; a candidate named in the target of a fault that held between the winner's last
+/// answer and `p.seen_at` is left out (silenced, partitioned, frozen or killed: the winner's
+/// race may not have seen it, and a partition's target names both sides, so any partition
+/// then spares the election). Returns the holder and both positions, for the violation's text.
+pub fn passed_over_holder(
+    slot: &SlotHistory,
+    p: &Promotion,
+    mode: Mode,
+    faults: &[super::history::FaultRecord],
+) -> Option<String> {
+    let last = |member: &str, pred: &dyn Fn(&CandidateSample) -> bool| {
+        slot.candidates
+            .iter()
+            .filter(|c| c.member == member && c.at < p.seen_at && pred(c))
+            .max_by_key(|c| c.at)
+    };
+    let winner = last(&p.member, &|c| c.timeline < p.timeline)?;
+    if winner.slot_copies != Some(false) {
+        return None;
+    }
+    let mut others: Vec<&str> = slot
+        .candidates
+        .iter()
+        .map(|c| c.member.as_str())
+        .filter(|m| *m != p.member)
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    others.into_iter().find_map(|m| {
+        let c = last(m, &|_| true)?;
+        let hit = faults
+            .iter()
+            .any(|f| f.start <= p.seen_at && f.heal >= winner.at && f.target.contains(m));
+        let eligible = !hit
+            && !c.primary
+            && c.at + SAME_ROUND >= winner.at
+            && c.timeline == winner.timeline
+            && c.wal >= winner.wal
+            && c.failover_priority > 0
+            && c.failover_priority >= winner.failover_priority
+            && (!mode.is_synchronous() || c.sync_standby)
+            && c.slot_copies == Some(true);
+        eligible.then(|| {
+            format!(
+                "{m} held a usable copy at {} on timeline {}, {} at {} without one",
+                crate::logical::format_lsn(c.wal),
+                c.timeline,
+                p.member,
+                crate::logical::format_lsn(winner.wal)
+            )
+        })
     })
 }
 
@@ -321,6 +417,7 @@ mod tests {
                     ("pg3".into(), s(25), true),
                 ],
                 copies_ready_at: Some(s(25)),
+                candidates: vec![],
                 acknowledged: fin.len(),
                 final_rows: Some(fin.into_iter().collect()),
                 drained: Ok(()),
@@ -546,6 +643,13 @@ mod tests {
                 want: (1, 0),
             },
             Case {
+                name: "promoted while a run from the same start failed: still in the window",
+                run2: vec![],
+                promoted: ("pg1", 28),
+                copies: None,
+                want: (0, 2),
+            },
+            Case {
                 name: "the promotion came before run 1 confirmed (outside the window): violation",
                 run2: rows(7..=8),
                 promoted: ("pg1", 0),
@@ -554,11 +658,19 @@ mod tests {
             },
         ];
         for c in cases {
-            let mut h = history(
-                vec![run(1, None, rows(1..=4)), run(30, Some(450), c.run2)],
-                rows(1..=8),
-                vec![kill(25)],
-            );
+            // An empty `run2`: run 2 (29 s, from 450, after the promotion at 28 s) delivered
+            // nothing (no slot yet on the new leader), and run 3 (30 s, from 450) delivered 7
+            // and 8: the window opens at run 1's start, which confirmed 450, not at run 2's.
+            let runs = if c.run2.is_empty() {
+                vec![
+                    run(1, None, rows(1..=4)),
+                    run(29, Some(450), vec![]),
+                    run(30, Some(450), rows(7..=8)),
+                ]
+            } else {
+                vec![run(1, None, rows(1..=4)), run(30, Some(450), c.run2)]
+            };
+            let mut h = history(runs, rows(1..=8), vec![kill(25)]);
             h.ops = vec![ack("pg3", 1, 2), ack(c.promoted.0, 2, c.promoted.1)];
             if let Some(copies) = c.copies {
                 h.slot.as_mut().unwrap().copies = copies;
@@ -566,5 +678,218 @@ mod tests {
             let (v, t) = kinds(&h);
             assert_eq!((v.len(), t.lost_with_slot), c.want, "{}: {v:?}", c.name);
         }
+    }
+
+    /// pg1's or pg2's `/patroni` answer at `ms` ms: a replica on timeline 1 at `wal`.
+    fn answer(member: &str, ms: u64, wal: u64, copies: Option<bool>) -> CandidateSample {
+        CandidateSample {
+            member: member.into(),
+            at: Duration::from_millis(ms),
+            primary: false,
+            timeline: 1,
+            wal,
+            failover_priority: 1,
+            sync_standby: false,
+            slot_copies: copies,
+        }
+    }
+
+    #[test]
+    fn a_loss_with_the_slot_is_a_violation_when_the_election_passed_over_a_copy_holder() {
+        // As above: rows 5 and 6 never delivered; pg3 led timeline 1 and was killed at 25 s; pg1
+        // (never seen with a usable copy) was promoted, its first write at 28 s on timeline 2.
+        // pg1 answered at 26 s at 0/320 saying it held no copy; pg2 answered at 26.5 s.
+        struct Case {
+            name: &'static str,
+            mode: Mode,
+            winner: Option<bool>,
+            holder: CandidateSample,
+            /// A fault on pg2 while the election ran.
+            pg2_hit: bool,
+            /// (violations, lost with the slot)
+            want: (usize, usize),
+        }
+        let pg2 = |wal, copies| answer("pg2", 26_500, wal, copies);
+        let cases = [
+            Case {
+                name: "equal WAL, the holder passed over: violation",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: pg2(800, Some(true)),
+                pg2_hit: false,
+                want: (1, 0),
+            },
+            Case {
+                name: "the holder further ahead and passed over: violation",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: pg2(900, Some(true)),
+                pg2_hit: false,
+                want: (1, 0),
+            },
+            Case {
+                name: "the holder behind on WAL: allowed (WAL comes first)",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: pg2(700, Some(true)),
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "nobody held a copy: allowed",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: pg2(800, Some(false)),
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "a Patroni member without the field: allowed (the race cannot prefer it)",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: pg2(800, None),
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "a Patroni winner without the field: allowed (neither wins nor loses on it)",
+                mode: Mode::Async,
+                winner: None,
+                holder: pg2(800, Some(true)),
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "the holder at a lower failover_priority: allowed",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: CandidateSample {
+                    failover_priority: 0,
+                    ..pg2(800, Some(true))
+                },
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "strict, the holder not in the sync key: allowed",
+                mode: Mode::Strict,
+                winner: Some(false),
+                holder: pg2(800, Some(true)),
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "strict, the holder the synchronous standby: violation",
+                mode: Mode::Strict,
+                winner: Some(false),
+                holder: CandidateSample {
+                    sync_standby: true,
+                    ..pg2(800, Some(true))
+                },
+                pg2_hit: false,
+                want: (1, 0),
+            },
+            Case {
+                name: "the holder's last answer a poll round older than the winner's: allowed",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: answer("pg2", 23_000, 800, Some(true)),
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "the holder on another timeline: allowed",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: CandidateSample {
+                    timeline: 2,
+                    ..pg2(800, Some(true))
+                },
+                pg2_hit: false,
+                want: (0, 2),
+            },
+            Case {
+                name: "the holder hit by a fault during the election: allowed",
+                mode: Mode::Async,
+                winner: Some(false),
+                holder: pg2(800, Some(true)),
+                pg2_hit: true,
+                want: (0, 2),
+            },
+        ];
+        for c in cases {
+            let mut faults = vec![FaultRecord {
+                target: "pg3".into(),
+                ..kill(25)
+            }];
+            if c.pg2_hit {
+                faults.push(FaultRecord {
+                    kind: FaultKind::Silence,
+                    target: "pg2".into(),
+                    ..kill(24)
+                });
+            }
+            let mut h = history(
+                vec![run(1, None, rows(1..=4)), run(30, Some(450), rows(7..=8))],
+                rows(1..=8),
+                faults,
+            );
+            h.mode = c.mode;
+            h.ops = vec![ack("pg3", 1, 2), ack("pg1", 2, 28)];
+            h.slot.as_mut().unwrap().candidates = vec![
+                answer("pg1", 20_000, 500, c.winner),
+                answer("pg1", 26_000, 800, c.winner),
+                // After the promotion: not its state when elected.
+                CandidateSample {
+                    timeline: 2,
+                    primary: true,
+                    ..answer("pg1", 29_000, 900, Some(false))
+                },
+                answer("pg2", 20_000, 500, Some(true)),
+                c.holder,
+            ];
+            let (v, t) = check_slot(&h).expect("a slot history");
+            assert_eq!((v.len(), t.lost_with_slot), c.want, "{}: {v:?}", c.name);
+            assert!(
+                v.iter().all(|v| v.detail.contains(
+                    "2 rows lost with the slot at the promotion to timeline 2: elected a member \
+                     without the slot while a copy holder was as far ahead (pg2 held"
+                )),
+                "{}: {v:?}",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_patroni_answer_reads_as_the_race_weighs_it() {
+        let v = serde_json::json!({
+            "role": "replica", "timeline": 3, "sync_standby": true,
+            "xlog": {"received_location": 900, "replayed_location": 800},
+            "tags": {"failover_priority": 2}, "logical_slot_copies": true,
+        });
+        let c = CandidateSample::from_patroni("pg2", s(5), &v).unwrap();
+        assert_eq!(
+            (
+                c.primary,
+                c.timeline,
+                c.wal,
+                c.failover_priority,
+                c.sync_standby,
+                c.slot_copies
+            ),
+            (false, 3, 900, 2, true, Some(true))
+        );
+        let patroni = serde_json::json!({
+            "role": "primary", "timeline": 3, "xlog": {"location": 1000},
+            "tags": {"nofailover": true},
+        });
+        let c = CandidateSample::from_patroni("pg1", s(5), &patroni).unwrap();
+        assert_eq!(
+            (c.primary, c.wal, c.failover_priority, c.slot_copies),
+            (true, 1000, 0, None)
+        );
+        let stopped = serde_json::json!({"role": "replica", "state": "stopped"});
+        assert_eq!(CandidateSample::from_patroni("pg3", s(5), &stopped), None);
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::history::{SlotHistory, SlotRun};
+use super::history::{CandidateSample, SlotHistory, SlotRun};
 use crate::logical::{
     copy_state, delivered, format_lsn, leader_dsn, Consumer, CopyState, Writer, CREATE_TABLE, TABLE,
 };
@@ -35,6 +35,9 @@ pub struct SlotWorkload {
     poller: tokio::task::JoinHandle<()>,
     states: States,
     copies: Arc<Mutex<Vec<(String, Duration, bool)>>>,
+    /// One task per member reading its `/patroni` each second ([`poll_candidates`]).
+    candidate_pollers: Vec<tokio::task::JoinHandle<()>>,
+    candidates: Arc<Mutex<Vec<CandidateSample>>>,
     t0: Instant,
     ready_at: Option<Duration>,
 }
@@ -52,9 +55,11 @@ pub async fn create_table(addr: &str) -> Result<(), String> {
 
 impl SlotWorkload {
     /// Starts the writer, the consumer (`bin/pg_recvlogical`, its files in `dir`) and the copy
-    /// poller over `members` (`(name, ip:port)`), on PostgreSQL `major`; times from `t0`.
+    /// poller over `members` (`(name, ip:port)`), on PostgreSQL `major`, and a poller of each
+    /// member's `/patroni` at `apis` (`(name, ip:port)` of its REST API); times from `t0`.
     pub fn start(
         members: &[(String, String)],
+        apis: &[(String, String)],
         bin: PathBuf,
         major: u32,
         dir: PathBuf,
@@ -76,6 +81,19 @@ impl SlotWorkload {
             copies.clone(),
             poll_stop.clone(),
         ));
+        let candidates: Arc<Mutex<Vec<CandidateSample>>> = Arc::default();
+        let candidate_pollers = apis
+            .iter()
+            .map(|(name, api)| {
+                tokio::spawn(poll_candidates(
+                    name.clone(),
+                    api.clone(),
+                    t0,
+                    candidates.clone(),
+                    poll_stop.clone(),
+                ))
+            })
+            .collect();
         Ok(SlotWorkload {
             writer: Some(writer),
             consumer,
@@ -83,6 +101,8 @@ impl SlotWorkload {
             poller,
             states,
             copies,
+            candidate_pollers,
+            candidates,
             t0,
             ready_at: None,
         })
@@ -177,6 +197,14 @@ impl SlotWorkload {
         let runs = self.consumer.stop().await;
         self.poll_stop.cancel();
         let _ = self.poller.await;
+        for p in self.candidate_pollers {
+            let _ = p.await;
+        }
+        let candidates = self
+            .candidates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let copies = self
             .copies
             .lock()
@@ -193,6 +221,7 @@ impl SlotWorkload {
                 .collect(),
             copies,
             copies_ready_at: self.ready_at,
+            candidates,
             acknowledged,
             final_rows: final_read.ok().map(|(rows, _)| rows),
             drained,
@@ -260,6 +289,36 @@ async fn poll_copies(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(name.clone(), state);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+/// Reads `member`'s `/patroni` at `api` (`ip:port`) each second until `stop`, recording each
+/// answer that names a timeline in `samples` (what the leader race weighs: the checker's
+/// [`super::slot_feed::passed_over_holder`]). One task per member, so that a silent member
+/// (its answer timing out) delays only its own samples.
+async fn poll_candidates(
+    member: String,
+    api: String,
+    t0: Instant,
+    samples: Arc<Mutex<Vec<CandidateSample>>>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let answer = tokio::select! {
+            a = crate::http_get(&api, "/patroni") => a,
+            _ = stop.cancelled() => break,
+        };
+        let sample = answer
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| CandidateSample::from_patroni(&member, t0.elapsed(), &v));
+        if let Some(s) = sample {
+            samples.lock().unwrap_or_else(|p| p.into_inner()).push(s);
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
