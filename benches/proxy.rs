@@ -442,7 +442,7 @@ fn main() {
     let scale = env_or("PRAETOR_BENCH_SCALE", 10);
     let idle = env_or("PRAETOR_BENCH_IDLE", 5000) as usize;
     let protocol = std::env::var("PRAETOR_BENCH_PROTOCOL").unwrap_or_else(|_| "simple".into());
-    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor"));
+    let binary = praetor_harness::praetor_beside_current_exe();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -85,7 +85,7 @@ fn main() {
     let threads = env_or("PRAETOR_BENCH_THREADS", 2);
     let rounds = env_or("PRAETOR_BENCH_ROUNDS", 3).max(1);
     let delay_ms = env_or("PRAETOR_BENCH_APPLY_DELAY_MS", 0);
-    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor"));
+    let binary = praetor_harness::praetor_beside_current_exe();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -28,7 +28,7 @@ fn praetor(args: &[&str], config: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("praetor.yml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_praetor"))
+    let out = Command::new(praetor_harness::praetor_beside_current_exe())
         .args(args)
         .arg("-c")
         .arg(&path)
@@ -112,7 +112,7 @@ fn the_proxy_needs_its_listeners() {
 
 #[test]
 fn ctl_without_a_dcs_explains_how_to_name_one() {
-    let out = Command::new(env!("CARGO_BIN_EXE_praetor"))
+    let out = Command::new(praetor_harness::praetor_beside_current_exe())
         .args(["ctl", "list"])
         .env_remove("PRAETOR_CTL_CONFIG_FILE")
         .env_remove("PATRONICTL_CONFIG_FILE")
@@ -242,7 +242,7 @@ fn the_proxy_refuses_an_empty_or_nested_scope() {
 #[test]
 fn ctl_refuses_an_empty_or_nested_cluster_name_and_etcd_v2_urls() {
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_praetor"))
+        let out = Command::new(praetor_harness::praetor_beside_current_exe())
             .arg("ctl")
             .args(args)
             .env_remove("PRAETOR_CTL_CONFIG_FILE")

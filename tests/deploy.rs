@@ -47,7 +47,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
         let path = dir.path().join(unit);
         std::fs::write(
             &path,
-            text.replace("/usr/local/bin/praetor", env!("CARGO_BIN_EXE_praetor")),
+            text.replace(
+                "/usr/local/bin/praetor",
+                &praetor_harness::praetor_beside_current_exe().to_string_lossy(),
+            ),
         )
         .unwrap();
         let out = Command::new("systemd-analyze")
@@ -65,7 +68,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
 
 #[test]
 fn example_configurations_load_for_their_roles() {
-    let agent = Command::new(env!("CARGO_BIN_EXE_praetor"))
+    let agent = Command::new(praetor_harness::praetor_beside_current_exe())
         .args(["agent", "--validate-config", "-c"])
         .arg(repo().join("deploy/agent.yml"))
         .output()

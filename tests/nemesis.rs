@@ -38,7 +38,7 @@ fn binary() -> std::path::PathBuf {
             );
             bin
         }
-        None => std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor")),
+        None => praetor_harness::praetor_beside_current_exe(),
     }
 }
 

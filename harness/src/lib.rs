@@ -517,8 +517,12 @@ pub fn write_file(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// The `praetor` binary cargo built into the same profile directory as the running executable (a
-/// benchmark's `target/<profile>/deps/<bench>` → `target/<profile>/praetor`). Panics with what to run
-/// when it is missing.
+/// benchmark's or test's `target/<profile>/deps/<name>-<hash>` → `target/<profile>/praetor`). Panics
+/// with what to run when it is missing. Tests and benches use it rather than the compile-time
+/// `env!("CARGO_BIN_EXE_praetor")`: a target directory hard-linked from another checkout (to warm a
+/// git worktree) keeps test executables cargo sees as fresh, whose compiled-in path names the
+/// other checkout's binary, so they silently ran that checkout's code (found 2026-12-07: a
+/// worktree's callgrind bench measured main's build as its own).
 pub fn praetor_beside_current_exe() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the running executable");
     let dir = exe
@@ -528,7 +532,7 @@ pub fn praetor_beside_current_exe() -> PathBuf {
     let bin = dir.join("praetor");
     assert!(
         bin.exists(),
-        "{} missing: run `cargo build --release` first",
+        "{} missing: build it with cargo (`cargo build`, or `cargo build --release` for benches)",
         bin.display()
     );
     bin

@@ -9,9 +9,10 @@ pub mod writer;
 pub use praetor_harness::cluster::{ClusterOptions, LocalCluster, SUPERUSER, SUPERUSER_PASSWORD};
 pub use praetor_harness::wait_for;
 
-/// The praetor binary cargo built for these tests.
+/// The praetor binary cargo built for these tests (beside the test executable: see
+/// [`praetor_harness::praetor_beside_current_exe`]).
 pub fn binary() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_praetor"))
+    praetor_harness::praetor_beside_current_exe()
 }
 
 /// Starts a cluster with `options` and waits until it has a leader and every other member streams.
