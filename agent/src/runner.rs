@@ -781,7 +781,13 @@ impl Runner {
         let mut message = d.reason.to_string();
         if !d.actions.is_empty() {
             tracing::debug!(actions = ?d.actions, "executing");
+            let lapsed_release = d.reason == ha::Reason::ReleasingLockRenewalsLapsed;
             match self.execute(d.actions, view.as_deref(), &obs).await? {
+                Outcome::Done if lapsed_release => {
+                    // The DCS confirmed the release (or found the lock gone): the hold-off counts
+                    // from here, not from a lapse it may have outlived (`ha::lapsed`).
+                    self.renewals_lapsed_ms = Some(self.now().mono_ms);
+                }
                 Outcome::Done => {}
                 Outcome::LostLockRace => {
                     message = "following new leader after trying and failing to obtain lock".into()
@@ -1192,6 +1198,8 @@ impl Runner {
             Action::AcquireLeader => {
                 let got = self.bounded(self.dcs.acquire_leader()).await?;
                 if got {
+                    // A lock taken anew: a lapse before it is over (`ha::lapsed`).
+                    self.renewals_lapsed_ms = None;
                     self.set_lock_renewed(Some(now_ms));
                     tracing::info!("acquired the leader lock");
                     if let Err(e) = self.watchdog.keepalive() {
@@ -1214,7 +1222,7 @@ impl Runner {
                 Ok(kept)
             }
             Action::ReleaseLeader => {
-                let released = self.dcs.release_leader().await?;
+                let released = self.bounded(self.dcs.release_leader()).await?;
                 self.set_lock_renewed(None);
                 Ok(released)
             }

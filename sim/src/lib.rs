@@ -2001,6 +2001,8 @@ impl Sim {
                         return;
                     }
                     self.set_lock_renewed(i, Some(now));
+                    // As the runner: a lock taken anew ends a lapse before it (`ha::lapsed`).
+                    self.agents[i].renewals_lapsed_ms = None;
                     if self.agents[i].wd_armed {
                         self.agents[i].wd_fed = now;
                     }
@@ -2042,6 +2044,11 @@ impl Sim {
                     if mine {
                         self.dcs.leader = None;
                         self.log(format!("{me}: released the leader lock"));
+                        if self.agents[i].renewals_lapsed_ms.is_some() {
+                            // As the runner: the hold-off counts from a confirmed release after
+                            // a lapse (`ha::lapsed`).
+                            self.agents[i].renewals_lapsed_ms = Some(now);
+                        }
                         let pg = &self.pgs[i];
                         let switchover = self
                             .dcs

@@ -20,8 +20,9 @@ use super::{failsafe, lapsed, promotion, slots, standby, sync};
 ///    replicas do nothing; with `failsafe_mode` a leader every member confirmed keeps leading (see
 ///    [`super::failsafe`]);
 /// 3. the lock holder's renewals lapsed (its demotion deadline stopped PostgreSQL while the lock
-///    lived on, a DCS link slow but alive): it gives the lock up, and holds off the race for `ttl`
-///    unless another member led since (see [`lapsed`]); a member with a healthier link leads;
+///    lived on, a DCS link slow but alive): it gives the lock up whenever it sees it (never takes
+///    it back as its own, however late), and holds off the race for `ttl` unless another member
+///    led since (see [`lapsed`]); a member with a healthier link leads;
 /// 4. data directory empty: race for `initialize` and bootstrap, or clone from the leader (prefer a
 ///    member tagged `clonefrom`); system identifier mismatch is fatal;
 /// 5. PostgreSQL stopped: the lock holder restarts it as primary; others start it as a replica of the
@@ -174,7 +175,7 @@ fn decide_unpaused(
         if !view.is_some_and(|v| holds_lock(v, me)) {
             return decision(vec![], Reason::TaskInProgress { task });
         }
-        if let Some(d) = view.and_then(|v| lapsed::steps_aside(v, local, cfg, now)) {
+        if let Some(d) = view.and_then(|v| lapsed::steps_aside(v, local, cfg)) {
             return d;
         }
         if let Some(d) = primary_start_timed_out(local, cfg, now) {
@@ -185,7 +186,7 @@ fn decide_unpaused(
     let Some(view) = view else {
         return dcs_unreachable(local, cfg, now);
     };
-    if let Some(d) = lapsed::steps_aside(view, local, cfg, now) {
+    if let Some(d) = lapsed::steps_aside(view, local, cfg) {
         return d;
     }
     match &local.data {

@@ -20,6 +20,19 @@
 //! after `ttl`, so the cluster always ends up with a leader again (which may lapse again: no
 //! member can keep a lease on such a DCS).
 //!
+//! The give-up has no time limit: a member whose renewals lapsed never takes back, as "the lock is
+//! its own", the lock it held at the lapse; it releases it whenever it sees it, however long its
+//! DCS reads failed first. The lapse is forgotten only when another member leads or this member
+//! takes the lock anew (an acquisition, a healthy round trip of its own); the hold-off counts
+//! again from a release the DCS confirmed. Why: on ZooKeeper the leader znode is ephemeral and
+//! lives as long as the session, and a slow link that still carries the session's pings keeps it
+//! alive for ever, so only this member's delete frees the lock for the others. The old rule gave
+//! up the lock only within the hold-off (counted from the lapse): when the DCS reads timed out for
+//! all of it, the next successful read found the lock still its own and the member promoted again
+//! (nemesis ZooKeeper strict seed 1, slow-dcs: lapse at 9.3 s, timeline 4 "because I had the
+//! session lock" at 21.2 s, lapse again, release at 26.2 s: a 12.29 s write gap, nobody else could
+//! lead meanwhile).
+//!
 //! The others' side: the member holding off publishes it (`holding_off_ms`, the ms left of
 //! [`hold_off_left_ms`], in its `/patroni` answer and its member key), and their race does not defer
 //! to it ([`super::PeerStatus::holding_off`], [`super::is_healthiest`]). The former leader is usually
@@ -58,21 +71,19 @@ pub fn hold_off_left_ms(
     (now_ms < until).then(|| until - now_ms)
 }
 
-/// A lock holder within its hold-off gives the lock up: whatever might still accept writes is
-/// stopped first (a start as primary is aborted; normally the deadline already stopped it), then
-/// the leader key is deleted if it is still its own ([`Action::ReleaseLeader`]: a compare-and-delete
-/// on etcd, a delete at the znode's version on ZooKeeper). `None` when the rule does not apply:
-/// not the lock holder, no hold-off, or maintenance mode (no automatic failover while paused).
-pub fn steps_aside(
-    view: &Cluster,
-    local: &LocalState,
-    cfg: &HaConfig,
-    now: Now,
-) -> Option<Decision> {
+/// A lock holder whose renewals lapsed gives the lock up, within its hold-off or after it (the
+/// lock it sees is the one it held at the lapse: the runner forgets the lapse when it takes the
+/// lock anew): whatever might still accept writes is stopped first (a start as primary is aborted;
+/// normally the deadline already stopped it), then the leader key is deleted if it is still its
+/// own ([`Action::ReleaseLeader`]: a compare-and-delete on etcd, a delete at the znode's version on
+/// ZooKeeper), once per cycle (`loop_wait`) until the DCS confirms it. `None` when the rule does
+/// not apply: not the lock holder, no lapse, or maintenance mode (no automatic failover while
+/// paused).
+pub fn steps_aside(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option<Decision> {
     if cfg.dynamic.pause || view.leader.as_ref().is_none_or(|l| l.name != cfg.name) {
         return None;
     }
-    hold_off_left_ms(local.renewals_lapsed_ms, &cfg.dynamic, now.mono_ms)?;
+    local.renewals_lapsed_ms?;
     let mut actions = vec![];
     let primary_start = local.task.is_some() && !local.starting_read_only;
     if primary_start {

@@ -304,9 +304,12 @@ pub struct LocalState {
     pub promoted: Option<Promotion>,
     /// Monotonic ms when this member's lock renewals last lapsed: the runner stopped (the deadline
     /// guard, the check at a cycle's start) or demoted (DCS unreachable) a PostgreSQL that might
-    /// accept writes because its demotion deadline passed without a renewal. The runner forgets it
-    /// when it reads another member holding the lock. `decide` then gives the lock up and holds
-    /// off the race for a while ([`lapsed`]); `None`: no lapse (or another member led since).
+    /// accept writes because its demotion deadline passed without a renewal, or, later, when the
+    /// DCS confirmed the release that followed (the hold-off counts from it). The runner forgets
+    /// it when it reads another member holding the lock or acquires the lock itself. `decide`
+    /// then gives the lock up whenever it sees it its own and holds off the race for a while
+    /// ([`lapsed`]); `None`: no lapse (or another member led since, or this one took the lock
+    /// anew).
     pub renewals_lapsed_ms: Option<u64>,
     /// PostgreSQL is stopped on a data directory a pg_rewind left damaged (it failed after it
     /// began writing, or was killed mid-way: [`RewindFailure::Damaged`]): the line that says why.

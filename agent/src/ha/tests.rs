@@ -782,11 +782,47 @@ fn rows() -> Vec<Row> {
             |r| *r == Reason::ReleasingLockRenewalsLapsed,
         ),
         row(
-            "lapsed renewals, the hold-off (ttl) over: the lock holder restarts its primary as before",
+            "lapsed renewals, the hold-off (ttl) over while the DCS reads timed out, the lock still \
+             its own (a ZooKeeper session kept alive by slow pings): give it up, never restart it \
+             as primary (the old rule did: nemesis ZooKeeper strict seed 1, timeline 4, 12.29 s \
+             write gap)",
             Some(cluster(Some(ME))),
             with(stopped_with(ClusterState::InProduction, 1, 6000), |l| {
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000)
             }),
+        )
+        .expect(vec![ReleaseLeader], |r| {
+            *r == Reason::ReleasingLockRenewalsLapsed
+        }),
+        row(
+            "lapsed renewals, the hold-off over, restarted read-only with the lock still its own and \
+             a renewal just done: give it up rather than promote \"because I had the session lock\"",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
+                l.lock_renewed_ms = Some(NOW.mono_ms - 500);
+            }),
+        )
+        .expect(vec![ReleaseLeader], |r| {
+            *r == Reason::ReleasingLockRenewalsLapsed
+        }),
+        row(
+            "lapsed renewals, the hold-off over, a start as primary under way with the lock still \
+             its own: abort it, stop, give the lock up",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
+            }),
+        )
+        .expect(
+            vec![AbortTask, Stop(StopMode::Immediate), ReleaseLeader],
+            |r| *r == Reason::ReleasingLockRenewalsLapsed,
+        ),
+        row(
+            "no lapse (or the lock taken anew since): the lock holder restarts its primary",
+            Some(cluster(Some(ME))),
+            stopped_with(ClusterState::InProduction, 1, 6000),
         )
         .expect(vec![RenewLeader, Start(StartAs::Primary)], |r| {
             *r == Reason::StartingPrimaryAfterFailure
