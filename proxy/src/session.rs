@@ -1710,6 +1710,8 @@ impl Session<'_> {
         let held = conn.buf.split_to(reply_len);
         let leader = self.ensure_conn(Side::Leader).await;
         if leader != Ok(Side::Leader) {
+            // A pooled connection may have been taken ([`Session::conn_at_hand`]).
+            self.update_servers();
             debug!(
                 ?leader,
                 "no leader to run a read the replica refused ({sqlstate})"
@@ -1768,7 +1770,13 @@ impl Session<'_> {
         self.idle_since = Some(now);
         self.unit_ended = Some(now);
         self.cancel.set(None);
-        self.update_servers();
+        // With `idle_release` 0 (`pool_mode: transaction`) a session that may release does so on
+        // the serving loop's next pass, before it waits ([`idle_plan`]: `Release`), or its next
+        // unit starts first (buffered): either publishes the list and status, so this one would
+        // be overwritten at once (one lock and compare less per transaction).
+        if !(self.units.may_release() && self.idle_release().is_zero()) {
+            self.update_servers();
+        }
     }
 
     /// Handles the client's buffered messages. `Ok(true)`: stop reading the client until the current
@@ -1952,6 +1960,9 @@ impl Session<'_> {
                     self.forward_message(cbuf, h).await?;
                 }
                 Err(message) => {
+                    // A pooled connection may have been taken ([`Session::conn_at_hand`] does not
+                    // publish it).
+                    self.update_servers();
                     // Answer the unit with an error and go on.
                     let mut out = BytesMut::new();
                     encode_error_response(
@@ -2234,7 +2245,9 @@ impl Session<'_> {
         }
         let conn = self.pool_take(picked.backend())?;
         *self.conn(actual) = Some(conn);
-        self.update_servers();
+        // Not published here: the unit starts right after ([`Session::start_unit`] publishes the
+        // list with the status), or the caller publishes it when none does (one lock and compare
+        // less per transaction with `pool_mode: transaction`).
         Some(actual)
     }
 
