@@ -182,21 +182,27 @@ async fn pg15_logical_slot_copied_to_replicas_survives_leader_kill() {
     survives_leader_kill(PgMajor::Pg15).await;
 }
 
-async fn survives_leader_kill(pg: PgMajor) {
-    let failover_slots = pg.number() >= 17;
-    let failovers: usize = std::env::var("PRAETOR_LOGICAL_FAILOVERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let mut c = healthy_cluster(ClusterOptions {
-        scope: "logical".into(),
+/// A healthy 3-member cluster of `pg` named `scope`, without a proxy, with `wal_level: logical`
+/// and the permanent logical slot [`SLOT`] in its dynamic configuration.
+async fn slot_cluster(scope: &str, pg: PgMajor) -> LocalCluster {
+    healthy_cluster(ClusterOptions {
+        scope: scope.into(),
         bin_dir: Some(pg.bin_dir()),
         proxy: false,
         dcs_extra: logical::permanent_slot_lines(SLOT),
         dcs_parameters: vec!["wal_level: logical".into()],
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+async fn survives_leader_kill(pg: PgMajor) {
+    let failover_slots = pg.number() >= 17;
+    let failovers: usize = std::env::var("PRAETOR_LOGICAL_FAILOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut c = slot_cluster("logical", pg).await;
     let dsn = leader_dsn(&c);
     let leader = c.leader().await.expect("leader");
     let client = connect_retry(c.node(&leader).pg_port, Duration::from_secs(30)).await;
@@ -506,15 +512,7 @@ async fn copy_row(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_replica_holding_a_usable_slot_copy_wins_a_tie_on_wal_against_one_without() {
     let pg = PgMajor::Pg18;
-    let mut c = healthy_cluster(ClusterOptions {
-        scope: "slotelect".into(),
-        bin_dir: Some(pg.bin_dir()),
-        proxy: false,
-        dcs_extra: logical::permanent_slot_lines(SLOT),
-        dcs_parameters: vec!["wal_level: logical".into()],
-        ..Default::default()
-    })
-    .await;
+    let mut c = slot_cluster("slotelect", pg).await;
     let dsn = leader_dsn(&c);
     let leader = c.leader().await.expect("leader");
     let replicas = others(&c, &leader);

@@ -232,6 +232,18 @@ fn sync_key(members: &[&str]) -> Action {
     Action::WriteSync(sync_value(members))
 }
 
+/// The `sync` key the leader pg2 wrote naming `standby` its synchronous standby (version 9).
+fn sync_by_pg2(standby: &str) -> Option<Versioned<SyncState>> {
+    Some(Versioned {
+        value: SyncState {
+            leader: Some("pg2".into()),
+            sync_standby: Some(standby.into()),
+            quorum: None,
+        },
+        version: 9,
+    })
+}
+
 /// The fence before promoting, with the bounds `cfg()` gives: the default fence timeout (1 s, under
 /// a quarter of ttl 6) for an answer, half the ttl for a shutdown.
 fn fence(port: u16) -> Action {
@@ -915,14 +927,7 @@ fn rows() -> Vec<Row> {
             "sync on: a peer holding off is not deferred to, but a member the sync key does not \
              list still may not be promoted",
             Some(with(cluster(None), |c| {
-                c.sync = Some(Versioned {
-                    value: SyncState {
-                        leader: Some("pg2".into()),
-                        sync_standby: Some("pg3".into()),
-                        quorum: None,
-                    },
-                    version: 9,
-                });
+                c.sync = sync_by_pg2("pg3");
             })),
             with(local(running(false, 900, Some(5432))), |l| {
                 l.peers = Some(vec![lapsed_peer("pg2", 1000), peer("pg3", 800)]);
@@ -934,14 +939,7 @@ fn rows() -> Vec<Row> {
             "sync on: the listed synchronous standby takes the lock while the former leader, \
              ahead, holds off",
             Some(with(cluster(None), |c| {
-                c.sync = Some(Versioned {
-                    value: SyncState {
-                        leader: Some("pg2".into()),
-                        sync_standby: Some(ME.into()),
-                        quorum: None,
-                    },
-                    version: 9,
-                });
+                c.sync = sync_by_pg2(ME);
             })),
             with(local(running(false, 900, Some(5432))), |l| {
                 l.peers = Some(vec![lapsed_peer("pg2", 1000), peer("pg3", 950)]);
@@ -1063,14 +1061,7 @@ fn rows() -> Vec<Row> {
             "sync on: a copy holder the sync key does not list is not deferred to; the listed \
              synchronous standby, without a copy, takes the lock",
             Some(with(cluster(None), |c| {
-                c.sync = Some(Versioned {
-                    value: SyncState {
-                        leader: Some("pg2".into()),
-                        sync_standby: Some(ME.into()),
-                        quorum: None,
-                    },
-                    version: 9,
-                });
+                c.sync = sync_by_pg2(ME);
             })),
             with(local(replica_with_queue_copy(1000, false)), |l| {
                 l.peers = Some(vec![copies_peer("pg3", 1000, true)]);
@@ -1086,14 +1077,7 @@ fn rows() -> Vec<Row> {
         row(
             "sync on: a member the sync key does not list may not be promoted, copy or not",
             Some(with(cluster(None), |c| {
-                c.sync = Some(Versioned {
-                    value: SyncState {
-                        leader: Some("pg2".into()),
-                        sync_standby: Some("pg3".into()),
-                        quorum: None,
-                    },
-                    version: 9,
-                });
+                c.sync = sync_by_pg2("pg3");
             })),
             with(local(replica_with_queue_copy(1000, true)), |l| {
                 l.peers = Some(vec![copies_peer("pg3", 1000, false)]);
@@ -2475,10 +2459,7 @@ fn rows() -> Vec<Row> {
             "sync on: a switchover candidate the sync key does not allow is not waited for (sim seed 211)",
             Some(with(cluster(None), |c| {
                 c.failover = failover(Some("pg2"), Some("pg3"));
-                c.sync = Some(Versioned {
-                    value: SyncState { leader: Some("pg2".into()), sync_standby: Some(ME.into()), quorum: None },
-                    version: 9,
-                });
+                c.sync = sync_by_pg2(ME);
             })),
             with(local(running(false, 1000, Some(5432))), |l| {
                 l.peers = Some(vec![peer("pg3", 900)])
