@@ -1079,6 +1079,18 @@ mod tests {
         }
     }
 
+    /// A strict-mode history of `ops` whose final table holds every insert among them.
+    fn strict_with_every_insert(ops: Vec<Op>) -> History {
+        let ids: Vec<i64> = ops
+            .iter()
+            .filter_map(|o| match o.kind {
+                OpKind::Insert { id } => Some(id),
+                _ => None,
+            })
+            .collect();
+        history(Mode::Strict, ops, &ids)
+    }
+
     fn kinds(r: &Report) -> Vec<ViolationKind> {
         r.violations.iter().map(|v| v.kind).collect()
     }
@@ -1301,14 +1313,7 @@ mod tests {
                 200_000,
             ));
         }
-        let ids: Vec<i64> = ops
-            .iter()
-            .filter_map(|o| match o.kind {
-                OpKind::Insert { id } => Some(id),
-                _ => None,
-            })
-            .collect();
-        let mut h = history(Mode::Strict, ops, &ids);
+        let mut h = strict_with_every_insert(ops);
         h.end = ms(20_000);
         h.faults = faults;
         h.convergence = vec![Convergence::Converged { after: ms(10) }; h.faults.len()];
@@ -1667,14 +1672,7 @@ mod tests {
         // writes again at 30 s (27 s without writes).
         // Strict mode, every insert in the final table, the slow-dcs fault 1..29 s on the leader.
         let slowed = |ops: Vec<Op>| {
-            let ids: Vec<i64> = ops
-                .iter()
-                .filter_map(|o| match o.kind {
-                    OpKind::Insert { id } => Some(id),
-                    _ => None,
-                })
-                .collect();
-            let mut h = history(Mode::Strict, ops, &ids);
+            let mut h = strict_with_every_insert(ops);
             h.faults = vec![fault(FaultKind::SlowDcs, true, 1000, 29_000)];
             h
         };
