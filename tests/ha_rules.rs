@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -737,6 +738,195 @@ async fn a_leader_holding_off_after_lapsed_renewals_is_not_waited_for_by_the_mem
         "the others waited for pg1 through its hold-off, and it took the lock back"
     );
     c.relay("pg1").set_delay(Duration::ZERO);
+    healthy_again(&c).await;
+}
+
+/// PostgreSQL's timeline at `port`: the current WAL file's on a primary, the last checkpoint's on a
+/// server in recovery (a promotion's new timeline stays there after a demotion).
+async fn pg_timeline(port: u16) -> Result<i32, String> {
+    let c = connect(port).await.map_err(|e| e.to_string())?;
+    c.query_one(
+        "SELECT CASE WHEN pg_is_in_recovery() \
+                THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+                ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+        &[],
+    )
+    .await
+    .map(|r| r.get(0))
+    .map_err(|e| e.to_string())
+}
+
+/// What the lapsed leader pg1 showed at one poll of [`a_lapsed_leader_that_sees_its_lock_only_after_its_hold_off_releases_it_and_never_promotes_on_it`].
+struct LapsedPoll {
+    /// The leader key, read straight from ZooKeeper (not through pg1's relay).
+    leader: Option<String>,
+    /// `/patroni`'s `holding_off_ms`.
+    holding_off_ms: Option<u64>,
+    /// [`is_primary`] of pg1's PostgreSQL.
+    writable: Option<bool>,
+}
+
+/// Prints every agent's log and fails the test with `e`.
+fn fail_with_logs(c: &LocalCluster, e: String) -> ! {
+    dump_logs(c);
+    panic!("{e}")
+}
+
+/// Issue 14 (`relock`): a leader whose renewals lapsed gives the lock up whenever it sees it as its
+/// own, however late, and never takes that lock back. pg1 leads on ZooKeeper; the other agents are
+/// stopped (SIGSTOP: nobody else can take the lock). pg1's DCS link turns slow (its relay delays
+/// every chunk 700 ms each way: a round trip of 1.4 s, so every read of two round trips misses the
+/// 2 s `retry_timeout`, while the session's pings, answered within the 4 s the client allows at a
+/// 10 s session timeout, keep the session and its ephemeral lock alive): its renewals lapse, it
+/// demotes, and it stays slow until pg1's hold-off (`ttl`) is over. Then the link heals: pg1's
+/// next read finds the lock still its own. The old rule gave it up only within the hold-off: pg1
+/// renewed it and promoted "because I had the session lock" on a new timeline (nemesis ZooKeeper
+/// strict seed 1). Now it releases it. Checked at every poll, from the lapse until the release:
+/// pg1's PostgreSQL is not writable, its timeline and the DCS history did not move, and its log
+/// says no "because I had the session lock".
+// Multi-threaded: the relays run on the test's runtime, and `make_leader` runs `praetor ctl`
+// (through pg1's relay) with a blocking call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_leader_that_sees_its_lock_only_after_its_hold_off_releases_it_and_never_promotes_on_it(
+) {
+    let c = healthy_cluster(ClusterOptions {
+        scope: "relock".into(),
+        dcs: DcsKind::ZooKeeper,
+        dcs_relay: true,
+        ttl: 10,
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    make_leader(&c, "pg1").await;
+    replicas_caught_up(&c, "pg1").await;
+    // The test's own client, straight to ZooKeeper (not through pg1's relay).
+    let (_, hosts) = c.etcd.section_and_hosts();
+    let d = dcs_at(&c, praetor_config::DcsEndpoints::ZooKeeper(hosts)).await;
+    let pg1 = c.node("pg1");
+    let port = pg1.pg_port;
+    let timeline = pg_timeline(port).await.unwrap();
+    let history = |cl: &praetor_dcs::Cluster| cl.history.as_ref().map_or(0, |h| h.value.len());
+    let history_before = history(&d.load().await.unwrap());
+    let log_before = pg1.log().len();
+    let others = ["pg2", "pg3"];
+    for n in others {
+        c.node(n).signal_agent(Signal::SIGSTOP);
+    }
+    c.relay("pg1").set_delay(Duration::from_millis(700));
+
+    // One poll: `Ok(Err(why))` for a violation (fatal), `Err` for a failed read; the leader key and
+    // pg1's hold-off otherwise. pg1 publishes its lapse as `holding_off_ms`; every poll from then
+    // on checks it never became a writable primary again on the old lock.
+    let lapsed = AtomicBool::new(false);
+    let poll = || async {
+        let (_, body) = call(pg1, "GET", "/patroni", None).await;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let holding_off_ms = v["holding_off_ms"].as_u64();
+        if holding_off_ms.is_some() {
+            lapsed.store(true, Relaxed);
+        }
+        let cl = d.load().await.map_err(|e| e.to_string())?;
+        let leader = cl.leader.as_ref().map(|l| l.name.clone());
+        let writable = is_primary(port).await;
+        let mut violations: Vec<String> = vec![];
+        if lapsed.load(Relaxed) {
+            if writable == Some(true) && leader.as_deref() == Some("pg1") {
+                violations.push("pg1 is a writable primary again on the old lock".to_string());
+            }
+            if let Ok(tl) = pg_timeline(port).await {
+                if tl != timeline {
+                    violations.push(format!("pg1 reached timeline {tl} (was {timeline})"));
+                }
+            }
+            if history(&cl) != history_before {
+                violations.push(format!(
+                    "the DCS history has {} entries (was {history_before})",
+                    history(&cl)
+                ));
+            }
+        }
+        let log = pg1.log();
+        if log
+            .get(log_before..)
+            .unwrap_or_default()
+            .contains("because I had the session lock")
+        {
+            violations.push("pg1 logged a promotion \"because I had the session lock\"".into());
+        }
+        if !violations.is_empty() {
+            return Ok::<_, String>(Err(violations.join("; ")));
+        }
+        Ok(Ok(LapsedPoll {
+            leader,
+            holding_off_ms,
+            writable,
+        }))
+    };
+
+    // Slow: pg1 lapses and demotes, holds off, and its hold-off ends while every read of its times
+    // out, the lock (its session's) still standing.
+    let held_off = AtomicBool::new(false);
+    let slow = wait_for(
+        "pg1 lapsed, not writable, its hold-off over, the lock still its own",
+        Duration::from_secs(90),
+        || async {
+            let p = match poll().await? {
+                Ok(p) => p,
+                Err(violation) => return Ok(Err(violation)),
+            };
+            if p.leader.as_deref() != Some("pg1") {
+                return Ok(Err(format!(
+                    "the lock went while pg1's link was slow (leader {:?}): the session did not \
+                     outlive the hold-off, the case under test did not happen",
+                    p.leader
+                )));
+            }
+            if p.holding_off_ms.is_some() {
+                held_off.store(true, Relaxed);
+            }
+            if held_off.load(Relaxed) && p.holding_off_ms.is_none() && p.writable != Some(true) {
+                Ok(Ok(()))
+            } else {
+                Err(format!(
+                    "pg1 writable {:?}, holding_off_ms {:?} (a hold-off seen: {})",
+                    p.writable,
+                    p.holding_off_ms,
+                    held_off.load(Relaxed)
+                ))
+            }
+        },
+    )
+    .await;
+    match slow {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => fail_with_logs(&c, e),
+    }
+
+    // Healed: pg1's next read finds the lock its own; it must give it up, never promote on it.
+    c.relay("pg1").set_delay(Duration::ZERO);
+    let released = wait_for(
+        "pg1 to release the lock it held at the lapse",
+        Duration::from_secs(60),
+        || async {
+            let p = match poll().await? {
+                Ok(p) => p,
+                Err(violation) => return Ok(Err(violation)),
+            };
+            match p.leader {
+                None => Ok(Ok(())),
+                Some(l) => Err(format!("leader {l}, pg1 writable {:?}", p.writable)),
+            }
+        },
+    )
+    .await;
+    for n in others {
+        c.node(n).signal_agent(Signal::SIGCONT);
+    }
+    match released {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => fail_with_logs(&c, e),
+    }
     healthy_again(&c).await;
 }
 

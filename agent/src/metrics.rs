@@ -402,6 +402,9 @@ impl Dcs for MeteredDcs {
     async fn close(&self) -> Result<(), DcsError> {
         self.count("close", self.inner.close().await)
     }
+    async fn drop_session(&self) -> Result<(), DcsError> {
+        self.count("drop_session", self.inner.drop_session().await)
+    }
 }
 
 #[cfg(test)]

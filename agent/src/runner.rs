@@ -176,6 +176,7 @@ pub async fn run_with(
         may_write,
         guard_stopped,
         renewals_lapsed_ms: None,
+        failed_lapsed_releases: 0,
         proxies_wait_since: None,
         switchover_wait_since: None,
         remote: None,
@@ -344,6 +345,9 @@ struct Runner {
     guard_stopped: Arc<std::sync::atomic::AtomicBool>,
     /// When this member's lock renewals last lapsed ([`ha::LocalState::renewals_lapsed_ms`]).
     renewals_lapsed_ms: Option<u64>,
+    /// Releases of the lock that failed in a row while lapsed
+    /// ([`ha::LocalState::failed_lapsed_releases`]).
+    failed_lapsed_releases: u32,
     task: Option<RunningTask>,
     /// The last background task that failed, and when: the same task is not retried for a while.
     failed_task: Option<(Task, u64)>,
@@ -657,6 +661,8 @@ impl Runner {
             if !holds {
                 self.set_lock_renewed(None);
                 self.primary_start_began_ms = None;
+                // No lock of its own left to release.
+                self.failed_lapsed_releases = 0;
             }
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != self.me()) {
                 // Another member leads: a hold-off after lapsed renewals has done its job.
@@ -741,6 +747,7 @@ impl Runner {
             starting_read_only: self.starting_read_only(),
             promoted: obs.promoted.clone(),
             renewals_lapsed_ms: self.renewals_lapsed_ms,
+            failed_lapsed_releases: self.failed_lapsed_releases,
             rewind_damage: self.rewind_damage(&obs),
         };
         let cfg = HaConfig {
@@ -781,11 +788,16 @@ impl Runner {
         let mut message = d.reason.to_string();
         if !d.actions.is_empty() {
             tracing::debug!(actions = ?d.actions, "executing");
-            let lapsed_release = d.reason == ha::Reason::ReleasingLockRenewalsLapsed;
+            let lapsed_release = matches!(
+                d.reason,
+                ha::Reason::ReleasingLockRenewalsLapsed
+                    | ha::Reason::DroppingDcsSessionReleasesFailed { .. }
+            );
             match self.execute(d.actions, view.as_deref(), &obs).await? {
                 Outcome::Done if lapsed_release => {
-                    // The DCS confirmed the release (or found the lock gone): the hold-off counts
-                    // from here, not from a lapse it may have outlived (`ha::lapsed`).
+                    // The DCS confirmed the release (or found the lock gone), or the session the
+                    // lock lived on was given up: the hold-off counts from here, not from a lapse
+                    // it may have outlived (`ha::lapsed`).
                     self.renewals_lapsed_ms = Some(self.now().mono_ms);
                 }
                 Outcome::Done => {}
@@ -1200,6 +1212,7 @@ impl Runner {
                 if got {
                     // A lock taken anew: a lapse before it is over (`ha::lapsed`).
                     self.renewals_lapsed_ms = None;
+                    self.failed_lapsed_releases = 0;
                     self.set_lock_renewed(Some(now_ms));
                     tracing::info!("acquired the leader lock");
                     if let Err(e) = self.watchdog.keepalive() {
@@ -1222,9 +1235,27 @@ impl Runner {
                 Ok(kept)
             }
             Action::ReleaseLeader => {
-                let released = self.bounded(self.dcs.release_leader()).await?;
+                let released = self.bounded(self.dcs.release_leader()).await;
                 self.set_lock_renewed(None);
-                Ok(released)
+                if released.is_err() && self.renewals_lapsed_ms.is_some() {
+                    // Counted for `ha::lapsed`: too many in a row and the session goes instead.
+                    self.failed_lapsed_releases += 1;
+                } else {
+                    self.failed_lapsed_releases = 0;
+                }
+                Ok(released?)
+            }
+            Action::DropDcsSession => {
+                // Given up whatever the answer (`Dcs::drop_session`): the count starts again on
+                // the next session.
+                self.failed_lapsed_releases = 0;
+                self.set_lock_renewed(None);
+                if let Err(e) = self.bounded(self.dcs.drop_session()).await {
+                    tracing::warn!(
+                        "the DCS did not confirm the end of my session ({e}); it was given up and expires by itself"
+                    );
+                }
+                Ok(true)
             }
             Action::Promote { within_ms } => {
                 // Writable from here on for the deadline guard, before the check below: a guard
@@ -2583,6 +2614,7 @@ mod tests {
             starting_read_only: false,
             promoted: None,
             renewals_lapsed_ms: None,
+            failed_lapsed_releases: 0,
             rewind_damage: None,
         };
         let cfg = HaConfig {

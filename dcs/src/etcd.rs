@@ -1017,6 +1017,25 @@ impl Dcs for EtcdDcs {
         }
         Ok(())
     }
+
+    /// Revokes this client's lease (`leader` and `members/<name>` on it vanish at once) and forgets
+    /// it either way (see [`Dcs::drop_session`]): nothing refreshes it again, so a lease whose revoke
+    /// did not get through expires within its ttl. Needed on etcd too: each `touch_member` refreshes
+    /// the lease `leader` lives on, so a lapsed leader whose releases fail while its member writes
+    /// get through would keep the lock alive. The member value is kept: the next
+    /// [`Dcs::touch_member`] grants a new lease and writes it there, never `leader`.
+    async fn drop_session(&self) -> Result<(), DcsError> {
+        let mut st = self.lease.lock().await;
+        let Some(id) = st.id.take() else {
+            return Ok(());
+        };
+        warn!(
+            lease = id,
+            "giving up the etcd lease: the keys on it (the leader lock, the member key) go with it; \
+             the next write grants a new one"
+        );
+        self.revoke(id).await
+    }
 }
 
 /// The background task behind [`Dcs::watch`]: one etcd watch over the cluster prefix on the

@@ -163,6 +163,20 @@ pub trait Dcs: Send + Sync {
     /// Revokes this client's lease/session (its `leader` and `members/<name>` vanish at once). Used on
     /// clean shutdown after PostgreSQL is stopped.
     async fn close(&self) -> Result<(), DcsError>;
+
+    /// Gives up this client's lease (etcd) or session (ZooKeeper) while the client goes on: the
+    /// keys on it, `leader` among them, vanish at once when the DCS takes the revoke or close, and
+    /// otherwise when it expires (at most the granted ttl later), since nothing refreshes it again.
+    /// The next call that needs one gets a new lease or session and writes `members/<name>` (and
+    /// the proxy keys) again on it, never `leader`. For a leader whose renewals lapsed and whose
+    /// releases keep failing (the agent's `ha::lapsed`): on ZooKeeper the slow link's pings would
+    /// keep the session, and the lock with it, alive for ever; on etcd each `touch_member`
+    /// refreshes the lease that `leader` lives on. Errors: [`DcsError::Unavailable`] when the
+    /// revoke or close was not confirmed (the lease or session is given up all the same). The
+    /// default, for clients without a lease of their own (tests' fakes), does nothing.
+    async fn drop_session(&self) -> Result<(), DcsError> {
+        Ok(())
+    }
 }
 
 /// Opens the backend named by `endpoints` for `identity`.

@@ -1066,6 +1066,38 @@ impl Dcs for ZooKeeperDcs {
         let Some(client) = slot.client.take() else {
             return Ok(());
         };
+        shared.close_session(client).await
+    }
+
+    /// Gives up the session without closing the client (see [`Dcs::drop_session`]): closes it when
+    /// ZooKeeper confirms the close within the request timeout (its ephemeral znodes, `leader`
+    /// among them, go at once); otherwise abandons it: this client's handle is dropped, the
+    /// library's session task ends once no operation holds a handle any more (it is detached: no
+    /// close is sent), nothing pings the session again, and the servers expire it, its ephemeral
+    /// znodes with it, one session timeout after its last ping. Unlike [`Dcs::close`] the member
+    /// and proxy values are kept and the watch task follows the next session: the next operation
+    /// opens a new session and writes them again on it, never `leader`.
+    async fn drop_session(&self) -> Result<(), DcsError> {
+        let client = self.shared.lock_slot().await?.client.take();
+        let Some(client) = client else {
+            return Ok(());
+        };
+        warn!(
+            session = %client.session_id(),
+            "giving up the ZooKeeper session: its ephemeral znodes (the leader lock, the member key) \
+             go with it; the next operation opens a new one"
+        );
+        self.shared.close_session(client).await
+    }
+}
+
+impl Shared {
+    /// Ends `client`'s session: ZooKeeper deletes its ephemeral znodes before it answers. The
+    /// session was opened detached (so that dropping a client does not end it), hence the close is
+    /// sent over a new connection attached to it. An expired session counts as closed. Errors:
+    /// [`DcsError::Unavailable`] when the close is not confirmed within the request timeout (the
+    /// session then expires by itself unless another handle of `client` pings it).
+    async fn close_session(&self, client: zk::Client) -> Result<(), DcsError> {
         let session = client.session().clone();
         let id = client.session_id();
         let ended = client.state().is_terminated();
@@ -1076,7 +1108,7 @@ impl Dcs for ZooKeeperDcs {
         let closing = async {
             let closer = match zk::Client::connector()
                 .with_session(session)
-                .connect(&shared.connect_string)
+                .connect(&self.connect_string)
                 .await
             {
                 Ok(c) => c,
@@ -1093,7 +1125,7 @@ impl Dcs for ZooKeeperDcs {
                 }
             }
         };
-        match tokio::time::timeout(shared.request_timeout, closing).await {
+        match tokio::time::timeout(self.request_timeout, closing).await {
             Ok(Ok(())) => {
                 info!(session = %id, "closed the ZooKeeper session");
                 Ok(())
@@ -1101,7 +1133,7 @@ impl Dcs for ZooKeeperDcs {
             Ok(Err(e)) => Err(DcsError::Unavailable(format!(
                 "close the ZooKeeper session {id}: {e}"
             ))),
-            Err(_) => Err(shared.timed_out("close the ZooKeeper session")),
+            Err(_) => Err(self.timed_out("close the ZooKeeper session")),
         }
     }
 }

@@ -281,3 +281,29 @@ async fn client_rides_out_the_loss_of_one_member_of_a_three_member_cluster() {
     assert!(renewed > 0);
     assert!(a.renew_leader().await.unwrap());
 }
+
+/// `drop_session` (a lapsed leader whose releases keep failing, issue 14) revokes the lease: the
+/// lock and the member key go at once (not a ttl of 30 s later); the next `touch_member` writes
+/// the member key on a new lease, and the lock is not recreated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lease_is_revoked_the_lock_gone_and_the_member_written_on_a_new_one() {
+    let mut etcd = start_etcd().await;
+    let a = client(&mut etcd, "dropped", Some("a"), 30).await;
+    let keys = Keys::new("/service/", "dropped");
+    a.touch_member(&MemberData::default()).await.unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    let mut raw = raw(&mut etcd).await;
+    let old = lease_of(&mut raw, &keys.leader()).await.unwrap();
+
+    a.drop_session().await.unwrap();
+    assert_eq!(lease_of(&mut raw, &keys.leader()).await, None);
+    assert_eq!(lease_of(&mut raw, &keys.member("a")).await, None);
+    assert!(a.load().await.unwrap().leader.is_none());
+
+    a.touch_member(&MemberData::default()).await.unwrap();
+    let new = lease_of(&mut raw, &keys.member("a")).await.unwrap();
+    assert_ne!(new, old);
+    assert_ne!(new, 0);
+    assert!(!a.renew_leader().await.unwrap());
+    assert_eq!(lease_of(&mut raw, &keys.leader()).await, None);
+}

@@ -335,3 +335,92 @@ async fn the_session_and_the_watch_survive_the_loss_of_the_ensemble_member_servi
             .unwrap();
     }
 }
+
+/// `drop_session` (a lapsed leader whose releases keep failing, issue 14) closes the session: the
+/// ephemeral lock goes at once, not a session timeout (30 s) later; the next operation opens a new
+/// session and writes the member key on it, never the lock; the watch follows the new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_session_is_closed_its_lock_gone_at_once_the_member_restored_on_a_new_one() {
+    let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
+    let keys = Keys::new("/service/", "dropped");
+    let a = client(&mut dcs, "dropped", Some("a"), 30).await;
+    a.touch_member(&member_data(MemberState::Running, Role::Replica))
+        .await
+        .unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    let raw = raw_zk(dcs.zookeeper()).await;
+    let old = owner(&raw, &keys.leader()).await.unwrap();
+    let mut events = a.watch();
+
+    a.drop_session().await.unwrap();
+    // Closed, not expired: gone now (the request timeout is 2 s, the session timeout 30 s).
+    assert_eq!(owner(&raw, &keys.leader()).await, None);
+    assert_eq!(owner(&raw, &keys.member("a")).await, None);
+
+    // The next operation opens a new session: the member key is back on it, the lock is not.
+    let c = a.load().await.unwrap();
+    assert!(c.leader.is_none());
+    let new = owner(&raw, &keys.member("a"))
+        .await
+        .expect("the member key written again on the new session");
+    assert_ne!(new, old);
+    assert_eq!(c.member("a").unwrap().data.role, Role::Replica);
+    assert!(!a.renew_leader().await.unwrap());
+    // The watch follows the new session (announced with a resync): another member's acquisition
+    // is reported.
+    wait_for_event(&mut events, KeyKind::Resync, Duration::from_secs(30))
+        .await
+        .unwrap();
+    drain(&mut events);
+    let b = client(&mut dcs, "dropped", Some("b"), 30).await;
+    assert!(b.acquire_leader().await.unwrap());
+    wait_for_event(&mut events, KeyKind::Leader, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(a.load().await.unwrap().leader.unwrap().name, "b");
+}
+
+/// When the close does not get through in time (a link slow enough that a request misses the
+/// 2 s request timeout, while the session's pings still keep it alive), `drop_session` reports
+/// the failure but abandons the session all the same: nothing pings it any more, so the servers
+/// expire it and the lock with it. A second client on the same slow link keeps its session
+/// meanwhile (the slow link alone expires nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_session_whose_close_times_out_is_abandoned_and_expires_with_its_lock() {
+    const TTL: u32 = 10;
+    let mut dcs = TestDcs::start(Kind::ZooKeeper).await;
+    let keys = Keys::new("/service/", "abandoned");
+    let relay = dcs.relay().await;
+    let a = dcs.client_via(&relay, "abandoned", Some("a"), TTL).await;
+    let b = dcs.client_via(&relay, "abandoned", Some("b"), TTL).await;
+    a.touch_member(&MemberData::default()).await.unwrap();
+    b.touch_member(&MemberData::default()).await.unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    let raw = raw_zk(dcs.zookeeper()).await;
+    let a_session = owner(&raw, &keys.leader()).await.unwrap();
+    let b_session = owner(&raw, &keys.member("b")).await.unwrap();
+
+    // A round trip of 2.4 s: the close (a handshake, then the close) misses the request timeout;
+    // pings, one at a time, still come back within the 4 s the client allows at a 10 s session.
+    relay.set_delay(Duration::from_millis(1200));
+    let e = a.drop_session().await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    wait_for(
+        "the abandoned session to expire, the lock with it",
+        Duration::from_secs(60),
+        || async {
+            match owner(&raw, &keys.leader()).await {
+                None => Ok(()),
+                Some(s) => Err(format!("the lock is still owned by {s:#x}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(owner(&raw, &keys.member("a")).await, None);
+    assert_eq!(
+        owner(&raw, &keys.member("b")).await,
+        Some(b_session),
+        "the slow link alone expired b's session (session {a_session:#x} was a's)"
+    );
+}

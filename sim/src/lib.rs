@@ -352,6 +352,9 @@ pub struct Report {
     /// Lock holders that gave the lock up because their renewals lapsed
     /// (`praetor_agent::ha::Reason::ReleasingLockRenewalsLapsed`).
     pub lapse_releases: usize,
+    /// Lock holders that gave up their DCS session because their releases after a lapse kept
+    /// failing (`praetor_agent::ha::Reason::DroppingDcsSessionReleasesFailed`).
+    pub lapse_session_drops: usize,
     /// Members that took the lock while a peer that answered was holding off after lapsed
     /// renewals and was at least as far on (timeline, WAL): the old rule deferred to that peer.
     pub won_past_holding_off: usize,
@@ -525,6 +528,9 @@ struct Agent {
     /// writable PostgreSQL, or it demoted with the DCS unreachable; cleared when it reads another
     /// leader.
     renewals_lapsed_ms: Option<u64>,
+    /// Releases that failed in a row while lapsed, as the runner counts them
+    /// ([`ha::LocalState::failed_lapsed_releases`]).
+    failed_lapsed_releases: u32,
 }
 
 /// What one agent knows of maintenance mode: the runner's `apply_dynamic_config` parses the DCS
@@ -715,6 +721,7 @@ struct Sim {
     promotions_before_switchover: usize,
     recovery_handovers: usize,
     lapse_releases: usize,
+    lapse_session_drops: usize,
     won_past_holding_off: usize,
     /// Maintenance mode in the DCS: since when `pause: true` is written (`None`: not paused).
     paused_since: Option<u64>,
@@ -835,6 +842,7 @@ impl Sim {
                 failsafe_accepted_ms: None,
                 pause: PauseView::default(),
                 renewals_lapsed_ms: None,
+                failed_lapsed_releases: 0,
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -908,6 +916,7 @@ impl Sim {
             promotions_before_switchover: 0,
             recovery_handovers: 0,
             lapse_releases: 0,
+            lapse_session_drops: 0,
             won_past_holding_off: 0,
             paused_since: None,
             pause_wanted: None,
@@ -1417,6 +1426,7 @@ impl Sim {
     fn count_hold_offs(&mut self, local: &ha::LocalState, d: &ha::Decision) {
         match d.reason {
             ha::Reason::ReleasingLockRenewalsLapsed => self.lapse_releases += 1,
+            ha::Reason::DroppingDcsSessionReleasesFailed { .. } => self.lapse_session_drops += 1,
             ha::Reason::PromotedByAcquiringLock | ha::Reason::AcquiredLockAsLeader => {
                 let Some(r) = local.postgres.running() else {
                     return;
@@ -1838,6 +1848,7 @@ impl Sim {
             if !holds {
                 self.agents[i].lock_renewed_ms = None;
                 self.agents[i].primary_start_began_ms = None;
+                self.agents[i].failed_lapsed_releases = 0;
             }
             // As the runner: the lock holder seen, else a newer leader the `history` names.
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != me) {
@@ -1924,6 +1935,7 @@ impl Sim {
                 .filter(|_| self.opts.failsafe_promise),
             promoted: self.pgs[i].promoted.clone(),
             renewals_lapsed_ms: a.renewals_lapsed_ms,
+            failed_lapsed_releases: a.failed_lapsed_releases,
             // Not modelled: the simulated pg_rewind never fails half-way.
             rewind_damage: None,
         };
@@ -2003,6 +2015,7 @@ impl Sim {
                     self.set_lock_renewed(i, Some(now));
                     // As the runner: a lock taken anew ends a lapse before it (`ha::lapsed`).
                     self.agents[i].renewals_lapsed_ms = None;
+                    self.agents[i].failed_lapsed_releases = 0;
                     if self.agents[i].wd_armed {
                         self.agents[i].wd_fed = now;
                     }
@@ -2038,8 +2051,13 @@ impl Sim {
             }
             Action::ReleaseLeader => {
                 if !ok {
+                    if self.agents[i].renewals_lapsed_ms.is_some() {
+                        // As the runner: counted for `ha::lapsed`'s session drop.
+                        self.agents[i].failed_lapsed_releases += 1;
+                    }
                     (false, self.dcs_timeout(i))
                 } else {
+                    self.agents[i].failed_lapsed_releases = 0;
                     let mine = self.dcs.leader_alive(now) == Some(me.as_str());
                     if mine {
                         self.dcs.leader = None;
@@ -2077,6 +2095,24 @@ impl Sim {
                     }
                     self.set_lock_renewed(i, None);
                     (mine, self.latency())
+                }
+            }
+            // As the runner: the session (the simulated DCS's lease) is given up whatever the
+            // answer. Reached, the DCS drops the lock at once (a close, a revoke); otherwise the
+            // lock expires by itself at the end of its ttl, as the simulated lease always does.
+            // The member's own key is not modelled as living on it.
+            Action::DropDcsSession => {
+                self.agents[i].failed_lapsed_releases = 0;
+                self.set_lock_renewed(i, None);
+                if ok && self.dcs.leader_alive(now) == Some(me.as_str()) {
+                    self.dcs.leader = None;
+                    self.log(format!(
+                        "{me}: dropped its DCS session, the leader lock with it"
+                    ));
+                    self.wake_watchers();
+                    (true, self.latency())
+                } else {
+                    (true, self.dcs_timeout(i))
                 }
             }
             Action::ArmWatchdog => {
@@ -2647,6 +2683,7 @@ impl Sim {
         a.failsafe_accepted_ms = None;
         a.pause = PauseView::default();
         a.renewals_lapsed_ms = None;
+        a.failed_lapsed_releases = 0;
         let t = a.token;
         let d = self.rng.range(500, 3000);
         self.schedule(d, Ev::Cycle(i, t));
@@ -3338,6 +3375,7 @@ impl Sim {
             promotions_before_switchover: self.promotions_before_switchover,
             recovery_handovers: self.recovery_handovers,
             lapse_releases: self.lapse_releases,
+            lapse_session_drops: self.lapse_session_drops,
             won_past_holding_off: self.won_past_holding_off,
         }
     }
@@ -3411,6 +3449,7 @@ fn is_dcs_call(a: &Action) -> bool {
         Action::AcquireLeader
             | Action::RenewLeader
             | Action::ReleaseLeader
+            | Action::DropDcsSession
             | Action::WriteSync(_)
             | Action::WriteStatus
             | Action::WriteLastLsn

@@ -120,6 +120,7 @@ fn main() -> ExitCode {
     let mut standby_seeds = 0usize;
     // Lapsed renewals: lock holders that gave the lock up, races won past a peer holding off.
     let (mut lapse_releases, mut won_past_holding_off) = (0usize, 0usize);
+    let mut lapse_session_drops = 0usize;
     // Lock holders in recovery asked to step down: promotions first, hand-overs, and the first seed of each.
     let (mut before, mut handovers) = ((0usize, None), (0usize, None));
     // Time from the heal to a routed writable leader, as a fraction of ttl + loop_wait.
@@ -139,6 +140,7 @@ fn main() -> ExitCode {
         blips_checked += r.blips_checked;
         standby_seeds += usize::from(r.standby_cluster);
         lapse_releases += r.lapse_releases;
+        lapse_session_drops += r.lapse_session_drops;
         won_past_holding_off += r.won_past_holding_off;
         for (count, n) in [
             (&mut before, r.promotions_before_switchover),
@@ -184,7 +186,7 @@ fn main() -> ExitCode {
         handovers.0, handovers.1, before.0, before.1
     );
     println!(
-        "lapsed renewals: {lapse_releases} lock releases, {won_past_holding_off} races won while a peer at least as far on held off"
+        "lapsed renewals: {lapse_releases} lock releases, {lapse_session_drops} sessions dropped after failed releases, {won_past_holding_off} races won while a peer at least as far on held off"
     );
     recovery.sort_by(f64::total_cmp);
     if !recovery.is_empty() {

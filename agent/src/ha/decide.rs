@@ -147,7 +147,8 @@ fn paused(d: Decision, view: Option<&Cluster>, local: &LocalState, cfg: &HaConfi
         | Action::CrashRecovery
         | Action::AbortTask
         | Action::RemoveDataDirectory
-        | Action::ReleaseLeader => stepping_down,
+        | Action::ReleaseLeader
+        | Action::DropDcsSession => stepping_down,
         _ => true,
     };
     let actions: Vec<Action> = d.actions.into_iter().take_while(allowed).collect();

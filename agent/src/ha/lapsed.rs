@@ -33,6 +33,19 @@
 //! session lock" at 21.2 s, lapse again, release at 26.2 s: a 12.29 s write gap, nobody else could
 //! lead meanwhile).
 //!
+//! When the release itself keeps failing (the read that finds the lock its own gets through, the
+//! delete does not, within `retry_timeout`) while the session lives, the lock would stay held for
+//! ever: nobody else can lead and this member cannot write. After
+//! [`releases_before_dropping_session`] failed releases in a row, the member gives up its DCS
+//! session instead ([`super::Action::DropDcsSession`]): on ZooKeeper the session is closed (the
+//! ephemeral lock goes at once) or, when the close does not get through either, abandoned (no
+//! more pings: the servers expire it, and the lock, one session timeout later); on etcd the lease
+//! is revoked, or forgotten so that it expires (each `touch_member` would otherwise refresh the
+//! lease the lock lives on). The next DCS call opens a new session and writes the member key
+//! again, never the lock. This is Patroni's stance on ZooKeeper, where a session that cannot renew
+//! is a lost lock; Patroni has no counterpart on etcd (its leader key lives on the lease that
+//! `touch_member` refreshes too).
+//!
 //! The others' side: the member holding off publishes it (`holding_off_ms`, the ms left of
 //! [`hold_off_left_ms`], in its `/patroni` answer and its member key), and their race does not defer
 //! to it ([`super::PeerStatus::holding_off`], [`super::is_healthiest`]). The former leader is usually
@@ -71,13 +84,35 @@ pub fn hold_off_left_ms(
     (now_ms < until).then(|| until - now_ms)
 }
 
+/// How many releases of the lock may fail in a row, while this member's renewals are lapsed,
+/// before it drops its DCS session instead: `1 + ceil(retry_timeout / loop_wait)` (2 with
+/// Patroni's defaults of 10 s and 10 s; 3 with `loop_wait` 1 and `retry_timeout` 2).
+///
+/// Why: each release is one attempt per cycle, bounded by `retry_timeout`. One failed attempt is a
+/// request the DCS did not answer in time: it may be a blip. Patroni retries a DCS request for
+/// `retry_timeout` before it calls the DCS unavailable (its `Retry` with
+/// `deadline=retry_timeout`); this loop's next attempts come one `loop_wait` apart, so
+/// `retry_timeout / loop_wait` more failures (rounded up) cover that window after the first.
+/// Waiting longer costs the cluster its leader (nobody can take the lock meanwhile), while a
+/// dropped session costs little: this member already runs read-only and holds off the race, and
+/// its member key is written again on the new session.
+pub fn releases_before_dropping_session(dynamic: &DynamicConfig) -> u32 {
+    1 + dynamic
+        .retry_timeout
+        .max(1)
+        .div_ceil(dynamic.loop_wait.max(1))
+}
+
 /// A lock holder whose renewals lapsed gives the lock up, within its hold-off or after it (the
 /// lock it sees is the one it held at the lapse: the runner forgets the lapse when it takes the
 /// lock anew): whatever might still accept writes is stopped first (a start as primary is aborted;
 /// normally the deadline already stopped it), then the leader key is deleted if it is still its
 /// own ([`Action::ReleaseLeader`]: a compare-and-delete on etcd, a delete at the znode's version on
-/// ZooKeeper), once per cycle (`loop_wait`) until the DCS confirms it. `None` when the rule does
-/// not apply: not the lock holder, no lapse, or maintenance mode (no automatic failover while
+/// ZooKeeper), once per cycle (`loop_wait`) until the DCS confirms it. After
+/// [`releases_before_dropping_session`] failed releases in a row
+/// ([`LocalState::failed_lapsed_releases`]) the DCS session is given up instead
+/// ([`Action::DropDcsSession`], [`Reason::DroppingDcsSessionReleasesFailed`]). `None` when the rule
+/// does not apply: not the lock holder, no lapse, or maintenance mode (no automatic failover while
 /// paused).
 pub fn steps_aside(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option<Decision> {
     if cfg.dynamic.pause || view.leader.as_ref().is_none_or(|l| l.name != cfg.name) {
@@ -96,6 +131,14 @@ pub fn steps_aside(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option
     };
     if may_be_primary {
         actions.push(Action::Stop(StopMode::Immediate));
+    }
+    let failed = local.failed_lapsed_releases;
+    if failed >= releases_before_dropping_session(&cfg.dynamic) {
+        actions.push(Action::DropDcsSession);
+        return Some(decision(
+            actions,
+            Reason::DroppingDcsSessionReleasesFailed { failed },
+        ));
     }
     actions.push(Action::ReleaseLeader);
     Some(decision(actions, Reason::ReleasingLockRenewalsLapsed))

@@ -311,6 +311,12 @@ pub struct LocalState {
     /// ([`lapsed`]); `None`: no lapse (or another member led since, or this one took the lock
     /// anew).
     pub renewals_lapsed_ms: Option<u64>,
+    /// How many releases of the lock ([`Action::ReleaseLeader`]) failed in a row (an error: the
+    /// DCS did not answer within `retry_timeout`) while this member's renewals were lapsed. The
+    /// runner counts them, and resets the count when a release or an [`Action::DropDcsSession`] is
+    /// done, when it reads the lock not its own, and when it forgets the lapse. `decide` drops the
+    /// DCS session once it reaches [`lapsed::releases_before_dropping_session`].
+    pub failed_lapsed_releases: u32,
     /// PostgreSQL is stopped on a data directory a pg_rewind left damaged (it failed after it
     /// began writing, or was killed mid-way: [`RewindFailure::Damaged`]): the line that says why.
     /// The runner reads it from the rewind marker next to the data directory, so it survives an
@@ -401,6 +407,13 @@ pub enum Action {
     RenewLeader,
     /// Delete `leader` if it names this member. PostgreSQL must already be stopped or read-only.
     ReleaseLeader,
+    /// Give up this member's DCS session (ZooKeeper) or lease (etcd), and with it `leader` and
+    /// `members/<name>`: closed or revoked at once when the DCS answers, otherwise never refreshed
+    /// again so that the DCS expires it within the granted ttl; the next DCS call opens a new one
+    /// and writes the member key again, never `leader` ([`praetor_dcs::Dcs::drop_session`]). For a
+    /// lapsed leader whose releases keep failing ([`lapsed`]). PostgreSQL must already be stopped
+    /// or read-only.
+    DropDcsSession,
     /// Arm the watchdog for the leader lock (`ttl - safety_margin`); in `required` mode a refusal is
     /// not done (ends the list), and the runner reports [`WatchdogState::Refused`] next cycle.
     ArmWatchdog,

@@ -295,6 +295,14 @@ pub enum Reason {
     /// holds the lock: it gives the lock up for a member with a healthier DCS link (see
     /// [`super::lapsed`]).
     ReleasingLockRenewalsLapsed,
+    /// This member's lock renewals lapsed, it still holds the lock, and its last `failed` releases
+    /// of it failed in a row (the DCS did not answer within `retry_timeout`): it gives up its DCS
+    /// session (ZooKeeper) or lease (etcd), and the lock on it, instead ([`super::Action::DropDcsSession`],
+    /// see [`super::lapsed`]).
+    DroppingDcsSessionReleasesFailed {
+        /// Consecutive failed releases so far.
+        failed: u32,
+    },
     /// This member's lock renewals lapsed less than the hold-off ago: it keeps out of the leader
     /// race for `in_ms` more ms (see [`super::lapsed`]).
     HoldingOffAfterLapsedRenewals {
@@ -588,6 +596,10 @@ impl fmt::Display for Reason {
             ),
             ReleasingLockRenewalsLapsed => f.write_str(
                 "releasing the leader lock: my renewals lapsed (the DCS answers me too slowly to keep the lock)",
+            ),
+            DroppingDcsSessionReleasesFailed { failed } => write!(
+                f,
+                "giving up my DCS session and the leader lock on it: my renewals lapsed and my last {failed} releases of the lock failed",
             ),
             HoldingOffAfterLapsedRenewals { in_ms } => write!(
                 f,

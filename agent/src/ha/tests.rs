@@ -119,6 +119,7 @@ fn local(postgres: Postgres) -> LocalState {
         starting_read_only: false,
         promoted: None,
         renewals_lapsed_ms: None,
+        failed_lapsed_releases: 0,
         rewind_damage: None,
     }
 }
@@ -831,6 +832,72 @@ fn rows() -> Vec<Row> {
             vec![AbortTask, Stop(StopMode::Immediate), ReleaseLeader],
             |r| *r == Reason::ReleasingLockRenewalsLapsed,
         ),
+        // --- the release itself keeps failing (issue 14): the session goes instead ---------------
+        row(
+            "lapsed renewals, the lock still its own and its last 3 releases failed (1 + \
+             retry_timeout 2 / loop_wait 1): give up the DCS session, the ephemeral lock with it \
+             (the old rule tried the delete again for ever while the slow link's pings kept the \
+             ZooKeeper session alive: nobody could lead)",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
+                l.failed_lapsed_releases = 3;
+            }),
+        )
+        .expect(vec![DropDcsSession], |r| {
+            *r == Reason::DroppingDcsSessionReleasesFailed { failed: 3 }
+        }),
+        row(
+            "lapsed renewals, 2 failed releases in a row (fewer than 1 + retry_timeout / \
+             loop_wait): try the release again",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
+                l.failed_lapsed_releases = 2;
+            }),
+        )
+        .expect(vec![ReleaseLeader], |r| {
+            *r == Reason::ReleasingLockRenewalsLapsed
+        }),
+        row(
+            "lapsed renewals, releases failing, retry_timeout 10 and loop_wait 1: 10 more tries \
+             (11) before the session goes, so 3 failures try again",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.failed_lapsed_releases = 3;
+            }),
+        )
+        .cfg(|c| c.dynamic.retry_timeout = 10)
+        .expect(vec![ReleaseLeader], |r| {
+            *r == Reason::ReleasingLockRenewalsLapsed
+        }),
+        row(
+            "lapsed renewals, releases failing, a start as primary under way: abort it and stop \
+             before the session goes (nothing writable without the lock)",
+            Some(cluster(Some(ME))),
+            with(local(Postgres::Starting), |l| {
+                l.task = Some(Task::Start);
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.failed_lapsed_releases = 5;
+            }),
+        )
+        .expect(
+            vec![AbortTask, Stop(StopMode::Immediate), DropDcsSession],
+            |r| *r == Reason::DroppingDcsSessionReleasesFailed { failed: 5 },
+        ),
+        row(
+            "lapsed renewals, releases failing, while paused: no automatic failover, the session \
+             and the lock are kept",
+            Some(cluster(Some(ME))),
+            with(local(running(true, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.failed_lapsed_releases = 3;
+                l.lock_renewed_ms = Some(NOW.mono_ms - 500);
+            }),
+        )
+        .cfg(|c| c.dynamic.pause = true)
+        .expect(upkeep(vec![]), |r| matches!(r, Reason::Paused { .. })),
         row(
             "no lapse (or the lock taken anew since): the lock holder restarts its primary",
             Some(cluster(Some(ME))),
@@ -2854,6 +2921,24 @@ fn rows() -> Vec<Row> {
             .cfg(|c| c.remove_data_on_diverged = true)
             .expect(vec![RemoveDataDirectory], |r| *r == Reason::RemovingDivergedDataDirectory),
     ]
+}
+
+/// `1 + ceil(retry_timeout / loop_wait)` failed releases in a row before a lapsed leader drops
+/// its DCS session (`lapsed::releases_before_dropping_session`).
+#[test]
+fn failed_releases_before_the_session_goes_cover_retry_timeout() {
+    let n = |loop_wait, retry_timeout| {
+        crate::ha::lapsed::releases_before_dropping_session(&DynamicConfig {
+            loop_wait,
+            retry_timeout,
+            ..Default::default()
+        })
+    };
+    assert_eq!(n(10, 10), 2, "Patroni's defaults");
+    assert_eq!(n(1, 2), 3);
+    assert_eq!(n(1, 10), 11);
+    assert_eq!(n(10, 25), 4, "rounded up");
+    assert_eq!(n(0, 0), 2, "zero values count as 1 s");
 }
 
 #[test]
