@@ -396,6 +396,9 @@ impl Dcs for MeteredDcs {
     async fn delete_cluster(&self) -> Result<(), DcsError> {
         self.count("delete_cluster", self.inner.delete_cluster().await)
     }
+    fn granted_ttl(&self) -> Option<std::time::Duration> {
+        self.inner.granted_ttl()
+    }
     fn watch(&self) -> broadcast::Receiver<DcsEvent> {
         self.inner.watch()
     }

@@ -144,10 +144,9 @@ pub trait Dcs: Send + Sync {
     /// last contact. It differs from the `ttl_secs` asked for when the server bounds it: ZooKeeper
     /// clamps a session timeout to `minSessionTimeout..maxSessionTimeout` (by default 2..20
     /// tickTime), etcd raises a lease TTL to its minimum. `None` before the first lease or session
-    /// (and for backends that do not know).
-    fn granted_ttl(&self) -> Option<std::time::Duration> {
-        None
-    }
+    /// (and for backends that do not know). No default: a wrapper that forgot to forward it made the
+    /// agent wait out `ttl` for unresponsive proxies where ZooKeeper had granted a shorter session.
+    fn granted_ttl(&self) -> Option<std::time::Duration>;
     /// Subscribes to changes under the cluster prefix. The backend keeps one watch running, reconnecting
     /// after errors and sending [`KeyKind::Resync`] when it does.
     fn watch(&self) -> broadcast::Receiver<DcsEvent>;

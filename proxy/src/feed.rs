@@ -376,6 +376,9 @@ mod tests {
                 .clone()
                 .map_err(DcsError::Unavailable)
         }
+        fn granted_ttl(&self) -> Option<std::time::Duration> {
+            None
+        }
         fn watch(&self) -> broadcast::Receiver<DcsEvent> {
             self.events.subscribe()
         }

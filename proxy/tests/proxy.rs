@@ -1952,6 +1952,9 @@ impl praetor_dcs::Dcs for AckDcs {
     async fn close(&self) -> Result<(), praetor_dcs::DcsError> {
         Ok(())
     }
+    fn granted_ttl(&self) -> Option<std::time::Duration> {
+        None
+    }
     fn watch(&self) -> tokio::sync::broadcast::Receiver<praetor_dcs::DcsEvent> {
         self.events.subscribe()
     }

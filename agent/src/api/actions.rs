@@ -1150,6 +1150,9 @@ mod tests {
         async fn set_ttl(&self, _: u32) -> Result<(), praetor_dcs::DcsError> {
             unreachable!()
         }
+        fn granted_ttl(&self) -> Option<std::time::Duration> {
+            None
+        }
         fn watch(&self) -> tokio::sync::broadcast::Receiver<praetor_dcs::DcsEvent> {
             tokio::sync::broadcast::channel(1).1
         }
