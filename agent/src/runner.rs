@@ -176,7 +176,8 @@ pub async fn run_with(
         may_write,
         guard_stopped,
         renewals_lapsed_ms: None,
-        failed_lapsed_releases: 0,
+        lapsed_lock_failures: 0,
+        lapsed_lock_given_up: false,
         proxies_wait_since: None,
         switchover_wait_since: None,
         remote: None,
@@ -346,8 +347,13 @@ struct Runner {
     /// When this member's lock renewals last lapsed ([`ha::LocalState::renewals_lapsed_ms`]).
     renewals_lapsed_ms: Option<u64>,
     /// Releases of the lock that failed in a row while lapsed
-    /// ([`ha::LocalState::failed_lapsed_releases`]).
-    failed_lapsed_releases: u32,
+    /// ([`ha::LocalState::lapsed_lock_failures`]).
+    lapsed_lock_failures: u32,
+    /// Set once this member gave the lapsed lock up (a confirmed release or a dropped session) or
+    /// read it not its own, cleared at a lapse and when a view shows the lock its own: while it is
+    /// clear the lock may still live on this member's session, and a failed DCS read counts in
+    /// [`Runner::lapsed_lock_failures`].
+    lapsed_lock_given_up: bool,
     task: Option<RunningTask>,
     /// The last background task that failed, and when: the same task is not retried for a while.
     failed_task: Option<(Task, u64)>,
@@ -491,6 +497,13 @@ impl Runner {
         }
     }
 
+    /// This member's renewals lapsed now (`ha::LocalState::renewals_lapsed_ms`): it held the lock,
+    /// which may still live on its session until it gives it up.
+    fn lapse(&mut self) {
+        self.renewals_lapsed_ms = Some(self.now().mono_ms);
+        self.lapsed_lock_given_up = false;
+    }
+
     /// Records the last lock renewal (`None`: not leading) and hands the resulting demotion deadline
     /// to the deadline guard at once (see [`deadline_guard`]).
     fn set_lock_renewed(&mut self, at: Option<u64>) {
@@ -624,7 +637,7 @@ impl Runner {
             .guard_stopped
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
-            self.renewals_lapsed_ms = Some(self.now().mono_ms);
+            self.lapse();
         }
         if ha::past_demote_deadline(
             self.lock_renewed_ms,
@@ -634,7 +647,7 @@ impl Runner {
             self.now().mono_ms,
         ) {
             if self.may_write() {
-                self.renewals_lapsed_ms = Some(self.now().mono_ms);
+                self.lapse();
                 self.stop_overdue_primary().await;
             } else {
                 // Still in recovery: nothing to stop (see ha::may_accept_writes). It no longer
@@ -652,17 +665,23 @@ impl Runner {
             }
             Err(e) => {
                 tracing::warn!("cannot read the DCS: {e}");
+                if self.renewals_lapsed_ms.is_some() && !self.lapsed_lock_given_up {
+                    // The lock may still live on this session: counted for `ha::lapsed`'s
+                    // session drop (`drops_unseen_lock`).
+                    self.lapsed_lock_failures += 1;
+                }
                 None
             }
         };
         if let Some(v) = &view {
             self.last_view = Some(v.clone());
             let holds = v.leader.as_ref().is_some_and(|l| l.name == self.me());
+            // No lock of its own left to release, or the lock still there to give up.
+            self.lapsed_lock_given_up = !holds;
             if !holds {
                 self.set_lock_renewed(None);
                 self.primary_start_began_ms = None;
-                // No lock of its own left to release.
-                self.failed_lapsed_releases = 0;
+                self.lapsed_lock_failures = 0;
             }
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != self.me()) {
                 // Another member leads: a hold-off after lapsed renewals has done its job.
@@ -747,7 +766,7 @@ impl Runner {
             starting_read_only: self.starting_read_only(),
             promoted: obs.promoted.clone(),
             renewals_lapsed_ms: self.renewals_lapsed_ms,
-            failed_lapsed_releases: self.failed_lapsed_releases,
+            lapsed_lock_failures: self.lapsed_lock_failures,
             rewind_damage: self.rewind_damage(&obs),
         };
         let cfg = HaConfig {
@@ -783,7 +802,7 @@ impl Runner {
         }
         if d.reason == ha::Reason::DemotingDcsInaccessible {
             // A leader past its deadline without a renewal demotes: its renewals lapsed.
-            self.renewals_lapsed_ms = Some(self.now().mono_ms);
+            self.lapse();
         }
         let mut message = d.reason.to_string();
         if !d.actions.is_empty() {
@@ -792,6 +811,7 @@ impl Runner {
                 d.reason,
                 ha::Reason::ReleasingLockRenewalsLapsed
                     | ha::Reason::DroppingDcsSessionReleasesFailed { .. }
+                    | ha::Reason::DroppingDcsSessionDcsUnreadable { .. }
             );
             match self.execute(d.actions, view.as_deref(), &obs).await? {
                 Outcome::Done if lapsed_release => {
@@ -799,6 +819,7 @@ impl Runner {
                     // lock lived on was given up: the hold-off counts from here, not from a lapse
                     // it may have outlived (`ha::lapsed`).
                     self.renewals_lapsed_ms = Some(self.now().mono_ms);
+                    self.lapsed_lock_given_up = true;
                 }
                 Outcome::Done => {}
                 Outcome::LostLockRace => {
@@ -1212,7 +1233,7 @@ impl Runner {
                 if got {
                     // A lock taken anew: a lapse before it is over (`ha::lapsed`).
                     self.renewals_lapsed_ms = None;
-                    self.failed_lapsed_releases = 0;
+                    self.lapsed_lock_failures = 0;
                     self.set_lock_renewed(Some(now_ms));
                     tracing::info!("acquired the leader lock");
                     if let Err(e) = self.watchdog.keepalive() {
@@ -1239,16 +1260,16 @@ impl Runner {
                 self.set_lock_renewed(None);
                 if released.is_err() && self.renewals_lapsed_ms.is_some() {
                     // Counted for `ha::lapsed`: too many in a row and the session goes instead.
-                    self.failed_lapsed_releases += 1;
+                    self.lapsed_lock_failures += 1;
                 } else {
-                    self.failed_lapsed_releases = 0;
+                    self.lapsed_lock_failures = 0;
                 }
                 Ok(released?)
             }
             Action::DropDcsSession => {
                 // Given up whatever the answer (`Dcs::drop_session`): the count starts again on
                 // the next session.
-                self.failed_lapsed_releases = 0;
+                self.lapsed_lock_failures = 0;
                 self.set_lock_renewed(None);
                 if let Err(e) = self.bounded(self.dcs.drop_session()).await {
                     tracing::warn!(
@@ -2614,7 +2635,7 @@ mod tests {
             starting_read_only: false,
             promoted: None,
             renewals_lapsed_ms: None,
-            failed_lapsed_releases: 0,
+            lapsed_lock_failures: 0,
             rewind_damage: None,
         };
         let cfg = HaConfig {

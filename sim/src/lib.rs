@@ -352,8 +352,9 @@ pub struct Report {
     /// Lock holders that gave the lock up because their renewals lapsed
     /// (`praetor_agent::ha::Reason::ReleasingLockRenewalsLapsed`).
     pub lapse_releases: usize,
-    /// Lock holders that gave up their DCS session because their releases after a lapse kept
-    /// failing (`praetor_agent::ha::Reason::DroppingDcsSessionReleasesFailed`).
+    /// Lock holders that gave up their DCS session because their releases or reads after a lapse
+    /// kept failing (`praetor_agent::ha::Reason::DroppingDcsSessionReleasesFailed`,
+    /// `DroppingDcsSessionDcsUnreadable`).
     pub lapse_session_drops: usize,
     /// Members that took the lock while a peer that answered was holding off after lapsed
     /// renewals and was at least as far on (timeline, WAL): the old rule deferred to that peer.
@@ -528,9 +529,13 @@ struct Agent {
     /// writable PostgreSQL, or it demoted with the DCS unreachable; cleared when it reads another
     /// leader.
     renewals_lapsed_ms: Option<u64>,
-    /// Releases that failed in a row while lapsed, as the runner counts them
-    /// ([`ha::LocalState::failed_lapsed_releases`]).
-    failed_lapsed_releases: u32,
+    /// Attempts to give the lapsed lock up that failed in a row (releases, and reads while the lock
+    /// may still be its own), as the runner counts them ([`ha::LocalState::lapsed_lock_failures`]).
+    lapsed_lock_failures: u32,
+    /// As the runner's `lapsed_lock_given_up`: set by a done release or session drop after a lapse
+    /// and by a view showing the lock not its own, cleared at a lapse and by a view showing it its
+    /// own; a failed read counts only while it is clear.
+    lapsed_lock_given_up: bool,
 }
 
 /// What one agent knows of maintenance mode: the runner's `apply_dynamic_config` parses the DCS
@@ -842,7 +847,8 @@ impl Sim {
                 failsafe_accepted_ms: None,
                 pause: PauseView::default(),
                 renewals_lapsed_ms: None,
-                failed_lapsed_releases: 0,
+                lapsed_lock_failures: 0,
+                lapsed_lock_given_up: false,
             })
             .collect();
         let proxies: Vec<Proxy> = (0..np)
@@ -1426,7 +1432,8 @@ impl Sim {
     fn count_hold_offs(&mut self, local: &ha::LocalState, d: &ha::Decision) {
         match d.reason {
             ha::Reason::ReleasingLockRenewalsLapsed => self.lapse_releases += 1,
-            ha::Reason::DroppingDcsSessionReleasesFailed { .. } => self.lapse_session_drops += 1,
+            ha::Reason::DroppingDcsSessionReleasesFailed { .. }
+            | ha::Reason::DroppingDcsSessionDcsUnreadable { .. } => self.lapse_session_drops += 1,
             ha::Reason::PromotedByAcquiringLock | ha::Reason::AcquiredLockAsLeader => {
                 let Some(r) = local.postgres.running() else {
                     return;
@@ -1645,6 +1652,12 @@ impl Sim {
 
     // ---------------------------------------------------------------- the agent's loop
 
+    /// As the runner's `lapse`: member `i`'s renewals lapsed now, its lock possibly still standing.
+    fn lapse(&mut self, i: usize) {
+        self.agents[i].renewals_lapsed_ms = Some(self.now);
+        self.agents[i].lapsed_lock_given_up = false;
+    }
+
     fn cycle_event(&mut self, i: usize, token: u64) {
         if !self.agents[i].alive || token != self.agents[i].token {
             return;
@@ -1681,7 +1694,7 @@ impl Sim {
         ) {
             self.agents[i].lock_renewed_ms = None;
             if self.agents[i].may_write {
-                self.agents[i].renewals_lapsed_ms = Some(self.now);
+                self.lapse(i);
                 self.stop_pg(
                     i,
                     StopMode::Immediate,
@@ -1841,14 +1854,23 @@ impl Sim {
 
     fn decide_and_act(&mut self, i: usize, view: Option<Cluster>) {
         let me = self.agents[i].name.clone();
+        if view.is_none()
+            && self.agents[i].renewals_lapsed_ms.is_some()
+            && !self.agents[i].lapsed_lock_given_up
+        {
+            // As the runner: a failed read while the lock may still be its own counts for
+            // `ha::lapsed::drops_unseen_lock`.
+            self.agents[i].lapsed_lock_failures += 1;
+        }
         if let Some(v) = &view {
             self.read_pause(i, v);
             self.agents[i].last_view = Some(v.clone());
             let holds = v.leader.as_ref().is_some_and(|l| l.name == me);
+            self.agents[i].lapsed_lock_given_up = !holds;
             if !holds {
                 self.agents[i].lock_renewed_ms = None;
                 self.agents[i].primary_start_began_ms = None;
-                self.agents[i].failed_lapsed_releases = 0;
+                self.agents[i].lapsed_lock_failures = 0;
             }
             // As the runner: the lock holder seen, else a newer leader the `history` names.
             if let Some(l) = v.leader.as_ref().filter(|l| l.name != me) {
@@ -1935,7 +1957,7 @@ impl Sim {
                 .filter(|_| self.opts.failsafe_promise),
             promoted: self.pgs[i].promoted.clone(),
             renewals_lapsed_ms: a.renewals_lapsed_ms,
-            failed_lapsed_releases: a.failed_lapsed_releases,
+            lapsed_lock_failures: a.lapsed_lock_failures,
             // Not modelled: the simulated pg_rewind never fails half-way.
             rewind_damage: None,
         };
@@ -1952,7 +1974,7 @@ impl Sim {
             self.agents[i].proxies_wait_since = None;
         }
         if d.reason == ha::Reason::DemotingDcsInaccessible {
-            self.agents[i].renewals_lapsed_ms = Some(self.now);
+            self.lapse(i);
         }
         self.log(format!("{me}: {} -> {:?}", d.reason, d.actions));
         self.act(i, view, d.actions.into(), None);
@@ -2015,7 +2037,7 @@ impl Sim {
                     self.set_lock_renewed(i, Some(now));
                     // As the runner: a lock taken anew ends a lapse before it (`ha::lapsed`).
                     self.agents[i].renewals_lapsed_ms = None;
-                    self.agents[i].failed_lapsed_releases = 0;
+                    self.agents[i].lapsed_lock_failures = 0;
                     if self.agents[i].wd_armed {
                         self.agents[i].wd_fed = now;
                     }
@@ -2053,11 +2075,11 @@ impl Sim {
                 if !ok {
                     if self.agents[i].renewals_lapsed_ms.is_some() {
                         // As the runner: counted for `ha::lapsed`'s session drop.
-                        self.agents[i].failed_lapsed_releases += 1;
+                        self.agents[i].lapsed_lock_failures += 1;
                     }
                     (false, self.dcs_timeout(i))
                 } else {
-                    self.agents[i].failed_lapsed_releases = 0;
+                    self.agents[i].lapsed_lock_failures = 0;
                     let mine = self.dcs.leader_alive(now) == Some(me.as_str());
                     if mine {
                         self.dcs.leader = None;
@@ -2066,6 +2088,7 @@ impl Sim {
                             // As the runner: the hold-off counts from a confirmed release after
                             // a lapse (`ha::lapsed`).
                             self.agents[i].renewals_lapsed_ms = Some(now);
+                            self.agents[i].lapsed_lock_given_up = true;
                         }
                         let pg = &self.pgs[i];
                         let switchover = self
@@ -2102,7 +2125,8 @@ impl Sim {
             // lock expires by itself at the end of its ttl, as the simulated lease always does.
             // The member's own key is not modelled as living on it.
             Action::DropDcsSession => {
-                self.agents[i].failed_lapsed_releases = 0;
+                self.agents[i].lapsed_lock_failures = 0;
+                self.agents[i].lapsed_lock_given_up = true;
                 self.set_lock_renewed(i, None);
                 if ok && self.dcs.leader_alive(now) == Some(me.as_str()) {
                     self.dcs.leader = None;
@@ -2539,7 +2563,7 @@ impl Sim {
             return;
         }
         if self.pgs[i].running() && a.may_write {
-            self.agents[i].renewals_lapsed_ms = Some(self.now);
+            self.lapse(i);
             self.stop_pg(i, StopMode::Immediate, "deadline guard");
         }
     }
@@ -2683,7 +2707,7 @@ impl Sim {
         a.failsafe_accepted_ms = None;
         a.pause = PauseView::default();
         a.renewals_lapsed_ms = None;
-        a.failed_lapsed_releases = 0;
+        a.lapsed_lock_failures = 0;
         let t = a.token;
         let d = self.rng.range(500, 3000);
         self.schedule(d, Ev::Cycle(i, t));
@@ -3010,7 +3034,7 @@ impl Sim {
             && self.agents[m].may_write
             && !self.dynamic.failsafe_mode
         {
-            self.agents[m].renewals_lapsed_ms = Some(self.now);
+            self.lapse(m);
             self.stop_pg(m, StopMode::Immediate, "deadline guard on the thaw");
         }
     }

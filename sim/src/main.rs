@@ -186,7 +186,7 @@ fn main() -> ExitCode {
         handovers.0, handovers.1, before.0, before.1
     );
     println!(
-        "lapsed renewals: {lapse_releases} lock releases, {lapse_session_drops} sessions dropped after failed releases, {won_past_holding_off} races won while a peer at least as far on held off"
+        "lapsed renewals: {lapse_releases} lock releases, {lapse_session_drops} sessions dropped after failed releases or reads, {won_past_holding_off} races won while a peer at least as far on held off"
     );
     recovery.sort_by(f64::total_cmp);
     if !recovery.is_empty() {

@@ -316,7 +316,8 @@ fn dcs_unreachable(local: &LocalState, cfg: &HaConfig, now: Now) -> Decision {
         Postgres::Stopped { .. } => leading && local.task.is_some() && !read_only_start,
     };
     if !may_be_primary {
-        return decision(vec![], Reason::DcsInaccessible);
+        return lapsed::drops_unseen_lock(local, cfg)
+            .unwrap_or_else(|| decision(vec![], Reason::DcsInaccessible));
     }
     if cfg.dynamic.failsafe_mode && local.failsafe_confirmed == Some(true) {
         // Every member's own last view names this leader: nobody else can take the lock, so the

@@ -103,6 +103,30 @@ pub fn releases_before_dropping_session(dynamic: &DynamicConfig) -> u32 {
         .div_ceil(dynamic.loop_wait.max(1))
 }
 
+/// A member whose renewals lapsed and whose DCS reads keep failing gives its DCS session up
+/// ([`Action::DropDcsSession`]) once [`releases_before_dropping_session`] attempts failed in a row
+/// ([`LocalState::lapsed_lock_failures`]: the runner counts a failed read only while the lock may
+/// still live on its session). Without a view it cannot see whether its lock still stands, and
+/// it cannot release what it cannot read; waiting for a read that gets through is what cost
+/// nemesis ZooKeeper strict seed 3 (build `9e22c5a`) 21.27 s without writes: a `slow-dcs` on
+/// the leader held 20.1 s, the slow link's pings kept the session and its ephemeral lock alive
+/// while every read timed out, and nobody else could lead until the link healed (with a link
+/// that stays slow, for ever). A read-only member loses nothing by it: its member key is written
+/// again on the next session. `None` when the rule does not apply: no lapse, fewer failures, or
+/// maintenance mode (the last configuration read said paused).
+pub fn drops_unseen_lock(local: &LocalState, cfg: &HaConfig) -> Option<Decision> {
+    if cfg.dynamic.pause || local.renewals_lapsed_ms.is_none() {
+        return None;
+    }
+    let failed = local.lapsed_lock_failures;
+    (failed >= releases_before_dropping_session(&cfg.dynamic)).then(|| {
+        decision(
+            vec![Action::DropDcsSession],
+            Reason::DroppingDcsSessionDcsUnreadable { failed },
+        )
+    })
+}
+
 /// A lock holder whose renewals lapsed gives the lock up, within its hold-off or after it (the
 /// lock it sees is the one it held at the lapse: the runner forgets the lapse when it takes the
 /// lock anew): whatever might still accept writes is stopped first (a start as primary is aborted;
@@ -110,7 +134,7 @@ pub fn releases_before_dropping_session(dynamic: &DynamicConfig) -> u32 {
 /// own ([`Action::ReleaseLeader`]: a compare-and-delete on etcd, a delete at the znode's version on
 /// ZooKeeper), once per cycle (`loop_wait`) until the DCS confirms it. After
 /// [`releases_before_dropping_session`] failed releases in a row
-/// ([`LocalState::failed_lapsed_releases`]) the DCS session is given up instead
+/// ([`LocalState::lapsed_lock_failures`]) the DCS session is given up instead
 /// ([`Action::DropDcsSession`], [`Reason::DroppingDcsSessionReleasesFailed`]). `None` when the rule
 /// does not apply: not the lock holder, no lapse, or maintenance mode (no automatic failover while
 /// paused).
@@ -132,7 +156,7 @@ pub fn steps_aside(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option
     if may_be_primary {
         actions.push(Action::Stop(StopMode::Immediate));
     }
-    let failed = local.failed_lapsed_releases;
+    let failed = local.lapsed_lock_failures;
     if failed >= releases_before_dropping_session(&cfg.dynamic) {
         actions.push(Action::DropDcsSession);
         return Some(decision(

@@ -311,12 +311,16 @@ pub struct LocalState {
     /// ([`lapsed`]); `None`: no lapse (or another member led since, or this one took the lock
     /// anew).
     pub renewals_lapsed_ms: Option<u64>,
-    /// How many releases of the lock ([`Action::ReleaseLeader`]) failed in a row (an error: the
-    /// DCS did not answer within `retry_timeout`) while this member's renewals were lapsed. The
-    /// runner counts them, and resets the count when a release or an [`Action::DropDcsSession`] is
-    /// done, when it reads the lock not its own, and when it forgets the lapse. `decide` drops the
-    /// DCS session once it reaches [`lapsed::releases_before_dropping_session`].
-    pub failed_lapsed_releases: u32,
+    /// How many attempts to give the lock up failed in a row while this member's renewals were
+    /// lapsed: releases ([`Action::ReleaseLeader`]) the DCS did not confirm within `retry_timeout`,
+    /// and cycles whose DCS read failed while the lock may still live on this member's session (no
+    /// release or session drop done since the lapse, no view since showing the lock not its own).
+    /// The runner counts them, and resets the count when a release or an
+    /// [`Action::DropDcsSession`] is done, when it reads the lock not its own, and when it forgets
+    /// the lapse. `decide` drops the DCS session once it reaches
+    /// [`lapsed::releases_before_dropping_session`] ([`lapsed::steps_aside`] with a view,
+    /// [`lapsed::drops_unseen_lock`] without one).
+    pub lapsed_lock_failures: u32,
     /// PostgreSQL is stopped on a data directory a pg_rewind left damaged (it failed after it
     /// began writing, or was killed mid-way: [`RewindFailure::Damaged`]): the line that says why.
     /// The runner reads it from the rewind marker next to the data directory, so it survives an

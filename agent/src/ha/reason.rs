@@ -303,6 +303,14 @@ pub enum Reason {
         /// Consecutive failed releases so far.
         failed: u32,
     },
+    /// This member's renewals lapsed, and its DCS reads kept failing for `failed` cycles in a row
+    /// while the lock may still live on its session (a slow link whose pings keep a ZooKeeper
+    /// session alive, or whose small writes refresh an etcd lease): it gives the session up, the
+    /// lock with it, without seeing the lock (see [`super::lapsed::drops_unseen_lock`]).
+    DroppingDcsSessionDcsUnreadable {
+        /// Consecutive failed attempts (reads or releases) so far.
+        failed: u32,
+    },
     /// This member's lock renewals lapsed less than the hold-off ago: it keeps out of the leader
     /// race for `in_ms` more ms (see [`super::lapsed`]).
     HoldingOffAfterLapsedRenewals {
@@ -600,6 +608,10 @@ impl fmt::Display for Reason {
             DroppingDcsSessionReleasesFailed { failed } => write!(
                 f,
                 "giving up my DCS session and the leader lock on it: my renewals lapsed and my last {failed} releases of the lock failed",
+            ),
+            DroppingDcsSessionDcsUnreadable { failed } => write!(
+                f,
+                "giving up my DCS session and the leader lock it may still hold: my renewals lapsed and I could not read the DCS in my last {failed} tries",
             ),
             HoldingOffAfterLapsedRenewals { in_ms } => write!(
                 f,

@@ -119,7 +119,7 @@ fn local(postgres: Postgres) -> LocalState {
         starting_read_only: false,
         promoted: None,
         renewals_lapsed_ms: None,
-        failed_lapsed_releases: 0,
+        lapsed_lock_failures: 0,
         rewind_damage: None,
     }
 }
@@ -841,7 +841,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             with(local(running(false, 1000, None)), |l| {
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
-                l.failed_lapsed_releases = 3;
+                l.lapsed_lock_failures = 3;
             }),
         )
         .expect(vec![DropDcsSession], |r| {
@@ -853,7 +853,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             with(local(running(false, 1000, None)), |l| {
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 30_000);
-                l.failed_lapsed_releases = 2;
+                l.lapsed_lock_failures = 2;
             }),
         )
         .expect(vec![ReleaseLeader], |r| {
@@ -865,7 +865,7 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             with(local(running(false, 1000, None)), |l| {
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
-                l.failed_lapsed_releases = 3;
+                l.lapsed_lock_failures = 3;
             }),
         )
         .cfg(|c| c.dynamic.retry_timeout = 10)
@@ -879,7 +879,7 @@ fn rows() -> Vec<Row> {
             with(local(Postgres::Starting), |l| {
                 l.task = Some(Task::Start);
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
-                l.failed_lapsed_releases = 5;
+                l.lapsed_lock_failures = 5;
             }),
         )
         .expect(
@@ -892,12 +892,70 @@ fn rows() -> Vec<Row> {
             Some(cluster(Some(ME))),
             with(local(running(true, 1000, None)), |l| {
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
-                l.failed_lapsed_releases = 3;
+                l.lapsed_lock_failures = 3;
                 l.lock_renewed_ms = Some(NOW.mono_ms - 500);
             }),
         )
         .cfg(|c| c.dynamic.pause = true)
         .expect(upkeep(vec![]), |r| matches!(r, Reason::Paused { .. })),
+        // --- the DCS cannot even be read (issue 14, nemesis ZooKeeper strict seed 3): the lock
+        // may still live on the session, and nothing would release it before the link heals ---
+        row(
+            "lapsed renewals, demoted, the DCS unreadable for its last 3 tries (1 + retry_timeout 2 \
+             / loop_wait 1) while the lock may still be its own: give up the DCS session unseen \
+             (the old rule waited for a read that got through: 21.27 s without writes, for ever \
+             on a link that stays slow)",
+            None,
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 9_000);
+                l.lapsed_lock_failures = 3;
+            }),
+        )
+        .expect(vec![DropDcsSession], |r| {
+            *r == Reason::DroppingDcsSessionDcsUnreadable { failed: 3 }
+        }),
+        row(
+            "lapsed renewals, the DCS unreadable for 2 tries: wait for the next read",
+            None,
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 6_000);
+                l.lapsed_lock_failures = 2;
+            }),
+        )
+        .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        row(
+            "the DCS unreadable, no lapse (a replica, or a lock given up since): nothing to give up",
+            None,
+            with(local(running(false, 1000, None)), |l| {
+                l.lapsed_lock_failures = 3;
+            }),
+        )
+        .expect(vec![], |r| *r == Reason::DcsInaccessible),
+        row(
+            "lapsed renewals, the DCS unreadable, the last configuration read paused: no automatic \
+             failover, the session is kept",
+            None,
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 9_000);
+                l.lapsed_lock_failures = 3;
+            }),
+        )
+        .cfg(|c| c.dynamic.pause = true)
+        .expect(vec![], |r| matches!(r, Reason::DcsInaccessible | Reason::Paused { .. })),
+        row(
+            "lapsed renewals, the DCS unreadable, a primary still up past its deadline: demote \
+             first (the session goes on a later cycle, once nothing may accept writes)",
+            None,
+            with(local(running(true, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 9_000);
+                l.lapsed_lock_failures = 3;
+                l.lock_renewed_ms = Some(NOW.mono_ms - 30_000);
+            }),
+        )
+        .expect(
+            vec![Stop(StopMode::Immediate), Start(StartAs::Replica { upstream: None })],
+            |r| *r == Reason::DemotingDcsInaccessible,
+        ),
         row(
             "no lapse (or the lock taken anew since): the lock holder restarts its primary",
             Some(cluster(Some(ME))),
