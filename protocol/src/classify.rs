@@ -508,23 +508,33 @@ impl Classifier {
     /// A read that asks whether the server is a standby (see [`LEADER_STATE_NAMES`]) is a
     /// [`Class::Write`]: it runs on the leader and answers as a direct connection to it would.
     pub fn classify(&self, sql: &str) -> Class {
-        let class = self.classify_statements(sql);
-        if class == Class::Read && asks_for_leader_state(sql) {
-            return Class::Write;
-        }
-        class
+        self.classify_lexed(sql).0
     }
 
-    fn classify_statements(&self, sql: &str) -> Class {
+    /// [`Classifier::classify`], and whether the lexer stage alone decided (`true`). Then `sql`
+    /// is one statement (a final `;` aside) whose first word is one the lexer knows (`SELECT`,
+    /// `VALUES`, `TABLE`, `WITH`, `SHOW`, `INSERT`, `UPDATE`, `DELETE`, `MERGE`, `TRUNCATE`,
+    /// `ALTER`, `DROP`, `GRANT`, `REVOKE`, `COMMIT`, `END`, `ROLLBACK`, `ABORT`, `SAVEPOINT`,
+    /// `RELEASE`), or empty: it is no `PREPARE`, `EXECUTE`, `DEALLOCATE` or `DISCARD`, which the
+    /// transaction pool's statement tracking needs not look for.
+    pub fn classify_lexed(&self, sql: &str) -> (Class, bool) {
+        let (class, lexed) = self.classify_statements(sql);
+        if class == Class::Read && asks_for_leader_state(sql) {
+            return (Class::Write, lexed);
+        }
+        (class, lexed)
+    }
+
+    fn classify_statements(&self, sql: &str) -> (Class, bool) {
         let uncertain = lexing_uncertain(sql);
         if !uncertain {
             if let Some(class) = self.fast(sql) {
-                return class;
+                return (class, true);
             }
         }
         let cache = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(class) = cache().get(sql) {
-            return class;
+            return (class, false);
         }
         let mut class = self.parsed(sql);
         if uncertain {
@@ -537,7 +547,7 @@ impl Classifier {
             };
         }
         cache().insert(sql, class);
-        class
+        (class, false)
     }
 
     /// The lexer stage: `Some` when the tokens decide, `None` when the parser must.

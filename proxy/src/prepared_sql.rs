@@ -258,6 +258,42 @@ mod tests {
         }
     }
 
+    /// The transaction pool skips the keyword scan of a Query the classifier's lexer decided
+    /// (`Classifier::classify_lexed`): for every such text the parser would find no statement use.
+    #[test]
+    fn a_query_the_classifiers_lexer_decided_uses_no_prepared_statement() {
+        let classifier = praetor_protocol::Classifier::default();
+        let cases: &[(&str, bool)] = &[
+            ("", true),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1;", true),
+            ("SELECT 'prepare execute deallocate discard'", true),
+            ("select prepare, execute, deallocate, discard from t", true),
+            ("WITH x AS (SELECT 1) SELECT * FROM x", true),
+            ("INSERT INTO execute_log VALUES ('EXECUTE p')", true),
+            ("update prepared set discard = 1", true),
+            ("COMMIT PREPARED 'deallocate'", true),
+            ("ROLLBACK", true),
+            ("SHOW discard", true),
+            // The parser decides these: the scan runs.
+            ("PREPARE p AS SELECT 1", false),
+            ("EXECUTE p", false),
+            ("EXPLAIN EXECUTE p", false),
+            ("CREATE TABLE t AS EXECUTE p", false),
+            ("DEALLOCATE ALL", false),
+            ("DISCARD ALL", false),
+            ("SELECT 1; EXECUTE p", false),
+            ("SELECT 1; DEALLOCATE ALL", false),
+            ("/* c */ EXECUTE p", false),
+            ("(SELECT 1)", false),
+        ];
+        for (sql, lexed) in cases {
+            assert_eq!(classifier.classify_lexed(sql).1, *lexed, "{sql:?}");
+            if *lexed {
+                assert_eq!(sql_use(sql), None, "{sql:?}");
+            }
+        }
+    }
+
     #[test]
     fn the_keyword_scan_finds_each_keyword_anywhere_in_any_case() {
         let cases: &[(&str, bool)] = &[

@@ -2749,6 +2749,7 @@ impl Session<'_> {
         let Some(side) = self.units.current() else {
             return false;
         };
+        let lexed_query = self.units.take_query_lexed(h);
         let conn = match side {
             Side::Leader => self.leader.as_deref_mut(),
             Side::Replica => self.replica.as_deref_mut(),
@@ -2768,6 +2769,7 @@ impl Session<'_> {
                     client,
                     self.rt.max_prepared_statements,
                     frame,
+                    lexed_query,
                     &mut self.to_server,
                 ),
                 None => false,

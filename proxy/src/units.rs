@@ -269,6 +269,11 @@ pub(crate) struct UnitTracker {
     /// The current unit, while it is a read on a replica that may run again on the leader.
     /// Boxed, and only while such a unit runs.
     retry: Option<Box<Retry>>,
+    /// The length of the Query message [`UnitTracker::on_client_message`] looked at last, when the
+    /// classifier's lexer alone classified it ([`Classifier::classify_lexed`]): one statement that
+    /// uses no SQL-level prepared statement, so the pool's statement tracking skips its keyword
+    /// scan ([`UnitTracker::take_query_lexed`]).
+    query_lexed: Option<usize>,
 }
 
 impl UnitTracker {
@@ -289,6 +294,7 @@ impl UnitTracker {
             pending_set: None,
             discard_until_sync: false,
             retry: None,
+            query_lexed: None,
         }
     }
 
@@ -390,6 +396,7 @@ impl UnitTracker {
     ) -> ClientStep {
         // Between units (at an idle point, or after the client closed the running unit): a
         // message that opens no unit must not hold the session on a server.
+        self.query_lexed = None;
         let running = self.current.is_some();
         let starts_next = self.unit_closed && self.tx == TxStatus::Idle;
         if !running || starts_next {
@@ -618,7 +625,7 @@ impl UnitTracker {
     ) -> Option<PinReason> {
         let body = buf.get(5..h.frame_len)?;
         let reason = match h.tag {
-            QUERY => match query_text(body).map(|q| ctx.classifier.classify(q)) {
+            QUERY => match query_text(body).map(|q| self.classify_query(q, h, ctx)) {
                 Ok(Class::SessionSet) => Some(PinReason::SetInTransaction),
                 Ok(class) => query_pin(class, ctx),
                 _ => None,
@@ -641,7 +648,7 @@ impl UnitTracker {
     }
 
     /// Decides where the unit starting with the message `h` at the front of `buf` goes.
-    fn decide(&self, buf: &[u8], h: FrontendHeader, ctx: &Ctx<'_>) -> Decision {
+    fn decide(&mut self, buf: &[u8], h: FrontendHeader, ctx: &Ctx<'_>) -> Decision {
         let leader = |class: Class, pin: Option<PinReason>| Decision {
             side: Side::Leader,
             class,
@@ -651,7 +658,7 @@ impl UnitTracker {
         let body = || buf.get(5..h.frame_len).unwrap_or(&[]);
         let class = match h.tag {
             QUERY => match query_text(body()) {
-                Ok(q) => ctx.classifier.classify(q),
+                Ok(q) => self.classify_query(q, h, ctx),
                 Err(_) => Class::Write,
             },
             PARSE => return self.decide_extended(buf, ctx),
@@ -681,6 +688,21 @@ impl UnitTracker {
             pin,
             unit_len: Some(h.frame_len),
         }
+    }
+
+    /// The class of the text `sql` of the Query `h`; notes whether the lexer alone decided
+    /// ([`UnitTracker::take_query_lexed`]).
+    fn classify_query(&mut self, sql: &str, h: FrontendHeader, ctx: &Ctx<'_>) -> Class {
+        let (class, lexed) = ctx.classifier.classify_lexed(sql);
+        self.query_lexed = lexed.then_some(h.frame_len);
+        class
+    }
+
+    /// Whether the Query `h` about to be forwarded is one the classifier's lexer alone classified
+    /// just before (one statement that prepares, executes, deallocates and discards nothing: see
+    /// [`Classifier::classify_lexed`]); forgets it. `false` when unknown.
+    pub(crate) fn take_query_lexed(&mut self, h: FrontendHeader) -> bool {
+        h.tag == QUERY && self.query_lexed.take() == Some(h.frame_len)
     }
 
     /// A unit that goes where the previous unit went (while the session still holds that
@@ -1368,6 +1390,30 @@ mod rules {
             paused: false,
             tracks_prepared: false,
             leader_stepping_down,
+        }
+    }
+
+    /// The pool's statement tracking skips its keyword scan only for the Query just classified by
+    /// the lexer alone, once.
+    #[test]
+    fn a_query_the_lexer_classified_is_known_once_and_only_for_itself() {
+        let header = |buf: &[u8]| FrontendHeader::peek(buf, 1 << 20).unwrap().unwrap();
+        let select = query("SELECT 1");
+        let mut units = UnitTracker::new(Target::Any, None);
+        step(&mut units, &select);
+        assert!(units.take_query_lexed(header(&select)));
+        assert!(
+            !units.take_query_lexed(header(&select)),
+            "forgotten once taken"
+        );
+        step(&mut units, &select);
+        let other = query("SELECT 12");
+        assert!(!units.take_query_lexed(header(&other)), "another Query");
+        for sql in ["EXECUTE p", "SELECT 1; DEALLOCATE ALL", "DISCARD ALL"] {
+            let buf = query(sql);
+            let mut units = UnitTracker::new(Target::Any, None);
+            step(&mut units, &buf);
+            assert!(!units.take_query_lexed(header(&buf)), "{sql}");
         }
     }
 
