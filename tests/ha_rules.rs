@@ -652,6 +652,23 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
     healthy_again(&c).await;
 }
 
+/// A healthy cluster on ZooKeeper with `options` (every member's DCS link through a relay, to
+/// slow pg1's), pg1 its caught-up leader, and the test's own DCS client straight to ZooKeeper (not
+/// through pg1's relay).
+async fn zookeeper_cluster_led_by_pg1(options: ClusterOptions) -> (LocalCluster, Arc<dyn Dcs>) {
+    let c = healthy_cluster(ClusterOptions {
+        dcs: DcsKind::ZooKeeper,
+        dcs_relay: true,
+        ..options
+    })
+    .await;
+    make_leader(&c, "pg1").await;
+    replicas_caught_up(&c, "pg1").await;
+    let (_, hosts) = c.etcd.section_and_hosts();
+    let d = dcs_at(&c, praetor_config::DcsEndpoints::ZooKeeper(hosts)).await;
+    (c, d)
+}
+
 /// Issue 14, the other members' side of a hold-off. The leader's link to the DCS (ZooKeeper)
 /// turns slow but alive (its relay delays every chunk 420 ms each way, as the nemesis's
 /// `slow-dcs`): its renewals miss the demotion deadline while its session, kept alive by pings,
@@ -668,19 +685,12 @@ async fn primary_that_cannot_reach_the_dcs_demotes_before_another_member_promote
 // (through pg1's relay) with a blocking call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_holding_off_after_lapsed_renewals_is_not_waited_for_by_the_members_it_outranks() {
-    let c = healthy_cluster(ClusterOptions {
-        dcs: DcsKind::ZooKeeper,
-        dcs_relay: true,
+    let (c, d) = zookeeper_cluster_led_by_pg1(ClusterOptions {
         ttl: 30,
         tags: vec![(0, "failover_priority: 2".into())],
         ..Default::default()
     })
     .await;
-    make_leader(&c, "pg1").await;
-    replicas_caught_up(&c, "pg1").await;
-    // The test's own client, straight to ZooKeeper (not through pg1's relay).
-    let (_, hosts) = c.etcd.section_and_hosts();
-    let d = dcs_at(&c, praetor_config::DcsEndpoints::ZooKeeper(hosts)).await;
     let others = ["pg2", "pg3"];
     for n in others {
         c.node(n).signal_agent(Signal::SIGSTOP);
@@ -791,20 +801,13 @@ fn fail_with_logs(c: &LocalCluster, e: String) -> ! {
 // (through pg1's relay) with a blocking call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_leader_that_cannot_read_the_dcs_gives_its_lock_up_while_its_link_is_still_slow() {
-    let c = healthy_cluster(ClusterOptions {
+    let (c, d) = zookeeper_cluster_led_by_pg1(ClusterOptions {
         scope: "relock".into(),
-        dcs: DcsKind::ZooKeeper,
-        dcs_relay: true,
         ttl: 10,
         proxy: false,
         ..Default::default()
     })
     .await;
-    make_leader(&c, "pg1").await;
-    replicas_caught_up(&c, "pg1").await;
-    // The test's own client, straight to ZooKeeper (not through pg1's relay).
-    let (_, hosts) = c.etcd.section_and_hosts();
-    let d = dcs_at(&c, praetor_config::DcsEndpoints::ZooKeeper(hosts)).await;
     let pg1 = c.node("pg1");
     let port = pg1.pg_port;
     let timeline = pg_timeline(port).await.unwrap();
