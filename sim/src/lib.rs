@@ -3441,8 +3441,9 @@ fn standby_cluster(seed: u64) -> bool {
 pub const BLIP_MIN_MS: u64 = 200;
 
 /// How much shorter than what the leader's demotion window leaves a short DCS outage is at most
-/// (ms): the margin for a cycle's own calls between two renewals (the nemesis's `fault::BLIP_MARGIN`,
-/// whose docstring derives it). Latencies stay at 1-40 ms during a checked outage's window.
+/// (ms): the margin for a cycle's own calls between two renewals (derived in the docstring of the
+/// nemesis's `fault::BLIP_MARGIN`, which allows 1 s for a loaded machine's cycles). Latencies stay
+/// at 1-40 ms during a checked outage's window, so half of that suffices here.
 pub const BLIP_MARGIN_MS: u64 = 500;
 
 /// The short DCS outages of `seed` ((start, hold) in ms), none in two seeds of three: 1-3 of

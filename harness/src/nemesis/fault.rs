@@ -90,11 +90,14 @@ pub const REPLICATION_LOSS_PERCENT: std::ops::RangeInclusive<u32> = 10..=50;
 /// (`c`) plus `loop_wait` later. The worst blip starts while a renewal is in flight: that one
 /// then never counts, and the deadline is the previous cycle's, `loop_wait + retry_timeout`
 /// after a cycle that started `loop_wait + 2c` before the blip; so the DCS must answer the
-/// in-flight renewal within `retry_timeout - 2c` of the blip's start. 500 ms leaves two cycles
-/// (a DCS read, PostgreSQL queries and a renewal: tens of ms, a few hundred on a loaded machine)
-/// and the thawed DCS's first answers; past that margin a demotion is the rule working, not a
-/// disturbance.
-pub const BLIP_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+/// in-flight renewal within `retry_timeout - 2c` of the blip's start. 1 s leaves two cycles (a
+/// DCS read, PostgreSQL queries and a renewal) and the thawed DCS's first answers; past that
+/// margin a demotion is the rule working, not a disturbance. It was 500 ms until ZooKeeper strict
+/// seed 33 (`9e22c5a`, nemesis at nice 10 on a machine at load ~10) saw the leader replaced after
+/// a 1.5 s blip at `retry_timeout` 2 s: the agents' cycles there (the spacing of a leader's
+/// cycles less `loop_wait`, debug build at load 5) took 70-220 ms at the median and 570 ms at the
+/// 90th percentile, so two of them do not fit in 500 ms on a loaded machine.
+pub const BLIP_MARGIN: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The shortest [`FaultKind::DcsBlip`] hold, ms: long enough that every agent's next DCS call
 /// lands in it.
@@ -581,8 +584,8 @@ mod tests {
 
     #[test]
     fn a_dcs_blip_freezes_every_dcs_server_for_less_than_retry_timeout_by_the_margin() {
-        assert_eq!(blip_hold_ms(2), 200..=1500);
-        assert_eq!(blip_hold_ms(10), 200..=9500);
+        assert_eq!(blip_hold_ms(2), 200..=1000);
+        assert_eq!(blip_hold_ms(10), 200..=9000);
         assert_eq!(blip_hold_ms(0), 200..=200, "never an empty range");
         let o = options(&[FaultKind::DcsBlip]);
         let mut holds = Vec::new();
@@ -597,8 +600,8 @@ mod tests {
                 holds.push(f.hold);
             }
         }
-        assert!(holds.iter().any(|h| *h < Duration::from_millis(600)));
-        assert!(holds.iter().any(|h| *h > Duration::from_millis(1200)));
+        assert!(holds.iter().any(|h| *h < Duration::from_millis(450)));
+        assert!(holds.iter().any(|h| *h > Duration::from_millis(750)));
         assert!(
             FaultKind::DcsBlip.keeps_the_leader() && FaultKind::DcsMemberStop.keeps_the_leader()
         );
