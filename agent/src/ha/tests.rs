@@ -941,7 +941,7 @@ fn rows() -> Vec<Row> {
             }),
         )
         .cfg(|c| c.dynamic.pause = true)
-        .expect(vec![], |r| matches!(r, Reason::DcsInaccessible | Reason::Paused { .. })),
+        .expect(vec![], |r| matches!(r, Reason::Paused { inner } if **inner == Reason::DcsInaccessible)),
         row(
             "lapsed renewals, the DCS unreadable, a primary still up past its deadline: demote \
              first (the session goes on a later cycle, once nothing may accept writes)",
