@@ -911,6 +911,115 @@ async fn a_lapsed_leader_that_cannot_read_the_dcs_gives_its_lock_up_while_its_li
     healthy_again(&c).await;
 }
 
+/// How many of a member's HA cycles took longer than 2.5 s so far: its
+/// `praetor_ha_loop_duration_seconds` histogram's count less its `le="2.5"` bucket.
+async fn cycles_longer_than_2_5_s(node: &praetor_harness::cluster::Node) -> Result<u64, String> {
+    let (status, body) = call(node, "GET", "/metrics", None).await;
+    if status != 200 {
+        return Err(format!("GET /metrics: {status} {body}"));
+    }
+    let value = |prefix: &str, label: &str| {
+        body.lines()
+            .find(|l| l.starts_with(prefix) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("no {prefix} {label} in /metrics"))
+    };
+    let count = value("praetor_ha_loop_duration_seconds_count", "")?;
+    let within = value("praetor_ha_loop_duration_seconds_bucket", "le=\"2.5\"")?;
+    Ok(count - within)
+}
+
+/// Issue 14 (nemesis ZooKeeper strict seed 10, with logs): a leader whose HA cycles take longer
+/// than `retry_timeout` keeps its lock. The agent used to wait `loop_wait` after a cycle's end:
+/// its renewals were a cycle plus `loop_wait` apart, and once that passed the demotion window
+/// (`loop_wait + retry_timeout`) its next cycle was pulled to 200 ms before its deadline, too
+/// late for a DCS read and a renewal; a healthy leader demoted itself with no fault (seed 10: a
+/// new leader's ~2 s first cycle at `loop_wait` 1, `retry_timeout` 2). Now its cycles keep a
+/// cadence from their starts, as Patroni's loop does (`ha::cadence`), and its renewals stay
+/// `loop_wait` apart. Here the leader's DCS link (etcd, through its relay) delays every chunk
+/// 250 ms each way, which makes each of its cycles (a read, a renewal of a keep-alive and a
+/// transaction, its status and member keys, as a direct writer keeps its WAL moving) take ~3 s
+/// at `loop_wait` 4, `retry_timeout` 2: ~0.5 s to the renewal and ~2.6 s after its start, so the
+/// former loop's renewals were ~7 s apart against a 6 s window. Premise, asserted: at least
+/// [`SLOW_CYCLES`] of its cycles took longer than 2.5 s (its `/metrics` histogram). Checked at
+/// every poll meanwhile: the leader key (read straight from etcd) still names it, its PostgreSQL
+/// is a writable primary on the same timeline, and its log says no demotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_cycles_outlast_retry_timeout_keeps_its_lock_on_a_loop_wait_cadence() {
+    /// Cycles longer than 2.5 s (> `retry_timeout`) to see before the test ends.
+    const SLOW_CYCLES: u64 = 5;
+    let c = healthy_cluster(ClusterOptions {
+        scope: "cadence".into(),
+        ttl: 10,
+        loop_wait: 4,
+        retry_timeout: 2,
+        dcs_relay: true,
+        proxy: false,
+        ..Default::default()
+    })
+    .await;
+    let d = dcs(&c).await;
+    let writes = writes_to_the_leader(&c, "cadence").await;
+    let leader = writes.leader.clone();
+    let node = c.node(&leader);
+    let timeline = pg_timeline(writes.port).await.unwrap();
+    let log_before = node.log().len();
+    let slow_before = cycles_longer_than_2_5_s(node).await.unwrap();
+    c.relay(&leader).set_delay(Duration::from_millis(250));
+    let demotion = [
+        "demoting self",
+        "past the demotion deadline",
+        "deadline passed",
+    ];
+    let outcome = wait_for(
+        "the leader's cycles to take longer than 2.5 s while it keeps its lock",
+        Duration::from_secs(90),
+        || async {
+            let mut violations = vec![];
+            let holder = d.load().await.map_err(|e| e.to_string())?.leader;
+            if holder.as_ref().map(|l| l.name.as_str()) != Some(leader.as_str()) {
+                violations.push(format!("the leader key names {:?}", holder.map(|l| l.name)));
+            }
+            if is_primary(writes.port).await == Some(false) {
+                violations.push(format!("{leader} is no longer a primary"));
+            }
+            if let Ok(tl) = pg_timeline(writes.port).await {
+                if tl != timeline {
+                    violations.push(format!("{leader} is on timeline {tl} (was {timeline})"));
+                }
+            }
+            let log = node.log();
+            let since = log.get(log_before..).unwrap_or_default();
+            if let Some(l) = since
+                .lines()
+                .find(|l| demotion.iter().any(|m| l.contains(m)))
+            {
+                violations.push(format!("{leader} logged: {l}"));
+            }
+            if !violations.is_empty() {
+                return Ok(Err(violations.join("; ")));
+            }
+            let slow = cycles_longer_than_2_5_s(node).await? - slow_before;
+            if slow >= SLOW_CYCLES {
+                Ok(Ok(slow))
+            } else {
+                Err(format!(
+                    "{slow} of {SLOW_CYCLES} cycles longer than 2.5 s so far"
+                ))
+            }
+        },
+    )
+    .await;
+    c.relay(&leader).set_delay(Duration::ZERO);
+    writes.stop.cancel();
+    match outcome {
+        Ok(Ok(slow)) => eprintln!("{leader} kept its lock through {slow} cycles longer than 2.5 s"),
+        Ok(Err(violation)) => fail_with_logs(&c, violation),
+        Err(e) => fail_with_logs(&c, e),
+    }
+}
+
 #[tokio::test]
 async fn whole_dcs_down_demotes_the_primary_and_it_recovers_when_the_dcs_is_back() {
     let mut c = healthy_cluster(ClusterOptions::default()).await;

@@ -177,6 +177,8 @@ pub async fn run_with(
         guard_stopped,
         renewals_lapsed_ms: None,
         lapsed_lock_failures: 0,
+        cycle_started_ms: 0,
+        pre_renewal_ms: 0,
         lapsed_lock_given_up: false,
         proxies_wait_since: None,
         switchover_wait_since: None,
@@ -349,6 +351,12 @@ struct Runner {
     /// Releases of the lock that failed in a row while lapsed
     /// ([`ha::LocalState::lapsed_lock_failures`]).
     lapsed_lock_failures: u32,
+    /// When the current (or last) cycle of the HA loop started (monotonic ms, [`Runner::now`]).
+    cycle_started_ms: u64,
+    /// How long the last cycle that renewed or took the lock took from its start to that call
+    /// (ms): the room a leader's last attempt leaves before its demotion deadline
+    /// ([`ha::cadence::next_cycle`]).
+    pre_renewal_ms: u64,
     /// Set once this member gave the lapsed lock up (a confirmed release or a dropped session) or
     /// read it not its own, cleared at a lapse and when a view shows the lock its own: while it is
     /// clear the lock may still live on this member's session, and a failed DCS read counts in
@@ -446,9 +454,9 @@ struct Observation {
 /// ([`Instance::release_synchronous_waiters`]).
 const SYNC_RELEASE_WITHIN: Duration = Duration::from_secs(2);
 
-/// The least time a leader's DCS call gets once its demotion deadline is (nearly) reached: one
-/// last read or renewal on a DCS that answers, before it demotes.
-const LAST_ATTEMPT: Duration = Duration::from_millis(200);
+/// The least time a leader's DCS call gets once its demotion deadline is (nearly) reached
+/// ([`ha::cadence::LAST_ATTEMPT_MS`]).
+const LAST_ATTEMPT: Duration = Duration::from_millis(ha::cadence::LAST_ATTEMPT_MS);
 
 impl Runner {
     fn now(&self) -> Now {
@@ -578,16 +586,31 @@ impl Runner {
         let hup = self.reload_source.as_ref().map(|s| s.hup.clone());
         loop {
             let started = Instant::now();
+            self.cycle_started_ms = self.now().mono_ms;
             self.cycle().await?;
             self.after_cycle(started);
             self.publish_deadline();
-            // A leader that could not renew runs its next cycle early enough for one last attempt
-            // (LAST_ATTEMPT) to end by its demotion deadline.
-            let mut wait = Duration::from_secs(u64::from(self.dynamic.loop_wait));
-            if let Some(left) = self.until_demote_deadline() {
-                wait = wait.min(left.saturating_sub(LAST_ATTEMPT));
+            // On a cadence from the cycle's start, and a leader's last attempt in time for its
+            // demotion deadline (`ha::cadence`).
+            let ended_ms = self.now().mono_ms;
+            let next = ha::cadence::next_cycle(
+                ha::cadence::Cycle {
+                    started_ms: self.cycle_started_ms,
+                    ended_ms,
+                },
+                self.dynamic.loop_wait,
+                self.demote_deadline_ms(),
+                self.pre_renewal_ms,
+            );
+            if next.overran {
+                tracing::warn!(
+                    took_ms = ended_ms - self.cycle_started_ms,
+                    loop_wait = self.dynamic.loop_wait,
+                    "loop time exceeded: starting the next cycle at once"
+                );
             }
-            let deadline = tokio::time::Instant::now() + wait;
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(next.at_ms - ended_ms);
             let task_done = self.task_done.clone();
             loop {
                 tokio::select! {
@@ -1229,6 +1252,7 @@ impl Runner {
                 Ok(armed)
             }
             Action::AcquireLeader => {
+                self.pre_renewal_ms = now_ms.saturating_sub(self.cycle_started_ms);
                 let got = self.bounded(self.dcs.acquire_leader()).await?;
                 if got {
                     // A lock taken anew: a lapse before it is over (`ha::lapsed`).
@@ -1243,6 +1267,7 @@ impl Runner {
                 Ok(got)
             }
             Action::RenewLeader => {
+                self.pre_renewal_ms = now_ms.saturating_sub(self.cycle_started_ms);
                 let kept = self.bounded(self.dcs.renew_leader()).await?;
                 if kept {
                     if let Err(e) = self.watchdog.keepalive() {

@@ -532,6 +532,11 @@ struct Agent {
     /// Attempts to give the lapsed lock up that failed in a row (releases, and reads while the lock
     /// may still be its own), as the runner counts them ([`ha::LocalState::lapsed_lock_failures`]).
     lapsed_lock_failures: u32,
+    /// As the runner's: when this member's current (or last) cycle started (ms).
+    cycle_started_ms: u64,
+    /// As the runner's: from the start of the last cycle that renewed or took the lock to that call
+    /// (ms), the room of a leader's last attempt (`ha::cadence`).
+    pre_renewal_ms: u64,
     /// As the runner's `lapsed_lock_given_up`: set by a done release or session drop after a lapse
     /// and by a view showing the lock not its own, cleared at a lapse and by a view showing it its
     /// own; a failed read counts only while it is clear.
@@ -848,6 +853,8 @@ impl Sim {
                 pause: PauseView::default(),
                 renewals_lapsed_ms: None,
                 lapsed_lock_failures: 0,
+                cycle_started_ms: 0,
+                pre_renewal_ms: 0,
                 lapsed_lock_given_up: false,
             })
             .collect();
@@ -1681,6 +1688,7 @@ impl Sim {
     }
 
     fn start_cycle(&mut self, i: usize) {
+        self.agents[i].cycle_started_ms = self.now;
         let wd = self.wd_timeout(i);
         let dcs_failed = std::mem::take(&mut self.agents[i].dcs_failed);
         let failsafe_round_first =
@@ -2014,6 +2022,7 @@ impl Sim {
             // The simulated PostgreSQL has no sessions: nothing to wait for.
             Action::DrainTransactions { .. } => (true, 0),
             Action::AcquireLeader => {
+                self.agents[i].pre_renewal_ms = now - self.agents[i].cycle_started_ms;
                 if !ok {
                     (false, self.dcs_timeout(i))
                 } else if self.dcs.leader_alive(now).is_none() {
@@ -2048,6 +2057,7 @@ impl Sim {
                 }
             }
             Action::RenewLeader => {
+                self.agents[i].pre_renewal_ms = now - self.agents[i].cycle_started_ms;
                 if !ok {
                     (false, self.dcs_timeout(i))
                 } else if self.dcs.leader_alive(now) == Some(me.as_str()) {
@@ -2444,14 +2454,20 @@ impl Sim {
             self.publish(i);
         }
         self.agents[i].phase = Phase::Idle;
-        let mut wait = u64::from(self.dynamic.loop_wait) * 1000;
-        if let Some(d) = self.deadline(i) {
-            let left = d.saturating_sub(self.now).max(200);
-            wait = wait.min(left - 200);
-        }
+        // As the runner: on a cadence from the cycle's start, a leader's last attempt in time
+        // for its deadline.
+        let next = ha::cadence::next_cycle(
+            ha::cadence::Cycle {
+                started_ms: self.agents[i].cycle_started_ms,
+                ended_ms: self.now,
+            },
+            self.dynamic.loop_wait,
+            self.deadline(i),
+            self.agents[i].pre_renewal_ms,
+        );
         self.agents[i].token += 1;
         let t = self.agents[i].token;
-        self.schedule(wait.max(1), Ev::Cycle(i, t));
+        self.schedule((next.at_ms - self.now).max(1), Ev::Cycle(i, t));
     }
 
     fn task_event(&mut self, i: usize, token: u64) {
@@ -3442,8 +3458,8 @@ pub const BLIP_MIN_MS: u64 = 200;
 
 /// How much shorter than what the leader's demotion window leaves a short DCS outage is at most
 /// (ms): the margin for a cycle's own calls between two renewals (derived in the docstring of the
-/// nemesis's `fault::BLIP_MARGIN`, which allows 1 s for a loaded machine's cycles). Latencies stay
-/// at 1-40 ms during a checked outage's window, so half of that suffices here.
+/// nemesis's `fault::BLIP_MARGIN`, the same 500 ms). Latencies stay at 1-40 ms during a checked
+/// outage's window.
 pub const BLIP_MARGIN_MS: u64 = 500;
 
 /// The short DCS outages of `seed` ((start, hold) in ms), none in two seeds of three: 1-3 of

@@ -11,6 +11,7 @@
 //! Actions marked *background* start a task and end the list; while it runs, [`LocalState::task`] is
 //! set and `decide` only keeps the DCS fresh.
 
+pub mod cadence;
 mod decide;
 mod election;
 pub mod failsafe;

@@ -85,19 +85,18 @@ pub const REPLICATION_LOSS_PERCENT: std::ops::RangeInclusive<u32> = 10..=50;
 
 /// How much shorter than `retry_timeout` a [`FaultKind::DcsBlip`] is held at most.
 ///
-/// The leader's demotion deadline is `loop_wait + retry_timeout` after the start of the cycle
-/// whose renewal succeeded (`ha::demote_deadline_ms`), and the next renewal starts a cycle
-/// (`c`) plus `loop_wait` later. The worst blip starts while a renewal is in flight: that one
-/// then never counts, and the deadline is the previous cycle's, `loop_wait + retry_timeout`
-/// after a cycle that started `loop_wait + 2c` before the blip; so the DCS must answer the
-/// in-flight renewal within `retry_timeout - 2c` of the blip's start. 1 s leaves two cycles (a
-/// DCS read, PostgreSQL queries and a renewal) and the thawed DCS's first answers; past that
-/// margin a demotion is the rule working, not a disturbance. It was 500 ms until ZooKeeper strict
-/// seed 33 (`9e22c5a`, nemesis at nice 10 on a machine at load ~10) saw the leader replaced after
-/// a 1.5 s blip at `retry_timeout` 2 s: the agents' cycles there (the spacing of a leader's
-/// cycles less `loop_wait`, debug build at load 5) took 70-220 ms at the median and 570 ms at the
-/// 90th percentile, so two of them do not fit in 500 ms on a loaded machine.
-pub const BLIP_MARGIN: std::time::Duration = std::time::Duration::from_millis(1000);
+/// The leader's demotion deadline is `loop_wait + retry_timeout` after its last successful
+/// renewal (`ha::demote_deadline_ms`), and its cycles keep a cadence of `loop_wait` from their
+/// starts (`ha::cadence`), so its renewals are `loop_wait` apart give or take the jitter of the
+/// work before them. The worst blip starts while a renewal is in flight: the DCS must then answer
+/// it within about `retry_timeout` of its start (the deadline of the renewal before it), less that
+/// jitter and the thawed DCS's first answers; past that margin a demotion is the rule working, not
+/// a disturbance. It was 1 s for a while: ZooKeeper strict seed 33 (`9e22c5a`) saw the leader
+/// replaced after a 1.5 s blip at `retry_timeout` 2 s, and seed 10 (with logs) showed why: the
+/// agent waited `loop_wait` after a cycle's *end*, so a new leader whose first cycle took ~2 s
+/// slept until 200 ms before its deadline and demoted itself with no fault. With the cadence from
+/// the cycle's start (as Patroni's loop) the margin is back to 500 ms.
+pub const BLIP_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The shortest [`FaultKind::DcsBlip`] hold, ms: long enough that every agent's next DCS call
 /// lands in it.
