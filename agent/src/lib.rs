@@ -8,6 +8,7 @@
 //! - [`ha`]: the pure decision core, `decide(view, local, config, now) -> Decision`.
 //! - [`postgres`]: PostgreSQL process control, configuration files, queries, basebackup, rewind.
 //! - [`former_leader`]: the fence target (the last leader seen), kept across agent restarts.
+//! - [`failsafe_record`]: this member's last failsafe confirmation, kept across agent restarts.
 //! - [`callbacks`]: operator scripts run on start, stop, role change (`postgresql.callbacks`).
 //! - [`api`]: the REST API (health checks, `/patroni`, `/cluster`, switchover, config, restart, ...)
 //!   with access control and TLS.
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod callbacks;
+pub mod failsafe_record;
 pub mod former_leader;
 pub mod ha;
 pub mod metrics;

@@ -113,6 +113,7 @@ pub async fn run_with(
         dcs.clone(),
         metrics,
         None,
+        (settings.data_dir.clone(), settings.name.clone()),
         api_shutdown.clone(),
     )
     .await?;
@@ -467,8 +468,7 @@ impl Runner {
     }
 
     /// When this member last accepted a leader's `POST /failsafe` (the API keeps the contact), in
-    /// this runner's monotonic ms (see [`LocalState::failsafe_accepted_ms`]); `None`: never, or
-    /// before this runner started.
+    /// this runner's monotonic ms (see [`LocalState::failsafe_accepted_ms`]); `None`: never.
     fn failsafe_accepted_ms(&self) -> Option<u64> {
         let contact = self
             .ops
@@ -477,9 +477,13 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|c| c.at)?;
-        contact
-            .checked_duration_since(self.started)
-            .map(|d| d.as_millis() as u64)
+        // A contact from before this runner started (taken back from the data directory,
+        // `failsafe_record`) counts from its start: a longer promise, the safe side.
+        Some(
+            contact
+                .checked_duration_since(self.started)
+                .map_or(0, |d| d.as_millis() as u64),
+        )
     }
 
     /// The monotonic ms by which this member, believing it leads, must have demoted if it cannot

@@ -253,6 +253,11 @@ pub struct Options {
     /// may take the lock and promote while the leader it just confirmed still runs on that
     /// confirmation, which [`Violation::TwoWritable`] must catch.
     pub failsafe_promise: bool,
+    /// A member's failsafe confirmation survives a restart of its agent (`true`, the agent's
+    /// `failsafe_record`: recorded in the data directory before the answer). `false`: a restarted
+    /// agent forgets it, as it did before (tests show the invariant then sees seed 47,684's two
+    /// writable primaries).
+    pub failsafe_record: bool,
     /// Draw maintenance mode in a quarter of the seeds: `pause: true` written into the DCS `config`
     /// key and taken back (`praetor ctl pause`/`resume`) at random times, 1-3 episodes, the last
     /// resume at most 10 s after the heal. Drawn from a generator of its own (seeds without it
@@ -297,6 +302,7 @@ impl Default for Options {
             failsafe: true,
             confirm_routes: true,
             failsafe_promise: true,
+            failsafe_record: true,
             pause: true,
             members_read_pause: true,
             blips: true,
@@ -2720,7 +2726,9 @@ impl Sim {
         a.failsafe_active = false;
         a.dcs_failed = false;
         a.failsafe_asked_ms = None;
-        a.failsafe_accepted_ms = None;
+        if !self.opts.failsafe_record {
+            a.failsafe_accepted_ms = None;
+        }
         a.pause = PauseView::default();
         a.renewals_lapsed_ms = None;
         a.lapsed_lock_failures = 0;

@@ -267,6 +267,34 @@ fn without_the_failsafe_promise_two_writable_primaries_are_found() {
     );
 }
 
+/// Failsafe mode drawn, a replica's agent restarted within its failsafe promise: two writable
+/// primaries. pg1 confirmed pg0 over `POST /failsafe` at 41.4 s with the DCS down, which extended
+/// pg0's deadline to 61.4 s, past its lease (51.5 s). pg1's agent was killed at 45.7 s and
+/// restarted at 51.6 s, forgetting its promise (it lived in the REST API's memory); pg0's agent
+/// was killed at 57.9 s before its deadline, leaving its PostgreSQL a primary; the link between
+/// them was cut. Once the DCS was back, pg1 took the expired lock at 63.7 s, could not fence pg0,
+/// and promoted. Fixed: the confirmation is recorded in the data directory before the answer and
+/// taken back at the agent's start (`praetor_agent::failsafe_record`); pg1 then stays out until
+/// 71.4 s, after pg0's watchdog reset its node at 66.5 s. Without the record (`failsafe_record:
+/// false`) the seed still fails, so it exercises the rule.
+#[test]
+fn regression_seed_47684_a_replica_restarted_within_its_failsafe_promise_kept_it() {
+    assert_clean(47684);
+    let forgetting = run_seed_with(
+        47684,
+        false,
+        Options {
+            failsafe_record: false,
+            ..Options::default()
+        },
+    );
+    assert!(
+        matches!(forgetting.violation, Some(Violation::TwoWritable { .. })),
+        "{}",
+        explain(&forgetting)
+    );
+}
+
 fn assert_clean_with_failsafe(seed: u64) {
     let r = run_seed_with(
         seed,

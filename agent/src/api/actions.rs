@@ -809,7 +809,9 @@ pub async fn put_config(ctx: &ApiContext, body: &Bytes) -> Reply {
 /// `POST /failsafe`: the leader's heartbeat while the DCS is down (failsafe mode). Answers 200
 /// `Accepted` only when this member's own last view agrees (see [`crate::ha::failsafe::answer`]):
 /// 502 when `failsafe_mode` is off, 500 with the reason otherwise (Patroni's `do_POST_failsafe`),
-/// 400 when the body has no `name`. An accepted contact is kept for the loop.
+/// 400 when the body has no `name`. An accepted contact is kept for the loop, and recorded in the
+/// data directory before the answer ([`crate::failsafe_record`]: the promise outlives an agent
+/// restart); 500 when it cannot be recorded, since a promise that may be forgotten is not given.
 pub fn post_failsafe(ctx: &ApiContext, body: &Bytes) -> Reply {
     let req = match read_json(body, false) {
         Ok(r) => r,
@@ -829,6 +831,16 @@ pub fn post_failsafe(ctx: &ApiContext, body: &Bytes) -> Reply {
         .map(|l| l.name.as_str());
     match crate::ha::failsafe::answer(st.failsafe_mode, st.is_primary(), last_leader, &caller) {
         crate::ha::failsafe::FailsafeAnswer::Accepted => {
+            if let Some((data_dir, me)) = &ctx.failsafe_record {
+                let now_ms = crate::failsafe_record::now_unix_ms();
+                if let Err(e) = crate::failsafe_record::store(data_dir, me, &caller, now_ms) {
+                    tracing::warn!("refused the failsafe confirmation asked by {caller}: cannot record it: {e}");
+                    return Reply::text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot record the confirmation in the data directory: {e}"),
+                    );
+                }
+            }
             *ctx.failsafe.lock().unwrap_or_else(|p| p.into_inner()) = Some(FailsafeContact {
                 at: std::time::Instant::now(),
                 body: Value::Object(req),
@@ -1284,5 +1296,28 @@ mod tests {
         let r = post_failsafe(&ctx, &Bytes::from_static(b"{\"conn_url\":\"x\"}"));
         assert_eq!(r.code, StatusCode::BAD_REQUEST, "{r:?}");
         assert!(text(&r).starts_with("name:"), "{r:?}");
+    }
+
+    /// The promise outlives the agent: an accepted confirmation is in the data directory before the
+    /// answer, and one that cannot be recorded is refused (the leader must not count on it).
+    #[test]
+    fn post_failsafe_records_the_confirmation_before_accepting_and_refuses_what_it_cannot_record() {
+        let body = Bytes::from_static(br#"{"name":"a","conn_url":"x"}"#);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("PG_VERSION"), "15\n").unwrap();
+        let mut ctx = failsafe_ctx(true, true);
+        ctx.failsafe_record = Some((dir.path().to_path_buf(), "b".into()));
+        let r = post_failsafe(&ctx, &body);
+        assert_eq!(r.code, StatusCode::OK, "{r:?}");
+        let c = crate::failsafe_record::load(dir.path(), "b").expect("recorded");
+        assert_eq!(c.leader, "a");
+        // The temporary file's name taken by a directory: the record cannot be written.
+        std::fs::create_dir(crate::failsafe_record::path(dir.path()).with_extension("json.tmp"))
+            .unwrap();
+        let mut ctx = failsafe_ctx(true, true);
+        ctx.failsafe_record = Some((dir.path().to_path_buf(), "b".into()));
+        let r = post_failsafe(&ctx, &body);
+        assert_eq!(r.code, StatusCode::INTERNAL_SERVER_ERROR, "{r:?}");
+        assert!(ctx.failsafe.lock().unwrap().is_none(), "no contact kept");
     }
 }

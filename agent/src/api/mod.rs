@@ -311,6 +311,9 @@ pub struct ApiContext {
     pub restarts: Arc<RestartSchedule>,
     /// The last `POST /failsafe` (read by the loop in failsafe mode).
     pub failsafe: Arc<Mutex<Option<FailsafeContact>>>,
+    /// Where an accepted `POST /failsafe` is recorded before the answer: this member's data
+    /// directory and name ([`crate::failsafe_record`]); `None` in tests of the pure surface.
+    pub failsafe_record: Option<(std::path::PathBuf, String)>,
     /// TLS for the listener (`restapi.certfile`), `None` for plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How agents' APIs are called (switchover candidate checks).
@@ -331,6 +334,7 @@ impl ApiContext {
             access: Arc::new(AccessPolicy::default()),
             restarts: Arc::new(RestartSchedule::default()),
             failsafe: Arc::new(Mutex::new(None)),
+            failsafe_record: None,
             tls: None,
             client: client::ApiClient::plain(Duration::from_secs(3)),
         }

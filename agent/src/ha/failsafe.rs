@@ -12,7 +12,9 @@
 //!   §7 "primary cannot reach the DCS": demote, others fail over). Patroni's replicas accept any
 //!   caller while not primary themselves; Praetor lets the DCS decide whenever a member can read it.
 //! - A member that accepted stays out of the leader race for `ttl` after it ([`promised`]), as
-//!   Patroni's replicas do: its confirmation extended the leader's deadline past its lease.
+//!   Patroni's replicas do: its confirmation extended the leader's deadline past its lease. The
+//!   acceptance is recorded in the data directory before the answer, so a restarted agent keeps
+//!   the promise (`crate::failsafe_record`).
 //! - The leader race includes the members of the `failsafe` key, the former leader too
 //!   ([`race_contacts`], Patroni's `is_healthiest_node`): after an outage their member keys may have
 //!   expired, yet a primary kept running by failsafe mode must be asked (it answers "still running

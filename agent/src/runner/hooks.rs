@@ -49,7 +49,9 @@ pub(super) fn metered(dcs: Arc<dyn Dcs>, scope: &str, name: &str) -> (Arc<dyn Dc
 
 /// Starts the REST API (plain or TLS, with access control) and the restart scheduler on
 /// `listener`; `restarts` carries a scheduled restart over when the API is served again after a
-/// reload. Errors: unusable `restapi` TLS or allowlist settings.
+/// reload. `failsafe_record` (this member's data directory and name) is where an accepted `POST
+/// /failsafe` is recorded, and whence the last one is taken back ([`crate::failsafe_record`]).
+/// Errors: unusable `restapi` TLS or allowlist settings.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn start_api(
     config: &Config,
@@ -59,9 +61,12 @@ pub(super) async fn start_api(
     dcs: Arc<dyn Dcs>,
     metrics: Arc<Metrics>,
     restarts: Option<Arc<RestartSchedule>>,
+    failsafe_record: (std::path::PathBuf, String),
     shutdown: CancellationToken,
 ) -> anyhow::Result<(tokio::task::JoinHandle<std::io::Result<()>>, Ops)> {
     let mut ctx = ApiContext::new(status, commands);
+    restore_failsafe_confirmation(&ctx, &failsafe_record.0, &failsafe_record.1);
+    ctx.failsafe_record = Some(failsafe_record);
     if let Some(r) = restarts {
         ctx.restarts = r;
     }
@@ -122,6 +127,32 @@ pub(super) async fn start_api(
             failsafe,
         },
     ))
+}
+
+/// Takes back the failsafe confirmation this member recorded in `data_dir`
+/// ([`crate::failsafe_record`]) as the API's last contact, so that its promise
+/// ([`crate::ha::failsafe::promised`]) outlives a restart of the agent or of its API. A record older
+/// than any `ttl` (86,400 s) is left alone. When the host has not been up for the record's age, no
+/// `Instant` is that old: the contact counts as given now, a longer promise, the safe side.
+fn restore_failsafe_confirmation(ctx: &ApiContext, data_dir: &std::path::Path, me: &str) {
+    let Some(c) = crate::failsafe_record::load(data_dir, me) else {
+        return;
+    };
+    let now_ms = crate::failsafe_record::now_unix_ms();
+    let age = crate::failsafe_record::age(c.at_unix_ms, now_ms);
+    if age >= std::time::Duration::from_secs(86_400) {
+        return;
+    }
+    let now = Instant::now();
+    tracing::info!(
+        leader = %c.leader,
+        age_ms = age.as_millis() as u64,
+        "took back this member's last failsafe confirmation from the data directory: it stays out of the leader race for ttl after it"
+    );
+    *ctx.failsafe.lock().unwrap_or_else(|p| p.into_inner()) = Some(api::FailsafeContact {
+        at: now.checked_sub(age).unwrap_or(now),
+        body: serde_json::json!({ "name": c.leader }),
+    });
 }
 
 impl Runner {
@@ -198,5 +229,35 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A confirmation recorded before a restart is the new API's last contact, as old as recorded;
+    /// another member's record (copied by pg_basebackup) is not.
+    #[test]
+    fn a_recorded_failsafe_confirmation_is_taken_back_at_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("PG_VERSION"), "15\n").unwrap();
+        let now_ms = crate::failsafe_record::now_unix_ms();
+        crate::failsafe_record::store(dir.path(), "pg2", "pg1", now_ms - 5_000).unwrap();
+        let ctx = || {
+            let (_tx, rx) = watch::channel(Arc::new(NodeStatus::default()));
+            let (cmd, _) = mpsc::channel(1);
+            ApiContext::new(rx, cmd)
+        };
+        let theirs = ctx();
+        restore_failsafe_confirmation(&theirs, dir.path(), "pg3");
+        assert!(theirs.failsafe.lock().unwrap().is_none());
+        let mine = ctx();
+        restore_failsafe_confirmation(&mine, dir.path(), "pg2");
+        let contact = mine.failsafe.lock().unwrap().clone().expect("taken back");
+        assert_eq!(contact.body["name"], "pg1");
+        // As old as recorded (this host has been up longer than 5 s).
+        let age = contact.at.elapsed();
+        assert!(age >= std::time::Duration::from_millis(4_900), "{age:?}");
     }
 }
