@@ -1103,6 +1103,134 @@ async fn failsafe_key_lists_everyone(c: &LocalCluster) {
     .unwrap();
 }
 
+/// Issue 14 (simulation seed 47,684): a replica whose agent restarts after it confirmed a leader in
+/// failsafe mode keeps its promise and stays out of the leader race for `ttl` after that
+/// confirmation. Every agent's DCS link is cut (their relays; etcd itself runs, so the leader's
+/// lease expires on time); the leader keeps its primary on its replicas' `POST /failsafe`
+/// confirmations, which extend its deadline past its lease. Its agent is then killed (SIGKILL: its
+/// PostgreSQL keeps running as primary), and so is a replica's, which starts again: it takes its
+/// last confirmation back from its data directory (`praetor.failsafe.json`, logged once its link is
+/// back). Once the lease has expired (the leader key gone, read straight from etcd) the replicas'
+/// links come back.
+/// Asserted: no member holds the lock before `ttl` after the restarted replica's last
+/// confirmation (its promise: the leader it confirmed may run that long on it). Before the record
+/// the restarted agent had forgotten it and took the lock at once (in the simulation, where the
+/// link to the old primary was cut too, that made two writable primaries). Premise, asserted: the
+/// links came back with the lease gone and the promise still running, so an early lock would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_after_a_failsafe_confirmation_keeps_out_of_the_race_for_ttl() {
+    let ttl: i64 = 20;
+    let mut c = healthy_cluster(ClusterOptions {
+        scope: "fsrecord".into(),
+        ttl: ttl as u32,
+        dcs_relay: true,
+        proxy: false,
+        dcs_extra: vec!["failsafe_mode: true".into()],
+        ..Default::default()
+    })
+    .await;
+    failsafe_key_lists_everyone(&c).await;
+    let d = dcs(&c).await;
+    let leader = c.leader().await.unwrap();
+    let others = replicas_of(&c, &leader);
+    let (restarted, other) = (others[0].clone(), others[1].clone());
+    let record = c
+        .node(&restarted)
+        .data_dir()
+        .join(praetor_agent::failsafe_record::FILE_NAME);
+    let confirmation = || {
+        let text = std::fs::read_to_string(&record).map_err(|e| e.to_string())?;
+        serde_json::from_str::<praetor_agent::failsafe_record::Confirmation>(&text)
+            .map_err(|e| e.to_string())
+    };
+    let cut_at = praetor_agent::failsafe_record::now_unix_ms();
+    for n in &c.nodes {
+        c.relay(&n.name).cut();
+    }
+    // Confirmations well after the cut: the promise then outlives the lease by several seconds.
+    wait_for(
+        "the replica's confirmations to go on 8 s after the cut",
+        Duration::from_secs(60),
+        || async {
+            let at = confirmation()?.at_unix_ms;
+            if at >= cut_at + 8_000 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "last confirmation {} ms after the cut",
+                    at - cut_at
+                ))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    c.node_mut(&leader).kill_agent();
+    c.node_mut(&restarted).kill_agent();
+    let promised = confirmation().unwrap();
+    assert_eq!(promised.leader, leader, "{promised:?}");
+    let promise_ends = promised.at_unix_ms + ttl * 1000;
+    let log_before = c.node(&restarted).log().len();
+    c.node_mut(&restarted).start_agent(&binary()).unwrap();
+    wait_for(
+        "the old leader's lease to expire",
+        Duration::from_secs(60),
+        || async {
+            match d.load().await.map_err(|e| e.to_string())?.leader {
+                None => Ok(()),
+                Some(l) => Err(format!("the leader key still names {}", l.name)),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| fail_with_logs(&c, e));
+    let back_at = praetor_agent::failsafe_record::now_unix_ms();
+    assert!(
+        back_at + 3_000 < promise_ends,
+        "premise: the links come back {} ms before the promise ends, not enough to show an early lock",
+        promise_ends - back_at
+    );
+    c.relay(&restarted).restore();
+    c.relay(&other).restore();
+    // The agent starts its REST API, and takes the record back, once it reaches the DCS.
+    wait_for(
+        "the restarted agent to take its confirmation back",
+        Duration::from_secs(30),
+        || async {
+            let log = c.node(&restarted).log();
+            if log[log_before..].contains("took back this member's last failsafe confirmation") {
+                Ok(())
+            } else {
+                Err("not logged yet".to_string())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| fail_with_logs(&c, e));
+    let (new_leader, locked_at) = wait_for("a new leader", Duration::from_secs(90), || async {
+        match d.load().await.map_err(|e| e.to_string())?.leader {
+            Some(l) => Ok((l.name, praetor_agent::failsafe_record::now_unix_ms())),
+            None => Err("no leader key".to_string()),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| fail_with_logs(&c, e));
+    if locked_at < promise_ends {
+        fail_with_logs(
+            &c,
+            format!(
+                "{new_leader} held the lock {} ms before the end of {restarted}'s promise to {leader}",
+                promise_ends - locked_at
+            ),
+        );
+    }
+    eprintln!(
+        "{new_leader} took the lock {} ms after the end of {restarted}'s promise ({} ms after the links came back)",
+        locked_at - promise_ends,
+        locked_at - back_at
+    );
+}
+
 #[tokio::test]
 async fn failsafe_mode_does_not_keep_a_primary_cut_off_alone_from_the_dcs() {
     let c = healthy_cluster(ClusterOptions {

@@ -180,6 +180,7 @@ pub async fn run_with(
         lapsed_lock_failures: 0,
         cycle_started_ms: 0,
         pre_renewal_ms: 0,
+        overrunning: false,
         lapsed_lock_given_up: false,
         proxies_wait_since: None,
         switchover_wait_since: None,
@@ -358,6 +359,9 @@ struct Runner {
     /// (ms): the room a leader's last attempt leaves before its demotion deadline
     /// ([`ha::cadence::next_cycle`]).
     pre_renewal_ms: u64,
+    /// The last cycle took longer than `loop_wait` ([`ha::cadence::NextCycle::overran`]): the
+    /// warning is logged once per streak.
+    overrunning: bool,
     /// Set once this member gave the lapsed lock up (a confirmed release or a dropped session) or
     /// read it not its own, cleared at a lapse and when a view shows the lock its own: while it is
     /// clear the lock may still live on this member's session, and a failed DCS read counts in
@@ -606,13 +610,15 @@ impl Runner {
                 self.demote_deadline_ms(),
                 self.pre_renewal_ms,
             );
-            if next.overran {
+            // Once per streak: through a DCS outage every cycle waits `retry_timeout` for its read.
+            if next.overran && !self.overrunning {
                 tracing::warn!(
                     took_ms = ended_ms - self.cycle_started_ms,
                     loop_wait = self.dynamic.loop_wait,
-                    "loop time exceeded: starting the next cycle at once"
+                    "loop time exceeded: starting the next cycle at once (logged again after a cycle within loop_wait)"
                 );
             }
+            self.overrunning = next.overran;
             let deadline =
                 tokio::time::Instant::now() + Duration::from_millis(next.at_ms - ended_ms);
             let task_done = self.task_done.clone();
