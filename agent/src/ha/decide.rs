@@ -718,10 +718,19 @@ fn fence_former_primary(
         None => r.upstream.clone()?,
     };
     let ttl_ms = u64::from(cfg.dynamic.ttl) * 1000;
+    let mut answer_ms = cfg.fence_timeout_ms.min(ttl_ms / 4);
+    // This target already left a fence unanswered for the whole bound (it waits in `unfenced` for
+    // the leader's background fence): a promotion that spans another cycle only checks whether it
+    // answers now, which a host that came back does within milliseconds. A second full wait
+    // delayed the promotion by the fence timeout again (nemesis ZooKeeper strict seed 27: 1 s of
+    // a 14 s write gap after a one-way cut of the leader).
+    if local.unfenced.as_ref() == Some(&(host.clone(), port)) {
+        answer_ms = answer_ms.min(super::FENCE_RECHECK_MS);
+    }
     Some(Action::FencePrimary {
         host,
         port,
-        answer_ms: cfg.fence_timeout_ms.min(ttl_ms / 4),
+        answer_ms,
         shutdown_ms: ttl_ms / 2,
     })
 }

@@ -261,10 +261,11 @@ pub struct LocalState {
     /// run, was last configured to follow someone else, or the agent has not written its
     /// configuration since it started.
     pub remote_recovery: Option<standby::RemoteRecovery>,
-    /// A former primary this member promoted without being able to fence it (it did not answer
-    /// within the fence timeout): host and port, until the background fence proves it down. The
-    /// leader keeps fencing it ([`Action::FenceInBackground`]) so that a host that wakes up
-    /// acknowledges nothing.
+    /// A former primary this member promoted (or is promoting) without being able to fence it (it
+    /// did not answer within the fence timeout): host and port, until the background fence proves
+    /// it down. The leader keeps fencing it ([`Action::FenceInBackground`]) so that a host that
+    /// wakes up acknowledges nothing; a candidate whose promotion spans another cycle fences it
+    /// again for [`FENCE_RECHECK_MS`] only.
     pub unfenced: Option<(String, u16)>,
     /// The last background task that failed and when (monotonic ms), until one succeeds: `decide`
     /// paces its retries (see [`task_retry_after_ms`]).
@@ -640,6 +641,11 @@ pub fn demote_window_ms(dynamic: &DynamicConfig, watchdog_timeout_secs: Option<u
     }
     u64::from(window_secs) * 1000
 }
+
+/// How long (ms) a candidate waits for a former primary to answer its fence when that former
+/// primary already left a fence unanswered for the whole bound ([`LocalState::unfenced`]): enough
+/// for a host that came back to accept a connection, far less than a second full wait.
+pub const FENCE_RECHECK_MS: u64 = 200;
 
 /// The longest a primary stepping down in a planned switchover waits for its transactions in
 /// flight to end before its fast stop (ms).

@@ -698,6 +698,29 @@ fn rows() -> Vec<Row> {
             *r == Reason::PromotedBecauseHadLock
         }),
         row(
+            "lock holder still a replica whose former primary left the fence unanswered: the next \
+             fence only checks whether it answers now (nemesis ZooKeeper strict seed 27)",
+            Some(cluster(Some(ME))),
+            with(local(running(false, 1000, Some(5432))), |l| {
+                l.unfenced = Some(("127.0.0.1".into(), 5432))
+            }),
+        )
+        .expect(
+            vec![
+                RenewLeader,
+                slots_for_others(),
+                FencePrimary {
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                    answer_ms: crate::ha::FENCE_RECHECK_MS,
+                    shutdown_ms: 3000,
+                },
+                RenewLeader,
+                promote(),
+            ],
+            |r| *r == Reason::PromotedBecauseHadLock,
+        ),
+        row(
             "lock holder still a replica past its demotion deadline (a DCS slower than the time \
              its promotion's fence and handshake left): not stopped, renews and goes on promoting \
              (nemesis: no convergence while etcd or ZooKeeper answered in >2 s)",
