@@ -38,6 +38,7 @@ pub fn peer_status_from_json(name: &str, v: &Value) -> PeerStatus {
         // Praetor's field (see `crate::api::NodeStatus::logical_slot_copies`); a Patroni member
         // does not publish it and is neither preferred nor passed over on it.
         slot_copies: v["logical_slot_copies"].as_bool(),
+        cluster_unlocked: v["cluster_unlocked"].as_bool().unwrap_or(false),
     }
 }
 
@@ -170,5 +171,39 @@ mod tests {
             "xlog": {"received_location": 500, "replayed_location": 500}
         });
         assert_eq!(peer_status_from_json("pg3", &patroni).slot_copies, None);
+    }
+
+    /// A member says in `/patroni` whether the last DCS view it read had a leader key
+    /// (`cluster_unlocked`, as Patroni does), and the race reads it back: a switchover candidate
+    /// lacking the last LSN that saw no leader is not waited for. Without the field: `false`.
+    #[test]
+    fn a_member_answers_whether_it_saw_the_cluster_unlocked() {
+        use praetor_dcs::{Cluster, Leader};
+        let locked = Cluster {
+            leader: Some(Leader {
+                name: "pg1".into(),
+                version: 1,
+            }),
+            ..Default::default()
+        };
+        for (cluster, unlocked) in [
+            (None, true),
+            (Some(Cluster::default()), true),
+            (Some(locked), false),
+        ] {
+            let st = crate::api::NodeStatus {
+                name: "pg2".into(),
+                cluster: cluster.map(std::sync::Arc::new),
+                ..Default::default()
+            };
+            let json = st.patroni_json();
+            assert_eq!(json["cluster_unlocked"], unlocked);
+            assert_eq!(
+                peer_status_from_json("pg2", &json).cluster_unlocked,
+                unlocked
+            );
+        }
+        let without = serde_json::json!({"state": "running", "role": "replica"});
+        assert!(!peer_status_from_json("pg3", &without).cluster_unlocked);
     }
 }

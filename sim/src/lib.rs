@@ -1861,6 +1861,8 @@ impl Sim {
                 .is_some(),
                 // The simulation does not model logical slots (none is configured there).
                 slot_copies: None,
+                // As the agent's `/patroni`: from the last view it read (none yet: unlocked).
+                cluster_unlocked: a.last_view.as_ref().is_none_or(|v| v.leader.is_none()),
             });
         }
         out

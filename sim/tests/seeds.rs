@@ -483,3 +483,18 @@ fn regression_seed_91625_a_lock_holder_in_recovery_hands_the_lock_over_without_p
     assert!(r.violation.is_none(), "{}", explain(&r));
     assert!(r.recovery_handovers >= 1, "{}", explain(&r));
 }
+
+/// A switchover requested while its leader was cut off: no leader for 48 s after the faults
+/// healed. pg0 led (quorum mode) and waited for its candidate pg1 to stream from it; pg1 and pg2
+/// were cut off from the DCS, then the DCS went down and pg0 demoted on losing it, its last status
+/// holding WAL (0/D1ED) only it had. After the heal the candidate waited for a member holding that
+/// LSN (`MissingLastLsn`: pg0) and pg0 waited for the candidate (`WaitingForCandidate`) until the
+/// bound, `ttl`, ran out two milliseconds after its third look, so the next cycle fell past the
+/// deadline. Fixed in `decide`: a candidate that answers `cluster_unlocked` has looked at its WAL
+/// after the old leader stopped and will not receive what it lacks, so nobody waits for it; pg0
+/// takes the lock once its hold-off ends (24 s after the heal). With the wait put back the seed
+/// fails again (checked by hand when the rule was written; the rule has no switch).
+#[test]
+fn regression_seed_16050_nobody_waits_for_a_switchover_candidate_that_cannot_catch_up() {
+    assert_clean(16050);
+}

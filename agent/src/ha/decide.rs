@@ -1261,7 +1261,14 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                 // after another member may have, and overtaking it then turned planned switchovers
                 // into switchovers to a third member (found by the acceptance test on an idle
                 // machine). Past the bound it is left out, so a candidate whose WAL receiver is
-                // down keeps nobody out for good.
+                // down keeps nobody out for good. Nor is it waited for once it answers that it saw
+                // the cluster without a leader (`PeerStatus::cluster_unlocked`): the position it
+                // reports came after the old leader stopped, so what it lacks it will never
+                // receive, and it waits in turn for a member holding that WAL (`MissingLastLsn`).
+                // Sim seed 16,050: the request was written while its leader was cut off; that
+                // leader demoted on losing the DCS, its last status held WAL only it had, and it
+                // and the candidate each waited for the other until the bound, past the liveness
+                // deadline after the faults healed.
                 let waited_ms = local
                     .switchover_wait_began_ms
                     .map_or(0, |began| now.mono_ms.saturating_sub(began));
@@ -1270,7 +1277,7 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
                     p.name == c
                         && p.is_eligible()
                         && sync_allows(c)
-                        && (holds_last(p.wal_position) || within_bound)
+                        && (holds_last(p.wal_position) || within_bound && !p.cluster_unlocked)
                 }) {
                     return not_racing(Reason::WaitingForCandidate {
                         candidate: c.to_string(),

@@ -36,6 +36,13 @@ pub struct PeerStatus {
     /// (a Patroni member, or no permanent logical slot is configured). A tie-breaker of the race
     /// ([`ranks_first_on_tie`]).
     pub slot_copies: Option<bool>,
+    /// The last DCS view it read had no leader key (Patroni's `cluster_unlocked` in `/patroni`; also
+    /// true before its first read). An agent observes PostgreSQL after reading the DCS, so the WAL
+    /// position it reports was taken after the leader key was gone: a leader that stepped down had
+    /// stopped by then, and its walsenders had sent it all it would ever receive. A switchover
+    /// candidate that answers this and still lacks the old leader's last LSN will not get it: nobody
+    /// waits for it (sim seed 16,050). Absent from an answer: `false` (it may still be catching up).
+    pub cluster_unlocked: bool,
 }
 
 impl PeerStatus {
@@ -131,6 +138,7 @@ mod tests {
             diverged: false,
             holding_off: false,
             slot_copies: None,
+            cluster_unlocked: false,
         }
     }
 

@@ -609,9 +609,10 @@ pub fn could_promote(
         nofailover: cfg.tags.nofailover,
         failover_priority: cfg.tags.failover_priority.unwrap_or(1),
         diverged: false,
-        // Votes depend on neither (only `is_healthiest` reads them).
+        // Votes depend on none of these (only `is_healthiest` and the switchover wait read them).
         holding_off: false,
         slot_copies: None,
+        cluster_unlocked: false,
     });
     let as_them = HaConfig {
         name: name.to_string(),

@@ -136,6 +136,7 @@ fn peer(name: &str, wal: u64) -> PeerStatus {
         diverged: false,
         holding_off: false,
         slot_copies: None,
+        cluster_unlocked: false,
     }
 }
 
@@ -2358,6 +2359,34 @@ fn rows() -> Vec<Row> {
             }),
         )
         .expect(vec![], |r| matches!(r, Reason::WaitingForCandidate { candidate } if candidate == "pg2")),
+        row(
+            "within the bound, a third member holding the last LSN does not wait for a candidate lacking it that saw the cluster without a leader: it will not receive it",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some("pg2"), Some("pg3"));
+                c.status = Some(Status { optime: 1500, ..Default::default() });
+            })),
+            with(local(running(false, 1600, Some(5432))), |l| {
+                l.peers = Some(vec![
+                    peer("pg2", 1520),
+                    PeerStatus { cluster_unlocked: true, ..peer("pg3", 1000) },
+                ]);
+            }),
+        )
+        .expect(promoting(AcquireLeader, vec![]), |_| true),
+        row(
+            "a leader that lost its lock during a switchover request holds WAL its candidate lacks; the candidate saw the cluster without a leader: no wait, the former leader races (sim seed 16,050)",
+            Some(with(cluster(None), |c| {
+                c.failover = failover(Some(ME), Some("pg2"));
+                c.status = Some(Status { optime: 1520, ..Default::default() });
+            })),
+            with(local(running(false, 1520, None)), |l| {
+                l.peers = Some(vec![
+                    PeerStatus { cluster_unlocked: true, ..peer("pg2", 1000) },
+                    peer("pg3", 1000),
+                ]);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), RenewLeader, promote()], |r| *r == Reason::PromotedByAcquiringLock),
         row(
             "a third member lacking the last LSN does not race: it waits for the candidate within the bound",
             Some(with(cluster(None), |c| {
