@@ -57,41 +57,20 @@ pub fn age(at_unix_ms: i64, now_unix_ms: i64) -> Duration {
 /// (`PG_VERSION`): a member without one cannot promote, and a file in an empty directory would
 /// stop initdb and pg_basebackup. Returns whether it wrote. Errors: the file system's.
 pub fn store(data_dir: &Path, me: &str, leader: &str, at_unix_ms: i64) -> std::io::Result<bool> {
-    use std::io::Write;
-    if !data_dir.join("PG_VERSION").is_file() {
-        return Ok(false);
-    }
-    let p = path(data_dir);
-    let tmp = p.with_extension("json.tmp");
     let text = serde_json::to_string(&Confirmation {
         owner: me.to_string(),
         leader: leader.to_string(),
         at_unix_ms,
     })
     .expect("a struct of strings and an integer serializes");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &p)?;
-    std::fs::File::open(data_dir)?.sync_all()?;
-    Ok(true)
+    crate::data_dir_file::write_durably(data_dir, FILE_NAME, &text)
 }
 
 /// The confirmation member `me` recorded in `data_dir`; `None` when there is none, when another
 /// member wrote it, or (logged) when it is unreadable or malformed.
 pub fn load(data_dir: &Path, me: &str) -> Option<Confirmation> {
     let p = path(data_dir);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(
-                "cannot read {}: {e}; no failsafe confirmation known",
-                p.display()
-            );
-            return None;
-        }
-    };
+    let text = crate::data_dir_file::read_optional(&p, "no failsafe confirmation known")?;
     match serde_json::from_str::<Confirmation>(&text) {
         Ok(c) if c.owner == me => Some(c),
         Ok(_) => None,

@@ -81,14 +81,7 @@ pub fn parse(me: &str, text: &str) -> Result<Option<FormerLeader>, String> {
 /// unreadable or malformed) when there is none.
 pub fn load(data_dir: &Path, me: &str) -> Option<FormerLeader> {
     let p = path(data_dir);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!("cannot read {}: {e}; no former leader known", p.display());
-            return None;
-        }
-    };
+    let text = crate::data_dir_file::read_optional(&p, "no former leader known")?;
     match parse(me, &text) {
         Ok(up) => up,
         Err(e) => {
@@ -98,20 +91,10 @@ pub fn load(data_dir: &Path, me: &str) -> Option<FormerLeader> {
     }
 }
 
-/// Records `former` for `me` in `data_dir` (written to a temporary file, synced, renamed), only
-/// when the data directory holds a cluster (`PG_VERSION`): a file in an empty directory would stop
-/// initdb and pg_basebackup.
+/// Records `former` for `me` in `data_dir` ([`crate::data_dir_file::write_durably`]: only when
+/// the data directory holds a cluster). Errors: the file system's.
 pub fn store(data_dir: &Path, me: &str, former: &FormerLeader) -> std::io::Result<()> {
-    use std::io::Write;
-    if !data_dir.join("PG_VERSION").is_file() {
-        return Ok(());
-    }
-    let p = path(data_dir);
-    let tmp = p.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(render(me, former).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &p)
+    crate::data_dir_file::write_durably(data_dir, FILE_NAME, &render(me, former)).map(|_| ())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod callbacks;
+pub mod data_dir_file;
 pub mod failsafe_record;
 pub mod former_leader;
 pub mod ha;

@@ -597,7 +597,19 @@ pub async fn dispatch(
         (Method::DELETE, "/switchover") => actions::delete_switchover(ctx).await,
         (Method::PATCH, "/config") => actions::patch_config(ctx, body).await,
         (Method::PUT, "/config") => actions::put_config(ctx, body).await,
-        (Method::POST, "/failsafe") => actions::post_failsafe(ctx, body),
+        (Method::POST, "/failsafe") => {
+            // An accepted confirmation is recorded and fsynced before the answer
+            // (`failsafe_record::store`): blocking file I/O, kept off the async workers.
+            let (ctx, body) = (ctx.clone(), body.clone());
+            tokio::task::spawn_blocking(move || actions::post_failsafe(&ctx, &body))
+                .await
+                .unwrap_or_else(|e| {
+                    Reply::text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the failsafe handler failed: {e}"),
+                    )
+                })
+        }
         (Method::GET, "/metrics") | (Method::HEAD, "/metrics") => match &ctx.metrics {
             Some(m) => Reply {
                 code: StatusCode::OK,
