@@ -188,6 +188,16 @@ const SLACK: Duration = Duration::from_secs(1);
 ///   as a quorum loss healed at the stop: the failover bound from when the DCS accepted requests
 ///   again ([`FaultRecord::dcs_available_at`], probed from the stop), since a lock held through
 ///   the election lives on for up to `ttl` after it; not probed, from the stop.
+/// - **partition that cuts the DCS's own leader off** (it was among the DCS servers on the
+///   leader's side, the minority): the other servers stop hearing it and elect another (ZooKeeper
+///   with the harness's `tickTime` 500, `syncLimit` 5: 2.5 s to notice, then the election), and
+///   the new DCS leader gives every session or lease its whole `ttl` again (ZooKeeper's session
+///   tracker, etcd's lessor on promotion), the old leader's lock included. So the partition's
+///   bound starts from when the majority's servers accepted requests again
+///   ([`FaultRecord::dcs_available_at`], probed on those servers only from the cut); not probed
+///   (the DCS's leader stayed with the majority), from the cut. Nemesis ZooKeeper strict seeds 4
+///   and 18 (2026-12-07): over their bound by 0.5 and 5.7 s, each with ZooKeeper 3, the
+///   ensemble's leader, on the cut-off side.
 /// - **DCS quorum loss**, from the heal: the failover bound, since a lock held at the loss may
 ///   live on for up to `ttl` once the quorum is back, counted from when the DCS accepted requests
 ///   again ([`FaultRecord::dcs_available_at`], when later than the heal): the servers' own
@@ -239,9 +249,11 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
         FaultKind::Kill | FaultKind::PostgresCrash if sync => loop_wait + SLACK,
         FaultKind::Kill | FaultKind::PostgresCrash => SLACK,
         FaultKind::Partition | FaultKind::OneWayPartition if sync && f.replica_with_leader => {
-            (failover + peer_timeout).max(hold + loop_wait + peer_timeout + SLACK)
+            (dcs_recovery(f) + failover + peer_timeout).max(hold + loop_wait + peer_timeout + SLACK)
         }
-        FaultKind::Partition | FaultKind::OneWayPartition => failover + peer_timeout,
+        FaultKind::Partition | FaultKind::OneWayPartition => {
+            dcs_recovery(f) + failover + peer_timeout
+        }
         FaultKind::Freeze | FaultKind::Silence | FaultKind::SlowLink if f.on_leader => {
             failover + peer_timeout
         }
@@ -269,9 +281,9 @@ fn own_bound(history: &History, f: &FaultRecord) -> Duration {
 }
 
 /// How long the DCS accepted no request because of fault `f` ([`FaultRecord::dcs_available_at`]):
-/// after its heal for a quorum loss, after its start for a stop of the DCS's own leader (the
-/// election begins at the stop, and the stop leaves a quorum); zero when it accepted requests at
-/// once or was not probed.
+/// after its heal for a quorum loss, after its start for a stop of the DCS's own leader or a
+/// partition that cut it off (the election begins then, and a quorum is left); zero when it
+/// accepted requests at once or was not probed.
 fn dcs_recovery(f: &FaultRecord) -> Duration {
     let from = match f.kind {
         FaultKind::DcsQuorumLoss => f.heal,
@@ -1776,6 +1788,45 @@ mod tests {
         // At once (or recorded before the heal, which the probe cannot do): nothing added.
         h.faults[0].dcs_available_at = Some(ms(5000));
         assert_eq!(bound(&h), ms(8000));
+    }
+
+    /// Nemesis ZooKeeper strict seed 18's shape: the leader and ZooKeeper 3, the ensemble's
+    /// leader, cut off from the rest; the others noticed and elected after ~3 s, and the lock
+    /// lived on for `ttl` from there.
+    #[test]
+    fn a_partition_that_cuts_the_dcss_own_leader_off_counts_from_the_dcss_election() {
+        // Cut 1..9.5 s; writes through the proxy until 0.99 s, again from `resume` on pg2.
+        let cut = |available: Option<u64>, resume: u64, kind: FaultKind| {
+            let mut ops = writes(1, 0, 1000, "pg1", 1);
+            ops.extend(writes(1000, resume, 30_000, "pg2", 2));
+            let mut h = history(Mode::Async, ops, &[]);
+            h.final_state = None;
+            let mut f = dcs_fault(kind, 1000, 9500);
+            f.target = "pg1,e3 | proxy,pg2,pg3,e1,e2 (the DCS's leader cut off)".into();
+            f.on_leader = true;
+            f.dcs_available_at = available.map(ms);
+            h.faults = vec![f];
+            h
+        };
+        for kind in [FaultKind::Partition, FaultKind::OneWayPartition] {
+            // (the majority accepted requests at, writes resumed at, bound ms, over bound):
+            // the failover bound is 6 + 1 + 1 s, plus a peer's answer (2 s).
+            let rows: [(Option<u64>, u64, u64, bool); 4] = [
+                // Not probed (the DCS's leader stayed with the majority): from the cut.
+                (None, 10_500, 10_000, false),
+                (None, 12_000, 10_000, true),
+                // Probed: the election's 3 s first (seed 18's 15.7 s against 10 s was this).
+                (Some(4000), 12_000, 13_000, false),
+                (Some(4000), 14_500, 13_000, true),
+            ];
+            for (available, resume, bound, over) in rows {
+                let h = cut(available, resume, kind);
+                let row = format!("{kind:?}: available {available:?}, resume {resume}");
+                assert_eq!(recovery_bound(&h, &h.faults[0]), ms(bound), "{row}");
+                assert_eq!(gap_bound(&h, &h.faults[0]), ms(bound), "{row}");
+                assert_eq!(check(&h).recoveries[0].over_bound, over, "{row}");
+            }
+        }
     }
 
     #[test]

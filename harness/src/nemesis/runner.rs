@@ -112,7 +112,13 @@ enum Applied {
     /// Every DCS server frozen ([`FaultKind::DcsBlip`]).
     DcsFrozen,
     ProxyKilled,
-    Network,
+    /// Network rules in force (silence, slow links, a partition). `dcs_majority`: a partition
+    /// cut the DCS's own leader off from these servers, which then elect another (the leader
+    /// was among the DCS members on the Praetor leader's side, always the minority).
+    Network {
+        /// The servers' indexes on the other side, when the DCS's leader was cut off from them.
+        dcs_majority: Option<Vec<usize>>,
+    },
     /// A replica's replication link degraded or cut: `(leader, replica)`, the key of its relay in
     /// [`LocalCluster::replication_links`].
     ReplicationLink(String, String),
@@ -366,9 +372,25 @@ async fn run_on(
             let on_leader =
                 matches!(planned.target, Target::Leader | Target::Split { .. }) || dcs_election;
             // The DCS without its leader accepts no request until the others elect one: probed
-            // from the stop, in a task (checker::gap_bound counts from the first answer).
-            if dcs_election && planned.kind == FaultKind::DcsMemberStop {
-                let (section, hosts) = cluster.dcs().section_and_hosts();
+            // from the stop, or from the partition's cut on the majority's servers only (the
+            // cut-off leader may answer until it notices), in a task (checker::recovery_bound
+            // counts from the first answer).
+            let (section, hosts) = cluster.dcs().section_and_hosts();
+            let probed = match &applied {
+                Applied::DcsStopped { led: true, .. } => Some(hosts),
+                Applied::Network {
+                    dcs_majority: Some(majority),
+                } => Some(
+                    hosts
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| majority.contains(i))
+                        .map(|(_, h)| h)
+                        .collect(),
+                ),
+                _ => None,
+            };
+            if let Some(hosts) = probed {
                 let probe = super::dcs_probe::first_acceptance(section, hosts, DCS_PROBE_LIMIT);
                 probes.push((tokio::spawn(probe), faults.len(), workload.now()));
             }
@@ -820,14 +842,14 @@ async fn apply_now(
         FaultKind::Silence => {
             let m = member(cluster, &f.target, last_leader).await?;
             network_of(cluster).silence(&Host::Member(m.clone()))?;
-            (Applied::Network, m)
+            (Applied::Network { dcs_majority: None }, m)
         }
         FaultKind::SlowLink | FaultKind::SlowDcs => {
             let m = member(cluster, &f.target, last_leader).await?;
             let (delay, loss) = f.degrade.unwrap_or((100, 0));
             network_of(cluster).degrade(&Host::Member(m.clone()), delay, loss)?;
             (
-                Applied::Network,
+                Applied::Network { dcs_majority: None },
                 format!("{m}'s DCS links +{delay}ms {loss}% loss"),
             )
         }
@@ -862,13 +884,27 @@ async fn apply_now(
                     b.push(Host::Dcs(i))
                 }
             }
+            // Asked before the cut: whether the DCS's own leader goes with the minority (the
+            // other servers then stop hearing it, in either direction of a one-way cut, and
+            // elect another).
+            let dcs_leader = cluster.dcs().leader_index().await;
+            let dcs_majority = dcs_leader.filter(|l| dcs_with_leader.contains(l)).map(|_| {
+                (0..cluster.dcs().member_count())
+                    .filter(|i| !dcs_with_leader.contains(i))
+                    .collect::<Vec<_>>()
+            });
             let one_way = f.kind == FaultKind::OneWayPartition;
             network_of(cluster).partition(&a, &b, one_way)?;
             let names = |hs: &[Host]| hs.iter().map(Host::name).collect::<Vec<_>>().join(",");
             let arrow = if one_way { "-/->" } else { "|" };
+            let led_note = if dcs_majority.is_some() {
+                " (the DCS's leader cut off)"
+            } else {
+                ""
+            };
             (
-                Applied::Network,
-                format!("{} {arrow} {}", names(&a), names(&b)),
+                Applied::Network { dcs_majority },
+                format!("{} {arrow} {}{led_note}", names(&a), names(&b)),
             )
         }
     })
@@ -906,7 +942,7 @@ async fn heal(
             Some(p) => p.start_again().await,
             None => cluster.start_proxy(),
         },
-        Applied::Network => network(cluster)
+        Applied::Network { .. } => network(cluster)
             .ok_or("network fault without a network")?
             .heal(),
         Applied::ReplicationLink(leader, replica) => {
