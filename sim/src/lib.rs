@@ -2,7 +2,9 @@
 //!
 //! One seed is one run: N members, each the agent's HA loop around the real, pure
 //! [`praetor_agent::ha::decide`], executed against a simulated DCS (leader lease with compare-and-set,
-//! member and proxy keys on leases, `sync`, `history`, `failover`, `status`), simulated PostgreSQL
+//! member and proxy keys on leases, `sync`, `history`, `failover`, `status`; when it gets its
+//! quorum back after an outage, every lease alive at the loss gets its whole `ttl` again, as etcd's
+//! and ZooKeeper's new leaders give it: [`Options::lease_refresh`]), simulated PostgreSQL
 //! (timelines, WAL as branches of LSN ranges, streaming, commit acknowledgement per
 //! `synchronous_standby_names`, promote, fast and immediate stop, crash, pg_rewind, crash recovery),
 //! simulated proxies (the routing view is the real [`praetor_proxy::topology_from_cluster`], the
@@ -291,6 +293,11 @@ pub struct Options {
     /// the dynamic configuration without it while the cluster still replicates from the remote,
     /// so the lock holder promotes, which [`Violation::WritableInStandbyCluster`] must catch.
     pub members_read_standby: bool,
+    /// When the DCS gets its quorum back after [`Fault::DcsDown`], the new DCS leader gives every
+    /// lease alive at the loss its whole `ttl` again (etcd's lessor on promotion, ZooKeeper's
+    /// session tracker), the leader lock included, as the real servers do. Off, leases ran out
+    /// during the outage by the simulated clock, as the simulation had them before.
+    pub lease_refresh: bool,
 }
 
 impl Default for Options {
@@ -309,6 +316,7 @@ impl Default for Options {
             leader_waits_out_blips: true,
             standby: true,
             members_read_standby: true,
+            lease_refresh: true,
         }
     }
 }
@@ -582,6 +590,9 @@ struct Proxy {
 #[derive(Debug, Clone, Default)]
 struct Dcs {
     down: bool,
+    /// When the DCS lost its quorum ([`Fault::DcsDown`]; not a blip, which freezes every server
+    /// and elects nobody); `None` while it has one.
+    quorum_lost_at: Option<u64>,
     leader: Option<(String, u64, i64)>,
     members: BTreeMap<String, (MemberData, u64)>,
     sync: Option<Versioned<SyncState>>,
@@ -599,6 +610,35 @@ impl Dcs {
         self.version += 1;
         self.version
     }
+    /// The quorum is back: a new DCS leader is elected, and it gives every lease or session alive
+    /// at the loss its whole `ttl_ms` again (etcd's lessor refreshes every lease when it is
+    /// promoted; a ZooKeeper leader starts every session's timeout afresh), the leader lock
+    /// included. Keys that expired before the loss stay gone. With `refresh` off (the simulation
+    /// before issue 14's twelfth session) leases ran out during the outage as if it had a clock.
+    fn quorum_back(&mut self, now: u64, ttl_ms: u64, refresh: bool) {
+        self.down = false;
+        let Some(lost) = self.quorum_lost_at.take() else {
+            return;
+        };
+        if !refresh {
+            return;
+        }
+        let renew = |exp: &mut u64| {
+            if *exp > lost {
+                *exp = now + ttl_ms;
+            }
+        };
+        if let Some((_, exp, _)) = self.leader.as_mut() {
+            renew(exp);
+        }
+        for (_, exp) in self.members.values_mut() {
+            renew(exp);
+        }
+        for (_, exp) in self.proxies.values_mut() {
+            renew(exp);
+        }
+    }
+
     fn leader_alive(&self, now: u64) -> Option<&str> {
         self.leader
             .as_ref()
@@ -2971,7 +3011,10 @@ impl Sim {
                 self.agents[m].frozen_until = self.agents[m].frozen_until.max(self.now + d);
             }
             Fault::CutDcs(m) => self.cut_dcs[m] = true,
-            Fault::DcsDown => self.dcs.down = true,
+            Fault::DcsDown => {
+                self.dcs.down = true;
+                self.dcs.quorum_lost_at.get_or_insert(self.now);
+            }
             Fault::CutLink(a, b) => {
                 self.cut_link[a][b] = true;
                 self.cut_link[b][a] = true;
@@ -3024,7 +3067,10 @@ impl Sim {
         match f {
             Fault::KillAgent(m) if !self.agents[m].alive => self.restart_agent(m),
             Fault::CutDcs(m) => self.cut_dcs[m] = false,
-            Fault::DcsDown => self.dcs.down = false,
+            Fault::DcsDown => {
+                let (now, ttl) = (self.now, self.ttl_ms());
+                self.dcs.quorum_back(now, ttl, self.opts.lease_refresh);
+            }
             Fault::CutLink(a, b) => {
                 self.cut_link[a][b] = false;
                 self.cut_link[b][a] = false;
@@ -3067,7 +3113,8 @@ impl Sim {
 
     fn heal(&mut self) {
         self.log("HEAL: every fault heals".into());
-        self.dcs.down = false;
+        let (now, ttl) = (self.now, self.ttl_ms());
+        self.dcs.quorum_back(now, ttl, self.opts.lease_refresh);
         for i in 0..self.n() {
             self.cut_dcs[i] = false;
             for j in 0..self.n() {

@@ -8,6 +8,8 @@
 //! praetor-sim --no-confirm-routes ...    # proxies route an acknowledged leader without reading the lock again
 //! praetor-sim --no-pause ...             # never pause the cluster (maintenance mode drawn in a quarter of the seeds)
 //! praetor-sim --no-standby ...           # never draw a standby cluster (one seed in eight by default)
+//! praetor-sim --no-lease-refresh ...     # leases run out during a DCS outage (the real servers
+//!                                        # give them their whole ttl again when the quorum returns)
 //! praetor-sim --no-blips ...             # never freeze the DCS briefly after the heal (short outages drawn in a third of the seeds)
 //! ```
 
@@ -91,8 +93,9 @@ fn main() -> ExitCode {
             "--no-pause" => opts.pause = false,
             "--no-blips" => opts.blips = false,
             "--no-standby" => opts.standby = false,
+            "--no-lease-refresh" => opts.lease_refresh = false,
             other => {
-                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--jobs N] [--keep-going] [--no-failsafe] [--no-confirm-routes] [--no-pause] [--no-blips] [--no-standby] | --seed S [--trace] [--no-failsafe] [--no-confirm-routes] [--no-pause] [--no-blips] [--no-standby]");
+                eprintln!("unknown argument {other:?}; usage: praetor-sim [--seeds N] [--from S] [--jobs N] [--keep-going] [--no-failsafe] [--no-confirm-routes] [--no-pause] [--no-blips] [--no-standby] [--no-lease-refresh] | --seed S [--trace] [--no-failsafe] [--no-confirm-routes] [--no-pause] [--no-blips] [--no-standby] [--no-lease-refresh]");
                 return ExitCode::from(2);
             }
         }

@@ -1011,6 +1011,18 @@ fn rows() -> Vec<Row> {
             *r == Reason::HoldingOffAfterLapsedRenewals { in_ms: 5_000 }
         }),
         row(
+            "lapsed renewals, nobody holds the lock, the only other member holds off too (every \
+             member's DCS link is slow): hold off, the hold-offs pace the turns at leading",
+            Some(cluster(None)),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.peers = Some(vec![lapsed_peer("pg3", 900)]);
+            }),
+        )
+        .expect(vec![], |r| {
+            *r == Reason::HoldingOffAfterLapsedRenewals { in_ms: 5_000 }
+        }),
+        row(
             "lapsed renewals, the hold-off over (every member's link is slow): race again, the \
              cluster gets a leader",
             Some(cluster(None)),
