@@ -177,6 +177,7 @@ pub async fn run_with(
         may_write,
         guard_stopped,
         renewals_lapsed_ms: None,
+        lapsed_at_ms: None,
         lapsed_lock_failures: 0,
         cycle_started_ms: 0,
         pre_renewal_ms: 0,
@@ -350,6 +351,9 @@ struct Runner {
     guard_stopped: Arc<std::sync::atomic::AtomicBool>,
     /// When this member's lock renewals last lapsed ([`ha::LocalState::renewals_lapsed_ms`]).
     renewals_lapsed_ms: Option<u64>,
+    /// When the lapse itself happened ([`ha::LocalState::lapsed_at_ms`]); meaningful only while
+    /// `renewals_lapsed_ms` is set.
+    lapsed_at_ms: Option<u64>,
     /// Releases of the lock that failed in a row while lapsed
     /// ([`ha::LocalState::lapsed_lock_failures`]).
     lapsed_lock_failures: u32,
@@ -517,6 +521,7 @@ impl Runner {
     /// which may still live on its session until it gives it up.
     fn lapse(&mut self) {
         self.renewals_lapsed_ms = Some(self.now().mono_ms);
+        self.lapsed_at_ms = self.renewals_lapsed_ms;
         self.lapsed_lock_given_up = false;
     }
 
@@ -799,6 +804,7 @@ impl Runner {
             starting_read_only: self.starting_read_only(),
             promoted: obs.promoted.clone(),
             renewals_lapsed_ms: self.renewals_lapsed_ms,
+            lapsed_at_ms: self.renewals_lapsed_ms.and(self.lapsed_at_ms),
             lapsed_lock_failures: self.lapsed_lock_failures,
             rewind_damage: self.rewind_damage(&obs),
         };
@@ -2670,6 +2676,7 @@ mod tests {
             starting_read_only: false,
             promoted: None,
             renewals_lapsed_ms: None,
+            lapsed_at_ms: None,
             lapsed_lock_failures: 0,
             rewind_damage: None,
         };

@@ -543,6 +543,8 @@ struct Agent {
     /// writable PostgreSQL, or it demoted with the DCS unreachable; cleared when it reads another
     /// leader.
     renewals_lapsed_ms: Option<u64>,
+    /// When the lapse itself happened, as the runner keeps it ([`ha::LocalState::lapsed_at_ms`]).
+    lapsed_at_ms: Option<u64>,
     /// Attempts to give the lapsed lock up that failed in a row (releases, and reads while the lock
     /// may still be its own), as the runner counts them ([`ha::LocalState::lapsed_lock_failures`]).
     lapsed_lock_failures: u32,
@@ -898,6 +900,7 @@ impl Sim {
                 failsafe_accepted_ms: None,
                 pause: PauseView::default(),
                 renewals_lapsed_ms: None,
+                lapsed_at_ms: None,
                 lapsed_lock_failures: 0,
                 cycle_started_ms: 0,
                 pre_renewal_ms: 0,
@@ -1708,6 +1711,7 @@ impl Sim {
     /// As the runner's `lapse`: member `i`'s renewals lapsed now, its lock possibly still standing.
     fn lapse(&mut self, i: usize) {
         self.agents[i].renewals_lapsed_ms = Some(self.now);
+        self.agents[i].lapsed_at_ms = Some(self.now);
         self.agents[i].lapsed_lock_given_up = false;
     }
 
@@ -2013,6 +2017,7 @@ impl Sim {
                 .filter(|_| self.opts.failsafe_promise),
             promoted: self.pgs[i].promoted.clone(),
             renewals_lapsed_ms: a.renewals_lapsed_ms,
+            lapsed_at_ms: a.renewals_lapsed_ms.and(a.lapsed_at_ms),
             lapsed_lock_failures: a.lapsed_lock_failures,
             // Not modelled: the simulated pg_rewind never fails half-way.
             rewind_damage: None,

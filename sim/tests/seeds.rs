@@ -505,3 +505,17 @@ fn regression_seed_91625_a_lock_holder_in_recovery_hands_the_lock_over_without_p
 fn regression_seed_16050_nobody_waits_for_a_switchover_candidate_that_cannot_catch_up() {
     assert_clean(16050);
 }
+
+/// Leases refreshed when the DCS gets its quorum back (`Options::lease_refresh`, as etcd's lessor
+/// and ZooKeeper's session tracker do): no leader for 48 s after the heal. pg1 led (strict mode,
+/// failsafe mode; pg2 tagged `nofailover`, pg0 stopped with a diverged timeline and no
+/// `use_pg_rewind`); its failsafe round failed during the outage and it demoted (the lapse). With
+/// the quorum back its lock lived on, it released it at its first read and held off for `ttl` from
+/// that release, though no other member could take the lock. Fixed in `ha::lapsed::holding_off`:
+/// without such a member the hold-off counts from the lapse itself (`LocalState::lapsed_at_ms`),
+/// so pg1 led again 28.5 s after the heal. With `--no-lease-refresh` the lock had run out during
+/// the outage and the hold-off counted from the lapse anyway.
+#[test]
+fn regression_seed_22134_a_lapsed_leader_nobody_else_can_replace_holds_off_from_its_lapse() {
+    assert_clean(22134);
+}

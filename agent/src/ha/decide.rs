@@ -1293,9 +1293,14 @@ fn election(view: &Cluster, local: &LocalState, cfg: &HaConfig, r: &Running, now
         return not_racing(Reason::NotAllowedToPromote);
     }
     // A member whose renewals lapsed keeps out for a while, so that one with a healthier DCS link
-    // leads (see `lapsed`); a switchover's candidate was named by the operator and races.
+    // leads (see `lapsed`); a switchover's candidate was named by the operator and races. Whether
+    // another member could take the lock sets where the hold-off counts from
+    // (`lapsed::holding_off`).
     if !i_am_candidate {
-        if let Some(reason) = lapsed::holding_off(local, cfg, now) {
+        let another_could_lead = peers
+            .iter()
+            .any(|p| p.name != me && p.is_eligible() && sync_allows(&p.name));
+        if let Some(reason) = lapsed::holding_off(local, cfg, now, another_could_lead) {
             return not_racing(reason);
         }
     }

@@ -46,6 +46,10 @@
 //! is a lost lock; Patroni has no counterpart on etcd (its leader key lives on the lease that
 //! `touch_member` refreshes too).
 //!
+//! Where the hold-off counts from: the release the DCS confirmed, so that another member gets
+//! `ttl` to take the lock over; when no other member could (see [`holding_off`]), the lapse itself,
+//! since the hold-off then only paces this member's own attempts (sim seed 22,134).
+//!
 //! The others' side: the member holding off publishes it (`holding_off_ms`, the ms left of
 //! [`hold_off_left_ms`], in its `/patroni` answer and its member key), and their race does not defer
 //! to it ([`super::PeerStatus::holding_off`], [`super::is_healthiest`]). The former leader is usually
@@ -170,8 +174,28 @@ pub fn steps_aside(view: &Cluster, local: &LocalState, cfg: &HaConfig) -> Option
 
 /// Whether this member keeps out of the leader race now: within its hold-off
 /// ([`hold_off_left_ms`]), with the ms left. A switchover's candidate races anyway (the operator
-/// named it).
-pub fn holding_off(local: &LocalState, cfg: &HaConfig, now: Now) -> Option<Reason> {
-    hold_off_left_ms(local.renewals_lapsed_ms, &cfg.dynamic, now.mono_ms)
+/// named it). `another_could_lead`: another member answered that could take the lock (eligible,
+/// allowed by the `sync` key; holding off too counts). With one, the hold-off counts from the
+/// release the DCS confirmed, so that member gets `ttl` to take the lock over. Without one it
+/// counts from the lapse itself ([`LocalState::lapsed_at_ms`]): holding off only paces this
+/// member's own attempts then (a slow link lapses again at each), once per `ttl` from lapse to
+/// lapse, and a member whose link came back, the DCS's quorum for instance, leads again no later
+/// than `ttl` after it lapsed. Counted from the release, it stayed out for `ttl` after a release
+/// made at its first read once the quorum was back, the lock having lived on for it (etcd and
+/// ZooKeeper give every lease its whole `ttl` again when they elect a new leader): no leader for
+/// `ttl` plus that read after the outage (sim seed 22,134, the other members tagged `nofailover`
+/// or stopped with a diverged timeline).
+pub fn holding_off(
+    local: &LocalState,
+    cfg: &HaConfig,
+    now: Now,
+    another_could_lead: bool,
+) -> Option<Reason> {
+    let from = if another_could_lead {
+        local.renewals_lapsed_ms
+    } else {
+        local.lapsed_at_ms.or(local.renewals_lapsed_ms)
+    };
+    hold_off_left_ms(from, &cfg.dynamic, now.mono_ms)
         .map(|in_ms| Reason::HoldingOffAfterLapsedRenewals { in_ms })
 }

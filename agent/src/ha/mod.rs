@@ -313,6 +313,10 @@ pub struct LocalState {
     /// ([`lapsed`]); `None`: no lapse (or another member led since, or this one took the lock
     /// anew).
     pub renewals_lapsed_ms: Option<u64>,
+    /// Monotonic ms of the lapse itself, while [`LocalState::renewals_lapsed_ms`] is set (which a
+    /// confirmed release moves on; this stays). When no other member could take the lock, the
+    /// hold-off counts from here ([`lapsed::holding_off`]); `None`: no lapse.
+    pub lapsed_at_ms: Option<u64>,
     /// How many attempts to give the lock up failed in a row while this member's renewals were
     /// lapsed: releases ([`Action::ReleaseLeader`]) the DCS did not confirm within `retry_timeout`,
     /// and cycles whose DCS read failed while the lock may still live on this member's session (no

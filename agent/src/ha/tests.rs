@@ -119,6 +119,7 @@ fn local(postgres: Postgres) -> LocalState {
         starting_read_only: false,
         promoted: None,
         renewals_lapsed_ms: None,
+        lapsed_at_ms: None,
         lapsed_lock_failures: 0,
         rewind_damage: None,
     }
@@ -1004,6 +1005,37 @@ fn rows() -> Vec<Row> {
             Some(cluster(None)),
             with(local(running(false, 1000, None)), |l| {
                 l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.peers = Some(vec![peer("pg3", 900)]);
+            }),
+        )
+        .expect(vec![], |r| {
+            *r == Reason::HoldingOffAfterLapsedRenewals { in_ms: 5_000 }
+        }),
+        row(
+            "lapsed renewals, released 1 s ago, the lapse itself a ttl ago, and no other member \
+             could take the lock (tagged nofailover, stopped): the hold-off counted from the \
+             lapse is over, race (sim seed 22,134: counted from the release, ttl without a leader \
+             after a DCS outage whose end refreshed the lock)",
+            Some(cluster(None)),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.lapsed_at_ms = Some(NOW.mono_ms - 7000);
+                l.peers = Some(vec![
+                    PeerStatus { nofailover: true, ..peer("pg3", 900) },
+                    PeerStatus { is_running: false, ..peer("pg2", 0) },
+                ]);
+            }),
+        )
+        .expect(vec![AcquireLeader, slots_for_others(), RenewLeader, promote()], |r| {
+            *r == Reason::PromotedByAcquiringLock
+        }),
+        row(
+            "lapsed renewals, released 1 s ago, the lapse itself a ttl ago, another member could \
+             take the lock: the hold-off counts from the release, so that member gets ttl",
+            Some(cluster(None)),
+            with(local(running(false, 1000, None)), |l| {
+                l.renewals_lapsed_ms = Some(NOW.mono_ms - 1000);
+                l.lapsed_at_ms = Some(NOW.mono_ms - 7000);
                 l.peers = Some(vec![peer("pg3", 900)]);
             }),
         )
