@@ -36,6 +36,10 @@
 //! threads=1`, `proxy auto threads=1`, `proxy transaction`, `proxy transaction baseline`,
 //! `proxy rw baseline`, `proxy auto baseline`,
 //! `haproxy`, `pgbouncer`), `PRAETOR_BENCH_CALLGRIND_TOP` (15 functions),
+//! `PRAETOR_BENCH_CALLGRIND_CACHE` (`1`: callgrind also simulates the caches, `--cache-sim=yes`,
+//! and the table adds the data reads and writes per transaction that missed the simulated
+//! first-level and last-level caches: how many distinct cache lines a transaction touches once
+//! the working set of all sessions outgrows the first level; about twice as slow),
 //! `PRAETOR_BENCH_CALLGRIND_BASELINE` (the path of another `praetor` binary, e.g. a copy of the
 //! one built before a change: measured in the same run as `proxy transaction baseline`, the
 //! pool's before/after on one machine state, and as `proxy rw baseline` and `proxy auto
@@ -59,12 +63,13 @@ struct Target {
     port: u16,
 }
 
-/// Instructions one process ran between a `--zero` and a `--dump` (the `totals:` line of the dump).
+/// What one process ran between a `--zero` and a `--dump` (the `totals:` line of the dump), the
+/// transactions `run` made, and the dump.
 async fn zero_run_dump(
     pid: u32,
     out_prefix: &Path,
     run: impl FnOnce() -> Result<u64, String> + Send + 'static,
-) -> Result<(u64, u64, PathBuf), String> {
+) -> Result<(Counts, u64, PathBuf), String> {
     control(pid, &["--zero"])?;
     let tx = tokio::task::spawn_blocking(run)
         .await
@@ -145,16 +150,64 @@ fn dumps(prefix: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The instruction count on a complete dump's `totals:` (or `summary:`) line.
-fn totals(dump: &Path) -> Option<u64> {
+/// What one dump counted: instructions and, with `PRAETOR_BENCH_CALLGRIND_CACHE=1`, the simulated
+/// cache's data misses.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    /// Instructions (Ir).
+    ir: u64,
+    /// Data reads and writes that missed the simulated first-level data cache (D1mr + D1mw);
+    /// `None` without the cache simulation.
+    d1_misses: Option<u64>,
+    /// Of those, the ones that missed the simulated last-level cache too (DLmr + DLmw).
+    ll_misses: Option<u64>,
+}
+
+impl Counts {
+    fn minus(self, earlier: Counts) -> Counts {
+        let sub = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
+        Counts {
+            ir: self.ir.saturating_sub(earlier.ir),
+            d1_misses: sub(self.d1_misses, earlier.d1_misses),
+            ll_misses: sub(self.ll_misses, earlier.ll_misses),
+        }
+    }
+}
+
+/// The counts on a complete dump's `totals:` (or `summary:`) line, named by its `events:` line.
+fn totals(dump: &Path) -> Option<Counts> {
     let text = std::fs::read_to_string(dump).ok()?;
-    text.lines()
+    let events: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("events:"))
+        .map(|e| e.split_whitespace().collect())
+        .unwrap_or_else(|| vec!["Ir"]);
+    let values: Vec<u64> = text
+        .lines()
         .find_map(|l| {
             l.strip_prefix("totals:")
                 .or_else(|| l.strip_prefix("summary:"))
-        })
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+        })?
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let get = |name: &str| {
+        events
+            .iter()
+            .position(|e| *e == name)
+            .map(|i| values.get(i).copied().unwrap_or(0))
+    };
+    let sum = |a: &str, b: &str| Some(get(a)? + get(b)?);
+    Some(Counts {
+        ir: get("Ir")?,
+        d1_misses: sum("D1mr", "D1mw"),
+        ll_misses: sum("DLmr", "DLmw"),
+    })
+}
+
+/// `PRAETOR_BENCH_CALLGRIND_CACHE=1`: callgrind simulates the caches (`--cache-sim=yes`).
+fn cache_sim() -> bool {
+    std::env::var("PRAETOR_BENCH_CALLGRIND_CACHE").is_ok_and(|v| v == "1")
 }
 
 /// `valgrind --tool=callgrind` with its output under `dir` as `<label>.out`, as a command prefix.
@@ -165,18 +218,23 @@ fn valgrind(dir: &Path, label: &str) -> (Vec<String>, PathBuf) {
             "valgrind".into(),
             "--tool=callgrind".into(),
             "--dump-instr=no".into(),
+            format!("--cache-sim={}", if cache_sim() { "yes" } else { "no" }),
             format!("--callgrind-out-file={}", out.display()),
         ],
         out,
     )
 }
 
-/// `callgrind_annotate`'s `top` functions by self cost in `dump`, one per line.
-fn top_functions(dump: &Path, top: usize) -> String {
-    let out = Command::new("callgrind_annotate")
-        .args(["--inclusive=no", "--threshold=100"])
-        .arg(dump)
-        .output();
+/// `callgrind_annotate`'s `top` functions by self cost in `dump`, one per line: by instructions,
+/// or with `misses` by first-level data-cache read misses (then write misses; the cache
+/// simulation's dumps only).
+fn top_functions(dump: &Path, top: usize, misses: bool) -> String {
+    let mut cmd = Command::new("callgrind_annotate");
+    cmd.args(["--inclusive=no", "--threshold=100"]);
+    if misses {
+        cmd.args(["--show=D1mr,D1mw,Ir", "--sort=D1mr,D1mw"]);
+    }
+    let out = cmd.arg(dump).output();
     let text = match out {
         Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
         Err(e) => return format!("cannot run callgrind_annotate: {e}"),
@@ -248,8 +306,8 @@ async fn measure_each(name: &str, pid: u32, out_prefix: &Path, port: u16, plan: 
             let r = measure(pid, out_prefix, port, clients, plan.tx(clients), protocol).await;
             match &r {
                 Ok(m) => eprintln!(
-                    "{name} -c {clients} -M {protocol}: {:.0} Ir/tx, calls/tx {:?}",
-                    m.ir, m.calls
+                    "{name} -c {clients} -M {protocol}: {:.0} Ir/tx, D1 misses/tx {:?}, LL misses/tx {:?}, calls/tx {:?}",
+                    m.ir, m.d1_misses, m.ll_misses, m.calls
                 ),
                 Err(e) => eprintln!("{name} -c {clients} -M {protocol}: {e}"),
             }
@@ -313,8 +371,11 @@ async fn measure(
         })
         .filter(|(_, n)| *n >= 0.005)
         .collect();
+    let diff = ir2.minus(ir1);
     Ok(Measured {
-        ir: ir2.saturating_sub(ir1) as f64 / per_tx,
+        ir: diff.ir as f64 / per_tx,
+        d1_misses: diff.d1_misses.map(|m| m as f64 / per_tx),
+        ll_misses: diff.ll_misses.map(|m| m as f64 / per_tx),
         calls,
         dump,
     })
@@ -324,6 +385,10 @@ async fn measure(
 struct Measured {
     /// User-space instructions per transaction.
     ir: f64,
+    /// Simulated first-level data-cache misses per transaction (`PRAETOR_BENCH_CALLGRIND_CACHE`).
+    d1_misses: Option<f64>,
+    /// Simulated last-level data-cache misses per transaction.
+    ll_misses: Option<f64>,
     /// Calls per transaction of each libc system-call wrapper in [`SYSCALLS`] the process called.
     calls: BTreeMap<String, f64>,
     /// The dump of the longer measured run (for the top functions).
@@ -589,9 +654,17 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
     print!("| target | clients |");
     for p in &plan.protocols {
         print!(" Ir/tx -M {p} | x PgBouncer | system calls per tx -M {p} |");
+        if cache_sim() {
+            print!(" D1 / LL data misses per tx -M {p} |");
+        }
     }
     println!();
-    println!("|---|---|{}", "---|---|---|".repeat(plan.protocols.len()));
+    let columns = if cache_sim() {
+        "---|---|---|---|"
+    } else {
+        "---|---|---|"
+    };
+    println!("|---|---|{}", columns.repeat(plan.protocols.len()));
     for row in &rows {
         // PgBouncer's row at the same client count, the ratio's base.
         let bouncer = rows
@@ -615,6 +688,16 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
                 }
                 Err(_) => print!(" - |"),
             }
+            if cache_sim() {
+                match r {
+                    Ok(Measured {
+                        d1_misses: Some(d1),
+                        ll_misses: Some(ll),
+                        ..
+                    }) => print!(" {d1:.0} / {ll:.1} |"),
+                    _ => print!(" - |"),
+                }
+            }
         }
         println!();
     }
@@ -629,7 +712,15 @@ pub(crate) async fn run(binary: &Path, dir: &WorkDir, port: u16, etcd_port: u16)
                 plan.tx(row.clients).1,
                 m.dump.display()
             );
-            println!("{}", top_functions(&m.dump, top));
+            println!("{}", top_functions(&m.dump, top, false));
+            if cache_sim() {
+                println!();
+                println!(
+                    "{} -c {}, -M {protocol}: top {top} functions by first-level data-cache misses (reads, writes, Ir)",
+                    row.name, row.clients
+                );
+                println!("{}", top_functions(&m.dump, top, true));
+            }
         }
     }
 }

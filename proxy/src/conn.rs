@@ -21,10 +21,13 @@
 //!    transaction boundary on both ports.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::pin::pin;
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -47,7 +50,7 @@ use crate::cancel::{CancelRegistry, Registration};
 use crate::clients::{ClientGuard, Clients};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics, RoutingError};
-use crate::on_wake::OnWake;
+use crate::on_wake::Branches;
 use crate::pool::{open, OpenError, Pool, ServerConn};
 use crate::router::{Fence, Route, Router, Want};
 use crate::rw::{
@@ -1471,9 +1474,9 @@ where
     // True while server bytes are being written to the client (the drain waits for the end of a
     // write, so that the client's FATAL never lands inside a message).
     let writing = std::sync::atomic::AtomicBool::new(false);
-    // Each branch is polled only when its own event came ([`OnWake`]): a wake-up for the
-    // server's answer does not poll the idle client read and the switchover watch.
-    let client_to_server = OnWake::new(async {
+    // Each branch is polled only when its own event came ([`Branches`]): a wake-up for the
+    // server's answer does not poll the idle client read, the switchover watch and the fence.
+    let mut client_to_server = pin!(async {
         loop {
             // Bytes held at a boundary by an earlier relay (the session moved) go first.
             if client_buf.is_empty() {
@@ -1529,7 +1532,7 @@ where
             client_buf.clear();
         }
     });
-    let server_to_client = OnWake::new(async {
+    let mut server_to_client = pin!(async {
         loop {
             let n = server_rd.read_buf(server_buf).await?;
             if n == 0 {
@@ -1567,7 +1570,7 @@ where
             server_buf.clear();
         }
     });
-    let drain_watch = OnWake::new(async {
+    let mut drain_watch = pin!(async {
         let Some(t) = &tracking else {
             return std::future::pending().await;
         };
@@ -1595,28 +1598,54 @@ where
             }
         }
     });
-    tokio::pin!(client_to_server, server_to_client, drain_watch);
+    // In this order, as a biased select: the fence first.
+    const FENCE: u32 = 0;
+    const DRAIN: u32 = 1;
+    const SERVER: u32 = 2;
+    const CLIENT: u32 = 3;
+    let mut branches = Branches::new(4);
     let mut client_open = true;
-    loop {
-        tokio::select! {
-            biased;
-            _ = fence.fenced() => return End::Fenced,
-            clean = &mut drain_watch => return End::Drained(clean),
-            r = &mut server_to_client => return match r {
-                Ok(ServerSide::Closed) => End::ServerClosed,
-                Ok(ServerSide::Ending(frame)) => End::ServerEnding(frame),
-                // A failed read of the server ends it like its end of file (a write to the
-                // client that failed too: the client is gone either way).
-                Err(_) if tracking.is_some() => End::ServerClosed,
-                Err(e) => End::Io(e),
-            },
-            r = &mut client_to_server, if client_open => match r {
-                Ok(ClientSide::Closed) => client_open = false,
-                Ok(ClientSide::Reconnect) => return End::Reconnect,
-                Err(e) => return End::Io(e),
-            },
+    poll_fn(|cx| {
+        let woken = branches.woken(cx);
+        let is = |branch: u32| woken & (1 << branch) != 0;
+        if is(FENCE) && fence.poll_fenced(&mut branches.context(FENCE)).is_ready() {
+            return Poll::Ready(End::Fenced);
         }
-    }
+        if is(DRAIN) {
+            if let Poll::Ready(clean) = drain_watch.as_mut().poll(&mut branches.context(DRAIN)) {
+                return Poll::Ready(End::Drained(clean));
+            }
+        }
+        if is(SERVER) {
+            if let Poll::Ready(r) = server_to_client
+                .as_mut()
+                .poll(&mut branches.context(SERVER))
+            {
+                return Poll::Ready(match r {
+                    Ok(ServerSide::Closed) => End::ServerClosed,
+                    Ok(ServerSide::Ending(frame)) => End::ServerEnding(frame),
+                    // A failed read of the server ends it like its end of file (a write to the
+                    // client that failed too: the client is gone either way).
+                    Err(_) if tracking.is_some() => End::ServerClosed,
+                    Err(e) => End::Io(e),
+                });
+            }
+        }
+        if is(CLIENT) && client_open {
+            if let Poll::Ready(r) = client_to_server
+                .as_mut()
+                .poll(&mut branches.context(CLIENT))
+            {
+                match r {
+                    Ok(ClientSide::Closed) => client_open = false,
+                    Ok(ClientSide::Reconnect) => return Poll::Ready(End::Reconnect),
+                    Err(e) => return Poll::Ready(End::Io(e)),
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn want_of_listener(listener: ListenerKind) -> Want {
