@@ -56,7 +56,7 @@
 //! The rules above (unit tracking, routing, pipelining, pinning, when to release or park) are the
 //! sans-I/O [`crate::units::UnitTracker`]; this module reads, asks it, and executes its answers.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -190,6 +190,11 @@ struct Session<'a> {
     /// `PARK_AFTER` after its last unit when it holds none. Boxed and only while armed: most idle
     /// sessions are parked.
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Fires at the earlier of the stall deadline (`client_message_timeout`) and the drain
+    /// deadline; armed only while one of them is set (rarely: mid-message, or a switchover).
+    /// Kept across the serving loop's passes, so that a pass does not build (and move, and drop)
+    /// a timer future of its own for each deadline.
+    deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     c2s: IntCounter,
     s2c: IntCounter,
     /// Client bytes for the current side's server, gathered while one read's messages are handled
@@ -399,6 +404,7 @@ impl<'a> Live<'a> {
                 idle_since: None,
                 unit_ended: None,
                 idle_timer: None,
+                deadline_timer: None,
                 c2s,
                 s2c,
                 to_server: BytesMut::new(),
@@ -1227,6 +1233,18 @@ impl Session<'_> {
                 self.stalled_since = None;
                 None
             };
+            let deadline = match (stall_deadline, self.drain_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match deadline {
+                Some(at) => match &mut self.deadline_timer {
+                    Some(timer) if timer.deadline() == at => {}
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => self.deadline_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                },
+                None => self.deadline_timer = None,
+            }
             enum Wake {
                 Fenced(Side),
                 /// The drain deadline passed, or the topology changed (a switchover may start).
@@ -1239,8 +1257,8 @@ impl Session<'_> {
             }
             let wake = {
                 let (leader, replica) = (&mut self.leader, &mut self.replica);
-                let idle_timer = &mut self.idle_timer;
-                let (leader_watch, drain_at) = (&mut self.leader_watch, self.drain_at);
+                let (idle_timer, deadline_timer) = (&mut self.idle_timer, &mut self.deadline_timer);
+                let leader_watch = &mut self.leader_watch;
                 // The proxy drains (idle sessions leave) before it stops (every session leaves):
                 // an idle session waits for the first, a busy one for the second.
                 tokio::select! {
@@ -1256,24 +1274,22 @@ impl Session<'_> {
                         ConnEvent::Read(r) => Wake::Server(Side::Replica, r),
                     },
                     r = read_client(client, cbuf), if !blocked => Wake::Client(r),
-                    _ = async {
-                        match idle_timer {
-                            Some(timer) => timer.await,
-                            None => std::future::pending().await,
+                    _ = poll_fn(|cx| match idle_timer {
+                        Some(timer) => timer.as_mut().poll(cx),
+                        None => Poll::Pending,
+                    }), if timer_at.is_some() => Wake::Timer,
+                    _ = poll_fn(|cx| match deadline_timer {
+                        Some(timer) => timer.as_mut().poll(cx),
+                        None => Poll::Pending,
+                    }), if deadline.is_some() => {
+                        // The stall deadline first when both passed, as before (a biased order).
+                        let now = tokio::time::Instant::now();
+                        if stall_deadline.is_some_and(|at| at <= now) {
+                            Wake::Stalled
+                        } else {
+                            Wake::Drain
                         }
-                    }, if timer_at.is_some() => Wake::Timer,
-                    _ = async {
-                        match stall_deadline {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    }, if stall_deadline.is_some() => Wake::Stalled,
-                    _ = async {
-                        match drain_at {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    }, if drain_at.is_some() => Wake::Drain,
+                    },
                     _ = async {
                         let changed = match leader_watch {
                             Some(w) => w.changed().await.is_ok(),
