@@ -380,6 +380,46 @@ pub async fn replicas_caught_up(c: &LocalCluster, leader: &str) {
     }
 }
 
+/// The leader at the moment every replica has replayed its current WAL position: [`replicas_caught_up`]
+/// for a leader read again at each attempt. On a loaded machine a leader can lose its lease before
+/// a test's fault (three clusters of three nodes per CPU in CI, `ttl` 6 s) and the member read
+/// first is then a replica ("recovery is in progress"); a test that kills "the leader" must kill
+/// the one that leads when the rows it counts are safe.
+pub async fn leader_with_replicas_caught_up(c: &LocalCluster) -> String {
+    wait_for(
+        "a leader whose WAL position every replica replayed",
+        Duration::from_secs(120),
+        || async {
+            let leader = c.leader().await.ok_or("no leader")?;
+            let lc = connect(c.node(&leader).pg_port)
+                .await
+                .map_err(|e| e.to_string())?;
+            let lsn: String = lc
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .map_err(|e| format!("{leader}: {e}"))?
+                .get(0);
+            for n in c.nodes.iter().filter(|n| n.name != leader) {
+                let client = connect(n.pg_port).await.map_err(|e| e.to_string())?;
+                let done: bool = client
+                    .query_one(
+                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                        &[&lsn],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                if !done {
+                    return Err(format!("{} has not replayed {lsn} of {leader}", n.name));
+                }
+            }
+            Ok(leader)
+        },
+    )
+    .await
+    .expect("replicas catch up with the leader")
+}
+
 /// Tries `INSERT INTO t (id) VALUES (id)` through `port` (a new connection each time) until one is
 /// acknowledged; returns how long that took.
 pub async fn first_write_through(port: u16, id: i32, timeout: Duration) -> Duration {
