@@ -360,15 +360,7 @@ pub async fn replicas_caught_up(c: &LocalCluster, leader: &str) {
             &format!("{} to replay {lsn}", n.name),
             Duration::from_secs(60),
             || async {
-                let done: bool = client
-                    .query_one(
-                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                        &[&lsn],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                if done {
+                if replayed(&client, &lsn).await? {
                     Ok(())
                 } else {
                     Err("behind".to_string())
@@ -378,6 +370,18 @@ pub async fn replicas_caught_up(c: &LocalCluster, leader: &str) {
         .await
         .expect("replica catches up");
     }
+}
+
+/// Whether the server behind `client` (a replica) has replayed WAL up to `lsn` (text form).
+async fn replayed(client: &tokio_postgres::Client, lsn: &str) -> Result<bool, String> {
+    Ok(client
+        .query_one(
+            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+            &[&lsn],
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0))
 }
 
 /// The leader at the moment every replica has replayed its current WAL position: [`replicas_caught_up`]
@@ -401,15 +405,7 @@ pub async fn leader_with_replicas_caught_up(c: &LocalCluster) -> String {
                 .get(0);
             for n in c.nodes.iter().filter(|n| n.name != leader) {
                 let client = connect(n.pg_port).await.map_err(|e| e.to_string())?;
-                let done: bool = client
-                    .query_one(
-                        "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                        &[&lsn],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .get(0);
-                if !done {
+                if !replayed(&client, &lsn).await? {
                     return Err(format!("{} has not replayed {lsn} of {leader}", n.name));
                 }
             }
