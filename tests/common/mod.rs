@@ -385,10 +385,10 @@ async fn replayed(client: &tokio_postgres::Client, lsn: &str) -> Result<bool, St
 }
 
 /// The leader at the moment every replica has replayed its current WAL position: [`replicas_caught_up`]
-/// for a leader read again at each attempt. On a loaded machine a leader can lose its lease before
-/// a test's fault (three clusters of three nodes per CPU in CI, `ttl` 6 s) and the member read
-/// first is then a replica ("recovery is in progress"); a test that kills "the leader" must kill
-/// the one that leads when the rows it counts are safe.
+/// for a leader read again at each attempt. If the lock moves before a test's fault (a lease lost
+/// under load with `ttl` 6 s; CI once found the member first named leader answering "recovery is
+/// in progress", cause not found), the member read first is a replica: a test that kills "the
+/// leader" must kill the one that leads when the rows it counts are safe.
 pub async fn leader_with_replicas_caught_up(c: &LocalCluster) -> String {
     wait_for(
         "a leader whose WAL position every replica replayed",
