@@ -79,7 +79,7 @@ use praetor_protocol::{
     ScramError, ScramSecret, ScramServer, Severity, SqlState, TxStatus,
 };
 use prometheus::IntCounter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -106,7 +106,7 @@ use crate::units::{
 };
 
 /// Initial capacity of an auto-port client's read buffer; it grows (doubling) for larger messages.
-/// An idle session gives its buffer back (see `read_client`).
+/// An idle session gives its buffer back (see `poll_read_client`).
 const CLIENT_BUFFER_BYTES: usize = 1024;
 
 /// Client messages below this size are gathered into one write to the server per read of the
@@ -1091,13 +1091,17 @@ impl Session<'_> {
                 // Not boxed: what `handle_client` and `handle_server` may wait for at length
                 // (routing, opening a connection, `PAUSE`, read-your-writes, a cancel) is boxed
                 // inside them, so their futures are small, and a box per wake-up would cost an
-                // allocation and a copy of the future at every message.
-                let handled = drained_by(drain_at, async {
-                    let blocked = self.handle_client(client, cbuf).await?;
-                    self.flush_current().await?;
-                    Ok::<bool, End>(blocked)
-                })
-                .await;
+                // allocation and a copy of the future at every message. Pinned in place and
+                // awaited through the pin: passed by value (to `drained_by`) it was copied twice
+                // per message, ~450 bytes written to lines of the session's state that are cold.
+                let handled = {
+                    let handling = std::pin::pin!(async {
+                        let blocked = self.handle_client(client, cbuf).await?;
+                        self.flush_current().await?;
+                        Ok::<bool, End>(blocked)
+                    });
+                    drained_by(drain_at, handling).await
+                };
                 match handled {
                     Ok(b) => b,
                     // The deadline passed while a write was blocked (a server that does not read
@@ -1215,7 +1219,7 @@ impl Session<'_> {
                 None => {}
             }
             if idle && cbuf.is_empty() && timer_at.is_none() {
-                // An idle client keeps no read buffer; `read_client` gets one when bytes arrive.
+                // An idle client keeps no read buffer; `poll_read_client` gets one when bytes arrive.
                 // While a park or release timer runs, the buffers stay for the client's next
                 // unit (a busy client would otherwise allocate both at every unit) and go when
                 // the timer fires.
@@ -1259,48 +1263,70 @@ impl Session<'_> {
                 let (leader, replica) = (&mut self.leader, &mut self.replica);
                 let (idle_timer, deadline_timer) = (&mut self.idle_timer, &mut self.deadline_timer);
                 let leader_watch = &mut self.leader_watch;
-                // The proxy drains (idle sessions leave) before it stops (every session leaves):
-                // an idle session waits for the first, a busy one for the second.
-                tokio::select! {
-                    biased;
-                    _ = &mut drained, if idle => Wake::Shutdown,
-                    _ = &mut stopped, if !idle => Wake::Shutdown,
-                    e = poll_fn(|cx| poll_conn(leader, cx)) => match e {
-                        ConnEvent::Fenced => Wake::Fenced(Side::Leader),
-                        ConnEvent::Read(r) => Wake::Server(Side::Leader, r),
-                    },
-                    e = poll_fn(|cx| poll_conn(replica, cx)) => match e {
-                        ConnEvent::Fenced => Wake::Fenced(Side::Replica),
-                        ConnEvent::Read(r) => Wake::Server(Side::Replica, r),
-                    },
-                    r = read_client(client, cbuf), if !blocked => Wake::Client(r),
-                    _ = poll_fn(|cx| match idle_timer {
-                        Some(timer) => timer.as_mut().poll(cx),
-                        None => Poll::Pending,
-                    }), if timer_at.is_some() => Wake::Timer,
-                    _ = poll_fn(|cx| match deadline_timer {
-                        Some(timer) => timer.as_mut().poll(cx),
-                        None => Poll::Pending,
-                    }), if deadline.is_some() => {
-                        // The stall deadline first when both passed, as before (a biased order).
-                        let now = tokio::time::Instant::now();
-                        if stall_deadline.is_some_and(|at| at <= now) {
-                            Wake::Stalled
-                        } else {
-                            Wake::Drain
+                // Made in place and polled only while a switchover is watched for.
+                let mut watch_changed = std::pin::pin!(async {
+                    let changed = match leader_watch {
+                        Some(w) => w.changed().await.is_ok(),
+                        None => false,
+                    };
+                    if !changed {
+                        // The router is gone (the proxy stops): nothing to watch.
+                        std::future::pending::<()>().await;
+                    }
+                });
+                // A hand-written select (as `tokio::select!`'s `biased`, in this order): no tuple
+                // of branch futures built, moved and dropped at every pass.
+                poll_fn(|cx| {
+                    // The proxy drains (idle sessions leave) before it stops (every session
+                    // leaves): an idle session waits for the first, a busy one for the second.
+                    let stop = if idle {
+                        drained.as_mut()
+                    } else {
+                        stopped.as_mut()
+                    };
+                    if stop.poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Shutdown);
+                    }
+                    if let Poll::Ready(e) = poll_conn(leader, cx) {
+                        return Poll::Ready(match e {
+                            ConnEvent::Fenced => Wake::Fenced(Side::Leader),
+                            ConnEvent::Read(r) => Wake::Server(Side::Leader, r),
+                        });
+                    }
+                    if let Poll::Ready(e) = poll_conn(replica, cx) {
+                        return Poll::Ready(match e {
+                            ConnEvent::Fenced => Wake::Fenced(Side::Replica),
+                            ConnEvent::Read(r) => Wake::Server(Side::Replica, r),
+                        });
+                    }
+                    if !blocked {
+                        if let Poll::Ready(r) = poll_read_client(client, cbuf, cx) {
+                            return Poll::Ready(Wake::Client(r));
                         }
-                    },
-                    _ = async {
-                        let changed = match leader_watch {
-                            Some(w) => w.changed().await.is_ok(),
-                            None => false,
-                        };
-                        if !changed {
-                            // The router is gone (the proxy stops): nothing to watch.
-                            std::future::pending::<()>().await;
+                    }
+                    if let (Some(timer), Some(_)) = (idle_timer.as_mut(), timer_at) {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Wake::Timer);
                         }
-                    }, if watch_switchover => Wake::Drain,
-                }
+                    }
+                    if let (Some(timer), Some(_)) = (deadline_timer.as_mut(), deadline) {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            // The stall deadline first when both passed, as before (a biased
+                            // order).
+                            let now = tokio::time::Instant::now();
+                            return Poll::Ready(if stall_deadline.is_some_and(|at| at <= now) {
+                                Wake::Stalled
+                            } else {
+                                Wake::Drain
+                            });
+                        }
+                    }
+                    if watch_switchover && watch_changed.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Drain);
+                    }
+                    Poll::Pending
+                })
+                .await
             };
             if self.info.is_terminated() {
                 // `pg_terminate_backend`: whatever woke the session (the end of its client, or
@@ -1858,7 +1884,7 @@ impl Session<'_> {
             let complete = cbuf.len() >= h.frame_len;
             if needs_whole && !complete {
                 // No reservation of the declared length: the buffer grows as the bytes arrive
-                // (`read_client`), so a client that declares 1 GiB and sends 5 bytes costs 5 bytes.
+                // (`poll_read_client`), so a client that declares 1 GiB and sends 5 bytes costs 5 bytes.
                 return Ok(false);
             }
             if needs_whole {
@@ -2527,28 +2553,30 @@ enum ConnEvent {
 }
 
 /// Reads the client into `cbuf`. A buffer an idle session gave back (no capacity) is allocated
-/// only once bytes are there: a plain TCP client is waited for with `poll_read_ready` first.
-async fn read_client(client: &mut ClientStream, cbuf: &mut BytesMut) -> std::io::Result<usize> {
+/// only once bytes are there: a plain TCP client is waited for with `poll_read_ready` first. A poll
+/// function, not an `async fn`: the serving loop polls it in place ([`Session::serve`]).
+fn poll_read_client(
+    client: &mut ClientStream,
+    cbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
     if cbuf.capacity() == 0 {
         if let ClientStream::Plain(tcp) = client {
-            // A poll function rather than `readable()`: no waiter state to store. The read goes
+            // `poll_read_ready` rather than `readable()`: no waiter state to store. The read goes
             // through `poll_read`, which, unlike `try_read`, forgets the socket's readiness after a
             // short read, so the next wait does not begin with a read that finds nothing.
-            return std::future::poll_fn(|cx| {
-                std::task::ready!(tcp.poll_read_ready(cx))?;
-                cbuf.reserve(CLIENT_BUFFER_BYTES);
-                let read = tokio_util::io::poll_read_buf(Pin::new(&mut *tcp), cx, cbuf);
-                if read.is_pending() {
-                    // The readiness was stale: wait without a buffer again.
-                    *cbuf = BytesMut::new();
-                }
-                read
-            })
-            .await;
+            std::task::ready!(tcp.poll_read_ready(cx))?;
+            cbuf.reserve(CLIENT_BUFFER_BYTES);
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut *tcp), cx, cbuf);
+            if read.is_pending() {
+                // The readiness was stale: wait without a buffer again.
+                *cbuf = BytesMut::new();
+            }
+            return read;
         }
         cbuf.reserve(CLIENT_BUFFER_BYTES);
     }
-    client.read_buf(cbuf).await
+    tokio_util::io::poll_read_buf(Pin::new(client), cx, cbuf)
 }
 
 /// Frees an idle session's client read buffer and its queue for the server (each when empty).
