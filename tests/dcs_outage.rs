@@ -119,12 +119,21 @@ async fn recover(c: &mut LocalCluster) -> String {
 
 // ---- A DCS restart shorter than retry_timeout ----
 
-async fn dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(dcs: DcsKind) {
+async fn dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(
+    dcs: DcsKind,
+    restart: Restart,
+) {
     // retry_timeout 25 s leaves a restart well inside it (ZooKeeper's JVM restart takes ~4 s on a
     // quiet machine, took 12.7 s once at load 30, past the 10 s this test had); the session /
     // lease TTL of 60 s keeps the lock alive on the servers meanwhile (Patroni's rule: loop_wait +
     // 2 x retry_timeout <= ttl).
-    let retry_timeout = 25;
+    // Behind a silent port, 20 s: under zookeeper-client's own bound for a silent connection
+    // (2/5 of the 60 s session, 24 s), so that a client keeping that bound fails here for sure
+    // (with 25 s a 24 s wait passed or failed by the HA loop's phase).
+    let retry_timeout = match restart {
+        Restart::Plain => 25,
+        Restart::BehindSilentListener => 20,
+    };
     let mut c = healthy_cluster(ClusterOptions {
         scope: format!("{}restart", dcs.family()),
         dcs,
@@ -137,8 +146,15 @@ async fn dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(dcs:
     let leader = c.leader().await.expect("leader");
     let before = undisturbed(&c, &leader).await;
 
+    let (_, hosts) = c.dcs().section_and_hosts();
+    let clients = dcs_clients(&hosts[0]);
     let stopped = Instant::now();
     c.dcs().stop();
+    // Kept to the end: the connections the silent listener took stay open, answering nothing.
+    let _silent = match restart {
+        Restart::Plain => None,
+        Restart::BehindSilentListener => Some(hold_silently(&hosts[0], clients).await),
+    };
     c.dcs().restart().await.expect("the DCS restarts");
     let outage = stopped.elapsed();
     eprintln!(
@@ -166,12 +182,87 @@ async fn dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(dcs:
 
 #[tokio::test]
 async fn etcd_restart_shorter_than_retry_timeout_does_not_disturb_the_leader() {
-    dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(DcsKind::Etcd).await;
+    dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(
+        DcsKind::Etcd,
+        Restart::Plain,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn zookeeper_restart_shorter_than_retry_timeout_does_not_disturb_the_leader() {
-    dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(DcsKind::ZooKeeper).await;
+    dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(
+        DcsKind::ZooKeeper,
+        Restart::Plain,
+    )
+    .await;
+}
+
+/// A clean-clone CI run (2026-12-07) saw the leader demote itself after a 4.6 s ZooKeeper restart:
+/// its session's reconnection had reached the port while ZooKeeper was starting and waited 24 s
+/// (zookeeper-client's default, 2/5 of the 60 s session timeout) for an answer, past
+/// `retry_timeout`. Here every client's reconnection meets a port that accepts and answers
+/// nothing before ZooKeeper is back; the client must leave such a connection in time to reach
+/// the restarted server within `retry_timeout`.
+#[tokio::test]
+async fn zookeeper_restart_behind_a_silent_port_does_not_disturb_the_leader() {
+    dcs_restart_shorter_than_retry_timeout_does_not_disturb_the_leader(
+        DcsKind::ZooKeeper,
+        Restart::BehindSilentListener,
+    )
+    .await;
+}
+
+/// How the DCS goes away and comes back.
+#[derive(Clone, Copy)]
+enum Restart {
+    /// Stopped and started again: connections are refused meanwhile.
+    Plain,
+    /// Stopped; before it starts again, its port accepts a connection from every client and
+    /// answers nothing (as a server that is still starting may): those connections stay open,
+    /// silent, after the DCS is back.
+    BehindSilentListener,
+}
+
+/// How many client connections `host` (`IP:PORT`) has now: established TCP connections whose
+/// remote end is that port, from `/proc/net/tcp` (the agents and proxies run on this machine).
+fn dcs_clients(host: &str) -> usize {
+    let port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // rem_address is `HEXIP:HEXPORT`; state 01 is ESTABLISHED.
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16) == Ok(port) && f[3] == "01"
+        })
+        .count()
+}
+
+/// Listens on `host` until `clients` connections came (the DCS clients reconnecting), then stops
+/// listening; returns the accepted connections, never read nor written: a peer that accepted and
+/// answers nothing.
+async fn hold_silently(host: &str, clients: usize) -> Vec<tokio::net::TcpStream> {
+    assert!(clients > 0, "no client was connected to the DCS at {host}");
+    let listener = tokio::net::TcpListener::bind(host)
+        .await
+        .unwrap_or_else(|e| panic!("bind {host} while the DCS is down: {e}"));
+    let mut held = Vec::new();
+    let accepting = async {
+        while held.len() < clients {
+            let (stream, _) = listener.accept().await.expect("accept");
+            held.push(stream);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), accepting)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{clients} DCS clients did not reconnect to {host} within 60 s")
+        });
+    eprintln!("{host}: holding {} silent connections", held.len());
+    held
 }
 
 // ---- The DCS unreachable for longer than ttl ----

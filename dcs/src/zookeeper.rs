@@ -445,6 +445,22 @@ fn decode(keys: &Keys, entries: &[Entry]) -> Cluster {
     )
 }
 
+/// How long the client waits on a connection that answers nothing before it tries the next
+/// one: half the request timeout (`retry_timeout` for an agent), at least 2 s. A server that
+/// accepted the connection and never answers (ZooKeeper still starting after a restart, or a host
+/// gone silent) is then left in time for a second attempt, at a server that answers, to fit in
+/// the request timeout. zookeeper-client's own bound is 2/5 of the session timeout (24 s for a
+/// `ttl` of 60), past `retry_timeout`: a leader whose session was reconnecting to a restarted
+/// ZooKeeper hung for 24 s and demoted itself after a 4.6 s restart. (Patroni bounds its kazoo
+/// connection attempts the same way, to `max(1, retry_timeout / 2)` s, and the wait for a reply to
+/// `max(loop_wait - 2, 2)` s.) zookeeper-client also pings at 3/8 of it and drops a connection
+/// silent for as long: a dead server is noticed within it too; the 2 s floor keeps a server's
+/// short pause (a garbage collection) from dropping connections. It is ignored when over 3/5 of the
+/// session timeout (the library's own bound is smaller then).
+fn connection_timeout(request_timeout: Duration) -> Duration {
+    (request_timeout / 2).max(Duration::from_secs(2))
+}
+
 impl Shared {
     /// The member name, for operations only an agent may perform.
     fn member_name(&self, what: &str) -> Result<&str, DcsError> {
@@ -476,6 +492,7 @@ impl Shared {
         // Detached: dropping the client leaves the session to expire (see `close` for ending it).
         let connect = zk::Client::connector()
             .with_session_timeout(requested)
+            .with_connection_timeout(connection_timeout(self.request_timeout))
             .with_detached()
             .connect(&self.connect_string);
         let client = match timeout_at(deadline, connect).await {
@@ -1443,6 +1460,28 @@ impl WatchTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_connection_is_left_within_half_the_request_timeout() {
+        // Patroni's default retry_timeout, this project's DCS outage tests', and a floor.
+        assert_eq!(
+            connection_timeout(Duration::from_secs(10)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            connection_timeout(Duration::from_secs(25)),
+            Duration::from_millis(12_500)
+        );
+        // The proxy's 3 s, and a floor.
+        assert_eq!(
+            connection_timeout(Duration::from_secs(3)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            connection_timeout(Duration::from_secs(1)),
+            Duration::from_secs(2)
+        );
+    }
 
     #[test]
     fn connect_string_accepts_lists_and_comma_separated_hosts() {
