@@ -1463,24 +1463,20 @@ mod tests {
 
     #[test]
     fn a_silent_connection_is_left_within_half_the_request_timeout() {
-        // Patroni's default retry_timeout, this project's DCS outage tests', and a floor.
-        assert_eq!(
-            connection_timeout(Duration::from_secs(10)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            connection_timeout(Duration::from_secs(25)),
-            Duration::from_millis(12_500)
-        );
-        // The proxy's 3 s, and a floor.
-        assert_eq!(
-            connection_timeout(Duration::from_secs(3)),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            connection_timeout(Duration::from_secs(1)),
-            Duration::from_secs(2)
-        );
+        // Patroni's default retry_timeout, this project's DCS outage tests', the proxy's 3 s, and
+        // the floor.
+        for (request_ms, want_ms) in [
+            (10_000, 5_000),
+            (25_000, 12_500),
+            (3_000, 2_000),
+            (1_000, 2_000),
+        ] {
+            assert_eq!(
+                connection_timeout(Duration::from_millis(request_ms)),
+                Duration::from_millis(want_ms),
+                "request timeout {request_ms} ms"
+            );
+        }
     }
 
     #[test]
