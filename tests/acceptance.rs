@@ -182,7 +182,19 @@ async fn ctl_switchover(dcs: DcsKind) {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(port as u16, c.node(&candidate).pg_port);
+    if port as u16 != c.node(&candidate).pg_port {
+        // Seen once in CI (2026-12-07, port of another member, logs lost): say which member the
+        // proxy reached and what the DCS says now, with every log.
+        let reached = c.nodes.iter().find(|n| i32::from(n.pg_port) == port);
+        let view = dcs_cluster(&c).await;
+        dump_logs(&c);
+        panic!(
+            "after the switchover to {candidate} (port {}), a new read-write connection reached port {port} ({:?}); the DCS now names leader {:?}",
+            c.node(&candidate).pg_port,
+            reached.map(|n| &n.name),
+            view.leader.map(|l| l.name)
+        );
+    }
     after
         .batch_execute("CREATE TABLE after_switchover (x int)")
         .await
