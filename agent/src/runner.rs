@@ -65,11 +65,11 @@ pub async fn run_with(
     for w in dynamic.adjust_timings() {
         tracing::warn!("bootstrap.dcs: {w}");
     }
-    let instance = Instance::new(instance_settings(
+    let pg = Arc::new(Instance::new(instance_settings(
         &config,
         &settings,
         version.version.major(),
-    ));
+    )));
     let identity = DcsIdentity {
         namespace: settings.namespace.clone(),
         scope: settings.scope.clone(),
@@ -113,6 +113,7 @@ pub async fn run_with(
         dcs.clone(),
         metrics,
         None,
+        pg.clone(),
         (settings.data_dir.clone(), settings.name.clone()),
         api_shutdown.clone(),
     )
@@ -144,7 +145,6 @@ pub async fn run_with(
     let may_write = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let guard_stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
-    let pg = Arc::new(instance);
     let guard = tokio::spawn(deadline_guard(
         deadline_rx,
         pg.clone(),

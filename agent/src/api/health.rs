@@ -356,4 +356,94 @@ mod tests {
             q
         });
     }
+
+    /// A [`super::super::WalProbe`] answering fixed positions, counting its calls.
+    struct FixedProbe(
+        Option<crate::postgres::instance::WalPositions>,
+        std::sync::atomic::AtomicUsize,
+    );
+
+    #[async_trait::async_trait]
+    impl super::super::WalProbe for FixedProbe {
+        async fn wal_positions(&self) -> Option<crate::postgres::instance::WalPositions> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0
+        }
+    }
+
+    /// `GET /patroni` through [`super::super::dispatch`] with `st` as the loop's snapshot and
+    /// `probe` answering: the `xlog` document and how often the probe was asked.
+    async fn patroni_xlog(
+        st: NodeStatus,
+        probe: Option<crate::postgres::instance::WalPositions>,
+    ) -> (serde_json::Value, usize) {
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(st));
+        let (cmd, _cmd_rx) = tokio::sync::mpsc::channel(1);
+        let mut ctx = super::super::ApiContext::new(rx, cmd);
+        let probe = Arc::new(FixedProbe(probe, Default::default()));
+        ctx.wal_probe = Some(probe.clone());
+        let conn = super::super::ConnInfo {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            client_cert: false,
+        };
+        let reply = super::super::dispatch(
+            &ctx,
+            conn,
+            &Method::GET,
+            "/patroni",
+            None,
+            &Default::default(),
+            &Default::default(),
+        )
+        .await;
+        let super::super::ReplyBody::Json(v) = reply.body else {
+            panic!("a JSON body: {reply:?}");
+        };
+        (
+            v["xlog"].clone(),
+            probe.1.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn patroni_answers_the_positions_the_server_reports_now_not_the_loops() {
+        use crate::postgres::instance::WalPositions;
+        let replica_now = WalPositions {
+            in_recovery: true,
+            current_lsn: None,
+            received_lsn: Some(300),
+            replayed_lsn: Some(250),
+        };
+        // A replica whose loop last saw 42: the server's positions now.
+        let (xlog, asked) = patroni_xlog(node("b", "a", true, 42), Some(replica_now)).await;
+        assert_eq!(
+            (
+                xlog["received_location"].clone(),
+                xlog["replayed_location"].clone(),
+                asked
+            ),
+            (300.into(), 250.into(), 1)
+        );
+        // A leader: its current position now.
+        let leader_now = WalPositions {
+            in_recovery: false,
+            current_lsn: Some(9000),
+            received_lsn: None,
+            replayed_lsn: None,
+        };
+        let (xlog, _) = patroni_xlog(node("a", "a", false, 7), Some(leader_now)).await;
+        assert_eq!(xlog["location"], 9000);
+        // Promoted since the loop's snapshot: the snapshot's positions, which match its other fields.
+        let (xlog, _) = patroni_xlog(node("b", "a", true, 42), Some(leader_now)).await;
+        assert_eq!(xlog["received_location"], 42);
+        // The server does not answer in time: the snapshot.
+        let (xlog, asked) = patroni_xlog(node("b", "a", true, 42), None).await;
+        assert_eq!((xlog["received_location"].clone(), asked), (42.into(), 1));
+        // PostgreSQL not running: nothing to ask.
+        let mut stopped = node("b", "a", true, 42);
+        stopped.server = None;
+        stopped.state = MemberState::Stopped;
+        let (_, asked) = patroni_xlog(stopped, Some(replica_now)).await;
+        assert_eq!(asked, 0);
+    }
 }

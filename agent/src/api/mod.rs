@@ -44,6 +44,7 @@ pub use merge::merge_patch;
 pub use schedule::{parse_schedule, RestartSchedule, ScheduledRestart};
 
 use crate::metrics::Metrics;
+use crate::postgres::instance::WalPositions;
 use crate::postgres::ServerStatus;
 
 /// Everything the API answers from: the latest state of this node, as of the last HA loop.
@@ -318,6 +319,38 @@ pub struct ApiContext {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How agents' APIs are called (switchover candidate checks).
     pub client: client::ApiClient,
+    /// Reads the local server's WAL positions at request time (`GET /patroni`); `None` in tests
+    /// of the pure surface (the loop's snapshot is answered).
+    pub wal_probe: Option<Arc<dyn WalProbe>>,
+}
+
+/// How long `GET /patroni` waits for the local server's WAL positions before it answers the loop's
+/// snapshot: peers read `/patroni` in the leader race and in switchover checks with timeouts of
+/// a few seconds, and a health checker must not hang on a server that does not answer.
+pub const WAL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Reads this member's WAL positions from its server when asked, as Patroni's API queries
+/// PostgreSQL at every `GET /patroni` (`get_postgresql_status` in Patroni's `api.py`): the loop's
+/// snapshot is up to `loop_wait` old, so two members' snapshots taken at different moments
+/// compare positions of different moments (a caught-up switchover candidate looked a whole WAL
+/// segment behind its leader).
+#[async_trait::async_trait]
+pub trait WalProbe: Send + Sync {
+    /// The positions now; `None` when the server did not answer within [`WAL_PROBE_TIMEOUT`].
+    async fn wal_positions(&self) -> Option<WalPositions>;
+}
+
+#[async_trait::async_trait]
+impl WalProbe for crate::postgres::instance::Instance {
+    async fn wal_positions(&self) -> Option<WalPositions> {
+        match crate::postgres::instance::Instance::wal_positions(self, WAL_PROBE_TIMEOUT).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::debug!("GET /patroni answers the loop's WAL positions: {e}");
+                None
+            }
+        }
+    }
 }
 
 impl ApiContext {
@@ -337,6 +370,26 @@ impl ApiContext {
             failsafe_record: None,
             tls: None,
             client: client::ApiClient::plain(Duration::from_secs(3)),
+            wal_probe: None,
+        }
+    }
+
+    /// The latest snapshot with the WAL positions the local server reports now
+    /// ([`WalProbe`]), when PostgreSQL runs, answers in time and still has the snapshot's role;
+    /// otherwise the snapshot as it is.
+    pub async fn live_snapshot(&self) -> Arc<NodeStatus> {
+        let snap = self.snapshot();
+        let (Some(probe), Some(_)) = (&self.wal_probe, &snap.server) else {
+            return snap;
+        };
+        let Some(now) = probe.wal_positions().await else {
+            return snap;
+        };
+        let mut st = (*snap).clone();
+        if st.server.as_mut().is_some_and(|s| s.take_positions(&now)) {
+            Arc::new(st)
+        } else {
+            snap
         }
     }
 
@@ -617,6 +670,11 @@ pub async fn dispatch(
             },
             None => Reply::empty(StatusCode::NOT_FOUND),
         },
+        (Method::GET, "/patroni") => {
+            let st = ctx.live_snapshot().await;
+            let (code, body) = respond(method, path, &query, &st, unix_now());
+            reply_of(code, body)
+        }
         (Method::GET, "/config" | "/cluster" | "/history") => {
             let mut st = (*ctx.snapshot()).clone();
             if let Some(c) = ctx.fresh_cluster().await {

@@ -227,7 +227,39 @@ impl SlotRow {
     }
 }
 
+/// `application_name` of the HA loop's connections to the local server.
+pub const AGENT_APPLICATION_NAME: &str = "praetor";
+/// `application_name` of the REST API's connection to the local server ([`Instance::wal_positions`]);
+/// [`Instance::transactions_in_progress`] does not count it.
+pub const API_APPLICATION_NAME: &str = "praetor api";
+
+/// A server's WAL positions at one moment ([`Instance::wal_positions`]), bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPositions {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// Primary: `pg_current_wal_lsn()`.
+    pub current_lsn: Option<u64>,
+    /// `pg_last_wal_receive_lsn()` (replica; `None` on a primary and before a WAL receiver ran).
+    pub received_lsn: Option<u64>,
+    /// `pg_last_wal_replay_lsn()` (replica).
+    pub replayed_lsn: Option<u64>,
+}
+
 impl ServerStatus {
+    /// This status with the WAL positions of `now`, when they describe the same role (in
+    /// recovery or not): a server promoted since the status was taken keeps the status's
+    /// positions, whose other fields describe the replica it was. Returns whether they were taken.
+    pub fn take_positions(&mut self, now: &WalPositions) -> bool {
+        if now.in_recovery != self.in_recovery {
+            return false;
+        }
+        self.current_lsn = now.current_lsn;
+        self.received_lsn = now.received_lsn;
+        self.replayed_lsn = now.replayed_lsn;
+        true
+    }
+
     /// Primary: current position. Replica: max(received, replayed). Bytes.
     pub fn wal_position(&self) -> u64 {
         [self.current_lsn, self.received_lsn, self.replayed_lsn]
@@ -267,6 +299,9 @@ pub struct Instance {
     /// slots); `None`: the configured value.
     standby_slots: std::sync::Mutex<Option<String>>,
     client: Mutex<Option<tokio_postgres::Client>>,
+    /// The REST API's own connection ([`Instance::wal_positions`]): a request never waits behind
+    /// the HA loop's queries, nor the loop behind a request.
+    api_client: Mutex<Option<tokio_postgres::Client>>,
     child: Mutex<Option<Child>>,
     /// The last reason logged for a `postmaster.pid` naming another process (logged once per change).
     stranger_logged: std::sync::Mutex<Option<String>>,
@@ -322,6 +357,7 @@ impl Instance {
             sync_names: std::sync::Mutex::new(None),
             standby_slots: std::sync::Mutex::new(None),
             client: Mutex::new(None),
+            api_client: Mutex::new(None),
             child: Mutex::new(None),
             stranger_logged: std::sync::Mutex::new(None),
             socket_dirs: std::sync::Mutex::new(None),
@@ -1735,7 +1771,8 @@ impl Instance {
         let rows = self
             .query(
                 "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-                 AND xact_start IS NOT NULL AND pid <> pg_backend_pid()",
+                 AND xact_start IS NOT NULL AND pid <> pg_backend_pid() \
+                 AND application_name <> 'praetor api'",
                 &[],
             )
             .await?;
@@ -1750,7 +1787,8 @@ impl Instance {
                 "SELECT coalesce(string_agg(state || ' ' || coalesce(wait_event, '-') || ' port ' \
                  || coalesce(client_port, 0) || ': ' || left(query, 60), ' | '), '') \
                  FROM pg_stat_activity WHERE backend_type = 'client backend' \
-                 AND xact_start IS NOT NULL AND pid <> pg_backend_pid()",
+                 AND xact_start IS NOT NULL AND pid <> pg_backend_pid() \
+                 AND application_name <> 'praetor api'",
                 &[],
             )
             .await?;
@@ -1812,13 +1850,33 @@ impl Instance {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, PgError> {
-        let mut guard = self.client.lock().await;
+        self.query_on(
+            &self.client,
+            AGENT_APPLICATION_NAME,
+            self.s.ctl_timeout,
+            sql,
+            params,
+        )
+        .await
+    }
+
+    /// [`Instance::query`] over the connection cached in `slot` (opened with `application_name`),
+    /// bounded by `timeout` (the connection is dropped when it runs out).
+    async fn query_on(
+        &self,
+        slot: &Mutex<Option<tokio_postgres::Client>>,
+        application_name: &str,
+        timeout: Duration,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, PgError> {
+        let mut guard = slot.lock().await;
         for attempt in 0..2 {
             if guard.as_ref().is_none_or(|c| c.is_closed()) {
-                *guard = Some(self.connect().await?);
+                *guard = Some(self.connect_as_app("postgres", application_name).await?);
             }
             let client = guard.as_ref().expect("connected just above");
-            match tokio::time::timeout(self.s.ctl_timeout, client.query(sql, params)).await {
+            match tokio::time::timeout(timeout, client.query(sql, params)).await {
                 Ok(Ok(rows)) => return Ok(rows),
                 Ok(Err(e)) if client.is_closed() && attempt == 0 => {
                     tracing::debug!("local connection broken ({e}), reconnecting");
@@ -1827,11 +1885,42 @@ impl Instance {
                 Ok(Err(e)) => return Err(PgError::Query(db_error_text(&e))),
                 Err(_) => {
                     *guard = None;
-                    return Err(PgError::Timeout(self.s.ctl_timeout, sql.to_string()));
+                    return Err(PgError::Timeout(timeout, sql.to_string()));
                 }
             }
         }
         Err(PgError::Query("the local connection keeps breaking".into()))
+    }
+
+    /// This member's WAL positions read from PostgreSQL now, over the REST API's own connection
+    /// (opened on first use, `application_name` [`API_APPLICATION_NAME`]), within `timeout` (the
+    /// connection attempt included, up to its own 3 s bound). What `GET /patroni` answers, as
+    /// Patroni's API queries the server at every request: the HA loop's status is up to
+    /// `loop_wait` old, and two members' statuses taken at different moments made a caught-up
+    /// candidate look 16 MiB behind its leader after a WAL segment switch (a switchover refused
+    /// as lagging).
+    ///
+    /// # Errors
+    /// [`PgError`] when the server cannot be reached, or answers later than `timeout`.
+    pub async fn wal_positions(&self, timeout: Duration) -> Result<WalPositions, PgError> {
+        const SQL: &str = "SELECT pg_is_in_recovery(),
+            CASE WHEN pg_is_in_recovery() THEN NULL ELSE (pg_current_wal_lsn() - '0/0')::bigint END,
+            (pg_last_wal_receive_lsn() - '0/0')::bigint,
+            (pg_last_wal_replay_lsn() - '0/0')::bigint";
+        let attempt = self.query_on(&self.api_client, API_APPLICATION_NAME, timeout, SQL, &[]);
+        let rows = tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| PgError::Timeout(timeout, SQL.to_string()))??;
+        let row = rows
+            .first()
+            .ok_or_else(|| PgError::Unexpected("WAL position query returned no row".into()))?;
+        let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
+        Ok(WalPositions {
+            in_recovery: row.get(0),
+            current_lsn: lsn(1),
+            received_lsn: lsn(2),
+            replayed_lsn: lsn(3),
+        })
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
@@ -1840,6 +1929,15 @@ impl Instance {
 
     /// A new connection to the local server's database `dbname` as the superuser.
     async fn connect_to(&self, dbname: &str) -> Result<tokio_postgres::Client, PgError> {
+        self.connect_as_app(dbname, AGENT_APPLICATION_NAME).await
+    }
+
+    /// [`Instance::connect_to`] with another `application_name`.
+    async fn connect_as_app(
+        &self,
+        dbname: &str,
+        application_name: &str,
+    ) -> Result<tokio_postgres::Client, PgError> {
         let mut cfg = tokio_postgres::Config::new();
         if self.s.use_unix_socket {
             let dirs = self
@@ -1862,7 +1960,7 @@ impl Instance {
         cfg.port(self.s.listen.port)
             .user(&self.s.superuser.username)
             .dbname(dbname)
-            .application_name("praetor")
+            .application_name(application_name)
             .connect_timeout(Duration::from_secs(3));
         if let Some(pw) = &self.s.superuser.password {
             cfg.password(pw);

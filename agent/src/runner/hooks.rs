@@ -49,7 +49,8 @@ pub(super) fn metered(dcs: Arc<dyn Dcs>, scope: &str, name: &str) -> (Arc<dyn Dc
 
 /// Starts the REST API (plain or TLS, with access control) and the restart scheduler on
 /// `listener`; `restarts` carries a scheduled restart over when the API is served again after a
-/// reload. `failsafe_record` (this member's data directory and name) is where an accepted `POST
+/// reload; `wal_probe` reads the local server's WAL positions for `GET /patroni`.
+/// `failsafe_record` (this member's data directory and name) is where an accepted `POST
 /// /failsafe` is recorded, and whence the last one is taken back ([`crate::failsafe_record`]).
 /// Errors: unusable `restapi` TLS or allowlist settings.
 #[allow(clippy::too_many_arguments)]
@@ -61,6 +62,7 @@ pub(super) async fn start_api(
     dcs: Arc<dyn Dcs>,
     metrics: Arc<Metrics>,
     restarts: Option<Arc<RestartSchedule>>,
+    wal_probe: Arc<dyn api::WalProbe>,
     failsafe_record: (std::path::PathBuf, String),
     shutdown: CancellationToken,
 ) -> anyhow::Result<(tokio::task::JoinHandle<std::io::Result<()>>, Ops)> {
@@ -108,6 +110,7 @@ pub(super) async fn start_api(
         std::time::Duration::from_secs(3),
     );
     ctx.dcs = Some(dcs);
+    ctx.wal_probe = Some(wal_probe);
     ctx.metrics = Some(metrics.clone());
     let tls = ctx.tls.is_some();
     let restarts = ctx.restarts.clone();

@@ -237,6 +237,7 @@ impl Runner {
             self.dcs.clone(),
             self.ops.metrics.clone(),
             Some(self.ops.restarts.clone()),
+            self.pg.clone(),
             (self.settings.data_dir.clone(), self.settings.name.clone()),
             shutdown.clone(),
         )
