@@ -9,7 +9,7 @@ use super::NodeStatus;
 use super::{parse_lag, Query};
 
 /// Health paths: each answers 200 or 503 with the status body; HEAD and OPTIONS answer the status only.
-const HEALTH_PATHS: &[&str] = &[
+pub(super) const HEALTH_PATHS: &[&str] = &[
     "/",
     "/primary",
     "/master",
@@ -27,6 +27,24 @@ const HEALTH_PATHS: &[&str] = &[
     "/async",
     "/asynchronous",
 ];
+
+/// Whether the answer to `method path?query` shows or depends on this member's WAL positions:
+/// `GET /patroni` and every health check's body, and a health check's code with `?lag=`. Those
+/// are answered with the positions read at the request ([`super::ApiContext::live_snapshot`]), as
+/// Patroni reads them at every such request; a load balancer's plain `OPTIONS /primary` costs no
+/// query.
+pub fn reads_positions(method: &Method, path: &str, query: &Query) -> bool {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    match *method {
+        Method::GET => path == "/patroni" || HEALTH_PATHS.contains(&path),
+        Method::HEAD | Method::OPTIONS => HEALTH_PATHS.contains(&path) && query.contains_key("lag"),
+        _ => false,
+    }
+}
 
 /// Answers one request: status code and JSON body (`None` for no body). Pure: the whole REST
 /// surface is tested through this function.
@@ -371,12 +389,15 @@ mod tests {
         }
     }
 
-    /// `GET /patroni` through [`super::super::dispatch`] with `st` as the loop's snapshot and
-    /// `probe` answering: the `xlog` document and how often the probe was asked.
-    async fn patroni_xlog(
+    /// `method path?query` through [`super::super::dispatch`] with `st` as the loop's snapshot and
+    /// `probe` answering: the status code, the `xlog` document and how often the probe was asked.
+    async fn ask(
         st: NodeStatus,
         probe: Option<crate::postgres::instance::WalPositions>,
-    ) -> (serde_json::Value, usize) {
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> (u16, serde_json::Value, usize) {
         let (_tx, rx) = tokio::sync::watch::channel(Arc::new(st));
         let (cmd, _cmd_rx) = tokio::sync::mpsc::channel(1);
         let mut ctx = super::super::ApiContext::new(rx, cmd);
@@ -389,20 +410,30 @@ mod tests {
         let reply = super::super::dispatch(
             &ctx,
             conn,
-            &Method::GET,
-            "/patroni",
-            None,
+            &method,
+            path,
+            query,
             &Default::default(),
             &Default::default(),
         )
         .await;
-        let super::super::ReplyBody::Json(v) = reply.body else {
-            panic!("a JSON body: {reply:?}");
+        let xlog = match reply.body {
+            super::super::ReplyBody::Json(v) => v["xlog"].clone(),
+            _ => serde_json::Value::Null,
         };
         (
-            v["xlog"].clone(),
+            reply.code.as_u16(),
+            xlog,
             probe.1.load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    async fn patroni_xlog(
+        st: NodeStatus,
+        probe: Option<crate::postgres::instance::WalPositions>,
+    ) -> (serde_json::Value, usize) {
+        let (_, xlog, asked) = ask(st, probe, Method::GET, "/patroni", None).await;
+        (xlog, asked)
     }
 
     #[tokio::test]
@@ -445,5 +476,70 @@ mod tests {
         stopped.state = MemberState::Stopped;
         let (_, asked) = patroni_xlog(stopped, Some(replica_now)).await;
         assert_eq!(asked, 0);
+    }
+
+    #[tokio::test]
+    async fn a_lag_health_check_compares_the_position_read_now_with_the_leaders() {
+        use crate::postgres::instance::WalPositions;
+        // The loop saw 99 MiB; the leader's last published position is 100 MiB; the server has
+        // received 100.5 MiB by now (the leader wrote on since it published).
+        let now = WalPositions {
+            in_recovery: true,
+            current_lsn: None,
+            received_lsn: Some((100 << 20) + (512 << 10)),
+            replayed_lsn: Some(100 << 20),
+        };
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            let stale = ask(
+                node("b", "a", true, 99 << 20),
+                None,
+                method.clone(),
+                "/replica",
+                Some("lag=512kB"),
+            )
+            .await;
+            assert_eq!(stale.0, 503, "{method}: 1 MiB behind as the loop saw it");
+            let live = ask(
+                node("b", "a", true, 99 << 20),
+                Some(now),
+                method.clone(),
+                "/replica",
+                Some("lag=512kB"),
+            )
+            .await;
+            assert_eq!(
+                (live.0, live.2),
+                (200, 1),
+                "{method}: caught up as the server says now"
+            );
+        }
+        // A check whose code does not depend on positions asks nothing, unless its body shows them.
+        let plain = ask(
+            node("a", "a", false, 7),
+            Some(now),
+            Method::OPTIONS,
+            "/primary",
+            None,
+        )
+        .await;
+        assert_eq!((plain.0, plain.2), (200, 0));
+        let with_body = ask(
+            node("a", "a", false, 7),
+            Some(now),
+            Method::GET,
+            "/primary",
+            None,
+        )
+        .await;
+        assert_eq!(with_body.2, 1);
+        let other = ask(
+            node("a", "a", false, 7),
+            Some(now),
+            Method::GET,
+            "/cluster",
+            None,
+        )
+        .await;
+        assert_eq!(other.2, 0);
     }
 }

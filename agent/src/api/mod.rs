@@ -319,21 +319,24 @@ pub struct ApiContext {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How agents' APIs are called (switchover candidate checks).
     pub client: client::ApiClient,
-    /// Reads the local server's WAL positions at request time (`GET /patroni`); `None` in tests
-    /// of the pure surface (the loop's snapshot is answered).
+    /// Reads the local server's WAL positions at request time (`GET /patroni`, the health checks:
+    /// [`health::reads_positions`]); `None` in tests of the pure surface (the loop's snapshot is
+    /// answered).
     pub wal_probe: Option<Arc<dyn WalProbe>>,
 }
 
-/// How long `GET /patroni` waits for the local server's WAL positions before it answers the loop's
-/// snapshot: peers read `/patroni` in the leader race and in switchover checks with timeouts of
-/// a few seconds, and a health checker must not hang on a server that does not answer.
+/// How long `GET /patroni` and a health check wait for the local server's WAL positions before
+/// they answer the loop's snapshot: peers read `/patroni` in the leader race and in switchover
+/// checks with timeouts of a few seconds, and a health checker must not hang on a server that
+/// does not answer.
 pub const WAL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Reads this member's WAL positions from its server when asked, as Patroni's API queries
-/// PostgreSQL at every `GET /patroni` (`get_postgresql_status` in Patroni's `api.py`): the loop's
-/// snapshot is up to `loop_wait` old, so two members' snapshots taken at different moments
-/// compare positions of different moments (a caught-up switchover candidate looked a whole WAL
-/// segment behind its leader).
+/// PostgreSQL at every `GET /patroni` and health check (`get_postgresql_status` in Patroni's
+/// `api.py`): the loop's snapshot is up to `loop_wait` old, so two members' snapshots taken at
+/// different moments compare positions of different moments (a caught-up switchover candidate
+/// looked a whole WAL segment behind its leader; under a steady write load a replica's
+/// `/replica?lag=` compared its position of one loop with the leader's of another).
 #[async_trait::async_trait]
 pub trait WalProbe: Send + Sync {
     /// The positions now; `None` when the server did not answer within [`WAL_PROBE_TIMEOUT`].
@@ -670,11 +673,6 @@ pub async fn dispatch(
             },
             None => Reply::empty(StatusCode::NOT_FOUND),
         },
-        (Method::GET, "/patroni") => {
-            let st = ctx.live_snapshot().await;
-            let (code, body) = respond(method, path, &query, &st, unix_now());
-            reply_of(code, body)
-        }
         (Method::GET, "/config" | "/cluster" | "/history") => {
             let mut st = (*ctx.snapshot()).clone();
             if let Some(c) = ctx.fresh_cluster().await {
@@ -688,7 +686,12 @@ pub async fn dispatch(
             reply_of(code, body)
         }
         _ => {
-            let (code, body) = respond(method, path, &query, &ctx.snapshot(), unix_now());
+            let st = if health::reads_positions(method, path, &query) {
+                ctx.live_snapshot().await
+            } else {
+                ctx.snapshot()
+            };
+            let (code, body) = respond(method, path, &query, &st, unix_now());
             reply_of(code, body)
         }
     }
