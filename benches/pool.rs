@@ -134,11 +134,7 @@ fn main() {
             .expect("bind the proxy")
             .with_workers(2);
         let auto = proxy.auto_addr().expect("auto port").port();
-        let leader = Backend {
-            member: "pg".into(),
-            host: "127.0.0.1".into(),
-            port,
-        };
+        let leader = Backend::new("pg", "127.0.0.1", port);
         let (_feed, rx) =
             tokio::sync::watch::channel(Arc::new(Topology::new(Some(leader), Vec::new())));
         let shutdown = tokio_util::sync::CancellationToken::new();

@@ -714,9 +714,9 @@ fn show_topology(shared: &Shared, out: &mut BytesMut) {
     let mut rows = Vec::new();
     if let Some(l) = &t.leader {
         rows.push(vec![
-            Some(l.member.clone()),
+            Some(l.member().to_string()),
             Some("leader".to_string()),
-            Some(format!("{}:{}", l.host, l.port)),
+            Some(format!("{}:{}", l.host(), l.port())),
             None,
             None,
             Some("writes".to_string()),
@@ -725,9 +725,9 @@ fn show_topology(shared: &Shared, out: &mut BytesMut) {
     for r in &t.replicas {
         let lag = t.lag_of(r);
         rows.push(vec![
-            Some(r.member.clone()),
+            Some(r.member().to_string()),
             Some("replica".to_string()),
-            Some(format!("{}:{}", r.host, r.port)),
+            Some(format!("{}:{}", r.host(), r.port())),
             lag.bytes.map(|b| b.to_string()),
             lag.seconds.map(|s| format!("{s:.0}")),
             Some(

@@ -286,7 +286,7 @@ pub(crate) async fn lookup_secret(
         None => {
             let labels = [
                 listener.as_str(),
-                route.backend.member.as_str(),
+                route.backend.member(),
                 route.role.as_str(),
             ];
             shared

@@ -292,7 +292,7 @@ impl CancelRegistry {
     /// The key of server process `server_pid` of `backend` in the notifier map.
     fn server_key(&self, backend: &Backend, server_pid: i32) -> (u64, i32) {
         (
-            self.hasher.hash_one((&backend.host, backend.port)),
+            self.hasher.hash_one((&backend.host(), backend.port())),
             server_pid,
         )
     }
@@ -344,11 +344,7 @@ mod tests {
     }
 
     fn backend(name: &str) -> Backend {
-        Backend {
-            member: name.into(),
-            host: "127.0.0.1".into(),
-            port: 5432,
-        }
+        Backend::new(name, "127.0.0.1", 5432)
     }
 
     #[test]
@@ -429,8 +425,7 @@ mod tests {
         assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 7));
         slot.set(1 << 30 | 8);
         assert_eq!(reg.notifier_pid(&backend("a"), 100), Some(1 << 30 | 8));
-        let mut other_port = backend("a");
-        other_port.port = 5433;
+        let other_port = Backend::new("a", "127.0.0.1", 5433);
         assert_eq!(reg.notifier_pid(&other_port, 100), None, "another server");
         assert_eq!(
             reg.notifier_pid(&backend("a"), 101),

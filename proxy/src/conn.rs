@@ -476,7 +476,7 @@ async fn relay_session(
         route.set_database(startup.database());
         // Declared after `server`, so dropped before it on every path (see `SocketGuard`).
         let socket = route.watch_socket(server.as_raw_fd());
-        let backend = route.backend.member.clone();
+        let backend = route.backend.member().to_string();
         tracing::Span::current().record("backend", backend.as_str());
         let gauge = GaugeGuard(shared.metrics.connection_opened(
             listener,
@@ -776,7 +776,7 @@ impl Moving<'_> {
             };
             let role = conn.route.role.as_str();
             self.info.update(|st| {
-                st.servers = vec![(backend.member.clone(), role)];
+                st.servers = vec![(backend.member().to_string(), role)];
             });
             // Bytes the server sent after its ReadyForQuery (none expected) go first.
             if !conn.buf.is_empty() {
@@ -847,7 +847,7 @@ impl Moving<'_> {
             let described = format!("{} {}", route.role.as_str(), route.backend);
             let gauge = self.shared.metrics.connection_opened(
                 self.listener,
-                &route.backend.member,
+                route.backend.member(),
                 route.role.as_str(),
             );
             gauge.dec(); // `open` counts it once connected.
@@ -1076,8 +1076,8 @@ async fn connect_backend(
                 message: format!("{wanted} (waited {timeout:?}){suspended}"),
             });
         };
-        let addr = (route.backend.host.as_str(), route.backend.port);
-        let host = route.backend.host.clone();
+        let addr = (route.backend.host(), route.backend.port());
+        let host = route.backend.host().to_string();
         let connected = tokio::select! {
             biased;
             _ = route.fence.fenced() => None,
@@ -1683,7 +1683,7 @@ pub(crate) async fn send_cancel(
     timeout: Duration,
 ) {
     let forwarded = tokio::time::timeout(timeout, async {
-        let mut server = TcpStream::connect((backend.host.as_str(), backend.port)).await?;
+        let mut server = TcpStream::connect((backend.host(), backend.port())).await?;
         server.set_nodelay(true)?;
         let mut packet = BytesMut::with_capacity(16);
         server_key.encode_cancel_request(&mut packet);

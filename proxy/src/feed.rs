@@ -137,7 +137,7 @@ fn describe(t: &Topology) -> (String, String) {
     let replicas = t
         .replicas
         .iter()
-        .map(|b| b.member.as_str())
+        .map(|b| b.member())
         .collect::<Vec<_>>()
         .join(",");
     (leader, replicas)
@@ -276,7 +276,7 @@ mod tests {
             &[("a", Role::Primary, 1), ("b", Role::Replica, 2)],
         );
         let t1 = state.on_cluster(&c1, now).expect("first real topology");
-        assert_eq!(t1.leader.as_ref().map(|b| b.member.as_str()), Some("a"));
+        assert_eq!(t1.leader.as_ref().map(|b| b.member()), Some("a"));
         assert_eq!(state.on_cluster(&c1, now), None, "same cluster again");
         // A change that does not affect routing (the leader's timeline) publishes nothing.
         let mut c1b = c1.clone();
@@ -446,7 +446,7 @@ mod tests {
     }
 
     fn leader_of(rx: &watch::Receiver<Arc<Topology>>) -> Option<String> {
-        rx.borrow().leader.as_ref().map(|b| b.member.clone())
+        rx.borrow().leader.as_ref().map(|b| b.member().to_string())
     }
 
     #[tokio::test(start_paused = true)]

@@ -121,14 +121,14 @@ pub(crate) async fn open(
     startup: &[u8],
     auth: &mut PasswordAuth,
 ) -> Result<(Box<ServerConn>, StartupOutput), OpenError> {
-    let addr = (route.backend.host.as_str(), route.backend.port);
+    let addr = (route.backend.host(), route.backend.port());
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(OpenError::Connect(e.to_string())),
         Err(_) => return Err(OpenError::Connect(format!("timed out after {timeout:?}"))),
     };
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(timeout, tls.connect(tcp, &route.backend.host)).await {
+    let stream = match tokio::time::timeout(timeout, tls.connect(tcp, route.backend.host())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(OpenError::Connect(format!("TLS: {e}"))),
         Err(_) => return Err(OpenError::Connect("TLS handshake timed out".into())),
@@ -851,7 +851,7 @@ impl Pool {
         {
             let list = list.lock();
             if let Some((c, _)) = list.first() {
-                *by.entry((b.member.clone(), c.route.role.as_str()))
+                *by.entry((b.member().to_string(), c.route.role.as_str()))
                     .or_default() += list.len();
             }
         }

@@ -900,7 +900,7 @@ impl Router {
             .iter()
             .map(|(b, m)| (b.clone(), m.len()))
             .collect();
-        v.sort_by(|a, b| a.0.member.cmp(&b.0.member));
+        v.sort_by(|a, b| a.0.member().cmp(b.0.member()));
         v
     }
 
@@ -990,11 +990,7 @@ mod tests {
     }
 
     fn backend(name: &str, port: u16) -> Backend {
-        Backend {
-            member: name.into(),
-            host: "127.0.0.1".into(),
-            port,
-        }
+        Backend::new(name, "127.0.0.1", port)
     }
 
     fn topo(leader: Option<&Backend>, replicas: &[&Backend]) -> Arc<Topology> {
@@ -1144,7 +1140,7 @@ mod tests {
                 .route(ListenerKind::ReadOnly, Duration::ZERO)
                 .await
                 .unwrap();
-            out.push(r.backend.member.clone());
+            out.push(r.backend.member().to_string());
         }
         out
     }

@@ -434,7 +434,7 @@ impl Handshake {
     async fn write(&mut self, leader: &Option<Backend>) -> bool {
         let started = Instant::now();
         let state = ProxyState {
-            leader: leader.as_ref().map(|b| b.member.clone()),
+            leader: leader.as_ref().map(|b| b.member().to_string()),
             since: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .ok()
@@ -475,9 +475,9 @@ impl Handshake {
         let limit = self.call_limit(Instant::now());
         match tokio::time::timeout(limit, self.dcs.load()).await {
             Ok(Ok(cluster)) => {
-                let confirmed = route_confirmed(&cluster, Some(&leader.member));
+                let confirmed = route_confirmed(&cluster, Some(leader.member()));
                 if !confirmed {
-                    info!(id = %self.id, leader = %leader.member, lock = ?cluster.leader.as_ref().map(|l| l.name.as_str()), "acknowledged a route whose leader no longer holds the lock: not routing it");
+                    info!(id = %self.id, leader = %leader.member(), lock = ?cluster.leader.as_ref().map(|l| l.name.as_str()), "acknowledged a route whose leader no longer holds the lock: not routing it");
                 }
                 confirmed
             }
@@ -578,7 +578,7 @@ async fn topology_task(
             // Step 3: acknowledge, and 3b: confirm that the lock did not move on meanwhile.
             if hs.write(&topology.leader).await && hs.confirm(&topology.leader).await {
                 shared.metrics.fencing_acks_total.inc();
-                info!(id = %hs.id, leader = ?topology.leader.as_ref().map(|b| b.member.as_str()), "acknowledged the route in the DCS");
+                info!(id = %hs.id, leader = ?topology.leader.as_ref().map(|b| b.member()), "acknowledged the route in the DCS");
                 hs.acked = Some(topology.leader.clone());
                 if shared.router.resume() {
                     info!("DCS contact is back; serving again");

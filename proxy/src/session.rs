@@ -621,7 +621,7 @@ impl Session<'_> {
     fn count_connection(&self, route: &crate::router::Route) -> prometheus::IntGauge {
         let labels = [
             ListenerKind::Auto.as_str(),
-            route.backend.member.as_str(),
+            route.backend.member(),
             route.role.as_str(),
         ];
         let metrics = &self.shared.metrics;
@@ -990,7 +990,7 @@ impl Session<'_> {
         encode_backend_key_data(&mut out, key);
         encode_ready_for_query(&mut out, TxStatus::Idle);
         client.write_all(&out).await.map_err(End::Io)?;
-        let member = conn.route.backend.member.clone();
+        let member = conn.route.backend.member().to_string();
         self.info
             .update(|st| st.servers = vec![(member, side.as_str())]);
         *self.conn(side) = Some(conn);
@@ -1509,10 +1509,8 @@ impl Session<'_> {
     fn update_servers(&self) {
         // Called twice per unit: the list is rebuilt (allocated) only when it changed.
         let servers: [Option<(&str, &'static str)>; 2] =
-            [(Side::Leader, &self.leader), (Side::Replica, &self.replica)].map(|(s, c)| {
-                c.as_ref()
-                    .map(|c| (c.route.backend.member.as_str(), s.as_str()))
-            });
+            [(Side::Leader, &self.leader), (Side::Replica, &self.replica)]
+                .map(|(s, c)| c.as_ref().map(|c| (c.route.backend.member(), s.as_str())));
         let status = if self.units.current().is_some() {
             "active"
         } else {

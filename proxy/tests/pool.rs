@@ -61,11 +61,7 @@ async fn pooling_proxy_with(
     tweak(&mut settings);
     let proxy = Proxy::bind(settings).await.expect("bind").with_workers(2);
     let auto = proxy.auto_addr().unwrap();
-    let leader = Backend {
-        member: "a".into(),
-        host: "127.0.0.1".into(),
-        port: pg.port(),
-    };
+    let leader = Backend::new("a", "127.0.0.1", pg.port());
     let (feed, rx) = watch::channel(Arc::new(Topology::new(Some(leader), Vec::new())));
     let shutdown = CancellationToken::new();
     tokio::spawn({

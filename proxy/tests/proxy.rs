@@ -37,20 +37,12 @@ fn init_tracing() {
 }
 
 fn backend(member: &str, pg: &Postgres) -> Backend {
-    Backend {
-        member: member.into(),
-        host: "127.0.0.1".into(),
-        port: pg.port(),
-    }
+    Backend::new(member, "127.0.0.1", pg.port())
 }
 
 /// A backend nothing listens on.
 fn dead_backend(member: &str) -> Backend {
-    Backend {
-        member: member.into(),
-        host: "127.0.0.1".into(),
-        port: free_port(),
-    }
+    Backend::new(member, "127.0.0.1", free_port())
 }
 
 fn topology(leader: Option<&Backend>, replicas: &[&Backend]) -> Arc<Topology> {
@@ -3070,7 +3062,7 @@ async fn a_switchover_ends_pinned_auto_sessions_that_cannot_move_after_drain_tim
         t.ttl_secs = Some(3);
         if stepping_down {
             t.switchover = Some(praetor_proxy::Switchover {
-                leader: leader.member.clone(),
+                leader: leader.member().to_string(),
                 candidate: Some("b".into()),
             });
         }
@@ -3158,8 +3150,8 @@ async fn a_pinned_auto_session_works_on_through_a_switchovers_drain_and_ends_whe
         let mut t = Topology::new(Some(a.clone()), vec![]);
         if on {
             t.switchover = Some(praetor_proxy::Switchover {
-                leader: a.member.clone(),
-                candidate: Some(b.member.clone()),
+                leader: a.member().to_string(),
+                candidate: Some(b.member().to_string()),
             });
         }
         Arc::new(t)
@@ -3254,8 +3246,8 @@ async fn stream_through_a_switchover(
             switching = true;
             let mut t = Topology::new(Some(leader.clone()), replica.into_iter().cloned().collect());
             t.switchover = Some(praetor_proxy::Switchover {
-                leader: leader.member.clone(),
-                candidate: replica.map(|r| r.member.clone()),
+                leader: leader.member().to_string(),
+                candidate: replica.map(|r| r.member().to_string()),
             });
             proxy.set(Arc::new(t));
         }
@@ -3421,7 +3413,7 @@ async fn an_auto_port_write_blocked_at_drain_timeout_ends_with_the_fatal_between
     // The DCS asks a to step down.
     let mut t = Topology::new(Some(a.clone()), vec![]);
     t.switchover = Some(praetor_proxy::Switchover {
-        leader: a.member.clone(),
+        leader: a.member().to_string(),
         candidate: None,
     });
     proxy.set(Arc::new(t));

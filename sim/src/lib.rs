@@ -2839,7 +2839,7 @@ impl Sim {
             let view = self.dcs.view(now);
             let wanted = praetor_proxy::topology_from_cluster(&view)
                 .leader
-                .map(|b| b.member);
+                .map(|b| b.member().to_string());
             let id = self.proxies[p].id.clone();
             let px = &mut self.proxies[p];
             if px.acked.as_ref() != Some(&wanted) {
