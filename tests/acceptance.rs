@@ -147,19 +147,7 @@ async fn ctl_switchover(dcs: DcsKind) {
     assert_eq!(port as u16, c.node(&old).pg_port);
 
     // ctl reads the DCS section of the node's configuration and writes the failover key.
-    let out = ctl(
-        &c,
-        &[
-            "switchover",
-            "--leader",
-            &old,
-            "--candidate",
-            &candidate,
-            "--force",
-        ],
-        "",
-    )
-    .await;
+    let out = try_ctl_switchover(&c, &old, &candidate).await;
     if out.code != 0 {
         dump_logs(&c);
     }
@@ -330,19 +318,7 @@ async fn under_write_load_the_api_reports_live_wal_positions_lag_checks_pass_and
     }
 
     // The user-visible part: a switchover under the load goes through.
-    let out = ctl(
-        &c,
-        &[
-            "switchover",
-            "--leader",
-            &old,
-            "--candidate",
-            &candidate,
-            "--force",
-        ],
-        "",
-    )
-    .await;
+    let out = try_ctl_switchover(&c, &old, &candidate).await;
     stop.cancel();
     let batches = writer.await.unwrap();
     if out.code != 0 {

@@ -318,24 +318,12 @@ async fn a_switchover_fences_the_old_leader_acknowledges_in_the_dcs_and_loses_no
     .await
     .unwrap();
 
-    let out = std::process::Command::new(binary())
-        .args(["ctl", "-c"])
-        .arg(&c.nodes[0].config)
-        .args([
-            "switchover",
-            "--leader",
-            &old,
-            "--candidate",
-            &candidate,
-            "--force",
-        ])
-        .output()
-        .expect("run ctl");
-    if !out.status.success() {
+    let out = try_ctl_switchover(&c, &old, &candidate).await;
+    if out.code != 0 {
         dump_logs(&c);
         eprintln!("===== proxy =====\n{}", proxy.log());
     }
-    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.code, 0, "{out}");
 
     // The proxy moved its route to the new leader in the DCS and holds no connection to the old
     // leader as leader; the old leader has no session from the proxy's read-write port left.

@@ -172,7 +172,15 @@ pub async fn ctl(c: &LocalCluster, args: &[&str], stdin: &str) -> Output {
 
 /// `praetor ctl switchover --leader LEADER --candidate CANDIDATE --force`, asserting it succeeded.
 pub async fn ctl_switchover(c: &LocalCluster, leader: &str, candidate: &str) -> Output {
-    let out = ctl(
+    let out = try_ctl_switchover(c, leader, candidate).await;
+    assert_eq!(out.code, 0, "ctl switchover {leader} -> {candidate}: {out}");
+    out
+}
+
+/// `praetor ctl switchover --leader LEADER --candidate CANDIDATE --force`, whatever its outcome
+/// (a test that dumps the logs before it fails).
+pub async fn try_ctl_switchover(c: &LocalCluster, leader: &str, candidate: &str) -> Output {
+    ctl(
         c,
         &[
             "switchover",
@@ -184,9 +192,7 @@ pub async fn ctl_switchover(c: &LocalCluster, leader: &str, candidate: &str) -> 
         ],
         "",
     )
-    .await;
-    assert_eq!(out.code, 0, "ctl switchover {leader} -> {candidate}: {out}");
-    out
+    .await
 }
 
 /// Runs `praetor ctl -c CONFIG ARGS` with `stdin` and extra environment variables.
