@@ -349,7 +349,7 @@ impl WalProbe for crate::postgres::instance::Instance {
         match crate::postgres::instance::Instance::wal_positions(self, WAL_PROBE_TIMEOUT).await {
             Ok(p) => Some(p),
             Err(e) => {
-                tracing::debug!("GET /patroni answers the loop's WAL positions: {e}");
+                tracing::debug!("the REST API answers the loop's WAL positions: {e}");
                 None
             }
         }

@@ -1894,7 +1894,7 @@ impl Instance {
 
     /// This member's WAL positions read from PostgreSQL now, over the REST API's own connection
     /// (opened on first use, `application_name` [`API_APPLICATION_NAME`]), within `timeout` (the
-    /// connection attempt included, up to its own 3 s bound). What `GET /patroni` answers, as
+    /// wait for that connection and its opening included). What `GET /patroni` answers, as
     /// Patroni's API queries the server at every request: the HA loop's status is up to
     /// `loop_wait` old, and two members' statuses taken at different moments made a caught-up
     /// candidate look 16 MiB behind its leader after a WAL segment switch (a switchover refused
