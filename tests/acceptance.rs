@@ -237,7 +237,7 @@ fn steady_wal(
     (task, stop)
 }
 
-/// Seen in `ctl_switchover` (2 runs in 100 here, before the fix): "switchover is not possible: candidate
+/// Seen in `ctl_switchover` (2 runs in 109 here, before the fix): "switchover is not possible: candidate
 /// pg2 is lagging: 16777216 bytes behind the leader" for a candidate that had replayed everything.
 /// The switchover check compared the leader's and the candidate's `/patroni` positions, each from
 /// its agent's last loop (up to `loop_wait` old, taken at different moments: here just before and

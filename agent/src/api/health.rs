@@ -32,13 +32,8 @@ pub(super) const HEALTH_PATHS: &[&str] = &[
 /// `GET /patroni` and every health check's body, and a health check's code with `?lag=`. Those
 /// are answered with the positions read at the request ([`super::ApiContext::live_snapshot`]), as
 /// Patroni reads them at every such request; a load balancer's plain `OPTIONS /primary` costs no
-/// query.
+/// query. `path` as [`super::dispatch`] normalised it (no trailing slash).
 pub fn reads_positions(method: &Method, path: &str, query: &Query) -> bool {
-    let path = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
     match *method {
         Method::GET => path == "/patroni" || HEALTH_PATHS.contains(&path),
         Method::HEAD | Method::OPTIONS => HEALTH_PATHS.contains(&path) && query.contains_key("lag"),
@@ -514,32 +509,20 @@ mod tests {
             );
         }
         // A check whose code does not depend on positions asks nothing, unless its body shows them.
-        let plain = ask(
-            node("a", "a", false, 7),
-            Some(now),
-            Method::OPTIONS,
-            "/primary",
-            None,
-        )
-        .await;
-        assert_eq!((plain.0, plain.2), (200, 0));
-        let with_body = ask(
-            node("a", "a", false, 7),
-            Some(now),
-            Method::GET,
-            "/primary",
-            None,
-        )
-        .await;
-        assert_eq!(with_body.2, 1);
-        let other = ask(
-            node("a", "a", false, 7),
-            Some(now),
-            Method::GET,
-            "/cluster",
-            None,
-        )
-        .await;
-        assert_eq!(other.2, 0);
+        for (method, path, asked) in [
+            (Method::OPTIONS, "/primary", 0),
+            (Method::GET, "/primary", 1),
+            (Method::GET, "/cluster", 0),
+        ] {
+            let (code, _, n) = ask(
+                node("a", "a", false, 7),
+                Some(now),
+                method.clone(),
+                path,
+                None,
+            )
+            .await;
+            assert_eq!((code, n), (200, asked), "{method} {path}");
+        }
     }
 }
