@@ -278,8 +278,9 @@ pub fn signal_backend_call(frame: &[u8]) -> Option<(BackendSignal, i32)> {
 /// Whether the message `frame` holds a `(`, as every function call does: a `memchr` scan of the
 /// bytes that spares most statements (pgbench's, and most of an ORM's) the UTF-8 check and the
 /// text comparisons of [`asks_backend_pid`] and [`asks_signal_backend`], which run for every
-/// Query and Parse the auto port routes.
-fn may_call_function(frame: &[u8]) -> bool {
+/// Query and Parse the auto port routes. [`translate_backend_pid`] and [`signal_backend_call`]
+/// check it themselves; a caller that tries both checks it once first.
+pub fn may_call_function(frame: &[u8]) -> bool {
     memchr::memchr(b'(', frame).is_some()
 }
 

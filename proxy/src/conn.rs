@@ -30,6 +30,7 @@ use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::signal::Signal;
 use bytes::{Buf, BytesMut};
 use praetor_protocol::backend::{
     AUTHENTICATION, BACKEND_KEY_DATA, ERROR_RESPONSE, READY_FOR_QUERY,
@@ -43,7 +44,6 @@ use praetor_protocol::{
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cancel::{CancelRegistry, Registration};
@@ -186,7 +186,7 @@ pub(crate) struct Shared {
     pub pool: Pool,
     runtime: RwLock<Arc<Runtime>>,
     /// Cancelled when a graceful shutdown starts: auto-port sessions close at their next idle point.
-    pub draining: CancellationToken,
+    pub draining: Signal,
     pub reload: Option<ReloadFn>,
     /// The settings the proxy was bound with (listeners cannot change on reload).
     pub settings: RwLock<ProxySettings>,
@@ -213,7 +213,7 @@ impl Shared {
             metrics,
             clients: Arc::new(Clients::default()),
             runtime: RwLock::new(Arc::new(runtime)),
-            draining: CancellationToken::new(),
+            draining: Signal::new(),
             reload,
             settings: RwLock::new(settings),
             parking: std::sync::OnceLock::new(),
@@ -345,7 +345,7 @@ pub(crate) async fn handle_client(
     listener: ListenerKind,
     socket: TcpStream,
     peer: SocketAddr,
-    shutdown: CancellationToken,
+    shutdown: Signal,
 ) {
     let Some(accepted) = Box::pin(accept(&shared, listener, socket, peer, &shutdown)).await else {
         return;
@@ -364,7 +364,7 @@ async fn accept(
     listener: ListenerKind,
     socket: TcpStream,
     peer: SocketAddr,
-    shutdown: &CancellationToken,
+    shutdown: &Signal,
 ) -> Option<Box<Accepted>> {
     if let Err(e) = socket.set_nodelay(true) {
         debug!(error = %e, "cannot set TCP_NODELAY on the client socket");
@@ -382,7 +382,7 @@ async fn accept(
     let rt = shared.runtime();
     let mut buf = BytesMut::with_capacity(STARTUP_BUFFER_BYTES);
     let negotiated = tokio::select! {
-        _ = shutdown.cancelled() => None,
+        _ = shutdown.fired() => None,
         r = tokio::time::timeout(rt.startup_timeout, negotiate(shared, &rt, listener, socket, &mut buf)) => match r {
             Ok(n) => n,
             Err(_) => {
@@ -436,7 +436,7 @@ async fn relay_session(
     shared: &Shared,
     listener: ListenerKind,
     accepted: Accepted,
-    shutdown: &CancellationToken,
+    shutdown: &Signal,
 ) {
     let Accepted {
         rt,
@@ -666,7 +666,7 @@ struct Moving<'a> {
     /// What the proxy logs in to the next leader with ([`crate::rw_auth`]).
     relogin: Relogin,
     counters: (&'a IntCounter, &'a IntCounter),
-    shutdown: &'a CancellationToken,
+    shutdown: &'a Signal,
     info: &'a crate::clients::ClientInfo,
 }
 
@@ -719,7 +719,7 @@ impl Moving<'_> {
                     at_boundary,
                     unmovable.as_ref(),
                     self.relogin.cannot(),
-                    self.shutdown.is_cancelled(),
+                    self.shutdown.is_fired(),
                 );
                 match next {
                     Next::Close => {
@@ -905,9 +905,9 @@ impl Moving<'_> {
     }
 }
 
-fn log_end(end: &End, route: &Route, shutdown: &CancellationToken, phase: &str) {
+fn log_end(end: &End, route: &Route, shutdown: &Signal, phase: &str) {
     match end {
-        End::Fenced if shutdown.is_cancelled() => debug!("closed: the proxy is shutting down"),
+        End::Fenced if shutdown.is_fired() => debug!("closed: the proxy is shutting down"),
         End::Fenced => {
             debug!(backend = %route.backend, "closed: fenced (the backend lost the leader key)")
         }

@@ -67,6 +67,7 @@ mod ryw;
 mod server;
 mod session;
 mod settings;
+mod signal;
 mod stream;
 pub mod topology;
 mod units;

@@ -54,6 +54,7 @@ use crate::conn::{handle_client, ReloadFn, Runtime, Shared};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics};
 use crate::settings::ProxySettings;
+use crate::signal::Signal;
 use crate::topology::{Backend, Topology};
 use crate::workers::Workers;
 
@@ -250,7 +251,7 @@ impl Proxy {
         let shared = self.shared;
         let tracker = TaskTracker::new();
         // Connections are closed by `stop`, after the drain; the listeners by `shutdown`.
-        let stop = CancellationToken::new();
+        let stop = Signal::new();
         let workers = match self.workers {
             0 => None,
             n => Some(Arc::new(Workers::start(n).map_err(ProxyError::Workers)?)),
@@ -262,7 +263,7 @@ impl Proxy {
             shared.clone(),
             feed,
             self.dcs.clone(),
-            stop.clone(),
+            stop.child_token(),
         ));
 
         let listeners = self
@@ -298,7 +299,7 @@ impl Proxy {
             let app = axum::Router::new()
                 .route("/metrics", get(metrics_handler))
                 .with_state(shared.clone());
-            let stop = stop.clone();
+            let stop = stop.child_token();
             tracker.spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -312,7 +313,7 @@ impl Proxy {
         shutdown.cancelled().await;
         // Drain: no new clients (accept loops stop on `shutdown`); auto sessions leave at their next
         // idle point; others until they finish or the timeout.
-        shared.draining.cancel();
+        shared.draining.fire();
         if let Some(lot) = parking.as_deref() {
             let closed = lot.drain();
             if closed > 0 {
@@ -330,7 +331,7 @@ impl Proxy {
         }
         let closed = shared.router.fence_all();
         shared.pool.clear();
-        stop.cancel();
+        stop.fire();
         info!(
             closed,
             "shutting down: closed the remaining client connections"
@@ -660,7 +661,7 @@ async fn topology_task(
 fn start_parking(
     shared: &Arc<Shared>,
     tracker: &TaskTracker,
-    stop: &CancellationToken,
+    stop: &Signal,
     workers: Option<Arc<Workers>>,
 ) -> Option<LotGuard> {
     let resume: Resume = {
@@ -713,7 +714,7 @@ async fn accept_loop(
     tracker: TaskTracker,
     workers: Option<Arc<Workers>>,
     shutdown: CancellationToken,
-    stop: CancellationToken,
+    stop: Signal,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -739,7 +740,7 @@ async fn accept_loop(
                         shared.clone(),
                         socket,
                         peer,
-                        stop.clone(),
+                        stop.child_token(),
                     ));
                 }
             },

@@ -71,8 +71,8 @@ use praetor_protocol::frontend::{
     PASSWORD, QUERY, SYNC, TERMINATE,
 };
 use praetor_protocol::unit::{
-    answer_signal_backend, signal_backend_call, translate_backend_pid, translate_notification_pid,
-    BackendSignal, NOTIFICATION_RESPONSE,
+    answer_signal_backend, may_call_function, signal_backend_call, translate_backend_pid,
+    translate_notification_pid, BackendSignal, NOTIFICATION_RESPONSE,
 };
 use praetor_protocol::{
     encode_error_response, Credential, FrameHeader, FrontendHeader, PasswordAuth, PinReason,
@@ -80,7 +80,6 @@ use praetor_protocol::{
 };
 use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::{
@@ -99,6 +98,7 @@ use crate::router::{NoRoute, Want};
 use crate::rw::Drain;
 use crate::ryw::{self, read_route, Commit, ReadRoute};
 use crate::settings::Target;
+use crate::signal::Signal;
 use crate::stream::ClientStream;
 use crate::units::{
     idle_message, idle_plan, leader_drain, pinned_drain, pinned_leader_lost, ClientStep, Ctx,
@@ -246,7 +246,7 @@ struct Live<'a> {
 /// ([`Live`]), login and finish are boxed futures, and the handling of a wake-up boxes whatever may
 /// wait at length (routing, opening a server connection, `PAUSE`, read-your-writes, a cancel):
 /// what remains while idle is the wait for the next event and the handling's small frame.
-pub(crate) async fn run(shared: Arc<Shared>, accepted: Box<Accepted>, shutdown: CancellationToken) {
+pub(crate) async fn run(shared: Arc<Shared>, accepted: Box<Accepted>, shutdown: Signal) {
     let Some(live) = Box::pin(start(&shared, *accepted)).await else {
         return;
     };
@@ -258,7 +258,7 @@ pub(crate) async fn resume(
     shared: Arc<Shared>,
     client: std::net::TcpStream,
     dormant: Box<Dormant>,
-    shutdown: CancellationToken,
+    shutdown: Signal,
 ) {
     let Some(live) = unparked(&shared, client, *dormant) else {
         return;
@@ -269,12 +269,7 @@ pub(crate) async fn resume(
 }
 
 /// Serves the session until it ends or parks (`may_park`: at its first idle point already).
-async fn drive(
-    shared: &Shared,
-    mut live: Box<Live<'_>>,
-    shutdown: &CancellationToken,
-    mut may_park: bool,
-) {
+async fn drive(shared: &Shared, mut live: Box<Live<'_>>, shutdown: &Signal, mut may_park: bool) {
     loop {
         let end = {
             let Live {
@@ -1023,15 +1018,15 @@ impl Session<'_> {
         &mut self,
         client: &mut ClientStream,
         cbuf: &mut BytesMut,
-        shutdown: &CancellationToken,
+        shutdown: &Signal,
         mut may_park: bool,
     ) -> End {
         let draining = self.shared.draining.clone();
-        // Made once, not at every pass: a cancellation future registers its waker at its first
-        // poll and keeps it, where one made per pass registered and unregistered it (a lock
-        // each) at every wake-up, twice per transaction.
-        let drained = draining.cancelled();
-        let stopped = shutdown.cancelled();
+        // Made once, not at every pass: each registers the task's waker at its first poll and
+        // keeps it, so a later pass reads one atomic flag ([`crate::signal`]), where one made per
+        // pass registered and unregistered it (a lock each) at every wake-up.
+        let drained = draining.fired();
+        let stopped = shutdown.fired();
         tokio::pin!(drained, stopped);
         loop {
             // A switchover: a session pinned to the leader stepping down moves, or works on there
@@ -1119,7 +1114,7 @@ impl Session<'_> {
                 }
             };
             let idle = self.units.is_idle(self.client_remaining);
-            if idle && draining.is_cancelled() {
+            if idle && draining.is_fired() {
                 return End::Shutdown;
             }
             // A switchover: the unit running on the leader gets the rest of `drain_timeout`
@@ -1885,7 +1880,9 @@ impl Session<'_> {
                 // (`poll_read_client`), so a client that declares 1 GiB and sends 5 bytes costs 5 bytes.
                 return Ok(false);
             }
-            if needs_whole {
+            // Both rewrites need a function call, so a `(`: one scan spares the common statement
+            // that has none the second.
+            if needs_whole && may_call_function(&cbuf[..h.frame_len]) {
                 if let Some(answer) = translate_backend_pid(&cbuf[..h.frame_len], self.client_pid) {
                     // `SELECT pg_backend_pid()` answers the PID the client knows: the message is
                     // replaced in the buffer and read again.
