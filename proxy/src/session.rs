@@ -1527,10 +1527,16 @@ impl Session<'_> {
     }
 
     /// An idle session's `idle_release` is over: its server connections go back to the pool.
+    ///
+    /// The idle timer stays: the next pass arms it for the park instant, and a timer armed for
+    /// an earlier instant wakes the session early once, which re-arms it ([`Session::serve`]).
+    /// With `idle_release` 0 (transaction pooling) this runs after every unit, and a timer
+    /// dropped here was made, inserted in the runtime's timer wheel and removed again at every
+    /// transaction (~650 instructions under callgrind, pgbench -S -c 64), against one early
+    /// wake-up per `PARK_AFTER` of a busy session.
     fn release_idle(&mut self) {
         self.release_all(false);
         self.idle_since = None;
-        self.idle_timer = None;
     }
 
     /// Returns the session's server connections to the pool (`closing`: the session ends; pool them
