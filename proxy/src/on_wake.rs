@@ -105,15 +105,16 @@ impl Branches {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::future::Future;
     use std::pin::pin;
     use std::sync::atomic::AtomicUsize;
     use std::task::Poll;
 
+    /// A task waker that counts its wake-ups (also for [`crate::signal`]'s tests).
     #[derive(Default)]
-    struct CountingWake(AtomicUsize);
+    pub(crate) struct CountingWake(pub(crate) AtomicUsize);
 
     impl Wake for CountingWake {
         fn wake(self: Arc<Self>) {

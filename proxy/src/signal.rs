@@ -103,17 +103,7 @@ impl Future for Fired<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
-
-    #[derive(Default)]
-    struct CountingWake(AtomicUsize);
-
-    impl Wake for CountingWake {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::on_wake::tests::CountingWake;
 
     fn context_of(task: &Arc<CountingWake>) -> Waker {
         Waker::from(task.clone())
