@@ -30,7 +30,6 @@ use std::sync::{Arc, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::signal::Signal;
 use bytes::{Buf, BytesMut};
 use praetor_protocol::backend::{
     AUTHENTICATION, BACKEND_KEY_DATA, ERROR_RESPONSE, READY_FOR_QUERY,
@@ -59,6 +58,7 @@ use crate::rw::{
 };
 use crate::rw_auth::{relogin, LoginWatch, Relogin};
 use crate::settings::{ProxySettings, Target};
+use crate::signal::Signal;
 use crate::stream::{client_tls, BackendTls, ClientStream, ClientTls, ServerStream};
 use crate::topology::Backend;
 
@@ -185,7 +185,7 @@ pub(crate) struct Shared {
     pub clients: Arc<Clients>,
     pub pool: Pool,
     runtime: RwLock<Arc<Runtime>>,
-    /// Cancelled when a graceful shutdown starts: auto-port sessions close at their next idle point.
+    /// Fired when a graceful shutdown starts: auto-port sessions close at their next idle point.
     pub draining: Signal,
     pub reload: Option<ReloadFn>,
     /// The settings the proxy was bound with (listeners cannot change on reload).
