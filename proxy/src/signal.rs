@@ -110,14 +110,17 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_future_is_woken_and_ready_once_fired_and_polled_again_only_for_a_new_waker() {
+    fn a_waiting_future_follows_the_last_waker_and_is_woken_and_ready_once_fired() {
         let signal = Signal::new();
         let mut fired = std::pin::pin!(signal.fired());
         let first = Arc::new(CountingWake::default());
         let waker = context_of(&first);
         let mut cx = Context::from_waker(&waker);
         assert!(fired.as_mut().poll(&mut cx).is_pending());
-        assert!(fired.as_mut().poll(&mut cx).is_pending(), "polled again");
+        assert!(
+            fired.as_mut().poll(&mut cx).is_pending(),
+            "polled again with the same waker"
+        );
         // Another task polls it now: the registration moves to that task's waker.
         let second = Arc::new(CountingWake::default());
         let waker2 = context_of(&second);
